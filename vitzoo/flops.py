@@ -1,0 +1,69 @@
+"""MAC counting with fvcore that never silently leaves attention out.
+
+fvcore counts one fused multiply-add as one "flop", so its totals are MACs (timm's ``gmacs``). Two gaps are
+closed here: ``aten::scaled_dot_product_attention`` has no fvcore handle (softmax attention would count as
+zero), and fused Triton ops would appear as opaque custom ops. The count therefore runs on the PyTorch
+reference path of every vitzoo op (plain einsums fvcore understands) with an explicit handle for SDPA.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator
+
+import torch
+import torch.nn as nn
+
+
+def _sdpa_macs(inputs: list, outputs: list) -> int:
+    """MACs of softmax attention: Q K^T plus P V, i.e. B*H*Nq*Nk*(d_qk + d_v)."""
+    from fvcore.nn.jit_handles import get_shape
+
+    q_shape, k_shape, v_shape = (get_shape(v) for v in inputs[:3])
+    *batch, n_q, d_qk = q_shape
+    n_k, d_v = k_shape[-2], v_shape[-1]
+    count = n_q * n_k * (d_qk + d_v)
+    for size in batch:
+        count *= size
+    return count
+
+
+@contextlib.contextmanager
+def reference_kernels() -> Iterator[None]:
+    """Run vitzoo ops on their PyTorch references inside the block (restores ``VITZOO_KERNELS`` after)."""
+    previous = os.environ.get("VITZOO_KERNELS")
+    os.environ["VITZOO_KERNELS"] = "reference"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("VITZOO_KERNELS", None)
+        else:
+            os.environ["VITZOO_KERNELS"] = previous
+
+
+def count_macs(model: nn.Module, inputs: torch.Tensor) -> int:
+    """Total MACs (1 fused multiply-add = 1) of ``model(inputs)``, attention included."""
+    from fvcore.nn import FlopCountAnalysis
+
+    was_training = model.training
+    model.eval()
+    try:
+        with reference_kernels(), torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about python values in the graph are expected
+            analysis = FlopCountAnalysis(model, inputs)
+            analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_macs)
+            analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+            return int(analysis.total())
+    finally:
+        model.train(was_training)
+
+
+def count_gmacs(model: nn.Module, input_size: tuple[int, ...] | None = None) -> float:
+    """GMACs at batch 1 for ``input_size`` (C, H, W), by default the model's ``pretrained_cfg['input_size']``."""
+    if input_size is None:
+        input_size = model.pretrained_cfg["input_size"]
+    param = next(model.parameters())
+    x = torch.randn(1, *input_size, device=param.device, dtype=param.dtype)
+    return count_macs(model, x) / 1e9

@@ -1,0 +1,15 @@
+"""Fused token-mixing ops with their PyTorch references.
+
+Each op module holds the Triton kernels, the autograd wrapper, the ``torch.library`` custom op and a
+``*_reference`` with the same signature. The reference is the specification; the kernel must equal it.
+"""
+from ._backend import kernel_backend, triton_available
+from .linear_attention import FEATURE_MAPS, linear_attention, linear_attention_reference
+
+__all__ = [
+    "FEATURE_MAPS",
+    "kernel_backend",
+    "linear_attention",
+    "linear_attention_reference",
+    "triton_available",
+]

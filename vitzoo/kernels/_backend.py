@@ -1,0 +1,43 @@
+"""Which implementation of an op runs: Triton on CUDA, the PyTorch reference elsewhere.
+
+``VITZOO_KERNELS=reference`` forces the reference everywhere; ``VITZOO_KERNELS=triton`` forces Triton (on CPU
+that needs ``TRITON_INTERPRET=1``, which is how the CPU tests exercise the kernels).
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+_CHOICES = ("auto", "reference", "triton")
+
+
+@functools.lru_cache(maxsize=None)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def kernel_backend(device: torch.device | str) -> str:
+    """Return ``'triton'`` or ``'reference'`` for tensors on ``device``, honouring ``VITZOO_KERNELS``."""
+    choice = os.environ.get("VITZOO_KERNELS", "auto").strip().lower() or "auto"
+    if choice not in _CHOICES:
+        raise ValueError(f"VITZOO_KERNELS={choice!r} is not one of {_CHOICES}")
+    if choice == "reference" or not triton_available():
+        return "reference"
+    device_type = torch.device(device).type
+    if choice == "triton":
+        if device_type == "cuda" or (device_type == "cpu" and _interpreting()):
+            return "triton"
+        raise RuntimeError(
+            "VITZOO_KERNELS=triton needs CUDA tensors, or TRITON_INTERPRET=1 set before triton is imported for CPU"
+        )
+    return "triton" if device_type == "cuda" else "reference"

@@ -1,0 +1,70 @@
+"""InLine attention: injective linear attention plus a predicted local residual (Han et al., NeurIPS 2024).
+
+Follows the released code (mixers.md section 2.1 / 8.2):
+- phi = identity; weights w_ti = (s/N) q_t.(k_i - kbar) + 1/N with s = d^-1/2 and N counting the cls token, so
+  every query's weights sum to exactly 1 (they may be negative). In the shared op this is identity features with
+  centred keys, ``scale = s/N`` and an appended constant feature ``N^-1/2`` (whose square adds the 1/N).
+- Local residual: a per-image 3x3 depthwise kernel on V, predicted from the token mean of the block input by a
+  grouped (groups = heads) two-layer MLP, applied to the patch tokens only (the cls token gets none).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..kernels import linear_attention
+from ._common import check_grid, grid_to_tokens, tokens_to_grid
+
+
+class InLineAttention(nn.Module):
+    """Injective linear attention with InLine's input-conditioned 3x3 local residual on V."""
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 8,
+            qkv_bias: bool = False,
+            attn_drop: float = 0.0,
+            proj_drop: float = 0.0,
+            device=None,
+            dtype=None,
+            kernel_size: int = 3,
+    ) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        if dim % num_heads:
+            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.kernel_size = kernel_size
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
+        # Predicts one kernel_size^2 depthwise kernel per (image, channel) from the token mean.
+        self.residual_predictor = nn.Sequential(
+            nn.Conv1d(dim, dim, 1, groups=num_heads, **dd),
+            nn.GELU(),
+            nn.Conv1d(dim, dim * kernel_size**2, 1, groups=num_heads, **dd),
+        )
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def local_residual(self, x: torch.Tensor, v_patches: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+        """Apply the per-image predicted depthwise kernel to V's patch tokens; (B, H*W, C) -> (B, H*W, C)."""
+        b, _, c = x.shape
+        kernels = self.residual_predictor(x.mean(dim=1).unsqueeze(-1))  # (B, C*k*k, 1)
+        kernels = kernels.reshape(b * c, 1, self.kernel_size, self.kernel_size)
+        v_grid = tokens_to_grid(v_patches, grid_size).reshape(1, b * c, *grid_size)
+        out = F.conv2d(v_grid, kernels.to(v_grid.dtype), padding=self.kernel_size // 2, groups=b * c)
+        return grid_to_tokens(out.reshape(b, c, *grid_size))
+
+    def forward(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int = 1) -> torch.Tensor:
+        check_grid(x, grid_size, num_prefix_tokens)
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).unbind(2)
+        out = linear_attention(
+            q, k, v, feature_map="identity", center_keys=True, scale=self.head_dim**-0.5 / n, feature_const=n**-0.5,
+        ).reshape(b, n, c)
+        residual = self.local_residual(x, v.reshape(b, n, c)[:, num_prefix_tokens:], grid_size)
+        out = torch.cat([out[:, :num_prefix_tokens], out[:, num_prefix_tokens:] + residual], dim=1)
+        return self.proj_drop(self.proj(self.attn_drop(out)))

@@ -1,0 +1,456 @@
+"""DeiT-style Vision Transformer with a pluggable token mixer.
+
+The only thing that differs between the zoo's plain backbones is the token mixer, so one backbone serves them all:
+softmax attention (the DeiT baseline, weight-compatible with timm's ``deit_*``), ReLU linear attention, InLine,
+quadratic-Taylor (QT), ZeroS, FEM (linear and softmax priors), bidirectional DeltaNet and bidirectional H3.
+
+Papers:
+- DeiT: "Training data-efficient image transformers & distillation through attention", arXiv 2012.12877
+- InLine: "Bridging the Divide: Reconsidering Softmax and Linear Attention", NeurIPS 2024, arXiv 2412.06590
+- QT-ViT: "QT-ViT: Improving Linear Attention in ViT with Quadratic Taylor Expansion", NeurIPS 2024
+- ZeroS: "Zero-Sum Linear Attention", arXiv 2602.05230
+- FEM: "Free Energy Mixer", ICLR 2026, arXiv 2602.07160
+- DeltaNet: "Parallelizing Linear Transformers with the Delta Rule over Sequence Length", arXiv 2406.06484
+- H3: "Hungry Hungry Hippos", arXiv 2212.14052, as analysed in "Fine-grained Analysis of In-context Linear
+  Estimation", NeurIPS 2024
+
+Model names are ``<family>_deit_<size>_patch16_<res>``; the variants table at the bottom lists them.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import torch
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import named_apply
+from torch.utils.checkpoint import checkpoint
+
+from ..mixers import create_mixer
+from ._helpers import check_pretrained_available
+
+__all__ = ["MixerViT", "MixerBlock"]
+
+_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class MixerBlock(nn.Module):
+    """Pre-norm transformer block whose attention is any registered token mixer.
+
+    Attribute names follow timm's ``Block`` (``norm1``, ``attn``, ``ls1``, ...) so softmax weights load from timm.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int,
+            mixer: str,
+            mixer_kwargs: dict | None = None,
+            mlp_ratio: float = 4.0,
+            qkv_bias: bool = True,
+            proj_drop: float = 0.0,
+            attn_drop: float = 0.0,
+            init_values: float | None = None,
+            drop_path: float = 0.0,
+            act_layer: type[nn.Module] = nn.GELU,
+            norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.norm1 = norm_layer(dim, **dd)
+        self.attn = create_mixer(
+            mixer, dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
+            **(mixer_kwargs or {}), **dd,
+        )
+        self.ls1 = LayerScale(dim, init_values=init_values, **dd) if init_values else nn.Identity()
+        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = norm_layer(dim, **dd)
+        self.mlp = Mlp(dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop, **dd)
+        self.ls2 = LayerScale(dim, init_values=init_values, **dd) if init_values else nn.Identity()
+        self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
+        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), grid_size, num_prefix_tokens)))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+def _init_weights(module: nn.Module, name: str = "") -> None:
+    """timm's ViT init: trunc-normal Linear weights, zero biases, then a mixer's own ``init_weights``."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif hasattr(module, "init_weights"):
+        module.init_weights()
+
+
+class MixerViT(nn.Module):
+    """DeiT-style ViT (cls token, learned absolute position embedding) with a pluggable token mixer."""
+
+    def __init__(
+            self,
+            img_size: int | tuple[int, int] = 224,
+            patch_size: int = 16,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            global_pool: str = "token",
+            embed_dim: int = 192,
+            depth: int = 12,
+            num_heads: int = 3,
+            mixer: str = "softmax",
+            mixer_kwargs: dict | None = None,
+            mlp_ratio: float = 4.0,
+            qkv_bias: bool = True,
+            init_values: float | None = None,
+            class_token: bool = True,
+            dynamic_img_size: bool = False,
+            drop_rate: float = 0.0,
+            pos_drop_rate: float = 0.0,
+            proj_drop_rate: float = 0.0,
+            attn_drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+            device=None,
+            dtype=None,
+    ) -> None:
+        """
+        Args:
+            img_size: Input image size (the position embedding's grid).
+            patch_size: Patch size.
+            in_chans: Number of input channels.
+            num_classes: Number of classes of the head (0 for none).
+            global_pool: 'token' (cls token), 'avg' (mean of patch tokens) or '' (no pooling).
+            embed_dim: Width.
+            depth: Number of blocks.
+            num_heads: Number of heads of the mixer.
+            mixer: Token-mixer name (see ``vitzoo.mixers.MIXERS``).
+            mixer_kwargs: Family options passed to the mixer.
+            mlp_ratio: MLP hidden width over embed_dim.
+            qkv_bias: Bias on the mixer's input projections.
+            init_values: LayerScale init (None for none).
+            class_token: Use a cls token.
+            dynamic_img_size: Accept any input size divisible by the patch size, resampling the position embedding.
+            drop_rate: Head dropout.
+            pos_drop_rate: Dropout after the position embedding.
+            proj_drop_rate: Dropout after projections.
+            attn_drop_rate: Dropout inside the mixer.
+            drop_path_rate: Stochastic depth, increasing linearly with depth.
+        """
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        if global_pool not in ("", "token", "avg"):
+            raise ValueError(f"global_pool={global_pool!r} is not one of '', 'token', 'avg'")
+        if global_pool == "token" and not class_token:
+            raise ValueError("global_pool='token' needs class_token=True")
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
+        self.in_chans = in_chans
+        self.num_prefix_tokens = 1 if class_token else 0
+        self.dynamic_img_size = dynamic_img_size
+        self.mixer = mixer
+        self.grad_checkpointing = False
+
+        self.patch_embed = PatchEmbed(
+            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+            strict_img_size=not dynamic_img_size, output_fmt="NHWC" if dynamic_img_size else None, **dd,
+        )
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim, **dd)) if class_token else None
+        self.pos_embed = nn.Parameter(torch.empty(1, num_patches + self.num_prefix_tokens, embed_dim, **dd))
+        self.pos_drop = nn.Dropout(pos_drop_rate)
+
+        dpr = [r.item() for r in torch.linspace(0, drop_path_rate, depth, device="cpu")]
+        self.blocks = nn.ModuleList([
+            MixerBlock(
+                embed_dim, num_heads, mixer, mixer_kwargs=mixer_kwargs, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
+                proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, init_values=init_values, drop_path=dpr[i],
+                norm_layer=partial(nn.LayerNorm, eps=1e-6), **dd,
+            )
+            for i in range(depth)
+        ])
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=patch_size) for i in range(depth)]
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6, **dd)
+        self.fc_norm = nn.Identity()
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=1e-6)
+        named_apply(_init_weights, self)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        names = {"pos_embed", "cls_token"} if self.cls_token is not None else {"pos_embed"}
+        for i, block in enumerate(self.blocks):
+            if hasattr(block.attn, "no_weight_decay"):
+                names |= {f"blocks.{i}.attn.{n}" for n in block.attn.no_weight_decay()}
+        return names
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return dict(stem=r"^cls_token|pos_embed|patch_embed", blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ("", "token", "avg"):
+                raise ValueError(f"global_pool={global_pool!r} is not one of '', 'token', 'avg'")
+            self.global_pool = global_pool
+        weight = self.norm.weight
+        self.head = (
+            nn.Linear(self.embed_dim, num_classes, device=weight.device, dtype=weight.dtype)
+            if num_classes > 0 else nn.Identity()
+        )
+
+    def _model_name(self) -> str:
+        cfg = getattr(self, "pretrained_cfg", None) or {}
+        return cfg.get("architecture") or type(self).__name__
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        """Turn shape/dtype mistakes into one-line errors that say what the model expects."""
+        name = self._model_name()
+        if x.dim() != 4:
+            raise ValueError(f"{name} expects images of shape (B, C, H, W); got {tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"{name} expects {self.in_chans} input channel(s), got {x.shape[1]}; create it with "
+                f"in_chans={x.shape[1]}"
+            )
+        if x.dtype not in _SUPPORTED_DTYPES:
+            raise ValueError(f"{name} expects a floating-point input (float16/bfloat16/float32/float64), got {x.dtype}")
+        h, w = x.shape[-2:]
+        ph, pw = self.patch_embed.patch_size
+        if self.dynamic_img_size:
+            if h % ph or w % pw:
+                raise ValueError(f"{name} needs an input size divisible by the patch size {ph}x{pw}, got {h}x{w}")
+        elif (h, w) != tuple(self.patch_embed.img_size):
+            eh, ew = self.patch_embed.img_size
+            raise ValueError(
+                f"{name} expects {eh}x{ew} input, got {h}x{w}; create it with img_size={h if h == w else (h, w)} "
+                f"or dynamic_img_size=True"
+            )
+
+    def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Patch-embed, prepend the cls token and add the (resampled if needed) position embedding."""
+        self._check_input(x)
+        x = self.patch_embed(x)
+        if self.dynamic_img_size:
+            b, h, w, c = x.shape
+            pos_embed = resample_abs_pos_embed(
+                self.pos_embed, (h, w), num_prefix_tokens=self.num_prefix_tokens,
+            )
+            x = x.reshape(b, h * w, c)
+        else:
+            h, w = self.patch_embed.grid_size
+            pos_embed = self.pos_embed
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+        return self.pos_drop(x + pos_embed.to(x.dtype)), (h, w)
+
+    def _run_block(self, block: MixerBlock, x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, grid_size, self.num_prefix_tokens, use_reentrant=False)
+        return block(x, grid_size, self.num_prefix_tokens)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: int | list[int] | None = None,
+            return_prefix_tokens: bool = False,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Forward features and return the outputs of the selected blocks (timm's feature API).
+
+        Args:
+            x: Input images.
+            indices: Last n blocks if int, all if None, those listed if a sequence.
+            return_prefix_tokens: Return (spatial, prefix) pairs.
+            norm: Apply the final norm to the intermediates.
+            stop_early: Stop after the last requested block.
+            output_fmt: 'NCHW' or 'NLC'.
+            intermediates_only: Return only the intermediates.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt={output_fmt!r} is not one of 'NCHW', 'NLC'")
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        batch = x.shape[0]
+        x, grid_size = self._embed(x)
+        blocks = self.blocks[: max_index + 1] if stop_early else self.blocks
+        intermediates = []
+        for i, block in enumerate(blocks):
+            x = self._run_block(block, x, grid_size)
+            if i in take_indices:
+                intermediates.append(self.norm(x) if norm else x)
+        prefix = [y[:, : self.num_prefix_tokens] for y in intermediates]
+        intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
+        if output_fmt == "NCHW":
+            intermediates = [
+                y.reshape(batch, grid_size[0], grid_size[1], -1).permute(0, 3, 1, 2).contiguous()
+                for y in intermediates
+            ]
+        if return_prefix_tokens and self.num_prefix_tokens:
+            intermediates = list(zip(intermediates, prefix))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: int | list[int] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the blocks (and optionally norm / head) not needed for the requested intermediates."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[: max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.fc_norm = nn.Identity()
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x, grid_size = self._embed(x)
+        for block in self.blocks:
+            x = self._run_block(block, x, grid_size)
+        return self.norm(x)
+
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
+        if self.global_pool == "token":
+            return x[:, 0]
+        if self.global_pool == "avg":
+            return x[:, self.num_prefix_tokens:].mean(dim=1)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(self.fc_norm(self.pool(x)))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: MixerViT) -> dict[str, torch.Tensor]:
+    """Accept timm / DeiT checkpoints (``model`` wrapper, distillation keys) and resample the position embedding."""
+    state_dict = state_dict.get("model", state_dict)
+    out = {}
+    for key, value in state_dict.items():
+        if key.startswith(("dist_token", "head_dist")):
+            continue
+        if key == "pos_embed" and value.shape != model.pos_embed.shape:
+            grid = model.patch_embed.grid_size
+            value = resample_abs_pos_embed(value, grid, num_prefix_tokens=model.num_prefix_tokens, verbose=True)
+        out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Variants. Each family is DeiT-T/S/B shaped (192/3, 384/6, 768/12 heads, 224) except InLine, whose paper narrows
+# S and B and raises their resolution to match FLOPs (T 192/6/224, S 320/10/288, B 384/12/448).
+# ---------------------------------------------------------------------------------------------------------------
+
+_DEIT_SIZES = {"tiny": (192, 3, 224), "small": (384, 6, 224), "base": (768, 12, 224)}
+_INLINE_SIZES = {"tiny": (192, 6, 224), "small": (320, 10, 288), "base": (384, 12, 448)}
+
+# family -> (mixer, mixer_kwargs, sizes, paper, notes)
+_FAMILIES: dict[str, tuple[str, dict, dict, str, str]] = {
+    "softmax": ("softmax", {}, _DEIT_SIZES, "DeiT", "softmax attention (SDPA); loads timm deit_* weights"),
+    "linear": ("linear", {}, _DEIT_SIZES, "linear attention baseline", "ReLU feature map, normalised"),
+    "inline": (
+        "inline", {}, _INLINE_SIZES, "InLine (NeurIPS 2024)",
+        "injective linear attention + predicted 3x3 local residual on V; widths/resolutions as the paper",
+    ),
+    "qt": (
+        "qt", {}, _DEIT_SIZES, "QT-ViT (NeurIPS 2024), DeiT adaptation",
+        "adaptation: QT-ViT's quadratic-Taylor attention in a plain DeiT (the paper uses EfficientViT: qtvit_*)",
+    ),
+    "zeros": ("zeros", {}, _DEIT_SIZES, "ZeroS (NeurIPS 2025)", "non-causal zero-sum linear attention"),
+    "fem": ("fem", {"prior": "linear"}, _DEIT_SIZES, "FEM (ICLR 2026)", "free-energy mixer over a ReLU linear prior"),
+    "fem_softmax": (
+        "fem", {"prior": "softmax"}, _DEIT_SIZES, "FEM (ICLR 2026)", "free-energy mixer over a softmax prior",
+    ),
+    "deltanet": (
+        "deltanet", {}, _DEIT_SIZES, "DeltaNet (NeurIPS 2024), vision adaptation",
+        "adaptation: bidirectional delta rule (forward + reversed scan, averaged), 3x3 depthwise conv",
+    ),
+    "h3": (
+        "h3", {}, _DEIT_SIZES, "H3, vision adaptation",
+        "adaptation: centred depthwise conv + bidirectional diagonal SSM",
+    ),
+}
+
+
+def _variant_name(family: str, size: str, res: int) -> str:
+    return f"{family}_deit_{size}_patch16_{res}"
+
+
+def _cfg(res: int, paper: str, notes: str) -> dict:
+    return dict(
+        url="", num_classes=1000, input_size=(3, res, res), pool_size=None, crop_pct=0.875, interpolation="bicubic",
+        fixed_input_size=True, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="patch_embed.proj",
+        classifier="head", license="apache-2.0", paper_name=paper, notes=(notes,),
+    )
+
+
+default_cfgs = generate_default_cfgs({
+    _variant_name(family, size, res): _cfg(res, paper, notes)
+    for family, (_, _, sizes, paper, notes) in _FAMILIES.items()
+    for size, (_, _, res) in sizes.items()
+})
+
+
+def _create_mixer_vit(variant: str, pretrained: bool = False, **kwargs) -> MixerViT:
+    check_pretrained_available(variant, pretrained, kwargs)
+    out_indices = kwargs.pop("out_indices", 3)
+    return build_model_with_cfg(
+        MixerViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs,
+    )
+
+
+def _make_entrypoint(name: str, model_args: dict) -> Callable[..., MixerViT]:
+    def entrypoint(pretrained: bool = False, **kwargs) -> MixerViT:
+        return _create_mixer_vit(name, pretrained=pretrained, **dict(model_args, **kwargs))
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = f"{name}: {model_args['mixer']} mixer, width {model_args['embed_dim']}, " \
+                         f"{model_args['num_heads']} heads, depth 12, patch 16."
+    return entrypoint
+
+
+# The registry is table-driven (one entrypoint per family x size) instead of 27 hand-copied functions; each
+# entrypoint is a real module-level function, so timm lists, creates and documents it like any other.
+for _family, (_mixer, _mixer_kwargs, _sizes, _, _) in _FAMILIES.items():
+    for _size, (_dim, _heads, _res) in _sizes.items():
+        _name = _variant_name(_family, _size, _res)
+        _args = dict(
+            img_size=_res, patch_size=16, embed_dim=_dim, depth=12, num_heads=_heads, mixer=_mixer,
+            **({"mixer_kwargs": dict(_mixer_kwargs)} if _mixer_kwargs else {}),
+        )
+        globals()[_name] = register_model(_make_entrypoint(_name, _args))
+
+del _family, _mixer, _mixer_kwargs, _sizes, _size, _dim, _heads, _res, _name, _args
