@@ -97,6 +97,7 @@ def linear_attention_reference(
     """Plain PyTorch linear attention, the specification of :func:`linear_attention` (same arguments)."""
     _check_inputs(q, k, v, key_weights, query_weights, feature_map)
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    out_dtype = v.dtype
     q, k, v = q.to(acc), k.to(acc), v.to(acc)
     phi_q = apply_feature_map(q, feature_map) * scale**0.5
     phi_k = apply_feature_map(k, feature_map) * scale**0.5
@@ -117,7 +118,7 @@ def linear_attention_reference(
         z = torch.einsum("bnhw,bnhk->bhwk", a, phi_k)
         den = torch.einsum("bnhw,bnhk,bhwk->bnh", b, phi_q, z)
         out = out / (den.unsqueeze(-1) + eps)
-    return out.to(v.dtype)
+    return out.to(out_dtype)
 
 
 def linear_attention(

@@ -215,7 +215,7 @@ class MixerViT(nn.Module):
             if global_pool not in ("", "token", "avg"):
                 raise ValueError(f"global_pool={global_pool!r} is not one of '', 'token', 'avg'")
             self.global_pool = global_pool
-        weight = self.norm.weight
+        weight = self.patch_embed.proj.weight  # follows the model's device and dtype
         self.head = (
             nn.Linear(self.embed_dim, num_classes, device=weight.device, dtype=weight.dtype)
             if num_classes > 0 else nn.Identity()

@@ -1,0 +1,141 @@
+"""timm's contract for every DeiT-style vitzoo model (small input sizes keep it fast on CPU)."""
+from __future__ import annotations
+
+import fnmatch
+
+import pytest
+import timm
+import torch
+from timm.models._manipulate import group_parameters
+
+import vitzoo  # noqa: F401  (registers the models)
+
+MODEL_NAMES = timm.list_models(module="vit")
+SMALL = dict(img_size=32, patch_size=8)  # a 4x4 grid + cls token
+
+
+def _create(name: str, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(name, **{**SMALL, **kwargs})
+
+
+def test_every_family_is_registered():
+    families = {name.split("_deit_")[0] for name in MODEL_NAMES}
+    assert families == {"softmax", "linear", "inline", "qt", "zeros", "fem", "fem_softmax", "deltanet", "h3"}
+    for family in families:
+        sizes = {name.split("_deit_")[1].split("_")[0] for name in MODEL_NAMES if name.startswith(family + "_deit_")}
+        assert sizes == {"tiny", "small", "base"}, family
+    assert timm.list_models("inline_*") == [
+        "inline_deit_base_patch16_448", "inline_deit_small_patch16_288", "inline_deit_tiny_patch16_224",
+    ]
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_forward_backward_and_api(name):
+    model = _create(name)
+    cfg = model.pretrained_cfg
+    for key in ("input_size", "mean", "std", "crop_pct", "interpolation", "first_conv", "classifier", "license"):
+        assert key in cfg, key
+    state = model.state_dict()
+    assert cfg["first_conv"] + ".weight" in state and cfg["classifier"] + ".weight" in state
+
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)
+    assert out.shape == (2, 1000) and torch.isfinite(out).all()
+    out.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, f"parameters without finite gradients: {missing}"
+
+    model.eval()
+    with torch.no_grad():
+        features = model.forward_features(x)
+        final, intermediates = model.forward_intermediates(x)
+        torch.testing.assert_close(final, features, rtol=1e-5, atol=1e-6)
+        assert len(intermediates) == len(model.blocks) and intermediates[-1].shape == (2, model.embed_dim, 4, 4)
+        pre_logits = model.forward_head(features, pre_logits=True)
+        assert pre_logits.shape == (2, model.head_hidden_size)
+
+        model.set_grad_checkpointing(True)
+        torch.testing.assert_close(model.forward_features(x), features, rtol=1e-5, atol=1e-6)
+        model.set_grad_checkpointing(False)
+
+        model.reset_classifier(0)
+        assert model(x).shape == pre_logits.shape
+        model.reset_classifier(7)
+        assert model.global_pool == "token" and model(x).shape == (2, 7)
+
+    params = [n for n, _ in model.named_parameters()]
+    for pattern in model.no_weight_decay():
+        assert any(fnmatch.fnmatch(n, pattern) for n in params), f"no_weight_decay name {pattern!r} matches nothing"
+    groups = group_parameters(model, model.group_matcher())
+    assert len(groups) > 1
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_construction_options(name):
+    meta = timm.create_model(name, device="meta", dtype=torch.float32)
+    assert all(t.device.type == "meta" for t in [*meta.parameters(), *meta.buffers()])
+
+    with pytest.raises(TypeError):
+        timm.create_model(name, not_a_model_arg=1, device="meta")
+
+    # Fashion-MNIST shape: 28x28 grey, 10 classes.
+    fmnist = _create(name, img_size=28, patch_size=4, in_chans=1, num_classes=10).eval()
+    with torch.no_grad():
+        assert fmnist(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+
+    features = _create(name, features_only=True, out_indices=(1, 3)).eval()
+    with torch.no_grad():
+        maps = features(torch.randn(1, 3, 32, 32))
+    assert [tuple(m.shape) for m in maps] == [(1, features.feature_info.channels()[0], 4, 4)] * 2
+
+
+@pytest.mark.parametrize("name", ["softmax_deit_tiny_patch16_224", "inline_deit_tiny_patch16_224"])
+def test_dynamic_img_size(name):
+    model = _create(name, dynamic_img_size=True).eval()
+    with torch.no_grad():
+        for size in ((32, 32), (48, 24)):
+            assert model(torch.randn(1, 3, *size)).shape == (1, 1000)
+        with pytest.raises(ValueError, match="divisible by the patch size"):
+            model(torch.randn(1, 3, 36, 32))
+
+
+def test_bad_input_errors_name_the_model():
+    model = _create("linear_deit_tiny_patch16_224").eval()
+    with pytest.raises(ValueError, match=r"linear_deit_tiny_patch16_224 expects 3 input channel\(s\), got 1"):
+        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match=r"expects 32x32 input, got 40x40.*dynamic_img_size=True"):
+        model(torch.randn(1, 3, 40, 40))
+    with pytest.raises(ValueError, match="floating-point input"):
+        model(torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8))
+
+
+def test_pretrained_without_weights_says_how_to_pass_them():
+    with pytest.raises(ValueError, match=r"pretrained_cfg_overlay=dict\(file="):
+        timm.create_model("inline_deit_tiny_patch16_224", pretrained=True)
+
+
+def test_pretrained_from_file(tmp_path):
+    from safetensors.torch import save_file
+
+    source = _create("inline_deit_tiny_patch16_224").eval()
+    path = tmp_path / "weights.safetensors"
+    save_file(source.state_dict(), str(path))
+    loaded = timm.create_model(
+        "inline_deit_tiny_patch16_224", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **SMALL,
+    ).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), source(x))
+
+
+@pytest.mark.parametrize("size", ["tiny", "small"])
+def test_softmax_baseline_matches_timm_deit(size):
+    """softmax_deit_* loads timm's deit_* state dict and gives the same logits."""
+    torch.manual_seed(0)
+    reference = timm.create_model(f"deit_{size}_patch16_224").eval()
+    ours = timm.create_model(f"softmax_deit_{size}_patch16_224").eval()
+    ours.load_state_dict(reference.state_dict(), strict=True)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x), rtol=1e-5, atol=1e-5)
