@@ -1,0 +1,10 @@
+"""Test-session set-up that must happen before triton is imported anywhere."""
+import os
+
+import torch
+
+# Without a GPU the Triton kernels run in the interpreter. The variable is read when triton is imported, so it is
+# set here, before any test module imports vitzoo.kernels. Ops still dispatch to their PyTorch references on CPU
+# unless a test sets VITZOO_KERNELS=triton, so this changes nothing for the other tests.
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
