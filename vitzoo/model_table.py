@@ -74,7 +74,7 @@ def build_rows(names: list[str]) -> list[dict]:
 
 def to_markdown(rows: list[dict]) -> str:
     lines = [
-        "| model | family | res | params (M) | GMACs | published params / GMACs | published top-1 (ImageNet) | source |",
+        "| model | family | res | params (M) | GMACs | published params / GMACs | published top-1 | source |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:

@@ -13,7 +13,7 @@ import torch
 _CHOICES = ("auto", "reference", "triton")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def triton_available() -> bool:
     try:
         import triton  # noqa: F401

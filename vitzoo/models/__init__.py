@@ -1,2 +1,2 @@
 """Model families; importing this package registers every vitzoo model with timm."""
-from . import vit  # noqa: F401
+from . import efficientvit, vit  # noqa: F401

@@ -20,7 +20,6 @@ def check_pretrained_available(variant: str, pretrained: bool, kwargs: dict) -> 
         if any(cfg.get(source) for source in _WEIGHT_SOURCES):
             return
     raise ValueError(
-        f"{variant} has no published weights; pass your own with "
-        f"timm.create_model('{variant}', pretrained=True, pretrained_cfg_overlay=dict(file='path/to/weights.safetensors'))"
-        f" or use checkpoint_path=..."
+        f"{variant} has no published weights; pass your own with timm.create_model('{variant}', pretrained=True, "
+        f"pretrained_cfg_overlay=dict(file='path/to/weights.safetensors')) or use checkpoint_path=..."
     )

@@ -311,7 +311,7 @@ class MixerViT(nn.Module):
                 for y in intermediates
             ]
         if return_prefix_tokens and self.num_prefix_tokens:
-            intermediates = list(zip(intermediates, prefix))
+            intermediates = list(zip(intermediates, prefix, strict=True))
         if intermediates_only:
             return intermediates
         return self.norm(x), intermediates

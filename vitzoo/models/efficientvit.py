@@ -1,0 +1,238 @@
+"""QT-ViT: EfficientViT (MIT) with quadratic-Taylor linear attention.
+
+Papers:
+- QT-ViT: "QT-ViT: Improving Linear Attention in ViT with Quadratic Taylor Expansion", Xu et al., NeurIPS 2024.
+- EfficientViT: "EfficientViT: Multi-Scale Linear Attention for High-Resolution Dense Prediction",
+  https://arxiv.org/abs/2205.14756
+
+Official QT-ViT code (Apache-2.0): https://github.com/AMD-AIG-AIMA/AMD_QTViT. QT-ViT-1..6 are EfficientViT-B1, B2,
+B3, L1, L2 and L3 with every LiteMLA replaced by the QT version (:class:`vitzoo.mixers.quadratic_taylor.
+QuadraticTaylorLiteMLA`). The backbones are timm's own ``efficientvit_mit`` classes: :class:`QtVit` and
+:class:`QtVitLarge` build timm's ``EfficientVit`` / ``EfficientVitLarge`` and then swap the attention modules of
+the ViT stages, so everything else (stem, MBConvs, head, features, intermediates) is timm's code.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import GELUTanh
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models.efficientvit_mit import EfficientVit, EfficientVitBlock, EfficientVitLarge
+
+from ..mixers.quadratic_taylor import QT_EPS, QuadraticTaylorLiteMLA
+from ._helpers import check_pretrained_available
+
+__all__ = ["QtVit", "QtVitLarge"]
+
+
+def _use_qt_attention(
+        model: EfficientVit | EfficientVitLarge,
+        head_dim: int,
+        norm_layer: type[nn.Module],
+        pos_embed_img_size: int,
+        attn_eps: float,
+        device=None,
+        dtype=None,
+) -> None:
+    """Replace the LiteMLA of every EfficientViT block in ``model.stages`` with the QT version.
+
+    The QT module is built with the same arguments timm's ``EfficientVitBlock`` gives its LiteMLA, so its qkv,
+    aggregation and proj modules (and their state_dict keys) are the ones timm would have made. The stored
+    position embedding covers the stage's feature map at ``pos_embed_img_size`` (224 / stride, as the official
+    code).
+    """
+    for stage, info in zip(model.stages, model.feature_info, strict=True):
+        for block in stage.blocks:
+            if not isinstance(block, EfficientVitBlock):
+                continue
+            width = info["num_chs"]
+            block.context_module.main = QuadraticTaylorLiteMLA(
+                in_channels=width,
+                out_channels=width,
+                dim=head_dim,
+                norm_layer=(None, norm_layer),
+                pos_embed_size=pos_embed_img_size // info["reduction"],
+                eps=attn_eps,
+                device=device,
+                dtype=dtype,
+            )
+
+
+class QtVit(EfficientVit):
+    """EfficientViT-B backbone with QT attention (QT-ViT-1..3).
+
+    Args:
+        in_chans: input image channels.
+        widths: stem and stage widths.
+        depths: stem and stage depths.
+        head_dim: attention head dim.
+        expand_ratio: MBConv expansion.
+        norm_layer: norm of the conv blocks.
+        act_layer: activation of the conv blocks.
+        global_pool: head pooling.
+        head_widths: widths of the head's 1x1 conv and hidden Linear.
+        drop_rate: head dropout.
+        num_classes: classifier outputs (0 for none).
+        pos_embed_img_size: image size whose feature maps size the key position embeddings (training size).
+        attn_eps: added to the attention normaliser.
+        device: parameter device.
+        dtype: parameter dtype.
+    """
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            widths: tuple[int, ...] = (),
+            depths: tuple[int, ...] = (),
+            head_dim: int = 32,
+            expand_ratio: float = 4,
+            norm_layer: type[nn.Module] = nn.BatchNorm2d,
+            act_layer: type[nn.Module] = nn.Hardswish,
+            global_pool: str = "avg",
+            head_widths: tuple[int, ...] = (),
+            drop_rate: float = 0.0,
+            num_classes: int = 1000,
+            pos_embed_img_size: int = 224,
+            attn_eps: float = QT_EPS,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__(
+            in_chans=in_chans, widths=widths, depths=depths, head_dim=head_dim, expand_ratio=expand_ratio,
+            norm_layer=norm_layer, act_layer=act_layer, global_pool=global_pool, head_widths=head_widths,
+            drop_rate=drop_rate, num_classes=num_classes, device=device, dtype=dtype,
+        )
+        _use_qt_attention(self, head_dim, norm_layer, pos_embed_img_size, attn_eps, device=device, dtype=dtype)
+
+
+class QtVitLarge(EfficientVitLarge):
+    """EfficientViT-L backbone with QT attention (QT-ViT-4..6).
+
+    Args:
+        in_chans: input image channels.
+        widths: stem and stage widths.
+        depths: stem and stage depths.
+        head_dim: attention head dim.
+        norm_layer: norm of the conv blocks (built with ``eps=norm_eps``).
+        act_layer: activation of the conv blocks.
+        global_pool: head pooling.
+        head_widths: widths of the head's 1x1 conv and hidden Linear.
+        drop_rate: head dropout.
+        num_classes: classifier outputs (0 for none).
+        norm_eps: BatchNorm / LayerNorm eps (1e-7 for the L series).
+        pos_embed_img_size: image size whose feature maps size the key position embeddings (training size).
+        attn_eps: added to the attention normaliser.
+        device: parameter device.
+        dtype: parameter dtype.
+    """
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            widths: tuple[int, ...] = (),
+            depths: tuple[int, ...] = (),
+            head_dim: int = 32,
+            norm_layer: type[nn.Module] = nn.BatchNorm2d,
+            act_layer: type[nn.Module] = GELUTanh,
+            global_pool: str = "avg",
+            head_widths: tuple[int, ...] = (),
+            drop_rate: float = 0.0,
+            num_classes: int = 1000,
+            norm_eps: float = 1e-7,
+            pos_embed_img_size: int = 224,
+            attn_eps: float = QT_EPS,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__(
+            in_chans=in_chans, widths=widths, depths=depths, head_dim=head_dim, norm_layer=norm_layer,
+            act_layer=act_layer, global_pool=global_pool, head_widths=head_widths, drop_rate=drop_rate,
+            num_classes=num_classes, norm_eps=norm_eps, device=device, dtype=dtype,
+        )
+        # timm's large blocks get partial(norm_layer, eps=norm_eps); the QT proj norm must match.
+        _use_qt_attention(
+            self, head_dim, partial(norm_layer, eps=norm_eps), pos_embed_img_size, attn_eps, device=device, dtype=dtype,
+        )
+
+
+_NOTES = (
+    "follows the official AMD_QTViT code: k += learnable APE (224/stride, bicubic-resampled); q, k -> x^2/||x^2||; "
+    "appended learnable constant c (init 1); normalised linear attention, fp32 accumulation; + GELU(BN(v))",
+    "published weights (Google Drive, official README) use the official key layout; not converted here",
+)
+
+
+def _cfg(paper_table: str, crop_pct: float = 1.0) -> dict:
+    return dict(
+        url="", num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=crop_pct,
+        interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+        first_conv="stem.in_conv.conv", classifier="head.classifier.4", license="apache-2.0",
+        paper_name="QT-ViT: Improving Linear Attention in ViT with Quadratic Taylor Expansion (NeurIPS 2024)",
+        paper_ids="arXiv:2205.14756 (EfficientViT backbone)", origin_url="https://github.com/AMD-AIG-AIMA/AMD_QTViT",
+        notes=(paper_table, *_NOTES),
+    )
+
+
+# Test crop ratio 0.95 for the B1-based model, 1.0 for the rest (official configs, mixers.md 1.3).
+default_cfgs = generate_default_cfgs({
+    "qtvit_1": _cfg("paper Table 1: EfficientViT-B1, 9.4M params, 0.52 GMACs, 79.6 top-1", crop_pct=0.95),
+    "qtvit_2": _cfg("paper Table 1: EfficientViT-B2, 24.9M params, 1.60 GMACs, 82.5 top-1"),
+    "qtvit_3": _cfg("paper Table 1: EfficientViT-B3, 49.7M params, 3.97 GMACs, 83.9 top-1"),
+    "qtvit_4": _cfg("paper Table 1: EfficientViT-L1, 53.0M params, 5.26 GMACs, 84.7 top-1"),
+    "qtvit_5": _cfg("paper Table 1: EfficientViT-L2, 64.1M params, 6.96 GMACs, 85.2 top-1"),
+    "qtvit_6": _cfg("paper Table 1: EfficientViT-L3, 246.8M params, 27.60 GMACs, 86.0 top-1"),
+})
+
+
+def _create_qtvit(model_cls: type[QtVit | QtVitLarge], variant: str, pretrained: bool = False, **kwargs):
+    check_pretrained_available(variant, pretrained, kwargs)
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    return build_model_with_cfg(
+        model_cls, variant, pretrained, feature_cfg=dict(flatten_sequential=True, out_indices=out_indices), **kwargs,
+    )
+
+
+@register_model
+def qtvit_1(pretrained: bool = False, **kwargs) -> QtVit:
+    """QT-ViT-1: EfficientViT-B1 with QT attention."""
+    model_args = dict(widths=(16, 32, 64, 128, 256), depths=(1, 2, 3, 3, 4), head_dim=16, head_widths=(1536, 1600))
+    return _create_qtvit(QtVit, "qtvit_1", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def qtvit_2(pretrained: bool = False, **kwargs) -> QtVit:
+    """QT-ViT-2: EfficientViT-B2 with QT attention."""
+    model_args = dict(widths=(24, 48, 96, 192, 384), depths=(1, 3, 4, 4, 6), head_dim=32, head_widths=(2304, 2560))
+    return _create_qtvit(QtVit, "qtvit_2", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def qtvit_3(pretrained: bool = False, **kwargs) -> QtVit:
+    """QT-ViT-3: EfficientViT-B3 with QT attention."""
+    model_args = dict(widths=(32, 64, 128, 256, 512), depths=(1, 4, 6, 6, 9), head_dim=32, head_widths=(2304, 2560))
+    return _create_qtvit(QtVit, "qtvit_3", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def qtvit_4(pretrained: bool = False, **kwargs) -> QtVitLarge:
+    """QT-ViT-4: EfficientViT-L1 with QT attention."""
+    model_args = dict(widths=(32, 64, 128, 256, 512), depths=(1, 1, 1, 6, 6), head_dim=32, head_widths=(3072, 3200))
+    return _create_qtvit(QtVitLarge, "qtvit_4", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def qtvit_5(pretrained: bool = False, **kwargs) -> QtVitLarge:
+    """QT-ViT-5: EfficientViT-L2 with QT attention."""
+    model_args = dict(widths=(32, 64, 128, 256, 512), depths=(1, 2, 2, 8, 8), head_dim=32, head_widths=(3072, 3200))
+    return _create_qtvit(QtVitLarge, "qtvit_5", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def qtvit_6(pretrained: bool = False, **kwargs) -> QtVitLarge:
+    """QT-ViT-6: EfficientViT-L3 with QT attention."""
+    model_args = dict(
+        widths=(64, 128, 256, 512, 1024), depths=(1, 2, 2, 8, 8), head_dim=32, head_widths=(6144, 6400),
+    )
+    return _create_qtvit(QtVitLarge, "qtvit_6", pretrained=pretrained, **dict(model_args, **kwargs))
