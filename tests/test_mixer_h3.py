@@ -1,0 +1,130 @@
+"""Bidirectional H3: FFT long convolution vs explicit Toeplitz sums, and the mixer vs an explicit construction."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vitzoo.mixers import h3
+from vitzoo.mixers.h3 import BidirectionalH3, DiagonalSSMKernel, bidirectional_long_conv
+
+DIM, HEADS = 64, 4  # head_dim 16
+LAYOUTS = [((1, 1), 0), ((6, 8), 1), ((14, 14), 1)]  # N = 1, 49, 197
+
+
+def causal_conv_explicit(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """y_t = sum_{s <= t} kernel[t - s] x_s, one token pair at a time (x (..., L), kernel broadcastable)."""
+    length = x.shape[-1]
+    y = torch.zeros(torch.broadcast_shapes(x.shape, kernel.shape), dtype=x.dtype)
+    for t in range(length):
+        for s in range(t + 1):
+            y[..., t] += kernel[..., t - s] * x[..., s]
+    return y
+
+
+@pytest.mark.parametrize("length", [1, 49, 197])
+def test_long_conv_matches_toeplitz_sums(length):
+    torch.manual_seed(length)
+    x = torch.randn(2, 3, length, dtype=torch.float64)
+    kernel_fwd, kernel_bwd = torch.randn(2, 3, length, dtype=torch.float64).unbind(0)
+    zero = torch.zeros_like(kernel_fwd)
+    forward = causal_conv_explicit(x, kernel_fwd)
+    backward = causal_conv_explicit(x.flip(-1), kernel_bwd).flip(-1)  # the flipped-sequence direction
+    torch.testing.assert_close(bidirectional_long_conv(x, kernel_fwd, zero), forward, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(bidirectional_long_conv(x, zero, kernel_bwd), backward, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(
+        bidirectional_long_conv(x, kernel_fwd, kernel_bwd), forward + backward, atol=1e-10, rtol=1e-10
+    )
+
+
+def test_ssm_kernel_is_the_zoh_impulse_response():
+    torch.manual_seed(0)
+    ssm = DiagonalSSMKernel(3, d_state=8, dtype=torch.float64)
+    with torch.no_grad():
+        ssm.B.normal_()
+    kernel_fwd, kernel_bwd = ssm(20, torch.float64)
+    for direction, kernel in enumerate((kernel_fwd, kernel_bwd)):
+        dt = ssm.log_dt[direction].exp()[:, None]
+        a = torch.complex(-ssm.log_A_real[direction].exp(), ssm.A_imag[direction])
+        b, c = torch.view_as_complex(ssm.B[direction]), torch.view_as_complex(ssm.C[direction])
+        a_bar, b_bar = torch.exp(dt * a), (torch.exp(dt * a) - 1) / a * b
+        state = b_bar  # the state after an impulse at step 0, advanced one step per lag
+        for lag in range(20):
+            torch.testing.assert_close(kernel[:, lag], 2 * (c * state).sum(-1).real, atol=1e-12, rtol=1e-10)
+            state = a_bar * state
+
+
+def _make_mixer(seed: int = 0) -> BidirectionalH3:
+    torch.manual_seed(seed)
+    mixer = BidirectionalH3(DIM, num_heads=HEADS, d_state=16, dtype=torch.float64)
+    with torch.no_grad():
+        for name, p in mixer.named_parameters():
+            if not name.startswith("ssm."):  # keep the S4D-Lin init of the SSM (a stable kernel)
+                p.normal_(std=0.3)
+    return mixer
+
+
+def explicit_h3(mixer: BidirectionalH3, x: torch.Tensor, grid_size, num_prefix: int) -> torch.Tensor:
+    """Materialise every (B, N, h, d, d) outer product and sum it against the two-sided kernel pair by pair."""
+    batch, n, dim = x.shape
+    h, d = mixer.num_heads, mixer.head_dim
+    q, k, v = F.linear(x, mixer.qkv.weight, mixer.qkv.bias).chunk(3, dim=-1)
+    grid = k[:, num_prefix:].transpose(1, 2).reshape(batch, dim, *grid_size)
+    conv = mixer.k_conv.conv
+    grid = F.conv2d(grid, conv.weight, conv.bias, padding=1, groups=dim)
+    k = torch.cat([k[:, :num_prefix], grid.flatten(2).transpose(1, 2)], dim=1)
+    q, k, v = (t.reshape(batch, n, h, d) for t in (q, k, v))
+    kv = torch.einsum("bnhi,bnhj->bnhij", k, v)
+    kernel_fwd, kernel_bwd = mixer.ssm(n, torch.float64)  # (h, N) each
+    y = mixer.D[:, None, None] * kv
+    for t in range(n):
+        for s in range(n):
+            weight = (kernel_fwd[:, t - s] if t >= s else 0) + (kernel_bwd[:, s - t] if s >= t else 0)
+            y[:, t] = y[:, t] + weight[:, None, None] * kv[:, s]
+    out = torch.einsum("bnhi,bnhij->bnhj", q, y).reshape(batch, n, dim)
+    return F.linear(out, mixer.proj.weight, mixer.proj.bias)
+
+
+@pytest.mark.parametrize("path", ["toeplitz", "fft"])
+@pytest.mark.parametrize("grid_size, num_prefix", LAYOUTS)
+def test_matches_explicit(monkeypatch, path, grid_size, num_prefix):
+    # Force one core: the switch compares N with TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM * head_dim.
+    monkeypatch.setattr(h3, "TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM", 10**9 if path == "toeplitz" else 0)
+    mixer = _make_mixer()
+    n = num_prefix + grid_size[0] * grid_size[1]
+    x = torch.randn(2, n, DIM, dtype=torch.float64)
+    out = mixer(x, grid_size=grid_size, num_prefix_tokens=num_prefix)
+    assert out.shape == (2, n, DIM)
+    torch.testing.assert_close(out, explicit_h3(mixer, x, grid_size, num_prefix), atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize("path", ["toeplitz", "fft"])
+def test_gradients_match_explicit_and_reach_every_parameter(monkeypatch, path):
+    monkeypatch.setattr(h3, "TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM", 10**9 if path == "toeplitz" else 0)
+    mixer = _make_mixer(1)
+    x = torch.randn(2, 26, DIM, dtype=torch.float64, requires_grad=True)
+    params = [x, *mixer.parameters()]
+    grads = torch.autograd.grad(mixer(x, grid_size=(5, 5)).square().sum(), params)
+    expected = torch.autograd.grad(explicit_h3(mixer, x, (5, 5), 1).square().sum(), params)
+    for (name, _), grad, ref in zip([("x", None), *mixer.named_parameters()], grads, expected, strict=True):
+        assert grad.abs().sum() > 0, f"no gradient reaches {name}"
+        torch.testing.assert_close(grad, ref, atol=1e-9, rtol=1e-8, msg=f"gradient of {name}")
+
+
+def test_ssm_parameters_are_marked_for_the_optimiser():
+    mixer = BidirectionalH3(DIM, num_heads=HEADS)
+    names = mixer.no_weight_decay()
+    params = dict(mixer.named_parameters())
+    assert names == {"ssm.log_dt", "ssm.log_A_real", "ssm.A_imag", "ssm.B"}
+    for name, param in params.items():
+        expected = {"weight_decay": 0.0, "lr": 1e-3} if name in names else None
+        assert getattr(param, "_optim", None) == expected, name
+    dt = params["ssm.log_dt"].exp()
+    assert ((dt >= 1e-3) & (dt <= 1e-1)).all()
+
+
+def test_rejects_unknown_option_and_odd_state():
+    with pytest.raises(TypeError):
+        BidirectionalH3(DIM, num_heads=HEADS, head_dim=1)
+    with pytest.raises(ValueError):
+        BidirectionalH3(DIM, num_heads=HEADS, d_state=7)
