@@ -10,7 +10,14 @@ from vitzoo.kernels.linear_attention import apply_feature_map
 from vitzoo.mixers.inline import InLineAttention
 from vitzoo.mixers.linear import ReLULinearAttention
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def _float64_by_default():
+    """Every tensor and module of this file is float64 (restored afterwards: other modules must not see it)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
 
 
 def _explicit_weights(q, k, *, feature_map="identity", center_keys=False, scale=1.0, const=None):

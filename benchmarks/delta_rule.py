@@ -1,0 +1,256 @@
+"""Bidirectional delta rule on the GPU: vitzoo's Triton kernel vs fla's causal ``chunk_delta_rule`` vs PyTorch.
+
+Shapes are ViT-like (H=6, d=64, bf16, B*N ~ 50k tokens). Ours runs BOTH scan directions (the bidirectional op);
+fla runs ONE causal direction (its ``chunk_delta_rule`` with the L2 norm fused); the PyTorch row is
+``delta_rule_bidirectional_reference`` (the chunked reference, both directions). Before timing, our forward scan
+(one direction) and its gradients are checked against fla's on identical inputs; on a mismatch nothing is timed
+and the script exits non-zero.
+
+    python benchmarks/delta_rule.py [--out benchmarks/results/delta_rule_h200.json]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from vitzoo.kernels import delta_rule as dr  # noqa: E402
+
+SHAPES = [(256, 197), (64, 785), (16, 3137), (4, 12545)]  # (B, N)
+# Launch alternatives timed beside the default (path='auto', which is 'chunked' on CUDA; KERNEL_CHUNK=64,
+# NUM_WARPS=4). A variant is timed only if it passes its float64 check first.
+VARIANTS = {  # name: (path, kernel chunk, num_warps, num_stages of the fused kernels or None for Triton's default)
+    "fused_c32_w4": ("fused", 32, 4, None),
+    "fused_c64_w4_s1": ("fused", 64, 4, 1),
+    "chunked_c32_w4": ("chunked", 32, 4, None),
+}
+HEADS, HEAD_DIM = 6, 64
+CHECK_TOL = 2e-2  # relative L2 error between two bf16 implementations of the same scan
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def make_inputs(b: int, n: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    shape = (b, n, HEADS, HEAD_DIM)
+    q, k, v = (torch.randn(shape, generator=g, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    beta = torch.sigmoid(torch.randn(shape[:3], generator=g, device="cuda")).bfloat16()
+    return [q, k, v, beta]
+
+
+def fla_scan(q, k, v, beta):
+    from fla.ops.delta_rule import chunk_delta_rule
+
+    return chunk_delta_rule(q, k, v, beta, use_qk_l2norm_in_kernel=True)[0]
+
+
+def ours_forward_scan(q, k, v, beta):
+    return dr.delta_rule_triton(q, k, v, beta, qk_l2norm=True, directions="forward")
+
+
+def ours_bidirectional(q, k, v, beta):
+    return dr.delta_rule_triton(q, k, v, beta, qk_l2norm=True, directions="both")
+
+
+def variant_fn(path: str, chunk: int, warps: int, stages: int | None):
+    def run(q, k, v, beta):
+        saved = dr.KERNEL_CHUNK, dr.NUM_WARPS, dr.FUSED_NUM_STAGES
+        dr.KERNEL_CHUNK, dr.NUM_WARPS, dr.FUSED_NUM_STAGES = chunk, warps, stages
+        try:
+            return dr.delta_rule_triton(q, k, v, beta, qk_l2norm=True, directions="both", path=path)
+        finally:
+            dr.KERNEL_CHUNK, dr.NUM_WARPS, dr.FUSED_NUM_STAGES = saved
+    return run
+
+
+def check_variant(fn, b: int, n: int) -> dict[str, float]:
+    """A bidirectional variant vs the float64 chunked reference (output and the four gradients)."""
+    inputs = make_inputs(b, n, seed=7 * n)
+    grad = torch.randn(b, n, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+    ours = outputs_and_grads(fn, inputs, grad)
+    ref = outputs_and_grads(dr.delta_rule_bidirectional_reference, [t.double() for t in inputs], grad.double())
+    return {x: rel_err(a, c) for x, a, c in zip(["o", "dq", "dk", "dv", "dbeta"], ours, ref, strict=True)}
+
+
+def torch_bidirectional(q, k, v, beta):
+    return dr.delta_rule_bidirectional_reference(q, k, v, beta, qk_l2norm=True)
+
+
+def outputs_and_grads(fn, inputs, grad):
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    out = fn(*leaves)
+    out.backward(grad)
+    return [out] + [t.grad for t in leaves]
+
+
+def check_against_fla(b: int, n: int) -> dict[str, float]:
+    """Our one-direction scan vs fla's, forward and the four gradients; also both vs a float64 reference."""
+    inputs = make_inputs(b, n, seed=n)
+    grad = torch.randn(b, n, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+    ours = outputs_and_grads(ours_forward_scan, inputs, grad)
+    fla = outputs_and_grads(fla_scan, inputs, grad)
+    names = ["o", "dq", "dk", "dv", "dbeta"]
+    errors = {f"ours_vs_fla_{x}": rel_err(a, c) for x, a, c in zip(names, ours, fla, strict=True)}
+    exact = [t.double() for t in inputs]
+    ref = outputs_and_grads(lambda q, k, v, beta: dr.delta_rule_chunked_reference(
+        dr.l2_normalize(q), dr.l2_normalize(k), v, beta), exact, grad.double())
+    errors |= {f"ours_vs_f64_{x}": rel_err(a, c) for x, a, c in zip(names, ours, ref, strict=True)}
+    errors |= {f"fla_vs_f64_{x}": rel_err(a, c) for x, a, c in zip(names, fla, ref, strict=True)}
+    return errors
+
+
+def time_ms(fn, inputs, backward: bool) -> float:
+    import triton
+
+    if backward:
+        leaves = [t.detach().clone().requires_grad_() for t in inputs]
+        grad = torch.randn_like(inputs[2])
+
+        def step():
+            for t in leaves:
+                t.grad = None
+            fn(*leaves).backward(grad)
+    else:
+        def step():
+            with torch.no_grad():
+                fn(*inputs)
+    return triton.testing.do_bench(step, warmup=10, rep=50, return_mode="median")
+
+
+def versions() -> dict[str, str]:
+    import triton
+
+    try:
+        import fla
+
+        fla_version = getattr(fla, "__version__", "unknown")
+    except ImportError:
+        fla_version = "missing"
+    return {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "fla": fla_version,
+        "cuda": torch.version.cuda,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results/delta_rule_h200.json")
+    parser.add_argument("--skip-torch", action="store_true", help="do not time the PyTorch reference")
+    parser.add_argument("--check-variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = True
+    if args.check_variant:  # child mode: print the variant's errors against float64 as one JSON line
+        fn = variant_fn(*VARIANTS[args.check_variant])
+        try:
+            errors = {str(n): check_variant(fn, b, n) for b, n in ((4, 197), (1, 3137))}
+        except Exception as e:  # a launch setting the compiler cannot handle is reported, not timed
+            errors = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
+        print(json.dumps(errors))
+        return 0
+    result = {
+        **versions(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        "heads": HEADS, "head_dim": HEAD_DIM, "dtype": "bfloat16",
+        "note": "ours = bidirectional (both scan directions, one launch); fla = chunk_delta_rule, causal, one "
+                "direction, use_qk_l2norm_in_kernel=True; torch = delta_rule_bidirectional_reference (chunked). "
+                "Median ms of triton.testing.do_bench. fwd under no_grad; fwd+bwd with all four input grads. "
+                "Variant columns: other launch settings (path, kernel chunk, num_warps) of our op, checked against "
+                "float64 before timing.",
+        "checks": {}, "rows": [],
+    }
+    usable = {}
+    for name, cfg in VARIANTS.items():
+        # Each check runs in a child process: an illegal memory access would poison this process's CUDA context.
+        child = subprocess.run([sys.executable, os.path.abspath(__file__), "--check-variant", name],
+                               capture_output=True, text=True, timeout=300)
+        try:
+            errors = json.loads(child.stdout.strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            errors = {"error": (child.stdout + child.stderr)[-300:]}
+        result["variant_checks"] = result.get("variant_checks", {}) | {name: errors}
+        good = "error" not in errors and all(e <= 1e-2 for d in errors.values() for e in d.values())
+        print(f"variant {name}: {'ok' if good else 'REJECTED'} {errors}", flush=True)
+        if good:
+            usable[name] = variant_fn(*cfg)
+
+    ok = True
+    for b, n in SHAPES:
+        errors = check_against_fla(min(b, 8), n)
+        result["checks"][str(n)] = errors
+        bad = {k: e for k, e in errors.items() if k.startswith("ours_vs_fla") and not e <= CHECK_TOL}
+        print(f"check N={n}: " + " ".join(f"{k.removeprefix('ours_vs_')}={e:.1e}" for k, e in errors.items()
+                                           if k.startswith("ours_vs")), flush=True)
+        if bad:
+            print(f"MISMATCH against fla at N={n}: {bad}", flush=True)
+            ok = False
+    if not ok:
+        result["error"] = "our scan does not match fla's; no timings reported"
+        _write(args.out, result)
+        return 1
+
+    for b, n in SHAPES:
+        inputs = make_inputs(b, n, seed=1000 + n)
+        row = {"B": b, "N": n}
+        runs = [("ours", ours_bidirectional), ("fla", fla_scan)] + list(usable.items())
+        if not args.skip_torch:
+            runs.append(("torch", torch_bidirectional))
+        for name, fn in runs:
+            row[f"{name}_fwd_ms"] = time_ms(fn, inputs, backward=False)
+            row[f"{name}_fwdbwd_ms"] = time_ms(fn, inputs, backward=True)
+        for kind in ("fwd", "fwdbwd"):
+            row[f"ours_over_fla_{kind}"] = row[f"ours_{kind}_ms"] / row[f"fla_{kind}_ms"]
+        if usable:
+            best = min(usable, key=lambda v: row[f"{v}_fwdbwd_ms"])
+            row["best_variant"] = best
+            row["best_over_fla_fwdbwd"] = row[f"{best}_fwdbwd_ms"] / row["fla_fwdbwd_ms"]
+        result["rows"].append(row)
+        print({k: (round(x, 4) if isinstance(x, float) else x) for k, x in row.items()}, flush=True)
+        del inputs
+        torch.cuda.empty_cache()
+    _write(args.out, result)
+
+    print(f"\n{result['gpu']}  torch {result['torch']}  triton {result['triton']}  fla {result['fla']}  bf16 H=6 d=64")
+    head = f"{'N':>6} {'B':>4} | {'ours fwd':>9} {'fla fwd':>8} {'ratio':>6} | "
+    head += f"{'ours f+b':>9} {'fla f+b':>8} {'ratio':>6}"
+    if not args.skip_torch:
+        head += f" | {'torch fwd':>9} {'torch f+b':>9}"
+    print(head)
+    for r in result["rows"]:
+        line = (f"{r['N']:>6} {r['B']:>4} | {r['ours_fwd_ms']:>9.3f} {r['fla_fwd_ms']:>8.3f} "
+                f"{r['ours_over_fla_fwd']:>6.2f} | {r['ours_fwdbwd_ms']:>9.3f} {r['fla_fwdbwd_ms']:>8.3f} "
+                f"{r['ours_over_fla_fwdbwd']:>6.2f}")
+        if not args.skip_torch:
+            line += f" | {r['torch_fwd_ms']:>9.3f} {r['torch_fwdbwd_ms']:>9.3f}"
+        print(line)
+    print("ratio = ours (both directions) / fla (one causal direction); < 1 means ours is faster")
+    for r in result["rows"]:
+        if "best_variant" in r:
+            best = r["best_variant"]
+            print(f"N={r['N']}: fastest fwd+bwd variant {best} {r[best + '_fwdbwd_ms']:.3f} ms "
+                  f"(fwd {r[best + '_fwd_ms']:.3f}), {r['best_over_fla_fwdbwd']:.2f}x fla")
+    return 0
+
+
+def _write(path: str, result: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Delta rule: references against each other, the Triton kernel against the float64 recurrent reference.
+
+Three groups:
+- CPU reference tests (float64), run in the ordinary pytest process.
+- Triton-interpreter tests (``test_interp_*``): TRITON_INTERPRET=1 and VITZOO_KERNELS=triton must be set before
+  triton is imported, so ``test_triton_interpreter`` re-runs this file in a child pytest process with those
+  variables set, selecting ``-k interp_``; in the parent process the ``test_interp_*`` tests skip themselves.
+  To run them directly: ``TRITON_INTERPRET=1 VITZOO_KERNELS=triton pytest tests/test_delta_rule.py -k interp_``.
+- GPU tests (bf16 at real sizes, torch.compile), skipped without CUDA.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vitzoo.kernels import triton_available
+from vitzoo.kernels.delta_rule import (
+    delta_rule_bidirectional,
+    delta_rule_bidirectional_reference,
+    delta_rule_chunked_reference,
+    delta_rule_recurrent_reference,
+    delta_rule_triton,
+    l2_normalize,
+)
+
+INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1" and os.environ.get("VITZOO_KERNELS") == "triton"
+needs_interpreter = pytest.mark.skipif(not INTERPRETER, reason="runs in the child process of test_triton_interpreter")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def make_inputs(b, n, h, d, dtype=torch.float64, device="cpu", dv=None, seed=0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    q, k = (torch.randn(b, n, h, d, generator=g, dtype=torch.float64) for _ in range(2))
+    v = torch.randn(b, n, h, dv or d, generator=g, dtype=torch.float64)
+    beta = torch.rand(b, n, h, generator=g, dtype=torch.float64) * 0.98 + 0.01
+    return [t.to(device=device, dtype=dtype) for t in (q, k, v, beta)]
+
+
+def bidirectional_recurrent(q, k, v, beta, scale=None):
+    """The specification written out: both scans with the token-loop reference on L2-normalised q and k."""
+    q, k = l2_normalize(q), l2_normalize(k)
+    fwd = delta_rule_recurrent_reference(q, k, v, beta, scale=scale)
+    bwd = delta_rule_recurrent_reference(q, k, v, beta, scale=scale, reverse=True)
+    return 0.5 * (fwd + bwd)
+
+
+# ------------------------------------------------------------------------------------------------ CPU references
+
+@pytest.mark.parametrize("n", [1, 7, 64, 65, 197])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_chunked_equals_recurrent(n, reverse):
+    q, k, v, beta = make_inputs(2, n, 2, 16, dv=24, seed=n)
+    q, k = l2_normalize(q), l2_normalize(k)
+    ref = delta_rule_recurrent_reference(q, k, v, beta, reverse=reverse)
+    out = delta_rule_chunked_reference(q, k, v, beta, reverse=reverse)
+    assert out.shape == (2, n, 2, 24) and out.dtype == torch.float64
+    assert rel_err(out, ref) < 1e-12
+
+
+def test_chunked_equals_recurrent_unnormalised_keys_and_small_chunks():
+    q, k, v, beta = make_inputs(1, 37, 3, 8, seed=3)
+    k = 0.3 * k  # ||k||^2 beta < 2 keeps the recurrence contractive without normalising
+    ref = delta_rule_recurrent_reference(q, k, v, beta, scale=0.7)
+    for chunk in (4, 16, 64):
+        assert rel_err(delta_rule_chunked_reference(q, k, v, beta, scale=0.7, chunk_size=chunk), ref) < 1e-12
+
+
+def test_reverse_scan_is_flipped_forward_scan():
+    q, k, v, beta = make_inputs(2, 23, 2, 16, seed=1)
+    q, k = l2_normalize(q), l2_normalize(k)
+    rev = delta_rule_recurrent_reference(q, k, v, beta, reverse=True)
+    flipped = delta_rule_recurrent_reference(q.flip(1), k.flip(1), v.flip(1), beta.flip(1)).flip(1)
+    torch.testing.assert_close(rev, flipped, rtol=1e-12, atol=1e-12)
+
+
+def test_recurrent_reference_is_the_delta_rule():
+    q, k, v, beta = make_inputs(1, 5, 1, 4, seed=2)
+    state = torch.zeros(4, 4, dtype=torch.float64)
+    for t in range(5):
+        kt, vt, bt = k[0, t, 0], v[0, t, 0], beta[0, t, 0]
+        state = (torch.eye(4, dtype=torch.float64) - bt * torch.outer(kt, kt)) @ state + bt * torch.outer(kt, vt)
+    expected_last = state.T @ (q[0, 4, 0] * 0.5)
+    out = delta_rule_recurrent_reference(q, k, v, beta)
+    torch.testing.assert_close(out[0, 4, 0], expected_last, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [1, 65, 197])
+def test_bidirectional_reference_is_mean_of_scans(n):
+    q, k, v, beta = make_inputs(1, n, 2, 24, seed=n)
+    out = delta_rule_bidirectional_reference(q, k, v, beta)
+    assert rel_err(out, bidirectional_recurrent(q, k, v, beta)) < 1e-12
+    unnormalised = delta_rule_bidirectional_reference(0.2 * q, 0.2 * k, v, beta, qk_l2norm=False, scale=1.0)
+    expected = 0.5 * (delta_rule_recurrent_reference(0.2 * q, 0.2 * k, v, beta, scale=1.0)
+                      + delta_rule_recurrent_reference(0.2 * q, 0.2 * k, v, beta, scale=1.0, reverse=True))
+    assert rel_err(unnormalised, expected) < 1e-12
+
+
+def test_dispatch_on_cpu_uses_reference(monkeypatch):
+    monkeypatch.setenv("VITZOO_KERNELS", "reference")
+    q, k, v, beta = make_inputs(1, 9, 2, 16, dtype=torch.float32)
+    torch.testing.assert_close(delta_rule_bidirectional(q, k, v, beta),
+                               delta_rule_bidirectional_reference(q, k, v, beta))
+
+
+def test_gradcheck_references():
+    q, k, v, beta = (t.requires_grad_() for t in make_inputs(1, 7, 1, 4, seed=4))
+    assert torch.autograd.gradcheck(
+        lambda *x: delta_rule_bidirectional_reference(*x), (q, k, v, beta), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(
+        lambda *x: delta_rule_chunked_reference(*x, chunk_size=4, reverse=True), (q, k, v, beta), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradcheck(
+        lambda *x: delta_rule_recurrent_reference(*x), (q, k, v, beta), eps=1e-6, atol=1e-6)
+
+
+def test_bad_shapes_raise():
+    q, k, v, beta = make_inputs(1, 5, 2, 8)
+    with pytest.raises(ValueError, match="beta"):
+        delta_rule_bidirectional_reference(q, k, v, beta[:, :4])
+    with pytest.raises(ValueError, match="same shape"):
+        delta_rule_chunked_reference(q, k[..., :4], v, beta)
+
+
+# ------------------------------------------------------------------------------------ Triton under the interpreter
+
+@pytest.mark.skipif(INTERPRETER or not triton_available(), reason="parent process only; needs triton")
+def test_triton_interpreter():
+    """Runs the ``test_interp_*`` tests in a child pytest process with the interpreter switched on."""
+    env = dict(os.environ, TRITON_INTERPRET="1", VITZOO_KERNELS="triton", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-x", "-k", "interp_", "-p", "no:cacheprovider"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-2000:]
+
+
+def poisoned_view(t: torch.Tensor, pad: int) -> torch.Tensor:
+    """``t`` as a strided view into a NaN-filled buffer that is wider on D and H: any read outside the view is NaN."""
+    b, n, h, d = t.shape
+    buf = torch.full((b, n, h + 1, d + pad), float("nan"), dtype=t.dtype)
+    view = buf[:, :, :h, :d]
+    view.copy_(t)
+    return view
+
+
+@needs_interpreter
+@pytest.mark.parametrize("path", ["fused", "chunked"])
+@pytest.mark.parametrize("d", [16, 24, 32])
+@pytest.mark.parametrize("n", [1, 7, 64, 65, 197])
+def test_interp_kernel_matches_recurrent_reference(n, d, path):
+    b, h = (2, 2) if n < 100 else (1, 2)
+    q, k, v, beta = make_inputs(b, n, h, d, seed=10 * n + d)
+    grad = torch.randn(b, n, h, d, dtype=torch.float64)
+    leaves = [t.detach().requires_grad_() for t in (q, k, v, beta)]
+    ref = bidirectional_recurrent(*leaves)
+    ref.backward(grad)
+
+    inputs = [poisoned_view(t.float(), pad=5).requires_grad_() for t in (q, k, v)] + [beta.float().requires_grad_()]
+    out = delta_rule_triton(*inputs, path=path)
+    assert out.dtype == torch.float32 and out.shape == (b, n, h, d)
+    out.backward(poisoned_view(grad.float(), pad=3))
+    assert not out.isnan().any()
+    assert rel_err(out, ref) < 1e-5
+    for name, got, want in zip("qkvb", inputs, leaves, strict=True):
+        assert not got.grad.isnan().any(), name
+        assert rel_err(got.grad, want.grad) < 1e-5, name
+
+
+@needs_interpreter
+@pytest.mark.parametrize("directions,path", [("forward", "fused"), ("reverse", "chunked")])
+def test_interp_one_direction_and_no_l2norm(directions, path):
+    q, k, v, beta = make_inputs(1, 70, 2, 16, seed=7)
+    q, k = 0.3 * q, 0.3 * k
+    leaves = [t.detach().requires_grad_() for t in (q, k, v, beta)]
+    ref = delta_rule_recurrent_reference(*leaves, scale=0.9, reverse=directions == "reverse")
+    grad = torch.randn_like(ref)
+    ref.backward(grad)
+    inputs = [t.float().requires_grad_() for t in (q, k, v, beta)]
+    out = delta_rule_triton(*inputs, scale=0.9, qk_l2norm=False, directions=directions, path=path)
+    out.backward(grad.float())
+    assert rel_err(out, ref) < 1e-5
+    for got, want in zip(inputs, leaves, strict=True):
+        assert rel_err(got.grad, want.grad) < 1e-5
+
+
+@needs_interpreter
+def test_interp_half_inputs_and_expanded_grad():
+    q, k, v, beta = make_inputs(1, 33, 2, 16, seed=8)
+    ref = bidirectional_recurrent(q, k, v, beta)
+    out = delta_rule_bidirectional(*(t.half() for t in (q, k, v, beta)))
+    assert out.dtype == torch.float16 and rel_err(out, ref) < 3e-3
+    inputs = [t.float().requires_grad_() for t in (q, k, v, beta)]
+    delta_rule_bidirectional(*inputs).sum().backward()  # a stride-0 incoming gradient
+    leaves = [t.detach().requires_grad_() for t in (q, k, v, beta)]
+    bidirectional_recurrent(*leaves).sum().backward()
+    for got, want in zip(inputs, leaves, strict=True):
+        assert rel_err(got.grad, want.grad) < 1e-5
+
+
+# ------------------------------------------------------------------------------------------------------ GPU only
+
+@needs_cuda
+@pytest.mark.parametrize("path", ["auto"])
+@pytest.mark.parametrize("b,n,h,d", [(8, 197, 6, 64), (2, 785, 6, 64), (1, 3137, 3, 64), (2, 197, 4, 24),
+                                     (2, 300, 2, 128)])
+def test_gpu_bf16_matches_float64_recurrent(b, n, h, d, path):
+    q, k, v, beta = make_inputs(b, n, h, d, device="cuda", seed=n + d)
+    grad = torch.randn(b, n, h, d, dtype=torch.float64, device="cuda")
+    leaves = [t.detach().requires_grad_() for t in (q, k, v, beta)]
+    ref = bidirectional_recurrent(*leaves)
+    ref.backward(grad)
+    inputs = [t.bfloat16().requires_grad_() for t in (q, k, v, beta)]
+    out = delta_rule_triton(*inputs, path=path)
+    out.backward(grad.bfloat16())
+    assert out.dtype == torch.bfloat16
+    errors = {"o": rel_err(out, ref)}
+    errors |= {f"d{x}": rel_err(g.grad, w.grad) for x, g, w in zip("qkvb", inputs, leaves, strict=True)}
+    print(f"bf16 {path} B={b} N={n} H={h} d={d} rel err: " + " ".join(f"{key}={e:.2e}" for key, e in errors.items()))
+    assert all(e <= 1e-2 for e in errors.values()), errors
+
+
+@needs_cuda
+@pytest.mark.parametrize("path", ["auto"])
+def test_gpu_long_sequence_no_nan(path):
+    q, k, v, beta = make_inputs(1, 12545, 2, 64, device="cuda", seed=5)
+    ref = delta_rule_bidirectional_reference(q, k, v, beta)
+    inputs = [t.bfloat16().requires_grad_() for t in (q, k, v, beta)]
+    out = delta_rule_triton(*inputs, path=path)
+    out.float().square().mean().backward()
+    assert not out.isnan().any() and all(not t.grad.isnan().any() for t in inputs)
+    print(f"bf16 {path} N=12545 rel err o={rel_err(out, ref):.2e}")
+    assert rel_err(out, ref) <= 1e-2
+
+
+@needs_cuda
+def test_gpu_torch_compile():
+    q, k, v, beta = make_inputs(4, 197, 6, 64, device="cuda", dtype=torch.bfloat16, seed=6)
+    w = torch.randn(64, 64, device="cuda", dtype=torch.bfloat16)
+
+    def block(q, k, v, beta):
+        return (delta_rule_bidirectional(q, k, v, beta) @ w).float().square().mean()
+
+    outs = []
+    for fn in (block, torch.compile(block, fullgraph=True)):
+        inputs = [t.clone().requires_grad_() for t in (q, k, v, beta)]
+        loss = fn(*inputs)
+        loss.backward()
+        outs.append([loss] + [t.grad for t in inputs])
+    for eager, compiled in zip(*outs, strict=True):
+        assert rel_err(compiled, eager) < 1e-3
