@@ -123,7 +123,7 @@ def delta_rule_chunked_reference(
         q, k, v, beta = q.flip(1), k.flip(1), v.flip(1), beta.flip(1)
     b, n, h, dk = q.shape
     dv = v.shape[-1]
-    c = chunk_size
+    c = min(chunk_size, n)  # a sequence shorter than one chunk is one chunk of its own length: no padded work
     pad = -n % c
     # Padded tokens have k = 0 and beta = 0: they neither change the state nor feed real outputs.
     q, k, v = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (q, k, v))

@@ -1,0 +1,92 @@
+"""Command-line entry points ``vitzoo-train`` and ``vitzoo-eval`` (also ``train.py`` / ``eval.py`` at the repo root).
+
+Both run unchanged under ``python``, ``torchrun`` and ``accelerate launch``; accelerate reads the process world from
+the environment. Configuration errors exit with status 2 and one line on stderr that says what to fix.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+import yaml
+
+from .engine import ConfigError, NonFiniteLossError, TrainConfig, append_result, evaluate_model, load_config, train
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _fail(message: str, status: int = 2) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def train_main(argv: list[str] | None = None) -> None:
+    """Parse arguments, train, print the final metrics as one JSON line prefixed ``--result``."""
+    parser = argparse.ArgumentParser(
+        description="Train a timm/vitzoo model with accelerate. Settings come from --config, then the flags below, "
+                    "then key=value overrides (any TrainConfig key).",
+        epilog=f"config keys: {', '.join(TrainConfig.keys())}")
+    parser.add_argument("--config", help="YAML file of config keys (configs/imagenet/<family>.yaml, ...)")
+    parser.add_argument("--model", help="timm model name, e.g. inline_deit_tiny_patch16_224")
+    parser.add_argument("--dataset", choices=("folder", "fashion_mnist"))
+    parser.add_argument("--data-dir", help="folder with train/ and val/ class sub-folders (or Fashion-MNIST files)")
+    parser.add_argument("--output", help="run folder (log.jsonl, config.yaml, checkpoints/)")
+    parser.add_argument("--precision", choices=("bf16", "fp16", "fp32"))
+    parser.add_argument("--resume", help="'auto' (latest checkpoint in the run folder, if any) or a checkpoint folder")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (values parsed as YAML)")
+    # Intermixed: key=value overrides may come before or after the flags.
+    args = parser.parse_intermixed_args(argv)
+    _setup_logging()
+    try:
+        config = load_config(args.config, args.overrides, model=args.model, dataset=args.dataset,
+                             data_dir=args.data_dir, output=args.output, precision=args.precision, resume=args.resume)
+        metrics = train(config)
+    except ConfigError as error:
+        _fail(str(error))
+    except NonFiniteLossError as error:
+        _fail(str(error), status=3)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print("--result")
+        print(json.dumps(metrics, default=str))
+
+
+def eval_main(argv: list[str] | None = None) -> None:
+    """Evaluate a checkpoint or a model on a val split and append a row to the results CSV."""
+    parser = argparse.ArgumentParser(description="Evaluate a vitzoo-train checkpoint or a timm model name; write a "
+                                                 "row in timm's results CSV column order plus vitzoo's columns.")
+    parser.add_argument("--checkpoint", help="checkpoint folder (step-*), run folder (latest step-*) or weights file")
+    parser.add_argument("--model", help="model name (read from the checkpoint folder when omitted)")
+    parser.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights of a checkpoint folder")
+    parser.add_argument("--dataset", default="folder", choices=("folder", "fashion_mnist"))
+    parser.add_argument("--data-dir", help="folder with a val/ split (default for Fashion-MNIST: the Debian path)")
+    parser.add_argument("--results-file", default="results/eval.csv", help="CSV to append to")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--precision", default="fp32", choices=("bf16", "fp16", "fp32"))
+    parser.add_argument("--val-subset", type=int, help="evaluate only the first N samples")
+    parser.add_argument("--img-size", type=int)
+    parser.add_argument("--patch-size", type=int)
+    parser.add_argument("--num-classes", type=int)
+    parser.add_argument("--in-chans", type=int)
+    parser.add_argument("--model-kwargs", type=yaml.safe_load, help="YAML mapping, e.g. '{embed_dim: 64, depth: 4}'")
+    parser.add_argument("--no-macs", action="store_true", help="skip the fvcore MAC count")
+    args = parser.parse_args(argv)
+    _setup_logging()
+    try:
+        row = evaluate_model(args.model, args.checkpoint, args.dataset, args.data_dir, args.use_ema, args.batch_size,
+                             args.workers, args.precision, args.val_subset, args.model_kwargs, args.num_classes,
+                             args.in_chans, args.img_size, args.patch_size, count_macs=not args.no_macs)
+    except ConfigError as error:
+        _fail(str(error))
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        append_result(args.results_file, row)
+        print("--result")
+        print(json.dumps(row, default=str))

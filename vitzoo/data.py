@@ -1,0 +1,334 @@
+"""Datasets and loaders for training and evaluation: ImageNet-style folders and Fashion-MNIST.
+
+Every sample is produced under its own seed, derived from (run seed, epoch, index), so augmentation does not depend on
+the number of processes, the number of loader workers or on batches skipped when a run is resumed mid-epoch. Shuffling
+is a function of (seed, epoch) too, and the same global order is sharded by accelerate across processes.
+
+A corrupt or unreadable image never stops an epoch: :class:`SkipUnreadable` substitutes the next readable sample and
+marks the file in a shared-memory flag table that loader workers write and the main process reads at epoch end (see
+:func:`report_unreadable`), so each file is named in exactly one warning.
+"""
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Sampler
+
+_logger = logging.getLogger(__name__)
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_MEAN = (0.2860,)
+FASHION_MNIST_STD = (0.3530,)
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+_FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# The 32-bit mixing constants keep per-sample seeds of neighbouring (epoch, index) pairs far apart.
+_SEED_MIX = (0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """Return the seed of one sample draw: a fixed function of the run seed, the epoch and the dataset index."""
+    return (seed * _SEED_MIX[0] + epoch * _SEED_MIX[1] + index * _SEED_MIX[2]) % (2**63 - 1)
+
+
+def seed_everything(seed: int, devices: bool = True) -> None:
+    """Seed python, numpy and torch from one integer.
+
+    Args:
+        seed: the seed.
+        devices: also seed accelerator generators (``torch.manual_seed``). Per-sample seeding passes False: transforms
+            draw from the CPU generator only, and ``torch.manual_seed`` costs ~1 ms a call on a CUDA build without a
+            GPU (it records a stack trace for lazy CUDA seeding), which dominated small-model data loading.
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    if devices:
+        torch.manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A permutation of ``range(length)`` that depends only on (seed, epoch); sequential when ``shuffle`` is False.
+
+    ``num_samples`` keeps only the first samples of each epoch's order (a training subset that changes per epoch, or a
+    fixed leading subset when not shuffling).
+
+    accelerate shards the batches of this one global order across processes, so N processes with batch b see exactly
+    the samples that one process with batch N*b sees.
+    """
+
+    def __init__(self, length: int, seed: int, shuffle: bool = True, num_samples: int | None = None) -> None:
+        self.length = length
+        self.seed = seed
+        self.shuffle = shuffle
+        # A subset per epoch (a different one each epoch when shuffling): the first num_samples of the order.
+        self.num_samples = min(num_samples or length, length)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the permutation of ``epoch`` (called by accelerate's loader and by the engine)."""
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.num_samples))
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
+        return iter(torch.randperm(self.length, generator=generator)[: self.num_samples].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class SkipUnreadable(Dataset):
+    """Wrap a map-style dataset: seed each sample, and replace unreadable samples by the next readable one.
+
+    Args:
+        dataset: the wrapped dataset; ``dataset[i]`` returns ``(image, target)``.
+        seed: run seed; sample ``i`` of epoch ``e`` is transformed under :func:`sample_seed` ``(seed, e, i)``.
+        describe: maps an index to a human-readable name (a file path) for the warning.
+        limit: expose only the first ``limit`` samples. accelerate sizes the padding that ``gather_for_metrics``
+            drops from ``len(dataset)``, so an eval subset must be cut here, not in the sampler.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int, describe: Callable[[int], str] | None = None,
+                 limit: int | None = None) -> None:
+        self.dataset = dataset
+        self.length = min(limit or len(dataset), len(dataset))
+        self.seed = seed
+        self.epoch = 0
+        self.describe = describe or (lambda index: f"sample {index}")
+        # Shared memory, so the flags written in loader worker processes are visible to the main process.
+        self.unreadable = torch.zeros(self.length, dtype=torch.bool).share_memory_()
+        self.reported = torch.zeros(self.length, dtype=torch.bool)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the per-sample seeds of ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        for offset in range(self.length):
+            candidate = (index + offset) % self.length
+            if self.unreadable[candidate]:
+                continue
+            # The seed follows the requested index, not the candidate, so a substitute is drawn reproducibly.
+            seed_everything(sample_seed(self.seed, self.epoch, index), devices=False)
+            try:
+                return self.dataset[candidate]
+            except Exception as error:  # noqa: BLE001 - any decoder failure means the file is unusable
+                _logger.debug("unreadable sample %s: %s", self.describe(candidate), error)
+                self.unreadable[candidate] = True
+        raise RuntimeError("no readable sample left in the dataset")
+
+    def new_unreadable(self) -> list[int]:
+        """Return indices flagged unreadable since the last call, and mark them reported."""
+        fresh = (self.unreadable & ~self.reported).nonzero().flatten().tolist()
+        self.reported |= self.unreadable
+        return fresh
+
+
+def report_unreadable(dataset: SkipUnreadable, accelerator) -> int:
+    """Merge the unreadable-file flags of all processes, warn once per new file (main process) and return the count.
+
+    Args:
+        dataset: the wrapped dataset whose flags to report.
+        accelerator: the ``accelerate.Accelerator`` of the run (its ``reduce`` merges the flags).
+
+    Returns:
+        The total number of unreadable files found so far, identical on every process.
+    """
+    flags = dataset.unreadable.to(accelerator.device, torch.int32)
+    if accelerator.num_processes > 1:
+        flags = accelerator.reduce(flags, reduction="sum")
+    dataset.unreadable |= flags.cpu() > 0
+    fresh = dataset.new_unreadable()
+    if accelerator.is_main_process:
+        for index in fresh:
+            _logger.warning("skipped unreadable image %s (replaced by the next readable sample)",
+                            dataset.describe(index))
+    return int(dataset.reported.sum())
+
+
+class FashionMNIST(Dataset):
+    """Fashion-MNIST read straight from its four idx files (``.gz`` or uncompressed), as uint8 tensors.
+
+    Args:
+        root: a folder holding the idx files, or a torchvision root holding ``FashionMNIST/raw/``.
+        split: ``'train'`` (60k) or ``'val'`` (the 10k test set).
+        transform: maps a (1, 28, 28) uint8 tensor to the model input.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str, transform: Callable | None = None) -> None:
+        if split not in _FASHION_MNIST_FILES:
+            raise ValueError(f"split must be one of {sorted(_FASHION_MNIST_FILES)}, got {split!r}")
+        folder = Path(root)
+        if (folder / "FashionMNIST" / "raw").is_dir():
+            folder = folder / "FashionMNIST" / "raw"
+        images_name, labels_name = _FASHION_MNIST_FILES[split]
+        self.images = torch.from_numpy(_read_idx(folder, images_name)).unsqueeze(1)
+        self.targets = torch.from_numpy(_read_idx(folder, labels_name)).long()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        image = self.images[index]
+        return (self.transform(image) if self.transform else image), int(self.targets[index])
+
+
+def _read_idx(folder: Path, name: str) -> np.ndarray:
+    for path, opener in ((folder / f"{name}.gz", gzip.open), (folder / name, open)):
+        if path.is_file():
+            with opener(path, "rb") as handle:
+                data = handle.read()
+            break
+    else:
+        raise FileNotFoundError(f"Fashion-MNIST file {name}[.gz] not found in {folder}")
+    # idx header: two zero bytes, a dtype code (0x08 = uint8), the number of dimensions, then one big-endian int32 each.
+    if data[:3] != b"\x00\x00\x08":
+        raise ValueError(f"{folder / name} is not a uint8 idx file")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()
+
+
+class GreyTransform:
+    """Tensor transform for 28x28 grey images: optional pad-and-random-crop and horizontal flip, then normalise.
+
+    Operates on uint8 tensors so that it costs microseconds per sample (the zoo trains on 2 CPU cores); randomness
+    comes from torch's global generator, which :class:`SkipUnreadable` seeds per sample.
+    """
+
+    def __init__(self, is_training: bool, img_size: int = 28, pad: int = 2, hflip: float = 0.5) -> None:
+        self.is_training = is_training
+        self.img_size = img_size
+        self.pad = pad
+        self.hflip = hflip
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.float().div_(255)
+        if self.is_training and self.pad:
+            x = F.pad(x, (self.pad,) * 4)
+            top, left = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
+            x = x[:, top: top + 28, left: left + 28]
+        if self.is_training and self.hflip and torch.rand(()) < self.hflip:
+            x = x.flip(-1)
+        if self.img_size != 28:
+            x = F.interpolate(x[None], size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)[0]
+        return (x - FASHION_MNIST_MEAN[0]) / FASHION_MNIST_STD[0]
+
+
+@dataclass
+class AugmentConfig:
+    """Training augmentation for image folders (timm ``create_transform`` arguments)."""
+
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    re_prob: float = 0.25
+    re_mode: str = "pixel"
+    color_jitter: float = 0.4
+    hflip: float = 0.5
+    scale: tuple[float, float] = (0.08, 1.0)
+    train_interpolation: str = "random"
+
+
+def folder_transforms(data_config: dict, augment: AugmentConfig) -> tuple[Callable, Callable]:
+    """Build (train, eval) transforms for RGB folder datasets from a ``resolve_data_config`` dict.
+
+    Args:
+        data_config: ``timm.data.resolve_data_config(model=...)`` output (input_size, interpolation, mean, std,
+            crop_pct, crop_mode).
+        augment: the training augmentation.
+
+    Returns:
+        The training transform (random-resized crop, flip, RandAugment, random erasing) and the eval transform
+        (resize to ``size / crop_pct``, centre crop).
+    """
+    from timm.data import create_transform
+
+    train_transform = create_transform(
+        data_config["input_size"], is_training=True, scale=tuple(augment.scale), hflip=augment.hflip,
+        color_jitter=augment.color_jitter, auto_augment=augment.auto_augment,
+        interpolation=augment.train_interpolation, mean=data_config["mean"], std=data_config["std"],
+        re_prob=augment.re_prob, re_mode=augment.re_mode,
+    )
+    eval_transform = create_transform(
+        data_config["input_size"], is_training=False, interpolation=data_config["interpolation"],
+        mean=data_config["mean"], std=data_config["std"], crop_pct=data_config["crop_pct"],
+        crop_mode=data_config.get("crop_mode"),
+    )
+    return train_transform, eval_transform
+
+
+def check_dataset_path(dataset: str, data_dir: str | os.PathLike | None, splits: tuple[str, ...]) -> Path:
+    """Return the dataset folder, or raise a one-line ``ValueError`` that says what is missing.
+
+    Args:
+        dataset: ``'folder'`` or ``'fashion_mnist'``.
+        data_dir: the folder (``None`` means the Debian Fashion-MNIST path for ``'fashion_mnist'``).
+        splits: the splits the caller will read (``'train'``, ``'val'``).
+    """
+    if dataset == "fashion_mnist":
+        folder = Path(data_dir or FASHION_MNIST_DIR)
+        if (folder / "FashionMNIST" / "raw").is_dir():
+            folder = folder / "FashionMNIST" / "raw"
+        for split in splits:
+            for name in _FASHION_MNIST_FILES[split]:
+                if not ((folder / name).is_file() or (folder / f"{name}.gz").is_file()):
+                    raise ValueError(
+                        f"Fashion-MNIST file {name}.gz not found in {folder}; set data_dir to a folder holding the "
+                        f"four idx files (apt install dataset-fashion-mnist puts them in {FASHION_MNIST_DIR})"
+                    )
+        return Path(data_dir or FASHION_MNIST_DIR)
+    if dataset != "folder":
+        raise ValueError(f"dataset must be 'folder' or 'fashion_mnist', got {dataset!r}")
+    if not data_dir:
+        raise ValueError("data_dir is not set; pass --data-dir pointing at a folder with train/ and val/ class folders")
+    folder = Path(data_dir)
+    for split in splits:
+        if not (folder / split).is_dir():
+            raise ValueError(f"dataset folder {folder / split} does not exist; data_dir needs {'/ and '.join(splits)}/ "
+                             "sub-folders with one folder of images per class")
+    return folder
+
+
+def build_dataset(dataset: str, data_dir: str | os.PathLike | None, split: str, transform: Callable,
+                  seed: int, limit: int | None = None) -> SkipUnreadable:
+    """Build one split wrapped in :class:`SkipUnreadable`.
+
+    Args:
+        dataset: ``'folder'`` (``<data_dir>/<split>/<class>/<image>``) or ``'fashion_mnist'``.
+        data_dir: the dataset folder (see :func:`check_dataset_path`).
+        split: ``'train'`` or ``'val'``.
+        transform: the sample transform.
+        seed: run seed for per-sample augmentation.
+        limit: keep only the first ``limit`` samples (an evaluation subset).
+    """
+    folder = check_dataset_path(dataset, data_dir, (split,))
+    if dataset == "fashion_mnist":
+        return SkipUnreadable(FashionMNIST(folder, split, transform), seed, limit=limit)
+    from torchvision.datasets import ImageFolder
+
+    images = ImageFolder(str(folder / split), transform=transform)
+    return SkipUnreadable(images, seed, describe=lambda index: images.samples[index][0], limit=limit)
+
+
+def worker_init(worker_id: int) -> None:
+    """Loader worker init: seed numpy from torch's per-worker seed (torch only seeds python and torch itself)."""
+    np.random.seed(torch.initial_seed() % 2**32)

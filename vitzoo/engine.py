@@ -1,0 +1,833 @@
+"""Training and evaluation with HF accelerate and timm's data, optimizer, scheduler, loss and EMA pieces.
+
+One :class:`TrainConfig` (flat keys, loaded from YAML and ``key=value`` overrides) drives :func:`train`. The loop
+follows ``docs/training.md``: accelerate owns devices, mixed precision, gradient accumulation and data sharding; the
+timm scheduler stays outside ``prepare`` and is stepped by hand per optimizer update; the EMA is evaluated under
+``accelerator.autocast()``; checkpoints are written to a temporary folder and moved into place with ``os.replace``.
+
+Determinism: shuffling depends on (seed, epoch), augmentation on (seed, epoch, sample index) and the step's own random
+draws (mixup, drop path) on (seed, rank, epoch, batch index), so a run resumed from a checkpoint replays exactly the
+draws of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import yaml
+
+from .data import (
+    AugmentConfig,
+    EpochShuffleSampler,
+    GreyTransform,
+    build_dataset,
+    check_dataset_path,
+    folder_transforms,
+    report_unreadable,
+    sample_seed,
+    seed_everything,
+    worker_init,
+)
+
+_logger = logging.getLogger(__name__)
+
+PRECISIONS = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
+CHECKPOINT_PREFIX = "step-"
+
+
+class ConfigError(ValueError):
+    """A bad configuration value or key; the message is one line that says what to fix."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the last checkpoint written before it is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. YAML files and ``key=value`` overrides may set exactly these keys.
+
+    Learning rate: ``lr`` if set, else ``lr_base * global_batch / lr_base_size`` with global_batch = batch_size x
+    processes x grad_accum (linear scaling as in DeiT and timm's train.py). ``warmup_lr`` and ``min_lr`` are absolute.
+    The schedule is timm's, stepped per optimizer update; the run lasts ``epochs + cooldown_epochs`` epochs.
+    ``train_subset`` draws that many training samples per epoch (a new random subset each epoch); ``val_subset``
+    evaluates the first samples of the val split only. ``max_steps`` stops after that many optimizer updates and
+    ``time_limit`` after that many seconds of training (both then evaluate and checkpoint as at an epoch end).
+    """
+
+    # model
+    model: str = "deit_tiny_patch16_224"
+    model_kwargs: dict = field(default_factory=dict)
+    img_size: int | None = None
+    patch_size: int | None = None
+    in_chans: int | None = None
+    num_classes: int | None = None
+    drop_path: float = 0.1
+    # data
+    dataset: str = "folder"
+    data_dir: str | None = None
+    train_subset: int | None = None
+    val_subset: int | None = None
+    batch_size: int = 128
+    eval_batch_size: int | None = None
+    workers: int = 4
+    crop_pct: float | None = None
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    re_prob: float = 0.25
+    re_mode: str = "pixel"
+    color_jitter: float = 0.4
+    hflip: float = 0.5
+    crop_pad: int = 2  # Fashion-MNIST: pad-and-random-crop margin in pixels (0 = no crop augmentation)
+    scale: list = field(default_factory=lambda: [0.08, 1.0])
+    train_interpolation: str = "random"
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    smoothing: float = 0.1
+    bce_loss: bool = False
+    # optimisation
+    epochs: int = 300
+    max_steps: int | None = None
+    time_limit: float | None = None
+    grad_accum: int = 1
+    opt: str = "adamw"
+    lr: float | None = None
+    lr_base: float = 5e-4
+    lr_base_size: int = 512
+    weight_decay: float = 0.05
+    opt_eps: float = 1e-8
+    opt_betas: list = field(default_factory=lambda: [0.9, 0.999])
+    clip_grad: float | None = None
+    sched: str = "cosine"
+    warmup_epochs: float = 5
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    cooldown_epochs: int = 0
+    model_ema: bool = False
+    model_ema_decay: float = 0.9998
+    model_ema_warmup: bool = False
+    precision: str = "bf16"
+    seed: int = 0
+    # bookkeeping
+    output: str | None = None
+    log_interval: int = 50
+    checkpoint_interval: int = 0
+    checkpoint_keep: int = 2
+    resume: str | None = None
+    progress: bool = True
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """Return the valid configuration keys."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the configuration as a plain dict (YAML/JSON serialisable)."""
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = (),
+                **settings: Any) -> TrainConfig:
+    """Build a :class:`TrainConfig` from a YAML file, then ``settings``, then ``key=value`` overrides (YAML values).
+
+    Raises:
+        ConfigError: an unknown key, a malformed override or a bad value, with a one-line message naming the key and
+            the valid ones.
+    """
+    valid = TrainConfig.keys()
+    values: dict[str, Any] = {}
+    if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of key: value")
+        values.update(_checked(loaded, valid, f"in {path}"))
+    values.update(_checked({k: v for k, v in settings.items() if v is not None}, valid, "given"))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value; valid keys: {', '.join(valid)}")
+        values.update(_checked({key.strip(): yaml.safe_load(text)}, valid, "in overrides"))
+    config = TrainConfig(**values)
+    validate_config(config)
+    return config
+
+
+def _checked(values: dict, valid: list[str], where: str) -> dict:
+    types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    checked = {}
+    for key, value in values.items():
+        if key not in valid:
+            raise ConfigError(f"unknown config key {key!r} {where}; valid keys: {', '.join(valid)}")
+        checked[key] = _coerce(key, value, types[key])
+    return checked
+
+
+def _coerce(key: str, value: Any, type_name: str) -> Any:
+    # YAML 1.1 reads "5e-4" (no dot) as a string, so numbers are converted by the field's declared type.
+    if value is None:
+        if "None" not in type_name:
+            raise ConfigError(f"config key {key!r} cannot be null")
+        return None
+    base = type_name.split("|")[0].strip()
+    try:
+        if base == "float" and not isinstance(value, bool):
+            return float(value)
+        if base == "int" and not isinstance(value, bool) and float(value) == int(float(value)):
+            return int(float(value))
+    except (TypeError, ValueError):
+        pass
+    else:
+        if base not in ("float", "int"):
+            if base == "bool" and not isinstance(value, bool):
+                raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
+            return value
+    raise ConfigError(f"config key {key!r} must be {base}, got {value!r}")
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Check values that would otherwise fail late (mid-run or on another process)."""
+    if config.precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {sorted(PRECISIONS)}, got {config.precision!r}")
+    if config.dataset not in ("folder", "fashion_mnist"):
+        raise ConfigError(f"dataset must be 'folder' or 'fashion_mnist', got {config.dataset!r}")
+    if config.batch_size < 1 or config.grad_accum < 1 or config.epochs < 1:
+        raise ConfigError("batch_size, grad_accum and epochs must be positive integers")
+    if mixup_active(config) and config.batch_size % 2:
+        raise ConfigError(f"batch_size must be even when mixup/cutmix is on (timm Mixup mode 'batch'), "
+                          f"got {config.batch_size}")
+    if not isinstance(config.model_kwargs, dict):
+        raise ConfigError(f"model_kwargs must be a mapping, got {config.model_kwargs!r}")
+
+
+def mixup_active(config: TrainConfig) -> bool:
+    """Whether mixup or cutmix is applied."""
+    return config.mixup_prob > 0 and (config.mixup > 0 or config.cutmix > 0)
+
+
+def check_model_name(name: str) -> None:
+    """Raise :class:`ConfigError` if ``name`` is not a registered timm (or vitzoo) model."""
+    import timm
+
+    import vitzoo  # noqa: F401 - importing registers the vitzoo models with timm
+
+    if not timm.is_model(name):
+        similar = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        hint = f" (similar: {', '.join(similar)})" if similar else ""
+        raise ConfigError(f"unknown model {name!r}{hint}; list the names with timm.list_models('*deit*') after "
+                          "import vitzoo")
+
+
+def create_model_from_config(config: TrainConfig, num_classes: int, in_chans: int,
+                             checkpoint_path: str | None = None) -> nn.Module:
+    """Create the timm model of ``config`` (optional kwargs only when set, so each model keeps its defaults)."""
+    import timm
+
+    import vitzoo  # noqa: F401 - registers the vitzoo models
+
+    kwargs = dict(config.model_kwargs)
+    for key in ("img_size", "patch_size"):
+        if getattr(config, key) is not None:
+            kwargs[key] = getattr(config, key)
+    if config.drop_path:
+        kwargs["drop_path_rate"] = config.drop_path
+    return timm.create_model(config.model, num_classes=num_classes, in_chans=in_chans,
+                             checkpoint_path=checkpoint_path or "", **kwargs)
+
+
+def dataset_shape(config: TrainConfig) -> tuple[int, int]:
+    """Return (in_chans, num_classes) of the run: the config's values, else the dataset's."""
+    if config.dataset == "fashion_mnist":
+        return config.in_chans or 1, config.num_classes or 10
+    classes = config.num_classes
+    if classes is None:
+        classes = sum(1 for entry in os.scandir(Path(config.data_dir) / "train") if entry.is_dir())
+    return config.in_chans or 3, classes
+
+
+def build_transforms(config: TrainConfig, model: nn.Module) -> tuple[Any, Any, dict]:
+    """Return (train transform, eval transform, resolved data config) for the dataset of ``config``."""
+    from timm.data import resolve_data_config
+
+    if config.dataset == "fashion_mnist":
+        size = config.img_size or 28
+        data_config = {"input_size": (1, size, size), "interpolation": "bilinear", "crop_pct": 1.0,
+                       "mean": (0.2860,), "std": (0.3530,)}
+        train_tf = GreyTransform(True, size, pad=config.crop_pad, hflip=config.hflip)
+        return train_tf, GreyTransform(False, size), data_config
+    args: dict[str, Any] = {"crop_pct": config.crop_pct} if config.crop_pct else {}
+    if config.img_size:
+        # The model's pretrained_cfg keeps its registered input size; a run at another size must say so.
+        args["input_size"] = (config.in_chans or 3, config.img_size, config.img_size)
+    data_config = resolve_data_config(args, model=model)
+    augment = AugmentConfig(config.auto_augment, config.re_prob, config.re_mode, config.color_jitter, config.hflip,
+                            tuple(config.scale), config.train_interpolation)
+    train_tf, eval_tf = folder_transforms(data_config, augment)
+    return train_tf, eval_tf, data_config
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: no decay on 1-d params, biases and ``no_weight_decay()`` names; ``_optim`` overrides.
+
+    A parameter carrying an ``_optim`` dict (H3's SSM parameters) gets its own group with those settings; its ``lr`` is
+    a cap, so the group's base lr is ``min(cap, lr)`` and the scheduler scales it like the others.
+    """
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    groups: dict[tuple, dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = param.ndim <= 1 or name.endswith(".bias") or any(fnmatch.fnmatch(name, s) for s in skip)
+        settings = {"weight_decay": 0.0 if no_decay else weight_decay, "lr": lr}
+        override = getattr(param, "_optim", None) or {}
+        for key, value in override.items():
+            settings[key] = min(value, lr) if key == "lr" else value
+        group_key = tuple(sorted(settings.items()))
+        groups.setdefault(group_key, {**settings, "params": []})["params"].append(param)
+    return list(groups.values())
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Create the timm optimizer over :func:`param_groups`."""
+    from timm.optim import create_optimizer_v2
+
+    return create_optimizer_v2(param_groups(model, lr, config.weight_decay), opt=config.opt, lr=lr,
+                               weight_decay=config.weight_decay, eps=config.opt_eps, betas=tuple(config.opt_betas))
+
+
+def build_criterion(config: TrainConfig) -> nn.Module:
+    """Training loss: soft-target CE (or BCE) with mixup, label-smoothed CE otherwise."""
+    from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if mixup_active(config):
+        # Smoothing is folded into the mixed targets by Mixup.
+        return BinaryCrossEntropy(target_threshold=None) if config.bce_loss else SoftTargetCrossEntropy()
+    if config.bce_loss:
+        return BinaryCrossEntropy(smoothing=config.smoothing)
+    if config.smoothing > 0:
+        return LabelSmoothingCrossEntropy(config.smoothing)
+    return nn.CrossEntropyLoss()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, accelerator, use_autocast: bool = False) -> dict[str, float]:
+    """Exact top-1/top-5 and mean cross-entropy over the whole loader, gathered across processes.
+
+    Args:
+        model: the model (wrapped by ``prepare``, or a bare module such as the EMA copy).
+        loader: a prepared eval loader (``gather_for_metrics`` drops the samples padded for even batches).
+        accelerator: the run's accelerator.
+        use_autocast: run under ``accelerator.autocast()`` (needed for modules not wrapped by ``prepare``).
+    """
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = loss_sum = 0.0
+    count = 0
+    for images, targets in loader:
+        if use_autocast:
+            with accelerator.autocast():
+                logits = model(images)
+        else:
+            logits = model(images)
+        logits = logits.float()
+        k = min(5, logits.shape[-1])
+        topk = logits.topk(k, dim=-1).indices
+        hits = topk == targets[:, None]
+        stats = torch.stack([hits[:, 0].float(), hits.any(-1).float(),
+                             F.cross_entropy(logits, targets, reduction="none")], dim=1)
+        stats = accelerator.gather_for_metrics(stats)
+        correct1 += stats[:, 0].sum().item()
+        correct5 += stats[:, 1].sum().item()
+        loss_sum += stats[:, 2].double().sum().item()
+        count += stats.shape[0]
+    model.train(was_training)
+    count = max(count, 1)
+    return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count, "loss": loss_sum / count,
+            "count": count}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def list_checkpoints(output: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints under ``<output>/checkpoints``, oldest first (temporary folders are ignored)."""
+    folder = Path(output) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+             and (p / "meta.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run: _Run, tag_updates: int) -> Path:
+    """Write ``<output>/checkpoints/step-<updates>`` atomically: all files go to a temp folder moved by ``os.replace``.
+
+    Contents: ``model.safetensors`` (and ``ema.safetensors``), ``training_state.pt`` (optimizer, grad scaler, epoch,
+    batch and update counters), ``rng-<rank>.pt`` per process, and ``meta.json`` (model name, config, counters).
+    """
+    from safetensors.torch import save_model
+
+    acc = run.accelerator
+    folder = Path(run.output) / "checkpoints"
+    final = folder / f"{CHECKPOINT_PREFIX}{tag_updates:08d}"
+    tmp = folder / f".tmp-{CHECKPOINT_PREFIX}{tag_updates:08d}"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    acc.wait_for_everyone()
+    torch.save(_rng_state(), tmp / f"rng-{acc.process_index}.pt")
+    if acc.is_main_process:
+        save_model(acc.unwrap_model(run.model), str(tmp / "model.safetensors"))
+        if run.ema is not None:
+            save_model(run.ema.module, str(tmp / "ema.safetensors"))
+        state = {"optimizer": run.optimizer.state_dict(), "epoch": run.epoch, "batches_done": run.batches_done,
+                 "num_updates": run.num_updates, "best": run.best}
+        if acc.scaler is not None:
+            state["scaler"] = acc.scaler.state_dict()
+        torch.save(state, tmp / "training_state.pt")
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        meta = {"model": run.config.model, "epoch": run.epoch, "batches_done": run.batches_done,
+                "num_updates": run.num_updates, "num_processes": acc.num_processes, "in_chans": run.in_chans,
+                "num_classes": run.num_classes, "data_config": run.data_config, "config": run.config.to_dict()}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in list_checkpoints(run.output)[:-max(run.config.checkpoint_keep, 1)]:
+            shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+    return final
+
+
+def load_checkpoint_into(run: _Run, folder: Path) -> None:
+    """Restore model, EMA, optimizer, scaler, counters and (this process's) RNG state from ``folder``."""
+    from safetensors.torch import load_model
+
+    acc = run.accelerator
+    load_model(acc.unwrap_model(run.model), str(folder / "model.safetensors"))
+    if run.ema is not None and (folder / "ema.safetensors").is_file():
+        load_model(run.ema.module, str(folder / "ema.safetensors"))
+    state = torch.load(folder / "training_state.pt", map_location="cpu", weights_only=False)
+    run.optimizer.load_state_dict(state["optimizer"])
+    if acc.scaler is not None and "scaler" in state:
+        acc.scaler.load_state_dict(state["scaler"])
+    run.epoch, run.batches_done, run.num_updates = state["epoch"], state["batches_done"], state["num_updates"]
+    run.best = state.get("best", run.best)
+    rng_file = folder / f"rng-{acc.process_index}.pt"
+    if rng_file.is_file():
+        _set_rng_state(torch.load(rng_file, weights_only=False))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class _Run:
+    """Mutable state of one training run (what checkpoints save)."""
+
+    config: TrainConfig
+    accelerator: Any
+    output: str
+    model: nn.Module
+    optimizer: Any
+    ema: Any
+    in_chans: int
+    num_classes: int
+    data_config: dict
+    epoch: int = 0
+    batches_done: int = 0
+    num_updates: int = 0
+    best: dict = field(default_factory=dict)
+
+
+class JsonLog:
+    """Append-only JSON-lines log written by the main process."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path = path
+        self.enabled = enabled
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, event: str, **values: Any) -> None:
+        """Append one record ``{"event": event, "time": unix seconds, **values}``."""
+        if self.enabled:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps({"event": event, "time": round(time.time(), 3), **values}) + "\n")
+
+
+def default_output(config: TrainConfig) -> str:
+    """``output/train/<model>-<dataset>`` unless ``output`` is set."""
+    return config.output or str(Path("output") / "train" / f"{config.model}-{config.dataset}")
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train (and evaluate every epoch) as ``config`` says; return the final metrics.
+
+    Raises:
+        ConfigError: unknown model, missing dataset or bad values (before any process group work starts).
+        NonFiniteLossError: the loss became NaN/inf; the last good checkpoint is kept.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+    from timm.data import Mixup
+    from timm.scheduler import create_scheduler_v2
+    from timm.utils import ModelEmaV3
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    validate_config(config)
+    check_model_name(config.model)
+    try:
+        check_dataset_path(config.dataset, config.data_dir, ("train", "val"))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+    # cpu=True without CUDA: accelerate then forms a gloo process group from torchrun's environment (else each
+    # CPU process would train alone).
+    accelerator = Accelerator(mixed_precision=PRECISIONS[config.precision], cpu=not torch.cuda.is_available(),
+                              gradient_accumulation_steps=config.grad_accum,
+                              dataloader_config=DataLoaderConfiguration(even_batches=True))
+    output = default_output(config)
+    seed_everything(config.seed)  # model init is identical on every process and every run
+    in_chans, num_classes = dataset_shape(config)
+    model = create_model_from_config(config, num_classes, in_chans)
+    train_tf, eval_tf, data_config = build_transforms(config, model)
+    train_set = build_dataset(config.dataset, config.data_dir, "train", train_tf, config.seed)
+    val_set = build_dataset(config.dataset, config.data_dir, "val", eval_tf, config.seed, limit=config.val_subset)
+    train_sampler = EpochShuffleSampler(len(train_set), config.seed, num_samples=config.train_subset)
+    val_sampler = EpochShuffleSampler(len(val_set), config.seed, shuffle=False)
+    loader_args = {"num_workers": config.workers, "worker_init_fn": worker_init if config.workers else None,
+                   "pin_memory": torch.cuda.is_available()}
+    train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=train_sampler, drop_last=True,
+                              **loader_args)
+    val_loader = DataLoader(val_set, batch_size=config.eval_batch_size or 2 * config.batch_size, sampler=val_sampler,
+                            **loader_args)
+    if len(train_loader) < accelerator.num_processes:
+        raise ConfigError(f"the training set has {len(train_sampler)} samples, fewer than one batch of "
+                          f"{config.batch_size} per process; lower batch_size")
+
+    global_batch = config.batch_size * accelerator.num_processes * config.grad_accum
+    lr = config.lr if config.lr is not None else config.lr_base * global_batch / config.lr_base_size
+    optimizer = build_optimizer(config, model, lr)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    updates_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
+    # timm semantics: the run lasts epochs + cooldown_epochs (cooldown at min_lr), as in timm's train.py.
+    scheduler, total_epochs = create_scheduler_v2(optimizer.optimizer, sched=config.sched, num_epochs=config.epochs,
+                                       warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr,
+                                       min_lr=config.min_lr, cooldown_epochs=config.cooldown_epochs,
+                                       step_on_epochs=False, updates_per_epoch=updates_per_epoch)
+    ema = None
+    if config.model_ema:
+        ema = ModelEmaV3(accelerator.unwrap_model(model), decay=config.model_ema_decay,
+                         use_warmup=config.model_ema_warmup)
+    mixup = None
+    if mixup_active(config):
+        mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
+                      switch_prob=config.mixup_switch_prob, mode="batch", label_smoothing=config.smoothing,
+                      num_classes=num_classes)
+    criterion = build_criterion(config)
+    run = _Run(config, accelerator, output, model, optimizer, ema, in_chans, num_classes, data_config)
+    log = JsonLog(Path(output) / "log.jsonl", accelerator.is_main_process)
+
+    if config.resume:
+        found = list_checkpoints(output) if config.resume == "auto" else [Path(config.resume)]
+        if found:
+            load_checkpoint_into(run, found[-1])
+            accelerator.print(f"resumed from {found[-1]} (epoch {run.epoch}, update {run.num_updates})")
+            log.write("resume", checkpoint=str(found[-1]), epoch=run.epoch, num_updates=run.num_updates)
+        elif config.resume != "auto":
+            raise ConfigError(f"resume checkpoint {config.resume} does not exist")
+        else:
+            accelerator.print(f"no checkpoint under {output}/checkpoints; starting from scratch")
+    if accelerator.is_main_process:
+        Path(output).mkdir(parents=True, exist_ok=True)
+        (Path(output) / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if run.num_updates == 0 and run.batches_done == 0:
+        log.write("start", model=config.model, lr=lr, global_batch=global_batch, processes=accelerator.num_processes,
+                  params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 4))
+    scheduler.step_update(run.num_updates)
+    last_checkpoint = list_checkpoints(output)[-1] if list_checkpoints(output) else None
+    metrics: dict[str, Any] = {}
+    max_steps = config.max_steps
+
+    run_start, out_of_time = time.time(), False
+    while run.epoch < total_epochs and not out_of_time and not (max_steps and run.num_updates >= max_steps):
+        epoch = run.epoch
+        train_sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        train_loader.set_epoch(epoch)
+        loader = train_loader
+        if run.batches_done:
+            from accelerate import skip_first_batches
+
+            loader = skip_first_batches(train_loader, run.batches_done)
+            loader.set_epoch(epoch)
+        model.train()
+        bar = tqdm(total=len(train_loader), initial=run.batches_done, desc=f"epoch {epoch}", leave=False,
+                   disable=not (accelerator.is_local_main_process and config.progress))
+        loss_sum, loss_count, start = 0.0, 0, time.time()
+        for images, targets in loader:
+            # Per-batch seed: mixup and drop path draw the same numbers whether or not the run was resumed.
+            seed_everything(sample_seed(config.seed + 1 + accelerator.process_index, epoch, run.batches_done))
+            if mixup is not None:
+                images, targets = mixup(images, targets)
+            with accelerator.accumulate(model):
+                loss = criterion(model(images), targets)
+                if not _all_finite(loss, accelerator):
+                    message = (f"non-finite loss {loss.item()} at epoch {epoch}, update {run.num_updates}; stopped. "
+                               f"Last good checkpoint: {last_checkpoint or 'none'}. Try precision=bf16/fp32, a lower "
+                               "lr or clip_grad")
+                    log.write("nonfinite", epoch=epoch, num_updates=run.num_updates, loss=str(loss.item()))
+                    raise NonFiniteLossError(message)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.clip_grad:
+                    accelerator.clip_grad_norm_(model.parameters(), config.clip_grad)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            run.batches_done += 1
+            loss_sum += loss.item()
+            loss_count += 1
+            bar.update(1)
+            if not accelerator.sync_gradients:
+                continue
+            run.num_updates += 1
+            scheduler.step_update(run.num_updates)
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(model), step=run.num_updates)
+            if run.num_updates % config.log_interval == 0:
+                log.write("train", epoch=epoch, num_updates=run.num_updates, loss=loss_sum / loss_count,
+                          lr=optimizer.param_groups[0]["lr"])
+                bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}")
+            end_of_epoch = run.batches_done >= len(train_loader)
+            if config.checkpoint_interval and run.num_updates % config.checkpoint_interval == 0 and not end_of_epoch:
+                last_checkpoint = save_checkpoint(run, run.num_updates)
+            if max_steps and run.num_updates >= max_steps:
+                break
+            if config.time_limit and _time_up(time.time() - run_start > config.time_limit, accelerator):
+                out_of_time = True
+                break
+        bar.close()
+        skipped = report_unreadable(train_set, accelerator)
+        epoch_done = run.batches_done >= len(train_loader)
+        metrics = {"epoch": epoch, "num_updates": run.num_updates, "train_loss": loss_sum / max(loss_count, 1),
+                   "lr": optimizer.param_groups[0]["lr"], "epoch_time": round(time.time() - start, 2)}
+        metrics.update({f"eval_{k}": v for k, v in evaluate(model, val_loader, accelerator).items()})
+        if ema is not None:
+            metrics.update({f"ema_{k}": v for k, v in evaluate(ema.module, val_loader, accelerator, True).items()})
+        skipped += report_unreadable(val_set, accelerator)
+        metrics["skipped_files"] = skipped
+        log.write("eval", **metrics)
+        accelerator.print(_summary(metrics))
+        if skipped and accelerator.is_main_process:
+            _logger.warning("%d unreadable image file(s) skipped so far (named in the warnings above)", skipped)
+        key = "ema_top1" if ema is not None else "eval_top1"
+        if metrics[key] >= run.best.get("top1", -1.0):
+            run.best = {"top1": metrics[key], "epoch": epoch, "metric": key}
+        if epoch_done:
+            run.epoch, run.batches_done = epoch + 1, 0
+        last_checkpoint = save_checkpoint(run, run.num_updates)
+    accelerator.wait_for_everyone()
+    metrics["best"] = run.best
+    metrics["stopped_by_time_limit"] = out_of_time
+    metrics["checkpoint"] = str(last_checkpoint) if last_checkpoint else None
+    accelerator.end_training()
+    return metrics
+
+
+def _time_up(local: bool, accelerator) -> bool:
+    # Clocks differ between processes; all must leave the loop at the same update or collectives would hang.
+    flag = torch.tensor([int(local)], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        flag = accelerator.reduce(flag, reduction="sum")
+    return bool(flag.item())
+
+
+def _all_finite(loss: torch.Tensor, accelerator) -> bool:
+    finite = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
+    if accelerator.num_processes > 1:
+        # Every process must stop together, or the others would hang in the next collective.
+        finite = accelerator.reduce(finite, reduction="sum") == accelerator.num_processes
+    return bool(finite.all())
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    text = (f"epoch {metrics['epoch']} update {metrics['num_updates']}: train_loss {metrics['train_loss']:.4f} "
+            f"top1 {metrics['eval_top1']:.2f} top5 {metrics['eval_top5']:.2f}")
+    if "ema_top1" in metrics:
+        text += f" | ema top1 {metrics['ema_top1']:.2f} top5 {metrics['ema_top5']:.2f}"
+    return text + f" ({metrics['epoch_time']:.1f}s)"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# evaluation of a saved model
+
+# timm's validate.py / results-imagenet.csv columns in their order, then ours.
+RESULT_COLUMNS = ("model", "top1", "top1_err", "top5", "top5_err", "param_count", "img_size", "crop_pct",
+                  "interpolation", "dataset", "checkpoint", "gmacs", "kernel_backend")
+
+
+def _gmacs(model: nn.Module, input_size: tuple[int, int, int]) -> float | None:
+    """GMACs at batch 1 via :func:`vitzoo.flops.count_gmacs` on an fp32 CPU copy; ``None`` if tracing fails."""
+    import copy
+
+    from vitzoo.flops import count_gmacs
+
+    try:
+        return round(count_gmacs(copy.deepcopy(model).float().cpu(), input_size), 4)
+    except Exception as error:  # noqa: BLE001 - the count is an optional column; tracing can fail on exotic ops
+        _logger.warning("fvcore could not count MACs of %s: %s", type(model).__name__, error)
+        return None
+
+
+def evaluate_model(model_name: str | None = None, checkpoint: str | None = None, dataset: str = "folder",
+                   data_dir: str | None = None, use_ema: bool = False, batch_size: int = 256, workers: int = 4,
+                   precision: str = "fp32", val_subset: int | None = None, model_kwargs: dict | None = None,
+                   num_classes: int | None = None, in_chans: int | None = None, img_size: int | None = None,
+                   patch_size: int | None = None, count_macs: bool = True) -> dict[str, Any]:
+    """Evaluate a training checkpoint folder, or a model name (optionally with weights), on a dataset's val split.
+
+    Args:
+        model_name: a timm/vitzoo model name; taken from the checkpoint's ``meta.json`` when omitted.
+        checkpoint: a folder written by :func:`train` (``step-*`` or the run folder: its latest checkpoint), or a
+            weights file passed to timm as ``checkpoint_path``.
+        dataset: ``'folder'`` or ``'fashion_mnist'``.
+        data_dir: the dataset folder (the val split is ``<data_dir>/val``).
+        use_ema: load ``ema.safetensors`` of a checkpoint folder.
+        batch_size: eval batch size per process.
+        workers: loader worker processes.
+        precision: ``'bf16'``, ``'fp16'`` or ``'fp32'``.
+        val_subset: evaluate only the first samples (None: the whole split).
+        model_kwargs, num_classes, in_chans, img_size, patch_size: model construction overrides.
+        count_macs: add fvcore GMACs.
+
+    Returns:
+        A row with :data:`RESULT_COLUMNS` keys.
+    """
+    from accelerate import Accelerator
+    from safetensors.torch import load_model
+    from torch.utils.data import DataLoader
+
+    from vitzoo.kernels import kernel_backend
+
+    settings: dict[str, Any] = {"dataset": dataset, "data_dir": data_dir, "model_kwargs": model_kwargs or {},
+                                "drop_path": 0.0}
+    weights_file = None
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if path.is_dir() and not (path / "meta.json").is_file():
+            found = list_checkpoints(path)
+            if not found:
+                raise ConfigError(f"no checkpoint (step-*/meta.json) under {path}; pass a step-* folder or a file")
+            path = found[-1]
+        if path.is_dir():
+            meta = json.loads((path / "meta.json").read_text())
+            saved = meta["config"]
+            for key in ("model", "model_kwargs", "img_size", "patch_size"):
+                settings[key] = saved[key]
+            in_chans = in_chans or meta["in_chans"]
+            num_classes = num_classes or meta["num_classes"]
+            weights_file = path / ("ema.safetensors" if use_ema else "model.safetensors")
+            if not weights_file.is_file():
+                raise ConfigError(f"{weights_file} does not exist" + ("; the run had no EMA" if use_ema else ""))
+        elif not path.is_file():
+            raise ConfigError(f"checkpoint {checkpoint} does not exist")
+        checkpoint = str(path)
+    for key, value in (("model", model_name), ("img_size", img_size), ("patch_size", patch_size)):
+        if value is not None:
+            settings[key] = value
+    if "model" not in settings:
+        raise ConfigError("give a model name (--model) or a checkpoint folder written by vitzoo-train")
+    if model_kwargs:
+        settings["model_kwargs"] = {**settings["model_kwargs"], **model_kwargs}
+    config = TrainConfig(**settings)
+    check_model_name(config.model)
+    try:
+        check_dataset_path(dataset, data_dir, ("val",))
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if dataset == "folder":
+        default_classes = sum(1 for e in os.scandir(Path(data_dir) / "val") if e.is_dir())
+    else:
+        default_classes = 10
+    in_chans = in_chans or (1 if dataset == "fashion_mnist" else 3)
+    num_classes = num_classes or default_classes
+
+    accelerator = Accelerator(mixed_precision=PRECISIONS[precision], cpu=not torch.cuda.is_available())
+    timm_checkpoint = checkpoint if checkpoint is not None and weights_file is None else None
+    model = create_model_from_config(config, num_classes, in_chans, checkpoint_path=timm_checkpoint)
+    if weights_file is not None:
+        load_model(model, str(weights_file))
+    _, eval_tf, data_config = build_transforms(config, model)
+    val_set = build_dataset(dataset, data_dir, "val", eval_tf, seed=0, limit=val_subset)
+    sampler = EpochShuffleSampler(len(val_set), 0, shuffle=False)
+    loader = DataLoader(val_set, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                        worker_init_fn=worker_init if workers else None)
+    model, loader = accelerator.prepare(model, loader)
+    metrics = evaluate(model, loader, accelerator)
+    report_unreadable(val_set, accelerator)
+    bare = accelerator.unwrap_model(model)
+    input_size = tuple(data_config["input_size"])
+    row = {
+        "model": config.model,
+        "top1": round(metrics["top1"], 4), "top1_err": round(100 - metrics["top1"], 4),
+        "top5": round(metrics["top5"], 4), "top5_err": round(100 - metrics["top5"], 4),
+        "param_count": round(sum(p.numel() for p in bare.parameters()) / 1e6, 2),
+        "img_size": input_size[-1], "crop_pct": data_config.get("crop_pct"),
+        "interpolation": data_config.get("interpolation"),
+        "dataset": dataset if dataset == "fashion_mnist" else str(data_dir),
+        "checkpoint": (str(checkpoint) + (":ema" if use_ema else "")) if checkpoint else "",
+        "gmacs": _gmacs(bare, input_size) if count_macs else None,
+        "kernel_backend": kernel_backend(accelerator.device),
+    }
+    row["count"] = metrics["count"]
+    return row
+
+
+def append_result(path: str | os.PathLike, row: dict[str, Any]) -> None:
+    """Append ``row`` to the CSV at ``path`` in :data:`RESULT_COLUMNS` order, writing the header for a new file."""
+    import csv
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.is_file() or path.stat().st_size == 0
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(RESULT_COLUMNS), extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
