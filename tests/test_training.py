@@ -254,3 +254,31 @@ def test_temporary_checkpoint_folders_are_ignored(tmp_path: Path) -> None:
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000002"]
     shutil.rmtree(tmp_path / "checkpoints")
     assert list_checkpoints(tmp_path) == []
+
+
+@needs_fashion_mnist
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NaN loss after update 4 stops the run with a message naming the checkpoint written at update 4."""
+    from vitzoo import engine
+
+    real_criterion = engine.build_criterion
+
+    def poisoned_criterion(config):
+        criterion, calls = real_criterion(config), []
+
+        def loss(logits, targets):
+            calls.append(1)
+            value = criterion(logits, targets)
+            return value * float("nan") if len(calls) > 4 else value
+
+        return loss
+
+    monkeypatch.setattr(engine, "build_criterion", poisoned_criterion)
+    config = engine.load_config(None, [*TINY, *FASHION, "train_subset=256", "batch_size=32", "checkpoint_interval=4",
+                                       "workers=0"], model=MODEL, output=str(tmp_path / "run"))
+    with pytest.raises(engine.NonFiniteLossError, match=r"non-finite loss .* update 4; stopped\. Last good checkpoint: "
+                                                        r".*step-00000004"):
+        engine.train(config)
+    good = _latest(tmp_path / "run")
+    assert good.name == "step-00000004"
+    assert all(torch.isfinite(t).all() for t in _weights(good).values())
