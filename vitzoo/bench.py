@@ -452,6 +452,18 @@ def _measure_combo(model: nn.Module, row: dict[str, Any], config: BenchConfig) -
     return "ok"
 
 
+def warm_up_device(device: torch.device, seconds: float = 2.0) -> None:
+    """Keep a GPU busy for ``seconds`` so the first model is not timed while the clocks ramp up from idle."""
+    if device.type != "cuda":
+        return
+    a = torch.randn(4096, 4096, device=device, dtype=torch.bfloat16)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for _ in range(20):
+            a = (a @ a).clamp_(-1, 1)
+        torch.cuda.synchronize(device)
+
+
 def run_benchmark(names: list[str], img_sizes: Iterable[int], config: BenchConfig, results_file: Path | None = None,
                   time_budget: float | None = None, progress: bool = True) -> list[dict[str, Any]]:
     """Benchmark every (resolution, model) pair; rows are appended to ``results_file`` as they come.
@@ -468,6 +480,7 @@ def run_benchmark(names: list[str], img_sizes: Iterable[int], config: BenchConfi
         writer.writeheader()
         handle.flush()
     rows: list[dict[str, Any]] = []
+    warm_up_device(torch.device(config.device))
     start = time.monotonic()
     try:
         bar = tqdm(pairs, desc="bench", unit="model", file=sys.stderr, disable=not progress)
