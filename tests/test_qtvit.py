@@ -8,6 +8,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath
 
 import vitzoo  # noqa: F401  (registers the models)
 from vitzoo.flops import count_macs, macs_by_operator
@@ -301,3 +302,20 @@ def test_pretrained_without_weights_is_a_clear_error(tmp_path) -> None:
     loaded = timm.create_model("qtvit_1", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     for key, value in source.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value)
+
+
+def test_drop_path_keeps_weights_compatible_and_is_stochastic_only_in_training() -> None:
+    torch.manual_seed(0)
+    plain = timm.create_model("qtvit_1", num_classes=10).eval()
+    dropped = timm.create_model("qtvit_1", num_classes=10, drop_path_rate=0.1)
+    dropped.load_state_dict(plain.state_dict(), strict=True)  # same keys: drop path has no parameters
+    rates = [m.drop_prob for m in dropped.modules() if isinstance(m, DropPath)]
+    assert rates and max(rates) == pytest.approx(0.1) and rates == sorted(rates)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(dropped.eval()(x), plain(x))
+        dropped.train()
+        torch.manual_seed(1)
+        first = dropped(x)
+        torch.manual_seed(2)
+        assert not torch.allclose(first, dropped(x))

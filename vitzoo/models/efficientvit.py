@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from functools import partial
 
+import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import GELUTanh
+from timm.layers import DropPath, GELUTanh
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models.efficientvit_mit import EfficientVit, EfficientVitBlock, EfficientVitLarge
+from timm.models.efficientvit_mit import EfficientVit, EfficientVitBlock, EfficientVitLarge, ResidualBlock
 
 from ..mixers.quadratic_taylor import QT_EPS, QuadraticTaylorLiteMLA
 from ._helpers import check_pretrained_available
@@ -60,6 +61,34 @@ def _use_qt_attention(
             )
 
 
+class DropPathResidualBlock(ResidualBlock):
+    """timm's ``ResidualBlock`` with stochastic depth on the main branch (same children, same state_dict keys)."""
+
+    def __init__(self, block: ResidualBlock, drop_prob: float) -> None:
+        super().__init__(block.main, block.shortcut, block.pre_norm)
+        self.drop_path = DropPath(drop_prob) if drop_prob > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        res = self.drop_path(self.main(self.pre_norm(x)))
+        return res + self.shortcut(x) if self.shortcut is not None else res
+
+
+def _add_drop_path(model: EfficientVit | EfficientVitLarge, drop_path_rate: float) -> None:
+    """Stochastic depth on every identity-shortcut residual of ``model.stages``, rising linearly to the rate.
+
+    timm's EfficientViT has none; the official recipe uses 0.05-0.1 with a linear decay over the residual blocks.
+    """
+    if drop_path_rate <= 0:
+        return
+    residuals = [
+        (parent, name) for parent in model.stages.modules() for name, child in parent.named_children()
+        if isinstance(child, ResidualBlock) and isinstance(child.shortcut, nn.Identity)
+    ]
+    for i, (parent, name) in enumerate(residuals):
+        rate = drop_path_rate * i / max(len(residuals) - 1, 1)
+        setattr(parent, name, DropPathResidualBlock(getattr(parent, name), rate))
+
+
 class QtVit(EfficientVit):
     """EfficientViT-B backbone with QT attention (QT-ViT-1..3).
 
@@ -74,6 +103,7 @@ class QtVit(EfficientVit):
         global_pool: head pooling.
         head_widths: widths of the head's 1x1 conv and hidden Linear.
         drop_rate: head dropout.
+        drop_path_rate: stochastic depth of the residual blocks, rising linearly to this rate.
         num_classes: classifier outputs (0 for none).
         pos_embed_img_size: image size whose feature maps size the key position embeddings (training size).
         attn_eps: added to the attention normaliser.
@@ -93,6 +123,7 @@ class QtVit(EfficientVit):
             global_pool: str = "avg",
             head_widths: tuple[int, ...] = (),
             drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
             num_classes: int = 1000,
             pos_embed_img_size: int = 224,
             attn_eps: float = QT_EPS,
@@ -105,6 +136,7 @@ class QtVit(EfficientVit):
             drop_rate=drop_rate, num_classes=num_classes, device=device, dtype=dtype,
         )
         _use_qt_attention(self, head_dim, norm_layer, pos_embed_img_size, attn_eps, device=device, dtype=dtype)
+        _add_drop_path(self, drop_path_rate)
 
 
 class QtVitLarge(EfficientVitLarge):
@@ -120,6 +152,7 @@ class QtVitLarge(EfficientVitLarge):
         global_pool: head pooling.
         head_widths: widths of the head's 1x1 conv and hidden Linear.
         drop_rate: head dropout.
+        drop_path_rate: stochastic depth of the residual blocks, rising linearly to this rate.
         num_classes: classifier outputs (0 for none).
         norm_eps: BatchNorm / LayerNorm eps (1e-7 for the L series).
         pos_embed_img_size: image size whose feature maps size the key position embeddings (training size).
@@ -139,6 +172,7 @@ class QtVitLarge(EfficientVitLarge):
             global_pool: str = "avg",
             head_widths: tuple[int, ...] = (),
             drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
             num_classes: int = 1000,
             norm_eps: float = 1e-7,
             pos_embed_img_size: int = 224,
@@ -155,6 +189,7 @@ class QtVitLarge(EfficientVitLarge):
         _use_qt_attention(
             self, head_dim, partial(norm_layer, eps=norm_eps), pos_embed_img_size, attn_eps, device=device, dtype=dtype,
         )
+        _add_drop_path(self, drop_path_rate)
 
 
 _NOTES = (
