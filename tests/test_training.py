@@ -32,6 +32,16 @@ needs_fashion_mnist = pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(),
                                          reason="Fashion-MNIST idx files not installed (dataset-fashion-mnist)")
 
 
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one AcceleratorState per process; in-process runs with other settings need a fresh one."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     env.pop("WORLD_SIZE", None)
@@ -257,6 +267,7 @@ def test_temporary_checkpoint_folders_are_ignored(tmp_path: Path) -> None:
 
 
 @needs_fashion_mnist
+@pytest.mark.usefixtures("fresh_accelerator_state")
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A NaN loss after update 4 stops the run with a message naming the checkpoint written at update 4."""
     from vitzoo import engine
@@ -282,3 +293,19 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, mo
     good = _latest(tmp_path / "run")
     assert good.name == "step-00000004"
     assert all(torch.isfinite(t).all() for t in _weights(good).values())
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.usefixtures("fresh_accelerator_state")
+def test_mixed_precision_runs_and_checkpoints(tmp_path: Path, precision: str) -> None:
+    """bf16 / fp16 autocast (CPU here) trains, evaluates and writes finite fp32 master weights."""
+    from vitzoo import engine
+
+    tiny = [a for a in TINY if not a.startswith("precision=")]
+    config = engine.load_config(None, [*tiny, *FASHION, "train_subset=96", "batch_size=32", "max_steps=3",
+                                       "workers=0", f"precision={precision}"], model=MODEL, output=str(tmp_path / "r"))
+    metrics = engine.train(config)
+    assert metrics["num_updates"] == 3 and 0.0 <= metrics["eval_top1"] <= 100.0
+    weights = _weights(_latest(tmp_path / "r"))
+    assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in weights.values())
