@@ -1,6 +1,7 @@
 """Test-session set-up that must happen before triton is imported anywhere."""
 import os
 
+import pytest
 import torch
 
 # Without a GPU the Triton kernels run in the interpreter. The variable is read when triton is imported, so it is
@@ -8,3 +9,13 @@ import torch
 # unless a test sets VITZOO_KERNELS=triton, so this changes nothing for the other tests.
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one AcceleratorState per process; in-process runs with other settings need a fresh one."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -32,16 +32,6 @@ needs_fashion_mnist = pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(),
                                          reason="Fashion-MNIST idx files not installed (dataset-fashion-mnist)")
 
 
-@pytest.fixture
-def fresh_accelerator_state():
-    """accelerate keeps one AcceleratorState per process; in-process runs with other settings need a fresh one."""
-    from accelerate.state import AcceleratorState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 def _env() -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     env.pop("WORLD_SIZE", None)

@@ -1,0 +1,47 @@
+"""The Fashion-MNIST study pipeline (issue 7) end to end in its --quick form, and its aggregation over seeds."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import statistics
+from pathlib import Path
+
+import pytest
+
+from vitzoo.data import FASHION_MNIST_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("fashion_mnist_study", ROOT / "scripts" / "fashion_mnist_study.py")
+study = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(study)
+
+
+def test_summarize_means_and_spreads_over_seeds():
+    rows = [
+        dict(model="m", family="f", dataset="fashion_mnist", img_size="28", top1=str(t), top5="99", updates="10",
+             train_seconds=str(s))
+        for t, s in ((80.0, 10), (82.0, 12), (87.0, 14))
+    ]
+    (row,) = study.summarize(rows)
+    assert row["top1"] == pytest.approx(83.0)
+    assert row["top1_std"] == pytest.approx(statistics.stdev([80, 82, 87]), abs=1e-3)
+    assert (row["top1_min"], row["top1_max"], row["seeds"], row["train_seconds"]) == (80.0, 87.0, 3, 12.0)
+
+
+@pytest.mark.usefixtures("fresh_accelerator_state")
+@pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist not installed")
+def test_quick_study_writes_summary_bench_and_front(tmp_path: Path):
+    study.main(["--quick", "--seeds", "0", "1", "--families", "softmax", "linear", "--out", str(tmp_path)])
+    with (tmp_path / "summary.csv").open() as handle:
+        summary = {row["family"]: row for row in csv.DictReader(handle)}
+    assert set(summary) == {"softmax", "linear"}
+    for family, row in summary.items():
+        with (tmp_path / "seed0.csv").open() as a, (tmp_path / "seed1.csv").open() as b:
+            seeds = [float(r["top1"]) for r in [*csv.DictReader(a), *csv.DictReader(b)] if r["family"] == family]
+        assert float(row["top1"]) == pytest.approx(statistics.fmean(seeds), abs=1e-3) and row["seeds"] == "2"
+    with (tmp_path / "bench.csv").open() as handle:
+        bench = list(csv.DictReader(handle))
+    assert {r["status"] for r in bench} == {"ok"} and all(float(r["infer_samples_per_sec"]) > 0 for r in bench)
+    assert (tmp_path / "plots" / "top1_vs_throughput.png").stat().st_size > 0
+    with (tmp_path / "plots" / "pareto_front.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) >= 1
