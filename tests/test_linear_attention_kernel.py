@@ -1,13 +1,10 @@
 """The fused Triton linear-attention kernels against the float64 PyTorch reference.
 
 On a machine without CUDA the kernels run under the Triton interpreter: ``TRITON_INTERPRET=1`` must be set before
-triton is first imported, so this module sets it at the top. When another test module of the same pytest process
-already imported the kernels compiled (not interpreted), the interpreter tests cannot run in-process; then one test
-re-runs this file in a fresh ``python -m pytest`` subprocess instead. GPU-only tests (bf16 at real sizes,
-``torch.compile``, long sequences) are skipped without CUDA.
+triton is first imported, which ``tests/conftest.py`` does (and this module repeats, for runs without the conftest).
+GPU-only tests (bf16 at real sizes, ``torch.compile``, long sequences) are skipped without CUDA.
 """
 import os
-import sys
 
 import torch  # importing torch does not import triton
 
@@ -15,7 +12,6 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 import importlib  # noqa: E402
-import subprocess  # noqa: E402
 import zlib  # noqa: E402
 
 import pytest  # noqa: E402
@@ -34,15 +30,6 @@ needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 @pytest.fixture(autouse=True)
 def _triton_backend(monkeypatch):
     monkeypatch.setenv("VITZOO_KERNELS", "triton")
-
-
-@pytest.mark.skipif(HAS_CUDA or INTERPRETED or not triton_available(),
-                    reason="runs only when triton was imported compiled before this module")
-def test_interpreter_suite_in_subprocess():
-    env = dict(os.environ, TRITON_INTERPRET="1", VITZOO_KERNELS="triton")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
-                          env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
 
 
 # ------------------------------------------------------------------------------------------------ configurations
