@@ -139,3 +139,9 @@ def test_softmax_baseline_matches_timm_deit(size):
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), reference(x), rtol=1e-5, atol=1e-5)
+
+
+def test_vitzoo_list_models_covers_both_families():
+    names = vitzoo.list_models()
+    assert set(MODEL_NAMES) < set(names) and {f"qtvit_{i}" for i in range(1, 7)} < set(names)
+    assert vitzoo.list_models("qtvit_*") == [f"qtvit_{i}" for i in range(1, 7)]

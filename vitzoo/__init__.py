@@ -2,6 +2,8 @@
 
 ``import vitzoo`` registers every model with timm, so ``timm.create_model('inline_deit_tiny_patch16_224')`` works.
 """
-from . import models  # noqa: F401  (registers the models with timm)
+from .models import list_models  # importing the models registers them with timm
+
+__all__ = ["list_models"]
 
 __version__ = "0.1.0"

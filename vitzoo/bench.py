@@ -40,7 +40,7 @@ import vitzoo  # noqa: F401  (registers the models)
 
 from .flops import count_gmacs
 from .kernels import kernel_backend
-from .model_table import list_vitzoo_models
+from .models import list_models
 
 # timm's benchmark CSV columns in timm's order first (so timm's tooling reads our files), then ours.
 TIMM_COLUMNS = ("model", "infer_img_size", "infer_samples_per_sec", "infer_step_time", "infer_batch_size",
@@ -183,7 +183,7 @@ def resolve_models(patterns: Iterable[str]) -> list[str]:
     names: list[str] = []
     for pattern in patterns:
         if pattern == ALL_VITZOO:
-            found = list_vitzoo_models()
+            found = list_models()
         elif any(ch in pattern for ch in "*?["):
             found = timm.list_models(pattern)
         elif timm.is_model(pattern):

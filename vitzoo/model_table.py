@@ -20,8 +20,8 @@ from tqdm import tqdm
 import vitzoo  # noqa: F401  (registers the models)
 
 from .flops import count_gmacs
+from .models import list_models
 
-MODEL_MODULES = ("vit", "efficientvit")
 _MARKERS = ("<!-- model-table:start -->", "<!-- model-table:end -->")
 
 
@@ -32,11 +32,6 @@ class PublishedResult:
     params_m: float
     gmacs: float
     source: str
-
-
-def list_vitzoo_models(pattern: str = "") -> list[str]:
-    """All vitzoo model names registered with timm, optionally filtered by an fnmatch pattern."""
-    return sorted(name for module in MODEL_MODULES for name in timm.list_models(pattern, module=module))
 
 
 def load_published() -> dict[str, PublishedResult]:
@@ -102,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--filter", default="", help="fnmatch pattern of model names, e.g. 'inline_*'")
     parser.add_argument("--readme", type=Path, help="rewrite the table in this README between the markers")
     args = parser.parse_args(argv)
-    names = list_vitzoo_models(args.filter)
+    names = list_models(args.filter)
     if not names:
         parser.error(f"no vitzoo model matches {args.filter!r}")
     table = to_markdown(build_rows(names))
