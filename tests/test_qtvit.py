@@ -319,3 +319,16 @@ def test_drop_path_keeps_weights_compatible_and_is_stochastic_only_in_training()
         first = dropped(x)
         torch.manual_seed(2)
         assert not torch.allclose(first, dropped(x))
+
+
+@pytest.mark.parametrize(("x", "message"), [
+    (torch.randn(1, 1, 64, 64), r"qtvit_1 expects 3 input channel\(s\), got 1; create it with in_chans=1"),
+    (torch.randint(0, 255, (1, 3, 64, 64), dtype=torch.uint8), "qtvit_1 expects a floating-point input"),
+    (torch.randn(3, 64, 64), r"qtvit_1 expects images of shape \(B, C, H, W\)"),
+])
+def test_bad_input_errors_name_the_model(x: torch.Tensor, message: str) -> None:
+    model = timm.create_model("qtvit_1").eval()
+    with pytest.raises(ValueError, match=message):
+        model(x)
+    with pytest.raises(ValueError, match=message):
+        model.forward_intermediates(x)

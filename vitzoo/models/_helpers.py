@@ -1,6 +1,10 @@
 """Helpers shared by the zoo's model families."""
 from __future__ import annotations
 
+import torch
+
+_IMAGE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
 _WEIGHT_SOURCES = ("file", "url", "hf_hub_id", "state_dict")
 
 
@@ -23,3 +27,21 @@ def check_pretrained_available(variant: str, pretrained: bool, kwargs: dict) -> 
         f"{variant} has no published weights; pass your own with timm.create_model('{variant}', pretrained=True, "
         f"pretrained_cfg_overlay=dict(file='path/to/weights.safetensors')) or use checkpoint_path=..."
     )
+
+
+def model_name(model: torch.nn.Module) -> str:
+    """The registered name of ``model`` (from its pretrained_cfg), else its class name."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return cfg.get("architecture") or type(model).__name__
+
+
+def check_images(model: torch.nn.Module, x: torch.Tensor, in_chans: int) -> None:
+    """Turn shape/dtype mistakes into one-line ValueErrors naming the model and what it expects."""
+    name = model_name(model)
+    if x.dim() != 4:
+        raise ValueError(f"{name} expects images of shape (B, C, H, W); got {tuple(x.shape)}")
+    if x.shape[1] != in_chans:
+        raise ValueError(f"{name} expects {in_chans} input channel(s), got {x.shape[1]}; create it with "
+                         f"in_chans={x.shape[1]}")
+    if x.dtype not in _IMAGE_DTYPES:
+        raise ValueError(f"{name} expects a floating-point input (float16/bfloat16/float32/float64), got {x.dtype}")

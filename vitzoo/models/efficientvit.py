@@ -23,7 +23,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.efficientvit_mit import EfficientVit, EfficientVitBlock, EfficientVitLarge, ResidualBlock
 
 from ..mixers.quadratic_taylor import QT_EPS, QuadraticTaylorLiteMLA
-from ._helpers import check_pretrained_available
+from ._helpers import check_images, check_pretrained_available
 
 __all__ = ["QtVit", "QtVitLarge"]
 
@@ -89,7 +89,21 @@ def _add_drop_path(model: EfficientVit | EfficientVitLarge, drop_path_rate: floa
         setattr(parent, name, DropPathResidualBlock(getattr(parent, name), rate))
 
 
-class QtVit(EfficientVit):
+class _CheckedImages:
+    """Checks images before timm's EfficientViT sees them: one-line errors instead of conv shape errors."""
+
+    in_chans: int
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        check_images(self, x, self.in_chans)
+        return super().forward_features(x)
+
+    def forward_intermediates(self, x: torch.Tensor, *args, **kwargs):
+        check_images(self, x, self.in_chans)
+        return super().forward_intermediates(x, *args, **kwargs)
+
+
+class QtVit(_CheckedImages, EfficientVit):
     """EfficientViT-B backbone with QT attention (QT-ViT-1..3).
 
     Args:
@@ -135,11 +149,12 @@ class QtVit(EfficientVit):
             norm_layer=norm_layer, act_layer=act_layer, global_pool=global_pool, head_widths=head_widths,
             drop_rate=drop_rate, num_classes=num_classes, device=device, dtype=dtype,
         )
+        self.in_chans = in_chans
         _use_qt_attention(self, head_dim, norm_layer, pos_embed_img_size, attn_eps, device=device, dtype=dtype)
         _add_drop_path(self, drop_path_rate)
 
 
-class QtVitLarge(EfficientVitLarge):
+class QtVitLarge(_CheckedImages, EfficientVitLarge):
     """EfficientViT-L backbone with QT attention (QT-ViT-4..6).
 
     Args:
@@ -189,6 +204,7 @@ class QtVitLarge(EfficientVitLarge):
         _use_qt_attention(
             self, head_dim, partial(norm_layer, eps=norm_eps), pos_embed_img_size, attn_eps, device=device, dtype=dtype,
         )
+        self.in_chans = in_chans
         _add_drop_path(self, drop_path_rate)
 
 

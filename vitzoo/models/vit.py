@@ -31,11 +31,9 @@ from timm.models._manipulate import named_apply
 from torch.utils.checkpoint import checkpoint
 
 from ..mixers import create_mixer
-from ._helpers import check_pretrained_available
+from ._helpers import check_images, check_pretrained_available, model_name
 
 __all__ = ["MixerViT", "MixerBlock"]
-
-_SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 class MixerBlock(nn.Module):
@@ -221,22 +219,10 @@ class MixerViT(nn.Module):
             if num_classes > 0 else nn.Identity()
         )
 
-    def _model_name(self) -> str:
-        cfg = getattr(self, "pretrained_cfg", None) or {}
-        return cfg.get("architecture") or type(self).__name__
-
     def _check_input(self, x: torch.Tensor) -> None:
         """Turn shape/dtype mistakes into one-line errors that say what the model expects."""
-        name = self._model_name()
-        if x.dim() != 4:
-            raise ValueError(f"{name} expects images of shape (B, C, H, W); got {tuple(x.shape)}")
-        if x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"{name} expects {self.in_chans} input channel(s), got {x.shape[1]}; create it with "
-                f"in_chans={x.shape[1]}"
-            )
-        if x.dtype not in _SUPPORTED_DTYPES:
-            raise ValueError(f"{name} expects a floating-point input (float16/bfloat16/float32/float64), got {x.dtype}")
+        check_images(self, x, self.in_chans)
+        name = model_name(self)
         h, w = x.shape[-2:]
         ph, pw = self.patch_embed.patch_size
         if self.dynamic_img_size:
