@@ -32,6 +32,8 @@ import torch.nn.functional as F
 import yaml
 
 from .data import (
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
     AugmentConfig,
     EpochShuffleSampler,
     GreyTransform,
@@ -252,13 +254,13 @@ def create_model_from_config(config: TrainConfig, num_classes: int, in_chans: in
                              checkpoint_path=checkpoint_path or "", **kwargs)
 
 
-def dataset_shape(config: TrainConfig) -> tuple[int, int]:
-    """Return (in_chans, num_classes) of the run: the config's values, else the dataset's."""
+def dataset_shape(config: TrainConfig, split: str = "train") -> tuple[int, int]:
+    """(in_chans, num_classes) of the run: the config's values, else the dataset's (class folders of ``split``)."""
     if config.dataset == "fashion_mnist":
         return config.in_chans or 1, config.num_classes or 10
     classes = config.num_classes
     if classes is None:
-        classes = sum(1 for entry in os.scandir(Path(config.data_dir) / "train") if entry.is_dir())
+        classes = sum(1 for entry in os.scandir(Path(config.data_dir) / split) if entry.is_dir())
     return config.in_chans or 3, classes
 
 
@@ -269,7 +271,7 @@ def build_transforms(config: TrainConfig, model: nn.Module) -> tuple[Any, Any, d
     if config.dataset == "fashion_mnist":
         size = config.img_size or 28
         data_config = {"input_size": (1, size, size), "interpolation": "bilinear", "crop_pct": 1.0,
-                       "mean": (0.2860,), "std": (0.3530,)}
+                       "mean": FASHION_MNIST_MEAN, "std": FASHION_MNIST_STD}
         train_tf = GreyTransform(True, size, pad=config.crop_pad, hflip=config.hflip)
         return train_tf, GreyTransform(False, size), data_config
     args: dict[str, Any] = {"crop_pct": config.crop_pct} if config.crop_pct else {}
@@ -746,7 +748,7 @@ def evaluate_model(model_name: str | None = None, checkpoint: str | None = None,
     from vitzoo.kernels import kernel_backend
 
     settings: dict[str, Any] = {"dataset": dataset, "data_dir": data_dir, "model_kwargs": model_kwargs or {},
-                                "drop_path": 0.0}
+                                "drop_path": 0.0, "in_chans": in_chans, "num_classes": num_classes}
     weights_file = None
     if checkpoint is not None:
         path = Path(checkpoint)
@@ -760,8 +762,8 @@ def evaluate_model(model_name: str | None = None, checkpoint: str | None = None,
             saved = meta["config"]
             for key in ("model", "model_kwargs", "img_size", "patch_size"):
                 settings[key] = saved[key]
-            in_chans = in_chans or meta["in_chans"]
-            num_classes = num_classes or meta["num_classes"]
+            settings["in_chans"] = in_chans or meta["in_chans"]
+            settings["num_classes"] = num_classes or meta["num_classes"]
             weights_file = path / ("ema.safetensors" if use_ema else "model.safetensors")
             if not weights_file.is_file():
                 raise ConfigError(f"{weights_file} does not exist" + ("; the run had no EMA" if use_ema else ""))
@@ -781,12 +783,7 @@ def evaluate_model(model_name: str | None = None, checkpoint: str | None = None,
         check_dataset_path(dataset, data_dir, ("val",))
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    if dataset == "folder":
-        default_classes = sum(1 for e in os.scandir(Path(data_dir) / "val") if e.is_dir())
-    else:
-        default_classes = 10
-    in_chans = in_chans or (1 if dataset == "fashion_mnist" else 3)
-    num_classes = num_classes or default_classes
+    in_chans, num_classes = dataset_shape(config, "val")
 
     accelerator = Accelerator(mixed_precision=PRECISIONS[precision], cpu=not torch.cuda.is_available())
     timm_checkpoint = checkpoint if checkpoint is not None and weights_file is None else None
