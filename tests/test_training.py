@@ -299,3 +299,34 @@ def test_mixed_precision_runs_and_checkpoints(tmp_path: Path, precision: str) ->
     assert metrics["num_updates"] == 3 and 0.0 <= metrics["eval_top1"] <= 100.0
     weights = _weights(_latest(tmp_path / "r"))
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in weights.values())
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_is_downloaded_when_the_debian_package_is_missing(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the Debian files, torchvision's downloader fills the cache (stood in for here: no network in CI)."""
+    import torchvision.datasets
+
+    from vitzoo import data
+
+    class FakeTorchvisionFashionMNIST:
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            raw = Path(root) / "FashionMNIST" / "raw"
+            raw.mkdir(parents=True, exist_ok=True)
+            for name in data._FASHION_MNIST_FILES["train" if train else "val"]:
+                shutil.copy(Path(FASHION_MNIST_DIR) / f"{name}.gz", raw)
+
+    monkeypatch.setattr(data, "FASHION_MNIST_DIR", str(tmp_path / "not-installed"))
+    monkeypatch.setattr(data, "FASHION_MNIST_CACHE", tmp_path / "cache" / "fashion-mnist")
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", FakeTorchvisionFashionMNIST)
+    val = data.build_dataset("fashion_mnist", None, "val", transform=None, seed=0)
+    assert len(val) == 10000
+    assert data.fashion_mnist_folder(None) == tmp_path / "cache" / "fashion-mnist" / "FashionMNIST" / "raw"
+
+    def failing(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(data, "FASHION_MNIST_CACHE", tmp_path / "other-cache" / "fashion-mnist")
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", failing)
+    with pytest.raises(ValueError, match="download failed .*no network.*install dataset-fashion-mnist"):
+        data.check_dataset_path("fashion_mnist", None, ("train",))

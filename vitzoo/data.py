@@ -14,6 +14,7 @@ import gzip
 import logging
 import os
 import random
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,9 @@ from torch.utils.data import Dataset, Sampler
 
 _logger = logging.getLogger(__name__)
 
-FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
+# Where torchvision downloads Fashion-MNIST on machines without the Debian package.
+FASHION_MNIST_CACHE = Path(os.environ.get("VITZOO_DATA", Path.home() / ".cache" / "vitzoo")) / "fashion-mnist"
 FASHION_MNIST_MEAN = (0.2860,)
 FASHION_MNIST_STD = (0.3530,)
 FASHION_MNIST_CLASSES = (
@@ -177,9 +180,7 @@ class FashionMNIST(Dataset):
     def __init__(self, root: str | os.PathLike, split: str, transform: Callable | None = None) -> None:
         if split not in _FASHION_MNIST_FILES:
             raise ValueError(f"split must be one of {sorted(_FASHION_MNIST_FILES)}, got {split!r}")
-        folder = Path(root)
-        if (folder / "FashionMNIST" / "raw").is_dir():
-            folder = folder / "FashionMNIST" / "raw"
+        folder = _idx_folder(Path(root))
         images_name, labels_name = _FASHION_MNIST_FILES[split]
         self.images = torch.from_numpy(_read_idx(folder, images_name)).unsqueeze(1)
         self.targets = torch.from_numpy(_read_idx(folder, labels_name)).long()
@@ -276,26 +277,69 @@ def folder_transforms(data_config: dict, augment: AugmentConfig) -> tuple[Callab
     return train_transform, eval_transform
 
 
+def _idx_folder(folder: Path) -> Path:
+    """The folder holding the idx files: ``folder`` itself, or the ``FashionMNIST/raw`` of a torchvision root."""
+    raw = folder / "FashionMNIST" / "raw"
+    return raw if raw.is_dir() else folder
+
+
+def _missing_idx_files(folder: Path, split: str) -> str | None:
+    """The first idx file of ``split`` that ``folder`` lacks (plain or ``.gz``), or None."""
+    for name in _FASHION_MNIST_FILES[split]:
+        if not ((folder / name).is_file() or (folder / f"{name}.gz").is_file()):
+            return name
+    return None
+
+
+def _download_fashion_mnist(cache: Path) -> Path:
+    """Download Fashion-MNIST with torchvision into ``cache``; the folder appears whole or not at all."""
+    from torchvision.datasets import FashionMNIST as TorchvisionFashionMNIST
+
+    tmp = cache.with_name(f"{cache.name}.tmp-{os.getpid()}")
+    _logger.warning("Fashion-MNIST not found in %s; downloading it with torchvision into %s", FASHION_MNIST_DIR, cache)
+    try:
+        for train in (True, False):
+            TorchvisionFashionMNIST(str(tmp), train=train, download=True)
+    except Exception as error:  # noqa: BLE001 - any network or file error means the same thing to the user
+        raise ValueError(f"Fashion-MNIST is not installed in {FASHION_MNIST_DIR} and the download failed "
+                         f"({error}); install dataset-fashion-mnist or set data_dir to a folder holding the four idx "
+                         "files") from None
+    try:
+        os.replace(tmp, cache)  # atomic; another process may have finished first, then its copy is kept
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return cache
+
+
+def fashion_mnist_folder(data_dir: str | os.PathLike | None) -> Path:
+    """The folder of Fashion-MNIST's idx files: ``data_dir`` if given, else the Debian path, else a download."""
+    if data_dir is not None:
+        return _idx_folder(Path(data_dir))
+    for candidate in (Path(FASHION_MNIST_DIR), FASHION_MNIST_CACHE):
+        if not any(_missing_idx_files(_idx_folder(candidate), split) for split in _FASHION_MNIST_FILES):
+            return _idx_folder(candidate)
+    FASHION_MNIST_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    return _idx_folder(_download_fashion_mnist(FASHION_MNIST_CACHE))
+
+
 def check_dataset_path(dataset: str, data_dir: str | os.PathLike | None, splits: tuple[str, ...]) -> Path:
     """Return the dataset folder, or raise a one-line ``ValueError`` that says what is missing.
 
     Args:
         dataset: ``'folder'`` or ``'fashion_mnist'``.
-        data_dir: the folder (``None`` means the Debian Fashion-MNIST path for ``'fashion_mnist'``).
+        data_dir: the folder (for ``'fashion_mnist'``, ``None`` means the Debian path, else a torchvision download).
         splits: the splits the caller will read (``'train'``, ``'val'``).
     """
     if dataset == "fashion_mnist":
-        folder = Path(data_dir or FASHION_MNIST_DIR)
-        if (folder / "FashionMNIST" / "raw").is_dir():
-            folder = folder / "FashionMNIST" / "raw"
+        folder = fashion_mnist_folder(data_dir)
         for split in splits:
-            for name in _FASHION_MNIST_FILES[split]:
-                if not ((folder / name).is_file() or (folder / f"{name}.gz").is_file()):
-                    raise ValueError(
-                        f"Fashion-MNIST file {name}.gz not found in {folder}; set data_dir to a folder holding the "
-                        f"four idx files (apt install dataset-fashion-mnist puts them in {FASHION_MNIST_DIR})"
-                    )
-        return Path(data_dir or FASHION_MNIST_DIR)
+            missing = _missing_idx_files(folder, split)
+            if missing:
+                raise ValueError(
+                    f"Fashion-MNIST file {missing}.gz not found in {folder}; set data_dir to a folder holding the "
+                    f"four idx files (apt install dataset-fashion-mnist puts them in {FASHION_MNIST_DIR})"
+                )
+        return folder
     if dataset != "folder":
         raise ValueError(f"dataset must be 'folder' or 'fashion_mnist', got {dataset!r}")
     if not data_dir:
