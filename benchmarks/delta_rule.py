@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vitzoo.kernels import delta_rule as dr  # noqa: E402
+from vitzoo.kernels.testing import relative_error  # noqa: E402
 
 SHAPES = [(256, 197), (64, 785), (16, 3137), (4, 12545)]  # (B, N)
 # Launch alternatives timed beside the default (path='auto', which is 'chunked' on CUDA; KERNEL_CHUNK=64,
@@ -33,11 +34,6 @@ VARIANTS = {  # name: (path, kernel chunk, num_warps, num_stages of the fused ke
 }
 HEADS, HEAD_DIM = 6, 64
 CHECK_TOL = 2e-2  # relative L2 error between two bf16 implementations of the same scan
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def make_inputs(b: int, n: int, seed: int) -> list[torch.Tensor]:
@@ -79,7 +75,7 @@ def check_variant(fn, b: int, n: int) -> dict[str, float]:
     grad = torch.randn(b, n, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
     ours = outputs_and_grads(fn, inputs, grad)
     ref = outputs_and_grads(dr.delta_rule_bidirectional_reference, [t.double() for t in inputs], grad.double())
-    return {x: rel_err(a, c) for x, a, c in zip(["o", "dq", "dk", "dv", "dbeta"], ours, ref, strict=True)}
+    return {x: relative_error(a, c) for x, a, c in zip(["o", "dq", "dk", "dv", "dbeta"], ours, ref, strict=True)}
 
 
 def torch_bidirectional(q, k, v, beta):
@@ -100,12 +96,12 @@ def check_against_fla(b: int, n: int) -> dict[str, float]:
     ours = outputs_and_grads(ours_forward_scan, inputs, grad)
     fla = outputs_and_grads(fla_scan, inputs, grad)
     names = ["o", "dq", "dk", "dv", "dbeta"]
-    errors = {f"ours_vs_fla_{x}": rel_err(a, c) for x, a, c in zip(names, ours, fla, strict=True)}
+    errors = {f"ours_vs_fla_{x}": relative_error(a, c) for x, a, c in zip(names, ours, fla, strict=True)}
     exact = [t.double() for t in inputs]
     ref = outputs_and_grads(lambda q, k, v, beta: dr.delta_rule_chunked_reference(
         dr.l2_normalize(q), dr.l2_normalize(k), v, beta), exact, grad.double())
-    errors |= {f"ours_vs_f64_{x}": rel_err(a, c) for x, a, c in zip(names, ours, ref, strict=True)}
-    errors |= {f"fla_vs_f64_{x}": rel_err(a, c) for x, a, c in zip(names, fla, ref, strict=True)}
+    errors |= {f"ours_vs_f64_{x}": relative_error(a, c) for x, a, c in zip(names, ours, ref, strict=True)}
+    errors |= {f"fla_vs_f64_{x}": relative_error(a, c) for x, a, c in zip(names, fla, ref, strict=True)}
     return errors
 
 

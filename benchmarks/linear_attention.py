@@ -24,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vitzoo.kernels import linear_attention_reference  # noqa: E402
 from vitzoo.kernels.linear_attention import linear_attention_triton  # noqa: E402
+from vitzoo.kernels.testing import relative_error  # noqa: E402
 
 SIZES = [(256, 197), (64, 785), (16, 3137), (4, 12545)]
 HEADS, HEAD_DIM = 6, 64
@@ -73,12 +74,6 @@ def _inputs(b: int, n: int):
     return qkv
 
 
-def _rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
-    if not torch.isfinite(x).all():
-        return float("inf")
-    return ((x.double() - ref.double()).norm() / ref.double().norm()).item()
-
-
 def check(b: int, n: int) -> dict[str, float]:
     """Forward and q, k, v gradients of the Triton op vs float64; raises on a mismatch."""
     errors = {}
@@ -91,7 +86,7 @@ def check(b: int, n: int) -> dict[str, float]:
         ref_in = [t.detach().double().requires_grad_() for t in (q, k, v)]
         ref = linear_attention_reference(*ref_in, **kwargs)
         ref_grads = torch.autograd.grad(ref, ref_in, grad.double())
-        errs = [_rel_err(out, ref)] + [_rel_err(g, rg) for g, rg in zip(grads, ref_grads, strict=True)]
+        errs = [relative_error(out, ref)] + [relative_error(g, rg) for g, rg in zip(grads, ref_grads, strict=True)]
         errors[name] = max(errs)
         if errors[name] > TOLERANCE:
             raise SystemExit(f"MISMATCH at B={b} N={n} config={name}: rel errors (out, dq, dk, dv) = {errs}")
@@ -179,7 +174,7 @@ def sweep(bandwidth: float) -> list[dict]:
             kwargs = _configs(n, HEAD_DIM)["relu"]
             q, k, v = qkv.unbind(2)
             out = linear_attention_triton(q, k, v, **kwargs)
-            err = _rel_err(out, linear_attention_reference(*(t.detach().double() for t in (q, k, v)), **kwargs))
+            err = relative_error(out, linear_attention_reference(*(t.detach().double() for t in (q, k, v)), **kwargs))
 
             def fwd(qkv=qkv, kwargs=kwargs):
                 with torch.no_grad():

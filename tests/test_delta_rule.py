@@ -22,17 +22,13 @@ from vitzoo.kernels.delta_rule import (
     delta_rule_triton,
     l2_normalize,
 )
+from vitzoo.kernels.testing import relative_error
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1" and triton_available() and not torch.cuda.is_available()
 needs_interpreter = pytest.mark.skipif(
     not INTERPRETER, reason="needs the Triton interpreter: TRITON_INTERPRET=1 before triton is imported, on CPU"
 )
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.double(), b.double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def make_inputs(b, n, h, d, dtype=torch.float64, device="cpu", dv=None, seed=0):
@@ -61,7 +57,7 @@ def test_chunked_equals_recurrent(n, reverse):
     ref = delta_rule_recurrent_reference(q, k, v, beta, reverse=reverse)
     out = delta_rule_chunked_reference(q, k, v, beta, reverse=reverse)
     assert out.shape == (2, n, 2, 24) and out.dtype == torch.float64
-    assert rel_err(out, ref) < 1e-12
+    assert relative_error(out, ref) < 1e-12
 
 
 def test_chunked_equals_recurrent_unnormalised_keys_and_small_chunks():
@@ -69,7 +65,7 @@ def test_chunked_equals_recurrent_unnormalised_keys_and_small_chunks():
     k = 0.3 * k  # ||k||^2 beta < 2 keeps the recurrence contractive without normalising
     ref = delta_rule_recurrent_reference(q, k, v, beta, scale=0.7)
     for chunk in (4, 16, 64):
-        assert rel_err(delta_rule_chunked_reference(q, k, v, beta, scale=0.7, chunk_size=chunk), ref) < 1e-12
+        assert relative_error(delta_rule_chunked_reference(q, k, v, beta, scale=0.7, chunk_size=chunk), ref) < 1e-12
 
 
 def test_reverse_scan_is_flipped_forward_scan():
@@ -95,11 +91,11 @@ def test_recurrent_reference_is_the_delta_rule():
 def test_bidirectional_reference_is_mean_of_scans(n):
     q, k, v, beta = make_inputs(1, n, 2, 24, seed=n)
     out = delta_rule_bidirectional_reference(q, k, v, beta)
-    assert rel_err(out, bidirectional_recurrent(q, k, v, beta)) < 1e-12
+    assert relative_error(out, bidirectional_recurrent(q, k, v, beta)) < 1e-12
     unnormalised = delta_rule_bidirectional_reference(0.2 * q, 0.2 * k, v, beta, qk_l2norm=False, scale=1.0)
     expected = 0.5 * (delta_rule_recurrent_reference(0.2 * q, 0.2 * k, v, beta, scale=1.0)
                       + delta_rule_recurrent_reference(0.2 * q, 0.2 * k, v, beta, scale=1.0, reverse=True))
-    assert rel_err(unnormalised, expected) < 1e-12
+    assert relative_error(unnormalised, expected) < 1e-12
 
 
 def test_dispatch_on_cpu_uses_reference(monkeypatch):
@@ -155,10 +151,10 @@ def test_interp_kernel_matches_recurrent_reference(n, d, path):
     assert out.dtype == torch.float32 and out.shape == (b, n, h, d)
     out.backward(poisoned_view(grad.float(), pad=3))
     assert not out.isnan().any()
-    assert rel_err(out, ref) < 1e-5
+    assert relative_error(out, ref) < 1e-5
     for name, got, want in zip("qkvb", inputs, leaves, strict=True):
         assert not got.grad.isnan().any(), name
-        assert rel_err(got.grad, want.grad) < 1e-5, name
+        assert relative_error(got.grad, want.grad) < 1e-5, name
 
 
 @needs_interpreter
@@ -173,9 +169,9 @@ def test_interp_one_direction_and_no_l2norm(directions, path):
     inputs = [t.float().requires_grad_() for t in (q, k, v, beta)]
     out = delta_rule_triton(*inputs, scale=0.9, qk_l2norm=False, directions=directions, path=path)
     out.backward(grad.float())
-    assert rel_err(out, ref) < 1e-5
+    assert relative_error(out, ref) < 1e-5
     for got, want in zip(inputs, leaves, strict=True):
-        assert rel_err(got.grad, want.grad) < 1e-5
+        assert relative_error(got.grad, want.grad) < 1e-5
 
 
 @needs_interpreter
@@ -184,13 +180,13 @@ def test_interp_half_inputs_and_expanded_grad(monkeypatch):
     q, k, v, beta = make_inputs(1, 33, 2, 16, seed=8)
     ref = bidirectional_recurrent(q, k, v, beta)
     out = delta_rule_bidirectional(*(t.half() for t in (q, k, v, beta)))
-    assert out.dtype == torch.float16 and rel_err(out, ref) < 3e-3
+    assert out.dtype == torch.float16 and relative_error(out, ref) < 3e-3
     inputs = [t.float().requires_grad_() for t in (q, k, v, beta)]
     delta_rule_bidirectional(*inputs).sum().backward()  # a stride-0 incoming gradient
     leaves = [t.detach().requires_grad_() for t in (q, k, v, beta)]
     bidirectional_recurrent(*leaves).sum().backward()
     for got, want in zip(inputs, leaves, strict=True):
-        assert rel_err(got.grad, want.grad) < 1e-5
+        assert relative_error(got.grad, want.grad) < 1e-5
 
 
 # ------------------------------------------------------------------------------------------------------ GPU only
@@ -209,8 +205,8 @@ def test_gpu_bf16_matches_float64_recurrent(b, n, h, d, path):
     out = delta_rule_triton(*inputs, path=path)
     out.backward(grad.bfloat16())
     assert out.dtype == torch.bfloat16
-    errors = {"o": rel_err(out, ref)}
-    errors |= {f"d{x}": rel_err(g.grad, w.grad) for x, g, w in zip("qkvb", inputs, leaves, strict=True)}
+    errors = {"o": relative_error(out, ref)}
+    errors |= {f"d{x}": relative_error(g.grad, w.grad) for x, g, w in zip("qkvb", inputs, leaves, strict=True)}
     print(f"bf16 {path} B={b} N={n} H={h} d={d} rel err: " + " ".join(f"{key}={e:.2e}" for key, e in errors.items()))
     assert all(e <= 1e-2 for e in errors.values()), errors
 
@@ -224,8 +220,8 @@ def test_gpu_long_sequence_no_nan(path):
     out = delta_rule_triton(*inputs, path=path)
     out.float().square().mean().backward()
     assert not out.isnan().any() and all(not t.grad.isnan().any() for t in inputs)
-    print(f"bf16 {path} N=12545 rel err o={rel_err(out, ref):.2e}")
-    assert rel_err(out, ref) <= 1e-2
+    print(f"bf16 {path} N=12545 rel err o={relative_error(out, ref):.2e}")
+    assert relative_error(out, ref) <= 1e-2
 
 
 @needs_cuda
@@ -243,4 +239,4 @@ def test_gpu_torch_compile():
         loss.backward()
         outs.append([loss] + [t.grad for t in inputs])
     for eager, compiled in zip(*outs, strict=True):
-        assert rel_err(compiled, eager) < 1e-3
+        assert relative_error(compiled, eager) < 1e-3

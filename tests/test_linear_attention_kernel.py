@@ -17,6 +17,7 @@ import zlib  # noqa: E402
 import pytest  # noqa: E402
 
 from vitzoo.kernels import linear_attention_reference, triton_available  # noqa: E402
+from vitzoo.kernels.testing import relative_error  # noqa: E402
 
 la = importlib.import_module("vitzoo.kernels.linear_attention")
 HAS_CUDA = torch.cuda.is_available()
@@ -100,8 +101,7 @@ def _rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     the normaliser is O(eps)) are judged against O(1) terms, not against their own vanishing size."""
     assert x.shape == ref.shape, (x.shape, ref.shape)
     assert torch.isfinite(x).all(), "non-finite values (unwritten output?)"
-    floor = 1e-2 * max(ref.numel(), 1) ** 0.5
-    return ((x.double() - ref.double()).norm() / ref.double().norm().clamp_min(floor)).item()
+    return relative_error(x, ref, floor=1e-2 * max(ref.numel(), 1) ** 0.5)
 
 
 def _check_against_reference(tensors, kwargs, tol: float, grad_tol: float, backward: bool = True):
