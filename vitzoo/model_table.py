@@ -21,6 +21,7 @@ import vitzoo  # noqa: F401  (registers the models)
 
 from .flops import count_gmacs
 from .models import list_models
+from .pareto import family
 
 _MARKERS = ("<!-- model-table:start -->", "<!-- model-table:end -->")
 
@@ -47,10 +48,6 @@ def load_published() -> dict[str, PublishedResult]:
     }
 
 
-def family_of(name: str) -> str:
-    return "qtvit" if name.startswith("qtvit") else name.split("_deit_")[0]
-
-
 def build_rows(names: list[str]) -> list[dict]:
     published = load_published()
     rows = []
@@ -60,7 +57,7 @@ def build_rows(names: list[str]) -> list[dict]:
         res = model.pretrained_cfg["input_size"][-1]
         pub = published.get(name)
         rows.append(dict(
-            model=name, family=family_of(name), img_size=res,
+            model=name, family=family(name), img_size=res,
             params_m=sum(p.numel() for p in model.parameters()) / 1e6, gmacs=count_gmacs(model),
             published=pub,
         ))
