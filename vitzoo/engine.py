@@ -233,8 +233,8 @@ def check_model_name(name: str) -> None:
     if not timm.is_model(name):
         similar = timm.list_models(f"*{name.split('_')[0]}*")[:8]
         hint = f" (similar: {', '.join(similar)})" if similar else ""
-        raise ConfigError(f"unknown model {name!r}{hint}; list the names with timm.list_models('*deit*') after "
-                          "import vitzoo")
+        raise ConfigError(f"unknown model {name!r}{hint}; vitzoo.list_models() lists the zoo's models, "
+                          "timm.list_models() timm's")
 
 
 def create_model_from_config(config: TrainConfig, num_classes: int, in_chans: int,
