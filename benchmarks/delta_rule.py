@@ -183,6 +183,8 @@ def main() -> int:
         if good:
             usable[name] = variant_fn(*cfg)
 
+    _write(args.out, result)  # written after every stage: a run cut off by its time limit keeps what it measured
+
     ok = True
     for b, n in SHAPES:
         errors = check_against_fla(min(b, 8), n)
@@ -197,6 +199,7 @@ def main() -> int:
         result["error"] = "our scan does not match fla's; no timings reported"
         _write(args.out, result)
         return 1
+    _write(args.out, result)
 
     for b, n in SHAPES:
         inputs = make_inputs(b, n, seed=1000 + n)
@@ -214,10 +217,10 @@ def main() -> int:
             row["best_variant"] = best
             row["best_over_fla_fwdbwd"] = row[f"{best}_fwdbwd_ms"] / row["fla_fwdbwd_ms"]
         result["rows"].append(row)
+        _write(args.out, result)
         print({k: (round(x, 4) if isinstance(x, float) else x) for k, x in row.items()}, flush=True)
         del inputs
         torch.cuda.empty_cache()
-    _write(args.out, result)
 
     print(f"\n{result['gpu']}  torch {result['torch']}  triton {result['triton']}  fla {result['fla']}  bf16 H=6 d=64")
     head = f"{'N':>6} {'B':>4} | {'ours fwd':>9} {'fla fwd':>8} {'ratio':>6} | "
@@ -242,10 +245,12 @@ def main() -> int:
 
 
 def _write(path: str, result: dict) -> None:
+    """Replace the JSON at ``path`` atomically (rewritten after every stage of the run)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
+    with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=2)
-    print(f"wrote {path}")
+    os.replace(path + ".tmp", path)
+    print(f"wrote {path}", flush=True)
 
 
 if __name__ == "__main__":
