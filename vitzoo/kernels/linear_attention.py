@@ -178,10 +178,10 @@ def _launch_params(dkp: int, dvp: int, weightings: int, backward: bool) -> tuple
         return 64, 4, 1
     if _LAUNCH_OVERRIDE is not None:
         return _LAUNCH_OVERRIDE[backward]
-    big = dkp * dvp > 64 * 64
-    if backward:
-        return (32 if big or weightings > 1 else 64), 8, 2
-    return 64, (8 if big or weightings > 1 else 4), 2
+    if dkp * dvp > 64 * 64 or weightings > 1:  # more state per program: smaller tiles, fewer pipeline stages
+        return (32, 8, 2) if backward else (64, 8, 2)
+    # three stages keep two K/V tiles in flight (H200 sweep in benchmarks/NOTES.md)
+    return (64, 8, 3) if backward else (64, 4, 3)
 
 
 def _splits(bh: int, n: int, block_n: int, device: torch.device) -> tuple[int, int]:
@@ -644,7 +644,6 @@ if triton is not None:
             PREC=_dot_precision(q, k, v),
         )
 
-    @torch.library.triton_op("vitzoo::linear_attention_fwd", mutates_args=())
     def _linear_attention_fwd(
             q: torch.Tensor,
             k: torch.Tensor,
@@ -692,7 +691,6 @@ if triton is not None:
                                             **config)
         return out, state
 
-    @torch.library.triton_op("vitzoo::linear_attention_bwd", mutates_args=())
     def _linear_attention_bwd(
             grad: torch.Tensor,
             q: torch.Tensor,
@@ -742,11 +740,22 @@ if triton is not None:
             kernel[(batch * heads, splits)](*args, DO_Q=False, DO_KV=True, **config)
         return dq, dkey, dval, dkw, dqw, dconst
 
+    _linear_attention_fwd_op = torch.library.triton_op(
+        "vitzoo::linear_attention_fwd", _linear_attention_fwd, mutates_args=()
+    )
+    _linear_attention_bwd_op = torch.library.triton_op(
+        "vitzoo::linear_attention_bwd", _linear_attention_bwd, mutates_args=()
+    )
+
+    def _op(op, eager_fn):
+        """torch.compile traces the custom op; eager calls skip its dispatcher round trip (host time per call)."""
+        return op if torch.compiler.is_compiling() else eager_fn
+
     class _LinearAttentionFunction(torch.autograd.Function):
         @staticmethod
         def forward(ctx, q, k, v, key_weights, query_weights, const, const_value, feature, center_keys, scale,
                     normalize, eps, save_state):
-            out, state = torch.ops.vitzoo.linear_attention_fwd(
+            out, state = _op(_linear_attention_fwd_op, _linear_attention_fwd)(
                 q, k, v, key_weights, query_weights, const, const_value, feature, center_keys, scale, normalize,
                 eps, save_state,
             )
@@ -759,7 +768,7 @@ if triton is not None:
             q, k, v, key_weights, query_weights, const, state = ctx.saved_tensors
             const_value, feature, center_keys, scale, normalize, eps = ctx.options
             need_const_grad = const is not None and ctx.needs_input_grad[5]
-            dq, dk, dv, dkw, dqw, dconst = torch.ops.vitzoo.linear_attention_bwd(
+            dq, dk, dv, dkw, dqw, dconst = _op(_linear_attention_bwd_op, _linear_attention_bwd)(
                 grad, q, k, v, key_weights, query_weights, const, const_value, state, feature, center_keys, scale,
                 normalize, eps, need_const_grad,
             )
