@@ -45,3 +45,27 @@ def test_quick_study_writes_summary_bench_and_front(tmp_path: Path):
     assert (tmp_path / "plots" / "top1_vs_throughput.png").stat().st_size > 0
     with (tmp_path / "plots" / "pareto_front.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) >= 1
+
+
+def test_an_interrupted_seed_resumes_without_retraining(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    columns = study.fashion_mnist_zoo.COLUMNS
+    finished = dict.fromkeys(columns, "1") | {"family": "softmax", "model": "softmax_deit_tiny_patch16_224"}
+    cut_off = dict.fromkeys(columns, "2") | {"family": "linear", "model": "linear_deit_tiny_patch16_224"}
+    study.pareto.write_csv(tmp_path / "seed0.csv", [finished], columns)
+    study.pareto.write_csv(tmp_path / "seed0.part.csv", [cut_off], columns)  # the row a killed run had flushed
+    trained = []
+
+    def fake_zoo(argv):
+        families = argv[argv.index("--families") + 1:argv.index("--results")]
+        trained.extend(families)
+        part = Path(argv[argv.index("--results") + 1])
+        rows = [dict.fromkeys(columns, "3") | {"family": f, "model": f} for f in families]
+        study.pareto.write_csv(part, rows, columns)
+
+    monkeypatch.setattr(study.fashion_mnist_zoo, "main", fake_zoo)
+    rows = study.train_seed(tmp_path, 0, ["softmax", "linear", "h3"], [])
+    assert trained == ["h3"]
+    assert {r["family"]: r["top1"] for r in rows} == {"softmax": "1", "linear": "2", "h3": "3"}
+    assert not (tmp_path / "seed0.part.csv").exists()
+    with (tmp_path / "seed0.csv").open() as handle:
+        assert [r["family"] for r in csv.DictReader(handle)] == ["softmax", "linear", "h3"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -189,11 +190,13 @@ def mark_front(joined: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_csv(path: Path, rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> None:
-    """Write ``rows`` with ``columns`` (extra keys ignored)."""
-    with path.open("w", newline="") as handle:
+    """Write ``rows`` with ``columns`` (extra keys ignored), atomically: a reader never sees half a file."""
+    partial = path.with_name(path.name + ".tmp")
+    with partial.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(partial, path)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
