@@ -109,8 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.jobs > 1 and len(args.seeds) > 1:
         # One process per seed; each resumes on its own files, so a failed one can simply be run again.
-        command = [sys.executable, __file__, "--train-only", "--out", str(args.out), "--epochs", str(args.epochs),
-                   "--families", *args.families, *(["--quick"] if args.quick else []), *args.overrides]
+        # the overrides go first: after --families or --seeds (nargs='+') they would be read as more of those
+        command = [sys.executable, __file__, *args.overrides, "--train-only", "--out", str(args.out), "--epochs",
+                   str(args.epochs), *(["--quick"] if args.quick else []), "--families", *args.families]
         pending = list(args.seeds)
         running: list[tuple[int, subprocess.Popen]] = []
         failed = []
