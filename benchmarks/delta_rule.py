@@ -25,12 +25,12 @@ from vitzoo.kernels import delta_rule as dr  # noqa: E402
 from vitzoo.kernels.testing import relative_error  # noqa: E402
 
 SHAPES = [(256, 197), (64, 785), (16, 3137), (4, 12545)]  # (B, N)
-# Launch alternatives timed beside the default (path='auto', which is 'chunked' on CUDA; KERNEL_CHUNK=64,
+# Launch alternatives timed beside the default (path='auto': fused up to N=1024 at d=64, else chunked; KERNEL_CHUNK=32,
 # NUM_WARPS=4). A variant is timed only if it passes its float64 check first.
 VARIANTS = {  # name: (path, kernel chunk, num_warps, num_stages of the fused kernels or None for Triton's default)
     "fused_c32_w4": ("fused", 32, 4, None),
-    "fused_c64_w4_s1": ("fused", 64, 4, 1),
     "chunked_c32_w4": ("chunked", 32, 4, None),
+    "chunked_c64_w4": ("chunked", 64, 4, None),  # the default before 2026-11-29's measurements
 }
 HEADS, HEAD_DIM = 6, 64
 CHECK_TOL = 2e-2  # relative L2 error between two bf16 implementations of the same scan

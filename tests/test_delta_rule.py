@@ -192,7 +192,7 @@ def test_interp_half_inputs_and_expanded_grad(monkeypatch):
 # ------------------------------------------------------------------------------------------------------ GPU only
 
 @needs_cuda
-@pytest.mark.parametrize("path", ["auto"])
+@pytest.mark.parametrize("path", ["auto", "chunked"])
 @pytest.mark.parametrize("b,n,h,d", [(8, 197, 6, 64), (2, 785, 6, 64), (1, 3137, 3, 64), (2, 197, 4, 24),
                                      (2, 300, 2, 128)])
 def test_gpu_bf16_matches_float64_recurrent(b, n, h, d, path):

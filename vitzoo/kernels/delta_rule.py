@@ -268,6 +268,8 @@ if triton_available():
         o (fp32, contiguous, zeroed) receives out_weight * o_dir by atomic add, so the two directions of one launch
         sum without a second pass.
         """
+        scale = tl.cast(scale, tl.float32)  # fp32 from eager launches, fp64 from Inductor (breaks loop-carried types)
+        out_weight = tl.cast(out_weight, tl.float32)
         i_bh, i_d = tl.program_id(1), tl.program_id(2)
         i_b, i_h = i_bh // H, i_bh % H
         rev = first_dir + i_d
@@ -375,6 +377,8 @@ if triton_available():
         """Chunk-parallel backward, step 1 (sequential, reverse scan order): the gradient of the state leaving
         every chunk, into dh. dS_0 = s Q^T dO + dS - K^T diag(beta) T^T (s tril(QK^T)^T dO + K dS); grid (NV, B*H,
         dirs). It needs no forward state: the delta rule is linear in S."""
+        scale = tl.cast(scale, tl.float32)  # fp32 from eager launches, fp64 from Inductor (breaks loop-carried types)
+        out_weight = tl.cast(out_weight, tl.float32)
         i_v, i_bh, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         i_b, i_h = i_bh // H, i_bh % H
         nt = tl.cdiv(N, BT)
@@ -422,6 +426,8 @@ if triton_available():
         dq, dk, dv, dbeta (fp32, contiguous, zeroed) are summed over directions and value blocks by atomic add,
         after the L2-norm backward (linear in the incoming gradient, so it may be applied per part).
         """
+        scale = tl.cast(scale, tl.float32)  # fp32 from eager launches, fp64 from Inductor (breaks loop-carried types)
+        out_weight = tl.cast(out_weight, tl.float32)
         i_bh, i_d = tl.program_id(1), tl.program_id(2)
         i_b, i_h = i_bh // H, i_bh % H
         rev = first_dir + i_d
@@ -520,12 +526,13 @@ def _block_sizes(dk: int, dv: int, num_seqs: int, device: torch.device) -> tuple
     return bk, bv_seq, bv_parallel
 
 
-def _use_chunk_parallel(n: int, num_seqs: int, device: torch.device) -> bool:
-    """Which path 'auto' takes. On CUDA: the chunk-parallel one, verified on the H200 (the fused one
-    failed there at chunk 64; see FUSED_NUM_STAGES). Elsewhere (the interpreter): the fused path while there are
-    enough sequences to fill the device, else the chunk-parallel one."""
+def _use_chunk_parallel(n: int, dk: int, dv: int, num_seqs: int, device: torch.device) -> bool:
+    """Which path 'auto' takes. On CUDA: the fused one for short sequences (N <= FUSED_MAX_N) at head dim 64, the
+    only head dim where it was verified on the H200 (it gave a wrong forward at d=24 there at chunk 64, cause not
+    found); the chunk-parallel one otherwise. Elsewhere (the interpreter): the fused path while there are enough
+    sequences to fill the device, else the chunk-parallel one."""
     if device.type == "cuda":
-        return True
+        return not (n <= FUSED_MAX_N and dk == dv == 64)
     return triton.cdiv(n, KERNEL_CHUNK) >= 4 and num_seqs < 4 * _multiprocessors(device)
 
 
@@ -542,15 +549,19 @@ def _strides(t: torch.Tensor) -> tuple[int, ...]:
 
 
 # Launch settings of the Triton path. The kernels take any power-of-two chunk >= 16; the chunk of the references
-# (CHUNK) is fixed at 64 as in fla. benchmarks/delta_rule.py times the alternatives.
-KERNEL_CHUNK = 64
+# (CHUNK) is fixed at 64 as in fla. benchmarks/delta_rule.py times the alternatives: on the H200 (bf16, d=64,
+# 2026-11-29) chunk 32 beat chunk 64 at every N (chunked path, fwd+bwd 3.18 vs 3.88 ms at N=197, 4.19 vs 4.15 at
+# 12545), the fused path at chunk 32 was fastest up to N=785 (2.86 / 2.72 ms), and chunk 64 at d=128 needs more
+# shared memory than the H200 has (256 KB in the chunk-parallel forward).
+KERNEL_CHUNK = 32
+FUSED_MAX_N = 1024
 NUM_WARPS = 4
 # Value blocks of 16 in the backward kernels gave NaN gradients and illegal memory accesses with Triton 3.6 on the
 # H200 (2026-11-29); until that is understood the sequential kernels do not split the value dim below 64.
 SEQ_BV_MIN = 64
 # The fused path on the H200 (Triton 3.6, bf16, d=64, 2026-11-29): with chunk 64 its backward asked for 270 KB of
 # shared memory at BV=64 (OutOfResources) and raised illegal memory accesses at BV=16/32, and its forward gave a
-# wrong output at d=24; with chunk 32 (BV=64) it passed the float64 check (N=197 and 3137) but was not timed.
+# wrong output at d=24; with chunk 32 (BV=64) it passed the float64 check (N=197 and 3137).
 # FUSED_NUM_STAGES (None = Triton's default software pipelining) is the knob for the next attempt at chunk 64.
 FUSED_NUM_STAGES = None
 
@@ -680,8 +691,11 @@ def delta_rule_triton(
     store = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, beta))
     if path not in ("auto", "fused", "chunked"):
         raise ValueError(f"delta_rule_triton: path={path!r} is not 'auto', 'fused' or 'chunked'")
-    b, n, h, _ = q.shape
-    chunk_parallel = path == "chunked" or (path == "auto" and _use_chunk_parallel(n, b * h * num_dirs, q.device))
+    b, n, h, dk = q.shape
+    num_seqs = b * h * num_dirs
+    chunk_parallel = path == "chunked" or (
+        path == "auto" and _use_chunk_parallel(n, dk, v.shape[-1], num_seqs, q.device)
+    )
     o, _, _ = _delta_rule_fwd_op(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, store, chunk_parallel)
     return o
 
