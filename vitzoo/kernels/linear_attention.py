@@ -740,6 +740,8 @@ if triton is not None:
             kernel[(batch * heads, splits)](*args, DO_Q=False, DO_KV=True, **config)
         return dq, dkey, dval, dkw, dqw, dconst
 
+    # Always through the custom op, also in eager: calling the function directly would launch through wrap_triton's
+    # tracing path (outside a triton_op it is enabled), which made eager calls ~3x slower on the H200 (2026-11-29).
     _linear_attention_fwd_op = torch.library.triton_op(
         "vitzoo::linear_attention_fwd", _linear_attention_fwd, mutates_args=()
     )
@@ -747,15 +749,11 @@ if triton is not None:
         "vitzoo::linear_attention_bwd", _linear_attention_bwd, mutates_args=()
     )
 
-    def _op(op, eager_fn):
-        """torch.compile traces the custom op; eager calls skip its dispatcher round trip (host time per call)."""
-        return op if torch.compiler.is_compiling() else eager_fn
-
     class _LinearAttentionFunction(torch.autograd.Function):
         @staticmethod
         def forward(ctx, q, k, v, key_weights, query_weights, const, const_value, feature, center_keys, scale,
                     normalize, eps, save_state):
-            out, state = _op(_linear_attention_fwd_op, _linear_attention_fwd)(
+            out, state = _linear_attention_fwd_op(
                 q, k, v, key_weights, query_weights, const, const_value, feature, center_keys, scale, normalize,
                 eps, save_state,
             )
@@ -768,7 +766,7 @@ if triton is not None:
             q, k, v, key_weights, query_weights, const, state = ctx.saved_tensors
             const_value, feature, center_keys, scale, normalize, eps = ctx.options
             need_const_grad = const is not None and ctx.needs_input_grad[5]
-            dq, dk, dv, dkw, dqw, dconst = _op(_linear_attention_bwd_op, _linear_attention_bwd)(
+            dq, dk, dv, dkw, dqw, dconst = _linear_attention_bwd_op(
                 grad, q, k, v, key_weights, query_weights, const, const_value, state, feature, center_keys, scale,
                 normalize, eps, need_const_grad,
             )
