@@ -195,6 +195,7 @@ def test_eval_csv_columns_for_model_name(tmp_path: Path, capsys: pytest.CaptureF
     (["--data-dir", "/nonexistent/imagenet"], "/nonexistent/imagenet/train does not exist"),
     (["--dataset", "fashion_mnist", "--model", "nosuch_deit_tiny"], "unknown model 'nosuch_deit_tiny'"),
     (["--config", "configs/nosuch.yaml"], "config file configs/nosuch.yaml does not exist"),
+    (["--dataset", "fashion_mnist", "compile=fast"], "compile must be one of default, reduce-overhead"),
 ])
 def test_bad_input_exits_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str],
                                        expected: str) -> None:
@@ -330,3 +331,25 @@ def test_fashion_mnist_is_downloaded_when_the_debian_package_is_missing(tmp_path
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", failing)
     with pytest.raises(ValueError, match="download failed .*no network.*install dataset-fashion-mnist"):
         data.check_dataset_path("fashion_mnist", None, ("train",))
+
+
+@needs_fashion_mnist
+@pytest.mark.usefixtures("fresh_accelerator_state")
+def test_compiled_training_matches_eager(tmp_path: Path) -> None:
+    """compile=default trains the same weights as eager (fp32) and checkpoints the plain module's keys."""
+    from vitzoo import engine
+
+    weights = {}
+    for mode in ("null", "default"):
+        config = engine.load_config(None, [*TINY, *FASHION, "train_subset=64", "batch_size=32", "max_steps=2",
+                                           "workers=0", "mixup=0", "cutmix=0", "drop_path=0", f"compile={mode}"],
+                                    model=MODEL, output=str(tmp_path / mode))
+        assert engine.train(config)["num_updates"] == 2
+        weights[mode] = _weights(_latest(tmp_path / mode))
+    assert weights["default"].keys() == weights["null"].keys()
+    assert not any("_orig_mod" in key for key in weights["default"])
+    for key, value in weights["null"].items():
+        torch.testing.assert_close(weights["default"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+    engine.seed_everything(config.seed)  # as train() seeds before building the model: the initial weights
+    initial = engine.create_model_from_config(config, 10, 1).state_dict()
+    assert any(not torch.equal(initial[key], value) for key, value in weights["null"].items()), "nothing was trained"

@@ -125,6 +125,7 @@ class TrainConfig:
     model_ema_decay: float = 0.9998
     model_ema_warmup: bool = False
     precision: str = "bf16"
+    compile: str | None = None  # torch.compile mode of the training forward; None: eager
     seed: int = 0
     # bookkeeping
     output: str | None = None
@@ -204,6 +205,9 @@ def _coerce(key: str, value: Any, type_name: str) -> Any:
     raise ConfigError(f"config key {key!r} must be {base}, got {value!r}")
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 def validate_config(config: TrainConfig) -> None:
     """Check values that would otherwise fail late (mid-run or on another process)."""
     if config.precision not in PRECISIONS:
@@ -217,6 +221,8 @@ def validate_config(config: TrainConfig) -> None:
                           f"got {config.batch_size}")
     if not isinstance(config.model_kwargs, dict):
         raise ConfigError(f"model_kwargs must be a mapping, got {config.model_kwargs!r}")
+    if config.compile is not None and config.compile not in COMPILE_MODES:
+        raise ConfigError(f"compile must be one of {', '.join(COMPILE_MODES)} or null, got {config.compile!r}")
 
 
 def mixup_active(config: TrainConfig) -> bool:
@@ -548,6 +554,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     lr = config.lr if config.lr is not None else config.lr_base * global_batch / config.lr_base_size
     optimizer = build_optimizer(config, model, lr)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    # Only the training forward is compiled; checkpoints, EMA and evaluation keep the plain module (same parameters).
+    forward = torch.compile(model, mode=config.compile) if config.compile else model
     updates_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
     # timm semantics: the run lasts epochs + cooldown_epochs (cooldown at min_lr), as in timm's train.py.
     scheduler, total_epochs = create_scheduler_v2(optimizer.optimizer, sched=config.sched, num_epochs=config.epochs,
@@ -610,7 +618,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             if mixup is not None:
                 images, targets = mixup(images, targets)
             with accelerator.accumulate(model):
-                loss = criterion(model(images), targets)
+                loss = criterion(forward(images), targets)
                 if not _all_finite(loss, accelerator):
                     message = (f"non-finite loss {loss.item()} at epoch {epoch}, update {run.num_updates}; stopped. "
                                f"Last good checkpoint: {last_checkpoint or 'none'}. Try precision=bf16/fp32, a lower "
