@@ -15,6 +15,8 @@
 #   --compile "M ..."    torch.compile modes besides eager, e.g. "default" (compiling costs ~0.5-1 min per model+size)
 #   --precision "P ..."  fp32 / tf32 / bf16 (default bf16 on GPU, fp32 on CPU)
 #   --time-budget S      seconds for this call's sweep; pairs not started by then are recorded as skipped (540)
+#   --gpus N             split the models over N GPUs, one process each (CUDA_VISIBLE_DEVICES=i, vitzoo-bench
+#                        --shard i/N), each writing <tag>-gpu<i>.csv; the plots read them all
 #   --tag NAME           CSV name inside --out (default: bench-<sizes>[-quick]); calls with other tags add files
 #   --plots-only         skip the benchmark; redraw the plots from the CSVs in --out
 #   --no-plots           only benchmark (e.g. on the GPU machine: plots are drawn on the CPU machine afterwards)
@@ -33,7 +35,7 @@ export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
 RESULTS_DIR="" QUICK=0 PLOTS_ONLY=0 PLOTS=1 TAG="" SIZES="224 384 512 768 1024" MODELS="" COMPILE="" PRECISION=""
-BUDGET=540 RESULTS="" EXTRA=""
+BUDGET=540 RESULTS="" EXTRA="" GPUS=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) RESULTS_DIR=$2; shift 2 ;;
@@ -44,11 +46,12 @@ while [ $# -gt 0 ]; do
         --precision) PRECISION=$2; shift 2 ;;
         --time-budget) BUDGET=$2; shift 2 ;;
         --tag) TAG=$2; shift 2 ;;
+        --gpus) GPUS=$2; shift 2 ;;
         --plots-only) PLOTS_ONLY=1; shift ;;
         --no-plots) PLOTS=0; shift ;;
         --bench-args) EXTRA=$2; shift 2 ;;
         --results) RESULTS=$2; shift 2 ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) echo "benchmark_zoo.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -86,13 +89,30 @@ if [ "$PLOTS_ONLY" = 0 ]; then
         if [ "$QUICK" = 1 ]; then TAG="$TAG-quick"; fi
     fi
     set -f  # the model patterns reach python unexpanded
-    # shellcheck disable=SC2086  # word splitting of the lists is intended
-    "$PYTHON" -m vitzoo.bench --models $MODELS --img-sizes $SIZES --compile none $COMPILE \
-        ${PRECISION:+--precision $PRECISION} --scale-batch --max-phase-seconds 2 --time-budget "$BUDGET" \
-        --results-file "$RESULTS_DIR/$TAG.csv" $EXTRA 2>"$RESULTS_DIR/$TAG.log" || { tail -n 20 "$RESULTS_DIR/$TAG.log" >&2; exit 1; }
+    run_shard() {  # run_shard <csv name> [extra vitzoo-bench options]
+        local name=$1
+        shift
+        # shellcheck disable=SC2086  # word splitting of the lists is intended
+        "$PYTHON" -m vitzoo.bench --models $MODELS --img-sizes $SIZES --compile none $COMPILE \
+            ${PRECISION:+--precision $PRECISION} --scale-batch --max-phase-seconds 2 --time-budget "$BUDGET" \
+            --results-file "$RESULTS_DIR/$name.csv" $EXTRA "$@" 2>"$RESULTS_DIR/$name.log" \
+            || { tail -n 20 "$RESULTS_DIR/$name.log" >&2; return 1; }
+        tr '\r' '\n' <"$RESULTS_DIR/$name.log" | grep -v -i warn | tail -n 1 >&2 || true  # tqdm's last state
+        echo "wrote $RESULTS_DIR/$name.csv"
+    }
+    if [ "$GPUS" = 1 ]; then
+        run_shard "$TAG"
+    else
+        pids=()
+        for ((i = 0; i < GPUS; i++)); do
+            CUDA_VISIBLE_DEVICES=$i run_shard "$TAG-gpu$i" --shard "$i/$GPUS" &
+            pids+=($!)
+        done
+        failed=0
+        for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+        [ "$failed" = 0 ] || { echo "benchmark_zoo.sh: a shard failed (its log is above)" >&2; exit 1; }
+    fi
     set +f
-    tr '\r' '\n' <"$RESULTS_DIR/$TAG.log" | grep -v -i warn | tail -n 1 >&2 || true  # tqdm's last state
-    echo "wrote $RESULTS_DIR/$TAG.csv"
 fi
 
 if [ "$PLOTS" = 1 ] && "$PYTHON" -c "import matplotlib" 2>/dev/null; then

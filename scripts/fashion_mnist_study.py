@@ -13,14 +13,16 @@ EfficientViT shape with the same data, optimiser and epochs. It is meant for a G
 
     python scripts/fashion_mnist_study.py --seeds 0 1 2 --jobs 3 precision=bf16 workers=4
 
-``--jobs`` trains that many seeds at once (separate processes sharing the GPU: these small models leave it mostly
-idle). A study that is cut off resumes where it stopped: models already in ``seed<k>.csv`` are not trained again.
+``--jobs`` trains that many seeds at once (separate processes, spread over the visible GPUs; these small models leave
+a GPU mostly idle, so several can share one). A study that is cut off resumes where it stopped: models already in
+``seed<k>.csv`` are not trained again.
 ``--quick`` shrinks everything (a few hundred images, one epoch) to check the pipeline on a CPU.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import subprocess
 import sys
@@ -66,6 +68,16 @@ def summarize(seed_rows: list[dict[str, str]]) -> list[dict[str, object]]:
             "train_seconds": round(statistics.fmean(float(r["train_seconds"]) for r in rows), 1),
         })
     return summary
+
+
+def _visible_gpus() -> list[str]:
+    """The CUDA devices this process may use, as CUDA_VISIBLE_DEVICES entries."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    listed = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return listed or [str(i) for i in range(torch.cuda.device_count())]
 
 
 def _seed_rows(out: Path, seed: int) -> list[dict[str, str]]:
@@ -115,10 +127,16 @@ def main(argv: list[str] | None = None) -> None:
         pending = list(args.seeds)
         running: list[tuple[int, subprocess.Popen]] = []
         failed = []
+        devices = _visible_gpus()
+        started = 0
         while pending or running:
             while pending and len(running) < args.jobs:
                 seed = pending.pop(0)
-                running.append((seed, subprocess.Popen([*command, "--seeds", str(seed)])))
+                env = dict(os.environ)
+                if len(devices) > 1:  # spread the seeds over the GPUs
+                    env["CUDA_VISIBLE_DEVICES"] = devices[started % len(devices)]
+                started += 1
+                running.append((seed, subprocess.Popen([*command, "--seeds", str(seed)], env=env)))
             seed, process = running.pop(0)
             if process.wait() != 0:
                 failed.append(seed)

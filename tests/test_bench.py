@@ -109,6 +109,13 @@ def test_helpers():
     assert len(bench.resolve_models([bench.ALL_VITZOO])) >= 30
     with pytest.raises(ValueError, match="unknown model"):
         bench.resolve_models(["no_such_model"])
+    names = bench.resolve_models([bench.ALL_VITZOO])
+    shards = [bench.shard(names, f"{i}/3") for i in range(3)]
+    assert sorted(sum(shards, [])) == sorted(names) and max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert bench.shard(names, None) == names
+    for bad in ("3/3", "1", "a/2", "-1/2"):
+        with pytest.raises(ValueError, match="--shard must be I/N"):
+            bench.shard(names, bad)
     assert bench.has_fixed_input_size("deit_tiny_patch16_224") and not bench.has_fixed_input_size("efficientvit_b1")
     assert bench.percentile([4.0, 1.0, 3.0, 2.0, 5.0], 50) == 3.0
     assert bench.percentile([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0], 90) == 10.0

@@ -196,6 +196,17 @@ def resolve_models(patterns: Iterable[str]) -> list[str]:
     return names
 
 
+def shard(names: list[str], spec: str | None) -> list[str]:
+    """The models of shard ``spec`` = "I/N" (0 <= I < N): every N-th name from the I-th, so N processes (one per GPU)
+    split a sweep evenly and together cover every name exactly once. ``None`` keeps every name."""
+    if spec is None:
+        return names
+    index, sep, count = spec.partition("/")
+    if not (sep and index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
+        raise ValueError(f"--shard must be I/N with 0 <= I < N, got {spec!r}")
+    return names[int(index)::int(count)]
+
+
 def has_fixed_input_size(name: str) -> bool:
     """True for models whose position embedding fixes the input size (ViT/DeiT): they are built with ``img_size``."""
     cfg = timm.models.get_pretrained_cfg(name)
@@ -564,6 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
                         help="extra timm.create_model arguments, e.g. depth=2")
     parser.add_argument("--no-macs", action="store_true", help="skip the fvcore GMAC count")
+    parser.add_argument("--shard", metavar="I/N",
+                        help="benchmark only every N-th model from the I-th (one process per GPU)")
     parser.add_argument("--results-file", type=Path, help="CSV to write (rows are flushed as they are measured)")
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -587,7 +600,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        names = resolve_models(args.models)
+        names = shard(resolve_models(args.models), args.shard)
         config = config_from_args(args)
     except ValueError as error:
         parser.error(str(error))
