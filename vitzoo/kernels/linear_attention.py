@@ -630,6 +630,11 @@ if triton is not None:
                     dc += tl.sum(u2 * dr2, 0) + t2 * dzc2
                 tl.store(dc_ptr + pid_bh, 2.0 * c * dc, mask=pid_split == 0)
 
+    def _launcher(kernel, direct_launch: bool):
+        # Outside a triton_op, wrap_triton launches through its tracing machinery (~0.5 ms a call on the H200), so a
+        # direct eager caller gets the kernel itself; the custom op (what torch.compile traces) needs wrap_triton.
+        return kernel if direct_launch else torch.library.wrap_triton(kernel)
+
     def _common_args(q, k, v, key_weights, query_weights, const, const_value, scale, eps):
         c_ptr = const if const is not None else q  # unused when the constant is a plain float
         a_ptr = key_weights if key_weights is not None else q  # unused without weights (HAS_WEIGHTS=False)
@@ -658,8 +663,12 @@ if triton is not None:
             normalize: bool,
             eps: float,
             save_state: bool,
+            direct_launch: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (out, raw fp32 states); the states are empty unless ``save_state`` (needed by the backward)."""
+        """Returns (out, raw fp32 states); the states are empty unless ``save_state`` (needed by the backward).
+
+        ``direct_launch``: launch the Triton kernel itself rather than through ``wrap_triton`` (eager callers that
+        bypass the custom op; see ``_LinearAttentionFunction``)."""
         batch, n, heads, dk = q.shape
         dv = v.shape[-1]
         meta = _common_meta(q, k, v, key_weights, const, feature, center_keys, normalize)
@@ -679,7 +688,7 @@ if triton is not None:
             *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(key_weights), *_strides4(query_weights),
             *_strides4(out),
         )
-        kernel = torch.library.wrap_triton(_linear_attention_fwd_kernel)
+        kernel = _launcher(_linear_attention_fwd_kernel, direct_launch)
         config = dict(BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, **meta)
         if splits == 1:
             kernel[(batch * heads, 1)](*args, DO_STATE=True, DO_OUTPUT=True, STORE_STATE=save_state, ATOMIC=False,
@@ -707,8 +716,10 @@ if triton is not None:
             normalize: bool,
             eps: float,
             need_const_grad: bool,
+            direct_launch: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (dq, dk, dv, dkey_weights, dquery_weights, per-(batch, head) parts of dconst); absent ones empty."""
+        """Returns (dq, dk, dv, dkey_weights, dquery_weights, per-(batch, head) parts of dconst); absent ones empty.
+        ``direct_launch`` as in the forward."""
         batch, n, heads, dk = q.shape
         dv = v.shape[-1]
         meta = _common_meta(q, k, v, key_weights, const, feature, center_keys, normalize)
@@ -731,7 +742,7 @@ if triton is not None:
             *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(key_weights), *_strides4(query_weights),
             *_strides4(grad), *_strides4(dq), *_strides4(dval), *_strides4(dkw if dkw.numel() else None),
         )
-        kernel = torch.library.wrap_triton(_linear_attention_bwd_kernel)
+        kernel = _launcher(_linear_attention_bwd_kernel, direct_launch)
         config = dict(BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, NEED_DC=need_const_grad, **meta)
         if splits == 1:
             kernel[(batch * heads, 1)](*args, DO_Q=True, DO_KV=True, **config)
@@ -740,8 +751,6 @@ if triton is not None:
             kernel[(batch * heads, splits)](*args, DO_Q=False, DO_KV=True, **config)
         return dq, dkey, dval, dkw, dqw, dconst
 
-    # Always through the custom op, also in eager: calling the function directly would launch through wrap_triton's
-    # tracing path (outside a triton_op it is enabled), which made eager calls ~3x slower on the H200 (2026-11-29).
     _linear_attention_fwd_op = torch.library.triton_op(
         "vitzoo::linear_attention_fwd", _linear_attention_fwd, mutates_args=()
     )
@@ -753,9 +762,11 @@ if triton is not None:
         @staticmethod
         def forward(ctx, q, k, v, key_weights, query_weights, const, const_value, feature, center_keys, scale,
                     normalize, eps, save_state):
-            out, state = _linear_attention_fwd_op(
+            # torch.compile traces the custom op; eager calls skip its dispatch (host time on every call)
+            compiling = torch.compiler.is_compiling()
+            out, state = (_linear_attention_fwd_op if compiling else _linear_attention_fwd)(
                 q, k, v, key_weights, query_weights, const, const_value, feature, center_keys, scale, normalize,
-                eps, save_state,
+                eps, save_state, direct_launch=not compiling,
             )
             ctx.save_for_backward(q, k, v, key_weights, query_weights, const, state)
             ctx.options = (const_value, feature, center_keys, scale, normalize, eps)
@@ -766,9 +777,10 @@ if triton is not None:
             q, k, v, key_weights, query_weights, const, state = ctx.saved_tensors
             const_value, feature, center_keys, scale, normalize, eps = ctx.options
             need_const_grad = const is not None and ctx.needs_input_grad[5]
-            dq, dk, dv, dkw, dqw, dconst = _linear_attention_bwd_op(
+            compiling = torch.compiler.is_compiling()
+            dq, dk, dv, dkw, dqw, dconst = (_linear_attention_bwd_op if compiling else _linear_attention_bwd)(
                 grad, q, k, v, key_weights, query_weights, const, const_value, state, feature, center_keys, scale,
-                normalize, eps, need_const_grad,
+                normalize, eps, need_const_grad, direct_launch=not compiling,
             )
             if key_weights is None:
                 dkw = dqw = None
