@@ -31,7 +31,9 @@ def test_summarize_means_and_spreads_over_seeds():
 @pytest.mark.usefixtures("fresh_accelerator_state")
 @pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist not installed")
 def test_quick_study_writes_summary_bench_and_front(tmp_path: Path):
-    study.main(["--quick", "--seeds", "0", "1", "--families", "softmax", "linear", "--out", str(tmp_path)])
+    # --jobs 2: the seeds train in two child processes, which must receive the key=value override too
+    study.main(["--quick", "--seeds", "0", "1", "--jobs", "2", "--families", "softmax", "linear",
+                "--out", str(tmp_path), "batch_size=16"])
     with (tmp_path / "summary.csv").open() as handle:
         summary = {row["family"]: row for row in csv.DictReader(handle)}
     assert set(summary) == {"softmax", "linear"}
@@ -39,6 +41,7 @@ def test_quick_study_writes_summary_bench_and_front(tmp_path: Path):
         with (tmp_path / "seed0.csv").open() as a, (tmp_path / "seed1.csv").open() as b:
             seeds = [float(r["top1"]) for r in [*csv.DictReader(a), *csv.DictReader(b)] if r["family"] == family]
         assert float(row["top1"]) == pytest.approx(statistics.fmean(seeds), abs=1e-3) and row["seeds"] == "2"
+        assert row["updates"] == "16"  # 256 images at batch_size=16 (the override), not the recipe's 32
     with (tmp_path / "bench.csv").open() as handle:
         bench = list(csv.DictReader(handle))
     assert {r["status"] for r in bench} == {"ok"} and all(float(r["infer_samples_per_sec"]) > 0 for r in bench)
