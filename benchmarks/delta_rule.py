@@ -105,7 +105,9 @@ def check_against_fla(b: int, n: int) -> dict[str, float]:
     return errors
 
 
-def time_ms(fn, inputs, backward: bool) -> float:
+def time_ms(fn, inputs, backward: bool, graph: bool = False) -> float | None:
+    """Median ms of ``fn`` (forward under no_grad, or forward+backward): eager launches with do_bench, or with
+    ``graph`` the replay of a CUDA graph (device time without host overhead; None if the capture fails)."""
     import triton
 
     if backward:
@@ -120,6 +122,13 @@ def time_ms(fn, inputs, backward: bool) -> float:
         def step():
             with torch.no_grad():
                 fn(*inputs)
+    if graph:
+        step()  # compile and autotune outside the capture
+        try:
+            return triton.testing.do_bench_cudagraph(step, rep=50, return_mode="median")
+        except RuntimeError as exc:
+            print(f"graph capture failed: {str(exc).splitlines()[0][:200]}", flush=True)
+            return None
     return triton.testing.do_bench(step, warmup=10, rep=50, return_mode="median")
 
 
@@ -163,7 +172,8 @@ def main() -> int:
         "heads": HEADS, "head_dim": HEAD_DIM, "dtype": "bfloat16",
         "note": "ours = bidirectional (both scan directions, one launch); fla = chunk_delta_rule, causal, one "
                 "direction, use_qk_l2norm_in_kernel=True; torch = delta_rule_bidirectional_reference (chunked). "
-                "Median ms of triton.testing.do_bench. fwd under no_grad; fwd+bwd with all four input grads. "
+                "Median ms of triton.testing.do_bench (eager); *_graph_ms: CUDA-graph replay (device time). "
+                "fwd under no_grad; fwd+bwd with all four input grads. "
                 "Variant columns: other launch settings (path, kernel chunk, num_warps) of our op, checked against "
                 "float64 before timing.",
         "checks": {}, "rows": [],
@@ -210,8 +220,13 @@ def main() -> int:
         for name, fn in runs:
             row[f"{name}_fwd_ms"] = time_ms(fn, inputs, backward=False)
             row[f"{name}_fwdbwd_ms"] = time_ms(fn, inputs, backward=True)
+        for name, fn in runs[:2]:  # device time of ours and fla's: host overhead is a large part at these sizes
+            row[f"{name}_fwd_graph_ms"] = time_ms(fn, inputs, backward=False, graph=True)
+            row[f"{name}_fwdbwd_graph_ms"] = time_ms(fn, inputs, backward=True, graph=True)
         for kind in ("fwd", "fwdbwd"):
             row[f"ours_over_fla_{kind}"] = row[f"ours_{kind}_ms"] / row[f"fla_{kind}_ms"]
+            if row[f"ours_{kind}_graph_ms"] and row[f"fla_{kind}_graph_ms"]:
+                row[f"ours_over_fla_{kind}_graph"] = row[f"ours_{kind}_graph_ms"] / row[f"fla_{kind}_graph_ms"]
         if usable:
             best = min(usable, key=lambda v: row[f"{v}_fwdbwd_ms"])
             row["best_variant"] = best
