@@ -81,9 +81,11 @@ def _visible_gpus() -> list[str]:
 
 
 def _seed_rows(out: Path, seed: int) -> list[dict[str, str]]:
-    """Rows of seed ``seed`` so far: ``seed<k>.csv`` plus the part file of a run that was cut off."""
+    """Finished rows of seed ``seed`` so far: ``seed<k>.csv`` plus the part file of a run that was cut off. Rows of
+    failed runs (status "error: ...") are left out, so the next run trains those families again."""
     files = [path for path in (out / f"seed{seed}.csv", out / f"seed{seed}.part.csv") if path.is_file()]
-    return list({row["family"]: row for row in pareto.read_csvs(files)}.values())
+    finished = [row for row in pareto.read_csvs(files) if row.get("status") in (None, "", "ok")]
+    return list({row["family"]: row for row in finished}.values())
 
 
 def train_seed(out: Path, seed: int, families: list[str], zoo_args: list[str]) -> list[dict[str, str]]:
@@ -120,13 +122,13 @@ def main(argv: list[str] | None = None) -> None:
                 "--time-budget", "0", *recipe, *args.overrides]
     args.out.mkdir(parents=True, exist_ok=True)
     if args.jobs > 1 and len(args.seeds) > 1:
-        # One process per seed; each resumes on its own files, so a failed one can simply be run again.
-        # the overrides go first: after --families or --seeds (nargs='+') they would be read as more of those
+        # One process per seed, each resuming on its own files. What a child did not finish is retried below, in
+        # this process. The overrides go first: after --families or --seeds (nargs='+') they would be read as more
+        # of those.
         command = [sys.executable, __file__, *args.overrides, "--train-only", "--out", str(args.out), "--epochs",
                    str(args.epochs), *(["--quick"] if args.quick else []), "--families", *args.families]
         pending = list(args.seeds)
         running: list[tuple[int, subprocess.Popen]] = []
-        failed = []
         devices = _visible_gpus()
         started = 0
         while pending or running:
@@ -137,14 +139,17 @@ def main(argv: list[str] | None = None) -> None:
                     env["CUDA_VISIBLE_DEVICES"] = devices[started % len(devices)]
                 started += 1
                 running.append((seed, subprocess.Popen([*command, "--seeds", str(seed)], env=env)))
-            seed, process = running.pop(0)
-            if process.wait() != 0:
-                failed.append(seed)
-        if failed:
-            raise SystemExit(f"fashion_mnist_study: seeds {failed} failed (see their output above); run the same "
-                             "command again to resume them")
-    seed_rows = [row for seed in args.seeds for row in train_seed(args.out, seed, args.families, zoo_args)]
+            running.pop(0)[1].wait()
+    seed_rows: list[dict[str, str]] = []
+    missing = []
+    for seed in args.seeds:
+        rows = train_seed(args.out, seed, args.families, zoo_args)
+        seed_rows += rows
+        missing += [f"{family} seed {seed}" for family in args.families if family not in {r["family"] for r in rows}]
+    failure = f"fashion_mnist_study: not trained (failed): {', '.join(missing)}; run the same command to retry"
     if args.train_only:
+        if missing:
+            raise SystemExit(failure)
         return
     summary = summarize(seed_rows)
     pareto.write_csv(args.out / "summary.csv", summary, SUMMARY_COLUMNS)
@@ -170,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     for row in summary:
         spread = f" +- {row['top1_std']}" if row["top1_std"] != "" else ""
         print(f"{row['family']:12s} top-1 {row['top1']:.2f}{spread} over {row['seeds']} seed(s)")
+    if missing:
+        raise SystemExit(failure)
 
 
 if __name__ == "__main__":

@@ -35,12 +35,14 @@ MODELS = {family: f"{family}_deit_tiny_patch16_224" for family in DEIT_FAMILIES}
 OWN_ARCHITECTURE = {"qtvit": ["model_kwargs={}", "img_size=null", "patch_size=null"]}
 FAMILIES = tuple(MODELS)
 EXTRA_COLUMNS = ("family", "updates", "samples_seen", "stopped_by_time_limit", "train_samples_per_epoch", "epochs",
-                 "eval_samples", "train_seconds", "eval_seconds")
+                 "eval_samples", "train_seconds", "eval_seconds", "status")
 COLUMNS = (*RESULT_COLUMNS, *EXTRA_COLUMNS)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the zoo and write ``--results`` (overwritten)."""
+def main(argv: list[str] | None = None) -> list[str]:
+    """Run the zoo and write ``--results`` (overwritten); return the families that failed.
+
+    A family whose training or evaluation raises gets a row with ``status`` "error: ..." and the zoo goes on."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--families", nargs="+", default=list(DEIT_FAMILIES), choices=FAMILIES,
                         help="model families (default: the DeiT-shaped ones; 'qtvit' adds QT-ViT-1)")
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
+    failed: list[str] = []
     with results.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()
@@ -85,24 +88,34 @@ def main(argv: list[str] | None = None) -> None:
             # Fresh runs: a stale checkpoint in the run folder must not be resumed by accident.
             config.resume = None
             began = time.time()
-            metrics = train(config)
-            trained = time.time()
-            row = evaluate_model(checkpoint=str(output), dataset="fashion_mnist", data_dir=config.data_dir,
-                                 val_subset=args.val_samples, batch_size=500, workers=config.workers,
-                                 precision=config.precision)
+            try:
+                metrics = train(config)
+                trained = time.time()
+                row = evaluate_model(checkpoint=str(output), dataset="fashion_mnist", data_dir=config.data_dir,
+                                     val_subset=args.val_samples, batch_size=500, workers=config.workers,
+                                     precision=config.precision)
+            except Exception as error:  # noqa: BLE001 - one family's failure must not cost the others' runs
+                status = f"error: {type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+                writer.writerow({"model": config.model, "family": family, "status": status})
+                handle.flush()
+                failed.append(family)
+                print(f"{family:12s} FAILED ({status})", flush=True)
+                continue
             seen = metrics["num_updates"] * config.batch_size * config.grad_accum
             row.update(family=family, updates=metrics["num_updates"], samples_seen=seen,
                        stopped_by_time_limit=metrics["stopped_by_time_limit"],
                        train_samples_per_epoch=args.train_samples, epochs=args.epochs,
                        eval_samples=row["count"], train_seconds=round(trained - began, 1),
-                       eval_seconds=round(time.time() - trained, 1))
+                       eval_seconds=round(time.time() - trained, 1), status="ok")
             writer.writerow(row)
             handle.flush()
             print(f"{family:12s} top1 {row['top1']:6.2f}  top5 {row['top5']:6.2f}  params {row['param_count']}M  "
                   f"GMACs {row['gmacs']}  updates {row['updates']}  train {row['train_seconds']}s  "
                   f"eval {row['eval_seconds']}s", flush=True)
-    print(f"total {time.time() - start:.0f}s for {len(args.families)} families -> {results}")
+    print(f"total {time.time() - start:.0f}s for {len(args.families)} families -> {results}"
+          + (f"; FAILED: {' '.join(failed)}" if failed else ""))
+    return failed
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main() else 0)

@@ -52,8 +52,10 @@ def test_quick_study_writes_summary_bench_and_front(tmp_path: Path):
 
 def test_an_interrupted_seed_resumes_without_retraining(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     columns = study.fashion_mnist_zoo.COLUMNS
-    finished = dict.fromkeys(columns, "1") | {"family": "softmax", "model": "softmax_deit_tiny_patch16_224"}
-    cut_off = dict.fromkeys(columns, "2") | {"family": "linear", "model": "linear_deit_tiny_patch16_224"}
+    finished = dict.fromkeys(columns, "1") | {"family": "softmax", "model": "softmax_deit_tiny_patch16_224",
+                                              "status": "ok"}
+    cut_off = dict.fromkeys(columns, "2") | {"family": "linear", "model": "linear_deit_tiny_patch16_224",
+                                             "status": "ok"}
     study.pareto.write_csv(tmp_path / "seed0.csv", [finished], columns)
     study.pareto.write_csv(tmp_path / "seed0.part.csv", [cut_off], columns)  # the row a killed run had flushed
     trained = []
@@ -62,7 +64,7 @@ def test_an_interrupted_seed_resumes_without_retraining(tmp_path: Path, monkeypa
         families = argv[argv.index("--families") + 1:argv.index("--results")]
         trained.extend(families)
         part = Path(argv[argv.index("--results") + 1])
-        rows = [dict.fromkeys(columns, "3") | {"family": f, "model": f} for f in families]
+        rows = [dict.fromkeys(columns, "3") | {"family": f, "model": f, "status": "ok"} for f in families]
         study.pareto.write_csv(part, rows, columns)
 
     monkeypatch.setattr(study.fashion_mnist_zoo, "main", fake_zoo)
@@ -72,3 +74,27 @@ def test_an_interrupted_seed_resumes_without_retraining(tmp_path: Path, monkeypa
     assert not (tmp_path / "seed0.part.csv").exists()
     with (tmp_path / "seed0.csv").open() as handle:
         assert [r["family"] for r in csv.DictReader(handle)] == ["softmax", "linear", "h3"]
+
+
+@pytest.mark.usefixtures("fresh_accelerator_state")
+@pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist not installed")
+def test_a_failing_family_is_recorded_and_the_zoo_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    real_train = study.fashion_mnist_zoo.train
+
+    def train(config):
+        if config.model.startswith("linear"):
+            raise RuntimeError("boom\nsecond line")
+        return real_train(config)
+
+    monkeypatch.setattr(study.fashion_mnist_zoo, "train", train)
+    failed = study.fashion_mnist_zoo.main([
+        "--families", "linear", "softmax", "--train-samples", "64", "--epochs", "1", "--val-samples", "100",
+        "--time-budget", "0", "--results", str(tmp_path / "seed0.part.csv"), "--output", str(tmp_path / "runs"),
+        "batch_size=32"])
+    assert failed == ["linear"]
+    with (tmp_path / "seed0.part.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["family"], r["status"]) for r in rows] == [("linear", "error: RuntimeError: boom"), ("softmax", "ok")]
+    assert float(rows[1]["top1"]) >= 0.0
+    # the failed family is not "done": a resumed study trains it again
+    assert [r["family"] for r in study._seed_rows(tmp_path, 0)] == ["softmax"]
