@@ -6,7 +6,8 @@ images (a new draw each epoch: 51200 samples, 800 updates at batch 64, under one
 (16 patch tokens + cls) and no augmentation instead of the recipe's patch 4 with crop/flip, and evaluate on all
 ``--val-samples`` (10000) test images. The 2 cores may be shared, so ``--time-budget`` (570 s) caps each model's
 training at 70% of its share of the time left; the CSV records the updates each model really got, whether the cap
-cut it short, and the training and evaluation seconds. Example::
+cut it short, the training and evaluation seconds, and a status: "ok", or the error of a family that failed (the
+others still run, and the script exits with status 1). Example::
 
     python scripts/fashion_mnist_zoo.py                                   # CPU budget run
     python scripts/fashion_mnist_zoo.py --train-samples 60000 --epochs 10 --time-budget 0 \\
