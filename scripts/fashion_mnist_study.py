@@ -39,11 +39,11 @@ from vitzoo import bench, pareto  # noqa: E402
 
 # The study's DeiT shape, larger than configs/fashion_mnist.yaml's CPU shape (64/4/2): on a GPU these models are
 # bound by kernel launches, so width costs almost nothing.
-EMBED_DIM, DEPTH, NUM_HEADS = 128, 6, 4
+EMBED_DIM, DEPTH, NUM_HEADS, PATCH_SIZE = 128, 6, 4, 4
 DEIT_SHAPE = f"model_kwargs={{embed_dim: {EMBED_DIM}, depth: {DEPTH}, num_heads: {NUM_HEADS}}}"
 BENCH_KWARGS = {
-    "deit": [f"embed_dim={EMBED_DIM}", f"depth={DEPTH}", f"num_heads={NUM_HEADS}", "patch_size=4", "in_chans=1",
-             "num_classes=10"],
+    "deit": [f"embed_dim={EMBED_DIM}", f"depth={DEPTH}", f"num_heads={NUM_HEADS}", f"patch_size={PATCH_SIZE}",
+             "in_chans=1", "num_classes=10"],
     "qtvit": ["in_chans=1", "num_classes=10"],
 }
 SUMMARY_COLUMNS = ("model", "family", "dataset", "img_size", "top1", "top1_std", "top1_min", "top1_max", "top5",
@@ -90,16 +90,17 @@ def _seed_rows(out: Path, seed: int) -> list[dict[str, str]]:
 
 def train_seed(out: Path, seed: int, families: list[str], zoo_args: list[str]) -> list[dict[str, str]]:
     """Train the families of one seed that ``seed<k>.csv`` lacks; return all of that seed's rows."""
-    done = {row["family"] for row in _seed_rows(out, seed)}
-    pareto.write_csv(out / f"seed{seed}.csv", _seed_rows(out, seed), fashion_mnist_zoo.COLUMNS)
-    todo = [family for family in families if family not in done]
+    rows = _seed_rows(out, seed)
+    pareto.write_csv(out / f"seed{seed}.csv", rows, fashion_mnist_zoo.COLUMNS)  # absorbs a cut-off run's part file
+    todo = [family for family in families if family not in {row["family"] for row in rows}]
     if todo:
         part = out / f"seed{seed}.part.csv"
         fashion_mnist_zoo.main(["--families", *todo, "--results", str(part), *zoo_args, f"seed={seed}",
                                 "--output", str(ROOT / "runs" / "fashion_mnist_study" / f"seed{seed}")])
-        pareto.write_csv(out / f"seed{seed}.csv", _seed_rows(out, seed), fashion_mnist_zoo.COLUMNS)
+        rows = _seed_rows(out, seed)
+        pareto.write_csv(out / f"seed{seed}.csv", rows, fashion_mnist_zoo.COLUMNS)
         part.unlink()
-    return [row for row in _seed_rows(out, seed) if row["family"] in families]
+    return [row for row in rows if row["family"] in families]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)
 
     train_samples, epochs, val_samples = (256, 1, 200) if args.quick else (60000, args.epochs, 10000)
-    recipe = [DEIT_SHAPE, "patch_size=4", "crop_pad=2", "hflip=0.5", "lr=2e-3",
+    recipe = [DEIT_SHAPE, f"patch_size={PATCH_SIZE}", "crop_pad=2", "hflip=0.5", "lr=2e-3",
               "batch_size=32" if args.quick else "batch_size=128"]
     zoo_args = ["--train-samples", str(train_samples), "--epochs", str(epochs), "--val-samples", str(val_samples),
                 "--time-budget", "0", *recipe, *args.overrides]

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 import vitzoo  # noqa: F401  (registers the models)
 
+from .engine import COMPILE_MODES as TORCH_COMPILE_MODES
 from .flops import count_gmacs
 from .kernels import kernel_backend
 from .models import list_models
@@ -52,7 +53,7 @@ COLUMNS = TIMM_COLUMNS + (
 )
 DEFAULT_IMG_SIZES = (224, 384, 512, 768, 1024)
 PRECISIONS = ("fp32", "tf32", "bf16")
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_MODES = ("none", *TORCH_COMPILE_MODES)  # the training config's modes, plus eager
 ALL_VITZOO = "all-vitzoo"  # pseudo-name that expands to every registered vitzoo model
 _MIN_TIMED_STEPS = 5  # a median of fewer steps is too noisy, whatever the time limit says
 
