@@ -481,6 +481,7 @@ class _Run:
     batches_done: int = 0
     num_updates: int = 0
     best: dict = field(default_factory=dict)
+    last_finite_update: int = 0  # the last update after which the loss was checked finite (not saved)
 
 
 class JsonLog:
@@ -579,6 +580,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         found = list_checkpoints(output) if config.resume == "auto" else [Path(config.resume)]
         if found:
             load_checkpoint_into(run, found[-1])
+            run.last_finite_update = run.num_updates
             accelerator.print(f"resumed from {found[-1]} (epoch {run.epoch}, update {run.num_updates})")
             log.write("resume", checkpoint=str(found[-1]), epoch=run.epoch, num_updates=run.num_updates)
         elif config.resume != "auto":
@@ -611,7 +613,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
         model.train()
         bar = tqdm(total=len(train_loader), initial=run.batches_done, desc=f"epoch {epoch}", leave=False,
                    disable=not (accelerator.is_local_main_process and config.progress))
-        loss_sum, loss_count, start = 0.0, 0, time.time()
+        # The loss sum and a "still finite" flag stay on the device: reading them every step would make the host
+        # wait for the GPU each step. They are read at log intervals, before every checkpoint and at the epoch end.
+        loss_sum = torch.zeros((), device=accelerator.device)
+        finite = torch.ones((), dtype=torch.bool, device=accelerator.device)
+        loss_count, start = 0, time.time()
+
         for images, targets in loader:
             # Per-batch seed: mixup and drop path draw the same numbers whether or not the run was resumed.
             seed_everything(sample_seed(config.seed + 1 + accelerator.process_index, epoch, run.batches_done))
@@ -619,19 +626,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 images, targets = mixup(images, targets)
             with accelerator.accumulate(model):
                 loss = criterion(forward(images), targets)
-                if not _all_finite(loss, accelerator):
-                    message = (f"non-finite loss {loss.item()} at epoch {epoch}, update {run.num_updates}; stopped. "
-                               f"Last good checkpoint: {last_checkpoint or 'none'}. Try precision=bf16/fp32, a lower "
-                               "lr or clip_grad")
-                    log.write("nonfinite", epoch=epoch, num_updates=run.num_updates, loss=str(loss.item()))
-                    raise NonFiniteLossError(message)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and config.clip_grad:
                     accelerator.clip_grad_norm_(model.parameters(), config.clip_grad)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             run.batches_done += 1
-            loss_sum += loss.item()
+            loss = loss.detach().float()
+            loss_sum += loss
+            finite &= torch.isfinite(loss)
             loss_count += 1
             bar.update(1)
             if not accelerator.sync_gradients:
@@ -640,22 +643,28 @@ def train(config: TrainConfig) -> dict[str, Any]:
             scheduler.step_update(run.num_updates)
             if ema is not None:
                 ema.update(accelerator.unwrap_model(model), step=run.num_updates)
-            if run.num_updates % config.log_interval == 0:
-                log.write("train", epoch=epoch, num_updates=run.num_updates, loss=loss_sum / loss_count,
-                          lr=optimizer.param_groups[0]["lr"])
-                bar.set_postfix(loss=f"{loss_sum / loss_count:.4f}")
             end_of_epoch = run.batches_done >= len(train_loader)
-            if config.checkpoint_interval and run.num_updates % config.checkpoint_interval == 0 and not end_of_epoch:
+            save_now = (config.checkpoint_interval and run.num_updates % config.checkpoint_interval == 0
+                        and not end_of_epoch)
+            if run.num_updates % config.log_interval == 0 or save_now:
+                _check_finite(finite, run, accelerator, log, epoch, last_checkpoint)
+            if run.num_updates % config.log_interval == 0:
+                mean_loss = loss_sum.item() / loss_count
+                log.write("train", epoch=epoch, num_updates=run.num_updates, loss=mean_loss,
+                          lr=optimizer.param_groups[0]["lr"])
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+            if save_now:
                 last_checkpoint = save_checkpoint(run, run.num_updates)
             if max_steps and run.num_updates >= max_steps:
                 break
             if config.time_limit and _time_up(time.time() - run_start > config.time_limit, accelerator):
                 out_of_time = True
                 break
+        _check_finite(finite, run, accelerator, log, epoch, last_checkpoint)
         bar.close()
         skipped = report_unreadable(train_set, accelerator)
         epoch_done = run.batches_done >= len(train_loader)
-        metrics = {"epoch": epoch, "num_updates": run.num_updates, "train_loss": loss_sum / max(loss_count, 1),
+        metrics = {"epoch": epoch, "num_updates": run.num_updates, "train_loss": loss_sum.item() / max(loss_count, 1),
                    "lr": optimizer.param_groups[0]["lr"], "epoch_time": round(time.time() - start, 2)}
         metrics.update({f"eval_{k}": v for k, v in evaluate(model, val_loader, accelerator).items()})
         if ema is not None:
@@ -688,8 +697,20 @@ def _time_up(local: bool, accelerator) -> bool:
     return bool(flag.item())
 
 
-def _all_finite(loss: torch.Tensor, accelerator) -> bool:
-    finite = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
+def _check_finite(finite: torch.Tensor, run: _Run, accelerator, log: JsonLog, epoch: int,
+                  last_checkpoint: Path | None) -> None:
+    """Raise :class:`NonFiniteLossError` if any loss since the last check was NaN/inf (``finite`` is False)."""
+    if not _all_finite(finite, accelerator):
+        message = (f"non-finite loss at epoch {epoch} after update {run.last_finite_update}; stopped. "
+                   f"Last good checkpoint: {last_checkpoint or 'none'}. Try precision=bf16/fp32, a lower lr or "
+                   "clip_grad")
+        log.write("nonfinite", epoch=epoch, num_updates=run.num_updates, last_finite_update=run.last_finite_update)
+        raise NonFiniteLossError(message)
+    run.last_finite_update = run.num_updates
+
+
+def _all_finite(flag: torch.Tensor, accelerator) -> bool:
+    finite = flag.to(torch.int32).reshape(1)
     if accelerator.num_processes > 1:
         # Every process must stop together, or the others would hang in the next collective.
         finite = accelerator.reduce(finite, reduction="sum") == accelerator.num_processes
