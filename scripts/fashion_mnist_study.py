@@ -11,11 +11,13 @@ The recipe: every DeiT family at width 128, depth 6, 4 heads, patch 4 (49 tokens
 lr 2e-3, batch 128, 10 epochs over the 60000 training images, evaluated on the 10000 test images; QT-ViT-1 in its own
 EfficientViT shape with the same data, optimiser and epochs. It is meant for a GPU::
 
-    python scripts/fashion_mnist_study.py --seeds 0 1 2 --jobs 3 precision=bf16 workers=4
+    python scripts/fashion_mnist_study.py --seeds 0 1 2 --jobs 8 precision=bf16 workers=2
 
-``--jobs`` trains that many seeds at once (separate processes, spread over the visible GPUs; these small models leave
-a GPU mostly idle, so several can share one). A study that is cut off resumes where it stopped: models already in
-``seed<k>.csv`` are not trained again.
+``--jobs`` trains that many (seed, family) runs at once, one process each, spread over the visible GPUs: these small
+models keep the host busy launching kernels and leave a GPU mostly idle, so several runs share one well. Each run
+writes its row to ``seed<k>.<family>.part.csv``; they are folded into ``seed<k>.csv``. A study that is cut off
+resumes where it stopped (rerun the same command): finished runs are not trained again, and ``--no-new-after``
+stops starting runs so that a call can end inside a time limit.
 ``--quick`` shrinks everything (a few hundred images, one epoch) to check the pipeline on a CPU.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -81,26 +84,59 @@ def _visible_gpus() -> list[str]:
 
 
 def _seed_rows(out: Path, seed: int) -> list[dict[str, str]]:
-    """Finished rows of seed ``seed`` so far: ``seed<k>.csv`` plus the part file of a run that was cut off. Rows of
-    failed runs (status "error: ...") are left out, so the next run trains those families again."""
-    files = [path for path in (out / f"seed{seed}.csv", out / f"seed{seed}.part.csv") if path.is_file()]
+    """Finished rows of seed ``seed`` so far: ``seed<k>.csv`` plus the part files ``seed<k>.<family>.part.csv`` of
+    runs that ended or were cut off. Rows of failed runs (status "error: ...") are left out, so the next run trains
+    those families again."""
+    files = [out / f"seed{seed}.csv"] if (out / f"seed{seed}.csv").is_file() else []
+    files += sorted(out.glob(f"seed{seed}.*.part.csv"))
     finished = [row for row in pareto.read_csvs(files) if row.get("status") in (None, "", "ok")]
     return list({row["family"]: row for row in finished}.values())
 
 
-def train_seed(out: Path, seed: int, families: list[str], zoo_args: list[str]) -> list[dict[str, str]]:
-    """Train the families of one seed that ``seed<k>.csv`` lacks; return all of that seed's rows."""
+def merge_seed(out: Path, seed: int) -> list[dict[str, str]]:
+    """Fold the part files of seed ``seed`` into ``seed<k>.csv`` and delete them; return the seed's finished rows."""
+    parts = sorted(out.glob(f"seed{seed}.*.part.csv"))
     rows = _seed_rows(out, seed)
-    pareto.write_csv(out / f"seed{seed}.csv", rows, fashion_mnist_zoo.COLUMNS)  # absorbs a cut-off run's part file
-    todo = [family for family in families if family not in {row["family"] for row in rows}]
-    if todo:
-        part = out / f"seed{seed}.part.csv"
-        fashion_mnist_zoo.main(["--families", *todo, "--results", str(part), *zoo_args, f"seed={seed}",
-                                "--output", str(ROOT / "runs" / "fashion_mnist_study" / f"seed{seed}")])
-        rows = _seed_rows(out, seed)
+    if rows or (out / f"seed{seed}.csv").is_file():
         pareto.write_csv(out / f"seed{seed}.csv", rows, fashion_mnist_zoo.COLUMNS)
+    for part in parts:
         part.unlink()
-    return [row for row in rows if row["family"] in families]
+    return rows
+
+
+def pending_units(out: Path, seeds: list[int], families: list[str]) -> list[tuple[int, str]]:
+    """The (seed, family) runs without a finished row, seed-major: every family gets its first seed before any gets a
+    second (the part files of earlier runs are folded in first)."""
+    done = {seed: {row["family"] for row in merge_seed(out, seed)} for seed in seeds}
+    return [(seed, family) for seed in seeds for family in families if family not in done[seed]]
+
+
+def train_unit(out: Path, seed: int, family: str, zoo_args: list[str]) -> None:
+    """Train one family with one seed into its own part file (several of these may run at once)."""
+    fashion_mnist_zoo.main(["--families", family, "--results", str(out / f"seed{seed}.{family}.part.csv"), *zoo_args,
+                            f"seed={seed}", "--output", str(ROOT / "runs" / "fashion_mnist_study" / f"seed{seed}")])
+
+
+def run_units(args: argparse.Namespace, units: list[tuple[int, str]]) -> None:
+    """Train ``units`` (seed, family) in up to ``--jobs`` processes at once, spread over the visible GPUs, starting
+    none after ``--no-new-after`` seconds. A run that fails or is cut off just leaves no finished row."""
+    # The overrides go first: after --families or --seeds (nargs='+') they would be read as more of those.
+    command = [sys.executable, __file__, *args.overrides, "--out", str(args.out), "--epochs", str(args.epochs),
+               *(["--quick"] if args.quick else [])]
+    devices, started, began = _visible_gpus(), 0, time.time()
+    pending, running = list(units), []
+    while pending or running:
+        if args.no_new_after is not None and time.time() - began > args.no_new_after:
+            pending.clear()
+        while pending and len(running) < args.jobs:
+            seed, family = pending.pop(0)
+            env = dict(os.environ)
+            if len(devices) > 1:
+                env["CUDA_VISIBLE_DEVICES"] = devices[started % len(devices)]
+            started += 1
+            running.append(subprocess.Popen([*command, "--unit", str(seed), family], env=env))
+        time.sleep(0.5)
+        running = [process for process in running if process.poll() is None]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,7 +145,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--families", nargs="+", default=list(fashion_mnist_zoo.FAMILIES),
                         choices=fashion_mnist_zoo.FAMILIES)
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--jobs", type=int, default=1, help="seeds trained at the same time (processes)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="(seed, family) runs trained at the same time, one process each")
+    parser.add_argument("--no-new-after", type=float, metavar="SECONDS",
+                        help="start no new run after this many seconds (to end inside a time limit; rerun the same "
+                             "command to go on)")
+    parser.add_argument("--unit", nargs=2, metavar=("SEED", "FAMILY"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fashion_mnist_study")
     parser.add_argument("--train-only", action="store_true", help="train the seeds; no summary, benchmark or plots")
     parser.add_argument("--quick", action="store_true", help="a tiny run that checks the pipeline (CPU)")
@@ -122,32 +163,18 @@ def main(argv: list[str] | None = None) -> None:
     zoo_args = ["--train-samples", str(train_samples), "--epochs", str(epochs), "--val-samples", str(val_samples),
                 "--time-budget", "0", *recipe, *args.overrides]
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.jobs > 1 and len(args.seeds) > 1:
-        # One process per seed, each resuming on its own files. What a child did not finish is retried below, in
-        # this process. The overrides go first: after --families or --seeds (nargs='+') they would be read as more
-        # of those.
-        command = [sys.executable, __file__, *args.overrides, "--train-only", "--out", str(args.out), "--epochs",
-                   str(args.epochs), *(["--quick"] if args.quick else []), "--families", *args.families]
-        pending = list(args.seeds)
-        running: list[tuple[int, subprocess.Popen]] = []
-        devices = _visible_gpus()
-        started = 0
-        while pending or running:
-            while pending and len(running) < args.jobs:
-                seed = pending.pop(0)
-                env = dict(os.environ)
-                if len(devices) > 1:  # spread the seeds over the GPUs
-                    env["CUDA_VISIBLE_DEVICES"] = devices[started % len(devices)]
-                started += 1
-                running.append((seed, subprocess.Popen([*command, "--seeds", str(seed)], env=env)))
-            running.pop(0)[1].wait()
+    if args.unit:
+        train_unit(args.out, int(args.unit[0]), args.unit[1], zoo_args)
+        return
+    run_units(args, pending_units(args.out, args.seeds, args.families))
     seed_rows: list[dict[str, str]] = []
     missing = []
     for seed in args.seeds:
-        rows = train_seed(args.out, seed, args.families, zoo_args)
+        rows = [row for row in merge_seed(args.out, seed) if row["family"] in args.families]
         seed_rows += rows
         missing += [f"{family} seed {seed}" for family in args.families if family not in {r["family"] for r in rows}]
-    failure = f"fashion_mnist_study: not trained (failed): {', '.join(missing)}; run the same command to retry"
+    failure = (f"fashion_mnist_study: not trained yet (failed or not started): {', '.join(missing)}; run the same "
+               "command to go on")
     if args.train_only:
         if missing:
             raise SystemExit(failure)

@@ -135,3 +135,29 @@ def test_failed_mac_count_keeps_the_timings(monkeypatch):
                                                                                       model_kwargs={"depth": 1}))
     assert row["status"] == "ok; gmacs: RuntimeError: trace failed"
     assert row["infer_gmacs"] == "" and row["infer_samples_per_sec"] == 1.0
+
+
+def test_resume_benchmarks_only_the_pairs_the_file_lacks(tmp_path, monkeypatch):
+    """A sweep cut off by its time budget is completed by a second call with --resume; measured rows are kept."""
+    out = tmp_path / "bench.csv"
+    args = ["--models", *TINY, "--img-sizes", "32", "--model-kwargs", "depth=1", "--results-file", str(out), *FAST]
+    bench.main(args)
+    first = _read(out)
+    bench.main([*args[:4], "32", "48", *args[5:], "--time-budget", "-1", "--resume"])  # nothing new is measured
+    assert _read(out)[:2] == first and [r["status"] for r in _read(out)[2:]] == ["skipped: time budget"] * 2
+    measured = []
+    real_bench_model = bench.bench_model
+    monkeypatch.setattr(bench, "bench_model", lambda name, size, config: measured.append((name, size))
+                        or real_bench_model(name, size, config))
+    bench.main([*args[:4], "32", "48", *args[5:], "--resume"])
+    assert measured == [(name, 48) for name in TINY]
+    rows = _read(out)
+    assert rows[:2] == first and [(r["model"], r["infer_img_size"], r["status"]) for r in rows[2:]] == [
+        (name, "48", "ok") for name in TINY]
+
+
+def test_resume_rejects_a_foreign_csv(tmp_path):
+    out = tmp_path / "other.csv"
+    out.write_text("name,value\nx,1\n")
+    with pytest.raises(SystemExit):
+        bench.main(["--models", TINY[0], "--img-sizes", "32", "--results-file", str(out), "--resume", *FAST])

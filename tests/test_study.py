@@ -31,7 +31,7 @@ def test_summarize_means_and_spreads_over_seeds():
 @pytest.mark.usefixtures("fresh_accelerator_state")
 @pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist not installed")
 def test_quick_study_writes_summary_bench_and_front(tmp_path: Path):
-    # --jobs 2: the seeds train in two child processes, which must receive the key=value override too
+    # --jobs 2: the runs train in child processes, which must receive the key=value override too
     study.main(["--quick", "--seeds", "0", "1", "--jobs", "2", "--families", "softmax", "linear",
                 "--out", str(tmp_path), "batch_size=16"])
     with (tmp_path / "summary.csv").open() as handle:
@@ -50,30 +50,52 @@ def test_quick_study_writes_summary_bench_and_front(tmp_path: Path):
         assert len(list(csv.DictReader(handle))) >= 1
 
 
-def test_an_interrupted_seed_resumes_without_retraining(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_an_interrupted_study_resumes_without_retraining(tmp_path: Path):
     columns = study.fashion_mnist_zoo.COLUMNS
-    finished = dict.fromkeys(columns, "1") | {"family": "softmax", "model": "softmax_deit_tiny_patch16_224",
-                                              "status": "ok"}
-    cut_off = dict.fromkeys(columns, "2") | {"family": "linear", "model": "linear_deit_tiny_patch16_224",
-                                             "status": "ok"}
-    study.pareto.write_csv(tmp_path / "seed0.csv", [finished], columns)
-    study.pareto.write_csv(tmp_path / "seed0.part.csv", [cut_off], columns)  # the row a killed run had flushed
-    trained = []
 
-    def fake_zoo(argv):
-        families = argv[argv.index("--families") + 1:argv.index("--results")]
-        trained.extend(families)
-        part = Path(argv[argv.index("--results") + 1])
-        rows = [dict.fromkeys(columns, "3") | {"family": f, "model": f, "status": "ok"} for f in families]
-        study.pareto.write_csv(part, rows, columns)
+    def row(family: str, top1: str, status: str = "ok") -> dict[str, str]:
+        return dict.fromkeys(columns, top1) | {"family": family, "model": family, "status": status}
 
-    monkeypatch.setattr(study.fashion_mnist_zoo, "main", fake_zoo)
-    rows = study.train_seed(tmp_path, 0, ["softmax", "linear", "h3"], [])
-    assert trained == ["h3"]
-    assert {r["family"]: r["top1"] for r in rows} == {"softmax": "1", "linear": "2", "h3": "3"}
-    assert not (tmp_path / "seed0.part.csv").exists()
+    study.pareto.write_csv(tmp_path / "seed0.csv", [row("softmax", "1")], columns)
+    study.pareto.write_csv(tmp_path / "seed0.linear.part.csv", [row("linear", "2")], columns)  # flushed, then killed
+    study.pareto.write_csv(tmp_path / "seed0.h3.part.csv", [row("h3", "", "error: RuntimeError: boom")], columns)
+    assert study.pending_units(tmp_path, [0, 1], ["softmax", "linear", "h3"]) == [
+        (0, "h3"), (1, "softmax"), (1, "linear"), (1, "h3")]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["seed0.csv"]  # part files folded in
     with (tmp_path / "seed0.csv").open() as handle:
-        assert [r["family"] for r in csv.DictReader(handle)] == ["softmax", "linear", "h3"]
+        assert [(r["family"], r["top1"]) for r in csv.DictReader(handle)] == [("softmax", "1"), ("linear", "2")]
+
+
+def test_units_run_in_parallel_processes_until_the_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    started = []
+
+    class FinishedProcess:
+        def __init__(self, command, env):
+            started.append((command[command.index("--unit") + 1:], env.get("CUDA_VISIBLE_DEVICES")))
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(study.subprocess, "Popen", FinishedProcess)
+    monkeypatch.setattr(study, "_visible_gpus", lambda: ["0", "1"])
+    args = study.argparse.Namespace(overrides=["lr=1e-3"], out=tmp_path, epochs=3, quick=False, jobs=2,
+                                    no_new_after=None)
+    study.run_units(args, [(0, "softmax"), (0, "h3"), (1, "softmax")])
+    assert started == [(["0", "softmax"], "0"), (["0", "h3"], "1"), (["1", "softmax"], "0")]
+    started.clear()
+    args.no_new_after = -1.0
+    study.run_units(args, [(0, "softmax")])
+    assert started == []
+
+
+def test_a_unit_trains_one_family_into_its_part_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    calls = []
+    monkeypatch.setattr(study.fashion_mnist_zoo, "main", calls.append)
+    study.main(["--unit", "2", "h3", "--out", str(tmp_path), "--epochs", "3", "lr=1e-3"])
+    (argv,) = calls
+    assert argv[argv.index("--families") + 1] == "h3" and "seed=2" in argv and "lr=1e-3" in argv
+    assert argv[argv.index("--results") + 1] == str(tmp_path / "seed2.h3.part.csv")
+    assert argv[argv.index("--epochs") + 1] == "3"
 
 
 @pytest.mark.usefixtures("fresh_accelerator_state")
@@ -89,10 +111,10 @@ def test_a_failing_family_is_recorded_and_the_zoo_goes_on(tmp_path: Path, monkey
     monkeypatch.setattr(study.fashion_mnist_zoo, "train", train)
     failed = study.fashion_mnist_zoo.main([
         "--families", "linear", "softmax", "--train-samples", "64", "--epochs", "1", "--val-samples", "100",
-        "--time-budget", "0", "--results", str(tmp_path / "seed0.part.csv"), "--output", str(tmp_path / "runs"),
+        "--time-budget", "0", "--results", str(tmp_path / "seed0.zoo.part.csv"), "--output", str(tmp_path / "runs"),
         "batch_size=32"])
     assert failed == ["linear"]
-    with (tmp_path / "seed0.part.csv").open() as handle:
+    with (tmp_path / "seed0.zoo.part.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["family"], r["status"]) for r in rows] == [("linear", "error: RuntimeError: boom"), ("softmax", "ok")]
     assert float(rows[1]["top1"]) >= 0.0

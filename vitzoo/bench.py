@@ -476,20 +476,45 @@ def warm_up_device(device: torch.device, seconds: float = 2.0) -> None:
         torch.cuda.synchronize(device)
 
 
+def _measured_rows(results_file: Path, config: BenchConfig) -> list[dict[str, Any]]:
+    """Rows of an earlier run in ``results_file`` that were measured (any status but ``skipped: ...``) with this
+    run's model kwargs."""
+    if not results_file.is_file():
+        return []
+    with results_file.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    missing = [column for column in ("model", "infer_img_size", "precision", "compile", "status")
+               if rows and column not in rows[0]]
+    if missing:
+        raise ValueError(f"--resume: {results_file} is not a vitzoo-bench CSV (no {', '.join(missing)} column)")
+    kwargs = _format_kwargs(config.model_kwargs)
+    return [row for row in rows if not row["status"].startswith("skipped") and row.get("model_kwargs", "") == kwargs]
+
+
 def run_benchmark(names: list[str], img_sizes: Iterable[int], config: BenchConfig, results_file: Path | None = None,
-                  time_budget: float | None = None, progress: bool = True) -> list[dict[str, Any]]:
+                  time_budget: float | None = None, progress: bool = True,
+                  resume: bool = False) -> list[dict[str, Any]]:
     """Benchmark every (resolution, model) pair; rows are appended to ``results_file`` as they come.
 
     The sweep goes resolution by resolution, so a run cut short by ``time_budget`` (seconds) still has every model at
-    the smaller sizes; the pairs it did not reach are recorded with status ``skipped: time budget``.
+    the smaller sizes; the pairs it did not reach are recorded with status ``skipped: time budget``. With ``resume``
+    the measured rows already in ``results_file`` are kept and only the pairs they lack are benchmarked (a sweep
+    spread over several calls).
     """
     pairs = [(name, size) for size in img_sizes for name in names]
+    kept = _measured_rows(results_file, config) if resume and results_file is not None else []
+    measured = {(row["model"], int(row["infer_img_size"]), row["precision"], row["compile"]) for row in kept}
+    pairs = [(name, size) for name, size in pairs
+             if not all((name, size, p, c) in measured for p, c in _combos(config))]
     writer = handle = None
     if results_file is not None:
         results_file.parent.mkdir(parents=True, exist_ok=True)
         handle = results_file.open("w", newline="")
         writer = csv.DictWriter(handle, fieldnames=list(COLUMNS))
         writer.writeheader()
+        # A pair measured only in part is measured again, so its old rows go.
+        again = {(name, size) for name, size in pairs}
+        writer.writerows(row for row in kept if (row["model"], int(row["infer_img_size"])) not in again)
         handle.flush()
     rows: list[dict[str, Any]] = []
     warm_up_device(torch.device(config.device))
@@ -579,6 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard", metavar="I/N",
                         help="benchmark only every N-th model from the I-th (one process per GPU)")
     parser.add_argument("--results-file", type=Path, help="CSV to write (rows are flushed as they are measured)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the measured rows already in --results-file and benchmark only the pairs it lacks")
     parser.add_argument("--no-progress", action="store_true")
     return parser
 
@@ -607,8 +634,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(error))
     if torch.device(config.device).type == "cuda":
         torch.backends.cudnn.benchmark = True  # as timm's benchmark: fixed shapes, so let cuDNN pick its algorithms
-    rows = run_benchmark(names, args.img_sizes, config, args.results_file, args.time_budget,
-                         progress=not args.no_progress)
+    if args.resume and args.results_file is None:
+        parser.error("--resume needs --results-file")
+    try:
+        rows = run_benchmark(names, args.img_sizes, config, args.results_file, args.time_budget,
+                             progress=not args.no_progress, resume=args.resume)
+    except ValueError as error:
+        parser.error(str(error))
     print(format_table(rows))
 
 
