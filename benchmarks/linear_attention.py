@@ -157,8 +157,7 @@ def time_size(b: int, n: int, bandwidth: float) -> dict:
 
 SWEEP = {  # name: (launch override {backward: (BLOCK_N, num_warps, num_stages)} or None, programs per SM, precision)
     "default": (None, 2, None),
-    "stages2": ({False: (64, 4, 2), True: (64, 8, 2)}, 2, None),  # the default before num_stages=3
-    "stages4": ({False: (64, 4, 4), True: (64, 8, 4)}, 2, None),
+    "previous": ({False: (64, 4, 3), True: (64, 8, 3)}, 2, None),  # the default before the per-split backward tiles
     "block128": ({False: (128, 8, 3), True: (64, 4, 3)}, 2, None),
     "block32": ({False: (32, 4, 3), True: (32, 4, 3)}, 2, None),
     "split4": (None, 4, None),

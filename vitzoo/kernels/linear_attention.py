@@ -172,16 +172,20 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _launch_params(dkp: int, dvp: int, weightings: int, backward: bool) -> tuple[int, int, int]:
-    """(BLOCK_N, num_warps, num_stages): one fixed config per shape class, no autotuning."""
+def _launch_params(dkp: int, dvp: int, weightings: int, backward: bool, split: bool = False) -> tuple[int, int, int]:
+    """(BLOCK_N, num_warps, num_stages): one fixed config per shape class, no autotuning. ``split``: the sequence is
+    divided over several programs (B*H alone does not fill the GPU)."""
     if _interpreting():
         return 64, 4, 1
     if _LAUNCH_OVERRIDE is not None:
         return _LAUNCH_OVERRIDE[backward]
     if dkp * dvp > 64 * 64 or weightings > 1:  # more state per program: smaller tiles, fewer pipeline stages
         return (32, 8, 2) if backward else (64, 8, 2)
-    # three stages keep two K/V tiles in flight (H200 sweep in benchmarks/NOTES.md)
-    return (64, 8, 3) if backward else (64, 4, 3)
+    # Three stages keep two K/V tiles in flight. Backward: 32-token tiles when each program walks a whole sequence,
+    # 64 when the sequence is split (H200 launch sweep in benchmarks/NOTES.md).
+    if backward:
+        return (64, 4, 3) if split else (32, 4, 3)
+    return 64, 4, 3
 
 
 def _splits(bh: int, n: int, block_n: int, device: torch.device) -> tuple[int, int]:
@@ -723,7 +727,9 @@ if triton is not None:
         batch, n, heads, dk = q.shape
         dv = v.shape[-1]
         meta = _common_meta(q, k, v, key_weights, const, feature, center_keys, normalize)
-        block_n, num_warps, num_stages = _launch_params(meta["DKP"], meta["DVP"], meta["W"], backward=True)
+        split = _splits(batch * heads, n, 64, q.device)[0] > 1
+        block_n, num_warps, num_stages = _launch_params(meta["DKP"], meta["DVP"], meta["W"], backward=True,
+                                                        split=split)
         splits, chunk = _splits(batch * heads, n, block_n, q.device)
         dq = _empty(tuple(q.shape), q.dtype, q.device)
         dkey = _empty(tuple(k.shape), k.dtype, q.device)
