@@ -154,6 +154,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/delta_rule_h200.json")
     parser.add_argument("--skip-torch", action="store_true", help="do not time the PyTorch reference")
+    parser.add_argument("--variants", nargs="*", choices=sorted(VARIANTS), default=sorted(VARIANTS),
+                        help="launch variants to check and time besides the default (default: all; none: just ours)")
     parser.add_argument("--check-variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -179,7 +181,8 @@ def main() -> int:
         "checks": {}, "rows": [],
     }
     usable = {}
-    for name, cfg in VARIANTS.items():
+    for name in args.variants:
+        cfg = VARIANTS[name]
         # Each check runs in a child process: an illegal memory access would poison this process's CUDA context.
         child = subprocess.run([sys.executable, os.path.abspath(__file__), "--check-variant", name],
                                capture_output=True, text=True, timeout=300)

@@ -156,11 +156,11 @@ def time_size(b: int, n: int, bandwidth: float) -> dict:
 
 
 SWEEP = {  # name: (launch override {backward: (BLOCK_N, num_warps, num_stages)} or None, programs per SM, precision)
-    "default": (None, 2, None),
-    "previous": ({False: (64, 4, 3), True: (64, 8, 3)}, 2, None),  # the default before the per-split backward tiles
-    "block128": ({False: (128, 8, 3), True: (64, 4, 3)}, 2, None),
-    "block32": ({False: (32, 4, 3), True: (32, 4, 3)}, 2, None),
-    "split4": (None, 4, None),
+    "default": (None, 4, None),
+    "split2": (None, 2, None),  # the default before 4 programs per SM
+    "previous": ({False: (64, 4, 3), True: (64, 8, 3)}, 2, None),  # before the per-split backward tiles as well
+    "block128": ({False: (128, 8, 3), True: (64, 4, 3)}, 4, None),
+    "block32": ({False: (32, 4, 3), True: (32, 4, 3)}, 4, None),
 }
 
 
@@ -199,7 +199,7 @@ def sweep(bandwidth: float) -> list[dict]:
             print(f"sweep {name:>9} N={n:>6} err {err:.1e} fwd {row['fwd_graph_ms']:.4f} ms "
                   f"({row['fwd_graph_ms'] / floor:.2f}x) fwd+bwd {row['fwdbwd_graph_ms']:.4f} ms "
                   f"({row['fwdbwd_graph_ms'] / (floor * 11 / 4):.2f}x)", flush=True)
-    module._LAUNCH_OVERRIDE, module._PROGRAMS_PER_SM, module._PREC_OVERRIDE = None, 2, None
+    module._LAUNCH_OVERRIDE, module._PROGRAMS_PER_SM, module._PREC_OVERRIDE = None, SWEEP["default"][1], None
     return rows
 
 

@@ -73,7 +73,8 @@ class BenchConfig:
         bench: ``'infer'``, ``'train'`` or ``'both'`` (latency belongs to ``infer``).
         num_warm_iter, num_bench_iter: warm-up and timed steps for throughput (timm: 10 and 40).
         latency_iters: timed batch-1 steps for the latency percentiles.
-        max_phase_seconds: cap on the timed part of each phase; the step count is cut (not below 5) to fit.
+        max_phase_seconds: cap on the warm-up and on the timed part of each phase; the timed step count is cut
+            (not below 5) to fit.
         count_macs: add fvcore GMACs (attention included; see :mod:`vitzoo.flops`).
         model_kwargs: extra ``timm.create_model`` arguments, e.g. ``{'depth': 2}``.
         lr: AdamW learning rate of the training step.
@@ -130,14 +131,21 @@ def time_steps(step: Callable[[], Any], device: torch.device, num_warm: int, num
         device: where ``step`` runs (decides between CUDA events and perf_counter).
         num_warm: untimed steps first (compilation, autotuning, allocator growth, cuDNN heuristics).
         num_iter: timed steps.
-        max_seconds: if set, one synchronised probe step estimates the step time and ``num_iter`` is cut so the
-            timed part takes about this long (never below 5 steps).
+        max_seconds: if set, the warm-up stops after this long (at least 2 steps), and one synchronised probe step
+            estimates the step time so that ``num_iter`` is cut for the timed part to take about this long (never
+            below 5 steps).
         isolated: synchronise before each step, so every time is one request alone (latency). Otherwise the steps
             are queued back to back, as in a throughput run, and each time is the distance between two events.
     """
     timer = _StepTimer(device)
-    for _ in range(num_warm):
+    start = time.perf_counter()
+    for index in range(num_warm):
         step()
+        if max_seconds is not None and index >= 1:
+            # A slow model (seconds a step) would otherwise spend most of the run warming up.
+            timer.synchronize()
+            if time.perf_counter() - start > max_seconds:
+                break
     timer.synchronize()
     if max_seconds is not None:
         start = time.perf_counter()

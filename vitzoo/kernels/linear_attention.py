@@ -147,7 +147,7 @@ _FEATURE_CODES = {name: code for code, name in enumerate(FEATURE_MAPS)}  # ident
 _MAX_HEAD_DIM = 128
 _MAX_WEIGHTINGS = 3
 _INTERPRETER_PROGRAMS = 4  # the "GPU size" the split heuristic assumes under TRITON_INTERPRET=1 (CPU tests)
-_PROGRAMS_PER_SM = 2  # split N until B*H*splits reaches this many programs per SM
+_PROGRAMS_PER_SM = 4  # split N until B*H*splits reaches this many programs per SM (H200 sweep: 4 beats 2)
 # benchmark-only knobs (benchmarks/linear_attention.py --sweep): fixed launch configs, dot precision
 _LAUNCH_OVERRIDE: dict[bool, tuple[int, int, int]] | None = None
 _PREC_OVERRIDE: str | None = None
