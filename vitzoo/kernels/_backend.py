@@ -26,6 +26,16 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# Launch arithmetic in plain Python integers: triton.cdiv / next_power_of_2 go through triton.language's constexpr
+# unwrapping, about 10 us a call on the host, and every kernel launch needs several of them.
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
 def kernel_backend(device: torch.device | str) -> str:
     """Return ``'triton'`` or ``'reference'`` for tensors on ``device``, honouring ``VITZOO_KERNELS``."""
     choice = os.environ.get("VITZOO_KERNELS", "auto").strip().lower() or "auto"

@@ -28,12 +28,10 @@ the input dtype (float64 inputs stay float64 in the references).
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
-from ._backend import kernel_backend, triton_available
+from ._backend import _interpreting, cdiv, kernel_backend, next_power_of_2, triton_available
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _L2_EPS = 1e-6  # q / sqrt(sum(q^2) + eps), as fla's fused L2 norm
@@ -501,10 +499,6 @@ if triton_available():
             tl.atomic_add(dbeta_ptr + row, dbeta, mask=valid)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def _dot_mode(dtype: torch.dtype) -> int:
     if _interpreting():
         return 0
@@ -518,10 +512,10 @@ def _block_sizes(dk: int, dv: int, num_seqs: int, device: torch.device) -> tuple
     when there are few (batch, head, direction) sequences, at the price of re-reading the keys per block; it
     splits no further than SEQ_BV_MIN (see the launch settings below for why that is 64 for now).
     """
-    bk = max(16, triton.next_power_of_2(dk))
-    bv_parallel = min(64, max(16, triton.next_power_of_2(dv)))
+    bk = max(16, next_power_of_2(dk))
+    bv_parallel = min(64, max(16, next_power_of_2(dv)))
     bv_seq = bv_parallel
-    while bv_seq > max(16, SEQ_BV_MIN) and num_seqs * triton.cdiv(dv, bv_seq) < 2 * _multiprocessors(device):
+    while bv_seq > max(16, SEQ_BV_MIN) and num_seqs * cdiv(dv, bv_seq) < 2 * _multiprocessors(device):
         bv_seq //= 2
     return bk, bv_seq, bv_parallel
 
@@ -533,7 +527,7 @@ def _use_chunk_parallel(n: int, dk: int, dv: int, num_seqs: int, device: torch.d
     sequences to fill the device, else the chunk-parallel one."""
     if device.type == "cuda":
         return not (n <= FUSED_MAX_N and dk == dv == 64)
-    return triton.cdiv(n, KERNEL_CHUNK) >= 4 and num_seqs < 4 * _multiprocessors(device)
+    return cdiv(n, KERNEL_CHUNK) >= 4 and num_seqs < 4 * _multiprocessors(device)
 
 
 def _multiprocessors(device: torch.device) -> int:
@@ -576,7 +570,7 @@ if triton_available():
         b, n, h, dk = q.shape
         dv = v.shape[-1]
         chunk = KERNEL_CHUNK
-        nt = triton.cdiv(n, chunk)
+        nt = cdiv(n, chunk)
         bk, bv_seq, bv_par = _block_sizes(dk, dv, b * h * num_dirs, q.device)
         store = store or chunk_parallel
         o = torch.zeros(b, n, h, dv, device=q.device, dtype=torch.float32)
@@ -592,12 +586,12 @@ if triton_available():
                 k, beta, t_invs, *_strides(k), *beta.stride(), n, h, dk, first_dir,
                 LOG2_BT=chunk.bit_length() - 1, **common,
             )
-            torch.library.wrap_triton(_delta_rule_states_kernel)[(triton.cdiv(dv, bv_seq), b * h, num_dirs)](
+            torch.library.wrap_triton(_delta_rule_states_kernel)[(cdiv(dv, bv_seq), b * h, num_dirs)](
                 k, v, beta, states, t_invs, *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv, first_dir,
                 BV=bv_seq, **common,
             )
         bv = bv_par if chunk_parallel else bv_seq
-        nv = triton.cdiv(dv, bv)
+        nv = cdiv(dv, bv)
         torch.library.wrap_triton(_delta_rule_fwd_kernel)[(nv * nt if chunk_parallel else nv, b * h, num_dirs)](
             q, k, v, beta, o, states, t_invs, *_strides(q), *_strides(k), *_strides(v), *beta.stride(),
             n, h, dk, dv, nv, scale, 1.0 / num_dirs, first_dir,
@@ -615,7 +609,7 @@ if triton_available():
         b, n, h, dk = q.shape
         dv = v.shape[-1]
         chunk = t_invs.shape[-1]  # the forward's chunk
-        nt = triton.cdiv(n, chunk)
+        nt = cdiv(n, chunk)
         bk, bv_seq, bv_par = _block_sizes(dk, dv, b * h * num_dirs, q.device)
         dq = torch.zeros(b, n, h, dk, device=q.device, dtype=torch.float32)
         dk_ = torch.zeros(b, n, h, dk, device=q.device, dtype=torch.float32)
@@ -624,14 +618,14 @@ if triton_available():
         common = dict(BT=chunk, BK=bk, L2NORM=qk_l2norm, DOT_MODE=_dot_mode(q.dtype), num_warps=NUM_WARPS)
         if chunk_parallel:
             dstates = torch.empty_like(states)
-            torch.library.wrap_triton(_delta_rule_dstates_kernel)[(triton.cdiv(dv, bv_seq), b * h, num_dirs)](
+            torch.library.wrap_triton(_delta_rule_dstates_kernel)[(cdiv(dv, bv_seq), b * h, num_dirs)](
                 q, k, beta, grad, t_invs, dstates, *_strides(q), *_strides(k), *beta.stride(), *_strides(grad),
                 n, h, dk, dv, scale, 1.0 / num_dirs, first_dir, BV=bv_seq, **common,
             )
         else:
             dstates = states  # not read on the fused path
         bv = bv_par if chunk_parallel else bv_seq
-        nv = triton.cdiv(dv, bv)
+        nv = cdiv(dv, bv)
         torch.library.wrap_triton(_delta_rule_bwd_kernel)[(nv * nt if chunk_parallel else nv, b * h, num_dirs)](
             q, k, v, beta, grad, states, t_invs, dstates, dq, dk_, dv_, dbeta,
             *_strides(q), *_strides(k), *_strides(v), *beta.stride(), *_strides(grad),

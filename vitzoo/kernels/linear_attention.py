@@ -25,7 +25,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from ._backend import _interpreting, kernel_backend
+from ._backend import _interpreting, cdiv, kernel_backend, next_power_of_2
 
 FEATURE_MAPS = ("identity", "relu", "l2norm", "qt")
 _FEATURE_EPS = 1e-12  # guards the L2 norms of 'l2norm' and 'qt' (as F.normalize)
@@ -164,7 +164,7 @@ def _state_size(weightings: int, dk: int, dv: int) -> int:
 
 
 def _padded(dim: int) -> int:
-    return max(16, triton.next_power_of_2(dim))
+    return max(16, next_power_of_2(dim))
 
 
 @functools.cache
@@ -191,11 +191,11 @@ def _launch_params(dkp: int, dvp: int, weightings: int, backward: bool, split: b
 def _splits(bh: int, n: int, block_n: int, device: torch.device) -> tuple[int, int]:
     """(number of N-splits, tokens per split): split only when B*H programs cannot fill the GPU."""
     programs = _PROGRAMS_PER_SM * _sm_count(device.index or 0) if device.type == "cuda" else _INTERPRETER_PROGRAMS
-    splits = min(triton.cdiv(programs, bh), triton.cdiv(n, 2 * block_n))
+    splits = min(cdiv(programs, bh), cdiv(n, 2 * block_n))
     if splits <= 1:
         return 1, n
-    chunk = triton.cdiv(triton.cdiv(n, splits), block_n) * block_n
-    return triton.cdiv(n, chunk), chunk
+    chunk = cdiv(cdiv(n, splits), block_n) * block_n
+    return cdiv(n, chunk), chunk
 
 
 def _dot_precision(*tensors: torch.Tensor) -> str:
