@@ -195,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
                            "3"]
         bench.main(bench_args)
     plot_args = ["--bench", *map(str, bench_files), "--results", str(args.out / "summary.csv"), "--no-published",
+                 "--reference", "softmax",
                  "--out", str(args.out / "plots")]
     if importlib.util.find_spec("matplotlib") is None:  # plot later where matplotlib is
         print(f"matplotlib is not installed: draw the plots later with python -m vitzoo.pareto {' '.join(plot_args)}")

@@ -87,6 +87,20 @@ def test_plots_are_written_as_png_and_svg(tables, tmp_path):
     assert "published" in (out / "top1_vs_throughput.svg").read_text()
 
 
+def test_spread_over_seeds_and_reference_line(tables, tmp_path):
+    bench_dir, _ = tables
+    summary = tmp_path / "summary.csv"
+    summary.write_text("model,top1,top1_std,img_size,dataset\n"
+                       "softmax_deit_tiny_patch16_224,88.0,0.5,224,fashion_mnist\n"
+                       "linear_deit_tiny_patch16_224,89.5,,224,fashion_mnist\n")
+    out = tmp_path / "plots"
+    report = pareto.make_report([bench_dir], [summary], out, use_published=False, reference="softmax")
+    assert {r["model"]: r["top1_std"] for r in report["joined"]} == {"softmax_deit_tiny_patch16_224": 0.5,
+                                                                      "linear_deit_tiny_patch16_224": ""}
+    svg = (out / "top1_vs_throughput.svg").read_text()
+    assert "softmax (reference)" in svg and "1 std over seeds" in svg
+
+
 def test_names():
     assert pareto.short_label("inline_deit_small_patch16_288", 288) == "inline-S@288"
     assert pareto.short_label("deit_base_patch16_224", 224) == "DeiT-B (timm)"

@@ -33,8 +33,9 @@ _FAMILY_COLORS = {
 }
 _EXTRA_COLORS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
-FRONT_COLUMNS = ("group", "accuracy", "dataset", "model", "label", "top1", "infer_img_size", "infer_samples_per_sec",
-                 "infer_latency_p50_ms", "param_count", "infer_gmacs", "precision", "compile", "device", "on_front")
+_BENCH_KEYS = ("infer_img_size", "infer_samples_per_sec", "infer_latency_p50_ms", "param_count", "infer_gmacs",
+               "precision", "compile", "device")
+FRONT_COLUMNS = ("group", "accuracy", "dataset", "model", "label", "top1", "top1_std", *_BENCH_KEYS, "on_front")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -108,6 +109,7 @@ class AccuracyPoint:
     img_size: int
     accuracy: str  # 'published' or 'measured'
     dataset: str
+    top1_std: float | None = None  # spread over seeds, when the row is a mean (the Fashion-MNIST study's summary)
 
 
 def published_points() -> list[AccuracyPoint]:
@@ -128,7 +130,8 @@ def measured_points(rows: Iterable[dict[str, str]]) -> list[AccuracyPoint]:
         size = _float(row.get("img_size"))
         img_size = int(size) if size else native_resolution(row["model"])
         dataset = _dataset_name(row.get("dataset", ""))
-        latest[(row["model"], dataset, img_size)] = AccuracyPoint(row["model"], top1, img_size, "measured", dataset)
+        latest[(row["model"], dataset, img_size)] = AccuracyPoint(row["model"], top1, img_size, "measured", dataset,
+                                                                  _float(row.get("top1_std")))
     return list(latest.values())
 
 
@@ -158,7 +161,8 @@ def join(points: Iterable[AccuracyPoint], bench: Sequence[dict[str, str]]) -> tu
         joined.append({
             "group": f"{point.dataset} top-1 ({point.accuracy})", "accuracy": point.accuracy,
             "dataset": point.dataset, "model": point.model, "label": short_label(point.model, point.img_size),
-            "top1": point.top1, **{key: row.get(key, "") for key in FRONT_COLUMNS[6:-1]},
+            "top1": point.top1, "top1_std": "" if point.top1_std is None else point.top1_std,
+            **{key: row.get(key, "") for key in _BENCH_KEYS},
         })
     return joined, missing
 
@@ -353,8 +357,10 @@ def _setting_text(setting: dict[str, str]) -> str:
     return f"{setting.get('device', '')}, {setting.get('precision', '')}, compile={setting.get('compile', '')}"
 
 
-def plot_front(joined: list[dict[str, Any]], setting: dict[str, str], out_dir: Path) -> list[Path]:
-    """Top-1 against inference throughput (log x), one panel per accuracy group, the front drawn and outlined."""
+def plot_front(joined: list[dict[str, Any]], setting: dict[str, str], out_dir: Path,
+               reference: str | None = None) -> list[Path]:
+    """Top-1 against inference throughput (log x), one panel per accuracy group, the front drawn and outlined; the
+    spread over seeds as error bars where known; ``reference`` (a family) as a dashed line at its top-1."""
     import numpy as np
     from matplotlib.lines import Line2D
 
@@ -376,6 +382,13 @@ def plot_front(joined: list[dict[str, Any]], setting: dict[str, str], out_dir: P
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=[60 if p[2] else 30 for p in pts],
                        color=colors[fam], edgecolors=["black" if p[2] else "none" for p in pts], linewidths=1.2,
                        zorder=3)
+        spread = [(x, y, float(r["top1_std"])) for x, y, r in zip(xs, ys, rows, strict=True) if r["top1_std"] != ""]
+        if spread:
+            ax.errorbar([p[0] for p in spread], [p[1] for p in spread], yerr=[p[2] for p in spread], fmt="none",
+                        ecolor="0.5", elinewidth=0.9, capsize=2.5, zorder=2.5)
+        refs = [y for y, r in zip(ys, rows, strict=True) if reference and family(r["model"]) == reference]
+        if refs:
+            ax.axhline(max(refs), color=colors[reference], ls="--", lw=0.9, zorder=1)
         ax.set_xscale("log")
         _log_axis(ax.xaxis)
         _pad_limits(ax, xs, ys, log_x=True)
@@ -385,6 +398,10 @@ def plot_front(joined: list[dict[str, Any]], setting: dict[str, str], out_dir: P
         ax.grid(True, which="both", alpha=0.25)
         families = sorted({family(r["model"]) for r in rows})
         handles = [Line2D([], [], color="0.35", lw=1.2, label="Pareto front")]
+        if refs:
+            handles.append(Line2D([], [], color=colors[reference], ls="--", lw=0.9, label=f"{reference} (reference)"))
+        if spread:
+            handles.append(Line2D([], [], color="0.5", lw=0.9, marker="_", label="+- 1 std over seeds"))
         handles += [Line2D([], [], ls="", marker="o", color=colors[fam], label=fam) for fam in families]
         ax.legend(handles=handles, fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="family",
                   title_fontsize=8)
@@ -393,6 +410,9 @@ def plot_front(joined: list[dict[str, Any]], setting: dict[str, str], out_dir: P
         for (x0, y0), (x1, y1) in zip(front[:-1], front[1:], strict=True):
             t = np.linspace(0, 1, 25)
             line += list(zip(np.exp(np.log(x0) + t * (np.log(x1) - np.log(x0))), y0 + t * (y1 - y0), strict=True))
+        if refs:  # and off the reference line
+            low, high = ax.get_xlim()
+            line += [(x, max(refs)) for x in np.geomspace(low, high, 60)]
         panels.append((ax, xs, ys, rows, line))
     fig.tight_layout()
     for ax, xs, ys, rows, line in panels:
@@ -496,7 +516,7 @@ def plot_vs_gmacs(bench: list[dict[str, str]], setting: dict[str, str], out_dir:
 
 def make_report(bench_paths: Sequence[str | Path], result_paths: Sequence[str | Path], out_dir: Path,
                 use_published: bool = True, precision: str | None = None, compile_mode: str | None = None,
-                device: str | None = None) -> dict[str, Any]:
+                device: str | None = None, reference: str | None = None) -> dict[str, Any]:
     """Join, compute the fronts, write the CSVs and every plot into ``out_dir``; returns what was made."""
     out_dir.mkdir(parents=True, exist_ok=True)
     bench_all = measured_bench_rows(read_csvs(bench_paths))
@@ -512,7 +532,7 @@ def make_report(bench_paths: Sequence[str | Path], result_paths: Sequence[str | 
     front = sorted((row for row in joined if row["on_front"]),
                    key=lambda r: (r["group"], -float(r["infer_samples_per_sec"])))
     write_csv(out_dir / "pareto_front.csv", front, FRONT_COLUMNS)
-    plots = plot_front(joined, setting, out_dir)
+    plots = plot_front(joined, setting, out_dir, reference)
     plots += plot_vs_resolution(bench, setting, out_dir, "infer_samples_per_sec",
                                 "inference throughput (img/s, log scale)", "throughput_vs_resolution",
                                 "Inference throughput vs resolution")
@@ -532,6 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", help="benchmark precision to use (default: the most common)")
     parser.add_argument("--compile", help="benchmark compile mode to use (default: the most common)")
     parser.add_argument("--device", help="benchmark device name to use (default: the most common)")
+    parser.add_argument("--reference", metavar="FAMILY",
+                        help="draw this family's top-1 as a dashed reference line (e.g. softmax)")
     parser.add_argument("--out", type=Path, required=True, help="folder for the plots and CSVs")
     return parser
 
@@ -542,7 +564,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         report = make_report(args.bench, args.results, args.out, not args.no_published, args.precision, args.compile,
-                             args.device)
+                             args.device, args.reference)
     except ValueError as error:
         parser.error(str(error))
     print(f"setting: {_setting_text(report['setting'])}")
