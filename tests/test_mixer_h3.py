@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from vitzoo.mixers import h3
-from vitzoo.mixers.h3 import BidirectionalH3, DiagonalSSMKernel, bidirectional_long_conv
+from vitzoo.mixers.h3 import BidirectionalH3, DiagonalSSMKernel, bidirectional_long_conv, fast_fft_length
 
 DIM, HEADS = 64, 4  # head_dim 16
 LAYOUTS = [((1, 1), 0), ((6, 8), 1), ((14, 14), 1)]  # N = 1, 49, 197
@@ -22,7 +22,21 @@ def causal_conv_explicit(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return y
 
 
-@pytest.mark.parametrize("length", [1, 49, 197])
+def test_fast_fft_length_has_only_small_prime_factors():
+    def small_primes_only(n: int) -> bool:
+        for p in (2, 3, 5, 7):
+            while n % p == 0:
+                n //= p
+        return n == 1
+
+    for minimum in range(1, 3000):
+        n = fast_fft_length(minimum)
+        assert n >= minimum and small_primes_only(n), minimum
+        assert not any(small_primes_only(m) for m in range(minimum, n)), minimum  # the smallest such length
+    assert fast_fft_length(2 * 4097 - 1) == 8232  # 1024 px: 2^3 3 7^3 instead of 2 * 17 * 241
+
+
+@pytest.mark.parametrize("length", [1, 2, 49, 197, 577])
 def test_long_conv_matches_toeplitz_sums(length):
     torch.manual_seed(length)
     x = torch.randn(2, 3, length, dtype=torch.float64)

@@ -36,13 +36,34 @@ _KV_CHANNELS_PER_BLOCK = 1024
 TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM = 24
 
 
+def fast_fft_length(minimum: int) -> int:
+    """The smallest n >= ``minimum`` with no prime factor above 7. FFT libraries (cuFFT, pocketfft) have fast kernels
+    for such lengths; a large prime factor (2 * 4097 = 2 * 17 * 241 at 1024 px) sends them to a several times
+    slower general algorithm (Bluestein)."""
+    best = 1 << max(minimum - 1, 0).bit_length()  # a power of 2 always qualifies
+    power7 = 1
+    while power7 < best:
+        power5 = power7
+        while power5 < best:
+            power3 = power5
+            while power3 < best:
+                candidate = power3
+                while candidate < minimum:
+                    candidate *= 2
+                best = min(best, candidate)
+                power3 *= 3
+            power5 *= 5
+        power7 *= 7
+    return best
+
+
 def bidirectional_long_conv(x: torch.Tensor, kernel_fwd: torch.Tensor, kernel_bwd: torch.Tensor) -> torch.Tensor:
     """Bidirectional long convolution along the last dim, via FFT.
 
     y_t = sum_{s <= t} kernel_fwd[t - s] x_s + sum_{s >= t} kernel_bwd[s - t] x_s, i.e. a causal convolution
     with ``kernel_fwd`` plus the same with ``kernel_bwd`` on the flipped sequence, flipped back (both include
-    lag 0). Both directions share one FFT: the two-sided kernel is laid out circularly on 2L points, which is
-    enough for lags -(L-1)..(L-1) not to wrap.
+    lag 0). Both directions share one FFT: the two-sided kernel is laid out circularly on n >= 2L - 1 points (the
+    next fast FFT length), enough for lags -(L-1)..(L-1) not to wrap.
 
     Args:
         x: (..., L) signals.
@@ -58,16 +79,11 @@ def bidirectional_long_conv(x: torch.Tensor, kernel_fwd: torch.Tensor, kernel_bw
             f"bidirectional_long_conv: kernels must have length {length}, got {kernel_fwd.shape[-1]} and "
             f"{kernel_bwd.shape[-1]}"
         )
-    n_fft = 2 * length
-    # Circular layout: lag l >= 0 at index l, lag -l at index n_fft - l; index L (lag +-L) is never reached.
+    n_fft = fast_fft_length(2 * length - 1)
+    # Circular layout: lag l >= 0 at index l, lag -l at index n_fft - l; the indices L .. n_fft - L are never reached.
+    gap = kernel_fwd.new_zeros((*kernel_fwd.shape[:-1], n_fft - 2 * length + 1))
     two_sided = torch.cat(
-        [
-            kernel_fwd[..., :1] + kernel_bwd[..., :1],
-            kernel_fwd[..., 1:],
-            torch.zeros_like(kernel_fwd[..., :1]),
-            kernel_bwd[..., 1:].flip(-1),
-        ],
-        dim=-1,
+        [kernel_fwd[..., :1] + kernel_bwd[..., :1], kernel_fwd[..., 1:], gap, kernel_bwd[..., 1:].flip(-1)], dim=-1
     )
     spectrum = torch.fft.rfft(x, n=n_fft) * torch.fft.rfft(two_sided, n=n_fft)
     return torch.fft.irfft(spectrum, n=n_fft)[..., :length]
