@@ -15,6 +15,8 @@
 #   --compile "M ..."    torch.compile modes besides eager, e.g. "default" (compiling costs ~0.5-1 min per model+size)
 #   --precision "P ..."  fp32 / tf32 / bf16 (default bf16 on GPU, fp32 on CPU)
 #   --time-budget S      seconds for this call's sweep; pairs not started by then are recorded as skipped (540)
+#   --resume             keep the measured rows already in the CSV(s) of --tag and benchmark only the rest (a sweep
+#                        spread over several calls: same --out, --tag and --gpus each time)
 #   --gpus N             split the models over N GPUs, one process each (CUDA_VISIBLE_DEVICES=i, vitzoo-bench
 #                        --shard i/N), each writing <tag>-gpu<i>.csv; the plots read them all
 #   --tag NAME           CSV name inside --out (default: bench-<sizes>[-quick]); calls with other tags add files
@@ -35,7 +37,7 @@ export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
 RESULTS_DIR="" QUICK=0 PLOTS_ONLY=0 PLOTS=1 TAG="" SIZES="224 384 512 768 1024" MODELS="" COMPILE="" PRECISION=""
-BUDGET=540 RESULTS="" EXTRA="" GPUS=1
+BUDGET=540 RESULTS="" EXTRA="" GPUS=1 RESUME=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) RESULTS_DIR=$2; shift 2 ;;
@@ -47,6 +49,7 @@ while [ $# -gt 0 ]; do
         --time-budget) BUDGET=$2; shift 2 ;;
         --tag) TAG=$2; shift 2 ;;
         --gpus) GPUS=$2; shift 2 ;;
+        --resume) RESUME=--resume; shift ;;
         --plots-only) PLOTS_ONLY=1; shift ;;
         --no-plots) PLOTS=0; shift ;;
         --bench-args) EXTRA=$2; shift 2 ;;
@@ -95,7 +98,7 @@ if [ "$PLOTS_ONLY" = 0 ]; then
         # shellcheck disable=SC2086  # word splitting of the lists is intended
         "$PYTHON" -m vitzoo.bench --models $MODELS --img-sizes $SIZES --compile none $COMPILE \
             ${PRECISION:+--precision $PRECISION} --scale-batch --max-phase-seconds 2 --time-budget "$BUDGET" \
-            --results-file "$RESULTS_DIR/$name.csv" $EXTRA "$@" 2>"$RESULTS_DIR/$name.log" \
+            --results-file "$RESULTS_DIR/$name.csv" $RESUME $EXTRA "$@" 2>"$RESULTS_DIR/$name.log" \
             || { tail -n 20 "$RESULTS_DIR/$name.log" >&2; return 1; }
         tr '\r' '\n' <"$RESULTS_DIR/$name.log" | grep -v -i warn | tail -n 1 >&2 || true  # tqdm's last state
         echo "wrote $RESULTS_DIR/$name.csv"
