@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -125,18 +126,32 @@ def run_units(args: argparse.Namespace, units: list[tuple[int, str]]) -> None:
                *(["--quick"] if args.quick else [])]
     devices, started, began = _visible_gpus(), 0, time.time()
     pending, running = list(units), []
-    while pending or running:
-        if args.no_new_after is not None and time.time() - began > args.no_new_after:
-            pending.clear()
-        while pending and len(running) < args.jobs:
-            seed, family = pending.pop(0)
-            env = dict(os.environ)
-            if len(devices) > 1:
-                env["CUDA_VISIBLE_DEVICES"] = devices[started % len(devices)]
-            started += 1
-            running.append(subprocess.Popen([*command, "--unit", str(seed), family], env=env))
-        time.sleep(0.5)
-        running = [process for process in running if process.poll() is None]
+    # A study stopped by SIGTERM (e.g. `timeout`) or Ctrl-C takes its runs with it rather than leaving them orphaned
+    # on the GPUs; their finished rows are already in the part files.
+    previous_handler = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        while pending or running:
+            if args.no_new_after is not None and time.time() - began > args.no_new_after:
+                pending.clear()
+            while pending and len(running) < args.jobs:
+                seed, family = pending.pop(0)
+                env = dict(os.environ)
+                if len(devices) > 1:
+                    env["CUDA_VISIBLE_DEVICES"] = devices[started % len(devices)]
+                started += 1
+                running.append(subprocess.Popen([*command, "--unit", str(seed), family], env=env))
+            time.sleep(0.5)
+            running = [process for process in running if process.poll() is None]
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        for process in running:
+            process.terminate()
+        for process in running:
+            process.wait()
+
+
+def _exit_on_sigterm(signum: int, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def main(argv: list[str] | None = None) -> None:

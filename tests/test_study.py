@@ -88,6 +88,31 @@ def test_units_run_in_parallel_processes_until_the_deadline(tmp_path: Path, monk
     assert started == []
 
 
+def test_a_stopped_study_stops_its_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    processes = []
+
+    class RunningProcess:
+        def __init__(self, command, env):
+            self.terminated = self.waited = False
+            processes.append(self)
+
+        def poll(self):
+            raise KeyboardInterrupt  # the study is stopped while its runs are still going
+
+        def terminate(self):
+            self.terminated = True
+
+        def wait(self):
+            self.waited = True
+
+    monkeypatch.setattr(study.subprocess, "Popen", RunningProcess)
+    monkeypatch.setattr(study, "_visible_gpus", lambda: [])
+    args = study.argparse.Namespace(overrides=[], out=tmp_path, epochs=1, quick=False, jobs=2, no_new_after=None)
+    with pytest.raises(KeyboardInterrupt):
+        study.run_units(args, [(0, "softmax"), (0, "h3"), (1, "softmax")])
+    assert len(processes) == 2 and all(p.terminated and p.waited for p in processes)
+
+
 def test_a_unit_trains_one_family_into_its_part_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     calls = []
     monkeypatch.setattr(study.fashion_mnist_zoo, "main", calls.append)
