@@ -25,7 +25,7 @@ import math
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -484,9 +484,9 @@ def warm_up_device(device: torch.device, seconds: float = 2.0) -> None:
         torch.cuda.synchronize(device)
 
 
-def _measured_rows(results_file: Path, config: BenchConfig) -> list[dict[str, Any]]:
+def measured_rows(results_file: Path, config: BenchConfig) -> list[dict[str, Any]]:
     """Rows of an earlier run in ``results_file`` that were measured (any status but ``skipped: ...``) with this
-    run's model kwargs."""
+    run's model kwargs: what ``--resume`` keeps. Raises ``ValueError`` if the file is not a vitzoo-bench CSV."""
     if not results_file.is_file():
         return []
     with results_file.open(newline="") as handle:
@@ -501,16 +501,15 @@ def _measured_rows(results_file: Path, config: BenchConfig) -> list[dict[str, An
 
 def run_benchmark(names: list[str], img_sizes: Iterable[int], config: BenchConfig, results_file: Path | None = None,
                   time_budget: float | None = None, progress: bool = True,
-                  resume: bool = False) -> list[dict[str, Any]]:
+                  kept: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """Benchmark every (resolution, model) pair; rows are appended to ``results_file`` as they come.
 
     The sweep goes resolution by resolution, so a run cut short by ``time_budget`` (seconds) still has every model at
-    the smaller sizes; the pairs it did not reach are recorded with status ``skipped: time budget``. With ``resume``
-    the measured rows already in ``results_file`` are kept and only the pairs they lack are benchmarked (a sweep
-    spread over several calls).
+    the smaller sizes; the pairs it did not reach are recorded with status ``skipped: time budget``. ``kept``: rows
+    of an earlier run (:func:`measured_rows`) that are written again and not re-measured, so that a sweep spread over
+    several calls resumes.
     """
     pairs = [(name, size) for size in img_sizes for name in names]
-    kept = _measured_rows(results_file, config) if resume and results_file is not None else []
     measured = {(row["model"], int(row["infer_img_size"]), row["precision"], row["compile"]) for row in kept}
     pairs = [(name, size) for name, size in pairs
              if not all((name, size, p, c) in measured for p, c in _combos(config))]
@@ -635,20 +634,18 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``vitzoo-bench`` / ``python -m vitzoo.bench``: run the sweep, print the summary table."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.resume and args.results_file is None:
+        parser.error("--resume needs --results-file")
     try:
         names = shard(resolve_models(args.models), args.shard)
         config = config_from_args(args)
+        kept = measured_rows(args.results_file, config) if args.resume else []
     except ValueError as error:
         parser.error(str(error))
     if torch.device(config.device).type == "cuda":
         torch.backends.cudnn.benchmark = True  # as timm's benchmark: fixed shapes, so let cuDNN pick its algorithms
-    if args.resume and args.results_file is None:
-        parser.error("--resume needs --results-file")
-    try:
-        rows = run_benchmark(names, args.img_sizes, config, args.results_file, args.time_budget,
-                             progress=not args.no_progress, resume=args.resume)
-    except ValueError as error:
-        parser.error(str(error))
+    rows = run_benchmark(names, args.img_sizes, config, args.results_file, args.time_budget,
+                         progress=not args.no_progress, kept=kept)
     print(format_table(rows))
 
 
