@@ -84,20 +84,23 @@ def _visible_gpus() -> list[str]:
     return listed or [str(i) for i in range(torch.cuda.device_count())]
 
 
-def _seed_rows(out: Path, seed: int) -> list[dict[str, str]]:
-    """Finished rows of seed ``seed`` so far: ``seed<k>.csv`` plus the part files ``seed<k>.<family>.part.csv`` of
-    runs that ended or were cut off. Rows of failed runs (status "error: ...") are left out, so the next run trains
-    those families again."""
+def _part_files(out: Path, seed: int) -> list[Path]:
+    """The part files ``seed<k>.<family>.part.csv`` of seed ``seed``'s runs that ended or were cut off."""
+    return sorted(out.glob(f"seed{seed}.*.part.csv"))
+
+
+def _seed_rows(out: Path, seed: int, parts: list[Path]) -> list[dict[str, str]]:
+    """Finished rows of seed ``seed`` so far: ``seed<k>.csv`` plus ``parts``. Rows of failed runs (status
+    "error: ...") are left out, so the next run trains those families again."""
     files = [out / f"seed{seed}.csv"] if (out / f"seed{seed}.csv").is_file() else []
-    files += sorted(out.glob(f"seed{seed}.*.part.csv"))
-    finished = [row for row in pareto.read_csvs(files) if row.get("status") in (None, "", "ok")]
+    finished = [row for row in pareto.read_csvs(files + parts) if row.get("status") in (None, "", "ok")]
     return list({row["family"]: row for row in finished}.values())
 
 
 def merge_seed(out: Path, seed: int) -> list[dict[str, str]]:
     """Fold the part files of seed ``seed`` into ``seed<k>.csv`` and delete them; return the seed's finished rows."""
-    parts = sorted(out.glob(f"seed{seed}.*.part.csv"))
-    rows = _seed_rows(out, seed)
+    parts = _part_files(out, seed)
+    rows = _seed_rows(out, seed, parts)
     if rows or (out / f"seed{seed}.csv").is_file():
         pareto.write_csv(out / f"seed{seed}.csv", rows, fashion_mnist_zoo.COLUMNS)
     for part in parts:

@@ -144,4 +144,4 @@ def test_a_failing_family_is_recorded_and_the_zoo_goes_on(tmp_path: Path, monkey
     assert [(r["family"], r["status"]) for r in rows] == [("linear", "error: RuntimeError: boom"), ("softmax", "ok")]
     assert float(rows[1]["top1"]) >= 0.0
     # the failed family is not "done": a resumed study trains it again
-    assert [r["family"] for r in study._seed_rows(tmp_path, 0)] == ["softmax"]
+    assert [r["family"] for r in study._seed_rows(tmp_path, 0, study._part_files(tmp_path, 0))] == ["softmax"]

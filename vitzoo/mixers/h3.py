@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from ..kernels._backend import next_power_of_2
 from ._common import GridDepthwiseConv, check_grid
 
 SSM_OPTIM = {"weight_decay": 0.0, "lr": 1e-3}  # per-parameter hint; lr is an upper bound (H3 / safari)
@@ -40,7 +41,7 @@ def fast_fft_length(minimum: int) -> int:
     """The smallest n >= ``minimum`` with no prime factor above 7. FFT libraries (cuFFT, pocketfft) have fast kernels
     for such lengths; a large prime factor (2 * 4097 = 2 * 17 * 241 at 1024 px) sends them to a several times
     slower general algorithm (Bluestein)."""
-    best = 1 << max(minimum - 1, 0).bit_length()  # a power of 2 always qualifies
+    best = next_power_of_2(minimum)  # a power of 2 always qualifies
     power7 = 1
     while power7 < best:
         power5 = power7
