@@ -23,7 +23,6 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from ..kernels._backend import next_power_of_2
 from ._common import GridDepthwiseConv, check_grid
 
 SSM_OPTIM = {"weight_decay": 0.0, "lr": 1e-3}  # per-parameter hint; lr is an upper bound (H3 / safari)
@@ -40,22 +39,17 @@ TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM = 24
 def fast_fft_length(minimum: int) -> int:
     """The smallest n >= ``minimum`` with no prime factor above 7. FFT libraries (cuFFT, pocketfft) have fast kernels
     for such lengths; a large prime factor (2 * 4097 = 2 * 17 * 241 at 1024 px) sends them to a several times
-    slower general algorithm (Bluestein)."""
-    best = next_power_of_2(minimum)  # a power of 2 always qualifies
-    power7 = 1
-    while power7 < best:
-        power5 = power7
-        while power5 < best:
-            power3 = power5
-            while power3 < best:
-                candidate = power3
-                while candidate < minimum:
-                    candidate *= 2
-                best = min(best, candidate)
-                power3 *= 3
-            power5 *= 5
-        power7 *= 7
-    return best
+    slower general algorithm (Bluestein). Such numbers are dense (the next one is a few steps away), so counting up
+    is quick."""
+    n = max(minimum, 1)
+    while True:
+        rest = n
+        for prime in (2, 3, 5, 7):
+            while rest % prime == 0:
+                rest //= prime
+        if rest == 1:
+            return n
+        n += 1
 
 
 def bidirectional_long_conv(x: torch.Tensor, kernel_fwd: torch.Tensor, kernel_bwd: torch.Tensor) -> torch.Tensor:
