@@ -727,7 +727,8 @@ if triton is not None:
         batch, n, heads, dk = q.shape
         dv = v.shape[-1]
         meta = _common_meta(q, k, v, key_weights, const, feature, center_keys, normalize)
-        split = _splits(batch * heads, n, 64, q.device)[0] > 1
+        forward_block = _launch_params(meta["DKP"], meta["DVP"], meta["W"], backward=False)[0]
+        split = _splits(batch * heads, n, forward_block, q.device)[0] > 1  # as the forward split it
         block_n, num_warps, num_stages = _launch_params(meta["DKP"], meta["DVP"], meta["W"], backward=True,
                                                         split=split)
         splits, chunk = _splits(batch * heads, n, block_n, q.device)
