@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vitzoo.kernels.linear_attention import apply_feature_map  # noqa: E402
+from vitzoo.kernels.testing import const_grad_terms  # noqa: E402
 
 SHAPES = [(64, 197), (16, 785), (8, 3137)]  # (B, N) of the GPU test, H=6, d=64
 HEADS, HEAD_DIM, CONST, EPS = 6, 64, 0.6, 1e-6
@@ -41,10 +42,8 @@ def const_grad(q, k, v, g, round_query: bool, round_key: bool) -> tuple[float, f
     num = torch.einsum("bnhk,bhkv->bnhv", bf16(phi_q) if round_query else phi_q, state) + c * c * u[:, None]
     den = torch.einsum("bnhk,bhk->bnh", phi_q, z) + c * c * count + EPS
     (grad,) = torch.autograd.grad(num / den[..., None], c, g)
-    with torch.no_grad():
-        term_a = 2 * CONST * (u * (g / den[..., None]).sum(1)).sum(-1)
-        term_b = -2 * CONST * count * ((g * num).sum(-1) / den**2).sum(1)
-        ratio = (term_a.abs() + term_b.abs()).sum() / (term_a + term_b).sum().abs()
+    term_a, term_b = const_grad_terms(q, k, v, g, CONST, feature_map="qt", eps=EPS)
+    ratio = (term_a.abs() + term_b.abs()).sum() / (term_a + term_b).sum().abs()
     return grad.item(), ratio.item()
 
 
