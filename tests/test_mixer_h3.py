@@ -112,6 +112,26 @@ def test_matches_explicit(monkeypatch, path, grid_size, num_prefix):
     torch.testing.assert_close(out, explicit_h3(mixer, x, grid_size, num_prefix), atol=1e-10, rtol=1e-9)
 
 
+def test_fft_path_is_counted_by_fvcore(monkeypatch):
+    """fvcore traces the model with torch.jit.trace, where sizes are 0-dim tensors: the FFT length must not break."""
+    pytest.importorskip("fvcore")
+    from vitzoo.flops import count_macs
+
+    monkeypatch.setattr(h3, "TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM", 0)
+    mixer = _make_mixer(1).float()
+    macs = count_macs(_GridWrapper(mixer, (5, 5)), torch.randn(1, 26, DIM))
+    assert macs >= 2 * 26 * DIM * DIM  # at least the in and out projections
+
+
+class _GridWrapper(torch.nn.Module):
+    def __init__(self, mixer: torch.nn.Module, grid_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.mixer, self.grid_size = mixer, grid_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mixer(x, grid_size=self.grid_size)
+
+
 @pytest.mark.parametrize("path", ["toeplitz", "fft"])
 def test_gradients_match_explicit_and_reach_every_parameter(monkeypatch, path):
     monkeypatch.setattr(h3, "TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM", 10**9 if path == "toeplitz" else 0)

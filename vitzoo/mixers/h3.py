@@ -40,8 +40,9 @@ def fast_fft_length(minimum: int) -> int:
     """The smallest n >= ``minimum`` with no prime factor above 7. FFT libraries (cuFFT, pocketfft) have fast kernels
     for such lengths; a large prime factor (2 * 4097 = 2 * 17 * 241 at 1024 px) sends them to a several times
     slower general algorithm (Bluestein). Such numbers are dense (the next one is a few steps away), so counting up
-    is quick."""
-    n = max(minimum, 1)
+    is quick. ``minimum`` may be a traced size (a 0-dim tensor under torch.jit.trace, as in the fvcore count): it is
+    read as a plain int, since in-place arithmetic on it would change ``n`` too."""
+    n = max(int(minimum), 1)
     while True:
         rest = n
         for prime in (2, 3, 5, 7):
