@@ -9,7 +9,8 @@ whole models at high resolution (small batches) are launch-bound. This measures 
 - a cProfile of the forward at the N where the sequence is split over programs.
 
 Host time per call = wall time of a loop of calls divided by the count, with the GPU queue absorbing the work
-(the loop never waits on the device; the sync is outside the timed part).
+(the loop never waits on the device; the sync is outside the timed part). When a call's device time exceeds its host
+time the queue fills and the number is the device time instead (forward+backward at N=197: ~0.4 ms either way).
 
     python benchmarks/launch_overhead.py --out benchmarks/results/launch_overhead_h200.json
 """
@@ -32,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vitzoo.kernels import linear_attention  # noqa: E402
 from vitzoo.kernels.delta_rule import delta_rule_bidirectional  # noqa: E402
+from vitzoo.kernels.linear_attention import _FEATURE_CODES, _linear_attention_bwd, _linear_attention_fwd  # noqa: E402
 
 SIZES = [(256, 197), (4, 12545)]
 HEADS, HEAD_DIM = 6, 64
@@ -87,11 +89,20 @@ def measure_ops(batch: int, n: int, rows: dict, profiles: dict) -> None:
     def forward_backward():
         linear_attention(qg, kg, vg, feature_map="relu", normalize=True).backward(grad)
 
+    # The backward's Python runs on the autograd engine's thread, out of the caller's cProfile: call it directly.
+    options = (None, None, None, 0.0, _FEATURE_CODES["relu"], False, 1.0, True, 1e-6)
+    _, state = _linear_attention_fwd(q, k, v, *options, save_state=True, direct_launch=True)
+
+    def backward_only():
+        _linear_attention_bwd(grad, q, k, v, *options[:4], state, *options[4:], False, direct_launch=True)
+
     beta = torch.rand(batch, n, HEADS, device="cuda", dtype=torch.bfloat16)
     rows[f"la_fwd_N{n}"] = host_us(forward)
     rows[f"la_fwd_bwd_N{n}"] = host_us(forward_backward, 100)
+    rows[f"la_bwd_direct_N{n}"] = host_us(backward_only, 100)
     rows[f"delta_fwd_N{n}"] = host_us(lambda: delta_rule_bidirectional(q, k, v, beta), 100)
     profiles[f"la_fwd_N{n}"] = profile_text(forward)
+    profiles[f"la_bwd_direct_N{n}"] = profile_text(backward_only, 100)
 
 
 def main() -> None:
