@@ -657,7 +657,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 last_checkpoint = save_checkpoint(run, run.num_updates)
             if max_steps and run.num_updates >= max_steps:
                 break
-            if config.time_limit and _time_up(time.time() - run_start > config.time_limit, accelerator):
+            # Clocks differ between processes: all leave at the same update once any is out of time.
+            if config.time_limit and _processes_with(time.time() - run_start > config.time_limit, accelerator):
                 out_of_time = True
                 break
         _check_finite(finite, run, accelerator, log, epoch, last_checkpoint)
@@ -689,32 +690,25 @@ def train(config: TrainConfig) -> dict[str, Any]:
     return metrics
 
 
-def _time_up(local: bool, accelerator) -> bool:
-    # Clocks differ between processes; all must leave the loop at the same update or collectives would hang.
-    flag = torch.tensor([int(local)], device=accelerator.device)
+def _processes_with(flag: bool | torch.Tensor, accelerator) -> int:
+    """How many processes have ``flag`` set. One collective, the same answer everywhere: every process must take the
+    same branch, or the others would hang in their next collective."""
+    count = torch.as_tensor(flag, device=accelerator.device).to(torch.int32).reshape(1)
     if accelerator.num_processes > 1:
-        flag = accelerator.reduce(flag, reduction="sum")
-    return bool(flag.item())
+        count = accelerator.reduce(count, reduction="sum")
+    return int(count.item())
 
 
 def _check_finite(finite: torch.Tensor, run: _Run, accelerator, log: JsonLog, epoch: int,
                   last_checkpoint: Path | None) -> None:
     """Raise :class:`NonFiniteLossError` if any loss since the last check was NaN/inf (``finite`` is False)."""
-    if not _all_finite(finite, accelerator):
+    if _processes_with(finite, accelerator) < accelerator.num_processes:
         message = (f"non-finite loss at epoch {epoch} after update {run.last_finite_update}; stopped. "
                    f"Last good checkpoint: {last_checkpoint or 'none'}. Try precision=bf16/fp32, a lower lr or "
                    "clip_grad")
         log.write("nonfinite", epoch=epoch, num_updates=run.num_updates, last_finite_update=run.last_finite_update)
         raise NonFiniteLossError(message)
     run.last_finite_update = run.num_updates
-
-
-def _all_finite(flag: torch.Tensor, accelerator) -> bool:
-    finite = flag.to(torch.int32).reshape(1)
-    if accelerator.num_processes > 1:
-        # Every process must stop together, or the others would hang in the next collective.
-        finite = accelerator.reduce(finite, reduction="sum") == accelerator.num_processes
-    return bool(finite.all())
 
 
 def _summary(metrics: dict[str, Any]) -> str:

@@ -249,6 +249,11 @@ if triton_available():
     def _state_offsets(seq, nt, c, DK, DV, offs_k, offs_v):
         return (seq * nt + c) * DK * DV + offs_k[:, None] * DV + offs_v[None, :]
 
+    @triton.jit
+    def _fp32_scalars(scale, out_weight):
+        # fp32 from eager launches, fp64 from Inductor (fp64 would break the loops' carried types)
+        return tl.cast(scale, tl.float32), tl.cast(out_weight, tl.float32)
+
     @triton.jit(do_not_specialize=["N"])
     def _delta_rule_fwd_kernel(
             q_ptr, k_ptr, v_ptr, beta_ptr, o_ptr, h_ptr, t_ptr,
@@ -266,8 +271,7 @@ if triton_available():
         o (fp32, contiguous, zeroed) receives out_weight * o_dir by atomic add, so the two directions of one launch
         sum without a second pass.
         """
-        scale = tl.cast(scale, tl.float32)  # fp32 from eager launches, fp64 from Inductor (breaks loop-carried types)
-        out_weight = tl.cast(out_weight, tl.float32)
+        scale, out_weight = _fp32_scalars(scale, out_weight)
         i_bh, i_d = tl.program_id(1), tl.program_id(2)
         i_b, i_h = i_bh // H, i_bh % H
         rev = first_dir + i_d
@@ -375,8 +379,7 @@ if triton_available():
         """Chunk-parallel backward, step 1 (sequential, reverse scan order): the gradient of the state leaving
         every chunk, into dh. dS_0 = s Q^T dO + dS - K^T diag(beta) T^T (s tril(QK^T)^T dO + K dS); grid (NV, B*H,
         dirs). It needs no forward state: the delta rule is linear in S."""
-        scale = tl.cast(scale, tl.float32)  # fp32 from eager launches, fp64 from Inductor (breaks loop-carried types)
-        out_weight = tl.cast(out_weight, tl.float32)
+        scale, out_weight = _fp32_scalars(scale, out_weight)
         i_v, i_bh, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         i_b, i_h = i_bh // H, i_bh % H
         nt = tl.cdiv(N, BT)
@@ -424,8 +427,7 @@ if triton_available():
         dq, dk, dv, dbeta (fp32, contiguous, zeroed) are summed over directions and value blocks by atomic add,
         after the L2-norm backward (linear in the incoming gradient, so it may be applied per part).
         """
-        scale = tl.cast(scale, tl.float32)  # fp32 from eager launches, fp64 from Inductor (breaks loop-carried types)
-        out_weight = tl.cast(out_weight, tl.float32)
+        scale, out_weight = _fp32_scalars(scale, out_weight)
         i_bh, i_d = tl.program_id(1), tl.program_id(2)
         i_b, i_h = i_bh // H, i_bh % H
         rev = first_dir + i_d
