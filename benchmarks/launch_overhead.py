@@ -3,10 +3,13 @@
 Device time of the fused ops is about 0.1 ms; in eager mode the host's Python and launch path can cost more, and then
 whole models at high resolution (small batches) are launch-bound. This measures where the host time goes:
 
-- ``bare_1arg`` / ``bare_Narg``: an empty Triton kernel with one pointer, and with eleven more int arguments (the
-  cost of Triton's launcher per argument);
-- ``op_fwd`` / ``op_fwd_bwd``: ``linear_attention`` as the mixers call it (checks, autograd, state buffer, launches);
-- a cProfile of the forward at the N where the sequence is split over programs.
+- ``bare_1arg`` / ``bare_12arg``: an empty Triton kernel with one pointer, and with eleven more int arguments (the
+  cost of Triton's launcher per argument); ``torch_zeros_16k``: one small zero-fill, as the split path allocates;
+- ``la_fwd_N*`` / ``la_fwd_bwd_N*``: ``linear_attention`` as the mixers call it (checks, autograd, state buffer,
+  launches); ``la_bwd_direct_N*``: the backward's launch function alone; ``delta_fwd_N*``: the bidirectional delta
+  rule's forward;
+- cProfiles of the forward and of the direct backward at each N (N=197 fits the GPU without splitting the sequence,
+  N=12545 splits it over programs).
 
 Host time per call = wall time of a loop of calls divided by the count, with the GPU queue absorbing the work
 (the loop never waits on the device; the sync is outside the timed part). When a call's device time exceeds its host

@@ -213,11 +213,11 @@ def main(argv: list[str] | None = None) -> None:
         bench_files.append(args.out / ("bench.csv" if shape == "deit" else f"bench_{shape}.csv"))
         bench_args = ["--models", *(fashion_mnist_zoo.MODELS[f] for f in families), "--img-sizes", "28",
                       "--model-kwargs", *BENCH_KWARGS[shape], "--results-file", str(bench_files[-1]), "--no-progress"]
-        if torch.cuda.is_available() and not args.quick:
-            bench_args += ["--batch-size", str(GPU_BENCH_BATCH)]
         if args.quick:
             bench_args += ["--batch-size", "8", "--num-warm-iter", "1", "--num-bench-iter", "3", "--latency-iters",
                            "3"]
+        elif torch.cuda.is_available():
+            bench_args += ["--batch-size", str(GPU_BENCH_BATCH)]
         bench.main(bench_args)
     plot_args = ["--bench", *map(str, bench_files), "--results", str(args.out / "summary.csv"), "--no-published",
                  "--reference", "softmax",

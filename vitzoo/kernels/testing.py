@@ -39,8 +39,9 @@ def const_grad_terms(
     phi_q, phi_k = (apply_feature_map(t, feature_map) * scale**0.5 for t in (q, k))
     n = q.shape[1]
     z, u = phi_k.sum(1), v.sum(1)
-    num = torch.einsum("bnhk,bnhv,bmhk->bmhv", phi_k, v, phi_q) + const * const * u[:, None]
-    den = torch.einsum("bmhk,bhk->bmh", phi_q, z) + const * const * n + eps
+    state = torch.einsum("bnhk,bnhv->bhkv", phi_k, v)
+    num = torch.einsum("bnhk,bhkv->bnhv", phi_q, state) + const * const * u[:, None]
+    den = torch.einsum("bnhk,bhk->bnh", phi_q, z) + const * const * n + eps
     term_a = 2 * const * (u * (grad / den[..., None]).sum(1)).sum(-1)
     term_b = -2 * const * n * ((grad * num).sum(-1) / den**2).sum(1)
     return term_a, term_b
