@@ -208,6 +208,10 @@ def _dot_precision(*tensors: torch.Tensor) -> str:
     return "bf16" if all(t.dtype == torch.bfloat16 for t in tensors) else "tf32"
 
 
+def _unit_last_stride(*tensors: torch.Tensor) -> bool:
+    return all(t.stride(-1) == 1 for t in tensors)
+
+
 def _strides4(t: torch.Tensor | None) -> tuple[int, int, int, int]:
     return (0, 0, 0, 0) if t is None else tuple(t.stride())
 
@@ -215,23 +219,33 @@ def _strides4(t: torch.Tensor | None) -> tuple[int, int, int, int]:
 if triton is not None:
 
     @triton.jit
-    def _load_rows(base, offs_n, offs_d, s_n, s_d, n_end, dim):
-        mask = (offs_n < n_end)[:, None] & (offs_d < dim)[None, :]
-        return tl.load(base + offs_n[:, None] * s_n + offs_d[None, :] * s_d, mask=mask, other=0.0).to(tl.float32)
-
-    @triton.jit
-    def _store_rows(base, x, offs_n, offs_d, s_n, s_d, n_end, dim):
-        mask = (offs_n < n_end)[:, None] & (offs_d < dim)[None, :]
-        tl.store(base + offs_n[:, None] * s_n + offs_d[None, :] * s_d, x.to(base.dtype.element_ty), mask=mask)
-
-    @triton.jit
-    def _load_weight(base, offs_n, s_n, n_end, HAS_WEIGHTS: tl.constexpr):
-        rows = offs_n < n_end
-        if HAS_WEIGHTS:
-            weight = tl.load(base + offs_n * s_n, mask=rows, other=0.0).to(tl.float32)
+    def _tile(base, offs_n, offs_d, s_n, s_d, n_end, dim: tl.constexpr, UNIT_D: tl.constexpr):
+        # pointers and mask of a (tokens, dim) tile. A unit stride known at compile time and no column mask when dim
+        # is a power of two let the loads and stores run 16 bytes wide (half the registers, far fewer instructions).
+        if UNIT_D:
+            ptrs = base + offs_n[:, None] * s_n + offs_d[None, :]
         else:
-            weight = rows.to(tl.float32)  # unit weights on real rows, zero on padding
-        return weight
+            ptrs = base + offs_n[:, None] * s_n + offs_d[None, :] * s_d
+        if dim < offs_d.shape[0]:
+            mask = (offs_n < n_end)[:, None] & (offs_d < dim)[None, :]
+        else:
+            mask = (offs_n < n_end)[:, None]
+        return ptrs, mask
+
+    @triton.jit
+    def _load_tile(base, offs_n, offs_d, s_n, s_d, n_end, dim: tl.constexpr, UNIT_D: tl.constexpr):
+        # kept in the input dtype: the products take 16-bit tiles as they are, so no fp32 copy lives in registers
+        ptrs, mask = _tile(base, offs_n, offs_d, s_n, s_d, n_end, dim, UNIT_D)
+        return tl.load(ptrs, mask=mask, other=0.0)
+
+    @triton.jit
+    def _store_rows(base, x, offs_n, offs_d, s_n, s_d, n_end, dim: tl.constexpr, UNIT_D: tl.constexpr):
+        ptrs, mask = _tile(base, offs_n, offs_d, s_n, s_d, n_end, dim, UNIT_D)
+        tl.store(ptrs, x.to(base.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _load_weight(base, offs_n, s_n, n_end):
+        return tl.load(base + offs_n * s_n, mask=offs_n < n_end, other=0.0).to(tl.float32)
 
     @triton.jit
     def _store_weight(base, x, offs_n, s_n, n_end):
@@ -247,12 +261,15 @@ if triton is not None:
 
     @triton.jit
     def _feature_fwd(x, FEATURE: tl.constexpr):
+        # identity and ReLU stay in the input dtype (exact); the normalising maps work in fp32
         if FEATURE == 1:
             y = tl.maximum(x, 0.0)
         elif FEATURE == 2:
-            y = x / tl.maximum(tl.sqrt(tl.sum(x * x, 1)), 1e-12)[:, None]
+            xf = x.to(tl.float32)
+            y = xf / tl.maximum(tl.sqrt(tl.sum(xf * xf, 1)), 1e-12)[:, None]
         elif FEATURE == 3:
-            sq = x * x
+            xf = x.to(tl.float32)
+            sq = xf * xf
             y = sq / tl.maximum(tl.sqrt(tl.sum(sq * sq, 1)), 1e-12)[:, None]
         else:
             y = x
@@ -272,9 +289,10 @@ if triton is not None:
         if FEATURE == 1:
             dx = tl.where(x > 0, g, 0.0)
         elif FEATURE == 2:
-            dx = _unit_norm_bwd(x, g)
+            dx = _unit_norm_bwd(x.to(tl.float32), g)
         elif FEATURE == 3:
-            dx = 2.0 * x * _unit_norm_bwd(x * x, g)
+            xf = x.to(tl.float32)
+            dx = 2.0 * xf * _unit_norm_bwd(xf * xf, g)
         else:
             dx = g
         return dx
@@ -313,77 +331,124 @@ if triton is not None:
 
     @triton.jit
     def _dot_data(a, b, acc, PREC: tl.constexpr):
-        # a @ b + acc for two data-like operands (inputs, features, incoming grads)
+        # a @ b + acc for data-like operands (inputs, features, incoming grads): bf16 tensor-core products, or fp32
+        # operands at PREC ('tf32' / 'ieee')
         if PREC == "bf16":
             out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc=acc)
         else:
-            out = tl.dot(a, b, acc=acc, input_precision=PREC)
+            out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc=acc, input_precision=PREC)
         return out
 
     @triton.jit
-    def _dot_state(a, state, PREC: tl.constexpr):
-        # a @ state with an fp32 state: in bf16 the state is split into high and low halves (~16 mantissa bits)
+    def _split(x, PREC: tl.constexpr):
+        # an fp32 operand as two bf16 halves (hi + lo keep ~16 mantissa bits); other precisions use it whole
+        if PREC == "bf16":
+            high = x.to(tl.bfloat16)
+            low = (x - high.to(tl.float32)).to(tl.bfloat16)
+        else:
+            high = x
+            low = x
+        return high, low
+
+    @triton.jit
+    def _dot_split(a, high, low, PREC: tl.constexpr):
+        # a @ (high + low): a data-like operand times a split fp32 one (states, their gradients)
         if PREC == "bf16":
             a16 = a.to(tl.bfloat16)
-            high = state.to(tl.bfloat16)
-            out = tl.dot(a16, high, out_dtype=tl.float32)
-            out = tl.dot(a16, (state - high.to(tl.float32)).to(tl.bfloat16), acc=out)
+            out = tl.dot(a16, low, out_dtype=tl.float32)
+            out = tl.dot(a16, high, acc=out)
         else:
-            out = tl.dot(a, state, input_precision=PREC)
+            out = tl.dot(a.to(tl.float32), high, input_precision=PREC)
         return out
 
     @triton.jit
-    def _zero_state(DKP: tl.constexpr, DVP: tl.constexpr):
-        z = tl.zeros((DKP,), tl.float32)
-        return tl.zeros((DKP, DVP), tl.float32), z, tl.zeros((DVP,), tl.float32), tl.sum(z, 0)
+    def _columns(x, PREC: tl.constexpr):
+        # (len, 16) operand holding x in its first columns (hi, lo halves in bf16): a product with it sums over the
+        # rows of the other operand on the tensor cores, and tl.sum(result, 1) recovers the vector exactly
+        cols = tl.arange(0, 16)[None, :]
+        if PREC == "bf16":
+            high = x.to(tl.bfloat16).to(tl.float32)
+            out = tl.where(cols == 0, high[:, None], tl.where(cols == 1, (x - high)[:, None], 0.0))
+        else:
+            out = tl.where(cols == 0, x[:, None], 0.0)
+        return out
 
     @triton.jit
-    def _accumulate_state(phi, v, weight, state, z, u, total, PREC: tl.constexpr):
-        weighted = phi * weight[:, None]
-        state = _dot_data(tl.trans(weighted), v, state, PREC)
-        return state, z + tl.sum(weighted, 0), u + tl.sum(v * weight[:, None], 0), total + tl.sum(weight, 0)
+    def _rows(x, PREC: tl.constexpr):
+        # (16, len): the transpose of _columns
+        rows = tl.arange(0, 16)[:, None]
+        if PREC == "bf16":
+            high = x.to(tl.bfloat16).to(tl.float32)
+            out = tl.where(rows == 0, high[None, :], tl.where(rows == 1, (x - high)[None, :], 0.0))
+        else:
+            out = tl.where(rows == 0, x[None, :], 0.0)
+        return out
 
     @triton.jit
-    def _finalize_state(state, z, u, total, kbar, c2):
-        # centred keys (kbar is zero without centring); the constant feature adds c^2 u to every read and c^2 s to z
-        return state - kbar[:, None] * u[None, :], z - kbar * total, c2 * u, c2 * total
+    def _accumulate(phi, v, a, s, zacc, uacc, total, n_rows, HAS_WEIGHTS: tl.constexpr, NEED_Z: tl.constexpr,
+                    NEED_U: tl.constexpr, PREC: tl.constexpr):
+        # one key tile into the raw sums of one weighting: S += (a phi)^T v, z += (a phi)^T 1, u += v^T a, s += sum a.
+        # Padded rows have phi = 0 and v = 0, so unweighted sums need no mask.
+        if HAS_WEIGHTS:
+            weighted = phi.to(tl.float32) * a[:, None]
+            s = _dot_data(tl.trans(weighted), v, s, PREC)
+            if NEED_Z:
+                zacc = _dot_data(tl.trans(phi), _columns(a, PREC), zacc, PREC)
+            if NEED_U:
+                uacc = _dot_data(_rows(a, PREC), v, uacc, PREC)
+            total += tl.sum(a, 0)
+        else:
+            s = _dot_data(tl.trans(phi), v, s, PREC)
+            if NEED_Z:
+                zacc = _dot_data(tl.trans(phi), _columns(a, PREC), zacc, PREC)
+            if NEED_U:
+                uacc = _dot_data(_rows(a, PREC), v, uacc, PREC)
+            total += n_rows
+        return s, zacc, uacc, total
 
     @triton.jit
-    def _read_state(phi, state, z, r, zc, PREC: tl.constexpr):
-        num = _dot_state(phi, state, PREC) + r[None, :]
-        den = tl.sum(phi * z[None, :], 1) + zc
+    def _zero_sums(DKP: tl.constexpr, DVP: tl.constexpr):
+        return tl.zeros((DKP, DVP), tl.float32), tl.zeros((DKP, 16), tl.float32), tl.zeros((16, DVP), tl.float32), \
+            tl.sum(tl.zeros((16,), tl.float32), 0)
+
+    @triton.jit
+    def _finalize(state, z, u, total, kbar, c2, scale, PREC: tl.constexpr):
+        # the read operands of one weighting, with the scale folded in (queries and keys enter unscaled):
+        # F = scale (S - kbar u^T) (centred keys; kbar is zero otherwise), y = scale (z - kbar s), and the constant
+        # feature's c^2 u added to every numerator and c^2 s to every denominator
+        f = scale * (state - kbar[:, None] * u[None, :])
+        y = scale * (z - kbar * total)
+        f_hi, f_lo = _split(f, PREC)
+        return f_hi, f_lo, _columns(y, PREC), y, c2 * u, c2 * total
+
+    @triton.jit
+    def _read(phi, f_hi, f_lo, y_cols, r, zc, NORMALIZE: tl.constexpr, HAS_CONST: tl.constexpr,
+              PREC: tl.constexpr, BLOCK_N: tl.constexpr):
+        # one weighting's numerator phi F (+ c^2 u) and denominator phi . y (+ c^2 s) for a query tile
+        num = _dot_split(phi, f_hi, f_lo, PREC)
+        if HAS_CONST:
+            num += r[None, :]
+        if NORMALIZE:
+            den = tl.sum(_dot_data(phi, y_cols, tl.zeros((BLOCK_N, 16), tl.float32), PREC), 1) + zc
+        else:
+            den = tl.zeros((BLOCK_N,), tl.float32)
         return num, den
-
-    @triton.jit
-    def _query_grads(phi, dnum, dden, weight, num_w, den_w, state, z, ds, dz, dr, dzc, PREC: tl.constexpr):
-        dweight = tl.sum(num_w * dnum, 1) + den_w * dden
-        dphi = (_dot_state(dnum, tl.trans(state), PREC) + dden[:, None] * z[None, :]) * weight[:, None]
-        ds = _dot_data(tl.trans(phi * weight[:, None]), dnum, ds, PREC)
-        wden = dden * weight
-        return dphi, dweight, ds, dz + tl.sum(phi * wden[:, None], 0), dr + tl.sum(dnum * weight[:, None], 0), \
-            dzc + tl.sum(wden, 0)
-
-    @triton.jit
-    def _key_grads(phi, v, weight, ds, dz, dr, dzc, c2, PREC: tl.constexpr):
-        dv_unit = _dot_state(phi, ds, PREC) + c2 * dr[None, :]
-        dweight = tl.sum(dv_unit * v, 1) + tl.sum(phi * dz[None, :], 1) + c2 * dzc
-        dphi = (_dot_state(v, tl.trans(ds), PREC) + dz[None, :]) * weight[:, None]
-        return dv_unit * weight[:, None], dphi, dweight
 
     @triton.jit(do_not_specialize=["N", "chunk"])
     def _linear_attention_fwd_kernel(
             q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, c_ptr, o_ptr, state_ptr,
-            c_value, scale_sqrt, eps, N, H, DK, DV, chunk, state_stride,
+            c_value, scale, eps, N, H, DK: tl.constexpr, DV: tl.constexpr, chunk, state_stride,
             sq_b, sq_n, sq_h, sq_d, sk_b, sk_n, sk_h, sk_d, sv_b, sv_n, sv_h, sv_d,
             sa_b, sa_n, sa_h, sa_w, sb_b, sb_n, sb_h, sb_w, so_b, so_n, so_h, so_d,
             W: tl.constexpr, HAS_WEIGHTS: tl.constexpr, FEATURE: tl.constexpr, CENTER: tl.constexpr,
-            CONST_PTR: tl.constexpr, NORMALIZE: tl.constexpr, DO_STATE: tl.constexpr, DO_OUTPUT: tl.constexpr,
-            STORE_STATE: tl.constexpr, ATOMIC: tl.constexpr, BLOCK_N: tl.constexpr, DKP: tl.constexpr,
-            DVP: tl.constexpr, PREC: tl.constexpr,
+            UNIT_D: tl.constexpr, CONST_PTR: tl.constexpr, HAS_CONST: tl.constexpr, NORMALIZE: tl.constexpr,
+            DO_STATE: tl.constexpr, DO_OUTPUT: tl.constexpr, STORE_STATE: tl.constexpr, ATOMIC: tl.constexpr,
+            NEED_Z: tl.constexpr, NEED_U: tl.constexpr, BLOCK_N: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
+            PREC: tl.constexpr,
     ):
         # float scalars arrive as fp32 from eager launches but as fp64 from Inductor: fix them to fp32
         c_value = tl.cast(c_value, tl.float32)
-        scale_sqrt = tl.cast(scale_sqrt, tl.float32)
+        scale = tl.cast(scale, tl.float32)
         eps = tl.cast(eps, tl.float32)
         pid_bh = tl.program_id(0)
         n_begin = tl.program_id(1) * chunk
@@ -400,26 +465,44 @@ if triton is not None:
             k_base = k_ptr + bi * sk_b + hi * sk_h
             v_base = v_ptr + bi * sv_b + hi * sv_h
             a_base = a_ptr + bi * sa_b + hi * sa_h
-            s0, z0, u0, t0 = _zero_state(DKP, DVP)
+            s0, za0, ua0, t0 = _zero_sums(DKP, DVP)
             if W >= 2:
-                s1, z1, u1, t1 = _zero_state(DKP, DVP)
+                s1, za1, ua1, t1 = _zero_sums(DKP, DVP)
             if W >= 3:
-                s2, z2, u2, t2 = _zero_state(DKP, DVP)
-            ksum = tl.zeros((DKP,), tl.float32)
+                s2, za2, ua2, t2 = _zero_sums(DKP, DVP)
+            kacc = tl.zeros((DKP, 16), tl.float32)
             for start in range(n_begin, n_end, BLOCK_N):
                 offs_n = start + rows
-                phi = _feature_fwd(_load_rows(k_base, offs_n, offs_k, sk_n, sk_d, n_end, DK), FEATURE) * scale_sqrt
-                vt = _load_rows(v_base, offs_n, offs_v, sv_n, sv_d, n_end, DV)
-                if CENTER:
-                    ksum += tl.sum(phi, 0)
-                aw = _load_weight(a_base, offs_n, sa_n, n_end, HAS_WEIGHTS)
-                s0, z0, u0, t0 = _accumulate_state(phi, vt, aw, s0, z0, u0, t0, PREC)
+                n_rows = (tl.minimum(n_end - start, BLOCK_N)).to(tl.float32)
+                phi = _feature_fwd(_load_tile(k_base, offs_n, offs_k, sk_n, sk_d, n_end, DK, UNIT_D), FEATURE)
+                vt = _load_tile(v_base, offs_n, offs_v, sv_n, sv_d, n_end, DV, UNIT_D)
+                if HAS_WEIGHTS:
+                    aw = _load_weight(a_base, offs_n, sa_n, n_end)
+                    if CENTER:  # the unweighted key sum
+                        kacc = _dot_data(tl.trans(phi), _columns((offs_n < n_end).to(tl.float32), PREC), kacc, PREC)
+                else:
+                    aw = (offs_n < n_end).to(tl.float32)
+                s0, za0, ua0, t0 = _accumulate(phi, vt, aw, s0, za0, ua0, t0, n_rows, HAS_WEIGHTS, NEED_Z, NEED_U,
+                                               PREC)
                 if W >= 2:
-                    aw = _load_weight(a_base + sa_w, offs_n, sa_n, n_end, HAS_WEIGHTS)
-                    s1, z1, u1, t1 = _accumulate_state(phi, vt, aw, s1, z1, u1, t1, PREC)
+                    aw = _load_weight(a_base + sa_w, offs_n, sa_n, n_end)
+                    s1, za1, ua1, t1 = _accumulate(phi, vt, aw, s1, za1, ua1, t1, n_rows, HAS_WEIGHTS, NEED_Z,
+                                                   NEED_U, PREC)
                 if W >= 3:
-                    aw = _load_weight(a_base + 2 * sa_w, offs_n, sa_n, n_end, HAS_WEIGHTS)
-                    s2, z2, u2, t2 = _accumulate_state(phi, vt, aw, s2, z2, u2, t2, PREC)
+                    aw = _load_weight(a_base + 2 * sa_w, offs_n, sa_n, n_end)
+                    s2, za2, ua2, t2 = _accumulate(phi, vt, aw, s2, za2, ua2, t2, n_rows, HAS_WEIGHTS, NEED_Z,
+                                                   NEED_U, PREC)
+            z0, u0 = tl.sum(za0, 1), tl.sum(ua0, 0)
+            if W >= 2:
+                z1, u1 = tl.sum(za1, 1), tl.sum(ua1, 0)
+            if W >= 3:
+                z2, u2 = tl.sum(za2, 1), tl.sum(ua2, 0)
+            if not CENTER:
+                ksum = tl.zeros((DKP,), tl.float32)  # kbar = 0: no centring
+            elif HAS_WEIGHTS:
+                ksum = tl.sum(kacc, 1)
+            else:
+                ksum = z0
             if STORE_STATE:
                 _store_state(st_base, 0, W, DK, DV, offs_k, offs_v, s0, z0, u0, t0, ATOMIC)
                 if W >= 2:
@@ -448,47 +531,97 @@ if triton is not None:
             o_base = o_ptr + bi * so_b + hi * so_h
             c = _load_const(c_ptr, c_value, CONST_PTR)
             kbar = ksum / N
-            s0, z0, r0, zc0 = _finalize_state(s0, z0, u0, t0, kbar, c * c)
+            fh0, fl0, yc0, _, r0, zc0 = _finalize(s0, z0, u0, t0, kbar, c * c, scale, PREC)
             if W >= 2:
-                s1, z1, r1, zc1 = _finalize_state(s1, z1, u1, t1, kbar, c * c)
+                fh1, fl1, yc1, _, r1, zc1 = _finalize(s1, z1, u1, t1, kbar, c * c, scale, PREC)
             if W >= 3:
-                s2, z2, r2, zc2 = _finalize_state(s2, z2, u2, t2, kbar, c * c)
+                fh2, fl2, yc2, _, r2, zc2 = _finalize(s2, z2, u2, t2, kbar, c * c, scale, PREC)
             for start in range(n_begin, n_end, BLOCK_N):
                 offs_n = start + rows
-                phi = _feature_fwd(_load_rows(q_base, offs_n, offs_k, sq_n, sq_d, n_end, DK), FEATURE) * scale_sqrt
-                bw = _load_weight(b_base, offs_n, sb_n, n_end, HAS_WEIGHTS)
-                num_w, den_w = _read_state(phi, s0, z0, r0, zc0, PREC)
-                num = num_w * bw[:, None]
-                den = den_w * bw
+                phi = _feature_fwd(_load_tile(q_base, offs_n, offs_k, sq_n, sq_d, n_end, DK, UNIT_D), FEATURE)
+                num, den = _read(phi, fh0, fl0, yc0, r0, zc0, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
+                if HAS_WEIGHTS:
+                    bw = _load_weight(b_base, offs_n, sb_n, n_end)
+                    num = num * bw[:, None]
+                    den = den * bw
                 if W >= 2:
-                    bw = _load_weight(b_base + sb_w, offs_n, sb_n, n_end, HAS_WEIGHTS)
-                    num_w, den_w = _read_state(phi, s1, z1, r1, zc1, PREC)
+                    bw = _load_weight(b_base + sb_w, offs_n, sb_n, n_end)
+                    num_w, den_w = _read(phi, fh1, fl1, yc1, r1, zc1, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
                     num += num_w * bw[:, None]
                     den += den_w * bw
                 if W >= 3:
-                    bw = _load_weight(b_base + 2 * sb_w, offs_n, sb_n, n_end, HAS_WEIGHTS)
-                    num_w, den_w = _read_state(phi, s2, z2, r2, zc2, PREC)
+                    bw = _load_weight(b_base + 2 * sb_w, offs_n, sb_n, n_end)
+                    num_w, den_w = _read(phi, fh2, fl2, yc2, r2, zc2, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
                     num += num_w * bw[:, None]
                     den += den_w * bw
                 if NORMALIZE:
-                    num = num / (den + eps)[:, None]
-                _store_rows(o_base, num, offs_n, offs_v, so_n, so_d, n_end, DV)
+                    num = num * (1.0 / (den + eps))[:, None]
+                _store_rows(o_base, num, offs_n, offs_v, so_n, so_d, n_end, DV, UNIT_D)
+
+    @triton.jit
+    def _query_grads(phi, dnum, dden, bw, f_hi, f_lo, y, ds, dyacc, dracc, dzc, HAS_WEIGHTS: tl.constexpr,
+                     NORMALIZE: tl.constexpr, HAS_CONST: tl.constexpr, PREC: tl.constexpr):
+        # one weighting's share of d phi(q) for a query tile, and its contributions to dF = sum_t b phi^T dnum,
+        # dy = sum_t b dden phi, dr = sum_t b dnum, dzc = sum_t b dden (bw: that weighting's query coefficients,
+        # the row mask when unweighted)
+        dphi = _dot_split(dnum, tl.trans(f_hi), tl.trans(f_lo), PREC)
+        if NORMALIZE:
+            dphi += dden[:, None] * y[None, :]
+        if HAS_WEIGHTS:
+            dphi = dphi * bw[:, None]
+            ds = _dot_data(tl.trans(phi.to(tl.float32) * bw[:, None]), dnum, ds, PREC)
+        else:
+            ds = _dot_data(tl.trans(phi), dnum, ds, PREC)
+        if NORMALIZE:
+            dyacc = _dot_data(tl.trans(phi), _columns(dden * bw, PREC), dyacc, PREC)
+        if HAS_CONST:
+            dracc = _dot_data(_rows(bw, PREC), dnum, dracc, PREC)
+            if NORMALIZE:
+                dzc += tl.sum(dden * bw, 0)
+        return dphi, ds, dyacc, dracc, dzc
+
+    @triton.jit
+    def _key_grads(phi, v, aw, g_hi, g_lo, dv_shift, gy, const_term, kbar_gy, HAS_WEIGHTS: tl.constexpr,
+                   PREC: tl.constexpr):
+        # one weighting's dv and d phi(k) for a key tile, with G = scale dF and gy = scale dy: the centred feature
+        # phi - kbar enters as phi G - kbar^T G, the shift folded into dv_shift (which also holds c^2 dr)
+        dv_unit = _dot_split(phi, g_hi, g_lo, PREC) + dv_shift[None, :]
+        dphi = _dot_split(v, tl.trans(g_hi), tl.trans(g_lo), PREC) + gy[None, :]
+        if HAS_WEIGHTS:
+            # da = dv_unit . v + (phi - kbar) . gy + c^2 dzc
+            daw = tl.sum(dv_unit * v.to(tl.float32), 1) + tl.sum(phi.to(tl.float32) * gy[None, :], 1) \
+                + const_term - kbar_gy
+            dv_unit = dv_unit * aw[:, None]
+            dphi = dphi * aw[:, None]
+        else:
+            daw = aw  # unweighted: not stored
+        return dv_unit, dphi, daw
+
+    @triton.jit
+    def _key_operands(ds, dy, dr, dzc, u, total, kbar, c2, scale, PREC: tl.constexpr):
+        g = scale * ds
+        gy = scale * dy
+        g_hi, g_lo = _split(g, PREC)
+        dv_shift = c2 * dr - tl.sum(kbar[:, None] * g, 0)
+        # the centring's mean term: (1/N) sum_j dphi_j = G u + gy s (divided by N by the caller)
+        mean_part = tl.sum(g * u[None, :], 1) + gy * total
+        return g_hi, g_lo, gy, dv_shift, c2 * dzc, tl.sum(kbar * gy, 0), mean_part
 
     @triton.jit(do_not_specialize=["N", "chunk"])
     def _linear_attention_bwd_kernel(
             q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, c_ptr, g_ptr, state_ptr, dstate_ptr,
             dq_ptr, dk_ptr, dv_ptr, da_ptr, db_ptr, dc_ptr,
-            c_value, scale_sqrt, eps, N, H, DK, DV, chunk, state_stride,
+            c_value, scale, eps, N, H, DK: tl.constexpr, DV: tl.constexpr, chunk, state_stride,
             sq_b, sq_n, sq_h, sq_d, sk_b, sk_n, sk_h, sk_d, sv_b, sv_n, sv_h, sv_d,
             sa_b, sa_n, sa_h, sa_w, sb_b, sb_n, sb_h, sb_w, sg_b, sg_n, sg_h, sg_d,
             sdk_b, sdk_n, sdk_h, sdk_d, sdv_b, sdv_n, sdv_h, sdv_d, sdw_b, sdw_n, sdw_h, sdw_w,
             W: tl.constexpr, HAS_WEIGHTS: tl.constexpr, FEATURE: tl.constexpr, CENTER: tl.constexpr,
-            CONST_PTR: tl.constexpr, NORMALIZE: tl.constexpr, DO_Q: tl.constexpr, DO_KV: tl.constexpr,
-            NEED_DC: tl.constexpr, BLOCK_N: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
-            PREC: tl.constexpr,
+            UNIT_D: tl.constexpr, CONST_PTR: tl.constexpr, HAS_CONST: tl.constexpr, NORMALIZE: tl.constexpr,
+            DO_Q: tl.constexpr, DO_KV: tl.constexpr, NEED_DC: tl.constexpr, BLOCK_N: tl.constexpr, DKP: tl.constexpr,
+            DVP: tl.constexpr, PREC: tl.constexpr,
     ):
         c_value = tl.cast(c_value, tl.float32)
-        scale_sqrt = tl.cast(scale_sqrt, tl.float32)
+        scale = tl.cast(scale, tl.float32)
         eps = tl.cast(eps, tl.float32)
         pid_bh = tl.program_id(0)
         pid_split = tl.program_id(1)
@@ -520,68 +653,80 @@ if triton is not None:
             g_base = g_ptr + bi * sg_b + hi * sg_h
             dq_base = dq_ptr + bi * sdk_b + hi * sdk_h
             db_base = db_ptr + bi * sdw_b + hi * sdw_h
-            f0, y0, r0, zc0 = _finalize_state(s0, z0, u0, t0, kbar, c2)
-            ds0, dz0, dr0, dzc0 = _zero_state(DKP, DVP)
+            fh0, fl0, yc0, y0, r0, zc0 = _finalize(s0, z0, u0, t0, kbar, c2, scale, PREC)
+            ds0, dya0, dra0, dzc0 = _zero_sums(DKP, DVP)
             if W >= 2:
-                f1, y1, r1, zc1 = _finalize_state(s1, z1, u1, t1, kbar, c2)
-                ds1, dz1, dr1, dzc1 = _zero_state(DKP, DVP)
+                fh1, fl1, yc1, y1, r1, zc1 = _finalize(s1, z1, u1, t1, kbar, c2, scale, PREC)
+                ds1, dya1, dra1, dzc1 = _zero_sums(DKP, DVP)
             if W >= 3:
-                f2, y2, r2, zc2 = _finalize_state(s2, z2, u2, t2, kbar, c2)
-                ds2, dz2, dr2, dzc2 = _zero_state(DKP, DVP)
+                fh2, fl2, yc2, y2, r2, zc2 = _finalize(s2, z2, u2, t2, kbar, c2, scale, PREC)
+                ds2, dya2, dra2, dzc2 = _zero_sums(DKP, DVP)
             for start in range(n_begin, n_end, BLOCK_N):
                 offs_n = start + rows
-                qt = _load_rows(q_base, offs_n, offs_k, sq_n, sq_d, n_end, DK)
-                phi = _feature_fwd(qt, FEATURE) * scale_sqrt
-                g = _load_rows(g_base, offs_n, offs_v, sg_n, sg_d, n_end, DV)
-                bw0 = _load_weight(b_base, offs_n, sb_n, n_end, HAS_WEIGHTS)
-                num0, den0 = _read_state(phi, f0, y0, r0, zc0, PREC)
-                num = num0 * bw0[:, None]
-                den = den0 * bw0
+                row_mask = (offs_n < n_end).to(tl.float32)
+                qt = _load_tile(q_base, offs_n, offs_k, sq_n, sq_d, n_end, DK, UNIT_D)
+                phi = _feature_fwd(qt, FEATURE)
+                g = _load_tile(g_base, offs_n, offs_v, sg_n, sg_d, n_end, DV, UNIT_D)
+                num0, den0 = _read(phi, fh0, fl0, yc0, r0, zc0, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
+                if HAS_WEIGHTS:
+                    bw0 = _load_weight(b_base, offs_n, sb_n, n_end)
+                    num = num0 * bw0[:, None]
+                    den = den0 * bw0
+                else:
+                    bw0 = row_mask
+                    num = num0
+                    den = den0
                 if W >= 2:
-                    bw1 = _load_weight(b_base + sb_w, offs_n, sb_n, n_end, HAS_WEIGHTS)
-                    num1, den1 = _read_state(phi, f1, y1, r1, zc1, PREC)
+                    bw1 = _load_weight(b_base + sb_w, offs_n, sb_n, n_end)
+                    num1, den1 = _read(phi, fh1, fl1, yc1, r1, zc1, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
                     num += num1 * bw1[:, None]
                     den += den1 * bw1
                 if W >= 3:
-                    bw2 = _load_weight(b_base + 2 * sb_w, offs_n, sb_n, n_end, HAS_WEIGHTS)
-                    num2, den2 = _read_state(phi, f2, y2, r2, zc2, PREC)
+                    bw2 = _load_weight(b_base + 2 * sb_w, offs_n, sb_n, n_end)
+                    num2, den2 = _read(phi, fh2, fl2, yc2, r2, zc2, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
                     num += num2 * bw2[:, None]
                     den += den2 * bw2
                 if NORMALIZE:
                     inv = 1.0 / (den + eps)
-                    dnum = g * inv[:, None]
-                    dden = -tl.sum(g * num, 1) * inv * inv
+                    gf = g.to(tl.float32)
+                    dnum = gf * inv[:, None]
+                    dden = -tl.sum(gf * num, 1) * inv * inv
                 else:
                     dnum = g
-                    dden = tl.zeros((BLOCK_N,), tl.float32)
-                dphi, dbw, ds0, dz0, dr0, dzc0 = _query_grads(
-                    phi, dnum, dden, bw0, num0, den0, f0, y0, ds0, dz0, dr0, dzc0, PREC)
+                    dden = row_mask  # unused without the normaliser (den0 is zero)
+                dphi, ds0, dya0, dra0, dzc0 = _query_grads(phi, dnum, dden, bw0, fh0, fl0, y0, ds0, dya0, dra0, dzc0,
+                                                           HAS_WEIGHTS, NORMALIZE, HAS_CONST, PREC)
                 if HAS_WEIGHTS:
-                    _store_weight(db_base, dbw, offs_n, sdw_n, n_end)
+                    _store_weight(db_base, tl.sum(num0 * dnum, 1) + den0 * dden, offs_n, sdw_n, n_end)
                 if W >= 2:
-                    dphi_w, dbw, ds1, dz1, dr1, dzc1 = _query_grads(
-                        phi, dnum, dden, bw1, num1, den1, f1, y1, ds1, dz1, dr1, dzc1, PREC)
+                    dphi_w, ds1, dya1, dra1, dzc1 = _query_grads(phi, dnum, dden, bw1, fh1, fl1, y1, ds1, dya1, dra1,
+                                                                 dzc1, HAS_WEIGHTS, NORMALIZE, HAS_CONST, PREC)
                     dphi += dphi_w
-                    _store_weight(db_base + sdw_w, dbw, offs_n, sdw_n, n_end)
+                    _store_weight(db_base + sdw_w, tl.sum(num1 * dnum, 1) + den1 * dden, offs_n, sdw_n, n_end)
                 if W >= 3:
-                    dphi_w, dbw, ds2, dz2, dr2, dzc2 = _query_grads(
-                        phi, dnum, dden, bw2, num2, den2, f2, y2, ds2, dz2, dr2, dzc2, PREC)
+                    dphi_w, ds2, dya2, dra2, dzc2 = _query_grads(phi, dnum, dden, bw2, fh2, fl2, y2, ds2, dya2, dra2,
+                                                                 dzc2, HAS_WEIGHTS, NORMALIZE, HAS_CONST, PREC)
                     dphi += dphi_w
-                    _store_weight(db_base + 2 * sdw_w, dbw, offs_n, sdw_n, n_end)
-                _store_rows(dq_base, _feature_bwd(qt, dphi * scale_sqrt, FEATURE), offs_n, offs_k, sdk_n, sdk_d,
-                            n_end, DK)
-            if not DO_KV:
-                _store_state(dst_base, 0, W, DK, DV, offs_k, offs_v, ds0, dz0, dr0, dzc0, True)
-                if W >= 2:
-                    _store_state(dst_base, 1, W, DK, DV, offs_k, offs_v, ds1, dz1, dr1, dzc1, True)
-                if W >= 3:
-                    _store_state(dst_base, 2, W, DK, DV, offs_k, offs_v, ds2, dz2, dr2, dzc2, True)
-        else:
-            ds0, dz0, dr0, dzc0 = _load_state(dst_base, 0, W, DK, DV, offs_k, offs_v)
+                    _store_weight(db_base + 2 * sdw_w, tl.sum(num2 * dnum, 1) + den2 * dden, offs_n, sdw_n, n_end)
+                _store_rows(dq_base, _feature_bwd(qt, dphi, FEATURE), offs_n, offs_k, sdk_n, sdk_d, n_end, DK,
+                            UNIT_D)
+            dy0, dr0 = tl.sum(dya0, 1), tl.sum(dra0, 0)
             if W >= 2:
-                ds1, dz1, dr1, dzc1 = _load_state(dst_base, 1, W, DK, DV, offs_k, offs_v)
+                dy1, dr1 = tl.sum(dya1, 1), tl.sum(dra1, 0)
             if W >= 3:
-                ds2, dz2, dr2, dzc2 = _load_state(dst_base, 2, W, DK, DV, offs_k, offs_v)
+                dy2, dr2 = tl.sum(dya2, 1), tl.sum(dra2, 0)
+            if not DO_KV:
+                _store_state(dst_base, 0, W, DK, DV, offs_k, offs_v, ds0, dy0, dr0, dzc0, True)
+                if W >= 2:
+                    _store_state(dst_base, 1, W, DK, DV, offs_k, offs_v, ds1, dy1, dr1, dzc1, True)
+                if W >= 3:
+                    _store_state(dst_base, 2, W, DK, DV, offs_k, offs_v, ds2, dy2, dr2, dzc2, True)
+        else:
+            ds0, dy0, dr0, dzc0 = _load_state(dst_base, 0, W, DK, DV, offs_k, offs_v)
+            if W >= 2:
+                ds1, dy1, dr1, dzc1 = _load_state(dst_base, 1, W, DK, DV, offs_k, offs_v)
+            if W >= 3:
+                ds2, dy2, dr2, dzc2 = _load_state(dst_base, 2, W, DK, DV, offs_k, offs_v)
 
         if DO_KV:
             k_base = k_ptr + bi * sk_b + hi * sk_h
@@ -590,41 +735,46 @@ if triton is not None:
             dk_base = dk_ptr + bi * sdk_b + hi * sdk_h
             dv_base = dv_ptr + bi * sdv_b + hi * sdv_h
             da_base = da_ptr + bi * sdw_b + hi * sdw_h
-            if CENTER:
-                # every key's centred feature moves with the mean: subtract the mean of the centred gradients,
-                # (1/N) sum_j dphi~_j = (1/N) sum_w (dS_w u_w + dz_w s_w)
-                mean_grad = tl.sum(ds0 * u0[None, :], 1) + dz0 * t0
-                if W >= 2:
-                    mean_grad += tl.sum(ds1 * u1[None, :], 1) + dz1 * t1
-                if W >= 3:
-                    mean_grad += tl.sum(ds2 * u2[None, :], 1) + dz2 * t2
-                mean_grad = mean_grad / N
+            gh0, gl0, gy0, sh0, ct0, kg0, mean_grad = _key_operands(ds0, dy0, dr0, dzc0, u0, t0, kbar, c2, scale,
+                                                                    PREC)
+            if W >= 2:
+                gh1, gl1, gy1, sh1, ct1, kg1, mean_part = _key_operands(ds1, dy1, dr1, dzc1, u1, t1, kbar, c2, scale,
+                                                                        PREC)
+                mean_grad += mean_part
+            if W >= 3:
+                gh2, gl2, gy2, sh2, ct2, kg2, mean_part = _key_operands(ds2, dy2, dr2, dzc2, u2, t2, kbar, c2, scale,
+                                                                        PREC)
+                mean_grad += mean_part
+            mean_grad = mean_grad / N
             for start in range(n_begin, n_end, BLOCK_N):
                 offs_n = start + rows
-                kt = _load_rows(k_base, offs_n, offs_k, sk_n, sk_d, n_end, DK)
-                phi = _feature_fwd(kt, FEATURE) * scale_sqrt - kbar[None, :]
-                vt = _load_rows(v_base, offs_n, offs_v, sv_n, sv_d, n_end, DV)
-                aw = _load_weight(a_base, offs_n, sa_n, n_end, HAS_WEIGHTS)
-                dv, dphi, daw = _key_grads(phi, vt, aw, ds0, dz0, dr0, dzc0, c2, PREC)
+                kt = _load_tile(k_base, offs_n, offs_k, sk_n, sk_d, n_end, DK, UNIT_D)
+                phi = _feature_fwd(kt, FEATURE)
+                vt = _load_tile(v_base, offs_n, offs_v, sv_n, sv_d, n_end, DV, UNIT_D)
+                if HAS_WEIGHTS:
+                    aw = _load_weight(a_base, offs_n, sa_n, n_end)
+                else:
+                    aw = (offs_n < n_end).to(tl.float32)
+                dv, dphi, daw = _key_grads(phi, vt, aw, gh0, gl0, sh0, gy0, ct0, kg0, HAS_WEIGHTS, PREC)
                 if HAS_WEIGHTS:
                     _store_weight(da_base, daw, offs_n, sdw_n, n_end)
                 if W >= 2:
-                    aw = _load_weight(a_base + sa_w, offs_n, sa_n, n_end, HAS_WEIGHTS)
-                    dv_w, dphi_w, daw = _key_grads(phi, vt, aw, ds1, dz1, dr1, dzc1, c2, PREC)
+                    aw = _load_weight(a_base + sa_w, offs_n, sa_n, n_end)
+                    dv_w, dphi_w, daw = _key_grads(phi, vt, aw, gh1, gl1, sh1, gy1, ct1, kg1, HAS_WEIGHTS, PREC)
                     dv += dv_w
                     dphi += dphi_w
                     _store_weight(da_base + sdw_w, daw, offs_n, sdw_n, n_end)
                 if W >= 3:
-                    aw = _load_weight(a_base + 2 * sa_w, offs_n, sa_n, n_end, HAS_WEIGHTS)
-                    dv_w, dphi_w, daw = _key_grads(phi, vt, aw, ds2, dz2, dr2, dzc2, c2, PREC)
+                    aw = _load_weight(a_base + 2 * sa_w, offs_n, sa_n, n_end)
+                    dv_w, dphi_w, daw = _key_grads(phi, vt, aw, gh2, gl2, sh2, gy2, ct2, kg2, HAS_WEIGHTS, PREC)
                     dv += dv_w
                     dphi += dphi_w
                     _store_weight(da_base + 2 * sdw_w, daw, offs_n, sdw_n, n_end)
                 if CENTER:
                     dphi -= mean_grad[None, :]
-                _store_rows(dk_base, _feature_bwd(kt, dphi * scale_sqrt, FEATURE), offs_n, offs_k, sdk_n, sdk_d,
-                            n_end, DK)
-                _store_rows(dv_base, dv, offs_n, offs_v, sdv_n, sdv_d, n_end, DV)
+                _store_rows(dk_base, _feature_bwd(kt, dphi, FEATURE), offs_n, offs_k, sdk_n, sdk_d, n_end, DK,
+                            UNIT_D)
+                _store_rows(dv_base, dv, offs_n, offs_v, sdv_n, sdv_d, n_end, DV, UNIT_D)
             if NEED_DC:
                 # c enters every similarity twice (query and key side): dL/dc = 2c sum_w (u_w . dr_w + s_w dzc_w)
                 dc = tl.sum(u0 * dr0, 0) + t0 * dzc0
@@ -643,13 +793,14 @@ if triton is not None:
         c_ptr = const if const is not None else q  # unused when the constant is a plain float
         a_ptr = key_weights if key_weights is not None else q  # unused without weights (HAS_WEIGHTS=False)
         b_ptr = query_weights if query_weights is not None else q
-        return (q, k, v, a_ptr, b_ptr, c_ptr), (float(const_value), float(scale) ** 0.5, float(eps))
+        return (q, k, v, a_ptr, b_ptr, c_ptr), (float(const_value), float(scale), float(eps))
 
-    def _common_meta(q, k, v, key_weights, const, feature, center_keys, normalize):
+    def _common_meta(q, k, v, key_weights, const, const_value, feature, center_keys, normalize):
         weightings = 1 if key_weights is None else key_weights.shape[-1]
         return dict(
             W=weightings, HAS_WEIGHTS=key_weights is not None, FEATURE=feature, CENTER=center_keys,
-            CONST_PTR=const is not None, NORMALIZE=normalize, DKP=_padded(q.shape[-1]), DVP=_padded(v.shape[-1]),
+            CONST_PTR=const is not None, HAS_CONST=const is not None or const_value != 0.0, NORMALIZE=normalize,
+            DKP=_padded(q.shape[-1]), DVP=_padded(v.shape[-1]),
             PREC=_dot_precision(q, k, v),
         )
 
@@ -675,7 +826,7 @@ if triton is not None:
         bypass the custom op; see ``_LinearAttentionFunction``)."""
         batch, n, heads, dk = q.shape
         dv = v.shape[-1]
-        meta = _common_meta(q, k, v, key_weights, const, feature, center_keys, normalize)
+        meta = _common_meta(q, k, v, key_weights, const, const_value, feature, center_keys, normalize)
         block_n, num_warps, num_stages = _launch_params(meta["DKP"], meta["DVP"], meta["W"], backward=False)
         splits, chunk = _splits(batch * heads, n, block_n, q.device)
         out = _empty((batch, n, heads, dv), v.dtype, q.device)
@@ -693,7 +844,12 @@ if triton is not None:
             *_strides4(out),
         )
         kernel = _launcher(_linear_attention_fwd_kernel, direct_launch)
-        config = dict(BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, **meta)
+        # the raw sums this configuration reads: z for the normaliser (and, unweighted, the centring's key sum),
+        # u for the centring and the constant feature
+        need_z = normalize or (center_keys and key_weights is None)
+        need_u = center_keys or meta["HAS_CONST"]
+        config = dict(BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, NEED_Z=need_z, NEED_U=need_u,
+                      UNIT_D=_unit_last_stride(q, k, v), **meta)
         if splits == 1:
             kernel[(batch * heads, 1)](*args, DO_STATE=True, DO_OUTPUT=True, STORE_STATE=save_state, ATOMIC=False,
                                        **config)
@@ -726,7 +882,7 @@ if triton is not None:
         ``direct_launch`` as in the forward."""
         batch, n, heads, dk = q.shape
         dv = v.shape[-1]
-        meta = _common_meta(q, k, v, key_weights, const, feature, center_keys, normalize)
+        meta = _common_meta(q, k, v, key_weights, const, const_value, feature, center_keys, normalize)
         forward_block = _launch_params(meta["DKP"], meta["DVP"], meta["W"], backward=False)[0]
         split = _splits(batch * heads, n, forward_block, q.device)[0] > 1  # as the forward split it
         block_n, num_warps, num_stages = _launch_params(meta["DKP"], meta["DVP"], meta["W"], backward=True,
@@ -750,7 +906,8 @@ if triton is not None:
             *_strides4(grad), *_strides4(dq), *_strides4(dval), *_strides4(dkw if dkw.numel() else None),
         )
         kernel = _launcher(_linear_attention_bwd_kernel, direct_launch)
-        config = dict(BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, NEED_DC=need_const_grad, **meta)
+        config = dict(BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, NEED_DC=need_const_grad,
+                      UNIT_D=_unit_last_stride(q, k, v, grad), **meta)
         if splits == 1:
             kernel[(batch * heads, 1)](*args, DO_Q=True, DO_KV=True, **config)
         else:
