@@ -157,9 +157,10 @@ def time_size(b: int, n: int, bandwidth: float) -> dict:
 
 SWEEP = {  # name: (launch override {backward: (BLOCK_N, num_warps, num_stages)} or None, programs per SM, precision)
     "default": (None, 4, None),
-    "split2": (None, 2, None),  # the default before 4 programs per SM
-    "previous": ({False: (64, 4, 3), True: (64, 8, 3)}, 2, None),  # before the per-split backward tiles as well
-    "block128": ({False: (128, 8, 3), True: (64, 4, 3)}, 4, None),
+    "split2": (None, 2, None),  # two programs per SM before N is split, instead of four
+    "warps8": ({False: (64, 8, 3), True: (32, 8, 3)}, 4, None),
+    "bwd64_warps8": ({False: (64, 4, 3), True: (64, 8, 3)}, 4, None),
+    "block128": ({False: (128, 8, 3), True: (64, 8, 2)}, 4, None),
     "block32": ({False: (32, 4, 3), True: (32, 4, 3)}, 4, None),
 }
 

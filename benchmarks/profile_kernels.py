@@ -110,8 +110,9 @@ def _graph_ms(fn) -> float:
 def _compiled_stats() -> dict:
     """Registers, spills and shared memory of every compiled variant of the linear-attention kernels and the
     two-pass probe (Triton's per-device caches; the layout of those caches is internal, hence the getattr)."""
-    from vitzoo.kernels import linear_attention as la
+    import importlib
 
+    la = importlib.import_module("vitzoo.kernels.linear_attention")
     stats = {}
     for kernel in (la._linear_attention_fwd_kernel, la._linear_attention_bwd_kernel, _two_pass_kernel):
         for device_cache in getattr(kernel, "device_caches", {}).values():

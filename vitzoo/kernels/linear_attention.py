@@ -419,7 +419,10 @@ if triton is not None:
         f = scale * (state - kbar[:, None] * u[None, :])
         y = scale * (z - kbar * total)
         f_hi, f_lo = _split(f, PREC)
-        return f_hi, f_lo, _columns(y, PREC), y, c2 * u, c2 * total
+        # F^T split from the transposed fp32 F (the backward's dnum F^T): transposing the bf16 halves instead gave a
+        # wrong dk and a failed launch with Triton 3.6 on the H200
+        ft_hi, ft_lo = _split(tl.trans(f), PREC)
+        return f_hi, f_lo, ft_hi, ft_lo, _columns(y, PREC), y, c2 * u, c2 * total
 
     @triton.jit
     def _read(phi, f_hi, f_lo, y_cols, r, zc, NORMALIZE: tl.constexpr, HAS_CONST: tl.constexpr,
@@ -436,14 +439,15 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=["N", "chunk"])
     def _linear_attention_fwd_kernel(
-            q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, c_ptr, o_ptr, state_ptr,
+            q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, c_ptr, o_ptr, state_ptr, inv_ptr,
             c_value, scale, eps, N, H, DK: tl.constexpr, DV: tl.constexpr, chunk, state_stride,
             sq_b, sq_n, sq_h, sq_d, sk_b, sk_n, sk_h, sk_d, sv_b, sv_n, sv_h, sv_d,
             sa_b, sa_n, sa_h, sa_w, sb_b, sb_n, sb_h, sb_w, so_b, so_n, so_h, so_d,
             W: tl.constexpr, HAS_WEIGHTS: tl.constexpr, FEATURE: tl.constexpr, CENTER: tl.constexpr,
             UNIT_D: tl.constexpr, CONST_PTR: tl.constexpr, HAS_CONST: tl.constexpr, NORMALIZE: tl.constexpr,
             DO_STATE: tl.constexpr, DO_OUTPUT: tl.constexpr, STORE_STATE: tl.constexpr, ATOMIC: tl.constexpr,
-            NEED_Z: tl.constexpr, NEED_U: tl.constexpr, BLOCK_N: tl.constexpr, DKP: tl.constexpr, DVP: tl.constexpr,
+            NEED_Z: tl.constexpr, NEED_U: tl.constexpr, SAVE_INV: tl.constexpr, BLOCK_N: tl.constexpr,
+            DKP: tl.constexpr, DVP: tl.constexpr,
             PREC: tl.constexpr,
     ):
         # float scalars arrive as fp32 from eager launches but as fp64 from Inductor: fix them to fp32
@@ -531,11 +535,11 @@ if triton is not None:
             o_base = o_ptr + bi * so_b + hi * so_h
             c = _load_const(c_ptr, c_value, CONST_PTR)
             kbar = ksum / N
-            fh0, fl0, yc0, _, r0, zc0 = _finalize(s0, z0, u0, t0, kbar, c * c, scale, PREC)
+            fh0, fl0, _, _, yc0, _, r0, zc0 = _finalize(s0, z0, u0, t0, kbar, c * c, scale, PREC)
             if W >= 2:
-                fh1, fl1, yc1, _, r1, zc1 = _finalize(s1, z1, u1, t1, kbar, c * c, scale, PREC)
+                fh1, fl1, _, _, yc1, _, r1, zc1 = _finalize(s1, z1, u1, t1, kbar, c * c, scale, PREC)
             if W >= 3:
-                fh2, fl2, yc2, _, r2, zc2 = _finalize(s2, z2, u2, t2, kbar, c * c, scale, PREC)
+                fh2, fl2, _, _, yc2, _, r2, zc2 = _finalize(s2, z2, u2, t2, kbar, c * c, scale, PREC)
             for start in range(n_begin, n_end, BLOCK_N):
                 offs_n = start + rows
                 phi = _feature_fwd(_load_tile(q_base, offs_n, offs_k, sq_n, sq_d, n_end, DK, UNIT_D), FEATURE)
@@ -555,16 +559,19 @@ if triton is not None:
                     num += num_w * bw[:, None]
                     den += den_w * bw
                 if NORMALIZE:
-                    num = num * (1.0 / (den + eps))[:, None]
+                    inv = 1.0 / (den + eps)
+                    num = num * inv[:, None]
+                    if SAVE_INV:  # for the backward (USE_OUT there)
+                        tl.store(inv_ptr + (bi * N + offs_n) * H + hi, inv, mask=offs_n < n_end)
                 _store_rows(o_base, num, offs_n, offs_v, so_n, so_d, n_end, DV, UNIT_D)
 
     @triton.jit
-    def _query_grads(phi, dnum, dden, bw, f_hi, f_lo, y, ds, dyacc, dracc, dzc, HAS_WEIGHTS: tl.constexpr,
+    def _query_grads(phi, dnum, dden, bw, ft_hi, ft_lo, y, ds, dyacc, dracc, dzc, HAS_WEIGHTS: tl.constexpr,
                      NORMALIZE: tl.constexpr, HAS_CONST: tl.constexpr, PREC: tl.constexpr):
         # one weighting's share of d phi(q) for a query tile, and its contributions to dF = sum_t b phi^T dnum,
         # dy = sum_t b dden phi, dr = sum_t b dnum, dzc = sum_t b dden (bw: that weighting's query coefficients,
         # the row mask when unweighted)
-        dphi = _dot_split(dnum, tl.trans(f_hi), tl.trans(f_lo), PREC)
+        dphi = _dot_split(dnum, ft_hi, ft_lo, PREC)
         if NORMALIZE:
             dphi += dden[:, None] * y[None, :]
         if HAS_WEIGHTS:
@@ -581,12 +588,12 @@ if triton is not None:
         return dphi, ds, dyacc, dracc, dzc
 
     @triton.jit
-    def _key_grads(phi, v, aw, g_hi, g_lo, dv_shift, gy, const_term, kbar_gy, HAS_WEIGHTS: tl.constexpr,
+    def _key_grads(phi, v, aw, g_hi, g_lo, gt_hi, gt_lo, dv_shift, gy, const_term, kbar_gy, HAS_WEIGHTS: tl.constexpr,
                    PREC: tl.constexpr):
         # one weighting's dv and d phi(k) for a key tile, with G = scale dF and gy = scale dy: the centred feature
         # phi - kbar enters as phi G - kbar^T G, the shift folded into dv_shift (which also holds c^2 dr)
         dv_unit = _dot_split(phi, g_hi, g_lo, PREC) + dv_shift[None, :]
-        dphi = _dot_split(v, tl.trans(g_hi), tl.trans(g_lo), PREC) + gy[None, :]
+        dphi = _dot_split(v, gt_hi, gt_lo, PREC) + gy[None, :]
         if HAS_WEIGHTS:
             # da = dv_unit . v + (phi - kbar) . gy + c^2 dzc
             daw = tl.sum(dv_unit * v.to(tl.float32), 1) + tl.sum(phi.to(tl.float32) * gy[None, :], 1) \
@@ -602,14 +609,15 @@ if triton is not None:
         g = scale * ds
         gy = scale * dy
         g_hi, g_lo = _split(g, PREC)
+        gt_hi, gt_lo = _split(tl.trans(g), PREC)  # as F^T in _finalize
         dv_shift = c2 * dr - tl.sum(kbar[:, None] * g, 0)
         # the centring's mean term: (1/N) sum_j dphi_j = G u + gy s (divided by N by the caller)
         mean_part = tl.sum(g * u[None, :], 1) + gy * total
-        return g_hi, g_lo, gy, dv_shift, c2 * dzc, tl.sum(kbar * gy, 0), mean_part
+        return g_hi, g_lo, gt_hi, gt_lo, gy, dv_shift, c2 * dzc, tl.sum(kbar * gy, 0), mean_part
 
     @triton.jit(do_not_specialize=["N", "chunk"])
     def _linear_attention_bwd_kernel(
-            q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, c_ptr, g_ptr, state_ptr, dstate_ptr,
+            q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, c_ptr, g_ptr, o_ptr, inv_ptr, state_ptr, dstate_ptr,
             dq_ptr, dk_ptr, dv_ptr, da_ptr, db_ptr, dc_ptr,
             c_value, scale, eps, N, H, DK: tl.constexpr, DV: tl.constexpr, chunk, state_stride,
             sq_b, sq_n, sq_h, sq_d, sk_b, sk_n, sk_h, sk_d, sv_b, sv_n, sv_h, sv_d,
@@ -617,7 +625,8 @@ if triton is not None:
             sdk_b, sdk_n, sdk_h, sdk_d, sdv_b, sdv_n, sdv_h, sdv_d, sdw_b, sdw_n, sdw_h, sdw_w,
             W: tl.constexpr, HAS_WEIGHTS: tl.constexpr, FEATURE: tl.constexpr, CENTER: tl.constexpr,
             UNIT_D: tl.constexpr, CONST_PTR: tl.constexpr, HAS_CONST: tl.constexpr, NORMALIZE: tl.constexpr,
-            DO_Q: tl.constexpr, DO_KV: tl.constexpr, NEED_DC: tl.constexpr, BLOCK_N: tl.constexpr, DKP: tl.constexpr,
+            DO_Q: tl.constexpr, DO_KV: tl.constexpr, NEED_DC: tl.constexpr, USE_OUT: tl.constexpr,
+            BLOCK_N: tl.constexpr, DKP: tl.constexpr,
             DVP: tl.constexpr, PREC: tl.constexpr,
     ):
         c_value = tl.cast(c_value, tl.float32)
@@ -653,13 +662,13 @@ if triton is not None:
             g_base = g_ptr + bi * sg_b + hi * sg_h
             dq_base = dq_ptr + bi * sdk_b + hi * sdk_h
             db_base = db_ptr + bi * sdw_b + hi * sdw_h
-            fh0, fl0, yc0, y0, r0, zc0 = _finalize(s0, z0, u0, t0, kbar, c2, scale, PREC)
+            fh0, fl0, fth0, ftl0, yc0, y0, r0, zc0 = _finalize(s0, z0, u0, t0, kbar, c2, scale, PREC)
             ds0, dya0, dra0, dzc0 = _zero_sums(DKP, DVP)
             if W >= 2:
-                fh1, fl1, yc1, y1, r1, zc1 = _finalize(s1, z1, u1, t1, kbar, c2, scale, PREC)
+                fh1, fl1, fth1, ftl1, yc1, y1, r1, zc1 = _finalize(s1, z1, u1, t1, kbar, c2, scale, PREC)
                 ds1, dya1, dra1, dzc1 = _zero_sums(DKP, DVP)
             if W >= 3:
-                fh2, fl2, yc2, y2, r2, zc2 = _finalize(s2, z2, u2, t2, kbar, c2, scale, PREC)
+                fh2, fl2, fth2, ftl2, yc2, y2, r2, zc2 = _finalize(s2, z2, u2, t2, kbar, c2, scale, PREC)
                 ds2, dya2, dra2, dzc2 = _zero_sums(DKP, DVP)
             for start in range(n_begin, n_end, BLOCK_N):
                 offs_n = start + rows
@@ -667,44 +676,56 @@ if triton is not None:
                 qt = _load_tile(q_base, offs_n, offs_k, sq_n, sq_d, n_end, DK, UNIT_D)
                 phi = _feature_fwd(qt, FEATURE)
                 g = _load_tile(g_base, offs_n, offs_v, sg_n, sg_d, n_end, DV, UNIT_D)
-                num0, den0 = _read(phi, fh0, fl0, yc0, r0, zc0, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
-                if HAS_WEIGHTS:
-                    bw0 = _load_weight(b_base, offs_n, sb_n, n_end)
-                    num = num0 * bw0[:, None]
-                    den = den0 * bw0
-                else:
-                    bw0 = row_mask
-                    num = num0
-                    den = den0
-                if W >= 2:
-                    bw1 = _load_weight(b_base + sb_w, offs_n, sb_n, n_end)
-                    num1, den1 = _read(phi, fh1, fl1, yc1, r1, zc1, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
-                    num += num1 * bw1[:, None]
-                    den += den1 * bw1
-                if W >= 3:
-                    bw2 = _load_weight(b_base + 2 * sb_w, offs_n, sb_n, n_end)
-                    num2, den2 = _read(phi, fh2, fl2, yc2, r2, zc2, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
-                    num += num2 * bw2[:, None]
-                    den += den2 * bw2
-                if NORMALIZE:
-                    inv = 1.0 / (den + eps)
+                if USE_OUT:
+                    # unweighted normaliser: dnum = g / den and dden = -(g . out) / den from the saved output and
+                    # 1/den (as FlashAttention's backward), so the numerator is not recomputed
+                    out_rows = (bi * N + offs_n) * H + hi
+                    ot = tl.load(o_ptr + out_rows[:, None] * DV + offs_v[None, :],
+                                 mask=(offs_n < n_end)[:, None] & (offs_v < DV)[None, :], other=0.0)
+                    inv = tl.load(inv_ptr + out_rows, mask=offs_n < n_end, other=0.0)
                     gf = g.to(tl.float32)
                     dnum = gf * inv[:, None]
-                    dden = -tl.sum(gf * num, 1) * inv * inv
+                    dden = -tl.sum(gf * ot.to(tl.float32), 1) * inv
+                    bw0 = row_mask
                 else:
-                    dnum = g
-                    dden = row_mask  # unused without the normaliser (den0 is zero)
-                dphi, ds0, dya0, dra0, dzc0 = _query_grads(phi, dnum, dden, bw0, fh0, fl0, y0, ds0, dya0, dra0, dzc0,
+                    num0, den0 = _read(phi, fh0, fl0, yc0, r0, zc0, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
+                    if HAS_WEIGHTS:
+                        bw0 = _load_weight(b_base, offs_n, sb_n, n_end)
+                        num = num0 * bw0[:, None]
+                        den = den0 * bw0
+                    else:
+                        bw0 = row_mask
+                        num = num0
+                        den = den0
+                    if W >= 2:
+                        bw1 = _load_weight(b_base + sb_w, offs_n, sb_n, n_end)
+                        num1, den1 = _read(phi, fh1, fl1, yc1, r1, zc1, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
+                        num += num1 * bw1[:, None]
+                        den += den1 * bw1
+                    if W >= 3:
+                        bw2 = _load_weight(b_base + 2 * sb_w, offs_n, sb_n, n_end)
+                        num2, den2 = _read(phi, fh2, fl2, yc2, r2, zc2, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
+                        num += num2 * bw2[:, None]
+                        den += den2 * bw2
+                    if NORMALIZE:
+                        inv = 1.0 / (den + eps)
+                        gf = g.to(tl.float32)
+                        dnum = gf * inv[:, None]
+                        dden = -tl.sum(gf * num, 1) * inv * inv
+                    else:
+                        dnum = g
+                        dden = row_mask  # unused without the normaliser (den0 is zero)
+                dphi, ds0, dya0, dra0, dzc0 = _query_grads(phi, dnum, dden, bw0, fth0, ftl0, y0, ds0, dya0, dra0, dzc0,
                                                            HAS_WEIGHTS, NORMALIZE, HAS_CONST, PREC)
                 if HAS_WEIGHTS:
                     _store_weight(db_base, tl.sum(num0 * dnum, 1) + den0 * dden, offs_n, sdw_n, n_end)
                 if W >= 2:
-                    dphi_w, ds1, dya1, dra1, dzc1 = _query_grads(phi, dnum, dden, bw1, fh1, fl1, y1, ds1, dya1, dra1,
+                    dphi_w, ds1, dya1, dra1, dzc1 = _query_grads(phi, dnum, dden, bw1, fth1, ftl1, y1, ds1, dya1, dra1,
                                                                  dzc1, HAS_WEIGHTS, NORMALIZE, HAS_CONST, PREC)
                     dphi += dphi_w
                     _store_weight(db_base + sdw_w, tl.sum(num1 * dnum, 1) + den1 * dden, offs_n, sdw_n, n_end)
                 if W >= 3:
-                    dphi_w, ds2, dya2, dra2, dzc2 = _query_grads(phi, dnum, dden, bw2, fh2, fl2, y2, ds2, dya2, dra2,
+                    dphi_w, ds2, dya2, dra2, dzc2 = _query_grads(phi, dnum, dden, bw2, fth2, ftl2, y2, ds2, dya2, dra2,
                                                                  dzc2, HAS_WEIGHTS, NORMALIZE, HAS_CONST, PREC)
                     dphi += dphi_w
                     _store_weight(db_base + 2 * sdw_w, tl.sum(num2 * dnum, 1) + den2 * dden, offs_n, sdw_n, n_end)
@@ -735,15 +756,15 @@ if triton is not None:
             dk_base = dk_ptr + bi * sdk_b + hi * sdk_h
             dv_base = dv_ptr + bi * sdv_b + hi * sdv_h
             da_base = da_ptr + bi * sdw_b + hi * sdw_h
-            gh0, gl0, gy0, sh0, ct0, kg0, mean_grad = _key_operands(ds0, dy0, dr0, dzc0, u0, t0, kbar, c2, scale,
-                                                                    PREC)
+            gh0, gl0, gth0, gtl0, gy0, sh0, ct0, kg0, mean_grad = _key_operands(
+                ds0, dy0, dr0, dzc0, u0, t0, kbar, c2, scale, PREC)
             if W >= 2:
-                gh1, gl1, gy1, sh1, ct1, kg1, mean_part = _key_operands(ds1, dy1, dr1, dzc1, u1, t1, kbar, c2, scale,
-                                                                        PREC)
+                gh1, gl1, gth1, gtl1, gy1, sh1, ct1, kg1, mean_part = _key_operands(
+                    ds1, dy1, dr1, dzc1, u1, t1, kbar, c2, scale, PREC)
                 mean_grad += mean_part
             if W >= 3:
-                gh2, gl2, gy2, sh2, ct2, kg2, mean_part = _key_operands(ds2, dy2, dr2, dzc2, u2, t2, kbar, c2, scale,
-                                                                        PREC)
+                gh2, gl2, gth2, gtl2, gy2, sh2, ct2, kg2, mean_part = _key_operands(
+                    ds2, dy2, dr2, dzc2, u2, t2, kbar, c2, scale, PREC)
                 mean_grad += mean_part
             mean_grad = mean_grad / N
             for start in range(n_begin, n_end, BLOCK_N):
@@ -755,18 +776,20 @@ if triton is not None:
                     aw = _load_weight(a_base, offs_n, sa_n, n_end)
                 else:
                     aw = (offs_n < n_end).to(tl.float32)
-                dv, dphi, daw = _key_grads(phi, vt, aw, gh0, gl0, sh0, gy0, ct0, kg0, HAS_WEIGHTS, PREC)
+                dv, dphi, daw = _key_grads(phi, vt, aw, gh0, gl0, gth0, gtl0, sh0, gy0, ct0, kg0, HAS_WEIGHTS, PREC)
                 if HAS_WEIGHTS:
                     _store_weight(da_base, daw, offs_n, sdw_n, n_end)
                 if W >= 2:
                     aw = _load_weight(a_base + sa_w, offs_n, sa_n, n_end)
-                    dv_w, dphi_w, daw = _key_grads(phi, vt, aw, gh1, gl1, sh1, gy1, ct1, kg1, HAS_WEIGHTS, PREC)
+                    dv_w, dphi_w, daw = _key_grads(phi, vt, aw, gh1, gl1, gth1, gtl1, sh1, gy1, ct1, kg1,
+                                                   HAS_WEIGHTS, PREC)
                     dv += dv_w
                     dphi += dphi_w
                     _store_weight(da_base + sdw_w, daw, offs_n, sdw_n, n_end)
                 if W >= 3:
                     aw = _load_weight(a_base + 2 * sa_w, offs_n, sa_n, n_end)
-                    dv_w, dphi_w, daw = _key_grads(phi, vt, aw, gh2, gl2, sh2, gy2, ct2, kg2, HAS_WEIGHTS, PREC)
+                    dv_w, dphi_w, daw = _key_grads(phi, vt, aw, gh2, gl2, gth2, gtl2, sh2, gy2, ct2, kg2,
+                                                   HAS_WEIGHTS, PREC)
                     dv += dv_w
                     dphi += dphi_w
                     _store_weight(da_base + 2 * sdw_w, daw, offs_n, sdw_n, n_end)
@@ -819,8 +842,9 @@ if triton is not None:
             eps: float,
             save_state: bool,
             direct_launch: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (out, raw fp32 states); the states are empty unless ``save_state`` (needed by the backward).
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (out, raw fp32 states, 1 / normaliser per token); the last two are empty unless ``save_state``
+        (the backward needs them; 1 / normaliser only for an unweighted normalised configuration).
 
         ``direct_launch``: launch the Triton kernel itself rather than through ``wrap_triton`` (eager callers that
         bypass the custom op; see ``_LinearAttentionFunction``)."""
@@ -837,9 +861,12 @@ if triton is not None:
             state = _empty(state_shape, torch.float32, q.device)
         else:
             state = q.new_empty((0,), dtype=torch.float32)
+        save_inv = save_state and normalize and key_weights is None
+        inv = _empty((batch, n, heads), torch.float32, q.device) if save_inv else q.new_empty((0,), dtype=torch.float32)
         pointers, scalars = _common_args(q, k, v, key_weights, query_weights, const, const_value, scale, eps)
         args = (
-            *pointers, out, state if state.numel() else out, *scalars, n, heads, dk, dv, chunk, state_shape[1],
+            *pointers, out, state if state.numel() else out, inv if save_inv else out, *scalars, n, heads, dk, dv,
+            chunk, state_shape[1],
             *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(key_weights), *_strides4(query_weights),
             *_strides4(out),
         )
@@ -849,6 +876,7 @@ if triton is not None:
         need_z = normalize or (center_keys and key_weights is None)
         need_u = center_keys or meta["HAS_CONST"]
         config = dict(BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, NEED_Z=need_z, NEED_U=need_u,
+                      SAVE_INV=save_inv,
                       UNIT_D=_unit_last_stride(q, k, v), **meta)
         if splits == 1:
             kernel[(batch * heads, 1)](*args, DO_STATE=True, DO_OUTPUT=True, STORE_STATE=save_state, ATOMIC=False,
@@ -858,7 +886,7 @@ if triton is not None:
                                             **config)
             kernel[(batch * heads, splits)](*args, DO_STATE=False, DO_OUTPUT=True, STORE_STATE=False, ATOMIC=False,
                                             **config)
-        return out, state
+        return out, state, inv
 
     def _linear_attention_bwd(
             grad: torch.Tensor,
@@ -870,6 +898,8 @@ if triton is not None:
             const: torch.Tensor | None,
             const_value: float,
             state: torch.Tensor,
+            out: torch.Tensor,
+            inv: torch.Tensor,
             feature: int,
             center_keys: bool,
             scale: float,
@@ -900,13 +930,15 @@ if triton is not None:
         dstate = torch.zeros_like(state) if splits > 1 else state
         pointers, scalars = _common_args(q, k, v, key_weights, query_weights, const, const_value, scale, eps)
         args = (
-            *pointers, grad, state, dstate, dq, dkey, dval, dkw if dkw.numel() else dq, dqw if dqw.numel() else dq,
+            *pointers, grad, out, inv if inv.numel() else out, state, dstate, dq, dkey, dval,
+            dkw if dkw.numel() else dq, dqw if dqw.numel() else dq,
             dconst if need_const_grad else dq, *scalars, n, heads, dk, dv, chunk, state.shape[1],
             *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(key_weights), *_strides4(query_weights),
             *_strides4(grad), *_strides4(dq), *_strides4(dval), *_strides4(dkw if dkw.numel() else None),
         )
         kernel = _launcher(_linear_attention_bwd_kernel, direct_launch)
         config = dict(BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, NEED_DC=need_const_grad,
+                      USE_OUT=inv.numel() > 0,
                       UNIT_D=_unit_last_stride(q, k, v, grad), **meta)
         if splits == 1:
             kernel[(batch * heads, 1)](*args, DO_Q=True, DO_KV=True, **config)
@@ -928,22 +960,24 @@ if triton is not None:
                     normalize, eps, save_state):
             # torch.compile traces the custom op; eager calls skip its dispatch (host time on every call)
             compiling = torch.compiler.is_compiling()
-            out, state = (_linear_attention_fwd_op if compiling else _linear_attention_fwd)(
+            out, state, inv = (_linear_attention_fwd_op if compiling else _linear_attention_fwd)(
                 q, k, v, key_weights, query_weights, const, const_value, feature, center_keys, scale, normalize,
                 eps, save_state, direct_launch=not compiling,
             )
-            ctx.save_for_backward(q, k, v, key_weights, query_weights, const, state)
+            # the output is read back only with 1/normaliser (an empty inv stands in for it otherwise)
+            ctx.save_for_backward(q, k, v, key_weights, query_weights, const, state, out if inv.numel() else inv, inv)
             ctx.options = (const_value, feature, center_keys, scale, normalize, eps)
             return out
 
         @staticmethod
         def backward(ctx, grad):
-            q, k, v, key_weights, query_weights, const, state = ctx.saved_tensors
+            q, k, v, key_weights, query_weights, const, state, out, inv = ctx.saved_tensors
             const_value, feature, center_keys, scale, normalize, eps = ctx.options
             need_const_grad = const is not None and ctx.needs_input_grad[5]
             compiling = torch.compiler.is_compiling()
             dq, dk, dv, dkw, dqw, dconst = (_linear_attention_bwd_op if compiling else _linear_attention_bwd)(
-                grad, q, k, v, key_weights, query_weights, const, const_value, state, feature, center_keys, scale,
+                grad, q, k, v, key_weights, query_weights, const, const_value, state, out, inv, feature, center_keys,
+                scale,
                 normalize, eps, need_const_grad, direct_launch=not compiling,
             )
             if key_weights is None:
