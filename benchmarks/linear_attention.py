@@ -159,9 +159,8 @@ SWEEP = {  # name: (launch override {backward: (BLOCK_N, num_warps, num_stages)}
     "default": (None, 4, None),
     "split2": (None, 2, None),  # two programs per SM before N is split, instead of four
     "warps8": ({False: (64, 8, 3), True: (32, 8, 3)}, 4, None),
-    "bwd64_warps8": ({False: (64, 4, 3), True: (64, 8, 3)}, 4, None),
-    "block128": ({False: (128, 8, 3), True: (64, 8, 2)}, 4, None),
-    "block32": ({False: (32, 4, 3), True: (32, 4, 3)}, 4, None),
+    "fwd128": ({False: (128, 8, 3), True: (32, 4, 3)}, 4, None),
+    "fwd32": ({False: (32, 4, 3), True: (32, 4, 3)}, 4, None),
 }
 
 

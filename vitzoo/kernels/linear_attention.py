@@ -172,19 +172,18 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _launch_params(dkp: int, dvp: int, weightings: int, backward: bool, split: bool = False) -> tuple[int, int, int]:
-    """(BLOCK_N, num_warps, num_stages): one fixed config per shape class, no autotuning. ``split``: the sequence is
-    divided over several programs (B*H alone does not fill the GPU)."""
+def _launch_params(dkp: int, dvp: int, weightings: int, backward: bool) -> tuple[int, int, int]:
+    """(BLOCK_N, num_warps, num_stages): one fixed config per shape class, no autotuning."""
     if _interpreting():
         return 64, 4, 1
     if _LAUNCH_OVERRIDE is not None:
         return _LAUNCH_OVERRIDE[backward]
     if dkp * dvp > 64 * 64 or weightings > 1:  # more state per program: smaller tiles, fewer pipeline stages
         return (32, 8, 2) if backward else (64, 8, 2)
-    # Three stages keep two K/V tiles in flight. Backward: 32-token tiles when each program walks a whole sequence,
-    # 64 when the sequence is split (H200 launch sweep in benchmarks/NOTES.md).
+    # Three stages keep two K/V tiles in flight. Backward: 32-token tiles (64-token ones gave wrong dk on the split
+    # path with Triton 3.6 on the H200; benchmarks/NOTES.md)
     if backward:
-        return (64, 4, 3) if split else (32, 4, 3)
+        return 32, 4, 3
     return 64, 4, 3
 
 
@@ -913,10 +912,7 @@ if triton is not None:
         batch, n, heads, dk = q.shape
         dv = v.shape[-1]
         meta = _common_meta(q, k, v, key_weights, const, const_value, feature, center_keys, normalize)
-        forward_block = _launch_params(meta["DKP"], meta["DVP"], meta["W"], backward=False)[0]
-        split = _splits(batch * heads, n, forward_block, q.device)[0] > 1  # as the forward split it
-        block_n, num_warps, num_stages = _launch_params(meta["DKP"], meta["DVP"], meta["W"], backward=True,
-                                                        split=split)
+        block_n, num_warps, num_stages = _launch_params(meta["DKP"], meta["DVP"], meta["W"], backward=True)
         splits, chunk = _splits(batch * heads, n, block_n, q.device)
         dq = _empty(tuple(q.shape), q.dtype, q.device)
         dkey = _empty(tuple(k.shape), k.dtype, q.device)
