@@ -155,12 +155,13 @@ def time_size(b: int, n: int, bandwidth: float) -> dict:
     return row
 
 
-SWEEP = {  # name: (launch override {backward: (BLOCK_N, num_warps, num_stages)} or None, programs per SM, precision)
-    "default": (None, 4, None),
-    "split2": (None, 2, None),  # two programs per SM before N is split, instead of four
-    "warps8": ({False: (64, 8, 3), True: (32, 8, 3)}, 4, None),
-    "fwd128": ({False: (128, 8, 3), True: (32, 4, 3)}, 4, None),
-    "fwd32": ({False: (32, 4, 3), True: (32, 4, 3)}, 4, None),
+SWEEP = {  # name: (launch override {backward: (BLOCK_N, num_warps, num_stages)} or None, {backward: split below this
+    # many programs per SM} or None for the default, programs per SM when split)
+    "default": (None, None, 4),
+    "split_below4": (None, {False: 4, True: 4}, 4),  # the forward splits as the backward does (the previous default)
+    "split16": (None, {False: 16, True: 16}, 16),  # every size split; the backward runs as two kernels
+    "fwd128": ({False: (128, 8, 3), True: (32, 4, 3)}, None, 4),
+    "bwd_warps8": ({False: (64, 4, 3), True: (32, 8, 3)}, None, 4),
 }
 
 
@@ -171,8 +172,10 @@ def sweep(bandwidth: float) -> list[dict]:
 
     module = importlib.import_module("vitzoo.kernels.linear_attention")
     rows = []
-    for name, (launch, per_sm, prec) in SWEEP.items():
-        module._LAUNCH_OVERRIDE, module._PROGRAMS_PER_SM, module._PREC_OVERRIDE = launch, per_sm, prec
+    defaults = dict(module._SPLIT_BELOW), module._PROGRAMS_PER_SM
+    for name, (launch, split_below, per_sm) in SWEEP.items():
+        module._LAUNCH_OVERRIDE, module._PROGRAMS_PER_SM = launch, per_sm
+        module._SPLIT_BELOW = split_below or defaults[0]
         for b, n in SIZES:
             qkv = _inputs(b, n)
             grad = torch.randn(b, n, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
@@ -199,7 +202,7 @@ def sweep(bandwidth: float) -> list[dict]:
             print(f"sweep {name:>9} N={n:>6} err {err:.1e} fwd {row['fwd_graph_ms']:.4f} ms "
                   f"({row['fwd_graph_ms'] / floor:.2f}x) fwd+bwd {row['fwdbwd_graph_ms']:.4f} ms "
                   f"({row['fwdbwd_graph_ms'] / (floor * 11 / 4):.2f}x)", flush=True)
-    module._LAUNCH_OVERRIDE, module._PROGRAMS_PER_SM, module._PREC_OVERRIDE = None, SWEEP["default"][1], None
+    module._LAUNCH_OVERRIDE, module._SPLIT_BELOW, module._PROGRAMS_PER_SM = None, *defaults
     return rows
 
 

@@ -8,10 +8,14 @@ drop work, on the benchmark's inputs (bf16, H=6, d=64, B*N ~ 50k, q/k/v strided 
 - ``two_pass_dot``: the same with the state product as a bf16 dot (an unnormalised linear attention, no features);
 - the op itself (ReLU, normalised) on those views and on contiguous (B, N, H, D) and (B, H, N, D) copies.
 
+``configs``: forward and forward+backward device time of the op with the ReLU map and the normaliser switched on
+and off one at a time (what each costs).
+
 ``ncu``: runs each kernel of interest once after warm-up between ``cudaProfilerStart``/``Stop``, for
 ``ncu --profile-from-start off``.
 
     python benchmarks/profile_kernels.py probes --out benchmarks/results/profile_probes_h200.json
+    python benchmarks/profile_kernels.py configs --out benchmarks/results/profile_configs_h200.json
     ncu --clock-control none --profile-from-start off --set full python benchmarks/profile_kernels.py ncu
 """
 from __future__ import annotations
@@ -173,6 +177,43 @@ def _copy_bandwidth() -> float:
     return 2 * src.numel() * src.element_size() / (ms * 1e-3)
 
 
+CONFIGS = {
+    "relu_normalized": dict(feature_map="relu", normalize=True),
+    "relu": dict(feature_map="relu"),
+    "identity_normalized": dict(feature_map="identity", normalize=True),
+    "identity": dict(feature_map="identity"),
+}
+
+
+def configs(out: str) -> None:
+    bandwidth = _copy_bandwidth()
+    rows = []
+    for b, n in SIZES:
+        q, k, v = (t.detach().requires_grad_() for t in _views(b, n))
+        grad = torch.randn_like(q)
+        floor = 4 * q.numel() * 2 / bandwidth * 1e3
+        row = {"B": b, "N": n, "floor_fwd_ms": floor, "floor_fwdbwd_ms": floor * 11 / 4}
+        for name, kwargs in CONFIGS.items():
+            def fwd(q=q, k=k, v=v, kwargs=kwargs):
+                with torch.no_grad():
+                    return linear_attention_triton(q, k, v, **kwargs)
+
+            def fwd_bwd(q=q, k=k, v=v, grad=grad, kwargs=kwargs):
+                return torch.autograd.grad(linear_attention_triton(q, k, v, **kwargs), (q, k, v), grad)
+
+            fwd_ms, fwd_bwd_ms = _graph_ms(fwd), _graph_ms(fwd_bwd)
+            row[f"{name}_fwd_ms"], row[f"{name}_fwdbwd_ms"] = fwd_ms, fwd_bwd_ms
+            print(f"N={n:>6} {name:>20} fwd {fwd_ms:.4f} ms ({fwd_ms / floor:.2f}x) fwd+bwd {fwd_bwd_ms:.4f} ms "
+                  f"({fwd_bwd_ms / row['floor_fwdbwd_ms']:.2f}x)", flush=True)
+        rows.append(row)
+    info = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                command=" ".join([sys.executable, *sys.argv]), copy_bandwidth_GBps=bandwidth / 1e9,
+                timing="triton.testing.do_bench_cudagraph median (device time)")
+    with open(out, "w") as f:
+        json.dump({"info": info, "results": rows}, f, indent=2)
+
+
 def ncu_workload() -> None:
     """Each case once after a warm-up, inside the profiled range."""
     cases = []
@@ -201,12 +242,14 @@ def ncu_workload() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("probes", "ncu"))
+    parser.add_argument("mode", choices=("probes", "configs", "ncu"))
     parser.add_argument("--out", default="benchmarks/results/profile_probes_h200.json")
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.mode == "probes":
         probes(args.out)
+    elif args.mode == "configs":
+        configs(args.out)
     else:
         ncu_workload()
 

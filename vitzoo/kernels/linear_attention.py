@@ -147,10 +147,13 @@ _FEATURE_CODES = {name: code for code, name in enumerate(FEATURE_MAPS)}  # ident
 _MAX_HEAD_DIM = 128
 _MAX_WEIGHTINGS = 3
 _INTERPRETER_PROGRAMS = 4  # the "GPU size" the split heuristic assumes under TRITON_INTERPRET=1 (CPU tests)
-_PROGRAMS_PER_SM = 4  # split N until B*H*splits reaches this many programs per SM (H200 sweep: 4 beats 2)
-# benchmark-only knobs (benchmarks/linear_attention.py --sweep): fixed launch configs, dot precision
+# N is split over programs when B*H is below _SPLIT_BELOW[backward] programs per SM, into _PROGRAMS_PER_SM programs
+# per SM (H200 sweeps, 2026-11-29: the forward's one-program-per-sequence path wins down to 2 per SM, the backward's
+# only at 4; split programs do best at 4 per SM)
+_SPLIT_BELOW = {False: 2, True: 4}
+_PROGRAMS_PER_SM = 4
+# benchmark-only knob (benchmarks/linear_attention.py --sweep): fixed launch configs
 _LAUNCH_OVERRIDE: dict[bool, tuple[int, int, int]] | None = None
-_PREC_OVERRIDE: str | None = None
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -187,9 +190,15 @@ def _launch_params(dkp: int, dvp: int, weightings: int, backward: bool) -> tuple
     return 64, 4, 3
 
 
-def _splits(bh: int, n: int, block_n: int, device: torch.device) -> tuple[int, int]:
+def _splits(bh: int, n: int, block_n: int, device: torch.device, backward: bool) -> tuple[int, int]:
     """(number of N-splits, tokens per split): split only when B*H programs cannot fill the GPU."""
-    programs = _PROGRAMS_PER_SM * _sm_count(device.index or 0) if device.type == "cuda" else _INTERPRETER_PROGRAMS
+    if device.type == "cuda":
+        sms = _sm_count(device.index or 0)
+        if bh >= _SPLIT_BELOW[backward] * sms:
+            return 1, n
+        programs = _PROGRAMS_PER_SM * sms
+    else:
+        programs = _INTERPRETER_PROGRAMS
     splits = min(cdiv(programs, bh), cdiv(n, 2 * block_n))
     if splits <= 1:
         return 1, n
@@ -200,8 +209,6 @@ def _splits(bh: int, n: int, block_n: int, device: torch.device) -> tuple[int, i
 def _dot_precision(*tensors: torch.Tensor) -> str:
     """fp32 inputs: exact fp32 products. bf16: bf16 tensor-core products, fp32 states split into two bf16 halves.
     fp16: tf32 (fp32 range, so states never overflow fp16). The interpreter always multiplies in fp32."""
-    if _PREC_OVERRIDE is not None:
-        return _PREC_OVERRIDE
     if _interpreting() or any(t.dtype == torch.float32 for t in tensors):
         return "ieee"
     return "bf16" if all(t.dtype == torch.bfloat16 for t in tensors) else "tf32"
@@ -284,9 +291,10 @@ if triton is not None:
         return (g - y * proj[:, None]) / clamped[:, None]
 
     @triton.jit
-    def _feature_bwd(x, g, FEATURE: tl.constexpr):
+    def _feature_bwd(x, phi, g, FEATURE: tl.constexpr):
+        # the ReLU's mask is read off phi = relu(x), already live for the products, so x need not stay in registers
         if FEATURE == 1:
-            dx = tl.where(x > 0, g, 0.0)
+            dx = tl.where(phi > 0, g, 0.0)
         elif FEATURE == 2:
             dx = _unit_norm_bwd(x.to(tl.float32), g)
         elif FEATURE == 3:
@@ -311,6 +319,15 @@ if triton is not None:
         mv = offs_v < DV
         state = tl.load(s_ptrs, mask=mk[:, None] & mv[None, :], other=0.0)
         return state, tl.load(z_ptrs, mask=mk, other=0.0), tl.load(u_ptrs, mask=mv, other=0.0), tl.load(sum_ptr)
+
+    @triton.jit
+    def _load_key_mean(base, W: tl.constexpr, DK, DV, offs_k, N, CENTER: tl.constexpr):
+        # kbar, the token mean of phi(k) that centring subtracts (zero without centring)
+        if CENTER:
+            kbar = tl.load(base + W * (DK * DV + DV + DK + 1) + offs_k, mask=offs_k < DK, other=0.0) / N
+        else:
+            kbar = tl.zeros((offs_k.shape[0],), tl.float32)
+        return kbar
 
     @triton.jit
     def _store_state(base, w, W: tl.constexpr, DK, DV, offs_k, offs_v, state, z, u, total, ATOMIC: tl.constexpr):
@@ -565,7 +582,7 @@ if triton is not None:
                 _store_rows(o_base, num, offs_n, offs_v, so_n, so_d, n_end, DV, UNIT_D)
 
     @triton.jit
-    def _query_grads(phi, dnum, dden, bw, ft_hi, ft_lo, y, ds, dyacc, dracc, dzc, HAS_WEIGHTS: tl.constexpr,
+    def _query_grads(phi, g, dnum, dden, inv, bw, ft_hi, ft_lo, y, ds, dyacc, dracc, dzc, HAS_WEIGHTS: tl.constexpr,
                      NORMALIZE: tl.constexpr, HAS_CONST: tl.constexpr, PREC: tl.constexpr):
         # one weighting's share of d phi(q) for a query tile, and its contributions to dF = sum_t b phi^T dnum,
         # dy = sum_t b dden phi, dr = sum_t b dnum, dzc = sum_t b dden (bw: that weighting's query coefficients,
@@ -581,7 +598,9 @@ if triton is not None:
         if NORMALIZE:
             dyacc = _dot_data(tl.trans(phi), _columns(dden * bw, PREC), dyacc, PREC)
         if HAS_CONST:
-            dracc = _dot_data(_rows(bw, PREC), dnum, dracc, PREC)
+            # dr = sum_t b_t inv_t g_t with g as loaded (exact in 16 bits) and b inv split: a bf16 dnum would move
+            # dL/dc, a small difference of large sums, by more than its fp32 accuracy
+            dracc = _dot_data(_rows(bw * inv, PREC), g, dracc, PREC)
             if NORMALIZE:
                 dzc += tl.sum(dden * bw, 0)
         return dphi, ds, dyacc, dracc, dzc
@@ -648,10 +667,7 @@ if triton is not None:
             s1, z1, u1, t1 = _load_state(st_base, 1, W, DK, DV, offs_k, offs_v)
         if W >= 3:
             s2, z2, u2, t2 = _load_state(st_base, 2, W, DK, DV, offs_k, offs_v)
-        if CENTER:
-            kbar = tl.load(st_base + W * (DK * DV + DV + DK + 1) + offs_k, mask=offs_k < DK, other=0.0) / N
-        else:
-            kbar = tl.zeros((DKP,), tl.float32)
+        kbar = _load_key_mean(st_base, W, DK, DV, offs_k, N, CENTER)
         c = _load_const(c_ptr, c_value, CONST_PTR)
         c2 = c * c
 
@@ -714,21 +730,24 @@ if triton is not None:
                     else:
                         dnum = g
                         dden = row_mask  # unused without the normaliser (den0 is zero)
-                dphi, ds0, dya0, dra0, dzc0 = _query_grads(phi, dnum, dden, bw0, fth0, ftl0, y0, ds0, dya0, dra0, dzc0,
-                                                           HAS_WEIGHTS, NORMALIZE, HAS_CONST, PREC)
+                        inv = row_mask
+                dphi, ds0, dya0, dra0, dzc0 = _query_grads(phi, g, dnum, dden, inv, bw0, fth0, ftl0, y0, ds0, dya0,
+                                                           dra0, dzc0, HAS_WEIGHTS, NORMALIZE, HAS_CONST, PREC)
                 if HAS_WEIGHTS:
                     _store_weight(db_base, tl.sum(num0 * dnum, 1) + den0 * dden, offs_n, sdw_n, n_end)
                 if W >= 2:
-                    dphi_w, ds1, dya1, dra1, dzc1 = _query_grads(phi, dnum, dden, bw1, fth1, ftl1, y1, ds1, dya1, dra1,
-                                                                 dzc1, HAS_WEIGHTS, NORMALIZE, HAS_CONST, PREC)
+                    dphi_w, ds1, dya1, dra1, dzc1 = _query_grads(
+                        phi, g, dnum, dden, inv, bw1, fth1, ftl1, y1, ds1, dya1, dra1, dzc1, HAS_WEIGHTS,
+                        NORMALIZE, HAS_CONST, PREC)
                     dphi += dphi_w
                     _store_weight(db_base + sdw_w, tl.sum(num1 * dnum, 1) + den1 * dden, offs_n, sdw_n, n_end)
                 if W >= 3:
-                    dphi_w, ds2, dya2, dra2, dzc2 = _query_grads(phi, dnum, dden, bw2, fth2, ftl2, y2, ds2, dya2, dra2,
-                                                                 dzc2, HAS_WEIGHTS, NORMALIZE, HAS_CONST, PREC)
+                    dphi_w, ds2, dya2, dra2, dzc2 = _query_grads(
+                        phi, g, dnum, dden, inv, bw2, fth2, ftl2, y2, ds2, dya2, dra2, dzc2, HAS_WEIGHTS,
+                        NORMALIZE, HAS_CONST, PREC)
                     dphi += dphi_w
                     _store_weight(db_base + 2 * sdw_w, tl.sum(num2 * dnum, 1) + den2 * dden, offs_n, sdw_n, n_end)
-                _store_rows(dq_base, _feature_bwd(qt, dphi, FEATURE), offs_n, offs_k, sdk_n, sdk_d, n_end, DK,
+                _store_rows(dq_base, _feature_bwd(qt, phi, dphi, FEATURE), offs_n, offs_k, sdk_n, sdk_d, n_end, DK,
                             UNIT_D)
             dy0, dr0 = tl.sum(dya0, 1), tl.sum(dra0, 0)
             if W >= 2:
@@ -755,6 +774,13 @@ if triton is not None:
             dk_base = dk_ptr + bi * sdk_b + hi * sdk_h
             dv_base = dv_ptr + bi * sdv_b + hi * sdv_h
             da_base = da_ptr + bi * sdw_b + hi * sdw_h
+            # the state vectors are read again rather than kept live through the query loop (registers)
+            _, _, u0, t0 = _load_state(st_base, 0, W, DK, DV, offs_k, offs_v)
+            if W >= 2:
+                _, _, u1, t1 = _load_state(st_base, 1, W, DK, DV, offs_k, offs_v)
+            if W >= 3:
+                _, _, u2, t2 = _load_state(st_base, 2, W, DK, DV, offs_k, offs_v)
+            kbar = _load_key_mean(st_base, W, DK, DV, offs_k, N, CENTER)
             gh0, gl0, gth0, gtl0, gy0, sh0, ct0, kg0, mean_grad = _key_operands(
                 ds0, dy0, dr0, dzc0, u0, t0, kbar, c2, scale, PREC)
             if W >= 2:
@@ -794,7 +820,7 @@ if triton is not None:
                     _store_weight(da_base + 2 * sdw_w, daw, offs_n, sdw_n, n_end)
                 if CENTER:
                     dphi -= mean_grad[None, :]
-                _store_rows(dk_base, _feature_bwd(kt, dphi, FEATURE), offs_n, offs_k, sdk_n, sdk_d, n_end, DK,
+                _store_rows(dk_base, _feature_bwd(kt, phi, dphi, FEATURE), offs_n, offs_k, sdk_n, sdk_d, n_end, DK,
                             UNIT_D)
                 _store_rows(dv_base, dv, offs_n, offs_v, sdv_n, sdv_d, n_end, DV, UNIT_D)
             if NEED_DC:
@@ -851,7 +877,7 @@ if triton is not None:
         dv = v.shape[-1]
         meta = _common_meta(q, k, v, key_weights, const, const_value, feature, center_keys, normalize)
         block_n, num_warps, num_stages = _launch_params(meta["DKP"], meta["DVP"], meta["W"], backward=False)
-        splits, chunk = _splits(batch * heads, n, block_n, q.device)
+        splits, chunk = _splits(batch * heads, n, block_n, q.device, backward=False)
         out = _empty((batch, n, heads, dv), v.dtype, q.device)
         state_shape = (batch * heads, _state_size(meta["W"], dk, dv))
         if splits > 1:
@@ -913,7 +939,7 @@ if triton is not None:
         dv = v.shape[-1]
         meta = _common_meta(q, k, v, key_weights, const, const_value, feature, center_keys, normalize)
         block_n, num_warps, num_stages = _launch_params(meta["DKP"], meta["DVP"], meta["W"], backward=True)
-        splits, chunk = _splits(batch * heads, n, block_n, q.device)
+        splits, chunk = _splits(batch * heads, n, block_n, q.device, backward=True)
         dq = _empty(tuple(q.shape), q.dtype, q.device)
         dkey = _empty(tuple(k.shape), k.dtype, q.device)
         dval = _empty(tuple(v.shape), v.dtype, q.device)
