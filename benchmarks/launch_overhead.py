@@ -94,10 +94,10 @@ def measure_ops(batch: int, n: int, rows: dict, profiles: dict) -> None:
 
     # The backward's Python runs on the autograd engine's thread, out of the caller's cProfile: call it directly.
     options = (None, None, None, 0.0, _FEATURE_CODES["relu"], False, 1.0, True, 1e-6)
-    out, state, inv = _linear_attention_fwd(q, k, v, *options, save_state=True, direct_launch=True)
+    _, state = _linear_attention_fwd(q, k, v, *options, save_state=True, direct_launch=True)
 
     def backward_only():
-        _linear_attention_bwd(grad, q, k, v, *options[:4], state, out, inv, *options[4:], False, direct_launch=True)
+        _linear_attention_bwd(grad, q, k, v, *options[:4], state, *options[4:], False, direct_launch=True)
 
     beta = torch.rand(batch, n, HEADS, device="cuda", dtype=torch.bfloat16)
     rows[f"la_fwd_N{n}"] = host_us(forward)

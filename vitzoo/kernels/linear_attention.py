@@ -455,14 +455,14 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=["N", "chunk"])
     def _linear_attention_fwd_kernel(
-            q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, c_ptr, o_ptr, state_ptr, inv_ptr,
+            q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, c_ptr, o_ptr, state_ptr,
             c_value, scale, eps, N, H, DK: tl.constexpr, DV: tl.constexpr, chunk, state_stride,
             sq_b, sq_n, sq_h, sq_d, sk_b, sk_n, sk_h, sk_d, sv_b, sv_n, sv_h, sv_d,
             sa_b, sa_n, sa_h, sa_w, sb_b, sb_n, sb_h, sb_w, so_b, so_n, so_h, so_d,
             W: tl.constexpr, HAS_WEIGHTS: tl.constexpr, FEATURE: tl.constexpr, CENTER: tl.constexpr,
             UNIT_D: tl.constexpr, CONST_PTR: tl.constexpr, HAS_CONST: tl.constexpr, NORMALIZE: tl.constexpr,
             DO_STATE: tl.constexpr, DO_OUTPUT: tl.constexpr, STORE_STATE: tl.constexpr, ATOMIC: tl.constexpr,
-            NEED_Z: tl.constexpr, NEED_U: tl.constexpr, SAVE_INV: tl.constexpr, BLOCK_N: tl.constexpr,
+            NEED_Z: tl.constexpr, NEED_U: tl.constexpr, BLOCK_N: tl.constexpr,
             DKP: tl.constexpr, DVP: tl.constexpr,
             PREC: tl.constexpr,
     ):
@@ -575,31 +575,42 @@ if triton is not None:
                     num += num_w * bw[:, None]
                     den += den_w * bw
                 if NORMALIZE:
-                    inv = 1.0 / (den + eps)
-                    num = num * inv[:, None]
-                    if SAVE_INV:  # for the backward (USE_OUT there)
-                        tl.store(inv_ptr + (bi * N + offs_n) * H + hi, inv, mask=offs_n < n_end)
+                    num = num * (1.0 / (den + eps))[:, None]
                 _store_rows(o_base, num, offs_n, offs_v, so_n, so_d, n_end, DV, UNIT_D)
 
     @triton.jit
-    def _query_grads(phi, g, dnum, dden, inv, bw, ft_hi, ft_lo, y, ds, dyacc, dracc, dzc, HAS_WEIGHTS: tl.constexpr,
-                     NORMALIZE: tl.constexpr, HAS_CONST: tl.constexpr, PREC: tl.constexpr):
-        # one weighting's share of d phi(q) for a query tile, and its contributions to dF = sum_t b phi^T dnum,
-        # dy = sum_t b dden phi, dr = sum_t b dnum, dzc = sum_t b dden (bw: that weighting's query coefficients,
-        # the row mask when unweighted)
-        dphi = _dot_split(dnum, ft_hi, ft_lo, PREC)
+    def _query_reads(phi, g, ft_hi, ft_lo, y_cols, r, zc, NORMALIZE: tl.constexpr, HAS_CONST: tl.constexpr,
+                     PREC: tl.constexpr, BLOCK_N: tl.constexpr):
+        # what the backward needs of one weighting's read of a query tile, without recomputing the numerator:
+        # g F^T (the product d phi needs anyway), g . num = phi . (g F^T) (+ g . c^2 u) and the normaliser read
+        gf = _dot_split(g, ft_hi, ft_lo, PREC)
+        g_num = tl.sum(phi.to(tl.float32) * gf, 1)
+        if HAS_CONST:
+            g_num += tl.sum(g.to(tl.float32) * r[None, :], 1)
         if NORMALIZE:
-            dphi += dden[:, None] * y[None, :]
-        if HAS_WEIGHTS:
-            dphi = dphi * bw[:, None]
-            ds = _dot_data(tl.trans(phi.to(tl.float32) * bw[:, None]), dnum, ds, PREC)
+            den = tl.sum(_dot_data(phi, y_cols, tl.zeros((BLOCK_N, 16), tl.float32), PREC), 1) + zc
         else:
-            ds = _dot_data(tl.trans(phi), dnum, ds, PREC)
+            den = tl.zeros((BLOCK_N,), tl.float32)
+        return gf, g_num, den
+
+    @triton.jit
+    def _query_grads(phi, g, gf, inv, dden, bw, y, ds, dyacc, dracc, dzc, ROW_SCALED: tl.constexpr,
+                     NORMALIZE: tl.constexpr, HAS_CONST: tl.constexpr, PREC: tl.constexpr):
+        # one weighting's share of d phi(q) for a query tile, and its contributions to dF = sum_t b inv phi^T g,
+        # dy = sum_t b dden phi, dr = sum_t b inv g, dzc = sum_t b dden. dnum = inv g is never formed: the row
+        # scale goes on phi (ds), on the accumulator (d phi) and into the split row operand (dr), so g feeds the
+        # tensor cores as loaded. bw: this weighting's query coefficients (the row mask when unweighted).
+        if ROW_SCALED:
+            row_scale = bw * inv
+            dphi = gf * row_scale[:, None]
+            ds = _dot_data(tl.trans(phi.to(tl.float32) * row_scale[:, None]), g, ds, PREC)
+        else:
+            dphi = gf
+            ds = _dot_data(tl.trans(phi), g, ds, PREC)
         if NORMALIZE:
+            dphi += (dden * bw)[:, None] * y[None, :]
             dyacc = _dot_data(tl.trans(phi), _columns(dden * bw, PREC), dyacc, PREC)
         if HAS_CONST:
-            # dr = sum_t b_t inv_t g_t with g as loaded (exact in 16 bits) and b inv split: a bf16 dnum would move
-            # dL/dc, a small difference of large sums, by more than its fp32 accuracy
             dracc = _dot_data(_rows(bw * inv, PREC), g, dracc, PREC)
             if NORMALIZE:
                 dzc += tl.sum(dden * bw, 0)
@@ -635,7 +646,7 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=["N", "chunk"])
     def _linear_attention_bwd_kernel(
-            q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, c_ptr, g_ptr, o_ptr, inv_ptr, state_ptr, dstate_ptr,
+            q_ptr, k_ptr, v_ptr, a_ptr, b_ptr, c_ptr, g_ptr, state_ptr, dstate_ptr,
             dq_ptr, dk_ptr, dv_ptr, da_ptr, db_ptr, dc_ptr,
             c_value, scale, eps, N, H, DK: tl.constexpr, DV: tl.constexpr, chunk, state_stride,
             sq_b, sq_n, sq_h, sq_d, sk_b, sk_n, sk_h, sk_d, sv_b, sv_n, sv_h, sv_d,
@@ -643,7 +654,7 @@ if triton is not None:
             sdk_b, sdk_n, sdk_h, sdk_d, sdv_b, sdv_n, sdv_h, sdv_d, sdw_b, sdw_n, sdw_h, sdw_w,
             W: tl.constexpr, HAS_WEIGHTS: tl.constexpr, FEATURE: tl.constexpr, CENTER: tl.constexpr,
             UNIT_D: tl.constexpr, CONST_PTR: tl.constexpr, HAS_CONST: tl.constexpr, NORMALIZE: tl.constexpr,
-            DO_Q: tl.constexpr, DO_KV: tl.constexpr, NEED_DC: tl.constexpr, USE_OUT: tl.constexpr,
+            DO_Q: tl.constexpr, DO_KV: tl.constexpr, NEED_DC: tl.constexpr, ROW_SCALED: tl.constexpr,
             BLOCK_N: tl.constexpr, DKP: tl.constexpr,
             DVP: tl.constexpr, PREC: tl.constexpr,
     ):
@@ -691,62 +702,45 @@ if triton is not None:
                 qt = _load_tile(q_base, offs_n, offs_k, sq_n, sq_d, n_end, DK, UNIT_D)
                 phi = _feature_fwd(qt, FEATURE)
                 g = _load_tile(g_base, offs_n, offs_v, sg_n, sg_d, n_end, DV, UNIT_D)
-                if USE_OUT:
-                    # unweighted normaliser: dnum = g / den and dden = -(g . out) / den from the saved output and
-                    # 1/den (as FlashAttention's backward), so the numerator is not recomputed
-                    out_rows = (bi * N + offs_n) * H + hi
-                    ot = tl.load(o_ptr + out_rows[:, None] * DV + offs_v[None, :],
-                                 mask=(offs_n < n_end)[:, None] & (offs_v < DV)[None, :], other=0.0)
-                    inv = tl.load(inv_ptr + out_rows, mask=offs_n < n_end, other=0.0)
-                    gf = g.to(tl.float32)
-                    dnum = gf * inv[:, None]
-                    dden = -tl.sum(gf * ot.to(tl.float32), 1) * inv
-                    bw0 = row_mask
-                else:
-                    num0, den0 = _read(phi, fh0, fl0, yc0, r0, zc0, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
-                    if HAS_WEIGHTS:
-                        bw0 = _load_weight(b_base, offs_n, sb_n, n_end)
-                        num = num0 * bw0[:, None]
-                        den = den0 * bw0
-                    else:
-                        bw0 = row_mask
-                        num = num0
-                        den = den0
-                    if W >= 2:
-                        bw1 = _load_weight(b_base + sb_w, offs_n, sb_n, n_end)
-                        num1, den1 = _read(phi, fh1, fl1, yc1, r1, zc1, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
-                        num += num1 * bw1[:, None]
-                        den += den1 * bw1
-                    if W >= 3:
-                        bw2 = _load_weight(b_base + 2 * sb_w, offs_n, sb_n, n_end)
-                        num2, den2 = _read(phi, fh2, fl2, yc2, r2, zc2, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
-                        num += num2 * bw2[:, None]
-                        den += den2 * bw2
-                    if NORMALIZE:
-                        inv = 1.0 / (den + eps)
-                        gf = g.to(tl.float32)
-                        dnum = gf * inv[:, None]
-                        dden = -tl.sum(gf * num, 1) * inv * inv
-                    else:
-                        dnum = g
-                        dden = row_mask  # unused without the normaliser (den0 is zero)
-                        inv = row_mask
-                dphi, ds0, dya0, dra0, dzc0 = _query_grads(phi, g, dnum, dden, inv, bw0, fth0, ftl0, y0, ds0, dya0,
-                                                           dra0, dzc0, HAS_WEIGHTS, NORMALIZE, HAS_CONST, PREC)
+                gf0, gn0, den0 = _query_reads(phi, g, fth0, ftl0, yc0, r0, zc0, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
                 if HAS_WEIGHTS:
-                    _store_weight(db_base, tl.sum(num0 * dnum, 1) + den0 * dden, offs_n, sdw_n, n_end)
+                    bw0 = _load_weight(b_base, offs_n, sb_n, n_end)
+                else:
+                    bw0 = row_mask
+                den = den0 * bw0
+                g_num = gn0 * bw0
                 if W >= 2:
-                    dphi_w, ds1, dya1, dra1, dzc1 = _query_grads(
-                        phi, g, dnum, dden, inv, bw1, fth1, ftl1, y1, ds1, dya1, dra1, dzc1, HAS_WEIGHTS,
-                        NORMALIZE, HAS_CONST, PREC)
-                    dphi += dphi_w
-                    _store_weight(db_base + sdw_w, tl.sum(num1 * dnum, 1) + den1 * dden, offs_n, sdw_n, n_end)
+                    bw1 = _load_weight(b_base + sb_w, offs_n, sb_n, n_end)
+                    gf1, gn1, den1 = _query_reads(phi, g, fth1, ftl1, yc1, r1, zc1, NORMALIZE, HAS_CONST, PREC,
+                                                  BLOCK_N)
+                    den += den1 * bw1
+                    g_num += gn1 * bw1
                 if W >= 3:
-                    dphi_w, ds2, dya2, dra2, dzc2 = _query_grads(
-                        phi, g, dnum, dden, inv, bw2, fth2, ftl2, y2, ds2, dya2, dra2, dzc2, HAS_WEIGHTS,
-                        NORMALIZE, HAS_CONST, PREC)
+                    bw2 = _load_weight(b_base + 2 * sb_w, offs_n, sb_n, n_end)
+                    gf2, gn2, den2 = _query_reads(phi, g, fth2, ftl2, yc2, r2, zc2, NORMALIZE, HAS_CONST, PREC,
+                                                  BLOCK_N)
+                    den += den2 * bw2
+                    g_num += gn2 * bw2
+                if NORMALIZE:
+                    inv = 1.0 / (den + eps)
+                    dden = -g_num * inv * inv
+                else:
+                    inv = row_mask
+                    dden = row_mask  # unused without the normaliser (den_w are zero)
+                dphi, ds0, dya0, dra0, dzc0 = _query_grads(phi, g, gf0, inv, dden, bw0, y0, ds0, dya0, dra0, dzc0,
+                                                           ROW_SCALED, NORMALIZE, HAS_CONST, PREC)
+                if HAS_WEIGHTS:  # d b_w = (g . num_w) inv + den_w dden
+                    _store_weight(db_base, gn0 * inv + den0 * dden, offs_n, sdw_n, n_end)
+                if W >= 2:
+                    dphi_w, ds1, dya1, dra1, dzc1 = _query_grads(phi, g, gf1, inv, dden, bw1, y1, ds1, dya1, dra1, dzc1,
+                                                                 ROW_SCALED, NORMALIZE, HAS_CONST, PREC)
                     dphi += dphi_w
-                    _store_weight(db_base + 2 * sdw_w, tl.sum(num2 * dnum, 1) + den2 * dden, offs_n, sdw_n, n_end)
+                    _store_weight(db_base + sdw_w, gn1 * inv + den1 * dden, offs_n, sdw_n, n_end)
+                if W >= 3:
+                    dphi_w, ds2, dya2, dra2, dzc2 = _query_grads(phi, g, gf2, inv, dden, bw2, y2, ds2, dya2, dra2, dzc2,
+                                                                 ROW_SCALED, NORMALIZE, HAS_CONST, PREC)
+                    dphi += dphi_w
+                    _store_weight(db_base + 2 * sdw_w, gn2 * inv + den2 * dden, offs_n, sdw_n, n_end)
                 _store_rows(dq_base, _feature_bwd(qt, phi, dphi, FEATURE), offs_n, offs_k, sdk_n, sdk_d, n_end, DK,
                             UNIT_D)
             dy0, dr0 = tl.sum(dya0, 1), tl.sum(dra0, 0)
@@ -867,9 +861,8 @@ if triton is not None:
             eps: float,
             save_state: bool,
             direct_launch: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (out, raw fp32 states, 1 / normaliser per token); the last two are empty unless ``save_state``
-        (the backward needs them; 1 / normaliser only for an unweighted normalised configuration).
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (out, raw fp32 states); the states are empty unless ``save_state`` (needed by the backward).
 
         ``direct_launch``: launch the Triton kernel itself rather than through ``wrap_triton`` (eager callers that
         bypass the custom op; see ``_LinearAttentionFunction``)."""
@@ -886,11 +879,9 @@ if triton is not None:
             state = _empty(state_shape, torch.float32, q.device)
         else:
             state = q.new_empty((0,), dtype=torch.float32)
-        save_inv = save_state and normalize and key_weights is None
-        inv = _empty((batch, n, heads), torch.float32, q.device) if save_inv else q.new_empty((0,), dtype=torch.float32)
         pointers, scalars = _common_args(q, k, v, key_weights, query_weights, const, const_value, scale, eps)
         args = (
-            *pointers, out, state if state.numel() else out, inv if save_inv else out, *scalars, n, heads, dk, dv,
+            *pointers, out, state if state.numel() else out, *scalars, n, heads, dk, dv,
             chunk, state_shape[1],
             *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(key_weights), *_strides4(query_weights),
             *_strides4(out),
@@ -901,7 +892,6 @@ if triton is not None:
         need_z = normalize or (center_keys and key_weights is None)
         need_u = center_keys or meta["HAS_CONST"]
         config = dict(BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, NEED_Z=need_z, NEED_U=need_u,
-                      SAVE_INV=save_inv,
                       UNIT_D=_unit_last_stride(q, k, v), **meta)
         if splits == 1:
             kernel[(batch * heads, 1)](*args, DO_STATE=True, DO_OUTPUT=True, STORE_STATE=save_state, ATOMIC=False,
@@ -911,7 +901,7 @@ if triton is not None:
                                             **config)
             kernel[(batch * heads, splits)](*args, DO_STATE=False, DO_OUTPUT=True, STORE_STATE=False, ATOMIC=False,
                                             **config)
-        return out, state, inv
+        return out, state
 
     def _linear_attention_bwd(
             grad: torch.Tensor,
@@ -923,8 +913,6 @@ if triton is not None:
             const: torch.Tensor | None,
             const_value: float,
             state: torch.Tensor,
-            out: torch.Tensor,
-            inv: torch.Tensor,
             feature: int,
             center_keys: bool,
             scale: float,
@@ -952,7 +940,7 @@ if triton is not None:
         dstate = torch.zeros_like(state) if splits > 1 else state
         pointers, scalars = _common_args(q, k, v, key_weights, query_weights, const, const_value, scale, eps)
         args = (
-            *pointers, grad, out, inv if inv.numel() else out, state, dstate, dq, dkey, dval,
+            *pointers, grad, state, dstate, dq, dkey, dval,
             dkw if dkw.numel() else dq, dqw if dqw.numel() else dq,
             dconst if need_const_grad else dq, *scalars, n, heads, dk, dv, chunk, state.shape[1],
             *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(key_weights), *_strides4(query_weights),
@@ -960,7 +948,7 @@ if triton is not None:
         )
         kernel = _launcher(_linear_attention_bwd_kernel, direct_launch)
         config = dict(BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, NEED_DC=need_const_grad,
-                      USE_OUT=inv.numel() > 0,
+                      ROW_SCALED=normalize or key_weights is not None,
                       UNIT_D=_unit_last_stride(q, k, v, grad), **meta)
         if splits == 1:
             kernel[(batch * heads, 1)](*args, DO_Q=True, DO_KV=True, **config)
@@ -982,23 +970,22 @@ if triton is not None:
                     normalize, eps, save_state):
             # torch.compile traces the custom op; eager calls skip its dispatch (host time on every call)
             compiling = torch.compiler.is_compiling()
-            out, state, inv = (_linear_attention_fwd_op if compiling else _linear_attention_fwd)(
+            out, state = (_linear_attention_fwd_op if compiling else _linear_attention_fwd)(
                 q, k, v, key_weights, query_weights, const, const_value, feature, center_keys, scale, normalize,
                 eps, save_state, direct_launch=not compiling,
             )
-            # the output is read back only with 1/normaliser (an empty inv stands in for it otherwise)
-            ctx.save_for_backward(q, k, v, key_weights, query_weights, const, state, out if inv.numel() else inv, inv)
+            ctx.save_for_backward(q, k, v, key_weights, query_weights, const, state)
             ctx.options = (const_value, feature, center_keys, scale, normalize, eps)
             return out
 
         @staticmethod
         def backward(ctx, grad):
-            q, k, v, key_weights, query_weights, const, state, out, inv = ctx.saved_tensors
+            q, k, v, key_weights, query_weights, const, state = ctx.saved_tensors
             const_value, feature, center_keys, scale, normalize, eps = ctx.options
             need_const_grad = const is not None and ctx.needs_input_grad[5]
             compiling = torch.compiler.is_compiling()
             dq, dk, dv, dkw, dqw, dconst = (_linear_attention_bwd_op if compiling else _linear_attention_bwd)(
-                grad, q, k, v, key_weights, query_weights, const, const_value, state, out, inv, feature, center_keys,
+                grad, q, k, v, key_weights, query_weights, const, const_value, state, feature, center_keys,
                 scale,
                 normalize, eps, need_const_grad, direct_launch=not compiling,
             )
