@@ -124,7 +124,7 @@ def _check_against_reference(tensors, kwargs, tol: float, grad_tol: float, backw
     names = [name for name, t in zip(names, (*tensors, const), strict=True) if isinstance(t, torch.Tensor)]
     for name, g, rg in zip(names, grads, ref_grads, strict=True):
         assert g.dtype == dict(zip(names, leaves, strict=True))[name].dtype
-        if name == "feature_const" and kwargs.get("normalize") and tensors[3] is None and not kwargs.get("center_keys"):
+        if name == "feature_const" and kwargs.get("normalize"):
             _check_const_grad(g, rg, tensors, kwargs, grad, grad_tol)
             continue
         err = _rel_err(g, rg)
@@ -135,9 +135,8 @@ def _check_const_grad(g, rg, tensors, kwargs, grad, grad_tol: float) -> None:
     """The normalised read's dL/dc is a difference of two large per-(batch, head) sums (numerator and normaliser
     parts, A ~ -B; on the GPU test's inputs |A| + |B| is 70-260x |A + B|). The kernel gets each sum to fp32-sum
     accuracy, so the error is judged against tol x (|dL/dc| + sum(|A| + |B|) / 100): in bf16 1e-4 of the summands."""
-    q, k, v = tensors[:3]
-    term_a, term_b = const_grad_terms(q, k, v, grad, kwargs["feature_const"].item(), feature_map=kwargs["feature_map"],
-                                      scale=kwargs.get("scale", 1.0), eps=kwargs.get("eps", 1e-6))
+    options = {key: value for key, value in kwargs.items() if key not in ("feature_const", "normalize")}
+    term_a, term_b = const_grad_terms(*tensors[:3], grad, kwargs["feature_const"].item(), *tensors[3:5], **options)
     assert torch.allclose((term_a + term_b).sum(), rg.reshape(()), rtol=1e-9), "A + B must equal the reference dL/dc"
     summands = (term_a.abs() + term_b.abs()).sum().item()
     err, allowed = abs(g.item() - rg.item()), grad_tol * (abs(rg.item()) + summands / 100)

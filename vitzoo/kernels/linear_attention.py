@@ -175,18 +175,20 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _launch_params(dkp: int, dvp: int, weightings: int, backward: bool) -> tuple[int, int, int]:
-    """(BLOCK_N, num_warps, num_stages): one fixed config per shape class, no autotuning."""
+def _launch_params(dkp: int, dvp: int, weightings: int, backward: bool, split: bool = False) -> tuple[int, int, int]:
+    """(BLOCK_N, num_warps, num_stages): one fixed config per shape class, no autotuning. ``split``: the backward's
+    sequence is divided over several programs (two kernels, one per pass)."""
     if _interpreting():
         return 64, 4, 1
     if _LAUNCH_OVERRIDE is not None:
         return _LAUNCH_OVERRIDE[backward]
     if dkp * dvp > 64 * 64 or weightings > 1:  # more state per program: smaller tiles, fewer pipeline stages
         return (32, 8, 2) if backward else (64, 8, 2)
-    # Three stages keep two K/V tiles in flight. Backward: 32-token tiles (64-token ones gave wrong dk on the split
-    # path with Triton 3.6 on the H200; benchmarks/NOTES.md)
+    # Three stages keep two K/V tiles in flight. Backward (H200 sweep, benchmarks/NOTES.md): 32-token tiles when one
+    # program walks a whole sequence, 128-token tiles over 8 warps for the split passes; 64-token tiles over 4 warps
+    # gave a wrong dk with Triton 3.6 there.
     if backward:
-        return 32, 4, 3
+        return (128, 8, 2) if split else (32, 4, 3)
     return 64, 4, 3
 
 
@@ -926,8 +928,11 @@ if triton is not None:
         batch, n, heads, dk = q.shape
         dv = v.shape[-1]
         meta = _common_meta(q, k, v, key_weights, const, const_value, feature, center_keys, normalize)
-        block_n, num_warps, num_stages = _launch_params(meta["DKP"], meta["DVP"], meta["W"], backward=True)
-        splits, chunk = _splits(batch * heads, n, block_n, q.device, backward=True)
+        launch = _launch_params(meta["DKP"], meta["DVP"], meta["W"], backward=True, split=True)
+        splits, chunk = _splits(batch * heads, n, launch[0], q.device, backward=True)
+        if splits == 1:
+            launch = _launch_params(meta["DKP"], meta["DVP"], meta["W"], backward=True)
+        block_n, num_warps, num_stages = launch
         dq = _empty(tuple(q.shape), q.dtype, q.device)
         dkey = _empty(tuple(k.shape), k.dtype, q.device)
         dval = _empty(tuple(v.shape), v.dtype, q.device)

@@ -21,27 +21,33 @@ def const_grad_terms(
         v: torch.Tensor,
         grad: torch.Tensor,
         const: float,
+        key_weights: torch.Tensor | None = None,
+        query_weights: torch.Tensor | None = None,
         *,
-        feature_map: str,
-        scale: float = 1.0,
         eps: float = 1e-6,
+        **options,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """dL/dc of the normalised read with an appended constant feature c (one weighting, uncentred keys), float64,
-    split per (batch, head) into the numerator's part A and the normaliser's part B: dL/dc = sum(A + B).
+    """dL/dc of a normalised linear-attention read with an appended constant feature c, float64, split per (batch,
+    head) into the numerator's part A and the normaliser's part B: dL/dc = sum(A + B), L = sum(grad * out).
 
-    With out_t = num_t / den_t, num_t = phi(q_t) S + c^2 u and den_t = phi(q_t) . z + c^2 N + eps:
-    A = 2c u . sum_t g_t / den_t and B = -2c N sum_t (g_t . num_t) / den_t^2. When A ~ -B the gradient is a small
-    difference of large sums, and any rounding in those sums is judged against |A| + |B|, not against the net.
+    c enters out = num(c) / (den(c) + eps) twice; A and B are the gradients through num and den, taken with two
+    copies of c (den is the unnormalised read of unit values). When A ~ -B the gradient is a small difference of
+    large sums, and rounding in those sums is judged against |A| + |B|, not against the net. ``options``: the
+    other arguments of :func:`~vitzoo.kernels.linear_attention_reference` (feature_map, center_keys, scale).
     """
-    from .linear_attention import apply_feature_map
+    from .linear_attention import linear_attention_reference
 
     q, k, v, grad = (t.detach().double() for t in (q, k, v, grad))
-    phi_q, phi_k = (apply_feature_map(t, feature_map) * scale**0.5 for t in (q, k))
-    n = q.shape[1]
-    z, u = phi_k.sum(1), v.sum(1)
-    state = torch.einsum("bnhk,bnhv->bhkv", phi_k, v)
-    num = torch.einsum("bnhk,bhkv->bnhv", phi_q, state) + const * const * u[:, None]
-    den = torch.einsum("bnhk,bhk->bnh", phi_q, z) + const * const * n + eps
-    term_a = 2 * const * (u * (grad / den[..., None]).sum(1)).sum(-1)
-    term_b = -2 * const * n * ((grad * num).sum(-1) / den**2).sum(1)
+    weights = [None if w is None else w.detach().double() for w in (key_weights, query_weights)]
+    c_num, c_den = (torch.tensor(float(const), dtype=torch.float64, requires_grad=True) for _ in range(2))
+    options = dict(options, normalize=False)
+    num = linear_attention_reference(q, k, v, *weights, feature_const=c_num, **options)
+    den = linear_attention_reference(q, k, torch.ones_like(v[..., :1]), *weights, feature_const=c_den, **options)
+    out = num / (den + eps)
+    batch, _, heads, _ = q.shape
+    term_a, term_b = torch.zeros(batch, heads, dtype=torch.float64), torch.zeros(batch, heads, dtype=torch.float64)
+    for b in range(batch):
+        for h in range(heads):
+            loss = (grad[b, :, h] * out[b, :, h]).sum()
+            term_a[b, h], term_b[b, h] = torch.autograd.grad(loss, (c_num, c_den), retain_graph=True)
     return term_a, term_b
