@@ -29,8 +29,9 @@ SHAPES = [(256, 197), (64, 785), (16, 3137), (4, 12545)]  # (B, N)
 # NUM_WARPS=4). A variant is timed only if it passes its float64 check first.
 VARIANTS = {  # name: (path, kernel chunk, num_warps, num_stages of the fused kernels or None for Triton's default)
     "fused_c32_w4": ("fused", 32, 4, None),
+    "fused_c32_w8": ("fused", 32, 8, None),
     "chunked_c32_w4": ("chunked", 32, 4, None),
-    "chunked_c64_w4": ("chunked", 64, 4, None),  # the default before 2026-11-29's measurements
+    "chunked_c32_w8": ("chunked", 32, 8, None),
 }
 HEADS, HEAD_DIM = 6, 64
 CHECK_TOL = 2e-2  # relative L2 error between two bf16 implementations of the same scan

@@ -159,10 +159,9 @@ SWEEP = {  # name: (launch override {backward: (BLOCK_N, num_warps, num_stages)}
     # many programs per SM} or None for the default, programs per SM when split)
     "default": (None, None, 4),
     "split_below4": (None, {False: 4, True: 4}, 4),  # the forward splits as the backward does (the previous default)
-    "bwd64_warps8": ({False: (64, 4, 3), True: (64, 8, 3)}, None, 4),
-    "bwd64_warps8_s2": ({False: (64, 4, 3), True: (64, 8, 2)}, None, 4),
-    "bwd128_warps8": ({False: (64, 4, 3), True: (128, 8, 2)}, None, 4),
-    "bwd32_s2": ({False: (64, 4, 3), True: (32, 4, 2)}, None, 4),
+    "bwd32": ({False: (64, 4, 3), True: (32, 4, 3)}, None, 4),  # 32-token backward tiles on the split path too
+    "fwd_stages4": ({False: (64, 4, 4), True: (32, 4, 3)}, None, 4),
+    "fwd_stages2": ({False: (64, 4, 2), True: (32, 4, 3)}, None, 4),
 }
 
 

@@ -217,8 +217,12 @@ if triton_available():
         return tl.where(rev == 1, N - 1 - pos, pos), pos < N
 
     @triton.jit
-    def _load_rows(ptr, sb, sn, sh, i_b, i_h, tok, valid, offs, D):
-        mask = valid[:, None] & (offs[None, :] < D)
+    def _load_rows(ptr, sb, sn, sh, i_b, i_h, tok, valid, offs, D: tl.constexpr):
+        # head dims are compile-time: a block that covers the whole dim needs no column mask, so loads vectorise
+        if D == offs.shape[0]:
+            mask = valid[:, None]
+        else:
+            mask = valid[:, None] & (offs[None, :] < D)
         rows = ptr + i_b * sb + i_h * sh + tok[:, None] * sn + offs[None, :]
         return tl.load(rows, mask=mask, other=0.0).to(tl.float32)
 
@@ -258,7 +262,7 @@ if triton_available():
     def _delta_rule_fwd_kernel(
             q_ptr, k_ptr, v_ptr, beta_ptr, o_ptr, h_ptr, t_ptr,
             sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sbb, sbn, sbh,
-            N, H, DK, DV, NV, scale, out_weight, first_dir,
+            N, H, DK: tl.constexpr, DV: tl.constexpr, NV, scale, out_weight, first_dir,
             BT: tl.constexpr, LOG2_BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
             L2NORM: tl.constexpr, STORE: tl.constexpr, PARALLEL: tl.constexpr, DOT_MODE: tl.constexpr,
     ):
@@ -322,7 +326,7 @@ if triton_available():
 
     @triton.jit(do_not_specialize=["N"])
     def _delta_rule_t_kernel(
-            k_ptr, beta_ptr, t_ptr, skb, skn, skh, sbb, sbn, sbh, N, H, DK, first_dir,
+            k_ptr, beta_ptr, t_ptr, skb, skn, skh, sbb, sbn, sbh, N, H, DK: tl.constexpr, first_dir,
             BT: tl.constexpr, LOG2_BT: tl.constexpr, BK: tl.constexpr, L2NORM: tl.constexpr, DOT_MODE: tl.constexpr,
     ):
         """Chunk-parallel path, step 1: T = (I + tril(diag(beta) K K^T, -1))^-1 per chunk; grid (chunks, B*H, dirs)."""
@@ -342,7 +346,7 @@ if triton_available():
     @triton.jit(do_not_specialize=["N"])
     def _delta_rule_states_kernel(
             k_ptr, v_ptr, beta_ptr, h_ptr, t_ptr, skb, skn, skh, svb, svn, svh, sbb, sbn, sbh,
-            N, H, DK, DV, first_dir,
+            N, H, DK: tl.constexpr, DV: tl.constexpr, first_dir,
             BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, L2NORM: tl.constexpr, DOT_MODE: tl.constexpr,
     ):
         """Chunk-parallel path, step 2 (the only sequential part): the state entering every chunk, into h.
@@ -373,7 +377,7 @@ if triton_available():
     def _delta_rule_dstates_kernel(
             q_ptr, k_ptr, beta_ptr, do_ptr, t_ptr, dh_ptr,
             sqb, sqn, sqh, skb, skn, skh, sbb, sbn, sbh, sdb, sdn, sdh,
-            N, H, DK, DV, scale, out_weight, first_dir,
+            N, H, DK: tl.constexpr, DV: tl.constexpr, scale, out_weight, first_dir,
             BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, L2NORM: tl.constexpr, DOT_MODE: tl.constexpr,
     ):
         """Chunk-parallel backward, step 1 (sequential, reverse scan order): the gradient of the state leaving
@@ -411,7 +415,7 @@ if triton_available():
     def _delta_rule_bwd_kernel(
             q_ptr, k_ptr, v_ptr, beta_ptr, do_ptr, h_ptr, t_ptr, dh_ptr, dq_ptr, dk_ptr, dv_ptr, dbeta_ptr,
             sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sbb, sbn, sbh, sdb, sdn, sdh,
-            N, H, DK, DV, NV, scale, out_weight, first_dir,
+            N, H, DK: tl.constexpr, DV: tl.constexpr, NV, scale, out_weight, first_dir,
             BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, L2NORM: tl.constexpr, PARALLEL: tl.constexpr,
             DOT_MODE: tl.constexpr,
     ):
