@@ -160,8 +160,8 @@ SWEEP = {  # name: (launch override {backward: (BLOCK_N, num_warps, num_stages)}
     "default": (None, None, 4),
     "split_below4": (None, {False: 4, True: 4}, 4),  # the forward splits as the backward does (the previous default)
     "bwd32": ({False: (64, 4, 3), True: (32, 4, 3)}, None, 4),  # 32-token backward tiles on the split path too
-    "fwd_stages4": ({False: (64, 4, 4), True: (32, 4, 3)}, None, 4),
-    "fwd_stages2": ({False: (64, 4, 2), True: (32, 4, 3)}, None, 4),
+    "fwd_stages3": ({False: (64, 4, 3), True: (32, 4, 3)}, None, 4),  # three forward stages at every N
+    "fwd_stages2": ({False: (64, 4, 2), True: (32, 4, 3)}, None, 4),  # two at every N
 }
 
 
