@@ -129,13 +129,15 @@ def linear_attention_reference(
 # Triton implementation: one forward and one backward kernel whose constexpr switches cover the whole family.
 #
 # Pass 1 (keys) accumulates, per weighting w, the raw fp32 sums S_w = sum_i a_iw phi_i v_i^T, z_w = sum_i a_iw phi_i,
-# u_w = sum_i a_iw v_i, s_w = sum_i a_iw, plus the unweighted key sum; centring and the constant feature are folded
-# in afterwards from these sums (S~_w = S_w - kbar u_w^T, z~_w = z_w - kbar s_w, constant row c u_w), so K and V are
-# read once. Pass 2 (queries) reads the states. When there are enough (batch, head) pairs to fill the GPU one
-# program does both passes and the states never leave the chip; otherwise pass 1 is split over N with fp32 atomics
-# into a zeroed state buffer and pass 2 runs as a second launch. The backward mirrors this: the query pass rebuilds
-# the output, writes dq (and dquery_weights) and accumulates dS_w, dz_w, dr_w = sum_t b_tw dnum_t, dzc_w; the key pass
-# writes dk, dv (and dkey_weights); the centring's mean term and the constant's gradient come from the states.
+# u_w = sum_i a_iw v_i, s_w = sum_i a_iw, plus the unweighted key sum; centring, the scale and the constant feature are
+# folded in afterwards (F_w = scale (S_w - kbar u_w^T), y_w = scale (z_w - kbar s_w), constant terms c^2 u_w, c^2 s_w),
+# so K and V are read once and queries and keys enter unscaled. Every sum over tokens is a tensor-core product (with a
+# one-hot column for the vector sums), and tiles stay in the input dtype until then. Pass 2 (queries) reads F_w, y_w.
+# When there are enough (batch, head) pairs to fill the GPU one program does both passes and the states never leave
+# the chip; otherwise pass 1 is split over N with fp32 atomics into a zeroed state buffer and pass 2 runs as a second
+# launch. The backward mirrors this: the query pass takes g F_w^T and g . num_w = phi . (g F_w^T) (the numerator is
+# not recomputed), writes dq (and dquery_weights) and accumulates dF_w, dy_w, dr_w, dzc_w; the key pass writes dk, dv
+# (and dkey_weights); the centring's mean term and the constant's gradient come from the states.
 # ---------------------------------------------------------------------------------------------------------------
 try:
     import triton
