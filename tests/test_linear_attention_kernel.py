@@ -288,6 +288,22 @@ def test_reference_gradcheck(config):
     assert torch.autograd.gradcheck(fn, tuple(leaves), eps=1e-6, atol=1e-6)
 
 
+def test_split_policy_per_pass(monkeypatch):
+    """On a GPU of S multiprocessors the forward keeps one program per (batch, head) down to 2 S of them and the
+    backward down to 4 S (the H200 sweeps); below that N is split into chunks of whole tiles, about 4 S programs."""
+    monkeypatch.setattr(la, "_sm_count", lambda index: 132)
+    cuda = torch.device("cuda", 0)
+    assert la._splits(256 * 6, 197, 64, cuda, backward=False) == (1, 197)
+    assert la._splits(256 * 6, 197, 32, cuda, backward=True) == (1, 197)
+    assert la._splits(64 * 6, 785, 64, cuda, backward=False) == (1, 785)  # 384 programs >= 2 x 132
+    splits, chunk = la._splits(64 * 6, 785, 128, cuda, backward=True)  # 384 < 4 x 132
+    assert (splits, chunk) == (2, 512)
+    for backward, block in ((False, 64), (True, 128)):
+        splits, chunk = la._splits(4 * 6, 12545, block, cuda, backward=backward)
+        assert chunk % block == 0 and (splits - 1) * chunk < 12545 <= splits * chunk
+        assert 0.8 * 4 * 132 <= 4 * 6 * splits <= 4 * 132  # about 4 programs per SM (chunks are whole tiles)
+
+
 # ------------------------------------------------------------------------------------------------------ GPU only
 GPU_SIZES = [(64, 197), (16, 785), (8, 3137)]
 

@@ -325,6 +325,12 @@ if triton is not None:
         return state, tl.load(z_ptrs, mask=mk, other=0.0), tl.load(u_ptrs, mask=mv, other=0.0), tl.load(sum_ptr)
 
     @triton.jit
+    def _key_pass_vectors(base, w, W: tl.constexpr, DK, DV, offs_k, offs_v):
+        # (u_w, s_w): what the key pass of the backward needs of a weighting's raw sums
+        _, _, u, total = _load_state(base, w, W, DK, DV, offs_k, offs_v)
+        return u, total
+
+    @triton.jit
     def _load_key_mean(base, W: tl.constexpr, DK, DV, offs_k, N, CENTER: tl.constexpr):
         # kbar, the token mean of phi(k) that centring subtracts (zero without centring)
         if CENTER:
@@ -403,6 +409,22 @@ if triton is not None:
         else:
             out = tl.where(rows == 0, x[None, :], 0.0)
         return out
+
+    @triton.jit
+    def _one_hot_sums(col_acc, row_acc):
+        # the vectors held by (len, 16) and (16, len) accumulators of products with _columns / _rows operands
+        return tl.sum(col_acc, 1), tl.sum(row_acc, 0)
+
+    @triton.jit
+    def _key_sum(kacc, z, CENTER: tl.constexpr, HAS_WEIGHTS: tl.constexpr):
+        # sum_i phi(k_i), whose mean the centring subtracts: z itself when unweighted; zero without centring
+        if not CENTER:
+            ksum = tl.zeros_like(z)
+        elif HAS_WEIGHTS:
+            ksum = tl.sum(kacc, 1)
+        else:
+            ksum = z
+        return ksum
 
     @triton.jit
     def _accumulate(phi, v, a, s, zacc, uacc, total, n_rows, HAS_WEIGHTS: tl.constexpr, NEED_Z: tl.constexpr,
@@ -516,17 +538,12 @@ if triton is not None:
                     aw = _load_weight(a_base + 2 * sa_w, offs_n, sa_n, n_end)
                     s2, za2, ua2, t2 = _accumulate(phi, vt, aw, s2, za2, ua2, t2, n_rows, HAS_WEIGHTS, NEED_Z,
                                                    NEED_U, PREC)
-            z0, u0 = tl.sum(za0, 1), tl.sum(ua0, 0)
+            z0, u0 = _one_hot_sums(za0, ua0)
             if W >= 2:
-                z1, u1 = tl.sum(za1, 1), tl.sum(ua1, 0)
+                z1, u1 = _one_hot_sums(za1, ua1)
             if W >= 3:
-                z2, u2 = tl.sum(za2, 1), tl.sum(ua2, 0)
-            if not CENTER:
-                ksum = tl.zeros((DKP,), tl.float32)  # kbar = 0: no centring
-            elif HAS_WEIGHTS:
-                ksum = tl.sum(kacc, 1)
-            else:
-                ksum = z0
+                z2, u2 = _one_hot_sums(za2, ua2)
+            ksum = _key_sum(kacc, z0, CENTER, HAS_WEIGHTS)
             if STORE_STATE:
                 _store_state(st_base, 0, W, DK, DV, offs_k, offs_v, s0, z0, u0, t0, ATOMIC)
                 if W >= 2:
@@ -747,11 +764,11 @@ if triton is not None:
                     _store_weight(db_base + 2 * sdw_w, gn2 * inv + den2 * dden, offs_n, sdw_n, n_end)
                 _store_rows(dq_base, _feature_bwd(qt, phi, dphi, FEATURE), offs_n, offs_k, sdk_n, sdk_d, n_end, DK,
                             UNIT_D)
-            dy0, dr0 = tl.sum(dya0, 1), tl.sum(dra0, 0)
+            dy0, dr0 = _one_hot_sums(dya0, dra0)
             if W >= 2:
-                dy1, dr1 = tl.sum(dya1, 1), tl.sum(dra1, 0)
+                dy1, dr1 = _one_hot_sums(dya1, dra1)
             if W >= 3:
-                dy2, dr2 = tl.sum(dya2, 1), tl.sum(dra2, 0)
+                dy2, dr2 = _one_hot_sums(dya2, dra2)
             if not DO_KV:
                 _store_state(dst_base, 0, W, DK, DV, offs_k, offs_v, ds0, dy0, dr0, dzc0, True)
                 if W >= 2:
@@ -772,12 +789,13 @@ if triton is not None:
             dk_base = dk_ptr + bi * sdk_b + hi * sdk_h
             dv_base = dv_ptr + bi * sdv_b + hi * sdv_h
             da_base = da_ptr + bi * sdw_b + hi * sdw_h
-            # the state vectors are read again rather than kept live through the query loop (registers)
-            _, _, u0, t0 = _load_state(st_base, 0, W, DK, DV, offs_k, offs_v)
+            # u, s and kbar are read again rather than kept live through the query loop (sm_90 compile of the
+            # centred configuration: 168 registers instead of 192)
+            u0, t0 = _key_pass_vectors(st_base, 0, W, DK, DV, offs_k, offs_v)
             if W >= 2:
-                _, _, u1, t1 = _load_state(st_base, 1, W, DK, DV, offs_k, offs_v)
+                u1, t1 = _key_pass_vectors(st_base, 1, W, DK, DV, offs_k, offs_v)
             if W >= 3:
-                _, _, u2, t2 = _load_state(st_base, 2, W, DK, DV, offs_k, offs_v)
+                u2, t2 = _key_pass_vectors(st_base, 2, W, DK, DV, offs_k, offs_v)
             kbar = _load_key_mean(st_base, W, DK, DV, offs_k, N, CENTER)
             gh0, gl0, gth0, gtl0, gy0, sh0, ct0, kg0, mean_grad = _key_operands(
                 ds0, dy0, dr0, dzc0, u0, t0, kbar, c2, scale, PREC)
