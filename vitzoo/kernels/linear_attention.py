@@ -150,7 +150,7 @@ _MAX_HEAD_DIM = 128
 _MAX_WEIGHTINGS = 3
 _INTERPRETER_PROGRAMS = 4  # the "GPU size" the split heuristic assumes under TRITON_INTERPRET=1 (CPU tests)
 # N is split over programs when B*H is below _SPLIT_BELOW[backward] programs per SM, into _PROGRAMS_PER_SM programs
-# per SM (H200 sweeps, 2026-11-29: the forward's one-program-per-sequence path wins down to 2 per SM, the backward's
+# per SM (H200 sweeps, 2026-11-29/30: the forward's one-program-per-sequence path wins down to 2 per SM, the backward's
 # only at 4; split programs do best at 4 per SM)
 _SPLIT_BELOW = {False: 2, True: 4}
 _PROGRAMS_PER_SM = 4
