@@ -32,6 +32,8 @@ import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from linear_attention import copy_bandwidth  # noqa: E402  (benchmarks/linear_attention.py, this script's folder)
+
 from vitzoo.kernels.delta_rule import delta_rule_triton  # noqa: E402
 from vitzoo.kernels.linear_attention import linear_attention_triton  # noqa: E402
 
@@ -146,7 +148,7 @@ def _probe_cases(q, k, v) -> dict:
 
 
 def probes(out: str) -> None:
-    bandwidth = _copy_bandwidth()
+    bandwidth = copy_bandwidth()
     rows = []
     for b, n in SIZES:
         q, k, v = _views(b, n)
@@ -160,21 +162,18 @@ def probes(out: str) -> None:
                 print(f"N={n:>6} {name:>22} {ms:.4f} ms  {ms / floor:.2f}x floor", flush=True)
         rows.append(row)
     stats = _compiled_stats()
-    info = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                command=" ".join([sys.executable, *sys.argv]), copy_bandwidth_GBps=bandwidth / 1e9,
-                timing="triton.testing.do_bench_cudagraph median (device time)")
+    info = _run_info(bandwidth)
     with open(out, "w") as f:
         json.dump({"info": info, "results": rows, "compiled": stats}, f, indent=2)
     for name, s in stats.items():
         print(name, s)
 
 
-def _copy_bandwidth() -> float:
-    src = torch.randn(1 << 29, device="cuda", dtype=torch.bfloat16)
-    dst = torch.empty_like(src)
-    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=100, return_mode="median")
-    return 2 * src.numel() * src.element_size() / (ms * 1e-3)
+def _run_info(bandwidth: float) -> dict:
+    return dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                command=" ".join([sys.executable, *sys.argv]), copy_bandwidth_GBps=bandwidth / 1e9,
+                timing="triton.testing.do_bench_cudagraph median (device time)")
 
 
 CONFIGS = {
@@ -186,7 +185,7 @@ CONFIGS = {
 
 
 def configs(out: str) -> None:
-    bandwidth = _copy_bandwidth()
+    bandwidth = copy_bandwidth()
     rows = []
     for b, n in SIZES:
         q, k, v = (t.detach().requires_grad_() for t in _views(b, n))
@@ -206,10 +205,7 @@ def configs(out: str) -> None:
             print(f"N={n:>6} {name:>20} fwd {fwd_ms:.4f} ms ({fwd_ms / floor:.2f}x) fwd+bwd {fwd_bwd_ms:.4f} ms "
                   f"({fwd_bwd_ms / row['floor_fwdbwd_ms']:.2f}x)", flush=True)
         rows.append(row)
-    info = dict(gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                command=" ".join([sys.executable, *sys.argv]), copy_bandwidth_GBps=bandwidth / 1e9,
-                timing="triton.testing.do_bench_cudagraph median (device time)")
+    info = _run_info(bandwidth)
     with open(out, "w") as f:
         json.dump({"info": info, "results": rows}, f, indent=2)
 

@@ -432,20 +432,15 @@ if triton is not None:
         # one key tile into the raw sums of one weighting: S += (a phi)^T v, z += (a phi)^T 1, u += v^T a, s += sum a.
         # Padded rows have phi = 0 and v = 0, so unweighted sums need no mask.
         if HAS_WEIGHTS:
-            weighted = phi.to(tl.float32) * a[:, None]
-            s = _dot_data(tl.trans(weighted), v, s, PREC)
-            if NEED_Z:
-                zacc = _dot_data(tl.trans(phi), _columns(a, PREC), zacc, PREC)
-            if NEED_U:
-                uacc = _dot_data(_rows(a, PREC), v, uacc, PREC)
+            s = _dot_data(tl.trans(phi.to(tl.float32) * a[:, None]), v, s, PREC)
             total += tl.sum(a, 0)
         else:
             s = _dot_data(tl.trans(phi), v, s, PREC)
-            if NEED_Z:
-                zacc = _dot_data(tl.trans(phi), _columns(a, PREC), zacc, PREC)
-            if NEED_U:
-                uacc = _dot_data(_rows(a, PREC), v, uacc, PREC)
             total += n_rows
+        if NEED_Z:
+            zacc = _dot_data(tl.trans(phi), _columns(a, PREC), zacc, PREC)
+        if NEED_U:
+            uacc = _dot_data(_rows(a, PREC), v, uacc, PREC)
         return s, zacc, uacc, total
 
     @triton.jit
@@ -467,16 +462,22 @@ if triton is not None:
         return f_hi, f_lo, ft_hi, ft_lo, _columns(y, PREC), y, c2 * u, c2 * total
 
     @triton.jit
+    def _read_den(phi, y_cols, zc, NORMALIZE: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr):
+        # one weighting's denominator phi . y (+ c^2 s) for a query tile (zero without the normaliser)
+        if NORMALIZE:
+            den = tl.sum(_dot_data(phi, y_cols, tl.zeros((BLOCK_N, 16), tl.float32), PREC), 1) + zc
+        else:
+            den = tl.zeros((BLOCK_N,), tl.float32)
+        return den
+
+    @triton.jit
     def _read(phi, f_hi, f_lo, y_cols, r, zc, NORMALIZE: tl.constexpr, HAS_CONST: tl.constexpr,
               PREC: tl.constexpr, BLOCK_N: tl.constexpr):
         # one weighting's numerator phi F (+ c^2 u) and denominator phi . y (+ c^2 s) for a query tile
         num = _dot_split(phi, f_hi, f_lo, PREC)
         if HAS_CONST:
             num += r[None, :]
-        if NORMALIZE:
-            den = tl.sum(_dot_data(phi, y_cols, tl.zeros((BLOCK_N, 16), tl.float32), PREC), 1) + zc
-        else:
-            den = tl.zeros((BLOCK_N,), tl.float32)
+        den = _read_den(phi, y_cols, zc, NORMALIZE, PREC, BLOCK_N)
         return num, den
 
     @triton.jit(do_not_specialize=["N", "chunk"])
@@ -608,10 +609,7 @@ if triton is not None:
         g_num = tl.sum(phi.to(tl.float32) * gf, 1)
         if HAS_CONST:
             g_num += tl.sum(g.to(tl.float32) * r[None, :], 1)
-        if NORMALIZE:
-            den = tl.sum(_dot_data(phi, y_cols, tl.zeros((BLOCK_N, 16), tl.float32), PREC), 1) + zc
-        else:
-            den = tl.zeros((BLOCK_N,), tl.float32)
+        den = _read_den(phi, y_cols, zc, NORMALIZE, PREC, BLOCK_N)
         return gf, g_num, den
 
     @triton.jit
