@@ -11,6 +11,7 @@ and the script exits non-zero.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -25,13 +26,13 @@ from vitzoo.kernels import delta_rule as dr  # noqa: E402
 from vitzoo.kernels.testing import relative_error  # noqa: E402
 
 SHAPES = [(256, 197), (64, 785), (16, 3137), (4, 12545)]  # (B, N)
-# Launch alternatives timed beside the default (path='auto': fused up to N=1024 at d=64, else chunked; KERNEL_CHUNK=32,
-# NUM_WARPS=4). A variant is timed only if it passes its float64 check first.
-VARIANTS = {  # name: (path, kernel chunk, num_warps, num_stages of the fused kernels or None for Triton's default)
-    "fused_c32_w4": ("fused", 32, 4, None),
-    "fused_c32_w8": ("fused", 32, 8, None),
-    "chunked_c32_w4": ("chunked", 32, 4, None),
-    "chunked_c32_w8": ("chunked", 32, 8, None),
+# Launch alternatives timed beside the default (KERNEL_CHUNK=32, NUM_WARPS=4, GRADS_NUM_WARPS=8). A variant is timed
+# only if it passes its float64 check first.
+VARIANTS = {  # name: (kernel chunk, num_warps of every kernel but the gradients', num_warps of the gradient kernel)
+    "c32_w4_g4": (32, 4, 4),
+    "c64_w4_g8": (64, 4, 8),
+    "c64_w8_g8": (64, 8, 8),
+    "c16_w4_g4": (16, 4, 4),
 }
 HEADS, HEAD_DIM = 6, 64
 CHECK_TOL = 2e-2  # relative L2 error between two bf16 implementations of the same scan
@@ -59,15 +60,15 @@ def ours_bidirectional(q, k, v, beta):
     return dr.delta_rule_triton(q, k, v, beta, qk_l2norm=True, directions="both")
 
 
-def variant_fn(path: str, chunk: int, warps: int, stages: int | None):
-    def run(q, k, v, beta):
-        saved = dr.KERNEL_CHUNK, dr.NUM_WARPS, dr.FUSED_NUM_STAGES
-        dr.KERNEL_CHUNK, dr.NUM_WARPS, dr.FUSED_NUM_STAGES = chunk, warps, stages
-        try:
-            return dr.delta_rule_triton(q, k, v, beta, qk_l2norm=True, directions="both", path=path)
-        finally:
-            dr.KERNEL_CHUNK, dr.NUM_WARPS, dr.FUSED_NUM_STAGES = saved
-    return run
+@contextlib.contextmanager
+def launch_settings(chunk: int, warps: int, grads_warps: int):
+    """Our op with other launch settings, forward and backward, inside the block."""
+    saved = dr.KERNEL_CHUNK, dr.NUM_WARPS, dr.GRADS_NUM_WARPS
+    dr.KERNEL_CHUNK, dr.NUM_WARPS, dr.GRADS_NUM_WARPS = chunk, warps, grads_warps
+    try:
+        yield
+    finally:
+        dr.KERNEL_CHUNK, dr.NUM_WARPS, dr.GRADS_NUM_WARPS = saved
 
 
 def check_variant(fn, b: int, n: int) -> dict[str, float]:
@@ -133,6 +134,25 @@ def time_ms(fn, inputs, backward: bool, graph: bool = False) -> float | None:
     return triton.testing.do_bench(step, warmup=10, rep=50, return_mode="median")
 
 
+def kernel_times(fn, inputs, reps: int = 5) -> dict[str, float]:
+    """Mean device ms per call of every kernel in one forward+backward (torch.profiler, after a warm-up call)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    grad = torch.randn_like(inputs[2])
+    fn(*leaves).backward(grad)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn(*leaves).backward(grad)
+        torch.cuda.synchronize()
+    times: dict[str, float] = {}
+    for event in prof.key_averages():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            times[event.key] = round(event.device_time_total / 1000 / reps, 4)
+    return dict(sorted(times.items(), key=lambda kv: -kv[1]))
+
+
 def versions() -> dict[str, str]:
     import triton
 
@@ -161,9 +181,9 @@ def main() -> int:
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
     if args.check_variant:  # child mode: print the variant's errors against float64 as one JSON line
-        fn = variant_fn(*VARIANTS[args.check_variant])
         try:
-            errors = {str(n): check_variant(fn, b, n) for b, n in ((4, 197), (1, 3137))}
+            with launch_settings(*VARIANTS[args.check_variant]):
+                errors = {str(n): check_variant(ours_bidirectional, b, n) for b, n in ((4, 197), (1, 3137))}
         except Exception as e:  # a launch setting the compiler cannot handle is reported, not timed
             errors = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
         print(json.dumps(errors))
@@ -177,7 +197,7 @@ def main() -> int:
                 "direction, use_qk_l2norm_in_kernel=True; torch = delta_rule_bidirectional_reference (chunked). "
                 "Median ms of triton.testing.do_bench (eager); *_graph_ms: CUDA-graph replay (device time). "
                 "fwd under no_grad; fwd+bwd with all four input grads. "
-                "Variant columns: other launch settings (path, kernel chunk, num_warps) of our op, checked against "
+                "Variant columns: other launch settings (kernel chunk, num_warps) of our op, checked against "
                 "float64 before timing.",
         "checks": {}, "rows": [],
     }
@@ -195,7 +215,7 @@ def main() -> int:
         good = "error" not in errors and all(e <= 1e-2 for d in errors.values() for e in d.values())
         print(f"variant {name}: {'ok' if good else 'REJECTED'} {errors}", flush=True)
         if good:
-            usable[name] = variant_fn(*cfg)
+            usable[name] = cfg
 
     _write(args.out, result)  # written after every stage: a run cut off by its time limit keeps what it measured
 
@@ -218,23 +238,28 @@ def main() -> int:
     for b, n in SHAPES:
         inputs = make_inputs(b, n, seed=1000 + n)
         row = {"B": b, "N": n}
-        runs = [("ours", ours_bidirectional), ("fla", fla_scan)] + list(usable.items())
+        runs = [("ours", ours_bidirectional, None), ("fla", fla_scan, None)]
+        runs += [(name, ours_bidirectional, cfg) for name, cfg in usable.items()]
         if not args.skip_torch:
-            runs.append(("torch", torch_bidirectional))
-        for name, fn in runs:
-            row[f"{name}_fwd_ms"] = time_ms(fn, inputs, backward=False)
-            row[f"{name}_fwdbwd_ms"] = time_ms(fn, inputs, backward=True)
-        for name, fn in runs[:2]:  # device time of ours and fla's: host overhead is a large part at these sizes
-            row[f"{name}_fwd_graph_ms"] = time_ms(fn, inputs, backward=False, graph=True)
-            row[f"{name}_fwdbwd_graph_ms"] = time_ms(fn, inputs, backward=True, graph=True)
+            runs.append(("torch", torch_bidirectional, None))
+        for name, fn, cfg in runs:
+            with launch_settings(*cfg) if cfg else contextlib.nullcontext():
+                row[f"{name}_fwd_ms"] = time_ms(fn, inputs, backward=False)
+                row[f"{name}_fwdbwd_ms"] = time_ms(fn, inputs, backward=True)
+        for name, fn, cfg in runs[:2] + runs[2:2 + len(usable)]:  # device time: host overhead is large here
+            with launch_settings(*cfg) if cfg else contextlib.nullcontext():
+                row[f"{name}_fwd_graph_ms"] = time_ms(fn, inputs, backward=False, graph=True)
+                row[f"{name}_fwdbwd_graph_ms"] = time_ms(fn, inputs, backward=True, graph=True)
+        row["ours_kernels_ms"] = kernel_times(ours_bidirectional, inputs)
         for kind in ("fwd", "fwdbwd"):
             row[f"ours_over_fla_{kind}"] = row[f"ours_{kind}_ms"] / row[f"fla_{kind}_ms"]
             if row[f"ours_{kind}_graph_ms"] and row[f"fla_{kind}_graph_ms"]:
                 row[f"ours_over_fla_{kind}_graph"] = row[f"ours_{kind}_graph_ms"] / row[f"fla_{kind}_graph_ms"]
         if usable:
-            best = min(usable, key=lambda v: row[f"{v}_fwdbwd_ms"])
+            best = min(usable, key=lambda v: row[f"{v}_fwdbwd_graph_ms"] or float("inf"))
             row["best_variant"] = best
-            row["best_over_fla_fwdbwd"] = row[f"{best}_fwdbwd_ms"] / row["fla_fwdbwd_ms"]
+            if row[f"{best}_fwdbwd_graph_ms"] and row["fla_fwdbwd_graph_ms"]:
+                row["best_over_fla_fwdbwd_graph"] = row[f"{best}_fwdbwd_graph_ms"] / row["fla_fwdbwd_graph_ms"]
         result["rows"].append(row)
         _write(args.out, result)
         print({k: (round(x, 4) if isinstance(x, float) else x) for k, x in row.items()}, flush=True)
@@ -255,11 +280,18 @@ def main() -> int:
             line += f" | {r['torch_fwd_ms']:>9.3f} {r['torch_fwdbwd_ms']:>9.3f}"
         print(line)
     print("ratio = ours (both directions) / fla (one causal direction); < 1 means ours is faster")
+    print(f"\ndevice time (CUDA graphs)\n{'N':>6} | {'ours fwd':>9} {'fla fwd':>8} {'ratio':>6} | "
+          f"{'ours f+b':>9} {'fla f+b':>8} {'ratio':>6}")
     for r in result["rows"]:
-        if "best_variant" in r:
+        if r.get("ours_over_fla_fwd_graph") and r.get("ours_over_fla_fwdbwd_graph"):
+            print(f"{r['N']:>6} | {r['ours_fwd_graph_ms']:>9.3f} {r['fla_fwd_graph_ms']:>8.3f} "
+                  f"{r['ours_over_fla_fwd_graph']:>6.2f} | {r['ours_fwdbwd_graph_ms']:>9.3f} "
+                  f"{r['fla_fwdbwd_graph_ms']:>8.3f} {r['ours_over_fla_fwdbwd_graph']:>6.2f}")
+    for r in result["rows"]:
+        if "best_over_fla_fwdbwd_graph" in r:
             best = r["best_variant"]
-            print(f"N={r['N']}: fastest fwd+bwd variant {best} {r[best + '_fwdbwd_ms']:.3f} ms "
-                  f"(fwd {r[best + '_fwd_ms']:.3f}), {r['best_over_fla_fwdbwd']:.2f}x fla")
+            print(f"N={r['N']}: fastest fwd+bwd variant (device time) {best} {r[best + '_fwdbwd_graph_ms']:.3f} ms "
+                  f"(fwd {r[best + '_fwd_graph_ms']:.3f}), {r['best_over_fla_fwdbwd_graph']:.2f}x fla")
     return 0
 
 

@@ -219,13 +219,13 @@ def ncu_workload() -> None:
         cases.append(lambda q=q, k=k, v=v: two_pass(q.detach(), k.detach(), v.detach(), True))
         cases.append(lambda q=q, k=k, v=v, g=grad: torch.autograd.grad(
             linear_attention_triton(q, k, v, **RELU), (q, k, v), g))
-    for b, n, path in ((256, 197, "fused"), (16, 3137, "chunked")):
+    for b, n in ((256, 197), (16, 3137)):
         q, k, v = (torch.randn(b, n, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                    for _ in range(3))
         beta = torch.rand(b, n, HEADS, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         grad = torch.randn_like(v)
-        cases.append(lambda q=q, k=k, v=v, beta=beta, g=grad, path=path: torch.autograd.grad(
-            delta_rule_triton(q, k, v, beta, path=path), (q, k, v, beta), g))
+        cases.append(lambda q=q, k=k, v=v, beta=beta, g=grad: torch.autograd.grad(
+            delta_rule_triton(q, k, v, beta), (q, k, v, beta), g))
     for fn in cases:
         fn()
     torch.cuda.synchronize()

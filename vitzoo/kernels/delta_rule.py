@@ -171,6 +171,23 @@ def delta_rule_bidirectional_reference(
 # ---------------------------------------------------------------------------------------------------------------------
 # Triton kernels
 # ---------------------------------------------------------------------------------------------------------------------
+#
+# Both scan directions share the chunk boundaries: chunk c holds tokens c*C .. c*C+C-1. The reversed scan walks the
+# chunks from last to first and, inside a chunk, the tokens from last to first, so its partial chunk comes first and
+# is padded at the front with k = 0, beta = 0 tokens, which leave the state unchanged. Inside a chunk every matrix is
+# kept in token order; for the reversed scan "earlier" means "later in token order", so its triangular masks are the
+# transposes of the forward scan's. With aligned chunks one program of a chunk-parallel kernel serves both directions
+# from one load of its tokens and writes every output once (no atomics, no zero-filled accumulators).
+#
+# Per direction and chunk (S: the state entering the chunk in that direction's order), kernel by kernel:
+#   _delta_rule_wy_kernel:      A = strict(diag(beta) K K^T), T = (I + A)^-1, W = T diag(beta) K, U = T diag(beta) V
+#   _delta_rule_states_kernel:  V' = U - W S, S_next = S + K^T V'
+#   _delta_rule_output_kernel:  O = scale (Q S + causal(Q K^T) V'), averaged over the directions
+# Backward: the state gradients in reverse scan order, then every input gradient chunk-parallel:
+#   _delta_rule_dstates_kernel: dV' = scale causal(Q K^T)^T dO + K dS_next, dS = dS_next + scale Q^T dO - W^T dV'
+#   _delta_rule_grads_kernel:   dQ, dK, dV, dbeta from the saved W, S, V', T and the state gradients
+# Only the two state kernels are sequential, with two dependent products per chunk. Like fla, the saved states and
+# V' are held in the input dtype; T stays fp32.
 
 if triton_available():
     import triton
@@ -193,38 +210,58 @@ if triton_available():
             return tl.dot(a.to(tl.float32), b.to(tl.float32))
 
     @triton.jit
-    def _unit_lower_inverse(a, BT: tl.constexpr, LOG2_BT: tl.constexpr):
-        """(I + a)^-1 for a strictly lower-triangular (BT, BT) fp32 tile.
+    def _narrow(x, DOT_MODE: tl.constexpr):
+        """Hold a tile in the dot operand dtype: half the registers, and no repeated casts at every dot."""
+        if DOT_MODE == 1:
+            return x.to(tl.bfloat16)
+        elif DOT_MODE == 2:
+            return x.to(tl.float16)
+        else:
+            return x
+
+    @triton.jit
+    def _scan_masks(BT: tl.constexpr, REV):
+        """(strict, causal) over a chunk in token order: [i, j] is set when token j comes before token i in the scan
+        (strict) or is token i (causal); REV (0 or 1, compile-time or not) picks the scan direction."""
+        ahead = (tl.arange(0, BT)[None, :] - tl.arange(0, BT)[:, None]) * (1 - 2 * REV)
+        return ahead < 0, ahead <= 0
+
+    @triton.jit
+    def _unit_triangular_inverse(a, BT: tl.constexpr, LOG2_BT: tl.constexpr, REV):
+        """(I + a)^-1 for a (BT, BT) fp32 tile, strictly lower-triangular (REV = 0) or strictly upper (REV = 1).
 
         Recursive block inversion: X holds the inverses of the diagonal blocks of size 2^l; the blocks of size
-        2^(l+1) follow from [[X1, 0], [A21, X2]] -> [[X1, 0], [-X2 A21 X1, X2]], i.e. X <- X - X A_off X with
-        A_off the lower-left sub-blocks. Every intermediate is a block of the true inverse, so nothing grows.
+        2^(l+1) follow from [[X1, 0], [A21, X2]]^-1 = [[X1, 0], [-X2 A21 X1, X2]] (and its transpose for the upper
+        case), i.e. X <- X - X A_off X with A_off the off-diagonal sub-blocks. Every intermediate is a block of the
+        true inverse, so nothing grows.
         """
         rows = tl.arange(0, BT)[:, None]
         cols = tl.arange(0, BT)[None, :]
         x = tl.where(rows == cols, 1.0, 0.0)
         for lvl in tl.static_range(LOG2_BT):
             same_block = (rows >> (lvl + 1)) == (cols >> (lvl + 1))
-            lower_left = (((rows >> lvl) & 1) == 1) & (((cols >> lvl) & 1) == 0)
-            a_off = tl.where(same_block & lower_left, a, 0.0)
+            off_diagonal = (((rows >> lvl) & 1) == 1 - REV) & (((cols >> lvl) & 1) == REV)
+            a_off = tl.where(same_block & off_diagonal, a, 0.0)
             x = x - tl.dot(tl.dot(x, a_off), x)
         return x
 
     @triton.jit
-    def _chunk_rows(c, N, rev, BT: tl.constexpr):
-        """Token indices of scan chunk c (reversed order is index arithmetic) and which of them exist."""
-        pos = c * BT + tl.arange(0, BT)
-        return tl.where(rev == 1, N - 1 - pos, pos), pos < N
+    def _chunk_tokens(c, N, BT: tl.constexpr):
+        tok = c * BT + tl.arange(0, BT)
+        return tok, tok < N
+
+    @triton.jit
+    def _rows_mask(valid, offs, D: tl.constexpr):
+        # head dims are compile-time: a block that tiles the dim exactly needs no column mask, so accesses vectorise
+        if tl.constexpr(D) % offs.shape[0] == 0:
+            return valid[:, None]
+        else:
+            return valid[:, None] & (offs[None, :] < D)
 
     @triton.jit
     def _load_rows(ptr, sb, sn, sh, i_b, i_h, tok, valid, offs, D: tl.constexpr):
-        # head dims are compile-time: a block that covers the whole dim needs no column mask, so loads vectorise
-        if D == offs.shape[0]:
-            mask = valid[:, None]
-        else:
-            mask = valid[:, None] & (offs[None, :] < D)
         rows = ptr + i_b * sb + i_h * sh + tok[:, None] * sn + offs[None, :]
-        return tl.load(rows, mask=mask, other=0.0).to(tl.float32)
+        return tl.load(rows, mask=_rows_mask(valid, offs, D), other=0.0).to(tl.float32)
 
     @triton.jit
     def _normalize_rows(x, L2NORM: tl.constexpr):
@@ -236,273 +273,250 @@ if triton_available():
             return x, tl.sum(x * 0.0, 1) + 1.0
 
     @triton.jit
-    def _narrow(x, DOT_MODE: tl.constexpr):
-        """Hold a tile in the dot operand dtype: half the registers, and no repeated casts at every dot."""
-        if DOT_MODE == 1:
-            return x.to(tl.bfloat16)
-        elif DOT_MODE == 2:
-            return x.to(tl.float16)
-        else:
-            return x
-
-    @triton.jit
     def _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid):
         return tl.load(beta_ptr + i_b * sbb + i_h * sbh + tok * sbn, mask=valid, other=0.0).to(tl.float32)
 
     @triton.jit
-    def _state_offsets(seq, nt, c, DK, DV, offs_k, offs_v):
+    def _scratch_offsets(seq, N, tok, offs, D: tl.constexpr):
+        """Rows of a per-direction work tensor (directions, B*H, N, D), contiguous; seq = direction * B*H + b*H+h."""
+        return (seq * N + tok[:, None]) * D + offs[None, :]
+
+    @triton.jit
+    def _grad_offsets(i_b, i_h, N, H, tok, offs, D: tl.constexpr):
+        """Rows of a contiguous (B, N, H, D) gradient."""
+        return ((i_b * N + tok[:, None].to(tl.int64)) * H + i_h) * D + offs[None, :]
+
+    @triton.jit
+    def _state_offsets(seq, nt, c, DK: tl.constexpr, DV: tl.constexpr, offs_k, offs_v):
         return (seq * nt + c) * DK * DV + offs_k[:, None] * DV + offs_v[None, :]
 
     @triton.jit
-    def _fp32_scalars(scale, out_weight):
-        # fp32 from eager launches, fp64 from Inductor (fp64 would break the loops' carried types)
-        return tl.cast(scale, tl.float32), tl.cast(out_weight, tl.float32)
-
-    @triton.jit(do_not_specialize=["N"])
-    def _delta_rule_fwd_kernel(
-            q_ptr, k_ptr, v_ptr, beta_ptr, o_ptr, h_ptr, t_ptr,
-            sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sbb, sbn, sbh,
-            N, H, DK: tl.constexpr, DV: tl.constexpr, NV, scale, out_weight, first_dir,
-            BT: tl.constexpr, LOG2_BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-            L2NORM: tl.constexpr, STORE: tl.constexpr, PARALLEL: tl.constexpr, DOT_MODE: tl.constexpr,
-    ):
-        """Outputs of one (value block, batch*head, direction).
-
-        Fused path (PARALLEL=False; grid (NV, B*H, dirs)): the program walks all chunks in scan order carrying the
-        state on chip, computing T itself; with STORE it saves the state entering every chunk (h) and T (t) for the
-        backward. Chunk-parallel path (PARALLEL=True; grid (NV * chunks, B*H, dirs)): one chunk per program, its
-        entering state and T read from h and t (written by the two kernels below).
-        o (fp32, contiguous, zeroed) receives out_weight * o_dir by atomic add, so the two directions of one launch
-        sum without a second pass.
-        """
-        scale, out_weight = _fp32_scalars(scale, out_weight)
-        i_bh, i_d = tl.program_id(1), tl.program_id(2)
-        i_b, i_h = i_bh // H, i_bh % H
-        rev = first_dir + i_d
-        nt = tl.cdiv(N, BT)
-        if PARALLEL:
-            i_v = tl.program_id(0) % NV
-            c_lo = tl.program_id(0) // NV
-            c_hi = c_lo + 1
+    def _t_offsets(seq, nt, c, BT: tl.constexpr, TRANSPOSED: tl.constexpr):
+        # T^T is read by transposed addressing (a plain load), not tl.trans: see _dot
+        rows = tl.arange(0, BT)[:, None]
+        cols = tl.arange(0, BT)[None, :]
+        if TRANSPOSED:
+            return (seq * nt + c) * BT * BT + cols * BT + rows
         else:
-            i_v = tl.program_id(0)
-            c_lo = 0
-            c_hi = nt
-        offs_t = tl.arange(0, BT)
-        offs_k = tl.arange(0, BK)
-        offs_v = i_v * BV + tl.arange(0, BV)
-        mask_kv = (offs_k[:, None] < DK) & (offs_v[None, :] < DV)
-        strict = offs_t[:, None] > offs_t[None, :]
-        causal = offs_t[:, None] >= offs_t[None, :]
-        seq = (i_d * tl.num_programs(1) + i_bh).to(tl.int64)
-        state = tl.zeros([BK, BV], dtype=tl.float32)
-        for c in range(c_lo, c_hi):
-            tok, valid = _chunk_rows(c, N, rev, BT)
-            q, _ = _normalize_rows(_load_rows(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
-            k, _ = _normalize_rows(_load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
-            q = _narrow(q, DOT_MODE)
-            k = _narrow(k, DOT_MODE)
-            v = _narrow(_load_rows(v_ptr, svb, svn, svh, i_b, i_h, tok, valid, offs_v, DV), DOT_MODE)
-            beta = _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid)
-            t_offs = (seq * nt + c) * BT * BT + offs_t[:, None] * BT + offs_t[None, :]
-            if PARALLEL:
-                state = tl.load(h_ptr + _state_offsets(seq, nt, c, DK, DV, offs_k, offs_v), mask=mask_kv, other=0.0)
-                t_inv = tl.load(t_ptr + t_offs)
-            else:
-                kk = _dot(k, tl.trans(k), DOT_MODE)
-                t_inv = _unit_lower_inverse(tl.where(strict, beta[:, None] * kk, 0.0), BT, LOG2_BT)
-                if STORE:
-                    tl.store(h_ptr + _state_offsets(seq, nt, c, DK, DV, offs_k, offs_v), state, mask=mask_kv)
-                    if i_v == 0:
-                        tl.store(t_ptr + t_offs, t_inv)
-            resid = beta[:, None] * (v - _dot(k, state, DOT_MODE))
-            new_v = _dot(t_inv, resid, 0)
-            qk = tl.where(causal, _dot(q, tl.trans(k), DOT_MODE), 0.0)
-            o = scale * (_dot(q, state, DOT_MODE) + _dot(qk, new_v, DOT_MODE))
-            o_offs = ((i_b * N + tok.to(tl.int64)) * H + i_h)[:, None] * DV + offs_v[None, :]
-            tl.atomic_add(o_ptr + o_offs, out_weight * o, mask=valid[:, None] & (offs_v[None, :] < DV))
-            if not PARALLEL:
-                state = state + _dot(tl.trans(k), new_v, DOT_MODE)
+            return (seq * nt + c) * BT * BT + rows * BT + cols
+
+    @triton.jit
+    def _fp32(x):
+        # fp32 from eager launches, fp64 from Inductor (fp64 would break the loops' carried types)
+        return tl.cast(x, tl.float32)
 
     @triton.jit(do_not_specialize=["N"])
-    def _delta_rule_t_kernel(
-            k_ptr, beta_ptr, t_ptr, skb, skn, skh, sbb, sbn, sbh, N, H, DK: tl.constexpr, first_dir,
-            BT: tl.constexpr, LOG2_BT: tl.constexpr, BK: tl.constexpr, L2NORM: tl.constexpr, DOT_MODE: tl.constexpr,
+    def _delta_rule_wy_kernel(
+            k_ptr, v_ptr, beta_ptr, w_ptr, u_ptr, t_ptr,
+            skb, skn, skh, svb, svn, svh, sbb, sbn, sbh,
+            N, H, DK: tl.constexpr, DV: tl.constexpr,
+            BT: tl.constexpr, LOG2_BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+            FIRST_DIR: tl.constexpr, NUM_DIRS: tl.constexpr, L2NORM: tl.constexpr, STORE_T: tl.constexpr,
+            DOT_MODE: tl.constexpr,
     ):
-        """Chunk-parallel path, step 1: T = (I + tril(diag(beta) K K^T, -1))^-1 per chunk; grid (chunks, B*H, dirs)."""
-        c, i_bh, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        """W = T diag(beta) K and U = T diag(beta) V of one chunk in every direction (T too with STORE_T, for the
+        backward); grid (chunks, B*H). K K^T is shared by the directions; only the mask differs."""
+        c, i_bh = tl.program_id(0), tl.program_id(1)
         i_b, i_h = i_bh // H, i_bh % H
         nt = tl.cdiv(N, BT)
-        offs_t = tl.arange(0, BT)
-        tok, valid = _chunk_rows(c, N, first_dir + i_d, BT)
-        k, _ = _normalize_rows(_load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, tl.arange(0, BK), DK), L2NORM)
-        k = _narrow(k, DOT_MODE)
+        tok, valid = _chunk_tokens(c, N, BT)
+        offs_k = tl.arange(0, BK)
+        offs_v = tl.arange(0, BV)
+        k, _ = _normalize_rows(_load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
+        v = _load_rows(v_ptr, svb, svn, svh, i_b, i_h, tok, valid, offs_v, DV)
         beta = _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid)
-        a = tl.where(offs_t[:, None] > offs_t[None, :], beta[:, None] * _dot(k, tl.trans(k), DOT_MODE), 0.0)
-        seq = (i_d * tl.num_programs(1) + i_bh).to(tl.int64)
-        tl.store(t_ptr + (seq * nt + c) * BT * BT + offs_t[:, None] * BT + offs_t[None, :],
-                 _unit_lower_inverse(a, BT, LOG2_BT))
+        k_op = _narrow(k, DOT_MODE)
+        beta_kk = beta[:, None] * _dot(k_op, tl.trans(k_op), DOT_MODE)
+        beta_k = beta[:, None] * k
+        beta_v = beta[:, None] * v
+        for i_d in tl.static_range(NUM_DIRS):
+            strict, _ = _scan_masks(BT, FIRST_DIR + i_d)
+            t_inv = _unit_triangular_inverse(tl.where(strict, beta_kk, 0.0), BT, LOG2_BT, FIRST_DIR + i_d)
+            seq = (i_d * tl.num_programs(1) + i_bh).to(tl.int64)
+            tl.store(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK),
+                     _dot(t_inv, beta_k, 0).to(w_ptr.dtype.element_ty), mask=_rows_mask(valid, offs_k, DK))
+            tl.store(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV),
+                     _dot(t_inv, beta_v, 0).to(u_ptr.dtype.element_ty), mask=_rows_mask(valid, offs_v, DV))
+            if STORE_T:
+                tl.store(t_ptr + _t_offsets(seq, nt, c, BT, False), t_inv)
 
     @triton.jit(do_not_specialize=["N"])
     def _delta_rule_states_kernel(
-            k_ptr, v_ptr, beta_ptr, h_ptr, t_ptr, skb, skn, skh, svb, svn, svh, sbb, sbn, sbh,
-            N, H, DK: tl.constexpr, DV: tl.constexpr, first_dir,
-            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, L2NORM: tl.constexpr, DOT_MODE: tl.constexpr,
+            k_ptr, w_ptr, u_ptr, h_ptr, vn_ptr, skb, skn, skh,
+            N, H, DK: tl.constexpr, DV: tl.constexpr,
+            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, FIRST_DIR: tl.constexpr, L2NORM: tl.constexpr,
+            DOT_MODE: tl.constexpr,
     ):
-        """Chunk-parallel path, step 2 (the only sequential part): the state entering every chunk, into h.
-
-        S_next = S + K^T T diag(beta) (V - K S); grid (NV, B*H, dirs).
-        """
+        """The forward recurrence, in scan order: the state entering every chunk (into h) and V' = U - W S (into
+        vn); grid (value blocks, B*H, directions). Value columns evolve independently, hence the value blocks."""
         i_v, i_bh, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         i_b, i_h = i_bh // H, i_bh % H
+        rev = FIRST_DIR + i_d
         nt = tl.cdiv(N, BT)
-        offs_t = tl.arange(0, BT)
+        seq = (i_d * tl.num_programs(1) + i_bh).to(tl.int64)
         offs_k = tl.arange(0, BK)
         offs_v = i_v * BV + tl.arange(0, BV)
-        mask_kv = (offs_k[:, None] < DK) & (offs_v[None, :] < DV)
-        seq = (i_d * tl.num_programs(1) + i_bh).to(tl.int64)
+        mask_kv = _rows_mask(offs_k < DK, offs_v, DV)
         state = tl.zeros([BK, BV], dtype=tl.float32)
-        for c in range(nt):
-            tok, valid = _chunk_rows(c, N, first_dir + i_d, BT)
+        for j in range(nt):
+            c = j + rev * (nt - 1 - 2 * j)
+            tok, valid = _chunk_tokens(c, N, BT)
             k, _ = _normalize_rows(_load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
-            k = _narrow(k, DOT_MODE)
-            v = _load_rows(v_ptr, svb, svn, svh, i_b, i_h, tok, valid, offs_v, DV)
-            beta = _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid)
-            t_inv = tl.load(t_ptr + (seq * nt + c) * BT * BT + offs_t[:, None] * BT + offs_t[None, :])
-            tl.store(h_ptr + _state_offsets(seq, nt, c, DK, DV, offs_k, offs_v), state, mask=mask_kv)
-            new_v = _dot(t_inv, beta[:, None] * (v - _dot(k, state, DOT_MODE)), 0)
-            state = state + _dot(tl.trans(k), new_v, DOT_MODE)
+            w = tl.load(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), mask=_rows_mask(valid, offs_k, DK),
+                        other=0.0)
+            u = tl.load(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=_rows_mask(valid, offs_v, DV),
+                        other=0.0)
+            state_op = _narrow(state, DOT_MODE)
+            tl.store(h_ptr + _state_offsets(seq, nt, c, DK, DV, offs_k, offs_v),
+                     state_op.to(h_ptr.dtype.element_ty), mask=mask_kv)
+            new_v = _narrow(u.to(tl.float32) - _dot(w, state_op, DOT_MODE), DOT_MODE)
+            tl.store(vn_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), new_v.to(vn_ptr.dtype.element_ty),
+                     mask=_rows_mask(valid, offs_v, DV))
+            state += _dot(tl.trans(_narrow(k, DOT_MODE)), new_v, DOT_MODE)
+
+    @triton.jit(do_not_specialize=["N"])
+    def _delta_rule_output_kernel(
+            q_ptr, k_ptr, h_ptr, vn_ptr, o_ptr, sqb, sqn, sqh, skb, skn, skh, sob, son, soh,
+            N, H, DK: tl.constexpr, DV: tl.constexpr, scale,
+            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+            FIRST_DIR: tl.constexpr, NUM_DIRS: tl.constexpr, L2NORM: tl.constexpr, DOT_MODE: tl.constexpr,
+    ):
+        """O = scale (Q S + causal(Q K^T) V') of one chunk, averaged over the directions; grid (chunks, B*H)."""
+        c, i_bh = tl.program_id(0), tl.program_id(1)
+        i_b, i_h = i_bh // H, i_bh % H
+        nt = tl.cdiv(N, BT)
+        tok, valid = _chunk_tokens(c, N, BT)
+        offs_k = tl.arange(0, BK)
+        offs_v = tl.arange(0, BV)
+        mask_kv = _rows_mask(offs_k < DK, offs_v, DV)
+        q, _ = _normalize_rows(_load_rows(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
+        k, _ = _normalize_rows(_load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
+        q = _narrow(q, DOT_MODE)
+        qk = _dot(q, tl.trans(_narrow(k, DOT_MODE)), DOT_MODE)
+        o = tl.zeros([BT, BV], dtype=tl.float32)
+        for i_d in tl.static_range(NUM_DIRS):
+            _, causal = _scan_masks(BT, FIRST_DIR + i_d)
+            seq = (i_d * tl.num_programs(1) + i_bh).to(tl.int64)
+            state = tl.load(h_ptr + _state_offsets(seq, nt, c, DK, DV, offs_k, offs_v), mask=mask_kv, other=0.0)
+            new_v = tl.load(vn_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=_rows_mask(valid, offs_v, DV),
+                            other=0.0)
+            o += _dot(q, state, DOT_MODE) + _dot(_narrow(tl.where(causal, qk, 0.0), DOT_MODE), new_v, DOT_MODE)
+        o = o * (_fp32(scale) / NUM_DIRS)
+        rows = o_ptr + i_b * sob + i_h * soh + tok[:, None] * son + offs_v[None, :]
+        tl.store(rows, o.to(o_ptr.dtype.element_ty), mask=_rows_mask(valid, offs_v, DV))
 
     @triton.jit(do_not_specialize=["N"])
     def _delta_rule_dstates_kernel(
-            q_ptr, k_ptr, beta_ptr, do_ptr, t_ptr, dh_ptr,
-            sqb, sqn, sqh, skb, skn, skh, sbb, sbn, sbh, sdb, sdn, sdh,
-            N, H, DK: tl.constexpr, DV: tl.constexpr, scale, out_weight, first_dir,
-            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, L2NORM: tl.constexpr, DOT_MODE: tl.constexpr,
+            q_ptr, k_ptr, w_ptr, do_ptr, dh_ptr, dvn_ptr, sqb, sqn, sqh, skb, skn, skh, sdb, sdn, sdh,
+            N, H, DK: tl.constexpr, DV: tl.constexpr, scale,
+            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+            FIRST_DIR: tl.constexpr, NUM_DIRS: tl.constexpr, L2NORM: tl.constexpr, DOT_MODE: tl.constexpr,
     ):
-        """Chunk-parallel backward, step 1 (sequential, reverse scan order): the gradient of the state leaving
-        every chunk, into dh. dS_0 = s Q^T dO + dS - K^T diag(beta) T^T (s tril(QK^T)^T dO + K dS); grid (NV, B*H,
-        dirs). It needs no forward state: the delta rule is linear in S."""
-        scale, out_weight = _fp32_scalars(scale, out_weight)
+        """The backward recurrence, in reverse scan order: the gradient of the state leaving every chunk (into dh)
+        and dV' = s causal(QK^T)^T dO + K dS_next (into dvn), with s = scale / directions; then
+        dS = dS_next + s Q^T dO - W^T dV'. Grid (value blocks, B*H, directions)."""
         i_v, i_bh, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         i_b, i_h = i_bh // H, i_bh % H
+        rev = FIRST_DIR + i_d
         nt = tl.cdiv(N, BT)
-        offs_t = tl.arange(0, BT)
+        seq = (i_d * tl.num_programs(1) + i_bh).to(tl.int64)
+        s = _fp32(scale) / NUM_DIRS
         offs_k = tl.arange(0, BK)
         offs_v = i_v * BV + tl.arange(0, BV)
-        mask_kv = (offs_k[:, None] < DK) & (offs_v[None, :] < DV)
-        causal = offs_t[:, None] >= offs_t[None, :]
-        seq = (i_d * tl.num_programs(1) + i_bh).to(tl.int64)
+        mask_kv = _rows_mask(offs_k < DK, offs_v, DV)
+        _, causal = _scan_masks(BT, rev)
         dstate = tl.zeros([BK, BV], dtype=tl.float32)
-        for cc in range(nt):
-            c = nt - 1 - cc
-            tok, valid = _chunk_rows(c, N, first_dir + i_d, BT)
+        for j in range(nt):
+            c = nt - 1 - j + rev * (2 * j + 1 - nt)
+            tok, valid = _chunk_tokens(c, N, BT)
             q, _ = _normalize_rows(_load_rows(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
             k, _ = _normalize_rows(_load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
             q = _narrow(q, DOT_MODE)
             k = _narrow(k, DOT_MODE)
-            beta = _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid)
-            do = _narrow(_load_rows(do_ptr, sdb, sdn, sdh, i_b, i_h, tok, valid, offs_v, DV) * out_weight, DOT_MODE)
-            # T^T read by transposed addressing (a plain load), not tl.trans: see _dot.
-            t_inv_t = tl.load(t_ptr + (seq * nt + c) * BT * BT + offs_t[None, :] * BT + offs_t[:, None])
-            tl.store(dh_ptr + _state_offsets(seq, nt, c, DK, DV, offs_k, offs_v), dstate, mask=mask_kv)
-            qk = tl.where(causal, _dot(q, tl.trans(k), DOT_MODE), 0.0)
-            d_new_v = scale * _dot(tl.trans(qk), do, DOT_MODE) + _dot(k, dstate, DOT_MODE)
-            dv = beta[:, None] * _dot(t_inv_t, d_new_v, 0)
-            dstate = dstate + scale * _dot(tl.trans(q), do, DOT_MODE) - _dot(tl.trans(k), dv, DOT_MODE)
+            w = tl.load(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), mask=_rows_mask(valid, offs_k, DK),
+                        other=0.0)
+            do = _narrow(_load_rows(do_ptr, sdb, sdn, sdh, i_b, i_h, tok, valid, offs_v, DV), DOT_MODE)
+            dstate_op = _narrow(dstate, DOT_MODE)
+            tl.store(dh_ptr + _state_offsets(seq, nt, c, DK, DV, offs_k, offs_v),
+                     dstate_op.to(dh_ptr.dtype.element_ty), mask=mask_kv)
+            qk = _narrow(tl.where(causal, _dot(q, tl.trans(k), DOT_MODE), 0.0), DOT_MODE)
+            d_new_v = _narrow(s * _dot(tl.trans(qk), do, DOT_MODE) + _dot(k, dstate_op, DOT_MODE), DOT_MODE)
+            tl.store(dvn_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), d_new_v.to(dvn_ptr.dtype.element_ty),
+                     mask=_rows_mask(valid, offs_v, DV))
+            dstate += s * _dot(tl.trans(q), do, DOT_MODE) - _dot(tl.trans(w), d_new_v, DOT_MODE)
 
     @triton.jit(do_not_specialize=["N"])
-    def _delta_rule_bwd_kernel(
-            q_ptr, k_ptr, v_ptr, beta_ptr, do_ptr, h_ptr, t_ptr, dh_ptr, dq_ptr, dk_ptr, dv_ptr, dbeta_ptr,
+    def _delta_rule_grads_kernel(
+            q_ptr, k_ptr, v_ptr, beta_ptr, do_ptr, w_ptr, h_ptr, vn_ptr, dh_ptr, dvn_ptr, t_ptr,
+            dq_ptr, dk_ptr, dv_ptr, dbeta_ptr,
             sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sbb, sbn, sbh, sdb, sdn, sdh,
-            N, H, DK: tl.constexpr, DV: tl.constexpr, NV, scale, out_weight, first_dir,
-            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, L2NORM: tl.constexpr, PARALLEL: tl.constexpr,
-            DOT_MODE: tl.constexpr,
+            N, H, DK: tl.constexpr, DV: tl.constexpr, scale,
+            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+            FIRST_DIR: tl.constexpr, NUM_DIRS: tl.constexpr, L2NORM: tl.constexpr, DOT_MODE: tl.constexpr,
     ):
-        """Gradients of one (value block, batch*head, direction).
-
-        Fused path: the program walks the chunks in reverse scan order carrying dS, the gradient of the state
-        leaving the chunk. Chunk-parallel path: one chunk per program, dS read from dh. Per chunk (S_0 from h,
-        T from t, dO = out_weight * grad):
-            dQ = s (dO S_0^T + tril(dO U^T) K)        dU = s tril(Q K^T)^T dO + K dS
-            dR = T^T dU    (R = diag(beta)(V - K S_0), U = T R)
-            dA = -tril(dR U^T, -1) -> d beta, and dK through A = tril(diag(beta) K K^T, -1)
-            dS_0 = s Q^T dO + dS - K^T diag(beta) dR
-        dq, dk, dv, dbeta (fp32, contiguous, zeroed) are summed over directions and value blocks by atomic add,
-        after the L2-norm backward (linear in the incoming gradient, so it may be applied per part).
+        """dq, dk, dv, dbeta of one chunk, summed over the directions; grid (chunks, B*H). Per direction, with
+        s = scale / directions, S and dS_next (h, dh), V' and dV' (vn, dvn):
+            P = s causal(dO V'^T)     dQ = s dO S^T + P K     dK = P^T Q + V' dS_next^T      (output, state write)
+            dW = -dV' S^T, dU = dV'   d(beta K) = T^T dW,  d(beta V) = T^T dU                   (V' = U - W S)
+            dA = -strict(T^T (dW (beta K)^T + dU (beta V)^T) T^T) = -strict(d(beta K) W^T + d(beta V) U^T)
+            then dbeta and dK through A = strict(diag(beta) K K^T).
+        The L2-norm backward (linear in the incoming gradient) runs once on the summed dq, dk.
         """
-        scale, out_weight = _fp32_scalars(scale, out_weight)
-        i_bh, i_d = tl.program_id(1), tl.program_id(2)
+        c, i_bh = tl.program_id(0), tl.program_id(1)
         i_b, i_h = i_bh // H, i_bh % H
-        rev = first_dir + i_d
         nt = tl.cdiv(N, BT)
-        if PARALLEL:
-            i_v = tl.program_id(0) % NV
-            c_first = tl.program_id(0) // NV
-            n_chunks = 1
-        else:
-            i_v = tl.program_id(0)
-            c_first = nt - 1
-            n_chunks = nt
-        offs_t = tl.arange(0, BT)
+        s = _fp32(scale) / NUM_DIRS
+        tok, valid = _chunk_tokens(c, N, BT)
         offs_k = tl.arange(0, BK)
-        offs_v = i_v * BV + tl.arange(0, BV)
-        strict = offs_t[:, None] > offs_t[None, :]
-        causal = offs_t[:, None] >= offs_t[None, :]
-        mask_kv = (offs_k[:, None] < DK) & (offs_v[None, :] < DV)
-        dstate = tl.zeros([BK, BV], dtype=tl.float32)
-        seq = (i_d * tl.num_programs(1) + i_bh).to(tl.int64)
-        for cc in range(n_chunks):
-            c = c_first - cc
-            tok, valid = _chunk_rows(c, N, rev, BT)
-            q, _ = _normalize_rows(_load_rows(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
-            k, _ = _normalize_rows(_load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
-            q = _narrow(q, DOT_MODE)
-            k = _narrow(k, DOT_MODE)
-            v = _load_rows(v_ptr, svb, svn, svh, i_b, i_h, tok, valid, offs_v, DV)
-            beta = _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid)
-            do = _narrow(_load_rows(do_ptr, sdb, sdn, sdh, i_b, i_h, tok, valid, offs_v, DV) * out_weight, DOT_MODE)
+        offs_v = tl.arange(0, BV)
+        mask_k = _rows_mask(valid, offs_k, DK)
+        mask_v = _rows_mask(valid, offs_v, DV)
+        mask_kv = _rows_mask(offs_k < DK, offs_v, DV)
+        q, rq = _normalize_rows(_load_rows(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
+        k, rk = _normalize_rows(_load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
+        v = _load_rows(v_ptr, svb, svn, svh, i_b, i_h, tok, valid, offs_v, DV)
+        beta = _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid)
+        do = _narrow(_load_rows(do_ptr, sdb, sdn, sdh, i_b, i_h, tok, valid, offs_v, DV), DOT_MODE)
+        q_op = _narrow(q, DOT_MODE)
+        k_op = _narrow(k, DOT_MODE)
+        kk = _dot(k_op, tl.trans(k_op), DOT_MODE)
+        beta_v = beta[:, None] * v
+        dq = tl.zeros([BT, BK], dtype=tl.float32)
+        dk = tl.zeros([BT, BK], dtype=tl.float32)
+        dv = tl.zeros([BT, BV], dtype=tl.float32)
+        dbeta = tl.zeros([BT], dtype=tl.float32)
+        for i_d in tl.static_range(NUM_DIRS):
+            strict, causal = _scan_masks(BT, FIRST_DIR + i_d)
+            seq = (i_d * tl.num_programs(1) + i_bh).to(tl.int64)
             s_offs = _state_offsets(seq, nt, c, DK, DV, offs_k, offs_v)
             state = tl.load(h_ptr + s_offs, mask=mask_kv, other=0.0)
-            if PARALLEL:
-                dstate = tl.load(dh_ptr + s_offs, mask=mask_kv, other=0.0)
-            t_offs = (seq * nt + c) * BT * BT
-            t_inv = tl.load(t_ptr + t_offs + offs_t[:, None] * BT + offs_t[None, :])
-            t_inv_t = tl.load(t_ptr + t_offs + offs_t[None, :] * BT + offs_t[:, None])  # T^T: see _dot
-            # Recompute the forward pieces of this chunk.
-            kk = _dot(k, tl.trans(k), DOT_MODE)
-            v_minus = v - _dot(k, state, DOT_MODE)
-            new_v = _dot(t_inv, beta[:, None] * v_minus, 0)
-            qk = tl.where(causal, _dot(q, tl.trans(k), DOT_MODE), 0.0)
-            # Output read: O = s (Q S_0 + tril(QK^T) U).
-            d_qk = tl.where(causal, _dot(do, tl.trans(new_v), DOT_MODE), 0.0) * scale
-            dq = scale * _dot(do, tl.trans(state), DOT_MODE) + _dot(d_qk, k, DOT_MODE)
-            dk = _dot(tl.trans(d_qk), q, DOT_MODE)
-            d_new_v = scale * _dot(tl.trans(qk), do, DOT_MODE) + _dot(k, dstate, DOT_MODE)
-            # State write: S_C = S_0 + K^T U.
-            dk += _dot(new_v, tl.trans(dstate), DOT_MODE)
-            # U = T R: dR = T^T dU, dA = -tril(dR U^T, -1).
-            d_resid = _dot(t_inv_t, d_new_v, 0)
-            dv = beta[:, None] * d_resid
-            d_a = -tl.where(strict, _dot(d_resid, tl.trans(new_v), DOT_MODE), 0.0)
-            dbeta = tl.sum(d_resid * v_minus, 1) + tl.sum(d_a * kk, 1)
-            d_kk = beta[:, None] * d_a
-            dk += _dot(d_kk, k, DOT_MODE) + _dot(tl.trans(d_kk), k, DOT_MODE)
-            dk -= _dot(dv, tl.trans(state), DOT_MODE)
-            if not PARALLEL:
-                dstate = dstate + scale * _dot(tl.trans(q), do, DOT_MODE) - _dot(tl.trans(k), dv, DOT_MODE)
-            if L2NORM:  # y = x r with r = (|x|^2 + eps)^-1/2: dx = r (dy - y (y . dy)), y re-read in fp32
-                q, rq = _normalize_rows(_load_rows(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
-                k, rk = _normalize_rows(_load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
-                dq = rq[:, None] * (dq - q * tl.sum(dq * q, 1)[:, None])
-                dk = rk[:, None] * (dk - k * tl.sum(dk * k, 1)[:, None])
-            row = (i_b * N + tok.to(tl.int64)) * H + i_h
-            mask_k = valid[:, None] & (offs_k[None, :] < DK)
-            tl.atomic_add(dq_ptr + row[:, None] * DK + offs_k[None, :], dq, mask=mask_k)
-            tl.atomic_add(dk_ptr + row[:, None] * DK + offs_k[None, :], dk, mask=mask_k)
-            mask_v = valid[:, None] & (offs_v[None, :] < DV)
-            tl.atomic_add(dv_ptr + row[:, None] * DV + offs_v[None, :], dv, mask=mask_v)
-            tl.atomic_add(dbeta_ptr + row, dbeta, mask=valid)
+            dstate = tl.load(dh_ptr + s_offs, mask=mask_kv, other=0.0)
+            new_v = tl.load(vn_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=mask_v, other=0.0)
+            d_new_v = tl.load(dvn_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=mask_v, other=0.0)
+            w = tl.load(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), mask=mask_k, other=0.0)
+            t_inv = tl.load(t_ptr + _t_offsets(seq, nt, c, BT, False))
+            t_inv_t = tl.load(t_ptr + _t_offsets(seq, nt, c, BT, True))
+            p = _narrow(tl.where(causal, _dot(do, tl.trans(new_v), DOT_MODE), 0.0) * s, DOT_MODE)
+            dq += s * _dot(do, tl.trans(state), DOT_MODE) + _dot(p, k_op, DOT_MODE)
+            dk += _dot(tl.trans(p), q_op, DOT_MODE) + _dot(new_v, tl.trans(dstate), DOT_MODE)
+            d_beta_k = _dot(t_inv_t, -_dot(d_new_v, tl.trans(state), DOT_MODE), 0)
+            d_beta_v = _dot(t_inv_t, d_new_v.to(tl.float32), 0)
+            u = _narrow(_dot(t_inv, beta_v, 0), DOT_MODE)
+            d_a = _dot(_narrow(d_beta_k, DOT_MODE), tl.trans(w), DOT_MODE)
+            d_a = -tl.where(strict, d_a + _dot(_narrow(d_beta_v, DOT_MODE), tl.trans(u), DOT_MODE), 0.0)
+            dk += beta[:, None] * d_beta_k
+            dv += beta[:, None] * d_beta_v
+            dbeta += tl.sum(d_beta_k * k, 1) + tl.sum(d_beta_v * v, 1) + tl.sum(d_a * kk, 1)
+            d_kk = _narrow(beta[:, None] * d_a, DOT_MODE)
+            dk += _dot(d_kk, k_op, DOT_MODE) + _dot(tl.trans(d_kk), k_op, DOT_MODE)
+        if L2NORM:  # y = x r with r = (|x|^2 + eps)^-1/2: dx = r (dy - y (y . dy))
+            dq = rq[:, None] * (dq - q * tl.sum(dq * q, 1)[:, None])
+            dk = rk[:, None] * (dk - k * tl.sum(dk * k, 1)[:, None])
+        tl.store(dq_ptr + _grad_offsets(i_b, i_h, N, H, tok, offs_k, DK), dq.to(dq_ptr.dtype.element_ty), mask=mask_k)
+        tl.store(dk_ptr + _grad_offsets(i_b, i_h, N, H, tok, offs_k, DK), dk.to(dk_ptr.dtype.element_ty), mask=mask_k)
+        tl.store(dv_ptr + _grad_offsets(i_b, i_h, N, H, tok, offs_v, DV), dv.to(dv_ptr.dtype.element_ty), mask=mask_v)
+        rows = (i_b * N + tok.to(tl.int64)) * H + i_h
+        tl.store(dbeta_ptr + rows, dbeta.to(dbeta_ptr.dtype.element_ty), mask=valid)
 
 
 def _dot_mode(dtype: torch.dtype) -> int:
@@ -511,59 +525,36 @@ def _dot_mode(dtype: torch.dtype) -> int:
     return {torch.float32: 3, torch.bfloat16: 1, torch.float16: 2}[dtype]
 
 
-def _block_sizes(dk: int, dv: int, num_seqs: int, device: torch.device) -> tuple[int, int, int]:
-    """(BK, BV for kernels that walk the chunks in sequence, BV for chunk-parallel kernels).
-
-    Value columns evolve independently, so a sequential kernel may split them into blocks to get more programs
-    when there are few (batch, head, direction) sequences, at the price of re-reading the keys per block; it
-    splits no further than SEQ_BV_MIN (see the launch settings below for why that is 64 for now).
-    """
-    bk = max(16, next_power_of_2(dk))
-    bv_parallel = min(64, max(16, next_power_of_2(dv)))
-    bv_seq = bv_parallel
-    while bv_seq > max(16, SEQ_BV_MIN) and num_seqs * cdiv(dv, bv_seq) < 2 * _multiprocessors(device):
-        bv_seq //= 2
-    return bk, bv_seq, bv_parallel
+# Launch settings of the Triton path (benchmarks/delta_rule.py times the alternatives). The kernels take any
+# power-of-two chunk >= 16; a sequence shorter than the chunk gets the next power of two >= N (at least 16).
+KERNEL_CHUNK = 32
+NUM_WARPS = 4  # every kernel but the gradients'
+GRADS_NUM_WARPS = 8  # the gradient kernel holds dq, dk, dv and the loaded tiles at once
+# The two recurrences split the value dim into blocks while (batch, head, direction) sequences alone do not give
+# each multiprocessor two programs, down to this width.
+SEQ_BV_MIN = 16
 
 
-def _use_chunk_parallel(n: int, dk: int, dv: int, num_seqs: int, device: torch.device) -> bool:
-    """Which path 'auto' takes. On CUDA: the fused one for short sequences (N <= FUSED_MAX_N) at head dim 64, the
-    only head dim where it was verified on the H200 (it gave a wrong forward at d=24 there at chunk 64, cause not
-    found); the chunk-parallel one otherwise. Elsewhere (the interpreter): the fused path while there are enough
-    sequences to fill the device, else the chunk-parallel one."""
-    if device.type == "cuda":
-        return not (n <= FUSED_MAX_N and dk == dv == 64)
-    return cdiv(n, KERNEL_CHUNK) >= 4 and num_seqs < 4 * _multiprocessors(device)
+def _chunk_size(n: int) -> int:
+    return min(KERNEL_CHUNK, max(16, next_power_of_2(n)))
 
 
 def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
-def _fused_options(chunk_parallel: bool) -> dict[str, int]:
-    return {} if chunk_parallel or FUSED_NUM_STAGES is None else {"num_stages": FUSED_NUM_STAGES}
+def _block_sizes(dk: int, dv: int, num_seqs: int, device: torch.device) -> tuple[int, int, int]:
+    """(BK, BV of the chunk-parallel kernels: the whole value dim, BV of the two recurrences)."""
+    bk = max(16, next_power_of_2(dk))
+    bv = max(16, next_power_of_2(dv))
+    bv_seq = min(bv, 64)
+    while bv_seq > SEQ_BV_MIN and num_seqs * cdiv(dv, bv_seq) < 2 * _multiprocessors(device):
+        bv_seq //= 2
+    return bk, bv, bv_seq
 
 
 def _strides(t: torch.Tensor) -> tuple[int, ...]:
     return tuple(t.stride()[:3])
-
-
-# Launch settings of the Triton path. The kernels take any power-of-two chunk >= 16; the chunk of the references
-# (CHUNK) is fixed at 64 as in fla. benchmarks/delta_rule.py times the alternatives: on the H200 (bf16, d=64,
-# 2026-11-29) chunk 32 beat chunk 64 at every N (chunked path, fwd+bwd 3.18 vs 3.88 ms at N=197, 4.19 vs 4.15 at
-# 12545), the fused path at chunk 32 was fastest up to N=785 (2.86 / 2.72 ms), and chunk 64 at d=128 needs more
-# shared memory than the H200 has (256 KB in the chunk-parallel forward).
-KERNEL_CHUNK = 32
-FUSED_MAX_N = 1024
-NUM_WARPS = 4
-# Value blocks of 16 in the backward kernels gave NaN gradients and illegal memory accesses with Triton 3.6 on the
-# H200 (2026-11-29); until that is understood the sequential kernels do not split the value dim below 64.
-SEQ_BV_MIN = 64
-# The fused path on the H200 (Triton 3.6, bf16, d=64, 2026-11-29): with chunk 64 its backward asked for 270 KB of
-# shared memory at BV=64 (OutOfResources) and raised illegal memory accesses at BV=16/32, and its forward gave a
-# wrong output at d=24; with chunk 32 (BV=64) it passed the float64 check (N=197 and 3137).
-# FUSED_NUM_STAGES (None = Triton's default software pipelining) is the knob for the next attempt at chunk 64.
-FUSED_NUM_STAGES = None
 
 
 if triton_available():
@@ -571,89 +562,81 @@ if triton_available():
     @torch.library.triton_op("vitzoo::delta_rule_fwd", mutates_args=())
     def _delta_rule_fwd_op(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
-            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, store: bool, chunk_parallel: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, store: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(o, W, states, V', T); the last four are what the backward needs (T only with ``store``)."""
         b, n, h, dk = q.shape
         dv = v.shape[-1]
-        chunk = KERNEL_CHUNK
+        chunk = _chunk_size(n)
         nt = cdiv(n, chunk)
-        bk, bv_seq, bv_par = _block_sizes(dk, dv, b * h * num_dirs, q.device)
-        store = store or chunk_parallel
-        o = torch.zeros(b, n, h, dv, device=q.device, dtype=torch.float32)
-        if store:
-            states = torch.empty(num_dirs, b * h, nt, dk, dv, device=q.device, dtype=torch.float32)
-            t_invs = torch.empty(num_dirs, b * h, nt, chunk, chunk, device=q.device, dtype=torch.float32)
-        else:
-            states = q.new_empty(0, dtype=torch.float32)
-            t_invs = q.new_empty(0, dtype=torch.float32)
-        common = dict(BT=chunk, BK=bk, L2NORM=qk_l2norm, DOT_MODE=_dot_mode(q.dtype), num_warps=NUM_WARPS)
-        if chunk_parallel:
-            torch.library.wrap_triton(_delta_rule_t_kernel)[(nt, b * h, num_dirs)](
-                k, beta, t_invs, *_strides(k), *beta.stride(), n, h, dk, first_dir,
-                LOG2_BT=chunk.bit_length() - 1, **common,
-            )
-            torch.library.wrap_triton(_delta_rule_states_kernel)[(cdiv(dv, bv_seq), b * h, num_dirs)](
-                k, v, beta, states, t_invs, *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv, first_dir,
-                BV=bv_seq, **common,
-            )
-        bv = bv_par if chunk_parallel else bv_seq
-        nv = cdiv(dv, bv)
-        torch.library.wrap_triton(_delta_rule_fwd_kernel)[(nv * nt if chunk_parallel else nv, b * h, num_dirs)](
-            q, k, v, beta, o, states, t_invs, *_strides(q), *_strides(k), *_strides(v), *beta.stride(),
-            n, h, dk, dv, nv, scale, 1.0 / num_dirs, first_dir,
-            LOG2_BT=chunk.bit_length() - 1, BV=bv, STORE=store, PARALLEL=chunk_parallel, **common,
-            **_fused_options(chunk_parallel),
+        bk, bv, bv_seq = _block_sizes(dk, dv, b * h * num_dirs, q.device)
+        work = dict(device=q.device, dtype=q.dtype)
+        w = torch.empty(num_dirs, b * h, n, dk, **work)
+        u = torch.empty(num_dirs, b * h, n, dv, **work)
+        new_v = torch.empty(num_dirs, b * h, n, dv, **work)
+        states = torch.empty(num_dirs, b * h, nt, dk, dv, **work)
+        shape_t = (num_dirs, b * h, nt, chunk, chunk) if store else (0,)
+        t_invs = torch.empty(shape_t, device=q.device, dtype=torch.float32)
+        o = torch.empty(b, n, h, dv, device=q.device, dtype=v.dtype)
+        common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, L2NORM=qk_l2norm, DOT_MODE=_dot_mode(q.dtype),
+                      num_warps=NUM_WARPS)
+        torch.library.wrap_triton(_delta_rule_wy_kernel)[(nt, b * h)](
+            k, v, beta, w, u, t_invs, *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv,
+            LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=store, **common,
         )
-        return o.to(v.dtype), states, t_invs
+        torch.library.wrap_triton(_delta_rule_states_kernel)[(cdiv(dv, bv_seq), b * h, num_dirs)](
+            k, w, u, states, new_v, *_strides(k), n, h, dk, dv, BV=bv_seq, **common,
+        )
+        torch.library.wrap_triton(_delta_rule_output_kernel)[(nt, b * h)](
+            q, k, states, new_v, o, *_strides(q), *_strides(k), *_strides(o), n, h, dk, dv, scale,
+            BV=bv, NUM_DIRS=num_dirs, **common,
+        )
+        return o, w, states, new_v, t_invs
 
     @torch.library.triton_op("vitzoo::delta_rule_bwd", mutates_args=())
     def _delta_rule_bwd_op(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, grad: torch.Tensor,
-            states: torch.Tensor, t_invs: torch.Tensor, scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int,
-            chunk_parallel: bool,
+            w: torch.Tensor, states: torch.Tensor, new_v: torch.Tensor, t_invs: torch.Tensor,
+            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         b, n, h, dk = q.shape
         dv = v.shape[-1]
         chunk = t_invs.shape[-1]  # the forward's chunk
         nt = cdiv(n, chunk)
-        bk, bv_seq, bv_par = _block_sizes(dk, dv, b * h * num_dirs, q.device)
-        dq = torch.zeros(b, n, h, dk, device=q.device, dtype=torch.float32)
-        dk_ = torch.zeros(b, n, h, dk, device=q.device, dtype=torch.float32)
-        dv_ = torch.zeros(b, n, h, dv, device=q.device, dtype=torch.float32)
-        dbeta = torch.zeros(b, n, h, device=q.device, dtype=torch.float32)
-        common = dict(BT=chunk, BK=bk, L2NORM=qk_l2norm, DOT_MODE=_dot_mode(q.dtype), num_warps=NUM_WARPS)
-        if chunk_parallel:
-            dstates = torch.empty_like(states)
-            torch.library.wrap_triton(_delta_rule_dstates_kernel)[(cdiv(dv, bv_seq), b * h, num_dirs)](
-                q, k, beta, grad, t_invs, dstates, *_strides(q), *_strides(k), *beta.stride(), *_strides(grad),
-                n, h, dk, dv, scale, 1.0 / num_dirs, first_dir, BV=bv_seq, **common,
-            )
-        else:
-            dstates = states  # not read on the fused path
-        bv = bv_par if chunk_parallel else bv_seq
-        nv = cdiv(dv, bv)
-        torch.library.wrap_triton(_delta_rule_bwd_kernel)[(nv * nt if chunk_parallel else nv, b * h, num_dirs)](
-            q, k, v, beta, grad, states, t_invs, dstates, dq, dk_, dv_, dbeta,
-            *_strides(q), *_strides(k), *_strides(v), *beta.stride(), *_strides(grad),
-            n, h, dk, dv, nv, scale, 1.0 / num_dirs, first_dir, BV=bv, PARALLEL=chunk_parallel, **common,
-            **_fused_options(chunk_parallel),
+        bk, bv, bv_seq = _block_sizes(dk, dv, b * h * num_dirs, q.device)
+        d_states = torch.empty_like(states)
+        d_new_v = torch.empty_like(new_v)
+        dq = torch.empty(b, n, h, dk, device=q.device, dtype=q.dtype)
+        dk_ = torch.empty(b, n, h, dk, device=q.device, dtype=k.dtype)
+        dv_ = torch.empty(b, n, h, dv, device=q.device, dtype=v.dtype)
+        dbeta = torch.empty(b, n, h, device=q.device, dtype=beta.dtype)
+        common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, NUM_DIRS=num_dirs, L2NORM=qk_l2norm,
+                      DOT_MODE=_dot_mode(q.dtype))
+        torch.library.wrap_triton(_delta_rule_dstates_kernel)[(cdiv(dv, bv_seq), b * h, num_dirs)](
+            q, k, w, grad, d_states, d_new_v, *_strides(q), *_strides(k), *_strides(grad), n, h, dk, dv, scale,
+            BV=bv_seq, num_warps=NUM_WARPS, **common,
         )
-        return dq.to(q.dtype), dk_.to(k.dtype), dv_.to(v.dtype), dbeta.to(beta.dtype)
+        torch.library.wrap_triton(_delta_rule_grads_kernel)[(nt, b * h)](
+            q, k, v, beta, grad, w, states, new_v, d_states, d_new_v, t_invs, dq, dk_, dv_, dbeta,
+            *_strides(q), *_strides(k), *_strides(v), *beta.stride(), *_strides(grad), n, h, dk, dv, scale,
+            BV=bv, num_warps=GRADS_NUM_WARPS, **common,
+        )
+        return dq, dk_, dv_, dbeta
 
     def _setup_context(ctx, inputs, output) -> None:
-        q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, store, chunk_parallel = inputs
-        _, states, t_invs = output
-        ctx.save_for_backward(q, k, v, beta, states, t_invs)
-        ctx.args = (scale, qk_l2norm, first_dir, num_dirs, chunk_parallel)
+        q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, store = inputs
+        _, w, states, new_v, t_invs = output
+        ctx.save_for_backward(q, k, v, beta, w, states, new_v, t_invs)
+        ctx.args = (scale, qk_l2norm, first_dir, num_dirs)
 
-    def _backward(ctx, grad_o, grad_states, grad_t_invs):
-        q, k, v, beta, states, t_invs = ctx.saved_tensors
+    def _backward(ctx, grad_o, *unused_grads):
+        q, k, v, beta, w, states, new_v, t_invs = ctx.saved_tensors
         if grad_o.stride(-1) != 1:  # e.g. the stride-0 gradient of a .sum()
             grad_o = grad_o.contiguous()
-        if states.numel() == 0:
-            raise RuntimeError("delta rule: the forward ran without storing states (no input required grad)")
-        grads = _delta_rule_bwd_op(q, k, v, beta, grad_o, states, t_invs, *ctx.args)
-        return (*grads, None, None, None, None, None, None)
+        if t_invs.numel() == 0:
+            raise RuntimeError("delta rule: the forward ran without saving for the backward (no input required grad)")
+        grads = _delta_rule_bwd_op(q, k, v, beta, grad_o, w, states, new_v, t_invs, *ctx.args)
+        return (*grads, None, None, None, None, None)
 
     _delta_rule_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
@@ -667,13 +650,10 @@ def delta_rule_triton(
         scale: float | None = None,
         qk_l2norm: bool = True,
         directions: str = "both",
-        path: str = "auto",
 ) -> torch.Tensor:
     """The Triton delta rule: 'both' (average of the two scan orders), 'forward' or 'reverse' (one scan).
 
     fp32 / fp16 / bf16 inputs; returns v's dtype. Head dims up to 128 (any size; powers of two are fastest).
-    ``path``: 'fused' (one program walks a whole sequence), 'chunked' (chunk-parallel kernels around a sequential
-    state recurrence, for few long sequences) or 'auto'.
     """
     _check_inputs(q, k, v, beta)
     if not triton_available():
@@ -689,14 +669,7 @@ def delta_rule_triton(
     first_dir, num_dirs = _DIRECTIONS[directions]
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     store = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, beta))
-    if path not in ("auto", "fused", "chunked"):
-        raise ValueError(f"delta_rule_triton: path={path!r} is not 'auto', 'fused' or 'chunked'")
-    b, n, h, dk = q.shape
-    num_seqs = b * h * num_dirs
-    chunk_parallel = path == "chunked" or (
-        path == "auto" and _use_chunk_parallel(n, dk, v.shape[-1], num_seqs, q.device)
-    )
-    o, _, _ = _delta_rule_fwd_op(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, store, chunk_parallel)
+    o, *_ = _delta_rule_fwd_op(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, store)
     return o
 
 
@@ -712,14 +685,14 @@ def delta_rule_bidirectional(
     """Bidirectional delta rule: 0.5 * (scan in token order + scan in reversed order, flipped back).
 
     Args:
-        q, k: (B, N, H, Dk); L2-normalised per head inside the op when ``qk_l2norm`` (fused in the kernel).
+        q, k: (B, N, H, Dk); L2-normalised per head inside the op when ``qk_l2norm`` (fused in the kernels).
         v: (B, N, H, Dv).
         beta: (B, N, H), write strengths in (0, 1).
         scale: multiplies q; default Dk^-1/2.
         qk_l2norm: normalise q and k to unit length first.
 
     Returns:
-        (B, N, H, Dv) in v's dtype. Runs the Triton kernel when ``kernel_backend(q.device) == 'triton'`` and the
+        (B, N, H, Dv) in v's dtype. Runs the Triton kernels when ``kernel_backend(q.device) == 'triton'`` and the
         inputs are not float64; otherwise :func:`delta_rule_bidirectional_reference`.
     """
     if kernel_backend(q.device) == "triton" and q.dtype != torch.float64:
