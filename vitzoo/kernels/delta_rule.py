@@ -330,7 +330,7 @@ if triton_available():
         beta_k = beta[:, None] * k
         beta_v = beta[:, None] * v
         for i_d in tl.static_range(NUM_DIRS):
-            strict, _ = _scan_masks(BT, FIRST_DIR + i_d)
+            strict = _scan_masks(BT, FIRST_DIR + i_d)[0]
             t_inv = _unit_triangular_inverse(tl.where(strict, beta_kk, 0.0), BT, LOG2_BT, FIRST_DIR + i_d)
             seq = (i_d * tl.num_programs(1) + i_bh).to(tl.int64)
             tl.store(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK),
@@ -395,7 +395,7 @@ if triton_available():
         qk = _dot(q, tl.trans(_narrow(k, DOT_MODE)), DOT_MODE)
         o = tl.zeros([BT, BV], dtype=tl.float32)
         for i_d in tl.static_range(NUM_DIRS):
-            _, causal = _scan_masks(BT, FIRST_DIR + i_d)
+            causal = _scan_masks(BT, FIRST_DIR + i_d)[1]
             seq = (i_d * tl.num_programs(1) + i_bh).to(tl.int64)
             state = tl.load(h_ptr + _state_offsets(seq, nt, c, DK, DV, offs_k, offs_v), mask=mask_kv, other=0.0)
             new_v = tl.load(vn_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=_rows_mask(valid, offs_v, DV),
@@ -424,7 +424,7 @@ if triton_available():
         offs_k = tl.arange(0, BK)
         offs_v = i_v * BV + tl.arange(0, BV)
         mask_kv = _rows_mask(offs_k < DK, offs_v, DV)
-        _, causal = _scan_masks(BT, rev)
+        causal = _scan_masks(BT, rev)[1]
         dstate = tl.zeros([BK, BV], dtype=tl.float32)
         for j in range(nt):
             c = nt - 1 - j + rev * (2 * j + 1 - nt)
