@@ -11,15 +11,11 @@ Chunked form (WY / UT transform; C tokens per chunk, S_0 the state entering the 
     O   = scale (Q S_0 + tril(Q K^T) U)         S_C = S_0 + K^T U
 
 Images have no causal order, so :func:`delta_rule_bidirectional` averages the scan in token order with the scan in
-reversed order (flipped back). Every Triton launch runs both directions (the direction is a grid axis; the reversed
-order is index arithmetic, no flipped copies), and the two outputs meet by fp32 atomic adds. Two Triton paths:
-
-- fused: one program per (value block, batch*head, direction) walks all chunks of its sequence, carrying S on chip
-  (meant for short ViT sequences, N ~ 197). Correct under the interpreter; on the H200 with Triton 3.6 it failed at
-  chunk 64 and passed at chunk 32 (see the launch settings below), so 'auto' does not take it on CUDA yet.
-- chunked: T per chunk in parallel, then the only sequential kernel (the state entering each chunk), then outputs
-  per chunk in parallel; the backward likewise (a sequential state-gradient kernel, then per-chunk gradients).
-  Verified on the H200 against float64 and fla (bf16, d=64, N up to 12545).
+reversed order (flipped back). The Triton path runs both directions in every launch with no flipped copies: the two
+scans share chunk boundaries (see the comment above the kernels), so the chunk-parallel kernels serve both
+directions from one load of a chunk and write each output once. Only two small kernels are sequential (the state
+entering every chunk, and in the backward the gradient of the state leaving it), with two dependent products per
+chunk; everything else (T and the WY form, outputs, input gradients) is chunk-parallel.
 
 The L2 normalisation of q and k and the beta scaling are fused into the kernels (no extra pass).
 
@@ -227,22 +223,22 @@ if triton_available():
         return ahead < 0, ahead <= 0
 
     @triton.jit
-    def _unit_triangular_inverse(a, BT: tl.constexpr, LOG2_BT: tl.constexpr, REV):
-        """(I + a)^-1 for a (BT, BT) fp32 tile, strictly lower-triangular (REV = 0) or strictly upper (REV = 1).
+    def _unit_lower_inverse(a, BT: tl.constexpr, LOG2_BT: tl.constexpr):
+        """(I + a)^-1 for a strictly lower-triangular (BT, BT) fp32 tile.
 
         Recursive block inversion: X holds the inverses of the diagonal blocks of size 2^l; the blocks of size
-        2^(l+1) follow from [[X1, 0], [A21, X2]]^-1 = [[X1, 0], [-X2 A21 X1, X2]] (and its transpose for the upper
-        case), i.e. X <- X - X A_off X with A_off the off-diagonal sub-blocks. Every intermediate is a block of the
-        true inverse, so nothing grows.
+        2^(l+1) follow from [[X1, 0], [A21, X2]]^-1 = [[X1, 0], [-X2 A21 X1, X2]], i.e. X <- X - X A_off X with
+        A_off the lower-left sub-blocks. Every intermediate is a block of the true inverse, so nothing grows.
         """
         rows = tl.arange(0, BT)[:, None]
         cols = tl.arange(0, BT)[None, :]
-        x = tl.where(rows == cols, 1.0, 0.0)
-        for lvl in tl.static_range(LOG2_BT):
+        # level 0 needs no product: with X = I it gives I - A_off
+        pairs = ((rows >> 1) == (cols >> 1)) & ((rows & 1) == 1) & ((cols & 1) == 0)
+        x = tl.where(rows == cols, 1.0, 0.0) - tl.where(pairs, a, 0.0)
+        for lvl in tl.static_range(1, LOG2_BT):
             same_block = (rows >> (lvl + 1)) == (cols >> (lvl + 1))
-            off_diagonal = (((rows >> lvl) & 1) == 1 - REV) & (((cols >> lvl) & 1) == REV)
-            a_off = tl.where(same_block & off_diagonal, a, 0.0)
-            x = x - tl.dot(tl.dot(x, a_off), x)
+            lower_left = (((rows >> lvl) & 1) == 1) & (((cols >> lvl) & 1) == 0)
+            x = x - tl.dot(tl.dot(x, tl.where(same_block & lower_left, a, 0.0)), x)
         return x
 
     @triton.jit
@@ -251,35 +247,50 @@ if triton_available():
         return tok, tok < N
 
     @triton.jit
-    def _rows_mask(valid, offs, D: tl.constexpr):
+    def _rows_mask(valid, offs, D: tl.constexpr, TRANSPOSED: tl.constexpr = False):
+        """Mask of a (tokens, dim) tile, or of its transpose (dim, tokens)."""
         # head dims are compile-time: a block that tiles the dim exactly needs no column mask, so accesses vectorise
-        if tl.constexpr(D) % offs.shape[0] == 0:
-            return valid[:, None]
+        if TRANSPOSED:
+            if tl.constexpr(D) % offs.shape[0] == 0:
+                return valid[None, :]
+            else:
+                return valid[None, :] & (offs[:, None] < D)
         else:
-            return valid[:, None] & (offs[None, :] < D)
+            if tl.constexpr(D) % offs.shape[0] == 0:
+                return valid[:, None]
+            else:
+                return valid[:, None] & (offs[None, :] < D)
 
     @triton.jit
-    def _load_rows(ptr, sb, sn, sh, i_b, i_h, tok, valid, offs, D: tl.constexpr):
-        rows = ptr + i_b * sb + i_h * sh + tok[:, None] * sn + offs[None, :]
-        return tl.load(rows, mask=_rows_mask(valid, offs, D), other=0.0).to(tl.float32)
+    def _load_rows(ptr, sb, sn, sh, i_b, i_h, tok, valid, offs, D: tl.constexpr, TRANSPOSED: tl.constexpr = False):
+        """Tokens x dim tile in fp32, or with TRANSPOSED its transpose by transposed addressing (dim x tokens)."""
+        if TRANSPOSED:
+            tile = ptr + i_b * sb + i_h * sh + tok[None, :] * sn + offs[:, None]
+        else:
+            tile = ptr + i_b * sb + i_h * sh + tok[:, None] * sn + offs[None, :]
+        return tl.load(tile, mask=_rows_mask(valid, offs, D, TRANSPOSED), other=0.0).to(tl.float32)
 
     @triton.jit
-    def _normalize_rows(x, L2NORM: tl.constexpr):
-        """(x / sqrt(|x|^2 + eps), 1 / sqrt(|x|^2 + eps)) when L2NORM, else (x, 1)."""
+    def _normalize_rows(x, L2NORM: tl.constexpr, AXIS: tl.constexpr = 1):
+        """(x / sqrt(|x|^2 + eps), 1 / sqrt(|x|^2 + eps)) along AXIS (the dim axis) when L2NORM, else (x, 1)."""
         if L2NORM:
-            r = 1.0 / tl.sqrt(tl.sum(x * x, 1) + 1e-6)
-            return x * r[:, None], r
+            r = 1.0 / tl.sqrt(tl.sum(x * x, AXIS) + 1e-6)
+            return x * tl.expand_dims(r, AXIS), r
         else:
-            return x, tl.sum(x * 0.0, 1) + 1.0
+            return x, tl.sum(x * 0.0, AXIS) + 1.0
 
     @triton.jit
     def _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid):
         return tl.load(beta_ptr + i_b * sbb + i_h * sbh + tok * sbn, mask=valid, other=0.0).to(tl.float32)
 
     @triton.jit
-    def _scratch_offsets(seq, N, tok, offs, D: tl.constexpr):
-        """Rows of a per-direction work tensor (directions, B*H, N, D), contiguous; seq = direction * B*H + b*H+h."""
-        return (seq * N + tok[:, None]) * D + offs[None, :]
+    def _scratch_offsets(seq, N, tok, offs, D: tl.constexpr, TRANSPOSED: tl.constexpr = False):
+        """Rows of a per-direction work tensor (directions, B*H, N, D), contiguous; seq = direction * B*H + b*H+h.
+        TRANSPOSED addresses the (dim, tokens) transpose of the tile."""
+        if TRANSPOSED:
+            return (seq * N + tok[None, :]) * D + offs[:, None]
+        else:
+            return (seq * N + tok[:, None]) * D + offs[None, :]
 
     @triton.jit
     def _grad_offsets(i_b, i_h, N, H, tok, offs, D: tl.constexpr):
@@ -292,7 +303,7 @@ if triton_available():
 
     @triton.jit
     def _t_offsets(seq, nt, c, BT: tl.constexpr, TRANSPOSED: tl.constexpr):
-        # T^T is read by transposed addressing (a plain load), not tl.trans: see _dot
+        # the saved T^T blocks; the forward scan's T is written by transposed addressing, not tl.trans: see _dot
         rows = tl.arange(0, BT)[:, None]
         cols = tl.arange(0, BT)[None, :]
         if TRANSPOSED:
@@ -314,8 +325,14 @@ if triton_available():
             FIRST_DIR: tl.constexpr, NUM_DIRS: tl.constexpr, L2NORM: tl.constexpr, STORE_T: tl.constexpr,
             DOT_MODE: tl.constexpr,
     ):
-        """W = T diag(beta) K and U = T diag(beta) V of one chunk in every direction (T too with STORE_T, for the
-        backward); grid (chunks, B*H). K K^T is shared by the directions; only the mask differs."""
+        """W = T diag(beta) K and U = T diag(beta) V of one chunk in every direction, and with STORE_T the T^T the
+        backward reads; grid (chunks, B*H).
+
+        One inversion serves both directions. With L = strict_lower(K K^T) and D = diag(beta), the forward scan's
+        T = (I + D L)^-1 and the reversed one's (I + D L^T)^-1 = I - D T^T L^T (push-through identity), so
+        T_rev^T = I - L T D costs one product. The reversed W and U are formed transposed (W_rev^T = (D K)^T T_rev^T)
+        from K^T and V^T loaded by transposed addressing, so no fp32 operand goes through tl.trans (see _dot).
+        """
         c, i_bh = tl.program_id(0), tl.program_id(1)
         i_b, i_h = i_bh // H, i_bh % H
         nt = tl.cdiv(N, BT)
@@ -323,22 +340,35 @@ if triton_available():
         offs_k = tl.arange(0, BK)
         offs_v = tl.arange(0, BV)
         k, _ = _normalize_rows(_load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
-        v = _load_rows(v_ptr, svb, svn, svh, i_b, i_h, tok, valid, offs_v, DV)
         beta = _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid)
         k_op = _narrow(k, DOT_MODE)
-        beta_kk = beta[:, None] * _dot(k_op, tl.trans(k_op), DOT_MODE)
-        beta_k = beta[:, None] * k
-        beta_v = beta[:, None] * v
-        for i_d in tl.static_range(NUM_DIRS):
-            strict = _scan_masks(BT, FIRST_DIR + i_d)[0]
-            t_inv = _unit_triangular_inverse(tl.where(strict, beta_kk, 0.0), BT, LOG2_BT, FIRST_DIR + i_d)
-            seq = (i_d * tl.num_programs(1) + i_bh).to(tl.int64)
+        strict_lower = _scan_masks(BT, 0)[0]
+        kk_lower = tl.where(strict_lower, _dot(k_op, tl.trans(k_op), DOT_MODE), 0.0)
+        t_fwd = _unit_lower_inverse(beta[:, None] * kk_lower, BT, LOG2_BT)
+        if FIRST_DIR == 0:
+            seq = i_bh.to(tl.int64)
+            v = _load_rows(v_ptr, svb, svn, svh, i_b, i_h, tok, valid, offs_v, DV)
             tl.store(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK),
-                     _dot(t_inv, beta_k, 0).to(w_ptr.dtype.element_ty), mask=_rows_mask(valid, offs_k, DK))
+                     _dot(t_fwd, beta[:, None] * k, 0).to(w_ptr.dtype.element_ty), mask=_rows_mask(valid, offs_k, DK))
             tl.store(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV),
-                     _dot(t_inv, beta_v, 0).to(u_ptr.dtype.element_ty), mask=_rows_mask(valid, offs_v, DV))
+                     _dot(t_fwd, beta[:, None] * v, 0).to(u_ptr.dtype.element_ty), mask=_rows_mask(valid, offs_v, DV))
             if STORE_T:
-                tl.store(t_ptr + _t_offsets(seq, nt, c, BT, False), t_inv)
+                tl.store(t_ptr + _t_offsets(seq, nt, c, BT, True), t_fwd)
+        if FIRST_DIR + NUM_DIRS == 2:
+            seq = ((1 - FIRST_DIR) * tl.num_programs(1) + i_bh).to(tl.int64)
+            eye = tl.where(tl.arange(0, BT)[:, None] == tl.arange(0, BT)[None, :], 1.0, 0.0)
+            t_rev_t = eye - _dot(kk_lower, t_fwd, 0) * beta[None, :]
+            k_t, _ = _normalize_rows(_load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK, True),
+                                     L2NORM, 0)
+            v_t = _load_rows(v_ptr, svb, svn, svh, i_b, i_h, tok, valid, offs_v, DV, True)
+            tl.store(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK, True),
+                     _dot(k_t * beta[None, :], t_rev_t, 0).to(w_ptr.dtype.element_ty),
+                     mask=_rows_mask(valid, offs_k, DK, True))
+            tl.store(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV, True),
+                     _dot(v_t * beta[None, :], t_rev_t, 0).to(u_ptr.dtype.element_ty),
+                     mask=_rows_mask(valid, offs_v, DV, True))
+            if STORE_T:
+                tl.store(t_ptr + _t_offsets(seq, nt, c, BT, False), t_rev_t)
 
     @triton.jit(do_not_specialize=["N"])
     def _delta_rule_states_kernel(
@@ -447,7 +477,7 @@ if triton_available():
 
     @triton.jit(do_not_specialize=["N"])
     def _delta_rule_grads_kernel(
-            q_ptr, k_ptr, v_ptr, beta_ptr, do_ptr, w_ptr, h_ptr, vn_ptr, dh_ptr, dvn_ptr, t_ptr,
+            q_ptr, k_ptr, v_ptr, beta_ptr, do_ptr, w_ptr, u_ptr, h_ptr, vn_ptr, dh_ptr, dvn_ptr, t_ptr,
             dq_ptr, dk_ptr, dv_ptr, dbeta_ptr,
             sqb, sqn, sqh, skb, skn, skh, svb, svn, svh, sbb, sbn, sbh, sdb, sdn, sdh,
             N, H, DK: tl.constexpr, DV: tl.constexpr, scale,
@@ -455,7 +485,7 @@ if triton_available():
             FIRST_DIR: tl.constexpr, NUM_DIRS: tl.constexpr, L2NORM: tl.constexpr, DOT_MODE: tl.constexpr,
     ):
         """dq, dk, dv, dbeta of one chunk, summed over the directions; grid (chunks, B*H). Per direction, with
-        s = scale / directions, S and dS_next (h, dh), V' and dV' (vn, dvn):
+        s = scale / directions, S and dS_next (h, dh), V' and dV' (vn, dvn), W and U (w, u) saved by the forward:
             P = s causal(dO V'^T)     dQ = s dO S^T + P K     dK = P^T Q + V' dS_next^T      (output, state write)
             dW = -dV' S^T, dU = dV'   d(beta K) = T^T dW,  d(beta V) = T^T dU                   (V' = U - W S)
             dA = -strict(T^T (dW (beta K)^T + dU (beta V)^T) T^T) = -strict(d(beta K) W^T + d(beta V) U^T)
@@ -472,18 +502,17 @@ if triton_available():
         mask_k = _rows_mask(valid, offs_k, DK)
         mask_v = _rows_mask(valid, offs_v, DV)
         mask_kv = _rows_mask(offs_k < DK, offs_v, DV)
-        q, rq = _normalize_rows(_load_rows(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
+        # q and v are re-read after the loop where they are needed in fp32: fewer registers live through it
+        q_op = _narrow(_normalize_rows(_load_rows(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK),
+                                       L2NORM)[0], DOT_MODE)
         k, rk = _normalize_rows(_load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
-        v = _load_rows(v_ptr, svb, svn, svh, i_b, i_h, tok, valid, offs_v, DV)
         beta = _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid)
         do = _narrow(_load_rows(do_ptr, sdb, sdn, sdh, i_b, i_h, tok, valid, offs_v, DV), DOT_MODE)
-        q_op = _narrow(q, DOT_MODE)
         k_op = _narrow(k, DOT_MODE)
         kk = _dot(k_op, tl.trans(k_op), DOT_MODE)
-        beta_v = beta[:, None] * v
         dq = tl.zeros([BT, BK], dtype=tl.float32)
         dk = tl.zeros([BT, BK], dtype=tl.float32)
-        dv = tl.zeros([BT, BV], dtype=tl.float32)
+        d_beta_v_sum = tl.zeros([BT, BV], dtype=tl.float32)  # d(diag(beta) V) over the directions
         dbeta = tl.zeros([BT], dtype=tl.float32)
         for i_d in tl.static_range(NUM_DIRS):
             strict, causal = _scan_masks(BT, FIRST_DIR + i_d)
@@ -494,22 +523,25 @@ if triton_available():
             new_v = tl.load(vn_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=mask_v, other=0.0)
             d_new_v = tl.load(dvn_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=mask_v, other=0.0)
             w = tl.load(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), mask=mask_k, other=0.0)
-            t_inv = tl.load(t_ptr + _t_offsets(seq, nt, c, BT, False))
-            t_inv_t = tl.load(t_ptr + _t_offsets(seq, nt, c, BT, True))
+            u = tl.load(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=mask_v, other=0.0)
+            t_inv_t = tl.load(t_ptr + _t_offsets(seq, nt, c, BT, False))
             p = _narrow(tl.where(causal, _dot(do, tl.trans(new_v), DOT_MODE), 0.0) * s, DOT_MODE)
             dq += s * _dot(do, tl.trans(state), DOT_MODE) + _dot(p, k_op, DOT_MODE)
             dk += _dot(tl.trans(p), q_op, DOT_MODE) + _dot(new_v, tl.trans(dstate), DOT_MODE)
             d_beta_k = _dot(t_inv_t, -_dot(d_new_v, tl.trans(state), DOT_MODE), 0)
             d_beta_v = _dot(t_inv_t, d_new_v.to(tl.float32), 0)
-            u = _narrow(_dot(t_inv, beta_v, 0), DOT_MODE)
             d_a = _dot(_narrow(d_beta_k, DOT_MODE), tl.trans(w), DOT_MODE)
             d_a = -tl.where(strict, d_a + _dot(_narrow(d_beta_v, DOT_MODE), tl.trans(u), DOT_MODE), 0.0)
             dk += beta[:, None] * d_beta_k
-            dv += beta[:, None] * d_beta_v
-            dbeta += tl.sum(d_beta_k * k, 1) + tl.sum(d_beta_v * v, 1) + tl.sum(d_a * kk, 1)
+            d_beta_v_sum += d_beta_v
+            dbeta += tl.sum(d_beta_k * k, 1) + tl.sum(d_a * kk, 1)
             d_kk = _narrow(beta[:, None] * d_a, DOT_MODE)
             dk += _dot(d_kk, k_op, DOT_MODE) + _dot(tl.trans(d_kk), k_op, DOT_MODE)
+        v = _load_rows(v_ptr, svb, svn, svh, i_b, i_h, tok, valid, offs_v, DV)
+        dbeta += tl.sum(d_beta_v_sum * v, 1)
+        dv = beta[:, None] * d_beta_v_sum
         if L2NORM:  # y = x r with r = (|x|^2 + eps)^-1/2: dx = r (dy - y (y . dy))
+            q, rq = _normalize_rows(_load_rows(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
             dq = rq[:, None] * (dq - q * tl.sum(dq * q, 1)[:, None])
             dk = rk[:, None] * (dk - k * tl.sum(dk * k, 1)[:, None])
         tl.store(dq_ptr + _grad_offsets(i_b, i_h, N, H, tok, offs_k, DK), dq.to(dq_ptr.dtype.element_ty), mask=mask_k)
@@ -529,7 +561,7 @@ def _dot_mode(dtype: torch.dtype) -> int:
 # power-of-two chunk >= 16; a sequence shorter than the chunk gets the next power of two >= N (at least 16).
 KERNEL_CHUNK = 32
 NUM_WARPS = 4  # every kernel but the gradients'
-GRADS_NUM_WARPS = 8  # the gradient kernel holds dq, dk, dv and the loaded tiles at once
+GRADS_NUM_WARPS = 4
 # The two recurrences split the value dim into blocks while (batch, head, direction) sequences alone do not give
 # each multiprocessor two programs, down to this width.
 SEQ_BV_MIN = 16
@@ -563,8 +595,8 @@ if triton_available():
     def _delta_rule_fwd_op(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
             scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, store: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(o, W, states, V', T); the last four are what the backward needs (T only with ``store``)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(o, W, U, states, V', T); the last five are what the backward needs (T only with ``store``)."""
         b, n, h, dk = q.shape
         dv = v.shape[-1]
         chunk = _chunk_size(n)
@@ -591,12 +623,12 @@ if triton_available():
             q, k, states, new_v, o, *_strides(q), *_strides(k), *_strides(o), n, h, dk, dv, scale,
             BV=bv, NUM_DIRS=num_dirs, **common,
         )
-        return o, w, states, new_v, t_invs
+        return o, w, u, states, new_v, t_invs
 
     @torch.library.triton_op("vitzoo::delta_rule_bwd", mutates_args=())
     def _delta_rule_bwd_op(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, grad: torch.Tensor,
-            w: torch.Tensor, states: torch.Tensor, new_v: torch.Tensor, t_invs: torch.Tensor,
+            w: torch.Tensor, u: torch.Tensor, states: torch.Tensor, new_v: torch.Tensor, t_invs: torch.Tensor,
             scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         b, n, h, dk = q.shape
@@ -617,7 +649,7 @@ if triton_available():
             BV=bv_seq, num_warps=NUM_WARPS, **common,
         )
         torch.library.wrap_triton(_delta_rule_grads_kernel)[(nt, b * h)](
-            q, k, v, beta, grad, w, states, new_v, d_states, d_new_v, t_invs, dq, dk_, dv_, dbeta,
+            q, k, v, beta, grad, w, u, states, new_v, d_states, d_new_v, t_invs, dq, dk_, dv_, dbeta,
             *_strides(q), *_strides(k), *_strides(v), *beta.stride(), *_strides(grad), n, h, dk, dv, scale,
             BV=bv, num_warps=GRADS_NUM_WARPS, **common,
         )
@@ -625,17 +657,19 @@ if triton_available():
 
     def _setup_context(ctx, inputs, output) -> None:
         q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, store = inputs
-        _, w, states, new_v, t_invs = output
-        ctx.save_for_backward(q, k, v, beta, w, states, new_v, t_invs)
+        _, w, u, states, new_v, t_invs = output
+        ctx.save_for_backward(q, k, v, beta, w, u, states, new_v, t_invs)
         ctx.args = (scale, qk_l2norm, first_dir, num_dirs)
+        # The saved outputs get no gradient: without this autograd zero-fills one for each (0.12 ms at N=197, H200).
+        ctx.set_materialize_grads(False)
 
     def _backward(ctx, grad_o, *unused_grads):
-        q, k, v, beta, w, states, new_v, t_invs = ctx.saved_tensors
+        q, k, v, beta, w, u, states, new_v, t_invs = ctx.saved_tensors
         if grad_o.stride(-1) != 1:  # e.g. the stride-0 gradient of a .sum()
             grad_o = grad_o.contiguous()
         if t_invs.numel() == 0:
             raise RuntimeError("delta rule: the forward ran without saving for the backward (no input required grad)")
-        grads = _delta_rule_bwd_op(q, k, v, beta, grad_o, w, states, new_v, t_invs, *ctx.args)
+        grads = _delta_rule_bwd_op(q, k, v, beta, grad_o, w, u, states, new_v, t_invs, *ctx.args)
         return (*grads, None, None, None, None, None)
 
     _delta_rule_fwd_op.register_autograd(_backward, setup_context=_setup_context)
