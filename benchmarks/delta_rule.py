@@ -26,14 +26,15 @@ from vitzoo.kernels import delta_rule as dr  # noqa: E402
 from vitzoo.kernels.testing import relative_error  # noqa: E402
 
 SHAPES = [(256, 197), (64, 785), (16, 3137), (4, 12545)]  # (B, N)
-# Launch alternatives timed beside the default (KERNEL_CHUNK=32, NUM_WARPS=4, GRADS_NUM_WARPS=4). A variant is timed
-# only if it passes its float64 check first.
-VARIANTS = {  # name: (kernel chunk, num_warps of every kernel but the gradients', num_warps of the gradient kernel)
-    "c32_w4_g8": (32, 4, 8),
-    "c32_w8_g4": (32, 8, 4),
-    "c16_w4_g4": (16, 4, 4),
-    "c64_w4_g8": (64, 4, 8),
+# Launch alternatives timed beside the default (KERNEL_CHUNK=32, NUM_WARPS=4, GRADS_NUM_WARPS=4, SPLIT_GRADS=True,
+# SEQ_BV_MIN=16). A variant is timed only if it passes its float64 check first.
+VARIANTS = {  # name: (kernel chunk, num_warps, num_warps of the gradient kernels, split gradient kernels, SEQ_BV_MIN)
+    "fused_grads": (32, 4, 4, False, 16),
+    "split_g8": (32, 4, 8, True, 16),
+    "seq_bv32": (32, 4, 4, True, 32),
+    "c16": (16, 4, 4, True, 16),
 }
+SETTINGS = ("KERNEL_CHUNK", "NUM_WARPS", "GRADS_NUM_WARPS", "SPLIT_GRADS", "SEQ_BV_MIN")
 HEADS, HEAD_DIM = 6, 64
 CHECK_TOL = 2e-2  # relative L2 error between two bf16 implementations of the same scan
 
@@ -61,14 +62,16 @@ def ours_bidirectional(q, k, v, beta):
 
 
 @contextlib.contextmanager
-def launch_settings(chunk: int, warps: int, grads_warps: int):
-    """Our op with other launch settings, forward and backward, inside the block."""
-    saved = dr.KERNEL_CHUNK, dr.NUM_WARPS, dr.GRADS_NUM_WARPS
-    dr.KERNEL_CHUNK, dr.NUM_WARPS, dr.GRADS_NUM_WARPS = chunk, warps, grads_warps
+def launch_settings(*values):
+    """Our op with other launch settings (values of SETTINGS), forward and backward, inside the block."""
+    saved = [getattr(dr, name) for name in SETTINGS]
+    for name, value in zip(SETTINGS, values, strict=True):
+        setattr(dr, name, value)
     try:
         yield
     finally:
-        dr.KERNEL_CHUNK, dr.NUM_WARPS, dr.GRADS_NUM_WARPS = saved
+        for name, value in zip(SETTINGS, saved, strict=True):
+            setattr(dr, name, value)
 
 
 def check_variant(fn, b: int, n: int) -> dict[str, float]:
