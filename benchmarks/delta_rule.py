@@ -26,15 +26,14 @@ from vitzoo.kernels import delta_rule as dr  # noqa: E402
 from vitzoo.kernels.testing import relative_error  # noqa: E402
 
 SHAPES = [(256, 197), (64, 785), (16, 3137), (4, 12545)]  # (B, N)
-# Launch alternatives timed beside the default (KERNEL_CHUNK=32, NUM_WARPS=4, GRADS_NUM_WARPS=4, SPLIT_GRADS=True,
-# SEQ_BV_MIN=16). A variant is timed only if it passes its float64 check first.
-VARIANTS = {  # name: (kernel chunk, num_warps, num_warps of the gradient kernels, split gradient kernels, SEQ_BV_MIN)
-    "fused_grads": (32, 4, 4, False, 16),
-    "split_g8": (32, 4, 8, True, 16),
-    "seq_bv32": (32, 4, 4, True, 32),
-    "c16": (16, 4, 4, True, 16),
+# Launch alternatives timed beside the default (KERNEL_CHUNK=32, NUM_WARPS=4, GRADS_NUM_WARPS=4, SEQ_BV_MIN=32). A
+# variant is timed only if it passes its float64 check first.
+VARIANTS = {  # name: (kernel chunk, num_warps, num_warps of the gradient kernel, narrowest value block of the scans)
+    "grads_w8": (32, 4, 8, 32),
+    "seq_bv16": (32, 4, 4, 16),
+    "c16": (16, 4, 4, 32),
 }
-SETTINGS = ("KERNEL_CHUNK", "NUM_WARPS", "GRADS_NUM_WARPS", "SPLIT_GRADS", "SEQ_BV_MIN")
+SETTINGS = ("KERNEL_CHUNK", "NUM_WARPS", "GRADS_NUM_WARPS", "SEQ_BV_MIN")
 HEADS, HEAD_DIM = 6, 64
 CHECK_TOL = 2e-2  # relative L2 error between two bf16 implementations of the same scan
 

@@ -551,108 +551,6 @@ if triton_available():
         tl.store(dbeta_ptr + rows, dbeta.to(dbeta_ptr.dtype.element_ty), mask=valid)
 
 
-    @triton.jit(do_not_specialize=["N"])
-    def _delta_rule_dq_kernel(
-            q_ptr, k_ptr, do_ptr, h_ptr, vn_ptr, dh_ptr, dq_ptr, dk_part_ptr,
-            sqb, sqn, sqh, skb, skn, skh, sdb, sdn, sdh,
-            N, H, DK: tl.constexpr, DV: tl.constexpr, scale,
-            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-            FIRST_DIR: tl.constexpr, NUM_DIRS: tl.constexpr, L2NORM: tl.constexpr, DOT_MODE: tl.constexpr,
-    ):
-        """Gradients through the output read and the state write, summed over the directions; grid (chunks, B*H):
-            P = s causal(dO V'^T)     dQ = s dO S^T + P K     dK_part = P^T Q + V' dS_next^T
-        dq is final (L2-norm backward applied); dk_part (fp32, before the L2-norm backward) goes on to
-        _delta_rule_dwy_kernel."""
-        c, i_bh = tl.program_id(0), tl.program_id(1)
-        i_b, i_h = i_bh // H, i_bh % H
-        nt = tl.cdiv(N, BT)
-        s = _fp32(scale) / NUM_DIRS
-        tok, valid = _chunk_tokens(c, N, BT)
-        offs_k = tl.arange(0, BK)
-        offs_v = tl.arange(0, BV)
-        mask_k = _rows_mask(valid, offs_k, DK)
-        mask_v = _rows_mask(valid, offs_v, DV)
-        mask_kv = _rows_mask(offs_k < DK, offs_v, DV)
-        q, rq = _normalize_rows(_load_rows(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
-        q_op = _narrow(q, DOT_MODE)
-        k_op = _narrow(_normalize_rows(_load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK),
-                                       L2NORM)[0], DOT_MODE)
-        do = _narrow(_load_rows(do_ptr, sdb, sdn, sdh, i_b, i_h, tok, valid, offs_v, DV), DOT_MODE)
-        dq = tl.zeros([BT, BK], dtype=tl.float32)
-        dk = tl.zeros([BT, BK], dtype=tl.float32)
-        for i_d in tl.static_range(NUM_DIRS):
-            causal = _scan_masks(BT, FIRST_DIR + i_d)[1]
-            seq = (i_d * tl.num_programs(1) + i_bh).to(tl.int64)
-            s_offs = _state_offsets(seq, nt, c, DK, DV, offs_k, offs_v)
-            state = tl.load(h_ptr + s_offs, mask=mask_kv, other=0.0)
-            dstate = tl.load(dh_ptr + s_offs, mask=mask_kv, other=0.0)
-            new_v = tl.load(vn_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=mask_v, other=0.0)
-            p = _narrow(tl.where(causal, _dot(do, tl.trans(new_v), DOT_MODE), 0.0) * s, DOT_MODE)
-            dq += s * _dot(do, tl.trans(state), DOT_MODE) + _dot(p, k_op, DOT_MODE)
-            dk += _dot(tl.trans(p), q_op, DOT_MODE) + _dot(new_v, tl.trans(dstate), DOT_MODE)
-        if L2NORM:  # y = x r with r = (|x|^2 + eps)^-1/2: dx = r (dy - y (y . dy))
-            dq = rq[:, None] * (dq - q * tl.sum(dq * q, 1)[:, None])
-        tl.store(dq_ptr + _grad_offsets(i_b, i_h, N, H, tok, offs_k, DK), dq.to(dq_ptr.dtype.element_ty), mask=mask_k)
-        tl.store(dk_part_ptr + _grad_offsets(i_b, i_h, N, H, tok, offs_k, DK), dk, mask=mask_k)
-
-    @triton.jit(do_not_specialize=["N"])
-    def _delta_rule_dwy_kernel(
-            k_ptr, v_ptr, beta_ptr, w_ptr, u_ptr, h_ptr, dvn_ptr, t_ptr, dk_part_ptr, dk_ptr, dv_ptr, dbeta_ptr,
-            skb, skn, skh, svb, svn, svh, sbb, sbn, sbh,
-            N, H, DK: tl.constexpr, DV: tl.constexpr,
-            BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-            FIRST_DIR: tl.constexpr, NUM_DIRS: tl.constexpr, L2NORM: tl.constexpr, DOT_MODE: tl.constexpr,
-    ):
-        """Gradients through V' = U - W S and the WY form, summed over the directions, added to dk_part; grid
-        (chunks, B*H). Per direction, with S (h), dV' (dvn), W, U and T^T saved by the forward:
-            dW = -dV' S^T, dU = dV'   d(beta K) = T^T dW,  d(beta V) = T^T dU
-            dA = -strict(T^T (dW (beta K)^T + dU (beta V)^T) T^T) = -strict(d(beta K) W^T + d(beta V) U^T)
-            then dbeta and dK through A = strict(diag(beta) K K^T).
-        The L2-norm backward (linear in the incoming gradient) runs once on the summed dk."""
-        c, i_bh = tl.program_id(0), tl.program_id(1)
-        i_b, i_h = i_bh // H, i_bh % H
-        nt = tl.cdiv(N, BT)
-        tok, valid = _chunk_tokens(c, N, BT)
-        offs_k = tl.arange(0, BK)
-        offs_v = tl.arange(0, BV)
-        mask_k = _rows_mask(valid, offs_k, DK)
-        mask_v = _rows_mask(valid, offs_v, DV)
-        mask_kv = _rows_mask(offs_k < DK, offs_v, DV)
-        k, rk = _normalize_rows(_load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
-        beta = _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid)
-        k_op = _narrow(k, DOT_MODE)
-        kk = _dot(k_op, tl.trans(k_op), DOT_MODE)
-        dk = tl.load(dk_part_ptr + _grad_offsets(i_b, i_h, N, H, tok, offs_k, DK), mask=mask_k, other=0.0)
-        d_beta_v_sum = tl.zeros([BT, BV], dtype=tl.float32)  # d(diag(beta) V) over the directions
-        dbeta = tl.zeros([BT], dtype=tl.float32)
-        for i_d in tl.range(0, NUM_DIRS, num_stages=1):
-            strict = _scan_masks(BT, FIRST_DIR + i_d)[0]
-            seq = (i_d * tl.num_programs(1) + i_bh).to(tl.int64)
-            state = tl.load(h_ptr + _state_offsets(seq, nt, c, DK, DV, offs_k, offs_v), mask=mask_kv, other=0.0)
-            d_new_v = tl.load(dvn_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=mask_v, other=0.0)
-            w = tl.load(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), mask=mask_k, other=0.0)
-            u = tl.load(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=mask_v, other=0.0)
-            t_inv_t = tl.load(t_ptr + _t_offsets(seq, nt, c, BT, False))
-            d_beta_k = _dot(t_inv_t, -_dot(d_new_v, tl.trans(state), DOT_MODE), 0)
-            d_beta_v = _dot(t_inv_t, d_new_v.to(tl.float32), 0)
-            d_a = _dot(_narrow(d_beta_k, DOT_MODE), tl.trans(w), DOT_MODE)
-            d_a = -tl.where(strict, d_a + _dot(_narrow(d_beta_v, DOT_MODE), tl.trans(u), DOT_MODE), 0.0)
-            dk += beta[:, None] * d_beta_k
-            d_beta_v_sum += d_beta_v
-            dbeta += tl.sum(d_beta_k * k, 1) + tl.sum(d_a * kk, 1)
-            d_kk = _narrow(beta[:, None] * d_a, DOT_MODE)
-            dk += _dot(d_kk, k_op, DOT_MODE) + _dot(tl.trans(d_kk), k_op, DOT_MODE)
-        v = _load_rows(v_ptr, svb, svn, svh, i_b, i_h, tok, valid, offs_v, DV)
-        dbeta += tl.sum(d_beta_v_sum * v, 1)
-        if L2NORM:
-            dk = rk[:, None] * (dk - k * tl.sum(dk * k, 1)[:, None])
-        tl.store(dk_ptr + _grad_offsets(i_b, i_h, N, H, tok, offs_k, DK), dk.to(dk_ptr.dtype.element_ty), mask=mask_k)
-        dv = beta[:, None] * d_beta_v_sum
-        tl.store(dv_ptr + _grad_offsets(i_b, i_h, N, H, tok, offs_v, DV), dv.to(dv_ptr.dtype.element_ty), mask=mask_v)
-        rows = (i_b * N + tok.to(tl.int64)) * H + i_h
-        tl.store(dbeta_ptr + rows, dbeta.to(dbeta_ptr.dtype.element_ty), mask=valid)
-
-
 def _dot_mode(dtype: torch.dtype) -> int:
     if _interpreting():
         return 0
@@ -664,10 +562,10 @@ def _dot_mode(dtype: torch.dtype) -> int:
 KERNEL_CHUNK = 32
 NUM_WARPS = 4  # every kernel but the gradients'
 GRADS_NUM_WARPS = 4
-SPLIT_GRADS = True  # A/B switch: two gradient kernels (dq + output part of dk; WY part) vs one
 # The two recurrences split the value dim into blocks while (batch, head, direction) sequences alone do not give
-# each multiprocessor two programs, down to this width.
-SEQ_BV_MIN = 16
+# each multiprocessor two programs, down to this width (H200, 2026-11-30: 32 beat 16 at N=12545, 1.87 vs 2.05 ms
+# forward+backward, and tied elsewhere).
+SEQ_BV_MIN = 32
 
 
 def _chunk_size(n: int) -> int:
@@ -751,22 +649,11 @@ if triton_available():
             q, k, w, grad, d_states, d_new_v, *_strides(q), *_strides(k), *_strides(grad), n, h, dk, dv, scale,
             BV=bv_seq, num_warps=NUM_WARPS, **common,
         )
-        if SPLIT_GRADS:
-            dk_part = torch.empty(b, n, h, dk, device=q.device, dtype=torch.float32)
-            torch.library.wrap_triton(_delta_rule_dq_kernel)[(nt, b * h)](
-                q, k, grad, states, new_v, d_states, dq, dk_part, *_strides(q), *_strides(k), *_strides(grad),
-                n, h, dk, dv, scale, BV=bv, num_warps=GRADS_NUM_WARPS, **common,
-            )
-            torch.library.wrap_triton(_delta_rule_dwy_kernel)[(nt, b * h)](
-                k, v, beta, w, u, states, d_new_v, t_invs, dk_part, dk_, dv_, dbeta,
-                *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv, BV=bv, num_warps=GRADS_NUM_WARPS, **common,
-            )
-        else:
-            torch.library.wrap_triton(_delta_rule_grads_kernel)[(nt, b * h)](
-                q, k, v, beta, grad, w, u, states, new_v, d_states, d_new_v, t_invs, dq, dk_, dv_, dbeta,
-                *_strides(q), *_strides(k), *_strides(v), *beta.stride(), *_strides(grad), n, h, dk, dv, scale,
-                BV=bv, num_warps=GRADS_NUM_WARPS, **common,
-            )
+        torch.library.wrap_triton(_delta_rule_grads_kernel)[(nt, b * h)](
+            q, k, v, beta, grad, w, u, states, new_v, d_states, d_new_v, t_invs, dq, dk_, dv_, dbeta,
+            *_strides(q), *_strides(k), *_strides(v), *beta.stride(), *_strides(grad), n, h, dk, dv, scale,
+            BV=bv, num_warps=GRADS_NUM_WARPS, **common,
+        )
         return dq, dk_, dv_, dbeta
 
     def _setup_context(ctx, inputs, output) -> None:
