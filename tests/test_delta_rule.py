@@ -190,6 +190,33 @@ def test_interp_half_inputs_and_expanded_grad(monkeypatch):
         assert relative_error(got.grad, want.grad) < 1e-5
 
 
+@needs_interpreter
+@pytest.mark.parametrize("n", [49, 197])
+def test_interp_fp16_products_forward_and_gradients(n):
+    """fp16 inputs take the 16-bit product path (hi/lo splits of the fp32 operands, see _dot_split), which the
+    interpreter runs correctly for fp16 (not bf16). The reference sees the same fp16-rounded values in float64, so
+    the error measured is the kernels' own arithmetic."""
+    q, k, v, beta = (t.half().double() for t in make_inputs(1, n, 2, 32, seed=n))
+    grad = torch.randn(1, n, 2, 32, dtype=torch.float64).half()
+    leaves = [t.detach().requires_grad_() for t in (q, k, v, beta)]
+    ref = bidirectional_recurrent(*leaves)
+    ref.backward(grad.double())
+    inputs = [t.half().requires_grad_() for t in (q, k, v, beta)]
+    out = delta_rule_triton(*inputs)
+    out.backward(grad)
+    assert out.dtype == torch.float16
+    errors = {"o": relative_error(out, ref)}
+    errors |= {f"d{x}": relative_error(g.grad, w.grad) for x, g, w in zip("qkvb", inputs, leaves, strict=True)}
+    assert all(e < 1.5e-3 for e in errors.values()), errors
+
+
+@needs_interpreter
+def test_interp_mixed_dtypes_raise():
+    q, k, v, beta = make_inputs(1, 5, 2, 16, dtype=torch.float32)
+    with pytest.raises(ValueError, match="share a dtype"):
+        delta_rule_triton(q.half(), k, v, beta)
+
+
 # ------------------------------------------------------------------------------------------------------ GPU only
 
 @needs_cuda

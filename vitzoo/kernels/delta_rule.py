@@ -206,6 +206,21 @@ if triton_available():
             return tl.dot(a.to(tl.float32), b.to(tl.float32))
 
     @triton.jit
+    def _dot_split(a, b, SPLIT_A: tl.constexpr, DOT_MODE: tl.constexpr):
+        """a @ b where one operand is fp32 (a with SPLIT_A, else b) and the other is exact in the 16-bit dot dtype.
+        The fp32 one is split into 16-bit hi + lo halves: two 16-bit products, about fp32 accurate (tf32 keeps 10
+        mantissa bits), with 16-bit operands in shared memory. The fp32 dot modes run one product."""
+        if DOT_MODE == 1 or DOT_MODE == 2:
+            if SPLIT_A:
+                hi = _narrow(a, DOT_MODE)
+                return _dot(hi, b, DOT_MODE) + _dot(_narrow(a - hi.to(tl.float32), DOT_MODE), b, DOT_MODE)
+            else:
+                hi = _narrow(b, DOT_MODE)
+                return _dot(a, hi, DOT_MODE) + _dot(a, _narrow(b - hi.to(tl.float32), DOT_MODE), DOT_MODE)
+        else:
+            return _dot(a, b, DOT_MODE)
+
+    @triton.jit
     def _narrow(x, DOT_MODE: tl.constexpr):
         """Hold a tile in the dot operand dtype: half the registers, and no repeated casts at every dot."""
         if DOT_MODE == 1:
@@ -271,13 +286,13 @@ if triton_available():
         return tl.load(tile, mask=_rows_mask(valid, offs, D, TRANSPOSED), other=0.0).to(tl.float32)
 
     @triton.jit
-    def _normalize_rows(x, L2NORM: tl.constexpr, AXIS: tl.constexpr = 1):
-        """(x / sqrt(|x|^2 + eps), 1 / sqrt(|x|^2 + eps)) along AXIS (the dim axis) when L2NORM, else (x, 1)."""
+    def _normalize_rows(x, L2NORM: tl.constexpr):
+        """(x / sqrt(|x|^2 + eps), 1 / sqrt(|x|^2 + eps)) when L2NORM, else (x, 1)."""
         if L2NORM:
-            r = 1.0 / tl.sqrt(tl.sum(x * x, AXIS) + 1e-6)
-            return x * tl.expand_dims(r, AXIS), r
+            r = 1.0 / tl.sqrt(tl.sum(x * x, 1) + 1e-6)
+            return x * r[:, None], r
         else:
-            return x, tl.sum(x * 0.0, AXIS) + 1.0
+            return x, tl.sum(x * 0.0, 1) + 1.0
 
     @triton.jit
     def _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid):
@@ -332,6 +347,8 @@ if triton_available():
         T = (I + D L)^-1 and the reversed one's (I + D L^T)^-1 = I - D T^T L^T (push-through identity), so
         T_rev^T = I - L T D costs one product. The reversed W and U are formed transposed (W_rev^T = (D K)^T T_rev^T)
         from K^T and V^T loaded by transposed addressing, so no fp32 operand goes through tl.trans (see _dot).
+        K enters as its raw 16-bit rows times the L2-norm row scale r (W = T diag(beta r) K_raw), so every product
+        with K or V has one exact 16-bit operand (see _dot_split).
         """
         c, i_bh = tl.program_id(0), tl.program_id(1)
         i_b, i_h = i_bh // H, i_bh % H
@@ -339,7 +356,8 @@ if triton_available():
         tok, valid = _chunk_tokens(c, N, BT)
         offs_k = tl.arange(0, BK)
         offs_v = tl.arange(0, BV)
-        k, _ = _normalize_rows(_load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
+        k_raw = _load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK)
+        k, r = _normalize_rows(k_raw, L2NORM)
         beta = _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid)
         k_op = _narrow(k, DOT_MODE)
         strict_lower = _scan_masks(BT, 0)[0]
@@ -347,25 +365,26 @@ if triton_available():
         t_fwd = _unit_lower_inverse(beta[:, None] * kk_lower, BT, LOG2_BT)
         if FIRST_DIR == 0:
             seq = i_bh.to(tl.int64)
-            v = _load_rows(v_ptr, svb, svn, svh, i_b, i_h, tok, valid, offs_v, DV)
-            tl.store(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK),
-                     _dot(t_fwd, beta[:, None] * k, 0).to(w_ptr.dtype.element_ty), mask=_rows_mask(valid, offs_k, DK))
-            tl.store(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV),
-                     _dot(t_fwd, beta[:, None] * v, 0).to(u_ptr.dtype.element_ty), mask=_rows_mask(valid, offs_v, DV))
+            v = _narrow(_load_rows(v_ptr, svb, svn, svh, i_b, i_h, tok, valid, offs_v, DV), DOT_MODE)
+            w = _dot_split(t_fwd * (beta * r)[None, :], _narrow(k_raw, DOT_MODE), True, DOT_MODE)
+            u = _dot_split(t_fwd * beta[None, :], v, True, DOT_MODE)
+            tl.store(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), w.to(w_ptr.dtype.element_ty),
+                     mask=_rows_mask(valid, offs_k, DK))
+            tl.store(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), u.to(u_ptr.dtype.element_ty),
+                     mask=_rows_mask(valid, offs_v, DV))
             if STORE_T:
                 tl.store(t_ptr + _t_offsets(seq, nt, c, BT, True), t_fwd)
         if FIRST_DIR + NUM_DIRS == 2:
             seq = ((1 - FIRST_DIR) * tl.num_programs(1) + i_bh).to(tl.int64)
             eye = tl.where(tl.arange(0, BT)[:, None] == tl.arange(0, BT)[None, :], 1.0, 0.0)
             t_rev_t = eye - _dot(kk_lower, t_fwd, 0) * beta[None, :]
-            k_t, _ = _normalize_rows(_load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK, True),
-                                     L2NORM, 0)
-            v_t = _load_rows(v_ptr, svb, svn, svh, i_b, i_h, tok, valid, offs_v, DV, True)
-            tl.store(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK, True),
-                     _dot(k_t * beta[None, :], t_rev_t, 0).to(w_ptr.dtype.element_ty),
+            k_raw_t = _narrow(_load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK, True), DOT_MODE)
+            v_t = _narrow(_load_rows(v_ptr, svb, svn, svh, i_b, i_h, tok, valid, offs_v, DV, True), DOT_MODE)
+            w_t = _dot_split(k_raw_t, t_rev_t * (r * beta)[:, None], False, DOT_MODE)
+            u_t = _dot_split(v_t, t_rev_t * beta[:, None], False, DOT_MODE)
+            tl.store(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK, True), w_t.to(w_ptr.dtype.element_ty),
                      mask=_rows_mask(valid, offs_k, DK, True))
-            tl.store(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV, True),
-                     _dot(v_t * beta[None, :], t_rev_t, 0).to(u_ptr.dtype.element_ty),
+            tl.store(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV, True), u_t.to(u_ptr.dtype.element_ty),
                      mask=_rows_mask(valid, offs_v, DV, True))
             if STORE_T:
                 tl.store(t_ptr + _t_offsets(seq, nt, c, BT, False), t_rev_t)
@@ -529,7 +548,7 @@ if triton_available():
             dq += s * _dot(do, tl.trans(state), DOT_MODE) + _dot(p, k_op, DOT_MODE)
             dk += _dot(tl.trans(p), q_op, DOT_MODE) + _dot(new_v, tl.trans(dstate), DOT_MODE)
             d_beta_k = _dot(t_inv_t, -_dot(d_new_v, tl.trans(state), DOT_MODE), 0)
-            d_beta_v = _dot(t_inv_t, d_new_v.to(tl.float32), 0)
+            d_beta_v = _dot_split(t_inv_t, d_new_v, True, DOT_MODE)  # dU = dV' is exact in the 16-bit dtype
             d_a = _dot(_narrow(d_beta_k, DOT_MODE), tl.trans(w), DOT_MODE)
             d_a = -tl.where(strict, d_a + _dot(_narrow(d_beta_v, DOT_MODE), tl.trans(u), DOT_MODE), 0.0)
             dk += beta[:, None] * d_beta_k
@@ -552,8 +571,8 @@ if triton_available():
 
 
 def _dot_mode(dtype: torch.dtype) -> int:
-    if _interpreting():
-        return 0
+    if _interpreting():  # the interpreter's bf16 products are wrong; its fp16 ones are right
+        return 2 if dtype == torch.float16 else 0
     return {torch.float32: 3, torch.bfloat16: 1, torch.float16: 2}[dtype]
 
 
@@ -699,6 +718,8 @@ def delta_rule_triton(
         raise ValueError(f"delta_rule_triton supports head dims up to 128, got {q.shape[-1]} and {v.shape[-1]}")
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError("delta_rule_triton needs a unit stride on the head dim of q, k and v")
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"delta_rule_triton: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     if directions not in _DIRECTIONS:
         raise ValueError(f"delta_rule_triton: directions={directions!r} is not one of {tuple(_DIRECTIONS)}")
     first_dir, num_dirs = _DIRECTIONS[directions]
