@@ -262,28 +262,17 @@ if triton_available():
         return tok, tok < N
 
     @triton.jit
-    def _rows_mask(valid, offs, D: tl.constexpr, TRANSPOSED: tl.constexpr = False):
-        """Mask of a (tokens, dim) tile, or of its transpose (dim, tokens)."""
+    def _rows_mask(valid, offs, D: tl.constexpr):
         # head dims are compile-time: a block that tiles the dim exactly needs no column mask, so accesses vectorise
-        if TRANSPOSED:
-            if tl.constexpr(D) % offs.shape[0] == 0:
-                return valid[None, :]
-            else:
-                return valid[None, :] & (offs[:, None] < D)
+        if tl.constexpr(D) % offs.shape[0] == 0:
+            return valid[:, None]
         else:
-            if tl.constexpr(D) % offs.shape[0] == 0:
-                return valid[:, None]
-            else:
-                return valid[:, None] & (offs[None, :] < D)
+            return valid[:, None] & (offs[None, :] < D)
 
     @triton.jit
-    def _load_rows(ptr, sb, sn, sh, i_b, i_h, tok, valid, offs, D: tl.constexpr, TRANSPOSED: tl.constexpr = False):
-        """Tokens x dim tile in fp32, or with TRANSPOSED its transpose by transposed addressing (dim x tokens)."""
-        if TRANSPOSED:
-            tile = ptr + i_b * sb + i_h * sh + tok[None, :] * sn + offs[:, None]
-        else:
-            tile = ptr + i_b * sb + i_h * sh + tok[:, None] * sn + offs[None, :]
-        return tl.load(tile, mask=_rows_mask(valid, offs, D, TRANSPOSED), other=0.0).to(tl.float32)
+    def _load_rows(ptr, sb, sn, sh, i_b, i_h, tok, valid, offs, D: tl.constexpr):
+        rows = ptr + i_b * sb + i_h * sh + tok[:, None] * sn + offs[None, :]
+        return tl.load(rows, mask=_rows_mask(valid, offs, D), other=0.0).to(tl.float32)
 
     @triton.jit
     def _normalize_rows(x, L2NORM: tl.constexpr):
@@ -299,13 +288,9 @@ if triton_available():
         return tl.load(beta_ptr + i_b * sbb + i_h * sbh + tok * sbn, mask=valid, other=0.0).to(tl.float32)
 
     @triton.jit
-    def _scratch_offsets(seq, N, tok, offs, D: tl.constexpr, TRANSPOSED: tl.constexpr = False):
-        """Rows of a per-direction work tensor (directions, B*H, N, D), contiguous; seq = direction * B*H + b*H+h.
-        TRANSPOSED addresses the (dim, tokens) transpose of the tile."""
-        if TRANSPOSED:
-            return (seq * N + tok[None, :]) * D + offs[:, None]
-        else:
-            return (seq * N + tok[:, None]) * D + offs[None, :]
+    def _scratch_offsets(seq, N, tok, offs, D: tl.constexpr):
+        """Rows of a per-direction work tensor (directions, B*H, N, D), contiguous; seq = direction * B*H + b*H+h."""
+        return (seq * N + tok[:, None]) * D + offs[None, :]
 
     @triton.jit
     def _grad_offsets(i_b, i_h, N, H, tok, offs, D: tl.constexpr):
@@ -317,14 +302,11 @@ if triton_available():
         return (seq * nt + c) * DK * DV + offs_k[:, None] * DV + offs_v[None, :]
 
     @triton.jit
-    def _t_offsets(seq, nt, c, BT: tl.constexpr, TRANSPOSED: tl.constexpr):
-        # the saved T^T blocks; the forward scan's T is written by transposed addressing, not tl.trans: see _dot
+    def _t_offsets(seq, nt, c, BT: tl.constexpr):
+        """The saved T^T block of a chunk and direction (row-major)."""
         rows = tl.arange(0, BT)[:, None]
         cols = tl.arange(0, BT)[None, :]
-        if TRANSPOSED:
-            return (seq * nt + c) * BT * BT + cols * BT + rows
-        else:
-            return (seq * nt + c) * BT * BT + rows * BT + cols
+        return (seq * nt + c) * BT * BT + rows * BT + cols
 
     @triton.jit
     def _fp32(x):
@@ -345,10 +327,10 @@ if triton_available():
 
         One inversion serves both directions. With L = strict_lower(K K^T) and D = diag(beta), the forward scan's
         T = (I + D L)^-1 and the reversed one's (I + D L^T)^-1 = I - D T^T L^T (push-through identity), so
-        T_rev^T = I - L T D costs one product. The reversed W and U are formed transposed (W_rev^T = (D K)^T T_rev^T)
-        from K^T and V^T loaded by transposed addressing, so no fp32 operand goes through tl.trans (see _dot).
-        K enters as its raw 16-bit rows times the L2-norm row scale r (W = T diag(beta r) K_raw), so every product
-        with K or V has one exact 16-bit operand (see _dot_split).
+        T_rev^T = I - L T D costs one product. K enters as its raw 16-bit rows times the L2-norm row scale r
+        (W = T diag(beta r) K_raw), so every product with K or V has one exact 16-bit operand (see _dot_split); the
+        transposes of T_rev^T happen on the fp32 tile before its 16-bit split, never on a tf32 operand (see _dot).
+        Every tile is loaded and stored in row layout (transposed addressing made this kernel L1-bound).
         """
         c, i_bh = tl.program_id(0), tl.program_id(1)
         i_b, i_h = i_bh // H, i_bh % H
@@ -360,34 +342,31 @@ if triton_available():
         k, r = _normalize_rows(k_raw, L2NORM)
         beta = _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid)
         k_op = _narrow(k, DOT_MODE)
+        k_raw = _narrow(k_raw, DOT_MODE)
+        v = _narrow(_load_rows(v_ptr, svb, svn, svh, i_b, i_h, tok, valid, offs_v, DV), DOT_MODE)
         strict_lower = _scan_masks(BT, 0)[0]
         kk_lower = tl.where(strict_lower, _dot(k_op, tl.trans(k_op), DOT_MODE), 0.0)
         t_fwd = _unit_lower_inverse(beta[:, None] * kk_lower, BT, LOG2_BT)
+        mask_k = _rows_mask(valid, offs_k, DK)
+        mask_v = _rows_mask(valid, offs_v, DV)
         if FIRST_DIR == 0:
             seq = i_bh.to(tl.int64)
-            v = _narrow(_load_rows(v_ptr, svb, svn, svh, i_b, i_h, tok, valid, offs_v, DV), DOT_MODE)
-            w = _dot_split(t_fwd * (beta * r)[None, :], _narrow(k_raw, DOT_MODE), True, DOT_MODE)
+            w = _dot_split(t_fwd * (beta * r)[None, :], k_raw, True, DOT_MODE)
             u = _dot_split(t_fwd * beta[None, :], v, True, DOT_MODE)
-            tl.store(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), w.to(w_ptr.dtype.element_ty),
-                     mask=_rows_mask(valid, offs_k, DK))
-            tl.store(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), u.to(u_ptr.dtype.element_ty),
-                     mask=_rows_mask(valid, offs_v, DV))
+            tl.store(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), w.to(w_ptr.dtype.element_ty), mask=mask_k)
+            tl.store(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), u.to(u_ptr.dtype.element_ty), mask=mask_v)
             if STORE_T:
-                tl.store(t_ptr + _t_offsets(seq, nt, c, BT, True), t_fwd)
+                tl.store(t_ptr + _t_offsets(seq, nt, c, BT), tl.trans(t_fwd))
         if FIRST_DIR + NUM_DIRS == 2:
             seq = ((1 - FIRST_DIR) * tl.num_programs(1) + i_bh).to(tl.int64)
             eye = tl.where(tl.arange(0, BT)[:, None] == tl.arange(0, BT)[None, :], 1.0, 0.0)
             t_rev_t = eye - _dot(kk_lower, t_fwd, 0) * beta[None, :]
-            k_raw_t = _narrow(_load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK, True), DOT_MODE)
-            v_t = _narrow(_load_rows(v_ptr, svb, svn, svh, i_b, i_h, tok, valid, offs_v, DV, True), DOT_MODE)
-            w_t = _dot_split(k_raw_t, t_rev_t * (r * beta)[:, None], False, DOT_MODE)
-            u_t = _dot_split(v_t, t_rev_t * beta[:, None], False, DOT_MODE)
-            tl.store(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK, True), w_t.to(w_ptr.dtype.element_ty),
-                     mask=_rows_mask(valid, offs_k, DK, True))
-            tl.store(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV, True), u_t.to(u_ptr.dtype.element_ty),
-                     mask=_rows_mask(valid, offs_v, DV, True))
+            w = _dot_split(tl.trans(t_rev_t * (r * beta)[:, None]), k_raw, True, DOT_MODE)
+            u = _dot_split(tl.trans(t_rev_t * beta[:, None]), v, True, DOT_MODE)
+            tl.store(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), w.to(w_ptr.dtype.element_ty), mask=mask_k)
+            tl.store(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), u.to(u_ptr.dtype.element_ty), mask=mask_v)
             if STORE_T:
-                tl.store(t_ptr + _t_offsets(seq, nt, c, BT, False), t_rev_t)
+                tl.store(t_ptr + _t_offsets(seq, nt, c, BT), t_rev_t)
 
     @triton.jit(do_not_specialize=["N"])
     def _delta_rule_states_kernel(
@@ -543,7 +522,7 @@ if triton_available():
             d_new_v = tl.load(dvn_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=mask_v, other=0.0)
             w = tl.load(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), mask=mask_k, other=0.0)
             u = tl.load(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=mask_v, other=0.0)
-            t_inv_t = tl.load(t_ptr + _t_offsets(seq, nt, c, BT, False))
+            t_inv_t = tl.load(t_ptr + _t_offsets(seq, nt, c, BT))
             p = _narrow(tl.where(causal, _dot(do, tl.trans(new_v), DOT_MODE), 0.0) * s, DOT_MODE)
             dq += s * _dot(do, tl.trans(state), DOT_MODE) + _dot(p, k_op, DOT_MODE)
             dk += _dot(tl.trans(p), q_op, DOT_MODE) + _dot(new_v, tl.trans(dstate), DOT_MODE)
