@@ -162,10 +162,14 @@ SWEEP = {  # name: (launch override {backward: (BLOCK_N, num_warps, num_stages)}
     "bwd32": ({False: (64, 4, 3), True: (32, 4, 3)}, None, 4),  # 32-token backward tiles on the split path too
     "fwd_stages3": ({False: (64, 4, 3), True: (32, 4, 3)}, None, 4),  # three forward stages at every N
     "fwd_stages2": ({False: (64, 4, 2), True: (32, 4, 3)}, None, 4),  # two at every N
+    # the backward's query and key passes as two launches (the split path) even when B*H fills the GPU: fewer live
+    # registers per pass, sequences cut into ~24 programs per SM
+    "bwd_two_pass_t32": ({False: (64, 4, 2), True: (32, 4, 3)}, {False: 2, True: 1000}, 24),
+    "bwd_two_pass_t64w8": ({False: (64, 4, 2), True: (64, 8, 2)}, {False: 2, True: 1000}, 24),
 }
 
 
-def sweep(bandwidth: float) -> list[dict]:
+def sweep(bandwidth: float, names: list[str]) -> list[dict]:
     """Device time (graph replay) of the ReLU config under alternative launch configs; forward and gradients are
     checked against float64 first and a variant over the tolerance is reported as such, not timed."""
     import importlib
@@ -173,7 +177,8 @@ def sweep(bandwidth: float) -> list[dict]:
     module = importlib.import_module("vitzoo.kernels.linear_attention")
     rows = []
     defaults = dict(module._SPLIT_BELOW), module._PROGRAMS_PER_SM
-    for name, (launch, split_below, per_sm) in SWEEP.items():
+    for name in names:
+        launch, split_below, per_sm = SWEEP[name]
         module._LAUNCH_OVERRIDE, module._PROGRAMS_PER_SM = launch, per_sm
         module._SPLIT_BELOW = split_below or defaults[0]
         for b, n in SIZES:
@@ -209,7 +214,8 @@ def sweep(bandwidth: float) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/linear_attention_h200.json")
-    parser.add_argument("--sweep", action="store_true", help="also time alternative launch configs (device time)")
+    parser.add_argument("--sweep", nargs="*", choices=sorted(SWEEP), default=None, metavar="VARIANT",
+                        help="also time alternative launch configs (device time): the named ones, or all if none named")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU")
@@ -240,7 +246,7 @@ def main() -> None:
         row["max_rel_err"] = errors
         rows.append(row)
         print(f"N={n} done: {json.dumps(row)}", flush=True)
-    sweep_rows = sweep(bandwidth) if args.sweep else []
+    sweep_rows = [] if args.sweep is None else sweep(bandwidth, args.sweep or list(SWEEP))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"info": info, "results": rows, "sweep": sweep_rows}, f, indent=2)
