@@ -181,9 +181,9 @@ def delta_rule_bidirectional_reference(
 #   _delta_rule_output_kernel:  O = scale (Q S + causal(Q K^T) V'), averaged over the directions
 # Backward: the state gradients in reverse scan order, then every input gradient chunk-parallel:
 #   _delta_rule_dstates_kernel: dV' = scale causal(Q K^T)^T dO + K dS_next, dS = dS_next + scale Q^T dO - W^T dV'
-#   _delta_rule_grads_kernel:   dQ, dK, dV, dbeta from the saved W, S, V', T and the state gradients
-# Only the two state kernels are sequential, with two dependent products per chunk. Like fla, the saved states and
-# V' are held in the input dtype; T stays fp32.
+#   _delta_rule_grads_kernel:   dQ, dK, dV, dbeta from the saved W, U, S, V', T^T and the state gradients
+# Only the two state kernels are sequential, with two dependent products per chunk. Like fla, the saved W, U, states
+# and V' are held in the input dtype; T^T stays fp32.
 
 if triton_available():
     import triton
@@ -342,7 +342,7 @@ if triton_available():
         k, r = _normalize_rows(k_raw, L2NORM)
         beta = _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid)
         k_op = _narrow(k, DOT_MODE)
-        k_raw = _narrow(k_raw, DOT_MODE)
+        k_raw_op = _narrow(k_raw, DOT_MODE)  # exact: the 16-bit input itself
         v = _narrow(_load_rows(v_ptr, svb, svn, svh, i_b, i_h, tok, valid, offs_v, DV), DOT_MODE)
         strict_lower = _scan_masks(BT, 0)[0]
         kk_lower = tl.where(strict_lower, _dot(k_op, tl.trans(k_op), DOT_MODE), 0.0)
@@ -351,7 +351,7 @@ if triton_available():
         mask_v = _rows_mask(valid, offs_v, DV)
         if FIRST_DIR == 0:
             seq = i_bh.to(tl.int64)
-            w = _dot_split(t_fwd * (beta * r)[None, :], k_raw, True, DOT_MODE)
+            w = _dot_split(t_fwd * (beta * r)[None, :], k_raw_op, True, DOT_MODE)
             u = _dot_split(t_fwd * beta[None, :], v, True, DOT_MODE)
             tl.store(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), w.to(w_ptr.dtype.element_ty), mask=mask_k)
             tl.store(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), u.to(u_ptr.dtype.element_ty), mask=mask_v)
@@ -361,7 +361,7 @@ if triton_available():
             seq = ((1 - FIRST_DIR) * tl.num_programs(1) + i_bh).to(tl.int64)
             eye = tl.where(tl.arange(0, BT)[:, None] == tl.arange(0, BT)[None, :], 1.0, 0.0)
             t_rev_t = eye - _dot(kk_lower, t_fwd, 0) * beta[None, :]
-            w = _dot_split(tl.trans(t_rev_t * (r * beta)[:, None]), k_raw, True, DOT_MODE)
+            w = _dot_split(tl.trans(t_rev_t * (r * beta)[:, None]), k_raw_op, True, DOT_MODE)
             u = _dot_split(tl.trans(t_rev_t * beta[:, None]), v, True, DOT_MODE)
             tl.store(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), w.to(w_ptr.dtype.element_ty), mask=mask_k)
             tl.store(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), u.to(u_ptr.dtype.element_ty), mask=mask_v)
