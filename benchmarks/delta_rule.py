@@ -109,19 +109,25 @@ def check_against_fla(b: int, n: int) -> dict[str, float]:
     return errors
 
 
+def fwd_bwd_step(fn, inputs):
+    """One forward+backward of ``fn`` on fresh leaf copies of ``inputs``, with all four input gradients."""
+    leaves = [t.detach().clone().requires_grad_() for t in inputs]
+    grad = torch.randn_like(inputs[2])
+
+    def step():
+        for t in leaves:
+            t.grad = None
+        fn(*leaves).backward(grad)
+    return step
+
+
 def time_ms(fn, inputs, backward: bool, graph: bool = False) -> float | None:
     """Median ms of ``fn`` (forward under no_grad, or forward+backward): eager launches with do_bench, or with
     ``graph`` the replay of a CUDA graph (device time without host overhead; None if the capture fails)."""
     import triton
 
     if backward:
-        leaves = [t.detach().clone().requires_grad_() for t in inputs]
-        grad = torch.randn_like(inputs[2])
-
-        def step():
-            for t in leaves:
-                t.grad = None
-            fn(*leaves).backward(grad)
+        step = fwd_bwd_step(fn, inputs)
     else:
         def step():
             with torch.no_grad():
@@ -140,14 +146,7 @@ def kernel_times(fn, inputs, reps: int = 5) -> dict[str, float]:
     """Mean device ms per call of every kernel in one forward+backward (torch.profiler, after a warm-up call)."""
     from torch.profiler import ProfilerActivity, profile
 
-    leaves = [t.detach().clone().requires_grad_() for t in inputs]
-    grad = torch.randn_like(inputs[2])
-
-    def step():
-        for t in leaves:
-            t.grad = None
-        fn(*leaves).backward(grad)
-
+    step = fwd_bwd_step(fn, inputs)
     step()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:

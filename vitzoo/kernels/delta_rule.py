@@ -257,6 +257,12 @@ if triton_available():
         return x
 
     @triton.jit
+    def _chunk_program(N, H, BT: tl.constexpr):
+        """(chunk, b*H + h, b, h, chunks) of a chunk-parallel program; grid (chunks, B*H)."""
+        c, i_bh = tl.program_id(0), tl.program_id(1)
+        return c, i_bh, i_bh // H, i_bh % H, tl.cdiv(N, BT)
+
+    @triton.jit
     def _chunk_tokens(c, N, BT: tl.constexpr):
         tok = c * BT + tl.arange(0, BT)
         return tok, tok < N
@@ -332,9 +338,7 @@ if triton_available():
         transposes of T_rev^T happen on the fp32 tile before its 16-bit split, never on a tf32 operand (see _dot).
         Every tile is loaded and stored in row layout (transposed addressing made this kernel L1-bound).
         """
-        c, i_bh = tl.program_id(0), tl.program_id(1)
-        i_b, i_h = i_bh // H, i_bh % H
-        nt = tl.cdiv(N, BT)
+        c, i_bh, i_b, i_h, nt = _chunk_program(N, H, BT)
         tok, valid = _chunk_tokens(c, N, BT)
         offs_k = tl.arange(0, BK)
         offs_v = tl.arange(0, BV)
@@ -410,9 +414,7 @@ if triton_available():
             FIRST_DIR: tl.constexpr, NUM_DIRS: tl.constexpr, L2NORM: tl.constexpr, DOT_MODE: tl.constexpr,
     ):
         """O = scale (Q S + causal(Q K^T) V') of one chunk, averaged over the directions; grid (chunks, B*H)."""
-        c, i_bh = tl.program_id(0), tl.program_id(1)
-        i_b, i_h = i_bh // H, i_bh % H
-        nt = tl.cdiv(N, BT)
+        c, i_bh, i_b, i_h, nt = _chunk_program(N, H, BT)
         tok, valid = _chunk_tokens(c, N, BT)
         offs_k = tl.arange(0, BK)
         offs_v = tl.arange(0, BV)
@@ -490,9 +492,7 @@ if triton_available():
             then dbeta and dK through A = strict(diag(beta) K K^T).
         The L2-norm backward (linear in the incoming gradient) runs once on the summed dq, dk.
         """
-        c, i_bh = tl.program_id(0), tl.program_id(1)
-        i_b, i_h = i_bh // H, i_bh % H
-        nt = tl.cdiv(N, BT)
+        c, i_bh, i_b, i_h, nt = _chunk_program(N, H, BT)
         s = _fp32(scale) / NUM_DIRS
         tok, valid = _chunk_tokens(c, N, BT)
         offs_k = tl.arange(0, BK)
