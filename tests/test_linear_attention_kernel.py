@@ -291,7 +291,7 @@ def test_reference_gradcheck(config):
 def test_split_policy_per_pass(monkeypatch):
     """On a GPU of S multiprocessors the forward keeps one program per (batch, head) down to 2 S of them and the
     backward down to 4 S (the H200 sweeps); below that N is split into chunks of whole tiles, about 4 S programs."""
-    monkeypatch.setattr(la, "_sm_count", lambda index: 132)
+    monkeypatch.setattr(la, "multiprocessor_count", lambda device: 132)
     cuda = torch.device("cuda", 0)
     assert la._splits(256 * 6, 197, 64, cuda, backward=False) == (1, 197)
     assert la._splits(256 * 6, 197, 32, cuda, backward=True) == (1, 197)

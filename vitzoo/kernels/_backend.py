@@ -36,6 +36,17 @@ def next_power_of_2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
+def multiprocessor_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device: how many programs fill it (the launch heuristics' unit)."""
+    return _multiprocessor_count(torch.cuda.current_device() if device.index is None else device.index)
+
+
+@functools.cache
+def _multiprocessor_count(index: int) -> int:
+    # cached: the device-properties query costs host time, and the heuristics ask on every launch
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def kernel_backend(device: torch.device | str) -> str:
     """Return ``'triton'`` or ``'reference'`` for tensors on ``device``, honouring ``VITZOO_KERNELS``."""
     choice = os.environ.get("VITZOO_KERNELS", "auto").strip().lower() or "auto"

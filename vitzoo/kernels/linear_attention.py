@@ -20,12 +20,10 @@ stride on D. Accumulation is fp32 whatever the input dtype (float64 inputs stay 
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 
-from ._backend import _interpreting, cdiv, kernel_backend, next_power_of_2
+from ._backend import _interpreting, cdiv, kernel_backend, multiprocessor_count, next_power_of_2
 
 FEATURE_MAPS = ("identity", "relu", "l2norm", "qt")
 _FEATURE_EPS = 1e-12  # guards the L2 norms of 'l2norm' and 'qt' (as F.normalize)
@@ -172,11 +170,6 @@ def _padded(dim: int) -> int:
     return max(16, next_power_of_2(dim))
 
 
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def _launch_params(dkp: int, dvp: int, weightings: int, backward: bool, split: bool = False) -> tuple[int, int, int]:
     """(BLOCK_N, num_warps, num_stages): one fixed config per shape class, no autotuning. ``split``: the backward's
     sequence is divided over several programs (two kernels, one per pass)."""
@@ -197,7 +190,7 @@ def _launch_params(dkp: int, dvp: int, weightings: int, backward: bool, split: b
 def _splits(bh: int, n: int, block_n: int, device: torch.device, backward: bool) -> tuple[int, int]:
     """(number of N-splits, tokens per split): split only when B*H programs cannot fill the GPU."""
     if device.type == "cuda":
-        sms = _sm_count(device.index or 0)
+        sms = multiprocessor_count(device)
         if bh >= _SPLIT_BELOW[backward] * sms:
             return 1, n
         programs = _PROGRAMS_PER_SM * sms
