@@ -27,7 +27,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._backend import _interpreting, cdiv, kernel_backend, next_power_of_2, triton_available
+from ._backend import (
+    _interpreting,
+    cdiv,
+    kernel_backend,
+    multiprocessor_count,
+    next_power_of_2,
+    triton_available,
+)
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _L2_EPS = 1e-6  # q / sqrt(sum(q^2) + eps), as fla's fused L2 norm
@@ -206,17 +213,13 @@ if triton_available():
             return tl.dot(a.to(tl.float32), b.to(tl.float32))
 
     @triton.jit
-    def _dot_split(a, b, SPLIT_A: tl.constexpr, DOT_MODE: tl.constexpr):
-        """a @ b where one operand is fp32 (a with SPLIT_A, else b) and the other is exact in the 16-bit dot dtype.
-        The fp32 one is split into 16-bit hi + lo halves: two 16-bit products, about fp32 accurate (tf32 keeps 10
-        mantissa bits), with 16-bit operands in shared memory. The fp32 dot modes run one product."""
+    def _dot_split(a, b, DOT_MODE: tl.constexpr):
+        """a @ b for an fp32 a and a b that is exact in the 16-bit dot dtype. a is split into 16-bit hi + lo halves:
+        two 16-bit products, about fp32 accurate (tf32 keeps 10 mantissa bits), with 16-bit operands in shared
+        memory. The fp32 dot modes run one product."""
         if DOT_MODE == 1 or DOT_MODE == 2:
-            if SPLIT_A:
-                hi = _narrow(a, DOT_MODE)
-                return _dot(hi, b, DOT_MODE) + _dot(_narrow(a - hi.to(tl.float32), DOT_MODE), b, DOT_MODE)
-            else:
-                hi = _narrow(b, DOT_MODE)
-                return _dot(a, hi, DOT_MODE) + _dot(a, _narrow(b - hi.to(tl.float32), DOT_MODE), DOT_MODE)
+            hi = _narrow(a, DOT_MODE)
+            return _dot(hi, b, DOT_MODE) + _dot(_narrow(a - hi.to(tl.float32), DOT_MODE), b, DOT_MODE)
         else:
             return _dot(a, b, DOT_MODE)
 
@@ -263,6 +266,22 @@ if triton_available():
         return c, i_bh, i_bh // H, i_bh % H, tl.cdiv(N, BT)
 
     @triton.jit
+    def _scan_program(N, H, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, DK: tl.constexpr,
+                      DV: tl.constexpr, FIRST_DIR: tl.constexpr):
+        """(b, h, reversed?, chunks, work-tensor row, key offsets, value offsets, state mask) of a program of the two
+        recurrences; grid (value blocks, B*H, directions)."""
+        i_v, i_bh, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        offs_k = tl.arange(0, BK)
+        offs_v = i_v * BV + tl.arange(0, BV)
+        return (i_bh // H, i_bh % H, FIRST_DIR + i_d, tl.cdiv(N, BT), _direction_row(i_d, i_bh), offs_k, offs_v,
+                _rows_mask(offs_k < DK, offs_v, DV))
+
+    @triton.jit
+    def _direction_row(i_d, i_bh):
+        """Row of direction i_d (0 = the first one run) and sequence b*H + h in the per-direction work tensors."""
+        return (i_d * tl.num_programs(1) + i_bh).to(tl.int64)
+
+    @triton.jit
     def _chunk_tokens(c, N, BT: tl.constexpr):
         tok = c * BT + tl.arange(0, BT)
         return tok, tok < N
@@ -288,6 +307,11 @@ if triton_available():
             return x * r[:, None], r
         else:
             return x, tl.sum(x * 0.0, 1) + 1.0
+
+    @triton.jit
+    def _load_normalized(ptr, sb, sn, sh, i_b, i_h, tok, valid, offs, D: tl.constexpr, L2NORM: tl.constexpr):
+        """q or k rows in fp32, L2-normalised when L2NORM, and their row scales (see _normalize_rows)."""
+        return _normalize_rows(_load_rows(ptr, sb, sn, sh, i_b, i_h, tok, valid, offs, D), L2NORM)
 
     @triton.jit
     def _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid):
@@ -354,19 +378,19 @@ if triton_available():
         mask_k = _rows_mask(valid, offs_k, DK)
         mask_v = _rows_mask(valid, offs_v, DV)
         if FIRST_DIR == 0:
-            seq = i_bh.to(tl.int64)
-            w = _dot_split(t_fwd * (beta * r)[None, :], k_raw_op, True, DOT_MODE)
-            u = _dot_split(t_fwd * beta[None, :], v, True, DOT_MODE)
+            seq = _direction_row(0, i_bh)
+            w = _dot_split(t_fwd * (beta * r)[None, :], k_raw_op, DOT_MODE)
+            u = _dot_split(t_fwd * beta[None, :], v, DOT_MODE)
             tl.store(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), w.to(w_ptr.dtype.element_ty), mask=mask_k)
             tl.store(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), u.to(u_ptr.dtype.element_ty), mask=mask_v)
             if STORE_T:
                 tl.store(t_ptr + _t_offsets(seq, nt, c, BT), tl.trans(t_fwd))
         if FIRST_DIR + NUM_DIRS == 2:
-            seq = ((1 - FIRST_DIR) * tl.num_programs(1) + i_bh).to(tl.int64)
+            seq = _direction_row(1 - FIRST_DIR, i_bh)
             eye = tl.where(tl.arange(0, BT)[:, None] == tl.arange(0, BT)[None, :], 1.0, 0.0)
             t_rev_t = eye - _dot(kk_lower, t_fwd, 0) * beta[None, :]
-            w = _dot_split(tl.trans(t_rev_t * (r * beta)[:, None]), k_raw_op, True, DOT_MODE)
-            u = _dot_split(tl.trans(t_rev_t * beta[:, None]), v, True, DOT_MODE)
+            w = _dot_split(tl.trans(t_rev_t * (r * beta)[:, None]), k_raw_op, DOT_MODE)
+            u = _dot_split(tl.trans(t_rev_t * beta[:, None]), v, DOT_MODE)
             tl.store(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), w.to(w_ptr.dtype.element_ty), mask=mask_k)
             tl.store(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), u.to(u_ptr.dtype.element_ty), mask=mask_v)
             if STORE_T:
@@ -381,19 +405,12 @@ if triton_available():
     ):
         """The forward recurrence, in scan order: the state entering every chunk (into h) and V' = U - W S (into
         vn); grid (value blocks, B*H, directions). Value columns evolve independently, hence the value blocks."""
-        i_v, i_bh, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        i_b, i_h = i_bh // H, i_bh % H
-        rev = FIRST_DIR + i_d
-        nt = tl.cdiv(N, BT)
-        seq = (i_d * tl.num_programs(1) + i_bh).to(tl.int64)
-        offs_k = tl.arange(0, BK)
-        offs_v = i_v * BV + tl.arange(0, BV)
-        mask_kv = _rows_mask(offs_k < DK, offs_v, DV)
+        i_b, i_h, rev, nt, seq, offs_k, offs_v, mask_kv = _scan_program(N, H, BT, BK, BV, DK, DV, FIRST_DIR)
         state = tl.zeros([BK, BV], dtype=tl.float32)
         for j in range(nt):
             c = j + rev * (nt - 1 - 2 * j)
             tok, valid = _chunk_tokens(c, N, BT)
-            k, _ = _normalize_rows(_load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
+            k, _ = _load_normalized(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK, L2NORM)
             w = tl.load(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), mask=_rows_mask(valid, offs_k, DK),
                         other=0.0)
             u = tl.load(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=_rows_mask(valid, offs_v, DV),
@@ -419,14 +436,14 @@ if triton_available():
         offs_k = tl.arange(0, BK)
         offs_v = tl.arange(0, BV)
         mask_kv = _rows_mask(offs_k < DK, offs_v, DV)
-        q, _ = _normalize_rows(_load_rows(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
-        k, _ = _normalize_rows(_load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
+        q, _ = _load_normalized(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK, L2NORM)
+        k, _ = _load_normalized(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK, L2NORM)
         q = _narrow(q, DOT_MODE)
         qk = _dot(q, tl.trans(_narrow(k, DOT_MODE)), DOT_MODE)
         o = tl.zeros([BT, BV], dtype=tl.float32)
         for i_d in tl.static_range(NUM_DIRS):
             causal = _scan_masks(BT, FIRST_DIR + i_d)[1]
-            seq = (i_d * tl.num_programs(1) + i_bh).to(tl.int64)
+            seq = _direction_row(i_d, i_bh)
             state = tl.load(h_ptr + _state_offsets(seq, nt, c, DK, DV, offs_k, offs_v), mask=mask_kv, other=0.0)
             new_v = tl.load(vn_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=_rows_mask(valid, offs_v, DV),
                             other=0.0)
@@ -445,22 +462,15 @@ if triton_available():
         """The backward recurrence, in reverse scan order: the gradient of the state leaving every chunk (into dh)
         and dV' = s causal(QK^T)^T dO + K dS_next (into dvn), with s = scale / directions; then
         dS = dS_next + s Q^T dO - W^T dV'. Grid (value blocks, B*H, directions)."""
-        i_v, i_bh, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        i_b, i_h = i_bh // H, i_bh % H
-        rev = FIRST_DIR + i_d
-        nt = tl.cdiv(N, BT)
-        seq = (i_d * tl.num_programs(1) + i_bh).to(tl.int64)
+        i_b, i_h, rev, nt, seq, offs_k, offs_v, mask_kv = _scan_program(N, H, BT, BK, BV, DK, DV, FIRST_DIR)
         s = _fp32(scale) / NUM_DIRS
-        offs_k = tl.arange(0, BK)
-        offs_v = i_v * BV + tl.arange(0, BV)
-        mask_kv = _rows_mask(offs_k < DK, offs_v, DV)
         causal = _scan_masks(BT, rev)[1]
         dstate = tl.zeros([BK, BV], dtype=tl.float32)
         for j in range(nt):
             c = nt - 1 - j + rev * (2 * j + 1 - nt)
             tok, valid = _chunk_tokens(c, N, BT)
-            q, _ = _normalize_rows(_load_rows(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
-            k, _ = _normalize_rows(_load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
+            q, _ = _load_normalized(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK, L2NORM)
+            k, _ = _load_normalized(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK, L2NORM)
             q = _narrow(q, DOT_MODE)
             k = _narrow(k, DOT_MODE)
             w = tl.load(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), mask=_rows_mask(valid, offs_k, DK),
@@ -501,9 +511,8 @@ if triton_available():
         mask_v = _rows_mask(valid, offs_v, DV)
         mask_kv = _rows_mask(offs_k < DK, offs_v, DV)
         # q and v are re-read after the loop where they are needed in fp32: fewer registers live through it
-        q_op = _narrow(_normalize_rows(_load_rows(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK),
-                                       L2NORM)[0], DOT_MODE)
-        k, rk = _normalize_rows(_load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
+        q_op = _narrow(_load_normalized(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK, L2NORM)[0], DOT_MODE)
+        k, rk = _load_normalized(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK, L2NORM)
         beta = _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid)
         do = _narrow(_load_rows(do_ptr, sdb, sdn, sdh, i_b, i_h, tok, valid, offs_v, DV), DOT_MODE)
         k_op = _narrow(k, DOT_MODE)
@@ -514,7 +523,7 @@ if triton_available():
         dbeta = tl.zeros([BT], dtype=tl.float32)
         for i_d in tl.static_range(NUM_DIRS):
             strict, causal = _scan_masks(BT, FIRST_DIR + i_d)
-            seq = (i_d * tl.num_programs(1) + i_bh).to(tl.int64)
+            seq = _direction_row(i_d, i_bh)
             s_offs = _state_offsets(seq, nt, c, DK, DV, offs_k, offs_v)
             state = tl.load(h_ptr + s_offs, mask=mask_kv, other=0.0)
             dstate = tl.load(dh_ptr + s_offs, mask=mask_kv, other=0.0)
@@ -527,7 +536,7 @@ if triton_available():
             dq += s * _dot(do, tl.trans(state), DOT_MODE) + _dot(p, k_op, DOT_MODE)
             dk += _dot(tl.trans(p), q_op, DOT_MODE) + _dot(new_v, tl.trans(dstate), DOT_MODE)
             d_beta_k = _dot(t_inv_t, -_dot(d_new_v, tl.trans(state), DOT_MODE), 0)
-            d_beta_v = _dot_split(t_inv_t, d_new_v, True, DOT_MODE)  # dU = dV' is exact in the 16-bit dtype
+            d_beta_v = _dot_split(t_inv_t, d_new_v, DOT_MODE)  # dU = dV' is exact in the 16-bit dtype
             d_a = _dot(_narrow(d_beta_k, DOT_MODE), tl.trans(w), DOT_MODE)
             d_a = -tl.where(strict, d_a + _dot(_narrow(d_beta_v, DOT_MODE), tl.trans(u), DOT_MODE), 0.0)
             dk += beta[:, None] * d_beta_k
@@ -539,7 +548,7 @@ if triton_available():
         dbeta += tl.sum(d_beta_v_sum * v, 1)
         dv = beta[:, None] * d_beta_v_sum
         if L2NORM:  # y = x r with r = (|x|^2 + eps)^-1/2: dx = r (dy - y (y . dy))
-            q, rq = _normalize_rows(_load_rows(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK), L2NORM)
+            q, rq = _load_normalized(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK, L2NORM)
             dq = rq[:, None] * (dq - q * tl.sum(dq * q, 1)[:, None])
             dk = rk[:, None] * (dk - k * tl.sum(dk * k, 1)[:, None])
         tl.store(dq_ptr + _grad_offsets(i_b, i_h, N, H, tok, offs_k, DK), dq.to(dq_ptr.dtype.element_ty), mask=mask_k)
@@ -570,8 +579,8 @@ def _chunk_size(n: int) -> int:
     return min(KERNEL_CHUNK, max(16, next_power_of_2(n)))
 
 
-def _multiprocessors(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+def _programs_to_fill(device: torch.device) -> int:
+    return multiprocessor_count(device) if device.type == "cuda" else 1  # the interpreter: one "multiprocessor"
 
 
 def _block_sizes(dk: int, dv: int, num_seqs: int, device: torch.device) -> tuple[int, int, int]:
@@ -579,7 +588,7 @@ def _block_sizes(dk: int, dv: int, num_seqs: int, device: torch.device) -> tuple
     bk = max(16, next_power_of_2(dk))
     bv = max(16, next_power_of_2(dv))
     bv_seq = min(bv, 64)
-    while bv_seq > SEQ_BV_MIN and num_seqs * cdiv(dv, bv_seq) < 2 * _multiprocessors(device):
+    while bv_seq > SEQ_BV_MIN and num_seqs * cdiv(dv, bv_seq) < 2 * _programs_to_fill(device):
         bv_seq //= 2
     return bk, bv, bv_seq
 
