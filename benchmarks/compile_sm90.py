@@ -1,13 +1,15 @@
-"""Registers, spills and shared memory of the delta-rule kernels compiled for sm_90 (H100/H200), without a GPU.
+"""Registers, spills and shared memory of the Triton kernels compiled for sm_90 (H100/H200), without a GPU.
 
 Triton compiles each kernel for a ``GPUTarget`` and ``ptxas -v`` (shipped with Triton) reports the resources: the
-numbers that set occupancy, to check before and after a kernel change (see CONTRIBUTING.md).
+numbers that set occupancy, to check before and after a kernel change (see CONTRIBUTING.md). ``--maxnreg`` caps the
+registers per thread as the launch option of that name does (the spills then show its cost).
 
-    python benchmarks/compile_sm90.py [--chunk 32] [--head-dim 64 128]
+    python benchmarks/compile_sm90.py [--chunk 32] [--head-dim 64 128] [--maxnreg 168] [--family delta linear]
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import os
 import re
@@ -24,11 +26,15 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from vitzoo.kernels import delta_rule as dr  # noqa: E402
 
+la = importlib.import_module("vitzoo.kernels.linear_attention")  # the package re-exports a function of that name
+
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-FP32_POINTERS = {"t_ptr"}  # every other pointer is bf16 (the benchmark's dtype)
+FP32_POINTERS = {"t_ptr", "state_ptr", "dstate_ptr", "dc_ptr"}  # every other pointer is bf16 (the benchmarks' dtype)
+FLOAT_SCALARS = {"scale", "c_value", "eps"}
 
 
-def resources(kernel, constexprs: dict, num_warps: int) -> dict[str, int]:
+def resources(kernel, constexprs: dict, num_warps: int, num_stages: int = 3,
+              maxnreg: int | None = None) -> dict[str, int]:
     """Compile ``kernel`` for sm_90 with ``constexprs``; registers, spill bytes and shared memory per block."""
     params = list(inspect.signature(kernel.fn).parameters)
     signature, constants = {}, {}
@@ -39,10 +45,13 @@ def resources(kernel, constexprs: dict, num_warps: int) -> dict[str, int]:
         elif name.endswith("_ptr"):
             signature[name] = "*fp32" if name in FP32_POINTERS else "*bf16"
         else:
-            signature[name] = "fp32" if name == "scale" else "i32"
+            signature[name] = "fp32" if name in FLOAT_SCALARS else "i32"
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(params) if name.endswith("_ptr")}
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    if maxnreg is not None:
+        options["maxnreg"] = maxnreg
     compiled = triton.compile(ASTSource(kernel, signature, constants, attrs), target=GPUTarget("cuda", 90, 32),
-                              options={"num_warps": num_warps})
+                              options=options)
     with tempfile.TemporaryDirectory() as tmp:
         ptx = os.path.join(tmp, "kernel.ptx")
         with open(ptx, "w") as f:
@@ -54,26 +63,52 @@ def resources(kernel, constexprs: dict, num_warps: int) -> dict[str, int]:
             "shared_bytes": compiled.metadata.shared}
 
 
+def delta_rule_kernels(chunk: int, d: int) -> list[tuple]:
+    base = dict(DK=d, DV=d, BT=chunk, BK=d, FIRST_DIR=0, L2NORM=True, DOT_MODE=1)
+    both = dict(base, NUM_DIRS=2)
+    return [
+        ("wy", dr._delta_rule_wy_kernel, dict(both, LOG2_BT=chunk.bit_length() - 1, BV=d, STORE_T=True),
+         dr.NUM_WARPS, 3),
+        ("states", dr._delta_rule_states_kernel, dict(base, BV=min(d, 64)), dr.NUM_WARPS, 3),
+        ("output", dr._delta_rule_output_kernel, dict(both, BV=d), dr.NUM_WARPS, 3),
+        ("dstates", dr._delta_rule_dstates_kernel, dict(both, BV=min(d, 64)), dr.NUM_WARPS, 3),
+        ("grads", dr._delta_rule_grads_kernel, dict(both, BV=d), dr.GRADS_NUM_WARPS, 3),
+    ]
+
+
+def linear_attention_kernels(d: int) -> list[tuple]:
+    """The benchmark's ReLU-normalised configuration, one program per sequence (N=197's launch)."""
+    common = dict(DK=d, DV=d, DKP=d, DVP=d, W=1, HAS_WEIGHTS=False, FEATURE=1, CENTER=False, UNIT_D=True,
+                  CONST_PTR=False, HAS_CONST=False, NORMALIZE=True, PREC="bf16")
+    fwd_block, fwd_warps, _ = la._launch_params(d, d, 1, backward=False)
+    bwd_block, bwd_warps, bwd_stages = la._launch_params(d, d, 1, backward=True)
+    return [
+        ("la fwd", la._linear_attention_fwd_kernel,
+         dict(common, DO_STATE=True, DO_OUTPUT=True, STORE_STATE=True, ATOMIC=False, NEED_Z=True, NEED_U=False,
+              BLOCK_N=fwd_block), fwd_warps, 2),
+        ("la bwd", la._linear_attention_bwd_kernel,
+         dict(common, DO_Q=True, DO_KV=True, NEED_DC=False, ROW_SCALED=True, BLOCK_N=bwd_block),
+         bwd_warps, bwd_stages),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--chunk", type=int, default=dr.KERNEL_CHUNK)
+    parser.add_argument("--chunk", type=int, default=dr.KERNEL_CHUNK, help="delta-rule chunk")
     parser.add_argument("--head-dim", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--maxnreg", type=int, default=None, help="cap on registers per thread")
+    parser.add_argument("--family", nargs="+", choices=["delta", "linear"], default=["delta", "linear"])
     args = parser.parse_args()
-    chunk = args.chunk
     for d in args.head_dim:
-        base = dict(DK=d, DV=d, BT=chunk, BK=d, FIRST_DIR=0, L2NORM=True, DOT_MODE=1)
-        both = dict(base, NUM_DIRS=2)
-        kernels = [
-            ("wy", dr._delta_rule_wy_kernel, dict(both, LOG2_BT=chunk.bit_length() - 1, BV=d, STORE_T=True),
-             dr.NUM_WARPS),
-            ("states", dr._delta_rule_states_kernel, dict(base, BV=min(d, 64)), dr.NUM_WARPS),
-            ("output", dr._delta_rule_output_kernel, dict(both, BV=d), dr.NUM_WARPS),
-            ("dstates", dr._delta_rule_dstates_kernel, dict(both, BV=min(d, 64)), dr.NUM_WARPS),
-            ("grads", dr._delta_rule_grads_kernel, dict(both, BV=d), dr.GRADS_NUM_WARPS),
-        ]
-        for name, kernel, constexprs, warps in kernels:
-            r = resources(kernel, constexprs, warps)
-            print(f"chunk {chunk} d {d:>3} {name:>8} ({warps} warps): {r['registers']:>3} registers, "
+        kernels = []
+        if "delta" in args.family:
+            kernels += [(f"chunk {args.chunk} d {d:>3} {name}", *rest)
+                        for name, *rest in delta_rule_kernels(args.chunk, d)]
+        if "linear" in args.family:
+            kernels += [(f"d {d:>3} {name}", *rest) for name, *rest in linear_attention_kernels(d)]
+        for label, kernel, constexprs, warps, stages in kernels:
+            r = resources(kernel, constexprs, warps, stages, args.maxnreg)
+            print(f"{label:>22} ({warps} warps, {stages} stages): {r['registers']:>3} registers, "
                   f"{r['spill_bytes']:>5} B spilled, {r['shared_bytes']:>6} B shared", flush=True)
 
 

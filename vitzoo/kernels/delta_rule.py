@@ -33,6 +33,7 @@ from ._backend import (
     kernel_backend,
     multiprocessor_count,
     next_power_of_2,
+    register_cap,
     triton_available,
 )
 
@@ -525,25 +526,29 @@ if triton_available():
             strict, causal = _scan_masks(BT, FIRST_DIR + i_d)
             seq = _direction_row(i_d, i_bh)
             s_offs = _state_offsets(seq, nt, c, DK, DV, offs_k, offs_v)
+            # ordered so that large tiles die early: S after its two products, d(beta K) before d(beta V)
             state = tl.load(h_ptr + s_offs, mask=mask_kv, other=0.0)
-            dstate = tl.load(dh_ptr + s_offs, mask=mask_kv, other=0.0)
-            new_v = tl.load(vn_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=mask_v, other=0.0)
             d_new_v = tl.load(dvn_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=mask_v, other=0.0)
-            w = tl.load(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), mask=mask_k, other=0.0)
-            u = tl.load(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=mask_v, other=0.0)
+            dq += s * _dot(do, tl.trans(state), DOT_MODE)
+            d_w = -_dot(d_new_v, tl.trans(state), DOT_MODE)
             t_inv_t = tl.load(t_ptr + _t_offsets(seq, nt, c, BT))
-            p = _narrow(tl.where(causal, _dot(do, tl.trans(new_v), DOT_MODE), 0.0) * s, DOT_MODE)
-            dq += s * _dot(do, tl.trans(state), DOT_MODE) + _dot(p, k_op, DOT_MODE)
-            dk += _dot(tl.trans(p), q_op, DOT_MODE) + _dot(new_v, tl.trans(dstate), DOT_MODE)
-            d_beta_k = _dot(t_inv_t, -_dot(d_new_v, tl.trans(state), DOT_MODE), 0)
-            d_beta_v = _dot_split(t_inv_t, d_new_v, DOT_MODE)  # dU = dV' is exact in the 16-bit dtype
+            d_beta_k = _dot(t_inv_t, d_w, 0)
+            w = tl.load(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), mask=mask_k, other=0.0)
             d_a = _dot(_narrow(d_beta_k, DOT_MODE), tl.trans(w), DOT_MODE)
-            d_a = -tl.where(strict, d_a + _dot(_narrow(d_beta_v, DOT_MODE), tl.trans(u), DOT_MODE), 0.0)
             dk += beta[:, None] * d_beta_k
+            dbeta += tl.sum(d_beta_k * k, 1)
+            d_beta_v = _dot_split(t_inv_t, d_new_v, DOT_MODE)  # dU = dV' is exact in the 16-bit dtype
+            u = tl.load(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=mask_v, other=0.0)
+            d_a = -tl.where(strict, d_a + _dot(_narrow(d_beta_v, DOT_MODE), tl.trans(u), DOT_MODE), 0.0)
             d_beta_v_sum += d_beta_v
-            dbeta += tl.sum(d_beta_k * k, 1) + tl.sum(d_a * kk, 1)
+            dbeta += tl.sum(d_a * kk, 1)
             d_kk = _narrow(beta[:, None] * d_a, DOT_MODE)
             dk += _dot(d_kk, k_op, DOT_MODE) + _dot(tl.trans(d_kk), k_op, DOT_MODE)
+            new_v = tl.load(vn_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=mask_v, other=0.0)
+            p = _narrow(tl.where(causal, _dot(do, tl.trans(new_v), DOT_MODE), 0.0) * s, DOT_MODE)
+            dq += _dot(p, k_op, DOT_MODE)
+            dstate = tl.load(dh_ptr + s_offs, mask=mask_kv, other=0.0)
+            dk += _dot(tl.trans(p), q_op, DOT_MODE) + _dot(new_v, tl.trans(dstate), DOT_MODE)
         v = _load_rows(v_ptr, svb, svn, svh, i_b, i_h, tok, valid, offs_v, DV)
         dbeta += tl.sum(d_beta_v_sum * v, 1)
         dv = beta[:, None] * d_beta_v_sum
@@ -569,6 +574,7 @@ def _dot_mode(dtype: torch.dtype) -> int:
 KERNEL_CHUNK = 32
 NUM_WARPS = 4  # every kernel but the gradients'
 GRADS_NUM_WARPS = 4
+GRADS_MAXNREG: int | None = None  # registers per thread of the gradient kernel (Triton's maxnreg); None: no cap
 # The two recurrences split the value dim into blocks while (batch, head, direction) sequences alone do not give
 # each multiprocessor two programs, down to this width (H200, 2026-11-30: 32 beat 16 at N=12545, 1.87 vs 2.05 ms
 # forward+backward, and tied elsewhere).
@@ -659,7 +665,7 @@ if triton_available():
         torch.library.wrap_triton(_delta_rule_grads_kernel)[(nt, b * h)](
             q, k, v, beta, grad, w, u, states, new_v, d_states, d_new_v, t_invs, dq, dk_, dv_, dbeta,
             *_strides(q), *_strides(k), *_strides(v), *beta.stride(), *_strides(grad), n, h, dk, dv, scale,
-            BV=bv, num_warps=GRADS_NUM_WARPS, **common,
+            BV=bv, num_warps=GRADS_NUM_WARPS, **common, **register_cap(GRADS_MAXNREG),
         )
         return dq, dk_, dv_, dbeta
 
