@@ -29,7 +29,7 @@ from vitzoo.kernels import delta_rule as dr  # noqa: E402
 la = importlib.import_module("vitzoo.kernels.linear_attention")  # the package re-exports a function of that name
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-FP32_POINTERS = {"t_ptr", "state_ptr", "dstate_ptr", "dc_ptr"}  # every other pointer is bf16 (the benchmarks' dtype)
+FP32_POINTERS = {"state_ptr", "dstate_ptr", "dc_ptr"}  # every other pointer is bf16 (the benchmarks' dtype)
 FLOAT_SCALARS = {"scale", "c_value", "eps"}
 
 

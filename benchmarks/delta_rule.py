@@ -28,18 +28,12 @@ from vitzoo.kernels.testing import relative_error  # noqa: E402
 SHAPES = [(256, 197), (64, 785), (16, 3137), (4, 12545)]  # (B, N)
 # Launch alternatives timed beside the default (KERNEL_CHUNK=32, NUM_WARPS=4, GRADS_NUM_WARPS=4, SEQ_BV_MIN=32). A
 # variant is timed only if it passes its float64 check first.
-VARIANTS = {  # name: values of SETTINGS
-    "grads_w8": (32, 4, 8, 32, None),
-    "seq_bv16": (32, 4, 4, 16, None),
-    "c16": (16, 4, 4, 32, None),
-    # registers of the gradient kernel capped: 3 or 4 blocks per SM instead of 2, at 636 or 1352 B of spills per
-    # thread (sm_90 offline compile, benchmarks/compile_sm90.py)
-    "grads_r168": (32, 4, 4, 32, 168),
-    "grads_r128": (32, 4, 4, 32, 128),
-    # 8 warps need 255 registers (1 block per SM); capped at 128: 2 blocks of 8 warps, 376 B of spills offline
-    "grads_w8_r128": (32, 4, 8, 32, 128),
+VARIANTS = {  # name: (kernel chunk, num_warps, num_warps of the gradient kernel, narrowest value block of the scans)
+    "grads_w8": (32, 4, 8, 32),
+    "seq_bv16": (32, 4, 4, 16),
+    "c16": (16, 4, 4, 32),
 }
-SETTINGS = ("KERNEL_CHUNK", "NUM_WARPS", "GRADS_NUM_WARPS", "SEQ_BV_MIN", "GRADS_MAXNREG")
+SETTINGS = ("KERNEL_CHUNK", "NUM_WARPS", "GRADS_NUM_WARPS", "SEQ_BV_MIN")
 HEADS, HEAD_DIM = 6, 64
 CHECK_TOL = 2e-2  # relative L2 error between two bf16 implementations of the same scan
 

@@ -156,27 +156,16 @@ def time_size(b: int, n: int, bandwidth: float) -> dict:
 
 
 SWEEP = {  # name: (launch override {backward: (BLOCK_N, num_warps, num_stages)} or None, {backward: split below this
-    # many programs per SM} or None for the default, programs per SM when split, {backward: register cap} or None)
-    "default": (None, None, 4, None),
-    "split_below4": (None, {False: 4, True: 4}, 4, None),  # the forward splits as the backward does (the old default)
-    "bwd32": ({False: (64, 4, 3), True: (32, 4, 3)}, None, 4, None),  # 32-token backward tiles on the split path too
-    "fwd_stages3": ({False: (64, 4, 3), True: (32, 4, 3)}, None, 4, None),  # three forward stages at every N
-    "fwd_stages2": ({False: (64, 4, 2), True: (32, 4, 3)}, None, 4, None),  # two at every N
+    # many programs per SM} or None for the default, programs per SM when split)
+    "default": (None, None, 4),
+    "split_below4": (None, {False: 4, True: 4}, 4),  # the forward splits as the backward does (the previous default)
+    "bwd32": ({False: (64, 4, 3), True: (32, 4, 3)}, None, 4),  # 32-token backward tiles on the split path too
+    "fwd_stages3": ({False: (64, 4, 3), True: (32, 4, 3)}, None, 4),  # three forward stages at every N
+    "fwd_stages2": ({False: (64, 4, 2), True: (32, 4, 3)}, None, 4),  # two at every N
     # the backward's query and key passes as two launches (the split path) even when B*H fills the GPU: fewer live
     # registers per pass, sequences cut into ~24 programs per SM
-    "bwd_two_pass_t32": ({False: (64, 4, 2), True: (32, 4, 3)}, {False: 2, True: 1000}, 24, None),
-    "bwd_two_pass_t64w8": ({False: (64, 4, 2), True: (64, 8, 2)}, {False: 2, True: 1000}, 24, None),
-    # registers capped (sm_90 offline, benchmarks/compile_sm90.py: forward 245 -> 168 with no spills, 128 with 36 B;
-    # backward 255 -> 168 with 312 B, 128 with 716 B): 3 or 4 blocks of 4 warps per SM instead of 2
-    "fwd_r168": (None, None, 4, {False: 168, True: None}),
-    "fwd_r128": (None, None, 4, {False: 128, True: None}),
-    "bwd_r168": (None, None, 4, {False: None, True: 168}),
-    "bwd_r128": (None, None, 4, {False: None, True: 128}),
-    "r168": (None, None, 4, {False: 168, True: 168}),
-    "fwd_r128_bwd_r168": (None, None, 4, {False: 128, True: 168}),
-    # 8-warp backward tiles capped at 128 registers (2 blocks of 8 warps per SM; 296 B of spills offline); the
-    # override also applies 32/8/3 to the split backward of N >= 785, so only N=197 tells
-    "bwd_w8_r128": ({False: (64, 4, 2), True: (32, 8, 3)}, None, 4, {False: None, True: 128}),
+    "bwd_two_pass_t32": ({False: (64, 4, 2), True: (32, 4, 3)}, {False: 2, True: 1000}, 24),
+    "bwd_two_pass_t64w8": ({False: (64, 4, 2), True: (64, 8, 2)}, {False: 2, True: 1000}, 24),
 }
 
 
@@ -187,12 +176,11 @@ def sweep(bandwidth: float, names: list[str]) -> list[dict]:
 
     module = importlib.import_module("vitzoo.kernels.linear_attention")
     rows = []
-    defaults = dict(module._SPLIT_BELOW), module._PROGRAMS_PER_SM, dict(module._MAXNREG)
+    defaults = dict(module._SPLIT_BELOW), module._PROGRAMS_PER_SM
     for name in names:
-        launch, split_below, per_sm, maxnreg = SWEEP[name]
+        launch, split_below, per_sm = SWEEP[name]
         module._LAUNCH_OVERRIDE, module._PROGRAMS_PER_SM = launch, per_sm
         module._SPLIT_BELOW = split_below or defaults[0]
-        module._MAXNREG = maxnreg or defaults[2]
         for b, n in SIZES:
             qkv = _inputs(b, n)
             grad = torch.randn(b, n, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
@@ -219,7 +207,7 @@ def sweep(bandwidth: float, names: list[str]) -> list[dict]:
             print(f"sweep {name:>9} N={n:>6} err {err:.1e} fwd {row['fwd_graph_ms']:.4f} ms "
                   f"({row['fwd_graph_ms'] / floor:.2f}x) fwd+bwd {row['fwdbwd_graph_ms']:.4f} ms "
                   f"({row['fwdbwd_graph_ms'] / (floor * 11 / 4):.2f}x)", flush=True)
-    module._LAUNCH_OVERRIDE, module._SPLIT_BELOW, module._PROGRAMS_PER_SM, module._MAXNREG = None, *defaults
+    module._LAUNCH_OVERRIDE, module._SPLIT_BELOW, module._PROGRAMS_PER_SM = None, *defaults
     return rows
 
 

@@ -47,12 +47,6 @@ def _multiprocessor_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def register_cap(maxnreg: int | None) -> dict[str, int]:
-    """Launch options capping a kernel's registers per thread (Triton's ``maxnreg``): more programs per SM at the
-    cost of spills. Empty when None: torch.compile's Triton wrapper does not take maxnreg as a launch option."""
-    return {} if maxnreg is None else {"maxnreg": maxnreg}
-
-
 def kernel_backend(device: torch.device | str) -> str:
     """Return ``'triton'`` or ``'reference'`` for tensors on ``device``, honouring ``VITZOO_KERNELS``."""
     choice = os.environ.get("VITZOO_KERNELS", "auto").strip().lower() or "auto"

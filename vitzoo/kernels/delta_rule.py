@@ -33,7 +33,6 @@ from ._backend import (
     kernel_backend,
     multiprocessor_count,
     next_power_of_2,
-    register_cap,
     triton_available,
 )
 
@@ -191,7 +190,7 @@ def delta_rule_bidirectional_reference(
 #   _delta_rule_dstates_kernel: dV' = scale causal(Q K^T)^T dO + K dS_next, dS = dS_next + scale Q^T dO - W^T dV'
 #   _delta_rule_grads_kernel:   dQ, dK, dV, dbeta from the saved W, U, S, V', T^T and the state gradients
 # Only the two state kernels are sequential, with two dependent products per chunk. Like fla, the saved W, U, states
-# and V' are held in the input dtype; T^T stays fp32.
+# and V' and T^T are held in the input dtype (T^T is an operand of 16-bit products only).
 
 if triton_available():
     import triton
@@ -385,7 +384,7 @@ if triton_available():
             tl.store(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), w.to(w_ptr.dtype.element_ty), mask=mask_k)
             tl.store(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), u.to(u_ptr.dtype.element_ty), mask=mask_v)
             if STORE_T:
-                tl.store(t_ptr + _t_offsets(seq, nt, c, BT), tl.trans(t_fwd))
+                tl.store(t_ptr + _t_offsets(seq, nt, c, BT), tl.trans(t_fwd).to(t_ptr.dtype.element_ty))
         if FIRST_DIR + NUM_DIRS == 2:
             seq = _direction_row(1 - FIRST_DIR, i_bh)
             eye = tl.where(tl.arange(0, BT)[:, None] == tl.arange(0, BT)[None, :], 1.0, 0.0)
@@ -395,7 +394,7 @@ if triton_available():
             tl.store(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), w.to(w_ptr.dtype.element_ty), mask=mask_k)
             tl.store(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), u.to(u_ptr.dtype.element_ty), mask=mask_v)
             if STORE_T:
-                tl.store(t_ptr + _t_offsets(seq, nt, c, BT), t_rev_t)
+                tl.store(t_ptr + _t_offsets(seq, nt, c, BT), t_rev_t.to(t_ptr.dtype.element_ty))
 
     @triton.jit(do_not_specialize=["N"])
     def _delta_rule_states_kernel(
@@ -532,12 +531,12 @@ if triton_available():
             dq += s * _dot(do, tl.trans(state), DOT_MODE)
             d_w = -_dot(d_new_v, tl.trans(state), DOT_MODE)
             t_inv_t = tl.load(t_ptr + _t_offsets(seq, nt, c, BT))
-            d_beta_k = _dot(t_inv_t, d_w, 0)
+            d_beta_k = _dot(t_inv_t, _narrow(d_w, DOT_MODE), DOT_MODE)
             w = tl.load(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), mask=mask_k, other=0.0)
             d_a = _dot(_narrow(d_beta_k, DOT_MODE), tl.trans(w), DOT_MODE)
             dk += beta[:, None] * d_beta_k
             dbeta += tl.sum(d_beta_k * k, 1)
-            d_beta_v = _dot_split(t_inv_t, d_new_v, DOT_MODE)  # dU = dV' is exact in the 16-bit dtype
+            d_beta_v = _dot(t_inv_t, d_new_v, DOT_MODE)
             u = tl.load(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=mask_v, other=0.0)
             d_a = -tl.where(strict, d_a + _dot(_narrow(d_beta_v, DOT_MODE), tl.trans(u), DOT_MODE), 0.0)
             d_beta_v_sum += d_beta_v
@@ -574,7 +573,6 @@ def _dot_mode(dtype: torch.dtype) -> int:
 KERNEL_CHUNK = 32
 NUM_WARPS = 4  # every kernel but the gradients'
 GRADS_NUM_WARPS = 4
-GRADS_MAXNREG: int | None = None  # registers per thread of the gradient kernel (Triton's maxnreg); None: no cap
 # The two recurrences split the value dim into blocks while (batch, head, direction) sequences alone do not give
 # each multiprocessor two programs, down to this width (H200, 2026-11-30: 32 beat 16 at N=12545, 1.87 vs 2.05 ms
 # forward+backward, and tied elsewhere).
@@ -622,7 +620,7 @@ if triton_available():
         new_v = torch.empty(num_dirs, b * h, n, dv, **work)
         states = torch.empty(num_dirs, b * h, nt, dk, dv, **work)
         shape_t = (num_dirs, b * h, nt, chunk, chunk) if store else (0,)
-        t_invs = torch.empty(shape_t, device=q.device, dtype=torch.float32)
+        t_invs = torch.empty(shape_t, **work)
         o = torch.empty(b, n, h, dv, device=q.device, dtype=v.dtype)
         common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, L2NORM=qk_l2norm, DOT_MODE=_dot_mode(q.dtype),
                       num_warps=NUM_WARPS)
@@ -665,7 +663,7 @@ if triton_available():
         torch.library.wrap_triton(_delta_rule_grads_kernel)[(nt, b * h)](
             q, k, v, beta, grad, w, u, states, new_v, d_states, d_new_v, t_invs, dq, dk_, dv_, dbeta,
             *_strides(q), *_strides(k), *_strides(v), *beta.stride(), *_strides(grad), n, h, dk, dv, scale,
-            BV=bv, num_warps=GRADS_NUM_WARPS, **common, **register_cap(GRADS_MAXNREG),
+            BV=bv, num_warps=GRADS_NUM_WARPS, **common,
         )
         return dq, dk_, dv_, dbeta
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._backend import _interpreting, cdiv, kernel_backend, multiprocessor_count, next_power_of_2, register_cap
+from ._backend import _interpreting, cdiv, kernel_backend, multiprocessor_count, next_power_of_2
 
 FEATURE_MAPS = ("identity", "relu", "l2norm", "qt")
 _FEATURE_EPS = 1e-12  # guards the L2 norms of 'l2norm' and 'qt' (as F.normalize)
@@ -154,8 +154,6 @@ _SPLIT_BELOW = {False: 2, True: 4}
 _PROGRAMS_PER_SM = 4
 # benchmark-only knob (benchmarks/linear_attention.py --sweep): fixed launch configs
 _LAUNCH_OVERRIDE: dict[bool, tuple[int, int, int]] | None = None
-# registers per thread of the forward (False) and backward (True) kernels; None: no cap
-_MAXNREG: dict[bool, int | None] = {False: None, True: None}
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -911,7 +909,7 @@ if triton is not None:
         need_z = normalize or (center_keys and key_weights is None)
         need_u = center_keys or meta["HAS_CONST"]
         config = dict(BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, NEED_Z=need_z, NEED_U=need_u,
-                      UNIT_D=_unit_last_stride(q, k, v), **meta, **register_cap(_MAXNREG[False]))
+                      UNIT_D=_unit_last_stride(q, k, v), **meta)
         if splits == 1:
             kernel[(batch * heads, 1)](*args, DO_STATE=True, DO_OUTPUT=True, STORE_STATE=save_state, ATOMIC=False,
                                        **config)
@@ -971,7 +969,7 @@ if triton is not None:
         kernel = _launcher(_linear_attention_bwd_kernel, direct_launch)
         config = dict(BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, NEED_DC=need_const_grad,
                       ROW_SCALED=normalize or key_weights is not None,
-                      UNIT_D=_unit_last_stride(q, k, v, grad), **meta, **register_cap(_MAXNREG[True]))
+                      UNIT_D=_unit_last_stride(q, k, v, grad), **meta)
         if splits == 1:
             kernel[(batch * heads, 1)](*args, DO_Q=True, DO_KV=True, **config)
         else:
