@@ -166,6 +166,9 @@ SWEEP = {  # name: (launch override {backward: (BLOCK_N, num_warps, num_stages)}
     # registers per pass, sequences cut into ~24 programs per SM
     "bwd_two_pass_t32": ({False: (64, 4, 2), True: (32, 4, 3)}, {False: 2, True: 1000}, 24),
     "bwd_two_pass_t64w8": ({False: (64, 4, 2), True: (64, 8, 2)}, {False: 2, True: 1000}, 24),
+    # more programs per SM when a sequence is split (N >= 785 forward, N >= 785 backward)
+    "split_per_sm6": (None, None, 6),
+    "split_per_sm8": (None, None, 8),
 }
 
 
