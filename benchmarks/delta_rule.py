@@ -32,6 +32,8 @@ VARIANTS = {  # name: (kernel chunk, num_warps, num_warps of the gradient kernel
     "grads_w8": (32, 4, 8, 32),
     "seq_bv16": (32, 4, 4, 16),
     "c16": (16, 4, 4, 32),
+    "seq_bv64": (32, 4, 4, 64),  # the recurrences never split the value dim (no QK^T recomputed per value block)
+    "warps2": (32, 2, 4, 32),  # 2 warps for every kernel but the gradients'
 }
 SETTINGS = ("KERNEL_CHUNK", "NUM_WARPS", "GRADS_NUM_WARPS", "SEQ_BV_MIN")
 HEADS, HEAD_DIM = 6, 64
@@ -260,6 +262,9 @@ def main() -> int:
                 row[f"{name}_fwd_graph_ms"] = time_ms(fn, inputs, backward=False, graph=True)
                 row[f"{name}_fwdbwd_graph_ms"] = time_ms(fn, inputs, backward=True, graph=True)
         row["ours_kernels_ms"] = kernel_times(ours_bidirectional, inputs)
+        for name, cfg in usable.items():
+            with launch_settings(*cfg):
+                row[f"{name}_kernels_ms"] = kernel_times(ours_bidirectional, inputs)
         for kind in ("fwd", "fwdbwd"):
             row[f"ours_over_fla_{kind}"] = row[f"ours_{kind}_ms"] / row[f"fla_{kind}_ms"]
             if row[f"ours_{kind}_graph_ms"] and row[f"fla_{kind}_graph_ms"]:

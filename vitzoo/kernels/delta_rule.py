@@ -499,8 +499,10 @@ if triton_available():
             P = s causal(dO V'^T)     dQ = s dO S^T + P K     dK = P^T Q + V' dS_next^T      (output, state write)
             dW = -dV' S^T, dU = dV'   d(beta K) = T^T dW,  d(beta V) = T^T dU                   (V' = U - W S)
             dA = -strict(T^T (dW (beta K)^T + dU (beta V)^T) T^T) = -strict(d(beta K) W^T + d(beta V) U^T)
-            then dbeta and dK through A = strict(diag(beta) K K^T).
-        The L2-norm backward (linear in the incoming gradient) runs once on the summed dq, dk.
+            then dbeta and dK through A = strict(diag(beta) K K^T): dK += (G + G^T) K with G = diag(beta) dA.
+        P and G enter products with Q and K only, which both directions share, so they are summed over the directions
+        first (three products per chunk instead of four per direction). The L2-norm backward (linear in the incoming
+        gradient) runs once on the summed dq, dk.
         """
         c, i_bh, i_b, i_h, nt = _chunk_program(N, H, BT)
         s = _fp32(scale) / NUM_DIRS
@@ -510,8 +512,6 @@ if triton_available():
         mask_k = _rows_mask(valid, offs_k, DK)
         mask_v = _rows_mask(valid, offs_v, DV)
         mask_kv = _rows_mask(offs_k < DK, offs_v, DV)
-        # q and v are re-read after the loop where they are needed in fp32: fewer registers live through it
-        q_op = _narrow(_load_normalized(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK, L2NORM)[0], DOT_MODE)
         k, rk = _load_normalized(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK, L2NORM)
         beta = _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid)
         do = _narrow(_load_rows(do_ptr, sdb, sdn, sdh, i_b, i_h, tok, valid, offs_v, DV), DOT_MODE)
@@ -520,6 +520,8 @@ if triton_available():
         dq = tl.zeros([BT, BK], dtype=tl.float32)
         dk = tl.zeros([BT, BK], dtype=tl.float32)
         d_beta_v_sum = tl.zeros([BT, BV], dtype=tl.float32)  # d(diag(beta) V) over the directions
+        p_sum = tl.zeros([BT, BT], dtype=tl.float32)
+        g_sum = tl.zeros([BT, BT], dtype=tl.float32)
         dbeta = tl.zeros([BT], dtype=tl.float32)
         for i_d in tl.static_range(NUM_DIRS):
             strict, causal = _scan_masks(BT, FIRST_DIR + i_d)
@@ -528,7 +530,7 @@ if triton_available():
             # ordered so that large tiles die early: S after its two products, d(beta K) before d(beta V)
             state = tl.load(h_ptr + s_offs, mask=mask_kv, other=0.0)
             d_new_v = tl.load(dvn_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=mask_v, other=0.0)
-            dq += s * _dot(do, tl.trans(state), DOT_MODE)
+            dq += _dot(do, tl.trans(state), DOT_MODE)
             d_w = -_dot(d_new_v, tl.trans(state), DOT_MODE)
             t_inv_t = tl.load(t_ptr + _t_offsets(seq, nt, c, BT))
             d_beta_k = _dot(t_inv_t, _narrow(d_w, DOT_MODE), DOT_MODE)
@@ -541,18 +543,20 @@ if triton_available():
             d_a = -tl.where(strict, d_a + _dot(_narrow(d_beta_v, DOT_MODE), tl.trans(u), DOT_MODE), 0.0)
             d_beta_v_sum += d_beta_v
             dbeta += tl.sum(d_a * kk, 1)
-            d_kk = _narrow(beta[:, None] * d_a, DOT_MODE)
-            dk += _dot(d_kk, k_op, DOT_MODE) + _dot(tl.trans(d_kk), k_op, DOT_MODE)
+            g_sum += beta[:, None] * d_a
             new_v = tl.load(vn_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=mask_v, other=0.0)
-            p = _narrow(tl.where(causal, _dot(do, tl.trans(new_v), DOT_MODE), 0.0) * s, DOT_MODE)
-            dq += _dot(p, k_op, DOT_MODE)
+            p_sum += tl.where(causal, _dot(do, tl.trans(new_v), DOT_MODE), 0.0)
             dstate = tl.load(dh_ptr + s_offs, mask=mask_kv, other=0.0)
-            dk += _dot(tl.trans(p), q_op, DOT_MODE) + _dot(new_v, tl.trans(dstate), DOT_MODE)
+            dk += _dot(new_v, tl.trans(dstate), DOT_MODE)
+        q, rq = _load_normalized(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK, L2NORM)
+        p = _narrow(p_sum * s, DOT_MODE)
+        dq = s * dq + _dot(p, k_op, DOT_MODE)
+        dk += _dot(tl.trans(p), _narrow(q, DOT_MODE), DOT_MODE)
+        dk += _dot(_narrow(g_sum + tl.trans(g_sum), DOT_MODE), k_op, DOT_MODE)
         v = _load_rows(v_ptr, svb, svn, svh, i_b, i_h, tok, valid, offs_v, DV)
         dbeta += tl.sum(d_beta_v_sum * v, 1)
         dv = beta[:, None] * d_beta_v_sum
         if L2NORM:  # y = x r with r = (|x|^2 + eps)^-1/2: dx = r (dy - y (y . dy))
-            q, rq = _load_normalized(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK, L2NORM)
             dq = rq[:, None] * (dq - q * tl.sum(dq * q, 1)[:, None])
             dk = rk[:, None] * (dk - k * tl.sum(dk * k, 1)[:, None])
         tl.store(dq_ptr + _grad_offsets(i_b, i_h, N, H, tok, offs_k, DK), dq.to(dq_ptr.dtype.element_ty), mask=mask_k)
