@@ -68,7 +68,7 @@ def delta_rule_kernels(chunk: int, d: int) -> list[tuple]:
     both = dict(base, NUM_DIRS=2)
     return [
         ("wy", dr._delta_rule_wy_kernel, dict(both, LOG2_BT=chunk.bit_length() - 1, BV=d, STORE_T=True),
-         dr.NUM_WARPS, 3),
+         dr.WY_NUM_WARPS, 3),
         ("states", dr._delta_rule_states_kernel, dict(base, BV=min(d, 64)), dr.NUM_WARPS, 3),
         ("output", dr._delta_rule_output_kernel, dict(both, BV=d), dr.NUM_WARPS, 3),
         ("dstates", dr._delta_rule_dstates_kernel, dict(both, BV=min(d, 64)), dr.NUM_WARPS, 3),

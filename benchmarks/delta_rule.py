@@ -26,16 +26,16 @@ from vitzoo.kernels import delta_rule as dr  # noqa: E402
 from vitzoo.kernels.testing import relative_error  # noqa: E402
 
 SHAPES = [(256, 197), (64, 785), (16, 3137), (4, 12545)]  # (B, N)
-# Launch alternatives timed beside the default (KERNEL_CHUNK=32, NUM_WARPS=4, GRADS_NUM_WARPS=4, SEQ_BV_MIN=32). A
-# variant is timed only if it passes its float64 check first.
-VARIANTS = {  # name: (kernel chunk, num_warps, num_warps of the gradient kernel, narrowest value block of the scans)
-    "grads_w8": (32, 4, 8, 32),
-    "seq_bv16": (32, 4, 4, 16),
-    "c16": (16, 4, 4, 32),
-    "seq_bv64": (32, 4, 4, 64),  # the recurrences never split the value dim (no QK^T recomputed per value block)
-    "warps2": (32, 2, 4, 32),  # 2 warps for every kernel but the gradients'
+# Launch alternatives timed beside the defaults (the module's KERNEL_CHUNK, NUM_WARPS, WY_NUM_WARPS, GRADS_NUM_WARPS,
+# SEQ_BV_MIN): each overrides some of them. A variant is timed only if it passes its float64 check first.
+VARIANTS: dict[str, dict[str, int]] = {
+    "grads_w8": {"GRADS_NUM_WARPS": 8},
+    "seq_bv16": {"SEQ_BV_MIN": 16},
+    "seq_bv64": {"SEQ_BV_MIN": 64},  # the recurrences never split the value dim
+    "c16": {"KERNEL_CHUNK": 16},
+    "warps2": {"NUM_WARPS": 2},  # the recurrences and the output kernel
+    "wy_w4": {"WY_NUM_WARPS": 4},
 }
-SETTINGS = ("KERNEL_CHUNK", "NUM_WARPS", "GRADS_NUM_WARPS", "SEQ_BV_MIN")
 HEADS, HEAD_DIM = 6, 64
 CHECK_TOL = 2e-2  # relative L2 error between two bf16 implementations of the same scan
 
@@ -63,15 +63,16 @@ def ours_bidirectional(q, k, v, beta):
 
 
 @contextlib.contextmanager
-def launch_settings(*values):
-    """Our op with other launch settings (values of SETTINGS), forward and backward, inside the block."""
-    saved = [getattr(dr, name) for name in SETTINGS]
-    for name, value in zip(SETTINGS, values, strict=True):
+def launch_settings(overrides: dict[str, int]):
+    """Our op with other launch settings (module attributes of vitzoo.kernels.delta_rule), forward and backward,
+    inside the block."""
+    saved = {name: getattr(dr, name) for name in overrides}
+    for name, value in overrides.items():
         setattr(dr, name, value)
     try:
         yield
     finally:
-        for name, value in zip(SETTINGS, saved, strict=True):
+        for name, value in saved.items():
             setattr(dr, name, value)
 
 
@@ -191,7 +192,7 @@ def main() -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     if args.check_variant:  # child mode: print the variant's errors against float64 as one JSON line
         try:
-            with launch_settings(*VARIANTS[args.check_variant]):
+            with launch_settings(VARIANTS[args.check_variant]):
                 errors = {str(n): check_variant(ours_bidirectional, b, n) for b, n in ((4, 197), (1, 3137))}
         except Exception as e:  # a launch setting the compiler cannot handle is reported, not timed
             errors = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
@@ -206,8 +207,9 @@ def main() -> int:
                 "direction, use_qk_l2norm_in_kernel=True; torch = delta_rule_bidirectional_reference (chunked). "
                 "Median ms of triton.testing.do_bench (eager); *_graph_ms: CUDA-graph replay (device time). "
                 "fwd under no_grad; fwd+bwd with all four input grads. "
-                "Variant columns: other launch settings (kernel chunk, num_warps) of our op, checked against "
+                "Variant columns: our op with other launch settings (overrides in 'variants'), checked against "
                 "float64 before timing.",
+        "variants": {name: VARIANTS[name] for name in args.variants},
         "checks": {}, "rows": [],
     }
     usable = {}
@@ -252,18 +254,18 @@ def main() -> int:
         if not args.skip_torch:
             runs.append(("torch", torch_bidirectional, None))
         for name, fn, cfg in runs:
-            with launch_settings(*cfg) if cfg else contextlib.nullcontext():
+            with launch_settings(cfg or {}):
                 row[f"{name}_fwd_ms"] = time_ms(fn, inputs, backward=False)
                 row[f"{name}_fwdbwd_ms"] = time_ms(fn, inputs, backward=True)
         for name, fn, cfg in runs:  # device time (host overhead is large here), all but the PyTorch reference
             if name == "torch":
                 continue
-            with launch_settings(*cfg) if cfg else contextlib.nullcontext():
+            with launch_settings(cfg or {}):
                 row[f"{name}_fwd_graph_ms"] = time_ms(fn, inputs, backward=False, graph=True)
                 row[f"{name}_fwdbwd_graph_ms"] = time_ms(fn, inputs, backward=True, graph=True)
         row["ours_kernels_ms"] = kernel_times(ours_bidirectional, inputs)
         for name, cfg in usable.items():
-            with launch_settings(*cfg):
+            with launch_settings(cfg):
                 row[f"{name}_kernels_ms"] = kernel_times(ours_bidirectional, inputs)
         for kind in ("fwd", "fwdbwd"):
             row[f"ours_over_fla_{kind}"] = row[f"ours_{kind}_ms"] / row[f"fla_{kind}_ms"]

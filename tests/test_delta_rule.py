@@ -13,6 +13,7 @@ import os
 import pytest
 import torch
 
+from vitzoo.kernels import delta_rule as dr
 from vitzoo.kernels import triton_available
 from vitzoo.kernels.delta_rule import (
     delta_rule_bidirectional,
@@ -193,9 +194,9 @@ def test_interp_half_inputs_and_expanded_grad(monkeypatch):
 @needs_interpreter
 @pytest.mark.parametrize("n", [49, 197])
 def test_interp_fp16_products_forward_and_gradients(n):
-    """fp16 inputs take the 16-bit product path (hi/lo splits of the fp32 operands, see _dot_split), which the
-    interpreter runs correctly for fp16 (not bf16). The reference sees the same fp16-rounded values in float64, so
-    the error measured is the kernels' own arithmetic."""
+    """fp16 inputs take the 16-bit product path (hi/lo splits of the fp32 operands in the WY kernel, see _dot_split;
+    T^T saved in fp16 for the backward), which the interpreter runs correctly for fp16 (not bf16). The reference sees
+    the same fp16-rounded values in float64, so the error measured is the kernels' own arithmetic."""
     q, k, v, beta = (t.half().double() for t in make_inputs(1, n, 2, 32, seed=n))
     grad = torch.randn(1, n, 2, 32, dtype=torch.float64).half()
     leaves = [t.detach().requires_grad_() for t in (q, k, v, beta)]
@@ -266,3 +267,14 @@ def test_gpu_torch_compile():
         outs.append([loss] + [t.grad for t in inputs])
     for eager, compiled in zip(*outs, strict=True):
         assert relative_error(compiled, eager) < 1e-3
+
+
+def test_recurrences_split_the_value_dim_only_to_give_every_sm_a_program(monkeypatch):
+    """Value blocks of the two recurrences: the whole value dim (up to 64) while (batch, head, direction) sequences
+    alone give each of the S multiprocessors a program; halved below that, down to SEQ_BV_MIN."""
+    monkeypatch.setattr(dr, "multiprocessor_count", lambda device: 132)
+    gpu = torch.device("cuda", 0)
+    assert dr._block_sizes(64, 64, 192, gpu) == (64, 64, 64)  # N=3137 in the benchmark: 16 x 6 x 2 sequences
+    assert dr._block_sizes(64, 64, 131, gpu) == (64, 64, 32)
+    assert dr._block_sizes(64, 64, 48, gpu) == (64, 64, dr.SEQ_BV_MIN)  # N=12545: 4 x 6 x 2
+    assert dr._block_sizes(48, 128, 192, gpu) == (64, 128, 64)  # value dims above 64 always take blocks of 64

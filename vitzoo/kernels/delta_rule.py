@@ -575,11 +575,13 @@ def _dot_mode(dtype: torch.dtype) -> int:
 # Launch settings of the Triton path (benchmarks/delta_rule.py times the alternatives). The kernels take any
 # power-of-two chunk >= 16; a sequence shorter than the chunk gets the next power of two >= N (at least 16).
 KERNEL_CHUNK = 32
-NUM_WARPS = 4  # every kernel but the gradients'
+NUM_WARPS = 4  # the recurrences and the output kernel
+WY_NUM_WARPS = 2  # H200, 2026-11-30: 0.147 vs 0.180 ms at N=197 with 4 (the other kernels are slower with 2)
 GRADS_NUM_WARPS = 4
 # The two recurrences split the value dim into blocks while (batch, head, direction) sequences alone do not give
-# each multiprocessor two programs, down to this width (H200, 2026-11-30: 32 beat 16 at N=12545, 1.87 vs 2.05 ms
-# forward+backward, and tied elsewhere).
+# every multiprocessor a program, down to this width. Each value block recomputes its chunk's Q K^T and L2 norms, so
+# splitting pays only where SMs would idle (H200, 2026-11-30: at N=3137, 192 sequences, the unsplit recurrences took
+# fwd+bwd from 1.232 to 1.192 ms; at N=12545, 48 sequences, blocks of 32 beat 64, 1.581 vs 1.646 ms, and 16).
 SEQ_BV_MIN = 32
 
 
@@ -596,7 +598,7 @@ def _block_sizes(dk: int, dv: int, num_seqs: int, device: torch.device) -> tuple
     bk = max(16, next_power_of_2(dk))
     bv = max(16, next_power_of_2(dv))
     bv_seq = min(bv, 64)
-    while bv_seq > SEQ_BV_MIN and num_seqs * cdiv(dv, bv_seq) < 2 * _programs_to_fill(device):
+    while bv_seq > SEQ_BV_MIN and num_seqs * cdiv(dv, bv_seq) < _programs_to_fill(device):
         bv_seq //= 2
     return bk, bv, bv_seq
 
@@ -626,18 +628,17 @@ if triton_available():
         shape_t = (num_dirs, b * h, nt, chunk, chunk) if store else (0,)
         t_invs = torch.empty(shape_t, **work)
         o = torch.empty(b, n, h, dv, device=q.device, dtype=v.dtype)
-        common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, L2NORM=qk_l2norm, DOT_MODE=_dot_mode(q.dtype),
-                      num_warps=NUM_WARPS)
+        common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, L2NORM=qk_l2norm, DOT_MODE=_dot_mode(q.dtype))
         torch.library.wrap_triton(_delta_rule_wy_kernel)[(nt, b * h)](
             k, v, beta, w, u, t_invs, *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv,
-            LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=store, **common,
+            LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=store, num_warps=WY_NUM_WARPS, **common,
         )
         torch.library.wrap_triton(_delta_rule_states_kernel)[(cdiv(dv, bv_seq), b * h, num_dirs)](
-            k, w, u, states, new_v, *_strides(k), n, h, dk, dv, BV=bv_seq, **common,
+            k, w, u, states, new_v, *_strides(k), n, h, dk, dv, BV=bv_seq, num_warps=NUM_WARPS, **common,
         )
         torch.library.wrap_triton(_delta_rule_output_kernel)[(nt, b * h)](
             q, k, states, new_v, o, *_strides(q), *_strides(k), *_strides(o), n, h, dk, dv, scale,
-            BV=bv, NUM_DIRS=num_dirs, **common,
+            BV=bv, NUM_DIRS=num_dirs, num_warps=NUM_WARPS, **common,
         )
         return o, w, u, states, new_v, t_invs
 
