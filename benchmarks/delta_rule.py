@@ -34,6 +34,7 @@ VARIANTS: dict[str, dict[str, int]] = {
     "seq_bv64": {"SEQ_BV_MIN": 64},  # the recurrences never split the value dim
     "c16": {"KERNEL_CHUNK": 16},
     "warps2": {"NUM_WARPS": 2},  # the recurrences and the output kernel
+    "warps8": {"NUM_WARPS": 8},
     "wy_w4": {"WY_NUM_WARPS": 4},
 }
 HEADS, HEAD_DIM = 6, 64
