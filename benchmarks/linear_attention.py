@@ -155,20 +155,22 @@ def time_size(b: int, n: int, bandwidth: float) -> dict:
     return row
 
 
-SWEEP = {  # name: (launch override {backward: (BLOCK_N, num_warps, num_stages)} or None, {backward: split below this
-    # many programs per SM} or None for the default, programs per SM when split)
-    "default": (None, None, 4),
-    "split_below4": (None, {False: 4, True: 4}, 4),  # the forward splits as the backward does (the previous default)
-    "bwd32": ({False: (64, 4, 3), True: (32, 4, 3)}, None, 4),  # 32-token backward tiles on the split path too
-    "fwd_stages3": ({False: (64, 4, 3), True: (32, 4, 3)}, None, 4),  # three forward stages at every N
-    "fwd_stages2": ({False: (64, 4, 2), True: (32, 4, 3)}, None, 4),  # two at every N
+SWEEP: dict[str, dict] = {  # name: overrides of vitzoo.kernels.linear_attention's launch knobs (_LAUNCH_OVERRIDE:
+    # {backward: (BLOCK_N, num_warps, num_stages)}; _SPLIT_BELOW: {backward: split below this many programs per SM};
+    # _PROGRAMS_PER_SM when split; _SPLIT_STATES: bf16 state products as hi + lo halves)
+    "default": {},
+    "split_below4": {"_SPLIT_BELOW": {False: 4, True: 4}},  # the forward splits as the backward does (old default)
+    "bwd32": {"_LAUNCH_OVERRIDE": {False: (64, 4, 3), True: (32, 4, 3)}},  # 32-token backward tiles when split too
+    "fwd_stages3": {"_LAUNCH_OVERRIDE": {False: (64, 4, 3), True: (32, 4, 3)}},  # three forward stages at every N
+    "fwd_stages2": {"_LAUNCH_OVERRIDE": {False: (64, 4, 2), True: (32, 4, 3)}},  # two at every N
     # the backward's query and key passes as two launches (the split path) even when B*H fills the GPU: fewer live
     # registers per pass, sequences cut into ~24 programs per SM
-    "bwd_two_pass_t32": ({False: (64, 4, 2), True: (32, 4, 3)}, {False: 2, True: 1000}, 24),
-    "bwd_two_pass_t64w8": ({False: (64, 4, 2), True: (64, 8, 2)}, {False: 2, True: 1000}, 24),
-    # more programs per SM when a sequence is split (N >= 785 forward, N >= 785 backward)
-    "split_per_sm6": (None, None, 6),
-    "split_per_sm8": (None, None, 8),
+    "bwd_two_pass_t32": {"_LAUNCH_OVERRIDE": {False: (64, 4, 2), True: (32, 4, 3)},
+                         "_SPLIT_BELOW": {False: 2, True: 1000}, "_PROGRAMS_PER_SM": 24},
+    "bwd_two_pass_t64w8": {"_LAUNCH_OVERRIDE": {False: (64, 4, 2), True: (64, 8, 2)},
+                           "_SPLIT_BELOW": {False: 2, True: 1000}, "_PROGRAMS_PER_SM": 24},
+    "split_per_sm8": {"_PROGRAMS_PER_SM": 8},  # more programs per SM when a sequence is split
+    "single_state_products": {"_SPLIT_STATES": False},  # states rounded to bf16 once: half the state products
 }
 
 
@@ -179,38 +181,48 @@ def sweep(bandwidth: float, names: list[str]) -> list[dict]:
 
     module = importlib.import_module("vitzoo.kernels.linear_attention")
     rows = []
-    defaults = dict(module._SPLIT_BELOW), module._PROGRAMS_PER_SM
     for name in names:
-        launch, split_below, per_sm = SWEEP[name]
-        module._LAUNCH_OVERRIDE, module._PROGRAMS_PER_SM = launch, per_sm
-        module._SPLIT_BELOW = split_below or defaults[0]
-        for b, n in SIZES:
-            qkv = _inputs(b, n)
-            grad = torch.randn(b, n, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
-            kwargs = _configs(n, HEAD_DIM)["relu"]
-            err = max(relative_errors(qkv, kwargs))
-            row = dict(variant=name, N=n, max_rel_err=err)
-            rows.append(row)
-            if err > TOLERANCE:
-                print(f"sweep {name:>9} N={n:>6} MISMATCH rel err {err:.1e}: not timed", flush=True)
-                continue
+        saved = {knob: getattr(module, knob) for knob in SWEEP[name]}
+        for knob, value in SWEEP[name].items():
+            setattr(module, knob, value)
+        try:
+            rows += sweep_variant(name, bandwidth)
+        finally:
+            for knob, value in saved.items():
+                setattr(module, knob, value)
+    return rows
 
-            def fwd(qkv=qkv, kwargs=kwargs):
-                with torch.no_grad():
-                    return linear_attention_triton(*qkv.unbind(2), **kwargs)
 
-            def fwd_bwd(qkv=qkv, kwargs=kwargs, grad=grad):
-                q, k, v = qkv.unbind(2)
-                return torch.autograd.grad(linear_attention_triton(q, k, v, **kwargs), (q, k, v), grad)
+def sweep_variant(name: str, bandwidth: float) -> list[dict]:
+    rows = []
+    for b, n in SIZES:
+        qkv = _inputs(b, n)
+        grad = torch.randn(b, n, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
+        kwargs = _configs(n, HEAD_DIM)["relu"]
+        errors = {config: max(relative_errors(qkv, config_kwargs))
+                  for config, config_kwargs in _configs(n, HEAD_DIM).items()}
+        err = max(errors.values())
+        row = dict(variant=name, N=n, max_rel_err=err, max_rel_err_by_config=errors)
+        rows.append(row)
+        if err > TOLERANCE:
+            print(f"sweep {name:>9} N={n:>6} MISMATCH rel err {errors}: not timed", flush=True)
+            continue
 
-            floor = 4 * b * n * HEADS * HEAD_DIM * 2 / bandwidth * 1e3
-            row.update(fwd_graph_ms=_bench_graph(fwd), fwdbwd_graph_ms=_bench_graph(fwd_bwd))
-            if None in (row["fwd_graph_ms"], row["fwdbwd_graph_ms"]):
-                continue
-            print(f"sweep {name:>9} N={n:>6} err {err:.1e} fwd {row['fwd_graph_ms']:.4f} ms "
-                  f"({row['fwd_graph_ms'] / floor:.2f}x) fwd+bwd {row['fwdbwd_graph_ms']:.4f} ms "
-                  f"({row['fwdbwd_graph_ms'] / (floor * 11 / 4):.2f}x)", flush=True)
-    module._LAUNCH_OVERRIDE, module._SPLIT_BELOW, module._PROGRAMS_PER_SM = None, *defaults
+        def fwd(qkv=qkv, kwargs=kwargs):
+            with torch.no_grad():
+                return linear_attention_triton(*qkv.unbind(2), **kwargs)
+
+        def fwd_bwd(qkv=qkv, kwargs=kwargs, grad=grad):
+            q, k, v = qkv.unbind(2)
+            return torch.autograd.grad(linear_attention_triton(q, k, v, **kwargs), (q, k, v), grad)
+
+        floor = 4 * b * n * HEADS * HEAD_DIM * 2 / bandwidth * 1e3
+        row.update(fwd_graph_ms=_bench_graph(fwd), fwdbwd_graph_ms=_bench_graph(fwd_bwd))
+        if None in (row["fwd_graph_ms"], row["fwdbwd_graph_ms"]):
+            continue
+        print(f"sweep {name:>9} N={n:>6} err {err:.1e} fwd {row['fwd_graph_ms']:.4f} ms "
+              f"({row['fwd_graph_ms'] / floor:.2f}x) fwd+bwd {row['fwdbwd_graph_ms']:.4f} ms "
+              f"({row['fwdbwd_graph_ms'] / (floor * 11 / 4):.2f}x)", flush=True)
     return rows
 
 

@@ -154,6 +154,9 @@ _SPLIT_BELOW = {False: 2, True: 4}
 _PROGRAMS_PER_SM = 4
 # benchmark-only knob (benchmarks/linear_attention.py --sweep): fixed launch configs
 _LAUNCH_OVERRIDE: dict[bool, tuple[int, int, int]] | None = None
+# bf16 inputs: products with the fp32 states (and their gradients) as two bf16 halves (about fp32 accurate) rather
+# than one bf16 rounding
+_SPLIT_STATES = True
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -204,11 +207,14 @@ def _splits(bh: int, n: int, block_n: int, device: torch.device, backward: bool)
 
 
 def _dot_precision(*tensors: torch.Tensor) -> str:
-    """fp32 inputs: exact fp32 products. bf16: bf16 tensor-core products, fp32 states split into two bf16 halves.
-    fp16: tf32 (fp32 range, so states never overflow fp16). The interpreter always multiplies in fp32."""
+    """fp32 inputs: exact fp32 products. bf16: bf16 tensor-core products, fp32 states split into two bf16 halves
+    ('bf16') or rounded to one ('bf16x1', see _SPLIT_STATES). fp16: tf32 (fp32 range, so states never overflow
+    fp16). The interpreter always multiplies in fp32."""
     if _interpreting() or any(t.dtype == torch.float32 for t in tensors):
         return "ieee"
-    return "bf16" if all(t.dtype == torch.bfloat16 for t in tensors) else "tf32"
+    if all(t.dtype == torch.bfloat16 for t in tensors):
+        return "bf16" if _SPLIT_STATES else "bf16x1"
+    return "tf32"
 
 
 def _unit_last_stride(*tensors: torch.Tensor) -> bool:
@@ -352,7 +358,7 @@ if triton is not None:
     def _dot_data(a, b, acc, PREC: tl.constexpr):
         # a @ b + acc for data-like operands (inputs, features, incoming grads): bf16 tensor-core products, or fp32
         # operands at PREC ('tf32' / 'ieee')
-        if PREC == "bf16":
+        if PREC == "bf16" or PREC == "bf16x1":
             out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), acc=acc)
         else:
             out = tl.dot(a.to(tl.float32), b.to(tl.float32), acc=acc, input_precision=PREC)
@@ -360,10 +366,14 @@ if triton is not None:
 
     @triton.jit
     def _split(x, PREC: tl.constexpr):
-        # an fp32 operand as two bf16 halves (hi + lo keep ~16 mantissa bits); other precisions use it whole
+        # an fp32 operand as two bf16 halves (hi + lo keep ~16 mantissa bits), or rounded to bf16 once ('bf16x1';
+        # low unused); other precisions use it whole
         if PREC == "bf16":
             high = x.to(tl.bfloat16)
             low = (x - high.to(tl.float32)).to(tl.bfloat16)
+        elif PREC == "bf16x1":
+            high = x.to(tl.bfloat16)
+            low = high
         else:
             high = x
             low = x
@@ -376,6 +386,8 @@ if triton is not None:
             a16 = a.to(tl.bfloat16)
             out = tl.dot(a16, low, out_dtype=tl.float32)
             out = tl.dot(a16, high, acc=out)
+        elif PREC == "bf16x1":
+            out = tl.dot(a.to(tl.bfloat16), high, out_dtype=tl.float32)
         else:
             out = tl.dot(a.to(tl.float32), high, input_precision=PREC)
         return out
@@ -385,7 +397,7 @@ if triton is not None:
         # (len, 16) operand holding x in its first columns (hi, lo halves in bf16): a product with it sums over the
         # rows of the other operand on the tensor cores, and tl.sum(result, 1) recovers the vector exactly
         cols = tl.arange(0, 16)[None, :]
-        if PREC == "bf16":
+        if PREC == "bf16" or PREC == "bf16x1":
             high = x.to(tl.bfloat16).to(tl.float32)
             out = tl.where(cols == 0, high[:, None], tl.where(cols == 1, (x - high)[:, None], 0.0))
         else:
@@ -396,7 +408,7 @@ if triton is not None:
     def _rows(x, PREC: tl.constexpr):
         # (16, len): the transpose of _columns
         rows = tl.arange(0, 16)[:, None]
-        if PREC == "bf16":
+        if PREC == "bf16" or PREC == "bf16x1":
             high = x.to(tl.bfloat16).to(tl.float32)
             out = tl.where(rows == 0, high[None, :], tl.where(rows == 1, (x - high)[None, :], 0.0))
         else:
