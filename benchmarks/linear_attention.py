@@ -170,7 +170,10 @@ SWEEP: dict[str, dict] = {  # name: overrides of vitzoo.kernels.linear_attention
     "bwd_two_pass_t64w8": {"_LAUNCH_OVERRIDE": {False: (64, 4, 2), True: (64, 8, 2)},
                            "_SPLIT_BELOW": {False: 2, True: 1000}, "_PROGRAMS_PER_SM": 24},
     "split_per_sm8": {"_PROGRAMS_PER_SM": 8},  # more programs per SM when a sequence is split
-    "single_state_products": {"_SPLIT_STATES": False},  # states rounded to bf16 once: half the state products
+    "split_state_products": {"_SPLIT_STATES": True},  # states as bf16 hi + lo halves: twice the state products
+    # forward tile shapes for the split forward of N >= 785 (the override also sets the backward's tiles)
+    "fwd_t128w8": {"_LAUNCH_OVERRIDE": {False: (128, 8, 3), True: (32, 4, 3)}},
+    "fwd_t32": {"_LAUNCH_OVERRIDE": {False: (32, 4, 3), True: (32, 4, 3)}},
 }
 
 

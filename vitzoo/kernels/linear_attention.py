@@ -154,9 +154,10 @@ _SPLIT_BELOW = {False: 2, True: 4}
 _PROGRAMS_PER_SM = 4
 # benchmark-only knob (benchmarks/linear_attention.py --sweep): fixed launch configs
 _LAUNCH_OVERRIDE: dict[bool, tuple[int, int, int]] | None = None
-# bf16 inputs: products with the fp32 states (and their gradients) as two bf16 halves (about fp32 accurate) rather
-# than one bf16 rounding
-_SPLIT_STATES = True
+# bf16 inputs: products with the fp32 states (and their gradients) as two bf16 halves, about fp32 accurate, instead
+# of one bf16 rounding. Off: the single products took forward+backward from 2.75x to 2.50x the byte floor at N=197
+# (H200, 2026-11-30) for relative errors of 2.9e-3 instead of 2.3e-3 (the bf16 output's own rounding is ~2e-3).
+_SPLIT_STATES = False
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -207,9 +208,9 @@ def _splits(bh: int, n: int, block_n: int, device: torch.device, backward: bool)
 
 
 def _dot_precision(*tensors: torch.Tensor) -> str:
-    """fp32 inputs: exact fp32 products. bf16: bf16 tensor-core products, fp32 states split into two bf16 halves
-    ('bf16') or rounded to one ('bf16x1', see _SPLIT_STATES). fp16: tf32 (fp32 range, so states never overflow
-    fp16). The interpreter always multiplies in fp32."""
+    """fp32 inputs: exact fp32 products. bf16: bf16 tensor-core products, with the fp32 states rounded to bf16
+    ('bf16x1', the default) or split into two bf16 halves ('bf16', see _SPLIT_STATES). fp16: tf32 (fp32 range, so
+    states never overflow fp16). The interpreter always multiplies in fp32."""
     if _interpreting() or any(t.dtype == torch.float32 for t in tensors):
         return "ieee"
     if all(t.dtype == torch.bfloat16 for t in tensors):
