@@ -174,6 +174,14 @@ SWEEP: dict[str, dict] = {  # name: overrides of vitzoo.kernels.linear_attention
     # forward tile shapes for the split forward of N >= 785 (the override also sets the backward's tiles)
     "fwd_t128w8": {"_LAUNCH_OVERRIDE": {False: (128, 8, 3), True: (32, 4, 3)}},
     "fwd_t32": {"_LAUNCH_OVERRIDE": {False: (32, 4, 3), True: (32, 4, 3)}},
+    # backward tiles with the single state products' smaller footprint (the override also sets the split backward's
+    # tiles of N >= 785, so only N=197 tells; forward as the default at N=197)
+    "bwd_stages4": {"_LAUNCH_OVERRIDE": {False: (64, 4, 2), True: (32, 4, 4)}},
+    "bwd_t16": {"_LAUNCH_OVERRIDE": {False: (64, 4, 2), True: (16, 4, 3)}},
+    "bwd_t64w8": {"_LAUNCH_OVERRIDE": {False: (64, 4, 2), True: (64, 8, 2)}},
+    # fewer programs per split sequence (forward and backward of N >= 785)
+    "split_per_sm2": {"_PROGRAMS_PER_SM": 2},
+    "split_per_sm3": {"_PROGRAMS_PER_SM": 3},
 }
 
 
