@@ -211,7 +211,7 @@ def main() -> int:
                 "Variant columns: our op with other launch settings (overrides in 'variants'), checked against "
                 "float64 before timing.",
         "variants": {name: VARIANTS[name] for name in args.variants},
-        "checks": {}, "rows": [],
+        "variant_checks": {}, "checks": {}, "rows": [],
     }
     usable = {}
     for name in args.variants:
@@ -223,7 +223,7 @@ def main() -> int:
             errors = json.loads(child.stdout.strip().splitlines()[-1])
         except (IndexError, json.JSONDecodeError):
             errors = {"error": (child.stdout + child.stderr)[-300:]}
-        result["variant_checks"] = result.get("variant_checks", {}) | {name: errors}
+        result["variant_checks"][name] = errors
         good = "error" not in errors and all(e <= 1e-2 for d in errors.values() for e in d.values())
         print(f"variant {name}: {'ok' if good else 'REJECTED'} {errors}", flush=True)
         if good:
@@ -250,22 +250,22 @@ def main() -> int:
     for b, n in SHAPES:
         inputs = make_inputs(b, n, seed=1000 + n)
         row = {"B": b, "N": n}
-        runs = [("ours", ours_bidirectional, None), ("fla", fla_scan, None)]
+        ours_runs = {"ours": {}, **usable}  # our op under each launch setting (the defaults first)
+        runs = [("ours", ours_bidirectional, {}), ("fla", fla_scan, {})]
         runs += [(name, ours_bidirectional, cfg) for name, cfg in usable.items()]
         if not args.skip_torch:
-            runs.append(("torch", torch_bidirectional, None))
+            runs.append(("torch", torch_bidirectional, {}))
         for name, fn, cfg in runs:
-            with launch_settings(cfg or {}):
+            with launch_settings(cfg):
                 row[f"{name}_fwd_ms"] = time_ms(fn, inputs, backward=False)
                 row[f"{name}_fwdbwd_ms"] = time_ms(fn, inputs, backward=True)
         for name, fn, cfg in runs:  # device time (host overhead is large here), all but the PyTorch reference
             if name == "torch":
                 continue
-            with launch_settings(cfg or {}):
+            with launch_settings(cfg):
                 row[f"{name}_fwd_graph_ms"] = time_ms(fn, inputs, backward=False, graph=True)
                 row[f"{name}_fwdbwd_graph_ms"] = time_ms(fn, inputs, backward=True, graph=True)
-        row["ours_kernels_ms"] = kernel_times(ours_bidirectional, inputs)
-        for name, cfg in usable.items():
+        for name, cfg in ours_runs.items():
             with launch_settings(cfg):
                 row[f"{name}_kernels_ms"] = kernel_times(ours_bidirectional, inputs)
         for kind in ("fwd", "fwdbwd"):
