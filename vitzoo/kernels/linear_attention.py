@@ -152,8 +152,10 @@ _INTERPRETER_PROGRAMS = 4  # the "GPU size" the split heuristic assumes under TR
 # only at 4; split programs do best at 4 per SM)
 _SPLIT_BELOW = {False: 2, True: 4}
 _PROGRAMS_PER_SM = 4
-# benchmark-only knob (benchmarks/linear_attention.py --sweep): fixed launch configs
+# benchmark-only knobs (benchmarks/linear_attention.py --sweep): fixed launch configs, and register caps per kernel
+# ({backward: maxnreg}, Triton's launch option)
 _LAUNCH_OVERRIDE: dict[bool, tuple[int, int, int]] | None = None
+_MAX_REGISTERS: dict[bool, int] = {}
 # bf16 inputs: products with the fp32 states (and their gradients) as two bf16 halves, about fp32 accurate, instead
 # of one bf16 rounding. Off: the single products took forward+backward from 2.75x to 2.50x the byte floor at N=197
 # (H200, 2026-11-30) for relative errors of 2.9e-3 instead of 2.3e-3 (the bf16 output's own rounding is ~2e-3).
@@ -207,6 +209,10 @@ def _splits(bh: int, n: int, block_n: int, device: torch.device, backward: bool)
         return 1, n
     chunk = cdiv(cdiv(n, splits), block_n) * block_n
     return cdiv(n, chunk), chunk
+
+
+def _register_cap(backward: bool) -> dict[str, int]:
+    return {"maxnreg": _MAX_REGISTERS[backward]} if backward in _MAX_REGISTERS else {}
 
 
 def _dot_precision(*tensors: torch.Tensor) -> str:
@@ -930,7 +936,7 @@ if triton is not None:
         need_z = normalize or (center_keys and key_weights is None)
         need_u = center_keys or meta["HAS_CONST"]
         config = dict(BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, NEED_Z=need_z, NEED_U=need_u,
-                      UNIT_D=_unit_last_stride(q, k, v), **meta)
+                      UNIT_D=_unit_last_stride(q, k, v), **_register_cap(False), **meta)
         if splits == 1:
             kernel[(batch * heads, 1)](*args, DO_STATE=True, DO_OUTPUT=True, STORE_STATE=save_state, ATOMIC=False,
                                        **config)
@@ -990,7 +996,7 @@ if triton is not None:
         kernel = _launcher(_linear_attention_bwd_kernel, direct_launch)
         config = dict(BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, NEED_DC=need_const_grad,
                       ROW_SCALED=normalize or key_weights is not None,
-                      UNIT_D=_unit_last_stride(q, k, v, grad), **meta)
+                      UNIT_D=_unit_last_stride(q, k, v, grad), **_register_cap(True), **meta)
         if splits == 1:
             kernel[(batch * heads, 1)](*args, DO_Q=True, DO_KV=True, **config)
         else:
