@@ -170,7 +170,7 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 def _state_size(weightings: int, dk: int, dv: int) -> int:
     """fp32 words per (batch, head): W x (S: dk x dv, u: dv, z: dk, s: 1) followed by the key sum (dk), rounded up
     to a multiple of 16 so that every (batch, head) starts 64-byte aligned: Triton then knows the row stride divides
-    by 16 and reads and writes the states 16 bytes at a time."""
+    by 16 and reads, writes and atomically adds the states 16 bytes at a time."""
     return cdiv(weightings * (dk * dv + dv + dk + 1) + dk, 16) * 16
 
 
@@ -279,10 +279,9 @@ if triton is not None:
 
     @triton.jit
     def _feature_fwd(x, FEATURE: tl.constexpr):
-        # identity and ReLU stay in the input dtype (exact; tl.maximum alone returns fp32 for 16-bit x, which keeps a
-        # fp32 copy live and stops the load feeding it from being pipelined); the normalising maps work in fp32
+        # identity and ReLU stay in the input dtype (exact); the normalising maps work in fp32
         if FEATURE == 1:
-            y = tl.maximum(x, 0.0).to(x.dtype)
+            y = tl.maximum(x, 0.0)
         elif FEATURE == 2:
             xf = x.to(tl.float32)
             y = xf / tl.maximum(tl.sqrt(tl.sum(xf * xf, 1)), 1e-12)[:, None]
@@ -474,27 +473,25 @@ if triton is not None:
         # F^T split from the transposed fp32 F (the backward's dnum F^T): transposing the bf16 halves instead gave a
         # wrong dk and a failed launch with Triton 3.6 on the H200
         ft_hi, ft_lo = _split(tl.trans(f), PREC)
-        return f_hi, f_lo, ft_hi, ft_lo, y, c2 * u, c2 * total
+        return f_hi, f_lo, ft_hi, ft_lo, _columns(y, PREC), y, c2 * u, c2 * total
 
     @triton.jit
-    def _read_den(phi, y, zc, NORMALIZE: tl.constexpr, BLOCK_N: tl.constexpr):
-        # one weighting's denominator phi . y (+ c^2 s) for a query tile (zero without the normaliser), in fp32 on
-        # the CUDA cores: a product with a one-hot y operand would need phi in one more layout, and its (BLOCK_N, 16)
-        # result in the numerator's layout (H200: a 64 x 64 fp32 conversion per forward tile)
+    def _read_den(phi, y_cols, zc, NORMALIZE: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr):
+        # one weighting's denominator phi . y (+ c^2 s) for a query tile (zero without the normaliser)
         if NORMALIZE:
-            den = tl.sum(phi.to(tl.float32) * y[None, :], 1) + zc
+            den = tl.sum(_dot_data(phi, y_cols, tl.zeros((BLOCK_N, 16), tl.float32), PREC), 1) + zc
         else:
             den = tl.zeros((BLOCK_N,), tl.float32)
         return den
 
     @triton.jit
-    def _read(phi, f_hi, f_lo, y, r, zc, NORMALIZE: tl.constexpr, HAS_CONST: tl.constexpr,
+    def _read(phi, f_hi, f_lo, y_cols, r, zc, NORMALIZE: tl.constexpr, HAS_CONST: tl.constexpr,
               PREC: tl.constexpr, BLOCK_N: tl.constexpr):
         # one weighting's numerator phi F (+ c^2 u) and denominator phi . y (+ c^2 s) for a query tile
         num = _dot_split(phi, f_hi, f_lo, PREC)
         if HAS_CONST:
             num += r[None, :]
-        den = _read_den(phi, y, zc, NORMALIZE, BLOCK_N)
+        den = _read_den(phi, y_cols, zc, NORMALIZE, PREC, BLOCK_N)
         return num, den
 
     @triton.jit(do_not_specialize=["N", "chunk"])
@@ -590,27 +587,27 @@ if triton is not None:
             o_base = o_ptr + bi * so_b + hi * so_h
             c = _load_const(c_ptr, c_value, CONST_PTR)
             kbar = ksum / N
-            fh0, fl0, _, _, y0, r0, zc0 = _finalize(s0, z0, u0, t0, kbar, c * c, scale, PREC)
+            fh0, fl0, _, _, yc0, _, r0, zc0 = _finalize(s0, z0, u0, t0, kbar, c * c, scale, PREC)
             if W >= 2:
-                fh1, fl1, _, _, y1, r1, zc1 = _finalize(s1, z1, u1, t1, kbar, c * c, scale, PREC)
+                fh1, fl1, _, _, yc1, _, r1, zc1 = _finalize(s1, z1, u1, t1, kbar, c * c, scale, PREC)
             if W >= 3:
-                fh2, fl2, _, _, y2, r2, zc2 = _finalize(s2, z2, u2, t2, kbar, c * c, scale, PREC)
+                fh2, fl2, _, _, yc2, _, r2, zc2 = _finalize(s2, z2, u2, t2, kbar, c * c, scale, PREC)
             for start in range(n_begin, n_end, BLOCK_N):
                 offs_n = start + rows
                 phi = _feature_fwd(_load_tile(q_base, offs_n, offs_k, sq_n, sq_d, n_end, DK, UNIT_D), FEATURE)
-                num, den = _read(phi, fh0, fl0, y0, r0, zc0, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
+                num, den = _read(phi, fh0, fl0, yc0, r0, zc0, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
                 if HAS_WEIGHTS:
                     bw = _load_weight(b_base, offs_n, sb_n, n_end)
                     num = num * bw[:, None]
                     den = den * bw
                 if W >= 2:
                     bw = _load_weight(b_base + sb_w, offs_n, sb_n, n_end)
-                    num_w, den_w = _read(phi, fh1, fl1, y1, r1, zc1, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
+                    num_w, den_w = _read(phi, fh1, fl1, yc1, r1, zc1, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
                     num += num_w * bw[:, None]
                     den += den_w * bw
                 if W >= 3:
                     bw = _load_weight(b_base + 2 * sb_w, offs_n, sb_n, n_end)
-                    num_w, den_w = _read(phi, fh2, fl2, y2, r2, zc2, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
+                    num_w, den_w = _read(phi, fh2, fl2, yc2, r2, zc2, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
                     num += num_w * bw[:, None]
                     den += den_w * bw
                 if NORMALIZE:
@@ -618,7 +615,7 @@ if triton is not None:
                 _store_rows(o_base, num, offs_n, offs_v, so_n, so_d, n_end, DV, UNIT_D)
 
     @triton.jit
-    def _query_reads(phi, g, ft_hi, ft_lo, y, r, zc, NORMALIZE: tl.constexpr, HAS_CONST: tl.constexpr,
+    def _query_reads(phi, g, ft_hi, ft_lo, y_cols, r, zc, NORMALIZE: tl.constexpr, HAS_CONST: tl.constexpr,
                      PREC: tl.constexpr, BLOCK_N: tl.constexpr):
         # what the backward needs of one weighting's read of a query tile, without recomputing the numerator:
         # g F^T (the product d phi needs anyway), g . num = phi . (g F^T) (+ g . c^2 u) and the normaliser read
@@ -626,7 +623,7 @@ if triton is not None:
         g_num = tl.sum(phi.to(tl.float32) * gf, 1)
         if HAS_CONST:
             g_num += tl.sum(g.to(tl.float32) * r[None, :], 1)
-        den = _read_den(phi, y, zc, NORMALIZE, BLOCK_N)
+        den = _read_den(phi, y_cols, zc, NORMALIZE, PREC, BLOCK_N)
         return gf, g_num, den
 
     @triton.jit
@@ -639,16 +636,13 @@ if triton is not None:
         if ROW_SCALED:
             row_scale = bw * inv
             dphi = gf * row_scale[:, None]
-            g_scaled = g.to(tl.float32) * row_scale[:, None]
+            ds = _dot_data(tl.trans(phi.to(tl.float32) * row_scale[:, None]), g, ds, PREC)
         else:
             dphi = gf
-            g_scaled = g
-        # the row scale goes on g, not phi, so that dF and dy read one phi^T operand
-        phi_t = tl.trans(phi)
-        ds = _dot_data(phi_t, g_scaled, ds, PREC)
+            ds = _dot_data(tl.trans(phi), g, ds, PREC)
         if NORMALIZE:
             dphi += (dden * bw)[:, None] * y[None, :]
-            dyacc = _dot_data(phi_t, _columns(dden * bw, PREC), dyacc, PREC)
+            dyacc = _dot_data(tl.trans(phi), _columns(dden * bw, PREC), dyacc, PREC)
         if HAS_CONST:
             dracc = _dot_data(_rows(bw * inv, PREC), g, dracc, PREC)
             if NORMALIZE:
@@ -727,21 +721,30 @@ if triton is not None:
             g_base = g_ptr + bi * sg_b + hi * sg_h
             dq_base = dq_ptr + bi * sdk_b + hi * sdk_h
             db_base = db_ptr + bi * sdw_b + hi * sdw_h
-            fh0, fl0, fth0, ftl0, y0, r0, zc0 = _finalize(s0, z0, u0, t0, kbar, c2, scale, PREC)
+            fh0, fl0, fth0, ftl0, yc0, y0, r0, zc0 = _finalize(s0, z0, u0, t0, kbar, c2, scale, PREC)
             ds0, dya0, dra0, dzc0 = _zero_sums(DKP, DVP)
             if W >= 2:
-                fh1, fl1, fth1, ftl1, y1, r1, zc1 = _finalize(s1, z1, u1, t1, kbar, c2, scale, PREC)
+                fh1, fl1, fth1, ftl1, yc1, y1, r1, zc1 = _finalize(s1, z1, u1, t1, kbar, c2, scale, PREC)
                 ds1, dya1, dra1, dzc1 = _zero_sums(DKP, DVP)
             if W >= 3:
-                fh2, fl2, fth2, ftl2, y2, r2, zc2 = _finalize(s2, z2, u2, t2, kbar, c2, scale, PREC)
+                fh2, fl2, fth2, ftl2, yc2, y2, r2, zc2 = _finalize(s2, z2, u2, t2, kbar, c2, scale, PREC)
                 ds2, dya2, dra2, dzc2 = _zero_sums(DKP, DVP)
+            # With the ReLU, q is loaded one tile ahead by hand: Triton 3.6 does not pipeline that load (the
+            # other feature maps' it does), so each tile would wait for its own load (H200, N=197: forward+backward
+            # 239 us instead of 253; forcing it on the identity map's pipelined load cost 151 -> 175 us)
+            if FEATURE == 1:
+                q_next = _load_tile(q_base, n_begin + rows, offs_k, sq_n, sq_d, n_end, DK, UNIT_D)
             for start in range(n_begin, n_end, BLOCK_N):
                 offs_n = start + rows
                 row_mask = (offs_n < n_end).to(tl.float32)
-                qt = _load_tile(q_base, offs_n, offs_k, sq_n, sq_d, n_end, DK, UNIT_D)
+                if FEATURE == 1:
+                    qt = q_next
+                    q_next = _load_tile(q_base, offs_n + BLOCK_N, offs_k, sq_n, sq_d, n_end, DK, UNIT_D)
+                else:
+                    qt = _load_tile(q_base, offs_n, offs_k, sq_n, sq_d, n_end, DK, UNIT_D)
                 phi = _feature_fwd(qt, FEATURE)
                 g = _load_tile(g_base, offs_n, offs_v, sg_n, sg_d, n_end, DV, UNIT_D)
-                gf0, gn0, den0 = _query_reads(phi, g, fth0, ftl0, y0, r0, zc0, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
+                gf0, gn0, den0 = _query_reads(phi, g, fth0, ftl0, yc0, r0, zc0, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
                 if HAS_WEIGHTS:
                     bw0 = _load_weight(b_base, offs_n, sb_n, n_end)
                 else:
@@ -750,13 +753,13 @@ if triton is not None:
                 g_num = gn0 * bw0
                 if W >= 2:
                     bw1 = _load_weight(b_base + sb_w, offs_n, sb_n, n_end)
-                    gf1, gn1, den1 = _query_reads(phi, g, fth1, ftl1, y1, r1, zc1, NORMALIZE, HAS_CONST, PREC,
+                    gf1, gn1, den1 = _query_reads(phi, g, fth1, ftl1, yc1, r1, zc1, NORMALIZE, HAS_CONST, PREC,
                                                   BLOCK_N)
                     den += den1 * bw1
                     g_num += gn1 * bw1
                 if W >= 3:
                     bw2 = _load_weight(b_base + 2 * sb_w, offs_n, sb_n, n_end)
-                    gf2, gn2, den2 = _query_reads(phi, g, fth2, ftl2, y2, r2, zc2, NORMALIZE, HAS_CONST, PREC,
+                    gf2, gn2, den2 = _query_reads(phi, g, fth2, ftl2, yc2, r2, zc2, NORMALIZE, HAS_CONST, PREC,
                                                   BLOCK_N)
                     den += den2 * bw2
                     g_num += gn2 * bw2
