@@ -182,11 +182,12 @@ SWEEP: dict[str, dict] = {  # name: overrides of vitzoo.kernels.linear_attention
     # fewer programs per split sequence (forward and backward of N >= 785)
     "split_per_sm2": {"_PROGRAMS_PER_SM": 2},
     "split_per_sm3": {"_PROGRAMS_PER_SM": 3},
-    # the backward capped at 168 registers: 3 blocks of 4 warps per SM instead of 2 (offline sm_90: 173 -> 165
-    # registers, no spills)
+    # the backward capped at 168 registers: 3 blocks of 4 warps per SM instead of 2 (H200, ba323dd: slower, 2.62x
+    # the floor at N=197 against 2.37x)
     "bwd_regs168": {"_MAX_REGISTERS": {True: 168}},
     # one forward program per sequence down to half a program per SM (N=3137: 96 sequences unsplit, no zero-fill,
-    # no atomics, one launch), with deeper pipelines for the long passes (the tile override applies at every N)
+    # no atomics, one launch), with deeper pipelines for the long passes (the tile override applies at every N).
+    # H200, abb0262: 2.5-3.0x the floor at N=3137 against 1.6x split
     "fwd_unsplit": {"_SPLIT_BELOW": {False: 0.5, True: 4}},
     "fwd_unsplit_s4": {"_SPLIT_BELOW": {False: 0.5, True: 4},
                        "_LAUNCH_OVERRIDE": {False: (64, 4, 4), True: (32, 4, 3)}},

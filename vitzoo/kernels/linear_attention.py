@@ -729,9 +729,9 @@ if triton is not None:
             if W >= 3:
                 fh2, fl2, fth2, ftl2, yc2, y2, r2, zc2 = _finalize(s2, z2, u2, t2, kbar, c2, scale, PREC)
                 ds2, dya2, dra2, dzc2 = _zero_sums(DKP, DVP)
-            # With the ReLU, q is loaded one tile ahead by hand: Triton 3.6 does not pipeline that load (the
-            # other feature maps' it does), so each tile would wait for its own load (H200, N=197: forward+backward
-            # 239 us instead of 253; forcing it on the identity map's pipelined load cost 151 -> 175 us)
+            # With the ReLU, q is loaded one tile ahead by hand: Triton 3.6 pipelines q for the other feature maps
+            # but not for this one, so each tile would wait for its own load (H200, N=197: forward+backward 239 us
+            # instead of 253; the same prefetch in place of the identity map's pipelined load cost 151 -> 175 us)
             if FEATURE == 1:
                 q_next = _load_tile(q_base, n_begin + rows, offs_k, sq_n, sq_d, n_end, DK, UNIT_D)
             for start in range(n_begin, n_end, BLOCK_N):
