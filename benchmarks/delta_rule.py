@@ -11,7 +11,6 @@ and the script exits non-zero.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -21,6 +20,8 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from module_settings import overridden  # noqa: E402  (benchmarks/module_settings.py, this script's folder)
 
 from vitzoo.kernels import delta_rule as dr  # noqa: E402
 from vitzoo.kernels.testing import relative_error  # noqa: E402
@@ -61,20 +62,6 @@ def ours_forward_scan(q, k, v, beta):
 
 def ours_bidirectional(q, k, v, beta):
     return dr.delta_rule_triton(q, k, v, beta, qk_l2norm=True, directions="both")
-
-
-@contextlib.contextmanager
-def launch_settings(overrides: dict[str, int]):
-    """Our op with other launch settings (module attributes of vitzoo.kernels.delta_rule), forward and backward,
-    inside the block."""
-    saved = {name: getattr(dr, name) for name in overrides}
-    for name, value in overrides.items():
-        setattr(dr, name, value)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(dr, name, value)
 
 
 def check_variant(fn, b: int, n: int) -> dict[str, float]:
@@ -193,7 +180,7 @@ def main() -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     if args.check_variant:  # child mode: print the variant's errors against float64 as one JSON line
         try:
-            with launch_settings(VARIANTS[args.check_variant]):
+            with overridden(dr, VARIANTS[args.check_variant]):
                 errors = {str(n): check_variant(ours_bidirectional, b, n) for b, n in ((4, 197), (1, 3137))}
         except Exception as e:  # a launch setting the compiler cannot handle is reported, not timed
             errors = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
@@ -256,17 +243,17 @@ def main() -> int:
         if not args.skip_torch:
             runs.append(("torch", torch_bidirectional, {}))
         for name, fn, cfg in runs:
-            with launch_settings(cfg):
+            with overridden(dr, cfg):
                 row[f"{name}_fwd_ms"] = time_ms(fn, inputs, backward=False)
                 row[f"{name}_fwdbwd_ms"] = time_ms(fn, inputs, backward=True)
         for name, fn, cfg in runs:  # device time (host overhead is large here), all but the PyTorch reference
             if name == "torch":
                 continue
-            with launch_settings(cfg):
+            with overridden(dr, cfg):
                 row[f"{name}_fwd_graph_ms"] = time_ms(fn, inputs, backward=False, graph=True)
                 row[f"{name}_fwdbwd_graph_ms"] = time_ms(fn, inputs, backward=True, graph=True)
         for name, cfg in ours_runs.items():
-            with launch_settings(cfg):
+            with overridden(dr, cfg):
                 row[f"{name}_kernels_ms"] = kernel_times(ours_bidirectional, inputs)
         for kind in ("fwd", "fwdbwd"):
             row[f"ours_over_fla_{kind}"] = row[f"ours_{kind}_ms"] / row[f"fla_{kind}_ms"]

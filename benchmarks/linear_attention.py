@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from module_settings import overridden  # noqa: E402  (benchmarks/module_settings.py, this script's folder)
+
 from vitzoo.kernels import linear_attention_reference  # noqa: E402
 from vitzoo.kernels.linear_attention import linear_attention_triton  # noqa: E402
 from vitzoo.kernels.testing import relative_error  # noqa: E402
@@ -204,14 +206,8 @@ def sweep(bandwidth: float, names: list[str]) -> list[dict]:
     module = importlib.import_module("vitzoo.kernels.linear_attention")
     rows = []
     for name in names:
-        saved = {knob: getattr(module, knob) for knob in SWEEP[name]}
-        for knob, value in SWEEP[name].items():
-            setattr(module, knob, value)
-        try:
+        with overridden(module, SWEEP[name]):
             rows += sweep_variant(name, bandwidth)
-        finally:
-            for knob, value in saved.items():
-                setattr(module, knob, value)
     return rows
 
 
