@@ -66,10 +66,17 @@ def resources(kernel, constexprs: dict, num_warps: int, num_stages: int = 3, max
             "shared_bytes": compiled.metadata.shared}
 
 
+def stride_arguments(kernels, pattern: str) -> tuple[str, ...]:
+    """The integer arguments of ``kernels`` whose names match ``pattern``: the strides the benchmark's launches pass
+    as multiples of 16."""
+    return tuple(name for kernel in kernels for name in inspect.signature(kernel.fn).parameters
+                 if re.fullmatch(pattern, name))
+
+
 def delta_rule_kernels(chunk: int, d: int) -> list[tuple]:
     base = dict(DK=d, DV=d, BT=chunk, BK=d, FIRST_DIR=0, L2NORM=True, DOT_MODE=1)
     both = dict(base, NUM_DIRS=2)
-    return [
+    kernels = [
         ("wy", dr._delta_rule_wy_kernel, dict(both, LOG2_BT=chunk.bit_length() - 1, BV=d, STORE_T=True),
          dr.WY_NUM_WARPS, 3),
         ("states", dr._delta_rule_states_kernel, dict(base, BV=min(d, 64)), dr.NUM_WARPS, 3),
@@ -77,6 +84,10 @@ def delta_rule_kernels(chunk: int, d: int) -> list[tuple]:
         ("dstates", dr._delta_rule_dstates_kernel, dict(both, BV=min(d, 64)), dr.NUM_WARPS, 3),
         ("grads", dr._delta_rule_grads_kernel, dict(both, BV=d), dr.GRADS_NUM_WARPS, 3),
     ]
+    # q, k, v are views of a fused (B, N, 3, H, D) qkv and o, do are (B, N, H, D): their batch, token and head
+    # strides divide by 16; beta's (B, N, H) strides do not
+    divisible = stride_arguments([kernel for _, kernel, *_ in kernels], r"s[qkvod][bnh]")
+    return [(*entry, divisible) for entry in kernels]
 
 
 def linear_attention_kernels(d: int) -> list[tuple]:
@@ -88,9 +99,8 @@ def linear_attention_kernels(d: int) -> list[tuple]:
     bwd_block, bwd_warps, bwd_stages = la._launch_params(d, d, 1, backward=True)
     # the benchmark's views of a fused (B, N, 3, H, D) qkv and (B, N, H, D) gradients: every batch, token and head
     # stride divides by 16, and so does the padded state stride
-    divisible = tuple(name for kernel in (la._linear_attention_fwd_kernel, la._linear_attention_bwd_kernel)
-                      for name in inspect.signature(kernel.fn).parameters
-                      if re.fullmatch(r"s[a-z]+_[bnh]", name) or name == "state_stride")
+    divisible = stride_arguments([la._linear_attention_fwd_kernel, la._linear_attention_bwd_kernel],
+                                 r"s[a-z]+_[bnh]|state_stride")
     assert la._state_size(1, d, d) % 16 == 0
     return [
         ("la fwd", la._linear_attention_fwd_kernel,
@@ -116,8 +126,8 @@ def main() -> None:
                         for name, *rest in delta_rule_kernels(args.chunk, d)]
         if "linear" in args.family:
             kernels += [(f"d {d:>3} {name}", *rest) for name, *rest in linear_attention_kernels(d)]
-        for label, kernel, constexprs, warps, stages, *divisible in kernels:
-            r = resources(kernel, constexprs, warps, stages, args.maxnreg, *divisible)
+        for label, kernel, constexprs, warps, stages, divisible in kernels:
+            r = resources(kernel, constexprs, warps, stages, args.maxnreg, divisible)
             print(f"{label:>22} ({warps} warps, {stages} stages): {r['registers']:>3} registers, "
                   f"{r['spill_bytes']:>5} B spilled, {r['shared_bytes']:>6} B shared", flush=True)
 
