@@ -1,0 +1,198 @@
+"""Where a whole model's time goes (GPU): host time per step, device time, launches, top kernels, host hot spots.
+
+For each model, one eager bf16-autocast inference forward (and optionally one AdamW training step):
+
+- ``host_ms``: wall time to enqueue one step after a sync, without waiting for the device (median of repeats);
+- ``device_ms``, ``launches``: summed kernel time and kernel count per step from ``torch.profiler``;
+- ``kernels``: the kernels taking the most device time, with calls per step; ``copies``: the dtype-cast and
+  layout copies among them (``copy``/``cast`` kernels);
+- ``host_profile``: cProfile of a few steps, sorted by own time (what the Python side spends its time on);
+- ``graph_capture``: whether forward (+ backward for training) captures into a CUDA graph and replays.
+
+    python benchmarks/profile_models.py --models softmax_deit_tiny_patch16_224 linear_deit_tiny_patch16_224 \\
+        --out profile.json
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime
+import io
+import json
+import os
+import pstats
+import statistics
+import subprocess
+import sys
+import time
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import vitzoo  # noqa: E402,F401  (registers the models)
+
+_COPY_WORDS = ("copy", "cast", "to_copy", "contiguous")
+
+
+def _kernel_stats(prof, steps: int, top: int) -> dict:
+    rows = []
+    for event in prof.key_averages():
+        device_us = getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
+        if device_us <= 0 or event.key.startswith(("aten::", "cuda", "Memcpy", "Memset")) and device_us == 0:
+            continue
+        if event.device_type is not None and "CUDA" not in str(event.device_type):
+            continue
+        rows.append((event.key, device_us / steps, event.count / steps))
+    rows.sort(key=lambda r: -r[1])
+    copies = [r for r in rows if any(w in r[0].lower() for w in _COPY_WORDS)]
+    return {
+        "device_ms": round(sum(r[1] for r in rows) / 1e3, 4),
+        "launches": round(sum(r[2] for r in rows), 1),
+        "copy_ms": round(sum(r[1] for r in copies) / 1e3, 4),
+        "copy_launches": round(sum(r[2] for r in copies), 1),
+        "kernels": [{"name": r[0][:140], "us": round(r[1], 1), "calls": round(r[2], 1)} for r in rows[:top]],
+    }
+
+
+def _host_profile(step, steps: int, top: int) -> str:
+    profiler = cProfile.Profile()
+    torch.cuda.synchronize()
+    profiler.enable()
+    for _ in range(steps):
+        step()
+    profiler.disable()
+    torch.cuda.synchronize()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
+    return "\n".join(line[:200] for line in text.getvalue().splitlines()[:top + 12])
+
+
+def _measure(step, args) -> dict:
+    for _ in range(args.warm):
+        step()
+    torch.cuda.synchronize()
+    host = []
+    for _ in range(args.repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        host.append((time.perf_counter() - start) * 1e3)
+    torch.cuda.synchronize()
+    start_event, end_event = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start_event.record()
+    for _ in range(args.repeats):
+        step()
+    end_event.record()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        for _ in range(args.profile_steps):
+            step()
+        torch.cuda.synchronize()
+    result = {"host_ms": round(statistics.median(host), 3),
+              "wall_ms": round(start_event.elapsed_time(end_event) / args.repeats, 3)}
+    result.update(_kernel_stats(prof, args.profile_steps, args.top))
+    result["host_profile"] = _host_profile(step, args.profile_steps, args.top)
+    return result
+
+
+def _graph_capture(model, x, train: bool) -> str:
+    try:
+        static_x = x.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    out = model(static_x)
+                if train:
+                    out.float().sum().backward()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+                out = model(static_x)
+            if train:
+                out.float().sum().backward()
+        graph.replay()
+        torch.cuda.synchronize()
+        return "ok"
+    except Exception as error:  # report, do not stop the run
+        torch.cuda.synchronize()
+        return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+
+
+def profile_model(name: str, args) -> dict:
+    torch.manual_seed(0)
+    kwargs = {"img_size": args.img_size} if "qtvit" not in name and "efficientvit" not in name else {}
+    with torch.device("cuda"):
+        model = timm.create_model(name, **kwargs)
+    model = model.cuda().eval()
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size, device="cuda")
+    result = {"model": name}
+
+    def infer():
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return model(x)
+
+    with torch.inference_mode():
+        result["infer"] = _measure(infer, args)
+    with torch.no_grad():
+        result["infer"]["graph_capture"] = _graph_capture(model, x, train=False)
+    if args.train:
+        xt = x[:args.train_batch_size].clone()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        target = torch.randint(0, 1000, (xt.shape[0],), device="cuda")
+        model.train()
+
+        def train_step():
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                out = model(xt)
+            F.cross_entropy(out.float(), target).backward()
+            optimizer.step()
+
+        result["train"] = _measure(train_step, args)
+        optimizer.zero_grad(set_to_none=True)
+        result["train"]["graph_capture"] = _graph_capture(model, xt, train=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", required=True)
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--train-batch-size", type=int, default=128)
+    parser.add_argument("--train", action="store_true", help="also profile an AdamW training step")
+    parser.add_argument("--warm", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--profile-steps", type=int, default=3)
+    parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    revision = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    info = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "timm": timm.__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join(sys.argv), "git_revision": revision}
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except ImportError:
+        pass
+    results = []
+    for name in args.models:
+        results.append(profile_model(name, args))
+        r = results[-1]["infer"]
+        print(f"{name:40s} host {r['host_ms']:7.2f} ms  device {r['device_ms']:7.2f} ms  wall {r['wall_ms']:7.2f} ms  "
+              f"launches {r['launches']:6.0f}  copies {r['copy_launches']:5.0f} ({r['copy_ms']:.2f} ms)  "
+              f"graph {r['graph_capture'][:40]}", flush=True)
+        with open(args.out, "w") as f:
+            json.dump({"info": info, "models": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
