@@ -1,8 +1,10 @@
-"""Pieces shared by several token mixers: moving patch tokens between sequence and grid layouts."""
+"""Pieces shared by several token mixers and the backbones: grid layouts, the local convolution, a 16-bit LayerNorm."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 
 def check_grid(x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int) -> None:
@@ -43,3 +45,53 @@ class GridDepthwiseConv(nn.Module):
         prefix, patches = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
         patches = grid_to_tokens(self.conv(tokens_to_grid(patches, grid_size)))
         return torch.cat([prefix, patches], dim=1) if num_prefix_tokens else patches
+
+
+def grouped_pointwise(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """A grouped kernel-size-1 ``conv`` applied to (B, C_in) vectors, as one batched matmul; returns (B, C_out).
+
+    Equals ``conv(x.unsqueeze(-1)).squeeze(-1)`` (same parameters), without a convolution launch per group.
+    """
+    groups = conv.groups
+    weight = conv.weight.view(groups, conv.out_channels // groups, conv.in_channels // groups)
+    out = torch.einsum("bgi,goi->bgo", x.view(x.shape[0], groups, -1), weight).reshape(x.shape[0], -1)
+    return out if conv.bias is None else out + conv.bias.to(out.dtype)
+
+
+def low_precision_layer_norm(
+        x: torch.Tensor, normalized_shape: tuple[int, ...], weight: torch.Tensor | None, bias: torch.Tensor | None,
+        eps: float,
+) -> torch.Tensor:
+    """``F.layer_norm`` that keeps a 16-bit input in its dtype under autocast (the kernel accumulates in fp32).
+
+    Autocast runs layer_norm in fp32: a bf16 activation is then cast up, normalised in fp32 and cast back down by the
+    next Linear, three passes over it where one does; only the output's rounding differs, and the next Linear rounds
+    it to 16 bits anyway. Outside autocast, or for fp32 / fp64 inputs, this is ``F.layer_norm``.
+    """
+    if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return F.layer_norm(
+                x, normalized_shape, None if weight is None else weight.to(x.dtype),
+                None if bias is None else bias.to(x.dtype), eps,
+            )
+    return F.layer_norm(x, normalized_shape, weight, bias, eps)
+
+
+def low_precision_rms_norm(x: torch.Tensor, normalized_shape: tuple[int, ...], weight: torch.Tensor | None,
+                           eps: float) -> torch.Tensor:
+    """``F.rms_norm`` that keeps a 16-bit input in its dtype under autocast, as :func:`low_precision_layer_norm`."""
+    if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return F.rms_norm(x, normalized_shape, None if weight is None else weight.to(x.dtype), eps)
+    return F.rms_norm(x, normalized_shape, weight, eps)
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` (same parameters and state_dict) through :func:`low_precision_layer_norm`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return low_precision_layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+# dtype and autocast checks are data-dependent for FX: a leaf for timm's feature extraction
+register_notrace_module(LayerNorm)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from vitzoo.kernels.delta_rule import delta_rule_bidirectional
 
-from ._common import GridDepthwiseConv, check_grid
+from ._common import GridDepthwiseConv, check_grid, low_precision_rms_norm
 
 
 class BidirectionalDeltaNet(nn.Module):
@@ -77,9 +77,10 @@ class BidirectionalDeltaNet(nn.Module):
         q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).unbind(2)
         beta = torch.sigmoid(self.beta_proj(x))
         o = delta_rule_bidirectional(q, k, v, beta, qk_l2norm=True)
-        acc = torch.promote_types(o.dtype, torch.float32)  # the norm and gate run in fp32 (float64 stays float64)
-        o = F.rms_norm(o.to(acc), (self.head_dim,), self.norm_weight.to(acc), eps=1e-5)
-        g = self.gate(x).view(b, n, self.num_heads, self.head_dim)
-        o = (o * F.silu(g.to(acc))).reshape(b, n, c).to(x.dtype)
+        # The norm accumulates in fp32 inside its kernel; under autocast its 16-bit output is gated in 16 bits, as
+        # the next Linear would round it anyway (no fp32 round trip of the activations).
+        o = low_precision_rms_norm(o, (self.head_dim,), self.norm_weight, eps=1e-5)
+        g = F.silu(self.gate(x)).view(b, n, self.num_heads, self.head_dim)
+        o = (o * g.to(o.dtype)).reshape(b, n, c).to(x.dtype)
         o = self.attn_drop(o)
         return self.proj_drop(self.proj(o))

@@ -123,12 +123,12 @@ def gated_long_conv_fft(
 def toeplitz_matrix(kernel_fwd: torch.Tensor, kernel_bwd: torch.Tensor) -> torch.Tensor:
     """The (..., N, N) two-sided Toeplitz matrix T[t, s] = Kf[t - s] (t >= s) + Kb[s - t] (s >= t)."""
     length = kernel_fwd.shape[-1]
-    positions = torch.arange(length, device=kernel_fwd.device)
-    lag = positions[:, None] - positions[None, :]
-    zero = kernel_fwd.new_zeros(())
-    fwd = torch.where(lag >= 0, kernel_fwd[..., lag.clamp(min=0)], zero)
-    bwd = torch.where(lag <= 0, kernel_bwd[..., (-lag).clamp(min=0)], zero)
-    return fwd + bwd
+    # T[t, s] = p[s - t + N - 1] for p = [Kf[N-1], ..., Kf[1], Kf[0] + Kb[0], Kb[1], ..., Kb[N-1]]: row t is the
+    # window of p starting at N - 1 - t. Sliding windows (unfold) have a cheap backward, where a gather by a lag
+    # index matrix falls back to a sort-based scatter (about 1.7 ms a call at N = 197 on the H200).
+    lags = torch.cat([kernel_fwd[..., 1:].flip(-1), kernel_fwd[..., :1] + kernel_bwd[..., :1], kernel_bwd[..., 1:]],
+                     dim=-1)
+    return lags.unfold(-1, length, 1).flip(-2)
 
 
 def _toeplitz_attention(

@@ -17,11 +17,10 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from vitzoo.kernels import linear_attention
 
-from ._common import check_grid
+from ._common import check_grid, low_precision_layer_norm
 
 _LOG_TAU_RANGE = (-50.0, 30.0)  # the clamp of log tau in the released code: keeps tau finite and positive
 _HEAD_NORM_EPS = 1e-5
@@ -114,6 +113,6 @@ class ZeroSAttention(nn.Module):
         query_weights = torch.stack([alpha, beta, gamma], dim=-1)
 
         out = linear_attention(q, k, v, key_weights, query_weights, feature_map="l2norm")
-        out = F.layer_norm(out, (self.head_dim,), eps=_HEAD_NORM_EPS)
+        out = low_precision_layer_norm(out, (self.head_dim,), None, None, _HEAD_NORM_EPS)
         out = self.attn_drop(out.reshape(batch, num_tokens, dim).to(x.dtype))
         return self.proj_drop(self.proj(out))

@@ -31,6 +31,7 @@ from timm.models._manipulate import named_apply
 from torch.utils.checkpoint import checkpoint
 
 from ..mixers import create_mixer
+from ..mixers._common import LayerNorm
 from ._helpers import check_images, check_pretrained_available, model_name
 
 __all__ = ["MixerViT", "MixerBlock"]
@@ -55,7 +56,7 @@ class MixerBlock(nn.Module):
             init_values: float | None = None,
             drop_path: float = 0.0,
             act_layer: type[nn.Module] = nn.GELU,
-            norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+            norm_layer: Callable[..., nn.Module] = LayerNorm,
             device=None,
             dtype=None,
     ) -> None:
@@ -170,12 +171,12 @@ class MixerViT(nn.Module):
             MixerBlock(
                 embed_dim, num_heads, mixer, mixer_kwargs=mixer_kwargs, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
                 proj_drop=proj_drop_rate, attn_drop=attn_drop_rate, init_values=init_values, drop_path=dpr[i],
-                norm_layer=partial(nn.LayerNorm, eps=1e-6), **dd,
+                norm_layer=partial(LayerNorm, eps=1e-6), **dd,
             )
             for i in range(depth)
         ])
         self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=patch_size) for i in range(depth)]
-        self.norm = nn.LayerNorm(embed_dim, eps=1e-6, **dd)
+        self.norm = LayerNorm(embed_dim, eps=1e-6, **dd)
         self.fc_norm = nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
