@@ -6,6 +6,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
+from ..kernels.local_conv import local_conv
+
 
 def check_grid(x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int) -> None:
     """Raise a ValueError when ``x`` (B, N, C) does not hold ``num_prefix_tokens`` + H*W tokens."""
@@ -15,17 +17,6 @@ def check_grid(x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: i
             f"token mixer got {x.shape[1]} tokens but grid_size={tuple(grid_size)} with {num_prefix_tokens} prefix "
             f"token(s) needs {num_prefix_tokens + h * w}"
         )
-
-
-def tokens_to_grid(x: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
-    """(B, H*W, C) patch tokens -> (B, C, H, W)."""
-    b, n, c = x.shape
-    return x.transpose(1, 2).reshape(b, c, grid_size[0], grid_size[1])
-
-
-def grid_to_tokens(x: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H*W, C)."""
-    return x.flatten(2).transpose(1, 2)
 
 
 class GridDepthwiseConv(nn.Module):
@@ -42,9 +33,9 @@ class GridDepthwiseConv(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
-        prefix, patches = x[:, :num_prefix_tokens], x[:, num_prefix_tokens:]
-        patches = grid_to_tokens(self.conv(tokens_to_grid(patches, grid_size)))
-        return torch.cat([prefix, patches], dim=1) if num_prefix_tokens else patches
+        # in the token layout, in one pass (vitzoo.kernels.local_conv): no grid copies, no concatenation
+        weight = self.conv.weight.view(1, self.conv.out_channels, *self.conv.kernel_size)
+        return local_conv(x, weight, grid_size, num_prefix_tokens, bias=self.conv.bias)
 
 
 def grouped_pointwise(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..kernels import linear_attention
-from ._common import check_grid, grid_to_tokens, grouped_pointwise, tokens_to_grid
+from ..kernels.local_conv import local_conv
+from ._common import check_grid, grouped_pointwise
 
 
 class InLineAttention(nn.Module):
@@ -49,17 +49,13 @@ class InLineAttention(nn.Module):
         self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def local_residual(self, x: torch.Tensor, v_patches: torch.Tensor, grid_size: tuple[int, int]) -> torch.Tensor:
-        """Apply the per-image predicted depthwise kernel to V's patch tokens; (B, H*W, C) -> (B, H*W, C)."""
-        b, _, c = x.shape
+    def local_kernels(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-image depthwise kernels predicted from the token mean of ``x`` (B, N, C); (B, C, k, k)."""
         first, act, second = self.residual_predictor
         # The grouped 1x1 convs on a length-1 signal are block-diagonal matmuls: two batched products instead of
         # cuDNN's grouped-convolution launches (about 12 per block on the H200).
-        kernels = grouped_pointwise(second, act(grouped_pointwise(first, x.mean(dim=1))))  # (B, C*k*k)
-        kernels = kernels.reshape(b * c, 1, self.kernel_size, self.kernel_size)
-        v_grid = tokens_to_grid(v_patches, grid_size).reshape(1, b * c, *grid_size)
-        out = F.conv2d(v_grid, kernels.to(v_grid.dtype), padding=self.kernel_size // 2, groups=b * c)
-        return grid_to_tokens(out.reshape(b, c, *grid_size))
+        kernels = grouped_pointwise(second, act(grouped_pointwise(first, x.mean(dim=1))))
+        return kernels.view(x.shape[0], x.shape[2], self.kernel_size, self.kernel_size)
 
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int = 1) -> torch.Tensor:
         check_grid(x, grid_size, num_prefix_tokens)
@@ -68,6 +64,6 @@ class InLineAttention(nn.Module):
         out = linear_attention(
             q, k, v, feature_map="identity", center_keys=True, scale=self.head_dim**-0.5 / n, feature_const=n**-0.5,
         ).reshape(b, n, c)
-        residual = self.local_residual(x, v.reshape(b, n, c)[:, num_prefix_tokens:], grid_size)
-        out = torch.cat([out[:, :num_prefix_tokens], out[:, num_prefix_tokens:] + residual], dim=1)
+        # + the local residual on the patch tokens, in one pass over the token layout (the cls token gets none)
+        out = local_conv(v.reshape(b, n, c), self.local_kernels(x), grid_size, num_prefix_tokens, residual=out)
         return self.proj_drop(self.proj(self.attn_drop(out)))
