@@ -1,5 +1,5 @@
 """Whole models through the Triton kernels equal the same models through the PyTorch references, at initialisation
-and after training (issue 7: a family that falls short is first checked for a mixer/kernel bug).
+and after training.
 
 On a CPU-only machine the kernels run under the Triton interpreter (fp32, exact products), so the logits and every
 parameter gradient must agree to fp32 rounding. "After training" means weights moved by real AdamW steps on real
@@ -21,14 +21,16 @@ from vitzoo.data import FASHION_MNIST_DIR
 from vitzoo.kernels import triton_available
 
 OP_MODULES = {importlib.import_module("vitzoo.kernels.linear_attention"): "linear_attention_triton",
-              importlib.import_module("vitzoo.kernels.delta_rule"): "delta_rule_triton"}
+              importlib.import_module("vitzoo.kernels.delta_rule"): "delta_rule_triton",
+              importlib.import_module("vitzoo.kernels.local_conv"): "_local_conv_fwd"}
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1" and triton_available() and not torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(not INTERPRETER, reason="needs the Triton interpreter (TRITON_INTERPRET=1, no CUDA)")
 
-# Every model whose mixer calls a Triton op (softmax, fem_softmax and h3 do not).
+# Every model whose mixer calls a Triton op (softmax and fem_softmax do not).
 KERNEL_MODELS = ["linear_deit_tiny_patch16_224", "inline_deit_tiny_patch16_224", "qt_deit_tiny_patch16_224",
-                 "zeros_deit_tiny_patch16_224", "fem_deit_tiny_patch16_224", "deltanet_deit_tiny_patch16_224"]
+                 "zeros_deit_tiny_patch16_224", "fem_deit_tiny_patch16_224", "deltanet_deit_tiny_patch16_224",
+                 "h3_deit_tiny_patch16_224"]
 TINY = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=32, depth=2, num_heads=2)
 
 
