@@ -38,6 +38,8 @@ from tqdm import tqdm
 
 import vitzoo  # noqa: F401  (registers the models)
 
+from .compare import PHASES as COMPARE_PHASES
+from .compare import CompareConfig, check_names, run_compare
 from .engine import COMPILE_MODES as TORCH_COMPILE_MODES
 from .flops import count_gmacs
 from .kernels import kernel_backend
@@ -614,6 +616,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="keep the measured rows already in --results-file and benchmark only the pairs it lacks")
     parser.add_argument("--no-progress", action="store_true")
+    compare = parser.add_argument_group(
+        "side-by-side comparison", "each zoo model beside its softmax twin and timm's model, interleaved in one process"
+        " (vitzoo.compare); --results-file is then a JSON file")
+    compare.add_argument("--compare", action="store_true", help="run the side-by-side comparison instead of the sweep")
+    compare.add_argument("--phases", nargs="+", choices=COMPARE_PHASES, default=list(COMPARE_PHASES),
+                         help="comparison phases (default all)")
+    compare.add_argument("--repeats", type=int, default=3, help="interleaved repeats per group (default 3)")
     return parser
 
 
@@ -630,12 +639,35 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     )
 
 
+def _main_compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    unsupported = sorted(set(args.compile) - {"none", "default", "reduce-overhead"})
+    if unsupported:
+        parser.error(f"--compare measures --compile none, default and reduce-overhead; got {' '.join(unsupported)}")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    try:
+        names = check_names(resolve_models(args.models))
+    except ValueError as error:
+        parser.error(str(error))
+    on_gpu = torch.device(args.device).type == "cuda"
+    config = CompareConfig(
+        batch_size=args.batch_size or (256 if on_gpu else 8), train_batch_size=args.train_batch_size or (
+            128 if on_gpu else 4), repeats=args.repeats, warm_steps=args.num_warm_iter,
+        timed_steps=args.num_bench_iter, latency_steps=args.latency_iters, device=args.device,
+    )
+    run_compare(names, args.img_sizes, args.phases, args.compile, config, args.results_file,
+                command=" ".join(["vitzoo-bench", *(sys.argv[1:])]))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``vitzoo-bench`` / ``python -m vitzoo.bench``: run the sweep, print the summary table."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.resume and args.results_file is None:
         parser.error("--resume needs --results-file")
+    if args.compare:
+        _main_compare(parser, args)
+        return
     try:
         names = shard(resolve_models(args.models), args.shard)
         config = config_from_args(args)
