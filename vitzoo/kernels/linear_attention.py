@@ -1097,6 +1097,12 @@ def linear_attention_triton(
         const_value = float(feature_const)
     inputs = (q, k, v, key_weights, query_weights, const)
     save_state = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    if not save_state and not torch.compiler.is_compiling():
+        # nothing to differentiate: launch directly, without the autograd Function's bookkeeping (host time)
+        return _linear_attention_fwd(
+            q, k, v, key_weights, query_weights, const, const_value, _FEATURE_CODES[feature_map], bool(center_keys),
+            float(scale), bool(normalize), float(eps), False, direct_launch=True,
+        )[0]
     return _LinearAttentionFunction.apply(
         q, k, v, key_weights, query_weights, const, const_value, _FEATURE_CODES[feature_map], bool(center_keys),
         float(scale), bool(normalize), float(eps), save_state,
