@@ -4,7 +4,7 @@ import json
 import pytest
 
 from vitzoo.bench import main
-from vitzoo.compare import reference_models, scaled_batch
+from vitzoo.compare import comparison_set, reference_models, scaled_batch
 
 
 def test_groups_name_twin_and_timm_model():
@@ -33,6 +33,8 @@ def test_compare_run_writes_interleaved_rows_with_provenance(tmp_path):
     assert {"device", "torch", "timm", "date", "command", "git_revision"} <= set(result["info"])
     infer = [r for r in result["rows"] if r["phase"] == "infer"]
     assert [r["role"] for r in infer] == ["zoo", "twin", "timm"]
+    assert infer[0]["twin_model"] == "softmax_deit_tiny_patch16_224"
+    assert infer[0]["timm_model"] == "deit_tiny_patch16_224"
     assert [r["model"] for r in infer] == ["linear_deit_tiny_patch16_224", "softmax_deit_tiny_patch16_224",
                                            "deit_tiny_patch16_224"]
     for row in infer:
@@ -52,3 +54,11 @@ def test_compare_rejects_bad_arguments(argv, message, capsys):
         main(["--compare", "--device", "cpu", *argv])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_comparison_set_measures_each_model_once():
+    ordered, groups = comparison_set(["linear_deit_tiny_patch16_224", "inline_deit_tiny_patch16_224",
+                                      "softmax_deit_tiny_patch16_224"])
+    assert ordered == ["linear_deit_tiny_patch16_224", "inline_deit_tiny_patch16_224", "softmax_deit_tiny_patch16_224",
+                       "deit_tiny_patch16_224"]
+    assert groups["inline_deit_tiny_patch16_224"]["twin"] == "softmax_deit_tiny_patch16_224"

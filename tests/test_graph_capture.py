@@ -9,6 +9,7 @@ import timm
 import torch
 
 import vitzoo  # noqa: F401  (registers the models)
+from vitzoo.kernels.testing import relative_error
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graphs)")
 
@@ -56,4 +57,5 @@ def test_captured_forward_backward_replays_eager_gradients(name):
     eager_loss.backward()
     torch.testing.assert_close(static_loss, eager_loss, rtol=1e-3, atol=1e-6)
     for p, got in zip(params, graphed, strict=True):
-        torch.testing.assert_close(got, p.grad, rtol=1e-2, atol=1e-5)
+        # norm-wise: split passes add fp32 partial sums with atomics, so single near-zero elements may differ
+        assert relative_error(got, p.grad) < 1e-3

@@ -210,52 +210,63 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {' '.join(str(error).split())}"[:300]
 
 
-def compare_group(group: dict[str, str], img_size: int, phase: str, compile_mode: str, config: CompareConfig
-                  ) -> list[dict[str, Any]]:
-    """Rows for one group at one (resolution, phase, compile mode), measured interleaved."""
+def comparison_set(names: Iterable[str]) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """Every model to measure (zoo models first, then their twins and timm's models, each once) and each zoo
+    model's group."""
+    groups = {name: reference_models(name) for name in names}
+    ordered: list[str] = []
+    for role in ("zoo", "twin", "timm"):
+        for group in groups.values():
+            if role in group and group[role] not in ordered:
+                ordered.append(group[role])
+    return ordered, groups
+
+
+def compare_models(names: list[str], roles: dict[str, dict[str, str]], img_size: int, phase: str, compile_mode: str,
+                   config: CompareConfig) -> list[dict[str, Any]]:
+    """Rows for ``names`` at one (resolution, phase, compile mode), throughput measured interleaved."""
     device = torch.device(config.device)
-    base = dict(img_size=img_size, phase=phase, compile=compile_mode)
     rows, steps = {}, {}
-    for role, name in group.items():
-        rows[role] = dict(base, model=name, role=role, zoo_model=group["zoo"], status="ok")
+    for name in names:
+        rows[name] = dict(model=name, img_size=img_size, phase=phase, compile=compile_mode, status="ok",
+                          **roles.get(name, {}))
         try:
             model = build(name, img_size, device, compile_mode)
             if phase == "latency":
-                rows[role]["batch"] = 1
+                rows[name]["batch"] = 1
                 eager = latency_ms(model, img_size, device, config.latency_steps, graphed=False)
-                graphed = latency_ms(model, img_size, device, config.latency_steps, graphed=True) \
-                    if device.type == "cuda" and compile_mode == "none" else []
-                rows[role].update(latency_p50_ms=_percentile(eager, 50), latency_p90_ms=_percentile(eager, 90))
-                if graphed:
-                    rows[role].update(graphed_p50_ms=_percentile(graphed, 50), graphed_p90_ms=_percentile(graphed, 90))
+                rows[name].update(latency_p50_ms=_percentile(eager, 50), latency_p90_ms=_percentile(eager, 90))
+                if device.type == "cuda" and compile_mode == "none":
+                    graphed = latency_ms(model, img_size, device, config.latency_steps, graphed=True)
+                    rows[name].update(graphed_p50_ms=_percentile(graphed, 50), graphed_p90_ms=_percentile(graphed, 90))
                 continue
             batch = scaled_batch(config.train_batch_size if phase == "train" else config.batch_size, img_size)
-            rows[role]["batch"] = batch
-            steps[role] = Step(model, phase, batch, img_size, device, compile_mode != "none")
+            rows[name]["batch"] = batch
+            steps[name] = Step(model, phase, batch, img_size, device, compile_mode != "none")
             for _ in range(config.warm_steps):
-                steps[role]()
-        except Exception as error:  # a failure is a row's status; the group goes on
-            rows[role]["status"] = "oom" if "out of memory" in str(error).lower() else _one_line(error)
-            steps.pop(role, None)
-            _release(device)
-    if phase == "latency":
-        return list(rows.values())
-    throughput: dict[str, list[float]] = {role: [] for role in steps}
+                steps[name]()
+        except Exception as error:  # a failure is a row's status; the others go on
+            rows[name]["status"] = "oom" if "out of memory" in str(error).lower() else _one_line(error)
+            steps.pop(name, None)
+        finally:
+            if phase == "latency":
+                _release(device)
+    throughput: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(config.repeats):  # interleaved: A B C A B C ...
-        for role, step in list(steps.items()):
+        for name, step in list(steps.items()):
             try:
                 step()  # re-warm after the other models ran
-                throughput[role].append(rows[role]["batch"] / timed_ms(step, device, config.timed_steps) * 1e3)
+                throughput[name].append(rows[name]["batch"] / timed_ms(step, device, config.timed_steps) * 1e3)
             except Exception as error:
-                rows[role]["status"] = _one_line(error)
-                steps.pop(role)
-    for role, step in steps.items():
+                rows[name]["status"] = _one_line(error)
+                steps.pop(name)
+    for name, step in steps.items():
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         host = host_ms(step, device)
         dev_ms, launches = device_profile(step, device)
-        values = throughput[role]
-        rows[role].update(
+        values = throughput[name]
+        rows[name].update(
             img_per_s=round(statistics.median(values), 1), img_per_s_min=round(min(values), 1),
             img_per_s_max=round(max(values), 1), repeats=[round(v, 1) for v in values],
             host_ms=round(host, 3), device_ms=None if dev_ms is None else round(dev_ms, 3),
@@ -291,24 +302,31 @@ def provenance(command: str, device: torch.device) -> dict[str, str]:
 def run_compare(names: Iterable[str], img_sizes: Iterable[int], phases: Iterable[str], compile_modes: Iterable[str],
                 config: CompareConfig, results_file: Path | None, command: str,
                 log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Measure every (model group, size, phase, compile mode); rewrite ``results_file`` after each group."""
+    """Measure the zoo models, their twins and timm's models at every (size, phase, compile mode), interleaved;
+    rewrite ``results_file`` after each."""
     device = torch.device(config.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
+    ordered, groups = comparison_set(names)
+    roles: dict[str, dict[str, str]] = {}
+    for group in groups.values():
+        roles[group["zoo"]] = {"role": "zoo"} | {f"{k}_model": v for k, v in group.items() if k != "zoo"}
+    for group in groups.values():
+        for role in ("twin", "timm"):
+            if role in group and group[role] not in roles:
+                roles[group[role]] = {"role": role}
     result: dict[str, Any] = {"info": provenance(command, device) | {"config": vars(config)}, "rows": []}
-    for name in names:
-        group = reference_models(name)
-        for img_size in img_sizes:
-            for phase in phases:
-                for mode in compile_modes:
-                    if phase == "latency" and mode == "reduce-overhead":
-                        continue  # the eager row already reports the CUDA-graphed latency
-                    for row in compare_group(group, img_size, phase, mode, config):
-                        result["rows"].append(row)
-                        log(format_row(row))
-                    if results_file is not None:
-                        write_json_atomic(results_file, result)
+    for img_size in img_sizes:
+        for phase in phases:
+            for mode in compile_modes:
+                if phase == "latency" and mode == "reduce-overhead":
+                    continue  # the eager row already reports the CUDA-graphed latency
+                for row in compare_models(ordered, roles, img_size, phase, mode, config):
+                    result["rows"].append(row)
+                    log(format_row(row))
+                if results_file is not None:
+                    write_json_atomic(results_file, result)
     return result
 
 
