@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from ._backend import (
     _interpreting,
+    cached_launcher,
     cdiv,
     kernel_backend,
     multiprocessor_count,
@@ -609,10 +610,14 @@ def _strides(t: torch.Tensor) -> tuple[int, ...]:
 
 if triton_available():
 
-    @torch.library.triton_op("vitzoo::delta_rule_fwd", mutates_args=())
-    def _delta_rule_fwd_op(
+    def _launch(kernel, direct_launch: bool):
+        # the custom ops (what torch.compile traces) launch through wrap_triton; eager callers launch the kernels
+        # directly (the custom op's dispatch and wrap_triton's machinery cost host time on every call)
+        return cached_launcher(kernel) if direct_launch else torch.library.wrap_triton(kernel)
+
+    def _delta_rule_fwd(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
-            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, store: bool,
+            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, store: bool, direct_launch: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(o, W, U, states, V', T); the last five are what the backward needs (T only with ``store``)."""
         b, n, h, dk = q.shape
@@ -629,24 +634,23 @@ if triton_available():
         t_invs = torch.empty(shape_t, **work)
         o = torch.empty(b, n, h, dv, device=q.device, dtype=v.dtype)
         common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, L2NORM=qk_l2norm, DOT_MODE=_dot_mode(q.dtype))
-        torch.library.wrap_triton(_delta_rule_wy_kernel)[(nt, b * h)](
+        _launch(_delta_rule_wy_kernel, direct_launch)[(nt, b * h)](
             k, v, beta, w, u, t_invs, *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv,
             LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=store, num_warps=WY_NUM_WARPS, **common,
         )
-        torch.library.wrap_triton(_delta_rule_states_kernel)[(cdiv(dv, bv_seq), b * h, num_dirs)](
+        _launch(_delta_rule_states_kernel, direct_launch)[(cdiv(dv, bv_seq), b * h, num_dirs)](
             k, w, u, states, new_v, *_strides(k), n, h, dk, dv, BV=bv_seq, num_warps=NUM_WARPS, **common,
         )
-        torch.library.wrap_triton(_delta_rule_output_kernel)[(nt, b * h)](
+        _launch(_delta_rule_output_kernel, direct_launch)[(nt, b * h)](
             q, k, states, new_v, o, *_strides(q), *_strides(k), *_strides(o), n, h, dk, dv, scale,
             BV=bv, NUM_DIRS=num_dirs, num_warps=NUM_WARPS, **common,
         )
         return o, w, u, states, new_v, t_invs
 
-    @torch.library.triton_op("vitzoo::delta_rule_bwd", mutates_args=())
-    def _delta_rule_bwd_op(
+    def _delta_rule_bwd(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, grad: torch.Tensor,
             w: torch.Tensor, u: torch.Tensor, states: torch.Tensor, new_v: torch.Tensor, t_invs: torch.Tensor,
-            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int,
+            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, direct_launch: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         b, n, h, dk = q.shape
         dv = v.shape[-1]
@@ -661,35 +665,42 @@ if triton_available():
         dbeta = torch.empty(b, n, h, device=q.device, dtype=beta.dtype)
         common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, NUM_DIRS=num_dirs, L2NORM=qk_l2norm,
                       DOT_MODE=_dot_mode(q.dtype))
-        torch.library.wrap_triton(_delta_rule_dstates_kernel)[(cdiv(dv, bv_seq), b * h, num_dirs)](
+        _launch(_delta_rule_dstates_kernel, direct_launch)[(cdiv(dv, bv_seq), b * h, num_dirs)](
             q, k, w, grad, d_states, d_new_v, *_strides(q), *_strides(k), *_strides(grad), n, h, dk, dv, scale,
             BV=bv_seq, num_warps=NUM_WARPS, **common,
         )
-        torch.library.wrap_triton(_delta_rule_grads_kernel)[(nt, b * h)](
+        _launch(_delta_rule_grads_kernel, direct_launch)[(nt, b * h)](
             q, k, v, beta, grad, w, u, states, new_v, d_states, d_new_v, t_invs, dq, dk_, dv_, dbeta,
             *_strides(q), *_strides(k), *_strides(v), *beta.stride(), *_strides(grad), n, h, dk, dv, scale,
             BV=bv, num_warps=GRADS_NUM_WARPS, **common,
         )
         return dq, dk_, dv_, dbeta
 
-    def _setup_context(ctx, inputs, output) -> None:
-        q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, store = inputs
-        _, w, u, states, new_v, t_invs = output
-        ctx.save_for_backward(q, k, v, beta, w, u, states, new_v, t_invs)
-        ctx.args = (scale, qk_l2norm, first_dir, num_dirs)
-        # The saved outputs get no gradient: without this autograd zero-fills one for each (0.12 ms at N=197, H200).
-        ctx.set_materialize_grads(False)
+    _delta_rule_fwd_op = torch.library.triton_op("vitzoo::delta_rule_fwd", _delta_rule_fwd, mutates_args=())
+    _delta_rule_bwd_op = torch.library.triton_op("vitzoo::delta_rule_bwd", _delta_rule_bwd, mutates_args=())
 
-    def _backward(ctx, grad_o, *unused_grads):
-        q, k, v, beta, w, u, states, new_v, t_invs = ctx.saved_tensors
-        if grad_o.stride(-1) != 1:  # e.g. the stride-0 gradient of a .sum()
-            grad_o = grad_o.contiguous()
-        if t_invs.numel() == 0:
-            raise RuntimeError("delta rule: the forward ran without saving for the backward (no input required grad)")
-        grads = _delta_rule_bwd_op(q, k, v, beta, grad_o, w, u, states, new_v, t_invs, *ctx.args)
-        return (*grads, None, None, None, None, None)
+    class _DeltaRuleFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs):
+            # torch.compile traces the custom ops; eager calls launch the kernels directly
+            compiling = torch.compiler.is_compiling()
+            o, w, u, states, new_v, t_invs = (_delta_rule_fwd_op if compiling else _delta_rule_fwd)(
+                q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, True, direct_launch=not compiling,
+            )
+            ctx.save_for_backward(q, k, v, beta, w, u, states, new_v, t_invs)
+            ctx.args = (scale, qk_l2norm, first_dir, num_dirs)
+            return o
 
-    _delta_rule_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+        @staticmethod
+        def backward(ctx, grad_o):
+            q, k, v, beta, w, u, states, new_v, t_invs = ctx.saved_tensors
+            if grad_o.stride(-1) != 1:  # e.g. the stride-0 gradient of a .sum()
+                grad_o = grad_o.contiguous()
+            compiling = torch.compiler.is_compiling()
+            grads = (_delta_rule_bwd_op if compiling else _delta_rule_bwd)(
+                q, k, v, beta, grad_o, w, u, states, new_v, t_invs, *ctx.args, direct_launch=not compiling,
+            )
+            return (*grads, None, None, None, None)
 
 
 def delta_rule_triton(
@@ -721,8 +732,12 @@ def delta_rule_triton(
         raise ValueError(f"delta_rule_triton: directions={directions!r} is not one of {tuple(_DIRECTIONS)}")
     first_dir, num_dirs = _DIRECTIONS[directions]
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    store = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, beta))
-    o, *_ = _delta_rule_fwd_op(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, store)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, beta)):
+        return _DeltaRuleFunction.apply(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs)
+    compiling = torch.compiler.is_compiling()
+    o, *_ = (_delta_rule_fwd_op if compiling else _delta_rule_fwd)(
+        q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, False, direct_launch=not compiling,
+    )
     return o
 
 
