@@ -6,9 +6,8 @@ whole models at high resolution (small batches) are launch-bound. This measures 
 - ``bare_1arg`` / ``bare_12arg``: an empty Triton kernel with one pointer, and with eleven more int arguments (the
   cost of Triton's launcher per argument); ``torch_zeros_16k``: one small zero-fill, as the split path allocates;
 - ``la_fwd_N*`` / ``la_fwd_bwd_N*``: ``linear_attention`` as the mixers call it (checks, autograd, state buffer,
-  launches); ``la_fwd_triton_launch_N*``: the same forward launched through Triton's ``kernel[grid](...)`` instead of
-  the cached compiled kernel; ``la_bwd_direct_N*``: the backward's launch function alone; ``delta_fwd_N*``: the
-  bidirectional delta rule's forward;
+  launches); ``la_bwd_direct_N*``: the backward's launch function alone; ``delta_fwd_N*``: the bidirectional delta
+  rule's forward;
 - cProfiles of the forward and of the direct backward at each N (N=197 fits the GPU without splitting the sequence,
   N=12545 splits it over programs).
 
@@ -35,13 +34,9 @@ import triton
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import importlib  # noqa: E402
-
 from vitzoo.kernels import linear_attention  # noqa: E402
 from vitzoo.kernels.delta_rule import delta_rule_bidirectional  # noqa: E402
 from vitzoo.kernels.linear_attention import _FEATURE_CODES, _linear_attention_bwd, _linear_attention_fwd  # noqa: E402
-
-la_module = importlib.import_module("vitzoo.kernels.linear_attention")
 
 SIZES = [(256, 197), (4, 12545)]
 HEADS, HEAD_DIM = 6, 64
@@ -106,13 +101,6 @@ def measure_ops(batch: int, n: int, rows: dict, profiles: dict) -> None:
 
     beta = torch.rand(batch, n, HEADS, device="cuda", dtype=torch.bfloat16)
     rows[f"la_fwd_N{n}"] = host_us(forward)
-    # the same call through Triton's own launch path (kernel[grid](...) re-binds every argument on every call)
-    cached = la_module.cached_launcher
-    la_module.cached_launcher = lambda kernel: kernel
-    try:
-        rows[f"la_fwd_triton_launch_N{n}"] = host_us(forward)
-    finally:
-        la_module.cached_launcher = cached
     rows[f"la_fwd_bwd_N{n}"] = host_us(forward_backward, 100)
     rows[f"la_bwd_direct_N{n}"] = host_us(backward_only, 100)
     rows[f"delta_fwd_N{n}"] = host_us(lambda: delta_rule_bidirectional(q, k, v, beta), 100)

@@ -6,9 +6,7 @@ that needs ``TRITON_INTERPRET=1``, which is how the CPU tests exercise the kerne
 from __future__ import annotations
 
 import functools
-import inspect
 import os
-from typing import Any
 
 import torch
 
@@ -69,53 +67,3 @@ def kernel_backend(device: torch.device | str) -> str:
         )
     return "triton" if device_type == "cuda" else "reference"
 
-
-def _signature_part(value: Any) -> Any:
-    # what Triton specialises a launch on: a tensor's dtype, device and 16-byte alignment, an int's value (Triton
-    # only distinguishes 1, multiples of 16 and the rest, so this is finer than it needs), bools and None; floats
-    # are plain runtime values
-    if isinstance(value, torch.Tensor):
-        return value.dtype, value.device, value.data_ptr() % 16 == 0
-    if isinstance(value, float):
-        return float
-    return value
-
-
-class CachedLauncher:
-    """Launches a ``@triton.jit`` kernel, handing the arguments straight to the compiled kernel after the first call.
-
-    ``kernel[grid](*args, **kwargs)`` binds and specialises every argument and hashes a cache key on each launch; with
-    the 40-60 arguments of the zoo's kernels that is most of an op's host time in eager mode. Here the first launch
-    of each argument signature (see ``_signature_part``) goes through Triton, which compiles if needed and returns
-    its compiled kernel; later launches with the same signature call that compiled kernel directly. Under the Triton
-    interpreter nothing is compiled and every launch takes Triton's own path.
-    """
-
-    def __init__(self, kernel: Any) -> None:
-        self.kernel = kernel
-        parameters = inspect.signature(kernel.fn).parameters
-        self.names = list(parameters)
-        self.defaults = {n: p.default for n, p in parameters.items() if p.default is not inspect.Parameter.empty}
-        self.compiled: dict[tuple, Any] = {}
-
-    def __getitem__(self, grid: tuple[int, ...]):
-        return functools.partial(self.launch, grid)
-
-    def launch(self, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
-        key = (tuple(map(_signature_part, args)), tuple((k, _signature_part(v)) for k, v in kwargs.items()))
-        compiled = self.compiled.get(key)
-        if compiled is None:
-            compiled = self.kernel[grid](*args, **kwargs)
-            if compiled is not None and hasattr(compiled, "__getitem__"):
-                self.compiled[key] = compiled
-            return
-        # the compiled kernel takes every parameter in signature order, constexprs included; the launch options
-        # (num_warps, ...) are part of it already
-        values = [*args, *(kwargs[n] if n in kwargs else self.defaults[n] for n in self.names[len(args):])]
-        compiled[(*grid, 1, 1)[:3]](*values)  # the compiled kernel's runner reads three grid dims
-
-
-@functools.cache
-def cached_launcher(kernel: Any) -> CachedLauncher:
-    """The one :class:`CachedLauncher` of ``kernel``."""
-    return CachedLauncher(kernel)

@@ -29,7 +29,6 @@ import torch.nn.functional as F
 
 from ._backend import (
     _interpreting,
-    cached_launcher,
     cdiv,
     kernel_backend,
     multiprocessor_count,
@@ -613,7 +612,7 @@ if triton_available():
     def _launch(kernel, direct_launch: bool):
         # the custom ops (what torch.compile traces) launch through wrap_triton; eager callers launch the kernels
         # directly (the custom op's dispatch and wrap_triton's machinery cost host time on every call)
-        return cached_launcher(kernel) if direct_launch else torch.library.wrap_triton(kernel)
+        return kernel if direct_launch else torch.library.wrap_triton(kernel)
 
     def _delta_rule_fwd(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._backend import _interpreting, cached_launcher, cdiv, kernel_backend, multiprocessor_count, next_power_of_2
+from ._backend import _interpreting, cdiv, kernel_backend, multiprocessor_count, next_power_of_2
 
 FEATURE_MAPS = ("identity", "relu", "l2norm", "qt")
 _FEATURE_EPS = 1e-12  # guards the L2 norms of 'l2norm' and 'qt' (as F.normalize)
@@ -876,7 +876,7 @@ if triton is not None:
     def _launcher(kernel, direct_launch: bool):
         # Outside a triton_op, wrap_triton launches through its tracing machinery (~0.5 ms a call on the H200), so a
         # direct eager caller gets the kernel itself; the custom op (what torch.compile traces) needs wrap_triton.
-        return cached_launcher(kernel) if direct_launch else torch.library.wrap_triton(kernel)
+        return kernel if direct_launch else torch.library.wrap_triton(kernel)
 
     def _common_args(q, k, v, key_weights, query_weights, const, const_value, scale, eps):
         c_ptr = const if const is not None else q  # unused when the constant is a plain float

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._backend import cached_launcher, cdiv, kernel_backend
+from ._backend import cdiv, kernel_backend
 
 _PREFIX_ZERO, _PREFIX_FROM_X, _PREFIX_FROM_RESIDUAL = 0, 1, 2
 
@@ -171,7 +171,7 @@ if triton is not None:
     def _launch(kernel, direct_launch: bool):
         # wrap_triton is what torch.compile traces; eager callers launch the kernel itself (wrap_triton's tracing
         # machinery costs host time on every call)
-        return cached_launcher(kernel) if direct_launch else torch.library.wrap_triton(kernel)
+        return kernel if direct_launch else torch.library.wrap_triton(kernel)
 
     def _local_conv_fwd(
             x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
