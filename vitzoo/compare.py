@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime
 import gc
+import hashlib
 import json
 import os
 import statistics
@@ -290,11 +291,15 @@ def provenance(command: str, device: torch.device) -> dict[str, str]:
                               cwd=Path(__file__).resolve().parent).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
                            cwd=Path(__file__).resolve().parent).stdout.strip()
+    package = Path(__file__).resolve().parent
+    # the code measured, whatever git says where the tree was copied: a hash of the package's sources
+    source = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(package.rglob("*.py")))).hexdigest()[:16]
     return {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
         "torch": torch.__version__, "triton": triton_version, "timm": timm.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": command, "git_revision": revision + ("+local changes" if dirty else ""),
+        "source_sha256": source,
         "cpu_count": str(os.cpu_count()),
     }
 
