@@ -1,0 +1,46 @@
+"""The README's speed tables are generated from the committed comparison result, and say what the rows say."""
+import re
+from pathlib import Path
+
+import pytest
+
+from vitzoo.speed_report import MARKERS, inference_table, load, main, to_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "compare" / "h200.json"
+
+
+def test_committed_readme_equals_the_regenerated_tables():
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(re.escape(MARKERS[0]) + r"\n(.*?)\n" + re.escape(MARKERS[1]), readme, re.S)
+    assert block, "README.md lacks the speed-table markers"
+    assert block.group(1) == to_markdown(load(RESULTS))
+
+
+def _row(model, size, img_per_s, role, **extra):
+    return dict(model=model, img_size=size, phase="infer", compile="none", status="ok", img_per_s=img_per_s,
+                role=role, **extra)
+
+
+def test_inference_table_ratios_use_the_same_resolution():
+    rows = [
+        _row("linear_deit_tiny_patch16_224", 224, 300.0, "zoo", twin_model="softmax_deit_tiny_patch16_224",
+             timm_model="deit_tiny_patch16_224"),
+        _row("linear_deit_tiny_patch16_224", 1024, 30.0, "zoo", twin_model="softmax_deit_tiny_patch16_224",
+             timm_model="deit_tiny_patch16_224"),
+        _row("softmax_deit_tiny_patch16_224", 224, 200.0, "twin"),
+        _row("softmax_deit_tiny_patch16_224", 1024, 10.0, "twin"),
+        _row("deit_tiny_patch16_224", 224, 150.0, "timm"),
+        _row("deit_tiny_patch16_224", 1024, 60.0, "timm"),
+    ]
+    table = inference_table(rows)
+    assert "| `linear_deit_tiny_patch16_224` | 300 (1.50x, 2.00x) | 30 (3.00x, 0.50x) |" in table
+
+
+def test_readme_without_markers_is_a_one_line_error(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("# no markers here\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--results", str(RESULTS), "--readme", str(readme)])
+    assert exit_info.value.code == 2
+    assert "has no <!-- speed-tables:start -->" in capsys.readouterr().err
