@@ -338,9 +338,6 @@ def validate_config(config: TrainConfig) -> None:
             raise ConfigError(f"model_kwargs.pretrained_cfg_overlay must be a mapping, got {overlay!r}")
         if overlay.get("file") and not Path(overlay["file"]).is_file():
             raise ConfigError(f"model_kwargs.pretrained_cfg_overlay file {overlay['file']} does not exist")
-    if config.dataset == "folder" and not config.data_dir:
-        raise ConfigError("data_dir is not set; pass --data-dir pointing at a folder with train/ and val/ class "
-                          "folders (or dataset=fashion_mnist)")
     if config.resume not in (None, "auto") and not Path(config.resume).is_dir():
         raise ConfigError(f"resume checkpoint {config.resume} does not exist; pass 'auto' or a "
                           "<run>/checkpoints/step-* folder")
