@@ -5,6 +5,11 @@ follows ``docs/training.md``: accelerate owns devices, mixed precision, gradient
 timm scheduler stays outside ``prepare`` and is stepped by hand per optimizer update; the EMA is evaluated under
 ``accelerator.autocast()``; checkpoints are written to a temporary folder and moved into place with ``os.replace``.
 
+Trust: every config value, data folder, the output folder and the resume checkpoint are checked before a run writes
+anything, each failure raising :class:`ConfigError` with one line that says what to fix. Checkpoints are read with
+``torch.load(weights_only=True)`` and safetensors only, and compared with the run (``meta.json``) before anything is
+restored; a new run never writes into a folder that holds another run.
+
 Determinism: shuffling depends on (seed, epoch), augmentation on (seed, epoch, sample index) and the step's own random
 draws (mixup, drop path) on (seed, rank, epoch, batch index), so a run resumed from a checkpoint replays exactly the
 draws of an uninterrupted run.
@@ -132,7 +137,7 @@ class TrainConfig:
     compile: str | None = None  # torch.compile mode of the training forward; None: eager
     seed: int = 0
     # bookkeeping
-    output: str | None = None
+    output: str | None = None  # None: a fresh output/train/<date-time>-<model>-<dataset>
     log_interval: int = 50
     checkpoint_interval: int = 0
     checkpoint_keep: int = 2
