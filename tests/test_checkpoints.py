@@ -110,6 +110,7 @@ def test_rotation_keeps_best_and_last(tmp_path: Path, data: Path, monkeypatch: p
     assert (output / "checkpoints" / "best").resolve().name == "step-00000003"
     assert (output / "checkpoints" / "last").resolve().name == "step-00000009"
     assert metrics["best"]["checkpoint"] == "step-00000003"
+    assert Path(metrics["checkpoint"]).name == "step-00000009" and Path(metrics["checkpoint"]).is_dir()
 
 
 def test_summary_csv_in_timm_format(finished_run: Path) -> None:
@@ -139,7 +140,10 @@ def test_resume_auto_falls_back_to_the_newest_intact_checkpoint(tmp_path: Path, 
     run = tmp_path / "run"
     shutil.copytree(finished_run, run, symlinks=True)
     (run / "checkpoints" / "step-00000006" / "model.safetensors").write_bytes(b"\x00" * 20)  # truncated
+    leftover = run / "checkpoints" / ".tmp-step-00000007"  # as a run killed while writing a checkpoint leaves it
+    leftover.mkdir()
     metrics = _train(run, data, "resume=auto", "epochs=3")
+    assert not leftover.exists()
     assert "skipped 1 damaged newer checkpoint(s)" in caplog.text and "resuming from step-00000003" in caplog.text
     events = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     resume = [e for e in events if e["event"] == "resume"][-1]
