@@ -194,8 +194,8 @@ def report_unreadable(dataset: SkipUnreadable, accelerator) -> int:
     fresh = dataset.new_unreadable()
     if accelerator.is_main_process:
         for index in fresh:
-            _logger.warning("skipped unreadable image %s (replaced by the next readable sample)",
-                            dataset.describe(index))
+            _logger.warning("skipped unreadable image %s (%s)", dataset.describe(index),
+                            "replaced by the next readable sample" if dataset.score_substitutes else "not scored")
     return int(dataset.reported.sum())
 
 
