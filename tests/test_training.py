@@ -58,7 +58,8 @@ def _latest(output: Path) -> Path:
 
 @needs_fashion_mnist
 def test_two_processes_match_one(tmp_path: Path) -> None:
-    """torchrun with 2 gloo processes x batch 16 == 1 process x batch 32: same samples, same averaged gradients.
+    """torchrun with 2 gloo processes x batch 16 == 1 process x batch 32: same samples, same averaged gradients, same
+    mean training loss.
 
     Tolerance: eval top-1/top-5 exactly equal, eval loss to 1e-5 relative, weights to 2e-4 absolute (all-reduce sums
     gradients in another order; AdamW's normalised update amplifies the last-bit differences of tiny gradients).
@@ -77,6 +78,8 @@ def test_two_processes_match_one(tmp_path: Path) -> None:
     assert one["eval_count"] == two["eval_count"] == 200
     assert (one["eval_top1"], one["eval_top5"]) == (two["eval_top1"], two["eval_top5"])
     assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-5)
+    # The logged training loss is the mean over both processes' batches, not rank 0's half.
+    assert two["train_loss"] == pytest.approx(one["train_loss"], rel=1e-4)
     a, b = _weights(_latest(tmp_path / "one")), _weights(_latest(tmp_path / "two"))
     assert set(a) == set(b)
     for key in a:

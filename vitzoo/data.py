@@ -6,12 +6,18 @@ is a function of (seed, epoch) too, and the same global order is sharded by acce
 
 A corrupt or unreadable image never stops an epoch: :class:`SkipUnreadable` substitutes the next readable sample and
 marks the file in a shared-memory flag table that loader workers write and the main process reads at epoch end (see
-:func:`report_unreadable`), so each file is named in exactly one warning.
+:func:`report_unreadable`), so each file is named in exactly one warning. In evaluation the substitute carries the
+target :data:`UNREADABLE_TARGET`, so it fills the batch but is never scored.
+
+Every split of an image folder uses one class-to-index map, the train split's (:func:`folder_classes`); a val split
+may lack classes but never holds a class folder that train lacks. Images are decoded to 8 bits per channel whatever
+their bit depth (:func:`load_image`).
 """
 from __future__ import annotations
 
 import gzip
 import logging
+import math
 import os
 import random
 import shutil
@@ -22,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
+from torchvision.datasets import ImageFolder
 
 _logger = logging.getLogger(__name__)
 
@@ -38,6 +46,15 @@ _FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+# The target of an unreadable evaluation sample: the batch keeps its shape, the metrics skip the sample.
+UNREADABLE_TARGET = -1
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class DataError(ValueError):
+    """A dataset that cannot be used as given; the message is one line that says what to fix."""
+
+
 # The 32-bit mixing constants keep per-sample seeds of neighbouring (epoch, index) pairs far apart.
 _SEED_MIX = (0x9E3779B1, 0x85EBCA77, 0xC2B2AE3D)
 
@@ -105,11 +122,14 @@ class SkipUnreadable(Dataset):
         describe: maps an index to a human-readable name (a file path) for the warning.
         limit: expose only the first ``limit`` samples. accelerate sizes the padding that ``gather_for_metrics``
             drops from ``len(dataset)``, so an eval subset must be cut here, not in the sampler.
+        score_substitutes: False for evaluation: a substitute keeps the batch shape but carries
+            :data:`UNREADABLE_TARGET`, so an unreadable file is never counted as a second copy of its neighbour.
     """
 
     def __init__(self, dataset: Dataset, seed: int, describe: Callable[[int], str] | None = None,
-                 limit: int | None = None) -> None:
+                 limit: int | None = None, score_substitutes: bool = True) -> None:
         self.dataset = dataset
+        self.score_substitutes = score_substitutes
         self.length = min(limit or len(dataset), len(dataset))
         self.seed = seed
         self.epoch = 0
@@ -133,11 +153,22 @@ class SkipUnreadable(Dataset):
             # The seed follows the requested index, not the candidate, so a substitute is drawn reproducibly.
             seed_everything(sample_seed(self.seed, self.epoch, index), devices=False)
             try:
-                return self.dataset[candidate]
+                image, target = self.dataset[candidate]
             except Exception as error:  # noqa: BLE001 - any decoder failure means the file is unusable
                 _logger.debug("unreadable sample %s: %s", self.describe(candidate), error)
                 self.unreadable[candidate] = True
-        raise RuntimeError("no readable sample left in the dataset")
+                continue
+            if candidate != index and not self.score_substitutes:
+                target = UNREADABLE_TARGET
+            return image, target
+        raise DataError(f"no readable image in {self.describe(0)} and the {self.length - 1} samples after it; "
+                        "every file of the split failed to decode")
+
+    def check_readable(self) -> None:
+        """Decode one sample (the first readable one) now, so a split of only unreadable files fails before a run
+        writes anything; raises :class:`DataError`."""
+        if self.length:
+            self[0]
 
     def new_unreadable(self) -> list[int]:
         """Return indices flagged unreadable since the last call, and mark them reported."""
@@ -163,8 +194,8 @@ def report_unreadable(dataset: SkipUnreadable, accelerator) -> int:
     fresh = dataset.new_unreadable()
     if accelerator.is_main_process:
         for index in fresh:
-            _logger.warning("skipped unreadable image %s (replaced by the next readable sample)",
-                            dataset.describe(index))
+            _logger.warning("skipped unreadable image %s (%s)", dataset.describe(index),
+                            "replaced by the next readable sample" if dataset.score_substitutes else "not scored")
     return int(dataset.reported.sum())
 
 
@@ -197,16 +228,24 @@ class FashionMNIST(Dataset):
 def _read_idx(folder: Path, name: str) -> np.ndarray:
     for path, opener in ((folder / f"{name}.gz", gzip.open), (folder / name, open)):
         if path.is_file():
-            with opener(path, "rb") as handle:
-                data = handle.read()
+            try:
+                with opener(path, "rb") as handle:
+                    data = handle.read()
+            except (OSError, EOFError) as error:  # gzip raises EOFError for a truncated stream
+                raise DataError(f"Fashion-MNIST file {path} is corrupt or truncated ({error}); reinstall "
+                                "dataset-fashion-mnist or replace the file") from None
             break
     else:
-        raise FileNotFoundError(f"Fashion-MNIST file {name}[.gz] not found in {folder}")
+        raise DataError(f"Fashion-MNIST file {name}[.gz] not found in {folder}")
     # idx header: two zero bytes, a dtype code (0x08 = uint8), the number of dimensions, then one big-endian int32 each.
-    if data[:3] != b"\x00\x00\x08":
-        raise ValueError(f"{folder / name} is not a uint8 idx file")
-    ndim = data[3]
+    ndim = data[3] if len(data) > 3 else 0
+    if data[:3] != b"\x00\x00\x08" or not ndim or len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path} is not a uint8 idx file; reinstall dataset-fashion-mnist or replace the file")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    expected = 4 + 4 * ndim + math.prod(shape)
+    if len(data) != expected:
+        raise DataError(f"Fashion-MNIST file {path} holds {len(data)} bytes, its header says {expected} (truncated?); "
+                        "reinstall dataset-fashion-mnist or replace the file")
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()
 
 
@@ -301,7 +340,7 @@ def _download_fashion_mnist(cache: Path) -> Path:
         for train in (True, False):
             TorchvisionFashionMNIST(str(tmp), train=train, download=True)
     except Exception as error:  # noqa: BLE001 - any network or file error means the same thing to the user
-        raise ValueError(f"Fashion-MNIST is not installed in {FASHION_MNIST_DIR} and the download failed "
+        raise DataError(f"Fashion-MNIST is not installed in {FASHION_MNIST_DIR} and the download failed "
                          f"({error}); install dataset-fashion-mnist or set data_dir to a folder holding the four idx "
                          "files") from None
     try:
@@ -323,7 +362,7 @@ def fashion_mnist_folder(data_dir: str | os.PathLike | None) -> Path:
 
 
 def check_dataset_path(dataset: str, data_dir: str | os.PathLike | None, splits: tuple[str, ...]) -> Path:
-    """Return the dataset folder, or raise a one-line ``ValueError`` that says what is missing.
+    """Return the dataset folder, or raise a one-line :class:`DataError` that says what is missing.
 
     Args:
         dataset: ``'folder'`` or ``'fashion_mnist'``.
@@ -335,25 +374,82 @@ def check_dataset_path(dataset: str, data_dir: str | os.PathLike | None, splits:
         for split in splits:
             missing = _missing_idx_files(folder, split)
             if missing:
-                raise ValueError(
+                raise DataError(
                     f"Fashion-MNIST file {missing}.gz not found in {folder}; set data_dir to a folder holding the "
                     f"four idx files (apt install dataset-fashion-mnist puts them in {FASHION_MNIST_DIR})"
                 )
         return folder
     if dataset != "folder":
-        raise ValueError(f"dataset must be 'folder' or 'fashion_mnist', got {dataset!r}")
+        raise DataError(f"dataset must be 'folder' or 'fashion_mnist', got {dataset!r}")
     if not data_dir:
-        raise ValueError("data_dir is not set; pass --data-dir pointing at a folder with train/ and val/ class folders")
+        raise DataError("data_dir is not set; pass --data-dir pointing at a folder with train/ and val/ class folders")
     folder = Path(data_dir)
     for split in splits:
         if not (folder / split).is_dir():
-            raise ValueError(f"dataset folder {folder / split} does not exist; data_dir needs {'/ and '.join(splits)}/ "
+            raise DataError(f"dataset folder {folder / split} does not exist; data_dir needs {'/ and '.join(splits)}/ "
                              "sub-folders with one folder of images per class")
     return folder
 
 
+def folder_classes(split_dir: str | os.PathLike) -> list[str]:
+    """The class names of an image-folder split: its sub-folders, sorted (torchvision's order); raises
+    :class:`DataError` when there are none."""
+    split_dir = Path(split_dir)
+    classes = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
+    if not classes:
+        raise DataError(f"{split_dir} holds no class folders; put each class's images in {split_dir}/<class>/")
+    return classes
+
+
+def load_image(path: str) -> Image.Image:
+    """Open an image as 8-bit RGB. 16- and 32-bit integer images (16-bit PNG or TIFF greyscale) are scaled from
+    their full range, where PIL's ``convert`` would clip every value above 255 to white."""
+    with open(path, "rb") as handle:
+        image = Image.open(handle)
+        image.load()
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+        # Mode "I" is what PIL gives 16-bit PNGs on some versions; its values still span 0..65535.
+        pixels = np.asarray(image, dtype=np.float64) / 257.0
+        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":
+        pixels = np.asarray(image, dtype=np.float64) * 255.0
+        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
+class ClassMapImageFolder(ImageFolder):
+    """torchvision's ImageFolder with a given class-to-index map, so every split indexes classes the same way; a
+    class of the map without a folder here simply has no samples."""
+
+    def __init__(self, root: str, classes: list[str], transform: Callable | None = None) -> None:
+        self.fixed_classes = list(classes)
+        super().__init__(root, transform=transform, loader=load_image, is_valid_file=_is_image_file,
+                         allow_empty=True)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        return self.fixed_classes, {name: index for index, name in enumerate(self.fixed_classes)}
+
+
+def _is_image_file(path: str) -> bool:
+    return path.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _class_map_image_folder(split_dir: Path, classes: list[str], transform: Callable | None) -> ClassMapImageFolder:
+    """An image folder over ``split_dir`` indexed by ``classes`` (the run's map); raises :class:`DataError` for
+    class folders outside the map or a split without images."""
+    foreign = sorted(set(folder_classes(split_dir)) - set(classes))
+    if foreign:
+        raise DataError(f"{split_dir} has class folder(s) {', '.join(foreign[:5])} that the run's class map "
+                        f"({len(classes)} classes, from the train split) lacks; remove them or train on them too")
+    images = ClassMapImageFolder(str(split_dir), classes, transform)
+    if not images.samples:
+        raise DataError(f"{split_dir} holds no image files ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
+    return images
+
+
 def build_dataset(dataset: str, data_dir: str | os.PathLike | None, split: str, transform: Callable,
-                  seed: int, limit: int | None = None) -> SkipUnreadable:
+                  seed: int, limit: int | None = None, classes: list[str] | None = None,
+                  score_substitutes: bool = True) -> SkipUnreadable:
     """Build one split wrapped in :class:`SkipUnreadable`.
 
     Args:
@@ -363,14 +459,19 @@ def build_dataset(dataset: str, data_dir: str | os.PathLike | None, split: str, 
         transform: the sample transform.
         seed: run seed for per-sample augmentation.
         limit: keep only the first ``limit`` samples (an evaluation subset).
+        classes: the class names in index order (image folders; default: the split's own class folders).
+        score_substitutes: see :class:`SkipUnreadable` (False for evaluation).
+
+    Raises:
+        DataError: a missing, empty or corrupt split, or class folders outside ``classes``.
     """
     folder = check_dataset_path(dataset, data_dir, (split,))
     if dataset == "fashion_mnist":
-        return SkipUnreadable(FashionMNIST(folder, split, transform), seed, limit=limit)
-    from torchvision.datasets import ImageFolder
-
-    images = ImageFolder(str(folder / split), transform=transform)
-    return SkipUnreadable(images, seed, describe=lambda index: images.samples[index][0], limit=limit)
+        return SkipUnreadable(FashionMNIST(folder, split, transform), seed, limit=limit,
+                              score_substitutes=score_substitutes)
+    images = _class_map_image_folder(folder / split, classes or folder_classes(folder / split), transform)
+    return SkipUnreadable(images, seed, describe=lambda index: images.samples[index][0], limit=limit,
+                          score_substitutes=score_substitutes)
 
 
 def worker_init(worker_id: int) -> None:
