@@ -12,7 +12,7 @@ from vitzoo.mixers.fem import FreeEnergyMixer, fem_value_width
 DIM, HEADS = 64, 2  # d_k = 32, E = 32, d_v = 16
 LAYOUTS = [((1, 1), 0), ((6, 8), 1), ((14, 14), 1)]  # N = 1, 49, 197
 PRIORS = ["linear", "softmax"]
-LINEAR_PRIOR_EPS = 1e-6  # the normaliser eps of the linear-attention op's default
+LINEAR_PRIOR_EPS = 1e-6  # the released linear prior: phi = ReLU + eps, denominator clamped at eps
 
 
 def _make_mixer(prior: str, seed: int = 0) -> FreeEnergyMixer:
@@ -40,8 +40,10 @@ def explicit_prior_and_values(mixer: FreeEnergyMixer, x: torch.Tensor) -> tuple[
     if mixer.prior == "softmax":
         p = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
     else:
-        scores = F.relu(q) @ F.relu(k).transpose(-1, -2)
-        p = scores / (scores.sum(dim=-1, keepdim=True) + LINEAR_PRIOR_EPS)
+        # The released non-causal linear read: phi(x) = relu(x) + eps, den = phi(q) . sum_i phi(k_i), clamped.
+        phi_q, phi_k = F.relu(q) + LINEAR_PRIOR_EPS, F.relu(k) + LINEAR_PRIOR_EPS
+        den = (phi_q * phi_k.sum(dim=-2, keepdim=True)).sum(dim=-1, keepdim=True).clamp_min(LINEAR_PRIOR_EPS)
+        p = phi_q @ phi_k.transpose(-1, -2) / den
     cap = 40.0 / mixer.beta_max(torch.float64)[:, None]
     return p, torch.maximum(torch.minimum(v, cap), -cap)
 
@@ -100,14 +102,14 @@ def test_gradients_match_explicit_and_reach_every_parameter(prior):
 def test_free_energy_tends_to_mean_as_beta_vanishes(prior):
     mixer = _make_mixer(prior, seed=2)
     x = torch.randn(2, 50, DIM, dtype=torch.float64)
-    mean, free_energy = mixer.reads(x)
+    mean, free_energy = mixer.reads(x, (7, 7), 1)
     assert (free_energy - mean).abs().max() > 1e-2  # at beta ~ 2 the reads differ
     _set_beta(mixer, 1e-4)
-    mean, free_energy = mixer.reads(x)
+    mean, free_energy = mixer.reads(x, (7, 7), 1)
     torch.testing.assert_close(mean, explicit_reads(mixer, x)[0], atol=1e-12, rtol=1e-10)
     p, v = explicit_prior_and_values(mixer, x)
     variance = (p @ v.square() - (p @ v).square()).transpose(1, 2)
-    # F - mu = beta Var_p(v) / 2 + O(beta^2) (+ log(sum_i p) / beta ~ 1e-5 for the eps-normalised linear prior)
+    # F - mu = beta Var_p(v) / 2 + O(beta^2)
     torch.testing.assert_close(free_energy - mean, 1e-4 * variance / 2, atol=1e-4, rtol=0)
     assert (free_energy - mean).abs().max() < 1e-2
 
@@ -129,9 +131,9 @@ def test_free_energy_tends_to_support_max_as_beta_grows(prior):
     previous, mean_gaps = -math.inf, []
     for beta in (1.0, 10.0, 50.0, 199.0):
         _set_beta(mixer, beta)
-        free_energy = mixer.reads(x)[1]
+        free_energy = mixer.reads(x, (7, 7), 1)[1]
         torch.testing.assert_close(free_energy, explicit_reads(mixer, x)[1], atol=1e-10, rtol=1e-9)
-        # log(p_max) / beta <= F - max <= 0 (a linear prior's mass may fall short of 1 by its eps)
+        # log(p_max) / beta <= F - max <= 0
         gap = free_energy - support_max
         assert (gap <= 1e-9).all()
         assert (gap >= log_p_at_max / beta - 1e-9).all()
@@ -153,8 +155,24 @@ def test_clipping_at_large_beta(prior):
     torch.testing.assert_close(out, explicit_fem(mixer, x), atol=1e-10, rtol=1e-9)
 
 
+def test_linear_prior_of_an_all_negative_query_is_the_released_one():
+    """A query whose projections are all negative: phi(q) = eps, so its prior is phi(k_i)-weighted, not 0/0."""
+    mixer = _make_mixer("linear", seed=5)
+    with torch.no_grad():
+        mixer.qkv.weight[:DIM] = 0.0
+        mixer.qkv.bias[:DIM] = -1.0
+    x = torch.randn(2, 50, DIM, dtype=torch.float64)
+    p, _ = explicit_prior_and_values(mixer, x)
+    torch.testing.assert_close(p.sum(dim=-1), torch.ones_like(p[..., 0]), atol=1e-12, rtol=0)
+    out = mixer(x, grid_size=(7, 7))
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, explicit_fem(mixer, x), atol=1e-10, rtol=1e-9)
+
+
 def test_rejects_unknown_option_and_bad_prior():
     with pytest.raises(TypeError):
-        FreeEnergyMixer(DIM, num_heads=HEADS, rope=True)
+        FreeEnergyMixer(DIM, num_heads=HEADS, time_decay=True)
+    with pytest.raises(ValueError):
+        FreeEnergyMixer(40, num_heads=4, rope=True)  # d_k = 10 is not divisible by 4
     with pytest.raises(ValueError):
         FreeEnergyMixer(DIM, num_heads=HEADS, prior="mamba")

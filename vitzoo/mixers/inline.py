@@ -6,6 +6,8 @@ Follows the released code (mixers.md section 2.1 / 8.2):
   centred keys, ``scale = s/N`` and an appended constant feature ``N^-1/2`` (whose square adds the 1/N).
 - Local residual: a per-image 3x3 depthwise kernel on V, predicted from the token mean of the block input by a
   grouped (groups = heads) two-layer MLP, applied to the patch tokens only (the cls token gets none).
+- No attention dropout: the released model builds one but never applies it, and there is no attention matrix to
+  drop from. ``attn_drop`` stays in the signature for the shared mixer contract and must be 0.
 """
 from __future__ import annotations
 
@@ -18,7 +20,18 @@ from ._common import check_grid, grid_to_tokens, tokens_to_grid
 
 
 class InLineAttention(nn.Module):
-    """Injective linear attention with InLine's input-conditioned 3x3 local residual on V."""
+    """Injective linear attention with InLine's input-conditioned 3x3 local residual on V.
+
+    Args:
+        dim: token width C.
+        num_heads: heads; ``dim`` must be divisible by it.
+        qkv_bias: bias on the qkv projection.
+        attn_drop: must be 0 (the released model applies no attention dropout).
+        proj_drop: dropout after the output projection.
+        device: parameter device.
+        dtype: parameter dtype.
+        kernel_size: size of the predicted depthwise kernel (3 in the released code).
+    """
 
     def __init__(
             self,
@@ -35,17 +48,19 @@ class InLineAttention(nn.Module):
         dd = {"device": device, "dtype": dtype}
         if dim % num_heads:
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        if attn_drop:
+            raise ValueError(f"InLineAttention: attn_drop must be 0 (the released model has none), got {attn_drop}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.kernel_size = kernel_size
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
-        # Predicts one kernel_size^2 depthwise kernel per (image, channel) from the token mean.
+        # Predicts one kernel_size^2 depthwise kernel per (image, channel) from the token mean (the released
+        # code's ``residual``).
         self.residual_predictor = nn.Sequential(
             nn.Conv1d(dim, dim, 1, groups=num_heads, **dd),
             nn.GELU(),
             nn.Conv1d(dim, dim * kernel_size**2, 1, groups=num_heads, **dd),
         )
-        self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -67,4 +82,4 @@ class InLineAttention(nn.Module):
         ).reshape(b, n, c)
         residual = self.local_residual(x, v.reshape(b, n, c)[:, num_prefix_tokens:], grid_size)
         out = torch.cat([out[:, :num_prefix_tokens], out[:, num_prefix_tokens:] + residual], dim=1)
-        return self.proj_drop(self.proj(self.attn_drop(out)))
+        return self.proj_drop(self.proj(out))

@@ -13,8 +13,6 @@ the ViT stages, so everything else (stem, MBConvs, head, features, intermediates
 """
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -59,6 +57,18 @@ def _use_qt_attention(
                 device=device,
                 dtype=dtype,
             )
+
+
+def _set_norm_eps(model: nn.Module, eps: float) -> None:
+    """Give every BatchNorm / LayerNorm / GroupNorm of ``model`` the same eps.
+
+    The official builder does this after construction for the L series (1e-7); timm's ``EfficientVitLarge`` only
+    passes ``norm_eps`` to the norms of its own blocks, not to the head's 1x1 conv norm, and the QT shortcut
+    BatchNorm is built here.
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)):
+            module.eps = eps
 
 
 class DropPathResidualBlock(ResidualBlock):
@@ -162,14 +172,15 @@ class QtVitLarge(_CheckedImages, EfficientVitLarge):
         widths: stem and stage widths.
         depths: stem and stage depths.
         head_dim: attention head dim.
-        norm_layer: norm of the conv blocks (built with ``eps=norm_eps``).
+        norm_layer: norm of the conv blocks.
         act_layer: activation of the conv blocks.
         global_pool: head pooling.
         head_widths: widths of the head's 1x1 conv and hidden Linear.
         drop_rate: head dropout.
         drop_path_rate: stochastic depth of the residual blocks, rising linearly to this rate.
         num_classes: classifier outputs (0 for none).
-        norm_eps: BatchNorm / LayerNorm eps (1e-7 for the L series).
+        norm_eps: eps of every norm layer, including the head's and the QT shortcut's (1e-7 for the L series,
+            as the official builder).
         pos_embed_img_size: image size whose feature maps size the key position embeddings (training size).
         attn_eps: added to the attention normaliser.
         device: parameter device.
@@ -200,10 +211,8 @@ class QtVitLarge(_CheckedImages, EfficientVitLarge):
             act_layer=act_layer, global_pool=global_pool, head_widths=head_widths, drop_rate=drop_rate,
             num_classes=num_classes, norm_eps=norm_eps, device=device, dtype=dtype,
         )
-        # timm's large blocks get partial(norm_layer, eps=norm_eps); the QT proj norm must match.
-        _use_qt_attention(
-            self, head_dim, partial(norm_layer, eps=norm_eps), pos_embed_img_size, attn_eps, device=device, dtype=dtype,
-        )
+        _use_qt_attention(self, head_dim, norm_layer, pos_embed_img_size, attn_eps, device=device, dtype=dtype)
+        _set_norm_eps(self, norm_eps)
         self.in_chans = in_chans
         _add_drop_path(self, drop_path_rate)
 
