@@ -244,8 +244,13 @@ def check_model_name(name: str) -> None:
 
 
 def create_model_from_config(config: TrainConfig, num_classes: int, in_chans: int,
-                             checkpoint_path: str | None = None) -> nn.Module:
-    """Create the timm model of ``config`` (optional kwargs only when set, so each model keeps its defaults)."""
+                             checkpoint_path: str | None = None, pretrained_file: str | None = None) -> nn.Module:
+    """Create the timm model of ``config`` (optional kwargs only when set, so each model keeps its defaults).
+
+    ``checkpoint_path`` is loaded as is (timm's ``load_checkpoint``); ``pretrained_file`` goes through the model's
+    ``checkpoint_filter_fn`` (timm's pretrained path), which converts the authors' checkpoint layouts. The file's
+    head and first conv are taken as they are (no classifier reset, no input-channel adaptation).
+    """
     import timm
 
     import vitzoo  # noqa: F401 - registers the vitzoo models
@@ -256,6 +261,9 @@ def create_model_from_config(config: TrainConfig, num_classes: int, in_chans: in
             kwargs[key] = getattr(config, key)
     if config.drop_path:
         kwargs["drop_path_rate"] = config.drop_path
+    if pretrained_file:
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=pretrained_file, num_classes=num_classes,
+                                                                   first_conv=None))
     return timm.create_model(config.model, num_classes=num_classes, in_chans=in_chans,
                              checkpoint_path=checkpoint_path or "", **kwargs)
 
@@ -750,7 +758,8 @@ def evaluate_model(model_name: str | None = None, checkpoint: str | None = None,
     Args:
         model_name: a timm/vitzoo model name; taken from the checkpoint's ``meta.json`` when omitted.
         checkpoint: a folder written by :func:`train` (``step-*`` or the run folder: its latest checkpoint), or a
-            weights file passed to timm as ``checkpoint_path``.
+            weights file: for a vitzoo model it goes through the model's checkpoint filter (so the authors' InLine
+            and QT-ViT checkpoints load directly), for other timm models it is timm's ``checkpoint_path``.
         dataset: ``'folder'`` or ``'fashion_mnist'``.
         data_dir: the dataset folder (the val split is ``<data_dir>/val``).
         use_ema: load ``ema.safetensors`` of a checkpoint folder.
@@ -769,6 +778,8 @@ def evaluate_model(model_name: str | None = None, checkpoint: str | None = None,
     from torch.utils.data import DataLoader
 
     from vitzoo.kernels import kernel_backend
+    from vitzoo.models import list_models as vitzoo_models
+    from vitzoo.models._helpers import CheckpointLayoutError
 
     settings: dict[str, Any] = {"dataset": dataset, "data_dir": data_dir, "model_kwargs": model_kwargs or {},
                                 "drop_path": 0.0, "in_chans": in_chans, "num_classes": num_classes}
@@ -809,8 +820,15 @@ def evaluate_model(model_name: str | None = None, checkpoint: str | None = None,
     in_chans, num_classes = dataset_shape(config, "val")
 
     accelerator = Accelerator(mixed_precision=PRECISIONS[precision], cpu=not torch.cuda.is_available())
-    timm_checkpoint = checkpoint if checkpoint is not None and weights_file is None else None
-    model = create_model_from_config(config, num_classes, in_chans, checkpoint_path=timm_checkpoint)
+    weights_path = checkpoint if checkpoint is not None and weights_file is None else None
+    # A weights file for a zoo model goes through its checkpoint filter, so the authors' checkpoints load directly.
+    zoo_file = weights_path is not None and config.model in vitzoo_models()
+    try:
+        model = create_model_from_config(config, num_classes, in_chans,
+                                         checkpoint_path=None if zoo_file else weights_path,
+                                         pretrained_file=weights_path if zoo_file else None)
+    except CheckpointLayoutError as error:
+        raise ConfigError(str(error)) from None
     if weights_file is not None:
         load_model(model, str(weights_file))
     _, eval_tf, data_config = build_transforms(config, model)
