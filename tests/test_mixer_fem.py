@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _rope_reference import rope_2d_reference
 
 from vitzoo.mixers.fem import FreeEnergyMixer, fem_value_width
 
@@ -15,9 +16,9 @@ PRIORS = ["linear", "softmax"]
 LINEAR_PRIOR_EPS = 1e-6  # the released linear prior: phi = ReLU + eps, denominator clamped at eps
 
 
-def _make_mixer(prior: str, seed: int = 0) -> FreeEnergyMixer:
+def _make_mixer(prior: str, seed: int = 0, **options) -> FreeEnergyMixer:
     torch.manual_seed(seed)
-    mixer = FreeEnergyMixer(DIM, num_heads=HEADS, qkv_bias=True, prior=prior, dtype=torch.float64)
+    mixer = FreeEnergyMixer(DIM, num_heads=HEADS, qkv_bias=True, prior=prior, dtype=torch.float64, **options)
     with torch.no_grad():
         for p in mixer.parameters():
             p.normal_(std=0.3)
@@ -30,12 +31,37 @@ def _set_beta(mixer: FreeEnergyMixer, beta: float) -> None:
         mixer.beta_param.fill_(math.log(math.expm1(beta - 1e-6)))
 
 
-def explicit_prior_and_values(mixer: FreeEnergyMixer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """p (B, h, t, i) built pair by pair, and the clipped values (B, h, i, d_v)."""
+def _grid_conv(qkv: torch.Tensor, weight: torch.Tensor, grid_size: tuple[int, int], num_prefix: int) -> torch.Tensor:
+    """Each channel's 3x3 kernel over the patch grid (zero padding), token by token; prefix tokens unchanged."""
+    out = qkv.clone()
+    for index in range(grid_size[0] * grid_size[1]):
+        row, col = divmod(index, grid_size[1])
+        acc = torch.zeros_like(qkv[:, 0])
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                r, c = row + dr, col + dc
+                if 0 <= r < grid_size[0] and 0 <= c < grid_size[1]:
+                    acc = acc + weight[:, 0, dr + 1, dc + 1] * qkv[:, num_prefix + r * grid_size[1] + c]
+        out[:, num_prefix + index] = acc
+    return out
+
+
+def explicit_prior_and_values(
+        mixer: FreeEnergyMixer, x: torch.Tensor, grid_size: tuple[int, int] = (7, 7), num_prefix: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """p (B, h, t, i) built pair by pair, and the clipped values (B, h, i, d_v).
+
+    With the options: the depthwise conv on the projections, then RoPE on q and k (the released code rotates the
+    projected q and k before the prior)."""
     batch, n, dim = x.shape
-    q, k, v = F.linear(x, mixer.qkv.weight, mixer.qkv.bias).split([dim, dim, mixer.value_dim], dim=-1)
-    q = q.view(batch, n, HEADS, -1).transpose(1, 2)
-    k = k.view(batch, n, HEADS, -1).transpose(1, 2)
+    qkv = F.linear(x, mixer.qkv.weight, mixer.qkv.bias)
+    if mixer.conv is not None:
+        qkv = _grid_conv(qkv, mixer.conv.conv.weight, grid_size, num_prefix)
+    q, k, v = qkv.split([dim, dim, mixer.value_dim], dim=-1)
+    q, k = q.view(batch, n, HEADS, -1), k.view(batch, n, HEADS, -1)
+    if mixer.rope:
+        q, k = rope_2d_reference(q, grid_size, num_prefix), rope_2d_reference(k, grid_size, num_prefix)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
     v = v.view(batch, n, HEADS, -1).transpose(1, 2)
     if mixer.prior == "softmax":
         p = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
@@ -48,18 +74,18 @@ def explicit_prior_and_values(mixer: FreeEnergyMixer, x: torch.Tensor) -> tuple[
     return p, torch.maximum(torch.minimum(v, cap), -cap)
 
 
-def explicit_reads(mixer: FreeEnergyMixer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def explicit_reads(mixer: FreeEnergyMixer, x: torch.Tensor, *layout) -> tuple[torch.Tensor, torch.Tensor]:
     """mu and F (B, N, h, d_v) as their definitions: p-weighted mean and (1/beta) log sum p exp(beta v)."""
-    p, v = explicit_prior_and_values(mixer, x)
+    p, v = explicit_prior_and_values(mixer, x, *layout)
     beta = mixer.beta_max(torch.float64)[:, None]  # (h, 1, d_v)
     mean = p @ v
     free_energy = torch.log(p @ torch.exp(beta * v)) / beta
     return mean.transpose(1, 2), free_energy.transpose(1, 2)
 
 
-def explicit_fem(mixer: FreeEnergyMixer, x: torch.Tensor) -> torch.Tensor:
+def explicit_fem(mixer: FreeEnergyMixer, x: torch.Tensor, *layout) -> torch.Tensor:
     batch, n, _ = x.shape
-    mean, free_energy = explicit_reads(mixer, x)
+    mean, free_energy = explicit_reads(mixer, x, *layout)
     inner, outer = F.linear(x, mixer.gates.weight, mixer.gates.bias).view(batch, n, 2, HEADS, -1).unbind(2)
     inner = torch.sigmoid(inner)
     outer = F.softplus(outer) + 1e-6
@@ -153,6 +179,18 @@ def test_clipping_at_large_beta(prior):
     out = mixer(x, grid_size=(7, 7))
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, explicit_fem(mixer, x), atol=1e-10, rtol=1e-9)
+
+
+@pytest.mark.parametrize("prior", PRIORS)
+@pytest.mark.parametrize("options", [dict(rope=True), dict(conv=True), dict(rope=True, conv=True)])
+@pytest.mark.parametrize("grid_size, num_prefix", [((6, 8), 1), ((5, 5), 0)])
+def test_rope_and_conv_options_match_explicit(prior, options, grid_size, num_prefix):
+    mixer = _make_mixer(prior, seed=6, **options)
+    n = num_prefix + grid_size[0] * grid_size[1]
+    x = torch.randn(2, n, DIM, dtype=torch.float64)
+    expected = explicit_fem(mixer, x, grid_size, num_prefix)
+    torch.testing.assert_close(mixer(x, grid_size, num_prefix), expected, atol=1e-10, rtol=1e-9)
+    assert (mixer.conv is not None) == options.get("conv", False)
 
 
 def test_linear_prior_of_an_all_negative_query_is_the_released_one():
