@@ -1,6 +1,6 @@
 """InLine attention: injective linear attention plus a predicted local residual (Han et al., NeurIPS 2024).
 
-Follows the released code (mixers.md section 2.1 / 8.2):
+Follows the released code (``docs/mixers.md``, InLine):
 - phi = identity; weights w_ti = (s/N) q_t.(k_i - kbar) + 1/N with s = d^-1/2 and N counting the cls token, so
   every query's weights sum to exactly 1 (they may be negative). In the shared op this is identity features with
   centred keys, ``scale = s/N`` and an appended constant feature ``N^-1/2`` (whose square adds the 1/N).

@@ -55,7 +55,7 @@ class ZeroSAttention(nn.Module):
             sequence. Here it is 2-D axial RoPE over the patch grid (half of each head's channels per image axis),
             the natural form for an image whose tokens have two coordinates; prefix tokens have no grid
             position and stay unrotated. Off by default: the ``zeros_*`` models carry the DeiT backbone's
-            absolute position embeddings (the paper's image setting follows HGRN2's DeiT) and keep their
+            absolute position embeddings (the paper evaluates ZeroS on ImageNet inside DeiT-Tiny) and keep their
             results. Needs a head dim divisible by 4.
         rope_base: the rotary frequencies' base (1e4 as the released code).
     """
