@@ -172,11 +172,17 @@ def _one_line_error(filter_fn, state_dict: dict, model: torch.nn.Module, match: 
     assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
 
 
-def test_truncated_and_foreign_checkpoints_are_one_line_errors() -> None:
+def test_truncated_and_foreign_checkpoints_are_one_line_errors(tmp_path: Path) -> None:
     inline = timm.create_model("inline_deit_tiny_patch16_224", depth=2, device="meta")
     official = {k.replace("residual_predictor", "residual"): v for k, v in inline.state_dict().items()}
     truncated = {k: v for k, v in official.items() if not k.startswith("blocks.1.")}
     _one_line_error(vit_filter, {"model": truncated}, inline, r"official InLine layout.*missing 16 \(blocks\.1\.")
+    # The same through timm's pretrained path.
+    path = _save(tmp_path, {"model": {k: torch.zeros(v.shape) for k, v in truncated.items()}})
+    with pytest.raises(CheckpointLayoutError, match=r"inline_deit_tiny_patch16_224: .*missing 16") as info:
+        timm.create_model("inline_deit_tiny_patch16_224", depth=2, pretrained=True,
+                          pretrained_cfg_overlay=dict(file=path))
+    assert "\n" not in str(info.value)
 
     qtvit = timm.create_model("qtvit_1", device="meta")
     official_qt = {k: torch.empty(s, device="meta") for k, s in OFFICIAL_QTVIT_KEYS["qtvit_1"]}
