@@ -65,12 +65,14 @@ class FreeEnergyMixer(nn.Module):
             'softmax' (``F.scaled_dot_product_attention``).
         rope: rotate q and k with a 2-D axial rotary embedding over the patch grid (prefix tokens unrotated)
             before the prior, as the released code rotates them with a 1-D one over the sequence. Off by default:
-            the zoo's ``fem_*`` models carry the DeiT backbone's absolute position embeddings and keep their
-            published-form results; turn it on for the released preset. Needs d_k divisible by 4.
+            the zoo's ``fem_*`` models carry the DeiT backbone's absolute position embeddings and keep computing
+            what they computed before the option existed; turn it on for the released preset. Needs d_k
+            divisible by 4.
         rope_base: the rotary frequencies' base (1e4 as the released code).
         conv: a 3x3 depthwise conv (no bias) on the q, k, v projections over the patch grid, prefix tokens
-            unconvolved: the vision form of the released preset's lightweight local conditioning, placed as the
-            zoo's DeltaNet short conv. Off by default so the ``fem_*`` models keep their parameter counts.
+            unconvolved, placed as the zoo's DeltaNet short conv. It stands in for the released preset's local
+            conditioning, a causal time-decay recurrence along the sequence that has no meaning for an unordered
+            patch grid. Off by default so the ``fem_*`` models keep their parameter counts.
     """
 
     def __init__(
