@@ -1,7 +1,10 @@
 """``vitzoo-convert`` and ``vitzoo-eval`` on official-layout checkpoints (built here, no download)."""
 from __future__ import annotations
 
+import argparse
 import json
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -22,6 +25,23 @@ def _official_inline(model: torch.nn.Module) -> dict[str, torch.Tensor]:
                       for k, v in model.state_dict().items()}}
 
 
+def _save_as_training_script(checkpoint: dict, path: Path) -> None:
+    """Save as InLine's Swin-based script does: the yacs run config pickled beside the weights (plus an argparse
+    Namespace, as DeiT-style scripts add). yacs exists only while saving, as on a machine without it."""
+
+    class CfgNode(dict):
+        pass
+
+    CfgNode.__module__, CfgNode.__qualname__ = "yacs.config", "CfgNode"
+    module = types.ModuleType("yacs.config")
+    module.CfgNode = CfgNode
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "yacs.config", module)
+        config = CfgNode(MODEL=CfgNode(TYPE="inline_deit_t"), OUTPUT="runs/x")
+        config.__dict__["__immutable__"] = True
+        torch.save({**checkpoint, "config": config, "args": argparse.Namespace(lr=5e-4), "epoch": 299}, path)
+
+
 def _run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str]:
     with pytest.raises(SystemExit) as info:
         convert_main(argv)
@@ -35,7 +55,9 @@ def test_convert_writes_safetensors_and_cfg_that_timm_loads(tmp_path: Path, caps
         for p in source.parameters():
             p.add_(0.01 * torch.randn_like(p))
     checkpoint = tmp_path / "inline_deit_t.pth"
-    torch.save(_official_inline(source), checkpoint)
+    _save_as_training_script(_official_inline(source), checkpoint)
+    with pytest.raises(Exception, match="Weights only load failed"):  # what plain weights-only loading does
+        torch.load(checkpoint, weights_only=True)
     output = tmp_path / "inline_t.safetensors"
     convert_main(["--model", TINY, "--checkpoint", str(checkpoint), "--output", str(output)])
     assert "wrote" in capsys.readouterr().out
@@ -90,7 +112,7 @@ def test_eval_accepts_an_official_checkpoint(tmp_path: Path) -> None:
     torch.manual_seed(1)
     source = timm.create_model(TINY, img_size=28, patch_size=7, in_chans=1, num_classes=10, **kwargs)
     official, zoo = tmp_path / "official.pth", tmp_path / "zoo.pth"
-    torch.save(_official_inline(source), official)
+    _save_as_training_script(_official_inline(source), official)
     torch.save(source.state_dict(), zoo)
 
     def evaluate(path: Path) -> dict:

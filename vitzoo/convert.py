@@ -14,6 +14,7 @@ import argparse
 import importlib
 import json
 import sys
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -21,12 +22,37 @@ import torch
 _EMA_WRAPPERS = ("model_ema", "state_dict_ema")
 
 
+class _TrainingConfig:
+    """Stand-in for the run configuration some training scripts pickle beside the weights (InLine's Swin-based
+    scripts save their yacs ``CfgNode``, DeiT-style ones an argparse ``Namespace``). ``weights_only`` loading refuses
+    unknown classes; this one is allowlisted under those names and becomes an empty-or-filled ``OrderedDict``, the
+    one container type the weights-only unpickler both fills and builds. Nothing of it is executed or used."""
+
+    def __new__(cls, *args, **kwargs) -> OrderedDict:
+        return OrderedDict()
+
+
+_TRAINING_CONFIG_GLOBALS = [(_TrainingConfig, "yacs.config.CfgNode"), (_TrainingConfig, "argparse.Namespace")]
+
+
 class ConvertError(ValueError):
     """A conversion that cannot be done; the message is one line."""
 
 
+def _first_line(error: Exception) -> str:
+    """The informative line of a reader error (torch's weights-only message puts it after a long preamble)."""
+    text = str(error).strip()
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def load_checkpoint_file(path: str | Path, use_ema: bool = False) -> dict[str, torch.Tensor]:
     """Read a ``.pth`` / ``.pt`` / ``.safetensors`` file with ``weights_only=True``.
+
+    A pickled training configuration (yacs ``CfgNode``, argparse ``Namespace``) beside the weights is read as a
+    plain dict instead of failing the weights-only load; any other non-tensor class still fails.
 
     Args:
         path: the checkpoint file.
@@ -42,10 +68,10 @@ def load_checkpoint_file(path: str | Path, use_ema: bool = False) -> dict[str, t
 
             checkpoint = load_file(str(path))
         else:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            with torch.serialization.safe_globals(_TRAINING_CONFIG_GLOBALS):
+                checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # any reader failure becomes one line naming the file
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConvertError(f"cannot read {path} as a weights-only checkpoint: {reason}") from None
+        raise ConvertError(f"cannot read {path} as a weights-only checkpoint: {_first_line(error)}") from None
     if not isinstance(checkpoint, dict):
         raise ConvertError(f"{path} holds a {type(checkpoint).__name__}, not a state dict")
     if use_ema:

@@ -247,9 +247,10 @@ def create_model_from_config(config: TrainConfig, num_classes: int, in_chans: in
                              checkpoint_path: str | None = None, pretrained_file: str | None = None) -> nn.Module:
     """Create the timm model of ``config`` (optional kwargs only when set, so each model keeps its defaults).
 
-    ``checkpoint_path`` is loaded as is (timm's ``load_checkpoint``); ``pretrained_file`` goes through the model's
-    ``checkpoint_filter_fn`` (timm's pretrained path), which converts the authors' checkpoint layouts. The file's
-    head and first conv are taken as they are (no classifier reset, no input-channel adaptation).
+    ``checkpoint_path`` is loaded as is (timm's ``load_checkpoint``); ``pretrained_file`` (a vitzoo model's weights)
+    is read by :func:`vitzoo.convert.load_checkpoint_file` and goes through the model's ``checkpoint_filter_fn``
+    (timm's pretrained path), which converts the authors' checkpoint layouts. Its head and first conv are taken as
+    they are (no classifier reset, no input-channel adaptation).
     """
     import timm
 
@@ -262,7 +263,10 @@ def create_model_from_config(config: TrainConfig, num_classes: int, in_chans: in
     if config.drop_path:
         kwargs["drop_path_rate"] = config.drop_path
     if pretrained_file:
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=pretrained_file, num_classes=num_classes,
+        from vitzoo.convert import load_checkpoint_file
+
+        state_dict = load_checkpoint_file(pretrained_file)
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(state_dict=state_dict, num_classes=num_classes,
                                                                    first_conv=None))
     return timm.create_model(config.model, num_classes=num_classes, in_chans=in_chans,
                              checkpoint_path=checkpoint_path or "", **kwargs)
@@ -777,6 +781,7 @@ def evaluate_model(model_name: str | None = None, checkpoint: str | None = None,
     from safetensors.torch import load_model
     from torch.utils.data import DataLoader
 
+    from vitzoo.convert import ConvertError
     from vitzoo.kernels import kernel_backend
     from vitzoo.models import list_models as vitzoo_models
     from vitzoo.models._helpers import CheckpointLayoutError
@@ -827,7 +832,7 @@ def evaluate_model(model_name: str | None = None, checkpoint: str | None = None,
         model = create_model_from_config(config, num_classes, in_chans,
                                          checkpoint_path=None if zoo_file else weights_path,
                                          pretrained_file=weights_path if zoo_file else None)
-    except CheckpointLayoutError as error:
+    except (CheckpointLayoutError, ConvertError) as error:
         raise ConfigError(str(error)) from None
     if weights_file is not None:
         load_model(model, str(weights_file))
