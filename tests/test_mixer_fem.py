@@ -6,18 +6,19 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _rope_reference import rope_2d_reference
 
 from vitzoo.mixers.fem import FreeEnergyMixer, fem_value_width
 
 DIM, HEADS = 64, 2  # d_k = 32, E = 32, d_v = 16
 LAYOUTS = [((1, 1), 0), ((6, 8), 1), ((14, 14), 1)]  # N = 1, 49, 197
 PRIORS = ["linear", "softmax"]
-LINEAR_PRIOR_EPS = 1e-6  # the normaliser eps of the linear-attention op's default
+LINEAR_PRIOR_EPS = 1e-6  # the released linear prior: phi = ReLU + eps, denominator clamped at eps
 
 
-def _make_mixer(prior: str, seed: int = 0) -> FreeEnergyMixer:
+def _make_mixer(prior: str, seed: int = 0, **options) -> FreeEnergyMixer:
     torch.manual_seed(seed)
-    mixer = FreeEnergyMixer(DIM, num_heads=HEADS, qkv_bias=True, prior=prior, dtype=torch.float64)
+    mixer = FreeEnergyMixer(DIM, num_heads=HEADS, qkv_bias=True, prior=prior, dtype=torch.float64, **options)
     with torch.no_grad():
         for p in mixer.parameters():
             p.normal_(std=0.3)
@@ -30,34 +31,61 @@ def _set_beta(mixer: FreeEnergyMixer, beta: float) -> None:
         mixer.beta_param.fill_(math.log(math.expm1(beta - 1e-6)))
 
 
-def explicit_prior_and_values(mixer: FreeEnergyMixer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """p (B, h, t, i) built pair by pair, and the clipped values (B, h, i, d_v)."""
+def _grid_conv(qkv: torch.Tensor, weight: torch.Tensor, grid_size: tuple[int, int], num_prefix: int) -> torch.Tensor:
+    """Each channel's 3x3 kernel over the patch grid (zero padding), token by token; prefix tokens unchanged."""
+    out = qkv.clone()
+    for index in range(grid_size[0] * grid_size[1]):
+        row, col = divmod(index, grid_size[1])
+        acc = torch.zeros_like(qkv[:, 0])
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                r, c = row + dr, col + dc
+                if 0 <= r < grid_size[0] and 0 <= c < grid_size[1]:
+                    acc = acc + weight[:, 0, dr + 1, dc + 1] * qkv[:, num_prefix + r * grid_size[1] + c]
+        out[:, num_prefix + index] = acc
+    return out
+
+
+def explicit_prior_and_values(
+        mixer: FreeEnergyMixer, x: torch.Tensor, grid_size: tuple[int, int] = (7, 7), num_prefix: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """p (B, h, t, i) built pair by pair, and the clipped values (B, h, i, d_v).
+
+    With the options: the depthwise conv on the projections, then RoPE on q and k (the released code rotates the
+    projected q and k before the prior)."""
     batch, n, dim = x.shape
-    q, k, v = F.linear(x, mixer.qkv.weight, mixer.qkv.bias).split([dim, dim, mixer.value_dim], dim=-1)
-    q = q.view(batch, n, HEADS, -1).transpose(1, 2)
-    k = k.view(batch, n, HEADS, -1).transpose(1, 2)
+    qkv = F.linear(x, mixer.qkv.weight, mixer.qkv.bias)
+    if mixer.conv is not None:
+        qkv = _grid_conv(qkv, mixer.conv.conv.weight, grid_size, num_prefix)
+    q, k, v = qkv.split([dim, dim, mixer.value_dim], dim=-1)
+    q, k = q.view(batch, n, HEADS, -1), k.view(batch, n, HEADS, -1)
+    if mixer.rope:
+        q, k = rope_2d_reference(q, grid_size, num_prefix), rope_2d_reference(k, grid_size, num_prefix)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
     v = v.view(batch, n, HEADS, -1).transpose(1, 2)
     if mixer.prior == "softmax":
         p = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
     else:
-        scores = F.relu(q) @ F.relu(k).transpose(-1, -2)
-        p = scores / (scores.sum(dim=-1, keepdim=True) + LINEAR_PRIOR_EPS)
+        # The released non-causal linear read: phi(x) = relu(x) + eps, den = phi(q) . sum_i phi(k_i), clamped.
+        phi_q, phi_k = F.relu(q) + LINEAR_PRIOR_EPS, F.relu(k) + LINEAR_PRIOR_EPS
+        den = (phi_q * phi_k.sum(dim=-2, keepdim=True)).sum(dim=-1, keepdim=True).clamp_min(LINEAR_PRIOR_EPS)
+        p = phi_q @ phi_k.transpose(-1, -2) / den
     cap = 40.0 / mixer.beta_max(torch.float64)[:, None]
     return p, torch.maximum(torch.minimum(v, cap), -cap)
 
 
-def explicit_reads(mixer: FreeEnergyMixer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def explicit_reads(mixer: FreeEnergyMixer, x: torch.Tensor, *layout) -> tuple[torch.Tensor, torch.Tensor]:
     """mu and F (B, N, h, d_v) as their definitions: p-weighted mean and (1/beta) log sum p exp(beta v)."""
-    p, v = explicit_prior_and_values(mixer, x)
+    p, v = explicit_prior_and_values(mixer, x, *layout)
     beta = mixer.beta_max(torch.float64)[:, None]  # (h, 1, d_v)
     mean = p @ v
     free_energy = torch.log(p @ torch.exp(beta * v)) / beta
     return mean.transpose(1, 2), free_energy.transpose(1, 2)
 
 
-def explicit_fem(mixer: FreeEnergyMixer, x: torch.Tensor) -> torch.Tensor:
+def explicit_fem(mixer: FreeEnergyMixer, x: torch.Tensor, *layout) -> torch.Tensor:
     batch, n, _ = x.shape
-    mean, free_energy = explicit_reads(mixer, x)
+    mean, free_energy = explicit_reads(mixer, x, *layout)
     inner, outer = F.linear(x, mixer.gates.weight, mixer.gates.bias).view(batch, n, 2, HEADS, -1).unbind(2)
     inner = torch.sigmoid(inner)
     outer = F.softplus(outer) + 1e-6
@@ -100,14 +128,14 @@ def test_gradients_match_explicit_and_reach_every_parameter(prior):
 def test_free_energy_tends_to_mean_as_beta_vanishes(prior):
     mixer = _make_mixer(prior, seed=2)
     x = torch.randn(2, 50, DIM, dtype=torch.float64)
-    mean, free_energy = mixer.reads(x)
+    mean, free_energy = mixer.reads(x, (7, 7), 1)
     assert (free_energy - mean).abs().max() > 1e-2  # at beta ~ 2 the reads differ
     _set_beta(mixer, 1e-4)
-    mean, free_energy = mixer.reads(x)
+    mean, free_energy = mixer.reads(x, (7, 7), 1)
     torch.testing.assert_close(mean, explicit_reads(mixer, x)[0], atol=1e-12, rtol=1e-10)
     p, v = explicit_prior_and_values(mixer, x)
     variance = (p @ v.square() - (p @ v).square()).transpose(1, 2)
-    # F - mu = beta Var_p(v) / 2 + O(beta^2) (+ log(sum_i p) / beta ~ 1e-5 for the eps-normalised linear prior)
+    # F - mu = beta Var_p(v) / 2 + O(beta^2)
     torch.testing.assert_close(free_energy - mean, 1e-4 * variance / 2, atol=1e-4, rtol=0)
     assert (free_energy - mean).abs().max() < 1e-2
 
@@ -129,9 +157,9 @@ def test_free_energy_tends_to_support_max_as_beta_grows(prior):
     previous, mean_gaps = -math.inf, []
     for beta in (1.0, 10.0, 50.0, 199.0):
         _set_beta(mixer, beta)
-        free_energy = mixer.reads(x)[1]
+        free_energy = mixer.reads(x, (7, 7), 1)[1]
         torch.testing.assert_close(free_energy, explicit_reads(mixer, x)[1], atol=1e-10, rtol=1e-9)
-        # log(p_max) / beta <= F - max <= 0 (a linear prior's mass may fall short of 1 by its eps)
+        # log(p_max) / beta <= F - max <= 0
         gap = free_energy - support_max
         assert (gap <= 1e-9).all()
         assert (gap >= log_p_at_max / beta - 1e-9).all()
@@ -153,8 +181,36 @@ def test_clipping_at_large_beta(prior):
     torch.testing.assert_close(out, explicit_fem(mixer, x), atol=1e-10, rtol=1e-9)
 
 
+@pytest.mark.parametrize("prior", PRIORS)
+@pytest.mark.parametrize("options", [dict(rope=True), dict(conv=True), dict(rope=True, conv=True)])
+@pytest.mark.parametrize("grid_size, num_prefix", [((6, 8), 1), ((5, 5), 0)])
+def test_rope_and_conv_options_match_explicit(prior, options, grid_size, num_prefix):
+    mixer = _make_mixer(prior, seed=6, **options)
+    n = num_prefix + grid_size[0] * grid_size[1]
+    x = torch.randn(2, n, DIM, dtype=torch.float64)
+    expected = explicit_fem(mixer, x, grid_size, num_prefix)
+    torch.testing.assert_close(mixer(x, grid_size, num_prefix), expected, atol=1e-10, rtol=1e-9)
+    assert (mixer.conv is not None) == options.get("conv", False)
+
+
+def test_linear_prior_of_an_all_negative_query_is_the_released_one():
+    """A query whose projections are all negative: phi(q) = eps, so its prior is phi(k_i)-weighted, not 0/0."""
+    mixer = _make_mixer("linear", seed=5)
+    with torch.no_grad():
+        mixer.qkv.weight[:DIM] = 0.0
+        mixer.qkv.bias[:DIM] = -1.0
+    x = torch.randn(2, 50, DIM, dtype=torch.float64)
+    p, _ = explicit_prior_and_values(mixer, x)
+    torch.testing.assert_close(p.sum(dim=-1), torch.ones_like(p[..., 0]), atol=1e-12, rtol=0)
+    out = mixer(x, grid_size=(7, 7))
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, explicit_fem(mixer, x), atol=1e-10, rtol=1e-9)
+
+
 def test_rejects_unknown_option_and_bad_prior():
     with pytest.raises(TypeError):
-        FreeEnergyMixer(DIM, num_heads=HEADS, rope=True)
+        FreeEnergyMixer(DIM, num_heads=HEADS, time_decay=True)
+    with pytest.raises(ValueError):
+        FreeEnergyMixer(40, num_heads=4, rope=True)  # d_k = 10 is not divisible by 4
     with pytest.raises(ValueError):
         FreeEnergyMixer(DIM, num_heads=HEADS, prior="mamba")

@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from _rope_reference import rope_2d_reference
 
 from vitzoo.mixers.zeros import ZeroSAttention
 
@@ -14,9 +15,9 @@ DIM, HEADS = 64, 2  # head_dim 32
 LAYOUTS = [((1, 1), 0), ((6, 8), 1), ((14, 14), 1)]
 
 
-def _make_mixer(seed: int = 0) -> ZeroSAttention:
+def _make_mixer(seed: int = 0, **options) -> ZeroSAttention:
     torch.manual_seed(seed)
-    mixer = ZeroSAttention(DIM, num_heads=HEADS, qkv_bias=True, dtype=torch.float64)
+    mixer = ZeroSAttention(DIM, num_heads=HEADS, qkv_bias=True, dtype=torch.float64, **options)
     with torch.no_grad():  # random everything, biases and the mean-prior included (never zeros)
         for p in mixer.parameters():
             p.normal_(std=0.3)
@@ -24,12 +25,20 @@ def _make_mixer(seed: int = 0) -> ZeroSAttention:
     return mixer
 
 
-def explicit_zeros(mixer: ZeroSAttention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Output and weights w (B, t, i, h) of ZeroS built token pair by token pair."""
+def explicit_zeros(
+        mixer: ZeroSAttention, x: torch.Tensor, grid_size: tuple[int, int] = (7, 7), num_prefix: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output and weights w (B, t, i, h) of ZeroS built token pair by token pair.
+
+    With the zero-order gate, the released first-layer form: w += tanh(g0) / t (t = N here); with rope, q and k
+    are rotated before their normalisation."""
     batch, n, dim = x.shape
     h, d = mixer.num_heads, mixer.head_dim
     q, k, v, u = F.linear(x, mixer.qkvu.weight, mixer.qkvu.bias).view(batch, n, 4, h, d).unbind(2)
-    sigma1, sigmah = torch.sigmoid(F.linear(x, mixer.gates.weight, mixer.gates.bias)).view(batch, n, 2, h).unbind(2)
+    if mixer.rope:
+        q, k = rope_2d_reference(q, grid_size, num_prefix), rope_2d_reference(k, grid_size, num_prefix)
+    gates = F.linear(x, mixer.gates.weight, mixer.gates.bias).view(batch, n, -1, h)
+    sigma1, sigmah = torch.sigmoid(gates[:, :, 0]), torch.sigmoid(gates[:, :, 1])
     tau = mixer.log_tau.clamp(-50, 30).exp()
     u_bar = (tau[:, None] * mixer.mu + u.sum(1)) / (tau[:, None] + n)
     s = -torch.einsum("bnhd,bhd->bnh", u, u_bar) / math.sqrt(d)
@@ -37,6 +46,8 @@ def explicit_zeros(mixer: ZeroSAttention, x: torch.Tensor) -> tuple[torch.Tensor
     delta = s - s.mean(dim=1, keepdim=True)
     residual = softmax - 1 / n - delta / n  # eps_i: sums to zero
     weights = sigma1[:, :, None] * delta[:, None] / n + sigmah[:, :, None] * residual[:, None]  # (B, t, i, h)
+    if mixer.zero_order_gate:
+        weights = weights + torch.tanh(gates[:, :, 2])[:, :, None] / n
     cos = torch.einsum("bthd,bihd->btih", F.normalize(q, dim=-1), F.normalize(k, dim=-1))
     out = torch.einsum("btih,bihd->bthd", weights * cos, v)
     out = F.layer_norm(out, (d,), eps=1e-5).reshape(batch, n, dim)
@@ -75,9 +86,28 @@ def test_shift_of_logits_is_harmless_at_large_logits():
     torch.testing.assert_close(mixer(x, grid_size=(7, 7)), explicit_zeros(mixer, x)[0], atol=1e-9, rtol=1e-8)
 
 
+RELEASED_OPTIONS = [dict(zero_order_gate=True), dict(rope=True), dict(zero_order_gate=True, rope=True)]
+
+
+@pytest.mark.parametrize("options", RELEASED_OPTIONS)
+@pytest.mark.parametrize("grid_size, num_prefix", [((6, 8), 1), ((5, 5), 0)])
+def test_released_options_match_explicit(options, grid_size, num_prefix):
+    """The zero-order gate sigma0 = tanh(.) and RoPE before the normalisation, against the pairwise form."""
+    mixer = _make_mixer(seed=5, **options)
+    assert mixer.gates.out_features == (3 if options.get("zero_order_gate") else 2) * HEADS
+    n = num_prefix + grid_size[0] * grid_size[1]
+    x = torch.randn(2, n, DIM, dtype=torch.float64)
+    expected, weights = explicit_zeros(mixer, x, grid_size, num_prefix)
+    torch.testing.assert_close(mixer(x, grid_size, num_prefix), expected, atol=1e-10, rtol=1e-9)
+    if options.get("zero_order_gate"):  # the zero-order term gives the weights a nonzero sum
+        assert weights.sum(dim=2).abs().max() > 1e-3
+
+
 def test_rejects_unknown_option_and_bad_grid():
     with pytest.raises(TypeError):
-        ZeroSAttention(DIM, num_heads=HEADS, rope=True)
+        ZeroSAttention(DIM, num_heads=HEADS, causal=True)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        ZeroSAttention(36, num_heads=2, rope=True)
     mixer = _make_mixer()
     with pytest.raises(ValueError):
         mixer(torch.randn(1, 10, DIM, dtype=torch.float64), grid_size=(3, 4), num_prefix_tokens=1)

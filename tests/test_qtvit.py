@@ -332,3 +332,28 @@ def test_bad_input_errors_name_the_model(x: torch.Tensor, message: str) -> None:
         model(x)
     with pytest.raises(ValueError, match=message):
         model.forward_intermediates(x)
+
+
+@pytest.mark.parametrize("name, eps", [("qtvit_1", 1e-5), ("qtvit_4", 1e-7), ("qtvit_6", 1e-7)])
+def test_every_norm_has_the_official_eps(name: str, eps: float) -> None:
+    """The official builder sets eps 1e-7 on every norm of the L series (QT shortcut and head included)."""
+    model = timm.create_model(name, device="meta", dtype=torch.float32)
+    norms = [m for m in model.modules() if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm))]
+    assert norms and {m.eps for m in norms} == {eps}
+
+
+def test_large_shortcut_norm_uses_eps_1e7_in_eval() -> None:
+    """GELU((v - mean) / sqrt(var + 1e-7)) with running statistics small enough for eps to matter."""
+    model = timm.create_model("qtvit_4", device="meta", dtype=torch.float32)
+    norm_eps = next(m for m in model.modules() if isinstance(m, QuadraticTaylorCore)).v_norm.eps
+    core = QuadraticTaylorCore(8, dtype=torch.float64)
+    core.v_norm.eps = norm_eps
+    gen = _seeded(7)
+    _randomise_core(core, gen)
+    with torch.no_grad():
+        core.v_norm.running_mean.copy_(0.01 * torch.randn(8, generator=gen, dtype=torch.float64))
+        core.v_norm.running_var.fill_(1e-6)
+    v = 1e-3 * torch.randn(2, 9, 2, 8, generator=gen, dtype=torch.float64)
+    norm = core.eval().v_norm
+    expected = F.gelu((v - norm.running_mean) / torch.sqrt(norm.running_var + 1e-7) * norm.weight + norm.bias)
+    torch.testing.assert_close(core.v_act(core.v_norm(v.reshape(-1, 8))).view(v.shape), expected, rtol=1e-12, atol=0)

@@ -369,8 +369,13 @@ def check_model_name(name: str) -> None:
 
 
 def create_model_from_config(config: TrainConfig, num_classes: int, in_chans: int,
-                             checkpoint_path: str | None = None) -> nn.Module:
+                             checkpoint_path: str | None = None, pretrained_file: str | None = None) -> nn.Module:
     """Create the timm model of ``config`` (optional kwargs only when set, so each model keeps its defaults).
+
+    ``checkpoint_path`` is loaded as is (timm's ``load_checkpoint``); ``pretrained_file`` (a vitzoo model's weights)
+    is read by :func:`vitzoo.convert.load_checkpoint_file` and goes through the model's ``checkpoint_filter_fn``
+    (timm's pretrained path), which converts the authors' checkpoint layouts. Its head and first conv are taken as
+    they are (no classifier reset, no input-channel adaptation).
 
     Raises:
         ConfigError: a ``model_kwargs`` key the model does not take, or weights that do not fit it.
@@ -385,6 +390,12 @@ def create_model_from_config(config: TrainConfig, num_classes: int, in_chans: in
             kwargs[key] = getattr(config, key)
     if config.drop_path:
         kwargs["drop_path_rate"] = config.drop_path
+    if pretrained_file:
+        from vitzoo.convert import load_checkpoint_file
+
+        state_dict = load_checkpoint_file(pretrained_file)
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(state_dict=state_dict, num_classes=num_classes,
+                                                                   first_conv=None))
     try:
         return timm.create_model(config.model, num_classes=num_classes, in_chans=in_chans,
                                  checkpoint_path=checkpoint_path or "", **kwargs)
@@ -1174,7 +1185,8 @@ def evaluate_model(model_name: str | None = None, checkpoint: str | None = None,
     Args:
         model_name: a timm/vitzoo model name; taken from the checkpoint's ``meta.json`` when omitted.
         checkpoint: a folder written by :func:`train` (``step-*`` or the run folder: its latest checkpoint), or a
-            weights file passed to timm as ``checkpoint_path``.
+            weights file: for a vitzoo model it goes through the model's checkpoint filter (so the authors' InLine
+            and QT-ViT checkpoints load directly), for other timm models it is timm's ``checkpoint_path``.
         dataset: ``'folder'`` or ``'fashion_mnist'``; default: the checkpoint's (``meta.json``), else ``'folder'``.
         data_dir: the dataset folder (the val split is ``<data_dir>/val``); default: the checkpoint's when the
             dataset is the checkpoint's.
@@ -1197,7 +1209,10 @@ def evaluate_model(model_name: str | None = None, checkpoint: str | None = None,
     from safetensors.torch import load_file, load_model
     from torch.utils.data import DataLoader
 
+    from vitzoo.convert import ConvertError
     from vitzoo.kernels import kernel_backend
+    from vitzoo.models import list_models as vitzoo_models
+    from vitzoo.models._helpers import CheckpointLayoutError
 
     settings: dict[str, Any] = {"dataset": dataset, "data_dir": data_dir, "model_kwargs": model_kwargs or {},
                                 "drop_path": 0.0, "in_chans": in_chans, "num_classes": num_classes}
@@ -1263,8 +1278,15 @@ def evaluate_model(model_name: str | None = None, checkpoint: str | None = None,
         raise ConfigError(f"num_classes={num_classes} is smaller than the dataset's {len(classes)} classes")
 
     accelerator = Accelerator(mixed_precision=PRECISIONS[precision], cpu=not torch.cuda.is_available())
-    timm_checkpoint = checkpoint if checkpoint is not None and weights_file is None else None
-    model = create_model_from_config(config, num_classes, in_chans, checkpoint_path=timm_checkpoint)
+    weights_path = checkpoint if checkpoint is not None and weights_file is None else None
+    # A weights file for a zoo model goes through its checkpoint filter, so the authors' checkpoints load directly.
+    zoo_file = weights_path is not None and config.model in vitzoo_models()
+    try:
+        model = create_model_from_config(config, num_classes, in_chans,
+                                         checkpoint_path=None if zoo_file else weights_path,
+                                         pretrained_file=weights_path if zoo_file else None)
+    except (CheckpointLayoutError, ConvertError) as error:
+        raise ConfigError(str(error)) from None
     if weights_file is not None:
         _read_file(weights_file, load_file)
         try:

@@ -1,11 +1,13 @@
 """InLine attention: injective linear attention plus a predicted local residual (Han et al., NeurIPS 2024).
 
-Follows the released code (mixers.md section 2.1 / 8.2):
+Follows the released code (``docs/mixers.md``, InLine):
 - phi = identity; weights w_ti = (s/N) q_t.(k_i - kbar) + 1/N with s = d^-1/2 and N counting the cls token, so
   every query's weights sum to exactly 1 (they may be negative). In the shared op this is identity features with
   centred keys, ``scale = s/N`` and an appended constant feature ``N^-1/2`` (whose square adds the 1/N).
 - Local residual: a per-image 3x3 depthwise kernel on V, predicted from the token mean of the block input by a
   grouped (groups = heads) two-layer MLP, applied to the patch tokens only (the cls token gets none).
+- No attention dropout: the released model builds one but never applies it, and there is no attention matrix to
+  drop from. ``attn_drop`` stays in the signature for the shared mixer contract and must be 0.
 """
 from __future__ import annotations
 
@@ -18,7 +20,18 @@ from ._common import check_grid, grouped_pointwise
 
 
 class InLineAttention(nn.Module):
-    """Injective linear attention with InLine's input-conditioned 3x3 local residual on V."""
+    """Injective linear attention with InLine's input-conditioned 3x3 local residual on V.
+
+    Args:
+        dim: token width C.
+        num_heads: heads; ``dim`` must be divisible by it.
+        qkv_bias: bias on the qkv projection.
+        attn_drop: must be 0 (the released model applies no attention dropout).
+        proj_drop: dropout after the output projection.
+        device: parameter device.
+        dtype: parameter dtype.
+        kernel_size: size of the predicted depthwise kernel (3 in the released code).
+    """
 
     def __init__(
             self,
@@ -35,17 +48,19 @@ class InLineAttention(nn.Module):
         dd = {"device": device, "dtype": dtype}
         if dim % num_heads:
             raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
+        if attn_drop:
+            raise ValueError(f"InLineAttention: attn_drop must be 0 (the released model has none), got {attn_drop}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.kernel_size = kernel_size
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, **dd)
-        # Predicts one kernel_size^2 depthwise kernel per (image, channel) from the token mean.
+        # Predicts one kernel_size^2 depthwise kernel per (image, channel) from the token mean (the released
+        # code's ``residual``).
         self.residual_predictor = nn.Sequential(
             nn.Conv1d(dim, dim, 1, groups=num_heads, **dd),
             nn.GELU(),
             nn.Conv1d(dim, dim * kernel_size**2, 1, groups=num_heads, **dd),
         )
-        self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
 
@@ -66,4 +81,4 @@ class InLineAttention(nn.Module):
         ).reshape(b, n, c)
         # + the local residual on the patch tokens, in one pass over the token layout (the cls token gets none)
         out = local_conv(v.reshape(b, n, c), self.local_kernels(x), grid_size, num_prefix_tokens, residual=out)
-        return self.proj_drop(self.proj(self.attn_drop(out)))
+        return self.proj_drop(self.proj(out))

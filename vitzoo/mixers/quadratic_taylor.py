@@ -3,7 +3,7 @@
 Paper: `QT-ViT: Improving Linear Attention in ViT with Quadratic Taylor Expansion` (Xu et al., NeurIPS 2024).
 Official code (Apache-2.0): https://github.com/AMD-AIG-AIMA/AMD_QTViT, ``efficientvit/models/nn/ops.py``
 (``LiteMLA.relu_linear_att``). This file follows the released code rather than Eq. 11 of the paper (see
-``shared/docs/mixers.md`` sections 1.1 and 8.1):
+``docs/mixers.md``, QT-ViT):
 
     phi(x)    = x^2 / ||x^2||                   (QT-ViT's normalise -> square -> normalise; the first norm cancels)
     sim(q, k) = <phi(q), phi(k)> + c^2           c: one learnable scalar per layer, init 1.0, shared by q and k

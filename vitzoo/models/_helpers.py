@@ -45,3 +45,39 @@ def check_images(model: torch.nn.Module, x: torch.Tensor, in_chans: int) -> None
                          f"in_chans={x.shape[1]}")
     if x.dtype not in _IMAGE_DTYPES:
         raise ValueError(f"{name} expects a floating-point input (float16/bfloat16/float32/float64), got {x.dtype}")
+
+
+class CheckpointLayoutError(ValueError):
+    """A checkpoint whose keys do not fit the model; the message is one line naming the keys at fault."""
+
+
+# Wrappers of the training scripts' checkpoints, plain weights before EMA ones.
+_STATE_DICT_WRAPPERS = ("model", "state_dict", "model_ema", "state_dict_ema")
+
+
+def unwrap_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """The weights inside a training checkpoint: the first of ``model`` / ``state_dict`` / ``model_ema`` /
+    ``state_dict_ema`` that holds a dict (else ``checkpoint`` itself), with DDP's ``module.`` prefix removed."""
+    for key in _STATE_DICT_WRAPPERS:
+        if isinstance(checkpoint.get(key), dict):
+            checkpoint = checkpoint[key]
+            break
+    return {k.removeprefix("module."): v for k, v in checkpoint.items()}
+
+
+def _key_list(keys: list[str], limit: int = 4) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"{len(keys)} ({shown}{', ...' if len(keys) > limit else ''})"
+
+
+def check_state_dict_keys(state_dict: dict[str, torch.Tensor], model: torch.nn.Module, layout: str) -> None:
+    """Raise :class:`CheckpointLayoutError` unless ``state_dict`` has exactly ``model``'s keys."""
+    expected = model.state_dict().keys()
+    missing = sorted(k for k in expected if k not in state_dict)
+    unexpected = sorted(k for k in state_dict if k not in expected)
+    if missing or unexpected:
+        parts = [f"missing {_key_list(missing)}"] if missing else []
+        parts += [f"unexpected {_key_list(unexpected)}"] if unexpected else []
+        raise CheckpointLayoutError(
+            f"{model_name(model)}: the checkpoint ({layout} layout) does not fit the model: {'; '.join(parts)}"
+        )

@@ -13,7 +13,7 @@ the ViT stages, so everything else (stem, MBConvs, head, features, intermediates
 """
 from __future__ import annotations
 
-from functools import partial
+import re
 
 import torch
 import torch.nn as nn
@@ -23,7 +23,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.efficientvit_mit import EfficientVit, EfficientVitBlock, EfficientVitLarge, ResidualBlock
 
 from ..mixers.quadratic_taylor import QT_EPS, QuadraticTaylorLiteMLA
-from ._helpers import check_images, check_pretrained_available
+from ._helpers import check_images, check_pretrained_available, check_state_dict_keys, unwrap_state_dict
 
 __all__ = ["QtVit", "QtVitLarge"]
 
@@ -59,6 +59,18 @@ def _use_qt_attention(
                 device=device,
                 dtype=dtype,
             )
+
+
+def _set_norm_eps(model: nn.Module, eps: float) -> None:
+    """Give every BatchNorm / LayerNorm / GroupNorm of ``model`` the same eps.
+
+    The official builder does this after construction for the L series (1e-7); timm's ``EfficientVitLarge`` only
+    passes ``norm_eps`` to the norms of its own blocks, not to the head's 1x1 conv norm, and the QT shortcut
+    BatchNorm is built here.
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)):
+            module.eps = eps
 
 
 class DropPathResidualBlock(ResidualBlock):
@@ -162,14 +174,15 @@ class QtVitLarge(_CheckedImages, EfficientVitLarge):
         widths: stem and stage widths.
         depths: stem and stage depths.
         head_dim: attention head dim.
-        norm_layer: norm of the conv blocks (built with ``eps=norm_eps``).
+        norm_layer: norm of the conv blocks.
         act_layer: activation of the conv blocks.
         global_pool: head pooling.
         head_widths: widths of the head's 1x1 conv and hidden Linear.
         drop_rate: head dropout.
         drop_path_rate: stochastic depth of the residual blocks, rising linearly to this rate.
         num_classes: classifier outputs (0 for none).
-        norm_eps: BatchNorm / LayerNorm eps (1e-7 for the L series).
+        norm_eps: eps of every norm layer, including the head's and the QT shortcut's (1e-7 for the L series,
+            as the official builder).
         pos_embed_img_size: image size whose feature maps size the key position embeddings (training size).
         attn_eps: added to the attention normaliser.
         device: parameter device.
@@ -200,40 +213,99 @@ class QtVitLarge(_CheckedImages, EfficientVitLarge):
             act_layer=act_layer, global_pool=global_pool, head_widths=head_widths, drop_rate=drop_rate,
             num_classes=num_classes, norm_eps=norm_eps, device=device, dtype=dtype,
         )
-        # timm's large blocks get partial(norm_layer, eps=norm_eps); the QT proj norm must match.
-        _use_qt_attention(
-            self, head_dim, partial(norm_layer, eps=norm_eps), pos_embed_img_size, attn_eps, device=device, dtype=dtype,
-        )
+        _use_qt_attention(self, head_dim, norm_layer, pos_embed_img_size, attn_eps, device=device, dtype=dtype)
+        _set_norm_eps(self, norm_eps)
         self.in_chans = in_chans
         _add_drop_path(self, drop_path_rate)
+
+
+# Official QT-ViT (AMD_QTViT, EfficientViT's own code) names -> timm/zoo names. The QT attention adds three
+# tensors to EfficientViT's LiteMLA: the key position embedding, the constant feature c and the v-shortcut BatchNorm.
+_QT_ATTENTION_RENAMES = {"positional_encoding": "key_pos_embed", "ones_scale1": "core.const", "bn.": "core.v_norm."}
+_HEAD_RENAMES = {
+    "head.op_list.0.": "head.in_conv.",
+    "head.op_list.2.linear.": "head.classifier.0.",
+    "head.op_list.2.norm.": "head.classifier.1.",
+    "head.op_list.3.linear.": "head.classifier.4.",
+}
+
+
+def _official_qtvit_key(key: str, large: bool) -> str:
+    """Map one key of the official layout (``backbone.*`` / ``head.op_list.*``) to the zoo's."""
+    for old, new in _HEAD_RENAMES.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    # The B series has a separate input stem; the L series' stem is its stages.0 and the rest shift down by one.
+    stem = r"backbone\.stages\.0\." if large else r"backbone\.input_stem\."
+    if match := re.match(stem + r"op_list\.(\d+)\.(.*)", key):
+        index, rest = int(match[1]), match[2]
+        return f"stem.in_conv.{rest}" if index == 0 else f"stem.res{index - 1}.{rest}"
+    if match := re.match(r"backbone\.stages\.(\d+)\.op_list\.(\d+)\.(.*)", key):
+        stage, block, rest = int(match[1]) - int(large), match[2], match[3]
+        if rest.startswith("context_module.main."):
+            head, tail = "context_module.main.", rest[len("context_module.main."):]
+            for old, new in _QT_ATTENTION_RENAMES.items():
+                if tail.startswith(old):
+                    tail = new + tail[len(old):]
+                    break
+            rest = head + tail
+        return f"stages.{stage}.blocks.{block}.{rest}"
+    return key
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: QtVit | QtVitLarge) -> dict[str, torch.Tensor]:
+    """Accept the zoo's own weights or an official QT-ViT checkpoint (AMD_QTViT key layout).
+
+    Training-script wrappers (``model`` / ``state_dict`` / ``model_ema`` / ``state_dict_ema``) and DDP ``module.``
+    prefixes are removed. Official checkpoints are recognised by their ``backbone.`` keys and renamed; the tensors
+    themselves need no change (the position embedding's channel order is already head-major, see
+    :class:`~vitzoo.mixers.quadratic_taylor.QuadraticTaylorLiteMLA`). Raises
+    :class:`~vitzoo.models._helpers.CheckpointLayoutError` (a ValueError) when the keys do not fit the model.
+    """
+    state_dict = unwrap_state_dict(state_dict)
+    official = any(k.startswith("backbone.") for k in state_dict)
+    if official:
+        large = isinstance(model, QtVitLarge)
+        state_dict = {_official_qtvit_key(k, large): v for k, v in state_dict.items()}
+    check_state_dict_keys(state_dict, model, "official QT-ViT" if official else "vitzoo")
+    return state_dict
 
 
 _NOTES = (
     "follows the official AMD_QTViT code: k += learnable APE (224/stride, bicubic-resampled); q, k -> x^2/||x^2||; "
     "appended learnable constant c (init 1); normalised linear attention, fp32 accumulation; + GELU(BN(v))",
-    "published weights (Google Drive, official README) use the official key layout; not converted here",
 )
+QTVIT_REPO = "https://github.com/AMD-AIG-AIMA/AMD_QTViT"
 
 
-def _cfg(paper_table: str, crop_pct: float = 1.0) -> dict:
+def _cfg(paper_table: str, top1: float, weights: str | None, crop_pct: float = 1.0) -> dict:
+    """``weights``: where the official README publishes the checkpoint (official key layout, converted on load)."""
+    where = f"authors' checkpoint (official QT-ViT layout): {weights}" if weights else \
+        "no checkpoint published by the authors"
     return dict(
         url="", num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=crop_pct,
         interpolation="bicubic", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
         first_conv="stem.in_conv.conv", classifier="head.classifier.4", license="apache-2.0",
         paper_name="QT-ViT: Improving Linear Attention in ViT with Quadratic Taylor Expansion (NeurIPS 2024)",
-        paper_ids="arXiv:2205.14756 (EfficientViT backbone)", origin_url="https://github.com/AMD-AIG-AIMA/AMD_QTViT",
-        notes=(paper_table, *_NOTES),
+        paper_ids="arXiv:2205.14756 (EfficientViT backbone)", origin_url=QTVIT_REPO,
+        notes=(paper_table, f"published top-1: {top1}", where, *_NOTES),
     )
 
 
-# Test crop ratio 0.95 for the B1-based model, 1.0 for the rest (official configs, mixers.md 1.3).
+_DRIVE = "https://drive.google.com/file/d/{}/view"
+# Test crop ratio 0.95 for the B1-based model, 1.0 for the rest (official configs).
 default_cfgs = generate_default_cfgs({
-    "qtvit_1": _cfg("paper Table 1: EfficientViT-B1, 9.4M params, 0.52 GMACs, 79.6 top-1", crop_pct=0.95),
-    "qtvit_2": _cfg("paper Table 1: EfficientViT-B2, 24.9M params, 1.60 GMACs, 82.5 top-1"),
-    "qtvit_3": _cfg("paper Table 1: EfficientViT-B3, 49.7M params, 3.97 GMACs, 83.9 top-1"),
-    "qtvit_4": _cfg("paper Table 1: EfficientViT-L1, 53.0M params, 5.26 GMACs, 84.7 top-1"),
-    "qtvit_5": _cfg("paper Table 1: EfficientViT-L2, 64.1M params, 6.96 GMACs, 85.2 top-1"),
-    "qtvit_6": _cfg("paper Table 1: EfficientViT-L3, 246.8M params, 27.60 GMACs, 86.0 top-1"),
+    "qtvit_1": _cfg("paper Table 1: EfficientViT-B1, 9.4M params, 0.52 GMACs", 79.6,
+                    _DRIVE.format("11TNSXvfNmNYbehHbmJDyxzEz7DNlezNK"), crop_pct=0.95),
+    "qtvit_2": _cfg("paper Table 1: EfficientViT-B2, 24.9M params, 1.60 GMACs", 82.5,
+                    _DRIVE.format("1DUzJ7-nCWHZrMfSX4MEXbAC4GGabQ5GA")),
+    "qtvit_3": _cfg("paper Table 1: EfficientViT-B3, 49.7M params, 3.97 GMACs", 83.9,
+                    _DRIVE.format("1uvQr0tE0Jy7VLCLFYraNKysPshlfw-La")),
+    "qtvit_4": _cfg("paper Table 1: EfficientViT-L1, 53.0M params, 5.26 GMACs", 84.7, None),
+    "qtvit_5": _cfg("paper Table 1: EfficientViT-L2, 64.1M params, 6.96 GMACs", 85.2,
+                    _DRIVE.format("1YKOFu8PYQvHM89ZKB9P_2blcHInGKS3H")),
+    "qtvit_6": _cfg("paper Table 1: EfficientViT-L3, 246.8M params, 27.60 GMACs", 86.0,
+                    _DRIVE.format("1MnAgjk_uOD6wH7QyCkF4z4bxJXQf4PTr")),
 })
 
 
@@ -241,7 +313,8 @@ def _create_qtvit(model_cls: type[QtVit | QtVitLarge], variant: str, pretrained:
     check_pretrained_available(variant, pretrained, kwargs)
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
     return build_model_with_cfg(
-        model_cls, variant, pretrained, feature_cfg=dict(flatten_sequential=True, out_indices=out_indices), **kwargs,
+        model_cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(flatten_sequential=True, out_indices=out_indices), **kwargs,
     )
 
 

@@ -32,7 +32,13 @@ from torch.utils.checkpoint import checkpoint
 
 from ..mixers import create_mixer
 from ..mixers._common import LayerNorm
-from ._helpers import check_images, check_pretrained_available, model_name
+from ._helpers import (
+    check_images,
+    check_pretrained_available,
+    check_state_dict_keys,
+    model_name,
+    unwrap_state_dict,
+)
 
 __all__ = ["MixerViT", "MixerBlock"]
 
@@ -341,16 +347,26 @@ class MixerViT(nn.Module):
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: MixerViT) -> dict[str, torch.Tensor]:
-    """Accept timm / DeiT checkpoints (``model`` wrapper, distillation keys) and resample the position embedding."""
-    state_dict = state_dict.get("model", state_dict)
+    """Accept the zoo's own, timm / DeiT and official InLine checkpoints.
+
+    Training-script wrappers (``model`` / ``state_dict`` / ``model_ema`` / ``state_dict_ema``) and DDP ``module.``
+    prefixes are removed, DeiT's distillation token and head are dropped, the official InLine code's local-residual
+    predictor (``attn.residual.*``) is renamed to ``attn.residual_predictor.*`` (all its other keys are already
+    timm's), and the position embedding is resampled to the model's grid. Raises
+    :class:`~vitzoo.models._helpers.CheckpointLayoutError` (a ValueError) when the keys do not fit the model.
+    """
+    state_dict = unwrap_state_dict(state_dict)
+    official_inline = any(".attn.residual." in k for k in state_dict)
     out = {}
     for key, value in state_dict.items():
         if key.startswith(("dist_token", "head_dist")):
             continue
+        key = key.replace(".attn.residual.", ".attn.residual_predictor.")
         if key == "pos_embed" and value.shape != model.pos_embed.shape:
             grid = model.patch_embed.grid_size
             value = resample_abs_pos_embed(value, grid, num_prefix_tokens=model.num_prefix_tokens, verbose=True)
         out[key] = value
+    check_state_dict_keys(out, model, "official InLine" if official_inline else "timm/vitzoo")
     return out
 
 
@@ -394,16 +410,37 @@ def _variant_name(family: str, size: str, res: int) -> str:
     return f"{family}_deit_{size}_patch16_{res}"
 
 
-def _cfg(res: int, paper: str, notes: str) -> dict:
+# The authors' ImageNet-1K checkpoints (official InLine key layout, converted by ``checkpoint_filter_fn`` on load)
+# and the top-1 their README publishes. ``url`` stays empty: the zoo hosts no weights, and the files are loaded
+# with ``pretrained_cfg_overlay=dict(file=...)`` (docs/pretrained.md).
+INLINE_REPO = "https://github.com/LeapLabTHU/InLine"
+_PUBLISHED_WEIGHTS = {
+    "inline_deit_tiny_patch16_224": ("https://cloud.tsinghua.edu.cn/f/1d6b8191ad6d4114b291/?dl=1", 74.5),
+    "inline_deit_small_patch16_288": ("https://cloud.tsinghua.edu.cn/f/2f3898b07e9247f3beb3/?dl=1", 80.2),
+    "inline_deit_base_patch16_448": ("https://cloud.tsinghua.edu.cn/f/10bdd726d4b0435eb34e/?dl=1", 82.3),
+}
+
+
+def _cfg(name: str, res: int, paper: str, notes: str) -> dict:
+    extra = {}
+    if name in _PUBLISHED_WEIGHTS:
+        weights, top1 = _PUBLISHED_WEIGHTS[name]
+        extra = dict(origin_url=INLINE_REPO)
+        notes = (
+            notes, f"authors' checkpoint (official InLine layout; the repository has no licence file): {weights}",
+            f"published top-1: {top1}",
+        )
+    else:
+        notes = (notes,)
     return dict(
         url="", num_classes=1000, input_size=(3, res, res), pool_size=None, crop_pct=0.875, interpolation="bicubic",
         fixed_input_size=True, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="patch_embed.proj",
-        classifier="head", license="apache-2.0", paper_name=paper, notes=(notes,),
+        classifier="head", license="apache-2.0", paper_name=paper, notes=notes, **extra,
     )
 
 
 default_cfgs = generate_default_cfgs({
-    _variant_name(family, size, res): _cfg(res, paper, notes)
+    _variant_name(family, size, res): _cfg(_variant_name(family, size, res), res, paper, notes)
     for family, (_, _, sizes, paper, notes) in _FAMILIES.items()
     for size, (_, _, res) in sizes.items()
 })
