@@ -59,15 +59,26 @@ def build_rows(names: list[str]) -> list[dict]:
         rows.append(dict(
             model=name, family=family(name), img_size=res,
             params_m=sum(p.numel() for p in model.parameters()) / 1e6, gmacs=count_gmacs(model),
-            published=pub,
+            published=pub, weights=weights_link(model.pretrained_cfg),
         ))
     return rows
 
 
+_AUTHORS_CHECKPOINT = "authors' checkpoint"
+
+
+def weights_link(pretrained_cfg: dict) -> str:
+    """The README's weights cell: a link to the authors' checkpoint named in the model's notes, or 'none'."""
+    for note in pretrained_cfg.get("notes") or ():
+        if note.startswith(_AUTHORS_CHECKPOINT) and "http" in note:
+            return f"[authors']({note[note.index('http'):].split()[0]}), converted on load"
+    return "none"
+
+
 def to_markdown(rows: list[dict]) -> str:
     lines = [
-        "| model | family | res | params (M) | GMACs | published params / GMACs | published top-1 | source |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | family | res | params (M) | GMACs | published params / GMACs | published top-1 | source | weights |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         pub = row["published"]
@@ -75,7 +86,7 @@ def to_markdown(rows: list[dict]) -> str:
         top1 = f"{pub.top1:.1f} (published)" if pub else "none published"
         lines.append(
             f"| `{row['model']}` | {row['family']} | {row['img_size']} | {row['params_m']:.2f} | {row['gmacs']:.2f} "
-            f"| {published_size} | {top1} | {pub.source if pub else ''} |"
+            f"| {published_size} | {top1} | {pub.source if pub else ''} | {row['weights']} |"
         )
     return "\n".join(lines)
 
