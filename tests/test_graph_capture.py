@@ -57,5 +57,7 @@ def test_captured_forward_backward_replays_eager_gradients(name):
     eager_loss.backward()
     torch.testing.assert_close(static_loss, eager_loss, rtol=1e-3, atol=1e-6)
     for p, got in zip(params, graphed, strict=True):
-        # norm-wise: split passes add fp32 partial sums with atomics, so single near-zero elements may differ
-        assert relative_error(got, p.grad) < 1e-3
+        # norm-wise, at bf16 rounding: split passes add fp32 partial sums with atomics in any order, and bf16
+        # autocast carries those differences into the first layers' gradients (ZeroS-T: 2.5e-3 on the H200); a
+        # replay that missed work would be off by O(1)
+        assert relative_error(got, p.grad) < 1e-2

@@ -19,7 +19,7 @@ def test_committed_readme_equals_the_regenerated_tables():
 
 def _row(model, size, img_per_s, role, **extra):
     return dict(model=model, img_size=size, phase="infer", compile="none", status="ok", img_per_s=img_per_s,
-                role=role, **extra)
+                role=role, device_ms=1e3 / img_per_s, **extra)
 
 
 def test_inference_table_ratios_use_the_same_resolution():
@@ -34,7 +34,7 @@ def test_inference_table_ratios_use_the_same_resolution():
         _row("deit_tiny_patch16_224", 1024, 60.0, "timm"),
     ]
     table = inference_table(rows)
-    assert "| `linear_deit_tiny_patch16_224` | 300 (1.50x, 2.00x) | 30 (3.00x, 0.50x) |" in table
+    assert "| `linear_deit_tiny_patch16_224` | 300 (1.50x, 2.00x; 1.50x) | 30 (3.00x, 0.50x; 3.00x) |" in table
 
 
 def test_readme_without_markers_is_a_one_line_error(tmp_path, capsys):

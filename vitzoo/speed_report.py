@@ -42,11 +42,11 @@ def _zoo_models(rows: list[dict]) -> list[str]:
 
 
 def inference_table(rows: list[dict]) -> str:
-    """img/s per resolution with the ratio to the softmax twin and to timm's model."""
+    """img/s per resolution with the ratios to the softmax twin and to timm's model, and the device-time ratio."""
     infer = _ok(rows, phase="infer", compile="none")
     sizes = sorted({r["img_size"] for r in infer})
     by_key = _index(infer)
-    lines = ["| model | " + " | ".join(f"{s} px: img/s (x twin, x timm)" for s in sizes) + " |",
+    lines = ["| model | " + " | ".join(f"{s} px: img/s (x twin, x timm; device x twin)" for s in sizes) + " |",
              "|---|" + "---|" * len(sizes)]
     for model in _zoo_models(infer) + sorted({r["model"] for r in infer if r.get("role") != "zoo"}):
         cells = []
@@ -57,7 +57,9 @@ def inference_table(rows: list[dict]) -> str:
                 continue
             twin = by_key.get((row.get("twin_model"), size))
             timm_row = by_key.get((row.get("timm_model"), size))
-            cells.append(f"{row['img_per_s']:,.0f} ({_ratio(row, twin)}, {_ratio(row, timm_row)})")
+            # the device-time ratio is what the model would gain with the host out of the way (same batch)
+            device = f"{twin['device_ms'] / row['device_ms']:.2f}x" if twin and row.get("device_ms") else "-"
+            cells.append(f"{row['img_per_s']:,.0f} ({_ratio(row, twin)}, {_ratio(row, timm_row)}; {device})")
         lines.append(f"| `{model}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
