@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.resources
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from tqdm import tqdm
 
 import vitzoo  # noqa: F401  (registers the models)
 
+from ._readme import replace_between_markers
 from .flops import count_gmacs
 from .models import list_models
 from .pareto import family
@@ -91,15 +91,6 @@ def to_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def update_readme(path: Path, table: str) -> None:
-    text = path.read_text()
-    start, end = _MARKERS
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    if not pattern.search(text):
-        raise ValueError(f"{path} has no {start} ... {end} markers to put the table between")
-    path.write_text(pattern.sub(lambda _: f"{start}\n{table}\n{end}", text))
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--filter", default="", help="fnmatch pattern of model names, e.g. 'inline_*'")
@@ -111,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     table = to_markdown(build_rows(names))
     print(table)
     if args.readme:
-        update_readme(args.readme, table)
+        replace_between_markers(args.readme, _MARKERS, table)
 
 
 if __name__ == "__main__":

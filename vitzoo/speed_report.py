@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 from typing import Any
+
+from ._readme import replace_between_markers
 
 MARKERS = ("<!-- speed-tables:start -->", "<!-- speed-tables:end -->")
 
@@ -121,15 +122,6 @@ def to_markdown(data: dict[str, Any]) -> str:
     return "\n\n".join(sections)
 
 
-def update_readme(path: Path, text: str) -> None:
-    content = path.read_text()
-    start, end = MARKERS
-    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    if not pattern.search(content):
-        raise ValueError(f"{path} has no {start} ... {end} markers to put the tables between")
-    path.write_text(pattern.sub(lambda _: f"{start}\n{text}\n{end}", content))
-
-
 def plot_throughput(data: dict[str, Any], out: Path) -> None:
     """img/s against resolution, one line per model (log scale), the twins and timm's models dashed."""
     import matplotlib
@@ -166,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
         data = load(args.results)
         text = to_markdown(data)
         if args.readme:
-            update_readme(args.readme, text)
+            replace_between_markers(args.readme, MARKERS, text)
     except (OSError, ValueError) as error:
         parser.error(str(error))
     if args.plot:
