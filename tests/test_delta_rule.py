@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from vitzoo.kernels import delta_rule as dr
-from vitzoo.kernels import triton_available
+from vitzoo.kernels import set_backend, triton_available
 from vitzoo.kernels.delta_rule import (
     delta_rule_bidirectional,
     delta_rule_bidirectional_reference,
@@ -99,8 +99,8 @@ def test_bidirectional_reference_is_mean_of_scans(n):
     assert relative_error(unnormalised, expected) < 1e-12
 
 
-def test_dispatch_on_cpu_uses_reference(monkeypatch):
-    monkeypatch.setenv("VITZOO_KERNELS", "reference")
+def test_dispatch_on_cpu_uses_reference():
+    set_backend("reference")
     q, k, v, beta = make_inputs(1, 9, 2, 16, dtype=torch.float32)
     torch.testing.assert_close(delta_rule_bidirectional(q, k, v, beta),
                                delta_rule_bidirectional_reference(q, k, v, beta))
@@ -177,8 +177,8 @@ def test_interp_one_direction_and_no_l2norm(directions):
 
 
 @needs_interpreter
-def test_interp_half_inputs_and_expanded_grad(monkeypatch):
-    monkeypatch.setenv("VITZOO_KERNELS", "triton")  # delta_rule_bidirectional dispatches on it
+def test_interp_half_inputs_and_expanded_grad():
+    set_backend("triton")  # delta_rule_bidirectional dispatches on it
     q, k, v, beta = make_inputs(1, 33, 2, 16, seed=8)
     ref = bidirectional_recurrent(q, k, v, beta)
     out = delta_rule_bidirectional(*(t.half() for t in (q, k, v, beta)))
