@@ -21,6 +21,7 @@ import math
 
 import torch
 import torch.nn as nn
+from timm.layers import register_notrace_module
 from torch.utils.checkpoint import checkpoint
 
 from ._common import GridDepthwiseConv, check_grid
@@ -292,3 +293,8 @@ class BidirectionalH3(nn.Module):
 
         out = out.permute(0, 3, 1, 2).reshape(batch, num_tokens, dim).to(x.dtype)
         return self.proj_drop(self.proj(self.attn_drop(out)))
+
+
+# The forward branches on tensor properties (the accumulation dtype, the SSM kernel's complex dtype and the Toeplitz /
+# FFT choice by token count), which FX cannot trace: the mixer is a leaf for timm's FX feature extraction.
+register_notrace_module(BidirectionalH3)
