@@ -22,6 +22,7 @@ from vitzoo.kernels.delta_rule import (
     delta_rule_recurrent_reference,
     delta_rule_triton,
     l2_normalize,
+    unit_lower_inverse,
 )
 from vitzoo.kernels.testing import relative_error
 
@@ -97,6 +98,16 @@ def test_bidirectional_reference_is_mean_of_scans(n):
     expected = 0.5 * (delta_rule_recurrent_reference(0.2 * q, 0.2 * k, v, beta, scale=1.0)
                       + delta_rule_recurrent_reference(0.2 * q, 0.2 * k, v, beta, scale=1.0, reverse=True))
     assert relative_error(unnormalised, expected) < 1e-12
+
+
+@pytest.mark.parametrize("c", [1, 2, 3, 7, 16, 33, 64])
+def test_unit_lower_inverse_equals_triangular_solve(c):
+    """The product-form inverse the references use (ONNX has no triangular solve) is the exact (I + A)^-1."""
+    generator = torch.Generator().manual_seed(c)
+    a = 0.5 * torch.randn(2, 3, c, c, dtype=torch.float64, generator=generator).tril(-1)
+    eye = torch.eye(c, dtype=torch.float64)
+    expected = torch.linalg.solve_triangular(eye + a, eye.expand_as(a), upper=False, unitriangular=True)
+    assert relative_error(unit_lower_inverse(a), expected) < 1e-13
 
 
 def test_dispatch_on_cpu_uses_reference():
