@@ -255,6 +255,35 @@ class MixerViT(nn.Module):
             if num_classes > 0 else nn.Identity()
         )
 
+    def set_input_size(
+            self,
+            img_size: int | tuple[int, int] | None = None,
+            patch_size: int | tuple[int, int] | None = None,
+    ) -> None:
+        """Change the input resolution and/or the patch size of a built model, as timm's
+        ``VisionTransformer.set_input_size``.
+
+        The patch embedding takes the new image size and grid (its kernel is resampled for a new patch size) and
+        the position embedding is resampled (bicubic, prefix tokens unchanged) to the new grid. The mixers hold
+        nothing sized by the grid: they receive it on every call.
+
+        Args:
+            img_size: New input resolution; None keeps the current one.
+            patch_size: New patch size; None keeps the current one.
+        """
+        prev_grid_size = self.patch_embed.grid_size
+        self.patch_embed.set_input_size(img_size=img_size, patch_size=patch_size)
+        if self.patch_embed.grid_size != prev_grid_size:
+            self.pos_embed = nn.Parameter(
+                resample_abs_pos_embed(
+                    self.pos_embed, new_size=self.patch_embed.grid_size, old_size=prev_grid_size,
+                    num_prefix_tokens=self.num_prefix_tokens, verbose=True,
+                ),
+                requires_grad=self.pos_embed.requires_grad,
+            )
+        for info in self.feature_info:
+            info["reduction"] = self.patch_embed.patch_size[0]
+
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Patch-embed, prepend the cls token and add the (resampled if needed) position embedding."""
         check_vit_input(
