@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from vitzoo.kernels import delta_rule as dr
-from vitzoo.kernels import triton_available
+from vitzoo.kernels import set_backend, triton_available
 from vitzoo.kernels.delta_rule import (
     delta_rule_bidirectional,
     delta_rule_bidirectional_reference,
@@ -22,6 +22,7 @@ from vitzoo.kernels.delta_rule import (
     delta_rule_recurrent_reference,
     delta_rule_triton,
     l2_normalize,
+    unit_lower_inverse,
 )
 from vitzoo.kernels.testing import relative_error
 
@@ -99,8 +100,18 @@ def test_bidirectional_reference_is_mean_of_scans(n):
     assert relative_error(unnormalised, expected) < 1e-12
 
 
-def test_dispatch_on_cpu_uses_reference(monkeypatch):
-    monkeypatch.setenv("VITZOO_KERNELS", "reference")
+@pytest.mark.parametrize("c", [1, 2, 3, 7, 16, 33, 64])
+def test_unit_lower_inverse_equals_triangular_solve(c):
+    """The product-form inverse the references use (ONNX has no triangular solve) is the exact (I + A)^-1."""
+    generator = torch.Generator().manual_seed(c)
+    a = 0.5 * torch.randn(2, 3, c, c, dtype=torch.float64, generator=generator).tril(-1)
+    eye = torch.eye(c, dtype=torch.float64)
+    expected = torch.linalg.solve_triangular(eye + a, eye.expand_as(a), upper=False, unitriangular=True)
+    assert relative_error(unit_lower_inverse(a), expected) < 1e-13
+
+
+def test_dispatch_on_cpu_uses_reference():
+    set_backend("reference")
     q, k, v, beta = make_inputs(1, 9, 2, 16, dtype=torch.float32)
     torch.testing.assert_close(delta_rule_bidirectional(q, k, v, beta),
                                delta_rule_bidirectional_reference(q, k, v, beta))
@@ -177,8 +188,8 @@ def test_interp_one_direction_and_no_l2norm(directions):
 
 
 @needs_interpreter
-def test_interp_half_inputs_and_expanded_grad(monkeypatch):
-    monkeypatch.setenv("VITZOO_KERNELS", "triton")  # delta_rule_bidirectional dispatches on it
+def test_interp_half_inputs_and_expanded_grad():
+    set_backend("triton")  # delta_rule_bidirectional dispatches on it
     q, k, v, beta = make_inputs(1, 33, 2, 16, seed=8)
     ref = bidirectional_recurrent(q, k, v, beta)
     out = delta_rule_bidirectional(*(t.half() for t in (q, k, v, beta)))

@@ -18,7 +18,7 @@ import torch
 
 import vitzoo  # noqa: F401  (registers the models)
 from vitzoo.data import FASHION_MNIST_DIR
-from vitzoo.kernels import triton_available
+from vitzoo.kernels import set_backend, triton_available
 
 OP_MODULES = {importlib.import_module("vitzoo.kernels.linear_attention"): "linear_attention_triton",
               importlib.import_module("vitzoo.kernels.delta_rule"): "delta_rule_triton",
@@ -45,11 +45,11 @@ def _images(count: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(count, 1, 28, 28, generator=generator), torch.randint(0, 10, (count,), generator=generator)
 
 
-def _logits_and_grads(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, backend: str,
-                      monkeypatch: pytest.MonkeyPatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Logits and parameter gradients with ``VITZOO_KERNELS=backend``; checks that the Triton ops ran exactly when
+def _logits_and_grads(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                      backend: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits and parameter gradients with kernel backend ``backend``; checks that the Triton ops ran exactly when
     asked for."""
-    monkeypatch.setenv("VITZOO_KERNELS", backend)
+    set_backend(backend)
     launches = []
     with pytest.MonkeyPatch.context() as spy:
         for module, op in OP_MODULES.items():
@@ -62,9 +62,9 @@ def _logits_and_grads(model: torch.nn.Module, images: torch.Tensor, labels: torc
     return logits.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-def _assert_backends_agree(model, images, labels, monkeypatch, when: str) -> None:
-    ref_logits, ref_grads = _logits_and_grads(model, images, labels, "reference", monkeypatch)
-    tri_logits, tri_grads = _logits_and_grads(model, images, labels, "triton", monkeypatch)
+def _assert_backends_agree(model, images, labels, when: str) -> None:
+    ref_logits, ref_grads = _logits_and_grads(model, images, labels, "reference")
+    tri_logits, tri_grads = _logits_and_grads(model, images, labels, "triton")
     scale = ref_logits.abs().max()
     assert (tri_logits - ref_logits).abs().max() <= 1e-4 * scale, f"{when}: logits differ"
     assert tri_grads.keys() == ref_grads.keys()
@@ -74,16 +74,16 @@ def _assert_backends_agree(model, images, labels, monkeypatch, when: str) -> Non
 
 
 @pytest.mark.parametrize("name", KERNEL_MODELS)
-def test_model_through_kernels_equals_reference_at_init_and_after_training(name, monkeypatch):
+def test_model_through_kernels_equals_reference_at_init_and_after_training(name):
     torch.manual_seed(0)
     model = timm.create_model(name, **TINY)
     images, labels = _images(12)
     batch, label_batch = images[:4], labels[:4]
-    _assert_backends_agree(model, batch, label_batch, monkeypatch, "at initialisation")
+    _assert_backends_agree(model, batch, label_batch, "at initialisation")
     initial = [p.detach().clone() for p in model.parameters()]
 
     # Train on the reference path (the CPU default), then compare both paths on the moved weights.
-    monkeypatch.setenv("VITZOO_KERNELS", "reference")
+    set_backend("reference")
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-2)
     for step in range(8):
         start = 4 * (step % 3)
@@ -94,4 +94,4 @@ def test_model_through_kernels_equals_reference_at_init_and_after_training(name,
     moved = max((p.detach() - q).abs().max() / q.abs().max().clamp(min=1e-6)
                 for p, q in zip(model.parameters(), initial, strict=True))
     assert moved > 0.1, "the training steps did not move the weights"
-    _assert_backends_agree(model, batch, label_batch, monkeypatch, "after training")
+    _assert_backends_agree(model, batch, label_batch, "after training")

@@ -16,7 +16,7 @@ import zlib  # noqa: E402
 
 import pytest  # noqa: E402
 
-from vitzoo.kernels import linear_attention_reference, triton_available  # noqa: E402
+from vitzoo.kernels import linear_attention_reference, set_backend, triton_available  # noqa: E402
 from vitzoo.kernels.testing import const_grad_terms, relative_error  # noqa: E402
 
 la = importlib.import_module("vitzoo.kernels.linear_attention")
@@ -29,8 +29,8 @@ needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 
 
 @pytest.fixture(autouse=True)
-def _triton_backend(monkeypatch):
-    monkeypatch.setenv("VITZOO_KERNELS", "triton")
+def _triton_backend():
+    set_backend("triton")
 
 
 # ------------------------------------------------------------------------------------------------ configurations

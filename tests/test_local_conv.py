@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitzoo.kernels import triton_available
+from vitzoo.kernels import set_backend, triton_available
 from vitzoo.kernels.local_conv import local_conv, local_conv_reference
 from vitzoo.kernels.testing import relative_error
 
@@ -62,9 +62,9 @@ def test_reference_matches_conv2d(per_image, prefix):
         (1, 70, (5, 5), 2, 5, True, True, True),    # K = 5, two channel blocks, every option
     ],
 )
-def test_kernel_matches_reference(monkeypatch, b, c, grid, prefix, k, per_image, with_bias, with_residual):
+def test_kernel_matches_reference(b, c, grid, prefix, k, per_image, with_bias, with_residual):
     """Forward and every gradient of the kernel (fp32) against the float64 reference, on strided inputs."""
-    monkeypatch.setenv("VITZOO_KERNELS", "triton")
+    set_backend("triton")
     device = "cuda" if HAS_CUDA else "cpu"
     seed = 7 * b + c
     tensors, grad = _inputs(b, c, grid, prefix, k, per_image, with_bias, with_residual, torch.float32, device, seed)
@@ -82,7 +82,7 @@ def test_kernel_matches_reference(monkeypatch, b, c, grid, prefix, k, per_image,
 @needs_kernels
 def test_kernel_writes_every_output(monkeypatch):
     """Outputs are fresh buffers: poisoning the allocator's memory must not leak into them (no unwritten element)."""
-    monkeypatch.setenv("VITZOO_KERNELS", "triton")
+    set_backend("triton")
     device = "cuda" if HAS_CUDA else "cpu"
     monkeypatch.setattr(lc.torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
     (x, weight, bias, residual), _ = _inputs(2, 6, (3, 3), 1, 3, True, True, True, torch.float32, device, 3)

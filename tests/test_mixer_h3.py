@@ -68,6 +68,33 @@ def test_ssm_kernel_is_the_zoh_impulse_response():
             state = a_bar * state
 
 
+def _complex_ssm_kernels(ssm: DiagonalSSMKernel, length: int) -> torch.Tensor:
+    """The kernels in complex arithmetic (complex expm1 and exp), float64: the formula the real-arithmetic module
+    code must equal."""
+    dt = ssm.log_dt.exp().unsqueeze(-1)
+    a = torch.complex(-ssm.log_A_real.exp(), ssm.A_imag)
+    b, c = torch.view_as_complex(ssm.B.contiguous()), torch.view_as_complex(ssm.C.contiguous())
+    coeff = c * b * torch.expm1(dt * a) / a
+    powers = torch.exp((dt * a).unsqueeze(-1) * torch.arange(length, dtype=torch.float64).to(torch.complex128))
+    return 2 * torch.einsum("dhm,dhml->dhl", coeff, powers).real
+
+
+@pytest.mark.parametrize("log_dt", [-12.0, -4.0, -1.0])
+def test_real_arithmetic_ssm_kernel_equals_complex_formula(log_dt):
+    """Real cos / sin / exp arithmetic (ONNX-exportable) against complex expm1 / exp, float64, down to tiny dt
+    where expm1's precision matters."""
+    torch.manual_seed(1)
+    ssm = DiagonalSSMKernel(3, d_state=16, dtype=torch.float64)
+    with torch.no_grad():
+        ssm.log_dt.uniform_(log_dt - 1, log_dt + 1)
+        ssm.log_A_real.uniform_(-3, 2)
+        ssm.A_imag.uniform_(-20, 20)
+        ssm.B.normal_()
+    expected = _complex_ssm_kernels(ssm, 40)
+    kernel_fwd, kernel_bwd = ssm(40, torch.float64)
+    torch.testing.assert_close(torch.stack([kernel_fwd, kernel_bwd]), expected, atol=0, rtol=1e-11)
+
+
 def _make_mixer(seed: int = 0) -> BidirectionalH3:
     torch.manual_seed(seed)
     mixer = BidirectionalH3(DIM, num_heads=HEADS, d_state=16, dtype=torch.float64)

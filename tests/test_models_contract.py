@@ -10,7 +10,7 @@ from timm.models._manipulate import group_parameters
 
 import vitzoo  # noqa: F401  (registers the models)
 
-MODEL_NAMES = timm.list_models(module="vit")
+MODEL_NAMES = timm.list_models(module="vitzoo_vit")
 SMALL = dict(img_size=32, patch_size=8)  # a 4x4 grid + cls token
 
 

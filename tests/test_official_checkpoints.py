@@ -19,8 +19,8 @@ import torch
 
 import vitzoo  # noqa: F401  (registers the models)
 from vitzoo.models._helpers import CheckpointLayoutError
-from vitzoo.models.efficientvit import checkpoint_filter_fn as qtvit_filter
-from vitzoo.models.vit import checkpoint_filter_fn as vit_filter
+from vitzoo.models.vitzoo_efficientvit import checkpoint_filter_fn as qtvit_filter
+from vitzoo.models.vitzoo_vit import checkpoint_filter_fn as vit_filter
 
 OFFICIAL_QTVIT_KEYS = json.loads(gzip.open(Path(__file__).parent / "data" / "qtvit_official_keys.json.gz").read())
 INLINE_SIZES = {  # official inline_deit_{tiny,small,base}: width, heads, resolution

@@ -15,7 +15,7 @@ from vitzoo.flops import count_macs, macs_by_operator
 from vitzoo.kernels import linear_attention_reference
 from vitzoo.mixers.quadratic_taylor import QuadraticTaylorAttention, QuadraticTaylorCore, QuadraticTaylorLiteMLA
 from vitzoo.model_table import load_published
-from vitzoo.models.efficientvit import QtVit, QtVitLarge
+from vitzoo.models.vitzoo_efficientvit import QtVit, QtVitLarge
 
 # Paper Table 1 (= official README): params (M), MACs (G) at 224.
 # QT-ViT paper Table 1: (params M, MACs G), from the zoo's sourced table of published numbers.
@@ -238,7 +238,7 @@ def test_registered_names() -> None:
     assert names == [f"qtvit_{i}" for i in range(1, 7)]
     from timm.models._registry import _model_to_module
 
-    assert all(_model_to_module[n] == "efficientvit" for n in names)  # not shadowing any timm model
+    assert all(_model_to_module[n] == "vitzoo_efficientvit" for n in names)  # not shadowing any timm model
     cfg = timm.create_model("qtvit_1", device="meta").pretrained_cfg
     assert cfg["crop_pct"] == 0.95 and cfg["input_size"] == (3, 224, 224) and cfg["license"] == "apache-2.0"
     assert timm.create_model("qtvit_2", device="meta").pretrained_cfg["crop_pct"] == 1.0

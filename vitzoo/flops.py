@@ -7,16 +7,15 @@ reference path of every vitzoo op (plain einsums fvcore understands) with an exp
 """
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import warnings
 from collections import Counter
-from collections.abc import Iterator
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+from .kernels import use_backend
 
 
 def _sdpa_macs(inputs: list, outputs: list) -> int:
@@ -61,20 +60,6 @@ def _einsum_macs(inputs: list, outputs: list) -> int:
     return macs
 
 
-@contextlib.contextmanager
-def reference_kernels() -> Iterator[None]:
-    """Run vitzoo ops on their PyTorch references inside the block (restores ``VITZOO_KERNELS`` after)."""
-    previous = os.environ.get("VITZOO_KERNELS")
-    os.environ["VITZOO_KERNELS"] = "reference"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("VITZOO_KERNELS", None)
-        else:
-            os.environ["VITZOO_KERNELS"] = previous
-
-
 def macs_by_operator(model: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...]) -> Counter:
     """MACs (1 fused multiply-add = 1) of ``model(inputs)`` per operator kind ('linear', 'conv', 'einsum', ...)."""
     from fvcore.nn import FlopCountAnalysis
@@ -82,7 +67,7 @@ def macs_by_operator(model: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor
     was_training = model.training
     model.eval()
     try:
-        with reference_kernels(), torch.no_grad(), warnings.catch_warnings():
+        with use_backend("reference"), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about python values in the graph are expected
             analysis = FlopCountAnalysis(model, inputs)
             analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_macs)

@@ -3,13 +3,16 @@
 Each op module holds the Triton kernels, the autograd wrapper, the ``torch.library`` custom op and a
 ``*_reference`` with the same signature. The reference is the specification; the kernel must equal it.
 """
-from ._backend import kernel_backend, triton_available
+from ._backend import get_backend, kernel_backend, set_backend, triton_available, use_backend
 from .linear_attention import FEATURE_MAPS, linear_attention, linear_attention_reference
 
 __all__ = [
     "FEATURE_MAPS",
+    "get_backend",
     "kernel_backend",
     "linear_attention",
     "linear_attention_reference",
+    "set_backend",
     "triton_available",
+    "use_backend",
 ]

@@ -1,12 +1,17 @@
 """Which implementation of an op runs: Triton on CUDA, the PyTorch reference elsewhere.
 
-``VITZOO_KERNELS=reference`` forces the reference everywhere; ``VITZOO_KERNELS=triton`` forces Triton (on CPU
-that needs ``TRITON_INTERPRET=1``, which is how the CPU tests exercise the kernels).
+The choice is one of ``'auto'`` (Triton for CUDA tensors, the reference for the rest), ``'reference'`` (the
+reference everywhere) or ``'triton'`` (Triton everywhere; on CPU that needs ``TRITON_INTERPRET=1``, which is how the
+CPU tests exercise the kernels). It starts from the environment variable ``VITZOO_KERNELS``, read once when this
+module is imported, and changes with :func:`set_backend` or, for a block, :func:`use_backend`. The ops look it up
+on every call in a module global: no environment read, and nothing that makes ``torch.compile`` warn.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+from collections.abc import Iterator
 
 import torch
 
@@ -26,8 +31,45 @@ def triton_available() -> bool:
     return _TRITON
 
 
+# triton itself reads the variable once, at import
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return _INTERPRET
+
+
+def _parse(choice: str) -> str:
+    choice = choice.strip().lower() or "auto"
+    if choice not in _CHOICES:
+        raise ValueError(f"kernel backend {choice!r} is not one of {_CHOICES}")
+    return choice
+
+
+_backend = _parse(os.environ.get("VITZOO_KERNELS", "auto"))
+
+
+def get_backend() -> str:
+    """The backend choice in force: ``'auto'``, ``'reference'`` or ``'triton'``."""
+    return _backend
+
+
+def set_backend(choice: str) -> str:
+    """Make ``choice`` (``'auto'``, ``'reference'`` or ``'triton'``) the backend of every later op call; returns the
+    previous choice."""
+    global _backend
+    previous, _backend = _backend, _parse(choice)
+    return previous
+
+
+@contextlib.contextmanager
+def use_backend(choice: str) -> Iterator[None]:
+    """Run the ops with backend ``choice`` inside the block, restoring the previous choice after it."""
+    previous = set_backend(choice)
+    try:
+        yield
+    finally:
+        set_backend(previous)
 
 
 # Launch arithmetic in plain Python integers: triton.cdiv / next_power_of_2 go through triton.language's constexpr
@@ -52,10 +94,8 @@ def _multiprocessor_count(index: int) -> int:
 
 
 def kernel_backend(device: torch.device | str) -> str:
-    """Return ``'triton'`` or ``'reference'`` for tensors on ``device``, honouring ``VITZOO_KERNELS``."""
-    choice = os.environ.get("VITZOO_KERNELS", "auto").strip().lower() or "auto"
-    if choice not in _CHOICES:
-        raise ValueError(f"VITZOO_KERNELS={choice!r} is not one of {_CHOICES}")
+    """Return ``'triton'`` or ``'reference'`` for tensors on ``device`` under the current choice."""
+    choice = _backend
     if choice == "reference" or not triton_available():
         return "reference"
     device_type = torch.device(device).type
@@ -63,7 +103,8 @@ def kernel_backend(device: torch.device | str) -> str:
         if device_type == "cuda" or (device_type == "cpu" and _interpreting()):
             return "triton"
         raise RuntimeError(
-            "VITZOO_KERNELS=triton needs CUDA tensors, or TRITON_INTERPRET=1 set before triton is imported for CPU"
+            "the 'triton' kernel backend needs CUDA tensors, or TRITON_INTERPRET=1 set before triton is imported "
+            "for CPU"
         )
     return "triton" if device_type == "cuda" else "reference"
 

@@ -72,6 +72,21 @@ def l2_normalize(x: torch.Tensor) -> torch.Tensor:
 # References (the specification)
 # ---------------------------------------------------------------------------------------------------------------------
 
+def unit_lower_inverse(a: torch.Tensor) -> torch.Tensor:
+    """(I + A)^-1 for strictly lower-triangular A (..., C, C), exactly, in matrix products only.
+
+    A is nilpotent (A^C = 0), so (I + A)^-1 = sum_{j < C} (-A)^j = (I - A)(I + A^2)(I + A^4)...(I + A^(2^(m-1)))
+    with 2^m >= C: m - 1 squarings and m - 1 products. Unlike ``linalg.solve_triangular`` every step has an ONNX
+    equivalent (MatMul), so the reference exports.
+    """
+    power = -a
+    inverse = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device) + power
+    for _ in range(max(a.shape[-1] - 1, 1).bit_length() - 1):
+        power = power @ power
+        inverse = inverse + inverse @ power
+    return inverse
+
+
 def delta_rule_recurrent_reference(
         q: torch.Tensor,
         k: torch.Tensor,
@@ -133,11 +148,10 @@ def delta_rule_chunked_reference(
     # (B, H, NC, C, D)
     q, k, v = (t.reshape(b, nc, c, h, -1).permute(0, 3, 1, 2, 4) for t in (q, k, v))
     beta = beta.reshape(b, nc, c, h).permute(0, 3, 1, 2)
-    eye = torch.eye(c, dtype=acc, device=q.device)
     strict = torch.ones(c, c, dtype=torch.bool, device=q.device).tril(-1)
     causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()
     a = (beta.unsqueeze(-1) * (k @ k.transpose(-1, -2))).masked_fill(~strict, 0)
-    t_inv = torch.linalg.solve_triangular(eye + a, eye.expand_as(a), upper=False, unitriangular=True)
+    t_inv = unit_lower_inverse(a)
     w = t_inv @ (beta.unsqueeze(-1) * k)  # U = T diag(beta) V - W S_0
     u = t_inv @ (beta.unsqueeze(-1) * v)
     qk = (q @ k.transpose(-1, -2)).masked_fill(~causal, 0)

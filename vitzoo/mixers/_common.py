@@ -5,11 +5,21 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import register_notrace_module
+from timm.layers import register_notrace_function, register_notrace_module
 
+from ..kernels.delta_rule import delta_rule_bidirectional
+from ..kernels.linear_attention import linear_attention
 from ..kernels.local_conv import local_conv
 
+# The ops pick their backend from the tensors' device and check their inputs' shapes, which FX cannot trace: they
+# are leaves (call_function nodes run eagerly) for timm's FX feature extraction.
+for _op in (linear_attention, local_conv, delta_rule_bidirectional):
+    register_notrace_function(_op)
+del _op
 
+
+# A leaf for FX: the check branches on the token count.
+@register_notrace_function
 def check_grid(x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int) -> None:
     """Raise a ValueError when ``x`` (B, N, C) does not hold ``num_prefix_tokens`` + H*W tokens."""
     h, w = grid_size

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 from vitzoo.kernels.delta_rule import delta_rule_bidirectional
 
@@ -84,3 +85,8 @@ class BidirectionalDeltaNet(nn.Module):
         o = (o * g.to(o.dtype)).reshape(b, n, c).to(x.dtype)
         o = self.attn_drop(o)
         return self.proj_drop(self.proj(o))
+
+
+# The forward branches on tensor properties (the 16-bit norm path (a dtype check)), which FX cannot trace: the mixer
+# is a leaf for timm's FX feature extraction.
+register_notrace_module(BidirectionalDeltaNet)

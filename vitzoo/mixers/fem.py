@@ -23,6 +23,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 
 from vitzoo.kernels import linear_attention
 
@@ -189,3 +190,8 @@ class FreeEnergyMixer(nn.Module):
         out = outer * torch.lerp(mean, free_energy, inner)
         out = out.reshape(batch, num_tokens, self.value_dim).to(x.dtype)
         return self.proj_drop(self.proj(self.attn_drop(out)))
+
+
+# The forward branches on tensor properties (the accumulation dtype and its finfo), which FX cannot trace: the mixer
+# is a leaf for timm's FX feature extraction.
+register_notrace_module(FreeEnergyMixer)

@@ -21,6 +21,7 @@ import math
 
 import torch
 import torch.nn as nn
+from timm.layers import register_notrace_module
 from torch.utils.checkpoint import checkpoint
 
 from ._common import GridDepthwiseConv, check_grid
@@ -160,7 +161,8 @@ class DiagonalSSMKernel(nn.Module):
     A_n = -exp(log_A_real_n) + i A_imag_n (init -1/2 + i pi n), B_n (init 1), C_n ~ CN(0, 1),
     dt = exp(log_dt) with log dt ~ U[log 1e-3, log 1e-1];
     K(l) = 2 Re sum_n C_n B_n (exp(dt A_n) - 1) / A_n exp(dt A_n l).
-    Complex parameters are stored as real (..., 2) tensors.
+    Complex parameters are stored as real (..., 2) tensors, and the kernel is computed in real arithmetic (the
+    cos / sin / exp of the real and imaginary parts), which ONNX can express.
 
     Args:
         num_heads: kernels per direction.
@@ -199,16 +201,26 @@ class DiagonalSSMKernel(nn.Module):
 
     def forward(self, length: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """The forward and flipped-direction kernels, each (H, length), in ``dtype`` (fp32 or fp64)."""
-        complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
         dt = self.log_dt.to(dtype).exp().unsqueeze(-1)  # (2, H, 1)
-        a = torch.complex(-self.log_A_real.to(dtype).exp(), self.A_imag.to(dtype))
-        b = torch.view_as_complex(self.B.to(dtype).contiguous())
-        c = torch.view_as_complex(self.C.to(dtype).contiguous())
-        dt_a = dt * a
-        coeff = c * b * torch.expm1(dt_a) / a  # ZOH: B_bar = (exp(dt A) - 1) / A * B
-        positions = torch.arange(length, device=a.device, dtype=dtype).to(complex_dtype)
-        powers = torch.exp(dt_a.unsqueeze(-1) * positions)  # (2, H, modes, L)
-        kernels = 2 * torch.einsum("dhm,dhml->dhl", coeff, powers).real
+        a_re, a_im = -self.log_A_real.to(dtype).exp(), self.A_imag.to(dtype)
+        b_re, b_im = self.B.to(dtype).unbind(-1)
+        c_re, c_im = self.C.to(dtype).unbind(-1)
+        x, y = dt * a_re, dt * a_im  # dt A = x + i y
+        # expm1(x + i y) = (e^x cos y - 1) + i e^x sin y; the real part as expm1(x) cos y - 2 sin^2(y / 2) keeps
+        # its precision for small dt A, as complex expm1 does.
+        e_re = torch.expm1(x) * torch.cos(y) - 2 * torch.sin(0.5 * y).square()
+        e_im = torch.exp(x) * torch.sin(y)
+        # ZOH: coeff = C B (exp(dt A) - 1) / A, complex products and the quotient written out
+        cb_re, cb_im = c_re * b_re - c_im * b_im, c_re * b_im + c_im * b_re
+        n_re, n_im = cb_re * e_re - cb_im * e_im, cb_re * e_im + cb_im * e_re
+        a_sq = a_re.square() + a_im.square()
+        coeff_re, coeff_im = (n_re * a_re + n_im * a_im) / a_sq, (n_im * a_re - n_re * a_im) / a_sq
+        # Re(coeff exp(dt A l)) = e^(x l) (coeff_re cos(y l) - coeff_im sin(y l)), (2, H, modes, L)
+        positions = torch.arange(length, device=dt.device, dtype=dtype)
+        decay = torch.exp(x.unsqueeze(-1) * positions)
+        angle = y.unsqueeze(-1) * positions
+        kernels = 2 * (decay * (coeff_re.unsqueeze(-1) * torch.cos(angle) - coeff_im.unsqueeze(-1) * torch.sin(angle)))
+        kernels = kernels.sum(dim=2)
         return kernels[0], kernels[1]
 
 
@@ -292,3 +304,8 @@ class BidirectionalH3(nn.Module):
 
         out = out.permute(0, 3, 1, 2).reshape(batch, num_tokens, dim).to(x.dtype)
         return self.proj_drop(self.proj(self.attn_drop(out)))
+
+
+# The forward branches on tensor properties (the accumulation dtype, the SSM kernel's complex dtype and the Toeplitz /
+# FFT choice by token count), which FX cannot trace: the mixer is a leaf for timm's FX feature extraction.
+register_notrace_module(BidirectionalH3)

@@ -18,6 +18,7 @@ import math
 
 import torch
 import torch.nn as nn
+from timm.layers import register_notrace_module
 
 from vitzoo.kernels import linear_attention
 
@@ -143,3 +144,8 @@ class ZeroSAttention(nn.Module):
         out = low_precision_layer_norm(out, (self.head_dim,), None, None, _HEAD_NORM_EPS)
         out = self.attn_drop(out.reshape(batch, num_tokens, dim).to(x.dtype))
         return self.proj_drop(self.proj(out))
+
+
+# The forward branches on tensor properties (the accumulation dtype (promote_types of the input dtype) and the 16-bit
+# norm path), which FX cannot trace: the mixer is a leaf for timm's FX feature extraction.
+register_notrace_module(ZeroSAttention)

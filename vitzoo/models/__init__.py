@@ -1,9 +1,9 @@
 """Model families; importing this package registers every vitzoo model with timm."""
 import timm
 
-from . import efficientvit, vit
+from . import vitzoo_efficientvit, vitzoo_vit
 
-MODEL_MODULES = (vit.__name__.rsplit(".", 1)[-1], efficientvit.__name__.rsplit(".", 1)[-1])
+MODEL_MODULES = tuple(m.__name__.rsplit(".", 1)[-1] for m in (vitzoo_vit, vitzoo_efficientvit))
 
 
 def list_models(pattern: str = "") -> list[str]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from timm.layers import register_notrace_function
 
 _IMAGE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -35,9 +36,10 @@ def model_name(model: torch.nn.Module) -> str:
     return cfg.get("architecture") or type(model).__name__
 
 
-def check_images(model: torch.nn.Module, x: torch.Tensor, in_chans: int) -> None:
-    """Turn shape/dtype mistakes into one-line ValueErrors naming the model and what it expects."""
-    name = model_name(model)
+# A leaf for timm's FX feature extraction: its checks branch on the input's shape and dtype, which FX cannot trace.
+@register_notrace_function
+def check_images(x: torch.Tensor, in_chans: int, name: str) -> None:
+    """Turn shape/dtype mistakes into one-line ValueErrors naming the model (``name``) and what it expects."""
     if x.dim() != 4:
         raise ValueError(f"{name} expects images of shape (B, C, H, W); got {tuple(x.shape)}")
     if x.shape[1] != in_chans:

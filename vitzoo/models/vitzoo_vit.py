@@ -24,7 +24,15 @@ from functools import partial
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
+from timm.layers import (
+    DropPath,
+    LayerScale,
+    Mlp,
+    PatchEmbed,
+    register_notrace_function,
+    resample_abs_pos_embed,
+    trunc_normal_,
+)
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import named_apply
@@ -83,6 +91,27 @@ class MixerBlock(nn.Module):
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), grid_size, num_prefix_tokens)))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+# A leaf for timm's FX feature extraction: the checks branch on the input's shape, which FX cannot trace.
+@register_notrace_function
+def check_vit_input(
+        x: torch.Tensor, name: str, in_chans: int, img_size: tuple[int, int], patch_size: tuple[int, int],
+        dynamic_img_size: bool,
+) -> None:
+    """Turn shape/dtype mistakes into one-line errors that say what the model ``name`` expects."""
+    check_images(x, in_chans, name)
+    h, w = x.shape[-2:]
+    ph, pw = patch_size
+    if dynamic_img_size:
+        if h % ph or w % pw:
+            raise ValueError(f"{name} needs an input size divisible by the patch size {ph}x{pw}, got {h}x{w}")
+    elif (h, w) != tuple(img_size):
+        eh, ew = img_size
+        raise ValueError(
+            f"{name} expects {eh}x{ew} input, got {h}x{w}; create it with img_size={h if h == w else (h, w)} "
+            f"or dynamic_img_size=True"
+        )
 
 
 def _init_weights(module: nn.Module, name: str = "") -> None:
@@ -226,25 +255,41 @@ class MixerViT(nn.Module):
             if num_classes > 0 else nn.Identity()
         )
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        """Turn shape/dtype mistakes into one-line errors that say what the model expects."""
-        check_images(self, x, self.in_chans)
-        name = model_name(self)
-        h, w = x.shape[-2:]
-        ph, pw = self.patch_embed.patch_size
-        if self.dynamic_img_size:
-            if h % ph or w % pw:
-                raise ValueError(f"{name} needs an input size divisible by the patch size {ph}x{pw}, got {h}x{w}")
-        elif (h, w) != tuple(self.patch_embed.img_size):
-            eh, ew = self.patch_embed.img_size
-            raise ValueError(
-                f"{name} expects {eh}x{ew} input, got {h}x{w}; create it with img_size={h if h == w else (h, w)} "
-                f"or dynamic_img_size=True"
+    def set_input_size(
+            self,
+            img_size: int | tuple[int, int] | None = None,
+            patch_size: int | tuple[int, int] | None = None,
+    ) -> None:
+        """Change the input resolution and/or the patch size of a built model, as timm's
+        ``VisionTransformer.set_input_size``.
+
+        The patch embedding takes the new image size and grid (its kernel is resampled for a new patch size) and
+        the position embedding is resampled (bicubic, prefix tokens unchanged) to the new grid. The mixers hold
+        nothing sized by the grid: they receive it on every call.
+
+        Args:
+            img_size: New input resolution; None keeps the current one.
+            patch_size: New patch size; None keeps the current one.
+        """
+        prev_grid_size = self.patch_embed.grid_size
+        self.patch_embed.set_input_size(img_size=img_size, patch_size=patch_size)
+        if self.patch_embed.grid_size != prev_grid_size:
+            self.pos_embed = nn.Parameter(
+                resample_abs_pos_embed(
+                    self.pos_embed, new_size=self.patch_embed.grid_size, old_size=prev_grid_size,
+                    num_prefix_tokens=self.num_prefix_tokens, verbose=True,
+                ),
+                requires_grad=self.pos_embed.requires_grad,
             )
+        for info in self.feature_info:
+            info["reduction"] = self.patch_embed.patch_size[0]
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Patch-embed, prepend the cls token and add the (resampled if needed) position embedding."""
-        self._check_input(x)
+        check_vit_input(
+            x, model_name(self), self.in_chans, tuple(self.patch_embed.img_size), tuple(self.patch_embed.patch_size),
+            self.dynamic_img_size,
+        )
         x = self.patch_embed(x)
         if self.dynamic_img_size:
             b, h, w, c = x.shape

@@ -23,7 +23,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.efficientvit_mit import EfficientVit, EfficientVitBlock, EfficientVitLarge, ResidualBlock
 
 from ..mixers.quadratic_taylor import QT_EPS, QuadraticTaylorLiteMLA
-from ._helpers import check_images, check_pretrained_available, check_state_dict_keys, unwrap_state_dict
+from ._helpers import check_images, check_pretrained_available, check_state_dict_keys, model_name, unwrap_state_dict
 
 __all__ = ["QtVit", "QtVitLarge"]
 
@@ -101,17 +101,22 @@ def _add_drop_path(model: EfficientVit | EfficientVitLarge, drop_path_rate: floa
         setattr(parent, name, DropPathResidualBlock(getattr(parent, name), rate))
 
 
+# A leaf for FX (its checks branch on the input's shape). torch.fx.wrap, not timm's register_notrace_function: the
+# call sits in forward_features, which timm's tracer does not visit for autowrapping (only forward methods).
+torch.fx.wrap("check_images")
+
+
 class _CheckedImages:
     """Checks images before timm's EfficientViT sees them: one-line errors instead of conv shape errors."""
 
     in_chans: int
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(self, x, self.in_chans)
+        check_images(x, self.in_chans, model_name(self))
         return super().forward_features(x)
 
     def forward_intermediates(self, x: torch.Tensor, *args, **kwargs):
-        check_images(self, x, self.in_chans)
+        check_images(x, self.in_chans, model_name(self))
         return super().forward_intermediates(x, *args, **kwargs)
 
 
