@@ -14,7 +14,7 @@
 #
 # Rerunning the same command continues: finished runs (.done) are skipped, interrupted ones resume from their newest
 # checkpoint (every 2000 updates and each epoch end), so the work can be spread over several calls of a time-limited
-# machine. A failed run leaves RUNS/<family>-seed<k>.failed and its log; the others go on and the script exits 1.
+# machine (e.g. `timeout 540 bash scripts/fashion_imagenet_run.sh ...`: a stopped script stops its runs). A failed run leaves RUNS/<family>-seed<k>.failed and its log; the others go on and the script exits 1.
 #
 #   bash scripts/fashion_imagenet_run.sh                                  # all 10 models, seed 0, 30 epochs
 #   bash scripts/fashion_imagenet_run.sh --seeds "0 1 2" --gpus 8
@@ -119,7 +119,16 @@ print(f"epochs={n} warmup_epochs={c.warmup_epochs * n / c.epochs:g} cooldown_epo
 }
 
 # One background run per GPU slot; a slot is free when its run has ended (polled: runs last minutes).
+# Job control gives each run its own process group, so a stopped script (timeout, Ctrl-C) also stops its trainers
+# and their loader workers instead of leaving them to race a rerun on the same run folder.
+set -m
 declare -a SLOT_PID=()
+stop_runs() {
+    for pid in "${SLOT_PID[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+    echo "stopped; rerun the same command to continue from the newest checkpoints" >&2
+    exit 143
+}
+trap stop_runs INT TERM
 for seed in $SEEDS; do
     for family in $FAMILIES; do
         [ -f "$RUNS/$family-seed$seed.done" ] && { echo "skip  $family-seed$seed (done)"; continue; }
