@@ -112,21 +112,32 @@ def test_bad_arguments_stop_with_one_line_and_status_2(tmp_path: Path, capsys: p
     assert not (tmp_path / "out").exists()
 
 
-@needs_fashion_mnist
-def test_one_recipe_step_on_a_tiny_copy_writes_the_run_outputs(tmp_path: Path):
-    data = tmp_path / "data"
+@pytest.fixture(scope="module")
+def tiny_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 images per class and split at 64 px."""
+    data = tmp_path_factory.mktemp("fashion_imagenet")
     maker.build(Path(FASHION_MNIST_DIR), data, size=64, per_class=2, progress=False)
+    return data
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize(("name", "model"), [(name, model) for name, _, model in CONFIGS])
+def test_one_recipe_step_on_a_tiny_copy_writes_the_run_outputs(tiny_copy: Path, tmp_path: Path, name: str,
+                                                                model: str):
     run = tmp_path / "run"
-    # The linear family's whole recipe (RandAugment, mixup/cutmix, random erasing, the schedule) at 64 px, one update.
-    train_main(["--config", str(ROOT / "configs" / "fashion_imagenet" / "linear.yaml"), "--data-dir", str(data),
-                "--output", str(run), "--precision", "fp32", "img_size=64", "batch_size=4", "max_steps=1",
-                "workers=0", "progress=false", "log_interval=1"])
+    # The whole recipe (RandAugment, mixup/cutmix, random erasing, EMA, the schedule), one update; the DeiT models
+    # at 64 px, qtvit_1 (no img_size argument) at its 224.
+    size = [] if name == "qtvit_1" else ["img_size=64"]
+    train_main(["--config", str(ROOT / "configs" / "fashion_imagenet" / f"{name}.yaml"), "--data-dir", str(tiny_copy),
+                "--output", str(run), "--precision", "fp32", *size, "batch_size=4", "max_steps=1", "workers=0",
+                "progress=false", "log_interval=1"])
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["model"] == "linear_deit_tiny_patch16_224" and saved["num_classes"] == 10
+    assert saved["model"] == model and saved["num_classes"] == 10
     with open(run / "summary.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 1 and 0 <= float(rows[0]["eval_top1"]) <= 100
-    assert (run / "checkpoints" / "last" / "model.safetensors").is_file()
+    weights = {path.name for path in (run / "checkpoints" / "last").iterdir()}
+    assert "model.safetensors" in weights and ("ema.safetensors" in weights) == saved["model_ema"]
 
 
 def test_the_run_script_trains_every_config_by_default():
