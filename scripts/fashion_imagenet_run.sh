@@ -10,7 +10,8 @@
 #    --gpus runs at a time. Each run folder gets train.py's config.yaml, log.jsonl, summary.csv and checkpoints/.
 # 3. Evaluates each finished run's last checkpoint on val with eval.py (the EMA weights where the recipe keeps an
 #    EMA: qt, qtvit_1) and appends the row to RESULTS (timm's results columns + vitzoo's; one row per run, the
-#    checkpoint column names the run folder and so the seed). Then RUNS/<family>-seed<k>.done is written.
+#    checkpoint column names the run folder and so the seed; evaluations take turns on a lock, as eval.py replaces
+#    the CSV to append). Then RUNS/<family>-seed<k>.done is written.
 #
 # Rerunning the same command continues: finished runs (.done) are skipped, interrupted ones resume from their newest
 # checkpoint (every 2000 updates and each epoch end), so the work can be spread over several calls of a time-limited
@@ -61,6 +62,10 @@ while [ $# -gt 0 ]; do
         *) echo "error: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
     esac
 done
+for value in "$EPOCHS" "$GPUS" "$PER_CLASS"; do
+    [[ -z "$value" || "$value" =~ ^[1-9][0-9]*$ ]] \
+        || { echo "error: --epochs, --gpus and --per-class take a positive integer, got $value" >&2; exit 2; }
+done
 for family in $FAMILIES; do
     [ -f "configs/fashion_imagenet/$family.yaml" ] \
         || { echo "error: no configs/fashion_imagenet/$family.yaml; families are:" \
@@ -108,7 +113,7 @@ print(f"epochs={n} warmup_epochs={c.warmup_epochs * n / c.epochs:g} cooldown_epo
             --dynamo_backend no --mixed_precision no \
             train.py --config "$config" --data-dir "$DATA" --output "$RUNS/$name" --resume auto \
             "${args[@]}" "${OVERRIDES[@]}" progress=false >> "$RUNS/$name.log" 2>&1 \
-        && CUDA_VISIBLE_DEVICES=$gpu "$PYTHON" eval.py --checkpoint "$RUNS/$name" "${ema[@]}" --data-dir "$DATA" \
+        && CUDA_VISIBLE_DEVICES=$gpu flock "$RUNS/.results.lock" "$PYTHON" eval.py --checkpoint "$RUNS/$name" "${ema[@]}" --data-dir "$DATA" \
             --results-file "$RESULTS" --workers 8 >> "$RUNS/$name.log" 2>&1; then
         date -u +%FT%TZ > "$RUNS/$name.done"
         echo "done  $name ($(date -u +%T))"
