@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# Accuracy of every family's tiny model at ImageNet shape (224 px, the ImageNet recipes) on ImageNet-shaped
+# Fashion-MNIST, for the accuracy-vs-speed plot. Written for a GPU machine; not yet run on one.
+#
+# 1. Builds the image folder (scripts/make_fashion_imagenet.py: 256 px RGB JPEGs, 60000 train / 10000 val) from
+#    the four Fashion-MNIST idx .gz files, unless --data already holds a finished build (its COMPLETE file, which
+#    records --per-class; a build with another --per-class is refused).
+# 2. Trains each (family, seed) with `accelerate launch train.py --config configs/fashion_imagenet/<family>.yaml
+#    --data-dir DATA --output RUNS/<family>-seed<k> --resume auto seed=<k>`: one process per run, one run per GPU,
+#    --gpus runs at a time. Each run folder gets train.py's config.yaml, log.jsonl, summary.csv and checkpoints/.
+# 3. Evaluates each finished run's last checkpoint on val with eval.py (the EMA weights where the recipe keeps an
+#    EMA: qt, qtvit_1) and appends the row to RESULTS (timm's results columns + vitzoo's; one row per run, the
+#    checkpoint column names the run folder and so the seed; evaluations take turns on a lock, as eval.py replaces
+#    the CSV to append). Then RUNS/<family>-seed<k>.done is written.
+#
+# Rerunning the same command continues: finished runs (.done) are skipped, interrupted ones resume from their newest
+# checkpoint (every 2000 updates and each epoch end), so the work can be spread over several calls of a time-limited
+# machine (e.g. `timeout 540 bash scripts/fashion_imagenet_run.sh ...`: a stopped script stops its runs). A failed run leaves RUNS/<family>-seed<k>.failed and its log; the others go on and the script exits 1.
+#
+#   bash scripts/fashion_imagenet_run.sh                                  # all 10 models, seed 0, 30 epochs
+#   bash scripts/fashion_imagenet_run.sh --seeds "0 1 2" --gpus 8
+#   bash scripts/fashion_imagenet_run.sh --families "linear softmax" --epochs 3 -- workers=12
+#
+# Options:
+#   --families "F ..."  config names in configs/fashion_imagenet (default: all, FAMILIES below)
+#   --seeds "S ..."     seeds (default 0)
+#   --epochs N          epochs (default: the configs' 30); warm-up and cool-down epochs are scaled by N/30, as the
+#                       configs scale the ImageNet recipe's
+#   --gpus N            runs at once, run i on GPU i mod N (default: the number of GPUs nvidia-smi lists, else 1)
+#   --fm-dir DIR        folder of the idx .gz files (default /usr/share/datasets/fashion-mnist if present, else
+#                       device_carry/fashion-mnist, git-ignored, for copies carried to the GPU machine)
+#   --data DIR          the image folder (default data/fashion_imagenet)
+#   --per-class N       build at most N images per class and split (default: all; use another --data for subsets)
+#   --runs DIR          run folders (default runs/fashion_imagenet/e<epochs>)
+#   --results CSV       eval rows (default results/fashion_imagenet.csv)
+#   -- key=value ...    train.py config overrides for every run
+#
+# Then, with the zoo's speed CSVs: vitzoo-pareto --bench <benchmark folder> --results results/fashion_imagenet.csv
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ -z "${VIRTUAL_ENV:-}" ] && [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; fi
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+
+FAMILIES="softmax linear inline qt zeros fem fem_softmax deltanet h3 qtvit_1"
+SEEDS="0" EPOCHS="" GPUS="" FM_DIR="" DATA=data/fashion_imagenet PER_CLASS="" RUNS="" RESULTS=results/fashion_imagenet.csv
+OVERRIDES=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --families) FAMILIES=$2; shift 2 ;;
+        --seeds) SEEDS=$2; shift 2 ;;
+        --epochs) EPOCHS=$2; shift 2 ;;
+        --gpus) GPUS=$2; shift 2 ;;
+        --fm-dir) FM_DIR=$2; shift 2 ;;
+        --data) DATA=$2; shift 2 ;;
+        --per-class) PER_CLASS=$2; shift 2 ;;
+        --runs) RUNS=$2; shift 2 ;;
+        --results) RESULTS=$2; shift 2 ;;
+        --) shift; OVERRIDES=("$@"); break ;;
+        *) echo "error: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
+    esac
+done
+for value in "$EPOCHS" "$GPUS" "$PER_CLASS"; do
+    [[ -z "$value" || "$value" =~ ^[1-9][0-9]*$ ]] \
+        || { echo "error: --epochs, --gpus and --per-class take a positive integer, got $value" >&2; exit 2; }
+done
+for family in $FAMILIES; do
+    [ -f "configs/fashion_imagenet/$family.yaml" ] \
+        || { echo "error: no configs/fashion_imagenet/$family.yaml; families are:" \
+                  $(cd configs/fashion_imagenet && ls -- *.yaml | sed 's/\.yaml$//') >&2; exit 2; }
+done
+if [ -z "$GPUS" ]; then
+    GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+    [ "$GPUS" -gt 0 ] || GPUS=1
+fi
+if [ -z "$FM_DIR" ]; then
+    FM_DIR=/usr/share/datasets/fashion-mnist
+    [ -d "$FM_DIR" ] || FM_DIR=device_carry/fashion-mnist
+fi
+RUNS=${RUNS:-runs/fashion_imagenet/e${EPOCHS:-30}}
+mkdir -p "$RUNS" "$(dirname "$RESULTS")"
+
+BUILD="per_class=${PER_CLASS:-all}"
+if [ -f "$DATA/COMPLETE" ] && [ "$(cat "$DATA/COMPLETE")" != "$BUILD" ]; then
+    echo "error: $DATA was built with $(cat "$DATA/COMPLETE"), not $BUILD; pass another --data" >&2
+    exit 2
+fi
+if [ ! -f "$DATA/COMPLETE" ]; then
+    # A build cut off before COMPLETE left a partial folder: rebuild it whole.
+    "$PYTHON" scripts/make_fashion_imagenet.py --source "$FM_DIR" --out "$DATA" --jobs "$(nproc)" --overwrite \
+        ${PER_CLASS:+--per-class "$PER_CLASS"}
+    echo "$BUILD" > "$DATA/COMPLETE"
+fi
+
+run_one() {  # gpu family seed
+    local gpu=$1 family=$2 seed=$3
+    local name="$family-seed$seed" config="configs/fashion_imagenet/$family.yaml"
+    local args=(seed="$seed") scaled=()
+    if [ -n "$EPOCHS" ]; then
+        read -ra scaled < <("$PYTHON" -c 'import sys; from vitzoo.engine import load_config
+c, n = load_config(sys.argv[1]), int(sys.argv[2])
+print(f"epochs={n} warmup_epochs={c.warmup_epochs * n / c.epochs:g} cooldown_epochs={round(c.cooldown_epochs * n / c.epochs)}")
+' "$config" "$EPOCHS")
+        args+=("${scaled[@]}")
+    fi
+    local ema=()
+    grep -q '^model_ema: true' "$config" && ema=(--use-ema)
+    rm -f "$RUNS/$name.failed"
+    echo "start $name on GPU $gpu ($(date -u +%T))"
+    if CUDA_VISIBLE_DEVICES=$gpu "$PYTHON" -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
+            --dynamo_backend no --mixed_precision no \
+            train.py --config "$config" --data-dir "$DATA" --output "$RUNS/$name" --resume auto \
+            "${args[@]}" "${OVERRIDES[@]}" progress=false >> "$RUNS/$name.log" 2>&1 \
+        && CUDA_VISIBLE_DEVICES=$gpu flock "$RUNS/.results.lock" "$PYTHON" eval.py --checkpoint "$RUNS/$name" "${ema[@]}" --data-dir "$DATA" \
+            --results-file "$RESULTS" --workers 8 >> "$RUNS/$name.log" 2>&1; then
+        date -u +%FT%TZ > "$RUNS/$name.done"
+        echo "done  $name ($(date -u +%T))"
+    else
+        touch "$RUNS/$name.failed"
+        echo "FAILED $name: see $RUNS/$name.log" >&2
+    fi
+}
+
+# One background run per GPU slot; a slot is free when its run has ended (polled: runs last minutes).
+# Job control gives each run its own process group, so a stopped script (timeout, Ctrl-C) also stops its trainers
+# and their loader workers instead of leaving them to race a rerun on the same run folder.
+set -m
+declare -a SLOT_PID=()
+stop_runs() {
+    for pid in "${SLOT_PID[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+    echo "stopped; rerun the same command to continue from the newest checkpoints" >&2
+    exit 143
+}
+trap stop_runs INT TERM
+for seed in $SEEDS; do
+    for family in $FAMILIES; do
+        [ -f "$RUNS/$family-seed$seed.done" ] && { echo "skip  $family-seed$seed (done)"; continue; }
+        while true; do
+            free=""
+            for ((i = 0; i < GPUS; i++)); do
+                pid=${SLOT_PID[i]:-}
+                if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then free=$i; break; fi
+            done
+            [ -n "$free" ] && break
+            sleep 10
+        done
+        run_one "$free" "$family" "$seed" &
+        SLOT_PID[free]=$!
+    done
+done
+wait
+
+failed=0
+for seed in $SEEDS; do
+    for family in $FAMILIES; do
+        if [ -f "$RUNS/$family-seed$seed.failed" ]; then failed=$((failed + 1)); fi
+    done
+done
+echo "results: $RESULTS; run folders: $RUNS; failed runs: $failed"
+[ "$failed" -eq 0 ]
