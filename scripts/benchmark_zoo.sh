@@ -25,8 +25,8 @@
 #   --bench-args "..."   extra vitzoo-bench options, e.g. "--model-kwargs depth=2 --batch-size 64"
 #   --results "CSV ..."  vitzoo-eval result CSVs with measured top-1 for the Pareto plot
 #
-# On the GPU machine (no registry there): fvcore's wheels travel in device_carry/ (git-ignored; copy them from
-# ../shared/wheels) and are installed into /tmp/site when fvcore is missing. The benchmark never imports matplotlib;
+# On the GPU machine (no registry there): fvcore's wheels travel in the git-ignored device_carry/ folder and are
+# installed into /tmp/site when fvcore is missing. The benchmark never imports matplotlib;
 # when it is missing the plots are skipped and the command to draw them later is printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,4 +1,5 @@
-"""Bidirectional DeltaNet (Yang et al., NeurIPS 2024), adapted to images as mixers.md section 8.5 decides.
+"""Bidirectional DeltaNet (Yang et al., NeurIPS 2024), adapted to images; ``docs/mixers.md`` (Bidirectional DeltaNet)
+states the math and the zoo's choices.
 
 Per token x (B, N, C), heads h = 1..H of width D = C / H:
 
@@ -68,7 +69,8 @@ class BidirectionalDeltaNet(nn.Module):
         self.conv.conv.reset_parameters()
 
     def no_weight_decay(self) -> set[str]:
-        """The output-norm gain and the depthwise conv stay out of weight decay (mixers.md 5.3)."""
+        """The output-norm gain and the depthwise conv weight stay out of weight decay (``docs/mixers.md``,
+        Bidirectional DeltaNet, says why)."""
         return {"norm_weight", "conv.conv.weight"}
 
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int = 1) -> torch.Tensor:

@@ -9,7 +9,8 @@ Per head (head_dim d), with the SSM kernel K shared across the d x d entries of 
 with Kbi(l) = Kf(l) for l >= 0 plus Kb(-l) for l <= 0: a forward diagonal SSM kernel and a separate one run on
 the flipped sequence, summed. Both kernels are S4D-Lin diagonal SSMs discretised with zero-order hold. The core
 runs in fp32: as the Toeplitz-weighted attention above for short sequences, and as an FFT long convolution
-(O(N log N) per kv channel) for long ones. See ``shared/docs/mixers.md`` sections 6 and 8.6.
+(O(N log N) per kv channel) for long ones. ``docs/mixers.md`` (Bidirectional H3) states the math and the zoo's
+choices.
 
 Optimiser hint: the SSM parameters (A, B, log dt) carry ``param._optim = {'weight_decay': 0.0, 'lr': 1e-3}``;
 a trainer should put them in a group without weight decay and with lr = min(base lr, 1e-3). The mixer's
@@ -306,6 +307,6 @@ class BidirectionalH3(nn.Module):
         return self.proj_drop(self.proj(self.attn_drop(out)))
 
 
-# The forward branches on tensor properties (the accumulation dtype, the SSM kernel's complex dtype and the Toeplitz /
-# FFT choice by token count), which FX cannot trace: the mixer is a leaf for timm's FX feature extraction.
+# The forward branches on tensor properties (the accumulation dtype and the Toeplitz / FFT choice by token count),
+# which FX cannot trace: the mixer is a leaf for timm's FX feature extraction.
 register_notrace_module(BidirectionalH3)
