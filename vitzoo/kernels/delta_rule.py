@@ -81,7 +81,7 @@ def unit_lower_inverse(a: torch.Tensor) -> torch.Tensor:
     """
     power = -a
     inverse = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device) + power
-    for _ in range(max(a.shape[-1] - 1, 1).bit_length() - 1):
+    for _ in range(max(int(a.shape[-1]) - 1, 1).bit_length() - 1):  # int(): a traced size is a tensor
         power = power @ power
         inverse = inverse + inverse @ power
     return inverse
