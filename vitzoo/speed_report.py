@@ -1,11 +1,11 @@
-"""README speed tables and the throughput-vs-resolution plot, generated from a ``vitzoo-bench --compare`` JSON.
+"""Speed tables and the throughput-vs-resolution plot, generated from a ``vitzoo-bench --compare`` JSON.
 
-    python -m vitzoo.speed_report --results benchmarks/results/compare/h200.json --readme README.md \\
+    python -m vitzoo.speed_report --results benchmarks/results/compare/h200.json --readme docs/benchmarks.md \\
         --plot benchmarks/results/compare/h200_throughput.png
 
-The tables go between the README's ``<!-- speed-tables:start -->`` / ``<!-- speed-tables:end -->`` markers, so the
-README never holds hand-typed speed numbers; ``tests/test_speed_report.py`` checks that the committed README equals
-what the committed results give.
+The tables go between the ``<!-- speed-tables:start -->`` / ``<!-- speed-tables:end -->`` markers of the given
+markdown file (``docs/benchmarks.md``), so the docs never hold hand-typed speed numbers; ``tests/test_speed_report.py``
+checks that the committed file equals what the committed results give.
 """
 from __future__ import annotations
 
@@ -151,7 +151,7 @@ def plot_throughput(data: dict[str, Any], out: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, required=True, help="a vitzoo-bench --compare JSON")
-    parser.add_argument("--readme", type=Path, help="rewrite the tables in this README between the markers")
+    parser.add_argument("--readme", type=Path, help="rewrite the tables in this markdown file between the markers")
     parser.add_argument("--plot", type=Path, help="write the throughput-vs-resolution plot here (PNG)")
     args = parser.parse_args(argv)
     try:
