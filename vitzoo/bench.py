@@ -38,8 +38,6 @@ from tqdm import tqdm
 
 import vitzoo  # noqa: F401  (registers the models)
 
-from .compare import PHASES as COMPARE_PHASES
-from .compare import CompareConfig, check_names, run_compare
 from .engine import COMPILE_MODES as TORCH_COMPILE_MODES
 from .flops import count_gmacs
 from .kernels import kernel_backend
@@ -616,6 +614,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="keep the measured rows already in --results-file and benchmark only the pairs it lacks")
     parser.add_argument("--no-progress", action="store_true")
+    from .compare import PHASES as COMPARE_PHASES  # vitzoo.compare builds on this module's helpers
+
     compare = parser.add_argument_group(
         "side-by-side comparison", "each zoo model beside its softmax twin and timm's model, interleaved in one process"
         " (vitzoo.compare); --results-file is then a JSON file")
@@ -640,6 +640,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def _main_compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    from .compare import CompareConfig, check_names, run_compare
+
     unsupported = sorted(set(args.compile) - {"none", "default", "reduce-overhead"})
     if unsupported:
         parser.error(f"--compare measures --compile none, default and reduce-overhead; got {' '.join(unsupported)}")

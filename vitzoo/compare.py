@@ -19,7 +19,6 @@ isolated steps, p50 and p90, eager and replayed from a captured CUDA graph). Com
 from __future__ import annotations
 
 import datetime
-import gc
 import hashlib
 import json
 import os
@@ -36,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .bench import _is_oom, _one_line, _release_memory, create_model, percentile
 from .models import list_models
 
 PHASES = ("infer", "train", "latency")
@@ -80,16 +80,9 @@ class CompareConfig:
     device: str = "cuda"
 
 
-def _fixed_size(name: str) -> bool:
-    return "deit" in name  # ViTs size their position embedding for the input; EfficientViTs take any size
-
-
 def build(name: str, img_size: int, device: torch.device, compile_mode: str) -> nn.Module:
     """``name`` for ``img_size`` inputs on ``device`` in eval mode, compiled unless ``compile_mode == 'none'``."""
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = timm.create_model(name, **({"img_size": img_size} if _fixed_size(name) else {}))
-    model = model.to(device).eval()
+    model = create_model(name, img_size, device)
     if compile_mode != "none":
         model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode, fullgraph=True,
                               dynamic=False)
@@ -106,13 +99,13 @@ class Step:
         mark = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
         self.begin = mark if compiled and mark is not None else (lambda: None)
         if phase == "train":
+            model.train()  # once here: a per-step .train() walks every module inside the timed loop
             self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
             self.target = torch.randint(0, 1000, (batch,), device=device)
 
     def __call__(self) -> None:
         self.begin()
         if self.phase == "train":
-            self.model.train()
             self.optimizer.zero_grad(set_to_none=True)
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 out = self.model(self.x)
@@ -196,21 +189,6 @@ def latency_ms(model: nn.Module, img_size: int, device: torch.device, steps: int
     return times
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
-def _release(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def _one_line(error: BaseException) -> str:
-    return f"{type(error).__name__}: {' '.join(str(error).split())}"[:300]
-
-
 def comparison_set(names: Iterable[str]) -> tuple[list[str], dict[str, dict[str, str]]]:
     """Every model to measure (zoo models first, then their twins and timm's models, each once) and each zoo
     model's group."""
@@ -236,10 +214,10 @@ def compare_models(names: list[str], roles: dict[str, dict[str, str]], img_size:
             if phase == "latency":
                 rows[name]["batch"] = 1
                 eager = latency_ms(model, img_size, device, config.latency_steps, graphed=False)
-                rows[name].update(latency_p50_ms=_percentile(eager, 50), latency_p90_ms=_percentile(eager, 90))
+                rows[name].update(latency_p50_ms=percentile(eager, 50), latency_p90_ms=percentile(eager, 90))
                 if device.type == "cuda" and compile_mode == "none":
                     graphed = latency_ms(model, img_size, device, config.latency_steps, graphed=True)
-                    rows[name].update(graphed_p50_ms=_percentile(graphed, 50), graphed_p90_ms=_percentile(graphed, 90))
+                    rows[name].update(graphed_p50_ms=percentile(graphed, 50), graphed_p90_ms=percentile(graphed, 90))
                 continue
             batch = scaled_batch(config.train_batch_size if phase == "train" else config.batch_size, img_size)
             rows[name]["batch"] = batch
@@ -247,11 +225,11 @@ def compare_models(names: list[str], roles: dict[str, dict[str, str]], img_size:
             for _ in range(config.warm_steps):
                 steps[name]()
         except Exception as error:  # a failure is a row's status; the others go on
-            rows[name]["status"] = "oom" if "out of memory" in str(error).lower() else _one_line(error)
+            rows[name]["status"] = "oom" if _is_oom(error) else _one_line(error)
             steps.pop(name, None)
         finally:
             if phase == "latency":
-                _release(device)
+                _release_memory(device)
     throughput: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(config.repeats):  # interleaved: A B C A B C ...
         for name, step in list(steps.items()):
@@ -275,7 +253,7 @@ def compare_models(names: list[str], roles: dict[str, dict[str, str]], img_size:
             peak_mem_mb=round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
         )
     steps.clear()
-    _release(device)
+    _release_memory(device)
     return list(rows.values())
 
 

@@ -31,6 +31,7 @@ from ._backend import (
     _interpreting,
     cdiv,
     kernel_backend,
+    launcher,
     multiprocessor_count,
     next_power_of_2,
     triton_available,
@@ -623,11 +624,6 @@ def _strides(t: torch.Tensor) -> tuple[int, ...]:
 
 if triton_available():
 
-    def _launch(kernel, direct_launch: bool):
-        # the custom ops (what torch.compile traces) launch through wrap_triton; eager callers launch the kernels
-        # directly (the custom op's dispatch and wrap_triton's machinery cost host time on every call)
-        return kernel if direct_launch else torch.library.wrap_triton(kernel)
-
     def _delta_rule_fwd(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
             scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, store: bool, direct_launch: bool = False,
@@ -647,14 +643,14 @@ if triton_available():
         t_invs = torch.empty(shape_t, **work)
         o = torch.empty(b, n, h, dv, device=q.device, dtype=v.dtype)
         common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, L2NORM=qk_l2norm, DOT_MODE=_dot_mode(q.dtype))
-        _launch(_delta_rule_wy_kernel, direct_launch)[(nt, b * h)](
+        launcher(_delta_rule_wy_kernel, direct_launch)[(nt, b * h)](
             k, v, beta, w, u, t_invs, *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv,
             LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=store, num_warps=WY_NUM_WARPS, **common,
         )
-        _launch(_delta_rule_states_kernel, direct_launch)[(cdiv(dv, bv_seq), b * h, num_dirs)](
+        launcher(_delta_rule_states_kernel, direct_launch)[(cdiv(dv, bv_seq), b * h, num_dirs)](
             k, w, u, states, new_v, *_strides(k), n, h, dk, dv, BV=bv_seq, num_warps=NUM_WARPS, **common,
         )
-        _launch(_delta_rule_output_kernel, direct_launch)[(nt, b * h)](
+        launcher(_delta_rule_output_kernel, direct_launch)[(nt, b * h)](
             q, k, states, new_v, o, *_strides(q), *_strides(k), *_strides(o), n, h, dk, dv, scale,
             BV=bv, NUM_DIRS=num_dirs, num_warps=NUM_WARPS, **common,
         )
@@ -678,11 +674,11 @@ if triton_available():
         dbeta = torch.empty(b, n, h, device=q.device, dtype=beta.dtype)
         common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, NUM_DIRS=num_dirs, L2NORM=qk_l2norm,
                       DOT_MODE=_dot_mode(q.dtype))
-        _launch(_delta_rule_dstates_kernel, direct_launch)[(cdiv(dv, bv_seq), b * h, num_dirs)](
+        launcher(_delta_rule_dstates_kernel, direct_launch)[(cdiv(dv, bv_seq), b * h, num_dirs)](
             q, k, w, grad, d_states, d_new_v, *_strides(q), *_strides(k), *_strides(grad), n, h, dk, dv, scale,
             BV=bv_seq, num_warps=NUM_WARPS, **common,
         )
-        _launch(_delta_rule_grads_kernel, direct_launch)[(nt, b * h)](
+        launcher(_delta_rule_grads_kernel, direct_launch)[(nt, b * h)](
             q, k, v, beta, grad, w, u, states, new_v, d_states, d_new_v, t_invs, dq, dk_, dv_, dbeta,
             *_strides(q), *_strides(k), *_strides(v), *beta.stride(), *_strides(grad), n, h, dk, dv, scale,
             BV=bv, num_warps=GRADS_NUM_WARPS, **common,

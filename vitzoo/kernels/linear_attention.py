@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._backend import _interpreting, cdiv, kernel_backend, multiprocessor_count, next_power_of_2
+from ._backend import _interpreting, cdiv, kernel_backend, launcher, multiprocessor_count, next_power_of_2
 
 FEATURE_MAPS = ("identity", "relu", "l2norm", "qt")
 _FEATURE_EPS = 1e-12  # guards the L2 norms of 'l2norm' and 'qt' (as F.normalize)
@@ -873,11 +873,6 @@ if triton is not None:
                     dc += tl.sum(u2 * dr2, 0) + t2 * dzc2
                 tl.store(dc_ptr + pid_bh, 2.0 * c * dc, mask=pid_split == 0)
 
-    def _launcher(kernel, direct_launch: bool):
-        # Outside a triton_op, wrap_triton launches through its tracing machinery (~0.5 ms a call on the H200), so a
-        # direct eager caller gets the kernel itself; the custom op (what torch.compile traces) needs wrap_triton.
-        return kernel if direct_launch else torch.library.wrap_triton(kernel)
-
     def _common_args(q, k, v, key_weights, query_weights, const, const_value, scale, eps):
         c_ptr = const if const is not None else q  # unused when the constant is a plain float
         a_ptr = key_weights if key_weights is not None else q  # unused without weights (HAS_WEIGHTS=False)
@@ -937,7 +932,7 @@ if triton is not None:
             *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(key_weights), *_strides4(query_weights),
             *_strides4(out),
         )
-        kernel = _launcher(_linear_attention_fwd_kernel, direct_launch)
+        kernel = launcher(_linear_attention_fwd_kernel, direct_launch)
         # the raw sums this configuration reads: z for the normaliser (and, unweighted, the centring's key sum),
         # u for the centring and the constant feature
         need_z = normalize or (center_keys and key_weights is None)
@@ -1000,7 +995,7 @@ if triton is not None:
             *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(key_weights), *_strides4(query_weights),
             *_strides4(grad), *_strides4(dq), *_strides4(dval), *_strides4(dkw if dkw.numel() else None),
         )
-        kernel = _launcher(_linear_attention_bwd_kernel, direct_launch)
+        kernel = launcher(_linear_attention_bwd_kernel, direct_launch)
         config = dict(BLOCK_N=block_n, num_warps=num_warps, num_stages=num_stages, NEED_DC=need_const_grad,
                       ROW_SCALED=normalize or key_weights is not None,
                       UNIT_D=_unit_last_stride(q, k, v, grad), **_register_cap(True), **meta)

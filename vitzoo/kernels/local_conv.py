@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._backend import cdiv, kernel_backend
+from ._backend import cdiv, kernel_backend, launcher
 
 _PREFIX_ZERO, _PREFIX_FROM_X, _PREFIX_FROM_RESIDUAL = 0, 1, 2
 
@@ -168,11 +168,6 @@ if triton is not None:
                 xs = _shifted_tile(x_base, row, col, offs_c, sx_n, H, W, valid, c_mask, i - K // 2, j - K // 2)
                 tl.store(part_base + (i * K + j) * C, tl.sum(xs * g, axis=0), mask=c_mask)
 
-    def _launch(kernel, direct_launch: bool):
-        # wrap_triton is what torch.compile traces; eager callers launch the kernel itself (wrap_triton's tracing
-        # machinery costs host time on every call)
-        return kernel if direct_launch else torch.library.wrap_triton(kernel)
-
     def _local_conv_fwd(
             x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
             grid_h: int, grid_w: int, num_prefix_tokens: int, prefix_mode: int, out_dtype: torch.dtype,
@@ -184,7 +179,7 @@ if triton is not None:
         grid = (b, cdiv(grid_h * grid_w, _BLOCK_P), cdiv(c, block_c))
         res = residual if residual is not None else x
         sw = weight.stride()
-        _launch(_local_conv_fwd_kernel, direct_launch)[grid](
+        launcher(_local_conv_fwd_kernel, direct_launch)[grid](
             x, weight, bias if bias is not None else x, res, out,
             c, grid_h, grid_w, num_prefix_tokens,
             x.stride(0), x.stride(1), sw[0] if weight.shape[0] > 1 else 0, sw[1], sw[2], sw[3],
@@ -203,7 +198,7 @@ if triton is not None:
         tiles = cdiv(grid_h * grid_w, _BLOCK_P)
         block_c = _block_c(c)
         part = torch.empty((b, tiles, kernel_size * kernel_size, c), dtype=torch.float32, device=x.device)
-        _launch(_local_conv_dw_kernel, direct_launch)[(b, tiles, cdiv(c, block_c))](
+        launcher(_local_conv_dw_kernel, direct_launch)[(b, tiles, cdiv(c, block_c))](
             x, grad, part, c, grid_h, grid_w, num_prefix_tokens, tiles,
             x.stride(0), x.stride(1), grad.stride(0), grad.stride(1),
             K=kernel_size, BLOCK_P=_BLOCK_P, BLOCK_C=block_c, num_warps=4,
