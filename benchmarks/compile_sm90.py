@@ -24,9 +24,9 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from vitzoo.kernels import delta_rule as dr  # noqa: E402
+from vitzoo.ops import delta_rule as dr  # noqa: E402
 
-la = importlib.import_module("vitzoo.kernels.linear_attention")  # the package re-exports a function of that name
+la = importlib.import_module("vitzoo.ops.linear_attention")  # the package re-exports a function of that name
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 FP32_POINTERS = {"state_ptr", "dstate_ptr", "dc_ptr"}  # every other pointer is bf16 (the benchmarks' dtype)

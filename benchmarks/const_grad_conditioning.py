@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vitzoo.kernels.linear_attention import apply_feature_map  # noqa: E402
-from vitzoo.kernels.testing import const_grad_terms  # noqa: E402
+from vitzoo.ops.linear_attention import apply_feature_map  # noqa: E402
+from vitzoo.ops.testing import const_grad_terms  # noqa: E402
 
 SHAPES = [(64, 197), (16, 785), (8, 3137)]  # (B, N) of the GPU test, H=6, d=64
 HEADS, HEAD_DIM, CONST, EPS = 6, 64, 0.6, 1e-6

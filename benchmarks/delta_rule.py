@@ -23,8 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from module_settings import overridden  # noqa: E402  (benchmarks/module_settings.py, this script's folder)
 
-from vitzoo.kernels import delta_rule as dr  # noqa: E402
-from vitzoo.kernels.testing import relative_error  # noqa: E402
+from vitzoo.ops import delta_rule as dr  # noqa: E402
+from vitzoo.ops.testing import relative_error  # noqa: E402
 
 SHAPES = [(256, 197), (64, 785), (16, 3137), (4, 12545)]  # (B, N)
 # Launch alternatives timed beside the defaults (the module's KERNEL_CHUNK, NUM_WARPS, WY_NUM_WARPS, GRADS_NUM_WARPS,

@@ -34,9 +34,9 @@ import triton
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vitzoo.kernels import linear_attention  # noqa: E402
-from vitzoo.kernels.delta_rule import delta_rule_bidirectional  # noqa: E402
-from vitzoo.kernels.linear_attention import _FEATURE_CODES, _linear_attention_bwd, _linear_attention_fwd  # noqa: E402
+from vitzoo.ops import linear_attention  # noqa: E402
+from vitzoo.ops.delta_rule import delta_rule_bidirectional  # noqa: E402
+from vitzoo.ops.linear_attention import _FEATURE_CODES, _linear_attention_bwd, _linear_attention_fwd  # noqa: E402
 
 SIZES = [(256, 197), (4, 12545)]
 HEADS, HEAD_DIM = 6, 64

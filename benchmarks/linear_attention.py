@@ -24,9 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from module_settings import overridden  # noqa: E402  (benchmarks/module_settings.py, this script's folder)
 
-from vitzoo.kernels import linear_attention_reference  # noqa: E402
-from vitzoo.kernels.linear_attention import linear_attention_triton  # noqa: E402
-from vitzoo.kernels.testing import relative_error  # noqa: E402
+from vitzoo.ops import linear_attention_reference  # noqa: E402
+from vitzoo.ops.linear_attention import linear_attention_triton  # noqa: E402
+from vitzoo.ops.testing import relative_error  # noqa: E402
 
 SIZES = [(256, 197), (64, 785), (16, 3137), (4, 12545)]
 HEADS, HEAD_DIM = 6, 64
@@ -157,7 +157,7 @@ def time_size(b: int, n: int, bandwidth: float) -> dict:
     return row
 
 
-SWEEP: dict[str, dict] = {  # name: overrides of vitzoo.kernels.linear_attention's launch knobs (_LAUNCH_OVERRIDE:
+SWEEP: dict[str, dict] = {  # name: overrides of vitzoo.ops.linear_attention's launch knobs (_LAUNCH_OVERRIDE:
     # {backward: (BLOCK_N, num_warps, num_stages)}; _SPLIT_BELOW: {backward: split below this many programs per SM};
     # _PROGRAMS_PER_SM when split; _SPLIT_STATES: bf16 state products as hi + lo halves)
     "default": {},
@@ -203,7 +203,7 @@ def sweep(bandwidth: float, names: list[str]) -> list[dict]:
     checked against float64 first and a variant over the tolerance is reported as such, not timed."""
     import importlib
 
-    module = importlib.import_module("vitzoo.kernels.linear_attention")
+    module = importlib.import_module("vitzoo.ops.linear_attention")
     rows = []
     for name in names:
         with overridden(module, SWEEP[name]):

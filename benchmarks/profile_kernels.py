@@ -34,8 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from linear_attention import copy_bandwidth  # noqa: E402  (benchmarks/linear_attention.py, this script's folder)
 
-from vitzoo.kernels.delta_rule import delta_rule_triton  # noqa: E402
-from vitzoo.kernels.linear_attention import linear_attention_triton  # noqa: E402
+from vitzoo.ops.delta_rule import delta_rule_triton  # noqa: E402
+from vitzoo.ops.linear_attention import linear_attention_triton  # noqa: E402
 
 SIZES = [(256, 197), (64, 785), (16, 3137), (4, 12545)]
 HEADS, HEAD_DIM = 6, 64
@@ -118,7 +118,7 @@ def _compiled_stats() -> dict:
     two-pass probe (Triton's per-device caches; the layout of those caches is internal, hence the getattr)."""
     import importlib
 
-    la = importlib.import_module("vitzoo.kernels.linear_attention")
+    la = importlib.import_module("vitzoo.ops.linear_attention")
     stats = {}
     for kernel in (la._linear_attention_fwd_kernel, la._linear_attention_bwd_kernel, _two_pass_kernel):
         for device_cache in getattr(kernel, "device_caches", {}).values():

@@ -16,7 +16,7 @@ growing linearly along the context; the query keeps the base noise).
 
 Models (single head of width d + 1, no biases, no residual; prediction = last coordinate of the output at the
 query position; everything scaled by 1/n so that the same parameters mean the same PGD step at every n):
-    linear attention  vitzoo.kernels.linear_attention, identity features, unnormalised; the query's own key is
+    linear attention  vitzoo.ops.linear_attention, identity features, unnormalised; the query's own key is
                       masked out through the op's key_weights, so the query reads the n context tokens only.
     H3                q-gated causal long convolution of the per-head outer products k v^T with the zoo's
                       S4D-Lin DiagonalSSMKernel (forward-direction kernel only) and the zoo's Toeplitz form of
@@ -44,8 +44,8 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vitzoo.kernels.linear_attention import linear_attention  # noqa: E402
-from vitzoo.mixers.h3 import SSM_OPTIM, DiagonalSSMKernel, gated_long_conv_toeplitz  # noqa: E402
+from vitzoo.layers.h3 import SSM_OPTIM, DiagonalSSMKernel, gated_long_conv_toeplitz  # noqa: E402
+from vitzoo.ops.linear_attention import linear_attention  # noqa: E402
 
 REGIMES = ("iid", "task_switch", "noise_ramp")
 LEARNED_MODELS = ("linear_attention", "h3")

@@ -96,7 +96,7 @@ if [ "$PLOTS_ONLY" = 0 ]; then
         local name=$1
         shift
         # shellcheck disable=SC2086  # word splitting of the lists is intended
-        "$PYTHON" -m vitzoo.bench --models $MODELS --img-sizes $SIZES --compile none $COMPILE \
+        "$PYTHON" -m vitzoo.bench.sweep --models $MODELS --img-sizes $SIZES --compile none $COMPILE \
             ${PRECISION:+--precision $PRECISION} --scale-batch --max-phase-seconds 2 --time-budget "$BUDGET" \
             --results-file "$RESULTS_DIR/$name.csv" $RESUME $EXTRA "$@" 2>"$RESULTS_DIR/$name.log" \
             || { tail -n 20 "$RESULTS_DIR/$name.log" >&2; return 1; }
@@ -120,7 +120,7 @@ fi
 
 if [ "$PLOTS" = 1 ] && "$PYTHON" -c "import matplotlib" 2>/dev/null; then
     # shellcheck disable=SC2086
-    "$PYTHON" -m vitzoo.pareto --bench "$RESULTS_DIR" ${RESULTS:+--results $RESULTS} --out "$RESULTS_DIR/plots"
+    "$PYTHON" -m vitzoo.report.pareto --bench "$RESULTS_DIR" ${RESULTS:+--results $RESULTS} --out "$RESULTS_DIR/plots"
 else
     echo "plots not drawn here; draw them (on a machine with matplotlib) with:"
     echo "  bash scripts/benchmark_zoo.sh --plots-only --out $RESULTS_DIR"

@@ -99,7 +99,7 @@ run_one() {  # gpu family seed
     local name="$family-seed$seed" config="configs/fashion_imagenet/$family.yaml"
     local args=(seed="$seed") scaled=()
     if [ -n "$EPOCHS" ]; then
-        read -ra scaled < <("$PYTHON" -c 'import sys; from vitzoo.engine import load_config
+        read -ra scaled < <("$PYTHON" -c 'import sys; from vitzoo.train.engine import load_config
 c, n = load_config(sys.argv[1]), int(sys.argv[2])
 print(f"epochs={n} warmup_epochs={c.warmup_epochs * n / c.epochs:g} cooldown_epochs={round(c.cooldown_epochs * n / c.epochs)}")
 ' "$config" "$EPOCHS")

@@ -41,7 +41,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import fashion_mnist_zoo  # noqa: E402
 
-from vitzoo import bench, pareto  # noqa: E402
+from vitzoo.bench import sweep as bench  # noqa: E402
+from vitzoo.report import pareto  # noqa: E402
 
 # The study's DeiT shape, larger than configs/fashion_mnist.yaml's CPU shape (64/4/2): on a GPU these models are
 # bound by kernel launches, so width costs almost nothing.
@@ -223,7 +224,8 @@ def main(argv: list[str] | None = None) -> None:
                  "--reference", "softmax",
                  "--out", str(args.out / "plots")]
     if importlib.util.find_spec("matplotlib") is None:  # plot later where matplotlib is
-        print(f"matplotlib is not installed: draw the plots later with python -m vitzoo.pareto {' '.join(plot_args)}")
+        print("matplotlib is not installed: draw the plots later with "
+              f"python -m vitzoo.report.pareto {' '.join(plot_args)}")
     else:
         pareto.main(plot_args)
     for row in summary:

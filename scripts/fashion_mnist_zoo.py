@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from vitzoo.engine import RESULT_COLUMNS, evaluate_model, load_config, train  # noqa: E402
+from vitzoo.train.engine import RESULT_COLUMNS, evaluate_model, load_config, train  # noqa: E402
 
 DEIT_FAMILIES = ("softmax", "linear", "inline", "qt", "zeros", "fem", "fem_softmax", "deltanet", "h3")
 # Every DeiT family shares one shape (the config's); QT-ViT-1 keeps its own EfficientViT architecture, which is fully

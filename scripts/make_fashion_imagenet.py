@@ -31,7 +31,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vitzoo.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, DataError, FashionMNIST  # noqa: E402
+from vitzoo.train.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, DataError, FashionMNIST  # noqa: E402
 
 JPEG_QUALITY = 95
 MIN_SIZE, MAX_SIZE = 28, 1024

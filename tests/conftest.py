@@ -5,7 +5,7 @@ import pytest
 import torch
 
 # Without a GPU the Triton kernels run in the interpreter. The variable is read when triton is imported, so it is
-# set here, before any test module imports vitzoo.kernels. Ops still dispatch to their PyTorch references on CPU
+# set here, before any test module imports vitzoo.ops. Ops still dispatch to their PyTorch references on CPU
 # unless a test selects the 'triton' backend, so this changes nothing for the other tests.
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
@@ -13,8 +13,8 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
 
 @pytest.fixture(autouse=True)
 def _restore_kernel_backend():
-    """Tests switch the kernel backend with ``vitzoo.kernels.set_backend``; each test starts from the session's."""
-    from vitzoo.kernels import get_backend, set_backend
+    """Tests switch the kernel backend with ``vitzoo.ops.set_backend``; each test starts from the session's."""
+    from vitzoo.ops import get_backend, set_backend
 
     previous = get_backend()
     yield

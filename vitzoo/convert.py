@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     from safetensors.torch import save_file
 
-    from .models._helpers import CheckpointLayoutError
+    from vitzoo.models._helpers import CheckpointLayoutError
 
     output = Path(args.output)
     if output.suffix != ".safetensors":

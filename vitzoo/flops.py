@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .kernels import use_backend
+from vitzoo.ops import use_backend
 
 
 def _sdpa_macs(inputs: list, outputs: list) -> int:

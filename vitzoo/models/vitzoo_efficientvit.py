@@ -6,7 +6,7 @@ Papers:
   https://arxiv.org/abs/2205.14756
 
 Official QT-ViT code (Apache-2.0): https://github.com/AMD-AIG-AIMA/AMD_QTViT. QT-ViT-1..6 are EfficientViT-B1, B2,
-B3, L1, L2 and L3 with every LiteMLA replaced by the QT version (:class:`vitzoo.mixers.quadratic_taylor.
+B3, L1, L2 and L3 with every LiteMLA replaced by the QT version (:class:`vitzoo.layers.quadratic_taylor.
 QuadraticTaylorLiteMLA`). The backbones are timm's own ``efficientvit_mit`` classes: :class:`QtVit` and
 :class:`QtVitLarge` build timm's ``EfficientVit`` / ``EfficientVitLarge`` and then swap the attention modules of
 the ViT stages, so everything else (stem, MBConvs, head, features, intermediates) is timm's code.
@@ -22,7 +22,7 @@ from timm.layers import DropPath, GELUTanh
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.efficientvit_mit import EfficientVit, EfficientVitBlock, EfficientVitLarge, ResidualBlock
 
-from ..mixers.quadratic_taylor import QT_EPS, QuadraticTaylorLiteMLA
+from ..layers.quadratic_taylor import QT_EPS, QuadraticTaylorLiteMLA
 from ._helpers import check_images, check_pretrained_available, check_state_dict_keys, model_name, unwrap_state_dict
 
 __all__ = ["QtVit", "QtVitLarge"]
@@ -264,7 +264,7 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: QtVit | QtV
     Training-script wrappers (``model`` / ``state_dict`` / ``model_ema`` / ``state_dict_ema``) and DDP ``module.``
     prefixes are removed. Official checkpoints are recognised by their ``backbone.`` keys and renamed; the tensors
     themselves need no change (the position embedding's channel order is already head-major, see
-    :class:`~vitzoo.mixers.quadratic_taylor.QuadraticTaylorLiteMLA`). Raises
+    :class:`~vitzoo.layers.quadratic_taylor.QuadraticTaylorLiteMLA`). Raises
     :class:`~vitzoo.models._helpers.CheckpointLayoutError` (a ValueError) when the keys do not fit the model.
     """
     state_dict = unwrap_state_dict(state_dict)

@@ -38,8 +38,9 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import named_apply
 from torch.utils.checkpoint import checkpoint
 
-from ..mixers import create_mixer
-from ..mixers._common import LayerNorm
+from ..layers import create_mixer
+from ..layers._common import LayerNorm
+from ..registry import FAMILIES
 from ._helpers import (
     check_images,
     check_pretrained_available,
@@ -162,7 +163,7 @@ class MixerViT(nn.Module):
             embed_dim: Width.
             depth: Number of blocks.
             num_heads: Number of heads of the mixer.
-            mixer: Token-mixer name (see ``vitzoo.mixers.MIXERS``).
+            mixer: Token-mixer name (see ``vitzoo.layers.MIXERS``).
             mixer_kwargs: Family options passed to the mixer.
             mlp_ratio: MLP hidden width over embed_dim.
             qkv_bias: Bias on the mixer's input projections.
@@ -420,41 +421,6 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: MixerViT) -
 # S and B and raises their resolution to match FLOPs (T 192/6/224, S 320/10/288, B 384/12/448).
 # ---------------------------------------------------------------------------------------------------------------
 
-_DEIT_SIZES = {"tiny": (192, 3, 224), "small": (384, 6, 224), "base": (768, 12, 224)}
-_INLINE_SIZES = {"tiny": (192, 6, 224), "small": (320, 10, 288), "base": (384, 12, 448)}
-
-# family -> (mixer, mixer_kwargs, sizes, paper, notes)
-_FAMILIES: dict[str, tuple[str, dict, dict, str, str]] = {
-    "softmax": ("softmax", {}, _DEIT_SIZES, "DeiT", "softmax attention (SDPA); loads timm deit_* weights"),
-    "linear": ("linear", {}, _DEIT_SIZES, "linear attention baseline", "ReLU feature map, normalised"),
-    "inline": (
-        "inline", {}, _INLINE_SIZES, "InLine (NeurIPS 2024)",
-        "injective linear attention + predicted 3x3 local residual on V; widths/resolutions as the paper",
-    ),
-    "qt": (
-        "qt", {}, _DEIT_SIZES, "QT-ViT (NeurIPS 2024), DeiT adaptation",
-        "adaptation: QT-ViT's quadratic-Taylor attention in a plain DeiT (the paper uses EfficientViT: qtvit_*)",
-    ),
-    "zeros": ("zeros", {}, _DEIT_SIZES, "ZeroS (NeurIPS 2025)", "non-causal zero-sum linear attention"),
-    "fem": ("fem", {"prior": "linear"}, _DEIT_SIZES, "FEM (ICLR 2026)", "free-energy mixer over a ReLU linear prior"),
-    "fem_softmax": (
-        "fem", {"prior": "softmax"}, _DEIT_SIZES, "FEM (ICLR 2026)", "free-energy mixer over a softmax prior",
-    ),
-    "deltanet": (
-        "deltanet", {}, _DEIT_SIZES, "DeltaNet (NeurIPS 2024), vision adaptation",
-        "adaptation: bidirectional delta rule (forward + reversed scan, averaged), 3x3 depthwise conv",
-    ),
-    "h3": (
-        "h3", {}, _DEIT_SIZES, "H3, vision adaptation",
-        "adaptation: centred depthwise conv + bidirectional diagonal SSM",
-    ),
-}
-
-
-def _variant_name(family: str, size: str, res: int) -> str:
-    return f"{family}_deit_{size}_patch16_{res}"
-
-
 # The authors' ImageNet-1K checkpoints (official InLine key layout, converted by ``checkpoint_filter_fn`` on load)
 # and the top-1 their README publishes. ``url`` stays empty: the zoo hosts no weights, and the files are loaded
 # with ``pretrained_cfg_overlay=dict(file=...)`` (docs/pretrained.md).
@@ -485,9 +451,9 @@ def _cfg(name: str, res: int, paper: str, notes: str) -> dict:
 
 
 default_cfgs = generate_default_cfgs({
-    _variant_name(family, size, res): _cfg(_variant_name(family, size, res), res, paper, notes)
-    for family, (_, _, sizes, paper, notes) in _FAMILIES.items()
-    for size, (_, _, res) in sizes.items()
+    family.model_name(size): _cfg(family.model_name(size), shape.resolution, family.paper, family.notes)
+    for family in FAMILIES.values() if family.backbone == "deit"
+    for size, shape in family.sizes.items()
 })
 
 
@@ -513,13 +479,13 @@ def _make_entrypoint(name: str, model_args: dict) -> Callable[..., MixerViT]:
 
 # The registry is table-driven (one entrypoint per family x size) instead of 27 hand-copied functions; each
 # entrypoint is a real module-level function, so timm lists, creates and documents it like any other.
-for _family, (_mixer, _mixer_kwargs, _sizes, _, _) in _FAMILIES.items():
-    for _size, (_dim, _heads, _res) in _sizes.items():
-        _name = _variant_name(_family, _size, _res)
+for _family in (f for f in FAMILIES.values() if f.backbone == "deit"):
+    for _size, _shape in _family.sizes.items():
+        _name = _family.model_name(_size)
         _args = dict(
-            img_size=_res, patch_size=16, embed_dim=_dim, depth=12, num_heads=_heads, mixer=_mixer,
-            **({"mixer_kwargs": dict(_mixer_kwargs)} if _mixer_kwargs else {}),
+            img_size=_shape.resolution, patch_size=16, embed_dim=_shape.width, depth=12, num_heads=_shape.heads,
+            mixer=_family.mixer, **({"mixer_kwargs": dict(_family.mixer_kwargs)} if _family.mixer_kwargs else {}),
         )
         globals()[_name] = register_model(_make_entrypoint(_name, _args))
 
-del _family, _mixer, _mixer_kwargs, _sizes, _size, _dim, _heads, _res, _name, _args
+del _family, _size, _shape, _name, _args

@@ -1,0 +1,64 @@
+"""vitzoo-bench --compare: the comparison groups, batch scaling, and a small interleaved run on the CPU."""
+import json
+
+import pytest
+
+from vitzoo.bench.compare import comparison_set, reference_models, scaled_batch
+from vitzoo.bench.sweep import main
+
+
+def test_groups_name_twin_and_timm_model():
+    assert reference_models("inline_deit_small_patch16_288") == {
+        "zoo": "inline_deit_small_patch16_288", "twin": "softmax_deit_small_patch16_224",
+        "timm": "deit_small_patch16_224"}
+    assert reference_models("softmax_deit_tiny_patch16_224") == {
+        "zoo": "softmax_deit_tiny_patch16_224", "timm": "deit_tiny_patch16_224"}
+    assert reference_models("qtvit_2") == {"zoo": "qtvit_2", "timm": "efficientvit_b2"}
+
+
+def test_scaled_batch_keeps_tokens_per_batch():
+    assert scaled_batch(256, 224) == 256
+    assert scaled_batch(256, 448) == 64
+    assert scaled_batch(256, 1024) == 12
+    assert scaled_batch(2, 4096) == 1
+    assert scaled_batch(8, 32) == 8
+
+
+def test_compare_run_writes_interleaved_rows_with_provenance(tmp_path):
+    out = tmp_path / "compare.json"
+    main(["--compare", "--models", "linear_deit_tiny_patch16_224", "--device", "cpu", "--img-sizes", "32",
+          "--phases", "infer", "latency", "--repeats", "2", "--num-warm-iter", "1", "--num-bench-iter", "1",
+          "--latency-iters", "3", "-b", "2", "--results-file", str(out)])
+    result = json.loads(out.read_text())
+    assert {"device", "torch", "timm", "date", "command", "git_revision"} <= set(result["info"])
+    infer = [r for r in result["rows"] if r["phase"] == "infer"]
+    assert [r["role"] for r in infer] == ["zoo", "twin", "timm"]
+    assert infer[0]["twin_model"] == "softmax_deit_tiny_patch16_224"
+    assert infer[0]["timm_model"] == "deit_tiny_patch16_224"
+    assert [r["model"] for r in infer] == ["linear_deit_tiny_patch16_224", "softmax_deit_tiny_patch16_224",
+                                           "deit_tiny_patch16_224"]
+    for row in infer:
+        assert row["status"] == "ok" and row["batch"] == 2 and len(row["repeats"]) == 2
+        assert row["img_per_s_min"] <= row["img_per_s"] <= row["img_per_s_max"] and row["host_ms"] > 0
+    latency = [r for r in result["rows"] if r["phase"] == "latency"]
+    assert len(latency) == 3 and all(r["latency_p50_ms"] <= r["latency_p90_ms"] for r in latency)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "deit_tiny_patch16_224"], "unknown: deit_tiny_patch16_224"),
+    (["--models", "linear_deit_tiny_patch16_224", "--compile", "max-autotune"], "--compile none, default"),
+    (["--models", "linear_deit_tiny_patch16_224", "--repeats", "0"], "--repeats must be >= 1"),
+])
+def test_compare_rejects_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--compare", "--device", "cpu", *argv])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_comparison_set_measures_each_model_once():
+    ordered, groups = comparison_set(["linear_deit_tiny_patch16_224", "inline_deit_tiny_patch16_224",
+                                      "softmax_deit_tiny_patch16_224"])
+    assert ordered == ["linear_deit_tiny_patch16_224", "inline_deit_tiny_patch16_224", "softmax_deit_tiny_patch16_224",
+                       "deit_tiny_patch16_224"]
+    assert groups["inline_deit_tiny_patch16_224"]["twin"] == "softmax_deit_tiny_patch16_224"

@@ -1,0 +1,191 @@
+"""Bidirectional H3: FFT long convolution vs explicit Toeplitz sums, and the mixer vs an explicit construction."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vitzoo.layers import h3
+from vitzoo.layers.h3 import BidirectionalH3, DiagonalSSMKernel, bidirectional_long_conv, fast_fft_length
+
+DIM, HEADS = 64, 4  # head_dim 16
+LAYOUTS = [((1, 1), 0), ((6, 8), 1), ((14, 14), 1)]  # N = 1, 49, 197
+
+
+def causal_conv_explicit(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """y_t = sum_{s <= t} kernel[t - s] x_s, one token pair at a time (x (..., L), kernel broadcastable)."""
+    length = x.shape[-1]
+    y = torch.zeros(torch.broadcast_shapes(x.shape, kernel.shape), dtype=x.dtype)
+    for t in range(length):
+        for s in range(t + 1):
+            y[..., t] += kernel[..., t - s] * x[..., s]
+    return y
+
+
+def test_fast_fft_length_has_only_small_prime_factors():
+    def small_primes_only(n: int) -> bool:
+        for p in (2, 3, 5, 7):
+            while n % p == 0:
+                n //= p
+        return n == 1
+
+    for minimum in range(1, 3000):
+        n = fast_fft_length(minimum)
+        assert n >= minimum and small_primes_only(n), minimum
+        assert not any(small_primes_only(m) for m in range(minimum, n)), minimum  # the smallest such length
+    assert fast_fft_length(2 * 4097 - 1) == 8232  # 1024 px: 2^3 3 7^3 instead of 2 * 17 * 241
+
+
+@pytest.mark.parametrize("length", [1, 2, 49, 197, 577])
+def test_long_conv_matches_toeplitz_sums(length):
+    torch.manual_seed(length)
+    x = torch.randn(2, 3, length, dtype=torch.float64)
+    kernel_fwd, kernel_bwd = torch.randn(2, 3, length, dtype=torch.float64).unbind(0)
+    zero = torch.zeros_like(kernel_fwd)
+    forward = causal_conv_explicit(x, kernel_fwd)
+    backward = causal_conv_explicit(x.flip(-1), kernel_bwd).flip(-1)  # the flipped-sequence direction
+    torch.testing.assert_close(bidirectional_long_conv(x, kernel_fwd, zero), forward, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(bidirectional_long_conv(x, zero, kernel_bwd), backward, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(
+        bidirectional_long_conv(x, kernel_fwd, kernel_bwd), forward + backward, atol=1e-10, rtol=1e-10
+    )
+
+
+def test_ssm_kernel_is_the_zoh_impulse_response():
+    torch.manual_seed(0)
+    ssm = DiagonalSSMKernel(3, d_state=8, dtype=torch.float64)
+    with torch.no_grad():
+        ssm.B.normal_()
+    kernel_fwd, kernel_bwd = ssm(20, torch.float64)
+    for direction, kernel in enumerate((kernel_fwd, kernel_bwd)):
+        dt = ssm.log_dt[direction].exp()[:, None]
+        a = torch.complex(-ssm.log_A_real[direction].exp(), ssm.A_imag[direction])
+        b, c = torch.view_as_complex(ssm.B[direction]), torch.view_as_complex(ssm.C[direction])
+        a_bar, b_bar = torch.exp(dt * a), (torch.exp(dt * a) - 1) / a * b
+        state = b_bar  # the state after an impulse at step 0, advanced one step per lag
+        for lag in range(20):
+            torch.testing.assert_close(kernel[:, lag], 2 * (c * state).sum(-1).real, atol=1e-12, rtol=1e-10)
+            state = a_bar * state
+
+
+def _complex_ssm_kernels(ssm: DiagonalSSMKernel, length: int) -> torch.Tensor:
+    """The kernels in complex arithmetic (complex expm1 and exp), float64: the formula the real-arithmetic module
+    code must equal."""
+    dt = ssm.log_dt.exp().unsqueeze(-1)
+    a = torch.complex(-ssm.log_A_real.exp(), ssm.A_imag)
+    b, c = torch.view_as_complex(ssm.B.contiguous()), torch.view_as_complex(ssm.C.contiguous())
+    coeff = c * b * torch.expm1(dt * a) / a
+    powers = torch.exp((dt * a).unsqueeze(-1) * torch.arange(length, dtype=torch.float64).to(torch.complex128))
+    return 2 * torch.einsum("dhm,dhml->dhl", coeff, powers).real
+
+
+@pytest.mark.parametrize("log_dt", [-12.0, -4.0, -1.0])
+def test_real_arithmetic_ssm_kernel_equals_complex_formula(log_dt):
+    """Real cos / sin / exp arithmetic (ONNX-exportable) against complex expm1 / exp, float64, down to tiny dt
+    where expm1's precision matters."""
+    torch.manual_seed(1)
+    ssm = DiagonalSSMKernel(3, d_state=16, dtype=torch.float64)
+    with torch.no_grad():
+        ssm.log_dt.uniform_(log_dt - 1, log_dt + 1)
+        ssm.log_A_real.uniform_(-3, 2)
+        ssm.A_imag.uniform_(-20, 20)
+        ssm.B.normal_()
+    expected = _complex_ssm_kernels(ssm, 40)
+    kernel_fwd, kernel_bwd = ssm(40, torch.float64)
+    torch.testing.assert_close(torch.stack([kernel_fwd, kernel_bwd]), expected, atol=0, rtol=1e-11)
+
+
+def _make_mixer(seed: int = 0) -> BidirectionalH3:
+    torch.manual_seed(seed)
+    mixer = BidirectionalH3(DIM, num_heads=HEADS, d_state=16, dtype=torch.float64)
+    with torch.no_grad():
+        for name, p in mixer.named_parameters():
+            if not name.startswith("ssm."):  # keep the S4D-Lin init of the SSM (a stable kernel)
+                p.normal_(std=0.3)
+    return mixer
+
+
+def explicit_h3(mixer: BidirectionalH3, x: torch.Tensor, grid_size, num_prefix: int) -> torch.Tensor:
+    """Materialise every (B, N, h, d, d) outer product and sum it against the two-sided kernel pair by pair."""
+    batch, n, dim = x.shape
+    h, d = mixer.num_heads, mixer.head_dim
+    q, k, v = F.linear(x, mixer.qkv.weight, mixer.qkv.bias).chunk(3, dim=-1)
+    grid = k[:, num_prefix:].transpose(1, 2).reshape(batch, dim, *grid_size)
+    conv = mixer.k_conv.conv
+    grid = F.conv2d(grid, conv.weight, conv.bias, padding=1, groups=dim)
+    k = torch.cat([k[:, :num_prefix], grid.flatten(2).transpose(1, 2)], dim=1)
+    q, k, v = (t.reshape(batch, n, h, d) for t in (q, k, v))
+    kv = torch.einsum("bnhi,bnhj->bnhij", k, v)
+    kernel_fwd, kernel_bwd = mixer.ssm(n, torch.float64)  # (h, N) each
+    y = mixer.D[:, None, None] * kv
+    for t in range(n):
+        for s in range(n):
+            weight = (kernel_fwd[:, t - s] if t >= s else 0) + (kernel_bwd[:, s - t] if s >= t else 0)
+            y[:, t] = y[:, t] + weight[:, None, None] * kv[:, s]
+    out = torch.einsum("bnhi,bnhij->bnhj", q, y).reshape(batch, n, dim)
+    return F.linear(out, mixer.proj.weight, mixer.proj.bias)
+
+
+@pytest.mark.parametrize("path", ["toeplitz", "fft"])
+@pytest.mark.parametrize("grid_size, num_prefix", LAYOUTS)
+def test_matches_explicit(monkeypatch, path, grid_size, num_prefix):
+    # Force one core: the switch compares N with TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM * head_dim.
+    monkeypatch.setattr(h3, "TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM", 10**9 if path == "toeplitz" else 0)
+    mixer = _make_mixer()
+    n = num_prefix + grid_size[0] * grid_size[1]
+    x = torch.randn(2, n, DIM, dtype=torch.float64)
+    out = mixer(x, grid_size=grid_size, num_prefix_tokens=num_prefix)
+    assert out.shape == (2, n, DIM)
+    torch.testing.assert_close(out, explicit_h3(mixer, x, grid_size, num_prefix), atol=1e-10, rtol=1e-9)
+
+
+def test_fft_path_is_counted_by_fvcore(monkeypatch):
+    """fvcore traces the model with torch.jit.trace, where sizes are 0-dim tensors: the FFT length must not break."""
+    pytest.importorskip("fvcore")
+    from vitzoo.flops import count_macs
+
+    monkeypatch.setattr(h3, "TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM", 0)
+    mixer = _make_mixer(1).float()
+    macs = count_macs(_GridWrapper(mixer, (5, 5)), torch.randn(1, 26, DIM))
+    assert macs >= 2 * 26 * DIM * DIM  # at least the in and out projections
+
+
+class _GridWrapper(torch.nn.Module):
+    def __init__(self, mixer: torch.nn.Module, grid_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.mixer, self.grid_size = mixer, grid_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mixer(x, grid_size=self.grid_size)
+
+
+@pytest.mark.parametrize("path", ["toeplitz", "fft"])
+def test_gradients_match_explicit_and_reach_every_parameter(monkeypatch, path):
+    monkeypatch.setattr(h3, "TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM", 10**9 if path == "toeplitz" else 0)
+    mixer = _make_mixer(1)
+    x = torch.randn(2, 26, DIM, dtype=torch.float64, requires_grad=True)
+    params = [x, *mixer.parameters()]
+    grads = torch.autograd.grad(mixer(x, grid_size=(5, 5)).square().sum(), params)
+    expected = torch.autograd.grad(explicit_h3(mixer, x, (5, 5), 1).square().sum(), params)
+    for (name, _), grad, ref in zip([("x", None), *mixer.named_parameters()], grads, expected, strict=True):
+        assert grad.abs().sum() > 0, f"no gradient reaches {name}"
+        torch.testing.assert_close(grad, ref, atol=1e-9, rtol=1e-8, msg=f"gradient of {name}")
+
+
+def test_ssm_parameters_are_marked_for_the_optimiser():
+    mixer = BidirectionalH3(DIM, num_heads=HEADS)
+    names = mixer.no_weight_decay()
+    params = dict(mixer.named_parameters())
+    assert names == {"ssm.log_dt", "ssm.log_A_real", "ssm.A_imag", "ssm.B"}
+    for name, param in params.items():
+        expected = {"weight_decay": 0.0, "lr": 1e-3} if name in names else None
+        assert getattr(param, "_optim", None) == expected, name
+    dt = params["ssm.log_dt"].exp()
+    assert ((dt >= 1e-3) & (dt <= 1e-1)).all()
+
+
+def test_rejects_unknown_option_and_odd_state():
+    with pytest.raises(TypeError):
+        BidirectionalH3(DIM, num_heads=HEADS, head_dim=1)
+    with pytest.raises(ValueError):
+        BidirectionalH3(DIM, num_heads=HEADS, d_state=7)

@@ -1,0 +1,97 @@
+"""Whole models through the Triton kernels equal the same models through the PyTorch references, at initialisation
+and after training.
+
+On a CPU-only machine the kernels run under the Triton interpreter (fp32, exact products), so the logits and every
+parameter gradient must agree to fp32 rounding. "After training" means weights moved by real AdamW steps on real
+Fashion-MNIST images (or random images when the dataset is not installed), with a learning rate high enough that they
+are far from their initial distribution.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+import vitzoo  # noqa: F401  (registers the models)
+from vitzoo.ops import set_backend, triton_available
+from vitzoo.train.data import FASHION_MNIST_DIR
+
+OP_MODULES = {importlib.import_module("vitzoo.ops.linear_attention"): "linear_attention_triton",
+              importlib.import_module("vitzoo.ops.delta_rule"): "delta_rule_triton",
+              importlib.import_module("vitzoo.ops.local_conv"): "_local_conv_fwd"}
+
+INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1" and triton_available() and not torch.cuda.is_available()
+pytestmark = pytest.mark.skipif(not INTERPRETER, reason="needs the Triton interpreter (TRITON_INTERPRET=1, no CUDA)")
+
+# Every model whose mixer calls a Triton op (softmax and fem_softmax do not).
+KERNEL_MODELS = ["linear_deit_tiny_patch16_224", "inline_deit_tiny_patch16_224", "qt_deit_tiny_patch16_224",
+                 "zeros_deit_tiny_patch16_224", "fem_deit_tiny_patch16_224", "deltanet_deit_tiny_patch16_224",
+                 "h3_deit_tiny_patch16_224"]
+TINY = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=32, depth=2, num_heads=2)
+
+
+def _images(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    if Path(FASHION_MNIST_DIR).is_dir():
+        from vitzoo.train.data import FashionMNIST
+
+        data = FashionMNIST(FASHION_MNIST_DIR, "train")
+        index = torch.randperm(len(data), generator=generator)[:count]
+        return (data.images[index].float() / 255 - 0.29) / 0.35, data.targets[index]
+    return torch.randn(count, 1, 28, 28, generator=generator), torch.randint(0, 10, (count,), generator=generator)
+
+
+def _logits_and_grads(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                      backend: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits and parameter gradients with kernel backend ``backend``; checks that the Triton ops ran exactly when
+    asked for."""
+    set_backend(backend)
+    launches = []
+    with pytest.MonkeyPatch.context() as spy:
+        for module, op in OP_MODULES.items():
+            real = getattr(module, op)
+            spy.setattr(module, op, lambda *a, _real=real, **k: launches.append(1) or _real(*a, **k))
+        model.zero_grad(set_to_none=True)
+        logits = model(images)
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+    assert bool(launches) == (backend == "triton"), f"{backend}: {len(launches)} Triton op calls"
+    return logits.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_backends_agree(model, images, labels, when: str) -> None:
+    ref_logits, ref_grads = _logits_and_grads(model, images, labels, "reference")
+    tri_logits, tri_grads = _logits_and_grads(model, images, labels, "triton")
+    scale = ref_logits.abs().max()
+    assert (tri_logits - ref_logits).abs().max() <= 1e-4 * scale, f"{when}: logits differ"
+    assert tri_grads.keys() == ref_grads.keys()
+    for name, ref in ref_grads.items():
+        error = (tri_grads[name] - ref).norm() / ref.norm().clamp(min=1e-12)
+        assert error <= 1e-4, f"{when}: gradient of {name} differs by {error:.2e}"
+
+
+@pytest.mark.parametrize("name", KERNEL_MODELS)
+def test_model_through_kernels_equals_reference_at_init_and_after_training(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, **TINY)
+    images, labels = _images(12)
+    batch, label_batch = images[:4], labels[:4]
+    _assert_backends_agree(model, batch, label_batch, "at initialisation")
+    initial = [p.detach().clone() for p in model.parameters()]
+
+    # Train on the reference path (the CPU default), then compare both paths on the moved weights.
+    set_backend("reference")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-2)
+    for step in range(8):
+        start = 4 * (step % 3)
+        loss = torch.nn.functional.cross_entropy(model(images[start:start + 4]), labels[start:start + 4])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    moved = max((p.detach() - q).abs().max() / q.abs().max().clamp(min=1e-6)
+                for p, q in zip(model.parameters(), initial, strict=True))
+    assert moved > 0.1, "the training steps did not move the weights"
+    _assert_backends_agree(model, batch, label_batch, "after training")

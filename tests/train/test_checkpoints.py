@@ -1,0 +1,184 @@
+"""Checkpoints, run folders and metrics a user can trust: one test per failure that used to pass silently.
+
+All runs are the tiny run of ``tiny_runs.py`` (about 2 s each on one core), in-process.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_runs import MODEL, Evil, snapshot, train_args, write_image_folder
+
+from vitzoo.train import engine
+from vitzoo.train.cli import train_main
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
+
+
+def _train(output: Path, data: Path, *extra: str) -> dict:
+    config = engine.load_config(None, train_args(output, data, *extra)[6:], model=MODEL, output=str(output),
+                                data_dir=str(data))
+    return engine.train(config)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_image_folder(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory, data: Path) -> Path:
+    """A finished tiny run with checkpoints after updates 3 and 6 (its epoch ends)."""
+    from accelerate.state import AcceleratorState
+
+    output = tmp_path_factory.mktemp("runs") / "finished"
+    _train(output, data)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    return output
+
+
+def test_malicious_pickle_is_refused_not_run(tmp_path: Path, finished_run: Path, data: Path) -> None:
+    """A training_state.pt / rng-0.pt that would run code on unpickling is refused, and the code never runs."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, symlinks=True)
+    marker = tmp_path / "payload-ran"
+    step = run / "checkpoints" / "step-00000006"
+    for name in ("training_state.pt", "rng-0.pt"):
+        backup = (step / name).read_bytes()
+        torch.save({"payload": Evil(marker)}, step / name)
+        with pytest.raises(engine.ConfigError, match=f"{name} refused: it would load objects other than tensors"):
+            _train(run, data, f"resume={step}")
+        assert not marker.exists(), "the pickle payload ran"
+        (step / name).write_bytes(backup)
+    # The saved files themselves load with weights_only=True: RNG states are tensors and numbers.
+    state = torch.load(step / "rng-0.pt", weights_only=True)
+    assert isinstance(state["torch"], torch.Tensor) and isinstance(state["python"], torch.Tensor)
+    torch.load(step / "training_state.pt", weights_only=True)
+
+
+def test_rng_state_round_trips() -> None:
+    """The tensor form of the RNG state restores python, numpy and torch generators exactly."""
+    import random
+
+    import numpy as np
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    random.gauss(0, 1)  # leaves a cached gaussian in python's state
+    state = engine._rng_state()
+    expected = (random.random(), random.gauss(0, 1), np.random.rand(), torch.rand(()).item())
+    engine._set_rng_state(state)
+    assert (random.random(), random.gauss(0, 1), np.random.rand(), torch.rand(()).item()) == expected
+
+
+def test_second_run_cannot_destroy_the_first(tmp_path: Path, finished_run: Path, data: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    """A new run into a used folder is refused (status 2) and leaves every file; no --output gives a fresh folder."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, symlinks=True)
+    before = snapshot(run)
+    with pytest.raises(SystemExit) as exited:
+        train_main(train_args(run, data, "epochs=1"))
+    assert exited.value.code == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert snapshot(run) == before
+
+    first = engine.fresh_output(engine.TrainConfig(model=MODEL), root=tmp_path / "out")
+    second = engine.fresh_output(engine.TrainConfig(model=MODEL), root=tmp_path / "out")
+    assert first != second and first.is_dir() and second.is_dir()
+    assert first.name.endswith(f"-{MODEL}-folder")
+
+
+def test_rotation_keeps_best_and_last(tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """checkpoint_keep=1: the best epoch's checkpoint survives later, worse ones; best/last links name them."""
+    scores = iter([90.0, 10.0, 20.0])  # epoch 0 is the best
+
+    real_evaluate = engine.evaluate
+
+    def scripted(*args, **kwargs):
+        metrics = real_evaluate(*args, **kwargs)
+        return {**metrics, "top1": next(scores)}
+
+    monkeypatch.setattr(engine, "evaluate", scripted)
+    output = tmp_path / "run"
+    metrics = _train(output, data, "epochs=3", "checkpoint_keep=1")
+    names = sorted(p.name for p in (output / "checkpoints").iterdir())
+    assert names == ["best", "last", "step-00000003", "step-00000009"]
+    assert (output / "checkpoints" / "best").resolve().name == "step-00000003"
+    assert (output / "checkpoints" / "last").resolve().name == "step-00000009"
+    assert metrics["best"]["checkpoint"] == "step-00000003"
+    assert Path(metrics["checkpoint"]).name == "step-00000009" and Path(metrics["checkpoint"]).is_dir()
+
+
+def test_summary_csv_in_timm_format(finished_run: Path) -> None:
+    with (finished_run / "summary.csv").open() as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr"]
+    assert [row[0] for row in rows[1:]] == ["0", "1"]
+
+
+def test_resume_with_other_settings_is_refused(tmp_path: Path, finished_run: Path, data: Path) -> None:
+    """Another model with the same parameter names, or another batch size, is named in the error."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, symlinks=True)
+    before = snapshot(run)
+    config = engine.load_config(None, train_args(run, data)[6:] + ["resume=auto", "epochs=3"],
+                                model="linear_deit_tiny_patch16_224", output=str(run), data_dir=str(data))
+    with pytest.raises(engine.ConfigError, match="its model is 'softmax_deit_tiny_patch16_224', this run's is "
+                                                 "'linear_deit_tiny_patch16_224'"):
+        engine.train(config)
+    with pytest.raises(engine.ConfigError, match="its batch_size is 4, this run's is 2"):
+        _train(run, data, "resume=auto", "batch_size=2", "epochs=3")
+    assert snapshot(run) == before
+
+
+def test_resume_auto_falls_back_to_the_newest_intact_checkpoint(tmp_path: Path, finished_run: Path, data: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, symlinks=True)
+    (run / "checkpoints" / "step-00000006" / "model.safetensors").write_bytes(b"\x00" * 20)  # truncated
+    leftover = run / "checkpoints" / ".tmp-step-00000007"  # as a run killed while writing a checkpoint leaves it
+    leftover.mkdir()
+    metrics = _train(run, data, "resume=auto", "epochs=3")
+    assert not leftover.exists()
+    assert "skipped 1 damaged newer checkpoint(s)" in caplog.text and "resuming from step-00000003" in caplog.text
+    events = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    resume = [e for e in events if e["event"] == "resume"][-1]
+    assert resume["checkpoint"].endswith("step-00000003") and resume["num_updates"] == 3
+    assert metrics["num_updates"] == 9
+
+
+class _FakeAccelerator:
+    """Stands in for a 2-process accelerator: ``reduce`` adds the other process's tensor."""
+
+    num_processes = 2
+
+    def __init__(self, other: torch.Tensor) -> None:
+        self.other = other
+
+    def reduce(self, tensor: torch.Tensor, reduction: str) -> torch.Tensor:
+        assert reduction == "sum"
+        return tensor + self.other
+
+
+def test_training_loss_is_the_mean_over_all_processes() -> None:
+    """Process 0 saw 3 losses summing to 3.0, process 1 saw 1 loss of 5.0: the mean is 8/4, not rank 0's 1.0."""
+    accelerator = _FakeAccelerator(torch.tensor([5.0, 1.0]))
+    assert engine.mean_over_processes(torch.tensor(3.0), 3, accelerator) == pytest.approx(2.0)
+
+
+def test_warns_when_the_device_or_launcher_changes_the_request(monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    class OneCpuProcess:
+        is_main_process = True
+        num_processes = 1
+        device = torch.device("cpu")
+
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # what accelerate launch --num_processes 2 (no --multi_cpu) sets
+    engine.warn_about_changed_settings(engine.TrainConfig(precision="fp16"), OneCpuProcess())
+    assert "precision=fp16 has no effect on CPU" in caplog.text
+    assert "accelerate launch --cpu started one process" in caplog.text

@@ -1,0 +1,171 @@
+"""ImageNet-shaped Fashion-MNIST: the folder builder, the per-family configs and one training step on a tiny copy."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from tiny_runs import snapshot
+
+from vitzoo.train.cli import train_main
+from vitzoo.train.data import FASHION_MNIST_DIR
+from vitzoo.train.engine import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("make_fashion_imagenet", ROOT / "scripts" / "make_fashion_imagenet.py")
+maker = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = maker  # --jobs workers pickle its functions by module name
+spec.loader.exec_module(maker)
+
+FAMILIES = ("softmax", "linear", "inline", "qt", "zeros", "fem", "fem_softmax", "deltanet", "h3")
+# (fashion_imagenet config, the ImageNet recipe it follows, model)
+CONFIGS = [(f, f, f"{f}_deit_tiny_patch16_224") for f in FAMILIES] + [("qtvit_1", "qt", "qtvit_1")]
+# The recipe's run length, classes, batch and data folder are all that may change, and the model, which each test
+# pins: qt.yaml's recipe serves qtvit_1 and, by its own comment, the DeiT-shaped qt_deit_tiny_patch16_224.
+ALLOWED = {"epochs", "warmup_epochs", "cooldown_epochs", "num_classes", "batch_size", "data_dir", "model"}
+
+needs_fashion_mnist = pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist missing")
+
+
+@pytest.mark.parametrize(("name", "recipe", "model"), CONFIGS)
+def test_configs_change_only_the_run_length_classes_batch_and_data(name: str, recipe: str, model: str):
+    ours = load_config(ROOT / "configs" / "fashion_imagenet" / f"{name}.yaml").to_dict()
+    imagenet = load_config(ROOT / "configs" / "imagenet" / f"{recipe}.yaml").to_dict()
+    changed = {key for key in ours if ours[key] != imagenet[key]}
+    assert changed <= ALLOWED, f"{name}: {sorted(changed - ALLOWED)} differ from configs/imagenet/{recipe}.yaml"
+    assert ours["model"] == model and ours["num_classes"] == 10 and ours["epochs"] == 30
+    ratio = ours["epochs"] / imagenet["epochs"]
+    assert ours["warmup_epochs"] == pytest.approx(imagenet["warmup_epochs"] * ratio)
+    assert ours["cooldown_epochs"] == round(imagenet["cooldown_epochs"] * ratio)
+
+
+def test_every_imagenet_recipe_has_a_fashion_imagenet_config():
+    recipes = {path.stem for path in (ROOT / "configs" / "imagenet").glob("*.yaml")}
+    ours = {path.stem for path in (ROOT / "configs" / "fashion_imagenet").glob("*.yaml")}
+    assert recipes == set(FAMILIES) and ours == recipes | {"qtvit_1"}
+
+
+@needs_fashion_mnist
+def test_two_builds_write_the_same_bytes(tmp_path: Path):
+    maker.build(Path(FASHION_MNIST_DIR), tmp_path / "a", size=48, per_class=3, progress=False)
+    # The second build is another process, through the command line, with 2 encoder processes.
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "make_fashion_imagenet.py"), "--out", str(tmp_path / "b"),
+                    "--size", "48", "--per-class", "3", "--jobs", "2", "--no-progress"], check=True, timeout=120)
+    first, second = snapshot(tmp_path / "a"), snapshot(tmp_path / "b")
+    assert first == second
+    images = [key for key in first if key.endswith(".jpg")]
+    assert len(images) == 2 * 10 * 3
+    assert sorted(p.name for p in (tmp_path / "a" / "train").iterdir()) == list(maker.CLASS_FOLDERS)
+    from PIL import Image
+
+    with Image.open(tmp_path / "a" / images[0]) as image:
+        assert image.size == (48, 48) and image.mode == "RGB"
+
+
+@needs_fashion_mnist
+def test_a_non_empty_output_is_kept_unless_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture):
+    out = tmp_path / "out"
+    maker.build(Path(FASHION_MNIST_DIR), out, size=32, per_class=2, progress=False)
+    (out / "train" / "stale.jpg").write_bytes(b"old")
+    with pytest.raises(SystemExit) as stopped:
+        maker.main(["--out", str(out), "--size", "32", "--per-class", "1", "--no-progress"])
+    assert stopped.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert (out / "train" / "stale.jpg").is_file()
+    maker.main(["--out", str(out), "--size", "32", "--per-class", "1", "--no-progress", "--overwrite"])
+    assert not (out / "train" / "stale.jpg").exists() and len(list(out.rglob("*.jpg"))) == 2 * 10
+
+
+def _truncated_copy(folder: Path) -> Path:
+    for path in Path(FASHION_MNIST_DIR).glob("*.gz"):
+        shutil.copy(path, folder / path.name)
+    broken = folder / "t10k-images-idx3-ubyte.gz"
+    broken.write_bytes(broken.read_bytes()[:5000])
+    return folder
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize(("args", "message"), [
+    (["--source", "{tmp}/missing"], "is not a folder"),
+    (["--size", "8"], "--size must be in"),
+    (["--size", "4096"], "--size must be in"),
+    (["--per-class", "0"], "--per-class must be"),
+    (["--source", "{truncated}"], "corrupt or truncated"),
+    (["--out", "{tmp}/file.txt"], "is a file"),
+])
+def test_bad_arguments_stop_with_one_line_and_status_2(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                       args: list[str], message: str):
+    (tmp_path / "file.txt").write_text("x")
+    truncated = tmp_path / "gz"
+    truncated.mkdir()
+    if "{truncated}" in args:
+        _truncated_copy(truncated)
+    argv = ["--out", str(tmp_path / "out"), "--no-progress"]
+    argv += [a.format(tmp=tmp_path, truncated=truncated) for a in args]
+    with pytest.raises(SystemExit) as stopped:
+        maker.main(argv)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and message in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2 images per class and split at 64 px."""
+    data = tmp_path_factory.mktemp("fashion_imagenet")
+    maker.build(Path(FASHION_MNIST_DIR), data, size=64, per_class=2, progress=False)
+    return data
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize(("name", "model"), [(name, model) for name, _, model in CONFIGS])
+def test_one_recipe_step_on_a_tiny_copy_writes_the_run_outputs(tiny_copy: Path, tmp_path: Path, name: str,
+                                                                model: str):
+    run = tmp_path / "run"
+    # The whole recipe (RandAugment, mixup/cutmix, random erasing, EMA, the schedule), one update; the DeiT models
+    # at 64 px, qtvit_1 (no img_size argument) at its 224.
+    size = [] if name == "qtvit_1" else ["img_size=64"]
+    train_main(["--config", str(ROOT / "configs" / "fashion_imagenet" / f"{name}.yaml"), "--data-dir", str(tiny_copy),
+                "--output", str(run), "--precision", "fp32", *size, "batch_size=4", "max_steps=1", "workers=0",
+                "progress=false", "log_interval=1"])
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"] == model and saved["num_classes"] == 10
+    with open(run / "summary.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 1 and 0 <= float(rows[0]["eval_top1"]) <= 100
+    weights = {path.name for path in (run / "checkpoints" / "last").iterdir()}
+    assert "model.safetensors" in weights and ("ema.safetensors" in weights) == saved["model_ema"]
+
+
+def test_the_run_script_trains_every_config_by_default():
+    script = (ROOT / "scripts" / "fashion_imagenet_run.sh").read_text()
+    default = script.split('\nFAMILIES="')[1].split('"')[0].split()
+    assert sorted(default) == sorted(name for name, _, _ in CONFIGS)
+
+
+@needs_fashion_mnist
+def test_the_run_script_builds_trains_evaluates_and_then_skips_finished_runs(tmp_path: Path):
+    # CPU stand-in for the GPU command: a 2-per-class 64 px build, one update of the linear model at 64 px.
+    command = ["bash", str(ROOT / "scripts" / "fashion_imagenet_run.sh"), "--families", "linear", "--epochs", "3",
+               "--per-class", "2", "--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"),
+               "--results", str(tmp_path / "results.csv"), "--", "img_size=64", "batch_size=4", "max_steps=1",
+               "workers=0", "precision=fp32"]
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr + (tmp_path / "runs" / "linear-seed0.log").read_text()
+    assert "done  linear-seed0" in first.stdout
+    with open(tmp_path / "results.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["model"] for row in rows] == ["linear_deit_tiny_patch16_224"]
+    assert "linear-seed0" in rows[0]["checkpoint"] and Path(rows[0]["dataset"]).name == "data"
+    saved = yaml.safe_load((tmp_path / "runs" / "linear-seed0" / "config.yaml").read_text())
+    assert (saved["epochs"], saved["warmup_epochs"], saved["cooldown_epochs"]) == (3, 0.05, 0)  # 0.5 and 1 x 3/30
+    assert (tmp_path / "runs" / "linear-seed0" / "summary.csv").is_file()
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "skip  linear-seed0 (done)" in again.stdout
+    assert len((tmp_path / "results.csv").read_text().splitlines()) == 2

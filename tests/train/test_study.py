@@ -1,0 +1,147 @@
+"""The Fashion-MNIST study pipeline (issue 7) end to end in its --quick form, and its aggregation over seeds."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import statistics
+from pathlib import Path
+
+import pytest
+
+from vitzoo.train.data import FASHION_MNIST_DIR
+
+ROOT = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("fashion_mnist_study", ROOT / "scripts" / "fashion_mnist_study.py")
+study = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(study)
+
+
+def test_summarize_means_and_spreads_over_seeds():
+    rows = [
+        dict(model="m", family="f", dataset="fashion_mnist", img_size="28", top1=str(t), top5="99", updates="10",
+             train_seconds=str(s))
+        for t, s in ((80.0, 10), (82.0, 12), (87.0, 14))
+    ]
+    (row,) = study.summarize(rows)
+    assert row["top1"] == pytest.approx(83.0)
+    assert row["top1_std"] == pytest.approx(statistics.stdev([80, 82, 87]), abs=1e-3)
+    assert (row["top1_min"], row["top1_max"], row["seeds"], row["train_seconds"]) == (80.0, 87.0, 3, 12.0)
+
+
+@pytest.mark.usefixtures("fresh_accelerator_state")
+@pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist not installed")
+def test_quick_study_writes_summary_bench_and_front(tmp_path: Path):
+    # --jobs 2: the runs train in child processes, which must receive the key=value override too
+    study.main(["--quick", "--seeds", "0", "1", "--jobs", "2", "--families", "softmax", "linear",
+                "--out", str(tmp_path), "batch_size=16"])
+    with (tmp_path / "summary.csv").open() as handle:
+        summary = {row["family"]: row for row in csv.DictReader(handle)}
+    assert set(summary) == {"softmax", "linear"}
+    for family, row in summary.items():
+        with (tmp_path / "seed0.csv").open() as a, (tmp_path / "seed1.csv").open() as b:
+            seeds = [float(r["top1"]) for r in [*csv.DictReader(a), *csv.DictReader(b)] if r["family"] == family]
+        assert float(row["top1"]) == pytest.approx(statistics.fmean(seeds), abs=1e-3) and row["seeds"] == "2"
+        assert row["updates"] == "16"  # 256 images at batch_size=16 (the override), not the recipe's 32
+    with (tmp_path / "bench.csv").open() as handle:
+        bench = list(csv.DictReader(handle))
+    assert {r["status"] for r in bench} == {"ok"} and all(float(r["infer_samples_per_sec"]) > 0 for r in bench)
+    assert (tmp_path / "plots" / "top1_vs_throughput.png").stat().st_size > 0
+    with (tmp_path / "plots" / "pareto_front.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) >= 1
+
+
+def test_an_interrupted_study_resumes_without_retraining(tmp_path: Path):
+    columns = study.fashion_mnist_zoo.COLUMNS
+
+    def row(family: str, top1: str, status: str = "ok") -> dict[str, str]:
+        return dict.fromkeys(columns, top1) | {"family": family, "model": family, "status": status}
+
+    study.pareto.write_csv(tmp_path / "seed0.csv", [row("softmax", "1")], columns)
+    study.pareto.write_csv(tmp_path / "seed0.linear.part.csv", [row("linear", "2")], columns)  # flushed, then killed
+    study.pareto.write_csv(tmp_path / "seed0.h3.part.csv", [row("h3", "", "error: RuntimeError: boom")], columns)
+    assert study.pending_units(tmp_path, [0, 1], ["softmax", "linear", "h3"]) == [
+        (0, "h3"), (1, "softmax"), (1, "linear"), (1, "h3")]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["seed0.csv"]  # part files folded in
+    with (tmp_path / "seed0.csv").open() as handle:
+        assert [(r["family"], r["top1"]) for r in csv.DictReader(handle)] == [("softmax", "1"), ("linear", "2")]
+
+
+def test_units_run_in_parallel_processes_until_the_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    started = []
+
+    class FinishedProcess:
+        def __init__(self, command, env):
+            started.append((command[command.index("--unit") + 1:], env.get("CUDA_VISIBLE_DEVICES")))
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(study.subprocess, "Popen", FinishedProcess)
+    monkeypatch.setattr(study, "_visible_gpus", lambda: ["0", "1"])
+    args = study.argparse.Namespace(overrides=["lr=1e-3"], out=tmp_path, epochs=3, quick=False, jobs=2,
+                                    no_new_after=None)
+    study.run_units(args, [(0, "softmax"), (0, "h3"), (1, "softmax")])
+    assert started == [(["0", "softmax"], "0"), (["0", "h3"], "1"), (["1", "softmax"], "0")]
+    started.clear()
+    args.no_new_after = -1.0
+    study.run_units(args, [(0, "softmax")])
+    assert started == []
+
+
+def test_a_stopped_study_stops_its_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    processes = []
+
+    class RunningProcess:
+        def __init__(self, command, env):
+            self.terminated = self.waited = False
+            processes.append(self)
+
+        def poll(self):
+            raise KeyboardInterrupt  # the study is stopped while its runs are still going
+
+        def terminate(self):
+            self.terminated = True
+
+        def wait(self):
+            self.waited = True
+
+    monkeypatch.setattr(study.subprocess, "Popen", RunningProcess)
+    monkeypatch.setattr(study, "_visible_gpus", lambda: [])
+    args = study.argparse.Namespace(overrides=[], out=tmp_path, epochs=1, quick=False, jobs=2, no_new_after=None)
+    with pytest.raises(KeyboardInterrupt):
+        study.run_units(args, [(0, "softmax"), (0, "h3"), (1, "softmax")])
+    assert len(processes) == 2 and all(p.terminated and p.waited for p in processes)
+
+
+def test_a_unit_trains_one_family_into_its_part_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    calls = []
+    monkeypatch.setattr(study.fashion_mnist_zoo, "main", calls.append)
+    study.main(["--unit", "2", "h3", "--out", str(tmp_path), "--epochs", "3", "lr=1e-3"])
+    (argv,) = calls
+    assert argv[argv.index("--families") + 1] == "h3" and "seed=2" in argv and "lr=1e-3" in argv
+    assert argv[argv.index("--results") + 1] == str(tmp_path / "seed2.h3.part.csv")
+    assert argv[argv.index("--epochs") + 1] == "3"
+
+
+@pytest.mark.usefixtures("fresh_accelerator_state")
+@pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist not installed")
+def test_a_failing_family_is_recorded_and_the_zoo_goes_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    real_train = study.fashion_mnist_zoo.train
+
+    def train(config):
+        if config.model.startswith("linear"):
+            raise RuntimeError("boom\nsecond line")
+        return real_train(config)
+
+    monkeypatch.setattr(study.fashion_mnist_zoo, "train", train)
+    failed = study.fashion_mnist_zoo.main([
+        "--families", "linear", "softmax", "--train-samples", "64", "--epochs", "1", "--val-samples", "100",
+        "--time-budget", "0", "--results", str(tmp_path / "seed0.zoo.part.csv"), "--output", str(tmp_path / "runs"),
+        "batch_size=32"])
+    assert failed == ["linear"]
+    with (tmp_path / "seed0.zoo.part.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["family"], r["status"]) for r in rows] == [("linear", "error: RuntimeError: boom"), ("softmax", "ok")]
+    assert float(rows[1]["top1"]) >= 0.0
+    # the failed family is not "done": a resumed study trains it again
+    assert [r["family"] for r in study._seed_rows(tmp_path, 0, study._part_files(tmp_path, 0))] == ["softmax"]

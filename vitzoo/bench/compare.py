@@ -1,0 +1,342 @@
+"""Side-by-side whole-model speed: each zoo model beside its softmax twin and timm's own model, in one process.
+
+``vitzoo-bench --compare`` runs this. For every zoo model and resolution the group is the model itself, its softmax
+twin (the same backbone with the softmax mixer, e.g. ``softmax_deit_tiny_patch16_224`` for every ``*_deit_tiny_*``)
+and timm's reference (``deit_tiny_patch16_224``; timm's EfficientViT-B for ``qtvit_1..3``). The group is measured
+interleaved (A B C A B C ...), ``repeats`` times, so a change in machine load hits all of them alike; each row
+reports the median and the spread of the repeats, and beside the throughput:
+
+- ``host_ms``: wall time to enqueue one step after a sync, without waiting for the device (median of 10). When it
+  exceeds ``device_ms`` the model is host-bound and its speed follows the CPU, not the GPU;
+- ``device_ms`` and ``launches``: summed kernel time and kernel count of one step (``torch.profiler``);
+- ``peak_mem_mb``: peak allocated memory of the step.
+
+Phases: ``infer`` (inference_mode, batch 256 at 224 and the same tokens per batch above), ``train`` (zero_grad,
+forward, cross-entropy, backward, AdamW step; batch 128 at 224, scaled the same way) and ``latency`` (batch 1,
+isolated steps, p50 and p90, eager and replayed from a captured CUDA graph). Compile modes: ``none`` (eager),
+``default`` and ``reduce-overhead`` (``torch.compile(fullgraph=True)``). bf16 autocast throughout.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vitzoo.bench.sweep import _is_oom, _one_line, _release_memory, create_model, percentile
+from vitzoo.models import list_models
+
+PHASES = ("infer", "train", "latency")
+COMPILE_MODES = ("none", "default", "reduce-overhead")
+_TIMM_EFFICIENTVIT = {"qtvit_1": "efficientvit_b1", "qtvit_2": "efficientvit_b2", "qtvit_3": "efficientvit_b3",
+                      "qtvit_4": "efficientvit_l1", "qtvit_5": "efficientvit_l2", "qtvit_6": "efficientvit_l3"}
+
+
+def reference_models(name: str) -> dict[str, str]:
+    """The comparison group of a zoo model: ``{'zoo': name, 'twin': softmax twin, 'timm': timm's model}``.
+
+    A softmax model is its own twin; QT-ViT (on EfficientViT) has no softmax twin in the zoo.
+    """
+    group = {"zoo": name}
+    family, _, rest = name.partition("_deit_")
+    if rest:
+        size = rest.split("_")[0]
+        if family != "softmax":
+            group["twin"] = f"softmax_deit_{size}_patch16_224"
+        group["timm"] = f"deit_{size}_patch16_224"
+    elif name in _TIMM_EFFICIENTVIT:
+        group["timm"] = _TIMM_EFFICIENTVIT[name]
+    return group
+
+
+def scaled_batch(batch: int, img_size: int) -> int:
+    """The same tokens per batch as ``batch`` at 224 for larger sizes: batch * (224 / img_size)^2, at least 1 (never
+    larger than ``batch``)."""
+    return max(1, min(batch, round(batch * (224 / img_size) ** 2)))
+
+
+@dataclass
+class CompareConfig:
+    """How to measure. ``batch_size`` / ``train_batch_size`` are the batches at 224 (scaled by pixel count above)."""
+
+    batch_size: int = 256
+    train_batch_size: int = 128
+    repeats: int = 3
+    warm_steps: int = 10
+    timed_steps: int = 30
+    latency_steps: int = 50
+    device: str = "cuda"
+
+
+def build(name: str, img_size: int, device: torch.device, compile_mode: str) -> nn.Module:
+    """``name`` for ``img_size`` inputs on ``device`` in eval mode, compiled unless ``compile_mode == 'none'``."""
+    model = create_model(name, img_size, device)
+    if compile_mode != "none":
+        model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode, fullgraph=True,
+                              dynamic=False)
+    return model
+
+
+class Step:
+    """One benchmark step of a phase: ``__call__`` runs it; the inputs and optimizer live here."""
+
+    def __init__(self, model: nn.Module, phase: str, batch: int, img_size: int, device: torch.device,
+                 compiled: bool) -> None:
+        self.model, self.phase, self.device = model, phase, device
+        self.x = torch.randn(batch, 3, img_size, img_size, device=device)
+        mark = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
+        self.begin = mark if compiled and mark is not None else (lambda: None)
+        if phase == "train":
+            model.train()  # once here: a per-step .train() walks every module inside the timed loop
+            self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            self.target = torch.randint(0, 1000, (batch,), device=device)
+
+    def __call__(self) -> None:
+        self.begin()
+        if self.phase == "train":
+            self.optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                out = self.model(self.x)
+            F.cross_entropy(out.float(), self.target).backward()
+            self.optimizer.step()
+        else:
+            with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16):
+                self.model(self.x)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed_ms(step: Callable[[], None], device: torch.device, steps: int) -> float:
+    """Mean ms per step of ``steps`` queued steps (CUDA events; perf_counter on the CPU)."""
+    _sync(device)
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            step()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end) / steps
+    begin = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - begin) * 1e3 / steps
+
+
+def host_ms(step: Callable[[], None], device: torch.device, samples: int = 10) -> float:
+    """Median wall time to enqueue one step on an idle device (no sync inside the step)."""
+    times = []
+    for _ in range(samples):
+        _sync(device)
+        begin = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - begin) * 1e3)
+    _sync(device)
+    return statistics.median(times)
+
+
+def device_profile(step: Callable[[], None], device: torch.device, steps: int = 3
+                   ) -> tuple[float | None, float | None]:
+    """(device ms, kernel launches) per step, from torch.profiler's kernel events; (None, None) off CUDA."""
+    if device.type != "cuda":
+        return None, None
+    from torch.profiler import ProfilerActivity, profile
+
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        _sync(device)
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    total_us = sum(e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total for e in kernels)
+    return total_us / 1e3 / steps, len(kernels) / steps
+
+
+def latency_ms(model: nn.Module, img_size: int, device: torch.device, steps: int, graphed: bool) -> list[float]:
+    """Isolated batch-1 inference times; ``graphed`` replays a captured CUDA graph of the forward."""
+    x = torch.randn(1, 3, img_size, img_size, device=device)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not graphed):
+        for _ in range(3):
+            model(x)
+        run: Callable[[], Any] = lambda: model(x)  # noqa: E731
+        if graphed:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                model(x)
+            run = graph.replay
+        times = []
+        for _ in range(steps):
+            _sync(device)
+            begin = time.perf_counter()
+            run()
+            _sync(device)
+            times.append((time.perf_counter() - begin) * 1e3)
+    return times
+
+
+def comparison_set(names: Iterable[str]) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """Every model to measure (zoo models first, then their twins and timm's models, each once) and each zoo
+    model's group."""
+    groups = {name: reference_models(name) for name in names}
+    ordered: list[str] = []
+    for role in ("zoo", "twin", "timm"):
+        for group in groups.values():
+            if role in group and group[role] not in ordered:
+                ordered.append(group[role])
+    return ordered, groups
+
+
+def compare_models(names: list[str], roles: dict[str, dict[str, str]], img_size: int, phase: str, compile_mode: str,
+                   config: CompareConfig) -> list[dict[str, Any]]:
+    """Rows for ``names`` at one (resolution, phase, compile mode), throughput measured interleaved."""
+    device = torch.device(config.device)
+    rows, steps = {}, {}
+    for name in names:
+        rows[name] = dict(model=name, img_size=img_size, phase=phase, compile=compile_mode, status="ok",
+                          **roles.get(name, {}))
+        try:
+            model = build(name, img_size, device, compile_mode)
+            if phase == "latency":
+                rows[name]["batch"] = 1
+                eager = latency_ms(model, img_size, device, config.latency_steps, graphed=False)
+                rows[name].update(latency_p50_ms=percentile(eager, 50), latency_p90_ms=percentile(eager, 90))
+                if device.type == "cuda" and compile_mode == "none":
+                    graphed = latency_ms(model, img_size, device, config.latency_steps, graphed=True)
+                    rows[name].update(graphed_p50_ms=percentile(graphed, 50), graphed_p90_ms=percentile(graphed, 90))
+                continue
+            batch = scaled_batch(config.train_batch_size if phase == "train" else config.batch_size, img_size)
+            rows[name]["batch"] = batch
+            steps[name] = Step(model, phase, batch, img_size, device, compile_mode != "none")
+            for _ in range(config.warm_steps):
+                steps[name]()
+        except Exception as error:  # a failure is a row's status; the others go on
+            rows[name]["status"] = "oom" if _is_oom(error) else _one_line(error)
+            steps.pop(name, None)
+        finally:
+            if phase == "latency":
+                _release_memory(device)
+    throughput: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(config.repeats):  # interleaved: A B C A B C ...
+        for name, step in list(steps.items()):
+            try:
+                step()  # re-warm after the other models ran
+                throughput[name].append(rows[name]["batch"] / timed_ms(step, device, config.timed_steps) * 1e3)
+            except Exception as error:
+                rows[name]["status"] = _one_line(error)
+                steps.pop(name)
+    for name, step in steps.items():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        host = host_ms(step, device)
+        dev_ms, launches = device_profile(step, device)
+        values = throughput[name]
+        rows[name].update(
+            img_per_s=round(statistics.median(values), 1), img_per_s_min=round(min(values), 1),
+            img_per_s_max=round(max(values), 1), repeats=[round(v, 1) for v in values],
+            host_ms=round(host, 3), device_ms=None if dev_ms is None else round(dev_ms, 3),
+            launches=None if launches is None else round(launches, 1),
+            peak_mem_mb=round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
+        )
+    steps.clear()
+    _release_memory(device)
+    return list(rows.values())
+
+
+def provenance(command: str, device: torch.device) -> dict[str, str]:
+    """GPU, versions, date, command and git revision of a run."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = ""
+    revision = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=Path(__file__).resolve().parent).stdout.strip()
+    package = Path(__file__).resolve().parent
+    # the code measured, whatever git says where the tree was copied: a hash of the package's sources
+    source = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(package.rglob("*.py")))).hexdigest()[:16]
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
+        "torch": torch.__version__, "triton": triton_version, "timm": timm.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": command, "git_revision": revision + ("+local changes" if dirty else ""),
+        "source_sha256": source,
+        "cpu_count": str(os.cpu_count()),
+    }
+
+
+def run_compare(names: Iterable[str], img_sizes: Iterable[int], phases: Iterable[str], compile_modes: Iterable[str],
+                config: CompareConfig, results_file: Path | None, command: str,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Measure the zoo models, their twins and timm's models at every (size, phase, compile mode), interleaved;
+    rewrite ``results_file`` after each."""
+    device = torch.device(config.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
+    ordered, groups = comparison_set(names)
+    roles: dict[str, dict[str, str]] = {}
+    for group in groups.values():
+        roles[group["zoo"]] = {"role": "zoo"} | {f"{k}_model": v for k, v in group.items() if k != "zoo"}
+    for group in groups.values():
+        for role in ("twin", "timm"):
+            if role in group and group[role] not in roles:
+                roles[group[role]] = {"role": role}
+    result: dict[str, Any] = {"info": provenance(command, device) | {"config": vars(config)}, "rows": []}
+    for img_size in img_sizes:
+        for phase in phases:
+            for mode in compile_modes:
+                if phase == "latency" and mode == "reduce-overhead":
+                    continue  # the eager row already reports the CUDA-graphed latency
+                for row in compare_models(ordered, roles, img_size, phase, mode, config):
+                    result["rows"].append(row)
+                    log(format_row(row))
+                if results_file is not None:
+                    write_json_atomic(results_file, result)
+    return result
+
+
+def format_row(row: dict[str, Any]) -> str:
+    head = f"{row['model']:36s} {row['img_size']:5d} {row['phase']:7s} {row['compile']:15s}"
+    if row["status"] != "ok":
+        return f"{head} {row['status']}"
+    if row["phase"] == "latency":
+        graphed = f" graphed p50 {row['graphed_p50_ms']:.2f}" if "graphed_p50_ms" in row else ""
+        return f"{head} p50 {row['latency_p50_ms']:.2f} ms p90 {row['latency_p90_ms']:.2f} ms{graphed}"
+    device = "" if row["device_ms"] is None else f" device {row['device_ms']:.2f} ms launches {row['launches']:.0f}"
+    return (f"{head} {row['img_per_s']:10.1f} img/s [{row['img_per_s_min']:.0f}-{row['img_per_s_max']:.0f}] "
+            f"host {row['host_ms']:.2f} ms{device}")
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def check_names(names: Iterable[str]) -> list[str]:
+    """The zoo models to compare; a one-line error for names that are not zoo models."""
+    known = set(list_models())
+    names = list(names)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"--compare takes vitzoo model names; unknown: {', '.join(unknown)} (see vitzoo-models)")
+    return names

@@ -1,0 +1,94 @@
+"""Bidirectional DeltaNet (Yang et al., NeurIPS 2024), adapted to images; ``docs/mixers.md`` (Bidirectional DeltaNet)
+states the math and the zoo's choices.
+
+Per token x (B, N, C), heads h = 1..H of width D = C / H:
+
+    q, k, v = SiLU(DWConv3x3(W_qkv x))     one shared projection; the conv runs on the patch grid, prefix tokens
+                                           (cls) pass unconvolved
+    beta    = sigmoid(W_beta x)             one write strength per head and token, in (0, 1)
+    o       = 0.5 * (delta rule in token order + delta rule in reversed order, flipped back), with q and k
+              L2-normalised per head (fused in :func:`vitzoo.ops.delta_rule.delta_rule_bidirectional`)
+    out     = W_proj (RMSNorm_head(o) * SiLU(W_g x))     per-head RMSNorm (eps 1e-5, fp32) with an output gate
+
+The depthwise conv replaces the language model's causal short convolution (kernel 4); like it, it has no bias.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import register_notrace_module
+
+from vitzoo.ops.delta_rule import delta_rule_bidirectional
+
+from ._common import GridDepthwiseConv, check_grid, low_precision_rms_norm
+
+
+class BidirectionalDeltaNet(nn.Module):
+    """Bidirectional DeltaNet token mixer.
+
+    Args:
+        dim: token width C.
+        num_heads: number of heads; C must be divisible by it.
+        qkv_bias: bias on the q/k/v projection.
+        attn_drop: dropout on the mixer output before ``proj`` (the delta rule has no attention matrix to drop);
+            kept for the mixer contract, and only applied when nonzero.
+        proj_drop: dropout after ``proj``.
+        conv_size: kernel size of the depthwise conv on the patch grid.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 8,
+            qkv_bias: bool = False,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            device=None,
+            dtype=None,
+            conv_size: int = 3,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"BidirectionalDeltaNet: dim={dim} must be divisible by num_heads={num_heads}")
+        dd = {"device": device, "dtype": dtype}
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
+        self.conv = GridDepthwiseConv(3 * dim, conv_size, bias=False, **dd)
+        self.beta_proj = nn.Linear(dim, num_heads, bias=False, **dd)
+        self.gate = nn.Linear(dim, dim, bias=False, **dd)
+        self.norm_weight = nn.Parameter(torch.ones(self.head_dim, **dd))
+        self.attn_drop = nn.Dropout(attn_drop) if attn_drop > 0 else nn.Identity()
+        self.proj = nn.Linear(dim, dim, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def init_weights(self) -> None:
+        """Re-initialise the parameters the backbone's Linear init does not cover."""
+        nn.init.ones_(self.norm_weight)
+        self.conv.conv.reset_parameters()
+
+    def no_weight_decay(self) -> set[str]:
+        """The output-norm gain and the depthwise conv weight stay out of weight decay (``docs/mixers.md``,
+        Bidirectional DeltaNet, says why)."""
+        return {"norm_weight", "conv.conv.weight"}
+
+    def forward(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int = 1) -> torch.Tensor:
+        check_grid(x, grid_size, num_prefix_tokens)
+        b, n, c = x.shape
+        qkv = F.silu(self.conv(self.qkv(x), grid_size, num_prefix_tokens))
+        q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).unbind(2)
+        beta = torch.sigmoid(self.beta_proj(x))
+        o = delta_rule_bidirectional(q, k, v, beta, qk_l2norm=True)
+        # The norm accumulates in fp32 inside its kernel; under autocast its 16-bit output is gated in 16 bits, as
+        # the next Linear would round it anyway (no fp32 round trip of the activations).
+        o = low_precision_rms_norm(o, (self.head_dim,), self.norm_weight, eps=1e-5)
+        g = F.silu(self.gate(x)).view(b, n, self.num_heads, self.head_dim)
+        o = (o * g.to(o.dtype)).reshape(b, n, c).to(x.dtype)
+        o = self.attn_drop(o)
+        return self.proj_drop(self.proj(o))
+
+
+# The forward branches on tensor properties (the 16-bit norm path (a dtype check)), which FX cannot trace: the mixer
+# is a leaf for timm's FX feature extraction.
+register_notrace_module(BidirectionalDeltaNet)

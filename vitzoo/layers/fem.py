@@ -1,0 +1,197 @@
+"""FEM: the Free Energy Mixer (Lu & Yang, ICLR 2026), non-causal, around a linear or a softmax prior.
+
+A prior p_t(i) over tokens (normalised ReLU linear attention, or softmax attention) gives two reads per value
+channel j:
+
+    mu_t,j = sum_i p_t(i) v_i,j                                          (the mean)
+    F_t,j  = (1 / beta_j) log sum_i p_t(i) exp(beta_j v_i,j)              (the free energy at beta_j = beta_max,j)
+
+F -> mu as beta -> 0 and F -> the max of v over the prior's support as beta -> inf. A per-channel inner gate
+lambda_t interpolates the reads (a linearised per-token temperature), and an RMS-normalised outer gate g_t
+scales them: out_t = W_o[g_t * ((1 - lambda_t) mu_t + lambda_t F_t)]. Both reads come from ONE prior call on the
+doubled values [v, exp(beta v - M)]. ``docs/mixers.md`` (FEM) states the math and the zoo's choices.
+
+The linear prior is the released one: features phi(x) = ReLU(x) + 1e-6 (so every prior is a proper distribution,
+even for a query whose projections are all negative) and the denominator clamped from below at 1e-6, not offset.
+The options ``rope`` (2-D axial rotary embedding of q and k) and ``conv`` (3x3 depthwise conv on q, k, v over the
+patch grid) give the released preset's position handling in vision form; both default off (see the class).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import register_notrace_module
+
+from vitzoo.ops import linear_attention
+
+from ._common import GridDepthwiseConv, axial_rope, check_grid
+
+PRIORS = ("linear", "softmax")
+VALUE_LOGEXP_CAP = 40.0  # |beta v| <= 40 keeps exp(beta v - M) >= e^-80, inside fp32's normal range
+BETA_INIT = 1.8  # beta_max = softplus(1.8) + 1e-6 ~ 1.95 at init, as the released code
+_BETA_FLOOR = 1e-6
+_GATE_FLOOR = 1e-6
+_LOG_RESTORE_EPS = 1e-30  # floor of sum_i p e^{beta v} in the log-restore (far below the e^-40 clipping bound)
+LINEAR_PRIOR_EPS = 1e-6  # the released linear prior: phi = ReLU + eps, denominator clamped at eps
+_VALUE_RATIO = 0.5  # preset A: value width E = C / 2, Q = K = C
+
+
+def fem_value_width(dim: int, num_heads: int) -> int:
+    """Preset-A value width E: C/2 rounded to the nearest multiple of 4 * num_heads (so E/h is a multiple of 4)."""
+    unit = 4 * num_heads
+    return max(1, round(_VALUE_RATIO * dim / unit)) * unit
+
+
+class FreeEnergyMixer(nn.Module):
+    """Free Energy Mixer with a non-causal prior: (B, N, C) -> (B, N, C).
+
+    Layers: ``qkv`` (C -> C + C + E: q and k C wide, values E wide, so d_k = C/h differs from d_v = E/h),
+    ``gates`` (C -> 2E: the inner gate lambda and the outer gate g per value channel), the per-channel inverse
+    temperature parameter ``beta_param`` (beta_max = softplus(beta_param) + 1e-6), and ``proj`` (E -> C).
+    All FEM internals (clipping, exponentials, log-restore, gates) run in fp32 (fp64 for fp64 inputs).
+
+    Args:
+        dim: token width C.
+        num_heads: number of heads h; C must be divisible by h.
+        qkv_bias: bias on the q, k, v projections.
+        attn_drop: dropout on the gated reads before ``proj``, for both priors (dropping prior probabilities
+            would unnormalise p and shift F by log(1 / keep) / beta).
+        proj_drop: dropout after the output projection.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
+        prior: 'linear' (ReLU + 1e-6 features, normalised, through :func:`vitzoo.ops.linear_attention`) or
+            'softmax' (``F.scaled_dot_product_attention``).
+        rope: rotate q and k with a 2-D axial rotary embedding over the patch grid (prefix tokens unrotated)
+            before the prior, as the released code rotates them with a 1-D one over the sequence. Off by default:
+            the zoo's ``fem_*`` models carry the DeiT backbone's absolute position embeddings and keep computing
+            what they computed before the option existed; turn it on for the released preset. Needs d_k
+            divisible by 4.
+        rope_base: the rotary frequencies' base (1e4 as the released code).
+        conv: a 3x3 depthwise conv (no bias) on the q, k, v projections over the patch grid, prefix tokens
+            unconvolved, placed as the zoo's DeltaNet short conv. It stands in for the released preset's local
+            conditioning, a causal time-decay recurrence along the sequence that has no meaning for an unordered
+            patch grid. Off by default so the ``fem_*`` models keep their parameter counts.
+    """
+
+    def __init__(
+            self,
+            dim: int,
+            num_heads: int = 8,
+            qkv_bias: bool = False,
+            attn_drop: float = 0.,
+            proj_drop: float = 0.,
+            device=None,
+            dtype=None,
+            prior: str = "linear",
+            rope: bool = False,
+            rope_base: float = 10000.0,
+            conv: bool = False,
+    ) -> None:
+        super().__init__()
+        if prior not in PRIORS:
+            raise ValueError(f"FreeEnergyMixer: prior={prior!r} is not one of {PRIORS}")
+        if dim % num_heads:
+            raise ValueError(f"FreeEnergyMixer: dim={dim} must be divisible by num_heads={num_heads}")
+        dd = {"device": device, "dtype": dtype}
+        self.prior = prior
+        self.num_heads = num_heads
+        self.qk_head_dim = dim // num_heads
+        self.value_dim = fem_value_width(dim, num_heads)
+        self.v_head_dim = self.value_dim // num_heads
+        if rope and self.qk_head_dim % 4:
+            raise ValueError(f"FreeEnergyMixer: rope needs d_k = dim / heads divisible by 4, got {self.qk_head_dim}")
+        self.rope = rope
+        self.rope_base = rope_base
+        self.qkv = nn.Linear(dim, 2 * dim + self.value_dim, bias=qkv_bias, **dd)
+        self.conv = GridDepthwiseConv(2 * dim + self.value_dim, 3, bias=False, **dd) if conv else None
+        self.gates = nn.Linear(dim, 2 * self.value_dim, **dd)
+        self.beta_param = nn.Parameter(torch.empty(num_heads, self.v_head_dim, **dd))
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(self.value_dim, dim, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Initialise ``beta_param`` to 1.8 (beta_max ~ 1.95) and the depthwise conv (PyTorch's default)."""
+        nn.init.constant_(self.beta_param, BETA_INIT)
+        if self.conv is not None:
+            self.conv.conv.reset_parameters()
+
+    def beta_max(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Per-channel inverse temperature beta_max = softplus(p) + 1e-6, shape (h, d_v)."""
+        return F.softplus(self.beta_param.to(dtype)) + _BETA_FLOOR
+
+    def _prior_read(self, q: torch.Tensor, k: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """sum_i p_t(i) values_i for (B, N, h, D) inputs; returns values' shape in values' dtype."""
+        if self.prior == "linear":
+            # The released prior: phi = ReLU + eps, out = num / max(den, eps). The op has no offset feature map and
+            # no clamp, so the offset features go in as 'identity' and a ones column appended to the values makes
+            # the unnormalised read carry the denominator, divided here after the clamp. The op accumulates in fp32
+            # (fp64 for fp64) and returns the fp32 values' dtype, keeping exp(beta v - M) at full precision.
+            acc = values.dtype
+            phi_q = F.relu(q.to(acc)) + LINEAR_PRIOR_EPS
+            phi_k = F.relu(k.to(acc)) + LINEAR_PRIOR_EPS
+            ones = torch.ones_like(values[..., :1])
+            read = linear_attention(phi_q, phi_k, torch.cat([values, ones], dim=-1), feature_map="identity")
+            return read[..., :-1] / read[..., -1:].clamp_min(LINEAR_PRIOR_EPS)
+        # SDPA needs one dtype: the values go in at the projections' dtype (bf16 under autocast keeps the
+        # flash kernel, which accumulates in fp32); d_k = C/h equals 2 d_v in preset A.
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), values.to(q.dtype).transpose(1, 2))
+        return out.transpose(1, 2).to(values.dtype)
+
+    def reads(
+            self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two reads of ``x`` (B, N, C): the mean mu and the free energy F, each (B, N, h, d_v) in fp32.
+
+        Values are clipped to |beta v| <= 40 for both reads; exp(beta v - M) uses M = the (detached) max of
+        beta v over tokens per (batch, head, channel), so every exponential is <= 1; F is restored exactly as
+        (log(read + eps e^-M) + M) / beta.
+        """
+        batch, num_tokens, dim = x.shape
+        qkv = self.qkv(x)
+        if self.conv is not None:
+            qkv = self.conv(qkv, grid_size, num_prefix_tokens)
+        q, k, v = qkv.split([dim, dim, self.value_dim], dim=-1)
+        q = q.reshape(batch, num_tokens, self.num_heads, self.qk_head_dim)
+        k = k.reshape(batch, num_tokens, self.num_heads, self.qk_head_dim)
+        if self.rope:
+            q = axial_rope(q, grid_size, num_prefix_tokens, self.rope_base)
+            k = axial_rope(k, grid_size, num_prefix_tokens, self.rope_base)
+        acc = torch.promote_types(v.dtype, torch.float32)
+        v = v.reshape(batch, num_tokens, self.num_heads, self.v_head_dim).to(acc)
+
+        beta = self.beta_max(acc)
+        cap = VALUE_LOGEXP_CAP / beta
+        v = torch.clamp(v, min=-cap, max=cap)
+        scaled = beta * v
+        shift = scaled.amax(dim=1, keepdim=True).detach()
+        read = self._prior_read(q, k, torch.cat([v, torch.exp(scaled - shift)], dim=-1))
+        mean, exp_read = read.split(self.v_head_dim, dim=-1)
+        # The clamp keeps log() finite (and its gradient zero) when a linear prior puts no mass on any token.
+        log_read = torch.log(exp_read.clamp_min(torch.finfo(acc).tiny))
+        free_energy = (torch.logaddexp(log_read, math.log(_LOG_RESTORE_EPS) - shift) + shift) / beta
+        return mean, free_energy
+
+    def forward(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int = 1) -> torch.Tensor:
+        """Mix the tokens of ``x`` (B, N, C); ``grid_size`` places the patches for ``rope`` and ``conv``."""
+        check_grid(x, grid_size, num_prefix_tokens)
+        batch, num_tokens, _ = x.shape
+        mean, free_energy = self.reads(x, grid_size, num_prefix_tokens)
+        gate_logits = self.gates(x).to(mean.dtype).view(batch, num_tokens, 2, self.num_heads, self.v_head_dim)
+        inner, outer = gate_logits.unbind(2)
+        inner = torch.sigmoid(inner)
+        outer = F.softplus(outer) + _GATE_FLOOR
+        # RMS-style: unit L2 norm per head, times sqrt(d_v).
+        outer = outer / outer.norm(dim=-1, keepdim=True) * math.sqrt(self.v_head_dim)
+        out = outer * torch.lerp(mean, free_energy, inner)
+        out = out.reshape(batch, num_tokens, self.value_dim).to(x.dtype)
+        return self.proj_drop(self.proj(self.attn_drop(out)))
+
+
+# The forward branches on tensor properties (the accumulation dtype and its finfo), which FX cannot trace: the mixer
+# is a leaf for timm's FX feature extraction.
+register_notrace_module(FreeEnergyMixer)

@@ -1,0 +1,1 @@
+"""Reports generated from committed results: Pareto fronts and plots, the README's model table, the speed tables."""

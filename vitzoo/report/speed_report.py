@@ -1,0 +1,171 @@
+"""Speed tables and the throughput-vs-resolution plot, generated from a ``vitzoo-bench --compare`` JSON.
+
+    python -m vitzoo.report.speed_report --results benchmarks/results/compare/h200.json --readme docs/benchmarks.md \\
+        --plot benchmarks/results/compare/h200_throughput.png
+
+The tables go between the ``<!-- speed-tables:start -->`` / ``<!-- speed-tables:end -->`` markers of the given
+markdown file (``docs/benchmarks.md``), so the docs never hold hand-typed speed numbers;
+``tests/report/test_speed_report.py`` checks that the committed file equals what the committed results give.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from vitzoo.report._readme import replace_between_markers
+
+MARKERS = ("<!-- speed-tables:start -->", "<!-- speed-tables:end -->")
+
+
+def load(path: Path) -> dict[str, Any]:
+    data = json.loads(Path(path).read_text())
+    if "rows" not in data or "info" not in data:
+        raise ValueError(f"{path} is not a vitzoo-bench --compare result (no 'info' and 'rows')")
+    return data
+
+
+def _ok(rows: list[dict], **where: Any) -> list[dict]:
+    return [r for r in rows if r["status"] == "ok" and all(r.get(k) == v for k, v in where.items())]
+
+
+def _index(rows: list[dict]) -> dict[tuple[str, int], dict]:
+    return {(r["model"], r["img_size"]): r for r in rows}
+
+
+def _ratio(row: dict, other: dict | None, key: str = "img_per_s") -> str:
+    return f"{row[key] / other[key]:.2f}x" if other else "-"
+
+
+def _zoo_models(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(r["model"] for r in rows if r.get("role") == "zoo"))
+
+
+def inference_table(rows: list[dict]) -> str:
+    """img/s per resolution with the ratios to the softmax twin and to timm's model, and the device-time ratio."""
+    infer = _ok(rows, phase="infer", compile="none")
+    sizes = sorted({r["img_size"] for r in infer})
+    by_key = _index(infer)
+    lines = ["| model | " + " | ".join(f"{s} px: img/s (x twin, x timm; device x twin)" for s in sizes) + " |",
+             "|---|" + "---|" * len(sizes)]
+    for model in _zoo_models(infer) + sorted({r["model"] for r in infer if r.get("role") != "zoo"}):
+        cells = []
+        for size in sizes:
+            row = by_key.get((model, size))
+            if row is None:
+                cells.append("")
+                continue
+            twin = by_key.get((row.get("twin_model"), size))
+            timm_row = by_key.get((row.get("timm_model"), size))
+            # the device-time ratio is what the model would gain with the host out of the way (same batch)
+            device = f"{twin['device_ms'] / row['device_ms']:.2f}x" if twin and row.get("device_ms") else "-"
+            cells.append(f"{row['img_per_s']:,.0f} ({_ratio(row, twin)}, {_ratio(row, timm_row)}; {device})")
+        lines.append(f"| `{model}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def host_device_table(rows: list[dict], phase: str, img_size: int) -> str:
+    """Throughput with its spread, host vs device ms per step, launches and memory at one resolution."""
+    selected = _ok(rows, phase=phase, compile="none", img_size=img_size)
+    by_model = {r["model"]: r for r in selected}
+    lines = ["| model | batch | img/s (min-max of repeats) | x twin | host ms | device ms | host / device | "
+             "launches | peak MB |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in selected:
+        twin = by_model.get(row.get("twin_model"))
+        lines.append(
+            f"| `{row['model']}` | {row['batch']} | {row['img_per_s']:,.0f} ({row['img_per_s_min']:,.0f}-"
+            f"{row['img_per_s_max']:,.0f}) | {_ratio(row, twin)} | {row['host_ms']:.2f} | {row['device_ms']:.2f} | "
+            f"{row['host_ms'] / row['device_ms']:.2f} | {row['launches']:.0f} | {row['peak_mem_mb']:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def latency_table(rows: list[dict]) -> str:
+    """Batch-1 latency p50 / p90, eager, and p50 replayed from a CUDA graph, per resolution."""
+    latency = _ok(rows, phase="latency", compile="none")
+    sizes = sorted({r["img_size"] for r in latency})
+    by_key = _index(latency)
+    lines = ["| model | " + " | ".join(f"{s} px: eager p50 / p90, graphed p50 (ms)" for s in sizes) + " |",
+             "|---|" + "---|" * len(sizes)]
+    for model in dict.fromkeys(r["model"] for r in latency):
+        cells = []
+        for size in sizes:
+            row = by_key.get((model, size))
+            cells.append("" if row is None else f"{row['latency_p50_ms']:.2f} / {row['latency_p90_ms']:.2f}, "
+                                                 f"{row.get('graphed_p50_ms', float('nan')):.2f}")
+        lines.append(f"| `{model}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def to_markdown(data: dict[str, Any]) -> str:
+    """Every speed table of one result file, with the provenance line they were measured with."""
+    info, rows = data["info"], data["rows"]
+    sections = [
+        f"Measured on {info['device']} ({info['cpu_count']} CPU cores), torch {info['torch']}, triton "
+        f"{info['triton']}, timm {info['timm']}, {info['date'][:10]}, code at `{info['git_revision']}`, bf16 "
+        "autocast, eager, each model beside its softmax twin and timm's model in one process, interleaved, 3 repeats.",
+        "**Inference** (batch 256 at 224 and the same tokens per batch above):",
+        inference_table(rows),
+    ]
+    infer_sizes = sorted({r["img_size"] for r in _ok(rows, phase="infer", compile="none")})
+    if infer_sizes:
+        sections += [f"**Host and device time per inference step at {infer_sizes[0]} px** (host: time to enqueue "
+                     "one step on an idle GPU; above 1.0 the model is host-bound):",
+                     host_device_table(rows, "infer", infer_sizes[0])]
+    train_sizes = sorted({r["img_size"] for r in _ok(rows, phase="train", compile="none")})
+    if train_sizes:
+        sections += [f"**Training step** (zero_grad, forward, cross-entropy, backward, AdamW) at {train_sizes[0]} px:",
+                     host_device_table(rows, "train", train_sizes[0])]
+    if _ok(rows, phase="latency", compile="none"):
+        sections += ["**Batch-1 latency**:", latency_table(rows)]
+    return "\n\n".join(sections)
+
+
+def plot_throughput(data: dict[str, Any], out: Path) -> None:
+    """img/s against resolution, one line per model (log scale), the twins and timm's models dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    infer = _ok(data["rows"], phase="infer", compile="none")
+    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
+    for model in dict.fromkeys(r["model"] for r in infer):
+        points = sorted((r["img_size"], r["img_per_s"]) for r in infer if r["model"] == model)
+        role = next(r.get("role") for r in infer if r["model"] == model)
+        ax.plot(*zip(*points, strict=True), marker="o", ms=3, lw=1.2, ls="-" if role == "zoo" else "--",
+                label=model.replace("_patch16_224", ""))
+    ax.set_yscale("log")
+    ax.set_xlabel("resolution (px)")
+    ax.set_ylabel("images / s (eager, bf16)")
+    ax.set_title(f"Inference throughput, same tokens per batch, {data['info']['device']}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, required=True, help="a vitzoo-bench --compare JSON")
+    parser.add_argument("--readme", type=Path, help="rewrite the tables in this markdown file between the markers")
+    parser.add_argument("--plot", type=Path, help="write the throughput-vs-resolution plot here (PNG)")
+    args = parser.parse_args(argv)
+    try:
+        data = load(args.results)
+        text = to_markdown(data)
+        if args.readme:
+            replace_between_markers(args.readme, MARKERS, text)
+    except (OSError, ValueError) as error:
+        parser.error(str(error))
+    if args.plot:
+        plot_throughput(data, args.plot)
+    if not args.readme:
+        print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training and evaluation on accelerate: configs, data, checkpoints, the loop and the command-line entry points."""
