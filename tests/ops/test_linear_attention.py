@@ -19,7 +19,9 @@ import pytest  # noqa: E402
 from vitzoo.ops import linear_attention_reference, set_backend, triton_available  # noqa: E402
 from vitzoo.ops.testing import const_grad_terms, relative_error  # noqa: E402
 
-la = importlib.import_module("vitzoo.ops.linear_attention")
+# the package's name is also the re-exported function's: reach the modules through importlib
+la = importlib.import_module("vitzoo.ops.linear_attention.function")
+heuristics = importlib.import_module("vitzoo.ops.linear_attention.heuristics")
 HAS_CUDA = torch.cuda.is_available()
 INTERPRETED = (
     not HAS_CUDA and triton_available() and type(la._linear_attention_fwd_kernel).__name__ == "InterpretedFunction"
@@ -156,7 +158,7 @@ def poisoned(monkeypatch):
 # ------------------------------------------------------------------------------------------ interpreter (CPU CI)
 TOLERANCES = {torch.float32: (1e-5, 3e-5), torch.float16: (1e-3, 2e-3)}  # (forward, gradients)
 CPU_CASES = [
-    # (config, B, N, H, Dk, dtype, layout); B*H <= 2 at N >= 197 splits N (see _splits), B*H = 4 keeps one program
+    # (config, B, N, H, Dk, dtype, layout); B*H <= 2 at N >= 197 splits N (see heuristics), B*H = 4 keeps one program
     ("relu", 1, 1, 2, 16, torch.float32, "fused"),
     ("relu", 1, 49, 2, 24, torch.float16, "fused"),
     ("relu", 1, 197, 2, 64, torch.float32, "fused"),
@@ -288,20 +290,49 @@ def test_reference_gradcheck(config):
     assert torch.autograd.gradcheck(fn, tuple(leaves), eps=1e-6, atol=1e-6)
 
 
-def test_split_policy_per_pass(monkeypatch):
-    """On a GPU of S multiprocessors the forward keeps one program per (batch, head) down to 2 S of them and the
-    backward down to 4 S (the H200 sweeps); below that N is split into chunks of whole tiles, about 4 S programs."""
-    monkeypatch.setattr(la, "multiprocessor_count", lambda device: 132)
-    cuda = torch.device("cuda", 0)
-    assert la._splits(256 * 6, 197, 64, cuda, backward=False) == (1, 197)
-    assert la._splits(256 * 6, 197, 32, cuda, backward=True) == (1, 197)
-    assert la._splits(64 * 6, 785, 64, cuda, backward=False) == (1, 785)  # 384 programs >= 2 x 132
-    splits, chunk = la._splits(64 * 6, 785, 128, cuda, backward=True)  # 384 < 4 x 132
-    assert (splits, chunk) == (2, 512)
-    for backward, block in ((False, 64), (True, 128)):
-        splits, chunk = la._splits(4 * 6, 12545, block, cuda, backward=backward)
-        assert chunk % block == 0 and (splits - 1) * chunk < 12545 <= splits * chunk
-        assert 0.8 * 4 * 132 <= 4 * 6 * splits <= 4 * 132  # about 4 programs per SM (chunks are whole tiles)
+def _launch_both_passes(tensors, kwargs, grad, forward, backward):
+    """Output and (dq, dk, dv) of the host launches with the given forward and backward launches."""
+    q, k, v = (t.detach() for t in tensors[:3])
+    options = (kwargs.get("feature_const", 0.0), la._FEATURE_CODES[kwargs["feature_map"]],
+               kwargs.get("center_keys", False), kwargs.get("scale", 1.0), kwargs.get("normalize", False), kwargs.get("eps", 1e-6))
+    out, state = la._linear_attention_fwd(q, k, v, None, None, None, *options, True, direct_launch=True,
+                                          launch=forward)
+    dq, dk, dv, *_ = la._linear_attention_bwd(grad, q, k, v, None, None, None, options[0], state, *options[1:], False,
+                                              direct_launch=True, launch=backward)
+    return out, dq, dk, dv
+
+
+SPLIT_SHAPES = [(1, 2, 450), (2, 2, 450), (4, 2, 330)]  # (B, H, N): B*H below and at the interpreter's 4 programs
+
+
+@needs_interpreter
+@pytest.mark.parametrize("config", ["relu", "inline"])
+@pytest.mark.parametrize("b,h,n", SPLIT_SHAPES, ids=[f"B{b}-H{h}-N{n}" for b, h, n in SPLIT_SHAPES])
+def test_split_and_unsplit_launches_match_reference(poisoned, config, b, h, n):
+    """Whatever the heuristics decide, a sequence walked by one program and one split over several (states summed
+    with atomics, two launches per pass) give the float64 reference's output and gradients, on both sides of the
+    split threshold (B*H programs against the GPU size the heuristics assume)."""
+    torch.manual_seed(zlib.crc32(f"split{config}{b}{h}{n}".encode()))
+    tensors, kwargs = _inputs(config, b, n, h, 32, torch.float32, "cpu", "separate")
+    grad = torch.randn(b, n, h, 32)
+    ref_tensors = [t.detach().double().requires_grad_() for t in tensors[:3]]
+    ref = linear_attention_reference(*ref_tensors, **kwargs)
+    expected = (ref, *torch.autograd.grad(ref, ref_tensors, grad.double()))
+    cpu = torch.device("cpu")
+    default = (heuristics.forward_launch(b * h, n, 32, 32, 1, cpu), heuristics.backward_launch(b * h, n, 32, 32, 1, cpu))
+    assert (default[0].splits > 1) == (b * h < 4), "the shapes must sit on both sides of the split threshold"
+    tiles = dict(block_n=64, num_warps=4, num_stages=1)
+    launches = {
+        "default": default,
+        "unsplit": (heuristics.Launch(**tiles, splits=1, chunk=n),) * 2,
+        "split": (heuristics.Launch(**tiles, splits=-(-n // 192), chunk=192),) * 2,
+    }
+    for name, (forward, backward) in launches.items():
+        for label, got, want in zip(("out", "dq", "dk", "dv"),
+                                    _launch_both_passes(tensors, kwargs, grad, forward, backward), expected,
+                                    strict=True):
+            err = _rel_err(got, want)
+            assert err <= 1e-5, f"{name} launch: {label} rel err {err:.2e}"
 
 
 # ------------------------------------------------------------------------------------------------------ GPU only

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from vitzoo.ops import set_backend, triton_available
-from vitzoo.ops.local_conv import local_conv, local_conv_reference
+from vitzoo.ops import local_conv, local_conv_reference
 from vitzoo.ops.testing import relative_error
 
-lc = importlib.import_module("vitzoo.ops.local_conv")
+lc = importlib.import_module("vitzoo.ops.local_conv.kernels")  # the package's name is also the function's
 HAS_CUDA = torch.cuda.is_available()
 INTERPRETED = not HAS_CUDA and triton_available() and type(lc._local_conv_fwd_kernel).__name__ == "InterpretedFunction"
 needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRETED), reason="needs CUDA or the Triton interpreter")
@@ -84,7 +84,7 @@ def test_kernel_writes_every_output(monkeypatch):
     """Outputs are fresh buffers: poisoning the allocator's memory must not leak into them (no unwritten element)."""
     set_backend("triton")
     device = "cuda" if HAS_CUDA else "cpu"
-    monkeypatch.setattr(lc.torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
     (x, weight, bias, residual), _ = _inputs(2, 6, (3, 3), 1, 3, True, True, True, torch.float32, device, 3)
     out = local_conv(x.detach(), weight.detach(), (3, 3), 1, bias=bias.detach(), residual=residual.detach())
     assert torch.isfinite(out).all()
