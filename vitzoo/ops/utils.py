@@ -41,7 +41,8 @@ def triton_available() -> bool:
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
+    """Whether Triton kernels run in the Triton interpreter (TRITON_INTERPRET=1 when triton was imported)."""
     return _INTERPRET
 
 
@@ -106,7 +107,7 @@ def kernel_backend(device: torch.device | str) -> str:
         return "reference"
     device_type = torch.device(device).type
     if choice == "triton":
-        if device_type == "cuda" or (device_type == "cpu" and _interpreting()):
+        if device_type == "cuda" or (device_type == "cpu" and interpreting()):
             return "triton"
         raise RuntimeError(
             "the 'triton' kernel backend needs CUDA tensors, or TRITON_INTERPRET=1 set before triton is imported "

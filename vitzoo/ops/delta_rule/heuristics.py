@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import torch
 
-from ..utils import _interpreting, cdiv, multiprocessor_count, next_power_of_2
+from ..utils import cdiv, interpreting, multiprocessor_count, next_power_of_2
 
 
 def dot_mode(dtype: torch.dtype) -> int:
     """The kernels' DOT_MODE (see ``kernels._dot``): 0 fp32 at the default precision, 1 bf16, 2 fp16, 3 fp32 IEEE."""
-    if _interpreting():  # the interpreter's bf16 products are wrong; its fp16 ones are right
+    if interpreting():  # the interpreter's bf16 products are wrong; its fp16 ones are right
         return 2 if dtype == torch.float16 else 0
     return {torch.float32: 3, torch.bfloat16: 1, torch.float16: 2}[dtype]
 

@@ -11,7 +11,7 @@ import dataclasses
 
 import torch
 
-from ..utils import _interpreting, cdiv, multiprocessor_count, next_power_of_2
+from ..utils import cdiv, interpreting, multiprocessor_count, next_power_of_2
 
 # the "GPU size" the split rule assumes under TRITON_INTERPRET=1 (CPU tests): N is split until about 4 programs run
 _INTERPRETER_PROGRAMS = 4
@@ -77,7 +77,7 @@ def state_size(weightings: int, dk: int, dv: int) -> int:
 
 def _tiles(dk: int, dv: int, weightings: int, backward: bool, split: bool) -> tuple[int, int, int]:
     """(BLOCK_N, num_warps, num_stages) per shape class. ``split``: the pass is divided over several programs."""
-    if _interpreting():
+    if interpreting():
         return 64, 4, 1
     if padded(dk) * padded(dv) > 64 * 64 or weightings > 1:  # more state per program: smaller tiles, fewer stages
         return (32, 8, 2) if backward else (64, 8, 2)
@@ -132,7 +132,7 @@ def dot_precision(*tensors: torch.Tensor) -> str:
     """The kernels' PREC: 'ieee' (exact fp32 products) for fp32 inputs and under the interpreter, which multiplies
     in fp32 anyway; 'bf16' (bf16 tensor-core products, the fp32 states rounded to bf16 for them) when every input is
     bf16; otherwise 'tf32' (fp16 data: fp32 range, so the states never overflow fp16)."""
-    if _interpreting() or any(t.dtype == torch.float32 for t in tensors):
+    if interpreting() or any(t.dtype == torch.float32 for t in tensors):
         return "ieee"
     if all(t.dtype == torch.bfloat16 for t in tensors):
         return "bf16"
