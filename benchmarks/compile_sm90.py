@@ -20,13 +20,17 @@ import tempfile
 os.environ.pop("TRITON_INTERPRET", None)  # compile, do not interpret
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from vitzoo.ops import delta_rule as dr  # noqa: E402
 
-la = importlib.import_module("vitzoo.ops.linear_attention")  # the package re-exports a function of that name
+# the package's name is also the re-exported function's: reach its modules through importlib
+la = importlib.import_module("vitzoo.ops.linear_attention.kernels")
+la_heuristics = importlib.import_module("vitzoo.ops.linear_attention.heuristics")
+dr_kernels = importlib.import_module("vitzoo.ops.delta_rule.kernels")
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 FP32_POINTERS = {"state_ptr", "dstate_ptr", "dc_ptr"}  # every other pointer is bf16 (the benchmarks' dtype)
@@ -77,12 +81,12 @@ def delta_rule_kernels(chunk: int, d: int) -> list[tuple]:
     base = dict(DK=d, DV=d, BT=chunk, BK=d, FIRST_DIR=0, L2NORM=True, DOT_MODE=1)
     both = dict(base, NUM_DIRS=2)
     kernels = [
-        ("wy", dr._delta_rule_wy_kernel, dict(both, LOG2_BT=chunk.bit_length() - 1, BV=d, STORE_T=True),
-         dr.WY_NUM_WARPS, 3),
-        ("states", dr._delta_rule_states_kernel, dict(base, BV=min(d, 64)), dr.NUM_WARPS, 3),
-        ("output", dr._delta_rule_output_kernel, dict(both, BV=d), dr.NUM_WARPS, 3),
-        ("dstates", dr._delta_rule_dstates_kernel, dict(both, BV=min(d, 64)), dr.NUM_WARPS, 3),
-        ("grads", dr._delta_rule_grads_kernel, dict(both, BV=d), dr.GRADS_NUM_WARPS, 3),
+        ("wy", dr_kernels._delta_rule_wy_kernel, dict(both, LOG2_BT=chunk.bit_length() - 1, BV=d, STORE_T=True),
+         dr.heuristics.WY_NUM_WARPS, 3),
+        ("states", dr_kernels._delta_rule_states_kernel, dict(base, BV=min(d, 64)), dr.heuristics.NUM_WARPS, 3),
+        ("output", dr_kernels._delta_rule_output_kernel, dict(both, BV=d), dr.heuristics.NUM_WARPS, 3),
+        ("dstates", dr_kernels._delta_rule_dstates_kernel, dict(both, BV=min(d, 64)), dr.heuristics.NUM_WARPS, 3),
+        ("grads", dr_kernels._delta_rule_grads_kernel, dict(both, BV=d), dr.heuristics.GRADS_NUM_WARPS, 3),
     ]
     # q, k, v are views of a fused (B, N, 3, H, D) qkv and o, do are (B, N, H, D): their batch, token and head
     # strides divide by 16; beta's (B, N, H) strides do not
@@ -94,27 +98,30 @@ def linear_attention_kernels(d: int) -> list[tuple]:
     """The benchmark's ReLU-normalised configuration, one program per sequence (N=197's launch)."""
     common = dict(DK=d, DV=d, DKP=d, DVP=d, W=1, HAS_WEIGHTS=False, FEATURE=1, CENTER=False, UNIT_D=True,
                   CONST_PTR=False, HAS_CONST=False, NORMALIZE=True,
-                  PREC="bf16" if la._SPLIT_STATES else "bf16x1")
-    fwd_block, fwd_warps, _ = la._launch_params(d, d, 1, backward=False)
-    bwd_block, bwd_warps, bwd_stages = la._launch_params(d, d, 1, backward=True)
+                  PREC="bf16")
+    # no GPU is needed to pick the launch: 256 x 6 sequences fill any GPU, and a CPU device skips the SM count
+    host = torch.device("cpu")
+    forward = la_heuristics.forward_launch(256 * 6, 197, d, d, 1, host)
+    backward = la_heuristics.backward_launch(256 * 6, 197, d, d, 1, host)
+    assert forward.splits == backward.splits == 1, "N=197 at B=256, H=6 runs one program per sequence"
     # the benchmark's views of a fused (B, N, 3, H, D) qkv and (B, N, H, D) gradients: every batch, token and head
     # stride divides by 16, and so does the padded state stride
     divisible = stride_arguments([la._linear_attention_fwd_kernel, la._linear_attention_bwd_kernel],
                                  r"s[a-z]+_[bnh]|state_stride")
-    assert la._state_size(1, d, d) % 16 == 0
+    assert la_heuristics.state_size(1, d, d) % 16 == 0
     return [
         ("la fwd", la._linear_attention_fwd_kernel,
          dict(common, DO_STATE=True, DO_OUTPUT=True, STORE_STATE=True, ATOMIC=False, NEED_Z=True, NEED_U=False,
-              BLOCK_N=fwd_block), fwd_warps, 2, divisible),
+              BLOCK_N=forward.block_n), forward.num_warps, forward.num_stages, divisible),
         ("la bwd", la._linear_attention_bwd_kernel,
-         dict(common, DO_Q=True, DO_KV=True, NEED_DC=False, ROW_SCALED=True, BLOCK_N=bwd_block),
-         bwd_warps, bwd_stages, divisible),
+         dict(common, DO_Q=True, DO_KV=True, NEED_DC=False, ROW_SCALED=True, BLOCK_N=backward.block_n),
+         backward.num_warps, backward.num_stages, divisible),
     ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--chunk", type=int, default=dr.KERNEL_CHUNK, help="delta-rule chunk")
+    parser.add_argument("--chunk", type=int, default=dr.heuristics.KERNEL_CHUNK, help="delta-rule chunk")
     parser.add_argument("--head-dim", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--maxnreg", type=int, default=None, help="cap on registers per thread")
     parser.add_argument("--family", nargs="+", choices=["delta", "linear"], default=["delta", "linear"])

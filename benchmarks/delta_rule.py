@@ -27,8 +27,9 @@ from vitzoo.ops import delta_rule as dr  # noqa: E402
 from vitzoo.ops.testing import relative_error  # noqa: E402
 
 SHAPES = [(256, 197), (64, 785), (16, 3137), (4, 12545)]  # (B, N)
-# Launch alternatives timed beside the defaults (the module's KERNEL_CHUNK, NUM_WARPS, WY_NUM_WARPS, GRADS_NUM_WARPS,
-# SEQ_BV_MIN): each overrides some of them. A variant is timed only if it passes its float64 check first.
+# Launch alternatives timed beside the defaults (vitzoo.ops.delta_rule.heuristics's KERNEL_CHUNK, NUM_WARPS,
+# WY_NUM_WARPS, GRADS_NUM_WARPS, SEQ_BV_MIN): each overrides some of them. A variant is timed only if it passes its
+# float64 check first.
 VARIANTS: dict[str, dict[str, int]] = {
     "grads_w8": {"GRADS_NUM_WARPS": 8},
     "seq_bv16": {"SEQ_BV_MIN": 16},
@@ -180,7 +181,7 @@ def main() -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     if args.check_variant:  # child mode: print the variant's errors against float64 as one JSON line
         try:
-            with overridden(dr, VARIANTS[args.check_variant]):
+            with overridden(dr.heuristics, VARIANTS[args.check_variant]):
                 errors = {str(n): check_variant(ours_bidirectional, b, n) for b, n in ((4, 197), (1, 3137))}
         except Exception as e:  # a launch setting the compiler cannot handle is reported, not timed
             errors = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
@@ -243,17 +244,17 @@ def main() -> int:
         if not args.skip_torch:
             runs.append(("torch", torch_bidirectional, {}))
         for name, fn, cfg in runs:
-            with overridden(dr, cfg):
+            with overridden(dr.heuristics, cfg):
                 row[f"{name}_fwd_ms"] = time_ms(fn, inputs, backward=False)
                 row[f"{name}_fwdbwd_ms"] = time_ms(fn, inputs, backward=True)
         for name, fn, cfg in runs:  # device time (host overhead is large here), all but the PyTorch reference
             if name == "torch":
                 continue
-            with overridden(dr, cfg):
+            with overridden(dr.heuristics, cfg):
                 row[f"{name}_fwd_graph_ms"] = time_ms(fn, inputs, backward=False, graph=True)
                 row[f"{name}_fwdbwd_graph_ms"] = time_ms(fn, inputs, backward=True, graph=True)
         for name, cfg in ours_runs.items():
-            with overridden(dr, cfg):
+            with overridden(dr.heuristics, cfg):
                 row[f"{name}_kernels_ms"] = kernel_times(ours_bidirectional, inputs)
         for kind in ("fwd", "fwdbwd"):
             row[f"ours_over_fla_{kind}"] = row[f"ours_{kind}_ms"] / row[f"fla_{kind}_ms"]

@@ -36,7 +36,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vitzoo.ops import linear_attention  # noqa: E402
 from vitzoo.ops.delta_rule import delta_rule_bidirectional  # noqa: E402
-from vitzoo.ops.linear_attention import _FEATURE_CODES, _linear_attention_bwd, _linear_attention_fwd  # noqa: E402
+from vitzoo.ops.linear_attention.function import (  # noqa: E402
+    _FEATURE_CODES,
+    _linear_attention_bwd,
+    _linear_attention_fwd,
+)
 
 SIZES = [(256, 197), (4, 12545)]
 HEADS, HEAD_DIM = 6, 64

@@ -12,6 +12,7 @@ dq, dk, dv (11 tensors in all).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
@@ -22,10 +23,20 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from module_settings import overridden  # noqa: E402  (benchmarks/module_settings.py, this script's folder)
-
 from vitzoo.ops import linear_attention_reference  # noqa: E402
 from vitzoo.ops.linear_attention import linear_attention_triton  # noqa: E402
+from vitzoo.ops.linear_attention.function import (  # noqa: E402
+    _FEATURE_CODES,
+    _linear_attention_bwd,
+    _linear_attention_fwd,
+)
+from vitzoo.ops.linear_attention.heuristics import (  # noqa: E402
+    BACKWARD_POLICY,
+    FORWARD_POLICY,
+    LaunchPolicy,
+    backward_launch,
+    forward_launch,
+)
 from vitzoo.ops.testing import relative_error  # noqa: E402
 
 SIZES = [(256, 197), (64, 785), (16, 3137), (4, 12545)]
@@ -157,57 +168,85 @@ def time_size(b: int, n: int, bandwidth: float) -> dict:
     return row
 
 
-SWEEP: dict[str, dict] = {  # name: overrides of vitzoo.ops.linear_attention's launch knobs (_LAUNCH_OVERRIDE:
-    # {backward: (BLOCK_N, num_warps, num_stages)}; _SPLIT_BELOW: {backward: split below this many programs per SM};
-    # _PROGRAMS_PER_SM when split; _SPLIT_STATES: bf16 state products as hi + lo halves)
-    "default": {},
-    "split_below4": {"_SPLIT_BELOW": {False: 4, True: 4}},  # the forward splits as the backward does (old default)
-    "bwd32": {"_LAUNCH_OVERRIDE": {False: (64, 4, 3), True: (32, 4, 3)}},  # 32-token backward tiles when split too
-    "fwd_stages3": {"_LAUNCH_OVERRIDE": {False: (64, 4, 3), True: (32, 4, 3)}},  # three forward stages at every N
-    "fwd_stages2": {"_LAUNCH_OVERRIDE": {False: (64, 4, 2), True: (32, 4, 3)}},  # two at every N
+def _variant(forward: dict | None = None, backward: dict | None = None, **both) -> tuple[LaunchPolicy, LaunchPolicy]:
+    """(forward, backward) launch policies: the defaults with ``both`` and the per-pass fields replaced."""
+    return (dataclasses.replace(FORWARD_POLICY, **both, **(forward or {})),
+            dataclasses.replace(BACKWARD_POLICY, **both, **(backward or {})))
+
+
+# name: (forward, backward) launch policies (vitzoo.ops.linear_attention.heuristics.LaunchPolicy: split_below,
+# programs_per_sm, tiles = (BLOCK_N, num_warps, num_stages), max_registers)
+SWEEP: dict[str, tuple[LaunchPolicy, LaunchPolicy]] = {
+    "default": _variant(),
+    "split_below4": _variant({"split_below": 4}),  # the forward splits as the backward does (old default)
+    "bwd32": _variant({"tiles": (64, 4, 3)}, {"tiles": (32, 4, 3)}),  # 32-token backward tiles when split too
+    "fwd_stages3": _variant({"tiles": (64, 4, 3)}, {"tiles": (32, 4, 3)}),  # three forward stages at every N
+    "fwd_stages2": _variant({"tiles": (64, 4, 2)}, {"tiles": (32, 4, 3)}),  # two at every N
     # the backward's query and key passes as two launches (the split path) even when B*H fills the GPU: fewer live
     # registers per pass, sequences cut into ~24 programs per SM
-    "bwd_two_pass_t32": {"_LAUNCH_OVERRIDE": {False: (64, 4, 2), True: (32, 4, 3)},
-                         "_SPLIT_BELOW": {False: 2, True: 1000}, "_PROGRAMS_PER_SM": 24},
-    "bwd_two_pass_t64w8": {"_LAUNCH_OVERRIDE": {False: (64, 4, 2), True: (64, 8, 2)},
-                           "_SPLIT_BELOW": {False: 2, True: 1000}, "_PROGRAMS_PER_SM": 24},
-    "split_per_sm8": {"_PROGRAMS_PER_SM": 8},  # more programs per SM when a sequence is split
-    "split_state_products": {"_SPLIT_STATES": True},  # states as bf16 hi + lo halves: twice the state products
-    # forward tile shapes for the split forward of N >= 785 (the override also sets the backward's tiles)
-    "fwd_t128w8": {"_LAUNCH_OVERRIDE": {False: (128, 8, 3), True: (32, 4, 3)}},
-    "fwd_t32": {"_LAUNCH_OVERRIDE": {False: (32, 4, 3), True: (32, 4, 3)}},
-    # backward tiles with the single state products' smaller footprint (the override also sets the split backward's
-    # tiles of N >= 785, so only N=197 tells; forward as the default at N=197)
-    "bwd_stages4": {"_LAUNCH_OVERRIDE": {False: (64, 4, 2), True: (32, 4, 4)}},
-    "bwd_t16": {"_LAUNCH_OVERRIDE": {False: (64, 4, 2), True: (16, 4, 3)}},
-    "bwd_t64w8": {"_LAUNCH_OVERRIDE": {False: (64, 4, 2), True: (64, 8, 2)}},
+    "bwd_two_pass_t32": _variant({"tiles": (64, 4, 2)}, {"tiles": (32, 4, 3), "split_below": 1000},
+                                 programs_per_sm=24),
+    "bwd_two_pass_t64w8": _variant({"tiles": (64, 4, 2)}, {"tiles": (64, 8, 2), "split_below": 1000},
+                                   programs_per_sm=24),
+    "split_per_sm8": _variant(programs_per_sm=8),  # more programs per SM when a sequence is split
+    # forward tile shapes for the split forward of N >= 785 (the backward's tiles are fixed too)
+    "fwd_t128w8": _variant({"tiles": (128, 8, 3)}, {"tiles": (32, 4, 3)}),
+    "fwd_t32": _variant({"tiles": (32, 4, 3)}, {"tiles": (32, 4, 3)}),
+    # backward tiles (fixed for the split backward of N >= 785 too, so only N=197 tells; forward as the default at
+    # N=197)
+    "bwd_stages4": _variant({"tiles": (64, 4, 2)}, {"tiles": (32, 4, 4)}),
+    "bwd_t16": _variant({"tiles": (64, 4, 2)}, {"tiles": (16, 4, 3)}),
+    "bwd_t64w8": _variant({"tiles": (64, 4, 2)}, {"tiles": (64, 8, 2)}),
     # fewer programs per split sequence (forward and backward of N >= 785)
-    "split_per_sm2": {"_PROGRAMS_PER_SM": 2},
-    "split_per_sm3": {"_PROGRAMS_PER_SM": 3},
-    # the backward capped at 168 registers: 3 blocks of 4 warps per SM instead of 2 (H200, ba323dd: slower, 2.62x
-    # the floor at N=197 against 2.37x)
-    "bwd_regs168": {"_MAX_REGISTERS": {True: 168}},
+    "split_per_sm2": _variant(programs_per_sm=2),
+    "split_per_sm3": _variant(programs_per_sm=3),
+    # the backward capped at 168 registers: 3 blocks of 4 warps per SM instead of 2 (H200: slower, 2.62x the floor
+    # at N=197 against 2.37x)
+    "bwd_regs168": _variant(backward={"max_registers": 168}),
     # one forward program per sequence down to half a program per SM (N=3137: 96 sequences unsplit, no zero-fill,
-    # no atomics, one launch), with deeper pipelines for the long passes (the tile override applies at every N).
-    # H200, abb0262: 2.5-3.0x the floor at N=3137 against 1.6x split
-    "fwd_unsplit": {"_SPLIT_BELOW": {False: 0.5, True: 4}},
-    "fwd_unsplit_s4": {"_SPLIT_BELOW": {False: 0.5, True: 4},
-                       "_LAUNCH_OVERRIDE": {False: (64, 4, 4), True: (32, 4, 3)}},
-    "fwd_unsplit_t128w8": {"_SPLIT_BELOW": {False: 0.5, True: 4},
-                           "_LAUNCH_OVERRIDE": {False: (128, 8, 3), True: (32, 4, 3)}},
+    # no atomics, one launch), with deeper pipelines for the long passes (fixed tiles apply at every N).
+    # H200: 2.5-3.0x the floor at N=3137 against 1.6x split
+    "fwd_unsplit": _variant({"split_below": 0.5}),
+    "fwd_unsplit_s4": _variant({"split_below": 0.5, "tiles": (64, 4, 4)}, {"tiles": (32, 4, 3)}),
+    "fwd_unsplit_t128w8": _variant({"split_below": 0.5, "tiles": (128, 8, 3)}, {"tiles": (32, 4, 3)}),
 }
 
 
-def sweep(bandwidth: float, names: list[str]) -> list[dict]:
-    """Device time (graph replay) of the ReLU config under alternative launch configs; forward and gradients are
-    checked against float64 first and a variant over the tolerance is reported as such, not timed."""
-    import importlib
+def launched(q, k, v, kwargs: dict, policies: tuple[LaunchPolicy, LaunchPolicy], grad: torch.Tensor | None = None):
+    """The kernels' output, and with ``grad`` also (dq, dk, dv), launched under ``policies`` (eager host launches,
+    no autograd; the configurations of :func:`_configs` only: no weights, a float constant or none)."""
+    b, n, h, d = q.shape
+    options = (float(kwargs.get("feature_const", 0.0)), _FEATURE_CODES[kwargs.get("feature_map", "identity")],
+               kwargs.get("center_keys", False), kwargs.get("scale", 1.0), kwargs.get("normalize", False),
+               kwargs.get("eps", 1e-6))
+    forward = forward_launch(b * h, n, d, v.shape[-1], 1, q.device, policies[0])
+    out, state = _linear_attention_fwd(q, k, v, None, None, None, *options, grad is not None, direct_launch=True,
+                                       launch=forward)
+    if grad is None:
+        return out
+    backward = backward_launch(b * h, n, d, v.shape[-1], 1, q.device, policies[1])
+    dq, dk, dv, *_ = _linear_attention_bwd(grad, q, k, v, None, None, None, options[0], state, *options[1:], False,
+                                           direct_launch=True, launch=backward)
+    return out, dq, dk, dv
 
-    module = importlib.import_module("vitzoo.ops.linear_attention")
+
+def variant_errors(qkv: torch.Tensor, kwargs: dict, policies: tuple[LaunchPolicy, LaunchPolicy]) -> list[float]:
+    """Relative errors of the output and q, k, v gradients launched under ``policies`` against float64."""
+    q, k, v = (t.detach() for t in qkv.unbind(2))
+    grad = torch.randn(*q.shape[:3], v.shape[-1], device=q.device, dtype=q.dtype)
+    got = launched(q, k, v, kwargs, policies, grad)
+    ref_in = [t.double().requires_grad_() for t in (q, k, v)]
+    ref = linear_attention_reference(*ref_in, **kwargs)
+    expected = (ref, *torch.autograd.grad(ref, ref_in, grad.double()))
+    return [relative_error(x, r) for x, r in zip(got, expected, strict=True)]
+
+
+def sweep(bandwidth: float, names: list[str]) -> list[dict]:
+    """Device time (graph replay) of the ReLU config under alternative launch policies; forward and gradients are
+    checked against float64 first and a variant over the tolerance is reported as such, not timed."""
     rows = []
     for name in names:
-        with overridden(module, SWEEP[name]):
-            rows += sweep_variant(name, bandwidth)
+        rows += sweep_variant(name, bandwidth)
     return rows
 
 
@@ -217,7 +256,8 @@ def sweep_variant(name: str, bandwidth: float) -> list[dict]:
         qkv = _inputs(b, n)
         grad = torch.randn(b, n, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
         kwargs = _configs(n, HEAD_DIM)["relu"]
-        errors = {config: max(relative_errors(qkv, config_kwargs))
+        policies = SWEEP[name]
+        errors = {config: max(variant_errors(qkv, config_kwargs, policies))
                   for config, config_kwargs in _configs(n, HEAD_DIM).items()}
         err = max(errors.values())
         row = dict(variant=name, N=n, max_rel_err=err, max_rel_err_by_config=errors)
@@ -226,13 +266,11 @@ def sweep_variant(name: str, bandwidth: float) -> list[dict]:
             print(f"sweep {name:>9} N={n:>6} MISMATCH rel err {errors}: not timed", flush=True)
             continue
 
-        def fwd(qkv=qkv, kwargs=kwargs):
-            with torch.no_grad():
-                return linear_attention_triton(*qkv.unbind(2), **kwargs)
+        def fwd(qkv=qkv, kwargs=kwargs, policies=policies):
+            return launched(*qkv.detach().unbind(2), kwargs, policies)
 
-        def fwd_bwd(qkv=qkv, kwargs=kwargs, grad=grad):
-            q, k, v = qkv.unbind(2)
-            return torch.autograd.grad(linear_attention_triton(q, k, v, **kwargs), (q, k, v), grad)
+        def fwd_bwd(qkv=qkv, kwargs=kwargs, grad=grad, policies=policies):
+            return launched(*qkv.detach().unbind(2), kwargs, policies, grad)
 
         floor = 4 * b * n * HEADS * HEAD_DIM * 2 / bandwidth * 1e3
         row.update(fwd_graph_ms=_bench_graph(fwd), fwdbwd_graph_ms=_bench_graph(fwd_bwd))
@@ -248,7 +286,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/linear_attention_h200.json")
     parser.add_argument("--sweep", nargs="*", choices=sorted(SWEEP), default=None, metavar="VARIANT",
-                        help="also time alternative launch configs (device time): the named ones, or all if none named")
+                        help="also time other launch policies (device time): the named ones, or all if none named")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU")

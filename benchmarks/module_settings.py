@@ -1,5 +1,5 @@
-"""Launch settings of a kernel module (module-level knobs such as ``NUM_WARPS`` or ``_LAUNCH_OVERRIDE``) changed for
-the duration of a block, for the benchmarks' variant sweeps."""
+"""Launch constants of a heuristics module (such as the delta rule's ``NUM_WARPS``) changed for the duration of a
+block, for the benchmarks' variant sweeps."""
 from __future__ import annotations
 
 import contextlib

@@ -118,7 +118,7 @@ def _compiled_stats() -> dict:
     two-pass probe (Triton's per-device caches; the layout of those caches is internal, hence the getattr)."""
     import importlib
 
-    la = importlib.import_module("vitzoo.ops.linear_attention")
+    la = importlib.import_module("vitzoo.ops.linear_attention.kernels")
     stats = {}
     for kernel in (la._linear_attention_fwd_kernel, la._linear_attention_bwd_kernel, _two_pass_kernel):
         for device_cache in getattr(kernel, "device_caches", {}).values():

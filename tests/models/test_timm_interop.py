@@ -10,7 +10,7 @@ from timm.models import create_feature_extractor
 
 import vitzoo  # noqa: F401  (registers the models)
 from vitzoo.models import MODEL_MODULES
-from vitzoo.ops import _backend, get_backend, kernel_backend, set_backend, use_backend
+from vitzoo.ops import get_backend, kernel_backend, set_backend, use_backend, utils
 
 VIT_FAMILIES = ("softmax", "linear", "inline", "qt", "zeros", "fem", "fem_softmax", "deltanet", "h3")
 FAMILIES = (*VIT_FAMILIES, "qtvit")
@@ -114,7 +114,7 @@ def test_backend_is_read_once_and_switched_through_the_api(monkeypatch):
     assert set_backend("reference") == start and get_backend() == "reference"
     with pytest.raises(ValueError, match="not one of"):
         set_backend("cuda")
-    assert _backend._parse(" Triton ") == "triton"
+    assert utils._parse(" Triton ") == "triton"
 
 
 def test_model_modules_are_the_zoos_own():

@@ -7,9 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function, register_notrace_module
 
-from ..ops.delta_rule import delta_rule_bidirectional
-from ..ops.linear_attention import linear_attention
-from ..ops.local_conv import local_conv
+from ..ops import delta_rule_bidirectional, linear_attention, local_conv
 
 # The ops pick their backend from the tensors' device and check their inputs' shapes, which FX cannot trace: they
 # are leaves (call_function nodes run eagerly) for timm's FX feature extraction.

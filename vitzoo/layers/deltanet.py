@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
-from vitzoo.ops.delta_rule import delta_rule_bidirectional
+from vitzoo.ops import delta_rule_bidirectional
 
 from ._common import GridDepthwiseConv, check_grid, low_precision_rms_norm
 

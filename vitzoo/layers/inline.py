@@ -14,8 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ..ops import linear_attention
-from ..ops.local_conv import local_conv
+from ..ops import linear_attention, local_conv
 from ._common import check_grid, grouped_pointwise
 
 

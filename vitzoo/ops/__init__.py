@@ -1,17 +1,35 @@
 """Fused token-mixing ops with their PyTorch references.
 
-Each op module holds the Triton kernels, the autograd wrapper, the ``torch.library`` custom op and a
-``*_reference`` with the same signature. The reference is the specification; the kernel must equal it.
+One package per op (``linear_attention``, ``delta_rule``, ``local_conv``), each split into ``reference`` (the
+specification, in PyTorch), ``kernels`` (Triton), ``heuristics`` (launch settings) and ``function`` (custom ops,
+autograd function, public entry points); ``utils`` holds the backend selection and what the ops share. The reference
+is the specification; the kernel must equal it. ``docs/kernels.md`` describes the design.
+
+The public functions are re-exported here, so ``vitzoo.ops.linear_attention`` and ``vitzoo.ops.local_conv`` are the
+functions; their packages are reached with ``from vitzoo.ops.linear_attention import ...`` or ``importlib``.
 """
-from ._backend import get_backend, kernel_backend, set_backend, triton_available, use_backend
+from .delta_rule import (
+    delta_rule_bidirectional,
+    delta_rule_bidirectional_reference,
+    delta_rule_chunked_reference,
+    delta_rule_recurrent_reference,
+)
 from .linear_attention import FEATURE_MAPS, linear_attention, linear_attention_reference
+from .local_conv import local_conv, local_conv_reference
+from .utils import get_backend, kernel_backend, set_backend, triton_available, use_backend
 
 __all__ = [
     "FEATURE_MAPS",
+    "delta_rule_bidirectional",
+    "delta_rule_bidirectional_reference",
+    "delta_rule_chunked_reference",
+    "delta_rule_recurrent_reference",
     "get_backend",
     "kernel_backend",
     "linear_attention",
     "linear_attention_reference",
+    "local_conv",
+    "local_conv_reference",
     "set_backend",
     "triton_available",
     "use_backend",

@@ -1,4 +1,6 @@
-"""Which implementation of an op runs: Triton on CUDA, the PyTorch reference elsewhere.
+"""What every op shares: which implementation runs (backend selection), launch arithmetic and the input checks.
+
+Backend selection: Triton on CUDA, the PyTorch reference elsewhere.
 
 The choice is one of ``'auto'`` (Triton for CUDA tensors, the reference for the rest), ``'reference'`` (the
 reference everywhere) or ``'triton'`` (Triton everywhere; on CPU that needs ``TRITON_INTERPRET=1``, which is how the
@@ -17,6 +19,9 @@ from typing import Any
 import torch
 
 _CHOICES = ("auto", "reference", "triton")
+INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)  # what the references accept
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)  # what the kernels accept (they accumulate in fp32)
+MAX_HEAD_DIM = 128  # the largest head dim the attention kernels hold on chip
 
 
 try:
@@ -36,7 +41,8 @@ def triton_available() -> bool:
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
+    """Whether Triton kernels run in the Triton interpreter (TRITON_INTERPRET=1 when triton was imported)."""
     return _INTERPRET
 
 
@@ -101,7 +107,7 @@ def kernel_backend(device: torch.device | str) -> str:
         return "reference"
     device_type = torch.device(device).type
     if choice == "triton":
-        if device_type == "cuda" or (device_type == "cpu" and _interpreting()):
+        if device_type == "cuda" or (device_type == "cpu" and interpreting()):
             return "triton"
         raise RuntimeError(
             "the 'triton' kernel backend needs CUDA tensors, or TRITON_INTERPRET=1 set before triton is imported "
@@ -115,3 +121,33 @@ def launcher(kernel: Any, direct_launch: bool) -> Any:
     custom ops that torch.compile traces (outside a custom op, wrap_triton's tracing machinery costs about 0.5 ms
     of host time a call on the H200)."""
     return kernel if direct_launch else torch.library.wrap_triton(kernel)
+
+
+def check_qkv(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """The input contract of the attention-like ops: q, k (B, N, H, Dk) and v (B, N, H, Dv) in a float dtype."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            f"{op} expects q, k, v of shape (B, N, H, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if q.shape != k.shape:
+        raise ValueError(f"{op}: q and k must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
+    if v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"{op}: v must share (B, N, H) with q; got v {tuple(v.shape)} and q {tuple(q.shape)}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dtype not in INPUT_DTYPES:
+            raise ValueError(f"{op}: {name} has dtype {t.dtype}; use float16, bfloat16, float32 or float64")
+
+
+def check_kernel_qkv(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """What the attention kernels need beyond :func:`check_qkv`: a kernel dtype, one device, B, N, H >= 1 and head
+    dims up to :data:`MAX_HEAD_DIM`."""
+    for t in (q, k, v):
+        if t.dtype not in KERNEL_DTYPES:
+            raise ValueError(f"{op}: inputs must be float16, bfloat16 or float32, got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{op}: all inputs must be on {q.device}, got one on {t.device}")
+    if min(q.shape[:3]) < 1:
+        raise ValueError(f"{op}: B, N and H must be >= 1, got q of shape {tuple(q.shape)}")
+    for name, dim in (("Dk", q.shape[-1]), ("Dv", v.shape[-1])):
+        if not 1 <= dim <= MAX_HEAD_DIM:
+            raise ValueError(f"{op}: head dim {name}={dim} must be in 1..{MAX_HEAD_DIM}")

@@ -1,0 +1,1 @@
+"""Tests of vitzoo.ops.delta_rule."""

@@ -1,0 +1,161 @@
+"""The Triton delta rule against the float64 recurrent reference: under the Triton interpreter on CPU
+(``test_interp_*``; ``tests/conftest.py`` sets TRITON_INTERPRET=1 before triton is imported) and on the GPU (bf16 at
+real sizes, torch.compile; skipped without CUDA)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vitzoo.ops import set_backend
+from vitzoo.ops.delta_rule import (
+    delta_rule_bidirectional,
+    delta_rule_bidirectional_reference,
+    delta_rule_recurrent_reference,
+    delta_rule_triton,
+)
+from vitzoo.ops.testing import relative_error
+
+from .cases import bidirectional_recurrent, make_inputs, needs_cuda, needs_interpreter
+
+
+def poisoned_view(t: torch.Tensor, pad: int) -> torch.Tensor:
+    """``t`` as a strided view into a NaN-filled buffer that is wider on D and H: any read outside the view is NaN."""
+    b, n, h, d = t.shape
+    buf = torch.full((b, n, h + 1, d + pad), float("nan"), dtype=t.dtype)
+    view = buf[:, :, :h, :d]
+    view.copy_(t)
+    return view
+
+
+@needs_interpreter
+@pytest.mark.parametrize("d,dv", [(16, 16), (24, 24), (32, 32), (16, 72)])
+@pytest.mark.parametrize("n", [1, 7, 64, 65, 197])
+def test_interp_kernel_matches_recurrent_reference(n, d, dv):
+    """dv=72: the chunk-parallel kernels take the whole value dim as a masked block of 128, the two recurrences
+    split it into value blocks of 64 (the second one partial)."""
+    b, h = (2, 2) if n < 100 else (1, 2)
+    q, k, v, beta = make_inputs(b, n, h, d, dv=dv, seed=10 * n + d)
+    grad = torch.randn(b, n, h, dv, dtype=torch.float64)
+    leaves = [t.detach().requires_grad_() for t in (q, k, v, beta)]
+    ref = bidirectional_recurrent(*leaves)
+    ref.backward(grad)
+
+    inputs = [poisoned_view(t.float(), pad=5).requires_grad_() for t in (q, k, v)] + [beta.float().requires_grad_()]
+    out = delta_rule_triton(*inputs)
+    assert out.dtype == torch.float32 and out.shape == (b, n, h, dv)
+    out.backward(poisoned_view(grad.float(), pad=3))
+    assert not out.isnan().any()
+    assert relative_error(out, ref) < 1e-5
+    for name, got, want in zip("qkvb", inputs, leaves, strict=True):
+        assert not got.grad.isnan().any(), name
+        assert relative_error(got.grad, want.grad) < 1e-5, name
+
+
+@needs_interpreter
+@pytest.mark.parametrize("directions", ["forward", "reverse"])
+def test_interp_one_direction_and_no_l2norm(directions):
+    q, k, v, beta = make_inputs(1, 70, 2, 16, seed=7)
+    q, k = 0.3 * q, 0.3 * k
+    leaves = [t.detach().requires_grad_() for t in (q, k, v, beta)]
+    ref = delta_rule_recurrent_reference(*leaves, scale=0.9, reverse=directions == "reverse")
+    grad = torch.randn_like(ref)
+    ref.backward(grad)
+    inputs = [t.float().requires_grad_() for t in (q, k, v, beta)]
+    out = delta_rule_triton(*inputs, scale=0.9, qk_l2norm=False, directions=directions)
+    out.backward(grad.float())
+    assert relative_error(out, ref) < 1e-5
+    for got, want in zip(inputs, leaves, strict=True):
+        assert relative_error(got.grad, want.grad) < 1e-5
+
+
+@needs_interpreter
+def test_interp_half_inputs_and_expanded_grad():
+    set_backend("triton")  # delta_rule_bidirectional dispatches on it
+    q, k, v, beta = make_inputs(1, 33, 2, 16, seed=8)
+    ref = bidirectional_recurrent(q, k, v, beta)
+    out = delta_rule_bidirectional(*(t.half() for t in (q, k, v, beta)))
+    assert out.dtype == torch.float16 and relative_error(out, ref) < 3e-3
+    inputs = [t.float().requires_grad_() for t in (q, k, v, beta)]
+    delta_rule_bidirectional(*inputs).sum().backward()  # a stride-0 incoming gradient
+    leaves = [t.detach().requires_grad_() for t in (q, k, v, beta)]
+    bidirectional_recurrent(*leaves).sum().backward()
+    for got, want in zip(inputs, leaves, strict=True):
+        assert relative_error(got.grad, want.grad) < 1e-5
+
+
+@needs_interpreter
+@pytest.mark.parametrize("n", [49, 197])
+def test_interp_fp16_products_forward_and_gradients(n):
+    """fp16 inputs take the 16-bit product path (hi/lo splits of the fp32 operands in the WY kernel, see _dot_split;
+    T^T saved in fp16 for the backward), which the interpreter runs correctly for fp16 (not bf16). The reference sees
+    the same fp16-rounded values in float64, so the error measured is the kernels' own arithmetic."""
+    q, k, v, beta = (t.half().double() for t in make_inputs(1, n, 2, 32, seed=n))
+    grad = torch.randn(1, n, 2, 32, dtype=torch.float64).half()
+    leaves = [t.detach().requires_grad_() for t in (q, k, v, beta)]
+    ref = bidirectional_recurrent(*leaves)
+    ref.backward(grad.double())
+    inputs = [t.half().requires_grad_() for t in (q, k, v, beta)]
+    out = delta_rule_triton(*inputs)
+    out.backward(grad)
+    assert out.dtype == torch.float16
+    errors = {"o": relative_error(out, ref)}
+    errors |= {f"d{x}": relative_error(g.grad, w.grad) for x, g, w in zip("qkvb", inputs, leaves, strict=True)}
+    assert all(e < 1.5e-3 for e in errors.values()), errors
+
+
+@needs_interpreter
+def test_interp_mixed_dtypes_raise():
+    q, k, v, beta = make_inputs(1, 5, 2, 16, dtype=torch.float32)
+    with pytest.raises(ValueError, match="share a dtype"):
+        delta_rule_triton(q.half(), k, v, beta)
+
+
+# ------------------------------------------------------------------------------------------------------ GPU only
+
+@needs_cuda
+@pytest.mark.parametrize("b,n,h,d", [(8, 197, 6, 64), (2, 785, 6, 64), (1, 3137, 3, 64), (2, 197, 4, 24),
+                                     (2, 300, 2, 128)])
+def test_gpu_bf16_matches_float64_recurrent(b, n, h, d):
+    q, k, v, beta = make_inputs(b, n, h, d, device="cuda", seed=n + d)
+    grad = torch.randn(b, n, h, d, dtype=torch.float64, device="cuda")
+    leaves = [t.detach().requires_grad_() for t in (q, k, v, beta)]
+    ref = bidirectional_recurrent(*leaves)
+    ref.backward(grad)
+    inputs = [t.bfloat16().requires_grad_() for t in (q, k, v, beta)]
+    out = delta_rule_triton(*inputs)
+    out.backward(grad.bfloat16())
+    assert out.dtype == torch.bfloat16
+    errors = {"o": relative_error(out, ref)}
+    errors |= {f"d{x}": relative_error(g.grad, w.grad) for x, g, w in zip("qkvb", inputs, leaves, strict=True)}
+    print(f"bf16 B={b} N={n} H={h} d={d} rel err: " + " ".join(f"{key}={e:.2e}" for key, e in errors.items()))
+    assert all(e <= 1e-2 for e in errors.values()), errors
+
+
+@needs_cuda
+def test_gpu_long_sequence_no_nan():
+    q, k, v, beta = make_inputs(1, 12545, 2, 64, device="cuda", seed=5)
+    ref = delta_rule_bidirectional_reference(q, k, v, beta)
+    inputs = [t.bfloat16().requires_grad_() for t in (q, k, v, beta)]
+    out = delta_rule_triton(*inputs)
+    out.float().square().mean().backward()
+    assert not out.isnan().any() and all(not t.grad.isnan().any() for t in inputs)
+    print(f"bf16 N=12545 rel err o={relative_error(out, ref):.2e}")
+    assert relative_error(out, ref) <= 1e-2
+
+
+@needs_cuda
+def test_gpu_torch_compile():
+    q, k, v, beta = make_inputs(4, 197, 6, 64, device="cuda", dtype=torch.bfloat16, seed=6)
+    w = torch.randn(64, 64, device="cuda", dtype=torch.bfloat16)
+
+    def block(q, k, v, beta):
+        return (delta_rule_bidirectional(q, k, v, beta) @ w).float().square().mean()
+
+    outs = []
+    for fn in (block, torch.compile(block, fullgraph=True)):
+        inputs = [t.clone().requires_grad_() for t in (q, k, v, beta)]
+        loss = fn(*inputs)
+        loss.backward()
+        outs.append([loss] + [t.grad for t in inputs])
+    for eager, compiled in zip(*outs, strict=True):
+        assert relative_error(compiled, eager) < 1e-3

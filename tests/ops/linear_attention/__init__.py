@@ -1,0 +1,1 @@
+"""Tests of vitzoo.ops.linear_attention."""

@@ -1,0 +1,73 @@
+"""The fused local-convolution kernels against the float64 PyTorch reference.
+
+Without CUDA the kernels run under the Triton interpreter (``tests/conftest.py`` sets ``TRITON_INTERPRET=1``).
+"""
+import pytest
+import torch
+
+from vitzoo.ops import local_conv, local_conv_reference, set_backend
+from vitzoo.ops.testing import relative_error
+
+from .cases import HAS_CUDA, make_inputs, needs_cuda, needs_kernels, outputs_and_grads
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    "b, c, grid, prefix, k, per_image, with_bias, with_residual",
+    [
+        (2, 5, (3, 4), 1, 3, True, False, True),    # InLine: per-image kernel onto the attention output
+        (2, 7, (4, 3), 1, 3, False, True, False),   # DeltaNet / H3: one kernel, bias, prefix copied through
+        (3, 20, (2, 5), 0, 3, False, False, False),  # no prefix, C over one channel block
+        (1, 70, (5, 5), 2, 5, True, True, True),    # K = 5, two channel blocks, every option
+    ],
+)
+def test_kernel_matches_reference(b, c, grid, prefix, k, per_image, with_bias, with_residual):
+    """Forward and every gradient of the kernel (fp32) against the float64 reference, on strided inputs."""
+    set_backend("triton")
+    device = "cuda" if HAS_CUDA else "cpu"
+    seed = 7 * b + c
+    tensors, grad = make_inputs(b, c, grid, prefix, k, per_image, with_bias, with_residual, torch.float32, device, seed)
+    ref_tensors, ref_grad = make_inputs(b, c, grid, prefix, k, per_image, with_bias, with_residual, torch.float64,
+                                        "cpu", seed)
+    out, grads = outputs_and_grads(local_conv, tensors, grad, grid, prefix)
+    ref_out, ref_grads = outputs_and_grads(local_conv_reference, ref_tensors, ref_grad, grid, prefix)
+    assert out.dtype == torch.float32
+    assert relative_error(out.cpu(), ref_out) < 1e-5
+    for got, expected in zip(grads, ref_grads, strict=True):
+        assert got.shape == expected.shape
+        assert relative_error(got.cpu(), expected) < 1e-5
+
+
+@needs_kernels
+def test_kernel_writes_every_output(monkeypatch):
+    """Outputs are fresh buffers: poisoning the allocator's memory must not leak into them (no unwritten element)."""
+    set_backend("triton")
+    device = "cuda" if HAS_CUDA else "cpu"
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
+    (x, weight, bias, residual), _ = make_inputs(2, 6, (3, 3), 1, 3, True, True, True, torch.float32, device, 3)
+    out = local_conv(x.detach(), weight.detach(), (3, 3), 1, bias=bias.detach(), residual=residual.detach())
+    assert torch.isfinite(out).all()
+
+
+def test_bad_inputs_raise_one_line_errors():
+    x = torch.randn(2, 10, 4)
+    with pytest.raises(ValueError, match="needs 13"):
+        local_conv(x, torch.randn(1, 4, 3, 3), (3, 4), 1)
+    with pytest.raises(ValueError, match="weight must be"):
+        local_conv(x, torch.randn(3, 4, 3, 3), (3, 3), 1)
+    with pytest.raises(ValueError, match="odd"):
+        local_conv(x, torch.randn(1, 4, 2, 2), (3, 3), 1)
+
+
+@needs_cuda
+@pytest.mark.parametrize("per_image", [False, True])
+def test_bf16_at_model_size(per_image):
+    """bf16 inputs at DeiT-T size (B=32, 14x14 grid + cls, C=576 / 192) against the float64 reference."""
+    c = 192 if per_image else 576
+    tensors, grad = make_inputs(32, c, (14, 14), 1, 3, per_image, not per_image, per_image, torch.bfloat16, "cuda", 5)
+    ref = [t.detach().double().cpu().requires_grad_() if t is not None else None for t in tensors]
+    out, grads = outputs_and_grads(local_conv, tensors, grad, (14, 14), 1)
+    ref_out, ref_grads = outputs_and_grads(local_conv_reference, ref, grad.double().cpu(), (14, 14), 1)
+    assert relative_error(out.cpu(), ref_out) < 1e-2
+    for got, expected in zip(grads, ref_grads, strict=True):
+        assert relative_error(got.cpu(), expected) < 1e-2

@@ -1,0 +1,182 @@
+"""The delta rule's entry points: the host launches of the kernels, their ``torch.library`` custom ops, the autograd
+function, :func:`delta_rule_triton` and the dispatching :func:`delta_rule_bidirectional`.
+
+Eager calls launch the kernels directly; inside ``torch.compile`` the custom ops run, their kernels launched through
+``wrap_triton``.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..utils import cdiv, check_kernel_qkv, kernel_backend, launcher, triton_available
+from . import heuristics
+from .reference import check_inputs, delta_rule_bidirectional_reference
+
+_DIRECTIONS = {"both": (0, 2), "forward": (0, 1), "reverse": (1, 1)}  # (first direction, number of directions)
+
+
+def _strides(t: torch.Tensor) -> tuple[int, ...]:
+    return tuple(t.stride()[:3])
+
+
+if triton_available():
+    from .kernels import (
+        _delta_rule_dstates_kernel,
+        _delta_rule_grads_kernel,
+        _delta_rule_output_kernel,
+        _delta_rule_states_kernel,
+        _delta_rule_wy_kernel,
+    )
+
+    def _delta_rule_fwd(
+            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, store: bool, direct_launch: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(o, W, U, states, V', T); the last five are what the backward needs (T only with ``store``)."""
+        b, n, h, dk = q.shape
+        dv = v.shape[-1]
+        chunk = heuristics.chunk_size(n)
+        nt = cdiv(n, chunk)
+        bk, bv, bv_seq = heuristics.block_sizes(dk, dv, b * h * num_dirs, q.device)
+        work = dict(device=q.device, dtype=q.dtype)
+        w = torch.empty(num_dirs, b * h, n, dk, **work)
+        u = torch.empty(num_dirs, b * h, n, dv, **work)
+        new_v = torch.empty(num_dirs, b * h, n, dv, **work)
+        states = torch.empty(num_dirs, b * h, nt, dk, dv, **work)
+        shape_t = (num_dirs, b * h, nt, chunk, chunk) if store else (0,)
+        t_invs = torch.empty(shape_t, **work)
+        o = torch.empty(b, n, h, dv, device=q.device, dtype=v.dtype)
+        common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, L2NORM=qk_l2norm, DOT_MODE=heuristics.dot_mode(q.dtype))
+        launcher(_delta_rule_wy_kernel, direct_launch)[(nt, b * h)](
+            k, v, beta, w, u, t_invs, *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv,
+            LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=store,
+            num_warps=heuristics.WY_NUM_WARPS, **common,
+        )
+        launcher(_delta_rule_states_kernel, direct_launch)[(cdiv(dv, bv_seq), b * h, num_dirs)](
+            k, w, u, states, new_v, *_strides(k), n, h, dk, dv, BV=bv_seq, num_warps=heuristics.NUM_WARPS, **common,
+        )
+        launcher(_delta_rule_output_kernel, direct_launch)[(nt, b * h)](
+            q, k, states, new_v, o, *_strides(q), *_strides(k), *_strides(o), n, h, dk, dv, scale,
+            BV=bv, NUM_DIRS=num_dirs, num_warps=heuristics.NUM_WARPS, **common,
+        )
+        return o, w, u, states, new_v, t_invs
+
+    def _delta_rule_bwd(
+            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, grad: torch.Tensor,
+            w: torch.Tensor, u: torch.Tensor, states: torch.Tensor, new_v: torch.Tensor, t_invs: torch.Tensor,
+            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, direct_launch: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, n, h, dk = q.shape
+        dv = v.shape[-1]
+        chunk = t_invs.shape[-1]  # the forward's chunk
+        nt = cdiv(n, chunk)
+        bk, bv, bv_seq = heuristics.block_sizes(dk, dv, b * h * num_dirs, q.device)
+        d_states = torch.empty_like(states)
+        d_new_v = torch.empty_like(new_v)
+        dq = torch.empty(b, n, h, dk, device=q.device, dtype=q.dtype)
+        dk_ = torch.empty(b, n, h, dk, device=q.device, dtype=k.dtype)
+        dv_ = torch.empty(b, n, h, dv, device=q.device, dtype=v.dtype)
+        dbeta = torch.empty(b, n, h, device=q.device, dtype=beta.dtype)
+        common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, NUM_DIRS=num_dirs, L2NORM=qk_l2norm,
+                      DOT_MODE=heuristics.dot_mode(q.dtype))
+        launcher(_delta_rule_dstates_kernel, direct_launch)[(cdiv(dv, bv_seq), b * h, num_dirs)](
+            q, k, w, grad, d_states, d_new_v, *_strides(q), *_strides(k), *_strides(grad), n, h, dk, dv, scale,
+            BV=bv_seq, num_warps=heuristics.NUM_WARPS, **common,
+        )
+        launcher(_delta_rule_grads_kernel, direct_launch)[(nt, b * h)](
+            q, k, v, beta, grad, w, u, states, new_v, d_states, d_new_v, t_invs, dq, dk_, dv_, dbeta,
+            *_strides(q), *_strides(k), *_strides(v), *beta.stride(), *_strides(grad), n, h, dk, dv, scale,
+            BV=bv, num_warps=heuristics.GRADS_NUM_WARPS, **common,
+        )
+        return dq, dk_, dv_, dbeta
+
+    _delta_rule_fwd_op = torch.library.triton_op("vitzoo::delta_rule_fwd", _delta_rule_fwd, mutates_args=())
+    _delta_rule_bwd_op = torch.library.triton_op("vitzoo::delta_rule_bwd", _delta_rule_bwd, mutates_args=())
+
+    class _DeltaRuleFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs):
+            # torch.compile traces the custom ops; eager calls launch the kernels directly
+            compiling = torch.compiler.is_compiling()
+            o, w, u, states, new_v, t_invs = (_delta_rule_fwd_op if compiling else _delta_rule_fwd)(
+                q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, True, direct_launch=not compiling,
+            )
+            ctx.save_for_backward(q, k, v, beta, w, u, states, new_v, t_invs)
+            ctx.args = (scale, qk_l2norm, first_dir, num_dirs)
+            return o
+
+        @staticmethod
+        def backward(ctx, grad_o):
+            q, k, v, beta, w, u, states, new_v, t_invs = ctx.saved_tensors
+            if grad_o.stride(-1) != 1:  # e.g. the stride-0 gradient of a .sum()
+                grad_o = grad_o.contiguous()
+            compiling = torch.compiler.is_compiling()
+            grads = (_delta_rule_bwd_op if compiling else _delta_rule_bwd)(
+                q, k, v, beta, grad_o, w, u, states, new_v, t_invs, *ctx.args, direct_launch=not compiling,
+            )
+            return (*grads, None, None, None, None)
+
+
+
+
+def delta_rule_triton(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        beta: torch.Tensor,
+        *,
+        scale: float | None = None,
+        qk_l2norm: bool = True,
+        directions: str = "both",
+) -> torch.Tensor:
+    """The Triton delta rule: 'both' (average of the two scan orders), 'forward' or 'reverse' (one scan).
+
+    fp32 / fp16 / bf16 inputs; returns v's dtype. Head dims up to 128 (any size; powers of two are fastest).
+    """
+    if not triton_available():
+        raise RuntimeError("delta_rule_triton needs triton, which is not installed")
+    check_inputs(q, k, v, beta)
+    check_kernel_qkv("delta_rule_triton", q, k, v)
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+        raise ValueError("delta_rule_triton needs a unit stride on the head dim of q, k and v")
+    if not q.dtype == k.dtype == v.dtype:
+        raise ValueError(f"delta_rule_triton: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if directions not in _DIRECTIONS:
+        raise ValueError(f"delta_rule_triton: directions={directions!r} is not one of {tuple(_DIRECTIONS)}")
+    first_dir, num_dirs = _DIRECTIONS[directions]
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, beta)):
+        return _DeltaRuleFunction.apply(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs)
+    compiling = torch.compiler.is_compiling()
+    o, *_ = (_delta_rule_fwd_op if compiling else _delta_rule_fwd)(
+        q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, False, direct_launch=not compiling,
+    )
+    return o
+
+
+def delta_rule_bidirectional(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        beta: torch.Tensor,
+        *,
+        scale: float | None = None,
+        qk_l2norm: bool = True,
+) -> torch.Tensor:
+    """Bidirectional delta rule: 0.5 * (scan in token order + scan in reversed order, flipped back).
+
+    Args:
+        q, k: (B, N, H, Dk); L2-normalised per head inside the op when ``qk_l2norm`` (fused in the kernels).
+        v: (B, N, H, Dv).
+        beta: (B, N, H), write strengths in (0, 1).
+        scale: multiplies q; default Dk^-1/2.
+        qk_l2norm: normalise q and k to unit length first.
+
+    Returns:
+        (B, N, H, Dv) in v's dtype. Runs the Triton kernels when ``kernel_backend(q.device) == 'triton'`` and the
+        inputs are not float64; otherwise :func:`delta_rule_bidirectional_reference`.
+    """
+    if kernel_backend(q.device) == "triton" and q.dtype != torch.float64:
+        return delta_rule_triton(q, k, v, beta, scale=scale, qk_l2norm=qk_l2norm, directions="both")
+    return delta_rule_bidirectional_reference(q, k, v, beta, scale=scale, qk_l2norm=qk_l2norm)
+

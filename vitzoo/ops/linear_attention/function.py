@@ -1,0 +1,332 @@
+"""Linear attention's public entry points: the host launches of the kernels, their ``torch.library`` custom ops, the
+autograd function, :func:`linear_attention_triton` and the dispatching :func:`linear_attention`.
+
+Eager calls launch the kernels directly; inside ``torch.compile`` the autograd function calls the custom ops, whose
+kernels are launched through ``wrap_triton`` so that Inductor sees them.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..utils import KERNEL_DTYPES, check_kernel_qkv, kernel_backend, launcher, triton_available
+from .heuristics import Launch, backward_launch, dot_precision, forward_launch, padded, state_size
+from .reference import FEATURE_MAPS, check_inputs, linear_attention_reference
+
+_FEATURE_CODES = {name: code for code, name in enumerate(FEATURE_MAPS)}  # identity 0, relu 1, l2norm 2, qt 3
+_MAX_WEIGHTINGS = 3
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Every buffer the kernels fully overwrite comes from here (the tests poison it with NaN)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _unit_last_stride(*tensors: torch.Tensor) -> bool:
+    return all(t.stride(-1) == 1 for t in tensors)
+
+
+def _strides4(t: torch.Tensor | None) -> tuple[int, int, int, int]:
+    return (0, 0, 0, 0) if t is None else tuple(t.stride())
+
+
+def _common_args(q, k, v, key_weights, query_weights, const, const_value, scale, eps):
+    c_ptr = const if const is not None else q  # unused when the constant is a plain float
+    a_ptr = key_weights if key_weights is not None else q  # unused without weights (HAS_WEIGHTS=False)
+    b_ptr = query_weights if query_weights is not None else q
+    return (q, k, v, a_ptr, b_ptr, c_ptr), (float(const_value), float(scale), float(eps))
+
+
+def _common_meta(q, k, v, key_weights, const, const_value, feature, center_keys, normalize):
+    weightings = 1 if key_weights is None else key_weights.shape[-1]
+    return dict(
+        W=weightings, HAS_WEIGHTS=key_weights is not None, FEATURE=feature, CENTER=center_keys,
+        CONST_PTR=const is not None, HAS_CONST=const is not None or const_value != 0.0, NORMALIZE=normalize,
+        DKP=padded(q.shape[-1]), DVP=padded(v.shape[-1]),
+        PREC=dot_precision(q, k, v),
+    )
+
+
+if triton_available():
+    from .kernels import _linear_attention_bwd_kernel, _linear_attention_fwd_kernel
+
+    def _linear_attention_fwd(
+            q: torch.Tensor,
+            k: torch.Tensor,
+            v: torch.Tensor,
+            key_weights: torch.Tensor | None,
+            query_weights: torch.Tensor | None,
+            const: torch.Tensor | None,
+            const_value: float,
+            feature: int,
+            center_keys: bool,
+            scale: float,
+            normalize: bool,
+            eps: float,
+            save_state: bool,
+            direct_launch: bool = False,
+            launch: Launch | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (out, raw fp32 states); the states are empty unless ``save_state`` (needed by the backward).
+
+        ``direct_launch``: launch the Triton kernel itself rather than through ``wrap_triton`` (eager callers).
+        ``launch``: the launch configuration; by default :func:`.heuristics.forward_launch` decides (the benchmarks
+        pass others)."""
+        batch, n, heads, dk = q.shape
+        dv = v.shape[-1]
+        meta = _common_meta(q, k, v, key_weights, const, const_value, feature, center_keys, normalize)
+        if launch is None:
+            launch = forward_launch(batch * heads, n, dk, dv, meta["W"], q.device)
+        out = _empty((batch, n, heads, dv), v.dtype, q.device)
+        state_shape = (batch * heads, state_size(meta["W"], dk, dv))
+        if launch.splits > 1:
+            state = torch.zeros(state_shape, dtype=torch.float32, device=q.device)
+        elif save_state:
+            state = _empty(state_shape, torch.float32, q.device)
+        else:
+            state = q.new_empty((0,), dtype=torch.float32)
+        pointers, scalars = _common_args(q, k, v, key_weights, query_weights, const, const_value, scale, eps)
+        args = (
+            *pointers, out, state if state.numel() else out, *scalars, n, heads, dk, dv,
+            launch.chunk, state_shape[1],
+            *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(key_weights), *_strides4(query_weights),
+            *_strides4(out),
+        )
+        kernel = launcher(_linear_attention_fwd_kernel, direct_launch)
+        # the raw sums this configuration reads: z for the normaliser (and, unweighted, the centring's key sum),
+        # u for the centring and the constant feature
+        need_z = normalize or (center_keys and key_weights is None)
+        need_u = center_keys or meta["HAS_CONST"]
+        config = dict(NEED_Z=need_z, NEED_U=need_u, UNIT_D=_unit_last_stride(q, k, v), **launch.options(), **meta)
+        grid = (batch * heads, launch.splits)
+        if launch.splits == 1:
+            kernel[grid](*args, DO_STATE=True, DO_OUTPUT=True, STORE_STATE=save_state, ATOMIC=False, **config)
+        else:
+            kernel[grid](*args, DO_STATE=True, DO_OUTPUT=False, STORE_STATE=True, ATOMIC=True, **config)
+            kernel[grid](*args, DO_STATE=False, DO_OUTPUT=True, STORE_STATE=False, ATOMIC=False, **config)
+        return out, state
+
+    def _linear_attention_bwd(
+            grad: torch.Tensor,
+            q: torch.Tensor,
+            k: torch.Tensor,
+            v: torch.Tensor,
+            key_weights: torch.Tensor | None,
+            query_weights: torch.Tensor | None,
+            const: torch.Tensor | None,
+            const_value: float,
+            state: torch.Tensor,
+            feature: int,
+            center_keys: bool,
+            scale: float,
+            normalize: bool,
+            eps: float,
+            need_const_grad: bool,
+            direct_launch: bool = False,
+            launch: Launch | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns (dq, dk, dv, dkey_weights, dquery_weights, per-(batch, head) parts of dconst); absent ones empty.
+        ``direct_launch`` as in the forward; ``launch`` by default from :func:`.heuristics.backward_launch`."""
+        batch, n, heads, dk = q.shape
+        dv = v.shape[-1]
+        meta = _common_meta(q, k, v, key_weights, const, const_value, feature, center_keys, normalize)
+        if launch is None:
+            launch = backward_launch(batch * heads, n, dk, dv, meta["W"], q.device)
+        dq = _empty(tuple(q.shape), q.dtype, q.device)
+        dkey = _empty(tuple(k.shape), k.dtype, q.device)
+        dval = _empty(tuple(v.shape), v.dtype, q.device)
+        if key_weights is not None:
+            dkw = _empty(tuple(key_weights.shape), key_weights.dtype, q.device)
+            dqw = _empty(tuple(query_weights.shape), query_weights.dtype, q.device)
+        else:
+            dkw, dqw = q.new_empty((0,)), q.new_empty((0,))
+        dconst = _empty((batch * heads,), torch.float32, q.device) if need_const_grad else q.new_empty((0,))
+        dstate = torch.zeros_like(state) if launch.splits > 1 else state
+        pointers, scalars = _common_args(q, k, v, key_weights, query_weights, const, const_value, scale, eps)
+        args = (
+            *pointers, grad, state, dstate, dq, dkey, dval,
+            dkw if dkw.numel() else dq, dqw if dqw.numel() else dq,
+            dconst if need_const_grad else dq, *scalars, n, heads, dk, dv, launch.chunk, state.shape[1],
+            *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(key_weights), *_strides4(query_weights),
+            *_strides4(grad), *_strides4(dq), *_strides4(dval), *_strides4(dkw if dkw.numel() else None),
+        )
+        kernel = launcher(_linear_attention_bwd_kernel, direct_launch)
+        config = dict(NEED_DC=need_const_grad, ROW_SCALED=normalize or key_weights is not None,
+                      UNIT_D=_unit_last_stride(q, k, v, grad), **launch.options(), **meta)
+        grid = (batch * heads, launch.splits)
+        if launch.splits == 1:
+            kernel[grid](*args, DO_Q=True, DO_KV=True, **config)
+        else:
+            kernel[grid](*args, DO_Q=True, DO_KV=False, **config)
+            kernel[grid](*args, DO_Q=False, DO_KV=True, **config)
+        return dq, dkey, dval, dkw, dqw, dconst
+
+    # The custom ops traced by torch.compile: the default launch, kernels launched through wrap_triton.
+    @torch.library.triton_op("vitzoo::linear_attention_fwd", mutates_args=())
+    def _linear_attention_fwd_op(
+            q: torch.Tensor,
+            k: torch.Tensor,
+            v: torch.Tensor,
+            key_weights: torch.Tensor | None,
+            query_weights: torch.Tensor | None,
+            const: torch.Tensor | None,
+            const_value: float,
+            feature: int,
+            center_keys: bool,
+            scale: float,
+            normalize: bool,
+            eps: float,
+            save_state: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return _linear_attention_fwd(q, k, v, key_weights, query_weights, const, const_value, feature, center_keys,
+                                     scale, normalize, eps, save_state)
+
+    @torch.library.triton_op("vitzoo::linear_attention_bwd", mutates_args=())
+    def _linear_attention_bwd_op(
+            grad: torch.Tensor,
+            q: torch.Tensor,
+            k: torch.Tensor,
+            v: torch.Tensor,
+            key_weights: torch.Tensor | None,
+            query_weights: torch.Tensor | None,
+            const: torch.Tensor | None,
+            const_value: float,
+            state: torch.Tensor,
+            feature: int,
+            center_keys: bool,
+            scale: float,
+            normalize: bool,
+            eps: float,
+            need_const_grad: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _linear_attention_bwd(grad, q, k, v, key_weights, query_weights, const, const_value, state, feature,
+                                     center_keys, scale, normalize, eps, need_const_grad)
+
+    class _LinearAttentionFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, key_weights, query_weights, const, const_value, feature, center_keys, scale,
+                    normalize, eps, save_state):
+            options = (const_value, feature, center_keys, scale, normalize, eps)
+            # torch.compile traces the custom op; eager calls skip its dispatch (host time on every call)
+            if torch.compiler.is_compiling():
+                out, state = _linear_attention_fwd_op(q, k, v, key_weights, query_weights, const, *options,
+                                                      save_state)
+            else:
+                out, state = _linear_attention_fwd(q, k, v, key_weights, query_weights, const, *options, save_state,
+                                                   direct_launch=True)
+            ctx.save_for_backward(q, k, v, key_weights, query_weights, const, state)
+            ctx.options = options
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            q, k, v, key_weights, query_weights, const, state = ctx.saved_tensors
+            const_value, feature, center_keys, scale, normalize, eps = ctx.options
+            need_const_grad = const is not None and ctx.needs_input_grad[5]
+            args = (grad, q, k, v, key_weights, query_weights, const, const_value, state, feature, center_keys, scale,
+                    normalize, eps, need_const_grad)
+            if torch.compiler.is_compiling():
+                dq, dk, dv, dkw, dqw, dconst = _linear_attention_bwd_op(*args)
+            else:
+                dq, dk, dv, dkw, dqw, dconst = _linear_attention_bwd(*args, direct_launch=True)
+            if key_weights is None:
+                dkw = dqw = None
+            dconst = dconst.sum().reshape(const.shape).to(const.dtype) if need_const_grad else None
+            return dq, dk, dv, dkw, dqw, dconst, None, None, None, None, None, None, None
+
+
+def _check_kernel_inputs(q, k, v, key_weights, query_weights) -> None:
+    check_kernel_qkv("linear_attention_triton", q, k, v)
+    if key_weights is None:
+        return
+    for t in (key_weights, query_weights):
+        if t.dtype not in KERNEL_DTYPES:
+            raise ValueError(f"linear_attention_triton: weights must be float16, bfloat16 or float32, got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"linear_attention_triton: all inputs must be on {q.device}, got one on {t.device}")
+    if not 1 <= key_weights.shape[-1] <= _MAX_WEIGHTINGS:
+        raise ValueError(
+            f"linear_attention_triton: W={key_weights.shape[-1]} weightings; the kernel supports 1..{_MAX_WEIGHTINGS}"
+        )
+
+
+def linear_attention_triton(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        key_weights: torch.Tensor | None = None,
+        query_weights: torch.Tensor | None = None,
+        *,
+        feature_map: str = "identity",
+        feature_const: torch.Tensor | float | None = None,
+        center_keys: bool = False,
+        scale: float = 1.0,
+        normalize: bool = False,
+        eps: float = 1e-6,
+) -> torch.Tensor:
+    """The fused Triton kernels behind :func:`linear_attention` (same arguments; fp16, bf16 or fp32 inputs)."""
+    if not triton_available():
+        raise RuntimeError("linear_attention_triton needs triton, which is not installed")
+    check_inputs(q, k, v, key_weights, query_weights, feature_map)
+    _check_kernel_inputs(q, k, v, key_weights, query_weights)
+    const, const_value = None, 0.0
+    if isinstance(feature_const, torch.Tensor):
+        if feature_const.numel() != 1:
+            raise ValueError(
+                f"linear_attention: feature_const must be a scalar, got shape {tuple(feature_const.shape)}"
+            )
+        const = feature_const.to(device=q.device, dtype=torch.float32).reshape(1)
+    elif feature_const is not None:
+        const_value = float(feature_const)
+    inputs = (q, k, v, key_weights, query_weights, const)
+    save_state = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    if not save_state and not torch.compiler.is_compiling():
+        # nothing to differentiate: launch directly, without the autograd Function's bookkeeping (host time)
+        return _linear_attention_fwd(
+            q, k, v, key_weights, query_weights, const, const_value, _FEATURE_CODES[feature_map], bool(center_keys),
+            float(scale), bool(normalize), float(eps), False, direct_launch=True,
+        )[0]
+    return _LinearAttentionFunction.apply(
+        q, k, v, key_weights, query_weights, const, const_value, _FEATURE_CODES[feature_map], bool(center_keys),
+        float(scale), bool(normalize), float(eps), save_state,
+    )
+
+
+def linear_attention(
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        key_weights: torch.Tensor | None = None,
+        query_weights: torch.Tensor | None = None,
+        *,
+        feature_map: str = "identity",
+        feature_const: torch.Tensor | float | None = None,
+        center_keys: bool = False,
+        scale: float = 1.0,
+        normalize: bool = False,
+        eps: float = 1e-6,
+) -> torch.Tensor:
+    """Non-causal linear attention over (B, N, H, D) inputs; returns (B, N, H, Dv) in v's dtype.
+
+    Args:
+        q, k: queries and keys, (B, N, H, Dk).
+        v: values, (B, N, H, Dv); Dv may differ from Dk.
+        key_weights: per-key weights a, (B, N, H, W); W states are built, one per weighting.
+        query_weights: per-query coefficients b, (B, N, H, W), combining the W reads.
+        feature_map: phi applied to q and k: 'identity', 'relu', 'l2norm' or 'qt' (square, then L2-normalise).
+        feature_const: a constant feature c appended to phi(q) and phi(k) (a float or a 0-dim tensor that may
+            require grad); adds c^2 to every similarity.
+        center_keys: subtract the token mean of phi(k) (InLine's injective correction).
+        scale: multiplies phi(q) . phi(k) (not the constant feature).
+        normalize: divide by the same read of the key sum, plus ``eps``.
+        eps: added to the normaliser.
+    """
+    # float64 stays on the reference: the kernels accumulate in fp32
+    if kernel_backend(q.device) == "triton" and torch.float64 not in (q.dtype, k.dtype, v.dtype):
+        return linear_attention_triton(
+            q, k, v, key_weights, query_weights, feature_map=feature_map, feature_const=feature_const,
+            center_keys=center_keys, scale=scale, normalize=normalize, eps=eps,
+        )
+    return linear_attention_reference(
+        q, k, v, key_weights, query_weights, feature_map=feature_map, feature_const=feature_const,
+        center_keys=center_keys, scale=scale, normalize=normalize, eps=eps,
+    )

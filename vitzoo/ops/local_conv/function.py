@@ -1,0 +1,134 @@
+"""The local convolution's entry points: the host launches of the kernels, their ``torch.library`` custom ops, the
+autograd function and the dispatching :func:`local_conv`.
+
+Eager calls launch the kernels directly; inside ``torch.compile`` the custom ops run, their kernels launched through
+``wrap_triton``.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..utils import cdiv, kernel_backend, launcher, triton_available
+from . import heuristics
+from .reference import check_inputs, local_conv_reference
+
+_PREFIX_ZERO, _PREFIX_FROM_X, _PREFIX_FROM_RESIDUAL = 0, 1, 2  # the kernels' PREFIX
+
+if triton_available():
+    from .kernels import _local_conv_dw_kernel, _local_conv_fwd_kernel
+
+    def _local_conv_fwd(
+            x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
+            grid_h: int, grid_w: int, num_prefix_tokens: int, prefix_mode: int, out_dtype: torch.dtype,
+            direct_launch: bool = False,
+    ) -> torch.Tensor:
+        b, n, c = x.shape
+        out = torch.empty((b, n, c), dtype=out_dtype, device=x.device)
+        block_c = heuristics.block_c(c)
+        grid = (b, cdiv(grid_h * grid_w, heuristics.BLOCK_P), cdiv(c, block_c))
+        res = residual if residual is not None else x
+        sw = weight.stride()
+        launcher(_local_conv_fwd_kernel, direct_launch)[grid](
+            x, weight, bias if bias is not None else x, res, out,
+            c, grid_h, grid_w, num_prefix_tokens,
+            x.stride(0), x.stride(1), sw[0] if weight.shape[0] > 1 else 0, sw[1], sw[2], sw[3],
+            res.stride(0), res.stride(1), out.stride(0), out.stride(1),
+            K=weight.shape[-1], HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, PREFIX=prefix_mode,
+            BLOCK_P=heuristics.BLOCK_P, BLOCK_C=block_c, num_warps=heuristics.NUM_WARPS,
+        )
+        return out
+
+    def _local_conv_dw(
+            x: torch.Tensor, grad: torch.Tensor, grid_h: int, grid_w: int, num_prefix_tokens: int, kernel_size: int,
+            direct_launch: bool = False,
+    ) -> torch.Tensor:
+        """Per-(image, tile) partial sums of dw, (B, tiles, K * K, C) in fp32."""
+        b, _, c = x.shape
+        tiles = cdiv(grid_h * grid_w, heuristics.BLOCK_P)
+        block_c = heuristics.block_c(c)
+        part = torch.empty((b, tiles, kernel_size * kernel_size, c), dtype=torch.float32, device=x.device)
+        launcher(_local_conv_dw_kernel, direct_launch)[(b, tiles, cdiv(c, block_c))](
+            x, grad, part, c, grid_h, grid_w, num_prefix_tokens, tiles,
+            x.stride(0), x.stride(1), grad.stride(0), grad.stride(1),
+            K=kernel_size, BLOCK_P=heuristics.BLOCK_P, BLOCK_C=block_c, num_warps=heuristics.NUM_WARPS,
+        )
+        return part
+
+    _local_conv_fwd_op = torch.library.triton_op("vitzoo::local_conv_fwd", _local_conv_fwd, mutates_args=())
+    _local_conv_dw_op = torch.library.triton_op("vitzoo::local_conv_dw", _local_conv_dw, mutates_args=())
+
+    class _LocalConvFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight, bias, residual, grid_h, grid_w, num_prefix_tokens):
+            compiling = torch.compiler.is_compiling()
+            out_dtype = residual.dtype if residual is not None else x.dtype
+            prefix = _PREFIX_FROM_RESIDUAL if residual is not None else _PREFIX_FROM_X
+            out = (_local_conv_fwd_op if compiling else _local_conv_fwd)(
+                x, weight, bias, residual, grid_h, grid_w, num_prefix_tokens, prefix, out_dtype,
+                direct_launch=not compiling,
+            )
+            ctx.save_for_backward(x, weight)
+            ctx.options = (grid_h, grid_w, num_prefix_tokens, bias is not None, residual is not None,
+                           None if bias is None else bias.dtype)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            x, weight = ctx.saved_tensors
+            grid_h, grid_w, prefix, has_bias, has_residual, bias_dtype = ctx.options
+            compiling = torch.compiler.is_compiling()
+            if grad.stride(-1) != 1:
+                grad = grad.contiguous()
+            dx = dw = dbias = None
+            if ctx.needs_input_grad[0]:
+                # the transposed convolution is the convolution with the flipped kernel; the prefix tokens' gradient
+                # passes through where they were copied from x, and is zero where the residual supplied them
+                dx = (_local_conv_fwd_op if compiling else _local_conv_fwd)(
+                    grad, weight.flip(-2, -1), None, None, grid_h, grid_w, prefix,
+                    _PREFIX_ZERO if has_residual else _PREFIX_FROM_X, x.dtype, direct_launch=not compiling,
+                )
+            if ctx.needs_input_grad[1]:
+                k = weight.shape[-1]
+                part = (_local_conv_dw_op if compiling else _local_conv_dw)(
+                    x, grad, grid_h, grid_w, prefix, k, direct_launch=not compiling,
+                )
+                per_image = part.sum(dim=1) if weight.shape[0] > 1 else part.sum(dim=(0, 1)).unsqueeze(0)
+                dw = per_image.view(weight.shape[0], k, k, -1).permute(0, 3, 1, 2).to(weight.dtype)
+            if has_bias and ctx.needs_input_grad[2]:
+                dbias = grad[:, prefix:].sum(dim=(0, 1), dtype=torch.float32).to(bias_dtype)
+            dres = grad if has_residual and ctx.needs_input_grad[3] else None
+            return dx, dw, dbias, dres, None, None, None
+
+
+def local_conv(
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        grid_size: tuple[int, int],
+        num_prefix_tokens: int,
+        bias: torch.Tensor | None = None,
+        residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Depthwise convolution of the patch tokens of ``x``, plus ``bias`` and ``residual``; prefix tokens pass through.
+
+    Args:
+        x: (B, N, C) tokens, N = num_prefix_tokens + H * W in row-major grid order; any strides.
+        weight: (1, C, K, K) one kernel for the batch (an ``nn.Conv2d(C, C, K, groups=C)`` weight, viewed), or
+            (B, C, K, K) one per image; K odd, zero padding K // 2.
+        grid_size: the patch grid (H, W).
+        num_prefix_tokens: cls / register tokens in front of the patches.
+        bias: optional (C,) added to the convolved patches.
+        residual: optional (B, N, C) added to every output token; the prefix tokens then come from it, not from x.
+
+    Returns:
+        (B, N, C) in the residual's dtype (x's without one); fp32 accumulation.
+    """
+    tensors = [t for t in (x, weight, bias, residual) if t is not None]
+    if kernel_backend(x.device) == "triton" and all(t.dtype != torch.float64 for t in tensors):
+        check_inputs(x, weight, grid_size, num_prefix_tokens, bias, residual)
+        if x.stride(-1) != 1:
+            x = x.contiguous()
+        if residual is not None and residual.stride(-1) != 1:
+            residual = residual.contiguous()
+        return _LocalConvFunction.apply(x, weight, bias, residual, int(grid_size[0]), int(grid_size[1]),
+                                        int(num_prefix_tokens))
+    return local_conv_reference(x, weight, grid_size, num_prefix_tokens, bias, residual)
