@@ -5,8 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitzoo.layers import h3
-from vitzoo.layers.h3 import BidirectionalH3, DiagonalSSMKernel, bidirectional_long_conv, fast_fft_length
+from vitzoo.layers import long_conv
+from vitzoo.layers.h3 import BidirectionalH3, DiagonalSSMKernel
+from vitzoo.layers.long_conv import bidirectional_long_conv, fast_fft_length
 
 DIM, HEADS = 64, 4  # head_dim 16
 LAYOUTS = [((1, 1), 0), ((6, 8), 1), ((14, 14), 1)]  # N = 1, 49, 197
@@ -130,7 +131,7 @@ def explicit_h3(mixer: BidirectionalH3, x: torch.Tensor, grid_size, num_prefix: 
 @pytest.mark.parametrize("grid_size, num_prefix", LAYOUTS)
 def test_matches_explicit(monkeypatch, path, grid_size, num_prefix):
     # Force one core: the switch compares N with TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM * head_dim.
-    monkeypatch.setattr(h3, "TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM", 10**9 if path == "toeplitz" else 0)
+    monkeypatch.setattr(long_conv, "TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM", 10**9 if path == "toeplitz" else 0)
     mixer = _make_mixer()
     n = num_prefix + grid_size[0] * grid_size[1]
     x = torch.randn(2, n, DIM, dtype=torch.float64)
@@ -144,7 +145,7 @@ def test_fft_path_is_counted_by_fvcore(monkeypatch):
     pytest.importorskip("fvcore")
     from vitzoo.flops import count_macs
 
-    monkeypatch.setattr(h3, "TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM", 0)
+    monkeypatch.setattr(long_conv, "TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM", 0)
     mixer = _make_mixer(1).float()
     macs = count_macs(_GridWrapper(mixer, (5, 5)), torch.randn(1, 26, DIM))
     assert macs >= 2 * 26 * DIM * DIM  # at least the in and out projections
@@ -161,7 +162,7 @@ class _GridWrapper(torch.nn.Module):
 
 @pytest.mark.parametrize("path", ["toeplitz", "fft"])
 def test_gradients_match_explicit_and_reach_every_parameter(monkeypatch, path):
-    monkeypatch.setattr(h3, "TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM", 10**9 if path == "toeplitz" else 0)
+    monkeypatch.setattr(long_conv, "TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM", 10**9 if path == "toeplitz" else 0)
     mixer = _make_mixer(1)
     x = torch.randn(2, 26, DIM, dtype=torch.float64, requires_grad=True)
     params = [x, *mixer.parameters()]

@@ -119,21 +119,3 @@ def test_inline_weights_sum_to_one_and_mixer_matches_explicit_form(n_grid):
     expected = attn_out.clone()
     expected[:, 1:] += residual
     torch.testing.assert_close(mixer(x, n_grid, 1), mixer.proj(expected))
-
-
-def test_inline_grid_mismatch_is_a_clear_error():
-    mixer = InLineAttention(32, num_heads=2)
-    with pytest.raises(ValueError, match="needs 17"):
-        mixer(torch.randn(1, 10, 32), (4, 4), 1)
-
-
-def test_inline_has_no_attention_dropout():
-    """The released InLine applies no attention dropout: training mode changes nothing, a nonzero rate is refused."""
-    torch.manual_seed(4)
-    mixer = InLineAttention(48, num_heads=6, qkv_bias=True)
-    x = torch.randn(2, 17, 48)
-    eval_out = mixer.eval()(x, (4, 4), 1)
-    torch.testing.assert_close(mixer.train()(x, (4, 4), 1), eval_out, rtol=0, atol=0)
-    assert not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in mixer.modules())
-    with pytest.raises(ValueError, match="attn_drop must be 0"):
-        InLineAttention(48, num_heads=6, attn_drop=0.1)

@@ -39,7 +39,7 @@ from timm.models._manipulate import named_apply
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import create_mixer
-from ..layers._common import LayerNorm
+from ..layers.norms import LayerNorm
 from ..registry import FAMILIES
 from ._helpers import (
     check_images,
