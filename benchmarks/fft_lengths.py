@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from vitzoo.layers.h3 import fast_fft_length  # noqa: E402
+from vitzoo.layers.long_conv import fast_fft_length  # noqa: E402
 
 TOKENS = {224: 197, 384: 577, 512: 1025, 768: 2305, 1024: 4097}
 

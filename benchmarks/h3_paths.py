@@ -1,6 +1,6 @@
 """H3's two ways to run its gated long convolution, timed side by side: the Toeplitz-weighted attention (O(N^2 d)
 matmul work) against the FFT long convolution (O(d^2 N log N) memory-bound work), to place the switch between them
-(``TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM`` in ``vitzoo/layers/h3.py``).
+(``TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM`` in ``vitzoo/layers/long_conv.py``).
 
 For the token counts of a 16-px-patch ViT at 224..1024 px, at B*N ~ 50k tokens, H=3, d=64 (H3-T), fp32 as the mixer
 runs its core: check that both paths give the same output, then time forward and forward+backward (median of
@@ -22,7 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fft_lengths import TOKENS, time_ms  # noqa: E402
 
-from vitzoo.layers.h3 import DiagonalSSMKernel, gated_long_conv_fft, gated_long_conv_toeplitz  # noqa: E402
+from vitzoo.layers.h3 import DiagonalSSMKernel  # noqa: E402
+from vitzoo.layers.long_conv import gated_long_conv_fft, gated_long_conv_toeplitz  # noqa: E402
 from vitzoo.ops.testing import relative_error  # noqa: E402
 
 HEADS, HEAD_DIM, TOKENS_PER_STEP = 3, 64, 50_000

@@ -44,7 +44,8 @@ import torch.nn as nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vitzoo.layers.h3 import SSM_OPTIM, DiagonalSSMKernel, gated_long_conv_toeplitz  # noqa: E402
+from vitzoo.layers.h3 import SSM_OPTIM, DiagonalSSMKernel  # noqa: E402
+from vitzoo.layers.long_conv import gated_long_conv_toeplitz  # noqa: E402
 from vitzoo.ops.linear_attention import linear_attention  # noqa: E402
 
 REGIMES = ("iid", "task_switch", "noise_ramp")

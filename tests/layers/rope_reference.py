@@ -1,4 +1,4 @@
-"""2-D axial RoPE written with complex rotations, independent of ``vitzoo.layers._common.axial_rope``."""
+"""2-D axial RoPE written with complex rotations, independent of ``vitzoo.layers.rope.axial_rope``."""
 from __future__ import annotations
 
 import torch

@@ -1,19 +1,19 @@
-"""Free Energy Mixer against explicit O(N^2) prior probabilities and direct mean / free-energy reads (float64)."""
+"""Free Energy Mixer: preset widths, the limits of the free energy in beta, clipping, the released options and the
+released linear prior, against the explicit forms of ``explicit_mixers.py`` (float64). Forward and gradients of the
+default mixers: ``test_mixers_numerics.py``."""
 from __future__ import annotations
 
 import math
 
 import pytest
 import torch
-import torch.nn.functional as F
-from rope_reference import rope_2d_reference
+from explicit_mixers import explicit_fem, fem_prior_and_values, fem_reads
 
 from vitzoo.layers.fem import FreeEnergyMixer, fem_value_width
 
 DIM, HEADS = 64, 2  # d_k = 32, E = 32, d_v = 16
-LAYOUTS = [((1, 1), 0), ((6, 8), 1), ((14, 14), 1)]  # N = 1, 49, 197
+LAYOUT = ((7, 7), 1)  # N = 50
 PRIORS = ["linear", "softmax"]
-LINEAR_PRIOR_EPS = 1e-6  # the released linear prior: phi = ReLU + eps, denominator clamped at eps
 
 
 def _make_mixer(prior: str, seed: int = 0, **options) -> FreeEnergyMixer:
@@ -31,97 +31,11 @@ def _set_beta(mixer: FreeEnergyMixer, beta: float) -> None:
         mixer.beta_param.fill_(math.log(math.expm1(beta - 1e-6)))
 
 
-def _grid_conv(qkv: torch.Tensor, weight: torch.Tensor, grid_size: tuple[int, int], num_prefix: int) -> torch.Tensor:
-    """Each channel's 3x3 kernel over the patch grid (zero padding), token by token; prefix tokens unchanged."""
-    out = qkv.clone()
-    for index in range(grid_size[0] * grid_size[1]):
-        row, col = divmod(index, grid_size[1])
-        acc = torch.zeros_like(qkv[:, 0])
-        for dr in (-1, 0, 1):
-            for dc in (-1, 0, 1):
-                r, c = row + dr, col + dc
-                if 0 <= r < grid_size[0] and 0 <= c < grid_size[1]:
-                    acc = acc + weight[:, 0, dr + 1, dc + 1] * qkv[:, num_prefix + r * grid_size[1] + c]
-        out[:, num_prefix + index] = acc
-    return out
-
-
-def explicit_prior_and_values(
-        mixer: FreeEnergyMixer, x: torch.Tensor, grid_size: tuple[int, int] = (7, 7), num_prefix: int = 1,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """p (B, h, t, i) built pair by pair, and the clipped values (B, h, i, d_v).
-
-    With the options: the depthwise conv on the projections, then RoPE on q and k (the released code rotates the
-    projected q and k before the prior)."""
-    batch, n, dim = x.shape
-    qkv = F.linear(x, mixer.qkv.weight, mixer.qkv.bias)
-    if mixer.conv is not None:
-        qkv = _grid_conv(qkv, mixer.conv.conv.weight, grid_size, num_prefix)
-    q, k, v = qkv.split([dim, dim, mixer.value_dim], dim=-1)
-    q, k = q.view(batch, n, HEADS, -1), k.view(batch, n, HEADS, -1)
-    if mixer.rope:
-        q, k = rope_2d_reference(q, grid_size, num_prefix), rope_2d_reference(k, grid_size, num_prefix)
-    q, k = q.transpose(1, 2), k.transpose(1, 2)
-    v = v.view(batch, n, HEADS, -1).transpose(1, 2)
-    if mixer.prior == "softmax":
-        p = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
-    else:
-        # The released non-causal linear read: phi(x) = relu(x) + eps, den = phi(q) . sum_i phi(k_i), clamped.
-        phi_q, phi_k = F.relu(q) + LINEAR_PRIOR_EPS, F.relu(k) + LINEAR_PRIOR_EPS
-        den = (phi_q * phi_k.sum(dim=-2, keepdim=True)).sum(dim=-1, keepdim=True).clamp_min(LINEAR_PRIOR_EPS)
-        p = phi_q @ phi_k.transpose(-1, -2) / den
-    cap = 40.0 / mixer.beta_max(torch.float64)[:, None]
-    return p, torch.maximum(torch.minimum(v, cap), -cap)
-
-
-def explicit_reads(mixer: FreeEnergyMixer, x: torch.Tensor, *layout) -> tuple[torch.Tensor, torch.Tensor]:
-    """mu and F (B, N, h, d_v) as their definitions: p-weighted mean and (1/beta) log sum p exp(beta v)."""
-    p, v = explicit_prior_and_values(mixer, x, *layout)
-    beta = mixer.beta_max(torch.float64)[:, None]  # (h, 1, d_v)
-    mean = p @ v
-    free_energy = torch.log(p @ torch.exp(beta * v)) / beta
-    return mean.transpose(1, 2), free_energy.transpose(1, 2)
-
-
-def explicit_fem(mixer: FreeEnergyMixer, x: torch.Tensor, *layout) -> torch.Tensor:
-    batch, n, _ = x.shape
-    mean, free_energy = explicit_reads(mixer, x, *layout)
-    inner, outer = F.linear(x, mixer.gates.weight, mixer.gates.bias).view(batch, n, 2, HEADS, -1).unbind(2)
-    inner = torch.sigmoid(inner)
-    outer = F.softplus(outer) + 1e-6
-    outer = outer / outer.norm(dim=-1, keepdim=True) * math.sqrt(outer.shape[-1])
-    out = outer * ((1 - inner) * mean + inner * free_energy)
-    return F.linear(out.reshape(batch, n, -1), mixer.proj.weight, mixer.proj.bias)
-
-
 def test_preset_a_widths():
     assert fem_value_width(192, 3) == 96 and fem_value_width(384, 6) == 192 and fem_value_width(768, 12) == 384
     mixer = FreeEnergyMixer(192, num_heads=3)
     assert (mixer.qk_head_dim, mixer.v_head_dim) == (64, 32)
     assert mixer.qkv.out_features == 2 * 192 + 96 and mixer.proj.in_features == 96
-
-
-@pytest.mark.parametrize("prior", PRIORS)
-@pytest.mark.parametrize("grid_size, num_prefix", LAYOUTS)
-def test_matches_explicit(prior, grid_size, num_prefix):
-    mixer = _make_mixer(prior)
-    n = num_prefix + grid_size[0] * grid_size[1]
-    x = torch.randn(2, n, DIM, dtype=torch.float64)
-    out = mixer(x, grid_size=grid_size, num_prefix_tokens=num_prefix)
-    assert out.shape == (2, n, DIM)
-    torch.testing.assert_close(out, explicit_fem(mixer, x), atol=1e-10, rtol=1e-9)
-
-
-@pytest.mark.parametrize("prior", PRIORS)
-def test_gradients_match_explicit_and_reach_every_parameter(prior):
-    mixer = _make_mixer(prior, seed=1)
-    x = torch.randn(2, 50, DIM, dtype=torch.float64, requires_grad=True)
-    params = [x, *mixer.parameters()]
-    grads = torch.autograd.grad(mixer(x, grid_size=(7, 7)).square().sum(), params)
-    expected = torch.autograd.grad(explicit_fem(mixer, x).square().sum(), params)
-    for (name, _), grad, ref in zip([("x", None), *mixer.named_parameters()], grads, expected, strict=True):
-        assert grad.abs().sum() > 0, f"no gradient reaches {name}"
-        torch.testing.assert_close(grad, ref, atol=1e-9, rtol=1e-8, msg=f"gradient of {name}")
 
 
 @pytest.mark.parametrize("prior", PRIORS)
@@ -132,8 +46,8 @@ def test_free_energy_tends_to_mean_as_beta_vanishes(prior):
     assert (free_energy - mean).abs().max() > 1e-2  # at beta ~ 2 the reads differ
     _set_beta(mixer, 1e-4)
     mean, free_energy = mixer.reads(x, (7, 7), 1)
-    torch.testing.assert_close(mean, explicit_reads(mixer, x)[0], atol=1e-12, rtol=1e-10)
-    p, v = explicit_prior_and_values(mixer, x)
+    torch.testing.assert_close(mean, fem_reads(mixer, x, *LAYOUT)[0], atol=1e-12, rtol=1e-10)
+    p, v = fem_prior_and_values(mixer, x, *LAYOUT)
     variance = (p @ v.square() - (p @ v).square()).transpose(1, 2)
     # F - mu = beta Var_p(v) / 2 + O(beta^2)
     torch.testing.assert_close(free_energy - mean, 1e-4 * variance / 2, atol=1e-4, rtol=0)
@@ -147,7 +61,7 @@ def test_free_energy_tends_to_support_max_as_beta_grows(prior):
         mixer.qkv.weight[2 * DIM:] *= 0.02
         mixer.qkv.bias[2 * DIM:] *= 0.02
     x = torch.randn(2, 50, DIM, dtype=torch.float64)
-    p, v = explicit_prior_and_values(mixer, x)  # (B, h, t, i), (B, h, i, d_v)
+    p, v = fem_prior_and_values(mixer, x, *LAYOUT)  # (B, h, t, i), (B, h, i, d_v)
     support = p > 0
     assert v.abs().max() < 0.2 and support.any(dim=-1).all()
     masked = torch.where(support[..., None], v[:, :, None], -math.inf)  # (B, h, t, i, d_v)
@@ -158,7 +72,7 @@ def test_free_energy_tends_to_support_max_as_beta_grows(prior):
     for beta in (1.0, 10.0, 50.0, 199.0):
         _set_beta(mixer, beta)
         free_energy = mixer.reads(x, (7, 7), 1)[1]
-        torch.testing.assert_close(free_energy, explicit_reads(mixer, x)[1], atol=1e-10, rtol=1e-9)
+        torch.testing.assert_close(free_energy, fem_reads(mixer, x, *LAYOUT)[1], atol=1e-10, rtol=1e-9)
         # log(p_max) / beta <= F - max <= 0
         gap = free_energy - support_max
         assert (gap <= 1e-9).all()
@@ -174,11 +88,11 @@ def test_clipping_at_large_beta(prior):
     mixer = _make_mixer(prior, seed=4)
     _set_beta(mixer, 500.0)  # |v| ~ 1 >> 40 / 500: most values are clipped
     x = torch.randn(2, 50, DIM, dtype=torch.float64)
-    _, v = explicit_prior_and_values(mixer, x)
+    _, v = fem_prior_and_values(mixer, x, *LAYOUT)
     assert (v.abs() == 40.0 / 500.0).float().mean() > 0.5
     out = mixer(x, grid_size=(7, 7))
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out, explicit_fem(mixer, x), atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(out, explicit_fem(mixer, x, *LAYOUT), atol=1e-10, rtol=1e-9)
 
 
 @pytest.mark.parametrize("prior", PRIORS)
@@ -200,11 +114,11 @@ def test_linear_prior_of_an_all_negative_query_is_the_released_one():
         mixer.qkv.weight[:DIM] = 0.0
         mixer.qkv.bias[:DIM] = -1.0
     x = torch.randn(2, 50, DIM, dtype=torch.float64)
-    p, _ = explicit_prior_and_values(mixer, x)
+    p, _ = fem_prior_and_values(mixer, x, *LAYOUT)
     torch.testing.assert_close(p.sum(dim=-1), torch.ones_like(p[..., 0]), atol=1e-12, rtol=0)
     out = mixer(x, grid_size=(7, 7))
     assert torch.isfinite(out).all()
-    torch.testing.assert_close(out, explicit_fem(mixer, x), atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(out, explicit_fem(mixer, x, *LAYOUT), atol=1e-10, rtol=1e-9)
 
 
 def test_rejects_unknown_option_and_bad_prior():

@@ -1,12 +1,14 @@
-"""Bidirectional H3: FFT long convolution vs explicit Toeplitz sums, and the mixer vs an explicit construction."""
+"""Bidirectional H3: the long convolution vs explicit Toeplitz sums, the SSM kernel vs its definition, and the
+mixer's FFT path vs the explicit form of ``explicit_mixers.py`` (the default path: ``test_mixers_numerics.py``)."""
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
+from explicit_mixers import explicit_h3
 
-from vitzoo.layers import h3
-from vitzoo.layers.h3 import BidirectionalH3, DiagonalSSMKernel, bidirectional_long_conv, fast_fft_length
+from vitzoo.layers import long_conv
+from vitzoo.layers.h3 import BidirectionalH3, DiagonalSSMKernel
+from vitzoo.layers.long_conv import bidirectional_long_conv, fast_fft_length
 
 DIM, HEADS = 64, 4  # head_dim 16
 LAYOUTS = [((1, 1), 0), ((6, 8), 1), ((14, 14), 1)]  # N = 1, 49, 197
@@ -105,32 +107,10 @@ def _make_mixer(seed: int = 0) -> BidirectionalH3:
     return mixer
 
 
-def explicit_h3(mixer: BidirectionalH3, x: torch.Tensor, grid_size, num_prefix: int) -> torch.Tensor:
-    """Materialise every (B, N, h, d, d) outer product and sum it against the two-sided kernel pair by pair."""
-    batch, n, dim = x.shape
-    h, d = mixer.num_heads, mixer.head_dim
-    q, k, v = F.linear(x, mixer.qkv.weight, mixer.qkv.bias).chunk(3, dim=-1)
-    grid = k[:, num_prefix:].transpose(1, 2).reshape(batch, dim, *grid_size)
-    conv = mixer.k_conv.conv
-    grid = F.conv2d(grid, conv.weight, conv.bias, padding=1, groups=dim)
-    k = torch.cat([k[:, :num_prefix], grid.flatten(2).transpose(1, 2)], dim=1)
-    q, k, v = (t.reshape(batch, n, h, d) for t in (q, k, v))
-    kv = torch.einsum("bnhi,bnhj->bnhij", k, v)
-    kernel_fwd, kernel_bwd = mixer.ssm(n, torch.float64)  # (h, N) each
-    y = mixer.D[:, None, None] * kv
-    for t in range(n):
-        for s in range(n):
-            weight = (kernel_fwd[:, t - s] if t >= s else 0) + (kernel_bwd[:, s - t] if s >= t else 0)
-            y[:, t] = y[:, t] + weight[:, None, None] * kv[:, s]
-    out = torch.einsum("bnhi,bnhij->bnhj", q, y).reshape(batch, n, dim)
-    return F.linear(out, mixer.proj.weight, mixer.proj.bias)
-
-
-@pytest.mark.parametrize("path", ["toeplitz", "fft"])
 @pytest.mark.parametrize("grid_size, num_prefix", LAYOUTS)
-def test_matches_explicit(monkeypatch, path, grid_size, num_prefix):
-    # Force one core: the switch compares N with TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM * head_dim.
-    monkeypatch.setattr(h3, "TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM", 10**9 if path == "toeplitz" else 0)
+def test_fft_path_matches_explicit(monkeypatch, grid_size, num_prefix):
+    # The FFT core at these lengths (test_mixers_numerics covers the Toeplitz core that short sequences take).
+    monkeypatch.setattr(long_conv, "TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM", 0)
     mixer = _make_mixer()
     n = num_prefix + grid_size[0] * grid_size[1]
     x = torch.randn(2, n, DIM, dtype=torch.float64)
@@ -144,7 +124,7 @@ def test_fft_path_is_counted_by_fvcore(monkeypatch):
     pytest.importorskip("fvcore")
     from vitzoo.flops import count_macs
 
-    monkeypatch.setattr(h3, "TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM", 0)
+    monkeypatch.setattr(long_conv, "TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM", 0)
     mixer = _make_mixer(1).float()
     macs = count_macs(_GridWrapper(mixer, (5, 5)), torch.randn(1, 26, DIM))
     assert macs >= 2 * 26 * DIM * DIM  # at least the in and out projections
@@ -159,9 +139,8 @@ class _GridWrapper(torch.nn.Module):
         return self.mixer(x, grid_size=self.grid_size)
 
 
-@pytest.mark.parametrize("path", ["toeplitz", "fft"])
-def test_gradients_match_explicit_and_reach_every_parameter(monkeypatch, path):
-    monkeypatch.setattr(h3, "TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM", 10**9 if path == "toeplitz" else 0)
+def test_fft_path_gradients_match_explicit_and_reach_every_parameter(monkeypatch):
+    monkeypatch.setattr(long_conv, "TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM", 0)
     mixer = _make_mixer(1)
     x = torch.randn(2, 26, DIM, dtype=torch.float64, requires_grad=True)
     params = [x, *mixer.parameters()]

@@ -18,6 +18,7 @@ import torch
 
 import vitzoo  # noqa: F401  (registers the models)
 from vitzoo.ops import set_backend, triton_available
+from vitzoo.registry import DEIT_FAMILIES, FAMILIES
 from vitzoo.train.data import FASHION_MNIST_DIR
 
 OP_MODULES = {importlib.import_module("vitzoo.ops.linear_attention.function"): "linear_attention_triton",
@@ -27,10 +28,11 @@ OP_MODULES = {importlib.import_module("vitzoo.ops.linear_attention.function"): "
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1" and triton_available() and not torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(not INTERPRETER, reason="needs the Triton interpreter (TRITON_INTERPRET=1, no CUDA)")
 
-# Every model whose mixer calls a Triton op (softmax and fem_softmax do not).
-KERNEL_MODELS = ["linear_deit_tiny_patch16_224", "inline_deit_tiny_patch16_224", "qt_deit_tiny_patch16_224",
-                 "zeros_deit_tiny_patch16_224", "fem_deit_tiny_patch16_224", "deltanet_deit_tiny_patch16_224",
-                 "h3_deit_tiny_patch16_224"]
+# Every DeiT-style family whose mixer calls a Triton op: all but softmax attention and FEM over a softmax prior.
+KERNEL_MODELS = [
+    FAMILIES[name].model_name("tiny") for name in DEIT_FAMILIES
+    if FAMILIES[name].mixer != "softmax" and FAMILIES[name].mixer_kwargs.get("prior") != "softmax"
+]
 TINY = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=32, depth=2, num_heads=2)
 
 

@@ -11,9 +11,8 @@ from timm.models import create_feature_extractor
 import vitzoo  # noqa: F401  (registers the models)
 from vitzoo.models import MODEL_MODULES
 from vitzoo.ops import get_backend, kernel_backend, set_backend, use_backend, utils
+from vitzoo.registry import FAMILIES
 
-VIT_FAMILIES = ("softmax", "linear", "inline", "qt", "zeros", "fem", "fem_softmax", "deltanet", "h3")
-FAMILIES = (*VIT_FAMILIES, "qtvit")
 TINY_VIT = dict(img_size=32, patch_size=8, depth=2, embed_dim=48, num_heads=2)  # a 4x4 grid + cls token
 TINY_QTVIT = dict(widths=(8, 16, 16, 32, 32), depths=(1, 1, 1, 1, 1), head_dim=8, head_widths=(64, 64))
 

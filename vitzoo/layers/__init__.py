@@ -1,8 +1,14 @@
 """Token mixers: every module maps (B, N, C) -> (B, N, C) and is built by name with :func:`create_mixer`.
 
-Constructor contract: ``Mixer(dim, num_heads=..., qkv_bias=..., attn_drop=..., proj_drop=..., device=None,
-dtype=None, **family_options)``; forward contract: ``mixer(x, grid_size=(H, W), num_prefix_tokens=P)`` with
-``N == P + H * W``. Mixer modules are imported lazily so that ``import vitzoo`` stays cheap.
+Every mixer is a :class:`vitzoo.layers.base.TokenMixer`, which holds the contracts. Constructor:
+``Mixer(dim, num_heads=..., qkv_bias=..., attn_drop=..., proj_drop=..., device=None, dtype=None, **family_options)``;
+forward: ``mixer(x, grid_size=(H, W), num_prefix_tokens=P)`` with ``N == P + H * W``. ``attn_drop`` drops attention
+probabilities in softmax attention and the mixed values before the output projection in every other mixer.
+
+One module per mixer (``softmax``, ``linear``, ``inline``, ``quadratic_taylor``, ``zeros``, ``fem``, ``deltanet``,
+``h3``), beside the pieces they share: ``local_conv`` (depthwise conv on the patch grid), ``long_conv`` (H3's
+bidirectional long convolution), ``norms`` (16-bit norms), ``rope`` (axial RoPE). Mixer modules are imported lazily
+so that ``import vitzoo`` stays cheap.
 """
 from __future__ import annotations
 

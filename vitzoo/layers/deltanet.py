@@ -7,10 +7,11 @@ Per token x (B, N, C), heads h = 1..H of width D = C / H:
                                            (cls) pass unconvolved
     beta    = sigmoid(W_beta x)             one write strength per head and token, in (0, 1)
     o       = 0.5 * (delta rule in token order + delta rule in reversed order, flipped back), with q and k
-              L2-normalised per head (fused in :func:`vitzoo.ops.delta_rule.delta_rule_bidirectional`)
+              L2-normalised per head (fused in :func:`vitzoo.ops.delta_rule_bidirectional`)
     out     = W_proj (RMSNorm_head(o) * SiLU(W_g x))     per-head RMSNorm (eps 1e-5, fp32) with an output gate
 
 The depthwise conv replaces the language model's causal short convolution (kernel 4); like it, it has no bias.
+``attn_drop`` drops the gated output before ``W_proj`` (the delta rule has no attention matrix).
 """
 from __future__ import annotations
 
@@ -19,20 +20,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
-from vitzoo.ops import delta_rule_bidirectional
+from ..ops import delta_rule_bidirectional
+from .base import TokenMixer
+from .local_conv import GridDepthwiseConv
+from .norms import low_precision_rms_norm
 
-from ._common import GridDepthwiseConv, check_grid, low_precision_rms_norm
 
-
-class BidirectionalDeltaNet(nn.Module):
+class BidirectionalDeltaNet(TokenMixer):
     """Bidirectional DeltaNet token mixer.
 
     Args:
         dim: token width C.
         num_heads: number of heads; C must be divisible by it.
         qkv_bias: bias on the q/k/v projection.
-        attn_drop: dropout on the mixer output before ``proj`` (the delta rule has no attention matrix to drop);
-            kept for the mixer contract, and only applied when nonzero.
+        attn_drop: dropout on the gated output before ``proj`` (the delta rule has no attention matrix).
         proj_drop: dropout after ``proj``.
         conv_size: kernel size of the depthwise conv on the patch grid.
     """
@@ -48,20 +49,13 @@ class BidirectionalDeltaNet(nn.Module):
             dtype=None,
             conv_size: int = 3,
     ) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"BidirectionalDeltaNet: dim={dim} must be divisible by num_heads={num_heads}")
         dd = {"device": device, "dtype": dtype}
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
+        super().__init__(dim, num_heads, qkv_bias, qkv_features=3 * dim, **dd)
         self.conv = GridDepthwiseConv(3 * dim, conv_size, bias=False, **dd)
         self.beta_proj = nn.Linear(dim, num_heads, bias=False, **dd)
         self.gate = nn.Linear(dim, dim, bias=False, **dd)
         self.norm_weight = nn.Parameter(torch.ones(self.head_dim, **dd))
-        self.attn_drop = nn.Dropout(attn_drop) if attn_drop > 0 else nn.Identity()
-        self.proj = nn.Linear(dim, dim, **dd)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.build_output(attn_drop, proj_drop, **dd)
 
     def init_weights(self) -> None:
         """Re-initialise the parameters the backbone's Linear init does not cover."""
@@ -73,8 +67,7 @@ class BidirectionalDeltaNet(nn.Module):
         Bidirectional DeltaNet, says why)."""
         return {"norm_weight", "conv.conv.weight"}
 
-    def forward(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int = 1) -> torch.Tensor:
-        check_grid(x, grid_size, num_prefix_tokens)
+    def mix(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
         b, n, c = x.shape
         qkv = F.silu(self.conv(self.qkv(x), grid_size, num_prefix_tokens))
         q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).unbind(2)
@@ -84,9 +77,7 @@ class BidirectionalDeltaNet(nn.Module):
         # the next Linear would round it anyway (no fp32 round trip of the activations).
         o = low_precision_rms_norm(o, (self.head_dim,), self.norm_weight, eps=1e-5)
         g = F.silu(self.gate(x)).view(b, n, self.num_heads, self.head_dim)
-        o = (o * g.to(o.dtype)).reshape(b, n, c).to(x.dtype)
-        o = self.attn_drop(o)
-        return self.proj_drop(self.proj(o))
+        return (o * g.to(o.dtype)).reshape(b, n, c).to(x.dtype)
 
 
 # The forward branches on tensor properties (the 16-bit norm path (a dtype check)), which FX cannot trace: the mixer

@@ -25,9 +25,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
-from vitzoo.ops import linear_attention
-
-from ._common import GridDepthwiseConv, axial_rope, check_grid
+from ..ops import linear_attention
+from .base import TokenMixer
+from .local_conv import GridDepthwiseConv
+from .rope import axial_rope
 
 PRIORS = ("linear", "softmax")
 VALUE_LOGEXP_CAP = 40.0  # |beta v| <= 40 keeps exp(beta v - M) >= e^-80, inside fp32's normal range
@@ -45,7 +46,7 @@ def fem_value_width(dim: int, num_heads: int) -> int:
     return max(1, round(_VALUE_RATIO * dim / unit)) * unit
 
 
-class FreeEnergyMixer(nn.Module):
+class FreeEnergyMixer(TokenMixer):
     """Free Energy Mixer with a non-causal prior: (B, N, C) -> (B, N, C).
 
     Layers: ``qkv`` (C -> C + C + E: q and k C wide, values E wide, so d_k = C/h differs from d_v = E/h),
@@ -90,28 +91,23 @@ class FreeEnergyMixer(nn.Module):
             rope_base: float = 10000.0,
             conv: bool = False,
     ) -> None:
-        super().__init__()
         if prior not in PRIORS:
             raise ValueError(f"FreeEnergyMixer: prior={prior!r} is not one of {PRIORS}")
-        if dim % num_heads:
-            raise ValueError(f"FreeEnergyMixer: dim={dim} must be divisible by num_heads={num_heads}")
         dd = {"device": device, "dtype": dtype}
+        value_dim = fem_value_width(dim, num_heads)
+        super().__init__(dim, num_heads, qkv_bias, qkv_features=2 * dim + value_dim, **dd)
         self.prior = prior
-        self.num_heads = num_heads
-        self.qk_head_dim = dim // num_heads
-        self.value_dim = fem_value_width(dim, num_heads)
+        self.qk_head_dim = self.head_dim
+        self.value_dim = value_dim
         self.v_head_dim = self.value_dim // num_heads
         if rope and self.qk_head_dim % 4:
             raise ValueError(f"FreeEnergyMixer: rope needs d_k = dim / heads divisible by 4, got {self.qk_head_dim}")
         self.rope = rope
         self.rope_base = rope_base
-        self.qkv = nn.Linear(dim, 2 * dim + self.value_dim, bias=qkv_bias, **dd)
         self.conv = GridDepthwiseConv(2 * dim + self.value_dim, 3, bias=False, **dd) if conv else None
         self.gates = nn.Linear(dim, 2 * self.value_dim, **dd)
         self.beta_param = nn.Parameter(torch.empty(num_heads, self.v_head_dim, **dd))
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(self.value_dim, dim, **dd)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.build_output(attn_drop, proj_drop, value_features=self.value_dim, **dd)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -176,9 +172,8 @@ class FreeEnergyMixer(nn.Module):
         free_energy = (torch.logaddexp(log_read, math.log(_LOG_RESTORE_EPS) - shift) + shift) / beta
         return mean, free_energy
 
-    def forward(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int = 1) -> torch.Tensor:
-        """Mix the tokens of ``x`` (B, N, C); ``grid_size`` places the patches for ``rope`` and ``conv``."""
-        check_grid(x, grid_size, num_prefix_tokens)
+    def mix(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
+        # ``grid_size`` places the patches for ``rope`` and ``conv``.
         batch, num_tokens, _ = x.shape
         mean, free_energy = self.reads(x, grid_size, num_prefix_tokens)
         gate_logits = self.gates(x).to(mean.dtype).view(batch, num_tokens, 2, self.num_heads, self.v_head_dim)
@@ -188,8 +183,7 @@ class FreeEnergyMixer(nn.Module):
         # RMS-style: unit L2 norm per head, times sqrt(d_v).
         outer = outer / outer.norm(dim=-1, keepdim=True) * math.sqrt(self.v_head_dim)
         out = outer * torch.lerp(mean, free_energy, inner)
-        out = out.reshape(batch, num_tokens, self.value_dim).to(x.dtype)
-        return self.proj_drop(self.proj(self.attn_drop(out)))
+        return out.reshape(batch, num_tokens, self.value_dim).to(x.dtype)
 
 
 # The forward branches on tensor properties (the accumulation dtype and its finfo), which FX cannot trace: the mixer

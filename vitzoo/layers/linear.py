@@ -1,17 +1,31 @@
 """Plain ReLU linear attention: the baseline every linear mixer is judged against.
 
-out_t = sum_i relu(q_t).relu(k_i) v_i / (sum_i relu(q_t).relu(k_i) + eps), accumulated in fp32.
+    out_t = sum_i (relu(q_t) . relu(k_i)) v_i / (sum_i relu(q_t) . relu(k_i) + eps)        (per head)
+
+through :func:`vitzoo.ops.linear_attention`, accumulated in fp32. ``attn_drop`` drops the mixed values (there is
+no attention matrix).
 """
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
 from ..ops import linear_attention
+from .base import TokenMixer
 
 
-class ReLULinearAttention(nn.Module):
-    """Normalised non-causal linear attention with a ReLU feature map."""
+class ReLULinearAttention(TokenMixer):
+    """Normalised non-causal linear attention with a ReLU feature map: (B, N, C) -> (B, N, C).
+
+    Args:
+        dim: token width C.
+        num_heads: number of heads h; C must be divisible by h.
+        qkv_bias: bias on the qkv projection.
+        attn_drop: dropout on the mixed values before ``proj``.
+        proj_drop: dropout after the output projection.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
+        eps: added to the normaliser.
+    """
 
     def __init__(
             self,
@@ -24,20 +38,13 @@ class ReLULinearAttention(nn.Module):
             dtype=None,
             eps: float = 1e-6,
     ) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"dim={dim} is not divisible by num_heads={num_heads}")
-        self.num_heads = num_heads
+        dd = {"device": device, "dtype": dtype}
+        super().__init__(dim, num_heads, qkv_bias, qkv_features=3 * dim, **dd)
         self.eps = eps
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias, device=device, dtype=dtype)
-        # Linear attention has no attention matrix to drop; attn_drop acts on the mixed values.
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim, device=device, dtype=dtype)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.build_output(attn_drop, proj_drop, **dd)
 
-    def forward(self, x: torch.Tensor, grid_size: tuple[int, int] | None = None, num_prefix_tokens: int = 1):
+    def mix(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
         b, n, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, c // self.num_heads).unbind(2)
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).unbind(2)
         out = linear_attention(q, k, v, feature_map="relu", normalize=True, eps=self.eps)
-        out = self.attn_drop(out.reshape(b, n, c))
-        return self.proj_drop(self.proj(out))
+        return out.reshape(b, n, c)

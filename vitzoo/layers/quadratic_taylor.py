@@ -26,9 +26,8 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from timm.models.efficientvit_mit import LiteMLA
 
-from vitzoo.ops import linear_attention
-
-from ._common import check_grid
+from ..ops import linear_attention
+from .base import TokenMixer
 
 __all__ = ["QuadraticTaylorAttention", "QuadraticTaylorCore", "QuadraticTaylorLiteMLA"]
 
@@ -81,7 +80,7 @@ class QuadraticTaylorCore(nn.Module):
         return out + shortcut
 
 
-class QuadraticTaylorAttention(nn.Module):
+class QuadraticTaylorAttention(TokenMixer):
     """QT attention in the DeiT layout (an adaptation: QT-ViT itself only exists on EfficientViT).
 
     qkv Linear -> QT core with the GELU(BN(v)) shortcut -> proj. The cls token takes part in attention and in
@@ -92,7 +91,7 @@ class QuadraticTaylorAttention(nn.Module):
         dim: token width C.
         num_heads: attention heads; ``dim`` must be divisible by it.
         qkv_bias: bias on the qkv projection.
-        attn_drop: must be 0: linear attention never forms the attention matrix that this would drop.
+        attn_drop: dropout on the mixed values (attention plus shortcut) before ``proj``.
         proj_drop: dropout after the output projection.
         eps: added to the attention normaliser.
         device: parameter device.
@@ -110,40 +109,21 @@ class QuadraticTaylorAttention(nn.Module):
             device=None,
             dtype=None,
     ) -> None:
-        super().__init__()
         dd = {"device": device, "dtype": dtype}
-        if dim % num_heads:
-            raise ValueError(f"QuadraticTaylorAttention: dim={dim} must be divisible by num_heads={num_heads}")
-        if attn_drop:
-            raise ValueError(f"QuadraticTaylorAttention: attn_drop must be 0 (no attention matrix), got {attn_drop}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias, **dd)
+        super().__init__(dim, num_heads, qkv_bias, qkv_features=3 * dim, **dd)
         self.core = QuadraticTaylorCore(self.head_dim, eps=eps, **dd)
-        self.proj = nn.Linear(dim, dim, **dd)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.build_output(attn_drop, proj_drop, **dd)
 
     def init_weights(self) -> None:
         """Re-initialise the non-Linear parameters (the backbone re-inits the Linears)."""
         self.core.init_weights()
 
-    def forward(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int = 1) -> torch.Tensor:
-        """Mix tokens.
-
-        Args:
-            x: (B, N, C) with N = num_prefix_tokens + H * W.
-            grid_size: patch grid (H, W); only checked, QT attention is order-free.
-            num_prefix_tokens: cls / register tokens in front of the patches.
-
-        Returns:
-            (B, N, C).
-        """
-        check_grid(x, grid_size, num_prefix_tokens)
+    def mix(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
+        # QT attention is order-free: the grid is only checked (by ``forward``).
         b, n, c = x.shape
         # Views of the fused projection, (B, N, H, D) each with unit stride on D: the op reads them in place.
         q, k, v = self.qkv(x).view(b, n, 3, self.num_heads, self.head_dim).unbind(2)
-        x = self.core(q, k, v).reshape(b, n, c)
-        return self.proj_drop(self.proj(x))
+        return self.core(q, k, v).reshape(b, n, c)
 
 
 class QuadraticTaylorLiteMLA(LiteMLA):

@@ -1,15 +1,33 @@
-"""Softmax attention (DeiT baseline): timm's ``Attention`` (SDPA) behind the zoo's mixer interface."""
+"""Softmax attention, the DeiT baseline.
+
+    out_t = sum_i softmax_i(s q_t . k_i) v_i        (s = d^-1/2, per head)
+
+through ``F.scaled_dot_product_attention``. Parameter names (``qkv``, ``proj``) and the computation are those of
+timm's ``Attention`` (its fused path), so timm's ``deit_*`` weights load unchanged. The one mixer with an attention
+matrix: ``attn_drop`` drops attention probabilities (SDPA's ``dropout_p``) in training.
+"""
 from __future__ import annotations
 
 import torch
-from timm.layers import Attention
+import torch.nn.functional as F
+
+from .base import TokenMixer
 
 
-class SoftmaxAttention(Attention):
-    """Multi-head softmax attention through ``F.scaled_dot_product_attention``.
+class SoftmaxAttention(TokenMixer):
+    """Multi-head softmax attention: (B, N, C) -> (B, N, C).
 
-    A subclass of timm's ``Attention`` so parameter names (``qkv``, ``proj``) and weights match timm's DeiT.
+    Args:
+        dim: token width C.
+        num_heads: number of heads h; C must be divisible by h.
+        qkv_bias: bias on the qkv projection.
+        attn_drop: dropout on the attention probabilities (training only).
+        proj_drop: dropout after the output projection.
+        device: device of the parameters.
+        dtype: dtype of the parameters.
     """
+
+    drops_attention_probs = True
 
     def __init__(
             self,
@@ -21,10 +39,12 @@ class SoftmaxAttention(Attention):
             device=None,
             dtype=None,
     ) -> None:
-        super().__init__(
-            dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop,
-            device=device, dtype=dtype,
-        )
+        dd = {"device": device, "dtype": dtype}
+        super().__init__(dim, num_heads, qkv_bias, qkv_features=3 * dim, **dd)
+        self.build_output(attn_drop, proj_drop, **dd)
 
-    def forward(self, x: torch.Tensor, grid_size: tuple[int, int] | None = None, num_prefix_tokens: int = 1):
-        return super().forward(x)
+    def mix(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        return out.transpose(1, 2).reshape(b, n, c)

@@ -11,6 +11,7 @@ zero-order 1/N term and gates the other two per query token:
 Because s_i does not depend on t, o_t is linear in three key-side states, so the mixer runs in O(N d^2) through
 the shared op :func:`vitzoo.ops.linear_attention` (feature_map='l2norm', W=3 key weights, per-query
 coefficients). ``docs/mixers.md`` (ZeroS) states the math and where the zoo differs from the released code.
+``attn_drop`` drops o before ``proj`` (there is no attention matrix).
 """
 from __future__ import annotations
 
@@ -20,15 +21,16 @@ import torch
 import torch.nn as nn
 from timm.layers import register_notrace_module
 
-from vitzoo.ops import linear_attention
-
-from ._common import axial_rope, check_grid, low_precision_layer_norm
+from ..ops import linear_attention
+from .base import TokenMixer
+from .norms import low_precision_layer_norm
+from .rope import axial_rope
 
 _LOG_TAU_RANGE = (-50.0, 30.0)  # the clamp of log tau in the released code: keeps tau finite and positive
 _HEAD_NORM_EPS = 1e-5
 
 
-class ZeroSAttention(nn.Module):
+class ZeroSAttention(TokenMixer):
     """Non-causal ZeroS token mixer: (B, N, C) -> (B, N, C).
 
     Projections q, k, v, u (fused as ``qkvu``), per-query-token and per-head gates sigma1 and sigmah (``gates``,
@@ -73,14 +75,11 @@ class ZeroSAttention(nn.Module):
             rope: bool = False,
             rope_base: float = 10000.0,
     ) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"ZeroSAttention: dim={dim} must be divisible by num_heads={num_heads}")
-        if rope and (dim // num_heads) % 4:
-            raise ValueError(f"ZeroSAttention: rope needs a head dim divisible by 4, got {dim // num_heads}")
         dd = {"device": device, "dtype": dtype}
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
+        # No fused ``qkv``: the input projection ``qkvu`` also projects u, the radial-logit input.
+        super().__init__(dim, num_heads, qkv_bias, qkv_features=None, **dd)
+        if rope and self.head_dim % 4:
+            raise ValueError(f"ZeroSAttention: rope needs a head dim divisible by 4, got {self.head_dim}")
         self.zero_order_gate = zero_order_gate
         self.rope = rope
         self.rope_base = rope_base
@@ -89,9 +88,7 @@ class ZeroSAttention(nn.Module):
         # Prior mean of u per head and the log of its pseudo-count tau (both learnable, init 0 -> tau = 1).
         self.mu = nn.Parameter(torch.empty(num_heads, self.head_dim, **dd))
         self.log_tau = nn.Parameter(torch.empty(num_heads, **dd))
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim, **dd)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.build_output(attn_drop, proj_drop, **dd)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -112,9 +109,8 @@ class ZeroSAttention(nn.Module):
         u_bar = (tau * self.mu.to(acc) + u.sum(dim=1)) / (tau + u.shape[1])  # (B, h, d)
         return -(u * u_bar.unsqueeze(1)).sum(dim=-1) / math.sqrt(self.head_dim)
 
-    def forward(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int = 1) -> torch.Tensor:
-        """Mix the tokens of ``x`` (B, N, C); ``grid_size`` places the patches for ``rope`` (else only checked)."""
-        check_grid(x, grid_size, num_prefix_tokens)
+    def mix(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
+        # ``grid_size`` places the patches for ``rope`` (else it is only checked, by ``forward``).
         batch, num_tokens, dim = x.shape
         q, k, v, u = self.qkvu(x).view(batch, num_tokens, 4, self.num_heads, self.head_dim).unbind(2)
         if self.rope:
@@ -142,8 +138,7 @@ class ZeroSAttention(nn.Module):
 
         out = linear_attention(q, k, v, key_weights, query_weights, feature_map="l2norm")
         out = low_precision_layer_norm(out, (self.head_dim,), None, None, _HEAD_NORM_EPS)
-        out = self.attn_drop(out.reshape(batch, num_tokens, dim).to(x.dtype))
-        return self.proj_drop(self.proj(out))
+        return out.reshape(batch, num_tokens, dim).to(x.dtype)
 
 
 # The forward branches on tensor properties (the accumulation dtype (promote_types of the input dtype) and the 16-bit

@@ -14,7 +14,8 @@ Papers:
 - H3: "Hungry Hungry Hippos", arXiv 2212.14052, as analysed in "Fine-grained Analysis of In-context Linear
   Estimation", NeurIPS 2024
 
-Model names are ``<family>_deit_<size>_patch16_<res>``; the variants table at the bottom lists them.
+Model names are ``<family>_deit_<size>_patch16_<res>``; the entrypoints at the bottom, one per family and size of
+``vitzoo.registry.FAMILIES``, list them.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ from timm.models._manipulate import named_apply
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import create_mixer
-from ..layers._common import LayerNorm
+from ..layers.norms import LayerNorm
 from ..registry import FAMILIES
 from ._helpers import (
     check_images,
@@ -416,6 +417,15 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: MixerViT) -
     return out
 
 
+def _create_mixer_vit(variant: str, pretrained: bool = False, **kwargs) -> MixerViT:
+    check_pretrained_available(variant, pretrained, kwargs)
+    out_indices = kwargs.pop("out_indices", 3)
+    return build_model_with_cfg(
+        MixerViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs,
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Variants. Each family is DeiT-T/S/B shaped (192/3, 384/6, 768/12 heads, 224) except InLine, whose paper narrows
 # S and B and raises their resolution to match FLOPs (T 192/6/224, S 320/10/288, B 384/12/448).
@@ -457,35 +467,213 @@ default_cfgs = generate_default_cfgs({
 })
 
 
-def _create_mixer_vit(variant: str, pretrained: bool = False, **kwargs) -> MixerViT:
-    check_pretrained_available(variant, pretrained, kwargs)
-    out_indices = kwargs.pop("out_indices", 3)
-    return build_model_with_cfg(
-        MixerViT, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs,
+# One entrypoint per family x size of ``vitzoo.registry.FAMILIES`` (the DeiT-style ones), with exactly that
+# family's mixer and mixer_kwargs and that size's width, heads and resolution; tests/models/test_registry.py
+# checks that the two agree. timm reads ``default_cfgs`` above when each entrypoint is registered.
+
+
+@register_model
+def softmax_deit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Tiny (width 192, 3 heads, 224 px) with softmax attention (DeiT; timm's deit weights load into it)."""
+    model_args = dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3, mixer="softmax")
+    return _create_mixer_vit("softmax_deit_tiny_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def softmax_deit_small_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Small (width 384, 6 heads, 224 px) with softmax attention (DeiT; timm's deit weights load into it)."""
+    model_args = dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6, mixer="softmax")
+    return _create_mixer_vit("softmax_deit_small_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def softmax_deit_base_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Base (width 768, 12 heads, 224 px) with softmax attention (DeiT; timm's deit weights load into it)."""
+    model_args = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, mixer="softmax")
+    return _create_mixer_vit("softmax_deit_base_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def linear_deit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Tiny (width 192, 3 heads, 224 px) with ReLU linear attention."""
+    model_args = dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3, mixer="linear")
+    return _create_mixer_vit("linear_deit_tiny_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def linear_deit_small_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Small (width 384, 6 heads, 224 px) with ReLU linear attention."""
+    model_args = dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6, mixer="linear")
+    return _create_mixer_vit("linear_deit_small_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def linear_deit_base_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Base (width 768, 12 heads, 224 px) with ReLU linear attention."""
+    model_args = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, mixer="linear")
+    return _create_mixer_vit("linear_deit_base_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def inline_deit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """InLine-DeiT-T (width 192, 6 heads, 224 px, the paper's shape) with InLine attention."""
+    model_args = dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=6, mixer="inline")
+    return _create_mixer_vit("inline_deit_tiny_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def inline_deit_small_patch16_288(pretrained: bool = False, **kwargs) -> MixerViT:
+    """InLine-DeiT-S (width 320, 10 heads, 288 px, the paper's shape) with InLine attention."""
+    model_args = dict(img_size=288, patch_size=16, embed_dim=320, depth=12, num_heads=10, mixer="inline")
+    return _create_mixer_vit("inline_deit_small_patch16_288", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def inline_deit_base_patch16_448(pretrained: bool = False, **kwargs) -> MixerViT:
+    """InLine-DeiT-B (width 384, 12 heads, 448 px, the paper's shape) with InLine attention."""
+    model_args = dict(img_size=448, patch_size=16, embed_dim=384, depth=12, num_heads=12, mixer="inline")
+    return _create_mixer_vit("inline_deit_base_patch16_448", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def qt_deit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Tiny (width 192, 3 heads, 224 px) with quadratic-Taylor (QT-ViT) linear attention."""
+    model_args = dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3, mixer="qt")
+    return _create_mixer_vit("qt_deit_tiny_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def qt_deit_small_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Small (width 384, 6 heads, 224 px) with quadratic-Taylor (QT-ViT) linear attention."""
+    model_args = dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6, mixer="qt")
+    return _create_mixer_vit("qt_deit_small_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def qt_deit_base_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Base (width 768, 12 heads, 224 px) with quadratic-Taylor (QT-ViT) linear attention."""
+    model_args = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, mixer="qt")
+    return _create_mixer_vit("qt_deit_base_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def zeros_deit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Tiny (width 192, 3 heads, 224 px) with ZeroS zero-sum linear attention."""
+    model_args = dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3, mixer="zeros")
+    return _create_mixer_vit("zeros_deit_tiny_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def zeros_deit_small_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Small (width 384, 6 heads, 224 px) with ZeroS zero-sum linear attention."""
+    model_args = dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6, mixer="zeros")
+    return _create_mixer_vit("zeros_deit_small_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def zeros_deit_base_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Base (width 768, 12 heads, 224 px) with ZeroS zero-sum linear attention."""
+    model_args = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, mixer="zeros")
+    return _create_mixer_vit("zeros_deit_base_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fem_deit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Tiny (width 192, 3 heads, 224 px) with the Free Energy Mixer over a ReLU linear prior."""
+    model_args = dict(
+        img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3,
+        mixer="fem", mixer_kwargs=dict(prior="linear"),
     )
+    return _create_mixer_vit("fem_deit_tiny_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
-def _make_entrypoint(name: str, model_args: dict) -> Callable[..., MixerViT]:
-    def entrypoint(pretrained: bool = False, **kwargs) -> MixerViT:
-        return _create_mixer_vit(name, pretrained=pretrained, **dict(model_args, **kwargs))
+@register_model
+def fem_deit_small_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Small (width 384, 6 heads, 224 px) with the Free Energy Mixer over a ReLU linear prior."""
+    model_args = dict(
+        img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6,
+        mixer="fem", mixer_kwargs=dict(prior="linear"),
+    )
+    return _create_mixer_vit("fem_deit_small_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
 
-    entrypoint.__name__ = entrypoint.__qualname__ = name
-    entrypoint.__module__ = __name__
-    entrypoint.__doc__ = f"{name}: {model_args['mixer']} mixer, width {model_args['embed_dim']}, " \
-                         f"{model_args['num_heads']} heads, depth 12, patch 16."
-    return entrypoint
+
+@register_model
+def fem_deit_base_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Base (width 768, 12 heads, 224 px) with the Free Energy Mixer over a ReLU linear prior."""
+    model_args = dict(
+        img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12,
+        mixer="fem", mixer_kwargs=dict(prior="linear"),
+    )
+    return _create_mixer_vit("fem_deit_base_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
-# The registry is table-driven (one entrypoint per family x size) instead of 27 hand-copied functions; each
-# entrypoint is a real module-level function, so timm lists, creates and documents it like any other.
-for _family in (f for f in FAMILIES.values() if f.backbone == "deit"):
-    for _size, _shape in _family.sizes.items():
-        _name = _family.model_name(_size)
-        _args = dict(
-            img_size=_shape.resolution, patch_size=16, embed_dim=_shape.width, depth=12, num_heads=_shape.heads,
-            mixer=_family.mixer, **({"mixer_kwargs": dict(_family.mixer_kwargs)} if _family.mixer_kwargs else {}),
-        )
-        globals()[_name] = register_model(_make_entrypoint(_name, _args))
+@register_model
+def fem_softmax_deit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Tiny (width 192, 3 heads, 224 px) with the Free Energy Mixer over a softmax prior."""
+    model_args = dict(
+        img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3,
+        mixer="fem", mixer_kwargs=dict(prior="softmax"),
+    )
+    return _create_mixer_vit("fem_softmax_deit_tiny_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
 
-del _family, _size, _shape, _name, _args
+
+@register_model
+def fem_softmax_deit_small_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Small (width 384, 6 heads, 224 px) with the Free Energy Mixer over a softmax prior."""
+    model_args = dict(
+        img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6,
+        mixer="fem", mixer_kwargs=dict(prior="softmax"),
+    )
+    return _create_mixer_vit("fem_softmax_deit_small_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def fem_softmax_deit_base_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Base (width 768, 12 heads, 224 px) with the Free Energy Mixer over a softmax prior."""
+    model_args = dict(
+        img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12,
+        mixer="fem", mixer_kwargs=dict(prior="softmax"),
+    )
+    return _create_mixer_vit("fem_softmax_deit_base_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def deltanet_deit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Tiny (width 192, 3 heads, 224 px) with bidirectional DeltaNet."""
+    model_args = dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3, mixer="deltanet")
+    return _create_mixer_vit("deltanet_deit_tiny_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def deltanet_deit_small_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Small (width 384, 6 heads, 224 px) with bidirectional DeltaNet."""
+    model_args = dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6, mixer="deltanet")
+    return _create_mixer_vit("deltanet_deit_small_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def deltanet_deit_base_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Base (width 768, 12 heads, 224 px) with bidirectional DeltaNet."""
+    model_args = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, mixer="deltanet")
+    return _create_mixer_vit("deltanet_deit_base_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def h3_deit_tiny_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Tiny (width 192, 3 heads, 224 px) with bidirectional H3."""
+    model_args = dict(img_size=224, patch_size=16, embed_dim=192, depth=12, num_heads=3, mixer="h3")
+    return _create_mixer_vit("h3_deit_tiny_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def h3_deit_small_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Small (width 384, 6 heads, 224 px) with bidirectional H3."""
+    model_args = dict(img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6, mixer="h3")
+    return _create_mixer_vit("h3_deit_small_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def h3_deit_base_patch16_224(pretrained: bool = False, **kwargs) -> MixerViT:
+    """DeiT-Base (width 768, 12 heads, 224 px) with bidirectional H3."""
+    model_args = dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, mixer="h3")
+    return _create_mixer_vit("h3_deit_base_patch16_224", pretrained=pretrained, **dict(model_args, **kwargs))

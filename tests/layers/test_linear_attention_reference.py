@@ -1,12 +1,10 @@
-"""The linear-attention op reference, ReLU linear attention and InLine against explicit O(N^2) forms (float64)."""
+"""The linear-attention op reference against explicit O(N^2) forms (float64), in the features the mixers use (ReLU
+linear attention, InLine, QT, ZeroS); the mixers themselves: ``test_mixers_numerics.py``."""
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from vitzoo.layers.inline import InLineAttention
-from vitzoo.layers.linear import ReLULinearAttention
 from vitzoo.ops import linear_attention_reference
 from vitzoo.ops.linear_attention import apply_feature_map
 
@@ -77,63 +75,3 @@ def test_reference_rejects_bad_input():
         linear_attention_reference(q.int(), q, q)
     with pytest.raises(ValueError, match="together"):
         linear_attention_reference(q, q, q, key_weights=torch.ones(1, 4, 2, 1))
-
-
-@pytest.mark.parametrize("n_grid", [(1, 1), (7, 7), (14, 14)])
-def test_relu_linear_mixer_is_normalised_relu_attention(n_grid):
-    torch.manual_seed(2)
-    mixer = ReLULinearAttention(48, num_heads=3, qkv_bias=True, eps=1e-9)
-    n = 1 + n_grid[0] * n_grid[1]
-    x = torch.randn(2, n, 48)
-    q, k, v = mixer.qkv(x).reshape(2, n, 3, 3, 16).unbind(2)
-    sim = torch.einsum("bthd,bihd->bhti", F.relu(q), F.relu(k))
-    attn = sim / (sim.sum(-1, keepdim=True) + 1e-9)
-    expected = mixer.proj(torch.einsum("bhti,bihv->bthv", attn, v).reshape(2, n, 48))
-    torch.testing.assert_close(mixer(x, n_grid, 1), expected)
-
-
-@pytest.mark.parametrize("n_grid", [(1, 1), (7, 7), (14, 14)])
-def test_inline_weights_sum_to_one_and_mixer_matches_explicit_form(n_grid):
-    torch.manual_seed(3)
-    dim, heads = 48, 6
-    mixer = InLineAttention(dim, num_heads=heads, qkv_bias=True)
-    n = 1 + n_grid[0] * n_grid[1]
-    x = torch.randn(2, n, dim) * 2
-    q, k, v = mixer.qkv(x).reshape(2, n, 3, heads, dim // heads).unbind(2)
-
-    # InLine's weights as the paper's code writes them: (s/N)(q.k_j - q.kbar) + 1/N.
-    s = (dim // heads) ** -0.5
-    q_dot_k = torch.einsum("bthd,bjhd->bhtj", q, k)
-    q_dot_kbar = torch.einsum("bthd,bhd->bht", q, k.mean(1)).unsqueeze(-1)
-    weights = (s / n) * (q_dot_k - q_dot_kbar) + 1.0 / n
-    torch.testing.assert_close(weights.sum(-1), torch.ones(2, heads, n))
-    attn_out = torch.einsum("bhtj,bjhv->bthv", weights, v).reshape(2, n, dim)
-
-    # Local residual: each image's predicted 3x3 kernel applied channel by channel to V's patch tokens.
-    kernels = mixer.residual_predictor(x.mean(1).unsqueeze(-1)).reshape(2, dim, 3, 3)
-    residual = torch.zeros(2, n - 1, dim)
-    for b in range(2):
-        v_grid = v[b].reshape(n, dim)[1:].T.reshape(dim, *n_grid)
-        for c in range(dim):
-            residual[b, :, c] = F.conv2d(v_grid[c][None, None], kernels[b, c][None, None], padding=1).flatten()
-    expected = attn_out.clone()
-    expected[:, 1:] += residual
-    torch.testing.assert_close(mixer(x, n_grid, 1), mixer.proj(expected))
-
-
-def test_inline_grid_mismatch_is_a_clear_error():
-    mixer = InLineAttention(32, num_heads=2)
-    with pytest.raises(ValueError, match="needs 17"):
-        mixer(torch.randn(1, 10, 32), (4, 4), 1)
-
-
-def test_inline_has_no_attention_dropout():
-    """The released InLine applies no attention dropout: training mode changes nothing, a nonzero rate is refused."""
-    torch.manual_seed(4)
-    mixer = InLineAttention(48, num_heads=6, qkv_bias=True)
-    x = torch.randn(2, 17, 48)
-    eval_out = mixer.eval()(x, (4, 4), 1)
-    torch.testing.assert_close(mixer.train()(x, (4, 4), 1), eval_out, rtol=0, atol=0)
-    assert not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in mixer.modules())
-    with pytest.raises(ValueError, match="attn_drop must be 0"):
-        InLineAttention(48, num_heads=6, attn_drop=0.1)

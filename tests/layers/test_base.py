@@ -1,0 +1,53 @@
+"""The contracts every mixer shares through ``vitzoo.layers.base.TokenMixer``: constructor, grid check, dropout."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vitzoo.layers import MIXERS, create_mixer, get_mixer_class
+from vitzoo.layers.base import TokenMixer
+
+DIM, HEADS, GRID = 48, 3, (3, 5)
+
+
+@pytest.mark.parametrize("name", sorted(MIXERS))
+def test_constructor_contract(name):
+    assert issubclass(get_mixer_class(name), TokenMixer)
+    with pytest.raises(TypeError):
+        create_mixer(name, 32, num_heads=2, not_an_option=1)
+    with pytest.raises(ValueError, match="divisible"):
+        create_mixer(name, 30, num_heads=4)
+    mixer = create_mixer(name, DIM, num_heads=HEADS, device="meta")
+    assert all(p.device.type == "meta" for p in mixer.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(MIXERS))
+def test_grid_mismatch_is_a_clear_error(name):
+    mixer = create_mixer(name, DIM, num_heads=HEADS)
+    with pytest.raises(ValueError, match="needs 16"):
+        mixer(torch.randn(1, 10, DIM), GRID, 1)
+
+
+@pytest.mark.parametrize("name", sorted(MIXERS))
+def test_attn_drop_follows_the_shared_rule(name):
+    """Eval mode ignores both dropouts. In training, softmax attention drops attention probabilities; every other
+    mixer drops its mixed values before ``proj``: out = proj(dropout(mix(x)))."""
+    torch.manual_seed(0)
+    mixer = create_mixer(name, DIM, num_heads=HEADS, qkv_bias=True, attn_drop=0.5)
+    plain = create_mixer(name, DIM, num_heads=HEADS, qkv_bias=True)
+    plain.load_state_dict(mixer.state_dict())
+    x = torch.randn(2, 1 + GRID[0] * GRID[1], DIM)
+    with torch.no_grad():
+        torch.testing.assert_close(mixer.eval()(x, GRID, 1), plain.eval()(x, GRID, 1), rtol=0, atol=0)
+        mixer.train()
+        torch.manual_seed(1)
+        out = mixer(x, GRID, 1)
+        torch.manual_seed(1)
+        values = mixer.mix(x, GRID, 1)
+        if name == "softmax":
+            # dropped probabilities: the values are not a masked copy of the undropped mix
+            assert mixer.drops_attention_probs and not torch.allclose(out, plain.train()(x, GRID, 1))
+        else:
+            assert not mixer.drops_attention_probs
+            torch.testing.assert_close(out, mixer.proj(F.dropout(values, 0.5, training=True)))

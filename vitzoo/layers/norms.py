@@ -1,0 +1,47 @@
+"""Norms that keep a 16-bit activation in its dtype under autocast (the backbone's LayerNorm, the mixers' head
+norms)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import register_notrace_module
+
+
+def low_precision_layer_norm(
+        x: torch.Tensor, normalized_shape: tuple[int, ...], weight: torch.Tensor | None, bias: torch.Tensor | None,
+        eps: float,
+) -> torch.Tensor:
+    """``F.layer_norm`` that keeps a 16-bit input in its dtype under autocast (the kernel accumulates in fp32).
+
+    Autocast runs layer_norm in fp32: a bf16 activation is then cast up, normalised in fp32 and cast back down by the
+    next Linear, three passes over it where one does; only the output's rounding differs, and the next Linear rounds
+    it to 16 bits anyway. Outside autocast, or for fp32 / fp64 inputs, this is ``F.layer_norm``.
+    """
+    if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return F.layer_norm(
+                x, normalized_shape, None if weight is None else weight.to(x.dtype),
+                None if bias is None else bias.to(x.dtype), eps,
+            )
+    return F.layer_norm(x, normalized_shape, weight, bias, eps)
+
+
+def low_precision_rms_norm(x: torch.Tensor, normalized_shape: tuple[int, ...], weight: torch.Tensor | None,
+                           eps: float) -> torch.Tensor:
+    """``F.rms_norm`` that keeps a 16-bit input in its dtype under autocast, as :func:`low_precision_layer_norm`."""
+    if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(x.device.type, enabled=False):
+            return F.rms_norm(x, normalized_shape, None if weight is None else weight.to(x.dtype), eps)
+    return F.rms_norm(x, normalized_shape, weight, eps)
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` (same parameters and state_dict) through :func:`low_precision_layer_norm`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return low_precision_layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+# dtype and autocast checks are data-dependent for FX: a leaf for timm's feature extraction
+register_notrace_module(LayerNorm)
