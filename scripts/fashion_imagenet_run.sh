@@ -34,6 +34,7 @@
 #   --per-class N       build at most N images per class and split (default: all; use another --data for subsets)
 #   --runs DIR          run folders (default runs/fashion_imagenet/e<epochs>)
 #   --results CSV       eval rows (default results/fashion_imagenet.csv)
+#   --dry-run           print the runs (<family>-seed<k>) the options select, one a line, and exit
 #   -- key=value ...    train.py config overrides for every run
 #
 # Then, with the zoo's speed CSVs: vitzoo-pareto --bench <benchmark folder> --results results/fashion_imagenet.csv
@@ -46,7 +47,7 @@ export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
 FAMILIES=""
-SEEDS="0" EPOCHS="" GPUS="" FM_DIR="" DATA=data/fashion_imagenet PER_CLASS="" RUNS="" RESULTS=results/fashion_imagenet.csv
+SEEDS="0" DRY_RUN="" EPOCHS="" GPUS="" FM_DIR="" DATA=data/fashion_imagenet PER_CLASS="" RUNS="" RESULTS=results/fashion_imagenet.csv
 OVERRIDES=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -59,6 +60,7 @@ while [ $# -gt 0 ]; do
         --per-class) PER_CLASS=$2; shift 2 ;;
         --runs) RUNS=$2; shift 2 ;;
         --results) RESULTS=$2; shift 2 ;;
+        --dry-run) DRY_RUN=1; shift ;;
         --) shift; OVERRIDES=("$@"); break ;;
         *) echo "error: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
     esac
@@ -76,6 +78,12 @@ for family in $FAMILIES; do
         || { echo "error: no configs/fashion_imagenet/$family.yaml; families are:" \
                   $(cd configs/fashion_imagenet && ls -- *.yaml | sed 's/\.yaml$//') >&2; exit 2; }
 done
+if [ -n "$DRY_RUN" ]; then
+    for seed in $SEEDS; do
+        for family in $FAMILIES; do echo "$family-seed$seed"; done
+    done
+    exit 0
+fi
 if [ -z "$GPUS" ]; then
     GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
     [ "$GPUS" -gt 0 ] || GPUS=1
