@@ -22,7 +22,8 @@
 #   bash scripts/fashion_imagenet_run.sh --families "linear softmax" --epochs 3 -- workers=12
 #
 # Options:
-#   --families "F ..."  config names in configs/fashion_imagenet (default: all, FAMILIES below)
+#   --families "F ..."  config names in configs/fashion_imagenet (default: every DeiT family of vitzoo.registry and
+#                       qtvit_1)
 #   --seeds "S ..."     seeds (default 0)
 #   --epochs N          epochs (default: the configs' 30); warm-up and cool-down epochs are scaled by N/30, as the
 #                       configs scale the ImageNet recipe's
@@ -33,6 +34,7 @@
 #   --per-class N       build at most N images per class and split (default: all; use another --data for subsets)
 #   --runs DIR          run folders (default runs/fashion_imagenet/e<epochs>)
 #   --results CSV       eval rows (default results/fashion_imagenet.csv)
+#   --dry-run           print the runs (<family>-seed<k>) the options select, one a line, and exit
 #   -- key=value ...    train.py config overrides for every run
 #
 # Then, with the zoo's speed CSVs: vitzoo-pareto --bench <benchmark folder> --results results/fashion_imagenet.csv
@@ -44,8 +46,8 @@ if [ -z "${VIRTUAL_ENV:-}" ] && [ -x .venv/bin/python ]; then PYTHON=.venv/bin/p
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
-FAMILIES="softmax linear inline qt zeros fem fem_softmax deltanet h3 qtvit_1"
-SEEDS="0" EPOCHS="" GPUS="" FM_DIR="" DATA=data/fashion_imagenet PER_CLASS="" RUNS="" RESULTS=results/fashion_imagenet.csv
+FAMILIES=""
+SEEDS="0" DRY_RUN="" EPOCHS="" GPUS="" FM_DIR="" DATA=data/fashion_imagenet PER_CLASS="" RUNS="" RESULTS=results/fashion_imagenet.csv
 OVERRIDES=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -58,10 +60,15 @@ while [ $# -gt 0 ]; do
         --per-class) PER_CLASS=$2; shift 2 ;;
         --runs) RUNS=$2; shift 2 ;;
         --results) RESULTS=$2; shift 2 ;;
+        --dry-run) DRY_RUN=1; shift ;;
         --) shift; OVERRIDES=("$@"); break ;;
         *) echo "error: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
     esac
 done
+if [ -z "$FAMILIES" ]; then
+    FAMILIES=$("$PYTHON" -c 'from vitzoo.registry import DEIT_FAMILIES, FAMILIES
+print(*DEIT_FAMILIES, FAMILIES["qtvit"].model_name("1"))')
+fi
 for value in "$EPOCHS" "$GPUS" "$PER_CLASS"; do
     [[ -z "$value" || "$value" =~ ^[1-9][0-9]*$ ]] \
         || { echo "error: --epochs, --gpus and --per-class take a positive integer, got $value" >&2; exit 2; }
@@ -71,6 +78,12 @@ for family in $FAMILIES; do
         || { echo "error: no configs/fashion_imagenet/$family.yaml; families are:" \
                   $(cd configs/fashion_imagenet && ls -- *.yaml | sed 's/\.yaml$//') >&2; exit 2; }
 done
+if [ -n "$DRY_RUN" ]; then
+    for seed in $SEEDS; do
+        for family in $FAMILIES; do echo "$family-seed$seed"; done
+    done
+    exit 0
+fi
 if [ -z "$GPUS" ]; then
     GPUS=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
     [ "$GPUS" -gt 0 ] || GPUS=1
@@ -99,7 +112,7 @@ run_one() {  # gpu family seed
     local name="$family-seed$seed" config="configs/fashion_imagenet/$family.yaml"
     local args=(seed="$seed") scaled=()
     if [ -n "$EPOCHS" ]; then
-        read -ra scaled < <("$PYTHON" -c 'import sys; from vitzoo.train.engine import load_config
+        read -ra scaled < <("$PYTHON" -c 'import sys; from vitzoo.train.config import load_config
 c, n = load_config(sys.argv[1]), int(sys.argv[2])
 print(f"epochs={n} warmup_epochs={c.warmup_epochs * n / c.epochs:g} cooldown_epochs={round(c.cooldown_epochs * n / c.epochs)}")
 ' "$config" "$EPOCHS")

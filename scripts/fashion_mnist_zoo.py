@@ -30,12 +30,16 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from vitzoo.train.engine import RESULT_COLUMNS, evaluate_model, load_config, train  # noqa: E402
+from vitzoo import registry  # noqa: E402
+from vitzoo.train.config import load_config  # noqa: E402
+from vitzoo.train.evaluate import RESULT_COLUMNS, evaluate_model  # noqa: E402
+from vitzoo.train.loop import train  # noqa: E402
 
-DEIT_FAMILIES = ("softmax", "linear", "inline", "qt", "zeros", "fem", "fem_softmax", "deltanet", "h3")
-# Every DeiT family shares one shape (the config's); QT-ViT-1 keeps its own EfficientViT architecture, which is fully
-# convolutional and takes no img_size or patch_size.
-MODELS = {family: f"{family}_deit_tiny_patch16_224" for family in DEIT_FAMILIES} | {"qtvit": "qtvit_1"}
+DEIT_FAMILIES = registry.DEIT_FAMILIES
+# Every DeiT family shares one shape (the config's, on its tiny model); QT-ViT-1 keeps its own EfficientViT
+# architecture, which is fully convolutional and takes no img_size or patch_size.
+MODELS = ({family: registry.FAMILIES[family].model_name("tiny") for family in DEIT_FAMILIES}
+          | {"qtvit": registry.FAMILIES["qtvit"].model_name("1")})
 OWN_ARCHITECTURE = {"qtvit": ["model_kwargs={}", "img_size=null", "patch_size=null"]}
 FAMILIES = tuple(MODELS)
 EXTRA_COLUMNS = ("family", "updates", "samples_seen", "stopped_by_time_limit", "train_samples_per_epoch", "epochs",

@@ -106,7 +106,8 @@ def test_convert_errors_are_one_line_with_status_2(tmp_path: Path, capsys: pytes
 @pytest.mark.usefixtures("fresh_accelerator_state")
 def test_eval_accepts_an_official_checkpoint(tmp_path: Path) -> None:
     """An official-layout file evaluates as the zoo-layout file of the same weights; a truncated one is one line."""
-    from vitzoo.train.engine import ConfigError, evaluate_model
+    from vitzoo.train.config import ConfigError
+    from vitzoo.train.evaluate import evaluate_model
 
     kwargs = {"embed_dim": 24, "depth": 1, "num_heads": 2}
     torch.manual_seed(1)

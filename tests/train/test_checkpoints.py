@@ -13,16 +13,17 @@ import pytest
 import torch
 from tiny_runs import MODEL, Evil, snapshot, train_args, write_image_folder
 
-from vitzoo.train import engine
+from vitzoo.train import checkpoint, loop
 from vitzoo.train.cli import train_main
+from vitzoo.train.config import ConfigError, TrainConfig, load_config
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerator_state")
 
 
 def _train(output: Path, data: Path, *extra: str) -> dict:
-    config = engine.load_config(None, train_args(output, data, *extra)[6:], model=MODEL, output=str(output),
-                                data_dir=str(data))
-    return engine.train(config)
+    config = load_config(None, train_args(output, data, *extra)[6:], model=MODEL, output=str(output),
+                         data_dir=str(data))
+    return loop.train(config)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +51,7 @@ def test_malicious_pickle_is_refused_not_run(tmp_path: Path, finished_run: Path,
     for name in ("training_state.pt", "rng-0.pt"):
         backup = (step / name).read_bytes()
         torch.save({"payload": Evil(marker)}, step / name)
-        with pytest.raises(engine.ConfigError, match=f"{name} refused: it would load objects other than tensors"):
+        with pytest.raises(ConfigError, match=f"{name} refused: it would load objects other than tensors"):
             _train(run, data, f"resume={step}")
         assert not marker.exists(), "the pickle payload ran"
         (step / name).write_bytes(backup)
@@ -68,9 +69,9 @@ def test_rng_state_round_trips() -> None:
 
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
     random.gauss(0, 1)  # leaves a cached gaussian in python's state
-    state = engine._rng_state()
+    state = checkpoint.rng_state()
     expected = (random.random(), random.gauss(0, 1), np.random.rand(), torch.rand(()).item())
-    engine._set_rng_state(state)
+    checkpoint.set_rng_state(state)
     assert (random.random(), random.gauss(0, 1), np.random.rand(), torch.rand(()).item()) == expected
 
 
@@ -86,8 +87,8 @@ def test_second_run_cannot_destroy_the_first(tmp_path: Path, finished_run: Path,
     assert "already holds a run" in capsys.readouterr().err
     assert snapshot(run) == before
 
-    first = engine.fresh_output(engine.TrainConfig(model=MODEL), root=tmp_path / "out")
-    second = engine.fresh_output(engine.TrainConfig(model=MODEL), root=tmp_path / "out")
+    first = loop.fresh_output(TrainConfig(model=MODEL), root=tmp_path / "out")
+    second = loop.fresh_output(TrainConfig(model=MODEL), root=tmp_path / "out")
     assert first != second and first.is_dir() and second.is_dir()
     assert first.name.endswith(f"-{MODEL}-folder")
 
@@ -96,13 +97,13 @@ def test_rotation_keeps_best_and_last(tmp_path: Path, data: Path, monkeypatch: p
     """checkpoint_keep=1: the best epoch's checkpoint survives later, worse ones; best/last links name them."""
     scores = iter([90.0, 10.0, 20.0])  # epoch 0 is the best
 
-    real_evaluate = engine.evaluate
+    real_evaluate = loop.evaluate
 
     def scripted(*args, **kwargs):
         metrics = real_evaluate(*args, **kwargs)
         return {**metrics, "top1": next(scores)}
 
-    monkeypatch.setattr(engine, "evaluate", scripted)
+    monkeypatch.setattr(loop, "evaluate", scripted)
     output = tmp_path / "run"
     metrics = _train(output, data, "epochs=3", "checkpoint_keep=1")
     names = sorted(p.name for p in (output / "checkpoints").iterdir())
@@ -125,12 +126,12 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path, finished_run: Pat
     run = tmp_path / "run"
     shutil.copytree(finished_run, run, symlinks=True)
     before = snapshot(run)
-    config = engine.load_config(None, train_args(run, data)[6:] + ["resume=auto", "epochs=3"],
-                                model="linear_deit_tiny_patch16_224", output=str(run), data_dir=str(data))
-    with pytest.raises(engine.ConfigError, match="its model is 'softmax_deit_tiny_patch16_224', this run's is "
-                                                 "'linear_deit_tiny_patch16_224'"):
-        engine.train(config)
-    with pytest.raises(engine.ConfigError, match="its batch_size is 4, this run's is 2"):
+    config = load_config(None, train_args(run, data)[6:] + ["resume=auto", "epochs=3"],
+                         model="linear_deit_tiny_patch16_224", output=str(run), data_dir=str(data))
+    with pytest.raises(ConfigError, match="its model is 'softmax_deit_tiny_patch16_224', this run's is "
+                                          "'linear_deit_tiny_patch16_224'"):
+        loop.train(config)
+    with pytest.raises(ConfigError, match="its batch_size is 4, this run's is 2"):
         _train(run, data, "resume=auto", "batch_size=2", "epochs=3")
     assert snapshot(run) == before
 
@@ -167,7 +168,7 @@ class _FakeAccelerator:
 def test_training_loss_is_the_mean_over_all_processes() -> None:
     """Process 0 saw 3 losses summing to 3.0, process 1 saw 1 loss of 5.0: the mean is 8/4, not rank 0's 1.0."""
     accelerator = _FakeAccelerator(torch.tensor([5.0, 1.0]))
-    assert engine.mean_over_processes(torch.tensor(3.0), 3, accelerator) == pytest.approx(2.0)
+    assert loop.mean_over_processes(torch.tensor(3.0), 3, accelerator) == pytest.approx(2.0)
 
 
 def test_warns_when_the_device_or_launcher_changes_the_request(monkeypatch: pytest.MonkeyPatch,
@@ -179,6 +180,6 @@ def test_warns_when_the_device_or_launcher_changes_the_request(monkeypatch: pyte
 
     monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # what accelerate launch --num_processes 2 (no --multi_cpu) sets
-    engine.warn_about_changed_settings(engine.TrainConfig(precision="fp16"), OneCpuProcess())
+    loop.warn_about_changed_settings(TrainConfig(precision="fp16"), OneCpuProcess())
     assert "precision=fp16 has no effect on CPU" in caplog.text
     assert "accelerate launch --cpu started one process" in caplog.text

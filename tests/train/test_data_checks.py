@@ -14,8 +14,9 @@ from PIL import Image
 from tiny_runs import CLASSES, train_args, write_image_folder
 
 from vitzoo.train import data as vdata
-from vitzoo.train import engine
+from vitzoo.train.checkpoint import list_checkpoints
 from vitzoo.train.cli import eval_main, timm_main, train_main
+from vitzoo.train.evaluate import RESULT_COLUMNS, evaluate_model
 
 ROOT = Path(__file__).resolve().parents[2]
 STAND_IN = Path(__file__).parents[1] / "timm_script_stand_in.py"
@@ -55,7 +56,7 @@ def test_val_without_a_class_keeps_the_train_class_indices(tmp_path: Path, image
 def test_checkpoint_stores_the_class_map(finished_run: Path) -> None:
     import json
 
-    meta = json.loads((engine.list_checkpoints(finished_run)[-1] / "meta.json").read_text())
+    meta = json.loads((list_checkpoints(finished_run)[-1] / "meta.json").read_text())
     assert meta["classes"] == list(CLASSES) and meta["num_classes"] == 3
 
 
@@ -78,7 +79,7 @@ def test_unreadable_eval_files_are_skipped_counted_and_not_scored(tmp_path: Path
     val = vdata.build_dataset("folder", data, "val", None, seed=0, classes=list(CLASSES), score_substitutes=False)
     corrupt = [i for i, (path, _) in enumerate(val.dataset.samples) if path.endswith("bee/0.png")][0]
     assert val[corrupt][1] == vdata.UNREADABLE_TARGET
-    row = engine.evaluate_model(checkpoint=str(finished_run), data_dir=str(data), workers=0, count_macs=False)
+    row = evaluate_model(checkpoint=str(finished_run), data_dir=str(data), workers=0, count_macs=False)
     assert row["count"] == 5 and row["skipped_files"] == 1
 
 
@@ -88,7 +89,7 @@ def test_eval_uses_the_checkpoint_dataset_and_refuses_a_foreign_csv(tmp_path: Pa
     results = tmp_path / "results.csv"
     eval_main(["--checkpoint", str(finished_run), "--results-file", str(results), "--workers", "0", "--no-macs"])
     lines = results.read_text().splitlines()
-    assert lines[0] == ",".join(engine.RESULT_COLUMNS) and f",{images}," in lines[1]
+    assert lines[0] == ",".join(RESULT_COLUMNS) and f",{images}," in lines[1]
 
     foreign = tmp_path / "foreign.csv"
     foreign.write_text("name,accuracy\nresnet,76.1\n")

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from vitzoo.train.data import FASHION_MNIST_DIR, FashionMNIST
-from vitzoo.train.engine import RESULT_COLUMNS
+from vitzoo.train.evaluate import RESULT_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "softmax_deit_tiny_patch16_224"
@@ -222,18 +223,23 @@ def test_bad_input_exits_with_one_line(tmp_path: Path, capsys: pytest.CaptureFix
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_configs_load(path: Path) -> None:
-    """Every shipped YAML uses valid keys and values."""
-    from vitzoo.train.engine import load_config
+    """Every shipped YAML uses valid keys and values, and its values are the config's (a given model overrides)."""
+    from vitzoo.train.config import TrainConfig, load_config
 
     config = load_config(path, model="softmax_deit_tiny_patch16_224")
-    assert config.epochs > 0
+    for key, value in yaml.safe_load(path.read_text()).items():
+        loaded = getattr(config, key)
+        if isinstance(value, str) and isinstance(loaded, float):
+            value = float(value)  # YAML 1.1 reads 5e-4 as a string; the config converts it
+        assert key == "model" or loaded == value, key
+    assert config.model == "softmax_deit_tiny_patch16_224" and config != TrainConfig(model=config.model)
 
 
 def test_no_weight_decay_groups_and_optim_caps() -> None:
     """1-d params, biases and no_weight_decay() names get wd 0; an ``_optim`` lr is a cap."""
     import timm
 
-    from vitzoo.train.engine import param_groups
+    from vitzoo.train.factories import param_groups
 
     model = timm.create_model(MODEL, img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=32, depth=1,
                               num_heads=2)
@@ -250,7 +256,7 @@ def test_no_weight_decay_groups_and_optim_caps() -> None:
 
 def test_temporary_checkpoint_folders_are_ignored(tmp_path: Path) -> None:
     """Temporary checkpoint folders are never reported as checkpoints."""
-    from vitzoo.train.engine import list_checkpoints
+    from vitzoo.train.checkpoint import list_checkpoints
 
     (tmp_path / "checkpoints" / ".tmp-step-00000004").mkdir(parents=True)
     (tmp_path / "checkpoints" / "step-00000002").mkdir()
@@ -264,9 +270,10 @@ def test_temporary_checkpoint_folders_are_ignored(tmp_path: Path) -> None:
 @pytest.mark.usefixtures("fresh_accelerator_state")
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A NaN loss after update 4 stops the run with a message naming the checkpoint written at update 4."""
-    from vitzoo.train import engine
+    from vitzoo.train import loop
+    from vitzoo.train.config import load_config
 
-    real_criterion = engine.build_criterion
+    real_criterion = loop.build_criterion
 
     def poisoned_criterion(config):
         criterion, calls = real_criterion(config), []
@@ -278,12 +285,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, mo
 
         return loss
 
-    monkeypatch.setattr(engine, "build_criterion", poisoned_criterion)
-    config = engine.load_config(None, [*TINY, *FASHION, "train_subset=256", "batch_size=32", "checkpoint_interval=4",
-                                       "workers=0"], model=MODEL, output=str(tmp_path / "run"))
-    with pytest.raises(engine.NonFiniteLossError, match=r"non-finite loss .* update 4; stopped\. Last good checkpoint: "
-                                                        r".*step-00000004"):
-        engine.train(config)
+    monkeypatch.setattr(loop, "build_criterion", poisoned_criterion)
+    config = load_config(None, [*TINY, *FASHION, "train_subset=256", "batch_size=32", "checkpoint_interval=4",
+                                "workers=0"], model=MODEL, output=str(tmp_path / "run"))
+    with pytest.raises(loop.NonFiniteLossError, match=r"non-finite loss .* update 4; stopped\. Last good checkpoint: "
+                                                      r".*step-00000004"):
+        loop.train(config)
     good = _latest(tmp_path / "run")
     assert good.name == "step-00000004"
     assert all(torch.isfinite(t).all() for t in _weights(good).values())
@@ -294,13 +301,15 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path, mo
 @pytest.mark.usefixtures("fresh_accelerator_state")
 def test_mixed_precision_runs_and_checkpoints(tmp_path: Path, precision: str) -> None:
     """bf16 / fp16 autocast (CPU here) trains, evaluates and writes finite fp32 master weights."""
-    from vitzoo.train import engine
+    from vitzoo.train.config import load_config
+    from vitzoo.train.loop import train
 
     tiny = [a for a in TINY if not a.startswith("precision=")]
-    config = engine.load_config(None, [*tiny, *FASHION, "train_subset=96", "batch_size=32", "max_steps=3",
-                                       "workers=0", f"precision={precision}"], model=MODEL, output=str(tmp_path / "r"))
-    metrics = engine.train(config)
-    assert metrics["num_updates"] == 3 and 0.0 <= metrics["eval_top1"] <= 100.0
+    config = load_config(None, [*tiny, *FASHION, "train_subset=96", "batch_size=32", "max_steps=3", "workers=0",
+                                f"precision={precision}"], model=MODEL, output=str(tmp_path / "r"))
+    metrics = train(config)
+    # All 200 val samples are scored, so top-1 is a multiple of 0.5%.
+    assert (metrics["num_updates"], metrics["eval_count"]) == (3, 200) and (2 * metrics["eval_top1"]).is_integer()
     weights = _weights(_latest(tmp_path / "r"))
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in weights.values())
 
@@ -340,19 +349,22 @@ def test_fashion_mnist_is_downloaded_when_the_debian_package_is_missing(tmp_path
 @pytest.mark.usefixtures("fresh_accelerator_state")
 def test_compiled_training_matches_eager(tmp_path: Path) -> None:
     """compile=default trains the same weights as eager (fp32) and checkpoints the plain module's keys."""
-    from vitzoo.train import engine
+    from vitzoo.train.config import load_config
+    from vitzoo.train.data import seed_everything
+    from vitzoo.train.factories import create_model_from_config
+    from vitzoo.train.loop import train
 
     weights = {}
     for mode in ("null", "default"):
-        config = engine.load_config(None, [*TINY, *FASHION, "train_subset=64", "batch_size=32", "max_steps=2",
-                                           "workers=0", "mixup=0", "cutmix=0", "drop_path=0", f"compile={mode}"],
-                                    model=MODEL, output=str(tmp_path / mode))
-        assert engine.train(config)["num_updates"] == 2
+        config = load_config(None, [*TINY, *FASHION, "train_subset=64", "batch_size=32", "max_steps=2", "workers=0",
+                                    "mixup=0", "cutmix=0", "drop_path=0", f"compile={mode}"],
+                             model=MODEL, output=str(tmp_path / mode))
+        assert train(config)["num_updates"] == 2
         weights[mode] = _weights(_latest(tmp_path / mode))
     assert weights["default"].keys() == weights["null"].keys()
     assert not any("_orig_mod" in key for key in weights["default"])
     for key, value in weights["null"].items():
         torch.testing.assert_close(weights["default"][key], value, rtol=1e-4, atol=1e-5, msg=key)
-    engine.seed_everything(config.seed)  # as train() seeds before building the model: the initial weights
-    initial = engine.create_model_from_config(config, 10, 1).state_dict()
+    seed_everything(config.seed)  # as train() seeds before building the model: the initial weights
+    initial = create_model_from_config(config, 10, 1).state_dict()
     assert any(not torch.equal(initial[key], value) for key, value in weights["null"].items()), "nothing was trained"

@@ -40,7 +40,7 @@ import vitzoo  # noqa: F401  (registers the models)
 from vitzoo.flops import count_gmacs
 from vitzoo.models import list_models
 from vitzoo.ops import kernel_backend
-from vitzoo.train.engine import COMPILE_MODES as TORCH_COMPILE_MODES
+from vitzoo.train.config import COMPILE_MODES as TORCH_COMPILE_MODES
 
 # timm's benchmark CSV columns in timm's order first (so timm's tooling reads our files), then ours.
 TIMM_COLUMNS = ("model", "infer_img_size", "infer_samples_per_sec", "infer_step_time", "infer_batch_size",

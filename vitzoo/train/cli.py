@@ -17,16 +17,9 @@ from typing import Any, NoReturn
 
 import yaml
 
-from vitzoo.train.engine import (
-    ConfigError,
-    NonFiniteLossError,
-    TrainConfig,
-    append_result,
-    check_results_file,
-    evaluate_model,
-    load_config,
-    train,
-)
+from vitzoo.train.config import DATASETS, ConfigError, TrainConfig, load_config
+from vitzoo.train.evaluate import append_result, check_results_file, evaluate_model
+from vitzoo.train.loop import NonFiniteLossError, train
 
 
 def _setup_logging() -> None:
@@ -63,7 +56,7 @@ def train_main(argv: list[str] | None = None) -> None:
         epilog=f"config keys: {', '.join(TrainConfig.keys())}")
     parser.add_argument("--config", help="YAML file of config keys (configs/imagenet/<family>.yaml, ...)")
     parser.add_argument("--model", help="timm model name, e.g. inline_deit_tiny_patch16_224")
-    parser.add_argument("--dataset", choices=("folder", "fashion_mnist"))
+    parser.add_argument("--dataset", choices=DATASETS)
     parser.add_argument("--data-dir", help="folder with train/ and val/ class sub-folders (or Fashion-MNIST files)")
     parser.add_argument("--output", help="run folder (log.jsonl, config.yaml, summary.csv, checkpoints/); default: a "
                                          "fresh output/train/<date-time>-<model>-<dataset>")
@@ -95,7 +88,7 @@ def eval_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", help="checkpoint folder (step-*), run folder (latest step-*) or weights file")
     parser.add_argument("--model", help="model name (read from the checkpoint folder when omitted)")
     parser.add_argument("--use-ema", action="store_true", help="evaluate the EMA weights of a checkpoint folder")
-    parser.add_argument("--dataset", choices=("folder", "fashion_mnist"),
+    parser.add_argument("--dataset", choices=DATASETS,
                         help="default: the checkpoint's (meta.json), else folder")
     parser.add_argument("--data-dir", help="folder with a val/ split (default for Fashion-MNIST: the Debian path)")
     parser.add_argument("--results-file", default="results/eval.csv", help="CSV to append to")

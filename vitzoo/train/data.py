@@ -100,7 +100,7 @@ class EpochShuffleSampler(Sampler[int]):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the permutation of ``epoch`` (called by accelerate's loader and by the engine)."""
+        """Select the permutation of ``epoch`` (called by accelerate's loader and by the training loop)."""
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:

@@ -1,0 +1,334 @@
+"""The training run's configuration: :class:`TrainConfig`, its loading from YAML and ``key=value`` overrides, and
+the checks every value passes before a model is built or a file is written.
+
+Each failed check raises :class:`ConfigError` with one line that names the key and its valid range.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# --precision / precision: -> accelerate's mixed_precision.
+PRECISIONS = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
+DATASETS = ("folder", "fashion_mnist")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value or key; the message is one line that says what to fix."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (at most 300 characters), for one-line error reports."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. YAML files and ``key=value`` overrides may set exactly these keys.
+
+    Learning rate: ``lr`` if set, else ``lr_base * global_batch / lr_base_size`` with global_batch = batch_size x
+    processes x grad_accum (linear scaling as in DeiT and timm's train.py). ``warmup_lr`` and ``min_lr`` are absolute.
+    The schedule is timm's, stepped per optimizer update; the run lasts ``epochs + cooldown_epochs`` epochs.
+    ``train_subset`` draws that many training samples per epoch (a new random subset each epoch); ``val_subset``
+    evaluates the first samples of the val split only. ``max_steps`` stops after that many optimizer updates and
+    ``time_limit`` after that many seconds of training (both then evaluate and checkpoint as at an epoch end).
+    """
+
+    # model
+    model: str = "deit_tiny_patch16_224"
+    model_kwargs: dict = field(default_factory=dict)
+    img_size: int | None = None
+    patch_size: int | None = None
+    in_chans: int | None = None
+    num_classes: int | None = None
+    drop_path: float = 0.1
+    # data
+    dataset: str = "folder"
+    data_dir: str | None = None
+    train_subset: int | None = None
+    val_subset: int | None = None
+    batch_size: int = 128
+    eval_batch_size: int | None = None
+    workers: int = 4
+    crop_pct: float | None = None
+    auto_augment: str | None = "rand-m9-mstd0.5-inc1"
+    re_prob: float = 0.25
+    re_mode: str = "pixel"
+    color_jitter: float = 0.4
+    hflip: float = 0.5
+    crop_pad: int = 2  # Fashion-MNIST: pad-and-random-crop margin in pixels (0 = no crop augmentation)
+    scale: list = field(default_factory=lambda: [0.08, 1.0])
+    train_interpolation: str = "random"
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    smoothing: float = 0.1
+    bce_loss: bool = False
+    # optimisation
+    epochs: int = 300
+    max_steps: int | None = None
+    time_limit: float | None = None
+    grad_accum: int = 1
+    opt: str = "adamw"
+    lr: float | None = None
+    lr_base: float = 5e-4
+    lr_base_size: int = 512
+    weight_decay: float = 0.05
+    opt_eps: float = 1e-8
+    opt_betas: list = field(default_factory=lambda: [0.9, 0.999])
+    clip_grad: float | None = None
+    sched: str = "cosine"
+    warmup_epochs: float = 5
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    cooldown_epochs: int = 0
+    model_ema: bool = False
+    model_ema_decay: float = 0.9998
+    model_ema_warmup: bool = False
+    precision: str = "bf16"
+    compile: str | None = None  # torch.compile mode of the training forward; None: eager
+    seed: int = 0
+    # bookkeeping
+    output: str | None = None  # None: a fresh output/train/<date-time>-<model>-<dataset>
+    log_interval: int = 50
+    checkpoint_interval: int = 0
+    checkpoint_keep: int = 2
+    resume: str | None = None
+    progress: bool = True
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        """Return the valid configuration keys."""
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the configuration as a plain dict (YAML/JSON serialisable)."""
+        return dataclasses.asdict(self)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] = (),
+                **settings: Any) -> TrainConfig:
+    """Build a :class:`TrainConfig` from a YAML file, then ``settings``, then ``key=value`` overrides (YAML values).
+
+    Raises:
+        ConfigError: an unknown key, a malformed override or a bad value, with a one-line message naming the key and
+            the valid ones.
+    """
+    valid = TrainConfig.keys()
+    values: dict[str, Any] = {}
+    if path is not None:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        loaded = _parse_yaml(Path(path).read_text(), f"config file {path}") or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of key: value")
+        values.update(_checked(loaded, valid, f"in {path}"))
+    values.update(_checked({k: v for k, v in settings.items() if v is not None}, valid, "given"))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value; valid keys: {', '.join(valid)}")
+        values.update(_checked({key.strip(): _parse_yaml(text, f"override {item!r}")}, valid, "in overrides"))
+    config = TrainConfig(**values)
+    validate_config(config)
+    return config
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        position = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or type(error).__name__
+        raise ConfigError(f"{where} is not valid YAML{position}: {problem}") from None
+
+
+def _checked(values: dict, valid: list[str], where: str) -> dict:
+    types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    checked = {}
+    for key, value in values.items():
+        if key not in valid:
+            raise ConfigError(f"unknown config key {key!r} {where}; valid keys: {', '.join(valid)}")
+        checked[key] = _coerce(key, value, types[key])
+    return checked
+
+
+def _coerce(key: str, value: Any, type_name: str) -> Any:
+    # YAML 1.1 reads "5e-4" (no dot) as a string, so numbers are converted by the field's declared type.
+    if value is None:
+        if "None" not in type_name:
+            raise ConfigError(f"config key {key!r} cannot be null")
+        return None
+    base = type_name.split("|")[0].strip()
+    try:
+        if base == "float" and not isinstance(value, bool):
+            return float(value)
+        if base == "int" and not isinstance(value, bool) and float(value) == int(float(value)):
+            return int(float(value))
+    except (TypeError, ValueError):
+        pass
+    else:
+        if base not in ("float", "int"):
+            if base == "bool" and not isinstance(value, bool):
+                raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
+            return value
+    raise ConfigError(f"config key {key!r} must be {base}, got {value!r}")
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly")
+RE_MODES = ("const", "rand", "pixel")
+INTERPOLATIONS = ("random", "bilinear", "bicubic", "nearest")
+
+
+def _positive(value: Any) -> bool:
+    return value > 0 and math.isfinite(value)
+
+
+def _non_negative(value: Any) -> bool:
+    return value >= 0 and math.isfinite(value)
+
+
+def _fraction(value: Any) -> bool:  # [0, 1]
+    return 0 <= value <= 1
+
+
+def _below_one(value: Any) -> bool:  # [0, 1)
+    return 0 <= value < 1
+
+
+# (key, test, the valid range in words); None passes for the keys whose type allows it.
+_VALUE_RULES: tuple[tuple[str, Any, str], ...] = (
+    ("img_size", _positive, "a positive integer or null"),
+    ("patch_size", _positive, "a positive integer or null"),
+    ("in_chans", _positive, "a positive integer or null"),
+    ("num_classes", lambda v: v >= 2, "an integer >= 2 or null"),
+    ("drop_path", _below_one, "in [0, 1)"),
+    ("train_subset", _positive, "a positive integer or null"),
+    ("val_subset", _positive, "a positive integer or null"),
+    ("batch_size", _positive, "a positive integer"),
+    ("eval_batch_size", _positive, "a positive integer or null"),
+    ("workers", _non_negative, "an integer >= 0"),
+    ("crop_pct", lambda v: 0 < v <= 1, "in (0, 1] or null"),
+    ("re_prob", _fraction, "in [0, 1]"),
+    ("color_jitter", _non_negative, "a number >= 0"),
+    ("hflip", _fraction, "in [0, 1]"),
+    ("crop_pad", _non_negative, "an integer >= 0"),
+    ("mixup", _non_negative, "a number >= 0"),
+    ("cutmix", _non_negative, "a number >= 0"),
+    ("mixup_prob", _fraction, "in [0, 1]"),
+    ("mixup_switch_prob", _fraction, "in [0, 1]"),
+    ("smoothing", _below_one, "in [0, 1)"),
+    ("epochs", _positive, "a positive integer"),
+    ("max_steps", _positive, "a positive integer or null"),
+    ("time_limit", _positive, "a positive number of seconds or null"),
+    ("grad_accum", _positive, "a positive integer"),
+    ("lr", _positive, "a positive finite number or null"),
+    ("lr_base", _positive, "a positive finite number"),
+    ("lr_base_size", _positive, "a positive integer"),
+    ("weight_decay", _non_negative, "a finite number >= 0"),
+    ("opt_eps", _positive, "a positive finite number"),
+    ("clip_grad", _positive, "a positive finite number or null"),
+    ("warmup_epochs", _non_negative, "a number >= 0"),
+    ("warmup_lr", _non_negative, "a finite number >= 0"),
+    ("min_lr", _non_negative, "a finite number >= 0"),
+    ("cooldown_epochs", _non_negative, "an integer >= 0"),
+    ("model_ema_decay", _fraction, "in [0, 1]"),
+    ("seed", _non_negative, "an integer >= 0"),
+    ("log_interval", _positive, "a positive integer"),
+    ("checkpoint_interval", _non_negative, "an integer >= 0 (0: only at epoch ends)"),
+    ("checkpoint_keep", _positive, "a positive integer"),
+)
+
+
+def check_choice(key: str, value: Any, choices: Iterable[str], nullable: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is one of ``choices`` (or None, with ``nullable``)."""
+    choices = tuple(choices)
+    if value is None and nullable:
+        return
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}{' or null' if nullable else ''}, got {value!r}")
+
+
+def check_values(config: TrainConfig, keys: Iterable[str] | None = None) -> None:
+    """Check the numeric ranges of ``keys`` (default: all); raise :class:`ConfigError` naming the valid range."""
+    for key, test, valid in _VALUE_RULES:
+        value = getattr(config, key)
+        if (keys is None or key in keys) and value is not None and not test(value):
+            raise ConfigError(f"{key} must be {valid}, got {value!r}")
+
+
+def validate_config(config: TrainConfig) -> None:
+    """Check every value before anything is created or written; the error names the key and its valid range.
+
+    Raises:
+        ConfigError: the first bad value.
+    """
+    check_values(config)
+    check_choice("precision", config.precision, PRECISIONS)
+    check_choice("dataset", config.dataset, DATASETS)
+    check_choice("compile", config.compile, COMPILE_MODES, nullable=True)
+    check_choice("sched", config.sched, SCHEDULERS)
+    check_choice("re_mode", config.re_mode, RE_MODES)
+    check_choice("train_interpolation", config.train_interpolation, INTERPOLATIONS)
+    from timm.optim import list_optimizers
+
+    # timm also accepts a 'lookahead_' prefix on any optimizer.
+    if config.opt.lower().removeprefix("lookahead_") not in list_optimizers():
+        raise ConfigError(f"opt must be a timm optimizer ({', '.join(list_optimizers()[:12])}, ...; "
+                          f"timm.optim.list_optimizers() lists all), got {config.opt!r}")
+    if not (isinstance(config.opt_betas, list) and len(config.opt_betas) == 2
+            and all(isinstance(b, int | float) and _below_one(b) for b in config.opt_betas)):
+        raise ConfigError(f"opt_betas must be two numbers in [0, 1), got {config.opt_betas!r}")
+    if not (isinstance(config.scale, list) and len(config.scale) == 2
+            and all(isinstance(v, int | float) for v in config.scale) and 0 < config.scale[0] <= config.scale[1] <= 1):
+        raise ConfigError(f"scale must be [min, max] with 0 < min <= max <= 1, got {config.scale!r}")
+    if mixup_active(config) and config.batch_size % 2:
+        raise ConfigError(f"batch_size must be even when mixup/cutmix is on (timm Mixup mode 'batch'), "
+                          f"got {config.batch_size}")
+    check_model_kwargs(config)
+    overlay = config.model_kwargs.get("pretrained_cfg_overlay")
+    if overlay is not None:
+        if not isinstance(overlay, dict):
+            raise ConfigError(f"model_kwargs.pretrained_cfg_overlay must be a mapping, got {overlay!r}")
+        if overlay.get("file") and not Path(overlay["file"]).is_file():
+            raise ConfigError(f"model_kwargs.pretrained_cfg_overlay file {overlay['file']} does not exist")
+    if config.resume not in (None, "auto") and not Path(config.resume).is_dir():
+        raise ConfigError(f"resume checkpoint {config.resume} does not exist; pass 'auto' or a "
+                          "<run>/checkpoints/step-* folder")
+    if config.resume == "auto" and not config.output:
+        raise ConfigError("resume=auto needs --output: the run folder to continue")
+
+
+def check_model_kwargs(config: TrainConfig) -> None:
+    """Raise :class:`ConfigError` unless ``model_kwargs`` is a mapping."""
+    if not isinstance(config.model_kwargs, dict):
+        raise ConfigError(f"model_kwargs must be a mapping such as {{embed_dim: 64, depth: 4}}, "
+                          f"got {config.model_kwargs!r}")
+
+
+def mixup_active(config: TrainConfig) -> bool:
+    """Whether mixup or cutmix is applied."""
+    return config.mixup_prob > 0 and (config.mixup > 0 or config.cutmix > 0)
+
+
+def check_model_name(name: str) -> None:
+    """Raise :class:`ConfigError` if ``name`` is not a registered timm (or vitzoo) model."""
+    import timm
+
+    import vitzoo  # noqa: F401 - importing registers the vitzoo models with timm
+
+    if not timm.is_model(name):
+        similar = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        hint = f" (similar: {', '.join(similar)})" if similar else ""
+        raise ConfigError(f"unknown model {name!r}{hint}; vitzoo.list_models() lists the zoo's models, "
+                          "timm.list_models() timm's")

@@ -1,0 +1,144 @@
+"""Builders of a run's parts from its :class:`~vitzoo.train.config.TrainConfig`: the model, the class list, the
+transforms, the optimizer and the loss (timm's, with the zoo's defaults)."""
+from __future__ import annotations
+
+import fnmatch
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from vitzoo.train.config import ConfigError, TrainConfig, first_line, mixup_active
+from vitzoo.train.data import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_MEAN,
+    FASHION_MNIST_STD,
+    AugmentConfig,
+    DataError,
+    GreyTransform,
+    check_dataset_path,
+    folder_classes,
+    folder_transforms,
+)
+
+
+def create_model_from_config(config: TrainConfig, num_classes: int, in_chans: int,
+                             checkpoint_path: str | None = None, pretrained_file: str | None = None) -> nn.Module:
+    """Create the timm model of ``config`` (optional kwargs only when set, so each model keeps its defaults).
+
+    ``checkpoint_path`` is loaded as is (timm's ``load_checkpoint``); ``pretrained_file`` (a vitzoo model's weights)
+    is read by :func:`vitzoo.convert.load_checkpoint_file` and goes through the model's ``checkpoint_filter_fn``
+    (timm's pretrained path), which converts the authors' checkpoint layouts. Its head and first conv are taken as
+    they are (no classifier reset, no input-channel adaptation).
+
+    Raises:
+        ConfigError: a ``model_kwargs`` key the model does not take, or weights that do not fit it.
+    """
+    import timm
+
+    import vitzoo  # noqa: F401 - registers the vitzoo models
+
+    kwargs = dict(config.model_kwargs)
+    for key in ("img_size", "patch_size"):
+        if getattr(config, key) is not None:
+            kwargs[key] = getattr(config, key)
+    if config.drop_path:
+        kwargs["drop_path_rate"] = config.drop_path
+    if pretrained_file:
+        from vitzoo.convert import load_checkpoint_file
+
+        state_dict = load_checkpoint_file(pretrained_file)
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(state_dict=state_dict, num_classes=num_classes,
+                                                                   first_conv=None))
+    try:
+        return timm.create_model(config.model, num_classes=num_classes, in_chans=in_chans,
+                                 checkpoint_path=checkpoint_path or "", **kwargs)
+    except TypeError as error:  # an unexpected keyword argument of the model class
+        raise ConfigError(f"model {config.model} does not accept model_kwargs {config.model_kwargs}: "
+                          f"{first_line(error)}") from None
+    except (RuntimeError, KeyError) as error:  # load_state_dict: missing keys or shapes that differ
+        if not checkpoint_path:
+            raise
+        raise ConfigError(f"weights {checkpoint_path} do not fit {config.model} with {num_classes} classes and "
+                          f"{in_chans} channels: {first_line(error)}") from None
+
+
+def dataset_classes(config: TrainConfig) -> list[str]:
+    """The run's class names in index order: Fashion-MNIST's, or the train split's class folders.
+
+    Raises:
+        ConfigError: a missing split, no class folders, or ``num_classes`` smaller than the number of classes.
+    """
+    try:
+        folder = check_dataset_path(config.dataset, config.data_dir, ("train", "val"))
+        classes = list(FASHION_MNIST_CLASSES) if config.dataset == "fashion_mnist" else folder_classes(folder / "train")
+    except DataError as error:
+        raise ConfigError(str(error)) from None
+    if config.num_classes is not None and config.num_classes < len(classes):
+        raise ConfigError(f"num_classes={config.num_classes} is smaller than the dataset's {len(classes)} classes; "
+                          f"set num_classes >= {len(classes)} or null")
+    return classes
+
+
+def build_transforms(config: TrainConfig, model: nn.Module) -> tuple[Any, Any, dict]:
+    """Return (train transform, eval transform, resolved data config) for the dataset of ``config``."""
+    from timm.data import resolve_data_config
+
+    if config.dataset == "fashion_mnist":
+        size = config.img_size or 28
+        data_config = {"input_size": (1, size, size), "interpolation": "bilinear", "crop_pct": 1.0,
+                       "mean": FASHION_MNIST_MEAN, "std": FASHION_MNIST_STD}
+        train_tf = GreyTransform(True, size, pad=config.crop_pad, hflip=config.hflip)
+        return train_tf, GreyTransform(False, size), data_config
+    args: dict[str, Any] = {"crop_pct": config.crop_pct} if config.crop_pct else {}
+    if config.img_size:
+        # The model's pretrained_cfg keeps its registered input size; a run at another size must say so.
+        args["input_size"] = (config.in_chans or 3, config.img_size, config.img_size)
+    data_config = resolve_data_config(args, model=model)
+    augment = AugmentConfig(config.auto_augment, config.re_prob, config.re_mode, config.color_jitter, config.hflip,
+                            tuple(config.scale), config.train_interpolation)
+    train_tf, eval_tf = folder_transforms(data_config, augment)
+    return train_tf, eval_tf, data_config
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: no decay on 1-d params, biases and ``no_weight_decay()`` names; ``_optim`` overrides.
+
+    A parameter carrying an ``_optim`` dict (H3's SSM parameters) gets its own group with those settings; its ``lr`` is
+    a cap, so the group's base lr is ``min(cap, lr)`` and the scheduler scales it like the others.
+    """
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    groups: dict[tuple, dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = param.ndim <= 1 or name.endswith(".bias") or any(fnmatch.fnmatch(name, s) for s in skip)
+        settings = {"weight_decay": 0.0 if no_decay else weight_decay, "lr": lr}
+        override = getattr(param, "_optim", None) or {}
+        for key, value in override.items():
+            settings[key] = min(value, lr) if key == "lr" else value
+        group_key = tuple(sorted(settings.items()))
+        groups.setdefault(group_key, {**settings, "params": []})["params"].append(param)
+    return list(groups.values())
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    """Create the timm optimizer over :func:`param_groups`."""
+    from timm.optim import create_optimizer_v2
+
+    return create_optimizer_v2(param_groups(model, lr, config.weight_decay), opt=config.opt, lr=lr,
+                               weight_decay=config.weight_decay, eps=config.opt_eps, betas=tuple(config.opt_betas))
+
+
+def build_criterion(config: TrainConfig) -> nn.Module:
+    """Training loss: soft-target CE (or BCE) with mixup, label-smoothed CE otherwise."""
+    from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+    if mixup_active(config):
+        # Smoothing is folded into the mixed targets by Mixup.
+        return BinaryCrossEntropy(target_threshold=None) if config.bce_loss else SoftTargetCrossEntropy()
+    if config.bce_loss:
+        return BinaryCrossEntropy(smoothing=config.smoothing)
+    if config.smoothing > 0:
+        return LabelSmoothingCrossEntropy(config.smoothing)
+    return nn.CrossEntropyLoss()

@@ -1,0 +1,482 @@
+"""The training loop on HF accelerate, with timm's data, optimizer, scheduler, loss and EMA pieces.
+
+:func:`train` runs one :class:`~vitzoo.train.config.TrainConfig` in four steps: :func:`setup` (every check, then the
+model, data, optimizer and run folder), :func:`train_one_epoch`, :func:`evaluate_and_checkpoint` after each epoch
+(or when ``max_steps`` / ``time_limit`` stop the run) and :func:`finish`. accelerate owns devices, mixed precision,
+gradient accumulation and data sharding; the timm scheduler stays outside ``prepare`` and is stepped by hand per
+optimizer update; the EMA is evaluated under ``accelerator.autocast()``.
+
+Trust: every config value, data folder, the output folder and the resume checkpoint are checked before a run writes
+anything, each failure raising :class:`~vitzoo.train.config.ConfigError` with one line that says what to fix; a new
+run never writes into a folder that holds another run.
+
+Determinism: shuffling depends on (seed, epoch), augmentation on (seed, epoch, sample index) and the step's own random
+draws (mixup, drop path) on (seed, rank, epoch, batch index), so a run resumed from a checkpoint replays exactly the
+draws of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from vitzoo.train.checkpoint import (
+    CHECKPOINT_PREFIX,
+    RunState,
+    find_resume_checkpoint,
+    load_checkpoint_into,
+    remove_temporary_checkpoints,
+    run_identity,
+    save_checkpoint,
+    write_atomic,
+)
+from vitzoo.train.config import PRECISIONS, ConfigError, TrainConfig, check_model_name, mixup_active, validate_config
+from vitzoo.train.data import (
+    DataError,
+    EpochShuffleSampler,
+    SkipUnreadable,
+    build_dataset,
+    report_unreadable,
+    sample_seed,
+    seed_everything,
+    worker_init,
+)
+from vitzoo.train.evaluate import evaluate
+from vitzoo.train.factories import (
+    build_criterion,
+    build_optimizer,
+    build_transforms,
+    create_model_from_config,
+    dataset_classes,
+)
+
+_logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the last checkpoint written before it is kept."""
+
+
+class JsonLog:
+    """Append-only JSON-lines log written by the main process."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path = path
+        self.enabled = enabled
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, event: str, **values: Any) -> None:
+        """Append one record ``{"event": event, "time": unix seconds, **values}``."""
+        if self.enabled:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps({"event": event, "time": round(time.time(), 3), **values}) + "\n")
+
+
+def requested_output(config: TrainConfig) -> Path | None:
+    """The run folder the config names: ``output``, else an explicit resume checkpoint's run folder, else None (a
+    fresh timestamped folder, :func:`fresh_output`)."""
+    if config.output:
+        return Path(config.output)
+    if config.resume not in (None, "auto"):
+        return Path(config.resume).resolve().parent.parent
+    return None
+
+
+def check_output_folder(config: TrainConfig) -> None:
+    """Refuse to start a new run in a folder that holds files (another run's), unless resuming it.
+
+    Raises:
+        ConfigError: the folder is not empty and ``resume`` is not set, or it is not a folder.
+    """
+    output = requested_output(config)
+    if output is None or not output.exists():
+        return
+    if not output.is_dir():
+        raise ConfigError(f"output {output} is a file, not a folder; choose another --output")
+    entries = sorted(entry.name for entry in output.iterdir())
+    if entries and not config.resume:
+        raise ConfigError(f"output folder {output} already holds a run ({', '.join(entries[:4])}); pass --resume auto "
+                          "to continue it, or another --output (unset: a fresh timestamped folder)")
+
+
+def fresh_output(config: TrainConfig, root: str | os.PathLike = Path("output") / "train") -> Path:
+    """Create and return ``<root>/<YYYYmmdd-HHMMSS>-<model>-<dataset>`` (timm's layout), with ``-1``, ``-2``, ...
+    appended when a run started in the same second took the name."""
+    base = Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.model}-{config.dataset}"
+    Path(root).mkdir(parents=True, exist_ok=True)
+    for count in range(1000):
+        candidate = base if count == 0 else base.with_name(f"{base.name}-{count}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise ConfigError(f"could not create a fresh run folder next to {base}")
+
+
+def _run_folder(config: TrainConfig, accelerator) -> Path:
+    """The run folder, the same on every process (the main process picks a fresh one's name)."""
+    output = requested_output(config)
+    if output is not None:
+        return output
+    from accelerate.utils import broadcast_object_list
+
+    names = [str(fresh_output(config)) if accelerator.is_main_process else None]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(names)
+    return Path(names[0])
+
+
+def warn_about_changed_settings(config: TrainConfig, accelerator) -> None:
+    """Warn where the launcher or the device does not give what the config asks for."""
+    if not accelerator.is_main_process:
+        return
+    if config.precision == "fp16" and accelerator.device.type == "cpu":
+        _logger.warning("precision=fp16 has no effect on CPU: the run trains in fp32 (precision=bf16 is CPU autocast)")
+    # accelerate launch's simple launcher sets MASTER_ADDR for --num_processes > 1 but starts one process on CPU
+    # unless --multi_cpu is given.
+    if accelerator.num_processes == 1 and os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" \
+            and "MASTER_ADDR" in os.environ:
+        _logger.warning("accelerate launch --cpu started one process: several CPU processes need --multi_cpu "
+                        "(or torchrun); the run trains as a single process")
+
+
+def mean_over_processes(total: torch.Tensor, count: int, accelerator) -> float:
+    """The mean of the values whose sum on this process is ``total`` over ``count`` values, taken over the values
+    of all processes (every process must call it at the same point: it is one collective)."""
+    pair = torch.stack([total.detach().float().reshape(()), torch.tensor(float(count), device=total.device)])
+    if accelerator.num_processes > 1:
+        pair = accelerator.reduce(pair, reduction="sum")
+    return (pair[0] / pair[1].clamp(min=1)).item()
+
+
+@dataclass
+class Training:
+    """One run in progress: its checkpointed state and the parts built from its config."""
+
+    run: RunState
+    train_set: SkipUnreadable
+    val_set: SkipUnreadable
+    train_sampler: EpochShuffleSampler
+    train_loader: Any  # prepared by accelerate
+    val_loader: Any
+    forward: Callable  # the training forward: the prepared model, or its torch.compile wrapper
+    scheduler: Any
+    total_epochs: int  # epochs + cooldown_epochs, as timm's scheduler counts them
+    mixup: Any
+    criterion: torch.nn.Module
+    log: JsonLog
+    output: Path
+    last_checkpoint: Path | None
+    start_time: float
+    out_of_time: bool = False
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train (and evaluate every epoch) as ``config`` says; return the final metrics.
+
+    Every check that can fail (config values, dataset folders, the model's kwargs, the output folder, the resume
+    checkpoint) runs before the run folder is written, so a failed start leaves an existing run untouched.
+
+    Raises:
+        ConfigError: bad values, missing or unusable data, an occupied output folder, or a resume checkpoint that is
+            damaged or belongs to another run.
+        NonFiniteLossError: the loss became NaN/inf; the last good checkpoint is kept.
+    """
+    training = setup(config)
+    metrics: dict[str, Any] = {}
+    while not _stopped(training):
+        loss_sum, loss_count, epoch_start = train_one_epoch(training)
+        metrics = evaluate_and_checkpoint(training, loss_sum, loss_count, epoch_start)
+    return finish(training, metrics)
+
+
+def _stopped(training: Training) -> bool:
+    run, max_steps = training.run, training.run.config.max_steps
+    return (run.epoch >= training.total_epochs or training.out_of_time
+            or bool(max_steps and run.num_updates >= max_steps))
+
+
+def _build_data(config: TrainConfig, model: torch.nn.Module, classes: list[str]) -> tuple[Any, ...]:
+    """Return the train and val datasets, the train sampler, both loaders (not yet prepared) and the data config.
+
+    Raises:
+        ConfigError: a split that has no readable image.
+    """
+    from torch.utils.data import DataLoader
+
+    train_tf, eval_tf, data_config = build_transforms(config, model)
+    try:
+        train_set = build_dataset(config.dataset, config.data_dir, "train", train_tf, config.seed, classes=classes)
+        val_set = build_dataset(config.dataset, config.data_dir, "val", eval_tf, config.seed, limit=config.val_subset,
+                                classes=classes, score_substitutes=False)
+        train_set.check_readable()
+        val_set.check_readable()
+    except DataError as error:
+        raise ConfigError(str(error)) from None
+    train_sampler = EpochShuffleSampler(len(train_set), config.seed, num_samples=config.train_subset)
+    val_sampler = EpochShuffleSampler(len(val_set), config.seed, shuffle=False)
+    loader_args = {"num_workers": config.workers, "worker_init_fn": worker_init if config.workers else None,
+                   "pin_memory": torch.cuda.is_available()}
+    train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=train_sampler, drop_last=True,
+                              **loader_args)
+    val_loader = DataLoader(val_set, batch_size=config.eval_batch_size or 2 * config.batch_size, sampler=val_sampler,
+                            **loader_args)
+    return train_set, val_set, train_sampler, train_loader, val_loader, data_config
+
+
+def setup(config: TrainConfig) -> Training:
+    """Check everything, build the run's parts, restore a resume checkpoint and open the run folder.
+
+    Raises:
+        ConfigError: as :func:`train`.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+    from timm.data import Mixup
+    from timm.scheduler import create_scheduler_v2
+    from timm.utils import ModelEmaV3
+
+    validate_config(config)
+    check_model_name(config.model)
+    classes = dataset_classes(config)
+    check_output_folder(config)
+
+    # cpu=True without CUDA: accelerate then forms a gloo process group from torchrun's environment (else each
+    # CPU process would train alone).
+    accelerator = Accelerator(mixed_precision=PRECISIONS[config.precision], cpu=not torch.cuda.is_available(),
+                              gradient_accumulation_steps=config.grad_accum,
+                              dataloader_config=DataLoaderConfiguration(even_batches=True))
+    warn_about_changed_settings(config, accelerator)
+    seed_everything(config.seed)  # model init is identical on every process and every run
+    in_chans = config.in_chans or (1 if config.dataset == "fashion_mnist" else 3)
+    num_classes = config.num_classes or len(classes)
+    model = create_model_from_config(config, num_classes, in_chans)
+    train_set, val_set, train_sampler, train_loader, val_loader, data_config = _build_data(config, model, classes)
+    if len(train_loader) < accelerator.num_processes:
+        raise ConfigError(f"the training set has {len(train_sampler)} samples, fewer than one batch of "
+                          f"{config.batch_size} per process; lower batch_size")
+
+    global_batch = config.batch_size * accelerator.num_processes * config.grad_accum
+    lr = config.lr if config.lr is not None else config.lr_base * global_batch / config.lr_base_size
+    optimizer = build_optimizer(config, model, lr)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    # Only the training forward is compiled; checkpoints, EMA and evaluation keep the plain module (same parameters).
+    forward = torch.compile(model, mode=config.compile) if config.compile else model
+    updates_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
+    # timm semantics: the run lasts epochs + cooldown_epochs (cooldown at min_lr), as in timm's train.py.
+    scheduler, total_epochs = create_scheduler_v2(optimizer.optimizer, sched=config.sched, num_epochs=config.epochs,
+                                                  warmup_epochs=config.warmup_epochs, warmup_lr=config.warmup_lr,
+                                                  min_lr=config.min_lr, cooldown_epochs=config.cooldown_epochs,
+                                                  step_on_epochs=False, updates_per_epoch=updates_per_epoch)
+    ema = None
+    if config.model_ema:
+        ema = ModelEmaV3(accelerator.unwrap_model(model), decay=config.model_ema_decay,
+                         use_warmup=config.model_ema_warmup)
+    mixup = None
+    if mixup_active(config):
+        mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, prob=config.mixup_prob,
+                      switch_prob=config.mixup_switch_prob, mode="batch", label_smoothing=config.smoothing,
+                      num_classes=num_classes)
+    criterion = build_criterion(config)
+    output = _run_folder(config, accelerator)
+    identity = run_identity(config, accelerator.num_processes, in_chans, num_classes, classes)
+    run = RunState(config, accelerator, str(output), model, optimizer, ema, identity, data_config)
+    resumed_from = _resume(run, output) if config.resume else None
+
+    # Everything above only reads; from here on the run folder is written.
+    log = JsonLog(output / "log.jsonl", accelerator.is_main_process)
+    if accelerator.is_main_process:
+        output.mkdir(parents=True, exist_ok=True)
+        remove_temporary_checkpoints(output)
+        write_atomic(output / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if resumed_from is not None:
+        log.write("resume", checkpoint=str(resumed_from), epoch=run.epoch, num_updates=run.num_updates)
+    if run.num_updates == 0 and run.batches_done == 0:
+        log.write("start", model=config.model, lr=lr, global_batch=global_batch, processes=accelerator.num_processes,
+                  output=str(output), params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 4))
+    scheduler.step_update(run.num_updates)
+    return Training(run, train_set, val_set, train_sampler, train_loader, val_loader, forward, scheduler,
+                    total_epochs, mixup, criterion, log, output, last_checkpoint=resumed_from, start_time=time.time())
+
+
+def _resume(run: RunState, output: Path) -> Path | None:
+    """Restore ``run`` from its resume checkpoint; return that checkpoint's folder (None: none found, a fresh start)."""
+    accelerator = run.accelerator
+    files = find_resume_checkpoint(run.config, output, run.identity, accelerator)
+    if files is None:
+        accelerator.print(f"no checkpoint under {output}/checkpoints; starting from scratch")
+        return None
+    load_checkpoint_into(run, files)
+    run.last_finite_update = run.num_updates
+    accelerator.print(f"resumed from {files.folder} (epoch {run.epoch}, update {run.num_updates})")
+    return files.folder
+
+
+def train_one_epoch(training: Training) -> tuple[torch.Tensor, int, float]:
+    """Train from ``run.batches_done`` to the end of ``run.epoch`` (or until ``max_steps`` / ``time_limit``), with
+    the mid-epoch checkpoints of ``checkpoint_interval``; return (loss sum on this process, batches, start time).
+
+    Raises:
+        NonFiniteLossError: a NaN/inf loss on any process.
+    """
+    from tqdm.auto import tqdm
+
+    run, config = training.run, training.run.config
+    accelerator, model, optimizer, ema = run.accelerator, run.model, run.optimizer, run.ema
+    epoch, train_loader = run.epoch, training.train_loader
+    training.train_sampler.set_epoch(epoch)
+    training.train_set.set_epoch(epoch)
+    train_loader.set_epoch(epoch)
+    loader = train_loader
+    if run.batches_done:
+        from accelerate import skip_first_batches
+
+        loader = skip_first_batches(train_loader, run.batches_done)
+        loader.set_epoch(epoch)
+    model.train()
+    bar = tqdm(total=len(train_loader), initial=run.batches_done, desc=f"epoch {epoch}", leave=False,
+               disable=not (accelerator.is_local_main_process and config.progress))
+    # The loss sum and a "still finite" flag stay on the device: reading them every step would make the host wait for
+    # the GPU each step. They are read at log intervals, before every checkpoint and at the epoch end.
+    loss_sum = torch.zeros((), device=accelerator.device)
+    finite = torch.ones((), dtype=torch.bool, device=accelerator.device)
+    loss_count, start = 0, time.time()
+
+    for images, targets in loader:
+        # Per-batch seed: mixup and drop path draw the same numbers whether or not the run was resumed.
+        seed_everything(sample_seed(config.seed + 1 + accelerator.process_index, epoch, run.batches_done))
+        if training.mixup is not None:
+            images, targets = training.mixup(images, targets)
+        with accelerator.accumulate(model):
+            loss = training.criterion(training.forward(images), targets)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and config.clip_grad:
+                accelerator.clip_grad_norm_(model.parameters(), config.clip_grad)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        run.batches_done += 1
+        loss = loss.detach().float()
+        loss_sum += loss
+        finite &= torch.isfinite(loss)
+        loss_count += 1
+        bar.update(1)
+        if not accelerator.sync_gradients:
+            continue
+        run.num_updates += 1
+        training.scheduler.step_update(run.num_updates)
+        if ema is not None:
+            ema.update(accelerator.unwrap_model(model), step=run.num_updates)
+        end_of_epoch = run.batches_done >= len(train_loader)
+        save_now = (config.checkpoint_interval and run.num_updates % config.checkpoint_interval == 0
+                    and not end_of_epoch)
+        if run.num_updates % config.log_interval == 0 or save_now:
+            _check_finite(finite, training)
+        if run.num_updates % config.log_interval == 0:
+            mean_loss = mean_over_processes(loss_sum, loss_count, accelerator)
+            training.log.write("train", epoch=epoch, num_updates=run.num_updates, loss=mean_loss,
+                               lr=optimizer.param_groups[0]["lr"])
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+        if save_now:
+            training.last_checkpoint = save_checkpoint(run, run.num_updates)
+        if config.max_steps and run.num_updates >= config.max_steps:
+            break
+        # Clocks differ between processes: all leave at the same update once any is out of time.
+        if config.time_limit and _processes_with(time.time() - training.start_time > config.time_limit,
+                                                 accelerator):
+            training.out_of_time = True
+            break
+    _check_finite(finite, training)
+    bar.close()
+    return loss_sum, loss_count, start
+
+
+def evaluate_and_checkpoint(training: Training, loss_sum: torch.Tensor, loss_count: int,
+                            epoch_start: float) -> dict[str, Any]:
+    """Evaluate the model (and the EMA), log the metrics, update the best epoch and write a checkpoint; advance to
+    the next epoch if this one is complete. Return the metrics."""
+    from timm.utils import update_summary
+
+    run, config = training.run, training.run.config
+    accelerator, epoch = run.accelerator, run.epoch
+    skipped = report_unreadable(training.train_set, accelerator)
+    epoch_done = run.batches_done >= len(training.train_loader)
+    metrics = {"epoch": epoch, "num_updates": run.num_updates,
+               "train_loss": mean_over_processes(loss_sum, loss_count, accelerator),
+               "lr": run.optimizer.param_groups[0]["lr"], "epoch_time": round(time.time() - epoch_start, 2)}
+    metrics.update({f"eval_{k}": v for k, v in evaluate(run.model, training.val_loader, accelerator,
+                                                          progress=config.progress).items()})
+    if run.ema is not None:
+        metrics.update({f"ema_{k}": v for k, v in evaluate(run.ema.module, training.val_loader, accelerator, True,
+                                                           progress=config.progress).items()})
+    skipped += report_unreadable(training.val_set, accelerator)
+    metrics["skipped_files"] = skipped
+    training.log.write("eval", **metrics)
+    if accelerator.is_main_process:
+        update_summary(epoch, {"loss": metrics["train_loss"]},
+                       {key: metrics[f"eval_{key}"] for key in ("loss", "top1", "top5")},
+                       training.output / "summary.csv", lr=metrics["lr"])
+    accelerator.print(_summary(metrics))
+    if skipped and accelerator.is_main_process:
+        _logger.warning("%d unreadable image file(s) skipped so far (named in the warnings above)", skipped)
+    key = "ema_top1" if run.ema is not None else "eval_top1"
+    if metrics[key] >= run.best.get("top1", -1.0):
+        run.best = {"top1": metrics[key], "epoch": epoch, "metric": key,
+                    "checkpoint": f"{CHECKPOINT_PREFIX}{run.num_updates:08d}"}
+    if epoch_done:
+        run.epoch, run.batches_done = epoch + 1, 0
+    training.last_checkpoint = save_checkpoint(run, run.num_updates)
+    return metrics
+
+
+def finish(training: Training, metrics: dict[str, Any]) -> dict[str, Any]:
+    """End the run on every process; return the last epoch's ``metrics`` with the best epoch, whether the time limit
+    stopped the run, the last checkpoint and the run folder."""
+    accelerator = training.run.accelerator
+    accelerator.wait_for_everyone()
+    metrics["best"] = training.run.best
+    metrics["stopped_by_time_limit"] = training.out_of_time
+    metrics["checkpoint"] = str(training.last_checkpoint) if training.last_checkpoint else None
+    metrics["output"] = str(training.output)
+    accelerator.end_training()
+    return metrics
+
+
+def _processes_with(flag: bool | torch.Tensor, accelerator) -> int:
+    """How many processes have ``flag`` set. One collective, the same answer everywhere: every process must take the
+    same branch, or the others would hang in their next collective."""
+    count = torch.as_tensor(flag, device=accelerator.device).to(torch.int32).reshape(1)
+    if accelerator.num_processes > 1:
+        count = accelerator.reduce(count, reduction="sum")
+    return int(count.item())
+
+
+def _check_finite(finite: torch.Tensor, training: Training) -> None:
+    """Raise :class:`NonFiniteLossError` if any loss since the last check was NaN/inf (``finite`` is False)."""
+    run = training.run
+    if _processes_with(finite, run.accelerator) < run.accelerator.num_processes:
+        message = (f"non-finite loss at epoch {run.epoch} after update {run.last_finite_update}; stopped. "
+                   f"Last good checkpoint: {training.last_checkpoint or 'none'}. Try precision=bf16/fp32, a lower lr "
+                   "or clip_grad")
+        training.log.write("nonfinite", epoch=run.epoch, num_updates=run.num_updates,
+                           last_finite_update=run.last_finite_update)
+        raise NonFiniteLossError(message)
+    run.last_finite_update = run.num_updates
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    text = (f"epoch {metrics['epoch']} update {metrics['num_updates']}: train_loss {metrics['train_loss']:.4f} "
+            f"top1 {metrics['eval_top1']:.2f} top5 {metrics['eval_top5']:.2f}")
+    if "ema_top1" in metrics:
+        text += f" | ema top1 {metrics['ema_top1']:.2f} top5 {metrics['ema_top5']:.2f}"
+    return text + f" ({metrics['epoch_time']:.1f}s)"
