@@ -20,6 +20,11 @@ import torch.nn as nn
 from ..ops import linear_attention, local_conv
 from .base import TokenMixer
 
+# The op is a leaf for FX (it picks its backend from the tensors' device). timm's autowrap patches only the globals
+# of the module whose ``forward`` is traced, which is ``base``, not this one (``mix`` lives here): wrap it here.
+torch.fx.wrap("linear_attention")
+torch.fx.wrap("local_conv")
+
 
 def grouped_pointwise(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     """A grouped kernel-size-1 ``conv`` applied to (B, C_in) vectors, as one batched matmul; returns (B, C_out).

@@ -12,6 +12,10 @@ import torch
 from ..ops import linear_attention
 from .base import TokenMixer
 
+# The op is a leaf for FX (it picks its backend from the tensors' device). timm's autowrap patches only the globals
+# of the module whose ``forward`` is traced, which is ``base``, not this one (``mix`` lives here): wrap it here.
+torch.fx.wrap("linear_attention")
+
 
 class ReLULinearAttention(TokenMixer):
     """Normalised non-causal linear attention with a ReLU feature map: (B, N, C) -> (B, N, C).
