@@ -106,6 +106,5 @@ def test_names():
     assert pareto.short_label("deit_base_patch16_224", 224) == "DeiT-B (timm)"
     assert pareto.short_label("efficientvit_b2") == "EffViT-B2 (timm)"
     assert pareto.short_label("qtvit_3") == "QT-ViT-3"
-    assert pareto.family("fem_softmax_deit_tiny_patch16_224") == "fem_softmax"
     assert pareto.size_group("qtvit_1") == "hybrid"
     assert pareto.native_resolution("inline_deit_base_patch16_448") == 448
