@@ -36,7 +36,8 @@ def budget_table(results: Path, root: Path = Path(".")) -> str:
         "",
         f"Measured on {info['machine']}, on {info['date'][:10]} (torch {info['torch']}, {info['kernel_backend']} "
         f"kernels) from a clean clone: {zoo_s} s for the {len(lines) - 2} families, "
-        f"{total_s // 60} min {total_s % 60} s with the set-up check (`{info['command']}`); results file `{results.as_posix()}`.",
+        f"{total_s // 60} min {total_s % 60} s with the set-up check (`{info['command']}`); results file "
+        f"`{results.as_posix()}`.",
     ]
     return "\n".join(lines)
 

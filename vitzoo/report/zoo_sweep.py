@@ -70,7 +70,7 @@ def family_table(results: Results) -> str:
         for size in sizes:
             value = _value(results, family.model_name(size), 224)
             twin = _value(results, FAMILIES["softmax"].model_name(size), 224)
-            cells.append(f"{_number(value)} ({_ratio(value, twin)}x)")
+            cells.append("-" if value is None else f"{_number(value)} ({_ratio(value, twin)}x)")
             train.append(_number(_value(results, family.model_name(size), 224, "train_samples_per_sec")))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {' / '.join(train)} |")
     return "\n".join(lines)
