@@ -542,7 +542,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-macs", action="store_true", help="skip the fvcore GMAC count")
     parser.add_argument("--shard", metavar="I/N",
                         help="benchmark only every N-th model from the I-th (one process per GPU)")
-    parser.add_argument("--results-file", type=Path, help="CSV to write (rows are flushed as they are measured)")
+    parser.add_argument("--results-file", type=Path,
+                        help="CSV to write (rewritten after each model, so a cut-off run keeps what it measured)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the measured rows already in --results-file and benchmark only the pairs it lacks")
     parser.add_argument("--no-progress", action="store_true")
