@@ -9,7 +9,7 @@ large terms that nearly cancel. This script measures, on the GPU test's inputs:
 - how far dL/dc moves when the features are rounded to bf16 the way the kernel's bf16 products round them (phi(q) in
   the numerator read, phi(k) in the state), which bounds what the kernel's bf16 products alone can explain.
 
-    python benchmarks/const_grad_conditioning.py --out benchmarks/results/const_grad_conditioning.json
+    python benchmarks/const_grad_conditioning.py --out benchmarks/results/const_grad_conditioning/cpu.json
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def cancellation_ratio(q, k, v, g) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/results/const_grad_conditioning.json")
+    parser.add_argument("--out", default="benchmarks/results/const_grad_conditioning/cpu.json")
     args = parser.parse_args()
     torch.manual_seed(0)
     rows = []

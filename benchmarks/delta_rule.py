@@ -6,7 +6,7 @@ fla runs ONE causal direction (its ``chunk_delta_rule`` with the L2 norm fused);
 (one direction) and its gradients are checked against fla's on identical inputs; on a mismatch nothing is timed
 and the script exits non-zero.
 
-    python benchmarks/delta_rule.py [--out benchmarks/results/delta_rule_h200.json]
+    python benchmarks/delta_rule.py [--out benchmarks/results/delta_rule/h200.json]
 """
 from __future__ import annotations
 
@@ -172,7 +172,7 @@ def versions() -> dict[str, str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/results/delta_rule_h200.json")
+    parser.add_argument("--out", default="benchmarks/results/delta_rule/h200.json")
     parser.add_argument("--skip-torch", action="store_true", help="do not time the PyTorch reference")
     parser.add_argument("--variants", nargs="*", choices=sorted(VARIANTS), default=sorted(VARIANTS),
                         help="launch variants to check and time besides the default (default: all; none: just ours)")

@@ -3,7 +3,7 @@
 For the token counts of a 16-px-patch ViT at 224..1024 px (N = 197 .. 4097), time rfft + irfft of a (rows, N) fp32
 batch at both lengths, on the GPU when there is one (CUDA events) and else on the CPU, and write a JSON:
 
-    python benchmarks/fft_lengths.py --out benchmarks/results/fft_lengths_cpu.json
+    python benchmarks/fft_lengths.py --out benchmarks/results/fft_lengths/cpu.json
 """
 from __future__ import annotations
 

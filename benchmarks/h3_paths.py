@@ -6,7 +6,7 @@ For the token counts of a 16-px-patch ViT at 224..1024 px, at B*N ~ 50k tokens, 
 runs its core: check that both paths give the same output, then time forward and forward+backward (median of
 repeats, CUDA events on the GPU). Writes a JSON and prints where the FFT path starts to win, as N / d.
 
-    python benchmarks/h3_paths.py --out benchmarks/results/h3_paths_h200.json
+    python benchmarks/h3_paths.py --out benchmarks/results/h3_paths/h200.json
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def measure(tokens: int, device: torch.device, repeats: int, tokens_per_step: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/h3_paths.json"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/h3_paths/h200.json"))
     parser.add_argument("--img-sizes", type=int, nargs="+", default=list(TOKENS), choices=list(TOKENS))
     parser.add_argument("--tokens-per-step", type=int, default=TOKENS_PER_STEP, help="B*N (default 50k)")
     parser.add_argument("--repeats", type=int, default=10)

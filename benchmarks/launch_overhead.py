@@ -15,7 +15,7 @@ Host time per call = wall time of a loop of calls divided by the count, with the
 (the loop never waits on the device; the sync is outside the timed part). When a call's device time exceeds its host
 time the queue fills and the number is the device time instead (forward+backward at N=197: ~0.4 ms either way).
 
-    python benchmarks/launch_overhead.py --out benchmarks/results/launch_overhead_h200.json
+    python benchmarks/launch_overhead.py --out benchmarks/results/launch_overhead/h200.json
 """
 from __future__ import annotations
 
@@ -114,7 +114,7 @@ def measure_ops(batch: int, n: int, rows: dict, profiles: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/results/launch_overhead_h200.json")
+    parser.add_argument("--out", default="benchmarks/results/launch_overhead/h200.json")
     args = parser.parse_args()
     x = torch.zeros(16, device="cuda")
     ints = list(range(1, EXTRA_ARGS + 1))

@@ -7,7 +7,7 @@ L2 flushed between runs). The byte floor reads each input once and writes each o
 copy bandwidth measured in the same run: forward q, k, v -> o (4 tensors), forward+backward adds q, k, v, do ->
 dq, dk, dv (11 tensors in all).
 
-    python benchmarks/linear_attention.py --out benchmarks/results/linear_attention_h200.json
+    python benchmarks/linear_attention.py --out benchmarks/results/linear_attention/h200.json
 """
 from __future__ import annotations
 
@@ -284,7 +284,7 @@ def sweep_variant(name: str, bandwidth: float) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/results/linear_attention_h200.json")
+    parser.add_argument("--out", default="benchmarks/results/linear_attention/h200.json")
     parser.add_argument("--sweep", nargs="*", choices=sorted(SWEEP), default=None, metavar="VARIANT",
                         help="also time other launch policies (device time): the named ones, or all if none named")
     args = parser.parse_args()

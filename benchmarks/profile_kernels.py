@@ -14,8 +14,8 @@ and off one at a time (what each costs).
 ``ncu``: runs each kernel of interest once after warm-up between ``cudaProfilerStart``/``Stop``, for
 ``ncu --profile-from-start off``.
 
-    python benchmarks/profile_kernels.py probes --out benchmarks/results/profile_probes_h200.json
-    python benchmarks/profile_kernels.py configs --out benchmarks/results/profile_configs_h200.json
+    python benchmarks/profile_kernels.py probes --out benchmarks/results/profile_probes/h200.json
+    python benchmarks/profile_kernels.py configs --out benchmarks/results/profile_configs/h200.json
     ncu --clock-control none --profile-from-start off --set full python benchmarks/profile_kernels.py ncu
 """
 from __future__ import annotations
@@ -239,7 +239,7 @@ def ncu_workload() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=("probes", "configs", "ncu"))
-    parser.add_argument("--out", default="benchmarks/results/profile_probes_h200.json")
+    parser.add_argument("--out", default="benchmarks/results/profile_probes/h200.json")
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.mode == "probes":

@@ -5,10 +5,14 @@
 #   bash scripts/benchmark_zoo.sh                      # full sweep (GPU), then the plots if matplotlib is there
 #   bash scripts/benchmark_zoo.sh --quick              # tiny models + a few baselines at 224, 512, 1024
 #   bash scripts/benchmark_zoo.sh --sizes "224 384"    # cut the sweep to fit a time budget (one CSV per call)
-#   bash scripts/benchmark_zoo.sh --plots-only --out benchmarks/results/<date>-h200   # plots from existing CSVs
+#   bash scripts/benchmark_zoo.sh --plots-only --out runs/zoo_sweep/<date>-h200   # plots from existing CSVs
+#
+# The committed sweep is benchmarks/results/zoo_sweep/<gpu>.csv: the CSVs of one --out folder in one file (header
+# once), with GPU, versions, dates, commands and revisions in <gpu>.json beside it; `python -m vitzoo.report` draws
+# the plots docs/benchmarks.md shows from it.
 #
 # Options:
-#   --out DIR            results folder (default benchmarks/results/<UTC date>-<gpu>, e.g. 2026-11-29-h200)
+#   --out DIR            working folder (default runs/zoo_sweep/<UTC date>-<gpu>, e.g. runs/zoo_sweep/2026-11-29-h200)
 #   --quick              tiny variants of every family, qtvit_1, deit_tiny, efficientvit_b1; sizes 224 512 1024
 #   --sizes "A B ..."    resolutions (default 224 384 512 768 1024)
 #   --models "P ..."     model names / fnmatch patterns (default: all vitzoo + the timm baselines)
@@ -54,7 +58,7 @@ while [ $# -gt 0 ]; do
         --no-plots) PLOTS=0; shift ;;
         --bench-args) EXTRA=$2; shift 2 ;;
         --results) RESULTS=$2; shift 2 ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
         *) echo "benchmark_zoo.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -75,7 +79,7 @@ fi
 if [ -z "$RESULTS_DIR" ]; then
     device_tag=$("$PYTHON" -c "import torch; print(torch.cuda.get_device_name().split()[-1].lower() \
 if torch.cuda.is_available() else 'cpu')")
-    RESULTS_DIR="benchmarks/results/$(date -u +%Y-%m-%d)-$device_tag"
+    RESULTS_DIR="runs/zoo_sweep/$(date -u +%Y-%m-%d)-$device_tag"
 fi
 mkdir -p "$RESULTS_DIR"
 

@@ -14,6 +14,8 @@ def test_groups_name_twin_and_timm_model():
     assert reference_models("softmax_deit_tiny_patch16_224") == {
         "zoo": "softmax_deit_tiny_patch16_224", "timm": "deit_tiny_patch16_224"}
     assert reference_models("qtvit_2") == {"zoo": "qtvit_2", "timm": "efficientvit_b2"}
+    assert reference_models("qtvit_5") == {"zoo": "qtvit_5", "timm": "efficientvit_l2"}
+    assert reference_models("deltanet_deit_base_patch16_224")["twin"] == "softmax_deit_base_patch16_224"
 
 
 def test_scaled_batch_keeps_tokens_per_batch():

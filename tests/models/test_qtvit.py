@@ -15,7 +15,7 @@ from vitzoo.flops import count_macs, macs_by_operator
 from vitzoo.layers.quadratic_taylor import QuadraticTaylorAttention, QuadraticTaylorCore, QuadraticTaylorLiteMLA
 from vitzoo.models.vitzoo_efficientvit import QtVit, QtVitLarge
 from vitzoo.ops import linear_attention_reference
-from vitzoo.report.model_table import load_published
+from vitzoo.report.published import load_published
 
 # Paper Table 1 (= official README): params (M), MACs (G) at 224.
 # QT-ViT paper Table 1: (params M, MACs G), from the zoo's sourced table of published numbers.

@@ -2,7 +2,7 @@
 import timm
 
 import vitzoo  # noqa: F401  (registers the models)
-from vitzoo.report.model_table import weights_link
+from vitzoo.report.model_table import to_markdown, weights_link
 
 
 def test_weights_column_links_the_authors_checkpoints_only():
@@ -11,3 +11,11 @@ def test_weights_column_links_the_authors_checkpoints_only():
     assert "drive.google.com" in weights_link(timm.models.get_pretrained_cfg("qtvit_1").to_dict())
     for name in ("qtvit_4", "linear_deit_tiny_patch16_224", "softmax_deit_tiny_patch16_224"):
         assert weights_link(timm.models.get_pretrained_cfg(name).to_dict()) == "none"
+
+
+def test_table_rows_come_from_the_counts_and_the_published_numbers():
+    table = to_markdown([dict(model="qtvit_1", img_size="224", params_m="9.354", gmacs="0.5251"),
+                         dict(model="zeros_deit_tiny_patch16_224", img_size="224", params_m="6.18", gmacs="1.349")])
+    rows = table.splitlines()[2:]
+    assert rows[0].startswith("| `qtvit_1` | qtvit | 224 | 9.35 | 0.53 | 9.4 / 0.52 | 79.6 (published) | QT-ViT paper")
+    assert rows[1] == ("| `zeros_deit_tiny_patch16_224` | zeros | 224 | 6.18 | 1.35 |  | none published |  | none |")

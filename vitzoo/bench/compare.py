@@ -18,46 +18,49 @@ isolated steps, p50 and p90, eager and replayed from a captured CUDA graph). Com
 """
 from __future__ import annotations
 
-import datetime
 import hashlib
-import json
 import os
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vitzoo.bench.sweep import _is_oom, _one_line, _release_memory, create_model, percentile
+from vitzoo.bench.common import (
+    create_model,
+    environment,
+    git_revision,
+    is_oom,
+    one_line,
+    percentile,
+    release_memory,
+    write_json,
+)
 from vitzoo.models import list_models
+from vitzoo.registry import FAMILIES
 
 PHASES = ("infer", "train", "latency")
-COMPILE_MODES = ("none", "default", "reduce-overhead")
-_TIMM_EFFICIENTVIT = {"qtvit_1": "efficientvit_b1", "qtvit_2": "efficientvit_b2", "qtvit_3": "efficientvit_b3",
-                      "qtvit_4": "efficientvit_l1", "qtvit_5": "efficientvit_l2", "qtvit_6": "efficientvit_l3"}
+COMPILE_MODES = ("none", "default", "reduce-overhead")  # eager, and the two modes worth a fullgraph compile
+# every zoo model name -> (its family, its size key), from the registry
+_SIZES = {family.model_name(size): (family, size) for family in FAMILIES.values() for size in family.sizes}
 
 
 def reference_models(name: str) -> dict[str, str]:
     """The comparison group of a zoo model: ``{'zoo': name, 'twin': softmax twin, 'timm': timm's model}``.
 
-    A softmax model is its own twin; QT-ViT (on EfficientViT) has no softmax twin in the zoo.
+    timm's model is the registry's ``Size.timm_model``; the twin is the softmax family's model of the same size. A
+    softmax model is its own twin; QT-ViT (on EfficientViT) has no softmax twin in the zoo.
     """
+    family, size = _SIZES[name]
     group = {"zoo": name}
-    family, _, rest = name.partition("_deit_")
-    if rest:
-        size = rest.split("_")[0]
-        if family != "softmax":
-            group["twin"] = f"softmax_deit_{size}_patch16_224"
-        group["timm"] = f"deit_{size}_patch16_224"
-    elif name in _TIMM_EFFICIENTVIT:
-        group["timm"] = _TIMM_EFFICIENTVIT[name]
+    if family.backbone == "deit" and family.name != "softmax":
+        group["twin"] = FAMILIES["softmax"].model_name(size)
+    group["timm"] = family.sizes[size].timm_model
     return group
 
 
@@ -225,11 +228,11 @@ def compare_models(names: list[str], roles: dict[str, dict[str, str]], img_size:
             for _ in range(config.warm_steps):
                 steps[name]()
         except Exception as error:  # a failure is a row's status; the others go on
-            rows[name]["status"] = "oom" if _is_oom(error) else _one_line(error)
+            rows[name]["status"] = "oom" if is_oom(error) else one_line(error)
             steps.pop(name, None)
         finally:
             if phase == "latency":
-                _release_memory(device)
+                release_memory(device)
     throughput: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(config.repeats):  # interleaved: A B C A B C ...
         for name, step in list(steps.items()):
@@ -237,7 +240,7 @@ def compare_models(names: list[str], roles: dict[str, dict[str, str]], img_size:
                 step()  # re-warm after the other models ran
                 throughput[name].append(rows[name]["batch"] / timed_ms(step, device, config.timed_steps) * 1e3)
             except Exception as error:
-                rows[name]["status"] = _one_line(error)
+                rows[name]["status"] = one_line(error)
                 steps.pop(name)
     for name, step in steps.items():
         if device.type == "cuda":
@@ -253,32 +256,17 @@ def compare_models(names: list[str], roles: dict[str, dict[str, str]], img_size:
             peak_mem_mb=round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
         )
     steps.clear()
-    _release_memory(device)
+    release_memory(device)
     return list(rows.values())
 
 
 def provenance(command: str, device: torch.device) -> dict[str, str]:
     """GPU, versions, date, command and git revision of a run."""
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = ""
-    revision = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                           cwd=Path(__file__).resolve().parent).stdout.strip()
     package = Path(__file__).resolve().parent
     # the code measured, whatever git says where the tree was copied: a hash of the package's sources
     source = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(package.rglob("*.py")))).hexdigest()[:16]
-    return {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
-        "torch": torch.__version__, "triton": triton_version, "timm": timm.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": command, "git_revision": revision + ("+local changes" if dirty else ""),
-        "source_sha256": source,
-        "cpu_count": str(os.cpu_count()),
+    return environment(device) | {
+        "command": command, "git_revision": git_revision(), "source_sha256": source, "cpu_count": str(os.cpu_count()),
     }
 
 
@@ -309,7 +297,7 @@ def run_compare(names: Iterable[str], img_sizes: Iterable[int], phases: Iterable
                     result["rows"].append(row)
                     log(format_row(row))
                 if results_file is not None:
-                    write_json_atomic(results_file, result)
+                    write_json(results_file, result)
     return result
 
 
@@ -323,13 +311,6 @@ def format_row(row: dict[str, Any]) -> str:
     device = "" if row["device_ms"] is None else f" device {row['device_ms']:.2f} ms launches {row['launches']:.0f}"
     return (f"{head} {row['img_per_s']:10.1f} img/s [{row['img_per_s_min']:.0f}-{row['img_per_s_max']:.0f}] "
             f"host {row['host_ms']:.2f} ms{device}")
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 def check_names(names: Iterable[str]) -> list[str]:

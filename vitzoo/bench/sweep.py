@@ -19,9 +19,6 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
-import datetime
-import gc
-import math
 import statistics
 import sys
 import time
@@ -37,10 +34,22 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import vitzoo  # noqa: F401  (registers the models)
+from vitzoo.bench.common import (
+    COMPILE_MODES,
+    create_model,
+    environment,
+    is_oom,
+    one_line,
+    percentile,
+    release_memory,
+    write_csv,
+)
+from vitzoo.bench.compare import COMPILE_MODES as COMPARE_COMPILE_MODES
+from vitzoo.bench.compare import PHASES as COMPARE_PHASES
+from vitzoo.bench.compare import CompareConfig, check_names, run_compare
 from vitzoo.flops import count_gmacs
 from vitzoo.models import list_models
 from vitzoo.ops import kernel_backend
-from vitzoo.train.config import COMPILE_MODES as TORCH_COMPILE_MODES
 
 # timm's benchmark CSV columns in timm's order first (so timm's tooling reads our files), then ours.
 TIMM_COLUMNS = ("model", "infer_img_size", "infer_samples_per_sec", "infer_step_time", "infer_batch_size",
@@ -52,7 +61,6 @@ COLUMNS = TIMM_COLUMNS + (
 )
 DEFAULT_IMG_SIZES = (224, 384, 512, 768, 1024)
 PRECISIONS = ("fp32", "tf32", "bf16")
-COMPILE_MODES = ("none", *TORCH_COMPILE_MODES)  # the training config's modes, plus eager
 ALL_VITZOO = "all-vitzoo"  # pseudo-name that expands to every registered vitzoo model
 _MIN_TIMED_STEPS = 5  # a median of fewer steps is too noisy, whatever the time limit says
 
@@ -171,14 +179,6 @@ def time_steps(step: Callable[[], Any], device: torch.device, num_warm: int, num
     return times
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The ``q``-th percentile (0..100) with linear interpolation between order statistics."""
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # model set-up
 
@@ -215,30 +215,6 @@ def shard(names: list[str], spec: str | None) -> list[str]:
     return names[int(index)::int(count)]
 
 
-def has_fixed_input_size(name: str) -> bool:
-    """True for models whose position embedding fixes the input size (ViT/DeiT): they are built with ``img_size``."""
-    cfg = timm.models.get_pretrained_cfg(name)
-    return bool(cfg is not None and cfg.fixed_input_size)
-
-
-def create_model(name: str, img_size: int, device: torch.device, model_kwargs: dict[str, Any] | None = None
-                 ) -> nn.Module:
-    """Build ``name`` for ``img_size`` inputs directly on ``device`` (fp32, eval mode).
-
-    Fixed-size models (ViT) get ``img_size=`` so their position embedding is sized for it; convolutional / hybrid
-    models (EfficientViT, QT-ViT) take any size as built.
-    """
-    kwargs = dict(model_kwargs or {})
-    if has_fixed_input_size(name):
-        kwargs.setdefault("img_size", img_size)
-    torch.manual_seed(0)
-    # Building under the device context allocates and initialises the weights there: a ViT-B init on the host
-    # costs seconds per (model, size) in a sweep of hundreds.
-    with torch.device(device):
-        model = timm.create_model(name, **kwargs)
-    return model.to(device).eval()
-
-
 def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
@@ -272,24 +248,6 @@ def _scaled_batch(batch: int, img_size: int, scale: bool) -> int:
 
 def _in_chans(config: BenchConfig) -> int:
     return int(config.model_kwargs.get("in_chans", 3))
-
-
-def _is_oom(error: BaseException) -> bool:
-    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return True
-    text = str(error).lower()
-    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {text}"[:300]
-
-
-def _release_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def _peak_reset(device: torch.device) -> None:
@@ -368,22 +326,6 @@ def run_training(model: nn.Module, img_size: int, batch_size: int, precision: st
 # the sweep
 
 
-def environment(device: torch.device) -> dict[str, str]:
-    """The fields every row records about where and with what it was measured."""
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = ""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = "CPU"
-    return {"device": name, "torch": torch.__version__, "triton": triton_version, "timm": timm.__version__,
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-
-
 def _format_kwargs(kwargs: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(kwargs.items()))
 
@@ -416,10 +358,10 @@ def bench_model(name: str, img_size: int, config: BenchConfig) -> list[dict[str,
     try:
         model = create_model(name, img_size, device, config.model_kwargs)
     except Exception as error:  # any failure becomes the rows' status and the sweep goes on
-        status = "oom" if _is_oom(error) else f"error: {_one_line(error)}"
+        status = "oom" if is_oom(error) else f"error: {one_line(error)}"
         for row in rows:
             row["status"] = status
-        _release_memory(device)
+        release_memory(device)
         return rows
     params = round(sum(p.numel() for p in model.parameters()) / 1e6, 2)
     backend = kernel_backend(device) if type(model).__module__.startswith("vitzoo") else ""
@@ -428,14 +370,14 @@ def bench_model(name: str, img_size: int, config: BenchConfig) -> list[dict[str,
         try:
             gmacs = _sig(count_gmacs(model, (_in_chans(config), img_size, img_size)))
         except Exception as error:  # the count is one column: the timings are still worth having
-            macs_note = f"; gmacs: {'oom' if _is_oom(error) else _one_line(error)}"
-            _release_memory(device)
+            macs_note = f"; gmacs: {'oom' if is_oom(error) else one_line(error)}"
+            release_memory(device)
     for row in rows:
         row.update(param_count=params, infer_gmacs=gmacs, kernel_backend=backend)
         row["status"] = _measure_combo(model, row, config) + macs_note
-        _release_memory(device)
+        release_memory(device)
     del model
-    _release_memory(device)
+    release_memory(device)
     return rows
 
 
@@ -457,15 +399,15 @@ def _measure_combo(model: nn.Module, row: dict[str, Any], config: BenchConfig) -
     try:
         runner = _maybe_compile(model, mode)
     except Exception as error:  # any failure becomes the row's status and the sweep goes on
-        return f"error: {_one_line(error)}"
+        return f"error: {one_line(error)}"
     for index, (phase, fn, batch) in enumerate(phases):
         try:
             row.update(fn(runner, row["infer_img_size"], batch, precision, mode != "none", config))
         except Exception as error:  # recorded in the row; the sweep goes on
-            failure = ("oom", "") if _is_oom(error) else ("error", f": {_one_line(error)}")
+            failure = ("oom", "") if is_oom(error) else ("error", f": {one_line(error)}")
         if failure is not None:
             # The exception (and the frames holding the phase's tensors) is gone here, so the memory can be freed.
-            _release_memory(device)
+            release_memory(device)
             kind, detail = failure
             return kind + (f" ({phase})" if index else "") + detail
     return "ok"
@@ -501,7 +443,7 @@ def measured_rows(results_file: Path, config: BenchConfig) -> list[dict[str, Any
 def run_benchmark(names: list[str], img_sizes: Iterable[int], config: BenchConfig, results_file: Path | None = None,
                   time_budget: float | None = None, progress: bool = True,
                   kept: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
-    """Benchmark every (resolution, model) pair; rows are appended to ``results_file`` as they come.
+    """Benchmark every (resolution, model) pair; ``results_file`` is rewritten after each pair.
 
     The sweep goes resolution by resolution, so a run cut short by ``time_budget`` (seconds) still has every model at
     the smaller sizes; the pairs it did not reach are recorded with status ``skipped: time budget``. ``kept``: rows
@@ -512,36 +454,27 @@ def run_benchmark(names: list[str], img_sizes: Iterable[int], config: BenchConfi
     measured = {(row["model"], int(row["infer_img_size"]), row["precision"], row["compile"]) for row in kept}
     pairs = [(name, size) for name, size in pairs
              if not all((name, size, p, c) in measured for p, c in _combos(config))]
-    writer = handle = None
+    # A pair measured only in part is measured again, so its old rows go.
+    again = set(pairs)
+    written = [row for row in kept if (row["model"], int(row["infer_img_size"])) not in again]
     if results_file is not None:
-        results_file.parent.mkdir(parents=True, exist_ok=True)
-        handle = results_file.open("w", newline="")
-        writer = csv.DictWriter(handle, fieldnames=list(COLUMNS))
-        writer.writeheader()
-        # A pair measured only in part is measured again, so its old rows go.
-        again = {(name, size) for name, size in pairs}
-        writer.writerows(row for row in kept if (row["model"], int(row["infer_img_size"])) not in again)
-        handle.flush()
+        write_csv(results_file, written, COLUMNS)
     rows: list[dict[str, Any]] = []
     warm_up_device(torch.device(config.device))
     start = time.monotonic()
-    try:
-        bar = tqdm(pairs, desc="bench", unit="model", file=sys.stderr, disable=not progress)
-        for name, size in bar:
-            bar.set_postfix_str(f"{name}@{size}")
-            if time_budget is not None and time.monotonic() - start > time_budget:
-                env = environment(torch.device(config.device))
-                new = [_base_row(name, size, p, c, config) | env | {"status": "skipped: time budget"}
-                       for p, c in _combos(config)]
-            else:
-                new = bench_model(name, size, config)
-            rows.extend(new)
-            if writer is not None:
-                writer.writerows(new)
-                handle.flush()
-    finally:
-        if handle is not None:
-            handle.close()
+    bar = tqdm(pairs, desc="bench", unit="model", file=sys.stderr, disable=not progress)
+    for name, size in bar:
+        bar.set_postfix_str(f"{name}@{size}")
+        if time_budget is not None and time.monotonic() - start > time_budget:
+            env = environment(torch.device(config.device))
+            new = [_base_row(name, size, p, c, config) | env | {"status": "skipped: time budget"}
+                   for p, c in _combos(config)]
+        else:
+            new = bench_model(name, size, config)
+        rows.extend(new)
+        written.extend(new)
+        if results_file is not None:
+            write_csv(results_file, written, COLUMNS)
     return rows
 
 
@@ -609,12 +542,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-macs", action="store_true", help="skip the fvcore GMAC count")
     parser.add_argument("--shard", metavar="I/N",
                         help="benchmark only every N-th model from the I-th (one process per GPU)")
-    parser.add_argument("--results-file", type=Path, help="CSV to write (rows are flushed as they are measured)")
+    parser.add_argument("--results-file", type=Path,
+                        help="CSV to write (rewritten after each model, so a cut-off run keeps what it measured)")
     parser.add_argument("--resume", action="store_true",
                         help="keep the measured rows already in --results-file and benchmark only the pairs it lacks")
     parser.add_argument("--no-progress", action="store_true")
-    from vitzoo.bench.compare import PHASES as COMPARE_PHASES  # vitzoo.bench.compare builds on this module's helpers
-
     compare = parser.add_argument_group(
         "side-by-side comparison", "each zoo model beside its softmax twin and timm's model, interleaved in one process"
         " (vitzoo.bench.compare); --results-file is then a JSON file")
@@ -639,9 +571,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
 
 
 def _main_compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    from vitzoo.bench.compare import CompareConfig, check_names, run_compare
-
-    unsupported = sorted(set(args.compile) - {"none", "default", "reduce-overhead"})
+    unsupported = sorted(set(args.compile) - set(COMPARE_COMPILE_MODES))
     if unsupported:
         parser.error(f"--compare measures --compile none, default and reduce-overhead; got {' '.join(unsupported)}")
     if args.repeats < 1:

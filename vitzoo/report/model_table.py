@@ -1,15 +1,15 @@
 """The zoo's model table: every registered model with params, GMACs at its native resolution and published top-1.
 
-``python -m vitzoo.report.model_table`` prints it; ``--readme README.md`` rewrites the table between the README's
-``<!-- model-table:start -->`` / ``<!-- model-table:end -->`` markers, so the README never holds hand-typed numbers.
+The counts (params and fvcore GMACs, batch 1, native resolution) are measured once and committed as
+``benchmarks/results/model_table/cpu.csv`` with their provenance beside it; ``python -m vitzoo.report.model_table
+--recount`` measures them again (about five minutes on two CPU cores) and rewrites both files. The table itself is
+built from that file, the published numbers (``published_imagenet.csv``) and each model's ``pretrained_cfg``;
+``python -m vitzoo.report`` puts it into the README between the ``model-table`` markers.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import importlib.resources
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import timm
@@ -17,53 +17,29 @@ import torch
 from tqdm import tqdm
 
 import vitzoo  # noqa: F401  (registers the models)
+from vitzoo.bench.common import environment, git_revision, read_csvs, write_csv, write_json
 from vitzoo.flops import count_gmacs
 from vitzoo.models import list_models
-from vitzoo.report._readme import replace_between_markers
-from vitzoo.report.pareto import family
+from vitzoo.registry import family_of
+from vitzoo.report.published import load_published
 
-_MARKERS = ("<!-- model-table:start -->", "<!-- model-table:end -->")
-
-
-@dataclass
-class PublishedResult:
-    top1: float
-    top5: float | None
-    params_m: float
-    gmacs: float
-    source: str
+MARKERS = ("<!-- model-table:start -->", "<!-- model-table:end -->")
+COUNT_COLUMNS = ("model", "img_size", "params_m", "gmacs")
+COUNTS = Path("benchmarks/results/model_table/cpu.csv")
+_AUTHORS_CHECKPOINT = "authors' checkpoint"
 
 
-def load_published() -> dict[str, PublishedResult]:
-    """The papers' published ImageNet-1k numbers (``published_imagenet.csv``, each row with its source)."""
-    text = importlib.resources.files("vitzoo.report").joinpath("published_imagenet.csv").read_text()
-    rows = csv.DictReader(text.splitlines())
-    return {
-        row["model"]: PublishedResult(
-            float(row["top1"]), float(row["top5"]) if row["top5"] else None, float(row["params_m"]),
-            float(row["gmacs"]), row["source"],
-        )
-        for row in rows
-    }
-
-
-def build_rows(names: list[str]) -> list[dict]:
-    published = load_published()
+def count_models(names: list[str]) -> list[dict]:
+    """Params (M) and fvcore GMACs of each model at its native resolution, built with seed 0 on the CPU."""
     rows = []
     for name in tqdm(names, desc="models", file=sys.stderr):
         torch.manual_seed(0)
         model = timm.create_model(name)
-        res = model.pretrained_cfg["input_size"][-1]
-        pub = published.get(name)
         rows.append(dict(
-            model=name, family=family(name), img_size=res,
+            model=name, img_size=model.pretrained_cfg["input_size"][-1],
             params_m=sum(p.numel() for p in model.parameters()) / 1e6, gmacs=count_gmacs(model),
-            published=pub, weights=weights_link(model.pretrained_cfg),
         ))
     return rows
-
-
-_AUTHORS_CHECKPOINT = "authors' checkpoint"
 
 
 def weights_link(pretrained_cfg: dict) -> str:
@@ -74,34 +50,53 @@ def weights_link(pretrained_cfg: dict) -> str:
     return "none"
 
 
-def to_markdown(rows: list[dict]) -> str:
+def to_markdown(counts: list[dict[str, str]]) -> str:
+    """The table of the counted models, with the published numbers and the weights column."""
+    published = load_published()
     lines = [
         "| model | family | res | params (M) | GMACs | published params / GMACs | published top-1 | source | weights |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
-        pub = row["published"]
+    for row in counts:
+        name = row["model"]
+        pub = published.get(name)
         published_size = f"{pub.params_m:g} / {pub.gmacs:g}" if pub else ""
         top1 = f"{pub.top1:.1f} (published)" if pub else "none published"
+        weights = weights_link(timm.models.get_pretrained_cfg(name).to_dict())
         lines.append(
-            f"| `{row['model']}` | {row['family']} | {row['img_size']} | {row['params_m']:.2f} | {row['gmacs']:.2f} "
-            f"| {published_size} | {top1} | {pub.source if pub else ''} | {row['weights']} |"
+            f"| `{name}` | {family_of(name)} | {row['img_size']} | {float(row['params_m']):.2f} | "
+            f"{float(row['gmacs']):.2f} | {published_size} | {top1} | {pub.source if pub else ''} | {weights} |"
         )
     return "\n".join(lines)
 
 
+def recount(path: Path, names: list[str]) -> None:
+    """Measure the counts of ``names`` and write them to ``path``, with provenance in the ``.json`` beside it."""
+    write_csv(path, count_models(names), COUNT_COLUMNS)
+    import fvcore
+
+    write_json(path.with_suffix(".json"), environment(torch.device("cpu")) | {
+        "what": "params and fvcore GMACs (1 MAC = 1 fused multiply-add, batch 1, native resolution, attention "
+                "included) of every registered vitzoo model",
+        "fvcore": getattr(fvcore, "__version__", ""),
+        "command": "python -m vitzoo.report.model_table --recount", "git_revision": git_revision(),
+    })
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``vitzoo-models``: print the table (``--recount`` measures the counts first)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--filter", default="", help="fnmatch pattern of model names, e.g. 'inline_*'")
-    parser.add_argument("--readme", type=Path, help="rewrite the table in this README between the markers")
+    parser.add_argument("--counts", type=Path, default=COUNTS, help=f"the counts CSV (default {COUNTS})")
+    parser.add_argument("--recount", action="store_true", help="measure every model's counts and rewrite --counts")
     args = parser.parse_args(argv)
     names = list_models(args.filter)
     if not names:
         parser.error(f"no vitzoo model matches {args.filter!r}")
-    table = to_markdown(build_rows(names))
-    print(table)
-    if args.readme:
-        replace_between_markers(args.readme, _MARKERS, table)
+    if args.recount:
+        recount(args.counts, list_models())
+    counts = [row for row in read_csvs([args.counts]) if row["model"] in names]
+    print(to_markdown(counts))
 
 
 if __name__ == "__main__":

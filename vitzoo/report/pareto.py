@@ -9,19 +9,23 @@ comparable). Outputs, PNG and SVG: ``top1_vs_throughput``, ``throughput_vs_resol
 
 Example::
 
-    vitzoo-pareto --bench benchmarks/results/2026-11-29-h200 --results results/eval.csv --out plots/
+    vitzoo-pareto --bench benchmarks/results/zoo_sweep/h200.csv --results results/eval.csv --out plots/
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import re
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from vitzoo.bench.common import read_csvs, write_csv
+from vitzoo.registry import family_of
+from vitzoo.report.published import load_published
 
 _NATIVE_RES = re.compile(r"_(\d+)$")
 _SIZE_NAMES = {"tiny": "T", "small": "S", "base": "B", "large": "L"}
@@ -40,17 +44,6 @@ FRONT_COLUMNS = ("group", "accuracy", "dataset", "model", "label", "top1", "top1
 
 # ----------------------------------------------------------------------------------------------------------------------
 # reading and joining
-
-
-def read_csvs(paths: Iterable[str | Path]) -> list[dict[str, str]]:
-    """Rows of every CSV given; a folder stands for the ``*.csv`` files directly inside it."""
-    rows: list[dict[str, str]] = []
-    for path in map(Path, paths):
-        files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
-        for file in files:
-            with file.open(newline="") as handle:
-                rows.extend(csv.DictReader(handle))
-    return rows
 
 
 def _float(value: Any) -> float | None:
@@ -114,8 +107,6 @@ class AccuracyPoint:
 
 def published_points() -> list[AccuracyPoint]:
     """The papers' ImageNet-1k top-1 from ``published_imagenet.csv``."""
-    from vitzoo.report.model_table import load_published
-
     return [AccuracyPoint(name, result.top1, native_resolution(name), "published", "ImageNet-1k")
             for name, result in load_published().items()]
 
@@ -193,29 +184,8 @@ def mark_front(joined: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return joined
 
 
-def write_csv(path: Path, rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> None:
-    """Write ``rows`` with ``columns`` (extra keys ignored), atomically: a reader never sees half a file."""
-    partial = path.with_name(path.name + ".tmp")
-    with partial.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(partial, path)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # names, families, colours
-
-
-def family(model: str) -> str:
-    """Family of a model name: vitzoo's ``<family>_deit_*`` / ``qtvit_*``, or timm's baselines."""
-    if model.startswith("deit"):
-        return "timm deit"
-    if model.startswith("efficientvit"):
-        return "timm efficientvit"
-    if model.startswith("qtvit"):
-        return "qtvit"
-    return model.split("_deit_")[0] if "_deit_" in model else model.split("_")[0]
 
 
 def size_group(model: str) -> str:
@@ -228,7 +198,7 @@ def size_group(model: str) -> str:
 
 def short_label(model: str, img_size: int | None = None) -> str:
     """A compact plot label: ``inline-S@288``, ``DeiT-T (timm)``, ``EffViT-B1 (timm)``, ``QT-ViT-1``."""
-    fam = family(model)
+    fam = family_of(model)
     size = size_group(model)
     if fam == "timm deit":
         label = f"DeiT-{_SIZE_NAMES.get(size, size)} (timm)"
@@ -368,7 +338,7 @@ def plot_front(joined: list[dict[str, Any]], setting: dict[str, str], out_dir: P
     groups = sorted({row["group"] for row in joined})
     if not groups:
         return []
-    colors = family_colors(family(row["model"]) for row in joined)
+    colors = family_colors(family_of(row["model"]) for row in joined)
     fig, axes = _axes_grid(plt, len(groups), width=7.5, height=5.5)
     panels = []
     for ax, group in zip(axes, groups, strict=True):
@@ -377,8 +347,8 @@ def plot_front(joined: list[dict[str, Any]], setting: dict[str, str], out_dir: P
         ys = [float(r["top1"]) for r in rows]
         front = sorted((x, y) for x, y, r in zip(xs, ys, rows, strict=True) if r["on_front"])
         ax.plot([p[0] for p in front], [p[1] for p in front], "-", color="0.35", lw=1.2, zorder=2)
-        for fam in sorted({family(r["model"]) for r in rows}):
-            pts = [(x, y, r["on_front"]) for x, y, r in zip(xs, ys, rows, strict=True) if family(r["model"]) == fam]
+        for fam in sorted({family_of(r["model"]) for r in rows}):
+            pts = [(x, y, r["on_front"]) for x, y, r in zip(xs, ys, rows, strict=True) if family_of(r["model"]) == fam]
             ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=[60 if p[2] else 30 for p in pts],
                        color=colors[fam], edgecolors=["black" if p[2] else "none" for p in pts], linewidths=1.2,
                        zorder=3)
@@ -386,7 +356,7 @@ def plot_front(joined: list[dict[str, Any]], setting: dict[str, str], out_dir: P
         if spread:
             ax.errorbar([p[0] for p in spread], [p[1] for p in spread], yerr=[p[2] for p in spread], fmt="none",
                         ecolor="0.5", elinewidth=0.9, capsize=2.5, zorder=2.5)
-        refs = [y for y, r in zip(ys, rows, strict=True) if reference and family(r["model"]) == reference]
+        refs = [y for y, r in zip(ys, rows, strict=True) if reference and family_of(r["model"]) == reference]
         if refs:
             ax.axhline(max(refs), color=colors[reference], ls="--", lw=0.9, zorder=1)
         ax.set_xscale("log")
@@ -396,7 +366,7 @@ def plot_front(joined: list[dict[str, Any]], setting: dict[str, str], out_dir: P
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_title(f"{group} vs throughput\n({_setting_text(setting)}; black outline = on the front)", fontsize=10)
         ax.grid(True, which="both", alpha=0.25)
-        families = sorted({family(r["model"]) for r in rows})
+        families = sorted({family_of(r["model"]) for r in rows})
         handles = [Line2D([], [], color="0.35", lw=1.2, label="Pareto front")]
         if refs:
             handles.append(Line2D([], [], color=colors[reference], ls="--", lw=0.9, label=f"{reference} (reference)"))
@@ -416,7 +386,7 @@ def plot_front(joined: list[dict[str, Any]], setting: dict[str, str], out_dir: P
         panels.append((ax, xs, ys, rows, line))
     fig.tight_layout()
     for ax, xs, ys, rows, line in panels:
-        place_labels(ax, xs, ys, [r["label"] for r in rows], [colors[family(r["model"])] for r in rows], line)
+        place_labels(ax, xs, ys, [r["label"] for r in rows], [colors[family_of(r["model"])] for r in rows], line)
     paths = _save(fig, out_dir, "top1_vs_throughput")
     plt.close(fig)
     return paths
@@ -449,15 +419,15 @@ def plot_vs_resolution(bench: list[dict[str, str]], setting: dict[str, str], out
     if not series:
         return []
     sizes = [s for s in ("tiny", "small", "base", "hybrid") if any(size_group(m) == s for m in series)]
-    colors = family_colors(family(m) for m in series)
+    colors = family_colors(family_of(m) for m in series)
     fig, axes = _axes_grid(plt, len(sizes))
     all_res = sorted({res for points in series.values() for res, _ in points})
     for ax, size in zip(axes, sizes, strict=True):
-        models = sorted((m for m in series if size_group(m) == size), key=lambda m: (family(m), m))
+        models = sorted((m for m in series if size_group(m) == size), key=lambda m: (family_of(m), m))
         for k, model in enumerate(models):
             points = sorted(series[model])
             ax.plot([p[0] for p in points], [p[1] for p in points], marker=_MARKERS[k % len(_MARKERS)], ms=4,
-                    lw=1.4, color=colors[family(model)], label=short_label(model))
+                    lw=1.4, color=colors[family_of(model)], label=short_label(model))
         ax.set_yscale("log")
         _log_axis(ax.yaxis)
         ax.set_xticks(all_res)
@@ -486,12 +456,12 @@ def plot_vs_gmacs(bench: list[dict[str, str]], setting: dict[str, str], out_dir:
             series.setdefault(row["model"], []).append((gmacs, speed, int(float(row["infer_img_size"]))))
     if not series:
         return []
-    colors = family_colors(family(m) for m in series)
+    colors = family_colors(family_of(m) for m in series)
     fig, ax = plt.subplots(figsize=(9, 6))
-    for model in sorted(series, key=lambda m: (family(m), m)):
+    for model in sorted(series, key=lambda m: (family_of(m), m)):
         points = sorted(series[model])
         ax.plot([p[0] for p in points], [p[1] for p in points], marker=_MARKERS["tsbh".index(size_group(model)[0])],
-                ms=4, lw=1.0, alpha=0.85, color=colors[family(model)])
+                ms=4, lw=1.0, alpha=0.85, color=colors[family_of(model)])
     ax.set_xscale("log")
     ax.set_yscale("log")
     _log_axis(ax.xaxis)
@@ -541,6 +511,20 @@ def make_report(bench_paths: Sequence[str | Path], result_paths: Sequence[str | 
                                 "Batch-1 latency vs resolution")
     plots += plot_vs_gmacs(bench, setting, out_dir)
     return {"setting": setting, "joined": joined, "front": front, "missing": missing, "plots": plots}
+
+
+def save_plots(bench_paths: Sequence[str | Path], result_paths: Sequence[str | Path], targets: dict[str, Path],
+               **options: Any) -> list[Path]:
+    """Make the report in a scratch folder and keep only the PNGs named in ``targets`` (``{plot stem: path}``), as
+    the committed results do; ``options`` are :func:`make_report`'s."""
+    written = []
+    with tempfile.TemporaryDirectory() as folder:
+        make_report(bench_paths, result_paths, Path(folder), **options)
+        for stem, target in targets.items():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(folder) / f"{stem}.png", target)
+            written.append(target)
+    return written
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,11 +1,9 @@
 """Speed tables and the throughput-vs-resolution plot, generated from a ``vitzoo-bench --compare`` JSON.
 
-    python -m vitzoo.report.speed_report --results benchmarks/results/compare/h200.json --readme docs/benchmarks.md \\
-        --plot benchmarks/results/compare/h200_throughput.png
+``python -m vitzoo.report`` puts the tables of ``benchmarks/results/compare/h200.json`` into docs/benchmarks.md
+(between the ``speed-tables`` markers) and redraws its plot; for another result file::
 
-The tables go between the ``<!-- speed-tables:start -->`` / ``<!-- speed-tables:end -->`` markers of the given
-markdown file (``docs/benchmarks.md``), so the docs never hold hand-typed speed numbers;
-``tests/report/test_speed_report.py`` checks that the committed file equals what the committed results give.
+    python -m vitzoo.report.speed_report --results other.json --readme page.md --plot other.png
 """
 from __future__ import annotations
 
@@ -14,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vitzoo.report._readme import replace_between_markers
+from vitzoo.report._readme import rewrite_between_markers
 
 MARKERS = ("<!-- speed-tables:start -->", "<!-- speed-tables:end -->")
 
@@ -158,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         data = load(args.results)
         text = to_markdown(data)
         if args.readme:
-            replace_between_markers(args.readme, MARKERS, text)
+            rewrite_between_markers(args.readme, MARKERS, text)
     except (OSError, ValueError) as error:
         parser.error(str(error))
     if args.plot:

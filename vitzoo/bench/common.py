@@ -1,0 +1,133 @@
+"""What the sweep (``vitzoo.bench.sweep``) and the side-by-side comparison (``vitzoo.bench.compare``) share: the
+compile modes they measure, building a model for a resolution, percentiles, failure handling, provenance, and
+writing result files atomically (the reports in ``vitzoo.report`` read and write CSVs with the same helpers).
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import gc
+import json
+import math
+import os
+import subprocess
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+
+# Eager ('none') and torch.compile's modes; a benchmark row records which one it was measured with.
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def has_fixed_input_size(name: str) -> bool:
+    """True for models whose position embedding fixes the input size (ViT/DeiT): they are built with ``img_size``."""
+    cfg = timm.models.get_pretrained_cfg(name)
+    return bool(cfg is not None and cfg.fixed_input_size)
+
+
+def create_model(name: str, img_size: int, device: torch.device, model_kwargs: dict[str, Any] | None = None
+                 ) -> nn.Module:
+    """Build ``name`` for ``img_size`` inputs directly on ``device`` (fp32, eval mode).
+
+    Fixed-size models (ViT) get ``img_size=`` so their position embedding is sized for it; convolutional / hybrid
+    models (EfficientViT, QT-ViT) take any size as built.
+    """
+    kwargs = dict(model_kwargs or {})
+    if has_fixed_input_size(name):
+        kwargs.setdefault("img_size", img_size)
+    torch.manual_seed(0)
+    # Building under the device context allocates and initialises the weights there: a ViT-B init on the host
+    # costs seconds per (model, size) in a sweep of hundreds.
+    with torch.device(device):
+        model = timm.create_model(name, **kwargs)
+    return model.to(device).eval()
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) with linear interpolation between order statistics."""
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def is_oom(error: BaseException) -> bool:
+    """True when ``error`` means the device (or the host) ran out of memory."""
+    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def one_line(error: BaseException) -> str:
+    """``error`` as one line of at most 300 characters, for a row's status."""
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}"[:300]
+
+
+def release_memory(device: torch.device) -> None:
+    """Free what the last model left: Python garbage first, then the CUDA cache."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    """Device name, torch / triton / timm versions and the UTC date: what every result records."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = ""
+    return {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU",
+        "torch": torch.__version__, "triton": triton_version, "timm": timm.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
+def git_revision() -> str:
+    """The checkout's HEAD, with '+local changes' when tracked files differ from it; '' outside a git checkout."""
+    here = Path(__file__).resolve().parent
+    revision = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=here).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=here).stdout.strip()
+    return revision + ("+local changes" if revision and dirty else "")
+
+
+def read_csvs(paths: Iterable[str | Path]) -> list[dict[str, str]]:
+    """Rows of every CSV given; a folder stands for the ``*.csv`` files directly inside it."""
+    rows: list[dict[str, str]] = []
+    for path in map(Path, paths):
+        files = sorted(path.glob("*.csv")) if path.is_dir() else [path]
+        for file in files:
+            with file.open(newline="") as handle:
+                rows.extend(csv.DictReader(handle))
+    return rows
+
+
+def write_csv(path: Path, rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> None:
+    """Write ``rows`` with ``columns`` (extra keys ignored, missing ones empty), atomically: a reader never sees
+    half a file, and a run rewriting it after each row keeps every finished row if it is cut off."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".tmp")
+    with partial.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(partial, path)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as indented JSON, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.tmp")
+    partial.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(partial, path)

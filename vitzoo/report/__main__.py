@@ -1,0 +1,74 @@
+"""Regenerate every table and plot of README.md and docs/benchmarks.md from the committed results.
+
+    python -m vitzoo.report              # rewrite the generated sections and redraw the plots (needs matplotlib)
+    python -m vitzoo.report --no-plots   # the tables only
+
+Each generated section sits between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` lines; what is outside the
+markers is written by hand. ``tests/report/test_main.py`` checks that the committed README.md and
+docs/benchmarks.md equal what this gives from the committed results.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vitzoo.bench.common import read_csvs
+from vitzoo.report import fashion_mnist, model_table, speed_report, zoo_sweep
+from vitzoo.report._readme import replace_between_markers
+
+RESULTS = Path("benchmarks/results")
+COMPARE = RESULTS / "compare" / "h200.json"
+ZOO_SWEEP = RESULTS / "zoo_sweep" / "h200.csv"
+FASHION_MNIST_ZOO = RESULTS / "fashion_mnist_zoo" / "cpu.csv"
+STUDY = RESULTS / "fashion_mnist_study"
+
+
+def render(root: Path) -> dict[Path, str]:
+    """``{page: its new text}`` for README.md and docs/benchmarks.md of the repository at ``root``."""
+    readme, docs = root / "README.md", root / "docs" / "benchmarks.md"
+    readme_text = readme.read_text()
+    readme_text = replace_between_markers(readme_text, model_table.MARKERS,
+                                          model_table.to_markdown(read_csvs([root / model_table.COUNTS])))
+    readme_text = replace_between_markers(readme_text, fashion_mnist.BUDGET_MARKERS,
+                                          fashion_mnist.budget_table(FASHION_MNIST_ZOO, root))
+    docs_text = docs.read_text()
+    docs_text = replace_between_markers(docs_text, speed_report.MARKERS,
+                                        speed_report.to_markdown(speed_report.load(root / COMPARE)))
+    docs_text = replace_between_markers(docs_text, fashion_mnist.STUDY_MARKERS, fashion_mnist.study_table(
+        root / STUDY / "summary.csv", [root / STUDY / "bench.csv", root / STUDY / "bench_qtvit.csv"]))
+    docs_text = replace_between_markers(docs_text, zoo_sweep.MARKERS,
+                                        zoo_sweep.to_markdown(zoo_sweep.load(root / ZOO_SWEEP)))
+    return {readme: readme_text, docs: docs_text}
+
+
+def plot(root: Path) -> list[Path]:
+    """Redraw the plots the two pages show: the comparison's throughput, the zoo sweep's throughput and Pareto
+    plots, and the Fashion-MNIST study's top-1 vs throughput."""
+    from vitzoo.report import pareto
+
+    compare_plot = root / COMPARE.with_name("h200_throughput.png")
+    speed_report.plot_throughput(speed_report.load(root / COMPARE), compare_plot)
+    written = [compare_plot, *zoo_sweep.plot(root / ZOO_SWEEP, root / ZOO_SWEEP.with_suffix(""))]
+    study = root / STUDY
+    written += pareto.save_plots([study / "bench.csv", study / "bench_qtvit.csv"], [study / "summary.csv"],
+                                 {"top1_vs_throughput": study / "plots" / "top1_vs_throughput.png"},
+                                 use_published=False, reference="softmax")
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m vitzoo.report``."""
+    parser = argparse.ArgumentParser(prog="python -m vitzoo.report", description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path("."), help="the repository (default: the current folder)")
+    parser.add_argument("--no-plots", action="store_true", help="rewrite the tables only")
+    args = parser.parse_args(argv)
+    for page, text in render(args.root).items():
+        page.write_text(text)
+        print(f"wrote {page}")
+    if not args.no_plots:
+        for path in plot(args.root):
+            print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
