@@ -21,6 +21,8 @@ COMPARE = RESULTS / "compare" / "h200.json"
 ZOO_SWEEP = RESULTS / "zoo_sweep" / "h200.csv"
 FASHION_MNIST_ZOO = RESULTS / "fashion_mnist_zoo" / "cpu.csv"
 STUDY = RESULTS / "fashion_mnist_study"
+COMPILE = RESULTS / "compile_models" / "h200.json"
+FASHION_IMAGENET = RESULTS / "fashion_imagenet" / "h200.json"
 
 
 def render(root: Path) -> dict[Path, str]:
@@ -36,6 +38,10 @@ def render(root: Path) -> dict[Path, str]:
                                         speed_report.to_markdown(speed_report.load(root / COMPARE)))
     docs_text = replace_between_markers(docs_text, fashion_mnist.STUDY_MARKERS, fashion_mnist.study_table(
         root / STUDY / "summary.csv", [root / STUDY / "bench.csv", root / STUDY / "bench_qtvit.csv"]))
+    docs_text = replace_between_markers(docs_text, speed_report.COMPILE_MARKERS,
+                                        speed_report.compile_table(speed_report.load(root / COMPILE)))
+    docs_text = replace_between_markers(docs_text, fashion_mnist.IMAGENET_SHAPE_MARKERS,
+                                        fashion_mnist.imagenet_shape_table(root / FASHION_IMAGENET))
     docs_text = replace_between_markers(docs_text, zoo_sweep.MARKERS,
                                         zoo_sweep.to_markdown(zoo_sweep.load(root / ZOO_SWEEP)))
     return {readme: readme_text, docs: docs_text}

@@ -15,6 +15,7 @@ from vitzoo.bench.common import read_csvs
 
 BUDGET_MARKERS = ("<!-- fmnist-table:start -->", "<!-- fmnist-table:end -->")
 STUDY_MARKERS = ("<!-- study-table:start -->", "<!-- study-table:end -->")
+IMAGENET_SHAPE_MARKERS = ("<!-- fashion-imagenet-table:start -->", "<!-- fashion-imagenet-table:end -->")
 # how the study table names a family where the family's name alone would hide what it is
 _STUDY_LABELS = {"qtvit": "QT-ViT-1", "fem": "fem (linear prior)", "linear": "linear (ReLU)",
                  "softmax": "softmax (reference line)"}
@@ -61,4 +62,25 @@ def study_table(summary: Path, bench: list[Path]) -> str:
             f"{_two_places(row['top1_std'])} | {_two_places(row['top1_min'])} / {_two_places(row['top1_max'])} | "
             f"{float(measured['infer_samples_per_sec']):,.0f} | {float(measured['train_samples_per_sec']):,.0f} |"
         )
+    return "\n".join(lines)
+
+
+def imagenet_shape_table(results: Path) -> str:
+    """The ImageNet-shaped Fashion-MNIST runs: top-1 per epoch, end-to-end and model-only training img/s."""
+    data = json.loads(results.read_text())
+    info = data["info"]
+    lines = ["| model | epochs | top-1 / top-5 after each epoch | end-to-end train img/s | model-only train img/s | "
+             "end-to-end / model-only |", "|---|---|---|---|---|---|"]
+    for row in data["rows"]:
+        epochs = ", ".join(f"{e['top1']:.1f} / {e['top5']:.1f}" for e in row["per_epoch"])
+        if row["end_to_end_img_per_s"] is None:
+            end_to_end, share = row["status"], ""
+        else:
+            end_to_end, share = f"{row['end_to_end_img_per_s']:,.0f}", f"{row['end_to_end_over_model_only']:.2f}"
+        lines.append(f"| `{row['model']}` | {row['epochs_done']} | {epochs} | {end_to_end} | "
+                     f"{row['model_only_train_img_per_s']:,.0f} | {share} |")
+    lines += ["", f"Measured on {info['device']} ({info['cpu_count']} CPU cores), torch {info['torch']}, "
+              f"torchvision {info['torchvision']}, Pillow {info['pillow']}, {info['date'][:10]}, code at "
+              f"`{info['git_revision']}`. {info['dataset']}; {info['recipe']}. End-to-end: {info['end_to_end']}. "
+              f"Model-only: {info['model_only']}. Commands: " + "; ".join(f"`{c}`" for c in info["commands"]) + "."]
     return "\n".join(lines)

@@ -15,6 +15,7 @@ from typing import Any
 from vitzoo.report._readme import rewrite_between_markers
 
 MARKERS = ("<!-- speed-tables:start -->", "<!-- speed-tables:end -->")
+COMPILE_MARKERS = ("<!-- compile-table:start -->", "<!-- compile-table:end -->")
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -118,6 +119,33 @@ def to_markdown(data: dict[str, Any]) -> str:
     if _ok(rows, phase="latency", compile="none"):
         sections += ["**Batch-1 latency**:", latency_table(rows)]
     return "\n\n".join(sections)
+
+
+def compile_table(data: dict[str, Any]) -> str:
+    """``benchmarks/compile_models.py``'s result: compile time, warnings, eager and compiled img/s and device ms per
+    model, with the ratios to the compiled softmax twin and to timm's compiled DeiT."""
+    info, rows = data["info"], data["rows"]
+    by_name = {row["model"]: row for row in rows if row.get("status") == "ok"}
+    twin, timm_model = by_name.get("softmax_deit_tiny_patch16_224"), by_name.get("deit_tiny_patch16_224")
+    lines = ["| model | compile s | warnings | eager img/s | eager device ms | compiled img/s | compiled device ms | "
+             "step / device time | x softmax twin | x timm DeiT-T |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        if row.get("status") != "ok":
+            lines.append(f"| `{row['model']}` | {row.get('compile_s', '')} | | | | {row['status']} | | | | |")
+            continue
+        step_ms = row["batch"] / row["img_per_s"] * 1e3
+        lines.append(
+            f"| `{row['model']}` | {row['compile_s']:.0f} | {row['warnings']} | {row['eager_img_per_s']:,.0f} | "
+            f"{row['eager_device_ms']:.2f} | {row['img_per_s']:,.0f} | {row['device_ms']:.2f} | "
+            f"{step_ms / row['device_ms']:.2f} | {_ratio(row, twin)} | {_ratio(row, timm_model)} |"
+        )
+    first = rows[0] if rows else {}
+    lines += ["", f"Measured on {info['device']} ({info['cpu_count']} CPU cores), torch {info['torch']}, triton "
+              f"{info['triton']}, timm {info['timm']}, {info['date'][:10]}, code at `{info['git_revision']}`: "
+              f"inference, bf16 autocast, batch {first.get('batch', '')} at {first.get('img_size', '')} px, "
+              f"`torch.compile(mode='{first.get('compile', '')}', fullgraph=True)`, one process, models one after "
+              "another (not interleaved; one timing of 20 steps each)."]
+    return "\n".join(lines)
 
 
 def plot_throughput(data: dict[str, Any], out: Path) -> None:
