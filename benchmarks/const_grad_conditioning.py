@@ -1,4 +1,4 @@
-"""How well-conditioned is the gradient of QT's constant feature? (CPU, float64; issue 3 investigation.)
+"""How well-conditioned is the gradient of QT's constant feature? (CPU, float64.)
 
 On the H200 the linear-attention op's gradient for the learnable constant feature c missed its tolerance
 (bf16, QT configuration, B=8, N=3137: relative error 5.2e-2; fp32, N=577: 1.4e-4), while every other gradient passed.

@@ -1,4 +1,4 @@
-"""In-context linear regression with one layer of linear attention and one layer of H3 (issue 8).
+"""In-context linear regression with one layer of linear attention and one layer of H3.
 
 Reproduces the two claims of Li, Rawat & Oymak, "Fine-grained Analysis of In-context Linear Estimation: Data,
 Architecture, and Beyond" (NeurIPS 2024) with the zoo's own pieces:

@@ -1,4 +1,4 @@
-"""Tiny CPU version of the in-context linear regression study (experiments/icl_linear_regression.py, issue 8).
+"""Tiny CPU version of the in-context linear regression study (experiments/icl_linear_regression.py).
 
 d = 4, n = 10, i.i.d. prompts, 400 Adam steps. The one-step preconditioned GD (PGD) reference is the closed form
 W* = n [(n + 1) Sigma + (tr Sigma + noise) I]^-1, which is exact for this data, so no fitting noise enters.
