@@ -524,8 +524,7 @@ def plot_results(rows: list[dict], cfg: ICLConfig, path_stem: str) -> None:
     fig.suptitle(f"One-layer linear attention and H3 on in-context linear regression (vitzoo ops): d={cfg.dim}, "
                  f"noise var {cfg.noise_var}, {cfg.covariance} Sigma, {len(cfg.seeds)} seed(s)", fontsize=13)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    for ext in ("png", "svg"):
-        fig.savefig(f"{path_stem}.{ext}", dpi=130)
+    fig.savefig(f"{path_stem}.png", dpi=130)
     plt.close(fig)
 
 
@@ -540,7 +539,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = run_study(cfg)
     write_csv(rows, os.path.join(cfg.out_dir, "icl_results.csv"))
     plot_results(rows, cfg, os.path.join(cfg.out_dir, "icl_error_vs_n"))
-    print(f"wrote {cfg.out_dir}/icl_results.csv and icl_error_vs_n.png/.svg in {time.perf_counter() - start:.0f}s")
+    print(f"wrote {cfg.out_dir}/icl_results.csv and icl_error_vs_n.png in {time.perf_counter() - start:.0f}s")
 
 
 if __name__ == "__main__":

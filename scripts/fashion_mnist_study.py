@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 import fashion_mnist_zoo  # noqa: E402
 
 from vitzoo.bench import sweep as bench  # noqa: E402
+from vitzoo.bench.common import read_csvs, write_csv  # noqa: E402
 from vitzoo.report import pareto  # noqa: E402
 
 # The study's DeiT shape, larger than configs/fashion_mnist.yaml's CPU shape (64/4/2): on a GPU these models are
@@ -99,7 +100,7 @@ def _seed_rows(out: Path, seed: int, parts: list[Path]) -> list[dict[str, str]]:
     """Finished rows of seed ``seed`` so far: ``seed<k>.csv`` plus ``parts``. Rows of failed runs (status
     "error: ...") are left out, so the next run trains those families again."""
     files = [out / f"seed{seed}.csv"] if (out / f"seed{seed}.csv").is_file() else []
-    finished = [row for row in pareto.read_csvs(files + parts) if row.get("status") in (None, "", "ok")]
+    finished = [row for row in read_csvs(files + parts) if row.get("status") in (None, "", "ok")]
     return list({row["family"]: row for row in finished}.values())
 
 
@@ -108,7 +109,7 @@ def merge_seed(out: Path, seed: int) -> list[dict[str, str]]:
     parts = _part_files(out, seed)
     rows = _seed_rows(out, seed, parts)
     if rows or (out / f"seed{seed}.csv").is_file():
-        pareto.write_csv(out / f"seed{seed}.csv", rows, fashion_mnist_zoo.COLUMNS)
+        write_csv(out / f"seed{seed}.csv", rows, fashion_mnist_zoo.COLUMNS)
     for part in parts:
         part.unlink()
     return rows
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(failure)
         return
     summary = summarize(seed_rows)
-    pareto.write_csv(args.out / "summary.csv", summary, SUMMARY_COLUMNS)
+    write_csv(args.out / "summary.csv", summary, SUMMARY_COLUMNS)
 
     bench_files = []
     for shape, families in (("deit", [f for f in args.families if f != "qtvit"]),

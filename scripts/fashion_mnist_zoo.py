@@ -18,7 +18,6 @@ replaced, like the CSV. Example::
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import shutil
 import sys
@@ -31,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from vitzoo import registry  # noqa: E402
+from vitzoo.bench.common import write_csv  # noqa: E402
 from vitzoo.train.config import load_config  # noqa: E402
 from vitzoo.train.evaluate import RESULT_COLUMNS, evaluate_model  # noqa: E402
 from vitzoo.train.loop import train  # noqa: E402
@@ -72,54 +72,51 @@ def main(argv: list[str] | None = None) -> list[str]:
     torch.set_num_threads(args.threads)
 
     results = Path(args.results)
-    results.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     failed: list[str] = []
-    with results.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for index, family in enumerate(args.families):
-            output = Path(args.output) / family
-            # Per-epoch monitoring on 500 test images; the reported accuracy is the final --val-samples evaluation.
-            # The CPU budget buys about 800 updates per model, so the budget run trades the recipe's patch 4 and
-            # augmentation (which pay off over full epochs) for patch 7 (17 tokens: 3x faster steps) and no
-            # augmentation, with a higher lr and a short warm-up: measured on softmax, 62% -> 83% top-1 in the budget.
-            overrides = [f"train_subset={args.train_samples}", f"epochs={args.epochs}", "val_subset=500",
-                         "batch_size=64", "patch_size=7", "crop_pad=0", "hflip=0", "lr=3e-3", "warmup_epochs=0.1",
-                         "workers=0", "progress=false", *args.overrides, *OWN_ARCHITECTURE.get(family, [])]
-            if args.time_budget:
-                share = (args.time_budget - (time.time() - start)) / (len(args.families) - index)
-                overrides.append(f"time_limit={max(share * 0.7, 5.0):.1f}")
-            config = load_config(ROOT / "configs" / "fashion_mnist.yaml", overrides,
-                                 model=MODELS[family], output=str(output))
-            # A fresh run each time: the family's folder holds only this script's previous run of it.
-            config.resume = None
-            shutil.rmtree(output, ignore_errors=True)
-            began = time.time()
-            try:
-                metrics = train(config)
-                trained = time.time()
-                row = evaluate_model(checkpoint=str(output), dataset="fashion_mnist", data_dir=config.data_dir,
-                                     val_subset=args.val_samples, batch_size=500, workers=config.workers,
-                                     precision=config.precision)
-            except Exception as error:  # noqa: BLE001 - one family's failure must not cost the others' runs
-                status = f"error: {type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
-                writer.writerow({"model": config.model, "family": family, "status": status})
-                handle.flush()
-                failed.append(family)
-                print(f"{family:12s} FAILED ({status})", flush=True)
-                continue
-            seen = metrics["num_updates"] * config.batch_size * config.grad_accum
-            row.update(family=family, updates=metrics["num_updates"], samples_seen=seen,
-                       stopped_by_time_limit=metrics["stopped_by_time_limit"],
-                       train_samples_per_epoch=args.train_samples, epochs=args.epochs,
-                       eval_samples=row["count"], train_seconds=round(trained - began, 1),
-                       eval_seconds=round(time.time() - trained, 1), status="ok")
-            writer.writerow(row)
-            handle.flush()
-            print(f"{family:12s} top1 {row['top1']:6.2f}  top5 {row['top5']:6.2f}  params {row['param_count']}M  "
-                  f"GMACs {row['gmacs']}  updates {row['updates']}  train {row['train_seconds']}s  "
-                  f"eval {row['eval_seconds']}s", flush=True)
+    rows: list[dict] = []
+    for index, family in enumerate(args.families):
+        output = Path(args.output) / family
+        # Per-epoch monitoring on 500 test images; the reported accuracy is the final --val-samples evaluation.
+        # The CPU budget buys about 800 updates per model, so the budget run trades the recipe's patch 4 and
+        # augmentation (which pay off over full epochs) for patch 7 (17 tokens: 3x faster steps) and no
+        # augmentation, with a higher lr and a short warm-up: measured on softmax, 62% -> 83% top-1 in the budget.
+        overrides = [f"train_subset={args.train_samples}", f"epochs={args.epochs}", "val_subset=500",
+                     "batch_size=64", "patch_size=7", "crop_pad=0", "hflip=0", "lr=3e-3", "warmup_epochs=0.1",
+                     "workers=0", "progress=false", *args.overrides, *OWN_ARCHITECTURE.get(family, [])]
+        if args.time_budget:
+            share = (args.time_budget - (time.time() - start)) / (len(args.families) - index)
+            overrides.append(f"time_limit={max(share * 0.7, 5.0):.1f}")
+        config = load_config(ROOT / "configs" / "fashion_mnist.yaml", overrides,
+                             model=MODELS[family], output=str(output))
+        # A fresh run each time: the family's folder holds only this script's previous run of it.
+        config.resume = None
+        shutil.rmtree(output, ignore_errors=True)
+        began = time.time()
+        try:
+            metrics = train(config)
+            trained = time.time()
+            row = evaluate_model(checkpoint=str(output), dataset="fashion_mnist", data_dir=config.data_dir,
+                                 val_subset=args.val_samples, batch_size=500, workers=config.workers,
+                                 precision=config.precision)
+        except Exception as error:  # noqa: BLE001 - one family's failure must not cost the others' runs
+            status = f"error: {type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+            rows.append({"model": config.model, "family": family, "status": status})
+            write_csv(results, rows, COLUMNS)  # rewritten after each family: a cut-off run keeps what finished
+            failed.append(family)
+            print(f"{family:12s} FAILED ({status})", flush=True)
+            continue
+        seen = metrics["num_updates"] * config.batch_size * config.grad_accum
+        row.update(family=family, updates=metrics["num_updates"], samples_seen=seen,
+                   stopped_by_time_limit=metrics["stopped_by_time_limit"],
+                   train_samples_per_epoch=args.train_samples, epochs=args.epochs,
+                   eval_samples=row["count"], train_seconds=round(trained - began, 1),
+                   eval_seconds=round(time.time() - trained, 1), status="ok")
+        rows.append(row)
+        write_csv(results, rows, COLUMNS)
+        print(f"{family:12s} top1 {row['top1']:6.2f}  top5 {row['top5']:6.2f}  params {row['param_count']}M  "
+              f"GMACs {row['gmacs']}  updates {row['updates']}  train {row['train_seconds']}s  "
+              f"eval {row['eval_seconds']}s", flush=True)
     print(f"total {time.time() - start:.0f}s for {len(args.families)} families -> {results}"
           + (f"; FAILED: {' '.join(failed)}" if failed else ""))
     return failed

@@ -117,8 +117,6 @@ if triton_available():
             return (*grads, None, None, None, None)
 
 
-
-
 def delta_rule_triton(
         q: torch.Tensor,
         k: torch.Tensor,
