@@ -34,7 +34,7 @@ class LaunchPolicy:
     max_registers: int | None = None
 
 
-# H200 sweeps, 2026-11-29/30: the forward's one-program-per-sequence path wins down to 2 programs per SM, the
+# H200 sweeps (benchmarks/NOTES.md): the forward's one-program-per-sequence path wins down to 2 programs per SM, the
 # backward's only down to 4; split passes do best at 4 programs per SM
 FORWARD_POLICY = LaunchPolicy(split_below=2, programs_per_sm=4)
 BACKWARD_POLICY = LaunchPolicy(split_below=4, programs_per_sm=4)
