@@ -11,33 +11,34 @@ and the script exits non-zero.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from module_settings import overridden  # noqa: E402  (benchmarks/module_settings.py, this script's folder)
-
 from vitzoo.ops import delta_rule as dr  # noqa: E402
+from vitzoo.ops.delta_rule.function import _delta_rule_bwd, _delta_rule_fwd  # noqa: E402
+from vitzoo.ops.delta_rule.heuristics import DEFAULT_LAUNCH, LaunchSettings  # noqa: E402
 from vitzoo.ops.testing import relative_error  # noqa: E402
 
 SHAPES = [(256, 197), (64, 785), (16, 3137), (4, 12545)]  # (B, N)
-# Launch alternatives timed beside the defaults (vitzoo.ops.delta_rule.heuristics's KERNEL_CHUNK, NUM_WARPS,
-# WY_NUM_WARPS, GRADS_NUM_WARPS, SEQ_BV_MIN): each overrides some of them. A variant is timed only if it passes its
-# float64 check first.
-VARIANTS: dict[str, dict[str, int]] = {
-    "grads_w8": {"GRADS_NUM_WARPS": 8},
-    "seq_bv16": {"SEQ_BV_MIN": 16},
-    "seq_bv64": {"SEQ_BV_MIN": 64},  # the recurrences never split the value dim
-    "c16": {"KERNEL_CHUNK": 16},
-    "warps2": {"NUM_WARPS": 2},  # the recurrences and the output kernel
-    "warps8": {"NUM_WARPS": 8},
-    "wy_w4": {"WY_NUM_WARPS": 4},
+# Launch alternatives timed beside the defaults (vitzoo.ops.delta_rule.heuristics.LaunchSettings: chunk, num_warps,
+# wy_num_warps, grads_num_warps, seq_bv_max, seq_bv_min). A variant is timed only if it passes its float64 check first.
+VARIANTS: dict[str, LaunchSettings] = {
+    "grads_w8": LaunchSettings(grads_num_warps=8),
+    "seq_bv16": LaunchSettings(seq_bv_min=16),
+    "seq_bv64": LaunchSettings(seq_bv_min=64),  # the recurrences never split the value dim
+    "c16": LaunchSettings(chunk=16),
+    "warps2": LaunchSettings(num_warps=2),  # the recurrences and the output kernel
+    "warps8": LaunchSettings(num_warps=8),
+    "wy_w4": LaunchSettings(wy_num_warps=4),
 }
 HEADS, HEAD_DIM = 6, 64
 CHECK_TOL = 2e-2  # relative L2 error between two bf16 implementations of the same scan
@@ -63,6 +64,46 @@ def ours_forward_scan(q, k, v, beta):
 
 def ours_bidirectional(q, k, v, beta):
     return dr.delta_rule_triton(q, k, v, beta, qk_l2norm=True, directions="both")
+
+
+class _Launched(torch.autograd.Function):
+    """Our bidirectional op (L2 norm fused, scale d^-1/2) with its host launches called under explicit settings:
+    the library's eager path (direct launches inside an autograd function), so variants time like the op."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, beta, launch: LaunchSettings):
+        o, *saved = _delta_rule_fwd(q, k, v, beta, q.shape[-1] ** -0.5, True, 0, 2, True, direct_launch=True,
+                                    launch=launch)
+        ctx.save_for_backward(q, k, v, beta, *saved)
+        ctx.launch = launch
+        return o
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, beta, *saved = ctx.saved_tensors
+        if grad.stride(-1) != 1:  # the kernels need a unit stride on the head dim, as in the op
+            grad = grad.contiguous()
+        grads = _delta_rule_bwd(q, k, v, beta, grad, *saved, q.shape[-1] ** -0.5, True, 0, 2,
+                                direct_launch=True, launch=ctx.launch)
+        return (*grads, None)
+
+
+def ours_launched(launch: LaunchSettings) -> Callable[..., torch.Tensor]:
+    """:func:`ours_bidirectional` launched under ``launch``; without gradients a forward that saves nothing for the
+    backward, as the op's."""
+
+    def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, beta)):
+            return _Launched.apply(q, k, v, beta, launch)
+        return _delta_rule_fwd(q, k, v, beta, q.shape[-1] ** -0.5, True, 0, 2, False, direct_launch=True,
+                               launch=launch)[0]
+    return fn
+
+
+def changed_settings(launch: LaunchSettings) -> dict[str, int]:
+    """The fields of ``launch`` that differ from the defaults (a variant as recorded in the JSON)."""
+    defaults = dataclasses.asdict(DEFAULT_LAUNCH)
+    return {name: value for name, value in dataclasses.asdict(launch).items() if value != defaults[name]}
 
 
 def check_variant(fn, b: int, n: int) -> dict[str, float]:
@@ -181,8 +222,8 @@ def main() -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     if args.check_variant:  # child mode: print the variant's errors against float64 as one JSON line
         try:
-            with overridden(dr.heuristics, VARIANTS[args.check_variant]):
-                errors = {str(n): check_variant(ours_bidirectional, b, n) for b, n in ((4, 197), (1, 3137))}
+            fn = ours_launched(VARIANTS[args.check_variant])
+            errors = {str(n): check_variant(fn, b, n) for b, n in ((4, 197), (1, 3137))}
         except Exception as e:  # a launch setting the compiler cannot handle is reported, not timed
             errors = {"error": f"{type(e).__name__}: {str(e)[:200]}"}
         print(json.dumps(errors))
@@ -196,14 +237,13 @@ def main() -> int:
                 "direction, use_qk_l2norm_in_kernel=True; torch = delta_rule_bidirectional_reference (chunked). "
                 "Median ms of triton.testing.do_bench (eager); *_graph_ms: CUDA-graph replay (device time). "
                 "fwd under no_grad; fwd+bwd with all four input grads. "
-                "Variant columns: our op with other launch settings (overrides in 'variants'), checked against "
-                "float64 before timing.",
-        "variants": {name: VARIANTS[name] for name in args.variants},
+                "Variant columns: our op with other launch settings (the fields changed in 'variants'), checked "
+                "against float64 before timing.",
+        "variants": {name: changed_settings(VARIANTS[name]) for name in args.variants},
         "variant_checks": {}, "checks": {}, "rows": [],
     }
-    usable = {}
+    usable: dict[str, LaunchSettings] = {}
     for name in args.variants:
-        cfg = VARIANTS[name]
         # Each check runs in a child process: an illegal memory access would poison this process's CUDA context.
         child = subprocess.run([sys.executable, os.path.abspath(__file__), "--check-variant", name],
                                capture_output=True, text=True, timeout=300)
@@ -215,7 +255,7 @@ def main() -> int:
         good = "error" not in errors and all(e <= 1e-2 for d in errors.values() for e in d.values())
         print(f"variant {name}: {'ok' if good else 'REJECTED'} {errors}", flush=True)
         if good:
-            usable[name] = cfg
+            usable[name] = VARIANTS[name]
 
     _write(args.out, result)  # written after every stage: a run cut off by its time limit keeps what it measured
 
@@ -238,24 +278,22 @@ def main() -> int:
     for b, n in SHAPES:
         inputs = make_inputs(b, n, seed=1000 + n)
         row = {"B": b, "N": n}
-        ours_runs = {"ours": {}, **usable}  # our op under each launch setting (the defaults first)
-        runs = [("ours", ours_bidirectional, {}), ("fla", fla_scan, {})]
-        runs += [(name, ours_bidirectional, cfg) for name, cfg in usable.items()]
+        # our op under each launch setting (the defaults first, through the public op)
+        ours_runs = {"ours": ours_bidirectional, **{name: ours_launched(cfg) for name, cfg in usable.items()}}
+        runs = [("ours", ours_bidirectional), ("fla", fla_scan)]
+        runs += [(name, fn) for name, fn in ours_runs.items() if name != "ours"]
         if not args.skip_torch:
-            runs.append(("torch", torch_bidirectional, {}))
-        for name, fn, cfg in runs:
-            with overridden(dr.heuristics, cfg):
-                row[f"{name}_fwd_ms"] = time_ms(fn, inputs, backward=False)
-                row[f"{name}_fwdbwd_ms"] = time_ms(fn, inputs, backward=True)
-        for name, fn, cfg in runs:  # device time (host overhead is large here), all but the PyTorch reference
+            runs.append(("torch", torch_bidirectional))
+        for name, fn in runs:
+            row[f"{name}_fwd_ms"] = time_ms(fn, inputs, backward=False)
+            row[f"{name}_fwdbwd_ms"] = time_ms(fn, inputs, backward=True)
+        for name, fn in runs:  # device time (host overhead is large here), all but the PyTorch reference
             if name == "torch":
                 continue
-            with overridden(dr.heuristics, cfg):
-                row[f"{name}_fwd_graph_ms"] = time_ms(fn, inputs, backward=False, graph=True)
-                row[f"{name}_fwdbwd_graph_ms"] = time_ms(fn, inputs, backward=True, graph=True)
-        for name, cfg in ours_runs.items():
-            with overridden(dr.heuristics, cfg):
-                row[f"{name}_kernels_ms"] = kernel_times(ours_bidirectional, inputs)
+            row[f"{name}_fwd_graph_ms"] = time_ms(fn, inputs, backward=False, graph=True)
+            row[f"{name}_fwdbwd_graph_ms"] = time_ms(fn, inputs, backward=True, graph=True)
+        for name, fn in ours_runs.items():
+            row[f"{name}_kernels_ms"] = kernel_times(fn, inputs)
         for kind in ("fwd", "fwdbwd"):
             row[f"ours_over_fla_{kind}"] = row[f"ours_{kind}_ms"] / row[f"fla_{kind}_ms"]
             if row[f"ours_{kind}_graph_ms"] and row[f"fla_{kind}_graph_ms"]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..utils import cdiv, check_kernel_qkv, kernel_backend, launcher, triton_available
-from . import heuristics
+from .heuristics import DEFAULT_LAUNCH, LaunchSettings, block_sizes, chunk_size, dot_mode
 from .reference import check_inputs, delta_rule_bidirectional_reference
 
 _DIRECTIONS = {"both": (0, 2), "forward": (0, 1), "reverse": (1, 1)}  # (first direction, number of directions)
@@ -31,13 +31,18 @@ if triton_available():
     def _delta_rule_fwd(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
             scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, store: bool, direct_launch: bool = False,
+            launch: LaunchSettings | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(o, W, U, states, V', T); the last five are what the backward needs (T only with ``store``)."""
+        """(o, W, U, states, V', T); the last five are what the backward needs (T only with ``store``).
+
+        ``direct_launch``: launch the Triton kernels themselves rather than through ``wrap_triton`` (eager callers).
+        ``launch``: the launch settings; by default :data:`.heuristics.DEFAULT_LAUNCH` (the benchmarks pass others)."""
+        launch = DEFAULT_LAUNCH if launch is None else launch
         b, n, h, dk = q.shape
         dv = v.shape[-1]
-        chunk = heuristics.chunk_size(n)
+        chunk = chunk_size(n, launch)
         nt = cdiv(n, chunk)
-        bk, bv, bv_seq = heuristics.block_sizes(dk, dv, b * h * num_dirs, q.device)
+        bk, bv, bv_seq = block_sizes(dk, dv, b * h * num_dirs, q.device, launch)
         work = dict(device=q.device, dtype=q.dtype)
         w = torch.empty(num_dirs, b * h, n, dk, **work)
         u = torch.empty(num_dirs, b * h, n, dv, **work)
@@ -46,18 +51,18 @@ if triton_available():
         shape_t = (num_dirs, b * h, nt, chunk, chunk) if store else (0,)
         t_invs = torch.empty(shape_t, **work)
         o = torch.empty(b, n, h, dv, device=q.device, dtype=v.dtype)
-        common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, L2NORM=qk_l2norm, DOT_MODE=heuristics.dot_mode(q.dtype))
+        common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, L2NORM=qk_l2norm, DOT_MODE=dot_mode(q.dtype))
         launcher(_delta_rule_wy_kernel, direct_launch)[(nt, b * h)](
             k, v, beta, w, u, t_invs, *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv,
             LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=store,
-            num_warps=heuristics.WY_NUM_WARPS, **common,
+            num_warps=launch.wy_num_warps, **common,
         )
         launcher(_delta_rule_states_kernel, direct_launch)[(cdiv(dv, bv_seq), b * h, num_dirs)](
-            k, w, u, states, new_v, *_strides(k), n, h, dk, dv, BV=bv_seq, num_warps=heuristics.NUM_WARPS, **common,
+            k, w, u, states, new_v, *_strides(k), n, h, dk, dv, BV=bv_seq, num_warps=launch.num_warps, **common,
         )
         launcher(_delta_rule_output_kernel, direct_launch)[(nt, b * h)](
             q, k, states, new_v, o, *_strides(q), *_strides(k), *_strides(o), n, h, dk, dv, scale,
-            BV=bv, NUM_DIRS=num_dirs, num_warps=heuristics.NUM_WARPS, **common,
+            BV=bv, NUM_DIRS=num_dirs, num_warps=launch.num_warps, **common,
         )
         return o, w, u, states, new_v, t_invs
 
@@ -65,12 +70,17 @@ if triton_available():
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, grad: torch.Tensor,
             w: torch.Tensor, u: torch.Tensor, states: torch.Tensor, new_v: torch.Tensor, t_invs: torch.Tensor,
             scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, direct_launch: bool = False,
+            launch: LaunchSettings | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(dq, dk, dv, dbeta) from the forward's saved tensors. ``direct_launch`` as in the forward; ``launch``
+        (default :data:`.heuristics.DEFAULT_LAUNCH`) sets warps and value blocks, while the chunk is the one the
+        forward ran with, read from the saved T."""
+        launch = DEFAULT_LAUNCH if launch is None else launch
         b, n, h, dk = q.shape
         dv = v.shape[-1]
-        chunk = t_invs.shape[-1]  # the forward's chunk
+        chunk = t_invs.shape[-1]
         nt = cdiv(n, chunk)
-        bk, bv, bv_seq = heuristics.block_sizes(dk, dv, b * h * num_dirs, q.device)
+        bk, bv, bv_seq = block_sizes(dk, dv, b * h * num_dirs, q.device, launch)
         d_states = torch.empty_like(states)
         d_new_v = torch.empty_like(new_v)
         dq = torch.empty(b, n, h, dk, device=q.device, dtype=q.dtype)
@@ -78,29 +88,42 @@ if triton_available():
         dv_ = torch.empty(b, n, h, dv, device=q.device, dtype=v.dtype)
         dbeta = torch.empty(b, n, h, device=q.device, dtype=beta.dtype)
         common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, NUM_DIRS=num_dirs, L2NORM=qk_l2norm,
-                      DOT_MODE=heuristics.dot_mode(q.dtype))
+                      DOT_MODE=dot_mode(q.dtype))
         launcher(_delta_rule_dstates_kernel, direct_launch)[(cdiv(dv, bv_seq), b * h, num_dirs)](
             q, k, w, grad, d_states, d_new_v, *_strides(q), *_strides(k), *_strides(grad), n, h, dk, dv, scale,
-            BV=bv_seq, num_warps=heuristics.NUM_WARPS, **common,
+            BV=bv_seq, num_warps=launch.num_warps, **common,
         )
         launcher(_delta_rule_grads_kernel, direct_launch)[(nt, b * h)](
             q, k, v, beta, grad, w, u, states, new_v, d_states, d_new_v, t_invs, dq, dk_, dv_, dbeta,
             *_strides(q), *_strides(k), *_strides(v), *beta.stride(), *_strides(grad), n, h, dk, dv, scale,
-            BV=bv, num_warps=heuristics.GRADS_NUM_WARPS, **common,
+            BV=bv, num_warps=launch.grads_num_warps, **common,
         )
         return dq, dk_, dv_, dbeta
 
-    _delta_rule_fwd_op = torch.library.triton_op("vitzoo::delta_rule_fwd", _delta_rule_fwd, mutates_args=())
-    _delta_rule_bwd_op = torch.library.triton_op("vitzoo::delta_rule_bwd", _delta_rule_bwd, mutates_args=())
+    # The custom ops traced by torch.compile: the default launch, kernels launched through wrap_triton.
+    @torch.library.triton_op("vitzoo::delta_rule_fwd", mutates_args=())
+    def _delta_rule_fwd_op(
+            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, store: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _delta_rule_fwd(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, store)
+
+    @torch.library.triton_op("vitzoo::delta_rule_bwd", mutates_args=())
+    def _delta_rule_bwd_op(
+            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, grad: torch.Tensor,
+            w: torch.Tensor, u: torch.Tensor, states: torch.Tensor, new_v: torch.Tensor, t_invs: torch.Tensor,
+            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _delta_rule_bwd(q, k, v, beta, grad, w, u, states, new_v, t_invs, scale, qk_l2norm, first_dir,
+                               num_dirs)
 
     class _DeltaRuleFunction(torch.autograd.Function):
         @staticmethod
         def forward(ctx, q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs):
-            # torch.compile traces the custom ops; eager calls launch the kernels directly
-            compiling = torch.compiler.is_compiling()
-            o, w, u, states, new_v, t_invs = (_delta_rule_fwd_op if compiling else _delta_rule_fwd)(
-                q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, True, direct_launch=not compiling,
-            )
+            # torch.compile traces the custom ops; eager calls launch the kernels directly (no dispatch host time)
+            args = (q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, True)
+            o, w, u, states, new_v, t_invs = (_delta_rule_fwd_op(*args) if torch.compiler.is_compiling()
+                                              else _delta_rule_fwd(*args, direct_launch=True))
             ctx.save_for_backward(q, k, v, beta, w, u, states, new_v, t_invs)
             ctx.args = (scale, qk_l2norm, first_dir, num_dirs)
             return o
@@ -110,10 +133,9 @@ if triton_available():
             q, k, v, beta, w, u, states, new_v, t_invs = ctx.saved_tensors
             if grad_o.stride(-1) != 1:  # e.g. the stride-0 gradient of a .sum()
                 grad_o = grad_o.contiguous()
-            compiling = torch.compiler.is_compiling()
-            grads = (_delta_rule_bwd_op if compiling else _delta_rule_bwd)(
-                q, k, v, beta, grad_o, w, u, states, new_v, t_invs, *ctx.args, direct_launch=not compiling,
-            )
+            args = (q, k, v, beta, grad_o, w, u, states, new_v, t_invs, *ctx.args)
+            grads = (_delta_rule_bwd_op(*args) if torch.compiler.is_compiling()
+                     else _delta_rule_bwd(*args, direct_launch=True))
             return (*grads, None, None, None, None)
 
 
@@ -145,11 +167,10 @@ def delta_rule_triton(
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, beta)):
         return _DeltaRuleFunction.apply(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs)
-    compiling = torch.compiler.is_compiling()
-    o, *_ = (_delta_rule_fwd_op if compiling else _delta_rule_fwd)(
-        q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, False, direct_launch=not compiling,
-    )
-    return o
+    args = (q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, False)
+    if torch.compiler.is_compiling():
+        return _delta_rule_fwd_op(*args)[0]
+    return _delta_rule_fwd(*args, direct_launch=True)[0]
 
 
 def delta_rule_bidirectional(

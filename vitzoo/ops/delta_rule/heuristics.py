@@ -1,8 +1,12 @@
 """Launch settings of the delta-rule kernels: chunk size, warps, value blocks of the recurrences, product mode.
 
-``benchmarks/delta_rule.py`` times alternatives to the constants below (H200 numbers in ``benchmarks/NOTES.md``).
+:class:`LaunchSettings` holds them; the host launches (``function._delta_rule_fwd`` / ``_bwd``) take one as
+``launch=`` and use :data:`DEFAULT_LAUNCH` without it. ``benchmarks/delta_rule.py`` times alternatives to the defaults
+below that way (H200 numbers in ``benchmarks/NOTES.md``).
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -16,8 +20,8 @@ def dot_mode(dtype: torch.dtype) -> int:
     return {torch.float32: 3, torch.bfloat16: 1, torch.float16: 2}[dtype]
 
 
-# Launch settings of the Triton path. The kernels take any power-of-two chunk >= 16; a sequence shorter than the
-# chunk gets the next power of two >= N (at least 16).
+# The defaults of LaunchSettings (benchmarks/compile_sm90.py compiles with them too). The kernels take any power-of-two
+# chunk >= 16; a sequence shorter than the chunk gets the next power of two >= N (at least 16).
 KERNEL_CHUNK = 32
 NUM_WARPS = 4  # the recurrences and the output kernel
 WY_NUM_WARPS = 2  # H200, 2026-11-30: 0.147 vs 0.180 ms at N=197 with 4 (the other kernels are slower with 2)
@@ -27,22 +31,66 @@ GRADS_NUM_WARPS = 4
 # splitting pays only where SMs would idle (H200, 2026-11-30: at N=3137, 192 sequences, the unsplit recurrences took
 # fwd+bwd from 1.232 to 1.192 ms; at N=12545, 48 sequences, blocks of 32 beat 64, 1.581 vs 1.646 ms, and 16).
 SEQ_BV_MIN = 32
+SEQ_BV_MAX = 64  # the recurrences' value block before any split (wider value dims always take several blocks)
 
 
-def chunk_size(n: int) -> int:
+def _is_power_of_2(x: int) -> bool:
+    return x >= 1 and x & (x - 1) == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchSettings:
+    """How the delta-rule kernels are launched.
+
+    Attributes:
+        chunk: tokens per chunk (a power of two >= 16); a shorter sequence takes the next power of two >= N, at
+            least 16.
+        num_warps: warps of the two recurrences and the output kernel.
+        wy_num_warps: warps of the WY kernel.
+        grads_num_warps: warps of the input-gradient kernel.
+        seq_bv_max: the recurrences' value block (a power of two >= 16) while every multiprocessor has a program.
+        seq_bv_min: while multiprocessors would idle, the recurrences halve their value block as long as it is
+            wider than this (at least 16).
+    """
+
+    chunk: int = KERNEL_CHUNK
+    num_warps: int = NUM_WARPS
+    wy_num_warps: int = WY_NUM_WARPS
+    grads_num_warps: int = GRADS_NUM_WARPS
+    seq_bv_max: int = SEQ_BV_MAX
+    seq_bv_min: int = SEQ_BV_MIN
+
+    def __post_init__(self) -> None:
+        # tl.arange and tl.dot need power-of-two tiles of at least 16; Triton, a power-of-two warp count
+        for name in ("chunk", "seq_bv_max"):
+            value = getattr(self, name)
+            if value < 16 or not _is_power_of_2(value):
+                raise ValueError(f"LaunchSettings.{name} must be a power of two >= 16, got {value}")
+        if self.seq_bv_min < 16:
+            raise ValueError(f"LaunchSettings.seq_bv_min must be at least 16, got {self.seq_bv_min}")
+        for name in ("num_warps", "wy_num_warps", "grads_num_warps"):
+            if not _is_power_of_2(getattr(self, name)):
+                raise ValueError(f"LaunchSettings.{name} must be a power of two, got {getattr(self, name)}")
+
+
+DEFAULT_LAUNCH = LaunchSettings()
+
+
+def chunk_size(n: int, launch: LaunchSettings = DEFAULT_LAUNCH) -> int:
     """Tokens per chunk for a sequence of ``n`` tokens."""
-    return min(KERNEL_CHUNK, max(16, next_power_of_2(n)))
+    return min(launch.chunk, max(16, next_power_of_2(n)))
 
 
 def _programs_to_fill(device: torch.device) -> int:
     return multiprocessor_count(device) if device.type == "cuda" else 1  # the interpreter: one "multiprocessor"
 
 
-def block_sizes(dk: int, dv: int, num_seqs: int, device: torch.device) -> tuple[int, int, int]:
+def block_sizes(dk: int, dv: int, num_seqs: int, device: torch.device,
+                launch: LaunchSettings = DEFAULT_LAUNCH) -> tuple[int, int, int]:
     """(BK, BV of the chunk-parallel kernels: the whole value dim, BV of the two recurrences)."""
     bk = max(16, next_power_of_2(dk))
     bv = max(16, next_power_of_2(dv))
-    bv_seq = min(bv, 64)
-    while bv_seq > SEQ_BV_MIN and num_seqs * cdiv(dv, bv_seq) < _programs_to_fill(device):
+    bv_seq = min(bv, launch.seq_bv_max)
+    while bv_seq > launch.seq_bv_min and num_seqs * cdiv(dv, bv_seq) < _programs_to_fill(device):
         bv_seq //= 2
     return bk, bv, bv_seq
