@@ -80,13 +80,14 @@ def stride_arguments(kernels, pattern: str) -> tuple[str, ...]:
 def delta_rule_kernels(chunk: int, d: int) -> list[tuple]:
     base = dict(DK=d, DV=d, BT=chunk, BK=d, FIRST_DIR=0, L2NORM=True, DOT_MODE=1)
     both = dict(base, NUM_DIRS=2)
+    launch = dr.heuristics.DEFAULT_LAUNCH
     kernels = [
         ("wy", dr_kernels._delta_rule_wy_kernel, dict(both, LOG2_BT=chunk.bit_length() - 1, BV=d, STORE_T=True),
-         dr.heuristics.WY_NUM_WARPS, 3),
-        ("states", dr_kernels._delta_rule_states_kernel, dict(base, BV=min(d, 64)), dr.heuristics.NUM_WARPS, 3),
-        ("output", dr_kernels._delta_rule_output_kernel, dict(both, BV=d), dr.heuristics.NUM_WARPS, 3),
-        ("dstates", dr_kernels._delta_rule_dstates_kernel, dict(both, BV=min(d, 64)), dr.heuristics.NUM_WARPS, 3),
-        ("grads", dr_kernels._delta_rule_grads_kernel, dict(both, BV=d), dr.heuristics.GRADS_NUM_WARPS, 3),
+         launch.wy_num_warps, 3),
+        ("states", dr_kernels._delta_rule_states_kernel, dict(base, BV=min(d, 64)), launch.num_warps, 3),
+        ("output", dr_kernels._delta_rule_output_kernel, dict(both, BV=d), launch.num_warps, 3),
+        ("dstates", dr_kernels._delta_rule_dstates_kernel, dict(both, BV=min(d, 64)), launch.num_warps, 3),
+        ("grads", dr_kernels._delta_rule_grads_kernel, dict(both, BV=d), launch.grads_num_warps, 3),
     ]
     # q, k, v are views of a fused (B, N, 3, H, D) qkv and o, do are (B, N, H, D): their batch, token and head
     # strides divide by 16; beta's (B, N, H) strides do not
@@ -121,7 +122,7 @@ def linear_attention_kernels(d: int) -> list[tuple]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--chunk", type=int, default=dr.heuristics.KERNEL_CHUNK, help="delta-rule chunk")
+    parser.add_argument("--chunk", type=int, default=dr.heuristics.DEFAULT_LAUNCH.chunk, help="delta-rule chunk")
     parser.add_argument("--head-dim", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--maxnreg", type=int, default=None, help="cap on registers per thread")
     parser.add_argument("--family", nargs="+", choices=["delta", "linear"], default=["delta", "linear"])

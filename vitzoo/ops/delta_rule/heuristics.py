@@ -20,20 +20,6 @@ def dot_mode(dtype: torch.dtype) -> int:
     return {torch.float32: 3, torch.bfloat16: 1, torch.float16: 2}[dtype]
 
 
-# The defaults of LaunchSettings (benchmarks/compile_sm90.py compiles with them too). The kernels take any power-of-two
-# chunk >= 16; a sequence shorter than the chunk gets the next power of two >= N (at least 16).
-KERNEL_CHUNK = 32
-NUM_WARPS = 4  # the recurrences and the output kernel
-WY_NUM_WARPS = 2  # H200, 2026-11-30: 0.147 vs 0.180 ms at N=197 with 4 (the other kernels are slower with 2)
-GRADS_NUM_WARPS = 4
-# The two recurrences split the value dim into blocks while (batch, head, direction) sequences alone do not give
-# every multiprocessor a program, down to this width. Each value block recomputes its chunk's Q K^T and L2 norms, so
-# splitting pays only where SMs would idle (H200, 2026-11-30: at N=3137, 192 sequences, the unsplit recurrences took
-# fwd+bwd from 1.232 to 1.192 ms; at N=12545, 48 sequences, blocks of 32 beat 64, 1.581 vs 1.646 ms, and 16).
-SEQ_BV_MIN = 32
-SEQ_BV_MAX = 64  # the recurrences' value block before any split (wider value dims always take several blocks)
-
-
 def _is_power_of_2(x: int) -> bool:
     return x >= 1 and x & (x - 1) == 0
 
@@ -53,12 +39,15 @@ class LaunchSettings:
             wider than this (at least 16).
     """
 
-    chunk: int = KERNEL_CHUNK
-    num_warps: int = NUM_WARPS
-    wy_num_warps: int = WY_NUM_WARPS
-    grads_num_warps: int = GRADS_NUM_WARPS
-    seq_bv_max: int = SEQ_BV_MAX
-    seq_bv_min: int = SEQ_BV_MIN
+    chunk: int = 32
+    num_warps: int = 4
+    wy_num_warps: int = 2  # H200, N=197: 0.147 vs 0.180 ms with 4 (the other kernels are slower with 2)
+    grads_num_warps: int = 4
+    seq_bv_max: int = 64
+    # Each value block recomputes its chunk's Q K^T and L2 norms, so splitting pays only where SMs would idle (H200:
+    # at N=3137, 192 sequences, the unsplit recurrences took fwd+bwd from 1.232 to 1.192 ms; at N=12545, 48
+    # sequences, blocks of 32 beat 64, 1.581 vs 1.646 ms, and 16).
+    seq_bv_min: int = 32
 
     def __post_init__(self) -> None:
         # tl.arange and tl.dot need power-of-two tiles of at least 16; Triton, a power-of-two warp count
