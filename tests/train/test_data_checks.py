@@ -83,6 +83,34 @@ def test_unreadable_eval_files_are_skipped_counted_and_not_scored(tmp_path: Path
     assert row["count"] == 5 and row["skipped_files"] == 1
 
 
+def test_a_failing_transform_raises_instead_of_marking_the_file_unreadable(images: Path) -> None:
+    """Only a file that cannot be read is skipped; an exception from the transform is a bug and reaches the caller."""
+    def broken(image):
+        raise RuntimeError("transform bug")
+
+    train = vdata.build_dataset("folder", images, "train", broken, seed=0, classes=list(CLASSES))
+    with pytest.raises(RuntimeError, match="transform bug"):
+        train[0]
+    assert not train.unreadable.any()
+
+
+def test_zero_bit_posterize_gives_a_black_image_on_every_pillow() -> None:
+    """timm's increasing posterize asks for 0 bits at the top magnitude, which Pillow 13 rejects; the zoo's train
+    transform maps it to a black image, as Pillow up to 12 did, and leaves other bit counts to timm."""
+    from timm.data.auto_augment import AugmentOp, RandAugment, posterize
+    from torchvision.transforms import Compose
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    transform = Compose([RandAugment([AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)], num_layers=1)])
+    vdata._allow_zero_bit_posterize(transform)
+    assert np.asarray(transform(image)).max() == 0
+    assert np.array_equal(np.asarray(vdata._posterize(image, 3)), np.asarray(posterize(image, 3)))
+    train_tf, _ = vdata.folder_transforms({"input_size": (3, 32, 32), "interpolation": "bicubic", "crop_pct": 1.0,
+                                           "mean": (0.5,) * 3, "std": (0.5,) * 3}, vdata.AugmentConfig())
+    augment = [step for step in train_tf.transforms if isinstance(step, RandAugment)][0]
+    assert [op.aug_fn for op in augment.ops if op.name.startswith("Posterize")] == [vdata._posterize]
+
+
 def test_eval_uses_the_checkpoint_dataset_and_refuses_a_foreign_csv(tmp_path: Path, finished_run: Path,
                                                                     images: Path,
                                                                     capsys: pytest.CaptureFixture) -> None:

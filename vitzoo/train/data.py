@@ -24,6 +24,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,6 +50,10 @@ _FASHION_MNIST_FILES = {
 # The target of an unreadable evaluation sample: the batch keeps its shape, the metrics skip the sample.
 UNREADABLE_TARGET = -1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class UnreadableImage(OSError):
+    """An image file that could not be read or decoded (the file's fault, not the pipeline's)."""
 
 
 class DataError(ValueError):
@@ -154,7 +159,7 @@ class SkipUnreadable(Dataset):
             seed_everything(sample_seed(self.seed, self.epoch, index), devices=False)
             try:
                 image, target = self.dataset[candidate]
-            except Exception as error:  # noqa: BLE001 - any decoder failure means the file is unusable
+            except UnreadableImage as error:  # the file; a failing transform is a bug and propagates
                 _logger.debug("unreadable sample %s: %s", self.describe(candidate), error)
                 self.unreadable[candidate] = True
                 continue
@@ -308,12 +313,37 @@ def folder_transforms(data_config: dict, augment: AugmentConfig) -> tuple[Callab
         interpolation=augment.train_interpolation, mean=data_config["mean"], std=data_config["std"],
         re_prob=augment.re_prob, re_mode=augment.re_mode,
     )
+    _allow_zero_bit_posterize(train_transform)
     eval_transform = create_transform(
         data_config["input_size"], is_training=False, interpolation=data_config["interpolation"],
         mean=data_config["mean"], std=data_config["std"], crop_pct=data_config["crop_pct"],
         crop_mode=data_config.get("crop_mode"),
     )
     return train_transform, eval_transform
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:
+    """timm's posterize, also for 0 bits: a black image, what Pillow up to 12 returned. timm's increasing-magnitude
+    posterize asks for 0 bits at the top of its range (m9 with a magnitude std reaches it), and Pillow 13 raises."""
+    from timm.data.auto_augment import posterize
+
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return posterize(img, bits_to_keep, **kwargs)
+
+
+def _allow_zero_bit_posterize(transform: Callable) -> None:
+    """Point the posterize ops of the AutoAugment / RandAugment / AugMix policies in ``transform`` (a Compose) at
+    :func:`_posterize`."""
+    from timm.data.auto_augment import posterize
+
+    for step in getattr(transform, "transforms", ()):
+        ops = list(getattr(step, "ops", ()))
+        for sub_policy in getattr(step, "policy", ()):
+            ops.extend(sub_policy)
+        for op in ops:
+            if getattr(op, "aug_fn", None) is posterize:
+                op.aug_fn = _posterize
 
 
 def _idx_folder(folder: Path) -> Path:
@@ -403,7 +433,18 @@ def folder_classes(split_dir: str | os.PathLike) -> list[str]:
 
 def load_image(path: str) -> Image.Image:
     """Open an image as 8-bit RGB. 16- and 32-bit integer images (16-bit PNG or TIFF greyscale) are scaled from
-    their full range, where PIL's ``convert`` would clip every value above 255 to white."""
+    their full range, where PIL's ``convert`` would clip every value above 255 to white.
+
+    Raises:
+        UnreadableImage: the file cannot be opened, decoded or converted.
+    """
+    try:
+        return _read_rgb(path)
+    except Exception as error:  # noqa: BLE001 - PIL's plugins raise many types for bad files; all mean "this file"
+        raise UnreadableImage(f"{path}: {type(error).__name__}: {error}") from error
+
+
+def _read_rgb(path: str) -> Image.Image:
     with open(path, "rb") as handle:
         image = Image.open(handle)
         image.load()

@@ -1,0 +1,115 @@
+"""What the training data pipeline of an image-folder config costs on the CPU, stage by stage, and what a loader
+delivers (no model, no GPU).
+
+For the config's training transform (timm's ``create_transform``: random-resized crop, flip, RandAugment, tensor
+conversion and normalisation, random erasing), on the first ``--images`` training images in shuffled order:
+
+- ``stages``: milliseconds per image of reading + decoding (``vitzoo.train.data.load_image``) and of each transform
+  in the pipeline, in one process; ``img_per_s_per_core`` = 1000 / their sum;
+- ``loaders``: images per second out of a ``DataLoader`` with ``--workers`` processes at the config's batch size,
+  after its first batch (worker start-up).
+
+    python benchmarks/data_pipeline.py --config configs/fashion_imagenet/softmax.yaml --data-dir data/fim \\
+        --workers 1 2 --out benchmarks/results/data_pipeline/cpu.json
+
+Mixup and CutMix run on whole batches in the training loop (on the training device), so they are not part of this.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import timm
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from vitzoo.bench.common import git_revision, write_json  # noqa: E402
+from vitzoo.train.config import load_config  # noqa: E402
+from vitzoo.train.data import build_dataset, folder_classes, load_image  # noqa: E402
+from vitzoo.train.factories import build_transforms, create_model_from_config  # noqa: E402
+
+
+def stage_costs(dataset, transform, images: int) -> dict[str, float]:
+    """ms per image of loading and of each transform of ``transform`` (a torchvision ``Compose``)."""
+    paths = [dataset.samples[i][0] for i in torch.randperm(len(dataset.samples), generator=torch.Generator()
+                                                           .manual_seed(0))[:images].tolist()]
+    totals: dict[str, float] = {"read + decode": 0.0}
+    for path in paths:
+        begin = time.perf_counter()
+        sample = load_image(path)
+        totals["read + decode"] += time.perf_counter() - begin
+        for step in transform.transforms:
+            name = type(step).__name__
+            begin = time.perf_counter()
+            sample = step(sample)
+            totals[name] = totals.get(name, 0.0) + time.perf_counter() - begin
+    return {name: round(seconds * 1e3 / len(paths), 3) for name, seconds in totals.items()}
+
+
+def loader_rate(dataset, batch_size: int, workers: int, batches: int) -> float:
+    """Images per second from a DataLoader after its first batch."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                         drop_last=True, generator=torch.Generator().manual_seed(0))
+    batches = min(batches, len(loader) - 1)
+    if batches < 1:
+        raise SystemExit(f"the folder holds {len(dataset)} images: too few for two batches of {batch_size}")
+    iterator = iter(loader)
+    next(iterator)  # worker start-up
+    begin = time.perf_counter()
+    count = 0
+    for _ in range(batches):
+        images, _ = next(iterator)
+        count += images.shape[0]
+    return count / (time.perf_counter() - begin)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="a training config of an image-folder dataset")
+    parser.add_argument("--data-dir", required=True, help="the image folder (train/<class>/<image>)")
+    parser.add_argument("--images", type=int, default=200, help="images timed stage by stage")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="loader worker counts to time")
+    parser.add_argument("--batches", type=int, default=8, help="batches timed per loader, after the first (at most what the folder holds)")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    config = load_config(args.config, data_dir=args.data_dir)
+    if config.dataset != "folder":
+        parser.error(f"--config trains on {config.dataset!r}; this benchmark measures image-folder pipelines")
+    torch.set_num_threads(1)
+    classes = folder_classes(Path(args.data_dir) / "train")
+    model = create_model_from_config(config, num_classes=len(classes), in_chans=3)
+    train_tf, _, _ = build_transforms(config, model)
+    dataset = build_dataset("folder", args.data_dir, "train", train_tf, config.seed, classes=classes)
+    folder = dataset.dataset  # the ImageFolder inside SkipUnreadable
+    stages = stage_costs(folder, train_tf, args.images)
+    result = {
+        "info": {
+            "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
+            "torch": torch.__version__, "timm": timm.__version__,
+            "pillow": __import__("PIL").__version__,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "command": " ".join(["python", *sys.argv]), "git_revision": git_revision(),
+            "config": args.config, "batch_size": config.batch_size,
+            "augmentation": {key: getattr(config, key) for key in ("auto_augment", "re_prob", "re_mode",
+                                                                   "train_interpolation", "hflip")},
+        },
+        "stages_ms_per_image": stages,
+        "img_per_s_per_core": round(1e3 / sum(stages.values()), 1),
+        "loaders": [],
+    }
+    print(result["stages_ms_per_image"], "->", result["img_per_s_per_core"], "img/s per core", flush=True)
+    for workers in args.workers:
+        rate = loader_rate(dataset, config.batch_size, workers, args.batches)
+        result["loaders"].append({"workers": workers, "img_per_s": round(rate, 1)})
+        print(f"{workers} workers: {rate:.0f} img/s", flush=True)
+    write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    main()
