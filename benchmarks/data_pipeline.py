@@ -75,7 +75,8 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True, help="the image folder (train/<class>/<image>)")
     parser.add_argument("--images", type=int, default=200, help="images timed stage by stage")
     parser.add_argument("--workers", type=int, nargs="+", default=[1], help="loader worker counts to time")
-    parser.add_argument("--batches", type=int, default=8, help="batches timed per loader, after the first (at most what the folder holds)")
+    parser.add_argument("--batches", type=int, default=8,
+                        help="batches timed per loader after the first (at most what the folder holds)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     config = load_config(args.config, data_dir=args.data_dir)

@@ -23,6 +23,7 @@ FASHION_MNIST_ZOO = RESULTS / "fashion_mnist_zoo" / "cpu.csv"
 STUDY = RESULTS / "fashion_mnist_study"
 COMPILE = RESULTS / "compile_models" / "h200.json"
 FASHION_IMAGENET = RESULTS / "fashion_imagenet" / "h200.json"
+DATA_PIPELINE = RESULTS / "data_pipeline" / "cpu.json"
 
 
 def render(root: Path) -> dict[Path, str]:
@@ -42,6 +43,8 @@ def render(root: Path) -> dict[Path, str]:
                                         speed_report.compile_table(speed_report.load(root / COMPILE)))
     docs_text = replace_between_markers(docs_text, fashion_mnist.IMAGENET_SHAPE_MARKERS,
                                         fashion_mnist.imagenet_shape_table(root / FASHION_IMAGENET))
+    docs_text = replace_between_markers(docs_text, fashion_mnist.PIPELINE_MARKERS,
+                                        fashion_mnist.pipeline_table(root / DATA_PIPELINE))
     docs_text = replace_between_markers(docs_text, zoo_sweep.MARKERS,
                                         zoo_sweep.to_markdown(zoo_sweep.load(root / ZOO_SWEEP)))
     return {readme: readme_text, docs: docs_text}

@@ -15,6 +15,7 @@ from vitzoo.bench.common import read_csvs
 
 BUDGET_MARKERS = ("<!-- fmnist-table:start -->", "<!-- fmnist-table:end -->")
 STUDY_MARKERS = ("<!-- study-table:start -->", "<!-- study-table:end -->")
+PIPELINE_MARKERS = ("<!-- data-pipeline-table:start -->", "<!-- data-pipeline-table:end -->")
 IMAGENET_SHAPE_MARKERS = ("<!-- fashion-imagenet-table:start -->", "<!-- fashion-imagenet-table:end -->")
 # how the study table names a family where the family's name alone would hide what it is
 _STUDY_LABELS = {"qtvit": "QT-ViT-1", "fem": "fem (linear prior)", "linear": "linear (ReLU)",
@@ -83,4 +84,19 @@ def imagenet_shape_table(results: Path) -> str:
               f"torchvision {info['torchvision']}, Pillow {info['pillow']}, {info['date'][:10]}, code at "
               f"`{info['git_revision']}`. {info['dataset']}; {info['recipe']}. End-to-end: {info['end_to_end']}. "
               f"Model-only: {info['model_only']}. Commands: " + "; ".join(f"`{c}`" for c in info["commands"]) + "."]
+    return "\n".join(lines)
+
+
+def pipeline_table(results: Path) -> str:
+    """``benchmarks/data_pipeline.py``'s result: ms per image of each stage of the training pipeline, and loaders."""
+    data = json.loads(results.read_text())
+    info, stages = data["info"], data["stages_ms_per_image"]
+    lines = ["| stage | ms per image |", "|---|---|"]
+    lines += [f"| {name} | {ms:.2f} |" for name, ms in stages.items()]
+    lines.append(f"| total (one core: {data['img_per_s_per_core']:,.0f} img/s) | {sum(stages.values()):.2f} |")
+    loaders = ", ".join(f"{row['workers']} worker(s) {row['img_per_s']:,.0f} img/s" for row in data["loaders"])
+    lines += ["", f"Measured on {info['machine']}, torch {info['torch']}, timm {info['timm']}, "
+              f"Pillow {info['pillow']}, {info['date'][:10]}, code at `{info['git_revision'][:7]}`: "
+              f"`{info['config']}`'s transform on 256 px JPEGs; DataLoader at batch {info['batch_size']}: "
+              f"{loaders}. Command: `{info['command']}`."]
     return "\n".join(lines)
