@@ -23,14 +23,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from vitzoo.bench.compare import (  # noqa: E402
-    Step,
-    build,
-    device_profile,
-    provenance,
-    timed_ms,
-    write_json_atomic,
-)
+from vitzoo.bench.common import write_json  # noqa: E402
+from vitzoo.bench.compare import Step, build, device_profile, provenance, timed_ms  # noqa: E402
 
 
 class _CountWarnings(logging.Handler):
@@ -105,7 +99,7 @@ def main() -> None:
         row = measure(name, args.mode, args.batch_size, args.img_size, args.steps, device)
         print({k: v for k, v in row.items() if k != "first_warnings"}, flush=True)
         result["rows"].append(row)
-        write_json_atomic(args.out, result)
+        write_json(args.out, result)
 
 
 if __name__ == "__main__":
