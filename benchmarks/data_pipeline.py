@@ -8,8 +8,8 @@ conversion and normalisation, random erasing), on the first ``--images`` trainin
   in the pipeline, in one process; ``img_per_s_per_core`` = 1000 / their sum;
 - ``loaders``: images per second out of a ``DataLoader`` with ``--workers`` processes at the config's batch size,
   after its first batch (worker start-up), for two outputs: the training transform's normalised float32 tensors,
-  and uint8 tensors with normalisation and random erasing left to the training device (timm's
-  ``create_transform(use_prefetcher=True)``: a quarter of the bytes through the workers' shared memory).
+  and the same pipeline ending in uint8 tensors, normalisation and random erasing left to the training device (as
+  timm's prefetcher path does: a quarter of the bytes through the workers' shared memory).
 
     python benchmarks/data_pipeline.py --config configs/fashion_imagenet/softmax.yaml --data-dir data/fim \\
         --workers 1 2 --out benchmarks/results/data_pipeline/cpu.json
@@ -28,13 +28,15 @@ from pathlib import Path
 
 import timm
 import torch
-from timm.data import create_transform
+from timm.data.random_erasing import RandomErasing
+from timm.data.transforms import MaybePILToTensor, MaybeToTensor
+from torchvision.transforms import Compose, Normalize
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vitzoo.bench.common import git_revision, write_json  # noqa: E402
 from vitzoo.train.config import load_config  # noqa: E402
-from vitzoo.train.data import allow_zero_bit_posterize, build_dataset, folder_classes, load_image  # noqa: E402
+from vitzoo.train.data import build_dataset, folder_classes, load_image  # noqa: E402
 from vitzoo.train.factories import build_transforms, create_model_from_config  # noqa: E402
 
 
@@ -88,13 +90,10 @@ def main() -> None:
     torch.set_num_threads(1)
     classes = folder_classes(Path(args.data_dir) / "train")
     model = create_model_from_config(config, num_classes=len(classes), in_chans=3)
-    train_tf, _, data_config = build_transforms(config, model)
-    uint8_tf = create_transform(
-        data_config["input_size"], is_training=True, scale=tuple(config.scale), hflip=config.hflip,
-        color_jitter=config.color_jitter, auto_augment=config.auto_augment, interpolation=config.train_interpolation,
-        use_prefetcher=True,
-    )
-    allow_zero_bit_posterize(uint8_tf)
+    train_tf, _, _ = build_transforms(config, model)
+    # the same pipeline up to the tensor conversion, ending in uint8 (what timm's prefetcher path hands over)
+    uint8_tf = Compose([step for step in train_tf.transforms
+                        if not isinstance(step, (MaybeToTensor, Normalize, RandomErasing))] + [MaybePILToTensor()])
     dataset = build_dataset("folder", args.data_dir, "train", train_tf, config.seed, classes=classes)
     uint8_dataset = build_dataset("folder", args.data_dir, "train", uint8_tf, config.seed, classes=classes)
     folder = dataset.dataset  # the ImageFolder inside SkipUnreadable

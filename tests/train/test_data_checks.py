@@ -102,7 +102,7 @@ def test_zero_bit_posterize_gives_a_black_image_on_every_pillow() -> None:
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8))
     transform = Compose([RandAugment([AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)], num_layers=1)])
-    vdata.allow_zero_bit_posterize(transform)
+    vdata._allow_zero_bit_posterize(transform)
     assert np.asarray(transform(image)).max() == 0
     assert np.array_equal(np.asarray(vdata._posterize(image, 3)), np.asarray(posterize(image, 3)))
     train_tf, _ = vdata.folder_transforms({"input_size": (3, 32, 32), "interpolation": "bicubic", "crop_pct": 1.0,

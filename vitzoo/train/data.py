@@ -313,7 +313,7 @@ def folder_transforms(data_config: dict, augment: AugmentConfig) -> tuple[Callab
         interpolation=augment.train_interpolation, mean=data_config["mean"], std=data_config["std"],
         re_prob=augment.re_prob, re_mode=augment.re_mode,
     )
-    allow_zero_bit_posterize(train_transform)
+    _allow_zero_bit_posterize(train_transform)
     eval_transform = create_transform(
         data_config["input_size"], is_training=False, interpolation=data_config["interpolation"],
         mean=data_config["mean"], std=data_config["std"], crop_pct=data_config["crop_pct"],
@@ -332,7 +332,7 @@ def _posterize(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Imag
     return posterize(img, bits_to_keep, **kwargs)
 
 
-def allow_zero_bit_posterize(transform: Callable) -> None:
+def _allow_zero_bit_posterize(transform: Callable) -> None:
     """Point the posterize ops of the AutoAugment / RandAugment / AugMix policies in ``transform`` (a Compose) at
     :func:`_posterize`."""
     from timm.data.auto_augment import posterize
