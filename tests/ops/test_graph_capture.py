@@ -10,10 +10,10 @@ import torch
 
 import vitzoo  # noqa: F401  (registers the models)
 from vitzoo.ops.testing import relative_error
+from vitzoo.registry import DEIT_FAMILIES
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graphs)")
 
-FAMILIES = ["softmax", "linear", "inline", "qt", "zeros", "fem", "fem_softmax", "deltanet", "h3"]
 SMALL = dict(depth=2, num_classes=10)
 
 
@@ -22,7 +22,7 @@ def _loss(model, x):
         return model(x).float().square().mean()
 
 
-@pytest.mark.parametrize("name", [f"{f}_deit_tiny_patch16_224" for f in FAMILIES] + ["qtvit_1"])
+@pytest.mark.parametrize("name", [f"{f}_deit_tiny_patch16_224" for f in DEIT_FAMILIES] + ["qtvit_1"])
 def test_captured_forward_backward_replays_eager_gradients(name):
     torch.manual_seed(0)
     kwargs = dict(SMALL) if "deit" in name else {"num_classes": 10}
