@@ -83,7 +83,9 @@ def explicit_inline(mixer, x, grid_size, num_prefix):
     q, k, v = _qkv(mixer, x)
     out = torch.einsum("bhti,bihd->bthd", inline_weights(q, k), v).reshape(batch, n, dim)
     size = mixer.kernel_size
-    kernels = mixer.residual_predictor(x.mean(1).unsqueeze(-1)).reshape(batch, dim, size, size)
+    # the released predictor: grouped Conv1d -> GELU -> grouped Conv1d on the token mean as a length-1 signal
+    first, act, second = mixer.residual_predictor
+    kernels = second(act(first(x.mean(1).unsqueeze(-1)))).reshape(batch, dim, size, size)
     v = v.reshape(batch, n, dim)
     residual = torch.zeros(batch, n - num_prefix, dim, dtype=x.dtype)
     for b in range(batch):

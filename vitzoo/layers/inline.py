@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from timm.layers import register_notrace_module
 
 from ..ops import linear_attention, local_conv
 from .base import TokenMixer
@@ -27,14 +28,50 @@ torch.fx.wrap("local_conv")
 
 
 def grouped_pointwise(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    """A grouped kernel-size-1 ``conv`` applied to (B, C_in) vectors, as one batched matmul; returns (B, C_out).
+    """A grouped kernel-size-1 ``conv`` applied to group-major vectors: x (G, B, C_in / G) -> (G, B, C_out / G).
 
-    Equals ``conv(x.unsqueeze(-1)).squeeze(-1)`` (same parameters), without a convolution launch per group.
+    Equals ``conv`` on a length-1 signal (same parameters) as one batched matmul with the bias folded in; the
+    group-major layout lets two of them chain without a copy.
     """
     groups = conv.groups
-    weight = conv.weight.view(groups, conv.out_channels // groups, conv.in_channels // groups)
-    out = torch.einsum("bgi,goi->bgo", x.view(x.shape[0], groups, -1), weight).reshape(x.shape[0], -1)
-    return out if conv.bias is None else out + conv.bias.to(out.dtype)
+    # (C_out, C_in / G, 1) -> (G, C_in / G, C_out / G)
+    weight = conv.weight.view(groups, conv.out_channels // groups, -1).transpose(1, 2)
+    if conv.bias is None:
+        return torch.bmm(x, weight)
+    return torch.baddbmm(conv.bias.view(groups, 1, -1), x, weight)
+
+
+class LocalKernelPredictor(nn.Sequential):
+    """InLine's predictor of per-image depthwise kernels: token mean -> grouped 1x1 conv -> GELU -> grouped 1x1 conv.
+
+    Keeps the released code's layers (an ``nn.Sequential`` of two grouped ``Conv1d`` and a GELU, so the state-dict
+    keys match) and runs them as two batched matmuls: ``forward`` maps tokens (B, N, C) to kernels (B, C, k, k) in
+    the parameters' dtype.
+    """
+
+    def __init__(self, dim: int, groups: int, kernel_size: int, device=None, dtype=None) -> None:
+        dd = {"device": device, "dtype": dtype}
+        super().__init__(
+            nn.Conv1d(dim, dim, 1, groups=groups, **dd),
+            nn.GELU(),
+            nn.Conv1d(dim, dim * kernel_size**2, 1, groups=groups, **dd),
+        )
+        self.kernel_size = kernel_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        first, act, second = self
+        b, _, c = x.shape
+        # A (B, C) problem: in the parameters' dtype, outside autocast, there is nothing to cast, and five launches
+        # (mean, two batched matmuls with their biases, GELU, the final layout copy) make the kernels, where
+        # grouped Conv1d launches cuDNN about twelve times.
+        with torch.autocast(x.device.type, enabled=False):
+            mean = x.mean(dim=1, dtype=first.weight.dtype).view(b, first.groups, -1).transpose(0, 1)
+            kernels = grouped_pointwise(second, act(grouped_pointwise(first, mean)))  # (G, B, C k^2 / G)
+        return kernels.transpose(0, 1).reshape(b, c, self.kernel_size, self.kernel_size)
+
+
+# The autocast switch reads the input's device, which FX cannot trace: a leaf for timm's FX feature extraction.
+register_notrace_module(LocalKernelPredictor)
 
 
 class InLineAttention(TokenMixer):
@@ -67,20 +104,8 @@ class InLineAttention(TokenMixer):
         self.kernel_size = kernel_size
         # Predicts one kernel_size^2 depthwise kernel per (image, channel) from the token mean (the released
         # code's ``residual``).
-        self.residual_predictor = nn.Sequential(
-            nn.Conv1d(dim, dim, 1, groups=num_heads, **dd),
-            nn.GELU(),
-            nn.Conv1d(dim, dim * kernel_size**2, 1, groups=num_heads, **dd),
-        )
+        self.residual_predictor = LocalKernelPredictor(dim, num_heads, kernel_size, **dd)
         self.build_output(attn_drop, proj_drop, **dd)
-
-    def local_kernels(self, x: torch.Tensor) -> torch.Tensor:
-        """The per-image depthwise kernels predicted from the token mean of ``x`` (B, N, C); (B, C, k, k)."""
-        first, act, second = self.residual_predictor
-        # The grouped 1x1 convs on a length-1 signal are block-diagonal matmuls: two batched products instead of
-        # cuDNN's grouped-convolution launches (about 12 per block on the H200).
-        kernels = grouped_pointwise(second, act(grouped_pointwise(first, x.mean(dim=1))))
-        return kernels.view(x.shape[0], x.shape[2], self.kernel_size, self.kernel_size)
 
     def mix(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
         b, n, c = x.shape
@@ -89,4 +114,4 @@ class InLineAttention(TokenMixer):
             q, k, v, feature_map="identity", center_keys=True, scale=self.head_dim**-0.5 / n, feature_const=n**-0.5,
         ).reshape(b, n, c)
         # + the local residual on the patch tokens, in one pass over the token layout (the cls token gets none)
-        return local_conv(v.reshape(b, n, c), self.local_kernels(x), grid_size, num_prefix_tokens, residual=out)
+        return local_conv(v.reshape(b, n, c), self.residual_predictor(x), grid_size, num_prefix_tokens, residual=out)
