@@ -6,7 +6,8 @@ For each model, one eager bf16-autocast inference forward (and optionally one Ad
 - ``device_ms``, ``launches``: summed kernel time and kernel count per step from ``torch.profiler``;
 - ``kernels``: the kernels taking the most device time, with calls per step; ``copies``: the dtype-cast and
   layout copies among them (``copy``/``cast`` kernels);
-- ``host_profile``: cProfile of a few steps, sorted by own time (what the Python side spends its time on);
+- ``host_profile``: cProfile of a few steps, sorted by own time and by cumulative time (what the Python side
+  spends its time on);
 - ``graph_capture``: whether forward (+ backward for training) captures into a CUDA graph and replays.
 
     python benchmarks/profile_models.py --models softmax_deit_tiny_patch16_224 linear_deit_tiny_patch16_224 \\
@@ -66,9 +67,12 @@ def _host_profile(step, steps: int, top: int) -> str:
         step()
     profiler.disable()
     torch.cuda.synchronize()
-    text = io.StringIO()
-    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
-    return "\n".join(line[:200] for line in text.getvalue().splitlines()[:top + 12])
+    listings = []
+    for key in ("tottime", "cumulative"):  # own time finds hot functions, cumulative time the callers behind them
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats(key).print_stats(top)
+        listings += [line[:200] for line in text.getvalue().splitlines()[:top + 12]]
+    return "\n".join(listings)
 
 
 def _measure(step, args) -> dict:
