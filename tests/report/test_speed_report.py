@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from vitzoo.report.speed_report import inference_table, main
+from vitzoo.report.speed_report import inference_table, main, to_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "compare" / "h200.json"
@@ -36,3 +36,19 @@ def test_readme_without_markers_is_a_one_line_error(tmp_path, capsys):
         main(["--results", str(RESULTS), "--readme", str(readme)])
     assert exit_info.value.code == 2
     assert "has no <!-- speed-tables:start -->" in capsys.readouterr().err
+
+
+def test_compiled_rows_get_their_own_table_and_stay_out_of_the_eager_ones():
+    extra = dict(host_ms=0.5, launches=10.0, peak_mem_mb=100.0, batch=256, img_per_s_min=1.0, img_per_s_max=2.0)
+    rows = [
+        _row("linear_deit_tiny_patch16_224", 224, 300.0, "zoo", twin_model="softmax_deit_tiny_patch16_224", **extra),
+        _row("softmax_deit_tiny_patch16_224", 224, 200.0, "twin", **extra),
+        _row("linear_deit_tiny_patch16_224", 224, 900.0, "zoo", twin_model="softmax_deit_tiny_patch16_224",
+             **extra) | {"compile": "reduce-overhead"},
+        _row("softmax_deit_tiny_patch16_224", 224, 450.0, "twin", **extra) | {"compile": "reduce-overhead"},
+    ]
+    page = to_markdown({"info": dict(device="GPU", cpu_count="16", torch="t", triton="tr", timm="ti",
+                                     date="2026-12-04", git_revision="abc"), "rows": rows})
+    eager, compiled = page.split("compiled** (`torch.compile(mode='reduce-overhead', fullgraph=True)`) at 224 px:")
+    assert "| 300 (1.50x" in eager and "900" not in eager
+    assert "| `linear_deit_tiny_patch16_224` | 256 | 900 (1-2) | 2.00x |" in compiled

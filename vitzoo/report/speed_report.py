@@ -64,9 +64,9 @@ def inference_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def host_device_table(rows: list[dict], phase: str, img_size: int) -> str:
+def host_device_table(rows: list[dict], phase: str, img_size: int, compile_mode: str = "none") -> str:
     """Throughput with its spread, host vs device ms per step, launches and memory at one resolution."""
-    selected = _ok(rows, phase=phase, compile="none", img_size=img_size)
+    selected = _ok(rows, phase=phase, compile=compile_mode, img_size=img_size)
     by_model = {r["model"]: r for r in selected}
     lines = ["| model | batch | img/s (min-max of repeats) | x twin | host ms | device ms | host / device | "
              "launches | peak MB |", "|---|---|---|---|---|---|---|---|---|"]
@@ -103,7 +103,8 @@ def to_markdown(data: dict[str, Any]) -> str:
     sections = [
         f"Measured on {info['device']} ({info['cpu_count']} CPU cores), torch {info['torch']}, triton "
         f"{info['triton']}, timm {info['timm']}, {info['date'][:10]}, code at `{info['git_revision']}`, bf16 "
-        "autocast, eager, each model beside its softmax twin and timm's model in one process, interleaved, 3 repeats.",
+        "autocast, eager unless a table says otherwise, each model beside its softmax twin and timm's model in one "
+        "process, interleaved, 3 repeats.",
         "**Inference** (batch 256 at 224 and the same tokens per batch above):",
         inference_table(rows),
     ]
@@ -118,6 +119,12 @@ def to_markdown(data: dict[str, Any]) -> str:
                      host_device_table(rows, "train", train_sizes[0])]
     if _ok(rows, phase="latency", compile="none"):
         sections += ["**Batch-1 latency**:", latency_table(rows)]
+    for mode in sorted({r["compile"] for r in rows} - {"none"}):
+        for phase in ("infer", "train"):
+            for size in sorted({r["img_size"] for r in _ok(rows, phase=phase, compile=mode)}):
+                sections += [f"**{'Inference' if phase == 'infer' else 'Training step'} compiled** "
+                             f"(`torch.compile(mode='{mode}', fullgraph=True)`) at {size} px:",
+                             host_device_table(rows, phase, size, mode)]
     return "\n\n".join(sections)
 
 
