@@ -23,16 +23,15 @@ from vitzoo.train.data import FASHION_MNIST_DIR
 
 OP_MODULES = {importlib.import_module("vitzoo.ops.linear_attention.function"): "linear_attention_triton",
               importlib.import_module("vitzoo.ops.delta_rule.function"): "delta_rule_triton",
-              importlib.import_module("vitzoo.ops.local_conv.function"): "_local_conv_fwd"}
+              importlib.import_module("vitzoo.ops.local_conv.function"): "_local_conv_fwd",
+              importlib.import_module("vitzoo.ops.layer_norm.function"): "_norm"}
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1" and triton_available() and not torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(not INTERPRETER, reason="needs the Triton interpreter (TRITON_INTERPRET=1, no CUDA)")
 
-# Every DeiT-style family whose mixer calls a Triton op: all but softmax attention and FEM over a softmax prior.
-KERNEL_MODELS = [
-    FAMILIES[name].model_name("tiny") for name in DEIT_FAMILIES
-    if FAMILIES[name].mixer != "softmax" and FAMILIES[name].mixer_kwargs.get("prior") != "softmax"
-]
+# Every DeiT-style family: all run their LayerNorms through the norm kernel, and all but softmax attention and FEM over
+# a softmax prior a mixer op too.
+KERNEL_MODELS = [FAMILIES[name].model_name("tiny") for name in DEIT_FAMILIES]
 TINY = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=32, depth=2, num_heads=2)
 
 

@@ -7,6 +7,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
+from ..ops import kernel_backend
+from ..ops import layer_norm as fused_layer_norm
+from ..ops import rms_norm as fused_rms_norm
+
 
 def low_precision_layer_norm(
         x: torch.Tensor, normalized_shape: tuple[int, ...], weight: torch.Tensor | None, bias: torch.Tensor | None,
@@ -17,7 +21,13 @@ def low_precision_layer_norm(
     Autocast runs layer_norm in fp32: a bf16 activation is then cast up, normalised in fp32 and cast back down by the
     next Linear, three passes over it where one does; only the output's rounding differs, and the next Linear rounds
     it to 16 bits anyway. Outside autocast, or for fp32 / fp64 inputs, this is ``F.layer_norm``.
+
+    With the Triton backend (CUDA) a norm over the last dim runs as one kernel (:func:`vitzoo.ops.layer_norm`) that
+    reads the parameters in their own dtype: no casts, and several rows per program, where PyTorch's kernel leaves
+    most of a thread block idle at the zoo's widths (64-192).
     """
+    if len(normalized_shape) == 1 and kernel_backend(x.device) == "triton" and x.dtype != torch.float64:
+        return fused_layer_norm(x, weight, bias, eps)
     if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
         with torch.autocast(x.device.type, enabled=False):
             return F.layer_norm(
@@ -29,7 +39,10 @@ def low_precision_layer_norm(
 
 def low_precision_rms_norm(x: torch.Tensor, normalized_shape: tuple[int, ...], weight: torch.Tensor | None,
                            eps: float) -> torch.Tensor:
-    """``F.rms_norm`` that keeps a 16-bit input in its dtype under autocast, as :func:`low_precision_layer_norm`."""
+    """``F.rms_norm`` that keeps a 16-bit input in its dtype under autocast, as :func:`low_precision_layer_norm` (one
+    kernel with the Triton backend)."""
+    if len(normalized_shape) == 1 and kernel_backend(x.device) == "triton" and x.dtype != torch.float64:
+        return fused_rms_norm(x, weight, eps)
     if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
         with torch.autocast(x.device.type, enabled=False):
             return F.rms_norm(x, normalized_shape, None if weight is None else weight.to(x.dtype), eps)

@@ -1,9 +1,9 @@
 """Fused token-mixing ops with their PyTorch references.
 
-One package per op (``linear_attention``, ``delta_rule``, ``local_conv``), each split into ``reference`` (the
-specification, in PyTorch), ``kernels`` (Triton), ``heuristics`` (launch settings) and ``function`` (custom ops,
-autograd function, public entry points); ``utils`` holds the backend selection and what the ops share. The reference
-is the specification; the kernel must equal it. ``docs/kernels.md`` describes the design.
+One package per op (``linear_attention``, ``delta_rule``, ``local_conv``, ``layer_norm`` with RMS norm), each split
+into ``reference`` (the specification, in PyTorch), ``kernels`` (Triton), ``heuristics`` (launch settings) and
+``function`` (custom ops, autograd function, public entry points); ``utils`` holds the backend selection and what the
+ops share. The reference is the specification; the kernel must equal it. ``docs/kernels.md`` describes the design.
 
 The public functions are re-exported here, so ``vitzoo.ops.linear_attention`` and ``vitzoo.ops.local_conv`` are the
 functions; their packages are reached with ``from vitzoo.ops.linear_attention import ...`` or ``importlib``.
@@ -14,6 +14,7 @@ from .delta_rule import (
     delta_rule_chunked_reference,
     delta_rule_recurrent_reference,
 )
+from .layer_norm import layer_norm, layer_norm_reference, rms_norm, rms_norm_reference
 from .linear_attention import FEATURE_MAPS, linear_attention, linear_attention_reference
 from .local_conv import local_conv, local_conv_reference
 from .utils import get_backend, kernel_backend, set_backend, triton_available, use_backend
@@ -26,10 +27,14 @@ __all__ = [
     "delta_rule_recurrent_reference",
     "get_backend",
     "kernel_backend",
+    "layer_norm",
+    "layer_norm_reference",
     "linear_attention",
     "linear_attention_reference",
     "local_conv",
     "local_conv_reference",
+    "rms_norm",
+    "rms_norm_reference",
     "set_backend",
     "triton_available",
     "use_backend",

@@ -1,0 +1,110 @@
+"""The norm kernels against the float64 reference, forward and every gradient.
+
+Without CUDA the kernels run under the Triton interpreter (``tests/conftest.py`` sets ``TRITON_INTERPRET=1``).
+"""
+import importlib
+
+import pytest
+import torch
+
+from vitzoo.ops import set_backend, triton_available
+from vitzoo.ops.layer_norm import layer_norm, layer_norm_reference, rms_norm, rms_norm_reference
+from vitzoo.ops.testing import relative_error
+
+kernels = importlib.import_module("vitzoo.ops.layer_norm.kernels") if triton_available() else None
+HAS_CUDA = torch.cuda.is_available()
+INTERPRETED = not HAS_CUDA and kernels is not None and type(kernels._norm_fwd_kernel).__name__ == "InterpretedFunction"
+needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRETED), reason="needs CUDA or the Triton interpreter")
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+def _inputs(shape, with_weight, with_bias, dtype, device, seed, strided=False):
+    """Fresh random rows (offset and scaled, never zeros), optionally a strided slice of wider rows."""
+    gen = torch.Generator().manual_seed(seed)
+    width = shape[-1]
+    wide = torch.randn(*shape[:-1], 3 * width, generator=gen, dtype=torch.float64) * 2 + 0.7
+    x = wide[..., width:2 * width] if strided else wide[..., :width].contiguous()
+    weight = torch.randn(width, generator=gen, dtype=torch.float64) if with_weight else None
+    bias = torch.randn(width, generator=gen, dtype=torch.float64) if with_bias else None
+    grad = torch.randn(shape, generator=gen, dtype=torch.float64)
+    cast = [t.to(device=device, dtype=dtype if t is x else torch.float32) if t is not None else None
+            for t in (x, weight, bias)]
+    return [t.requires_grad_() if t is not None else None for t in cast], grad.to(device, dtype)
+
+
+def _run(fn, tensors, grad, rms, eps):
+    x, weight, bias = tensors
+    out = fn(x, weight, eps=eps) if rms else fn(x, weight, bias, eps=eps)
+    live = [t for t in tensors if t is not None]
+    return out, torch.autograd.grad(out, live, grad)
+
+
+CASES = [  # (shape, weight, bias, rms, strided)
+    ((3, 5, 7), True, True, False, False),     # odd width in one tile, leading dims flattened
+    ((2, 33, 37), True, True, False, True),    # several row blocks, strided rows
+    ((70, 192), True, True, False, False),     # DeiT-T width, rows over several programs
+    ((4, 9, 64), False, False, False, False),  # ZeroS's per-head norm: no affine
+    ((5, 11, 64), True, False, True, True),    # DeltaNet's RMS head norm
+    ((3, 13), False, False, True, False),      # RMS without weight
+]
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape, with_weight, with_bias, rms, strided", CASES)
+def test_kernel_matches_float64_reference(shape, with_weight, with_bias, rms, strided):
+    set_backend("triton")
+    try:
+        tensors, grad = _inputs(shape, with_weight, with_bias, torch.float32, DEVICE, 3 + len(shape), strided)
+        reference_tensors = [t.detach().double().cpu().requires_grad_() if t is not None else None for t in tensors]
+        out, grads = _run(rms_norm if rms else layer_norm, tensors, grad, rms, 1e-5)
+        ref_out, ref_grads = _run(rms_norm_reference if rms else layer_norm_reference, reference_tensors,
+                                  grad.double().cpu(), rms, 1e-5)
+    finally:
+        set_backend("auto")
+    assert out.dtype == torch.float32 and out.shape == torch.Size(shape)
+    assert relative_error(out.cpu(), ref_out) < 1e-5
+    for got, expected in zip(grads, ref_grads, strict=True):
+        assert got.shape == expected.shape
+        assert relative_error(got.cpu(), expected) < 1e-5
+
+
+@needs_kernels
+def test_kernel_writes_every_output(monkeypatch):
+    """Outputs are fresh buffers: poisoning the allocator's memory must not leak into them."""
+    set_backend("triton")
+    try:
+        (x, weight, bias), grad = _inputs((3, 21, 24), True, True, torch.float32, DEVICE, 5)
+        monkeypatch.setattr(torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
+        out = layer_norm(x, weight, bias)
+        grads = torch.autograd.grad(out, (x, weight, bias), grad)
+    finally:
+        set_backend("auto")
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
+@needs_cuda
+@pytest.mark.parametrize("rms", [False, True])
+def test_bf16_at_model_size(rms):
+    """bf16 rows at DeiT-T size (32 x 197 tokens of 192) with fp32 parameters, against float64."""
+    tensors, grad = _inputs((32, 197, 192), True, not rms, torch.bfloat16, "cuda", 11)
+    reference_tensors = [t.detach().double().cpu().requires_grad_() if t is not None else None for t in tensors]
+    out, grads = _run(rms_norm if rms else layer_norm, tensors, grad, rms, 1e-6)
+    ref_out, ref_grads = _run(rms_norm_reference if rms else layer_norm_reference, reference_tensors,
+                              grad.double().cpu(), rms, 1e-6)
+    assert out.dtype == torch.bfloat16
+    assert relative_error(out.cpu(), ref_out) < 1e-2
+    for got, expected in zip(grads, ref_grads, strict=True):
+        assert relative_error(got.cpu(), expected) < 1e-2
+
+
+@needs_cuda
+def test_torch_compile_fullgraph_matches_eager():
+    tensors, grad = _inputs((8, 50, 192), True, True, torch.bfloat16, "cuda", 13)
+    eager, eager_grads = _run(layer_norm, tensors, grad, False, 1e-6)
+    compiled_fn = torch.compile(layer_norm, fullgraph=True)
+    compiled, compiled_grads = _run(compiled_fn, tensors, grad, False, 1e-6)
+    torch.testing.assert_close(compiled, eager)
+    for got, expected in zip(compiled_grads, eager_grads, strict=True):
+        torch.testing.assert_close(got, expected)

@@ -1,0 +1,32 @@
+"""The norm references against PyTorch's own layer and RMS norms, in float64."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vitzoo.ops.layer_norm import layer_norm_reference, rms_norm_reference
+
+
+def test_layer_norm_reference_is_f_layer_norm():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 37, generator=gen, dtype=torch.float64) * 3 + 1
+    weight, bias = (torch.randn(37, generator=gen, dtype=torch.float64) for _ in range(2))
+    torch.testing.assert_close(layer_norm_reference(x, weight, bias, 1e-5), F.layer_norm(x, (37,), weight, bias, 1e-5))
+    torch.testing.assert_close(layer_norm_reference(x), F.layer_norm(x, (37,)))
+
+
+def test_rms_norm_reference_is_f_rms_norm():
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 2, 19, generator=gen, dtype=torch.float64) + 0.5
+    weight = torch.randn(19, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(rms_norm_reference(x, weight, 1e-6), F.rms_norm(x, (19,), weight, 1e-6))
+
+
+def test_low_precision_input_keeps_its_dtype_with_fp32_parameters():
+    x = torch.randn(6, 24, dtype=torch.bfloat16)
+    out = layer_norm_reference(x, torch.randn(24), torch.randn(24))
+    assert out.dtype == torch.bfloat16
+
+
+def test_bad_parameter_shape_is_a_one_line_error():
+    with pytest.raises(ValueError, match=r"weight must have shape \(8,\)"):
+        layer_norm_reference(torch.randn(2, 8), torch.randn(7))

@@ -1,0 +1,139 @@
+"""Layer norm's and RMS norm's entry points: the host launches of the kernels, their ``torch.library`` custom ops, the
+autograd function and the dispatching :func:`layer_norm` / :func:`rms_norm`.
+
+Eager calls launch the kernels directly; inside ``torch.compile`` the custom ops run, their kernels launched through
+``wrap_triton``. The kernels take the parameters in their own dtype (fp32 under autocast): no cast launches.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..utils import KERNEL_DTYPES, cdiv, kernel_backend, launcher, multiprocessor_count, triton_available
+from . import heuristics
+from .reference import check_inputs, layer_norm_reference, rms_norm_reference
+
+if triton_available():
+    from .kernels import _norm_bwd_kernel, _norm_fwd_kernel
+
+    def _norm_fwd(
+            x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float, rms: bool,
+            save_stats: bool, direct_launch: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(y, mean, rstd) for rows ``x`` (M, N) with a unit last stride; the statistics are empty unless
+        ``save_stats`` (the mean also for RMS)."""
+        m, n = x.shape
+        y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+        stats = (m,) if save_stats else (0,)
+        mean = torch.empty((0,) if rms else stats, dtype=torch.float32, device=x.device)
+        rstd = torch.empty(stats, dtype=torch.float32, device=x.device)
+        block_m = heuristics.block_m(n)
+        launcher(_norm_fwd_kernel, direct_launch)[(cdiv(m, block_m),)](
+            x, weight if weight is not None else x, bias if bias is not None else x, y,
+            mean if mean.numel() else y, rstd if rstd.numel() else y,
+            m, n, x.stride(0), y.stride(0), eps,
+            HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, RMS=rms, SAVE_STATS=save_stats,
+            BLOCK_M=block_m, BLOCK_N=heuristics.block_n(n), num_warps=heuristics.num_warps(n),
+        )
+        return y, mean, rstd
+
+    def _norm_bwd(
+            grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor,
+            has_bias: bool, rms: bool, direct_launch: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(dx, per-program partial dweight (P, N) fp32, partial dbias (P, N) fp32); absent ones empty."""
+        m, n = x.shape
+        sms = multiprocessor_count(x.device) if x.device.type == "cuda" else 1
+        programs = heuristics.backward_programs(m, n, sms)
+        dx = torch.empty((m, n), dtype=x.dtype, device=x.device)
+        dw = torch.empty((programs, n) if weight is not None else (0,), dtype=torch.float32, device=x.device)
+        db = torch.empty((programs, n) if has_bias else (0,), dtype=torch.float32, device=x.device)
+        launcher(_norm_bwd_kernel, direct_launch)[(programs,)](
+            x, weight if weight is not None else x, grad, dx, mean if mean.numel() else rstd, rstd,
+            dw if dw.numel() else dx, db if db.numel() else dx,
+            m, n, x.stride(0), grad.stride(0), dx.stride(0),
+            HAS_WEIGHT=weight is not None, HAS_BIAS=has_bias, RMS=rms,
+            BLOCK_M=heuristics.block_m(n), BLOCK_N=heuristics.block_n(n), num_warps=heuristics.num_warps(n),
+        )
+        return dx, dw, db
+
+    # The custom ops traced by torch.compile, kernels launched through wrap_triton.
+    @torch.library.triton_op("vitzoo::norm_fwd", mutates_args=())
+    def _norm_fwd_op(
+            x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float, rms: bool,
+            save_stats: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _norm_fwd(x, weight, bias, eps, rms, save_stats)
+
+    @torch.library.triton_op("vitzoo::norm_bwd", mutates_args=())
+    def _norm_bwd_op(
+            grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor,
+            has_bias: bool, rms: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _norm_bwd(grad, x, weight, mean, rstd, has_bias, rms)
+
+    class _NormFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight, bias, eps, rms):
+            compiling = torch.compiler.is_compiling()
+            y, mean, rstd = (_norm_fwd_op if compiling else _norm_fwd)(
+                x, weight, bias, eps, rms, True, **({} if compiling else {"direct_launch": True}))
+            ctx.save_for_backward(x, weight, mean, rstd)
+            ctx.options = (bias is not None, rms, None if bias is None else bias.dtype)
+            return y
+
+        @staticmethod
+        def backward(ctx, grad):
+            x, weight, mean, rstd = ctx.saved_tensors
+            has_bias, rms, bias_dtype = ctx.options
+            if grad.stride(-1) != 1:
+                grad = grad.contiguous()
+            compiling = torch.compiler.is_compiling()
+            dx, dw, db = (_norm_bwd_op if compiling else _norm_bwd)(
+                grad, x, weight, mean, rstd, has_bias, rms, **({} if compiling else {"direct_launch": True}))
+            dweight = dw.sum(dim=0).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
+            dbias = db.sum(dim=0).to(bias_dtype) if has_bias and ctx.needs_input_grad[2] else None
+            return dx if ctx.needs_input_grad[0] else None, dweight, dbias, None, None
+
+
+def _use_kernel(x: torch.Tensor, params: tuple[torch.Tensor | None, ...]) -> bool:
+    """The kernels take fp16 / bf16 / fp32 rows up to :data:`.heuristics.MAX_WIDTH` wide; float64 stays on the
+    reference (the kernels accumulate in fp32)."""
+    return (kernel_backend(x.device) == "triton" and x.dtype in KERNEL_DTYPES and x.shape[-1] <= heuristics.MAX_WIDTH
+            and all(p.dtype in KERNEL_DTYPES and p.device == x.device for p in params if p is not None))
+
+
+def _norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
+          rms: bool) -> torch.Tensor:
+    shape = x.shape
+    rows = x.reshape(-1, shape[-1])
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))) \
+            and not torch.compiler.is_compiling():
+        # nothing to differentiate: launch directly, without the autograd Function's bookkeeping (host time)
+        return _norm_fwd(rows, weight, bias, float(eps), rms, False, direct_launch=True)[0].view(shape)
+    return _NormFunction.apply(rows, weight, bias, float(eps), rms).view(shape)
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+               eps: float = 1e-5) -> torch.Tensor:
+    """Layer norm over the last dim of ``x`` (any leading shape), in ``x``'s dtype with fp32 statistics.
+
+    Args:
+        x: (..., N) activations, fp16 / bf16 / fp32 for the kernels (float64 runs the reference).
+        weight: optional (N,) scale, in any kernel dtype (fp32 parameters are read as they are).
+        bias: optional (N,) shift.
+        eps: added to the variance.
+    """
+    check_inputs("layer_norm", x, weight, bias)
+    if _use_kernel(x, (weight, bias)):
+        return _norm(x, weight, bias, eps, rms=False)
+    return layer_norm_reference(x, weight, bias, eps)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
+    """RMS norm over the last dim of ``x``, as :func:`layer_norm` without centring and bias."""
+    check_inputs("rms_norm", x, weight, None)
+    if _use_kernel(x, (weight,)):
+        return _norm(x, weight, None, eps, rms=True)
+    return rms_norm_reference(x, weight, eps)
