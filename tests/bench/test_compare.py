@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from vitzoo.bench.compare import comparison_set, reference_models, scaled_batch
 from vitzoo.bench.sweep import main
@@ -50,6 +51,7 @@ def test_compare_run_writes_interleaved_rows_with_provenance(tmp_path):
     (["--models", "deit_tiny_patch16_224"], "unknown: deit_tiny_patch16_224"),
     (["--models", "linear_deit_tiny_patch16_224", "--compile", "max-autotune"], "--compile none, default"),
     (["--models", "linear_deit_tiny_patch16_224", "--repeats", "0"], "--repeats must be >= 1"),
+    (["--models", "linear_deit_tiny_patch16_224", "--cuda-graph"], "--cuda-graph needs a CUDA device"),
 ])
 def test_compare_rejects_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -64,3 +66,19 @@ def test_comparison_set_measures_each_model_once():
     assert ordered == ["linear_deit_tiny_patch16_224", "inline_deit_tiny_patch16_224", "softmax_deit_tiny_patch16_224",
                        "deit_tiny_patch16_224"]
     assert groups["inline_deit_tiny_patch16_224"]["twin"] == "softmax_deit_tiny_patch16_224"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graphs)")
+def test_cuda_graph_rows_replay_the_eager_inference_step(tmp_path):
+    out = tmp_path / "compare.json"
+    main(["--compare", "--models", "inline_deit_tiny_patch16_224", "--img-sizes", "64", "--phases", "infer", "train",
+          "--cuda-graph", "--repeats", "1", "--num-warm-iter", "1", "--num-bench-iter", "2", "-b", "4",
+          "--train-batch-size", "2", "--results-file", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    graphed = [r for r in rows if r["compile"] == "cuda-graph"]
+    assert {r["phase"] for r in graphed} == {"infer"} and len(graphed) == 3
+    eager = {r["model"]: r for r in rows if r["compile"] == "none" and r["phase"] == "infer"}
+    for row in graphed:
+        # replaying the graph launches the same kernels as the eager step, with almost no host time
+        assert row["status"] == "ok" and row["launches"] == eager[row["model"]]["launches"]
+        assert row["host_ms"] < eager[row["model"]]["host_ms"]

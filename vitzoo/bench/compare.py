@@ -14,7 +14,9 @@ reports the median and the spread of the repeats, and beside the throughput:
 Phases: ``infer`` (inference_mode, batch 256 at 224 and the same tokens per batch above), ``train`` (zero_grad,
 forward, cross-entropy, backward, AdamW step; batch 128 at 224, scaled the same way) and ``latency`` (batch 1,
 isolated steps, p50 and p90, eager and replayed from a captured CUDA graph). Compile modes: ``none`` (eager),
-``default`` and ``reduce-overhead`` (``torch.compile(fullgraph=True)``). bf16 autocast throughout.
+``default`` and ``reduce-overhead`` (``torch.compile(fullgraph=True)``), and ``cuda-graph``: the eager model's
+inference step captured once in a CUDA graph and replayed (the host cost removed without compiling, so the row shows
+what the eager kernels cost on the device). bf16 autocast throughout.
 """
 from __future__ import annotations
 
@@ -46,6 +48,7 @@ from vitzoo.registry import FAMILIES
 
 PHASES = ("infer", "train", "latency")
 COMPILE_MODES = ("none", "default", "reduce-overhead")  # eager, and the two modes worth a fullgraph compile
+CUDA_GRAPH = "cuda-graph"  # the eager inference step replayed from a captured CUDA graph
 # every zoo model name -> (its family, its size key), from the registry
 _SIZES = {family.model_name(size): (family, size) for family in FAMILIES.values() for size in family.sizes}
 
@@ -86,27 +89,55 @@ class CompareConfig:
 def build(name: str, img_size: int, device: torch.device, compile_mode: str) -> nn.Module:
     """``name`` for ``img_size`` inputs on ``device`` in eval mode, compiled unless ``compile_mode == 'none'``."""
     model = create_model(name, img_size, device)
-    if compile_mode != "none":
+    if compile_mode not in ("none", CUDA_GRAPH):
         model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode, fullgraph=True,
                               dynamic=False)
     return model
 
 
 class Step:
-    """One benchmark step of a phase: ``__call__`` runs it; the inputs and optimizer live here."""
+    """One benchmark step of a phase: ``__call__`` runs it; the inputs and optimizer live here.
+
+    ``graphed``: capture the inference step in a CUDA graph here and replay it on every call."""
 
     def __init__(self, model: nn.Module, phase: str, batch: int, img_size: int, device: torch.device,
-                 compiled: bool) -> None:
+                 compiled: bool, graphed: bool = False) -> None:
         self.model, self.phase, self.device = model, phase, device
         self.x = torch.randn(batch, 3, img_size, img_size, device=device)
         mark = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
         self.begin = mark if compiled and mark is not None else (lambda: None)
+        self.graph = None
         if phase == "train":
             model.train()  # once here: a per-step .train() walks every module inside the timed loop
             self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
             self.target = torch.randint(0, 1000, (batch,), device=device)
+        if graphed:
+            if phase != "infer" or device.type != "cuda":
+                raise ValueError("a CUDA-graph step is a CUDA inference step")
+            self.graph = self._capture()
+
+    def _infer(self, cache_casts: bool = True) -> None:
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                                    cache_enabled=cache_casts):
+            self.model(self.x)
+
+    def _capture(self) -> torch.cuda.CUDAGraph:
+        # warm-up on a side stream (kernel compilation and allocations stay out of the graph), then capture
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                self._infer(cache_casts=False)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._infer(cache_casts=False)  # autocast's cast cache would hold tensors from outside the graph
+        return graph
 
     def __call__(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+            return
         self.begin()
         if self.phase == "train":
             self.optimizer.zero_grad(set_to_none=True)
@@ -115,8 +146,7 @@ class Step:
             F.cross_entropy(out.float(), self.target).backward()
             self.optimizer.step()
         else:
-            with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16):
-                self.model(self.x)
+            self._infer()
 
 
 def _sync(device: torch.device) -> None:
@@ -224,7 +254,8 @@ def compare_models(names: list[str], roles: dict[str, dict[str, str]], img_size:
                 continue
             batch = scaled_batch(config.train_batch_size if phase == "train" else config.batch_size, img_size)
             rows[name]["batch"] = batch
-            steps[name] = Step(model, phase, batch, img_size, device, compile_mode != "none")
+            steps[name] = Step(model, phase, batch, img_size, device, compile_mode not in ("none", CUDA_GRAPH),
+                               graphed=compile_mode == CUDA_GRAPH)
             for _ in range(config.warm_steps):
                 steps[name]()
         except Exception as error:  # a failure is a row's status; the others go on
@@ -291,8 +322,10 @@ def run_compare(names: Iterable[str], img_sizes: Iterable[int], phases: Iterable
     for img_size in img_sizes:
         for phase in phases:
             for mode in compile_modes:
-                if phase == "latency" and mode == "reduce-overhead":
+                if phase == "latency" and mode in ("reduce-overhead", CUDA_GRAPH):
                     continue  # the eager row already reports the CUDA-graphed latency
+                if phase == "train" and mode == CUDA_GRAPH:
+                    continue  # graph replay rows are inference only
                 for row in compare_models(ordered, roles, img_size, phase, mode, config):
                     result["rows"].append(row)
                     log(format_row(row))

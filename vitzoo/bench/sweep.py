@@ -45,8 +45,8 @@ from vitzoo.bench.common import (
     write_csv,
 )
 from vitzoo.bench.compare import COMPILE_MODES as COMPARE_COMPILE_MODES
+from vitzoo.bench.compare import CUDA_GRAPH, CompareConfig, check_names, run_compare
 from vitzoo.bench.compare import PHASES as COMPARE_PHASES
-from vitzoo.bench.compare import CompareConfig, check_names, run_compare
 from vitzoo.flops import count_gmacs
 from vitzoo.models import list_models
 from vitzoo.ops import kernel_backend
@@ -554,6 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--phases", nargs="+", choices=COMPARE_PHASES, default=list(COMPARE_PHASES),
                          help="comparison phases (default all)")
     compare.add_argument("--repeats", type=int, default=3, help="interleaved repeats per group (default 3)")
+    compare.add_argument("--cuda-graph", action="store_true",
+                         help="also measure inference replayed from a CUDA graph of the eager model (no host work per "
+                              "step, no compile)")
     return parser
 
 
@@ -586,7 +589,10 @@ def _main_compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             128 if on_gpu else 4), repeats=args.repeats, warm_steps=args.num_warm_iter,
         timed_steps=args.num_bench_iter, latency_steps=args.latency_iters, device=args.device,
     )
-    run_compare(names, args.img_sizes, args.phases, args.compile, config, args.results_file,
+    if args.cuda_graph and not on_gpu:
+        parser.error("--cuda-graph needs a CUDA device")
+    modes = [*args.compile, *([CUDA_GRAPH] if args.cuda_graph else [])]
+    run_compare(names, args.img_sizes, args.phases, modes, config, args.results_file,
                 command=" ".join(["vitzoo-bench", *(sys.argv[1:])]))
 
 
