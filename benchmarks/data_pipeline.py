@@ -1,15 +1,17 @@
 """What the training data pipeline of an image-folder config costs on the CPU, stage by stage, and what a loader
 delivers (no model, no GPU).
 
-For the config's training transform (timm's ``create_transform``: random-resized crop, flip, RandAugment, tensor
-conversion and normalisation, random erasing), on the first ``--images`` training images in shuffled order:
+For the config's training transform (``vitzoo.train.factories.build_transforms``: the loader workers' random-resized
+crop, flip, RandAugment and uint8 tensor conversion, then the training device's normalisation and random erasing,
+``vitzoo.train.data.DeviceAugment``), on the first ``--images`` training images in shuffled order:
 
-- ``stages``: milliseconds per image of reading + decoding (``vitzoo.train.data.load_image``) and of each transform
-  in the pipeline, in one process; ``img_per_s_per_core`` = 1000 / their sum;
+- ``stages``: milliseconds per image of reading + decoding (``vitzoo.train.data.load_image``), of each worker
+  transform and of the device stage on one image on the CPU, in one process; ``img_per_s_per_core`` = 1000 / their
+  sum;
 - ``loaders``: images per second out of a ``DataLoader`` with ``--workers`` processes at the config's batch size,
-  after its first batch (worker start-up), for two outputs: the training transform's normalised float32 tensors,
-  and the same pipeline ending in uint8 tensors, normalisation and random erasing left to the training device (as
-  timm's prefetcher path does: a quarter of the bytes through the workers' shared memory).
+  after its first batch (worker start-up), for two outputs: normalised float32 tensors (the device stage run on each
+  image in the workers) and the workers' uint8 tensors (what training hands to the device: a quarter of the bytes
+  through the workers' shared memory).
 
     python benchmarks/data_pipeline.py --config configs/fashion_imagenet/softmax.yaml --data-dir data/fim \\
         --workers 1 2 --out benchmarks/results/data_pipeline/cpu.json
@@ -24,13 +26,12 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import timm
 import torch
-from timm.data.random_erasing import RandomErasing
-from timm.data.transforms import MaybePILToTensor, MaybeToTensor
-from torchvision.transforms import Compose, Normalize
+from torchvision.transforms import Compose
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -40,8 +41,8 @@ from vitzoo.train.data import build_dataset, folder_classes, load_image  # noqa:
 from vitzoo.train.factories import build_transforms, create_model_from_config  # noqa: E402
 
 
-def stage_costs(dataset, transform, images: int) -> dict[str, float]:
-    """ms per image of loading and of each transform of ``transform`` (a torchvision ``Compose``)."""
+def stage_costs(dataset, steps: list[Callable], images: int) -> dict[str, float]:
+    """ms per image of loading and of each of ``steps`` (the transforms, applied in order)."""
     paths = [dataset.samples[i][0] for i in torch.randperm(len(dataset.samples), generator=torch.Generator()
                                                            .manual_seed(0))[:images].tolist()]
     totals: dict[str, float] = {"read + decode": 0.0}
@@ -49,7 +50,7 @@ def stage_costs(dataset, transform, images: int) -> dict[str, float]:
         begin = time.perf_counter()
         sample = load_image(path)
         totals["read + decode"] += time.perf_counter() - begin
-        for step in transform.transforms:
+        for step in steps:
             name = type(step).__name__
             begin = time.perf_counter()
             sample = step(sample)
@@ -90,14 +91,13 @@ def main() -> None:
     torch.set_num_threads(1)
     classes = folder_classes(Path(args.data_dir) / "train")
     model = create_model_from_config(config, num_classes=len(classes), in_chans=3)
-    train_tf, _, _ = build_transforms(config, model)
-    # the same pipeline up to the tensor conversion, ending in uint8 (what timm's prefetcher path hands over)
-    uint8_tf = Compose([step for step in train_tf.transforms
-                        if not isinstance(step, (MaybeToTensor, Normalize, RandomErasing))] + [MaybePILToTensor()])
-    dataset = build_dataset("folder", args.data_dir, "train", train_tf, config.seed, classes=classes)
+    uint8_tf, device_tf, _, _ = build_transforms(config, model)
+    # the whole training transform on each image in the workers: normalised float32 out of the loader
+    float_tf = Compose([uint8_tf, device_tf])
+    dataset = build_dataset("folder", args.data_dir, "train", float_tf, config.seed, classes=classes)
     uint8_dataset = build_dataset("folder", args.data_dir, "train", uint8_tf, config.seed, classes=classes)
     folder = dataset.dataset  # the ImageFolder inside SkipUnreadable
-    stages = stage_costs(folder, train_tf, args.images)
+    stages = stage_costs(folder, [*uint8_tf.transforms, device_tf], args.images)
     result = {
         "info": {
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from tiny_runs import MODEL, Evil, snapshot, train_args, write_image_folder
 
 from vitzoo.train import checkpoint, loop
@@ -150,6 +151,30 @@ def test_resume_auto_falls_back_to_the_newest_intact_checkpoint(tmp_path: Path, 
     resume = [e for e in events if e["event"] == "resume"][-1]
     assert resume["checkpoint"].endswith("step-00000003") and resume["num_updates"] == 3
     assert metrics["num_updates"] == 9
+
+
+def test_mid_epoch_resume_replays_random_erasing(tmp_path: Path, data: Path) -> None:
+    """An image-folder run with random erasing of every image (on the device, per batch) and one loader worker,
+    resumed from a mid-epoch checkpoint, ends with the uninterrupted run's weights: the erasing draws follow the
+    per-batch seed, not the generator state the resume restores."""
+    # A worker, not the main process, runs the per-sample seeding: in the main process it would reseed the generators
+    # before every batch and hide a draw made outside the per-batch seed.
+    extra = ("re_prob=1.0", "workers=1", "checkpoint_interval=1", "checkpoint_keep=50")
+    full = tmp_path / "full"
+    _train(full, data, *extra)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(full, resumed, symlinks=True)
+    for later in (resumed / "checkpoints").glob("step-*"):
+        if int(later.name.split("-")[1]) > 1:  # keep update 1 of the 3 in epoch 0
+            shutil.rmtree(later)
+    metrics = _train(resumed, data, *extra, "resume=auto")
+    events = [json.loads(line) for line in (resumed / "log.jsonl").read_text().splitlines()]
+    assert [e["num_updates"] for e in events if e["event"] == "resume"] == [1]
+    assert metrics["num_updates"] == 6
+    a = load_file(str(full / "checkpoints" / "step-00000006" / "model.safetensors"))
+    b = load_file(str(resumed / "checkpoints" / "step-00000006" / "model.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after resume"
 
 
 class _FakeAccelerator:

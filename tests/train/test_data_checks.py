@@ -105,8 +105,8 @@ def test_zero_bit_posterize_gives_a_black_image_on_every_pillow() -> None:
     vdata._allow_zero_bit_posterize(transform)
     assert np.asarray(transform(image)).max() == 0
     assert np.array_equal(np.asarray(vdata._posterize(image, 3)), np.asarray(posterize(image, 3)))
-    train_tf, _ = vdata.folder_transforms({"input_size": (3, 32, 32), "interpolation": "bicubic", "crop_pct": 1.0,
-                                           "mean": (0.5,) * 3, "std": (0.5,) * 3}, vdata.AugmentConfig())
+    train_tf, _, _ = vdata.folder_transforms({"input_size": (3, 32, 32), "interpolation": "bicubic", "crop_pct": 1.0,
+                                              "mean": (0.5,) * 3, "std": (0.5,) * 3}, vdata.AugmentConfig())
     augment = [step for step in train_tf.transforms if isinstance(step, RandAugment)][0]
     assert [op.aug_fn for op in augment.ops if op.name.startswith("Posterize")] == [vdata._posterize]
 

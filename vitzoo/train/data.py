@@ -4,6 +4,10 @@ Every sample is produced under its own seed, derived from (run seed, epoch, inde
 the number of processes, the number of loader workers or on batches skipped when a run is resumed mid-epoch. Shuffling
 is a function of (seed, epoch) too, and the same global order is sharded by accelerate across processes.
 
+The training transform of an image folder ends in uint8 images; :class:`DeviceAugment` normalises and randomly erases
+whole batches on the training device, as timm's prefetcher does, so the loader workers move a quarter of float32's
+bytes. Its erasing draws, like mixup's, follow the training loop's per-batch seed (run seed, rank, epoch, batch).
+
 A corrupt or unreadable image never stops an epoch: :class:`SkipUnreadable` substitutes the next readable sample and
 marks the file in a shared-memory flag table that loader workers write and the main process reads at epoch end (see
 :func:`report_unreadable`), so each file is named in exactly one warning. In evaluation the substitute carries the
@@ -21,7 +25,7 @@ import math
 import os
 import random
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -293,8 +297,50 @@ class AugmentConfig:
     train_interpolation: str = "random"
 
 
-def folder_transforms(data_config: dict, augment: AugmentConfig) -> tuple[Callable, Callable]:
-    """Build (train, eval) transforms for RGB folder datasets from a ``resolve_data_config`` dict.
+class DeviceAugment:
+    """The end of an image folder's training transform, run on whole batches where they are (the training device):
+    uint8 to float32, ``(x / 255 - mean) / std``, then timm's random erasing on the normalised images.
+
+    Takes a (B, C, H, W) batch or one (C, H, W) image of uint8 on any device and returns float32 on that device. The
+    erasing draws come from python's ``random`` and the device's torch generator, which the training loop seeds per
+    batch.
+
+    Args:
+        mean: per-channel mean in [0, 1] units (the data config's).
+        std: per-channel standard deviation in [0, 1] units.
+        re_prob: probability of erasing a rectangle of each image (0: no erasing).
+        re_mode: the erased pixels, timm's ``'pixel'`` (per-pixel normal noise), ``'rand'`` (per-channel) or
+            ``'const'`` (zeros).
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], re_prob: float = 0.0,
+                 re_mode: str = "pixel") -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.re_prob = re_prob
+        self.re_mode = re_mode
+        # mean, std and the eraser per device, made once rather than copied to the device every batch.
+        self._per_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor, Callable | None]] = {}
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            raise TypeError(f"DeviceAugment takes uint8 images, got {images.dtype} (normalised twice?)")
+        mean, std, erase = self._on(images.device)
+        # The operations of torchvision's to_tensor and Normalize, in their order, so the result matches theirs.
+        x = images.float().div(255).sub_(mean).div_(std)
+        return erase(x) if erase is not None else x
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, Callable | None]:
+        if device not in self._per_device:
+            from timm.data.random_erasing import RandomErasing
+
+            erase = RandomErasing(self.re_prob, mode=self.re_mode, device=device) if self.re_prob > 0 else None
+            self._per_device[device] = (self.mean.to(device), self.std.to(device), erase)
+        return self._per_device[device]
+
+
+def folder_transforms(data_config: dict, augment: AugmentConfig) -> tuple[Callable, DeviceAugment, Callable]:
+    """Build the transforms of RGB folder datasets from a ``resolve_data_config`` dict.
 
     Args:
         data_config: ``timm.data.resolve_data_config(model=...)`` output (input_size, interpolation, mean, std,
@@ -302,24 +348,29 @@ def folder_transforms(data_config: dict, augment: AugmentConfig) -> tuple[Callab
         augment: the training augmentation.
 
     Returns:
-        The training transform (random-resized crop, flip, RandAugment, random erasing) and the eval transform
-        (resize to ``size / crop_pct``, centre crop).
+        The training transform of the loader workers (random-resized crop, flip, RandAugment, ending in a uint8
+        (C, H, W) tensor), the rest of the training transform for whole batches on the training device
+        (normalisation and random erasing), and the eval transform (resize to ``size / crop_pct``, centre crop,
+        normalised float32).
     """
     from timm.data import create_transform
 
+    # timm's prefetcher variant: the same pipeline up to the tensor conversion, which keeps uint8 (mean still sets
+    # RandAugment's fill colour).
     train_transform = create_transform(
         data_config["input_size"], is_training=True, scale=tuple(augment.scale), hflip=augment.hflip,
         color_jitter=augment.color_jitter, auto_augment=augment.auto_augment,
         interpolation=augment.train_interpolation, mean=data_config["mean"], std=data_config["std"],
-        re_prob=augment.re_prob, re_mode=augment.re_mode,
+        use_prefetcher=True,
     )
     _allow_zero_bit_posterize(train_transform)
+    on_device = DeviceAugment(data_config["mean"], data_config["std"], augment.re_prob, augment.re_mode)
     eval_transform = create_transform(
         data_config["input_size"], is_training=False, interpolation=data_config["interpolation"],
         mean=data_config["mean"], std=data_config["std"], crop_pct=data_config["crop_pct"],
         crop_mode=data_config.get("crop_mode"),
     )
-    return train_transform, eval_transform
+    return train_transform, on_device, eval_transform
 
 
 def _posterize(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:

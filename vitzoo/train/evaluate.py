@@ -227,7 +227,7 @@ def evaluate_model(model_name: str | None = None, checkpoint: str | None = None,
             load_model(model, str(weights_file))
         except RuntimeError as error:
             raise ConfigError(f"weights {weights_file} do not fit {config.model}: {first_line(error)}") from None
-    _, eval_tf, data_config = build_transforms(config, model)
+    _, _, eval_tf, data_config = build_transforms(config, model)
     try:
         val_set = build_dataset(dataset, data_dir, "val", eval_tf, seed=0, limit=val_subset, classes=classes,
                                 score_substitutes=False)

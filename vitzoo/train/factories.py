@@ -3,6 +3,7 @@ transforms, the optimizer and the loss (timm's, with the zoo's defaults)."""
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from vitzoo.train.data import (
     FASHION_MNIST_STD,
     AugmentConfig,
     DataError,
+    DeviceAugment,
     GreyTransform,
     check_dataset_path,
     folder_classes,
@@ -80,8 +82,14 @@ def dataset_classes(config: TrainConfig) -> list[str]:
     return classes
 
 
-def build_transforms(config: TrainConfig, model: nn.Module) -> tuple[Any, Any, dict]:
-    """Return (train transform, eval transform, resolved data config) for the dataset of ``config``."""
+def build_transforms(config: TrainConfig, model: nn.Module) -> tuple[Callable, DeviceAugment | None, Callable, dict]:
+    """Return the transforms of ``config``'s dataset and its resolved data config.
+
+    Returns:
+        (train transform, device stage, eval transform, data config). An image folder's train transform ends in uint8
+        images and its device stage (:class:`~vitzoo.train.data.DeviceAugment`) normalises and erases whole batches
+        on the training device; Fashion-MNIST's train transform normalises on its own and has no device stage (None).
+    """
     from timm.data import resolve_data_config
 
     if config.dataset == "fashion_mnist":
@@ -89,7 +97,7 @@ def build_transforms(config: TrainConfig, model: nn.Module) -> tuple[Any, Any, d
         data_config = {"input_size": (1, size, size), "interpolation": "bilinear", "crop_pct": 1.0,
                        "mean": FASHION_MNIST_MEAN, "std": FASHION_MNIST_STD}
         train_tf = GreyTransform(True, size, pad=config.crop_pad, hflip=config.hflip)
-        return train_tf, GreyTransform(False, size), data_config
+        return train_tf, None, GreyTransform(False, size), data_config
     args: dict[str, Any] = {"crop_pct": config.crop_pct} if config.crop_pct else {}
     if config.img_size:
         # The model's pretrained_cfg keeps its registered input size; a run at another size must say so.
@@ -97,8 +105,8 @@ def build_transforms(config: TrainConfig, model: nn.Module) -> tuple[Any, Any, d
     data_config = resolve_data_config(args, model=model)
     augment = AugmentConfig(config.auto_augment, config.re_prob, config.re_mode, config.color_jitter, config.hflip,
                             tuple(config.scale), config.train_interpolation)
-    train_tf, eval_tf = folder_transforms(data_config, augment)
-    return train_tf, eval_tf, data_config
+    train_tf, device_tf, eval_tf = folder_transforms(data_config, augment)
+    return train_tf, device_tf, eval_tf, data_config
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:

@@ -10,9 +10,9 @@ Trust: every config value, data folder, the output folder and the resume checkpo
 anything, each failure raising :class:`~vitzoo.train.config.ConfigError` with one line that says what to fix; a new
 run never writes into a folder that holds another run.
 
-Determinism: shuffling depends on (seed, epoch), augmentation on (seed, epoch, sample index) and the step's own random
-draws (mixup, drop path) on (seed, rank, epoch, batch index), so a run resumed from a checkpoint replays exactly the
-draws of an uninterrupted run.
+Determinism: shuffling depends on (seed, epoch), the loader workers' augmentation on (seed, epoch, sample index) and
+the step's own random draws (random erasing of image folders, mixup, drop path) on (seed, rank, epoch, batch index), so
+a run resumed from a checkpoint replays exactly the draws of an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -169,6 +169,7 @@ class Training:
     val_set: SkipUnreadable
     train_sampler: EpochShuffleSampler
     train_loader: Any  # prepared by accelerate
+    device_tf: Callable | None  # normalises and erases the loader's uint8 batches on the device (image folders)
     val_loader: Any
     forward: Callable  # the training forward: the prepared model, or its torch.compile wrapper
     scheduler: Any
@@ -208,14 +209,15 @@ def _stopped(training: Training) -> bool:
 
 
 def _build_data(config: TrainConfig, model: torch.nn.Module, classes: list[str]) -> tuple[Any, ...]:
-    """Return the train and val datasets, the train sampler, both loaders (not yet prepared) and the data config.
+    """Return the train and val datasets, the train sampler, both loaders (not yet prepared), the device stage of the
+    training batches (None: the loader's batches are the model's input) and the data config.
 
     Raises:
         ConfigError: a split that has no readable image.
     """
     from torch.utils.data import DataLoader
 
-    train_tf, eval_tf, data_config = build_transforms(config, model)
+    train_tf, device_tf, eval_tf, data_config = build_transforms(config, model)
     try:
         train_set = build_dataset(config.dataset, config.data_dir, "train", train_tf, config.seed, classes=classes)
         val_set = build_dataset(config.dataset, config.data_dir, "val", eval_tf, config.seed, limit=config.val_subset,
@@ -232,7 +234,7 @@ def _build_data(config: TrainConfig, model: torch.nn.Module, classes: list[str])
                               **loader_args)
     val_loader = DataLoader(val_set, batch_size=config.eval_batch_size or 2 * config.batch_size, sampler=val_sampler,
                             **loader_args)
-    return train_set, val_set, train_sampler, train_loader, val_loader, data_config
+    return train_set, val_set, train_sampler, train_loader, val_loader, device_tf, data_config
 
 
 def setup(config: TrainConfig) -> Training:
@@ -262,7 +264,8 @@ def setup(config: TrainConfig) -> Training:
     in_chans = config.in_chans or (1 if config.dataset == "fashion_mnist" else 3)
     num_classes = config.num_classes or len(classes)
     model = create_model_from_config(config, num_classes, in_chans)
-    train_set, val_set, train_sampler, train_loader, val_loader, data_config = _build_data(config, model, classes)
+    (train_set, val_set, train_sampler, train_loader, val_loader, device_tf,
+     data_config) = _build_data(config, model, classes)
     if len(train_loader) < accelerator.num_processes:
         raise ConfigError(f"the training set has {len(train_sampler)} samples, fewer than one batch of "
                           f"{config.batch_size} per process; lower batch_size")
@@ -306,7 +309,7 @@ def setup(config: TrainConfig) -> Training:
         log.write("start", model=config.model, lr=lr, global_batch=global_batch, processes=accelerator.num_processes,
                   output=str(output), params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 4))
     scheduler.step_update(run.num_updates)
-    return Training(run, train_set, val_set, train_sampler, train_loader, val_loader, forward, scheduler,
+    return Training(run, train_set, val_set, train_sampler, train_loader, device_tf, val_loader, forward, scheduler,
                     total_epochs, mixup, criterion, log, output, last_checkpoint=resumed_from, start_time=time.time())
 
 
@@ -354,8 +357,10 @@ def train_one_epoch(training: Training) -> tuple[torch.Tensor, int, float]:
     loss_count, start = 0, time.time()
 
     for images, targets in loader:
-        # Per-batch seed: mixup and drop path draw the same numbers whether or not the run was resumed.
+        # Per-batch seed: random erasing, mixup and drop path draw the same numbers whether or not the run was resumed.
         seed_everything(sample_seed(config.seed + 1 + accelerator.process_index, epoch, run.batches_done))
+        if training.device_tf is not None:
+            images = training.device_tf(images)
         if training.mixup is not None:
             images, targets = training.mixup(images, targets)
         with accelerator.accumulate(model):

@@ -1,0 +1,75 @@
+"""The image-folder training transform split between the loader workers (uint8) and the training device
+(normalisation and random erasing on whole batches, :class:`vitzoo.train.data.DeviceAugment`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vitzoo.train import data as vdata
+
+DATA_CONFIG = {"input_size": (3, 32, 32), "interpolation": "bicubic", "crop_pct": 0.9,
+               "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+
+@pytest.fixture(scope="module")
+def image_paths(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Random RGB images of odd sizes, as JPEG and PNG."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    paths = []
+    for index, (height, width, suffix) in enumerate([(37, 53, "jpg"), (61, 29, "png"), (45, 45, "jpg"),
+                                                     (33, 71, "png")]):
+        path = folder / f"{index}.{suffix}"
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_uint8_pipeline_then_device_stage_equals_timms_float_pipeline(image_paths: list[Path]) -> None:
+    """Without erasing, the workers' uint8 transform followed by the device stage gives timm's normalised float
+    pipeline built from the same arguments, under the same seeds for the PIL operations."""
+    from timm.data import create_transform
+
+    augment = vdata.AugmentConfig(re_prob=0.0)
+    uint8_tf, device_tf, _ = vdata.folder_transforms(DATA_CONFIG, augment)
+    float_tf = create_transform(
+        DATA_CONFIG["input_size"], is_training=True, scale=augment.scale, hflip=augment.hflip,
+        color_jitter=augment.color_jitter, auto_augment=augment.auto_augment,
+        interpolation=augment.train_interpolation, mean=DATA_CONFIG["mean"], std=DATA_CONFIG["std"], re_prob=0.0,
+    )
+    for seed, path in enumerate(image_paths):
+        image = vdata.load_image(str(path))
+        vdata.seed_everything(seed, devices=False)
+        small = uint8_tf(image)
+        vdata.seed_everything(seed, devices=False)
+        expected = float_tf(image)
+        assert small.dtype == torch.uint8 and small.shape == (3, 32, 32)
+        batch = device_tf(small[None])
+        assert batch.dtype == torch.float32
+        torch.testing.assert_close(batch[0], expected, atol=1e-5, rtol=0)
+
+
+def test_random_erasing_replaces_one_rectangle_and_keeps_the_rest() -> None:
+    """With re_prob=1 every image of the batch has one erased rectangle (fresh noise); every other pixel is the
+    normalised input."""
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    normalised = vdata.DeviceAugment(DATA_CONFIG["mean"], DATA_CONFIG["std"])(images)
+    vdata.seed_everything(0)
+    erased = vdata.DeviceAugment(DATA_CONFIG["mean"], DATA_CONFIG["std"], re_prob=1.0, re_mode="pixel")(images)
+    mean = torch.tensor(DATA_CONFIG["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(DATA_CONFIG["std"]).view(1, 3, 1, 1)
+    torch.testing.assert_close(normalised, (images / 255 - mean) / std, atol=1e-6, rtol=0)
+    for before, after in zip(normalised, erased, strict=True):
+        changed = (before != after).any(0)
+        rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+        assert len(rows) and len(cols), "an image was not erased"
+        box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
+        assert changed[box].all(), "the erased pixels do not form one rectangle"
+        outside = torch.ones_like(changed)
+        outside[box] = False
+        assert torch.equal(after[:, outside], before[:, outside])
+        assert changed.sum() <= 32 * 32 / 3 + 2 * 32  # timm's largest rectangle: a third of the image, rounded
