@@ -8,10 +8,10 @@ crop, flip, RandAugment and uint8 tensor conversion, then the training device's 
 - ``stages``: milliseconds per image of reading + decoding (``vitzoo.train.data.load_image``), of each worker
   transform and of the device stage on one image on the CPU, in one process; ``img_per_s_per_core`` = 1000 / their
   sum;
-- ``loaders``: images per second out of a ``DataLoader`` with ``--workers`` processes at the config's batch size,
-  after its first batch (worker start-up), for two outputs: normalised float32 tensors (the device stage run on each
-  image in the workers) and the workers' uint8 tensors (what training hands to the device: a quarter of the bytes
-  through the workers' shared memory).
+- ``loaders``: images per second a ``DataLoader`` with ``--workers`` processes sustains at the config's batch size
+  (timed once the batches its workers prepared during start-up are drawn), for two outputs: normalised float32 tensors
+  (the device stage run on each image in the workers) and the workers' uint8 tensors (what training hands to the
+  device: a quarter of the bytes through the workers' shared memory).
 
     python benchmarks/data_pipeline.py --config configs/fashion_imagenet/softmax.yaml --data-dir data/fim \\
         --workers 1 2 --out benchmarks/results/data_pipeline/cpu.json
@@ -58,15 +58,24 @@ def stage_costs(dataset, steps: list[Callable], images: int) -> dict[str, float]
     return {name: round(seconds * 1e3 / len(paths), 3) for name, seconds in totals.items()}
 
 
+PREFETCH_FACTOR = 2  # DataLoader's default: batches each worker keeps ready
+
+
 def loader_rate(dataset, batch_size: int, workers: int, batches: int) -> float:
-    """Images per second from a DataLoader after its first batch."""
+    """Images per second a DataLoader sustains: timed over ``batches`` batches after the batches its workers hold
+    ready at start (workers x prefetch factor, made while the first one was) have been drawn, so the rate is what the
+    workers produce rather than how fast a full queue empties."""
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                         drop_last=True, generator=torch.Generator().manual_seed(0))
-    batches = min(batches, len(loader) - 1)
-    if batches < 1:
-        raise SystemExit(f"the folder holds {len(dataset)} images: too few for two batches of {batch_size}")
+                                         drop_last=True, generator=torch.Generator().manual_seed(0),
+                                         prefetch_factor=PREFETCH_FACTOR if workers else None)
+    warm = 1 + workers * PREFETCH_FACTOR
+    if len(loader) < warm + batches:
+        raise SystemExit(f"the folder holds {len(dataset)} images: {warm + batches} batches of {batch_size} are needed "
+                         f"for {workers} worker(s) ({warm} drawn before timing, --batches {batches} timed); build a "
+                         "larger folder or pass fewer --batches")
     iterator = iter(loader)
-    next(iterator)  # worker start-up
+    for _ in range(warm):  # worker start-up and the prefetched queue
+        next(iterator)
     begin = time.perf_counter()
     count = 0
     for _ in range(batches):
@@ -82,7 +91,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=200, help="images timed stage by stage")
     parser.add_argument("--workers", type=int, nargs="+", default=[1], help="loader worker counts to time")
     parser.add_argument("--batches", type=int, default=8,
-                        help="batches timed per loader after the first (at most what the folder holds)")
+                        help="batches timed per loader once its prefetched queue is drained (the folder must hold "
+                             "1 + 2 x workers more)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     config = load_config(args.config, data_dir=args.data_dir)

@@ -178,6 +178,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    torch.backends.cudnn.benchmark = True  # as vitzoo-bench and timm's benchmark: fixed shapes, cuDNN picks algorithms
     revision = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     info = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "timm": timm.__version__,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
