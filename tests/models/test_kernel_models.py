@@ -24,7 +24,8 @@ from vitzoo.train.data import FASHION_MNIST_DIR
 OP_MODULES = {importlib.import_module("vitzoo.ops.linear_attention.function"): "linear_attention_triton",
               importlib.import_module("vitzoo.ops.delta_rule.function"): "delta_rule_triton",
               importlib.import_module("vitzoo.ops.local_conv.function"): "_local_conv_fwd",
-              importlib.import_module("vitzoo.ops.layer_norm.function"): "_norm"}
+              importlib.import_module("vitzoo.ops.layer_norm.function"): "_norm",
+              importlib.import_module("vitzoo.ops.zeros_weights.function"): "_zeros_weights_fwd"}
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1" and triton_available() and not torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(not INTERPRETER, reason="needs the Triton interpreter (TRITON_INTERPRET=1, no CUDA)")

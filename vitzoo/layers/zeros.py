@@ -15,18 +15,15 @@ coefficients). ``docs/mixers.md`` (ZeroS) states the math and where the zoo diff
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 from timm.layers import register_notrace_module
 
-from ..ops import linear_attention
+from ..ops import linear_attention, zeros_weights
 from .base import TokenMixer
 from .norms import low_precision_layer_norm
 from .rope import axial_rope
 
-_LOG_TAU_RANGE = (-50.0, 30.0)  # the clamp of log tau in the released code: keeps tau finite and positive
 _HEAD_NORM_EPS = 1e-5
 
 
@@ -96,19 +93,6 @@ class ZeroSAttention(TokenMixer):
         nn.init.zeros_(self.mu)
         nn.init.zeros_(self.log_tau)
 
-    def radial_logits(self, u: torch.Tensor) -> torch.Tensor:
-        """Radial logits s_i = -<u_i, ubar> / sqrt(d) for u of shape (B, N, h, d); returns (B, N, h).
-
-        Computed in at least fp32: the logits feed an exponential.
-        """
-        acc = torch.promote_types(u.dtype, torch.float32)
-        u = u.to(acc)
-        tau = self.log_tau.to(acc).clamp(*_LOG_TAU_RANGE).exp().unsqueeze(-1)  # (h, 1)
-        # Encoder form: the count is tau + N for every token (the released code's per-position count is the
-        # causal form).
-        u_bar = (tau * self.mu.to(acc) + u.sum(dim=1)) / (tau + u.shape[1])  # (B, h, d)
-        return -(u * u_bar.unsqueeze(1)).sum(dim=-1) / math.sqrt(self.head_dim)
-
     def mix(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
         # ``grid_size`` places the patches for ``rope`` (else it is only checked, by ``forward``).
         batch, num_tokens, dim = x.shape
@@ -116,31 +100,16 @@ class ZeroSAttention(TokenMixer):
         if self.rope:
             q = axial_rope(q, grid_size, num_prefix_tokens, self.rope_base)
             k = axial_rope(k, grid_size, num_prefix_tokens, self.rope_base)
-        logits = self.radial_logits(u)  # (B, N, h), fp32 or fp64
-        gates = self.gates(x).to(logits.dtype).view(batch, num_tokens, -1, self.num_heads)
-        sigma1, sigmah = torch.sigmoid(gates[:, :, :2]).unbind(2)
-
-        # Key weights (e^{s_i - max s}, delta_i, 1). The linear weight is the mean-centred logit: the weights
-        # are invariant to shifting s, and with P = sum_i delta_i = 0 the reads need no large-P cancellation
-        # (beta * G - beta * P / N * H) when the kernel keeps its states in low precision.
-        deltas = logits - logits.mean(dim=1, keepdim=True)
-        exp_logits = torch.exp(logits - logits.amax(dim=1, keepdim=True).detach())
-        key_weights = torch.stack([exp_logits, deltas, torch.ones_like(deltas)], dim=-1)
-
-        # Per-query coefficients: w_{t,i} = alpha_t e^{s_i} + beta_t delta_i + gamma_t (t = N for the encoder),
-        # i.e. sigmah * softmax_i + (sigma1 - sigmah) * delta_i / N - sigmah / N.
-        alpha = sigmah / exp_logits.sum(dim=1, keepdim=True)
-        beta = (sigma1 - sigmah) / num_tokens
-        gamma = -sigmah / num_tokens
-        if self.zero_order_gate:  # the restored zero-order term sigma0 / N on every key
-            gamma = gamma + torch.tanh(gates[:, :, 2]) / num_tokens
-        query_weights = torch.stack([alpha, beta, gamma], dim=-1)
-
+        # The radial logits s_i = -<u_i, ubar> / sqrt(d), the gates and the three key and query weightings, in fp32
+        # (see vitzoo.ops.zeros_weights): w_{t,i} = alpha_t e^{s_i} + beta_t delta_i + gamma_t, i.e.
+        # sigmah * softmax_i + (sigma1 - sigmah) * delta_i / N - sigmah / N (+ sigma0 / N with the zero-order gate).
+        gate_logits = self.gates(x).view(batch, num_tokens, -1, self.num_heads)
+        key_weights, query_weights = zeros_weights(u, gate_logits, self.mu, self.log_tau)
         out = linear_attention(q, k, v, key_weights, query_weights, feature_map="l2norm")
         out = low_precision_layer_norm(out, (self.head_dim,), None, None, _HEAD_NORM_EPS)
         return out.reshape(batch, num_tokens, dim).to(x.dtype)
 
 
-# The forward branches on tensor properties (the accumulation dtype (promote_types of the input dtype) and the 16-bit
-# norm path), which FX cannot trace: the mixer is a leaf for timm's FX feature extraction.
+# The forward branches on tensor properties (the ops' backend by device and dtype, the 16-bit norm path), which FX
+# cannot trace: the mixer is a leaf for timm's FX feature extraction.
 register_notrace_module(ZeroSAttention)

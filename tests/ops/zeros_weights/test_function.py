@@ -1,0 +1,110 @@
+"""ZeroS's weighting kernels against the float64 reference, forward and every gradient.
+
+Without CUDA the kernels run under the Triton interpreter (``tests/conftest.py`` sets ``TRITON_INTERPRET=1``).
+"""
+import importlib
+
+import pytest
+import torch
+
+from vitzoo.ops import set_backend, triton_available
+from vitzoo.ops.testing import relative_error
+from vitzoo.ops.zeros_weights import zeros_weights, zeros_weights_reference
+
+kernels = importlib.import_module("vitzoo.ops.zeros_weights.kernels") if triton_available() else None
+HAS_CUDA = torch.cuda.is_available()
+INTERPRETED = not HAS_CUDA and kernels is not None and \
+    type(kernels._zeros_weights_fwd_kernel).__name__ == "InterpretedFunction"
+needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRETED), reason="needs CUDA or the Triton interpreter")
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+def _inputs(b, n, h, d, gates, log_tau, dtype, device, seed):
+    """Fresh random inputs as the mixer passes them: u a strided slice of the fused projection, never zeros."""
+    gen = torch.Generator().manual_seed(seed)
+    wide = torch.randn(b, n, 4, h, d, generator=gen, dtype=torch.float64)
+    u = wide.to(device, dtype)[:, :, 3]  # unit stride on d, token stride 4 h d
+    gate_logits = (torch.randn(b, n, gates, h, generator=gen, dtype=torch.float64) * 2).to(device, dtype)
+    mu = torch.randn(h, d, generator=gen, dtype=torch.float64).to(device, torch.float32)
+    log_tau = torch.tensor(log_tau, dtype=torch.float64).to(device, torch.float32)
+    tensors = [t.detach().requires_grad_() for t in (u, gate_logits, mu, log_tau)]
+    grads = [torch.randn(b, n, h, 3, generator=gen, dtype=torch.float64) for _ in range(2)]
+    return tensors, grads
+
+
+def _run(fn, tensors, grads):
+    key_weights, query_weights = fn(*tensors)
+    weights = (key_weights, query_weights)
+    outputs_grads = [g.to(w.device, w.dtype) for g, w in zip(grads, weights, strict=True)]
+    return weights, torch.autograd.grad(weights, tensors, outputs_grads)
+
+
+CASES = [  # (b, n, h, d, gates, log_tau)
+    (2, 37, 3, 24, 2, [0.3, -1.2, 2.0]),            # odd N in one block, odd-ish head dim
+    (1, 130, 2, 16, 3, [0.0, 1.5]),                  # N over three blocks, the zero-order gate
+    (2, 9, 2, 8, 2, [35.0, -60.0]),                  # log tau outside the clamp: no gradient reaches it
+]
+
+
+@needs_kernels
+@pytest.mark.parametrize("b, n, h, d, gates, log_tau", CASES)
+def test_kernel_matches_float64_reference(b, n, h, d, gates, log_tau):
+    set_backend("triton")
+    try:
+        tensors, grads = _inputs(b, n, h, d, gates, log_tau, torch.float32, DEVICE, 7 * n + d)
+        reference = [t.detach().double().cpu().requires_grad_() for t in tensors]
+        weights, tensor_grads = _run(zeros_weights, tensors, grads)
+        ref_weights, ref_grads = _run(zeros_weights_reference, reference, grads)
+    finally:
+        set_backend("auto")
+    for got, expected in zip(weights, ref_weights, strict=True):
+        assert got.dtype == torch.float32 and got.shape == expected.shape
+        assert relative_error(got.cpu(), expected) < 1e-5
+    for name, got, expected in zip(("u", "gate_logits", "mu", "log_tau"), tensor_grads, ref_grads, strict=True):
+        assert got.shape == expected.shape, name
+        if expected.abs().max() == 0:  # log tau outside the clamp
+            assert (got == 0).all(), name
+        else:
+            assert relative_error(got.cpu(), expected) < 1e-5, name
+
+
+@needs_kernels
+def test_kernel_writes_every_output(monkeypatch):
+    """Outputs are fresh buffers: poisoning the allocator's memory must not leak into them."""
+    set_backend("triton")
+    try:
+        tensors, grads = _inputs(2, 70, 2, 16, 3, [0.5, -0.5], torch.float32, DEVICE, 3)
+        monkeypatch.setattr(torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
+        weights, tensor_grads = _run(zeros_weights, tensors, grads)
+    finally:
+        set_backend("auto")
+    assert all(torch.isfinite(t).all() for t in (*weights, *tensor_grads))
+
+
+@needs_cuda
+def test_bf16_at_model_size():
+    """bf16 u and gate logits at ZeroS-T size (32 x 197 tokens, 3 heads of 64) against float64."""
+    tensors, grads = _inputs(32, 197, 3, 64, 2, [0.0, 0.7, -0.3], torch.bfloat16, "cuda", 11)
+    reference = [t.detach().double().cpu().requires_grad_() for t in tensors]
+    weights, tensor_grads = _run(zeros_weights, tensors, grads)
+    ref_weights, ref_grads = _run(zeros_weights_reference, reference, grads)
+    for got, expected in zip((*weights, *tensor_grads), (*ref_weights, *ref_grads), strict=True):
+        assert relative_error(got.float().cpu(), expected) < 1e-2
+
+
+@needs_cuda
+def test_torch_compile_fullgraph_matches_eager():
+    tensors, grads = _inputs(4, 50, 3, 64, 2, [0.0, 0.7, -0.3], torch.bfloat16, "cuda", 13)
+    eager, eager_grads = _run(zeros_weights, tensors, grads)
+    compiled, compiled_grads = _run(torch.compile(zeros_weights, fullgraph=True), tensors, grads)
+    for got, expected in zip((*compiled, *compiled_grads), (*eager, *eager_grads), strict=True):
+        torch.testing.assert_close(got, expected)
+
+
+def test_bad_shapes_are_one_line_errors():
+    u = torch.randn(2, 5, 3, 8)
+    with pytest.raises(ValueError, match=r"gate_logits must be \(B, N, 2 or 3, H\)"):
+        zeros_weights(u, torch.randn(2, 5, 4, 3), torch.randn(3, 8), torch.zeros(3))
+    with pytest.raises(ValueError, match=r"mu must be \(3, 8\)"):
+        zeros_weights(u, torch.randn(2, 5, 2, 3), torch.randn(8), torch.zeros(3))

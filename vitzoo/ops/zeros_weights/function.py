@@ -1,0 +1,120 @@
+"""ZeroS's weightings' entry points: the host launches of the kernels, their ``torch.library`` custom ops, the autograd
+function and the dispatching :func:`zeros_weights`.
+
+The kernels replace about thirty elementwise and reduction launches of the mixer's PyTorch form (fp32 copies of u
+included) with one launch forward and one backward. Eager calls launch them directly; inside ``torch.compile`` the
+custom ops run, their kernels launched through ``wrap_triton``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..utils import KERNEL_DTYPES, kernel_backend, launcher, triton_available
+from . import heuristics
+from .reference import LOG_TAU_RANGE, check_inputs, zeros_weights_reference
+
+if triton_available():
+    from .kernels import _zeros_weights_bwd_kernel, _zeros_weights_fwd_kernel
+
+    def _zeros_weights_fwd(
+            u: torch.Tensor, gates: torch.Tensor, mu: torch.Tensor, log_tau: torch.Tensor,
+            direct_launch: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(key weights, query weights, logits (B, H, N), per-(batch, head) (max logit, sum of exp), ubar (B, H, D)),
+        everything fp32."""
+        b, n, h, d = u.shape
+        options = dict(dtype=torch.float32, device=u.device)
+        key_weights = torch.empty((b, n, h, 3), **options)
+        query_weights = torch.empty((b, n, h, 3), **options)
+        logits = torch.empty((b, h, n), **options)
+        stats = torch.empty((b, h, 2), **options)
+        ubar = torch.empty((b, h, d), **options)
+        launcher(_zeros_weights_fwd_kernel, direct_launch)[(b * h,)](
+            u, gates, mu, log_tau, key_weights, query_weights, logits, stats, ubar,
+            n, h, d, u.stride(0), u.stride(1), u.stride(2), *gates.stride(), 1.0 / math.sqrt(d), *LOG_TAU_RANGE,
+            ZERO_ORDER=gates.shape[2] == 3, BLOCK_N=heuristics.BLOCK_N, BLOCK_D=heuristics.block_d(d),
+            num_warps=heuristics.NUM_WARPS,
+        )
+        return key_weights, query_weights, logits, stats, ubar
+
+    def _zeros_weights_bwd(
+            d_key_weights: torch.Tensor, d_query_weights: torch.Tensor, u: torch.Tensor, gates: torch.Tensor,
+            mu: torch.Tensor, log_tau: torch.Tensor, logits: torch.Tensor, stats: torch.Tensor, ubar: torch.Tensor,
+            direct_launch: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(du, dgates, per-(batch, head) parts of dmu (B, H, D) and dlog_tau (B, H), fp32)."""
+        b, n, h, d = u.shape
+        du = torch.empty((b, n, h, d), dtype=u.dtype, device=u.device)
+        dgates = torch.empty(tuple(gates.shape), dtype=gates.dtype, device=u.device)
+        dmu = torch.empty((b, h, d), dtype=torch.float32, device=u.device)
+        dlog_tau = torch.empty((b, h), dtype=torch.float32, device=u.device)
+        launcher(_zeros_weights_bwd_kernel, direct_launch)[(b * h,)](
+            u, gates, mu, log_tau, logits, stats, ubar, d_key_weights, d_query_weights, du, dgates, dmu, dlog_tau,
+            n, h, d, u.stride(0), u.stride(1), u.stride(2), *gates.stride(), du.stride(0), du.stride(1),
+            du.stride(2), *dgates.stride(), 1.0 / math.sqrt(d), *LOG_TAU_RANGE,
+            ZERO_ORDER=gates.shape[2] == 3, BLOCK_N=heuristics.BLOCK_N, BLOCK_D=heuristics.block_d(d),
+            num_warps=heuristics.NUM_WARPS,
+        )
+        return du, dgates, dmu, dlog_tau
+
+    @torch.library.triton_op("vitzoo::zeros_weights_fwd", mutates_args=())
+    def _zeros_weights_fwd_op(
+            u: torch.Tensor, gates: torch.Tensor, mu: torch.Tensor, log_tau: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _zeros_weights_fwd(u, gates, mu, log_tau)
+
+    @torch.library.triton_op("vitzoo::zeros_weights_bwd", mutates_args=())
+    def _zeros_weights_bwd_op(
+            d_key_weights: torch.Tensor, d_query_weights: torch.Tensor, u: torch.Tensor, gates: torch.Tensor,
+            mu: torch.Tensor, log_tau: torch.Tensor, logits: torch.Tensor, stats: torch.Tensor, ubar: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _zeros_weights_bwd(d_key_weights, d_query_weights, u, gates, mu, log_tau, logits, stats, ubar)
+
+    class _ZeroSWeightsFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, u, gates, mu, log_tau):
+            compiling = torch.compiler.is_compiling()
+            key_weights, query_weights, logits, stats, ubar = (
+                _zeros_weights_fwd_op(u, gates, mu, log_tau) if compiling
+                else _zeros_weights_fwd(u, gates, mu, log_tau, direct_launch=True))
+            ctx.save_for_backward(u, gates, mu, log_tau, logits, stats, ubar)
+            return key_weights, query_weights
+
+        @staticmethod
+        def backward(ctx, d_key_weights, d_query_weights):
+            u, gates, mu, log_tau, logits, stats, ubar = ctx.saved_tensors
+            # the gradients of the weights come from the linear-attention op, fresh and contiguous; a caller that
+            # uses one of the two outputs only passes None for the other
+            shape = (*u.shape[:3], 3)
+            d_key_weights = logits.new_zeros(shape) if d_key_weights is None else d_key_weights.contiguous()
+            d_query_weights = logits.new_zeros(shape) if d_query_weights is None else d_query_weights.contiguous()
+            args = (d_key_weights, d_query_weights, u, gates, mu, log_tau, logits, stats, ubar)
+            if torch.compiler.is_compiling():
+                du, dgates, dmu, dlog_tau = _zeros_weights_bwd_op(*args)
+            else:
+                du, dgates, dmu, dlog_tau = _zeros_weights_bwd(*args, direct_launch=True)
+            return du, dgates, dmu.sum(dim=0).to(mu.dtype), dlog_tau.sum(dim=0).to(log_tau.dtype)
+
+
+def zeros_weights(u: torch.Tensor, gate_logits: torch.Tensor, mu: torch.Tensor,
+                  log_tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ZeroS's (key weights, query weights) for :func:`vitzoo.ops.linear_attention`, each (B, N, H, 3) fp32.
+
+    Args:
+        u: radial-logit inputs (B, N, H, D), any strides with a unit last stride (a slice of the fused projection).
+        gate_logits: (B, N, G, H): G = 2 (sigma1, sigmah) or 3 (and the zero-order gate).
+        mu: the prior mean of u, (H, D).
+        log_tau: the log pseudo-count of the prior, (H,).
+
+    ``reference.py`` states the math. fp16 / bf16 / fp32 inputs on CUDA run the kernels; float64 and the CPU run the
+    reference.
+    """
+    check_inputs(u, gate_logits, mu, log_tau)
+    tensors = (u, gate_logits, mu, log_tau)
+    if kernel_backend(u.device) != "triton" or any(t.dtype not in KERNEL_DTYPES for t in tensors):
+        return zeros_weights_reference(u, gate_logits, mu, log_tau)
+    if u.stride(-1) != 1:
+        u = u.contiguous()
+    return _ZeroSWeightsFunction.apply(u, gate_logits, mu, log_tau)

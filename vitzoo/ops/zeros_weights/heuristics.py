@@ -1,0 +1,12 @@
+"""Launch shape of ZeroS's weighting kernels: one program per (batch, head), tokens in blocks of 64."""
+from __future__ import annotations
+
+from ..utils import next_power_of_2
+
+BLOCK_N = 64
+NUM_WARPS = 4
+
+
+def block_d(head_dim: int) -> int:
+    """The head dim as a tile dim: the next power of two, at least 16."""
+    return max(16, next_power_of_2(head_dim))
