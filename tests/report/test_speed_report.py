@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from vitzoo.report.speed_report import inference_table, main, to_markdown
+from vitzoo.report.speed_report import inference_table, main, summary_table, to_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "compare" / "h200.json"
@@ -52,3 +52,18 @@ def test_compiled_rows_get_their_own_table_and_stay_out_of_the_eager_ones():
     eager, compiled = page.split("compiled** (`torch.compile(mode='reduce-overhead', fullgraph=True)`) at 224 px:")
     assert "| 300 (1.50x" in eager and "900" not in eager
     assert "| `linear_deit_tiny_patch16_224` | 256 | 900 (1-2) | 2.00x |" in compiled
+
+
+def test_summary_table_puts_eager_and_graphed_rows_side_by_side():
+    extra = dict(host_ms=9.0, launches=10.0, peak_mem_mb=1.0, batch=256, img_per_s_min=1.0, img_per_s_max=2.0)
+    group = dict(twin_model="softmax_deit_tiny_patch16_224", timm_model="deit_tiny_patch16_224")
+    rows = [
+        _row("linear_deit_tiny_patch16_224", 224, 300.0, "zoo", **group, **extra),
+        _row("softmax_deit_tiny_patch16_224", 224, 600.0, "twin", **extra),
+        _row("linear_deit_tiny_patch16_224", 224, 900.0, "zoo", **group, **extra) | {"compile": "cuda-graph"},
+        _row("softmax_deit_tiny_patch16_224", 224, 450.0, "twin", **extra) | {"compile": "cuda-graph"},
+        _row("deit_tiny_patch16_224", 224, 300.0, "timm", **extra) | {"compile": "cuda-graph"},
+    ]
+    table = summary_table({"info": dict(device="GPU", torch="t", triton="tr", date="2026-12-04", git_revision="abc"),
+                           "rows": rows})
+    assert "| `linear_deit_tiny` | 300, 0.50x (9.0 / 3.3) | 900, 2.00x, 3.00x |" in table

@@ -15,6 +15,7 @@ from typing import Any
 from vitzoo.report._readme import rewrite_between_markers
 
 MARKERS = ("<!-- speed-tables:start -->", "<!-- speed-tables:end -->")
+SUMMARY_MARKERS = ("<!-- speed-summary:start -->", "<!-- speed-summary:end -->")
 COMPILE_MARKERS = ("<!-- compile-table:start -->", "<!-- compile-table:end -->")
 
 
@@ -94,6 +95,35 @@ def latency_table(rows: list[dict]) -> str:
             cells.append("" if row is None else f"{row['latency_p50_ms']:.2f} / {row['latency_p90_ms']:.2f}, "
                                                  f"{row.get('graphed_p50_ms', float('nan')):.2f}")
         lines.append(f"| `{model}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_table(data: dict[str, Any]) -> str:
+    """The README's summary: per zoo model, eager inference at the smallest size (with host and device ms) and
+    inference replayed from a CUDA graph at every size measured that way, each with the ratios to the softmax twin and
+    timm's model."""
+    info, rows = data["info"], data["rows"]
+    eager = _index(_ok(rows, phase="infer", compile="none"))
+    graphed = _index(_ok(rows, phase="infer", compile="cuda-graph"))
+    eager_size = min(size for _, size in eager)
+    graph_sizes = sorted({size for _, size in graphed})
+    lines = [f"| model | eager {eager_size} px: img/s, x twin (host / device ms) | "
+             + " | ".join(f"CUDA graph {s} px: img/s, x twin, x timm" for s in graph_sizes) + " |",
+             "|---|---|" + "---|" * len(graph_sizes)]
+    for model in _zoo_models(_ok(rows, phase="infer")):
+        row = eager.get((model, eager_size))
+        cells = ["" if row is None else
+                 f"{row['img_per_s']:,.0f}, {_ratio(row, eager.get((row.get('twin_model'), eager_size)))} "
+                 f"({row['host_ms']:.1f} / {row['device_ms']:.1f})"]
+        for size in graph_sizes:
+            row = graphed.get((model, size))
+            cells.append("" if row is None else
+                         f"{row['img_per_s']:,.0f}, {_ratio(row, graphed.get((row.get('twin_model'), size)))}, "
+                         f"{_ratio(row, graphed.get((row.get('timm_model'), size)))}")
+        lines.append(f"| `{model.replace('_patch16_224', '')}` | " + " | ".join(cells) + " |")
+    lines += ["", f"{info['device']}, torch {info['torch']}, triton {info['triton']}, {info['date'][:10]}, code at "
+              f"`{info['git_revision']}`: bf16, batch 256 at 224 px and the same tokens per batch above, median of 3 "
+              "interleaved repeats in one process (`benchmarks/results/compare/h200.json`)."]
     return "\n".join(lines)
 
 

@@ -94,12 +94,14 @@ def test_bf16_at_model_size():
 
 
 @needs_cuda
-def test_torch_compile_fullgraph_matches_eager():
+def test_torch_compile_fullgraph_traces_the_reference():
+    """Under torch.compile the op is its PyTorch reference, fused by Inductor: no graph break, the eager kernels'
+    values."""
     tensors, grads = _inputs(4, 50, 3, 64, 2, [0.0, 0.7, -0.3], torch.bfloat16, "cuda", 13)
     eager, eager_grads = _run(zeros_weights, tensors, grads)
     compiled, compiled_grads = _run(torch.compile(zeros_weights, fullgraph=True), tensors, grads)
     for got, expected in zip((*compiled, *compiled_grads), (*eager, *eager_grads), strict=True):
-        torch.testing.assert_close(got, expected)
+        assert relative_error(got.float(), expected.float()) < 1e-2  # bf16 gradients: rounding may differ
 
 
 def test_bad_shapes_are_one_line_errors():

@@ -2,8 +2,10 @@
 function and the dispatching :func:`zeros_weights`.
 
 The kernels replace about thirty elementwise and reduction launches of the mixer's PyTorch form (fp32 copies of u
-included) with one launch forward and one backward. Eager calls launch them directly; inside ``torch.compile`` the
-custom ops run, their kernels launched through ``wrap_triton``.
+included) with one launch forward and one backward, for eager callers. Inside ``torch.compile`` the op traces its
+PyTorch reference, which Inductor fuses into a few kernels itself (ZeroS-T compiled with it runs without a graph
+break): launched through ``wrap_triton`` on the H200, the kernel's float arguments arrived as float64 and Triton 3.6
+rejected its fp32 loop-carried statistics.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import math
 
 import torch
 
-from ..utils import KERNEL_DTYPES, kernel_backend, launcher, triton_available
+from ..utils import KERNEL_DTYPES, kernel_backend, triton_available
 from . import heuristics
 from .reference import LOG_TAU_RANGE, check_inputs, zeros_weights_reference
 
@@ -20,7 +22,6 @@ if triton_available():
 
     def _zeros_weights_fwd(
             u: torch.Tensor, gates: torch.Tensor, mu: torch.Tensor, log_tau: torch.Tensor,
-            direct_launch: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(key weights, query weights, logits (B, H, N), per-(batch, head) (max logit, sum of exp), ubar (B, H, D)),
         everything fp32."""
@@ -31,7 +32,7 @@ if triton_available():
         logits = torch.empty((b, h, n), **options)
         stats = torch.empty((b, h, 2), **options)
         ubar = torch.empty((b, h, d), **options)
-        launcher(_zeros_weights_fwd_kernel, direct_launch)[(b * h,)](
+        _zeros_weights_fwd_kernel[(b * h,)](
             u, gates, mu, log_tau, key_weights, query_weights, logits, stats, ubar,
             n, h, d, u.stride(0), u.stride(1), u.stride(2), *gates.stride(), 1.0 / math.sqrt(d), *LOG_TAU_RANGE,
             ZERO_ORDER=gates.shape[2] == 3, BLOCK_N=heuristics.BLOCK_N, BLOCK_D=heuristics.block_d(d),
@@ -42,7 +43,6 @@ if triton_available():
     def _zeros_weights_bwd(
             d_key_weights: torch.Tensor, d_query_weights: torch.Tensor, u: torch.Tensor, gates: torch.Tensor,
             mu: torch.Tensor, log_tau: torch.Tensor, logits: torch.Tensor, stats: torch.Tensor, ubar: torch.Tensor,
-            direct_launch: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(du, dgates, per-(batch, head) parts of dmu (B, H, D) and dlog_tau (B, H), fp32)."""
         b, n, h, d = u.shape
@@ -50,7 +50,7 @@ if triton_available():
         dgates = torch.empty(tuple(gates.shape), dtype=gates.dtype, device=u.device)
         dmu = torch.empty((b, h, d), dtype=torch.float32, device=u.device)
         dlog_tau = torch.empty((b, h), dtype=torch.float32, device=u.device)
-        launcher(_zeros_weights_bwd_kernel, direct_launch)[(b * h,)](
+        _zeros_weights_bwd_kernel[(b * h,)](
             u, gates, mu, log_tau, logits, stats, ubar, d_key_weights, d_query_weights, du, dgates, dmu, dlog_tau,
             n, h, d, u.stride(0), u.stride(1), u.stride(2), *gates.stride(), du.stride(0), du.stride(1),
             du.stride(2), *dgates.stride(), 1.0 / math.sqrt(d), *LOG_TAU_RANGE,
@@ -59,26 +59,10 @@ if triton_available():
         )
         return du, dgates, dmu, dlog_tau
 
-    @torch.library.triton_op("vitzoo::zeros_weights_fwd", mutates_args=())
-    def _zeros_weights_fwd_op(
-            u: torch.Tensor, gates: torch.Tensor, mu: torch.Tensor, log_tau: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _zeros_weights_fwd(u, gates, mu, log_tau)
-
-    @torch.library.triton_op("vitzoo::zeros_weights_bwd", mutates_args=())
-    def _zeros_weights_bwd_op(
-            d_key_weights: torch.Tensor, d_query_weights: torch.Tensor, u: torch.Tensor, gates: torch.Tensor,
-            mu: torch.Tensor, log_tau: torch.Tensor, logits: torch.Tensor, stats: torch.Tensor, ubar: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _zeros_weights_bwd(d_key_weights, d_query_weights, u, gates, mu, log_tau, logits, stats, ubar)
-
     class _ZeroSWeightsFunction(torch.autograd.Function):
         @staticmethod
         def forward(ctx, u, gates, mu, log_tau):
-            compiling = torch.compiler.is_compiling()
-            key_weights, query_weights, logits, stats, ubar = (
-                _zeros_weights_fwd_op(u, gates, mu, log_tau) if compiling
-                else _zeros_weights_fwd(u, gates, mu, log_tau, direct_launch=True))
+            key_weights, query_weights, logits, stats, ubar = _zeros_weights_fwd(u, gates, mu, log_tau)
             ctx.save_for_backward(u, gates, mu, log_tau, logits, stats, ubar)
             return key_weights, query_weights
 
@@ -90,11 +74,8 @@ if triton_available():
             shape = (*u.shape[:3], 3)
             d_key_weights = logits.new_zeros(shape) if d_key_weights is None else d_key_weights.contiguous()
             d_query_weights = logits.new_zeros(shape) if d_query_weights is None else d_query_weights.contiguous()
-            args = (d_key_weights, d_query_weights, u, gates, mu, log_tau, logits, stats, ubar)
-            if torch.compiler.is_compiling():
-                du, dgates, dmu, dlog_tau = _zeros_weights_bwd_op(*args)
-            else:
-                du, dgates, dmu, dlog_tau = _zeros_weights_bwd(*args, direct_launch=True)
+            du, dgates, dmu, dlog_tau = _zeros_weights_bwd(d_key_weights, d_query_weights, u, gates, mu, log_tau,
+                                                           logits, stats, ubar)
             return du, dgates, dmu.sum(dim=0).to(mu.dtype), dlog_tau.sum(dim=0).to(log_tau.dtype)
 
 
@@ -108,12 +89,13 @@ def zeros_weights(u: torch.Tensor, gate_logits: torch.Tensor, mu: torch.Tensor,
         mu: the prior mean of u, (H, D).
         log_tau: the log pseudo-count of the prior, (H,).
 
-    ``reference.py`` states the math. fp16 / bf16 / fp32 inputs on CUDA run the kernels; float64 and the CPU run the
-    reference.
+    ``reference.py`` states the math. Eager fp16 / bf16 / fp32 inputs on CUDA run the kernels; float64, the CPU and
+    ``torch.compile`` run the reference.
     """
     check_inputs(u, gate_logits, mu, log_tau)
     tensors = (u, gate_logits, mu, log_tau)
-    if kernel_backend(u.device) != "triton" or any(t.dtype not in KERNEL_DTYPES for t in tensors):
+    if kernel_backend(u.device) != "triton" or torch.compiler.is_compiling() \
+            or any(t.dtype not in KERNEL_DTYPES for t in tensors):
         return zeros_weights_reference(u, gate_logits, mu, log_tau)
     if u.stride(-1) != 1:
         u = u.contiguous()
