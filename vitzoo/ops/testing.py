@@ -15,6 +15,16 @@ def relative_error(x: torch.Tensor, ref: torch.Tensor, floor: float = 0.0) -> fl
     return ((x - ref).norm() / ref.norm().clamp_min(max(floor, torch.finfo(torch.float64).tiny))).item()
 
 
+def assert_matches_reference(out: torch.Tensor, grads: tuple[torch.Tensor, ...], ref_out: torch.Tensor,
+                             ref_grads: tuple[torch.Tensor, ...], tol: float) -> None:
+    """An op's output and input gradients against its reference's, each within ``tol`` relative error (norm-wise),
+    with the reference's shapes."""
+    assert out.shape == ref_out.shape and relative_error(out.cpu(), ref_out) < tol
+    for got, expected in zip(grads, ref_grads, strict=True):
+        assert got.shape == expected.shape
+        assert relative_error(got.cpu(), expected) < tol
+
+
 def const_grad_terms(
         q: torch.Tensor,
         k: torch.Tensor,

@@ -9,7 +9,7 @@ import torch
 
 from vitzoo.ops import set_backend, triton_available
 from vitzoo.ops.layer_norm import layer_norm, layer_norm_reference, rms_norm, rms_norm_reference
-from vitzoo.ops.testing import relative_error
+from vitzoo.ops.testing import assert_matches_reference, relative_error
 
 kernels = importlib.import_module("vitzoo.ops.layer_norm.kernels") if triton_available() else None
 HAS_CUDA = torch.cuda.is_available()
@@ -63,10 +63,7 @@ def test_kernel_matches_float64_reference(shape, with_weight, with_bias, rms, st
     finally:
         set_backend("auto")
     assert out.dtype == torch.float32 and out.shape == torch.Size(shape)
-    assert relative_error(out.cpu(), ref_out) < 1e-5
-    for got, expected in zip(grads, ref_grads, strict=True):
-        assert got.shape == expected.shape
-        assert relative_error(got.cpu(), expected) < 1e-5
+    assert_matches_reference(out, grads, ref_out, ref_grads, 1e-5)
 
 
 @needs_kernels

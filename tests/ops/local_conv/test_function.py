@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vitzoo.ops import local_conv, local_conv_reference, set_backend
-from vitzoo.ops.testing import relative_error
+from vitzoo.ops.testing import assert_matches_reference, relative_error
 
 from .cases import HAS_CUDA, make_inputs, needs_cuda, needs_kernels, outputs_and_grads
 
@@ -32,10 +32,7 @@ def test_kernel_matches_reference(b, c, grid, prefix, k, per_image, with_bias, w
     out, grads = outputs_and_grads(local_conv, tensors, grad, grid, prefix)
     ref_out, ref_grads = outputs_and_grads(local_conv_reference, ref_tensors, ref_grad, grid, prefix)
     assert out.dtype == torch.float32
-    assert relative_error(out.cpu(), ref_out) < 1e-5
-    for got, expected in zip(grads, ref_grads, strict=True):
-        assert got.shape == expected.shape
-        assert relative_error(got.cpu(), expected) < 1e-5
+    assert_matches_reference(out, grads, ref_out, ref_grads, 1e-5)
 
 
 @needs_kernels

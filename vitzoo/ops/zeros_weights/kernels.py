@@ -15,6 +15,14 @@ def _sigmoid(x):
 
 
 @triton.jit
+def _program(H, D, BLOCK_D: tl.constexpr):
+    # this program's (batch, head) and the head-dim lanes
+    pid = tl.program_id(0)
+    offs_d = tl.arange(0, BLOCK_D)
+    return pid, pid // H, pid % H, offs_d, offs_d < D
+
+
+@triton.jit
 def _u_tile(u_base, offs_n, offs_d, su_n, n_ok, d_ok):
     return tl.load(u_base + offs_n[:, None] * su_n + offs_d[None, :], mask=n_ok[:, None] & d_ok[None, :],
                    other=0.0).to(tl.float32)
@@ -34,11 +42,7 @@ def _zeros_weights_fwd_kernel(
         N, H, D, su_b, su_n, su_h, sg_b, sg_n, sg_g, sg_h, scale, log_tau_min, log_tau_max,
         ZERO_ORDER: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = pid // H
-    head = pid % H
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < D
+    pid, b, head, offs_d, d_ok = _program(H, D, BLOCK_D)
     u_base = u_ptr + b * su_b + head * su_h
     usum = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
@@ -103,11 +107,7 @@ def _zeros_weights_bwd_kernel(
         scale, log_tau_min, log_tau_max,
         ZERO_ORDER: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = pid // H
-    head = pid % H
-    offs_d = tl.arange(0, BLOCK_D)
-    d_ok = offs_d < D
+    pid, b, head, offs_d, d_ok = _program(H, D, BLOCK_D)
     m = tl.load(stats_ptr + pid * 2)
     esum = tl.load(stats_ptr + pid * 2 + 1)
     ubar = tl.load(ubar_ptr + pid * D + offs_d, mask=d_ok, other=0.0)
