@@ -12,6 +12,7 @@ def _norm_fwd_kernel(
         HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, SAVE_STATS: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    eps = tl.cast(eps, tl.float32)  # fp32 from eager launches, fp64 from Inductor
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_N)
     row_ok = rows < M
