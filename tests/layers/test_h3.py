@@ -168,3 +168,28 @@ def test_rejects_unknown_option_and_odd_state():
         BidirectionalH3(DIM, num_heads=HEADS, head_dim=1)
     with pytest.raises(ValueError):
         BidirectionalH3(DIM, num_heads=HEADS, d_state=7)
+
+
+def test_ssm_kernels_are_kept_without_gradients_until_a_parameter_changes(monkeypatch):
+    ssm = DiagonalSSMKernel(3, d_state=8, dtype=torch.float64)
+    computed = []
+    real = DiagonalSSMKernel.kernels
+    monkeypatch.setattr(DiagonalSSMKernel, "kernels", lambda self, *a: computed.append(a) or real(self, *a))
+    with torch.no_grad():
+        first = ssm(11, torch.float64)
+        again = ssm(11, torch.float64)
+        assert len(computed) == 1 and again[0] is first[0]
+        ssm(12, torch.float64)  # another length
+        assert len(computed) == 2
+        ssm.C.add_(0.5)  # an in-place update (as an optimizer step or load_state_dict)
+        changed = ssm(12, torch.float64)
+        assert len(computed) == 3
+        torch.testing.assert_close(changed[0], real(ssm, 12, torch.float64)[0])
+    with torch.inference_mode():
+        ssm(12, torch.float64)
+        assert len(computed) == 3
+    # with gradients recorded the kernels are computed every call, and the parameters get their gradient
+    kernel_fwd, kernel_bwd = ssm(12, torch.float64)
+    assert len(computed) == 4
+    (kernel_fwd.sum() + kernel_bwd.sum()).backward()
+    assert all(p.grad is not None for p in ssm.parameters())

@@ -62,6 +62,7 @@ class DiagonalSSMKernel(nn.Module):
         self.A_imag = nn.Parameter(torch.empty(2, num_heads, modes, **dd))
         self.B = nn.Parameter(torch.empty(2, num_heads, modes, 2, **dd))
         self.C = nn.Parameter(torch.empty(2, num_heads, modes, 2, **dd))
+        self._cached: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None  # see forward
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -78,7 +79,24 @@ class DiagonalSSMKernel(nn.Module):
             getattr(self, name)._optim = dict(SSM_OPTIM)
 
     def forward(self, length: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-        """The forward and flipped-direction kernels, each (H, length), in ``dtype`` (fp32 or fp64)."""
+        """The forward and flipped-direction kernels, each (H, length), in ``dtype`` (fp32 or fp64).
+
+        They depend on the parameters only, and computing them takes about thirty small launches per block: when no
+        gradient is recorded (and outside torch.compile and tracing) they are kept until a parameter changes (its
+        version counter or storage) or another length, dtype or device is asked for.
+        """
+        if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+            return self.kernels(length, dtype)
+        params = tuple(self.parameters())
+        if any(torch.is_inference(p) for p in params):  # no version counter to tell a change
+            return self.kernels(length, dtype)
+        key = (length, dtype, params[0].device, tuple((p._version, p.data_ptr()) for p in params))
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, self.kernels(length, dtype))
+        return self._cached[1]
+
+    def kernels(self, length: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forward and flipped-direction kernels computed from the parameters (what :meth:`forward` caches)."""
         dt = self.log_dt.to(dtype).exp().unsqueeze(-1)  # (2, H, 1)
         a_re, a_im = -self.log_A_real.to(dtype).exp(), self.A_imag.to(dtype)
         b_re, b_im = self.B.to(dtype).unbind(-1)
