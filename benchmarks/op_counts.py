@@ -10,8 +10,9 @@ dispatcher's Python layer, views included) over one forward at batch 1:
   derived values a mixer keeps between forwards, like H3's SSM kernels, are computed in the first only);
 - ``train``: a training forward and backward (``model.train()``, gradients on).
 
-Counts are of the reference path (the CPU's): on CUDA one Triton op replaces each op's reference, which counts
-several.
+Counts are of the CPU's path, where each fused op runs its PyTorch reference (several ops; one Triton launch on
+CUDA): compare a family with itself across changes, or shells of families that call the same ops. Under the Triton
+interpreter the kernels' own bookkeeping would be counted instead, which a GPU does not have.
 
     python benchmarks/op_counts.py --out benchmarks/results/op_counts/cpu.json
 """
