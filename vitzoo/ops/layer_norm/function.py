@@ -96,9 +96,10 @@ if triton_available():
 
 
 def _use_kernel(x: torch.Tensor, params: tuple[torch.Tensor | None, ...]) -> bool:
-    """The kernels take fp16 / bf16 / fp32 rows up to :data:`.heuristics.MAX_WIDTH` wide; float64 stays on the
-    reference (the kernels accumulate in fp32)."""
-    return (kernel_backend(x.device) == "triton" and x.dtype in KERNEL_DTYPES and x.shape[-1] <= heuristics.MAX_WIDTH
+    """The kernels take fp16 / bf16 / fp32 rows up to :data:`.heuristics.MAX_WIDTH` wide; float64 and empty inputs
+    stay on the reference (the kernels accumulate in fp32; an empty grid is no launch)."""
+    return (kernel_backend(x.device) == "triton" and x.dtype in KERNEL_DTYPES and x.numel() > 0
+            and x.shape[-1] <= heuristics.MAX_WIDTH
             and all(p.dtype in KERNEL_DTYPES and p.device == x.device for p in params if p is not None))
 
 

@@ -94,7 +94,7 @@ def zeros_weights(u: torch.Tensor, gate_logits: torch.Tensor, mu: torch.Tensor,
     """
     check_inputs(u, gate_logits, mu, log_tau)
     tensors = (u, gate_logits, mu, log_tau)
-    if kernel_backend(u.device) != "triton" or torch.compiler.is_compiling() \
+    if kernel_backend(u.device) != "triton" or torch.compiler.is_compiling() or u.numel() == 0 \
             or any(t.dtype not in KERNEL_DTYPES for t in tensors):
         return zeros_weights_reference(u, gate_logits, mu, log_tau)
     if u.stride(-1) != 1:
