@@ -189,25 +189,30 @@ def compile_table(data: dict[str, Any]) -> str:
 
 
 def plot_throughput(data: dict[str, Any], out: Path) -> None:
-    """img/s against resolution, one line per model (log scale), the twins and timm's models dashed."""
+    """img/s against resolution, one line per model (log scale), the twins and timm's models dashed: eager, and
+    beside it replayed from a CUDA graph when the result has such rows (the device-bound number)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    infer = _ok(data["rows"], phase="infer", compile="none")
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=120)
-    for model in dict.fromkeys(r["model"] for r in infer):
-        points = sorted((r["img_size"], r["img_per_s"]) for r in infer if r["model"] == model)
-        role = next(r.get("role") for r in infer if r["model"] == model)
-        ax.plot(*zip(*points, strict=True), marker="o", ms=3, lw=1.2, ls="-" if role == "zoo" else "--",
-                label=model.replace("_patch16_224", ""))
-    ax.set_yscale("log")
-    ax.set_xlabel("resolution (px)")
-    ax.set_ylabel("images / s (eager, bf16)")
-    ax.set_title(f"Inference throughput, same tokens per batch, {data['info']['device']}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    modes = [mode for mode in ("none", "cuda-graph") if _ok(data["rows"], phase="infer", compile=mode)]
+    fig, axes = plt.subplots(1, len(modes), figsize=(8 * len(modes), 5), dpi=120, squeeze=False)
+    for ax, mode in zip(axes[0], modes, strict=True):
+        infer = _ok(data["rows"], phase="infer", compile=mode)
+        for model in dict.fromkeys(r["model"] for r in infer):
+            points = sorted((r["img_size"], r["img_per_s"]) for r in infer if r["model"] == model)
+            role = next(r.get("role") for r in infer if r["model"] == model)
+            ax.plot(*zip(*points, strict=True), marker="o", ms=3, lw=1.2, ls="-" if role == "zoo" else "--",
+                    label=model.replace("_patch16_224", ""))
+        ax.set_yscale("log")
+        ax.set_xlabel("resolution (px)")
+        ax.set_ylabel("images / s (bf16)")
+        what = "eager (host-bound: follows the CPU)" if mode == "none" else "replayed from a CUDA graph (device-bound)"
+        ax.set_title(f"Inference, same tokens per batch, {what}", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{data['info']['device']}, code at {data['info']['git_revision']}", fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
