@@ -106,3 +106,23 @@ def test_torch_compile_fullgraph_matches_eager():
     for got, expected in zip(compiled_grads, eager_grads, strict=True):
         torch.testing.assert_close(got, expected)
 
+
+
+@needs_kernels
+@pytest.mark.parametrize("rms", [False, True])
+def test_inference_launch_matches_reference(rms, monkeypatch):
+    """Without gradients the output is launched alone (no statistics): fresh buffers, the reference's values."""
+    set_backend("triton")
+    try:
+        (x, weight, bias), _ = _inputs((3, 17, 40), True, not rms, torch.float32, DEVICE, 9, strided=True)
+        monkeypatch.setattr(torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
+        with torch.no_grad():
+            out = rms_norm(x, weight, eps=1e-5) if rms else layer_norm(x, weight, bias, eps=1e-5)
+    finally:
+        set_backend("auto")
+    x64, w64 = x.detach().double().cpu(), weight.detach().double().cpu()
+    if rms:
+        expected = rms_norm_reference(x64, w64, 1e-5)
+    else:
+        expected = layer_norm_reference(x64, w64, bias.detach().double().cpu(), 1e-5)
+    assert relative_error(out.cpu(), expected) < 1e-5

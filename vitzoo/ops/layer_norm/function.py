@@ -15,26 +15,40 @@ from .reference import check_inputs, layer_norm_reference, rms_norm_reference
 if triton_available():
     from .kernels import _norm_bwd_kernel, _norm_fwd_kernel
 
-    def _norm_fwd(
-            x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float, rms: bool,
-            save_stats: bool, direct_launch: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(y, mean, rstd) for rows ``x`` (M, N) with a unit last stride; the statistics are empty unless
-        ``save_stats`` (the mean also for RMS)."""
+    def _launch_fwd(
+            x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, y: torch.Tensor,
+            mean: torch.Tensor | None, rstd: torch.Tensor | None, eps: float, rms: bool, direct_launch: bool,
+    ) -> None:
+        """Normalise rows ``x`` (M, N) into ``y``; ``rstd`` (and ``mean`` unless ``rms``) receive the statistics when
+        given."""
         m, n = x.shape
-        y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-        stats = (m,) if save_stats else (0,)
-        mean = torch.empty((0,) if rms else stats, dtype=torch.float32, device=x.device)
-        rstd = torch.empty(stats, dtype=torch.float32, device=x.device)
         block_m = heuristics.block_m(n)
         launcher(_norm_fwd_kernel, direct_launch)[(cdiv(m, block_m),)](
             x, weight if weight is not None else x, bias if bias is not None else x, y,
-            mean if mean.numel() else y, rstd if rstd.numel() else y,
-            m, n, x.stride(0), y.stride(0), eps,
-            HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, RMS=rms, SAVE_STATS=save_stats,
+            mean if mean is not None else y, rstd if rstd is not None else y, m, n, x.stride(0), y.stride(0), eps,
+            HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, RMS=rms, SAVE_STATS=rstd is not None,
             BLOCK_M=block_m, BLOCK_N=heuristics.block_n(n), num_warps=heuristics.num_warps(n),
         )
+
+    def _norm_fwd(
+            x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float, rms: bool,
+            direct_launch: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(y, mean, rstd) for rows ``x`` (M, N) with a unit last stride, the statistics (fp32) for the backward;
+        the mean is empty for RMS."""
+        m, n = x.shape
+        y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+        mean = torch.empty((0,) if rms else (m,), dtype=torch.float32, device=x.device)
+        rstd = torch.empty((m,), dtype=torch.float32, device=x.device)
+        _launch_fwd(x, weight, bias, y, None if rms else mean, rstd, eps, rms, direct_launch)
         return y, mean, rstd
+
+    def _norm_infer(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
+                    rms: bool) -> torch.Tensor:
+        """The output alone, launched directly (nothing to differentiate: no statistics, no autograd function)."""
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        _launch_fwd(x, weight, bias, y, None, None, eps, rms, direct_launch=True)
+        return y
 
     def _norm_bwd(
             grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor,
@@ -60,9 +74,8 @@ if triton_available():
     @torch.library.triton_op("vitzoo::norm_fwd", mutates_args=())
     def _norm_fwd_op(
             x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float, rms: bool,
-            save_stats: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _norm_fwd(x, weight, bias, eps, rms, save_stats)
+        return _norm_fwd(x, weight, bias, eps, rms)
 
     @torch.library.triton_op("vitzoo::norm_bwd", mutates_args=())
     def _norm_bwd_op(
@@ -75,8 +88,8 @@ if triton_available():
         @staticmethod
         def forward(ctx, x, weight, bias, eps, rms):
             compiling = torch.compiler.is_compiling()
-            y, mean, rstd = (_norm_fwd_op if compiling else _norm_fwd)(
-                x, weight, bias, eps, rms, True, **({} if compiling else {"direct_launch": True}))
+            y, mean, rstd = (_norm_fwd_op(x, weight, bias, eps, rms) if compiling
+                             else _norm_fwd(x, weight, bias, eps, rms, direct_launch=True))
             ctx.save_for_backward(x, weight, mean, rstd)
             ctx.options = (bias is not None, rms, None if bias is None else bias.dtype)
             return y
@@ -112,7 +125,7 @@ def _norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | Non
     if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))) \
             and not torch.compiler.is_compiling():
         # nothing to differentiate: launch directly, without the autograd Function's bookkeeping (host time)
-        return _norm_fwd(rows, weight, bias, float(eps), rms, False, direct_launch=True)[0].view(shape)
+        return _norm_infer(rows, weight, bias, float(eps), rms).view(shape)
     return _NormFunction.apply(rows, weight, bias, float(eps), rms).view(shape)
 
 
