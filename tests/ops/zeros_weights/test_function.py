@@ -110,3 +110,17 @@ def test_bad_shapes_are_one_line_errors():
         zeros_weights(u, torch.randn(2, 5, 4, 3), torch.randn(3, 8), torch.zeros(3))
     with pytest.raises(ValueError, match=r"mu must be \(3, 8\)"):
         zeros_weights(u, torch.randn(2, 5, 2, 3), torch.randn(8), torch.zeros(3))
+
+
+@needs_kernels
+def test_inference_launch_matches_reference():
+    set_backend("triton")
+    try:
+        tensors, _ = _inputs(2, 70, 2, 16, 3, [0.5, -0.5], torch.float32, DEVICE, 5)
+        with torch.no_grad():
+            weights = zeros_weights(*tensors)
+    finally:
+        set_backend("auto")
+    expected = zeros_weights_reference(*[t.detach().double().cpu() for t in tensors])
+    for got, want in zip(weights, expected, strict=True):
+        assert relative_error(got.cpu(), want) < 1e-5

@@ -99,4 +99,7 @@ def zeros_weights(u: torch.Tensor, gate_logits: torch.Tensor, mu: torch.Tensor,
         return zeros_weights_reference(u, gate_logits, mu, log_tau)
     if u.stride(-1) != 1:
         u = u.contiguous()
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+        # nothing to differentiate: launch directly, without the autograd function's bookkeeping (host time)
+        return _zeros_weights_fwd(u, gate_logits, mu, log_tau)[:2]
     return _ZeroSWeightsFunction.apply(u, gate_logits, mu, log_tau)
