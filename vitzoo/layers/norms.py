@@ -12,6 +12,11 @@ from ..ops import layer_norm as fused_layer_norm
 from ..ops import rms_norm as fused_rms_norm
 
 
+def _takes_norm_kernel(x: torch.Tensor, normalized_shape: tuple[int, ...]) -> bool:
+    # the kernels normalise the last dim in fp32; float64 and the CPU keep PyTorch's norms
+    return len(normalized_shape) == 1 and x.dtype != torch.float64 and kernel_backend(x.device) == "triton"
+
+
 def low_precision_layer_norm(
         x: torch.Tensor, normalized_shape: tuple[int, ...], weight: torch.Tensor | None, bias: torch.Tensor | None,
         eps: float,
@@ -26,7 +31,7 @@ def low_precision_layer_norm(
     reads the parameters in their own dtype: no casts, and several rows per program, where PyTorch's kernel leaves
     most of a thread block idle at the zoo's widths (64-192).
     """
-    if len(normalized_shape) == 1 and kernel_backend(x.device) == "triton" and x.dtype != torch.float64:
+    if _takes_norm_kernel(x, normalized_shape):
         return fused_layer_norm(x, weight, bias, eps)
     if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
         with torch.autocast(x.device.type, enabled=False):
@@ -41,7 +46,7 @@ def low_precision_rms_norm(x: torch.Tensor, normalized_shape: tuple[int, ...], w
                            eps: float) -> torch.Tensor:
     """``F.rms_norm`` that keeps a 16-bit input in its dtype under autocast, as :func:`low_precision_layer_norm` (one
     kernel with the Triton backend)."""
-    if len(normalized_shape) == 1 and kernel_backend(x.device) == "triton" and x.dtype != torch.float64:
+    if _takes_norm_kernel(x, normalized_shape):
         return fused_rms_norm(x, weight, eps)
     if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
         with torch.autocast(x.device.type, enabled=False):
