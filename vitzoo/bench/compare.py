@@ -95,6 +95,27 @@ def build(name: str, img_size: int, device: torch.device, compile_mode: str) -> 
     return model
 
 
+def capture_inference(model: nn.Module, x: torch.Tensor) -> torch.cuda.CUDAGraph:
+    """A CUDA graph of ``model(x)`` under inference mode and bf16 autocast; ``graph.replay()`` reruns it on ``x``'s
+    current contents."""
+    def forward() -> None:
+        # autocast's cast cache would hold tensors from outside the graph
+        with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, cache_enabled=False):
+            model(x)
+
+    # warm-up on a side stream (kernel compilation and allocations stay out of the graph), then capture
+    stream = torch.cuda.Stream(x.device)
+    stream.wait_stream(torch.cuda.current_stream(x.device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            forward()
+    torch.cuda.current_stream(x.device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        forward()
+    return graph
+
+
 class Step:
     """One benchmark step of a phase: ``__call__`` runs it; the inputs and optimizer live here.
 
@@ -114,25 +135,11 @@ class Step:
         if graphed:
             if phase != "infer" or device.type != "cuda":
                 raise ValueError("a CUDA-graph step is a CUDA inference step")
-            self.graph = self._capture()
+            self.graph = capture_inference(self.model, self.x)
 
-    def _infer(self, cache_casts: bool = True) -> None:
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16,
-                                                    cache_enabled=cache_casts):
+    def _infer(self) -> None:
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16):
             self.model(self.x)
-
-    def _capture(self) -> torch.cuda.CUDAGraph:
-        # warm-up on a side stream (kernel compilation and allocations stay out of the graph), then capture
-        stream = torch.cuda.Stream(self.device)
-        stream.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                self._infer(cache_casts=False)
-        torch.cuda.current_stream(self.device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._infer(cache_casts=False)  # autocast's cast cache would hold tensors from outside the graph
-        return graph
 
     def __call__(self) -> None:
         if self.graph is not None:
@@ -203,22 +210,21 @@ def device_profile(step: Callable[[], None], device: torch.device, steps: int = 
 def latency_ms(model: nn.Module, img_size: int, device: torch.device, steps: int, graphed: bool) -> list[float]:
     """Isolated batch-1 inference times; ``graphed`` replays a captured CUDA graph of the forward."""
     x = torch.randn(1, 3, img_size, img_size, device=device)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not graphed):
-        for _ in range(3):
+
+    def eager() -> None:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
             model(x)
-        run: Callable[[], Any] = lambda: model(x)  # noqa: E731
-        if graphed:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                model(x)
-            run = graph.replay
-        times = []
-        for _ in range(steps):
-            _sync(device)
-            begin = time.perf_counter()
-            run()
-            _sync(device)
-            times.append((time.perf_counter() - begin) * 1e3)
+
+    run: Callable[[], Any] = capture_inference(model, x).replay if graphed else eager
+    for _ in range(3):
+        run()
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        begin = time.perf_counter()
+        run()
+        _sync(device)
+        times.append((time.perf_counter() - begin) * 1e3)
     return times
 
 
