@@ -120,21 +120,24 @@ class FreeEnergyMixer(TokenMixer):
         """Per-channel inverse temperature beta_max = softplus(p) + 1e-6, shape (h, d_v)."""
         return F.softplus(self.beta_param.to(dtype)) + _BETA_FLOOR
 
-    def _prior_read(self, q: torch.Tensor, k: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """sum_i p_t(i) values_i for (B, N, h, D) inputs; returns values' shape in values' dtype."""
+    def _prior_read(self, q: torch.Tensor, k: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+        """sum_i p_t(i) [values]_i for (B, N, h, D) inputs, ``values`` read side by side (concatenated on the last
+        dim); returns their concatenated shape in their dtype."""
         if self.prior == "linear":
             # The released prior: phi = ReLU + eps, out = num / max(den, eps). The op has no offset feature map and
             # no clamp, so the offset features go in as 'identity' and a ones column appended to the values makes
             # the unnormalised read carry the denominator, divided here after the clamp. The op accumulates in fp32
             # (fp64 for fp64) and returns the fp32 values' dtype, keeping exp(beta v - M) at full precision.
-            acc = values.dtype
+            acc = values[0].dtype
             phi_q = F.relu(q.to(acc)) + LINEAR_PRIOR_EPS
             phi_k = F.relu(k.to(acc)) + LINEAR_PRIOR_EPS
-            ones = torch.ones_like(values[..., :1])
-            read = linear_attention(phi_q, phi_k, torch.cat([values, ones], dim=-1), feature_map="identity")
+            ones = torch.ones_like(values[0][..., :1])
+            # one concatenation with the ones column (a second one would copy the doubled values again)
+            read = linear_attention(phi_q, phi_k, torch.cat([*values, ones], dim=-1), feature_map="identity")
             return read[..., :-1] / read[..., -1:].clamp_min(LINEAR_PRIOR_EPS)
         # SDPA needs one dtype: the values go in at the projections' dtype (bf16 under autocast keeps the
         # flash kernel, which accumulates in fp32); d_k = C/h equals 2 d_v in preset A.
+        values = torch.cat(values, dim=-1)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), values.to(q.dtype).transpose(1, 2))
         return out.transpose(1, 2).to(values.dtype)
 
@@ -165,7 +168,7 @@ class FreeEnergyMixer(TokenMixer):
         v = torch.clamp(v, min=-cap, max=cap)
         scaled = beta * v
         shift = scaled.amax(dim=1, keepdim=True).detach()
-        read = self._prior_read(q, k, torch.cat([v, torch.exp(scaled - shift)], dim=-1))
+        read = self._prior_read(q, k, v, torch.exp(scaled - shift))
         mean, exp_read = read.split(self.v_head_dim, dim=-1)
         # The clamp keeps log() finite (and its gradient zero) when a linear prior puts no mass on any token.
         log_read = torch.log(exp_read.clamp_min(torch.finfo(acc).tiny))
