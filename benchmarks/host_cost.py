@@ -20,20 +20,18 @@ run), not runs.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import triton
-from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vitzoo.bench.common import create_model, environment, git_revision, write_json  # noqa: E402
+from vitzoo.bench.compare import device_profile, host_ms  # noqa: E402
 from vitzoo.layers.norms import low_precision_layer_norm  # noqa: E402
 from vitzoo.ops import delta_rule_bidirectional, linear_attention, local_conv  # noqa: E402
 from vitzoo.registry import DEIT_FAMILIES, FAMILIES  # noqa: E402
@@ -47,35 +45,13 @@ def _empty_kernel(x_ptr):
     pass
 
 
-def host_us(call: Callable[[], object], samples: int) -> float:
-    """Median wall time to enqueue one call on an idle device, in us."""
-    for _ in range(5):
-        call()
-    times = []
-    for _ in range(samples):
-        torch.cuda.synchronize()
-        begin = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - begin)
-    torch.cuda.synchronize()
-    return statistics.median(times) * 1e6
-
-
-def device_profile(call: Callable[[], object], calls: int = 5) -> tuple[float, float]:
-    """(device us, kernel launches) per call."""
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            call()
-        torch.cuda.synchronize()
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    total = sum(getattr(e, "device_time_total", 0) or e.cuda_time_total for e in kernels)
-    return total / calls, len(kernels) / calls
-
-
 def measure(name: str, call: Callable[[], object], samples: int, rows: list[dict]) -> None:
-    host = host_us(call, samples)
-    device, launches = device_profile(call)
+    for _ in range(5):  # warm-up: kernel compilation, allocator
+        call()
+    cuda = torch.device("cuda")
+    host = host_ms(call, cuda, samples) * 1e3
+    device_ms, launches = device_profile(call, cuda, steps=5)
+    device = device_ms * 1e3
     rows.append(dict(name=name, host_us=round(host, 1), device_us=round(device, 1), launches=round(launches, 1)))
     print(f"{name:40s} host {host:8.1f} us  device {device:8.1f} us  launches {launches:5.1f}", flush=True)
 

@@ -1,5 +1,5 @@
-"""ZeroS's weightings' entry points: the host launches of the kernels, their ``torch.library`` custom ops, the autograd
-function and the dispatching :func:`zeros_weights`.
+"""ZeroS's weightings' entry points: the host launches of the kernels, the autograd function and the dispatching
+:func:`zeros_weights` (no custom op: see below).
 
 The kernels replace about thirty elementwise and reduction launches of the mixer's PyTorch form (fp32 copies of u
 included) with one launch forward and one backward, for eager callers. Inside ``torch.compile`` the op traces its
