@@ -73,3 +73,37 @@ def test_random_erasing_replaces_one_rectangle_and_keeps_the_rest() -> None:
         outside[box] = False
         assert torch.equal(after[:, outside], before[:, outside])
         assert changed.sum() <= 32 * 32 / 3 + 2 * 32  # timm's largest rectangle: a third of the image, rounded
+
+
+class _RandomDraws(torch.utils.data.Dataset):
+    """Each sample is a draw from the CPU generator, so it shows the seed its worker used."""
+
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, index: int):
+        return torch.rand(3), index
+
+
+def _epoch_batches(dataset: vdata.SkipUnreadable, loader, epochs: int) -> list[torch.Tensor]:
+    batches = []
+    for epoch in range(epochs):
+        dataset.set_epoch(epoch)
+        batches.append(torch.cat([images for images, _ in loader]))
+    return batches
+
+
+def test_persistent_workers_follow_the_epoch_set_in_the_main_process() -> None:
+    """Loader workers that live across epochs keep their copy of the dataset; the epoch that selects the per-sample
+    seeds must still reach them, or every epoch would repeat the first epoch's augmentation."""
+    from torch.utils.data import DataLoader
+
+    in_process = vdata.SkipUnreadable(_RandomDraws(), seed=3)
+    expected = _epoch_batches(in_process, DataLoader(in_process, batch_size=3), epochs=3)
+    persistent = vdata.SkipUnreadable(_RandomDraws(), seed=3)
+    loader = DataLoader(persistent, batch_size=3, num_workers=1, persistent_workers=True,
+                        worker_init_fn=vdata.worker_init)
+    got = _epoch_batches(persistent, loader, epochs=3)
+    assert not torch.equal(expected[0], expected[1])
+    for epoch, (want, seen) in enumerate(zip(expected, got, strict=True)):
+        torch.testing.assert_close(seen, want, rtol=0, atol=0, msg=f"epoch {epoch}")

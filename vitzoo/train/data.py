@@ -141,15 +141,21 @@ class SkipUnreadable(Dataset):
         self.score_substitutes = score_substitutes
         self.length = min(limit or len(dataset), len(dataset))
         self.seed = seed
-        self.epoch = 0
         self.describe = describe or (lambda index: f"sample {index}")
-        # Shared memory, so the flags written in loader worker processes are visible to the main process.
+        # Shared memory, so the flags written in loader worker processes are visible to the main process, and the
+        # epoch set in the main process is seen by persistent workers (they keep their copy of the dataset).
         self.unreadable = torch.zeros(self.length, dtype=torch.bool).share_memory_()
         self.reported = torch.zeros(self.length, dtype=torch.bool)
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose per-sample seeds :meth:`__getitem__` uses."""
+        return int(self._epoch)
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the per-sample seeds of ``epoch``."""
-        self.epoch = epoch
+        """Select the per-sample seeds of ``epoch`` (in every loader worker too, persistent ones included)."""
+        self._epoch.fill_(epoch)
 
     def __len__(self) -> int:
         return self.length
