@@ -61,10 +61,12 @@ def stage_costs(dataset, steps: list[Callable], images: int) -> dict[str, float]
 PREFETCH_FACTOR = 2  # DataLoader's default: batches each worker keeps ready
 
 
-def loader_rate(dataset, batch_size: int, workers: int, batches: int) -> float:
-    """Images per second a DataLoader sustains: timed over ``batches`` batches after the batches its workers hold
-    ready at start (workers x prefetch factor, made while the first one was) have been drawn, so the rate is what the
-    workers produce rather than how fast a full queue empties."""
+def loader_rate(dataset, batch_size: int, workers: int, batches: int | None) -> float:
+    """Images per second a DataLoader sustains: timed over ``batches`` batches (default: 3 per worker, at least 8)
+    after the batches its workers hold ready at start (workers x prefetch factor, made while the first one was) have
+    been drawn, so the rate is what the workers produce rather than how fast a full queue empties. Fewer timed
+    batches than workers would time batches the workers had mostly made before the clock started."""
+    batches = batches or max(8, 3 * workers)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                                          drop_last=True, generator=torch.Generator().manual_seed(0),
                                          prefetch_factor=PREFETCH_FACTOR if workers else None)
@@ -90,9 +92,9 @@ def main() -> None:
     parser.add_argument("--data-dir", required=True, help="the image folder (train/<class>/<image>)")
     parser.add_argument("--images", type=int, default=200, help="images timed stage by stage")
     parser.add_argument("--workers", type=int, nargs="+", default=[1], help="loader worker counts to time")
-    parser.add_argument("--batches", type=int, default=8,
-                        help="batches timed per loader once its prefetched queue is drained (the folder must hold "
-                             "1 + 2 x workers more)")
+    parser.add_argument("--batches", type=int,
+                        help="batches timed per loader once its prefetched queue is drained (default: 3 x workers, at "
+                             "least 8; the folder must hold 1 + 2 x workers more)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     config = load_config(args.config, data_dir=args.data_dir)

@@ -127,7 +127,7 @@ print(f"epochs={n} warmup_epochs={c.warmup_epochs * n / c.epochs:g} cooldown_epo
             train.py --config "$config" --data-dir "$DATA" --output "$RUNS/$name" --resume auto \
             "${args[@]}" "${OVERRIDES[@]}" progress=false >> "$RUNS/$name.log" 2>&1 \
         && CUDA_VISIBLE_DEVICES=$gpu flock "$RUNS/.results.lock" "$PYTHON" eval.py --checkpoint "$RUNS/$name" "${ema[@]}" --data-dir "$DATA" \
-            --results-file "$RESULTS" --workers 8 >> "$RUNS/$name.log" 2>&1; then
+            --results-file "$RESULTS" --workers 8 --no-macs >> "$RUNS/$name.log" 2>&1; then
         date -u +%FT%TZ > "$RUNS/$name.done"
         echo "done  $name ($(date -u +%T))"
     else

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -23,6 +24,10 @@ spec = importlib.util.spec_from_file_location("make_fashion_imagenet", ROOT / "s
 maker = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = maker  # --jobs workers pickle its functions by module name
 spec.loader.exec_module(maker)
+collector_spec = importlib.util.spec_from_file_location("fashion_imagenet_results",
+                                                        ROOT / "scripts" / "fashion_imagenet_results.py")
+collector = importlib.util.module_from_spec(collector_spec)
+collector_spec.loader.exec_module(collector)
 
 # (fashion_imagenet config, the ImageNet recipe it follows, model)
 CONFIGS = [(f, f, FAMILIES[f].model_name("tiny")) for f in DEIT_FAMILIES] + [("qtvit_1", "qt", "qtvit_1")]
@@ -172,3 +177,34 @@ def test_the_run_script_builds_trains_evaluates_and_then_skips_finished_runs(tmp
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "skip  linear-seed0 (done)" in again.stdout
     assert len((tmp_path / "results.csv").read_text().splitlines()) == 2
+
+    # The results file: the run's evaluation, its log's speed and the model's benchmark row, merged by run.
+    bench = tmp_path / "bench.csv"
+    bench.write_text("model,infer_img_size,infer_samples_per_sec,train_samples_per_sec,precision,compile,device\n"
+                     "linear_deit_tiny_patch16_224,224,900.0,300.0,bf16,none,NVIDIA H200\n")
+    out = tmp_path / "fim.json"
+    args = ["--runs", str(tmp_path / "runs"), "--eval", str(tmp_path / "results.csv"), "--bench", str(bench),
+            "--out", str(out), "--git-revision", "abc1234", "--command", "the run"]
+    collector.main(args)
+    collector.main(args)  # collecting the same runs again replaces their rows
+    data = json.loads(out.read_text())
+    (row,) = data["rows"]
+    assert (row["model"], row["seed"], row["epochs"], row["epochs_done"]) == ("linear_deit_tiny_patch16_224", 0, 3, 1)
+    assert row["status"] == "unfinished"  # max_steps=1 stopped it in epoch 0 of 3
+    assert row["final_eval"]["top1"] == float(rows[0]["top1"]) and row["final_eval"]["weights"] == "model"
+    assert row["model_only_train_img_per_s"] == 300.0 and row["infer_img_per_s"] == 900.0
+    (epoch,) = row["per_epoch"]
+    assert epoch["end_to_end_img_per_s"] == pytest.approx(4 / epoch["epoch_time_s"], rel=0.01)
+    assert row["end_to_end_over_model_only"] == pytest.approx(epoch["end_to_end_img_per_s"] / 300.0, abs=1e-3)
+    assert data["info"]["commands"] == ["the run"]
+    with open(out.with_suffix(".csv"), newline="") as handle:
+        assert [r["top1"] for r in csv.DictReader(handle)] == [rows[0]["top1"]]
+
+
+def test_steady_rate_leaves_out_each_epochs_start():
+    events = [{"epoch": 0, "num_updates": 50, "time": 10.0}, {"epoch": 0, "num_updates": 100, "time": 12.0},
+              {"epoch": 0, "num_updates": 150, "time": 14.5}, {"epoch": 1, "num_updates": 250, "time": 30.0},
+              {"epoch": 1, "num_updates": 300, "time": 32.0}]
+    # 50 updates x 4 images in 2, 2.5 and 2 s (the pair across the epoch boundary does not count)
+    assert collector.steady_rate(events, 4) == 100.0
+    assert collector.steady_rate(events[:1], 4) is None

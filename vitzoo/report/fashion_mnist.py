@@ -3,15 +3,19 @@
 - :func:`budget_table`: one row per family of ``scripts/fashion_mnist_zoo.py``'s results CSV (what ``bash
   scripts/run.sh`` writes), followed by where and how it was measured, from the provenance JSON beside it;
 - :func:`study_table`: the study's ``summary.csv`` (top-1 over seeds) joined with its ``vitzoo-bench`` rows at 28x28,
-  best family first.
+  best family first;
+- :func:`imagenet_shape_table` and :func:`imagenet_shape_plot`: the ImageNet-shaped Fashion-MNIST runs at 224 px.
 """
 from __future__ import annotations
 
 import json
+import statistics
+import tempfile
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
-from vitzoo.bench.common import read_csvs
+from vitzoo.bench.common import read_csvs, write_csv
+from vitzoo.report import pareto
 
 BUDGET_MARKERS = ("<!-- fmnist-table:start -->", "<!-- fmnist-table:end -->")
 STUDY_MARKERS = ("<!-- study-table:start -->", "<!-- study-table:end -->")
@@ -67,24 +71,53 @@ def study_table(summary: Path, bench: list[Path]) -> str:
 
 
 def imagenet_shape_table(results: Path) -> str:
-    """The ImageNet-shaped Fashion-MNIST runs: top-1 per epoch, end-to-end and model-only training img/s."""
+    """The ImageNet-shaped Fashion-MNIST runs (``scripts/fashion_imagenet_results.py``'s JSON): top-1 after each
+    epoch and at the end, end-to-end against model-only training img/s, inference img/s."""
     data = json.loads(results.read_text())
     info = data["info"]
-    lines = ["| model | epochs | top-1 / top-5 after each epoch | end-to-end train img/s | model-only train img/s | "
-             "end-to-end / model-only |", "|---|---|---|---|---|---|"]
+    lines = ["| model | seed | top-1 / top-5 after each epoch | final top-1 / top-5 | end-to-end train img/s "
+             "(steady) | model-only train img/s | end-to-end / model-only | infer img/s | status |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in data["rows"]:
         epochs = ", ".join(f"{e['top1']:.1f} / {e['top5']:.1f}" for e in row["per_epoch"])
-        if row["end_to_end_img_per_s"] is None:
-            end_to_end, share = row["status"], ""
-        else:
-            end_to_end, share = f"{row['end_to_end_img_per_s']:,.0f}", f"{row['end_to_end_over_model_only']:.2f}"
-        lines.append(f"| `{row['model']}` | {row['epochs_done']} | {epochs} | {end_to_end} | "
-                     f"{row['model_only_train_img_per_s']:,.0f} | {share} |")
+        final = row["final_eval"]
+        final_text = f"{final['top1']:.2f} / {final['top5']:.2f}" + (" (EMA)" if final["weights"] == "ema" else "") \
+            if final else "-"
+        speed = (f"{row['end_to_end_img_per_s']:,.0f} ({row['steady_end_to_end_img_per_s']:,.0f})"
+                 if row["end_to_end_img_per_s"] and row["steady_end_to_end_img_per_s"] else "-")
+        share = f"{row['end_to_end_over_model_only']:.2f}" if row["end_to_end_over_model_only"] else "-"
+        model_only = f"{row['model_only_train_img_per_s']:,.0f}" if row["model_only_train_img_per_s"] else "-"
+        infer = f"{row['infer_img_per_s']:,.0f}" if row["infer_img_per_s"] else "-"
+        lines.append(f"| `{row['model']}` | {row['seed']} | {epochs} | {final_text} | {speed} | {model_only} | "
+                     f"{share} | {infer} | {row['status']} |")
+    revisions = ", ".join(sorted({f"`{row['git_revision']}`" for row in data["rows"]}))
     lines += ["", f"Measured on {info['device']} ({info['cpu_count']} CPU cores), torch {info['torch']}, "
-              f"torchvision {info['torchvision']}, Pillow {info['pillow']}, {info['date'][:10]}, code at "
-              f"`{info['git_revision']}`. {info['dataset']}; {info['recipe']}. End-to-end: {info['end_to_end']}. "
+              f"torchvision {info['torchvision']}, Pillow {info['pillow']}, {info['date']}, code at {revisions}. "
+              f"{info['dataset']}; {info['recipe']}. End-to-end: {info['end_to_end']}. "
               f"Model-only: {info['model_only']}. Commands: " + "; ".join(f"`{c}`" for c in info["commands"]) + "."]
     return "\n".join(lines)
+
+
+def imagenet_shape_plot(results: Path, target: Path) -> list[Path]:
+    """Draw the ImageNet-shaped runs' final top-1 (mean over seeds) against the same models' inference img/s at
+    224 px, the front highlighted and the softmax twin as the reference line, into ``target`` (a PNG)."""
+    rows = [row for row in json.loads(results.read_text())["rows"] if row["final_eval"] and row["bench"]]
+    by_model: dict[str, list[dict]] = {}
+    for row in rows:
+        by_model.setdefault(row["model"], []).append(row)
+    accuracy, bench = [], []
+    for model, runs in by_model.items():
+        top1 = [run["final_eval"]["top1"] for run in runs]
+        accuracy.append({"model": model, "top1": round(statistics.fmean(top1), 3), "img_size": 224,
+                         "top1_std": round(statistics.stdev(top1), 3) if len(top1) > 1 else "",
+                         "dataset": "ImageNet-shaped Fashion-MNIST"})
+        bench.append({"model": model, **runs[-1]["bench"]})
+    with tempfile.TemporaryDirectory() as folder:
+        accuracy_csv, bench_csv = Path(folder) / "top1.csv", Path(folder) / "bench.csv"
+        write_csv(accuracy_csv, accuracy, ("model", "top1", "top1_std", "img_size", "dataset"))
+        write_csv(bench_csv, bench, ("model", *pareto.BENCH_KEYS))
+        return pareto.save_plots([bench_csv], [accuracy_csv], {"top1_vs_throughput": target}, use_published=False,
+                                 reference="softmax")
 
 
 def pipeline_table(results: Path) -> str:

@@ -37,9 +37,9 @@ _FAMILY_COLORS = {
 }
 _EXTRA_COLORS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
-_BENCH_KEYS = ("infer_img_size", "infer_samples_per_sec", "infer_latency_p50_ms", "param_count", "infer_gmacs",
+BENCH_KEYS = ("infer_img_size", "infer_samples_per_sec", "infer_latency_p50_ms", "param_count", "infer_gmacs",
                "precision", "compile", "device")
-FRONT_COLUMNS = ("group", "accuracy", "dataset", "model", "label", "top1", "top1_std", *_BENCH_KEYS, "on_front")
+FRONT_COLUMNS = ("group", "accuracy", "dataset", "model", "label", "top1", "top1_std", *BENCH_KEYS, "on_front")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -153,7 +153,7 @@ def join(points: Iterable[AccuracyPoint], bench: Sequence[dict[str, str]]) -> tu
             "group": f"{point.dataset} top-1 ({point.accuracy})", "accuracy": point.accuracy,
             "dataset": point.dataset, "model": point.model, "label": short_label(point.model, point.img_size),
             "top1": point.top1, "top1_std": "" if point.top1_std is None else point.top1_std,
-            **{key: row.get(key, "") for key in _BENCH_KEYS},
+            **{key: row.get(key, "") for key in BENCH_KEYS},
         })
     return joined, missing
 

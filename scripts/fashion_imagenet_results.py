@@ -1,0 +1,166 @@
+"""Fold runs of ``scripts/fashion_imagenet_run.sh`` and a benchmark of the same models into one results file.
+
+Reads, for every run folder ``<family>-seed<k>`` under ``--runs``: ``config.yaml`` and ``log.jsonl`` (train.py's), and
+its row in the ``--eval`` CSV (eval.py's evaluation of the last checkpoint, the EMA where the recipe keeps one); and
+the ``--bench`` CSV (``vitzoo-bench`` at 224 px: the model-only training and inference img/s). Writes ``--out``
+(JSON: provenance and one row per run) and the CSV beside it (one line per run: top-1, top-5, end-to-end and
+model-only training img/s, inference img/s). Rows already in ``--out`` stay unless a run of the same model, seed and
+epochs replaces them, so runs made on different machines or calls can be added one part at a time::
+
+    python scripts/fashion_imagenet_results.py --runs runs/fim/e2 --eval runs/fim/results.csv \\
+        --bench bench_224.csv --command "bash scripts/fashion_imagenet_run.sh --epochs 2 ..." \\
+        --out benchmarks/results/fashion_imagenet/h200.json
+
+End-to-end img/s is measured two ways from the training log: over each whole epoch (its training images / its wall
+time, from the first batch request to the last update; the loader's start-up is in the first epoch) and in steady
+state (the median rate between consecutive loss-log records of one epoch, which leaves out each epoch's start).
+``python -m vitzoo.report`` draws the top-1 vs throughput plot and the docs table from the written files.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vitzoo.bench.common import write_csv, write_json  # noqa: E402
+from vitzoo.report.pareto import BENCH_KEYS  # noqa: E402
+
+CSV_COLUMNS = ("model", "family", "seed", "epochs", "top1", "top5", "end_to_end_img_per_s",
+               "steady_end_to_end_img_per_s", "model_only_train_img_per_s", "end_to_end_over_model_only",
+               "infer_img_per_s", "max_train_loss", "status")
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def steady_rate(train_events: list[dict[str, Any]], global_batch: int) -> float | None:
+    """Median img/s between consecutive loss records of the same epoch (each epoch's first record is dropped, as
+    it follows the epoch's start)."""
+    rates = []
+    for before, after in zip(train_events, train_events[1:], strict=False):
+        if before["epoch"] == after["epoch"] and after["time"] > before["time"]:
+            images = (after["num_updates"] - before["num_updates"]) * global_batch
+            rates.append(images / (after["time"] - before["time"]))
+    return round(statistics.median(rates), 1) if rates else None
+
+
+def run_row(folder: Path, eval_rows: dict[str, dict[str, str]], bench: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """One run's row: per-epoch metrics and speeds from its log, the final evaluation, the model's benchmark."""
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    events = _read_log(folder / "log.jsonl")
+    start = next(e for e in events if e["event"] == "start")
+    global_batch = start["global_batch"]
+    evals = [e for e in events if e["event"] == "eval"]
+    train_events = [e for e in events if e["event"] == "train"]
+    per_epoch, previous_updates = [], 0
+    for record in evals:
+        images = (record["num_updates"] - previous_updates) * global_batch
+        previous_updates = record["num_updates"]
+        per_epoch.append({"epoch": record["epoch"], "train_loss": round(record["train_loss"], 4),
+                          "top1": round(record["eval_top1"], 2), "top5": round(record["eval_top5"], 2),
+                          **({"ema_top1": round(record["ema_top1"], 2)} if "ema_top1" in record else {}),
+                          "epoch_time_s": record["epoch_time"],
+                          "end_to_end_img_per_s": round(images / record["epoch_time"], 1)})
+    model = config["model"]
+    final = eval_rows.get(folder.name)
+    speed = bench.get(model, {})
+    model_only = float(speed["train_samples_per_sec"]) if speed.get("train_samples_per_sec") else None
+    end_to_end = per_epoch[-1]["end_to_end_img_per_s"] if per_epoch else None
+    nonfinite = any(e["event"] == "nonfinite" for e in events)
+    status = "non-finite loss" if nonfinite else ("ok" if final and len(per_epoch) == config["epochs"] else
+                                                   "unfinished")
+    return {
+        "model": model, "family": folder.name.rsplit("-seed", 1)[0], "seed": config["seed"],
+        "epochs": config["epochs"], "global_batch": global_batch, "epochs_done": len(per_epoch),
+        "per_epoch": per_epoch,
+        "train_loss_log": [[e["num_updates"], round(e["loss"], 4)] for e in train_events],
+        "max_train_loss": round(max((e["loss"] for e in train_events), default=float("nan")), 4),
+        "end_to_end_img_per_s": end_to_end,
+        "steady_end_to_end_img_per_s": steady_rate(train_events, global_batch),
+        "model_only_train_img_per_s": model_only,
+        "end_to_end_over_model_only": round(end_to_end / model_only, 3) if end_to_end and model_only else None,
+        "infer_img_per_s": float(speed["infer_samples_per_sec"]) if speed.get("infer_samples_per_sec") else None,
+        "bench": {key: speed.get(key, "") for key in BENCH_KEYS},
+        "final_eval": ({"top1": float(final["top1"]), "top5": float(final["top5"]),
+                        "weights": "ema" if "ema" in final.get("checkpoint", "") else "model",
+                        "checkpoint": final["checkpoint"]} if final else None),
+        "status": status,
+    }
+
+
+def _eval_rows(path: Path) -> dict[str, dict[str, str]]:
+    """eval.py rows by run folder name (the checkpoint column holds the run folder or a checkpoint inside it)."""
+    rows = {}
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            parts = Path(row["checkpoint"].split(" ")[0]).parts
+            for part in parts:
+                if "-seed" in part:
+                    rows[part] = row  # later rows (re-evaluations) win
+    return rows
+
+
+def _bench_rows(path: Path) -> dict[str, dict[str, str]]:
+    with path.open(newline="") as handle:
+        return {row["model"]: row for row in csv.DictReader(handle) if row.get("infer_img_size") in ("224", "")}
+
+
+def merge(existing: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``existing`` with every row of the same (model, seed, epochs) as a new row replaced by it."""
+    keys = {(row["model"], row["seed"], row["epochs"]) for row in new}
+    kept = [row for row in existing if (row["model"], row["seed"], row["epochs"]) not in keys]
+    return sorted(kept + new, key=lambda row: (row["family"], row["seed"]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=Path, required=True, help="folder of <family>-seed<k> run folders")
+    parser.add_argument("--eval", type=Path, required=True, help="eval.py results CSV of those runs")
+    parser.add_argument("--bench", type=Path, required=True, help="vitzoo-bench CSV of the same models at 224 px")
+    parser.add_argument("--out", type=Path, required=True, help="results JSON (rows merged); the CSV goes beside it")
+    parser.add_argument("--command", action="append", default=[], help="a command that made these results")
+    parser.add_argument("--git-revision", required=True, help="the code revision the runs used")
+    parser.add_argument("--info", type=Path, help="JSON of provenance fields to record (device, versions, dataset)")
+    args = parser.parse_args(argv)
+    for path in (args.runs, args.eval, args.bench):
+        if not path.exists():
+            parser.error(f"{path} does not exist")
+    folders = sorted(p for p in args.runs.iterdir() if p.is_dir() and (p / "log.jsonl").exists())
+    if not folders:
+        parser.error(f"no run folder with a log.jsonl under {args.runs}")
+    eval_rows, bench = _eval_rows(args.eval), _bench_rows(args.bench)
+    new = [run_row(folder, eval_rows, bench) for folder in folders]
+    for row in new:
+        row["git_revision"] = args.git_revision
+    data = json.loads(args.out.read_text()) if args.out.exists() else {"info": {}, "rows": []}
+    info = data["info"]
+    if args.info:
+        info.update(json.loads(args.info.read_text()))
+    info.setdefault("commands", [])
+    info["commands"] += [c for c in args.command if c not in info["commands"]]
+    info["assembled"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    data["rows"] = merge(data.get("rows", []), new)
+    write_json(args.out, data)
+    flat = [{**row, "top1": row["final_eval"]["top1"] if row["final_eval"] else "",
+             "top5": row["final_eval"]["top5"] if row["final_eval"] else ""} for row in data["rows"]]
+    write_csv(args.out.with_suffix(".csv"), flat, CSV_COLUMNS)
+    for row in new:
+        print(f"{row['model']:<36} seed {row['seed']} {row['status']:<10} top-1 "
+              f"{row['final_eval']['top1'] if row['final_eval'] else '-'}  end-to-end {row['end_to_end_img_per_s']} "
+              f"(steady {row['steady_end_to_end_img_per_s']}) / model-only {row['model_only_train_img_per_s']}")
+
+
+if __name__ == "__main__":
+    main()
