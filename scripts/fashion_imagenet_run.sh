@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Accuracy of every family's tiny model at ImageNet shape (224 px, the ImageNet recipes) on ImageNet-shaped
-# Fashion-MNIST, for the accuracy-vs-speed plot. Written for a GPU machine; not yet run on one.
+# Fashion-MNIST, for the accuracy-vs-speed plot. Written for a GPU machine (docs/benchmarks.md: what it measured).
 #
 # 1. Builds the image folder (scripts/make_fashion_imagenet.py: 256 px RGB JPEGs, 60000 train / 10000 val) from
 #    the four Fashion-MNIST idx .gz files, unless --data already holds a finished build (its COMPLETE file, which
@@ -37,7 +37,9 @@
 #   --dry-run           print the runs (<family>-seed<k>) the options select, one a line, and exit
 #   -- key=value ...    train.py config overrides for every run
 #
-# Then, with the zoo's speed CSVs: vitzoo-pareto --bench <benchmark folder> --results results/fashion_imagenet.csv
+# Then fold the runs and a vitzoo-bench CSV of the same models at 224 px into the results file (and its plot):
+#   python scripts/fashion_imagenet_results.py --runs RUNS --eval RESULTS --bench BENCH.csv --git-revision REV \
+#       --out benchmarks/results/fashion_imagenet/<gpu>.json && python -m vitzoo.report
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

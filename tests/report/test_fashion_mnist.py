@@ -2,6 +2,7 @@
 import json
 
 from vitzoo.bench.common import write_csv
+from vitzoo.report import fashion_mnist
 from vitzoo.report.fashion_mnist import budget_table, study_table
 
 
@@ -38,3 +39,34 @@ def test_study_table_ranks_by_mean_top1_and_rounds_half_up(tmp_path):
     assert lines[0].startswith("| family | top-1 (mean +- std over 3 seeds) |")
     assert lines[2] == "| inline | 88.41 +- 0.13 | 88.27 / 88.51 | 101,812 | 35,175 |"
     assert lines[3] == "| softmax (reference line) | 85.87 +- 1.07 | 84.99 / 87.06 | 352,177 | 76,808 |"
+
+
+def _imagenet_shape_run(model, seed, top1, weights="model", finished=True):
+    bench = {"infer_img_size": "224", "infer_samples_per_sec": "1000.0", "precision": "bf16", "compile": "none",
+             "device": "NVIDIA H200"}
+    return {"model": model, "seed": seed, "per_epoch": [{"top1": top1 - 5, "top5": 90.0}],
+            "final_eval": {"top1": top1, "top5": 99.0, "weights": weights} if finished else None,
+            "end_to_end_img_per_s": 900.0, "steady_end_to_end_img_per_s": 950.0, "model_only_train_img_per_s": 1000.0,
+            "end_to_end_over_model_only": 0.9, "infer_img_per_s": 1000.0, "bench": bench,
+            "status": "ok" if finished else "unfinished", "git_revision": "abc1234"}
+
+
+def test_imagenet_shape_points_average_finished_seeds_and_table_marks_ema(tmp_path):
+    data = {"info": {"device": "NVIDIA H200", "cpu_count": 16, "torch": "2", "torchvision": "0", "pillow": "12",
+                     "date": "2026-12-04", "dataset": "d", "recipe": "r", "end_to_end": "e", "model_only": "m",
+                     "commands": ["c"]},
+            "rows": [_imagenet_shape_run("softmax_deit_tiny_patch16_224", 0, 50.0),
+                     _imagenet_shape_run("softmax_deit_tiny_patch16_224", 1, 54.0),
+                     _imagenet_shape_run("qt_deit_tiny_patch16_224", 0, 48.0, weights="ema"),
+                     _imagenet_shape_run("qtvit_1", 0, 70.0, finished=False)]}
+    accuracy, bench = fashion_mnist.imagenet_shape_points(data)
+    by_model = {row["model"]: row for row in accuracy}
+    assert set(by_model) == {"softmax_deit_tiny_patch16_224", "qt_deit_tiny_patch16_224"}  # unfinished left out
+    assert by_model["softmax_deit_tiny_patch16_224"]["top1"] == 52.0
+    assert by_model["softmax_deit_tiny_patch16_224"]["top1_std"] == round(2 * 2 ** 0.5, 3)
+    assert [row["infer_samples_per_sec"] for row in bench] == ["1000.0", "1000.0"]
+    results = tmp_path / "h200.json"
+    results.write_text(json.dumps(data))
+    table = fashion_mnist.imagenet_shape_table(results)
+    assert "48.00 / 99.00 (EMA)" in table and "| unfinished |" in table and "`abc1234`" in table
+    assert fashion_mnist.imagenet_shape_plot(results, tmp_path / "plot.png")[0].stat().st_size > 0

@@ -54,12 +54,15 @@ def render(root: Path) -> dict[Path, str]:
 
 def plot(root: Path) -> list[Path]:
     """Redraw the plots the two pages show: the comparison's throughput, the zoo sweep's throughput and Pareto
-    plots, and the Fashion-MNIST study's top-1 vs throughput."""
+    plots, and the top-1 vs throughput plots of the ImageNet-shaped runs and the Fashion-MNIST study."""
     from vitzoo.report import pareto
 
     compare_plot = root / COMPARE.with_name("h200_throughput.png")
     speed_report.plot_throughput(speed_report.load(root / COMPARE), compare_plot)
     written = [compare_plot, *zoo_sweep.plot(root / ZOO_SWEEP, root / ZOO_SWEEP.with_suffix(""))]
+    fashion_imagenet = root / FASHION_IMAGENET
+    written += fashion_mnist.imagenet_shape_plot(fashion_imagenet,
+                                                 fashion_imagenet.with_name("h200_top1_vs_throughput.png"))
     study = root / STUDY
     written += pareto.save_plots([study / "bench.csv", study / "bench_qtvit.csv"], [study / "summary.csv"],
                                  {"top1_vs_throughput": study / "plots" / "top1_vs_throughput.png"},

@@ -98,13 +98,13 @@ def imagenet_shape_table(results: Path) -> str:
     return "\n".join(lines)
 
 
-def imagenet_shape_plot(results: Path, target: Path) -> list[Path]:
-    """Draw the ImageNet-shaped runs' final top-1 (mean over seeds) against the same models' inference img/s at
-    224 px, the front highlighted and the softmax twin as the reference line, into ``target`` (a PNG)."""
-    rows = [row for row in json.loads(results.read_text())["rows"] if row["final_eval"] and row["bench"]]
+def imagenet_shape_points(data: dict) -> tuple[list[dict], list[dict]]:
+    """The plot's inputs from the results JSON: per model its mean final top-1 over the finished seeds (with their
+    spread) and its benchmark row; unfinished runs are left out."""
     by_model: dict[str, list[dict]] = {}
-    for row in rows:
-        by_model.setdefault(row["model"], []).append(row)
+    for row in data["rows"]:
+        if row["final_eval"] and row["bench"]:
+            by_model.setdefault(row["model"], []).append(row)
     accuracy, bench = [], []
     for model, runs in by_model.items():
         top1 = [run["final_eval"]["top1"] for run in runs]
@@ -112,6 +112,13 @@ def imagenet_shape_plot(results: Path, target: Path) -> list[Path]:
                          "top1_std": round(statistics.stdev(top1), 3) if len(top1) > 1 else "",
                          "dataset": "ImageNet-shaped Fashion-MNIST"})
         bench.append({"model": model, **runs[-1]["bench"]})
+    return accuracy, bench
+
+
+def imagenet_shape_plot(results: Path, target: Path) -> list[Path]:
+    """Draw the ImageNet-shaped runs' final top-1 (:func:`imagenet_shape_points`) against the same models' inference
+    img/s at 224 px, the front highlighted and the softmax twin as the reference line, into ``target`` (a PNG)."""
+    accuracy, bench = imagenet_shape_points(json.loads(results.read_text()))
     with tempfile.TemporaryDirectory() as folder:
         accuracy_csv, bench_csv = Path(folder) / "top1.csv", Path(folder) / "bench.csv"
         write_csv(accuracy_csv, accuracy, ("model", "top1", "top1_std", "img_size", "dataset"))
