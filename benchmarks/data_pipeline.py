@@ -9,9 +9,10 @@ crop, flip, RandAugment and uint8 tensor conversion, then the training device's 
   transform and of the device stage on one image on the CPU, in one process; ``img_per_s_per_core`` = 1000 / their
   sum;
 - ``loaders``: images per second a ``DataLoader`` with ``--workers`` processes sustains at the config's batch size
-  (timed once the batches its workers prepared during start-up are drawn), for two outputs: normalised float32 tensors
-  (the device stage run on each image in the workers) and the workers' uint8 tensors (what training hands to the
-  device: a quarter of the bytes through the workers' shared memory).
+  (timed once the batches its workers prepared during start-up are drawn), for normalised float32 tensors (the device
+  stage run on each image in the workers), the workers' uint8 tensors (what training hands to the device: a quarter
+  of the bytes through the workers' shared memory) and, for a RandAugment policy, the workers' uint8 tensors when
+  RandAugment runs on the device instead (``augment_on_device``).
 
     python benchmarks/data_pipeline.py --config configs/fashion_imagenet/softmax.yaml --data-dir data/fim \\
         --workers 1 2 --out benchmarks/results/data_pipeline/cpu.json
@@ -21,6 +22,7 @@ Mixup and CutMix run on whole batches in the training loop (on the training devi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import platform
@@ -96,8 +98,10 @@ def main() -> None:
                         help="batches timed per loader once its prefetched queue is drained (default: 3 x workers, at "
                              "least 8; the folder must hold 1 + 2 x workers more)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. augment_on_device=true (RandAugment in the device stage)")
     args = parser.parse_args()
-    config = load_config(args.config, data_dir=args.data_dir)
+    config = load_config(args.config, args.overrides, data_dir=args.data_dir)
     if config.dataset != "folder":
         parser.error(f"--config trains on {config.dataset!r}; this benchmark measures image-folder pipelines")
     torch.set_num_threads(1)
@@ -108,6 +112,12 @@ def main() -> None:
     float_tf = Compose([uint8_tf, device_tf])
     dataset = build_dataset("folder", args.data_dir, "train", float_tf, config.seed, classes=classes)
     uint8_dataset = build_dataset("folder", args.data_dir, "train", uint8_tf, config.seed, classes=classes)
+    variants = [("float32", dataset), ("uint8", uint8_dataset)]
+    if str(config.auto_augment or "").startswith("rand") and not config.augment_on_device:
+        # what the workers do when RandAugment runs on the training device (augment_on_device)
+        crop_tf = build_transforms(dataclasses.replace(config, augment_on_device=True), model)[0]
+        variants.append(("uint8, RandAugment on the device",
+                         build_dataset("folder", args.data_dir, "train", crop_tf, config.seed, classes=classes)))
     folder = dataset.dataset  # the ImageFolder inside SkipUnreadable
     stages = stage_costs(folder, [*uint8_tf.transforms, device_tf], args.images)
     result = {
@@ -119,7 +129,8 @@ def main() -> None:
             "command": " ".join(["python", *sys.argv]), "git_revision": git_revision(),
             "config": args.config, "batch_size": config.batch_size,
             "augmentation": {key: getattr(config, key) for key in ("auto_augment", "re_prob", "re_mode",
-                                                                   "train_interpolation", "hflip")},
+                                                                   "train_interpolation", "hflip",
+                                                                   "augment_on_device")},
         },
         "stages_ms_per_image": stages,
         "img_per_s_per_core": round(1e3 / sum(stages.values()), 1),
@@ -127,7 +138,7 @@ def main() -> None:
     }
     print(result["stages_ms_per_image"], "->", result["img_per_s_per_core"], "img/s per core", flush=True)
     for workers in args.workers:
-        for output, images in (("float32", dataset), ("uint8", uint8_dataset)):
+        for output, images in variants:
             rate = loader_rate(images, config.batch_size, workers, args.batches)
             result["loaders"].append({"workers": workers, "output": output, "img_per_s": round(rate, 1)})
             print(f"{workers} workers, {output}: {rate:.0f} img/s", flush=True)

@@ -5,6 +5,7 @@ surface there, in device time.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,3 +24,23 @@ def test_benchmark_script_starts(script: Path):
                           env=env, timeout=300)
     assert done.returncode == 0, done.stderr.strip().splitlines()[-1:] or done.stdout
     assert "usage" in done.stdout.lower()
+
+
+def test_data_pipeline_times_every_placement_of_the_augmentation(tmp_path: Path):
+    """On a tiny folder: the stage costs, and a loader rate for float32, uint8 and uint8 with RandAugment on the
+    device (whose workers no longer run RandAugment)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_runs import write_image_folder
+
+    data = write_image_folder(tmp_path / "images", train_per_class=6)
+    out = tmp_path / "pipeline.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "data_pipeline.py"), "--config",
+                           str(ROOT / "configs" / "fashion_imagenet" / "softmax.yaml"), "--data-dir", str(data),
+                           "--images", "4", "--workers", "1", "--batches", "2", "--out", str(out), "batch_size=2",
+                           "img_size=32"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert "RandAugment" in result["stages_ms_per_image"]
+    assert [row["output"] for row in result["loaders"]] == ["float32", "uint8", "uint8, RandAugment on the device"]
+    assert all(row["img_per_s"] > 0 for row in result["loaders"])

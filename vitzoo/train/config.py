@@ -66,6 +66,9 @@ class TrainConfig:
     crop_pad: int = 2  # Fashion-MNIST: pad-and-random-crop margin in pixels (0 = no crop augmentation)
     scale: list = field(default_factory=lambda: [0.08, 1.0])
     train_interpolation: str = "random"
+    # RandAugment on whole batches on the training device (vitzoo.train.rand_augment) instead of in the loader
+    # workers: for hosts whose cores cannot augment as fast as the GPU trains.
+    augment_on_device: bool = False
     mixup: float = 0.8
     cutmix: float = 1.0
     mixup_prob: float = 1.0
@@ -292,6 +295,9 @@ def validate_config(config: TrainConfig) -> None:
     if not (isinstance(config.scale, list) and len(config.scale) == 2
             and all(isinstance(v, int | float) for v in config.scale) and 0 < config.scale[0] <= config.scale[1] <= 1):
         raise ConfigError(f"scale must be [min, max] with 0 < min <= max <= 1, got {config.scale!r}")
+    if config.augment_on_device and not str(config.auto_augment or "").startswith("rand"):
+        raise ConfigError("augment_on_device moves RandAugment to the device and needs a RandAugment auto_augment "
+                          f"('rand-...'), got {config.auto_augment!r}; set augment_on_device=false")
     if mixup_active(config) and config.batch_size % 2:
         raise ConfigError(f"batch_size must be even when mixup/cutmix is on (timm Mixup mode 'batch'), "
                           f"got {config.batch_size}")

@@ -301,10 +301,12 @@ class AugmentConfig:
     hflip: float = 0.5
     scale: tuple[float, float] = (0.08, 1.0)
     train_interpolation: str = "random"
+    on_device: bool = False  # RandAugment on whole batches on the training device instead of in the workers
 
 
 class DeviceAugment:
     """The end of an image folder's training transform, run on whole batches where they are (the training device):
+    RandAugment when the workers leave it to the device (:class:`~vitzoo.train.rand_augment.BatchRandAugment`),
     uint8 to float32, ``(x / 255 - mean) / std``, then timm's random erasing on the normalised images.
 
     Takes a (B, C, H, W) batch or one (C, H, W) image of uint8 on any device and returns float32 on that device. The
@@ -317,10 +319,12 @@ class DeviceAugment:
         re_prob: probability of erasing a rectangle of each image (0: no erasing).
         re_mode: the erased pixels, timm's ``'pixel'`` (per-pixel normal noise), ``'rand'`` (per-channel) or
             ``'const'`` (zeros).
+        rand_augment: RandAugment for uint8 batches, applied first (None: the workers applied it).
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], re_prob: float = 0.0,
-                 re_mode: str = "pixel") -> None:
+                 re_mode: str = "pixel", rand_augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self.rand_augment = rand_augment
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self.re_prob = re_prob
@@ -332,6 +336,8 @@ class DeviceAugment:
         if images.dtype != torch.uint8:
             raise TypeError(f"DeviceAugment takes uint8 images, got {images.dtype} (normalised twice?)")
         mean, std, erase = self._on(images.device)
+        if self.rand_augment is not None:
+            images = self.rand_augment(images) if images.dim() == 4 else self.rand_augment(images[None])[0]
         # The operations of torchvision's to_tensor and Normalize, in their order, so the result matches theirs.
         x = images.float().div(255).sub_(mean).div_(std)
         return erase(x) if erase is not None else x
@@ -370,13 +376,29 @@ def folder_transforms(data_config: dict, augment: AugmentConfig) -> tuple[Callab
         use_prefetcher=True,
     )
     _allow_zero_bit_posterize(train_transform)
-    on_device = DeviceAugment(data_config["mean"], data_config["std"], augment.re_prob, augment.re_mode)
+    rand_augment = None
+    if augment.on_device:
+        rand_augment = _move_rand_augment(train_transform)
+    on_device = DeviceAugment(data_config["mean"], data_config["std"], augment.re_prob, augment.re_mode,
+                              rand_augment)
     eval_transform = create_transform(
         data_config["input_size"], is_training=False, interpolation=data_config["interpolation"],
         mean=data_config["mean"], std=data_config["std"], crop_pct=data_config["crop_pct"],
         crop_mode=data_config.get("crop_mode"),
     )
     return train_transform, on_device, eval_transform
+
+
+def _move_rand_augment(transform: Callable) -> Callable:
+    """Take timm's RandAugment out of ``transform`` (a Compose) and return its batch version for the device."""
+    from timm.data.auto_augment import RandAugment
+
+    from vitzoo.train.rand_augment import BatchRandAugment
+
+    steps = transform.transforms
+    (policy,) = [step for step in steps if isinstance(step, RandAugment)]
+    steps.remove(policy)
+    return BatchRandAugment(policy)
 
 
 def _posterize(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:

@@ -1,0 +1,203 @@
+"""RandAugment on uint8 batches (:mod:`vitzoo.train.rand_augment`) against timm's Pillow RandAugment: each op on
+random images of odd sizes, the policy's draws, and a training run with ``augment_on_device``."""
+from __future__ import annotations
+
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+from safetensors.torch import load_file
+from timm.data import auto_augment as timm_aa
+from tiny_runs import train_args, write_image_folder
+
+from vitzoo.train import data as vdata
+from vitzoo.train import rand_augment as ra
+from vitzoo.train.cli import train_main
+from vitzoo.train.config import ConfigError, load_config
+
+FILL = (124, 116, 104)
+
+
+def _images(count: int = 3, height: int = 29, width: int = 37, smooth: bool = False,
+            seed: int = 0) -> list[Image.Image]:
+    """Random RGB images; ``smooth`` ones are upscaled noise (resampling them is well defined to a grey level)."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(count):
+        if smooth:
+            small = rng.integers(0, 256, (height // 4 + 1, width // 4 + 1, 3), dtype=np.uint8)
+            images.append(Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC))
+        else:
+            images.append(Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)))
+    return images
+
+
+def _batch(images: list[Image.Image]) -> torch.Tensor:
+    return torch.stack([torch.from_numpy(np.array(image)).permute(2, 0, 1) for image in images]).float()
+
+
+POINT_CASES = [
+    ("auto_contrast", lambda im, a: ImageOps.autocontrast(im), [0.0], 0),
+    ("equalize", lambda im, a: ImageOps.equalize(im), [0.0], 0),
+    ("invert", lambda im, a: ImageOps.invert(im), [0.0], 0),
+    ("posterize", lambda im, a: timm_aa.posterize(im, int(a)) if a > 0 else Image.new("RGB", im.size), [0, 1, 3, 4, 8],
+     0),
+    ("solarize", lambda im, a: ImageOps.solarize(im, int(a)), [0, 26, 128, 230, 256], 0),
+    ("solarize_add", lambda im, a: timm_aa.solarize_add(im, int(a)), [0, 33, 99, 110], 0),
+    # Pillow blends in single precision and truncates: an exact .0 can land either side.
+    ("color", lambda im, a: timm_aa.color(im, a), [0.1, 0.55, 1.0, 1.37, 1.9], 1),
+    ("contrast", lambda im, a: timm_aa.contrast(im, a), [0.1, 0.55, 1.0, 1.37, 1.9], 1),
+    ("brightness", lambda im, a: timm_aa.brightness(im, a), [0.1, 0.55, 1.0, 1.37, 1.9], 1),
+    ("sharpness", lambda im, a: timm_aa.sharpness(im, a), [0.1, 0.55, 1.0, 1.37, 1.9], 1),
+]
+
+
+@pytest.mark.parametrize(("name", "pillow", "args", "tolerance"), POINT_CASES, ids=[c[0] for c in POINT_CASES])
+def test_point_and_colour_ops_equal_pillows(name, pillow, args, tolerance) -> None:
+    images = _images()
+    # a flat channel (auto-contrast and equalize leave it alone) and a two-level image
+    flat = np.asarray(images[0]).copy()
+    flat[..., 1] = 77
+    images.append(Image.fromarray(flat))
+    images.append(Image.fromarray(np.where(np.asarray(images[1]) > 128, 200, 10).astype(np.uint8)))
+    batch = _batch(images)
+    op = getattr(ra, name)
+    for arg in args:
+        got = op(batch.clone(), torch.full((len(images),), float(arg)))
+        want = _batch([pillow(image, arg) for image in images])
+        diff = (got - want).abs()
+        assert diff.max() <= tolerance, f"{name}({arg}): max difference {diff.max()}"
+        if tolerance:
+            assert (diff > 0).float().mean() < 0.02, f"{name}({arg}): {(diff > 0).float().mean():.3f} differ"
+
+
+GEOMETRIC_CASES = [("Rotate", [-30.0, -7.5, 12.0, 29.0]), ("ShearX", [-0.3, 0.11, 0.27]),
+                   ("ShearY", [-0.27, 0.05, 0.3]), ("TranslateXRel", [-0.45, 0.2]),
+                   ("TranslateYRel", [-0.31, 0.45])]
+
+
+@pytest.mark.parametrize(("name", "values"), GEOMETRIC_CASES, ids=[c[0] for c in GEOMETRIC_CASES])
+@pytest.mark.parametrize("resample", [Image.Resampling.BILINEAR, Image.Resampling.BICUBIC], ids=["bilinear", "bicubic"])
+def test_affine_ops_follow_pillows_geometry_and_fill(name, values, resample) -> None:
+    images = _images(smooth=True, seed=1)
+    pillow_op = timm_aa.NAME_TO_OP[name]
+    for value in values:
+        want = _batch([pillow_op(image, value, fillcolor=FILL, resample=resample) for image in images])
+        matrices = ra._affine_matrices(name, torch.full((len(images),), value, dtype=torch.float64), 29, 37)
+        got = ra.affine(_batch(images), matrices, torch.tensor(FILL, dtype=torch.float32), ra._FILTERS[resample])
+        diff = (got - want).abs()
+        # The fill: the same pixels as Pillow's, but for points on the image's edge.
+        fill = torch.tensor(FILL).view(1, 3, 1, 1)
+        got_fill, want_fill = (got == fill).all(1), (want == fill).all(1)
+        assert (got_fill != want_fill).float().mean() < 0.01, f"{name}({value}): fill differs"
+        # Inside: bilinear is Pillow's filter up to rounding, bicubic a differently shaped kernel.
+        limit = 1.0 if resample == Image.Resampling.BILINEAR else 4.0
+        assert diff.mean() < limit / 2 and diff.float().quantile(0.99) <= limit * 4, f"{name}({value}): {diff.mean()}"
+
+
+def _recorded_timm_draws(policy, count: int, seed: int) -> list[list[tuple[str, float, object]]]:
+    """What timm's own RandAugment applies to ``count`` images after seeding, recorded instead of applied."""
+    record: list[tuple[str, float, object]] = []
+
+    def recorder(name):
+        def apply(image, *args, **kwargs):
+            kwargs = dict(kwargs)
+            if name in ra._GEOMETRIC:
+                timm_aa._check_args_tf(kwargs)  # timm draws the filter here
+            record.append((name, float(args[0]) if args else 0.0, kwargs["resample"] if name in ra._GEOMETRIC
+                           else None))
+            return image
+        return apply
+
+    originals = [op.aug_fn for op in policy.ops]
+    for op in policy.ops:
+        op.aug_fn = recorder(op.name)
+    random.seed(seed)
+    np.random.seed(seed)
+    draws = []
+    try:
+        for _ in range(count):
+            record.clear()
+            policy(Image.new("RGB", (4, 4)))
+            draws.append(list(record))
+    finally:
+        for op, original in zip(policy.ops, originals, strict=True):
+            op.aug_fn = original
+    return draws
+
+
+@pytest.mark.parametrize("text", ["rand-m9-mstd0.5-inc1", "rand-n1-m3", "rand-n3-m7-mstd0.5"])
+def test_the_batch_version_draws_what_timms_randaugment_applies(text: str) -> None:
+    hparams = {"img_mean": FILL, "translate_const": 100}
+    policy = timm_aa.rand_augment_transform(text, hparams)
+    want = _recorded_timm_draws(policy, 64, seed=5)
+    random.seed(5)
+    np.random.seed(5)
+    got = [[(name, arg, resample if name in ra._GEOMETRIC else None) for name, arg, resample in image]
+           for image in ra.BatchRandAugment(policy).draw(64)]
+    assert got == want
+    assert len({name for image in got for name, _, _ in image}) > 5  # the draws cover many ops
+
+
+def test_batches_keep_their_dtype_shape_and_device_and_every_op_runs() -> None:
+    policy = timm_aa.rand_augment_transform("rand-m9-mstd0.5-inc1", {"img_mean": FILL})
+    for op in policy.ops:
+        op.prob = 1.0
+    augment = ra.BatchRandAugment(policy)
+    batch = _batch(_images(count=40, smooth=True)).to(torch.uint8)
+    random.seed(0)
+    np.random.seed(0)
+    out = augment(batch)
+    assert out.dtype == torch.uint8 and out.shape == batch.shape
+    assert (out != batch).flatten(1).any(1).float().mean() > 0.9
+    with pytest.raises(TypeError, match="uint8"):
+        augment(batch.float())
+
+
+def test_a_policy_with_ops_the_batch_version_lacks_is_refused() -> None:
+    policy = timm_aa.rand_augment_transform("rand-m9-mstd0.5-inc1", {"img_mean": FILL})
+    policy.ops.append(timm_aa.AugmentOp("GaussianBlur", 0.5, 9, {"img_mean": FILL}))
+    with pytest.raises(ValueError, match="GaussianBlur"):
+        ra.BatchRandAugment(policy)
+
+
+def test_folder_transforms_move_randaugment_to_the_device_stage() -> None:
+    data_config = {"input_size": (3, 32, 32), "interpolation": "bicubic", "crop_pct": 0.9,
+                   "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+    workers, device, _ = vdata.folder_transforms(data_config, vdata.AugmentConfig(on_device=True))
+    names = [type(step).__name__ for step in workers.transforms]
+    assert "RandAugment" not in names and isinstance(device.rand_augment, ra.BatchRandAugment)
+    workers, device, _ = vdata.folder_transforms(data_config, vdata.AugmentConfig())
+    assert "RandAugment" in [type(step).__name__ for step in workers.transforms] and device.rand_augment is None
+    batch = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    out = vdata.DeviceAugment(data_config["mean"], data_config["std"], rand_augment=lambda x: 255 - x)(batch)
+    mean = torch.tensor(data_config["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(data_config["std"]).view(1, 3, 1, 1)
+    torch.testing.assert_close(out, ((255 - batch).float() / 255 - mean) / std)
+
+
+def test_augment_on_device_needs_a_randaugment_policy() -> None:
+    with pytest.raises(ConfigError, match="augment_on_device"):
+        load_config(None, ["augment_on_device=true", "auto_augment=null", "model=linear_deit_tiny_patch16_224"])
+
+
+def test_a_run_with_augment_on_device_trains_and_resumes_exactly(tmp_path: Path) -> None:
+    data = write_image_folder(tmp_path / "images")
+    extra = ("auto_augment=rand-m9-mstd0.5-inc1", "augment_on_device=true", "re_prob=0.5", "workers=1",
+             "checkpoint_interval=1", "checkpoint_keep=50")
+    full = tmp_path / "full"
+    train_main(train_args(full, data, *extra))
+    resumed = tmp_path / "resumed"
+    shutil.copytree(full, resumed, symlinks=True)
+    for later in (resumed / "checkpoints").glob("step-*"):
+        if int(later.name.split("-")[1]) > 4:  # keep the first update of epoch 1
+            shutil.rmtree(later)
+    train_main(train_args(resumed, data, *extra, "resume=auto"))
+    a = load_file(str(full / "checkpoints" / "step-00000006" / "model.safetensors"))
+    b = load_file(str(resumed / "checkpoints" / "step-00000006" / "model.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after resume"
