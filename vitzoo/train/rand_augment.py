@@ -9,8 +9,8 @@ Same policy: the ops, their number per image, their probability, the magnitude d
 each op's argument come from timm's own ``RandAugment`` object, drawn per image from python's ``random`` and numpy in
 timm's order, which the training loop seeds per batch. Same pixels, up to rounding, for the point and colour ops
 (Pillow's lookup tables, its L conversion, its blend's truncation and its 3x3 smoothing are reproduced); the affine
-ops (rotate, shear, translate) use Pillow's coordinates and fill, but ``grid_sample``'s bilinear and bicubic filters,
-so an image resampled by them differs from Pillow's by a few grey levels (bicubic: PyTorch's kernel is a = -0.75,
+ops (rotate, shear, translate) use Pillow's coordinates, fill and nearest pixel, but ``grid_sample``'s bilinear and
+bicubic filters: bilinear is within one grey level of Pillow's, bicubic within a few (PyTorch's kernel is a = -0.75,
 Pillow's a = -0.5).
 """
 from __future__ import annotations
@@ -18,17 +18,22 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+if TYPE_CHECKING:
+    from timm.data.auto_augment import RandAugment
+
 # Pillow's RGB -> L weights in 16-bit fixed point (``L = (R*19595 + G*38470 + B*7471 + 0x8000) >> 16``).
 _L_WEIGHTS = (19595, 38470, 7471)
 _SMOOTH = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0  # ImageFilter.SMOOTH
 _GEOMETRIC = {"Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"}
-_FILTERS = {Image.Resampling.BILINEAR: "bilinear", Image.Resampling.BICUBIC: "bicubic"}
+_FILTERS = {Image.Resampling.NEAREST: "nearest", Image.Resampling.BILINEAR: "bilinear",
+            Image.Resampling.BICUBIC: "bicubic"}
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
@@ -152,10 +157,14 @@ def affine(x: torch.Tensor, matrices: torch.Tensor, fill: torch.Tensor, mode: st
     x_in = m[:, 0] * xs + m[:, 1] * ys + m[:, 2]
     y_in = m[:, 3] * xs + m[:, 4] * ys + m[:, 5]
     inside = ((x_in >= 0) & (x_in < w) & (y_in >= 0) & (y_in < h))[:, None]
-    grid = torch.stack([2 * x_in / w - 1, 2 * y_in / h - 1], dim=-1).to(x.dtype)
-    sampled = F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
-    # Pillow rounds its filtered value to the nearest integer and clips it.
-    sampled = torch.floor(sampled + 0.5).clamp_(0, 255)
+    if mode == "nearest":  # Pillow takes the pixel the point falls in (grid_sample would round pixel centres)
+        index = (y_in.floor().clamp(0, h - 1) * w + x_in.floor().clamp(0, w - 1)).long().view(b, 1, h * w)
+        sampled = torch.gather(x.flatten(2), 2, index.expand(-1, x.shape[1], -1)).view_as(x)
+    else:
+        grid = torch.stack([2 * x_in / w - 1, 2 * y_in / h - 1], dim=-1).to(x.dtype)
+        sampled = F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
+        # Pillow rounds its filtered value to the nearest integer and clips it.
+        sampled = torch.floor(sampled + 0.5).clamp_(0, 255)
     return torch.where(inside, sampled, fill.to(x.device, x.dtype).view(1, -1, 1, 1))
 
 
@@ -178,7 +187,7 @@ class BatchRandAugment:
         ValueError: the policy holds an op this batch version does not implement (see :data:`SUPPORTED_OPS`).
     """
 
-    def __init__(self, policy) -> None:
+    def __init__(self, policy: RandAugment) -> None:
         unsupported = sorted({op.name for op in policy.ops} - SUPPORTED_OPS)
         if unsupported:
             raise ValueError(f"augment_on_device does not implement the RandAugment op(s) {', '.join(unsupported)}; "
