@@ -9,9 +9,10 @@ Same policy: the ops, their number per image, their probability, the magnitude d
 each op's argument come from timm's own ``RandAugment`` object, drawn per image from python's ``random`` and numpy in
 timm's order, which the training loop seeds per batch. Same pixels, up to rounding, for the point and colour ops
 (Pillow's lookup tables, its L conversion, its blend's truncation and its 3x3 smoothing are reproduced); the affine
-ops (rotate, shear, translate) use Pillow's coordinates, fill and nearest pixel, but ``grid_sample``'s bilinear and
-bicubic filters: bilinear is within one grey level of Pillow's, bicubic within a few (PyTorch's kernel is a = -0.75,
-Pillow's a = -0.5).
+ops (rotate, shear, translate) use Pillow's coordinates, fill and nearest pixel (Pillow's fixed-point steps can put
+a point that lies exactly on a pixel edge on the other side), and ``grid_sample``'s bilinear and bicubic filters:
+bilinear is within one grey level of Pillow's, bicubic within a few (PyTorch's kernel is a = -0.75, Pillow's
+a = -0.5).
 """
 from __future__ import annotations
 
