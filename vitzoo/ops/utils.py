@@ -89,6 +89,11 @@ def next_power_of_2(n: int) -> int:
     return 1 << max(n - 1, 0).bit_length()
 
 
+def padded(dim: int) -> int:
+    """A dim as a tile dim: the next power of two, at least 16 (the tensor cores' smallest K)."""
+    return max(16, next_power_of_2(dim))
+
+
 def multiprocessor_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device: how many programs fill it (the launch heuristics' unit)."""
     return _multiprocessor_count(torch.cuda.current_device() if device.index is None else device.index)

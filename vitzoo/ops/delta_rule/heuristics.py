@@ -10,7 +10,7 @@ import dataclasses
 
 import torch
 
-from ..utils import cdiv, interpreting, multiprocessor_count, next_power_of_2
+from ..utils import cdiv, interpreting, multiprocessor_count, padded
 
 
 def dot_mode(dtype: torch.dtype) -> int:
@@ -67,7 +67,7 @@ DEFAULT_LAUNCH = LaunchSettings()
 
 def chunk_size(n: int, launch: LaunchSettings = DEFAULT_LAUNCH) -> int:
     """Tokens per chunk for a sequence of ``n`` tokens."""
-    return min(launch.chunk, max(16, next_power_of_2(n)))
+    return min(launch.chunk, padded(n))
 
 
 def _programs_to_fill(device: torch.device) -> int:
@@ -77,8 +77,7 @@ def _programs_to_fill(device: torch.device) -> int:
 def block_sizes(dk: int, dv: int, num_seqs: int, device: torch.device,
                 launch: LaunchSettings = DEFAULT_LAUNCH) -> tuple[int, int, int]:
     """(BK, BV of the chunk-parallel kernels: the whole value dim, BV of the two recurrences)."""
-    bk = max(16, next_power_of_2(dk))
-    bv = max(16, next_power_of_2(dv))
+    bk, bv = padded(dk), padded(dv)
     bv_seq = min(bv, launch.seq_bv_max)
     while bv_seq > launch.seq_bv_min and num_seqs * cdiv(dv, bv_seq) < _programs_to_fill(device):
         bv_seq //= 2

@@ -3,7 +3,7 @@ and token widths) fill a program's threads; PyTorch's layer-norm kernel gives ea
 most of it idle at these widths."""
 from __future__ import annotations
 
-from ..utils import cdiv, interpreting, next_power_of_2
+from ..utils import cdiv, interpreting, padded
 
 MAX_WIDTH = 16384  # the widest row one program holds in registers
 _TILE = 4096  # elements a program handles per row block
@@ -12,7 +12,7 @@ _BACKWARD_PROGRAMS_PER_SM = 4
 
 def block_n(width: int) -> int:
     """The row tile: the row width padded to a power of two, at least 16."""
-    return max(16, next_power_of_2(width))
+    return padded(width)
 
 
 def block_m(width: int) -> int:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..utils import KERNEL_DTYPES, check_kernel_qkv, kernel_backend, launcher, triton_available
-from .heuristics import Launch, backward_launch, dot_precision, forward_launch, padded, state_size
+from ..utils import KERNEL_DTYPES, check_kernel_qkv, kernel_backend, launcher, padded, triton_available
+from .heuristics import Launch, backward_launch, dot_precision, forward_launch, state_size
 from .reference import FEATURE_MAPS, check_inputs, linear_attention_reference
 
 _FEATURE_CODES = {name: code for code, name in enumerate(FEATURE_MAPS)}  # identity 0, relu 1, l2norm 2, qt 3

@@ -11,7 +11,7 @@ import dataclasses
 
 import torch
 
-from ..utils import cdiv, interpreting, multiprocessor_count, next_power_of_2
+from ..utils import cdiv, interpreting, multiprocessor_count, padded
 
 # the "GPU size" the split rule assumes under TRITON_INTERPRET=1 (CPU tests): N is split until about 4 programs run
 _INTERPRETER_PROGRAMS = 4
@@ -57,11 +57,6 @@ class Launch:
         if self.max_registers is not None:
             options["maxnreg"] = self.max_registers
         return options
-
-
-def padded(dim: int) -> int:
-    """A head dim as a tile dim: the next power of two, at least 16 (the tensor cores' smallest K)."""
-    return max(16, next_power_of_2(dim))
 
 
 def state_size(weightings: int, dk: int, dv: int) -> int:

@@ -1,7 +1,7 @@
 """Launch shape of ZeroS's weighting kernels: one program per (batch, head), tokens in blocks of 64."""
 from __future__ import annotations
 
-from ..utils import next_power_of_2
+from ..utils import padded
 
 BLOCK_N = 64
 NUM_WARPS = 4
@@ -9,4 +9,4 @@ NUM_WARPS = 4
 
 def block_d(head_dim: int) -> int:
     """The head dim as a tile dim: the next power of two, at least 16."""
-    return max(16, next_power_of_2(head_dim))
+    return padded(head_dim)
