@@ -93,7 +93,7 @@ def run_row(folder: Path, eval_rows: dict[str, dict[str, str]], bench: dict[str,
         "infer_img_per_s": float(speed["infer_samples_per_sec"]) if speed.get("infer_samples_per_sec") else None,
         "bench": {key: speed.get(key, "") for key in BENCH_KEYS},
         "final_eval": ({"top1": float(final["top1"]), "top5": float(final["top5"]),
-                        "weights": "ema" if "ema" in final.get("checkpoint", "") else "model",
+                        "weights": "ema" if final["checkpoint"].endswith(":ema") else "model",  # eval.py's mark
                         "checkpoint": final["checkpoint"]} if final else None),
         "status": status,
     }
@@ -104,8 +104,7 @@ def _eval_rows(path: Path) -> dict[str, dict[str, str]]:
     rows = {}
     with path.open(newline="") as handle:
         for row in csv.DictReader(handle):
-            parts = Path(row["checkpoint"].split(" ")[0]).parts
-            for part in parts:
+            for part in Path(row["checkpoint"]).parts:
                 if "-seed" in part:
                     rows[part] = row  # later rows (re-evaluations) win
     return rows

@@ -6,7 +6,8 @@ is a function of (seed, epoch) too, and the same global order is sharded by acce
 
 The training transform of an image folder ends in uint8 images; :class:`DeviceAugment` normalises and randomly erases
 whole batches on the training device, as timm's prefetcher does, so the loader workers move a quarter of float32's
-bytes. Its erasing draws, like mixup's, follow the training loop's per-batch seed (run seed, rank, epoch, batch).
+bytes (with ``augment_on_device`` it runs RandAugment there first). Its draws, like mixup's, follow the training
+loop's per-batch seed (run seed, rank, epoch, batch).
 
 A corrupt or unreadable image never stops an epoch: :class:`SkipUnreadable` substitutes the next readable sample and
 marks the file in a shared-memory flag table that loader workers write and the main process reads at epoch end (see
@@ -360,9 +361,10 @@ def folder_transforms(data_config: dict, augment: AugmentConfig) -> tuple[Callab
         augment: the training augmentation.
 
     Returns:
-        The training transform of the loader workers (random-resized crop, flip, RandAugment, ending in a uint8
-        (C, H, W) tensor), the rest of the training transform for whole batches on the training device
-        (normalisation and random erasing), and the eval transform (resize to ``size / crop_pct``, centre crop,
+        The training transform of the loader workers (random-resized crop, flip, RandAugment unless
+        ``augment.on_device``, ending in a uint8 (C, H, W) tensor), the rest of the training transform for whole
+        batches on the training device (RandAugment with ``augment.on_device``, normalisation and random erasing),
+        and the eval transform (resize to ``size / crop_pct``, centre crop,
         normalised float32).
     """
     from timm.data import create_transform
@@ -376,9 +378,7 @@ def folder_transforms(data_config: dict, augment: AugmentConfig) -> tuple[Callab
         use_prefetcher=True,
     )
     _allow_zero_bit_posterize(train_transform)
-    rand_augment = None
-    if augment.on_device:
-        rand_augment = _move_rand_augment(train_transform)
+    rand_augment = _move_rand_augment(train_transform) if augment.on_device else None
     on_device = DeviceAugment(data_config["mean"], data_config["std"], augment.re_prob, augment.re_mode,
                               rand_augment)
     eval_transform = create_transform(

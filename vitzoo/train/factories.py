@@ -88,7 +88,8 @@ def build_transforms(config: TrainConfig, model: nn.Module) -> tuple[Callable, D
     Returns:
         (train transform, device stage, eval transform, data config). An image folder's train transform ends in uint8
         images and its device stage (:class:`~vitzoo.train.data.DeviceAugment`) normalises and erases whole batches
-        on the training device; Fashion-MNIST's train transform normalises on its own and has no device stage (None).
+        on the training device (and runs RandAugment with ``augment_on_device``); Fashion-MNIST's train transform
+        normalises on its own and has no device stage (None).
     """
     from timm.data import resolve_data_config
 

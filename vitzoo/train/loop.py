@@ -11,8 +11,8 @@ anything, each failure raising :class:`~vitzoo.train.config.ConfigError` with on
 run never writes into a folder that holds another run.
 
 Determinism: shuffling depends on (seed, epoch), the loader workers' augmentation on (seed, epoch, sample index) and
-the step's own random draws (random erasing of image folders, mixup, drop path) on (seed, rank, epoch, batch index), so
-a run resumed from a checkpoint replays exactly the draws of an uninterrupted run.
+the step's own random draws (the device stage of image folders, mixup, drop path) on (seed, rank, epoch, batch index),
+so a run resumed from a checkpoint replays exactly the draws of an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -169,7 +169,7 @@ class Training:
     val_set: SkipUnreadable
     train_sampler: EpochShuffleSampler
     train_loader: Any  # prepared by accelerate
-    device_tf: Callable | None  # normalises and erases the loader's uint8 batches on the device (image folders)
+    device_tf: Callable | None  # the device stage of the loader's uint8 batches (image folders): DeviceAugment
     val_loader: Any
     forward: Callable  # the training forward: the prepared model, or its torch.compile wrapper
     scheduler: Any
@@ -359,7 +359,7 @@ def train_one_epoch(training: Training) -> tuple[torch.Tensor, int, float]:
     loss_count, start = 0, time.time()
 
     for images, targets in loader:
-        # Per-batch seed: random erasing, mixup and drop path draw the same numbers whether or not the run was resumed.
+        # Per-batch seed: the device stage, mixup and drop path draw the same numbers whether or not the run resumed.
         seed_everything(sample_seed(config.seed + 1 + accelerator.process_index, epoch, run.batches_done))
         if training.device_tf is not None:
             images = training.device_tf(images)

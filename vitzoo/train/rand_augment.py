@@ -196,7 +196,8 @@ class BatchRandAugment:
         self.policy = policy
 
     def draw(self, count: int) -> list[list[tuple[str, float, object]]]:
-        """Per image, the ops it gets as (name, argument, resample filter): timm's draws in timm's order."""
+        """Per image, the ops it gets as (name, argument, resample filter of an affine op, else None): timm's draws
+        in timm's order."""
         policy, draws = self.policy, []
         for _ in range(count):
             applied = []
@@ -211,8 +212,8 @@ class BatchRandAugment:
                     magnitude = random.gauss(magnitude, op.magnitude_std)
                 magnitude = max(0.0, min(magnitude, op.magnitude_max or 10.0))
                 args = op.level_fn(magnitude, op.hparams) if op.level_fn is not None else (0.0,)
-                resample = op.kwargs["resample"]
-                if op.name in _GEOMETRIC and isinstance(resample, (list, tuple)):
+                resample = op.kwargs["resample"] if op.name in _GEOMETRIC else None
+                if isinstance(resample, (list, tuple)):  # timm draws the filter of an affine op when it applies it
                     resample = random.choice(resample)
                 applied.append((op.name, float(args[0]), resample))
             draws.append(applied)
@@ -231,9 +232,8 @@ class BatchRandAugment:
             for index, applied in enumerate(draws):
                 if layer < len(applied):
                     name, arg, resample = applied[layer]
-                    key = (name, resample if name in _GEOMETRIC else None)
-                    groups[key][0].append(index)
-                    groups[key][1].append(arg)
+                    groups[name, resample][0].append(index)
+                    groups[name, resample][1].append(arg)
             for (name, resample), (indices, args) in groups.items():
                 rows = torch.tensor(indices, device=x.device)
                 values = torch.tensor(args, dtype=torch.float64)
