@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_runs import write_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "benchmarks").glob("*.py"))
@@ -29,9 +30,6 @@ def test_benchmark_script_starts(script: Path):
 def test_data_pipeline_times_every_placement_of_the_augmentation(tmp_path: Path):
     """On a tiny folder: the stage costs, and a loader rate for float32, uint8 and uint8 with RandAugment on the
     device (whose workers no longer run RandAugment)."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tiny_runs import write_image_folder
-
     data = write_image_folder(tmp_path / "images", train_per_class=6)
     out = tmp_path / "pipeline.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")

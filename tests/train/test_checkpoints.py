@@ -153,13 +153,17 @@ def test_resume_auto_falls_back_to_the_newest_intact_checkpoint(tmp_path: Path, 
     assert metrics["num_updates"] == 9
 
 
-def test_mid_epoch_resume_replays_random_erasing(tmp_path: Path, data: Path) -> None:
-    """An image-folder run with random erasing of every image (on the device, per batch) and one loader worker,
-    resumed from a mid-epoch checkpoint, ends with the uninterrupted run's weights: the erasing draws follow the
-    per-batch seed, not the generator state the resume restores."""
+@pytest.mark.parametrize("device_stage", [
+    ("re_prob=1.0",),
+    ("auto_augment=rand-m9-mstd0.5-inc1", "augment_on_device=true", "re_prob=0.5"),
+], ids=["random-erasing", "randaugment-on-device"])
+def test_mid_epoch_resume_replays_the_device_stage(tmp_path: Path, data: Path, device_stage: tuple[str, ...]) -> None:
+    """An image-folder run whose device stage draws per batch (random erasing of every image; RandAugment with
+    augment_on_device) with one loader worker, resumed from a mid-epoch checkpoint, ends with the uninterrupted run's
+    weights: the draws follow the per-batch seed, not the generator state the resume restores."""
     # A worker, not the main process, runs the per-sample seeding: in the main process it would reseed the generators
     # before every batch and hide a draw made outside the per-batch seed.
-    extra = ("re_prob=1.0", "workers=1", "checkpoint_interval=1", "checkpoint_keep=50")
+    extra = (*device_stage, "workers=1", "checkpoint_interval=1", "checkpoint_keep=50")
     full = tmp_path / "full"
     _train(full, data, *extra)
     resumed = tmp_path / "resumed"

@@ -1,5 +1,6 @@
 """The image-folder training transform split between the loader workers (uint8) and the training device
-(normalisation and random erasing on whole batches, :class:`vitzoo.train.data.DeviceAugment`)."""
+(normalisation, random erasing and, with ``augment_on_device``, RandAugment on whole batches,
+:class:`vitzoo.train.data.DeviceAugment`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -107,3 +108,19 @@ def test_persistent_workers_follow_the_epoch_set_in_the_main_process() -> None:
     assert not torch.equal(expected[0], expected[1])
     for epoch, (want, seen) in enumerate(zip(expected, got, strict=True)):
         torch.testing.assert_close(seen, want, rtol=0, atol=0, msg=f"epoch {epoch}")
+
+
+def test_augment_on_device_moves_randaugment_from_the_workers_to_the_device_stage() -> None:
+    from vitzoo.train.rand_augment import BatchRandAugment
+
+    workers, device, _ = vdata.folder_transforms(DATA_CONFIG, vdata.AugmentConfig(on_device=True))
+    names = [type(step).__name__ for step in workers.transforms]
+    assert "RandAugment" not in names and isinstance(device.rand_augment, BatchRandAugment)
+    workers, device, _ = vdata.folder_transforms(DATA_CONFIG, vdata.AugmentConfig())
+    assert "RandAugment" in [type(step).__name__ for step in workers.transforms] and device.rand_augment is None
+    # the device stage runs it on the uint8 batch, before normalising
+    batch = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    out = vdata.DeviceAugment(DATA_CONFIG["mean"], DATA_CONFIG["std"], rand_augment=lambda x: 255 - x)(batch)
+    mean = torch.tensor(DATA_CONFIG["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(DATA_CONFIG["std"]).view(1, 3, 1, 1)
+    torch.testing.assert_close(out, ((255 - batch).float() / 255 - mean) / std)
