@@ -7,14 +7,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
-from ..ops import kernel_backend
 from ..ops import layer_norm as fused_layer_norm
 from ..ops import rms_norm as fused_rms_norm
+from ..ops.layer_norm import takes_kernel
 
 
-def _takes_norm_kernel(x: torch.Tensor, normalized_shape: tuple[int, ...]) -> bool:
-    # the kernels normalise the last dim in fp32; float64 and the CPU keep PyTorch's norms
-    return len(normalized_shape) == 1 and x.dtype != torch.float64 and kernel_backend(x.device) == "triton"
+def _takes_norm_kernel(x: torch.Tensor, normalized_shape: tuple[int, ...], *params: torch.Tensor | None) -> bool:
+    # the kernels normalise the last dim; where the op would fall back to its reference (float64, the CPU), PyTorch's
+    # own norms run instead
+    return len(normalized_shape) == 1 and takes_kernel(x, params)
 
 
 def low_precision_layer_norm(
@@ -31,7 +32,7 @@ def low_precision_layer_norm(
     reads the parameters in their own dtype: no casts, and several rows per program, where PyTorch's kernel leaves
     most of a thread block idle at the zoo's widths (64-192).
     """
-    if _takes_norm_kernel(x, normalized_shape):
+    if _takes_norm_kernel(x, normalized_shape, weight, bias):
         return fused_layer_norm(x, weight, bias, eps)
     if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
         with torch.autocast(x.device.type, enabled=False):
@@ -46,7 +47,7 @@ def low_precision_rms_norm(x: torch.Tensor, normalized_shape: tuple[int, ...], w
                            eps: float) -> torch.Tensor:
     """``F.rms_norm`` that keeps a 16-bit input in its dtype under autocast, as :func:`low_precision_layer_norm` (one
     kernel with the Triton backend)."""
-    if _takes_norm_kernel(x, normalized_shape):
+    if _takes_norm_kernel(x, normalized_shape, weight):
         return fused_rms_norm(x, weight, eps)
     if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
         with torch.autocast(x.device.type, enabled=False):

@@ -108,9 +108,10 @@ if triton_available():
             return dx if ctx.needs_input_grad[0] else None, dweight, dbias, None, None
 
 
-def _use_kernel(x: torch.Tensor, params: tuple[torch.Tensor | None, ...]) -> bool:
-    """The kernels take fp16 / bf16 / fp32 rows up to :data:`.heuristics.MAX_WIDTH` wide; float64 and empty inputs
-    stay on the reference (the kernels accumulate in fp32; an empty grid is no launch)."""
+def takes_kernel(x: torch.Tensor, params: tuple[torch.Tensor | None, ...]) -> bool:
+    """Whether :func:`layer_norm` / :func:`rms_norm` of ``x`` with ``params`` run the kernels: fp16 / bf16 / fp32 rows
+    up to :data:`.heuristics.MAX_WIDTH` wide with the Triton backend; float64 and empty inputs stay on the reference
+    (the kernels accumulate in fp32; an empty grid is no launch)."""
     return (kernel_backend(x.device) == "triton" and x.dtype in KERNEL_DTYPES and x.numel() > 0
             and x.shape[-1] <= heuristics.MAX_WIDTH
             and all(p.dtype in KERNEL_DTYPES and p.device == x.device for p in params if p is not None))
@@ -140,7 +141,7 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.
         eps: added to the variance.
     """
     check_inputs("layer_norm", x, weight, bias)
-    if _use_kernel(x, (weight, bias)):
+    if takes_kernel(x, (weight, bias)):
         return _norm(x, weight, bias, eps, rms=False)
     return layer_norm_reference(x, weight, bias, eps)
 
@@ -148,6 +149,6 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
     """RMS norm over the last dim of ``x``, as :func:`layer_norm` without centring and bias."""
     check_inputs("rms_norm", x, weight, None)
-    if _use_kernel(x, (weight,)):
+    if takes_kernel(x, (weight,)):
         return _norm(x, weight, None, eps, rms=True)
     return rms_norm_reference(x, weight, eps)
