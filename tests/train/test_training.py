@@ -200,6 +200,9 @@ def test_eval_csv_columns_for_model_name(tmp_path: Path, capsys: pytest.CaptureF
     (["--dataset", "fashion_mnist", "--model", "nosuch_deit_tiny"], "unknown model 'nosuch_deit_tiny'"),
     (["--config", "configs/nosuch.yaml"], "config file configs/nosuch.yaml does not exist"),
     (["--dataset", "fashion_mnist", "compile=fast"], "compile must be one of default, reduce-overhead"),
+    (["--dataset", "fashion_mnist", "cuda_graph=true", "compile=default"], "cuda_graph and compile='default' both"),
+    pytest.param(["--dataset", "fashion_mnist", "cuda_graph=true"], "cuda_graph=true needs a single CUDA process",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU-only machine's error")),
 ])
 def test_bad_input_exits_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str],
                                        expected: str) -> None:

@@ -15,8 +15,9 @@ Phases: ``infer`` (inference_mode, batch 256 at 224 and the same tokens per batc
 forward, cross-entropy, backward, AdamW step; batch 128 at 224, scaled the same way) and ``latency`` (batch 1,
 isolated steps, p50 and p90, eager and replayed from a captured CUDA graph). Compile modes: ``none`` (eager),
 ``default`` and ``reduce-overhead`` (``torch.compile(fullgraph=True)``), and ``cuda-graph``: the eager model's
-inference step captured once in a CUDA graph and replayed (the host cost removed without compiling, so the row shows
-what the eager kernels cost on the device). bf16 autocast throughout.
+inference step, or its training forward and backward, captured once in CUDA graphs and replayed (the host cost
+removed without compiling, so the row shows what the eager kernels cost on the device; training's loss and AdamW step
+stay eager, as ``train.py`` runs them with ``cuda_graph=true``). bf16 autocast throughout.
 """
 from __future__ import annotations
 
@@ -45,10 +46,11 @@ from vitzoo.bench.common import (
 )
 from vitzoo.models import list_models
 from vitzoo.registry import FAMILIES
+from vitzoo.train.cuda_graph import graphed_training_forward
 
 PHASES = ("infer", "train", "latency")
 COMPILE_MODES = ("none", "default", "reduce-overhead")  # eager, and the two modes worth a fullgraph compile
-CUDA_GRAPH = "cuda-graph"  # the eager inference step replayed from a captured CUDA graph
+CUDA_GRAPH = "cuda-graph"  # the eager step (inference; training forward + backward) replayed from CUDA graphs
 # every zoo model name -> (its family, its size key), from the registry
 _SIZES = {family.model_name(size): (family, size) for family in FAMILIES.values() for size in family.sizes}
 
@@ -119,7 +121,9 @@ def capture_inference(model: nn.Module, x: torch.Tensor) -> torch.cuda.CUDAGraph
 class Step:
     """One benchmark step of a phase: ``__call__`` runs it; the inputs and optimizer live here.
 
-    ``graphed``: capture the inference step in a CUDA graph here and replay it on every call."""
+    ``graphed``: replay the step from CUDA graphs captured here: the whole inference step, or the training step's
+    forward and backward (:func:`~vitzoo.train.cuda_graph.graphed_training_forward`; loss and AdamW stay eager, as
+    in ``train.py`` with ``cuda_graph=true``)."""
 
     def __init__(self, model: nn.Module, phase: str, batch: int, img_size: int, device: torch.device,
                  compiled: bool, graphed: bool = False) -> None:
@@ -128,14 +132,20 @@ class Step:
         mark = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
         self.begin = mark if compiled and mark is not None else (lambda: None)
         self.graph = None
+        if graphed and device.type != "cuda":
+            raise ValueError("a CUDA-graph step needs a CUDA device")
         if phase == "train":
             model.train()  # once here: a per-step .train() walks every module inside the timed loop
             self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
             self.target = torch.randint(0, 1000, (batch,), device=device)
-        if graphed:
-            if phase != "infer" or device.type != "cuda":
-                raise ValueError("a CUDA-graph step is a CUDA inference step")
+            self.forward = (graphed_training_forward(model, self.x, torch.bfloat16) if graphed
+                            else self._autocast_forward)
+        elif graphed:
             self.graph = capture_inference(self.model, self.x)
+
+    def _autocast_forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            return self.model(x)
 
     def _infer(self) -> None:
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16):
@@ -148,9 +158,7 @@ class Step:
         self.begin()
         if self.phase == "train":
             self.optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                out = self.model(self.x)
-            F.cross_entropy(out.float(), self.target).backward()
+            F.cross_entropy(self.forward(self.x).float(), self.target).backward()
             self.optimizer.step()
         else:
             self._infer()
@@ -330,8 +338,6 @@ def run_compare(names: Iterable[str], img_sizes: Iterable[int], phases: Iterable
             for mode in compile_modes:
                 if phase == "latency" and mode in ("reduce-overhead", CUDA_GRAPH):
                     continue  # the eager row already reports the CUDA-graphed latency
-                if phase == "train" and mode == CUDA_GRAPH:
-                    continue  # graph replay rows are inference only
                 for row in compare_models(ordered, roles, img_size, phase, mode, config):
                     result["rows"].append(row)
                     log(format_row(row))

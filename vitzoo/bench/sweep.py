@@ -555,8 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="comparison phases (default all)")
     compare.add_argument("--repeats", type=int, default=3, help="interleaved repeats per group (default 3)")
     compare.add_argument("--cuda-graph", action="store_true",
-                         help="also measure inference replayed from a CUDA graph of the eager model (no host work per "
-                              "step, no compile)")
+                         help="also measure the eager model's steps replayed from CUDA graphs (inference; training "
+                              "forward and backward): no host work per kernel, no compile")
     return parser
 
 

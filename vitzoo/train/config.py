@@ -98,6 +98,8 @@ class TrainConfig:
     model_ema_warmup: bool = False
     precision: str = "bf16"
     compile: str | None = None  # torch.compile mode of the training forward; None: eager
+    # replay the eager training forward and backward from CUDA graphs (vitzoo.train.cuda_graph): one CUDA process
+    cuda_graph: bool = False
     seed: int = 0
     # bookkeeping
     output: str | None = None  # None: a fresh output/train/<date-time>-<model>-<dataset>
@@ -298,6 +300,9 @@ def validate_config(config: TrainConfig) -> None:
     if config.augment_on_device and not str(config.auto_augment or "").startswith("rand"):
         raise ConfigError("augment_on_device moves RandAugment to the device and needs a RandAugment auto_augment "
                           f"('rand-...'), got {config.auto_augment!r}; set augment_on_device=false")
+    if config.cuda_graph and config.compile:
+        raise ConfigError(f"cuda_graph and compile={config.compile!r} both remove the host cost; pick one "
+                          "(compile=reduce-overhead is torch.compile's own CUDA graphs)")
     if mixup_active(config) and config.batch_size % 2:
         raise ConfigError(f"batch_size must be even when mixup/cutmix is on (timm Mixup mode 'batch'), "
                           f"got {config.batch_size}")

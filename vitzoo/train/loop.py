@@ -171,7 +171,7 @@ class Training:
     train_loader: Any  # prepared by accelerate
     device_tf: Callable | None  # the device stage of the loader's uint8 batches (image folders): DeviceAugment
     val_loader: Any
-    forward: Callable  # the training forward: the prepared model, or its torch.compile wrapper
+    forward: Callable  # the training forward (_training_forward)
     scheduler: Any
     total_epochs: int  # epochs + cooldown_epochs, as timm's scheduler counts them
     mixup: Any
@@ -276,8 +276,9 @@ def setup(config: TrainConfig) -> Training:
     lr = config.lr if config.lr is not None else config.lr_base * global_batch / config.lr_base_size
     optimizer = build_optimizer(config, model, lr)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
-    # Only the training forward is compiled; checkpoints, EMA and evaluation keep the plain module (same parameters).
-    forward = torch.compile(model, mode=config.compile) if config.compile else model
+    if config.cuda_graph and (accelerator.device.type != "cuda" or accelerator.num_processes > 1):
+        raise ConfigError(f"cuda_graph=true needs a single CUDA process, not {accelerator.num_processes} on "
+                          f"{accelerator.device.type}; set cuda_graph=false")
     updates_per_epoch = math.ceil(len(train_loader) / config.grad_accum)
     # timm semantics: the run lasts epochs + cooldown_epochs (cooldown at min_lr), as in timm's train.py.
     scheduler, total_epochs = create_scheduler_v2(optimizer.optimizer, sched=config.sched, num_epochs=config.epochs,
@@ -298,6 +299,7 @@ def setup(config: TrainConfig) -> Training:
     identity = run_identity(config, accelerator.num_processes, in_chans, num_classes, classes)
     run = RunState(config, accelerator, str(output), model, optimizer, ema, identity, data_config)
     resumed_from = _resume(run, output) if config.resume else None
+    forward = _training_forward(config, model, data_config, accelerator.device)
 
     # Everything above only reads; from here on the run folder is written.
     log = JsonLog(output / "log.jsonl", accelerator.is_main_process)
@@ -313,6 +315,22 @@ def setup(config: TrainConfig) -> Training:
     scheduler.step_update(run.num_updates)
     return Training(run, train_set, val_set, train_sampler, train_loader, device_tf, val_loader, forward, scheduler,
                     total_epochs, mixup, criterion, log, output, last_checkpoint=resumed_from, start_time=time.time())
+
+
+def _training_forward(config: TrainConfig, model: torch.nn.Module, data_config: dict,
+                      device: torch.device) -> Callable:
+    """The training forward: the prepared model, its torch.compile wrapper (``compile``), or its forward and backward
+    replayed from CUDA graphs (``cuda_graph``). Checkpoints, EMA and evaluation use the plain module (the same
+    parameters), so checkpoints do not depend on the choice."""
+    if config.compile:
+        return torch.compile(model, mode=config.compile)
+    if not config.cuda_graph:
+        return model
+    from vitzoo.train.cuda_graph import graphed_training_forward
+
+    example = torch.randn(config.batch_size, *data_config["input_size"], device=device)
+    # accelerate's forward wrapper already runs the model under the run's autocast and returns fp32
+    return graphed_training_forward(model.train(), example, dtype=None)
 
 
 def _resume(run: RunState, output: Path) -> Path | None:
