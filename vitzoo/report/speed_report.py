@@ -105,11 +105,14 @@ def summary_table(data: dict[str, Any]) -> str:
     info, rows = data["info"], data["rows"]
     eager = _index(_ok(rows, phase="infer", compile="none"))
     graphed = _index(_ok(rows, phase="infer", compile="cuda-graph"))
+    train = {mode: _index(_ok(rows, phase="train", compile=mode)) for mode in ("none", "cuda-graph")}
     eager_size = min(size for _, size in eager)
     graph_sizes = sorted({size for _, size in graphed})
+    train_sizes = sorted({size for _, size in train["cuda-graph"]})[:1]
     lines = [f"| model | eager {eager_size} px: img/s, x twin (host / device ms) | "
-             + " | ".join(f"CUDA graph {s} px: img/s, x twin, x timm" for s in graph_sizes) + " |",
-             "|---|---|" + "---|" * len(graph_sizes)]
+             + " | ".join(f"CUDA graph {s} px: img/s, x twin, x timm" for s in graph_sizes)
+             + "".join(f" | training {s} px, eager / CUDA graph: img/s, x twin" for s in train_sizes) + " |",
+             "|---|---|" + "---|" * (len(graph_sizes) + len(train_sizes))]
     for model in _zoo_models(_ok(rows, phase="infer")):
         row = eager.get((model, eager_size))
         cells = ["" if row is None else
@@ -120,10 +123,17 @@ def summary_table(data: dict[str, Any]) -> str:
             cells.append("" if row is None else
                          f"{row['img_per_s']:,.0f}, {_ratio(row, graphed.get((row.get('twin_model'), size)))}, "
                          f"{_ratio(row, graphed.get((row.get('timm_model'), size)))}")
+        for size in train_sizes:
+            pair = [train[mode].get((model, size)) for mode in ("none", "cuda-graph")]
+            cells.append(" / ".join("" if row is None else f"{row['img_per_s']:,.0f}, "
+                                    f"{_ratio(row, table.get((row.get('twin_model'), size)))}"
+                                    for row, table in zip(pair, train.values(), strict=True)))
         lines.append(f"| `{model.replace('_patch16_224', '')}` | " + " | ".join(cells) + " |")
+    train_note = (f"; training: zero_grad, forward, cross-entropy, backward, AdamW at batch "
+                  f"{info['config']['train']['train_batch_size']}" if train_sizes else "")
     lines += ["", f"{info['device']}, torch {info['torch']}, triton {info['triton']}, {info['date'][:10]}, code at "
-              f"`{info['git_revision']}`: bf16, batch 256 at 224 px and the same tokens per batch above, median of 3 "
-              "interleaved repeats in one process (`benchmarks/results/compare/h200.json`)."]
+              f"`{info['git_revision']}`: bf16, batch 256 at 224 px and the same tokens per batch above{train_note}, "
+              "median of 3 interleaved repeats in one process (`benchmarks/results/compare/h200.json`)."]
     return "\n".join(lines)
 
 
@@ -154,9 +164,12 @@ def to_markdown(data: dict[str, Any]) -> str:
             for size in sorted({r["img_size"] for r in _ok(rows, phase=phase, compile=mode)}):
                 title = (f"**{'Inference' if phase == 'infer' else 'Training step'} compiled** "
                          f"(`torch.compile(mode='{mode}', fullgraph=True)`) at {size} px:")
-                if mode == "cuda-graph":
+                if mode == "cuda-graph" and phase == "infer":
                     title = (f"**Inference replayed from a CUDA graph** of the eager model (captured once; no host "
                              f"work per step, so the throughput is what the eager kernels cost) at {size} px:")
+                elif mode == "cuda-graph":
+                    title = (f"**Training step with the forward and backward replayed from CUDA graphs** (as "
+                             f"`train.py` with `cuda_graph=true`: cross-entropy and AdamW stay eager) at {size} px:")
                 sections += [title, host_device_table(rows, phase, size, mode)]
     return "\n\n".join(sections)
 
