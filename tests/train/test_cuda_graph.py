@@ -30,7 +30,9 @@ def test_refuses_a_cpu_input() -> None:
 
 def _sgd_steps(model: torch.nn.Module, forward, inputs: list[torch.Tensor], targets: list[torch.Tensor]
                ) -> list[torch.Tensor]:
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    # small steps: the weights stay close, so the later steps compare gradients at nearly the same point (with large
+    # steps, bf16 rounding differences of the first step grow chaotically)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     losses = []
     for x, target in zip(inputs, targets, strict=True):
         optimizer.zero_grad(set_to_none=True)
