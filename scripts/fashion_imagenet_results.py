@@ -4,12 +4,17 @@ Reads, for every run folder ``<family>-seed<k>`` under ``--runs``: ``config.yaml
 its row in the ``--eval`` CSV (eval.py's evaluation of the last checkpoint, the EMA where the recipe keeps one); and
 the ``--bench`` CSV (``vitzoo-bench`` at 224 px: the model-only training and inference img/s). Writes ``--out``
 (JSON: provenance and one row per run) and the CSV beside it (one line per run: top-1, top-5, end-to-end and
-model-only training img/s, inference img/s). Rows already in ``--out`` stay unless a run of the same model, seed and
-epochs replaces them, so runs made on different machines or calls can be added one part at a time::
+model-only training img/s, inference img/s). Rows already in ``--out`` stay unless a run of the same model, seed,
+epochs and pipeline replaces them, so runs made on different machines or calls can be added one part at a time::
 
     python scripts/fashion_imagenet_results.py --runs runs/fim/e2 --eval runs/fim/results.csv \\
         --bench bench_224.csv --command "bash scripts/fashion_imagenet_run.sh --epochs 2 ..." \\
         --out benchmarks/results/fashion_imagenet/h200.json
+
+A run's pipeline says where RandAugment ran (the loader workers, or the training device with
+``augment_on_device``) and how the training step ran (eager, or replayed from CUDA graphs with ``cuda_graph``). The
+model-only speed of a CUDA-graph run comes from ``--bench-graphed``, a ``vitzoo-bench --compare --phases train
+--cuda-graph`` JSON at the runs' batch: its ``cuda-graph`` training rows.
 
 End-to-end img/s is measured two ways from the training log: over each whole epoch (its training images / its wall
 time, from the first batch request to the last update; the loader's start-up is in the first epoch) and in steady
@@ -33,9 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vitzoo.bench.common import write_csv, write_json  # noqa: E402
+from vitzoo.report.fashion_mnist import DEFAULT_PIPELINE, run_pipeline  # noqa: E402
 from vitzoo.report.pareto import BENCH_KEYS  # noqa: E402
 
-CSV_COLUMNS = ("model", "family", "seed", "epochs", "top1", "top5", "end_to_end_img_per_s",
+CSV_COLUMNS = ("model", "family", "seed", "epochs", "pipeline", "top1", "top5", "end_to_end_img_per_s",
                "steady_end_to_end_img_per_s", "model_only_train_img_per_s", "end_to_end_over_model_only",
                "infer_img_per_s", "max_train_loss", "status")
 
@@ -55,8 +61,10 @@ def steady_rate(train_events: list[dict[str, Any]], global_batch: int) -> float 
     return round(statistics.median(rates), 1) if rates else None
 
 
-def run_row(folder: Path, eval_rows: dict[str, dict[str, str]], bench: dict[str, dict[str, str]]) -> dict[str, Any]:
-    """One run's row: per-epoch metrics and speeds from its log, the final evaluation, the model's benchmark."""
+def run_row(folder: Path, eval_rows: dict[str, dict[str, str]], bench: dict[str, dict[str, str]],
+            graphed_bench: dict[str, float]) -> dict[str, Any]:
+    """One run's row: per-epoch metrics and speeds from its log, the final evaluation, the model's benchmark (the
+    CUDA-graph training rate for a run that graphed its steps)."""
     config = yaml.safe_load((folder / "config.yaml").read_text())
     events = _read_log(folder / "log.jsonl")
     start = next(e for e in events if e["event"] == "start")
@@ -75,14 +83,18 @@ def run_row(folder: Path, eval_rows: dict[str, dict[str, str]], bench: dict[str,
     model = config["model"]
     final = eval_rows.get(folder.name)
     speed = bench.get(model, {})
-    model_only = float(speed["train_samples_per_sec"]) if speed.get("train_samples_per_sec") else None
+    if config.get("cuda_graph"):
+        model_only = graphed_bench.get(model)
+    else:
+        model_only = float(speed["train_samples_per_sec"]) if speed.get("train_samples_per_sec") else None
     end_to_end = per_epoch[-1]["end_to_end_img_per_s"] if per_epoch else None
     nonfinite = any(e["event"] == "nonfinite" for e in events)
     status = "non-finite loss" if nonfinite else ("ok" if final and len(per_epoch) == config["epochs"] else
                                                    "unfinished")
     return {
         "model": model, "family": folder.name.rsplit("-seed", 1)[0], "seed": config["seed"],
-        "epochs": config["epochs"], "global_batch": global_batch, "epochs_done": len(per_epoch),
+        "epochs": config["epochs"], "pipeline": run_pipeline(config), "global_batch": global_batch,
+        "epochs_done": len(per_epoch),
         "per_epoch": per_epoch,
         "train_loss_log": [[e["num_updates"], round(e["loss"], 4)] for e in train_events],
         "max_train_loss": round(max((e["loss"] for e in train_events), default=float("nan")), 4),
@@ -115,11 +127,25 @@ def _bench_rows(path: Path) -> dict[str, dict[str, str]]:
         return {row["model"]: row for row in csv.DictReader(handle) if row.get("infer_img_size") in ("224", "")}
 
 
+def _graphed_bench_rows(path: Path | None, batch: int | None) -> dict[str, float]:
+    """model -> training img/s of the ``cuda-graph`` rows of a ``vitzoo-bench --compare`` JSON (at ``batch``)."""
+    if path is None:
+        return {}
+    rows = json.loads(path.read_text())["rows"]
+    return {row["model"]: row["img_per_s"] for row in rows
+            if row["phase"] == "train" and row["compile"] == "cuda-graph" and row["status"] == "ok"
+            and (batch is None or row["batch"] == batch)}
+
+
+def _key(row: dict[str, Any]) -> tuple:
+    return row["model"], row["seed"], row["epochs"], row.get("pipeline", DEFAULT_PIPELINE)
+
+
 def merge(existing: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``existing`` with every row of the same (model, seed, epochs) as a new row replaced by it."""
-    keys = {(row["model"], row["seed"], row["epochs"]) for row in new}
-    kept = [row for row in existing if (row["model"], row["seed"], row["epochs"]) not in keys]
-    return sorted(kept + new, key=lambda row: (row["family"], row["seed"]))
+    """``existing`` with every row of the same (model, seed, epochs, pipeline) as a new row replaced by it."""
+    keys = {_key(row) for row in new}
+    kept = [row for row in existing if _key(row) not in keys]
+    return sorted(kept + new, key=lambda row: (row["family"], row.get("pipeline", DEFAULT_PIPELINE), row["seed"]))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,19 +154,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, required=True, help="folder of <family>-seed<k> run folders")
     parser.add_argument("--eval", type=Path, required=True, help="eval.py results CSV of those runs")
     parser.add_argument("--bench", type=Path, required=True, help="vitzoo-bench CSV of the same models at 224 px")
+    parser.add_argument("--bench-graphed", type=Path,
+                        help="vitzoo-bench --compare JSON with cuda-graph training rows at the runs' batch (the "
+                             "model-only speed of runs with cuda_graph=true)")
     parser.add_argument("--out", type=Path, required=True, help="results JSON (rows merged); the CSV goes beside it")
     parser.add_argument("--command", action="append", default=[], help="a command that made these results")
     parser.add_argument("--git-revision", required=True, help="the code revision the runs used")
     parser.add_argument("--info", type=Path, help="JSON of provenance fields to record (device, versions, dataset)")
     args = parser.parse_args(argv)
-    for path in (args.runs, args.eval, args.bench):
-        if not path.exists():
+    for path in (args.runs, args.eval, args.bench, args.bench_graphed):
+        if path is not None and not path.exists():
             parser.error(f"{path} does not exist")
     folders = sorted(p for p in args.runs.iterdir() if p.is_dir() and (p / "log.jsonl").exists())
     if not folders:
         parser.error(f"no run folder with a log.jsonl under {args.runs}")
     eval_rows, bench = _eval_rows(args.eval), _bench_rows(args.bench)
-    new = [run_row(folder, eval_rows, bench) for folder in folders]
+    batch = yaml.safe_load((folders[0] / "config.yaml").read_text()).get("batch_size")
+    graphed_bench = _graphed_bench_rows(args.bench_graphed, batch)
+    new = [run_row(folder, eval_rows, bench, graphed_bench) for folder in folders]
     for row in new:
         row["git_revision"] = args.git_revision
     data = json.loads(args.out.read_text()) if args.out.exists() else {"info": {}, "rows": []}
@@ -156,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
              "top5": row["final_eval"]["top5"] if row["final_eval"] else ""} for row in data["rows"]]
     write_csv(args.out.with_suffix(".csv"), flat, CSV_COLUMNS)
     for row in new:
-        print(f"{row['model']:<36} seed {row['seed']} {row['status']:<10} top-1 "
+        print(f"{row['model']:<36} seed {row['seed']} {row['pipeline']} {row['status']:<10} top-1 "
               f"{row['final_eval']['top1'] if row['final_eval'] else '-'}  end-to-end {row['end_to_end_img_per_s']} "
               f"(steady {row['steady_end_to_end_img_per_s']}) / model-only {row['model_only_train_img_per_s']}")
 

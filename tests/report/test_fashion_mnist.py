@@ -58,7 +58,10 @@ def test_imagenet_shape_points_average_finished_seeds_and_table_marks_ema(tmp_pa
             "rows": [_imagenet_shape_run("softmax_deit_tiny_patch16_224", 0, 50.0),
                      _imagenet_shape_run("softmax_deit_tiny_patch16_224", 1, 54.0),
                      _imagenet_shape_run("qt_deit_tiny_patch16_224", 0, 48.0, weights="ema"),
-                     _imagenet_shape_run("qtvit_1", 0, 70.0, finished=False)]}
+                     _imagenet_shape_run("qtvit_1", 0, 70.0, finished=False),
+                     # seed 0 again through another pipeline: shown in the table, not averaged into the plot
+                     _imagenet_shape_run("softmax_deit_tiny_patch16_224", 0, 80.0)
+                     | {"pipeline": "device RandAugment, CUDA-graph steps"}]}
     accuracy, bench = fashion_mnist.imagenet_shape_points(data)
     by_model = {row["model"]: row for row in accuracy}
     assert set(by_model) == {"softmax_deit_tiny_patch16_224", "qt_deit_tiny_patch16_224"}  # unfinished left out
@@ -69,4 +72,12 @@ def test_imagenet_shape_points_average_finished_seeds_and_table_marks_ema(tmp_pa
     results.write_text(json.dumps(data))
     table = fashion_mnist.imagenet_shape_table(results)
     assert "48.00 / 99.00 (EMA)" in table and "| unfinished |" in table and "`abc1234`" in table
+    assert "| device RandAugment, CUDA-graph steps |" in table and "| loader RandAugment, eager steps |" in table
     assert fashion_mnist.imagenet_shape_plot(results, tmp_path / "plot.png")[0].stat().st_size > 0
+
+
+def test_run_pipeline_names_where_randaugment_and_the_steps_ran():
+    assert fashion_mnist.run_pipeline({}) == fashion_mnist.DEFAULT_PIPELINE
+    assert fashion_mnist.run_pipeline({"augment_on_device": True, "cuda_graph": True}) == \
+        "device RandAugment, CUDA-graph steps"
+    assert fashion_mnist.run_pipeline({"augment_on_device": True}) == "device RandAugment, eager steps"

@@ -200,6 +200,25 @@ def test_the_run_script_builds_trains_evaluates_and_then_skips_finished_runs(tmp
     with open(out.with_suffix(".csv"), newline="") as handle:
         assert [r["top1"] for r in csv.DictReader(handle)] == [rows[0]["top1"]]
 
+    # The same run as if made with RandAugment on the device and graphed steps: a row of its own pipeline beside
+    # the first, its model-only speed from the graphed training rows of a --compare JSON at the runs' batch.
+    shutil.copytree(tmp_path / "runs" / "linear-seed0", tmp_path / "graphed" / "linear-seed0")
+    config_file = tmp_path / "graphed" / "linear-seed0" / "config.yaml"
+    config_file.write_text(config_file.read_text().replace("augment_on_device: false", "augment_on_device: true")
+                           .replace("cuda_graph: false", "cuda_graph: true"))
+    compare = tmp_path / "compare.json"
+    row_of = {"model": "linear_deit_tiny_patch16_224", "phase": "train", "status": "ok"}
+    compare.write_text(json.dumps({"info": {}, "rows": [
+        {**row_of, "compile": "cuda-graph", "batch": 4, "img_per_s": 700.0},
+        {**row_of, "compile": "cuda-graph", "batch": 8, "img_per_s": 900.0},
+        {**row_of, "compile": "none", "batch": 4, "img_per_s": 250.0}]}))
+    collector.main(["--runs", str(tmp_path / "graphed"), "--eval", str(tmp_path / "results.csv"), "--bench",
+                    str(bench), "--bench-graphed", str(compare), "--out", str(out), "--git-revision", "abc1234"])
+    rows_now = {row["pipeline"]: row for row in json.loads(out.read_text())["rows"]}
+    assert set(rows_now) == {"loader RandAugment, eager steps", "device RandAugment, CUDA-graph steps"}
+    assert rows_now["loader RandAugment, eager steps"]["model_only_train_img_per_s"] == 300.0
+    assert rows_now["device RandAugment, CUDA-graph steps"]["model_only_train_img_per_s"] == 700.0
+
 
 def test_steady_rate_leaves_out_each_epochs_start():
     events = [{"epoch": 0, "num_updates": 50, "time": 10.0}, {"epoch": 0, "num_updates": 100, "time": 12.0},

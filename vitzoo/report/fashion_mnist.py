@@ -70,14 +70,24 @@ def study_table(summary: Path, bench: list[Path]) -> str:
     return "\n".join(lines)
 
 
+DEFAULT_PIPELINE = "loader RandAugment, eager steps"  # rows written before runs recorded their pipeline
+
+
+def run_pipeline(config: dict) -> str:
+    """Where an ImageNet-shaped run's RandAugment ran and how its training steps ran, from its saved config."""
+    augment = "device" if config.get("augment_on_device") else "loader"
+    steps = "CUDA-graph" if config.get("cuda_graph") else "eager"
+    return f"{augment} RandAugment, {steps} steps"
+
+
 def imagenet_shape_table(results: Path) -> str:
     """The ImageNet-shaped Fashion-MNIST runs (``scripts/fashion_imagenet_results.py``'s JSON): top-1 after each
     epoch and at the end, end-to-end against model-only training img/s, inference img/s."""
     data = json.loads(results.read_text())
     info = data["info"]
-    lines = ["| model | seed | top-1 / top-5 after each epoch | final top-1 / top-5 | end-to-end train img/s "
-             "(steady) | model-only train img/s | end-to-end / model-only | infer img/s | status |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | seed | pipeline | top-1 / top-5 after each epoch | final top-1 / top-5 | end-to-end train "
+             "img/s (steady) | model-only train img/s | end-to-end / model-only | infer img/s | status |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in data["rows"]:
         epochs = ", ".join(f"{e['top1']:.1f} / {e['top5']:.1f}" for e in row["per_epoch"])
         final = row["final_eval"]
@@ -88,7 +98,8 @@ def imagenet_shape_table(results: Path) -> str:
         share = f"{row['end_to_end_over_model_only']:.2f}" if row["end_to_end_over_model_only"] else "-"
         model_only = f"{row['model_only_train_img_per_s']:,.0f}" if row["model_only_train_img_per_s"] else "-"
         infer = f"{row['infer_img_per_s']:,.0f}" if row["infer_img_per_s"] else "-"
-        lines.append(f"| `{row['model']}` | {row['seed']} | {epochs} | {final_text} | {speed} | {model_only} | "
+        lines.append(f"| `{row['model']}` | {row['seed']} | {row.get('pipeline', DEFAULT_PIPELINE)} | {epochs} | "
+                     f"{final_text} | {speed} | {model_only} | "
                      f"{share} | {infer} | {row['status']} |")
     revisions = ", ".join(sorted({f"`{row['git_revision']}`" for row in data["rows"]}))
     lines += ["", f"Measured on {info['device']} ({info['cpu_count']} CPU cores), torch {info['torch']}, "
@@ -100,10 +111,11 @@ def imagenet_shape_table(results: Path) -> str:
 
 def imagenet_shape_points(data: dict) -> tuple[list[dict], list[dict]]:
     """The plot's inputs from the results JSON: per model its mean final top-1 over the finished seeds (with their
-    spread) and its benchmark row; unfinished runs are left out."""
+    spread) and its benchmark row; unfinished runs are left out, and so are runs of other pipelines than the
+    default (the same seed through another pipeline is not another sample)."""
     by_model: dict[str, list[dict]] = {}
     for row in data["rows"]:
-        if row["final_eval"] and row["bench"]:
+        if row["final_eval"] and row["bench"] and row.get("pipeline", DEFAULT_PIPELINE) == DEFAULT_PIPELINE:
             by_model.setdefault(row["model"], []).append(row)
     accuracy, bench = [], []
     for model, runs in by_model.items():
