@@ -105,7 +105,9 @@ def imagenet_shape_table(results: Path) -> str:
     lines += ["", f"Measured on {info['device']} ({info['cpu_count']} CPU cores), torch {info['torch']}, "
               f"torchvision {info['torchvision']}, Pillow {info['pillow']}, {info['date']}, code at {revisions}. "
               f"{info['dataset']}; {info['recipe']}. End-to-end: {info['end_to_end']}. "
-              f"Model-only: {info['model_only']}. Commands: " + "; ".join(f"`{c}`" for c in info["commands"]) + "."]
+              f"Model-only: {info['model_only']}. "
+              + (f"Pipelines: {info['pipelines']}. " if "pipelines" in info else "")
+              + "Commands: " + "; ".join(f"`{c}`" for c in info["commands"]) + "."]
     return "\n".join(lines)
 
 
