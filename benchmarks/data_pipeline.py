@@ -12,7 +12,10 @@ crop, flip, RandAugment and uint8 tensor conversion, then the training device's 
   (timed once the batches its workers prepared during start-up are drawn), for normalised float32 tensors (the device
   stage run on each image in the workers), the workers' uint8 tensors (what training hands to the device: a quarter
   of the bytes through the workers' shared memory) and, for a RandAugment policy, the workers' uint8 tensors when
-  RandAugment runs on the device instead (``augment_on_device``).
+  RandAugment runs on the device instead (``augment_on_device``), and the workers' JPEG bytes and crop draws when
+  decoding and cropping run there too (``decode_on_device``);
+- ``device_decode``: for ``decode_on_device``, milliseconds per image of decoding and cropping whole batches
+  (``vitzoo.train.device_decode.decode_crops``) on ``--device`` (default: CUDA when there is one, else the CPU).
 
     python benchmarks/data_pipeline.py --config configs/fashion_imagenet/softmax.yaml --data-dir data/fim \\
         --workers 1 2 --out benchmarks/results/data_pipeline/cpu.json
@@ -40,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from vitzoo.bench.common import git_revision, write_json  # noqa: E402
 from vitzoo.train.config import load_config  # noqa: E402
 from vitzoo.train.data import build_dataset, folder_classes, load_image  # noqa: E402
+from vitzoo.train.device_decode import collate_encoded, decode_crops  # noqa: E402
 from vitzoo.train.factories import build_transforms, create_model_from_config  # noqa: E402
 
 
@@ -63,7 +67,8 @@ def stage_costs(dataset, steps: list[Callable], images: int) -> dict[str, float]
 PREFETCH_FACTOR = 2  # DataLoader's default: batches each worker keeps ready
 
 
-def loader_rate(dataset, batch_size: int, workers: int, batches: int | None) -> float:
+def loader_rate(dataset, batch_size: int, workers: int, batches: int | None,
+                collate: Callable | None = None) -> float:
     """Images per second a DataLoader sustains: timed over ``batches`` batches (default: 3 per worker, at least 8)
     after the batches its workers hold ready at start (workers x prefetch factor, made while the first one was) have
     been drawn, so the rate is what the workers produce rather than how fast a full queue empties. Fewer timed
@@ -71,7 +76,7 @@ def loader_rate(dataset, batch_size: int, workers: int, batches: int | None) -> 
     batches = batches or max(8, 3 * workers)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
                                          drop_last=True, generator=torch.Generator().manual_seed(0),
-                                         prefetch_factor=PREFETCH_FACTOR if workers else None)
+                                         prefetch_factor=PREFETCH_FACTOR if workers else None, collate_fn=collate)
     warm = 1 + workers * PREFETCH_FACTOR
     if len(loader) < warm + batches:
         raise SystemExit(f"the folder holds {len(dataset)} images: {warm + batches} batches of {batch_size} are needed "
@@ -84,8 +89,27 @@ def loader_rate(dataset, batch_size: int, workers: int, batches: int | None) -> 
     count = 0
     for _ in range(batches):
         images, _ = next(iterator)
-        count += images.shape[0]
+        count += len(images)
     return count / (time.perf_counter() - begin)
+
+
+def device_decode_cost(dataset, batch_size: int, device: torch.device, size: int, batches: int = 4) -> dict:
+    """ms per image of decoding and cropping ``batches`` whole batches on ``device`` (after one untimed batch)."""
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
+                                         generator=torch.Generator().manual_seed(0), collate_fn=collate_encoded)
+    iterator = iter(loader)
+    decode_crops(next(iterator)[0], device, size)
+    encoded = [next(iterator)[0] for _ in range(batches)]
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    begin = time.perf_counter()
+    for batch in encoded:
+        decode_crops(batch, device, size)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - begin
+    return {"device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else device),
+            "batch_size": batch_size, "ms_per_image": round(elapsed * 1e3 / (batches * batch_size), 4)}
 
 
 def main() -> None:
@@ -97,6 +121,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int,
                         help="batches timed per loader once its prefetched queue is drained (default: 3 x workers, at "
                              "least 8; the folder must hold 1 + 2 x workers more)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where decode_on_device's decoding and cropping is timed")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. augment_on_device=true (RandAugment in the device stage)")
@@ -112,12 +138,21 @@ def main() -> None:
     float_tf = Compose([uint8_tf, device_tf])
     dataset = build_dataset("folder", args.data_dir, "train", float_tf, config.seed, classes=classes)
     uint8_dataset = build_dataset("folder", args.data_dir, "train", uint8_tf, config.seed, classes=classes)
-    variants = [("float32", dataset), ("uint8", uint8_dataset)]
-    if str(config.auto_augment or "").startswith("rand") and not config.augment_on_device:
+    variants = [("float32", dataset, None), ("uint8", uint8_dataset, None)]
+    rand_augment = str(config.auto_augment or "").startswith("rand")
+    if rand_augment and not config.augment_on_device:
         # what the workers do when RandAugment runs on the training device (augment_on_device)
         crop_tf = build_transforms(dataclasses.replace(config, augment_on_device=True), model)[0]
         variants.append(("uint8, RandAugment on the device",
-                         build_dataset("folder", args.data_dir, "train", crop_tf, config.seed, classes=classes)))
+                         build_dataset("folder", args.data_dir, "train", crop_tf, config.seed, classes=classes), None))
+    encoded = None
+    if rand_augment or config.decode_on_device:
+        # what the workers do when decoding and cropping run there too (decode_on_device)
+        draws_tf = build_transforms(dataclasses.replace(config, augment_on_device=True, decode_on_device=True),
+                                    model)[0]
+        encoded = build_dataset("folder", args.data_dir, "train", draws_tf, config.seed, classes=classes,
+                                encoded=True)
+        variants.append(("JPEG bytes and crop draws, decoded on the device", encoded, collate_encoded))
     folder = dataset.dataset  # the ImageFolder inside SkipUnreadable
     stages = stage_costs(folder, [*uint8_tf.transforms, device_tf], args.images)
     result = {
@@ -130,16 +165,20 @@ def main() -> None:
             "config": args.config, "batch_size": config.batch_size,
             "augmentation": {key: getattr(config, key) for key in ("auto_augment", "re_prob", "re_mode",
                                                                    "train_interpolation", "hflip",
-                                                                   "augment_on_device")},
+                                                                   "augment_on_device", "decode_on_device")},
         },
         "stages_ms_per_image": stages,
         "img_per_s_per_core": round(1e3 / sum(stages.values()), 1),
         "loaders": [],
     }
     print(result["stages_ms_per_image"], "->", result["img_per_s_per_core"], "img/s per core", flush=True)
+    if encoded is not None:
+        result["device_decode"] = device_decode_cost(encoded, config.batch_size, torch.device(args.device),
+                                                     config.img_size or model.pretrained_cfg["input_size"][-1])
+        print("decode_on_device:", result["device_decode"], flush=True)
     for workers in args.workers:
-        for output, images in variants:
-            rate = loader_rate(images, config.batch_size, workers, args.batches)
+        for output, images, collate in variants:
+            rate = loader_rate(images, config.batch_size, workers, args.batches, collate)
             result["loaders"].append({"workers": workers, "output": output, "img_per_s": round(rate, 1)})
             print(f"{workers} workers, {output}: {rate:.0f} img/s", flush=True)
     write_json(args.out, result)

@@ -28,8 +28,8 @@ def test_benchmark_script_starts(script: Path):
 
 
 def test_data_pipeline_times_every_placement_of_the_augmentation(tmp_path: Path):
-    """On a tiny folder: the stage costs, and a loader rate for float32, uint8 and uint8 with RandAugment on the
-    device (whose workers no longer run RandAugment)."""
+    """On a tiny folder: the stage costs, a loader rate for float32, uint8, uint8 with RandAugment on the device
+    (whose workers no longer run RandAugment) and JPEG bytes (decode_on_device), and the device decoding's cost."""
     data = write_image_folder(tmp_path / "images", train_per_class=6)
     out = tmp_path / "pipeline.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
@@ -40,5 +40,7 @@ def test_data_pipeline_times_every_placement_of_the_augmentation(tmp_path: Path)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
     assert "RandAugment" in result["stages_ms_per_image"]
-    assert [row["output"] for row in result["loaders"]] == ["float32", "uint8", "uint8, RandAugment on the device"]
+    assert [row["output"] for row in result["loaders"]] == ["float32", "uint8", "uint8, RandAugment on the device",
+                                                            "JPEG bytes and crop draws, decoded on the device"]
     assert all(row["img_per_s"] > 0 for row in result["loaders"])
+    assert result["device_decode"]["device"] == "cpu" and result["device_decode"]["ms_per_image"] > 0

@@ -156,7 +156,8 @@ def test_resume_auto_falls_back_to_the_newest_intact_checkpoint(tmp_path: Path, 
 @pytest.mark.parametrize("device_stage", [
     ("re_prob=1.0",),
     ("auto_augment=rand-m9-mstd0.5-inc1", "augment_on_device=true", "re_prob=0.5"),
-], ids=["random-erasing", "randaugment-on-device"])
+    ("auto_augment=rand-m9-mstd0.5-inc1", "augment_on_device=true", "decode_on_device=true", "re_prob=0.5"),
+], ids=["random-erasing", "randaugment-on-device", "decode-on-device"])
 def test_mid_epoch_resume_replays_the_device_stage(tmp_path: Path, data: Path, device_stage: tuple[str, ...]) -> None:
     """An image-folder run whose device stage draws per batch (random erasing of every image; RandAugment with
     augment_on_device) with one loader worker, resumed from a mid-epoch checkpoint, ends with the uninterrupted run's

@@ -201,6 +201,10 @@ def test_eval_csv_columns_for_model_name(tmp_path: Path, capsys: pytest.CaptureF
     (["--config", "configs/nosuch.yaml"], "config file configs/nosuch.yaml does not exist"),
     (["--dataset", "fashion_mnist", "compile=fast"], "compile must be one of default, reduce-overhead"),
     (["--dataset", "fashion_mnist", "cuda_graph=true", "compile=default"], "cuda_graph and compile='default' both"),
+    (["--dataset", "fashion_mnist", "decode_on_device=true"], "decode_on_device decodes JPEG image folders"),
+    (["--data-dir", "/nonexistent/imagenet", "decode_on_device=true"], "set augment_on_device=true too"),
+    (["--data-dir", "/nonexistent/imagenet", "decode_on_device=true", "auto_augment=null", "color_jitter=0.4"],
+     "decode_on_device does not implement color_jitter"),
     pytest.param(["--dataset", "fashion_mnist", "cuda_graph=true"], "cuda_graph=true needs a single CUDA process",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU-only machine's error")),
 ])

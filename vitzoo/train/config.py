@@ -69,6 +69,9 @@ class TrainConfig:
     # RandAugment on whole batches on the training device (vitzoo.train.rand_augment) instead of in the loader
     # workers: for hosts whose cores cannot augment as fast as the GPU trains.
     augment_on_device: bool = False
+    # JPEG decoding and the random-resized crops on the training device too (vitzoo.train.device_decode): for hosts
+    # whose cores cannot even decode as fast as the GPU trains. Needs augment_on_device with a RandAugment policy.
+    decode_on_device: bool = False
     mixup: float = 0.8
     cutmix: float = 1.0
     mixup_prob: float = 1.0
@@ -300,6 +303,16 @@ def validate_config(config: TrainConfig) -> None:
     if config.augment_on_device and not str(config.auto_augment or "").startswith("rand"):
         raise ConfigError("augment_on_device moves RandAugment to the device and needs a RandAugment auto_augment "
                           f"('rand-...'), got {config.auto_augment!r}; set augment_on_device=false")
+    if config.decode_on_device:
+        if config.dataset == "fashion_mnist":
+            raise ConfigError("decode_on_device decodes JPEG image folders; Fashion-MNIST has no files to decode, "
+                              "set decode_on_device=false")
+        if config.auto_augment and not config.augment_on_device:
+            raise ConfigError("decode_on_device leaves the workers no pixels to RandAugment; set "
+                              "augment_on_device=true too (RandAugment then follows the decoding on the device)")
+        if not config.auto_augment and config.color_jitter:
+            raise ConfigError("decode_on_device does not implement color_jitter (timm applies it when auto_augment "
+                              "is unset); set color_jitter=0 or decode_on_device=false")
     if config.cuda_graph and config.compile:
         raise ConfigError(f"cuda_graph and compile={config.compile!r} both remove the host cost; pick one "
                           "(compile=reduce-overhead is torch.compile's own CUDA graphs)")

@@ -20,7 +20,9 @@ their bit depth (:func:`load_image`).
 """
 from __future__ import annotations
 
+import functools
 import gzip
+import io
 import logging
 import math
 import os
@@ -38,7 +40,15 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from torchvision.datasets import ImageFolder
 
+from vitzoo.train.device_decode import (
+    EncodedBatch,
+    EncodedImage,
+    EncodedRandomResizedCrop,
+    decode_crops,
+)
+
 _logger = logging.getLogger(__name__)
+_JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # Debian package dataset-fashion-mnist
 # Where torchvision downloads Fashion-MNIST on machines without the Debian package.
@@ -303,6 +313,7 @@ class AugmentConfig:
     scale: tuple[float, float] = (0.08, 1.0)
     train_interpolation: str = "random"
     on_device: bool = False  # RandAugment on whole batches on the training device instead of in the workers
+    decode_on_device: bool = False  # JPEG decoding and the crops too (vitzoo.train.device_decode); needs on_device
 
 
 class DeviceAugment:
@@ -310,9 +321,10 @@ class DeviceAugment:
     RandAugment when the workers leave it to the device (:class:`~vitzoo.train.rand_augment.BatchRandAugment`),
     uint8 to float32, ``(x / 255 - mean) / std``, then timm's random erasing on the normalised images.
 
-    Takes a (B, C, H, W) batch or one (C, H, W) image of uint8 on any device and returns float32 on that device. The
-    erasing draws come from python's ``random`` and the device's torch generator, which the training loop seeds per
-    batch.
+    Takes a (B, C, H, W) batch or one (C, H, W) image of uint8 on any device and returns float32 on that device;
+    with ``decode``, also an :class:`~vitzoo.train.device_decode.EncodedBatch` from the loader, which it first
+    decodes and crops on ``device``. The erasing draws come from python's ``random`` and the device's torch
+    generator, which the training loop seeds per batch.
 
     Args:
         mean: per-channel mean in [0, 1] units (the data config's).
@@ -321,11 +333,15 @@ class DeviceAugment:
         re_mode: the erased pixels, timm's ``'pixel'`` (per-pixel normal noise), ``'rand'`` (per-channel) or
             ``'const'`` (zeros).
         rand_augment: RandAugment for uint8 batches, applied first (None: the workers applied it).
+        decode: ``(encoded batch, device) -> uint8 batch`` for loaders that hand over JPEG bytes
+            (:func:`~vitzoo.train.device_decode.decode_crops` at the input size).
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], re_prob: float = 0.0,
-                 re_mode: str = "pixel", rand_augment: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 re_mode: str = "pixel", rand_augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 decode: Callable[[EncodedBatch, torch.device], torch.Tensor] | None = None) -> None:
         self.rand_augment = rand_augment
+        self.decode = decode
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
         self.re_prob = re_prob
@@ -333,7 +349,11 @@ class DeviceAugment:
         # mean, std and the eraser per device, made once rather than copied to the device every batch.
         self._per_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor, Callable | None]] = {}
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor | EncodedBatch, device: torch.device | None = None) -> torch.Tensor:
+        if isinstance(images, EncodedBatch):
+            if self.decode is None or device is None:
+                raise TypeError("an encoded batch needs DeviceAugment(decode=...) and the device to decode on")
+            images = self.decode(images, device)
         if images.dtype != torch.uint8:
             raise TypeError(f"DeviceAugment takes uint8 images, got {images.dtype} (normalised twice?)")
         mean, std, erase = self._on(images.device)
@@ -362,10 +382,11 @@ def folder_transforms(data_config: dict, augment: AugmentConfig) -> tuple[Callab
 
     Returns:
         The training transform of the loader workers (random-resized crop, flip, RandAugment unless
-        ``augment.on_device``, ending in a uint8 (C, H, W) tensor), the rest of the training transform for whole
-        batches on the training device (RandAugment with ``augment.on_device``, normalisation and random erasing),
-        and the eval transform (resize to ``size / crop_pct``, centre crop,
-        normalised float32).
+        ``augment.on_device``, ending in a uint8 (C, H, W) tensor; with ``augment.decode_on_device`` only the crop
+        and flip draws, for :func:`load_encoded` images), the rest of the training transform for whole batches on
+        the training device (decoding and cropping with ``augment.decode_on_device``, RandAugment with
+        ``augment.on_device``, normalisation and random erasing), and the eval transform (resize to
+        ``size / crop_pct``, centre crop, normalised float32).
     """
     from timm.data import create_transform
 
@@ -379,8 +400,12 @@ def folder_transforms(data_config: dict, augment: AugmentConfig) -> tuple[Callab
     )
     _allow_zero_bit_posterize(train_transform)
     rand_augment = _move_rand_augment(train_transform) if augment.on_device else None
+    decode = None
+    if augment.decode_on_device:
+        train_transform = EncodedRandomResizedCrop(tuple(augment.scale), hflip=augment.hflip)
+        decode = functools.partial(decode_crops, size=data_config["input_size"][-1])
     on_device = DeviceAugment(data_config["mean"], data_config["std"], augment.re_prob, augment.re_mode,
-                              rand_augment)
+                              rand_augment, decode)
     eval_transform = create_transform(
         data_config["input_size"], is_training=False, interpolation=data_config["interpolation"],
         mean=data_config["mean"], std=data_config["std"], crop_pct=data_config["crop_pct"],
@@ -537,14 +562,37 @@ def _read_rgb(path: str) -> Image.Image:
     return image.convert("RGB")
 
 
+def load_encoded(path: str) -> EncodedImage:
+    """Read an image file for decoding on the device: a baseline 8-bit RGB or greyscale JPEG as it is; anything else
+    Pillow can read (PNG, CMYK or 16-bit images, files that are not complete JPEGs) decoded here and re-encoded as a
+    quality-95 RGB JPEG.
+
+    Raises:
+        UnreadableImage: Pillow cannot read the file.
+    """
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read()
+        with Image.open(io.BytesIO(raw)) as image:
+            size, plain = image.size, (image.format == "JPEG" and image.mode in ("RGB", "L")
+                                       and raw.startswith(_JPEG_START) and raw.rstrip(b"\x00").endswith(_JPEG_END))
+    except Exception as error:  # noqa: BLE001 - PIL's plugins raise many types for bad files; all mean "this file"
+        raise UnreadableImage(f"{path}: {type(error).__name__}: {error}") from error
+    if not plain:
+        buffer = io.BytesIO()
+        load_image(path).save(buffer, format="JPEG", quality=95)
+        raw = buffer.getvalue()
+    return EncodedImage(torch.frombuffer(bytearray(raw), dtype=torch.uint8), *size)
+
+
 class ClassMapImageFolder(ImageFolder):
     """torchvision's ImageFolder with a given class-to-index map, so every split indexes classes the same way; a
     class of the map without a folder here simply has no samples."""
 
-    def __init__(self, root: str, classes: list[str], transform: Callable | None = None) -> None:
+    def __init__(self, root: str, classes: list[str], transform: Callable | None = None,
+                 loader: Callable[[str], Any] = load_image) -> None:
         self.fixed_classes = list(classes)
-        super().__init__(root, transform=transform, loader=load_image, is_valid_file=_is_image_file,
-                         allow_empty=True)
+        super().__init__(root, transform=transform, loader=loader, is_valid_file=_is_image_file, allow_empty=True)
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         return self.fixed_classes, {name: index for index, name in enumerate(self.fixed_classes)}
@@ -554,14 +602,15 @@ def _is_image_file(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _class_map_image_folder(split_dir: Path, classes: list[str], transform: Callable | None) -> ClassMapImageFolder:
+def _class_map_image_folder(split_dir: Path, classes: list[str], transform: Callable | None,
+                            loader: Callable[[str], Any] = load_image) -> ClassMapImageFolder:
     """An image folder over ``split_dir`` indexed by ``classes`` (the run's map); raises :class:`DataError` for
     class folders outside the map or a split without images."""
     foreign = sorted(set(folder_classes(split_dir)) - set(classes))
     if foreign:
         raise DataError(f"{split_dir} has class folder(s) {', '.join(foreign[:5])} that the run's class map "
                         f"({len(classes)} classes, from the train split) lacks; remove them or train on them too")
-    images = ClassMapImageFolder(str(split_dir), classes, transform)
+    images = ClassMapImageFolder(str(split_dir), classes, transform, loader)
     if not images.samples:
         raise DataError(f"{split_dir} holds no image files ({', '.join(IMAGE_EXTENSIONS)}) in its class folders")
     return images
@@ -569,7 +618,7 @@ def _class_map_image_folder(split_dir: Path, classes: list[str], transform: Call
 
 def build_dataset(dataset: str, data_dir: str | os.PathLike | None, split: str, transform: Callable,
                   seed: int, limit: int | None = None, classes: list[str] | None = None,
-                  score_substitutes: bool = True) -> SkipUnreadable:
+                  score_substitutes: bool = True, encoded: bool = False) -> SkipUnreadable:
     """Build one split wrapped in :class:`SkipUnreadable`.
 
     Args:
@@ -581,6 +630,7 @@ def build_dataset(dataset: str, data_dir: str | os.PathLike | None, split: str, 
         limit: keep only the first ``limit`` samples (an evaluation subset).
         classes: the class names in index order (image folders; default: the split's own class folders).
         score_substitutes: see :class:`SkipUnreadable` (False for evaluation).
+        encoded: read image-folder files with :func:`load_encoded` (JPEG bytes, for ``decode_on_device``).
 
     Raises:
         DataError: a missing, empty or corrupt split, or class folders outside ``classes``.
@@ -589,7 +639,8 @@ def build_dataset(dataset: str, data_dir: str | os.PathLike | None, split: str, 
     if dataset == "fashion_mnist":
         return SkipUnreadable(FashionMNIST(folder, split, transform), seed, limit=limit,
                               score_substitutes=score_substitutes)
-    images = _class_map_image_folder(folder / split, classes or folder_classes(folder / split), transform)
+    images = _class_map_image_folder(folder / split, classes or folder_classes(folder / split), transform,
+                                     load_encoded if encoded else load_image)
     return SkipUnreadable(images, seed, describe=lambda index: images.samples[index][0], limit=limit,
                           score_substitutes=score_substitutes)
 

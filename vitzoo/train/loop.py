@@ -50,6 +50,7 @@ from vitzoo.train.data import (
     seed_everything,
     worker_init,
 )
+from vitzoo.train.device_decode import collate_encoded
 from vitzoo.train.evaluate import evaluate
 from vitzoo.train.factories import (
     build_criterion,
@@ -219,7 +220,8 @@ def _build_data(config: TrainConfig, model: torch.nn.Module, classes: list[str])
 
     train_tf, device_tf, eval_tf, data_config = build_transforms(config, model)
     try:
-        train_set = build_dataset(config.dataset, config.data_dir, "train", train_tf, config.seed, classes=classes)
+        train_set = build_dataset(config.dataset, config.data_dir, "train", train_tf, config.seed, classes=classes,
+                                  encoded=config.decode_on_device)
         val_set = build_dataset(config.dataset, config.data_dir, "val", eval_tf, config.seed, limit=config.val_subset,
                                 classes=classes, score_substitutes=False)
         train_set.check_readable()
@@ -233,7 +235,7 @@ def _build_data(config: TrainConfig, model: torch.nn.Module, classes: list[str])
     loader_args = {"num_workers": config.workers, "worker_init_fn": worker_init if config.workers else None,
                    "pin_memory": torch.cuda.is_available(), "persistent_workers": config.workers > 0}
     train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=train_sampler, drop_last=True,
-                              **loader_args)
+                              collate_fn=collate_encoded if config.decode_on_device else None, **loader_args)
     val_loader = DataLoader(val_set, batch_size=config.eval_batch_size or 2 * config.batch_size, sampler=val_sampler,
                             **loader_args)
     return train_set, val_set, train_sampler, train_loader, val_loader, device_tf, data_config
@@ -380,7 +382,7 @@ def train_one_epoch(training: Training) -> tuple[torch.Tensor, int, float]:
         # Per-batch seed: the device stage, mixup and drop path draw the same numbers whether or not the run resumed.
         seed_everything(sample_seed(config.seed + 1 + accelerator.process_index, epoch, run.batches_done))
         if training.device_tf is not None:
-            images = training.device_tf(images)
+            images = training.device_tf(images, accelerator.device)
         if training.mixup is not None:
             images, targets = training.mixup(images, targets)
         with accelerator.accumulate(model):

@@ -1,0 +1,128 @@
+"""decode_on_device: the workers' file checks and crop draws, and the batch decoding and cropping on the device,
+against Pillow's decode, crop, bilinear resize and flip."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vitzoo.train.data import UnreadableImage, load_encoded, sample_seed, seed_everything
+from vitzoo.train.device_decode import EncodedCrop, EncodedRandomResizedCrop, collate_encoded, decode_crops
+
+CPU = torch.device("cpu")
+
+
+def _picture(height: int = 80, width: int = 96) -> np.ndarray:
+    """Smooth gradients and a sharp disc: asymmetric, so a wrong flip or offset shows."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    image = np.stack([xx * 255 / width, yy * 255 / height, 128 + 100 * np.sin(xx / 9) * np.cos(yy / 7)], axis=-1)
+    image[(yy - height // 2) ** 2 + (xx - width // 2) ** 2 < 300] = (250, 30, 30)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def jpeg(tmp_path: Path) -> Path:
+    path = tmp_path / "a.jpg"
+    Image.fromarray(_picture()).save(path, quality=95)
+    return path
+
+
+def _pillow_crop(path: Path, box: tuple[int, int, int, int], size: int, flip: bool) -> np.ndarray:
+    with Image.open(path) as image:
+        crop = image.convert("RGB").crop(box).resize((size, size), Image.BILINEAR)
+    return np.asarray(crop.transpose(Image.FLIP_LEFT_RIGHT) if flip else crop).astype(np.int64)
+
+
+def test_a_plain_jpeg_is_passed_on_as_its_bytes(jpeg: Path) -> None:
+    encoded = load_encoded(str(jpeg))
+    assert bytes(encoded.data.numpy()) == jpeg.read_bytes()
+    assert (encoded.width, encoded.height) == (96, 80)
+
+
+@pytest.mark.parametrize("kind", ["png", "cmyk-jpeg", "grey16-png"])
+def test_other_images_are_reencoded_as_rgb_jpegs(tmp_path: Path, kind: str) -> None:
+    picture = _picture()
+    path = tmp_path / ("a.png" if "png" in kind else "a.jpg")
+    if kind == "png":
+        Image.fromarray(picture).save(path)
+    elif kind == "cmyk-jpeg":
+        Image.fromarray(picture).convert("CMYK").save(path, quality=95)
+    else:
+        Image.fromarray(picture[..., 0].astype(np.uint16) * 257).save(path)
+    encoded = load_encoded(str(path))
+    assert bytes(encoded.data[:2].numpy()) == b"\xff\xd8" and (encoded.width, encoded.height) == (96, 80)
+    batch, _ = collate_encoded([(EncodedCrop(encoded.data, (0.0, 0.0, 96.0, 80.0), False), 0)])
+    decoded = decode_crops(batch, CPU, 32)
+    assert decoded.shape == (1, 3, 32, 32) and decoded.dtype == torch.uint8
+
+
+def test_unreadable_files_raise_unreadable_image(tmp_path: Path, jpeg: Path) -> None:
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"not an image at all")
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(jpeg.read_bytes()[: len(jpeg.read_bytes()) // 2])
+    for path in (garbage, truncated):
+        with pytest.raises(UnreadableImage, match=path.name):
+            load_encoded(str(path))
+
+
+@pytest.mark.parametrize(("box", "flip", "size"), [
+    ((10, 5, 70, 65), False, 32),  # shrink 1.9x
+    ((10, 5, 70, 65), True, 32),
+    ((20, 20, 40, 40), False, 32),  # enlarge 1.6x
+    ((0, 0, 96, 80), False, 64),  # the whole image, two aspect ratios
+])
+def test_decoded_crops_match_pillows_bilinear_crops(jpeg: Path, box: tuple[int, int, int, int], flip: bool,
+                                                    size: int) -> None:
+    encoded = load_encoded(str(jpeg))
+    batch, targets = collate_encoded([(EncodedCrop(encoded.data, tuple(map(float, box)), flip), 7)])
+    assert targets.tolist() == [7]
+    got = decode_crops(batch, CPU, size)[0].permute(1, 2, 0).numpy().astype(np.int64)
+    expected = _pillow_crop(jpeg, box, size, flip)
+    # measured: mean 0.2-0.5 grey levels, the largest differences on the disc's sharp edge
+    assert np.abs(got - expected).mean() < 1.0
+    assert np.percentile(np.abs(got - expected), 99) <= 6
+    assert np.abs(got - _pillow_crop(jpeg, box, size, not flip)).mean() > 10  # the comparison sees orientation
+
+
+def test_a_batch_of_different_sizes_decodes_each_image_as_alone(tmp_path: Path, jpeg: Path) -> None:
+    small = tmp_path / "small.jpg"
+    Image.fromarray(_picture(40, 56)).save(small, quality=90)
+    crops = [(EncodedCrop(load_encoded(str(path)).data, box, flip), 0)
+             for path, box, flip in ((jpeg, (3.0, 4.0, 90.0, 77.0), True), (small, (0.0, 0.0, 56.0, 40.0), False))]
+    together = decode_crops(collate_encoded(crops)[0], CPU, 24)
+    for index, crop in enumerate(crops):
+        alone = decode_crops(collate_encoded([crop])[0], CPU, 24)
+        # the same samples; the padding's repeated edge can move a float sum by an ulp, a rounding by one level
+        assert (together[index].int() - alone[0].int()).abs().max() <= 1
+
+
+def test_crop_draws_follow_the_sample_seed_and_stay_inside_the_image() -> None:
+    sampler = EncodedRandomResizedCrop(scale=(0.08, 1.0), hflip=0.5)
+    boxes, flips = [], []
+    for index in range(200):
+        seed_everything(sample_seed(3, 0, index), devices=False)
+        x0, y0, w, h = sampler.box(96, 80)
+        assert 0 <= x0 and 0 <= y0 and x0 + w <= 96 and y0 + h <= 80 and w > 0 and h > 0
+        assert 0.08 * 96 * 80 * 0.8 <= w * h <= 96 * 80
+        boxes.append((x0, y0, w, h))
+        flips.append(bool(torch.rand(1) < 0.5))
+    seed_everything(sample_seed(3, 0, 5), devices=False)
+    assert sampler.box(96, 80) == boxes[5]
+    assert len(set(boxes)) > 150 and 60 < sum(flips) < 140
+    # an image far outside the ratio range gets the centre crop of the nearest allowed ratio
+    assert EncodedRandomResizedCrop(scale=(0.9, 1.0)).box(1000, 10) == (493, 0, 13, 10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (nvJPEG decoding)")
+def test_the_gpu_decodes_and_crops_as_the_cpu_does(jpeg: Path) -> None:
+    encoded = load_encoded(str(jpeg))
+    batch, _ = collate_encoded([(EncodedCrop(encoded.data, (10.0, 5.0, 70.0, 65.0), True), 0),
+                                (EncodedCrop(encoded.data, (0.0, 0.0, 96.0, 80.0), False), 0)])
+    on_gpu = decode_crops(batch, torch.device("cuda"), 32).cpu().long()
+    on_cpu = decode_crops(batch, CPU, 32).long()
+    # nvJPEG's inverse DCT and upsampling round differently from libjpeg's by a grey level here and there
+    assert (on_gpu - on_cpu).abs().float().mean() < 1.0

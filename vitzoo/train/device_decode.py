@@ -1,0 +1,138 @@
+"""JPEG decoding and random-resized crops on the training device (``decode_on_device``).
+
+On a GPU machine whose cores cannot decode and crop JPEGs as fast as the GPU trains, the loader workers only read
+each file, check it and draw its crop and flip (:func:`vitzoo.train.data.load_encoded`,
+:class:`EncodedRandomResizedCrop`), and pack a
+batch's files into one byte tensor (:func:`collate_encoded`). The training process then decodes the whole batch at
+once with ``torchvision.io.decode_jpeg`` on the device (nvJPEG on CUDA) and cuts and resizes every crop in one
+``roi_align`` call (:func:`decode_crops`), before the rest of the device stage (RandAugment, normalisation, erasing).
+
+What differs from the workers' path: every crop is resampled bilinearly with ``roi_align``'s adaptive sampling
+(each output pixel averages ``ceil(crop / size)``-squared bilinear samples, an area filter when shrinking) instead
+of timm's random choice of Pillow's bilinear or bicubic filter; the pixels agree with Pillow's bilinear resize to
+within a grey level or two on smooth images. Files that are not 8-bit RGB or greyscale JPEGs (PNGs, CMYK or 16-bit
+images) are decoded in the worker and re-encoded as quality-95 JPEGs, so the device only ever sees plain JPEGs.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class EncodedImage:
+    """A JPEG file's bytes and its size in pixels."""
+
+    data: torch.Tensor  # uint8, 1-D
+    width: int
+    height: int
+
+
+@dataclass
+class EncodedCrop:
+    """A JPEG file's bytes with the crop box (x0, y0, x1, y1 in pixels) and flip drawn for it."""
+
+    data: torch.Tensor
+    box: tuple[float, float, float, float]
+    flip: bool
+
+
+@dataclass
+class EncodedBatch:
+    """A batch of :class:`EncodedCrop` packed for the loader: one byte tensor (``offsets[i]:offsets[i + 1]`` is file
+    ``i``), ``boxes`` (B, 4) and ``flips`` (B,). A plain dataclass, not a tensor container: accelerate and the pin
+    thread leave it on the CPU, where ``decode_jpeg`` wants its input."""
+
+    data: torch.Tensor
+    offsets: torch.Tensor
+    boxes: torch.Tensor
+    flips: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def files(self) -> list[torch.Tensor]:
+        """The files' bytes, one 1-D uint8 tensor (a view) each."""
+        bounds = self.offsets.tolist()
+        return [self.data[start:end] for start, end in zip(bounds, bounds[1:], strict=False)]
+
+
+class EncodedRandomResizedCrop:
+    """The workers' part of a random-resized crop and flip: draws the crop box (torchvision's algorithm: 10 tries of
+    a random area in ``scale`` and log-uniform aspect ratio in ``ratio``, else the centre crop of the clamped ratio)
+    and the flip from torch's generator, which the loader seeds per sample."""
+
+    def __init__(self, scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip: float = 0.5) -> None:
+        self.scale, self.ratio, self.hflip = scale, ratio, hflip
+
+    def __call__(self, image: EncodedImage) -> EncodedCrop:
+        x0, y0, w, h = self.box(image.width, image.height)
+        flip = bool(torch.rand(1) < self.hflip) if self.hflip > 0 else False
+        return EncodedCrop(image.data, (float(x0), float(y0), float(x0 + w), float(y0 + h)), flip)
+
+    def box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(x0, y0, w, h) of a crop of a ``width`` x ``height`` image."""
+        area = width * height
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target = area * torch.empty(1).uniform_(*self.scale).item()
+            aspect = math.exp(torch.empty(1).uniform_(*log_ratio).item())
+            w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+            if 0 < w <= width and 0 < h <= height:
+                y0 = int(torch.randint(0, height - h + 1, (1,)))
+                x0 = int(torch.randint(0, width - w + 1, (1,)))
+                return x0, y0, w, h
+        aspect = width / height
+        if aspect < min(self.ratio):
+            w, h = width, round(width / min(self.ratio))
+        elif aspect > max(self.ratio):
+            w, h = round(height * max(self.ratio)), height
+        else:
+            w, h = width, height
+        return (width - w) // 2, (height - h) // 2, w, h
+
+
+def collate_encoded(samples: list[tuple[EncodedCrop, int]]) -> tuple[EncodedBatch, torch.Tensor]:
+    """Pack (crop, target) samples into an :class:`EncodedBatch` and a target tensor (one shared-memory tensor for
+    all the bytes, not one per file)."""
+    crops = [crop for crop, _ in samples]
+    sizes = torch.tensor([0] + [len(crop.data) for crop in crops], dtype=torch.int64)
+    batch = EncodedBatch(torch.cat([crop.data for crop in crops]), sizes.cumsum(0),
+                         torch.tensor([crop.box for crop in crops], dtype=torch.float32),
+                         torch.tensor([crop.flip for crop in crops], dtype=torch.bool))
+    return batch, torch.tensor([target for _, target in samples], dtype=torch.int64)
+
+
+def decode_crops(batch: EncodedBatch, device: torch.device, size: int) -> torch.Tensor:
+    """Decode ``batch`` on ``device`` and return its crops resized to ``size`` x ``size`` and flipped as drawn: a
+    (B, 3, size, size) uint8 tensor on ``device``."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+    from torchvision.ops import roi_align
+
+    images = decode_jpeg(batch.files(), mode=ImageReadMode.RGB, device=device)
+    if len({tuple(image.shape) for image in images}) == 1:
+        stacked = torch.stack(images)
+    else:  # ImageNet's sizes differ: pad each image to the largest
+        height, width = max(image.shape[1] for image in images), max(image.shape[2] for image in images)
+        stacked = images[0].new_zeros(len(images), 3, height, width)
+        for target, image in zip(stacked, images, strict=True):
+            rows, cols = image.shape[1:]
+            target[:, :rows, :cols] = image
+            # roi_align's bilinear samples reach half a pixel past a box that ends at the image's edge: repeat the
+            # last column and row there, as roi_align repeats them at the canvas's own edge
+            if cols < width:
+                target[:, :rows, cols] = image[:, :, -1]
+            if rows < height:
+                target[:, rows, :cols + 1] = target[:, rows - 1, :cols + 1]
+    index = torch.arange(len(images), dtype=torch.float32).unsqueeze(1)
+    boxes = torch.cat([index, batch.boxes], dim=1).to(device)
+    # aligned=True: a box (x0, x1) covers pixels x0 .. x1 - 1 exactly; sampling_ratio=-1 averages ceil(box / size)
+    # bilinear samples per output pixel and axis, an area filter when shrinking
+    crops = roi_align(stacked.float(), boxes, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1,
+                      aligned=True)
+    flips = batch.flips.to(device).view(-1, 1, 1, 1)
+    crops = torch.where(flips, crops.flip(-1), crops)
+    return crops.round_().clamp_(0, 255).to(torch.uint8)
