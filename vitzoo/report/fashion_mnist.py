@@ -150,6 +150,10 @@ def pipeline_table(results: Path) -> str:
     lines.append(f"| total (one core: {data['img_per_s_per_core']:,.0f} img/s) | {sum(stages.values()):.2f} |")
     loaders = ", ".join(f"{row['workers']} worker(s) {row['output']} {row['img_per_s']:,.0f} img/s"
                         for row in data["loaders"])
+    decode = data.get("device_decode")
+    if decode:
+        loaders += (f"; decoding and cropping batches of {decode['batch_size']} on the device "
+                    f"({decode['device']}): {decode['ms_per_image']:.2f} ms per image")
     lines += ["", f"Measured on {info['machine']}, torch {info['torch']}, timm {info['timm']}, "
               f"Pillow {info['pillow']}, {info['date'][:10]}, code at `{info['git_revision'][:7]}`: "
               f"`{info['config']}`'s transform on 256 px JPEGs; DataLoader at batch {info['batch_size']}: "
