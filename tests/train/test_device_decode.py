@@ -126,3 +126,23 @@ def test_the_gpu_decodes_and_crops_as_the_cpu_does(jpeg: Path) -> None:
     on_cpu = decode_crops(batch, CPU, 32).long()
     # nvJPEG's inverse DCT and upsampling round differently from libjpeg's by a grey level here and there
     assert (on_gpu - on_cpu).abs().float().mean() < 1.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (nvJPEG decoding, CUDA graphs)")
+@pytest.mark.usefixtures("fresh_accelerator_state")
+def test_a_gpu_run_decodes_on_the_device_and_graphs_its_steps(tmp_path: Path) -> None:
+    """The fastest pipeline end to end on a GPU: JPEG bytes from the workers, decoding, crops and RandAugment on the
+    device, graphed steps, bf16; the run trains its updates with a finite loss and writes its checkpoint."""
+    from tiny_runs import MODEL, train_args, write_image_folder
+
+    from vitzoo.train.config import load_config
+    from vitzoo.train.loop import train
+
+    data = write_image_folder(tmp_path / "images", train_per_class=8)
+    output = tmp_path / "run"
+    args = train_args(output, data, "auto_augment=rand-m9-mstd0.5-inc1", "augment_on_device=true",
+                      "decode_on_device=true", "cuda_graph=true", "precision=bf16", "re_prob=0.25", "workers=1",
+                      "epochs=1")
+    metrics = train(load_config(None, args[6:], model=MODEL, output=str(output), data_dir=str(data)))
+    assert metrics["num_updates"] == 6 and np.isfinite(metrics["train_loss"])
+    assert (output / "checkpoints").is_dir()
