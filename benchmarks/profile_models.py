@@ -148,7 +148,7 @@ def profile_model(name: str, args) -> dict:
         result["infer"]["graph_capture"] = _graph_capture(model, x, train=False)
     if args.train:
         xt = x[:args.train_batch_size].clone()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as train.py builds it on a GPU
         target = torch.randint(0, 1000, (xt.shape[0],), device="cuda")
         model.train()
 

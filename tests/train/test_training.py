@@ -261,6 +261,29 @@ def test_no_weight_decay_groups_and_optim_caps() -> None:
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
+@pytest.mark.parametrize(("opt", "fused"), [("adamw", True), ("lookahead_adam", True), ("lamb", None)])
+def test_fused_optimizers_where_torch_has_them(opt: str, fused: bool | None) -> None:
+    """fused=True (train.py on a GPU) gives torch's fused AdamW / Adam, whose update equals the for-each one's; other
+    optimizers are built as before."""
+    from vitzoo.train.config import load_config
+    from vitzoo.train.factories import build_optimizer
+
+    config = load_config(None, [f"opt={opt}"], model=MODEL)
+    steps = {}
+    for request in (False, True):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.LayerNorm(7), torch.nn.Linear(7, 3))
+        optimizer = build_optimizer(config, model, lr=1e-2, fused=request)
+        inner = getattr(optimizer, "optimizer", getattr(optimizer, "base_optimizer", optimizer))
+        assert inner.defaults.get("fused") == (fused if request else None)
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(torch.randn(4, 5)).square().mean().backward()
+            optimizer.step()
+        steps[request] = torch.cat([p.detach().flatten() for p in model.parameters()])
+    torch.testing.assert_close(steps[True], steps[False], rtol=1e-5, atol=1e-6)
+
+
 def test_temporary_checkpoint_folders_are_ignored(tmp_path: Path) -> None:
     """Temporary checkpoint folders are never reported as checkpoints."""
     from vitzoo.train.checkpoint import list_checkpoints

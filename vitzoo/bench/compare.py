@@ -136,7 +136,8 @@ class Step:
             raise ValueError("a CUDA-graph step needs a CUDA device")
         if phase == "train":
             model.train()  # once here: a per-step .train() walks every module inside the timed loop
-            self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            # fused on CUDA, as train.py builds it
+            self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
             self.target = torch.randint(0, 1000, (batch,), device=device)
             self.forward = (graphed_training_forward(model, self.x, torch.bfloat16) if graphed
                             else self._autocast_forward)

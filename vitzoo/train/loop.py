@@ -276,7 +276,7 @@ def setup(config: TrainConfig) -> Training:
 
     global_batch = config.batch_size * accelerator.num_processes * config.grad_accum
     lr = config.lr if config.lr is not None else config.lr_base * global_batch / config.lr_base_size
-    optimizer = build_optimizer(config, model, lr)
+    optimizer = build_optimizer(config, model, lr, fused=accelerator.device.type == "cuda")
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     if config.cuda_graph and (accelerator.device.type != "cuda" or accelerator.num_processes > 1):
         raise ConfigError(f"cuda_graph=true needs a single CUDA process, not {accelerator.num_processes} on "
