@@ -132,9 +132,9 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]
     return list(groups.values())
 
 
-# torch's Adam and AdamW (what timm's 'adam' / 'adamw' create) have a fused implementation: one kernel per group
-# where the default for-each one launches several per step (2-3 ms of a tiny DeiT's 16-30 ms training step on the
-# H200, the largest single item of its profile).
+# torch's Adam and AdamW (what timm's 'adam' / 'adamw' create) have a fused implementation: a kernel or two per
+# group where the default for-each one launches dozens per step, each with its host cost (the for-each step spanned
+# 2.3-3.3 ms of a tiny DeiT's training step on the H200's timeline, launch gaps included).
 FUSED_OPTIMIZERS = ("adam", "adamw")
 
 
