@@ -16,7 +16,7 @@ EfficientViT shape with the same data, optimiser and epochs. It is meant for a G
 ``--jobs`` trains that many (seed, family) runs at once, one process each, spread over the visible GPUs: these small
 models keep the host busy launching kernels and leave a GPU mostly idle, so several runs share one well. Adding
 ``cuda_graph=true`` replays each run's forward and backward from CUDA graphs, which removes most of that host work;
-the GPU then does the waiting's share, and fewer jobs at once fill it. Each run
+the runs then wait on the GPU rather than on the host, and fewer jobs at once fill it. Each run
 writes its row to ``seed<k>.<family>.part.csv``; they are folded into ``seed<k>.csv``. A study that is cut off
 resumes where it stopped (rerun the same command): finished runs are not trained again, and ``--no-new-after``
 stops starting runs so that a call can end inside a time limit.
