@@ -88,6 +88,20 @@ def test_decoded_crops_match_pillows_bilinear_crops(jpeg: Path, box: tuple[int, 
     assert np.abs(got - _pillow_crop(jpeg, box, size, not flip)).mean() > 10  # the comparison sees orientation
 
 
+def test_a_file_the_decoder_rejects_becomes_grey_and_the_batch_goes_on(tmp_path: Path, jpeg: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    raw = bytearray(jpeg.read_bytes())
+    table = raw.find(b"\xff\xc4")  # a Huffman table: Pillow's header check passes it, libjpeg rejects it
+    raw[table + 5:table + 21] = b"\xff" * 16
+    damaged = tmp_path / "damaged.jpg"
+    damaged.write_bytes(bytes(raw))
+    crops = [(EncodedCrop(load_encoded(str(path)).data, (10.0, 5.0, 70.0, 65.0), False), 0) for path in (jpeg, damaged)]
+    decoded = decode_crops(collate_encoded(crops)[0], CPU, 32)
+    assert torch.equal(decoded[0], decode_crops(collate_encoded(crops[:1])[0], CPU, 32)[0])
+    assert (decoded[1] == 128).all()
+    assert "1 JPEG file(s) of a training batch failed to decode" in caplog.text
+
+
 def test_a_batch_of_different_sizes_decodes_each_image_as_alone(tmp_path: Path, jpeg: Path) -> None:
     small = tmp_path / "small.jpg"
     Image.fromarray(_picture(40, 56)).save(small, quality=90)

@@ -15,10 +15,13 @@ images) are decoded in the worker and re-encoded as quality-95 JPEGs, so the dev
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 import torch
+
+_logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -106,13 +109,36 @@ def collate_encoded(samples: list[tuple[EncodedCrop, int]]) -> tuple[EncodedBatc
     return batch, torch.tensor([target for _, target in samples], dtype=torch.int64)
 
 
+def _decode_or_substitute(batch: EncodedBatch, device: torch.device) -> list[torch.Tensor]:
+    """The batch's images decoded on ``device``, (3, H, W) uint8 each. A file the workers' header check passed but
+    the decoder rejects (a damaged body) becomes a mid-grey image covering its crop box, with a warning, so one
+    file does not stop the run (without ``decode_on_device`` the loader names such files and skips them)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    files = batch.files()
+    try:
+        return decode_jpeg(files, mode=ImageReadMode.RGB, device=device)
+    except RuntimeError:
+        pass
+    images, failed = [], 0
+    for data, box in zip(files, batch.boxes.tolist(), strict=True):
+        try:
+            images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            failed += 1
+            images.append(torch.full((3, math.ceil(box[3]), math.ceil(box[2])), 128, dtype=torch.uint8,
+                                     device=device))
+    _logger.warning("%d JPEG file(s) of a training batch failed to decode on %s and were replaced by grey images; "
+                    "train once with decode_on_device=false to have the loader name and skip them", failed, device)
+    return images
+
+
 def decode_crops(batch: EncodedBatch, device: torch.device, size: int) -> torch.Tensor:
     """Decode ``batch`` on ``device`` and return its crops resized to ``size`` x ``size`` and flipped as drawn: a
     (B, 3, size, size) uint8 tensor on ``device``."""
-    from torchvision.io import ImageReadMode, decode_jpeg
     from torchvision.ops import roi_align
 
-    images = decode_jpeg(batch.files(), mode=ImageReadMode.RGB, device=device)
+    images = _decode_or_substitute(batch, device)
     if len({tuple(image.shape) for image in images}) == 1:
         stacked = torch.stack(images)
     else:  # ImageNet's sizes differ: pad each image to the largest

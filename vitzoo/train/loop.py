@@ -29,6 +29,7 @@ from typing import Any
 import torch
 import yaml
 
+from vitzoo.train import cuda_graph
 from vitzoo.train.checkpoint import (
     CHECKPOINT_PREFIX,
     RunState,
@@ -170,7 +171,7 @@ class Training:
     val_set: SkipUnreadable
     train_sampler: EpochShuffleSampler
     train_loader: Any  # prepared by accelerate
-    device_tf: Callable | None  # the device stage of the loader's uint8 batches (image folders): DeviceAugment
+    device_tf: Callable | None  # image folders' device stage (DeviceAugment) of the loader's uint8 or JPEG batches
     val_loader: Any
     forward: Callable  # the training forward (_training_forward)
     scheduler: Any
@@ -328,11 +329,9 @@ def _training_forward(config: TrainConfig, model: torch.nn.Module, data_config: 
         return torch.compile(model, mode=config.compile)
     if not config.cuda_graph:
         return model
-    from vitzoo.train.cuda_graph import graphed_training_forward
-
     example = torch.randn(config.batch_size, *data_config["input_size"], device=device)
     # accelerate's forward wrapper already runs the model under the run's autocast and returns fp32
-    return graphed_training_forward(model.train(), example, dtype=None)
+    return cuda_graph.graphed_training_forward(model.train(), example, dtype=None)
 
 
 def _resume(run: RunState, output: Path) -> Path | None:
