@@ -208,6 +208,7 @@ def test_eval_csv_columns_for_model_name(tmp_path: Path, capsys: pytest.CaptureF
     pytest.param(["--dataset", "fashion_mnist", "cuda_graph=true"], "cuda_graph=true needs a single CUDA process",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU-only machine's error")),
 ])
+@pytest.mark.usefixtures("fresh_accelerator_state")  # the cuda_graph case builds an Accelerator before it fails
 def test_bad_input_exits_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str],
                                        expected: str) -> None:
     """Bad key / missing dataset / unknown model / missing config: exit status 2 and one stderr line on what to fix.
