@@ -2,15 +2,17 @@
 
 On a GPU machine whose cores cannot decode and crop JPEGs as fast as the GPU trains, the loader workers only read
 each file, check it and draw its crop and flip (:func:`vitzoo.train.data.load_encoded`,
-:class:`EncodedRandomResizedCrop`), and pack a batch's files into one byte tensor (:func:`collate_encoded`). The training process then decodes the whole batch at
-once with ``torchvision.io.decode_jpeg`` on the device (nvJPEG on CUDA) and cuts and resizes every crop in one
-``roi_align`` call (:func:`decode_crops`), before the rest of the device stage (RandAugment, normalisation, erasing).
+:class:`EncodedRandomResizedCrop`), and pack a batch's files into one byte tensor (:func:`collate_encoded`). The
+training process then decodes the whole batch at once with ``torchvision.io.decode_jpeg`` on the device (nvJPEG on
+CUDA) and cuts and resizes every crop in one ``roi_align`` call (:func:`decode_crops`), before the rest of the device
+stage (RandAugment, normalisation, erasing).
 
 What differs from the workers' path: every crop is resampled bilinearly with ``roi_align``'s adaptive sampling
 (each output pixel averages ``ceil(crop / size)``-squared bilinear samples, an area filter when shrinking) instead
 of timm's random choice of Pillow's bilinear or bicubic filter; the pixels differ from Pillow's bilinear resize by
-about half a grey level on average (most by at most a few; more on sharp edges). Files that are not 8-bit RGB or greyscale JPEGs (PNGs, CMYK or 16-bit
-images) are decoded in the worker and re-encoded as quality-95 JPEGs, so the device only ever sees plain JPEGs.
+about half a grey level on average (most by at most a few; more on sharp edges). Files that are not 8-bit RGB or
+greyscale JPEGs (PNGs, CMYK or 16-bit images) are decoded in the worker and re-encoded as quality-95 JPEGs, so the
+device only ever sees plain JPEGs.
 """
 from __future__ import annotations
 
