@@ -82,3 +82,26 @@ def test_cuda_graph_rows_replay_the_eager_inference_step(tmp_path):
         # replaying the graph launches the same kernels as the eager step, with almost no host time
         assert row["status"] == "ok" and row["launches"] == eager[row["model"]]["launches"]
         assert row["host_ms"] < eager[row["model"]]["host_ms"]
+
+
+def test_channels_last_puts_models_and_inputs_in_channels_last_memory(tmp_path, monkeypatch):
+    from vitzoo.bench import compare
+
+    layouts = []
+    step_init = compare.Step.__init__
+
+    def spy(self, model, *args, **kwargs):
+        step_init(self, model, *args, **kwargs)
+        weight = model.patch_embed.proj.weight
+        layouts.append((weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous(),
+                        self.x.is_contiguous(memory_format=torch.channels_last) and not self.x.is_contiguous()))
+
+    monkeypatch.setattr(compare.Step, "__init__", spy)
+    out = tmp_path / "compare.json"
+    main(["--compare", "--models", "linear_deit_tiny_patch16_224", "--device", "cpu", "--img-sizes", "32",
+          "--phases", "train", "--repeats", "1", "--num-warm-iter", "1", "--num-bench-iter", "1", "-b", "2",
+          "--channels-last", "--results-file", str(out)])
+    result = json.loads(out.read_text())
+    assert result["info"]["config"]["channels_last"] is True
+    assert [r["status"] for r in result["rows"]] == ["ok"] * 3
+    assert layouts == [(True, True)] * 3

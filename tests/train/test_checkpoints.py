@@ -213,3 +213,26 @@ def test_warns_when_the_device_or_launcher_changes_the_request(monkeypatch: pyte
     loop.warn_about_changed_settings(TrainConfig(precision="fp16"), OneCpuProcess())
     assert "precision=fp16 has no effect on CPU" in caplog.text
     assert "accelerate launch --cpu started one process" in caplog.text
+
+
+def test_a_channels_last_run_trains_the_default_runs_weights(tmp_path: Path, data: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """channels_last=true puts the model's 4-d weights in channels-last memory (seen by the evaluation), writes the
+    same checkpoint keys and, on the CPU, the weights of the default run."""
+    layouts = []
+    evaluate = loop.evaluate
+
+    def spy(model, *args, **kwargs):
+        weight = next(p for p in model.parameters() if p.dim() == 4)
+        layouts.append(weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous())
+        return evaluate(model, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "evaluate", spy)
+    _train(tmp_path / "default", data, "epochs=1")
+    _train(tmp_path / "channels_last", data, "epochs=1", "channels_last=true")
+    assert layouts == [False, True]
+    a = load_file(str(tmp_path / "default" / "checkpoints" / "step-00000003" / "model.safetensors"))
+    b = load_file(str(tmp_path / "channels_last" / "checkpoints" / "step-00000003" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)

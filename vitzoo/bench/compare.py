@@ -86,11 +86,15 @@ class CompareConfig:
     timed_steps: int = 30
     latency_steps: int = 50
     device: str = "cuda"
+    channels_last: bool = False  # models and inputs in channels-last memory (timm's --channels-last)
 
 
-def build(name: str, img_size: int, device: torch.device, compile_mode: str) -> nn.Module:
-    """``name`` for ``img_size`` inputs on ``device`` in eval mode, compiled unless ``compile_mode == 'none'``."""
+def build(name: str, img_size: int, device: torch.device, compile_mode: str, channels_last: bool = False) -> nn.Module:
+    """``name`` for ``img_size`` inputs on ``device`` in eval mode (in channels-last memory with ``channels_last``),
+    compiled unless ``compile_mode == 'none'``."""
     model = create_model(name, img_size, device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     if compile_mode not in ("none", CUDA_GRAPH):
         model = torch.compile(model, mode=None if compile_mode == "default" else compile_mode, fullgraph=True,
                               dynamic=False)
@@ -126,9 +130,11 @@ class Step:
     in ``train.py`` with ``cuda_graph=true``)."""
 
     def __init__(self, model: nn.Module, phase: str, batch: int, img_size: int, device: torch.device,
-                 compiled: bool, graphed: bool = False) -> None:
+                 compiled: bool, graphed: bool = False, channels_last: bool = False) -> None:
         self.model, self.phase, self.device = model, phase, device
         self.x = torch.randn(batch, 3, img_size, img_size, device=device)
+        if channels_last:
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
         mark = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
         self.begin = mark if compiled and mark is not None else (lambda: None)
         self.graph = None
@@ -258,7 +264,7 @@ def compare_models(names: list[str], roles: dict[str, dict[str, str]], img_size:
         rows[name] = dict(model=name, img_size=img_size, phase=phase, compile=compile_mode, status="ok",
                           **roles.get(name, {}))
         try:
-            model = build(name, img_size, device, compile_mode)
+            model = build(name, img_size, device, compile_mode, config.channels_last)
             if phase == "latency":
                 rows[name]["batch"] = 1
                 eager = latency_ms(model, img_size, device, config.latency_steps, graphed=False)
@@ -270,7 +276,7 @@ def compare_models(names: list[str], roles: dict[str, dict[str, str]], img_size:
             batch = scaled_batch(config.train_batch_size if phase == "train" else config.batch_size, img_size)
             rows[name]["batch"] = batch
             steps[name] = Step(model, phase, batch, img_size, device, compile_mode not in ("none", CUDA_GRAPH),
-                               graphed=compile_mode == CUDA_GRAPH)
+                               graphed=compile_mode == CUDA_GRAPH, channels_last=config.channels_last)
             for _ in range(config.warm_steps):
                 steps[name]()
         except Exception as error:  # a failure is a row's status; the others go on

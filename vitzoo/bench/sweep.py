@@ -554,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--phases", nargs="+", choices=COMPARE_PHASES, default=list(COMPARE_PHASES),
                          help="comparison phases (default all)")
     compare.add_argument("--repeats", type=int, default=3, help="interleaved repeats per group (default 3)")
+    compare.add_argument("--channels-last", action="store_true",
+                         help="models and inputs in channels-last memory (as train.py with channels_last=true)")
     compare.add_argument("--cuda-graph", action="store_true",
                          help="also measure the eager model's steps replayed from CUDA graphs (inference; training "
                               "forward and backward): no host work per kernel, no compile")
@@ -588,6 +590,7 @@ def _main_compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         batch_size=args.batch_size or (256 if on_gpu else 8), train_batch_size=args.train_batch_size or (
             128 if on_gpu else 4), repeats=args.repeats, warm_steps=args.num_warm_iter,
         timed_steps=args.num_bench_iter, latency_steps=args.latency_iters, device=args.device,
+        channels_last=args.channels_last,
     )
     if args.cuda_graph and not on_gpu:
         parser.error("--cuda-graph needs a CUDA device")

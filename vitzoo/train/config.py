@@ -103,6 +103,9 @@ class TrainConfig:
     compile: str | None = None  # torch.compile mode of the training forward; None: eager
     # replay the eager training forward and backward from CUDA graphs (vitzoo.train.cuda_graph): one CUDA process
     cuda_graph: bool = False
+    # channels-last memory format for the model and the training batches (timm's --channels-last): convolutions and
+    # BatchNorm of convolutional backbones (QT-ViT) take their NHWC kernels
+    channels_last: bool = False
     seed: int = 0
     # bookkeeping
     output: str | None = None  # None: a fresh output/train/<date-time>-<model>-<dataset>

@@ -269,6 +269,8 @@ def setup(config: TrainConfig) -> Training:
     in_chans = config.in_chans or (1 if config.dataset == "fashion_mnist" else 3)
     num_classes = config.num_classes or len(classes)
     model = create_model_from_config(config, num_classes, in_chans)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
     (train_set, val_set, train_sampler, train_loader, val_loader, device_tf,
      data_config) = _build_data(config, model, classes)
     if len(train_loader) < accelerator.num_processes:
@@ -330,6 +332,8 @@ def _training_forward(config: TrainConfig, model: torch.nn.Module, data_config: 
     if not config.cuda_graph:
         return model
     example = torch.randn(config.batch_size, *data_config["input_size"], device=device)
+    if config.channels_last:
+        example = example.contiguous(memory_format=torch.channels_last)
     # accelerate's forward wrapper already runs the model under the run's autocast and returns fp32
     return cuda_graph.graphed_training_forward(model.train(), example, dtype=None)
 
@@ -384,6 +388,8 @@ def train_one_epoch(training: Training) -> tuple[torch.Tensor, int, float]:
             images = training.device_tf(images, accelerator.device)
         if training.mixup is not None:
             images, targets = training.mixup(images, targets)
+        if config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         with accelerator.accumulate(model):
             loss = training.criterion(training.forward(images), targets)
             accelerator.backward(loss)
