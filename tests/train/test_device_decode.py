@@ -2,6 +2,7 @@
 against Pillow's decode, crop, bilinear resize and flip."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,7 @@ def test_a_plain_jpeg_is_passed_on_as_its_bytes(jpeg: Path) -> None:
     assert (encoded.width, encoded.height) == (96, 80)
 
 
-@pytest.mark.parametrize("kind", ["png", "cmyk-jpeg", "grey16-png"])
+@pytest.mark.parametrize("kind", ["png", "cmyk-jpeg", "grey16-png", "grey-jpeg", "progressive-jpeg"])
 def test_other_images_are_reencoded_as_rgb_jpegs(tmp_path: Path, kind: str) -> None:
     picture = _picture()
     path = tmp_path / ("a.png" if "png" in kind else "a.jpg")
@@ -50,10 +51,17 @@ def test_other_images_are_reencoded_as_rgb_jpegs(tmp_path: Path, kind: str) -> N
         Image.fromarray(picture).save(path)
     elif kind == "cmyk-jpeg":
         Image.fromarray(picture).convert("CMYK").save(path, quality=95)
+    elif kind == "grey-jpeg":
+        Image.fromarray(picture[..., 0]).save(path, quality=95)
+    elif kind == "progressive-jpeg":
+        Image.fromarray(picture).save(path, quality=95, progressive=True)
     else:
         Image.fromarray(picture[..., 0].astype(np.uint16) * 257).save(path)
     encoded = load_encoded(str(path))
+    assert bytes(encoded.data.numpy()) != path.read_bytes()  # re-encoded
     assert bytes(encoded.data[:2].numpy()) == b"\xff\xd8" and (encoded.width, encoded.height) == (96, 80)
+    with Image.open(io.BytesIO(bytes(encoded.data.numpy()))) as image:
+        assert image.mode == "RGB" and not image.info.get("progressive")
     batch, _ = collate_encoded([(EncodedCrop(encoded.data, (0.0, 0.0, 96.0, 80.0), False), 0)])
     decoded = decode_crops(batch, CPU, 32)
     assert decoded.shape == (1, 3, 32, 32) and decoded.dtype == torch.uint8

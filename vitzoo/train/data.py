@@ -563,9 +563,10 @@ def _read_rgb(path: str) -> Image.Image:
 
 
 def load_encoded(path: str) -> EncodedImage:
-    """Read an image file for decoding on the device: a baseline 8-bit RGB or greyscale JPEG as it is; anything else
-    Pillow can read (PNG, CMYK or 16-bit images, files that are not complete JPEGs) decoded here and re-encoded as a
-    quality-95 RGB JPEG.
+    """Read an image file for decoding on the device: a complete baseline 8-bit RGB JPEG as it is; anything else
+    Pillow can read (PNG, greyscale, CMYK or 16-bit images, progressive JPEGs) decoded here and re-encoded as a
+    quality-95 baseline RGB JPEG, so the device decoder only meets the common case (ImageNet has a few hundred of
+    the others).
 
     Raises:
         UnreadableImage: Pillow cannot read the file.
@@ -574,8 +575,9 @@ def load_encoded(path: str) -> EncodedImage:
         with open(path, "rb") as handle:
             raw = handle.read()
         with Image.open(io.BytesIO(raw)) as image:
-            size, plain = image.size, (image.format == "JPEG" and image.mode in ("RGB", "L")
-                                       and raw.startswith(_JPEG_START) and raw.rstrip(b"\x00").endswith(_JPEG_END))
+            size, plain = image.size, (image.format == "JPEG" and image.mode == "RGB"
+                                       and not image.info.get("progressive") and raw.startswith(_JPEG_START)
+                                       and raw.rstrip(b"\x00").endswith(_JPEG_END))
     except Exception as error:  # noqa: BLE001 - PIL's plugins raise many types for bad files; all mean "this file"
         raise UnreadableImage(f"{path}: {type(error).__name__}: {error}") from error
     if not plain:

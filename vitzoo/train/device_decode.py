@@ -10,9 +10,9 @@ stage (RandAugment, normalisation, erasing).
 What differs from the workers' path: every crop is resampled bilinearly with ``roi_align``'s adaptive sampling
 (each output pixel averages ``ceil(crop / size)``-squared bilinear samples, an area filter when shrinking) instead
 of timm's random choice of Pillow's bilinear or bicubic filter; the pixels differ from Pillow's bilinear resize by
-about half a grey level on average (most by at most a few; more on sharp edges). Files that are not 8-bit RGB or
-greyscale JPEGs (PNGs, CMYK or 16-bit images) are decoded in the worker and re-encoded as quality-95 JPEGs, so the
-device only ever sees plain JPEGs.
+about half a grey level on average (most by at most a few; more on sharp edges). Files that are not baseline 8-bit
+RGB JPEGs (PNGs, greyscale, CMYK, 16-bit or progressive images) are decoded in the worker and re-encoded as
+quality-95 baseline JPEGs, so the device only ever sees the common case.
 """
 from __future__ import annotations
 
