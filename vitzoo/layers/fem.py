@@ -124,17 +124,16 @@ class FreeEnergyMixer(TokenMixer):
         """sum_i p_t(i) [values]_i for (B, N, h, D) inputs, ``values`` read side by side (concatenated on the last
         dim); returns their concatenated shape in their dtype."""
         if self.prior == "linear":
-            # The released prior: phi = ReLU + eps, out = num / max(den, eps). The op has no offset feature map and
-            # no clamp, so the offset features go in as 'identity' and a ones column appended to the values makes
-            # the unnormalised read carry the denominator, divided here after the clamp. The op accumulates in fp32
-            # (fp64 for fp64) and returns the fp32 values' dtype, keeping exp(beta v - M) at full precision.
+            # The released prior: phi = ReLU + eps, out = num / max(den, eps). The op has no offset feature map, so
+            # the offset features go in as 'identity', with the op's clamped normaliser. The op accumulates in fp32
+            # (fp64 for fp64) and returns the fp32 values' dtype, keeping exp(beta v - M) at full precision. (A ones
+            # column on the values would carry the denominator too, but 2 d_v + 1 values pad the kernels' tiles to
+            # twice their width.)
             acc = values[0].dtype
             phi_q = F.relu(q.to(acc)) + LINEAR_PRIOR_EPS
             phi_k = F.relu(k.to(acc)) + LINEAR_PRIOR_EPS
-            ones = torch.ones_like(values[0][..., :1])
-            # one concatenation with the ones column (a second one would copy the doubled values again)
-            read = linear_attention(phi_q, phi_k, torch.cat([*values, ones], dim=-1), feature_map="identity")
-            return read[..., :-1] / read[..., -1:].clamp_min(LINEAR_PRIOR_EPS)
+            return linear_attention(phi_q, phi_k, torch.cat(values, dim=-1), feature_map="identity", normalize=True,
+                                    clamp_denominator=True, eps=LINEAR_PRIOR_EPS)
         # SDPA needs one dtype: the values go in at the projections' dtype (bf16 under autocast keeps the
         # flash kernel, which accumulates in fp32); d_k = C/h equals 2 d_v in preset A.
         values = torch.cat(values, dim=-1)

@@ -40,8 +40,8 @@ def config_kwargs(name: str, n: int, dk: int, device, requires_grad: bool = True
         return dict(feature_map="qt", feature_const=const, normalize=True, eps=1e-6), None, dk
     if name == "zeros":
         return dict(feature_map="l2norm"), 3, dk
-    if name == "fem":
-        return dict(feature_map="relu", normalize=True), None, 2 * dk
+    if name == "fem":  # the released linear prior's clamped normaliser; make_inputs puts half the rows below eps
+        return dict(feature_map="relu", normalize=True, clamp_denominator=True, eps=1.0), None, 2 * dk
     if name == "combo":  # every switch at once: W=2, centring, learnable constant, normaliser
         const = torch.tensor(1.1, device=device, dtype=const_dtype, requires_grad=requires_grad)
         kwargs = dict(feature_map="l2norm", center_keys=True, feature_const=const, normalize=True, scale=0.7)
@@ -65,6 +65,9 @@ def make_inputs(config: str, b: int, n: int, h: int, dk: int, dtype, device, lay
         q, k = ((torch.randn(b, n, h, dk, device=device) * std).to(dtype) for _ in range(2))
         v = (torch.randn(b, n, h, dv, device=device) * std).to(dtype)
         q, k, v = (t.detach().requires_grad_(requires_grad) for t in (q, k, v))
+    if config == "fem":
+        with torch.no_grad():  # every other query 1e4x smaller: its normaliser falls below eps = 1, so both sides
+            q[:, 1::2] *= 1e-4  # of max(den, eps), and its zero gradient below eps, are checked
     key_weights = query_weights = None
     if weightings == 3:  # ZeroS: key weights (e^s, s, 1), signed per-query coefficients
         s = torch.randn(b, n, h, device=device) * 0.5

@@ -113,7 +113,7 @@ def test_dispatch(monkeypatch):
 
 @needs_interpreter
 @pytest.mark.parametrize("case", ["rank", "dtype", "float64", "head_dim", "weightings", "weights_pair", "const",
-                                  "feature_map", "empty"])
+                                  "feature_map", "empty", "clamp_without_normalize"])
 def test_bad_inputs_raise_value_error(case):
     q = torch.randn(1, 5, 2, 16)
     args, kwargs = [q, q, q], {}
@@ -137,6 +137,8 @@ def test_bad_inputs_raise_value_error(case):
         kwargs["feature_map"] = "elu"
     elif case == "empty":
         args = [q[:, :0]] * 3
+    elif case == "clamp_without_normalize":
+        kwargs["clamp_denominator"] = True
     with pytest.raises(ValueError):
         function.linear_attention_triton(*args, **kwargs)
 

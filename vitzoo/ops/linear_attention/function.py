@@ -36,11 +36,12 @@ def _common_args(q, k, v, key_weights, query_weights, const, const_value, scale,
     return (q, k, v, a_ptr, b_ptr, c_ptr), (float(const_value), float(scale), float(eps))
 
 
-def _common_meta(q, k, v, key_weights, const, const_value, feature, center_keys, normalize):
+def _common_meta(q, k, v, key_weights, const, const_value, feature, center_keys, normalize, clamp):
     weightings = 1 if key_weights is None else key_weights.shape[-1]
     return dict(
         W=weightings, HAS_WEIGHTS=key_weights is not None, FEATURE=feature, CENTER=center_keys,
         CONST_PTR=const is not None, HAS_CONST=const is not None or const_value != 0.0, NORMALIZE=normalize,
+        CLAMP=clamp,
         DKP=padded(q.shape[-1]), DVP=padded(v.shape[-1]),
         PREC=dot_precision(q, k, v),
     )
@@ -65,15 +66,16 @@ if triton_available():
             save_state: bool,
             direct_launch: bool = False,
             launch: Launch | None = None,
+            clamp: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (out, raw fp32 states); the states are empty unless ``save_state`` (needed by the backward).
 
         ``direct_launch``: launch the Triton kernel itself rather than through ``wrap_triton`` (eager callers).
         ``launch``: the launch configuration; by default :func:`.heuristics.forward_launch` decides (the benchmarks
-        pass others)."""
+        pass others). ``clamp``: the normaliser is max(den, eps) instead of den + eps."""
         batch, n, heads, dk = q.shape
         dv = v.shape[-1]
-        meta = _common_meta(q, k, v, key_weights, const, const_value, feature, center_keys, normalize)
+        meta = _common_meta(q, k, v, key_weights, const, const_value, feature, center_keys, normalize, clamp)
         if launch is None:
             launch = forward_launch(batch * heads, n, dk, dv, meta["W"], q.device)
         out = _empty((batch, n, heads, dv), v.dtype, q.device)
@@ -123,12 +125,14 @@ if triton_available():
             need_const_grad: bool,
             direct_launch: bool = False,
             launch: Launch | None = None,
+            clamp: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (dq, dk, dv, dkey_weights, dquery_weights, per-(batch, head) parts of dconst); absent ones empty.
-        ``direct_launch`` as in the forward; ``launch`` by default from :func:`.heuristics.backward_launch`."""
+        ``direct_launch``, ``clamp`` as in the forward; ``launch`` by default from
+        :func:`.heuristics.backward_launch`."""
         batch, n, heads, dk = q.shape
         dv = v.shape[-1]
-        meta = _common_meta(q, k, v, key_weights, const, const_value, feature, center_keys, normalize)
+        meta = _common_meta(q, k, v, key_weights, const, const_value, feature, center_keys, normalize, clamp)
         if launch is None:
             launch = backward_launch(batch * heads, n, dk, dv, meta["W"], q.device)
         dq = _empty(tuple(q.shape), q.dtype, q.device)
@@ -176,9 +180,10 @@ if triton_available():
             normalize: bool,
             eps: float,
             save_state: bool,
+            clamp: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return _linear_attention_fwd(q, k, v, key_weights, query_weights, const, const_value, feature, center_keys,
-                                     scale, normalize, eps, save_state)
+                                     scale, normalize, eps, save_state, clamp=clamp)
 
     @torch.library.triton_op("vitzoo::linear_attention_bwd", mutates_args=())
     def _linear_attention_bwd_op(
@@ -197,24 +202,25 @@ if triton_available():
             normalize: bool,
             eps: float,
             need_const_grad: bool,
+            clamp: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return _linear_attention_bwd(grad, q, k, v, key_weights, query_weights, const, const_value, state, feature,
-                                     center_keys, scale, normalize, eps, need_const_grad)
+                                     center_keys, scale, normalize, eps, need_const_grad, clamp=clamp)
 
     class _LinearAttentionFunction(torch.autograd.Function):
         @staticmethod
         def forward(ctx, q, k, v, key_weights, query_weights, const, const_value, feature, center_keys, scale,
-                    normalize, eps, save_state):
+                    normalize, eps, save_state, clamp):
             options = (const_value, feature, center_keys, scale, normalize, eps)
             # torch.compile traces the custom op; eager calls skip its dispatch (host time on every call)
             if torch.compiler.is_compiling():
                 out, state = _linear_attention_fwd_op(q, k, v, key_weights, query_weights, const, *options,
-                                                      save_state)
+                                                      save_state, clamp)
             else:
                 out, state = _linear_attention_fwd(q, k, v, key_weights, query_weights, const, *options, save_state,
-                                                   direct_launch=True)
+                                                   direct_launch=True, clamp=clamp)
             ctx.save_for_backward(q, k, v, key_weights, query_weights, const, state)
-            ctx.options = options
+            ctx.options, ctx.clamp = options, clamp
             return out
 
         @staticmethod
@@ -225,13 +231,13 @@ if triton_available():
             args = (grad, q, k, v, key_weights, query_weights, const, const_value, state, feature, center_keys, scale,
                     normalize, eps, need_const_grad)
             if torch.compiler.is_compiling():
-                dq, dk, dv, dkw, dqw, dconst = _linear_attention_bwd_op(*args)
+                dq, dk, dv, dkw, dqw, dconst = _linear_attention_bwd_op(*args, ctx.clamp)
             else:
-                dq, dk, dv, dkw, dqw, dconst = _linear_attention_bwd(*args, direct_launch=True)
+                dq, dk, dv, dkw, dqw, dconst = _linear_attention_bwd(*args, direct_launch=True, clamp=ctx.clamp)
             if key_weights is None:
                 dkw = dqw = None
             dconst = dconst.sum().reshape(const.shape).to(const.dtype) if need_const_grad else None
-            return dq, dk, dv, dkw, dqw, dconst, None, None, None, None, None, None, None
+            return dq, dk, dv, dkw, dqw, dconst, None, None, None, None, None, None, None, None
 
 
 def _check_kernel_inputs(q, k, v, key_weights, query_weights) -> None:
@@ -262,11 +268,12 @@ def linear_attention_triton(
         scale: float = 1.0,
         normalize: bool = False,
         eps: float = 1e-6,
+        clamp_denominator: bool = False,
 ) -> torch.Tensor:
     """The fused Triton kernels behind :func:`linear_attention` (same arguments; fp16, bf16 or fp32 inputs)."""
     if not triton_available():
         raise RuntimeError("linear_attention_triton needs triton, which is not installed")
-    check_inputs(q, k, v, key_weights, query_weights, feature_map)
+    check_inputs(q, k, v, key_weights, query_weights, feature_map, normalize, clamp_denominator)
     _check_kernel_inputs(q, k, v, key_weights, query_weights)
     const, const_value = None, 0.0
     if isinstance(feature_const, torch.Tensor):
@@ -283,11 +290,11 @@ def linear_attention_triton(
         # nothing to differentiate: launch directly, without the autograd Function's bookkeeping (host time)
         return _linear_attention_fwd(
             q, k, v, key_weights, query_weights, const, const_value, _FEATURE_CODES[feature_map], bool(center_keys),
-            float(scale), bool(normalize), float(eps), False, direct_launch=True,
+            float(scale), bool(normalize), float(eps), False, direct_launch=True, clamp=bool(clamp_denominator),
         )[0]
     return _LinearAttentionFunction.apply(
         q, k, v, key_weights, query_weights, const, const_value, _FEATURE_CODES[feature_map], bool(center_keys),
-        float(scale), bool(normalize), float(eps), save_state,
+        float(scale), bool(normalize), float(eps), save_state, bool(clamp_denominator),
     )
 
 
@@ -304,6 +311,7 @@ def linear_attention(
         scale: float = 1.0,
         normalize: bool = False,
         eps: float = 1e-6,
+        clamp_denominator: bool = False,
 ) -> torch.Tensor:
     """Non-causal linear attention over (B, N, H, D) inputs; returns (B, N, H, Dv) in v's dtype.
 
@@ -319,14 +327,16 @@ def linear_attention(
         scale: multiplies phi(q) . phi(k) (not the constant feature).
         normalize: divide by the same read of the key sum, plus ``eps``.
         eps: added to the normaliser.
+        clamp_denominator: with ``normalize``, divide by max(read, ``eps``) instead of read + ``eps`` (FEM's
+            released linear prior).
     """
     # float64 stays on the reference: the kernels accumulate in fp32
     if kernel_backend(q.device) == "triton" and torch.float64 not in (q.dtype, k.dtype, v.dtype):
         return linear_attention_triton(
             q, k, v, key_weights, query_weights, feature_map=feature_map, feature_const=feature_const,
-            center_keys=center_keys, scale=scale, normalize=normalize, eps=eps,
+            center_keys=center_keys, scale=scale, normalize=normalize, eps=eps, clamp_denominator=clamp_denominator,
         )
     return linear_attention_reference(
         q, k, v, key_weights, query_weights, feature_map=feature_map, feature_const=feature_const,
-        center_keys=center_keys, scale=scale, normalize=normalize, eps=eps,
+        center_keys=center_keys, scale=scale, normalize=normalize, eps=eps, clamp_denominator=clamp_denominator,
     )

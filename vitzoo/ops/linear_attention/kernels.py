@@ -272,6 +272,14 @@ def _finalize(state, z, u, total, kbar, c2, scale, PREC: tl.constexpr):
 
 
 @triton.jit
+def _denominator(den, eps, CLAMP: tl.constexpr):
+    # the normaliser: den + eps, or max(den, eps) (FEM's released linear prior)
+    if CLAMP:
+        return tl.maximum(den, eps)
+    return den + eps
+
+
+@triton.jit
 def _read_den(phi, y_cols, zc, NORMALIZE: tl.constexpr, PREC: tl.constexpr, BLOCK_N: tl.constexpr):
     # one weighting's denominator phi . y (+ c^2 s) for a query tile (zero without the normaliser)
     if NORMALIZE:
@@ -300,6 +308,7 @@ def _linear_attention_fwd_kernel(
         sa_b, sa_n, sa_h, sa_w, sb_b, sb_n, sb_h, sb_w, so_b, so_n, so_h, so_d,
         W: tl.constexpr, HAS_WEIGHTS: tl.constexpr, FEATURE: tl.constexpr, CENTER: tl.constexpr,
         UNIT_D: tl.constexpr, CONST_PTR: tl.constexpr, HAS_CONST: tl.constexpr, NORMALIZE: tl.constexpr,
+        CLAMP: tl.constexpr,
         DO_STATE: tl.constexpr, DO_OUTPUT: tl.constexpr, STORE_STATE: tl.constexpr, ATOMIC: tl.constexpr,
         NEED_Z: tl.constexpr, NEED_U: tl.constexpr, BLOCK_N: tl.constexpr,
         DKP: tl.constexpr, DVP: tl.constexpr,
@@ -409,7 +418,7 @@ def _linear_attention_fwd_kernel(
                 num += num_w * bw[:, None]
                 den += den_w * bw
             if NORMALIZE:
-                num = num * (1.0 / (den + eps))[:, None]
+                num = num * (1.0 / _denominator(den, eps, CLAMP))[:, None]
             _store_rows(o_base, num, offs_n, offs_v, so_n, so_d, n_end, DV, UNIT_D)
 
 
@@ -490,6 +499,7 @@ def _linear_attention_bwd_kernel(
         sdk_b, sdk_n, sdk_h, sdk_d, sdv_b, sdv_n, sdv_h, sdv_d, sdw_b, sdw_n, sdw_h, sdw_w,
         W: tl.constexpr, HAS_WEIGHTS: tl.constexpr, FEATURE: tl.constexpr, CENTER: tl.constexpr,
         UNIT_D: tl.constexpr, CONST_PTR: tl.constexpr, HAS_CONST: tl.constexpr, NORMALIZE: tl.constexpr,
+        CLAMP: tl.constexpr,
         DO_Q: tl.constexpr, DO_KV: tl.constexpr, NEED_DC: tl.constexpr, ROW_SCALED: tl.constexpr,
         BLOCK_N: tl.constexpr, DKP: tl.constexpr,
         DVP: tl.constexpr, PREC: tl.constexpr,
@@ -567,8 +577,10 @@ def _linear_attention_bwd_kernel(
                 den += den2 * bw2
                 g_num += gn2 * bw2
             if NORMALIZE:
-                inv = 1.0 / (den + eps)
+                inv = 1.0 / _denominator(den, eps, CLAMP)
                 dden = -g_num * inv * inv
+                if CLAMP:  # max(den, eps) does not move with den below eps
+                    dden = tl.where(den > eps, dden, 0.0)
             else:
                 inv = row_mask
                 dden = row_mask  # unused without the normaliser (den_w are zero)

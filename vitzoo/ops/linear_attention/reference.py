@@ -7,13 +7,15 @@ Per (batch, head), with a feature map phi and an optional appended constant feat
     z_w        = sum_i a_{i,w} [phi~(k_i), c]
     num_t      = sum_w b_{t,w} [sqrt(scale) phi(q_t), c]^T state_w   (b = query_weights)
     out_t      = num_t / (sum_w b_{t,w} [...]^T z_w + eps)   if normalize else num_t
+                 (the denominator max(..., eps) instead with clamp_denominator)
 
 How the mixers use it (see ``vitzoo/layers``):
     ReLU linear   feature_map='relu', normalize=True
     InLine        identity, center_keys=True, scale=d^-1/2 / N, feature_const=N^-1/2 (weights sum to 1)
     QT            feature_map='qt' (x^2 / ||x^2||), feature_const=learnable c, normalize=True
     ZeroS         feature_map='l2norm', W=3 key weights (e^s, s, 1) and per-query coefficients
-    FEM (linear)  feature_map='relu', normalize=True, on doubled values [v, exp(beta v - M)]
+    FEM (linear)  identity on ReLU + eps features, normalize=True, clamp_denominator=True, on doubled values
+                  [v, exp(beta v - M)]
 
 Layout is the one the mixers produce from a fused qkv projection: (B, N, H, D), any strides. This module holds the
 specification: :func:`linear_attention_reference` in plain PyTorch, which accumulates in fp32 (float64 inputs stay
@@ -37,9 +39,13 @@ def check_inputs(
         key_weights: torch.Tensor | None,
         query_weights: torch.Tensor | None,
         feature_map: str,
+        normalize: bool = False,
+        clamp_denominator: bool = False,
 ) -> None:
     """The contract shared by the reference and the kernels."""
     check_qkv("linear_attention", q, k, v)
+    if clamp_denominator and not normalize:
+        raise ValueError("linear_attention: clamp_denominator clamps the normaliser; it needs normalize=True")
     if feature_map not in FEATURE_MAPS:
         raise ValueError(f"linear_attention: feature_map={feature_map!r} is not one of {FEATURE_MAPS}")
     if (key_weights is None) != (query_weights is None):
@@ -81,9 +87,10 @@ def linear_attention_reference(
         scale: float = 1.0,
         normalize: bool = False,
         eps: float = 1e-6,
+        clamp_denominator: bool = False,
 ) -> torch.Tensor:
     """Plain PyTorch linear attention, the specification of :func:`linear_attention` (same arguments)."""
-    check_inputs(q, k, v, key_weights, query_weights, feature_map)
+    check_inputs(q, k, v, key_weights, query_weights, feature_map, normalize, clamp_denominator)
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     out_dtype = v.dtype
     q, k, v = q.to(acc), k.to(acc), v.to(acc)
@@ -105,6 +112,7 @@ def linear_attention_reference(
     if normalize:
         z = torch.einsum("bnhw,bnhk->bhwk", a, phi_k)
         den = torch.einsum("bnhw,bnhk,bhwk->bnh", b, phi_q, z)
-        out = out / (den.unsqueeze(-1) + eps)
+        den = den.clamp_min(eps) if clamp_denominator else den + eps
+        out = out / den.unsqueeze(-1)
     return out.to(out_dtype)
 
