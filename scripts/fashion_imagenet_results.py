@@ -61,7 +61,7 @@ def steady_rate(train_events: list[dict[str, Any]], global_batch: int) -> float 
     return round(statistics.median(rates), 1) if rates else None
 
 
-def run_row(folder: Path, eval_rows: dict[str, dict[str, str]], bench: dict[str, dict[str, str]],
+def run_row(folder: Path, eval_rows: dict[tuple[str, str], dict[str, str]], bench: dict[str, dict[str, str]],
             graphed_bench: dict[str, float]) -> dict[str, Any]:
     """One run's row: per-epoch metrics and speeds from its log, the final evaluation, the model's benchmark (the
     CUDA-graph training rate for a run that graphed its steps)."""
@@ -81,7 +81,7 @@ def run_row(folder: Path, eval_rows: dict[str, dict[str, str]], bench: dict[str,
                           "epoch_time_s": record["epoch_time"],
                           "end_to_end_img_per_s": round(images / record["epoch_time"], 1)})
     model = config["model"]
-    final = eval_rows.get(folder.name)
+    final = eval_rows.get((folder.parent.name, folder.name))
     speed = bench.get(model, {})
     if config.get("cuda_graph"):
         model_only = graphed_bench.get(model)
@@ -111,14 +111,16 @@ def run_row(folder: Path, eval_rows: dict[str, dict[str, str]], bench: dict[str,
     }
 
 
-def _eval_rows(path: Path) -> dict[str, dict[str, str]]:
-    """eval.py rows by run folder name (the checkpoint column holds the run folder or a checkpoint inside it)."""
+def _eval_rows(path: Path) -> dict[tuple[str, str], dict[str, str]]:
+    """eval.py rows by (runs folder name, run folder name), e.g. ('aod', 'linear-seed0'): the checkpoint column holds
+    the run folder or a checkpoint inside it, and runs of several pipelines share run folder names."""
     rows = {}
     with path.open(newline="") as handle:
         for row in csv.DictReader(handle):
-            for part in Path(row["checkpoint"]).parts:
+            parts = Path(row["checkpoint"]).parts
+            for index, part in enumerate(parts):
                 if "-seed" in part:
-                    rows[part] = row  # later rows (re-evaluations) win
+                    rows[(parts[index - 1] if index else "", part)] = row  # later rows (re-evaluations) win
     return rows
 
 
@@ -144,7 +146,7 @@ def _key(row: dict[str, Any]) -> tuple:
 def merge(existing: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``existing`` with every row of the same (model, seed, epochs, pipeline) as a new row replaced by it."""
     keys = {_key(row) for row in new}
-    kept = [row for row in existing if _key(row) not in keys]
+    kept = [{**row, "pipeline": row.get("pipeline", DEFAULT_PIPELINE)} for row in existing if _key(row) not in keys]
     return sorted(kept + new, key=lambda row: (row["family"], row.get("pipeline", DEFAULT_PIPELINE), row["seed"]))
 
 

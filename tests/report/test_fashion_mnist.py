@@ -81,3 +81,6 @@ def test_run_pipeline_names_where_randaugment_and_the_steps_ran():
     assert fashion_mnist.run_pipeline({"augment_on_device": True, "cuda_graph": True}) == \
         "device RandAugment, CUDA-graph steps"
     assert fashion_mnist.run_pipeline({"augment_on_device": True}) == "device RandAugment, eager steps"
+    assert fashion_mnist.run_pipeline({"augment_on_device": True, "decode_on_device": True, "cuda_graph": True,
+                                       "channels_last": True}) == \
+        "device RandAugment, CUDA-graph steps, device decoding, channels-last"

@@ -78,7 +78,8 @@ class QuadraticTaylorCore(nn.Module):
         head_dim = v.shape[-1]
         # contiguous rows: CUDA's BatchNorm runs its channels-last kernels on a contiguous (rows, channels) input, but
         # on this strided view of the fused qkv its one-block-per-channel kernels (16 blocks for all the rows); that
-        # backward kernel took 96 of QT-ViT-1's 146 ms training step in the H200 profile, over its 25 BatchNorms
+        # backward kernel took 96 of QT-ViT-1's 146 ms training step in the H200 profile, summed over these 7
+        # shortcut BatchNorms and the convolutions' ones (whose NCHW inputs channels_last=true addresses)
         shortcut = self.v_act(self.v_norm(v.reshape(-1, head_dim).contiguous())).view(v.shape)
         return out + shortcut
 

@@ -74,10 +74,16 @@ DEFAULT_PIPELINE = "loader RandAugment, eager steps"  # rows written before runs
 
 
 def run_pipeline(config: dict) -> str:
-    """Where an ImageNet-shaped run's RandAugment ran and how its training steps ran, from its saved config."""
+    """Where an ImageNet-shaped run's RandAugment (and JPEG decoding) ran, how its training steps ran and its memory
+    format, from its saved config."""
     augment = "device" if config.get("augment_on_device") else "loader"
     steps = "CUDA-graph" if config.get("cuda_graph") else "eager"
-    return f"{augment} RandAugment, {steps} steps"
+    name = f"{augment} RandAugment, {steps} steps"
+    if config.get("decode_on_device"):
+        name += ", device decoding"
+    if config.get("channels_last"):
+        name += ", channels-last"
+    return name
 
 
 def imagenet_shape_table(results: Path) -> str:

@@ -129,8 +129,9 @@ def summary_table(data: dict[str, Any]) -> str:
                                     f"{_ratio(row, table.get((row.get('twin_model'), size)))}"
                                     for row, table in zip(pair, train.values(), strict=True)))
         lines.append(f"| `{model.replace('_patch16_224', '')}` | " + " | ".join(cells) + " |")
+    train_batches = sorted({row["batch"] for row in train["cuda-graph"].values() if row["img_size"] in train_sizes})
     train_note = (f"; training: zero_grad, forward, cross-entropy, backward, AdamW at batch "
-                  f"{info['config']['train']['train_batch_size']}" if train_sizes else "")
+                  f"{'/'.join(map(str, train_batches))}" if train_sizes else "")
     lines += ["", f"{info['device']}, torch {info['torch']}, triton {info['triton']}, {info['date'][:10]}, code at "
               f"`{info['git_revision']}`: bf16, batch 256 at 224 px and the same tokens per batch above{train_note}, "
               "median of 3 interleaved repeats in one process (`benchmarks/results/compare/h200.json`)."]

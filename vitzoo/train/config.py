@@ -70,7 +70,8 @@ class TrainConfig:
     # workers: for hosts whose cores cannot augment as fast as the GPU trains.
     augment_on_device: bool = False
     # JPEG decoding and the random-resized crops on the training device too (vitzoo.train.device_decode): for hosts
-    # whose cores cannot even decode as fast as the GPU trains. Needs augment_on_device with a RandAugment policy.
+    # whose cores cannot even decode as fast as the GPU trains. With a RandAugment policy it needs augment_on_device;
+    # no other auto_augment policy, and no colour jitter.
     decode_on_device: bool = False
     mixup: float = 0.8
     cutmix: float = 1.0

@@ -113,53 +113,71 @@ def collate_encoded(samples: list[tuple[EncodedCrop, int]]) -> tuple[EncodedBatc
 def _decode_or_substitute(batch: EncodedBatch, device: torch.device) -> list[torch.Tensor]:
     """The batch's images decoded on ``device``, (3, H, W) uint8 each. A file the workers' header check passed but
     the decoder rejects (a damaged body) becomes a mid-grey image covering its crop box, with a warning, so one
-    file does not stop the run (without ``decode_on_device`` the loader names such files and skips them)."""
+    file does not stop the run (without ``decode_on_device`` the loader names such files and skips them). Out of
+    memory, or every file failing alone too, is not a file's fault and is raised."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    if device.type == "cuda":
+        # torchvision's CUDA decoder fills outputs allocated on this stream from its own stream, without waiting for
+        # this one: memory that queued kernels still read (freed by the host, which runs ahead) could be written
+        # before they ran. Waiting for them first makes every block the allocator hands out free on the device too.
+        torch.cuda.current_stream(device).synchronize()
     files = batch.files()
     try:
         return decode_jpeg(files, mode=ImageReadMode.RGB, device=device)
-    except RuntimeError:
-        pass
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as error:
+        batch_error = error
     images, failed = [], 0
     for data, box in zip(files, batch.boxes.tolist(), strict=True):
         try:
             images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+        except torch.OutOfMemoryError:
+            raise
         except RuntimeError:
             failed += 1
             images.append(torch.full((3, math.ceil(box[3]), math.ceil(box[2])), 128, dtype=torch.uint8,
                                      device=device))
-    _logger.warning("%d JPEG file(s) of a training batch failed to decode on %s and were replaced by grey images; "
-                    "train once with decode_on_device=false to have the loader name and skip them", failed, device)
+    if failed == len(files):
+        raise batch_error
+    if failed:
+        _logger.warning("%d JPEG file(s) of a training batch failed to decode on %s and were replaced by grey images; "
+                        "train once with decode_on_device=false to have the loader name and skip them", failed,
+                        device)
     return images
+
+
+# float32 elements of one roi_align input (1 GiB): images of one size are cropped in chunks of at most this much
+_CROP_CHUNK_ELEMENTS = 2**28
 
 
 def decode_crops(batch: EncodedBatch, device: torch.device, size: int) -> torch.Tensor:
     """Decode ``batch`` on ``device`` and return its crops resized to ``size`` x ``size`` and flipped as drawn: a
-    (B, 3, size, size) uint8 tensor on ``device``."""
+    (B, 3, size, size) uint8 tensor on ``device``. Images of one size are stacked and cropped by one ``roi_align``
+    call (ImageNet's few common sizes cover most of a batch); no image is padded to another's size, so one large
+    image costs only its own memory."""
     from torchvision.ops import roi_align
 
     images = _decode_or_substitute(batch, device)
-    if len({tuple(image.shape) for image in images}) == 1:
-        stacked = torch.stack(images)
-    else:  # ImageNet's sizes differ: pad each image to the largest
-        height, width = max(image.shape[1] for image in images), max(image.shape[2] for image in images)
-        stacked = images[0].new_zeros(len(images), 3, height, width)
-        for target, image in zip(stacked, images, strict=True):
-            rows, cols = image.shape[1:]
-            target[:, :rows, :cols] = image
-            # roi_align's bilinear samples reach half a pixel past a box that ends at the image's edge: repeat the
-            # last column and row there, as roi_align repeats them at the canvas's own edge
-            if cols < width:
-                target[:, :rows, cols] = image[:, :, -1]
-            if rows < height:
-                target[:, rows, :cols + 1] = target[:, rows - 1, :cols + 1]
-    index = torch.arange(len(images), dtype=torch.float32).unsqueeze(1)
-    boxes = torch.cat([index, batch.boxes], dim=1).to(device)
-    # aligned=True: a box (x0, x1) covers pixels x0 .. x1 - 1 exactly; sampling_ratio=-1 averages ceil(box / size)
-    # bilinear samples per output pixel and axis, an area filter when shrinking
-    crops = roi_align(stacked.float(), boxes, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1,
-                      aligned=True)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for index, image in enumerate(images):
+        by_shape.setdefault(tuple(image.shape), []).append(index)
+    crops = torch.empty(len(images), 3, size, size, device=device)
+    for shape, indices in by_shape.items():
+        per_call = max(1, _CROP_CHUNK_ELEMENTS // math.prod(shape))
+        for start in range(0, len(indices), per_call):
+            chunk = indices[start:start + per_call]
+            stacked = torch.stack([images[i] for i in chunk]).float()
+            boxes = torch.cat([torch.arange(len(chunk), dtype=torch.float32).unsqueeze(1), batch.boxes[chunk]], dim=1)
+            # aligned=True: a box (x0, x1) covers pixels x0 .. x1 - 1 exactly; sampling_ratio=-1 averages
+            # ceil(box / size) bilinear samples per output pixel and axis, an area filter when shrinking
+            cut = roi_align(stacked, boxes.to(device), output_size=(size, size), spatial_scale=1.0,
+                            sampling_ratio=-1, aligned=True)
+            if len(chunk) == len(images):
+                crops = cut
+            else:
+                crops[torch.tensor(chunk, device=device)] = cut
     flips = batch.flips.to(device).view(-1, 1, 1, 1)
     crops = torch.where(flips, crops.flip(-1), crops)
     return crops.round_().clamp_(0, 255).to(torch.uint8)

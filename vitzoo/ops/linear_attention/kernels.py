@@ -579,8 +579,8 @@ def _linear_attention_bwd_kernel(
             if NORMALIZE:
                 inv = 1.0 / _denominator(den, eps, CLAMP)
                 dden = -g_num * inv * inv
-                if CLAMP:  # max(den, eps) does not move with den below eps
-                    dden = tl.where(den > eps, dden, 0.0)
+                if CLAMP:  # max(den, eps) does not move with den below eps (ties pass, as clamp_min's gradient)
+                    dden = tl.where(den >= eps, dden, 0.0)
             else:
                 inv = row_mask
                 dden = row_mask  # unused without the normaliser (den_w are zero)
