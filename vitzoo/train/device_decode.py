@@ -4,8 +4,8 @@ On a GPU machine whose cores cannot decode and crop JPEGs as fast as the GPU tra
 each file, check it and draw its crop and flip (:func:`vitzoo.train.data.load_encoded`,
 :class:`EncodedRandomResizedCrop`), and pack a batch's files into one byte tensor (:func:`collate_encoded`). The
 training process then decodes the whole batch at once with ``torchvision.io.decode_jpeg`` on the device (nvJPEG on
-CUDA) and cuts and resizes every crop in one ``roi_align`` call (:func:`decode_crops`), before the rest of the device
-stage (RandAugment, normalisation, erasing).
+CUDA) and cuts and resizes the crops with one ``roi_align`` call per image size (:func:`decode_crops`), before the
+rest of the device stage (RandAugment, normalisation, erasing).
 
 What differs from the workers' path: every crop is resampled bilinearly with ``roi_align``'s adaptive sampling
 (each output pixel averages ``ceil(crop / size)``-squared bilinear samples, an area filter when shrinking) instead
