@@ -388,7 +388,7 @@ def train_one_epoch(training: Training) -> tuple[torch.Tensor, int, float]:
             images = training.device_tf(images, accelerator.device)
         if training.mixup is not None:
             images, targets = training.mixup(images, targets)
-        if config.channels_last:
+        if config.channels_last and not config.cuda_graph:  # a graphed forward copies into its channels-last input
             images = images.contiguous(memory_format=torch.channels_last)
         with accelerator.accumulate(model):
             loss = training.criterion(training.forward(images), targets)
