@@ -163,7 +163,7 @@ def decode_crops(batch: EncodedBatch, device: torch.device, size: int) -> torch.
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for index, image in enumerate(images):
         by_shape.setdefault(tuple(image.shape), []).append(index)
-    crops = torch.empty(len(images), 3, size, size, device=device)
+    crops = None
     for shape, indices in by_shape.items():
         per_call = max(1, _CROP_CHUNK_ELEMENTS // math.prod(shape))
         for start in range(0, len(indices), per_call):
@@ -174,10 +174,12 @@ def decode_crops(batch: EncodedBatch, device: torch.device, size: int) -> torch.
             # ceil(box / size) bilinear samples per output pixel and axis, an area filter when shrinking
             cut = roi_align(stacked, boxes.to(device), output_size=(size, size), spatial_scale=1.0,
                             sampling_ratio=-1, aligned=True)
-            if len(chunk) == len(images):
+            if len(chunk) == len(images):  # one size, one chunk: the common case needs no scatter
                 crops = cut
-            else:
-                crops[torch.tensor(chunk, device=device)] = cut
+                continue
+            if crops is None:
+                crops = torch.empty(len(images), 3, size, size, device=device)
+            crops[torch.tensor(chunk, device=device)] = cut
     flips = batch.flips.to(device).view(-1, 1, 1, 1)
     crops = torch.where(flips, crops.flip(-1), crops)
     return crops.round_().clamp_(0, 255).to(torch.uint8)
