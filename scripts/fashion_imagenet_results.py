@@ -140,14 +140,16 @@ def _graphed_bench_rows(path: Path | None, batch: int | None) -> dict[str, float
 
 
 def _key(row: dict[str, Any]) -> tuple:
-    return row["model"], row["seed"], row["epochs"], row.get("pipeline", DEFAULT_PIPELINE)
+    return row["model"], row["seed"], row["epochs"], row["pipeline"]
 
 
 def merge(existing: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``existing`` with every row of the same (model, seed, epochs, pipeline) as a new row replaced by it."""
+    """``existing`` with every row of the same (model, seed, epochs, pipeline) as a new row replaced by it. Rows
+    written before runs recorded their pipeline were the recipe's (:data:`DEFAULT_PIPELINE`)."""
+    existing = [{**row, "pipeline": row.get("pipeline", DEFAULT_PIPELINE)} for row in existing]
     keys = {_key(row) for row in new}
-    kept = [{**row, "pipeline": row.get("pipeline", DEFAULT_PIPELINE)} for row in existing if _key(row) not in keys]
-    return sorted(kept + new, key=lambda row: (row["family"], row.get("pipeline", DEFAULT_PIPELINE), row["seed"]))
+    kept = [row for row in existing if _key(row) not in keys]
+    return sorted(kept + new, key=lambda row: (row["family"], row["pipeline"], row["seed"]))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -48,7 +48,8 @@ def _imagenet_shape_run(model, seed, top1, weights="model", finished=True):
             "final_eval": {"top1": top1, "top5": 99.0, "weights": weights} if finished else None,
             "end_to_end_img_per_s": 900.0, "steady_end_to_end_img_per_s": 950.0, "model_only_train_img_per_s": 1000.0,
             "end_to_end_over_model_only": 0.9, "infer_img_per_s": 1000.0, "bench": bench,
-            "status": "ok" if finished else "unfinished", "git_revision": "abc1234"}
+            "status": "ok" if finished else "unfinished", "git_revision": "abc1234",
+            "pipeline": fashion_mnist.DEFAULT_PIPELINE}
 
 
 def test_imagenet_shape_points_average_finished_seeds_and_table_marks_ema(tmp_path):
