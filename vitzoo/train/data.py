@@ -535,21 +535,22 @@ def folder_classes(split_dir: str | os.PathLike) -> list[str]:
     return classes
 
 
-def load_image(path: str) -> Image.Image:
+def load_image(path: str, raw: bytes | None = None) -> Image.Image:
     """Open an image as 8-bit RGB. 16- and 32-bit integer images (16-bit PNG or TIFF greyscale) are scaled from
-    their full range, where PIL's ``convert`` would clip every value above 255 to white.
+    their full range, where PIL's ``convert`` would clip every value above 255 to white. ``raw``: the file's bytes,
+    when the caller has read them already (``path`` then only names the file in errors).
 
     Raises:
         UnreadableImage: the file cannot be opened, decoded or converted.
     """
     try:
-        return _read_rgb(path)
+        return _read_rgb(path if raw is None else io.BytesIO(raw))
     except Exception as error:  # noqa: BLE001 - PIL's plugins raise many types for bad files; all mean "this file"
         raise UnreadableImage(f"{path}: {type(error).__name__}: {error}") from error
 
 
-def _read_rgb(path: str) -> Image.Image:
-    with open(path, "rb") as handle:
+def _read_rgb(source: str | io.BytesIO) -> Image.Image:
+    with open(source, "rb") if isinstance(source, str) else source as handle:
         image = Image.open(handle)
         image.load()
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
@@ -582,7 +583,7 @@ def load_encoded(path: str) -> EncodedImage:
         raise UnreadableImage(f"{path}: {type(error).__name__}: {error}") from error
     if not plain:
         buffer = io.BytesIO()
-        load_image(path).save(buffer, format="JPEG", quality=95)
+        load_image(path, raw).save(buffer, format="JPEG", quality=95)
         raw = buffer.getvalue()
     return EncodedImage(torch.frombuffer(bytearray(raw), dtype=torch.uint8), *size)
 
