@@ -238,10 +238,10 @@ class H3ICL(_OneLayerICL):
 
     def predict(self, tokens: torch.Tensor) -> torch.Tensor:
         n = tokens.shape[1] - 1
-        q, k, v = (t.transpose(1, 2).unsqueeze(1) for t in self.projections(tokens))  # (B, 1, d + 1, N)
+        q, k, v = (t.unsqueeze(1) for t in self.projections(tokens))  # (B, 1, N, d + 1)
         kernel_fwd, _ = self.ssm(n + 1, q.dtype)
         out = gated_long_conv_toeplitz(q, k, v, kernel_fwd, torch.zeros_like(kernel_fwd))
-        return self.out(out[:, 0, :, -1] / n)[:, -1]
+        return self.out(out[:, 0, -1] / n)[:, -1]
 
 
 def build_model(name: str, cfg: ICLConfig, seed: int) -> _OneLayerICL:

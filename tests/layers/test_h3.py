@@ -9,6 +9,7 @@ from explicit_mixers import explicit_h3
 from vitzoo.layers import long_conv
 from vitzoo.layers.h3 import BidirectionalH3, DiagonalSSMKernel
 from vitzoo.layers.long_conv import bidirectional_long_conv, fast_fft_length
+from vitzoo.ops.testing import relative_error
 
 DIM, HEADS = 64, 4  # head_dim 16
 LAYOUTS = [((1, 1), 0), ((6, 8), 1), ((14, 14), 1)]  # N = 1, 49, 197
@@ -193,3 +194,23 @@ def test_ssm_kernels_are_kept_without_gradients_until_a_parameter_changes(monkey
     assert len(computed) == 4
     (kernel_fwd.sum() + kernel_bwd.sum()).backward()
     assert all(p.grad is not None for p in ssm.parameters())
+
+
+@pytest.mark.parametrize("toeplitz", [True, False], ids=["toeplitz", "fft"])
+def test_core_precision_under_autocast(monkeypatch, toeplitz):
+    """Under bf16 autocast the Toeplitz core runs as attention does (16-bit matrix products, fp32 accumulation), the
+    FFT core in fp32; either way the mixer stays within bf16 error of its float64 self."""
+    if not toeplitz:
+        monkeypatch.setattr(long_conv, "TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM", 0)
+    core_dtypes = []
+    for name in ("_toeplitz_attention", "_gated_conv_block"):
+        real = getattr(long_conv, name)
+        monkeypatch.setattr(long_conv, name, lambda *a, _real=real: core_dtypes.append((out := _real(*a)).dtype) or out)
+    mixer = _make_mixer(2)
+    x = torch.randn(2, 50, DIM, dtype=torch.float64)
+    expected = mixer(x, grid_size=(7, 7), num_prefix_tokens=1)
+    core_dtypes.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mixer.float()(x.float(), grid_size=(7, 7), num_prefix_tokens=1)
+    assert set(core_dtypes) == {torch.bfloat16 if toeplitz else torch.float32}
+    assert relative_error(out, expected) < 1e-2

@@ -8,8 +8,9 @@ Per head (head_dim d), with the SSM kernel K shared across the d x d entries of 
 
 with Kbi(l) = Kf(l) for l >= 0 plus Kb(-l) for l <= 0: a forward diagonal SSM kernel and a separate one run on
 the flipped sequence, summed. Both kernels are S4D-Lin diagonal SSMs discretised with zero-order hold. The core
-runs in fp32 through :func:`vitzoo.layers.long_conv.gated_long_conv`: as the Toeplitz-weighted attention above
-for short sequences, and as an FFT long convolution (O(N log N) per kv channel) for long ones. ``docs/mixers.md``
+runs through :func:`vitzoo.layers.long_conv.gated_long_conv`: for short sequences as the Toeplitz-weighted
+attention above (in attention's precision: 16-bit matrix products accumulating in fp32 under autocast), for long
+ones as an FFT long convolution (O(N log N) per kv channel, in fp32). ``docs/mixers.md``
 (Bidirectional H3) states the math and the zoo's choices. ``attn_drop`` drops o (there is no attention matrix).
 
 Optimiser hint: the SSM parameters (A, B, log dt) carry ``param._optim = {'weight_decay': 0.0, 'lr': 1e-3}``;
@@ -177,18 +178,16 @@ class BidirectionalH3(TokenMixer):
         batch, num_tokens, dim = x.shape
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         k = self.k_conv(k, grid_size, num_prefix_tokens)
-
-        # The core runs in fp32 (fp64 for fp64 inputs) through elementwise ops and FFTs only, which autocast
-        # leaves alone. Layout (B, h, d, N): the FFT runs over the last dim.
-        acc = torch.promote_types(v.dtype, torch.float32)
+        # Attention's layout (B, h, N, d), views of the projections; the core keeps their precision where it runs as
+        # matrix products (see gated_long_conv). The SSM kernels are fp32 (fp64 for fp64 inputs), and the skip D is
+        # their lag-0 entry: D (q_t . k_t) v_t is the diagonal of the Toeplitz weighting.
         shape = (batch, num_tokens, self.num_heads, self.head_dim)
-        q, k, v = (t.to(acc).view(shape).permute(0, 2, 3, 1) for t in (q, k, v))
+        q, k, v = (t.reshape(shape).transpose(1, 2) for t in (q, k, v))
+        acc = torch.promote_types(v.dtype, torch.float32)
         kernel_fwd, kernel_bwd = self.ssm(num_tokens, acc)
-
-        skip = self.D.to(acc)[:, None, None] * (q * k).sum(dim=2, keepdim=True) * v
-        out = skip + gated_long_conv(q, k, v, kernel_fwd, kernel_bwd)
-        return out.permute(0, 3, 1, 2).reshape(batch, num_tokens, dim).to(x.dtype)
-
+        out = gated_long_conv(q, k, v, kernel_fwd, kernel_bwd, skip=self.D.to(acc))
+        # In the projections' dtype (the FFT path returns fp32), which ``proj`` takes as it is, also under autocast.
+        return out.transpose(1, 2).reshape(batch, num_tokens, dim).to(v.dtype)
 
 # The forward branches on tensor properties (the accumulation dtype and the Toeplitz / FFT choice by token count),
 # which FX cannot trace: the mixer is a leaf for timm's FX feature extraction.

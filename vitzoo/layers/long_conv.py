@@ -7,8 +7,8 @@ flipped sequence, summed (both include lag 0). The same o_t has two forms:
 * FFT: o_t = sum_{d1} q_t,d1 (Kbi * (k_d1 v^T))_t, a long convolution of each of the d x d outer-product channels;
   O(d^2 N log N) work.
 
-:func:`gated_long_conv` picks the cheaper one from N and d. Inputs are laid out (B, h, d, N): the convolution runs
-over the last dim.
+:func:`gated_long_conv` picks the cheaper one from N and d. Its inputs are laid out as attention's, (B, h, N, d). An
+optional per-head ``skip`` weight adds to the lag-0 entry: H3's skip D (q_t . k_t) v_t is the diagonal of T.
 """
 from __future__ import annotations
 
@@ -41,7 +41,15 @@ def fast_fft_length(minimum: int) -> int:
         n += 1
 
 
-def bidirectional_long_conv(x: torch.Tensor, kernel_fwd: torch.Tensor, kernel_bwd: torch.Tensor) -> torch.Tensor:
+def _lag_zero(kernel_fwd: torch.Tensor, kernel_bwd: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+    """Kbi(0) = Kf(0) + Kb(0) (+ skip), shape (..., 1)."""
+    lag_zero = kernel_fwd[..., :1] + kernel_bwd[..., :1]
+    return lag_zero if skip is None else lag_zero + skip.unsqueeze(-1)
+
+
+def bidirectional_long_conv(
+        x: torch.Tensor, kernel_fwd: torch.Tensor, kernel_bwd: torch.Tensor, skip: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Bidirectional long convolution along the last dim, via FFT.
 
     y_t = sum_{s <= t} kernel_fwd[t - s] x_s + sum_{s >= t} kernel_bwd[s - t] x_s, i.e. a causal convolution
@@ -53,6 +61,7 @@ def bidirectional_long_conv(x: torch.Tensor, kernel_fwd: torch.Tensor, kernel_bw
         x: (..., L) signals.
         kernel_fwd: (..., L) kernel, broadcastable against ``x``.
         kernel_bwd: (..., L) kernel of the flipped direction, same shape as ``kernel_fwd``.
+        skip: optional (...) weight added to lag 0 (``kernel_fwd``'s leading shape).
 
     Returns:
         (..., L) in the promoted dtype of the inputs.
@@ -67,7 +76,7 @@ def bidirectional_long_conv(x: torch.Tensor, kernel_fwd: torch.Tensor, kernel_bw
     # Circular layout: lag l >= 0 at index l, lag -l at index n_fft - l; the indices L .. n_fft - L are never reached.
     gap = kernel_fwd.new_zeros((*kernel_fwd.shape[:-1], n_fft - 2 * length + 1))
     two_sided = torch.cat(
-        [kernel_fwd[..., :1] + kernel_bwd[..., :1], kernel_fwd[..., 1:], gap, kernel_bwd[..., 1:].flip(-1)], dim=-1
+        [_lag_zero(kernel_fwd, kernel_bwd, skip), kernel_fwd[..., 1:], gap, kernel_bwd[..., 1:].flip(-1)], dim=-1
     )
     spectrum = torch.fft.rfft(x, n=n_fft) * torch.fft.rfft(two_sided, n=n_fft)
     return torch.fft.irfft(spectrum, n=n_fft)[..., :length]
@@ -79,74 +88,106 @@ def _gated_conv_block(
         v: torch.Tensor,
         kernel_fwd: torch.Tensor,
         kernel_bwd: torch.Tensor,
+        skip: torch.Tensor | None,
 ) -> torch.Tensor:
     """sum over the given d1 rows of q_t,d1 * (Kbi * (k_d1 v^T))_t for q_rows, k_rows (B, H, c, N), v (B, H, d, N).
 
     Returns (B, H, d, N). Only c x d outer-product channels exist at a time.
     """
     kv = k_rows.unsqueeze(3) * v.unsqueeze(2)  # (B, H, c, d, N)
-    y = bidirectional_long_conv(kv, kernel_fwd[:, None, None], kernel_bwd[:, None, None])
+    y = bidirectional_long_conv(
+        kv, kernel_fwd[:, None, None], kernel_bwd[:, None, None], None if skip is None else skip[:, None, None]
+    )
     return (q_rows.unsqueeze(3) * y).sum(dim=2)
 
 
 def gated_long_conv_fft(
-        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_fwd: torch.Tensor, kernel_bwd: torch.Tensor
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        kernel_fwd: torch.Tensor,
+        kernel_bwd: torch.Tensor,
+        skip: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """o_t = sum_{d1} q_t,d1 (Kbi * (k_d1 v^T))_t via FFT, for q, k, v (B, H, d, N) and kernels (H, N).
+    """o_t = sum_{d1} q_t,d1 (Kbi * (k_d1 v^T))_t via FFT, for q, k, v (B, H, N, d), kernels (H, N), skip (H,).
 
-    The d x d outer-product channels are convolved in checkpointed blocks of d1 rows, so autograd keeps only
-    the inputs (O(B H N d)) and each block's transient FFT buffers hold B H N * 1024 complex values.
-    Returns (B, H, d, N).
+    Runs in fp32 (fp64 for fp64 inputs) whatever the inputs' precision: 16-bit FFTs would lose the long sums. The
+    d x d outer-product channels are convolved in checkpointed blocks of d1 rows, so autograd keeps only the inputs
+    (O(B H N d)) and each block's transient FFT buffers hold B H N * 1024 complex values. Returns (B, H, N, d) in
+    that precision.
     """
+    acc = torch.promote_types(q.dtype, torch.float32)
+    # (B, H, d, N): the convolution runs over the last dim
+    q, k, v = (t.transpose(-1, -2).to(acc) for t in (q, k, v))
     rows = max(1, _KV_CHANNELS_PER_BLOCK // q.shape[2])
     out = None
     for start in range(0, q.shape[2], rows):
-        block = (q[:, :, start:start + rows], k[:, :, start:start + rows], v, kernel_fwd, kernel_bwd)
+        block = (q[:, :, start:start + rows], k[:, :, start:start + rows], v, kernel_fwd, kernel_bwd, skip)
         part = checkpoint(_gated_conv_block, *block, use_reentrant=False) if torch.is_grad_enabled() \
             else _gated_conv_block(*block)
         out = part if out is None else out + part
-    return out
+    return out.transpose(-1, -2)
 
 
-def toeplitz_matrix(kernel_fwd: torch.Tensor, kernel_bwd: torch.Tensor) -> torch.Tensor:
-    """The (..., N, N) two-sided Toeplitz matrix T[t, s] = Kf[t - s] (t >= s) + Kb[s - t] (s >= t)."""
+def toeplitz_matrix(
+        kernel_fwd: torch.Tensor, kernel_bwd: torch.Tensor, skip: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The (..., N, N) two-sided Toeplitz matrix T[t, s] = Kf[t - s] (t >= s) + Kb[s - t] (s >= t) (+ skip if s = t)."""
     length = kernel_fwd.shape[-1]
     # T[t, s] = p[s - t + N - 1] for p = [Kf[N-1], ..., Kf[1], Kf[0] + Kb[0], Kb[1], ..., Kb[N-1]]: row t is the
     # window of p starting at N - 1 - t. Sliding windows (unfold) have a cheap backward, where a gather by a lag
     # index matrix falls back to a sort-based scatter (about 1.7 ms a call at N = 197 on the H200).
-    lags = torch.cat([kernel_fwd[..., 1:].flip(-1), kernel_fwd[..., :1] + kernel_bwd[..., :1], kernel_bwd[..., 1:]],
+    lags = torch.cat([kernel_fwd[..., 1:].flip(-1), _lag_zero(kernel_fwd, kernel_bwd, skip), kernel_bwd[..., 1:]],
                      dim=-1)
     return lags.unfold(-1, length, 1).flip(-2)
 
 
 def _toeplitz_attention(
-        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_fwd: torch.Tensor, kernel_bwd: torch.Tensor
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        kernel_fwd: torch.Tensor,
+        kernel_bwd: torch.Tensor,
+        skip: torch.Tensor | None,
 ) -> torch.Tensor:
-    # Under autocast the matmuls would drop to bf16: the core stays in the inputs' precision.
-    with torch.autocast(device_type=q.device.type, enabled=False):
-        scores = q.transpose(-1, -2) @ k  # (B, H, N, N): q_t . k_s
-        return v @ (scores * toeplitz_matrix(kernel_fwd, kernel_bwd)).transpose(-1, -2)
+    scores = q @ k.transpose(-1, -2)  # (B, H, N, N): q_t . k_s, 16-bit under autocast
+    # The weights join the scores' precision, as softmax probabilities do before their product with v: every long
+    # sum stays inside a matrix product, which accumulates in fp32.
+    return (scores * toeplitz_matrix(kernel_fwd, kernel_bwd, skip).to(scores.dtype)) @ v
 
 
 def gated_long_conv_toeplitz(
-        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_fwd: torch.Tensor, kernel_bwd: torch.Tensor
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        kernel_fwd: torch.Tensor,
+        kernel_bwd: torch.Tensor,
+        skip: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The same o_t as :func:`gated_long_conv_fft` as a Toeplitz-weighted attention sum_s T[t, s] (q_t . k_s) v_s.
 
-    O(N^2 d) work on matmul units instead of O(d^2 N log N) FFT work; checkpointed, so the (B, H, N, N)
-    scores are transient (autograd keeps the O(B H N d) inputs). Returns (B, H, d, N).
+    O(N^2 d) work on matmul units instead of O(d^2 N log N) FFT work, in the precision attention runs in (16-bit
+    matrix products with fp32 accumulation under autocast); checkpointed, so the (B, H, N, N) scores are transient
+    (autograd keeps the O(B H N d) inputs). Returns (B, H, N, d).
     """
     if torch.is_grad_enabled():
-        return checkpoint(_toeplitz_attention, q, k, v, kernel_fwd, kernel_bwd, use_reentrant=False)
-    return _toeplitz_attention(q, k, v, kernel_fwd, kernel_bwd)
+        return checkpoint(_toeplitz_attention, q, k, v, kernel_fwd, kernel_bwd, skip, use_reentrant=False)
+    return _toeplitz_attention(q, k, v, kernel_fwd, kernel_bwd, skip)
 
 
 def gated_long_conv(
-        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kernel_fwd: torch.Tensor, kernel_bwd: torch.Tensor
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        kernel_fwd: torch.Tensor,
+        kernel_bwd: torch.Tensor,
+        skip: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """o_t = sum_s Kbi(t - s) (q_t . k_s) v_s for q, k, v (B, H, d, N) and kernels (H, N); returns (B, H, d, N).
+    """o_t = sum_s Kbi(t - s) (q_t . k_s) v_s (+ skip (q_t . k_t) v_t) for q, k, v (B, H, N, d), kernels (H, N) and
+    an optional per-head skip weight (H,); returns (B, H, N, d).
 
     The Toeplitz form up to N = ``TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM`` * d tokens, the FFT form above.
     """
-    use_fft = q.shape[-1] > TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM * q.shape[2]
-    return (gated_long_conv_fft if use_fft else gated_long_conv_toeplitz)(q, k, v, kernel_fwd, kernel_bwd)
+    use_fft = q.shape[-2] > TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM * q.shape[-1]
+    path = gated_long_conv_fft if use_fft else gated_long_conv_toeplitz
+    return path(q, k, v, kernel_fwd, kernel_bwd, skip)
