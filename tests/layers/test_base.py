@@ -51,3 +51,15 @@ def test_attn_drop_follows_the_shared_rule(name):
         else:
             assert not mixer.drops_attention_probs
             torch.testing.assert_close(out, mixer.proj(F.dropout(values, 0.5, training=True)))
+
+
+@pytest.mark.parametrize("name", sorted(MIXERS))
+def test_mixed_values_come_in_the_dtype_proj_computes_in(name):
+    """Under autocast the mixed values are 16-bit, as ``proj`` would cast them (no widening to the fp32 residual
+    stream's dtype and back); without autocast they keep ``x``'s dtype."""
+    mixer = create_mixer(name, DIM, num_heads=HEADS)
+    x = torch.randn(2, 1 + GRID[0] * GRID[1], DIM)
+    with torch.no_grad():
+        assert mixer.mix(x, GRID, 1).dtype == torch.float32
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert mixer.mix(x, GRID, 1).dtype == torch.bfloat16

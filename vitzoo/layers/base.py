@@ -85,7 +85,8 @@ class TokenMixer(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def mix(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
-        """The mixed values of ``x`` (B, N, C) before ``proj``: (B, N, E) in ``x``'s dtype."""
+        """The mixed values of ``x`` (B, N, C) before ``proj``: (B, N, E) in the dtype ``proj`` computes in (``x``'s,
+        or the autocast dtype under autocast, so 16-bit values are not widened only for ``proj`` to narrow them)."""
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int = 1) -> torch.Tensor:

@@ -77,7 +77,7 @@ class BidirectionalDeltaNet(TokenMixer):
         # the next Linear would round it anyway (no fp32 round trip of the activations).
         o = low_precision_rms_norm(o, (self.head_dim,), self.norm_weight, eps=1e-5)
         g = F.silu(self.gate(x)).view(b, n, self.num_heads, self.head_dim)
-        return (o * g.to(o.dtype)).reshape(b, n, c).to(x.dtype)
+        return (o * g.to(o.dtype)).reshape(b, n, c).to(qkv.dtype)
 
 
 # The forward branches on tensor properties (the 16-bit norm path (a dtype check)), which FX cannot trace: the mixer

@@ -178,14 +178,16 @@ class FreeEnergyMixer(TokenMixer):
         # ``grid_size`` places the patches for ``rope`` and ``conv``.
         batch, num_tokens, _ = x.shape
         mean, free_energy = self.reads(x, grid_size, num_prefix_tokens)
-        gate_logits = self.gates(x).to(mean.dtype).view(batch, num_tokens, 2, self.num_heads, self.v_head_dim)
+        gate_logits = self.gates(x)
+        gate_dtype = gate_logits.dtype  # the projections' dtype, which ``proj`` takes
+        gate_logits = gate_logits.to(mean.dtype).view(batch, num_tokens, 2, self.num_heads, self.v_head_dim)
         inner, outer = gate_logits.unbind(2)
         inner = torch.sigmoid(inner)
         outer = F.softplus(outer) + _GATE_FLOOR
         # RMS-style: unit L2 norm per head, times sqrt(d_v).
         outer = outer / outer.norm(dim=-1, keepdim=True) * math.sqrt(self.v_head_dim)
         out = outer * torch.lerp(mean, free_energy, inner)
-        return out.reshape(batch, num_tokens, self.value_dim).to(x.dtype)
+        return out.reshape(batch, num_tokens, self.value_dim).to(gate_dtype)
 
 
 # The forward branches on tensor properties (the accumulation dtype and its finfo), which FX cannot trace: the mixer
