@@ -5,7 +5,8 @@ matmul work) against the FFT long convolution (O(d^2 N log N) memory-bound work)
 For the token counts of a 16-px-patch ViT at 224..1024 px, at B*N ~ 50k tokens, H=3, d=64 (H3-T), as the mixer runs
 its core in a bf16 model on the GPU (bf16 projections under autocast: the Toeplitz path's matrix products in bf16, the
 FFT path in fp32; fp32 throughout on the CPU): check that both paths give the same output, then time forward and
-forward+backward (median of repeats, CUDA events on the GPU). Writes a JSON and prints where the FFT path starts to win, as N / d.
+forward+backward (median of repeats, CUDA events on the GPU). Writes a JSON and prints where the FFT path starts to
+win, as N / d.
 
     python benchmarks/h3_paths.py --out benchmarks/results/h3_paths/h200.json
 """
@@ -72,7 +73,8 @@ def main() -> None:
     fft_wins = [row["N_over_d"] for row in rows if row["fft_fwd_bwd_ms"] < row["toeplitz_fwd_bwd_ms"]]
     print(f"FFT faster (forward+backward) from N/d = {min(fft_wins):.1f}" if fft_wins else "Toeplitz faster everywhere")
     info = {
-        "what": "H3 gated long convolution, Toeplitz vs FFT path, as in a bf16 model (fp32 on the CPU), H=3, d=64, median ms",
+        "what": "H3 gated long convolution, Toeplitz vs FFT path, as in a bf16 model (fp32 on the CPU), H=3, d=64, "
+                "median ms",
         "device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
         "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -25,13 +25,14 @@ OP_MODULES = {importlib.import_module("vitzoo.ops.linear_attention.function"): "
               importlib.import_module("vitzoo.ops.delta_rule.function"): "delta_rule_triton",
               importlib.import_module("vitzoo.ops.local_conv.function"): "_local_conv_fwd",
               importlib.import_module("vitzoo.ops.layer_norm.function"): "_norm",
-              importlib.import_module("vitzoo.ops.zeros_weights.function"): "_zeros_weights_fwd"}
+              importlib.import_module("vitzoo.ops.zeros_weights.function"): "_zeros_weights_fwd",
+              importlib.import_module("vitzoo.ops.free_energy.function"): "_free_energy_mix_fwd"}
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1" and triton_available() and not torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(not INTERPRETER, reason="needs the Triton interpreter (TRITON_INTERPRET=1, no CUDA)")
 
-# Every DeiT-style family: all run their LayerNorms through the norm kernel, and all but softmax attention and FEM over
-# a softmax prior a mixer op too.
+# Every DeiT-style family: all run their LayerNorms through the norm kernel, and all but softmax attention a mixer op
+# too (FEM over a softmax prior its output op).
 KERNEL_MODELS = [FAMILIES[name].model_name("tiny") for name in DEIT_FAMILIES]
 TINY = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=32, depth=2, num_heads=2)
 

@@ -18,14 +18,12 @@ patch grid) give the released preset's position handling in vision form; both de
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
-from ..ops import linear_attention
+from ..ops import free_energy_mix, free_energy_reads, linear_attention
 from .base import TokenMixer
 from .local_conv import GridDepthwiseConv
 from .rope import axial_rope
@@ -34,8 +32,6 @@ PRIORS = ("linear", "softmax")
 VALUE_LOGEXP_CAP = 40.0  # |beta v| <= 40 keeps exp(beta v - M) >= e^-80, inside fp32's normal range
 BETA_INIT = 1.8  # beta_max = softplus(1.8) + 1e-6 ~ 1.95 at init, as the released code
 _BETA_FLOOR = 1e-6
-_GATE_FLOOR = 1e-6
-_LOG_RESTORE_EPS = 1e-30  # floor of sum_i p e^{beta v} in the log-restore (far below the e^-40 clipping bound)
 LINEAR_PRIOR_EPS = 1e-6  # the released linear prior: phi = ReLU + eps, denominator clamped at eps
 _VALUE_RATIO = 0.5  # preset A: value width E = C / 2, Q = K = C
 
@@ -52,7 +48,8 @@ class FreeEnergyMixer(TokenMixer):
     Layers: ``qkv`` (C -> C + C + E: q and k C wide, values E wide, so d_k = C/h differs from d_v = E/h),
     ``gates`` (C -> 2E: the inner gate lambda and the outer gate g per value channel), the per-channel inverse
     temperature parameter ``beta_param`` (beta_max = softplus(beta_param) + 1e-6), and ``proj`` (E -> C).
-    All FEM internals (clipping, exponentials, log-restore, gates) run in fp32 (fp64 for fp64 inputs).
+    FEM's own arithmetic (clipping, exponentials, log-restore, gates) runs in fp32 (fp64 for fp64 inputs); the
+    linear prior's features stay in the projections' precision.
 
     Args:
         dim: token width C.
@@ -120,34 +117,32 @@ class FreeEnergyMixer(TokenMixer):
         """Per-channel inverse temperature beta_max = softplus(p) + 1e-6, shape (h, d_v)."""
         return F.softplus(self.beta_param.to(dtype)) + _BETA_FLOOR
 
-    def _prior_read(self, q: torch.Tensor, k: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
-        """sum_i p_t(i) [values]_i for (B, N, h, D) inputs, ``values`` read side by side (concatenated on the last
-        dim); returns their concatenated shape in their dtype."""
+    def _prior_read(self, q: torch.Tensor, k: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """sum_i p_t(i) values_i for (B, N, h, D) inputs; returns the values' shape and dtype."""
         if self.prior == "linear":
             # The released prior: phi = ReLU + eps, out = num / max(den, eps). The op has no offset feature map, so
-            # the offset features go in as 'identity', with the op's clamped normaliser. The op accumulates in fp32
-            # (fp64 for fp64) and returns the fp32 values' dtype, keeping exp(beta v - M) at full precision. (A ones
-            # column on the values would carry the denominator too, but 2 d_v + 1 values pad the kernels' tiles to
-            # twice their width.)
-            acc = values[0].dtype
-            phi_q = F.relu(q.to(acc)) + LINEAR_PRIOR_EPS
-            phi_k = F.relu(k.to(acc)) + LINEAR_PRIOR_EPS
-            return linear_attention(phi_q, phi_k, torch.cat(values, dim=-1), feature_map="identity", normalize=True,
+            # the offset features go in as 'identity', with the op's clamped normaliser. They stay in the
+            # projections' precision (ReLU is exact there; the offset is below a 16-bit feature's resolution except
+            # at 0, where it is what 16 bits hold). The op accumulates in fp32 and returns the fp32 values' dtype,
+            # keeping exp(beta v - M) at full precision. (A ones column on the values would carry the denominator
+            # too, but 2 d_v + 1 values pad the kernels' tiles to twice their width.)
+            phi_q = F.relu(q) + LINEAR_PRIOR_EPS
+            phi_k = F.relu(k) + LINEAR_PRIOR_EPS
+            return linear_attention(phi_q, phi_k, values, feature_map="identity", normalize=True,
                                     clamp_denominator=True, eps=LINEAR_PRIOR_EPS)
         # SDPA needs one dtype: the values go in at the projections' dtype (bf16 under autocast keeps the
         # flash kernel, which accumulates in fp32); d_k = C/h equals 2 d_v in preset A.
-        values = torch.cat(values, dim=-1)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), values.to(q.dtype).transpose(1, 2))
         return out.transpose(1, 2).to(values.dtype)
 
-    def reads(
+    def prior_read(
             self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two reads of ``x`` (B, N, C): the mean mu and the free energy F, each (B, N, h, d_v) in fp32.
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The prior's read of the doubled values [v, exp(beta v - M)] of ``x`` (B, N, C): (read (B, N, h, 2 d_v),
+        M (B, 1, h, d_v), beta (h, d_v)), in fp32 (fp64 for fp64 inputs).
 
-        Values are clipped to |beta v| <= 40 for both reads; exp(beta v - M) uses M = the (detached) max of
-        beta v over tokens per (batch, head, channel), so every exponential is <= 1; F is restored exactly as
-        (log(read + eps e^-M) + M) / beta.
+        Values are clipped to |beta v| <= 40 for both reads; M is the (detached) max of beta v over tokens per
+        (batch, head, channel), so every exponential is <= 1.
         """
         batch, num_tokens, dim = x.shape
         qkv = self.qkv(x)
@@ -167,28 +162,21 @@ class FreeEnergyMixer(TokenMixer):
         v = torch.clamp(v, min=-cap, max=cap)
         scaled = beta * v
         shift = scaled.amax(dim=1, keepdim=True).detach()
-        read = self._prior_read(q, k, v, torch.exp(scaled - shift))
-        mean, exp_read = read.split(self.v_head_dim, dim=-1)
-        # The clamp keeps log() finite (and its gradient zero) when a linear prior puts no mass on any token.
-        log_read = torch.log(exp_read.clamp_min(torch.finfo(acc).tiny))
-        free_energy = (torch.logaddexp(log_read, math.log(_LOG_RESTORE_EPS) - shift) + shift) / beta
-        return mean, free_energy
+        read = self._prior_read(q, k, torch.cat([v, torch.exp(scaled - shift)], dim=-1))
+        return read, shift, beta
+
+    def reads(
+            self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two reads of ``x`` (B, N, C): the mean mu and the free energy F, each (B, N, h, d_v) in fp32 (F restored
+        exactly as (log(read + eps e^-M) + M) / beta)."""
+        return free_energy_reads(*self.prior_read(x, grid_size, num_prefix_tokens))
 
     def mix(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
-        # ``grid_size`` places the patches for ``rope`` and ``conv``.
-        batch, num_tokens, _ = x.shape
-        mean, free_energy = self.reads(x, grid_size, num_prefix_tokens)
-        gate_logits = self.gates(x)
-        gate_dtype = gate_logits.dtype  # the projections' dtype, which ``proj`` takes
-        gate_logits = gate_logits.to(mean.dtype).view(batch, num_tokens, 2, self.num_heads, self.v_head_dim)
-        inner, outer = gate_logits.unbind(2)
-        inner = torch.sigmoid(inner)
-        outer = F.softplus(outer) + _GATE_FLOOR
-        # RMS-style: unit L2 norm per head, times sqrt(d_v).
-        outer = outer / outer.norm(dim=-1, keepdim=True) * math.sqrt(self.v_head_dim)
-        out = outer * torch.lerp(mean, free_energy, inner)
-        return out.reshape(batch, num_tokens, self.value_dim).to(gate_dtype)
-
+        # ``grid_size`` places the patches for ``rope`` and ``conv``. The reads, the gates and their product run in one
+        # op (vitzoo.ops.free_energy_mix), in fp32, returning the gate logits' dtype, which ``proj`` takes.
+        read, shift, beta = self.prior_read(x, grid_size, num_prefix_tokens)
+        return free_energy_mix(read, shift, beta, self.gates(x))
 
 # The forward branches on tensor properties (the accumulation dtype and its finfo), which FX cannot trace: the mixer
 # is a leaf for timm's FX feature extraction.

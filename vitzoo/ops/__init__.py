@@ -1,10 +1,10 @@
 """Fused token-mixing ops with their PyTorch references.
 
 One package per op (``linear_attention``, ``delta_rule``, ``local_conv``, ``layer_norm`` with RMS norm,
-``zeros_weights``), each split into ``reference`` (the specification, in PyTorch), ``kernels`` (Triton),
-``heuristics`` (launch settings) and ``function`` (custom ops, autograd function, public entry points); ``utils``
-holds the backend selection and what the ops share. The reference is the specification; the kernel must equal it.
-``docs/kernels.md`` describes the design.
+``zeros_weights``, ``free_energy``), each split into ``reference`` (the specification, in PyTorch), ``kernels``
+(Triton), ``heuristics`` (launch settings) and ``function`` (custom ops, autograd function, public entry points);
+``utils`` holds the backend selection and what the ops share. The reference is the specification; the kernel must
+equal it. ``docs/kernels.md`` describes the design.
 
 The public functions are re-exported here, so ``vitzoo.ops.linear_attention`` and ``vitzoo.ops.local_conv`` are the
 functions; their packages are reached with ``from vitzoo.ops.linear_attention import ...`` or ``importlib``.
@@ -15,6 +15,7 @@ from .delta_rule import (
     delta_rule_chunked_reference,
     delta_rule_recurrent_reference,
 )
+from .free_energy import free_energy_mix, free_energy_mix_reference, free_energy_reads
 from .layer_norm import layer_norm, layer_norm_reference, rms_norm, rms_norm_reference
 from .linear_attention import FEATURE_MAPS, linear_attention, linear_attention_reference
 from .local_conv import local_conv, local_conv_reference
@@ -27,6 +28,9 @@ __all__ = [
     "delta_rule_bidirectional_reference",
     "delta_rule_chunked_reference",
     "delta_rule_recurrent_reference",
+    "free_energy_mix",
+    "free_energy_mix_reference",
+    "free_energy_reads",
     "get_backend",
     "kernel_backend",
     "layer_norm",

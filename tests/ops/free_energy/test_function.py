@@ -1,0 +1,131 @@
+"""FEM's output kernels against the float64 reference, forward and every gradient.
+
+Without CUDA the kernels run under the Triton interpreter (``tests/conftest.py`` sets ``TRITON_INTERPRET=1``).
+"""
+import importlib
+
+import pytest
+import torch
+
+from vitzoo.ops import set_backend, triton_available
+from vitzoo.ops.free_energy import free_energy_mix, free_energy_mix_reference
+from vitzoo.ops.testing import relative_error
+
+kernels = importlib.import_module("vitzoo.ops.free_energy.kernels") if triton_available() else None
+HAS_CUDA = torch.cuda.is_available()
+INTERPRETED = not HAS_CUDA and kernels is not None and \
+    type(kernels._free_energy_mix_fwd_kernel).__name__ == "InterpretedFunction"
+needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRETED), reason="needs CUDA or the Triton interpreter")
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+def _inputs(b, n, h, dv, dtype, device, seed, gate_scale=2.0, empty_reads=0.0):
+    """Fresh random inputs as the mixer passes them, never zeros: the read in the layout of the softmax prior's output
+    (a transposed (B, H, N, 2 Dv)), the gate logits a slice of a wider projection; ``empty_reads`` of the exponential
+    reads are exactly 0 (a linear prior with no mass), ``gate_scale`` reaches softplus's linear branch (x > 20)."""
+    gen = torch.Generator().manual_seed(seed)
+    mean = torch.randn(b, h, n, dv, generator=gen, dtype=torch.float64)
+    exp_read = torch.exp(-5 * torch.rand(b, h, n, dv, generator=gen, dtype=torch.float64))
+    exp_read = torch.where(torch.rand(exp_read.shape, generator=gen, dtype=torch.float64) < empty_reads, 0.0, exp_read)
+    read = torch.cat([mean, exp_read], dim=-1).to(device, dtype).transpose(1, 2)
+    shift = (torch.rand(b, 1, h, dv, generator=gen, dtype=torch.float64) * 6 - 3).to(device, dtype)
+    beta = (0.5 + 2.5 * torch.rand(h, dv, generator=gen, dtype=torch.float64)).to(device, dtype)
+    wide = torch.randn(b, n, 2 * h * dv + 3, generator=gen, dtype=torch.float64) * gate_scale
+    gate_logits = wide.to(device, dtype)[..., 3:]
+    read, beta, gate_logits = (t.detach().requires_grad_() for t in (read, beta, gate_logits))
+    grad = torch.randn(b, n, h * dv, generator=gen, dtype=torch.float64)
+    return (read, shift, beta, gate_logits), grad
+
+
+def _run(fn, tensors, grad):
+    out = fn(*tensors)
+    read, _, beta, gate_logits = tensors
+    return out, torch.autograd.grad(out, (read, beta, gate_logits), grad.to(out.device, out.dtype))
+
+
+CASES = [  # (b, n, h, dv, gate_scale, empty_reads)
+    (2, 37, 3, 24, 2.0, 0.0),       # odd N in one block, a head dim below its tile
+    (1, 130, 2, 16, 12.0, 0.1),     # tokens over three blocks, softplus's linear branch, empty reads
+    (3, 9, 2, 5, 1.0, 0.0),         # tokens of several batches in one block, a tiny head dim
+]
+
+
+@needs_kernels
+@pytest.mark.parametrize("b, n, h, dv, gate_scale, empty_reads", CASES)
+def test_kernel_matches_float64_reference(b, n, h, dv, gate_scale, empty_reads):
+    set_backend("triton")
+    try:
+        tensors, grad = _inputs(b, n, h, dv, torch.float32, DEVICE, 5 * n + dv, gate_scale, empty_reads)
+        reference = [t.detach().double().cpu().requires_grad_(t.requires_grad) for t in tensors]
+        out, grads = _run(free_energy_mix, tensors, grad)
+        ref_out, ref_grads = _run(free_energy_mix_reference, reference, grad)
+    finally:
+        set_backend("auto")
+    assert out.dtype == torch.float32 and out.shape == (b, n, h * dv)
+    assert relative_error(out.cpu(), ref_out) < 1e-5
+    for name, got, expected in zip(("read", "beta", "gate_logits"), grads, ref_grads, strict=True):
+        assert got.shape == expected.shape, name
+        assert relative_error(got.cpu(), expected) < 1e-5, name
+
+
+@needs_kernels
+def test_kernel_writes_every_output(monkeypatch):
+    """Outputs are fresh buffers: poisoning the allocator's memory must not leak into them."""
+    set_backend("triton")
+    try:
+        tensors, grad = _inputs(2, 70, 2, 16, torch.float32, DEVICE, 3)
+        monkeypatch.setattr(torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
+        out, grads = _run(free_energy_mix, tensors, grad)
+    finally:
+        set_backend("auto")
+    assert all(torch.isfinite(t).all() for t in (out, *grads))
+
+
+@needs_kernels
+def test_inference_launch_matches_reference():
+    set_backend("triton")
+    try:
+        tensors, _ = _inputs(2, 70, 2, 16, torch.float32, DEVICE, 5)
+        with torch.no_grad():
+            out = free_energy_mix(*tensors)
+    finally:
+        set_backend("auto")
+    expected = free_energy_mix_reference(*[t.detach().double().cpu() for t in tensors])
+    assert relative_error(out.cpu(), expected) < 1e-5
+
+
+@needs_cuda
+def test_bf16_gates_at_model_size():
+    """fp32 reads with bf16 gate logits (autocast) at FEM-T size (32 x 197 tokens, 3 heads of 32) against float64."""
+    tensors, grad = _inputs(32, 197, 3, 32, torch.float32, "cuda", 11)
+    read, shift, beta, gate_logits = tensors
+    tensors = (read, shift, beta, gate_logits.detach().bfloat16().requires_grad_())
+    reference = [t.detach().double().cpu().requires_grad_(t.requires_grad) for t in tensors]
+    out, grads = _run(free_energy_mix, tensors, grad)
+    ref_out, ref_grads = _run(free_energy_mix_reference, reference, grad)
+    assert out.dtype == torch.bfloat16
+    for got, expected in zip((out, *grads), (ref_out, *ref_grads), strict=True):
+        assert relative_error(got.float().cpu(), expected) < 1e-2
+
+
+@needs_cuda
+def test_torch_compile_fullgraph_traces_the_reference():
+    """Under torch.compile the op is its PyTorch reference, fused by Inductor: no graph break, the eager values."""
+    tensors, grad = _inputs(4, 50, 3, 32, torch.float32, "cuda", 13)
+    eager, eager_grads = _run(free_energy_mix, tensors, grad)
+    compiled, compiled_grads = _run(torch.compile(free_energy_mix, fullgraph=True), tensors, grad)
+    for got, expected in zip((compiled, *compiled_grads), (eager, *eager_grads), strict=True):
+        assert relative_error(got, expected) < 1e-5
+
+
+def test_bad_inputs_are_one_line_errors():
+    (read, shift, beta, gate_logits), _ = _inputs(2, 5, 3, 4, torch.float32, "cpu", 0)
+    with pytest.raises(ValueError, match=r"read must be \(B, N, H, 2 Dv\)"):
+        free_energy_mix(read[..., :7], shift, beta, gate_logits)
+    with pytest.raises(ValueError, match=r"beta must be \(3, 4\)"):
+        free_energy_mix(read, shift, beta[:, :3], gate_logits)
+    with pytest.raises(ValueError, match=r"gate_logits must be \(2, 5, 24\)"):
+        free_energy_mix(read, shift, beta, gate_logits[..., :20])
+    with pytest.raises(ValueError, match="shift must not require a gradient"):
+        free_energy_mix(read, shift.requires_grad_(), beta, gate_logits)

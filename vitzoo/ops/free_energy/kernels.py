@@ -1,0 +1,110 @@
+"""The Triton kernels of FEM's output: one program per block of tokens and one head, all arithmetic in fp32.
+
+Forward: the free energy from the read, the gates and the output, one pass. Backward: the same pass again (nothing
+but the inputs is saved), then the gradients of the read and the gate logits, and per program the partial sums of
+beta's gradient over its tokens (summed on the host).
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _log1p(x):
+    # log(1 + x) to a few ulps for x >= 0 (Kahan): log(u) * x / (u - 1) with u = 1 + x rounded
+    u = 1.0 + x
+    exact = u == 1.0
+    return tl.where(exact, x, tl.log(u) * x / tl.where(exact, 1.0, u - 1.0))
+
+
+@triton.jit
+def _tile(rows, cols, N, DV, sr_b, sr_n, sr_h, sg_b, sg_n, head, T):
+    # token rows (batch, token) of this block, their masks and the read and gate offsets of this head
+    row_ok = rows < T
+    mask = row_ok[:, None] & (cols < DV)[None, :]
+    b = rows // N
+    n = rows % N
+    read_offs = (b * sr_b + n * sr_n + head * sr_h)[:, None] + cols[None, :]
+    gate_offs = (b * sg_b + n * sg_n + head * DV)[:, None] + cols[None, :]
+    return b, mask, read_offs, gate_offs
+
+
+@triton.jit
+def _forward_values(read_ptr, shift_ptr, beta_ptr, gate_ptr, b, head, cols, mask, read_offs, gate_offs,
+                    H, DV, E, log_eps, gate_floor, tiny, sqrt_dv):
+    mean = tl.load(read_ptr + read_offs, mask=mask, other=0.0).to(tl.float32)
+    exp_read = tl.load(read_ptr + read_offs + DV, mask=mask, other=1.0).to(tl.float32)
+    shift = tl.load(shift_ptr + (b * H * DV + head * DV)[:, None] + cols[None, :], mask=mask, other=0.0)
+    beta = tl.load(beta_ptr + head * DV + cols, mask=cols < DV, other=1.0).to(tl.float32)[None, :]
+    shift = shift.to(tl.float32)
+    x_in = tl.load(gate_ptr + gate_offs, mask=mask, other=0.0).to(tl.float32)
+    x_out = tl.load(gate_ptr + gate_offs + E, mask=mask, other=0.0).to(tl.float32)
+
+    log_read = tl.log(tl.maximum(exp_read, tiny))
+    floor = log_eps - shift
+    restored = tl.maximum(log_read, floor) + _log1p(tl.exp(-tl.abs(log_read - floor)))  # logaddexp
+    free_energy = (restored + shift) / beta
+    lam = tl.sigmoid(x_in)
+    # softplus with PyTorch's threshold (x > 20: x); padded lanes get 0 so they stay out of the norm
+    softplus = tl.where(x_out > 20.0, x_out, _log1p(tl.exp(tl.minimum(x_out, 20.0))))
+    outer = tl.where(mask, softplus + gate_floor, 0.0)
+    # (a token's norm is at least sqrt(d_v) 1e-6; the floor only keeps padded rows finite)
+    norm = tl.sqrt(tl.maximum(tl.sum(outer * outer, 1), 1e-30))[:, None]
+    gate = outer / norm * sqrt_dv
+    mixed = mean + lam * (free_energy - mean)
+    return (mean, exp_read, beta, x_out, log_read, restored, free_energy, lam, outer, norm, gate, mixed)
+
+
+@triton.jit
+def _free_energy_mix_fwd_kernel(
+        read_ptr, shift_ptr, beta_ptr, gate_ptr, out_ptr,
+        T, N, H, DV, E, sr_b, sr_n, sr_h, sg_b, sg_n, log_eps, gate_floor, tiny, sqrt_dv,
+        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    head = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = tl.arange(0, BLOCK_D)
+    b, mask, read_offs, gate_offs = _tile(rows, cols, N, DV, sr_b, sr_n, sr_h, sg_b, sg_n, head, T)
+    (_, _, _, _, _, _, _, _, _, _, gate, mixed) = _forward_values(
+        read_ptr, shift_ptr, beta_ptr, gate_ptr, b, head, cols, mask, read_offs, gate_offs, H, DV, E, log_eps,
+        gate_floor, tiny, sqrt_dv)
+    out_offs = (rows * E + head * DV)[:, None] + cols[None, :]
+    tl.store(out_ptr + out_offs, (gate * mixed).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _free_energy_mix_bwd_kernel(
+        read_ptr, shift_ptr, beta_ptr, gate_ptr, grad_ptr, dread_ptr, dgate_ptr, dbeta_ptr,
+        T, N, H, DV, E, sr_b, sr_n, sr_h, sg_b, sg_n, log_eps, gate_floor, tiny, sqrt_dv,
+        BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    head = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = tl.arange(0, BLOCK_D)
+    b, mask, read_offs, gate_offs = _tile(rows, cols, N, DV, sr_b, sr_n, sr_h, sg_b, sg_n, head, T)
+    (mean, exp_read, beta, x_out, _, restored, free_energy, lam, outer, norm, gate,
+     mixed) = _forward_values(read_ptr, shift_ptr, beta_ptr, gate_ptr, b, head, cols, mask, read_offs, gate_offs,
+                              H, DV, E, log_eps, gate_floor, tiny, sqrt_dv)
+    out_offs = (rows * E + head * DV)[:, None] + cols[None, :]
+    grad = tl.load(grad_ptr + out_offs, mask=mask, other=0.0).to(tl.float32)
+
+    d_mixed = grad * gate
+    # the outer gate: gate = sqrt(d_v) u with u = outer / ||outer||
+    unit = outer / norm
+    d_unit = sqrt_dv * grad * mixed
+    d_outer = (d_unit - unit * tl.sum(unit * d_unit, 1)[:, None]) / norm
+    d_x_out = tl.where(mask, d_outer * tl.where(x_out > 20.0, 1.0, tl.sigmoid(x_out)), 0.0)
+    d_x_in = d_mixed * (free_energy - mean) * lam * (1.0 - lam)
+    d_mean = d_mixed * (1.0 - lam)
+    d_free_energy = d_mixed * lam
+    d_restored = d_free_energy / beta
+    # d restored / d R = exp(log R - restored) / R = exp(-restored) above the clamp of R, 0 below it
+    d_exp_read = tl.where(exp_read >= tiny, d_restored * tl.exp(-restored), 0.0)
+    d_beta = tl.sum(tl.where(mask, -d_free_energy * free_energy / beta, 0.0), 0)
+
+    dread_offs = (rows * H * 2 * DV + head * 2 * DV)[:, None] + cols[None, :]
+    tl.store(dread_ptr + dread_offs, d_mean.to(dread_ptr.dtype.element_ty), mask=mask)
+    tl.store(dread_ptr + dread_offs + DV, d_exp_read.to(dread_ptr.dtype.element_ty), mask=mask)
+    dgate_offs = (rows * 2 * E + head * DV)[:, None] + cols[None, :]
+    tl.store(dgate_ptr + dgate_offs, d_x_in.to(dgate_ptr.dtype.element_ty), mask=mask)
+    tl.store(dgate_ptr + dgate_offs + E, d_x_out.to(dgate_ptr.dtype.element_ty), mask=mask)
+    tl.store(dbeta_ptr + (tl.program_id(0) * H + head) * DV + cols, d_beta, mask=cols < DV)
