@@ -23,13 +23,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
-from ..ops import free_energy_mix, free_energy_reads, linear_attention
+from ..ops import free_energy_mix, free_energy_reads, free_energy_values, linear_attention
 from .base import TokenMixer
 from .local_conv import GridDepthwiseConv
 from .rope import axial_rope
 
 PRIORS = ("linear", "softmax")
-VALUE_LOGEXP_CAP = 40.0  # |beta v| <= 40 keeps exp(beta v - M) >= e^-80, inside fp32's normal range
 BETA_INIT = 1.8  # beta_max = softplus(1.8) + 1e-6 ~ 1.95 at init, as the released code
 _BETA_FLOOR = 1e-6
 LINEAR_PRIOR_EPS = 1e-6  # the released linear prior: phi = ReLU + eps, denominator clamped at eps
@@ -142,7 +141,7 @@ class FreeEnergyMixer(TokenMixer):
         M (B, 1, h, d_v), beta (h, d_v)), in fp32 (fp64 for fp64 inputs).
 
         Values are clipped to |beta v| <= 40 for both reads; M is the (detached) max of beta v over tokens per
-        (batch, head, channel), so every exponential is <= 1.
+        (batch, head, channel), so every exponential is <= 1 (:func:`vitzoo.ops.free_energy_values`).
         """
         batch, num_tokens, dim = x.shape
         qkv = self.qkv(x)
@@ -155,14 +154,9 @@ class FreeEnergyMixer(TokenMixer):
             q = axial_rope(q, grid_size, num_prefix_tokens, self.rope_base)
             k = axial_rope(k, grid_size, num_prefix_tokens, self.rope_base)
         acc = torch.promote_types(v.dtype, torch.float32)
-        v = v.reshape(batch, num_tokens, self.num_heads, self.v_head_dim).to(acc)
-
         beta = self.beta_max(acc)
-        cap = VALUE_LOGEXP_CAP / beta
-        v = torch.clamp(v, min=-cap, max=cap)
-        scaled = beta * v
-        shift = scaled.amax(dim=1, keepdim=True).detach()
-        read = self._prior_read(q, k, torch.cat([v, torch.exp(scaled - shift)], dim=-1))
+        values, shift = free_energy_values(v.reshape(batch, num_tokens, self.num_heads, self.v_head_dim), beta)
+        read = self._prior_read(q, k, values)
         return read, shift, beta
 
     def reads(

@@ -15,7 +15,13 @@ from .delta_rule import (
     delta_rule_chunked_reference,
     delta_rule_recurrent_reference,
 )
-from .free_energy import free_energy_mix, free_energy_mix_reference, free_energy_reads
+from .free_energy import (
+    free_energy_mix,
+    free_energy_mix_reference,
+    free_energy_reads,
+    free_energy_values,
+    free_energy_values_reference,
+)
 from .layer_norm import layer_norm, layer_norm_reference, rms_norm, rms_norm_reference
 from .linear_attention import FEATURE_MAPS, linear_attention, linear_attention_reference
 from .local_conv import local_conv, local_conv_reference
@@ -31,6 +37,8 @@ __all__ = [
     "free_energy_mix",
     "free_energy_mix_reference",
     "free_energy_reads",
+    "free_energy_values",
+    "free_energy_values_reference",
     "get_backend",
     "kernel_backend",
     "layer_norm",

@@ -1,4 +1,5 @@
-"""FEM's output kernels against the float64 reference, forward and every gradient.
+"""FEM's kernels (the values before its prior, the output after it) against the float64 references, forward and every
+gradient.
 
 Without CUDA the kernels run under the Triton interpreter (``tests/conftest.py`` sets ``TRITON_INTERPRET=1``).
 """
@@ -8,7 +9,12 @@ import pytest
 import torch
 
 from vitzoo.ops import set_backend, triton_available
-from vitzoo.ops.free_energy import free_energy_mix, free_energy_mix_reference
+from vitzoo.ops.free_energy import (
+    free_energy_mix,
+    free_energy_mix_reference,
+    free_energy_values,
+    free_energy_values_reference,
+)
 from vitzoo.ops.testing import relative_error
 
 kernels = importlib.import_module("vitzoo.ops.free_energy.kernels") if triton_available() else None
@@ -18,6 +24,60 @@ INTERPRETED = not HAS_CUDA and kernels is not None and \
 needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRETED), reason="needs CUDA or the Triton interpreter")
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+def _value_inputs(b, n, h, dv, dtype, device, seed, scale):
+    """v a slice of a fused projection (token stride (2 + 1) H Dv), as the mixer passes it; ``scale`` large enough
+    clips some of it (|beta v| > 40)."""
+    gen = torch.Generator().manual_seed(seed)
+    v = (torch.randn(b, n, 3, h, dv, generator=gen, dtype=torch.float64) * scale).to(device, dtype)[:, :, 2]
+    beta = (0.5 + 2.5 * torch.rand(h, dv, generator=gen, dtype=torch.float64)).to(device, dtype)
+    grad = torch.randn(b, n, h, 2 * dv, generator=gen, dtype=torch.float64)
+    return [t.detach().requires_grad_() for t in (v, beta)], grad
+
+
+VALUE_CASES = [  # (b, n, h, dv, scale)
+    (2, 37, 3, 24, 1.0),            # odd N in one block, a head dim below its tile
+    (1, 130, 2, 16, 20.0),          # tokens over three blocks, a quarter of the values clipped
+    (3, 9, 2, 5, 3.0),              # a tiny head dim
+]
+
+
+@needs_kernels
+@pytest.mark.parametrize("b, n, h, dv, scale", VALUE_CASES)
+def test_values_kernel_matches_float64_reference(b, n, h, dv, scale):
+    set_backend("triton")
+    try:
+        tensors, grad = _value_inputs(b, n, h, dv, torch.float32, DEVICE, 3 * n + dv, scale)
+        reference = [t.detach().double().cpu().requires_grad_() for t in tensors]
+        values, shift = free_energy_values(*tensors)
+        ref_values, ref_shift = free_energy_values_reference(*reference)
+        grads = torch.autograd.grad(values, tensors, grad.to(values.device, values.dtype))
+        ref_grads = torch.autograd.grad(ref_values, reference, grad)
+    finally:
+        set_backend("auto")
+    assert values.dtype == shift.dtype == torch.float32 and not shift.requires_grad
+    assert values.shape == (b, n, h, 2 * dv) and shift.shape == (b, 1, h, dv)
+    assert relative_error(values.cpu(), ref_values) < 1e-5 and relative_error(shift.cpu(), ref_shift) < 1e-6
+    for name, got, expected in zip(("v", "beta"), grads, ref_grads, strict=True):
+        assert relative_error(got.cpu(), expected) < 1e-5, name
+    if scale > 10:  # clipping is exercised: some v get no gradient, and beta's gradient has the bounds' part
+        assert (ref_grads[0] == 0).float().mean() > 0.1
+
+
+@needs_kernels
+def test_values_kernel_writes_every_output(monkeypatch):
+    set_backend("triton")
+    try:
+        tensors, grad = _value_inputs(2, 70, 2, 16, torch.float32, DEVICE, 3, 20.0)
+        monkeypatch.setattr(torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
+        values, shift = free_energy_values(*tensors)
+        grads = torch.autograd.grad(values, tensors, grad.float())
+        with torch.no_grad():
+            inference = free_energy_values(*tensors)
+    finally:
+        set_backend("auto")
+    assert all(torch.isfinite(t).all() for t in (values, shift, *grads, *inference))
 
 
 def _inputs(b, n, h, dv, dtype, device, seed, gate_scale=2.0, empty_reads=0.0):
@@ -120,6 +180,8 @@ def test_torch_compile_fullgraph_traces_the_reference():
 
 
 def test_bad_inputs_are_one_line_errors():
+    with pytest.raises(ValueError, match=r"v must be \(B, N, H, Dv\) and beta \(H, Dv\)"):
+        free_energy_values(torch.randn(2, 5, 3, 4), torch.rand(3, 5))
     (read, shift, beta, gate_logits), _ = _inputs(2, 5, 3, 4, torch.float32, "cpu", 0)
     with pytest.raises(ValueError, match=r"read must be \(B, N, H, 2 Dv\)"):
         free_energy_mix(read[..., :7], shift, beta, gate_logits)

@@ -1,9 +1,9 @@
-"""FEM's output entry points: the host launches of the kernels, the autograd function and the dispatching
-:func:`free_energy_mix` (no custom op: inside ``torch.compile`` the op traces its PyTorch reference, which Inductor
-fuses itself, as ZeroS's weightings do).
+"""FEM's ops' entry points: the host launches of the kernels, the autograd functions and the dispatching
+:func:`free_energy_values` and :func:`free_energy_mix` (no custom ops: inside ``torch.compile`` they trace their
+PyTorch references, which Inductor fuses itself, as ZeroS's weightings do).
 
-The kernels replace about fifteen elementwise launches of the mixer's PyTorch form (fp32 copies of the gate logits
-included) with one launch forward and one backward, for eager callers.
+The kernels replace the mixer's PyTorch form, about seven launches before the prior and fifteen after it (fp32 copies
+of the value projections and gate logits included), with one launch each way per op, for eager callers.
 """
 from __future__ import annotations
 
@@ -13,12 +13,56 @@ import torch
 
 from ..utils import KERNEL_DTYPES, kernel_backend, triton_available
 from . import heuristics
-from .reference import GATE_FLOOR, LOG_RESTORE_EPS, check_inputs, free_energy_mix_reference
+from .reference import (
+    GATE_FLOOR,
+    LOG_RESTORE_EPS,
+    VALUE_LOGEXP_CAP,
+    check_inputs,
+    check_value_inputs,
+    free_energy_mix_reference,
+    free_energy_values_reference,
+)
 
 if triton_available():
     import triton
 
-    from .kernels import _free_energy_mix_bwd_kernel, _free_energy_mix_fwd_kernel
+    from .kernels import (
+        _free_energy_mix_bwd_kernel,
+        _free_energy_mix_fwd_kernel,
+        _free_energy_values_bwd_kernel,
+        _free_energy_values_fwd_kernel,
+    )
+
+    def _values_launch(v: torch.Tensor) -> tuple[tuple, tuple, dict]:
+        batch, num_tokens, heads, dv = v.shape
+        sizes = (num_tokens, heads, dv, v.stride(0), v.stride(1), v.stride(2), VALUE_LOGEXP_CAP)
+        meta = dict(BLOCK_N=heuristics.BLOCK_T, BLOCK_D=heuristics.block_d(dv), num_warps=heuristics.NUM_WARPS)
+        return (batch * heads,), sizes, meta
+
+    def _free_energy_values_fwd(v: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, num_tokens, heads, dv = v.shape
+        values = torch.empty((batch, num_tokens, heads, 2 * dv), dtype=torch.float32, device=v.device)
+        shift = torch.empty((batch, 1, heads, dv), dtype=torch.float32, device=v.device)
+        grid, sizes, meta = _values_launch(v)
+        _free_energy_values_fwd_kernel[grid](v, beta, values, shift, *sizes, **meta)
+        return values, shift
+
+    class _FreeEnergyValuesFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, v, beta):
+            values, shift = _free_energy_values_fwd(v, beta)
+            ctx.save_for_backward(v, beta, shift)
+            ctx.mark_non_differentiable(shift)
+            return values, shift
+
+        @staticmethod
+        def backward(ctx, grad, _):
+            v, beta, shift = ctx.saved_tensors
+            d_v = torch.empty(tuple(v.shape), dtype=v.dtype, device=v.device)
+            d_beta = torch.empty((v.shape[0], *beta.shape), dtype=torch.float32, device=v.device)
+            grid, sizes, meta = _values_launch(v)
+            _free_energy_values_bwd_kernel[grid](v, beta, shift, grad.contiguous(), d_v, d_beta, *sizes, **meta)
+            return d_v, d_beta.sum(dim=0).to(beta.dtype)
 
     def _launch_args(read: torch.Tensor, gate_logits: torch.Tensor) -> tuple[tuple, tuple, dict]:
         batch, num_tokens, heads, double_dv = read.shape
@@ -59,6 +103,27 @@ if triton_available():
             read, shift, beta, gate_logits = ctx.saved_tensors
             d_read, d_gate_logits, d_beta = _free_energy_mix_bwd(grad.contiguous(), read, shift, beta, gate_logits)
             return d_read, None, d_beta.to(beta.dtype), d_gate_logits
+
+
+def free_energy_values(v: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The values FEM's prior reads, (B, N, H, 2 Dv), and the shift M, (B, 1, H, Dv), in fp32; ``reference.py``
+    states the math.
+
+    Args:
+        v: the value projections (B, N, H, Dv), any strides (a slice of the fused projection).
+        beta: the inverse temperatures, (H, Dv).
+
+    Eager fp16 / bf16 / fp32 inputs on CUDA run the kernels; float64, the CPU and ``torch.compile`` run the reference.
+    """
+    check_value_inputs(v, beta)
+    if kernel_backend(v.device) != "triton" or torch.compiler.is_compiling() or v.numel() == 0 \
+            or any(t.dtype not in KERNEL_DTYPES for t in (v, beta)):
+        return free_energy_values_reference(v, beta)
+    v = v if v.stride(-1) == 1 else v.contiguous()
+    beta = beta.contiguous()
+    if not (torch.is_grad_enabled() and (v.requires_grad or beta.requires_grad)):
+        return _free_energy_values_fwd(v, beta)
+    return _FreeEnergyValuesFunction.apply(v, beta)
 
 
 def free_energy_mix(

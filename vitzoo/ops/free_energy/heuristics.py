@@ -1,4 +1,4 @@
-"""Launch shape of FEM's output kernels: one program per block of 64 tokens and one head."""
+"""Launch shape of FEM's kernels: tokens in blocks of 64, a head's value channels in one tile."""
 from __future__ import annotations
 
 from ..utils import padded

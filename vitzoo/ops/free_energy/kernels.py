@@ -1,8 +1,10 @@
-"""The Triton kernels of FEM's output: one program per block of tokens and one head, all arithmetic in fp32.
+"""The Triton kernels of FEM's two ops, all arithmetic in fp32.
 
-Forward: the free energy from the read, the gates and the output, one pass. Backward: the same pass again (nothing
-but the inputs is saved), then the gradients of the read and the gate logits, and per program the partial sums of
-beta's gradient over its tokens (summed on the host).
+Values: one program per (batch, head) walks the tokens twice, for the max of beta v, then to write the values; its
+backward walks them once and writes per program the partial sums of beta's gradient (summed on the host).
+Output: one program per block of tokens and one head. Forward: the free energy from the read, the gates and the
+output, one pass. Backward: the same pass again (nothing but the inputs is saved), then the gradients of the read and
+the gate logits, and per program the partial sums of beta's gradient over its tokens (summed on the host).
 """
 import triton
 import triton.language as tl
@@ -14,6 +16,74 @@ def _log1p(x):
     u = 1.0 + x
     exact = u == 1.0
     return tl.where(exact, x, tl.log(u) * x / tl.where(exact, 1.0, u - 1.0))
+
+
+@triton.jit
+def _clamped_values(v_base, rows, cols, sv_n, N, col_ok, beta, cap):
+    mask = (rows < N)[:, None] & col_ok[None, :]
+    v = tl.load(v_base + rows[:, None] * sv_n + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    return mask, v, tl.minimum(tl.maximum(v, -cap), cap)
+
+
+@triton.jit
+def _free_energy_values_fwd_kernel(
+        v_ptr, beta_ptr, values_ptr, shift_ptr, N, H, DV, sv_b, sv_n, sv_h, cap_numerator,
+        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = pid // H
+    head = pid % H
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < DV
+    beta = tl.load(beta_ptr + head * DV + cols, mask=col_ok, other=1.0).to(tl.float32)
+    cap = cap_numerator / beta
+    v_base = v_ptr + b * sv_b + head * sv_h
+    shift = tl.full((BLOCK_D,), -float("inf"), tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        rows = n0 + tl.arange(0, BLOCK_N)
+        mask, _, clamped = _clamped_values(v_base, rows, cols, sv_n, N, col_ok, beta, cap)
+        shift = tl.maximum(shift, tl.max(tl.where(mask, beta[None, :] * clamped, -float("inf")), 0))
+    shift = tl.where(col_ok, shift, 0.0)
+    tl.store(shift_ptr + pid * DV + cols, shift, mask=col_ok)
+    for n0 in range(0, N, BLOCK_N):
+        rows = n0 + tl.arange(0, BLOCK_N)
+        mask, _, clamped = _clamped_values(v_base, rows, cols, sv_n, N, col_ok, beta, cap)
+        offs = ((b * N + rows) * H + head)[:, None] * (2 * DV) + cols[None, :]
+        tl.store(values_ptr + offs, clamped, mask=mask)
+        tl.store(values_ptr + offs + DV, tl.exp(beta[None, :] * clamped - shift[None, :]), mask=mask)
+
+
+@triton.jit
+def _free_energy_values_bwd_kernel(
+        v_ptr, beta_ptr, shift_ptr, grad_ptr, dv_ptr, dbeta_ptr, N, H, DV, sv_b, sv_n, sv_h, cap_numerator,
+        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = pid // H
+    head = pid % H
+    cols = tl.arange(0, BLOCK_D)
+    col_ok = cols < DV
+    beta = tl.load(beta_ptr + head * DV + cols, mask=col_ok, other=1.0).to(tl.float32)
+    cap = cap_numerator / beta
+    shift = tl.load(shift_ptr + pid * DV + cols, mask=col_ok, other=0.0)
+    v_base = v_ptr + b * sv_b + head * sv_h
+    d_beta = tl.zeros((BLOCK_D,), tl.float32)
+    for n0 in range(0, N, BLOCK_N):
+        rows = n0 + tl.arange(0, BLOCK_N)
+        mask, v, clamped = _clamped_values(v_base, rows, cols, sv_n, N, col_ok, beta, cap)
+        offs = ((b * N + rows) * H + head)[:, None] * (2 * DV) + cols[None, :]
+        d_clamped = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        d_scaled = tl.load(grad_ptr + offs + DV, mask=mask, other=0.0).to(tl.float32) * \
+            tl.exp(beta[None, :] * clamped - shift[None, :])
+        d_clamped += d_scaled * beta[None, :]
+        # the clamp passes the gradient to v inside its bounds and to the bound it took outside them (as PyTorch's
+        # clamp with tensor bounds); the bounds are +-40 / beta
+        inside = (v >= -cap[None, :]) & (v <= cap[None, :])
+        d_cap = tl.where(v > cap[None, :], d_clamped, 0.0) - tl.where(v < -cap[None, :], d_clamped, 0.0)
+        d_beta += tl.sum(tl.where(mask, d_scaled * clamped - d_cap * cap[None, :] / beta[None, :], 0.0), 0)
+        dv_offs = ((b * N + rows) * H + head)[:, None] * DV + cols[None, :]
+        tl.store(dv_ptr + dv_offs, tl.where(inside, d_clamped, 0.0).to(dv_ptr.dtype.element_ty), mask=mask)
+    tl.store(dbeta_ptr + pid * DV + cols, d_beta, mask=col_ok)
 
 
 @triton.jit

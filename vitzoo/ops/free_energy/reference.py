@@ -1,8 +1,14 @@
-"""FEM's output from its prior's read (``vitzoo/layers/fem.py`` states the mixer).
+"""FEM's two ops around its prior (``vitzoo/layers/fem.py`` states the mixer).
 
-Per token t, head h and value channel j, with the prior's read of the doubled values [v, exp(beta v - M)] (the mean
-mu and R = sum_i p_t(i) exp(beta_j v_i,j - M_j)), the shift M (the detached max of beta v over the tokens), the
-inverse temperature beta and the gate logits [a, b] of the token, in fp32 (fp64 for fp64 inputs):
+The values the prior reads, per (batch, head, value channel j), over the tokens i, in fp32 (fp64 for fp64 inputs):
+
+    v_i     <- clamp(v_i, -40 / beta, 40 / beta)                  so |beta v| <= 40 and exp(beta v - M) >= e^-80
+    M       = max_i beta v_i                                      the shift, without gradient
+    values  = [v_i, exp(beta v_i - M)]                            every exponential <= 1
+
+The output, per token t, head h and value channel j, with the prior's read of these values (the mean mu and
+R = sum_i p_t(i) exp(beta_j v_i,j - M_j)), the shift M, the inverse temperature beta and the gate logits [a, b] of
+the token, in fp32 (fp64 for fp64 inputs):
 
     F       = (log(max(R, tiny) + 1e-30 e^-M) + M) / beta        the free energy, restored (log-add-exp form)
     lambda  = sigmoid(a)                                          the inner gate
@@ -18,8 +24,29 @@ import math
 import torch
 import torch.nn.functional as F
 
+VALUE_LOGEXP_CAP = 40.0  # |beta v| <= 40 keeps exp(beta v - M) >= e^-80, inside fp32's normal range
 LOG_RESTORE_EPS = 1e-30  # floor of R in the log-restore (far below the e^-40 clipping bound of the values)
 GATE_FLOOR = 1e-6  # added to the outer gate's softplus
+
+
+def check_value_inputs(v: torch.Tensor, beta: torch.Tensor) -> None:
+    """The contract of the values op, shared by the reference and the kernels."""
+    if v.dim() != 4 or tuple(beta.shape) != tuple(v.shape[2:]):
+        raise ValueError(f"free_energy_values: v must be (B, N, H, Dv) and beta (H, Dv), got {tuple(v.shape)} and "
+                         f"{tuple(beta.shape)}")
+
+
+def free_energy_values_reference(v: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The values FEM's prior reads, (B, N, H, 2 Dv), and the shift M, (B, 1, H, Dv), both in fp32 (fp64 for fp64
+    inputs), from the value projections v (B, N, H, Dv) and the inverse temperatures beta (H, Dv)."""
+    check_value_inputs(v, beta)
+    acc = torch.promote_types(v.dtype, torch.float32)
+    beta = beta.to(acc)
+    cap = VALUE_LOGEXP_CAP / beta
+    v = torch.clamp(v.to(acc), min=-cap, max=cap)
+    scaled = beta * v
+    shift = scaled.amax(dim=1, keepdim=True).detach()
+    return torch.cat([v, torch.exp(scaled - shift)], dim=-1), shift
 
 
 def check_inputs(read: torch.Tensor, shift: torch.Tensor, beta: torch.Tensor, gate_logits: torch.Tensor) -> None:
