@@ -73,11 +73,11 @@ class BidirectionalDeltaNet(TokenMixer):
         q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).unbind(2)
         beta = torch.sigmoid(self.beta_proj(x))
         o = delta_rule_bidirectional(q, k, v, beta, qk_l2norm=True)
-        # The norm accumulates in fp32 inside its kernel; under autocast its 16-bit output is gated in 16 bits, as
-        # the next Linear would round it anyway (no fp32 round trip of the activations).
-        o = low_precision_rms_norm(o, (self.head_dim,), self.norm_weight, eps=1e-5)
-        g = F.silu(self.gate(x)).view(b, n, self.num_heads, self.head_dim)
-        return (o * g.to(o.dtype)).reshape(b, n, c).to(qkv.dtype)
+        # The norm and its SiLU output gate run in one kernel with the Triton backend, accumulating in fp32; under
+        # autocast the output stays 16-bit (no fp32 round trip of the activations).
+        g = self.gate(x).view(b, n, self.num_heads, self.head_dim)
+        o = low_precision_rms_norm(o, (self.head_dim,), self.norm_weight, eps=1e-5, gate=g)
+        return o.reshape(b, n, c).to(qkv.dtype)
 
 
 # The forward branches on tensor properties (the 16-bit norm path (a dtype check)), which FX cannot trace: the mixer

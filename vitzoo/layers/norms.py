@@ -44,15 +44,18 @@ def low_precision_layer_norm(
 
 
 def low_precision_rms_norm(x: torch.Tensor, normalized_shape: tuple[int, ...], weight: torch.Tensor | None,
-                           eps: float) -> torch.Tensor:
+                           eps: float, gate: torch.Tensor | None = None) -> torch.Tensor:
     """``F.rms_norm`` that keeps a 16-bit input in its dtype under autocast, as :func:`low_precision_layer_norm` (one
-    kernel with the Triton backend)."""
-    if _takes_norm_kernel(x, normalized_shape, weight):
-        return fused_rms_norm(x, weight, eps)
+    kernel with the Triton backend); with ``gate`` (x's shape) the output is multiplied by silu(gate), in the same
+    kernel."""
+    if _takes_norm_kernel(x, normalized_shape, weight, gate):
+        return fused_rms_norm(x, weight, eps, gate)
     if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
         with torch.autocast(x.device.type, enabled=False):
-            return F.rms_norm(x, normalized_shape, None if weight is None else weight.to(x.dtype), eps)
-    return F.rms_norm(x, normalized_shape, weight, eps)
+            out = F.rms_norm(x, normalized_shape, None if weight is None else weight.to(x.dtype), eps)
+            return out if gate is None else out * F.silu(gate.to(x.dtype))
+    out = F.rms_norm(x, normalized_shape, weight, eps)
+    return out if gate is None else out * F.silu(gate)
 
 
 class LayerNorm(nn.LayerNorm):

@@ -126,3 +126,66 @@ def test_inference_launch_matches_reference(rms, monkeypatch):
     else:
         expected = layer_norm_reference(x64, w64, bias.detach().double().cpu(), 1e-5)
     assert relative_error(out.cpu(), expected) < 1e-5
+
+
+def _gated_inputs(shape, with_weight, dtype, device, seed):
+    """RMS-norm inputs and a gate of x's shape, a strided slice of a wider projection (as DeltaNet's gate is not)."""
+    (x, weight, _), grad = _inputs(shape, with_weight, False, dtype, device, seed, strided=True)
+    gen = torch.Generator().manual_seed(seed + 1)
+    gate = (torch.randn(*shape[:-1], 2 * shape[-1], generator=gen, dtype=torch.float64) * 3)[..., shape[-1]:]
+    return [x, weight, gate.to(device, dtype).requires_grad_()], grad
+
+
+def _run_gated(fn, tensors, grad, eps):
+    x, weight, gate = tensors
+    out = fn(x, weight, eps=eps, gate=gate)
+    live = [t for t in tensors if t is not None]
+    return out, torch.autograd.grad(out, live, grad)
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape, with_weight", [((5, 11, 64), True), ((3, 13), False), ((2, 40, 24), True)])
+def test_gated_rms_norm_kernel_matches_float64_reference(shape, with_weight):
+    """rms_norm(x, weight) * silu(gate) in one pass: output and the gradients of x, weight and gate."""
+    set_backend("triton")
+    try:
+        tensors, grad = _gated_inputs(shape, with_weight, torch.float32, DEVICE, 17 + shape[-1])
+        reference_tensors = [t.detach().double().cpu().requires_grad_() if t is not None else None for t in tensors]
+        out, grads = _run_gated(rms_norm, tensors, grad, 1e-5)
+        ref_out, ref_grads = _run_gated(rms_norm_reference, reference_tensors, grad.double().cpu(), 1e-5)
+    finally:
+        set_backend("auto")
+    assert out.dtype == torch.float32 and out.shape == torch.Size(shape)
+    assert_matches_reference(out, grads, ref_out, ref_grads, 1e-5)
+
+
+@needs_kernels
+def test_gated_inference_launch_matches_reference(monkeypatch):
+    set_backend("triton")
+    try:
+        (x, weight, gate), _ = _gated_inputs((3, 17, 40), True, torch.float32, DEVICE, 21)
+        monkeypatch.setattr(torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
+        with torch.no_grad():
+            out = rms_norm(x, weight, eps=1e-5, gate=gate)
+    finally:
+        set_backend("auto")
+    expected = rms_norm_reference(*[t.detach().double().cpu() for t in (x, weight)], 1e-5,
+                                  gate.detach().double().cpu())
+    assert relative_error(out.cpu(), expected) < 1e-5
+
+
+@needs_cuda
+def test_gated_bf16_at_model_size():
+    """DeltaNet-T's output norm: bf16 heads of 64 (32 x 197 tokens, 3 heads), fp32 weight, bf16 gate."""
+    tensors, grad = _gated_inputs((32, 197, 3, 64), True, torch.bfloat16, "cuda", 23)
+    reference_tensors = [t.detach().double().cpu().requires_grad_() for t in tensors]
+    out, grads = _run_gated(rms_norm, tensors, grad, 1e-5)
+    ref_out, ref_grads = _run_gated(rms_norm_reference, reference_tensors, grad.double().cpu(), 1e-5)
+    assert out.dtype == torch.bfloat16
+    for got, expected in zip((out, *grads), (ref_out, *ref_grads), strict=True):
+        assert relative_error(got.float().cpu(), expected) < 1e-2
+
+
+def test_gate_of_another_shape_is_a_one_line_error():
+    with pytest.raises(ValueError, match=r"gate must have x's shape \(2, 3, 8\)"):
+        rms_norm(torch.randn(2, 3, 8), gate=torch.randn(2, 3, 4))

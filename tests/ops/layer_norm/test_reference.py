@@ -19,6 +19,9 @@ def test_rms_norm_reference_is_f_rms_norm():
     x = torch.randn(4, 2, 19, generator=gen, dtype=torch.float64) + 0.5
     weight = torch.randn(19, generator=gen, dtype=torch.float64)
     torch.testing.assert_close(rms_norm_reference(x, weight, 1e-6), F.rms_norm(x, (19,), weight, 1e-6))
+    gate = torch.randn(4, 2, 19, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(rms_norm_reference(x, weight, 1e-6, gate),
+                               F.rms_norm(x, (19,), weight, 1e-6) * F.silu(gate))
 
 
 def test_low_precision_input_keeps_its_dtype_with_fp32_parameters():

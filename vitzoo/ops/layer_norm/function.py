@@ -16,23 +16,26 @@ if triton_available():
     from .kernels import _norm_bwd_kernel, _norm_fwd_kernel
 
     def _launch_fwd(
-            x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, y: torch.Tensor,
-            mean: torch.Tensor | None, rstd: torch.Tensor | None, eps: float, rms: bool, direct_launch: bool,
+            x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, gate: torch.Tensor | None,
+            y: torch.Tensor, mean: torch.Tensor | None, rstd: torch.Tensor | None, eps: float, rms: bool,
+            direct_launch: bool,
     ) -> None:
-        """Normalise rows ``x`` (M, N) into ``y``; ``rstd`` (and ``mean`` unless ``rms``) receive the statistics when
-        given."""
+        """Normalise rows ``x`` (M, N) into ``y`` (times silu of the ``gate`` rows when given); ``rstd`` (and ``mean``
+        unless ``rms``) receive the statistics when given."""
         m, n = x.shape
         block_m = heuristics.block_m(n)
         launcher(_norm_fwd_kernel, direct_launch)[(cdiv(m, block_m),)](
-            x, weight if weight is not None else x, bias if bias is not None else x, y,
-            mean if mean is not None else y, rstd if rstd is not None else y, m, n, x.stride(0), y.stride(0), eps,
-            HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, RMS=rms, SAVE_STATS=rstd is not None,
+            x, weight if weight is not None else x, bias if bias is not None else x, gate if gate is not None else x,
+            y, mean if mean is not None else y, rstd if rstd is not None else y, m, n, x.stride(0),
+            gate.stride(0) if gate is not None else 0, y.stride(0), eps,
+            HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, RMS=rms, GATE=gate is not None,
+            SAVE_STATS=rstd is not None,
             BLOCK_M=block_m, BLOCK_N=heuristics.block_n(n), num_warps=heuristics.num_warps(n),
         )
 
     def _norm_fwd(
-            x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float, rms: bool,
-            direct_launch: bool = False,
+            x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, gate: torch.Tensor | None,
+            eps: float, rms: bool, direct_launch: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(y, mean, rstd) for rows ``x`` (M, N) with a unit last stride, the statistics (fp32) for the backward;
         the mean is empty for RMS."""
@@ -40,72 +43,77 @@ if triton_available():
         y = torch.empty((m, n), dtype=x.dtype, device=x.device)
         mean = torch.empty((0,) if rms else (m,), dtype=torch.float32, device=x.device)
         rstd = torch.empty((m,), dtype=torch.float32, device=x.device)
-        _launch_fwd(x, weight, bias, y, None if rms else mean, rstd, eps, rms, direct_launch)
+        _launch_fwd(x, weight, bias, gate, y, None if rms else mean, rstd, eps, rms, direct_launch)
         return y, mean, rstd
 
-    def _norm_infer(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
-                    rms: bool) -> torch.Tensor:
+    def _norm_infer(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                    gate: torch.Tensor | None, eps: float, rms: bool) -> torch.Tensor:
         """The output alone, launched directly (nothing to differentiate: no statistics, no autograd function)."""
         y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        _launch_fwd(x, weight, bias, y, None, None, eps, rms, direct_launch=True)
+        _launch_fwd(x, weight, bias, gate, y, None, None, eps, rms, direct_launch=True)
         return y
 
     def _norm_bwd(
-            grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor,
-            has_bias: bool, rms: bool, direct_launch: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(dx, per-program partial dweight (P, N) fp32, partial dbias (P, N) fp32); absent ones empty."""
+            grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, gate: torch.Tensor | None,
+            mean: torch.Tensor, rstd: torch.Tensor, has_bias: bool, rms: bool, direct_launch: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(dx, per-program partial dweight (P, N) fp32, partial dbias (P, N) fp32, dgate); absent ones empty."""
         m, n = x.shape
         sms = multiprocessor_count(x.device) if x.device.type == "cuda" else 1
         programs = heuristics.backward_programs(m, n, sms)
         dx = torch.empty((m, n), dtype=x.dtype, device=x.device)
         dw = torch.empty((programs, n) if weight is not None else (0,), dtype=torch.float32, device=x.device)
         db = torch.empty((programs, n) if has_bias else (0,), dtype=torch.float32, device=x.device)
+        dg = torch.empty((m, n) if gate is not None else (0,), dtype=x.dtype if gate is None else gate.dtype,
+                         device=x.device)
         launcher(_norm_bwd_kernel, direct_launch)[(programs,)](
-            x, weight if weight is not None else x, grad, dx, mean if mean.numel() else rstd, rstd,
-            dw if dw.numel() else dx, db if db.numel() else dx,
-            m, n, x.stride(0), grad.stride(0), dx.stride(0),
-            HAS_WEIGHT=weight is not None, HAS_BIAS=has_bias, RMS=rms,
+            x, weight if weight is not None else x, gate if gate is not None else x, grad, dx,
+            dg if dg.numel() else dx, mean if mean.numel() else rstd, rstd, dw if dw.numel() else dx,
+            db if db.numel() else dx, m, n, x.stride(0), gate.stride(0) if gate is not None else 0, grad.stride(0),
+            dx.stride(0), dg.stride(0) if dg.numel() else 0,
+            HAS_WEIGHT=weight is not None, HAS_BIAS=has_bias, RMS=rms, GATE=gate is not None,
             BLOCK_M=heuristics.block_m(n), BLOCK_N=heuristics.block_n(n), num_warps=heuristics.num_warps(n),
         )
-        return dx, dw, db
+        return dx, dw, db, dg
 
     # The custom ops traced by torch.compile, kernels launched through wrap_triton.
     @torch.library.triton_op("vitzoo::norm_fwd", mutates_args=())
     def _norm_fwd_op(
-            x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float, rms: bool,
+            x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, gate: torch.Tensor | None,
+            eps: float, rms: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _norm_fwd(x, weight, bias, eps, rms)
+        return _norm_fwd(x, weight, bias, gate, eps, rms)
 
     @torch.library.triton_op("vitzoo::norm_bwd", mutates_args=())
     def _norm_bwd_op(
-            grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor,
-            has_bias: bool, rms: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _norm_bwd(grad, x, weight, mean, rstd, has_bias, rms)
+            grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, gate: torch.Tensor | None,
+            mean: torch.Tensor, rstd: torch.Tensor, has_bias: bool, rms: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _norm_bwd(grad, x, weight, gate, mean, rstd, has_bias, rms)
 
     class _NormFunction(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, x, weight, bias, eps, rms):
+        def forward(ctx, x, weight, bias, gate, eps, rms):
             compiling = torch.compiler.is_compiling()
-            y, mean, rstd = (_norm_fwd_op(x, weight, bias, eps, rms) if compiling
-                             else _norm_fwd(x, weight, bias, eps, rms, direct_launch=True))
-            ctx.save_for_backward(x, weight, mean, rstd)
+            y, mean, rstd = (_norm_fwd_op(x, weight, bias, gate, eps, rms) if compiling
+                             else _norm_fwd(x, weight, bias, gate, eps, rms, direct_launch=True))
+            ctx.save_for_backward(x, weight, gate, mean, rstd)
             ctx.options = (bias is not None, rms, None if bias is None else bias.dtype)
             return y
 
         @staticmethod
         def backward(ctx, grad):
-            x, weight, mean, rstd = ctx.saved_tensors
+            x, weight, gate, mean, rstd = ctx.saved_tensors
             has_bias, rms, bias_dtype = ctx.options
             if grad.stride(-1) != 1:
                 grad = grad.contiguous()
             compiling = torch.compiler.is_compiling()
-            dx, dw, db = (_norm_bwd_op if compiling else _norm_bwd)(
-                grad, x, weight, mean, rstd, has_bias, rms, **({} if compiling else {"direct_launch": True}))
+            dx, dw, db, dg = (_norm_bwd_op if compiling else _norm_bwd)(
+                grad, x, weight, gate, mean, rstd, has_bias, rms, **({} if compiling else {"direct_launch": True}))
             dweight = dw.sum(dim=0).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
             dbias = db.sum(dim=0).to(bias_dtype) if has_bias and ctx.needs_input_grad[2] else None
-            return dx if ctx.needs_input_grad[0] else None, dweight, dbias, None, None
+            dgate = dg if gate is not None and ctx.needs_input_grad[3] else None
+            return dx if ctx.needs_input_grad[0] else None, dweight, dbias, dgate, None, None
 
 
 def takes_kernel(x: torch.Tensor, params: tuple[torch.Tensor | None, ...]) -> bool:
@@ -117,17 +125,20 @@ def takes_kernel(x: torch.Tensor, params: tuple[torch.Tensor | None, ...]) -> bo
             and all(p.dtype in KERNEL_DTYPES and p.device == x.device for p in params if p is not None))
 
 
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    rows = t.reshape(-1, t.shape[-1])
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
+
+
 def _norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
-          rms: bool) -> torch.Tensor:
+          rms: bool, gate: torch.Tensor | None = None) -> torch.Tensor:
     shape = x.shape
-    rows = x.reshape(-1, shape[-1])
-    if rows.stride(-1) != 1:
-        rows = rows.contiguous()
-    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))) \
+    rows, gate_rows = _rows(x), None if gate is None else _rows(gate)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, gate))) \
             and not torch.compiler.is_compiling():
         # nothing to differentiate: launch directly, without the autograd Function's bookkeeping (host time)
-        return _norm_infer(rows, weight, bias, float(eps), rms).view(shape)
-    return _NormFunction.apply(rows, weight, bias, float(eps), rms).view(shape)
+        return _norm_infer(rows, weight, bias, gate_rows, float(eps), rms).view(shape)
+    return _NormFunction.apply(rows, weight, bias, gate_rows, float(eps), rms).view(shape)
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
@@ -146,9 +157,11 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.
     return layer_norm_reference(x, weight, bias, eps)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
-    """RMS norm over the last dim of ``x``, as :func:`layer_norm` without centring and bias."""
-    check_inputs("rms_norm", x, weight, None)
-    if takes_kernel(x, (weight,)):
-        return _norm(x, weight, None, eps, rms=True)
-    return rms_norm_reference(x, weight, eps)
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6,
+             gate: torch.Tensor | None = None) -> torch.Tensor:
+    """RMS norm over the last dim of ``x``, as :func:`layer_norm` without centring and bias; with ``gate`` (x's
+    shape) the output is multiplied by silu(gate) in the same pass (DeltaNet's gated output norm)."""
+    check_inputs("rms_norm", x, weight, None, gate)
+    if takes_kernel(x, (weight, gate)):
+        return _norm(x, weight, None, eps, rms=True, gate=gate)
+    return rms_norm_reference(x, weight, eps, gate)

@@ -1,15 +1,17 @@
 """The Triton kernels of layer norm and RMS norm over rows of width N: the forward (output, and the per-row mean and
 1/std the backward reads) and the backward (dx, and per-program partial sums of dweight and dbias, added up on the
-host). RMS: no centring and no bias. All statistics in fp32."""
+host). RMS: no centring and no bias. GATE: the output times silu(gate) (the gated RMS norm of DeltaNet's output).
+All statistics in fp32."""
 import triton
 import triton.language as tl
 
 
 @triton.jit
 def _norm_fwd_kernel(
-        x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr,
-        M, N, sx_m, sy_m, eps,
-        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, SAVE_STATS: tl.constexpr,
+        x_ptr, w_ptr, b_ptr, g_ptr, y_ptr, mean_ptr, rstd_ptr,
+        M, N, sx_m, sg_m, sy_m, eps,
+        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, GATE: tl.constexpr,
+        SAVE_STATS: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     eps = tl.cast(eps, tl.float32)  # fp32 from eager launches, fp64 from Inductor
@@ -30,6 +32,9 @@ def _norm_fwd_kernel(
         y = y * tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     if HAS_BIAS:
         y = y + tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    if GATE:
+        g = tl.load(g_ptr + rows[:, None] * sg_m + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        y = y * g * tl.sigmoid(g)
     tl.store(y_ptr + rows[:, None] * sy_m + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
     if SAVE_STATS:
         tl.store(rstd_ptr + rows, rstd, mask=row_ok)
@@ -39,9 +44,9 @@ def _norm_fwd_kernel(
 
 @triton.jit
 def _norm_bwd_kernel(
-        x_ptr, w_ptr, dy_ptr, dx_ptr, mean_ptr, rstd_ptr, dw_ptr, db_ptr,
-        M, N, sx_m, sdy_m, sdx_m,
-        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr,
+        x_ptr, w_ptr, g_ptr, dy_ptr, dx_ptr, dg_ptr, mean_ptr, rstd_ptr, dw_ptr, db_ptr,
+        M, N, sx_m, sg_m, sdy_m, sdx_m, sdg_m,
+        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, GATE: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -64,6 +69,18 @@ def _norm_bwd_kernel(
         else:
             mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
             xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        if GATE:
+            # y = n silu(g) with n = xhat w (the gate comes with RMS norm only, so no bias): dg = dy n silu'(g), and
+            # the norm's own gradient is that of dy silu(g)
+            g = tl.load(g_ptr + rows[:, None] * sg_m + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+            sig = tl.sigmoid(g)
+            if HAS_WEIGHT:
+                normed = xhat * w[None, :]
+            else:
+                normed = xhat
+            dg = dy * normed * sig * (1.0 + g * (1.0 - sig))
+            tl.store(dg_ptr + rows[:, None] * sdg_m + cols[None, :], dg.to(dg_ptr.dtype.element_ty), mask=mask)
+            dy = dy * g * sig
         if HAS_WEIGHT:
             wdy = dy * w[None, :]
         else:

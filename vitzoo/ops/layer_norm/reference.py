@@ -1,7 +1,7 @@
 """Layer norm and RMS norm over the last dim of ``x``, the specification of the kernels.
 
     layer norm:  y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias      (biased variance, as F.layer_norm)
-    RMS norm:    y = x / sqrt(mean(x^2) + eps) * weight
+    RMS norm:    y = x / sqrt(mean(x^2) + eps) * weight  [* silu(gate), the gated form of DeltaNet's output norm]
 
 Statistics and products in fp32 (fp64 for fp64 inputs); the output in ``x``'s dtype, so a bf16 activation stays bf16
 while fp32 parameters are applied at full precision (no cast of the parameters to 16 bits).
@@ -11,10 +11,14 @@ from __future__ import annotations
 import torch
 
 
-def check_inputs(op: str, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> None:
-    """The contract shared by the reference and the kernels: parameters of shape (x.shape[-1],)."""
+def check_inputs(op: str, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                 gate: torch.Tensor | None = None) -> None:
+    """The contract shared by the reference and the kernels: parameters of shape (x.shape[-1],), a gate of x's
+    shape."""
     if x.dim() < 1 or x.shape[-1] < 1:
         raise ValueError(f"{op}: x must have a non-empty last dim, got shape {tuple(x.shape)}")
+    if gate is not None and gate.shape != x.shape:
+        raise ValueError(f"{op}: gate must have x's shape {tuple(x.shape)}, got {tuple(gate.shape)}")
     for name, param in (("weight", weight), ("bias", bias)):
         if param is not None and tuple(param.shape) != (x.shape[-1],):
             raise ValueError(f"{op}: {name} must have shape ({x.shape[-1]},) like x's last dim, got "
@@ -22,7 +26,7 @@ def check_inputs(op: str, x: torch.Tensor, weight: torch.Tensor | None, bias: to
 
 
 def _normalize(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
-               rms: bool) -> torch.Tensor:
+               rms: bool, gate: torch.Tensor | None = None) -> torch.Tensor:
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     xf = x.to(acc)
     centred = xf if rms else xf - xf.mean(dim=-1, keepdim=True)
@@ -31,6 +35,8 @@ def _normalize(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
         y = y * weight.to(acc)
     if bias is not None:
         y = y + bias.to(acc)
+    if gate is not None:
+        y = y * torch.nn.functional.silu(gate.to(acc))
     return y.to(x.dtype)
 
 
@@ -41,7 +47,9 @@ def layer_norm_reference(x: torch.Tensor, weight: torch.Tensor | None = None, bi
     return _normalize(x, weight, bias, eps, rms=False)
 
 
-def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
-    """RMS norm over the last dim of ``x`` with an optional ``weight``; ``x``'s dtype out."""
-    check_inputs("rms_norm", x, weight, None)
-    return _normalize(x, weight, None, eps, rms=True)
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6,
+                       gate: torch.Tensor | None = None) -> torch.Tensor:
+    """RMS norm over the last dim of ``x`` with an optional ``weight``, times silu(``gate``) when given; ``x``'s dtype
+    out (one rounding, after the gate)."""
+    check_inputs("rms_norm", x, weight, None, gate)
+    return _normalize(x, weight, None, eps, rms=True, gate=gate)
