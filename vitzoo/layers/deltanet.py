@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
 from ..ops import delta_rule_bidirectional
@@ -69,7 +68,7 @@ class BidirectionalDeltaNet(TokenMixer):
 
     def mix(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
         b, n, c = x.shape
-        qkv = F.silu(self.conv(self.qkv(x), grid_size, num_prefix_tokens))
+        qkv = self.conv(self.qkv(x), grid_size, num_prefix_tokens, activation="silu")
         q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).unbind(2)
         beta = torch.sigmoid(self.beta_proj(x))
         o = delta_rule_bidirectional(q, k, v, beta, qk_l2norm=True)

@@ -29,6 +29,8 @@ class GridDepthwiseConv(nn.Module):
             dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=bias, device=device, dtype=dtype
         )
 
-    def forward(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int,
+                activation: str | None = None) -> torch.Tensor:
+        """The convolved tokens, then ``activation`` (None or 'silu', on every token) in the same pass."""
         weight = self.conv.weight.view(1, self.conv.out_channels, *self.conv.kernel_size)
-        return local_conv(x, weight, grid_size, num_prefix_tokens, bias=self.conv.bias)
+        return local_conv(x, weight, grid_size, num_prefix_tokens, bias=self.conv.bias, activation=activation)

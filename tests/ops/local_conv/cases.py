@@ -26,8 +26,8 @@ def make_inputs(b, c, grid, prefix, k, per_image, with_bias, with_residual, dtyp
     return tensors, torch.randn(b, n, c, generator=gen, dtype=torch.float64).to(device, dtype)
 
 
-def outputs_and_grads(fn, tensors, grad, grid, prefix):
-    out = fn(tensors[0], tensors[1], grid, prefix, bias=tensors[2], residual=tensors[3])
+def outputs_and_grads(fn, tensors, grad, grid, prefix, activation=None):
+    out = fn(tensors[0], tensors[1], grid, prefix, bias=tensors[2], residual=tensors[3], activation=activation)
     live = [t for t in tensors if t is not None]
     return out, torch.autograd.grad(out, live, grad)
 

@@ -36,6 +36,24 @@ def test_kernel_matches_reference(b, c, grid, prefix, k, per_image, with_bias, w
 
 
 @needs_kernels
+@pytest.mark.parametrize("b, c, grid, prefix, with_bias", [
+    (2, 7, (4, 3), 1, False),    # DeltaNet: one kernel, the cls token activated too
+    (1, 70, (5, 5), 2, True),    # two channel blocks, a bias inside the activation
+])
+def test_silu_activation_matches_reference(b, c, grid, prefix, with_bias):
+    """SiLU on the output in the same kernel, and its backward from the convolution recomputed, against float64."""
+    set_backend("triton")
+    device = "cuda" if HAS_CUDA else "cpu"
+    seed = 11 * b + c
+    args = (b, c, grid, prefix, 3, False, with_bias, False)
+    tensors, grad = make_inputs(*args, torch.float32, device, seed)
+    ref_tensors, ref_grad = make_inputs(*args, torch.float64, "cpu", seed)
+    out, grads = outputs_and_grads(local_conv, tensors, grad, grid, prefix, "silu")
+    ref_out, ref_grads = outputs_and_grads(local_conv_reference, ref_tensors, ref_grad, grid, prefix, "silu")
+    assert_matches_reference(out, grads, ref_out, ref_grads, 1e-5)
+
+
+@needs_kernels
 def test_kernel_writes_every_output(monkeypatch):
     """Outputs are fresh buffers: poisoning the allocator's memory must not leak into them (no unwritten element)."""
     set_backend("triton")
@@ -54,6 +72,10 @@ def test_bad_inputs_raise_one_line_errors():
         local_conv(x, torch.randn(3, 4, 3, 3), (3, 3), 1)
     with pytest.raises(ValueError, match="odd"):
         local_conv(x, torch.randn(1, 4, 2, 2), (3, 3), 1)
+    with pytest.raises(ValueError, match="activation='relu' is not one of"):
+        local_conv(x, torch.randn(1, 4, 3, 3), (3, 3), 1, activation="relu")
+    with pytest.raises(ValueError, match="takes no residual"):
+        local_conv(x, torch.randn(1, 4, 3, 3), (3, 3), 1, residual=x, activation="silu")
 
 
 @needs_cuda

@@ -13,6 +13,8 @@ from . import heuristics
 from .reference import check_inputs, local_conv_reference
 
 _PREFIX_ZERO, _PREFIX_FROM_X, _PREFIX_FROM_RESIDUAL = 0, 1, 2  # the kernels' PREFIX
+_ACT_NONE, _ACT_SILU, _ACT_SILU_BACKWARD = 0, 1, 2  # the kernels' ACT
+_ACTIVATION_CODES = {None: _ACT_NONE, "silu": _ACT_SILU}
 
 if triton_available():
     from .kernels import _local_conv_dw_kernel, _local_conv_fwd_kernel
@@ -20,8 +22,10 @@ if triton_available():
     def _local_conv_fwd(
             x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
             grid_h: int, grid_w: int, num_prefix_tokens: int, prefix_mode: int, out_dtype: torch.dtype,
-            direct_launch: bool = False,
+            act: int = _ACT_NONE, direct_launch: bool = False,
     ) -> torch.Tensor:
+        """The convolution's output; with ``act`` = SiLU's backward, ``residual`` carries the incoming gradient (read,
+        not added)."""
         b, n, c = x.shape
         out = torch.empty((b, n, c), dtype=out_dtype, device=x.device)
         block_c = heuristics.block_c(c)
@@ -33,7 +37,8 @@ if triton_available():
             c, grid_h, grid_w, num_prefix_tokens,
             x.stride(0), x.stride(1), sw[0] if weight.shape[0] > 1 else 0, sw[1], sw[2], sw[3],
             res.stride(0), res.stride(1), out.stride(0), out.stride(1),
-            K=weight.shape[-1], HAS_BIAS=bias is not None, HAS_RESIDUAL=residual is not None, PREFIX=prefix_mode,
+            K=weight.shape[-1], HAS_BIAS=bias is not None,
+            HAS_RESIDUAL=residual is not None and act != _ACT_SILU_BACKWARD, PREFIX=prefix_mode, ACT=act,
             BLOCK_P=heuristics.BLOCK_P, BLOCK_C=block_c, num_warps=heuristics.NUM_WARPS,
         )
         return out
@@ -59,26 +64,32 @@ if triton_available():
 
     class _LocalConvFunction(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, x, weight, bias, residual, grid_h, grid_w, num_prefix_tokens):
+        def forward(ctx, x, weight, bias, residual, grid_h, grid_w, num_prefix_tokens, act):
             compiling = torch.compiler.is_compiling()
             out_dtype = residual.dtype if residual is not None else x.dtype
             prefix = _PREFIX_FROM_RESIDUAL if residual is not None else _PREFIX_FROM_X
             out = (_local_conv_fwd_op if compiling else _local_conv_fwd)(
-                x, weight, bias, residual, grid_h, grid_w, num_prefix_tokens, prefix, out_dtype,
+                x, weight, bias, residual, grid_h, grid_w, num_prefix_tokens, prefix, out_dtype, act,
                 direct_launch=not compiling,
             )
-            ctx.save_for_backward(x, weight)
+            ctx.save_for_backward(x, weight, bias)
             ctx.options = (grid_h, grid_w, num_prefix_tokens, bias is not None, residual is not None,
-                           None if bias is None else bias.dtype)
+                           None if bias is None else bias.dtype, act)
             return out
 
         @staticmethod
         def backward(ctx, grad):
-            x, weight = ctx.saved_tensors
-            grid_h, grid_w, prefix, has_bias, has_residual, bias_dtype = ctx.options
+            x, weight, bias = ctx.saved_tensors
+            grid_h, grid_w, prefix, has_bias, has_residual, bias_dtype, act = ctx.options
             compiling = torch.compiler.is_compiling()
             if grad.stride(-1) != 1:
                 grad = grad.contiguous()
+            if act == _ACT_SILU:
+                # the gradient of the pre-activation, from the convolution recomputed in the same kernel
+                grad = (_local_conv_fwd_op if compiling else _local_conv_fwd)(
+                    x, weight, bias, grad, grid_h, grid_w, prefix, _PREFIX_FROM_X, grad.dtype, _ACT_SILU_BACKWARD,
+                    direct_launch=not compiling,
+                )
             dx = dw = dbias = None
             if ctx.needs_input_grad[0]:
                 # the transposed convolution is the convolution with the flipped kernel; the prefix tokens' gradient
@@ -97,7 +108,7 @@ if triton_available():
             if has_bias and ctx.needs_input_grad[2]:
                 dbias = grad[:, prefix:].sum(dim=(0, 1), dtype=torch.float32).to(bias_dtype)
             dres = grad if has_residual and ctx.needs_input_grad[3] else None
-            return dx, dw, dbias, dres, None, None, None
+            return dx, dw, dbias, dres, None, None, None, None
 
 
 def local_conv(
@@ -107,6 +118,7 @@ def local_conv(
         num_prefix_tokens: int,
         bias: torch.Tensor | None = None,
         residual: torch.Tensor | None = None,
+        activation: str | None = None,
 ) -> torch.Tensor:
     """Depthwise convolution of the patch tokens of ``x``, plus ``bias`` and ``residual``; prefix tokens pass through.
 
@@ -118,17 +130,18 @@ def local_conv(
         num_prefix_tokens: cls / register tokens in front of the patches.
         bias: optional (C,) added to the convolved patches.
         residual: optional (B, N, C) added to every output token; the prefix tokens then come from it, not from x.
+        activation: None or 'silu', applied to every output token (prefix tokens included); not with a residual.
 
     Returns:
         (B, N, C) in the residual's dtype (x's without one); fp32 accumulation.
     """
     tensors = [t for t in (x, weight, bias, residual) if t is not None]
     if kernel_backend(x.device) == "triton" and all(t.dtype != torch.float64 for t in tensors):
-        check_inputs(x, weight, grid_size, num_prefix_tokens, bias, residual)
+        check_inputs(x, weight, grid_size, num_prefix_tokens, bias, residual, activation)
         if x.stride(-1) != 1:
             x = x.contiguous()
         if residual is not None and residual.stride(-1) != 1:
             residual = residual.contiguous()
         return _LocalConvFunction.apply(x, weight, bias, residual, int(grid_size[0]), int(grid_size[1]),
-                                        int(num_prefix_tokens))
-    return local_conv_reference(x, weight, grid_size, num_prefix_tokens, bias, residual)
+                                        int(num_prefix_tokens), _ACTIVATION_CODES[activation])
+    return local_conv_reference(x, weight, grid_size, num_prefix_tokens, bias, residual, activation)

@@ -1,6 +1,7 @@
 """The Triton kernels of the local convolution: the fused forward (also the dx of the backward, with the kernel
 flipped) and the per-tile partial sums of dw. PREFIX: how the prefix tokens are written (0 zeros, 1 copied from x,
-2 copied from the residual)."""
+2 copied from the residual). ACT: 0 none, 1 SiLU on the output, 2 the SiLU's backward: the output is the incoming
+gradient (read through the residual's pointer) times silu' of the recomputed pre-activation."""
 import triton
 import triton.language as tl
 
@@ -16,11 +17,23 @@ def _shifted_tile(base, row, col, offs_c, s_n, H, W, valid, c_mask, di: tl.const
 
 
 @triton.jit
+def _activation(pre, grad_ptrs, mask, ACT: tl.constexpr):
+    # ACT 1: silu(pre); ACT 2: grad * silu'(pre), the incoming gradient read at grad_ptrs
+    sig = tl.sigmoid(pre)
+    if ACT == 1:
+        out = pre * sig
+    else:
+        grad = tl.load(grad_ptrs, mask=mask, other=0.0).to(tl.float32)
+        out = grad * sig * (1.0 + pre * (1.0 - sig))
+    return out
+
+
+@triton.jit
 def _local_conv_fwd_kernel(
         x_ptr, w_ptr, bias_ptr, res_ptr, out_ptr,
         C, H, W, P,
         sx_b, sx_n, sw_b, sw_c, sw_i, sw_j, sr_b, sr_n, so_b, so_n,
-        K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, PREFIX: tl.constexpr,
+        K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, PREFIX: tl.constexpr, ACT: tl.constexpr,
         BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     bi = tl.program_id(0)
@@ -46,6 +59,8 @@ def _local_conv_fwd_kernel(
         res = tl.load(res_ptr + bi * sr_b + (P + offs_p)[:, None] * sr_n + offs_c[None, :], mask=tile_mask,
                       other=0.0)
         acc += res.to(tl.float32)
+    if ACT != 0:
+        acc = _activation(acc, res_ptr + bi * sr_b + (P + offs_p)[:, None] * sr_n + offs_c[None, :], tile_mask, ACT)
     tl.store(out_ptr + bi * so_b + (P + offs_p)[:, None] * so_n + offs_c[None, :],
              acc.to(out_ptr.dtype.element_ty), mask=tile_mask)
     if pid_p == 0:  # the prefix tokens have no place on the grid
@@ -56,6 +71,8 @@ def _local_conv_fwd_kernel(
                 val = tl.load(res_ptr + bi * sr_b + t * sr_n + offs_c, mask=c_mask, other=0.0)
             else:
                 val = tl.zeros((BLOCK_C,), dtype=tl.float32)
+            if ACT != 0:
+                val = _activation(val.to(tl.float32), res_ptr + bi * sr_b + t * sr_n + offs_c, c_mask, ACT)
             tl.store(out_ptr + bi * so_b + t * so_n + offs_c, val.to(out_ptr.dtype.element_ty), mask=c_mask)
 
 

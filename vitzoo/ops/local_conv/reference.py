@@ -5,6 +5,8 @@ With P prefix (cls / register) tokens and an H x W patch grid (N = P + H * W), p
     out[b, P + p, c] = residual[b, P + p, c] + bias[c] + sum_{i,j} w[b, c, i, j] x[b, P + p + (i - K//2, j - K//2), c]
     out[b, t, c]     = residual[b, t, c] if a residual is given, else x[b, t, c]          (prefix tokens, t < P)
 
+then, with ``activation='silu'`` (no residual; DeltaNet's conv), out <- silu(out) on every token, prefix included.
+
 where the grid offset is zero-padded at the borders (``F.conv2d`` with padding K // 2). ``w`` is one kernel for the
 whole batch (B_w = 1: DeltaNet's and H3's short convolutions, an ``nn.Conv2d`` weight) or one per image (B_w = B:
 InLine's predicted local residual). The mixers used to move the tokens to an NCHW grid, convolve, move them back
@@ -14,17 +16,24 @@ view of a fused qkv projection) and writes the final tokens in one pass, accumul
 
 The backward is the same kernel on the gradient with the kernel flipped (dx), a per-tile partial-sum kernel for
 dw (summed deterministically afterwards, no atomics), and plain reductions for the bias; d residual is the
-gradient itself.
+gradient itself. With the activation, the forward kernel first recomputes the convolution and turns the gradient
+into the pre-activation's (nothing but the inputs is saved).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+ACTIVATIONS = (None, "silu")
+
 
 def check_inputs(x: torch.Tensor, weight: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int,
-                 bias: torch.Tensor | None, residual: torch.Tensor | None) -> None:
+                 bias: torch.Tensor | None, residual: torch.Tensor | None, activation: str | None = None) -> None:
     """The contract shared by the reference and the kernels."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"local_conv: activation={activation!r} is not one of {ACTIVATIONS}")
+    if activation is not None and residual is not None:
+        raise ValueError("local_conv: an activation applies to the convolution alone; it takes no residual")
     if x.dim() != 3:
         raise ValueError(f"local_conv expects x of shape (B, N, C), got {tuple(x.shape)}")
     b, n, c = x.shape
@@ -53,9 +62,10 @@ def local_conv_reference(
         num_prefix_tokens: int,
         bias: torch.Tensor | None = None,
         residual: torch.Tensor | None = None,
+        activation: str | None = None,
 ) -> torch.Tensor:
     """Plain PyTorch :func:`local_conv` (same arguments): the specification of the kernel."""
-    check_inputs(x, weight, grid_size, num_prefix_tokens, bias, residual)
+    check_inputs(x, weight, grid_size, num_prefix_tokens, bias, residual, activation)
     b, n, c = x.shape
     h, w = grid_size
     p = num_prefix_tokens
@@ -70,4 +80,7 @@ def local_conv_reference(
     source = residual if residual is not None else x
     if residual is not None:
         patches = patches + residual[:, p:].to(acc)
-    return torch.cat([source[:, :p].to(acc), patches], dim=1).to(out_dtype)
+    out = torch.cat([source[:, :p].to(acc), patches], dim=1)
+    if activation == "silu":
+        out = F.silu(out)
+    return out.to(out_dtype)
