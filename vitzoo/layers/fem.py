@@ -172,6 +172,7 @@ class FreeEnergyMixer(TokenMixer):
         read, shift, beta = self.prior_read(x, grid_size, num_prefix_tokens)
         return free_energy_mix(read, shift, beta, self.gates(x))
 
-# The forward branches on tensor properties (the accumulation dtype and its finfo), which FX cannot trace: the mixer
-# is a leaf for timm's FX feature extraction.
+
+# The forward branches on tensor properties (the accumulation dtype, the ops' backend by device and dtype), which FX
+# cannot trace: the mixer is a leaf for timm's FX feature extraction.
 register_notrace_module(FreeEnergyMixer)

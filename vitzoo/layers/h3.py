@@ -189,6 +189,7 @@ class BidirectionalH3(TokenMixer):
         # In the projections' dtype (the FFT path returns fp32), which ``proj`` takes as it is, also under autocast.
         return out.transpose(1, 2).reshape(batch, num_tokens, dim).to(v.dtype)
 
+
 # The forward branches on tensor properties (the accumulation dtype and the Toeplitz / FFT choice by token count),
 # which FX cannot trace: the mixer is a leaf for timm's FX feature extraction.
 register_notrace_module(BidirectionalH3)
