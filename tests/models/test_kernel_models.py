@@ -26,7 +26,8 @@ OP_MODULES = {importlib.import_module("vitzoo.ops.linear_attention.function"): "
               importlib.import_module("vitzoo.ops.local_conv.function"): "_local_conv_fwd",
               importlib.import_module("vitzoo.ops.layer_norm.function"): "_norm",
               importlib.import_module("vitzoo.ops.zeros_weights.function"): "_zeros_weights_fwd",
-              importlib.import_module("vitzoo.ops.free_energy.function"): "_free_energy_mix_fwd"}
+              importlib.import_module("vitzoo.ops.free_energy.function"): "_free_energy_mix_fwd",
+              importlib.import_module("vitzoo.ops.ssm_kernel.function"): "_ssm_kernels_fwd"}
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1" and triton_available() and not torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(not INTERPRETER, reason="needs the Triton interpreter (TRITON_INTERPRET=1, no CUDA)")

@@ -1,0 +1,99 @@
+"""The SSM-kernel kernels against the float64 reference, forward and every gradient (``tests/layers/test_h3.py`` checks
+the reference against the SSM's definition in complex arithmetic).
+
+Without CUDA the kernels run under the Triton interpreter (``tests/conftest.py`` sets ``TRITON_INTERPRET=1``).
+"""
+import importlib
+import math
+
+import pytest
+import torch
+
+from vitzoo.ops import set_backend, triton_available
+from vitzoo.ops.ssm_kernel import ssm_kernels, ssm_kernels_reference
+from vitzoo.ops.testing import relative_error
+
+kernels = importlib.import_module("vitzoo.ops.ssm_kernel.kernels") if triton_available() else None
+HAS_CUDA = torch.cuda.is_available()
+INTERPRETED = not HAS_CUDA and kernels is not None and \
+    type(kernels._ssm_kernels_fwd_kernel).__name__ == "InterpretedFunction"
+needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRETED), reason="needs CUDA or the Triton interpreter")
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+def _params(lead, modes, length, log_dt_range, dtype, device, seed):
+    """Fresh random parameters around the S4D-Lin init (never zeros), and a random gradient of the kernels."""
+    gen = torch.Generator().manual_seed(seed)
+    low, high = log_dt_range
+    log_dt = low + (high - low) * torch.rand(lead, generator=gen, dtype=torch.float64)
+    log_a_real = torch.rand(*lead, modes, generator=gen, dtype=torch.float64) * 3 - 2
+    a_imag = math.pi * torch.arange(modes, dtype=torch.float64) + torch.randn(*lead, modes, generator=gen,
+                                                                              dtype=torch.float64)
+    b = torch.randn(*lead, modes, 2, generator=gen, dtype=torch.float64)
+    c = torch.randn(*lead, modes, 2, generator=gen, dtype=torch.float64)
+    params = [t.to(device, dtype).requires_grad_() for t in (log_dt, log_a_real, a_imag, b, c)]
+    return params, torch.randn(*lead, length, generator=gen, dtype=torch.float64)
+
+
+def _run(fn, params, grad, length):
+    out = fn(*params, length)
+    return out, torch.autograd.grad(out, params, grad.to(out.device, out.dtype))
+
+
+CASES = [  # (lead, modes, length, log dt range)
+    ((2, 3), 5, 37, (math.log(1e-3), math.log(1e-1))),   # odd modes and lags in one block, H3's dt range
+    ((2, 1), 32, 197, (math.log(1e-3), math.log(1e-1))),  # H3-T's 32 modes at 197 tokens, lags over four blocks
+    ((4,), 7, 1, (-4.0, 0.0)),                             # one lag; larger steps (|dt A| near and above 1)
+    ((3,), 6, 50, (-12.0, -10.0)),                         # tiny steps, where exp(dt A) - 1 needs expm1's precision
+]
+NAMES = ("log_dt", "log_a_real", "a_imag", "b", "c")
+
+
+@needs_kernels
+@pytest.mark.parametrize("lead, modes, length, log_dt_range", CASES)
+def test_kernel_matches_float64_reference(lead, modes, length, log_dt_range):
+    set_backend("triton")
+    try:
+        params, grad = _params(lead, modes, length, log_dt_range, torch.float32, DEVICE, modes + length)
+        reference = [p.detach().double().cpu().requires_grad_() for p in params]
+        out, grads = _run(ssm_kernels, params, grad, length)
+        ref_out, ref_grads = _run(ssm_kernels_reference, reference, grad, length)
+    finally:
+        set_backend("auto")
+    assert out.dtype == torch.float32 and out.shape == (*lead, length)
+    assert relative_error(out.cpu(), ref_out) < 1e-5
+    for name, got, expected in zip(NAMES, grads, ref_grads, strict=True):
+        assert got.shape == expected.shape, name
+        assert relative_error(got.cpu(), expected) < 1e-3, name  # fp32; tiny steps cancel (1.6e-4 at dt ~ 1e-5)
+
+
+@needs_kernels
+def test_kernel_writes_every_output(monkeypatch):
+    set_backend("triton")
+    try:
+        params, grad = _params((2, 3), 9, 70, (-6.0, -2.0), torch.float32, DEVICE, 3)
+        monkeypatch.setattr(torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
+        out, grads = _run(ssm_kernels, params, grad, 70)
+        with torch.no_grad():
+            inference = ssm_kernels(*params, 70)
+    finally:
+        set_backend("auto")
+    assert all(torch.isfinite(t).all() for t in (out, inference, *grads))
+
+
+@needs_cuda
+def test_torch_compile_fullgraph_traces_the_reference():
+    params, grad = _params((2, 3), 32, 197, (math.log(1e-3), math.log(1e-1)), torch.float32, "cuda", 13)
+    eager, eager_grads = _run(ssm_kernels, params, grad, 197)
+    compiled, compiled_grads = _run(torch.compile(ssm_kernels, fullgraph=True), params, grad, 197)
+    for got, expected in zip((compiled, *compiled_grads), (eager, *eager_grads), strict=True):
+        assert relative_error(got, expected) < 1e-4
+
+
+def test_bad_inputs_are_one_line_errors():
+    params, _ = _params((2, 3), 4, 5, (-3.0, -1.0), torch.float32, "cpu", 0)
+    with pytest.raises(ValueError, match=r"b must be \(2, 3, 4, 2\)"):
+        ssm_kernels(params[0], params[1], params[2], params[3][..., 0], params[4], 5)
+    with pytest.raises(ValueError, match="length must be at least 1"):
+        ssm_kernels(*params, 0)
