@@ -57,20 +57,25 @@ if triton_available():
             grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, gate: torch.Tensor | None,
             mean: torch.Tensor, rstd: torch.Tensor, has_bias: bool, rms: bool, direct_launch: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(dx, per-program partial dweight (P, N) fp32, partial dbias (P, N) fp32, dgate); absent ones empty."""
+        """(dx, per-program partial dweight (P, N) fp32, partial dbias (P, N) fp32, dgate); absent ones empty (dgate
+        is dx itself for eager callers without a gate)."""
         m, n = x.shape
         sms = multiprocessor_count(x.device) if x.device.type == "cuda" else 1
         programs = heuristics.backward_programs(m, n, sms)
         dx = torch.empty((m, n), dtype=x.dtype, device=x.device)
         dw = torch.empty((programs, n) if weight is not None else (0,), dtype=torch.float32, device=x.device)
         db = torch.empty((programs, n) if has_bias else (0,), dtype=torch.float32, device=x.device)
-        dg = torch.empty((m, n) if gate is not None else (0,), dtype=x.dtype if gate is None else gate.dtype,
-                         device=x.device)
+        if gate is not None:
+            dg = torch.empty((m, n), dtype=gate.dtype, device=x.device)
+        else:
+            # no gate gradient: eager callers take dx as the unused placeholder (no allocation), the custom op an
+            # empty tensor of its own (its outputs must not alias)
+            dg = dx if direct_launch else torch.empty((0,), dtype=x.dtype, device=x.device)
         launcher(_norm_bwd_kernel, direct_launch)[(programs,)](
             x, weight if weight is not None else x, gate if gate is not None else x, grad, dx,
             dg if dg.numel() else dx, mean if mean.numel() else rstd, rstd, dw if dw.numel() else dx,
             db if db.numel() else dx, m, n, x.stride(0), gate.stride(0) if gate is not None else 0, grad.stride(0),
-            dx.stride(0), dg.stride(0) if dg.numel() else 0,
+            dx.stride(0), dg.stride(0) if gate is not None else 0,
             HAS_WEIGHT=weight is not None, HAS_BIAS=has_bias, RMS=rms, GATE=gate is not None,
             BLOCK_M=heuristics.block_m(n), BLOCK_N=heuristics.block_n(n), num_warps=heuristics.num_warps(n),
         )
