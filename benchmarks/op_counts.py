@@ -11,15 +11,24 @@ dispatcher's Python layer, views included) over one forward at batch 1:
 - ``train``: a training forward and backward (``model.train()``, gradients on).
 
 Counts are of the CPU's path, where each fused op runs its PyTorch reference (several ops; one Triton launch on
-CUDA): compare a family with itself across changes, or shells of families that call the same ops. Under the Triton
-interpreter the kernels' own bookkeeping would be counted instead, which a GPU does not have.
+CUDA): compare a family with itself across changes, or shells of families that call the same ops.
+
+``--kernel-path`` also counts the path a GPU takes: with ``TRITON_INTERPRET=1`` the ops take their Triton branch on
+the CPU, and every kernel launch is replaced by a stub that only counts it (no kernel runs, so the numbers the model
+computes are meaningless; only the calls count). ``cuda_*`` = aten ops + Triton launches of that path. Launch
+heuristics that depend on the GPU (a split over programs that takes a second launch) can differ from a real GPU by a
+few launches.
 
     python benchmarks/op_counts.py --out benchmarks/results/op_counts/cpu.json
+    TRITON_INTERPRET=1 python benchmarks/op_counts.py --kernel-path --out benchmarks/results/op_counts/cpu.json
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import timm
@@ -30,7 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import vitzoo  # noqa: E402,F401  (registers the models)
 from vitzoo.bench.common import environment, git_revision, write_json  # noqa: E402
+from vitzoo.ops import use_backend  # noqa: E402
+from vitzoo.ops.utils import interpreting  # noqa: E402
 from vitzoo.registry import DEIT_FAMILIES, FAMILIES  # noqa: E402
+
+OP_PACKAGES = ("linear_attention", "delta_rule", "local_conv", "layer_norm", "zeros_weights", "free_energy",
+               "ssm_kernel")
 
 
 class OpCounter(TorchDispatchMode):
@@ -45,36 +59,84 @@ class OpCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def count(step) -> int:
+class _StubKernel:
+    """Stands in for a Triton kernel: ``kernel[grid](...)`` counts the launch and runs nothing."""
+
+    def __init__(self, launches: list[int]) -> None:
+        self.launches = launches
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append(1)
+
+
+@contextlib.contextmanager
+def stubbed_kernels(launches: list[int]) -> Iterator[None]:
+    """Replace every kernel the ops' function modules launch with a counting stub, and take the Triton branch."""
+    saved = []
+    for package in OP_PACKAGES:
+        module = importlib.import_module(f"vitzoo.ops.{package}.function")
+        for name in [n for n in vars(module) if n.startswith("_") and n.endswith("_kernel")]:
+            saved.append((module, name, getattr(module, name)))
+            setattr(module, name, _StubKernel(launches))
+    try:
+        with use_backend("triton"):
+            yield
+    finally:
+        for module, name, kernel in saved:
+            setattr(module, name, kernel)
+
+
+def count(step, launches: list[int] | None = None) -> int:
+    """Aten ops of ``step`` (plus the stubbed launches recorded into ``launches`` meanwhile, when given)."""
+    start = len(launches) if launches is not None else 0
     with OpCounter() as counter:
         step()
-    return counter.count
+    return counter.count + (len(launches) - start if launches is not None else 0)
 
 
-def family_counts(name: str, img_size: int) -> dict:
-    torch.manual_seed(0)
-    model = timm.create_model(name, img_size=img_size).eval()
-    x = torch.randn(1, 3, img_size, img_size)
+def _counts(model: torch.nn.Module, x: torch.Tensor, launches: list[int] | None, prefix: str) -> dict:
+    model.eval()
     with torch.inference_mode():
-        first = count(lambda: model(x))
-        second = count(lambda: model(x))
+        first = count(lambda: model(x), launches)
+        second = count(lambda: model(x), launches)
     model.train()
-    train = count(lambda: model(x).sum().backward())
-    return {"model": name, "blocks": len(model.blocks), "infer_first": first, "infer": second, "train": train}
+    train = count(lambda: model(x).sum().backward(), launches)
+    return {f"{prefix}infer_first": first, f"{prefix}infer": second, f"{prefix}train": train}
+
+
+def family_counts(name: str, img_size: int, kernel_path: bool) -> dict:
+    torch.manual_seed(0)
+    model = timm.create_model(name, img_size=img_size)
+    x = torch.randn(1, 3, img_size, img_size)
+    row = {"model": name, "blocks": len(model.blocks), **_counts(model, x, None, "")}
+    if kernel_path:
+        launches: list[int] = []
+        with stubbed_kernels(launches):
+            row |= _counts(model, x, launches, "cuda_")
+    return row
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--kernel-path", action="store_true",
+                        help="also count the GPU's path (ops + Triton launches, kernels stubbed); needs "
+                             "TRITON_INTERPRET=1")
     args = parser.parse_args()
+    if args.kernel_path and not interpreting():
+        parser.error("--kernel-path needs TRITON_INTERPRET=1 in the environment (the ops take their Triton branch on "
+                     "the CPU only under the interpreter)")
     rows = []
     for family in DEIT_FAMILIES:
-        rows.append(family_counts(FAMILIES[family].model_name("tiny"), args.img_size))
+        rows.append(family_counts(FAMILIES[family].model_name("tiny"), args.img_size, args.kernel_path))
         row = rows[-1]
-        print(f"{row['model']:36s} infer {row['infer']:5d} (first {row['infer_first']:5d})  train {row['train']:5d}",
-              flush=True)
-    info = environment(torch.device("cpu")) | {"command": "python " + " ".join(sys.argv),
+        line = f"{row['model']:36s} infer {row['infer']:5d} (first {row['infer_first']:5d})  train {row['train']:5d}"
+        if args.kernel_path:
+            line += f"   cuda path: infer {row['cuda_infer']:5d}  train {row['cuda_train']:5d}"
+        print(line, flush=True)
+    command = ("TRITON_INTERPRET=1 " if args.kernel_path else "") + "python " + " ".join(sys.argv)
+    info = environment(torch.device("cpu")) | {"command": command,
                                                "git_revision": git_revision(), "batch": 1, "img_size": args.img_size}
     write_json(args.out, {"info": info, "rows": rows})
 
