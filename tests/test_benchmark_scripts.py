@@ -5,6 +5,8 @@ surface there, in device time.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,7 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
+import torch
 from tiny_runs import write_image_folder
+
+import vitzoo  # noqa: F401  (registers the models)
+from vitzoo.ops.utils import interpreting
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "benchmarks").glob("*.py"))
@@ -44,3 +51,24 @@ def test_data_pipeline_times_every_placement_of_the_augmentation(tmp_path: Path)
                                                             "JPEG bytes and crop draws, decoded on the device"]
     assert all(row["img_per_s"] > 0 for row in result["loaders"])
     assert result["device_decode"]["device"] == "cpu" and result["device_decode"]["ms_per_image"] > 0
+
+
+def test_op_counts_kernel_path_counts_stubbed_launches_and_restores_the_kernels():
+    """The CUDA path's count: every Triton launch is counted (none runs), and the kernels are back afterwards."""
+    if not interpreting():
+        pytest.skip("the ops take their Triton branch on the CPU only under TRITON_INTERPRET=1")
+    spec = importlib.util.spec_from_file_location("op_counts", ROOT / "benchmarks" / "op_counts.py")
+    op_counts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(op_counts)
+    function = importlib.import_module("vitzoo.ops.free_energy.function")
+    kernel = function._free_energy_mix_fwd_kernel
+    launches: list[int] = []
+    model = timm.create_model("fem_deit_tiny_patch16_224", img_size=32, depth=2).eval()
+    with op_counts.stubbed_kernels(launches):
+        assert isinstance(function._free_energy_mix_fwd_kernel, op_counts._StubKernel)
+        with torch.inference_mode():
+            total = op_counts.count(lambda: model(torch.randn(1, 3, 32, 32)), launches)
+    # per block: two norms, the linear prior and FEM's two ops; plus the final norm
+    assert len(launches) == 2 * 5 + 1
+    assert total > len(launches)
+    assert function._free_energy_mix_fwd_kernel is kernel
