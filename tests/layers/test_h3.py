@@ -214,3 +214,24 @@ def test_core_precision_under_autocast(monkeypatch, toeplitz):
         out = mixer.float()(x.float(), grid_size=(7, 7), num_prefix_tokens=1)
     assert set(core_dtypes) == {torch.bfloat16 if toeplitz else torch.float32}
     assert relative_error(out, expected) < 1e-2
+
+
+def test_toeplitz_weights_are_kept_between_inference_forwards_until_a_parameter_changes(monkeypatch):
+    from vitzoo.layers import h3
+
+    built = []
+    monkeypatch.setattr(h3, "toeplitz_matrix", lambda *a: built.append(1) or long_conv.toeplitz_matrix(*a))
+    mixer = _make_mixer(3)
+    x = torch.randn(2, 50, DIM, dtype=torch.float64)
+    with torch.no_grad():
+        first = mixer(x, grid_size=(7, 7), num_prefix_tokens=1)
+        again = mixer(x, grid_size=(7, 7), num_prefix_tokens=1)
+        assert len(built) == 1
+        torch.testing.assert_close(again, first, atol=0, rtol=0)
+        mixer.D.add_(0.5)  # the skip is part of the weights
+        after_skip = mixer(x, grid_size=(7, 7), num_prefix_tokens=1)
+        mixer.ssm.C.add_(0.1)  # so are the SSM kernels
+        after_ssm = mixer(x, grid_size=(7, 7), num_prefix_tokens=1)
+        assert len(built) == 3
+    torch.testing.assert_close(after_ssm, explicit_h3(mixer, x, (7, 7), 1), atol=1e-10, rtol=1e-9)
+    assert (after_skip - first).abs().max() > 1e-3 and (after_ssm - after_skip).abs().max() > 1e-3

@@ -28,10 +28,22 @@ from timm.layers import register_notrace_module
 from ..ops import ssm_kernels
 from .base import TokenMixer
 from .local_conv import GridDepthwiseConv
-from .long_conv import gated_long_conv
+from .long_conv import gated_long_conv, toeplitz_matrix, uses_toeplitz
 
 SSM_OPTIM = {"weight_decay": 0.0, "lr": 1e-3}  # per-parameter hint; lr is an upper bound (H3 / safari)
 _DT_RANGE = (1e-3, 1e-1)
+
+
+def kept_value_key(params: tuple[torch.Tensor, ...], *extra) -> tuple | None:
+    """A key under which a value computed from ``params`` (and ``extra``) may be kept between forwards: it changes
+    when a parameter changes (its version counter or storage). None when nothing may be kept: gradients are recorded
+    (the value must be part of the graph), under torch.compile or tracing, or for inference tensors (no version
+    counter to tell a change)."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return None
+    if any(torch.is_inference(p) for p in params):
+        return None
+    return (*extra, params[0].device, tuple((p._version, p.data_ptr()) for p in params))
 
 
 class DiagonalSSMKernel(nn.Module):
@@ -87,12 +99,9 @@ class DiagonalSSMKernel(nn.Module):
         no gradient is recorded (and outside torch.compile and tracing) they are kept until a parameter changes (its
         version counter or storage) or another length, dtype or device is asked for.
         """
-        if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+        key = kept_value_key(tuple(self.parameters()), length, dtype)
+        if key is None:
             return self.kernels(length, dtype)
-        params = tuple(self.parameters())
-        if any(torch.is_inference(p) for p in params):  # no version counter to tell a change
-            return self.kernels(length, dtype)
-        key = (length, dtype, params[0].device, tuple((p._version, p.data_ptr()) for p in params))
         if self._cached is None or self._cached[0] != key:
             self._cached = (key, self.kernels(length, dtype))
         return self._cached[1]
@@ -145,6 +154,7 @@ class BidirectionalH3(TokenMixer):
         self.k_conv = GridDepthwiseConv(dim, kernel_size=3, **dd)
         self.ssm = DiagonalSSMKernel(num_heads, d_state, **dd)
         self.D = nn.Parameter(torch.empty(num_heads, **dd))
+        self._kept_toeplitz: tuple[tuple, torch.Tensor] | None = None  # see mix
         self.build_output(attn_drop, proj_drop, **dd)
         self.init_weights()
 
@@ -169,7 +179,16 @@ class BidirectionalH3(TokenMixer):
         q, k, v = (t.reshape(shape).transpose(1, 2) for t in (q, k, v))
         acc = torch.promote_types(v.dtype, torch.float32)
         kernel_fwd, kernel_bwd = self.ssm(num_tokens, acc)
-        out = gated_long_conv(q, k, v, kernel_fwd, kernel_bwd, skip=self.D.to(acc))
+        skip = self.D.to(acc)
+        toeplitz = None
+        if uses_toeplitz(num_tokens, self.head_dim):
+            # the Toeplitz weights depend on the parameters only: kept between inference forwards, like the kernels
+            key = kept_value_key((*self.ssm.parameters(), self.D), num_tokens, q.dtype)
+            if key is not None:
+                if self._kept_toeplitz is None or self._kept_toeplitz[0] != key:
+                    self._kept_toeplitz = (key, toeplitz_matrix(kernel_fwd, kernel_bwd, skip).to(q.dtype))
+                toeplitz = self._kept_toeplitz[1]
+        out = gated_long_conv(q, k, v, kernel_fwd, kernel_bwd, skip=skip, toeplitz=toeplitz)
         # In the projections' dtype (the FFT path returns fp32), which ``proj`` takes as it is, also under autocast.
         return out.transpose(1, 2).reshape(batch, num_tokens, dim).to(v.dtype)
 

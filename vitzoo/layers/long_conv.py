@@ -149,11 +149,14 @@ def _toeplitz_attention(
         kernel_fwd: torch.Tensor,
         kernel_bwd: torch.Tensor,
         skip: torch.Tensor | None,
+        toeplitz: torch.Tensor | None = None,
 ) -> torch.Tensor:
     scores = q @ k.transpose(-1, -2)  # (B, H, N, N): q_t . k_s, 16-bit under autocast
+    if toeplitz is None:
+        toeplitz = toeplitz_matrix(kernel_fwd, kernel_bwd, skip)
     # The weights join the scores' precision, as softmax probabilities do before their product with v: every long
     # sum stays inside a matrix product, which accumulates in fp32.
-    return (scores * toeplitz_matrix(kernel_fwd, kernel_bwd, skip).to(scores.dtype)) @ v
+    return (scores * toeplitz.to(scores.dtype)) @ v
 
 
 def gated_long_conv_toeplitz(
@@ -163,16 +166,18 @@ def gated_long_conv_toeplitz(
         kernel_fwd: torch.Tensor,
         kernel_bwd: torch.Tensor,
         skip: torch.Tensor | None = None,
+        toeplitz: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The same o_t as :func:`gated_long_conv_fft` as a Toeplitz-weighted attention sum_s T[t, s] (q_t . k_s) v_s.
 
     O(N^2 d) work on matmul units instead of O(d^2 N log N) FFT work, in the precision attention runs in (16-bit
     matrix products with fp32 accumulation under autocast); checkpointed, so the (B, H, N, N) scores are transient
-    (autograd keeps the O(B H N d) inputs). Returns (B, H, N, d).
+    (autograd keeps the O(B H N d) inputs). ``toeplitz``: T itself (H, N, N), when the caller keeps it (the kernels
+    and skip are then not read). Returns (B, H, N, d).
     """
     if torch.is_grad_enabled():
-        return checkpoint(_toeplitz_attention, q, k, v, kernel_fwd, kernel_bwd, skip, use_reentrant=False)
-    return _toeplitz_attention(q, k, v, kernel_fwd, kernel_bwd, skip)
+        return checkpoint(_toeplitz_attention, q, k, v, kernel_fwd, kernel_bwd, skip, toeplitz, use_reentrant=False)
+    return _toeplitz_attention(q, k, v, kernel_fwd, kernel_bwd, skip, toeplitz)
 
 
 def gated_long_conv(
@@ -182,12 +187,19 @@ def gated_long_conv(
         kernel_fwd: torch.Tensor,
         kernel_bwd: torch.Tensor,
         skip: torch.Tensor | None = None,
+        toeplitz: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """o_t = sum_s Kbi(t - s) (q_t . k_s) v_s (+ skip (q_t . k_t) v_t) for q, k, v (B, H, N, d), kernels (H, N) and
     an optional per-head skip weight (H,); returns (B, H, N, d).
 
-    The Toeplitz form up to N = ``TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM`` * d tokens, the FFT form above.
+    The Toeplitz form where :func:`uses_toeplitz` says so (``toeplitz``: its weights T, when the caller keeps them),
+    the FFT form above.
     """
-    use_fft = q.shape[-2] > TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM * q.shape[-1]
-    path = gated_long_conv_fft if use_fft else gated_long_conv_toeplitz
-    return path(q, k, v, kernel_fwd, kernel_bwd, skip)
+    if uses_toeplitz(q.shape[-2], q.shape[-1]):
+        return gated_long_conv_toeplitz(q, k, v, kernel_fwd, kernel_bwd, skip, toeplitz)
+    return gated_long_conv_fft(q, k, v, kernel_fwd, kernel_bwd, skip)
+
+
+def uses_toeplitz(num_tokens: int, head_dim: int) -> bool:
+    """Whether :func:`gated_long_conv` takes the Toeplitz form: up to N = ``TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM`` * d."""
+    return num_tokens <= TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM * head_dim
