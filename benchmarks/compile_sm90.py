@@ -4,7 +4,10 @@ Triton compiles each kernel for a ``GPUTarget`` and ``ptxas -v`` (shipped with T
 numbers that set occupancy, to check before and after a kernel change (see CONTRIBUTING.md). ``--maxnreg`` caps the
 registers per thread as the launch option of that name does (the spills then show its cost).
 
-    python benchmarks/compile_sm90.py [--chunk 32] [--head-dim 64 128] [--maxnreg 168] [--family delta linear]
+    python benchmarks/compile_sm90.py [--chunk 32] [--head-dim 64 128] [--maxnreg 168] [--family delta linear shell]
+
+``shell``: the kernels around the mixers' cores (norms, local convolution, FEM's two ops, H3's SSM kernels) at the
+launch settings their heuristics pick for the tiny models.
 """
 from __future__ import annotations
 
@@ -34,14 +37,16 @@ dr_kernels = importlib.import_module("vitzoo.ops.delta_rule.kernels")
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
 FP32_POINTERS = {"state_ptr", "dstate_ptr", "dc_ptr"}  # every other pointer is bf16 (the benchmarks' dtype)
-FLOAT_SCALARS = {"scale", "c_value", "eps"}
+FLOAT_SCALARS = {"scale", "c_value", "eps", "log_eps", "gate_floor", "tiny", "sqrt_dv", "cap_numerator"}
 
 
 def resources(kernel, constexprs: dict, num_warps: int, num_stages: int = 3, maxnreg: int | None = None,
-              divisible: tuple[str, ...] = ()) -> dict[str, int]:
+              divisible: tuple[str, ...] = (), fp32_pointers: frozenset[str] | set[str] = FP32_POINTERS,
+              ) -> dict[str, int]:
     """Compile ``kernel`` for sm_90 with ``constexprs``; registers, spill bytes and shared memory per block.
     ``divisible``: integer arguments that the real launches pass as multiples of 16. Triton specialises those, and
-    only with that knowledge may it load rows 16 bytes at a time and pipeline them (cp.async)."""
+    only with that knowledge may it load rows 16 bytes at a time and pipeline them (cp.async). ``fp32_pointers``:
+    the pointer arguments to fp32 data (the others point to bf16)."""
     params = list(inspect.signature(kernel.fn).parameters)
     signature, constants = {}, {}
     for i, name in enumerate(params):
@@ -49,7 +54,7 @@ def resources(kernel, constexprs: dict, num_warps: int, num_stages: int = 3, max
             signature[name] = "constexpr"
             constants[(i,)] = constexprs[name]
         elif name.endswith("_ptr"):
-            signature[name] = "*fp32" if name in FP32_POINTERS else "*bf16"
+            signature[name] = "*fp32" if name in fp32_pointers else "*bf16"
         else:
             signature[name] = "fp32" if name in FLOAT_SCALARS else "i32"
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(params)
@@ -120,24 +125,69 @@ def linear_attention_kernels(d: int) -> list[tuple]:
     ]
 
 
+def shell_kernels() -> list[tuple]:
+    """The kernels around the cores at the tiny models' sizes and their heuristics' launch settings: (label, kernel,
+    constexprs, warps, stages, divisible, fp32 pointers)."""
+    fe = importlib.import_module("vitzoo.ops.free_energy.kernels")
+    fe_h = importlib.import_module("vitzoo.ops.free_energy.heuristics")
+    ssm = importlib.import_module("vitzoo.ops.ssm_kernel.kernels")
+    ssm_h = importlib.import_module("vitzoo.ops.ssm_kernel.heuristics")
+    norm = importlib.import_module("vitzoo.ops.layer_norm.kernels")
+    norm_h = importlib.import_module("vitzoo.ops.layer_norm.heuristics")
+    conv = importlib.import_module("vitzoo.ops.local_conv.kernels")
+    conv_h = importlib.import_module("vitzoo.ops.local_conv.heuristics")
+    # FEM's values and reads are fp32, its projections and gate logits bf16; the values' gradient comes from the
+    # prior's fp32 values, the output's from proj's bf16 input
+    fem_fp32 = {"read_ptr", "shift_ptr", "beta_ptr", "dread_ptr", "dbeta_ptr", "values_ptr"}
+    values = dict(BLOCK_N=fe_h.BLOCK_T, BLOCK_D=fe_h.block_d(32))
+    mix = dict(BLOCK_T=fe_h.BLOCK_T, BLOCK_D=fe_h.block_d(32))
+    ssm_meta = dict(BLOCK_M=ssm_h.block_m(32), BLOCK_L=ssm_h.BLOCK_L)
+    ssm_fp32 = {name for name in inspect.signature(ssm._ssm_kernels_bwd_kernel.fn).parameters if name.endswith("_ptr")}
+    entries = [
+        ("FEM values fwd", fe._free_energy_values_fwd_kernel, values, fe_h.VALUES_NUM_WARPS, fem_fp32),
+        ("FEM values bwd", fe._free_energy_values_bwd_kernel, values, fe_h.VALUES_NUM_WARPS, fem_fp32 | {"grad_ptr"}),
+        ("FEM output fwd", fe._free_energy_mix_fwd_kernel, mix, fe_h.MIX_NUM_WARPS, fem_fp32),
+        ("FEM output bwd", fe._free_energy_mix_bwd_kernel, mix, fe_h.MIX_NUM_WARPS, fem_fp32),
+        ("SSM kernels fwd", ssm._ssm_kernels_fwd_kernel, ssm_meta, ssm_h.NUM_WARPS, ssm_fp32),
+        ("SSM kernels bwd", ssm._ssm_kernels_bwd_kernel, ssm_meta, ssm_h.NUM_WARPS, ssm_fp32),
+    ]
+    for width, gate, label in ((192, False, "layer norm 192"), (64, True, "gated RMS norm 64")):
+        meta = dict(HAS_WEIGHT=True, HAS_BIAS=not gate, RMS=gate, GATE=gate, BLOCK_M=norm_h.block_m(width),
+                    BLOCK_N=norm_h.block_n(width))
+        fp32 = {"w_ptr", "b_ptr", "mean_ptr", "rstd_ptr", "dw_ptr", "db_ptr"}
+        entries += [(f"{label} fwd", norm._norm_fwd_kernel, dict(meta, SAVE_STATS=True), norm_h.num_warps(width),
+                     fp32),
+                    (f"{label} bwd", norm._norm_bwd_kernel, meta, norm_h.num_warps(width), fp32)]
+    conv_meta = dict(K=3, BLOCK_P=conv_h.BLOCK_P, BLOCK_C=conv_h.block_c(576))
+    for act in (0, 1):
+        entries.append((f"local conv 576 act {act}", conv._local_conv_fwd_kernel,
+                        dict(conv_meta, HAS_BIAS=False, HAS_RESIDUAL=False, PREFIX=1, ACT=act), conv_h.NUM_WARPS,
+                        {"w_ptr", "bias_ptr"}))
+    entries.append(("local conv 576 dw", conv._local_conv_dw_kernel, conv_meta, conv_h.NUM_WARPS, {"part_ptr"}))
+    return [(label, kernel, meta, warps, 3, (), frozenset(fp32)) for label, kernel, meta, warps, fp32 in entries]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunk", type=int, default=dr.heuristics.DEFAULT_LAUNCH.chunk, help="delta-rule chunk")
     parser.add_argument("--head-dim", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--maxnreg", type=int, default=None, help="cap on registers per thread")
-    parser.add_argument("--family", nargs="+", choices=["delta", "linear"], default=["delta", "linear"])
+    parser.add_argument("--family", nargs="+", choices=["delta", "linear", "shell"],
+                        default=["delta", "linear", "shell"])
     args = parser.parse_args()
+    kernels = []
     for d in args.head_dim:
-        kernels = []
         if "delta" in args.family:
-            kernels += [(f"chunk {args.chunk} d {d:>3} {name}", *rest)
+            kernels += [(f"chunk {args.chunk} d {d:>3} {name}", *rest, FP32_POINTERS)
                         for name, *rest in delta_rule_kernels(args.chunk, d)]
         if "linear" in args.family:
-            kernels += [(f"d {d:>3} {name}", *rest) for name, *rest in linear_attention_kernels(d)]
-        for label, kernel, constexprs, warps, stages, divisible in kernels:
-            r = resources(kernel, constexprs, warps, stages, args.maxnreg, divisible)
-            print(f"{label:>22} ({warps} warps, {stages} stages): {r['registers']:>3} registers, "
-                  f"{r['spill_bytes']:>5} B spilled, {r['shared_bytes']:>6} B shared", flush=True)
+            kernels += [(f"d {d:>3} {name}", *rest, FP32_POINTERS) for name, *rest in linear_attention_kernels(d)]
+    if "shell" in args.family:
+        kernels += shell_kernels()
+    for label, kernel, constexprs, warps, stages, divisible, fp32_pointers in kernels:
+        r = resources(kernel, constexprs, warps, stages, args.maxnreg, divisible, fp32_pointers)
+        print(f"{label:>26} ({warps} warps, {stages} stages): {r['registers']:>3} registers, "
+              f"{r['spill_bytes']:>5} B spilled, {r['shared_bytes']:>6} B shared", flush=True)
 
 
 if __name__ == "__main__":

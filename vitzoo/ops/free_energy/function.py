@@ -36,7 +36,7 @@ if triton_available():
     def _values_launch(v: torch.Tensor) -> tuple[tuple, tuple, dict]:
         batch, num_tokens, heads, dv = v.shape
         sizes = (num_tokens, heads, dv, v.stride(0), v.stride(1), v.stride(2), VALUE_LOGEXP_CAP)
-        meta = dict(BLOCK_N=heuristics.BLOCK_T, BLOCK_D=heuristics.block_d(dv), num_warps=heuristics.NUM_WARPS)
+        meta = dict(BLOCK_N=heuristics.BLOCK_T, BLOCK_D=heuristics.block_d(dv), num_warps=heuristics.VALUES_NUM_WARPS)
         return (batch * heads,), sizes, meta
 
     def _free_energy_values_fwd(v: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,7 +72,7 @@ if triton_available():
         sizes = (tokens, num_tokens, heads, dv, heads * dv, read.stride(0), read.stride(1), read.stride(2),
                  gate_logits.stride(0), gate_logits.stride(1), math.log(LOG_RESTORE_EPS), GATE_FLOOR,
                  torch.finfo(torch.float32).tiny, math.sqrt(dv))
-        meta = dict(BLOCK_T=heuristics.BLOCK_T, BLOCK_D=heuristics.block_d(dv), num_warps=heuristics.NUM_WARPS)
+        meta = dict(BLOCK_T=heuristics.BLOCK_T, BLOCK_D=heuristics.block_d(dv), num_warps=heuristics.MIX_NUM_WARPS)
         return grid, sizes, meta
 
     def _free_energy_mix_fwd(read, shift, beta, gate_logits) -> torch.Tensor:
