@@ -26,18 +26,24 @@ def _clamped_values(v_base, rows, cols, sv_n, N, col_ok, beta, cap):
 
 
 @triton.jit
-def _free_energy_values_fwd_kernel(
-        v_ptr, beta_ptr, values_ptr, shift_ptr, N, H, DV, sv_b, sv_n, sv_h, cap_numerator,
-        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-):
+def _values_program(v_ptr, beta_ptr, H, DV, sv_b, sv_h, cap_numerator, BLOCK_D: tl.constexpr):
+    # this program's (batch, head), its value channels, their beta and clipping bound, and its values' base pointer
     pid = tl.program_id(0)
     b = pid // H
     head = pid % H
     cols = tl.arange(0, BLOCK_D)
     col_ok = cols < DV
     beta = tl.load(beta_ptr + head * DV + cols, mask=col_ok, other=1.0).to(tl.float32)
-    cap = cap_numerator / beta
-    v_base = v_ptr + b * sv_b + head * sv_h
+    return pid, b, head, cols, col_ok, beta, cap_numerator / beta, v_ptr + b * sv_b + head * sv_h
+
+
+@triton.jit
+def _free_energy_values_fwd_kernel(
+        v_ptr, beta_ptr, values_ptr, shift_ptr, N, H, DV, sv_b, sv_n, sv_h, cap_numerator,
+        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid, b, head, cols, col_ok, beta, cap, v_base = _values_program(v_ptr, beta_ptr, H, DV, sv_b, sv_h,
+                                                                     cap_numerator, BLOCK_D)
     shift = tl.full((BLOCK_D,), -float("inf"), tl.float32)
     for n0 in range(0, N, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N)
@@ -58,15 +64,9 @@ def _free_energy_values_bwd_kernel(
         v_ptr, beta_ptr, shift_ptr, grad_ptr, dv_ptr, dbeta_ptr, N, H, DV, sv_b, sv_n, sv_h, cap_numerator,
         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    b = pid // H
-    head = pid % H
-    cols = tl.arange(0, BLOCK_D)
-    col_ok = cols < DV
-    beta = tl.load(beta_ptr + head * DV + cols, mask=col_ok, other=1.0).to(tl.float32)
-    cap = cap_numerator / beta
+    pid, b, head, cols, col_ok, beta, cap, v_base = _values_program(v_ptr, beta_ptr, H, DV, sv_b, sv_h,
+                                                                     cap_numerator, BLOCK_D)
     shift = tl.load(shift_ptr + pid * DV + cols, mask=col_ok, other=0.0)
-    v_base = v_ptr + b * sv_b + head * sv_h
     d_beta = tl.zeros((BLOCK_D,), tl.float32)
     for n0 in range(0, N, BLOCK_N):
         rows = n0 + tl.arange(0, BLOCK_N)
