@@ -87,15 +87,22 @@ def _free_energy_values_bwd_kernel(
 
 
 @triton.jit
-def _tile(rows, cols, N, DV, sr_b, sr_n, sr_h, sg_b, sg_n, head, T):
-    # token rows (batch, token) of this block, their masks and the read and gate offsets of this head
-    row_ok = rows < T
-    mask = row_ok[:, None] & (cols < DV)[None, :]
+def _program_tile(T, N, DV, sr_b, sr_n, sr_h, sg_b, sg_n, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    # this program's head and token rows (batch, token), their mask, and the read and gate offsets
+    head = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    cols = tl.arange(0, BLOCK_D)
+    mask = (rows < T)[:, None] & (cols < DV)[None, :]
     b = rows // N
     n = rows % N
     read_offs = (b * sr_b + n * sr_n + head * sr_h)[:, None] + cols[None, :]
     gate_offs = (b * sg_b + n * sg_n + head * DV)[:, None] + cols[None, :]
-    return b, mask, read_offs, gate_offs
+    return head, rows, cols, b, mask, read_offs, gate_offs
+
+
+@triton.jit
+def _output_offsets(rows, cols, head, DV, E):
+    return (rows * E + head * DV)[:, None] + cols[None, :]
 
 
 @triton.jit
@@ -130,15 +137,12 @@ def _free_energy_mix_fwd_kernel(
         T, N, H, DV, E, sr_b, sr_n, sr_h, sg_b, sg_n, log_eps, gate_floor, tiny, sqrt_dv,
         BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    head = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    cols = tl.arange(0, BLOCK_D)
-    b, mask, read_offs, gate_offs = _tile(rows, cols, N, DV, sr_b, sr_n, sr_h, sg_b, sg_n, head, T)
+    head, rows, cols, b, mask, read_offs, gate_offs = _program_tile(
+        T, N, DV, sr_b, sr_n, sr_h, sg_b, sg_n, BLOCK_T, BLOCK_D)
     (_, _, _, _, _, _, _, _, _, _, gate, mixed) = _forward_values(
         read_ptr, shift_ptr, beta_ptr, gate_ptr, b, head, cols, mask, read_offs, gate_offs, H, DV, E, log_eps,
         gate_floor, tiny, sqrt_dv)
-    out_offs = (rows * E + head * DV)[:, None] + cols[None, :]
-    tl.store(out_ptr + out_offs, (gate * mixed).to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(out_ptr + _output_offsets(rows, cols, head, DV, E), (gate * mixed).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -147,15 +151,12 @@ def _free_energy_mix_bwd_kernel(
         T, N, H, DV, E, sr_b, sr_n, sr_h, sg_b, sg_n, log_eps, gate_floor, tiny, sqrt_dv,
         BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    head = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
-    cols = tl.arange(0, BLOCK_D)
-    b, mask, read_offs, gate_offs = _tile(rows, cols, N, DV, sr_b, sr_n, sr_h, sg_b, sg_n, head, T)
+    head, rows, cols, b, mask, read_offs, gate_offs = _program_tile(
+        T, N, DV, sr_b, sr_n, sr_h, sg_b, sg_n, BLOCK_T, BLOCK_D)
     (mean, exp_read, beta, x_out, _, restored, free_energy, lam, outer, norm, gate,
      mixed) = _forward_values(read_ptr, shift_ptr, beta_ptr, gate_ptr, b, head, cols, mask, read_offs, gate_offs,
                               H, DV, E, log_eps, gate_floor, tiny, sqrt_dv)
-    out_offs = (rows * E + head * DV)[:, None] + cols[None, :]
-    grad = tl.load(grad_ptr + out_offs, mask=mask, other=0.0).to(tl.float32)
+    grad = tl.load(grad_ptr + _output_offsets(rows, cols, head, DV, E), mask=mask, other=0.0).to(tl.float32)
 
     d_mixed = grad * gate
     # the outer gate: gate = sqrt(d_v) u with u = outer / ||outer||
