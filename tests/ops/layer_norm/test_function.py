@@ -2,21 +2,14 @@
 
 Without CUDA the kernels run under the Triton interpreter (``tests/conftest.py`` sets ``TRITON_INTERPRET=1``).
 """
-import importlib
-
 import pytest
 import torch
 
-from vitzoo.ops import set_backend, triton_available
+from vitzoo.ops import set_backend
 from vitzoo.ops.layer_norm import layer_norm, layer_norm_reference, rms_norm, rms_norm_reference
 from vitzoo.ops.testing import assert_matches_reference, relative_error
 
-kernels = importlib.import_module("vitzoo.ops.layer_norm.kernels") if triton_available() else None
-HAS_CUDA = torch.cuda.is_available()
-INTERPRETED = not HAS_CUDA and kernels is not None and type(kernels._norm_fwd_kernel).__name__ == "InterpretedFunction"
-needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRETED), reason="needs CUDA or the Triton interpreter")
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
-DEVICE = "cuda" if HAS_CUDA else "cpu"
+from ..markers import DEVICE, needs_cuda, needs_kernels
 
 
 def _inputs(shape, with_weight, with_bias, dtype, device, seed, strided=False):

@@ -1,16 +1,9 @@
 """Inputs and markers shared by the local-convolution tests."""
-import importlib
-
-import pytest
 import torch
 
-from vitzoo.ops import triton_available
+from ..markers import HAS_CUDA, needs_cuda, needs_kernels
 
-lc = importlib.import_module("vitzoo.ops.local_conv.kernels")  # the package's name is also the function's
-HAS_CUDA = torch.cuda.is_available()
-INTERPRETED = not HAS_CUDA and triton_available() and type(lc._local_conv_fwd_kernel).__name__ == "InterpretedFunction"
-needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRETED), reason="needs CUDA or the Triton interpreter")
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+__all__ = ["HAS_CUDA", "make_inputs", "needs_cuda", "needs_kernels", "outputs_and_grads"]
 
 
 def make_inputs(b, c, grid, prefix, k, per_image, with_bias, with_residual, dtype, device, seed):

@@ -3,23 +3,16 @@ the reference against the SSM's definition in complex arithmetic).
 
 Without CUDA the kernels run under the Triton interpreter (``tests/conftest.py`` sets ``TRITON_INTERPRET=1``).
 """
-import importlib
 import math
 
 import pytest
 import torch
 
-from vitzoo.ops import set_backend, triton_available
+from vitzoo.ops import set_backend
 from vitzoo.ops.ssm_kernel import ssm_kernels, ssm_kernels_reference
 from vitzoo.ops.testing import relative_error
 
-kernels = importlib.import_module("vitzoo.ops.ssm_kernel.kernels") if triton_available() else None
-HAS_CUDA = torch.cuda.is_available()
-INTERPRETED = not HAS_CUDA and kernels is not None and \
-    type(kernels._ssm_kernels_fwd_kernel).__name__ == "InterpretedFunction"
-needs_kernels = pytest.mark.skipif(not (HAS_CUDA or INTERPRETED), reason="needs CUDA or the Triton interpreter")
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
-DEVICE = "cuda" if HAS_CUDA else "cpu"
+from ..markers import DEVICE, needs_cuda, needs_kernels
 
 
 def _params(lead, modes, length, log_dt_range, dtype, device, seed):
