@@ -128,3 +128,22 @@ def test_rejects_unknown_option_and_bad_prior():
         FreeEnergyMixer(40, num_heads=4, rope=True)  # d_k = 10 is not divisible by 4
     with pytest.raises(ValueError):
         FreeEnergyMixer(DIM, num_heads=HEADS, prior="mamba")
+
+
+@pytest.mark.parametrize("prior", PRIORS)
+def test_prior_reads_at_the_projections_precision_under_autocast(monkeypatch, prior):
+    """Under bf16 autocast both priors read bf16 features and values (as attention reads v: their read comes back
+    bf16) while FEM's own arithmetic stays fp32; the mixer stays within bf16 error of its float64 self."""
+    from vitzoo.layers import fem
+    from vitzoo.ops.testing import relative_error
+
+    reads = []
+    real = fem.free_energy_mix
+    monkeypatch.setattr(fem, "free_energy_mix", lambda read, *a: reads.append(read.dtype) or real(read, *a))
+    mixer = _make_mixer(prior, seed=4)
+    x = torch.randn(2, 50, DIM, dtype=torch.float64)
+    expected = mixer(x, *LAYOUT)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mixer.float()(x.float(), *LAYOUT)
+    assert reads == [torch.float64, torch.bfloat16] and out.dtype == torch.bfloat16
+    assert relative_error(out, expected) < 1e-2

@@ -47,8 +47,8 @@ class FreeEnergyMixer(TokenMixer):
     Layers: ``qkv`` (C -> C + C + E: q and k C wide, values E wide, so d_k = C/h differs from d_v = E/h),
     ``gates`` (C -> 2E: the inner gate lambda and the outer gate g per value channel), the per-channel inverse
     temperature parameter ``beta_param`` (beta_max = softplus(beta_param) + 1e-6), and ``proj`` (E -> C).
-    FEM's own arithmetic (clipping, exponentials, log-restore, gates) runs in fp32 (fp64 for fp64 inputs); the
-    linear prior's features stay in the projections' precision.
+    FEM's own arithmetic (clipping, exponentials, log-restore, gates) runs in fp32 (fp64 for fp64 inputs); the prior
+    reads its features and values in the projections' precision, as attention does.
 
     Args:
         dim: token width C.
@@ -117,28 +117,32 @@ class FreeEnergyMixer(TokenMixer):
         return F.softplus(self.beta_param.to(dtype)) + _BETA_FLOOR
 
     def _prior_read(self, q: torch.Tensor, k: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """sum_i p_t(i) values_i for (B, N, h, D) inputs; returns the values' shape and dtype."""
+        """sum_i p_t(i) values_i for (B, N, h, D) inputs, in the projections' dtype.
+
+        Both priors read the values at the projections' precision (bf16 under autocast), as attention reads v: the
+        kernels multiply 16-bit operands and accumulate in fp32, and exp(beta v - M) in (e^-80, 1] keeps bf16's full
+        relative precision (fp32's exponent range). FEM's own arithmetic around the read stays fp32.
+        """
+        values = values.to(q.dtype)
         if self.prior == "linear":
             # The released prior: phi = ReLU + eps, out = num / max(den, eps). The op has no offset feature map, so
-            # the offset features go in as 'identity', with the op's clamped normaliser. They stay in the
-            # projections' precision (ReLU is exact there; the offset is below a 16-bit feature's resolution except
-            # at 0, where it is what 16 bits hold). The op accumulates in fp32 and returns the fp32 values' dtype,
-            # keeping exp(beta v - M) at full precision. (A ones column on the values would carry the denominator
-            # too, but 2 d_v + 1 values pad the kernels' tiles to twice their width.)
+            # the offset features go in as 'identity', with the op's clamped normaliser (ReLU is exact in 16 bits;
+            # the offset is below a 16-bit feature's resolution except at 0, where it is what 16 bits hold). (A ones
+            # column on the values would carry the denominator too, but 2 d_v + 1 values pad the kernels' tiles to
+            # twice their width.)
             phi_q = F.relu(q) + LINEAR_PRIOR_EPS
             phi_k = F.relu(k) + LINEAR_PRIOR_EPS
             return linear_attention(phi_q, phi_k, values, feature_map="identity", normalize=True,
                                     clamp_denominator=True, eps=LINEAR_PRIOR_EPS)
-        # SDPA needs one dtype: the values go in at the projections' dtype (bf16 under autocast keeps the
-        # flash kernel, which accumulates in fp32); d_k = C/h equals 2 d_v in preset A.
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), values.to(q.dtype).transpose(1, 2))
-        return out.transpose(1, 2).to(values.dtype)
+        # d_k = C/h equals 2 d_v in preset A
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), values.transpose(1, 2))
+        return out.transpose(1, 2)
 
     def prior_read(
             self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The prior's read of the doubled values [v, exp(beta v - M)] of ``x`` (B, N, C): (read (B, N, h, 2 d_v),
-        M (B, 1, h, d_v), beta (h, d_v)), in fp32 (fp64 for fp64 inputs).
+        """The prior's read of the doubled values [v, exp(beta v - M)] of ``x`` (B, N, C): (read (B, N, h, 2 d_v) in the
+        projections' dtype, M (B, 1, h, d_v) and beta (h, d_v) in fp32 (fp64 for fp64 inputs)).
 
         Values are clipped to |beta v| <= 40 for both reads; M is the (detached) max of beta v over tokens per
         (batch, head, channel), so every exponential is <= 1 (:func:`vitzoo.ops.free_energy_values`).
