@@ -183,3 +183,23 @@ def test_bad_inputs_are_one_line_errors():
         free_energy_mix(read, shift, beta, gate_logits[..., :20])
     with pytest.raises(ValueError, match="shift must not require a gradient"):
         free_energy_mix(read, shift.requires_grad_(), beta, gate_logits)
+
+
+@needs_kernels
+def test_kernel_takes_a_bf16_read():
+    """A prior that reads bf16 values returns a bf16 read: the kernels load it as it is and compute in fp32; its
+    gradient comes back in bf16."""
+    set_backend("triton")
+    try:
+        (read, shift, beta, gate_logits), grad = _inputs(2, 37, 3, 24, torch.float32, DEVICE, 29)
+        read = read.detach().bfloat16().requires_grad_()
+        tensors = (read, shift, beta, gate_logits)
+        reference = [t.detach().double().cpu().requires_grad_(t.requires_grad) for t in tensors]
+        out, grads = _run(free_energy_mix, tensors, grad)
+        ref_out, ref_grads = _run(free_energy_mix_reference, reference, grad)
+    finally:
+        set_backend("auto")
+    assert grads[0].dtype == torch.bfloat16
+    assert relative_error(out.cpu(), ref_out) < 1e-5
+    for got, expected, tol in zip(grads, ref_grads, (1e-2, 1e-5, 1e-5), strict=True):
+        assert relative_error(got.float().cpu(), expected) < tol
