@@ -131,9 +131,11 @@ def test_rejects_unknown_option_and_bad_prior():
 
 
 @pytest.mark.parametrize("prior", PRIORS)
-def test_prior_reads_at_the_projections_precision_under_autocast(monkeypatch, prior):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_prior_reads_at_the_projections_precision_under_autocast(monkeypatch, prior, dtype):
     """Under bf16 autocast both priors read bf16 features and values (as attention reads v: their read comes back
-    bf16) while FEM's own arithmetic stays fp32; the mixer stays within bf16 error of its float64 self."""
+    bf16) while FEM's own arithmetic stays fp32; fp16 would flush the small exponentials, so there the priors read
+    fp32 values. The mixer stays within 16-bit error of its float64 self."""
     from vitzoo.layers import fem
     from vitzoo.ops.testing import relative_error
 
@@ -143,7 +145,8 @@ def test_prior_reads_at_the_projections_precision_under_autocast(monkeypatch, pr
     mixer = _make_mixer(prior, seed=4)
     x = torch.randn(2, 50, DIM, dtype=torch.float64)
     expected = mixer(x, *LAYOUT)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         out = mixer.float()(x.float(), *LAYOUT)
-    assert reads == [torch.float64, torch.bfloat16] and out.dtype == torch.bfloat16
+    read_dtype = torch.float32 if dtype == torch.float16 else dtype
+    assert reads == [torch.float64, read_dtype] and out.dtype == dtype
     assert relative_error(out, expected) < 1e-2

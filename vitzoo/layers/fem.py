@@ -117,13 +117,7 @@ class FreeEnergyMixer(TokenMixer):
         return F.softplus(self.beta_param.to(dtype)) + _BETA_FLOOR
 
     def _prior_read(self, q: torch.Tensor, k: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """sum_i p_t(i) values_i for (B, N, h, D) inputs, in the projections' dtype.
-
-        Both priors read the values at the projections' precision (bf16 under autocast), as attention reads v: the
-        kernels multiply 16-bit operands and accumulate in fp32, and exp(beta v - M) in (e^-80, 1] keeps bf16's full
-        relative precision (fp32's exponent range). FEM's own arithmetic around the read stays fp32.
-        """
-        values = values.to(q.dtype)
+        """sum_i p_t(i) values_i for (B, N, h, D) inputs, in the values' dtype (the one :meth:`_value_dtype` picks)."""
         if self.prior == "linear":
             # The released prior: phi = ReLU + eps, out = num / max(den, eps). The op has no offset feature map, so
             # the offset features go in as 'identity', with the op's clamped normaliser (ReLU is exact in 16 bits;
@@ -135,8 +129,23 @@ class FreeEnergyMixer(TokenMixer):
             return linear_attention(phi_q, phi_k, values, feature_map="identity", normalize=True,
                                     clamp_denominator=True, eps=LINEAR_PRIOR_EPS)
         # d_k = C/h equals 2 d_v in preset A
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), values.transpose(1, 2))
+        args = (q.transpose(1, 2), k.transpose(1, 2), values.transpose(1, 2))
+        if values.dtype != q.dtype:
+            # fp16 projections (see _value_dtype): attention in the values' fp32, outside autocast, which would cast
+            # it back to fp16 (SDPA takes one dtype)
+            with torch.autocast(q.device.type, enabled=False):
+                out = F.scaled_dot_product_attention(*(t.to(values.dtype) for t in args))
+        else:
+            out = F.scaled_dot_product_attention(*args)
         return out.transpose(1, 2)
+
+    def _value_dtype(self, projections: torch.dtype, acc: torch.dtype) -> torch.dtype:
+        """The dtype the prior reads the doubled values in: the projections', as attention reads v (bf16 under
+        autocast: the kernels multiply bf16 operands and accumulate in fp32, and exp(beta v - M) in (e^-80, 1] keeps
+        bf16's full relative precision, fp32's exponent range). fp16 would flush the smaller exponentials to zero (its
+        range ends near 6e-8; measured: 32% error of the softmax-prior mixer): with fp16 projections the prior reads
+        fp32 values."""
+        return acc if projections == torch.float16 else projections
 
     def prior_read(
             self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int,
@@ -159,7 +168,8 @@ class FreeEnergyMixer(TokenMixer):
             k = axial_rope(k, grid_size, num_prefix_tokens, self.rope_base)
         acc = torch.promote_types(v.dtype, torch.float32)
         beta = self.beta_max(acc)
-        values, shift = free_energy_values(v.reshape(batch, num_tokens, self.num_heads, self.v_head_dim), beta)
+        values, shift = free_energy_values(v.reshape(batch, num_tokens, self.num_heads, self.v_head_dim), beta,
+                                           self._value_dtype(q.dtype, acc))
         read = self._prior_read(q, k, values)
         return read, shift, beta
 

@@ -36,10 +36,16 @@ _DT_RANGE = (1e-3, 1e-1)
 
 def kept_value_key(params: tuple[torch.Tensor, ...], *extra) -> tuple | None:
     """A key under which a value computed from ``params`` (and ``extra``) may be kept between forwards: it changes
-    when a parameter changes (its version counter or storage). None when nothing may be kept: gradients are recorded
-    (the value must be part of the graph), under torch.compile or tracing, or for inference tensors (no version
-    counter to tell a change)."""
-    if torch.is_grad_enabled() or torch.compiler.is_compiling() or torch.jit.is_tracing():
+    when a parameter changes (its version counter or storage). None when nothing may be kept: a gradient of a
+    parameter is being recorded (the value must be part of the graph), under torch.compile or tracing, or for
+    inference tensors (no version counter to tell a change).
+
+    In-place edits through ``p.data`` bypass the version counter: change parameters in place under
+    ``torch.no_grad()``, as optimizers, EMA and ``load_state_dict`` do, or the kept value goes stale.
+    """
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return None
+    if torch.is_grad_enabled() and any(p.requires_grad for p in params):
         return None
     if any(torch.is_inference(p) for p in params):
         return None

@@ -175,6 +175,10 @@ def gated_long_conv_toeplitz(
     (autograd keeps the O(B H N d) inputs). ``toeplitz``: T itself (H, N, N), when the caller keeps it (the kernels
     and skip are then not read). Returns (B, H, N, d).
     """
+    if toeplitz is not None and torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (kernel_fwd, kernel_bwd, skip)):
+        raise ValueError("gated_long_conv_toeplitz: kept Toeplitz weights carry no gradient to the kernels or the "
+                         "skip; pass them only where those need none")
     if torch.is_grad_enabled():
         return checkpoint(_toeplitz_attention, q, k, v, kernel_fwd, kernel_bwd, skip, toeplitz, use_reentrant=False)
     return _toeplitz_attention(q, k, v, kernel_fwd, kernel_bwd, skip, toeplitz)

@@ -58,6 +58,26 @@ def test_values_kernel_matches_float64_reference(b, n, h, dv, scale):
 
 
 @needs_kernels
+def test_values_kernel_writes_the_dtype_asked_for():
+    """Values in bf16 (the dtype a bf16 prior reads): the kernel rounds its fp32 result once, and takes a bf16
+    gradient."""
+    set_backend("triton")
+    try:
+        tensors, grad = _value_inputs(2, 37, 3, 24, torch.float32, DEVICE, 31, 20.0)
+        reference = [t.detach().double().cpu().requires_grad_() for t in tensors]
+        values, _ = free_energy_values(*tensors, torch.bfloat16)
+        grads = torch.autograd.grad(values, tensors, grad.to(values.device, values.dtype))
+        ref_values, _ = free_energy_values_reference(*reference)
+        ref_grads = torch.autograd.grad(ref_values, reference, grad.bfloat16().double())
+    finally:
+        set_backend("auto")
+    assert values.dtype == torch.bfloat16
+    assert relative_error(values.float().cpu(), ref_values) < 1e-2
+    for got, expected in zip(grads, ref_grads, strict=True):
+        assert relative_error(got.cpu(), expected) < 1e-5
+
+
+@needs_kernels
 def test_values_kernel_writes_every_output(monkeypatch):
     set_backend("triton")
     try:
@@ -148,11 +168,12 @@ def test_inference_launch_matches_reference():
 
 
 @needs_cuda
-def test_bf16_gates_at_model_size():
-    """fp32 reads with bf16 gate logits (autocast) at FEM-T size (32 x 197 tokens, 3 heads of 32) against float64."""
+def test_bf16_at_model_size():
+    """bf16 reads and gate logits (what a bf16-autocast FEM-T passes) at FEM-T size (32 x 197 tokens, 3 heads of 32)
+    against float64."""
     tensors, grad = _inputs(32, 197, 3, 32, torch.float32, "cuda", 11)
     read, shift, beta, gate_logits = tensors
-    tensors = (read, shift, beta, gate_logits.detach().bfloat16().requires_grad_())
+    tensors = (read.detach().bfloat16().requires_grad_(), shift, beta, gate_logits.detach().bfloat16().requires_grad_())
     reference = [t.detach().double().cpu().requires_grad_(t.requires_grad) for t in tensors]
     out, grads = _run(free_energy_mix, tensors, grad)
     ref_out, ref_grads = _run(free_energy_mix_reference, reference, grad)

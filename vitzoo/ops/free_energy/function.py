@@ -39,9 +39,10 @@ if triton_available():
         meta = dict(BLOCK_N=heuristics.BLOCK_T, BLOCK_D=heuristics.block_d(dv), num_warps=heuristics.VALUES_NUM_WARPS)
         return (batch * heads,), sizes, meta
 
-    def _free_energy_values_fwd(v: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _free_energy_values_fwd(v: torch.Tensor, beta: torch.Tensor,
+                                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         batch, num_tokens, heads, dv = v.shape
-        values = torch.empty((batch, num_tokens, heads, 2 * dv), dtype=torch.float32, device=v.device)
+        values = torch.empty((batch, num_tokens, heads, 2 * dv), dtype=dtype, device=v.device)
         shift = torch.empty((batch, 1, heads, dv), dtype=torch.float32, device=v.device)
         grid, sizes, meta = _values_launch(v)
         _free_energy_values_fwd_kernel[grid](v, beta, values, shift, *sizes, **meta)
@@ -49,8 +50,8 @@ if triton_available():
 
     class _FreeEnergyValuesFunction(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, v, beta):
-            values, shift = _free_energy_values_fwd(v, beta)
+        def forward(ctx, v, beta, dtype):
+            values, shift = _free_energy_values_fwd(v, beta, dtype)
             ctx.save_for_backward(v, beta, shift)
             ctx.mark_non_differentiable(shift)
             return values, shift
@@ -62,7 +63,7 @@ if triton_available():
             d_beta = torch.empty((v.shape[0], *beta.shape), dtype=torch.float32, device=v.device)
             grid, sizes, meta = _values_launch(v)
             _free_energy_values_bwd_kernel[grid](v, beta, shift, grad.contiguous(), d_v, d_beta, *sizes, **meta)
-            return d_v, d_beta.sum(dim=0).to(beta.dtype)
+            return d_v, d_beta.sum(dim=0).to(beta.dtype), None
 
     def _launch_args(read: torch.Tensor, gate_logits: torch.Tensor) -> tuple[tuple, tuple, dict]:
         batch, num_tokens, heads, double_dv = read.shape
@@ -105,25 +106,30 @@ if triton_available():
             return d_read, None, d_beta.to(beta.dtype), d_gate_logits
 
 
-def free_energy_values(v: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The values FEM's prior reads, (B, N, H, 2 Dv), and the shift M, (B, 1, H, Dv), in fp32; ``reference.py``
-    states the math.
+def free_energy_values(v: torch.Tensor, beta: torch.Tensor,
+                       dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The values FEM's prior reads, (B, N, H, 2 Dv) in ``dtype``, and the shift M, (B, 1, H, Dv) in fp32;
+    ``reference.py`` states the math.
 
     Args:
         v: the value projections (B, N, H, Dv), any strides (a slice of the fused projection).
         beta: the inverse temperatures, (H, Dv).
+        dtype: the values' dtype, the one the prior reads them in (default fp32); the arithmetic is fp32 regardless.
 
     Eager fp16 / bf16 / fp32 inputs on CUDA run the kernels; float64, the CPU and ``torch.compile`` run the reference.
     """
     check_value_inputs(v, beta)
     if kernel_backend(v.device) != "triton" or torch.compiler.is_compiling() or v.numel() == 0 \
             or any(t.dtype not in KERNEL_DTYPES for t in (v, beta)):
-        return free_energy_values_reference(v, beta)
+        return free_energy_values_reference(v, beta, dtype)
+    dtype = torch.float32 if dtype is None else dtype
+    if dtype not in KERNEL_DTYPES:
+        raise ValueError(f"free_energy_values: dtype must be float16, bfloat16 or float32 for the kernels, got {dtype}")
     v = v if v.stride(-1) == 1 else v.contiguous()
     beta = beta.contiguous()
     if not (torch.is_grad_enabled() and (v.requires_grad or beta.requires_grad)):
-        return _free_energy_values_fwd(v, beta)
-    return _FreeEnergyValuesFunction.apply(v, beta)
+        return _free_energy_values_fwd(v, beta, dtype)
+    return _FreeEnergyValuesFunction.apply(v, beta, dtype)
 
 
 def free_energy_mix(

@@ -29,7 +29,7 @@ def _clamped_values(v_base, rows, cols, sv_n, N, col_ok, beta, cap):
 def _values_program(v_ptr, beta_ptr, H, DV, sv_b, sv_h, cap_numerator, BLOCK_D: tl.constexpr):
     # this program's (batch, head), its value channels, their beta and clipping bound, and its values' base pointer
     pid = tl.program_id(0)
-    b = pid // H
+    b = (pid // H).to(tl.int64)  # 64-bit element offsets: the tensors may hold more than 2^31 elements
     head = pid % H
     cols = tl.arange(0, BLOCK_D)
     col_ok = cols < DV
@@ -55,8 +55,9 @@ def _free_energy_values_fwd_kernel(
         rows = n0 + tl.arange(0, BLOCK_N)
         mask, _, clamped = _clamped_values(v_base, rows, cols, sv_n, N, col_ok, beta, cap)
         offs = ((b * N + rows) * H + head)[:, None] * (2 * DV) + cols[None, :]
-        tl.store(values_ptr + offs, clamped, mask=mask)
-        tl.store(values_ptr + offs + DV, tl.exp(beta[None, :] * clamped - shift[None, :]), mask=mask)
+        out_type = values_ptr.dtype.element_ty
+        tl.store(values_ptr + offs, clamped.to(out_type), mask=mask)
+        tl.store(values_ptr + offs + DV, tl.exp(beta[None, :] * clamped - shift[None, :]).to(out_type), mask=mask)
 
 
 @triton.jit
@@ -90,7 +91,8 @@ def _free_energy_values_bwd_kernel(
 def _program_tile(T, N, DV, sr_b, sr_n, sr_h, sg_b, sg_n, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     # this program's head and token rows (batch, token), their mask, and the read and gate offsets
     head = tl.program_id(1)
-    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    # 64-bit rows: their element offsets may pass 2^31
+    rows = (tl.program_id(0) * BLOCK_T).to(tl.int64) + tl.arange(0, BLOCK_T)
     cols = tl.arange(0, BLOCK_D)
     mask = (rows < T)[:, None] & (cols < DV)[None, :]
     b = rows // N

@@ -36,9 +36,11 @@ def check_value_inputs(v: torch.Tensor, beta: torch.Tensor) -> None:
                          f"{tuple(beta.shape)}")
 
 
-def free_energy_values_reference(v: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The values FEM's prior reads, (B, N, H, 2 Dv), and the shift M, (B, 1, H, Dv), both in fp32 (fp64 for fp64
-    inputs), from the value projections v (B, N, H, Dv) and the inverse temperatures beta (H, Dv)."""
+def free_energy_values_reference(v: torch.Tensor, beta: torch.Tensor,
+                                 dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The values FEM's prior reads, (B, N, H, 2 Dv) in ``dtype`` (default fp32, fp64 for fp64 inputs), and the
+    shift M, (B, 1, H, Dv) in fp32 (fp64), from the value projections v (B, N, H, Dv) and the inverse temperatures
+    beta (H, Dv); computed in fp32 (fp64) whatever ``dtype``."""
     check_value_inputs(v, beta)
     acc = torch.promote_types(v.dtype, torch.float32)
     beta = beta.to(acc)
@@ -46,7 +48,8 @@ def free_energy_values_reference(v: torch.Tensor, beta: torch.Tensor) -> tuple[t
     v = torch.clamp(v.to(acc), min=-cap, max=cap)
     scaled = beta * v
     shift = scaled.amax(dim=1, keepdim=True).detach()
-    return torch.cat([v, torch.exp(scaled - shift)], dim=-1), shift
+    values = torch.cat([v, torch.exp(scaled - shift)], dim=-1)
+    return (values if dtype is None else values.to(dtype)), shift
 
 
 def check_inputs(read: torch.Tensor, shift: torch.Tensor, beta: torch.Tensor, gate_logits: torch.Tensor) -> None:
