@@ -21,20 +21,28 @@ from vitzoo.ops import set_backend, triton_available
 from vitzoo.registry import DEIT_FAMILIES, FAMILIES
 from vitzoo.train.data import FASHION_MNIST_DIR
 
-OP_MODULES = {importlib.import_module("vitzoo.ops.linear_attention.function"): "linear_attention_triton",
-              importlib.import_module("vitzoo.ops.delta_rule.function"): "delta_rule_triton",
-              importlib.import_module("vitzoo.ops.local_conv.function"): "_local_conv_fwd",
-              importlib.import_module("vitzoo.ops.layer_norm.function"): "_norm",
-              importlib.import_module("vitzoo.ops.zeros_weights.function"): "_zeros_weights_fwd",
-              importlib.import_module("vitzoo.ops.free_energy.function"): "_free_energy_mix_fwd",
-              importlib.import_module("vitzoo.ops.ssm_kernel.function"): "_ssm_kernels_fwd"}
+# The ops' launch functions, spied on by name: each family must run exactly its own ops through the kernels.
+SPIED_OPS = {"linear_attention": "linear_attention_triton", "delta_rule": "delta_rule_triton",
+             "local_conv": "_local_conv_fwd", "layer_norm": "_norm", "zeros_weights": "_zeros_weights_fwd",
+             "free_energy": ("_free_energy_values_fwd", "_free_energy_mix_fwd"), "ssm_kernel": "_ssm_kernels_fwd"}
+FAMILY_OPS = {  # beyond every family's norms
+    "softmax": set(),
+    "linear": {"linear_attention_triton"},
+    "inline": {"linear_attention_triton", "_local_conv_fwd"},
+    "qt": {"linear_attention_triton"},
+    "zeros": {"linear_attention_triton", "_zeros_weights_fwd"},
+    "fem": {"linear_attention_triton", "_free_energy_values_fwd", "_free_energy_mix_fwd"},
+    "fem_softmax": {"_free_energy_values_fwd", "_free_energy_mix_fwd"},
+    "deltanet": {"delta_rule_triton", "_local_conv_fwd"},
+    "h3": {"_local_conv_fwd", "_ssm_kernels_fwd"},
+}
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1" and triton_available() and not torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(not INTERPRETER, reason="needs the Triton interpreter (TRITON_INTERPRET=1, no CUDA)")
 
 # Every DeiT-style family: all run their LayerNorms through the norm kernel, and all but softmax attention a mixer op
-# too (FEM over a softmax prior its output op).
-KERNEL_MODELS = [FAMILIES[name].model_name("tiny") for name in DEIT_FAMILIES]
+# too (FAMILY_OPS).
+KERNEL_MODELS = {FAMILIES[name].model_name("tiny"): name for name in DEIT_FAMILIES}
 TINY = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=32, depth=2, num_heads=2)
 
 
@@ -49,26 +57,29 @@ def _images(count: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(count, 1, 28, 28, generator=generator), torch.randint(0, 10, (count,), generator=generator)
 
 
-def _logits_and_grads(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                      backend: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _logits_and_grads(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, backend: str,
+                      family: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Logits and parameter gradients with kernel backend ``backend``; checks that the Triton ops ran exactly when
     asked for."""
     set_backend(backend)
-    launches = []
+    launched = set()
     with pytest.MonkeyPatch.context() as spy:
-        for module, op in OP_MODULES.items():
-            real = getattr(module, op)
-            spy.setattr(module, op, lambda *a, _real=real, **k: launches.append(1) or _real(*a, **k))
+        for package, ops in SPIED_OPS.items():
+            module = importlib.import_module(f"vitzoo.ops.{package}.function")
+            for op in (ops,) if isinstance(ops, str) else ops:
+                real = getattr(module, op)
+                spy.setattr(module, op, lambda *a, _real=real, _op=op, **k: launched.add(_op) or _real(*a, **k))
         model.zero_grad(set_to_none=True)
         logits = model(images)
         torch.nn.functional.cross_entropy(logits, labels).backward()
-    assert bool(launches) == (backend == "triton"), f"{backend}: {len(launches)} Triton op calls"
+    expected = FAMILY_OPS[family] | {"_norm"} if backend == "triton" else set()
+    assert launched == expected, f"{backend}: ran {sorted(launched)}, expected {sorted(expected)}"
     return logits.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-def _assert_backends_agree(model, images, labels, when: str) -> None:
-    ref_logits, ref_grads = _logits_and_grads(model, images, labels, "reference")
-    tri_logits, tri_grads = _logits_and_grads(model, images, labels, "triton")
+def _assert_backends_agree(model, images, labels, when: str, family: str) -> None:
+    ref_logits, ref_grads = _logits_and_grads(model, images, labels, "reference", family)
+    tri_logits, tri_grads = _logits_and_grads(model, images, labels, "triton", family)
     scale = ref_logits.abs().max()
     assert (tri_logits - ref_logits).abs().max() <= 1e-4 * scale, f"{when}: logits differ"
     assert tri_grads.keys() == ref_grads.keys()
@@ -83,7 +94,7 @@ def test_model_through_kernels_equals_reference_at_init_and_after_training(name)
     model = timm.create_model(name, **TINY)
     images, labels = _images(12)
     batch, label_batch = images[:4], labels[:4]
-    _assert_backends_agree(model, batch, label_batch, "at initialisation")
+    _assert_backends_agree(model, batch, label_batch, "at initialisation", KERNEL_MODELS[name])
     initial = [p.detach().clone() for p in model.parameters()]
 
     # Train on the reference path (the CPU default), then compare both paths on the moved weights.
@@ -98,4 +109,4 @@ def test_model_through_kernels_equals_reference_at_init_and_after_training(name)
     moved = max((p.detach() - q).abs().max() / q.abs().max().clamp(min=1e-6)
                 for p, q in zip(model.parameters(), initial, strict=True))
     assert moved > 0.1, "the training steps did not move the weights"
-    _assert_backends_agree(model, batch, label_batch, "after training")
+    _assert_backends_agree(model, batch, label_batch, "after training", KERNEL_MODELS[name])
