@@ -136,16 +136,15 @@ def shell_kernels() -> list[tuple]:
     norm_h = importlib.import_module("vitzoo.ops.layer_norm.heuristics")
     conv = importlib.import_module("vitzoo.ops.local_conv.kernels")
     conv_h = importlib.import_module("vitzoo.ops.local_conv.heuristics")
-    # FEM's values and reads are fp32, its projections and gate logits bf16; the values' gradient comes from the
-    # prior's fp32 values, the output's from proj's bf16 input
-    fem_fp32 = {"read_ptr", "shift_ptr", "beta_ptr", "dread_ptr", "dbeta_ptr", "values_ptr"}
+    # a bf16 FEM: values, reads, projections and gate logits bf16; M, beta and beta's partial gradients fp32
+    fem_fp32 = {"shift_ptr", "beta_ptr", "dbeta_ptr"}
     values = dict(BLOCK_N=fe_h.BLOCK_T, BLOCK_D=fe_h.block_d(32))
     mix = dict(BLOCK_T=fe_h.BLOCK_T, BLOCK_D=fe_h.block_d(32))
     ssm_meta = dict(BLOCK_M=ssm_h.block_m(32), BLOCK_L=ssm_h.BLOCK_L)
     ssm_fp32 = {name for name in inspect.signature(ssm._ssm_kernels_bwd_kernel.fn).parameters if name.endswith("_ptr")}
     entries = [
         ("FEM values fwd", fe._free_energy_values_fwd_kernel, values, fe_h.VALUES_NUM_WARPS, fem_fp32),
-        ("FEM values bwd", fe._free_energy_values_bwd_kernel, values, fe_h.VALUES_NUM_WARPS, fem_fp32 | {"grad_ptr"}),
+        ("FEM values bwd", fe._free_energy_values_bwd_kernel, values, fe_h.VALUES_NUM_WARPS, fem_fp32),
         ("FEM output fwd", fe._free_energy_mix_fwd_kernel, mix, fe_h.MIX_NUM_WARPS, fem_fp32),
         ("FEM output bwd", fe._free_energy_mix_bwd_kernel, mix, fe_h.MIX_NUM_WARPS, fem_fp32),
         ("SSM kernels fwd", ssm._ssm_kernels_fwd_kernel, ssm_meta, ssm_h.NUM_WARPS, ssm_fp32),
@@ -164,7 +163,11 @@ def shell_kernels() -> list[tuple]:
                         dict(conv_meta, HAS_BIAS=False, HAS_RESIDUAL=False, PREFIX=1, ACT=act), conv_h.NUM_WARPS,
                         {"w_ptr", "bias_ptr"}))
     entries.append(("local conv 576 dw", conv._local_conv_dw_kernel, conv_meta, conv_h.NUM_WARPS, {"part_ptr"}))
-    return [(label, kernel, meta, warps, 3, (), frozenset(fp32)) for label, kernel, meta, warps, fp32 in entries]
+    # at the tiny models' widths every batch, token and head stride divides by 16 (FEM-T's 480-wide projections,
+    # 192-wide reads and gates; DeiT-T's 192 and DeltaNet's 576 channels), as do the norms' and convolution's rows
+    kernels = [kernel for _, kernel, *_ in entries]
+    divisible = stride_arguments(kernels, r"s[a-z]+_[bnhm]")
+    return [(label, kernel, meta, warps, 3, divisible, frozenset(fp32)) for label, kernel, meta, warps, fp32 in entries]
 
 
 def main() -> None:

@@ -105,12 +105,14 @@ def _counts(model: torch.nn.Module, x: torch.Tensor, launches: list[int] | None,
 
 
 def family_counts(name: str, img_size: int, kernel_path: bool) -> dict:
-    torch.manual_seed(0)
-    model = timm.create_model(name, img_size=img_size)
     x = torch.randn(1, 3, img_size, img_size)
+    model = timm.create_model(name, img_size=img_size)
     row = {"model": name, "blocks": len(model.blocks), **_counts(model, x, None, "")}
     if kernel_path:
         launches: list[int] = []
+        # a fresh model: what the first model keeps between forwards (H3's kernels and weights) must be computed
+        # again for the first forward's count
+        model = timm.create_model(name, img_size=img_size)
         with stubbed_kernels(launches):
             row |= _counts(model, x, launches, "cuda_")
     return row
