@@ -85,9 +85,10 @@ if triton_available():
             if grad.stride(-1) != 1:
                 grad = grad.contiguous()
             if act == _ACT_SILU:
-                # the gradient of the pre-activation, from the convolution recomputed in the same kernel
+                # the gradient of the pre-activation, from the convolution recomputed in the same kernel; kept in fp32
+                # (the reference takes it in fp32 too) for the two kernels that read it
                 grad = (_local_conv_fwd_op if compiling else _local_conv_fwd)(
-                    x, weight, bias, grad, grid_h, grid_w, prefix, _PREFIX_FROM_X, grad.dtype, _ACT_SILU_BACKWARD,
+                    x, weight, bias, grad, grid_h, grid_w, prefix, _PREFIX_FROM_X, torch.float32, _ACT_SILU_BACKWARD,
                     direct_launch=not compiling,
                 )
             dx = dw = dbias = None
