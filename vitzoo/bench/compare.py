@@ -46,7 +46,7 @@ from vitzoo.bench.common import (
 )
 from vitzoo.models import list_models
 from vitzoo.registry import FAMILIES
-from vitzoo.train.cuda_graph import graphed_training_forward
+from vitzoo.train.cuda_graph import TrainingForward, graphed_training_forward
 
 PHASES = ("infer", "train", "latency")
 COMPILE_MODES = ("none", "default", "reduce-overhead")  # eager, and the two modes worth a fullgraph compile
@@ -146,13 +146,9 @@ class Step:
             self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
             self.target = torch.randint(0, 1000, (batch,), device=device)
             self.forward = (graphed_training_forward(model, self.x, torch.bfloat16) if graphed
-                            else self._autocast_forward)
+                            else TrainingForward(model, torch.bfloat16))
         elif graphed:
             self.graph = capture_inference(self.model, self.x)
-
-    def _autocast_forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device.type, dtype=torch.bfloat16):
-            return self.model(x)
 
     def _infer(self) -> None:
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16):
@@ -165,7 +161,7 @@ class Step:
         self.begin()
         if self.phase == "train":
             self.optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(self.forward(self.x).float(), self.target).backward()
+            F.cross_entropy(self.forward(self.x), self.target).backward()
             self.optimizer.step()
         else:
             self._infer()

@@ -18,8 +18,9 @@ import torch
 import torch.nn as nn
 
 
-class _TrainingForward(nn.Module):
-    """``model(x)`` under autocast to ``dtype`` (None: no autocast) with fp32 logits, as the eager loop computes it."""
+class TrainingForward(nn.Module):
+    """``model(x)`` under autocast to ``dtype`` (None: no autocast) with fp32 logits, as the eager loop computes it;
+    what :func:`graphed_training_forward` captures, and the benchmarks' eager training forward."""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype | None) -> None:
         super().__init__()
@@ -52,7 +53,7 @@ def graphed_training_forward(model: nn.Module, example: torch.Tensor,
         raise ValueError("graphed_training_forward captures the training-mode forward; call model.train() first")
     buffers = [buffer.detach().clone() for buffer in model.buffers()]
     cpu_rng, cuda_rng = torch.get_rng_state(), torch.cuda.get_rng_state(example.device)
-    forward = _TrainingForward(model, dtype).train()
+    forward = TrainingForward(model, dtype).train()
     # allow_unused_input: a parameter that the forward does not reach (e.g. a classifier replaced by the caller)
     # simply gets no gradient, as in eager
     graphed = torch.cuda.make_graphed_callables(forward, (example,), allow_unused_input=True)
