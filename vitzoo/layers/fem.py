@@ -151,7 +151,7 @@ class FreeEnergyMixer(TokenMixer):
             self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The prior's read of the doubled values [v, exp(beta v - M)] of ``x`` (B, N, C): (read (B, N, h, 2 d_v) in the
-        projections' dtype, M (B, 1, h, d_v) and beta (h, d_v) in fp32 (fp64 for fp64 inputs)).
+        values' dtype (:meth:`_value_dtype`), M (B, 1, h, d_v) and beta (h, d_v) in fp32 (fp64 for fp64 inputs)).
 
         Values are clipped to |beta v| <= 40 for both reads; M is the (detached) max of beta v over tokens per
         (batch, head, channel), so every exponential is <= 1 (:func:`vitzoo.ops.free_energy_values`).

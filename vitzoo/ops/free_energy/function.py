@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from ..utils import KERNEL_DTYPES, kernel_backend, triton_available
+from ..utils import KERNEL_DTYPES, cdiv, kernel_backend, triton_available
 from . import heuristics
 from .reference import (
     GATE_FLOOR,
@@ -24,8 +24,6 @@ from .reference import (
 )
 
 if triton_available():
-    import triton
-
     from .kernels import (
         _free_energy_mix_bwd_kernel,
         _free_energy_mix_fwd_kernel,
@@ -69,7 +67,7 @@ if triton_available():
         batch, num_tokens, heads, double_dv = read.shape
         dv = double_dv // 2
         tokens = batch * num_tokens
-        grid = (triton.cdiv(tokens, heuristics.BLOCK_T), heads)
+        grid = (cdiv(tokens, heuristics.BLOCK_T), heads)
         sizes = (tokens, num_tokens, heads, dv, heads * dv, read.stride(0), read.stride(1), read.stride(2),
                  gate_logits.stride(0), gate_logits.stride(1), math.log(LOG_RESTORE_EPS), GATE_FLOOR,
                  torch.finfo(torch.float32).tiny, math.sqrt(dv))
