@@ -53,8 +53,9 @@ def low_precision_rms_norm(x: torch.Tensor, normalized_shape: tuple[int, ...], w
     if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
         with torch.autocast(x.device.type, enabled=False):
             out = F.rms_norm(x, normalized_shape, None if weight is None else weight.to(x.dtype), eps)
-            return out if gate is None else out * F.silu(gate.to(x.dtype))
-    out = F.rms_norm(x, normalized_shape, weight, eps)
+        gate = None if gate is None else gate.to(x.dtype)
+    else:
+        out = F.rms_norm(x, normalized_shape, weight, eps)
     return out if gate is None else out * F.silu(gate)
 
 
