@@ -76,7 +76,7 @@ class BidirectionalDeltaNet(TokenMixer):
         # autocast the output stays 16-bit (no fp32 round trip of the activations).
         g = self.gate(x).view(b, n, self.num_heads, self.head_dim)
         o = low_precision_rms_norm(o, (self.head_dim,), self.norm_weight, eps=1e-5, gate=g)
-        return o.reshape(b, n, c).to(qkv.dtype)
+        return o.reshape(b, n, c)
 
 
 # The forward branches on tensor properties (the 16-bit norm path (a dtype check)), which FX cannot trace: the mixer

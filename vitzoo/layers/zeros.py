@@ -107,7 +107,7 @@ class ZeroSAttention(TokenMixer):
         key_weights, query_weights = zeros_weights(u, gate_logits, self.mu, self.log_tau)
         out = linear_attention(q, k, v, key_weights, query_weights, feature_map="l2norm")
         out = low_precision_layer_norm(out, (self.head_dim,), None, None, _HEAD_NORM_EPS)
-        return out.reshape(batch, num_tokens, dim).to(v.dtype)  # the projections' dtype, which ``proj`` takes
+        return out.reshape(batch, num_tokens, dim)
 
 
 # The forward branches on tensor properties (the ops' backend by device and dtype, the 16-bit norm path), which FX
