@@ -84,7 +84,7 @@ def test_values_kernel_writes_every_output(monkeypatch):
         tensors, grad = _value_inputs(2, 70, 2, 16, torch.float32, DEVICE, 3, 20.0)
         monkeypatch.setattr(torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
         values, shift = free_energy_values(*tensors)
-        grads = torch.autograd.grad(values, tensors, grad.float())
+        grads = torch.autograd.grad(values, tensors, grad.to(values.device, values.dtype))
         with torch.no_grad():
             inference = free_energy_values(*tensors)
     finally:

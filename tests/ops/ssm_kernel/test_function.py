@@ -55,10 +55,17 @@ def test_kernel_matches_float64_reference(lead, modes, length, log_dt_range):
     finally:
         set_backend("auto")
     assert out.dtype == torch.float32 and out.shape == (*lead, length)
-    assert relative_error(out.cpu(), ref_out) < 1e-5
-    for name, got, expected in zip(NAMES, grads, ref_grads, strict=True):
+    for name, got, expected in zip(("kernels", *NAMES), (out, *grads), (ref_out, *ref_grads), strict=True):
         assert got.shape == expected.shape, name
-        assert relative_error(got.cpu(), expected) < 1e-3, name  # fp32; tiny steps cancel (1.6e-4 at dt ~ 1e-5)
+        _assert_fp32_close(got.cpu(), expected, name)
+
+
+def _assert_fp32_close(got: torch.Tensor, expected: torch.Tensor, name: str) -> None:
+    # fp32 arithmetic: the fp32 reference itself is 4e-6 (kernels) and 2e-5 (gradients) off float64 at 32 modes and 197
+    # lags, where angles y l reach ~2000 rad and carry fp32's rounding; tiny steps cancel in the gradients (1.6e-4 at
+    # dt ~ 1e-5)
+    error = relative_error(got, expected)
+    assert error < (1e-4 if name == "kernels" else 1e-3), f"{name}: relative error {error:.1e}"
 
 
 @needs_kernels
@@ -78,10 +85,12 @@ def test_kernel_writes_every_output(monkeypatch):
 @needs_cuda
 def test_torch_compile_fullgraph_traces_the_reference():
     params, grad = _params((2, 3), 32, 197, (math.log(1e-3), math.log(1e-1)), torch.float32, "cuda", 13)
-    eager, eager_grads = _run(ssm_kernels, params, grad, 197)
-    compiled, compiled_grads = _run(torch.compile(ssm_kernels, fullgraph=True), params, grad, 197)
-    for got, expected in zip((compiled, *compiled_grads), (eager, *eager_grads), strict=True):
-        assert relative_error(got, expected) < 1e-4
+    reference = [p.detach().double().cpu().requires_grad_() for p in params]
+    expected = _run(ssm_kernels_reference, reference, grad, 197)
+    for fn in (ssm_kernels, torch.compile(ssm_kernels, fullgraph=True)):
+        out, grads = _run(fn, params, grad, 197)
+        for name, got, want in zip(("kernels", *NAMES), (out, *grads), (expected[0], *expected[1]), strict=True):
+            _assert_fp32_close(got.cpu(), want, name)
 
 
 def test_bad_inputs_are_one_line_errors():
