@@ -8,7 +8,14 @@ from explicit_mixers import explicit_h3
 
 from vitzoo.layers import long_conv
 from vitzoo.layers.h3 import BidirectionalH3, DiagonalSSMKernel
-from vitzoo.layers.long_conv import bidirectional_long_conv, fast_fft_length
+from vitzoo.layers.long_conv import (
+    bidirectional_long_conv,
+    fast_fft_length,
+    gated_long_conv_fft,
+    gated_long_conv_toeplitz,
+    toeplitz_matrix,
+    toeplitz_weights,
+)
 from vitzoo.ops.testing import relative_error
 
 DIM, HEADS = 64, 4  # head_dim 16
@@ -52,6 +59,37 @@ def test_long_conv_matches_toeplitz_sums(length):
     torch.testing.assert_close(
         bidirectional_long_conv(x, kernel_fwd, kernel_bwd), forward + backward, atol=1e-10, rtol=1e-10
     )
+
+
+@pytest.mark.parametrize("length", [1, 8, 13, 197])
+def test_toeplitz_weights_pad_t_to_aligned_rows(length):
+    kernel_fwd, kernel_bwd = torch.randn(2, 3, length, dtype=torch.float64).unbind(0)
+    skip = torch.randn(3, dtype=torch.float64)
+    weights = toeplitz_weights(kernel_fwd, kernel_bwd, skip, torch.float32)
+    padded = -(-length // 8) * 8
+    assert weights.shape == (3, padded, padded) and weights.dtype == torch.float32 and weights.is_contiguous()
+    torch.testing.assert_close(weights[:, :length, :length], toeplitz_matrix(kernel_fwd, kernel_bwd, skip).float())
+    assert (weights[:, length:] == 0).all() and (weights[:, :, length:] == 0).all()
+
+
+@pytest.mark.parametrize("length", [1, 8, 13, 40])
+def test_toeplitz_core_equals_fft_core_with_gradients(length):
+    """Both cores on the same inputs, float64, at token counts on and off the Toeplitz form's multiple of 8."""
+    gen = torch.Generator().manual_seed(length)
+    q, k, v = (torch.randn(2, 3, length, 5, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(3))
+    kernels = [torch.randn(3, length, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(2)]
+    skip = torch.randn(3, generator=gen, dtype=torch.float64).requires_grad_()
+    inputs = (q, k, v, *kernels, skip)
+    grad = torch.randn(2, 3, length, 5, generator=gen, dtype=torch.float64)
+    results = []
+    for core in (gated_long_conv_toeplitz, gated_long_conv_fft):
+        out = core(*inputs)
+        results.append((out, torch.autograd.grad(out, inputs, grad)))
+    (out, grads), (expected, expected_grads) = results
+    assert out.shape == (2, 3, length, 5)
+    torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-9)
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-9)
 
 
 def test_ssm_kernel_is_the_zoh_impulse_response():
@@ -220,7 +258,7 @@ def test_toeplitz_weights_are_kept_between_inference_forwards_until_a_parameter_
     from vitzoo.layers import h3
 
     built = []
-    monkeypatch.setattr(h3, "toeplitz_matrix", lambda *a: built.append(1) or long_conv.toeplitz_matrix(*a))
+    monkeypatch.setattr(h3, "toeplitz_weights", lambda *a: built.append(1) or long_conv.toeplitz_weights(*a))
     mixer = _make_mixer(3)
     x = torch.randn(2, 50, DIM, dtype=torch.float64)
     with torch.no_grad():

@@ -28,7 +28,7 @@ from timm.layers import register_notrace_module
 from ..ops import ssm_kernels
 from .base import TokenMixer
 from .local_conv import GridDepthwiseConv
-from .long_conv import gated_long_conv, toeplitz_matrix, uses_toeplitz
+from .long_conv import gated_long_conv, toeplitz_weights, uses_toeplitz
 
 SSM_OPTIM = {"weight_decay": 0.0, "lr": 1e-3}  # per-parameter hint; lr is an upper bound (H3 / safari)
 _DT_RANGE = (1e-3, 1e-1)
@@ -192,7 +192,7 @@ class BidirectionalH3(TokenMixer):
             key = kept_value_key((*self.ssm.parameters(), self.D), num_tokens, q.dtype)
             if key is not None:
                 if self._kept_toeplitz is None or self._kept_toeplitz[0] != key:
-                    self._kept_toeplitz = (key, toeplitz_matrix(kernel_fwd, kernel_bwd, skip).to(q.dtype))
+                    self._kept_toeplitz = (key, toeplitz_weights(kernel_fwd, kernel_bwd, skip, q.dtype))
                 toeplitz = self._kept_toeplitz[1]
         out = gated_long_conv(q, k, v, kernel_fwd, kernel_bwd, skip=skip, toeplitz=toeplitz)
         # In the projections' dtype (the FFT path returns fp32), which ``proj`` takes as it is, also under autocast.

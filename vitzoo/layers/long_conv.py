@@ -13,6 +13,7 @@ optional per-head ``skip`` weight adds to the lag-0 entry: H3's skip D (q_t . k_
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 # kv channels (d1 rows x d columns) convolved per checkpointed block: bounds the transient FFT buffers to
@@ -142,6 +143,24 @@ def toeplitz_matrix(
     return lags.unfold(-1, length, 1).flip(-2)
 
 
+def aligned_tokens(num_tokens: int) -> int:
+    """N rounded up to a multiple of 8: the token count the Toeplitz form computes with. cuBLAS's fast 16-bit kernels
+    need 16-byte aligned rows; (N, N) scores of N = 197 took align-1 sm_75 kernels and non-vectorised elementwise
+    kernels on the H200 (3.5 of H3-T's 9.2 ms inference step)."""
+    return -(-num_tokens // 8) * 8
+
+
+def toeplitz_weights(
+        kernel_fwd: torch.Tensor, kernel_bwd: torch.Tensor, skip: torch.Tensor | None = None,
+        dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """T of :func:`toeplitz_matrix` as the Toeplitz form multiplies it: contiguous (..., P, P) in ``dtype`` (the
+    scores'), zero beyond N (P = :func:`aligned_tokens` (N))."""
+    length = kernel_fwd.shape[-1]
+    pad = aligned_tokens(length) - length
+    return F.pad(toeplitz_matrix(kernel_fwd, kernel_bwd, skip).to(dtype), (0, pad, 0, pad))
+
+
 def _toeplitz_attention(
         q: torch.Tensor,
         k: torch.Tensor,
@@ -151,12 +170,16 @@ def _toeplitz_attention(
         skip: torch.Tensor | None,
         toeplitz: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    scores = q @ k.transpose(-1, -2)  # (B, H, N, N): q_t . k_s, 16-bit under autocast
+    num_tokens = q.shape[-2]
+    pad = aligned_tokens(num_tokens) - num_tokens
+    # zero rows past N: the padded keys and values add nothing, the padded queries' rows are dropped at the end
+    q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+    scores = q @ k.transpose(-1, -2)  # (B, H, P, P): q_t . k_s, 16-bit under autocast
     if toeplitz is None:
-        toeplitz = toeplitz_matrix(kernel_fwd, kernel_bwd, skip)
+        toeplitz = toeplitz_weights(kernel_fwd, kernel_bwd, skip, scores.dtype)
     # The weights join the scores' precision, as softmax probabilities do before their product with v: every long
     # sum stays inside a matrix product, which accumulates in fp32.
-    return (scores * toeplitz.to(scores.dtype)) @ v
+    return ((scores * toeplitz.to(scores.dtype)) @ v)[..., :num_tokens, :]
 
 
 def gated_long_conv_toeplitz(
@@ -172,8 +195,8 @@ def gated_long_conv_toeplitz(
 
     O(N^2 d) work on matmul units instead of O(d^2 N log N) FFT work, in the precision attention runs in (16-bit
     matrix products with fp32 accumulation under autocast); checkpointed, so the (B, H, N, N) scores are transient
-    (autograd keeps the O(B H N d) inputs). ``toeplitz``: T itself (H, N, N), when the caller keeps it (the kernels
-    and skip are then not read). Returns (B, H, N, d).
+    (autograd keeps the O(B H N d) inputs). ``toeplitz``: T as :func:`toeplitz_weights` builds it, when the caller
+    keeps it (the kernels and skip are then not read). Returns (B, H, N, d).
     """
     if toeplitz is not None and torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (kernel_fwd, kernel_bwd, skip)):
