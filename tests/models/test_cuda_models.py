@@ -2,9 +2,14 @@
 
 The interpreter tests (``test_kernel_models.py``) compare the two paths in fp32 on the CPU; this runs the compiled
 kernels at the precision training uses, so a kernel that compiles differently for the device, or a bf16 path the
-interpreter cannot run, shows up in a model. Tolerances are norm-wise at bf16 rounding (the kernels multiply bf16
-operands where the references multiply fp32 ones); a wrong gradient formula is off by O(1).
+interpreter cannot run, shows up in a model. Both bf16 paths are measured against the same model in float64 (the
+references, no autocast): the kernels may be a few times further off than the references (they multiply bf16 operands
+where the references multiply fp32 ones), and a wrong formula is off by O(1). A bound relative to the references'
+own error holds where bf16 cancels heavily, as in the gradient of QT's one learnable feature constant, which sums
+over the whole batch.
 """
+import copy
+
 import pytest
 import timm
 import torch
@@ -17,13 +22,19 @@ from vitzoo.registry import DEIT_FAMILIES
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (compiled Triton kernels)")
 
 
-def _logits_and_grads(model, images, labels, backend):
+def _logits_and_grads(model, images, labels, backend, autocast=True):
     model.zero_grad(set_to_none=True)
-    with use_backend(backend), torch.autocast("cuda", dtype=torch.bfloat16):
+    with use_backend(backend), torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
         logits = model(images)
         loss = torch.nn.functional.cross_entropy(logits.float(), labels)
     loss.backward()
-    return logits.float(), {name: p.grad.float() for name, p in model.named_parameters() if p.grad is not None}
+    return logits.double(), {name: p.grad.double() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def _assert_no_worse_than_references(name, got, ref, truth):
+    kernel_error, reference_error = relative_error(got, truth), relative_error(ref, truth)
+    assert kernel_error < 3 * reference_error + 1e-2, f"{name}: kernels {kernel_error:.1e} off float64, " \
+                                                      f"references {reference_error:.1e}"
 
 
 @pytest.mark.parametrize("name", [f"{f}_deit_tiny_patch16_224" for f in DEIT_FAMILIES])
@@ -35,11 +46,11 @@ def test_kernels_match_references_under_bf16_autocast(name):
             module.p = 0.0
     images = torch.randn(8, 3, 224, 224, device="cuda")
     labels = torch.randint(0, 10, (8,), device="cuda")
+    truth_logits, truth_grads = _logits_and_grads(copy.deepcopy(model).double(), images.double(), labels,
+                                                  "reference", autocast=False)
     ref_logits, ref_grads = _logits_and_grads(model, images, labels, "reference")
     logits, grads = _logits_and_grads(model, images, labels, "triton")
-    assert relative_error(logits, ref_logits) < 3e-2
-    assert grads.keys() == ref_grads.keys()
-    flat = torch.cat([g.flatten() for g in grads.values()])
-    assert relative_error(flat, torch.cat([g.flatten() for g in ref_grads.values()])) < 5e-2
-    for key, ref in ref_grads.items():
-        assert relative_error(grads[key], ref, floor=1e-3 * ref.numel() ** 0.5 * flat.abs().mean().item()) < 0.2, key
+    assert grads.keys() == ref_grads.keys() == truth_grads.keys()
+    _assert_no_worse_than_references("logits", logits, ref_logits, truth_logits)
+    for key, truth in truth_grads.items():
+        _assert_no_worse_than_references(key, grads[key], ref_grads[key], truth)
