@@ -119,15 +119,12 @@ class FreeEnergyMixer(TokenMixer):
     def _prior_read(self, q: torch.Tensor, k: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """sum_i p_t(i) values_i for (B, N, h, D) inputs, in the values' dtype (the one :meth:`_value_dtype` picks)."""
         if self.prior == "linear":
-            # The released prior: phi = ReLU + eps, out = num / max(den, eps). The op has no offset feature map, so
-            # the offset features go in as 'identity', with the op's clamped normaliser (ReLU is exact in 16 bits;
-            # the offset is below a 16-bit feature's resolution except at 0, where it is what 16 bits hold). (A ones
-            # column on the values would carry the denominator too, but 2 d_v + 1 values pad the kernels' tiles to
-            # twice their width.)
-            phi_q = F.relu(q) + LINEAR_PRIOR_EPS
-            phi_k = F.relu(k) + LINEAR_PRIOR_EPS
-            return linear_attention(phi_q, phi_k, values, feature_map="identity", normalize=True,
-                                    clamp_denominator=True, eps=LINEAR_PRIOR_EPS)
+            # The released prior: phi = ReLU + eps, out = num / max(den, eps), the feature map applied inside the op
+            # (as a PyTorch expression it read the strided q and k twice, in four launches). (A ones column on the
+            # values would carry the denominator too, but 2 d_v + 1 values pad the kernels' tiles to twice their
+            # width.)
+            return linear_attention(q, k, values, feature_map="relu_eps", normalize=True, clamp_denominator=True,
+                                    eps=LINEAR_PRIOR_EPS)
         # d_k = C/h equals 2 d_v in preset A
         args = (q.transpose(1, 2), k.transpose(1, 2), values.transpose(1, 2))
         if values.dtype != q.dtype:

@@ -42,6 +42,8 @@ def config_kwargs(name: str, n: int, dk: int, device, requires_grad: bool = True
         return dict(feature_map="l2norm"), 3, dk
     if name == "fem":  # the released linear prior's clamped normaliser; make_inputs puts half the rows below eps
         return dict(feature_map="relu", normalize=True, clamp_denominator=True, eps=1.0), None, 2 * dk
+    if name == "fem_prior":  # the prior as FEM calls it, its eps large enough to move the features visibly
+        return dict(feature_map="relu_eps", normalize=True, clamp_denominator=True, eps=0.05), None, 2 * dk
     if name == "combo":  # every switch at once: W=2, centring, learnable constant, normaliser
         const = torch.tensor(1.1, device=device, dtype=const_dtype, requires_grad=requires_grad)
         kwargs = dict(feature_map="l2norm", center_keys=True, feature_const=const, normalize=True, scale=0.7)

@@ -46,6 +46,8 @@ CPU_CASES = [
     ("fem", 1, 49, 2, 16, torch.float32, "channel_first"),
     ("fem", 1, 197, 2, 24, torch.float32, "separate"),
     ("fem", 1, 577, 2, 16, torch.float16, "separate"),
+    ("fem_prior", 1, 49, 2, 24, torch.float32, "separate"),
+    ("fem_prior", 1, 197, 2, 16, torch.float16, "channel_first"),
     ("combo", 1, 49, 2, 24, torch.float32, "fused"),
     ("combo", 1, 197, 2, 16, torch.float16, "fused"),
     ("combo", 2, 197, 2, 48, torch.float32, "fused"),
@@ -148,7 +150,7 @@ GPU_SIZES = [(64, 197), (16, 785), (8, 3137)]
 
 
 @needs_cuda
-@pytest.mark.parametrize("config", ["relu", "inline", "qt", "zeros", "fem"])
+@pytest.mark.parametrize("config", ["relu", "inline", "qt", "zeros", "fem", "fem_prior"])
 @pytest.mark.parametrize("b,n", GPU_SIZES, ids=[f"B{b}-N{n}" for b, n in GPU_SIZES])
 def test_gpu_bf16_matches_reference(poisoned, config, b, n):
     tensors, kwargs = make_inputs(config, b, n, 6, 64, torch.bfloat16, "cuda")

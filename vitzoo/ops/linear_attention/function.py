@@ -12,7 +12,8 @@ from ..utils import KERNEL_DTYPES, check_kernel_qkv, kernel_backend, launcher, p
 from .heuristics import Launch, backward_launch, dot_precision, forward_launch, state_size
 from .reference import FEATURE_MAPS, check_inputs, linear_attention_reference
 
-_FEATURE_CODES = {name: code for code, name in enumerate(FEATURE_MAPS)}  # identity 0, relu 1, l2norm 2, qt 3
+# identity 0, relu 1, l2norm 2, qt 3, relu_eps 4
+_FEATURE_CODES = {name: code for code, name in enumerate(FEATURE_MAPS)}
 _MAX_WEIGHTINGS = 3
 
 
@@ -320,13 +321,14 @@ def linear_attention(
         v: values, (B, N, H, Dv); Dv may differ from Dk.
         key_weights: per-key weights a, (B, N, H, W); W states are built, one per weighting.
         query_weights: per-query coefficients b, (B, N, H, W), combining the W reads.
-        feature_map: phi applied to q and k: 'identity', 'relu', 'l2norm' or 'qt' (square, then L2-normalise).
+        feature_map: phi applied to q and k: 'identity', 'relu', 'l2norm', 'qt' (square, then L2-normalise) or
+            'relu_eps' (ReLU plus ``eps``: FEM's released linear prior).
         feature_const: a constant feature c appended to phi(q) and phi(k) (a float or a 0-dim tensor that may
             require grad); adds c^2 to every similarity.
         center_keys: subtract the token mean of phi(k) (InLine's injective correction).
         scale: multiplies phi(q) . phi(k) (not the constant feature).
         normalize: divide by the same read of the key sum, plus ``eps``.
-        eps: added to the normaliser.
+        eps: added to the normaliser (and the offset of 'relu_eps').
         clamp_denominator: with ``normalize``, divide by max(read, ``eps``) instead of read + ``eps`` (FEM's
             released linear prior).
     """

@@ -67,10 +67,13 @@ def _load_const(c_ptr, c_value, CONST_PTR: tl.constexpr):
 
 
 @triton.jit
-def _feature_fwd(x, FEATURE: tl.constexpr):
+def _feature_fwd(x, eps, col_ok, FEATURE: tl.constexpr):
     # identity and ReLU stay in the input dtype (exact); the normalising maps work in fp32
     if FEATURE == 1:
         y = tl.maximum(x, 0.0)
+    elif FEATURE == 4:
+        # ReLU + eps rounded once to the input dtype, as the PyTorch expression rounds it; the padded columns stay 0
+        y = tl.where(col_ok[None, :], tl.maximum(x.to(tl.float32), 0.0) + eps, 0.0).to(x.dtype)
     elif FEATURE == 2:
         xf = x.to(tl.float32)
         y = xf / tl.maximum(tl.sqrt(tl.sum(xf * xf, 1)), 1e-12)[:, None]
@@ -98,6 +101,8 @@ def _feature_bwd(x, phi, g, FEATURE: tl.constexpr):
     # the ReLU's mask is read off phi = relu(x), already live for the products, so x need not stay in registers
     if FEATURE == 1:
         dx = tl.where(phi > 0, g, 0.0)
+    elif FEATURE == 4:  # phi > 0 everywhere: the mask comes from x
+        dx = tl.where(x > 0, g, 0.0)
     elif FEATURE == 2:
         dx = _unit_norm_bwd(x.to(tl.float32), g)
     elif FEATURE == 3:
@@ -342,7 +347,8 @@ def _linear_attention_fwd_kernel(
         for start in range(n_begin, n_end, BLOCK_N):
             offs_n = start + rows
             n_rows = (tl.minimum(n_end - start, BLOCK_N)).to(tl.float32)
-            phi = _feature_fwd(_load_tile(k_base, offs_n, offs_k, sk_n, sk_d, n_end, DK, UNIT_D), FEATURE)
+            phi = _feature_fwd(_load_tile(k_base, offs_n, offs_k, sk_n, sk_d, n_end, DK, UNIT_D), eps, offs_k < DK,
+                               FEATURE)
             vt = _load_tile(v_base, offs_n, offs_v, sv_n, sv_d, n_end, DV, UNIT_D)
             if HAS_WEIGHTS:
                 aw = _load_weight(a_base, offs_n, sa_n, n_end)
@@ -401,7 +407,8 @@ def _linear_attention_fwd_kernel(
             f2, _, yc2, _, r2, zc2 = _finalize(s2, z2, u2, t2, kbar, c * c, scale, PREC)
         for start in range(n_begin, n_end, BLOCK_N):
             offs_n = start + rows
-            phi = _feature_fwd(_load_tile(q_base, offs_n, offs_k, sq_n, sq_d, n_end, DK, UNIT_D), FEATURE)
+            phi = _feature_fwd(_load_tile(q_base, offs_n, offs_k, sq_n, sq_d, n_end, DK, UNIT_D), eps, offs_k < DK,
+                               FEATURE)
             num, den = _read(phi, f0, yc0, r0, zc0, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
             if HAS_WEIGHTS:
                 bw = _load_weight(b_base, offs_n, sb_n, n_end)
@@ -545,17 +552,17 @@ def _linear_attention_bwd_kernel(
         # With the ReLU, q is loaded one tile ahead by hand: Triton 3.6 pipelines q for the other feature maps
         # but not for this one, so each tile would wait for its own load (H200, N=197: forward+backward 239 us
         # instead of 253; the same prefetch in place of the identity map's pipelined load cost 151 -> 175 us)
-        if FEATURE == 1:
+        if (FEATURE == 1) or (FEATURE == 4):
             q_next = _load_tile(q_base, n_begin + rows, offs_k, sq_n, sq_d, n_end, DK, UNIT_D)
         for start in range(n_begin, n_end, BLOCK_N):
             offs_n = start + rows
             row_mask = (offs_n < n_end).to(tl.float32)
-            if FEATURE == 1:
+            if (FEATURE == 1) or (FEATURE == 4):
                 qt = q_next
                 q_next = _load_tile(q_base, offs_n + BLOCK_N, offs_k, sq_n, sq_d, n_end, DK, UNIT_D)
             else:
                 qt = _load_tile(q_base, offs_n, offs_k, sq_n, sq_d, n_end, DK, UNIT_D)
-            phi = _feature_fwd(qt, FEATURE)
+            phi = _feature_fwd(qt, eps, offs_k < DK, FEATURE)
             g = _load_tile(g_base, offs_n, offs_v, sg_n, sg_d, n_end, DV, UNIT_D)
             gf0, gn0, den0 = _query_reads(phi, g, ft0, yc0, r0, zc0, NORMALIZE, HAS_CONST, PREC, BLOCK_N)
             if HAS_WEIGHTS:
@@ -647,7 +654,7 @@ def _linear_attention_bwd_kernel(
         for start in range(n_begin, n_end, BLOCK_N):
             offs_n = start + rows
             kt = _load_tile(k_base, offs_n, offs_k, sk_n, sk_d, n_end, DK, UNIT_D)
-            phi = _feature_fwd(kt, FEATURE)
+            phi = _feature_fwd(kt, eps, offs_k < DK, FEATURE)
             vt = _load_tile(v_base, offs_n, offs_v, sv_n, sv_d, n_end, DV, UNIT_D)
             if HAS_WEIGHTS:
                 aw = _load_weight(a_base, offs_n, sa_n, n_end)

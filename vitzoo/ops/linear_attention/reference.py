@@ -14,7 +14,7 @@ How the mixers use it (see ``vitzoo/layers``):
     InLine        identity, center_keys=True, scale=d^-1/2 / N, feature_const=N^-1/2 (weights sum to 1)
     QT            feature_map='qt' (x^2 / ||x^2||), feature_const=learnable c, normalize=True
     ZeroS         feature_map='l2norm', W=3 key weights (e^s, s, 1) and per-query coefficients
-    FEM (linear)  identity on ReLU + eps features, normalize=True, clamp_denominator=True, on doubled values
+    FEM (linear)  feature_map='relu_eps' (ReLU + eps), normalize=True, clamp_denominator=True, on doubled values
                   [v, exp(beta v - M)]
 
 Layout is the one the mixers produce from a fused qkv projection: (B, N, H, D), any strides. This module holds the
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..utils import check_qkv
 
-FEATURE_MAPS = ("identity", "relu", "l2norm", "qt")
+FEATURE_MAPS = ("identity", "relu", "l2norm", "qt", "relu_eps")
 _FEATURE_EPS = 1e-12  # guards the L2 norms of 'l2norm' and 'qt' (as F.normalize)
 
 
@@ -59,12 +59,14 @@ def check_inputs(
             )
 
 
-def apply_feature_map(x: torch.Tensor, feature_map: str) -> torch.Tensor:
-    """The elementwise / per-token feature maps phi, in the precision of ``x``."""
+def apply_feature_map(x: torch.Tensor, feature_map: str, eps: float = 1e-6) -> torch.Tensor:
+    """The elementwise / per-token feature maps phi, in the precision of ``x`` (``eps``: the offset of 'relu_eps')."""
     if feature_map == "identity":
         return x
     if feature_map == "relu":
         return F.relu(x)
+    if feature_map == "relu_eps":
+        return F.relu(x) + eps
     if feature_map == "l2norm":
         return x / x.norm(dim=-1, keepdim=True).clamp_min(_FEATURE_EPS)
     if feature_map == "qt":
@@ -94,8 +96,8 @@ def linear_attention_reference(
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     out_dtype = v.dtype
     q, k, v = q.to(acc), k.to(acc), v.to(acc)
-    phi_q = apply_feature_map(q, feature_map) * scale**0.5
-    phi_k = apply_feature_map(k, feature_map) * scale**0.5
+    phi_q = apply_feature_map(q, feature_map, eps) * scale**0.5
+    phi_k = apply_feature_map(k, feature_map, eps) * scale**0.5
     if center_keys:
         phi_k = phi_k - phi_k.mean(dim=1, keepdim=True)
     if feature_const is not None:
