@@ -19,10 +19,12 @@ from torch.utils.checkpoint import checkpoint
 # kv channels (d1 rows x d columns) convolved per checkpointed block: bounds the transient FFT buffers to
 # B * H * N * 1024 complex values whatever the head dim, instead of the full B * H * N * d * d outer products.
 _KV_CHANNELS_PER_BLOCK = 1024
-# Path choice by cost: the Toeplitz-weighted attention does O(N^2 d) matmul work, the FFT O(d^2 N log N)
-# memory-bound work. H200, d=64, B*N ~ 50k, fwd+bwd: Toeplitz 8.5 / 65 / 1162 ms vs FFT 142 / 132 / 176 ms at
-# N = 197 / 785 / 3137, so the switch sits near N = 24 d.
-TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM = 24
+# Path choice by cost: the Toeplitz-weighted attention does O(N^2 d) matmul work (16-bit under autocast), the FFT
+# O(d^2 N log N) memory-bound fp32 work. H200, bf16 model, d = 64, B * N ~ 50k tokens, fwd+bwd: Toeplitz 2.6 / 4.4 /
+# 14.3 ms against FFT 116 / 96 / 99 ms at N = 197 / 1025 / 4097 (benchmarks/results/h3_paths/h200.json): the Toeplitz
+# form wins over the whole measured range, up to N = 64 d (1024 px), where its transient (B, h, N, N) scores are the
+# price (about 1.2 GB per block for 12 images).
+TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM = 64
 
 
 def fast_fft_length(minimum: int) -> int:
