@@ -64,7 +64,11 @@ def test_graphed_steps_train_as_eager_steps(name: str) -> None:
             return model(x).float()
 
     eager_runs = []
-    for _ in range(2):  # twice: the run-to-run spread of eager steps (fp32 atomics sum in any order)
+    # Twice: the run-to-run spread of eager steps. At this batch the linear-attention passes split the sequence and
+    # add their partial sums with fp32 atomics, in any order; with three or more splits (ZeroS's weightings) one
+    # step's gradients differ by up to 8e-4 between runs on the H200, and after three steps one small update
+    # (a norm weight's) by 27%, while the whole update agrees within 2e-2 (batch 192: bit-identical runs).
+    for _ in range(2):
         model.load_state_dict(initial)
         losses = _sgd_steps(model, eager, inputs, targets)
         eager_runs.append((losses, {k: v.clone() for k, v in model.state_dict().items()}))
@@ -84,9 +88,16 @@ def test_graphed_steps_train_as_eager_steps(name: str) -> None:
         # input, an update of the weights or a part of the backward would be off by O(1)
         spread = relative_error(rerun_state[key].double() - initial[key].double(), step)
         error = relative_error(trained[key].double() - initial[key].double(), step)
-        assert spread < 0.2, f"{key}: two eager runs of the same steps differ by {spread:.1e}"
         assert error < max(2e-2, 3 * spread), f"{key}: graphed steps {error:.1e} off eager, eager reruns {spread:.1e}"
     assert changed > 10, "the steps changed almost nothing"
+    # the per-tensor bounds follow the eager spread; the whole update must agree between eager runs and with the replay
+    keys = [k for k, v in eager_state.items() if v.is_floating_point()]
+    eager_step, rerun_step, graphed_step = (
+        torch.cat([(state[k].double() - initial[k].double()).flatten() for k in keys])
+        for state in (eager_state, rerun_state, trained))
+    spread = relative_error(rerun_step, eager_step)
+    assert spread < 2e-2, f"two eager runs of the same steps differ by {spread:.1e}"
+    assert relative_error(graphed_step, eager_step) < max(2e-2, 3 * spread)
 
 
 @needs_cuda
