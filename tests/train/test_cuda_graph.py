@@ -65,9 +65,9 @@ def test_graphed_steps_train_as_eager_steps(name: str) -> None:
 
     eager_runs = []
     # Twice: the run-to-run spread of eager steps. At this batch the linear-attention passes split the sequence and
-    # add their partial sums with fp32 atomics, in any order; with three or more splits (ZeroS's weightings) one
-    # step's gradients differ by up to 8e-4 between runs on the H200, and after three steps one small update
-    # (a norm weight's) by 27%, while the whole update agrees within 2e-2 (batch 192: bit-identical runs).
+    # add their partial sums with fp32 atomics, in any order: on the H200 ZeroS-T's one-step gradients differed by up
+    # to 8e-4 between two runs (bit-identical at batch 192, where the passes do not split; ReLU-linear's at both),
+    # and after three steps one norm weight's small update by 27%, while the whole update agreed within 2e-2.
     for _ in range(2):
         model.load_state_dict(initial)
         losses = _sgd_steps(model, eager, inputs, targets)
