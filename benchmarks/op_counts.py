@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import pkgutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,14 +38,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import vitzoo  # noqa: E402,F401  (registers the models)
+import vitzoo  # noqa: E402  (registers the models)
+import vitzoo.ops  # noqa: E402
 from vitzoo.bench.common import environment, git_revision, write_json  # noqa: E402
 from vitzoo.ops import use_backend  # noqa: E402
 from vitzoo.ops.utils import interpreting  # noqa: E402
 from vitzoo.registry import DEIT_FAMILIES, FAMILIES  # noqa: E402
 
-OP_PACKAGES = ("linear_attention", "delta_rule", "local_conv", "layer_norm", "zeros_weights", "free_energy",
-               "ssm_kernel")
+# every op package of vitzoo.ops, each with its kernels' launches in its ``function`` module
+OP_PACKAGES = tuple(module.name for module in pkgutil.iter_modules(vitzoo.ops.__path__) if module.ispkg)
 
 
 class OpCounter(TorchDispatchMode):

@@ -30,15 +30,8 @@ def check_inputs(log_dt: torch.Tensor, log_a_real: torch.Tensor, a_imag: torch.T
 
 def ssm_kernels_reference(log_dt: torch.Tensor, log_a_real: torch.Tensor, a_imag: torch.Tensor, b: torch.Tensor,
                           c: torch.Tensor, length: int) -> torch.Tensor:
-    """The kernels (..., L) of every row of modes.
-
-    Args:
-        log_dt: log of the step size, (...,).
-        log_a_real: log of minus the real part of A, (..., M).
-        a_imag: the imaginary part of A, (..., M).
-        b, c: B and C as (real, imaginary) pairs, (..., M, 2).
-        length: L, the number of lags.
-    """
+    """Plain PyTorch :func:`vitzoo.ops.ssm_kernels` (same arguments): the kernels (..., L) of every row of modes, the
+    specification of the Triton kernels."""
     check_inputs(log_dt, log_a_real, a_imag, b, c, length)
     acc = torch.promote_types(log_dt.dtype, torch.float32)
     dt = log_dt.to(acc).exp().unsqueeze(-1)  # (..., 1)
