@@ -7,11 +7,13 @@ One command runs the whole study and writes into ``--out``:
 - ``bench.csv``: inference and training throughput of each family's model at 28x28 (``vitzoo-bench``);
 - ``plots/``: measured top-1 vs measured throughput with the Pareto front, and the other ``vitzoo-pareto`` plots.
 
-The recipe: every DeiT family at width 128, depth 6, 4 heads, patch 4 (49 tokens + cls), pad-2 crop and flip, AdamW
-lr 2e-3, batch 128, 10 epochs over the 60000 training images, evaluated on the 10000 test images; QT-ViT-1 in its own
-EfficientViT shape with the same data, optimiser and epochs. It is meant for a GPU::
+The recipe: every DeiT family at width 128, depth 6, 4 heads, patch 4 (49 tokens + cls), drop path 0.1, pad-2 crop
+and flip (on the training device, per batch), AdamW lr 3e-3 with 5 warm-up epochs and a cosine decay, batch 512,
+60 epochs over the 60000 training images, evaluated on the 10000 test images; QT-ViT-1 in its own EfficientViT shape
+with the same data, optimiser and epochs. Ten epochs at batch 128 left the families 82-91% apart by how fast they
+start (ZeroS 82%, softmax 86%); the long schedule lets each converge. It is meant for a GPU::
 
-    python scripts/fashion_mnist_study.py --seeds 0 1 2 --jobs 8 precision=bf16 workers=2
+    python scripts/fashion_mnist_study.py --seeds 0 1 2 --jobs 10 precision=bf16 workers=1 cuda_graph=true
 
 ``--jobs`` trains that many (seed, family) runs at once, one process each, spread over the visible GPUs: these small
 models keep the host busy launching kernels and leave a GPU mostly idle, so several runs share one well. Adding
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--families", nargs="+", default=list(fashion_mnist_zoo.FAMILIES),
                         choices=fashion_mnist_zoo.FAMILIES)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--jobs", type=int, default=1,
                         help="(seed, family) runs trained at the same time, one process each")
     parser.add_argument("--no-new-after", type=float, metavar="SECONDS",
@@ -185,8 +187,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)
 
     train_samples, epochs, val_samples = (256, 1, 200) if args.quick else (60000, args.epochs, 10000)
-    recipe = [DEIT_SHAPE, f"patch_size={PATCH_SIZE}", "crop_pad=2", "hflip=0.5", "lr=2e-3",
-              "batch_size=32" if args.quick else "batch_size=128"]
+    recipe = [DEIT_SHAPE, f"patch_size={PATCH_SIZE}", "drop_path=0.1", "crop_pad=2", "hflip=0.5",
+              "augment_on_device=true", "lr=3e-3",
+              *(["batch_size=32", "warmup_epochs=0"] if args.quick else ["batch_size=512", "warmup_epochs=5"])]
     zoo_args = ["--train-samples", str(train_samples), "--epochs", str(epochs), "--val-samples", str(val_samples),
                 "--time-budget", "0", *recipe, *args.overrides]
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Helpers shared by the checkpoint and bad-input tests: a tiny PNG image folder and a tiny finished run on it.
+"""Helpers shared by the checkpoint and bad-input tests: a tiny PNG image folder, a tiny Fashion-MNIST-format
+folder, and a tiny finished run on the image folder.
 
 The run (a DeiT-shaped model of width 16 and depth 1 on 16x16 RGB images of 3 classes, 12 training images, 2 epochs
 of 3 updates) takes about 2 s on one core and needs no installed dataset.
@@ -26,6 +27,21 @@ def write_image_folder(root: Path, train_per_class: int = 4, val_per_class: int 
             for n in range(count):
                 pixels = rng.integers(0, 96, size=(16, 16, 3)) + 64 * index
                 Image.fromarray(pixels.astype(np.uint8), mode="RGB").save(folder / f"{n}.png")
+    return root
+
+
+def write_fashion_mnist_idx(root: Path, train: int = 12, val: int = 8, seed: int = 0) -> Path:
+    """Write the four Fashion-MNIST idx files (uncompressed) into ``root``: random 28x28 grey images whose labels
+    (0-9) set their mean brightness, ``train`` and ``val`` of them."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    for (images_name, labels_name), count in ((("train-images-idx3-ubyte", "train-labels-idx1-ubyte"), train),
+                                              (("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"), val)):
+        labels = rng.integers(0, 10, size=count).astype(np.uint8)
+        images = (rng.integers(0, 64, size=(count, 28, 28)) + 19 * labels[:, None, None]).astype(np.uint8)
+        header = bytes([0, 0, 8, 3]) + b"".join(n.to_bytes(4, "big") for n in (count, 28, 28))
+        (root / images_name).write_bytes(header + images.tobytes())
+        (root / labels_name).write_bytes(bytes([0, 0, 8, 1]) + count.to_bytes(4, "big") + labels.tobytes())
     return root
 
 

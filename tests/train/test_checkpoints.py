@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tiny_runs import MODEL, Evil, snapshot, train_args, write_image_folder
+from tiny_runs import MODEL, Evil, snapshot, train_args, write_fashion_mnist_idx, write_image_folder
 
 from vitzoo.train import checkpoint, loop
 from vitzoo.train.cli import train_main
@@ -164,7 +164,12 @@ def test_mid_epoch_resume_replays_the_device_stage(tmp_path: Path, data: Path, d
     weights: the draws follow the per-batch seed, not the generator state the resume restores."""
     # A worker, not the main process, runs the per-sample seeding: in the main process it would reseed the generators
     # before every batch and hide a draw made outside the per-batch seed.
-    extra = (*device_stage, "workers=1", "checkpoint_interval=1", "checkpoint_keep=50")
+    _assert_mid_epoch_resume_is_exact(tmp_path, data, *device_stage, "workers=1")
+
+
+def _assert_mid_epoch_resume_is_exact(tmp_path: Path, data: Path, *extra: str) -> None:
+    """Train 2 epochs of 3 updates, resume a copy from its checkpoint after update 1, and require the same weights."""
+    extra = (*extra, "checkpoint_interval=1", "checkpoint_keep=50")
     full = tmp_path / "full"
     _train(full, data, *extra)
     resumed = tmp_path / "resumed"
@@ -180,6 +185,14 @@ def test_mid_epoch_resume_replays_the_device_stage(tmp_path: Path, data: Path, d
     b = load_file(str(resumed / "checkpoints" / "step-00000006" / "model.safetensors"))
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+
+
+def test_mid_epoch_resume_replays_fashion_mnists_crops_on_the_device(tmp_path: Path) -> None:
+    """Fashion-MNIST with augment_on_device (crop and flip per batch on the device, GreyBatchAugment) and one loader
+    worker, resumed from a mid-epoch checkpoint, ends with the uninterrupted run's weights."""
+    data = write_fashion_mnist_idx(tmp_path / "fm")
+    _assert_mid_epoch_resume_is_exact(tmp_path, data, "dataset=fashion_mnist", "img_size=28", "patch_size=7",
+                                      "augment_on_device=true", "crop_pad=2", "hflip=0.5", "workers=1")
 
 
 class _FakeAccelerator:

@@ -124,3 +124,43 @@ def test_augment_on_device_moves_randaugment_from_the_workers_to_the_device_stag
     mean = torch.tensor(DATA_CONFIG["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(DATA_CONFIG["std"]).view(1, 3, 1, 1)
     torch.testing.assert_close(out, ((255 - batch).float() / 255 - mean) / std)
+
+
+def _grey_candidates(images: torch.Tensor, pad: int) -> torch.Tensor:
+    """Every crop-and-flip outcome of GreyTransform for each image, normalised in float64: (2 (2 pad + 1)^2, B, 28,
+    28), ordered (flip, top, left)."""
+    x = torch.nn.functional.pad(images[:, 0].double() / 255, (pad,) * 4)
+    crops = [x[:, top: top + 28, left: left + 28] for top in range(2 * pad + 1) for left in range(2 * pad + 1)]
+    crops += [crop.flip(-1) for crop in crops]
+    return (torch.stack(crops) - vdata.FASHION_MNIST_MEAN[0]) / vdata.FASHION_MNIST_STD[0]
+
+
+def test_grey_batch_augment_gives_each_image_one_of_grey_transforms_crops_and_flips() -> None:
+    """Every image of the batch comes out as one of GreyTransform's (2 pad + 1)^2 crops, flipped or not; the images
+    draw their own offsets and flips, covering every offset and flipping about half of them."""
+    torch.manual_seed(3)
+    images = torch.randint(0, 256, (301, 1, 28, 28), dtype=torch.uint8)
+    out = vdata.GreyBatchAugment(28, pad=2, hflip=0.5)(images)
+    assert out.shape == (301, 1, 28, 28) and out.dtype == torch.float32
+    error = (_grey_candidates(images, 2) - out[:, 0].double()).abs().amax(dim=(2, 3))  # (candidates, B)
+    best, choice = error.min(dim=0)
+    assert best.max() < 1e-5, f"image {int(best.argmax())} is no crop/flip of its input ({float(best.max()):.2e})"
+    assert len(set((choice % 25).tolist())) == 25, "not every crop offset was drawn"
+    flipped = (choice >= 25).float().mean()
+    assert 0.4 < flipped < 0.6, f"{flipped:.2f} of the images flipped, expected about 0.5"
+
+
+@pytest.mark.parametrize("size", [28, 37])
+def test_grey_batch_augment_without_crop_or_flip_is_the_eval_transform(size: int) -> None:
+    images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
+    out = vdata.GreyBatchAugment(size, pad=0, hflip=0.0)(images)
+    expected = torch.stack([vdata.GreyTransform(False, size)(image) for image in images])
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
+def test_grey_batch_augment_rejects_normalised_or_misshapen_batches() -> None:
+    augment = vdata.GreyBatchAugment()
+    with pytest.raises(TypeError, match=r"\(B, 1, 28, 28\) uint8"):
+        augment(torch.rand(4, 1, 28, 28))
+    with pytest.raises(TypeError, match=r"\(B, 1, 28, 28\) uint8"):
+        augment(torch.zeros(4, 3, 28, 28, dtype=torch.uint8))

@@ -164,6 +164,12 @@ def test_augment_on_device_needs_a_randaugment_policy() -> None:
         load_config(None, ["augment_on_device=true", "auto_augment=null", "model=linear_deit_tiny_patch16_224"])
 
 
+def test_fashion_mnist_moves_its_crop_and_flip_to_the_device_without_a_randaugment_policy() -> None:
+    config = load_config(None, ["augment_on_device=true", "auto_augment=null", "dataset=fashion_mnist",
+                                "model=linear_deit_tiny_patch16_224"])
+    assert config.augment_on_device
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_batch_on_the_gpu_gets_the_cpu_batchs_pixels() -> None:
     """Same seeds, same draws: the GPU result equals the CPU one but where a filter's float sum rounds the other way."""

@@ -67,7 +67,7 @@ class TrainConfig:
     scale: list = field(default_factory=lambda: [0.08, 1.0])
     train_interpolation: str = "random"
     # RandAugment on whole batches on the training device (vitzoo.train.rand_augment) instead of in the loader
-    # workers: for hosts whose cores cannot augment as fast as the GPU trains.
+    # workers: for hosts whose cores cannot augment as fast as the GPU trains. Fashion-MNIST: its crop and flip.
     augment_on_device: bool = False
     # JPEG decoding and the random-resized crops on the training device too (vitzoo.train.device_decode): for hosts
     # whose cores cannot even decode as fast as the GPU trains. With a RandAugment policy it needs augment_on_device;
@@ -304,7 +304,8 @@ def validate_config(config: TrainConfig) -> None:
     if not (isinstance(config.scale, list) and len(config.scale) == 2
             and all(isinstance(v, int | float) for v in config.scale) and 0 < config.scale[0] <= config.scale[1] <= 1):
         raise ConfigError(f"scale must be [min, max] with 0 < min <= max <= 1, got {config.scale!r}")
-    if config.augment_on_device and not str(config.auto_augment or "").startswith("rand"):
+    if (config.augment_on_device and config.dataset != "fashion_mnist"
+            and not str(config.auto_augment or "").startswith("rand")):
         raise ConfigError("augment_on_device moves RandAugment to the device and needs a RandAugment auto_augment "
                           f"('rand-...'), got {config.auto_augment!r}; set augment_on_device=false")
     if config.decode_on_device:

@@ -301,6 +301,42 @@ class GreyTransform:
         return (x - FASHION_MNIST_MEAN[0]) / FASHION_MNIST_STD[0]
 
 
+class GreyBatchAugment:
+    """:class:`GreyTransform`'s training transform on whole uint8 batches where they are (the training device), for
+    ``augment_on_device``: at a few tens of microseconds per sample, the loader workers' per-sample crop and flip
+    cap a small model's graphed training at a few thousand steps' worth of images per second and core.
+
+    Each image gets its own crop offsets in ``[0, 2 pad]`` and flip, drawn with the distribution of
+    :class:`GreyTransform` from the device's torch generator, which the training loop seeds per batch (so a resumed
+    run draws the same numbers). Takes a (B, 1, 28, 28) uint8 batch and returns normalised float32 on its device.
+    """
+
+    def __init__(self, img_size: int = 28, pad: int = 2, hflip: float = 0.5) -> None:
+        self.img_size = img_size
+        self.pad = pad
+        self.hflip = hflip
+
+    def __call__(self, images: torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1:] != (1, 28, 28):
+            raise TypeError(f"GreyBatchAugment takes (B, 1, 28, 28) uint8 batches, got {tuple(images.shape)} "
+                            f"{images.dtype}")
+        batch = images.shape[0]
+        x = images[:, 0].float().div_(255)
+        if self.pad:
+            x = F.pad(x, (self.pad,) * 4)
+            top, left = torch.randint(0, 2 * self.pad + 1, (2, batch, 1), device=x.device)
+            span = torch.arange(28, device=x.device)
+            rows, cols = (top + span)[:, :, None], (left + span)[:, None, :]
+            x = x[torch.arange(batch, device=x.device)[:, None, None], rows, cols]
+        if self.hflip:
+            flip = torch.rand(batch, 1, 1, device=x.device) < self.hflip
+            x = torch.where(flip, x.flip(-1), x)
+        x = x[:, None]
+        if self.img_size != 28:
+            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        return (x - FASHION_MNIST_MEAN[0]) / FASHION_MNIST_STD[0]
+
+
 @dataclass
 class AugmentConfig:
     """Training augmentation for image folders (timm ``create_transform`` arguments)."""

@@ -17,6 +17,7 @@ from vitzoo.train.data import (
     AugmentConfig,
     DataError,
     DeviceAugment,
+    GreyBatchAugment,
     GreyTransform,
     check_dataset_path,
     folder_classes,
@@ -82,14 +83,16 @@ def dataset_classes(config: TrainConfig) -> list[str]:
     return classes
 
 
-def build_transforms(config: TrainConfig, model: nn.Module) -> tuple[Callable, DeviceAugment | None, Callable, dict]:
+def build_transforms(config: TrainConfig, model: nn.Module
+                     ) -> tuple[Callable | None, DeviceAugment | GreyBatchAugment | None, Callable, dict]:
     """Return the transforms of ``config``'s dataset and its resolved data config.
 
     Returns:
         (train transform, device stage, eval transform, data config). An image folder's train transform ends in uint8
         images and its device stage (:class:`~vitzoo.train.data.DeviceAugment`) normalises and erases whole batches
         on the training device (and runs RandAugment with ``augment_on_device``); Fashion-MNIST's train transform
-        normalises on its own and has no device stage (None).
+        normalises on its own and has no device stage (None), or with ``augment_on_device`` is None (uint8 samples)
+        and its device stage (:class:`~vitzoo.train.data.GreyBatchAugment`) crops, flips and normalises batches.
     """
     from timm.data import resolve_data_config
 
@@ -97,6 +100,8 @@ def build_transforms(config: TrainConfig, model: nn.Module) -> tuple[Callable, D
         size = config.img_size or 28
         data_config = {"input_size": (1, size, size), "interpolation": "bilinear", "crop_pct": 1.0,
                        "mean": FASHION_MNIST_MEAN, "std": FASHION_MNIST_STD}
+        if config.augment_on_device:  # the loader hands over uint8 images; crop, flip and normalise per batch
+            return None, GreyBatchAugment(size, config.crop_pad, config.hflip), GreyTransform(False, size), data_config
         train_tf = GreyTransform(True, size, pad=config.crop_pad, hflip=config.hflip)
         return train_tf, None, GreyTransform(False, size), data_config
     args: dict[str, Any] = {"crop_pct": config.crop_pct} if config.crop_pct else {}

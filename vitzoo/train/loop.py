@@ -171,7 +171,7 @@ class Training:
     val_set: SkipUnreadable
     train_sampler: EpochShuffleSampler
     train_loader: Any  # prepared by accelerate
-    device_tf: Callable | None  # image folders' device stage (DeviceAugment) of the loader's uint8 or JPEG batches
+    device_tf: Callable | None  # device stage of the loader's uint8 or JPEG batches (DeviceAugment, GreyBatchAugment)
     val_loader: Any
     forward: Callable  # the training forward (_training_forward)
     scheduler: Any
