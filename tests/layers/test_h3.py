@@ -273,3 +273,21 @@ def test_toeplitz_weights_are_kept_between_inference_forwards_until_a_parameter_
         assert len(built) == 3
     torch.testing.assert_close(after_ssm, explicit_h3(mixer, x, (7, 7), 1), atol=1e-10, rtol=1e-9)
     assert (after_skip - first).abs().max() > 1e-3 and (after_ssm - after_skip).abs().max() > 1e-3
+
+
+def test_kept_values_follow_a_fused_optimizers_updates_across_train_and_eval():
+    """A fused AdamW step leaves the parameters' version counters as they were; the evaluation after it (train(),
+    step, eval(), as training loops do) must still see the updated SSM kernels and Toeplitz weights."""
+    mixer = _make_mixer(4)
+    x = torch.randn(2, 50, DIM, dtype=torch.float64)
+    optimizer = torch.optim.AdamW(mixer.parameters(), lr=0.05, fused=True)
+    mixer.eval()
+    with torch.no_grad():
+        mixer(x, grid_size=(7, 7), num_prefix_tokens=1)  # keeps the kernels and weights
+    mixer.train()
+    mixer(x, grid_size=(7, 7), num_prefix_tokens=1).square().sum().backward()
+    optimizer.step()
+    mixer.eval()
+    with torch.no_grad():
+        out = mixer(x, grid_size=(7, 7), num_prefix_tokens=1)
+    torch.testing.assert_close(out, explicit_h3(mixer, x, (7, 7), 1), atol=1e-10, rtol=1e-9)

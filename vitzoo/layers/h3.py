@@ -40,8 +40,10 @@ def kept_value_key(params: tuple[torch.Tensor, ...], *extra) -> tuple | None:
     parameter is being recorded (the value must be part of the graph), under torch.compile or tracing, or for
     inference tensors (no version counter to tell a change).
 
-    In-place edits through ``p.data`` bypass the version counter: change parameters in place under
-    ``torch.no_grad()``, as optimizers, EMA and ``load_state_dict`` do, or the kept value goes stale.
+    In-place edits through ``p.data`` bypass the version counter, and so do fused optimizers (``torch.optim``'s
+    ``fused=True`` kernels): the modules that keep values also drop them whenever ``train()`` or ``eval()`` is called,
+    as training loops do around each evaluation. Otherwise change parameters in place under ``torch.no_grad()``, as
+    foreach optimizers, EMA and ``load_state_dict`` do, or the kept value goes stale.
     """
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return None
@@ -97,6 +99,10 @@ class DiagonalSSMKernel(nn.Module):
             self.C.normal_(std=math.sqrt(0.5))  # unit-variance complex normal
         for name in self.optim_param_names:
             getattr(self, name)._optim = dict(SSM_OPTIM)
+
+    def train(self, mode: bool = True) -> DiagonalSSMKernel:
+        self._cached = None  # see kept_value_key: a fused optimizer's updates leave the version counters as they were
+        return super().train(mode)
 
     def forward(self, length: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """The forward and flipped-direction kernels, each (H, length), in ``dtype`` (fp32 or fp64).
@@ -169,6 +175,10 @@ class BidirectionalH3(TokenMixer):
         self.k_conv.conv.reset_parameters()
         self.ssm.reset_parameters()
         nn.init.normal_(self.D)
+
+    def train(self, mode: bool = True) -> BidirectionalH3:
+        self._kept_toeplitz = None  # see kept_value_key: fused optimizers leave the version counters as they were
+        return super().train(mode)
 
     def no_weight_decay(self) -> set[str]:
         """Names (relative to the mixer) of the SSM parameters that take no weight decay."""
