@@ -164,3 +164,28 @@ def test_grey_batch_augment_rejects_normalised_or_misshapen_batches() -> None:
         augment(torch.rand(4, 1, 28, 28))
     with pytest.raises(TypeError, match=r"\(B, 1, 28, 28\) uint8"):
         augment(torch.zeros(4, 3, 28, 28, dtype=torch.uint8))
+
+
+def test_fashion_mnist_batches_without_a_transform_are_fetched_at_once_with_the_samples_of_one_by_one(
+        tmp_path: Path) -> None:
+    """The loader's batch fetch (DataLoader calls __getitems__) gives the samples the one-by-one path gives: in one
+    indexing op for raw uint8 samples (augment_on_device), one by one under each sample's seed for a transform."""
+    from tiny_runs import write_fashion_mnist_idx
+
+    folder = write_fashion_mnist_idx(tmp_path / "fm", train=37, val=5)
+    raw = vdata.build_dataset("fashion_mnist", folder, "train", None, seed=0)
+    fetched = []
+    original = raw.dataset.raw_batch
+    raw.dataset.raw_batch = lambda indices: fetched.append(len(indices)) or original(indices)
+    loader = torch.utils.data.DataLoader(raw, batch_size=8, sampler=vdata.EpochShuffleSampler(37, seed=1))
+    images, targets = zip(*loader, strict=True)
+    assert fetched == [8, 8, 8, 8, 5]
+    order = list(vdata.EpochShuffleSampler(37, seed=1))
+    expected = [raw[index] for index in order]
+    assert torch.equal(torch.cat(images), torch.stack([image for image, _ in expected]))
+    assert torch.cat(targets).tolist() == [target for _, target in expected]
+    # with a random transform each sample is still drawn under its own seed
+    transformed = vdata.build_dataset("fashion_mnist", folder, "train", vdata.GreyTransform(True), seed=0)
+    batch = transformed.__getitems__([3, 1, 3])
+    for (image, target), index in zip(batch, [3, 1, 3], strict=True):
+        assert torch.equal(image, transformed[index][0]) and target == transformed[index][1]
