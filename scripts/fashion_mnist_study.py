@@ -2,7 +2,7 @@
 
 One command runs the whole study and writes into ``--out``:
 
-- ``seed<k>.csv``: one row per family and seed (``scripts/fashion_mnist_zoo.py`` with the study's recipe);
+- ``runs.csv``: one row per seed and family (``scripts/fashion_mnist_zoo.py`` with the study's recipe);
 - ``summary.csv``: per family the mean, standard deviation, min and max top-1 over the seeds, mean training time;
 - ``bench.csv``: inference and training throughput of each family's model at 28x28 (``vitzoo-bench``);
 - ``plots/``: measured top-1 vs measured throughput with the Pareto front, and the other ``vitzoo-pareto`` plots.
@@ -19,7 +19,7 @@ start (ZeroS 82%, softmax 86%); the long schedule lets each converge. It is mean
 models keep the host busy launching kernels and leave a GPU mostly idle, so several runs share one well. Adding
 ``cuda_graph=true`` replays each run's forward and backward from CUDA graphs, which removes most of that host work;
 the runs then wait on the GPU rather than on the host, and fewer jobs at once fill it. Each run
-writes its row to ``seed<k>.<family>.part.csv``; they are folded into ``seed<k>.csv``. A study that is cut off
+writes its row to ``seed<k>.<family>.part.csv``; they are folded into ``runs.csv``. A study that is cut off
 resumes where it stopped (rerun the same command): finished runs are not trained again, and ``--no-new-after``
 stops starting runs so that a call can end inside a time limit.
 ``--quick`` shrinks everything (a few hundred images, one epoch) to check the pipeline on a CPU.
@@ -95,25 +95,31 @@ def _visible_gpus() -> list[str]:
     return listed or [str(i) for i in range(torch.cuda.device_count())]
 
 
-def _part_files(out: Path, seed: int) -> list[Path]:
-    """The part files ``seed<k>.<family>.part.csv`` of seed ``seed``'s runs that ended or were cut off."""
-    return sorted(out.glob(f"seed{seed}.*.part.csv"))
+RUN_COLUMNS = ("seed", *fashion_mnist_zoo.COLUMNS)
 
 
-def _seed_rows(out: Path, seed: int, parts: list[Path]) -> list[dict[str, str]]:
-    """Finished rows of seed ``seed`` so far: ``seed<k>.csv`` plus ``parts``. Rows of failed runs (status
+def _part_files(out: Path) -> dict[Path, int]:
+    """The part files ``seed<k>.<family>.part.csv`` of runs that ended or were cut off, with their seeds."""
+    return {path: int(path.name.split(".")[0].removeprefix("seed")) for path in sorted(out.glob("seed*.*.part.csv"))}
+
+
+def _finished_rows(out: Path, parts: dict[Path, int]) -> list[dict[str, str]]:
+    """Finished rows so far, one per (seed, family): ``runs.csv`` plus ``parts``. Rows of failed runs (status
     "error: ...") are left out, so the next run trains those families again."""
-    files = [out / f"seed{seed}.csv"] if (out / f"seed{seed}.csv").is_file() else []
-    finished = [row for row in read_csvs(files + parts) if row.get("status") in (None, "", "ok")]
-    return list({row["family"]: row for row in finished}.values())
+    runs = out / "runs.csv"
+    rows = read_csvs([runs]) if runs.is_file() else []
+    for part, seed in parts.items():
+        rows += [row | {"seed": str(seed)} for row in read_csvs([part])]
+    finished = [row for row in rows if row.get("status") in (None, "", "ok")]
+    return list({(row["seed"], row["family"]): row for row in finished}.values())
 
 
-def merge_seed(out: Path, seed: int) -> list[dict[str, str]]:
-    """Fold the part files of seed ``seed`` into ``seed<k>.csv`` and delete them; return the seed's finished rows."""
-    parts = _part_files(out, seed)
-    rows = _seed_rows(out, seed, parts)
-    if rows or (out / f"seed{seed}.csv").is_file():
-        write_csv(out / f"seed{seed}.csv", rows, fashion_mnist_zoo.COLUMNS)
+def merge_runs(out: Path) -> list[dict[str, str]]:
+    """Fold the part files into ``runs.csv`` (one row per seed and family) and delete them; return its rows."""
+    parts = _part_files(out)
+    rows = _finished_rows(out, parts)
+    if rows or (out / "runs.csv").is_file():
+        write_csv(out / "runs.csv", sorted(rows, key=lambda row: int(row["seed"])), RUN_COLUMNS)
     for part in parts:
         part.unlink()
     return rows
@@ -122,8 +128,8 @@ def merge_seed(out: Path, seed: int) -> list[dict[str, str]]:
 def pending_units(out: Path, seeds: list[int], families: list[str]) -> list[tuple[int, str]]:
     """The (seed, family) runs without a finished row, seed-major: every family gets its first seed before any gets a
     second (the part files of earlier runs are folded in first)."""
-    done = {seed: {row["family"] for row in merge_seed(out, seed)} for seed in seeds}
-    return [(seed, family) for seed in seeds for family in families if family not in done[seed]]
+    done = {(int(row["seed"]), row["family"]) for row in merge_runs(out)}
+    return [(seed, family) for seed in seeds for family in families if (seed, family) not in done]
 
 
 def train_unit(out: Path, seed: int, family: str, zoo_args: list[str]) -> None:
@@ -197,12 +203,10 @@ def main(argv: list[str] | None = None) -> None:
         train_unit(args.out, int(args.unit[0]), args.unit[1], zoo_args)
         return
     run_units(args, pending_units(args.out, args.seeds, args.families))
-    seed_rows: list[dict[str, str]] = []
-    missing = []
-    for seed in args.seeds:
-        rows = [row for row in merge_seed(args.out, seed) if row["family"] in args.families]
-        seed_rows += rows
-        missing += [f"{family} seed {seed}" for family in args.families if family not in {r["family"] for r in rows}]
+    seed_rows = [row for row in merge_runs(args.out)
+                 if int(row["seed"]) in args.seeds and row["family"] in args.families]
+    done = {(int(row["seed"]), row["family"]) for row in seed_rows}
+    missing = [f"{family} seed {seed}" for seed in args.seeds for family in args.families if (seed, family) not in done]
     failure = (f"fashion_mnist_study: not trained yet (failed or not started): {', '.join(missing)}; run the same "
                "command to go on")
     if args.train_only:

@@ -38,8 +38,10 @@ def test_quick_study_writes_summary_bench_and_front(tmp_path: Path):
         summary = {row["family"]: row for row in csv.DictReader(handle)}
     assert set(summary) == {"softmax", "linear"}
     for family, row in summary.items():
-        with (tmp_path / "seed0.csv").open() as a, (tmp_path / "seed1.csv").open() as b:
-            seeds = [float(r["top1"]) for r in [*csv.DictReader(a), *csv.DictReader(b)] if r["family"] == family]
+        with (tmp_path / "runs.csv").open() as handle:
+            runs = [r for r in csv.DictReader(handle) if r["family"] == family]
+        assert sorted(r["seed"] for r in runs) == ["0", "1"]
+        seeds = [float(r["top1"]) for r in runs]
         assert float(row["top1"]) == pytest.approx(statistics.fmean(seeds), abs=1e-3) and row["seeds"] == "2"
         assert row["updates"] == "16"  # 256 images at batch_size=16 (the override), not the recipe's 32
     with (tmp_path / "bench.csv").open() as handle:
@@ -62,14 +64,16 @@ def test_an_interrupted_study_resumes_without_retraining(tmp_path: Path):
     def row(family: str, top1: str, status: str = "ok") -> dict[str, str]:
         return dict.fromkeys(columns, top1) | {"family": family, "model": family, "status": status}
 
-    study.pareto.write_csv(tmp_path / "seed0.csv", [row("softmax", "1")], columns)
+    study.pareto.write_csv(tmp_path / "runs.csv", [row("softmax", "1") | {"seed": "0"}], study.RUN_COLUMNS)
     study.pareto.write_csv(tmp_path / "seed0.linear.part.csv", [row("linear", "2")], columns)  # flushed, then killed
     study.pareto.write_csv(tmp_path / "seed0.h3.part.csv", [row("h3", "", "error: RuntimeError: boom")], columns)
+    study.pareto.write_csv(tmp_path / "seed1.h3.part.csv", [row("h3", "3")], columns)
     assert study.pending_units(tmp_path, [0, 1], ["softmax", "linear", "h3"]) == [
-        (0, "h3"), (1, "softmax"), (1, "linear"), (1, "h3")]
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["seed0.csv"]  # part files folded in
-    with (tmp_path / "seed0.csv").open() as handle:
-        assert [(r["family"], r["top1"]) for r in csv.DictReader(handle)] == [("softmax", "1"), ("linear", "2")]
+        (0, "h3"), (1, "softmax"), (1, "linear")]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["runs.csv"]  # part files folded in
+    with (tmp_path / "runs.csv").open() as handle:
+        assert [(r["seed"], r["family"], r["top1"]) for r in csv.DictReader(handle)] == [
+            ("0", "softmax", "1"), ("0", "linear", "2"), ("1", "h3", "3")]
 
 
 def test_units_run_in_parallel_processes_until_the_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -155,4 +159,4 @@ def test_a_failing_family_is_recorded_and_the_zoo_goes_on(tmp_path: Path, monkey
     assert (softmax["updates"], softmax["eval_samples"]) == ("2", "100")
     assert float(softmax["top1"]).is_integer()
     # the failed family is not "done": a resumed study trains it again
-    assert [r["family"] for r in study._seed_rows(tmp_path, 0, study._part_files(tmp_path, 0))] == ["softmax"]
+    assert [r["family"] for r in study._finished_rows(tmp_path, study._part_files(tmp_path))] == ["softmax"]
