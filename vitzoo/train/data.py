@@ -312,9 +312,15 @@ class GreyTransform:
             x = x[:, top: top + 28, left: left + 28]
         if self.is_training and self.hflip and torch.rand(()) < self.hflip:
             x = x.flip(-1)
-        if self.img_size != 28:
-            x = F.interpolate(x[None], size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)[0]
-        return (x - FASHION_MNIST_MEAN[0]) / FASHION_MNIST_STD[0]
+        return _grey_model_input(x[None], self.img_size)[0]
+
+
+def _grey_model_input(x: torch.Tensor, img_size: int) -> torch.Tensor:
+    """(B, 1, 28, 28) grey images in [0, 1], resized to ``img_size`` (bilinear) and normalised: the common end of
+    :class:`GreyTransform` and :class:`GreyBatchAugment`."""
+    if img_size != 28:
+        x = F.interpolate(x, size=(img_size, img_size), mode="bilinear", align_corners=False)
+    return (x - FASHION_MNIST_MEAN[0]) / FASHION_MNIST_STD[0]
 
 
 class GreyBatchAugment:
@@ -347,10 +353,7 @@ class GreyBatchAugment:
         if self.hflip:
             flip = torch.rand(batch, 1, 1, device=x.device) < self.hflip
             x = torch.where(flip, x.flip(-1), x)
-        x = x[:, None]
-        if self.img_size != 28:
-            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
-        return (x - FASHION_MNIST_MEAN[0]) / FASHION_MNIST_STD[0]
+        return _grey_model_input(x[:, None], self.img_size)
 
 
 @dataclass
