@@ -128,7 +128,12 @@ def merge_runs(out: Path) -> list[dict[str, str]]:
 def pending_units(out: Path, seeds: list[int], families: list[str]) -> list[tuple[int, str]]:
     """The (seed, family) runs without a finished row, seed-major: every family gets its first seed before any gets a
     second (the part files of earlier runs are folded in first)."""
-    done = {(int(row["seed"]), row["family"]) for row in merge_runs(out)}
+    return _without_rows(merge_runs(out), seeds, families)
+
+
+def _without_rows(rows: list[dict[str, str]], seeds: list[int], families: list[str]) -> list[tuple[int, str]]:
+    """The (seed, family) pairs, seed-major, that have no row in ``rows``."""
+    done = {(int(row["seed"]), row["family"]) for row in rows}
     return [(seed, family) for seed in seeds for family in families if (seed, family) not in done]
 
 
@@ -204,10 +209,9 @@ def main(argv: list[str] | None = None) -> None:
         train_unit(args.out, int(args.unit[0]), args.unit[1], zoo_args)
         return
     run_units(args, pending_units(args.out, args.seeds, args.families))
-    seed_rows = [row for row in merge_runs(args.out)
-                 if int(row["seed"]) in args.seeds and row["family"] in args.families]
-    done = {(int(row["seed"]), row["family"]) for row in seed_rows}
-    missing = [f"{family} seed {seed}" for seed in args.seeds for family in args.families if (seed, family) not in done]
+    rows = merge_runs(args.out)
+    seed_rows = [row for row in rows if int(row["seed"]) in args.seeds and row["family"] in args.families]
+    missing = [f"{family} seed {seed}" for seed, family in _without_rows(rows, args.seeds, args.families)]
     failure = (f"fashion_mnist_study: not trained yet (failed or not started): {', '.join(missing)}; run the same "
                "command to go on")
     if args.train_only:
