@@ -9,6 +9,9 @@ dispatcher's Python layer, views included) over one forward at batch 1:
 - ``infer_first`` / ``infer``: inference (``torch.inference_mode``), the first forward and the next one (parameter-
   derived values a mixer keeps between forwards, like H3's SSM kernels, are computed in the first only);
 - ``train``: a training forward and backward (``model.train()``, gradients on).
+- ``cuda_infer_bf16`` (with ``--kernel-path``): the ``cuda_infer`` forward under bf16 autocast (the CPU's autocast
+  standing in for CUDA's: both cast the inputs of linear, matmul and conv layers), the way eager inference runs on a
+  GPU; the dtype casts it counts are launches there.
 
 Counts are of the CPU's path, where each fused op runs its PyTorch reference (several ops; one Triton launch on
 CUDA): compare a family with itself across changes, or shells of families that call the same ops.
@@ -101,9 +104,14 @@ def _counts(model: torch.nn.Module, x: torch.Tensor, launches: list[int] | None,
     with torch.inference_mode():
         first = count(lambda: model(x), launches)
         second = count(lambda: model(x), launches)
+    row = {f"{prefix}infer_first": first, f"{prefix}infer": second}
+    if launches is not None:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x)  # the first forward under autocast keeps what a model keeps between forwards
+            row[f"{prefix}infer_bf16"] = count(lambda: model(x), launches)
     model.train()
-    train = count(lambda: model(x).sum().backward(), launches)
-    return {f"{prefix}infer_first": first, f"{prefix}infer": second, f"{prefix}train": train}
+    row[f"{prefix}train"] = count(lambda: model(x).sum().backward(), launches)
+    return row
 
 
 def family_counts(name: str, img_size: int, kernel_path: bool) -> dict:
@@ -137,7 +145,8 @@ def main() -> None:
         row = rows[-1]
         line = f"{row['model']:36s} infer {row['infer']:5d} (first {row['infer_first']:5d})  train {row['train']:5d}"
         if args.kernel_path:
-            line += f"   cuda path: infer {row['cuda_infer']:5d}  train {row['cuda_train']:5d}"
+            line += (f"   cuda path: infer {row['cuda_infer']:5d}  bf16 {row['cuda_infer_bf16']:5d}  "
+                     f"train {row['cuda_train']:5d}")
         print(line, flush=True)
     command = ("TRITON_INTERPRET=1 " if args.kernel_path else "") + "python " + " ".join(sys.argv)
     info = environment(torch.device("cpu")) | {"command": command,

@@ -54,3 +54,31 @@ def test_kernels_match_references_under_bf16_autocast(name):
     _assert_no_worse_than_references("logits", logits, ref_logits, truth_logits)
     for key, truth in truth_grads.items():
         _assert_no_worse_than_references(key, grads[key], ref_grads[key], truth)
+
+
+def test_captured_inference_reads_the_parameters_not_kept_copies():
+    """Eager inference forwards keep 16-bit copies of the Linear weights (``KeptCastLinear``); a CUDA graph captured
+    after them must still cast the parameters inside the graph, so that a replay follows in-place updates."""
+    torch.manual_seed(0)
+    model = timm.create_model("softmax_deit_tiny_patch16_224", depth=2, num_classes=10).cuda().eval()
+    images = torch.randn(4, 3, 224, 224, device="cuda")
+
+    def forward():
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+            return model(images)
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):  # the eager forwards that keep the copies
+            forward()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = forward()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(-1.5)
+    graph.replay()
+    # stale copies would be off by O(1) (every weight's sign flipped)
+    torch.testing.assert_close(captured, forward(), rtol=1e-3, atol=1e-3)

@@ -7,7 +7,8 @@ probabilities in softmax attention and the mixed values before the output projec
 
 One module per mixer (``softmax``, ``linear``, ``inline``, ``quadratic_taylor``, ``zeros``, ``fem``, ``deltanet``,
 ``h3``), beside the pieces they share: ``local_conv`` (depthwise conv on the patch grid), ``long_conv`` (H3's
-bidirectional long convolution), ``norms`` (16-bit norms), ``rope`` (axial RoPE). Mixer modules are imported lazily
+bidirectional long convolution), ``norms`` (16-bit norms), ``rope`` (axial RoPE), ``kept`` (values kept between
+inference forwards: H3's, and the Linear layers' 16-bit weights). Mixer modules are imported lazily
 so that ``import vitzoo`` stays cheap.
 """
 from __future__ import annotations

@@ -18,6 +18,7 @@ import torch.nn as nn
 from timm.layers import register_notrace_function
 
 from ..ops import delta_rule_bidirectional, linear_attention, local_conv
+from .kept import KeptCastLinear
 
 # The ops pick their backend from the tensors' device and check their inputs' shapes, which FX cannot trace: they
 # are leaves (call_function nodes run eagerly) for timm's FX feature extraction.
@@ -74,14 +75,14 @@ class TokenMixer(nn.Module):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         if qkv_features is not None:
-            self.qkv = nn.Linear(dim, qkv_features, bias=qkv_bias, device=device, dtype=dtype)
+            self.qkv = KeptCastLinear(dim, qkv_features, bias=qkv_bias, device=device, dtype=dtype)
 
     def build_output(
             self, attn_drop: float, proj_drop: float, value_features: int | None = None, device=None, dtype=None,
     ) -> None:
         """Build ``attn_drop``, ``proj`` (value_features, default C, -> C, with bias) and ``proj_drop``."""
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(value_features or self.dim, self.dim, device=device, dtype=dtype)
+        self.proj = KeptCastLinear(value_features or self.dim, self.dim, device=device, dtype=dtype)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def mix(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:

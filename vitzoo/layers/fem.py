@@ -25,6 +25,7 @@ from timm.layers import register_notrace_module
 
 from ..ops import free_energy_mix, free_energy_reads, free_energy_values, linear_attention
 from .base import TokenMixer
+from .kept import KeptCastLinear
 from .local_conv import GridDepthwiseConv
 from .rope import axial_rope
 
@@ -101,7 +102,7 @@ class FreeEnergyMixer(TokenMixer):
         self.rope = rope
         self.rope_base = rope_base
         self.conv = GridDepthwiseConv(2 * dim + self.value_dim, 3, bias=False, **dd) if conv else None
-        self.gates = nn.Linear(dim, 2 * self.value_dim, **dd)
+        self.gates = KeptCastLinear(dim, 2 * self.value_dim, **dd)
         self.beta_param = nn.Parameter(torch.empty(num_heads, self.v_head_dim, **dd))
         self.build_output(attn_drop, proj_drop, value_features=self.value_dim, **dd)
         self.init_weights()

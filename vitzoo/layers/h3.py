@@ -27,31 +27,12 @@ from timm.layers import register_notrace_module
 
 from ..ops import ssm_kernels
 from .base import TokenMixer
+from .kept import kept_value_key
 from .local_conv import GridDepthwiseConv
 from .long_conv import gated_long_conv, toeplitz_weights, uses_toeplitz
 
 SSM_OPTIM = {"weight_decay": 0.0, "lr": 1e-3}  # per-parameter hint; lr is an upper bound (H3 / safari)
 _DT_RANGE = (1e-3, 1e-1)
-
-
-def kept_value_key(params: tuple[torch.Tensor, ...], *extra) -> tuple | None:
-    """A key under which a value computed from ``params`` (and ``extra``) may be kept between forwards: it changes
-    when a parameter changes (its version counter or storage). None when nothing may be kept: a gradient of a
-    parameter is being recorded (the value must be part of the graph), under torch.compile or tracing, or for
-    inference tensors (no version counter to tell a change).
-
-    In-place edits through ``p.data`` bypass the version counter, and so do fused optimizers (``torch.optim``'s
-    ``fused=True`` kernels): the modules that keep values also drop them whenever ``train()`` or ``eval()`` is called,
-    as training loops do around each evaluation. Otherwise change parameters in place under ``torch.no_grad()``, as
-    foreach optimizers, EMA and ``load_state_dict`` do, or the kept value goes stale.
-    """
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return None
-    if torch.is_grad_enabled() and any(p.requires_grad for p in params):
-        return None
-    if any(torch.is_inference(p) for p in params):
-        return None
-    return (*extra, params[0].device, tuple((p._version, p.data_ptr()) for p in params))
 
 
 class DiagonalSSMKernel(nn.Module):

@@ -28,7 +28,6 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import (
     DropPath,
     LayerScale,
-    Mlp,
     PatchEmbed,
     register_notrace_function,
     resample_abs_pos_embed,
@@ -40,6 +39,7 @@ from timm.models._manipulate import named_apply
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import create_mixer
+from ..layers.kept import KeptCastLinear
 from ..layers.norms import LayerNorm
 from ..registry import FAMILIES
 from ._helpers import (
@@ -50,7 +50,32 @@ from ._helpers import (
     unwrap_state_dict,
 )
 
-__all__ = ["MixerViT", "MixerBlock"]
+__all__ = ["MixerViT", "MixerBlock", "Mlp"]
+
+
+class Mlp(nn.Module):
+    """The block's two-layer MLP, as timm's ``Mlp`` (same modules, init order and state_dict keys), on
+    :class:`~vitzoo.layers.kept.KeptCastLinear` layers."""
+
+    def __init__(
+            self,
+            in_features: int,
+            hidden_features: int,
+            act_layer: type[nn.Module] = nn.GELU,
+            drop: float = 0.0,
+            device=None,
+            dtype=None,
+    ) -> None:
+        super().__init__()
+        self.fc1 = KeptCastLinear(in_features, hidden_features, device=device, dtype=dtype)
+        self.act = act_layer()
+        self.drop1 = nn.Dropout(drop)
+        self.norm = nn.Identity()
+        self.fc2 = KeptCastLinear(hidden_features, in_features, device=device, dtype=dtype)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))
 
 
 class MixerBlock(nn.Module):
@@ -216,7 +241,7 @@ class MixerViT(nn.Module):
         self.norm = LayerNorm(embed_dim, eps=1e-6, **dd)
         self.fc_norm = nn.Identity()
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head = KeptCastLinear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -253,7 +278,7 @@ class MixerViT(nn.Module):
             self.global_pool = global_pool
         weight = self.patch_embed.proj.weight  # follows the model's device and dtype
         self.head = (
-            nn.Linear(self.embed_dim, num_classes, device=weight.device, dtype=weight.dtype)
+            KeptCastLinear(self.embed_dim, num_classes, device=weight.device, dtype=weight.dtype)
             if num_classes > 0 else nn.Identity()
         )
 
