@@ -8,6 +8,7 @@ are far from their initial distribution.
 """
 from __future__ import annotations
 
+import copy
 import importlib
 import os
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 
 import vitzoo  # noqa: F401  (registers the models)
 from vitzoo.ops import set_backend, triton_available
+from vitzoo.ops.testing import relative_error
 from vitzoo.registry import DEIT_FAMILIES, FAMILIES
 from vitzoo.train.data import FASHION_MNIST_DIR
 
@@ -78,14 +80,19 @@ def _logits_and_grads(model: torch.nn.Module, images: torch.Tensor, labels: torc
 
 
 def _assert_backends_agree(model, images, labels, when: str, family: str) -> None:
+    """Logits within fp32 rounding of the reference path; every gradient within 1e-4 of the model's float64
+    gradient plus 4x the fp32 reference's own error there (a gradient that cancels, such as ZeroS's gate bias after
+    training, is 5e-5 off float64 on the reference path alone: two fp32 summation orders need not agree to 1e-4)."""
     ref_logits, ref_grads = _logits_and_grads(model, images, labels, "reference", family)
     tri_logits, tri_grads = _logits_and_grads(model, images, labels, "triton", family)
+    _, truth = _logits_and_grads(copy.deepcopy(model).double(), images.double(), labels, "reference", family)
     scale = ref_logits.abs().max()
     assert (tri_logits - ref_logits).abs().max() <= 1e-4 * scale, f"{when}: logits differ"
-    assert tri_grads.keys() == ref_grads.keys()
-    for name, ref in ref_grads.items():
-        error = (tri_grads[name] - ref).norm() / ref.norm().clamp(min=1e-12)
-        assert error <= 1e-4, f"{when}: gradient of {name} differs by {error:.2e}"
+    assert tri_grads.keys() == ref_grads.keys() == truth.keys()
+    for name, exact in truth.items():
+        kernel_error, reference_error = (relative_error(g, exact) for g in (tri_grads[name], ref_grads[name]))
+        assert kernel_error <= 1e-4 + 4 * reference_error, \
+            f"{when}: gradient of {name} is {kernel_error:.2e} off float64 (references {reference_error:.2e})"
 
 
 @pytest.mark.parametrize("name", KERNEL_MODELS)
