@@ -150,8 +150,9 @@ def shell_kernels() -> list[tuple]:
         ("SSM kernels fwd", ssm._ssm_kernels_fwd_kernel, ssm_meta, ssm_h.NUM_WARPS, ssm_fp32),
         ("SSM kernels bwd", ssm._ssm_kernels_bwd_kernel, ssm_meta, ssm_h.NUM_WARPS, ssm_fp32),
     ]
-    for width, gate, label in ((192, False, "layer norm 192"), (64, True, "gated RMS norm 64")):
-        meta = dict(HAS_WEIGHT=True, HAS_BIAS=not gate, RMS=gate, GATE=gate, BLOCK_M=norm_h.block_m(width),
+    for width, gate, add, label in ((192, False, False, "layer norm 192"), (192, False, True, "add + layer norm 192"),
+                                    (64, True, False, "gated RMS norm 64")):
+        meta = dict(HAS_WEIGHT=True, HAS_BIAS=not gate, RMS=gate, GATE=gate, ADD=add, BLOCK_M=norm_h.block_m(width),
                     BLOCK_N=norm_h.block_n(width))
         fp32 = {"w_ptr", "b_ptr", "mean_ptr", "rstd_ptr", "dw_ptr", "db_ptr"}
         entries += [(f"{label} fwd", norm._norm_fwd_kernel, dict(meta, SAVE_STATS=True), norm_h.num_warps(width),

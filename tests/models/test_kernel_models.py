@@ -25,9 +25,10 @@ from vitzoo.train.data import FASHION_MNIST_DIR
 
 # The ops' launch functions, spied on by name: each family must run exactly its own ops through the kernels.
 SPIED_OPS = {"linear_attention": "linear_attention_triton", "delta_rule": "delta_rule_triton",
-             "local_conv": "_local_conv_fwd", "layer_norm": "_norm", "zeros_weights": "_zeros_weights_fwd",
-             "free_energy": ("_free_energy_values_fwd", "_free_energy_mix_fwd"), "ssm_kernel": "_ssm_kernels_fwd"}
-FAMILY_OPS = {  # beyond every family's norms
+             "local_conv": "_local_conv_fwd", "layer_norm": ("_norm", "_add_norm"),
+             "zeros_weights": "_zeros_weights_fwd", "free_energy": ("_free_energy_values_fwd", "_free_energy_mix_fwd"),
+             "ssm_kernel": "_ssm_kernels_fwd"}
+FAMILY_OPS = {  # beyond every family's norms (norm1 and the final norm; norm2 with the residual add before it)
     "softmax": set(),
     "linear": {"linear_attention_triton"},
     "inline": {"linear_attention_triton", "_local_conv_fwd"},
@@ -42,7 +43,7 @@ FAMILY_OPS = {  # beyond every family's norms
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1" and triton_available() and not torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(not INTERPRETER, reason="needs the Triton interpreter (TRITON_INTERPRET=1, no CUDA)")
 
-# Every DeiT-style family: all run their LayerNorms through the norm kernel, and all but softmax attention a mixer op
+# Every DeiT-style family: all run their LayerNorms through the norm kernels, and all but softmax attention a mixer op
 # too (FAMILY_OPS).
 KERNEL_MODELS = {FAMILIES[name].model_name("tiny"): name for name in DEIT_FAMILIES}
 TINY = dict(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=32, depth=2, num_heads=2)
@@ -74,7 +75,7 @@ def _logits_and_grads(model: torch.nn.Module, images: torch.Tensor, labels: torc
         model.zero_grad(set_to_none=True)
         logits = model(images)
         torch.nn.functional.cross_entropy(logits, labels).backward()
-    expected = FAMILY_OPS[family] | {"_norm"} if backend == "triton" else set()
+    expected = FAMILY_OPS[family] | {"_norm", "_add_norm"} if backend == "triton" else set()
     assert launched == expected, f"{backend}: ran {sorted(launched)}, expected {sorted(expected)}"
     return logits.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
+from ..ops import add_layer_norm as fused_add_layer_norm
 from ..ops import layer_norm as fused_layer_norm
 from ..ops import rms_norm as fused_rms_norm
 from ..ops.layer_norm import takes_kernel
@@ -60,10 +61,22 @@ def low_precision_rms_norm(x: torch.Tensor, normalized_shape: tuple[int, ...], w
 
 
 class LayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm`` (same parameters and state_dict) through :func:`low_precision_layer_norm`."""
+    """``nn.LayerNorm`` (same parameters and state_dict) through :func:`low_precision_layer_norm`.
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return low_precision_layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+    ``norm(x, update)`` returns ``(x + update, norm(x + update))``: a block's residual add and the norm that reads its
+    result, in one kernel with the Triton backend (:func:`vitzoo.ops.add_layer_norm`; ``update`` of x's shape and
+    dtype), else the add followed by this norm.
+    """
+
+    def forward(self, x: torch.Tensor, update: torch.Tensor | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if update is None:
+            return low_precision_layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        if update.dtype == x.dtype and update.shape == x.shape and \
+                _takes_norm_kernel(x, self.normalized_shape, self.weight, self.bias, update):
+            return fused_add_layer_norm(x, update, self.weight, self.bias, self.eps)
+        total = x + update
+        return total, low_precision_layer_norm(total, self.normalized_shape, self.weight, self.bias, self.eps)
 
 
 # dtype and autocast checks are data-dependent for FX: a leaf for timm's feature extraction

@@ -150,8 +150,14 @@ class MixerBlock(nn.Module):
         self.drop_path2 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
-        x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), grid_size, num_prefix_tokens)))
-        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        update = self.drop_path1(self.ls1(self.attn(self.norm1(x), grid_size, num_prefix_tokens)))
+        if isinstance(self.norm2, LayerNorm):  # the residual add and norm2 in one pass (one kernel on CUDA)
+            added = self.norm2(x, update)
+            x, normed = added[0], added[1]  # indexed, not unpacked: FX sees norm2 as one leaf call
+        else:
+            x = x + update
+            normed = self.norm2(x)
+        return x + self.drop_path2(self.ls2(self.mlp(normed)))
 
 
 # A leaf for timm's FX feature extraction: the checks branch on the input's shape, which FX cannot trace.

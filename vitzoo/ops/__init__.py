@@ -22,7 +22,14 @@ from .free_energy import (
     free_energy_values,
     free_energy_values_reference,
 )
-from .layer_norm import layer_norm, layer_norm_reference, rms_norm, rms_norm_reference
+from .layer_norm import (
+    add_layer_norm,
+    add_layer_norm_reference,
+    layer_norm,
+    layer_norm_reference,
+    rms_norm,
+    rms_norm_reference,
+)
 from .linear_attention import FEATURE_MAPS, linear_attention, linear_attention_reference
 from .local_conv import local_conv, local_conv_reference
 from .ssm_kernel import ssm_kernels, ssm_kernels_reference
@@ -42,6 +49,8 @@ __all__ = [
     "free_energy_values_reference",
     "get_backend",
     "kernel_backend",
+    "add_layer_norm",
+    "add_layer_norm_reference",
     "layer_norm",
     "layer_norm_reference",
     "linear_attention",

@@ -6,7 +6,14 @@ import pytest
 import torch
 
 from vitzoo.ops import set_backend
-from vitzoo.ops.layer_norm import layer_norm, layer_norm_reference, rms_norm, rms_norm_reference
+from vitzoo.ops.layer_norm import (
+    add_layer_norm,
+    add_layer_norm_reference,
+    layer_norm,
+    layer_norm_reference,
+    rms_norm,
+    rms_norm_reference,
+)
 from vitzoo.ops.testing import assert_matches_reference, relative_error
 
 from ..markers import DEVICE, needs_cuda, needs_kernels
@@ -182,3 +189,87 @@ def test_gated_bf16_at_model_size():
 def test_gate_of_another_shape_is_a_one_line_error():
     with pytest.raises(ValueError, match=r"gate must have x's shape \(2, 3, 8\)"):
         rms_norm(torch.randn(2, 3, 8), gate=torch.randn(2, 3, 4))
+
+
+def _add_inputs(shape, with_affine, dtype, device, seed, strided=False):
+    """x and an update of its shape (the update a strided slice when asked), the affine parameters, and upstream
+    gradients for both outputs (the sum and its norm)."""
+    (x, weight, bias), grad = _inputs(shape, with_affine, with_affine, dtype, device, seed, strided)
+    gen = torch.Generator().manual_seed(seed + 1)
+    wide = torch.randn(*shape[:-1], 2 * shape[-1], generator=gen, dtype=torch.float64) * 1.5 - 0.3
+    update = (wide[..., shape[-1]:] if strided else wide[..., :shape[-1]].contiguous()).to(device, dtype)
+    total_grad = torch.randn(shape, generator=gen, dtype=torch.float64).to(device, dtype)
+    return [x, update.requires_grad_(), weight, bias], (total_grad, grad)
+
+
+def _run_add(fn, tensors, grads, eps, outputs=(0, 1)):
+    outs = fn(*tensors, eps=eps)
+    live = [t for t in tensors if t is not None]
+    chosen = [outs[i] for i in outputs]
+    return outs, torch.autograd.grad(chosen, live, [grads[i] for i in outputs], allow_unused=True)
+
+
+def _float64(tensors):
+    return [t.detach().double().cpu().requires_grad_() if t is not None else None for t in tensors]
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape, with_affine, strided", [((3, 5, 7), True, False), ((2, 33, 37), True, True),
+                                                          ((70, 192), True, False), ((4, 9, 64), False, True)])
+@pytest.mark.parametrize("outputs", [(0, 1), (1,), (0,)])
+def test_add_layer_norm_kernel_matches_float64_reference(shape, with_affine, strided, outputs):
+    """Both outputs and every gradient, with upstream gradients through the sum, the norm or both."""
+    set_backend("triton")
+    try:
+        tensors, grads = _add_inputs(shape, with_affine, torch.float32, DEVICE, 31 + shape[-1], strided)
+        outs, got = _run_add(add_layer_norm, tensors, grads, 1e-5, outputs)
+        ref_outs, expected = _run_add(add_layer_norm_reference, _float64(tensors), [g.double().cpu() for g in grads],
+                                      1e-5, outputs)
+    finally:
+        set_backend("auto")
+    for out, ref in zip(outs, ref_outs, strict=True):
+        assert out.dtype == torch.float32 and out.shape == torch.Size(shape)
+        assert relative_error(out.cpu(), ref) < 1e-5
+    for grad, ref in zip(got, expected, strict=True):
+        if ref is None:  # the affine parameters when only the sum is used
+            assert grad is None
+        else:
+            assert relative_error(grad.cpu(), ref) < 1e-5
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_add_layer_norm_equals_the_add_then_the_norm(dtype, monkeypatch):
+    """The sum is x + update rounded to the dtype, and the norm is the layer-norm kernel's of that rounded sum: the
+    fused path gives the separate add and norm bit for bit (inference launch, poisoned buffers)."""
+    set_backend("triton")
+    try:
+        (x, update, weight, bias), _ = _add_inputs((3, 17, 40), True, dtype, DEVICE, 41)
+        with torch.no_grad():
+            separate = x + update
+            expected = layer_norm(separate, weight, bias)
+            monkeypatch.setattr(torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
+            total, normed = add_layer_norm(x, update, weight, bias)
+    finally:
+        set_backend("auto")
+    assert total.dtype == normed.dtype == dtype
+    assert torch.equal(total, separate)
+    assert torch.equal(normed, expected)
+
+
+@needs_cuda
+def test_add_layer_norm_bf16_at_model_size_and_compiled():
+    """DeiT-T's residual stream (32 x 197 tokens of 192, bf16, fp32 affine) against float64, eager and compiled."""
+    tensors, grads = _add_inputs((32, 197, 192), True, torch.bfloat16, "cuda", 43)
+    outs, got = _run_add(add_layer_norm, tensors, grads, 1e-6)
+    ref_outs, expected = _run_add(add_layer_norm_reference, _float64(tensors), [g.double().cpu() for g in grads], 1e-6)
+    for value, ref in zip((*outs, *got), (*ref_outs, *expected), strict=True):
+        assert relative_error(value.float().cpu(), ref) < 1e-2
+    compiled_outs, compiled_grads = _run_add(torch.compile(add_layer_norm, fullgraph=True), tensors, grads, 1e-6)
+    for value, eager in zip((*compiled_outs, *compiled_grads), (*outs, *got), strict=True):
+        torch.testing.assert_close(value, eager)
+
+
+def test_update_of_another_shape_is_a_one_line_error():
+    with pytest.raises(ValueError, match=r"update must have x's shape \(2, 3, 8\)"):
+        add_layer_norm(torch.randn(2, 3, 8), torch.randn(2, 3, 4))

@@ -10,7 +10,7 @@ import torch
 
 from ..utils import KERNEL_DTYPES, cdiv, kernel_backend, launcher, multiprocessor_count, triton_available
 from . import heuristics
-from .reference import check_inputs, layer_norm_reference, rms_norm_reference
+from .reference import add_layer_norm_reference, check_inputs, layer_norm_reference, rms_norm_reference
 
 if triton_available():
     from .kernels import _norm_bwd_kernel, _norm_fwd_kernel
@@ -18,18 +18,21 @@ if triton_available():
     def _launch_fwd(
             x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, gate: torch.Tensor | None,
             y: torch.Tensor, mean: torch.Tensor | None, rstd: torch.Tensor | None, eps: float, rms: bool,
-            direct_launch: bool,
+            direct_launch: bool, update: torch.Tensor | None = None, total: torch.Tensor | None = None,
     ) -> None:
         """Normalise rows ``x`` (M, N) into ``y`` (times silu of the ``gate`` rows when given); ``rstd`` (and ``mean``
-        unless ``rms``) receive the statistics when given."""
+        unless ``rms``) receive the statistics when given. With ``update`` the rows normalised are x + update,
+        written to ``total``."""
         m, n = x.shape
         block_m = heuristics.block_m(n)
         launcher(_norm_fwd_kernel, direct_launch)[(cdiv(m, block_m),)](
-            x, weight if weight is not None else x, bias if bias is not None else x, gate if gate is not None else x,
+            x, update if update is not None else x, total if total is not None else y,
+            weight if weight is not None else x, bias if bias is not None else x, gate if gate is not None else x,
             y, mean if mean is not None else y, rstd if rstd is not None else y, m, n, x.stride(0),
+            update.stride(0) if update is not None else 0, total.stride(0) if total is not None else 0,
             gate.stride(0) if gate is not None else 0, y.stride(0), eps,
             HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, RMS=rms, GATE=gate is not None,
-            SAVE_STATS=rstd is not None,
+            ADD=update is not None, SAVE_STATS=rstd is not None,
             BLOCK_M=block_m, BLOCK_N=heuristics.block_n(n), num_warps=heuristics.num_warps(n),
         )
 
@@ -46,6 +49,20 @@ if triton_available():
         _launch_fwd(x, weight, bias, gate, y, None if rms else mean, rstd, eps, rms, direct_launch)
         return y, mean, rstd
 
+    def _add_norm_fwd(
+            x: torch.Tensor, update: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
+            direct_launch: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(total, y, mean, rstd): total = x + update (rows (M, N) of one dtype, unit last strides) and its layer
+        norm, with the statistics for the backward."""
+        m, n = x.shape
+        total = torch.empty((m, n), dtype=x.dtype, device=x.device)
+        y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+        mean = torch.empty((m,), dtype=torch.float32, device=x.device)
+        rstd = torch.empty((m,), dtype=torch.float32, device=x.device)
+        _launch_fwd(x, weight, bias, None, y, mean, rstd, eps, False, direct_launch, update, total)
+        return total, y, mean, rstd
+
     def _norm_infer(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                     gate: torch.Tensor | None, eps: float, rms: bool) -> torch.Tensor:
         """The output alone, launched directly (nothing to differentiate: no statistics, no autograd function)."""
@@ -53,12 +70,22 @@ if triton_available():
         _launch_fwd(x, weight, bias, gate, y, None, None, eps, rms, direct_launch=True)
         return y
 
+    def _add_norm_infer(x: torch.Tensor, update: torch.Tensor, weight: torch.Tensor | None,
+                        bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(total, y) alone, launched directly."""
+        total = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        _launch_fwd(x, weight, bias, None, y, None, None, eps, False, True, update, total)
+        return total, y
+
     def _norm_bwd(
             grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, gate: torch.Tensor | None,
             mean: torch.Tensor, rstd: torch.Tensor, has_bias: bool, rms: bool, direct_launch: bool = False,
+            total_grad: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(dx, per-program partial dweight (P, N) fp32, partial dbias (P, N) fp32, dgate); absent ones empty (dgate
-        is dx itself for eager callers without a gate)."""
+        is dx itself for eager callers without a gate). ``total_grad``: rows added to dx (the gradient that reaches
+        the normalised rows from elsewhere, when they are a residual sum)."""
         m, n = x.shape
         sms = multiprocessor_count(x.device) if x.device.type == "cuda" else 1
         programs = heuristics.backward_programs(m, n, sms)
@@ -72,11 +99,14 @@ if triton_available():
             # empty tensor of its own (its outputs must not alias)
             dg = dx if direct_launch else torch.empty((0,), dtype=x.dtype, device=x.device)
         launcher(_norm_bwd_kernel, direct_launch)[(programs,)](
-            x, weight if weight is not None else x, gate if gate is not None else x, grad, dx,
+            x, weight if weight is not None else x, gate if gate is not None else x, grad,
+            total_grad if total_grad is not None else grad, dx,
             dg if dg.numel() else dx, mean if mean.numel() else rstd, rstd, dw if dw.numel() else dx,
             db if db.numel() else dx, m, n, x.stride(0), gate.stride(0) if gate is not None else 0, grad.stride(0),
-            dx.stride(0), dg.stride(0) if gate is not None else 0,
+            total_grad.stride(0) if total_grad is not None else 0, dx.stride(0),
+            dg.stride(0) if gate is not None else 0,
             HAS_WEIGHT=weight is not None, HAS_BIAS=has_bias, RMS=rms, GATE=gate is not None,
+            ADD=total_grad is not None,
             BLOCK_M=heuristics.block_m(n), BLOCK_N=heuristics.block_n(n), num_warps=heuristics.num_warps(n),
         )
         return dx, dw, db, dg
@@ -89,12 +119,18 @@ if triton_available():
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return _norm_fwd(x, weight, bias, gate, eps, rms)
 
+    @torch.library.triton_op("vitzoo::add_norm_fwd", mutates_args=())
+    def _add_norm_fwd_op(
+            x: torch.Tensor, update: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _add_norm_fwd(x, update, weight, bias, eps)
+
     @torch.library.triton_op("vitzoo::norm_bwd", mutates_args=())
     def _norm_bwd_op(
             grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, gate: torch.Tensor | None,
-            mean: torch.Tensor, rstd: torch.Tensor, has_bias: bool, rms: bool,
+            mean: torch.Tensor, rstd: torch.Tensor, has_bias: bool, rms: bool, total_grad: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _norm_bwd(grad, x, weight, gate, mean, rstd, has_bias, rms)
+        return _norm_bwd(grad, x, weight, gate, mean, rstd, has_bias, rms, total_grad=total_grad)
 
     class _NormFunction(torch.autograd.Function):
         @staticmethod
@@ -113,12 +149,44 @@ if triton_available():
             if grad.stride(-1) != 1:
                 grad = grad.contiguous()
             compiling = torch.compiler.is_compiling()
-            dx, dw, db, dg = (_norm_bwd_op if compiling else _norm_bwd)(
-                grad, x, weight, gate, mean, rstd, has_bias, rms, **({} if compiling else {"direct_launch": True}))
+            dx, dw, db, dg = (_norm_bwd_op(grad, x, weight, gate, mean, rstd, has_bias, rms, None) if compiling
+                              else _norm_bwd(grad, x, weight, gate, mean, rstd, has_bias, rms, direct_launch=True))
             dweight = dw.sum(dim=0).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
             dbias = db.sum(dim=0).to(bias_dtype) if has_bias and ctx.needs_input_grad[2] else None
             dgate = dg if gate is not None and ctx.needs_input_grad[3] else None
             return dx if ctx.needs_input_grad[0] else None, dweight, dbias, dgate, None, None
+
+    class _AddNormFunction(torch.autograd.Function):
+        """(x + update, layer_norm(x + update)); the sum's gradient from both outputs is one kernel's dx."""
+
+        @staticmethod
+        def forward(ctx, x, update, weight, bias, eps):
+            ctx.set_materialize_grads(False)
+            compiling = torch.compiler.is_compiling()
+            total, y, mean, rstd = (_add_norm_fwd_op(x, update, weight, bias, eps) if compiling
+                                    else _add_norm_fwd(x, update, weight, bias, eps, direct_launch=True))
+            ctx.save_for_backward(total, weight, mean, rstd)
+            ctx.bias_dtype = None if bias is None else bias.dtype
+            return total, y
+
+        @staticmethod
+        def backward(ctx, total_grad, grad):
+            total, weight, mean, rstd = ctx.saved_tensors
+            has_bias = ctx.bias_dtype is not None
+            if grad is None:  # the norm's output took no part: the sum passes its gradient through
+                return total_grad, total_grad, None, None, None
+            grad = grad if grad.stride(-1) == 1 else grad.contiguous()
+            if total_grad is not None and total_grad.stride(-1) != 1:
+                total_grad = total_grad.contiguous()
+            if torch.compiler.is_compiling():
+                dx, dw, db, _ = _norm_bwd_op(grad, total, weight, None, mean, rstd, has_bias, False, total_grad)
+            else:
+                dx, dw, db, _ = _norm_bwd(grad, total, weight, None, mean, rstd, has_bias, False,
+                                          direct_launch=True, total_grad=total_grad)
+            dweight = dw.sum(dim=0).to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
+            dbias = db.sum(dim=0).to(ctx.bias_dtype) if has_bias and ctx.needs_input_grad[3] else None
+            return (dx if ctx.needs_input_grad[0] else None, dx if ctx.needs_input_grad[1] else None, dweight,
+                    dbias, None)
 
 
 def takes_kernel(x: torch.Tensor, params: tuple[torch.Tensor | None, ...]) -> bool:
@@ -146,6 +214,19 @@ def _norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | Non
     return _NormFunction.apply(rows, weight, bias, gate_rows, float(eps), rms).view(shape)
 
 
+def _add_norm(x: torch.Tensor, update: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+              eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = x.shape
+    rows, update_rows = _rows(x), _rows(update)
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, update, weight, bias))) \
+            and not torch.compiler.is_compiling():
+        # nothing to differentiate: launch directly, without the autograd Function's bookkeeping (host time)
+        total, y = _add_norm_infer(rows, update_rows, weight, bias, float(eps))
+    else:
+        total, y = _AddNormFunction.apply(rows, update_rows, weight, bias, float(eps))
+    return total.view(shape), y.view(shape)
+
+
 def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                eps: float = 1e-5) -> torch.Tensor:
     """Layer norm over the last dim of ``x`` (any leading shape), in ``x``'s dtype with fp32 statistics.
@@ -160,6 +241,25 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.
     if takes_kernel(x, (weight, bias)):
         return _norm(x, weight, bias, eps, rms=False)
     return layer_norm_reference(x, weight, bias, eps)
+
+
+def add_layer_norm(x: torch.Tensor, update: torch.Tensor, weight: torch.Tensor | None = None,
+                   bias: torch.Tensor | None = None, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + update, layer_norm(x + update)): a residual add and the norm that reads its result, in one kernel.
+
+    The sum is rounded to the inputs' dtype and normalised as rounded, so both outputs equal ``x + update`` followed
+    by :func:`layer_norm`; where the kernel does not apply (other dtypes or shapes of ``update``, float64, the
+    reference backend) that is what runs.
+
+    Args:
+        x: (..., N) residual stream.
+        update: the residual update, x's shape and (for the kernel) dtype.
+        weight, bias, eps: as :func:`layer_norm`.
+    """
+    if update.shape != x.shape or not takes_kernel(x, (weight, bias, update)) or update.dtype != x.dtype:
+        return add_layer_norm_reference(x, update, weight, bias, eps)
+    check_inputs("add_layer_norm", x, weight, bias)
+    return _add_norm(x, update, weight, bias, eps)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6,

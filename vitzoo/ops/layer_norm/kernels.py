@@ -1,6 +1,8 @@
 """The Triton kernels of layer norm and RMS norm over rows of width N: the forward (output, and the per-row mean and
 1/std the backward reads) and the backward (dx, and per-program partial sums of dweight and dbias, added up on the
 host). RMS: no centring and no bias. GATE: the output times silu(gate) (the gated RMS norm of DeltaNet's output).
+ADD: the rows normalised are x + u (a residual update), written out rounded to their dtype and normalised as rounded,
+as a separate add and norm would; the backward then adds the gradient that reaches the sum from elsewhere (ds) to dx.
 All statistics in fp32."""
 import triton
 import triton.language as tl
@@ -8,9 +10,9 @@ import triton.language as tl
 
 @triton.jit
 def _norm_fwd_kernel(
-        x_ptr, w_ptr, b_ptr, g_ptr, y_ptr, mean_ptr, rstd_ptr,
-        M, N, sx_m, sg_m, sy_m, eps,
-        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, GATE: tl.constexpr,
+        x_ptr, u_ptr, s_ptr, w_ptr, b_ptr, g_ptr, y_ptr, mean_ptr, rstd_ptr,
+        M, N, sx_m, su_m, ss_m, sg_m, sy_m, eps,
+        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, GATE: tl.constexpr, ADD: tl.constexpr,
         SAVE_STATS: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -21,6 +23,11 @@ def _norm_fwd_kernel(
     col_ok = cols < N
     mask = row_ok[:, None] & col_ok[None, :]
     x = tl.load(x_ptr + rows[:, None] * sx_m + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    if ADD:
+        u = tl.load(u_ptr + rows[:, None] * su_m + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        total = (x + u).to(s_ptr.dtype.element_ty)
+        tl.store(s_ptr + rows[:, None] * ss_m + cols[None, :], total, mask=mask)
+        x = total.to(tl.float32)
     if RMS:
         centred = x
     else:
@@ -44,9 +51,9 @@ def _norm_fwd_kernel(
 
 @triton.jit
 def _norm_bwd_kernel(
-        x_ptr, w_ptr, g_ptr, dy_ptr, dx_ptr, dg_ptr, mean_ptr, rstd_ptr, dw_ptr, db_ptr,
-        M, N, sx_m, sg_m, sdy_m, sdx_m, sdg_m,
-        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, GATE: tl.constexpr,
+        x_ptr, w_ptr, g_ptr, dy_ptr, ds_ptr, dx_ptr, dg_ptr, mean_ptr, rstd_ptr, dw_ptr, db_ptr,
+        M, N, sx_m, sg_m, sdy_m, sds_m, sdx_m, sdg_m,
+        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, GATE: tl.constexpr, ADD: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -92,6 +99,8 @@ def _norm_bwd_kernel(
         else:
             c2 = tl.sum(wdy, axis=1) / N
             dx = (wdy - xhat * c1[:, None] - c2[:, None]) * rstd[:, None]
+        if ADD:
+            dx += tl.load(ds_ptr + rows[:, None] * sds_m + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         tl.store(dx_ptr + rows[:, None] * sdx_m + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mask)
         if HAS_WEIGHT:
             dw_acc += tl.sum(dy * xhat, axis=0)

@@ -2,6 +2,7 @@
 
     layer norm:  y = (x - mean(x)) / sqrt(var(x) + eps) * weight + bias      (biased variance, as F.layer_norm)
     RMS norm:    y = x / sqrt(mean(x^2) + eps) * weight  [* silu(gate), the gated form of DeltaNet's output norm]
+    add + layer norm:  s = x + update;  (s, layer norm of s)                 (a block's residual add and next norm)
 
 Statistics and products in fp32 (fp64 for fp64 inputs); the output in ``x``'s dtype, so a bf16 activation stays bf16
 while fp32 parameters are applied at full precision (no cast of the parameters to 16 bits).
@@ -38,6 +39,17 @@ def _normalize(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor 
     if gate is not None:
         y = y * torch.nn.functional.silu(gate.to(acc))
     return y.to(x.dtype)
+
+
+def add_layer_norm_reference(x: torch.Tensor, update: torch.Tensor, weight: torch.Tensor | None = None,
+                             bias: torch.Tensor | None = None, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + update, its layer norm): the sum in PyTorch's promoted dtype, normalised as :func:`layer_norm_reference`
+    normalises it."""
+    check_inputs("add_layer_norm", x, weight, bias)
+    if update.shape != x.shape:
+        raise ValueError(f"add_layer_norm: update must have x's shape {tuple(x.shape)}, got {tuple(update.shape)}")
+    total = x + update
+    return total, _normalize(total, weight, bias, eps, rms=False)
 
 
 def layer_norm_reference(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
