@@ -20,17 +20,18 @@ if triton_available():
             y: torch.Tensor, mean: torch.Tensor | None, rstd: torch.Tensor | None, eps: float, rms: bool,
             direct_launch: bool, update: torch.Tensor | None = None, total: torch.Tensor | None = None,
     ) -> None:
-        """Normalise rows ``x`` (M, N) into ``y`` (times silu of the ``gate`` rows when given); ``rstd`` (and ``mean``
-        unless ``rms``) receive the statistics when given. With ``update`` the rows normalised are x + update,
-        written to ``total``."""
-        m, n = x.shape
+        """Normalise the rows of ``x`` (see :func:`_rows`) into ``y`` (times silu of the ``gate`` rows when given);
+        ``rstd`` (and ``mean`` unless ``rms``) receive the statistics when given. With ``update`` the rows normalised
+        are x + update, written to ``total``."""
+        n = x.shape[-1]
+        m = x.numel() // n
         block_m = heuristics.block_m(n)
         launcher(_norm_fwd_kernel, direct_launch)[(cdiv(m, block_m),)](
             x, update if update is not None else x, total if total is not None else y,
             weight if weight is not None else x, bias if bias is not None else x, gate if gate is not None else x,
-            y, mean if mean is not None else y, rstd if rstd is not None else y, m, n, x.stride(0),
-            update.stride(0) if update is not None else 0, total.stride(0) if total is not None else 0,
-            gate.stride(0) if gate is not None else 0, y.stride(0), eps,
+            y, mean if mean is not None else y, rstd if rstd is not None else y, m, n, _row_stride(x),
+            _row_stride(update) if update is not None else 0, _row_stride(total) if total is not None else 0,
+            _row_stride(gate) if gate is not None else 0, _row_stride(y), eps,
             HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, RMS=rms, GATE=gate is not None,
             ADD=update is not None, SAVE_STATS=rstd is not None,
             BLOCK_M=block_m, BLOCK_N=heuristics.block_n(n), num_warps=heuristics.num_warps(n),
@@ -40,10 +41,10 @@ if triton_available():
             x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, gate: torch.Tensor | None,
             eps: float, rms: bool, direct_launch: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(y, mean, rstd) for rows ``x`` (M, N) with a unit last stride, the statistics (fp32) for the backward;
-        the mean is empty for RMS."""
-        m, n = x.shape
-        y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+        """(y, mean, rstd) for the rows of ``x`` (see :func:`_rows`), the statistics (fp32, one per row) for the
+        backward; the mean is empty for RMS."""
+        m = x.numel() // x.shape[-1]
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         mean = torch.empty((0,) if rms else (m,), dtype=torch.float32, device=x.device)
         rstd = torch.empty((m,), dtype=torch.float32, device=x.device)
         _launch_fwd(x, weight, bias, gate, y, None if rms else mean, rstd, eps, rms, direct_launch)
@@ -53,11 +54,11 @@ if triton_available():
             x: torch.Tensor, update: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
             direct_launch: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(total, y, mean, rstd): total = x + update (rows (M, N) of one dtype, unit last strides) and its layer
-        norm, with the statistics for the backward."""
-        m, n = x.shape
-        total = torch.empty((m, n), dtype=x.dtype, device=x.device)
-        y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+        """(total, y, mean, rstd): total = x + update (rows of one dtype, see :func:`_rows`) and its layer norm, with
+        the statistics for the backward."""
+        m = x.numel() // x.shape[-1]
+        total = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         mean = torch.empty((m,), dtype=torch.float32, device=x.device)
         rstd = torch.empty((m,), dtype=torch.float32, device=x.device)
         _launch_fwd(x, weight, bias, None, y, mean, rstd, eps, False, direct_launch, update, total)
@@ -86,14 +87,15 @@ if triton_available():
         """(dx, per-program partial dweight (P, N) fp32, partial dbias (P, N) fp32, dgate); absent ones empty (dgate
         is dx itself for eager callers without a gate). ``total_grad``: rows added to dx (the gradient that reaches
         the normalised rows from elsewhere, when they are a residual sum)."""
-        m, n = x.shape
+        n = x.shape[-1]
+        m = x.numel() // n
         sms = multiprocessor_count(x.device) if x.device.type == "cuda" else 1
         programs = heuristics.backward_programs(m, n, sms)
-        dx = torch.empty((m, n), dtype=x.dtype, device=x.device)
+        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         dw = torch.empty((programs, n) if weight is not None else (0,), dtype=torch.float32, device=x.device)
         db = torch.empty((programs, n) if has_bias else (0,), dtype=torch.float32, device=x.device)
         if gate is not None:
-            dg = torch.empty((m, n), dtype=gate.dtype, device=x.device)
+            dg = torch.empty(x.shape, dtype=gate.dtype, device=x.device)
         else:
             # no gate gradient: eager callers take dx as the unused placeholder (no allocation), the custom op an
             # empty tensor of its own (its outputs must not alias)
@@ -102,9 +104,9 @@ if triton_available():
             x, weight if weight is not None else x, gate if gate is not None else x, grad,
             total_grad if total_grad is not None else grad, dx,
             dg if dg.numel() else dx, mean if mean.numel() else rstd, rstd, dw if dw.numel() else dx,
-            db if db.numel() else dx, m, n, x.stride(0), gate.stride(0) if gate is not None else 0, grad.stride(0),
-            total_grad.stride(0) if total_grad is not None else 0, dx.stride(0),
-            dg.stride(0) if gate is not None else 0,
+            db if db.numel() else dx, m, n, _row_stride(x), _row_stride(gate) if gate is not None else 0,
+            _row_stride(grad), _row_stride(total_grad) if total_grad is not None else 0, _row_stride(dx),
+            _row_stride(dg) if gate is not None else 0,
             HAS_WEIGHT=weight is not None, HAS_BIAS=has_bias, RMS=rms, GATE=gate is not None,
             ADD=total_grad is not None,
             BLOCK_M=heuristics.block_m(n), BLOCK_N=heuristics.block_n(n), num_warps=heuristics.num_warps(n),
@@ -146,8 +148,7 @@ if triton_available():
         def backward(ctx, grad):
             x, weight, gate, mean, rstd = ctx.saved_tensors
             has_bias, rms, bias_dtype = ctx.options
-            if grad.stride(-1) != 1:
-                grad = grad.contiguous()
+            grad = _rows(grad)
             compiling = torch.compiler.is_compiling()
             dx, dw, db, dg = (_norm_bwd_op(grad, x, weight, gate, mean, rstd, has_bias, rms, None) if compiling
                               else _norm_bwd(grad, x, weight, gate, mean, rstd, has_bias, rms, direct_launch=True))
@@ -175,9 +176,8 @@ if triton_available():
             has_bias = ctx.bias_dtype is not None
             if grad is None:  # the norm's output took no part: the sum passes its gradient through
                 return total_grad, total_grad, None, None, None
-            grad = grad if grad.stride(-1) == 1 else grad.contiguous()
-            if total_grad is not None and total_grad.stride(-1) != 1:
-                total_grad = total_grad.contiguous()
+            grad = _rows(grad)
+            total_grad = None if total_grad is None else _rows(total_grad)
             if torch.compiler.is_compiling():
                 dx, dw, db, _ = _norm_bwd_op(grad, total, weight, None, mean, rstd, has_bias, False, total_grad)
             else:
@@ -199,8 +199,22 @@ def takes_kernel(x: torch.Tensor, params: tuple[torch.Tensor | None, ...]) -> bo
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as the kernels read it: rows of the last dim, unit last stride, one stride from a row to the next (a
+    contiguous tensor of any rank, or a 2-D one whose rows are strided); otherwise a (rows, N) view or copy."""
+    if t.stride(-1) == 1 and (t.dim() <= 2 or t.is_contiguous()):
+        return t
     rows = t.reshape(-1, t.shape[-1])
     return rows if rows.stride(-1) == 1 else rows.contiguous()
+
+
+def _row_stride(t: torch.Tensor) -> int:
+    """The distance between consecutive rows of a tensor :func:`_rows` returns."""
+    return t.stride(-2) if t.dim() > 1 else t.shape[-1]
+
+
+def _shaped(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    # a view only where the rows were reshaped (a view op costs host time on every call)
+    return t if t.shape == shape else t.view(shape)
 
 
 def _norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
@@ -210,8 +224,8 @@ def _norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | Non
     if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, gate))) \
             and not torch.compiler.is_compiling():
         # nothing to differentiate: launch directly, without the autograd Function's bookkeeping (host time)
-        return _norm_infer(rows, weight, bias, gate_rows, float(eps), rms).view(shape)
-    return _NormFunction.apply(rows, weight, bias, gate_rows, float(eps), rms).view(shape)
+        return _shaped(_norm_infer(rows, weight, bias, gate_rows, float(eps), rms), shape)
+    return _shaped(_NormFunction.apply(rows, weight, bias, gate_rows, float(eps), rms), shape)
 
 
 def _add_norm(x: torch.Tensor, update: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
@@ -224,7 +238,7 @@ def _add_norm(x: torch.Tensor, update: torch.Tensor, weight: torch.Tensor | None
         total, y = _add_norm_infer(rows, update_rows, weight, bias, float(eps))
     else:
         total, y = _AddNormFunction.apply(rows, update_rows, weight, bias, float(eps))
-    return total.view(shape), y.view(shape)
+    return _shaped(total, shape), _shaped(y, shape)
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
