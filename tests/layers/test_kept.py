@@ -6,27 +6,13 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
-from torch.utils._python_dispatch import TorchDispatchMode
+from dispatch_counting import CastCounter
 
 import vitzoo  # noqa: F401  (registers the models)
 from vitzoo.layers.kept import KeptCastLinear
 from vitzoo.registry import DEIT_FAMILIES, FAMILIES
 
 AUTOCAST = dict(device_type="cpu", dtype=torch.bfloat16)
-
-
-class CastCounter(TorchDispatchMode):
-    """Counts the dtype casts dispatched inside the block (``aten.to`` in inference mode, ``aten._to_copy`` outside
-    it)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.casts = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket in (torch.ops.aten.to, torch.ops.aten._to_copy):
-            self.casts += 1
-        return func(*args, **(kwargs or {}))
 
 
 def _pair(bias: bool = True) -> tuple[nn.Linear, KeptCastLinear]:

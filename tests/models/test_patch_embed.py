@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
+from dispatch_counting import CastCounter
 
 from vitzoo.models.vitzoo_vit import PatchEmbed
 from vitzoo.ops.testing import relative_error
@@ -61,3 +62,27 @@ def test_bf16_autocast_gives_bf16_tokens_within_rounding():
     # bf16 operands, fp32 accumulation: the error of rounding inputs and weights to 8 bits (the convolution's too)
     assert relative_error(got, truth) < 1e-2
     assert relative_error(got, truth) < 2 * relative_error(expected, truth) + 1e-3
+
+
+def test_inference_under_autocast_keeps_the_cast_kernel_and_follows_updates():
+    """Eval mode without gradients: the kernel and bias are cast once (the patches' own cast is their gather copy),
+    and the output is the plain path's bit for bit, before and after an in-place update."""
+    ours, _ = _pair((32, 32), (16, 16), 3, 24)
+    ours.float().eval()
+    x = torch.randn(2, 3, 32, 32)
+
+    def kept_and_plain():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.inference_mode(), CastCounter() as counter:
+                kept = ours(x)
+            plain = ours(x)  # gradient mode: autocast casts the parameters itself
+        return kept, plain, counter.casts
+
+    kept_and_plain()
+    kept, plain, casts = kept_and_plain()
+    assert casts == 0
+    assert torch.equal(kept, plain)
+    with torch.no_grad():
+        ours.proj.weight.mul_(-0.5)
+    kept, plain, _ = kept_and_plain()
+    assert torch.equal(kept, plain)

@@ -1,8 +1,9 @@
 """Values a module computes from its parameters once and keeps between inference forwards, and the rule that says
 when a kept value is stale (:func:`kept_value_key`).
 
-Two kinds are kept: H3's SSM kernels and Toeplitz weights (``h3.py``), and the 16-bit copies of the Linear layers'
-weights under autocast (:class:`KeptCastLinear`, every Linear of the DeiT-shaped models).
+Two kinds are kept: H3's SSM kernels and Toeplitz weights (``h3.py``), and 16-bit copies of fp32 parameters under
+autocast (:class:`KeepsAutocastCopies`: every Linear of the DeiT-shaped models, :class:`KeptCastLinear`, and their
+patch embedding).
 """
 from __future__ import annotations
 
@@ -32,44 +33,52 @@ def kept_value_key(params: tuple[torch.Tensor, ...], *extra) -> tuple | None:
     return (*extra, params[0].device, tuple((p._version, p.data_ptr()) for p in params))
 
 
-class KeptCastLinear(nn.Linear):
-    """``nn.Linear`` (same parameters, init and state_dict) that, in eval mode under autocast, keeps its weight and bias
-    cast to the autocast dtype between forwards.
+class KeepsAutocastCopies:
+    """Mixin for a module whose forward multiplies by fp32 parameters under autocast: in eval mode, without gradients,
+    :meth:`autocast_copies` gives the parameters cast to the autocast dtype, cast once and kept between forwards.
 
-    Autocast casts an fp32 Linear's weight and bias on every forward (a copy kernel each; its own cache lasts one
-    ``torch.autocast`` block, and inference code enters one per batch): a tenth of an eager DeiT-T forward's device
-    time and a third of its launches, for values that do not change between batches. Here they are cast once and
-    kept under :func:`kept_value_key`'s rule; the output is bit-identical to ``nn.Linear``'s under autocast (the same
-    rounding of the same values). Only forwards without gradients (``torch.no_grad`` / ``torch.inference_mode``) keep
-    them; training mode, gradient mode (a frozen model's input gradients included), torch.compile, tracing and
-    CUDA-graph capture (a captured graph must read the fp32 parameters, which later updates change in place) take
-    ``nn.Linear``'s path.
-    The kept copies cost the 16-bit size of the weights, and are dropped by ``train()`` / ``eval()``.
+    Autocast casts such parameters on every forward (a copy kernel each; its own cache lasts one ``torch.autocast``
+    block, and inference code enters one per batch). Kept copies follow :func:`kept_value_key`'s rule and give the
+    same bits as autocast's own casts. Only forwards without gradients (``torch.no_grad`` / ``torch.inference_mode``)
+    keep them; training mode, gradient mode (a frozen model's input gradients included), torch.compile, tracing and
+    CUDA-graph capture (a captured graph must read the fp32 parameters, which later updates change in place) get None
+    and take the plain path. The copies cost the parameters' 16-bit size and are dropped by ``train()`` / ``eval()``.
     """
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None) -> None:
-        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self._kept: tuple[tuple, torch.Tensor, torch.Tensor | None] | None = None
+    _kept: tuple[tuple, tuple[torch.Tensor | None, ...]] | None = None
 
-    def train(self, mode: bool = True) -> KeptCastLinear:
+    def train(self, mode: bool = True):
         self._kept = None  # see kept_value_key: a fused optimizer's updates leave the version counters as they were
         return super().train(mode)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def autocast_copies(self, x: torch.Tensor, *params: torch.Tensor | None) -> tuple[torch.Tensor | None, ...] | None:
+        """``params`` (fp32; None entries stay None) in the autocast dtype of ``x``'s device, or None where the plain
+        path must run."""
         if self.training or torch.is_grad_enabled() or not torch.is_autocast_enabled(x.device.type):
-            return F.linear(x, self.weight, self.bias)
+            return None
+        if params[0].dtype != torch.float32 or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+            return None
         dtype = torch.get_autocast_dtype(x.device.type)
-        if self.weight.dtype != torch.float32 or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
-            return F.linear(x, self.weight, self.bias)
-        params = (self.weight,) if self.bias is None else (self.weight, self.bias)
-        key = kept_value_key(params, dtype)
+        key = kept_value_key(tuple(p for p in params if p is not None), dtype)
         if key is None:
-            return F.linear(x, self.weight, self.bias)
+            return None
         if self._kept is None or self._kept[0] != key:
             with torch.no_grad():
-                self._kept = (key, self.weight.to(dtype), None if self.bias is None else self.bias.to(dtype))
+                self._kept = (key, tuple(None if p is None else p.to(dtype) for p in params))
+        return self._kept[1]
+
+
+class KeptCastLinear(KeepsAutocastCopies, nn.Linear):
+    """``nn.Linear`` (same parameters, init and state_dict) that keeps its weight and bias in the autocast dtype
+    between eval-mode forwards without gradients (:class:`KeepsAutocastCopies`): two copy kernels less per layer and
+    forward, the same output bits."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kept = self.autocast_copies(x, self.weight, self.bias)
+        if kept is None:
+            return F.linear(x, self.weight, self.bias)
         # autocast leaves operands already in its dtype as they are: only x may still be cast
-        return F.linear(x, self._kept[1], self._kept[2])
+        return F.linear(x, kept[0], kept[1])
 
 
 # the forward branches on the grad, autocast and capture modes, which FX would bake in: a leaf for timm's feature

@@ -41,7 +41,7 @@ from timm.models._manipulate import named_apply
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import create_mixer
-from ..layers.kept import KeptCastLinear
+from ..layers.kept import KeepsAutocastCopies, KeptCastLinear
 from ..layers.norms import LayerNorm
 from ..registry import FAMILIES
 from ._helpers import (
@@ -55,9 +55,10 @@ from ._helpers import (
 __all__ = ["MixerViT", "MixerBlock", "Mlp", "PatchEmbed"]
 
 
-class PatchEmbed(timm_layers.PatchEmbed):
+class PatchEmbed(KeepsAutocastCopies, timm_layers.PatchEmbed):
     """timm's ``PatchEmbed`` (same parameters, options and state_dict) with the patch convolution computed as one
-    matrix product over the unfolded patches.
+    matrix product over the unfolded patches, its kernel and bias kept in the autocast dtype between inference
+    forwards (:class:`~vitzoo.layers.kept.KeepsAutocastCopies`).
 
     A convolution whose stride is its kernel is a matrix product of the (C * p * p)-long patch vectors with the
     flattened kernel. As a convolution, cuDNN ran it as a generic implicit-GEMM kernel on bf16 NCHW images (627 us of
@@ -76,8 +77,9 @@ class PatchEmbed(timm_layers.PatchEmbed):
         # one kernel gathers every patch into a (C, p, p) row and casts it
         patches = torch.empty((b, gh, gw, c, ph, pw), dtype=dtype, device=x.device)
         patches.copy_(x.view(b, c, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5))
-        weight = self.proj.weight.reshape(self.proj.out_channels, c * ph * pw)  # a view unless channels-last
-        tokens = F.linear(patches.view(b, gh * gw, c * ph * pw), weight, self.proj.bias)
+        weight, bias = self.autocast_copies(x, self.proj.weight, self.proj.bias) or (self.proj.weight, self.proj.bias)
+        weight = weight.reshape(self.proj.out_channels, c * ph * pw)  # a view unless channels-last
+        tokens = F.linear(patches.view(b, gh * gw, c * ph * pw), weight, bias)
         if self.output_fmt == timm_layers.Format.NHWC:
             tokens = tokens.view(b, gh, gw, -1)
         return self.norm(tokens)
