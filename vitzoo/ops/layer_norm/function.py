@@ -25,7 +25,7 @@ if triton_available():
         are x + update, written to ``total``."""
         n = x.shape[-1]
         m = x.numel() // n
-        block_m = heuristics.block_m(n)
+        block_m, block_n, num_warps = heuristics.launch_shape(n)
         launcher(_norm_fwd_kernel, direct_launch)[(cdiv(m, block_m),)](
             x, update if update is not None else x, total if total is not None else y,
             weight if weight is not None else x, bias if bias is not None else x, gate if gate is not None else x,
@@ -33,8 +33,7 @@ if triton_available():
             _row_stride(update) if update is not None else 0, _row_stride(total) if total is not None else 0,
             _row_stride(gate) if gate is not None else 0, _row_stride(y), eps,
             HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, RMS=rms, GATE=gate is not None,
-            ADD=update is not None, SAVE_STATS=rstd is not None,
-            BLOCK_M=block_m, BLOCK_N=heuristics.block_n(n), num_warps=heuristics.num_warps(n),
+            ADD=update is not None, SAVE_STATS=rstd is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
         )
 
     def _norm_fwd(
@@ -91,6 +90,7 @@ if triton_available():
         m = x.numel() // n
         sms = multiprocessor_count(x.device) if x.device.type == "cuda" else 1
         programs = heuristics.backward_programs(m, n, sms)
+        block_m, block_n, num_warps = heuristics.launch_shape(n)
         dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
         dw = torch.empty((programs, n) if weight is not None else (0,), dtype=torch.float32, device=x.device)
         db = torch.empty((programs, n) if has_bias else (0,), dtype=torch.float32, device=x.device)
@@ -108,8 +108,7 @@ if triton_available():
             _row_stride(grad), _row_stride(total_grad) if total_grad is not None else 0, _row_stride(dx),
             _row_stride(dg) if gate is not None else 0,
             HAS_WEIGHT=weight is not None, HAS_BIAS=has_bias, RMS=rms, GATE=gate is not None,
-            ADD=total_grad is not None,
-            BLOCK_M=heuristics.block_m(n), BLOCK_N=heuristics.block_n(n), num_warps=heuristics.num_warps(n),
+            ADD=total_grad is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
         )
         return dx, dw, db, dg
 

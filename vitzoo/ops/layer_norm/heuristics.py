@@ -3,6 +3,8 @@ and token widths) fill a program's threads; PyTorch's layer-norm kernel gives ea
 most of it idle at these widths."""
 from __future__ import annotations
 
+import functools
+
 from ..utils import cdiv, interpreting, padded
 
 MAX_WIDTH = 16384  # the widest row one program holds in registers
@@ -22,6 +24,12 @@ def block_m(width: int) -> int:
 
 def num_warps(width: int) -> int:
     return 4 if block_m(width) * block_n(width) <= _TILE else 8
+
+
+@functools.cache
+def launch_shape(width: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps) for rows ``width`` wide, worked out once per width (host time per launch)."""
+    return block_m(width), block_n(width), num_warps(width)
 
 
 def backward_programs(rows: int, width: int, multiprocessors: int) -> int:

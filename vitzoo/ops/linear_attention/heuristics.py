@@ -8,6 +8,7 @@ from H200 sweeps (``benchmarks/linear_attention.py --sweep``, recorded in ``benc
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 
@@ -100,6 +101,8 @@ def _splits(bh: int, n: int, block_n: int, device: torch.device, policy: LaunchP
     return cdiv(n, chunk), chunk
 
 
+# worked out once per shape (host time per call); every argument is hashable, the results are frozen
+@functools.lru_cache(maxsize=1024)
 def forward_launch(bh: int, n: int, dk: int, dv: int, weightings: int, device: torch.device,
                    policy: LaunchPolicy = FORWARD_POLICY) -> Launch:
     """The forward's launch for B*H = ``bh`` sequences of ``n`` tokens."""
@@ -112,6 +115,7 @@ def forward_launch(bh: int, n: int, dk: int, dv: int, weightings: int, device: t
     return Launch(block_n, num_warps, num_stages, splits, chunk, policy.max_registers)
 
 
+@functools.lru_cache(maxsize=1024)
 def backward_launch(bh: int, n: int, dk: int, dv: int, weightings: int, device: torch.device,
                     policy: LaunchPolicy = BACKWARD_POLICY) -> Launch:
     """The backward's launch: whether to split is decided with the split passes' tiles, which then differ from the
