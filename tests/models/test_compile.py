@@ -53,3 +53,18 @@ def test_inference_compiles_whole_and_follows_parameter_updates(name: str) -> No
         after = compiled(images)
         torch.testing.assert_close(after, model(images), rtol=1e-9, atol=1e-12)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("name", ["softmax_deit_tiny_patch16_224", "deltanet_deit_tiny_patch16_224"])
+def test_compiled_autocast_inference_equals_the_eager_kept_casts(name: str) -> None:
+    """Eager inference under autocast reads the Linear layers' kept bf16 copies; traced whole, the model casts the
+    parameters itself, and both give the same logits."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5, **SMALL).eval()
+    images = torch.randn(2, 3, 32, 32)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        eager = model(images)
+        assert model.head._kept is not None  # the eager forward kept its copies
+        torch.testing.assert_close(compiled(images), eager, rtol=0, atol=0)
+    torch._dynamo.reset()
