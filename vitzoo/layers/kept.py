@@ -2,8 +2,8 @@
 when a kept value is stale (:func:`kept_value_key`).
 
 Two kinds are kept: H3's SSM kernels and Toeplitz weights (``h3.py``), and 16-bit copies of fp32 parameters under
-autocast (:class:`KeepsAutocastCopies`: every Linear of the DeiT-shaped models, :class:`KeptCastLinear`, and their
-patch embedding).
+autocast (:class:`KeepsAutocastCopies`), used by :class:`KeptCastLinear` (every Linear of the DeiT-shaped models)
+and by their patch embedding.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class KeepsAutocastCopies:
 
     _kept: tuple[tuple, tuple[torch.Tensor | None, ...]] | None = None
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> KeepsAutocastCopies:
         self._kept = None  # see kept_value_key: a fused optimizer's updates leave the version counters as they were
         return super().train(mode)
 
