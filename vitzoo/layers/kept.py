@@ -54,7 +54,9 @@ class KeepsAutocastCopies:
     def autocast_copies(self, x: torch.Tensor, *params: torch.Tensor | None) -> tuple[torch.Tensor | None, ...] | None:
         """``params`` (fp32; None entries stay None) in the autocast dtype of ``x``'s device, or None where the plain
         path must run."""
-        if self.training or torch.is_grad_enabled() or not torch.is_autocast_enabled(x.device.type):
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return None  # (compiling first: the capture query below is not for a traced region)
+        if not torch.is_autocast_enabled(x.device.type):
             return None
         if params[0].dtype != torch.float32 or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
             return None

@@ -231,8 +231,8 @@ def test_add_layer_norm_kernel_matches_float64_reference(shape, with_affine, str
         assert out.dtype == torch.float32 and out.shape == torch.Size(shape)
         assert relative_error(out.cpu(), ref) < 1e-5
     for grad, ref in zip(got, expected, strict=True):
-        if ref is None:  # the affine parameters when only the sum is used
-            assert grad is None
+        if ref is None:  # the affine parameters when only the sum is used: no gradient, or a zero one
+            assert grad is None or not grad.any()
         else:
             assert relative_error(grad.cpu(), ref) < 1e-5
 

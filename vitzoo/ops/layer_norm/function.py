@@ -161,7 +161,7 @@ if triton_available():
 
         @staticmethod
         def forward(ctx, x, update, weight, bias, eps):
-            ctx.set_materialize_grads(False)
+            # (gradients of unused outputs arrive as zeros: torch.compile cannot trace set_materialize_grads)
             compiling = torch.compiler.is_compiling()
             total, y, mean, rstd = (_add_norm_fwd_op(x, update, weight, bias, eps) if compiling
                                     else _add_norm_fwd(x, update, weight, bias, eps, direct_launch=True))
@@ -173,10 +173,7 @@ if triton_available():
         def backward(ctx, total_grad, grad):
             total, weight, mean, rstd = ctx.saved_tensors
             has_bias = ctx.bias_dtype is not None
-            if grad is None:  # the norm's output took no part: the sum passes its gradient through
-                return total_grad, total_grad, None, None, None
-            grad = _rows(grad)
-            total_grad = None if total_grad is None else _rows(total_grad)
+            grad, total_grad = _rows(grad), _rows(total_grad)
             if torch.compiler.is_compiling():
                 dx, dw, db, _ = _norm_bwd_op(grad, total, weight, None, mean, rstd, has_bias, False, total_grad)
             else:
