@@ -128,6 +128,26 @@ def test_inference_launch_matches_reference(rms, monkeypatch):
     assert relative_error(out.cpu(), expected) < 1e-5
 
 
+@needs_kernels
+def test_contiguous_rows_with_an_odd_stride_on_a_size_one_dim():
+    """A contiguous (B, 1, N) tensor may carry any stride on its size-1 dim; its rows are still N apart."""
+    set_backend("triton")
+    try:
+        gen = torch.Generator().manual_seed(19)
+        x = (torch.randn(6 * 8, generator=gen) * 2 + 0.5).as_strided((6, 1, 8), (8, 1, 1)).to(DEVICE)
+        weight, bias = torch.randn(8, generator=gen).to(DEVICE), torch.randn(8, generator=gen).to(DEVICE)
+        assert x.is_contiguous() and x.stride(-2) != 8
+        with torch.no_grad():
+            out = layer_norm(x, weight, bias, eps=1e-5)
+            total, normed = add_layer_norm(x, x, weight, bias, eps=1e-5)
+    finally:
+        set_backend("auto")
+    x64, w64, b64 = (t.double().cpu() for t in (x, weight, bias))
+    assert relative_error(out.cpu(), layer_norm_reference(x64, w64, b64, 1e-5)) < 1e-5
+    assert relative_error(normed.cpu(), layer_norm_reference(2 * x64, w64, b64, 1e-5)) < 1e-5
+    assert torch.equal(total.cpu(), (2 * x).cpu())
+
+
 def _gated_inputs(shape, with_weight, dtype, device, seed):
     """RMS-norm inputs and a gate of x's shape, a strided slice of a wider projection (as DeltaNet's gate is not)."""
     (x, weight, _), grad = _inputs(shape, with_weight, False, dtype, device, seed, strided=True)

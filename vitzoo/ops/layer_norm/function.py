@@ -204,8 +204,9 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def _row_stride(t: torch.Tensor) -> int:
-    """The distance between consecutive rows of a tensor :func:`_rows` returns."""
-    return t.stride(-2) if t.dim() > 1 else t.shape[-1]
+    """The distance between consecutive rows of a tensor :func:`_rows` returns: N when it is contiguous (whose size-1
+    dims may carry any stride), else its 2-D row stride."""
+    return t.shape[-1] if t.is_contiguous() else t.stride(-2)
 
 
 def _shaped(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
