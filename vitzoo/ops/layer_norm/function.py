@@ -214,13 +214,18 @@ def _shaped(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return t if t.shape == shape else t.view(shape)
 
 
+def _launches_directly(*tensors: torch.Tensor | None) -> bool:
+    """Nothing to differentiate (and not compiling): the kernels launch directly, without the autograd Function's
+    bookkeeping (host time)."""
+    return not torch.compiler.is_compiling() and not (
+        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
+
+
 def _norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
           rms: bool, gate: torch.Tensor | None = None) -> torch.Tensor:
     shape = x.shape
     rows, gate_rows = _rows(x), None if gate is None else _rows(gate)
-    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, gate))) \
-            and not torch.compiler.is_compiling():
-        # nothing to differentiate: launch directly, without the autograd Function's bookkeeping (host time)
+    if _launches_directly(x, weight, bias, gate):
         return _shaped(_norm_infer(rows, weight, bias, gate_rows, float(eps), rms), shape)
     return _shaped(_NormFunction.apply(rows, weight, bias, gate_rows, float(eps), rms), shape)
 
@@ -229,9 +234,7 @@ def _add_norm(x: torch.Tensor, update: torch.Tensor, weight: torch.Tensor | None
               eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     shape = x.shape
     rows, update_rows = _rows(x), _rows(update)
-    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, update, weight, bias))) \
-            and not torch.compiler.is_compiling():
-        # nothing to differentiate: launch directly, without the autograd Function's bookkeeping (host time)
+    if _launches_directly(x, update, weight, bias):
         total, y = _add_norm_infer(rows, update_rows, weight, bias, float(eps))
     else:
         total, y = _AddNormFunction.apply(rows, update_rows, weight, bias, float(eps))
