@@ -9,7 +9,7 @@ import torch.nn as nn
 from dispatch_counting import CastCounter
 
 import vitzoo  # noqa: F401  (registers the models)
-from vitzoo.layers.kept import KeptCastLinear
+from vitzoo.layers.kept import KeptCastLinear, linear_with_product_bias_grad
 from vitzoo.registry import DEIT_FAMILIES, FAMILIES
 
 AUTOCAST = dict(device_type="cpu", dtype=torch.bfloat16)
@@ -116,3 +116,36 @@ def test_every_linear_of_the_deit_models_keeps_its_casts(family):
     assert [name for name in linears if not isinstance(model.get_submodule(name), KeptCastLinear)] == []
     model.reset_classifier(7)
     assert isinstance(model.get_classifier(), KeptCastLinear)
+
+
+def test_product_bias_grad_linear_matches_float64_gradients():
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(11, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(linear_with_product_bias_grad, (x, weight, bias))
+    out = linear_with_product_bias_grad(x, weight, bias)
+    assert torch.equal(out, torch.nn.functional.linear(x, weight, bias))
+
+
+def test_product_bias_grad_linear_under_autocast_is_nn_linears_forward_and_close_in_backward():
+    plain, kept = _pair()
+    plain.train()
+    x = torch.randn(6, 9, 24)
+    grad = torch.randn(6, 9, 40)
+    results = []
+    for forward in (plain, lambda t: linear_with_product_bias_grad(t, kept.weight, kept.bias)):
+        xi = x.clone().requires_grad_()
+        with torch.autocast(**AUTOCAST):
+            out = forward(xi)
+        out.backward(grad.to(out.dtype))
+        params = plain if forward is plain else kept
+        results.append((out, xi.grad, params.weight.grad, params.bias.grad))
+    (out, dx, dw, db), (out2, dx2, dw2, db2) = results
+    assert out2.dtype == torch.bfloat16 and torch.equal(out2, out)
+    assert dw2.dtype == db2.dtype == torch.float32
+    torch.testing.assert_close(dx2, dx)
+    torch.testing.assert_close(dw2, dw)
+    # both sum 54 bf16 rows in fp32 and round to bf16, in different orders
+    torch.testing.assert_close(db2, db, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(db2, grad.sum((0, 1)), rtol=1e-2, atol=2e-2)

@@ -70,17 +70,51 @@ class KeepsAutocastCopies:
         return self._kept[1]
 
 
+class _ProductBiasGradLinear(torch.autograd.Function):
+    """``F.linear(x, weight, bias)`` whose backward takes the bias gradient as a matrix-vector product of the output
+    gradient with ones (cuBLAS, accumulating in fp32) instead of autograd's column-sum reduction, which ran at about a
+    tenth of the H200's memory speed on (B * N, C) gradients."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        rows = grad.reshape(-1, grad.shape[-1])
+        dx = grad.matmul(weight) if ctx.needs_input_grad[0] else None
+        dw = rows.t().mm(x.reshape(-1, x.shape[-1])) if ctx.needs_input_grad[1] else None
+        db = torch.mv(rows.t(), rows.new_ones(rows.shape[0])) if ctx.needs_input_grad[2] else None
+        return dx, dw, db
+
+
+def linear_with_product_bias_grad(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, autocast included, with the bias gradient taken as a matrix-vector product
+    (:class:`_ProductBiasGradLinear`); same forward bits, the bias gradient summed in another order."""
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        with torch.autocast(x.device.type, enabled=False):
+            return _ProductBiasGradLinear.apply(x.to(dtype), weight.to(dtype), bias.to(dtype))
+    return _ProductBiasGradLinear.apply(x, weight, bias)
+
+
 class KeptCastLinear(KeepsAutocastCopies, nn.Linear):
     """``nn.Linear`` (same parameters, init and state_dict) that keeps its weight and bias in the autocast dtype
     between eval-mode forwards without gradients (:class:`KeepsAutocastCopies`): two copy kernels less per layer and
-    forward, the same output bits."""
+    forward, the same output bits. On CUDA, eager forwards that record the bias's gradient take it as a product
+    (:func:`linear_with_product_bias_grad`); under torch.compile the compiler plans the backward itself."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kept = self.autocast_copies(x, self.weight, self.bias)
-        if kept is None:
-            return F.linear(x, self.weight, self.bias)
-        # autocast leaves operands already in its dtype as they are: only x may still be cast
-        return F.linear(x, kept[0], kept[1])
+        if kept is not None:
+            # autocast leaves operands already in its dtype as they are: only x may still be cast
+            return F.linear(x, kept[0], kept[1])
+        if self.bias is not None and self.bias.requires_grad and x.is_cuda and torch.is_grad_enabled() \
+                and not torch.compiler.is_compiling():
+            return linear_with_product_bias_grad(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
 
 
 # the forward branches on the grad, autocast and capture modes, which FX would bake in: a leaf for timm's feature
