@@ -82,18 +82,19 @@ if triton_available():
             grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, gate: torch.Tensor | None,
             mean: torch.Tensor, rstd: torch.Tensor, has_bias: bool, rms: bool, direct_launch: bool = False,
             total_grad: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(dx, per-program partial dweight (P, N) fp32, partial dbias (P, N) fp32, dgate); absent ones empty (dgate
-        is dx itself for eager callers without a gate). ``total_grad``: rows added to dx (the gradient that reaches
-        the normalised rows from elsewhere, when they are a residual sum)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(dx, per-program partial sums (K, P, N) fp32 of dweight then dbias (K counts those present: one buffer, so
+        that one reduction finishes both), dgate); dgate is empty without a gate (dx itself for eager callers).
+        ``total_grad``: rows added to dx (the gradient that reaches the normalised rows from elsewhere, when they are
+        a residual sum)."""
         n = x.shape[-1]
         m = x.numel() // n
         sms = multiprocessor_count(x.device) if x.device.type == "cuda" else 1
         programs = heuristics.backward_programs(m, n, sms)
         block_m, block_n, num_warps = heuristics.launch_shape(n)
         dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        dw = torch.empty((programs, n) if weight is not None else (0,), dtype=torch.float32, device=x.device)
-        db = torch.empty((programs, n) if has_bias else (0,), dtype=torch.float32, device=x.device)
+        partial = torch.empty((int(weight is not None) + int(has_bias), programs, n), dtype=torch.float32,
+                              device=x.device)
         if gate is not None:
             dg = torch.empty(x.shape, dtype=gate.dtype, device=x.device)
         else:
@@ -103,14 +104,14 @@ if triton_available():
         launcher(_norm_bwd_kernel, direct_launch)[(programs,)](
             x, weight if weight is not None else x, gate if gate is not None else x, grad,
             total_grad if total_grad is not None else grad, dx,
-            dg if dg.numel() else dx, mean if mean.numel() else rstd, rstd, dw if dw.numel() else dx,
-            db if db.numel() else dx, m, n, _row_stride(x), _row_stride(gate) if gate is not None else 0,
+            dg if dg.numel() else dx, mean if mean.numel() else rstd, rstd, partial[0] if weight is not None else dx,
+            partial[-1] if has_bias else dx, m, n, _row_stride(x), _row_stride(gate) if gate is not None else 0,
             _row_stride(grad), _row_stride(total_grad) if total_grad is not None else 0, _row_stride(dx),
             _row_stride(dg) if gate is not None else 0,
             HAS_WEIGHT=weight is not None, HAS_BIAS=has_bias, RMS=rms, GATE=gate is not None,
             ADD=total_grad is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
         )
-        return dx, dw, db, dg
+        return dx, partial, dg
 
     # The custom ops traced by torch.compile, kernels launched through wrap_triton.
     @torch.library.triton_op("vitzoo::norm_fwd", mutates_args=())
@@ -130,8 +131,18 @@ if triton_available():
     def _norm_bwd_op(
             grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, gate: torch.Tensor | None,
             mean: torch.Tensor, rstd: torch.Tensor, has_bias: bool, rms: bool, total_grad: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return _norm_bwd(grad, x, weight, gate, mean, rstd, has_bias, rms, total_grad=total_grad)
+
+    def _param_grads(partial: torch.Tensor, weight: torch.Tensor | None, bias_dtype: torch.dtype | None,
+                     needed: tuple[bool, bool]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """dweight and dbias (None where absent or not needed) from the backward's partial sums, in one reduction."""
+        if not any(needed) or partial.shape[0] == 0:
+            return None, None
+        sums = partial.sum(dim=1)
+        dweight = sums[0].to(weight.dtype) if weight is not None and needed[0] else None
+        dbias = sums[-1].to(bias_dtype) if bias_dtype is not None and needed[1] else None
+        return dweight, dbias
 
     class _NormFunction(torch.autograd.Function):
         @staticmethod
@@ -149,10 +160,9 @@ if triton_available():
             has_bias, rms, bias_dtype = ctx.options
             grad = _rows(grad)
             compiling = torch.compiler.is_compiling()
-            dx, dw, db, dg = (_norm_bwd_op(grad, x, weight, gate, mean, rstd, has_bias, rms, None) if compiling
-                              else _norm_bwd(grad, x, weight, gate, mean, rstd, has_bias, rms, direct_launch=True))
-            dweight = dw.sum(dim=0).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
-            dbias = db.sum(dim=0).to(bias_dtype) if has_bias and ctx.needs_input_grad[2] else None
+            dx, partial, dg = (_norm_bwd_op(grad, x, weight, gate, mean, rstd, has_bias, rms, None) if compiling
+                               else _norm_bwd(grad, x, weight, gate, mean, rstd, has_bias, rms, direct_launch=True))
+            dweight, dbias = _param_grads(partial, weight, bias_dtype, ctx.needs_input_grad[1:3])
             dgate = dg if gate is not None and ctx.needs_input_grad[3] else None
             return dx if ctx.needs_input_grad[0] else None, dweight, dbias, dgate, None, None
 
@@ -175,12 +185,11 @@ if triton_available():
             has_bias = ctx.bias_dtype is not None
             grad, total_grad = _rows(grad), _rows(total_grad)
             if torch.compiler.is_compiling():
-                dx, dw, db, _ = _norm_bwd_op(grad, total, weight, None, mean, rstd, has_bias, False, total_grad)
+                dx, partial, _ = _norm_bwd_op(grad, total, weight, None, mean, rstd, has_bias, False, total_grad)
             else:
-                dx, dw, db, _ = _norm_bwd(grad, total, weight, None, mean, rstd, has_bias, False,
-                                          direct_launch=True, total_grad=total_grad)
-            dweight = dw.sum(dim=0).to(weight.dtype) if weight is not None and ctx.needs_input_grad[2] else None
-            dbias = db.sum(dim=0).to(ctx.bias_dtype) if has_bias and ctx.needs_input_grad[3] else None
+                dx, partial, _ = _norm_bwd(grad, total, weight, None, mean, rstd, has_bias, False,
+                                           direct_launch=True, total_grad=total_grad)
+            dweight, dbias = _param_grads(partial, weight, ctx.bias_dtype, ctx.needs_input_grad[2:4])
             return (dx if ctx.needs_input_grad[0] else None, dx if ctx.needs_input_grad[1] else None, dweight,
                     dbias, None)
 
