@@ -158,12 +158,13 @@ def shell_kernels() -> list[tuple]:
         entries += [(f"{label} fwd", norm._norm_fwd_kernel, dict(meta, SAVE_STATS=True), norm_h.num_warps(width),
                      fp32),
                     (f"{label} bwd", norm._norm_bwd_kernel, meta, norm_h.num_warps(width), fp32)]
-    conv_meta = dict(K=3, BLOCK_P=conv_h.BLOCK_P, BLOCK_C=conv_h.block_c(576))
+    conv_meta = dict(K=3, BLOCK_C=conv_h.block_c(576))
     for act in (0, 1):
         entries.append((f"local conv 576 act {act}", conv._local_conv_fwd_kernel,
-                        dict(conv_meta, HAS_BIAS=False, HAS_RESIDUAL=False, PREFIX=1, ACT=act), conv_h.NUM_WARPS,
-                        {"w_ptr", "bias_ptr"}))
-    entries.append(("local conv 576 dw", conv._local_conv_dw_kernel, conv_meta, conv_h.NUM_WARPS, {"part_ptr"}))
+                        dict(conv_meta, BLOCK_P=conv_h.FORWARD_BLOCK_P, HAS_BIAS=False, HAS_RESIDUAL=False, PREFIX=1,
+                             ACT=act), conv_h.NUM_WARPS, {"w_ptr", "bias_ptr"}))
+    entries.append(("local conv 576 dw", conv._local_conv_dw_kernel, dict(conv_meta, BLOCK_P=conv_h.DW_BLOCK_P),
+                    conv_h.NUM_WARPS, {"part_ptr"}))
     # at the tiny models' widths every batch, token and head stride divides by 16 (FEM-T's 480-wide projections,
     # 192-wide reads and gates; DeiT-T's 192 and DeltaNet's 576 channels), as do the norms' and convolution's rows
     kernels = [kernel for _, kernel, *_ in entries]

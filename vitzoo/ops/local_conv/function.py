@@ -29,7 +29,7 @@ if triton_available():
         b, n, c = x.shape
         out = torch.empty((b, n, c), dtype=out_dtype, device=x.device)
         block_c = heuristics.block_c(c)
-        grid = (b, cdiv(grid_h * grid_w, heuristics.BLOCK_P), cdiv(c, block_c))
+        grid = (b, cdiv(grid_h * grid_w, heuristics.FORWARD_BLOCK_P), cdiv(c, block_c))
         res = residual if residual is not None else x
         sw = weight.stride()
         launcher(_local_conv_fwd_kernel, direct_launch)[grid](
@@ -39,7 +39,7 @@ if triton_available():
             res.stride(0), res.stride(1), out.stride(0), out.stride(1),
             K=weight.shape[-1], HAS_BIAS=bias is not None,
             HAS_RESIDUAL=residual is not None and act != _ACT_SILU_BACKWARD, PREFIX=prefix_mode, ACT=act,
-            BLOCK_P=heuristics.BLOCK_P, BLOCK_C=block_c, num_warps=heuristics.NUM_WARPS,
+            BLOCK_P=heuristics.FORWARD_BLOCK_P, BLOCK_C=block_c, num_warps=heuristics.NUM_WARPS,
         )
         return out
 
@@ -49,13 +49,13 @@ if triton_available():
     ) -> torch.Tensor:
         """Per-(image, tile) partial sums of dw, (B, tiles, K * K, C) in fp32."""
         b, _, c = x.shape
-        tiles = cdiv(grid_h * grid_w, heuristics.BLOCK_P)
+        tiles = cdiv(grid_h * grid_w, heuristics.DW_BLOCK_P)
         block_c = heuristics.block_c(c)
         part = torch.empty((b, tiles, kernel_size * kernel_size, c), dtype=torch.float32, device=x.device)
         launcher(_local_conv_dw_kernel, direct_launch)[(b, tiles, cdiv(c, block_c))](
             x, grad, part, c, grid_h, grid_w, num_prefix_tokens, tiles,
             x.stride(0), x.stride(1), grad.stride(0), grad.stride(1),
-            K=kernel_size, BLOCK_P=heuristics.BLOCK_P, BLOCK_C=block_c, num_warps=heuristics.NUM_WARPS,
+            K=kernel_size, BLOCK_P=heuristics.DW_BLOCK_P, BLOCK_C=block_c, num_warps=heuristics.NUM_WARPS,
         )
         return part
 
