@@ -9,6 +9,7 @@ import torch.nn as nn
 from dispatch_counting import CastCounter
 
 import vitzoo  # noqa: F401  (registers the models)
+import vitzoo.layers.kept as kept_module
 from vitzoo.layers.kept import KeptCastLinear, linear_with_product_bias_grad
 from vitzoo.registry import DEIT_FAMILIES, FAMILIES
 
@@ -130,22 +131,40 @@ def test_product_bias_grad_linear_matches_float64_gradients():
 
 def test_product_bias_grad_linear_under_autocast_is_nn_linears_forward_and_close_in_backward():
     plain, kept = _pair()
-    plain.train()
     x = torch.randn(6, 9, 24)
     grad = torch.randn(6, 9, 40)
     results = []
-    for forward in (plain, lambda t: linear_with_product_bias_grad(t, kept.weight, kept.bias)):
+    for layer, forward in ((plain, plain), (kept, lambda t: linear_with_product_bias_grad(t, kept.weight, kept.bias))):
         xi = x.clone().requires_grad_()
         with torch.autocast(**AUTOCAST):
             out = forward(xi)
         out.backward(grad.to(out.dtype))
-        params = plain if forward is plain else kept
-        results.append((out, xi.grad, params.weight.grad, params.bias.grad))
+        results.append((out, xi.grad, layer.weight.grad, layer.bias.grad))
     (out, dx, dw, db), (out2, dx2, dw2, db2) = results
     assert out2.dtype == torch.bfloat16 and torch.equal(out2, out)
     assert dw2.dtype == db2.dtype == torch.float32
     torch.testing.assert_close(dx2, dx)
     torch.testing.assert_close(dw2, dw)
-    # both sum 54 bf16 rows in fp32 and round to bf16, in different orders
+    # both sum the 54 rows of the bf16 output gradient, in different orders, to a bf16 bias gradient
     torch.testing.assert_close(db2, db, rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(db2, grad.sum((0, 1)), rtol=1e-2, atol=2e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the product path runs on CUDA only)")
+def test_cuda_training_forward_takes_the_product_path_and_matches_nn_linear(monkeypatch):
+    plain, kept = (layer.cuda().train() for layer in _pair())
+    calls = []
+    product = kept_module.linear_with_product_bias_grad
+    monkeypatch.setattr(kept_module, "linear_with_product_bias_grad", lambda *a: calls.append(1) or product(*a))
+    x = torch.randn(4, 197, 24, device="cuda")
+    grad = torch.randn(4, 197, 40, device="cuda")
+    outs = []
+    for layer in (plain, kept):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = layer(x)
+        out.backward(grad.to(out.dtype))
+        outs.append(out)
+    assert calls == [1]
+    assert torch.equal(outs[1], outs[0])
+    torch.testing.assert_close(kept.weight.grad, plain.weight.grad)
+    torch.testing.assert_close(kept.bias.grad, plain.bias.grad, rtol=1e-2, atol=5e-2)
