@@ -234,24 +234,63 @@ def test_ssm_kernels_are_kept_without_gradients_until_a_parameter_changes(monkey
     assert all(p.grad is not None for p in ssm.parameters())
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
 @pytest.mark.parametrize("toeplitz", [True, False], ids=["toeplitz", "fft"])
-def test_core_precision_under_autocast(monkeypatch, toeplitz):
+def test_core_precision_under_autocast(monkeypatch, toeplitz, grad):
     """Under bf16 autocast the Toeplitz core runs as attention does (16-bit matrix products, fp32 accumulation), the
-    FFT core in fp32; either way the mixer stays within bf16 error of its float64 self."""
+    FFT core in fp32, with gradients (training) and without; either way the mixer stays within bf16 error of its
+    float64 self."""
     if not toeplitz:
         monkeypatch.setattr(long_conv, "TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM", 0)
     core_dtypes = []
-    for name in ("_toeplitz_attention", "_gated_conv_block"):
+    for name in ("gated_long_conv_toeplitz", "gated_long_conv_fft"):
         real = getattr(long_conv, name)
         monkeypatch.setattr(long_conv, name, lambda *a, _real=real: core_dtypes.append((out := _real(*a)).dtype) or out)
     mixer = _make_mixer(2)
     x = torch.randn(2, 50, DIM, dtype=torch.float64)
     expected = mixer(x, grid_size=(7, 7), num_prefix_tokens=1)
     core_dtypes.clear()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.set_grad_enabled(grad):
         out = mixer.float()(x.float(), grid_size=(7, 7), num_prefix_tokens=1)
-    assert set(core_dtypes) == {torch.bfloat16 if toeplitz else torch.float32}
-    assert relative_error(out, expected) < 1e-2
+    assert core_dtypes == [torch.bfloat16 if toeplitz else torch.float32]
+    assert out.requires_grad == grad
+    assert relative_error(out, expected.detach()) < 1e-2
+
+
+@pytest.mark.parametrize("length", [5, 8, 13])
+def test_toeplitz_training_core_gradcheck(length):
+    """The Toeplitz core's own backward (recomputed scores, T summed over the batch) against numerical gradients in
+    float64, on token counts on and off the multiple of 8 it pads to."""
+    gen = torch.Generator().manual_seed(length)
+    q, k, v = (torch.randn(2, 3, length, 4, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(3))
+    kernels = [torch.randn(3, length, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(2)]
+    skip = torch.randn(3, generator=gen, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(gated_long_conv_toeplitz, (q, k, v, *kernels, skip))
+    # without the skip, and with kept weights that carry no gradient (frozen SSM)
+    assert torch.autograd.gradcheck(gated_long_conv_toeplitz, (q, k, v, *kernels))
+    frozen = [t.detach() for t in kernels]
+    kept = toeplitz_weights(*frozen, skip.detach(), torch.float64)
+    with_kept = lambda *qkv: gated_long_conv_toeplitz(*qkv, *frozen, skip.detach(), kept)  # noqa: E731
+    assert torch.autograd.gradcheck(with_kept, (q, k, v))
+
+
+def test_toeplitz_training_core_matches_autograd_under_autocast():
+    """bf16 autocast: the training core's forward bits and gradients against autograd through the no-grad form's
+    operations (the same products in the same dtype)."""
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 197, 16, generator=gen).requires_grad_() for _ in range(3))
+    kernels = [torch.randn(3, 197, generator=gen).requires_grad_() for _ in range(2)]
+    skip = torch.randn(3, generator=gen).requires_grad_()
+    inputs = (q, k, v, *kernels, skip)
+    grad = torch.randn(2, 3, 197, 16, generator=gen).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = gated_long_conv_toeplitz(*inputs)
+        expected = long_conv._toeplitz_attention(*inputs)  # plain autograd through the same operations
+    assert out.dtype == expected.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+    got, want = (torch.autograd.grad(o, inputs, grad) for o in (out, expected))
+    for name, g, w in zip(("q", "k", "v", "kernel_fwd", "kernel_bwd", "skip"), got, want, strict=True):
+        assert relative_error(g, w) < 2e-2, name
 
 
 def test_toeplitz_weights_are_kept_between_inference_forwards_until_a_parameter_changes(monkeypatch):

@@ -117,8 +117,8 @@ class BidirectionalH3(TokenMixer):
     Cost: the (B, N, h, d, d) outer products are never held. Up to N = 64 d the core is the Toeplitz-weighted
     attention sum_s T[t, s] (q_t . k_s) v_s (O(B h N^2 d) matmul work, transient (B, h, N, N) scores); above,
     the FFT long convolution over blocks of d1 rows (at most 1024 kv channels each, transient buffers
-    O(B h N * 1024), O(B h d^2 N log N) work). Both run under activation checkpointing, so autograd keeps
-    O(B h N d) per layer and the backward recomputes the core once.
+    O(B h N * 1024), O(B h d^2 N log N) work). Neither keeps its transient buffers: autograd keeps O(B h N d)
+    per layer (and T), and the backward recomputes the scores (Toeplitz) or reruns each block (FFT).
 
     Args:
         dim: token width C.

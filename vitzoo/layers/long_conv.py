@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 # kv channels (d1 rows x d columns) convolved per checkpointed block: bounds the transient FFT buffers to
@@ -172,6 +173,7 @@ def _toeplitz_attention(
         skip: torch.Tensor | None,
         toeplitz: torch.Tensor | None = None,
 ) -> torch.Tensor:
+    """The Toeplitz form without gradients (the training path is :class:`_ToeplitzAttention`)."""
     num_tokens = q.shape[-2]
     pad = aligned_tokens(num_tokens) - num_tokens
     # zero rows past N: the padded keys and values add nothing, the padded queries' rows are dropped at the end
@@ -182,6 +184,38 @@ def _toeplitz_attention(
     # The weights join the scores' precision, as softmax probabilities do before their product with v: every long
     # sum stays inside a matrix product, which accumulates in fp32.
     return ((scores * toeplitz.to(scores.dtype)) @ v)[..., :num_tokens, :]
+
+
+class _ToeplitzAttention(torch.autograd.Function):
+    """o = ((q k^T) o T) v on token counts padded to :func:`aligned_tokens`, for q, k, v (B, H, N, d) and T (H, P, P),
+    all in one dtype. Autograd keeps q, k, v and T; the backward recomputes the (B, H, P, P) scores with one product.
+    Activation checkpointing did the same with more work: it reran the whole forward (the Toeplitz weights' build
+    and the product with v included) and its bookkeeping on the host."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, toeplitz: torch.Tensor) -> torch.Tensor:
+        num_tokens = q.shape[-2]
+        pad = toeplitz.shape[-1] - num_tokens
+        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
+        ctx.save_for_backward(q, k, v, toeplitz)
+        return (((q @ k.transpose(-1, -2)) * toeplitz) @ v)[..., :num_tokens, :]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        q, k, v, toeplitz = ctx.saved_tensors
+        num_tokens = grad.shape[-2]
+        grad = F.pad(grad, (0, 0, 0, q.shape[-2] - num_tokens))
+        scores = q @ k.transpose(-1, -2)
+        grad_v = (scores * toeplitz).transpose(-1, -2) @ grad
+        grad_weighted = grad @ v.transpose(-1, -2)  # d o / d (scores o T)
+        # T is shared by the batch: its gradient sums over it
+        grad_toeplitz = (grad_weighted * scores).sum(0) if ctx.needs_input_grad[3] else None
+        grad_scores = grad_weighted * toeplitz
+        grad_q = grad_scores @ k
+        grad_k = grad_scores.transpose(-1, -2) @ q
+        return (grad_q[..., :num_tokens, :], grad_k[..., :num_tokens, :], grad_v[..., :num_tokens, :],
+                grad_toeplitz)
 
 
 def gated_long_conv_toeplitz(
@@ -196,17 +230,27 @@ def gated_long_conv_toeplitz(
     """The same o_t as :func:`gated_long_conv_fft` as a Toeplitz-weighted attention sum_s T[t, s] (q_t . k_s) v_s.
 
     O(N^2 d) work on matmul units instead of O(d^2 N log N) FFT work, in the precision attention runs in (16-bit
-    matrix products with fp32 accumulation under autocast); checkpointed, so the (B, H, N, N) scores are transient
-    (autograd keeps the O(B H N d) inputs). ``toeplitz``: T as :func:`toeplitz_weights` builds it, when the caller
-    keeps it (the kernels and skip are then not read). Returns (B, H, N, d).
+    matrix products with fp32 accumulation under autocast). With gradients the (B, H, N, N) scores are transient:
+    autograd keeps the O(B H N d) inputs and T, and the backward recomputes the scores (:class:`_ToeplitzAttention`).
+    ``toeplitz``: T as :func:`toeplitz_weights` builds it, when the caller keeps it (the kernels and skip are then
+    not read). Returns (B, H, N, d).
     """
-    if toeplitz is not None and torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (kernel_fwd, kernel_bwd, skip)):
+    if not torch.is_grad_enabled():
+        return _toeplitz_attention(q, k, v, kernel_fwd, kernel_bwd, skip, toeplitz)
+    if toeplitz is not None and any(t is not None and t.requires_grad for t in (kernel_fwd, kernel_bwd, skip)):
         raise ValueError("gated_long_conv_toeplitz: kept Toeplitz weights carry no gradient to the kernels or the "
                          "skip; pass them only where those need none")
-    if torch.is_grad_enabled():
-        return checkpoint(_toeplitz_attention, q, k, v, kernel_fwd, kernel_bwd, skip, toeplitz, use_reentrant=False)
-    return _toeplitz_attention(q, k, v, kernel_fwd, kernel_bwd, skip, toeplitz)
+    # the dtype the scores take (autocast's for matrix products where it is on), explicitly: the autograd function
+    # runs its products with autocast off
+    device_type = q.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+    else:
+        dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+    if toeplitz is None:
+        toeplitz = toeplitz_weights(kernel_fwd, kernel_bwd, skip, dtype)
+    with torch.autocast(device_type, enabled=False):
+        return _ToeplitzAttention.apply(q.to(dtype), k.to(dtype), v.to(dtype), toeplitz.to(dtype))
 
 
 def gated_long_conv(
