@@ -6,8 +6,8 @@ registers per thread as the launch option of that name does (the spills then sho
 
     python benchmarks/compile_sm90.py [--chunk 32] [--head-dim 64 128] [--maxnreg 168] [--family delta linear shell]
 
-``shell``: the kernels around the mixers' cores (norms, local convolution, FEM's two ops, H3's SSM kernels) at the
-launch settings their heuristics pick for the tiny models.
+``shell``: the kernels around the mixers' cores (norms, local convolution, FEM's two ops, H3's SSM kernels and
+Toeplitz attention) at the launch settings their heuristics pick for the tiny models.
 """
 from __future__ import annotations
 
@@ -136,6 +136,8 @@ def shell_kernels() -> list[tuple]:
     norm_h = importlib.import_module("vitzoo.ops.layer_norm.heuristics")
     conv = importlib.import_module("vitzoo.ops.local_conv.kernels")
     conv_h = importlib.import_module("vitzoo.ops.local_conv.heuristics")
+    toep = importlib.import_module("vitzoo.ops.toeplitz_attention.kernels")
+    toep_h = importlib.import_module("vitzoo.ops.toeplitz_attention.heuristics")
     # a bf16 FEM: values, reads, projections and gate logits bf16; M, beta and beta's partial gradients fp32
     fem_fp32 = {"shift_ptr", "beta_ptr", "dbeta_ptr"}
     values = dict(BLOCK_N=fe_h.BLOCK_T, BLOCK_D=fe_h.block_d(32))
@@ -165,6 +167,12 @@ def shell_kernels() -> list[tuple]:
                              ACT=act), conv_h.NUM_WARPS, {"w_ptr", "bias_ptr"}))
     entries.append(("local conv 576 dw", conv._local_conv_dw_kernel, dict(conv_meta, BLOCK_P=conv_h.DW_BLOCK_P),
                     conv_h.NUM_WARPS, {"part_ptr"}))
+    # H3-T: bf16 q, k, v of head dim 64, fp32 lags
+    toep_meta = dict(DK=64, DV=64, BLOCK_DK=toep_h.block_d(64), BLOCK_DV=toep_h.block_d(64), BLOCK_T=toep_h.BLOCK_T,
+                     BLOCK_S=toep_h.BLOCK_S, PREC="native")
+    for name in ("fwd", "dq", "dkdv", "dlags"):
+        entries.append((f"Toeplitz attention d 64 {name}", getattr(toep, f"_toeplitz_attention_{name}_kernel"),
+                        toep_meta, toep_h.NUM_WARPS, {"lags_ptr", "dlags_ptr"}))
     # at the tiny models' widths every batch, token and head stride divides by 16 (FEM-T's 480-wide projections,
     # 192-wide reads and gates; DeiT-T's 192 and DeltaNet's 576 channels), as do the norms' and convolution's rows
     kernels = [kernel for _, kernel, *_ in entries]

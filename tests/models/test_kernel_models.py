@@ -27,7 +27,7 @@ from vitzoo.train.data import FASHION_MNIST_DIR
 SPIED_OPS = {"linear_attention": "linear_attention_triton", "delta_rule": "delta_rule_triton",
              "local_conv": "_local_conv_fwd", "layer_norm": ("_norm", "_add_norm"),
              "zeros_weights": "_zeros_weights_fwd", "free_energy": ("_free_energy_values_fwd", "_free_energy_mix_fwd"),
-             "ssm_kernel": "_ssm_kernels_fwd"}
+             "ssm_kernel": "_ssm_kernels_fwd", "toeplitz_attention": "_toeplitz_attention_fwd"}
 FAMILY_OPS = {  # beyond every family's norms (norm1 and the final norm; norm2 with the residual add before it)
     "softmax": set(),
     "linear": {"linear_attention_triton"},
@@ -37,7 +37,7 @@ FAMILY_OPS = {  # beyond every family's norms (norm1 and the final norm; norm2 w
     "fem": {"linear_attention_triton", "_free_energy_values_fwd", "_free_energy_mix_fwd"},
     "fem_softmax": {"_free_energy_values_fwd", "_free_energy_mix_fwd"},
     "deltanet": {"delta_rule_triton", "_local_conv_fwd"},
-    "h3": {"_local_conv_fwd", "_ssm_kernels_fwd"},
+    "h3": {"_local_conv_fwd", "_ssm_kernels_fwd", "_toeplitz_attention_fwd"},
 }
 
 INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1" and triton_available() and not torch.cuda.is_available()

@@ -29,7 +29,7 @@ from ..ops import ssm_kernels
 from .base import TokenMixer
 from .kept import kept_value_key
 from .local_conv import GridDepthwiseConv
-from .long_conv import gated_long_conv, toeplitz_weights, uses_toeplitz
+from .long_conv import gated_long_conv, toeplitz_lags, uses_toeplitz
 
 SSM_OPTIM = {"weight_decay": 0.0, "lr": 1e-3}  # per-parameter hint; lr is an upper bound (H3 / safari)
 _DT_RANGE = (1e-3, 1e-1)
@@ -147,7 +147,7 @@ class BidirectionalH3(TokenMixer):
         self.k_conv = GridDepthwiseConv(dim, kernel_size=3, **dd)
         self.ssm = DiagonalSSMKernel(num_heads, d_state, **dd)
         self.D = nn.Parameter(torch.empty(num_heads, **dd))
-        self._kept_toeplitz: tuple[tuple, torch.Tensor] | None = None  # see mix
+        self._kept_lags: tuple[tuple, torch.Tensor] | None = None  # see mix
         self.build_output(attn_drop, proj_drop, **dd)
         self.init_weights()
 
@@ -158,7 +158,7 @@ class BidirectionalH3(TokenMixer):
         nn.init.normal_(self.D)
 
     def train(self, mode: bool = True) -> BidirectionalH3:
-        self._kept_toeplitz = None  # see kept_value_key: fused optimizers leave the version counters as they were
+        self._kept_lags = None  # see kept_value_key: fused optimizers leave the version counters as they were
         return super().train(mode)
 
     def no_weight_decay(self) -> set[str]:
@@ -177,15 +177,15 @@ class BidirectionalH3(TokenMixer):
         acc = torch.promote_types(v.dtype, torch.float32)
         kernel_fwd, kernel_bwd = self.ssm(num_tokens, acc)
         skip = self.D.to(acc)
-        toeplitz = None
+        lags = None
         if uses_toeplitz(num_tokens, self.head_dim):
-            # the Toeplitz weights depend on the parameters only: kept between inference forwards, like the kernels
-            key = kept_value_key((*self.ssm.parameters(), self.D), num_tokens, q.dtype)
+            # the Toeplitz lags depend on the parameters only: kept between inference forwards, like the kernels
+            key = kept_value_key((*self.ssm.parameters(), self.D), num_tokens, acc)
             if key is not None:
-                if self._kept_toeplitz is None or self._kept_toeplitz[0] != key:
-                    self._kept_toeplitz = (key, toeplitz_weights(kernel_fwd, kernel_bwd, skip, q.dtype))
-                toeplitz = self._kept_toeplitz[1]
-        out = gated_long_conv(q, k, v, kernel_fwd, kernel_bwd, skip=skip, toeplitz=toeplitz)
+                if self._kept_lags is None or self._kept_lags[0] != key:
+                    self._kept_lags = (key, toeplitz_lags(kernel_fwd, kernel_bwd, skip))
+                lags = self._kept_lags[1]
+        out = gated_long_conv(q, k, v, kernel_fwd, kernel_bwd, skip=skip, lags=lags)
         # In the projections' dtype (the FFT path returns fp32), which ``proj`` takes as it is, also under autocast.
         return out.transpose(1, 2).reshape(batch, num_tokens, dim).to(v.dtype)
 

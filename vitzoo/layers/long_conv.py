@@ -3,7 +3,8 @@
 Kbi(l) = Kf(l) for l >= 0 plus Kb(-l) for l <= 0 is a two-sided kernel: a forward kernel and a kernel run on the
 flipped sequence, summed (both include lag 0). The same o_t has two forms:
 
-* Toeplitz: o = (T o (q k^T)) v with the (N, N) Toeplitz matrix T[t, s] = Kbi(t - s); O(N^2 d) matmul work.
+* Toeplitz: o = (T o (q k^T)) v with the (N, N) Toeplitz matrix T[t, s] = Kbi(t - s); O(N^2 d) matmul work
+  (:func:`vitzoo.ops.toeplitz_attention`, which keeps the scores on chip on CUDA).
 * FFT: o_t = sum_{d1} q_t,d1 (Kbi * (k_d1 v^T))_t, a long convolution of each of the d x d outer-product channels;
   O(d^2 N log N) work.
 
@@ -13,18 +14,18 @@ optional per-head ``skip`` weight adds to the lag-0 entry: H3's skip D (q_t . k_
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
+
+from ..ops import toeplitz_attention
 
 # kv channels (d1 rows x d columns) convolved per checkpointed block: bounds the transient FFT buffers to
 # B * H * N * 1024 complex values whatever the head dim, instead of the full B * H * N * d * d outer products.
 _KV_CHANNELS_PER_BLOCK = 1024
 # Path choice by cost: the Toeplitz-weighted attention does O(N^2 d) matmul work (16-bit under autocast), the FFT
 # O(d^2 N log N) memory-bound fp32 work. H200, bf16 model, d = 64, B * N ~ 50k tokens, fwd+bwd: Toeplitz 2.6 / 4.4 /
-# 14.3 ms against FFT 116 / 96 / 99 ms at N = 197 / 1025 / 4097 (benchmarks/results/h3_paths/h200.json): the Toeplitz
-# form wins over the whole measured range, up to N = 64 d (1024 px), where its transient (B, h, N, N) scores are the
-# price (about 1.2 GB per block for 12 images).
+# 14.3 ms against FFT 116 / 96 / 99 ms at N = 197 / 1025 / 4097 (benchmarks/results/h3_paths/h200.json, the Toeplitz
+# form then in PyTorch products that held the (B, h, N, N) scores): it wins over the whole measured range, up to
+# N = 64 d (1024 px).
 TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM = 64
 
 
@@ -133,89 +134,14 @@ def gated_long_conv_fft(
     return out.transpose(-1, -2)
 
 
-def toeplitz_matrix(
+def toeplitz_lags(
         kernel_fwd: torch.Tensor, kernel_bwd: torch.Tensor, skip: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The (..., N, N) two-sided Toeplitz matrix T[t, s] = Kf[t - s] (t >= s) + Kb[s - t] (s >= t) (+ skip if s = t)."""
-    length = kernel_fwd.shape[-1]
-    # T[t, s] = p[s - t + N - 1] for p = [Kf[N-1], ..., Kf[1], Kf[0] + Kb[0], Kb[1], ..., Kb[N-1]]: row t is the
-    # window of p starting at N - 1 - t. Sliding windows (unfold) have a cheap backward, where a gather by a lag
-    # index matrix falls back to a sort-based scatter (about 1.7 ms a call at N = 197 on the H200).
-    lags = torch.cat([kernel_fwd[..., 1:].flip(-1), _lag_zero(kernel_fwd, kernel_bwd, skip), kernel_bwd[..., 1:]],
+    """The (..., 2N - 1) lag vector of the two-sided Toeplitz matrix T[t, s] = Kf[t - s] (t >= s) + Kb[s - t] (s >= t)
+    (+ skip if s = t): [Kf[N-1], ..., Kf[1], Kf[0] + Kb[0] (+ skip), Kb[1], ..., Kb[N-1]], T[t, s] = lags[s - t + N - 1]
+    (:func:`vitzoo.ops.toeplitz_attention`'s layout)."""
+    return torch.cat([kernel_fwd[..., 1:].flip(-1), _lag_zero(kernel_fwd, kernel_bwd, skip), kernel_bwd[..., 1:]],
                      dim=-1)
-    return lags.unfold(-1, length, 1).flip(-2)
-
-
-def aligned_tokens(num_tokens: int) -> int:
-    """N rounded up to a multiple of 8: the token count the Toeplitz form computes with. cuBLAS's fast 16-bit kernels
-    need 16-byte aligned rows; (N, N) scores of N = 197 took align-1 sm_75 kernels on the H200 (2.7 of H3-T's 9.2 ms
-    inference step, 7.3 ms computed on 200 tokens)."""
-    return -(-num_tokens // 8) * 8
-
-
-def toeplitz_weights(
-        kernel_fwd: torch.Tensor, kernel_bwd: torch.Tensor, skip: torch.Tensor | None = None,
-        dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """T of :func:`toeplitz_matrix` as the Toeplitz form multiplies it: contiguous (..., P, P) in ``dtype`` (the
-    scores'), zero beyond N (P = :func:`aligned_tokens` (N))."""
-    length = kernel_fwd.shape[-1]
-    pad = aligned_tokens(length) - length
-    return F.pad(toeplitz_matrix(kernel_fwd, kernel_bwd, skip).to(dtype), (0, pad, 0, pad))
-
-
-def _toeplitz_attention(
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        kernel_fwd: torch.Tensor,
-        kernel_bwd: torch.Tensor,
-        skip: torch.Tensor | None,
-        toeplitz: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The Toeplitz form without gradients (the training path is :class:`_ToeplitzAttention`)."""
-    num_tokens = q.shape[-2]
-    pad = aligned_tokens(num_tokens) - num_tokens
-    # zero rows past N: the padded keys and values add nothing, the padded queries' rows are dropped at the end
-    q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-    scores = q @ k.transpose(-1, -2)  # (B, H, P, P): q_t . k_s, 16-bit under autocast
-    if toeplitz is None:
-        toeplitz = toeplitz_weights(kernel_fwd, kernel_bwd, skip, scores.dtype)
-    # The weights join the scores' precision, as softmax probabilities do before their product with v: every long
-    # sum stays inside a matrix product, which accumulates in fp32.
-    return ((scores * toeplitz.to(scores.dtype)) @ v)[..., :num_tokens, :]
-
-
-class _ToeplitzAttention(torch.autograd.Function):
-    """o = ((q k^T) o T) v on token counts padded to :func:`aligned_tokens`, for q, k, v (B, H, N, d) and T (H, P, P),
-    all in one dtype. Autograd keeps q, k, v and T; the backward recomputes the (B, H, P, P) scores with one product.
-    Activation checkpointing did the same with more work: it reran the whole forward (the Toeplitz weights' build
-    and the product with v included) and its bookkeeping on the host."""
-
-    @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, toeplitz: torch.Tensor) -> torch.Tensor:
-        num_tokens = q.shape[-2]
-        pad = toeplitz.shape[-1] - num_tokens
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-        ctx.save_for_backward(q, k, v, toeplitz)
-        return (((q @ k.transpose(-1, -2)) * toeplitz) @ v)[..., :num_tokens, :]
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        q, k, v, toeplitz = ctx.saved_tensors
-        num_tokens = grad.shape[-2]
-        grad = F.pad(grad, (0, 0, 0, q.shape[-2] - num_tokens))
-        scores = q @ k.transpose(-1, -2)
-        grad_v = (scores * toeplitz).transpose(-1, -2) @ grad
-        grad_weighted = grad @ v.transpose(-1, -2)  # d o / d (scores o T)
-        # T is shared by the batch: its gradient sums over it
-        grad_toeplitz = (grad_weighted * scores).sum(0) if ctx.needs_input_grad[3] else None
-        grad_scores = grad_weighted * toeplitz
-        grad_q = grad_scores @ k
-        grad_k = grad_scores.transpose(-1, -2) @ q
-        return (grad_q[..., :num_tokens, :], grad_k[..., :num_tokens, :], grad_v[..., :num_tokens, :],
-                grad_toeplitz)
 
 
 def gated_long_conv_toeplitz(
@@ -225,32 +151,32 @@ def gated_long_conv_toeplitz(
         kernel_fwd: torch.Tensor,
         kernel_bwd: torch.Tensor,
         skip: torch.Tensor | None = None,
-        toeplitz: torch.Tensor | None = None,
+        lags: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The same o_t as :func:`gated_long_conv_fft` as a Toeplitz-weighted attention sum_s T[t, s] (q_t . k_s) v_s.
+    """The same o_t as :func:`gated_long_conv_fft` as a Toeplitz-weighted attention sum_s T[t, s] (q_t . k_s) v_s, by
+    :func:`vitzoo.ops.toeplitz_attention`.
 
     O(N^2 d) work on matmul units instead of O(d^2 N log N) FFT work, in the precision attention runs in (16-bit
-    matrix products with fp32 accumulation under autocast). With gradients the (B, H, N, N) scores are transient:
-    autograd keeps the O(B H N d) inputs and T, and the backward recomputes the scores (:class:`_ToeplitzAttention`).
-    ``toeplitz``: T as :func:`toeplitz_weights` builds it, when the caller keeps it (the kernels and skip are then
-    not read). Returns (B, H, N, d).
+    products with fp32 accumulation under autocast); the (B, H, N, N) scores are never kept (on CUDA they stay on
+    chip). ``lags``: T's lag vector as :func:`toeplitz_lags` builds it, when the caller keeps it (the kernels and
+    skip are then not read). Returns (B, H, N, d), a view of the op's (B, N, H, d) output.
     """
-    if not torch.is_grad_enabled():
-        return _toeplitz_attention(q, k, v, kernel_fwd, kernel_bwd, skip, toeplitz)
-    if toeplitz is not None and any(t is not None and t.requires_grad for t in (kernel_fwd, kernel_bwd, skip)):
-        raise ValueError("gated_long_conv_toeplitz: kept Toeplitz weights carry no gradient to the kernels or the "
-                         "skip; pass them only where those need none")
-    # the dtype the scores take (autocast's for matrix products where it is on), explicitly: the autograd function
-    # runs its products with autocast off
+    if lags is not None and torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (kernel_fwd, kernel_bwd, skip)):
+        raise ValueError("gated_long_conv_toeplitz: kept Toeplitz lags carry no gradient to the kernels or the skip; "
+                         "pass them only where those need none")
+    if lags is None:
+        lags = toeplitz_lags(kernel_fwd, kernel_bwd, skip)
+    # the op multiplies in its inputs' dtype: autocast's where it is on (as attention's products), given explicitly
     device_type = q.device.type
     if torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
     else:
         dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
-    if toeplitz is None:
-        toeplitz = toeplitz_weights(kernel_fwd, kernel_bwd, skip, dtype)
+    # (B, H, N, d) -> the op's (B, N, H, d): views, so projections laid out as (B, N, H, d) are read in place
+    q, k, v = (t.transpose(1, 2).to(dtype) for t in (q, k, v))
     with torch.autocast(device_type, enabled=False):
-        return _ToeplitzAttention.apply(q.to(dtype), k.to(dtype), v.to(dtype), toeplitz.to(dtype))
+        return toeplitz_attention(q, k, v, lags).transpose(1, 2)
 
 
 def gated_long_conv(
@@ -260,16 +186,16 @@ def gated_long_conv(
         kernel_fwd: torch.Tensor,
         kernel_bwd: torch.Tensor,
         skip: torch.Tensor | None = None,
-        toeplitz: torch.Tensor | None = None,
+        lags: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """o_t = sum_s Kbi(t - s) (q_t . k_s) v_s (+ skip (q_t . k_t) v_t) for q, k, v (B, H, N, d), kernels (H, N) and
     an optional per-head skip weight (H,); returns (B, H, N, d).
 
-    The Toeplitz form where :func:`uses_toeplitz` says so (``toeplitz``: its weights T, when the caller keeps them),
-    the FFT form above.
+    The Toeplitz form where :func:`uses_toeplitz` says so (``lags``: T's lag vector, when the caller keeps it), the
+    FFT form above.
     """
     if uses_toeplitz(q.shape[-2], q.shape[-1]):
-        return gated_long_conv_toeplitz(q, k, v, kernel_fwd, kernel_bwd, skip, toeplitz)
+        return gated_long_conv_toeplitz(q, k, v, kernel_fwd, kernel_bwd, skip, lags)
     return gated_long_conv_fft(q, k, v, kernel_fwd, kernel_bwd, skip)
 
 

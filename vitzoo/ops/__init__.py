@@ -1,10 +1,10 @@
 """Fused token-mixing ops with their PyTorch references.
 
 One package per op (``linear_attention``, ``delta_rule``, ``local_conv``, ``layer_norm`` with RMS norm,
-``zeros_weights``, ``free_energy``, ``ssm_kernel``), each split into ``reference`` (the specification, in PyTorch),
-``kernels`` (Triton), ``heuristics`` (launch settings) and ``function`` (custom ops, autograd function, public entry
-points); ``utils`` holds the backend selection and what the ops share. The reference is the specification; the kernel
-must equal it. ``docs/kernels.md`` describes the design.
+``zeros_weights``, ``free_energy``, ``ssm_kernel``, ``toeplitz_attention``), each split into ``reference`` (the
+specification, in PyTorch), ``kernels`` (Triton), ``heuristics`` (launch settings) and ``function`` (custom ops,
+autograd function, public entry points); ``utils`` holds the backend selection and what the ops share. The
+reference is the specification; the kernel must equal it. ``docs/kernels.md`` describes the design.
 
 The public functions are re-exported here, so ``vitzoo.ops.linear_attention`` and ``vitzoo.ops.local_conv`` are the
 functions; their packages are reached with ``from vitzoo.ops.linear_attention import ...`` or ``importlib``.
@@ -33,6 +33,7 @@ from .layer_norm import (
 from .linear_attention import FEATURE_MAPS, linear_attention, linear_attention_reference
 from .local_conv import local_conv, local_conv_reference
 from .ssm_kernel import ssm_kernels, ssm_kernels_reference
+from .toeplitz_attention import toeplitz_attention, toeplitz_attention_reference
 from .utils import get_backend, kernel_backend, set_backend, triton_available, use_backend
 from .zeros_weights import zeros_weights, zeros_weights_reference
 
@@ -62,6 +63,8 @@ __all__ = [
     "set_backend",
     "ssm_kernels",
     "ssm_kernels_reference",
+    "toeplitz_attention",
+    "toeplitz_attention_reference",
     "triton_available",
     "use_backend",
     "zeros_weights",

@@ -1,0 +1,112 @@
+"""Toeplitz attention's entry points: the host launches of the kernels, the autograd function and the dispatching
+:func:`toeplitz_attention` (no custom op: inside ``torch.compile`` the op traces its PyTorch reference, as the SSM
+kernels do).
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from ..utils import KERNEL_DTYPES, MAX_HEAD_DIM, cdiv, interpreting, kernel_backend, triton_available
+from . import heuristics
+from .reference import check_inputs, toeplitz_attention_reference
+
+if triton_available():
+    from .kernels import (
+        _toeplitz_attention_dkdv_kernel,
+        _toeplitz_attention_dlags_kernel,
+        _toeplitz_attention_dq_kernel,
+        _toeplitz_attention_fwd_kernel,
+    )
+
+    def _meta(q: torch.Tensor, v: torch.Tensor) -> dict:
+        dk, dv = q.shape[-1], v.shape[-1]
+        return dict(DK=dk, DV=dv, BLOCK_DK=heuristics.block_d(dk), BLOCK_DV=heuristics.block_d(dv),
+                    BLOCK_T=heuristics.BLOCK_T, BLOCK_S=heuristics.BLOCK_S,
+                    PREC="ieee" if interpreting() or q.dtype == torch.float32 else "native",
+                    num_warps=heuristics.NUM_WARPS, num_stages=heuristics.NUM_STAGES)
+
+    def _strides(t: torch.Tensor) -> tuple[int, int, int]:
+        return t.stride(0), t.stride(1), t.stride(2)
+
+    def _toeplitz_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lags: torch.Tensor
+                                ) -> torch.Tensor:
+        batch, length, heads, _ = q.shape
+        out = torch.empty((batch, length, heads, v.shape[-1]), dtype=q.dtype, device=q.device)
+        _toeplitz_attention_fwd_kernel[(batch * heads, cdiv(length, heuristics.BLOCK_T))](
+            q, k, v, lags, out, length, heads, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
+            **_meta(q, v),
+        )
+        return out
+
+    class _ToeplitzAttentionFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, lags):
+            ctx.save_for_backward(q, k, v, lags)
+            return _toeplitz_attention_fwd(q, k, v, lags)
+
+        @staticmethod
+        def backward(ctx, grad):
+            # lags come in fp32 (the entry point casts them), so their gradient is fp32 too
+            q, k, v, lags = ctx.saved_tensors
+            if grad.stride(-1) != 1:
+                grad = grad.contiguous()
+            batch, length, heads, _ = q.shape
+            meta = _meta(q, v)
+            dq = dk = dv = dlags = None
+            if ctx.needs_input_grad[0]:
+                dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+                _toeplitz_attention_dq_kernel[(batch * heads, cdiv(length, heuristics.BLOCK_T))](
+                    grad, k, v, lags, dq, length, heads, *_strides(grad), *_strides(k), *_strides(v),
+                    *_strides(dq), **meta,
+                )
+            if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+                dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
+                dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
+                _toeplitz_attention_dkdv_kernel[(batch * heads, cdiv(length, heuristics.BLOCK_S))](
+                    q, k, v, grad, lags, dk, dv, length, heads, *_strides(q), *_strides(k), *_strides(v),
+                    *_strides(grad), *_strides(dk), *_strides(dv), **meta,
+                )
+            if ctx.needs_input_grad[3]:
+                dlags = torch.zeros(lags.shape, dtype=torch.float32, device=lags.device)
+                tiles = (cdiv(length, heuristics.BLOCK_T), cdiv(length, heuristics.BLOCK_S))
+                splits = heuristics.dlags_splits(batch, heads * tiles[0] * tiles[1], q.device)
+                _toeplitz_attention_dlags_kernel[(heads * splits, *tiles)](
+                    q, k, v, grad, dlags, length, batch, splits, *_strides(q), *_strides(k), *_strides(v),
+                    *_strides(grad), **meta,
+                )
+            return dq, dk, dv, dlags
+
+
+def _uses_kernels(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    return (kernel_backend(q.device) == "triton" and not torch.compiler.is_compiling()
+            and q.dtype in KERNEL_DTYPES and q.dtype == k.dtype == v.dtype and q.shape[-1] == v.shape[-1]
+            and q.shape[-1] <= MAX_HEAD_DIM)
+
+
+def toeplitz_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lags: torch.Tensor) -> torch.Tensor:
+    """o_t = sum_s T[t, s] (q_t . k_s) v_s per batch and head, T[t, s] = lags[s - t + N - 1] (``reference.py``).
+
+    Args:
+        q, k: (B, N, H, D) queries and keys; any strides (views of a fused projection need no copy).
+        v: (B, N, H, D) values.
+        lags: (H, 2N - 1) Toeplitz weights by lag, lag 0 at index N - 1.
+
+    Returns:
+        (B, N, H, D) in the inputs' dtype.
+
+    Eager CUDA calls with q, k, v in one of fp16 / bf16 / fp32 run the kernels, which keep the (N, N) scores on chip
+    (fp32 accumulation, lags read in fp32). Elsewhere (CPU, float64, mixed dtypes, ``torch.compile``) the reference
+    runs, with gradients under activation checkpointing, so that autograd keeps the O(B N H D) inputs rather than
+    the (B, H, N, N) scores.
+    """
+    check_inputs(q, k, v, lags)
+    if not _uses_kernels(q, k, v):
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, lags)):
+            return checkpoint(toeplitz_attention_reference, q, k, v, lags, use_reentrant=False)
+        return toeplitz_attention_reference(q, k, v, lags)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    kernel_lags = lags.to(torch.float32).contiguous()
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, lags)):
+        return _ToeplitzAttentionFunction.apply(q, k, v, kernel_lags)
+    return _toeplitz_attention_fwd(q, k, v, kernel_lags)
