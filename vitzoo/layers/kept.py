@@ -1,7 +1,7 @@
 """Values a module computes from its parameters once and keeps between inference forwards, and the rule that says
 when a kept value is stale (:func:`kept_value_key`).
 
-Two kinds are kept: H3's SSM kernels and Toeplitz weights (``h3.py``), and 16-bit copies of fp32 parameters under
+Two kinds are kept: H3's SSM kernels and Toeplitz lags (``h3.py``), and 16-bit copies of fp32 parameters under
 autocast (:class:`KeepsAutocastCopies`), used by :class:`KeptCastLinear` (every Linear of the DeiT-shaped models)
 and by their patch embedding. The same Linear's training path (:func:`linear_with_product_bias_grad`) lives here too.
 """
