@@ -315,3 +315,22 @@ def test_kept_values_follow_a_fused_optimizers_updates_across_train_and_eval():
     with torch.no_grad():
         out = mixer(x, grid_size=(7, 7), num_prefix_tokens=1)
     torch.testing.assert_close(out, explicit_h3(mixer, x, (7, 7), 1), atol=1e-10, rtol=1e-9)
+
+
+def test_toeplitz_form_at_any_length_where_the_fused_kernels_run():
+    """Above N = 64 d the FFT form runs where the Toeplitz op would fall back to its reference (which holds the
+    (N, N) scores); where the op's kernels run (the Triton backend) the Toeplitz form runs at every N."""
+    from vitzoo.ops import set_backend, triton_available
+    from vitzoo.ops.utils import interpreting
+
+    q, k, v = (torch.randn(1, 2, 70, 1) for _ in range(3))  # N = 70 > 64 d
+    short = q[:, :, :64]
+    assert not long_conv.uses_toeplitz(q, k, v) and long_conv.uses_toeplitz(short, short, short)
+    assert not long_conv.uses_toeplitz(*(t.double() for t in (q, k, v)))
+    if triton_available() and interpreting():
+        set_backend("triton")  # CPU tensors through the kernels: the interpreter
+        try:
+            assert long_conv.uses_toeplitz(q, k, v)
+            assert not long_conv.uses_toeplitz(*(t.double() for t in (q, k, v)))  # the kernels take no float64
+        finally:
+            set_backend("auto")

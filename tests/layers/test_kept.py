@@ -150,21 +150,40 @@ def test_product_bias_grad_linear_under_autocast_is_nn_linears_forward_and_close
     torch.testing.assert_close(db2, grad.sum((0, 1)), rtol=1e-2, atol=2e-2)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the product path runs on CUDA only)")
-def test_cuda_training_forward_takes_the_product_path_and_matches_nn_linear(monkeypatch):
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA-graph capture)")
+def test_captured_training_forward_takes_the_product_path_and_eager_does_not(monkeypatch):
+    """A training forward captured into a CUDA graph takes the product bias gradient and replays to nn.Linear's
+    output and gradients; the same forward run eagerly takes nn.Linear's own path."""
     plain, kept = (layer.cuda().train() for layer in _pair())
     calls = []
     product = kept_module.linear_with_product_bias_grad
     monkeypatch.setattr(kept_module, "linear_with_product_bias_grad", lambda *a: calls.append(1) or product(*a))
     x = torch.randn(4, 197, 24, device="cuda")
-    grad = torch.randn(4, 197, 40, device="cuda")
-    outs = []
-    for layer in (plain, kept):
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+    grad = torch.randn(4, 197, 40, device="cuda", dtype=torch.bfloat16)
+
+    def step(layer):
+        layer.zero_grad(set_to_none=False)
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
             out = layer(x)
-        out.backward(grad.to(out.dtype))
-        outs.append(out)
+        out.backward(grad)
+        return out
+
+    eager = step(kept)
+    assert calls == []
+    for layer in (plain, kept):  # gradients exist before capture: the graph accumulates into them in place
+        step(layer)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step(kept)  # warm-up on a side stream, as capture needs
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step(kept)
     assert calls == [1]
-    assert torch.equal(outs[1], outs[0])
+    graph.replay()
+    expected = step(plain)
+    torch.cuda.synchronize()
+    assert torch.equal(eager, expected) and torch.equal(captured, expected)
     torch.testing.assert_close(kept.weight.grad, plain.weight.grad)
     torch.testing.assert_close(kept.bias.grad, plain.bias.grad, rtol=1e-2, atol=5e-2)

@@ -178,7 +178,7 @@ class BidirectionalH3(TokenMixer):
         kernel_fwd, kernel_bwd = self.ssm(num_tokens, acc)
         skip = self.D.to(acc)
         lags = None
-        if uses_toeplitz(num_tokens, self.head_dim):
+        if uses_toeplitz(q, k, v):
             # the Toeplitz lags depend on the parameters only: kept between inference forwards, like the kernels
             key = kept_value_key((*self.ssm.parameters(), self.D), num_tokens, acc)
             if key is not None:

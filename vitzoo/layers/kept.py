@@ -3,7 +3,8 @@ when a kept value is stale (:func:`kept_value_key`).
 
 Two kinds are kept: H3's SSM kernels and Toeplitz lags (``h3.py``), and 16-bit copies of fp32 parameters under
 autocast (:class:`KeepsAutocastCopies`), used by :class:`KeptCastLinear` (every Linear of the DeiT-shaped models)
-and by their patch embedding. The same Linear's training path (:func:`linear_with_product_bias_grad`) lives here too.
+and by their patch embedding. The same Linear's path for CUDA-graph-captured training
+(:func:`linear_with_product_bias_grad`) lives here too.
 """
 from __future__ import annotations
 
@@ -103,8 +104,13 @@ def linear_with_product_bias_grad(x: torch.Tensor, weight: torch.Tensor, bias: t
 class KeptCastLinear(KeepsAutocastCopies, nn.Linear):
     """``nn.Linear`` (same parameters, init and state_dict) that keeps its weight and bias in the autocast dtype
     between eval-mode forwards without gradients (:class:`KeepsAutocastCopies`): two copy kernels less per layer and
-    forward, the same output bits. On CUDA, eager forwards that record the bias's gradient take it as a product
-    (:func:`linear_with_product_bias_grad`); under torch.compile the compiler plans the backward itself."""
+    forward, the same output bits.
+
+    Forwards captured into a CUDA graph that record the bias's gradient take it as a product
+    (:func:`linear_with_product_bias_grad`): on an H100 that cut the device time of a DeiT-T training step by 17%
+    (11.15 -> 9.26 ms). Eager steps keep autograd's own bias gradient, because they are bound by host time, which the
+    Python autograd function raises (the same step's eager host time rose from 45 to 53 ms); under torch.compile the
+    compiler plans the backward itself."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kept = self.autocast_copies(x, self.weight, self.bias)
@@ -112,7 +118,7 @@ class KeptCastLinear(KeepsAutocastCopies, nn.Linear):
             # autocast leaves operands already in its dtype as they are: only x may still be cast
             return F.linear(x, kept[0], kept[1])
         if self.bias is not None and self.bias.requires_grad and x.is_cuda and torch.is_grad_enabled() \
-                and not torch.compiler.is_compiling():
+                and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing():
             return linear_with_product_bias_grad(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 

@@ -17,15 +17,18 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..ops import toeplitz_attention
+from ..ops.toeplitz_attention import runs_kernels
 
 # kv channels (d1 rows x d columns) convolved per checkpointed block: bounds the transient FFT buffers to
 # B * H * N * 1024 complex values whatever the head dim, instead of the full B * H * N * d * d outer products.
 _KV_CHANNELS_PER_BLOCK = 1024
 # Path choice by cost: the Toeplitz-weighted attention does O(N^2 d) matmul work (16-bit under autocast), the FFT
-# O(d^2 N log N) memory-bound fp32 work. H200, bf16 model, d = 64, B * N ~ 50k tokens, fwd+bwd: Toeplitz 2.6 / 4.4 /
-# 14.3 ms against FFT 116 / 96 / 99 ms at N = 197 / 1025 / 4097 (benchmarks/results/h3_paths/h200.json, the Toeplitz
-# form then in PyTorch products that held the (B, h, N, N) scores): it wins over the whole measured range, up to
-# N = 64 d (1024 px).
+# O(d^2 N log N) memory-bound fp32 work. Where the fused op's kernels run (CUDA) the Toeplitz form is taken at every
+# N: it keeps no (N, N) buffer, and at 1024 px (N = 4097, d = 64) H3-T ran 731 img/s with it against 28 with the FFT
+# form (H100, benchmarks/results/compare/h100.json). Elsewhere its PyTorch reference holds the (B, h, N, N) scores,
+# and the FFT form takes over above N = 64 d: with the Toeplitz form in PyTorch products, H200, bf16, d = 64,
+# B * N ~ 50k tokens, fwd+bwd: Toeplitz 2.6 / 4.4 / 14.3 ms against FFT 116 / 96 / 99 ms at N = 197 / 1025 / 4097
+# (benchmarks/results/h3_paths/h200.json), the end of that range.
 TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM = 64
 
 
@@ -167,16 +170,20 @@ def gated_long_conv_toeplitz(
                          "pass them only where those need none")
     if lags is None:
         lags = toeplitz_lags(kernel_fwd, kernel_bwd, skip)
-    # the op multiplies in its inputs' dtype: autocast's where it is on (as attention's products), given explicitly
+    q, k, v = _op_inputs(q, k, v)
+    with torch.autocast(q.device.type, enabled=False):
+        return toeplitz_attention(q, k, v, lags).transpose(1, 2)
+
+
+def _op_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(B, H, N, d) q, k, v as the Toeplitz op takes them: (B, N, H, d) views (projections laid out as (B, N, H, d) are
+    read in place), in the dtype its products run in: autocast's where it is on (as attention's), else promoted."""
     device_type = q.device.type
     if torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
     else:
         dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
-    # (B, H, N, d) -> the op's (B, N, H, d): views, so projections laid out as (B, N, H, d) are read in place
-    q, k, v = (t.transpose(1, 2).to(dtype) for t in (q, k, v))
-    with torch.autocast(device_type, enabled=False):
-        return toeplitz_attention(q, k, v, lags).transpose(1, 2)
+    return tuple(t.transpose(1, 2).to(dtype) for t in (q, k, v))
 
 
 def gated_long_conv(
@@ -194,11 +201,13 @@ def gated_long_conv(
     The Toeplitz form where :func:`uses_toeplitz` says so (``lags``: T's lag vector, when the caller keeps it), the
     FFT form above.
     """
-    if uses_toeplitz(q.shape[-2], q.shape[-1]):
+    if uses_toeplitz(q, k, v):
         return gated_long_conv_toeplitz(q, k, v, kernel_fwd, kernel_bwd, skip, lags)
     return gated_long_conv_fft(q, k, v, kernel_fwd, kernel_bwd, skip)
 
 
-def uses_toeplitz(num_tokens: int, head_dim: int) -> bool:
-    """Whether :func:`gated_long_conv` takes the Toeplitz form: up to N = ``TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM`` * d."""
-    return num_tokens <= TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM * head_dim
+def uses_toeplitz(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether :func:`gated_long_conv` takes the Toeplitz form for q, k, v (B, H, N, d): wherever the fused op runs its
+    kernels, elsewhere up to N = ``TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM`` * d."""
+    num_tokens, head_dim = q.shape[-2], q.shape[-1]
+    return num_tokens <= TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM * head_dim or runs_kernels(*_op_inputs(q, k, v))

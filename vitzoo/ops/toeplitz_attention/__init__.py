@@ -4,7 +4,7 @@ convolution in its attention form): reference, kernels, launch shape, entry poin
 ``reference``: the specification in PyTorch; ``kernels``: the Triton kernels; ``heuristics``: their launch shape;
 ``function``: the autograd function and :func:`toeplitz_attention`.
 """
-from .function import toeplitz_attention
+from .function import runs_kernels, toeplitz_attention
 from .reference import toeplitz_attention_reference, toeplitz_from_lags
 
-__all__ = ["toeplitz_attention", "toeplitz_attention_reference", "toeplitz_from_lags"]
+__all__ = ["runs_kernels", "toeplitz_attention", "toeplitz_attention_reference", "toeplitz_from_lags"]

@@ -78,7 +78,9 @@ if triton_available():
             return dq, dk, dv, dlags
 
 
-def _uses_kernels(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+def runs_kernels(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Whether :func:`toeplitz_attention` runs its kernels for these inputs (else its PyTorch reference, which holds
+    the (B, H, N, N) scores)."""
     return (kernel_backend(q.device) == "triton" and not torch.compiler.is_compiling()
             and q.dtype in KERNEL_DTYPES and q.dtype == k.dtype == v.dtype and q.shape[-1] == v.shape[-1]
             and q.shape[-1] <= MAX_HEAD_DIM)
@@ -101,7 +103,7 @@ def toeplitz_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lags: 
     the (B, H, N, N) scores.
     """
     check_inputs(q, k, v, lags)
-    if not _uses_kernels(q, k, v):
+    if not runs_kernels(q, k, v):
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, lags)):
             return checkpoint(toeplitz_attention_reference, q, k, v, lags, use_reentrant=False)
         return toeplitz_attention_reference(q, k, v, lags)
