@@ -17,7 +17,7 @@ from vitzoo.report import fashion_mnist, model_table, speed_report, zoo_sweep
 from vitzoo.report._readme import replace_between_markers
 
 RESULTS = Path("benchmarks/results")
-COMPARE = RESULTS / "compare" / "h200.json"
+COMPARE = speed_report.CURRENT
 ZOO_SWEEP = RESULTS / "zoo_sweep" / "h200.csv"
 FASHION_MNIST_ZOO = RESULTS / "fashion_mnist_zoo" / "cpu.csv"
 STUDY = RESULTS / "fashion_mnist_study"
@@ -57,7 +57,7 @@ def plot(root: Path) -> list[Path]:
     plots, and the top-1 vs throughput plots of the ImageNet-shaped runs and the Fashion-MNIST study."""
     from vitzoo.report import pareto
 
-    compare_plot = root / COMPARE.with_name("h200_throughput.png")
+    compare_plot = root / COMPARE.with_name(f"{COMPARE.stem}_throughput.png")
     speed_report.plot_throughput(speed_report.load(root / COMPARE), compare_plot)
     written = [compare_plot, *zoo_sweep.plot(root / ZOO_SWEEP, root / ZOO_SWEEP.with_suffix(""))]
     fashion_imagenet = root / FASHION_IMAGENET

@@ -1,6 +1,6 @@
 """Speed tables and the throughput-vs-resolution plot, generated from a ``vitzoo-bench --compare`` JSON.
 
-``python -m vitzoo.report`` puts the tables of ``benchmarks/results/compare/h200.json`` into docs/benchmarks.md
+``python -m vitzoo.report`` puts the tables of the current comparison (:data:`CURRENT`) into docs/benchmarks.md
 (between the ``speed-tables`` markers) and redraws its plot; for another result file::
 
     python -m vitzoo.report.speed_report --results other.json --readme page.md --plot other.png
@@ -17,6 +17,9 @@ from vitzoo.report._readme import rewrite_between_markers
 MARKERS = ("<!-- speed-tables:start -->", "<!-- speed-tables:end -->")
 SUMMARY_MARKERS = ("<!-- speed-summary:start -->", "<!-- speed-summary:end -->")
 COMPILE_MARKERS = ("<!-- compile-table:start -->", "<!-- compile-table:end -->")
+# the comparison of the current code that the README and docs/benchmarks.md show (older ones stay beside it, one file
+# per GPU)
+CURRENT = Path("benchmarks/results/compare/h100.json")
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -98,7 +101,7 @@ def latency_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def summary_table(data: dict[str, Any]) -> str:
+def summary_table(data: dict[str, Any], source: Path = CURRENT) -> str:
     """The README's summary: per zoo model, eager inference at the smallest size (with host and device ms) and
     inference replayed from a CUDA graph at every size measured that way, each with the ratios to the softmax twin and
     timm's model."""
@@ -134,7 +137,7 @@ def summary_table(data: dict[str, Any]) -> str:
                   f"{'/'.join(map(str, train_batches))}" if train_sizes else "")
     lines += ["", f"{info['device']}, torch {info['torch']}, triton {info['triton']}, {info['date'][:10]}, code at "
               f"`{info['git_revision']}`: bf16, batch 256 at 224 px and the same tokens per batch above{train_note}, "
-              "median of 3 interleaved repeats in one process (`benchmarks/results/compare/h200.json`)."]
+              f"median of 3 interleaved repeats in one process (`{source.as_posix()}`)."]
     return "\n".join(lines)
 
 
