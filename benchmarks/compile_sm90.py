@@ -170,7 +170,7 @@ def shell_kernels() -> list[tuple]:
     # H3-T: bf16 q, k, v of head dim 64, fp32 lags
     toep_meta = dict(DK=64, DV=64, BLOCK_DK=toep_h.block_d(64), BLOCK_DV=toep_h.block_d(64), BLOCK_T=toep_h.BLOCK_T,
                      BLOCK_S=toep_h.BLOCK_S, PREC="native")
-    for name in ("fwd", "dq", "dkdv", "dlags"):
+    for name in ("fwd", "dkdv", "dlags"):  # dq is the forward kernel on (do, v, k)
         entries.append((f"Toeplitz attention d 64 {name}", getattr(toep, f"_toeplitz_attention_{name}_kernel"),
                         toep_meta, toep_h.NUM_WARPS, {"lags_ptr", "dlags_ptr"}))
     # at the tiny models' widths every batch, token and head stride divides by 16 (FEM-T's 480-wide projections,

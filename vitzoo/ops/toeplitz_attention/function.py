@@ -15,7 +15,6 @@ if triton_available():
     from .kernels import (
         _toeplitz_attention_dkdv_kernel,
         _toeplitz_attention_dlags_kernel,
-        _toeplitz_attention_dq_kernel,
         _toeplitz_attention_fwd_kernel,
     )
 
@@ -55,11 +54,8 @@ if triton_available():
             meta = _meta(q, v)
             dq = dk = dv = dlags = None
             if ctx.needs_input_grad[0]:
-                dq = torch.empty_like(q, memory_format=torch.contiguous_format)
-                _toeplitz_attention_dq_kernel[(batch * heads, cdiv(length, heuristics.BLOCK_T))](
-                    grad, k, v, lags, dq, length, heads, *_strides(grad), *_strides(k), *_strides(v),
-                    *_strides(dq), **meta,
-                )
+                # dq_t = sum_s T[t, s] (do_t . v_s) k_s: the forward on (do, v, k)
+                dq = _toeplitz_attention_fwd(grad, v, k, lags)
             if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
                 dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
                 dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)

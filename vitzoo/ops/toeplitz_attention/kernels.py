@@ -1,7 +1,8 @@
 """The Triton kernels of Toeplitz-weighted attention (see :mod:`.reference` for the maths and :mod:`.function` for how
-they are launched): the forward, dq, dk with dv, and the lag gradient.
+they are launched): the forward (which also gives dq: dq_t = sum_s T[t, s] (do_t . v_s) k_s is the forward with q, k,
+v replaced by do, v, k), dk with dv, and the lag gradient.
 
-As flash attention without the softmax: a program holds a block of query tokens (forward, dq) or key tokens (dk, dv)
+As flash attention without the softmax: a program holds a block of query tokens (forward) or key tokens (dk, dv)
 and streams the other side in blocks, so the (N, N) scores never reach memory. The Toeplitz weight of a tile is
 gathered from the (2N - 1)-long lag vector (T[t, s] = lags[s - t + N - 1]), never built as a matrix. The lag
 gradient dlags[l] = sum over batch and the l-th diagonal of (q_t . k_s)(do_t . v_s) takes programs per
@@ -72,35 +73,6 @@ def _toeplitz_attention_fwd_kernel(
         weighted = _dot(q, tl.trans(k), PREC) * _weights(lag_base, offs_t, offs_s, N)
         acc += _dot(weighted.to(v.dtype), v, PREC)
     _store(out_ptr + b * so_b + h * so_h, acc, offs_t, offs_dv, so_n, N, DV)
-
-
-@triton.jit
-def _toeplitz_attention_dq_kernel(
-        do_ptr, k_ptr, v_ptr, lags_ptr, dq_ptr,
-        N, H,
-        sg_b, sg_n, sg_h, sk_b, sk_n, sk_h, sv_b, sv_n, sv_h, sd_b, sd_n, sd_h,
-        DK: tl.constexpr, DV: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
-        BLOCK_T: tl.constexpr, BLOCK_S: tl.constexpr, PREC: tl.constexpr,
-):
-    # dq_t = sum_s T[t, s] (do_t . v_s) k_s
-    bh = tl.program_id(0)
-    b = bh // H
-    h = bh % H
-    offs_t = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
-    offs_dk = tl.arange(0, BLOCK_DK)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    do = _load(do_ptr + b * sg_b + h * sg_h, offs_t, offs_dv, sg_n, N, DV)
-    k_base = k_ptr + b * sk_b + h * sk_h
-    v_base = v_ptr + b * sv_b + h * sv_h
-    lag_base = lags_ptr + h * (2 * N - 1)
-    acc = tl.zeros((BLOCK_T, BLOCK_DK), dtype=tl.float32)
-    for start in range(0, N, BLOCK_S):
-        offs_s = start + tl.arange(0, BLOCK_S)
-        k = _load(k_base, offs_s, offs_dk, sk_n, N, DK)
-        v = _load(v_base, offs_s, offs_dv, sv_n, N, DV)
-        grad_scores = _dot(do, tl.trans(v), PREC) * _weights(lag_base, offs_t, offs_s, N)
-        acc += _dot(grad_scores.to(k.dtype), k, PREC)
-    _store(dq_ptr + b * sd_b + h * sd_h, acc, offs_t, offs_dk, sd_n, N, DK)
 
 
 @triton.jit
