@@ -8,10 +8,11 @@ Per head (head_dim d), with the SSM kernel K shared across the d x d entries of 
 
 with Kbi(l) = Kf(l) for l >= 0 plus Kb(-l) for l <= 0: a forward diagonal SSM kernel and a separate one run on
 the flipped sequence, summed. Both kernels are S4D-Lin diagonal SSMs discretised with zero-order hold. The core
-runs through :func:`vitzoo.layers.long_conv.gated_long_conv`: for short sequences as the Toeplitz-weighted
-attention above (in attention's precision: 16-bit matrix products accumulating in fp32 under autocast), for long
-ones as an FFT long convolution (O(N log N) per kv channel, in fp32). ``docs/mixers.md``
-(Bidirectional H3) states the math and the zoo's choices. ``attn_drop`` drops o (there is no attention matrix).
+runs through :func:`vitzoo.layers.long_conv.gated_long_conv`: as the Toeplitz-weighted attention above (in
+attention's precision: 16-bit matrix products accumulating in fp32 under autocast; on CUDA at every length, elsewhere
+for short sequences), or for long sequences off CUDA as an FFT long convolution (O(N log N) per kv channel, in
+fp32). ``docs/mixers.md`` (Bidirectional H3) states the math and the zoo's choices. ``attn_drop`` drops o (there is
+no attention matrix).
 
 Optimiser hint: the SSM parameters (A, B, log dt) carry ``param._optim = {'weight_decay': 0.0, 'lr': 1e-3}``;
 a trainer should put them in a group without weight decay and with lr = min(base lr, 1e-3). The mixer's
@@ -114,11 +115,12 @@ class BidirectionalH3(TokenMixer):
     per-head outer products k v^T filtered by ``ssm`` (bidirectional diagonal-SSM long convolution) plus the
     per-head skip ``D``, read by q, then ``proj``.
 
-    Cost: the (B, N, h, d, d) outer products are never held. Up to N = 64 d the core is the Toeplitz-weighted
-    attention sum_s T[t, s] (q_t . k_s) v_s (O(B h N^2 d) matmul work, transient (B, h, N, N) scores); above,
-    the FFT long convolution over blocks of d1 rows (at most 1024 kv channels each, transient buffers
-    O(B h N * 1024), O(B h d^2 N log N) work). Neither keeps its transient buffers: autograd keeps O(B h N d)
-    per layer (and T), and the backward recomputes the scores (Toeplitz) or reruns each block (FFT).
+    Cost: the (B, N, h, d, d) outer products are never held. The core is the Toeplitz-weighted attention
+    sum_s T[t, s] (q_t . k_s) v_s (O(B h N^2 d) matmul work, :func:`vitzoo.ops.toeplitz_attention`, scores on chip)
+    wherever that op's kernels run, elsewhere up to N = 64 d (its reference holds transient (B, h, N, N) scores);
+    above that, the FFT long convolution over blocks of d1 rows (at most 1024 kv channels each, transient buffers
+    O(B h N * 1024), O(B h d^2 N log N) work). Neither keeps its transient buffers: autograd keeps O(B h N d) per
+    layer (and the lags), and the backward recomputes the scores (Toeplitz) or reruns each block (FFT).
 
     Args:
         dim: token width C.
