@@ -170,20 +170,19 @@ def gated_long_conv_toeplitz(
                          "pass them only where those need none")
     if lags is None:
         lags = toeplitz_lags(kernel_fwd, kernel_bwd, skip)
-    q, k, v = _op_inputs(q, k, v)
+    # (B, H, N, d) -> the op's (B, N, H, d): views, so projections laid out as (B, N, H, d) are read in place
+    dtype = _product_dtype(q, k, v)
+    q, k, v = (t.transpose(1, 2).to(dtype) for t in (q, k, v))
     with torch.autocast(q.device.type, enabled=False):
         return toeplitz_attention(q, k, v, lags).transpose(1, 2)
 
 
-def _op_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """(B, H, N, d) q, k, v as the Toeplitz op takes them: (B, N, H, d) views (projections laid out as (B, N, H, d) are
-    read in place), in the dtype its products run in: autocast's where it is on (as attention's), else promoted."""
+def _product_dtype(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.dtype:
+    """The dtype the Toeplitz op's products run in: autocast's where it is on (as attention's), else promoted."""
     device_type = q.device.type
     if torch.is_autocast_enabled(device_type):
-        dtype = torch.get_autocast_dtype(device_type)
-    else:
-        dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
-    return tuple(t.transpose(1, 2).to(dtype) for t in (q, k, v))
+        return torch.get_autocast_dtype(device_type)
+    return torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
 
 
 def gated_long_conv(
@@ -210,4 +209,5 @@ def uses_toeplitz(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether :func:`gated_long_conv` takes the Toeplitz form for q, k, v (B, H, N, d): wherever the fused op runs its
     kernels, elsewhere up to N = ``TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM`` * d."""
     num_tokens, head_dim = q.shape[-2], q.shape[-1]
-    return num_tokens <= TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM * head_dim or runs_kernels(*_op_inputs(q, k, v))
+    return num_tokens <= TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM * head_dim or runs_kernels(
+        q.device, _product_dtype(q, k, v), head_dim, v.shape[-1])

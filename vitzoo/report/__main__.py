@@ -35,7 +35,7 @@ def render(root: Path) -> dict[Path, str]:
     readme_text = replace_between_markers(readme_text, fashion_mnist.BUDGET_MARKERS,
                                           fashion_mnist.budget_table(FASHION_MNIST_ZOO, root))
     readme_text = replace_between_markers(readme_text, speed_report.SUMMARY_MARKERS,
-                                          speed_report.summary_table(speed_report.load(root / COMPARE)))
+                                          speed_report.summary_table(speed_report.load(root / COMPARE), COMPARE))
     docs_text = docs.read_text()
     docs_text = replace_between_markers(docs_text, speed_report.MARKERS,
                                         speed_report.to_markdown(speed_report.load(root / COMPARE)))

@@ -74,12 +74,11 @@ if triton_available():
             return dq, dk, dv, dlags
 
 
-def runs_kernels(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether :func:`toeplitz_attention` runs its kernels for these inputs (else its PyTorch reference, which holds
-    the (B, H, N, N) scores)."""
-    return (kernel_backend(q.device) == "triton" and not torch.compiler.is_compiling()
-            and q.dtype in KERNEL_DTYPES and q.dtype == k.dtype == v.dtype and q.shape[-1] == v.shape[-1]
-            and q.shape[-1] <= MAX_HEAD_DIM)
+def runs_kernels(device: torch.device, dtype: torch.dtype, head_dim_k: int, head_dim_v: int) -> bool:
+    """Whether :func:`toeplitz_attention` runs its kernels for q, k, v of this device, one dtype and these head dims
+    (else its PyTorch reference, which holds the (B, H, N, N) scores)."""
+    return (kernel_backend(device) == "triton" and not torch.compiler.is_compiling() and dtype in KERNEL_DTYPES
+            and head_dim_k == head_dim_v <= MAX_HEAD_DIM)
 
 
 def toeplitz_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lags: torch.Tensor) -> torch.Tensor:
@@ -99,7 +98,7 @@ def toeplitz_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lags: 
     the (B, H, N, N) scores.
     """
     check_inputs(q, k, v, lags)
-    if not runs_kernels(q, k, v):
+    if not (q.dtype == k.dtype == v.dtype and runs_kernels(q.device, q.dtype, q.shape[-1], v.shape[-1])):
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, lags)):
             return checkpoint(toeplitz_attention_reference, q, k, v, lags, use_reentrant=False)
         return toeplitz_attention_reference(q, k, v, lags)
