@@ -19,7 +19,8 @@ from .cases import HAS_CUDA, make_inputs, needs_cuda, needs_kernels, outputs_and
         (2, 7, (4, 3), 1, 3, False, True, False),   # DeltaNet / H3: one kernel, bias, prefix copied through
         (3, 20, (2, 5), 0, 3, False, False, False),  # no prefix, C over one channel block
         (1, 70, (5, 5), 2, 5, True, True, True),    # K = 5, two channel blocks, every option
-        (1, 6, (9, 8), 1, 3, False, True, False),   # 72 positions: several position tiles in both kernels
+        (1, 6, (9, 8), 1, 3, False, True, False),   # 9 rows: two bands of rows in both kernels
+        (2, 5, (10, 35), 1, 3, True, False, True),  # 35 columns: two column blocks; two bands
     ],
 )
 def test_kernel_matches_reference(b, c, grid, prefix, k, per_image, with_bias, with_residual):

@@ -28,18 +28,18 @@ if triton_available():
         not added)."""
         b, n, c = x.shape
         out = torch.empty((b, n, c), dtype=out_dtype, device=x.device)
-        block_c = heuristics.block_c(c)
-        grid = (b, cdiv(grid_h * grid_w, heuristics.FORWARD_BLOCK_P), cdiv(c, block_c))
+        block_c, block_w = heuristics.block_c(c), heuristics.block_w(grid_w)
+        bands = cdiv(grid_h, heuristics.ROWS)
         res = residual if residual is not None else x
         sw = weight.stride()
-        launcher(_local_conv_fwd_kernel, direct_launch)[grid](
+        launcher(_local_conv_fwd_kernel, direct_launch)[(b * bands, cdiv(grid_w, block_w), cdiv(c, block_c))](
             x, weight, bias if bias is not None else x, res, out,
-            c, grid_h, grid_w, num_prefix_tokens,
+            c, grid_h, grid_w, num_prefix_tokens, bands,
             x.stride(0), x.stride(1), sw[0] if weight.shape[0] > 1 else 0, sw[1], sw[2], sw[3],
             res.stride(0), res.stride(1), out.stride(0), out.stride(1),
             K=weight.shape[-1], HAS_BIAS=bias is not None,
             HAS_RESIDUAL=residual is not None and act != _ACT_SILU_BACKWARD, PREFIX=prefix_mode, ACT=act,
-            BLOCK_P=heuristics.FORWARD_BLOCK_P, BLOCK_C=block_c, num_warps=heuristics.NUM_WARPS,
+            ROWS=heuristics.ROWS, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=heuristics.NUM_WARPS,
         )
         return out
 
@@ -49,13 +49,14 @@ if triton_available():
     ) -> torch.Tensor:
         """Per-(image, tile) partial sums of dw, (B, tiles, K * K, C) in fp32."""
         b, _, c = x.shape
-        tiles = cdiv(grid_h * grid_w, heuristics.DW_BLOCK_P)
-        block_c = heuristics.block_c(c)
+        block_c, block_w = heuristics.block_c(c), heuristics.block_w(grid_w)
+        bands, column_blocks = cdiv(grid_h, heuristics.ROWS), cdiv(grid_w, block_w)
+        tiles = bands * column_blocks
         part = torch.empty((b, tiles, kernel_size * kernel_size, c), dtype=torch.float32, device=x.device)
-        launcher(_local_conv_dw_kernel, direct_launch)[(b, tiles, cdiv(c, block_c))](
-            x, grad, part, c, grid_h, grid_w, num_prefix_tokens, tiles,
+        launcher(_local_conv_dw_kernel, direct_launch)[(b * bands, column_blocks, cdiv(c, block_c))](
+            x, grad, part, c, grid_h, grid_w, num_prefix_tokens, bands, tiles,
             x.stride(0), x.stride(1), grad.stride(0), grad.stride(1),
-            K=kernel_size, BLOCK_P=heuristics.DW_BLOCK_P, BLOCK_C=block_c, num_warps=heuristics.NUM_WARPS,
+            K=kernel_size, ROWS=heuristics.ROWS, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=heuristics.NUM_WARPS,
         )
         return part
 

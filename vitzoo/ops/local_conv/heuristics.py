@@ -1,15 +1,19 @@
-"""Launch shape of the local-convolution kernels: a tile of grid positions by a block of channels per program.
+"""Launch shape of the local-convolution kernels: a band of grid rows by a block of columns by a block of channels
+per program, walked row by row.
 
-The forward kernel (also the backward's dx and SiLU-gradient passes) takes 32 positions: on the H200, DeltaNet-T's
-576-channel SiLU convolution (batch 256, bf16) ran 156 us a call at 32 against 212 us at 64, where the 64 x 64 tile
-spills registers. The dw kernel keeps 64: each tile writes a row of partial sums that the host adds up, and at 32
-its forward+backward total rose from 860 to 1,103 us in the same measurement.
+Bands of 8 rows split a 14 x 14 grid (224 px) in two, so DeiT-T's batch of 256 makes thousands of programs, and keep
+the halo (the K - 1 rows a band reads above and below it) a small part of what it reads. Columns go in blocks of up
+to 32 (the whole padded row on grids up to 32 wide), channels in blocks of up to 64.
 """
 from __future__ import annotations
 
-FORWARD_BLOCK_P = 32  # grid positions per program of the forward kernel
-DW_BLOCK_P = 64  # grid positions per program of the dw kernel
+ROWS = 8  # grid rows per program
 NUM_WARPS = 4
+
+
+def block_w(grid_w: int) -> int:
+    """Columns per program: the grid width padded to a power of two, at least 8 and at most 32."""
+    return min(32, max(8, 1 << (grid_w - 1).bit_length()))
 
 
 def block_c(channels: int) -> int:
