@@ -10,7 +10,8 @@ from dispatch_counting import CastCounter
 
 import vitzoo  # noqa: F401  (registers the models)
 import vitzoo.layers.kept as kept_module
-from vitzoo.layers.kept import KeptCastLinear, linear_with_product_bias_grad
+from vitzoo.layers.kept import KeptCastLinear, NarrowLinear, linear_with_product_bias_grad
+from vitzoo.layers.local_conv import GridDepthwiseConv
 from vitzoo.registry import DEIT_FAMILIES, FAMILIES
 
 AUTOCAST = dict(device_type="cpu", dtype=torch.bfloat16)
@@ -187,3 +188,48 @@ def test_captured_training_forward_takes_the_product_path_and_eager_does_not(mon
     assert torch.equal(eager, expected) and torch.equal(captured, expected)
     torch.testing.assert_close(kept.weight.grad, plain.weight.grad)
     torch.testing.assert_close(kept.bias.grad, plain.bias.grad, rtol=1e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_narrow_linear_is_nn_linear_in_float64(bias):
+    """Same outputs and gradients as nn.Linear (float64), returned as a strided view of the (outputs, rows) product."""
+    torch.manual_seed(1)
+    plain = nn.Linear(24, 3, bias=bias).double()
+    narrow = NarrowLinear(24, 3, bias=bias).double()
+    narrow.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 7, 24, dtype=torch.float64, requires_grad=True)
+    out = narrow(x)
+    assert out.shape == (2, 7, 3) and out.stride() == (7, 1, 14)
+    expected = plain(x)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, *narrow.parameters()], grad)
+    want = torch.autograd.grad(expected, [x, *plain.parameters()], grad)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_narrow_linear_keeps_its_casts_under_autocast():
+    torch.manual_seed(2)
+    plain = nn.Linear(24, 6).eval()
+    narrow = NarrowLinear(24, 6).eval()
+    narrow.load_state_dict(plain.state_dict())
+    x = torch.randn(3, 5, 24).to(torch.bfloat16)
+    expected, _ = _autocast_forward(plain, x)
+    _autocast_forward(narrow, x)
+    out, casts = _autocast_forward(narrow, x)
+    assert casts == 0 and out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), expected.float(), rtol=2e-2, atol=2e-2)  # bf16 sums in another order
+
+
+def test_grid_conv_keeps_its_tap_major_weight_until_the_weight_changes():
+    conv = GridDepthwiseConv(6, 3).eval()
+    with torch.no_grad():
+        first = conv.tap_major_weight()
+        assert conv.tap_major_weight() is first  # kept
+        assert first.stride(1) == 1 and torch.equal(first, conv.conv.weight.view(1, 6, 3, 3))
+        conv.conv.weight.mul_(2.0)
+        second = conv.tap_major_weight()
+    assert second is not first and torch.equal(second, conv.conv.weight.view(1, 6, 3, 3))
+    with torch.enable_grad():  # a forward that records the weight's gradient copies it every time
+        assert conv.tap_major_weight().requires_grad and conv.tap_major_weight() is not conv.tap_major_weight()

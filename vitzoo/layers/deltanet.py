@@ -21,7 +21,7 @@ from timm.layers import register_notrace_module
 
 from ..ops import delta_rule_bidirectional
 from .base import TokenMixer
-from .kept import KeptCastLinear
+from .kept import KeptCastLinear, NarrowLinear
 from .local_conv import GridDepthwiseConv
 from .norms import low_precision_rms_norm
 
@@ -52,7 +52,7 @@ class BidirectionalDeltaNet(TokenMixer):
         dd = {"device": device, "dtype": dtype}
         super().__init__(dim, num_heads, qkv_bias, qkv_features=3 * dim, **dd)
         self.conv = GridDepthwiseConv(3 * dim, conv_size, bias=False, **dd)
-        self.beta_proj = KeptCastLinear(dim, num_heads, bias=False, **dd)
+        self.beta_proj = NarrowLinear(dim, num_heads, bias=False, **dd)
         self.gate = KeptCastLinear(dim, dim, bias=False, **dd)
         self.norm_weight = nn.Parameter(torch.ones(self.head_dim, **dd))
         self.build_output(attn_drop, proj_drop, **dd)

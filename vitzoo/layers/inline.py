@@ -46,7 +46,7 @@ class LocalKernelPredictor(nn.Sequential):
 
     Keeps the released code's layers (an ``nn.Sequential`` of two grouped ``Conv1d`` and a GELU, so the state-dict
     keys match) and runs them as two batched matmuls: ``forward`` maps tokens (B, N, C) to kernels (B, C, k, k) in
-    the parameters' dtype.
+    the parameters' dtype, in channels-last layout.
     """
 
     def __init__(self, dim: int, groups: int, kernel_size: int, device=None, dtype=None) -> None:
@@ -67,7 +67,11 @@ class LocalKernelPredictor(nn.Sequential):
         with torch.autocast(x.device.type, enabled=False):
             mean = x.mean(dim=1, dtype=first.weight.dtype).view(b, first.groups, -1).transpose(0, 1)
             kernels = grouped_pointwise(second, act(grouped_pointwise(first, mean)))  # (G, B, C k^2 / G)
-        return kernels.transpose(0, 1).reshape(b, c, self.kernel_size, self.kernel_size)
+        # (G, B, C / G, k^2) -> (B, k, k, C) in one copy, returned as the (B, C, k, k) view: channels-last, the
+        # layout the local-conv kernel reads with one vector load per tap
+        k = self.kernel_size
+        tap_major = kernels.view(first.groups, b, -1, k * k).permute(1, 3, 0, 2).reshape(b, k, k, c)
+        return tap_major.permute(0, 3, 1, 2)
 
 
 # The autocast switch reads the input's device, which FX cannot trace: a leaf for timm's FX feature extraction.

@@ -1,9 +1,10 @@
 """Values a module computes from its parameters once and keeps between inference forwards, and the rule that says
 when a kept value is stale (:func:`kept_value_key`).
 
-Two kinds are kept: H3's SSM kernels and Toeplitz lags (``h3.py``), and 16-bit copies of fp32 parameters under
-autocast (:class:`KeepsAutocastCopies`), used by :class:`KeptCastLinear` (every Linear of the DeiT-shaped models)
-and by their patch embedding. The same Linear's path for CUDA-graph-captured training
+Three kinds are kept: H3's SSM kernels and Toeplitz lags (``h3.py``), the grid convolution's weight in the layout its
+kernel reads (``local_conv.py``), and 16-bit copies of fp32 parameters under autocast (:class:`KeepsAutocastCopies`),
+used by :class:`KeptCastLinear` (every Linear of the DeiT-shaped models; :class:`NarrowLinear` for those with a
+handful of outputs) and by their patch embedding. The same Linear's path for CUDA-graph-captured training
 (:func:`linear_with_product_bias_grad`) lives here too.
 """
 from __future__ import annotations
@@ -126,3 +127,23 @@ class KeptCastLinear(KeepsAutocastCopies, nn.Linear):
 # the forward branches on the grad, autocast and capture modes, which FX would bake in: a leaf for timm's feature
 # extraction
 register_notrace_module(KeptCastLinear)
+
+
+class NarrowLinear(KeptCastLinear):
+    """:class:`KeptCastLinear` for a handful of outputs (a gate or write strength per head): the product is taken as
+    W X^T, (outputs, rows), and returned as its transposed view (..., outputs).
+
+    ``F.linear`` writes (rows, outputs); rows of 3 or 6 16-bit outputs are too narrow for cuBLAS's aligned kernels and
+    it falls back to slow ones (on the H200, 25 us a call for DeltaNet-T's 3 outputs at batch 256, 17 us for ZeroS-T's
+    6). W X^T writes rows of B * N outputs (timed with ``do_bench``: 29 -> 13 us for 3 outputs, 21 -> 13 us for 6).
+    The same parameters, state_dict and sums; the callers read the view through its strides."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kept = self.autocast_copies(x, self.weight, self.bias)
+        weight, bias = kept if kept is not None else (self.weight, self.bias)
+        rows = x.reshape(-1, x.shape[-1]).t()
+        out = torch.mm(weight, rows) if bias is None else torch.addmm(bias[:, None], weight, rows)
+        return out.t().view(*x.shape[:-1], self.out_features)
+
+
+register_notrace_module(NarrowLinear)

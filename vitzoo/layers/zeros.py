@@ -21,7 +21,7 @@ from timm.layers import register_notrace_module
 
 from ..ops import linear_attention, zeros_weights
 from .base import TokenMixer
-from .kept import KeptCastLinear
+from .kept import KeptCastLinear, NarrowLinear
 from .norms import low_precision_layer_norm
 from .rope import axial_rope
 
@@ -82,7 +82,7 @@ class ZeroSAttention(TokenMixer):
         self.rope = rope
         self.rope_base = rope_base
         self.qkvu = KeptCastLinear(dim, 4 * dim, bias=qkv_bias, **dd)
-        self.gates = KeptCastLinear(dim, (3 if zero_order_gate else 2) * num_heads, **dd)
+        self.gates = NarrowLinear(dim, (3 if zero_order_gate else 2) * num_heads, **dd)
         # Prior mean of u per head and the log of its pseudo-count tau (both learnable, init 0 -> tau = 1).
         self.mu = nn.Parameter(torch.empty(num_heads, self.head_dim, **dd))
         self.log_tau = nn.Parameter(torch.empty(num_heads, **dd))

@@ -20,7 +20,8 @@ from .cases import HAS_CUDA, make_inputs, needs_cuda, needs_kernels, outputs_and
         (3, 20, (2, 5), 0, 3, False, False, False),  # no prefix, C over one channel block
         (1, 70, (5, 5), 2, 5, True, True, True),    # K = 5, two channel blocks, every option
         (1, 6, (9, 8), 1, 3, False, True, False),   # 9 rows: two bands of rows in both kernels
-        (2, 5, (10, 35), 1, 3, True, False, True),  # 35 columns: two column blocks; two bands
+        (2, 5, (10, 35), 1, 3, True, False, True),  # 35 columns: three column blocks
+        (1, 4, (18, 5), 1, 3, False, True, False),  # 18 rows: three bands of rows
     ],
 )
 def test_kernel_matches_reference(b, c, grid, prefix, k, per_image, with_bias, with_residual):
@@ -34,6 +35,23 @@ def test_kernel_matches_reference(b, c, grid, prefix, k, per_image, with_bias, w
     out, grads = outputs_and_grads(local_conv, tensors, grad, grid, prefix)
     ref_out, ref_grads = outputs_and_grads(local_conv_reference, ref_tensors, ref_grad, grid, prefix)
     assert out.dtype == torch.float32
+    assert_matches_reference(out, grads, ref_out, ref_grads, 1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("per_image", [False, True])
+def test_channels_last_weights_match_reference(per_image):
+    """Weights in the layout the layers pass (channels-last: taps outer, channels contiguous), forward and gradients
+    against float64."""
+    set_backend("triton")
+    device = "cuda" if HAS_CUDA else "cpu"
+    args = (2, 70, (5, 6), 1, 3, per_image, not per_image, per_image)
+    tensors, grad = make_inputs(*args, torch.float32, device, 5)
+    ref_tensors, ref_grad = make_inputs(*args, torch.float64, "cpu", 5)
+    tensors[1] = tensors[1].detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    assert tensors[1].stride(1) == 1
+    out, grads = outputs_and_grads(local_conv, tensors, grad, (5, 6), 1)
+    ref_out, ref_grads = outputs_and_grads(local_conv_reference, ref_tensors, ref_grad, (5, 6), 1)
     assert_matches_reference(out, grads, ref_out, ref_grads, 1e-5)
 
 

@@ -29,7 +29,8 @@ if triton_available():
         b, n, c = x.shape
         out = torch.empty((b, n, c), dtype=out_dtype, device=x.device)
         block_c, block_w = heuristics.block_c(c), heuristics.block_w(grid_w)
-        bands = cdiv(grid_h, heuristics.ROWS)
+        rows = heuristics.rows(grid_h)
+        bands = cdiv(grid_h, rows)
         res = residual if residual is not None else x
         sw = weight.stride()
         launcher(_local_conv_fwd_kernel, direct_launch)[(b * bands, cdiv(grid_w, block_w), cdiv(c, block_c))](
@@ -39,7 +40,7 @@ if triton_available():
             res.stride(0), res.stride(1), out.stride(0), out.stride(1),
             K=weight.shape[-1], HAS_BIAS=bias is not None,
             HAS_RESIDUAL=residual is not None and act != _ACT_SILU_BACKWARD, PREFIX=prefix_mode, ACT=act,
-            ROWS=heuristics.ROWS, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=heuristics.NUM_WARPS,
+            ROWS=rows, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=heuristics.NUM_WARPS,
         )
         return out
 
@@ -49,14 +50,13 @@ if triton_available():
     ) -> torch.Tensor:
         """Per-(image, tile) partial sums of dw, (B, tiles, K * K, C) in fp32."""
         b, _, c = x.shape
-        block_c, block_w = heuristics.block_c(c), heuristics.block_w(grid_w)
-        bands, column_blocks = cdiv(grid_h, heuristics.ROWS), cdiv(grid_w, block_w)
-        tiles = bands * column_blocks
+        tiles = cdiv(grid_h * grid_w, heuristics.DW_BLOCK_P)
+        block_c = heuristics.block_c(c)
         part = torch.empty((b, tiles, kernel_size * kernel_size, c), dtype=torch.float32, device=x.device)
-        launcher(_local_conv_dw_kernel, direct_launch)[(b * bands, column_blocks, cdiv(c, block_c))](
-            x, grad, part, c, grid_h, grid_w, num_prefix_tokens, bands, tiles,
+        launcher(_local_conv_dw_kernel, direct_launch)[(b, tiles, cdiv(c, block_c))](
+            x, grad, part, c, grid_h, grid_w, num_prefix_tokens, tiles,
             x.stride(0), x.stride(1), grad.stride(0), grad.stride(1),
-            K=kernel_size, ROWS=heuristics.ROWS, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=heuristics.NUM_WARPS,
+            K=kernel_size, BLOCK_P=heuristics.DW_BLOCK_P, BLOCK_C=block_c, num_warps=heuristics.DW_NUM_WARPS,
         )
         return part
 
@@ -127,7 +127,8 @@ def local_conv(
     Args:
         x: (B, N, C) tokens, N = num_prefix_tokens + H * W in row-major grid order; any strides.
         weight: (1, C, K, K) one kernel for the batch (an ``nn.Conv2d(C, C, K, groups=C)`` weight, viewed), or
-            (B, C, K, K) one per image; K odd, zero padding K // 2.
+            (B, C, K, K) one per image; K odd, zero padding K // 2. Any strides; channels-last ones (taps outer,
+            channels contiguous) are what the kernel reads fastest.
         grid_size: the patch grid (H, W).
         num_prefix_tokens: cls / register tokens in front of the patches.
         bias: optional (C,) added to the convolved patches.

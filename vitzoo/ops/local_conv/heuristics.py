@@ -1,19 +1,31 @@
-"""Launch shape of the local-convolution kernels: a band of grid rows by a block of columns by a block of channels
-per program, walked row by row.
+"""Launch shape of the local-convolution kernels.
 
-Bands of 8 rows split a 14 x 14 grid (224 px) in two, so DeiT-T's batch of 256 makes thousands of programs, and keep
-the halo (the K - 1 rows a band reads above and below it) a small part of what it reads. Columns go in blocks of up
-to 32 (the whole padded row on grids up to 32 wide), channels in blocks of up to 64.
+Forward (also dx and the SiLU gradient): a band of grid rows by 16 columns by up to 64 channels per program, 8 warps,
+walked row by row. On the H200 (bf16, channel-contiguous weights), DeltaNet-T's 576-channel SiLU convolution at batch
+256 on the 14 x 14 grid ran 95 us a call with the whole grid as one band, against 111 us in bands of 8 or 4 rows,
+121 us for the 32-position tiles this kernel replaced, and 197-272 us with 32 columns; on the 64 x 64 grid (1024 px,
+batch 16) bands of 8 rows ran 115 us against 124 us. InLine-T's 192-channel one (per-image kernels, with the
+residual) ran 48 us against 52 us. ``benchmarks/local_conv.py`` measures these shapes.
+
+dw: 64 grid positions by up to 64 channels per program, one row of partial sums per tap (the row-band form of it ran
+2-3x slower).
 """
 from __future__ import annotations
 
-ROWS = 8  # grid rows per program
-NUM_WARPS = 4
+MAX_BAND_ROWS = 16  # grids up to this many rows are one band; taller ones go in bands of 8
+NUM_WARPS = 8
+DW_BLOCK_P = 64  # grid positions per program of the dw kernel
+DW_NUM_WARPS = 4
+
+
+def rows(grid_h: int) -> int:
+    """Grid rows per forward program."""
+    return grid_h if grid_h <= MAX_BAND_ROWS else 8
 
 
 def block_w(grid_w: int) -> int:
-    """Columns per program: the grid width padded to a power of two, at least 8 and at most 32."""
-    return min(32, max(8, 1 << (grid_w - 1).bit_length()))
+    """Columns per forward program: the grid width padded to a power of two, at least 8 and at most 16."""
+    return min(16, max(8, 1 << (grid_w - 1).bit_length()))
 
 
 def block_c(channels: int) -> int:

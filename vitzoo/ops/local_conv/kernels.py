@@ -1,10 +1,12 @@
 """The Triton kernels of the local convolution: the fused forward (also the dx of the backward, with the kernel
 flipped) and the per-tile partial sums of dw.
 
-A program owns a band of ``ROWS`` grid rows, ``BLOCK_W`` columns and ``BLOCK_C`` channels and walks down its rows
-one at a time: each output row reads the K rows around it, which the rows before it have just read, so the K * K
-shifted loads of a tap are served from the cache and memory sees each input about once. The row index and its
-bounds are scalars; only the column shifts are masked per element.
+A forward program owns a band of ``ROWS`` grid rows, ``BLOCK_W`` columns and ``BLOCK_C`` channels and walks down its
+rows one at a time: each output row reads the K rows around it, which the rows before it have just read, so the
+K * K shifted loads are served from the cache; the row index and its bounds are scalars, only the column shifts are
+masked per element. The taps are read per row: with channel-contiguous weights (taps outer) that is K * K vector
+loads, where a (C, K, K) layout costs a scalar load per channel and tap. The dw program owns a tile of grid
+positions and writes one row of partial sums per tap.
 
 PREFIX: how the prefix tokens are written (0 zeros, 1 copied from x, 2 copied from the residual). ACT: 0 none,
 1 SiLU on the output, 2 the SiLU's backward: the output is the incoming gradient (read through the residual's
@@ -20,6 +22,16 @@ def _shifted_row(base, r, cols, offs_c, s_n, H, W, tile_mask, dj: tl.constexpr):
     ok = (r >= 0) & (r < H) & (cc >= 0) & (cc < W)
     ptrs = base + (r * W + cc)[:, None] * s_n + offs_c[None, :]
     return tl.load(ptrs, mask=ok[:, None] & tile_mask, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _shifted_tile(base, row, col, offs_c, s_n, H, W, valid, c_mask, di: tl.constexpr, dj: tl.constexpr):
+    # the (positions, channels) tile of the grid shifted by (di, dj), zero outside the grid
+    r = row + di
+    cc = col + dj
+    ok = valid & (r >= 0) & (r < H) & (cc >= 0) & (cc < W)
+    ptrs = base + (r * W + cc)[:, None] * s_n + offs_c[None, :]
+    return tl.load(ptrs, mask=ok[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -85,28 +97,24 @@ def _local_conv_fwd_kernel(
 @triton.jit
 def _local_conv_dw_kernel(
         x_ptr, g_ptr, part_ptr,
-        C, H, W, P, NUM_BANDS, NUM_TILES,
+        C, H, W, P, NUM_TILES,
         sx_b, sx_n, sg_b, sg_n,
-        K: tl.constexpr, ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+        K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    # partial dw of one (image, band of rows, block of columns):
-    # part[b, tile, i * K + j, c] = sum over the tile's positions p of g[p, c] x[p + (i - K // 2, j - K // 2), c]
-    bi = tl.program_id(0) // NUM_BANDS
-    band = tl.program_id(0) % NUM_BANDS
-    cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    # partial dw of one (image, tile of positions): part[b, tile, i * K + j, c] = sum_p g[p, c] x[p + (i, j), c]
+    bi = tl.program_id(0)
+    pid_p = tl.program_id(1)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = offs_c < C
-    in_cols = (cols < W)[:, None] & c_mask[None, :]
+    valid = offs_p < H * W
+    row = offs_p // W
+    col = offs_p % W
+    g = tl.load(g_ptr + bi * sg_b + (P + offs_p)[:, None] * sg_n + offs_c[None, :],
+                mask=valid[:, None] & c_mask[None, :], other=0.0).to(tl.float32)
     x_base = x_ptr + bi * sx_b + P * sx_n
-    g_base = g_ptr + bi * sg_b + P * sg_n
-    tile = band * tl.cdiv(W, BLOCK_W) + tl.program_id(1)
-    part_base = part_ptr + ((bi * NUM_TILES + tile) * K * K) * C + offs_c
+    part_base = part_ptr + ((bi * NUM_TILES + pid_p) * K * K) * C + offs_c
     for i in tl.static_range(K):
         for j in tl.static_range(K):
-            acc = tl.zeros((BLOCK_C,), dtype=tl.float32)
-            for step in range(ROWS):
-                r = band * ROWS + step
-                g = _shifted_row(g_base, r, cols, offs_c, sg_n, H, W, in_cols, 0)
-                xs = _shifted_row(x_base, r + (i - K // 2), cols, offs_c, sx_n, H, W, in_cols, j - K // 2)
-                acc += tl.sum(xs * g, axis=0)
-            tl.store(part_base + (i * K + j) * C, acc, mask=c_mask)
+            xs = _shifted_tile(x_base, row, col, offs_c, sx_n, H, W, valid, c_mask, i - K // 2, j - K // 2)
+            tl.store(part_base + (i * K + j) * C, tl.sum(xs * g, axis=0), mask=c_mask)
