@@ -7,7 +7,7 @@ and the attention output as residual. For each: the forward kernel at each (rows
 with the weight as (C, K, K) per image ('native') and channels-last (taps outer, channels contiguous, what the
 layers pass), and the dw kernel with its partial-sum reduction (shared-kernel shapes). Device time is
 ``triton.testing.do_bench``'s median; the bytes floor is one read of the inputs and one write of the output at the
-given bandwidth.
+GPU's memory bandwidth.
 
     python benchmarks/local_conv.py --out benchmarks/results/local_conv/h200.json
 """
@@ -35,6 +35,7 @@ SHAPES = {  # name: (batch, grid side, channels, SiLU, per-image kernels with a 
     "deltanet_1024": (16, 64, 576, True, False),
     "inline_1024": (16, 64, 192, False, True),
 }
+BANDWIDTH_TBS = {"H100": 3.35, "H200": 4.8}  # HBM bandwidth of the SXM parts, TB/s
 LAUNCHES = [(8, 16, 64, 4), (8, 16, 64, 8), (14, 16, 64, 8), (4, 16, 64, 8), (8, 16, 32, 4), (8, 32, 64, 8)]
 
 
@@ -74,8 +75,13 @@ def dw_us(x, grad, grid: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--bandwidth-tbs", type=float, default=4.8, help="for the bytes floor (H200: 4.8)")
+    parser.add_argument("--bandwidth-tbs", type=float,
+                        help="memory bandwidth for the bytes floor (default: the GPU's, for H100 and H200)")
     args = parser.parse_args()
+    name = torch.cuda.get_device_name()
+    bandwidth = args.bandwidth_tbs or next((tbs for gpu, tbs in BANDWIDTH_TBS.items() if gpu in name), None)
+    if bandwidth is None:
+        parser.error(f"no bandwidth known for {name}: pass --bandwidth-tbs")
     torch.manual_seed(0)
     rows = []
     for name, (b, grid, c, act, per_image) in SHAPES.items():
@@ -83,7 +89,7 @@ def main() -> None:
         weight = torch.randn(b if per_image else 1, c, 3, 3, device="cuda",
                              dtype=torch.bfloat16 if per_image else torch.float32)
         residual = torch.randn_like(x) if per_image else None
-        floor = (3 if per_image else 2) * x.numel() * x.element_size() / (args.bandwidth_tbs * 1e12) * 1e6
+        floor = (3 if per_image else 2) * x.numel() * x.element_size() / (bandwidth * 1e12) * 1e6
         reference = None
         for layout in ("channels_last", "native"):
             w = weight.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else weight
@@ -103,7 +109,8 @@ def main() -> None:
             us = dw_us(x, torch.randn_like(x), grid)
             rows.append(dict(shape=name, kernel="dw", us=round(us, 1)))
             print(f"{name:14s} dw + sum: {us:7.1f} us", flush=True)
-    info = dict(environment(torch.device("cuda")), command=" ".join(["python"] + sys.argv), git_revision=git_revision())
+    info = dict(environment(torch.device("cuda")), command=" ".join(["python"] + sys.argv), git_revision=git_revision(),
+                bandwidth_tbs=bandwidth)
     write_json(args.out, {"info": info, "rows": rows})
 
 

@@ -167,7 +167,10 @@ def test_captured_training_forward_takes_the_product_path_and_eager_does_not(mon
         with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
             out = layer(x)
         out.backward(grad)
-        return out
+        # detached: an output that kept its autograd graph alive would keep the parameters' AccumulateGrad nodes from
+        # this (default-stream) step, and the captured backward would then make the default stream wait on the
+        # capture ("operation would make the legacy stream depend on a capturing blocking stream", seen on an H100)
+        return out.detach()
 
     eager = step(kept)
     assert calls == []

@@ -135,7 +135,8 @@ class NarrowLinear(KeptCastLinear):
 
     ``F.linear`` writes (rows, outputs); rows of 3 or 6 16-bit outputs are too narrow for cuBLAS's aligned kernels and
     it falls back to slow ones (on the H200, 25 us a call for DeltaNet-T's 3 outputs at batch 256, 17 us for ZeroS-T's
-    6). W X^T writes rows of B * N outputs (timed with ``do_bench``: 29 -> 13 us for 3 outputs, 21 -> 13 us for 6).
+    6). W X^T writes rows of B * N outputs (``do_bench``: 29 -> 13 us for 3 outputs, 21 -> 13 us for 6). With a bias
+    it takes one more launch (ZeroS-T: 176 -> 188 launches per eager forward on an H100).
     The same parameters, state_dict and sums; the callers read the view through its strides."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
