@@ -160,13 +160,15 @@ def shell_kernels() -> list[tuple]:
         entries += [(f"{label} fwd", norm._norm_fwd_kernel, dict(meta, SAVE_STATS=True), norm_h.num_warps(width),
                      fp32),
                     (f"{label} bwd", norm._norm_bwd_kernel, meta, norm_h.num_warps(width), fp32)]
-    conv_meta = dict(K=3, ROWS=conv_h.ROWS, BLOCK_W=conv_h.block_w(14), BLOCK_C=conv_h.block_c(576))
+    # DeltaNet-T's convolution at 224 px: a 14 x 14 grid, 576 channels
+    conv_fwd = dict(K=3, ROWS=conv_h.rows(14), BLOCK_W=conv_h.block_w(14), BLOCK_C=conv_h.block_c(576))
     for act in (0, 1):
         entries.append((f"local conv 576 act {act}", conv._local_conv_fwd_kernel,
-                        dict(conv_meta, HAS_BIAS=False, HAS_RESIDUAL=False, PREFIX=1,
-                             ACT=act), conv_h.NUM_WARPS, {"w_ptr", "bias_ptr"}))
-    entries.append(("local conv 576 dw", conv._local_conv_dw_kernel, conv_meta,
-                    conv_h.NUM_WARPS, {"part_ptr"}))
+                        dict(conv_fwd, HAS_BIAS=False, HAS_RESIDUAL=False, PREFIX=1, ACT=act), conv_h.NUM_WARPS,
+                        {"w_ptr", "bias_ptr"}))
+    entries.append(("local conv 576 dw", conv._local_conv_dw_kernel,
+                    dict(K=3, BLOCK_P=conv_h.DW_BLOCK_P, BLOCK_C=conv_h.block_c(576)), conv_h.DW_NUM_WARPS,
+                    {"part_ptr"}))
     # H3-T: bf16 q, k, v of head dim 64, fp32 lags
     toep_meta = dict(DK=64, DV=64, BLOCK_DK=toep_h.block_d(64), BLOCK_DV=toep_h.block_d(64), BLOCK_T=toep_h.BLOCK_T,
                      BLOCK_S=toep_h.BLOCK_S, PREC="native")
