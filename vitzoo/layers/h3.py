@@ -28,7 +28,7 @@ from timm.layers import register_notrace_module
 
 from ..ops import ssm_kernels
 from .base import TokenMixer
-from .kept import kept_value_key
+from .kept import KeepsValue, kept_value_key
 from .local_conv import GridDepthwiseConv
 from .long_conv import gated_long_conv, toeplitz_lags, uses_toeplitz
 
@@ -36,7 +36,7 @@ SSM_OPTIM = {"weight_decay": 0.0, "lr": 1e-3}  # per-parameter hint; lr is an up
 _DT_RANGE = (1e-3, 1e-1)
 
 
-class DiagonalSSMKernel(nn.Module):
+class DiagonalSSMKernel(KeepsValue, nn.Module):
     """Two S4D-Lin diagonal SSM convolution kernels per head (forward and flipped direction), ZOH-discretised.
 
     Per direction and head, with d_state/2 complex modes (their conjugates make the kernel real):
@@ -66,7 +66,6 @@ class DiagonalSSMKernel(nn.Module):
         self.A_imag = nn.Parameter(torch.empty(2, num_heads, modes, **dd))
         self.B = nn.Parameter(torch.empty(2, num_heads, modes, 2, **dd))
         self.C = nn.Parameter(torch.empty(2, num_heads, modes, 2, **dd))
-        self._cached: tuple[tuple, tuple[torch.Tensor, torch.Tensor]] | None = None  # see forward
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -82,10 +81,6 @@ class DiagonalSSMKernel(nn.Module):
         for name in self.optim_param_names:
             getattr(self, name)._optim = dict(SSM_OPTIM)
 
-    def train(self, mode: bool = True) -> DiagonalSSMKernel:
-        self._cached = None  # see kept_value_key: a fused optimizer's updates leave the version counters as they were
-        return super().train(mode)
-
     def forward(self, length: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """The forward and flipped-direction kernels, each (H, length), in ``dtype`` (fp32 or fp64).
 
@@ -93,12 +88,7 @@ class DiagonalSSMKernel(nn.Module):
         no gradient is recorded (and outside torch.compile and tracing) they are kept until a parameter changes (its
         version counter or storage) or another length, dtype or device is asked for.
         """
-        key = kept_value_key(tuple(self.parameters()), length, dtype)
-        if key is None:
-            return self.kernels(length, dtype)
-        if self._cached is None or self._cached[0] != key:
-            self._cached = (key, self.kernels(length, dtype))
-        return self._cached[1]
+        return self.kept(kept_value_key(tuple(self.parameters()), length, dtype), lambda: self.kernels(length, dtype))
 
     def kernels(self, length: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """The forward and flipped-direction kernels computed from the parameters (what :meth:`forward` caches), by
@@ -108,7 +98,7 @@ class DiagonalSSMKernel(nn.Module):
         return kernels[0], kernels[1]
 
 
-class BidirectionalH3(TokenMixer):
+class BidirectionalH3(KeepsValue, TokenMixer):
     """Non-causal H3 token mixer: (B, N, C) -> (B, N, C).
 
     ``qkv`` (C -> 3C, with bias), ``k_conv`` (3x3 depthwise on the patch grid, prefix tokens unconvolved),
@@ -149,7 +139,6 @@ class BidirectionalH3(TokenMixer):
         self.k_conv = GridDepthwiseConv(dim, kernel_size=3, **dd)
         self.ssm = DiagonalSSMKernel(num_heads, d_state, **dd)
         self.D = nn.Parameter(torch.empty(num_heads, **dd))
-        self._kept_lags: tuple[tuple, torch.Tensor] | None = None  # see mix
         self.build_output(attn_drop, proj_drop, **dd)
         self.init_weights()
 
@@ -158,10 +147,6 @@ class BidirectionalH3(TokenMixer):
         self.k_conv.conv.reset_parameters()
         self.ssm.reset_parameters()
         nn.init.normal_(self.D)
-
-    def train(self, mode: bool = True) -> BidirectionalH3:
-        self._kept_lags = None  # see kept_value_key: fused optimizers leave the version counters as they were
-        return super().train(mode)
 
     def no_weight_decay(self) -> set[str]:
         """Names (relative to the mixer) of the SSM parameters that take no weight decay."""
@@ -182,11 +167,10 @@ class BidirectionalH3(TokenMixer):
         lags = None
         if uses_toeplitz(q, k, v):
             # the Toeplitz lags depend on the parameters only: kept between inference forwards, like the kernels
+            # (none where a gradient is recorded: the op then builds them in the graph)
             key = kept_value_key((*self.ssm.parameters(), self.D), num_tokens, acc)
             if key is not None:
-                if self._kept_lags is None or self._kept_lags[0] != key:
-                    self._kept_lags = (key, toeplitz_lags(kernel_fwd, kernel_bwd, skip))
-                lags = self._kept_lags[1]
+                lags = self.kept(key, lambda: toeplitz_lags(kernel_fwd, kernel_bwd, skip))
         out = gated_long_conv(q, k, v, kernel_fwd, kernel_bwd, skip=skip, lags=lags)
         # In the projections' dtype (the FFT path returns fp32), which ``proj`` takes as it is, also under autocast.
         return out.transpose(1, 2).reshape(batch, num_tokens, dim).to(v.dtype)

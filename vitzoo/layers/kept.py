@@ -1,18 +1,23 @@
 """Values a module computes from its parameters once and keeps between inference forwards, and the rule that says
 when a kept value is stale (:func:`kept_value_key`).
 
-Three kinds are kept: H3's SSM kernels and Toeplitz lags (``h3.py``), the grid convolution's weight in the layout its
-kernel reads (``local_conv.py``), and 16-bit copies of fp32 parameters under autocast (:class:`KeepsAutocastCopies`),
-used by :class:`KeptCastLinear` (every Linear of the DeiT-shaped models; :class:`NarrowLinear` for those with a
-handful of outputs) and by their patch embedding. The same Linear's path for CUDA-graph-captured training
-(:func:`linear_with_product_bias_grad`) lives here too.
+:class:`KeepsValue` keeps one such value per module. Three kinds are kept: H3's SSM kernels and Toeplitz lags
+(``h3.py``), the grid convolution's weight in the layout its kernel reads (``local_conv.py``), and 16-bit copies of
+fp32 parameters under autocast (:class:`KeepsAutocastCopies`), used by :class:`KeptCastLinear` (every Linear of the
+DeiT-shaped models; :class:`NarrowLinear` for those with a handful of outputs) and by their patch embedding. The
+same Linear's path for CUDA-graph-captured training (:func:`linear_with_product_bias_grad`) lives here too.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_module
+
+T = TypeVar("T")
 
 
 def kept_value_key(params: tuple[torch.Tensor, ...], *extra) -> tuple | None:
@@ -35,7 +40,30 @@ def kept_value_key(params: tuple[torch.Tensor, ...], *extra) -> tuple | None:
     return (*extra, params[0].device, tuple((p._version, p.data_ptr()) for p in params))
 
 
-class KeepsAutocastCopies:
+class KeepsValue:
+    """Mixin for a module that computes one value from its parameters and keeps it between forwards.
+
+    :meth:`kept` returns the value kept under ``key`` (from :func:`kept_value_key`), computing it again when the key
+    changes; a None key keeps nothing. ``train()`` and ``eval()`` drop the value: a fused optimizer's updates leave
+    the version counters as they were.
+    """
+
+    _kept: tuple[tuple, Any] | None = None
+
+    def train(self, mode: bool = True) -> KeepsValue:
+        self._kept = None
+        return super().train(mode)
+
+    def kept(self, key: tuple | None, compute: Callable[[], T]) -> T:
+        """``compute()``, or the value it gave under the same ``key``."""
+        if key is None:
+            return compute()
+        if self._kept is None or self._kept[0] != key:
+            self._kept = (key, compute())
+        return self._kept[1]
+
+
+class KeepsAutocastCopies(KeepsValue):
     """Mixin for a module whose forward multiplies by fp32 parameters under autocast: in eval mode, without gradients,
     :meth:`autocast_copies` gives the parameters cast to the autocast dtype, cast once and kept between forwards.
 
@@ -46,12 +74,6 @@ class KeepsAutocastCopies:
     CUDA-graph capture (a captured graph must read the fp32 parameters, which later updates change in place) get None
     and take the plain path. The copies cost the parameters' 16-bit size and are dropped by ``train()`` / ``eval()``.
     """
-
-    _kept: tuple[tuple, tuple[torch.Tensor | None, ...]] | None = None
-
-    def train(self, mode: bool = True) -> KeepsAutocastCopies:
-        self._kept = None  # see kept_value_key: a fused optimizer's updates leave the version counters as they were
-        return super().train(mode)
 
     def autocast_copies(self, x: torch.Tensor, *params: torch.Tensor | None) -> tuple[torch.Tensor | None, ...] | None:
         """``params`` (fp32; None entries stay None) in the autocast dtype of ``x``'s device, or None where the plain
@@ -66,10 +88,12 @@ class KeepsAutocastCopies:
         key = kept_value_key(tuple(p for p in params if p is not None), dtype)
         if key is None:
             return None
-        if self._kept is None or self._kept[0] != key:
+
+        def cast() -> tuple[torch.Tensor | None, ...]:
             with torch.no_grad():
-                self._kept = (key, tuple(None if p is None else p.to(dtype) for p in params))
-        return self._kept[1]
+                return tuple(None if p is None else p.to(dtype) for p in params)
+
+        return self.kept(key, cast)
 
 
 class _ProductBiasGradLinear(torch.autograd.Function):

@@ -5,10 +5,10 @@ import torch
 import torch.nn as nn
 
 from ..ops import local_conv
-from .kept import kept_value_key
+from .kept import KeepsValue, kept_value_key
 
 
-class GridDepthwiseConv(nn.Module):
+class GridDepthwiseConv(KeepsValue, nn.Module):
     """Centred depthwise conv over the patch grid of a (B, N, C) token sequence.
 
     Prefix (cls / register) tokens pass through unchanged: they have no place on the grid. This is the
@@ -30,25 +30,13 @@ class GridDepthwiseConv(nn.Module):
             dim, dim, kernel_size, padding=kernel_size // 2, groups=dim, bias=bias, device=device, dtype=dtype
         )
 
-    _kept: tuple[tuple, torch.Tensor] | None = None
-
-    def train(self, mode: bool = True) -> GridDepthwiseConv:
-        self._kept = None  # see kept_value_key: fused optimizers leave the version counter as it was
-        return super().train(mode)
-
     def tap_major_weight(self) -> torch.Tensor:
         """The weight as (1, C, k, k) in channels-last layout (taps outer, channels contiguous), the layout the
         kernel reads with one vector load per tap; kept between forwards while the weight is unchanged
         (:func:`.kept.kept_value_key`), copied on every forward that records its gradient."""
         weight = self.conv.weight
-        key = kept_value_key((weight,))
-        if key is not None and self._kept is not None and self._kept[0] == key:
-            return self._kept[1]
-        tap_major = weight.view(1, self.conv.out_channels, *self.conv.kernel_size).contiguous(
-            memory_format=torch.channels_last)
-        if key is not None:
-            self._kept = (key, tap_major)
-        return tap_major
+        return self.kept(kept_value_key((weight,)), lambda: weight.view(
+            1, self.conv.out_channels, *self.conv.kernel_size).contiguous(memory_format=torch.channels_last))
 
     def forward(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int,
                 activation: str | None = None) -> torch.Tensor:
