@@ -91,6 +91,7 @@ def delta_rule_kernels(chunk: int, d: int) -> list[tuple]:
          launch.wy_num_warps, 3),
         ("states", dr_kernels._delta_rule_states_kernel, dict(base, BV=min(d, 64)), launch.num_warps, 3),
         ("output", dr_kernels._delta_rule_output_kernel, dict(both, BV=d), launch.num_warps, 3),
+        ("scan_output", dr_kernels._delta_rule_scan_output_kernel, dict(both, BV=min(d, 64)), launch.num_warps, 3),
         ("dstates", dr_kernels._delta_rule_dstates_kernel, dict(both, BV=min(d, 64)), launch.num_warps, 3),
         ("grads", dr_kernels._delta_rule_grads_kernel, dict(both, BV=d), launch.grads_num_warps, 3),
     ]

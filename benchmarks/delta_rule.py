@@ -66,6 +66,12 @@ def ours_bidirectional(q, k, v, beta):
     return dr.delta_rule_triton(q, k, v, beta, qk_l2norm=True, directions="both")
 
 
+def ours_training_forward(q, k, v, beta):
+    """Our bidirectional forward as training runs it: the WY, states and output kernels, writing W, U, T, the states
+    and V' for the backward (inference runs the recurrence and the output as one kernel and writes none of them)."""
+    return _delta_rule_fwd(q, k, v, beta, q.shape[-1] ** -0.5, True, 0, 2, True, direct_launch=True)[0]
+
+
 class _Launched(torch.autograd.Function):
     """Our bidirectional op (L2 norm fused, scale d^-1/2) with its host launches called under explicit settings:
     the library's eager path (direct launches inside an autograd function), so variants time like the op."""
@@ -236,7 +242,8 @@ def main() -> int:
         "note": "ours = bidirectional (both scan directions, one launch); fla = chunk_delta_rule, causal, one "
                 "direction, use_qk_l2norm_in_kernel=True; torch = delta_rule_bidirectional_reference (chunked). "
                 "Median ms of triton.testing.do_bench (eager); *_graph_ms: CUDA-graph replay (device time). "
-                "fwd under no_grad; fwd+bwd with all four input grads. "
+                "fwd under no_grad (the inference path); ours_training_fwd: the forward that writes what the "
+                "backward reads, also under no_grad; fwd+bwd with all four input grads. "
                 "Variant columns: our op with other launch settings (the fields changed in 'variants'), checked "
                 "against float64 before timing.",
         "variants": {name: changed_settings(VARIANTS[name]) for name in args.variants},
@@ -292,6 +299,8 @@ def main() -> int:
                 continue
             row[f"{name}_fwd_graph_ms"] = time_ms(fn, inputs, backward=False, graph=True)
             row[f"{name}_fwdbwd_graph_ms"] = time_ms(fn, inputs, backward=True, graph=True)
+        row["ours_training_fwd_ms"] = time_ms(ours_training_forward, inputs, backward=False)
+        row["ours_training_fwd_graph_ms"] = time_ms(ours_training_forward, inputs, backward=False, graph=True)
         for name, fn in ours_runs.items():
             row[f"{name}_kernels_ms"] = kernel_times(fn, inputs)
         for kind in ("fwd", "fwdbwd"):

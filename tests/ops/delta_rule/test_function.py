@@ -12,6 +12,7 @@ from vitzoo.ops.delta_rule import (
     delta_rule_bidirectional_reference,
     delta_rule_recurrent_reference,
     delta_rule_triton,
+    l2_normalize,
 )
 from vitzoo.ops.testing import relative_error
 
@@ -66,6 +67,30 @@ def test_interp_one_direction_and_no_l2norm(directions):
     assert relative_error(out, ref) < 1e-5
     for got, want in zip(inputs, leaves, strict=True):
         assert relative_error(got.grad, want.grad) < 1e-5
+
+
+@needs_interpreter
+@pytest.mark.parametrize("directions", ["both", "forward", "reverse"])
+@pytest.mark.parametrize("n,dv", [(7, 16), (65, 72), (197, 24)])
+def test_interp_inference_pass_matches_recurrent_reference(n, dv, directions):
+    """Inputs that need no gradient take the inference path: the recurrence and the output in one kernel, nothing
+    saved. dv=72 runs two value blocks (the second partial); n=65 and 197 end on a partial chunk, which the reversed
+    scan meets first; q, k, v are strided views into NaN-filled buffers."""
+    from vitzoo.ops.delta_rule.function import _delta_rule_fwd
+
+    q, k, v, beta = make_inputs(2, n, 2, 16, dv=dv, seed=n + dv)
+    if directions == "both":
+        ref = bidirectional_recurrent(q, k, v, beta)
+    else:
+        qn, kn = l2_normalize(q), l2_normalize(k)
+        ref = delta_rule_recurrent_reference(qn, kn, v, beta, reverse=directions == "reverse")
+    inputs = [poisoned_view(t.float(), pad=3) for t in (q, k, v)] + [beta.float()]
+    out = delta_rule_triton(*inputs, directions=directions)
+    assert out.dtype == torch.float32 and not out.isnan().any()
+    assert relative_error(out, ref) < 1e-5
+    first_dir, num_dirs = {"both": (0, 2), "forward": (0, 1), "reverse": (1, 1)}[directions]
+    o, *saved = _delta_rule_fwd(*inputs, 16 ** -0.5, True, first_dir, num_dirs, False, direct_launch=True)
+    assert torch.equal(o, out) and all(t.numel() == 0 for t in saved)
 
 
 @needs_interpreter

@@ -24,6 +24,7 @@ if triton_available():
         _delta_rule_dstates_kernel,
         _delta_rule_grads_kernel,
         _delta_rule_output_kernel,
+        _delta_rule_scan_output_kernel,
         _delta_rule_states_kernel,
         _delta_rule_wy_kernel,
     )
@@ -33,7 +34,8 @@ if triton_available():
             scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, store: bool, direct_launch: bool = False,
             launch: LaunchSettings | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(o, W, U, states, V', T); the last five are what the backward needs (T only with ``store``).
+        """(o, W, U, states, V', T); the last five are what the backward needs, returned with ``store`` (empty
+        without it: inference runs the recurrence and the output as one kernel and keeps nothing).
 
         ``direct_launch``: launch the Triton kernels themselves rather than through ``wrap_triton`` (eager callers).
         ``launch``: the launch settings; by default :data:`.heuristics.DEFAULT_LAUNCH` (the benchmarks pass others)."""
@@ -42,19 +44,31 @@ if triton_available():
         dv = v.shape[-1]
         chunk = chunk_size(n, launch)
         nt = cdiv(n, chunk)
-        bk, bv, bv_seq = block_sizes(dk, dv, b * h * num_dirs, q.device, launch)
+        # the recurrences' grid has a program per value block and sequence, and per direction only in training
+        bk, bv, bv_seq = block_sizes(dk, dv, b * h * (num_dirs if store else 1), q.device, launch)
         work = dict(device=q.device, dtype=q.dtype)
         w = torch.empty(num_dirs, b * h, n, dk, **work)
         u = torch.empty(num_dirs, b * h, n, dv, **work)
-        new_v = torch.empty(num_dirs, b * h, n, dv, **work)
-        states = torch.empty(num_dirs, b * h, nt, dk, dv, **work)
-        shape_t = (num_dirs, b * h, nt, chunk, chunk) if store else (0,)
-        t_invs = torch.empty(shape_t, **work)
         o = torch.empty(b, n, h, dv, device=q.device, dtype=v.dtype)
         common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, L2NORM=qk_l2norm, DOT_MODE=dot_mode(q.dtype))
+        if not store:
+            empty = torch.empty(0, **work)
+            launcher(_delta_rule_wy_kernel, direct_launch)[(nt, b * h)](
+                k, v, beta, w, u, empty, *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv,
+                LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=False,
+                num_warps=launch.wy_num_warps, **common,
+            )
+            launcher(_delta_rule_scan_output_kernel, direct_launch)[(cdiv(dv, bv_seq), b * h)](
+                q, k, w, u, o, *_strides(q), *_strides(k), *_strides(o), n, h, dk, dv, scale,
+                BV=bv_seq, NUM_DIRS=num_dirs, num_warps=launch.num_warps, **common,
+            )
+            return o, empty, empty.clone(), empty.clone(), empty.clone(), empty.clone()
+        new_v = torch.empty(num_dirs, b * h, n, dv, **work)
+        states = torch.empty(num_dirs, b * h, nt, dk, dv, **work)
+        t_invs = torch.empty(num_dirs, b * h, nt, chunk, chunk, **work)
         launcher(_delta_rule_wy_kernel, direct_launch)[(nt, b * h)](
             k, v, beta, w, u, t_invs, *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv,
-            LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=store,
+            LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=True,
             num_warps=launch.wy_num_warps, **common,
         )
         launcher(_delta_rule_states_kernel, direct_launch)[(cdiv(dv, bv_seq), b * h, num_dirs)](

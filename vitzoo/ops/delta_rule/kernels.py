@@ -12,6 +12,9 @@ Per direction and chunk (S: the state entering the chunk in that direction's ord
   _delta_rule_wy_kernel:      A = strict(diag(beta) K K^T), T = (I + A)^-1, W = T diag(beta) K, U = T diag(beta) V
   _delta_rule_states_kernel:  V' = U - W S, S_next = S + K^T V'
   _delta_rule_output_kernel:  O = scale (Q S + causal(Q K^T) V'), averaged over the directions
+Inference (nothing saved for a backward) runs the last two as one pass, no states or V' written:
+  _delta_rule_scan_output_kernel: per chunk in scan order V' = U - W S, O += scale (Q S + causal(Q K^T) V'),
+                                  S_next = S + K^T V'
 Backward: the state gradients in reverse scan order, then every input gradient chunk-parallel:
   _delta_rule_dstates_kernel: dV' = scale causal(Q K^T)^T dO + K dS_next, dS = dS_next + scale Q^T dO - W^T dV'
   _delta_rule_grads_kernel:   dQ, dK, dV, dbeta from the saved W, U, S, V', T^T and the state gradients
@@ -298,6 +301,54 @@ def _delta_rule_output_kernel(
     o = o * (_fp32(scale) / NUM_DIRS)
     rows = o_ptr + i_b * sob + i_h * soh + tok[:, None] * son + offs_v[None, :]
     tl.store(rows, o.to(o_ptr.dtype.element_ty), mask=_rows_mask(valid, offs_v, DV))
+
+
+@triton.jit(do_not_specialize=["N"])
+def _delta_rule_scan_output_kernel(
+        q_ptr, k_ptr, w_ptr, u_ptr, o_ptr, sqb, sqn, sqh, skb, skn, skh, sob, son, soh,
+        N, H, DK: tl.constexpr, DV: tl.constexpr, scale,
+        BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+        FIRST_DIR: tl.constexpr, NUM_DIRS: tl.constexpr, L2NORM: tl.constexpr, DOT_MODE: tl.constexpr,
+):
+    """The forward recurrence and the output in one pass, for inference: the states and V' stay in registers
+    (the training path writes both and reads them back: at head dim 64 and chunks of 32, 384 values per token and
+    head each way, against the 192 of q, k and v); grid (value blocks, B*H).
+
+    A program runs the directions one after the other. The first one's share of O is held in o itself (its dtype)
+    until the second adds its own: the same rounding as averaging two 16-bit scans."""
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    nt = tl.cdiv(N, BT)
+    offs_k = tl.arange(0, BK)
+    offs_v = i_v * BV + tl.arange(0, BV)
+    s = _fp32(scale) / NUM_DIRS
+    for i_d in tl.static_range(NUM_DIRS):
+        rev = FIRST_DIR + i_d
+        causal = _scan_masks(BT, rev)[1]
+        seq = _direction_row(i_d, i_bh)
+        state = tl.zeros([BK, BV], dtype=tl.float32)
+        if i_d > 0:
+            tl.debug_barrier()  # the first direction's stores to o before any thread reads them back
+        for j in range(nt):
+            c = j + rev * (nt - 1 - 2 * j)
+            tok, valid = _chunk_tokens(c, N, BT)
+            mask_v = _rows_mask(valid, offs_v, DV)
+            q, _ = _load_normalized(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK, L2NORM)
+            k, _ = _load_normalized(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK, L2NORM)
+            q = _narrow(q, DOT_MODE)
+            k = _narrow(k, DOT_MODE)
+            w = tl.load(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), mask=_rows_mask(valid, offs_k, DK),
+                        other=0.0)
+            u = tl.load(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=mask_v, other=0.0)
+            state_op = _narrow(state, DOT_MODE)
+            new_v = _narrow(u.to(tl.float32) - _dot(w, state_op, DOT_MODE), DOT_MODE)
+            qk = _narrow(tl.where(causal, _dot(q, tl.trans(k), DOT_MODE), 0.0), DOT_MODE)
+            o = s * (_dot(q, state_op, DOT_MODE) + _dot(qk, new_v, DOT_MODE))
+            rows = o_ptr + i_b * sob + i_h * soh + tok[:, None] * son + offs_v[None, :]
+            if i_d > 0:
+                o += tl.load(rows, mask=mask_v, other=0.0).to(tl.float32)
+            tl.store(rows, o.to(o_ptr.dtype.element_ty), mask=mask_v)
+            state += _dot(tl.trans(k), new_v, DOT_MODE)
 
 
 @triton.jit(do_not_specialize=["N"])
