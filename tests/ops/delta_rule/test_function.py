@@ -70,14 +70,21 @@ def test_interp_one_direction_and_no_l2norm(directions):
 
 
 @needs_interpreter
+@pytest.mark.parametrize("one_pass", [True, False], ids=["one_pass", "three_kernels"])
 @pytest.mark.parametrize("directions", ["both", "forward", "reverse"])
 @pytest.mark.parametrize("n,dv", [(7, 16), (65, 72), (197, 24)])
-def test_interp_inference_pass_matches_recurrent_reference(n, dv, directions):
-    """Inputs that need no gradient take the inference path: the recurrence and the output in one kernel, nothing
-    saved. dv=72 runs two value blocks (the second partial); n=65 and 197 end on a partial chunk, which the reversed
-    scan meets first; q, k, v are strided views into NaN-filled buffers."""
+def test_interp_inference_matches_recurrent_reference(n, dv, directions, one_pass, monkeypatch):
+    """Inputs that need no gradient take the inference path, which saves nothing: the recurrence and the output in
+    one kernel while the sequences fill the GPU (on the interpreter: always), else the training forward's three
+    kernels (forced here by a GPU of 10^6 multiprocessors). dv=72 runs two value blocks (the second partial);
+    n=65 and 197 end on a partial chunk, which the reversed scan meets first; q, k, v are strided views into
+    NaN-filled buffers."""
+    from vitzoo.ops.delta_rule import heuristics
     from vitzoo.ops.delta_rule.function import _delta_rule_fwd
 
+    if not one_pass:
+        monkeypatch.setattr(heuristics, "_programs_to_fill", lambda device: 10 ** 6)
+    assert heuristics.one_pass_inference(2 * 2, dv, torch.device("cpu")) == one_pass
     q, k, v, beta = make_inputs(2, n, 2, 16, dv=dv, seed=n + dv)
     if directions == "both":
         ref = bidirectional_recurrent(q, k, v, beta)

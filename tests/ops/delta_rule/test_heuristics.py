@@ -29,8 +29,20 @@ def test_recurrences_split_the_value_dim_only_to_give_every_sm_a_program(monkeyp
     assert heuristics.block_sizes(64, 128, 192, gpu, LaunchSettings(seq_bv_max=128)) == (64, 128, 128)
 
 
+def test_inference_runs_one_pass_only_while_its_sequences_give_every_sm_a_program(monkeypatch):
+    monkeypatch.setattr(heuristics, "multiprocessor_count", lambda device: 132)
+    gpu = torch.device("cuda", 0)
+    assert heuristics.one_pass_inference(768, 64, gpu)  # DeltaNet-T at 224 px: batch 256 x 3 heads
+    assert heuristics.one_pass_inference(147, 64, gpu)  # at 512 px: batch 49
+    assert not heuristics.one_pass_inference(36, 64, gpu)  # at 1024 px: batch 12
+    assert heuristics.one_pass_inference(66, 128, gpu)  # two value blocks per sequence
+    assert not heuristics.one_pass_inference(66, 128, gpu, LaunchSettings(seq_bv_max=128))
+
+
 def test_chunk_is_the_settings_chunk_or_the_next_power_of_two_of_a_shorter_sequence():
     assert [heuristics.chunk_size(n) for n in (1, 17, 32, 197)] == [16, 32, 32, 32]
+    assert [heuristics.chunk_size(n, one_pass=True) for n in (1, 17, 197)] == [16, 16, 16]
+    assert heuristics.chunk_size(197, LaunchSettings(inference_chunk=32), one_pass=True) == 32
     assert [heuristics.chunk_size(n, LaunchSettings(chunk=64)) for n in (1, 17, 33, 197)] == [16, 32, 64, 64]
     assert heuristics.chunk_size(197, LaunchSettings(chunk=16)) == 16
 
@@ -38,7 +50,8 @@ def test_chunk_is_the_settings_chunk_or_the_next_power_of_two_of_a_shorter_seque
 def test_settings_are_frozen_and_checked():
     with pytest.raises(dataclasses.FrozenInstanceError):
         DEFAULT_LAUNCH.chunk = 64
-    for bad in (dict(chunk=24), dict(chunk=8), dict(seq_bv_max=48), dict(seq_bv_min=8), dict(num_warps=3)):
+    for bad in (dict(chunk=24), dict(chunk=8), dict(seq_bv_max=48), dict(seq_bv_min=8), dict(num_warps=3),
+                dict(inference_chunk=12)):
         with pytest.raises(ValueError, match="LaunchSettings"):
             LaunchSettings(**bad)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..utils import cdiv, check_kernel_qkv, kernel_backend, launcher, triton_available
-from .heuristics import DEFAULT_LAUNCH, LaunchSettings, block_sizes, chunk_size, dot_mode
+from .heuristics import DEFAULT_LAUNCH, LaunchSettings, block_sizes, chunk_size, dot_mode, one_pass_inference
 from .reference import check_inputs, delta_rule_bidirectional_reference
 
 _DIRECTIONS = {"both": (0, 2), "forward": (0, 1), "reverse": (1, 1)}  # (first direction, number of directions)
@@ -34,27 +34,28 @@ if triton_available():
             scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, store: bool, direct_launch: bool = False,
             launch: LaunchSettings | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(o, W, U, states, V', T); the last five are what the backward needs, returned with ``store`` (empty
-        without it: inference runs the recurrence and the output as one kernel and keeps nothing).
+        """(o, W, U, states, V', T); the last five are what the backward needs, returned with ``store``. Without it
+        inference keeps nothing: the five are empty, and with enough sequences (``heuristics.one_pass_inference``)
+        the recurrence and the output run as one kernel.
 
         ``direct_launch``: launch the Triton kernels themselves rather than through ``wrap_triton`` (eager callers).
         ``launch``: the launch settings; by default :data:`.heuristics.DEFAULT_LAUNCH` (the benchmarks pass others)."""
         launch = DEFAULT_LAUNCH if launch is None else launch
         b, n, h, dk = q.shape
         dv = v.shape[-1]
-        chunk = chunk_size(n, launch)
+        one_pass = not store and one_pass_inference(b * h, dv, q.device, launch)
+        chunk = chunk_size(n, launch, one_pass)
         nt = cdiv(n, chunk)
-        # the recurrences' grid has a program per value block and sequence, and per direction only in training
-        bk, bv, bv_seq = block_sizes(dk, dv, b * h * (num_dirs if store else 1), q.device, launch)
+        # the one-pass grid has a program per sequence and value block, the states kernel's also per direction
+        bk, bv, bv_seq = block_sizes(dk, dv, b * h * (1 if one_pass else num_dirs), q.device, launch)
         work = dict(device=q.device, dtype=q.dtype)
         w = torch.empty(num_dirs, b * h, n, dk, **work)
         u = torch.empty(num_dirs, b * h, n, dv, **work)
         o = torch.empty(b, n, h, dv, device=q.device, dtype=v.dtype)
         common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, L2NORM=qk_l2norm, DOT_MODE=dot_mode(q.dtype))
-        if not store:
-            empty = torch.empty(0, **work)
+        if one_pass:
             launcher(_delta_rule_wy_kernel, direct_launch)[(nt, b * h)](
-                k, v, beta, w, u, empty, *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv,
+                k, v, beta, w, u, torch.empty(0, **work), *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv,
                 LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=False,
                 num_warps=launch.wy_num_warps, **common,
             )
@@ -62,13 +63,13 @@ if triton_available():
                 q, k, w, u, o, *_strides(q), *_strides(k), *_strides(o), n, h, dk, dv, scale,
                 BV=bv_seq, NUM_DIRS=num_dirs, num_warps=launch.num_warps, **common,
             )
-            return o, empty, empty.clone(), empty.clone(), empty.clone(), empty.clone()
+            return o, *(torch.empty(0, **work) for _ in range(5))
         new_v = torch.empty(num_dirs, b * h, n, dv, **work)
         states = torch.empty(num_dirs, b * h, nt, dk, dv, **work)
-        t_invs = torch.empty(num_dirs, b * h, nt, chunk, chunk, **work)
+        t_invs = torch.empty(num_dirs, b * h, nt, chunk, chunk, **work) if store else torch.empty(0, **work)
         launcher(_delta_rule_wy_kernel, direct_launch)[(nt, b * h)](
             k, v, beta, w, u, t_invs, *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv,
-            LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=True,
+            LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=store,
             num_warps=launch.wy_num_warps, **common,
         )
         launcher(_delta_rule_states_kernel, direct_launch)[(cdiv(dv, bv_seq), b * h, num_dirs)](
@@ -78,6 +79,8 @@ if triton_available():
             q, k, states, new_v, o, *_strides(q), *_strides(k), *_strides(o), n, h, dk, dv, scale,
             BV=bv, NUM_DIRS=num_dirs, num_warps=launch.num_warps, **common,
         )
+        if not store:
+            return o, *(torch.empty(0, **work) for _ in range(5))
         return o, w, u, states, new_v, t_invs
 
     def _delta_rule_bwd(

@@ -37,6 +37,7 @@ class LaunchSettings:
         seq_bv_max: the recurrences' value block (a power of two >= 16) while every multiprocessor has a program.
         seq_bv_min: while multiprocessors would idle, the recurrences halve their value block as long as it is
             wider than this (at least 16).
+        inference_chunk: tokens per chunk of the one-pass inference kernel (a power of two >= 16).
     """
 
     chunk: int = 32
@@ -48,10 +49,12 @@ class LaunchSettings:
     # at N=3137, 192 sequences, the unsplit recurrences took fwd+bwd from 1.232 to 1.192 ms; at N=12545, 48
     # sequences, blocks of 32 beat 64, 1.581 vs 1.646 ms, and 16).
     seq_bv_min: int = 32
+    # H100, DeltaNet-T's B=256, N=197, H=3: 0.135 ms a forward with chunks of 16, 0.176 with 32, 0.865 with 64
+    inference_chunk: int = 16
 
     def __post_init__(self) -> None:
         # tl.arange and tl.dot need power-of-two tiles of at least 16; Triton, a power-of-two warp count
-        for name in ("chunk", "seq_bv_max"):
+        for name in ("chunk", "seq_bv_max", "inference_chunk"):
             value = getattr(self, name)
             if value < 16 or not _is_power_of_2(value):
                 raise ValueError(f"LaunchSettings.{name} must be a power of two >= 16, got {value}")
@@ -65,9 +68,18 @@ class LaunchSettings:
 DEFAULT_LAUNCH = LaunchSettings()
 
 
-def chunk_size(n: int, launch: LaunchSettings = DEFAULT_LAUNCH) -> int:
-    """Tokens per chunk for a sequence of ``n`` tokens."""
-    return min(launch.chunk, padded(n))
+def chunk_size(n: int, launch: LaunchSettings = DEFAULT_LAUNCH, one_pass: bool = False) -> int:
+    """Tokens per chunk for a sequence of ``n`` tokens (``one_pass``: in the one-pass inference kernel)."""
+    return min(launch.inference_chunk if one_pass else launch.chunk, padded(n))
+
+
+def one_pass_inference(num_seqs: int, dv: int, device: torch.device, launch: LaunchSettings = DEFAULT_LAUNCH) -> bool:
+    """Whether inference runs the recurrence and the output as one kernel: only while its programs, one per
+    (batch, head) sequence and value block of ``seq_bv_max``, give every multiprocessor one. Its directions run one
+    after the other in a program, so with fewer sequences the states kernel's (direction, sequence) programs and
+    the chunk-parallel output kernel finish first (H100, H=3, d=64, one pass against the three-kernel
+    forward that also saves T: 0.386 against 0.264 ms at B=12, N=4097; 0.216 against 0.236 at B=49, N=1025)."""
+    return num_seqs * cdiv(dv, launch.seq_bv_max) >= _programs_to_fill(device)
 
 
 def _programs_to_fill(device: torch.device) -> int:
