@@ -7,6 +7,9 @@ fla runs ONE causal direction (its ``chunk_delta_rule`` with the L2 norm fused);
 and the script exits non-zero.
 
     python benchmarks/delta_rule.py [--out benchmarks/results/delta_rule/h200.json]
+
+The run also times the inference forward at DeltaNet-T's own shapes (``inference``: H=3, the comparison's batches
+at 224 / 512 / 1024 px) under launch settings that change it; ``--inference-only`` times just that.
 """
 from __future__ import annotations
 
@@ -41,6 +44,18 @@ VARIANTS: dict[str, LaunchSettings] = {
     "wy_w4": LaunchSettings(wy_num_warps=4),
 }
 HEADS, HEAD_DIM = 6, 64
+# The inference forward (no gradients: what a model's evaluation runs) at DeltaNet-T's layers, 3 heads of 64 as views
+# of one fused qkv, at 224 / 512 / 1024 px with the side-by-side comparison's batches (B, N), under the defaults and
+# these settings, beside the training forward.
+INFERENCE_SHAPES = [(256, 197), (49, 1025), (12, 4097)]
+INFERENCE_HEADS = 3
+INFERENCE_VARIANTS: dict[str, LaunchSettings] = {
+    "chunk32": LaunchSettings(inference_chunk=32),
+    "chunk64": LaunchSettings(inference_chunk=64),
+    "warps2": LaunchSettings(num_warps=2),
+    "warps8": LaunchSettings(num_warps=8),
+    "one_pass_always": LaunchSettings(one_pass_fill=0),
+}
 CHECK_TOL = 2e-2  # relative L2 error between two bf16 implementations of the same scan
 
 
@@ -104,6 +119,36 @@ def ours_launched(launch: LaunchSettings) -> Callable[..., torch.Tensor]:
         return _delta_rule_fwd(q, k, v, beta, q.shape[-1] ** -0.5, True, 0, 2, False, direct_launch=True,
                                launch=launch)[0]
     return fn
+
+
+def inference_rows() -> list[dict]:
+    """The inference forward under the defaults and each of INFERENCE_VARIANTS, and the training forward (which
+    writes what the backward reads), at INFERENCE_SHAPES: CUDA-graph median ms, and the relative error of each
+    output against the float64 reference on its first two images."""
+    import triton
+
+    rows = []
+    for b, n in INFERENCE_SHAPES:
+        g = torch.Generator(device="cuda").manual_seed(n)
+        qkv = torch.randn(b, n, 3, INFERENCE_HEADS, HEAD_DIM, generator=g, device="cuda", dtype=torch.bfloat16)
+        q, k, v = qkv.unbind(2)
+        beta = torch.sigmoid(torch.randn(b, n, INFERENCE_HEADS, generator=g, device="cuda")).bfloat16()
+        ref = dr.delta_rule_bidirectional_reference(*(t[:2].double() for t in (q, k, v, beta)))
+        row: dict = {"B": b, "N": n, "H": INFERENCE_HEADS,
+                     "one_pass": dr.heuristics.one_pass_inference(b * INFERENCE_HEADS, HEAD_DIM, q.device)}
+        runs = {"default": (DEFAULT_LAUNCH, False)}
+        runs |= {name: (launch, False) for name, launch in INFERENCE_VARIANTS.items()}
+        runs["training_fwd"] = (DEFAULT_LAUNCH, True)
+        for name, (launch, store) in runs.items():
+            def forward(launch=launch, store=store, inputs=(q, k, v, beta)):
+                return _delta_rule_fwd(*inputs, HEAD_DIM ** -0.5, True, 0, 2, store, direct_launch=True,
+                                       launch=launch)[0]
+            error = relative_error(forward()[:2], ref)
+            ms = triton.testing.do_bench_cudagraph(forward, rep=100, return_mode="median")
+            row[name] = {"ms": round(ms, 4), "rel_err": float(f"{error:.2e}")}
+            print(f"inference B={b} N={n} {name}: {row[name]}", flush=True)
+        rows.append(row)
+    return rows
 
 
 def changed_settings(launch: LaunchSettings) -> dict[str, int]:
@@ -217,6 +262,15 @@ def versions() -> dict[str, str]:
     }
 
 
+def provenance() -> dict[str, str]:
+    """Versions, date, command and the checkout's git revision (when it is a git checkout)."""
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.abspath(__file__)))
+    return {**versions(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+            "git_revision": git.stdout.strip() if git.returncode == 0 else "unknown"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/delta_rule/h200.json")
@@ -224,8 +278,15 @@ def main() -> int:
     parser.add_argument("--variants", nargs="*", choices=sorted(VARIANTS), default=sorted(VARIANTS),
                         help="launch variants to check and time besides the default (default: all; none: just ours)")
     parser.add_argument("--check-variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--inference-only", action="store_true",
+                        help="time only the inference forward at DeltaNet-T's shapes (no fla, no backward)")
     args = parser.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
+    if args.inference_only:
+        variants = {name: changed_settings(launch) for name, launch in INFERENCE_VARIANTS.items()}
+        _write(args.out, {**provenance(), "dtype": "bfloat16", "head_dim": HEAD_DIM, "inference_variants": variants,
+                          "inference": inference_rows()})
+        return 0
     if args.check_variant:  # child mode: print the variant's errors against float64 as one JSON line
         try:
             fn = ours_launched(VARIANTS[args.check_variant])
@@ -235,9 +296,7 @@ def main() -> int:
         print(json.dumps(errors))
         return 0
     result = {
-        **versions(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
+        **provenance(),
         "heads": HEADS, "head_dim": HEAD_DIM, "dtype": "bfloat16",
         "note": "ours = bidirectional (both scan directions, one launch); fla = chunk_delta_rule, causal, one "
                 "direction, use_qk_l2norm_in_kernel=True; torch = delta_rule_bidirectional_reference (chunked). "
@@ -317,6 +376,10 @@ def main() -> int:
         print({k: (round(x, 4) if isinstance(x, float) else x) for k, x in row.items()}, flush=True)
         del inputs
         torch.cuda.empty_cache()
+
+    result["inference_variants"] = {name: changed_settings(launch) for name, launch in INFERENCE_VARIANTS.items()}
+    result["inference"] = inference_rows()
+    _write(args.out, result)
 
     print(f"\n{result['gpu']}  torch {result['torch']}  triton {result['triton']}  fla {result['fla']}  bf16 H=6 d=64")
     head = f"{'N':>6} {'B':>4} | {'ours fwd':>9} {'fla fwd':>8} {'ratio':>6} | "

@@ -37,6 +37,8 @@ def test_inference_runs_one_pass_only_while_its_sequences_give_every_sm_a_progra
     assert not heuristics.one_pass_inference(36, 64, gpu)  # at 1024 px: batch 12
     assert heuristics.one_pass_inference(66, 128, gpu)  # two value blocks per sequence
     assert not heuristics.one_pass_inference(66, 128, gpu, LaunchSettings(seq_bv_max=128))
+    assert heuristics.one_pass_inference(36, 64, gpu, LaunchSettings(one_pass_fill=0))
+    assert not heuristics.one_pass_inference(147, 64, gpu, LaunchSettings(one_pass_fill=2))
 
 
 def test_chunk_is_the_settings_chunk_or_the_next_power_of_two_of_a_shorter_sequence():
@@ -51,7 +53,7 @@ def test_settings_are_frozen_and_checked():
     with pytest.raises(dataclasses.FrozenInstanceError):
         DEFAULT_LAUNCH.chunk = 64
     for bad in (dict(chunk=24), dict(chunk=8), dict(seq_bv_max=48), dict(seq_bv_min=8), dict(num_warps=3),
-                dict(inference_chunk=12)):
+                dict(inference_chunk=12), dict(one_pass_fill=-1)):
         with pytest.raises(ValueError, match="LaunchSettings"):
             LaunchSettings(**bad)
 

@@ -38,6 +38,8 @@ class LaunchSettings:
         seq_bv_min: while multiprocessors would idle, the recurrences halve their value block as long as it is
             wider than this (at least 16).
         inference_chunk: tokens per chunk of the one-pass inference kernel (a power of two >= 16).
+        one_pass_fill: inference runs the one-pass kernel while its programs number at least this many per
+            multiprocessor (see :func:`one_pass_inference`; 0: always).
     """
 
     chunk: int = 32
@@ -49,8 +51,8 @@ class LaunchSettings:
     # at N=3137, 192 sequences, the unsplit recurrences took fwd+bwd from 1.232 to 1.192 ms; at N=12545, 48
     # sequences, blocks of 32 beat 64, 1.581 vs 1.646 ms, and 16).
     seq_bv_min: int = 32
-    # H100, DeltaNet-T's B=256, N=197, H=3: 0.135 ms a forward with chunks of 16, 0.176 with 32, 0.865 with 64
-    inference_chunk: int = 16
+    inference_chunk: int = 16  # DeltaNet-T at 224 px: see benchmarks/delta_rule.py --inference-only
+    one_pass_fill: float = 1.0
 
     def __post_init__(self) -> None:
         # tl.arange and tl.dot need power-of-two tiles of at least 16; Triton, a power-of-two warp count
@@ -58,6 +60,8 @@ class LaunchSettings:
             value = getattr(self, name)
             if value < 16 or not _is_power_of_2(value):
                 raise ValueError(f"LaunchSettings.{name} must be a power of two >= 16, got {value}")
+        if not self.one_pass_fill >= 0:
+            raise ValueError(f"LaunchSettings.one_pass_fill must be >= 0, got {self.one_pass_fill}")
         if self.seq_bv_min < 16:
             raise ValueError(f"LaunchSettings.seq_bv_min must be at least 16, got {self.seq_bv_min}")
         for name in ("num_warps", "wy_num_warps", "grads_num_warps"):
@@ -74,12 +78,11 @@ def chunk_size(n: int, launch: LaunchSettings = DEFAULT_LAUNCH, one_pass: bool =
 
 
 def one_pass_inference(num_seqs: int, dv: int, device: torch.device, launch: LaunchSettings = DEFAULT_LAUNCH) -> bool:
-    """Whether inference runs the recurrence and the output as one kernel: only while its programs, one per
-    (batch, head) sequence and value block of ``seq_bv_max``, give every multiprocessor one. Its directions run one
-    after the other in a program, so with fewer sequences the states kernel's (direction, sequence) programs and
-    the chunk-parallel output kernel finish first (H100, H=3, d=64, one pass against the three-kernel
-    forward that also saves T: 0.386 against 0.264 ms at B=12, N=4097; 0.216 against 0.236 at B=49, N=1025)."""
-    return num_seqs * cdiv(dv, launch.seq_bv_max) >= _programs_to_fill(device)
+    """Whether inference runs the recurrence and the output as one kernel: while its programs, one per (batch, head)
+    sequence and value block of ``seq_bv_max``, number ``launch.one_pass_fill`` per multiprocessor. Its directions
+    run one after the other in a program, so with fewer sequences the states kernel's (direction, sequence) programs
+    and the chunk-parallel output kernel finish first (``benchmarks/delta_rule.py --inference-only``)."""
+    return num_seqs * cdiv(dv, launch.seq_bv_max) >= launch.one_pass_fill * _programs_to_fill(device)
 
 
 def _programs_to_fill(device: torch.device) -> int:
