@@ -263,12 +263,19 @@ def versions() -> dict[str, str]:
 
 
 def provenance() -> dict[str, str]:
-    """Versions, date, command and the checkout's git revision (when it is a git checkout)."""
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         cwd=os.path.dirname(os.path.abspath(__file__)))
+    """Versions, date, command and the checkout's git revision ("+changes" when the tree differs from it; "unknown"
+    outside a git checkout)."""
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__)))
+
+    head, status = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    if head.returncode != 0:
+        revision = "unknown"
+    else:
+        revision = head.stdout.strip() + ("+changes" if status.stdout.strip() else "")
     return {**versions(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join([os.path.basename(sys.executable)] + sys.argv),
-            "git_revision": git.stdout.strip() if git.returncode == 0 else "unknown"}
+            "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "git_revision": revision}
 
 
 def main() -> int:
