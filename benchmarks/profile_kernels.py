@@ -14,8 +14,10 @@ and off one at a time (what each costs).
 ``ncu``: runs each kernel of interest once after warm-up between ``cudaProfilerStart``/``Stop``, for
 ``ncu --profile-from-start off``.
 
-    python benchmarks/profile_kernels.py probes --out benchmarks/results/profile_probes/h200.json
-    python benchmarks/profile_kernels.py configs --out benchmarks/results/profile_configs/h200.json
+    python benchmarks/profile_kernels.py probes --out benchmarks/results/profile_kernels/h200.json
+    python benchmarks/profile_kernels.py configs --out benchmarks/results/profile_kernels/h200.json
+
+Each mode writes its own section (``probes`` or ``configs``) of the results file and keeps the other.
     ncu --clock-control none --profile-from-start off --set full python benchmarks/profile_kernels.py ncu
 """
 from __future__ import annotations
@@ -162,9 +164,7 @@ def probes(out: str) -> None:
                 print(f"N={n:>6} {name:>22} {ms:.4f} ms  {ms / floor:.2f}x floor", flush=True)
         rows.append(row)
     stats = _compiled_stats()
-    info = _run_info(bandwidth)
-    with open(out, "w") as f:
-        json.dump({"info": info, "results": rows, "compiled": stats}, f, indent=2)
+    _write_section(out, "probes", {"info": _run_info(bandwidth), "results": rows, "compiled": stats})
     for name, s in stats.items():
         print(name, s)
 
@@ -205,9 +205,20 @@ def configs(out: str) -> None:
             print(f"N={n:>6} {name:>20} fwd {fwd_ms:.4f} ms ({fwd_ms / floor:.2f}x) fwd+bwd {fwd_bwd_ms:.4f} ms "
                   f"({fwd_bwd_ms / row['floor_fwdbwd_ms']:.2f}x)", flush=True)
         rows.append(row)
-    info = _run_info(bandwidth)
-    with open(out, "w") as f:
-        json.dump({"info": info, "results": rows}, f, indent=2)
+    _write_section(out, "configs", {"info": _run_info(bandwidth), "results": rows})
+
+
+def _write_section(out: str, mode: str, section: dict) -> None:
+    """Replace ``mode``'s section of the results file at ``out`` (atomically), keeping the other modes'."""
+    data = {}
+    if os.path.isfile(out):
+        with open(out) as f:
+            data = json.load(f)
+    data[mode] = section
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out + ".tmp", "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(out + ".tmp", out)
 
 
 def ncu_workload() -> None:
@@ -239,7 +250,7 @@ def ncu_workload() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=("probes", "configs", "ncu"))
-    parser.add_argument("--out", default="benchmarks/results/profile_probes/h200.json")
+    parser.add_argument("--out", default="benchmarks/results/profile_kernels/h200.json")
     args = parser.parse_args()
     torch.manual_seed(0)
     if args.mode == "probes":

@@ -221,21 +221,26 @@ def main(argv: list[str] | None = None) -> None:
     summary = summarize(seed_rows)
     write_csv(args.out / "summary.csv", summary, SUMMARY_COLUMNS)
 
-    bench_files = []
+    # one benchmark per model shape (their model kwargs differ), the rows gathered into bench.csv
+    bench_parts = []
     for shape, families in (("deit", [f for f in args.families if f != "qtvit"]),
                             ("qtvit", [f for f in args.families if f == "qtvit"])):
         if not families:
             continue
-        bench_files.append(args.out / ("bench.csv" if shape == "deit" else f"bench_{shape}.csv"))
+        bench_parts.append(args.out / f"bench.{shape}.part.csv")
         bench_args = ["--models", *(fashion_mnist_zoo.MODELS[f] for f in families), "--img-sizes", "28",
-                      "--model-kwargs", *BENCH_KWARGS[shape], "--results-file", str(bench_files[-1]), "--no-progress"]
+                      "--model-kwargs", *BENCH_KWARGS[shape], "--results-file", str(bench_parts[-1]), "--no-progress"]
         if args.quick:
             bench_args += ["--batch-size", "8", "--num-warm-iter", "1", "--num-bench-iter", "3", "--latency-iters",
                            "3"]
         elif torch.cuda.is_available():
             bench_args += ["--batch-size", str(GPU_BENCH_BATCH)]
         bench.main(bench_args)
-    plot_args = ["--bench", *map(str, bench_files), "--results", str(args.out / "summary.csv"), "--no-published",
+    bench_rows = read_csvs(bench_parts)
+    write_csv(args.out / "bench.csv", bench_rows, list(bench_rows[0]))
+    for part in bench_parts:
+        part.unlink()
+    plot_args = ["--bench", str(args.out / "bench.csv"), "--results", str(args.out / "summary.csv"), "--no-published",
                  "--reference", "softmax",
                  "--out", str(args.out / "plots")]
     if importlib.util.find_spec("matplotlib") is None:  # plot later where matplotlib is

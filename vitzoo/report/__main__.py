@@ -40,7 +40,7 @@ def render(root: Path) -> dict[Path, str]:
     docs_text = replace_between_markers(docs_text, speed_report.MARKERS,
                                         speed_report.to_markdown(speed_report.load(root / COMPARE)))
     docs_text = replace_between_markers(docs_text, fashion_mnist.STUDY_MARKERS, fashion_mnist.study_table(
-        root / STUDY / "summary.csv", [root / STUDY / "bench.csv", root / STUDY / "bench_qtvit.csv"]))
+        root / STUDY / "summary.csv", [root / STUDY / "bench.csv"]))
     docs_text = replace_between_markers(docs_text, speed_report.COMPILE_MARKERS,
                                         speed_report.compile_table(speed_report.load(root / COMPILE)))
     docs_text = replace_between_markers(docs_text, fashion_mnist.IMAGENET_SHAPE_MARKERS,
@@ -64,7 +64,7 @@ def plot(root: Path) -> list[Path]:
     written += fashion_mnist.imagenet_shape_plot(fashion_imagenet,
                                                  fashion_imagenet.with_name("h200_top1_vs_throughput.png"))
     study = root / STUDY
-    written += pareto.save_plots([study / "bench.csv", study / "bench_qtvit.csv"], [study / "summary.csv"],
+    written += pareto.save_plots([study / "bench.csv"], [study / "summary.csv"],
                                  {"top1_vs_throughput": study / "plots" / "top1_vs_throughput.png"},
                                  use_published=False, reference="softmax")
     return written
