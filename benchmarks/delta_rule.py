@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vitzoo.ops import delta_rule as dr  # noqa: E402
-from vitzoo.ops.delta_rule.function import _delta_rule_bwd, _delta_rule_fwd  # noqa: E402
+from vitzoo.ops.delta_rule.function import _delta_rule_bwd, _delta_rule_fwd, _delta_rule_infer  # noqa: E402
 from vitzoo.ops.delta_rule.heuristics import DEFAULT_LAUNCH, LaunchSettings  # noqa: E402
 from vitzoo.ops.testing import relative_error  # noqa: E402
 
@@ -84,7 +84,7 @@ def ours_bidirectional(q, k, v, beta):
 def ours_training_forward(q, k, v, beta):
     """Our bidirectional forward as training runs it: the WY, states and output kernels, writing W, U, T, the states
     and V' for the backward (inference runs the recurrence and the output as one kernel and writes none of them)."""
-    return _delta_rule_fwd(q, k, v, beta, q.shape[-1] ** -0.5, True, 0, 2, True, direct_launch=True)[0]
+    return _delta_rule_fwd(q, k, v, beta, q.shape[-1] ** -0.5, True, 0, 2, direct_launch=True)[0]
 
 
 class _Launched(torch.autograd.Function):
@@ -93,7 +93,7 @@ class _Launched(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, beta, launch: LaunchSettings):
-        o, *saved = _delta_rule_fwd(q, k, v, beta, q.shape[-1] ** -0.5, True, 0, 2, True, direct_launch=True,
+        o, *saved = _delta_rule_fwd(q, k, v, beta, q.shape[-1] ** -0.5, True, 0, 2, direct_launch=True,
                                     launch=launch)
         ctx.save_for_backward(q, k, v, beta, *saved)
         ctx.launch = launch
@@ -116,8 +116,7 @@ def ours_launched(launch: LaunchSettings) -> Callable[..., torch.Tensor]:
     def fn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, beta)):
             return _Launched.apply(q, k, v, beta, launch)
-        return _delta_rule_fwd(q, k, v, beta, q.shape[-1] ** -0.5, True, 0, 2, False, direct_launch=True,
-                               launch=launch)[0]
+        return _delta_rule_infer(q, k, v, beta, q.shape[-1] ** -0.5, True, 0, 2, direct_launch=True, launch=launch)
     return fn
 
 
@@ -141,8 +140,9 @@ def inference_rows() -> list[dict]:
         runs["training_fwd"] = (DEFAULT_LAUNCH, True)
         for name, (launch, store) in runs.items():
             def forward(launch=launch, store=store, inputs=(q, k, v, beta)):
-                return _delta_rule_fwd(*inputs, HEAD_DIM ** -0.5, True, 0, 2, store, direct_launch=True,
-                                       launch=launch)[0]
+                run = _delta_rule_fwd if store else _delta_rule_infer
+                out = run(*inputs, HEAD_DIM ** -0.5, True, 0, 2, direct_launch=True, launch=launch)
+                return out[0] if store else out
             error = relative_error(forward()[:2], ref)
             ms = triton.testing.do_bench_cudagraph(forward, rep=100, return_mode="median")
             row[name] = {"ms": round(ms, 4), "rel_err": float(f"{error:.2e}")}

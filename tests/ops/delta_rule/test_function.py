@@ -74,13 +74,13 @@ def test_interp_one_direction_and_no_l2norm(directions):
 @pytest.mark.parametrize("directions", ["both", "forward", "reverse"])
 @pytest.mark.parametrize("n,dv", [(7, 16), (65, 72), (197, 24)])
 def test_interp_inference_matches_recurrent_reference(n, dv, directions, one_pass, monkeypatch):
-    """Inputs that need no gradient take the inference path, which saves nothing: the recurrence and the output in
+    """Inputs that need no gradient take the inference forward, which keeps nothing: the recurrence and the output in
     one kernel while the sequences fill the GPU (on the interpreter: always), else the training forward's three
     kernels (forced here by a GPU of 10^6 multiprocessors). dv=72 runs two value blocks (the second partial);
     n=65 and 197 end on a partial chunk, which the reversed scan meets first; q, k, v are strided views into
     NaN-filled buffers."""
     from vitzoo.ops.delta_rule import heuristics
-    from vitzoo.ops.delta_rule.function import _delta_rule_fwd
+    from vitzoo.ops.delta_rule.function import _delta_rule_infer
 
     if not one_pass:
         monkeypatch.setattr(heuristics, "_programs_to_fill", lambda device: 10 ** 6)
@@ -96,8 +96,7 @@ def test_interp_inference_matches_recurrent_reference(n, dv, directions, one_pas
     assert out.dtype == torch.float32 and not out.isnan().any()
     assert relative_error(out, ref) < 1e-5
     first_dir, num_dirs = {"both": (0, 2), "forward": (0, 1), "reverse": (1, 1)}[directions]
-    o, *saved = _delta_rule_fwd(*inputs, 16 ** -0.5, True, first_dir, num_dirs, False, direct_launch=True)
-    assert torch.equal(o, out) and all(t.numel() == 0 for t in saved)
+    assert torch.equal(_delta_rule_infer(*inputs, 16 ** -0.5, True, first_dir, num_dirs, direct_launch=True), out)
 
 
 @needs_interpreter
@@ -191,3 +190,22 @@ def test_gpu_torch_compile():
         outs.append([loss] + [t.grad for t in inputs])
     for eager, compiled in zip(*outs, strict=True):
         assert relative_error(compiled, eager) < 1e-3
+
+
+@needs_cuda
+@pytest.mark.parametrize("b", [4, 64], ids=["three_kernels", "one_pass"])
+def test_gpu_torch_compile_inference(b):
+    """The inference forward under torch.compile(fullgraph=True) (its own custom op) against eager: batch 4 x 6
+    heads leaves SMs idle (three kernels without T), batch 64 fills them (one pass)."""
+    from vitzoo.ops.delta_rule import heuristics
+
+    q, k, v, beta = make_inputs(b, 197, 6, 64, device="cuda", dtype=torch.bfloat16, seed=b)
+    assert heuristics.one_pass_inference(b * 6, 64, q.device) == (b == 64)
+
+    def block(q, k, v, beta):
+        return delta_rule_bidirectional(q, k, v, beta).float().square().mean(-1)
+
+    with torch.no_grad():
+        eager = block(q, k, v, beta)
+        compiled = torch.compile(block, fullgraph=True)(q, k, v, beta)
+    assert relative_error(compiled, eager) < 1e-3

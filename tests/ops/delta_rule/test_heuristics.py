@@ -80,7 +80,7 @@ def test_interp_other_launch_settings_match_the_float64_reference(launch, chunk,
 
     inputs = [t.float() for t in (q, k, v, beta)]
     scale = d ** -0.5
-    o, *saved = _delta_rule_fwd(*inputs, scale, True, 0, 2, True, direct_launch=True, launch=launch)
+    o, *saved = _delta_rule_fwd(*inputs, scale, True, 0, 2, direct_launch=True, launch=launch)
     assert saved[-1].shape[-1] == chunk  # T per chunk, saved for the backward
     grads = _delta_rule_bwd(*inputs, grad.float(), *saved, scale, True, 0, 2, direct_launch=True, launch=launch)
     errors = {"o": relative_error(o, ref)}

@@ -31,45 +31,72 @@ if triton_available():
 
     def _delta_rule_fwd(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
-            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, store: bool, direct_launch: bool = False,
+            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, direct_launch: bool = False,
             launch: LaunchSettings | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(o, W, U, states, V', T); the last five are what the backward needs, returned with ``store``. Without it
-        inference keeps nothing: the five are empty, and with enough sequences (``heuristics.one_pass_inference``)
-        the recurrence and the output run as one kernel.
+        """The training forward: (o, W, U, states, V', T), the last five what the backward reads.
 
         ``direct_launch``: launch the Triton kernels themselves rather than through ``wrap_triton`` (eager callers).
         ``launch``: the launch settings; by default :data:`.heuristics.DEFAULT_LAUNCH` (the benchmarks pass others)."""
         launch = DEFAULT_LAUNCH if launch is None else launch
+        chunk = chunk_size(q.shape[1], launch)
+        return _three_kernel_forward(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, chunk, True, direct_launch,
+                                     launch)
+
+    def _delta_rule_infer(
+            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, direct_launch: bool = False,
+            launch: LaunchSettings | None = None,
+    ) -> torch.Tensor:
+        """The inference forward: o alone, nothing kept for a backward. While the sequences fill the GPU
+        (``heuristics.one_pass_inference``) the recurrence and the output run as one kernel; otherwise the training
+        forward's three kernels run without saving T. Arguments as :func:`_delta_rule_fwd`'s."""
+        launch = DEFAULT_LAUNCH if launch is None else launch
         b, n, h, dk = q.shape
         dv = v.shape[-1]
-        one_pass = not store and one_pass_inference(b * h, dv, q.device, launch)
-        chunk = chunk_size(n, launch, one_pass)
+        if not one_pass_inference(b * h, dv, q.device, launch):
+            return _three_kernel_forward(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs,
+                                         chunk_size(n, launch), False, direct_launch, launch)[0]
+        chunk = chunk_size(n, launch, one_pass=True)
+        # one program per sequence and value block: both directions run inside it
+        bk, bv, bv_seq = block_sizes(dk, dv, b * h, q.device, launch)
+        w = torch.empty(num_dirs, b * h, n, dk, device=q.device, dtype=q.dtype)
+        u = torch.empty(num_dirs, b * h, n, dv, device=q.device, dtype=q.dtype)
+        o = torch.empty(b, n, h, dv, device=q.device, dtype=v.dtype)
+        common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, L2NORM=qk_l2norm, DOT_MODE=dot_mode(q.dtype))
+        launcher(_delta_rule_wy_kernel, direct_launch)[(cdiv(n, chunk), b * h)](
+            k, v, beta, w, u, torch.empty(0, device=q.device, dtype=q.dtype),  # no T: STORE_T=False
+            *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv,
+            LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=False,
+            num_warps=launch.wy_num_warps, **common,
+        )
+        launcher(_delta_rule_scan_output_kernel, direct_launch)[(cdiv(dv, bv_seq), b * h)](
+            q, k, w, u, o, *_strides(q), *_strides(k), *_strides(o), n, h, dk, dv, scale,
+            BV=bv_seq, NUM_DIRS=num_dirs, num_warps=launch.num_warps, **common,
+        )
+        return o
+
+    def _three_kernel_forward(
+            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, chunk: int, store_t: bool,
+            direct_launch: bool, launch: LaunchSettings,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(o, W, U, states, V', T) from the WY, states and output kernels; T empty without ``store_t``."""
+        b, n, h, dk = q.shape
+        dv = v.shape[-1]
         nt = cdiv(n, chunk)
-        # the one-pass grid has a program per sequence and value block, the states kernel's also per direction
-        bk, bv, bv_seq = block_sizes(dk, dv, b * h * (1 if one_pass else num_dirs), q.device, launch)
+        bk, bv, bv_seq = block_sizes(dk, dv, b * h * num_dirs, q.device, launch)
         work = dict(device=q.device, dtype=q.dtype)
         w = torch.empty(num_dirs, b * h, n, dk, **work)
         u = torch.empty(num_dirs, b * h, n, dv, **work)
-        o = torch.empty(b, n, h, dv, device=q.device, dtype=v.dtype)
-        common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, L2NORM=qk_l2norm, DOT_MODE=dot_mode(q.dtype))
-        if one_pass:
-            launcher(_delta_rule_wy_kernel, direct_launch)[(nt, b * h)](
-                k, v, beta, w, u, torch.empty(0, **work), *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv,
-                LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=False,
-                num_warps=launch.wy_num_warps, **common,
-            )
-            launcher(_delta_rule_scan_output_kernel, direct_launch)[(cdiv(dv, bv_seq), b * h)](
-                q, k, w, u, o, *_strides(q), *_strides(k), *_strides(o), n, h, dk, dv, scale,
-                BV=bv_seq, NUM_DIRS=num_dirs, num_warps=launch.num_warps, **common,
-            )
-            return o, *(torch.empty(0, **work) for _ in range(5))
         new_v = torch.empty(num_dirs, b * h, n, dv, **work)
         states = torch.empty(num_dirs, b * h, nt, dk, dv, **work)
-        t_invs = torch.empty(num_dirs, b * h, nt, chunk, chunk, **work) if store else torch.empty(0, **work)
+        t_invs = torch.empty((num_dirs, b * h, nt, chunk, chunk) if store_t else (0,), **work)
+        o = torch.empty(b, n, h, dv, device=q.device, dtype=v.dtype)
+        common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, L2NORM=qk_l2norm, DOT_MODE=dot_mode(q.dtype))
         launcher(_delta_rule_wy_kernel, direct_launch)[(nt, b * h)](
             k, v, beta, w, u, t_invs, *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv,
-            LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=store,
+            LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=store_t,
             num_warps=launch.wy_num_warps, **common,
         )
         launcher(_delta_rule_states_kernel, direct_launch)[(cdiv(dv, bv_seq), b * h, num_dirs)](
@@ -79,8 +106,6 @@ if triton_available():
             q, k, states, new_v, o, *_strides(q), *_strides(k), *_strides(o), n, h, dk, dv, scale,
             BV=bv, NUM_DIRS=num_dirs, num_warps=launch.num_warps, **common,
         )
-        if not store:
-            return o, *(torch.empty(0, **work) for _ in range(5))
         return o, w, u, states, new_v, t_invs
 
     def _delta_rule_bwd(
@@ -121,9 +146,16 @@ if triton_available():
     @torch.library.triton_op("vitzoo::delta_rule_fwd", mutates_args=())
     def _delta_rule_fwd_op(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
-            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, store: bool,
+            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _delta_rule_fwd(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, store)
+        return _delta_rule_fwd(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs)
+
+    @torch.library.triton_op("vitzoo::delta_rule_infer", mutates_args=())
+    def _delta_rule_infer_op(
+            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int,
+    ) -> torch.Tensor:
+        return _delta_rule_infer(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs)
 
     @torch.library.triton_op("vitzoo::delta_rule_bwd", mutates_args=())
     def _delta_rule_bwd_op(
@@ -138,7 +170,7 @@ if triton_available():
         @staticmethod
         def forward(ctx, q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs):
             # torch.compile traces the custom ops; eager calls launch the kernels directly (no dispatch host time)
-            args = (q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, True)
+            args = (q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs)
             o, w, u, states, new_v, t_invs = (_delta_rule_fwd_op(*args) if torch.compiler.is_compiling()
                                               else _delta_rule_fwd(*args, direct_launch=True))
             ctx.save_for_backward(q, k, v, beta, w, u, states, new_v, t_invs)
@@ -184,10 +216,10 @@ def delta_rule_triton(
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, beta)):
         return _DeltaRuleFunction.apply(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs)
-    args = (q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, False)
+    args = (q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs)
     if torch.compiler.is_compiling():
-        return _delta_rule_fwd_op(*args)[0]
-    return _delta_rule_fwd(*args, direct_launch=True)[0]
+        return _delta_rule_infer_op(*args)
+    return _delta_rule_infer(*args, direct_launch=True)
 
 
 def delta_rule_bidirectional(

@@ -1,8 +1,8 @@
 """Launch settings of the delta-rule kernels: chunk size, warps, value blocks of the recurrences, product mode.
 
-:class:`LaunchSettings` holds them; the host launches (``function._delta_rule_fwd`` / ``_bwd``) take one as
-``launch=`` and use :data:`DEFAULT_LAUNCH` without it. ``benchmarks/delta_rule.py`` times alternatives to the defaults
-below that way (H200 numbers in ``benchmarks/NOTES.md``).
+:class:`LaunchSettings` holds them; the host launches (``function._delta_rule_fwd`` / ``_infer`` / ``_bwd``) take one
+as ``launch=`` and use :data:`DEFAULT_LAUNCH` without it. ``benchmarks/delta_rule.py`` times alternatives to the
+defaults below that way (GPU numbers in ``benchmarks/NOTES.md``).
 """
 from __future__ import annotations
 
