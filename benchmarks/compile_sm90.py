@@ -87,13 +87,15 @@ def delta_rule_kernels(chunk: int, d: int) -> list[tuple]:
     both = dict(base, NUM_DIRS=2)
     launch = dr.heuristics.DEFAULT_LAUNCH
     kernels = [
-        ("wy", dr_kernels._delta_rule_wy_kernel, dict(both, LOG2_BT=chunk.bit_length() - 1, BV=d, STORE_T=True),
+        ("wy", dr_kernels._delta_rule_wy_kernel,
+         dict(both, LOG2_BT=chunk.bit_length() - 1, BV=d, STORE_T=True, BETA_LOGITS=True),
          launch.wy_num_warps, 3),
         ("states", dr_kernels._delta_rule_states_kernel, dict(base, BV=min(d, 64)), launch.num_warps, 3),
         ("output", dr_kernels._delta_rule_output_kernel, dict(both, BV=d), launch.num_warps, 3),
         ("scan_output", dr_kernels._delta_rule_scan_output_kernel, dict(both, BV=min(d, 64)), launch.num_warps, 3),
         ("dstates", dr_kernels._delta_rule_dstates_kernel, dict(both, BV=min(d, 64)), launch.num_warps, 3),
-        ("grads", dr_kernels._delta_rule_grads_kernel, dict(both, BV=d), launch.grads_num_warps, 3),
+        ("grads", dr_kernels._delta_rule_grads_kernel, dict(both, BV=d, BETA_LOGITS=True), launch.grads_num_warps,
+         3),
     ]
     # q, k, v are views of a fused (B, N, 3, H, D) qkv and o, do are (B, N, H, D): their batch, token and head
     # strides divide by 16; beta's (B, N, H) strides do not

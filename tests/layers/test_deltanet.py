@@ -41,11 +41,12 @@ def test_beta_range_and_op_arguments(monkeypatch):
     mixer = BidirectionalDeltaNet(32, num_heads=4)
     x = torch.randn(3, 1 + 16, 32) * 3  # spreads beta over its range (fp32 sigmoid rounds to 1 beyond ~17)
     mixer(x, (4, 4), 1)
-    beta = seen["beta"]
+    assert seen["kwargs"] == {"qk_l2norm": True, "beta_logits": True}  # the op takes the sigmoid
+    assert torch.equal(seen["beta"], mixer.beta_proj(x))
+    beta = torch.sigmoid(seen["beta"])
     assert beta.shape == (3, 17, 4)
     assert ((beta > 0) & (beta < 1)).all() and beta.max() - beta.min() > 0.5
     assert seen["q"].shape == seen["k"].shape == seen["v"].shape == (3, 17, 4, 8)
-    assert seen["kwargs"] == {"qk_l2norm": True}
 
 
 def test_weight_decay_names_and_init():

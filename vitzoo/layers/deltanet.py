@@ -71,8 +71,8 @@ class BidirectionalDeltaNet(TokenMixer):
         b, n, c = x.shape
         qkv = self.conv(self.qkv(x), grid_size, num_prefix_tokens, activation="silu")
         q, k, v = qkv.view(b, n, 3, self.num_heads, self.head_dim).unbind(2)
-        beta = torch.sigmoid(self.beta_proj(x))
-        o = delta_rule_bidirectional(q, k, v, beta, qk_l2norm=True)
+        # the write strengths are the sigmoid of beta_proj, taken inside the delta rule's kernels
+        o = delta_rule_bidirectional(q, k, v, self.beta_proj(x), qk_l2norm=True, beta_logits=True)
         # The norm and its SiLU output gate run in one kernel with the Triton backend, accumulating in fp32; under
         # autocast the output stays 16-bit (no fp32 round trip of the activations).
         g = self.gate(x).view(b, n, self.num_heads, self.head_dim)

@@ -100,6 +100,26 @@ def test_interp_inference_matches_recurrent_reference(n, dv, directions, one_pas
 
 
 @needs_interpreter
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+def test_interp_beta_logits_are_the_sigmoid_of_beta(training):
+    """beta_logits=True: the kernels take sigmoid(beta) as the write strengths (forward, and the gradient of the
+    logits in training) against the float64 reference fed sigmoid(beta); logits of both signs, a partial chunk."""
+    q, k, v, beta = make_inputs(2, 70, 2, 16, dv=24, seed=11)
+    logits = 6 * beta - 3
+    leaves = [t.detach().requires_grad_() for t in (q, k, v, logits)]
+    ref = bidirectional_recurrent(*leaves[:3], torch.sigmoid(leaves[3]))
+    inputs = [t.float().requires_grad_(training) for t in (q, k, v, logits)]
+    out = delta_rule_triton(*inputs, beta_logits=True)
+    assert relative_error(out, ref) < 1e-5
+    if training:
+        grad = torch.randn_like(ref)
+        ref.backward(grad)
+        out.backward(grad.float())
+        for name, got, want in zip("qkvb", inputs, leaves, strict=True):
+            assert relative_error(got.grad, want.grad) < 1e-5, name
+
+
+@needs_interpreter
 def test_interp_half_inputs_and_expanded_grad():
     set_backend("triton")  # delta_rule_bidirectional dispatches on it
     q, k, v, beta = make_inputs(1, 33, 2, 16, seed=8)

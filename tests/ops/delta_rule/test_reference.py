@@ -29,6 +29,14 @@ def test_chunked_equals_recurrent(n, reverse):
     assert relative_error(out, ref) < 1e-12
 
 
+def test_bidirectional_reference_beta_logits_are_the_sigmoid():
+    q, k, v, beta = make_inputs(1, 20, 2, 8, seed=4)
+    logits = 6 * beta - 3
+    ref = bidirectional_recurrent(q, k, v, torch.sigmoid(logits))
+    assert relative_error(delta_rule_bidirectional_reference(q, k, v, logits, beta_logits=True), ref) < 1e-12
+    assert relative_error(delta_rule_bidirectional(q, k, v, logits, beta_logits=True), ref) < 1e-12
+
+
 def test_chunked_equals_recurrent_unnormalised_keys_and_small_chunks():
     q, k, v, beta = make_inputs(1, 37, 3, 8, seed=3)
     k = 0.3 * k  # ||k||^2 beta < 2 keeps the recurrence contractive without normalising

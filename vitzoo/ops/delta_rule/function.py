@@ -31,22 +31,23 @@ if triton_available():
 
     def _delta_rule_fwd(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
-            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, direct_launch: bool = False,
-            launch: LaunchSettings | None = None,
+            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, beta_logits: bool = False,
+            direct_launch: bool = False, launch: LaunchSettings | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The training forward: (o, W, U, states, V', T), the last five what the backward reads.
 
+        ``beta_logits``: ``beta`` holds logits, the write strengths are their sigmoid (taken in the kernels).
         ``direct_launch``: launch the Triton kernels themselves rather than through ``wrap_triton`` (eager callers).
         ``launch``: the launch settings; by default :data:`.heuristics.DEFAULT_LAUNCH` (the benchmarks pass others)."""
         launch = DEFAULT_LAUNCH if launch is None else launch
         chunk = chunk_size(q.shape[1], launch)
-        return _three_kernel_forward(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, chunk, True, direct_launch,
-                                     launch)
+        return _three_kernel_forward(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, beta_logits, chunk, True,
+                                     direct_launch, launch)
 
     def _delta_rule_infer(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
-            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, direct_launch: bool = False,
-            launch: LaunchSettings | None = None,
+            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, beta_logits: bool = False,
+            direct_launch: bool = False, launch: LaunchSettings | None = None,
     ) -> torch.Tensor:
         """The inference forward: o alone, nothing kept for a backward. While the sequences fill the GPU
         (``heuristics.one_pass_inference``) the recurrence and the output run as one kernel; otherwise the training
@@ -55,7 +56,7 @@ if triton_available():
         b, n, h, dk = q.shape
         dv = v.shape[-1]
         if not one_pass_inference(b * h, dv, q.device, launch):
-            return _three_kernel_forward(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs,
+            return _three_kernel_forward(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, beta_logits,
                                          chunk_size(n, launch), False, direct_launch, launch)[0]
         chunk = chunk_size(n, launch, one_pass=True)
         # one program per sequence and value block: both directions run inside it
@@ -67,7 +68,7 @@ if triton_available():
         launcher(_delta_rule_wy_kernel, direct_launch)[(cdiv(n, chunk), b * h)](
             k, v, beta, w, u, torch.empty(0, device=q.device, dtype=q.dtype),  # no T: STORE_T=False
             *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv,
-            LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=False,
+            LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=False, BETA_LOGITS=beta_logits,
             num_warps=launch.wy_num_warps, **common,
         )
         launcher(_delta_rule_scan_output_kernel, direct_launch)[(cdiv(dv, bv_seq), b * h)](
@@ -78,7 +79,7 @@ if triton_available():
 
     def _three_kernel_forward(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
-            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, chunk: int, store_t: bool,
+            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, beta_logits: bool, chunk: int, store_t: bool,
             direct_launch: bool, launch: LaunchSettings,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(o, W, U, states, V', T) from the WY, states and output kernels; T empty without ``store_t``."""
@@ -96,7 +97,7 @@ if triton_available():
         common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, L2NORM=qk_l2norm, DOT_MODE=dot_mode(q.dtype))
         launcher(_delta_rule_wy_kernel, direct_launch)[(nt, b * h)](
             k, v, beta, w, u, t_invs, *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv,
-            LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=store_t,
+            LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=store_t, BETA_LOGITS=beta_logits,
             num_warps=launch.wy_num_warps, **common,
         )
         launcher(_delta_rule_states_kernel, direct_launch)[(cdiv(dv, bv_seq), b * h, num_dirs)](
@@ -111,8 +112,8 @@ if triton_available():
     def _delta_rule_bwd(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, grad: torch.Tensor,
             w: torch.Tensor, u: torch.Tensor, states: torch.Tensor, new_v: torch.Tensor, t_invs: torch.Tensor,
-            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, direct_launch: bool = False,
-            launch: LaunchSettings | None = None,
+            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, beta_logits: bool = False,
+            direct_launch: bool = False, launch: LaunchSettings | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(dq, dk, dv, dbeta) from the forward's saved tensors. ``direct_launch`` as in the forward; ``launch``
         (default :data:`.heuristics.DEFAULT_LAUNCH`) sets warps and value blocks, while the chunk is the one the
@@ -138,7 +139,7 @@ if triton_available():
         launcher(_delta_rule_grads_kernel, direct_launch)[(nt, b * h)](
             q, k, v, beta, grad, w, u, states, new_v, d_states, d_new_v, t_invs, dq, dk_, dv_, dbeta,
             *_strides(q), *_strides(k), *_strides(v), *beta.stride(), *_strides(grad), n, h, dk, dv, scale,
-            BV=bv, num_warps=launch.grads_num_warps, **common,
+            BV=bv, BETA_LOGITS=beta_logits, num_warps=launch.grads_num_warps, **common,
         )
         return dq, dk_, dv_, dbeta
 
@@ -146,35 +147,35 @@ if triton_available():
     @torch.library.triton_op("vitzoo::delta_rule_fwd", mutates_args=())
     def _delta_rule_fwd_op(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
-            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int,
+            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, beta_logits: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return _delta_rule_fwd(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs)
+        return _delta_rule_fwd(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, beta_logits)
 
     @torch.library.triton_op("vitzoo::delta_rule_infer", mutates_args=())
     def _delta_rule_infer_op(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
-            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int,
+            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, beta_logits: bool,
     ) -> torch.Tensor:
-        return _delta_rule_infer(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs)
+        return _delta_rule_infer(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, beta_logits)
 
     @torch.library.triton_op("vitzoo::delta_rule_bwd", mutates_args=())
     def _delta_rule_bwd_op(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, grad: torch.Tensor,
             w: torch.Tensor, u: torch.Tensor, states: torch.Tensor, new_v: torch.Tensor, t_invs: torch.Tensor,
-            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int,
+            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, beta_logits: bool,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return _delta_rule_bwd(q, k, v, beta, grad, w, u, states, new_v, t_invs, scale, qk_l2norm, first_dir,
-                               num_dirs)
+                               num_dirs, beta_logits)
 
     class _DeltaRuleFunction(torch.autograd.Function):
         @staticmethod
-        def forward(ctx, q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs):
+        def forward(ctx, q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, beta_logits):
             # torch.compile traces the custom ops; eager calls launch the kernels directly (no dispatch host time)
-            args = (q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs)
+            args = (q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, beta_logits)
             o, w, u, states, new_v, t_invs = (_delta_rule_fwd_op(*args) if torch.compiler.is_compiling()
                                               else _delta_rule_fwd(*args, direct_launch=True))
             ctx.save_for_backward(q, k, v, beta, w, u, states, new_v, t_invs)
-            ctx.args = (scale, qk_l2norm, first_dir, num_dirs)
+            ctx.args = (scale, qk_l2norm, first_dir, num_dirs, beta_logits)
             return o
 
         @staticmethod
@@ -185,7 +186,7 @@ if triton_available():
             args = (q, k, v, beta, grad_o, w, u, states, new_v, t_invs, *ctx.args)
             grads = (_delta_rule_bwd_op(*args) if torch.compiler.is_compiling()
                      else _delta_rule_bwd(*args, direct_launch=True))
-            return (*grads, None, None, None, None)
+            return (*grads, None, None, None, None, None)
 
 
 def delta_rule_triton(
@@ -197,8 +198,10 @@ def delta_rule_triton(
         scale: float | None = None,
         qk_l2norm: bool = True,
         directions: str = "both",
+        beta_logits: bool = False,
 ) -> torch.Tensor:
     """The Triton delta rule: 'both' (average of the two scan orders), 'forward' or 'reverse' (one scan).
+    ``beta_logits``: ``beta`` holds logits; the kernels take their sigmoid.
 
     fp32 / fp16 / bf16 inputs; returns v's dtype. Head dims up to 128 (any size; powers of two are fastest).
     """
@@ -215,8 +218,8 @@ def delta_rule_triton(
     first_dir, num_dirs = _DIRECTIONS[directions]
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, beta)):
-        return _DeltaRuleFunction.apply(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs)
-    args = (q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs)
+        return _DeltaRuleFunction.apply(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, beta_logits)
+    args = (q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, beta_logits)
     if torch.compiler.is_compiling():
         return _delta_rule_infer_op(*args)
     return _delta_rule_infer(*args, direct_launch=True)
@@ -230,21 +233,24 @@ def delta_rule_bidirectional(
         *,
         scale: float | None = None,
         qk_l2norm: bool = True,
+        beta_logits: bool = False,
 ) -> torch.Tensor:
     """Bidirectional delta rule: 0.5 * (scan in token order + scan in reversed order, flipped back).
 
     Args:
         q, k: (B, N, H, Dk); L2-normalised per head inside the op when ``qk_l2norm`` (fused in the kernels).
         v: (B, N, H, Dv).
-        beta: (B, N, H), write strengths in (0, 1).
+        beta: (B, N, H), write strengths in (0, 1), or their logits with ``beta_logits``.
         scale: multiplies q; default Dk^-1/2.
         qk_l2norm: normalise q and k to unit length first.
+        beta_logits: the write strengths are sigmoid(beta), taken inside the kernels (no launch of its own).
 
     Returns:
         (B, N, H, Dv) in v's dtype. Runs the Triton kernels when ``kernel_backend(q.device) == 'triton'`` and the
         inputs are not float64; otherwise :func:`delta_rule_bidirectional_reference`.
     """
     if kernel_backend(q.device) == "triton" and q.dtype != torch.float64:
-        return delta_rule_triton(q, k, v, beta, scale=scale, qk_l2norm=qk_l2norm, directions="both")
-    return delta_rule_bidirectional_reference(q, k, v, beta, scale=scale, qk_l2norm=qk_l2norm)
+        return delta_rule_triton(q, k, v, beta, scale=scale, qk_l2norm=qk_l2norm, directions="both",
+                                 beta_logits=beta_logits)
+    return delta_rule_bidirectional_reference(q, k, v, beta, scale=scale, qk_l2norm=qk_l2norm, beta_logits=beta_logits)
 

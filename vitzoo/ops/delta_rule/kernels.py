@@ -156,8 +156,12 @@ def _load_normalized(ptr, sb, sn, sh, i_b, i_h, tok, valid, offs, D: tl.constexp
 
 
 @triton.jit
-def _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid):
-    return tl.load(beta_ptr + i_b * sbb + i_h * sbh + tok * sbn, mask=valid, other=0.0).to(tl.float32)
+def _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid, BETA_LOGITS: tl.constexpr):
+    """The chunk's write strengths in fp32: sigmoid of the stored values with BETA_LOGITS (0 on padded tokens)."""
+    beta = tl.load(beta_ptr + i_b * sbb + i_h * sbh + tok * sbn, mask=valid, other=0.0).to(tl.float32)
+    if BETA_LOGITS:
+        beta = tl.where(valid, tl.sigmoid(beta), 0.0)
+    return beta
 
 
 @triton.jit
@@ -198,7 +202,7 @@ def _delta_rule_wy_kernel(
         N, H, DK: tl.constexpr, DV: tl.constexpr,
         BT: tl.constexpr, LOG2_BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
         FIRST_DIR: tl.constexpr, NUM_DIRS: tl.constexpr, L2NORM: tl.constexpr, STORE_T: tl.constexpr,
-        DOT_MODE: tl.constexpr,
+        DOT_MODE: tl.constexpr, BETA_LOGITS: tl.constexpr,
 ):
     """W = T diag(beta) K and U = T diag(beta) V of one chunk in every direction, and with STORE_T the T^T the
     backward reads; grid (chunks, B*H).
@@ -216,7 +220,7 @@ def _delta_rule_wy_kernel(
     offs_v = tl.arange(0, BV)
     k_raw = _load_rows(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK)
     k, r = _normalize_rows(k_raw, L2NORM)
-    beta = _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid)
+    beta = _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid, BETA_LOGITS)
     k_op = _narrow(k, DOT_MODE)
     k_raw_op = _narrow(k_raw, DOT_MODE)  # exact: the 16-bit input itself
     v = _narrow(_load_rows(v_ptr, svb, svn, svh, i_b, i_h, tok, valid, offs_v, DV), DOT_MODE)
@@ -393,6 +397,7 @@ def _delta_rule_grads_kernel(
         N, H, DK: tl.constexpr, DV: tl.constexpr, scale,
         BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
         FIRST_DIR: tl.constexpr, NUM_DIRS: tl.constexpr, L2NORM: tl.constexpr, DOT_MODE: tl.constexpr,
+        BETA_LOGITS: tl.constexpr,
 ):
     """dq, dk, dv, dbeta of one chunk, summed over the directions; grid (chunks, B*H). Per direction, with
     s = scale / directions, S and dS_next (h, dh), V' and dV' (vn, dvn), W and U (w, u) saved by the forward:
@@ -402,7 +407,7 @@ def _delta_rule_grads_kernel(
         then dbeta and dK through A = strict(diag(beta) K K^T): dK += (G + G^T) K with G = diag(beta) dA.
     P and G enter products with Q and K only, which both directions share, so they are summed over the directions
     first (three products per chunk instead of four per direction). The L2-norm backward (linear in the incoming
-    gradient) runs once on the summed dq, dk.
+    gradient) runs once on the summed dq, dk. With BETA_LOGITS the stored values are logits and dbeta is theirs.
     """
     c, i_bh, i_b, i_h, nt = _chunk_program(N, H, BT)
     s = _fp32(scale) / NUM_DIRS
@@ -413,7 +418,7 @@ def _delta_rule_grads_kernel(
     mask_v = _rows_mask(valid, offs_v, DV)
     mask_kv = _rows_mask(offs_k < DK, offs_v, DV)
     k, rk = _load_normalized(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK, L2NORM)
-    beta = _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid)
+    beta = _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid, BETA_LOGITS)
     do = _narrow(_load_rows(do_ptr, sdb, sdn, sdh, i_b, i_h, tok, valid, offs_v, DV), DOT_MODE)
     k_op = _narrow(k, DOT_MODE)
     kk = _dot(k_op, tl.trans(k_op), DOT_MODE)
@@ -456,6 +461,8 @@ def _delta_rule_grads_kernel(
     v = _load_rows(v_ptr, svb, svn, svh, i_b, i_h, tok, valid, offs_v, DV)
     dbeta += tl.sum(d_beta_v_sum * v, 1)
     dv = beta[:, None] * d_beta_v_sum
+    if BETA_LOGITS:  # beta = sigmoid(x): dx = dbeta beta (1 - beta)
+        dbeta = dbeta * beta * (1.0 - beta)
     if L2NORM:  # y = x r with r = (|x|^2 + eps)^-1/2: dx = r (dy - y (y . dy))
         dq = rq[:, None] * (dq - q * tl.sum(dq * q, 1)[:, None])
         dk = rk[:, None] * (dk - k * tl.sum(dk * k, 1)[:, None])

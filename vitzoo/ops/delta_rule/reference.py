@@ -155,9 +155,12 @@ def delta_rule_bidirectional_reference(
         *,
         scale: float | None = None,
         qk_l2norm: bool = True,
+        beta_logits: bool = False,
 ) -> torch.Tensor:
     """Plain PyTorch :func:`delta_rule_bidirectional` (same arguments), built on the chunked reference."""
     check_inputs(q, k, v, beta)
+    if beta_logits:
+        beta = torch.sigmoid(beta.to(_acc_dtype(beta)))
     if qk_l2norm:
         q, k = l2_normalize(q.to(_acc_dtype(q))), l2_normalize(k.to(_acc_dtype(k)))
     fwd = delta_rule_chunked_reference(q, k, v, beta, scale=scale)
