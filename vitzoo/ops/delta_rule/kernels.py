@@ -156,6 +156,15 @@ def _load_normalized(ptr, sb, sn, sh, i_b, i_h, tok, valid, offs, D: tl.constexp
 
 
 @triton.jit
+def _load_qk_operands(q_ptr, sqb, sqn, sqh, k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK: tl.constexpr,
+                      L2NORM: tl.constexpr, DOT_MODE: tl.constexpr):
+    """A chunk's q and k rows (L2-normalised when L2NORM) held as dot operands."""
+    q, _ = _load_normalized(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK, L2NORM)
+    k, _ = _load_normalized(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK, L2NORM)
+    return _narrow(q, DOT_MODE), _narrow(k, DOT_MODE)
+
+
+@triton.jit
 def _load_beta(beta_ptr, sbb, sbn, sbh, i_b, i_h, tok, valid, BETA_LOGITS: tl.constexpr):
     """The chunk's write strengths in fp32: sigmoid of the stored values with BETA_LOGITS (0 on padded tokens)."""
     beta = tl.load(beta_ptr + i_b * sbb + i_h * sbh + tok * sbn, mask=valid, other=0.0).to(tl.float32)
@@ -290,10 +299,9 @@ def _delta_rule_output_kernel(
     offs_k = tl.arange(0, BK)
     offs_v = tl.arange(0, BV)
     mask_kv = _rows_mask(offs_k < DK, offs_v, DV)
-    q, _ = _load_normalized(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK, L2NORM)
-    k, _ = _load_normalized(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK, L2NORM)
-    q = _narrow(q, DOT_MODE)
-    qk = _dot(q, tl.trans(_narrow(k, DOT_MODE)), DOT_MODE)
+    q, k = _load_qk_operands(q_ptr, sqb, sqn, sqh, k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK, L2NORM,
+                             DOT_MODE)
+    qk = _dot(q, tl.trans(k), DOT_MODE)
     o = tl.zeros([BT, BV], dtype=tl.float32)
     for i_d in tl.static_range(NUM_DIRS):
         causal = _scan_masks(BT, FIRST_DIR + i_d)[1]
@@ -337,10 +345,8 @@ def _delta_rule_scan_output_kernel(
             c = j + rev * (nt - 1 - 2 * j)
             tok, valid = _chunk_tokens(c, N, BT)
             mask_v = _rows_mask(valid, offs_v, DV)
-            q, _ = _load_normalized(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK, L2NORM)
-            k, _ = _load_normalized(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK, L2NORM)
-            q = _narrow(q, DOT_MODE)
-            k = _narrow(k, DOT_MODE)
+            q, k = _load_qk_operands(q_ptr, sqb, sqn, sqh, k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK,
+                                     L2NORM, DOT_MODE)
             w = tl.load(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), mask=_rows_mask(valid, offs_k, DK),
                         other=0.0)
             u = tl.load(u_ptr + _scratch_offsets(seq, N, tok, offs_v, DV), mask=mask_v, other=0.0)
@@ -372,10 +378,8 @@ def _delta_rule_dstates_kernel(
     for j in range(nt):
         c = nt - 1 - j + rev * (2 * j + 1 - nt)
         tok, valid = _chunk_tokens(c, N, BT)
-        q, _ = _load_normalized(q_ptr, sqb, sqn, sqh, i_b, i_h, tok, valid, offs_k, DK, L2NORM)
-        k, _ = _load_normalized(k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK, L2NORM)
-        q = _narrow(q, DOT_MODE)
-        k = _narrow(k, DOT_MODE)
+        q, k = _load_qk_operands(q_ptr, sqb, sqn, sqh, k_ptr, skb, skn, skh, i_b, i_h, tok, valid, offs_k, DK,
+                                 L2NORM, DOT_MODE)
         w = tl.load(w_ptr + _scratch_offsets(seq, N, tok, offs_k, DK), mask=_rows_mask(valid, offs_k, DK),
                     other=0.0)
         do = _narrow(_load_rows(do_ptr, sdb, sdn, sdh, i_b, i_h, tok, valid, offs_v, DV), DOT_MODE)
