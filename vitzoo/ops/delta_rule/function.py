@@ -61,21 +61,33 @@ if triton_available():
         chunk = chunk_size(n, launch, one_pass=True)
         # one program per sequence and value block: both directions run inside it
         bk, bv, bv_seq = block_sizes(dk, dv, b * h, q.device, launch)
-        w = torch.empty(num_dirs, b * h, n, dk, device=q.device, dtype=q.dtype)
-        u = torch.empty(num_dirs, b * h, n, dv, device=q.device, dtype=q.dtype)
         o = torch.empty(b, n, h, dv, device=q.device, dtype=v.dtype)
         common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, L2NORM=qk_l2norm, DOT_MODE=dot_mode(q.dtype))
-        launcher(_delta_rule_wy_kernel, direct_launch)[(cdiv(n, chunk), b * h)](
-            k, v, beta, w, u, torch.empty(0, device=q.device, dtype=q.dtype),  # no T: STORE_T=False
-            *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv,
-            LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=False, BETA_LOGITS=beta_logits,
-            num_warps=launch.wy_num_warps, **common,
-        )
+        w, u = _wy_factors(k, v, beta, torch.empty(0, device=q.device, dtype=q.dtype), num_dirs, beta_logits, bv,
+                           common, direct_launch, launch)
         launcher(_delta_rule_scan_output_kernel, direct_launch)[(cdiv(dv, bv_seq), b * h)](
             q, k, w, u, o, *_strides(q), *_strides(k), *_strides(o), n, h, dk, dv, scale,
             BV=bv_seq, NUM_DIRS=num_dirs, num_warps=launch.num_warps, **common,
         )
         return o
+
+    def _wy_factors(
+            k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, t_invs: torch.Tensor, num_dirs: int,
+            beta_logits: bool, bv: int, common: dict, direct_launch: bool, launch: LaunchSettings,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W, U) of every chunk and direction from the WY kernel, which also writes T^T into ``t_invs`` unless it
+        is empty; ``common`` holds the chunk and the other settings the caller's kernels share."""
+        b, n, h, dk = k.shape
+        dv = v.shape[-1]
+        chunk = common["BT"]
+        w = torch.empty(num_dirs, b * h, n, dk, device=k.device, dtype=k.dtype)
+        u = torch.empty(num_dirs, b * h, n, dv, device=k.device, dtype=k.dtype)
+        launcher(_delta_rule_wy_kernel, direct_launch)[(cdiv(n, chunk), b * h)](
+            k, v, beta, w, u, t_invs, *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv,
+            LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=t_invs.numel() > 0,
+            BETA_LOGITS=beta_logits, num_warps=launch.wy_num_warps, **common,
+        )
+        return w, u
 
     def _three_kernel_forward(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
@@ -88,18 +100,12 @@ if triton_available():
         nt = cdiv(n, chunk)
         bk, bv, bv_seq = block_sizes(dk, dv, b * h * num_dirs, q.device, launch)
         work = dict(device=q.device, dtype=q.dtype)
-        w = torch.empty(num_dirs, b * h, n, dk, **work)
-        u = torch.empty(num_dirs, b * h, n, dv, **work)
         new_v = torch.empty(num_dirs, b * h, n, dv, **work)
         states = torch.empty(num_dirs, b * h, nt, dk, dv, **work)
         t_invs = torch.empty((num_dirs, b * h, nt, chunk, chunk) if store_t else (0,), **work)
         o = torch.empty(b, n, h, dv, device=q.device, dtype=v.dtype)
         common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, L2NORM=qk_l2norm, DOT_MODE=dot_mode(q.dtype))
-        launcher(_delta_rule_wy_kernel, direct_launch)[(nt, b * h)](
-            k, v, beta, w, u, t_invs, *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv,
-            LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=store_t, BETA_LOGITS=beta_logits,
-            num_warps=launch.wy_num_warps, **common,
-        )
+        w, u = _wy_factors(k, v, beta, t_invs, num_dirs, beta_logits, bv, common, direct_launch, launch)
         launcher(_delta_rule_states_kernel, direct_launch)[(cdiv(dv, bv_seq), b * h, num_dirs)](
             k, w, u, states, new_v, *_strides(k), n, h, dk, dv, BV=bv_seq, num_warps=launch.num_warps, **common,
         )
