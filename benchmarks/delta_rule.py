@@ -21,11 +21,13 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from vitzoo.bench.common import git_revision, write_json  # noqa: E402
 from vitzoo.ops import delta_rule as dr  # noqa: E402
 from vitzoo.ops.delta_rule.function import _delta_rule_bwd, _delta_rule_fwd, _delta_rule_infer  # noqa: E402
 from vitzoo.ops.delta_rule.heuristics import DEFAULT_LAUNCH, LaunchSettings  # noqa: E402
@@ -263,19 +265,9 @@ def versions() -> dict[str, str]:
 
 
 def provenance() -> dict[str, str]:
-    """Versions, date, command and the checkout's git revision ("+changes" when the tree differs from it; "unknown"
-    outside a git checkout)."""
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *args], capture_output=True, text=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__)))
-
-    head, status = git("rev-parse", "--short", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
-    if head.returncode != 0:
-        revision = "unknown"
-    else:
-        revision = head.stdout.strip() + ("+changes" if status.stdout.strip() else "")
+    """Versions, date, command and the checkout's git revision (:func:`vitzoo.bench.common.git_revision`)."""
     return {**versions(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "git_revision": revision}
+            "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "git_revision": git_revision()}
 
 
 def main() -> int:
@@ -419,10 +411,7 @@ def main() -> int:
 
 def _write(path: str, result: dict) -> None:
     """Replace the JSON at ``path`` atomically (rewritten after every stage of the run)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(path + ".tmp", path)
+    write_json(Path(path), result)
     print(f"wrote {path}", flush=True)
 
 

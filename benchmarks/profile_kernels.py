@@ -27,6 +27,7 @@ import datetime
 import json
 import os
 import sys
+from pathlib import Path
 
 import torch
 import triton
@@ -36,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from linear_attention import copy_bandwidth  # noqa: E402  (benchmarks/linear_attention.py, this script's folder)
 
+from vitzoo.bench.common import write_json  # noqa: E402
 from vitzoo.ops.delta_rule import delta_rule_triton  # noqa: E402
 from vitzoo.ops.linear_attention import linear_attention_triton  # noqa: E402
 
@@ -210,15 +212,9 @@ def configs(out: str) -> None:
 
 def _write_section(out: str, mode: str, section: dict) -> None:
     """Replace ``mode``'s section of the results file at ``out`` (atomically), keeping the other modes'."""
-    data = {}
-    if os.path.isfile(out):
-        with open(out) as f:
-            data = json.load(f)
-    data[mode] = section
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out + ".tmp", "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(out + ".tmp", out)
+    path = Path(out)
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    write_json(path, {**data, mode: section})
 
 
 def ncu_workload() -> None:
