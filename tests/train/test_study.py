@@ -62,18 +62,29 @@ def test_an_interrupted_study_resumes_without_retraining(tmp_path: Path):
     columns = study.fashion_mnist_zoo.COLUMNS
 
     def row(family: str, top1: str, status: str = "ok") -> dict[str, str]:
-        return dict.fromkeys(columns, top1) | {"family": family, "model": family, "status": status}
+        return dict.fromkeys(columns, top1) | {"family": family, "model": family, "status": status, "epochs": "60"}
 
     study.pareto.write_csv(tmp_path / "runs.csv", [row("softmax", "1") | {"seed": "0"}], study.RUN_COLUMNS)
     study.pareto.write_csv(tmp_path / "seed0.linear.part.csv", [row("linear", "2")], columns)  # flushed, then killed
     study.pareto.write_csv(tmp_path / "seed0.h3.part.csv", [row("h3", "", "error: RuntimeError: boom")], columns)
     study.pareto.write_csv(tmp_path / "seed1.h3.part.csv", [row("h3", "3")], columns)
-    assert study.pending_units(tmp_path, [0, 1], ["softmax", "linear", "h3"]) == [
+    assert study.pending_units(tmp_path, [0, 1], study.schedule(["softmax", "linear", "h3"])) == [
         (0, "h3"), (1, "softmax"), (1, "linear")]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["runs.csv"]  # part files folded in
     with (tmp_path / "runs.csv").open() as handle:
         assert [(r["seed"], r["family"], r["top1"]) for r in csv.DictReader(handle)] == [
             ("0", "softmax", "1"), ("0", "linear", "2"), ("1", "h3", "3")]
+
+
+def test_rows_of_another_schedule_are_trained_again(tmp_path: Path):
+    columns = study.fashion_mnist_zoo.COLUMNS
+    study.pareto.write_csv(tmp_path / "runs.csv", [
+        dict.fromkeys(columns, "1") | {"seed": "0", "family": family, "status": "ok", "epochs": "60"}
+        for family in ("softmax", "qt")], study.RUN_COLUMNS)
+    epochs = study.schedule(["softmax", "qt"])
+    assert epochs == {"softmax": study.EPOCHS, "qt": study.FAMILY_EPOCHS["qt"]} and epochs["qt"] != 60
+    assert study.pending_units(tmp_path, [0], epochs) == [(0, "qt")]  # its 60-epoch row is from an older recipe
+    assert study.pending_units(tmp_path, [0], study.schedule(["softmax", "qt"], 60)) == []
 
 
 def test_units_run_in_parallel_processes_until_the_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -88,7 +99,7 @@ def test_units_run_in_parallel_processes_until_the_deadline(tmp_path: Path, monk
 
     monkeypatch.setattr(study.subprocess, "Popen", FinishedProcess)
     monkeypatch.setattr(study, "_visible_gpus", lambda: ["0", "1"])
-    args = study.argparse.Namespace(overrides=["lr=1e-3"], out=tmp_path, epochs=3, quick=False, jobs=2,
+    args = study.argparse.Namespace(overrides=["lr=1e-3"], out=tmp_path, epochs=None, quick=False, jobs=2,
                                     no_new_after=None)
     study.run_units(args, [(0, "softmax"), (0, "h3"), (1, "softmax")])
     assert started == [(["0", "softmax"], "0"), (["0", "h3"], "1"), (["1", "softmax"], "0")]
@@ -131,6 +142,9 @@ def test_a_unit_trains_one_family_into_its_part_file(tmp_path: Path, monkeypatch
     assert argv[argv.index("--families") + 1] == "h3" and "seed=2" in argv and "lr=1e-3" in argv
     assert argv[argv.index("--results") + 1] == str(tmp_path / "seed2.h3.part.csv")
     assert argv[argv.index("--epochs") + 1] == "3"
+    calls.clear()
+    study.main(["--unit", "0", "qt", "--out", str(tmp_path)])  # without --epochs: the family's own schedule
+    assert calls[0][calls[0].index("--epochs") + 1] == str(study.FAMILY_EPOCHS["qt"])
 
 
 @pytest.mark.usefixtures("fresh_accelerator_state")
