@@ -110,6 +110,41 @@ def test_persistent_workers_follow_the_epoch_set_in_the_main_process() -> None:
         torch.testing.assert_close(seen, want, rtol=0, atol=0, msg=f"epoch {epoch}")
 
 
+def test_workers_start_by_forkserver_once_cuda_is_initialised(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert vdata.loader_workers(0) == {"num_workers": 0}
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    assert vdata.loader_workers(2)["multiprocessing_context"] is None  # fork: the cheapest start
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    assert vdata.loader_workers(2)["multiprocessing_context"] == "forkserver"
+
+
+@pytest.mark.skipif(not Path(vdata.FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist not installed")
+def test_evaluation_through_forkserver_workers_matches_the_main_process(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The evaluation loader's workers started by forkserver (what a process that has trained on CUDA gets) see the
+    same dataset and transform as the main process: the dataset and worker set-up must pickle."""
+    import timm
+
+    from vitzoo.train.evaluate import evaluate_model
+
+    kwargs = {"embed_dim": 16, "depth": 1, "num_heads": 2}
+    model = "softmax_deit_tiny_patch16_224"
+    torch.manual_seed(0)
+    weights = tmp_path / "weights.pth"
+    torch.save(timm.create_model(model, img_size=28, patch_size=7, in_chans=1, num_classes=10, **kwargs).state_dict(),
+               weights)
+
+    def evaluate(workers: int) -> dict:
+        return evaluate_model(model, str(weights), "fashion_mnist", None, batch_size=50, workers=workers,
+                              val_subset=100, model_kwargs=kwargs, img_size=28, patch_size=7, count_macs=False)
+
+    in_process = evaluate(0)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    through_forkserver = evaluate(1)
+    assert in_process["count"] == through_forkserver["count"] == 100
+    assert (through_forkserver["top1"], through_forkserver["top5"]) == (in_process["top1"], in_process["top5"])
+
+
 def test_augment_on_device_moves_randaugment_from_the_workers_to_the_device_stage() -> None:
     from vitzoo.train.rand_augment import BatchRandAugment
 

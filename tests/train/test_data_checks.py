@@ -157,3 +157,21 @@ def test_console_script_is_declared() -> None:
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["vitzoo-timm"] == "vitzoo.train.cli:timm_main"
+
+
+def test_image_folder_samples_are_the_same_through_forkserver_workers(images: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training pipeline of image folders (timm's RandAugment and erasing, per-sample seeds) pickles into workers
+    started by forkserver, which a process that has initialised CUDA uses, and draws the same samples there."""
+    import torch
+    from timm.data import create_transform
+    from torch.utils.data import DataLoader
+
+    transform = create_transform(32, is_training=True, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.25)
+    dataset = vdata.build_dataset("folder", images, "train", transform, seed=0, classes=list(CLASSES))
+    expected = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    arguments = vdata.loader_workers(1)
+    assert arguments["multiprocessing_context"] == "forkserver"
+    ((batch, _),) = list(DataLoader(dataset, batch_size=len(dataset), **arguments))
+    torch.testing.assert_close(batch, expected, rtol=0, atol=0)

@@ -139,20 +139,17 @@ class SkipUnreadable(Dataset):
     Args:
         dataset: the wrapped dataset; ``dataset[i]`` returns ``(image, target)``.
         seed: run seed; sample ``i`` of epoch ``e`` is transformed under :func:`sample_seed` ``(seed, e, i)``.
-        describe: maps an index to a human-readable name (a file path) for the warning.
         limit: expose only the first ``limit`` samples. accelerate sizes the padding that ``gather_for_metrics``
             drops from ``len(dataset)``, so an eval subset must be cut here, not in the sampler.
         score_substitutes: False for evaluation: a substitute keeps the batch shape but carries
             :data:`UNREADABLE_TARGET`, so an unreadable file is never counted as a second copy of its neighbour.
     """
 
-    def __init__(self, dataset: Dataset, seed: int, describe: Callable[[int], str] | None = None,
-                 limit: int | None = None, score_substitutes: bool = True) -> None:
+    def __init__(self, dataset: Dataset, seed: int, limit: int | None = None, score_substitutes: bool = True) -> None:
         self.dataset = dataset
         self.score_substitutes = score_substitutes
         self.length = min(limit or len(dataset), len(dataset))
         self.seed = seed
-        self.describe = describe or (lambda index: f"sample {index}")
         # Shared memory, so the flags written in loader worker processes are visible to the main process, and the
         # epoch set in the main process is seen by persistent workers (they keep their copy of the dataset).
         self.unreadable = torch.zeros(self.length, dtype=torch.bool).share_memory_()
@@ -170,6 +167,11 @@ class SkipUnreadable(Dataset):
 
     def __len__(self) -> int:
         return self.length
+
+    def describe(self, index: int) -> str:
+        """A human-readable name of sample ``index`` for warnings: its file where the dataset has files."""
+        samples = getattr(self.dataset, "samples", None)
+        return samples[index][0] if samples is not None else f"sample {index}"
 
     def __getitem__(self, index: int):
         for offset in range(self.length):
@@ -699,10 +701,19 @@ def build_dataset(dataset: str, data_dir: str | os.PathLike | None, split: str, 
                               score_substitutes=score_substitutes)
     images = _class_map_image_folder(folder / split, classes or folder_classes(folder / split), transform,
                                      load_encoded if encoded else load_image)
-    return SkipUnreadable(images, seed, describe=lambda index: images.samples[index][0], limit=limit,
-                          score_substitutes=score_substitutes)
+    return SkipUnreadable(images, seed, limit=limit, score_substitutes=score_substitutes)
 
 
 def worker_init(worker_id: int) -> None:
     """Loader worker init: seed numpy from torch's per-worker seed (torch only seeds python and torch itself)."""
     np.random.seed(torch.initial_seed() % 2**32)
+
+
+def loader_workers(workers: int) -> dict[str, Any]:
+    """DataLoader arguments for ``workers`` worker processes, started by forkserver once this process has initialised
+    CUDA: a forked worker inherits the parent's CUDA objects, and one that its garbage collector destroys (a finished
+    training run's CUDA graphs, say) aborts it with "CUDA error: initialization error", failing the epoch."""
+    if not workers:
+        return {"num_workers": 0}
+    return {"num_workers": workers, "worker_init_fn": worker_init,
+            "multiprocessing_context": "forkserver" if torch.cuda.is_initialized() else None}

@@ -32,8 +32,8 @@ from vitzoo.train.data import (
     build_dataset,
     check_dataset_path,
     folder_classes,
+    loader_workers,
     report_unreadable,
-    worker_init,
 )
 from vitzoo.train.factories import build_transforms, create_model_from_config
 
@@ -235,8 +235,7 @@ def evaluate_model(model_name: str | None = None, checkpoint: str | None = None,
     except DataError as error:
         raise ConfigError(str(error)) from None
     sampler = EpochShuffleSampler(len(val_set), 0, shuffle=False)
-    loader = DataLoader(val_set, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                        worker_init_fn=worker_init if workers else None)
+    loader = DataLoader(val_set, batch_size=batch_size, sampler=sampler, **loader_workers(workers))
     model, loader = accelerator.prepare(model, loader)
     metrics = evaluate(model, loader, accelerator, progress=True)
     skipped = report_unreadable(val_set, accelerator)

@@ -46,10 +46,10 @@ from vitzoo.train.data import (
     EpochShuffleSampler,
     SkipUnreadable,
     build_dataset,
+    loader_workers,
     report_unreadable,
     sample_seed,
     seed_everything,
-    worker_init,
 )
 from vitzoo.train.device_decode import collate_encoded
 from vitzoo.train.evaluate import evaluate
@@ -233,8 +233,8 @@ def _build_data(config: TrainConfig, model: torch.nn.Module, classes: list[str])
     val_sampler = EpochShuffleSampler(len(val_set), config.seed, shuffle=False)
     # Persistent workers: restarting them each epoch costs their start-up and the batches they prefetch, which is
     # a noticeable share of a short epoch. The per-sample seeds still follow the epoch (SkipUnreadable.set_epoch).
-    loader_args = {"num_workers": config.workers, "worker_init_fn": worker_init if config.workers else None,
-                   "pin_memory": torch.cuda.is_available(), "persistent_workers": config.workers > 0}
+    loader_args = {**loader_workers(config.workers), "pin_memory": torch.cuda.is_available(),
+                   "persistent_workers": config.workers > 0}
     train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=train_sampler, drop_last=True,
                               collate_fn=collate_encoded if config.decode_on_device else None, **loader_args)
     val_loader = DataLoader(val_set, batch_size=config.eval_batch_size or 2 * config.batch_size, sampler=val_sampler,
