@@ -36,7 +36,9 @@ SHAPES = {  # name: (batch, grid side, channels, SiLU, per-image kernels with a 
     "inline_1024": (16, 64, 192, False, True),
 }
 BANDWIDTH_TBS = {"H100": 3.35, "H200": 4.8}  # HBM bandwidth of the SXM parts, TB/s
-LAUNCHES = [(8, 16, 64, 4), (8, 16, 64, 8), (14, 16, 64, 8), (4, 16, 64, 8), (8, 16, 32, 4), (8, 32, 64, 8)]
+# (rows per band, columns, channels, warps)
+LAUNCHES = [(8, 16, 64, 4), (8, 16, 64, 8), (14, 16, 64, 4), (14, 16, 64, 8), (16, 16, 64, 4), (32, 16, 64, 4),
+            (14, 16, 32, 4), (14, 16, 128, 8), (8, 32, 64, 8)]
 
 
 def forward_us(x, weight, residual, grid: int, act: bool, launch: tuple[int, int, int, int]) -> tuple[float, object]:
