@@ -66,8 +66,8 @@ EPOCHS = 60
 # QT and ZeroS stayed below 92% top-1 at 60 epochs (91.6% each, mean of 3 seeds, against 92.2-93.3% for the other
 # DeiT families): they train longer.
 FAMILY_EPOCHS = {"qt": 100, "zeros": 100}
-SUMMARY_COLUMNS = ("model", "family", "dataset", "img_size", "top1", "top1_std", "top1_min", "top1_max", "top5",
-                   "seeds", "updates", "train_seconds")
+SUMMARY_COLUMNS = ("model", "family", "dataset", "img_size", "epochs", "top1", "top1_std", "top1_min", "top1_max",
+                   "top5", "seeds", "updates", "train_seconds")
 
 
 def summarize(seed_rows: list[dict[str, str]]) -> list[dict[str, object]]:
@@ -80,7 +80,7 @@ def summarize(seed_rows: list[dict[str, str]]) -> list[dict[str, object]]:
         top1 = [float(r["top1"]) for r in rows]
         summary.append({
             "model": model, "family": rows[0]["family"], "dataset": rows[0]["dataset"],
-            "img_size": rows[0]["img_size"], "top1": round(statistics.fmean(top1), 3),
+            "img_size": rows[0]["img_size"], "epochs": rows[0]["epochs"], "top1": round(statistics.fmean(top1), 3),
             "top1_std": round(statistics.stdev(top1), 3) if len(top1) > 1 else "",
             "top1_min": min(top1), "top1_max": max(top1),
             "top5": round(statistics.fmean(float(r["top5"]) for r in rows), 3), "seeds": len(rows),

@@ -18,7 +18,8 @@ spec.loader.exec_module(study)
 
 def test_summarize_means_and_spreads_over_seeds():
     rows = [
-        dict(model="m", family="f", dataset="fashion_mnist", img_size="28", top1=str(t), top5="99", updates="10",
+        dict(model="m", family="f", dataset="fashion_mnist", img_size="28", epochs="60", top1=str(t), top5="99",
+             updates="10",
              train_seconds=str(s))
         for t, s in ((80.0, 10), (82.0, 12), (87.0, 14))
     ]
@@ -26,6 +27,7 @@ def test_summarize_means_and_spreads_over_seeds():
     assert row["top1"] == pytest.approx(83.0)
     assert row["top1_std"] == pytest.approx(statistics.stdev([80, 82, 87]), abs=1e-3)
     assert (row["top1_min"], row["top1_max"], row["seeds"], row["train_seconds"]) == (80.0, 87.0, 3, 12.0)
+    assert row["epochs"] == "60"
 
 
 @pytest.mark.usefixtures("fresh_accelerator_state")
