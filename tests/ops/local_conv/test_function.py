@@ -19,9 +19,10 @@ from .cases import HAS_CUDA, make_inputs, needs_cuda, needs_kernels, outputs_and
         (2, 7, (4, 3), 1, 3, False, True, False),   # DeltaNet / H3: one kernel, bias, prefix copied through
         (3, 20, (2, 5), 0, 3, False, False, False),  # no prefix, C over one channel block
         (1, 70, (5, 5), 2, 5, True, True, True),    # K = 5, two channel blocks, every option
-        (1, 6, (9, 8), 1, 3, False, True, False),   # 9 rows: two bands of rows in both kernels
+        (1, 6, (34, 5), 1, 3, False, True, False),  # 34 rows: two bands of rows, three dw tiles
         (2, 5, (10, 35), 1, 3, True, False, True),  # 35 columns: three column blocks
-        (1, 4, (18, 5), 1, 3, False, True, False),  # 18 rows: three bands of rows
+        (1, 4, (66, 3), 1, 3, False, True, False),  # 66 rows: three bands of rows
+        (1, 3, (35, 2), 0, 5, True, False, True),   # K = 5 in two bands
     ],
 )
 def test_kernel_matches_reference(b, c, grid, prefix, k, per_image, with_bias, with_residual):

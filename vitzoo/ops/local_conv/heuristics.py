@@ -14,15 +14,18 @@ dw: 64 grid positions by up to 64 channels per program, one row of partial sums 
 """
 from __future__ import annotations
 
-MAX_BAND_ROWS = 16  # grids up to this many rows are one band; taller ones go in bands of 8
-NUM_WARPS = 8
+from ..utils import cdiv
+
+MAX_BAND_ROWS = 32  # grids up to this many rows are one band; taller ones go in equal bands of at most this many
+NUM_WARPS = 4
 DW_BLOCK_P = 64  # grid positions per program of the dw kernel
 DW_NUM_WARPS = 4
 
 
 def rows(grid_h: int) -> int:
-    """Grid rows per forward program."""
-    return grid_h if grid_h <= MAX_BAND_ROWS else 8
+    """Grid rows per forward program: the grid in the fewest bands of at most ``MAX_BAND_ROWS`` rows, of equal
+    height (a last band of a few rows would walk the full band's steps for nothing)."""
+    return cdiv(grid_h, cdiv(grid_h, MAX_BAND_ROWS))
 
 
 def block_w(grid_w: int) -> int:

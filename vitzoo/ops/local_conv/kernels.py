@@ -103,16 +103,23 @@ def _local_conv_fwd_kernel(
             _tap(w_base, sw_i, sw_j, c_mask, 2, 2)
         above = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)  # output row r - 1, before input row r
         here = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)  # output row r
+        left = _shifted_row(x_base, first - 1, cols, offs_c, sx_n, H, W, in_cols, -1)
+        mid = _shifted_row(x_base, first - 1, cols, offs_c, sx_n, H, W, in_cols, 0)
+        right = _shifted_row(x_base, first - 1, cols, offs_c, sx_n, H, W, in_cols, 1)
         for step in range(ROWS + 2):
             r = first - 1 + step
-            left = _shifted_row(x_base, r, cols, offs_c, sx_n, H, W, in_cols, -1)
-            mid = _shifted_row(x_base, r, cols, offs_c, sx_n, H, W, in_cols, 0)
-            right = _shifted_row(x_base, r, cols, offs_c, sx_n, H, W, in_cols, 1)
+            # the next input row is loaded before this one is used, so its loads overlap this row's work (row H,
+            # outside the grid, after the band's last: nothing is read)
+            following = tl.where(step < ROWS + 1, r + 1, H)
+            next_left = _shifted_row(x_base, following, cols, offs_c, sx_n, H, W, in_cols, -1)
+            next_mid = _shifted_row(x_base, following, cols, offs_c, sx_n, H, W, in_cols, 0)
+            next_right = _shifted_row(x_base, following, cols, offs_c, sx_n, H, W, in_cols, 1)
             done = above + left * w20 + mid * w21 + right * w22
             _write_row(done, r - 1, (step >= 2) & (r - 1 < H), cols, offs_c, in_cols, bias, res_base, out_base, P, W,
                        sr_n, so_n, HAS_BIAS, HAS_RESIDUAL, ACT)
             above = here + left * w10 + mid * w11 + right * w12
             here = left * w00 + mid * w01 + right * w02
+            left, mid, right = next_left, next_mid, next_right
     else:
         for step in range(ROWS):
             r = first + step
