@@ -19,7 +19,7 @@ SUMMARY_MARKERS = ("<!-- speed-summary:start -->", "<!-- speed-summary:end -->")
 COMPILE_MARKERS = ("<!-- compile-table:start -->", "<!-- compile-table:end -->")
 # the comparison of the current code that the README and docs/benchmarks.md show (older ones stay beside it, one file
 # per GPU)
-CURRENT = Path("benchmarks/results/compare/h200.json")
+CURRENT = Path("benchmarks/results/compare/h100.json")
 
 
 def load(path: Path) -> dict[str, Any]:

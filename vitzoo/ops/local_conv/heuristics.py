@@ -1,13 +1,12 @@
 """Launch shape of the local-convolution kernels.
 
-Forward (also dx and the SiLU gradient): a band of grid rows by 16 columns by up to 64 channels per program, 8 warps,
-walked row by row; the layers pass channels-last weights. DeltaNet-T's 576-channel SiLU convolution (batch 256 on the
-14 x 14 grid, bf16) ran 95 us a call on the H200 with the whole grid as one band, against 111 us in bands of 8 rows,
-121 us for the 32-position tiles this kernel replaced and 199 us with (C, K, K) weights; 98 against 123 us (bands of
-8, 4 warps) on an H100. On the 64 x 64 grid (1024 px, batch 16) bands of 8 rows ran 115 us against 124 us for the
-tiles (H200). InLine-T's 192-channel convolution (per-image kernels, with the residual) ran 48 against 52 us at
-224 px; at 1024 px its best was 4 warps (55 against 59 us, tiles 59 us). Files: ``benchmarks/results/local_conv/``
-(``h200.json`` the A/B against the previous kernel, ``h100.json`` from ``benchmarks/local_conv.py``).
+Forward (also dx and the SiLU gradient): a band of grid rows by 16 columns by up to 64 channels per program, 4 warps;
+grids up to 32 rows are one band, taller ones equal bands of at most 32 rows; the layers pass channels-last weights.
+On an H100 (``benchmarks/results/local_conv/h100.json``, the input-row kernel) these were the fastest of nine launch
+shapes at both resolutions measured: DeltaNet-T's 576-channel SiLU convolution (batch 256 on the 14 x 14 grid, bf16)
+82 us a call against 96 us at 8 warps and 91 us in bands of 8 rows; on the 64 x 64 grid (1024 px, batch 16) 92 us
+against 100 us in bands of 8 and 94 us in bands of 16; InLine-T's 192-channel convolution (per-image kernels, with
+the residual) 40 and 44 us. Wider column blocks (32) ran 1.3-2.5x slower, 128-channel blocks 1.4-1.5x.
 
 dw: 64 grid positions by up to 64 channels per program, one row of partial sums per tap; a row-band form of it ran
 1.8-6x slower on the H200.
