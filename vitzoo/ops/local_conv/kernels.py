@@ -93,8 +93,8 @@ def _local_conv_fwd_kernel(
     if K == 3:
         # Input rows in order, each read once (its three column shifts): input row r adds its tap rows 0, 1, 2 to
         # output rows r + 1, r, r - 1, and output row r - 1 is then complete. Two rows of partial sums are carried;
-        # the nine taps stay in registers. Against one output row at a time (nine shifted loads each) this reads a
-        # third of the tiles and holds far fewer pointers.
+        # the nine taps stay in registers. Against one output row at a time (nine shifted loads each) this issues a
+        # third of the tile loads.
         w00, w01, w02 = _tap(w_base, sw_i, sw_j, c_mask, 0, 0), _tap(w_base, sw_i, sw_j, c_mask, 0, 1), \
             _tap(w_base, sw_i, sw_j, c_mask, 0, 2)
         w10, w11, w12 = _tap(w_base, sw_i, sw_j, c_mask, 1, 0), _tap(w_base, sw_i, sw_j, c_mask, 1, 1), \
