@@ -26,6 +26,14 @@ def _shifted_row(base, r, cols, offs_c, s_n, H, W, tile_mask, dj: tl.constexpr):
 
 
 @triton.jit
+def _row_shifts(base, r, cols, offs_c, s_n, H, W, tile_mask):
+    # grid row r shifted by -1, 0 and +1 columns (a 3-wide kernel's three taps of that row)
+    return (_shifted_row(base, r, cols, offs_c, s_n, H, W, tile_mask, -1),
+            _shifted_row(base, r, cols, offs_c, s_n, H, W, tile_mask, 0),
+            _shifted_row(base, r, cols, offs_c, s_n, H, W, tile_mask, 1))
+
+
+@triton.jit
 def _shifted_tile(base, row, col, offs_c, s_n, H, W, valid, c_mask, di: tl.constexpr, dj: tl.constexpr):
     # the (positions, channels) tile of the grid shifted by (di, dj), zero outside the grid
     r = row + di
@@ -69,6 +77,13 @@ def _tap(w_base, sw_i, sw_j, c_mask, i: tl.constexpr, j: tl.constexpr):
 
 
 @triton.jit
+def _tap_row(w_base, sw_i, sw_j, c_mask, i: tl.constexpr):
+    # the three taps of a 3-wide kernel's row i
+    return (_tap(w_base, sw_i, sw_j, c_mask, i, 0), _tap(w_base, sw_i, sw_j, c_mask, i, 1),
+            _tap(w_base, sw_i, sw_j, c_mask, i, 2))
+
+
+@triton.jit
 def _local_conv_fwd_kernel(
         x_ptr, w_ptr, bias_ptr, res_ptr, out_ptr,
         C, H, W, P, NUM_BANDS,
@@ -95,25 +110,18 @@ def _local_conv_fwd_kernel(
         # output rows r + 1, r, r - 1, and output row r - 1 is then complete. Two rows of partial sums are carried;
         # the nine taps stay in registers. Against one output row at a time (nine shifted loads each) this issues a
         # third of the tile loads.
-        w00, w01, w02 = _tap(w_base, sw_i, sw_j, c_mask, 0, 0), _tap(w_base, sw_i, sw_j, c_mask, 0, 1), \
-            _tap(w_base, sw_i, sw_j, c_mask, 0, 2)
-        w10, w11, w12 = _tap(w_base, sw_i, sw_j, c_mask, 1, 0), _tap(w_base, sw_i, sw_j, c_mask, 1, 1), \
-            _tap(w_base, sw_i, sw_j, c_mask, 1, 2)
-        w20, w21, w22 = _tap(w_base, sw_i, sw_j, c_mask, 2, 0), _tap(w_base, sw_i, sw_j, c_mask, 2, 1), \
-            _tap(w_base, sw_i, sw_j, c_mask, 2, 2)
+        w00, w01, w02 = _tap_row(w_base, sw_i, sw_j, c_mask, 0)
+        w10, w11, w12 = _tap_row(w_base, sw_i, sw_j, c_mask, 1)
+        w20, w21, w22 = _tap_row(w_base, sw_i, sw_j, c_mask, 2)
         above = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)  # output row r - 1, before input row r
         here = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)  # output row r
-        left = _shifted_row(x_base, first - 1, cols, offs_c, sx_n, H, W, in_cols, -1)
-        mid = _shifted_row(x_base, first - 1, cols, offs_c, sx_n, H, W, in_cols, 0)
-        right = _shifted_row(x_base, first - 1, cols, offs_c, sx_n, H, W, in_cols, 1)
+        left, mid, right = _row_shifts(x_base, first - 1, cols, offs_c, sx_n, H, W, in_cols)
         for step in range(ROWS + 2):
             r = first - 1 + step
             # the next input row is loaded before this one is used, so its loads overlap this row's work (row H,
             # outside the grid, after the band's last: nothing is read)
             following = tl.where(step < ROWS + 1, r + 1, H)
-            next_left = _shifted_row(x_base, following, cols, offs_c, sx_n, H, W, in_cols, -1)
-            next_mid = _shifted_row(x_base, following, cols, offs_c, sx_n, H, W, in_cols, 0)
-            next_right = _shifted_row(x_base, following, cols, offs_c, sx_n, H, W, in_cols, 1)
+            next_left, next_mid, next_right = _row_shifts(x_base, following, cols, offs_c, sx_n, H, W, in_cols)
             done = above + left * w20 + mid * w21 + right * w22
             _write_row(done, r - 1, (step >= 2) & (r - 1 < H), cols, offs_c, in_cols, bias, res_base, out_base, P, W,
                        sr_n, so_n, HAS_BIAS, HAS_RESIDUAL, ACT)
