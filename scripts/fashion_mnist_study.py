@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)
 
     train_samples, val_samples = (256, 200) if args.quick else (60000, 10000)
-    epochs = schedule(args.families, 1 if args.quick else args.epochs)
+    every_family = 1 if args.quick else args.epochs  # None: each family's own schedule
+    epochs = schedule(args.families, every_family)
     recipe = [DEIT_SHAPE, f"patch_size={PATCH_SIZE}", "drop_path=0.1", "crop_pad=2", "hflip=0.5",
               "augment_on_device=true", "lr=3e-3",
               *(["batch_size=32", "warmup_epochs=0"] if args.quick else ["batch_size=512", "warmup_epochs=5"])]
@@ -227,8 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.unit:
         family = args.unit[1]
-        train_unit(args.out, int(args.unit[0]), family, schedule([family], 1 if args.quick else args.epochs)[family],
-                   zoo_args)
+        train_unit(args.out, int(args.unit[0]), family, schedule([family], every_family)[family], zoo_args)
         return
     run_units(args, pending_units(args.out, args.seeds, epochs))
     rows = merge_runs(args.out)
