@@ -5,7 +5,8 @@ Shapes (bf16, batch 256 at 224 px on the 14 x 14 grid, batch 16 at 1024 px on th
 DeltaNet-T's 576-channel SiLU convolution with one shared kernel, InLine-T's 192-channel one with per-image kernels
 and the attention output as residual. For each: the forward kernel at each (rows per band, columns, channels, warps)
 with the weight as (C, K, K) per image ('native') and channels-last (taps outer, channels contiguous, what the
-layers pass), and the dw kernel with its partial-sum reduction (shared-kernel shapes). Device time is
+layers pass), and both dw kernels with their partial-sum reduction (shared-kernel shapes): by input rows, what the op
+runs for K = 3, and by tiles of positions, what it runs for other K. Device time is
 ``triton.testing.do_bench``'s median; the bytes floor is one read of the inputs and one write of the output at the
 GPU's memory bandwidth.
 
@@ -59,19 +60,27 @@ def forward_us(x, weight, residual, grid: int, act: bool, launch: tuple[int, int
     return triton.testing.do_bench(run, warmup=25, rep=100) * 1e3, out
 
 
-def dw_us(x, grad, grid: int) -> float:
+def dw_us(x, grad, grid: int, by_rows: bool) -> tuple[float, torch.Tensor]:
+    """dw with its partial-sum reduction: the input-row kernel (K = 3, what the op runs) or the position tiles."""
     b, _, c = x.shape
-    tiles = cdiv(grid * grid, heuristics.DW_BLOCK_P)
     block_c = heuristics.block_c(c)
+    rows, block_w = heuristics.rows(grid), heuristics.block_w(grid)
+    bands, column_blocks = cdiv(grid, rows), cdiv(grid, block_w)
+    tiles = bands * column_blocks if by_rows else cdiv(grid * grid, heuristics.DW_BLOCK_P)
 
     def run():
         part = torch.empty(b, tiles, 9, c, device=x.device)
-        kernels._local_conv_dw_kernel[(b, tiles, cdiv(c, block_c))](
-            x, grad, part, c, grid, grid, 1, tiles, x.stride(0), x.stride(1), grad.stride(0), grad.stride(1), K=3,
-            BLOCK_P=heuristics.DW_BLOCK_P, BLOCK_C=block_c, num_warps=heuristics.DW_NUM_WARPS)
+        if by_rows:
+            kernels._local_conv_dw_rows_kernel[(b * bands, column_blocks, cdiv(c, block_c))](
+                x, grad, part, c, grid, grid, 1, bands, x.stride(0), x.stride(1), grad.stride(0), grad.stride(1),
+                ROWS=rows, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=heuristics.NUM_WARPS)
+        else:
+            kernels._local_conv_dw_kernel[(b, tiles, cdiv(c, block_c))](
+                x, grad, part, c, grid, grid, 1, tiles, x.stride(0), x.stride(1), grad.stride(0), grad.stride(1),
+                K=3, BLOCK_P=heuristics.DW_BLOCK_P, BLOCK_C=block_c, num_warps=heuristics.DW_NUM_WARPS)
         return part.sum(dim=(0, 1))
 
-    return triton.testing.do_bench(run, warmup=25, rep=100) * 1e3
+    return triton.testing.do_bench(run, warmup=25, rep=100) * 1e3, run()
 
 
 def main() -> None:
@@ -108,9 +117,14 @@ def main() -> None:
                       f"{launch[2]:2d} warps {launch[3]}: {us:7.1f} us (floor {floor:.1f}){' *' if picked else ''}",
                       flush=True)
         if not per_image:
-            us = dw_us(x, torch.randn_like(x), grid)
-            rows.append(dict(shape=name, kernel="dw", us=round(us, 1)))
-            print(f"{name:14s} dw + sum: {us:7.1f} us", flush=True)
+            grad = torch.randn_like(x)
+            sums = {}
+            for kernel, by_rows in (("dw_rows", True), ("dw_tiles", False)):
+                us, sums[kernel] = dw_us(x, grad, grid, by_rows)
+                rows.append(dict(shape=name, kernel=kernel, us=round(us, 1)))
+                print(f"{name:14s} {kernel} + sum: {us:7.1f} us", flush=True)
+            # the two kernels add in different orders: fp32 sums of 50k bf16 products agree to rounding
+            torch.testing.assert_close(sums["dw_rows"], sums["dw_tiles"], rtol=1e-4, atol=1e-2)
     info = dict(environment(torch.device("cuda")), command=" ".join(["python"] + sys.argv), git_revision=git_revision(),
                 bandwidth_tbs=bandwidth)
     write_json(args.out, {"info": info, "rows": rows})

@@ -17,7 +17,7 @@ _ACT_NONE, _ACT_SILU, _ACT_SILU_BACKWARD = 0, 1, 2  # the kernels' ACT
 _ACTIVATION_CODES = {None: _ACT_NONE, "silu": _ACT_SILU}
 
 if triton_available():
-    from .kernels import _local_conv_dw_kernel, _local_conv_fwd_kernel
+    from .kernels import _local_conv_dw_kernel, _local_conv_dw_rows_kernel, _local_conv_fwd_kernel
 
     def _local_conv_fwd(
             x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
@@ -50,8 +50,18 @@ if triton_available():
     ) -> torch.Tensor:
         """Per-(image, tile) partial sums of dw, (B, tiles, K * K, C) in fp32."""
         b, _, c = x.shape
-        tiles = cdiv(grid_h * grid_w, heuristics.DW_BLOCK_P)
         block_c = heuristics.block_c(c)
+        if kernel_size == 3:  # the forward's bands of rows and blocks of columns, walked by input rows
+            rows, block_w = heuristics.rows(grid_h), heuristics.block_w(grid_w)
+            bands, column_blocks = cdiv(grid_h, rows), cdiv(grid_w, block_w)
+            part = torch.empty((b, bands * column_blocks, 9, c), dtype=torch.float32, device=x.device)
+            launcher(_local_conv_dw_rows_kernel, direct_launch)[(b * bands, column_blocks, cdiv(c, block_c))](
+                x, grad, part, c, grid_h, grid_w, num_prefix_tokens, bands,
+                x.stride(0), x.stride(1), grad.stride(0), grad.stride(1),
+                ROWS=rows, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=heuristics.NUM_WARPS,
+            )
+            return part
+        tiles = cdiv(grid_h * grid_w, heuristics.DW_BLOCK_P)
         part = torch.empty((b, tiles, kernel_size * kernel_size, c), dtype=torch.float32, device=x.device)
         launcher(_local_conv_dw_kernel, direct_launch)[(b, tiles, cdiv(c, block_c))](
             x, grad, part, c, grid_h, grid_w, num_prefix_tokens, tiles,

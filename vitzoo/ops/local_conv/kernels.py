@@ -175,3 +175,65 @@ def _local_conv_dw_kernel(
         for j in tl.static_range(K):
             xs = _shifted_tile(x_base, row, col, offs_c, sx_n, H, W, valid, c_mask, i - K // 2, j - K // 2)
             tl.store(part_base + (i * K + j) * C, tl.sum(xs * g, axis=0), mask=c_mask)
+
+
+@triton.jit
+def _band_grad_row(g_base, r, first, last, cols, offs_c, sg_n, H, W, in_cols):
+    # the incoming gradient's grid row r where the band [first, last) owns it, zero elsewhere
+    return _shifted_row(g_base, tl.where((r >= first) & (r < last), r, -1), cols, offs_c, sg_n, H, W, in_cols, 0)
+
+
+@triton.jit
+def _local_conv_dw_rows_kernel(
+        x_ptr, g_ptr, part_ptr,
+        C, H, W, P, NUM_BANDS,
+        sx_b, sx_n, sg_b, sg_n,
+        ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    # partial dw (K = 3) of one (image, band of rows, block of columns):
+    # part[b, band * num_column_blocks + column_block, 3 i + j, c] = sum over the tile's p of g[p, c] x[p + (i, j), c].
+    # Like the forward, it walks the band's input rows and reads each once (three column shifts): input row s meets
+    # the gradient rows s + 1, s and s - 1 through tap rows 0, 1 and 2, and the gradient rows roll along with it.
+    bi = tl.program_id(0) // NUM_BANDS
+    band = tl.program_id(0) % NUM_BANDS
+    cols = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    offs_c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = offs_c < C
+    in_cols = (cols < W)[:, None] & c_mask[None, :]
+    x_base = x_ptr + bi * sx_b + P * sx_n
+    g_base = g_ptr + bi * sg_b + P * sg_n
+    first = band * ROWS
+    last = tl.minimum(first + ROWS, H)
+    zero = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
+    d00, d01, d02, d10, d11, d12, d20, d21, d22 = zero, zero, zero, zero, zero, zero, zero, zero, zero
+    g_above = zero  # gradient row s - 1 (the band's rows only)
+    g_here = zero  # gradient row s (s = first - 1 is outside the band)
+    left, mid, right = _row_shifts(x_base, first - 1, cols, offs_c, sx_n, H, W, in_cols)
+    for step in range(ROWS + 2):
+        s = first - 1 + step
+        g_below = _band_grad_row(g_base, s + 1, first, last, cols, offs_c, sg_n, H, W, in_cols)
+        # the next input row, loaded before this one is used (row H after the band's last: nothing is read)
+        following = tl.where(step < ROWS + 1, s + 1, H)
+        next_left, next_mid, next_right = _row_shifts(x_base, following, cols, offs_c, sx_n, H, W, in_cols)
+        d00 += g_below * left
+        d01 += g_below * mid
+        d02 += g_below * right
+        d10 += g_here * left
+        d11 += g_here * mid
+        d12 += g_here * right
+        d20 += g_above * left
+        d21 += g_above * mid
+        d22 += g_above * right
+        g_above, g_here = g_here, g_below
+        left, mid, right = next_left, next_mid, next_right
+    tile = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+    part_base = part_ptr + tile * 9 * C + offs_c
+    tl.store(part_base + 0 * C, tl.sum(d00, axis=0), mask=c_mask)
+    tl.store(part_base + 1 * C, tl.sum(d01, axis=0), mask=c_mask)
+    tl.store(part_base + 2 * C, tl.sum(d02, axis=0), mask=c_mask)
+    tl.store(part_base + 3 * C, tl.sum(d10, axis=0), mask=c_mask)
+    tl.store(part_base + 4 * C, tl.sum(d11, axis=0), mask=c_mask)
+    tl.store(part_base + 5 * C, tl.sum(d12, axis=0), mask=c_mask)
+    tl.store(part_base + 6 * C, tl.sum(d20, axis=0), mask=c_mask)
+    tl.store(part_base + 7 * C, tl.sum(d21, axis=0), mask=c_mask)
+    tl.store(part_base + 8 * C, tl.sum(d22, axis=0), mask=c_mask)
