@@ -184,6 +184,12 @@ def _band_grad_row(g_base, r, first, last, cols, offs_c, sg_n, H, W, in_cols):
 
 
 @triton.jit
+def _zero_tiles(BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr):
+    return (tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32), tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32),
+            tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32))
+
+
+@triton.jit
 def _local_conv_dw_rows_kernel(
         x_ptr, g_ptr, part_ptr,
         C, H, W, P, NUM_BANDS,
@@ -204,10 +210,12 @@ def _local_conv_dw_rows_kernel(
     g_base = g_ptr + bi * sg_b + P * sg_n
     first = band * ROWS
     last = tl.minimum(first + ROWS, H)
-    zero = tl.zeros((BLOCK_W, BLOCK_C), dtype=tl.float32)
-    d00, d01, d02, d10, d11, d12, d20, d21, d22 = zero, zero, zero, zero, zero, zero, zero, zero, zero
-    g_above = zero  # gradient row s - 1 (the band's rows only)
-    g_here = zero  # gradient row s (s = first - 1 is outside the band)
+    # every loop-carried tile starts from a zeros tensor of its own (Triton merges loop-carried values that start as
+    # one object: on a GPU the tap row 2 sums came out zero)
+    d00, d01, d02 = _zero_tiles(BLOCK_W, BLOCK_C)
+    d10, d11, d12 = _zero_tiles(BLOCK_W, BLOCK_C)
+    d20, d21, d22 = _zero_tiles(BLOCK_W, BLOCK_C)
+    g_above, g_here, _ = _zero_tiles(BLOCK_W, BLOCK_C)  # gradient rows s - 1 and s (the band's rows only)
     left, mid, right = _row_shifts(x_base, first - 1, cols, offs_c, sx_n, H, W, in_cols)
     for step in range(ROWS + 2):
         s = first - 1 + step
