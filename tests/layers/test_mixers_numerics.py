@@ -2,12 +2,21 @@
 (``explicit_mixers.py``) on odd sizes, and a finite bf16 forward at ImageNet-768 length."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from explicit_mixers import EXPLICIT
 
 from vitzoo.layers import MIXERS, create_mixer
+from vitzoo.ops import set_backend
+from vitzoo.ops.testing import relative_error
+from vitzoo.ops.utils import interpreting, triton_available
 from vitzoo.registry import DEIT_FAMILIES, FAMILIES
+
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+needs_kernels = pytest.mark.skipif(not (torch.cuda.is_available() or triton_available() and interpreting()),
+                                   reason="needs CUDA or the Triton interpreter")
 
 # Each DeiT family's mixer with the family's options (fem and fem_softmax: both priors).
 CASES = {name: (FAMILIES[name].mixer, FAMILIES[name].mixer_kwargs) for name in DEIT_FAMILIES}
@@ -43,6 +52,53 @@ def test_forward_matches_explicit_float64(family, grid_size, num_prefix):
     assert out.shape == x.shape and out.dtype == x.dtype
     expected = EXPLICIT[CASES[family][0]](mixer, x, grid_size, num_prefix)
     torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-9)
+
+
+def _with_random_running_stats(mixer: torch.nn.Module) -> torch.nn.Module:
+    """The mixer in eval mode with every BatchNorm's running statistics random (QT's shortcut reads them there)."""
+    with torch.no_grad():
+        for module in mixer.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.running_mean.normal_()
+                module.running_var.uniform_(0.5, 2.0)
+    return mixer.eval()
+
+
+@pytest.mark.parametrize("family", sorted(CASES))
+@pytest.mark.parametrize("grad_mode", [False, True])
+def test_eval_forward_matches_explicit_float64(family, grad_mode):
+    grid_size, num_prefix = LAYOUTS[0]
+    mixer = _with_random_running_stats(_random_mixer(family, seed=2))
+    x = torch.randn(2, num_prefix + grid_size[0] * grid_size[1], DIM, dtype=torch.float64)
+    with torch.set_grad_enabled(grad_mode):
+        out = mixer(x, grid_size, num_prefix)
+        again = mixer(x, grid_size, num_prefix)  # QT keeps its shortcut's affine map between such forwards
+    expected = EXPLICIT[CASES[family][0]](mixer, x, grid_size, num_prefix)
+    torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(again, expected, atol=1e-10, rtol=1e-9)
+
+
+@needs_kernels
+def test_qt_eval_shortcut_through_the_kernels_matches_explicit_float64_and_follows_the_statistics():
+    """QT in eval mode on the kernels (fp32): attention and the one-pass shortcut against the float64 math, before
+    and after its running statistics change (the kept affine map must follow)."""
+    grid_size, num_prefix = LAYOUTS[0]
+    mixer = _with_random_running_stats(_random_mixer("qt", seed=3))
+    x = torch.randn(2, num_prefix + grid_size[0] * grid_size[1], DIM, dtype=torch.float64)
+    fp32 = copy.deepcopy(mixer).float().to(KERNEL_DEVICE)
+    for step in range(2):
+        set_backend("triton")
+        try:
+            with torch.no_grad():
+                out = fp32(x.float().to(KERNEL_DEVICE), grid_size, num_prefix)
+        finally:
+            set_backend("auto")
+        expected = EXPLICIT["qt"](mixer, x, grid_size, num_prefix)
+        assert relative_error(out.cpu(), expected) < 1e-5, step
+        with torch.no_grad():  # new statistics, changed in place as load_state_dict and EMA do
+            for norm in (mixer.core.v_norm, fp32.core.v_norm):
+                norm.running_mean.add_(0.5)
+                norm.running_var.mul_(3.0)
 
 
 @pytest.mark.parametrize("family", sorted(CASES))

@@ -56,11 +56,13 @@ def test_kernels_match_references_under_bf16_autocast(name):
         _assert_no_worse_than_references(key, grads[key], ref_grads[key], truth)
 
 
-def test_captured_inference_reads_the_parameters_not_kept_copies():
-    """Eager inference forwards keep 16-bit copies of the Linear weights (``KeptCastLinear``); a CUDA graph captured
-    after them must still cast the parameters inside the graph, so that a replay follows in-place updates."""
+@pytest.mark.parametrize("name", ["softmax_deit_tiny_patch16_224", "qt_deit_tiny_patch16_224"])
+def test_captured_inference_reads_the_parameters_not_kept_copies(name):
+    """Eager inference forwards keep 16-bit copies of the Linear weights (``KeptCastLinear``) and QT's shortcut keeps
+    its BatchNorm's affine map; a CUDA graph captured after them must still compute them from the parameters and
+    statistics inside the graph, so that a replay follows in-place updates."""
     torch.manual_seed(0)
-    model = timm.create_model("softmax_deit_tiny_patch16_224", depth=2, num_classes=10).cuda().eval()
+    model = timm.create_model(name, depth=2, num_classes=10).cuda().eval()
     images = torch.randn(4, 3, 224, 224, device="cuda")
 
     def forward():
@@ -79,6 +81,9 @@ def test_captured_inference_reads_the_parameters_not_kept_copies():
     with torch.no_grad():
         for param in model.parameters():
             param.mul_(-1.5)
+        for buffer_name, buffer in model.named_buffers():
+            if buffer_name.endswith("running_mean"):
+                buffer.add_(0.5)
     graph.replay()
     # stale copies would be off by O(1) (every weight's sign flipped)
     torch.testing.assert_close(captured, forward(), rtol=1e-3, atol=1e-3)
