@@ -58,9 +58,9 @@ def test_kernels_match_references_under_bf16_autocast(name):
 
 @pytest.mark.parametrize("name", ["softmax_deit_tiny_patch16_224", "qt_deit_tiny_patch16_224"])
 def test_captured_inference_reads_the_parameters_not_kept_copies(name):
-    """Eager inference forwards keep 16-bit copies of the Linear weights (``KeptCastLinear``) and QT's shortcut keeps
-    its BatchNorm's affine map; a CUDA graph captured after them must still compute them from the parameters and
-    statistics inside the graph, so that a replay follows in-place updates."""
+    """Eager inference forwards keep 16-bit copies of the Linear weights (``KeptCastLinear``); a CUDA graph captured
+    after them must still cast the parameters inside the graph, so that a replay follows in-place updates (of QT's
+    shortcut BatchNorm's statistics too)."""
     torch.manual_seed(0)
     model = timm.create_model(name, depth=2, num_classes=10).cuda().eval()
     images = torch.randn(4, 3, 224, 224, device="cuda")

@@ -26,9 +26,8 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from timm.models.efficientvit_mit import LiteMLA
 
-from ..ops import affine_gelu_add, linear_attention
+from ..ops import batch_norm_gelu_add, linear_attention
 from .base import TokenMixer
-from .kept import KeepsValue, kept_value_key
 
 __all__ = ["QuadraticTaylorAttention", "QuadraticTaylorCore", "QuadraticTaylorLiteMLA"]
 
@@ -37,11 +36,11 @@ __all__ = ["QuadraticTaylorAttention", "QuadraticTaylorCore", "QuadraticTaylorLi
 QT_EPS = 1e-15
 
 
-class QuadraticTaylorCore(KeepsValue, nn.Module):
+class QuadraticTaylorCore(nn.Module):
     """QT attention on per-head q, k, v, plus the GELU(BN(v)) shortcut.
 
-    In eval mode the BatchNorm is a per-channel affine map of v: shortcut and sum are then one pass
-    (:func:`vitzoo.ops.affine_gelu_add`), with the map's factors kept between inference forwards.
+    In eval mode (running statistics) the shortcut and its sum with the attention are one pass
+    (:func:`vitzoo.ops.batch_norm_gelu_add`).
 
     Args:
         head_dim: channels per head (the BatchNorm width).
@@ -67,18 +66,6 @@ class QuadraticTaylorCore(KeepsValue, nn.Module):
         nn.init.ones_(self.const)
         self.v_norm.reset_parameters()
 
-    def _shortcut_affine(self, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The eval-mode BatchNorm as v * scale + shift, (heads * head_dim,) each in fp32 at least (every head shares
-        it)."""
-        norm = self.v_norm
-        acc = torch.promote_types(norm.running_var.dtype, torch.float32)
-        scale = norm.running_var.to(acc).add(norm.eps).rsqrt()
-        shift = -norm.running_mean.to(acc) * scale
-        if norm.affine:
-            scale = scale * norm.weight.to(acc)
-            shift = shift * norm.weight.to(acc) + norm.bias.to(acc)
-        return scale.repeat(heads), shift.repeat(heads)
-
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Attend.
 
@@ -95,14 +82,7 @@ class QuadraticTaylorCore(KeepsValue, nn.Module):
         if not norm.training and norm.running_mean is not None:
             # one pass where the BatchNorm, GELU and sum took four launches and a copy of v (on the H100 about
             # 80 us a block of QT-DeiT-T at batch 256)
-            heads = v.shape[2]
-            # kept outside CUDA-graph capture only: a captured graph computes the map itself, so that its replays
-            # follow in-place updates of the statistics and parameters
-            capturing = v.is_cuda and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing()
-            key = None if capturing else kept_value_key(
-                (norm.weight, norm.bias, norm.running_mean, norm.running_var), heads)
-            scale, shift = self.kept(key, lambda: self._shortcut_affine(heads))
-            return affine_gelu_add(out.flatten(2), v.flatten(2), scale, shift).view(out.shape)
+            return batch_norm_gelu_add(out, v, norm.running_mean, norm.running_var, norm.weight, norm.bias, norm.eps)
         head_dim = v.shape[-1]
         # contiguous rows: CUDA's BatchNorm runs its channels-last kernels on a contiguous (rows, channels) input, but
         # on this strided view of the fused qkv its one-block-per-channel kernels (16 blocks for all the rows); that

@@ -1,15 +1,15 @@
 """Fused token-mixing ops with their PyTorch references.
 
 One package per op (``linear_attention``, ``delta_rule``, ``local_conv``, ``layer_norm`` with RMS norm,
-``zeros_weights``, ``free_energy``, ``ssm_kernel``, ``toeplitz_attention``, ``affine_gelu_add``), each split into
-``reference`` (the specification, in PyTorch), ``kernels`` (Triton), ``heuristics`` (launch settings) and
+``zeros_weights``, ``free_energy``, ``ssm_kernel``, ``toeplitz_attention``, ``batch_norm_gelu_add``), each split
+into ``reference`` (the specification, in PyTorch), ``kernels`` (Triton), ``heuristics`` (launch settings) and
 ``function`` (custom ops, autograd function, public entry points); ``utils`` holds the backend selection and what the
 ops share. The reference is the specification; the kernel must equal it. ``docs/kernels.md`` describes the design.
 
 The public functions are re-exported here, so ``vitzoo.ops.linear_attention`` and ``vitzoo.ops.local_conv`` are the
 functions; their packages are reached with ``from vitzoo.ops.linear_attention import ...`` or ``importlib``.
 """
-from .affine_gelu_add import affine_gelu_add, affine_gelu_add_reference
+from .batch_norm_gelu_add import batch_norm_gelu_add, batch_norm_gelu_add_reference
 from .delta_rule import (
     delta_rule_bidirectional,
     delta_rule_bidirectional_reference,
@@ -40,8 +40,8 @@ from .zeros_weights import zeros_weights, zeros_weights_reference
 
 __all__ = [
     "FEATURE_MAPS",
-    "affine_gelu_add",
-    "affine_gelu_add_reference",
+    "batch_norm_gelu_add",
+    "batch_norm_gelu_add_reference",
     "delta_rule_bidirectional",
     "delta_rule_bidirectional_reference",
     "delta_rule_chunked_reference",

@@ -1,4 +1,4 @@
-"""Launch shape of the affine-GELU-add kernel: tiles of rows by up to 64 channels, about 4k elements a program."""
+"""Launch shape of the BatchNorm-GELU-add kernel: tiles of rows by up to 64 channels, about 4k elements a program."""
 from __future__ import annotations
 
 from ..utils import next_power_of_2
@@ -8,7 +8,7 @@ TILE_ELEMENTS = 4096
 
 
 def block_c(channels: int) -> int:
-    """Channels per program: up to 64 (a (B, N, 3 * 64) head-major layout divides into whole blocks)."""
+    """Channels per program: up to 64 (heads of 64 channels fill whole blocks)."""
     return min(64, max(16, next_power_of_2(channels)))
 
 
