@@ -41,6 +41,8 @@ def render(root: Path) -> dict[Path, str]:
                                         speed_report.to_markdown(speed_report.load(root / COMPARE)))
     docs_text = replace_between_markers(docs_text, fashion_mnist.STUDY_MARKERS, fashion_mnist.study_table(
         root / STUDY / "summary.csv", [root / STUDY / "bench.csv"]))
+    docs_text = replace_between_markers(docs_text, speed_report.SIZES_MARKERS, speed_report.sizes_table(
+        speed_report.load(root / COMPARE)[speed_report.SIZES_SECTION]))
     docs_text = replace_between_markers(docs_text, speed_report.COMPILE_MARKERS,
                                         speed_report.compile_table(speed_report.load(root / COMPILE)))
     docs_text = replace_between_markers(docs_text, fashion_mnist.IMAGENET_SHAPE_MARKERS,

@@ -17,6 +17,8 @@ from vitzoo.report._readme import rewrite_between_markers
 MARKERS = ("<!-- speed-tables:start -->", "<!-- speed-tables:end -->")
 SUMMARY_MARKERS = ("<!-- speed-summary:start -->", "<!-- speed-summary:end -->")
 COMPILE_MARKERS = ("<!-- compile-table:start -->", "<!-- compile-table:end -->")
+SIZES_MARKERS = ("<!-- sizes-table:start -->", "<!-- sizes-table:end -->")
+SIZES_SECTION = "sizes_224"  # the section of CURRENT with the small and base models
 # the comparison of the current code that the README and docs/benchmarks.md show (older ones stay beside it, one file
 # per GPU)
 CURRENT = Path("benchmarks/results/compare/h100.json")
@@ -137,7 +139,8 @@ def summary_table(data: dict[str, Any], source: Path = CURRENT) -> str:
                   f"{'/'.join(map(str, train_batches))}" if train_sizes else "")
     lines += ["", f"{info['device']}, torch {info['torch']}, triton {info['triton']}, {info['date'][:10]}, code at "
               f"`{info['git_revision']}`: bf16, batch 256 at 224 px and the same tokens per batch above{train_note}, "
-              f"median of 3 interleaved repeats in one process (`{source.as_posix()}`)."]
+              f"median of 3 interleaved repeats in one process per command (`{source.as_posix()}`; its "
+              "`info.note` says which rows later code replaced)."]
     return "\n".join(lines)
 
 
@@ -148,7 +151,7 @@ def to_markdown(data: dict[str, Any]) -> str:
         f"Measured on {info['device']} ({info['cpu_count']} CPU cores), torch {info['torch']}, triton "
         f"{info['triton']}, timm {info['timm']}, {info['date'][:10]}, code at `{info['git_revision']}`, bf16 "
         "autocast, eager unless a table says otherwise, each model beside its softmax twin and timm's model in one "
-        "process, interleaved, 3 repeats.",
+        "process, interleaved, 3 repeats (rows that later code replaced: the file's `info.note`).",
         "**Inference** (batch 256 at 224 and the same tokens per batch above):",
         inference_table(rows),
     ]
@@ -176,6 +179,31 @@ def to_markdown(data: dict[str, Any]) -> str:
                              f"`train.py` with `cuda_graph=true`: cross-entropy and AdamW stay eager) at {size} px:")
                 sections += [title, host_device_table(rows, phase, size, mode)]
     return "\n\n".join(sections)
+
+
+def sizes_table(section: dict[str, Any]) -> str:
+    """Inference of the other model sizes (a section whose ``parts`` are compare results, one per size): per zoo
+    model, replayed from a CUDA graph with the ratios to its softmax twin and timm's model and the device time, and
+    eager with its ratio to the twin and host / device ms."""
+    lines = ["| model | px | CUDA graph: img/s | x twin | x timm | device ms "
+             "| eager: img/s, x twin (host / device ms) |", "|---|---|---|---|---|---|---|"]
+    for part in section["parts"]:
+        graphed = _index(_ok(part["rows"], phase="infer", compile="cuda-graph"))
+        eager = _index(_ok(part["rows"], phase="infer", compile="none"))
+        for model in _zoo_models(part["rows"]):
+            for size in sorted(s for m, s in graphed if m == model):
+                row, plain = graphed[(model, size)], eager.get((model, size))
+                twin, timm_row = graphed.get((row["twin_model"], size)), graphed.get((row["timm_model"], size))
+                eager_cell = "-" if plain is None else (
+                    f"{plain['img_per_s']:,.0f}, {_ratio(plain, eager.get((plain['twin_model'], size)))} "
+                    f"({plain['host_ms']:.1f} / {plain['device_ms']:.1f})")
+                lines.append(f"| `{model}` | {size} | {row['img_per_s']:,.0f} | {_ratio(row, twin)} | "
+                             f"{_ratio(row, timm_row)} | {row['device_ms']:.2f} | {eager_cell} |")
+    info = section["parts"][0]["info"]
+    lines += ["", f"{info['device']}, torch {info['torch']}, triton {info['triton']}, {info['date'][:10]}, code at "
+              f"`{info['git_revision']}`: bf16, batch 256, each size beside its softmax twin and timm's model in one "
+              f"process, median of 3 interleaved repeats (`{CURRENT.as_posix()}`, section `{SIZES_SECTION}`)."]
+    return "\n".join(lines)
 
 
 def compile_table(data: dict[str, Any]) -> str:

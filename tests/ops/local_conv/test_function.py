@@ -19,7 +19,7 @@ from .cases import HAS_CUDA, make_inputs, needs_cuda, needs_kernels, outputs_and
         (2, 7, (4, 3), 1, 3, False, True, False),   # DeltaNet / H3: one kernel, bias, prefix copied through
         (3, 20, (2, 5), 0, 3, False, False, False),  # no prefix, C over one channel block
         (1, 70, (5, 5), 2, 5, True, True, True),    # K = 5, two channel blocks, every option
-        (1, 6, (34, 5), 1, 3, False, True, False),  # 34 rows: two bands of rows, three dw tiles
+        (1, 6, (34, 5), 1, 3, False, True, False),  # 34 rows: two bands of rows (forward and dw)
         (2, 5, (10, 35), 1, 3, True, False, True),  # 35 columns: three column blocks
         (1, 4, (66, 3), 1, 3, False, True, False),  # 66 rows: three bands of rows
         (1, 3, (35, 2), 0, 5, True, False, True),   # K = 5 in two bands

@@ -1,5 +1,5 @@
 """The Triton kernels of the local convolution: the fused forward (also the dx of the backward, with the kernel
-flipped) and the per-tile partial sums of dw.
+flipped) and the per-program partial sums of dw.
 
 A forward program owns a band of ``ROWS`` grid rows, ``BLOCK_W`` columns and ``BLOCK_C`` channels and walks down the
 grid rows; the row index and its bounds are scalars, only the column shifts are masked per element. With K = 3 (every
@@ -7,7 +7,9 @@ mixer's) it walks the input rows, reads each once (its three column shifts) and 
 output rows below, at and above it, keeping two rows of partial sums and the nine taps in registers. Other K walk the
 output rows and read the K * K shifted tiles around each (the rows just read serve most of them from the cache).
 With channel-contiguous weights (taps outer) a tap is one vector load, where a (C, K, K) layout costs a scalar load
-per channel and tap. The dw program owns a tile of grid positions and writes one row of partial sums per tap.
+per channel and tap. The dw program for K = 3 walks a forward band's input rows the same way, with the three gradient
+rows they meet rolling beside them, and writes one row of partial sums per tap; for other K it owns a tile of grid
+positions.
 
 PREFIX: how the prefix tokens are written (0 zeros, 1 copied from x, 2 copied from the residual). ACT: 0 none,
 1 SiLU on the output, 2 the SiLU's backward: the output is the incoming gradient (read through the residual's
