@@ -23,8 +23,9 @@ T = TypeVar("T")
 def kept_value_key(params: tuple[torch.Tensor, ...], *extra) -> tuple | None:
     """A key under which a value computed from ``params`` (and ``extra``) may be kept between forwards: it changes
     when a parameter changes (its version counter or storage). None when nothing may be kept: a gradient of a
-    parameter is being recorded (the value must be part of the graph), under torch.compile or tracing, or for
-    inference tensors (no version counter to tell a change).
+    parameter is being recorded (the value must be part of the graph), under torch.compile or tracing, while a CUDA
+    graph is being captured (a replay must compute the value from the parameters, which later updates change in
+    place), or for inference tensors (no version counter to tell a change).
 
     In-place edits through ``p.data`` bypass the version counter, and so do fused optimizers (``torch.optim``'s
     ``fused=True`` kernels): the modules that keep values also drop them whenever ``train()`` or ``eval()`` is called,
@@ -34,6 +35,8 @@ def kept_value_key(params: tuple[torch.Tensor, ...], *extra) -> tuple | None:
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return None
     if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+        return None
+    if params[0].is_cuda and torch.cuda.is_current_stream_capturing():
         return None
     if any(torch.is_inference(p) for p in params):
         return None
@@ -79,10 +82,10 @@ class KeepsAutocastCopies(KeepsValue):
         """``params`` (fp32; None entries stay None) in the autocast dtype of ``x``'s device, or None where the plain
         path must run."""
         if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return None  # (compiling first: the capture query below is not for a traced region)
+            return None  # (compiling first: kept_value_key's capture query is not for a traced region)
         if not torch.is_autocast_enabled(x.device.type):
             return None
-        if params[0].dtype != torch.float32 or (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+        if params[0].dtype != torch.float32:
             return None
         dtype = torch.get_autocast_dtype(x.device.type)
         key = kept_value_key(tuple(p for p in params if p is not None), dtype)
