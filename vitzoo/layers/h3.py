@@ -85,8 +85,8 @@ class DiagonalSSMKernel(KeepsValue, nn.Module):
         """The forward and flipped-direction kernels, each (H, length), in ``dtype`` (fp32 or fp64).
 
         They depend on the parameters only (one launch on CUDA, about sixty small ops on the reference path): when
-        no gradient is recorded (and outside torch.compile and tracing) they are kept until a parameter changes (its
-        version counter or storage) or another length, dtype or device is asked for.
+        no gradient is recorded (and outside torch.compile, tracing and CUDA-graph capture) they are kept until a
+        parameter changes (its version counter or storage) or another length, dtype or device is asked for.
         """
         return self.kept(kept_value_key(tuple(self.parameters()), length, dtype), lambda: self.kernels(length, dtype))
 
