@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from vitzoo.report.speed_report import inference_table, main, summary_table, to_markdown
+from vitzoo.report.speed_report import inference_table, main, sizes_table, summary_table, to_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "compare" / "h200.json"
@@ -67,3 +67,23 @@ def test_summary_table_puts_eager_and_graphed_rows_side_by_side():
     table = summary_table({"info": dict(device="GPU", torch="t", triton="tr", date="2026-12-04", git_revision="abc"),
                            "rows": rows})
     assert "| `linear_deit_tiny` | 300, 0.50x (9.0 / 3.3) | 900, 2.00x, 3.00x |" in table
+
+
+def test_sizes_table_pairs_each_model_with_the_references_of_its_own_part():
+    """One part per size; a zoo row's ratios come from its own part's twin and timm rows, graphed and eager."""
+    info = dict(device="GPU", torch="2", triton="3", date="2026-01-02T00:00:00Z", git_revision="abc1234")
+
+    def part(size_name, zoo, twin, timm_model, host_ms):
+        refs = dict(twin_model=f"softmax_deit_{size_name}_patch16_224", timm_model=f"deit_{size_name}_patch16_224")
+        rows, name = [], f"linear_deit_{size_name}_patch16_224"
+        for mode, scale in (("cuda-graph", 2.0), ("none", 1.0)):
+            rows += [dict(_row(name, 224, zoo * scale, "zoo", host_ms=host_ms, **refs), compile=mode),
+                     dict(_row(f"softmax_deit_{size_name}_patch16_224", 224, twin * scale, "twin"), compile=mode),
+                     dict(_row(f"deit_{size_name}_patch16_224", 224, timm_model * scale, "timm"), compile=mode)]
+        return dict(info=info, rows=rows)
+
+    table = sizes_table(dict(parts=[part("small", 300.0, 200.0, 100.0, 4.0), part("base", 100.0, 200.0, 400.0, 6.0)]))
+    assert "| `linear_deit_small_patch16_224` | 224 | 600 | 1.50x | 3.00x | 1.67 | 300, 1.50x (4.0 / 3.3) |" in table
+    assert "| `linear_deit_base_patch16_224` | 224 | 200 | 0.50x | 0.25x | 5.00 | 100, 0.50x (6.0 / 10.0) |" in table
+    assert "`softmax_deit" not in table and "`deit_" not in table  # the references are no rows of their own
+    assert "code at `abc1234`" in table
