@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from vitzoo.layers import MIXERS, create_mixer, get_mixer_class
-from vitzoo.layers.base import TokenMixer
+from vitzoo.layers.base import Dropout, TokenMixer
 
 DIM, HEADS, GRID = 48, 3, (3, 5)
 
@@ -63,3 +63,31 @@ def test_mixed_values_come_in_the_dtype_proj_computes_in(name):
         assert mixer.mix(x, GRID, 1).dtype == torch.float32
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert mixer.mix(x, GRID, 1).dtype == torch.bfloat16
+
+
+class _Dispatches(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("p, training", [(0.0, True), (0.0, False), (0.3, False)])
+def test_dropout_with_nothing_to_drop_hands_back_its_input_without_an_op(p, training):
+    drop = Dropout(p).train(training)
+    x = torch.randn(4, 5)
+    with _Dispatches() as dispatches:
+        out = drop(x)
+    assert out is x and dispatches.ops == []
+
+
+def test_dropout_drops_as_nn_dropout_in_training():
+    x = torch.randn(64, 64)
+    torch.manual_seed(0)
+    expected = torch.nn.Dropout(0.3)(x)
+    torch.manual_seed(0)
+    out = Dropout(0.3)(x)
+    assert torch.equal(out, expected) and (out == 0).any()

@@ -41,6 +41,7 @@ from timm.models._manipulate import named_apply
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import create_mixer
+from ..layers.base import Dropout
 from ..layers.kept import KeepsAutocastCopies, KeptCastLinear
 from ..layers.norms import LayerNorm
 from ..registry import FAMILIES
@@ -105,10 +106,10 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1 = KeptCastLinear(in_features, hidden_features, device=device, dtype=dtype)
         self.act = act_layer()
-        self.drop1 = nn.Dropout(drop)
+        self.drop1 = Dropout(drop)
         self.norm = nn.Identity()
         self.fc2 = KeptCastLinear(hidden_features, in_features, device=device, dtype=dtype)
-        self.drop2 = nn.Dropout(drop)
+        self.drop2 = Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop2(self.fc2(self.norm(self.drop1(self.act(self.fc1(x))))))
@@ -268,7 +269,7 @@ class MixerViT(nn.Module):
         num_patches = self.patch_embed.num_patches
         self.cls_token = nn.Parameter(torch.empty(1, 1, embed_dim, **dd)) if class_token else None
         self.pos_embed = nn.Parameter(torch.empty(1, num_patches + self.num_prefix_tokens, embed_dim, **dd))
-        self.pos_drop = nn.Dropout(pos_drop_rate)
+        self.pos_drop = Dropout(pos_drop_rate)
 
         dpr = [r.item() for r in torch.linspace(0, drop_path_rate, depth, device="cpu")]
         self.blocks = nn.ModuleList([
@@ -282,7 +283,7 @@ class MixerViT(nn.Module):
         self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=patch_size) for i in range(depth)]
         self.norm = LayerNorm(embed_dim, eps=1e-6, **dd)
         self.fc_norm = nn.Identity()
-        self.head_drop = nn.Dropout(drop_rate)
+        self.head_drop = Dropout(drop_rate)
         self.head = KeptCastLinear(embed_dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.init_weights()
 
