@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import torch
 import torch.nn as nn
-from timm.layers import register_notrace_function
+from timm.layers import register_notrace_function, register_notrace_module
 
 from ..ops import delta_rule_bidirectional, linear_attention, local_conv
 from .kept import KeptCastLinear
@@ -36,6 +36,10 @@ class Dropout(nn.Dropout):
         if self.p == 0.0 or not self.training:
             return x
         return super().forward(x)
+
+
+# a leaf for FX, as nn.Dropout is: a trace must not bake in the training mode it was taken in
+register_notrace_module(Dropout)
 
 
 # A leaf for FX: the check branches on the token count.
