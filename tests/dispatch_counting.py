@@ -5,6 +5,18 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 
+class OpRecorder(TorchDispatchMode):
+    """Records the name of every aten op dispatched inside the block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
 class CastCounter(TorchDispatchMode):
     """Counts the dtype casts dispatched inside the block (``aten.to`` in inference mode, ``aten._to_copy`` outside
     it)."""

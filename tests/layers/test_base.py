@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from dispatch_counting import OpRecorder
 
 from vitzoo.layers import MIXERS, create_mixer, get_mixer_class
 from vitzoo.layers.base import Dropout, TokenMixer
@@ -65,22 +66,12 @@ def test_mixed_values_come_in_the_dtype_proj_computes_in(name):
             assert mixer.mix(x, GRID, 1).dtype == torch.bfloat16
 
 
-class _Dispatches(torch.utils._python_dispatch.TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("p, training", [(0.0, True), (0.0, False), (0.3, False)])
 def test_dropout_with_nothing_to_drop_hands_back_its_input_without_an_op(p, training):
     drop = Dropout(p).train(training)
     x = torch.randn(4, 5)
     # under inference mode (as inference runs) nn.Dropout's no-op reaches the dispatcher as an aten op
-    with torch.inference_mode(), _Dispatches() as dispatches:
+    with torch.inference_mode(), OpRecorder() as dispatches:
         out = drop(x)
     assert out is x and dispatches.ops == []
 
