@@ -29,20 +29,21 @@ DATA_PIPELINE = RESULTS / "data_pipeline" / "cpu.json"
 def render(root: Path) -> dict[Path, str]:
     """``{page: its new text}`` for README.md and docs/benchmarks.md of the repository at ``root``."""
     readme, docs = root / "README.md", root / "docs" / "benchmarks.md"
+    comparison = speed_report.load(root / COMPARE)  # the summary, the speed tables and the sizes table
     readme_text = readme.read_text()
     readme_text = replace_between_markers(readme_text, model_table.MARKERS,
                                           model_table.to_markdown(read_csvs([root / model_table.COUNTS])))
     readme_text = replace_between_markers(readme_text, fashion_mnist.BUDGET_MARKERS,
                                           fashion_mnist.budget_table(FASHION_MNIST_ZOO, root))
     readme_text = replace_between_markers(readme_text, speed_report.SUMMARY_MARKERS,
-                                          speed_report.summary_table(speed_report.load(root / COMPARE), COMPARE))
+                                          speed_report.summary_table(comparison, COMPARE))
     docs_text = docs.read_text()
     docs_text = replace_between_markers(docs_text, speed_report.MARKERS,
-                                        speed_report.to_markdown(speed_report.load(root / COMPARE)))
+                                        speed_report.to_markdown(comparison))
     docs_text = replace_between_markers(docs_text, fashion_mnist.STUDY_MARKERS, fashion_mnist.study_table(
         root / STUDY / "summary.csv", [root / STUDY / "bench.csv"]))
     docs_text = replace_between_markers(docs_text, speed_report.SIZES_MARKERS, speed_report.sizes_table(
-        speed_report.load(root / COMPARE)[speed_report.SIZES_SECTION]))
+        comparison[speed_report.SIZES_SECTION]))
     docs_text = replace_between_markers(docs_text, speed_report.COMPILE_MARKERS,
                                         speed_report.compile_table(speed_report.load(root / COMPILE)))
     docs_text = replace_between_markers(docs_text, fashion_mnist.IMAGENET_SHAPE_MARKERS,
