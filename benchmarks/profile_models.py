@@ -3,6 +3,10 @@
 For each model, one eager bf16-autocast inference forward (and optionally one AdamW training step):
 
 - ``host_ms``: wall time to enqueue one step after a sync, without waiting for the device (median of repeats);
+- ``host_ms_behind_busy_device``: the same, enqueued behind ``--busy-ms`` of queued device work (a sleep kernel):
+  a step that waits for the device anywhere (a synchronising call, a pageable copy) takes up to that much longer,
+  one that only enqueues takes as long as ``host_ms``; ``sync_warnings``: what
+  ``torch.cuda.set_sync_debug_mode('warn')`` reports about one step (the synchronising calls PyTorch knows of);
 - ``device_ms``, ``launches``: summed kernel time and kernel count per step from ``torch.profiler``;
 - ``kernels``: the kernels taking the most device time, with calls per step; ``copies``: the dtype-cast and
   layout copies among them (``copy``/``cast`` kernels);
@@ -26,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 
 import timm
 import torch
@@ -75,6 +80,42 @@ def _host_profile(step, steps: int, top: int) -> str:
     return "\n".join(listings)
 
 
+def _sleep_cycles_per_ms() -> float:
+    """GPU clock cycles per millisecond of ``torch.cuda._sleep``, measured."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    cycles = 10_000_000
+    torch.cuda._sleep(cycles // 10)  # warm
+    start.record()
+    torch.cuda._sleep(cycles)
+    end.record()
+    torch.cuda.synchronize()
+    return cycles / start.elapsed_time(end)
+
+
+def _waits_for_device(step, args) -> dict:
+    """Host time to enqueue ``step`` behind ``args.busy_ms`` of queued device work, and the synchronising calls
+    PyTorch reports for one step."""
+    cycles = int(args.busy_ms * _sleep_cycles_per_ms())
+    behind = []
+    for _ in range(3):
+        torch.cuda.synchronize()
+        torch.cuda._sleep(cycles)
+        start = time.perf_counter()
+        step()
+        behind.append((time.perf_counter() - start) * 1e3)
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    reported = sorted({" ".join(str(w.message).split())[:160] for w in caught if "synchroniz" in str(w.message)})
+    return {"host_ms_behind_busy_device": round(statistics.median(behind), 3), "sync_warnings": reported}
+
+
 def _measure(step, args) -> dict:
     for _ in range(args.warm):
         step()
@@ -98,6 +139,7 @@ def _measure(step, args) -> dict:
         torch.cuda.synchronize()
     result = {"host_ms": round(statistics.median(host), 3),
               "wall_ms": round(start_event.elapsed_time(end_event) / args.repeats, 3)}
+    result.update(_waits_for_device(step, args))
     result.update(_kernel_stats(prof, args.profile_steps, args.top))
     result["host_profile"] = _host_profile(step, args.profile_steps, args.top)
     return result
@@ -176,6 +218,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--profile-steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=15)
+    parser.add_argument("--busy-ms", type=float, default=30.0,
+                        help="device work queued ahead of the step that host_ms_behind_busy_device is timed behind")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.backends.cudnn.benchmark = True  # as vitzoo-bench and timm's benchmark: fixed shapes, cuDNN picks algorithms
@@ -192,7 +236,9 @@ def main() -> None:
     for name in args.models:
         results.append(profile_model(name, args))
         r = results[-1]["infer"]
-        print(f"{name:40s} host {r['host_ms']:7.2f} ms  device {r['device_ms']:7.2f} ms  wall {r['wall_ms']:7.2f} ms  "
+        print(f"{name:40s} host {r['host_ms']:7.2f} ms (behind busy device {r['host_ms_behind_busy_device']:.2f}, "
+              f"{len(r['sync_warnings'])} sync warnings)  device {r['device_ms']:7.2f} ms  "
+              f"wall {r['wall_ms']:7.2f} ms  "
               f"launches {r['launches']:6.0f}  copies {r['copy_launches']:5.0f} ({r['copy_ms']:.2f} ms)  "
               f"graph {r['graph_capture'][:40]}", flush=True)
         with open(args.out, "w") as f:
