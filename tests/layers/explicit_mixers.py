@@ -2,8 +2,9 @@
 
 ``EXPLICIT[name](mixer, x, grid_size, num_prefix)`` returns what ``mixer(x, grid_size, num_prefix)`` must return.
 The forms share no code with ``vitzoo.layers`` or ``vitzoo.ops``: they materialise the (N, N) attention weights
-(or the (N, d, d) states), convolve with ``F.conv2d`` or token-by-token loops and read parameters directly. They
-are meant for float64 and small N.
+(or the (N, d, d) states), convolve with ``F.conv2d`` or token-by-token loops and read parameters directly. One
+exception: H3's form takes its SSM kernels from the mixer's ``ssm`` module, which ``test_h3.py`` checks against the
+complex-valued formula. They are meant for float64 and small N.
 """
 from __future__ import annotations
 
@@ -12,8 +13,6 @@ import math
 import torch
 import torch.nn.functional as F
 from rope_reference import rope_2d_reference
-
-from vitzoo.ops.delta_rule import delta_rule_recurrent_reference, l2_normalize
 
 LINEAR_PRIOR_EPS = 1e-6  # FEM's released linear prior: phi = ReLU + eps, denominator clamped at eps
 
@@ -167,14 +166,19 @@ def fem_prior_and_values(mixer, x, grid_size, num_prefix):
         phi_q, phi_k = F.relu(q) + LINEAR_PRIOR_EPS, F.relu(k) + LINEAR_PRIOR_EPS
         den = (phi_q * phi_k.sum(dim=-2, keepdim=True)).sum(dim=-1, keepdim=True).clamp_min(LINEAR_PRIOR_EPS)
         p = phi_q @ phi_k.transpose(-1, -2) / den
-    cap = 40.0 / mixer.beta_max(torch.float64)[:, None]
+    cap = 40.0 / _fem_beta(mixer)[:, None]
     return p, torch.maximum(torch.minimum(v, cap), -cap)
+
+
+def _fem_beta(mixer):
+    """FEM's per-channel inverse temperature (h, d_v): softplus of its parameter, plus 1e-6."""
+    return F.softplus(mixer.beta_param.double()) + 1e-6
 
 
 def fem_reads(mixer, x, grid_size, num_prefix):
     """mu and F (B, N, h, d_v) as their definitions: p-weighted mean and (1/beta) log sum p exp(beta v)."""
     p, v = fem_prior_and_values(mixer, x, grid_size, num_prefix)
-    beta = mixer.beta_max(torch.float64)[:, None]  # (h, 1, d_v)
+    beta = _fem_beta(mixer)[:, None]  # (h, 1, d_v)
     mean = p @ v
     free_energy = torch.log(p @ torch.exp(beta * v)) / beta
     return mean.transpose(1, 2), free_energy.transpose(1, 2)
@@ -190,17 +194,33 @@ def explicit_fem(mixer, x, grid_size, num_prefix):
     return _proj(mixer, outer * ((1 - inner) * mean + inner * free_energy))
 
 
+def _delta_rule_scan(q, k, v, beta, reverse):
+    """The delta rule token by token on (B, N, h, d) inputs: S <- (I - beta k k^T) S + beta k v^T, o_t = S^T q_t."""
+    batch, n, heads, dk = q.shape
+    eye = torch.eye(dk, dtype=q.dtype)
+    out = torch.empty(*q.shape[:3], v.shape[-1], dtype=q.dtype)
+    for i in range(batch):
+        for j in range(heads):
+            state = torch.zeros(dk, v.shape[-1], dtype=q.dtype)
+            for t in (reversed(range(n)) if reverse else range(n)):
+                kt, bt = k[i, t, j], beta[i, t, j]
+                state = (eye - bt * torch.outer(kt, kt)) @ state + bt * torch.outer(kt, v[i, t, j])
+                out[i, t, j] = state.T @ q[i, t, j]
+    return out
+
+
 def explicit_deltanet(mixer, x, grid_size, num_prefix):
-    """SiLU(conv(qkv)), L2-normalised q, k, the delta rule token by token in both directions, averaged, then
-    RMSNorm(eps 1e-5) times the SiLU gate."""
+    """SiLU(conv(qkv)), L2-normalised q, k, the delta rule token by token in both directions,
+    averaged, then RMSNorm(eps 1e-5) times the SiLU gate."""
     batch, n, dim = x.shape
     heads = mixer.num_heads
     qkv = F.silu(_grid_conv2d(F.linear(x, mixer.qkv.weight, mixer.qkv.bias), mixer.conv.conv, grid_size, num_prefix))
     q, k, v = (_heads(t, heads) for t in qkv.split(dim, dim=-1))
-    q, k = l2_normalize(q), l2_normalize(k)
+    # L2 norms with 1e-6 under the root (the layer's choice, as in the released code's kernels); q also scaled d^-1/2
+    q, k = (t / (t.square().sum(dim=-1, keepdim=True) + 1e-6).sqrt() for t in (q, k))
+    q = q * q.shape[-1] ** -0.5
     beta = torch.sigmoid(x @ mixer.beta_proj.weight.T)
-    o = 0.5 * (delta_rule_recurrent_reference(q, k, v, beta)
-               + delta_rule_recurrent_reference(q, k, v, beta, reverse=True))
+    o = 0.5 * (_delta_rule_scan(q, k, v, beta, reverse=False) + _delta_rule_scan(q, k, v, beta, reverse=True))
     o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + 1e-5) * mixer.norm_weight
     return _proj(mixer, o * F.silu(_heads(x @ mixer.gate.weight.T, heads)))
 

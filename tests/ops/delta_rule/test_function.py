@@ -19,6 +19,10 @@ from vitzoo.ops.testing import relative_error
 from .cases import bidirectional_recurrent, make_inputs, needs_cuda, needs_interpreter
 
 
+def _raises(*args, **kwargs):
+    raise AssertionError("the training forward's autograd function ran for inputs that need no gradient")
+
+
 def poisoned_view(t: torch.Tensor, pad: int) -> torch.Tensor:
     """``t`` as a strided view into a NaN-filled buffer that is wider on D and H: any read outside the view is NaN."""
     b, n, h, d = t.shape
@@ -79,7 +83,7 @@ def test_interp_inference_matches_recurrent_reference(n, dv, directions, one_pas
     kernels (forced here by a GPU of 10^6 multiprocessors). dv=72 runs two value blocks (the second partial);
     n=65 and 197 end on a partial chunk, which the reversed scan meets first; q, k, v are strided views into
     NaN-filled buffers."""
-    from vitzoo.ops.delta_rule import heuristics
+    from vitzoo.ops.delta_rule import function, heuristics
     from vitzoo.ops.delta_rule.function import _delta_rule_infer
 
     if not one_pass:
@@ -92,11 +96,15 @@ def test_interp_inference_matches_recurrent_reference(n, dv, directions, one_pas
         qn, kn = l2_normalize(q), l2_normalize(k)
         ref = delta_rule_recurrent_reference(qn, kn, v, beta, reverse=directions == "reverse")
     inputs = [poisoned_view(t.float(), pad=3) for t in (q, k, v)] + [beta.float()]
+    # the public entry must take the inference forward: the training forward's autograd function may not run
+    monkeypatch.setattr(function._DeltaRuleFunction, "apply", _raises)
+    infer_calls = []
+    monkeypatch.setattr(function, "_delta_rule_infer",
+                        lambda *args, **kwargs: infer_calls.append(1) or _delta_rule_infer(*args, **kwargs))
     out = delta_rule_triton(*inputs, directions=directions)
+    assert infer_calls == [1]
     assert out.dtype == torch.float32 and not out.isnan().any()
     assert relative_error(out, ref) < 1e-5
-    first_dir, num_dirs = {"both": (0, 2), "forward": (0, 1), "reverse": (1, 1)}[directions]
-    assert torch.equal(_delta_rule_infer(*inputs, 16 ** -0.5, True, first_dir, num_dirs, direct_launch=True), out)
 
 
 @needs_interpreter

@@ -15,7 +15,7 @@ from vitzoo.ops.delta_rule import (
 )
 from vitzoo.ops.testing import relative_error
 
-from .cases import bidirectional_recurrent, make_inputs
+from .cases import bidirectional_recurrent, make_inputs, needs_interpreter
 
 
 @pytest.mark.parametrize("n", [1, 7, 64, 65, 197])
@@ -53,15 +53,22 @@ def test_reverse_scan_is_flipped_forward_scan():
     torch.testing.assert_close(rev, flipped, rtol=1e-12, atol=1e-12)
 
 
-def test_recurrent_reference_is_the_delta_rule():
-    q, k, v, beta = make_inputs(1, 5, 1, 4, seed=2)
-    state = torch.zeros(4, 4, dtype=torch.float64)
-    for t in range(5):
-        kt, vt, bt = k[0, t, 0], v[0, t, 0], beta[0, t, 0]
-        state = (torch.eye(4, dtype=torch.float64) - bt * torch.outer(kt, kt)) @ state + bt * torch.outer(kt, vt)
-    expected_last = state.T @ (q[0, 4, 0] * 0.5)
-    out = delta_rule_recurrent_reference(q, k, v, beta)
-    torch.testing.assert_close(out[0, 4, 0], expected_last, rtol=1e-12, atol=1e-12)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_recurrent_reference_is_the_delta_rule(reverse):
+    """Every output token of both scan directions against the rule written out per (batch, head), with a scale."""
+    b, n, h, dk, dv, scale = 2, 6, 3, 4, 5, 0.7
+    q, k, v, beta = make_inputs(b, n, h, dk, dv=dv, seed=2)
+    expected = torch.empty(b, n, h, dv, dtype=torch.float64)
+    eye = torch.eye(dk, dtype=torch.float64)
+    for i in range(b):
+        for j in range(h):
+            state = torch.zeros(dk, dv, dtype=torch.float64)
+            for t in (reversed(range(n)) if reverse else range(n)):
+                kt, vt, bt = k[i, t, j], v[i, t, j], beta[i, t, j]
+                state = (eye - bt * torch.outer(kt, kt)) @ state + bt * torch.outer(kt, vt)
+                expected[i, t, j] = state.T @ (scale * q[i, t, j])
+    out = delta_rule_recurrent_reference(q, k, v, beta, scale=scale, reverse=reverse)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("n", [1, 65, 197])
@@ -85,9 +92,21 @@ def test_unit_lower_inverse_equals_triangular_solve(c):
     assert relative_error(unit_lower_inverse(a), expected) < 1e-13
 
 
-def test_dispatch_on_cpu_uses_reference():
-    set_backend("reference")
-    q, k, v, beta = make_inputs(1, 9, 2, 16, dtype=torch.float32)
+@pytest.mark.parametrize("backend, dtype", [
+    ("auto", torch.float32),
+    ("auto", torch.float64),
+    pytest.param("triton", torch.float64, marks=needs_interpreter),
+])
+def test_dispatch_on_cpu_uses_reference(monkeypatch, backend, dtype):
+    """CPU tensors never reach the kernels' entry point under the default backend, nor float64 under any backend."""
+    from vitzoo.ops.delta_rule import function
+
+    def no_kernels(*args, **kwargs):
+        raise AssertionError("the Triton entry point ran")
+
+    monkeypatch.setattr(function, "delta_rule_triton", no_kernels)
+    set_backend(backend)
+    q, k, v, beta = make_inputs(1, 9, 2, 16, dtype=dtype)
     torch.testing.assert_close(delta_rule_bidirectional(q, k, v, beta),
                                delta_rule_bidirectional_reference(q, k, v, beta))
 
