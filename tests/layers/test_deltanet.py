@@ -52,7 +52,7 @@ def test_beta_range_and_op_arguments(monkeypatch):
 def test_weight_decay_names_and_init():
     mixer = BidirectionalDeltaNet(32, num_heads=4)
     names = dict(mixer.named_parameters())
-    assert mixer.no_weight_decay() <= set(names)
+    assert mixer.no_weight_decay() == {"norm_weight", "conv.conv.weight"} and mixer.no_weight_decay() <= set(names)
     with torch.no_grad():
         mixer.norm_weight.zero_()
     mixer.init_weights()

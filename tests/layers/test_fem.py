@@ -50,7 +50,8 @@ def test_free_energy_tends_to_mean_as_beta_vanishes(prior):
     p, v = fem_prior_and_values(mixer, x, *LAYOUT)
     variance = (p @ v.square() - (p @ v).square()).transpose(1, 2)
     # F - mu = beta Var_p(v) / 2 + O(beta^2)
-    torch.testing.assert_close(free_energy - mean, 1e-4 * variance / 2, atol=1e-4, rtol=0)
+    # the O(beta^2) rest is below 1e-7 here, where the terms reach about 1e-3
+    torch.testing.assert_close(free_energy - mean, 1e-4 * variance / 2, atol=1e-6, rtol=1e-3)
     assert (free_energy - mean).abs().max() < 1e-2
 
 

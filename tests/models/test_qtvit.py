@@ -343,9 +343,11 @@ def test_every_norm_has_the_official_eps(name: str, eps: float) -> None:
 
 
 def test_large_shortcut_norm_uses_eps_1e7_in_eval() -> None:
-    """GELU((v - mean) / sqrt(var + 1e-7)) with running statistics small enough for eps to matter."""
+    """The eval-mode core (its one-pass shortcut) with qtvit_4's eps: attention + GELU((v - mean) / sqrt(var + 1e-7)
+    w + b), with running variances small enough that eps 1e-5 would be far off."""
     model = timm.create_model("qtvit_4", device="meta", dtype=torch.float32)
     norm_eps = next(m for m in model.modules() if isinstance(m, QuadraticTaylorCore)).v_norm.eps
+    assert norm_eps == 1e-7
     core = QuadraticTaylorCore(8, dtype=torch.float64)
     core.v_norm.eps = norm_eps
     gen = _seeded(7)
@@ -353,7 +355,12 @@ def test_large_shortcut_norm_uses_eps_1e7_in_eval() -> None:
     with torch.no_grad():
         core.v_norm.running_mean.copy_(0.01 * torch.randn(8, generator=gen, dtype=torch.float64))
         core.v_norm.running_var.fill_(1e-6)
+    q, k = (torch.randn(2, 9, 2, 8, generator=gen, dtype=torch.float64) for _ in "qk")
     v = 1e-3 * torch.randn(2, 9, 2, 8, generator=gen, dtype=torch.float64)
     norm = core.eval().v_norm
-    expected = F.gelu((v - norm.running_mean) / torch.sqrt(norm.running_var + 1e-7) * norm.weight + norm.bias)
-    torch.testing.assert_close(core.v_act(core.v_norm(v.reshape(-1, 8))).view(v.shape), expected, rtol=1e-12, atol=0)
+    shortcut = F.gelu((v - norm.running_mean) / torch.sqrt(norm.running_var + 1e-7) * norm.weight + norm.bias)
+    expected = _qt_attention_explicit(q, k, v, core.const) + shortcut
+    with torch.no_grad():
+        torch.testing.assert_close(core(q, k, v), expected, rtol=1e-10, atol=1e-12)
+
+

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vitzoo.ops.layer_norm import layer_norm_reference, rms_norm_reference
+from vitzoo.ops.layer_norm import add_layer_norm_reference, layer_norm_reference, rms_norm_reference
 
 
 def test_layer_norm_reference_is_f_layer_norm():
@@ -12,6 +12,15 @@ def test_layer_norm_reference_is_f_layer_norm():
     weight, bias = (torch.randn(37, generator=gen, dtype=torch.float64) for _ in range(2))
     torch.testing.assert_close(layer_norm_reference(x, weight, bias, 1e-5), F.layer_norm(x, (37,), weight, bias, 1e-5))
     torch.testing.assert_close(layer_norm_reference(x), F.layer_norm(x, (37,)))
+
+
+def test_add_layer_norm_reference_is_the_sum_and_its_f_layer_norm():
+    gen = torch.Generator().manual_seed(2)
+    x, update = (torch.randn(3, 7, 29, generator=gen, dtype=torch.float64) * 2 for _ in range(2))
+    weight, bias = (torch.randn(29, generator=gen, dtype=torch.float64) for _ in range(2))
+    total, normed = add_layer_norm_reference(x, update, weight, bias, 1e-6)
+    torch.testing.assert_close(total, x + update, rtol=0, atol=0)
+    torch.testing.assert_close(normed, F.layer_norm(x + update, (29,), weight, bias, 1e-6))
 
 
 def test_rms_norm_reference_is_f_rms_norm():
