@@ -137,7 +137,14 @@ def test_real_arithmetic_ssm_kernel_equals_complex_formula(log_dt):
         ssm.B.normal_()
     expected = _complex_ssm_kernels(ssm, 40)
     kernel_fwd, kernel_bwd = ssm(40, torch.float64)
-    torch.testing.assert_close(torch.stack([kernel_fwd, kernel_bwd]), expected, atol=0, rtol=1e-11)
+    got = torch.stack([kernel_fwd, kernel_bwd])
+    torch.testing.assert_close(got, expected, atol=0, rtol=1e-11)
+    # and the gradients of every SSM parameter, through complex autograd on the one side
+    weights = torch.randn(expected.shape, dtype=torch.float64)
+    params = list(ssm.parameters())
+    for grad, want in zip(torch.autograd.grad((got * weights).sum(), params),
+                          torch.autograd.grad((expected * weights).sum(), params), strict=True):
+        torch.testing.assert_close(grad, want, atol=1e-12 * want.abs().max().item(), rtol=1e-9)
 
 
 def _make_mixer(seed: int = 0) -> BidirectionalH3:
