@@ -102,10 +102,17 @@ def test_clipping_at_large_beta(prior):
 def test_rope_and_conv_options_match_explicit(prior, options, grid_size, num_prefix):
     mixer = _make_mixer(prior, seed=6, **options)
     n = num_prefix + grid_size[0] * grid_size[1]
-    x = torch.randn(2, n, DIM, dtype=torch.float64)
+    x = torch.randn(2, n, DIM, dtype=torch.float64, requires_grad=True)
     expected = explicit_fem(mixer, x, grid_size, num_prefix)
-    torch.testing.assert_close(mixer(x, grid_size, num_prefix), expected, atol=1e-10, rtol=1e-9)
+    out = mixer(x, grid_size, num_prefix)
+    torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-9)
     assert (mixer.conv is not None) == options.get("conv", False)
+    params = [x, *mixer.parameters()]
+    for got, want in zip(torch.autograd.grad(out.square().sum(), params, allow_unused=True),
+                         torch.autograd.grad(expected.square().sum(), params, allow_unused=True), strict=True):
+        assert (got is None) == (want is None)
+        if got is not None:
+            torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-8)
 
 
 def test_linear_prior_of_an_all_negative_query_is_the_released_one():

@@ -50,11 +50,16 @@ def test_released_options_match_explicit(options, grid_size, num_prefix):
     mixer = _make_mixer(seed=5, **options)
     assert mixer.gates.out_features == (3 if options.get("zero_order_gate") else 2) * HEADS
     n = num_prefix + grid_size[0] * grid_size[1]
-    x = torch.randn(2, n, DIM, dtype=torch.float64)
+    x = torch.randn(2, n, DIM, dtype=torch.float64, requires_grad=True)
     expected, weights = zeros_weights_and_output(mixer, x, grid_size, num_prefix)
-    torch.testing.assert_close(mixer(x, grid_size, num_prefix), expected, atol=1e-10, rtol=1e-9)
+    out = mixer(x, grid_size, num_prefix)
+    torch.testing.assert_close(out, expected, atol=1e-10, rtol=1e-9)
     if options.get("zero_order_gate"):  # the zero-order term gives the weights a nonzero sum
         assert weights.sum(dim=2).abs().max() > 1e-3
+    params = [x, *mixer.parameters()]
+    for got, want in zip(torch.autograd.grad(out.square().sum(), params),
+                         torch.autograd.grad(expected.square().sum(), params), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-8)
 
 
 def test_rejects_unknown_option_and_bad_grid():
