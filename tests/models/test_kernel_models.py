@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import importlib
-import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ import torch
 import vitzoo  # noqa: F401  (registers the models)
 from vitzoo.ops import set_backend, triton_available
 from vitzoo.ops.testing import relative_error
+from vitzoo.ops.utils import interpreting
 from vitzoo.registry import DEIT_FAMILIES, FAMILIES
 from vitzoo.train.data import FASHION_MNIST_DIR
 
@@ -40,7 +40,7 @@ FAMILY_OPS = {  # beyond every family's norms (norm1 and the final norm; norm2 w
     "h3": {"_local_conv_fwd", "_ssm_kernels_fwd", "_toeplitz_attention_fwd"},
 }
 
-INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1" and triton_available() and not torch.cuda.is_available()
+INTERPRETER = triton_available() and interpreting() and not torch.cuda.is_available()
 pytestmark = pytest.mark.skipif(not INTERPRETER, reason="needs the Triton interpreter (TRITON_INTERPRET=1, no CUDA)")
 
 # Every DeiT-style family: all run their LayerNorms through the norm kernels, and all but softmax attention a mixer op

@@ -1,17 +1,16 @@
 """Inputs and markers shared by the delta-rule tests, and the bidirectional specification written out."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-from vitzoo.ops import delta_rule_recurrent_reference, triton_available
+from vitzoo.ops import delta_rule_recurrent_reference
 from vitzoo.ops.delta_rule import l2_normalize
 
-INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1" and triton_available() and not torch.cuda.is_available()
+from ..markers import INTERPRETED
+
 needs_interpreter = pytest.mark.skipif(
-    not INTERPRETER, reason="needs the Triton interpreter: TRITON_INTERPRET=1 before triton is imported, on CPU"
+    not INTERPRETED, reason="needs the Triton interpreter: TRITON_INTERPRET=1 before triton is imported, on CPU"
 )
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

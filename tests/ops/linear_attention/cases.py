@@ -15,16 +15,13 @@ import importlib  # noqa: E402
 
 import pytest  # noqa: E402
 
-from vitzoo.ops import linear_attention_reference, triton_available  # noqa: E402
+from vitzoo.ops import linear_attention_reference  # noqa: E402
 from vitzoo.ops.testing import const_grad_terms, relative_error  # noqa: E402
+
+from ..markers import HAS_CUDA, INTERPRETED  # noqa: E402
 
 # the package's name is also the re-exported function's: reach its modules through importlib
 function = importlib.import_module("vitzoo.ops.linear_attention.function")
-HAS_CUDA = torch.cuda.is_available()
-INTERPRETED = (
-    not HAS_CUDA and triton_available()
-    and type(function._linear_attention_fwd_kernel).__name__ == "InterpretedFunction"
-)
 needs_interpreter = pytest.mark.skipif(not INTERPRETED, reason="needs the Triton interpreter on a CPU-only machine")
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 
