@@ -218,6 +218,12 @@ def test_gpu_torch_compile():
         outs.append([loss] + [t.grad for t in inputs])
     for eager, compiled in zip(*outs, strict=True):
         assert relative_error(compiled, eager) < 1e-3
+    # and the compiled path is the op's math: the float64 reference's loss and gradients
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v, beta)]
+    ref_loss = (delta_rule_bidirectional_reference(*leaves) @ w.double()).square().mean()
+    ref_loss.backward()
+    for compiled, reference in zip(outs[1], [ref_loss] + [t.grad for t in leaves], strict=True):
+        assert relative_error(compiled, reference) < 2e-2
 
 
 @needs_cuda
@@ -236,4 +242,6 @@ def test_gpu_torch_compile_inference(b):
     with torch.no_grad():
         eager = block(q, k, v, beta)
         compiled = torch.compile(block, fullgraph=True)(q, k, v, beta)
+        reference = delta_rule_bidirectional_reference(*(t.double() for t in (q, k, v, beta))).square().mean(-1)
     assert relative_error(compiled, eager) < 1e-3
+    assert relative_error(compiled, reference) < 2e-2
