@@ -97,6 +97,28 @@ def test_bad_input_errors_name_the_model():
         model(torch.randn(1, 3, 40, 40))
     with pytest.raises(ValueError, match="floating-point input"):
         model(torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"channels-last \(B, H, W, C\): pass x.permute\(0, 3, 1, 2\)"):
+        model(torch.randn(1, 32, 32, 3))
+    with pytest.raises(ValueError, match="expects a torch.Tensor of images .* got ndarray; convert it with torch"):
+        model(torch.randn(1, 3, 32, 32).numpy())
+    with pytest.raises(ValueError, match=r"has torch.float32 weights but got a torch.float64 input; convert it"):
+        model(torch.randn(1, 3, 32, 32, dtype=torch.float64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # under autocast the input's precision is autocast's business
+        assert model(torch.randn(1, 3, 32, 32, dtype=torch.float64)).shape == (1, 1000)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(num_heads=0), "num_heads must be an integer >= 1, got 0"),
+    (dict(embed_dim="64"), "embed_dim must be an integer >= 1, got '64'"),
+    (dict(depth=-1), "depth must be an integer >= 1, got -1"),
+    (dict(in_chans=0), "in_chans must be an integer >= 1, got 0"),
+    (dict(num_classes=-1), "num_classes must be an integer >= 0, got -1"),
+    (dict(patch_size=0), "img_size and patch_size must be positive"),
+    (dict(img_size=30), r"img_size=30 is not divisible by patch_size=16; pick a multiple of it, or dynamic_img_size"),
+])
+def test_bad_constructor_arguments_are_one_line_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        timm.create_model("softmax_deit_tiny_patch16_224", **kwargs)
 
 
 def test_pretrained_without_weights_says_how_to_pass_them():

@@ -143,6 +143,17 @@ def extra_val_class(spare: Path) -> None:
     shutil.copytree(spare / "val" / "ant", spare / "val" / "dog")
 
 
+def other_run(p: Paths) -> None:
+    shutil.copytree(p.run, p.tmp / "other", symlinks=True)
+
+
+def crashed_run(p: Paths) -> None:
+    """A run folder left by a run of the same settings that stopped before its first checkpoint."""
+    (p.tmp / "crashed").mkdir()
+    for name in ("config.yaml", "log.jsonl"):
+        shutil.copy(p.run / name, p.tmp / "crashed" / name)
+
+
 CASES = [
     # config values
     Case("negative-lr", resume("lr=-0.1"), "lr must be a positive finite number or null, got -0.1"),
@@ -154,7 +165,7 @@ CASES = [
     Case("negative-workers", resume("workers=-1"), "workers must be an integer >= 0, got -1"),
     Case("negative-train-subset", resume("train_subset=-5"), "train_subset must be a positive integer or null"),
     Case("batch-size-0", resume("batch_size=0"), "batch_size must be a positive integer, got 0"),
-    Case("batch-size-text", resume("batch_size=abc"), "config key 'batch_size' must be int, got 'abc'"),
+    Case("batch-size-text", resume("batch_size=abc"), "config key 'batch_size' must be an integer, got 'abc'"),
     Case("epochs-0", resume("epochs=0"), "epochs must be a positive integer, got 0"),
     Case("negative-weight-decay", resume("weight_decay=-0.1"), "weight_decay must be a finite number >= 0"),
     Case("drop-path-1", resume("drop_path=1.0"), "drop_path must be in [0, 1), got 1.0"),
@@ -176,6 +187,28 @@ CASES = [
          write("{tmp}/list.yaml", "- epochs\n- lr\n")),
     Case("misspelt-model-kwarg", resume("model_kwargs={embed_dimm: 16}"),
          "does not accept model_kwargs {'embed_dimm': 16}"),
+    Case("model-kwargs-no-space", resume("model_kwargs={embed_dim:16}"),
+         "model_kwargs key 'embed_dim:16' is not an argument name"),
+    Case("model-kwargs-null", resume("model_kwargs={embed_dim: null}"), "model_kwargs.embed_dim has no value"),
+    Case("model-kwargs-indivisible", resume("model_kwargs={embed_dim: 17, depth: 1, num_heads: 2}"),
+         "embed_dim=17 is not divisible by num_heads=2"),
+    Case("model-kwargs-negative-depth", resume("model_kwargs={embed_dim: 16, depth: -1, num_heads: 2}"),
+         "depth must be an integer >= 1, got -1"),
+    Case("img-size-twice", resume("model_kwargs={embed_dim: 16, depth: 1, num_heads: 2, img_size: 32}"),
+         "img_size is set both as a config key and in model_kwargs"),
+    Case("img-size-not-multiple", resume("img_size=15"), "img_size 15 is not divisible by patch_size 8"),
+    Case("in-chans-for-rgb-folder", resume("in_chans=1"), "in_chans=1, but dataset 'folder' gives 3-channel"),
+    Case("epochs-inf", resume("epochs=.inf"), "config key 'epochs' must be an integer, got inf"),
+    Case("seed-too-large", resume("seed=1e30"), "seed must be an integer in [0, 2**63)"),
+    Case("optimizer-not-text", resume("opt=123"), "config key 'opt' must be a string, got 123"),
+    Case("auto-augment-unknown-section", resume("auto_augment=rand-zz"), "auto_augment 'rand-zz' is not a timm"),
+    Case("auto-augment-bad-number", resume("auto_augment=rand-m9x-n2"), "auto_augment 'rand-m9x-n2' is not a timm"),
+    Case("min-lr-above-lr", resume("min_lr=1"), "min_lr (1.0) must not exceed lr (0.001)"),
+    Case("config-binary", resume("--config", "{tmp}/binary.yaml"), "is not a UTF-8 text file",
+         write("{tmp}/binary.yaml", bytes(range(128, 256)))),
+    Case("config-duplicate-key", resume("--config", "{tmp}/twice.yaml"), "key 'epochs' is given twice",
+         write("{tmp}/twice.yaml", "epochs: 1\nlr: 0.1\nepochs: 2\n")),
+    Case("config-is-a-folder", resume("--config", "{tmp}"), "is a folder; pass a YAML file"),
     Case("missing-pretrained-overlay-file",
          resume("model_kwargs={pretrained: true, pretrained_cfg_overlay: {file: /nonexistent/w.pth}}"),
          "pretrained_cfg_overlay file /nonexistent/w.pth does not exist"),
@@ -214,6 +247,12 @@ CASES = [
          write(f"{LAST}/meta.json", "{not json")),
     Case("other-batch-size", resume("batch_size=2"), "its batch_size is 4, this run's is 2"),
     Case("other-model", resume("--model", "linear_deit_tiny_patch16_224"), "its model is 'softmax_deit_tiny"),
+    Case("resume-from-another-run", resume("--resume", "{tmp}/other/" + FIRST), "belongs to", other_run),
+    Case("resume-auto-into-foreign-folder", lambda p: train_args(p.tmp / "notes", p.data, "--resume", "auto"),
+         "holds files that are not a run's", write("{tmp}/notes/notes.txt", "mine")),
+    Case("resume-auto-crashed-other-model",
+         lambda p: train_args(p.tmp / "crashed", p.data, "--resume", "auto", "--model", "linear_deit_tiny_patch16_224"),
+         "its model is 'softmax_deit_tiny_patch16_224'", crashed_run),
     # evaluation
     Case("eval-num-classes", evaluate("--num-classes", "5"), "--num-classes 5 differs from the checkpoint's 3",
          command="eval"),
@@ -232,6 +271,17 @@ CASES = [
     Case("eval-foreign-val-class", evaluate("--data-dir", "{spare}"), "val has class folder(s) dog",
          spare_edit(extra_val_class), command="eval"),
     Case("eval-batch-size-0", evaluate("--batch-size", "0"), "batch_size must be a positive integer, got 0",
+         command="eval"),
+    Case("eval-other-model", evaluate("--model", "linear_deit_tiny_patch16_224"),
+         "--model linear_deit_tiny_patch16_224 differs from the checkpoint's softmax_deit_tiny_patch16_224",
+         command="eval"),
+    Case("eval-weights-of-other-model",
+         lambda p: ["--checkpoint", str(p.run / LAST / "model.safetensors"), "--model", "linear_deit_tiny_patch16_224",
+                    "--workers", "0", "--no-macs", "--results-file", str(p.tmp / "results.csv")],
+         "differs from softmax_deit_tiny_patch16_224, the model of", command="eval"),
+    Case("eval-binary-results-file", evaluate("--results-file", "{tmp}/binary.csv"), "is not a CSV text file",
+         write("{tmp}/binary.csv", bytes(range(128, 256))), command="eval"),
+    Case("eval-img-size-not-multiple", evaluate("--img-size", "17"), "img_size 17 is not divisible by patch_size 8",
          command="eval"),
     Case("eval-nothing-to-evaluate", lambda p: ["--dataset", "fashion_mnist"], "give a model name", command="eval"),
 ]

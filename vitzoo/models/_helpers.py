@@ -38,15 +38,23 @@ def model_name(model: torch.nn.Module) -> str:
 
 # A leaf for timm's FX feature extraction: its checks branch on the input's shape and dtype, which FX cannot trace.
 @register_notrace_function
-def check_images(x: torch.Tensor, in_chans: int, name: str) -> None:
-    """Turn shape/dtype mistakes into one-line ValueErrors naming the model (``name``) and what it expects."""
+def check_images(x: torch.Tensor, in_chans: int, name: str, weight_dtype: torch.dtype | None = None) -> None:
+    """Turn shape/dtype mistakes into one-line ValueErrors naming the model (``name``) and what it expects;
+    ``weight_dtype``: the model's, which an input outside autocast must match."""
+    if not isinstance(x, torch.Tensor):
+        hint = "; convert it with torch.from_numpy" if type(x).__module__.startswith("numpy") else ""
+        raise ValueError(f"{name} expects a torch.Tensor of images (B, C, H, W), got {type(x).__name__}{hint}")
     if x.dim() != 4:
         raise ValueError(f"{name} expects images of shape (B, C, H, W); got {tuple(x.shape)}")
     if x.shape[1] != in_chans:
-        raise ValueError(f"{name} expects {in_chans} input channel(s), got {x.shape[1]}; create it with "
-                         f"in_chans={x.shape[1]}")
+        hint = ("it looks channels-last (B, H, W, C): pass x.permute(0, 3, 1, 2)" if x.shape[-1] == in_chans
+                else f"create it with in_chans={x.shape[1]}")
+        raise ValueError(f"{name} expects {in_chans} input channel(s), got {x.shape[1]}; {hint}")
     if x.dtype not in _IMAGE_DTYPES:
         raise ValueError(f"{name} expects a floating-point input (float16/bfloat16/float32/float64), got {x.dtype}")
+    if weight_dtype is not None and x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
+        raise ValueError(f"{name} has {weight_dtype} weights but got a {x.dtype} input; convert it with "
+                         f"x.to({weight_dtype}) or run the model under torch.autocast")
 
 
 class CheckpointLayoutError(ValueError):

@@ -112,11 +112,11 @@ class _CheckedImages:
     in_chans: int
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x, self.in_chans, model_name(self))
+        check_images(x, self.in_chans, model_name(self), next(self.parameters()).dtype)
         return super().forward_features(x)
 
     def forward_intermediates(self, x: torch.Tensor, *args, **kwargs):
-        check_images(x, self.in_chans, model_name(self))
+        check_images(x, self.in_chans, model_name(self), next(self.parameters()).dtype)
         return super().forward_intermediates(x, *args, **kwargs)
 
 

@@ -167,10 +167,10 @@ class MixerBlock(nn.Module):
 @register_notrace_function
 def check_vit_input(
         x: torch.Tensor, name: str, in_chans: int, img_size: tuple[int, int], patch_size: tuple[int, int],
-        dynamic_img_size: bool,
+        dynamic_img_size: bool, weight_dtype: torch.dtype | None = None,
 ) -> None:
     """Turn shape/dtype mistakes into one-line errors that say what the model ``name`` expects."""
-    check_images(x, in_chans, name)
+    check_images(x, in_chans, name, weight_dtype)
     h, w = x.shape[-2:]
     ph, pw = patch_size
     if dynamic_img_size:
@@ -251,8 +251,18 @@ class MixerViT(nn.Module):
             raise ValueError(f"global_pool={global_pool!r} is not one of '', 'token', 'avg'")
         if global_pool == "token" and not class_token:
             raise ValueError("global_pool='token' needs class_token=True")
+        for key, value, least in (("embed_dim", embed_dim, 1), ("num_heads", num_heads, 1), ("depth", depth, 1),
+                                  ("in_chans", in_chans, 1), ("num_classes", num_classes, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{key} must be an integer >= {least}, got {value!r}")
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
+        grid, patch = timm_layers.to_2tuple(img_size), timm_layers.to_2tuple(patch_size)
+        if min(patch) < 1 or min(grid) < 1:
+            raise ValueError(f"img_size and patch_size must be positive, got {img_size} and {patch_size}")
+        if not dynamic_img_size and (grid[0] % patch[0] or grid[1] % patch[1]):
+            raise ValueError(f"img_size={img_size} is not divisible by patch_size={patch_size}; pick a multiple of "
+                             "it, or dynamic_img_size=True")
         self.num_classes = num_classes
         self.global_pool = global_pool
         self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
@@ -358,7 +368,7 @@ class MixerViT(nn.Module):
         """Patch-embed, prepend the cls token and add the (resampled if needed) position embedding."""
         check_vit_input(
             x, model_name(self), self.in_chans, tuple(self.patch_embed.img_size), tuple(self.patch_embed.patch_size),
-            self.dynamic_img_size,
+            self.dynamic_img_size, self.pos_embed.dtype,
         )
         x = self.patch_embed(x)
         if self.dynamic_img_size:

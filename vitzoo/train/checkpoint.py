@@ -172,14 +172,25 @@ def run_identity(config: TrainConfig, num_processes: int, in_chans: int, num_cla
             "num_classes": num_classes, "classes": list(classes)}
 
 
+def first_difference(saved_config: dict, config: TrainConfig) -> tuple[str, Any, Any] | None:
+    """(key, saved value, this run's) for the first of :data:`RESUME_CONFIG_KEYS` in which ``config`` differs from a
+    run's saved config; None when they agree."""
+    for key in RESUME_CONFIG_KEYS:
+        saved, now = saved_config.get(key), getattr(config, key)
+        if key == "data_dir" and saved and now:
+            saved, now = os.path.abspath(saved), os.path.abspath(now)
+        if saved != now:
+            return key, saved, now
+    return None
+
+
 def check_resume_matches(folder: Path, meta: dict, identity: dict, config: TrainConfig) -> None:
     """Raise :class:`ConfigError` naming the first setting in which this run differs from the checkpoint's."""
     saved_config = meta.get("config", {})
-    pairs = [(key, saved_config.get(key), getattr(config, key)) for key in RESUME_CONFIG_KEYS]
+    difference = first_difference(saved_config if isinstance(saved_config, dict) else {}, config)
+    pairs = [difference] if difference else []
     pairs += [(key, meta.get(key), identity[key]) for key in ("num_processes", "in_chans", "num_classes", "classes")]
     for key, saved, now in pairs:
-        if key == "data_dir" and saved and now:
-            saved, now = os.path.abspath(saved), os.path.abspath(now)
         if saved != now:
             if key == "classes":
                 saved = f"{len(saved or [])} classes {(saved or [])[:3]}..."

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,11 @@ class ConfigError(ValueError):
 
 
 def first_line(error: BaseException) -> str:
-    """The first line of an error's message (at most 300 characters), for one-line error reports."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    """The first line of an error's message (at most 300 characters), for one-line error reports; a first line that
+    only announces the next (torch's "Error(s) in loading state_dict for X:") gets the next one appended."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()] or [type(error).__name__]
+    text = f"{lines[0]} {lines[1]}" if lines[0].endswith(":") and len(lines) > 1 else lines[0]
+    return text[:300]
 
 
 @dataclass
@@ -137,9 +141,15 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     valid = TrainConfig.keys()
     values: dict[str, Any] = {}
     if path is not None:
+        if Path(path).is_dir():
+            raise ConfigError(f"config file {path} is a folder; pass a YAML file such as configs/fashion_mnist.yaml")
         if not Path(path).is_file():
             raise ConfigError(f"config file {path} does not exist")
-        loaded = _parse_yaml(Path(path).read_text(), f"config file {path}") or {}
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {path} is not a UTF-8 text file; pass a YAML file") from None
+        loaded = _parse_yaml(text, f"config file {path}") or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of key: value")
         values.update(_checked(loaded, valid, f"in {path}"))
@@ -154,9 +164,24 @@ def load_config(path: str | os.PathLike | None = None, overrides: Iterable[str] 
     return config
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader that refuses a key given twice in one mapping (YAML keeps the last one silently)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict:
+    keys = [loader.construct_object(key, deep=True) for key, _ in node.value]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice", node.start_mark)
+    return loader.construct_mapping(node, deep=True)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def _parse_yaml(text: str, where: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         position = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -186,16 +211,21 @@ def _coerce(key: str, value: Any, type_name: str) -> Any:
             return float(value)
         if base == "int" and not isinstance(value, bool) and float(value) == int(float(value)):
             return int(float(value))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf)
         pass
     else:
+        if base == "bool" and not isinstance(value, bool):
+            raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
+        if base == "str" and not isinstance(value, str) and key not in _CHOICE_KEYS:
+            raise ConfigError(f"config key {key!r} must be a string, got {value!r}")
         if base not in ("float", "int"):
-            if base == "bool" and not isinstance(value, bool):
-                raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
             return value
-    raise ConfigError(f"config key {key!r} must be {base}, got {value!r}")
+    words = {"int": "an integer", "float": "a number", "str": "a string"}
+    raise ConfigError(f"config key {key!r} must be {words.get(base, base)}, got {value!r}")
 
 
+# keys whose values validate_config checks against a list of choices (its message lists them)
+_CHOICE_KEYS = ("precision", "dataset", "compile", "sched", "re_mode", "train_interpolation")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly")
 RE_MODES = ("const", "rand", "pixel")
@@ -255,7 +285,7 @@ _VALUE_RULES: tuple[tuple[str, Any, str], ...] = (
     ("min_lr", _non_negative, "a finite number >= 0"),
     ("cooldown_epochs", _non_negative, "an integer >= 0"),
     ("model_ema_decay", _fraction, "in [0, 1]"),
-    ("seed", _non_negative, "an integer >= 0"),
+    ("seed", lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)"),
     ("log_interval", _positive, "a positive integer"),
     ("checkpoint_interval", _non_negative, "an integer >= 0 (0: only at epoch ends)"),
     ("checkpoint_keep", _positive, "a positive integer"),
@@ -324,7 +354,18 @@ def validate_config(config: TrainConfig) -> None:
     if mixup_active(config) and config.batch_size % 2:
         raise ConfigError(f"batch_size must be even when mixup/cutmix is on (timm Mixup mode 'batch'), "
                           f"got {config.batch_size}")
+    channels = {"folder": 3, "fashion_mnist": 1}.get(config.dataset)
+    if config.in_chans is not None and channels is not None and config.in_chans != channels:
+        raise ConfigError(f"in_chans={config.in_chans}, but dataset {config.dataset!r} gives {channels}-channel "
+                          f"images; set in_chans={channels} or null")
+    check_auto_augment(config.auto_augment)
+    if config.lr is not None and config.min_lr > config.lr:
+        raise ConfigError(f"min_lr ({config.min_lr}) must not exceed lr ({config.lr})")
     check_model_kwargs(config)
+    check_patch_grid(config)
+    for key in ("img_size", "patch_size", "in_chans", "num_classes"):
+        if getattr(config, key) is not None and key in config.model_kwargs:
+            raise ConfigError(f"{key} is set both as a config key and in model_kwargs; keep one")
     overlay = config.model_kwargs.get("pretrained_cfg_overlay")
     if overlay is not None:
         if not isinstance(overlay, dict):
@@ -338,11 +379,52 @@ def validate_config(config: TrainConfig) -> None:
         raise ConfigError("resume=auto needs --output: the run folder to continue")
 
 
+# the numeric sections timm reads in a RandAugment / AugMix policy string (it skips any other section silently)
+_POLICY_SECTIONS = {"rand": "(mstd|mmax|inc|m|n|p)", "augmix": "(mstd|m|w|d|a|b)"}
+
+
+def check_auto_augment(value: str | None) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is None or a policy timm builds: 'rand-...' (RandAugment),
+    'augmix-...' or an AutoAugment policy ('original', 'v0', ...), with no section timm would skip."""
+    if value is None:
+        return
+    from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+
+    kind, *sections = value.split("-")
+    try:
+        if kind in _POLICY_SECTIONS:
+            for section in sections:
+                if not (kind == "rand" and section.startswith("t")) and \
+                        not re.fullmatch(_POLICY_SECTIONS[kind] + r"\d+(\.\d+)?", section):
+                    raise ValueError(f"unknown section {section!r}")
+        build = {"rand": rand_augment_transform, "augmix": augment_and_mix_transform}.get(kind, auto_augment_transform)
+        build(value, {"translate_const": 100, "img_mean": (124, 116, 104)})
+    except (AssertionError, ValueError, KeyError) as error:
+        reason = error or type(error).__name__
+        raise ConfigError(f"auto_augment {value!r} is not a timm policy such as 'rand-m9-mstd0.5-inc1', "
+                          f"'augmix-m5-w4-d2' or 'original' ({reason}); or null for none") from None
+
+
+def check_patch_grid(config: TrainConfig) -> None:
+    """Raise :class:`ConfigError` when ``img_size`` is not a multiple of the patch size (where both are given)."""
+    size, patch = config.img_size, config.patch_size or config.model_kwargs.get("patch_size")
+    if isinstance(size, int) and isinstance(patch, int) and patch > 0 and size % patch:
+        raise ConfigError(f"img_size {size} is not divisible by patch_size {patch}; pick a multiple of it")
+
+
 def check_model_kwargs(config: TrainConfig) -> None:
-    """Raise :class:`ConfigError` unless ``model_kwargs`` is a mapping."""
+    """Raise :class:`ConfigError` unless ``model_kwargs`` is a mapping of names to values. A key without a value is
+    refused: timm drops None-valued kwargs, and YAML reads ``{embed_dim:16}`` (no space after the colon) as the key
+    'embed_dim:16' with no value, so the model would silently keep its default size."""
     if not isinstance(config.model_kwargs, dict):
         raise ConfigError(f"model_kwargs must be a mapping such as {{embed_dim: 64, depth: 4}}, "
                           f"got {config.model_kwargs!r}")
+    for key, value in config.model_kwargs.items():
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ConfigError(f"model_kwargs key {key!r} is not an argument name; write the mapping with a space after "
+                              "each colon: {embed_dim: 64, depth: 4}")
+        if value is None:
+            raise ConfigError(f"model_kwargs.{key} has no value; write {{{key}: <value>}} (a space after the colon)")
 
 
 def mixup_active(config: TrainConfig) -> bool:

@@ -21,6 +21,7 @@ from vitzoo.train.config import (
     check_choice,
     check_model_kwargs,
     check_model_name,
+    check_patch_grid,
     check_values,
     first_line,
 )
@@ -166,6 +167,9 @@ def evaluate_model(model_name: str | None = None, checkpoint: str | None = None,
             saved = meta.get("config", {}) if isinstance(meta, dict) else {}
             if not {"model", "model_kwargs", "img_size", "patch_size"} <= set(saved) or "num_classes" not in meta:
                 raise CheckpointError(f"{path / 'meta.json'} lacks the run's config (not written by vitzoo-train)")
+            if model_name is not None and model_name != saved["model"]:
+                raise ConfigError(f"--model {model_name} differs from the checkpoint's {saved['model']} ({path}); "
+                                  "leave it out")
             for key in ("model", "model_kwargs", "img_size", "patch_size"):
                 settings[key] = saved[key]
             if num_classes is not None and num_classes != meta["num_classes"]:
@@ -182,6 +186,13 @@ def evaluate_model(model_name: str | None = None, checkpoint: str | None = None,
                 raise ConfigError(f"{weights_file} does not exist" + ("; the run had no EMA" if use_ema else ""))
         elif not path.is_file():
             raise ConfigError(f"checkpoint {checkpoint} does not exist")
+        elif model_name is not None and (path.parent / "meta.json").is_file():
+            # a weights file of a vitzoo-train checkpoint: its meta.json names the model it belongs to
+            meta = read_checkpoint_file(path.parent / "meta.json", lambda file: json.loads(file.read_text()))
+            saved_model = meta.get("config", {}).get("model") if isinstance(meta, dict) else None
+            if saved_model is not None and saved_model != model_name:
+                raise ConfigError(f"--model {model_name} differs from {saved_model}, the model of {path} "
+                                  f"({path.parent / 'meta.json'})")
         checkpoint = str(path)
     for key, value in (("model", model_name), ("img_size", img_size), ("patch_size", patch_size)):
         if value is not None:
@@ -197,6 +208,7 @@ def evaluate_model(model_name: str | None = None, checkpoint: str | None = None,
     check_choice("dataset", dataset, DATASETS)
     check_choice("precision", precision, PRECISIONS)
     check_model_kwargs(config)
+    check_patch_grid(config)
     check_model_name(config.model)
     try:
         folder = check_dataset_path(dataset, data_dir, ("val",))
@@ -265,8 +277,11 @@ def check_results_file(path: str | os.PathLike) -> None:
     if path.is_dir():
         raise ConfigError(f"results file {path} is a folder; pass a .csv file path (--results-file)")
     if path.is_file() and path.stat().st_size:
-        with path.open(newline="") as handle:
-            header = handle.readline().strip()
+        try:
+            with path.open(newline="", encoding="utf-8") as handle:
+                header = handle.readline().strip()
+        except UnicodeDecodeError:
+            raise ConfigError(f"results file {path} is not a CSV text file; pass a new --results-file") from None
         if header != ",".join(RESULT_COLUMNS):
             raise ConfigError(f"results file {path} has another header ({header[:80]}); pass a new --results-file")
 

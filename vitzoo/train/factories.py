@@ -3,6 +3,7 @@ transforms, the optimizer and the loss (timm's, with the zoo's defaults)."""
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -57,13 +58,19 @@ def create_model_from_config(config: TrainConfig, num_classes: int, in_chans: in
         return timm.create_model(config.model, num_classes=num_classes, in_chans=in_chans,
                                  checkpoint_path=checkpoint_path or "", **kwargs)
     except TypeError as error:  # an unexpected keyword argument of the model class
+        unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+        if unexpected and unexpected.group(1) in ("img_size", "patch_size") and \
+                unexpected.group(1) not in config.model_kwargs:
+            raise ConfigError(f"model {config.model} takes no {unexpected.group(1)}; set {unexpected.group(1)}=null") \
+                from None
         raise ConfigError(f"model {config.model} does not accept model_kwargs {config.model_kwargs}: "
                           f"{first_line(error)}") from None
-    except (RuntimeError, KeyError) as error:  # load_state_dict: missing keys or shapes that differ
-        if not checkpoint_path:
-            raise
-        raise ConfigError(f"weights {checkpoint_path} do not fit {config.model} with {num_classes} classes and "
-                          f"{in_chans} channels: {first_line(error)}") from None
+    except (RuntimeError, KeyError, ValueError, ZeroDivisionError) as error:
+        if checkpoint_path:  # load_state_dict: missing keys or shapes that differ
+            raise ConfigError(f"weights {checkpoint_path} do not fit {config.model} with {num_classes} classes and "
+                              f"{in_chans} channels: {first_line(error)}") from None
+        raise ConfigError(f"cannot build {config.model} with model_kwargs {config.model_kwargs}: "
+                          f"{first_line(error)}") from None
 
 
 def dataset_classes(config: TrainConfig) -> list[str]:

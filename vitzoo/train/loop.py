@@ -34,13 +34,22 @@ from vitzoo.train.checkpoint import (
     CHECKPOINT_PREFIX,
     RunState,
     find_resume_checkpoint,
+    first_difference,
     load_checkpoint_into,
     remove_temporary_checkpoints,
     run_identity,
     save_checkpoint,
     write_atomic,
 )
-from vitzoo.train.config import PRECISIONS, ConfigError, TrainConfig, check_model_name, mixup_active, validate_config
+from vitzoo.train.config import (
+    PRECISIONS,
+    ConfigError,
+    TrainConfig,
+    check_model_name,
+    first_line,
+    mixup_active,
+    validate_config,
+)
 from vitzoo.train.data import (
     DataError,
     EpochShuffleSampler,
@@ -106,16 +115,45 @@ def check_output_folder(config: TrainConfig) -> None:
     if not output.is_dir():
         raise ConfigError(f"output {output} is a file, not a folder; choose another --output")
     entries = sorted(entry.name for entry in output.iterdir())
-    if entries and not config.resume:
-        raise ConfigError(f"output folder {output} already holds a run ({', '.join(entries[:4])}); pass --resume auto "
+    if not entries:
+        return
+    listed = ", ".join(entries[:4])
+    if not config.resume:
+        raise ConfigError(f"output folder {output} already holds a run ({listed}); pass --resume auto "
                           "to continue it, or another --output (unset: a fresh timestamped folder)")
+    if config.resume != "auto":
+        source = Path(config.resume).resolve().parent.parent
+        if source != output.resolve():
+            raise ConfigError(f"output folder {output} already holds a run ({listed}) and --resume {config.resume} "
+                              f"belongs to {source}; continue that run with --output {source}, or start from its "
+                              "checkpoint in an empty --output")
+        return
+    saved_path = output / "config.yaml"
+    if (output / "checkpoints").is_dir():
+        return  # each checkpoint's meta.json is compared with this run when it is read
+    if not saved_path.is_file():
+        raise ConfigError(f"output folder {output} holds files that are not a run's ({listed}); --resume auto "
+                          "continues a run folder (config.yaml, checkpoints/): pass another --output")
+    # a run stopped before its first checkpoint: it starts again from scratch, but only with the same settings
+    try:
+        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as error:
+        raise ConfigError(f"cannot read {saved_path} ({first_line(error)}); pass another --output") from None
+    difference = first_difference(saved if isinstance(saved, dict) else {}, config)
+    if difference:
+        key, before, now = difference
+        raise ConfigError(f"cannot resume {output}: its {key} is {before!r} ({saved_path}), this run's is {now!r}; "
+                          "use that run's settings or another --output")
 
 
 def fresh_output(config: TrainConfig, root: str | os.PathLike = Path("output") / "train") -> Path:
     """Create and return ``<root>/<YYYYmmdd-HHMMSS>-<model>-<dataset>`` (timm's layout), with ``-1``, ``-2``, ...
     appended when a run started in the same second took the name."""
     base = Path(root) / f"{time.strftime('%Y%m%d-%H%M%S')}-{config.model}-{config.dataset}"
-    Path(root).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(root).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot create {root} for a fresh run folder ({error.strerror}); pass --output") from None
     for count in range(1000):
         candidate = base if count == 0 else base.with_name(f"{base.name}-{count}")
         try:
@@ -307,11 +345,15 @@ def setup(config: TrainConfig) -> Training:
     forward = _training_forward(config, model, data_config, accelerator.device)
 
     # Everything above only reads; from here on the run folder is written.
-    log = JsonLog(output / "log.jsonl", accelerator.is_main_process)
     if accelerator.is_main_process:
-        output.mkdir(parents=True, exist_ok=True)
+        try:
+            output.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"cannot create the output folder {output} ({error.strerror}); pass another --output") \
+                from None
         remove_temporary_checkpoints(output)
         write_atomic(output / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    log = JsonLog(output / "log.jsonl", accelerator.is_main_process)
     if resumed_from is not None:
         log.write("resume", checkpoint=str(resumed_from), epoch=run.epoch, num_updates=run.num_updates)
     if run.num_updates == 0 and run.batches_done == 0:
