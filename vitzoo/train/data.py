@@ -14,9 +14,10 @@ marks the file in a shared-memory flag table that loader workers write and the m
 :func:`report_unreadable`), so each file is named in exactly one warning. In evaluation the substitute carries the
 target :data:`UNREADABLE_TARGET`, so it fills the batch but is never scored.
 
-Every split of an image folder uses one class-to-index map, the train split's (:func:`folder_classes`); a val split
-may lack classes but never holds a class folder that train lacks. Images are decoded to 8 bits per channel whatever
-their bit depth (:func:`load_image`).
+Every split of an image folder uses one class-to-index map, the train split's (:func:`folder_classes`, which skips
+hidden folders); a val split may lack classes but never holds a class folder that train lacks. The train split needs two
+classes or more, each with a readable image (:meth:`SkipUnreadable.check_readable`). Images are decoded to 8 bits per
+channel whatever their bit depth (:func:`load_image`).
 """
 from __future__ import annotations
 
@@ -62,6 +63,10 @@ _FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+_FASHION_MNIST_COUNTS = {"train": 60000, "val": 10000}
+# idx magic numbers (0x0800 + the number of dimensions) of Fashion-MNIST's two kinds of file.
+_IDX_IMAGES_MAGIC, _IDX_LABELS_MAGIC = 2051, 2049
+_IDX_KINDS = {_IDX_IMAGES_MAGIC: "images", _IDX_LABELS_MAGIC: "labels"}
 # The target of an unreadable evaluation sample: the batch keeps its shape, the metrics skip the sample.
 UNREADABLE_TARGET = -1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -143,11 +148,15 @@ class SkipUnreadable(Dataset):
             drops from ``len(dataset)``, so an eval subset must be cut here, not in the sampler.
         score_substitutes: False for evaluation: a substitute keeps the batch shape but carries
             :data:`UNREADABLE_TARGET`, so an unreadable file is never counted as a second copy of its neighbour.
+        require_classes: :meth:`check_readable` also requires a readable image of every class (a training image
+            folder: ``dataset`` is an :class:`ImageFolder`).
     """
 
-    def __init__(self, dataset: Dataset, seed: int, limit: int | None = None, score_substitutes: bool = True) -> None:
+    def __init__(self, dataset: Dataset, seed: int, limit: int | None = None, score_substitutes: bool = True,
+                 require_classes: bool = False) -> None:
         self.dataset = dataset
         self.score_substitutes = score_substitutes
+        self.require_classes = require_classes
         self.length = min(limit or len(dataset), len(dataset))
         self.seed = seed
         # Shared memory, so the flags written in loader worker processes are visible to the main process, and the
@@ -201,9 +210,45 @@ class SkipUnreadable(Dataset):
 
     def check_readable(self) -> None:
         """Decode one sample (the first readable one) now, so a split of only unreadable files fails before a run
-        writes anything; raises :class:`DataError`."""
+        writes anything; with ``require_classes`` also read each class's first readable file, so a class without
+        any readable image does too. Raises :class:`DataError`.
+
+        Files are otherwise found unreadable lazily, in the loader workers, when an epoch reaches them; this check
+        reads one file a class where the files are fine (all of a class's files only when none is readable), not the
+        whole split. The unreadable files it meets are flagged, and named at epoch end like the others.
+        """
         if self.length:
             self[0]
+        if self.require_classes:
+            self._check_classes()
+
+    def _check_classes(self) -> None:
+        images = self.dataset
+        targets = np.asarray(images.targets[: self.length], dtype=np.int64)
+        order = np.argsort(targets, kind="stable")
+        bounds = np.searchsorted(targets[order], np.arange(len(images.classes) + 1))
+        for target, name in enumerate(images.classes):
+            members = order[bounds[target]: bounds[target + 1]].tolist()
+            folder = Path(images.root) / name
+            if not members:
+                raise DataError(f"class {name} has no training image: {folder} holds no image files "
+                                f"({', '.join(IMAGE_EXTENSIONS)}); add images or remove the folder")
+            if not any(self._readable(index) for index in members):
+                raise DataError(f"class {name} has no readable training image: all {len(members)} image files in "
+                                f"{folder} are unreadable (cannot be opened or decoded); replace them or remove the "
+                                "folder")
+
+    def _readable(self, index: int) -> bool:
+        """Whether the loader of the wrapped image folder reads sample ``index`` (no transform); flags it if not."""
+        if self.unreadable[index]:
+            return False
+        try:
+            self.dataset.loader(self.dataset.samples[index][0])
+        except UnreadableImage as error:
+            _logger.debug("unreadable sample %s: %s", self.describe(index), error)
+            self.unreadable[index] = True
+            return False
+        return True
 
     def new_unreadable(self) -> list[int]:
         """Return indices flagged unreadable since the last call, and mark them reported."""
@@ -248,8 +293,11 @@ class FashionMNIST(Dataset):
             raise ValueError(f"split must be one of {sorted(_FASHION_MNIST_FILES)}, got {split!r}")
         folder = _idx_folder(Path(root))
         images_name, labels_name = _FASHION_MNIST_FILES[split]
-        self.images = torch.from_numpy(_read_idx(folder, images_name)).unsqueeze(1)
-        self.targets = torch.from_numpy(_read_idx(folder, labels_name)).long()
+        images, images_path = _read_idx(folder, images_name, _IDX_IMAGES_MAGIC)
+        labels, labels_path = _read_idx(folder, labels_name, _IDX_LABELS_MAGIC)
+        _check_fashion_mnist(split, images, images_path, labels, labels_path)
+        self.images = torch.from_numpy(images).unsqueeze(1)
+        self.targets = torch.from_numpy(labels).long()
         self.transform = transform
 
     def __len__(self) -> int:
@@ -269,7 +317,10 @@ class FashionMNIST(Dataset):
         return list(zip(self.images[index].unbind(0), self.targets[index].tolist(), strict=True))
 
 
-def _read_idx(folder: Path, name: str) -> np.ndarray:
+def _read_idx(folder: Path, name: str, magic: int) -> tuple[np.ndarray, Path]:
+    """The array of idx file ``name`` (``.gz`` or plain) in ``folder`` and the file's path; raises :class:`DataError`
+    for a missing, corrupt or truncated file, or one whose magic number is not ``magic`` (which tells the dimensions:
+    2051 for images, 2049 for labels)."""
     for path, opener in ((folder / f"{name}.gz", gzip.open), (folder / name, open)):
         if path.is_file():
             try:
@@ -282,15 +333,38 @@ def _read_idx(folder: Path, name: str) -> np.ndarray:
     else:
         raise DataError(f"Fashion-MNIST file {name}[.gz] not found in {folder}")
     # idx header: two zero bytes, a dtype code (0x08 = uint8), the number of dimensions, then one big-endian int32 each.
+    # The first four bytes read as one big-endian int32 are the magic number: 0x0800 + the number of dimensions.
     ndim = data[3] if len(data) > 3 else 0
     if data[:3] != b"\x00\x00\x08" or not ndim or len(data) < 4 + 4 * ndim:
         raise DataError(f"{path} is not a uint8 idx file; reinstall dataset-fashion-mnist or replace the file")
+    found = int.from_bytes(data[:4], "big")
+    if found != magic:
+        raise DataError(f"Fashion-MNIST file {path} holds {_IDX_KINDS.get(found, f'{ndim}-d arrays')} (idx magic "
+                        f"{found}), not {_IDX_KINDS[magic]} (magic {magic}); replace it with Fashion-MNIST's {name}")
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     expected = 4 + 4 * ndim + math.prod(shape)
     if len(data) != expected:
         raise DataError(f"Fashion-MNIST file {path} holds {len(data)} bytes, its header says {expected} (truncated?); "
                         "reinstall dataset-fashion-mnist or replace the file")
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy()
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape).copy(), path
+
+
+def _check_fashion_mnist(split: str, images: np.ndarray, images_path: Path, labels: np.ndarray,
+                         labels_path: Path) -> None:
+    """Raise :class:`DataError` unless the images are 28x28, the labels 0-9, and the two files hold as many entries.
+    A count mismatch names the file whose count is not the split's standard one (60000 train, 10000 test)."""
+    if images.shape[1:] != (28, 28):
+        raise DataError(f"Fashion-MNIST file {images_path} holds {'x'.join(map(str, images.shape[1:]))} images; "
+                        "Fashion-MNIST's are 28x28; replace the file")
+    if len(labels) and int(labels.max()) >= len(FASHION_MNIST_CLASSES):
+        raise DataError(f"Fashion-MNIST file {labels_path} holds label {int(labels.max())}; Fashion-MNIST's labels "
+                        f"are 0-{len(FASHION_MNIST_CLASSES) - 1}; replace the file")
+    if len(images) != len(labels):
+        standard = _FASHION_MNIST_COUNTS[split]
+        culprit = (labels_path if len(images) == standard else images_path if len(labels) == standard
+                   else f"{labels_path} or {images_path}")
+        raise DataError(f"Fashion-MNIST {split} labels ({len(labels)}) and images ({len(images)}) differ in count; "
+                        f"replace {culprit}")
 
 
 class GreyTransform:
@@ -553,7 +627,8 @@ def fashion_mnist_folder(data_dir: str | os.PathLike | None) -> Path:
 
 
 def check_dataset_path(dataset: str, data_dir: str | os.PathLike | None, splits: tuple[str, ...]) -> Path:
-    """Return the dataset folder, or raise a one-line :class:`DataError` that says what is missing.
+    """Return the dataset folder, or raise a one-line :class:`DataError` that says what is missing (or that an image
+    folder's train split has a single class folder).
 
     Args:
         dataset: ``'folder'`` or ``'fashion_mnist'``.
@@ -579,14 +654,17 @@ def check_dataset_path(dataset: str, data_dir: str | os.PathLike | None, splits:
         if not (folder / split).is_dir():
             raise DataError(f"dataset folder {folder / split} does not exist; data_dir needs {'/ and '.join(splits)}/ "
                              "sub-folders with one folder of images per class")
+    if "train" in splits and len(folder_classes(folder / "train")) == 1:
+        raise DataError(f"the train split of {folder} has 1 class folder; a classifier needs at least 2")
     return folder
 
 
 def folder_classes(split_dir: str | os.PathLike) -> list[str]:
-    """The class names of an image-folder split: its sub-folders, sorted (torchvision's order); raises
-    :class:`DataError` when there are none."""
+    """The class names of an image-folder split: its sub-folders, sorted (torchvision's order), except hidden ones
+    (names starting with '.', such as Jupyter's ``.ipynb_checkpoints``, which torchvision would take for a class);
+    raises :class:`DataError` when there are none."""
     split_dir = Path(split_dir)
-    classes = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir())
+    classes = sorted(entry.name for entry in os.scandir(split_dir) if entry.is_dir() and not entry.name.startswith("."))
     if not classes:
         raise DataError(f"{split_dir} holds no class folders; put each class's images in {split_dir}/<class>/")
     return classes
@@ -693,7 +771,9 @@ def build_dataset(dataset: str, data_dir: str | os.PathLike | None, split: str, 
         encoded: read image-folder files with :func:`load_encoded` (JPEG bytes, for ``decode_on_device``).
 
     Raises:
-        DataError: a missing, empty or corrupt split, or class folders outside ``classes``.
+        DataError: a missing, empty or corrupt split, class folders outside ``classes``, a train split of one class,
+            or Fashion-MNIST files that do not belong together. A train class without a readable image is found by
+            the returned dataset's :meth:`SkipUnreadable.check_readable`.
     """
     folder = check_dataset_path(dataset, data_dir, (split,))
     if dataset == "fashion_mnist":
@@ -701,7 +781,9 @@ def build_dataset(dataset: str, data_dir: str | os.PathLike | None, split: str, 
                               score_substitutes=score_substitutes)
     images = _class_map_image_folder(folder / split, classes or folder_classes(folder / split), transform,
                                      load_encoded if encoded else load_image)
-    return SkipUnreadable(images, seed, limit=limit, score_substitutes=score_substitutes)
+    # Training needs a readable image of every class (checked by check_readable); val may lack classes.
+    return SkipUnreadable(images, seed, limit=limit, score_substitutes=score_substitutes,
+                          require_classes=split == "train" and not limit)
 
 
 def worker_init(worker_id: int) -> None:
