@@ -142,11 +142,15 @@ def test_resume_auto_falls_back_to_the_newest_intact_checkpoint(tmp_path: Path, 
     run = tmp_path / "run"
     shutil.copytree(finished_run, run, symlinks=True)
     (run / "checkpoints" / "step-00000006" / "model.safetensors").write_bytes(b"\x00" * 20)  # truncated
+    lost = run / "checkpoints" / "step-00000005"  # a step folder that lost its meta.json
+    shutil.copytree(run / "checkpoints" / "step-00000003", lost)
+    (lost / "meta.json").unlink()
     leftover = run / "checkpoints" / ".tmp-step-00000007"  # as a run killed while writing a checkpoint leaves it
     leftover.mkdir()
     metrics = _train(run, data, "resume=auto", "epochs=3")
     assert not leftover.exists()
-    assert "skipped 1 damaged newer checkpoint(s)" in caplog.text and "resuming from step-00000003" in caplog.text
+    assert "skipped 2 damaged newer checkpoint(s)" in caplog.text and "resuming from step-00000003" in caplog.text
+    assert "step-00000005/meta.json is missing" in caplog.text
     events = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     resume = [e for e in events if e["event"] == "resume"][-1]
     assert resume["checkpoint"].endswith("step-00000003") and resume["num_updates"] == 3

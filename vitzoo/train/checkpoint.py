@@ -267,8 +267,16 @@ def find_resume_checkpoint(config: TrainConfig, output: Path, identity: dict, ac
     if config.resume != "auto":
         return read_checkpoint(Path(config.resume), identity, config, accelerator.process_index)
     found = list_checkpoints(output)
+    # step folders without meta.json (lost or deleted): damaged too, named in the warning when newer than the one used
+    root = output / "checkpoints"
+    incomplete = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+                  and p.name[len(CHECKPOINT_PREFIX):].isdigit() and not (p / "meta.json").is_file()
+                  ] if root.is_dir() else []
     damaged: list[str] = []
-    for folder in reversed(found):
+    for folder in sorted(found + incomplete, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), reverse=True):
+        if folder in incomplete:
+            damaged.append(f"{folder / 'meta.json'} is missing")
+            continue
         try:
             files = read_checkpoint(folder, identity, config, accelerator.process_index)
         except CheckpointError as error:
