@@ -242,3 +242,9 @@ def _assert_one_error_line(args: list[str], capsys: pytest.CaptureFixture, expec
     assert exited.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+
+
+@pytest.mark.parametrize(("splits", "named"), [(("train", "val"), "train/ and val/"), (("val",), "val/")])
+def test_unset_data_dir_names_the_splits_the_caller_reads(splits, named):
+    with pytest.raises(vdata.DataError, match=f"pass --data-dir pointing at a folder with {named} class folders"):
+        vdata.check_dataset_path("folder", None, splits)

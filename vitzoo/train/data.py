@@ -648,7 +648,8 @@ def check_dataset_path(dataset: str, data_dir: str | os.PathLike | None, splits:
     if dataset != "folder":
         raise DataError(f"dataset must be 'folder' or 'fashion_mnist', got {dataset!r}")
     if not data_dir:
-        raise DataError("data_dir is not set; pass --data-dir pointing at a folder with train/ and val/ class folders")
+        needed = " and ".join(f"{split}/" for split in splits)
+        raise DataError(f"data_dir is not set; pass --data-dir pointing at a folder with {needed} class folders")
     folder = Path(data_dir)
     for split in splits:
         if not (folder / split).is_dir():
