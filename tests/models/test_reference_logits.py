@@ -1,4 +1,6 @@
-"""Every public model computes the logits it computed when the reference values were recorded.
+"""Every public model computes the logits it computed when the reference values were recorded: a regression guard,
+not a correctness check (the values are the code's own output; the mixers and kernels are checked against float64
+forms in tests/layers and tests/ops).
 
 Weights are set from the parameter names (a generator seeded per name), not from the models' initialisers, so the
 check follows the computation and survives changes in the order modules are built; a renamed parameter, a changed
@@ -62,7 +64,11 @@ def test_logits_match_recorded_reference(name, recorded):
     torch.manual_seed(0)  # stochastic layers are off in eval; this keeps anything else fixed too
     expected = torch.tensor(recorded[name], dtype=torch.float64)
     actual = torch.tensor(reference_logits(name), dtype=torch.float64)
-    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        actual, expected, rtol=1e-4, atol=1e-4,
+        msg=lambda text: f"{name}'s logits moved since they were recorded ({text}). If the change was meant to alter "
+                         "the numbers and the float64 tests of tests/layers and tests/ops pass, record them again "
+                         "with --write; otherwise it is a regression.")
 
 
 if __name__ == "__main__":
