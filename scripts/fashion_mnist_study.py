@@ -257,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
                            "3"]
         elif torch.cuda.is_available():
             bench_args += ["--batch-size", str(GPU_BENCH_BATCH)]
+        if bench_parts[-1].exists():  # a study cut off during its benchmark: keep the rows it measured
+            bench_args.append("--resume")
         bench.main(bench_args)
     bench_rows = read_csvs(bench_parts)
     write_csv(args.out / "bench.csv", bench_rows, list(bench_rows[0]))

@@ -5,14 +5,15 @@ zoo safetensors, with the model's pretrained_cfg in a JSON file beside them.
 
 writes ``inline_t.safetensors`` and ``inline_t.json``; then
 ``timm.create_model("inline_deit_tiny_patch16_224", pretrained=True,
-pretrained_cfg_overlay=dict(file="inline_t.safetensors"))``. Errors (bad paths, unknown model, a checkpoint that
-does not fit) exit with status 2 and one line on stderr.
+pretrained_cfg_overlay=dict(file="inline_t.safetensors"))``. Errors (bad paths, an existing output, unknown model, a
+checkpoint that does not fit) exit with status 2 and one line on stderr.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -48,8 +49,21 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def _file_format(path: Path) -> str | None:
+    """``'torch'`` (a zip archive, or a legacy pickle, as ``torch.save`` writes), ``'safetensors'`` (an 8-byte header
+    length, then a JSON header that fits in the file) or None (neither), from the first bytes of ``path``."""
+    with path.open("rb") as handle:
+        head = handle.read(9)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return "torch"
+    if len(head) == 9 and head[8:] == b"{" and 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size:
+        return "safetensors"
+    return None
+
+
 def load_checkpoint_file(path: str | Path, use_ema: bool = False) -> dict[str, torch.Tensor]:
-    """Read a ``.pth`` / ``.pt`` / ``.safetensors`` file with ``weights_only=True``.
+    """Read a ``.pth`` / ``.pt`` / ``.safetensors`` file with ``weights_only=True`` (the format is told from the file's
+    first bytes; any other file is a one-line :class:`ConvertError`).
 
     A pickled training configuration (yacs ``CfgNode``, argparse ``Namespace``) beside the weights is read as a
     plain dict instead of failing the weights-only load; any other non-tensor class still fails.
@@ -63,7 +77,13 @@ def load_checkpoint_file(path: str | Path, use_ema: bool = False) -> dict[str, t
     if not path.is_file():
         raise ConvertError(f"checkpoint {path} does not exist or is not a file")
     try:
-        if path.suffix == ".safetensors":
+        file_format = _file_format(path)
+    except OSError as error:
+        raise ConvertError(f"cannot read {path}: {error.strerror or error}") from None
+    if file_format is None:
+        raise ConvertError(f"{path} is not a PyTorch (.pth / .pt) or safetensors checkpoint")
+    try:
+        if file_format == "safetensors":
             from safetensors.torch import load_file
 
             checkpoint = load_file(str(path))
@@ -126,14 +146,25 @@ def main(argv: list[str] | None = None) -> None:
     output = Path(args.output)
     if output.suffix != ".safetensors":
         output = output.with_name(output.name + ".safetensors")
+    cfg_path = output.with_suffix(".json")
     try:
         if not output.parent.is_dir():
             raise ConvertError(f"output folder {output.parent} does not exist")
+        for path in (output, cfg_path):
+            if path.exists():
+                raise ConvertError(f"{path} exists; remove it or pass another --output")
         state_dict, cfg = convert_checkpoint(args.model, load_checkpoint_file(args.checkpoint, use_ema=args.ema))
     except (ConvertError, CheckpointLayoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    save_file(state_dict, str(output), metadata={"format": "pt", "architecture": args.model})
-    cfg_path = output.with_suffix(".json")
-    cfg_path.write_text(json.dumps(cfg, indent=2, default=str) + "\n")
+    # Each file is written beside its name, then renamed: a run cut off midway leaves no half-written file.
+    partial, partial_cfg = (path.with_name(f".{path.name}.tmp") for path in (output, cfg_path))
+    try:
+        save_file(state_dict, str(partial), metadata={"format": "pt", "architecture": args.model})
+        partial_cfg.write_text(json.dumps(cfg, indent=2, default=str) + "\n")
+        os.replace(partial, output)
+        os.replace(partial_cfg, cfg_path)
+    finally:
+        partial.unlink(missing_ok=True)
+        partial_cfg.unlink(missing_ok=True)
     print(f"wrote {output} ({len(state_dict)} tensors) and {cfg_path}")

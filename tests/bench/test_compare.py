@@ -60,6 +60,23 @@ def test_compare_rejects_bad_arguments(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_compare_keeps_an_existing_results_file(tmp_path, monkeypatch, capsys):
+    from vitzoo.bench import sweep
+
+    monkeypatch.setattr(sweep, "run_compare", lambda *args, **kwargs: pytest.fail("measured"))
+    out = tmp_path / "compare.json"
+    out.write_text('{"rows": []}\n')
+    argv = ["--compare", "--device", "cpu", "--models", "linear_deit_tiny_patch16_224", "--results-file", str(out)]
+    for extra, message in (([], f"{out} exists; name a new --results-file"),
+                           (["--resume"], "--resume continues a sweep; --compare measures")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, *extra])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert out.read_text() == '{"rows": []}\n'
+
+
 def test_comparison_set_measures_each_model_once():
     ordered, groups = comparison_set(["linear_deit_tiny_patch16_224", "inline_deit_tiny_patch16_224",
                                       "softmax_deit_tiny_patch16_224"])

@@ -140,7 +140,7 @@ def test_resume_benchmarks_only_the_pairs_the_file_lacks(tmp_path, monkeypatch):
     args = ["--models", *TINY, "--img-sizes", "32", "--model-kwargs", "depth=1", "--results-file", str(out), *FAST]
     bench.main(args)
     first = _read(out)
-    bench.main([*args[:4], "32", "48", *args[5:], "--time-budget", "-1", "--resume"])  # nothing new is measured
+    bench.main([*args[:4], "32", "48", *args[5:], "--time-budget", "0", "--resume"])  # nothing new is measured
     assert _read(out)[:2] == first and [r["status"] for r in _read(out)[2:]] == ["skipped: time budget"] * 2
     measured = []
     real_bench_model = bench.bench_model
@@ -158,3 +158,69 @@ def test_resume_rejects_a_foreign_csv(tmp_path):
     out.write_text("name,value\nx,1\n")
     with pytest.raises(SystemExit):
         bench.main(["--models", TINY[0], "--img-sizes", "32", "--results-file", str(out), "--resume", *FAST])
+
+
+def _refused(argv, capsys) -> str:
+    """The one stderr line of a ``vitzoo-bench`` call that must exit with status 2 before measuring anything."""
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vitzoo-bench: error: ") and err.count("\n") == 1, err  # no usage block
+    return err
+
+
+@pytest.fixture
+def no_measuring(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("measured before the arguments were checked")
+
+    monkeypatch.setattr(bench, "bench_model", fail)
+
+
+@pytest.mark.usefixtures("no_measuring")
+def test_an_existing_results_file_is_kept_unless_resumed(tmp_path, capsys):
+    out = tmp_path / "important.csv"
+    out.write_text("name,score\nmy important,1\n")
+    err = _refused(["--models", TINY[0], "--img-sizes", "32", "--results-file", str(out), *FAST], capsys)
+    assert f"{out} exists; pass --resume to keep its rows and add the missing ones, or name a new --results-file" in err
+    assert out.read_text() == "name,score\nmy important,1\n"
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for path, message in ((tmp_path, "is a folder"), (blocker / "bench.csv", f"{blocker} is a file")):
+        assert message in _refused(["--models", TINY[0], "--img-sizes", "32", "--results-file", str(path), *FAST],
+                                   capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "important.csv"]  # no stray .tmp
+
+
+@pytest.mark.usefixtures("no_measuring")
+@pytest.mark.parametrize("bad, message", [
+    (["-b", "0"], "--batch-size must be >= 1, got 0"),
+    (["--batch-size", "-4"], "--batch-size must be >= 1, got -4"),
+    (["--train-batch-size", "0"], "--train-batch-size must be >= 1"),
+    (["--img-sizes", "32", "0"], "--img-sizes must be >= 1, got 0"),
+    (["--img-sizes", "-32"], "--img-sizes must be >= 1, got -32"),
+    (["--num-bench-iter", "0"], "--num-bench-iter must be >= 1"),
+    (["--num-warm-iter", "-1"], "--num-warm-iter must be >= 0"),
+    (["--latency-iters", "0"], "--latency-iters must be >= 1"),
+    (["--time-budget", "-1"], "--time-budget must be >= 0"),
+    (["--time-budget", "nan"], "--time-budget must be >= 0"),
+    (["--max-phase-seconds", "0"], "--max-phase-seconds must be > 0"),
+    (["--repeats", "0"], "--repeats must be >= 1"),
+    (["--device", "foo"], "--device foo"),
+    (["--device", "cuda:x"], "--device cuda:x"),
+    (["--shard", "3/2"], "--shard must be I/N"),
+    (["--batch-size", "x"], "invalid int value"),
+])
+def test_bad_arguments_are_one_line_errors(bad, message, capsys):
+    err = _refused(["--models", TINY[0], "--img-sizes", "32", "--device", "cpu", "--no-progress", *bad], capsys)
+    assert message in err
+
+
+@pytest.mark.usefixtures("no_measuring")
+def test_cuda_device_without_a_gpu_is_a_one_line_error(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    for device in ("cuda", "cuda:1"):
+        err = _refused(["--models", TINY[0], "--img-sizes", "32", "--device", device, "--no-progress"], capsys)
+        assert f"--device {device}: no CUDA device available" in err

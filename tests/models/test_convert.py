@@ -61,6 +61,7 @@ def test_convert_writes_safetensors_and_cfg_that_timm_loads(tmp_path: Path, caps
     output = tmp_path / "inline_t.safetensors"
     convert_main(["--model", TINY, "--checkpoint", str(checkpoint), "--output", str(output)])
     assert "wrote" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["inline_deit_t.pth", "inline_t.json", "inline_t.safetensors"]
 
     weights = load_file(str(output))
     assert weights.keys() == source.state_dict().keys()
@@ -76,6 +77,7 @@ def test_convert_writes_safetensors_and_cfg_that_timm_loads(tmp_path: Path, caps
 @pytest.mark.parametrize(("case", "expected"), [
     ("missing", "does not exist or is not a file"),
     ("garbage", "cannot read"),
+    ("text", "notes.txt is not a PyTorch (.pth / .pt) or safetensors checkpoint"),
     ("model", "unknown vitzoo model 'nosuch_model'"),
     ("foreign", "does not fit the model: missing"),
     ("outdir", "output folder"),
@@ -86,10 +88,12 @@ def test_convert_errors_are_one_line_with_status_2(tmp_path: Path, capsys: pytes
     checkpoint = tmp_path / "ckpt.pth"
     torch.save({"model": {"conv1.weight": torch.zeros(2)}}, checkpoint)
     if case == "garbage":
-        checkpoint.write_bytes(b"not a checkpoint")
+        checkpoint.write_bytes(b"PK\x03\x04 not a checkpoint")  # a zip header: read as PyTorch's format, and fails
+    (tmp_path / "notes.txt").write_text("my notes\n")
     argv = {
         "missing": ["--model", TINY, "--checkpoint", str(tmp_path / "nope.pth")],
         "garbage": ["--model", TINY, "--checkpoint", str(checkpoint)],
+        "text": ["--model", TINY, "--checkpoint", str(tmp_path / "notes.txt")],
         "model": ["--model", "nosuch_model", "--checkpoint", str(checkpoint)],
         "foreign": ["--model", "qtvit_1", "--checkpoint", str(checkpoint)],
         "outdir": ["--model", TINY, "--checkpoint", str(checkpoint), "--output", str(tmp_path / "no" / "w")],
@@ -100,6 +104,20 @@ def test_convert_errors_are_one_line_with_status_2(tmp_path: Path, capsys: pytes
     code, err = _run(argv, capsys)
     assert code == 2
     assert err.startswith("error: ") and expected in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("existing", ["precious.safetensors", "precious.json"])
+def test_convert_refuses_to_overwrite_an_output(tmp_path: Path, capsys: pytest.CaptureFixture, existing: str) -> None:
+    """An existing weights file, or the pretrained_cfg JSON that would be written beside it, is kept and named."""
+    checkpoint = tmp_path / "ckpt.pth"
+    torch.save(_official_inline(timm.create_model(TINY, depth=1)), checkpoint)
+    (tmp_path / existing).write_text("precious")
+    code, err = _run(["--model", TINY, "--checkpoint", str(checkpoint), "--output", str(tmp_path / "precious")],
+                     capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert f"{tmp_path / existing} exists" in err and "--output" in err
+    assert (tmp_path / existing).read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pth", existing]
 
 
 @pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="needs the Debian Fashion-MNIST files")

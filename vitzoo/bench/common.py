@@ -111,6 +111,31 @@ def read_csvs(paths: Iterable[str | Path]) -> list[dict[str, str]]:
     return rows
 
 
+def check_results_file(path: Path | None, resume: bool = False, resumable: bool = True) -> None:
+    """Before measuring: raise ``ValueError`` (one line, saying what to pass instead) for a ``--results-file`` that
+    would replace an existing file without ``resume`` (``resumable``: whether the command can resume), that is a
+    folder, or whose folder cannot be created. ``None`` (no results file) passes."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"--results-file {path} is a folder; name a file (in it or elsewhere)")
+    if path.exists() and not resume:
+        if resumable:
+            raise ValueError(f"{path} exists; pass --resume to keep its rows and add the missing ones, or name a new "
+                             "--results-file")
+        raise ValueError(f"{path} exists; name a new --results-file (or remove it to measure again)")
+    existing = next(folder for folder in path.absolute().parents if folder.exists())
+    if not existing.is_dir():
+        raise ValueError(f"cannot create the folder of --results-file {path}: {existing} is a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot create the folder of --results-file {path}: {error.strerror or error}") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write --results-file {path}: its folder {path.parent} is not writable")
+
+
 def write_csv(path: Path, rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> None:
     """Write ``rows`` with ``columns`` (extra keys ignored, missing ones empty), atomically: a reader never sees
     half a file, and a run rewriting it after each row keeps every finished row if it is cut off."""

@@ -4,7 +4,8 @@ The protocol follows timm's ``benchmark.py``: a random input already on the devi
 (CUDA events on a GPU, ``perf_counter`` on the CPU), with the median step time reported. Every row records the
 environment (device, torch, triton, timm, precision, compile mode, kernel backend, date), so numbers from different
 runs can be told apart. Rows are written to the CSV as soon as they are measured, so an interrupted run keeps what
-it measured. This module must not import matplotlib: it runs on GPU machines that may lack it (plots are made by
+it measured, and ``--resume`` completes it; without ``--resume`` an existing results file is refused, never
+replaced. This module must not import matplotlib: it runs on GPU machines that may lack it (plots are made by
 ``vitzoo.report.pareto`` from the CSVs).
 
 Examples::
@@ -25,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import timm
 import torch
@@ -36,6 +37,7 @@ from tqdm import tqdm
 import vitzoo  # noqa: F401  (registers the models)
 from vitzoo.bench.common import (
     COMPILE_MODES,
+    check_results_file,
     create_model,
     environment,
     is_oom,
@@ -465,7 +467,7 @@ def run_benchmark(names: list[str], img_sizes: Iterable[int], config: BenchConfi
     bar = tqdm(pairs, desc="bench", unit="model", file=sys.stderr, disable=not progress)
     for name, size in bar:
         bar.set_postfix_str(f"{name}@{size}")
-        if time_budget is not None and time.monotonic() - start > time_budget:
+        if time_budget is not None and time.monotonic() - start >= time_budget:
             env = environment(torch.device(config.device))
             new = [_base_row(name, size, p, c, config) | env | {"status": "skipped: time budget"}
                    for p, c in _combos(config)]
@@ -511,9 +513,16 @@ def parse_model_kwargs(items: Iterable[str]) -> dict[str, Any]:
     return kwargs
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``vitzoo-bench: error: ...`` (argparse prints the usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``vitzoo-bench`` argument parser."""
-    parser = argparse.ArgumentParser(prog="vitzoo-bench", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="vitzoo-bench", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", required=True,
                         help=f"names or fnmatch patterns over timm's registry; '{ALL_VITZOO}' = every vitzoo model")
     parser.add_argument("--img-sizes", nargs="+", type=int, default=list(DEFAULT_IMG_SIZES),
@@ -543,7 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard", metavar="I/N",
                         help="benchmark only every N-th model from the I-th (one process per GPU)")
     parser.add_argument("--results-file", type=Path,
-                        help="CSV to write (rewritten after each model, so a cut-off run keeps what it measured)")
+                        help="new CSV to write (rewritten after each model, so a cut-off run keeps what it measured);"
+                             " an existing file is refused unless --resume")
     parser.add_argument("--resume", action="store_true",
                         help="keep the measured rows already in --results-file and benchmark only the pairs it lacks")
     parser.add_argument("--no-progress", action="store_true")
@@ -562,11 +572,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# (argument, its flag, the smallest valid value): checked after parsing, so one message names the flag and the value
+_AT_LEAST = (("img_sizes", "--img-sizes", 1), ("batch_size", "--batch-size", 1),
+             ("train_batch_size", "--train-batch-size", 1), ("num_warm_iter", "--num-warm-iter", 0),
+             ("num_bench_iter", "--num-bench-iter", 1), ("latency_iters", "--latency-iters", 1),
+             ("time_budget", "--time-budget", 0), ("repeats", "--repeats", 1))
+
+
+def check_ranges(args: argparse.Namespace) -> None:
+    """Raise ``ValueError`` (one line naming the flag) for a count, size or time out of its range."""
+    for dest, flag, minimum in _AT_LEAST:
+        value = getattr(args, dest)
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None and not item >= minimum:  # `not >=` also refuses nan
+                raise ValueError(f"{flag} must be >= {minimum}, got {item}")
+    if args.max_phase_seconds is not None and not args.max_phase_seconds > 0:
+        raise ValueError(f"--max-phase-seconds must be > 0, got {args.max_phase_seconds}")
+
+
+def check_device(name: str) -> torch.device:
+    """The device ``--device name`` measures on: the CPU or a CUDA device that exists; else ``ValueError``."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name}: expected cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: no CUDA device available; pass --device cpu")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: there are {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    return device
+
+
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     """Turn parsed ``vitzoo-bench`` arguments into a :class:`BenchConfig` with the device-dependent defaults."""
     on_gpu = torch.device(args.device).type == "cuda"
     return BenchConfig(
-        device=args.device, batch_size=args.batch_size or (256 if on_gpu else 8),
+        device=args.device, batch_size=args.batch_size if args.batch_size is not None else (256 if on_gpu else 8),
         train_batch_size=args.train_batch_size, scale_batch=args.scale_batch,
         precisions=tuple(args.precision or (["bf16"] if on_gpu else ["fp32"])), compile_modes=tuple(args.compile),
         bench=args.bench, num_warm_iter=args.num_warm_iter, num_bench_iter=args.num_bench_iter,
@@ -579,16 +624,19 @@ def _main_compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
     unsupported = sorted(set(args.compile) - set(COMPARE_COMPILE_MODES))
     if unsupported:
         parser.error(f"--compare measures --compile none, default and reduce-overhead; got {' '.join(unsupported)}")
-    if args.repeats < 1:
-        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.resume:
+        parser.error("--resume continues a sweep; --compare measures every model in one process, so it writes a "
+                     "new --results-file")
     try:
         names = check_names(resolve_models(args.models))
+        check_results_file(args.results_file, resume=False, resumable=False)
     except ValueError as error:
         parser.error(str(error))
     on_gpu = torch.device(args.device).type == "cuda"
     config = CompareConfig(
-        batch_size=args.batch_size or (256 if on_gpu else 8), train_batch_size=args.train_batch_size or (
-            128 if on_gpu else 4), repeats=args.repeats, warm_steps=args.num_warm_iter,
+        batch_size=args.batch_size if args.batch_size is not None else (256 if on_gpu else 8),
+        train_batch_size=args.train_batch_size if args.train_batch_size is not None else (128 if on_gpu else 4),
+        repeats=args.repeats, warm_steps=args.num_warm_iter,
         timed_steps=args.num_bench_iter, latency_steps=args.latency_iters, device=args.device,
         channels_last=args.channels_last,
     )
@@ -603,6 +651,11 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``vitzoo-bench`` / ``python -m vitzoo.bench.sweep``: run the sweep, print the summary table."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        check_ranges(args)
+        check_device(args.device)
+    except ValueError as error:
+        parser.error(str(error))
     if args.resume and args.results_file is None:
         parser.error("--resume needs --results-file")
     if args.compare:
@@ -611,6 +664,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         names = shard(resolve_models(args.models), args.shard)
         config = config_from_args(args)
+        # before measuring: a results file that would be lost, or that could only fail to be written afterwards
+        check_results_file(args.results_file, resume=args.resume)
         kept = measured_rows(args.results_file, config) if args.resume else []
     except ValueError as error:
         parser.error(str(error))

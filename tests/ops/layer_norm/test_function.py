@@ -293,3 +293,21 @@ def test_add_layer_norm_bf16_at_model_size_and_compiled():
 def test_update_of_another_shape_is_a_one_line_error():
     with pytest.raises(ValueError, match=r"update must have x's shape \(2, 3, 8\)"):
         add_layer_norm(torch.randn(2, 3, 8), torch.randn(2, 3, 4))
+
+
+def test_integer_input_is_refused_by_every_entry_point():
+    x = torch.arange(24).reshape(2, 3, 4)
+    for op, call in (("layer_norm", lambda: layer_norm(x, torch.ones(4))), ("rms_norm", lambda: rms_norm(x)),
+                     ("add_layer_norm", lambda: add_layer_norm(x, x))):
+        with pytest.raises(ValueError, match=rf"^{op}: x has dtype torch.int64; use float16, bfloat16, float32"):
+            call()
+
+
+def test_input_checks_trace_in_a_fullgraph_compile():
+    """The dtype and shape checks are plain Python on tensor metadata: torch.compile traces them without a break."""
+    x, weight, bias = torch.randn(2, 3, 8), torch.randn(8), torch.randn(8)
+    compiled = torch.compile(lambda *args: (layer_norm(*args), rms_norm(args[0], args[1])), fullgraph=True,
+                             backend="eager")
+    got = compiled(x, weight, bias)
+    torch.testing.assert_close(got[0], layer_norm_reference(x, weight, bias))
+    torch.testing.assert_close(got[1], rms_norm_reference(x, weight))

@@ -42,3 +42,20 @@ def test_low_precision_input_keeps_its_dtype_with_fp32_parameters():
 def test_bad_parameter_shape_is_a_one_line_error():
     with pytest.raises(ValueError, match=r"weight must have shape \(8,\)"):
         layer_norm_reference(torch.randn(2, 8), torch.randn(7))
+
+
+@pytest.mark.parametrize("where", ["x", "weight", "bias", "gate", "update"])
+def test_integer_tensors_are_a_one_line_error(where):
+    """An integer tensor would be normalised and rounded back to integers; each op names it and the dtypes it takes."""
+    x, ones = torch.randn(2, 3, 4), torch.ones(4)
+    bad = torch.arange(24).reshape(2, 3, 4) if where in ("x", "gate", "update") else torch.ones(4, dtype=torch.int64)
+    op, call = {
+        "x": ("rms_norm", lambda: rms_norm_reference(bad, ones)),
+        "weight": ("layer_norm", lambda: layer_norm_reference(x, bad, ones)),
+        "bias": ("layer_norm", lambda: layer_norm_reference(x, ones, bad)),
+        "gate": ("rms_norm", lambda: rms_norm_reference(x, ones, gate=bad)),
+        "update": ("add_layer_norm", lambda: add_layer_norm_reference(x, bad, ones, ones)),
+    }[where]
+    with pytest.raises(ValueError, match=rf"^{op}: {where} has dtype torch.int64; use float16, bfloat16, float32 or "
+                                         r"float64$"):
+        call()

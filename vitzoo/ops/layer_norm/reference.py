@@ -11,11 +11,20 @@ from __future__ import annotations
 
 import torch
 
+from ..utils import INPUT_DTYPES
+
 
 def check_inputs(op: str, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                 gate: torch.Tensor | None = None) -> None:
-    """The contract shared by the reference and the kernels: parameters of shape (x.shape[-1],), a gate of x's
-    shape."""
+                 gate: torch.Tensor | None = None, update: torch.Tensor | None = None) -> None:
+    """The contract shared by the reference and the kernels: float tensors (an integer x would be normalised and
+    rounded back to integers), parameters of shape (x.shape[-1],), a gate of x's shape."""
+    # one test per tensor on the common path (these checks run on every call: host time)
+    if not (x.dtype in INPUT_DTYPES and (weight is None or weight.dtype in INPUT_DTYPES)
+            and (bias is None or bias.dtype in INPUT_DTYPES) and (gate is None or gate.dtype in INPUT_DTYPES)
+            and (update is None or update.dtype in INPUT_DTYPES)):
+        for name, t in (("x", x), ("update", update), ("weight", weight), ("bias", bias), ("gate", gate)):
+            if t is not None and t.dtype not in INPUT_DTYPES:
+                raise ValueError(f"{op}: {name} has dtype {t.dtype}; use float16, bfloat16, float32 or float64")
     if x.dim() < 1 or x.shape[-1] < 1:
         raise ValueError(f"{op}: x must have a non-empty last dim, got shape {tuple(x.shape)}")
     if gate is not None and gate.shape != x.shape:
@@ -45,7 +54,7 @@ def add_layer_norm_reference(x: torch.Tensor, update: torch.Tensor, weight: torc
                              bias: torch.Tensor | None = None, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     """(x + update, its layer norm): the sum in PyTorch's promoted dtype, normalised as :func:`layer_norm_reference`
     normalises it."""
-    check_inputs("add_layer_norm", x, weight, bias)
+    check_inputs("add_layer_norm", x, weight, bias, update=update)
     if update.shape != x.shape:
         raise ValueError(f"add_layer_norm: update must have x's shape {tuple(x.shape)}, got {tuple(update.shape)}")
     total = x + update

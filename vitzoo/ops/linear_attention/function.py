@@ -274,14 +274,11 @@ def linear_attention_triton(
     """The fused Triton kernels behind :func:`linear_attention` (same arguments; fp16, bf16 or fp32 inputs)."""
     if not triton_available():
         raise RuntimeError("linear_attention_triton needs triton, which is not installed")
-    check_inputs(q, k, v, key_weights, query_weights, feature_map, normalize, clamp_denominator)
+    check_inputs(q, k, v, key_weights, query_weights, feature_map, normalize, clamp_denominator,
+                 feature_const=feature_const, scale=scale, eps=eps)
     _check_kernel_inputs(q, k, v, key_weights, query_weights)
     const, const_value = None, 0.0
-    if isinstance(feature_const, torch.Tensor):
-        if feature_const.numel() != 1:
-            raise ValueError(
-                f"linear_attention: feature_const must be a scalar, got shape {tuple(feature_const.shape)}"
-            )
+    if isinstance(feature_const, torch.Tensor):  # one element (check_inputs)
         const = feature_const.to(device=q.device, dtype=torch.float32).reshape(1)
     elif feature_const is not None:
         const_value = float(feature_const)
@@ -331,6 +328,11 @@ def linear_attention(
         eps: added to the normaliser (and the offset of 'relu_eps').
         clamp_denominator: with ``normalize``, divide by max(read, ``eps``) instead of read + ``eps`` (FEM's
             released linear prior).
+
+    Raises:
+        ValueError: one line naming the argument: shapes that do not fit, a tensor that is not float16 / bfloat16 /
+            float32 / float64, a ``feature_const`` that is neither a real number nor a one-element float tensor, a
+            ``scale`` or ``eps`` that is not a finite real number, an unknown ``feature_map``.
     """
     # float64 stays on the reference: the kernels accumulate in fp32
     if kernel_backend(q.device) == "triton" and torch.float64 not in (q.dtype, k.dtype, v.dtype):

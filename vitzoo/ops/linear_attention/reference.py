@@ -23,10 +23,13 @@ float64).
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 import torch.nn.functional as F
 
-from ..utils import check_qkv
+from ..utils import INPUT_DTYPES, check_qkv
 
 FEATURE_MAPS = ("identity", "relu", "l2norm", "qt", "relu_eps")
 _FEATURE_EPS = 1e-12  # guards the L2 norms of 'l2norm' and 'qt' (as F.normalize)
@@ -41,9 +44,31 @@ def check_inputs(
         feature_map: str,
         normalize: bool = False,
         clamp_denominator: bool = False,
+        *,
+        feature_const: torch.Tensor | float | None = None,
+        scale: float = 1.0,
+        eps: float = 1e-6,
 ) -> None:
-    """The contract shared by the reference and the kernels."""
+    """The contract shared by the reference and the kernels. Metadata only (dtypes, shapes, Python types): nothing
+    reads a tensor's values, so the checks cost no device sync and trace under ``torch.compile(fullgraph=True)``."""
     check_qkv("linear_attention", q, k, v)
+    if not (_is_real(scale) and _is_real(eps)):
+        name, value = ("scale", scale) if not _is_real(scale) else ("eps", eps)
+        raise ValueError(f"linear_attention: {name} must be a real number, got {type(value).__name__}")
+    # Finiteness in eager calls only: while tracing, the value may be symbolic (InLine's scale depends on N), and
+    # math.isfinite of it does not trace.
+    if not torch.compiler.is_compiling() and not (_is_finite(scale) and _is_finite(eps)):
+        name, value = ("scale", scale) if not _is_finite(scale) else ("eps", eps)
+        raise ValueError(f"linear_attention: {name} must be finite, got {value}")
+    if isinstance(feature_const, torch.Tensor):
+        if feature_const.numel() != 1:
+            raise ValueError(f"linear_attention: feature_const must be a float or a 0-dim tensor, got a tensor of "
+                             f"shape {tuple(feature_const.shape)}")
+        if not feature_const.is_floating_point():
+            raise ValueError(f"linear_attention: feature_const has dtype {feature_const.dtype}; use a float tensor")
+    elif feature_const is not None and not _is_real(feature_const):
+        raise ValueError(f"linear_attention: feature_const must be a float or a 0-dim tensor, got "
+                         f"{type(feature_const).__name__}")
     if clamp_denominator and not normalize:
         raise ValueError("linear_attention: clamp_denominator clamps the normaliser; it needs normalize=True")
     if feature_map not in FEATURE_MAPS:
@@ -51,12 +76,29 @@ def check_inputs(
     if (key_weights is None) != (query_weights is None):
         raise ValueError("linear_attention: key_weights and query_weights must be given together")
     if key_weights is not None:
+        for name, t in (("key_weights", key_weights), ("query_weights", query_weights)):
+            if t.dtype not in INPUT_DTYPES:
+                raise ValueError(f"linear_attention: {name} has dtype {t.dtype}; use float16, bfloat16, float32 or "
+                                 "float64")
         expected = (*q.shape[:3], key_weights.shape[-1])
         if key_weights.dim() != 4 or key_weights.shape != expected or query_weights.shape != expected:
             raise ValueError(
                 f"linear_attention: key_weights and query_weights must both be (B, N, H, W) = {expected}; got "
                 f"{tuple(key_weights.shape)} and {tuple(query_weights.shape)}"
             )
+
+
+def _is_real(value: object) -> bool:
+    """A Python / NumPy real number (not a bool), or a symbolic one (a size-derived value under torch.compile)."""
+    if type(value) is float or type(value) is int:  # the common case first: these checks run on every call
+        return True
+    return isinstance(value, (torch.SymInt, torch.SymFloat)) or (
+        isinstance(value, numbers.Real) and not isinstance(value, bool))
+
+
+def _is_finite(value: object) -> bool:
+    """False for a float inf or nan (a real number per :func:`_is_real`; a symbolic one passes)."""
+    return not isinstance(value, float) or math.isfinite(value)
 
 
 def apply_feature_map(x: torch.Tensor, feature_map: str, eps: float = 1e-6) -> torch.Tensor:
@@ -92,7 +134,8 @@ def linear_attention_reference(
         clamp_denominator: bool = False,
 ) -> torch.Tensor:
     """Plain PyTorch linear attention, the specification of :func:`linear_attention` (same arguments)."""
-    check_inputs(q, k, v, key_weights, query_weights, feature_map, normalize, clamp_denominator)
+    check_inputs(q, k, v, key_weights, query_weights, feature_map, normalize, clamp_denominator,
+                 feature_const=feature_const, scale=scale, eps=eps)
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     out_dtype = v.dtype
     q, k, v = q.to(acc), k.to(acc), v.to(acc)
