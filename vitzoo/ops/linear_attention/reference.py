@@ -89,9 +89,12 @@ def check_inputs(
 
 
 def _is_real(value: object) -> bool:
-    """A Python / NumPy real number (not a bool), or a symbolic one (a size-derived value under torch.compile)."""
+    """A Python / NumPy real number (not a bool), or a symbolic one: a size-derived value under torch.compile, or a
+    one-element tensor under torch.jit.trace (which fvcore's counting uses), where sizes are 0-dim tensors."""
     if type(value) is float or type(value) is int:  # the common case first: these checks run on every call
         return True
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and value.dtype != torch.bool and not value.is_complex()
     return isinstance(value, (torch.SymInt, torch.SymFloat)) or (
         isinstance(value, numbers.Real) and not isinstance(value, bool))
 
