@@ -253,3 +253,14 @@ def test_a_channels_last_run_trains_the_default_runs_weights(tmp_path: Path, dat
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path: Path, finished_run: Path, data: Path,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, symlinks=True)
+    before = snapshot(run / "checkpoints")
+    capsys.readouterr()
+    metrics = _train(run, data, "resume=auto")
+    assert "is already finished (epoch 2 of 2, 6 updates); nothing to train" in capsys.readouterr().out
+    assert snapshot(run / "checkpoints") == before and metrics["checkpoint"].endswith("step-00000006")
