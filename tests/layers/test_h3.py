@@ -177,7 +177,8 @@ def test_fft_path_is_counted_by_fvcore(monkeypatch):
     monkeypatch.setattr(long_conv, "TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM", 0)
     mixer = _make_mixer(1).float()
     macs = count_macs(_GridWrapper(mixer, (5, 5)), torch.randn(1, 26, DIM))
-    assert macs >= 2 * 26 * DIM * DIM  # at least the in and out projections
+    # more than the input (C -> 3C) and output (C -> C) projections: the convolution and the FFT work count too
+    assert macs > 4 * 26 * DIM * DIM
 
 
 class _GridWrapper(torch.nn.Module):
