@@ -196,7 +196,7 @@ CASES = [
          "depth must be an integer >= 1, got -1"),
     Case("img-size-twice", resume("model_kwargs={embed_dim: 16, depth: 1, num_heads: 2, img_size: 32}"),
          "img_size is set both as a config key and in model_kwargs"),
-    Case("img-size-not-multiple", resume("img_size=15"), "img_size 15 is not divisible by patch_size 8"),
+    Case("img-size-not-multiple", resume("img_size=15"), "img_size=15 is not divisible by patch_size=8"),
     Case("in-chans-for-rgb-folder", resume("in_chans=1"), "in_chans=1, but dataset 'folder' gives 3-channel"),
     Case("epochs-inf", resume("epochs=.inf"), "config key 'epochs' must be an integer, got inf"),
     Case("seed-too-large", resume("seed=1e30"), "seed must be an integer in [0, 2**63)"),
@@ -281,7 +281,7 @@ CASES = [
          "differs from softmax_deit_tiny_patch16_224, the model of", command="eval"),
     Case("eval-binary-results-file", evaluate("--results-file", "{tmp}/binary.csv"), "is not a CSV text file",
          write("{tmp}/binary.csv", bytes(range(128, 256))), command="eval"),
-    Case("eval-img-size-not-multiple", evaluate("--img-size", "17"), "img_size 17 is not divisible by patch_size 8",
+    Case("eval-img-size-not-multiple", evaluate("--img-size", "17"), "img_size=17 is not divisible by patch_size=8",
          command="eval"),
     Case("eval-nothing-to-evaluate", lambda p: ["--dataset", "fashion_mnist"], "give a model name", command="eval"),
 ]

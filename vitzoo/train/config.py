@@ -362,7 +362,6 @@ def validate_config(config: TrainConfig) -> None:
     if config.lr is not None and config.min_lr > config.lr:
         raise ConfigError(f"min_lr ({config.min_lr}) must not exceed lr ({config.lr})")
     check_model_kwargs(config)
-    check_patch_grid(config)
     for key in ("img_size", "patch_size", "in_chans", "num_classes"):
         if getattr(config, key) is not None and key in config.model_kwargs:
             raise ConfigError(f"{key} is set both as a config key and in model_kwargs; keep one")
@@ -403,13 +402,6 @@ def check_auto_augment(value: str | None) -> None:
         reason = error or type(error).__name__
         raise ConfigError(f"auto_augment {value!r} is not a timm policy such as 'rand-m9-mstd0.5-inc1', "
                           f"'augmix-m5-w4-d2' or 'original' ({reason}); or null for none") from None
-
-
-def check_patch_grid(config: TrainConfig) -> None:
-    """Raise :class:`ConfigError` when ``img_size`` is not a multiple of the patch size (where both are given)."""
-    size, patch = config.img_size, config.patch_size or config.model_kwargs.get("patch_size")
-    if isinstance(size, int) and isinstance(patch, int) and patch > 0 and size % patch:
-        raise ConfigError(f"img_size {size} is not divisible by patch_size {patch}; pick a multiple of it")
 
 
 def check_model_kwargs(config: TrainConfig) -> None:

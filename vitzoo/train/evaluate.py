@@ -21,7 +21,6 @@ from vitzoo.train.config import (
     check_choice,
     check_model_kwargs,
     check_model_name,
-    check_patch_grid,
     check_values,
     first_line,
 )
@@ -208,7 +207,6 @@ def evaluate_model(model_name: str | None = None, checkpoint: str | None = None,
     check_choice("dataset", dataset, DATASETS)
     check_choice("precision", precision, PRECISIONS)
     check_model_kwargs(config)
-    check_patch_grid(config)
     check_model_name(config.model)
     try:
         folder = check_dataset_path(dataset, data_dir, ("val",))
