@@ -48,14 +48,20 @@ class RunState:
 
 
 
-def list_checkpoints(output: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints under ``<output>/checkpoints``, oldest first (temporary folders are ignored)."""
+def _step_folders(output: str | os.PathLike) -> list[Path]:
+    """Every ``step-<updates>`` folder under ``<output>/checkpoints``, oldest first, complete or not (temporary
+    folders are not step folders)."""
     folder = Path(output) / "checkpoints"
     if not folder.is_dir():
         return []
     found = [p for p in folder.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
-             and (p / "meta.json").is_file()]
+             and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def list_checkpoints(output: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints (with their meta.json) under ``<output>/checkpoints``, oldest first."""
+    return [p for p in _step_folders(output) if (p / "meta.json").is_file()]
 
 
 class CheckpointError(ConfigError):
@@ -266,17 +272,9 @@ def find_resume_checkpoint(config: TrainConfig, output: Path, identity: dict, ac
     """
     if config.resume != "auto":
         return read_checkpoint(Path(config.resume), identity, config, accelerator.process_index)
-    found = list_checkpoints(output)
-    # step folders without meta.json (lost or deleted): damaged too, named in the warning when newer than the one used
-    root = output / "checkpoints"
-    incomplete = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
-                  and p.name[len(CHECKPOINT_PREFIX):].isdigit() and not (p / "meta.json").is_file()
-                  ] if root.is_dir() else []
     damaged: list[str] = []
-    for folder in sorted(found + incomplete, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]), reverse=True):
-        if folder in incomplete:
-            damaged.append(f"{folder / 'meta.json'} is missing")
-            continue
+    # every step folder, complete or not: one that lost its meta.json is damaged like one with a truncated file
+    for folder in reversed(_step_folders(output)):
         try:
             files = read_checkpoint(folder, identity, config, accelerator.process_index)
         except CheckpointError as error:

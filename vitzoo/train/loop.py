@@ -238,9 +238,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     if _stopped(training) and training.last_checkpoint is not None:
         run = training.run
-        training.run.accelerator.print(f"{training.output} is already finished (epoch {run.epoch} of "
-                                       f"{training.total_epochs}, {run.num_updates} updates); nothing to train. Raise "
-                                       "epochs or max_steps to train it further")
+        run.accelerator.print(f"{training.output} is already finished (epoch {run.epoch} of {training.total_epochs}, "
+                              f"{run.num_updates} updates); nothing to train. Raise epochs or max_steps to train it "
+                              "further")
     while not _stopped(training):
         loss_sum, loss_count, epoch_start = train_one_epoch(training)
         metrics = evaluate_and_checkpoint(training, loss_sum, loss_count, epoch_start)
