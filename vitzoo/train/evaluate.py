@@ -166,9 +166,7 @@ def evaluate_model(model_name: str | None = None, checkpoint: str | None = None,
             saved = meta.get("config", {}) if isinstance(meta, dict) else {}
             if not {"model", "model_kwargs", "img_size", "patch_size"} <= set(saved) or "num_classes" not in meta:
                 raise CheckpointError(f"{path / 'meta.json'} lacks the run's config (not written by vitzoo-train)")
-            if model_name is not None and model_name != saved["model"]:
-                raise ConfigError(f"--model {model_name} differs from the checkpoint's {saved['model']} ({path}); "
-                                  "leave it out")
+            _check_same_model(model_name, saved["model"], path)
             for key in ("model", "model_kwargs", "img_size", "patch_size"):
                 settings[key] = saved[key]
             if num_classes is not None and num_classes != meta["num_classes"]:
@@ -188,10 +186,7 @@ def evaluate_model(model_name: str | None = None, checkpoint: str | None = None,
         elif model_name is not None and (path.parent / "meta.json").is_file():
             # a weights file of a vitzoo-train checkpoint: its meta.json names the model it belongs to
             meta = read_checkpoint_file(path.parent / "meta.json", lambda file: json.loads(file.read_text()))
-            saved_model = meta.get("config", {}).get("model") if isinstance(meta, dict) else None
-            if saved_model is not None and saved_model != model_name:
-                raise ConfigError(f"--model {model_name} differs from {saved_model}, the model of {path} "
-                                  f"({path.parent / 'meta.json'})")
+            _check_same_model(model_name, meta.get("config", {}).get("model") if isinstance(meta, dict) else None, path)
         checkpoint = str(path)
     for key, value in (("model", model_name), ("img_size", img_size), ("patch_size", patch_size)):
         if value is not None:
@@ -266,6 +261,13 @@ def evaluate_model(model_name: str | None = None, checkpoint: str | None = None,
     row["count"] = metrics["count"]
     row["skipped_files"] = skipped
     return row
+
+
+def _check_same_model(model_name: str | None, saved_model: str | None, checkpoint: Path) -> None:
+    """Raise :class:`ConfigError` when ``--model`` names another model than the checkpoint's meta.json does."""
+    if model_name is not None and saved_model is not None and model_name != saved_model:
+        raise ConfigError(f"--model {model_name} differs from the checkpoint's {saved_model} ({checkpoint}); "
+                          "leave it out")
 
 
 def check_results_file(path: str | os.PathLike) -> None:
