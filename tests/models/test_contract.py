@@ -60,6 +60,18 @@ def test_forward_backward_and_api(name):
     assert len(groups) > 1
 
 
+@pytest.mark.parametrize("name", [n for n in MODEL_NAMES if "_tiny_" in n])
+def test_empty_batch(name):
+    # timm's models take a batch of zero images (a data-parallel rank can get one); so do the zoo's
+    model = _create(name)
+    out = model(torch.randn(0, 3, 32, 32))
+    assert out.shape == (0, 1000)
+    out.sum().backward()
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randn(0, 3, 32, 32)).shape == (0, 1000)
+
+
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_construction_options(name):
     meta = timm.create_model(name, device="meta", dtype=torch.float32)

@@ -118,3 +118,12 @@ def test_model_through_kernels_equals_reference_at_init_and_after_training(name)
                 for p, q in zip(model.parameters(), initial, strict=True))
     assert moved > 0.1, "the training steps did not move the weights"
     _assert_backends_agree(model, batch, label_batch, "after training", KERNEL_MODELS[name])
+
+
+@pytest.mark.parametrize("name", KERNEL_MODELS)
+def test_empty_batch_through_kernels(name):
+    set_backend("triton")
+    model = timm.create_model(name, **TINY)
+    logits = model(torch.randn(0, 1, 28, 28))
+    assert logits.shape == (0, 10)
+    logits.sum().backward()

@@ -364,3 +364,10 @@ def test_large_shortcut_norm_uses_eps_1e7_in_eval() -> None:
         torch.testing.assert_close(core(q, k, v), expected, rtol=1e-10, atol=1e-12)
 
 
+
+
+def test_empty_batch() -> None:
+    model = timm.create_model("qtvit_1", num_classes=10)
+    out = model(torch.randn(0, 3, 64, 64))
+    assert out.shape == (0, 10)
+    out.sum().backward()

@@ -65,12 +65,12 @@ class LocalKernelPredictor(nn.Sequential):
         # (mean, two batched matmuls with their biases, GELU, the final layout copy) make the kernels, where
         # grouped Conv1d launches cuDNN about twelve times.
         with torch.autocast(x.device.type, enabled=False):
-            mean = x.mean(dim=1, dtype=first.weight.dtype).view(b, first.groups, -1).transpose(0, 1)
+            mean = x.mean(dim=1, dtype=first.weight.dtype).view(b, first.groups, c // first.groups).transpose(0, 1)
             kernels = grouped_pointwise(second, act(grouped_pointwise(first, mean)))  # (G, B, C k^2 / G)
         # (G, B, C / G, k^2) -> (B, k, k, C) in one copy, returned as the (B, C, k, k) view: channels-last, the
         # layout the local-conv kernel reads with one vector load per tap
         k = self.kernel_size
-        tap_major = kernels.view(first.groups, b, -1, k * k).permute(1, 3, 0, 2).reshape(b, k, k, c)
+        tap_major = kernels.view(first.groups, b, c // first.groups, k * k).permute(1, 3, 0, 2).reshape(b, k, k, c)
         return tap_major.permute(0, 3, 1, 2)
 
 

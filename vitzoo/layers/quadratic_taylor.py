@@ -212,13 +212,13 @@ class QuadraticTaylorLiteMLA(LiteMLA):
         qkv = torch.cat([qkv] + [op(qkv) for op in self.aggreg], dim=1)
         # Channel layout is (heads, [q, k, v], dim) as in LiteMLA. The op wants a unit stride on dim, so move the
         # channels last: one copy for an NCHW input, a free view for a channels_last one.
-        qkv = qkv.permute(0, 2, 3, 1).reshape(b, h * w, -1, 3 * self.dim)
+        qkv = qkv.permute(0, 2, 3, 1).reshape(b, h * w, qkv.shape[1] // (3 * self.dim), 3 * self.dim)
         q, k, v = qkv.chunk(3, dim=-1)
         # In k's dtype: under autocast the embedding (fp32) would otherwise promote k alone, and the op wants one
         # input dtype for q, k and v.
         k = k + self._key_pos_embed((h, w)).to(k.dtype)
         out = self.core(q, k, v)
-        out = out.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+        out = out.flatten(2).unflatten(1, (h, w)).permute(0, 3, 1, 2)
         return self.proj(out)
 
 

@@ -104,7 +104,7 @@ class ZeroSAttention(TokenMixer):
         # The radial logits s_i = -<u_i, ubar> / sqrt(d), the gates and the three key and query weightings, in fp32
         # (see vitzoo.ops.zeros_weights): w_{t,i} = alpha_t e^{s_i} + beta_t delta_i + gamma_t, i.e.
         # sigmah * softmax_i + (sigma1 - sigmah) * delta_i / N - sigmah / N (+ sigma0 / N with the zero-order gate).
-        gate_logits = self.gates(x).view(batch, num_tokens, -1, self.num_heads)
+        gate_logits = self.gates(x).view(batch, num_tokens, self.gates.out_features // self.num_heads, self.num_heads)
         key_weights, query_weights = zeros_weights(u, gate_logits, self.mu, self.log_tau)
         out = linear_attention(q, k, v, key_weights, query_weights, feature_map="l2norm")
         out = low_precision_layer_norm(out, (self.head_dim,), None, None, _HEAD_NORM_EPS)

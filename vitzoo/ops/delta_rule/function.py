@@ -253,9 +253,9 @@ def delta_rule_bidirectional(
 
     Returns:
         (B, N, H, Dv) in v's dtype. Runs the Triton kernels when ``kernel_backend(q.device) == 'triton'`` and the
-        inputs are not float64; otherwise :func:`delta_rule_bidirectional_reference`.
+        inputs are neither float64 nor empty; otherwise :func:`delta_rule_bidirectional_reference`.
     """
-    if kernel_backend(q.device) == "triton" and q.dtype != torch.float64:
+    if kernel_backend(q.device) == "triton" and q.dtype != torch.float64 and q.numel() > 0:
         return delta_rule_triton(q, k, v, beta, scale=scale, qk_l2norm=qk_l2norm, directions="both",
                                  beta_logits=beta_logits)
     return delta_rule_bidirectional_reference(q, k, v, beta, scale=scale, qk_l2norm=qk_l2norm, beta_logits=beta_logits)

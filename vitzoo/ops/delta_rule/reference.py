@@ -126,7 +126,7 @@ def delta_rule_chunked_reference(
     beta = F.pad(beta, (0, 0, 0, pad))
     nc = (n + pad) // c
     # (B, H, NC, C, D)
-    q, k, v = (t.reshape(b, nc, c, h, -1).permute(0, 3, 1, 2, 4) for t in (q, k, v))
+    q, k, v = (t.reshape(b, nc, c, h, t.shape[-1]).permute(0, 3, 1, 2, 4) for t in (q, k, v))
     beta = beta.reshape(b, nc, c, h).permute(0, 3, 1, 2)
     strict = torch.ones(c, c, dtype=torch.bool, device=q.device).tril(-1)
     causal = torch.ones(c, c, dtype=torch.bool, device=q.device).tril()

@@ -334,8 +334,8 @@ def linear_attention(
             float32 / float64, a ``feature_const`` that is neither a real number nor a one-element float tensor, a
             ``scale`` or ``eps`` that is not a finite real number, an unknown ``feature_map``.
     """
-    # float64 stays on the reference: the kernels accumulate in fp32
-    if kernel_backend(q.device) == "triton" and torch.float64 not in (q.dtype, k.dtype, v.dtype):
+    # float64 stays on the reference (the kernels accumulate in fp32), and so do empty inputs (nothing to launch)
+    if kernel_backend(q.device) == "triton" and torch.float64 not in (q.dtype, k.dtype, v.dtype) and q.numel() > 0:
         return linear_attention_triton(
             q, k, v, key_weights, query_weights, feature_map=feature_map, feature_const=feature_const,
             center_keys=center_keys, scale=scale, normalize=normalize, eps=eps, clamp_denominator=clamp_denominator,

@@ -116,7 +116,7 @@ if triton_available():
                     x, grad, grid_h, grid_w, prefix, k, direct_launch=not compiling,
                 )
                 per_image = part.sum(dim=1) if weight.shape[0] > 1 else part.sum(dim=(0, 1)).unsqueeze(0)
-                dw = per_image.view(weight.shape[0], k, k, -1).permute(0, 3, 1, 2).to(weight.dtype)
+                dw = per_image.view(weight.shape[0], k, k, weight.shape[1]).permute(0, 3, 1, 2).to(weight.dtype)
             if has_bias and ctx.needs_input_grad[2]:
                 dbias = grad[:, prefix:].sum(dim=(0, 1), dtype=torch.float32).to(bias_dtype)
             dres = grad if has_residual and ctx.needs_input_grad[3] else None
@@ -149,7 +149,7 @@ def local_conv(
         (B, N, C) in the residual's dtype (x's without one); fp32 accumulation.
     """
     tensors = [t for t in (x, weight, bias, residual) if t is not None]
-    if kernel_backend(x.device) == "triton" and all(t.dtype != torch.float64 for t in tensors):
+    if kernel_backend(x.device) == "triton" and all(t.dtype != torch.float64 for t in tensors) and x.numel() > 0:
         check_inputs(x, weight, grid_size, num_prefix_tokens, bias, residual, activation)
         if x.stride(-1) != 1:
             x = x.contiguous()
