@@ -91,3 +91,17 @@ def test_captured_inference_reads_the_parameters_not_kept_copies(name):
     graph.replay()
     # stale copies would be off by O(1) (every weight's sign flipped)
     torch.testing.assert_close(captured, forward(), rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", [f"{f}_deit_tiny_patch16_224" for f in DEIT_FAMILIES] + ["qtvit_1"])
+def test_empty_batch_under_bf16_autocast(name):
+    """The kernel paths (training and the inference launches) take a batch of zero images, as the CPU path does."""
+    model = timm.create_model(name, num_classes=10).cuda()
+    images = torch.randn(0, 3, 224, 224, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = model(images)
+        assert logits.shape == (0, 10)
+        logits.float().sum().backward()
+        model.eval()
+        with torch.no_grad():
+            assert model(images).shape == (0, 10)
