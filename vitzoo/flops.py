@@ -62,7 +62,10 @@ def _einsum_macs(inputs: list, outputs: list) -> int:
 
 def macs_by_operator(model: nn.Module, inputs: torch.Tensor | tuple[torch.Tensor, ...]) -> Counter:
     """MACs (1 fused multiply-add = 1) of ``model(inputs)`` per operator kind ('linear', 'conv', 'einsum', ...)."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():
+        # fvcore runs torch.jit.script on import, which current PyTorch marks deprecated: not the user's to fix
+        warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
 
     was_training = model.training
     model.eval()

@@ -1,6 +1,9 @@
 """Parameter counts and GMACs of the paper variants against the papers' tables (within 3%)."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import timm
 
@@ -28,3 +31,13 @@ def test_params_and_gmacs_match_published(name):
     measured_gmacs = count_gmacs(model)
     assert measured_params == pytest.approx(params_m, rel=0.03)
     assert measured_gmacs == pytest.approx(gmacs, rel=0.03)
+
+
+def test_counting_macs_warns_about_nothing_the_user_can_fix():
+    """fvcore's import-time torch.jit.script deprecation stays out of the user's output (a fresh process, since the
+    warning comes once per import)."""
+    code = ("import timm, vitzoo\nfrom vitzoo.flops import count_gmacs\n"
+            "model = timm.create_model('softmax_deit_tiny_patch16_224', img_size=32, patch_size=8, depth=1)\n"
+            "count_gmacs(model, (3, 32, 32))")
+    result = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
