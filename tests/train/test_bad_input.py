@@ -164,6 +164,8 @@ CASES = [
     Case("smoothing-1.5", resume("smoothing=1.5"), "smoothing must be in [0, 1), got 1.5"),
     Case("negative-workers", resume("workers=-1"), "workers must be an integer >= 0, got -1"),
     Case("negative-train-subset", resume("train_subset=-5"), "train_subset must be a positive integer or null"),
+    Case("negative-aug-repeats", resume("aug_repeats=-3"), "aug_repeats must be an integer >= 0 (0: off), got -3"),
+    Case("fractional-aug-repeats", resume("aug_repeats=2.5"), "config key 'aug_repeats' must be an integer, got 2.5"),
     Case("batch-size-0", resume("batch_size=0"), "batch_size must be a positive integer, got 0"),
     Case("batch-size-text", resume("batch_size=abc"), "config key 'batch_size' must be an integer, got 'abc'"),
     Case("epochs-0", resume("epochs=0"), "epochs must be a positive integer, got 0"),

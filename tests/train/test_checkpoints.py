@@ -134,7 +134,21 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path, finished_run: Pat
         loop.train(config)
     with pytest.raises(ConfigError, match="its batch_size is 4, this run's is 2"):
         _train(run, data, "resume=auto", "batch_size=2", "epochs=3")
+    with pytest.raises(ConfigError, match="its aug_repeats is 0, this run's is 3"):
+        _train(run, data, "resume=auto", "aug_repeats=3", "epochs=3")
     assert snapshot(run) == before
+
+
+def test_a_checkpoint_saved_before_a_setting_existed_resumes_with_its_default(tmp_path: Path, finished_run: Path,
+                                                                              data: Path) -> None:
+    """A run's saved config without aug_repeats (it had none) had aug_repeats 0: resuming it with 0 continues."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run, symlinks=True)
+    meta_path = run / "checkpoints" / "step-00000006" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["aug_repeats"]
+    meta_path.write_text(json.dumps(meta))
+    assert _train(run, data, "resume=auto", "epochs=3")["num_updates"] == 9
 
 
 def test_resume_auto_falls_back_to_the_newest_intact_checkpoint(tmp_path: Path, finished_run: Path, data: Path,
@@ -189,6 +203,11 @@ def _assert_mid_epoch_resume_is_exact(tmp_path: Path, data: Path, *extra: str) -
     b = load_file(str(resumed / "checkpoints" / "step-00000006" / "model.safetensors"))
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+
+
+def test_mid_epoch_resume_replays_repeated_augmentation(tmp_path: Path, data: Path) -> None:
+    """aug_repeats=3 with one loader worker: the copies' per-draw seeds replay after a mid-epoch resume."""
+    _assert_mid_epoch_resume_is_exact(tmp_path, data, "aug_repeats=3", "workers=1")
 
 
 def test_mid_epoch_resume_replays_fashion_mnists_crops_on_the_device(tmp_path: Path) -> None:

@@ -94,6 +94,28 @@ def _epoch_batches(dataset: vdata.SkipUnreadable, loader, epochs: int) -> list[t
     return batches
 
 
+@pytest.mark.parametrize("num_samples", [None, 5])
+def test_repeated_augmentation_draws_each_image_in_a_row_with_its_own_seed(num_samples: int | None) -> None:
+    """aug_repeats=3: each image of the epoch's permutation three times in a row, as draws whose seeds differ; the
+    epoch keeps its length; without repeats the order is the plain permutation."""
+    plain = list(vdata.EpochShuffleSampler(6, seed=5, num_samples=num_samples))
+    for off in (0, 1):
+        assert list(vdata.EpochShuffleSampler(6, seed=5, num_samples=num_samples, repeats=off)) == plain
+    sampler = vdata.EpochShuffleSampler(6, seed=5, num_samples=num_samples, repeats=3)
+    draws = list(sampler)
+    assert len(draws) == len(sampler) == (num_samples or 6) and len(set(draws)) == len(draws)
+    images = [draw % 6 for draw in draws]
+    assert images == [index for index in plain for _ in range(3)][: len(draws)]
+    sampler.set_epoch(1)
+    assert [draw % 6 for draw in sampler] != images  # a new permutation each epoch
+
+    dataset = vdata.SkipUnreadable(_RandomDraws(), seed=3)
+    samples = [dataset[draw] for draw in draws[:3]]
+    assert [target for _, target in samples] == [images[0]] * 3  # one image ...
+    assert not torch.equal(samples[0][0], samples[1][0]) and not torch.equal(samples[1][0], samples[2][0])  # ...
+    assert torch.equal(dataset[draws[1]][0], samples[1][0])  # three augmentations, each reproducible
+
+
 def test_persistent_workers_follow_the_epoch_set_in_the_main_process() -> None:
     """Loader workers that live across epochs keep their copy of the dataset; the epoch that selects the per-sample
     seeds must still reach them, or every epoch would repeat the first epoch's augmentation."""

@@ -168,7 +168,7 @@ def save_checkpoint(run: RunState, tag_updates: int) -> Path:
 
 # What a resumed run must share with the checkpoint's run: a difference changes the model, the data or the schedule.
 RESUME_CONFIG_KEYS = ("model", "model_kwargs", "img_size", "patch_size", "dataset", "data_dir", "batch_size",
-                      "grad_accum", "train_subset")
+                      "grad_accum", "train_subset", "aug_repeats")
 
 
 def run_identity(config: TrainConfig, num_processes: int, in_chans: int, num_classes: int,
@@ -181,8 +181,10 @@ def run_identity(config: TrainConfig, num_processes: int, in_chans: int, num_cla
 def first_difference(saved_config: dict, config: TrainConfig) -> tuple[str, Any, Any] | None:
     """(key, saved value, this run's) for the first of :data:`RESUME_CONFIG_KEYS` in which ``config`` differs from a
     run's saved config; None when they agree."""
+    defaults = TrainConfig()
     for key in RESUME_CONFIG_KEYS:
-        saved, now = saved_config.get(key), getattr(config, key)
+        # a key the saved config lacks (a run from before the key existed) had its default
+        saved, now = saved_config.get(key, getattr(defaults, key)), getattr(config, key)
         if key == "data_dir" and saved and now:
             saved, now = os.path.abspath(saved), os.path.abspath(now)
         if saved != now:

@@ -40,6 +40,9 @@ class TrainConfig:
     Learning rate: ``lr`` if set, else ``lr_base * global_batch / lr_base_size`` with global_batch = batch_size x
     processes x grad_accum (linear scaling as in DeiT and timm's train.py). ``warmup_lr`` and ``min_lr`` are absolute.
     The schedule is timm's, stepped per optimizer update; the run lasts ``epochs + cooldown_epochs`` epochs.
+    ``aug_repeats`` > 1 is repeated augmentation (DeiT's recipe, timm's ``--aug-repeats``): each epoch draws
+    ``1 / aug_repeats`` of the images, each ``aug_repeats`` times in a row with its own augmentation, for as many
+    samples as an epoch without it.
     ``train_subset`` draws that many training samples per epoch (a new random subset each epoch); ``val_subset``
     evaluates the first samples of the val split only. ``max_steps`` stops after that many optimizer updates and
     ``time_limit`` after that many seconds of training (both then evaluate and checkpoint as at an epoch end).
@@ -57,6 +60,7 @@ class TrainConfig:
     dataset: str = "folder"
     data_dir: str | None = None
     train_subset: int | None = None
+    aug_repeats: int = 0  # 0 or 1: off
     val_subset: int | None = None
     batch_size: int = 128
     eval_batch_size: int | None = None
@@ -256,6 +260,7 @@ _VALUE_RULES: tuple[tuple[str, Any, str], ...] = (
     ("num_classes", lambda v: v >= 2, "an integer >= 2 or null"),
     ("drop_path", _below_one, "in [0, 1)"),
     ("train_subset", _positive, "a positive integer or null"),
+    ("aug_repeats", _non_negative, "an integer >= 0 (0: off)"),
     ("val_subset", _positive, "a positive integer or null"),
     ("batch_size", _positive, "a positive integer"),
     ("eval_batch_size", _positive, "a positive integer or null"),

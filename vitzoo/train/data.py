@@ -112,14 +112,21 @@ class EpochShuffleSampler(Sampler[int]):
     ``num_samples`` keeps only the first samples of each epoch's order (a training subset that changes per epoch, or a
     fixed leading subset when not shuffling).
 
+    ``repeats`` > 1 is repeated augmentation: each image of the permutation ``repeats`` times in a row, copy ``c``
+    of image ``i`` drawn as ``i + c * length`` so that :class:`SkipUnreadable` gives it a seed, and so an augmentation,
+    of its own; the epoch keeps its number of samples (it sees ``1 / repeats`` of the images).
+
     accelerate shards the batches of this one global order across processes, so N processes with batch b see exactly
-    the samples that one process with batch N*b sees.
+    the samples that one process with batch N*b sees (the copies of an image fall in the same global batch, as in
+    DeiT's sampler, which deals them to different processes).
     """
 
-    def __init__(self, length: int, seed: int, shuffle: bool = True, num_samples: int | None = None) -> None:
+    def __init__(self, length: int, seed: int, shuffle: bool = True, num_samples: int | None = None,
+                 repeats: int = 1) -> None:
         self.length = length
         self.seed = seed
         self.shuffle = shuffle
+        self.repeats = max(repeats, 1)
         # A subset per epoch (a different one each epoch when shuffling): the first num_samples of the order.
         self.num_samples = min(num_samples or length, length)
         self.epoch = 0
@@ -132,7 +139,10 @@ class EpochShuffleSampler(Sampler[int]):
         if not self.shuffle:
             return iter(range(self.num_samples))
         generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, -1))
-        return iter(torch.randperm(self.length, generator=generator)[: self.num_samples].tolist())
+        order = torch.randperm(self.length, generator=generator)
+        if self.repeats > 1:
+            order = (order[:, None] + self.length * torch.arange(self.repeats)).flatten()
+        return iter(order[: self.num_samples].tolist())
 
     def __len__(self) -> int:
         return self.num_samples
@@ -182,13 +192,15 @@ class SkipUnreadable(Dataset):
         samples = getattr(self.dataset, "samples", None)
         return samples[index][0] if samples is not None else f"sample {index}"
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, draw: int):
+        # A draw past the dataset is a repeated-augmentation copy (EpochShuffleSampler): the same image, its own seed
+        index = draw % self.length
         for offset in range(self.length):
             candidate = (index + offset) % self.length
             if self.unreadable[candidate]:
                 continue
-            # The seed follows the requested index, not the candidate, so a substitute is drawn reproducibly.
-            seed_everything(sample_seed(self.seed, self.epoch, index), devices=False)
+            # The seed follows the draw, not the candidate, so a substitute is drawn reproducibly.
+            seed_everything(sample_seed(self.seed, self.epoch, draw), devices=False)
             try:
                 image, target = self.dataset[candidate]
             except UnreadableImage as error:  # the file; a failing transform is a bug and propagates
@@ -205,7 +217,7 @@ class SkipUnreadable(Dataset):
         """A batch of samples, which the DataLoader asks for at once: in one go where the wrapped dataset has nothing
         to seed or skip (its ``raw_batch`` gives one: Fashion-MNIST without a sample transform), else one by one."""
         raw_batch = getattr(self.dataset, "raw_batch", None)
-        batch = raw_batch(indices) if raw_batch is not None else None
+        batch = raw_batch([draw % self.length for draw in indices]) if raw_batch is not None else None
         return batch if batch is not None else [self[index] for index in indices]
 
     def check_readable(self) -> None:

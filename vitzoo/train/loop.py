@@ -272,7 +272,8 @@ def _build_data(config: TrainConfig, model: torch.nn.Module, classes: list[str])
         val_set.check_readable()
     except DataError as error:
         raise ConfigError(str(error)) from None
-    train_sampler = EpochShuffleSampler(len(train_set), config.seed, num_samples=config.train_subset)
+    train_sampler = EpochShuffleSampler(len(train_set), config.seed, num_samples=config.train_subset,
+                                        repeats=config.aug_repeats)
     val_sampler = EpochShuffleSampler(len(val_set), config.seed, shuffle=False)
     # Persistent workers: restarting them each epoch costs their start-up and the batches they prefetch, which is
     # a noticeable share of a short epoch. The per-sample seeds still follow the epoch (SkipUnreadable.set_epoch).
