@@ -288,7 +288,7 @@ def test_drop_path_keeps_weights_compatible_and_is_stochastic_only_in_training()
     dropped = timm.create_model("qtvit_1", num_classes=10, drop_path_rate=0.1)
     dropped.load_state_dict(plain.state_dict(), strict=True)  # same keys: drop path has no parameters
     rates = [m.drop_prob for m in dropped.modules() if isinstance(m, DropPath)]
-    assert rates and max(rates) == pytest.approx(0.1) and rates == sorted(rates)
+    assert rates == pytest.approx([0.1 * (i + 1) / len(rates) for i in range(len(rates))])
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(dropped.eval()(x), plain(x))
@@ -349,3 +349,20 @@ def test_empty_batch() -> None:
     out = model(torch.randn(0, 3, 64, 64))
     assert out.shape == (0, 10)
     out.sum().backward()
+
+
+@pytest.mark.parametrize(("name", "skip"), [("qtvit_2", 0), ("qtvit_4", 2), ("qtvit_5", 3), ("qtvit_6", 3)])
+def test_drop_path_follows_the_official_schedule(name: str, skip: int) -> None:
+    """Identity residual blocks of the stages in order: the first ``skip`` (the official L recipes' skip) keep no
+    stochastic depth, block i of the other N drops with rate * (i + 1) / N."""
+    from timm.models.efficientvit_mit import ResidualBlock
+
+    model = timm.create_model(name, drop_path_rate=0.2, device="meta")
+    blocks = [child for parent in model.stages.modules() for child in parent.children()
+              if isinstance(child, ResidualBlock) and isinstance(child.shortcut, torch.nn.Identity)]
+    rates = [block.drop_path.drop_prob if isinstance(getattr(block, "drop_path", None), DropPath) else 0.0
+             for block in blocks]
+    others = len(blocks) - skip
+    assert rates == pytest.approx([0.0] * skip + [0.2 * (i + 1) / others for i in range(others)])
+    with pytest.raises(ValueError, match="drop_path_skip must be >= 0"):
+        timm.create_model(name, drop_path_rate=0.2, drop_path_skip=-1, device="meta")

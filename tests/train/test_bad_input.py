@@ -180,6 +180,8 @@ CASES = [
     Case("unknown-scheduler", resume("sched=linear"), "sched must be one of cosine, tanh"),
     Case("unknown-precision-key", resume("precision=fp8"), "precision must be one of"),
     Case("unknown-compile-mode", resume("compile=fast"), "compile must be one of default"),
+    Case("drop-path-ramp-compiled", resume("drop_path_ramp=true", "compile=default"),
+         "drop_path_ramp changes the drop-path rates every update, which compiled and graphed steps fix"),
     Case("unknown-key", resume("nosuchkey=1"), "unknown config key 'nosuchkey' in overrides; valid keys:"),
     Case("override-not-key-value", resume("justtext"), "override 'justtext' is not key=value"),
     Case("override-yaml-syntax", resume("scale=[0.1, 1"), "override 'scale=[0.1, 1' is not valid YAML"),

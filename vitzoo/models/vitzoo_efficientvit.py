@@ -85,19 +85,20 @@ class DropPathResidualBlock(ResidualBlock):
         return res + self.shortcut(x) if self.shortcut is not None else res
 
 
-def _add_drop_path(model: EfficientVit | EfficientVitLarge, drop_path_rate: float) -> None:
-    """Stochastic depth on every identity-shortcut residual of ``model.stages``, rising linearly to the rate.
-
-    timm's EfficientViT has none; the official recipe uses 0.05-0.1 with a linear decay over the residual blocks.
-    """
+def _add_drop_path(model: EfficientVit | EfficientVitLarge, drop_path_rate: float, skip: int) -> None:
+    """Stochastic depth on the identity-shortcut residuals of ``model.stages`` after the first ``skip``: block i of
+    the N others drops with ``drop_path_rate * (i + 1) / N``, as the official EfficientViT recipe (timm's EfficientViT
+    has none)."""
+    if skip < 0:
+        raise ValueError(f"drop_path_skip must be >= 0, got {skip}")
     if drop_path_rate <= 0:
         return
     residuals = [
         (parent, name) for parent in model.stages.modules() for name, child in parent.named_children()
         if isinstance(child, ResidualBlock) and isinstance(child.shortcut, nn.Identity)
-    ]
+    ][skip:]
     for i, (parent, name) in enumerate(residuals):
-        rate = drop_path_rate * i / max(len(residuals) - 1, 1)
+        rate = drop_path_rate * (i + 1) / len(residuals)
         setattr(parent, name, DropPathResidualBlock(getattr(parent, name), rate))
 
 
@@ -135,6 +136,8 @@ class QtVit(_CheckedImages, EfficientVit):
         head_widths: widths of the head's 1x1 conv and hidden Linear.
         drop_rate: head dropout.
         drop_path_rate: stochastic depth of the residual blocks, rising linearly to this rate.
+        drop_path_skip: the first identity residual blocks left without stochastic depth (the official L recipes
+            skip 2 or 3).
         num_classes: classifier outputs (0 for none).
         pos_embed_img_size: image size whose feature maps size the key position embeddings (training size).
         attn_eps: added to the attention normaliser.
@@ -155,6 +158,7 @@ class QtVit(_CheckedImages, EfficientVit):
             head_widths: tuple[int, ...] = (),
             drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
+            drop_path_skip: int = 0,
             num_classes: int = 1000,
             pos_embed_img_size: int = 224,
             attn_eps: float = QT_EPS,
@@ -168,7 +172,7 @@ class QtVit(_CheckedImages, EfficientVit):
         )
         self.in_chans = in_chans
         _use_qt_attention(self, head_dim, norm_layer, pos_embed_img_size, attn_eps, device=device, dtype=dtype)
-        _add_drop_path(self, drop_path_rate)
+        _add_drop_path(self, drop_path_rate, drop_path_skip)
 
 
 class QtVitLarge(_CheckedImages, EfficientVitLarge):
@@ -185,6 +189,8 @@ class QtVitLarge(_CheckedImages, EfficientVitLarge):
         head_widths: widths of the head's 1x1 conv and hidden Linear.
         drop_rate: head dropout.
         drop_path_rate: stochastic depth of the residual blocks, rising linearly to this rate.
+        drop_path_skip: the first identity residual blocks left without stochastic depth (the official L recipes
+            skip 2 or 3).
         num_classes: classifier outputs (0 for none).
         norm_eps: eps of every norm layer, including the head's and the QT shortcut's (1e-7 for the L series,
             as the official builder).
@@ -206,6 +212,7 @@ class QtVitLarge(_CheckedImages, EfficientVitLarge):
             head_widths: tuple[int, ...] = (),
             drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
+            drop_path_skip: int = 0,
             num_classes: int = 1000,
             norm_eps: float = 1e-7,
             pos_embed_img_size: int = 224,
@@ -221,7 +228,7 @@ class QtVitLarge(_CheckedImages, EfficientVitLarge):
         _use_qt_attention(self, head_dim, norm_layer, pos_embed_img_size, attn_eps, device=device, dtype=dtype)
         _set_norm_eps(self, norm_eps)
         self.in_chans = in_chans
-        _add_drop_path(self, drop_path_rate)
+        _add_drop_path(self, drop_path_rate, drop_path_skip)
 
 
 # Official QT-ViT (AMD_QTViT, EfficientViT's own code) names -> timm/zoo names. The QT attention adds three
@@ -347,14 +354,16 @@ def qtvit_3(pretrained: bool = False, **kwargs) -> QtVit:
 @register_model
 def qtvit_4(pretrained: bool = False, **kwargs) -> QtVitLarge:
     """QT-ViT-4: EfficientViT-L1 with QT attention."""
-    model_args = dict(widths=(32, 64, 128, 256, 512), depths=(1, 1, 1, 6, 6), head_dim=32, head_widths=(3072, 3200))
+    model_args = dict(widths=(32, 64, 128, 256, 512), depths=(1, 1, 1, 6, 6), head_dim=32, head_widths=(3072, 3200),
+                      drop_path_skip=2)
     return _create_qtvit(QtVitLarge, "qtvit_4", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
 @register_model
 def qtvit_5(pretrained: bool = False, **kwargs) -> QtVitLarge:
     """QT-ViT-5: EfficientViT-L2 with QT attention."""
-    model_args = dict(widths=(32, 64, 128, 256, 512), depths=(1, 2, 2, 8, 8), head_dim=32, head_widths=(3072, 3200))
+    model_args = dict(widths=(32, 64, 128, 256, 512), depths=(1, 2, 2, 8, 8), head_dim=32, head_widths=(3072, 3200),
+                      drop_path_skip=3)
     return _create_qtvit(QtVitLarge, "qtvit_5", pretrained=pretrained, **dict(model_args, **kwargs))
 
 
@@ -363,5 +372,6 @@ def qtvit_6(pretrained: bool = False, **kwargs) -> QtVitLarge:
     """QT-ViT-6: EfficientViT-L3 with QT attention."""
     model_args = dict(
         widths=(64, 128, 256, 512, 1024), depths=(1, 2, 2, 8, 8), head_dim=32, head_widths=(6144, 6400),
+        drop_path_skip=3,
     )
     return _create_qtvit(QtVitLarge, "qtvit_6", pretrained=pretrained, **dict(model_args, **kwargs))

@@ -1,5 +1,5 @@
 """Builders of a run's parts from its :class:`~vitzoo.train.config.TrainConfig`: the model, the class list, the
-transforms, the optimizer and the loss (timm's, with the zoo's defaults)."""
+transforms, the optimizer, the loss (timm's, with the zoo's defaults) and the drop-path ramp."""
 from __future__ import annotations
 
 import fnmatch
@@ -173,3 +173,22 @@ def build_criterion(config: TrainConfig) -> nn.Module:
     if config.smoothing > 0:
         return LabelSmoothingCrossEntropy(config.smoothing)
     return nn.CrossEntropyLoss()
+
+
+class DropPathRamp:
+    """EfficientViT's scheduled stochastic depth (``drop_path_ramp``): every timm ``DropPath`` of a model at its rate
+    times the training progress after the warm-up, 0 until the warm-up ends, rising linearly to 1 at the last epoch
+    before the cool-down."""
+
+    def __init__(self, model: nn.Module, warmup_updates: float, total_updates: int) -> None:
+        from timm.layers import DropPath
+
+        self.paths = [(module, module.drop_prob) for module in model.modules() if isinstance(module, DropPath)]
+        self.warmup_updates = warmup_updates
+        self.ramp_updates = max(total_updates - warmup_updates, 1)
+
+    def step(self, num_updates: int) -> None:
+        """Set the rates for the update after ``num_updates`` (a function of it alone, so a resume replays them)."""
+        progress = min(max((num_updates - self.warmup_updates) / self.ramp_updates, 0.0), 1.0)
+        for module, rate in self.paths:
+            module.drop_prob = rate * progress

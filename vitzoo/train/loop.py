@@ -63,6 +63,7 @@ from vitzoo.train.data import (
 from vitzoo.train.device_decode import collate_encoded
 from vitzoo.train.evaluate import evaluate
 from vitzoo.train.factories import (
+    DropPathRamp,
     build_criterion,
     build_optimizer,
     build_transforms,
@@ -220,6 +221,7 @@ class Training:
     output: Path
     last_checkpoint: Path | None
     start_time: float
+    drop_path_ramp: DropPathRamp | None = None
     out_of_time: bool = False
 
 
@@ -366,8 +368,12 @@ def setup(config: TrainConfig) -> Training:
         log.write("start", model=config.model, lr=lr, global_batch=global_batch, processes=accelerator.num_processes,
                   output=str(output), params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 4))
     scheduler.step_update(run.num_updates)
+    ramp = None
+    if config.drop_path_ramp:
+        ramp = DropPathRamp(model, config.warmup_epochs * updates_per_epoch, config.epochs * updates_per_epoch)
     return Training(run, train_set, val_set, train_sampler, train_loader, device_tf, val_loader, forward, scheduler,
-                    total_epochs, mixup, criterion, log, output, last_checkpoint=resumed_from, start_time=time.time())
+                    total_epochs, mixup, criterion, log, output, last_checkpoint=resumed_from, start_time=time.time(),
+                    drop_path_ramp=ramp)
 
 
 def _training_forward(config: TrainConfig, model: torch.nn.Module, data_config: dict,
@@ -430,6 +436,8 @@ def train_one_epoch(training: Training) -> tuple[torch.Tensor, int, float]:
     loss_count, start = 0, time.time()
 
     for images, targets in loader:
+        if training.drop_path_ramp is not None:
+            training.drop_path_ramp.step(run.num_updates)
         # Per-batch seed: the device stage, mixup and drop path draw the same numbers whether or not the run resumed.
         seed_everything(sample_seed(config.seed + 1 + accelerator.process_index, epoch, run.batches_done))
         if training.device_tf is not None:
