@@ -58,15 +58,16 @@ def _latest(output: Path) -> Path:
 
 
 @needs_fashion_mnist
-def test_two_processes_match_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("aug_repeats", [0, 3])
+def test_two_processes_match_one(tmp_path: Path, aug_repeats: int) -> None:
     """torchrun with 2 gloo processes x batch 16 == 1 process x batch 32: same samples, same averaged gradients, same
-    mean training loss.
+    mean training loss; with repeated augmentation too (the copies' draws do not depend on the process layout).
 
     Tolerance: eval top-1/top-5 exactly equal, eval loss to 1e-5 relative, weights to 2e-4 absolute (all-reduce sums
     gradients in another order; AdamW's normalised update amplifies the last-bit differences of tiny gradients).
     """
     common = [*FASHION, "train_subset=256", "epochs=1", "workers=0", "mixup=0", "cutmix=0", "smoothing=0",
-              "drop_path=0"]
+              "drop_path=0", f"aug_repeats={aug_repeats}"]
     single = _train(tmp_path / "one", *common, "batch_size=32")
     assert single.returncode == 0, single.stderr[-3000:]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
