@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -138,8 +138,14 @@ def check_qkv(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> Non
         raise ValueError(f"{op}: q and k must have the same shape, got {tuple(q.shape)} and {tuple(k.shape)}")
     if v.shape[:3] != q.shape[:3]:
         raise ValueError(f"{op}: v must share (B, N, H) with q; got v {tuple(v.shape)} and q {tuple(q.shape)}")
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dtype not in INPUT_DTYPES:
+    check_input_dtypes(op, (("q", q), ("k", k), ("v", v)))
+
+
+def check_input_dtypes(op: str, named: Iterable[tuple[str, torch.Tensor | None]]) -> None:
+    """Raise ``ValueError`` naming the first of the (name, tensor) pairs (None skipped) whose dtype the references do
+    not take."""
+    for name, t in named:
+        if t is not None and t.dtype not in INPUT_DTYPES:
             raise ValueError(f"{op}: {name} has dtype {t.dtype}; use float16, bfloat16, float32 or float64")
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..utils import INPUT_DTYPES
+from ..utils import check_input_dtypes
 
 
 def check_inputs(x: torch.Tensor, v: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
@@ -21,10 +21,7 @@ def check_inputs(x: torch.Tensor, v: torch.Tensor, running_mean: torch.Tensor, r
         if t is not None and tuple(t.shape) != (channels,):
             raise ValueError(f"batch_norm_gelu_add: {name} must be ({channels},) for the last dim, got "
                              f"{tuple(t.shape)}")
-    for name, t in (("x", x), ("v", v), *vectors):
-        if t is not None and t.dtype not in INPUT_DTYPES:
-            raise ValueError(f"batch_norm_gelu_add: {name} has dtype {t.dtype}; use float16, bfloat16, float32 or "
-                             "float64")
+    check_input_dtypes("batch_norm_gelu_add", (("x", x), ("v", v), *vectors))
 
 
 def batch_norm_gelu_add_reference(x: torch.Tensor, v: torch.Tensor, running_mean: torch.Tensor,

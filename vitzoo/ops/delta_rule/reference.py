@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..utils import INPUT_DTYPES, check_qkv
+from ..utils import check_input_dtypes, check_qkv
 
 _L2_EPS = 1e-6  # q / sqrt(sum(q^2) + eps), as fla's fused L2 norm
 CHUNK = 64
@@ -39,8 +39,7 @@ def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.
     check_qkv("delta rule", q, k, v)
     if beta.shape != q.shape[:3]:
         raise ValueError(f"delta rule: beta must be (B, N, H) = {tuple(q.shape[:3])}, got {tuple(beta.shape)}")
-    if beta.dtype not in INPUT_DTYPES:
-        raise ValueError(f"delta rule: beta has dtype {beta.dtype}; use float16, bfloat16, float32 or float64")
+    check_input_dtypes("delta rule", (("beta", beta),))
 
 
 def _acc_dtype(t: torch.Tensor) -> torch.dtype:

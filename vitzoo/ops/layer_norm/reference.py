@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..utils import INPUT_DTYPES
+from ..utils import INPUT_DTYPES, check_input_dtypes
 
 
 def check_inputs(op: str, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
@@ -22,9 +22,7 @@ def check_inputs(op: str, x: torch.Tensor, weight: torch.Tensor | None, bias: to
     if not (x.dtype in INPUT_DTYPES and (weight is None or weight.dtype in INPUT_DTYPES)
             and (bias is None or bias.dtype in INPUT_DTYPES) and (gate is None or gate.dtype in INPUT_DTYPES)
             and (update is None or update.dtype in INPUT_DTYPES)):
-        for name, t in (("x", x), ("update", update), ("weight", weight), ("bias", bias), ("gate", gate)):
-            if t is not None and t.dtype not in INPUT_DTYPES:
-                raise ValueError(f"{op}: {name} has dtype {t.dtype}; use float16, bfloat16, float32 or float64")
+        check_input_dtypes(op, (("x", x), ("update", update), ("weight", weight), ("bias", bias), ("gate", gate)))
     if x.dim() < 1 or x.shape[-1] < 1:
         raise ValueError(f"{op}: x must have a non-empty last dim, got shape {tuple(x.shape)}")
     if gate is not None and gate.shape != x.shape:

@@ -29,7 +29,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-from ..utils import INPUT_DTYPES, check_qkv
+from ..utils import check_input_dtypes, check_qkv
 
 FEATURE_MAPS = ("identity", "relu", "l2norm", "qt", "relu_eps")
 _FEATURE_EPS = 1e-12  # guards the L2 norms of 'l2norm' and 'qt' (as F.normalize)
@@ -76,10 +76,7 @@ def check_inputs(
     if (key_weights is None) != (query_weights is None):
         raise ValueError("linear_attention: key_weights and query_weights must be given together")
     if key_weights is not None:
-        for name, t in (("key_weights", key_weights), ("query_weights", query_weights)):
-            if t.dtype not in INPUT_DTYPES:
-                raise ValueError(f"linear_attention: {name} has dtype {t.dtype}; use float16, bfloat16, float32 or "
-                                 "float64")
+        check_input_dtypes("linear_attention", (("key_weights", key_weights), ("query_weights", query_weights)))
         expected = (*q.shape[:3], key_weights.shape[-1])
         if key_weights.dim() != 4 or key_weights.shape != expected or query_weights.shape != expected:
             raise ValueError(
