@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -139,9 +138,10 @@ def main(argv: list[str] | None = None) -> None:
                                                         "written beside it")
     parser.add_argument("--ema", action="store_true", help="take the checkpoint's EMA weights")
     args = parser.parse_args(argv)
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     from vitzoo.models._helpers import CheckpointLayoutError
+    from vitzoo.train.checkpoint import write_atomic
 
     output = Path(args.output)
     if output.suffix != ".safetensors":
@@ -157,14 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ConvertError, CheckpointLayoutError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    # Each file is written beside its name, then renamed: a run cut off midway leaves no half-written file.
-    partial, partial_cfg = (path.with_name(f".{path.name}.tmp") for path in (output, cfg_path))
-    try:
-        save_file(state_dict, str(partial), metadata={"format": "pt", "architecture": args.model})
-        partial_cfg.write_text(json.dumps(cfg, indent=2, default=str) + "\n")
-        os.replace(partial, output)
-        os.replace(partial_cfg, cfg_path)
-    finally:
-        partial.unlink(missing_ok=True)
-        partial_cfg.unlink(missing_ok=True)
+    # atomically: a run cut off midway leaves no half-written file
+    write_atomic(output, save(state_dict, metadata={"format": "pt", "architecture": args.model}))
+    write_atomic(cfg_path, json.dumps(cfg, indent=2, default=str) + "\n")
     print(f"wrote {output} ({len(state_dict)} tensors) and {cfg_path}")

@@ -283,3 +283,13 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path: Path, 
     metrics = _train(run, data, "resume=auto")
     assert "is already finished (epoch 2 of 2, 6 updates); nothing to train" in capsys.readouterr().out
     assert snapshot(run / "checkpoints") == before and metrics["checkpoint"].endswith("step-00000006")
+
+
+def test_write_atomic_writes_text_or_bytes_and_leaves_no_temporary_file_when_it_fails(tmp_path: Path) -> None:
+    checkpoint.write_atomic(tmp_path / "a.txt", "text")
+    checkpoint.write_atomic(tmp_path / "b.bin", b"\x00\x01")
+    assert (tmp_path / "a.txt").read_text() == "text" and (tmp_path / "b.bin").read_bytes() == b"\x00\x01"
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(OSError):  # a file cannot replace a folder
+        checkpoint.write_atomic(tmp_path / "folder", "text")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.bin", "folder"]
