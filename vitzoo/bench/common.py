@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import datetime
 import gc
+import io
 import json
 import math
 import os
@@ -18,6 +19,8 @@ from typing import Any
 import timm
 import torch
 import torch.nn as nn
+
+from vitzoo.train.checkpoint import write_atomic
 
 # Eager ('none') and torch.compile's modes; a benchmark row records which one it was measured with.
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -141,18 +144,15 @@ def write_csv(path: Path, rows: Iterable[dict[str, Any]], columns: Sequence[str]
     half a file, and a run rewriting it after each row keeps every finished row if it is cut off."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".tmp")
-    with partial.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(partial, path)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue().encode())
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as indented JSON, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.tmp")
-    partial.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(partial, path)
+    write_atomic(path, json.dumps(data, indent=1) + "\n")
