@@ -607,9 +607,10 @@ def check_device(name: str) -> torch.device:
     return device
 
 
-def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    """Turn parsed ``vitzoo-bench`` arguments into a :class:`BenchConfig` with the device-dependent defaults."""
-    on_gpu = torch.device(args.device).type == "cuda"
+def config_from_args(args: argparse.Namespace, device: torch.device) -> BenchConfig:
+    """Turn parsed ``vitzoo-bench`` arguments into a :class:`BenchConfig` with the defaults of ``device`` (the one
+    :func:`check_device` returned for ``args.device``)."""
+    on_gpu = device.type == "cuda"
     return BenchConfig(
         device=args.device, batch_size=args.batch_size if args.batch_size is not None else (256 if on_gpu else 8),
         train_batch_size=args.train_batch_size, scale_batch=args.scale_batch,
@@ -620,7 +621,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     )
 
 
-def _main_compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def _main_compare(parser: argparse.ArgumentParser, args: argparse.Namespace, device: torch.device) -> None:
     unsupported = sorted(set(args.compile) - set(COMPARE_COMPILE_MODES))
     if unsupported:
         parser.error(f"--compare measures --compile none, default and reduce-overhead; got {' '.join(unsupported)}")
@@ -632,7 +633,7 @@ def _main_compare(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         check_results_file(args.results_file, resume=False, resumable=False)
     except ValueError as error:
         parser.error(str(error))
-    on_gpu = torch.device(args.device).type == "cuda"
+    on_gpu = device.type == "cuda"
     config = CompareConfig(
         batch_size=args.batch_size if args.batch_size is not None else (256 if on_gpu else 8),
         train_batch_size=args.train_batch_size if args.train_batch_size is not None else (128 if on_gpu else 4),
@@ -653,23 +654,23 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         check_ranges(args)
-        check_device(args.device)
+        device = check_device(args.device)
     except ValueError as error:
         parser.error(str(error))
     if args.resume and args.results_file is None:
         parser.error("--resume needs --results-file")
     if args.compare:
-        _main_compare(parser, args)
+        _main_compare(parser, args, device)
         return
     try:
         names = shard(resolve_models(args.models), args.shard)
-        config = config_from_args(args)
+        config = config_from_args(args, device)
         # before measuring: a results file that would be lost, or that could only fail to be written afterwards
         check_results_file(args.results_file, resume=args.resume)
         kept = measured_rows(args.results_file, config) if args.resume else []
     except ValueError as error:
         parser.error(str(error))
-    if torch.device(config.device).type == "cuda":
+    if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as timm's benchmark: fixed shapes, so let cuDNN pick its algorithms
     rows = run_benchmark(names, args.img_sizes, config, args.results_file, args.time_budget,
                          progress=not args.no_progress, kept=kept)

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import yaml
 
 from vitzoo.train.config import DATASETS, ConfigError, TrainConfig, load_config
-from vitzoo.train.evaluate import append_result, check_results_file, evaluate_model
+from vitzoo.train.evaluate import append_result, check_appendable_results_file, evaluate_model
 from vitzoo.train.loop import NonFiniteLossError, train
 
 
@@ -105,7 +105,7 @@ def eval_main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     _setup_logging()
     try:
-        check_results_file(args.results_file)
+        check_appendable_results_file(args.results_file)
         row = evaluate_model(args.model, args.checkpoint, args.dataset, args.data_dir, args.use_ema, args.batch_size,
                              args.workers, args.precision, args.val_subset, args.model_kwargs, args.num_classes,
                              args.in_chans, args.img_size, args.patch_size, count_macs=not args.no_macs)

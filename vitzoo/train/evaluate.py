@@ -270,7 +270,7 @@ def _check_same_model(model_name: str | None, saved_model: str | None, checkpoin
                           "leave it out")
 
 
-def check_results_file(path: str | os.PathLike) -> None:
+def check_appendable_results_file(path: str | os.PathLike) -> None:
     """Raise :class:`ConfigError` unless a row can be appended to ``path``: it must be a new file or a CSV whose
     header is :data:`RESULT_COLUMNS` (checked before an evaluation runs, so its metrics are never lost)."""
     path = Path(path)
@@ -294,7 +294,7 @@ def append_result(path: str | os.PathLike, row: dict[str, Any]) -> None:
     import csv
     import io
 
-    check_results_file(path)
+    check_appendable_results_file(path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = path.read_text() if path.is_file() else ""
