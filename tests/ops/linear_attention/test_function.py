@@ -55,6 +55,10 @@ CPU_CASES = [
 
 
 @needs_interpreter
+# The interpreter casts every lane of a tile before the masked store, padding rows too: past N the keys are zero, and
+# the l2norm feature's gradient there (the centring term over a zero norm) overflows fp16 in lanes that are never
+# written. What is written is compared with the reference below, so a real overflow still fails.
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
 @pytest.mark.parametrize("config,b,n,h,dk,dtype,layout", CPU_CASES,
                          ids=[f"{c[0]}-N{c[2]}-d{c[4]}-{str(c[5])[6:]}-{c[6]}" for c in CPU_CASES])
 def test_matches_reference(poisoned, config, b, n, h, dk, dtype, layout):
