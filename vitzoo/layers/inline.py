@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from timm.layers import register_notrace_module
 
-from ..ops import linear_attention, local_conv
+from ..ops import linear_attention, local_conv, predict_local_kernels
 from .base import TokenMixer
 
 # The op is a leaf for FX (it picks its backend from the tensors' device). timm's autowrap patches only the globals
@@ -27,26 +27,12 @@ torch.fx.wrap("linear_attention")
 torch.fx.wrap("local_conv")
 
 
-def grouped_pointwise(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    """A grouped kernel-size-1 ``conv`` applied to group-major vectors: x (G, B, C_in / G) -> (G, B, C_out / G).
-
-    Equals ``conv`` on a length-1 signal (same parameters) as one batched matmul with the bias folded in; the
-    group-major layout lets two of them chain without a copy.
-    """
-    groups = conv.groups
-    # (C_out, C_in / G, 1) -> (G, C_in / G, C_out / G)
-    weight = conv.weight.view(groups, conv.out_channels // groups, -1).transpose(1, 2)
-    if conv.bias is None:
-        return torch.bmm(x, weight)
-    return torch.baddbmm(conv.bias.view(groups, 1, -1), x, weight)
-
-
 class LocalKernelPredictor(nn.Sequential):
     """InLine's predictor of per-image depthwise kernels: token mean -> grouped 1x1 conv -> GELU -> grouped 1x1 conv.
 
     Keeps the released code's layers (an ``nn.Sequential`` of two grouped ``Conv1d`` and a GELU, so the state-dict
-    keys match) and runs them as two batched matmuls: ``forward`` maps tokens (B, N, C) to kernels (B, C, k, k) in
-    the parameters' dtype, in channels-last layout.
+    keys match) and runs them through :func:`vitzoo.ops.predict_local_kernels`: ``forward`` maps tokens (B, N, C)
+    to kernels (B, C, k, k) in the parameters' dtype, in channels-last layout.
     """
 
     def __init__(self, dim: int, groups: int, kernel_size: int, device=None, dtype=None) -> None:
@@ -59,19 +45,12 @@ class LocalKernelPredictor(nn.Sequential):
         self.kernel_size = kernel_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        first, act, second = self
-        b, _, c = x.shape
-        # A (B, C) problem: in the parameters' dtype, outside autocast, there is nothing to cast, and five launches
-        # (mean, two batched matmuls with their biases, GELU, the final layout copy) make the kernels, where
-        # grouped Conv1d launches cuDNN about twelve times.
+        first, _, second = self
+        # A (B, C) problem: in the parameters' dtype, outside autocast (nothing to cast); without gradients two
+        # launches (the token mean, then both layers with the GELU, written tap-major), where PyTorch took seven
         with torch.autocast(x.device.type, enabled=False):
-            mean = x.mean(dim=1, dtype=first.weight.dtype).view(b, first.groups, c // first.groups).transpose(0, 1)
-            kernels = grouped_pointwise(second, act(grouped_pointwise(first, mean)))  # (G, B, C k^2 / G)
-        # (G, B, C / G, k^2) -> (B, k, k, C) in one copy, returned as the (B, C, k, k) view: channels-last, the
-        # layout the local-conv kernel reads with one vector load per tap
-        k = self.kernel_size
-        tap_major = kernels.view(first.groups, b, c // first.groups, k * k).permute(1, 3, 0, 2).reshape(b, k, k, c)
-        return tap_major.permute(0, 3, 1, 2)
+            return predict_local_kernels(x, first.weight, first.bias, second.weight, second.bias, first.groups,
+                                         self.kernel_size)
 
 
 # The autocast switch reads the input's device, which FX cannot trace: a leaf for timm's FX feature extraction.

@@ -1,10 +1,11 @@
 """Fused token-mixing ops with their PyTorch references.
 
 One package per op (``linear_attention``, ``delta_rule``, ``local_conv``, ``layer_norm`` with RMS norm,
-``zeros_weights``, ``free_energy``, ``ssm_kernel``, ``toeplitz_attention``, ``batch_norm_gelu_add``), each split
-into ``reference`` (the specification, in PyTorch), ``kernels`` (Triton), ``heuristics`` (launch settings) and
-``function`` (custom ops, autograd function, public entry points); ``utils`` holds the backend selection and what the
-ops share. The reference is the specification; the kernel must equal it. ``docs/kernels.md`` describes the design.
+``zeros_weights``, ``free_energy``, ``ssm_kernel``, ``toeplitz_attention``, ``batch_norm_gelu_add``,
+``kernel_predictor``), each split into ``reference`` (the specification, in PyTorch), ``kernels`` (Triton),
+``heuristics`` (launch settings) and ``function`` (custom ops, autograd function, public entry points); ``utils``
+holds the backend selection and what the ops share. The reference is the specification; the kernel must equal it.
+``docs/kernels.md`` describes the design.
 
 The public functions are re-exported here, so ``vitzoo.ops.linear_attention`` and ``vitzoo.ops.local_conv`` are the
 functions; their packages are reached with ``from vitzoo.ops.linear_attention import ...`` or ``importlib``.
@@ -23,6 +24,7 @@ from .free_energy import (
     free_energy_values,
     free_energy_values_reference,
 )
+from .kernel_predictor import predict_local_kernels, predict_local_kernels_reference
 from .layer_norm import (
     add_layer_norm,
     add_layer_norm_reference,
@@ -61,6 +63,8 @@ __all__ = [
     "linear_attention_reference",
     "local_conv",
     "local_conv_reference",
+    "predict_local_kernels",
+    "predict_local_kernels_reference",
     "rms_norm",
     "rms_norm_reference",
     "set_backend",
