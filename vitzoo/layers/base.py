@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.layers import register_notrace_function, register_notrace_module
 
 from ..ops import delta_rule_bidirectional, linear_attention, local_conv
@@ -40,6 +41,14 @@ class Dropout(nn.Dropout):
 
 # a leaf for FX, as nn.Dropout is: a trace must not bake in the training mode it was taken in
 register_notrace_module(Dropout)
+
+
+def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+    """``F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)`` for (B, h, N, d) inputs, also for a batch of
+    zero images, for which SDPA on CUDA under bf16 autocast returns no tensor (torch 2.11, H100)."""
+    if q.shape[0] == 0:
+        return q.new_empty((*q.shape[:-1], v.shape[-1]))
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
 
 
 # A leaf for FX: the check branches on the token count.

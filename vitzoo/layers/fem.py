@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 
 from ..ops import free_energy_mix, free_energy_reads, free_energy_values, linear_attention
-from .base import TokenMixer
+from .base import TokenMixer, softmax_attention
 from .kept import KeptCastLinear
 from .local_conv import GridDepthwiseConv
 from .rope import axial_rope
@@ -132,9 +132,9 @@ class FreeEnergyMixer(TokenMixer):
             # fp16 projections (see _value_dtype): attention in the values' fp32, outside autocast, which would cast
             # it back to fp16 (SDPA takes one dtype)
             with torch.autocast(q.device.type, enabled=False):
-                out = F.scaled_dot_product_attention(*(t.to(values.dtype) for t in args))
+                out = softmax_attention(*(t.to(values.dtype) for t in args))
         else:
-            out = F.scaled_dot_product_attention(*args)
+            out = softmax_attention(*args)
         return out.transpose(1, 2)
 
     def _value_dtype(self, projections: torch.dtype, acc: torch.dtype) -> torch.dtype:

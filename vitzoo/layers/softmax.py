@@ -2,16 +2,19 @@
 
     out_t = sum_i softmax_i(s q_t . k_i) v_i        (s = d^-1/2, per head)
 
-through ``F.scaled_dot_product_attention``. Parameter names (``qkv``, ``proj``) and the computation are those of
-timm's ``Attention`` (its fused path), so timm's ``deit_*`` weights load unchanged. The one mixer with an attention
-matrix: ``attn_drop`` drops attention probabilities (SDPA's ``dropout_p``) in training.
+through ``F.scaled_dot_product_attention`` (:func:`.base.softmax_attention`). Parameter names (``qkv``, ``proj``)
+and the computation are those of timm's ``Attention`` (its fused path), so timm's ``deit_*`` weights load unchanged.
+The one mixer with an attention matrix: ``attn_drop`` drops attention probabilities (SDPA's ``dropout_p``) in
+training.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-from .base import TokenMixer
+from .base import TokenMixer, softmax_attention
+
+# a leaf for FX: it branches on the batch size
+torch.fx.wrap("softmax_attention")
 
 
 class SoftmaxAttention(TokenMixer):
@@ -46,5 +49,5 @@ class SoftmaxAttention(TokenMixer):
     def mix(self, x: torch.Tensor, grid_size: tuple[int, int], num_prefix_tokens: int) -> torch.Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
+        out = softmax_attention(q, k, v, dropout_p=self.attn_drop.p if self.training else 0.0)
         return out.transpose(1, 2).reshape(b, n, c)
