@@ -12,7 +12,7 @@ from . import heuristics
 from .reference import check_inputs, predict_local_kernels_reference
 
 if triton_available():
-    from .kernels import _predictor_mlp_kernel, _token_mean_kernel
+    from .kernels import _predictor_mlp_kernel, _token_sum_kernel
 
     def _predict_local_kernels(
             x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor, weight2: torch.Tensor, bias2: torch.Tensor,
@@ -20,16 +20,17 @@ if triton_available():
     ) -> torch.Tensor:
         """(B, C, k, k) channels-last kernels in the weights' dtype; x (B, N, C) with a unit channel stride."""
         b, n, c = x.shape
-        mean = torch.empty((b, c), dtype=torch.float32, device=x.device)
-        launcher(_token_mean_kernel, direct_launch)[(b, cdiv(c, heuristics.MEAN_BLOCK_C))](
-            x, mean, n, c, x.stride(0), x.stride(1), 1.0 / n,
+        splits = cdiv(n, heuristics.MEAN_SPAN)
+        partial = torch.empty((b, splits, c), dtype=torch.float32, device=x.device)
+        launcher(_token_sum_kernel, direct_launch)[(b, cdiv(c, heuristics.MEAN_BLOCK_C), splits)](
+            x, partial, n, c, splits, x.stride(0), x.stride(1), SPAN=heuristics.MEAN_SPAN,
             BLOCK_N=heuristics.MEAN_BLOCK_N, BLOCK_C=heuristics.MEAN_BLOCK_C, num_warps=heuristics.NUM_WARPS,
         )
         taps = kernel_size * kernel_size
         out = torch.empty((b, kernel_size, kernel_size, c), dtype=weight1.dtype, device=x.device)
         width = c // groups
         launcher(_predictor_mlp_kernel, direct_launch)[(cdiv(b, heuristics.MLP_BLOCK_B), groups)](
-            mean, weight1, bias1, weight2, bias2, out, b, c, width, taps,
+            partial, weight1, bias1, weight2, bias2, out, b, c, width, taps, splits, 1.0 / n,
             BLOCK_B=heuristics.MLP_BLOCK_B, BLOCK_D=heuristics.block_width(width), BLOCK_J=heuristics.MLP_BLOCK_J,
             num_warps=heuristics.NUM_WARPS,
         )
