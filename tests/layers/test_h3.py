@@ -286,6 +286,14 @@ def test_toeplitz_core_gradients_with_and_without_kept_lags():
         gated_long_conv_toeplitz(q, k, v, *kernels, skip, kept)
 
 
+def test_fft_form_without_kernels_gets_a_one_line_error(monkeypatch):
+    monkeypatch.setattr(long_conv, "TOEPLITZ_MAX_TOKENS_PER_HEAD_DIM", 0)
+    q = k = v = torch.randn(1, 2, 5, 4, dtype=torch.float64)
+    lags = torch.randn(2, 9, dtype=torch.float64)
+    with pytest.raises(ValueError, match="the FFT form .* needs kernel_fwd and kernel_bwd"):
+        long_conv.gated_long_conv(q, k, v, None, None, lags=lags)
+
+
 def test_toeplitz_lags_are_kept_between_inference_forwards_until_a_parameter_changes(monkeypatch):
     from vitzoo.layers import h3
 
@@ -305,6 +313,25 @@ def test_toeplitz_lags_are_kept_between_inference_forwards_until_a_parameter_cha
         assert len(built) == 3
     torch.testing.assert_close(after_ssm, explicit_h3(mixer, x, (7, 7), 1), atol=1e-10, rtol=1e-9)
     assert (after_skip - first).abs().max() > 1e-3 and (after_ssm - after_skip).abs().max() > 1e-3
+
+
+def test_kept_lags_are_all_an_inference_forward_reads(monkeypatch):
+    """With the lags kept, an inference forward neither asks the SSM for its kernels nor casts the skip: each of those
+    was host time (a lookup, a dispatch) on every forward."""
+    mixer = _make_mixer(5)
+    x = torch.randn(2, 50, DIM, dtype=torch.float64)
+    asked = []
+    real = DiagonalSSMKernel.forward
+    monkeypatch.setattr(DiagonalSSMKernel, "forward", lambda self, *a: asked.append(a) or real(self, *a))
+    with torch.no_grad():
+        mixer(x, grid_size=(7, 7), num_prefix_tokens=1)
+        asked.clear()
+        out = mixer(x, grid_size=(7, 7), num_prefix_tokens=1)
+    assert asked == []
+    torch.testing.assert_close(out, explicit_h3(mixer, x, (7, 7), 1), atol=1e-10, rtol=1e-9)
+    asked.clear()
+    mixer(x, grid_size=(7, 7), num_prefix_tokens=1)  # with gradients: the kernels, in the graph
+    assert len(asked) == 1
 
 
 def test_kept_values_follow_a_fused_optimizers_updates_across_train_and_eval():

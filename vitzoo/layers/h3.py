@@ -88,13 +88,17 @@ class DiagonalSSMKernel(KeepsValue, nn.Module):
         no gradient is recorded (and outside torch.compile, tracing and CUDA-graph capture) they are kept until a
         parameter changes (its version counter or storage) or another length, dtype or device is asked for.
         """
-        return self.kept(kept_value_key(tuple(self.parameters()), length, dtype), lambda: self.kernels(length, dtype))
+        return self.kept(kept_value_key(self.ssm_parameters(), length, dtype), lambda: self.kernels(length, dtype))
+
+    def ssm_parameters(self) -> tuple[torch.Tensor, ...]:
+        """(log_dt, log_A_real, A_imag, B, C): what the kernels are computed from (attribute reads, cheaper than
+        walking ``parameters()`` on every forward)."""
+        return self.log_dt, self.log_A_real, self.A_imag, self.B, self.C
 
     def kernels(self, length: int, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """The forward and flipped-direction kernels computed from the parameters (what :meth:`forward` caches), by
         :func:`vitzoo.ops.ssm_kernels` (one kernel launch each way on CUDA)."""
-        params = (self.log_dt, self.log_A_real, self.A_imag, self.B, self.C)
-        kernels = ssm_kernels(*(p.to(dtype) for p in params), length)
+        kernels = ssm_kernels(*(p.to(dtype) for p in self.ssm_parameters()), length)
         return kernels[0], kernels[1]
 
 
@@ -162,18 +166,20 @@ class BidirectionalH3(KeepsValue, TokenMixer):
         shape = (batch, num_tokens, self.num_heads, self.head_dim)
         q, k, v = (t.reshape(shape).transpose(1, 2) for t in (q, k, v))
         acc = torch.promote_types(v.dtype, torch.float32)
-        kernel_fwd, kernel_bwd = self.ssm(num_tokens, acc)
-        skip = self.D.to(acc)
-        lags = None
+        kernel_fwd = kernel_bwd = skip = lags = None
         if uses_toeplitz(q, k, v):
-            # the Toeplitz lags depend on the parameters only: kept between inference forwards, like the kernels
-            # (none where a gradient is recorded: the op then builds them in the graph)
-            key = kept_value_key((*self.ssm.parameters(), self.D), num_tokens, acc)
+            # the Toeplitz lags depend on the parameters only: kept between inference forwards, and then the only
+            # thing read (none where a gradient is recorded: the op then builds them in the graph)
+            key = kept_value_key((*self.ssm.ssm_parameters(), self.D), num_tokens, acc)
             if key is not None:
-                lags = self.kept(key, lambda: toeplitz_lags(kernel_fwd, kernel_bwd, skip))
+                lags = self.kept(key, lambda: toeplitz_lags(*self.ssm.kernels(num_tokens, acc), self.D.to(acc)))
+        if lags is None:
+            kernel_fwd, kernel_bwd = self.ssm(num_tokens, acc)
+            skip = self.D.to(acc)
         out = gated_long_conv(q, k, v, kernel_fwd, kernel_bwd, skip=skip, lags=lags)
         # In the projections' dtype (the FFT path returns fp32), which ``proj`` takes as it is, also under autocast.
-        return out.transpose(1, 2).reshape(batch, num_tokens, dim).to(v.dtype)
+        out = out.transpose(1, 2).reshape(batch, num_tokens, dim)
+        return out if out.dtype == v.dtype else out.to(v.dtype)
 
 
 # The forward branches on tensor properties (the accumulation dtype and the Toeplitz / FFT choice by token count),

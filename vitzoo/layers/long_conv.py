@@ -151,8 +151,8 @@ def gated_long_conv_toeplitz(
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
-        kernel_fwd: torch.Tensor,
-        kernel_bwd: torch.Tensor,
+        kernel_fwd: torch.Tensor | None,
+        kernel_bwd: torch.Tensor | None,
         skip: torch.Tensor | None = None,
         lags: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -162,7 +162,7 @@ def gated_long_conv_toeplitz(
     O(N^2 d) work on matmul units instead of O(d^2 N log N) FFT work, in the precision attention runs in (16-bit
     products with fp32 accumulation under autocast); the (B, H, N, N) scores are never kept (on CUDA they stay on
     chip). ``lags``: T's lag vector as :func:`toeplitz_lags` builds it, when the caller keeps it (the kernels and
-    skip are then not read). Returns (B, H, N, d), a view of the op's (B, N, H, d) output.
+    skip are then not read and may be None). Returns (B, H, N, d), a view of the op's (B, N, H, d) output.
     """
     if lags is not None and torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (kernel_fwd, kernel_bwd, skip)):
@@ -172,7 +172,8 @@ def gated_long_conv_toeplitz(
         lags = toeplitz_lags(kernel_fwd, kernel_bwd, skip)
     # (B, H, N, d) -> the op's (B, N, H, d): views, so projections laid out as (B, N, H, d) are read in place
     dtype = _product_dtype(q, k, v)
-    q, k, v = (t.transpose(1, 2).to(dtype) for t in (q, k, v))
+    # (a cast only where needed: each no-op .to() is still a dispatch of host time)
+    q, k, v = (t.transpose(1, 2) if t.dtype == dtype else t.transpose(1, 2).to(dtype) for t in (q, k, v))
     with torch.autocast(q.device.type, enabled=False):
         return toeplitz_attention(q, k, v, lags).transpose(1, 2)
 
@@ -189,8 +190,8 @@ def gated_long_conv(
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
-        kernel_fwd: torch.Tensor,
-        kernel_bwd: torch.Tensor,
+        kernel_fwd: torch.Tensor | None,
+        kernel_bwd: torch.Tensor | None,
         skip: torch.Tensor | None = None,
         lags: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -202,6 +203,9 @@ def gated_long_conv(
     """
     if uses_toeplitz(q, k, v):
         return gated_long_conv_toeplitz(q, k, v, kernel_fwd, kernel_bwd, skip, lags)
+    if kernel_fwd is None or kernel_bwd is None:
+        raise ValueError("gated_long_conv: the FFT form (this length and device) needs kernel_fwd and kernel_bwd; "
+                         "lags serve the Toeplitz form only")
     return gated_long_conv_fft(q, k, v, kernel_fwd, kernel_bwd, skip)
 
 
