@@ -115,6 +115,27 @@ def test_rope_and_conv_options_match_explicit(prior, options, grid_size, num_pre
             torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-8)
 
 
+@pytest.mark.parametrize("prior", ["linear", "softmax"])
+def test_beta_is_kept_between_inference_forwards_until_its_parameter_changes(monkeypatch, prior):
+    mixer = _make_mixer(prior, seed=8)
+    x = torch.randn(2, 17, DIM, dtype=torch.float64)
+    computed = []
+    real = FreeEnergyMixer.beta_max
+    monkeypatch.setattr(FreeEnergyMixer, "beta_max", lambda self, *a: computed.append(a) or real(self, *a))
+    with torch.no_grad():
+        first = mixer(x, (4, 4), 1)
+        again = mixer(x, (4, 4), 1)
+        assert len(computed) == 1
+        torch.testing.assert_close(again, first, atol=0, rtol=0)
+        mixer.beta_param.add_(0.3)  # an in-place update, as an optimizer step or load_state_dict
+        changed = mixer(x, (4, 4), 1)
+        assert len(computed) == 2
+    torch.testing.assert_close(changed, explicit_fem(mixer, x, (4, 4), 1), atol=1e-10, rtol=1e-9)
+    assert (changed - first).abs().max() > 1e-6
+    mixer(x, (4, 4), 1)  # with gradients: computed in the graph every time
+    assert len(computed) == 3
+
+
 def test_linear_prior_of_an_all_negative_query_is_the_released_one():
     """A query whose projections are all negative: phi(q) = eps, so its prior is phi(k_i)-weighted, not 0/0."""
     mixer = _make_mixer("linear", seed=5)

@@ -25,7 +25,7 @@ from timm.layers import register_notrace_module
 
 from ..ops import free_energy_mix, free_energy_reads, free_energy_values, linear_attention
 from .base import TokenMixer, softmax_attention
-from .kept import KeptCastLinear
+from .kept import KeepsValue, KeptCastLinear, kept_value_key
 from .local_conv import GridDepthwiseConv
 from .rope import axial_rope
 
@@ -42,7 +42,7 @@ def fem_value_width(dim: int, num_heads: int) -> int:
     return max(1, round(_VALUE_RATIO * dim / unit)) * unit
 
 
-class FreeEnergyMixer(TokenMixer):
+class FreeEnergyMixer(KeepsValue, TokenMixer):
     """Free Energy Mixer with a non-causal prior: (B, N, C) -> (B, N, C).
 
     Layers: ``qkv`` (C -> C + C + E: q and k C wide, values E wide, so d_k = C/h differs from d_v = E/h),
@@ -165,7 +165,8 @@ class FreeEnergyMixer(TokenMixer):
             q = axial_rope(q, grid_size, num_prefix_tokens, self.rope_base)
             k = axial_rope(k, grid_size, num_prefix_tokens, self.rope_base)
         acc = torch.promote_types(v.dtype, torch.float32)
-        beta = self.beta_max(acc)
+        # kept between inference forwards: two launches (softplus, add) a block otherwise
+        beta = self.kept(kept_value_key((self.beta_param,), acc), lambda: self.beta_max(acc))
         values, shift = free_energy_values(v.reshape(batch, num_tokens, self.num_heads, self.v_head_dim), beta,
                                            self._value_dtype(q.dtype, acc))
         read = self._prior_read(q, k, values)
