@@ -279,7 +279,12 @@ def linear_attention_triton(
     _check_kernel_inputs(q, k, v, key_weights, query_weights)
     const, const_value = None, 0.0
     if isinstance(feature_const, torch.Tensor):  # one element (check_inputs)
-        const = feature_const.to(device=q.device, dtype=torch.float32).reshape(1)
+        const = feature_const
+        # (each no-op cast or reshape would still be a dispatch of host time)
+        if const.device != q.device or const.dtype != torch.float32:
+            const = const.to(device=q.device, dtype=torch.float32)
+        if const.dim() != 1:
+            const = const.reshape(1)
     elif feature_const is not None:
         const_value = float(feature_const)
     inputs = (q, k, v, key_weights, query_weights, const)
