@@ -1,11 +1,12 @@
 """Values a module computes from its parameters once and keeps between inference forwards, and the rule that says
 when a kept value is stale (:func:`kept_value_key`).
 
-:class:`KeepsValue` keeps one such value per module. Three kinds are kept: H3's SSM kernels and Toeplitz lags
-(``h3.py``), the grid convolution's weight in the layout its kernel reads (``local_conv.py``), and 16-bit copies of
-fp32 parameters under autocast (:class:`KeepsAutocastCopies`), used by :class:`KeptCastLinear` (every Linear of the
-DeiT-shaped models; :class:`NarrowLinear` for those with a handful of outputs) and by their patch embedding. The
-same Linear's path for CUDA-graph-captured training (:func:`linear_with_product_bias_grad`) lives here too.
+:class:`KeepsValue` keeps one such value per module. Four kinds are kept: H3's SSM kernels and Toeplitz lags
+(``h3.py``), FEM's inverse temperatures beta_max (``fem.py``), the grid convolution's weight in the layout its kernel
+reads (``local_conv.py``), and 16-bit copies of fp32 parameters under autocast (:class:`KeepsAutocastCopies`), used
+by :class:`KeptCastLinear` (every Linear of the DeiT-shaped models; :class:`NarrowLinear` for those with a handful of
+outputs) and by their patch embedding. The same Linear's path for CUDA-graph-captured training
+(:func:`linear_with_product_bias_grad`) lives here too.
 """
 from __future__ import annotations
 

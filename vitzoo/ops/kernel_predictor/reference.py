@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..utils import INPUT_DTYPES
+from ..utils import check_input_dtypes
 
 
 def check_inputs(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor, weight2: torch.Tensor,
@@ -31,10 +31,8 @@ def check_inputs(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor, we
     for name, t in (("weight1", weight1), ("bias1", bias1), ("weight2", weight2), ("bias2", bias2)):
         if tuple(t.shape) != expected[name]:
             raise ValueError(f"predict_local_kernels: {name} must be {expected[name]}, got {tuple(t.shape)}")
-    for name, t in (("x", x), ("weight1", weight1), ("bias1", bias1), ("weight2", weight2), ("bias2", bias2)):
-        if t.dtype not in INPUT_DTYPES:
-            raise ValueError(f"predict_local_kernels: {name} has dtype {t.dtype}; use float16, bfloat16, float32 or "
-                             "float64")
+    check_input_dtypes("predict_local_kernels", (("x", x), ("weight1", weight1), ("bias1", bias1),
+                                                 ("weight2", weight2), ("bias2", bias2)))
 
 
 def predict_local_kernels_reference(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor,
