@@ -21,8 +21,9 @@ models keep the host busy launching kernels and leave a GPU mostly idle, so seve
 ``cuda_graph=true`` replays each run's forward and backward from CUDA graphs, which removes most of that host work;
 the runs then wait on the GPU rather than on the host, and fewer jobs at once fill it. Each run
 writes its row to ``seed<k>.<family>.part.csv``; they are folded into ``runs.csv``. A study that is cut off
-resumes where it stopped (rerun the same command): finished runs are not trained again, and ``--no-new-after``
-stops starting runs so that a call can end inside a time limit.
+resumes where it stopped (rerun the same command): finished runs are not trained again, a run that was cut off
+continues from its last epoch's checkpoint (its run folder under ``--runs``), and
+``--no-new-after`` stops starting runs so that a call can end inside a time limit.
 ``--quick`` shrinks everything (a few hundred images, one epoch) to check the pipeline on a CPU.
 """
 from __future__ import annotations
@@ -153,18 +154,19 @@ def _without_rows(rows: list[dict[str, str]], seeds: list[int], epochs: dict[str
     return [(seed, family) for seed in seeds for family in epochs if (seed, family) not in done]
 
 
-def train_unit(out: Path, seed: int, family: str, epochs: int, zoo_args: list[str]) -> None:
-    """Train one family with one seed for ``epochs`` into its own part file (several of these may run at once)."""
+def train_unit(out: Path, runs: Path, seed: int, family: str, epochs: int, zoo_args: list[str]) -> None:
+    """Train one family with one seed for ``epochs`` into its own part file (several of these may run at once), its
+    run folder (checkpoints, log) under ``runs/seed<k>/``."""
     fashion_mnist_zoo.main(["--families", family, "--results", str(out / f"seed{seed}.{family}.part.csv"),
-                            "--epochs", str(epochs), *zoo_args, f"seed={seed}",
-                            "--output", str(ROOT / "runs" / "fashion_mnist_study" / f"seed{seed}")])
+                            "--epochs", str(epochs), "--resume", *zoo_args, f"seed={seed}",
+                            "--output", str(runs / f"seed{seed}")])
 
 
 def run_units(args: argparse.Namespace, units: list[tuple[int, str]]) -> None:
     """Train ``units`` (seed, family) in up to ``--jobs`` processes at once, spread over the visible GPUs, starting
     none after ``--no-new-after`` seconds. A run that fails or is cut off just leaves no finished row."""
     # The overrides go first: after --families or --seeds (nargs='+') they would be read as more of those.
-    command = [sys.executable, __file__, *args.overrides, "--out", str(args.out),
+    command = [sys.executable, __file__, *args.overrides, "--out", str(args.out), "--runs", str(args.runs),
                *(["--epochs", str(args.epochs)] if args.epochs is not None else []),
                *(["--quick"] if args.quick else [])]
     devices, started, began = _visible_gpus(), 0, time.time()
@@ -212,6 +214,8 @@ def main(argv: list[str] | None = None) -> None:
                              "command to go on)")
     parser.add_argument("--unit", nargs=2, metavar=("SEED", "FAMILY"), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fashion_mnist_study")
+    parser.add_argument("--runs", type=Path, default=ROOT / "runs" / "fashion_mnist_study",
+                        help="the runs' folders (checkpoints and logs; a cut-off run continues from them)")
     parser.add_argument("--train-only", action="store_true", help="train the seeds; no summary, benchmark or plots")
     parser.add_argument("--quick", action="store_true", help="a tiny run that checks the pipeline (CPU)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for every run")
@@ -228,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.unit:
         family = args.unit[1]
-        train_unit(args.out, int(args.unit[0]), family, schedule([family], every_family)[family], zoo_args)
+        train_unit(args.out, args.runs, int(args.unit[0]), family, schedule([family], every_family)[family], zoo_args)
         return
     run_units(args, pending_units(args.out, args.seeds, epochs))
     rows = merge_runs(args.out)

@@ -9,7 +9,8 @@ its accuracy depends only on the seed; ``--time-budget`` (off by default) can ca
 its share of the time left, at the price of load-dependent results. The CSV records the updates each model got,
 whether a cap cut it short, the training and evaluation seconds, and a status: "ok", or the error of a family that
 failed (the others still run, and the script exits with status 1). Each family's run folder under ``--output`` is
-replaced, like the CSV. Example::
+replaced, like the CSV; with ``--resume`` a folder whose run has the same settings and was cut off continues from its
+newest checkpoint instead (its ``train_seconds`` then count only the continuation). Example::
 
     python scripts/fashion_mnist_zoo.py                                   # CPU budget run
     python scripts/fashion_mnist_zoo.py --train-samples 60000 --epochs 10 \\
@@ -28,10 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from vitzoo import registry  # noqa: E402
 from vitzoo.bench.common import write_csv  # noqa: E402
-from vitzoo.train.config import load_config  # noqa: E402
+from vitzoo.train.config import TrainConfig, load_config  # noqa: E402
 from vitzoo.train.evaluate import RESULT_COLUMNS, evaluate_model  # noqa: E402
 from vitzoo.train.loop import train  # noqa: E402
 
@@ -45,6 +47,21 @@ FAMILIES = tuple(MODELS)
 EXTRA_COLUMNS = ("family", "updates", "samples_seen", "stopped_by_time_limit", "train_samples_per_epoch", "epochs",
                  "eval_samples", "train_seconds", "eval_seconds", "status")
 COLUMNS = (*RESULT_COLUMNS, *EXTRA_COLUMNS)
+
+
+def same_run(output: Path, config: TrainConfig) -> bool:
+    """Whether ``output`` holds a checkpointed run whose saved settings are all those of ``config`` (not only the
+    ones a resume must share: a run of another learning rate or length is not continued, it is replaced)."""
+    saved_path = output / "config.yaml"
+    if not (output / "checkpoints").is_dir() or not saved_path.is_file():
+        return False
+    try:
+        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        return False
+    # through YAML, as the run saved it (tuples become lists); a continued run saved resume: auto
+    wanted = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return isinstance(saved, dict) and saved | {"resume": None} == wanted | {"resume": None}
 
 
 def main(argv: list[str] | None = None) -> list[str]:
@@ -66,6 +83,9 @@ def main(argv: list[str] | None = None) -> list[str]:
                              "wait on a descheduled partner made steps over 10x slower than 1 thread")
     parser.add_argument("--output", default=str(ROOT / "runs" / "fashion_mnist_zoo"), help="run folders")
     parser.add_argument("--results", default=str(ROOT / "results" / "fashion_mnist.csv"))
+    parser.add_argument("--resume", action="store_true",
+                        help="continue each family's cut-off run from its newest checkpoint when its folder holds a "
+                             "run with the same settings (any other folder is replaced by a fresh run)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="extra overrides of the shared config")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -89,9 +109,13 @@ def main(argv: list[str] | None = None) -> list[str]:
             overrides.append(f"time_limit={max(share * 0.7, 5.0):.1f}")
         config = load_config(ROOT / "configs" / "fashion_mnist.yaml", overrides,
                              model=MODELS[family], output=str(output))
-        # A fresh run each time: the family's folder holds only this script's previous run of it.
-        config.resume = None
-        shutil.rmtree(output, ignore_errors=True)
+        # The family's folder holds only this script's previous run of it: continued when asked and it is the same
+        # run, else replaced by a fresh one.
+        if args.resume and same_run(output, config):
+            config.resume = "auto"
+        else:
+            config.resume = None
+            shutil.rmtree(output, ignore_errors=True)
         began = time.time()
         try:
             metrics = train(config)

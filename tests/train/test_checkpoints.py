@@ -283,6 +283,7 @@ def test_resuming_a_finished_run_says_there_is_nothing_to_train(tmp_path: Path, 
     metrics = _train(run, data, "resume=auto")
     assert "is already finished (epoch 2 of 2, 6 updates); nothing to train" in capsys.readouterr().out
     assert snapshot(run / "checkpoints") == before and metrics["checkpoint"].endswith("step-00000006")
+    assert metrics["num_updates"] == 6
 
 
 def test_write_atomic_writes_text_or_bytes_and_leaves_no_temporary_file_when_it_fails(tmp_path: Path) -> None:

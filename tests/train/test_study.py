@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -35,7 +37,7 @@ def test_summarize_means_and_spreads_over_seeds():
 def test_quick_study_writes_summary_bench_and_front(tmp_path: Path):
     # --jobs 2: the runs train in child processes, which must receive the key=value override too
     study.main(["--quick", "--seeds", "0", "1", "--jobs", "2", "--families", "softmax", "linear",
-                "--out", str(tmp_path), "batch_size=16"])
+                "--out", str(tmp_path), "--runs", str(tmp_path / "runs"), "batch_size=16"])
     with (tmp_path / "summary.csv").open() as handle:
         summary = {row["family"]: row for row in csv.DictReader(handle)}
     assert set(summary) == {"softmax", "linear"}
@@ -95,14 +97,15 @@ def test_units_run_in_parallel_processes_until_the_deadline(tmp_path: Path, monk
     class FinishedProcess:
         def __init__(self, command, env):
             started.append((command[command.index("--unit") + 1:], env.get("CUDA_VISIBLE_DEVICES")))
+            assert command[command.index("--runs") + 1] == str(tmp_path / "runs")  # the children's run folders
 
         def poll(self):
             return 0
 
     monkeypatch.setattr(study.subprocess, "Popen", FinishedProcess)
     monkeypatch.setattr(study, "_visible_gpus", lambda: ["0", "1"])
-    args = study.argparse.Namespace(overrides=["lr=1e-3"], out=tmp_path, epochs=None, quick=False, jobs=2,
-                                    no_new_after=None)
+    args = study.argparse.Namespace(overrides=["lr=1e-3"], out=tmp_path, runs=tmp_path / "runs", epochs=None,
+                                    quick=False, jobs=2, no_new_after=None)
     study.run_units(args, [(0, "softmax"), (0, "h3"), (1, "softmax")])
     assert started == [(["0", "softmax"], "0"), (["0", "h3"], "1"), (["1", "softmax"], "0")]
     started.clear()
@@ -130,7 +133,8 @@ def test_a_stopped_study_stops_its_runs(tmp_path: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setattr(study.subprocess, "Popen", RunningProcess)
     monkeypatch.setattr(study, "_visible_gpus", lambda: [])
-    args = study.argparse.Namespace(overrides=[], out=tmp_path, epochs=1, quick=False, jobs=2, no_new_after=None)
+    args = study.argparse.Namespace(overrides=[], out=tmp_path, runs=tmp_path / "runs", epochs=1, quick=False,
+                                    jobs=2, no_new_after=None)
     with pytest.raises(KeyboardInterrupt):
         study.run_units(args, [(0, "softmax"), (0, "h3"), (1, "softmax")])
     assert len(processes) == 2 and all(p.terminated and p.waited for p in processes)
@@ -139,10 +143,13 @@ def test_a_stopped_study_stops_its_runs(tmp_path: Path, monkeypatch: pytest.Monk
 def test_a_unit_trains_one_family_into_its_part_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     calls = []
     monkeypatch.setattr(study.fashion_mnist_zoo, "main", calls.append)
-    study.main(["--unit", "2", "h3", "--out", str(tmp_path), "--epochs", "3", "lr=1e-3"])
+    study.main(["--unit", "2", "h3", "--out", str(tmp_path), "--runs", str(tmp_path / "runs"), "--epochs", "3",
+                "lr=1e-3"])
     (argv,) = calls
     assert argv[argv.index("--families") + 1] == "h3" and "seed=2" in argv and "lr=1e-3" in argv
     assert argv[argv.index("--results") + 1] == str(tmp_path / "seed2.h3.part.csv")
+    # its run folder is under --runs, and a cut-off run there is continued
+    assert argv[argv.index("--output") + 1] == str(tmp_path / "runs" / "seed2") and "--resume" in argv
     assert argv[argv.index("--epochs") + 1] == "3"
     calls.clear()
     study.main(["--unit", "0", "qt", "--out", str(tmp_path)])  # without --epochs: the family's own schedule
@@ -176,3 +183,34 @@ def test_a_failing_family_is_recorded_and_the_zoo_goes_on(tmp_path: Path, monkey
     assert float(softmax["top1"]).is_integer()
     # the failed family is not "done": a resumed study trains it again
     assert [r["family"] for r in study._finished_rows(tmp_path, study._part_files(tmp_path))] == ["softmax"]
+
+
+@pytest.mark.usefixtures("fresh_accelerator_state")
+@pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist not installed")
+def test_a_cut_off_run_continues_from_its_checkpoint_to_the_same_result(tmp_path: Path):
+    zoo = study.fashion_mnist_zoo
+
+    def run(name: str, *extra: str) -> tuple[dict[str, str], list[dict]]:
+        zoo.main(["--families", "softmax", "--train-samples", "64", "--epochs", "2", "--val-samples", "100",
+                  "--results", str(tmp_path / f"{name}.csv"), "--output", str(tmp_path / "runs"), "batch_size=32",
+                  *extra])
+        with (tmp_path / f"{name}.csv").open() as handle:
+            (row,) = csv.DictReader(handle)
+        log = [json.loads(line) for line in (tmp_path / "runs" / "softmax" / "log.jsonl").read_text().splitlines()]
+        return row, log
+
+    whole, _ = run("whole")
+    checkpoints = tmp_path / "runs" / "softmax" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("step-*")) == ["step-00000002", "step-00000004"]
+    # cut off after its first epoch: the last epoch's checkpoint is gone
+    shutil.rmtree(checkpoints / "step-00000004")
+    (checkpoints / "last").unlink(missing_ok=True)
+    continued, log = run("continued", "--resume")
+    (resume,) = [record for record in log if record["event"] == "resume"]
+    assert resume["num_updates"] == 2 and resume["checkpoint"].endswith("step-00000002")
+    # training resumes exactly: the same weights, so the same evaluation
+    assert continued["updates"] == whole["updates"] == "4"
+    assert (continued["top1"], continued["top5"]) == (whole["top1"], whole["top5"])
+    # another learning rate is another run: replaced, not continued
+    _, log = run("other", "--resume", "lr=1e-3")
+    assert [record["event"] for record in log].count("resume") == 0

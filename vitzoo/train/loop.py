@@ -529,9 +529,11 @@ def evaluate_and_checkpoint(training: Training, loss_sum: torch.Tensor, loss_cou
 
 def finish(training: Training, metrics: dict[str, Any]) -> dict[str, Any]:
     """End the run on every process; return the last epoch's ``metrics`` with the best epoch, whether the time limit
-    stopped the run, the last checkpoint and the run folder."""
+    stopped the run, the last checkpoint and the run folder (and the updates, also for a resumed run that was
+    already finished and trained no epoch)."""
     accelerator = training.run.accelerator
     accelerator.wait_for_everyone()
+    metrics["num_updates"] = training.run.num_updates
     metrics["best"] = training.run.best
     metrics["stopped_by_time_limit"] = training.out_of_time
     metrics["checkpoint"] = str(training.last_checkpoint) if training.last_checkpoint else None
