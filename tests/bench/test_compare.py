@@ -1,10 +1,12 @@
 """vitzoo-bench --compare: the comparison groups, batch scaling, and a small interleaved run on the CPU."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
-from vitzoo.bench.compare import comparison_set, reference_models, scaled_batch
+import vitzoo
+from vitzoo.bench.compare import comparison_set, reference_models, scaled_batch, source_digest
 from vitzoo.bench.sweep import main
 
 
@@ -27,6 +29,21 @@ def test_scaled_batch_keeps_tokens_per_batch():
     assert scaled_batch(8, 32) == 8
 
 
+def test_source_digest_covers_every_module_of_the_package(tmp_path: Path):
+    (tmp_path / "ops" / "kernel").mkdir(parents=True)
+    (tmp_path / "__init__.py").write_text("")
+    nested = tmp_path / "ops" / "kernel" / "function.py"
+    nested.write_text("BLOCK = 64\n")
+    before = source_digest(tmp_path)
+    nested.write_text("BLOCK = 128\n")  # a change deep inside, far from the benchmark's own modules
+    assert source_digest(tmp_path) != before
+    nested.write_text("BLOCK = 64\n")
+    assert source_digest(tmp_path) == before
+    nested.rename(tmp_path / "ops" / "kernel" / "kernels.py")  # same bytes, another module
+    assert source_digest(tmp_path) != before
+    assert source_digest() == source_digest(Path(vitzoo.__file__).parent)
+
+
 def test_compare_run_writes_interleaved_rows_with_provenance(tmp_path):
     out = tmp_path / "compare.json"
     main(["--compare", "--models", "linear_deit_tiny_patch16_224", "--device", "cpu", "--img-sizes", "32",
@@ -34,6 +51,7 @@ def test_compare_run_writes_interleaved_rows_with_provenance(tmp_path):
           "--latency-iters", "3", "-b", "2", "--results-file", str(out)])
     result = json.loads(out.read_text())
     assert {"device", "torch", "timm", "date", "command", "git_revision"} <= set(result["info"])
+    assert result["info"]["source_sha256"] == source_digest()
     infer = [r for r in result["rows"] if r["phase"] == "infer"]
     assert [r["role"] for r in infer] == ["zoo", "twin", "timm"]
     assert infer[0]["twin_model"] == "softmax_deit_tiny_patch16_224"

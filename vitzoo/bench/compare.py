@@ -308,13 +308,23 @@ def compare_models(names: list[str], roles: dict[str, dict[str, str]], img_size:
     return list(rows.values())
 
 
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def source_digest(package: Path = PACKAGE_ROOT) -> str:
+    """The first 16 hex digits of a SHA-256 over every ``.py`` file of ``package`` (default: all of vitzoo), names
+    included: the code measured, whatever git says where the tree was copied."""
+    digest = hashlib.sha256()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def provenance(command: str, device: torch.device) -> dict[str, str]:
-    """GPU, versions, date, command and git revision of a run."""
-    package = Path(__file__).resolve().parent
-    # the code measured, whatever git says where the tree was copied: a hash of the package's sources
-    source = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(package.rglob("*.py")))).hexdigest()[:16]
+    """GPU, versions, date, command, git revision and source digest of a run."""
     return environment(device) | {
-        "command": command, "git_revision": git_revision(), "source_sha256": source, "cpu_count": str(os.cpu_count()),
+        "command": command, "git_revision": git_revision(), "source_sha256": source_digest(),
+        "cpu_count": str(os.cpu_count()),
     }
 
 
