@@ -2,7 +2,9 @@
 
 The per-family test runs SGD steps on fresh inputs with the graphed forward and backward and with the eager ones,
 from the same weights, and compares the losses, the updated weights and the BatchNorm statistics; the loop test
-trains two updates through ``train()`` both ways. Both need a CUDA GPU and are skipped elsewhere.
+trains two updates through ``train()`` both ways. Both need a CUDA GPU and are skipped elsewhere; the copies that
+gradient accumulation needs (a replay reuses its gradient buffers) are tested on the CPU with a function that reuses
+its buffer the same way.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch
 import vitzoo  # noqa: F401  (registers the models)
 from vitzoo.ops.testing import relative_error
 from vitzoo.registry import DEIT_FAMILIES
-from vitzoo.train.cuda_graph import graphed_training_forward
+from vitzoo.train.cuda_graph import graphed_training_forward, own_gradients
 from vitzoo.train.data import FASHION_MNIST_CACHE, FASHION_MNIST_DIR
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graphs)")
@@ -26,6 +28,42 @@ def test_refuses_a_cpu_input() -> None:
     model = torch.nn.Linear(4, 2)
     with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
         graphed_training_forward(model, torch.randn(3, 4), None)
+
+
+class _ReusedGradientBuffer(torch.autograd.Function):
+    """``x * weight`` whose backward hands the weight its gradient in one buffer reused by every backward, as a
+    replayed CUDA graph hands out its static gradient buffers."""
+
+    buffer: torch.Tensor
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x * weight
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        (x,) = ctx.saved_tensors
+        _ReusedGradientBuffer.buffer.copy_((grad * x).sum(0))
+        return None, _ReusedGradientBuffer.buffer.detach()
+
+
+@pytest.mark.parametrize("copied", [False, True])
+def test_accumulated_gradients_of_a_reused_buffer_need_copies(copied: bool) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.weight = torch.nn.Parameter(torch.randn(5, dtype=torch.float64))  # used through the function above
+    _ReusedGradientBuffer.buffer = torch.empty(5, dtype=torch.float64)
+    if copied:
+        own_gradients(model)
+    inputs = [torch.randn(3, 5, dtype=torch.float64) for _ in range(2)]
+    for x in inputs:  # two backwards before any optimizer step: gradient accumulation
+        _ReusedGradientBuffer.apply(x, model.weight).sum().backward()
+    expected = sum(x.sum(0) for x in inputs)
+    if copied:
+        torch.testing.assert_close(model.weight.grad, expected, rtol=0, atol=1e-12)
+    else:  # the hazard: .grad was the buffer, overwritten by the second backward and then added to itself
+        torch.testing.assert_close(model.weight.grad, 2 * inputs[1].sum(0), rtol=0, atol=1e-12)
 
 
 def _sgd_steps(model: torch.nn.Module, forward, inputs: list[torch.Tensor], targets: list[torch.Tensor]
@@ -108,9 +146,11 @@ def test_graphed_steps_train_as_eager_steps(name: str) -> None:
 @pytest.mark.skipif(not (Path(FASHION_MNIST_DIR).is_dir() or FASHION_MNIST_CACHE.is_dir()),
                     reason="Fashion-MNIST idx files not installed (dataset-fashion-mnist or $VITZOO_DATA)")
 @pytest.mark.usefixtures("fresh_accelerator_state")
-def test_training_loop_with_cuda_graph_matches_eager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_training_loop_with_cuda_graph_matches_eager(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     grad_accum: int) -> None:
     """train() with cuda_graph=true trains through the graphed forward and writes the weights of the eager run
-    (fp32, deterministic kernels)."""
+    (fp32, deterministic kernels), also when gradients accumulate over two batches per update."""
     from safetensors.torch import load_file
 
     from vitzoo.train import cuda_graph
@@ -129,12 +169,13 @@ def test_training_loop_with_cuda_graph_matches_eager(tmp_path: Path, monkeypatch
         config = load_config(None, ["model_kwargs={embed_dim: 32, depth: 1, num_heads: 2}", "precision=fp32",
                                     "progress=false", "warmup_epochs=0", "lr=0.001", "dataset=fashion_mnist",
                                     "img_size=28", "patch_size=7", "val_subset=200", "train_subset=64",
-                                    "batch_size=32", "max_steps=2", "workers=0", f"cuda_graph={graph}"],
+                                    "batch_size=32", "max_steps=2", "workers=0", f"cuda_graph={graph}",
+                                    f"grad_accum={grad_accum}"],
                              model="softmax_deit_tiny_patch16_224", output=str(tmp_path / graph))
         assert train(config)["num_updates"] == 2
         checkpoint = sorted((tmp_path / graph / "checkpoints").glob("step-*"))[-1]
         weights[graph] = load_file(str(checkpoint / "model.safetensors"))
-    assert len(replays) == 2
+    assert len(replays) == 2 * grad_accum
     assert weights["true"].keys() == weights["false"].keys()
     for key, value in weights["false"].items():
         torch.testing.assert_close(weights["true"][key], value, rtol=1e-4, atol=1e-5, msg=key)

@@ -9,6 +9,12 @@ loss, the optimizer, gradient clipping and the EMA (a few dozen launches) stay e
 What a graph fixes at capture: the input shape and dtype (the training loader drops its last partial batch), the
 mixed-precision dtype, the training-mode behaviour (dropout and drop path still draw fresh numbers each replay) and
 the parameters' storage (optimizers update them in place, so the graph reads the current values).
+
+The replayed backward hands each parameter its gradient in a buffer of the graph's own, which the next replay
+overwrites; a parameter without a ``.grad`` keeps the buffer itself as its ``.grad``. That is harmless when every
+backward is followed by the optimizer step and ``zero_grad(set_to_none=True)``, but with gradient accumulation the
+second backward would overwrite the first one's gradient before adding itself to it; :func:`own_gradients` makes
+every parameter take a copy instead (``accumulates=True``).
 """
 from __future__ import annotations
 
@@ -34,11 +40,19 @@ class TrainingForward(nn.Module):
             return self.model(x).float()
 
 
-def graphed_training_forward(model: nn.Module, example: torch.Tensor,
-                             dtype: torch.dtype | None) -> Callable[[torch.Tensor], torch.Tensor]:
+def own_gradients(model: nn.Module) -> list[torch.utils.hooks.RemovableHandle]:
+    """Make every trainable parameter of ``model`` take a copy of each gradient a backward hands it (a hook per
+    parameter, one copy per parameter and backward), so a gradient buffer that its producer reuses never becomes the
+    parameter's ``.grad``. Returns the hooks' handles."""
+    return [param.register_hook(torch.Tensor.clone) for param in model.parameters() if param.requires_grad]
+
+
+def graphed_training_forward(model: nn.Module, example: torch.Tensor, dtype: torch.dtype | None,
+                             accumulates: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
     """Return a callable equal to ``model(x).float()`` under ``dtype`` autocast, for ``x`` shaped like ``example``,
     whose forward and backward replay CUDA graphs captured here (``model`` itself is left as it was: evaluation and
-    checkpoints use it directly).
+    checkpoints use it directly). ``accumulates``: several backwards add up in ``.grad`` before each optimizer step
+    (gradient accumulation), so the parameters copy the replayed gradients (:func:`own_gradients`).
 
     The capture runs the model a few times on ``example`` first (kernel selection and autotuning stay out of the
     graphs); the model's buffers (BatchNorm statistics) and the RNG states are restored afterwards, so a run that
@@ -62,4 +76,6 @@ def graphed_training_forward(model: nn.Module, example: torch.Tensor,
             buffer.copy_(saved)
     torch.set_rng_state(cpu_rng)
     torch.cuda.set_rng_state(cuda_rng, example.device)
+    if accumulates:  # after the capture: the copies are not part of the graphs
+        own_gradients(model)
     return graphed

@@ -389,7 +389,7 @@ def _training_forward(config: TrainConfig, model: torch.nn.Module, data_config: 
     if config.channels_last:
         example = example.contiguous(memory_format=torch.channels_last)
     # accelerate's forward wrapper already runs the model under the run's autocast and returns fp32
-    return cuda_graph.graphed_training_forward(model.train(), example, dtype=None)
+    return cuda_graph.graphed_training_forward(model.train(), example, dtype=None, accumulates=config.grad_accum > 1)
 
 
 def _resume(run: RunState, output: Path) -> Path | None:
