@@ -3,7 +3,15 @@ from pathlib import Path
 
 import pytest
 
-from vitzoo.report.speed_report import inference_table, main, sizes_table, summary_table, to_markdown
+from vitzoo.report.speed_report import (
+    inference_table,
+    latency_series,
+    main,
+    plot_latency,
+    sizes_table,
+    summary_table,
+    to_markdown,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks" / "results" / "compare" / "h200.json"
@@ -87,3 +95,28 @@ def test_sizes_table_pairs_each_model_with_the_references_of_its_own_part():
     assert "| `linear_deit_base_patch16_224` | 224 | 200 | 0.50x | 0.25x | 5.00 | 100, 0.50x (6.0 / 10.0) |" in table
     assert "`softmax_deit" not in table and "`deit_" not in table  # the references are no rows of their own
     assert "code at `abc1234`" in table
+
+
+def _latency(model, size, p50, p90, graphed=None, **extra):
+    row = dict(model=model, img_size=size, phase="latency", compile="none", status="ok", role="zoo",
+               latency_p50_ms=p50, latency_p90_ms=p90, **extra)
+    if graphed is not None:
+        row |= {"graphed_p50_ms": graphed[0], "graphed_p90_ms": graphed[1]}
+    return row
+
+
+def test_latency_series_sort_by_resolution_and_keep_eager_and_graphed_apart():
+    rows = [_latency("a", 1024, 20.0, 22.0, (1.0, 1.1)), _latency("a", 224, 8.0, 9.0, (0.6, 0.7)),
+            _latency("b", 224, 5.0, 6.0), dict(_latency("a", 512, 7.0, 8.0), status="error"),
+            dict(_latency("b", 512, 9.0, 9.5), phase="infer")]
+    assert latency_series(rows, graphed=False) == {"a": [(224, 8.0, 9.0), (1024, 20.0, 22.0)], "b": [(224, 5.0, 6.0)]}
+    # b has no graphed numbers: it is not in the graphed panel
+    assert latency_series(rows, graphed=True) == {"a": [(224, 0.6, 0.7), (1024, 1.0, 1.1)]}
+
+
+def test_latency_plot_of_a_result_and_a_one_line_error_without_latency_rows(tmp_path, capsys):
+    out = tmp_path / "latency.png"
+    main(["--results", str(RESULTS), "--latency-plot", str(out)])
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no batch-1 latency rows"):
+        plot_latency({"info": {"device": "GPU", "git_revision": "x"}, "rows": []}, out)

@@ -56,13 +56,16 @@ def render(root: Path) -> dict[Path, str]:
 
 
 def plot(root: Path) -> list[Path]:
-    """Redraw the plots the two pages show: the comparison's throughput, the zoo sweep's throughput and Pareto
-    plots, and the top-1 vs throughput plots of the ImageNet-shaped runs and the Fashion-MNIST study."""
+    """Redraw the plots the two pages show: the comparison's throughput and latency, the zoo sweep's throughput and
+    Pareto plots, and the top-1 vs throughput plots of the ImageNet-shaped runs and the Fashion-MNIST study."""
     from vitzoo.report import pareto
 
+    comparison = speed_report.load(root / COMPARE)
     compare_plot = root / COMPARE.with_name(f"{COMPARE.stem}_throughput.png")
-    speed_report.plot_throughput(speed_report.load(root / COMPARE), compare_plot)
-    written = [compare_plot, *zoo_sweep.plot(root / ZOO_SWEEP, root / ZOO_SWEEP.with_suffix(""))]
+    latency_plot = root / COMPARE.with_name(f"{COMPARE.stem}_latency.png")
+    speed_report.plot_throughput(comparison, compare_plot)
+    speed_report.plot_latency(comparison, latency_plot)
+    written = [compare_plot, latency_plot, *zoo_sweep.plot(root / ZOO_SWEEP, root / ZOO_SWEEP.with_suffix(""))]
     fashion_imagenet = root / FASHION_IMAGENET
     written += fashion_mnist.imagenet_shape_plot(fashion_imagenet,
                                                  fashion_imagenet.with_name("h200_top1_vs_throughput.png"))

@@ -1,9 +1,10 @@
-"""Speed tables and the throughput-vs-resolution plot, generated from a ``vitzoo-bench --compare`` JSON.
+"""Speed tables and the throughput- and latency-vs-resolution plots, generated from a ``vitzoo-bench --compare`` JSON.
 
 ``python -m vitzoo.report`` puts the tables of the current comparison (:data:`CURRENT`) into docs/benchmarks.md
-(between the ``speed-tables`` markers) and redraws its plot; for another result file::
+(between the ``speed-tables`` markers) and redraws its plots; for another result file::
 
-    python -m vitzoo.report.speed_report --results other.json --readme page.md --plot other.png
+    python -m vitzoo.report.speed_report --results other.json --readme page.md --plot other.png \
+        --latency-plot other_latency.png
 """
 from __future__ import annotations
 
@@ -264,17 +265,66 @@ def plot_throughput(data: dict[str, Any], out: Path) -> None:
     plt.close(fig)
 
 
+def latency_series(rows: list[dict], graphed: bool) -> dict[str, list[tuple[int, float, float]]]:
+    """Per model, (resolution, p50 ms, p90 ms) of its batch-1 latency rows by resolution: eager, or replayed from a
+    CUDA graph (``graphed``; rows without graphed numbers are left out)."""
+    p50, p90 = ("graphed_p50_ms", "graphed_p90_ms") if graphed else ("latency_p50_ms", "latency_p90_ms")
+    series: dict[str, list[tuple[int, float, float]]] = {}
+    for row in _ok(rows, phase="latency", compile="none"):
+        if row.get(p50) is not None:
+            series.setdefault(row["model"], []).append((row["img_size"], row[p50], row[p90]))
+    return {model: sorted(points) for model, points in series.items()}
+
+
+def plot_latency(data: dict[str, Any], out: Path) -> None:
+    """Batch-1 latency against resolution, median with a bar up to the 90th percentile, one line per model (log
+    scale), the twins and timm's models dashed: eager, and replayed from a CUDA graph. Eager, one image's forward
+    takes longer to enqueue than to run, so that panel follows the host; the graphed panel is the device's time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    roles = {r["model"]: r.get("role") for r in data["rows"]}
+    panels = [(graphed, series) for graphed in (False, True) if (series := latency_series(data["rows"], graphed))]
+    if not panels:
+        raise ValueError("the result has no batch-1 latency rows (vitzoo-bench --compare --phases latency)")
+    fig, axes = plt.subplots(1, len(panels), figsize=(8 * len(panels), 5), dpi=120, squeeze=False)
+    for ax, (graphed, series) in zip(axes[0], panels, strict=True):
+        for model, points in series.items():
+            sizes, p50, p90 = zip(*points, strict=True)
+            ax.errorbar(sizes, p50, yerr=[[0.0] * len(p50), [b - a for a, b in zip(p50, p90, strict=True)]],
+                        marker="o", ms=3, lw=1.2, capsize=2, ls="-" if roles.get(model) == "zoo" else "--",
+                        label=model.replace("_patch16_224", ""))
+        ax.set_yscale("log")
+        ax.set_xlabel("resolution (px)")
+        ax.set_ylabel("latency, batch 1 (ms, median; bar to p90)")
+        what = ("replayed from a CUDA graph (the device's time)" if graphed else
+                "eager (host-bound: the time to enqueue each kernel, which follows the CPU)")
+        ax.set_title(f"Batch-1 inference, {what}", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"{data['info']['device']}, code at {data['info']['git_revision']}", fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, required=True, help="a vitzoo-bench --compare JSON")
     parser.add_argument("--readme", type=Path, help="rewrite the tables in this markdown file between the markers")
     parser.add_argument("--plot", type=Path, help="write the throughput-vs-resolution plot here (PNG)")
+    parser.add_argument("--latency-plot", type=Path, help="write the batch-1 latency-vs-resolution plot here (PNG)")
     args = parser.parse_args(argv)
     try:
         data = load(args.results)
         text = to_markdown(data)
         if args.readme:
             rewrite_between_markers(args.readme, MARKERS, text)
+        if args.latency_plot:
+            plot_latency(data, args.latency_plot)
     except (OSError, ValueError) as error:
         parser.error(str(error))
     if args.plot:
