@@ -234,6 +234,27 @@ def compile_table(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _style_panel(ax: Any, ylabel: str, title: str) -> None:
+    """A panel against resolution: log scale, axis labels, title, grid and legend."""
+    ax.set_yscale("log")
+    ax.set_xlabel("resolution (px)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+
+
+def _save_figure(fig: Any, data: dict[str, Any], out: Path) -> None:
+    """Title ``fig`` with the result's GPU and code revision and write it to ``out`` (PNG)."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(f"{data['info']['device']}, code at {data['info']['git_revision']}", fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+
+
 def plot_throughput(data: dict[str, Any], out: Path) -> None:
     """img/s against resolution, one line per model (log scale), the twins and timm's models dashed: eager, and
     beside it replayed from a CUDA graph when the result has such rows (the device-bound number)."""
@@ -251,18 +272,9 @@ def plot_throughput(data: dict[str, Any], out: Path) -> None:
             role = next(r.get("role") for r in infer if r["model"] == model)
             ax.plot(*zip(*points, strict=True), marker="o", ms=3, lw=1.2, ls="-" if role == "zoo" else "--",
                     label=model.replace("_patch16_224", ""))
-        ax.set_yscale("log")
-        ax.set_xlabel("resolution (px)")
-        ax.set_ylabel("images / s (bf16)")
         what = "eager (host-bound: follows the CPU)" if mode == "none" else "replayed from a CUDA graph (device-bound)"
-        ax.set_title(f"Inference, same tokens per batch, {what}", fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-    fig.suptitle(f"{data['info']['device']}, code at {data['info']['git_revision']}", fontsize=9)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
+        _style_panel(ax, "images / s (bf16)", f"Inference, same tokens per batch, {what}")
+    _save_figure(fig, data, out)
 
 
 def latency_series(rows: list[dict], graphed: bool) -> dict[str, list[tuple[int, float, float]]]:
@@ -296,19 +308,10 @@ def plot_latency(data: dict[str, Any], out: Path) -> None:
             ax.errorbar(sizes, p50, yerr=[[0.0] * len(p50), [b - a for a, b in zip(p50, p90, strict=True)]],
                         marker="o", ms=3, lw=1.2, capsize=2, ls="-" if roles.get(model) == "zoo" else "--",
                         label=model.replace("_patch16_224", ""))
-        ax.set_yscale("log")
-        ax.set_xlabel("resolution (px)")
-        ax.set_ylabel("latency, batch 1 (ms, median; bar to p90)")
         what = ("replayed from a CUDA graph (the device's time)" if graphed else
                 "eager (host-bound: the time to enqueue each kernel, which follows the CPU)")
-        ax.set_title(f"Batch-1 inference, {what}", fontsize=9)
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-    fig.suptitle(f"{data['info']['device']}, code at {data['info']['git_revision']}", fontsize=9)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
+        _style_panel(ax, "latency, batch 1 (ms, median; bar to p90)", f"Batch-1 inference, {what}")
+    _save_figure(fig, data, out)
 
 
 def main(argv: list[str] | None = None) -> None:
