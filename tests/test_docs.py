@@ -1,5 +1,6 @@
 """The pages' commands match the code: every ``--flag`` that README.md, CONTRIBUTING.md or docs/*.md pass to one of
-the project's commands is an option of that command (its ``--help`` lists it)."""
+the project's commands is an option of that command (its ``--help`` lists it), and every ``key=value`` they pass to
+the training commands is a config key."""
 from __future__ import annotations
 
 import contextlib
@@ -35,6 +36,9 @@ SCRIPT = re.compile(r"python3? ((?:scripts|benchmarks|experiments)/[\w/]+\.py)")
 # `accelerate launch [its own flags] train.py ...`: only what follows the script is the script's
 ACCELERATE = re.compile(r"accelerate launch\b.*?\b(train\.py|eval\.py)")
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9-]*")
+OVERRIDE = re.compile(r"(?<![\w=/.-])([a-z_][a-z0-9_]*)=")
+# the commands whose key=value arguments are TrainConfig overrides
+TAKE_OVERRIDES = ("python train.py", "vitzoo-train", "scripts/fashion_mnist_zoo.py", "scripts/fashion_mnist_study.py")
 
 
 def _chunks(text: str) -> list[str]:
@@ -103,6 +107,18 @@ def test_the_pages_pass_their_commands_only_options_those_commands_have():
     missing = [f"{page}: {name} {flag}" for (page, name), flags in sorted(documented.items())
                for flag in sorted(flags) if not re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", _help(name))]
     assert not missing, "options the pages use that the commands do not have:\n" + "\n".join(missing)
+
+
+def test_the_pages_override_only_config_keys():
+    from vitzoo.train.config import TrainConfig
+
+    overrides = {(page.relative_to(ROOT).as_posix(), key) for page in PAGES
+                 for chunk in _chunks(page.read_text(encoding="utf-8")) for name, arguments in _commands(chunk)
+                 if name in TAKE_OVERRIDES for key in OVERRIDE.findall(arguments)}
+    assert overrides, "the pages' overrides were not found"
+    assert not [f"{page}: {key}=" for page, key in sorted(overrides) if key not in TrainConfig.keys()]
+    assert OVERRIDE.findall(" --config c.yaml grad_accum=8 model_kwargs={a: 1} --out=x") == ["grad_accum",
+                                                                                            "model_kwargs"]
 
 
 def test_the_check_sees_an_option_a_command_lacks():
