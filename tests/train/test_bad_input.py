@@ -183,6 +183,8 @@ CASES = [
     Case("drop-path-ramp-compiled", resume("drop_path_ramp=true", "compile=default"),
          "drop_path_ramp changes the drop-path rates every update, which compiled and graphed steps fix"),
     Case("unknown-key", resume("nosuchkey=1"), "unknown config key 'nosuchkey' in overrides; valid keys:"),
+    Case("misspelt-key", resume("grad_acum=2"), "unknown config key 'grad_acum' in overrides; did you mean "
+         "'grad_accum'? valid keys:"),
     Case("override-not-key-value", resume("justtext"), "override 'justtext' is not key=value"),
     Case("override-yaml-syntax", resume("scale=[0.1, 1"), "override 'scale=[0.1, 1' is not valid YAML"),
     Case("config-yaml-syntax", resume("--config", "{tmp}/bad.yaml"), "bad.yaml is not valid YAML at line 3",

@@ -6,6 +6,7 @@ Each failed check raises :class:`ConfigError` with one line that names the key a
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -200,7 +201,9 @@ def _checked(values: dict, valid: list[str], where: str) -> dict:
     checked = {}
     for key, value in values.items():
         if key not in valid:
-            raise ConfigError(f"unknown config key {key!r} {where}; valid keys: {', '.join(valid)}")
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(f"unknown config key {key!r} {where}; {hint}valid keys: {', '.join(valid)}")
         checked[key] = _coerce(key, value, types[key])
     return checked
 
