@@ -111,6 +111,10 @@ def test_helpers():
     assert len(bench.resolve_models([bench.ALL_VITZOO])) >= 30
     with pytest.raises(ValueError, match="unknown model"):
         bench.resolve_models(["no_such_model"])
+    # a misspelt name is told the closest registered ones, the closest first
+    with pytest.raises(ValueError, match=r"unknown model 'inline_deit_tny_patch16_224' \(similar: "
+                                         r"inline_deit_tiny_patch16_224, "):
+        bench.resolve_models(["inline_deit_tny_patch16_224"])
     names = bench.resolve_models([bench.ALL_VITZOO])
     shards = [bench.shard(names, f"{i}/3") for i in range(3)]
     assert sorted(sum(shards, [])) == sorted(names) and max(map(len, shards)) - min(map(len, shards)) <= 1

@@ -220,6 +220,8 @@ CASES = [
          "pretrained_cfg_overlay file /nonexistent/w.pth does not exist"),
     Case("num-classes-below-folders", resume("num_classes=2"), "num_classes=2 is smaller than the dataset's 3"),
     Case("unknown-model", resume("--model", "nosuch_deit_tiny"), "unknown model 'nosuch_deit_tiny'"),
+    Case("misspelt-model", resume("--model", "qt_deit_tiny_patch16_24"),
+         "unknown model 'qt_deit_tiny_patch16_24' (similar: qt_deit_tiny_patch16_224, "),
     # command-line flags
     Case("precision-flag", resume("--precision", "fp64"), "argument --precision: invalid choice: 'fp64'"),
     Case("dataset-flag", resume("--dataset", "mnist"), "argument --dataset: invalid choice: 'mnist'"),

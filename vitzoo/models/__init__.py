@@ -1,4 +1,6 @@
 """Model families; importing this package registers every vitzoo model with timm."""
+import difflib
+
 import timm
 
 from . import vitzoo_efficientvit, vitzoo_vit
@@ -9,3 +11,8 @@ MODEL_MODULES = tuple(m.__name__.rsplit(".", 1)[-1] for m in (vitzoo_vit, vitzoo
 def list_models(pattern: str = "") -> list[str]:
     """All vitzoo model names registered with timm, optionally filtered by an fnmatch pattern (e.g. ``'inline_*'``)."""
     return sorted(name for module in MODEL_MODULES for name in timm.list_models(pattern, module=module))
+
+
+def similar_model_names(name: str, count: int = 5) -> list[str]:
+    """Up to ``count`` registered timm/vitzoo model names closest to ``name`` (for a misspelt name's error)."""
+    return difflib.get_close_matches(name, timm.list_models(), n=count, cutoff=0.6)
