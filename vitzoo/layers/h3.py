@@ -27,6 +27,7 @@ import torch.nn as nn
 from timm.layers import register_notrace_module
 
 from ..ops import ssm_kernels
+from ..ops.utils import cast_to
 from .base import TokenMixer
 from .kept import KeepsValue, kept_value_key
 from .local_conv import GridDepthwiseConv
@@ -175,11 +176,10 @@ class BidirectionalH3(KeepsValue, TokenMixer):
                 lags = self.kept(key, lambda: toeplitz_lags(*self.ssm.kernels(num_tokens, acc), self.D.to(acc)))
         if lags is None:
             kernel_fwd, kernel_bwd = self.ssm(num_tokens, acc)
-            skip = self.D.to(acc)
+            skip = cast_to(self.D, acc)
         out = gated_long_conv(q, k, v, kernel_fwd, kernel_bwd, skip=skip, lags=lags)
         # In the projections' dtype (the FFT path returns fp32), which ``proj`` takes as it is, also under autocast.
-        out = out.transpose(1, 2).reshape(batch, num_tokens, dim)
-        return out if out.dtype == v.dtype else out.to(v.dtype)
+        return cast_to(out.transpose(1, 2).reshape(batch, num_tokens, dim), v.dtype)
 
 
 # The forward branches on tensor properties (the accumulation dtype and the Toeplitz / FFT choice by token count),

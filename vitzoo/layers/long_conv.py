@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..ops import toeplitz_attention
 from ..ops.toeplitz_attention import runs_kernels
+from ..ops.utils import cast_to
 
 # kv channels (d1 rows x d columns) convolved per checkpointed block: bounds the transient FFT buffers to
 # B * H * N * 1024 complex values whatever the head dim, instead of the full B * H * N * d * d outer products.
@@ -172,8 +173,7 @@ def gated_long_conv_toeplitz(
         lags = toeplitz_lags(kernel_fwd, kernel_bwd, skip)
     # (B, H, N, d) -> the op's (B, N, H, d): views, so projections laid out as (B, N, H, d) are read in place
     dtype = _product_dtype(q, k, v)
-    # (a cast only where needed: each no-op .to() is still a dispatch of host time)
-    q, k, v = (t.transpose(1, 2) if t.dtype == dtype else t.transpose(1, 2).to(dtype) for t in (q, k, v))
+    q, k, v = (cast_to(t.transpose(1, 2), dtype) for t in (q, k, v))
     with torch.autocast(q.device.type, enabled=False):
         return toeplitz_attention(q, k, v, lags).transpose(1, 2)
 

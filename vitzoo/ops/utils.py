@@ -94,6 +94,12 @@ def padded(dim: int) -> int:
     return max(16, next_power_of_2(dim))
 
 
+def cast_to(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype``: ``t`` itself when it already is (a no-op ``.to()`` still costs a dispatch of host time,
+    which the eager forwards pay on every call)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def multiprocessor_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device: how many programs fill it (the launch heuristics' unit)."""
     return _multiprocessor_count(torch.cuda.current_device() if device.index is None else device.index)

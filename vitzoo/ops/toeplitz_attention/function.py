@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..utils import KERNEL_DTYPES, MAX_HEAD_DIM, cdiv, interpreting, kernel_backend, triton_available
+from ..utils import KERNEL_DTYPES, MAX_HEAD_DIM, cast_to, cdiv, interpreting, kernel_backend, triton_available
 from . import heuristics
 from .reference import check_inputs, toeplitz_attention_reference
 
@@ -103,7 +103,7 @@ def toeplitz_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lags: 
             return checkpoint(toeplitz_attention_reference, q, k, v, lags, use_reentrant=False)
         return toeplitz_attention_reference(q, k, v, lags)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    kernel_lags = lags if lags.dtype == torch.float32 and lags.is_contiguous() else lags.to(torch.float32).contiguous()
+    kernel_lags = cast_to(lags, torch.float32).contiguous()
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, lags)):
         return _ToeplitzAttentionFunction.apply(q, k, v, kernel_lags)
     return _toeplitz_attention_fwd(q, k, v, kernel_lags)
