@@ -64,7 +64,8 @@ def test_kernels_match_float64_reference(b, n, c, groups, k, dtype):
             got = predict_local_kernels(x, *params, groups=groups, kernel_size=k)
     finally:
         set_backend("auto")
-    expected = predict_local_kernels_reference(*_float64(x, params)[:1], *_float64(x, params)[1], groups, k)
+    ref_x, ref_params = _float64(x, params)
+    expected = predict_local_kernels_reference(ref_x, *ref_params, groups, k)
     assert got.shape == expected.shape and got.dtype == torch.float32
     assert got.permute(0, 2, 3, 1).is_contiguous()
     assert relative_error(got.cpu(), expected) < 1e-5
@@ -115,7 +116,8 @@ def test_bf16_tokens_at_model_size():
     x, params = _inputs(64, 197, 192, 3, 3, torch.bfloat16, "cuda", 3)
     with torch.no_grad():
         got = predict_local_kernels(x, *params, groups=3, kernel_size=3)
-    expected = predict_local_kernels_reference(*_float64(x, params)[:1], *_float64(x, params)[1], 3, 3)
+    ref_x, ref_params = _float64(x, params)
+    expected = predict_local_kernels_reference(ref_x, *ref_params, 3, 3)
     assert relative_error(got.cpu(), expected) < 1e-5
 
 
