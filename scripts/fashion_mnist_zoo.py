@@ -10,7 +10,7 @@ its share of the time left, at the price of load-dependent results. The CSV reco
 whether a cap cut it short, the training and evaluation seconds, and a status: "ok", or the error of a family that
 failed (the others still run, and the script exits with status 1). Each family's run folder under ``--output`` is
 replaced, like the CSV; with ``--resume`` a folder whose run has the same settings and was cut off continues from its
-newest checkpoint instead (its ``train_seconds`` then count only the continuation). Example::
+newest checkpoint instead (its ``train_seconds`` add the earlier epochs' times from the run's log). Example::
 
     python scripts/fashion_mnist_zoo.py                                   # CPU budget run
     python scripts/fashion_mnist_zoo.py --train-samples 60000 --epochs 10 \\
@@ -19,6 +19,7 @@ newest checkpoint instead (its ``train_seconds`` then count only the continuatio
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
@@ -62,6 +63,23 @@ def same_run(output: Path, config: TrainConfig) -> bool:
     # through YAML, as the run saved it (tuples become lists); a continued run saved resume: auto
     wanted = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
     return isinstance(saved, dict) and saved | {"resume": None} == wanted | {"resume": None}
+
+
+def seconds_before_resume(output: Path) -> float:
+    """Training seconds of the epochs a continued run finished before its latest resume: the ``epoch_time`` of their
+    ``eval`` records in ``output/log.jsonl`` (the last record of each epoch); 0 for a run never resumed."""
+    records = []
+    for line in (output / "log.jsonl").read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut by the process that was stopped
+            continue
+    resumes = [record["epoch"] for record in records if record.get("event") == "resume"]
+    if not resumes:
+        return 0.0
+    epoch_times = {record["epoch"]: record["epoch_time"] for record in records
+                   if record.get("event") == "eval" and record["epoch"] < resumes[-1]}
+    return sum(epoch_times.values())
 
 
 def main(argv: list[str] | None = None) -> list[str]:
@@ -120,6 +138,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         try:
             metrics = train(config)
             trained = time.time()
+            earlier = seconds_before_resume(output) if config.resume else 0.0
             row = evaluate_model(checkpoint=str(output), dataset="fashion_mnist", data_dir=config.data_dir,
                                  val_subset=args.val_samples, batch_size=500, workers=config.workers,
                                  precision=config.precision)
@@ -134,7 +153,7 @@ def main(argv: list[str] | None = None) -> list[str]:
         row.update(family=family, updates=metrics["num_updates"], samples_seen=seen,
                    stopped_by_time_limit=metrics["stopped_by_time_limit"],
                    train_samples_per_epoch=args.train_samples, epochs=args.epochs,
-                   eval_samples=row["count"], train_seconds=round(trained - began, 1),
+                   eval_samples=row["count"], train_seconds=round(trained - began + earlier, 1),
                    eval_seconds=round(time.time() - trained, 1), status="ok")
         rows.append(row)
         write_csv(results, rows, COLUMNS)

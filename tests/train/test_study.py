@@ -208,9 +208,25 @@ def test_a_cut_off_run_continues_from_its_checkpoint_to_the_same_result(tmp_path
     continued, log = run("continued", "--resume")
     (resume,) = [record for record in log if record["event"] == "resume"]
     assert resume["num_updates"] == 2 and resume["checkpoint"].endswith("step-00000002")
+    # the first epoch's time, trained before the cut, is part of the run's training time
+    first_epoch = [record["epoch_time"] for record in log if record["event"] == "eval" and record["epoch"] == 0]
+    assert float(continued["train_seconds"]) >= first_epoch[-1]
     # training resumes exactly: the same weights, so the same evaluation
     assert continued["updates"] == whole["updates"] == "4"
     assert (continued["top1"], continued["top5"]) == (whole["top1"], whole["top5"])
     # another learning rate is another run: replaced, not continued
     _, log = run("other", "--resume", "lr=1e-3")
     assert [record["event"] for record in log].count("resume") == 0
+
+
+def test_the_epochs_before_a_resume_count_once_each(tmp_path: Path):
+    records = [{"event": "start"}, {"event": "eval", "epoch": 0, "epoch_time": 2.0},
+               {"event": "eval", "epoch": 1, "epoch_time": 9.0},  # epoch 1 was trained again after a first resume
+               {"event": "resume", "epoch": 1}, {"event": "eval", "epoch": 1, "epoch_time": 3.0},
+               {"event": "eval", "epoch": 2, "epoch_time": 4.0}, {"event": "resume", "epoch": 3},
+               {"event": "eval", "epoch": 3, "epoch_time": 100.0}]
+    log = "\n".join(json.dumps(record) for record in records) + '\n{"event": "ev'  # a line cut by a stop
+    (tmp_path / "log.jsonl").write_text(log)
+    assert study.fashion_mnist_zoo.seconds_before_resume(tmp_path) == 2.0 + 3.0 + 4.0
+    (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(record) for record in records[:3]))
+    assert study.fashion_mnist_zoo.seconds_before_resume(tmp_path) == 0.0
