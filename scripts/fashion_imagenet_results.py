@@ -32,14 +32,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vitzoo.bench.common import write_csv, write_json  # noqa: E402
 from vitzoo.report.fashion_mnist import DEFAULT_PIPELINE, run_pipeline  # noqa: E402
 from vitzoo.report.pareto import BENCH_KEYS  # noqa: E402
+from vitzoo.train.loop import read_saved_config  # noqa: E402
 
 CSV_COLUMNS = ("model", "family", "seed", "epochs", "pipeline", "top1", "top5", "end_to_end_img_per_s",
                "steady_end_to_end_img_per_s", "model_only_train_img_per_s", "end_to_end_over_model_only",
@@ -65,7 +64,7 @@ def run_row(folder: Path, eval_rows: dict[tuple[str, str], dict[str, str]], benc
             graphed_bench: dict[str, float]) -> dict[str, Any]:
     """One run's row: per-epoch metrics and speeds from its log, the final evaluation, the model's benchmark (the
     CUDA-graph training rate for a run that graphed its steps)."""
-    config = yaml.safe_load((folder / "config.yaml").read_text())
+    config = read_saved_config(folder)
     events = _read_log(folder / "log.jsonl")
     start = next(e for e in events if e["event"] == "start")
     global_batch = start["global_batch"]
@@ -173,7 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     if not folders:
         parser.error(f"no run folder with a log.jsonl under {args.runs}")
     eval_rows, bench = _eval_rows(args.eval), _bench_rows(args.bench)
-    batch = yaml.safe_load((folders[0] / "config.yaml").read_text()).get("batch_size")
+    batch = read_saved_config(folders[0]).get("batch_size")
     graphed_bench = _graphed_bench_rows(args.bench_graphed, batch)
     new = [run_row(folder, eval_rows, bench, graphed_bench) for folder in folders]
     for row in new:

@@ -34,9 +34,9 @@ import yaml  # noqa: E402
 
 from vitzoo import registry  # noqa: E402
 from vitzoo.bench.common import write_csv  # noqa: E402
-from vitzoo.train.config import TrainConfig, load_config  # noqa: E402
+from vitzoo.train.config import ConfigError, TrainConfig, load_config  # noqa: E402
 from vitzoo.train.evaluate import RESULT_COLUMNS, evaluate_model  # noqa: E402
-from vitzoo.train.loop import train  # noqa: E402
+from vitzoo.train.loop import read_saved_config, train  # noqa: E402
 
 DEIT_FAMILIES = registry.DEIT_FAMILIES
 # Every DeiT family shares one shape (the config's, on its tiny model); QT-ViT-1 keeps its own EfficientViT
@@ -53,16 +53,15 @@ COLUMNS = (*RESULT_COLUMNS, *EXTRA_COLUMNS)
 def same_run(output: Path, config: TrainConfig) -> bool:
     """Whether ``output`` holds a checkpointed run whose saved settings are all those of ``config`` (not only the
     ones a resume must share: a run of another learning rate or length is not continued, it is replaced)."""
-    saved_path = output / "config.yaml"
-    if not (output / "checkpoints").is_dir() or not saved_path.is_file():
+    if not (output / "checkpoints").is_dir() or not (output / "config.yaml").is_file():
         return False
     try:
-        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError, OSError):
+        saved = read_saved_config(output)
+    except ConfigError:
         return False
     # through YAML, as the run saved it (tuples become lists); a continued run saved resume: auto
     wanted = yaml.safe_load(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    return isinstance(saved, dict) and saved | {"resume": None} == wanted | {"resume": None}
+    return saved | {"resume": None} == wanted | {"resume": None}
 
 
 def seconds_before_resume(output: Path) -> float:

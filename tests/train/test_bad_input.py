@@ -154,6 +154,12 @@ def crashed_run(p: Paths) -> None:
         shutil.copy(p.run / name, p.tmp / "crashed" / name)
 
 
+def crashed_run_corrupt_config(p: Paths) -> None:
+    """The same, with its config.yaml cut inside a character."""
+    crashed_run(p)
+    (p.tmp / "crashed" / "config.yaml").write_bytes(b"model: [\xff")
+
+
 CASES = [
     # config values
     Case("negative-lr", resume("lr=-0.1"), "lr must be a positive finite number or null, got -0.1"),
@@ -258,6 +264,8 @@ CASES = [
     Case("resume-from-another-run", resume("--resume", "{tmp}/other/" + FIRST), "belongs to", other_run),
     Case("resume-auto-into-foreign-folder", lambda p: train_args(p.tmp / "notes", p.data, "--resume", "auto"),
          "holds files that are not a run's", write("{tmp}/notes/notes.txt", "mine")),
+    Case("resume-auto-crashed-corrupt-config", lambda p: train_args(p.tmp / "crashed", p.data, "--resume", "auto"),
+         "cannot read", crashed_run_corrupt_config),
     Case("resume-auto-crashed-other-model",
          lambda p: train_args(p.tmp / "crashed", p.data, "--resume", "auto", "--model", "linear_deit_tiny_patch16_224"),
          "its model is 'softmax_deit_tiny_patch16_224'", crashed_run),

@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+import yaml
 
 from vitzoo.train.data import FASHION_MNIST_DIR
 
@@ -230,3 +231,18 @@ def test_the_epochs_before_a_resume_count_once_each(tmp_path: Path):
     assert study.fashion_mnist_zoo.seconds_before_resume(tmp_path) == 2.0 + 3.0 + 4.0
     (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(record) for record in records[:3]))
     assert study.fashion_mnist_zoo.seconds_before_resume(tmp_path) == 0.0
+
+
+def test_only_a_readable_run_of_the_same_settings_is_the_same_run(tmp_path: Path):
+    zoo = study.fashion_mnist_zoo
+    config = zoo.load_config(zoo.ROOT / "configs" / "fashion_mnist.yaml", ["lr=2e-3"],
+                             model=zoo.MODELS["softmax"], output=str(tmp_path))
+    (tmp_path / "checkpoints").mkdir()
+    saved = yaml.safe_dump(config.to_dict(), sort_keys=False)
+    assert "lr: 0.002\n" in saved
+    (tmp_path / "config.yaml").write_text(saved)
+    assert zoo.same_run(tmp_path, config)
+    (tmp_path / "config.yaml").write_text(saved.replace("lr: 0.002", "lr: 0.001"))
+    assert not zoo.same_run(tmp_path, config)
+    (tmp_path / "config.yaml").write_bytes(b"model: [\xff")
+    assert not zoo.same_run(tmp_path, config)

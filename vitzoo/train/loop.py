@@ -104,6 +104,20 @@ def requested_output(config: TrainConfig) -> Path | None:
     return None
 
 
+def read_saved_config(output: Path) -> dict:
+    """The settings a run saved in ``output/config.yaml`` (empty for a file that holds no mapping).
+
+    Raises:
+        ConfigError: the file cannot be read or parsed.
+    """
+    saved_path = output / "config.yaml"
+    try:
+        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as error:
+        raise ConfigError(f"cannot read {saved_path} ({first_line(error)}); pass another --output") from None
+    return saved if isinstance(saved, dict) else {}
+
+
 def check_output_folder(config: TrainConfig) -> None:
     """Refuse to start a new run in a folder that holds files (another run's), unless resuming it.
 
@@ -136,11 +150,7 @@ def check_output_folder(config: TrainConfig) -> None:
         raise ConfigError(f"output folder {output} holds files that are not a run's ({listed}); --resume auto "
                           "continues a run folder (config.yaml, checkpoints/): pass another --output")
     # a run stopped before its first checkpoint: it starts again from scratch, but only with the same settings
-    try:
-        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as error:
-        raise ConfigError(f"cannot read {saved_path} ({first_line(error)}); pass another --output") from None
-    difference = first_difference(saved if isinstance(saved, dict) else {}, config)
+    difference = first_difference(read_saved_config(output), config)
     if difference:
         key, before, now = difference
         raise ConfigError(f"cannot resume {output}: its {key} is {before!r} ({saved_path}), this run's is {now!r}; "
