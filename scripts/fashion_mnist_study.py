@@ -9,9 +9,10 @@ One command runs the whole study and writes into ``--out``:
 
 The recipe: every DeiT family at width 128, depth 6, 4 heads, patch 4 (49 tokens + cls), drop path 0.1, pad-2 crop
 and flip (on the training device, per batch), AdamW lr 3e-3 with 5 warm-up epochs and a cosine decay, batch 512,
-60 epochs over the 60000 training images (100 for the families in ``FAMILY_EPOCHS``), evaluated on the 10000 test
-images; QT-ViT-1 in its own EfficientViT shape with the same data, optimiser and epochs. Ten epochs at batch 128 left
-the families 82-91% apart by how fast they start (ZeroS 82%, softmax 86%); the long schedule lets each converge.
+60 epochs over the 60000 training images, evaluated on the 10000 test images; ``FAMILY_RECIPES`` lists what some
+families needed instead (more epochs, a smaller patch); QT-ViT-1 in its own EfficientViT shape with the same data,
+optimiser and epochs. Ten epochs at batch 128 left the families 82-91% apart by how fast they start (ZeroS 82%,
+softmax 86%); the long schedule lets each converge.
 It is meant for a GPU::
 
     python scripts/fashion_mnist_study.py --seeds 0 1 2 --jobs 10 precision=bf16 workers=1 cuda_graph=true
@@ -37,7 +38,9 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -55,20 +58,31 @@ from vitzoo.report import pareto  # noqa: E402
 # bound by kernel launches, so width costs almost nothing.
 EMBED_DIM, DEPTH, NUM_HEADS, PATCH_SIZE = 128, 6, 4, 4
 DEIT_SHAPE = f"model_kwargs={{embed_dim: {EMBED_DIM}, depth: {DEPTH}, num_heads: {NUM_HEADS}}}"
-BENCH_KWARGS = {
-    "deit": [f"embed_dim={EMBED_DIM}", f"depth={DEPTH}", f"num_heads={NUM_HEADS}", f"patch_size={PATCH_SIZE}",
-             "in_chans=1", "num_classes=10"],
-    "qtvit": ["in_chans=1", "num_classes=10"],
-}
+DEIT_BENCH_KWARGS = [f"embed_dim={EMBED_DIM}", f"depth={DEPTH}", f"num_heads={NUM_HEADS}", "in_chans=1",
+                     "num_classes=10"]
+QTVIT_BENCH_KWARGS = ["in_chans=1", "num_classes=10"]
 # 28x28 images at patch 4 are 50 tokens: at timm's batch 256 a step is a few ms of kernel launches, not GPU work,
 # so the GPU benchmark uses 1024 images (~50k tokens a step, as the zoo sweep's batches).
 GPU_BENCH_BATCH = 1024
 EPOCHS = 60
-# QT and ZeroS stayed below 92% top-1 at 60 epochs (91.6% each, mean of 3 seeds, against 92.2-93.3% for the other
-# DeiT families): they train longer.
-FAMILY_EPOCHS = {"qt": 100, "zeros": 100}
-SUMMARY_COLUMNS = ("model", "family", "dataset", "img_size", "epochs", "top1", "top1_std", "top1_min", "top1_max",
-                   "top5", "seeds", "updates", "train_seconds")
+# What a family needed beyond the shared recipe. QT and ZeroS stayed below 92% top-1 at 60 epochs (91.6% each, mean
+# of 3 seeds, against 92.2-93.3% for the other DeiT families): they train longer. DeltaNet, the best at patch 4
+# (93.26%), gained most from more tokens: 93.86% at patch 2 (196 tokens + cls).
+FAMILY_RECIPES: dict[str, dict[str, int]] = {"qt": {"epochs": 100}, "zeros": {"epochs": 100},
+                                             "deltanet": {"patch_size": 2}}
+SUMMARY_COLUMNS = ("model", "family", "dataset", "img_size", "patch_size", "epochs", "top1", "top1_std", "top1_min",
+                   "top1_max", "top5", "seeds", "updates", "train_seconds")
+
+
+class Recipe(NamedTuple):
+    """What sets a family's run apart in the study: its epochs and its patch size (None: QT-ViT has no patches)."""
+
+    epochs: int
+    patch_size: int | None
+
+    def args(self) -> list[str]:
+        """The zoo's arguments for this recipe (they go before the user's overrides, which win)."""
+        return ["--epochs", str(self.epochs), *([f"patch_size={self.patch_size}"] if self.patch_size else [])]
 
 
 def summarize(seed_rows: list[dict[str, str]]) -> list[dict[str, object]]:
@@ -81,7 +95,8 @@ def summarize(seed_rows: list[dict[str, str]]) -> list[dict[str, object]]:
         top1 = [float(r["top1"]) for r in rows]
         summary.append({
             "model": model, "family": rows[0]["family"], "dataset": rows[0]["dataset"],
-            "img_size": rows[0]["img_size"], "epochs": rows[0]["epochs"], "top1": round(statistics.fmean(top1), 3),
+            "img_size": rows[0]["img_size"], "patch_size": rows[0].get("patch_size", ""), "epochs": rows[0]["epochs"],
+            "top1": round(statistics.fmean(top1), 3),
             "top1_std": round(statistics.stdev(top1), 3) if len(top1) > 1 else "",
             "top1_min": min(top1), "top1_max": max(top1),
             "top5": round(statistics.fmean(float(r["top5"]) for r in rows), 3), "seeds": len(rows),
@@ -91,9 +106,17 @@ def summarize(seed_rows: list[dict[str, str]]) -> list[dict[str, object]]:
     return summary
 
 
-def schedule(families: list[str], epochs: int | None = None) -> dict[str, int]:
-    """Epochs per family: ``epochs`` for every family when given, else the study's (``EPOCHS``, ``FAMILY_EPOCHS``)."""
-    return {family: epochs if epochs is not None else FAMILY_EPOCHS.get(family, EPOCHS) for family in families}
+def recipes(families: list[str], epochs: int | None = None, overrides: Sequence[str] = ()) -> dict[str, Recipe]:
+    """Each family's recipe: ``epochs`` for every family when given, else the study's (``EPOCHS``,
+    ``FAMILY_RECIPES``); the patch size of ``FAMILY_RECIPES`` or ``PATCH_SIZE``, unless ``overrides`` set one."""
+    patch_override = [int(item.split("=", 1)[1]) for item in overrides if item.startswith("patch_size=")]
+    chosen = {}
+    for family in families:
+        own = FAMILY_RECIPES.get(family, {})
+        patch = None if family in fashion_mnist_zoo.OWN_ARCHITECTURE else (
+            patch_override[-1] if patch_override else own.get("patch_size", PATCH_SIZE))
+        chosen[family] = Recipe(epochs if epochs is not None else own.get("epochs", EPOCHS), patch)
+    return chosen
 
 
 def _visible_gpus() -> list[str]:
@@ -136,29 +159,36 @@ def merge_runs(out: Path) -> list[dict[str, str]]:
     return rows
 
 
-def pending_units(out: Path, seeds: list[int], epochs: dict[str, int]) -> list[tuple[int, str]]:
-    """The (seed, family) runs of the families in ``epochs`` without a finished row of that many epochs, seed-major:
+def pending_units(out: Path, seeds: list[int], chosen: dict[str, Recipe]) -> list[tuple[int, str]]:
+    """The (seed, family) runs of the families in ``chosen`` without a finished row of their recipe, seed-major:
     every family gets its first seed before any gets a second (the part files of earlier runs are folded in first)."""
-    return _without_rows(merge_runs(out), seeds, epochs)
+    return _without_rows(merge_runs(out), seeds, chosen)
 
 
-def _current(rows: list[dict[str, str]], epochs: dict[str, int]) -> list[dict[str, str]]:
-    """The rows of the families in ``epochs`` trained for their scheduled number of epochs (a row of another schedule
-    is from an earlier recipe and is trained again)."""
-    return [row for row in rows if row["family"] in epochs and row.get("epochs") == str(epochs[row["family"]])]
+def _current(rows: list[dict[str, str]], chosen: dict[str, Recipe]) -> list[dict[str, str]]:
+    """The rows of the families in ``chosen`` trained with their recipe's epochs and patch size (a row of another
+    recipe is from an earlier study and is trained again)."""
+    def matches(row: dict[str, str]) -> bool:
+        recipe = chosen[row["family"]]
+        patch = "" if recipe.patch_size is None else str(recipe.patch_size)
+        return row.get("epochs") == str(recipe.epochs) and row.get("patch_size", "") == patch
+
+    return [row for row in rows if row["family"] in chosen and matches(row)]
 
 
-def _without_rows(rows: list[dict[str, str]], seeds: list[int], epochs: dict[str, int]) -> list[tuple[int, str]]:
+def _without_rows(rows: list[dict[str, str]], seeds: list[int], chosen: dict[str, Recipe]) -> list[tuple[int, str]]:
     """The (seed, family) pairs, seed-major, that have no current row in ``rows``."""
-    done = {(int(row["seed"]), row["family"]) for row in _current(rows, epochs)}
-    return [(seed, family) for seed in seeds for family in epochs if (seed, family) not in done]
+    done = {(int(row["seed"]), row["family"]) for row in _current(rows, chosen)}
+    return [(seed, family) for seed in seeds for family in chosen if (seed, family) not in done]
 
 
-def train_unit(out: Path, runs: Path, seed: int, family: str, epochs: int, zoo_args: list[str]) -> None:
-    """Train one family with one seed for ``epochs`` into its own part file (several of these may run at once), its
-    run folder (checkpoints, log) under ``runs/seed<k>/``."""
+def train_unit(out: Path, runs: Path, seed: int, family: str, recipe: Recipe, shared: list[str],
+               overrides: list[str]) -> None:
+    """Train one family with one seed and its recipe into its own part file (several of these may run at once), its
+    run folder (checkpoints, log) under ``runs/seed<k>/``; ``shared``: the study's arguments, ``overrides``: the
+    user's, which win over the recipe."""
     fashion_mnist_zoo.main(["--families", family, "--results", str(out / f"seed{seed}.{family}.part.csv"),
-                            "--epochs", str(epochs), "--resume", *zoo_args, f"seed={seed}",
+                            "--resume", *shared, *recipe.args(), *overrides, f"seed={seed}",
                             "--output", str(runs / f"seed{seed}")])
 
 
@@ -206,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--families", nargs="+", choices=fashion_mnist_zoo.FAMILIES,
                         default=sorted(fashion_mnist_zoo.FAMILIES, key=lambda family: family != "qtvit"))
     parser.add_argument("--epochs", type=int,
-                        help=f"epochs of every family (default: {EPOCHS}, or the family's in FAMILY_EPOCHS)")
+                        help=f"epochs of every family (default: {EPOCHS}, or the family's in FAMILY_RECIPES)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="(seed, family) runs trained at the same time, one process each")
     parser.add_argument("--no-new-after", type=float, metavar="SECONDS",
@@ -222,22 +252,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)
 
     train_samples, val_samples = (256, 200) if args.quick else (60000, 10000)
-    every_family = 1 if args.quick else args.epochs  # None: each family's own schedule
-    epochs = schedule(args.families, every_family)
-    recipe = [DEIT_SHAPE, f"patch_size={PATCH_SIZE}", "drop_path=0.1", "crop_pad=2", "hflip=0.5",
-              "augment_on_device=true", "lr=3e-3",
+    every_family = 1 if args.quick else args.epochs  # None: each family's own epochs
+    chosen = recipes(args.families, every_family, args.overrides)
+    shared = [DEIT_SHAPE, "drop_path=0.1", "crop_pad=2", "hflip=0.5", "augment_on_device=true", "lr=3e-3",
               *(["batch_size=32", "warmup_epochs=0"] if args.quick else ["batch_size=512", "warmup_epochs=5"])]
-    zoo_args = ["--train-samples", str(train_samples), "--val-samples", str(val_samples),
-                "--time-budget", "0", *recipe, *args.overrides]
+    shared = ["--train-samples", str(train_samples), "--val-samples", str(val_samples), "--time-budget", "0", *shared]
     args.out.mkdir(parents=True, exist_ok=True)
     if args.unit:
         family = args.unit[1]
-        train_unit(args.out, args.runs, int(args.unit[0]), family, schedule([family], every_family)[family], zoo_args)
+        train_unit(args.out, args.runs, int(args.unit[0]), family, chosen[family], shared, args.overrides)
         return
-    run_units(args, pending_units(args.out, args.seeds, epochs))
+    run_units(args, pending_units(args.out, args.seeds, chosen))
     rows = merge_runs(args.out)
-    seed_rows = [row for row in _current(rows, epochs) if int(row["seed"]) in args.seeds]
-    missing = [f"{family} seed {seed}" for seed, family in _without_rows(rows, args.seeds, epochs)]
+    seed_rows = [row for row in _current(rows, chosen) if int(row["seed"]) in args.seeds]
+    missing = [f"{family} seed {seed}" for seed, family in _without_rows(rows, args.seeds, chosen)]
     failure = (f"fashion_mnist_study: not trained yet (failed or not started): {', '.join(missing)}; run the same "
                "command to go on")
     if args.train_only:
@@ -247,15 +275,18 @@ def main(argv: list[str] | None = None) -> None:
     summary = summarize(seed_rows)
     write_csv(args.out / "summary.csv", summary, SUMMARY_COLUMNS)
 
-    # one benchmark per model shape (their model kwargs differ), the rows gathered into bench.csv
+    # one benchmark per model shape (QT-ViT's, and the DeiT shape at each patch size), gathered into bench.csv
+    shapes: dict[str, list[str]] = defaultdict(list)
+    for family in args.families:
+        patch = chosen[family].patch_size
+        shapes["qtvit" if patch is None else f"deit_patch{patch}"].append(family)
     bench_parts = []
-    for shape, families in (("deit", [f for f in args.families if f != "qtvit"]),
-                            ("qtvit", [f for f in args.families if f == "qtvit"])):
-        if not families:
-            continue
+    for shape, families in shapes.items():
+        kwargs = QTVIT_BENCH_KWARGS if shape == "qtvit" else [
+            *DEIT_BENCH_KWARGS, f"patch_size={chosen[families[0]].patch_size}"]
         bench_parts.append(args.out / f"bench.{shape}.part.csv")
         bench_args = ["--models", *(fashion_mnist_zoo.MODELS[f] for f in families), "--img-sizes", "28",
-                      "--model-kwargs", *BENCH_KWARGS[shape], "--results-file", str(bench_parts[-1]), "--no-progress"]
+                      "--model-kwargs", *kwargs, "--results-file", str(bench_parts[-1]), "--no-progress"]
         if args.quick:
             bench_args += ["--batch-size", "8", "--num-warm-iter", "1", "--num-bench-iter", "3", "--latency-iters",
                            "3"]

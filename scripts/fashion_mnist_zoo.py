@@ -45,8 +45,8 @@ MODELS = ({family: registry.FAMILIES[family].model_name("tiny") for family in DE
           | {"qtvit": registry.FAMILIES["qtvit"].model_name("1")})
 OWN_ARCHITECTURE = {"qtvit": ["model_kwargs={}", "img_size=null", "patch_size=null"]}
 FAMILIES = tuple(MODELS)
-EXTRA_COLUMNS = ("family", "updates", "samples_seen", "stopped_by_time_limit", "train_samples_per_epoch", "epochs",
-                 "eval_samples", "train_seconds", "eval_seconds", "status")
+EXTRA_COLUMNS = ("family", "patch_size", "updates", "samples_seen", "stopped_by_time_limit", "train_samples_per_epoch",
+                 "epochs", "eval_samples", "train_seconds", "eval_seconds", "status")
 COLUMNS = (*RESULT_COLUMNS, *EXTRA_COLUMNS)
 
 
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> list[str]:
             print(f"{family:12s} FAILED ({status})", flush=True)
             continue
         seen = metrics["num_updates"] * config.batch_size * config.grad_accum
-        row.update(family=family, updates=metrics["num_updates"], samples_seen=seen,
+        row.update(family=family, patch_size=config.patch_size, updates=metrics["num_updates"], samples_seen=seen,
                    stopped_by_time_limit=metrics["stopped_by_time_limit"],
                    train_samples_per_epoch=args.train_samples, epochs=args.epochs,
                    eval_samples=row["count"], train_seconds=round(trained - began + earlier, 1),

@@ -24,21 +24,21 @@ def test_budget_table_rows_and_provenance(tmp_path):
 
 
 def test_study_table_ranks_by_mean_top1_and_rounds_half_up(tmp_path):
-    columns = ("model", "family", "epochs", "top1", "top1_std", "top1_min", "top1_max", "seeds")
+    columns = ("model", "family", "patch_size", "epochs", "top1", "top1_std", "top1_min", "top1_max", "seeds")
     write_csv(tmp_path / "summary.csv", [
-        dict(model="softmax_deit_tiny_patch16_224", family="softmax", epochs=60, top1=85.873, top1_std=1.068,
-             top1_min=84.99, top1_max=87.06, seeds=3),
-        dict(model="inline_deit_tiny_patch16_224", family="inline", epochs=100, top1=88.41, top1_std=0.125,
-             top1_min=88.27, top1_max=88.51, seeds=3),
+        dict(model="softmax_deit_tiny_patch16_224", family="softmax", patch_size=4, epochs=60, top1=85.873,
+             top1_std=1.068, top1_min=84.99, top1_max=87.06, seeds=3),
+        dict(model="inline_deit_tiny_patch16_224", family="inline", patch_size=2, epochs=100, top1=88.41,
+             top1_std=0.125, top1_min=88.27, top1_max=88.51, seeds=3),
     ], columns)
     write_csv(tmp_path / "bench.csv", [
         dict(model="softmax_deit_tiny_patch16_224", infer_samples_per_sec=352176.62, train_samples_per_sec=76807.68),
         dict(model="inline_deit_tiny_patch16_224", infer_samples_per_sec=101812.4, train_samples_per_sec=35175.0),
     ], ("model", "infer_samples_per_sec", "train_samples_per_sec"))
     lines = study_table(tmp_path / "summary.csv", [tmp_path / "bench.csv"]).splitlines()
-    assert lines[0].startswith("| family | epochs | seeds | top-1 (mean +- std) |")
-    assert lines[2] == "| inline | 100 | 3 | 88.41 +- 0.13 | 88.27 / 88.51 | 101,812 | 35,175 |"
-    assert lines[3] == "| softmax (reference line) | 60 | 3 | 85.87 +- 1.07 | 84.99 / 87.06 | 352,177 | 76,808 |"
+    assert lines[0].startswith("| family | patch | epochs | seeds | top-1 (mean +- std) |")
+    assert lines[2] == "| inline | 2 | 100 | 3 | 88.41 +- 0.13 | 88.27 / 88.51 | 101,812 | 35,175 |"
+    assert lines[3] == "| softmax (reference line) | 4 | 60 | 3 | 85.87 +- 1.07 | 84.99 / 87.06 | 352,177 | 76,808 |"
 
 
 def test_study_table_shows_one_seed_without_a_spread_and_a_missing_benchmark_as_dashes(tmp_path):
@@ -47,7 +47,7 @@ def test_study_table_shows_one_seed_without_a_spread_and_a_missing_benchmark_as_
                                               top1_min=93.5, top1_max=93.5, seeds=1)], columns)
     write_csv(tmp_path / "bench.csv", [], ("model", "infer_samples_per_sec", "train_samples_per_sec"))
     lines = study_table(tmp_path / "summary.csv", [tmp_path / "bench.csv"]).splitlines()
-    assert lines[2] == "| QT-ViT-1 | 60 | 1 | 93.50 | 93.50 / 93.50 | - | - |"
+    assert lines[2] == "| QT-ViT-1 | - | 60 | 1 | 93.50 | 93.50 / 93.50 | - | - |"
 
 
 def _imagenet_shape_run(model, seed, top1, weights="model", finished=True):

@@ -67,13 +67,14 @@ def test_an_interrupted_study_resumes_without_retraining(tmp_path: Path):
     columns = study.fashion_mnist_zoo.COLUMNS
 
     def row(family: str, top1: str, status: str = "ok") -> dict[str, str]:
-        return dict.fromkeys(columns, top1) | {"family": family, "model": family, "status": status, "epochs": "60"}
+        return dict.fromkeys(columns, top1) | {"family": family, "model": family, "status": status, "epochs": "60",
+                                               "patch_size": "4"}
 
     study.pareto.write_csv(tmp_path / "runs.csv", [row("softmax", "1") | {"seed": "0"}], study.RUN_COLUMNS)
     study.pareto.write_csv(tmp_path / "seed0.linear.part.csv", [row("linear", "2")], columns)  # flushed, then killed
     study.pareto.write_csv(tmp_path / "seed0.h3.part.csv", [row("h3", "", "error: RuntimeError: boom")], columns)
     study.pareto.write_csv(tmp_path / "seed1.h3.part.csv", [row("h3", "3")], columns)
-    assert study.pending_units(tmp_path, [0, 1], study.schedule(["softmax", "linear", "h3"])) == [
+    assert study.pending_units(tmp_path, [0, 1], study.recipes(["softmax", "linear", "h3"])) == [
         (0, "h3"), (1, "softmax"), (1, "linear")]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["runs.csv"]  # part files folded in
     with (tmp_path / "runs.csv").open() as handle:
@@ -81,15 +82,19 @@ def test_an_interrupted_study_resumes_without_retraining(tmp_path: Path):
             ("0", "softmax", "1"), ("0", "linear", "2"), ("1", "h3", "3")]
 
 
-def test_rows_of_another_schedule_are_trained_again(tmp_path: Path):
+def test_rows_of_another_recipe_are_trained_again(tmp_path: Path):
     columns = study.fashion_mnist_zoo.COLUMNS
     study.pareto.write_csv(tmp_path / "runs.csv", [
-        dict.fromkeys(columns, "1") | {"seed": "0", "family": family, "status": "ok", "epochs": "60"}
-        for family in ("softmax", "qt")], study.RUN_COLUMNS)
-    epochs = study.schedule(["softmax", "qt"])
-    assert epochs == {"softmax": study.EPOCHS, "qt": study.FAMILY_EPOCHS["qt"]} and epochs["qt"] != 60
-    assert study.pending_units(tmp_path, [0], epochs) == [(0, "qt")]  # its 60-epoch row is from an older recipe
-    assert study.pending_units(tmp_path, [0], study.schedule(["softmax", "qt"], 60)) == []
+        dict.fromkeys(columns, "1") | {"seed": "0", "family": family, "status": "ok", "epochs": "60", "patch_size": "4"}
+        for family in ("softmax", "qt", "deltanet")], study.RUN_COLUMNS)
+    chosen = study.recipes(["softmax", "qt", "deltanet"])
+    assert chosen == {"softmax": (study.EPOCHS, study.PATCH_SIZE), "qt": (study.FAMILY_RECIPES["qt"]["epochs"], 4),
+                      "deltanet": (60, study.FAMILY_RECIPES["deltanet"]["patch_size"])}
+    assert chosen["qt"].epochs != 60 and chosen["deltanet"].patch_size != 4
+    # the 60-epoch QT row and the patch-4 DeltaNet row are from an older recipe
+    assert study.pending_units(tmp_path, [0], chosen) == [(0, "qt"), (0, "deltanet")]
+    assert study.pending_units(tmp_path, [0], study.recipes(["softmax", "qt", "deltanet"], 60, ["patch_size=4"])) == []
+    assert study.recipes(["qtvit"])["qtvit"].patch_size is None  # its own architecture has no patches
 
 
 def test_units_run_in_parallel_processes_until_the_deadline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -153,8 +158,15 @@ def test_a_unit_trains_one_family_into_its_part_file(tmp_path: Path, monkeypatch
     assert argv[argv.index("--output") + 1] == str(tmp_path / "runs" / "seed2") and "--resume" in argv
     assert argv[argv.index("--epochs") + 1] == "3"
     calls.clear()
-    study.main(["--unit", "0", "qt", "--out", str(tmp_path)])  # without --epochs: the family's own schedule
-    assert calls[0][calls[0].index("--epochs") + 1] == str(study.FAMILY_EPOCHS["qt"])
+    study.main(["--unit", "0", "qt", "--out", str(tmp_path)])  # without --epochs: the family's own recipe
+    assert calls[0][calls[0].index("--epochs") + 1] == str(study.FAMILY_RECIPES["qt"]["epochs"])
+    calls.clear()
+    study.main(["--unit", "0", "deltanet", "--out", str(tmp_path)])
+    assert "patch_size=2" in calls[0] and "patch_size=4" not in calls[0]
+    calls.clear()
+    study.main(["--unit", "0", "deltanet", "--out", str(tmp_path), "patch_size=7"])  # the user's patch size wins
+    (argv,) = calls
+    assert "patch_size=7" in argv and "patch_size=2" not in argv
 
 
 @pytest.mark.usefixtures("fresh_accelerator_state")

@@ -54,19 +54,21 @@ def _two_places(value: str) -> str:
 
 
 def study_table(summary: Path, bench: list[Path]) -> str:
-    """Epochs, seeds, top-1 mean +- std (std from two seeds up), min / max over the seeds, and inference / training
-    img/s at 28x28, best top-1 first; a family without a benchmark row shows "-" for its speeds."""
+    """Patch size, epochs, seeds, top-1 mean +- std (std from two seeds up), min / max over the seeds, and inference /
+    training img/s at 28x28, best top-1 first; a family without a benchmark row shows "-" for its speeds, one without
+    patches (QT-ViT) "-" for its patch."""
     speed = {row["model"]: row for row in read_csvs(bench)}
     rows = sorted(read_csvs([summary]), key=lambda row: -float(row["top1"]))
-    lines = ["| family | epochs | seeds | top-1 (mean +- std) | min / max | infer img/s at 28x28 "
-             "| train img/s at 28x28 |", "|---|---|---|---|---|---|---|"]
+    lines = ["| family | patch | epochs | seeds | top-1 (mean +- std) | min / max | infer img/s at 28x28 "
+             "| train img/s at 28x28 |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         measured = speed.get(row["model"])
         spread = f" +- {_two_places(row['top1_std'])}" if row["top1_std"] else ""
         rates = (f"{float(measured['infer_samples_per_sec']):,.0f} | {float(measured['train_samples_per_sec']):,.0f}"
                  if measured else "- | -")
         label = _STUDY_LABELS.get(row["family"], row["family"])
-        lines.append(f"| {label} | {row['epochs']} | {row['seeds']} | {_two_places(row['top1'])}{spread} | "
+        lines.append(f"| {label} | {row.get('patch_size') or '-'} | {row['epochs']} | {row['seeds']} | "
+                     f"{_two_places(row['top1'])}{spread} | "
                      f"{_two_places(row['top1_min'])} / {_two_places(row['top1_max'])} | {rates} |")
     return "\n".join(lines)
 
