@@ -258,3 +258,30 @@ def test_only_a_readable_run_of_the_same_settings_is_the_same_run(tmp_path: Path
     assert not zoo.same_run(tmp_path, config)
     (tmp_path / "config.yaml").write_bytes(b"model: [\xff")
     assert not zoo.same_run(tmp_path, config)
+
+
+def test_the_benchmark_measures_each_family_at_its_patch_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    zoo = study.fashion_mnist_zoo
+    chosen = study.recipes(["softmax", "deltanet"])
+    study.pareto.write_csv(tmp_path / "runs.csv", [
+        dict.fromkeys(zoo.COLUMNS, "90") | {"seed": "0", "family": family, "model": zoo.MODELS[family], "status": "ok",
+                                            "epochs": str(recipe.epochs), "patch_size": str(recipe.patch_size)}
+        for family, recipe in chosen.items()], study.RUN_COLUMNS)
+    calls = []
+
+    def bench(argv: list[str]) -> None:
+        calls.append(argv)
+        models = argv[argv.index("--models") + 1:argv.index("--img-sizes")]
+        study.pareto.write_csv(Path(argv[argv.index("--results-file") + 1]),
+                               [{"model": model, "infer_samples_per_sec": "1"} for model in models],
+                               ("model", "infer_samples_per_sec"))
+
+    monkeypatch.setattr(study.bench, "main", bench)
+    monkeypatch.setattr(study.pareto, "main", lambda argv: None)
+    study.main(["--seeds", "0", "--families", "softmax", "deltanet", "--out", str(tmp_path)])  # nothing to train
+    kwargs = {argv[argv.index("--models") + 1]: argv[argv.index("--model-kwargs") + 1:argv.index("--results-file")]
+              for argv in calls}
+    assert len(calls) == 2
+    assert "patch_size=4" in kwargs[zoo.MODELS["softmax"]] and "patch_size=2" in kwargs[zoo.MODELS["deltanet"]]
+    with (tmp_path / "summary.csv").open() as handle:
+        assert {row["family"]: row["patch_size"] for row in csv.DictReader(handle)} == {"softmax": "4", "deltanet": "2"}
