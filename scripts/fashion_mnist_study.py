@@ -53,6 +53,7 @@ import fashion_mnist_zoo  # noqa: E402
 from vitzoo.bench import sweep as bench  # noqa: E402
 from vitzoo.bench.common import read_csvs, write_csv  # noqa: E402
 from vitzoo.report import pareto  # noqa: E402
+from vitzoo.train.config import ConfigError  # noqa: E402
 
 # The study's DeiT shape, larger than configs/fashion_mnist.yaml's CPU shape (64/4/2): on a GPU these models are
 # bound by kernel launches, so width costs almost nothing.
@@ -262,13 +263,19 @@ def main(argv: list[str] | None = None) -> None:
         family = args.unit[1]
         train_unit(args.out, args.runs, int(args.unit[0]), family, chosen[family], shared, args.overrides)
         return
+    for family, recipe in chosen.items():  # a wrong override fails here in one line, not in every run's process
+        try:
+            fashion_mnist_zoo.family_config(family, fashion_mnist_zoo.parse_args(
+                ["--families", family, *shared, *recipe.args(), *args.overrides], check=False))
+        except ConfigError as error:
+            parser.error(str(error))
     run_units(args, pending_units(args.out, args.seeds, chosen))
     rows = merge_runs(args.out)
     seed_rows = [row for row in _current(rows, chosen) if int(row["seed"]) in args.seeds]
     missing = [f"{family} seed {seed}" for seed, family in _without_rows(rows, args.seeds, chosen)]
     failure = (f"fashion_mnist_study: not trained yet (failed or not started): {', '.join(missing)}; run the same "
                "command to go on")
-    if args.train_only:
+    if args.train_only or not seed_rows:
         if missing:
             raise SystemExit(failure)
         return

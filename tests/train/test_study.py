@@ -285,3 +285,30 @@ def test_the_benchmark_measures_each_family_at_its_patch_size(tmp_path: Path, mo
     assert "patch_size=4" in kwargs[zoo.MODELS["softmax"]] and "patch_size=2" in kwargs[zoo.MODELS["deltanet"]]
     with (tmp_path / "summary.csv").open() as handle:
         assert {row["family"]: row["patch_size"] for row in csv.DictReader(handle)} == {"softmax": "4", "deltanet": "2"}
+
+
+def test_a_wrong_override_stops_the_study_and_the_zoo_before_any_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]):
+    def fail(*args, **kwargs):
+        raise AssertionError("nothing may run")
+
+    monkeypatch.setattr(study, "run_units", fail)
+    monkeypatch.setattr(study.fashion_mnist_zoo, "train", fail)
+    with pytest.raises(SystemExit) as stopped:
+        study.main(["--quick", "--families", "softmax", "--out", str(tmp_path), "patch_size=0"])
+    assert stopped.value.code == 2 and "patch_size must be a positive integer or null, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stopped:
+        study.fashion_mnist_zoo.main(["--families", "softmax", "--results", str(tmp_path / "zoo.csv"), "lrr=1"])
+    assert stopped.value.code == 2 and "did you mean 'lr'?" in capsys.readouterr().err
+    assert not (tmp_path / "zoo.csv").exists()
+
+
+def test_a_study_without_a_finished_run_benchmarks_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(study, "run_units", lambda args, units: None)  # every run failed
+
+    def bench(argv):
+        raise AssertionError("no model to benchmark")
+
+    monkeypatch.setattr(study.bench, "main", bench)
+    with pytest.raises(SystemExit, match="not trained yet .*softmax seed 0"):
+        study.main(["--seeds", "0", "--families", "softmax", "--out", str(tmp_path)])
