@@ -79,7 +79,7 @@ class Recipe(NamedTuple):
     """What sets a family's run apart in the study: its epochs and its patch size (None: QT-ViT has no patches)."""
 
     epochs: int
-    patch_size: int | None
+    patch_size: int | str | None  # a str only for an override that is no number, which the config check rejects
 
     def args(self) -> list[str]:
         """The zoo's arguments for this recipe (they go before the user's overrides, which win)."""
@@ -110,14 +110,22 @@ def summarize(seed_rows: list[dict[str, str]]) -> list[dict[str, object]]:
 def recipes(families: list[str], epochs: int | None = None, overrides: Sequence[str] = ()) -> dict[str, Recipe]:
     """Each family's recipe: ``epochs`` for every family when given, else the study's (``EPOCHS``,
     ``FAMILY_RECIPES``); the patch size of ``FAMILY_RECIPES`` or ``PATCH_SIZE``, unless ``overrides`` set one."""
-    patch_override = [int(item.split("=", 1)[1]) for item in overrides if item.startswith("patch_size=")]
+    patch_override = [item.split("=", 1)[1] for item in overrides if item.startswith("patch_size=")]
     chosen = {}
     for family in families:
         own = FAMILY_RECIPES.get(family, {})
         patch = None if family in fashion_mnist_zoo.OWN_ARCHITECTURE else (
-            patch_override[-1] if patch_override else own.get("patch_size", PATCH_SIZE))
+            _as_int(patch_override[-1]) if patch_override else own.get("patch_size", PATCH_SIZE))
         chosen[family] = Recipe(epochs if epochs is not None else own.get("epochs", EPOCHS), patch)
     return chosen
+
+
+def _as_int(text: str) -> int | str:
+    """An override's value as a number where it is one (else as given: the config check rejects it in one line)."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def _visible_gpus() -> list[str]:
@@ -258,17 +266,17 @@ def main(argv: list[str] | None = None) -> None:
     shared = [DEIT_SHAPE, "drop_path=0.1", "crop_pad=2", "hflip=0.5", "augment_on_device=true", "lr=3e-3",
               *(["batch_size=32", "warmup_epochs=0"] if args.quick else ["batch_size=512", "warmup_epochs=5"])]
     shared = ["--train-samples", str(train_samples), "--val-samples", str(val_samples), "--time-budget", "0", *shared]
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.unit:
-        family = args.unit[1]
-        train_unit(args.out, args.runs, int(args.unit[0]), family, chosen[family], shared, args.overrides)
-        return
-    for family, recipe in chosen.items():  # a wrong override fails here in one line, not in every run's process
+    for family, recipe in chosen.items() if not args.unit else ():  # a wrong override: one line, before any run
         try:
             fashion_mnist_zoo.family_config(family, fashion_mnist_zoo.parse_args(
                 ["--families", family, *shared, *recipe.args(), *args.overrides], check=False))
         except ConfigError as error:
             parser.error(str(error))
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.unit:
+        family = args.unit[1]
+        train_unit(args.out, args.runs, int(args.unit[0]), family, chosen[family], shared, args.overrides)
+        return
     run_units(args, pending_units(args.out, args.seeds, chosen))
     rows = merge_runs(args.out)
     seed_rows = [row for row in _current(rows, chosen) if int(row["seed"]) in args.seeds]
