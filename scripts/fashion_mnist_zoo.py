@@ -66,9 +66,11 @@ def same_run(output: Path, config: TrainConfig) -> bool:
 
 def seconds_before_resume(output: Path) -> float:
     """Training seconds of the epochs a continued run finished before its latest resume: the ``epoch_time`` of their
-    ``eval`` records in ``output/log.jsonl`` (the last record of each epoch); 0 for a run never resumed."""
+    ``eval`` records in ``output/log.jsonl`` (the last record of each epoch); 0 for a run never resumed or without
+    a log."""
+    log = output / "log.jsonl"
     records = []
-    for line in (output / "log.jsonl").read_text(encoding="utf-8").splitlines():
+    for line in log.read_text(encoding="utf-8").splitlines() if log.is_file() else []:
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:  # a line cut by the process that was stopped

@@ -243,6 +243,8 @@ def test_the_epochs_before_a_resume_count_once_each(tmp_path: Path):
     assert study.fashion_mnist_zoo.seconds_before_resume(tmp_path) == 2.0 + 3.0 + 4.0
     (tmp_path / "log.jsonl").write_text("\n".join(json.dumps(record) for record in records[:3]))
     assert study.fashion_mnist_zoo.seconds_before_resume(tmp_path) == 0.0
+    (tmp_path / "log.jsonl").unlink()
+    assert study.fashion_mnist_zoo.seconds_before_resume(tmp_path) == 0.0
 
 
 def test_only_a_readable_run_of_the_same_settings_is_the_same_run(tmp_path: Path):
