@@ -46,6 +46,21 @@ def test_readme_without_markers_is_a_one_line_error(tmp_path, capsys):
     assert "has no <!-- speed-tables:start -->" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "does not exist; pass a vitzoo-bench --compare JSON"),
+    ("{not json", "is not JSON (Expecting property name"),
+    ("[1, 2]", "is not a vitzoo-bench --compare result"),
+])
+def test_a_missing_or_foreign_results_file_is_a_one_line_error(tmp_path, capsys, content, message):
+    results = tmp_path / "compare.json"
+    if content is not None:
+        results.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--results", str(results)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and "Traceback" not in err
+
+
 def test_compiled_rows_get_their_own_table_and_stay_out_of_the_eager_ones():
     extra = dict(host_ms=0.5, launches=10.0, peak_mem_mb=100.0, batch=256, img_per_s_min=1.0, img_per_s_max=2.0)
     rows = [

@@ -26,8 +26,14 @@ CURRENT = Path("benchmarks/results/compare/h100.json")
 
 
 def load(path: Path) -> dict[str, Any]:
-    data = json.loads(Path(path).read_text())
-    if "rows" not in data or "info" not in data:
+    """A ``vitzoo-bench --compare`` result file; ValueError with one line when it is missing or not one."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist; pass a vitzoo-bench --compare JSON") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not JSON ({error})") from None
+    if not isinstance(data, dict) or "rows" not in data or "info" not in data:
         raise ValueError(f"{path} is not a vitzoo-bench --compare result (no 'info' and 'rows')")
     return data
 
@@ -328,10 +334,10 @@ def main(argv: list[str] | None = None) -> None:
             rewrite_between_markers(args.readme, MARKERS, text)
         if args.latency_plot:
             plot_latency(data, args.latency_plot)
+        if args.plot:
+            plot_throughput(data, args.plot)
     except (OSError, ValueError) as error:
         parser.error(str(error))
-    if args.plot:
-        plot_throughput(data, args.plot)
     if not args.readme:
         print(text)
 
