@@ -159,11 +159,14 @@ def test_resume_benchmarks_only_the_pairs_the_file_lacks(tmp_path, monkeypatch):
         (name, "48", "ok") for name in TINY]
 
 
-def test_resume_rejects_a_foreign_csv(tmp_path):
+@pytest.mark.parametrize("content", ["name,value\nx,1\n", "name,value\n"])
+def test_resume_rejects_a_foreign_csv(tmp_path, capsys, content):
     out = tmp_path / "other.csv"
-    out.write_text("name,value\nx,1\n")
+    out.write_text(content)
     with pytest.raises(SystemExit):
         bench.main(["--models", TINY[0], "--img-sizes", "32", "--results-file", str(out), "--resume", *FAST])
+    assert "is not a vitzoo-bench CSV (no model, " in capsys.readouterr().err
+    assert out.read_text() == content  # a file with only its header is someone's too
 
 
 def _refused(argv, capsys) -> str:

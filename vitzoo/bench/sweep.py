@@ -435,9 +435,12 @@ def measured_rows(results_file: Path, config: BenchConfig) -> list[dict[str, Any
     if not results_file.is_file():
         return []
     with results_file.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    # the header decides: a foreign file with a header and no rows must not be overwritten either
+    header = reader.fieldnames or []
     missing = [column for column in ("model", "infer_img_size", "precision", "compile", "status")
-               if rows and column not in rows[0]]
+               if header and column not in header]
     if missing:
         raise ValueError(f"--resume: {results_file} is not a vitzoo-bench CSV (no {', '.join(missing)} column)")
     kwargs = _format_kwargs(config.model_kwargs)
