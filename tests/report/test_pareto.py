@@ -99,3 +99,16 @@ def test_names():
     assert pareto.short_label("qtvit_3") == "QT-ViT-3"
     assert pareto.size_group("qtvit_1") == "hybrid"
     assert pareto.native_resolution("inline_deit_base_patch16_448") == 448
+
+
+@pytest.mark.parametrize("flag", ["--bench", "--results"])
+def test_a_missing_input_file_is_a_one_line_error(tmp_path, capsys, flag):
+    bench_file = tmp_path / "bench.csv"
+    write_csv(bench_file, [_bench_row("softmax_deit_tiny_patch16_224", 224, 1000.0, 1.0, 1.0)], COLUMNS)
+    files = {"--bench": [str(bench_file)], "--results": []}
+    files[flag] = [*files[flag], str(tmp_path / "nope.csv")]
+    with pytest.raises(SystemExit) as exit_info:
+        pareto.main(["--bench", *files["--bench"], "--results", *files["--results"], "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"{tmp_path / 'nope.csv'} does not exist" in err
+    assert not (tmp_path / "out").exists()

@@ -546,6 +546,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``vitzoo-pareto`` / ``python -m vitzoo.report.pareto``."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    for path in [*args.bench, *args.results]:
+        if not Path(path).exists():
+            parser.error(f"{path} does not exist; pass vitzoo-bench CSVs to --bench, vitzoo-eval CSVs to --results")
     try:
         report = make_report(args.bench, args.results, args.out, not args.no_published, args.precision, args.compile,
                              args.device, args.reference)
