@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from vitzoo.models._helpers import checkpoint_format
+
 _EMA_WRAPPERS = ("model_ema", "state_dict_ema")
 
 
@@ -48,18 +50,6 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _file_format(path: Path) -> str | None:
-    """``'torch'`` (a zip archive, or a legacy pickle, as ``torch.save`` writes), ``'safetensors'`` (an 8-byte header
-    length, then a JSON header that fits in the file) or None (neither), from the first bytes of ``path``."""
-    with path.open("rb") as handle:
-        head = handle.read(9)
-    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
-        return "torch"
-    if len(head) == 9 and head[8:] == b"{" and 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size:
-        return "safetensors"
-    return None
-
-
 def load_checkpoint_file(path: str | Path, use_ema: bool = False) -> dict[str, torch.Tensor]:
     """Read a ``.pth`` / ``.pt`` / ``.safetensors`` file with ``weights_only=True`` (the format is told from the file's
     first bytes; any other file is a one-line :class:`ConvertError`).
@@ -76,7 +66,7 @@ def load_checkpoint_file(path: str | Path, use_ema: bool = False) -> dict[str, t
     if not path.is_file():
         raise ConvertError(f"checkpoint {path} does not exist or is not a file")
     try:
-        file_format = _file_format(path)
+        file_format = checkpoint_format(path)
     except OSError as error:
         raise ConvertError(f"cannot read {path}: {error.strerror or error}") from None
     if file_format is None:

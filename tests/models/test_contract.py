@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import fnmatch
+import re
 
 import pytest
 import timm
@@ -136,6 +137,19 @@ def test_bad_constructor_arguments_are_one_line_errors(kwargs, message):
 def test_pretrained_without_weights_says_how_to_pass_them():
     with pytest.raises(ValueError, match=r"pretrained_cfg_overlay=dict\(file="):
         timm.create_model("inline_deit_tiny_patch16_224", pretrained=True)
+
+
+@pytest.mark.parametrize(("name", "content", "expected"), [
+    ("missing.safetensors", None, "missing.safetensors does not exist or is not a file"),
+    ("notes.txt", b"root:x:0:0:root:/root:/bin/bash\n", "notes.txt is not a PyTorch (.pth / .pt) or safetensors"),
+])
+@pytest.mark.parametrize("model", ["inline_deit_tiny_patch16_224", "qtvit_1"])
+def test_pretrained_from_a_wrong_file_is_a_one_line_error(tmp_path, model, name, content, expected):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        timm.create_model(model, pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
 
 
 def test_pretrained_from_file(tmp_path):

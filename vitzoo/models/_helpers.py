@@ -1,6 +1,8 @@
 """Helpers shared by the zoo's model families."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from timm.layers import register_notrace_function
 
@@ -9,11 +11,24 @@ _IMAGE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _WEIGHT_SOURCES = ("file", "url", "hf_hub_id", "state_dict")
 
 
+def checkpoint_format(path: Path) -> str | None:
+    """``'torch'`` (a zip archive, or a legacy pickle, as ``torch.save`` writes), ``'safetensors'`` (an 8-byte header
+    length, then a JSON header that fits in the file) or None (neither), from the first bytes of ``path``."""
+    with path.open("rb") as handle:
+        head = handle.read(9)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return "torch"
+    if len(head) == 9 and head[8:] == b"{" and 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size:
+        return "safetensors"
+    return None
+
+
 def check_pretrained_available(variant: str, pretrained: bool, kwargs: dict) -> None:
-    """Raise a clear error for ``pretrained=True`` when no weights source was given.
+    """Raise a clear error for ``pretrained=True`` when no weights source was given, or the weights file given is
+    missing or no checkpoint.
 
     The zoo publishes no weights yet, and timm would otherwise only log a warning and return a randomly
-    initialised model, which is easy to miss.
+    initialised model, which is easy to miss; a wrong file would fail deep in the unpickler.
     """
     if not pretrained:
         return
@@ -23,11 +38,25 @@ def check_pretrained_available(variant: str, pretrained: bool, kwargs: dict) -> 
             continue
         cfg = cfg if isinstance(cfg, dict) else getattr(cfg, "__dict__", {})
         if any(cfg.get(source) for source in _WEIGHT_SOURCES):
+            if cfg.get("file"):
+                _check_weights_file(variant, Path(cfg["file"]))
             return
     raise ValueError(
         f"{variant} has no published weights; pass your own with timm.create_model('{variant}', pretrained=True, "
         f"pretrained_cfg_overlay=dict(file='path/to/weights.safetensors')) or use checkpoint_path=..."
     )
+
+
+def _check_weights_file(variant: str, path: Path) -> None:
+    if not path.is_file():
+        raise ValueError(f"{variant}: weights file {path} does not exist or is not a file; pass a .pth / .pt / "
+                         ".safetensors file")
+    try:
+        file_format = checkpoint_format(path)
+    except OSError as error:
+        raise ValueError(f"{variant}: cannot read weights file {path}: {error.strerror or error}") from None
+    if file_format is None:
+        raise ValueError(f"{variant}: {path} is not a PyTorch (.pth / .pt) or safetensors checkpoint")
 
 
 def model_name(model: torch.nn.Module) -> str:
