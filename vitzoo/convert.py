@@ -63,14 +63,10 @@ def load_checkpoint_file(path: str | Path, use_ema: bool = False) -> dict[str, t
             by default the plain ones, as the authors' evaluation scripts do.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ConvertError(f"checkpoint {path} does not exist or is not a file")
     try:
         file_format = checkpoint_format(path)
-    except OSError as error:
-        raise ConvertError(f"cannot read {path}: {error.strerror or error}") from None
-    if file_format is None:
-        raise ConvertError(f"{path} is not a PyTorch (.pth / .pt) or safetensors checkpoint")
+    except ValueError as error:
+        raise ConvertError(str(error)) from None
     try:
         if file_format == "safetensors":
             from safetensors.torch import load_file

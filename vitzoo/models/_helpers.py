@@ -11,16 +11,25 @@ _IMAGE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _WEIGHT_SOURCES = ("file", "url", "hf_hub_id", "state_dict")
 
 
-def checkpoint_format(path: Path) -> str | None:
-    """``'torch'`` (a zip archive, or a legacy pickle, as ``torch.save`` writes), ``'safetensors'`` (an 8-byte header
-    length, then a JSON header that fits in the file) or None (neither), from the first bytes of ``path``."""
-    with path.open("rb") as handle:
-        head = handle.read(9)
+def checkpoint_format(path: Path) -> str:
+    """``'torch'`` (a zip archive, or a legacy pickle, as ``torch.save`` writes) or ``'safetensors'`` (an 8-byte header
+    length, then a JSON header that fits in the file), from the first bytes of ``path``.
+
+    Raises:
+        ValueError: one line, for a path that is missing, unreadable or neither kind of checkpoint.
+    """
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist or is not a file")
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(9)
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror or error}") from None
     if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
         return "torch"
     if len(head) == 9 and head[8:] == b"{" and 8 + int.from_bytes(head[:8], "little") <= path.stat().st_size:
         return "safetensors"
-    return None
+    raise ValueError(f"{path} is not a PyTorch (.pth / .pt) or safetensors checkpoint")
 
 
 def check_pretrained_available(variant: str, pretrained: bool, kwargs: dict) -> None:
@@ -39,24 +48,15 @@ def check_pretrained_available(variant: str, pretrained: bool, kwargs: dict) -> 
         cfg = cfg if isinstance(cfg, dict) else getattr(cfg, "__dict__", {})
         if any(cfg.get(source) for source in _WEIGHT_SOURCES):
             if cfg.get("file"):
-                _check_weights_file(variant, Path(cfg["file"]))
+                try:
+                    checkpoint_format(Path(cfg["file"]))
+                except ValueError as error:
+                    raise ValueError(f"{variant}: {error}") from None
             return
     raise ValueError(
         f"{variant} has no published weights; pass your own with timm.create_model('{variant}', pretrained=True, "
         f"pretrained_cfg_overlay=dict(file='path/to/weights.safetensors')) or use checkpoint_path=..."
     )
-
-
-def _check_weights_file(variant: str, path: Path) -> None:
-    if not path.is_file():
-        raise ValueError(f"{variant}: weights file {path} does not exist or is not a file; pass a .pth / .pt / "
-                         ".safetensors file")
-    try:
-        file_format = checkpoint_format(path)
-    except OSError as error:
-        raise ValueError(f"{variant}: cannot read weights file {path}: {error.strerror or error}") from None
-    if file_format is None:
-        raise ValueError(f"{variant}: {path} is not a PyTorch (.pth / .pt) or safetensors checkpoint")
 
 
 def model_name(model: torch.nn.Module) -> str:
