@@ -72,3 +72,49 @@ def test_op_counts_kernel_path_counts_stubbed_launches_and_restores_the_kernels(
     assert len(launches) == 2 * 5 + 1
     assert total > len(launches)
     assert function._free_energy_mix_fwd_kernel is kernel
+
+
+# A stand-in for the official InLine checkout: a models/inline_deit.py whose VisionTransformer takes the official
+# constructor's arguments and which registers an entry point of its own at import, as the official file does.
+_STAND_IN = '''
+import torch
+from timm.models import register_model
+
+
+class VisionTransformer(torch.nn.Module):
+    def __init__(self, img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, num_classes=1000):
+        super().__init__()
+        assert embed_dim % num_heads == 0
+        self.patch_embed = torch.nn.Conv2d(3, embed_dim, patch_size, patch_size)
+        self.head = torch.nn.Linear(embed_dim, num_classes)
+
+    def forward(self, x):
+        return self.head(self.patch_embed(x).mean((2, 3)))
+
+
+@register_model
+def stand_in_inline_deit_tiny(pretrained=False, **kwargs):
+    return VisionTransformer(embed_dim=192, num_heads=6, **kwargs)
+'''
+
+
+def test_official_speed_measures_the_official_model_beside_the_zoo_group(tmp_path: Path):
+    (tmp_path / "repo" / "models").mkdir(parents=True)
+    (tmp_path / "repo" / "models" / "inline_deit.py").write_text(_STAND_IN)
+    out = tmp_path / "official.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    script = [sys.executable, str(ROOT / "benchmarks" / "official_speed.py")]
+    done = subprocess.run([*script, "--inline-repo", str(tmp_path / "repo"), "--sizes", "tiny", "--img-sizes", "32",
+                           "--device", "cpu", "--repeats", "1", "--warm-steps", "1", "--timed-steps", "1",
+                           "--batch-size", "2", "--results-file", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [(row["model"], row["role"], row["status"]) for row in result["rows"]] == [
+        ("inline_deit_tiny_patch16_224", "zoo", "ok"), ("official_inline_deit_tiny", "official", "ok"),
+        ("softmax_deit_tiny_patch16_224", "twin", "ok"), ("deit_tiny_patch16_224", "timm", "ok")]
+    assert result["rows"][0]["official_model"] == "official_inline_deit_tiny"
+    assert all(row["img_per_s"] > 0 and row["img_size"] == 32 for row in result["rows"])
+    missing = subprocess.run([*script, "--inline-repo", str(tmp_path / "nope")], capture_output=True, text=True,
+                             cwd=ROOT, env=env, timeout=300)
+    assert missing.returncode == 2 and "inline_deit.py does not exist; --inline-repo takes a checkout" in missing.stderr

@@ -346,17 +346,25 @@ def run_compare(names: Iterable[str], img_sizes: Iterable[int], phases: Iterable
             if role in group and group[role] not in roles:
                 roles[group[role]] = {"role": role}
     result: dict[str, Any] = {"info": provenance(command, device) | {"config": vars(config)}, "rows": []}
+    measure_all(ordered, roles, img_sizes, phases, compile_modes, config, result, results_file, log)
+    return result
+
+
+def measure_all(names: list[str], roles: dict[str, dict[str, str]], img_sizes: Iterable[int], phases: Iterable[str],
+                compile_modes: Iterable[str], config: CompareConfig, result: dict[str, Any], results_file: Path | None,
+                log: Callable[[str], None] = print) -> None:
+    """:func:`compare_models` of ``names`` at every (size, phase, compile mode), its rows appended to
+    ``result['rows']`` and ``result`` rewritten to ``results_file`` after each."""
     for img_size in img_sizes:
         for phase in phases:
             for mode in compile_modes:
                 if phase == "latency" and mode in ("reduce-overhead", CUDA_GRAPH):
                     continue  # the eager row already reports the CUDA-graphed latency
-                for row in compare_models(ordered, roles, img_size, phase, mode, config):
+                for row in compare_models(names, roles, img_size, phase, mode, config):
                     result["rows"].append(row)
                     log(format_row(row))
                 if results_file is not None:
                     write_json(results_file, result)
-    return result
 
 
 def format_row(row: dict[str, Any]) -> str:
