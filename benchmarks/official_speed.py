@@ -67,14 +67,14 @@ def register_official(module: ModuleType) -> list[str]:
 
 
 def comparison_roles(size: str) -> tuple[list[str], dict[str, dict[str, str]]]:
-    """The models measured for one size, in order, and their roles: the zoo's InLine model, the official one, the
-    zoo model's softmax twin and timm's DeiT."""
-    group = compare.reference_models(FAMILIES["inline"].model_name(size))
-    zoo, official = group["zoo"], official_name(size)
-    roles = {zoo: {"role": "zoo", "twin_model": group["twin"], "timm_model": group["timm"],
-                   "official_model": official},
-             official: {"role": "official"}, group["twin"]: {"role": "twin"}, group["timm"]: {"role": "timm"}}
-    return list(roles), roles
+    """The models measured for one size, in order, and their roles: ``--compare``'s set for the zoo's InLine model
+    (it, its softmax twin and timm's DeiT) with the official model second."""
+    zoo, official = FAMILIES["inline"].model_name(size), official_name(size)
+    ordered, roles = compare.comparison_set([zoo])
+    ordered.insert(1, official)
+    roles[zoo]["official_model"] = official
+    roles[official] = {"role": "official"}
+    return ordered, roles
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -53,7 +53,7 @@ COLUMNS = (*RESULT_COLUMNS, *EXTRA_COLUMNS)
 def same_run(output: Path, config: TrainConfig) -> bool:
     """Whether ``output`` holds a checkpointed run whose saved settings are all those of ``config`` (not only the
     ones a resume must share: a run of another learning rate or length is not continued, it is replaced)."""
-    if not (output / "checkpoints").is_dir() or not (output / "config.yaml").is_file():
+    if not (output / "checkpoints").is_dir():
         return False
     try:
         saved = read_saved_config(output)

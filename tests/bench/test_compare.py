@@ -96,11 +96,13 @@ def test_compare_keeps_an_existing_results_file(tmp_path, monkeypatch, capsys):
 
 
 def test_comparison_set_measures_each_model_once():
-    ordered, groups = comparison_set(["linear_deit_tiny_patch16_224", "inline_deit_tiny_patch16_224",
-                                      "softmax_deit_tiny_patch16_224"])
+    ordered, roles = comparison_set(["linear_deit_tiny_patch16_224", "inline_deit_tiny_patch16_224",
+                                     "softmax_deit_tiny_patch16_224"])
     assert ordered == ["linear_deit_tiny_patch16_224", "inline_deit_tiny_patch16_224", "softmax_deit_tiny_patch16_224",
                        "deit_tiny_patch16_224"]
-    assert groups["inline_deit_tiny_patch16_224"]["twin"] == "softmax_deit_tiny_patch16_224"
+    assert roles["inline_deit_tiny_patch16_224"] == {"role": "zoo", "twin_model": "softmax_deit_tiny_patch16_224",
+                                                     "timm_model": "deit_tiny_patch16_224"}
+    assert roles["deit_tiny_patch16_224"] == {"role": "timm"}
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graphs)")

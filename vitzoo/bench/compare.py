@@ -240,15 +240,23 @@ def latency_ms(model: nn.Module, img_size: int, device: torch.device, steps: int
 
 
 def comparison_set(names: Iterable[str]) -> tuple[list[str], dict[str, dict[str, str]]]:
-    """Every model to measure (zoo models first, then their twins and timm's models, each once) and each zoo
-    model's group."""
+    """Every model to measure (zoo models first, then their twins and timm's models, each once) and each model's
+    role in the rows: ``{'role': 'zoo', 'twin_model': ..., 'timm_model': ...}`` for a zoo model, ``{'role': 'twin'}``
+    or ``{'role': 'timm'}`` for the others."""
     groups = {name: reference_models(name) for name in names}
     ordered: list[str] = []
     for role in ("zoo", "twin", "timm"):
         for group in groups.values():
             if role in group and group[role] not in ordered:
                 ordered.append(group[role])
-    return ordered, groups
+    roles: dict[str, dict[str, str]] = {}
+    for group in groups.values():
+        roles[group["zoo"]] = {"role": "zoo"} | {f"{k}_model": v for k, v in group.items() if k != "zoo"}
+    for group in groups.values():
+        for role in ("twin", "timm"):
+            if role in group and group[role] not in roles:
+                roles[group[role]] = {"role": role}
+    return ordered, roles
 
 
 def compare_models(names: list[str], roles: dict[str, dict[str, str]], img_size: int, phase: str, compile_mode: str,
@@ -333,19 +341,9 @@ def run_compare(names: Iterable[str], img_sizes: Iterable[int], phases: Iterable
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure the zoo models, their twins and timm's models at every (size, phase, compile mode), interleaved;
     rewrite ``results_file`` after each."""
-    device = torch.device(config.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.set_float32_matmul_precision("high")
-    ordered, groups = comparison_set(names)
-    roles: dict[str, dict[str, str]] = {}
-    for group in groups.values():
-        roles[group["zoo"]] = {"role": "zoo"} | {f"{k}_model": v for k, v in group.items() if k != "zoo"}
-    for group in groups.values():
-        for role in ("twin", "timm"):
-            if role in group and group[role] not in roles:
-                roles[group[role]] = {"role": role}
-    result: dict[str, Any] = {"info": provenance(command, device) | {"config": vars(config)}, "rows": []}
+    ordered, roles = comparison_set(names)
+    result: dict[str, Any] = {"info": provenance(command, torch.device(config.device)) | {"config": vars(config)},
+                              "rows": []}
     measure_all(ordered, roles, img_sizes, phases, compile_modes, config, result, results_file, log)
     return result
 
@@ -355,6 +353,9 @@ def measure_all(names: list[str], roles: dict[str, dict[str, str]], img_sizes: I
                 log: Callable[[str], None] = print) -> None:
     """:func:`compare_models` of ``names`` at every (size, phase, compile mode), its rows appended to
     ``result['rows']`` and ``result`` rewritten to ``results_file`` after each."""
+    if torch.device(config.device).type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
     for img_size in img_sizes:
         for phase in phases:
             for mode in compile_modes:
