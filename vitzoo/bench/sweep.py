@@ -50,7 +50,7 @@ from vitzoo.bench.compare import COMPILE_MODES as COMPARE_COMPILE_MODES
 from vitzoo.bench.compare import CUDA_GRAPH, CompareConfig, check_names, run_compare
 from vitzoo.bench.compare import PHASES as COMPARE_PHASES
 from vitzoo.flops import count_gmacs
-from vitzoo.models import list_models, similar_model_names
+from vitzoo.models import list_models, similar_models_hint
 from vitzoo.ops import kernel_backend
 
 # timm's benchmark CSV columns in timm's order first (so timm's tooling reads our files), then ours.
@@ -199,9 +199,8 @@ def resolve_models(patterns: Iterable[str]) -> list[str]:
         elif timm.is_model(pattern):
             found = [pattern]
         else:
-            similar = similar_model_names(pattern)
-            hint = f" (similar: {', '.join(similar)})" if similar else ""
-            raise ValueError(f"unknown model {pattern!r}{hint}; expected a registered timm/vitzoo name or a pattern")
+            raise ValueError(f"unknown model {pattern!r}{similar_models_hint(pattern)}; expected a registered "
+                             "timm/vitzoo name or a pattern")
         if not found:
             raise ValueError(f"no registered model matches {pattern!r}")
         names.extend(name for name in found if name not in names)

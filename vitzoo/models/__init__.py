@@ -13,6 +13,8 @@ def list_models(pattern: str = "") -> list[str]:
     return sorted(name for module in MODEL_MODULES for name in timm.list_models(pattern, module=module))
 
 
-def similar_model_names(name: str, count: int = 5) -> list[str]:
-    """Up to ``count`` registered timm/vitzoo model names closest to ``name`` (for a misspelt name's error)."""
-    return difflib.get_close_matches(name, timm.list_models(), n=count, cutoff=0.6)
+def similar_models_hint(name: str, count: int = 5) -> str:
+    """For a misspelt model name's error: `` (similar: a, b, ...)`` with up to ``count`` registered timm/vitzoo
+    names closest to ``name``, or an empty string when none is close."""
+    similar = difflib.get_close_matches(name, timm.list_models(), n=count, cutoff=0.6)
+    return f" (similar: {', '.join(similar)})" if similar else ""

@@ -441,10 +441,8 @@ def check_model_name(name: str) -> None:
     """Raise :class:`ConfigError` if ``name`` is not a registered timm (or vitzoo) model."""
     import timm
 
-    from vitzoo.models import similar_model_names  # importing registers the vitzoo models with timm
+    from vitzoo.models import similar_models_hint  # importing registers the vitzoo models with timm
 
     if not timm.is_model(name):
-        similar = similar_model_names(name)
-        hint = f" (similar: {', '.join(similar)})" if similar else ""
-        raise ConfigError(f"unknown model {name!r}{hint}; vitzoo.list_models() lists the zoo's models, "
-                          "timm.list_models() timm's")
+        raise ConfigError(f"unknown model {name!r}{similar_models_hint(name)}; vitzoo.list_models() lists the zoo's "
+                          "models, timm.list_models() timm's")
