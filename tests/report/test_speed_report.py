@@ -7,7 +7,9 @@ from vitzoo.report.speed_report import (
     inference_table,
     latency_series,
     main,
+    official_table,
     plot_latency,
+    processes_table,
     sizes_table,
     summary_table,
     to_markdown,
@@ -110,6 +112,50 @@ def test_sizes_table_pairs_each_model_with_the_references_of_its_own_part():
     assert "| `linear_deit_base_patch16_224` | 224 | 200 | 0.50x | 0.25x | 5.00 | 100, 0.50x (6.0 / 10.0) |" in table
     assert "`softmax_deit" not in table and "`deit_" not in table  # the references are no rows of their own
     assert "code at `abc1234`" in table
+
+
+def _timed(row, host_ms, launches=100.0):
+    return dict(row, img_per_s_min=row["img_per_s"] * 0.9, img_per_s_max=row["img_per_s"] * 1.1, host_ms=host_ms,
+                launches=launches, batch=128)
+
+
+def test_processes_table_takes_each_ratio_from_its_own_process():
+    """Host-bound references move between processes: a zoo row is divided by its own process's twin and timm rows."""
+    info = dict(device="GPU", torch="2", triton="3", date="2026-01-02T00:00:00Z", git_revision="abc1234")
+    refs = dict(twin_model="softmax_deit_tiny_patch16_224", timm_model="deit_tiny_patch16_224")
+
+    def part(zoo_model, zoo, twin, timm_model):
+        rows = [_timed(_row(zoo_model, 224, zoo, "zoo", **refs), 20.0),
+                _timed(_row("softmax_deit_tiny_patch16_224", 224, twin, "twin"), 10.0),
+                _timed(_row("deit_tiny_patch16_224", 224, timm_model, "timm"), 10.0)]
+        return dict(info=info, rows=[dict(row, phase="train", compile="default") for row in rows])
+
+    table = processes_table(dict(parts=[part("linear_deit_tiny_patch16_224", 300.0, 200.0, 100.0),
+                                        part("zeros_deit_tiny_patch16_224", 300.0, 600.0, 300.0)]),
+                            "train", "default")
+    assert "| `linear_deit_tiny_patch16_224` | 300 (270-330) | 1.50x | 3.00x | 20.0 / 3.3 | 100 | 1: " in table
+    assert "| `zeros_deit_tiny_patch16_224` | 300 (270-330) | 0.50x | 1.00x | 20.0 / 3.3 | 100 | 2: " in table
+    assert "2: `softmax_deit_tiny_patch16_224` 600, `deit_tiny_patch16_224` 300 |" in table
+    assert "| `softmax_deit" not in table  # the references are no rows of their own
+    assert "2 processes" in table and "code at `abc1234`" in table
+
+
+def test_official_table_pairs_each_zoo_row_with_the_official_row_of_its_size_and_mode():
+    info = dict(device="GPU", cpu_count="16", torch="2", triton="3", timm="1", date="2026-01-02T00:00:00Z",
+                git_revision="abc1234")
+    rows = []
+    for mode, scale, official_scale in (("none", 1.0, 1.0), ("cuda-graph", 2.0, 1.5)):
+        for size, zoo, official in ((224, 300.0, 100.0), (1024, 30.0, 20.0)):
+            rows += [dict(_timed(_row("inline_deit_tiny_patch16_224", size, zoo * scale, "zoo",
+                                      official_model="official_inline_deit_tiny"), 5.0), compile=mode),
+                     dict(_timed(_row("official_inline_deit_tiny", size, official * official_scale, "official"), 8.0),
+                          compile=mode)]
+    table = official_table(dict(info=info, rows=rows), Path("results.json"))
+    assert ("| `inline_deit_tiny_patch16_224` | 224 | eager | 128 | 300 | 100 | 3.00x | 5.0 / 8.0 | 3.33 / 10.00 |"
+            in table)
+    assert "| `inline_deit_tiny_patch16_224` | 1024 | eager | 128 | 30 | 20 | 1.50x |" in table
+    assert "| `inline_deit_tiny_patch16_224` | 1024 | CUDA graph | 128 | 60 | 30 | 2.00x |" in table
+    assert "| `official_inline" not in table and "`results.json`" in table
 
 
 def _latency(model, size, p50, p90, graphed=None, **extra):

@@ -24,6 +24,7 @@ STUDY = RESULTS / "fashion_mnist_study"
 COMPILE = RESULTS / "compile_models" / "h200.json"
 FASHION_IMAGENET = RESULTS / "fashion_imagenet" / "h200.json"
 DATA_PIPELINE = RESULTS / "data_pipeline" / "cpu.json"
+OFFICIAL_INLINE = RESULTS / "official_speed" / "h100.json"
 
 
 def render(root: Path) -> dict[Path, str]:
@@ -35,15 +36,20 @@ def render(root: Path) -> dict[Path, str]:
                                           model_table.to_markdown(read_csvs([root / model_table.COUNTS])))
     readme_text = replace_between_markers(readme_text, fashion_mnist.BUDGET_MARKERS,
                                           fashion_mnist.budget_table(FASHION_MNIST_ZOO, root))
+    study_table = fashion_mnist.study_table(root / STUDY / "summary.csv", [root / STUDY / "bench.csv"])
+    readme_text = replace_between_markers(readme_text, fashion_mnist.STUDY_MARKERS, study_table)
     readme_text = replace_between_markers(readme_text, speed_report.SUMMARY_MARKERS,
                                           speed_report.summary_table(comparison, COMPARE))
     docs_text = docs.read_text()
     docs_text = replace_between_markers(docs_text, speed_report.MARKERS,
                                         speed_report.to_markdown(comparison))
-    docs_text = replace_between_markers(docs_text, fashion_mnist.STUDY_MARKERS, fashion_mnist.study_table(
-        root / STUDY / "summary.csv", [root / STUDY / "bench.csv"]))
+    docs_text = replace_between_markers(docs_text, fashion_mnist.STUDY_MARKERS, study_table)
     docs_text = replace_between_markers(docs_text, speed_report.SIZES_MARKERS, speed_report.sizes_table(
         comparison[speed_report.SIZES_SECTION]))
+    docs_text = replace_between_markers(docs_text, speed_report.COMPILED_TRAIN_MARKERS, speed_report.processes_table(
+        comparison[speed_report.COMPILED_TRAIN_SECTION], "train", "default"))
+    docs_text = replace_between_markers(docs_text, speed_report.OFFICIAL_MARKERS, speed_report.official_table(
+        speed_report.load(root / OFFICIAL_INLINE), OFFICIAL_INLINE))
     docs_text = replace_between_markers(docs_text, speed_report.COMPILE_MARKERS,
                                         speed_report.compile_table(speed_report.load(root / COMPILE)))
     docs_text = replace_between_markers(docs_text, fashion_mnist.IMAGENET_SHAPE_MARKERS,

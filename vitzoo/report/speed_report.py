@@ -20,6 +20,10 @@ SUMMARY_MARKERS = ("<!-- speed-summary:start -->", "<!-- speed-summary:end -->")
 COMPILE_MARKERS = ("<!-- compile-table:start -->", "<!-- compile-table:end -->")
 SIZES_MARKERS = ("<!-- sizes-table:start -->", "<!-- sizes-table:end -->")
 SIZES_SECTION = "sizes_224"  # the section of CURRENT with the small and base models
+COMPILED_TRAIN_MARKERS = ("<!-- compiled-train-table:start -->", "<!-- compiled-train-table:end -->")
+COMPILED_TRAIN_SECTION = "compiled_train_224"  # the section of CURRENT with the compiled training steps
+OFFICIAL_MARKERS = ("<!-- official-inline-table:start -->", "<!-- official-inline-table:end -->")
+_MODE_NAMES = {"none": "eager", "cuda-graph": "CUDA graph"}
 # the comparison of the current code that the README and docs/benchmarks.md show (older ones stay beside it, one file
 # per GPU)
 CURRENT = Path("benchmarks/results/compare/h100.json")
@@ -210,6 +214,58 @@ def sizes_table(section: dict[str, Any]) -> str:
     lines += ["", f"{info['device']}, torch {info['torch']}, triton {info['triton']}, {info['date'][:10]}, code at "
               f"`{info['git_revision']}`: bf16, batch 256, each size beside its softmax twin and timm's model in one "
               f"process, median of 3 interleaved repeats (`{CURRENT.as_posix()}`, section `{SIZES_SECTION}`)."]
+    return "\n".join(lines)
+
+
+def processes_table(section: dict[str, Any], phase: str, compile_mode: str) -> str:
+    """Rows measured in several processes (a section whose ``parts`` are compare results, one per process): per zoo
+    model its img/s with the ratios to the softmax twin and timm's model of its own process, host and device ms and
+    launches, and those references' own img/s (host-bound rows move between processes, the references with them)."""
+    lines = ["| model | img/s (min-max of repeats) | x twin | x timm | host / device ms | launches | "
+             "process: its twin, timm img/s |", "|---|---|---|---|---|---|---|"]
+    for number, part in enumerate(section["parts"], 1):
+        rows = _ok(part["rows"], phase=phase, compile=compile_mode)
+        by_model = {row["model"]: row for row in rows}
+        for row in rows:
+            if row.get("role") != "zoo":
+                continue
+            twin, timm_row = by_model.get(row.get("twin_model")), by_model.get(row.get("timm_model"))
+            references = ", ".join(f"`{ref['model']}` {ref['img_per_s']:,.0f}" for ref in (twin, timm_row) if ref)
+            lines.append(
+                f"| `{row['model']}` | {row['img_per_s']:,.0f} ({row['img_per_s_min']:,.0f}-"
+                f"{row['img_per_s_max']:,.0f}) | {_ratio(row, twin)} | {_ratio(row, timm_row)} | "
+                f"{row['host_ms']:.1f} / {row['device_ms']:.1f} | {row['launches']:.0f} | {number}: {references} |")
+    infos = [part["info"] for part in section["parts"]]
+    batches = sorted({row["batch"] for part in section["parts"] for row in _ok(part["rows"], phase=phase)})
+    revisions = sorted({info["git_revision"] for info in infos})
+    lines += ["", f"{infos[0]['device']}, torch {infos[0]['torch']}, triton {infos[0]['triton']}, "
+              f"{infos[0]['date'][:10]}, code at `{', '.join(revisions)}`: bf16, batch "
+              f"{'/'.join(map(str, batches))}, {len(infos)} processes one after another, median of 3 interleaved "
+              f"repeats (`{CURRENT.as_posix()}`, section `{COMPILED_TRAIN_SECTION}`)."]
+    return "\n".join(lines)
+
+
+def official_table(data: dict[str, Any], source: Path) -> str:
+    """The zoo's InLine models beside the official InLine code (``benchmarks/official_speed.py``'s result): per model,
+    resolution and mode both img/s, their ratio, and each one's host and device ms per step."""
+    rows = _ok(data["rows"])
+    index = {(row["model"], row["img_size"], row["compile"]): row for row in rows}
+    lines = ["| zoo model | px | mode | batch | zoo img/s | official img/s | x official | host ms zoo / official | "
+             "device ms zoo / official |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        official = index.get((row.get("official_model"), row["img_size"], row["compile"]))
+        if official is None:
+            continue
+        lines.append(
+            f"| `{row['model']}` | {row['img_size']} | {_MODE_NAMES.get(row['compile'], row['compile'])} | "
+            f"{row['batch']} | {row['img_per_s']:,.0f} | {official['img_per_s']:,.0f} | {_ratio(row, official)} | "
+            f"{row['host_ms']:.1f} / {official['host_ms']:.1f} | "
+            f"{row['device_ms']:.2f} / {official['device_ms']:.2f} |")
+    info = data["info"]
+    lines += ["", f"{info['device']} ({info['cpu_count']} CPU cores), torch {info['torch']}, triton {info['triton']}, "
+              f"timm {info['timm']}, {info['date'][:10]}, code at `{info['git_revision']}`: bf16 inference, batch 256 "
+              f"at 224 px and the same tokens per batch above, one process per mode, median of 3 interleaved repeats "
+              f"beside the softmax twin and timm's DeiT (`{source.as_posix()}`)."]
     return "\n".join(lines)
 
 
