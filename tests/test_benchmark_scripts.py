@@ -121,3 +121,42 @@ def test_official_speed_measures_the_official_model_beside_the_zoo_group(tmp_pat
     missing = subprocess.run([*script, "--inline-repo", str(tmp_path / "nope")], capture_output=True, text=True,
                              cwd=ROOT, env=env, timeout=300)
     assert missing.returncode == 2 and "inline_deit.py does not exist; --inline-repo takes a checkout" in missing.stderr
+
+
+# A stand-in for the official QT-ViT checkout: an efficientvit package whose classifiers module imports a training-only
+# package at module level, as the official one does through its trainer.
+_QTVIT_STAND_IN = '''
+import torch
+import torchpack.distributed as dist  # not installed here: the benchmark stands in for it
+
+
+def efficientvit_cls_b1(n_classes=1000):
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 8, 8), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(8, n_classes))
+'''
+
+
+def test_official_speed_measures_the_official_qtvit_beside_the_zoo_model(tmp_path: Path):
+    package = tmp_path / "repo" / "efficientvit" / "models" / "efficientvit"
+    package.mkdir(parents=True)
+    for folder in (package, package.parent, package.parent.parent):
+        (folder / "__init__.py").write_text("")
+    (package / "cls.py").write_text(_QTVIT_STAND_IN)
+    out = tmp_path / "official.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    script = [sys.executable, str(ROOT / "benchmarks" / "official_speed.py")]
+    done = subprocess.run([*script, "--qtvit-repo", str(tmp_path / "repo"), "--qtvit-models", "qtvit_1",
+                           "--img-sizes", "32", "--device", "cpu", "--repeats", "1", "--warm-steps", "1",
+                           "--timed-steps", "1", "--batch-size", "2", "--results-file", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert [(row["model"], row["role"], row["status"]) for row in result["rows"]] == [
+        ("qtvit_1", "zoo", "ok"), ("official_qtvit_1", "official", "ok"), ("efficientvit_b1", "timm", "ok")]
+    assert result["rows"][0]["official_model"] == "official_qtvit_1"
+    assert result["info"]["official"] == ["official_qtvit_1"]
+    missing = subprocess.run([*script, "--qtvit-repo", str(tmp_path / "nope")], capture_output=True, text=True,
+                             cwd=ROOT, env=env, timeout=300)
+    assert missing.returncode == 2 and "--qtvit-repo takes a checkout of the official QT-ViT code" in missing.stderr
+    neither = subprocess.run(script, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert neither.returncode == 2 and "pass --inline-repo, --qtvit-repo or both" in neither.stderr
