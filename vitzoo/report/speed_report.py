@@ -22,7 +22,7 @@ SIZES_MARKERS = ("<!-- sizes-table:start -->", "<!-- sizes-table:end -->")
 SIZES_SECTION = "sizes_224"  # the section of CURRENT with the small and base models
 COMPILED_TRAIN_MARKERS = ("<!-- compiled-train-table:start -->", "<!-- compiled-train-table:end -->")
 COMPILED_TRAIN_SECTION = "compiled_train_224"  # the section of CURRENT with the compiled training steps
-OFFICIAL_MARKERS = ("<!-- official-inline-table:start -->", "<!-- official-inline-table:end -->")
+OFFICIAL_MARKERS = ("<!-- official-table:start -->", "<!-- official-table:end -->")
 _MODE_NAMES = {"none": "eager", "cuda-graph": "CUDA graph"}
 # the comparison of the current code that the README and docs/benchmarks.md show (older ones stay beside it, one file
 # per GPU)
@@ -246,7 +246,7 @@ def processes_table(section: dict[str, Any], phase: str, compile_mode: str) -> s
 
 
 def official_table(data: dict[str, Any], source: Path) -> str:
-    """The zoo's InLine models beside the official InLine code (``benchmarks/official_speed.py``'s result): per model,
+    """The zoo's models beside the authors' code (``benchmarks/official_speed.py``'s result): per zoo model,
     resolution and mode both img/s, their ratio, and each one's host and device ms per step."""
     rows = _ok(data["rows"])
     index = {(row["model"], row["img_size"], row["compile"]): row for row in rows}
