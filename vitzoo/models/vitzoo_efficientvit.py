@@ -116,7 +116,8 @@ class _CheckedImages:
         check_images(x, self.in_chans, model_name(self), next(self.parameters()).dtype)
         return super().forward_features(x)
 
-    def forward_intermediates(self, x: torch.Tensor, *args, **kwargs):
+    def forward_intermediates(self, x: torch.Tensor, *args, **kwargs
+                              ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         check_images(x, self.in_chans, model_name(self), next(self.parameters()).dtype)
         return super().forward_intermediates(x, *args, **kwargs)
 

@@ -236,7 +236,7 @@ def _pyplot():
     return plt
 
 
-def place_labels(ax, xs: Sequence[float], ys: Sequence[float], texts: Sequence[str], colors: Sequence[str],
+def place_labels(ax: Any, xs: Sequence[float], ys: Sequence[float], texts: Sequence[str], colors: Sequence[str],
                  obstacles: Sequence[tuple[float, float]] = (), fontsize: float = 7.5) -> None:
     """Label every point, moving labels around their point (with a leader line when far) so they do not overlap.
 

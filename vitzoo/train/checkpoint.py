@@ -15,13 +15,16 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 from vitzoo.train.config import ConfigError, TrainConfig, first_line
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 _logger = logging.getLogger(__name__)
 
@@ -271,7 +274,8 @@ def read_checkpoint(folder: Path, identity: dict, config: TrainConfig, process_i
     return CheckpointFiles(folder, meta, state, rng)
 
 
-def find_resume_checkpoint(config: TrainConfig, output: Path, identity: dict, accelerator) -> CheckpointFiles | None:
+def find_resume_checkpoint(config: TrainConfig, output: Path, identity: dict,
+                           accelerator: Accelerator) -> CheckpointFiles | None:
     """The checkpoint to resume from: ``config.resume``'s folder, or with ``'auto'`` the newest intact one under
     ``output`` (older ones are tried when newer ones are damaged, with a warning); None for 'auto' without any.
 

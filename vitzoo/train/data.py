@@ -32,7 +32,7 @@ import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -47,6 +47,9 @@ from vitzoo.train.device_decode import (
     EncodedRandomResizedCrop,
     decode_crops,
 )
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 _logger = logging.getLogger(__name__)
 _JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
@@ -269,7 +272,7 @@ class SkipUnreadable(Dataset):
         return fresh
 
 
-def report_unreadable(dataset: SkipUnreadable, accelerator) -> int:
+def report_unreadable(dataset: SkipUnreadable, accelerator: Accelerator) -> int:
     """Merge the unreadable-file flags of all processes, warn once per new file (main process) and return the count.
 
     Args:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -37,11 +38,14 @@ from vitzoo.train.data import (
 )
 from vitzoo.train.factories import build_transforms, create_model_from_config
 
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
 _logger = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, accelerator, use_autocast: bool = False,
+def evaluate(model: nn.Module, loader: Iterable, accelerator: Accelerator, use_autocast: bool = False,
              progress: bool = False) -> dict[str, float]:
     """Exact top-1/top-5 and mean cross-entropy over the whole loader, gathered across processes.
 

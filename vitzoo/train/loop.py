@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
@@ -70,6 +70,9 @@ from vitzoo.train.factories import (
     create_model_from_config,
     dataset_classes,
 )
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 _logger = logging.getLogger(__name__)
 
@@ -188,7 +191,7 @@ def _run_folder(config: TrainConfig, accelerator) -> Path:
     return Path(names[0])
 
 
-def warn_about_changed_settings(config: TrainConfig, accelerator) -> None:
+def warn_about_changed_settings(config: TrainConfig, accelerator: Accelerator) -> None:
     """Warn where the launcher or the device does not give what the config asks for."""
     if not accelerator.is_main_process:
         return
@@ -202,7 +205,7 @@ def warn_about_changed_settings(config: TrainConfig, accelerator) -> None:
                         "(or torchrun); the run trains as a single process")
 
 
-def mean_over_processes(total: torch.Tensor, count: int, accelerator) -> float:
+def mean_over_processes(total: torch.Tensor, count: int, accelerator: Accelerator) -> float:
     """The mean of the values whose sum on this process is ``total`` over ``count`` values, taken over the values
     of all processes (every process must call it at the same point: it is one collective)."""
     pair = torch.stack([total.detach().float().reshape(()), torch.tensor(float(count), device=total.device)])
