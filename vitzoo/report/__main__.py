@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vitzoo.bench.common import read_csvs
 from vitzoo.report import fashion_mnist, model_table, speed_report, zoo_sweep
 from vitzoo.report._readme import replace_between_markers
 
@@ -33,7 +32,7 @@ def render(root: Path) -> dict[Path, str]:
     comparison = speed_report.load(root / COMPARE)  # the summary, the speed tables and the sizes table
     readme_text = readme.read_text()
     readme_text = replace_between_markers(readme_text, model_table.MARKERS,
-                                          model_table.to_markdown(read_csvs([root / model_table.COUNTS])))
+                                          model_table.to_markdown(model_table.load_counts(root / model_table.COUNTS)))
     readme_text = replace_between_markers(readme_text, fashion_mnist.BUDGET_MARKERS,
                                           fashion_mnist.budget_table(FASHION_MNIST_ZOO, root))
     study_table = fashion_mnist.study_table(root / STUDY / "summary.csv", [root / STUDY / "bench.csv"])

@@ -1,14 +1,15 @@
 """The zoo's model table: every registered model with params, GMACs at its native resolution and published top-1.
 
 The counts (params and fvcore GMACs, batch 1, native resolution) are measured once and committed as
-``benchmarks/results/model_table/cpu.csv`` with their provenance beside it; ``python -m vitzoo.report.model_table
---recount`` measures them again (about five minutes on two CPU cores) and rewrites both files. The table itself is
-built from that file, the published numbers (``published_imagenet.csv``) and each model's ``pretrained_cfg``;
-``python -m vitzoo.report`` puts it into the README between the ``model-table`` markers.
+``benchmarks/results/model_table/cpu.json`` (their provenance and one row per model); ``python -m
+vitzoo.report.model_table --recount`` measures them again (about five minutes on two CPU cores) and rewrites it.
+The table itself is built from that file, the published numbers (``published_imagenet.csv``) and each model's
+``pretrained_cfg``; ``python -m vitzoo.report`` puts it into the README between the ``model-table`` markers.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -17,19 +18,18 @@ import torch
 from tqdm import tqdm
 
 import vitzoo  # noqa: F401  (registers the models)
-from vitzoo.bench.common import environment, git_revision, read_csvs, write_csv, write_json
+from vitzoo.bench.common import environment, git_revision, write_json
 from vitzoo.flops import count_gmacs
 from vitzoo.models import list_models
 from vitzoo.registry import family_of
 from vitzoo.report.published import load_published
 
 MARKERS = ("<!-- model-table:start -->", "<!-- model-table:end -->")
-COUNT_COLUMNS = ("model", "img_size", "params_m", "gmacs")
-COUNTS = Path("benchmarks/results/model_table/cpu.csv")
+COUNTS = Path("benchmarks/results/model_table/cpu.json")
 _AUTHORS_CHECKPOINT = "authors' checkpoint"
 
 
-def count_models(names: list[str]) -> list[dict]:
+def count_models(names: list[str]) -> list[dict[str, str | int | float]]:
     """Params (M) and fvcore GMACs of each model at its native resolution, built with seed 0 on the CPU."""
     rows = []
     for name in tqdm(names, desc="models", file=sys.stderr):
@@ -50,7 +50,7 @@ def weights_link(pretrained_cfg: dict) -> str:
     return "none"
 
 
-def to_markdown(counts: list[dict[str, str]]) -> str:
+def to_markdown(counts: list[dict]) -> str:
     """The table of the counted models, with the published numbers and the weights column."""
     published = load_published()
     lines = [
@@ -71,23 +71,36 @@ def to_markdown(counts: list[dict[str, str]]) -> str:
 
 
 def recount(path: Path, names: list[str]) -> None:
-    """Measure the counts of ``names`` and write them to ``path``, with provenance in the ``.json`` beside it."""
-    write_csv(path, count_models(names), COUNT_COLUMNS)
+    """Measure the counts of ``names`` and write them to ``path`` (a JSON file: provenance and ``rows``)."""
+    rows = count_models(names)
     import fvcore
 
-    write_json(path.with_suffix(".json"), environment(torch.device("cpu")) | {
+    write_json(path, environment(torch.device("cpu")) | {
         "what": "params and fvcore GMACs (1 MAC = 1 fused multiply-add, batch 1, native resolution, attention "
                 "included) of every registered vitzoo model",
         "fvcore": getattr(fvcore, "__version__", ""),
-        "command": "python -m vitzoo.report.model_table --recount", "git_revision": git_revision(),
+        "command": "python -m vitzoo.report.model_table --recount", "git_revision": git_revision(), "rows": rows,
     })
+
+
+def load_counts(path: Path) -> list[dict]:
+    """The counted rows of a ``--recount`` file; ValueError with one line when it is missing or not one."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist; write it with vitzoo-models --recount --counts {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not JSON ({error}); pass a file written by vitzoo-models --recount") from None
+    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+        raise ValueError(f"{path} has no 'rows'; pass a file written by vitzoo-models --recount")
+    return data["rows"]
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``vitzoo-models``: print the table (``--recount`` measures the counts first)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--filter", default="", help="fnmatch pattern of model names, e.g. 'inline_*'")
-    parser.add_argument("--counts", type=Path, default=COUNTS, help=f"the counts CSV (default {COUNTS})")
+    parser.add_argument("--counts", type=Path, default=COUNTS, help=f"the counts file (default {COUNTS})")
     parser.add_argument("--recount", action="store_true", help="measure every model's counts and rewrite --counts")
     args = parser.parse_args(argv)
     names = list_models(args.filter)
@@ -95,7 +108,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"no vitzoo model matches {args.filter!r}")
     if args.recount:
         recount(args.counts, list_models())
-    counts = [row for row in read_csvs([args.counts]) if row["model"] in names]
+    try:
+        counts = [row for row in load_counts(args.counts) if row["model"] in names]
+    except ValueError as error:
+        parser.error(str(error))
     print(to_markdown(counts))
 
 
