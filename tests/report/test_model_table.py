@@ -33,9 +33,9 @@ def test_recount_writes_one_file_with_provenance_and_rows(tmp_path):
     assert round(row["params_m"], 2) == 5.72 and round(row["gmacs"], 2) == 1.14
 
 
-@pytest.mark.parametrize("content, message", [(None, "does not exist; write it with vitzoo-models --recount"),
+@pytest.mark.parametrize("content, message", [(None, "does not exist; pass a file written by vitzoo-models --recount"),
                                               ("model,gmacs\n", "is not JSON"),
-                                              ('{"device": "CPU"}', "has no 'rows'")])
+                                              ('{"device": "CPU"}', "(no 'rows')")])
 def test_a_missing_or_foreign_counts_file_is_a_one_line_error(tmp_path, capsys, content, message):
     path = tmp_path / "counts.json"
     if content is not None:

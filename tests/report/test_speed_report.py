@@ -51,7 +51,7 @@ def test_readme_without_markers_is_a_one_line_error(tmp_path, capsys):
 @pytest.mark.parametrize(("content", "message"), [
     (None, "does not exist; pass a vitzoo-bench --compare JSON"),
     ("{not json", "is not JSON (Expecting property name"),
-    ("[1, 2]", "is not a vitzoo-bench --compare result"),
+    ("[1, 2]", "is not a vitzoo-bench --compare JSON (no 'info' and 'rows')"),
 ])
 def test_a_missing_or_foreign_results_file_is_a_one_line_error(tmp_path, capsys, content, message):
     results = tmp_path / "compare.json"

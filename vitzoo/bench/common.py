@@ -151,6 +151,21 @@ def write_csv(path: Path, rows: Iterable[dict[str, Any]], columns: Sequence[str]
     write_atomic(path, buffer.getvalue().encode())
 
 
+def read_json_result(path: str | Path, keys: tuple[str, ...], expected: str) -> dict[str, Any]:
+    """A JSON results file that holds ``keys``; ValueError with one line when it is missing, is not JSON or lacks
+    them. ``expected`` names what the file should be, e.g. ``'a vitzoo-bench --compare JSON'``."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist; pass {expected}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not JSON ({error}); pass {expected}") from None
+    missing = [key for key in keys if not isinstance(data, dict) or key not in data]
+    if missing:
+        raise ValueError(f"{path} is not {expected} (no {' and '.join(repr(key) for key in missing)})")
+    return data
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as indented JSON, atomically."""
     path = Path(path)

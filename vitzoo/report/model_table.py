@@ -9,7 +9,6 @@ The table itself is built from that file, the published numbers (``published_ima
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 import vitzoo  # noqa: F401  (registers the models)
-from vitzoo.bench.common import environment, git_revision, write_json
+from vitzoo.bench.common import environment, git_revision, read_json_result, write_json
 from vitzoo.flops import count_gmacs
 from vitzoo.models import list_models
 from vitzoo.registry import family_of
@@ -85,15 +84,7 @@ def recount(path: Path, names: list[str]) -> None:
 
 def load_counts(path: Path) -> list[dict]:
     """The counted rows of a ``--recount`` file; ValueError with one line when it is missing or not one."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path} does not exist; write it with vitzoo-models --recount --counts {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not JSON ({error}); pass a file written by vitzoo-models --recount") from None
-    if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
-        raise ValueError(f"{path} has no 'rows'; pass a file written by vitzoo-models --recount")
-    return data["rows"]
+    return read_json_result(path, ("rows",), "a file written by vitzoo-models --recount")["rows"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -9,10 +9,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
+from vitzoo.bench.common import read_json_result
 from vitzoo.report._readme import rewrite_between_markers
 
 MARKERS = ("<!-- speed-tables:start -->", "<!-- speed-tables:end -->")
@@ -31,15 +31,7 @@ CURRENT = Path("benchmarks/results/compare/h100.json")
 
 def load(path: Path) -> dict[str, Any]:
     """A ``vitzoo-bench --compare`` result file; ValueError with one line when it is missing or not one."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path} does not exist; pass a vitzoo-bench --compare JSON") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not JSON ({error})") from None
-    if not isinstance(data, dict) or "rows" not in data or "info" not in data:
-        raise ValueError(f"{path} is not a vitzoo-bench --compare result (no 'info' and 'rows')")
-    return data
+    return read_json_result(path, ("info", "rows"), "a vitzoo-bench --compare JSON")
 
 
 def _ok(rows: list[dict], **where: Any) -> list[dict]:
