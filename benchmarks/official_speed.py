@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timed-steps", type=int, default=30)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--results-file", type=Path, help="the JSON written after each (model, size, phase, mode)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     args = parser.parse_args(argv)
     if args.inline_repo is None and args.qtvit_repo is None:
         parser.error("pass --inline-repo, --qtvit-repo or both: the checkouts of the official code to measure")
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     for zoo, official in pairs:
         ordered, roles = with_official(zoo, official)
         compare.measure_all(ordered, roles, args.img_sizes, args.phases, args.modes, config, result, args.results_file,
-                            lambda line: print(line, flush=True))
+                            lambda line: print(line, flush=True), progress=not args.no_progress)
 
 
 if __name__ == "__main__":

@@ -44,11 +44,13 @@ def test_source_digest_covers_every_module_of_the_package(tmp_path: Path):
     assert source_digest() == source_digest(Path(vitzoo.__file__).parent)
 
 
-def test_compare_run_writes_interleaved_rows_with_provenance(tmp_path):
+def test_compare_run_writes_interleaved_rows_with_provenance(tmp_path, capsys):
     out = tmp_path / "compare.json"
     main(["--compare", "--models", "linear_deit_tiny_patch16_224", "--device", "cpu", "--img-sizes", "32",
           "--phases", "infer", "latency", "--repeats", "2", "--num-warm-iter", "1", "--num-bench-iter", "1",
           "--latency-iters", "3", "-b", "2", "--results-file", str(out)])
+    # the builds (compiling can take minutes) and the repeats show on a bar on stderr
+    assert "infer 32px none: " in capsys.readouterr().err
     result = json.loads(out.read_text())
     assert {"device", "torch", "timm", "date", "command", "git_revision"} <= set(result["info"])
     assert result["info"]["source_sha256"] == source_digest()

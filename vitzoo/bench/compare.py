@@ -17,13 +17,16 @@ isolated steps, p50 and p90, eager and replayed from a captured CUDA graph). Com
 ``default`` and ``reduce-overhead`` (``torch.compile(fullgraph=True)``), and ``cuda-graph``: the eager model's
 inference step, or its training forward and backward, captured once in CUDA graphs and replayed (the host cost
 removed without compiling, so the row shows what the eager kernels cost on the device; training's loss and AdamW step
-stay eager, as ``train.py`` runs them with ``cuda_graph=true``). bf16 autocast throughout.
+stay eager, as ``train.py`` runs them with ``cuda_graph=true``). bf16 autocast throughout. A bar on stderr follows the
+builds (compiling takes minutes) and the repeats of each (resolution, phase, mode); ``--no-progress`` hides it. The
+results file is rewritten when a (resolution, phase, mode) is done, so an interrupted run keeps the ones before it.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,6 +36,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from vitzoo.bench.common import (
     create_model,
@@ -260,11 +264,15 @@ def comparison_set(names: Iterable[str]) -> tuple[list[str], dict[str, dict[str,
 
 
 def compare_models(names: list[str], roles: dict[str, dict[str, str]], img_size: int, phase: str, compile_mode: str,
-                   config: CompareConfig) -> list[dict[str, Any]]:
-    """Rows for ``names`` at one (resolution, phase, compile mode), throughput measured interleaved."""
+                   config: CompareConfig, progress: bool = True) -> list[dict[str, Any]]:
+    """Rows for ``names`` at one (resolution, phase, compile mode), throughput measured interleaved. ``progress``
+    shows a bar on stderr over the models' builds (compiling can take minutes) and the timed repeats."""
     device = torch.device(config.device)
     rows, steps = {}, {}
+    bar = tqdm(total=len(names) * (1 if phase == "latency" else 1 + config.repeats), unit="step", file=sys.stderr,
+               desc=f"{phase} {img_size}px {compile_mode}", disable=not progress, leave=False)
     for name in names:
+        bar.set_postfix_str(f"building {name}")
         rows[name] = dict(model=name, img_size=img_size, phase=phase, compile=compile_mode, status="ok",
                           **roles.get(name, {}))
         try:
@@ -289,15 +297,18 @@ def compare_models(names: list[str], roles: dict[str, dict[str, str]], img_size:
         finally:
             if phase == "latency":
                 release_memory(device)
+            bar.update()
     throughput: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(config.repeats):  # interleaved: A B C A B C ...
         for name, step in list(steps.items()):
+            bar.set_postfix_str(f"timing {name}")
             try:
                 step()  # re-warm after the other models ran
                 throughput[name].append(rows[name]["batch"] / timed_ms(step, device, config.timed_steps) * 1e3)
             except Exception as error:
                 rows[name]["status"] = one_line(error)
                 steps.pop(name)
+            bar.update()
     for name, step in steps.items():
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -311,6 +322,7 @@ def compare_models(names: list[str], roles: dict[str, dict[str, str]], img_size:
             launches=None if launches is None else round(launches, 1),
             peak_mem_mb=round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == "cuda" else None,
         )
+    bar.close()
     steps.clear()
     release_memory(device)
     return list(rows.values())
@@ -338,19 +350,19 @@ def provenance(command: str, device: torch.device) -> dict[str, str]:
 
 def run_compare(names: Iterable[str], img_sizes: Iterable[int], phases: Iterable[str], compile_modes: Iterable[str],
                 config: CompareConfig, results_file: Path | None, command: str,
-                log: Callable[[str], None] = print) -> dict[str, Any]:
+                log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
     """Measure the zoo models, their twins and timm's models at every (size, phase, compile mode), interleaved;
     rewrite ``results_file`` after each."""
     ordered, roles = comparison_set(names)
     result: dict[str, Any] = {"info": provenance(command, torch.device(config.device)) | {"config": vars(config)},
                               "rows": []}
-    measure_all(ordered, roles, img_sizes, phases, compile_modes, config, result, results_file, log)
+    measure_all(ordered, roles, img_sizes, phases, compile_modes, config, result, results_file, log, progress)
     return result
 
 
 def measure_all(names: list[str], roles: dict[str, dict[str, str]], img_sizes: Iterable[int], phases: Iterable[str],
                 compile_modes: Iterable[str], config: CompareConfig, result: dict[str, Any], results_file: Path | None,
-                log: Callable[[str], None] = print) -> None:
+                log: Callable[[str], None] = print, progress: bool = True) -> None:
     """:func:`compare_models` of ``names`` at every (size, phase, compile mode), its rows appended to
     ``result['rows']`` and ``result`` rewritten to ``results_file`` after each."""
     if torch.device(config.device).type == "cuda":
@@ -361,7 +373,7 @@ def measure_all(names: list[str], roles: dict[str, dict[str, str]], img_sizes: I
             for mode in compile_modes:
                 if phase == "latency" and mode in ("reduce-overhead", CUDA_GRAPH):
                     continue  # the eager row already reports the CUDA-graphed latency
-                for row in compare_models(names, roles, img_size, phase, mode, config):
+                for row in compare_models(names, roles, img_size, phase, mode, config, progress):
                     result["rows"].append(row)
                     log(format_row(row))
                 if results_file is not None:

@@ -649,7 +649,7 @@ def _main_compare(parser: argparse.ArgumentParser, args: argparse.Namespace, dev
         parser.error("--cuda-graph needs a CUDA device")
     modes = [*args.compile, *([CUDA_GRAPH] if args.cuda_graph else [])]
     run_compare(names, args.img_sizes, args.phases, modes, config, args.results_file,
-                command=" ".join(["vitzoo-bench", *(sys.argv[1:])]))
+                command=" ".join(["vitzoo-bench", *(sys.argv[1:])]), progress=not args.no_progress)
 
 
 def main(argv: list[str] | None = None) -> None:
