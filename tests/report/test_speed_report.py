@@ -150,11 +150,15 @@ def test_official_table_pairs_each_zoo_row_with_the_official_row_of_its_size_and
                                       official_model="official_inline_deit_tiny"), 5.0), compile=mode),
                      dict(_timed(_row("official_inline_deit_tiny", size, official * official_scale, "official"), 8.0),
                           compile=mode)]
+    rows += [dict(_timed(_row("inline_deit_tiny_patch16_224", 224, 50.0, "zoo",
+                              official_model="official_inline_deit_tiny"), 5.0), phase="train"),
+             dict(_timed(_row("official_inline_deit_tiny", 224, 200.0, "official"), 8.0), phase="train")]
     table = official_table(dict(info=info, rows=rows), Path("results.json"))
-    assert ("| `inline_deit_tiny_patch16_224` | 224 | eager | 128 | 300 | 100 | 3.00x | 5.0 / 8.0 | 3.33 / 10.00 |"
-            in table)
-    assert "| `inline_deit_tiny_patch16_224` | 1024 | eager | 128 | 30 | 20 | 1.50x |" in table
-    assert "| `inline_deit_tiny_patch16_224` | 1024 | CUDA graph | 128 | 60 | 30 | 2.00x |" in table
+    assert ("| `inline_deit_tiny_patch16_224` | infer | 224 | eager | 128 | 300 | 100 | 3.00x | 5.0 / 8.0 | "
+            "3.33 / 10.00 |" in table)
+    assert "| `inline_deit_tiny_patch16_224` | infer | 1024 | eager | 128 | 30 | 20 | 1.50x |" in table
+    assert "| `inline_deit_tiny_patch16_224` | infer | 1024 | CUDA graph | 128 | 60 | 30 | 2.00x |" in table
+    assert "| `inline_deit_tiny_patch16_224` | train | 224 | eager | 128 | 50 | 200 | 0.25x |" in table
     assert "| `official_inline" not in table and "`results.json`" in table
 
 

@@ -238,26 +238,27 @@ def processes_table(section: dict[str, Any], phase: str, compile_mode: str) -> s
 
 
 def official_table(data: dict[str, Any], source: Path) -> str:
-    """The zoo's models beside the authors' code (``benchmarks/official_speed.py``'s result): per zoo model,
+    """The zoo's models beside the authors' code (``benchmarks/official_speed.py``'s result): per zoo model, phase,
     resolution and mode both img/s, their ratio, and each one's host and device ms per step."""
     rows = _ok(data["rows"])
-    index = {(row["model"], row["img_size"], row["compile"]): row for row in rows}
-    lines = ["| zoo model | px | mode | batch | zoo img/s | official img/s | x official | host ms zoo / official | "
-             "device ms zoo / official |", "|---|---|---|---|---|---|---|---|---|"]
+    index = {(row["model"], row["phase"], row["img_size"], row["compile"]): row for row in rows}
+    lines = ["| zoo model | phase | px | mode | batch | zoo img/s | official img/s | x official | "
+             "host ms zoo / official | device ms zoo / official |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        official = index.get((row.get("official_model"), row["img_size"], row["compile"]))
+        official = index.get((row.get("official_model"), row["phase"], row["img_size"], row["compile"]))
         if official is None:
             continue
         lines.append(
-            f"| `{row['model']}` | {row['img_size']} | {_MODE_NAMES.get(row['compile'], row['compile'])} | "
-            f"{row['batch']} | {row['img_per_s']:,.0f} | {official['img_per_s']:,.0f} | {_ratio(row, official)} | "
-            f"{row['host_ms']:.1f} / {official['host_ms']:.1f} | "
-            f"{row['device_ms']:.2f} / {official['device_ms']:.2f} |")
+            f"| `{row['model']}` | {row['phase']} | {row['img_size']} | "
+            f"{_MODE_NAMES.get(row['compile'], row['compile'])} | {row['batch']} | {row['img_per_s']:,.0f} | "
+            f"{official['img_per_s']:,.0f} | {_ratio(row, official)} | {row['host_ms']:.1f} / "
+            f"{official['host_ms']:.1f} | {row['device_ms']:.2f} / {official['device_ms']:.2f} |")
     info = data["info"]
     lines += ["", f"{info['device']} ({info['cpu_count']} CPU cores), torch {info['torch']}, triton {info['triton']}, "
-              f"timm {info['timm']}, {info['date'][:10]}, code at `{info['git_revision']}`: bf16 inference, batch 256 "
-              f"at 224 px and the same tokens per batch above, one process per mode, median of 3 interleaved repeats "
-              f"beside the softmax twin and timm's DeiT (`{source.as_posix()}`)."]
+              f"timm {info['timm']}, {info['date'][:10]}, code at `{info['git_revision']}`: bf16, the batch of each "
+              f"row (the same tokens per batch at every resolution), median of interleaved repeats beside the zoo "
+              f"model's softmax twin and timm's model (`{source.as_posix()}`; its `info` has the commands and "
+              f"settings)."]
     return "\n".join(lines)
 
 
