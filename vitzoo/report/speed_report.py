@@ -230,10 +230,12 @@ def processes_table(section: dict[str, Any], phase: str, compile_mode: str) -> s
     infos = [part["info"] for part in section["parts"]]
     batches = sorted({row["batch"] for part in section["parts"] for row in _ok(part["rows"], phase=phase)})
     revisions = sorted({info["git_revision"] for info in infos})
+    repeats = sorted({str(info["config"]["repeats"]) for info in infos if "repeats" in info.get("config", {})})
     lines += ["", f"{infos[0]['device']}, torch {infos[0]['torch']}, triton {infos[0]['triton']}, "
               f"{infos[0]['date'][:10]}, code at `{', '.join(revisions)}`: bf16, batch "
-              f"{'/'.join(map(str, batches))}, {len(infos)} processes one after another, median of 3 interleaved "
-              f"repeats (`{CURRENT.as_posix()}`, section `{COMPILED_TRAIN_SECTION}`)."]
+              f"{'/'.join(map(str, batches))}, {len(infos)} processes one after another, median of "
+              f"{'/'.join(repeats) or 'the'} interleaved repeats (`{CURRENT.as_posix()}`, section "
+              f"`{COMPILED_TRAIN_SECTION}`)."]
     return "\n".join(lines)
 
 
