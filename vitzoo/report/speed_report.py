@@ -46,6 +46,12 @@ def _ratio(row: dict, other: dict | None, key: str = "img_per_s") -> str:
     return f"{row[key] / other[key]:.2f}x" if other else "-"
 
 
+def _measured_with(info: dict[str, Any], revision: str | None = None) -> str:
+    """A footer's setting: GPU, versions, date and the code's revision (``revision`` in place of the info's)."""
+    return (f"{info['device']}, torch {info['torch']}, triton {info['triton']}, {info['date'][:10]}, code at "
+            f"`{revision or info['git_revision']}`")
+
+
 def _zoo_models(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(r["model"] for r in rows if r.get("role") == "zoo"))
 
@@ -140,8 +146,7 @@ def summary_table(data: dict[str, Any], source: Path = CURRENT) -> str:
     train_batches = sorted({row["batch"] for row in train["cuda-graph"].values() if row["img_size"] in train_sizes})
     train_note = (f"; training: zero_grad, forward, cross-entropy, backward, AdamW at batch "
                   f"{'/'.join(map(str, train_batches))}" if train_sizes else "")
-    lines += ["", f"{info['device']}, torch {info['torch']}, triton {info['triton']}, {info['date'][:10]}, code at "
-              f"`{info['git_revision']}`: bf16, batch 256 at 224 px and the same tokens per batch above{train_note}, "
+    lines += ["", f"{_measured_with(info)}: bf16, batch 256 at 224 px and the same tokens per batch above{train_note}, "
               f"median of 3 interleaved repeats in one process per command (`{source.as_posix()}`; its "
               "`info.note` says which rows later code replaced)."]
     return "\n".join(lines)
@@ -203,8 +208,7 @@ def sizes_table(section: dict[str, Any]) -> str:
                 lines.append(f"| `{model}` | {size} | {row['img_per_s']:,.0f} | {_ratio(row, twin)} | "
                              f"{_ratio(row, timm_row)} | {row['device_ms']:.2f} | {eager_cell} |")
     info = section["parts"][0]["info"]
-    lines += ["", f"{info['device']}, torch {info['torch']}, triton {info['triton']}, {info['date'][:10]}, code at "
-              f"`{info['git_revision']}`: bf16, batch 256, each size beside its softmax twin and timm's model in one "
+    lines += ["", f"{_measured_with(info)}: bf16, batch 256, each size beside its softmax twin and timm's model in one "
               f"process, median of 3 interleaved repeats (`{CURRENT.as_posix()}`, section `{SIZES_SECTION}`)."]
     return "\n".join(lines)
 
@@ -231,9 +235,8 @@ def processes_table(section: dict[str, Any], phase: str, compile_mode: str) -> s
     batches = sorted({row["batch"] for part in section["parts"] for row in _ok(part["rows"], phase=phase)})
     revisions = sorted({info["git_revision"] for info in infos})
     repeats = sorted({str(info["config"]["repeats"]) for info in infos if "repeats" in info.get("config", {})})
-    lines += ["", f"{infos[0]['device']}, torch {infos[0]['torch']}, triton {infos[0]['triton']}, "
-              f"{infos[0]['date'][:10]}, code at `{', '.join(revisions)}`: bf16, batch "
-              f"{'/'.join(map(str, batches))}, {len(infos)} processes one after another, median of "
+    lines += ["", f"{_measured_with(infos[0], ', '.join(revisions))}: bf16, batch {'/'.join(map(str, batches))}, "
+              f"{len(infos)} processes one after another, median of "
               f"{'/'.join(repeats) or 'the'} interleaved repeats (`{CURRENT.as_posix()}`, section "
               f"`{COMPILED_TRAIN_SECTION}`)."]
     return "\n".join(lines)
