@@ -38,15 +38,11 @@ sys.path.insert(0, str(ROOT))
 from vitzoo.bench.common import write_csv, write_json  # noqa: E402
 from vitzoo.report.fashion_mnist import DEFAULT_PIPELINE, run_pipeline  # noqa: E402
 from vitzoo.report.pareto import BENCH_KEYS  # noqa: E402
-from vitzoo.train.loop import read_saved_config  # noqa: E402
+from vitzoo.train.loop import read_run_log, read_saved_config  # noqa: E402
 
 CSV_COLUMNS = ("model", "family", "seed", "epochs", "pipeline", "top1", "top5", "end_to_end_img_per_s",
                "steady_end_to_end_img_per_s", "model_only_train_img_per_s", "end_to_end_over_model_only",
                "infer_img_per_s", "max_train_loss", "status")
-
-
-def _read_log(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def steady_rate(train_events: list[dict[str, Any]], global_batch: int) -> float | None:
@@ -65,7 +61,7 @@ def run_row(folder: Path, eval_rows: dict[tuple[str, str], dict[str, str]], benc
     """One run's row: per-epoch metrics and speeds from its log, the final evaluation, the model's benchmark (the
     CUDA-graph training rate for a run that graphed its steps)."""
     config = read_saved_config(folder)
-    events = _read_log(folder / "log.jsonl")
+    events = read_run_log(folder)
     start = next(e for e in events if e["event"] == "start")
     global_batch = start["global_batch"]
     evals = [e for e in events if e["event"] == "eval"]

@@ -19,7 +19,6 @@ newest checkpoint instead (its ``train_seconds`` add the earlier epochs' times f
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
@@ -36,7 +35,7 @@ from vitzoo import registry  # noqa: E402
 from vitzoo.bench.common import write_csv  # noqa: E402
 from vitzoo.train.config import ConfigError, TrainConfig, load_config  # noqa: E402
 from vitzoo.train.evaluate import RESULT_COLUMNS, evaluate_model  # noqa: E402
-from vitzoo.train.loop import read_saved_config, train  # noqa: E402
+from vitzoo.train.loop import read_run_log, read_saved_config, train  # noqa: E402
 
 DEIT_FAMILIES = registry.DEIT_FAMILIES
 # Every DeiT family shares one shape (the config's, on its tiny model); QT-ViT-1 keeps its own EfficientViT
@@ -68,13 +67,7 @@ def seconds_before_resume(output: Path) -> float:
     """Training seconds of the epochs a continued run finished before its latest resume: the ``epoch_time`` of their
     ``eval`` records in ``output/log.jsonl`` (the last record of each epoch); 0 for a run never resumed or without
     a log."""
-    log = output / "log.jsonl"
-    records = []
-    for line in log.read_text(encoding="utf-8").splitlines() if log.is_file() else []:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by the process that was stopped
-            continue
+    records = read_run_log(output)
     resumes = [record["epoch"] for record in records if record.get("event") == "resume"]
     if not resumes:
         return 0.0

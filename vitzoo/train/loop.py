@@ -97,6 +97,19 @@ class JsonLog:
                 handle.write(json.dumps({"event": event, "time": round(time.time(), 3), **values}) + "\n")
 
 
+def read_run_log(output: Path) -> list[dict[str, Any]]:
+    """The records :class:`JsonLog` wrote to ``output/log.jsonl``, in order; none for a folder without a log. A line
+    that is not JSON is skipped: a process stopped while writing leaves its last line cut."""
+    log = output / "log.jsonl"
+    records = []
+    for line in log.read_text(encoding="utf-8").splitlines() if log.is_file() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 def requested_output(config: TrainConfig) -> Path | None:
     """The run folder the config names: ``output``, else an explicit resume checkpoint's run folder, else None (a
     fresh timestamped folder, :func:`fresh_output`)."""
