@@ -115,6 +115,22 @@ def register_official(module: ModuleType) -> list[str]:
     return names
 
 
+def float_attention_input(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with the official attention's half-precision rule applied to bfloat16 as well. The official
+    ``relu_linear_att`` runs outside autocast and casts a float16 ``qkv`` to float32, but not a bfloat16 one, which
+    then meets its float32 parameters and fails; the benchmark measures every model under bf16 autocast, so a
+    bfloat16 ``qkv`` is cast the way the official code casts a float16 one."""
+    for module in model.modules():
+        attention = getattr(module, "relu_linear_att", None)
+        if callable(attention):
+            module.relu_linear_att = functools.partial(_float_input, attention)
+    return model
+
+
+def _float_input(attention: Callable[[torch.Tensor], torch.Tensor], qkv: torch.Tensor) -> torch.Tensor:
+    return attention(qkv.float() if qkv.dtype == torch.bfloat16 else qkv)
+
+
 def register_official_qtvit(module: ModuleType, models: list[str]) -> list[str]:
     """Register the official QT-ViT classifier of each zoo model in ``models`` (``official_<zoo name>``); return
     their names. It takes any square input (its attention interpolates the position encoding), so the resolution
@@ -122,7 +138,8 @@ def register_official_qtvit(module: ModuleType, models: list[str]) -> list[str]:
     names = []
     for model in models:
         builder = getattr(module, QTVIT_BUILDERS[model])
-        names.append(_register(f"official_{model}", lambda img_size, builder=builder: builder(n_classes=1000)))
+        names.append(_register(f"official_{model}",
+                               lambda img_size, builder=builder: float_attention_input(builder(n_classes=1000))))
     return names
 
 

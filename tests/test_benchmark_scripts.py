@@ -160,3 +160,33 @@ def test_official_speed_measures_the_official_qtvit_beside_the_zoo_model(tmp_pat
     assert missing.returncode == 2 and "--qtvit-repo takes a checkout of the official QT-ViT code" in missing.stderr
     neither = subprocess.run(script, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert neither.returncode == 2 and "pass --inline-repo, --qtvit-repo or both" in neither.stderr
+
+
+class _HalfOnlyAttention(torch.nn.Module):
+    """The official QT-ViT attention's dtype rule: a float16 qkv is cast to float32, any other is taken as it is and
+    must then be float32 to meet the float32 parameters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def relu_linear_att(self, qkv: torch.Tensor) -> torch.Tensor:
+        if qkv.dtype == torch.float16:
+            qkv = qkv.float()
+        if qkv.dtype != self.scale.dtype:
+            raise RuntimeError(f"expected scalar type Float but found {qkv.dtype}")
+        return qkv * self.scale
+
+
+def test_official_qtvit_attention_takes_bfloat16_as_its_code_takes_float16():
+    spec = importlib.util.spec_from_file_location("official_speed", ROOT / "benchmarks" / "official_speed.py")
+    official_speed = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(official_speed)
+    model = torch.nn.Sequential(_HalfOnlyAttention())
+    qkv = torch.randn(2, 3, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="expected scalar type Float"):
+        model[0].relu_linear_att(qkv)
+    official_speed.float_attention_input(model)
+    out = model[0].relu_linear_att(qkv)
+    assert out.dtype == torch.float32 and torch.equal(out, qkv.float())
+    assert model[0].relu_linear_att(qkv.half()).dtype == torch.float32
