@@ -89,9 +89,10 @@ def test_rows_of_another_recipe_are_trained_again(tmp_path: Path):
         for family in ("softmax", "qt", "deltanet")], study.RUN_COLUMNS)
     chosen = study.recipes(["softmax", "qt", "deltanet"])
     assert chosen == {"softmax": (study.EPOCHS, study.PATCH_SIZE), "qt": (study.FAMILY_RECIPES["qt"]["epochs"], 4),
-                      "deltanet": (60, study.FAMILY_RECIPES["deltanet"]["patch_size"])}
-    assert chosen["qt"].epochs != 60 and chosen["deltanet"].patch_size != 4
-    # the 60-epoch QT row and the patch-4 DeltaNet row are from an older recipe
+                      "deltanet": (study.FAMILY_RECIPES["deltanet"]["epochs"],
+                                   study.FAMILY_RECIPES["deltanet"]["patch_size"])}
+    assert chosen["qt"].epochs != 60 and chosen["deltanet"] != (60, 4)
+    # the 60-epoch QT row and the 60-epoch patch-4 DeltaNet row are from an older recipe
     assert study.pending_units(tmp_path, [0], chosen) == [(0, "qt"), (0, "deltanet")]
     assert study.pending_units(tmp_path, [0], study.recipes(["softmax", "qt", "deltanet"], 60, ["patch_size=4"])) == []
     assert study.recipes(["qtvit"])["qtvit"].patch_size is None  # its own architecture has no patches
@@ -163,6 +164,7 @@ def test_a_unit_trains_one_family_into_its_part_file(tmp_path: Path, monkeypatch
     calls.clear()
     study.main(["--unit", "0", "deltanet", "--out", str(tmp_path)])
     assert "patch_size=2" in calls[0] and "patch_size=4" not in calls[0]
+    assert calls[0][calls[0].index("--epochs") + 1] == "100"
     calls.clear()
     study.main(["--unit", "0", "deltanet", "--out", str(tmp_path), "patch_size=7"])  # the user's patch size wins
     (argv,) = calls
