@@ -3,9 +3,9 @@
 One command runs the whole study and writes into ``--out``:
 
 - ``runs.csv``: one row per seed and family (``scripts/fashion_mnist_zoo.py`` with the study's recipe);
-- ``summary.csv``: per family the mean, standard deviation, min and max top-1 over the seeds, mean training time;
 - ``bench.csv``: inference and training throughput of each family's model at 28x28 (``vitzoo-bench``);
-- ``plots/``: measured top-1 vs measured throughput with the Pareto front, and the other ``vitzoo-pareto`` plots.
+- ``plots/``: measured top-1 (the mean over the seeds in ``runs.csv``) vs measured throughput with the Pareto front,
+  and the other ``vitzoo-pareto`` plots.
 
 The recipe: every DeiT family at width 128, depth 6, 4 heads, patch 4 (49 tokens + cls), drop path 0.1, pad-2 crop
 and flip (on the training device, per batch), AdamW lr 3e-3 with 5 warm-up epochs and a cosine decay, batch 512,
@@ -33,7 +33,6 @@ import argparse
 import importlib.util
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -72,9 +71,6 @@ EPOCHS = 60
 # patch 2, 100 epochs).
 FAMILY_RECIPES: dict[str, dict[str, int]] = {"qt": {"epochs": 100}, "zeros": {"epochs": 100},
                                              "deltanet": {"patch_size": 2, "epochs": 100}}
-SUMMARY_COLUMNS = ("model", "family", "dataset", "img_size", "patch_size", "epochs", "top1", "top1_std", "top1_min",
-                   "top1_max", "top5", "seeds", "updates", "train_seconds")
-
 
 class Recipe(NamedTuple):
     """What sets a family's run apart in the study: its epochs and its patch size (None: QT-ViT has no patches)."""
@@ -85,27 +81,6 @@ class Recipe(NamedTuple):
     def args(self) -> list[str]:
         """The zoo's arguments for this recipe (they go before the user's overrides, which win)."""
         return ["--epochs", str(self.epochs), *([f"patch_size={self.patch_size}"] if self.patch_size else [])]
-
-
-def summarize(seed_rows: list[dict[str, str]]) -> list[dict[str, object]]:
-    """Aggregate per-seed zoo rows into one row per model: mean top-1 (``top1``) and its spread over the seeds."""
-    by_model: dict[str, list[dict[str, str]]] = defaultdict(list)
-    for row in seed_rows:
-        by_model[row["model"]].append(row)
-    summary = []
-    for model, rows in by_model.items():
-        top1 = [float(r["top1"]) for r in rows]
-        summary.append({
-            "model": model, "family": rows[0]["family"], "dataset": rows[0]["dataset"],
-            "img_size": rows[0]["img_size"], "patch_size": rows[0].get("patch_size", ""), "epochs": rows[0]["epochs"],
-            "top1": round(statistics.fmean(top1), 3),
-            "top1_std": round(statistics.stdev(top1), 3) if len(top1) > 1 else "",
-            "top1_min": min(top1), "top1_max": max(top1),
-            "top5": round(statistics.fmean(float(r["top5"]) for r in rows), 3), "seeds": len(rows),
-            "updates": rows[0]["updates"],
-            "train_seconds": round(statistics.fmean(float(r["train_seconds"]) for r in rows), 1),
-        })
-    return summary
 
 
 def recipes(families: list[str], epochs: int | None = None, overrides: Sequence[str] = ()) -> dict[str, Recipe]:
@@ -288,9 +263,6 @@ def main(argv: list[str] | None = None) -> None:
         if missing:
             raise SystemExit(failure)
         return
-    summary = summarize(seed_rows)
-    write_csv(args.out / "summary.csv", summary, SUMMARY_COLUMNS)
-
     # one benchmark per model shape (QT-ViT's, and the DeiT shape at each patch size), gathered into bench.csv
     shapes: dict[str, list[str]] = defaultdict(list)
     for family in args.families:
@@ -315,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     write_csv(args.out / "bench.csv", bench_rows, list(bench_rows[0]))
     for part in bench_parts:
         part.unlink()
-    plot_args = ["--bench", str(args.out / "bench.csv"), "--results", str(args.out / "summary.csv"), "--no-published",
+    plot_args = ["--bench", str(args.out / "bench.csv"), "--results", str(args.out / "runs.csv"), "--no-published",
                  "--reference", "softmax",
                  "--out", str(args.out / "plots")]
     if importlib.util.find_spec("matplotlib") is None:  # plot later where matplotlib is
@@ -323,7 +295,7 @@ def main(argv: list[str] | None = None) -> None:
               f"python -m vitzoo.report.pareto {' '.join(plot_args)}")
     else:
         pareto.main(plot_args)
-    for row in summary:
+    for row in pareto.summarize_seeds(seed_rows):
         spread = f" +- {row['top1_std']}" if row["top1_std"] != "" else ""
         print(f"{row['family']:12s} top-1 {row['top1']:.2f}{spread} over {row['seeds']} seed(s)")
     if missing:

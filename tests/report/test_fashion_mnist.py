@@ -23,30 +23,38 @@ def test_budget_table_rows_and_provenance(tmp_path):
             "the 2 families, 6 min 8 s with the set-up check (`bash scripts/run.sh`); results file `cpu.csv`.") in table
 
 
-def test_study_table_ranks_by_mean_top1_and_rounds_half_up(tmp_path):
-    columns = ("model", "family", "patch_size", "epochs", "top1", "top1_std", "top1_min", "top1_max", "seeds")
-    write_csv(tmp_path / "summary.csv", [
-        dict(model="softmax_deit_tiny_patch16_224", family="softmax", patch_size=4, epochs=60, top1=85.873,
-             top1_std=1.068, top1_min=84.99, top1_max=87.06, seeds=3),
-        dict(model="inline_deit_tiny_patch16_224", family="inline", patch_size=2, epochs=100, top1=88.41,
-             top1_std=0.125, top1_min=88.27, top1_max=88.51, seeds=3),
+def _seed_rows(model: str, family: str, top1: list[float], **columns) -> list[dict]:
+    return [dict(seed=seed, model=model, family=family, top1=value, **columns) for seed, value in enumerate(top1)]
+
+
+def test_study_table_averages_the_seeds_ranks_by_mean_top1_and_rounds_half_up(tmp_path):
+    columns = ("seed", "model", "family", "patch_size", "epochs", "top1")
+    write_csv(tmp_path / "runs.csv", [
+        *_seed_rows("softmax_deit_tiny_patch16_224", "softmax", [85.0, 86.0, 86.5], patch_size=4, epochs=60),
+        *_seed_rows("inline_deit_tiny_patch16_224", "inline", [88.3, 88.45, 88.5], patch_size=2, epochs=100),
     ], columns)
     write_csv(tmp_path / "bench.csv", [
         dict(model="softmax_deit_tiny_patch16_224", infer_samples_per_sec=352176.62, train_samples_per_sec=76807.68),
         dict(model="inline_deit_tiny_patch16_224", infer_samples_per_sec=101812.4, train_samples_per_sec=35175.0),
     ], ("model", "infer_samples_per_sec", "train_samples_per_sec"))
-    lines = study_table(tmp_path / "summary.csv", [tmp_path / "bench.csv"]).splitlines()
+    lines = study_table(tmp_path / "runs.csv", [tmp_path / "bench.csv"]).splitlines()
     assert lines[0].startswith("| family | patch | epochs | seeds | top-1 (mean +- std) |")
-    assert lines[2] == "| inline | 2 | 100 | 3 | 88.41 +- 0.13 | 88.27 / 88.51 | 101,812 | 35,175 |"
-    assert lines[3] == "| softmax (reference line) | 4 | 60 | 3 | 85.87 +- 1.07 | 84.99 / 87.06 | 352,177 | 76,808 |"
+    # inline: mean 88.41667 -> 88.417 -> 88.42; std 0.1041 -> 0.104 -> 0.10
+    assert lines[2] == "| inline | 2 | 100 | 3 | 88.42 +- 0.10 | 88.30 / 88.50 | 101,812 | 35,175 |"
+    # softmax: mean 85.8333 -> 85.833 -> 85.83; std 0.7638 -> 0.764 -> 0.76
+    assert lines[3] == "| softmax (reference line) | 4 | 60 | 3 | 85.83 +- 0.76 | 85.00 / 86.50 | 352,177 | 76,808 |"
+
+
+def test_two_places_rounds_the_written_decimal_half_up():
+    assert fashion_mnist._two_places(0.125) == "0.13" and fashion_mnist._two_places("0.125") == "0.13"
+    assert fashion_mnist._two_places(0.085) == "0.09"  # 0.08499... as a binary float
 
 
 def test_study_table_shows_one_seed_without_a_spread_and_a_missing_benchmark_as_dashes(tmp_path):
-    columns = ("model", "family", "epochs", "top1", "top1_std", "top1_min", "top1_max", "seeds")
-    write_csv(tmp_path / "summary.csv", [dict(model="qtvit_1", family="qtvit", epochs=60, top1=93.5, top1_std="",
-                                              top1_min=93.5, top1_max=93.5, seeds=1)], columns)
+    write_csv(tmp_path / "runs.csv", _seed_rows("qtvit_1", "qtvit", [93.5], epochs=60),
+              ("seed", "model", "family", "epochs", "top1"))
     write_csv(tmp_path / "bench.csv", [], ("model", "infer_samples_per_sec", "train_samples_per_sec"))
-    lines = study_table(tmp_path / "summary.csv", [tmp_path / "bench.csv"]).splitlines()
+    lines = study_table(tmp_path / "runs.csv", [tmp_path / "bench.csv"]).splitlines()
     assert lines[2] == "| QT-ViT-1 | - | 60 | 1 | 93.50 | 93.50 / 93.50 | - | - |"
 
 

@@ -1,6 +1,8 @@
 """vitzoo.report.pareto: the front on a hand-made table, the join with its labels, and the plots it writes."""
 from __future__ import annotations
 
+import statistics
+
 import pytest
 
 from vitzoo.bench.common import read_csvs, write_csv
@@ -112,3 +114,24 @@ def test_a_missing_input_file_is_a_one_line_error(tmp_path, capsys, flag):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and f"{tmp_path / 'nope.csv'} does not exist" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_summarize_seeds_means_and_spreads_each_model_over_its_seeds():
+    rows = [dict(seed=str(seed), model="m", dataset="fashion_mnist", img_size="28", epochs="60", top1=str(top1))
+            for seed, top1 in enumerate((80.0, 82.0, 87.0))]
+    rows.append(dict(seed="0", model="n", dataset="fashion_mnist", img_size="28", epochs="60", top1="70.0"))
+    m, n = pareto.summarize_seeds(rows)
+    assert m["top1"] == pytest.approx(83.0) and m["epochs"] == "60"
+    assert m["top1_std"] == pytest.approx(statistics.stdev([80, 82, 87]), abs=1e-3)
+    assert (m["top1_min"], m["top1_max"], m["seeds"]) == (80.0, 87.0, 3)
+    assert (n["top1"], n["top1_std"], n["seeds"]) == (70.0, "", 1)
+
+
+def test_measured_points_average_seeds_but_let_the_newest_eval_win():
+    seeds = [dict(seed=str(seed), model="m", dataset="fashion_mnist", img_size="28", top1=str(top1))
+             for seed, top1 in enumerate((80.0, 84.0))]
+    (point,) = pareto.measured_points(seeds)
+    assert point.top1 == pytest.approx(82.0) and point.top1_std == pytest.approx(statistics.stdev([80, 84]), abs=1e-3)
+    evals = [{key: value for key, value in row.items() if key != "seed"} for row in seeds]
+    (point,) = pareto.measured_points(evals)
+    assert point.top1 == 84.0 and point.top1_std is None

@@ -19,48 +19,31 @@ study = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(study)
 
 
-def test_summarize_means_and_spreads_over_seeds():
-    rows = [
-        dict(model="m", family="f", dataset="fashion_mnist", img_size="28", epochs="60", top1=str(t), top5="99",
-             updates="10",
-             train_seconds=str(s))
-        for t, s in ((80.0, 10), (82.0, 12), (87.0, 14))
-    ]
-    (row,) = study.summarize(rows)
-    assert row["top1"] == pytest.approx(83.0)
-    assert row["top1_std"] == pytest.approx(statistics.stdev([80, 82, 87]), abs=1e-3)
-    assert (row["top1_min"], row["top1_max"], row["seeds"], row["train_seconds"]) == (80.0, 87.0, 3, 12.0)
-    assert row["epochs"] == "60"
-
-
 @pytest.mark.usefixtures("fresh_accelerator_state")
 @pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist not installed")
 def test_quick_study_writes_summary_bench_and_front(tmp_path: Path):
     # --jobs 2: the runs train in child processes, which must receive the key=value override too
     study.main(["--quick", "--seeds", "0", "1", "--jobs", "2", "--families", "softmax", "linear",
                 "--out", str(tmp_path), "--runs", str(tmp_path / "runs"), "batch_size=16"])
-    with (tmp_path / "summary.csv").open() as handle:
-        summary = {row["family"]: row for row in csv.DictReader(handle)}
-    assert set(summary) == {"softmax", "linear"}
-    for family, row in summary.items():
-        with (tmp_path / "runs.csv").open() as handle:
-            runs = [r for r in csv.DictReader(handle) if r["family"] == family]
-        assert sorted(r["seed"] for r in runs) == ["0", "1"]
-        seeds = [float(r["top1"]) for r in runs]
-        assert float(row["top1"]) == pytest.approx(statistics.fmean(seeds), abs=1e-3) and row["seeds"] == "2"
-        assert row["updates"] == "16"  # 256 images at batch_size=16 (the override), not the recipe's 32
+    assert not (tmp_path / "summary.csv").exists()  # the tables and plots average runs.csv themselves
+    with (tmp_path / "runs.csv").open() as handle:
+        runs = list(csv.DictReader(handle))
+    assert sorted((r["family"], r["seed"]) for r in runs) == [("linear", "0"), ("linear", "1"), ("softmax", "0"),
+                                                              ("softmax", "1")]
+    assert {r["updates"] for r in runs} == {"16"}  # 256 images at batch_size=16 (the override), not the recipe's 32
+    mean_top1 = {r["model"]: statistics.fmean(float(s["top1"]) for s in runs if s["model"] == r["model"])
+                 for r in runs}
     with (tmp_path / "bench.csv").open() as handle:
         bench = list(csv.DictReader(handle))
     assert {r["status"] for r in bench} == {"ok"} and all(float(r["infer_samples_per_sec"]) > 0 for r in bench)
     assert (tmp_path / "plots" / "top1_vs_throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    # Every trained model is joined with its benchmark row under its mean top-1; the front is a subset of them.
-    top1 = {row["model"]: float(row["top1"]) for row in summary.values()}
+    # Every trained model is joined with its benchmark row under its mean top-1 over the seeds.
     with (tmp_path / "plots" / "joined.csv").open() as handle:
         joined = {row["model"]: float(row["top1"]) for row in csv.DictReader(handle)}
-    assert joined == pytest.approx(top1) and len(joined) == 2
+    assert joined == pytest.approx(mean_top1, abs=1e-3) and len(joined) == 2
     with (tmp_path / "plots" / "pareto_front.csv").open() as handle:
         front = [row["model"] for row in csv.DictReader(handle)]
-    assert front and set(front) <= set(top1)
+    assert front and set(front) <= set(mean_top1)
 
 
 def test_an_interrupted_study_resumes_without_retraining(tmp_path: Path):
@@ -287,8 +270,7 @@ def test_the_benchmark_measures_each_family_at_its_patch_size(tmp_path: Path, mo
               for argv in calls}
     assert len(calls) == 2
     assert "patch_size=4" in kwargs[zoo.MODELS["softmax"]] and "patch_size=2" in kwargs[zoo.MODELS["deltanet"]]
-    with (tmp_path / "summary.csv").open() as handle:
-        assert {row["family"]: row["patch_size"] for row in csv.DictReader(handle)} == {"softmax": "4", "deltanet": "2"}
+    assert not (tmp_path / "summary.csv").exists()
 
 
 def test_a_wrong_override_stops_the_study_and_the_zoo_before_any_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

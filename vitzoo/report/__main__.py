@@ -35,7 +35,7 @@ def render(root: Path) -> dict[Path, str]:
                                           model_table.to_markdown(model_table.load_counts(root / model_table.COUNTS)))
     readme_text = replace_between_markers(readme_text, fashion_mnist.BUDGET_MARKERS,
                                           fashion_mnist.budget_table(FASHION_MNIST_ZOO, root))
-    study_table = fashion_mnist.study_table(root / STUDY / "summary.csv", [root / STUDY / "bench.csv"])
+    study_table = fashion_mnist.study_table(root / STUDY / "runs.csv", [root / STUDY / "bench.csv"])
     readme_text = replace_between_markers(readme_text, fashion_mnist.STUDY_MARKERS, study_table)
     readme_text = replace_between_markers(readme_text, speed_report.SUMMARY_MARKERS,
                                           speed_report.summary_table(comparison, COMPARE))
@@ -75,7 +75,7 @@ def plot(root: Path) -> list[Path]:
     written += fashion_mnist.imagenet_shape_plot(fashion_imagenet,
                                                  fashion_imagenet.with_name("h200_top1_vs_throughput.png"))
     study = root / STUDY
-    written += pareto.save_plots([study / "bench.csv"], [study / "summary.csv"],
+    written += pareto.save_plots([study / "bench.csv"], [study / "runs.csv"],
                                  {"top1_vs_throughput": study / "plots" / "top1_vs_throughput.png"},
                                  use_published=False, reference="softmax")
     return written

@@ -2,7 +2,7 @@
 
 - :func:`budget_table`: one row per family of ``scripts/fashion_mnist_zoo.py``'s results CSV (what ``bash
   scripts/run.sh`` writes), followed by where and how it was measured, from the provenance JSON beside it;
-- :func:`study_table`: the study's ``summary.csv`` (top-1 over seeds) joined with its ``vitzoo-bench`` rows at 28x28,
+- :func:`study_table`: the study's ``runs.csv`` (top-1 over seeds) joined with its ``vitzoo-bench`` rows at 28x28,
   best family first;
 - :func:`imagenet_shape_table` and :func:`imagenet_shape_plot`: the ImageNet-shaped Fashion-MNIST runs at 224 px.
 """
@@ -48,17 +48,18 @@ def budget_table(results: Path, root: Path = Path(".")) -> str:
     return "\n".join(lines)
 
 
-def _two_places(value: str) -> str:
-    # half up, as the CSV's three-decimal values are read by people (0.125 -> 0.13)
-    return str(Decimal(value).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
+def _two_places(value: str | float) -> str:
+    # half up, as the three-decimal means are read by people (0.125 -> 0.13); str() first: a float's shortest
+    # decimal form, not its binary expansion (0.125 is exact, 0.085 is 0.08499... in binary)
+    return str(Decimal(str(value)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 
-def study_table(summary: Path, bench: list[Path]) -> str:
-    """Patch size, epochs, seeds, top-1 mean +- std (std from two seeds up), min / max over the seeds, and inference /
-    training img/s at 28x28, best top-1 first; a family without a benchmark row shows "-" for its speeds, one without
-    patches (QT-ViT) "-" for its patch."""
+def study_table(runs: Path, bench: list[Path]) -> str:
+    """The study's ``runs.csv`` (one row per seed and family) as patch size, epochs, seeds, top-1 mean +- std (std
+    from two seeds up), min / max over the seeds, and inference / training img/s at 28x28, best top-1 first; a family
+    without a benchmark row shows "-" for its speeds, one without patches (QT-ViT) "-" for its patch."""
     speed = {row["model"]: row for row in read_csvs(bench)}
-    rows = sorted(read_csvs([summary]), key=lambda row: -float(row["top1"]))
+    rows = sorted(pareto.summarize_seeds(read_csvs([runs])), key=lambda row: -row["top1"])
     lines = ["| family | patch | epochs | seeds | top-1 (mean +- std) | min / max | infer img/s at 28x28 "
              "| train img/s at 28x28 |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:

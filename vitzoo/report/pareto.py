@@ -16,8 +16,9 @@ from __future__ import annotations
 import argparse
 import re
 import shutil
+import statistics
 import tempfile
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,8 +112,32 @@ def published_points() -> list[AccuracyPoint]:
             for name, result in load_published().items()]
 
 
+def summarize_seeds(rows: Iterable[dict[str, str]]) -> list[dict[str, Any]]:
+    """One row per (model, dataset, size) of result rows that repeat a model over seeds (a study's ``runs.csv``): its
+    first row, with ``top1`` the mean over the seeds and ``top1_std`` (empty for one seed), ``top1_min``,
+    ``top1_max`` and ``seeds`` (their count) added."""
+    groups: dict[tuple[str, str, str], list[dict[str, str]]] = defaultdict(list)
+    for row in rows:
+        if _float(row.get("top1")) is not None and row.get("model"):
+            groups[(row["model"], row.get("dataset", ""), row.get("img_size", ""))].append(row)
+    summary = []
+    for group in groups.values():
+        top1 = [float(row["top1"]) for row in group]
+        summary.append(group[0] | {
+            "top1": round(statistics.fmean(top1), 3),
+            "top1_std": round(statistics.stdev(top1), 3) if len(top1) > 1 else "",
+            "top1_min": min(top1), "top1_max": max(top1), "seeds": len(top1),
+        })
+    return summary
+
+
 def measured_points(rows: Iterable[dict[str, str]]) -> list[AccuracyPoint]:
-    """Top-1 from ``vitzoo-eval`` rows; for repeated (model, dataset, size) the last row (the newest) wins."""
+    """Top-1 from ``vitzoo-eval`` rows; for repeated (model, dataset, size) the last row (the newest) wins, unless
+    every row names its seed (a study's ``runs.csv``): then each model's point is the mean over its seeds, with their
+    standard deviation."""
+    rows = list(rows)
+    if rows and all(row.get("seed", "") != "" for row in rows):
+        rows = summarize_seeds(rows)
     latest: dict[tuple[str, str, int], AccuracyPoint] = {}
     for row in rows:
         top1 = _float(row.get("top1"))
