@@ -111,7 +111,7 @@ def test_sizes_table_pairs_each_model_with_the_references_of_its_own_part():
     assert "| `linear_deit_small_patch16_224` | 224 | 600 | 1.50x | 3.00x | 1.67 | 300, 1.50x (4.0 / 3.3) |" in table
     assert "| `linear_deit_base_patch16_224` | 224 | 200 | 0.50x | 0.25x | 5.00 | 100, 0.50x (6.0 / 10.0) |" in table
     assert "`softmax_deit" not in table and "`deit_" not in table  # the references are no rows of their own
-    assert "code at `abc1234`" in table
+    assert "GPU, torch 2, triton 3, 2026-01-02:" in table and "abc1234" not in table  # revisions stay in the file
 
 
 def _timed(row, host_ms, launches=100.0):
@@ -137,7 +137,7 @@ def test_processes_table_takes_each_ratio_from_its_own_process():
     assert "| `zeros_deit_tiny_patch16_224` | 300 (270-330) | 0.50x | 1.00x | 20.0 / 3.3 | 100 | 2: " in table
     assert "2: `softmax_deit_tiny_patch16_224` 600, `deit_tiny_patch16_224` 300 |" in table
     assert "| `softmax_deit" not in table  # the references are no rows of their own
-    assert "2 processes" in table and "code at `abc1234`" in table
+    assert "2 processes" in table and "GPU, torch 2, triton 3, 2026-01-02:" in table and "abc1234" not in table
 
 
 def test_official_table_pairs_each_zoo_row_with_the_official_row_of_its_size_and_mode():
@@ -184,4 +184,4 @@ def test_latency_plot_of_a_result_and_a_one_line_error_without_latency_rows(tmp_
     main(["--results", str(RESULTS), "--latency-plot", str(out)])
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="no batch-1 latency rows"):
-        plot_latency({"info": {"device": "GPU", "git_revision": "x"}, "rows": []}, out)
+        plot_latency({"info": {"device": "GPU", "date": "2026-01-02", "git_revision": "x"}, "rows": []}, out)

@@ -111,9 +111,9 @@ def imagenet_shape_table(results: Path) -> str:
         lines.append(f"| `{row['model']}` | {row['seed']} | {row['pipeline']} | {epochs} | "
                      f"{final_text} | {speed} | {model_only} | "
                      f"{share} | {infer} | {row['status']} |")
-    revisions = ", ".join(sorted({f"`{row['git_revision']}`" for row in data["rows"]}))
     lines += ["", f"Measured on {info['device']} ({info['cpu_count']} CPU cores), torch {info['torch']}, "
-              f"torchvision {info['torchvision']}, Pillow {info['pillow']}, {info['date']}, code at {revisions}. "
+              f"torchvision {info['torchvision']}, Pillow {info['pillow']}, {info['date']} (each run's code revision: "
+              f"its row in the results file). "
               f"{info['dataset']}; {info['recipe']}. End-to-end: {info['end_to_end']}. "
               f"Model-only: {info['model_only']}. "
               + (f"Pipelines: {info['pipelines']}. " if "pipelines" in info else "")
@@ -165,7 +165,7 @@ def pipeline_table(results: Path) -> str:
         loaders += (f"; decoding and cropping batches of {decode['batch_size']} on the device "
                     f"({decode['device']}): {decode['ms_per_image']:.2f} ms per image")
     lines += ["", f"Measured on {info['machine']}, torch {info['torch']}, timm {info['timm']}, "
-              f"Pillow {info['pillow']}, {info['date'][:10]}, code at `{info['git_revision'][:7]}`: "
+              f"Pillow {info['pillow']}, {info['date'][:10]}: "
               f"`{info['config']}`'s transform on 256 px JPEGs; DataLoader at batch {info['batch_size']}: "
               f"{loaders}. Command: `{info['command']}`."]
     return "\n".join(lines)

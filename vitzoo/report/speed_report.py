@@ -46,10 +46,9 @@ def _ratio(row: dict, other: dict | None, key: str = "img_per_s") -> str:
     return f"{row[key] / other[key]:.2f}x" if other else "-"
 
 
-def _measured_with(info: dict[str, Any], revision: str | None = None) -> str:
-    """A footer's setting: GPU, versions, date and the code's revision (``revision`` in place of the info's)."""
-    return (f"{info['device']}, torch {info['torch']}, triton {info['triton']}, {info['date'][:10]}, code at "
-            f"`{revision or info['git_revision']}`")
+def _measured_with(info: dict[str, Any]) -> str:
+    """A footer's setting: GPU, versions and date (the code's revisions stay in the results file's ``info``)."""
+    return f"{info['device']}, torch {info['torch']}, triton {info['triton']}, {info['date'][:10]}"
 
 
 def _zoo_models(rows: list[dict]) -> list[str]:
@@ -147,8 +146,8 @@ def summary_table(data: dict[str, Any], source: Path = CURRENT) -> str:
     train_note = (f"; training: zero_grad, forward, cross-entropy, backward, AdamW at batch "
                   f"{'/'.join(map(str, train_batches))}" if train_sizes else "")
     lines += ["", f"{_measured_with(info)}: bf16, batch 256 at 224 px and the same tokens per batch above{train_note}, "
-              f"median of 3 interleaved repeats in one process per command (`{source.as_posix()}`; its "
-              "`info.note` says which rows later code replaced)."]
+              f"median of 3 interleaved repeats in one process per command (`{source.as_posix()}`; its `info` has "
+              "the code revisions and commands, `info.note` says which rows later code replaced)."]
     return "\n".join(lines)
 
 
@@ -157,9 +156,9 @@ def to_markdown(data: dict[str, Any]) -> str:
     info, rows = data["info"], data["rows"]
     sections = [
         f"Measured on {info['device']} ({info['cpu_count']} CPU cores), torch {info['torch']}, triton "
-        f"{info['triton']}, timm {info['timm']}, {info['date'][:10]}, code at `{info['git_revision']}`, bf16 "
-        "autocast, eager unless a table says otherwise, each model beside its softmax twin and timm's model in one "
-        "process, interleaved, 3 repeats (rows that later code replaced: the file's `info.note`).",
+        f"{info['triton']}, timm {info['timm']}, {info['date'][:10]}, bf16 autocast, eager unless a table says "
+        "otherwise, each model beside its softmax twin and timm's model in one process, interleaved, 3 repeats (the "
+        "code revisions and commands: the file's `info`; rows that later code replaced: its `info.note`).",
         "**Inference** (batch 256 at 224 and the same tokens per batch above):",
         inference_table(rows),
     ]
@@ -233,9 +232,8 @@ def processes_table(section: dict[str, Any], phase: str, compile_mode: str) -> s
                 f"{row['host_ms']:.1f} / {row['device_ms']:.1f} | {row['launches']:.0f} | {number}: {references} |")
     infos = [part["info"] for part in section["parts"]]
     batches = sorted({row["batch"] for part in section["parts"] for row in _ok(part["rows"], phase=phase)})
-    revisions = sorted({info["git_revision"] for info in infos})
     repeats = sorted({str(info["config"]["repeats"]) for info in infos if "repeats" in info.get("config", {})})
-    lines += ["", f"{_measured_with(infos[0], ', '.join(revisions))}: bf16, batch {'/'.join(map(str, batches))}, "
+    lines += ["", f"{_measured_with(infos[0])}: bf16, batch {'/'.join(map(str, batches))}, "
               f"{len(infos)} processes one after another, median of "
               f"{'/'.join(repeats) or 'the'} interleaved repeats (`{CURRENT.as_posix()}`, section "
               f"`{COMPILED_TRAIN_SECTION}`)."]
@@ -260,10 +258,9 @@ def official_table(data: dict[str, Any], source: Path) -> str:
             f"{official['host_ms']:.1f} | {row['device_ms']:.2f} / {official['device_ms']:.2f} |")
     info = data["info"]
     lines += ["", f"{info['device']} ({info['cpu_count']} CPU cores), torch {info['torch']}, triton {info['triton']}, "
-              f"timm {info['timm']}, {info['date'][:10]}, code at `{info['git_revision']}`: bf16, the batch of each "
-              f"row (the same tokens per batch at every resolution), median of interleaved repeats beside the zoo "
-              f"model's softmax twin and timm's model (`{source.as_posix()}`; its `info` has the commands and "
-              f"settings)."]
+              f"timm {info['timm']}, {info['date'][:10]}: bf16, the batch of each row (the same tokens per batch at "
+              f"every resolution), median of interleaved repeats beside the zoo model's softmax twin and timm's model "
+              f"(`{source.as_posix()}`; its `info` has the commands, settings and code revisions)."]
     return "\n".join(lines)
 
 
@@ -287,8 +284,8 @@ def compile_table(data: dict[str, Any]) -> str:
         )
     first = rows[0] if rows else {}
     lines += ["", f"Measured on {info['device']} ({info['cpu_count']} CPU cores), torch {info['torch']}, triton "
-              f"{info['triton']}, timm {info['timm']}, {info['date'][:10]}, code at `{info['git_revision']}`: "
-              f"inference, bf16 autocast, batch {first.get('batch', '')} at {first.get('img_size', '')} px, "
+              f"{info['triton']}, timm {info['timm']}, {info['date'][:10]}: inference, bf16 autocast, batch "
+              f"{first.get('batch', '')} at {first.get('img_size', '')} px, "
               f"`torch.compile(mode='{first.get('compile', '')}', fullgraph=True)`, one process, models one after "
               "another (not interleaved; one timing of 20 steps each)."]
     return "\n".join(lines)
@@ -305,10 +302,10 @@ def _style_panel(ax: Any, ylabel: str, title: str) -> None:
 
 
 def _save_figure(fig: Any, data: dict[str, Any], out: Path) -> None:
-    """Title ``fig`` with the result's GPU and code revision and write it to ``out`` (PNG)."""
+    """Title ``fig`` with the result's GPU and date and write it to ``out`` (PNG)."""
     import matplotlib.pyplot as plt
 
-    fig.suptitle(f"{data['info']['device']}, code at {data['info']['git_revision']}", fontsize=9)
+    fig.suptitle(f"{data['info']['device']}, {data['info']['date'][:10]}", fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
