@@ -112,7 +112,7 @@ def family_config(family: str, args: argparse.Namespace, time_limit: float | Non
     # Per-epoch monitoring on 500 test images; the reported accuracy is the final --val-samples evaluation.
     # The CPU budget buys about 800 updates per model, so the budget run trades the recipe's patch 4 and
     # augmentation (which pay off over full epochs) for patch 7 (17 tokens: 3x faster steps) and no
-    # augmentation, with a higher lr and a short warm-up: measured on softmax, 62% -> 83% top-1 in the budget.
+    # augmentation, with a higher lr and a short warm-up (docs/training.md: what that did for softmax).
     overrides = [f"train_subset={args.train_samples}", f"epochs={args.epochs}", "val_subset=500",
                  "batch_size=64", "patch_size=7", "crop_pad=0", "hflip=0", "lr=3e-3", "warmup_epochs=0.1",
                  "workers=0", "progress=false", *args.overrides, *OWN_ARCHITECTURE.get(family, []),
