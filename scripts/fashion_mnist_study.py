@@ -72,6 +72,7 @@ EPOCHS = 60
 FAMILY_RECIPES: dict[str, dict[str, int]] = {"qt": {"epochs": 100}, "zeros": {"epochs": 100},
                                              "deltanet": {"patch_size": 2, "epochs": 100}}
 
+
 class Recipe(NamedTuple):
     """What sets a family's run apart in the study: its epochs and its patch size (None: QT-ViT has no patches)."""
 
