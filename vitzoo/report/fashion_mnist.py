@@ -50,7 +50,7 @@ def budget_table(results: Path, root: Path = Path(".")) -> str:
 
 def _two_places(value: str | float) -> str:
     # half up, as the three-decimal means are read by people (0.125 -> 0.13); str() first: a float's shortest
-    # decimal form, not its binary expansion (0.125 is exact, 0.085 is 0.08499... in binary)
+    # decimal form, not its binary expansion (0.125 is exact, 0.145 is 0.14499... in binary)
     return str(Decimal(str(value)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 
