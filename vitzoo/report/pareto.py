@@ -557,8 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitzoo-pareto", description=__doc__.splitlines()[0])
     parser.add_argument("--bench", nargs="+", required=True, help="benchmark CSVs or folders of them")
     parser.add_argument("--results", nargs="*", default=[],
-                        help="vitzoo-eval result CSVs (measured top-1); a file whose every row names its seed (a "
-                             "study's runs.csv) is plotted as each model's mean over its seeds, with their spread")
+                        help="vitzoo-eval result CSVs (measured top-1); when every row names its seed (a study's "
+                             "runs.csv), each model is plotted at its mean over the seeds, with their spread")
     parser.add_argument("--no-published", action="store_true", help="leave out the papers' published top-1")
     parser.add_argument("--precision", help="benchmark precision to use (default: the most common)")
     parser.add_argument("--compile", help="benchmark compile mode to use (default: the most common)")
