@@ -46,9 +46,12 @@ def _ratio(row: dict, other: dict | None, key: str = "img_per_s") -> str:
     return f"{row[key] / other[key]:.2f}x" if other else "-"
 
 
-def _measured_with(info: dict[str, Any]) -> str:
-    """A footer's setting: GPU, versions and date (the code's revisions stay in the results file's ``info``)."""
-    return f"{info['device']}, torch {info['torch']}, triton {info['triton']}, {info['date'][:10]}"
+def _measured_with(info: dict[str, Any], full: bool = False) -> str:
+    """A footer's setting: GPU, versions and date (the code's revisions stay in the results file's ``info``);
+    ``full`` adds the host's CPU cores and timm's version."""
+    device = f"{info['device']} ({info['cpu_count']} CPU cores)" if full else info["device"]
+    timm = f", timm {info['timm']}" if full else ""
+    return f"{device}, torch {info['torch']}, triton {info['triton']}{timm}, {info['date'][:10]}"
 
 
 def _zoo_models(rows: list[dict]) -> list[str]:
@@ -155,10 +158,9 @@ def to_markdown(data: dict[str, Any]) -> str:
     """Every speed table of one result file, with the provenance line they were measured with."""
     info, rows = data["info"], data["rows"]
     sections = [
-        f"Measured on {info['device']} ({info['cpu_count']} CPU cores), torch {info['torch']}, triton "
-        f"{info['triton']}, timm {info['timm']}, {info['date'][:10]}, bf16 autocast, eager unless a table says "
-        "otherwise, each model beside its softmax twin and timm's model in one process, interleaved, 3 repeats (the "
-        "code revisions and commands: the file's `info`; rows that later code replaced: its `info.note`).",
+        f"Measured on {_measured_with(info, full=True)}, bf16 autocast, eager unless a table says otherwise, each "
+        "model beside its softmax twin and timm's model in one process, interleaved, 3 repeats (the code revisions "
+        "and commands: the file's `info`; rows that later code replaced: its `info.note`).",
         "**Inference** (batch 256 at 224 and the same tokens per batch above):",
         inference_table(rows),
     ]
@@ -257,8 +259,7 @@ def official_table(data: dict[str, Any], source: Path) -> str:
             f"{official['img_per_s']:,.0f} | {_ratio(row, official)} | {row['host_ms']:.1f} / "
             f"{official['host_ms']:.1f} | {row['device_ms']:.2f} / {official['device_ms']:.2f} |")
     info = data["info"]
-    lines += ["", f"{info['device']} ({info['cpu_count']} CPU cores), torch {info['torch']}, triton {info['triton']}, "
-              f"timm {info['timm']}, {info['date'][:10]}: bf16, the batch of each row (the same tokens per batch at "
+    lines += ["", f"{_measured_with(info, full=True)}: bf16, the batch of each row (the same tokens per batch at "
               f"every resolution), median of interleaved repeats beside the zoo model's softmax twin and timm's model "
               f"(`{source.as_posix()}`; its `info` has the commands, settings and code revisions)."]
     return "\n".join(lines)
@@ -283,8 +284,7 @@ def compile_table(data: dict[str, Any]) -> str:
             f"{step_ms / row['device_ms']:.2f} | {_ratio(row, twin)} | {_ratio(row, timm_model)} |"
         )
     first = rows[0] if rows else {}
-    lines += ["", f"Measured on {info['device']} ({info['cpu_count']} CPU cores), torch {info['torch']}, triton "
-              f"{info['triton']}, timm {info['timm']}, {info['date'][:10]}: inference, bf16 autocast, batch "
+    lines += ["", f"Measured on {_measured_with(info, full=True)}: inference, bf16 autocast, batch "
               f"{first.get('batch', '')} at {first.get('img_size', '')} px, "
               f"`torch.compile(mode='{first.get('compile', '')}', fullgraph=True)`, one process, models one after "
               "another (not interleaved; one timing of 20 steps each)."]
