@@ -105,11 +105,12 @@ def _register(name: str, build: Callable[..., torch.nn.Module]) -> str:
     return name
 
 
-def register_official(module: ModuleType) -> list[str]:
-    """Register the official InLine DeiT of every size with timm (``official_inline_deit_<size>``); return their
-    names."""
+def register_official(module: ModuleType, sizes: list[str]) -> list[str]:
+    """Register the official InLine DeiT of each of ``sizes`` with timm (``official_inline_deit_<size>``); return
+    their names."""
     names = []
-    for size, (width, heads) in OFFICIAL_SIZES.items():
+    for size in sizes:
+        width, heads = OFFICIAL_SIZES[size]
         build = functools.partial(module.VisionTransformer, patch_size=16, embed_dim=width, depth=12, num_heads=heads)
         names.append(_register(official_name(size), build))
     return names
@@ -178,8 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     pairs: list[tuple[str, str]] = []  # (zoo model, official model)
     try:
         if args.inline_repo is not None:
-            register_official(load_official_inline(args.inline_repo))
-            pairs += [(FAMILIES["inline"].model_name(size), official_name(size)) for size in args.sizes]
+            names = register_official(load_official_inline(args.inline_repo), args.sizes)
+            pairs += list(zip((FAMILIES["inline"].model_name(size) for size in args.sizes), names, strict=True))
         if args.qtvit_repo is not None:
             names = register_official_qtvit(load_official_qtvit(args.qtvit_repo), args.qtvit_models)
             pairs += list(zip(args.qtvit_models, names, strict=True))
