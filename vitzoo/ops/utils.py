@@ -14,7 +14,6 @@ import contextlib
 import functools
 import os
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import torch
 
@@ -125,13 +124,6 @@ def kernel_backend(device: torch.device | str) -> str:
             "for CPU"
         )
     return "triton" if device_type == "cuda" else "reference"
-
-
-def launcher(kernel: Any, direct_launch: bool) -> Any:
-    """What launches a Triton ``kernel`` from an op: the kernel itself for eager callers, ``wrap_triton`` inside the
-    custom ops that torch.compile traces (outside a custom op, wrap_triton's tracing machinery costs about 0.5 ms
-    of host time a call on the H200)."""
-    return kernel if direct_launch else torch.library.wrap_triton(kernel)
 
 
 def check_qkv(op: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..utils import KERNEL_DTYPES, cdiv, kernel_backend, launcher, triton_available
+from ..launch import launcher
+from ..utils import KERNEL_DTYPES, cdiv, kernel_backend, triton_available
 from . import heuristics
 from .reference import batch_norm_gelu_add_reference, check_inputs
 

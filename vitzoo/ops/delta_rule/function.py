@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..utils import cdiv, check_kernel_qkv, kernel_backend, launcher, triton_available
+from ..launch import launcher
+from ..utils import cdiv, check_kernel_qkv, kernel_backend, triton_available
 from .heuristics import DEFAULT_LAUNCH, LaunchSettings, block_sizes, chunk_size, dot_mode, one_pass_inference
 from .reference import check_inputs, delta_rule_bidirectional_reference
 

@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from ..launch import cached_launcher
 from ..utils import KERNEL_DTYPES, cdiv, kernel_backend, triton_available
 from . import heuristics
 from .reference import (
@@ -43,7 +44,7 @@ if triton_available():
         values = torch.empty((batch, num_tokens, heads, 2 * dv), dtype=dtype, device=v.device)
         shift = torch.empty((batch, 1, heads, dv), dtype=torch.float32, device=v.device)
         grid, sizes, meta = _values_launch(v)
-        _free_energy_values_fwd_kernel[grid](v, beta, values, shift, *sizes, **meta)
+        cached_launcher(_free_energy_values_fwd_kernel)[grid](v, beta, values, shift, *sizes, **meta)
         return values, shift
 
     class _FreeEnergyValuesFunction(torch.autograd.Function):
@@ -60,7 +61,8 @@ if triton_available():
             d_v = torch.empty(tuple(v.shape), dtype=v.dtype, device=v.device)
             d_beta = torch.empty((v.shape[0], *beta.shape), dtype=torch.float32, device=v.device)
             grid, sizes, meta = _values_launch(v)
-            _free_energy_values_bwd_kernel[grid](v, beta, shift, grad.contiguous(), d_v, d_beta, *sizes, **meta)
+            cached_launcher(_free_energy_values_bwd_kernel)[grid](v, beta, shift, grad.contiguous(), d_v, d_beta,
+                                                                  *sizes, **meta)
             return d_v, d_beta.sum(dim=0).to(beta.dtype), None
 
     def _launch_args(read: torch.Tensor, gate_logits: torch.Tensor) -> tuple[tuple, tuple, dict]:
@@ -78,7 +80,7 @@ if triton_available():
         batch, num_tokens, heads, double_dv = read.shape
         out = torch.empty((batch, num_tokens, heads * double_dv // 2), dtype=gate_logits.dtype, device=read.device)
         grid, sizes, meta = _launch_args(read, gate_logits)
-        _free_energy_mix_fwd_kernel[grid](read, shift, beta, gate_logits, out, *sizes, **meta)
+        cached_launcher(_free_energy_mix_fwd_kernel)[grid](read, shift, beta, gate_logits, out, *sizes, **meta)
         return out
 
     def _free_energy_mix_bwd(grad, read, shift, beta, gate_logits) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -87,8 +89,8 @@ if triton_available():
         d_read = torch.empty(tuple(read.shape), dtype=read.dtype, device=read.device)
         d_gate_logits = torch.empty(tuple(gate_logits.shape), dtype=gate_logits.dtype, device=read.device)
         d_beta = torch.empty((grid[0], *beta.shape), dtype=torch.float32, device=read.device)
-        _free_energy_mix_bwd_kernel[grid](read, shift, beta, gate_logits, grad, d_read, d_gate_logits, d_beta,
-                                          *sizes, **meta)
+        cached_launcher(_free_energy_mix_bwd_kernel)[grid](read, shift, beta, gate_logits, grad, d_read, d_gate_logits,
+                                                           d_beta, *sizes, **meta)
         return d_read, d_gate_logits, d_beta.sum(dim=0)
 
     class _FreeEnergyMixFunction(torch.autograd.Function):

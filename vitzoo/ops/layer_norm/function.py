@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..utils import KERNEL_DTYPES, cdiv, kernel_backend, launcher, multiprocessor_count, triton_available
+from ..launch import launcher
+from ..utils import KERNEL_DTYPES, cdiv, kernel_backend, multiprocessor_count, triton_available
 from . import heuristics
 from .reference import add_layer_norm_reference, check_inputs, layer_norm_reference, rms_norm_reference
 

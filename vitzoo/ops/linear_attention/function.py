@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..utils import KERNEL_DTYPES, check_kernel_qkv, kernel_backend, launcher, padded, triton_available
+from ..launch import launcher
+from ..utils import KERNEL_DTYPES, check_kernel_qkv, kernel_backend, padded, triton_available
 from .heuristics import Launch, backward_launch, dot_precision, forward_launch, state_size
 from .reference import FEATURE_MAPS, check_inputs, linear_attention_reference
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from ..utils import cdiv, kernel_backend, launcher, triton_available
+from ..launch import launcher
+from ..utils import cdiv, kernel_backend, triton_available
 from . import heuristics
 from .reference import check_inputs, local_conv_reference
 

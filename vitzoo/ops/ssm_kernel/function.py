@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..launch import cached_launcher
 from ..utils import KERNEL_DTYPES, kernel_backend, triton_available
 from . import heuristics
 from .reference import check_inputs, ssm_kernels_reference
@@ -21,7 +22,7 @@ if triton_available():
 
     def _ssm_kernels_fwd(params: tuple[torch.Tensor, ...], rows: int, modes: int, length: int) -> torch.Tensor:
         out = torch.empty((rows, length), dtype=torch.float32, device=params[0].device)
-        _ssm_kernels_fwd_kernel[(rows,)](*params, out, modes, length, **_meta(modes))
+        cached_launcher(_ssm_kernels_fwd_kernel)[(rows,)](*params, out, modes, length, **_meta(modes))
         return out
 
     class _SSMKernelsFunction(torch.autograd.Function):
@@ -36,8 +37,8 @@ if triton_available():
             params = ctx.saved_tensors
             rows, modes = params[1].shape
             grads = [torch.empty(tuple(p.shape), dtype=torch.float32, device=p.device) for p in params]
-            _ssm_kernels_bwd_kernel[(rows,)](*params, grad.contiguous(), *grads, modes, grad.shape[-1],
-                                             **_meta(modes))
+            cached_launcher(_ssm_kernels_bwd_kernel)[(rows,)](*params, grad.contiguous(), *grads, modes, grad.shape[-1],
+                                                              **_meta(modes))
             return (*(g.to(p.dtype) for g, p in zip(grads, params, strict=True)), None)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ..launch import cached_launcher
 from ..utils import KERNEL_DTYPES, MAX_HEAD_DIM, cast_to, cdiv, interpreting, kernel_backend, triton_available
 from . import heuristics
 from .reference import check_inputs, toeplitz_attention_reference
@@ -32,7 +33,7 @@ if triton_available():
                                 ) -> torch.Tensor:
         batch, length, heads, _ = q.shape
         out = torch.empty((batch, length, heads, v.shape[-1]), dtype=q.dtype, device=q.device)
-        _toeplitz_attention_fwd_kernel[(batch * heads, cdiv(length, heuristics.BLOCK_T))](
+        cached_launcher(_toeplitz_attention_fwd_kernel)[(batch * heads, cdiv(length, heuristics.BLOCK_T))](
             q, k, v, lags, out, length, heads, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
             **_meta(q, v),
         )
@@ -59,7 +60,7 @@ if triton_available():
             if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
                 dk = torch.empty(k.shape, dtype=k.dtype, device=k.device)
                 dv = torch.empty(v.shape, dtype=v.dtype, device=v.device)
-                _toeplitz_attention_dkdv_kernel[(batch * heads, cdiv(length, heuristics.BLOCK_S))](
+                cached_launcher(_toeplitz_attention_dkdv_kernel)[(batch * heads, cdiv(length, heuristics.BLOCK_S))](
                     q, k, v, grad, lags, dk, dv, length, heads, *_strides(q), *_strides(k), *_strides(v),
                     *_strides(grad), *_strides(dk), *_strides(dv), **meta,
                 )
@@ -67,7 +68,7 @@ if triton_available():
                 dlags = torch.zeros(lags.shape, dtype=torch.float32, device=lags.device)
                 tiles = (cdiv(length, heuristics.BLOCK_T), cdiv(length, heuristics.BLOCK_S))
                 splits = heuristics.dlags_splits(batch, heads * tiles[0] * tiles[1], q.device)
-                _toeplitz_attention_dlags_kernel[(heads * splits, *tiles)](
+                cached_launcher(_toeplitz_attention_dlags_kernel)[(heads * splits, *tiles)](
                     q, k, v, grad, dlags, length, batch, splits, *_strides(q), *_strides(k), *_strides(v),
                     *_strides(grad), **meta,
                 )

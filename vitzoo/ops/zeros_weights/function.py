@@ -13,6 +13,7 @@ import math
 
 import torch
 
+from ..launch import cached_launcher
 from ..utils import KERNEL_DTYPES, kernel_backend, triton_available
 from . import heuristics
 from .reference import LOG_TAU_RANGE, check_inputs, zeros_weights_reference
@@ -32,7 +33,7 @@ if triton_available():
         logits = torch.empty((b, h, n), **options)
         stats = torch.empty((b, h, 2), **options)
         ubar = torch.empty((b, h, d), **options)
-        _zeros_weights_fwd_kernel[(b * h,)](
+        cached_launcher(_zeros_weights_fwd_kernel)[(b * h,)](
             u, gates, mu, log_tau, key_weights, query_weights, logits, stats, ubar,
             n, h, d, u.stride(0), u.stride(1), u.stride(2), *gates.stride(), 1.0 / math.sqrt(d), *LOG_TAU_RANGE,
             ZERO_ORDER=gates.shape[2] == 3, BLOCK_N=heuristics.BLOCK_N, BLOCK_D=heuristics.block_d(d),
@@ -50,7 +51,7 @@ if triton_available():
         dgates = torch.empty(tuple(gates.shape), dtype=gates.dtype, device=u.device)
         dmu = torch.empty((b, h, d), dtype=torch.float32, device=u.device)
         dlog_tau = torch.empty((b, h), dtype=torch.float32, device=u.device)
-        _zeros_weights_bwd_kernel[(b * h,)](
+        cached_launcher(_zeros_weights_bwd_kernel)[(b * h,)](
             u, gates, mu, log_tau, logits, stats, ubar, d_key_weights, d_query_weights, du, dgates, dmu, dlog_tau,
             n, h, d, u.stride(0), u.stride(1), u.stride(2), *gates.stride(), du.stride(0), du.stride(1),
             du.stride(2), *dgates.stride(), 1.0 / math.sqrt(d), *LOG_TAU_RANGE,

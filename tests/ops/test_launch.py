@@ -1,0 +1,139 @@
+"""The cached Triton launcher (:mod:`vitzoo.ops.launch`): a cached launch must run exactly the compiled kernel that
+Triton itself would launch, with the arguments in Triton's order. On the CPU a stand-in kernel records what each path
+receives; on a GPU the ops' outputs through the cache are compared with Triton's own launches."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tests.ops.markers import needs_cuda
+from vitzoo.ops import launch
+from vitzoo.ops.launch import CachedLauncher
+
+
+def _param(name, constexpr=False, default=None, has_default=False):
+    return SimpleNamespace(name=name, is_constexpr=constexpr, default=default, has_default=has_default)
+
+
+class StandInKernel:
+    """A Triton JITFunction's surface: ``params``, and ``kernel[grid](...)`` that "compiles" once per specialisation
+    and returns the compiled kernel, whose ``run`` records the raw launches."""
+
+    params = [_param("x_ptr"), _param("n"), _param("scale"), _param("BLOCK", True),
+              _param("FLAG", True, default=7, has_default=True)]
+
+    def __init__(self):
+        self.triton_launches, self.raw_launches = [], []
+        self.compiled = SimpleNamespace(run=lambda *a: self.raw_launches.append(a), function="fn",
+                                        packed_metadata="meta")
+
+    def __getitem__(self, grid):
+        def call(*args, **kwargs):
+            self.triton_launches.append((grid, args, kwargs))
+            return self.compiled
+        return call
+
+
+@pytest.fixture
+def kernel(monkeypatch):
+    monkeypatch.setattr(launch, "_hooks_installed", lambda: False)
+    stand_in = StandInKernel()
+    return stand_in, CachedLauncher(stand_in, current_device=lambda: 0, current_stream=lambda device: 1234)
+
+
+def test_repeated_signature_launches_the_cached_kernel_with_triton_argument_order(kernel):
+    stand_in, cached = kernel
+    x = torch.randn(64)
+    cached[(3, 2)](x, 33, 0.5, BLOCK=16)
+    assert len(stand_in.triton_launches) == 1 and not stand_in.raw_launches
+    cached[(5, 2)](x, 33, 0.25, BLOCK=16)  # another grid and another float value: the same binary
+    assert len(stand_in.triton_launches) == 1
+    (raw,) = stand_in.raw_launches
+    # grid padded to 3 dims, stream, function, metadata, no launch metadata or hooks, then every parameter in order,
+    # the constexprs from the keywords and their defaults
+    assert raw == (5, 2, 1, 1234, "fn", "meta", None, None, None, x, 33, 0.25, 16, 7)
+
+
+def test_what_triton_specialises_on_misses_the_cache(kernel):
+    stand_in, cached = kernel
+    buffer = torch.randn(80)
+    aligned, misaligned = buffer[:64], buffer[2:66]  # 8-byte offset: aligned to 8 bytes, not to 16
+    assert aligned.data_ptr() % 16 == 0 and misaligned.data_ptr() % 16 != 0
+    calls = [
+        ((aligned, 33, 0.5), dict(BLOCK=16)),
+        ((misaligned, 33, 0.5), dict(BLOCK=16)),  # alignment
+        ((aligned.half(), 33, 0.5), dict(BLOCK=16)),  # dtype
+        ((aligned, 32, 0.5), dict(BLOCK=16)),  # an int's value
+        ((aligned, True, 0.5), dict(BLOCK=16)),  # a bool where an int was (Triton types it i1, not i32)
+        ((aligned, 33, 0.5), dict(BLOCK=32)),  # a constexpr
+        ((aligned, 33, 0.5), dict(BLOCK=16, FLAG=1)),  # a defaulted constexpr given
+        ((aligned, 33, 0.5), dict(BLOCK=16, num_warps=8)),  # a launch option
+    ]
+    for args, kwargs in calls:
+        cached[(1,)](*args, **kwargs)
+    assert len(stand_in.triton_launches) == len(calls) and not stand_in.raw_launches
+    for args, kwargs in calls:
+        cached[(1,)](*args, **kwargs)
+    assert len(stand_in.triton_launches) == len(calls) and len(stand_in.raw_launches) == len(calls)
+
+
+def test_another_device_misses_the_cache(monkeypatch):
+    monkeypatch.setattr(launch, "_hooks_installed", lambda: False)
+    stand_in, device = StandInKernel(), [0]
+    cached = CachedLauncher(stand_in, current_device=lambda: device[0], current_stream=lambda d: d)
+    x = torch.randn(16)
+    cached[(1,)](x, 3, 1.0, BLOCK=16)
+    device[0] = 1
+    cached[(1,)](x, 3, 1.0, BLOCK=16)
+    assert len(stand_in.triton_launches) == 2 and not stand_in.raw_launches
+
+
+def test_runtime_argument_by_keyword_is_never_cached(kernel):
+    stand_in, cached = kernel
+    x = torch.randn(16)
+    for scale in (0.5, 2.0):
+        cached[(1,)](x, 3, scale=scale, BLOCK=16)
+    assert len(stand_in.triton_launches) == 2 and not stand_in.raw_launches
+
+
+def test_installed_launch_hooks_take_triton_path(kernel, monkeypatch):
+    stand_in, cached = kernel
+    x = torch.randn(16)
+    cached[(1,)](x, 3, 1.0, BLOCK=16)
+    monkeypatch.setattr(launch, "_hooks_installed", lambda: True)
+    cached[(1,)](x, 3, 1.0, BLOCK=16)
+    assert len(stand_in.triton_launches) == 2 and not stand_in.raw_launches
+
+
+def test_hook_activity_reads_both_hook_forms():
+    assert not launch._active(None)
+    assert launch._active(print)
+    assert not launch._active(SimpleNamespace(calls=[]))  # an empty hook chain (Triton 3.7 and later)
+    assert launch._active(SimpleNamespace(calls=[print]))
+
+
+@needs_cuda
+@pytest.mark.parametrize("offset", [0, 1])
+def test_cached_launches_give_triton_launches_bits(offset, monkeypatch):
+    from vitzoo.ops import layer_norm, linear_attention
+    from vitzoo.ops.layer_norm import kernels as layer_norm_kernels
+    from vitzoo.ops.linear_attention import kernels as linear_attention_kernels
+
+    torch.manual_seed(0)
+    buffer = torch.randn(4 * 197 * 3 * 3 * 64 + offset, device="cuda", dtype=torch.bfloat16)
+    q, k, v = buffer[offset:].view(4, 197, 3, 3, 64).unbind(2)
+    x = torch.randn(4, 197, 192, device="cuda", dtype=torch.bfloat16)
+    weight, bias = torch.randn(192, device="cuda"), torch.randn(192, device="cuda")
+
+    def outputs():
+        return (linear_attention(q, k, v, feature_map="relu", normalize=True),
+                layer_norm(x, (192,), weight, bias, 1e-6))
+
+    cached = [outputs() for _ in range(3)]  # the first fills the cache, the others launch from it
+    assert all(launch._LAUNCHERS[kernel]._cache for kernel in (linear_attention_kernels._linear_attention_fwd_kernel,
+                                                               layer_norm_kernels._norm_fwd_kernel))
+    monkeypatch.setattr(launch, "cached_launcher", lambda kernel: kernel)
+    plain = outputs()
+    for got in cached:
+        for a, b in zip(got, plain, strict=True):
+            assert torch.equal(a, b)
