@@ -85,6 +85,30 @@ def test_kernel_writes_every_output(monkeypatch):
     assert torch.isfinite(out).all()
 
 
+@needs_kernels
+@pytest.mark.parametrize("activation, with_residual", [(None, True), ("silu", False)])
+def test_inference_launches_directly_and_matches_reference(activation, with_residual, monkeypatch):
+    """Without gradients the kernel launches without the autograd function (host time), with the same output."""
+    from vitzoo.ops.local_conv import function
+
+    set_backend("triton")
+    device = "cuda" if HAS_CUDA else "cpu"
+    args = (2, 7, (4, 5), 1, 3, with_residual, not with_residual, with_residual)
+    tensors, _ = make_inputs(*args, torch.float32, device, 13)
+    ref_tensors, _ = make_inputs(*args, torch.float64, "cpu", 13)
+
+    def no_autograd_function(*_):
+        raise AssertionError("the autograd function ran without gradients to record")
+
+    monkeypatch.setattr(function._LocalConvFunction, "apply", no_autograd_function)
+    with torch.no_grad():
+        out = local_conv(tensors[0], tensors[1], (4, 5), 1, bias=tensors[2], residual=tensors[3],
+                         activation=activation)
+        ref = local_conv_reference(ref_tensors[0], ref_tensors[1], (4, 5), 1, bias=ref_tensors[2],
+                                   residual=ref_tensors[3], activation=activation)
+    assert relative_error(out.double().cpu(), ref) < 1e-5
+
+
 def test_bad_inputs_raise_one_line_errors():
     x = torch.randn(2, 10, 4)
     with pytest.raises(ValueError, match="needs 13"):

@@ -156,6 +156,15 @@ def local_conv(
             x = x.contiguous()
         if residual is not None and residual.stride(-1) != 1:
             residual = residual.contiguous()
+        if not torch.compiler.is_compiling() and not (
+                torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+            # nothing to differentiate: launch directly, without the autograd Function's bookkeeping (host time)
+            return _local_conv_fwd(
+                x, weight, bias, residual, int(grid_size[0]), int(grid_size[1]), int(num_prefix_tokens),
+                _PREFIX_FROM_RESIDUAL if residual is not None else _PREFIX_FROM_X,
+                residual.dtype if residual is not None else x.dtype, _ACTIVATION_CODES[activation],
+                direct_launch=True,
+            )
         return _LocalConvFunction.apply(x, weight, bias, residual, int(grid_size[0]), int(grid_size[1]),
                                         int(num_prefix_tokens), _ACTIVATION_CODES[activation])
     return local_conv_reference(x, weight, grid_size, num_prefix_tokens, bias, residual, activation)
