@@ -46,14 +46,14 @@ class LocalKernelPredictor(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         first, _, second = self
-        # A (B, C) problem: in the parameters' dtype, outside autocast (nothing to cast); without gradients two
-        # launches (the token mean, then both layers with the GELU, written tap-major), where PyTorch took seven
-        with torch.autocast(x.device.type, enabled=False):
-            return predict_local_kernels(x, first.weight, first.bias, second.weight, second.bias, first.groups,
-                                         self.kernel_size)
+        # in the parameters' dtype whatever autocast is on; without gradients two launches (the token mean, then
+        # both layers with the GELU, written tap-major), where PyTorch took seven
+        return predict_local_kernels(x, first.weight, first.bias, second.weight, second.bias, first.groups,
+                                     self.kernel_size)
 
 
-# The autocast switch reads the input's device, which FX cannot trace: a leaf for timm's FX feature extraction.
+# The op picks its backend and autocast state from the input's device, which FX cannot trace: a leaf for timm's FX
+# feature extraction.
 register_notrace_module(LocalKernelPredictor)
 
 

@@ -95,6 +95,17 @@ def test_kernels_run_only_where_no_gradient_is_recorded(monkeypatch):
         assert relative_error(got.cpu(), expected) < 1e-5
 
 
+def test_reference_path_ignores_autocast():
+    """The op computes in the weights' dtype whatever autocast is on, as the kernels do: under bf16 autocast the
+    reference path gives the fp32 result of the same call without autocast, not a bf16 one."""
+    x, params = _inputs(3, 10, 12, 3, 3, torch.float32, "cpu", 4)
+    expected = predict_local_kernels(x, *params, groups=3, kernel_size=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = predict_local_kernels(x, *params, groups=3, kernel_size=3)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, expected)
+
+
 @needs_kernels
 def test_kernels_write_every_output(monkeypatch):
     """The outputs are fresh buffers: poisoning the allocator's memory must not leak into them."""

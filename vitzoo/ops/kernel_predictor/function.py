@@ -50,8 +50,9 @@ def predict_local_kernels(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.T
         kernel_size: k.
 
     Returns:
-        (B, C, k, k), a view of a (B, k, k, C) tensor, in the weights' dtype. The Triton kernels run for CUDA tensors
-        in a kernel dtype with fp32 weights when no gradient is recorded; otherwise the reference.
+        (B, C, k, k), a view of a (B, k, k, C) tensor, in the weights' dtype, under autocast too. The Triton kernels
+        run for CUDA tensors in a kernel dtype with fp32 weights when no gradient is recorded; otherwise the
+        reference, with autocast off.
     """
     check_inputs(x, weight1, bias1, weight2, bias2, groups, kernel_size)
     tensors = (x, weight1, bias1, weight2, bias2)
@@ -60,4 +61,6 @@ def predict_local_kernels(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.T
             and x.numel() > 0 and x.stride(-1) == 1 and weight1.dtype == torch.float32 \
             and all(t.dtype in KERNEL_DTYPES for t in tensors) and all(t.is_contiguous() for t in tensors[1:]):
         return _predict_local_kernels(x, weight1, bias1, weight2, bias2, groups, kernel_size, direct_launch=True)
-    return predict_local_kernels_reference(x, weight1, bias1, weight2, bias2, groups, kernel_size)
+    # in the weights' dtype as the kernels compute it, whatever autocast is on (a (B, C) problem: nothing to cast)
+    with torch.autocast(x.device.type, enabled=False):
+        return predict_local_kernels_reference(x, weight1, bias1, weight2, bias2, groups, kernel_size)
