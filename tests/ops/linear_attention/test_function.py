@@ -81,6 +81,42 @@ def test_inference_path_matches_reference(poisoned, config):
 
 
 @needs_interpreter
+@pytest.mark.parametrize("config", ["relu", "inline", "qt", "zeros"])
+def test_inference_calls_reuse_their_checked_plan(poisoned, config, monkeypatch):
+    """An eager inference call with the signature of an earlier one skips the input checks and the planning; any
+    change of shape, stride, dtype or option value is checked and planned again, and every call matches float64."""
+    monkeypatch.setattr(function, "_INFERENCE_PLANS", {})
+    checks = []
+    check = function.check_inputs
+    monkeypatch.setattr(function, "check_inputs", lambda *a, **kw: checks.append(1) or check(*a, **kw))
+    tensors, kwargs = make_inputs(config, 2, 37, 2, 16, torch.float32, "cpu", requires_grad=False)
+    contiguous = [None if t is None else t.contiguous() for t in tensors]  # other strides, same values
+    calls = [
+        (tensors, kwargs, 1), (tensors, kwargs, 1),  # the second reuses the first one's plan
+        (contiguous, kwargs, 2), (contiguous, kwargs, 2),
+        (tensors, {**kwargs, "eps": 0.5}, 3),
+        ([None if t is None else t.double().float() + 0.0 for t in tensors], kwargs, 3),  # new tensors, same key
+    ]
+    with torch.no_grad():
+        for inputs, call_kwargs, expected_checks in calls:
+            check_against_reference(inputs, call_kwargs, 1e-5, 1e-5, backward=False)
+            assert len(checks) == expected_checks
+    assert len(function._INFERENCE_PLANS) == 3
+
+
+@needs_interpreter
+def test_calls_with_gradients_are_always_checked(monkeypatch):
+    """Calls that record a gradient run the checks each time (the cache is for inference)."""
+    checks = []
+    check = function.check_inputs
+    monkeypatch.setattr(function, "check_inputs", lambda *a, **kw: checks.append(1) or check(*a, **kw))
+    tensors, kwargs = make_inputs("relu", 1, 20, 1, 16, torch.float32, "cpu")
+    for _ in range(2):
+        function.linear_attention(*tensors, **kwargs)
+    assert len(checks) == 2
+
+
+@needs_interpreter
 def test_expanded_incoming_grad():
     """``out.sum().backward()`` hands the kernel a stride-0 gradient."""
     tensors, kwargs = make_inputs("qt", 1, 150, 2, 16, torch.float32, "cpu")

@@ -6,6 +6,8 @@ kernels are launched through ``wrap_triton`` so that Inductor sees them.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from ..launch import launcher
@@ -52,6 +54,59 @@ def _common_meta(q, k, v, key_weights, const, const_value, feature, center_keys,
 if triton_available():
     from .kernels import _linear_attention_bwd_kernel, _linear_attention_fwd_kernel
 
+    class _ForwardPlan(NamedTuple):
+        """What a forward launch takes from the inputs' shapes, strides and dtypes and from the options: the same
+        for every call with the same ones (see :func:`linear_attention_triton`'s cache of inference plans)."""
+
+        out_shape: tuple[int, int, int, int]
+        state_shape: tuple[int, int]
+        splits: int
+        sizes: tuple  # the kernel's arguments after the pointers and the float scalars
+        grid: tuple[int, int]
+        passes: tuple[tuple[dict, ...], tuple[dict, ...]]  # the launches' keywords, without and with stored states
+
+    def _forward_plan(
+            q: torch.Tensor,
+            k: torch.Tensor,
+            v: torch.Tensor,
+            key_weights: torch.Tensor | None,
+            query_weights: torch.Tensor | None,
+            const: torch.Tensor | None,
+            const_value: float,
+            feature: int,
+            center_keys: bool,
+            normalize: bool,
+            launch: Launch | None = None,
+            clamp: bool = False,
+    ) -> _ForwardPlan:
+        """The forward's plan; ``launch`` and ``clamp`` as in :func:`_linear_attention_fwd`."""
+        batch, n, heads, dk = q.shape
+        dv = v.shape[-1]
+        meta = _common_meta(q, k, v, key_weights, const, const_value, feature, center_keys, normalize, clamp)
+        if launch is None:
+            launch = forward_launch(batch * heads, n, dk, dv, meta["W"], q.device)
+        state_shape = (batch * heads, state_size(meta["W"], dk, dv))
+        out_strides = (n * heads * dv, heads * dv, dv, 1)  # a fresh contiguous (B, N, H, Dv) output
+        sizes = (
+            n, heads, dk, dv, launch.chunk, state_shape[1],
+            *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(key_weights), *_strides4(query_weights),
+            *out_strides,
+        )
+        # the raw sums this configuration reads: z for the normaliser (and, unweighted, the centring's key sum),
+        # u for the centring and the constant feature
+        need_z = normalize or (center_keys and key_weights is None)
+        need_u = center_keys or meta["HAS_CONST"]
+        config = dict(NEED_Z=need_z, NEED_U=need_u, UNIT_D=_unit_last_stride(q, k, v), **launch.options(), **meta)
+        if launch.splits == 1:
+            passes = tuple((dict(DO_STATE=True, DO_OUTPUT=True, STORE_STATE=store, ATOMIC=False, **config),)
+                           for store in (False, True))
+        else:
+            split = (dict(DO_STATE=True, DO_OUTPUT=False, STORE_STATE=True, ATOMIC=True, **config),
+                     dict(DO_STATE=False, DO_OUTPUT=True, STORE_STATE=False, ATOMIC=False, **config))
+            passes = (split, split)
+        return _ForwardPlan((batch, n, heads, dv), state_shape, launch.splits, sizes, (batch * heads, launch.splits),
+                            passes)
+
     def _linear_attention_fwd(
             q: torch.Tensor,
             k: torch.Tensor,
@@ -69,44 +124,29 @@ if triton_available():
             direct_launch: bool = False,
             launch: Launch | None = None,
             clamp: bool = False,
+            plan: _ForwardPlan | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (out, raw fp32 states); the states are empty unless ``save_state`` (needed by the backward).
 
         ``direct_launch``: launch the Triton kernel itself rather than through ``wrap_triton`` (eager callers).
         ``launch``: the launch configuration; by default :func:`.heuristics.forward_launch` decides (the benchmarks
-        pass others). ``clamp``: the normaliser is max(den, eps) instead of den + eps."""
-        batch, n, heads, dk = q.shape
-        dv = v.shape[-1]
-        meta = _common_meta(q, k, v, key_weights, const, const_value, feature, center_keys, normalize, clamp)
-        if launch is None:
-            launch = forward_launch(batch * heads, n, dk, dv, meta["W"], q.device)
-        out = _empty((batch, n, heads, dv), v.dtype, q.device)
-        state_shape = (batch * heads, state_size(meta["W"], dk, dv))
-        if launch.splits > 1:
-            state = torch.zeros(state_shape, dtype=torch.float32, device=q.device)
+        pass others). ``clamp``: the normaliser is max(den, eps) instead of den + eps. ``plan``: these inputs' plan,
+        when the caller has it."""
+        if plan is None:
+            plan = _forward_plan(q, k, v, key_weights, query_weights, const, const_value, feature, center_keys,
+                                 normalize, launch, clamp)
+        out = _empty(plan.out_shape, v.dtype, q.device)
+        if plan.splits > 1:
+            state = torch.zeros(plan.state_shape, dtype=torch.float32, device=q.device)
         elif save_state:
-            state = _empty(state_shape, torch.float32, q.device)
+            state = _empty(plan.state_shape, torch.float32, q.device)
         else:
             state = q.new_empty((0,), dtype=torch.float32)
         pointers, scalars = _common_args(q, k, v, key_weights, query_weights, const, const_value, scale, eps)
-        args = (
-            *pointers, out, state if state.numel() else out, *scalars, n, heads, dk, dv,
-            launch.chunk, state_shape[1],
-            *_strides4(q), *_strides4(k), *_strides4(v), *_strides4(key_weights), *_strides4(query_weights),
-            *_strides4(out),
-        )
+        args = (*pointers, out, state if state.numel() else out, *scalars, *plan.sizes)
         kernel = launcher(_linear_attention_fwd_kernel, direct_launch)
-        # the raw sums this configuration reads: z for the normaliser (and, unweighted, the centring's key sum),
-        # u for the centring and the constant feature
-        need_z = normalize or (center_keys and key_weights is None)
-        need_u = center_keys or meta["HAS_CONST"]
-        config = dict(NEED_Z=need_z, NEED_U=need_u, UNIT_D=_unit_last_stride(q, k, v), **launch.options(), **meta)
-        grid = (batch * heads, launch.splits)
-        if launch.splits == 1:
-            kernel[grid](*args, DO_STATE=True, DO_OUTPUT=True, STORE_STATE=save_state, ATOMIC=False, **config)
-        else:
-            kernel[grid](*args, DO_STATE=True, DO_OUTPUT=False, STORE_STATE=True, ATOMIC=True, **config)
-            kernel[grid](*args, DO_STATE=False, DO_OUTPUT=True, STORE_STATE=False, ATOMIC=False, **config)
+        for keywords in plan.passes[save_state]:
+            kernel[plan.grid](*args, **keywords)
         return out, state
 
     def _linear_attention_bwd(
@@ -257,6 +297,38 @@ def _check_kernel_inputs(q, k, v, key_weights, query_weights) -> None:
         )
 
 
+# Plans of earlier eager inference calls, by everything the input checks and the plan read (:func:`_inference_key`):
+# a model calls the op with the same shapes, strides and options on every forward, and a call whose key is here has
+# passed the checks before, so it skips them and the planning (host time on every call).
+_INFERENCE_PLANS: dict[tuple, object] = {}
+_MAX_INFERENCE_PLANS = 256
+_NUMBERS = (float, int)
+
+
+def _tensor_key(t: torch.Tensor | None) -> tuple | None:
+    return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
+
+
+def _inference_key(q, k, v, key_weights, query_weights, feature_map, feature_const, center_keys, scale, normalize,
+                   eps, clamp_denominator) -> tuple | None:
+    """The key of an eager inference call's plan; None for a call that is not keyed (options that are not plain
+    Python values, a constant tensor that needs a cast): it is checked and planned every time."""
+    if type(scale) not in _NUMBERS or type(eps) not in _NUMBERS or type(feature_map) is not str \
+            or any(type(flag) is not bool for flag in (center_keys, normalize, clamp_denominator)):
+        return None
+    if isinstance(feature_const, torch.Tensor):
+        if feature_const.dtype != torch.float32 or feature_const.device != q.device:
+            return None
+        const_key = ("tensor", feature_const.shape)
+    elif feature_const is None or type(feature_const) in _NUMBERS:
+        const_key = ("value", feature_const)
+    else:
+        return None
+    return (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype, q.device,
+            k.device, v.device, _tensor_key(key_weights), _tensor_key(query_weights), const_key, feature_map,
+            center_keys, scale, normalize, eps, clamp_denominator)
+
+
 def linear_attention_triton(
         q: torch.Tensor,
         k: torch.Tensor,
@@ -275,12 +347,22 @@ def linear_attention_triton(
     """The fused Triton kernels behind :func:`linear_attention` (same arguments; fp16, bf16 or fp32 inputs)."""
     if not triton_available():
         raise RuntimeError("linear_attention_triton needs triton, which is not installed")
-    check_inputs(q, k, v, key_weights, query_weights, feature_map, normalize, clamp_denominator,
-                 feature_const=feature_const, scale=scale, eps=eps)
-    _check_kernel_inputs(q, k, v, key_weights, query_weights)
+    const_tensor = feature_const if isinstance(feature_const, torch.Tensor) else None
+    inputs = (q, k, v, key_weights, query_weights, const_tensor)
+    save_state = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    eager_inference = not save_state and not torch.compiler.is_compiling()
+    key = plan = None
+    if eager_inference:
+        key = _inference_key(q, k, v, key_weights, query_weights, feature_map, feature_const, center_keys, scale,
+                             normalize, eps, clamp_denominator)
+        plan = None if key is None else _INFERENCE_PLANS.get(key)
+    if plan is None:
+        check_inputs(q, k, v, key_weights, query_weights, feature_map, normalize, clamp_denominator,
+                     feature_const=feature_const, scale=scale, eps=eps)
+        _check_kernel_inputs(q, k, v, key_weights, query_weights)
     const, const_value = None, 0.0
-    if isinstance(feature_const, torch.Tensor):  # one element (check_inputs)
-        const = feature_const
+    if const_tensor is not None:  # one element (check_inputs)
+        const = const_tensor
         # (each no-op cast or reshape would still be a dispatch of host time)
         if const.device != q.device or const.dtype != torch.float32:
             const = const.to(device=q.device, dtype=torch.float32)
@@ -288,17 +370,21 @@ def linear_attention_triton(
             const = const.reshape(1)
     elif feature_const is not None:
         const_value = float(feature_const)
-    inputs = (q, k, v, key_weights, query_weights, const)
-    save_state = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    if not save_state and not torch.compiler.is_compiling():
+    feature, center_keys, normalize = _FEATURE_CODES[feature_map], bool(center_keys), bool(normalize)
+    clamp = bool(clamp_denominator)
+    if eager_inference:
         # nothing to differentiate: launch directly, without the autograd Function's bookkeeping (host time)
-        return _linear_attention_fwd(
-            q, k, v, key_weights, query_weights, const, const_value, _FEATURE_CODES[feature_map], bool(center_keys),
-            float(scale), bool(normalize), float(eps), False, direct_launch=True, clamp=bool(clamp_denominator),
-        )[0]
+        if plan is None:
+            plan = _forward_plan(q, k, v, key_weights, query_weights, const, const_value, feature, center_keys,
+                                 normalize, clamp=clamp)
+            if key is not None and len(_INFERENCE_PLANS) < _MAX_INFERENCE_PLANS:
+                _INFERENCE_PLANS[key] = plan
+        return _linear_attention_fwd(q, k, v, key_weights, query_weights, const, const_value, feature, center_keys,
+                                     float(scale), normalize, float(eps), False, direct_launch=True, clamp=clamp,
+                                     plan=plan)[0]
     return _LinearAttentionFunction.apply(
-        q, k, v, key_weights, query_weights, const, const_value, _FEATURE_CODES[feature_map], bool(center_keys),
-        float(scale), bool(normalize), float(eps), save_state, bool(clamp_denominator),
+        q, k, v, key_weights, query_weights, const, const_value, feature, center_keys, float(scale), normalize,
+        float(eps), save_state, clamp,
     )
 
 
