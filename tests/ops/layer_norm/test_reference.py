@@ -44,6 +44,16 @@ def test_bad_parameter_shape_is_a_one_line_error():
         layer_norm_reference(torch.randn(2, 8), torch.randn(7))
 
 
+@pytest.mark.parametrize("where", ["x", "weight", "bias"])
+def test_non_tensors_are_a_one_line_error(where):
+    """A shape passed where F.layer_norm takes it (``layer_norm(x, (8,), weight, ...)``) names the argument."""
+    x, ones = torch.randn(2, 8), torch.ones(8)
+    args = {"x": ((8,), ones, ones), "weight": (x, (8,), ones), "bias": (x, ones, [0.0] * 8)}[where]
+    expected = {"x": "tuple", "weight": "tuple", "bias": "list"}[where]
+    with pytest.raises(ValueError, match=rf"^layer_norm: {where} must be a tensor( or None)?, got {expected}$"):
+        layer_norm_reference(*args)
+
+
 @pytest.mark.parametrize("where", ["x", "weight", "bias", "gate", "update"])
 def test_integer_tensors_are_a_one_line_error(where):
     """An integer tensor would be normalised and rounded back to integers; each op names it and the dtypes it takes."""

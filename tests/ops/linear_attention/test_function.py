@@ -240,3 +240,19 @@ def test_gpu_long_sequence_is_finite(config):
     assert all(torch.isfinite(g).all() for g in grads)
     ref = linear_attention_reference(*[t.detach().double() for t in tensors[:3]], **reference_kwargs(kwargs))
     assert rel_err(out, ref) <= 1e-2
+
+
+@needs_cuda
+@pytest.mark.parametrize("offset", [1, 2, 8])
+def test_gpu_views_off_a_16_byte_boundary_match_reference(offset):
+    """q, k, v that start off a 16-byte boundary (views at an odd offset into a buffer) run on aligned copies; the
+    kernels faulted on them before (illegal memory access, H100, Triton 3.6)."""
+    torch.manual_seed(offset)
+    buffer = torch.randn(2 * 97 * 3 * 2 * 32 + offset, device="cuda", dtype=torch.bfloat16)
+    q, k, v = buffer[offset:].view(2, 97, 3, 2, 32).unbind(2)
+    assert q.data_ptr() % 16 != 0
+    with torch.no_grad():
+        out = function.linear_attention(q, k, v, feature_map="relu", normalize=True)
+        torch.cuda.synchronize()
+    ref = linear_attention_reference(q.double(), k.double(), v.double(), feature_map="relu", normalize=True)
+    assert rel_err(out, ref) <= 1e-2

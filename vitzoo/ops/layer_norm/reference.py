@@ -19,10 +19,19 @@ def check_inputs(op: str, x: torch.Tensor, weight: torch.Tensor | None, bias: to
     """The contract shared by the reference and the kernels: float tensors (an integer x would be normalised and
     rounded back to integers), parameters of shape (x.shape[-1],), a gate of x's shape."""
     # one test per tensor on the common path (these checks run on every call: host time)
-    if not (x.dtype in INPUT_DTYPES and (weight is None or weight.dtype in INPUT_DTYPES)
-            and (bias is None or bias.dtype in INPUT_DTYPES) and (gate is None or gate.dtype in INPUT_DTYPES)
-            and (update is None or update.dtype in INPUT_DTYPES)):
-        check_input_dtypes(op, (("x", x), ("update", update), ("weight", weight), ("bias", bias), ("gate", gate)))
+    try:
+        valid = (x.dtype in INPUT_DTYPES and (weight is None or weight.dtype in INPUT_DTYPES)
+                 and (bias is None or bias.dtype in INPUT_DTYPES) and (gate is None or gate.dtype in INPUT_DTYPES)
+                 and (update is None or update.dtype in INPUT_DTYPES))
+    except AttributeError:  # something that is not a tensor
+        valid = False
+    if not valid:
+        named = (("x", x), ("update", update), ("weight", weight), ("bias", bias), ("gate", gate))
+        for name, t in named:
+            if t is not None and not isinstance(t, torch.Tensor):
+                raise ValueError(f"{op}: {name} must be a tensor{'' if name == 'x' else ' or None'}, got "
+                                 f"{type(t).__name__}")
+        check_input_dtypes(op, named)
     if x.dim() < 1 or x.shape[-1] < 1:
         raise ValueError(f"{op}: x must have a non-empty last dim, got shape {tuple(x.shape)}")
     if gate is not None and gate.shape != x.shape:

@@ -305,6 +305,14 @@ _MAX_INFERENCE_PLANS = 256
 _NUMBERS = (float, int)
 
 
+def _aligned(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t``, or a fresh contiguous copy (whose storage starts aligned) when its first element is not 16-byte
+    aligned."""
+    if t is None or t.data_ptr() % 16 == 0:
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
 def _tensor_key(t: torch.Tensor | None) -> tuple | None:
     return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
 
@@ -347,6 +355,9 @@ def linear_attention_triton(
     """The fused Triton kernels behind :func:`linear_attention` (same arguments; fp16, bf16 or fp32 inputs)."""
     if not triton_available():
         raise RuntimeError("linear_attention_triton needs triton, which is not installed")
+    # Views that do not start on a 16-byte boundary (a slice at an odd offset) made the forward fault on an H100
+    # (illegal memory access, Triton 3.6): the kernels read aligned copies of them
+    q, k, v, key_weights, query_weights = (_aligned(t) for t in (q, k, v, key_weights, query_weights))
     const_tensor = feature_const if isinstance(feature_const, torch.Tensor) else None
     inputs = (q, k, v, key_weights, query_weights, const_tensor)
     save_state = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
