@@ -113,15 +113,15 @@ def test_hook_activity_reads_both_hook_forms():
 
 
 @needs_cuda
-@pytest.mark.parametrize("offset", [0, 1])
-def test_cached_launches_give_triton_launches_bits(offset, monkeypatch):
+def test_cached_launches_give_triton_launches_bits(monkeypatch):
+    """Two ops' outputs from cached launches equal those of Triton's own launches, bit for bit (which keys tell a
+    misaligned pointer apart is the stand-in tests' part: linear attention copies misaligned views first)."""
     from vitzoo.ops import layer_norm, linear_attention
     from vitzoo.ops.layer_norm import kernels as layer_norm_kernels
     from vitzoo.ops.linear_attention import kernels as linear_attention_kernels
 
     torch.manual_seed(0)
-    buffer = torch.randn(4 * 197 * 3 * 3 * 64 + offset, device="cuda", dtype=torch.bfloat16)
-    q, k, v = buffer[offset:].view(4, 197, 3, 3, 64).unbind(2)
+    q, k, v = torch.randn(4, 197, 3, 3, 64, device="cuda", dtype=torch.bfloat16).unbind(2)
     x = torch.randn(4, 197, 192, device="cuda", dtype=torch.bfloat16)
     weight, bias = torch.randn(192, device="cuda"), torch.randn(192, device="cuda")
 
