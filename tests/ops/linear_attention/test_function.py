@@ -242,6 +242,24 @@ def test_gpu_long_sequence_is_finite(config):
     assert rel_err(out, ref) <= 1e-2
 
 
+@needs_interpreter
+def test_views_off_a_16_byte_boundary_run_on_aligned_copies(monkeypatch):
+    """The kernels get 16-byte-aligned copies of views that start off a boundary (the GPU faulted on such views), and
+    the result is the reference's."""
+    buffer = torch.randn(2 * 23 * 3 * 2 * 16 + 1)
+    q, k, v = buffer[1:].view(2, 23, 3, 2, 16).unbind(2)
+    assert q.data_ptr() % 16 != 0
+    seen = []
+    plan = function._forward_plan
+    monkeypatch.setattr(function, "_forward_plan", lambda *a, **kw: seen.append(a[:3]) or plan(*a, **kw))
+    with torch.no_grad():
+        check_against_reference([q, k, v, None, None], dict(feature_map="relu", normalize=True), 1e-5, 1e-5,
+                                backward=False)
+    assert seen and all(t.data_ptr() % 16 == 0 for t in seen[0])
+    aligned = buffer[4:]  # 16 bytes in: used as it is
+    assert function._aligned(aligned) is aligned
+
+
 @needs_cuda
 @pytest.mark.parametrize("offset", [1, 2, 8])
 def test_gpu_views_off_a_16_byte_boundary_match_reference(offset):
