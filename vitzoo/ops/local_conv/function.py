@@ -74,16 +74,21 @@ if triton_available():
     _local_conv_fwd_op = torch.library.triton_op("vitzoo::local_conv_fwd", _local_conv_fwd, mutates_args=())
     _local_conv_dw_op = torch.library.triton_op("vitzoo::local_conv_dw", _local_conv_dw, mutates_args=())
 
+    def _convolve(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
+                  grid_h: int, grid_w: int, num_prefix_tokens: int, act: int, compiling: bool) -> torch.Tensor:
+        """:func:`local_conv`'s output: the prefix tokens and the dtype come from the residual when there is one,
+        else from x; through the custom op when ``compiling``, launched directly otherwise."""
+        return (_local_conv_fwd_op if compiling else _local_conv_fwd)(
+            x, weight, bias, residual, grid_h, grid_w, num_prefix_tokens,
+            _PREFIX_FROM_RESIDUAL if residual is not None else _PREFIX_FROM_X,
+            residual.dtype if residual is not None else x.dtype, act, direct_launch=not compiling,
+        )
+
     class _LocalConvFunction(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, weight, bias, residual, grid_h, grid_w, num_prefix_tokens, act):
-            compiling = torch.compiler.is_compiling()
-            out_dtype = residual.dtype if residual is not None else x.dtype
-            prefix = _PREFIX_FROM_RESIDUAL if residual is not None else _PREFIX_FROM_X
-            out = (_local_conv_fwd_op if compiling else _local_conv_fwd)(
-                x, weight, bias, residual, grid_h, grid_w, num_prefix_tokens, prefix, out_dtype, act,
-                direct_launch=not compiling,
-            )
+            out = _convolve(x, weight, bias, residual, grid_h, grid_w, num_prefix_tokens, act,
+                            torch.compiler.is_compiling())
             ctx.save_for_backward(x, weight, bias)
             ctx.options = (grid_h, grid_w, num_prefix_tokens, bias is not None, residual is not None,
                            None if bias is None else bias.dtype, act)
@@ -159,12 +164,8 @@ def local_conv(
         if not torch.compiler.is_compiling() and not (
                 torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
             # nothing to differentiate: launch directly, without the autograd Function's bookkeeping (host time)
-            return _local_conv_fwd(
-                x, weight, bias, residual, int(grid_size[0]), int(grid_size[1]), int(num_prefix_tokens),
-                _PREFIX_FROM_RESIDUAL if residual is not None else _PREFIX_FROM_X,
-                residual.dtype if residual is not None else x.dtype, _ACTIVATION_CODES[activation],
-                direct_launch=True,
-            )
+            return _convolve(x, weight, bias, residual, int(grid_size[0]), int(grid_size[1]), int(num_prefix_tokens),
+                             _ACTIVATION_CODES[activation], compiling=False)
         return _LocalConvFunction.apply(x, weight, bias, residual, int(grid_size[0]), int(grid_size[1]),
                                         int(num_prefix_tokens), _ACTIVATION_CODES[activation])
     return local_conv_reference(x, weight, grid_size, num_prefix_tokens, bias, residual, activation)
