@@ -260,6 +260,20 @@ def test_views_off_a_16_byte_boundary_run_on_aligned_copies(monkeypatch):
     assert function._aligned(aligned) is aligned
 
 
+@needs_interpreter
+def test_traced_calls_do_not_read_addresses(monkeypatch):
+    """Under torch.compile the tensors are traced (FakeTensors have no address): the alignment copy, which reads
+    data pointers, is for eager calls only."""
+    def no_address(t):
+        raise AssertionError("a traced call looked at a tensor's address")
+
+    monkeypatch.setattr(function, "_aligned", no_address)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(function._LinearAttentionFunction, "apply", lambda *a: "traced")
+    q = torch.randn(1, 5, 2, 16)
+    assert function.linear_attention_triton(q, q, q) == "traced"
+
+
 @needs_cuda
 @pytest.mark.parametrize("offset", [1, 2, 8])
 def test_gpu_views_off_a_16_byte_boundary_match_reference(offset):

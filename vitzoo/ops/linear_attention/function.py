@@ -355,13 +355,15 @@ def linear_attention_triton(
     """The fused Triton kernels behind :func:`linear_attention` (same arguments; fp16, bf16 or fp32 inputs)."""
     if not triton_available():
         raise RuntimeError("linear_attention_triton needs triton, which is not installed")
-    # Views that do not start on a 16-byte boundary (a slice at an odd offset) made the forward fault on an H100
-    # (illegal memory access, Triton 3.6): the kernels read aligned copies of them
-    q, k, v, key_weights, query_weights = (_aligned(t) for t in (q, k, v, key_weights, query_weights))
+    compiling = torch.compiler.is_compiling()
+    if not compiling:  # (a traced tensor has no address to look at)
+        # Views that do not start on a 16-byte boundary (a slice at an odd offset) made the forward fault on an H100
+        # (illegal memory access, Triton 3.6): the kernels read aligned copies of them
+        q, k, v, key_weights, query_weights = (_aligned(t) for t in (q, k, v, key_weights, query_weights))
     const_tensor = feature_const if isinstance(feature_const, torch.Tensor) else None
     inputs = (q, k, v, key_weights, query_weights, const_tensor)
     save_state = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    eager_inference = not save_state and not torch.compiler.is_compiling()
+    eager_inference = not save_state and not compiling
     key = plan = None
     if eager_inference:
         key = _inference_key(q, k, v, key_weights, query_weights, feature_map, feature_const, center_keys, scale,
