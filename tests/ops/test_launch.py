@@ -105,6 +105,40 @@ def test_installed_launch_hooks_take_triton_path(kernel, monkeypatch):
     assert len(stand_in.triton_launches) == 2 and not stand_in.raw_launches
 
 
+def test_bound_launch_repeats_the_compiled_kernel_with_new_arguments(kernel):
+    stand_in, cached = kernel
+    x, y = torch.randn(64), torch.randn(64)
+    bound = cached.bind((3, 2), (x, 33, 0.5), dict(BLOCK=16))
+    assert len(stand_in.triton_launches) == 1 and not stand_in.raw_launches  # the first launch: Triton's path
+    bound(y, 33, 0.25)
+    assert len(stand_in.triton_launches) == 1
+    assert stand_in.raw_launches == [(3, 2, 1, 1234, "fn", "meta", None, None, None, y, 33, 0.25, 16, 7)]
+
+
+def test_bound_launch_takes_triton_path_under_hooks_or_another_device(monkeypatch):
+    monkeypatch.setattr(launch, "_hooks_installed", lambda: False)
+    stand_in, device = StandInKernel(), [0]
+    cached = CachedLauncher(stand_in, current_device=lambda: device[0], current_stream=lambda d: d)
+    x = torch.randn(16)
+    bound = cached.bind((1,), (x, 3, 1.0), dict(BLOCK=16))
+    device[0] = 1
+    bound(x, 3, 1.0)
+    assert len(stand_in.triton_launches) == 2 and not stand_in.raw_launches
+    device[0] = 0
+    monkeypatch.setattr(launch, "_hooks_installed", lambda: True)
+    bound(x, 3, 1.0)
+    assert len(stand_in.triton_launches) == 3 and not stand_in.raw_launches
+
+
+def test_bound_launch_of_an_uncacheable_call_launches_through_triton(kernel):
+    stand_in, cached = kernel
+    x = torch.randn(16)
+    bound = cached.bind((1,), (x, 3), dict(scale=2.0, BLOCK=16))  # a runtime argument by keyword
+    bound(x, 3)
+    assert len(stand_in.triton_launches) == 2 and not stand_in.raw_launches
+    assert stand_in.triton_launches[1] == ((1,), (x, 3), dict(scale=2.0, BLOCK=16))
+
+
 def test_hook_activity_reads_both_hook_forms():
     assert not launch._active(None)
     assert launch._active(print)
@@ -114,10 +148,12 @@ def test_hook_activity_reads_both_hook_forms():
 
 @needs_cuda
 def test_cached_launches_give_triton_launches_bits(monkeypatch):
-    """Two ops' outputs from cached launches equal those of Triton's own launches, bit for bit (which keys tell a
-    misaligned pointer apart is the stand-in tests' part: linear attention copies misaligned views first)."""
+    """Two ops' outputs from cached and bound launches equal those of Triton's own launches, bit for bit (which keys
+    tell a misaligned pointer apart is the stand-in tests' part: linear attention copies misaligned views first)."""
     from vitzoo.ops import layer_norm, linear_attention
+    from vitzoo.ops.layer_norm import function as layer_norm_function
     from vitzoo.ops.layer_norm import kernels as layer_norm_kernels
+    from vitzoo.ops.linear_attention import function as linear_attention_function
     from vitzoo.ops.linear_attention import kernels as linear_attention_kernels
 
     torch.manual_seed(0)
@@ -132,7 +168,10 @@ def test_cached_launches_give_triton_launches_bits(monkeypatch):
     cached = [outputs() for _ in range(3)]  # the first fills the cache, the others launch from it
     assert all(launch._LAUNCHERS[kernel]._cache for kernel in (linear_attention_kernels._linear_attention_fwd_kernel,
                                                                layer_norm_kernels._norm_fwd_kernel))
+    # Triton's own launches: no cached launcher, and none of the launches the ops kept for their inference calls
     monkeypatch.setattr(launch, "cached_launcher", lambda kernel: kernel)
+    monkeypatch.setattr(layer_norm_function, "_INFERENCE_LAUNCHES", {})
+    monkeypatch.setattr(linear_attention_function, "_INFERENCE_PLANS", {})
     plain = outputs()
     for got in cached:
         for a, b in zip(got, plain, strict=True):

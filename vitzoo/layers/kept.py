@@ -10,7 +10,7 @@ outputs) and by their patch embedding. The same Linear's path for CUDA-graph-cap
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import torch
@@ -21,7 +21,7 @@ from timm.layers import register_notrace_module
 T = TypeVar("T")
 
 
-def kept_value_key(params: tuple[torch.Tensor, ...], *extra) -> tuple | None:
+def kept_value_key(params: Sequence[torch.Tensor], *extra) -> tuple | None:
     """A key under which a value computed from ``params`` (and ``extra``) may be kept between forwards: it changes
     when a parameter changes (its version counter or storage). None when nothing may be kept: a gradient of a
     parameter is being recorded (the value must be part of the graph), under torch.compile or tracing, while a CUDA
@@ -37,11 +37,15 @@ def kept_value_key(params: tuple[torch.Tensor, ...], *extra) -> tuple | None:
         return None
     if torch.is_grad_enabled() and any(p.requires_grad for p in params):
         return None
-    if params[0].is_cuda and torch.cuda.is_current_stream_capturing():
+    first = params[0]
+    if first.is_cuda and torch.cuda.is_current_stream_capturing():
         return None
-    if any(torch.is_inference(p) for p in params):
+    # (this runs for every Linear of every inference forward: one pass per attribute, no generator)
+    try:
+        versions = [p._version for p in params]
+    except RuntimeError:  # an inference tensor: no version counter
         return None
-    return (*extra, params[0].device, tuple((p._version, p.data_ptr()) for p in params))
+    return (*extra, first.device, *versions, *[p.data_ptr() for p in params])
 
 
 class KeepsValue:
@@ -84,12 +88,11 @@ class KeepsAutocastCopies(KeepsValue):
         path must run."""
         if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
             return None  # (compiling first: kept_value_key's capture query is not for a traced region)
-        if not torch.is_autocast_enabled(x.device.type):
+        device_type = x.device.type
+        if not torch.is_autocast_enabled(device_type) or params[0].dtype != torch.float32:
             return None
-        if params[0].dtype != torch.float32:
-            return None
-        dtype = torch.get_autocast_dtype(x.device.type)
-        key = kept_value_key(tuple(p for p in params if p is not None), dtype)
+        dtype = torch.get_autocast_dtype(device_type)
+        key = kept_value_key([p for p in params if p is not None], dtype)
         if key is None:
             return None
 

@@ -45,17 +45,21 @@ class CachedLauncher:
         self._cache: dict[tuple, tuple] = {}
         self._stream = current_stream
 
-    def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., None]:
-        return lambda *args, **kwargs: self.launch(grid, args, kwargs)
-
-    def launch(self, grid: tuple[int, ...], args: tuple, kwargs: dict[str, Any]) -> None:
-        device = self._device()
-        key = (device, *kwargs.items(), *[
+    @staticmethod
+    def _key(device: int, args: tuple, kwargs: dict[str, Any]) -> tuple:
+        return (device, *kwargs.items(), *[
             a if a.__class__ is int
             else (a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor)
             else (float, None) if a.__class__ is float
             else (a.__class__, a)
             for a in args])
+
+    def __getitem__(self, grid: tuple[int, ...]) -> Callable[..., None]:
+        return lambda *args, **kwargs: self.launch(grid, args, kwargs)
+
+    def launch(self, grid: tuple[int, ...], args: tuple, kwargs: dict[str, Any]) -> None:
+        device = self._device()
+        key = self._key(device, args, kwargs)
         entry = self._cache.get(key)
         if entry is None or grid.__class__ is not tuple or _hooks_installed():
             self._launch_through_triton(key, grid, args, kwargs)
@@ -63,6 +67,29 @@ class CachedLauncher:
         run, function, metadata, tail = entry
         run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1, self._stream(device),
             function, metadata, None, None, None, *args, *tail)
+
+    def bind(self, grid: tuple[int, ...], args: tuple, kwargs: dict[str, Any]) -> Callable[..., None]:
+        """Launch ``kernel[grid](*args, **kwargs)`` and return ``bound``: ``bound(*other_args)`` repeats this launch
+        (grid, keywords, device and compiled kernel) with other runtime arguments without working out their
+        signature. For an op whose own key already pins everything the signature reads (every int argument, every
+        tensor's dtype and 16-byte alignment) and that launches with that key many times; the op's key is what keeps
+        it right. Launch hooks, another current device, or a launch Triton's path must take, go through
+        :meth:`launch`."""
+        self.launch(grid, args, kwargs)
+        device = self._device()
+        entry = self._cache.get(self._key(device, args, kwargs))
+        if entry is None or grid.__class__ is not tuple:
+            return lambda *other: self.launch(grid, other, kwargs)
+        run, function, metadata, tail = entry
+        dims = (grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1)
+
+        def bound(*other: Any) -> None:
+            if self._device() != device or _hooks_installed():
+                self.launch(grid, other, kwargs)
+                return
+            run(*dims, self._stream(device), function, metadata, None, None, None, *other, *tail)
+
+        return bound
 
     def _launch_through_triton(self, key: tuple, grid: Any, args: tuple, kwargs: dict[str, Any]) -> None:
         compiled = self.kernel[grid](*args, **kwargs)
@@ -108,3 +135,14 @@ def launcher(kernel: Any, direct_launch: bool) -> Any:
     inside the custom ops that torch.compile traces (outside a custom op, wrap_triton's tracing machinery costs about
     0.5 ms of host time a call on the H200)."""
     return cached_launcher(kernel) if direct_launch else torch.library.wrap_triton(kernel)
+
+
+def bind_launch(kernel: Any, grid: tuple[int, ...], args: tuple, kwargs: dict[str, Any]) -> Callable[..., None]:
+    """Launch ``kernel[grid](*args, **kwargs)`` eagerly and return ``bound``, which repeats that launch with other
+    runtime arguments of the same signature (:meth:`CachedLauncher.bind`); under the interpreter ``bound`` is
+    Triton's own launch."""
+    cached = cached_launcher(kernel)
+    if isinstance(cached, CachedLauncher):
+        return cached.bind(grid, args, kwargs)
+    cached[grid](*args, **kwargs)
+    return lambda *other: cached[grid](*other, **kwargs)

@@ -128,6 +128,78 @@ def test_inference_launch_matches_reference(rms, monkeypatch):
     assert relative_error(out.cpu(), expected) < 1e-5
 
 
+def _fresh(t):
+    """Another tensor of ``t``'s values, shape, strides, dtype and device (new storage, so a new address)."""
+    return None if t is None else torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device).copy_(t)
+
+
+@needs_kernels
+@pytest.mark.parametrize("op", ["layer_norm", "add_layer_norm", "rms_norm", "gated_rms_norm"])
+def test_inference_calls_reuse_their_kept_launch(op, monkeypatch):
+    """An eager call with nothing to differentiate and the key of an earlier one (shapes, strides, dtypes, devices,
+    alignment, eps) skips the checks and launches the kept launch; a new key is checked and kept again, calls with
+    gradients are checked every time, and every call matches float64 (poisoned buffers)."""
+    from vitzoo.ops.layer_norm import function
+
+    monkeypatch.setattr(function, "_INFERENCE_LAUNCHES", {})
+    checks = []
+    check = function.check_inputs
+    monkeypatch.setattr(function, "check_inputs", lambda *a, **kw: checks.append(a[0]) or check(*a, **kw))
+    (x, weight, bias), _ = _inputs((3, 17, 40), True, True, torch.float32, DEVICE, 51)
+    x, weight, bias = x.detach(), weight.detach(), bias.detach()
+    second = torch.randn_like(x) * 0.5 + 0.2
+    update = second if op == "add_layer_norm" else None
+    gate = second if op == "gated_rms_norm" else None
+
+    def call(x, weight, bias, eps=1e-5, update=update, gate=gate):
+        if op == "layer_norm":
+            return layer_norm(x, weight, bias, eps)
+        if op == "add_layer_norm":
+            return add_layer_norm(x, update, weight, bias, eps)
+        return rms_norm(x, weight, eps, gate)
+
+    def expected(x, weight, bias, eps=1e-5, update=update, gate=gate):
+        x64, w64, b64 = (t.double().cpu() for t in (x, weight, bias))
+        if op == "layer_norm":
+            return (layer_norm_reference(x64, w64, b64, eps),)
+        if op == "add_layer_norm":
+            return add_layer_norm_reference(x64, update.double().cpu(), w64, b64, eps)
+        return (rms_norm_reference(x64, w64, eps, None if gate is None else gate.double().cpu()),)
+
+    offset = torch.empty(x.numel() + 2, dtype=x.dtype, device=x.device)[2:].view(x.shape)  # 8 bytes off
+    offset.copy_(x)
+    calls = [  # (inputs, how many checks so far)
+        (dict(x=x, weight=weight, bias=bias), 1),
+        (dict(x=x, weight=weight, bias=bias), 1),  # kept
+        (dict(x=_fresh(x), weight=_fresh(weight), bias=_fresh(bias)), 1),  # new tensors, same key: kept
+        (dict(x=x, weight=weight, bias=bias, eps=0.5), 2),  # eps
+        (dict(x=x.half(), weight=weight, bias=bias, update=None if update is None else update.half(),
+              gate=None if gate is None else gate.half()), 3),  # dtype
+        (dict(x=x[:2], weight=weight, bias=bias, update=None if update is None else update[:2],
+              gate=None if gate is None else gate[:2]), 4),  # shape
+        (dict(x=offset, weight=weight, bias=bias), 5),  # alignment
+        (dict(x=offset, weight=weight, bias=bias), 5),
+    ]
+    set_backend("triton")
+    try:
+        with torch.no_grad():
+            monkeypatch.setattr(torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
+            for inputs, expected_checks in calls:
+                got = call(**inputs)
+                got = got if isinstance(got, tuple) else (got,)
+                tol = 1e-2 if inputs["x"].dtype == torch.float16 else 1e-5
+                for a, b in zip(got, expected(**inputs), strict=True):
+                    assert relative_error(a.cpu(), b) < tol
+                assert len(checks) == expected_checks
+        assert len(function._INFERENCE_LAUNCHES) == 5
+        trained = weight.clone().requires_grad_()
+        for _ in range(2):  # a gradient to record: checked every time, nothing kept
+            call(x, trained, bias)
+        assert len(checks) == 7 and len(function._INFERENCE_LAUNCHES) == 5
+    finally:
+        set_backend("auto")
+
+
 @needs_kernels
 def test_contiguous_rows_with_an_odd_stride_on_a_size_one_dim():
     """A contiguous (B, 1, N) tensor may carry any stride on its size-1 dim; its rows are still N apart."""

@@ -6,9 +6,12 @@ Eager calls launch the kernels directly; inside ``torch.compile`` the custom ops
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
-from ..launch import launcher
+from ..launch import bind_launch, launcher
 from ..utils import KERNEL_DTYPES, cdiv, kernel_backend, multiprocessor_count, triton_available
 from . import heuristics
 from .reference import add_layer_norm_reference, check_inputs, layer_norm_reference, rms_norm_reference
@@ -16,26 +19,68 @@ from .reference import add_layer_norm_reference, check_inputs, layer_norm_refere
 if triton_available():
     from .kernels import _norm_bwd_kernel, _norm_fwd_kernel
 
+    def _fwd_pointers(
+            x: torch.Tensor, update: torch.Tensor | None, total: torch.Tensor | None, weight: torch.Tensor | None,
+            bias: torch.Tensor | None, gate: torch.Tensor | None, y: torch.Tensor, mean: torch.Tensor | None,
+            rstd: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, ...]:
+        """The forward kernel's tensor arguments, in its order (an absent one's slot takes a tensor it ignores)."""
+        return (x, update if update is not None else x, total if total is not None else y,
+                weight if weight is not None else x, bias if bias is not None else x, gate if gate is not None else x,
+                y, mean if mean is not None else y, rstd if rstd is not None else y)
+
+    def _fwd_launch(
+            x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, gate: torch.Tensor | None,
+            y: torch.Tensor, mean: torch.Tensor | None, rstd: torch.Tensor | None, eps: float, rms: bool,
+            update: torch.Tensor | None = None, total: torch.Tensor | None = None,
+    ) -> tuple[tuple[int], tuple, dict]:
+        """(grid, arguments, keywords) of the forward kernel that normalises the rows of ``x`` (see :func:`_rows`)
+        into ``y`` (times silu of the ``gate`` rows when given); ``rstd`` (and ``mean`` unless ``rms``) receive the
+        statistics when given. With ``update`` the rows normalised are x + update, written to ``total``."""
+        n = x.shape[-1]
+        m = x.numel() // n
+        block_m, block_n, num_warps = heuristics.launch_shape(n)
+        args = (
+            *_fwd_pointers(x, update, total, weight, bias, gate, y, mean, rstd), m, n, _row_stride(x),
+            _row_stride(update) if update is not None else 0, _row_stride(total) if total is not None else 0,
+            _row_stride(gate) if gate is not None else 0, _row_stride(y), eps,
+        )
+        keywords = dict(
+            HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, RMS=rms, GATE=gate is not None,
+            ADD=update is not None, SAVE_STATS=rstd is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
+        )
+        return (cdiv(m, block_m),), args, keywords
+
     def _launch_fwd(
             x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, gate: torch.Tensor | None,
             y: torch.Tensor, mean: torch.Tensor | None, rstd: torch.Tensor | None, eps: float, rms: bool,
             direct_launch: bool, update: torch.Tensor | None = None, total: torch.Tensor | None = None,
     ) -> None:
-        """Normalise the rows of ``x`` (see :func:`_rows`) into ``y`` (times silu of the ``gate`` rows when given);
-        ``rstd`` (and ``mean`` unless ``rms``) receive the statistics when given. With ``update`` the rows normalised
-        are x + update, written to ``total``."""
-        n = x.shape[-1]
-        m = x.numel() // n
-        block_m, block_n, num_warps = heuristics.launch_shape(n)
-        launcher(_norm_fwd_kernel, direct_launch)[(cdiv(m, block_m),)](
-            x, update if update is not None else x, total if total is not None else y,
-            weight if weight is not None else x, bias if bias is not None else x, gate if gate is not None else x,
-            y, mean if mean is not None else y, rstd if rstd is not None else y, m, n, _row_stride(x),
-            _row_stride(update) if update is not None else 0, _row_stride(total) if total is not None else 0,
-            _row_stride(gate) if gate is not None else 0, _row_stride(y), eps,
-            HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, RMS=rms, GATE=gate is not None,
-            ADD=update is not None, SAVE_STATS=rstd is not None, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=num_warps,
-        )
+        """Launch the forward kernel of :func:`_fwd_launch`."""
+        grid, args, keywords = _fwd_launch(x, weight, bias, gate, y, mean, rstd, eps, rms, update, total)
+        launcher(_norm_fwd_kernel, direct_launch)[grid](*args, **keywords)
+
+    def _bound_inference(
+            x: torch.Tensor, update: torch.Tensor | None, weight: torch.Tensor | None, bias: torch.Tensor | None,
+            gate: torch.Tensor | None, eps: float, rms: bool,
+    ) -> tuple[torch.Tensor | tuple[torch.Tensor, torch.Tensor], Callable[..., Any]]:
+        """The outputs of an inference forward of rows as the kernels read them (see :func:`_rows`), y or (total,
+        y), and ``repeat(x, update, weight, bias, gate)``, which computes the same for other tensors of the same
+        :func:`_inference_key` with one bound launch (:func:`~vitzoo.ops.launch.bind_launch`)."""
+        shape, dtype, device = x.shape, x.dtype, x.device
+        total = None if update is None else torch.empty(shape, dtype=dtype, device=device)
+        y = torch.empty(shape, dtype=dtype, device=device)
+        grid, args, keywords = _fwd_launch(x, weight, bias, gate, y, None, None, eps, rms, update, total)
+        bound = bind_launch(_norm_fwd_kernel, grid, args, keywords)
+        sizes = args[9:]
+
+        def repeat(x, update, weight, bias, gate):
+            y = torch.empty(shape, dtype=dtype, device=device)
+            total = None if update is None else torch.empty(shape, dtype=dtype, device=device)
+            bound(*_fwd_pointers(x, update, total, weight, bias, gate, y, None, None), *sizes)
+            return y if total is None else (total, y)
+
+        return (y if total is None else (total, y)), repeat
 
     def _norm_fwd(
             x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, gate: torch.Tensor | None,
@@ -251,6 +296,50 @@ def _add_norm(x: torch.Tensor, update: torch.Tensor, weight: torch.Tensor | None
     return _shaped(total, shape), _shaped(y, shape)
 
 
+# Launches of earlier eager calls with nothing to differentiate, by everything the input checks, the choice of kernel
+# and the launch read (:func:`_inference_key`): a model normalises the same shapes with the same kind of parameters on
+# every forward, and a call whose key is here skips the checks and the launch's set-up (host time on every call), as
+# linear attention's inference plans do.
+_INFERENCE_LAUNCHES: dict[tuple, Callable[..., Any]] = {}
+_MAX_INFERENCE_LAUNCHES = 256
+
+
+def _tensor_key(t: torch.Tensor | None) -> tuple | None:
+    return None if t is None else (t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16 == 0)
+
+
+def _inference_key(op: str, x: torch.Tensor, update: torch.Tensor | None, weight: torch.Tensor | None,
+                   bias: torch.Tensor | None, gate: torch.Tensor | None, eps: float) -> tuple | None:
+    """The key of an eager call with nothing to differentiate; None for other calls (they are checked and set up
+    every time), also for inputs that are not tensors (the checks name them)."""
+    if eps.__class__ is not float or torch.compiler.is_compiling():
+        return None
+    if torch.is_grad_enabled() and any(t is not None and getattr(t, "requires_grad", False)
+                                       for t in (x, update, weight, bias, gate)):
+        return None
+    try:
+        return (op, eps, _tensor_key(x), _tensor_key(update), _tensor_key(weight), _tensor_key(bias),
+                _tensor_key(gate))
+    except AttributeError:
+        return None
+
+
+def _rows_ready(*tensors: torch.Tensor | None) -> bool:
+    """Whether the kernels read each tensor as it is (:func:`_rows` hands it back)."""
+    return all(t is None or _rows(t) is t for t in tensors)
+
+
+def _kept_launch(key: tuple | None, x: torch.Tensor, update: torch.Tensor | None, weight: torch.Tensor | None,
+                 bias: torch.Tensor | None, gate: torch.Tensor | None, eps: float, rms: bool
+                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None:
+    """For a keyed call that passed the checks and takes the kernels: its outputs, its launch kept under ``key``;
+    None where the tensors need reshaping first (the plain path runs)."""
+    if key is None or len(_INFERENCE_LAUNCHES) >= _MAX_INFERENCE_LAUNCHES or not _rows_ready(x, update, gate):
+        return None
+    out, _INFERENCE_LAUNCHES[key] = _bound_inference(x, update, weight, bias, gate, float(eps), rms)
+    return out
+
+
 def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                eps: float = 1e-5) -> torch.Tensor:
     """Layer norm over the last dim of ``x`` (any leading shape), in ``x``'s dtype with fp32 statistics.
@@ -261,9 +350,14 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.
         bias: optional (N,) shift.
         eps: added to the variance.
     """
+    key = _inference_key("layer_norm", x, None, weight, bias, None, eps)
+    kept = None if key is None else _INFERENCE_LAUNCHES.get(key)
+    if kept is not None:
+        return kept(x, None, weight, bias, None)
     check_inputs("layer_norm", x, weight, bias)
     if takes_kernel(x, (weight, bias)):
-        return _norm(x, weight, bias, eps, rms=False)
+        out = _kept_launch(key, x, None, weight, bias, None, eps, rms=False)
+        return out if out is not None else _norm(x, weight, bias, eps, rms=False)
     return layer_norm_reference(x, weight, bias, eps)
 
 
@@ -280,17 +374,27 @@ def add_layer_norm(x: torch.Tensor, update: torch.Tensor, weight: torch.Tensor |
         update: the residual update, x's shape and (for the kernel) dtype.
         weight, bias, eps: as :func:`layer_norm`.
     """
+    key = _inference_key("add_layer_norm", x, update, weight, bias, None, eps)
+    kept = None if key is None else _INFERENCE_LAUNCHES.get(key)
+    if kept is not None:
+        return kept(x, update, weight, bias, None)
     if update.shape != x.shape or not takes_kernel(x, (weight, bias, update)) or update.dtype != x.dtype:
         return add_layer_norm_reference(x, update, weight, bias, eps)
     check_inputs("add_layer_norm", x, weight, bias)
-    return _add_norm(x, update, weight, bias, eps)
+    out = _kept_launch(key, x, update, weight, bias, None, eps, rms=False)
+    return out if out is not None else _add_norm(x, update, weight, bias, eps)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6,
              gate: torch.Tensor | None = None) -> torch.Tensor:
     """RMS norm over the last dim of ``x``, as :func:`layer_norm` without centring and bias; with ``gate`` (x's
     shape) the output is multiplied by silu(gate) in the same pass (DeltaNet's gated output norm)."""
+    key = _inference_key("rms_norm", x, None, weight, None, gate, eps)
+    kept = None if key is None else _INFERENCE_LAUNCHES.get(key)
+    if kept is not None:
+        return kept(x, None, weight, None, gate)
     check_inputs("rms_norm", x, weight, None, gate)
     if takes_kernel(x, (weight, gate)):
-        return _norm(x, weight, None, eps, rms=True, gate=gate)
+        out = _kept_launch(key, x, None, weight, None, gate, eps, rms=True)
+        return out if out is not None else _norm(x, weight, None, eps, rms=True, gate=gate)
     return rms_norm_reference(x, weight, eps, gate)

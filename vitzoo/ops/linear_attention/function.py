@@ -6,11 +6,12 @@ kernels are launched through ``wrap_triton`` so that Inductor sees them.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 
-from ..launch import launcher
+from ..launch import bind_launch, launcher
 from ..utils import KERNEL_DTYPES, check_kernel_qkv, kernel_backend, padded, triton_available
 from .heuristics import Launch, backward_launch, dot_precision, forward_launch, state_size
 from .reference import FEATURE_MAPS, check_inputs, linear_attention_reference
@@ -124,17 +125,14 @@ if triton_available():
             direct_launch: bool = False,
             launch: Launch | None = None,
             clamp: bool = False,
-            plan: _ForwardPlan | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (out, raw fp32 states); the states are empty unless ``save_state`` (needed by the backward).
 
         ``direct_launch``: launch the Triton kernel itself rather than through ``wrap_triton`` (eager callers).
         ``launch``: the launch configuration; by default :func:`.heuristics.forward_launch` decides (the benchmarks
-        pass others). ``clamp``: the normaliser is max(den, eps) instead of den + eps. ``plan``: these inputs' plan,
-        when the caller has it."""
-        if plan is None:
-            plan = _forward_plan(q, k, v, key_weights, query_weights, const, const_value, feature, center_keys,
-                                 normalize, launch, clamp)
+        pass others). ``clamp``: the normaliser is max(den, eps) instead of den + eps."""
+        plan = _forward_plan(q, k, v, key_weights, query_weights, const, const_value, feature, center_keys, normalize,
+                             launch, clamp)
         out = _empty(plan.out_shape, v.dtype, q.device)
         if plan.splits > 1:
             state = torch.zeros(plan.state_shape, dtype=torch.float32, device=q.device)
@@ -148,6 +146,42 @@ if triton_available():
         for keywords in plan.passes[save_state]:
             kernel[plan.grid](*args, **keywords)
         return out, state
+
+    def _bound_inference(
+            q: torch.Tensor,
+            k: torch.Tensor,
+            v: torch.Tensor,
+            key_weights: torch.Tensor | None,
+            query_weights: torch.Tensor | None,
+            const: torch.Tensor | None,
+            const_value: float,
+            scale: float,
+            eps: float,
+            plan: _ForwardPlan,
+    ) -> tuple[torch.Tensor, Callable[..., torch.Tensor]]:
+        """The output of an eager forward without stored states under ``plan``, and ``repeat(q, k, v, key_weights,
+        query_weights, const)``, which computes it for other inputs of the same plan key with bound launches
+        (:func:`~vitzoo.ops.launch.bind_launch`)."""
+        shape, dtype, device = plan.out_shape, v.dtype, q.device
+
+        def buffers() -> tuple[torch.Tensor, torch.Tensor]:
+            out = _empty(shape, dtype, device)
+            # split passes add their partial states into zeros; a single pass keeps them on chip (out stands in)
+            return out, torch.zeros(plan.state_shape, dtype=torch.float32, device=device) if plan.splits > 1 else out
+
+        out, state = buffers()
+        pointers, scalars = _common_args(q, k, v, key_weights, query_weights, const, const_value, scale, eps)
+        bound = [bind_launch(_linear_attention_fwd_kernel, plan.grid, (*pointers, out, state, *scalars, *plan.sizes),
+                             keywords) for keywords in plan.passes[False]]
+
+        def repeat(q, k, v, key_weights, query_weights, const):
+            out, state = buffers()
+            pointers = _common_args(q, k, v, key_weights, query_weights, const, const_value, scale, eps)[0]
+            for launch in bound:
+                launch(*pointers, out, state, *scalars, *plan.sizes)
+            return out
+
+        return out, repeat
 
     def _linear_attention_bwd(
             grad: torch.Tensor,
@@ -297,10 +331,11 @@ def _check_kernel_inputs(q, k, v, key_weights, query_weights) -> None:
         )
 
 
-# Plans of earlier eager inference calls, by everything the input checks and the plan read (:func:`_inference_key`):
-# a model calls the op with the same shapes, strides and options on every forward, and a call whose key is here has
-# passed the checks before, so it skips them and the planning (host time on every call).
-_INFERENCE_PLANS: dict[tuple, object] = {}
+# The bound launches of earlier eager inference calls (:func:`_bound_inference`), by everything the input checks, the
+# plan and the launches' signature read (:func:`_inference_key`): a model calls the op with the same shapes, strides
+# and options on every forward, and a call whose key is here has passed the checks before, so it skips them, the
+# planning and the signature (host time on every call).
+_INFERENCE_PLANS: dict[tuple, Callable[..., torch.Tensor]] = {}
 _MAX_INFERENCE_PLANS = 256
 _NUMBERS = (float, int)
 
@@ -327,7 +362,7 @@ def _inference_key(q, k, v, key_weights, query_weights, feature_map, feature_con
     if isinstance(feature_const, torch.Tensor):
         if feature_const.dtype != torch.float32 or feature_const.device != q.device:
             return None
-        const_key = ("tensor", feature_const.shape)
+        const_key = ("tensor", feature_const.shape, feature_const.data_ptr() % 16 == 0)
     elif feature_const is None or type(feature_const) in _NUMBERS:
         const_key = ("value", feature_const)
     else:
@@ -364,12 +399,12 @@ def linear_attention_triton(
     inputs = (q, k, v, key_weights, query_weights, const_tensor)
     save_state = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     eager_inference = not save_state and not compiling
-    key = plan = None
+    key = kept = None
     if eager_inference:
         key = _inference_key(q, k, v, key_weights, query_weights, feature_map, feature_const, center_keys, scale,
                              normalize, eps, clamp_denominator)
-        plan = None if key is None else _INFERENCE_PLANS.get(key)
-    if plan is None:
+        kept = None if key is None else _INFERENCE_PLANS.get(key)
+    if kept is None:
         check_inputs(q, k, v, key_weights, query_weights, feature_map, normalize, clamp_denominator,
                      feature_const=feature_const, scale=scale, eps=eps)
         _check_kernel_inputs(q, k, v, key_weights, query_weights)
@@ -387,14 +422,14 @@ def linear_attention_triton(
     clamp = bool(clamp_denominator)
     if eager_inference:
         # nothing to differentiate: launch directly, without the autograd Function's bookkeeping (host time)
-        if plan is None:
-            plan = _forward_plan(q, k, v, key_weights, query_weights, const, const_value, feature, center_keys,
-                                 normalize, clamp=clamp)
-            if key is not None and len(_INFERENCE_PLANS) < _MAX_INFERENCE_PLANS:
-                _INFERENCE_PLANS[key] = plan
-        return _linear_attention_fwd(q, k, v, key_weights, query_weights, const, const_value, feature, center_keys,
-                                     float(scale), normalize, float(eps), False, direct_launch=True, clamp=clamp,
-                                     plan=plan)[0]
+        if kept is not None:
+            return kept(q, k, v, key_weights, query_weights, const)
+        plan = _forward_plan(q, k, v, key_weights, query_weights, const, const_value, feature, center_keys, normalize,
+                             clamp=clamp)
+        out, repeat = _bound_inference(q, k, v, key_weights, query_weights, const, const_value, scale, eps, plan)
+        if key is not None and len(_INFERENCE_PLANS) < _MAX_INFERENCE_PLANS:
+            _INFERENCE_PLANS[key] = repeat
+        return out
     return _LinearAttentionFunction.apply(
         q, k, v, key_weights, query_weights, const, const_value, feature, center_keys, float(scale), normalize,
         float(eps), save_state, clamp,
