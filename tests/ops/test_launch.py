@@ -170,8 +170,8 @@ def test_cached_launches_give_triton_launches_bits(monkeypatch):
                                                                layer_norm_kernels._norm_fwd_kernel))
     # Triton's own launches: no cached launcher, and none of the launches the ops kept for their inference calls
     monkeypatch.setattr(launch, "cached_launcher", lambda kernel: kernel)
-    monkeypatch.setattr(layer_norm_function, "_INFERENCE_LAUNCHES", {})
-    monkeypatch.setattr(linear_attention_function, "_INFERENCE_PLANS", {})
+    monkeypatch.setattr(layer_norm_function, "_KEPT", launch.KeptLaunches())
+    monkeypatch.setattr(linear_attention_function, "_KEPT", launch.KeptLaunches())
     plain = outputs()
     for got in cached:
         for a, b in zip(got, plain, strict=True):

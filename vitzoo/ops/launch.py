@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .utils import interpreting, triton_available
+from .utils import get_backend, interpreting, triton_available
 
 if triton_available():
     from triton import knobs as _knobs
@@ -146,3 +146,49 @@ def bind_launch(kernel: Any, grid: tuple[int, ...], args: tuple, kwargs: dict[st
         return cached.bind(grid, args, kwargs)
     cached[grid](*args, **kwargs)
     return lambda *other: cached[grid](*other, **kwargs)
+
+
+def tensor_key(t: torch.Tensor | None) -> tuple | None:
+    """What a :class:`KeptLaunches` key takes from a tensor argument: its shape, strides, dtype, device and whether
+    its address is 16-byte aligned (what the launches' signatures read of it)."""
+    return None if t is None else (t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16 == 0)
+
+
+class KeptLaunches:
+    """The launches an op keeps for its eager calls with nothing to differentiate, by the op's own key.
+
+    A model calls each op with the same shapes, strides and options on every forward. The op keys such a call by
+    everything its input checks, its choice of path and its launches read (:func:`tensor_key` of each tensor, the
+    option values) and keeps a function that repeats the call on other tensors of the same key with bound launches
+    (:func:`bind_launch`), so a later call with that key skips the checks, the set-up and the launch signatures
+    (host time on every call). At most ``limit`` keys are kept; later ones run the plain path. A change of the
+    backend choice (:func:`~vitzoo.ops.set_backend`), which the kept calls no longer ask, drops them all.
+    """
+
+    def __init__(self, limit: int = 256) -> None:
+        self.launches: dict[tuple, Callable[..., Any]] = {}
+        self.limit = limit
+        self.backend = get_backend()
+
+    def get(self, key: tuple | None) -> Callable[..., Any] | None:
+        """The launch kept under ``key`` for the backend choice in force, or None."""
+        if key is None or self.backend != get_backend():
+            return None
+        return self.launches.get(key)
+
+    def keep(self, key: tuple | None, launch: Callable[..., Any]) -> None:
+        """Keep ``launch`` under ``key`` (a None key keeps nothing)."""
+        if key is None:
+            return
+        if self.backend != get_backend():
+            self.launches.clear()
+            self.backend = get_backend()
+        if len(self.launches) < self.limit:
+            self.launches[key] = launch
+
+
+def eager_inference(*tensors: torch.Tensor | None) -> bool:
+    """Whether a call is eager (not traced by torch.compile) with no gradient of ``tensors`` to record: it may launch
+    its kernels directly, without an autograd function, and keep its launches (:class:`KeptLaunches`)."""
+    return not torch.compiler.is_compiling() and not (
+        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))

@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from vitzoo.ops import predict_local_kernels, predict_local_kernels_reference, set_backend
 from vitzoo.ops.kernel_predictor import function
+from vitzoo.ops.launch import KeptLaunches
 from vitzoo.ops.testing import relative_error
 
 from ..markers import DEVICE, needs_cuda, needs_kernels
@@ -73,6 +74,9 @@ def test_kernels_match_float64_reference(b, n, c, groups, k, dtype):
 
 @needs_kernels
 def test_kernels_run_only_where_no_gradient_is_recorded(monkeypatch):
+    """Calls that record a gradient run the reference; the first call without one launches the kernels and keeps
+    its launches, which a call with the same key (other tensors) repeats, with the reference's result."""
+    monkeypatch.setattr(function, "_KEPT", KeptLaunches())
     calls = []
     launch = function._predict_local_kernels
     monkeypatch.setattr(function, "_predict_local_kernels", lambda *a, **kw: calls.append(1) or launch(*a, **kw))
@@ -85,10 +89,14 @@ def test_kernels_run_only_where_no_gradient_is_recorded(monkeypatch):
         assert calls == []
         with torch.no_grad():
             predict_local_kernels(x, *leaves, groups=2, kernel_size=3)
-        assert calls == [1]
+            assert calls == [1]
+            monkeypatch.setattr(torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
+            kept = predict_local_kernels(x.clone(), *[p.clone() for p in params], groups=2, kernel_size=3)
+        assert calls == [1] and len(function._KEPT.launches) == 1
     finally:
         set_backend("auto")
     ref_x, ref_params = _float64(x, params)
+    assert relative_error(kept.cpu(), predict_local_kernels_reference(ref_x, *ref_params, 2, 3)) < 1e-5
     ref_leaves = [p.requires_grad_() for p in ref_params]
     ref_out = predict_local_kernels_reference(ref_x, *ref_leaves, groups=2, kernel_size=3)
     for got, expected in zip(grads, torch.autograd.grad(ref_out.square().sum(), ref_leaves), strict=True):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vitzoo.ops import set_backend
+from vitzoo.ops.launch import KeptLaunches
 from vitzoo.ops.layer_norm import (
     add_layer_norm,
     add_layer_norm_reference,
@@ -141,7 +142,7 @@ def test_inference_calls_reuse_their_kept_launch(op, monkeypatch):
     gradients are checked every time, and every call matches float64 (poisoned buffers)."""
     from vitzoo.ops.layer_norm import function
 
-    monkeypatch.setattr(function, "_INFERENCE_LAUNCHES", {})
+    monkeypatch.setattr(function, "_KEPT", KeptLaunches())
     checks = []
     check = function.check_inputs
     monkeypatch.setattr(function, "check_inputs", lambda *a, **kw: checks.append(a[0]) or check(*a, **kw))
@@ -191,11 +192,37 @@ def test_inference_calls_reuse_their_kept_launch(op, monkeypatch):
                 for a, b in zip(got, expected(**inputs), strict=True):
                     assert relative_error(a.cpu(), b) < tol
                 assert len(checks) == expected_checks
-        assert len(function._INFERENCE_LAUNCHES) == 5
+        assert len(function._KEPT.launches) == 5
         trained = weight.clone().requires_grad_()
         for _ in range(2):  # a gradient to record: checked every time, nothing kept
             call(x, trained, bias)
-        assert len(checks) == 7 and len(function._INFERENCE_LAUNCHES) == 5
+        assert len(checks) == 7 and len(function._KEPT.launches) == 5
+    finally:
+        set_backend("auto")
+
+
+@needs_kernels
+def test_kept_launches_follow_the_backend_choice(monkeypatch):
+    """A kept launch is not used once the backend choice says the reference: the reference runs."""
+    from vitzoo.ops.layer_norm import function
+
+    monkeypatch.setattr(function, "_KEPT", KeptLaunches())
+    references = []
+    reference = function.layer_norm_reference
+    monkeypatch.setattr(function, "layer_norm_reference", lambda *a: references.append(1) or reference(*a))
+    x, weight, bias = torch.randn(2, 5, 16, device=DEVICE), torch.randn(16, device=DEVICE), None
+    try:
+        with torch.no_grad():
+            set_backend("triton")
+            for _ in range(2):
+                layer_norm(x, weight, bias)
+            assert len(function._KEPT.launches) == 1 and not references
+            set_backend("reference")
+            expected = layer_norm(x, weight, bias)
+            assert references == [1]
+            set_backend("triton")
+            assert relative_error(layer_norm(x, weight, bias), expected) < 1e-5
+            assert references == [1]
     finally:
         set_backend("auto")
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vitzoo.ops import local_conv, local_conv_reference, set_backend
+from vitzoo.ops.launch import KeptLaunches
 from vitzoo.ops.testing import assert_matches_reference, relative_error
 
 from .cases import HAS_CUDA, make_inputs, needs_cuda, needs_kernels, outputs_and_grads
@@ -107,6 +108,40 @@ def test_inference_launches_directly_and_matches_reference(activation, with_resi
         ref = local_conv_reference(ref_tensors[0], ref_tensors[1], (4, 5), 1, bias=ref_tensors[2],
                                    residual=ref_tensors[3], activation=activation)
     assert relative_error(out.double().cpu(), ref) < 1e-5
+
+
+@needs_kernels
+def test_inference_calls_reuse_their_kept_launch(monkeypatch):
+    """An eager call without gradients and with the key of an earlier one skips the checks and repeats its kept
+    launch on the new tensors; another grid, prefix or layout is checked and kept again; every call matches float64
+    (poisoned buffers)."""
+    from vitzoo.ops.local_conv import function
+
+    monkeypatch.setattr(function, "_KEPT", KeptLaunches())
+    checks = []
+    check = function.check_inputs
+    monkeypatch.setattr(function, "check_inputs", lambda *a: checks.append(1) or check(*a))
+    device = "cuda" if HAS_CUDA else "cpu"
+    args = (2, 7, (4, 5), 1, 3, True, True, True)
+    set_backend("triton")
+    try:
+        with torch.no_grad():
+            monkeypatch.setattr(torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
+            for seed, grid, prefix, expected_checks in [(1, (4, 5), 1, 1), (2, (4, 5), 1, 1), (3, (5, 4), 1, 2),
+                                                        (4, (4, 5), 1, 2), (5, (3, 7), 0, 3)]:
+                tensors = [t.detach() for t in make_inputs(*args, torch.float32, device, seed)[0]]
+                ref = [t.detach() for t in make_inputs(*args, torch.float64, "cpu", seed)[0]]
+                out = local_conv(tensors[0], tensors[1], grid, prefix, bias=tensors[2], residual=tensors[3])
+                expected = local_conv_reference(ref[0], ref[1], grid, prefix, bias=ref[2], residual=ref[3])
+                assert relative_error(out.double().cpu(), expected) < 1e-5
+                assert len(checks) == expected_checks
+            # a channels-last weight of the same shape: other strides, another key
+            weight = tensors[1].permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+            out = local_conv(tensors[0], weight, (3, 7), 0, bias=tensors[2], residual=tensors[3])
+            assert relative_error(out.double().cpu(), expected) < 1e-5 and len(checks) == 4
+    finally:
+        set_backend("auto")
+    assert len(function._KEPT.launches) == 4
 
 
 def test_bad_inputs_raise_one_line_errors():

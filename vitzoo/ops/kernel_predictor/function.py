@@ -5,9 +5,11 @@ The kernels compute no gradient: where one is recorded (or under ``torch.compile
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from ..launch import launcher
+from ..launch import KeptLaunches, bind_launch, eager_inference, tensor_key
 from ..utils import KERNEL_DTYPES, cdiv, kernel_backend, triton_available
 from . import heuristics
 from .reference import check_inputs, predict_local_kernels_reference
@@ -15,27 +17,69 @@ from .reference import check_inputs, predict_local_kernels_reference
 if triton_available():
     from .kernels import _predictor_mlp_kernel, _token_sum_kernel
 
+    def _buffers(x: torch.Tensor, weight1: torch.Tensor, kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the fp32 partial token sums, the (B, k, k, C) kernels in the weights' dtype)."""
+        b, n, c = x.shape
+        partial = torch.empty((b, cdiv(n, heuristics.MEAN_SPAN), c), dtype=torch.float32, device=x.device)
+        return partial, torch.empty((b, kernel_size, kernel_size, c), dtype=weight1.dtype, device=x.device)
+
+    def _launches(
+            x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor, weight2: torch.Tensor, bias2: torch.Tensor,
+            groups: int, kernel_size: int, partial: torch.Tensor, out: torch.Tensor,
+    ) -> tuple[tuple, tuple]:
+        """The two launches, each (grid, arguments, keywords): the token sums of x (B, N, C) into ``partial``, then
+        both layers into ``out``."""
+        b, n, c = x.shape
+        splits = partial.shape[1]
+        width = c // groups
+        sums = ((b, cdiv(c, heuristics.MEAN_BLOCK_C), splits), (x, partial, n, c, splits, x.stride(0), x.stride(1)),
+                dict(SPAN=heuristics.MEAN_SPAN, BLOCK_N=heuristics.MEAN_BLOCK_N, BLOCK_C=heuristics.MEAN_BLOCK_C,
+                     num_warps=heuristics.NUM_WARPS))
+        mlp = ((cdiv(b, heuristics.MLP_BLOCK_B), groups),
+               (partial, weight1, bias1, weight2, bias2, out, b, c, width, kernel_size * kernel_size, splits, 1.0 / n),
+               dict(BLOCK_B=heuristics.MLP_BLOCK_B, BLOCK_D=heuristics.block_width(width),
+                    BLOCK_J=heuristics.MLP_BLOCK_J, num_warps=heuristics.NUM_WARPS))
+        return sums, mlp
+
     def _predict_local_kernels(
             x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor, weight2: torch.Tensor, bias2: torch.Tensor,
-            groups: int, kernel_size: int, direct_launch: bool = False,
-    ) -> torch.Tensor:
-        """(B, C, k, k) channels-last kernels in the weights' dtype; x (B, N, C) with a unit channel stride."""
-        b, n, c = x.shape
-        splits = cdiv(n, heuristics.MEAN_SPAN)
-        partial = torch.empty((b, splits, c), dtype=torch.float32, device=x.device)
-        launcher(_token_sum_kernel, direct_launch)[(b, cdiv(c, heuristics.MEAN_BLOCK_C), splits)](
-            x, partial, n, c, splits, x.stride(0), x.stride(1), SPAN=heuristics.MEAN_SPAN,
-            BLOCK_N=heuristics.MEAN_BLOCK_N, BLOCK_C=heuristics.MEAN_BLOCK_C, num_warps=heuristics.NUM_WARPS,
-        )
-        taps = kernel_size * kernel_size
-        out = torch.empty((b, kernel_size, kernel_size, c), dtype=weight1.dtype, device=x.device)
-        width = c // groups
-        launcher(_predictor_mlp_kernel, direct_launch)[(cdiv(b, heuristics.MLP_BLOCK_B), groups)](
-            partial, weight1, bias1, weight2, bias2, out, b, c, width, taps, splits, 1.0 / n,
-            BLOCK_B=heuristics.MLP_BLOCK_B, BLOCK_D=heuristics.block_width(width), BLOCK_J=heuristics.MLP_BLOCK_J,
-            num_warps=heuristics.NUM_WARPS,
-        )
-        return out.permute(0, 3, 1, 2)
+            groups: int, kernel_size: int,
+    ) -> tuple[torch.Tensor, Callable[..., torch.Tensor]]:
+        """(B, C, k, k) channels-last kernels in the weights' dtype from x (B, N, C) with a unit channel stride, and
+        ``repeat(x, weight1, bias1, weight2, bias2)``, which computes them for other inputs of the same
+        :func:`_inference_key` with bound launches."""
+        partial, out = _buffers(x, weight1, kernel_size)
+        (sums_grid, sums_args, sums_keywords), (mlp_grid, mlp_args, mlp_keywords) = _launches(
+            x, weight1, bias1, weight2, bias2, groups, kernel_size, partial, out)
+        sums = bind_launch(_token_sum_kernel, sums_grid, sums_args, sums_keywords)
+        mlp = bind_launch(_predictor_mlp_kernel, mlp_grid, mlp_args, mlp_keywords)
+        sums_sizes, mlp_sizes = sums_args[2:], mlp_args[6:]  # the arguments after the tensors
+
+        def repeat(x, weight1, bias1, weight2, bias2):
+            partial, out = _buffers(x, weight1, kernel_size)
+            sums(x, partial, *sums_sizes)
+            mlp(partial, weight1, bias1, weight2, bias2, out, *mlp_sizes)
+            return out.permute(0, 3, 1, 2)
+
+        return out.permute(0, 3, 1, 2), repeat
+
+
+# The launches kept for eager calls with nothing to differentiate (:func:`_inference_key`).
+_KEPT = KeptLaunches()
+
+
+def _inference_key(x, weight1, bias1, weight2, bias2, groups, kernel_size) -> tuple | None:
+    """The key of an eager call with nothing to differentiate (every tensor's :func:`tensor_key`, groups, k); None
+    for other calls, which are checked every time, and for inputs that are not tensors (the checks name them)."""
+    if groups.__class__ is not int or kernel_size.__class__ is not int:
+        return None
+    try:
+        if not eager_inference(x, weight1, bias1, weight2, bias2):
+            return None
+        return (tensor_key(x), tensor_key(weight1), tensor_key(bias1), tensor_key(weight2), tensor_key(bias2), groups,
+                kernel_size)
+    except AttributeError:
+        return None
 
 
 def predict_local_kernels(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor, weight2: torch.Tensor,
@@ -54,13 +98,18 @@ def predict_local_kernels(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.T
         run for CUDA tensors in a kernel dtype with fp32 weights when no gradient is recorded; otherwise the
         reference, with autocast off.
     """
+    key = _inference_key(x, weight1, bias1, weight2, bias2, groups, kernel_size)
+    kept = _KEPT.get(key)
+    if kept is not None:
+        return kept(x, weight1, bias1, weight2, bias2)
     check_inputs(x, weight1, bias1, weight2, bias2, groups, kernel_size)
     tensors = (x, weight1, bias1, weight2, bias2)
-    recording = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    if kernel_backend(x.device) == "triton" and not recording and not torch.compiler.is_compiling() \
-            and x.numel() > 0 and x.stride(-1) == 1 and weight1.dtype == torch.float32 \
-            and all(t.dtype in KERNEL_DTYPES for t in tensors) and all(t.is_contiguous() for t in tensors[1:]):
-        return _predict_local_kernels(x, weight1, bias1, weight2, bias2, groups, kernel_size, direct_launch=True)
+    if kernel_backend(x.device) == "triton" and eager_inference(*tensors) and x.numel() > 0 and x.stride(-1) == 1 \
+            and weight1.dtype == torch.float32 and all(t.dtype in KERNEL_DTYPES for t in tensors) \
+            and all(t.is_contiguous() for t in tensors[1:]):
+        out, repeat = _predict_local_kernels(x, weight1, bias1, weight2, bias2, groups, kernel_size)
+        _KEPT.keep(key, repeat)
+        return out
     # in the weights' dtype as the kernels compute it, whatever autocast is on (a (B, C) problem: nothing to cast)
     with torch.autocast(x.device.type, enabled=False):
         return predict_local_kernels_reference(x, weight1, bias1, weight2, bias2, groups, kernel_size)

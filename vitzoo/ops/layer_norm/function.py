@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..launch import bind_launch, launcher
+from ..launch import KeptLaunches, bind_launch, eager_inference, launcher, tensor_key
 from ..utils import KERNEL_DTYPES, cdiv, kernel_backend, multiprocessor_count, triton_available
 from . import heuristics
 from .reference import add_layer_norm_reference, check_inputs, layer_norm_reference, rms_norm_reference
@@ -269,18 +269,11 @@ def _shaped(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return t if t.shape == shape else t.view(shape)
 
 
-def _launches_directly(*tensors: torch.Tensor | None) -> bool:
-    """Nothing to differentiate (and not compiling): the kernels launch directly, without the autograd Function's
-    bookkeeping (host time)."""
-    return not torch.compiler.is_compiling() and not (
-        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
-
-
 def _norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
           rms: bool, gate: torch.Tensor | None = None) -> torch.Tensor:
     shape = x.shape
     rows, gate_rows = _rows(x), None if gate is None else _rows(gate)
-    if _launches_directly(x, weight, bias, gate):
+    if eager_inference(x, weight, bias, gate):
         return _shaped(_norm_infer(rows, weight, bias, gate_rows, float(eps), rms), shape)
     return _shaped(_NormFunction.apply(rows, weight, bias, gate_rows, float(eps), rms), shape)
 
@@ -289,37 +282,28 @@ def _add_norm(x: torch.Tensor, update: torch.Tensor, weight: torch.Tensor | None
               eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     shape = x.shape
     rows, update_rows = _rows(x), _rows(update)
-    if _launches_directly(x, update, weight, bias):
+    if eager_inference(x, update, weight, bias):
         total, y = _add_norm_infer(rows, update_rows, weight, bias, float(eps))
     else:
         total, y = _AddNormFunction.apply(rows, update_rows, weight, bias, float(eps))
     return _shaped(total, shape), _shaped(y, shape)
 
 
-# Launches of earlier eager calls with nothing to differentiate, by everything the input checks, the choice of kernel
-# and the launch read (:func:`_inference_key`): a model normalises the same shapes with the same kind of parameters on
-# every forward, and a call whose key is here skips the checks and the launch's set-up (host time on every call), as
-# linear attention's inference plans do.
-_INFERENCE_LAUNCHES: dict[tuple, Callable[..., Any]] = {}
-_MAX_INFERENCE_LAUNCHES = 256
-
-
-def _tensor_key(t: torch.Tensor | None) -> tuple | None:
-    return None if t is None else (t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16 == 0)
+# The launches kept for eager calls with nothing to differentiate (:func:`_inference_key`).
+_KEPT = KeptLaunches()
 
 
 def _inference_key(op: str, x: torch.Tensor, update: torch.Tensor | None, weight: torch.Tensor | None,
                    bias: torch.Tensor | None, gate: torch.Tensor | None, eps: float) -> tuple | None:
-    """The key of an eager call with nothing to differentiate; None for other calls (they are checked and set up
-    every time), also for inputs that are not tensors (the checks name them)."""
-    if eps.__class__ is not float or torch.compiler.is_compiling():
-        return None
-    if torch.is_grad_enabled() and any(t is not None and getattr(t, "requires_grad", False)
-                                       for t in (x, update, weight, bias, gate)):
+    """The key of an eager call with nothing to differentiate (every tensor's :func:`tensor_key` and eps); None for
+    other calls, which are checked and set up every time, and for inputs that are not tensors (the checks name
+    them)."""
+    if eps.__class__ is not float:
         return None
     try:
-        return (op, eps, _tensor_key(x), _tensor_key(update), _tensor_key(weight), _tensor_key(bias),
-                _tensor_key(gate))
+        if not eager_inference(x, update, weight, bias, gate):
+            return None
+        return (op, eps, tensor_key(x), tensor_key(update), tensor_key(weight), tensor_key(bias), tensor_key(gate))
     except AttributeError:
         return None
 
@@ -334,9 +318,10 @@ def _kept_launch(key: tuple | None, x: torch.Tensor, update: torch.Tensor | None
                  ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None:
     """For a keyed call that passed the checks and takes the kernels: its outputs, its launch kept under ``key``;
     None where the tensors need reshaping first (the plain path runs)."""
-    if key is None or len(_INFERENCE_LAUNCHES) >= _MAX_INFERENCE_LAUNCHES or not _rows_ready(x, update, gate):
+    if key is None or not _rows_ready(x, update, gate):
         return None
-    out, _INFERENCE_LAUNCHES[key] = _bound_inference(x, update, weight, bias, gate, float(eps), rms)
+    out, repeat = _bound_inference(x, update, weight, bias, gate, float(eps), rms)
+    _KEPT.keep(key, repeat)
     return out
 
 
@@ -351,7 +336,7 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.
         eps: added to the variance.
     """
     key = _inference_key("layer_norm", x, None, weight, bias, None, eps)
-    kept = None if key is None else _INFERENCE_LAUNCHES.get(key)
+    kept = _KEPT.get(key)
     if kept is not None:
         return kept(x, None, weight, bias, None)
     check_inputs("layer_norm", x, weight, bias)
@@ -375,7 +360,7 @@ def add_layer_norm(x: torch.Tensor, update: torch.Tensor, weight: torch.Tensor |
         weight, bias, eps: as :func:`layer_norm`.
     """
     key = _inference_key("add_layer_norm", x, update, weight, bias, None, eps)
-    kept = None if key is None else _INFERENCE_LAUNCHES.get(key)
+    kept = _KEPT.get(key)
     if kept is not None:
         return kept(x, update, weight, bias, None)
     if update.shape != x.shape or not takes_kernel(x, (weight, bias, update)) or update.dtype != x.dtype:
@@ -390,7 +375,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
     """RMS norm over the last dim of ``x``, as :func:`layer_norm` without centring and bias; with ``gate`` (x's
     shape) the output is multiplied by silu(gate) in the same pass (DeltaNet's gated output norm)."""
     key = _inference_key("rms_norm", x, None, weight, None, gate, eps)
-    kept = None if key is None else _INFERENCE_LAUNCHES.get(key)
+    kept = _KEPT.get(key)
     if kept is not None:
         return kept(x, None, weight, None, gate)
     check_inputs("rms_norm", x, weight, None, gate)

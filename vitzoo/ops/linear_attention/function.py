@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..launch import bind_launch, launcher
+from ..launch import KeptLaunches, bind_launch, launcher, tensor_key
 from ..utils import KERNEL_DTYPES, check_kernel_qkv, kernel_backend, padded, triton_available
 from .heuristics import Launch, backward_launch, dot_precision, forward_launch, state_size
 from .reference import FEATURE_MAPS, check_inputs, linear_attention_reference
@@ -331,12 +331,8 @@ def _check_kernel_inputs(q, k, v, key_weights, query_weights) -> None:
         )
 
 
-# The bound launches of earlier eager inference calls (:func:`_bound_inference`), by everything the input checks, the
-# plan and the launches' signature read (:func:`_inference_key`): a model calls the op with the same shapes, strides
-# and options on every forward, and a call whose key is here has passed the checks before, so it skips them, the
-# planning and the signature (host time on every call).
-_INFERENCE_PLANS: dict[tuple, Callable[..., torch.Tensor]] = {}
-_MAX_INFERENCE_PLANS = 256
+# The launches kept for eager calls with nothing to differentiate (:func:`_inference_key`).
+_KEPT = KeptLaunches()
 _NUMBERS = (float, int)
 
 
@@ -348,13 +344,9 @@ def _aligned(t: torch.Tensor | None) -> torch.Tensor | None:
     return t.clone(memory_format=torch.contiguous_format)
 
 
-def _tensor_key(t: torch.Tensor | None) -> tuple | None:
-    return None if t is None else (t.shape, t.stride(), t.dtype, t.device)
-
-
 def _inference_key(q, k, v, key_weights, query_weights, feature_map, feature_const, center_keys, scale, normalize,
                    eps, clamp_denominator) -> tuple | None:
-    """The key of an eager inference call's plan; None for a call that is not keyed (options that are not plain
+    """The key of an eager inference call's kept launches; None for a call that is not keyed (options that are not plain
     Python values, a constant tensor that needs a cast): it is checked and planned every time."""
     if type(scale) not in _NUMBERS or type(eps) not in _NUMBERS or type(feature_map) is not str \
             or any(type(flag) is not bool for flag in (center_keys, normalize, clamp_denominator)):
@@ -367,9 +359,8 @@ def _inference_key(q, k, v, key_weights, query_weights, feature_map, feature_con
         const_key = ("value", feature_const)
     else:
         return None
-    return (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype, q.device,
-            k.device, v.device, _tensor_key(key_weights), _tensor_key(query_weights), const_key, feature_map,
-            center_keys, scale, normalize, eps, clamp_denominator)
+    return (tensor_key(q), tensor_key(k), tensor_key(v), tensor_key(key_weights), tensor_key(query_weights),
+            const_key, feature_map, center_keys, scale, normalize, eps, clamp_denominator)
 
 
 def linear_attention_triton(
@@ -403,7 +394,7 @@ def linear_attention_triton(
     if eager_inference:
         key = _inference_key(q, k, v, key_weights, query_weights, feature_map, feature_const, center_keys, scale,
                              normalize, eps, clamp_denominator)
-        kept = None if key is None else _INFERENCE_PLANS.get(key)
+        kept = _KEPT.get(key)
     if kept is None:
         check_inputs(q, k, v, key_weights, query_weights, feature_map, normalize, clamp_denominator,
                      feature_const=feature_const, scale=scale, eps=eps)
@@ -427,8 +418,7 @@ def linear_attention_triton(
         plan = _forward_plan(q, k, v, key_weights, query_weights, const, const_value, feature, center_keys, normalize,
                              clamp=clamp)
         out, repeat = _bound_inference(q, k, v, key_weights, query_weights, const, const_value, scale, eps, plan)
-        if key is not None and len(_INFERENCE_PLANS) < _MAX_INFERENCE_PLANS:
-            _INFERENCE_PLANS[key] = repeat
+        _KEPT.keep(key, repeat)
         return out
     return _LinearAttentionFunction.apply(
         q, k, v, key_weights, query_weights, const, const_value, feature, center_keys, float(scale), normalize,

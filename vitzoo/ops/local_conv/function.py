@@ -6,9 +6,11 @@ Eager calls launch the kernels directly; inside ``torch.compile`` the custom ops
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from ..launch import launcher
+from ..launch import KeptLaunches, bind_launch, eager_inference, launcher, tensor_key
 from ..utils import cdiv, kernel_backend, triton_available
 from . import heuristics
 from .reference import check_inputs, local_conv_reference
@@ -20,6 +22,31 @@ _ACTIVATION_CODES = {None: _ACT_NONE, "silu": _ACT_SILU}
 if triton_available():
     from .kernels import _local_conv_dw_kernel, _local_conv_dw_rows_kernel, _local_conv_fwd_kernel
 
+    def _fwd_launch(
+            x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
+            grid_h: int, grid_w: int, num_prefix_tokens: int, prefix_mode: int, act: int, out: torch.Tensor,
+    ) -> tuple[tuple[int, int, int], tuple, dict]:
+        """(grid, arguments, keywords) of the forward kernel writing ``out``; the first five arguments are the
+        tensors (x, weight, bias, residual, out; an absent one's slot takes x, which the kernel ignores there)."""
+        b, n, c = x.shape
+        block_c, block_w = heuristics.block_c(c), heuristics.block_w(grid_w)
+        rows = heuristics.rows(grid_h)
+        bands = cdiv(grid_h, rows)
+        res = residual if residual is not None else x
+        sw = weight.stride()
+        args = (
+            x, weight, bias if bias is not None else x, res, out,
+            c, grid_h, grid_w, num_prefix_tokens, bands,
+            x.stride(0), x.stride(1), sw[0] if weight.shape[0] > 1 else 0, sw[1], sw[2], sw[3],
+            res.stride(0), res.stride(1), out.stride(0), out.stride(1),
+        )
+        keywords = dict(
+            K=weight.shape[-1], HAS_BIAS=bias is not None,
+            HAS_RESIDUAL=residual is not None and act != _ACT_SILU_BACKWARD, PREFIX=prefix_mode, ACT=act,
+            ROWS=rows, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=heuristics.NUM_WARPS,
+        )
+        return (b * bands, cdiv(grid_w, block_w), cdiv(c, block_c)), args, keywords
+
     def _local_conv_fwd(
             x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
             grid_h: int, grid_w: int, num_prefix_tokens: int, prefix_mode: int, out_dtype: torch.dtype,
@@ -27,22 +54,10 @@ if triton_available():
     ) -> torch.Tensor:
         """The convolution's output; with ``act`` = SiLU's backward, ``residual`` carries the incoming gradient (read,
         not added)."""
-        b, n, c = x.shape
-        out = torch.empty((b, n, c), dtype=out_dtype, device=x.device)
-        block_c, block_w = heuristics.block_c(c), heuristics.block_w(grid_w)
-        rows = heuristics.rows(grid_h)
-        bands = cdiv(grid_h, rows)
-        res = residual if residual is not None else x
-        sw = weight.stride()
-        launcher(_local_conv_fwd_kernel, direct_launch)[(b * bands, cdiv(grid_w, block_w), cdiv(c, block_c))](
-            x, weight, bias if bias is not None else x, res, out,
-            c, grid_h, grid_w, num_prefix_tokens, bands,
-            x.stride(0), x.stride(1), sw[0] if weight.shape[0] > 1 else 0, sw[1], sw[2], sw[3],
-            res.stride(0), res.stride(1), out.stride(0), out.stride(1),
-            K=weight.shape[-1], HAS_BIAS=bias is not None,
-            HAS_RESIDUAL=residual is not None and act != _ACT_SILU_BACKWARD, PREFIX=prefix_mode, ACT=act,
-            ROWS=rows, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=heuristics.NUM_WARPS,
-        )
+        out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
+        grid, args, keywords = _fwd_launch(x, weight, bias, residual, grid_h, grid_w, num_prefix_tokens, prefix_mode,
+                                           act, out)
+        launcher(_local_conv_fwd_kernel, direct_launch)[grid](*args, **keywords)
         return out
 
     def _local_conv_dw(
@@ -79,10 +94,29 @@ if triton_available():
         """:func:`local_conv`'s output: the prefix tokens and the dtype come from the residual when there is one,
         else from x; through the custom op when ``compiling``, launched directly otherwise."""
         return (_local_conv_fwd_op if compiling else _local_conv_fwd)(
-            x, weight, bias, residual, grid_h, grid_w, num_prefix_tokens,
-            _PREFIX_FROM_RESIDUAL if residual is not None else _PREFIX_FROM_X,
+            x, weight, bias, residual, grid_h, grid_w, num_prefix_tokens, _prefix_mode(residual),
             residual.dtype if residual is not None else x.dtype, act, direct_launch=not compiling,
         )
+
+    def _bound_inference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                         residual: torch.Tensor | None, grid_h: int, grid_w: int, num_prefix_tokens: int,
+                         act: int) -> tuple[torch.Tensor, Callable[..., torch.Tensor]]:
+        """:func:`_convolve`'s eager output, and ``repeat(x, weight, bias, residual)``, which computes it for other
+        inputs of the same :func:`_inference_key` with a bound launch."""
+        shape, device = x.shape, x.device
+        dtype = residual.dtype if residual is not None else x.dtype
+        out = torch.empty(shape, dtype=dtype, device=device)
+        grid, args, keywords = _fwd_launch(x, weight, bias, residual, grid_h, grid_w, num_prefix_tokens,
+                                           _prefix_mode(residual), act, out)
+        bound = bind_launch(_local_conv_fwd_kernel, grid, args, keywords)
+        sizes = args[5:]
+
+        def repeat(x, weight, bias, residual):
+            out = torch.empty(shape, dtype=dtype, device=device)
+            bound(x, weight, bias if bias is not None else x, residual if residual is not None else x, out, *sizes)
+            return out
+
+        return out, repeat
 
     class _LocalConvFunction(torch.autograd.Function):
         @staticmethod
@@ -129,6 +163,29 @@ if triton_available():
             return dx, dw, dbias, dres, None, None, None, None
 
 
+def _prefix_mode(residual: torch.Tensor | None) -> int:
+    return _PREFIX_FROM_RESIDUAL if residual is not None else _PREFIX_FROM_X
+
+
+# The launches kept for eager calls with nothing to differentiate (:func:`_inference_key`).
+_KEPT = KeptLaunches()
+
+
+def _inference_key(x, weight, bias, residual, grid_size, num_prefix_tokens, activation) -> tuple | None:
+    """The key of an eager call with nothing to differentiate (every tensor's :func:`tensor_key`, the grid, the
+    prefix and the activation); None for other calls, which are checked every time, and for arguments of other
+    types (the checks name them)."""
+    try:
+        h, w = grid_size
+        if h.__class__ is not int or w.__class__ is not int or num_prefix_tokens.__class__ is not int \
+                or activation not in _ACTIVATION_CODES or not eager_inference(x, weight, bias, residual):
+            return None
+        return (tensor_key(x), tensor_key(weight), tensor_key(bias), tensor_key(residual), h, w, num_prefix_tokens,
+                activation)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
 def local_conv(
         x: torch.Tensor,
         weight: torch.Tensor,
@@ -154,18 +211,23 @@ def local_conv(
     Returns:
         (B, N, C) in the residual's dtype (x's without one); fp32 accumulation.
     """
+    key = _inference_key(x, weight, bias, residual, grid_size, num_prefix_tokens, activation)
+    kept = _KEPT.get(key)
+    if kept is not None:
+        return kept(x, weight, bias, residual)
     tensors = [t for t in (x, weight, bias, residual) if t is not None]
     if kernel_backend(x.device) == "triton" and all(t.dtype != torch.float64 for t in tensors) and x.numel() > 0:
         check_inputs(x, weight, grid_size, num_prefix_tokens, bias, residual, activation)
-        if x.stride(-1) != 1:
-            x = x.contiguous()
-        if residual is not None and residual.stride(-1) != 1:
-            residual = residual.contiguous()
-        if not torch.compiler.is_compiling() and not (
-                torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+        if x.stride(-1) != 1 or (residual is not None and residual.stride(-1) != 1):
+            key = None  # the call's tensors are not the ones the kernel reads
+            x = x if x.stride(-1) == 1 else x.contiguous()
+            residual = residual if residual is None or residual.stride(-1) == 1 else residual.contiguous()
+        if eager_inference(*tensors):
             # nothing to differentiate: launch directly, without the autograd Function's bookkeeping (host time)
-            return _convolve(x, weight, bias, residual, int(grid_size[0]), int(grid_size[1]), int(num_prefix_tokens),
-                             _ACTIVATION_CODES[activation], compiling=False)
+            out, repeat = _bound_inference(x, weight, bias, residual, int(grid_size[0]), int(grid_size[1]),
+                                           int(num_prefix_tokens), _ACTIVATION_CODES[activation])
+            _KEPT.keep(key, repeat)
+            return out
         return _LocalConvFunction.apply(x, weight, bias, residual, int(grid_size[0]), int(grid_size[1]),
                                         int(num_prefix_tokens), _ACTIVATION_CODES[activation])
     return local_conv_reference(x, weight, grid_size, num_prefix_tokens, bias, residual, activation)
