@@ -49,7 +49,7 @@ def measure(name: str, call: Callable[[], object], samples: int, rows: list[dict
     for _ in range(5):  # warm-up: kernel compilation, allocator
         call()
     cuda = torch.device("cuda")
-    host = host_ms(call, cuda, samples) * 1e3
+    host = host_ms(call, cuda, samples=samples) * 1e3
     device_ms, launches = device_profile(call, cuda, steps=5)
     device = device_ms * 1e3
     rows.append(dict(name=name, host_us=round(host, 1), device_us=round(device, 1), launches=round(launches, 1)))

@@ -88,7 +88,7 @@ def main() -> None:
                     device_ms, launches = device_profile(step, device, 3)
                     results[path]["device"].append(device_ms)
                     results[path]["launches"] = launches
-                    results[path]["host"].append(host_ms(step, device, 5))
+                    results[path]["host"].append(host_ms(step, device, samples=5))
             for path, r in results.items():
                 out["rows"].append({"model": name, "graphed": graphed, "path": path,
                                     "step_ms_median": statistics.median(r["step"]), "step_ms": r["step"],

@@ -123,6 +123,25 @@ def test_cuda_graph_rows_replay_the_eager_inference_step(tmp_path):
         assert row["host_ms"] < eager[row["model"]]["host_ms"]
 
 
+def test_host_time_is_per_step_of_steps_enqueued_back_to_back(monkeypatch):
+    """As many steps as keep the pending launches within the queue run back to back; the time is per step."""
+    from vitzoo.bench import compare
+
+    clock = iter(range(1000))
+    monkeypatch.setattr(compare.time, "perf_counter", lambda: next(clock) * 0.001)
+    calls = []
+    # reading the clock and each step take a tick (1 ms): 4 steps of 200 launches fit the queue, (1 + 4) ms / 4; one
+    # step of 1000, (1 + 1) ms
+    def step():
+        calls.append(next(clock))
+
+    assert compare.host_ms(step, torch.device("cpu"), 200, samples=3) == pytest.approx(1.25)
+    assert len(calls) == 12
+    calls.clear()
+    assert compare.host_ms(step, torch.device("cpu"), 1000, samples=3) == pytest.approx(2.0)
+    assert len(calls) == 3
+
+
 def test_channels_last_puts_models_and_inputs_in_channels_last_memory(tmp_path, monkeypatch):
     from vitzoo.bench import compare
 

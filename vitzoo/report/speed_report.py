@@ -167,7 +167,7 @@ def to_markdown(data: dict[str, Any]) -> str:
     infer_sizes = sorted({r["img_size"] for r in _ok(rows, phase="infer", compile="none")})
     if infer_sizes:
         sections += [f"**Host and device time per inference step at {infer_sizes[0]} px** (host: time to enqueue "
-                     "one step on an idle GPU; above 1.0 the model is host-bound):",
+                     "one step, steps back to back; above 1.0 the model is host-bound):",
                      host_device_table(rows, "infer", infer_sizes[0])]
     train_sizes = sorted({r["img_size"] for r in _ok(rows, phase="train", compile="none")})
     if train_sizes:
