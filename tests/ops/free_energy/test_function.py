@@ -13,6 +13,7 @@ from vitzoo.ops.free_energy import (
     free_energy_values,
     free_energy_values_reference,
 )
+from vitzoo.ops.launch import KeptLaunches
 from vitzoo.ops.testing import relative_error
 
 from ..markers import DEVICE, needs_cuda, needs_kernels
@@ -165,6 +166,36 @@ def test_inference_launch_matches_reference():
         set_backend("auto")
     expected = free_energy_mix_reference(*[t.detach().double().cpu() for t in tensors])
     assert relative_error(out.cpu(), expected) < 1e-5
+
+
+@needs_kernels
+def test_inference_calls_reuse_their_kept_launches(monkeypatch):
+    """Both ops: an eager call without gradients and with the key of an earlier one skips the checks and repeats the
+    kept launch on its own tensors; another shape is checked again; every call matches float64 (poisoned buffers)."""
+    from vitzoo.ops.free_energy import function
+
+    monkeypatch.setattr(function, "_KEPT", KeptLaunches())
+    checks = []
+    for name in ("check_inputs", "check_value_inputs"):
+        check = getattr(function, name)
+        monkeypatch.setattr(function, name, lambda *a, check=check: checks.append(1) or check(*a))
+    set_backend("triton")
+    try:
+        with torch.no_grad():
+            monkeypatch.setattr(torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
+            for seed, n, expected_checks in [(1, 37, 2), (2, 37, 2), (3, 41, 4), (4, 41, 4)]:
+                (v, beta), _ = _value_inputs(2, n, 3, 8, torch.float32, DEVICE, seed, 20.0)
+                values, shift = free_energy_values(v, beta)
+                expected = free_energy_values_reference(v.detach().double().cpu(), beta.detach().double().cpu())
+                assert all(relative_error(a.cpu(), b) < 1e-5 for a, b in zip((values, shift), expected, strict=True))
+                tensors, _ = _inputs(2, n, 3, 8, torch.float32, DEVICE, seed)
+                out = free_energy_mix(*tensors)
+                expected = free_energy_mix_reference(*[t.detach().double().cpu() for t in tensors])
+                assert relative_error(out.cpu(), expected) < 1e-5
+                assert len(checks) == expected_checks
+    finally:
+        set_backend("auto")
+    assert len(function._KEPT.launches) == 4
 
 
 @needs_cuda

@@ -8,10 +8,11 @@ of the value projections and gate logits included), with one launch each way per
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
-from ..launch import cached_launcher
+from ..launch import KeptLaunches, bind_launch, cached_launcher, eager_inference, tensor_key
 from ..utils import KERNEL_DTYPES, cdiv, kernel_backend, triton_available
 from . import heuristics
 from .reference import (
@@ -38,14 +39,32 @@ if triton_available():
         meta = dict(BLOCK_N=heuristics.BLOCK_T, BLOCK_D=heuristics.block_d(dv), num_warps=heuristics.VALUES_NUM_WARPS)
         return (batch * heads,), sizes, meta
 
+    def _values_buffers(v: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, num_tokens, heads, dv = v.shape
+        return (torch.empty((batch, num_tokens, heads, 2 * dv), dtype=dtype, device=v.device),
+                torch.empty((batch, 1, heads, dv), dtype=torch.float32, device=v.device))
+
     def _free_energy_values_fwd(v: torch.Tensor, beta: torch.Tensor,
                                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, num_tokens, heads, dv = v.shape
-        values = torch.empty((batch, num_tokens, heads, 2 * dv), dtype=dtype, device=v.device)
-        shift = torch.empty((batch, 1, heads, dv), dtype=torch.float32, device=v.device)
+        values, shift = _values_buffers(v, dtype)
         grid, sizes, meta = _values_launch(v)
         cached_launcher(_free_energy_values_fwd_kernel)[grid](v, beta, values, shift, *sizes, **meta)
         return values, shift
+
+    def _bound_values(v: torch.Tensor, beta: torch.Tensor, dtype: torch.dtype
+                      ) -> tuple[tuple[torch.Tensor, torch.Tensor], Callable[..., tuple[torch.Tensor, torch.Tensor]]]:
+        """:func:`_free_energy_values_fwd`'s outputs, and ``repeat(v, beta)``, which computes them for other inputs of
+        the same key with a bound launch."""
+        values, shift = _values_buffers(v, dtype)
+        grid, sizes, meta = _values_launch(v)
+        bound = bind_launch(_free_energy_values_fwd_kernel, grid, (v, beta, values, shift, *sizes), meta)
+
+        def repeat(v, beta):
+            values, shift = _values_buffers(v, dtype)
+            bound(v, beta, values, shift, *sizes)
+            return values, shift
+
+        return (values, shift), repeat
 
     class _FreeEnergyValuesFunction(torch.autograd.Function):
         @staticmethod
@@ -76,12 +95,29 @@ if triton_available():
         meta = dict(BLOCK_T=heuristics.BLOCK_T, BLOCK_D=heuristics.block_d(dv), num_warps=heuristics.MIX_NUM_WARPS)
         return grid, sizes, meta
 
-    def _free_energy_mix_fwd(read, shift, beta, gate_logits) -> torch.Tensor:
+    def _mix_output(read: torch.Tensor, gate_logits: torch.Tensor) -> torch.Tensor:
         batch, num_tokens, heads, double_dv = read.shape
-        out = torch.empty((batch, num_tokens, heads * double_dv // 2), dtype=gate_logits.dtype, device=read.device)
+        return torch.empty((batch, num_tokens, heads * double_dv // 2), dtype=gate_logits.dtype, device=read.device)
+
+    def _free_energy_mix_fwd(read, shift, beta, gate_logits) -> torch.Tensor:
+        out = _mix_output(read, gate_logits)
         grid, sizes, meta = _launch_args(read, gate_logits)
         cached_launcher(_free_energy_mix_fwd_kernel)[grid](read, shift, beta, gate_logits, out, *sizes, **meta)
         return out
+
+    def _bound_mix(read, shift, beta, gate_logits) -> tuple[torch.Tensor, Callable[..., torch.Tensor]]:
+        """:func:`_free_energy_mix_fwd`'s output, and ``repeat(read, shift, beta, gate_logits)``, which computes it for
+        other inputs of the same key with a bound launch."""
+        out = _mix_output(read, gate_logits)
+        grid, sizes, meta = _launch_args(read, gate_logits)
+        bound = bind_launch(_free_energy_mix_fwd_kernel, grid, (read, shift, beta, gate_logits, out, *sizes), meta)
+
+        def repeat(read, shift, beta, gate_logits):
+            out = _mix_output(read, gate_logits)
+            bound(read, shift, beta, gate_logits, out, *sizes)
+            return out
+
+        return out, repeat
 
     def _free_energy_mix_bwd(grad, read, shift, beta, gate_logits) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(d read (B, N, H, 2 Dv), d gate_logits (B, N, 2 H Dv), d beta (H, Dv) in fp32)."""
@@ -106,6 +142,21 @@ if triton_available():
             return d_read, None, d_beta.to(beta.dtype), d_gate_logits
 
 
+# The launches kept for eager calls with nothing to differentiate, by op and every tensor's tensor_key (and dtype).
+_KEPT = KeptLaunches()
+
+
+def _inference_key(op: str, *tensors: torch.Tensor, dtype: torch.dtype | None = None) -> tuple | None:
+    """The key of an eager call of ``op`` with nothing to differentiate; None for other calls, which are checked
+    every time, and for inputs that are not tensors (the checks name them)."""
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        return None
+    try:
+        return (op, dtype, *[tensor_key(t) for t in tensors]) if eager_inference(*tensors) else None
+    except AttributeError:
+        return None
+
+
 def free_energy_values(v: torch.Tensor, beta: torch.Tensor,
                        dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The values FEM's prior reads, (B, N, H, 2 Dv) in ``dtype``, and the shift M, (B, 1, H, Dv) in fp32;
@@ -118,6 +169,10 @@ def free_energy_values(v: torch.Tensor, beta: torch.Tensor,
 
     Eager fp16 / bf16 / fp32 inputs on CUDA run the kernels; float64, the CPU and ``torch.compile`` run the reference.
     """
+    key = _inference_key("values", v, beta, dtype=dtype)
+    kept = _KEPT.get(key)
+    if kept is not None:
+        return kept(v, beta)
     check_value_inputs(v, beta)
     if kernel_backend(v.device) != "triton" or torch.compiler.is_compiling() or v.numel() == 0 \
             or any(t.dtype not in KERNEL_DTYPES for t in (v, beta)):
@@ -125,10 +180,13 @@ def free_energy_values(v: torch.Tensor, beta: torch.Tensor,
     dtype = torch.float32 if dtype is None else dtype
     if dtype not in KERNEL_DTYPES:
         raise ValueError(f"free_energy_values: dtype must be float16, bfloat16 or float32 for the kernels, got {dtype}")
-    v = v if v.stride(-1) == 1 else v.contiguous()
-    beta = beta.contiguous()
-    if not (torch.is_grad_enabled() and (v.requires_grad or beta.requires_grad)):
-        return _free_energy_values_fwd(v, beta, dtype)
+    if v.stride(-1) != 1 or not beta.is_contiguous():
+        key = None  # the call's tensors are not the ones the kernel reads
+        v, beta = (v if v.stride(-1) == 1 else v.contiguous()), beta.contiguous()
+    if eager_inference(v, beta):
+        out, repeat = _bound_values(v, beta, dtype)
+        _KEPT.keep(key, repeat)
+        return out
     return _FreeEnergyValuesFunction.apply(v, beta, dtype)
 
 
@@ -145,15 +203,23 @@ def free_energy_mix(
 
     Eager fp16 / bf16 / fp32 inputs on CUDA run the kernels; float64, the CPU and ``torch.compile`` run the reference.
     """
+    key = _inference_key("mix", read, shift, beta, gate_logits)
+    kept = _KEPT.get(key)
+    if kept is not None:
+        return kept(read, shift, beta, gate_logits)
     check_inputs(read, shift, beta, gate_logits)
     tensors = (read, shift, beta, gate_logits)
     if kernel_backend(read.device) != "triton" or torch.compiler.is_compiling() or read.numel() == 0 \
             or any(t.dtype not in KERNEL_DTYPES for t in tensors):
         return free_energy_mix_reference(read, shift, beta, gate_logits)
     # the kernels take a unit stride along the channels; shift and beta are small, read as contiguous
-    read, gate_logits = (t if t.stride(-1) == 1 else t.contiguous() for t in (read, gate_logits))
-    shift, beta = shift.contiguous(), beta.contiguous()
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+    if read.stride(-1) != 1 or gate_logits.stride(-1) != 1 or not shift.is_contiguous() or not beta.is_contiguous():
+        key = None  # the call's tensors are not the ones the kernel reads
+        read, gate_logits = (t if t.stride(-1) == 1 else t.contiguous() for t in (read, gate_logits))
+        shift, beta = shift.contiguous(), beta.contiguous()
+    if eager_inference(*tensors):
         # nothing to differentiate: launch directly, without the autograd function's bookkeeping (host time)
-        return _free_energy_mix_fwd(read, shift, beta, gate_logits)
+        out, repeat = _bound_mix(read, shift, beta, gate_logits)
+        _KEPT.keep(key, repeat)
+        return out
     return _FreeEnergyMixFunction.apply(read, shift, beta, gate_logits)
