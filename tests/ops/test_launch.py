@@ -1,12 +1,14 @@
 """The cached Triton launcher (:mod:`vitzoo.ops.launch`): a cached launch must run exactly the compiled kernel that
 Triton itself would launch, with the arguments in Triton's order. On the CPU a stand-in kernel records what each path
 receives; on a GPU the ops' outputs through the cache are compared with Triton's own launches."""
+import gc
+import weakref
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from tests.ops.markers import needs_cuda
+from tests.ops.markers import DEVICE, needs_cuda, needs_kernels
 from vitzoo.ops import launch
 from vitzoo.ops.launch import CachedLauncher
 
@@ -137,6 +139,33 @@ def test_bound_launch_of_an_uncacheable_call_launches_through_triton(kernel):
     bound(x, 3)
     assert len(stand_in.triton_launches) == 2 and not stand_in.raw_launches
     assert stand_in.triton_launches[1] == ((1,), (x, 3), dict(scale=2.0, BLOCK=16))
+
+
+@needs_kernels
+def test_kept_launches_hold_no_tensors(monkeypatch):
+    """What an op keeps for its inference calls holds no tensor: the first call's inputs and outputs are freed."""
+    from vitzoo.ops import layer_norm, linear_attention, local_conv, set_backend
+    from vitzoo.ops.layer_norm import function as layer_norm_function
+    from vitzoo.ops.linear_attention import function as linear_attention_function
+    from vitzoo.ops.local_conv import function as local_conv_function
+
+    functions = (layer_norm_function, linear_attention_function, local_conv_function)
+    for function in functions:
+        monkeypatch.setattr(function, "_KEPT", launch.KeptLaunches())
+    set_backend("triton")
+    try:
+        x, weight = torch.randn(2, 5, 16, device=DEVICE), torch.randn(16, device=DEVICE)
+        q, kernel = torch.randn(1, 5, 2, 16, device=DEVICE), torch.randn(1, 16, 3, 3, device=DEVICE)
+        with torch.no_grad():
+            outputs = [layer_norm(x, weight, weight), linear_attention(q, q, q, feature_map="relu", normalize=True),
+                       local_conv(x, kernel, (2, 2), 1)]
+        assert all(len(function._KEPT.launches) == 1 for function in functions)
+        freed = [weakref.ref(t) for t in (x, weight, q, kernel, *outputs)]
+        del x, weight, q, kernel, outputs
+        gc.collect()
+        assert all(ref() is None for ref in freed)
+    finally:
+        set_backend("auto")
 
 
 def test_hook_activity_reads_both_hook_forms():
