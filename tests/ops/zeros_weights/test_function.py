@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vitzoo.ops import set_backend
+from vitzoo.ops.launch import KeptLaunches
 from vitzoo.ops.testing import relative_error
 from vitzoo.ops.zeros_weights import zeros_weights, zeros_weights_reference
 
@@ -116,3 +117,30 @@ def test_inference_launch_matches_reference():
     expected = zeros_weights_reference(*[t.detach().double().cpu() for t in tensors])
     for got, want in zip(weights, expected, strict=True):
         assert relative_error(got.cpu(), want) < 1e-5
+
+
+@needs_kernels
+def test_inference_calls_reuse_their_kept_launch(monkeypatch):
+    """An eager call without gradients and with the key of an earlier one skips the checks and repeats the kept
+    launch on its own tensors (every buffer poisoned); another gate count is checked again; every call matches
+    float64."""
+    from vitzoo.ops.zeros_weights import function
+
+    monkeypatch.setattr(function, "_KEPT", KeptLaunches())
+    checks = []
+    check = function.check_inputs
+    monkeypatch.setattr(function, "check_inputs", lambda *a: checks.append(1) or check(*a))
+    set_backend("triton")
+    try:
+        with torch.no_grad():
+            monkeypatch.setattr(torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
+            for seed, gates, expected_checks in [(1, 3, 1), (2, 3, 1), (3, 2, 2), (4, 2, 2)]:
+                tensors, _ = _inputs(2, 37, 2, 16, gates, [0.5, -0.5], torch.float32, DEVICE, seed)
+                weights = zeros_weights(*tensors)
+                expected = zeros_weights_reference(*[t.detach().double().cpu() for t in tensors])
+                for got, want in zip(weights, expected, strict=True):
+                    assert relative_error(got.cpu(), want) < 1e-5
+                assert len(checks) == expected_checks
+    finally:
+        set_backend("auto")
+    assert len(function._KEPT.launches) == 2

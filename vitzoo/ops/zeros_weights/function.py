@@ -10,10 +10,11 @@ rejected its fp32 loop-carried statistics.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
-from ..launch import cached_launcher
+from ..launch import KeptLaunches, bind_launch, cached_launcher, eager_inference, tensor_key
 from ..utils import KERNEL_DTYPES, kernel_backend, triton_available
 from . import heuristics
 from .reference import LOG_TAU_RANGE, check_inputs, zeros_weights_reference
@@ -21,25 +22,46 @@ from .reference import LOG_TAU_RANGE, check_inputs, zeros_weights_reference
 if triton_available():
     from .kernels import _zeros_weights_bwd_kernel, _zeros_weights_fwd_kernel
 
+    def _fwd_buffers(u: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(key weights, query weights, logits (B, H, N), per-(batch, head) (max logit, sum of exp), ubar (B, H, D)),
+        everything fp32, to be written."""
+        b, n, h, d = u.shape
+        options = dict(dtype=torch.float32, device=u.device)
+        return (torch.empty((b, n, h, 3), **options), torch.empty((b, n, h, 3), **options),
+                torch.empty((b, h, n), **options), torch.empty((b, h, 2), **options), torch.empty((b, h, d), **options))
+
+    def _fwd_launch(u: torch.Tensor, gates: torch.Tensor) -> tuple[tuple[int], tuple, dict]:
+        """(grid, the arguments after the nine tensors, keywords) of the forward kernel."""
+        b, n, h, d = u.shape
+        sizes = (n, h, d, u.stride(0), u.stride(1), u.stride(2), *gates.stride(), 1.0 / math.sqrt(d), *LOG_TAU_RANGE)
+        keywords = dict(ZERO_ORDER=gates.shape[2] == 3, BLOCK_N=heuristics.BLOCK_N, BLOCK_D=heuristics.block_d(d),
+                        num_warps=heuristics.NUM_WARPS)
+        return (b * h,), sizes, keywords
+
     def _zeros_weights_fwd(
             u: torch.Tensor, gates: torch.Tensor, mu: torch.Tensor, log_tau: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(key weights, query weights, logits (B, H, N), per-(batch, head) (max logit, sum of exp), ubar (B, H, D)),
-        everything fp32."""
-        b, n, h, d = u.shape
-        options = dict(dtype=torch.float32, device=u.device)
-        key_weights = torch.empty((b, n, h, 3), **options)
-        query_weights = torch.empty((b, n, h, 3), **options)
-        logits = torch.empty((b, h, n), **options)
-        stats = torch.empty((b, h, 2), **options)
-        ubar = torch.empty((b, h, d), **options)
-        cached_launcher(_zeros_weights_fwd_kernel)[(b * h,)](
-            u, gates, mu, log_tau, key_weights, query_weights, logits, stats, ubar,
-            n, h, d, u.stride(0), u.stride(1), u.stride(2), *gates.stride(), 1.0 / math.sqrt(d), *LOG_TAU_RANGE,
-            ZERO_ORDER=gates.shape[2] == 3, BLOCK_N=heuristics.BLOCK_N, BLOCK_D=heuristics.block_d(d),
-            num_warps=heuristics.NUM_WARPS,
-        )
-        return key_weights, query_weights, logits, stats, ubar
+        """The buffers of :func:`_fwd_buffers`, written (the last three are what the backward reads)."""
+        buffers = _fwd_buffers(u)
+        grid, sizes, keywords = _fwd_launch(u, gates)
+        cached_launcher(_zeros_weights_fwd_kernel)[grid](u, gates, mu, log_tau, *buffers, *sizes, **keywords)
+        return buffers
+
+    def _bound_inference(
+            u: torch.Tensor, gates: torch.Tensor, mu: torch.Tensor, log_tau: torch.Tensor,
+    ) -> tuple[tuple[torch.Tensor, torch.Tensor], Callable[..., tuple[torch.Tensor, torch.Tensor]]]:
+        """(key weights, query weights) of an eager call, and ``repeat(u, gates, mu, log_tau)``, which computes them
+        for other inputs of the same key with a bound launch."""
+        buffers = _fwd_buffers(u)
+        grid, sizes, keywords = _fwd_launch(u, gates)
+        bound = bind_launch(_zeros_weights_fwd_kernel, grid, (u, gates, mu, log_tau, *buffers, *sizes), keywords)
+
+        def repeat(u, gates, mu, log_tau):
+            buffers = _fwd_buffers(u)
+            bound(u, gates, mu, log_tau, *buffers, *sizes)
+            return buffers[:2]
+
+        return buffers[:2], repeat
 
     def _zeros_weights_bwd(
             d_key_weights: torch.Tensor, d_query_weights: torch.Tensor, u: torch.Tensor, gates: torch.Tensor,
@@ -80,6 +102,19 @@ if triton_available():
             return du, dgates, dmu.sum(dim=0).to(mu.dtype), dlog_tau.sum(dim=0).to(log_tau.dtype)
 
 
+# The launches kept for eager calls with nothing to differentiate (every tensor's tensor_key).
+_KEPT = KeptLaunches()
+
+
+def _inference_key(*tensors: torch.Tensor) -> tuple | None:
+    """The key of an eager call with nothing to differentiate; None for other calls, which are checked every time,
+    and for inputs that are not tensors (the checks name them)."""
+    try:
+        return tuple(tensor_key(t) for t in tensors) if eager_inference(*tensors) else None
+    except AttributeError:
+        return None
+
+
 def zeros_weights(u: torch.Tensor, gate_logits: torch.Tensor, mu: torch.Tensor,
                   log_tau: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """ZeroS's (key weights, query weights) for :func:`vitzoo.ops.linear_attention`, each (B, N, H, 3) fp32.
@@ -93,14 +128,21 @@ def zeros_weights(u: torch.Tensor, gate_logits: torch.Tensor, mu: torch.Tensor,
     ``reference.py`` states the math. Eager fp16 / bf16 / fp32 inputs on CUDA run the kernels; float64, the CPU and
     ``torch.compile`` run the reference.
     """
+    key = _inference_key(u, gate_logits, mu, log_tau)
+    kept = _KEPT.get(key)
+    if kept is not None:
+        return kept(u, gate_logits, mu, log_tau)
     check_inputs(u, gate_logits, mu, log_tau)
     tensors = (u, gate_logits, mu, log_tau)
     if kernel_backend(u.device) != "triton" or torch.compiler.is_compiling() or u.numel() == 0 \
             or any(t.dtype not in KERNEL_DTYPES for t in tensors):
         return zeros_weights_reference(u, gate_logits, mu, log_tau)
     if u.stride(-1) != 1:
+        key = None  # the call's u is not the one the kernel reads
         u = u.contiguous()
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+    if eager_inference(*tensors):
         # nothing to differentiate: launch directly, without the autograd function's bookkeeping (host time)
-        return _zeros_weights_fwd(u, gate_logits, mu, log_tau)[:2]
+        out, repeat = _bound_inference(u, gate_logits, mu, log_tau)
+        _KEPT.keep(key, repeat)
+        return out
     return _ZeroSWeightsFunction.apply(u, gate_logits, mu, log_tau)
