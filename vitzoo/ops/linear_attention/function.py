@@ -148,16 +148,9 @@ if triton_available():
         return out, state
 
     def _bound_inference(
-            q: torch.Tensor,
-            k: torch.Tensor,
-            v: torch.Tensor,
-            key_weights: torch.Tensor | None,
-            query_weights: torch.Tensor | None,
-            const: torch.Tensor | None,
-            const_value: float,
-            scale: float,
-            eps: float,
-            plan: _ForwardPlan,
+            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_weights: torch.Tensor | None,
+            query_weights: torch.Tensor | None, const: torch.Tensor | None, const_value: float, scale: float,
+            eps: float, plan: _ForwardPlan,
     ) -> tuple[torch.Tensor, Callable[..., torch.Tensor]]:
         """The output of an eager forward without stored states under ``plan``, and ``repeat(q, k, v, key_weights,
         query_weights, const)``, which computes it for other inputs of the same plan key with bound launches
