@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from vitzoo.ops import batch_norm_gelu_add, batch_norm_gelu_add_reference, set_backend
 from vitzoo.ops.batch_norm_gelu_add import function
+from vitzoo.ops.launch import KeptLaunches
 from vitzoo.ops.testing import relative_error
 
 from ..markers import DEVICE, needs_cuda, needs_kernels
@@ -74,6 +75,7 @@ def test_reference_is_eval_batch_norm_then_gelu_then_the_sum_in_float64():
 def test_kernel_runs_only_where_no_gradient_is_recorded(monkeypatch):
     """With a gradient recorded the differentiable reference runs (its gradients are the float64 ones); without,
     the kernel; inputs it cannot view as rows go to the reference too."""
+    monkeypatch.setattr(function, "_KEPT", KeptLaunches())
     calls = []
     launch = function._batch_norm_gelu_add
     monkeypatch.setattr(function, "_batch_norm_gelu_add", lambda *a, **kw: calls.append(1) or launch(*a, **kw))
@@ -100,6 +102,28 @@ def test_kernel_runs_only_where_no_gradient_is_recorded(monkeypatch):
                                                              ref_leaves[5]])
     for got, expected in zip(grads, ref_grads, strict=True):
         assert relative_error(got.cpu(), expected) < 1e-5
+
+
+@needs_kernels
+def test_inference_calls_reuse_their_kept_launch(monkeypatch):
+    """An eager call without gradients and with the key of an earlier one skips the checks and repeats the kept
+    launch on its own tensors (poisoned output); another shape is checked again; every call matches float64."""
+    monkeypatch.setattr(function, "_KEPT", KeptLaunches())
+    checks = []
+    check = function.check_inputs
+    monkeypatch.setattr(function, "check_inputs", lambda *a: checks.append(1) or check(*a))
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
+    set_backend("triton")
+    try:
+        with torch.no_grad():
+            for seed, rows, expected_checks in [(1, (2, 9), 1), (2, (2, 9), 1), (3, (3, 5), 2), (4, (3, 5), 2)]:
+                tensors = _inputs(rows, 2, 8, torch.float32, DEVICE, seed)
+                out = batch_norm_gelu_add(*tensors)
+                assert relative_error(out.cpu(), batch_norm_gelu_add_reference(*_float64(tensors))) < 1e-5
+                assert len(checks) == expected_checks
+    finally:
+        set_backend("auto")
+    assert len(function._KEPT.launches) == 2
 
 
 @needs_kernels

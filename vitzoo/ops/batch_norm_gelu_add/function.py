@@ -6,9 +6,11 @@ elementwise ops itself) the reference runs.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from ..launch import launcher
+from ..launch import KeptLaunches, bind_launch, eager_inference, tensor_key
 from ..utils import KERNEL_DTYPES, cdiv, kernel_backend, triton_available
 from . import heuristics
 from .reference import batch_norm_gelu_add_reference, check_inputs
@@ -19,22 +21,33 @@ if triton_available():
     def _batch_norm_gelu_add(
             x: torch.Tensor, v: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
             weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float, head_dim: int,
-            direct_launch: bool = False,
-    ) -> torch.Tensor:
-        """x + GELU(BatchNorm(v)) for (rows, H, D) views of x and v (unit channel stride, any row and head strides);
-        the output is contiguous."""
+    ) -> tuple[torch.Tensor, Callable[..., torch.Tensor]]:
+        """x + GELU(BatchNorm(v)) for (rows, H, D) views of x and v (unit channel stride, any row and head strides),
+        contiguous, and ``repeat(x, v, running_mean, running_var, weight, bias)``, which computes it for other views
+        of the same :func:`_inference_key` with a bound launch."""
         rows, heads, _ = x.shape
         channels = heads * head_dim
-        out = torch.empty((rows, heads, head_dim), dtype=x.dtype, device=x.device)
+        shape, dtype, device = (rows, heads, head_dim), x.dtype, x.device
+        out = torch.empty(shape, dtype=dtype, device=device)
         block_r, block_c = heuristics.block_rows(channels), heuristics.block_c(channels)
-        launcher(_batch_norm_gelu_add_kernel, direct_launch)[(cdiv(rows, block_r), cdiv(channels, block_c))](
-            x, v, running_mean, running_var, weight if weight is not None else running_mean,
-            bias if bias is not None else running_mean, out, rows, channels, head_dim, float(eps),
-            x.stride(0), x.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
-            HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, BLOCK_R=block_r, BLOCK_C=block_c,
-            num_warps=heuristics.NUM_WARPS,
-        )
-        return out
+        sizes = (rows, channels, head_dim, float(eps), x.stride(0), x.stride(1), v.stride(0), v.stride(1),
+                 out.stride(0), out.stride(1))
+        keywords = dict(HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, BLOCK_R=block_r, BLOCK_C=block_c,
+                        num_warps=heuristics.NUM_WARPS)
+
+        def pointers(x, v, running_mean, running_var, weight, bias, out):
+            return (x, v, running_mean, running_var, weight if weight is not None else running_mean,
+                    bias if bias is not None else running_mean, out)
+
+        bound = bind_launch(_batch_norm_gelu_add_kernel, (cdiv(rows, block_r), cdiv(channels, block_c)),
+                            (*pointers(x, v, running_mean, running_var, weight, bias, out), *sizes), keywords)
+
+        def repeat(x, v, running_mean, running_var, weight, bias):
+            out = torch.empty(shape, dtype=dtype, device=device)
+            bound(*pointers(x, v, running_mean, running_var, weight, bias, out), *sizes)
+            return out
+
+        return out, repeat
 
 
 def _as_rows(t: torch.Tensor) -> torch.Tensor | None:
@@ -44,6 +57,22 @@ def _as_rows(t: torch.Tensor) -> torch.Tensor | None:
     except RuntimeError:  # the dims do not merge into one row stride
         return None
     return rows if rows.stride(-1) == 1 else None
+
+
+# The launches kept for eager calls with nothing to differentiate (every tensor's tensor_key and eps).
+_KEPT = KeptLaunches()
+
+
+def _inference_key(x, v, running_mean, running_var, weight, bias, eps) -> tuple | None:
+    """The key of an eager call with nothing to differentiate; None for other calls, which are checked every time,
+    and for inputs that are not tensors (the checks name them)."""
+    if eps.__class__ is not float:
+        return None
+    tensors = (x, v, running_mean, running_var, weight, bias)
+    try:
+        return (eps, *[tensor_key(t) for t in tensors]) if eager_inference(*tensors) else None
+    except AttributeError:
+        return None
 
 
 def batch_norm_gelu_add(
@@ -68,13 +97,19 @@ def batch_norm_gelu_add(
 
     The Triton kernel runs for CUDA tensors in a kernel dtype when no gradient is recorded; otherwise the reference.
     """
+    key = _inference_key(x, v, running_mean, running_var, weight, bias, eps)
+    kept = _KEPT.get(key)
+    if kept is not None:
+        return kept(x, v, running_mean, running_var, weight, bias)
     check_inputs(x, v, running_mean, running_var, weight, bias)
     tensors = tuple(t for t in (x, v, running_mean, running_var, weight, bias) if t is not None)
-    recording = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    if kernel_backend(x.device) == "triton" and not recording and not torch.compiler.is_compiling() \
-            and x.numel() > 0 and all(t.dtype in KERNEL_DTYPES for t in tensors):
+    if kernel_backend(x.device) == "triton" and eager_inference(*tensors) and x.numel() > 0 \
+            and all(t.dtype in KERNEL_DTYPES for t in tensors):
         rows_x, rows_v = _as_rows(x), _as_rows(v)
         if rows_x is not None and rows_v is not None:
-            return _batch_norm_gelu_add(rows_x, rows_v, running_mean, running_var, weight, bias, eps, x.shape[-1],
-                                        direct_launch=True).view(x.shape)
+            out, repeat = _batch_norm_gelu_add(rows_x, rows_v, running_mean, running_var, weight, bias, eps,
+                                               x.shape[-1])
+            rows_shape, shape = rows_x.shape, x.shape
+            _KEPT.keep(key, lambda x, v, *params: repeat(x.view(rows_shape), v.view(rows_shape), *params).view(shape))
+            return out.view(shape)
     return batch_norm_gelu_add_reference(x, v, running_mean, running_var, weight, bias, eps)
