@@ -154,6 +154,16 @@ def tensor_key(t: torch.Tensor | None) -> tuple | None:
     return None if t is None else (t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16 == 0)
 
 
+def inference_key(*tensors: torch.Tensor | None, options: tuple = ()) -> tuple | None:
+    """The key under which an op keeps the launches of a call (:class:`KeptLaunches`): ``options`` (the op's plain,
+    hashable option values), then every tensor's :func:`tensor_key`. None for a call that records a gradient or is
+    traced (:func:`eager_inference`), and for arguments that are not tensors (the op's checks name them)."""
+    try:
+        return (*options, *[tensor_key(t) for t in tensors]) if eager_inference(*tensors) else None
+    except AttributeError:
+        return None
+
+
 class KeptLaunches:
     """The launches an op keeps for its eager calls with nothing to differentiate, by the op's own key.
 

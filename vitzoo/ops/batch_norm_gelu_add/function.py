@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..launch import KeptLaunches, bind_launch, eager_inference, tensor_key
+from ..launch import KeptLaunches, bind_launch, eager_inference, inference_key
 from ..utils import KERNEL_DTYPES, cdiv, kernel_backend, triton_available
 from . import heuristics
 from .reference import batch_norm_gelu_add_reference, check_inputs
@@ -64,15 +64,11 @@ _KEPT = KeptLaunches()
 
 
 def _inference_key(x, v, running_mean, running_var, weight, bias, eps) -> tuple | None:
-    """The key of an eager call with nothing to differentiate; None for other calls, which are checked every time,
-    and for inputs that are not tensors (the checks name them)."""
+    """The key of an eager call with nothing to differentiate (:func:`~vitzoo.ops.launch.inference_key` of the
+    tensors and eps); None for other calls, which are checked every time."""
     if eps.__class__ is not float:
         return None
-    tensors = (x, v, running_mean, running_var, weight, bias)
-    try:
-        return (eps, *[tensor_key(t) for t in tensors]) if eager_inference(*tensors) else None
-    except AttributeError:
-        return None
+    return inference_key(x, v, running_mean, running_var, weight, bias, options=(eps,))
 
 
 def batch_norm_gelu_add(

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..launch import KeptLaunches, bind_launch, cached_launcher, eager_inference, tensor_key
+from ..launch import KeptLaunches, bind_launch, cached_launcher, eager_inference, inference_key
 from ..utils import KERNEL_DTYPES, cdiv, kernel_backend, triton_available
 from . import heuristics
 from .reference import (
@@ -147,14 +147,11 @@ _KEPT = KeptLaunches()
 
 
 def _inference_key(op: str, *tensors: torch.Tensor, dtype: torch.dtype | None = None) -> tuple | None:
-    """The key of an eager call of ``op`` with nothing to differentiate; None for other calls, which are checked
-    every time, and for inputs that are not tensors (the checks name them)."""
+    """The key of an eager call of ``op`` with nothing to differentiate (:func:`~vitzoo.ops.launch.inference_key`
+    of the tensors, the op and the values' dtype); None for other calls, which are checked every time."""
     if dtype is not None and not isinstance(dtype, torch.dtype):
         return None
-    try:
-        return (op, dtype, *[tensor_key(t) for t in tensors]) if eager_inference(*tensors) else None
-    except AttributeError:
-        return None
+    return inference_key(*tensors, options=(op, dtype))
 
 
 def free_energy_values(v: torch.Tensor, beta: torch.Tensor,

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..launch import KeptLaunches, bind_launch, eager_inference, tensor_key
+from ..launch import KeptLaunches, bind_launch, eager_inference, inference_key
 from ..utils import KERNEL_DTYPES, cdiv, kernel_backend, triton_available
 from . import heuristics
 from .reference import check_inputs, predict_local_kernels_reference
@@ -69,17 +69,11 @@ _KEPT = KeptLaunches()
 
 
 def _inference_key(x, weight1, bias1, weight2, bias2, groups, kernel_size) -> tuple | None:
-    """The key of an eager call with nothing to differentiate (every tensor's :func:`tensor_key`, groups, k); None
-    for other calls, which are checked every time, and for inputs that are not tensors (the checks name them)."""
+    """The key of an eager call with nothing to differentiate (:func:`~vitzoo.ops.launch.inference_key` of the
+    tensors, groups and k); None for other calls, which are checked every time."""
     if groups.__class__ is not int or kernel_size.__class__ is not int:
         return None
-    try:
-        if not eager_inference(x, weight1, bias1, weight2, bias2):
-            return None
-        return (tensor_key(x), tensor_key(weight1), tensor_key(bias1), tensor_key(weight2), tensor_key(bias2), groups,
-                kernel_size)
-    except AttributeError:
-        return None
+    return inference_key(x, weight1, bias1, weight2, bias2, options=(groups, kernel_size))
 
 
 def predict_local_kernels(x: torch.Tensor, weight1: torch.Tensor, bias1: torch.Tensor, weight2: torch.Tensor,

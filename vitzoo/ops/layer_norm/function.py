@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..launch import KeptLaunches, bind_launch, eager_inference, launcher, tensor_key
+from ..launch import KeptLaunches, bind_launch, eager_inference, inference_key, launcher
 from ..utils import KERNEL_DTYPES, cdiv, kernel_backend, multiprocessor_count, triton_available
 from . import heuristics
 from .reference import add_layer_norm_reference, check_inputs, layer_norm_reference, rms_norm_reference
@@ -64,9 +64,10 @@ if triton_available():
             x: torch.Tensor, update: torch.Tensor | None, weight: torch.Tensor | None, bias: torch.Tensor | None,
             gate: torch.Tensor | None, eps: float, rms: bool,
     ) -> tuple[torch.Tensor | tuple[torch.Tensor, torch.Tensor], Callable[..., Any]]:
-        """The outputs of an inference forward of rows as the kernels read them (see :func:`_rows`), y or (total,
-        y), and ``repeat(x, update, weight, bias, gate)``, which computes the same for other tensors of the same
-        :func:`_inference_key` with one bound launch (:func:`~vitzoo.ops.launch.bind_launch`)."""
+        """The outputs of an inference forward (nothing to differentiate: no statistics, no autograd function) of rows
+        as the kernels read them (see :func:`_rows`), y or (total, y), and ``repeat(x, update, weight, bias, gate)``,
+        which computes the same for other tensors of the same :func:`_inference_key` with one bound launch
+        (:func:`~vitzoo.ops.launch.bind_launch`)."""
         shape, dtype, device = x.shape, x.dtype, x.device
         total = None if update is None else torch.empty(shape, dtype=dtype, device=device)
         y = torch.empty(shape, dtype=dtype, device=device)
@@ -108,21 +109,6 @@ if triton_available():
         rstd = torch.empty((m,), dtype=torch.float32, device=x.device)
         _launch_fwd(x, weight, bias, None, y, mean, rstd, eps, False, direct_launch, update, total)
         return total, y, mean, rstd
-
-    def _norm_infer(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-                    gate: torch.Tensor | None, eps: float, rms: bool) -> torch.Tensor:
-        """The output alone, launched directly (nothing to differentiate: no statistics, no autograd function)."""
-        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        _launch_fwd(x, weight, bias, gate, y, None, None, eps, rms, direct_launch=True)
-        return y
-
-    def _add_norm_infer(x: torch.Tensor, update: torch.Tensor, weight: torch.Tensor | None,
-                        bias: torch.Tensor | None, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(total, y) alone, launched directly."""
-        total = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        _launch_fwd(x, weight, bias, None, y, None, None, eps, False, True, update, total)
-        return total, y
 
     def _norm_bwd(
             grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, gate: torch.Tensor | None,
@@ -269,60 +255,45 @@ def _shaped(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     return t if t.shape == shape else t.view(shape)
 
 
+# The launches kept for eager calls with nothing to differentiate (:func:`_inference_key`).
+_KEPT = KeptLaunches()
+
+
 def _norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float,
-          rms: bool, gate: torch.Tensor | None = None) -> torch.Tensor:
+          rms: bool, gate: torch.Tensor | None = None, key: tuple | None = None) -> torch.Tensor:
+    """The kernels' norm of ``x``; an inference call keeps its launch under ``key`` where the kernels read the
+    call's own tensors (no reshaped rows)."""
     shape = x.shape
     rows, gate_rows = _rows(x), None if gate is None else _rows(gate)
     if eager_inference(x, weight, bias, gate):
-        return _shaped(_norm_infer(rows, weight, bias, gate_rows, float(eps), rms), shape)
+        y, repeat = _bound_inference(rows, None, weight, bias, gate_rows, float(eps), rms)
+        if rows is x and gate_rows is gate:
+            _KEPT.keep(key, repeat)
+        return _shaped(y, shape)
     return _shaped(_NormFunction.apply(rows, weight, bias, gate_rows, float(eps), rms), shape)
 
 
 def _add_norm(x: torch.Tensor, update: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
-              eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+              eps: float, key: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + update, its norm) from the kernel; an inference call keeps its launch as :func:`_norm` does."""
     shape = x.shape
     rows, update_rows = _rows(x), _rows(update)
     if eager_inference(x, update, weight, bias):
-        total, y = _add_norm_infer(rows, update_rows, weight, bias, float(eps))
+        (total, y), repeat = _bound_inference(rows, update_rows, weight, bias, None, float(eps), False)
+        if rows is x and update_rows is update:
+            _KEPT.keep(key, repeat)
     else:
         total, y = _AddNormFunction.apply(rows, update_rows, weight, bias, float(eps))
     return _shaped(total, shape), _shaped(y, shape)
 
 
-# The launches kept for eager calls with nothing to differentiate (:func:`_inference_key`).
-_KEPT = KeptLaunches()
-
-
 def _inference_key(op: str, x: torch.Tensor, update: torch.Tensor | None, weight: torch.Tensor | None,
                    bias: torch.Tensor | None, gate: torch.Tensor | None, eps: float) -> tuple | None:
-    """The key of an eager call with nothing to differentiate (every tensor's :func:`tensor_key` and eps); None for
-    other calls, which are checked and set up every time, and for inputs that are not tensors (the checks name
-    them)."""
+    """The key of an eager call with nothing to differentiate (:func:`~vitzoo.ops.launch.inference_key` of the
+    tensors, the op and eps); None for other calls, which are checked and set up every time."""
     if eps.__class__ is not float:
         return None
-    try:
-        if not eager_inference(x, update, weight, bias, gate):
-            return None
-        return (op, eps, tensor_key(x), tensor_key(update), tensor_key(weight), tensor_key(bias), tensor_key(gate))
-    except AttributeError:
-        return None
-
-
-def _rows_ready(*tensors: torch.Tensor | None) -> bool:
-    """Whether the kernels read each tensor as it is (:func:`_rows` hands it back)."""
-    return all(t is None or _rows(t) is t for t in tensors)
-
-
-def _kept_launch(key: tuple | None, x: torch.Tensor, update: torch.Tensor | None, weight: torch.Tensor | None,
-                 bias: torch.Tensor | None, gate: torch.Tensor | None, eps: float, rms: bool
-                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None:
-    """For a keyed call that passed the checks and takes the kernels: its outputs, its launch kept under ``key``;
-    None where the tensors need reshaping first (the plain path runs)."""
-    if key is None or not _rows_ready(x, update, gate):
-        return None
-    out, repeat = _bound_inference(x, update, weight, bias, gate, float(eps), rms)
-    _KEPT.keep(key, repeat)
-    return out
+    return inference_key(x, update, weight, bias, gate, options=(op, eps))
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
@@ -341,8 +312,7 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor | None = None, bias: torch.
         return kept(x, None, weight, bias, None)
     check_inputs("layer_norm", x, weight, bias)
     if takes_kernel(x, (weight, bias)):
-        out = _kept_launch(key, x, None, weight, bias, None, eps, rms=False)
-        return out if out is not None else _norm(x, weight, bias, eps, rms=False)
+        return _norm(x, weight, bias, eps, rms=False, key=key)
     return layer_norm_reference(x, weight, bias, eps)
 
 
@@ -366,8 +336,7 @@ def add_layer_norm(x: torch.Tensor, update: torch.Tensor, weight: torch.Tensor |
     if update.shape != x.shape or not takes_kernel(x, (weight, bias, update)) or update.dtype != x.dtype:
         return add_layer_norm_reference(x, update, weight, bias, eps)
     check_inputs("add_layer_norm", x, weight, bias)
-    out = _kept_launch(key, x, update, weight, bias, None, eps, rms=False)
-    return out if out is not None else _add_norm(x, update, weight, bias, eps)
+    return _add_norm(x, update, weight, bias, eps, key=key)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6,
@@ -380,6 +349,5 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
         return kept(x, None, weight, None, gate)
     check_inputs("rms_norm", x, weight, None, gate)
     if takes_kernel(x, (weight, gate)):
-        out = _kept_launch(key, x, None, weight, None, gate, eps, rms=True)
-        return out if out is not None else _norm(x, weight, None, eps, rms=True, gate=gate)
+        return _norm(x, weight, None, eps, rms=True, gate=gate, key=key)
     return rms_norm_reference(x, weight, eps, gate)

@@ -57,7 +57,7 @@ if triton_available():
 
     class _ForwardPlan(NamedTuple):
         """What a forward launch takes from the inputs' shapes, strides and dtypes and from the options: the same
-        for every call with the same ones (see :func:`linear_attention_triton`'s cache of inference plans)."""
+        for every call with the same ones (the kept launches of :func:`linear_attention_triton` repeat it)."""
 
         out_shape: tuple[int, int, int, int]
         state_shape: tuple[int, int]
@@ -383,15 +383,17 @@ def linear_attention_triton(
     inputs = (q, k, v, key_weights, query_weights, const_tensor)
     save_state = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     eager_inference = not save_state and not compiling
-    key = kept = None
+    key = None
     if eager_inference:
         key = _inference_key(q, k, v, key_weights, query_weights, feature_map, feature_const, center_keys, scale,
                              normalize, eps, clamp_denominator)
         kept = _KEPT.get(key)
-    if kept is None:
-        check_inputs(q, k, v, key_weights, query_weights, feature_map, normalize, clamp_denominator,
-                     feature_const=feature_const, scale=scale, eps=eps)
-        _check_kernel_inputs(q, k, v, key_weights, query_weights)
+        if kept is not None:
+            # (a keyed constant is already an fp32 tensor on q's device: its address is what the launch reads)
+            return kept(q, k, v, key_weights, query_weights, const_tensor)
+    check_inputs(q, k, v, key_weights, query_weights, feature_map, normalize, clamp_denominator,
+                 feature_const=feature_const, scale=scale, eps=eps)
+    _check_kernel_inputs(q, k, v, key_weights, query_weights)
     const, const_value = None, 0.0
     if const_tensor is not None:  # one element (check_inputs)
         const = const_tensor
@@ -406,8 +408,6 @@ def linear_attention_triton(
     clamp = bool(clamp_denominator)
     if eager_inference:
         # nothing to differentiate: launch directly, without the autograd Function's bookkeeping (host time)
-        if kept is not None:
-            return kept(q, k, v, key_weights, query_weights, const)
         plan = _forward_plan(q, k, v, key_weights, query_weights, const, const_value, feature, center_keys, normalize,
                              clamp=clamp)
         out, repeat = _bound_inference(q, k, v, key_weights, query_weights, const, const_value, scale, eps, plan)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..launch import KeptLaunches, bind_launch, eager_inference, launcher, tensor_key
+from ..launch import KeptLaunches, bind_launch, eager_inference, inference_key, launcher
 from ..utils import cdiv, kernel_backend, triton_available
 from . import heuristics
 from .reference import check_inputs, local_conv_reference
@@ -91,11 +91,11 @@ if triton_available():
 
     def _convolve(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
                   grid_h: int, grid_w: int, num_prefix_tokens: int, act: int, compiling: bool) -> torch.Tensor:
-        """:func:`local_conv`'s output: the prefix tokens and the dtype come from the residual when there is one,
-        else from x; through the custom op when ``compiling``, launched directly otherwise."""
+        """:func:`local_conv`'s output (:func:`_prefix_mode`, :func:`_output_dtype`); through the custom op when
+        ``compiling``, launched directly otherwise."""
         return (_local_conv_fwd_op if compiling else _local_conv_fwd)(
             x, weight, bias, residual, grid_h, grid_w, num_prefix_tokens, _prefix_mode(residual),
-            residual.dtype if residual is not None else x.dtype, act, direct_launch=not compiling,
+            _output_dtype(x, residual), act, direct_launch=not compiling,
         )
 
     def _bound_inference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -103,8 +103,7 @@ if triton_available():
                          act: int) -> tuple[torch.Tensor, Callable[..., torch.Tensor]]:
         """:func:`_convolve`'s eager output, and ``repeat(x, weight, bias, residual)``, which computes it for other
         inputs of the same :func:`_inference_key` with a bound launch."""
-        shape, device = x.shape, x.device
-        dtype = residual.dtype if residual is not None else x.dtype
+        shape, dtype, device = x.shape, _output_dtype(x, residual), x.device
         out = torch.empty(shape, dtype=dtype, device=device)
         grid, args, keywords = _fwd_launch(x, weight, bias, residual, grid_h, grid_w, num_prefix_tokens,
                                            _prefix_mode(residual), act, out)
@@ -164,7 +163,13 @@ if triton_available():
 
 
 def _prefix_mode(residual: torch.Tensor | None) -> int:
+    """Where :func:`local_conv`'s prefix tokens come from: the residual when there is one, else x."""
     return _PREFIX_FROM_RESIDUAL if residual is not None else _PREFIX_FROM_X
+
+
+def _output_dtype(x: torch.Tensor, residual: torch.Tensor | None) -> torch.dtype:
+    """:func:`local_conv`'s output dtype: the residual's when there is one, else x's."""
+    return residual.dtype if residual is not None else x.dtype
 
 
 # The launches kept for eager calls with nothing to differentiate (:func:`_inference_key`).
@@ -172,18 +177,17 @@ _KEPT = KeptLaunches()
 
 
 def _inference_key(x, weight, bias, residual, grid_size, num_prefix_tokens, activation) -> tuple | None:
-    """The key of an eager call with nothing to differentiate (every tensor's :func:`tensor_key`, the grid, the
-    prefix and the activation); None for other calls, which are checked every time, and for arguments of other
-    types (the checks name them)."""
+    """The key of an eager call with nothing to differentiate (:func:`~vitzoo.ops.launch.inference_key` of the
+    tensors, the grid, the prefix and the activation); None for other calls, which are checked every time, also for
+    a grid, prefix or activation of another type (the checks name them)."""
     try:
         h, w = grid_size
         if h.__class__ is not int or w.__class__ is not int or num_prefix_tokens.__class__ is not int \
-                or activation not in _ACTIVATION_CODES or not eager_inference(x, weight, bias, residual):
+                or activation not in _ACTIVATION_CODES:
             return None
-        return (tensor_key(x), tensor_key(weight), tensor_key(bias), tensor_key(residual), h, w, num_prefix_tokens,
-                activation)
-    except (AttributeError, TypeError, ValueError):
+    except (TypeError, ValueError):
         return None
+    return inference_key(x, weight, bias, residual, options=(h, w, num_prefix_tokens, activation))
 
 
 def local_conv(

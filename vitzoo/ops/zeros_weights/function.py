@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..launch import KeptLaunches, bind_launch, cached_launcher, eager_inference, tensor_key
+from ..launch import KeptLaunches, bind_launch, cached_launcher, eager_inference, inference_key
 from ..utils import KERNEL_DTYPES, kernel_backend, triton_available
 from . import heuristics
 from .reference import LOG_TAU_RANGE, check_inputs, zeros_weights_reference
@@ -102,17 +102,8 @@ if triton_available():
             return du, dgates, dmu.sum(dim=0).to(mu.dtype), dlog_tau.sum(dim=0).to(log_tau.dtype)
 
 
-# The launches kept for eager calls with nothing to differentiate (every tensor's tensor_key).
+# The launches kept for eager calls with nothing to differentiate, by the inference_key of the four tensors.
 _KEPT = KeptLaunches()
-
-
-def _inference_key(*tensors: torch.Tensor) -> tuple | None:
-    """The key of an eager call with nothing to differentiate; None for other calls, which are checked every time,
-    and for inputs that are not tensors (the checks name them)."""
-    try:
-        return tuple(tensor_key(t) for t in tensors) if eager_inference(*tensors) else None
-    except AttributeError:
-        return None
 
 
 def zeros_weights(u: torch.Tensor, gate_logits: torch.Tensor, mu: torch.Tensor,
@@ -128,7 +119,7 @@ def zeros_weights(u: torch.Tensor, gate_logits: torch.Tensor, mu: torch.Tensor,
     ``reference.py`` states the math. Eager fp16 / bf16 / fp32 inputs on CUDA run the kernels; float64, the CPU and
     ``torch.compile`` run the reference.
     """
-    key = _inference_key(u, gate_logits, mu, log_tau)
+    key = inference_key(u, gate_logits, mu, log_tau)
     kept = _KEPT.get(key)
     if kept is not None:
         return kept(u, gate_logits, mu, log_tau)
