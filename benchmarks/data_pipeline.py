@@ -1,19 +1,25 @@
 """What the training data pipeline of an image-folder config costs on the CPU, stage by stage, and what a loader
-delivers (no model, no GPU).
+delivers (no model; a GPU only for ``device_decode``).
 
 For the config's training transform (``vitzoo.train.factories.build_transforms``: the loader workers' random-resized
-crop, flip, RandAugment and uint8 tensor conversion, then the training device's normalisation and random erasing,
-``vitzoo.train.data.DeviceAugment``), on the first ``--images`` training images in shuffled order:
+crop, flip, RandAugment (unless ``augment_on_device``) and uint8 tensor conversion, then the training device's stage,
+``vitzoo.train.data.DeviceAugment``: RandAugment with ``augment_on_device``, normalisation and random erasing; with
+``decode_on_device`` the workers only read each file and draw its crop and flip, and the device decodes and crops
+before the rest), on the first ``--images`` training images in shuffled order:
 
-- ``stages``: milliseconds per image of reading + decoding (``vitzoo.train.data.load_image``), of each worker
-  transform and of the device stage on one image on the CPU, in one process; ``img_per_s_per_core`` = 1000 / their
-  sum;
+- ``stages_ms_per_image``: milliseconds per image of reading + decoding (``vitzoo.train.data.load_image``), of each
+  worker transform and of the device stage on one image on the CPU, in one process; with ``decode_on_device``, of
+  reading the file's bytes and checking its header (``vitzoo.train.data.load_encoded``) and of drawing the crop and
+  flip (``EncodedRandomResizedCrop``), over all the images first, then of the device stage on each image's crop,
+  decoded beforehand on the CPU untimed (decoding and cropping are timed in ``device_decode`` instead, outside this
+  sum); ``img_per_s_per_core`` = 1000 / their sum;
 - ``loaders``: images per second a ``DataLoader`` with ``--workers`` processes sustains at the config's batch size
   (timed once the batches its workers prepared during start-up are drawn), for normalised float32 tensors (the device
-  stage run on each image in the workers), the workers' uint8 tensors (what training hands to the device: a quarter
-  of the bytes through the workers' shared memory) and, for a RandAugment policy, the workers' uint8 tensors when
-  RandAugment runs on the device instead (``augment_on_device``), and the workers' JPEG bytes and crop draws when
-  decoding and cropping run there too (``decode_on_device``);
+  stage run on each image in the workers) and the workers' uint8 tensors (what training hands to the device: a
+  quarter of the bytes through the workers' shared memory), both with the workers decoding and cropping (also for a
+  ``decode_on_device`` config); for a RandAugment policy the workers run, their uint8 tensors when RandAugment runs on
+  the device instead (``augment_on_device``); and, for a RandAugment policy or a ``decode_on_device`` config, the
+  workers' JPEG bytes and crop draws when decoding and cropping run there too (``decode_on_device``);
 - ``device_decode``: for ``decode_on_device``, milliseconds per image of decoding and cropping whole batches
   (``vitzoo.train.device_decode.decode_crops``) on ``--device`` (default: CUDA when there is one, else the CPU).
 
@@ -42,26 +48,57 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vitzoo.bench.common import git_revision, write_json  # noqa: E402
 from vitzoo.train.config import load_config  # noqa: E402
-from vitzoo.train.data import build_dataset, folder_classes, load_image  # noqa: E402
-from vitzoo.train.device_decode import collate_encoded, decode_crops  # noqa: E402
+from vitzoo.train.data import DeviceAugment, build_dataset, folder_classes, load_encoded, load_image  # noqa: E402
+from vitzoo.train.device_decode import (  # noqa: E402
+    EncodedCrop,
+    EncodedRandomResizedCrop,
+    collate_encoded,
+    decode_crops,
+)
 from vitzoo.train.factories import build_transforms, create_model_from_config  # noqa: E402
 
+Step = tuple[str | None, Callable]  # a stage's name (None: run untimed) and function
 
-def stage_costs(dataset, steps: list[Callable], images: int) -> dict[str, float]:
-    """ms per image of loading and of each of ``steps`` (the transforms, applied in order)."""
+
+def stage_costs(dataset, phases: list[list[Step]], images: int) -> dict[str, float]:
+    """ms per image of each step of ``phases``: (name, function) pairs applied in order to each file's path, the first
+    one loading it. A step named None runs untimed (it makes the next step's input without being part of the pipeline
+    timed here); steps of one name add up. Each phase runs over every image before the next one starts, for steps
+    that run in another process in training: the device stage's large tensors, interleaved, took the decode_on_device
+    workers' small steps about 3x their time alone."""
     paths = [dataset.samples[i][0] for i in torch.randperm(len(dataset.samples), generator=torch.Generator()
                                                            .manual_seed(0))[:images].tolist()]
-    totals: dict[str, float] = {"read + decode": 0.0}
-    for path in paths:
-        begin = time.perf_counter()
-        sample = load_image(path)
-        totals["read + decode"] += time.perf_counter() - begin
-        for step in steps:
-            name = type(step).__name__
-            begin = time.perf_counter()
-            sample = step(sample)
-            totals[name] = totals.get(name, 0.0) + time.perf_counter() - begin
+    totals: dict[str, float] = {}
+    samples: list = paths
+    for steps in phases:
+        for index, sample in enumerate(samples):
+            for name, step in steps:
+                begin = time.perf_counter()
+                sample = step(sample)
+                if name is not None:
+                    totals[name] = totals.get(name, 0.0) + time.perf_counter() - begin
+            samples[index] = sample
     return {name: round(seconds * 1e3 / len(paths), 3) for name, seconds in totals.items()}
+
+
+def pixel_phases(uint8_tf: Compose, device_tf: DeviceAugment) -> list[list[Step]]:
+    """The stages of a pipeline whose workers decode: reading + decoding, each worker transform and the device stage,
+    image by image (one phase, as this script has always timed them)."""
+    return [[("read + decode", load_image), *[(type(step).__name__, step) for step in uint8_tf.transforms],
+             (type(device_tf).__name__, device_tf)]]
+
+
+def encoded_phases(draws_tf: EncodedRandomResizedCrop, device_tf: DeviceAugment) -> list[list[Step]]:
+    """The stages of a ``decode_on_device`` pipeline: the workers' reading and crop draw over all the images, then
+    the device stage on each image's crop after an untimed decoding and cropping on the CPU (``device_decode`` times
+    those on whole batches on the device)."""
+    cpu = torch.device("cpu")
+
+    def decode(crop: EncodedCrop) -> torch.Tensor:
+        return device_tf.decode(collate_encoded([(crop, 0)])[0], cpu)[0]
+
+    return [[("read + check", load_encoded), (type(draws_tf).__name__, draws_tf)],
+            [(None, decode), (type(device_tf).__name__, device_tf)]]
 
 
 PREFETCH_FACTOR = 2  # DataLoader's default: batches each worker keeps ready
@@ -133,7 +170,9 @@ def main() -> None:
     torch.set_num_threads(1)
     classes = folder_classes(Path(args.data_dir) / "train")
     model = create_model_from_config(config, num_classes=len(classes), in_chans=3)
-    uint8_tf, device_tf, _, _ = build_transforms(config, model)
+    # The float32 and uint8 loaders' workers decode and crop, also for a decode_on_device config (whose own workers
+    # hand over JPEG bytes: the last loader below), so the rows compare the placements of one recipe.
+    uint8_tf, device_tf, _, _ = build_transforms(dataclasses.replace(config, decode_on_device=False), model)
     # the whole training transform on each image in the workers: normalised float32 out of the loader
     float_tf = Compose([uint8_tf, device_tf])
     dataset = build_dataset("folder", args.data_dir, "train", float_tf, config.seed, classes=classes)
@@ -147,14 +186,18 @@ def main() -> None:
                          build_dataset("folder", args.data_dir, "train", crop_tf, config.seed, classes=classes), None))
     encoded = None
     if rand_augment or config.decode_on_device:
-        # what the workers do when decoding and cropping run there too (decode_on_device)
-        draws_tf = build_transforms(dataclasses.replace(config, augment_on_device=True, decode_on_device=True),
-                                    model)[0]
+        # what the workers do when decoding and cropping run there too (decode_on_device; RandAugment, if any, then
+        # follows them on the device, and without one augment_on_device stays off, as the config check requires)
+        draws_tf, draws_device_tf = build_transforms(
+            dataclasses.replace(config, augment_on_device=rand_augment, decode_on_device=True), model)[:2]
         encoded = build_dataset("folder", args.data_dir, "train", draws_tf, config.seed, classes=classes,
                                 encoded=True)
         variants.append(("JPEG bytes and crop draws, decoded on the device", encoded, collate_encoded))
     folder = dataset.dataset  # the ImageFolder inside SkipUnreadable
-    stages = stage_costs(folder, [*uint8_tf.transforms, device_tf], args.images)
+    # the stages of the config's own pipeline
+    phases = (encoded_phases(draws_tf, draws_device_tf) if config.decode_on_device
+              else pixel_phases(uint8_tf, device_tf))
+    stages = stage_costs(folder, phases, args.images)
     result = {
         "info": {
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",

@@ -34,21 +34,37 @@ def test_benchmark_script_starts(script: Path):
     assert "usage" in done.stdout.lower()
 
 
-def test_data_pipeline_times_every_placement_of_the_augmentation(tmp_path: Path):
-    """On a tiny folder: the stage costs, a loader rate for float32, uint8, uint8 with RandAugment on the device
-    (whose workers no longer run RandAugment) and JPEG bytes (decode_on_device), and the device decoding's cost."""
+_WORKER_DECODE_STAGES = ["read + decode", "RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "RandAugment",
+                         "MaybePILToTensor", "DeviceAugment"]
+# decode_on_device: the workers read the bytes and draw the crop; the device stage is timed after decoding
+_DEVICE_DECODE_STAGES = ["read + check", "EncodedRandomResizedCrop", "DeviceAugment"]
+_JPEG_LOADER = "JPEG bytes and crop draws, decoded on the device"
+
+
+@pytest.mark.parametrize(("overrides", "stages", "outputs"), [
+    ((), _WORKER_DECODE_STAGES, ["float32", "uint8", "uint8, RandAugment on the device", _JPEG_LOADER]),
+    (("augment_on_device=true", "decode_on_device=true"), _DEVICE_DECODE_STAGES, ["float32", "uint8", _JPEG_LOADER]),
+    # no RandAugment: the JPEG loader must not switch augment_on_device on (it would look for a policy to move)
+    (("auto_augment=null", "color_jitter=0", "decode_on_device=true"), _DEVICE_DECODE_STAGES,
+     ["float32", "uint8", _JPEG_LOADER]),
+], ids=["workers_decode", "decode_on_device", "decode_on_device_no_rand_augment"])
+def test_data_pipeline_times_every_placement_of_the_augmentation(tmp_path: Path, overrides: tuple[str, ...],
+                                                                 stages: list[str], outputs: list[str]):
+    """On a tiny folder: the stage costs of the config's own pipeline, a loader rate for float32, uint8, uint8 with
+    RandAugment on the device (whose workers no longer run RandAugment; only where the config runs it in the
+    workers) and JPEG bytes (decode_on_device), and the device decoding's cost."""
     data = write_image_folder(tmp_path / "images", train_per_class=6)
     out = tmp_path / "pipeline.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "data_pipeline.py"), "--config",
                            str(ROOT / "configs" / "fashion_imagenet" / "softmax.yaml"), "--data-dir", str(data),
                            "--images", "4", "--workers", "1", "--batches", "2", "--out", str(out), "batch_size=2",
-                           "img_size=32"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+                           "img_size=32", *overrides], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert "RandAugment" in result["stages_ms_per_image"]
-    assert [row["output"] for row in result["loaders"]] == ["float32", "uint8", "uint8, RandAugment on the device",
-                                                            "JPEG bytes and crop draws, decoded on the device"]
+    assert list(result["stages_ms_per_image"]) == stages
+    assert result["stages_ms_per_image"]["DeviceAugment"] > 0 and result["img_per_s_per_core"] > 0
+    assert [row["output"] for row in result["loaders"]] == outputs
     assert all(row["img_per_s"] > 0 for row in result["loaders"])
     assert result["device_decode"]["device"] == "cpu" and result["device_decode"]["ms_per_image"] > 0
 
