@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from vitzoo.ops import set_backend, toeplitz_attention, toeplitz_attention_reference
+from vitzoo.ops.launch import KeptLaunches
 from vitzoo.ops.testing import relative_error
 
 from ..markers import DEVICE, needs_cuda, needs_kernels
@@ -94,3 +95,32 @@ def test_16bit_kernels_match_float64_reference(dtype):
     for name, got, expected in (("out", out, ref_out), ("dqkv", dqkv, ref_dqkv), ("dlags", dlags, ref_dlags)):
         error = relative_error(got.cpu(), expected)
         assert error < 2e-2, f"{name}: relative error {error:.1e}"
+
+
+@needs_kernels
+def test_inference_calls_reuse_their_kept_launch(monkeypatch):
+    """An eager call without gradients and with the key of an earlier one skips the checks and repeats the kept
+    launch on its own tensors (the output poisoned); another length, and fp64 lags (cast, so not kept), are checked
+    again; every call matches float64."""
+    from vitzoo.ops.toeplitz_attention import function
+
+    monkeypatch.setattr(function, "_KEPT", KeptLaunches())
+    checks = []
+    check = function.check_inputs
+    monkeypatch.setattr(function, "check_inputs", lambda *a: checks.append(1) or check(*a))
+    real_empty = torch.empty
+    set_backend("triton")
+    try:
+        with torch.no_grad():
+            monkeypatch.setattr(torch, "empty", lambda *a, **kw: real_empty(*a, **kw).fill_(float("nan")))
+            for seed, length, lag_dtype, expected_checks in [(1, 13, torch.float32, 1), (2, 13, torch.float32, 1),
+                                                             (3, 9, torch.float32, 2), (4, 9, torch.float32, 2),
+                                                             (5, 9, torch.float64, 3), (6, 9, torch.float64, 4)]:
+                qkv, lags, _ = _inputs(2, length, 2, 8, torch.float32, seed)
+                out = toeplitz_attention(*qkv.unbind(2), lags.to(lag_dtype))
+                expected = toeplitz_attention_reference(*qkv.double().cpu().unbind(2), lags.double().cpu())
+                assert relative_error(out.cpu(), expected) < 1e-5
+                assert len(checks) == expected_checks
+    finally:
+        set_backend("auto")
+    assert len(function._KEPT.launches) == 2

@@ -4,10 +4,12 @@ kernels do).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ..launch import cached_launcher
+from ..launch import KeptLaunches, bind_launch, cached_launcher, inference_key
 from ..utils import KERNEL_DTYPES, MAX_HEAD_DIM, cast_to, cdiv, interpreting, kernel_backend, triton_available
 from . import heuristics
 from .reference import check_inputs, toeplitz_attention_reference
@@ -29,15 +31,35 @@ if triton_available():
     def _strides(t: torch.Tensor) -> tuple[int, int, int]:
         return t.stride(0), t.stride(1), t.stride(2)
 
-    def _toeplitz_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lags: torch.Tensor
-                                ) -> torch.Tensor:
+    def _fwd_launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lags: torch.Tensor
+                    ) -> tuple[torch.Tensor, tuple[int, int], tuple, dict]:
+        """The forward's output buffer and its launch: (out, grid, arguments, keywords)."""
         batch, length, heads, _ = q.shape
         out = torch.empty((batch, length, heads, v.shape[-1]), dtype=q.dtype, device=q.device)
-        cached_launcher(_toeplitz_attention_fwd_kernel)[(batch * heads, cdiv(length, heuristics.BLOCK_T))](
-            q, k, v, lags, out, length, heads, *_strides(q), *_strides(k), *_strides(v), *_strides(out),
-            **_meta(q, v),
-        )
+        args = (q, k, v, lags, out, length, heads, *_strides(q), *_strides(k), *_strides(v), *_strides(out))
+        return out, (batch * heads, cdiv(length, heuristics.BLOCK_T)), args, _meta(q, v)
+
+    def _toeplitz_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lags: torch.Tensor
+                                ) -> torch.Tensor:
+        out, grid, args, keywords = _fwd_launch(q, k, v, lags)
+        cached_launcher(_toeplitz_attention_fwd_kernel)[grid](*args, **keywords)
         return out
+
+    def _bound_inference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lags: torch.Tensor
+                         ) -> tuple[torch.Tensor, Callable[..., torch.Tensor]]:
+        """The output of an eager call, and ``repeat(q, k, v, lags)``, which computes it for other inputs of the same
+        key with a bound launch."""
+        out, grid, args, keywords = _fwd_launch(q, k, v, lags)
+        bound = bind_launch(_toeplitz_attention_fwd_kernel, grid, args, keywords)
+        sizes = args[5:]  # the length, heads and strides after the tensors
+        out_shape = out.shape
+
+        def repeat(q, k, v, lags):
+            out = torch.empty(out_shape, dtype=q.dtype, device=q.device)
+            bound(q, k, v, lags, out, *sizes)
+            return out
+
+        return out, repeat
 
     class _ToeplitzAttentionFunction(torch.autograd.Function):
         @staticmethod
@@ -82,6 +104,10 @@ def runs_kernels(device: torch.device, dtype: torch.dtype, head_dim_k: int, head
             and head_dim_k == head_dim_v <= MAX_HEAD_DIM)
 
 
+# The launches kept for eager calls with nothing to differentiate, by the inference_key of q, k, v and the lags.
+_KEPT = KeptLaunches()
+
+
 def toeplitz_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lags: torch.Tensor) -> torch.Tensor:
     """o_t = sum_s T[t, s] (q_t . k_s) v_s per batch and head, T[t, s] = lags[s - t + N - 1] (``reference.py``).
 
@@ -98,13 +124,22 @@ def toeplitz_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lags: 
     runs, with gradients under activation checkpointing, so that autograd keeps the O(B N H D) inputs rather than
     the (B, H, N, N) scores.
     """
+    key = inference_key(q, k, v, lags)
+    kept = _KEPT.get(key)
+    if kept is not None:
+        return kept(q, k, v, lags)
     check_inputs(q, k, v, lags)
     if not (q.dtype == k.dtype == v.dtype and runs_kernels(q.device, q.dtype, q.shape[-1], v.shape[-1])):
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, lags)):
             return checkpoint(toeplitz_attention_reference, q, k, v, lags, use_reentrant=False)
         return toeplitz_attention_reference(q, k, v, lags)
-    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    kernel_lags = cast_to(lags, torch.float32).contiguous()
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, lags)):
-        return _ToeplitzAttentionFunction.apply(q, k, v, kernel_lags)
-    return _toeplitz_attention_fwd(q, k, v, kernel_lags)
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        return _ToeplitzAttentionFunction.apply(q, k, v, cast_to(lags, torch.float32).contiguous())
+    if not (lags.dtype == torch.float32 and lags.is_contiguous() and all(t.stride(-1) == 1 for t in (q, k, v))):
+        # the call's tensors are not the ones the kernel reads: launch without keeping
+        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+        return _toeplitz_attention_fwd(q, k, v, cast_to(lags, torch.float32).contiguous())
+    out, repeat = _bound_inference(q, k, v, lags)
+    _KEPT.keep(key, repeat)
+    return out
