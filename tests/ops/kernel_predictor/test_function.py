@@ -50,7 +50,7 @@ CASES = [  # (b, n, c, groups, k)
     (3, 37, 12, 3, 3),     # a partial block of images, groups of 4 channels (padded to 16), odd token count
     (17, 70, 130, 2, 3),   # two image blocks, groups of 65 channels, three channel blocks of the mean
     (2, 5, 8, 1, 5),       # one group, 5 x 5 kernels
-    (2, 530, 8, 2, 3),     # three token spans, the last one partial
+    (2, 530, 8, 2, 3),     # nine token spans, the last one partial
 ]
 
 

@@ -15,7 +15,8 @@ from ..markers import DEVICE, needs_cuda, needs_kernels
 
 CASES = [  # (B, N, H, D)
     (2, 13, 3, 8),   # one tile each way, odd N
-    (1, 70, 2, 16),  # two query and key blocks, a partial one last
+    (1, 70, 2, 16),  # one forward query block, three key steps; two key blocks of the gradients, a partial one last
+    (1, 150, 1, 8),  # two forward query blocks, the second partial; three gradient blocks each way
     (3, 1, 1, 5),    # one token, a head dim below the tile's 16
 ]
 

@@ -21,12 +21,17 @@ if triton_available():
         _toeplitz_attention_fwd_kernel,
     )
 
-    def _meta(q: torch.Tensor, v: torch.Tensor) -> dict:
+    def _meta(q: torch.Tensor, v: torch.Tensor, forward: bool = False) -> dict:
+        """The launch keywords of the forward kernel (``forward``) or of the gradient kernels."""
         dk, dv = q.shape[-1], v.shape[-1]
+        if forward:
+            tiles = dict(BLOCK_T=heuristics.FWD_BLOCK_T, BLOCK_S=heuristics.FWD_BLOCK_S,
+                         num_warps=heuristics.FWD_NUM_WARPS, num_stages=heuristics.FWD_NUM_STAGES)
+        else:
+            tiles = dict(BLOCK_T=heuristics.BLOCK_T, BLOCK_S=heuristics.BLOCK_S, num_warps=heuristics.NUM_WARPS,
+                         num_stages=heuristics.NUM_STAGES)
         return dict(DK=dk, DV=dv, BLOCK_DK=heuristics.block_d(dk), BLOCK_DV=heuristics.block_d(dv),
-                    BLOCK_T=heuristics.BLOCK_T, BLOCK_S=heuristics.BLOCK_S,
-                    PREC="ieee" if interpreting() or q.dtype == torch.float32 else "native",
-                    num_warps=heuristics.NUM_WARPS, num_stages=heuristics.NUM_STAGES)
+                    PREC="ieee" if interpreting() or q.dtype == torch.float32 else "native", **tiles)
 
     def _strides(t: torch.Tensor) -> tuple[int, int, int]:
         return t.stride(0), t.stride(1), t.stride(2)
@@ -37,7 +42,7 @@ if triton_available():
         batch, length, heads, _ = q.shape
         out = torch.empty((batch, length, heads, v.shape[-1]), dtype=q.dtype, device=q.device)
         args = (q, k, v, lags, out, length, heads, *_strides(q), *_strides(k), *_strides(v), *_strides(out))
-        return out, (batch * heads, cdiv(length, heuristics.BLOCK_T)), args, _meta(q, v)
+        return out, (batch * heads, cdiv(length, heuristics.FWD_BLOCK_T)), args, _meta(q, v, forward=True)
 
     def _toeplitz_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lags: torch.Tensor
                                 ) -> torch.Tensor:
