@@ -23,6 +23,7 @@ STUDY = RESULTS / "fashion_mnist_study"
 COMPILE = RESULTS / "compile_models" / "h200.json"
 FASHION_IMAGENET = RESULTS / "fashion_imagenet" / "h200.json"
 DATA_PIPELINE = RESULTS / "data_pipeline" / "cpu.json"
+DATA_PIPELINE_GPU = RESULTS / "data_pipeline" / "h100.json"
 OFFICIAL = RESULTS / "official_speed" / "h100.json"
 
 
@@ -55,6 +56,8 @@ def render(root: Path) -> dict[Path, str]:
                                         fashion_mnist.imagenet_shape_table(root / FASHION_IMAGENET))
     docs_text = replace_between_markers(docs_text, fashion_mnist.PIPELINE_MARKERS,
                                         fashion_mnist.pipeline_table(root / DATA_PIPELINE))
+    docs_text = replace_between_markers(docs_text, fashion_mnist.GPU_PIPELINE_MARKERS,
+                                        fashion_mnist.pipeline_table(root / DATA_PIPELINE_GPU))
     docs_text = replace_between_markers(docs_text, zoo_sweep.MARKERS,
                                         zoo_sweep.to_markdown(zoo_sweep.load(root / ZOO_SWEEP)))
     return {readme: readme_text, docs: docs_text}

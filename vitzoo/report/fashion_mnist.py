@@ -20,6 +20,7 @@ from vitzoo.report import pareto
 BUDGET_MARKERS = ("<!-- fmnist-table:start -->", "<!-- fmnist-table:end -->")
 STUDY_MARKERS = ("<!-- study-table:start -->", "<!-- study-table:end -->")
 PIPELINE_MARKERS = ("<!-- data-pipeline-table:start -->", "<!-- data-pipeline-table:end -->")
+GPU_PIPELINE_MARKERS = ("<!-- data-pipeline-gpu-table:start -->", "<!-- data-pipeline-gpu-table:end -->")
 IMAGENET_SHAPE_MARKERS = ("<!-- fashion-imagenet-table:start -->", "<!-- fashion-imagenet-table:end -->")
 # how the study table names a family where the family's name alone would hide what it is
 _STUDY_LABELS = {"qtvit": "QT-ViT-1", "fem": "fem (linear prior)", "linear": "linear (ReLU)",
