@@ -144,24 +144,36 @@ def test_bound_launch_of_an_uncacheable_call_launches_through_triton(kernel):
 @needs_kernels
 def test_kept_launches_hold_no_tensors(monkeypatch):
     """What an op keeps for its inference calls holds no tensor: the first call's inputs and outputs are freed."""
-    from vitzoo.ops import layer_norm, linear_attention, local_conv, set_backend
+    from vitzoo.ops import (
+        delta_rule_bidirectional,
+        layer_norm,
+        linear_attention,
+        local_conv,
+        set_backend,
+        toeplitz_attention,
+    )
+    from vitzoo.ops.delta_rule import function as delta_rule_function
     from vitzoo.ops.layer_norm import function as layer_norm_function
     from vitzoo.ops.linear_attention import function as linear_attention_function
     from vitzoo.ops.local_conv import function as local_conv_function
+    from vitzoo.ops.toeplitz_attention import function as toeplitz_function
 
-    functions = (layer_norm_function, linear_attention_function, local_conv_function)
+    functions = (layer_norm_function, linear_attention_function, local_conv_function, delta_rule_function,
+                 toeplitz_function)
     for function in functions:
         monkeypatch.setattr(function, "_KEPT", launch.KeptLaunches())
     set_backend("triton")
     try:
         x, weight = torch.randn(2, 5, 16, device=DEVICE), torch.randn(16, device=DEVICE)
         q, kernel = torch.randn(1, 5, 2, 16, device=DEVICE), torch.randn(1, 16, 3, 3, device=DEVICE)
+        beta, lags = torch.randn(1, 5, 2, device=DEVICE), torch.randn(2, 9, device=DEVICE)
         with torch.no_grad():
             outputs = [layer_norm(x, weight, weight), linear_attention(q, q, q, feature_map="relu", normalize=True),
-                       local_conv(x, kernel, (2, 2), 1)]
+                       local_conv(x, kernel, (2, 2), 1), delta_rule_bidirectional(q, q, q, beta, beta_logits=True),
+                       toeplitz_attention(q, q, q, lags)]
         assert all(len(function._KEPT.launches) == 1 for function in functions)
-        freed = [weakref.ref(t) for t in (x, weight, q, kernel, *outputs)]
-        del x, weight, q, kernel, outputs
+        freed = [weakref.ref(t) for t in (x, weight, q, kernel, beta, lags, *outputs)]
+        del x, weight, q, kernel, beta, lags, outputs
         gc.collect()
         assert all(ref() is None for ref in freed)
     finally:

@@ -14,6 +14,7 @@ from vitzoo.ops.delta_rule import (
     delta_rule_triton,
     l2_normalize,
 )
+from vitzoo.ops.launch import KeptLaunches
 from vitzoo.ops.testing import relative_error
 
 from .cases import bidirectional_recurrent, make_inputs, needs_cuda, needs_interpreter
@@ -90,9 +91,9 @@ def test_interp_inference_matches_recurrent_reference(n, dv, directions, one_pas
     one kernel while the sequences fill the GPU (on the interpreter: always), else the training forward's three
     kernels (forced here by a GPU of 10^6 multiprocessors). dv=72 runs two value blocks (the second partial);
     n=65 and 197 end on a partial chunk, which the reversed scan meets first; q, k, v are strided views into
-    NaN-filled buffers."""
+    NaN-filled buffers. The one-pass call keeps its launches (:func:`_bound_inference`)."""
     from vitzoo.ops.delta_rule import function, heuristics
-    from vitzoo.ops.delta_rule.function import _delta_rule_infer
+    from vitzoo.ops.delta_rule.function import _bound_inference, _delta_rule_infer
 
     if not one_pass:
         monkeypatch.setattr(heuristics, "_programs_to_fill", lambda device: 10 ** 6)
@@ -106,13 +107,47 @@ def test_interp_inference_matches_recurrent_reference(n, dv, directions, one_pas
     inputs = [poisoned_view(t.float(), pad=3) for t in (q, k, v)] + [beta.float()]
     # the public entry must take the inference forward: the training forward's autograd function may not run
     monkeypatch.setattr(function._DeltaRuleFunction, "apply", _raises)
+    monkeypatch.setattr(function, "_KEPT", KeptLaunches())
     infer_calls = []
     monkeypatch.setattr(function, "_delta_rule_infer",
-                        lambda *args, **kwargs: infer_calls.append(1) or _delta_rule_infer(*args, **kwargs))
+                        lambda *args, **kwargs: infer_calls.append("infer") or _delta_rule_infer(*args, **kwargs))
+    monkeypatch.setattr(function, "_bound_inference",
+                        lambda *args, **kwargs: infer_calls.append("bound") or _bound_inference(*args, **kwargs))
     out = delta_rule_triton(*inputs, directions=directions)
-    assert infer_calls == [1]
+    assert infer_calls == ["bound" if one_pass else "infer"]
     assert out.dtype == torch.float32 and not out.isnan().any()
     assert relative_error(out, ref) < 1e-5
+
+
+@needs_interpreter
+def test_interp_inference_calls_reuse_their_kept_launches(monkeypatch):
+    """A one-pass inference call with the key of an earlier one skips the checks and repeats the two kept launches on
+    its own tensors (the outputs and work buffers poisoned); another direction, and the three-kernel path (a GPU of
+    10^6 multiprocessors), are checked again and the latter keeps nothing; every call matches float64."""
+    from vitzoo.ops.delta_rule import function, heuristics
+
+    monkeypatch.setattr(function, "_KEPT", KeptLaunches())
+    checks = []
+    check = function.check_inputs
+    monkeypatch.setattr(function, "check_inputs", lambda *a: checks.append(1) or check(*a))
+    real_empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: real_empty(*a, **kw).fill_(float("nan")))
+    calls = [(1, "both", False, 1), (2, "both", False, 1), (3, "reverse", False, 2), (4, "reverse", False, 2),
+             (5, "both", True, 3), (6, "both", True, 4)]
+    for seed, directions, three_kernels, expected_checks in calls:
+        if three_kernels:
+            monkeypatch.setattr(heuristics, "_programs_to_fill", lambda device: 10 ** 6)
+            monkeypatch.setattr(function, "_KEPT", KeptLaunches())
+        q, k, v, beta = make_inputs(2, 37, 2, 16, dv=24, seed=seed)
+        if directions == "both":
+            ref = bidirectional_recurrent(q, k, v, beta)
+        else:
+            ref = delta_rule_recurrent_reference(l2_normalize(q), l2_normalize(k), v, beta, reverse=True)
+        inputs = [poisoned_view(t.float(), pad=3) for t in (q, k, v)] + [beta.float()]
+        out = delta_rule_triton(*inputs, directions=directions)
+        assert relative_error(out, ref) < 1e-5
+        assert len(checks) == expected_checks
+        assert len(function._KEPT.launches) == (0 if three_kernels else 2 if directions == "reverse" else 1)
 
 
 @needs_interpreter

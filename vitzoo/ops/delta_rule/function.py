@@ -6,9 +6,11 @@ Eager calls launch the kernels directly; inside ``torch.compile`` the custom ops
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-from ..launch import launcher
+from ..launch import KeptLaunches, bind_launch, inference_key, launcher
 from ..utils import cdiv, check_kernel_qkv, kernel_backend, triton_available
 from .heuristics import DEFAULT_LAUNCH, LaunchSettings, block_sizes, chunk_size, dot_mode, one_pass_inference
 from .reference import check_inputs, delta_rule_bidirectional_reference
@@ -59,35 +61,83 @@ if triton_available():
         if not one_pass_inference(b * h, dv, q.device, launch):
             return _three_kernel_forward(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, beta_logits,
                                          chunk_size(n, launch), False, direct_launch, launch)[0]
+        o, wy, scan = _one_pass_launches(q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, beta_logits, launch)
+        for kernel, (grid, args, keywords) in ((_delta_rule_wy_kernel, wy), (_delta_rule_scan_output_kernel, scan)):
+            launcher(kernel, direct_launch)[grid](*args, **keywords)
+        return o
+
+    def _one_pass_launches(
+            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, beta_logits: bool, launch: LaunchSettings,
+    ) -> tuple[torch.Tensor, tuple, tuple]:
+        """The one-pass inference's output buffer and its two launches, the WY kernel's and then the scan's, each
+        (grid, arguments, keywords)."""
+        b, n, h, dk = q.shape
+        dv = v.shape[-1]
         chunk = chunk_size(n, launch, one_pass=True)
         # one program per sequence and value block: both directions run inside it
         bk, bv, bv_seq = block_sizes(dk, dv, b * h, q.device, launch)
         o = torch.empty(b, n, h, dv, device=q.device, dtype=v.dtype)
         common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, L2NORM=qk_l2norm, DOT_MODE=dot_mode(q.dtype))
-        w, u = _wy_factors(k, v, beta, torch.empty(0, device=q.device, dtype=q.dtype), num_dirs, beta_logits, bv,
-                           common, direct_launch, launch)
-        launcher(_delta_rule_scan_output_kernel, direct_launch)[(cdiv(dv, bv_seq), b * h)](
-            q, k, w, u, o, *_strides(q), *_strides(k), *_strides(o), n, h, dk, dv, scale,
-            BV=bv_seq, NUM_DIRS=num_dirs, num_warps=launch.num_warps, **common,
-        )
-        return o
+        w, u = _wy_buffers(k, v, num_dirs)
+        wy = _wy_launch(k, v, beta, w, u, torch.empty(0, device=q.device, dtype=q.dtype), num_dirs, beta_logits, bv,
+                        common, launch)
+        scan_args = (q, k, w, u, o, *_strides(q), *_strides(k), *_strides(o), n, h, dk, dv, scale)
+        scan = ((cdiv(dv, bv_seq), b * h), scan_args,
+                dict(BV=bv_seq, NUM_DIRS=num_dirs, num_warps=launch.num_warps, **common))
+        return o, wy, scan
+
+    def _bound_inference(
+            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
+            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, beta_logits: bool,
+    ) -> tuple[torch.Tensor, Callable[..., torch.Tensor]]:
+        """The output of an eager one-pass inference call, and ``repeat(q, k, v, beta)``, which computes it for other
+        inputs of the same key with bound launches."""
+        o, (wy_grid, wy_args, wy_keywords), (scan_grid, scan_args, scan_keywords) = _one_pass_launches(
+            q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, beta_logits, DEFAULT_LAUNCH)
+        wy = bind_launch(_delta_rule_wy_kernel, wy_grid, wy_args, wy_keywords)
+        scan = bind_launch(_delta_rule_scan_output_kernel, scan_grid, scan_args, scan_keywords)
+        wy_sizes, scan_sizes = wy_args[6:], scan_args[5:]  # the arguments after the tensors
+        o_shape = o.shape
+
+        def repeat(q, k, v, beta):
+            w, u = _wy_buffers(k, v, num_dirs)
+            o = torch.empty(o_shape, device=q.device, dtype=v.dtype)
+            wy(k, v, beta, w, u, torch.empty(0, device=q.device, dtype=q.dtype), *wy_sizes)
+            scan(q, k, w, u, o, *scan_sizes)
+            return o
+
+        return o, repeat
+
+    def _wy_buffers(k: torch.Tensor, v: torch.Tensor, num_dirs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The WY kernel's W and U outputs, uninitialised."""
+        b, n, h, dk = k.shape
+        return (torch.empty(num_dirs, b * h, n, dk, device=k.device, dtype=k.dtype),
+                torch.empty(num_dirs, b * h, n, v.shape[-1], device=k.device, dtype=k.dtype))
+
+    def _wy_launch(
+            k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
+            t_invs: torch.Tensor, num_dirs: int, beta_logits: bool, bv: int, common: dict, launch: LaunchSettings,
+    ) -> tuple[tuple[int, int], tuple, dict]:
+        """The WY kernel's (grid, arguments, keywords): (W, U) of every chunk and direction into ``w`` and ``u``, and
+        T^T into ``t_invs`` unless it is empty; ``common`` holds the chunk and the other settings the caller's kernels
+        share."""
+        b, n, h, dk = k.shape
+        dv = v.shape[-1]
+        chunk = common["BT"]
+        return ((cdiv(n, chunk), b * h),
+                (k, v, beta, w, u, t_invs, *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv),
+                dict(LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=t_invs.numel() > 0,
+                     BETA_LOGITS=beta_logits, num_warps=launch.wy_num_warps, **common))
 
     def _wy_factors(
             k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, t_invs: torch.Tensor, num_dirs: int,
             beta_logits: bool, bv: int, common: dict, direct_launch: bool, launch: LaunchSettings,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(W, U) of every chunk and direction from the WY kernel, which also writes T^T into ``t_invs`` unless it
-        is empty; ``common`` holds the chunk and the other settings the caller's kernels share."""
-        b, n, h, dk = k.shape
-        dv = v.shape[-1]
-        chunk = common["BT"]
-        w = torch.empty(num_dirs, b * h, n, dk, device=k.device, dtype=k.dtype)
-        u = torch.empty(num_dirs, b * h, n, dv, device=k.device, dtype=k.dtype)
-        launcher(_delta_rule_wy_kernel, direct_launch)[(cdiv(n, chunk), b * h)](
-            k, v, beta, w, u, t_invs, *_strides(k), *_strides(v), *beta.stride(), n, h, dk, dv,
-            LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=t_invs.numel() > 0,
-            BETA_LOGITS=beta_logits, num_warps=launch.wy_num_warps, **common,
-        )
+        """(W, U) from the WY kernel (:func:`_wy_launch`)."""
+        w, u = _wy_buffers(k, v, num_dirs)
+        grid, args, keywords = _wy_launch(k, v, beta, w, u, t_invs, num_dirs, beta_logits, bv, common, launch)
+        launcher(_delta_rule_wy_kernel, direct_launch)[grid](*args, **keywords)
         return w, u
 
     def _three_kernel_forward(
@@ -196,6 +246,10 @@ if triton_available():
             return (*grads, None, None, None, None, None)
 
 
+# The launches kept for eager one-pass inference calls, by the inference_key of q, k, v, beta and the options.
+_KEPT = KeptLaunches()
+
+
 def delta_rule_triton(
         q: torch.Tensor,
         k: torch.Tensor,
@@ -212,6 +266,13 @@ def delta_rule_triton(
 
     fp32 / fp16 / bf16 inputs; returns v's dtype. Head dims up to 128 (any size; powers of two are fastest).
     """
+    # plain option values only (a tensor scale is not hashable; its call is checked and launched every time)
+    options = (scale, qk_l2norm, directions, beta_logits)
+    plain = all(o is None or o.__class__ in (bool, int, float, str) for o in options)
+    key = inference_key(q, k, v, beta, options=options) if plain else None
+    kept = _KEPT.get(key)
+    if kept is not None:
+        return kept(q, k, v, beta)
     if not triton_available():
         raise RuntimeError("delta_rule_triton needs triton, which is not installed")
     check_inputs(q, k, v, beta)
@@ -229,6 +290,11 @@ def delta_rule_triton(
     args = (q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, beta_logits)
     if torch.compiler.is_compiling():
         return _delta_rule_infer_op(*args)
+    b, _, h, _ = q.shape
+    if key is not None and one_pass_inference(b * h, v.shape[-1], q.device, DEFAULT_LAUNCH):
+        o, repeat = _bound_inference(*args)
+        _KEPT.keep(key, repeat)
+        return o
     return _delta_rule_infer(*args, direct_launch=True)
 
 
