@@ -35,9 +35,8 @@ if triton_available():
         sums = ((b, cdiv(c, heuristics.MEAN_BLOCK_C), splits), (x, partial, n, c, splits, x.stride(0), x.stride(1)),
                 dict(SPAN=heuristics.MEAN_SPAN, BLOCK_N=heuristics.MEAN_BLOCK_N, BLOCK_C=heuristics.MEAN_BLOCK_C,
                      num_warps=heuristics.NUM_WARPS))
-        taps = kernel_size * kernel_size
-        mlp = ((cdiv(b, heuristics.MLP_BLOCK_B), groups, cdiv(width * taps, heuristics.MLP_BLOCK_J)),
-               (partial, weight1, bias1, weight2, bias2, out, b, c, width, taps, splits, 1.0 / n),
+        mlp = ((cdiv(b, heuristics.MLP_BLOCK_B), groups),
+               (partial, weight1, bias1, weight2, bias2, out, b, c, width, kernel_size * kernel_size, splits, 1.0 / n),
                dict(BLOCK_B=heuristics.MLP_BLOCK_B, BLOCK_D=heuristics.block_width(width),
                     BLOCK_J=heuristics.MLP_BLOCK_J, num_warps=heuristics.NUM_WARPS))
         return sums, mlp

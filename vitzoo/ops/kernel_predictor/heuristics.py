@@ -4,12 +4,12 @@ The token sums: (image, 64-channel block, span of 64 tokens) programs reading bl
 224 px and 65 at 1024 px. On an H100 (triton.testing.do_bench medians, InLine-T's 192 channels in bf16) this ran 16.4
 us a call at 224 px (batch 256) and 15.4 us at 1024 px (batch 12), the fastest of 24 shapes at both (spans of 64 /
 128 / 256 tokens, blocks of 32 / 64 tokens and 64 / 128 / 256 channels, 4 / 8 warps), against 22.8 and 20.5 us for
-spans of 256 in blocks of 32; InLine-T's inference step, replayed from a CUDA graph at 224 px, took 4.61 against 4.73
-ms with them (and the MLP in blocks of 32 images and 128 outputs, which ran within 2 us of these). One program per
-image and channel block walking all tokens took InLine-T's 1024 px forward 5.64 against 4.39 ms with PyTorch's mean.
+spans of 256 in blocks of 32. One program per image and channel block walking all tokens took InLine-T's 1024 px
+forward 5.64 against 4.39 ms with PyTorch's mean.
 
-The MLP: (block of 16 images, group, block of 64 second-layer outputs) programs: 29.3 / 14.1 us a call at the two
-shapes, within 2 us of the best of 15 shapes at each.
+The MLP: (block of 16 images, group) programs, the second layer's outputs in blocks of 64 (18.2 us a call at
+InLine-T's 224 px shape in the H100 profile of the model). A program per block of outputs as well, recomputing the
+first layer in each (432 programs there instead of 48), ran 27.5-29.3 us a call in do_bench at its best shapes.
 """
 from __future__ import annotations
 

@@ -3,11 +3,11 @@
 ``_token_sum_kernel``: one program per (image, block of channels, span of tokens) sums its span in fp32 and writes
 that partial sum (spans keep every SM busy at long sequences and small batches, where one program per image and
 channel block would walk thousands of tokens alone).
-``_predictor_mlp_kernel``: one program per (block of images, group, block of the group's second-layer outputs) adds
-up the group's partial sums into the token means, multiplies them by W1 (fp32 products, IEEE precision as cuBLAS's
-fp32 GEMM), adds b1, takes the exact GELU, then multiplies its block of W2 by that hidden tile, adds b2 and writes
-each output straight to its tap-major place (B, k, k, C). Every output block recomputes the small first layer, so
-that the grid has programs for every SM (one program per (block of images, group) left most of them idle)."""
+``_predictor_mlp_kernel``: one program per (block of images, group) adds up the group's partial sums into the token
+means, multiplies them by W1 (fp32
+products, IEEE precision as cuBLAS's fp32 GEMM), adds b1, takes the exact GELU, then walks the second layer's
+outputs in blocks, each W2 block times the hidden tile plus b2, and writes every output straight to its tap-major
+place (B, k, k, C)."""
 import triton
 import triton.language as tl
 
@@ -50,15 +50,15 @@ def _predictor_mlp_kernel(
     b1 = tl.load(b1_ptr + g * WIDTH + dims, mask=d_mask, other=0.0).to(tl.float32)
     pre = tl.dot(m, w1, input_precision="ieee") + b1[None, :]
     hidden = 0.5 * pre * (1.0 + tl.erf(pre * 0.7071067811865476))
-    # this program's outputs of the group: channel outs // TAPS, tap outs % TAPS
-    outs = tl.program_id(2) * BLOCK_J + tl.arange(0, BLOCK_J)
-    j_mask = outs < WIDTH * TAPS
-    # W2_g as (in, out): W2[g WIDTH TAPS + out, in]
-    w2 = tl.load(w2_ptr + (g * WIDTH * TAPS + outs[None, :]) * WIDTH + dims[:, None],
-                 mask=d_mask[:, None] & j_mask[None, :], other=0.0).to(tl.float32)
-    b2 = tl.load(b2_ptr + g * WIDTH * TAPS + outs, mask=j_mask, other=0.0).to(tl.float32)
-    y = tl.dot(hidden, w2, input_precision="ieee") + b2[None, :]
-    channel = g * WIDTH + outs // TAPS
-    tap = outs % TAPS
-    tl.store(out_ptr + images[:, None] * (TAPS * C) + (tap * C + channel)[None, :],
-             y.to(out_ptr.dtype.element_ty), mask=b_mask[:, None] & j_mask[None, :])
+    for start in range(0, WIDTH * TAPS, BLOCK_J):
+        outs = start + tl.arange(0, BLOCK_J)  # outputs of the group: channel outs // TAPS, tap outs % TAPS
+        j_mask = outs < WIDTH * TAPS
+        # W2_g as (in, out): W2[g WIDTH TAPS + out, in]
+        w2 = tl.load(w2_ptr + (g * WIDTH * TAPS + outs[None, :]) * WIDTH + dims[:, None],
+                     mask=d_mask[:, None] & j_mask[None, :], other=0.0).to(tl.float32)
+        b2 = tl.load(b2_ptr + g * WIDTH * TAPS + outs, mask=j_mask, other=0.0).to(tl.float32)
+        y = tl.dot(hidden, w2, input_precision="ieee") + b2[None, :]
+        channel = g * WIDTH + outs // TAPS
+        tap = outs % TAPS
+        tl.store(out_ptr + images[:, None] * (TAPS * C) + (tap * C + channel)[None, :],
+                 y.to(out_ptr.dtype.element_ty), mask=b_mask[:, None] & j_mask[None, :])
