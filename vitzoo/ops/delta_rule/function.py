@@ -32,6 +32,9 @@ if triton_available():
         _delta_rule_wy_kernel,
     )
 
+    # the training forward's kernels, in launch order (:func:`_three_kernel_launches`)
+    _THREE_KERNELS = (_delta_rule_wy_kernel, _delta_rule_states_kernel, _delta_rule_output_kernel)
+
     def _delta_rule_fwd(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
             scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, beta_logits: bool = False,
@@ -91,23 +94,43 @@ if triton_available():
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
             scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, beta_logits: bool,
     ) -> tuple[torch.Tensor, Callable[..., torch.Tensor]]:
-        """The output of an eager one-pass inference call, and ``repeat(q, k, v, beta)``, which computes it for other
-        inputs of the same key with bound launches."""
-        o, (wy_grid, wy_args, wy_keywords), (scan_grid, scan_args, scan_keywords) = _one_pass_launches(
-            q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, beta_logits, DEFAULT_LAUNCH)
-        wy = bind_launch(_delta_rule_wy_kernel, wy_grid, wy_args, wy_keywords)
-        scan = bind_launch(_delta_rule_scan_output_kernel, scan_grid, scan_args, scan_keywords)
-        wy_sizes, scan_sizes = wy_args[6:], scan_args[5:]  # the arguments after the tensors
-        o_shape = o.shape
+        """The output of an eager inference call (:func:`_delta_rule_infer` with the default launch), and
+        ``repeat(q, k, v, beta)``, which computes it for other inputs of the same key with bound launches."""
+        args = (q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, beta_logits)
+        b, n, h, _ = q.shape
+        if one_pass_inference(b * h, v.shape[-1], q.device, DEFAULT_LAUNCH):
+            o, (wy_grid, wy_args, wy_keywords), (scan_grid, scan_args, scan_keywords) = _one_pass_launches(
+                *args, DEFAULT_LAUNCH)
+            wy = bind_launch(_delta_rule_wy_kernel, wy_grid, wy_args, wy_keywords)
+            scan = bind_launch(_delta_rule_scan_output_kernel, scan_grid, scan_args, scan_keywords)
+            wy_sizes, scan_sizes = wy_args[6:], scan_args[5:]  # the arguments after the tensors
+            o_shape = o.shape
+
+            def repeat(q, k, v, beta):
+                w, u = _wy_buffers(k, v, num_dirs)
+                o = torch.empty(o_shape, device=q.device, dtype=v.dtype)
+                wy(k, v, beta, w, u, torch.empty(0, device=q.device, dtype=q.dtype), *wy_sizes)
+                scan(q, k, w, u, o, *scan_sizes)
+                return o
+
+            return o, repeat
+        chunk = chunk_size(n, DEFAULT_LAUNCH)
+        buffers = _three_kernel_buffers(q, v, num_dirs, chunk, False)
+        launches = _three_kernel_launches(q, k, v, beta, buffers, *args[4:], chunk, DEFAULT_LAUNCH)
+        wy, recurrence, output = (bind_launch(kernel, *launch)
+                                  for kernel, launch in zip(_THREE_KERNELS, launches, strict=True))
+        # the arguments after each launch's tensors: six for the WY kernel, five for the others
+        wy_sizes, recurrence_sizes, output_sizes = (launch_args[tensors:] for (_, launch_args, _), tensors
+                                                    in zip(launches, (6, 5, 5), strict=True))
 
         def repeat(q, k, v, beta):
-            w, u = _wy_buffers(k, v, num_dirs)
-            o = torch.empty(o_shape, device=q.device, dtype=v.dtype)
-            wy(k, v, beta, w, u, torch.empty(0, device=q.device, dtype=q.dtype), *wy_sizes)
-            scan(q, k, w, u, o, *scan_sizes)
+            o, w, u, states, new_v, t_invs = _three_kernel_buffers(q, v, num_dirs, chunk, False)
+            wy(k, v, beta, w, u, t_invs, *wy_sizes)
+            recurrence(k, w, u, states, new_v, *recurrence_sizes)
+            output(q, k, states, new_v, o, *output_sizes)
             return o
 
-        return o, repeat
+        return buffers[0], repeat
 
     def _wy_buffers(k: torch.Tensor, v: torch.Tensor, num_dirs: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The WY kernel's W and U outputs, uninitialised."""
@@ -130,15 +153,38 @@ if triton_available():
                 dict(LOG2_BT=chunk.bit_length() - 1, BV=bv, NUM_DIRS=num_dirs, STORE_T=t_invs.numel() > 0,
                      BETA_LOGITS=beta_logits, num_warps=launch.wy_num_warps, **common))
 
-    def _wy_factors(
-            k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, t_invs: torch.Tensor, num_dirs: int,
-            beta_logits: bool, bv: int, common: dict, direct_launch: bool, launch: LaunchSettings,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(W, U) from the WY kernel (:func:`_wy_launch`)."""
-        w, u = _wy_buffers(k, v, num_dirs)
-        grid, args, keywords = _wy_launch(k, v, beta, w, u, t_invs, num_dirs, beta_logits, bv, common, launch)
-        launcher(_delta_rule_wy_kernel, direct_launch)[grid](*args, **keywords)
-        return w, u
+    def _three_kernel_buffers(
+            q: torch.Tensor, v: torch.Tensor, num_dirs: int, chunk: int, store_t: bool,
+    ) -> tuple[torch.Tensor, ...]:
+        """The three kernels' outputs, uninitialised: (o, W, U, states, V', T); T empty without ``store_t``."""
+        b, n, h, dk = q.shape
+        dv = v.shape[-1]
+        nt = cdiv(n, chunk)
+        work = dict(device=q.device, dtype=q.dtype)
+        return (torch.empty(b, n, h, dv, device=q.device, dtype=v.dtype),
+                torch.empty(num_dirs, b * h, n, dk, **work), torch.empty(num_dirs, b * h, n, dv, **work),
+                torch.empty(num_dirs, b * h, nt, dk, dv, **work), torch.empty(num_dirs, b * h, n, dv, **work),
+                torch.empty((num_dirs, b * h, nt, chunk, chunk) if store_t else (0,), **work))
+
+    def _three_kernel_launches(
+            q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, buffers: tuple[torch.Tensor, ...],
+            scale: float, qk_l2norm: bool, first_dir: int, num_dirs: int, beta_logits: bool, chunk: int,
+            launch: LaunchSettings,
+    ) -> tuple[tuple, tuple, tuple]:
+        """The WY, states and output kernels' launches into ``buffers`` (:func:`_three_kernel_buffers`), each (grid,
+        arguments, keywords)."""
+        b, n, h, dk = q.shape
+        dv = v.shape[-1]
+        o, w, u, states, new_v, t_invs = buffers
+        bk, bv, bv_seq = block_sizes(dk, dv, b * h * num_dirs, q.device, launch)
+        common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, L2NORM=qk_l2norm, DOT_MODE=dot_mode(q.dtype))
+        wy = _wy_launch(k, v, beta, w, u, t_invs, num_dirs, beta_logits, bv, common, launch)
+        recurrence = ((cdiv(dv, bv_seq), b * h, num_dirs), (k, w, u, states, new_v, *_strides(k), n, h, dk, dv),
+                      dict(BV=bv_seq, num_warps=launch.num_warps, **common))
+        output = ((cdiv(n, chunk), b * h),
+                  (q, k, states, new_v, o, *_strides(q), *_strides(k), *_strides(o), n, h, dk, dv, scale),
+                  dict(BV=bv, NUM_DIRS=num_dirs, num_warps=launch.num_warps, **common))
+        return wy, recurrence, output
 
     def _three_kernel_forward(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor,
@@ -146,25 +192,12 @@ if triton_available():
             direct_launch: bool, launch: LaunchSettings,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(o, W, U, states, V', T) from the WY, states and output kernels; T empty without ``store_t``."""
-        b, n, h, dk = q.shape
-        dv = v.shape[-1]
-        nt = cdiv(n, chunk)
-        bk, bv, bv_seq = block_sizes(dk, dv, b * h * num_dirs, q.device, launch)
-        work = dict(device=q.device, dtype=q.dtype)
-        new_v = torch.empty(num_dirs, b * h, n, dv, **work)
-        states = torch.empty(num_dirs, b * h, nt, dk, dv, **work)
-        t_invs = torch.empty((num_dirs, b * h, nt, chunk, chunk) if store_t else (0,), **work)
-        o = torch.empty(b, n, h, dv, device=q.device, dtype=v.dtype)
-        common = dict(BT=chunk, BK=bk, FIRST_DIR=first_dir, L2NORM=qk_l2norm, DOT_MODE=dot_mode(q.dtype))
-        w, u = _wy_factors(k, v, beta, t_invs, num_dirs, beta_logits, bv, common, direct_launch, launch)
-        launcher(_delta_rule_states_kernel, direct_launch)[(cdiv(dv, bv_seq), b * h, num_dirs)](
-            k, w, u, states, new_v, *_strides(k), n, h, dk, dv, BV=bv_seq, num_warps=launch.num_warps, **common,
-        )
-        launcher(_delta_rule_output_kernel, direct_launch)[(nt, b * h)](
-            q, k, states, new_v, o, *_strides(q), *_strides(k), *_strides(o), n, h, dk, dv, scale,
-            BV=bv, NUM_DIRS=num_dirs, num_warps=launch.num_warps, **common,
-        )
-        return o, w, u, states, new_v, t_invs
+        buffers = _three_kernel_buffers(q, v, num_dirs, chunk, store_t)
+        launches = _three_kernel_launches(q, k, v, beta, buffers, scale, qk_l2norm, first_dir, num_dirs, beta_logits,
+                                          chunk, launch)
+        for kernel, (grid, args, keywords) in zip(_THREE_KERNELS, launches, strict=True):
+            launcher(kernel, direct_launch)[grid](*args, **keywords)
+        return buffers
 
     def _delta_rule_bwd(
             q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, grad: torch.Tensor,
@@ -246,7 +279,7 @@ if triton_available():
             return (*grads, None, None, None, None, None)
 
 
-# The launches kept for eager one-pass inference calls, by the inference_key of q, k, v, beta and the options.
+# The launches kept for eager inference calls, by the inference_key of q, k, v, beta and the options.
 _KEPT = KeptLaunches()
 
 
@@ -290,8 +323,7 @@ def delta_rule_triton(
     args = (q, k, v, beta, scale, qk_l2norm, first_dir, num_dirs, beta_logits)
     if torch.compiler.is_compiling():
         return _delta_rule_infer_op(*args)
-    b, _, h, _ = q.shape
-    if key is not None and one_pass_inference(b * h, v.shape[-1], q.device, DEFAULT_LAUNCH):
+    if key is not None:
         o, repeat = _bound_inference(*args)
         _KEPT.keep(key, repeat)
         return o
