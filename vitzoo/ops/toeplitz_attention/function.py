@@ -138,13 +138,14 @@ def toeplitz_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lags: 
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, lags)):
             return checkpoint(toeplitz_attention_reference, q, k, v, lags, use_reentrant=False)
         return toeplitz_attention_reference(q, k, v, lags)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, lags)):
-        q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-        return _ToeplitzAttentionFunction.apply(q, k, v, cast_to(lags, torch.float32).contiguous())
     if not (lags.dtype == torch.float32 and lags.is_contiguous() and all(t.stride(-1) == 1 for t in (q, k, v))):
-        # the call's tensors are not the ones the kernel reads: launch without keeping
+        key = None  # the call's tensors are not the ones the kernel reads: nothing to keep
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-        return _toeplitz_attention_fwd(q, k, v, cast_to(lags, torch.float32).contiguous())
+        lags = cast_to(lags, torch.float32).contiguous()
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, lags)):
+        return _ToeplitzAttentionFunction.apply(q, k, v, lags)
+    if key is None:
+        return _toeplitz_attention_fwd(q, k, v, lags)
     out, repeat = _bound_inference(q, k, v, lags)
     _KEPT.keep(key, repeat)
     return out
