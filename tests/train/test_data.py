@@ -137,7 +137,37 @@ def test_workers_start_by_forkserver_once_cuda_is_initialised(monkeypatch: pytes
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
     assert vdata.loader_workers(2)["multiprocessing_context"] is None  # fork: the cheapest start
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
-    assert vdata.loader_workers(2)["multiprocessing_context"] == "forkserver"
+    assert vdata.loader_workers(2)["multiprocessing_context"].get_start_method() == "forkserver"
+
+
+class _ParentPids(torch.utils.data.Dataset):
+    """Each item is the process id of its worker's parent, and the dataset pickles to more than a pipe's 64 KB (a
+    folder dataset's list of files), which the parent hands to a worker only once that worker has read it."""
+
+    def __init__(self) -> None:
+        self.files = [f"train/class{i % 10}/image_{i:08d}.JPEG" for i in range(20000)]
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> int:
+        import os
+
+        return os.getppid()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads a process's memory map under /proc (Linux)")
+def test_forkserver_workers_are_forked_from_a_server_that_has_imported_torch() -> None:
+    """The forkserver imports what the workers need once (torch among it) and every worker it forks inherits it;
+    otherwise each worker imports torch itself after it is forked, and since a worker reads its dataset only after
+    its imports, the workers of a large dataset start one after another (minutes for 14 workers on a GPU host)."""
+    from torch.utils.data import DataLoader
+
+    arguments = vdata.loader_workers(2, forkserver=True)
+    parents = {int(p) for p in DataLoader(_ParentPids(), batch_size=1, **arguments)}
+    (server,) = parents  # both workers come from the one server, not from this process
+    assert server != __import__("os").getpid()
+    assert "libtorch" in Path(f"/proc/{server}/maps").read_text()
 
 
 @pytest.mark.skipif(not Path(vdata.FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist not installed")

@@ -172,6 +172,6 @@ def test_image_folder_samples_are_the_same_through_forkserver_workers(images: Pa
     expected = torch.stack([dataset[i][0] for i in range(len(dataset))])
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     arguments = vdata.loader_workers(1)
-    assert arguments["multiprocessing_context"] == "forkserver"
+    assert arguments["multiprocessing_context"].get_start_method() == "forkserver"
     ((batch, _),) = list(DataLoader(dataset, batch_size=len(dataset), **arguments))
     torch.testing.assert_close(batch, expected, rtol=0, atol=0)
