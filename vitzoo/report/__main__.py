@@ -17,6 +17,7 @@ from vitzoo.report._readme import replace_between_markers
 
 RESULTS = Path("benchmarks/results")
 COMPARE = speed_report.CURRENT
+COMPARE_SECTIONS = speed_report.SECTIONS
 ZOO_SWEEP = RESULTS / "zoo_sweep" / "h200.csv"
 FASHION_MNIST_ZOO = RESULTS / "fashion_mnist_zoo" / "cpu.csv"
 STUDY = RESULTS / "fashion_mnist_study"
@@ -30,7 +31,8 @@ OFFICIAL = RESULTS / "official_speed" / "h100.json"
 def render(root: Path) -> dict[Path, str]:
     """``{page: its new text}`` for README.md and docs/benchmarks.md of the repository at ``root``."""
     readme, docs = root / "README.md", root / "docs" / "benchmarks.md"
-    comparison = speed_report.load(root / COMPARE)  # the summary, the speed tables and the sizes table
+    comparison = speed_report.load(root / COMPARE)  # the summary, the speed tables and the two-process table
+    sections = speed_report.load(root / COMPARE_SECTIONS)  # the sizes and compiled-training tables
     readme_text = readme.read_text()
     readme_text = replace_between_markers(readme_text, model_table.MARKERS,
                                           model_table.to_markdown(model_table.load_counts(root / model_table.COUNTS)))
@@ -44,10 +46,12 @@ def render(root: Path) -> dict[Path, str]:
     docs_text = replace_between_markers(docs_text, speed_report.MARKERS,
                                         speed_report.to_markdown(comparison))
     docs_text = replace_between_markers(docs_text, fashion_mnist.STUDY_MARKERS, study_table)
+    docs_text = replace_between_markers(docs_text, speed_report.PROCESSES_MARKERS, speed_report.processes_table(
+        comparison[speed_report.PROCESSES_SECTION], "infer", "none", COMPARE, speed_report.PROCESSES_SECTION))
     docs_text = replace_between_markers(docs_text, speed_report.SIZES_MARKERS, speed_report.sizes_table(
-        comparison[speed_report.SIZES_SECTION]))
+        sections[speed_report.SIZES_SECTION]))
     docs_text = replace_between_markers(docs_text, speed_report.COMPILED_TRAIN_MARKERS, speed_report.processes_table(
-        comparison[speed_report.COMPILED_TRAIN_SECTION], "train", "default"))
+        sections[speed_report.COMPILED_TRAIN_SECTION], "train", "default"))
     docs_text = replace_between_markers(docs_text, speed_report.OFFICIAL_MARKERS, speed_report.official_table(
         speed_report.load(root / OFFICIAL), OFFICIAL))
     docs_text = replace_between_markers(docs_text, speed_report.COMPILE_MARKERS,

@@ -1,7 +1,8 @@
 """Speed tables and the throughput- and latency-vs-resolution plots, generated from a ``vitzoo-bench --compare`` JSON.
 
 ``python -m vitzoo.report`` puts the tables of the current comparison (:data:`CURRENT`) into docs/benchmarks.md
-(between the ``speed-tables`` markers) and redraws its plots; for another result file::
+(between the ``speed-tables`` markers) and the README and redraws its plots, and renders the sections of
+:data:`SECTIONS`; for another result file::
 
     python -m vitzoo.report.speed_report --results other.json --readme page.md --plot other.png \
         --latency-plot other_latency.png
@@ -19,14 +20,17 @@ MARKERS = ("<!-- speed-tables:start -->", "<!-- speed-tables:end -->")
 SUMMARY_MARKERS = ("<!-- speed-summary:start -->", "<!-- speed-summary:end -->")
 COMPILE_MARKERS = ("<!-- compile-table:start -->", "<!-- compile-table:end -->")
 SIZES_MARKERS = ("<!-- sizes-table:start -->", "<!-- sizes-table:end -->")
-SIZES_SECTION = "sizes_224"  # the section of CURRENT with the small and base models
+SIZES_SECTION = "sizes_224"  # the section of SECTIONS with the small and base models
 COMPILED_TRAIN_MARKERS = ("<!-- compiled-train-table:start -->", "<!-- compiled-train-table:end -->")
-COMPILED_TRAIN_SECTION = "compiled_train_224"  # the section of CURRENT with the compiled training steps
+COMPILED_TRAIN_SECTION = "compiled_train_224"  # the section of SECTIONS with the compiled training steps
+PROCESSES_MARKERS = ("<!-- processes-table:start -->", "<!-- processes-table:end -->")
+PROCESSES_SECTION = "eager_224_two_processes"  # the section of CURRENT measured in two processes
 OFFICIAL_MARKERS = ("<!-- official-table:start -->", "<!-- official-table:end -->")
 _MODE_NAMES = {"none": "eager", "cuda-graph": "CUDA graph"}
-# the comparison of the current code that the README and docs/benchmarks.md show (older ones stay beside it, one file
-# per GPU)
-CURRENT = Path("benchmarks/results/compare/h100.json")
+# the comparison of the current code that the README and docs/benchmarks.md show (one file per GPU)
+CURRENT = Path("benchmarks/results/compare/h200.json")
+# the H100's comparison, whose sections hold the other model sizes and the compiled training steps
+SECTIONS = Path("benchmarks/results/compare/h100.json")
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -150,7 +154,7 @@ def summary_table(data: dict[str, Any], source: Path = CURRENT) -> str:
                   f"{'/'.join(map(str, train_batches))}" if train_sizes else "")
     lines += ["", f"{_measured_with(info)}: bf16, batch 256 at 224 px and the same tokens per batch above{train_note}, "
               f"median of 3 interleaved repeats in one process per command (`{source.as_posix()}`; its `info` has "
-              "the code revisions and commands, `info.note` says which rows later code replaced)."]
+              "the code revisions, the commands and a note on what they left out)."]
     return "\n".join(lines)
 
 
@@ -160,7 +164,7 @@ def to_markdown(data: dict[str, Any]) -> str:
     sections = [
         f"Measured on {_measured_with(info, full=True)}, bf16 autocast, eager unless a table says otherwise, each "
         "model beside its softmax twin and timm's model in one process, interleaved, 3 repeats (the code revisions "
-        "and commands: the file's `info`; rows that later code replaced: its `info.note`).",
+        "and commands: the file's `info`, with a note on what they left out).",
         "**Inference** (batch 256 at 224 and the same tokens per batch above):",
         inference_table(rows),
     ]
@@ -190,7 +194,7 @@ def to_markdown(data: dict[str, Any]) -> str:
     return "\n\n".join(sections)
 
 
-def sizes_table(section: dict[str, Any]) -> str:
+def sizes_table(section: dict[str, Any], source: Path = SECTIONS, name: str = SIZES_SECTION) -> str:
     """Inference of the other model sizes (a section whose ``parts`` are compare results, one per size): per zoo
     model, replayed from a CUDA graph with the ratios to its softmax twin and timm's model and the device time, and
     eager with its ratio to the twin and host / device ms."""
@@ -210,11 +214,12 @@ def sizes_table(section: dict[str, Any]) -> str:
                              f"{_ratio(row, timm_row)} | {row['device_ms']:.2f} | {eager_cell} |")
     info = section["parts"][0]["info"]
     lines += ["", f"{_measured_with(info)}: bf16, batch 256, each size beside its softmax twin and timm's model in one "
-              f"process, median of 3 interleaved repeats (`{CURRENT.as_posix()}`, section `{SIZES_SECTION}`)."]
+              f"process, median of 3 interleaved repeats (`{source.as_posix()}`, section `{name}`)."]
     return "\n".join(lines)
 
 
-def processes_table(section: dict[str, Any], phase: str, compile_mode: str) -> str:
+def processes_table(section: dict[str, Any], phase: str, compile_mode: str, source: Path = SECTIONS,
+                    name: str = COMPILED_TRAIN_SECTION) -> str:
     """Rows measured in several processes (a section whose ``parts`` are compare results, one per process): per zoo
     model its img/s with the ratios to the softmax twin and timm's model of its own process, host and device ms and
     launches, and those references' own img/s (host-bound rows move between processes, the references with them)."""
@@ -237,8 +242,7 @@ def processes_table(section: dict[str, Any], phase: str, compile_mode: str) -> s
     repeats = sorted({str(info["config"]["repeats"]) for info in infos if "repeats" in info.get("config", {})})
     lines += ["", f"{_measured_with(infos[0])}: bf16, batch {'/'.join(map(str, batches))}, "
               f"{len(infos)} processes one after another, median of "
-              f"{'/'.join(repeats) or 'the'} interleaved repeats (`{CURRENT.as_posix()}`, section "
-              f"`{COMPILED_TRAIN_SECTION}`)."]
+              f"{'/'.join(repeats) or 'the'} interleaved repeats (`{source.as_posix()}`, section `{name}`)."]
     return "\n".join(lines)
 
 
