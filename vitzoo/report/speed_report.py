@@ -1,8 +1,8 @@
 """Speed tables and the throughput- and latency-vs-resolution plots, generated from a ``vitzoo-bench --compare`` JSON.
 
 ``python -m vitzoo.report`` puts the tables of the current comparison (:data:`CURRENT`) into docs/benchmarks.md
-(between the ``speed-tables`` markers) and the README and redraws its plots, and renders the sections of
-:data:`SECTIONS`; for another result file::
+(between the ``speed-tables`` markers) and its summary into the README, redraws its plots, and renders the sections
+of :data:`SECTIONS`; for another result file::
 
     python -m vitzoo.report.speed_report --results other.json --readme page.md --plot other.png \
         --latency-plot other_latency.png
