@@ -808,11 +808,12 @@ def worker_init(worker_id: int) -> None:
     np.random.seed(torch.initial_seed() % 2**32)
 
 
-# What a loader worker needs to unpickle its dataset and transforms. The forkserver imports them once and every worker
-# it forks inherits them; without them each worker imports torch, timm and vitzoo itself, and as the parent hands a
-# dataset of more than a pipe's 64 KB to one worker only after that worker's imports, the workers start one after
-# another (14 workers took about 120 s on a GPU host, for the training and again for the validation loader).
-_WORKER_PRELOAD = ["timm.data", __name__]
+# What a loader worker needs to unpickle its dataset and transforms, after the main script (multiprocessing's own
+# default). The forkserver imports them once and every worker it forks inherits them; without them each worker imports
+# torch, timm and vitzoo itself, and as the parent hands a dataset of more than a pipe's 64 KB to one worker only after
+# that worker's imports, the workers start one after another (14 workers took about 120 s on a GPU host, for the
+# training and again for the validation loader).
+_WORKER_PRELOAD = ["__main__", "timm.data", __name__]
 
 
 def loader_workers(workers: int, forkserver: bool | None = None) -> dict[str, Any]:
