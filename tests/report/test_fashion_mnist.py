@@ -1,7 +1,9 @@
 """The Fashion-MNIST tables: one row per family with the provenance line, and the study's ranking."""
 import json
 
-from vitzoo.bench.common import write_csv
+import pytest
+
+from vitzoo.bench.common import read_csvs, write_csv
 from vitzoo.report import fashion_mnist
 from vitzoo.report.fashion_mnist import budget_table, study_table
 
@@ -92,6 +94,22 @@ def test_imagenet_shape_points_average_finished_seeds_and_table_marks_ema(tmp_pa
     assert "48.00 / 99.00 (EMA)" in table and "| unfinished |" in table and "abc1234" not in table
     assert "| device RandAugment, CUDA-graph steps |" in table and "| loader RandAugment, eager steps |" in table
     assert fashion_mnist.imagenet_shape_plot(results, tmp_path / "plot.png")[0].stat().st_size > 0
+
+
+def test_imagenet_shape_plot_takes_the_given_speeds_and_names_a_model_without_one(tmp_path, monkeypatch):
+    data = {"info": {}, "rows": [_imagenet_shape_run("softmax_deit_tiny_patch16_224", 0, 50.0),
+                                 _imagenet_shape_run("qt_deit_tiny_patch16_224", 0, 48.0)]}
+    results = tmp_path / "h200.json"
+    results.write_text(json.dumps(data))
+    plotted = []
+    monkeypatch.setattr(fashion_mnist.pareto, "save_plots",
+                        lambda bench, accuracy, targets, **options: plotted.extend(read_csvs(bench)) or [])
+    fashion_mnist.imagenet_shape_plot(results, tmp_path / "plot.png",
+                                      {"softmax_deit_tiny_patch16_224": 7.0e4, "qt_deit_tiny_patch16_224": 6.0e4})
+    assert {(row["model"], float(row["infer_samples_per_sec"]), row["compile"]) for row in plotted} == {
+        ("softmax_deit_tiny_patch16_224", 7.0e4, "cuda-graph"), ("qt_deit_tiny_patch16_224", 6.0e4, "cuda-graph")}
+    with pytest.raises(ValueError, match="qt_deit_tiny_patch16_224"):
+        fashion_mnist.imagenet_shape_plot(results, tmp_path / "plot.png", {"softmax_deit_tiny_patch16_224": 7.0e4})
 
 
 def test_run_pipeline_names_where_randaugment_and_the_steps_ran():

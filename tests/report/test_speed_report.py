@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from vitzoo.report.speed_report import (
+    graphed_inference,
     inference_table,
     latency_series,
     main,
@@ -22,6 +23,14 @@ RESULTS = ROOT / "benchmarks" / "results" / "compare" / "h200.json"
 def _row(model, size, img_per_s, role, **extra):
     return dict(model=model, img_size=size, phase="infer", compile="none", status="ok", img_per_s=img_per_s,
                 role=role, device_ms=1e3 / img_per_s, **extra)
+
+
+def test_graphed_inference_takes_the_replayed_rows_of_one_resolution():
+    rows = [_row("linear_deit_tiny_patch16_224", 224, 400.0, "zoo") | {"compile": "cuda-graph"},
+            _row("linear_deit_tiny_patch16_224", 224, 300.0, "zoo"),
+            _row("linear_deit_tiny_patch16_224", 1024, 40.0, "zoo") | {"compile": "cuda-graph"},
+            _row("qtvit_1", 224, 90.0, "zoo") | {"compile": "cuda-graph", "status": "failed"}]
+    assert graphed_inference({"rows": rows}, 224) == {"linear_deit_tiny_patch16_224": 400.0}
 
 
 def test_inference_table_ratios_use_the_same_resolution():

@@ -140,10 +140,20 @@ def imagenet_shape_points(data: dict) -> tuple[list[dict], list[dict]]:
     return accuracy, bench
 
 
-def imagenet_shape_plot(results: Path, target: Path) -> list[Path]:
+def imagenet_shape_plot(results: Path, target: Path, speeds: dict[str, float] | None = None) -> list[Path]:
     """Draw the ImageNet-shaped runs' final top-1 (:func:`imagenet_shape_points`) against the same models' inference
-    img/s at 224 px, the front highlighted and the softmax twin as the reference line, into ``target`` (a PNG)."""
+    img/s at 224 px, the front highlighted and the softmax twin as the reference line, into ``target`` (a PNG).
+
+    ``speeds`` (model -> img/s replayed from CUDA graphs, as
+    :func:`vitzoo.report.speed_report.graphed_inference` reads them from a comparison) replace the runs' own eager
+    benchmark rows, which follow the host's load; ValueError names a plotted model it lacks."""
     accuracy, bench = imagenet_shape_points(json.loads(results.read_text()))
+    if speeds is not None:
+        missing = [row["model"] for row in bench if row["model"] not in speeds]
+        if missing:
+            raise ValueError(f"no CUDA-graph inference speed at 224 px for {', '.join(missing)}; measure them with "
+                             "vitzoo-bench --compare --cuda-graph")
+        bench = [row | {"infer_samples_per_sec": speeds[row["model"]], "compile": "cuda-graph"} for row in bench]
     with tempfile.TemporaryDirectory() as folder:
         accuracy_csv, bench_csv = Path(folder) / "top1.csv", Path(folder) / "bench.csv"
         write_csv(accuracy_csv, accuracy, ("model", "top1", "top1_std", "img_size", "dataset"))

@@ -58,6 +58,13 @@ def _measured_with(info: dict[str, Any], full: bool = False) -> str:
     return f"{device}, torch {info['torch']}, triton {info['triton']}{timm}, {info['date'][:10]}"
 
 
+def graphed_inference(data: dict[str, Any], img_size: int) -> dict[str, float]:
+    """Model -> inference img/s replayed from a CUDA graph at ``img_size``, from a comparison's rows: the device's
+    time, which repeats across processes where eager rows follow the host."""
+    return {row["model"]: row["img_per_s"]
+            for row in _ok(data["rows"], phase="infer", compile="cuda-graph", img_size=img_size)}
+
+
 def _zoo_models(rows: list[dict]) -> list[str]:
     return list(dict.fromkeys(r["model"] for r in rows if r.get("role") == "zoo"))
 
