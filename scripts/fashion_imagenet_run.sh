@@ -6,8 +6,9 @@
 #    the four Fashion-MNIST idx .gz files, unless --data already holds a finished build (its COMPLETE file, which
 #    records --per-class; a build with another --per-class is refused).
 # 2. Trains each (family, seed) with `accelerate launch train.py --config configs/fashion_imagenet/<family>.yaml
-#    --data-dir DATA --output RUNS/<family>-seed<k> --resume auto seed=<k>`: one process per run, one run per GPU,
-#    --gpus runs at a time. Each run folder gets train.py's config.yaml, log.jsonl, summary.csv and checkpoints/.
+#    --data-dir DATA --output RUNS/<family>-seed<k> --resume auto seed=<k>`: one process per run, --runs-per-gpu
+#    runs per GPU (default 1), --gpus x --runs-per-gpu runs at a time. Each run folder gets train.py's config.yaml,
+#    log.jsonl, summary.csv and checkpoints/.
 # 3. Evaluates each finished run's last checkpoint on val with eval.py (the EMA weights where the recipe keeps an
 #    EMA: qt, qtvit_1) and appends the row to RESULTS (timm's results columns + vitzoo's; one row per run, the
 #    checkpoint column names the run folder and so the seed; evaluations take turns on a lock, as eval.py replaces
@@ -27,7 +28,9 @@
 #   --seeds "S ..."     seeds (default 0)
 #   --epochs N          epochs (default: the configs' 30); warm-up and cool-down epochs are scaled by N/30, as the
 #                       configs scale the ImageNet recipe's
-#   --gpus N            runs at once, run i on GPU i mod N (default: the number of GPUs nvidia-smi lists, else 1)
+#   --gpus N            GPUs to use, run slot i on GPU i mod N (default: the number of GPUs nvidia-smi lists, else 1)
+#   --runs-per-gpu K    runs sharing each GPU at once (default 1); a graphed DeiT-T run whose loader sets its pace
+#                       leaves most of a large GPU idle, so two or three can share one (give each fewer workers)
 #   --fm-dir DIR        folder of the idx .gz files (default /usr/share/datasets/fashion-mnist if present, else
 #                       device_carry/fashion-mnist, git-ignored, for copies carried to the GPU machine)
 #   --data DIR          the image folder (default data/fashion_imagenet)
@@ -43,13 +46,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PYTHON=${PYTHON:-python3}
-if [ -z "${VIRTUAL_ENV:-}" ] && [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; fi
+# an explicit PYTHON wins; else the active virtual environment's, else the repository's .venv, else python3
+if [ -z "${PYTHON:-}" ]; then
+    PYTHON=python3
+    if [ -z "${VIRTUAL_ENV:-}" ] && [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; fi
+fi
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
 FAMILIES=""
-SEEDS="0" DRY_RUN="" EPOCHS="" GPUS="" FM_DIR="" DATA=data/fashion_imagenet PER_CLASS="" RUNS="" RESULTS=results/fashion_imagenet.csv
+SEEDS="0" DRY_RUN="" EPOCHS="" GPUS="" PER_GPU=1 FM_DIR="" DATA=data/fashion_imagenet PER_CLASS="" RUNS="" RESULTS=results/fashion_imagenet.csv
 OVERRIDES=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -57,6 +63,7 @@ while [ $# -gt 0 ]; do
         --seeds) SEEDS=$2; shift 2 ;;
         --epochs) EPOCHS=$2; shift 2 ;;
         --gpus) GPUS=$2; shift 2 ;;
+        --runs-per-gpu) PER_GPU=$2; shift 2 ;;
         --fm-dir) FM_DIR=$2; shift 2 ;;
         --data) DATA=$2; shift 2 ;;
         --per-class) PER_CLASS=$2; shift 2 ;;
@@ -71,9 +78,9 @@ if [ -z "$FAMILIES" ]; then
     FAMILIES=$("$PYTHON" -c 'from vitzoo.registry import DEIT_FAMILIES, FAMILIES
 print(*DEIT_FAMILIES, FAMILIES["qtvit"].model_name("1"))')
 fi
-for value in "$EPOCHS" "$GPUS" "$PER_CLASS"; do
+for value in "$EPOCHS" "$GPUS" "$PER_CLASS" "$PER_GPU"; do
     [[ -z "$value" || "$value" =~ ^[1-9][0-9]*$ ]] \
-        || { echo "error: --epochs, --gpus and --per-class take a positive integer, got $value" >&2; exit 2; }
+        || { echo "error: --epochs, --gpus, --runs-per-gpu and --per-class take a positive integer, got $value" >&2; exit 2; }
 done
 for family in $FAMILIES; do
     [ -f "configs/fashion_imagenet/$family.yaml" ] \
@@ -138,7 +145,8 @@ print(f"epochs={n} warmup_epochs={c.warmup_epochs * n / c.epochs:g} cooldown_epo
     fi
 }
 
-# One background run per GPU slot; a slot is free when its run has ended (polled: runs last minutes).
+# One background run per slot (--runs-per-gpu slots per GPU); a slot is free when its run has ended (polled: runs
+# last minutes).
 # Job control gives each run its own process group, so a stopped script (timeout, Ctrl-C) also stops its trainers
 # and their loader workers instead of leaving them to race a rerun on the same run folder.
 set -m
@@ -154,14 +162,14 @@ for seed in $SEEDS; do
         [ -f "$RUNS/$family-seed$seed.done" ] && { echo "skip  $family-seed$seed (done)"; continue; }
         while true; do
             free=""
-            for ((i = 0; i < GPUS; i++)); do
+            for ((i = 0; i < GPUS * PER_GPU; i++)); do
                 pid=${SLOT_PID[i]:-}
                 if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then free=$i; break; fi
             done
             [ -n "$free" ] && break
             sleep 10
         done
-        run_one "$free" "$family" "$seed" &
+        run_one "$((free % GPUS))" "$family" "$seed" &
         SLOT_PID[free]=$!
     done
 done

@@ -156,6 +156,33 @@ def test_the_run_script_trains_every_config_by_default():
     assert planned.stdout.split() == [f"{name}-seed{seed}" for seed in (0, 1) for name in names]
 
 
+@pytest.mark.parametrize(("runs_per_gpu", "order"), [("1", ["start", "done", "start", "done"]),
+                                                    ("2", ["start", "start", "done", "done"])])
+def test_the_run_script_shares_a_gpu_between_runs_per_gpu_runs(tmp_path: Path, runs_per_gpu: str, order: list[str]):
+    # A stand-in interpreter: training takes 2 s and evaluation nothing; everything else is the real Python.
+    stand_in = tmp_path / "python"
+    stand_in.write_text(f"""#!/bin/bash
+case "$*" in
+    *accelerate.commands.launch*) sleep 2 ;;
+    *eval.py*) ;;
+    *) exec {sys.executable} "$@" ;;
+esac
+""")
+    stand_in.chmod(0o755)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "COMPLETE").write_text("per_class=all\n")
+    command = ["bash", str(ROOT / "scripts" / "fashion_imagenet_run.sh"), "--families", "linear softmax", "--gpus", "1",
+               "--runs-per-gpu", runs_per_gpu, "--data", str(data), "--runs", str(tmp_path / "runs"),
+               "--results", str(tmp_path / "results.csv")]
+    ran = subprocess.run(command, env={**os.environ, "PYTHON": str(stand_in)}, capture_output=True, text=True,
+                         timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    events = [line.split()[0] for line in ran.stdout.splitlines() if line.startswith(("start", "done"))]
+    assert events == order
+    assert all(" on GPU 0 " in line for line in ran.stdout.splitlines() if line.startswith("start"))
+
+
 @needs_fashion_mnist
 def test_the_run_script_builds_trains_evaluates_and_then_skips_finished_runs(tmp_path: Path):
     # CPU stand-in for the GPU command: a 2-per-class 64 px build, one update of the linear model at 64 px.
