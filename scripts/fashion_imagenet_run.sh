@@ -80,7 +80,8 @@ print(*DEIT_FAMILIES, FAMILIES["qtvit"].model_name("1"))')
 fi
 for value in "$EPOCHS" "$GPUS" "$PER_CLASS" "$PER_GPU"; do
     [[ -z "$value" || "$value" =~ ^[1-9][0-9]*$ ]] \
-        || { echo "error: --epochs, --gpus, --runs-per-gpu and --per-class take a positive integer, got $value" >&2; exit 2; }
+        || { echo "error: --epochs, --gpus, --runs-per-gpu and --per-class take a positive integer, got $value" >&2
+             exit 2; }
 done
 for family in $FAMILIES; do
     [ -f "configs/fashion_imagenet/$family.yaml" ] \
