@@ -201,7 +201,7 @@ def to_markdown(data: dict[str, Any]) -> str:
     return "\n\n".join(sections)
 
 
-def sizes_table(section: dict[str, Any], source: Path = SECTIONS, name: str = SIZES_SECTION) -> str:
+def sizes_table(section: dict[str, Any]) -> str:
     """Inference of the other model sizes (a section whose ``parts`` are compare results, one per size): per zoo
     model, replayed from a CUDA graph with the ratios to its softmax twin and timm's model and the device time, and
     eager with its ratio to the twin and host / device ms."""
@@ -221,7 +221,7 @@ def sizes_table(section: dict[str, Any], source: Path = SECTIONS, name: str = SI
                              f"{_ratio(row, timm_row)} | {row['device_ms']:.2f} | {eager_cell} |")
     info = section["parts"][0]["info"]
     lines += ["", f"{_measured_with(info)}: bf16, batch 256, each size beside its softmax twin and timm's model in one "
-              f"process, median of 3 interleaved repeats (`{source.as_posix()}`, section `{name}`)."]
+              f"process, median of 3 interleaved repeats (`{SECTIONS.as_posix()}`, section `{SIZES_SECTION}`)."]
     return "\n".join(lines)
 
 
