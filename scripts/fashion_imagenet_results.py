@@ -13,8 +13,13 @@ epochs and pipeline replaces them, so runs made on different machines or calls c
 
 A run's pipeline says where RandAugment ran (the loader workers, or the training device with
 ``augment_on_device``) and how the training step ran (eager, or replayed from CUDA graphs with ``cuda_graph``). The
-model-only speed of a CUDA-graph run comes from ``--bench-graphed``, a ``vitzoo-bench --compare --phases train
---cuda-graph`` JSON at the runs' batch: its ``cuda-graph`` training rows.
+model-only speeds of a CUDA-graph run come from ``--bench-graphed``, a ``vitzoo-bench --compare --phases infer train
+--cuda-graph`` JSON at the runs' batch: its ``cuda-graph`` rows at 224 px (``--bench`` is then needed only for eager
+runs).
+
+Runs that shared a GPU (the run script's ``--runs-per-gpu``; give the same number here) measured their end-to-end
+speed on a share of it: their rows keep it, marked with ``runs_per_gpu``, and leave the end-to-end / model-only ratio
+empty.
 
 End-to-end img/s is measured two ways from the training log: over each whole epoch (its training images / its wall
 time, from the first batch request to the last update; the loader's start-up is in the first epoch) and in steady
@@ -40,7 +45,7 @@ from vitzoo.report.fashion_mnist import DEFAULT_PIPELINE, run_pipeline  # noqa: 
 from vitzoo.report.pareto import BENCH_KEYS  # noqa: E402
 from vitzoo.train.loop import read_run_log, read_saved_config  # noqa: E402
 
-CSV_COLUMNS = ("model", "family", "seed", "epochs", "pipeline", "top1", "top5", "end_to_end_img_per_s",
+CSV_COLUMNS = ("model", "family", "seed", "epochs", "pipeline", "runs_per_gpu", "top1", "top5", "end_to_end_img_per_s",
                "steady_end_to_end_img_per_s", "model_only_train_img_per_s", "end_to_end_over_model_only",
                "infer_img_per_s", "max_train_loss", "status")
 
@@ -57,9 +62,10 @@ def steady_rate(train_events: list[dict[str, Any]], global_batch: int) -> float 
 
 
 def run_row(folder: Path, eval_rows: dict[tuple[str, str], dict[str, str]], bench: dict[str, dict[str, str]],
-            graphed_bench: dict[str, float]) -> dict[str, Any]:
+            graphed_bench: dict[str, dict[str, str]], runs_per_gpu: int = 1) -> dict[str, Any]:
     """One run's row: per-epoch metrics and speeds from its log, the final evaluation, the model's benchmark (the
-    CUDA-graph training rate for a run that graphed its steps)."""
+    CUDA-graph rates for a run that graphed its steps); ``runs_per_gpu`` > 1: the run shared its GPU, so its
+    end-to-end speed is not compared with the model-only one."""
     config = read_saved_config(folder)
     events = read_run_log(folder)
     start = next(e for e in events if e["event"] == "start")
@@ -77,11 +83,8 @@ def run_row(folder: Path, eval_rows: dict[tuple[str, str], dict[str, str]], benc
                           "end_to_end_img_per_s": round(images / record["epoch_time"], 1)})
     model = config["model"]
     final = eval_rows.get((folder.parent.name, folder.name))
-    speed = bench.get(model, {})
-    if config.get("cuda_graph"):
-        model_only = graphed_bench.get(model)
-    else:
-        model_only = float(speed["train_samples_per_sec"]) if speed.get("train_samples_per_sec") else None
+    speed = (graphed_bench if config.get("cuda_graph") else bench).get(model, {})
+    model_only = float(speed["train_samples_per_sec"]) if speed.get("train_samples_per_sec") else None
     end_to_end = per_epoch[-1]["end_to_end_img_per_s"] if per_epoch else None
     nonfinite = any(e["event"] == "nonfinite" for e in events)
     status = "non-finite loss" if nonfinite else ("ok" if final and len(per_epoch) == config["epochs"] else
@@ -96,7 +99,9 @@ def run_row(folder: Path, eval_rows: dict[tuple[str, str], dict[str, str]], benc
         "end_to_end_img_per_s": end_to_end,
         "steady_end_to_end_img_per_s": steady_rate(train_events, global_batch),
         "model_only_train_img_per_s": model_only,
-        "end_to_end_over_model_only": round(end_to_end / model_only, 3) if end_to_end and model_only else None,
+        "runs_per_gpu": runs_per_gpu,
+        "end_to_end_over_model_only": (round(end_to_end / model_only, 3)
+                                       if end_to_end and model_only and runs_per_gpu == 1 else None),
         "infer_img_per_s": float(speed["infer_samples_per_sec"]) if speed.get("infer_samples_per_sec") else None,
         "bench": {key: speed.get(key, "") for key in BENCH_KEYS},
         "final_eval": ({"top1": float(final["top1"]), "top5": float(final["top5"]),
@@ -124,14 +129,21 @@ def _bench_rows(path: Path) -> dict[str, dict[str, str]]:
         return {row["model"]: row for row in csv.DictReader(handle) if row.get("infer_img_size") in ("224", "")}
 
 
-def _graphed_bench_rows(path: Path | None, batch: int | None) -> dict[str, float]:
-    """model -> training img/s of the ``cuda-graph`` rows of a ``vitzoo-bench --compare`` JSON (at ``batch``)."""
+def _graphed_bench_rows(path: Path | None, batch: int | None) -> dict[str, dict[str, str]]:
+    """model -> the ``cuda-graph`` rows at 224 px of a ``vitzoo-bench --compare`` JSON (at ``batch``) as a benchmark
+    row: training and inference img/s, precision, device."""
     if path is None:
         return {}
-    rows = json.loads(path.read_text())["rows"]
-    return {row["model"]: row["img_per_s"] for row in rows
-            if row["phase"] == "train" and row["compile"] == "cuda-graph" and row["status"] == "ok"
-            and (batch is None or row["batch"] == batch)}
+    data = json.loads(path.read_text())
+    rows: dict[str, dict[str, str]] = {}
+    for row in data["rows"]:
+        if (row["compile"] == "cuda-graph" and row["status"] == "ok" and row["img_size"] == 224
+                and (batch is None or row["batch"] == batch)):
+            bench = rows.setdefault(row["model"], {"infer_img_size": "224", "compile": "cuda-graph",
+                                                   "precision": data["info"].get("precision", ""),
+                                                   "device": data["info"].get("device", "")})
+            bench[f"{row['phase']}_samples_per_sec"] = str(row["img_per_s"])
+    return rows
 
 
 def _key(row: dict[str, Any]) -> tuple:
@@ -152,10 +164,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=Path, required=True, help="folder of <family>-seed<k> run folders")
     parser.add_argument("--eval", type=Path, required=True, help="eval.py results CSV of those runs")
-    parser.add_argument("--bench", type=Path, required=True, help="vitzoo-bench CSV of the same models at 224 px")
+    parser.add_argument("--bench", type=Path,
+                        help="vitzoo-bench CSV of the same models at 224 px (the model-only speeds of eager runs)")
     parser.add_argument("--bench-graphed", type=Path,
-                        help="vitzoo-bench --compare JSON with cuda-graph training rows at the runs' batch (the "
-                             "model-only speed of runs with cuda_graph=true)")
+                        help="vitzoo-bench --compare JSON with cuda-graph rows at 224 px and the runs' batch (the "
+                             "model-only speeds of runs with cuda_graph=true)")
+    parser.add_argument("--runs-per-gpu", type=int, default=1,
+                        help="runs that shared each GPU (the run script's --runs-per-gpu; default 1)")
     parser.add_argument("--out", type=Path, required=True, help="results JSON (rows merged); the CSV goes beside it")
     parser.add_argument("--command", action="append", default=[], help="a command that made these results")
     parser.add_argument("--git-revision", required=True, help="the code revision the runs used")
@@ -164,13 +179,17 @@ def main(argv: list[str] | None = None) -> None:
     for path in (args.runs, args.eval, args.bench, args.bench_graphed):
         if path is not None and not path.exists():
             parser.error(f"{path} does not exist")
+    if args.bench is None and args.bench_graphed is None:
+        parser.error("give --bench (eager runs) or --bench-graphed (runs with cuda_graph=true) or both")
+    if args.runs_per_gpu < 1:
+        parser.error(f"--runs-per-gpu takes a positive integer, got {args.runs_per_gpu}")
     folders = sorted(p for p in args.runs.iterdir() if p.is_dir() and (p / "log.jsonl").exists())
     if not folders:
         parser.error(f"no run folder with a log.jsonl under {args.runs}")
-    eval_rows, bench = _eval_rows(args.eval), _bench_rows(args.bench)
+    eval_rows, bench = _eval_rows(args.eval), _bench_rows(args.bench) if args.bench else {}
     batch = read_saved_config(folders[0]).get("batch_size")
     graphed_bench = _graphed_bench_rows(args.bench_graphed, batch)
-    new = [run_row(folder, eval_rows, bench, graphed_bench) for folder in folders]
+    new = [run_row(folder, eval_rows, bench, graphed_bench, args.runs_per_gpu) for folder in folders]
     for row in new:
         row["git_revision"] = args.git_revision
     data = json.loads(args.out.read_text()) if args.out.exists() else {"info": {}, "rows": []}

@@ -235,17 +235,33 @@ def test_the_run_script_builds_trains_evaluates_and_then_skips_finished_runs(tmp
     config_file.write_text(config_file.read_text().replace("augment_on_device: false", "augment_on_device: true")
                            .replace("cuda_graph: false", "cuda_graph: true"))
     compare = tmp_path / "compare.json"
-    row_of = {"model": "linear_deit_tiny_patch16_224", "phase": "train", "status": "ok"}
-    compare.write_text(json.dumps({"info": {}, "rows": [
-        {**row_of, "compile": "cuda-graph", "batch": 4, "img_per_s": 700.0},
-        {**row_of, "compile": "cuda-graph", "batch": 8, "img_per_s": 900.0},
-        {**row_of, "compile": "none", "batch": 4, "img_per_s": 250.0}]}))
-    collector.main(["--runs", str(tmp_path / "graphed"), "--eval", str(tmp_path / "results.csv"), "--bench",
-                    str(bench), "--bench-graphed", str(compare), "--out", str(out), "--git-revision", "abc1234"])
+    row_of = {"model": "linear_deit_tiny_patch16_224", "status": "ok", "img_size": 224}
+    compare.write_text(json.dumps({"info": {"device": "NVIDIA H200", "precision": "bf16"}, "rows": [
+        {**row_of, "phase": "train", "compile": "cuda-graph", "batch": 4, "img_per_s": 700.0},
+        {**row_of, "phase": "infer", "compile": "cuda-graph", "batch": 4, "img_per_s": 2100.0},
+        {**row_of, "phase": "train", "compile": "cuda-graph", "batch": 8, "img_per_s": 900.0},
+        {**row_of, "phase": "train", "compile": "cuda-graph", "batch": 4, "img_per_s": 50.0, "img_size": 512},
+        {**row_of, "phase": "train", "compile": "none", "batch": 4, "img_per_s": 250.0}]}))
+    collector.main(["--runs", str(tmp_path / "graphed"), "--eval", str(tmp_path / "results.csv"),
+                    "--bench-graphed", str(compare), "--out", str(out), "--git-revision", "abc1234"])
     rows_now = {row["pipeline"]: row for row in json.loads(out.read_text())["rows"]}
     assert set(rows_now) == {"loader RandAugment, eager steps", "device RandAugment, CUDA-graph steps"}
     assert rows_now["loader RandAugment, eager steps"]["model_only_train_img_per_s"] == 300.0
-    assert rows_now["device RandAugment, CUDA-graph steps"]["model_only_train_img_per_s"] == 700.0
+    graphed = rows_now["device RandAugment, CUDA-graph steps"]
+    assert (graphed["model_only_train_img_per_s"], graphed["infer_img_per_s"]) == (700.0, 2100.0)
+    assert graphed["bench"]["compile"] == "cuda-graph" and graphed["bench"]["device"] == "NVIDIA H200"
+    assert graphed["end_to_end_over_model_only"] is not None and graphed["runs_per_gpu"] == 1
+
+    # Runs that shared their GPU: the end-to-end speed stays, marked, and is not set against the model-only one.
+    collector.main(["--runs", str(tmp_path / "graphed"), "--eval", str(tmp_path / "results.csv"),
+                    "--bench-graphed", str(compare), "--out", str(out), "--git-revision", "abc1234",
+                    "--runs-per-gpu", "3"])
+    shared = {row["pipeline"]: row for row in json.loads(out.read_text())["rows"]}[graphed["pipeline"]]
+    assert shared["runs_per_gpu"] == 3 and shared["end_to_end_over_model_only"] is None
+    assert shared["end_to_end_img_per_s"] == graphed["end_to_end_img_per_s"]
+    with pytest.raises(SystemExit):
+        collector.main(["--runs", str(tmp_path / "graphed"), "--eval", str(tmp_path / "results.csv"),
+                        "--out", str(out), "--git-revision", "abc1234"])  # neither benchmark
 
 
 def test_steady_rate_leaves_out_each_epochs_start():
