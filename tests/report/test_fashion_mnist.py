@@ -88,6 +88,13 @@ def test_imagenet_shape_points_average_finished_seeds_and_table_marks_ema(tmp_pa
     assert by_model["softmax_deit_tiny_patch16_224"]["top1"] == 52.0
     assert by_model["softmax_deit_tiny_patch16_224"]["top1_std"] == round(2 * 2 ** 0.5, 3)
     assert [row["infer_samples_per_sec"] for row in bench] == ["1000.0", "1000.0"]
+    # two seeds through another pipeline outnumber the recipe's one: the plot takes that pipeline's mean
+    faster = {"pipeline": "device RandAugment, CUDA-graph steps"}
+    data_more = {**data, "rows": [*data["rows"], _imagenet_shape_run("qt_deit_tiny_patch16_224", 1, 60.0) | faster,
+                                  _imagenet_shape_run("qt_deit_tiny_patch16_224", 2, 62.0) | faster]}
+    by_model = {row["model"]: row for row in fashion_mnist.imagenet_shape_points(data_more)[0]}
+    assert by_model["qt_deit_tiny_patch16_224"]["top1"] == 61.0
+    assert by_model["softmax_deit_tiny_patch16_224"]["top1"] == 52.0
     results = tmp_path / "h200.json"
     results.write_text(json.dumps(data))
     table = fashion_mnist.imagenet_shape_table(results)

@@ -123,15 +123,18 @@ def imagenet_shape_table(results: Path) -> str:
 
 
 def imagenet_shape_points(data: dict) -> tuple[list[dict], list[dict]]:
-    """The plot's inputs from the results JSON: per model its mean final top-1 over the finished seeds (with their
-    spread) and its benchmark row; unfinished runs are left out, and so are runs of other pipelines than the
-    default (the same seed through another pipeline is not another sample)."""
-    by_model: dict[str, list[dict]] = {}
+    """The plot's inputs from the results JSON: per model its mean final top-1 over the finished seeds of one
+    pipeline (with their spread) and its benchmark row. Unfinished runs are left out; the pipeline is the one with the
+    most finished seeds of that model (ties: the recipe's, then the name), as the same seed through another pipeline
+    is not another sample."""
+    by_pipeline: dict[str, dict[str, list[dict]]] = {}
     for row in data["rows"]:
-        if row["final_eval"] and row["bench"] and row["pipeline"] == DEFAULT_PIPELINE:
-            by_model.setdefault(row["model"], []).append(row)
+        if row["final_eval"] and row["bench"]:
+            by_pipeline.setdefault(row["model"], {}).setdefault(row["pipeline"], []).append(row)
     accuracy, bench = [], []
-    for model, runs in by_model.items():
+    for model, pipelines in by_pipeline.items():
+        runs = max(pipelines.values(), key=lambda runs: (len(runs), runs[0]["pipeline"] == DEFAULT_PIPELINE,
+                                                         runs[0]["pipeline"]))
         top1 = [run["final_eval"]["top1"] for run in runs]
         accuracy.append({"model": model, "top1": round(statistics.fmean(top1), 3), "img_size": 224,
                          "top1_std": round(statistics.stdev(top1), 3) if len(top1) > 1 else "",
