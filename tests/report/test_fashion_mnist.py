@@ -100,6 +100,15 @@ def test_imagenet_shape_points_average_finished_seeds_and_table_marks_ema(tmp_pa
     table = fashion_mnist.imagenet_shape_table(results)
     assert "48.00 / 99.00 (EMA)" in table and "| unfinished |" in table and "abc1234" not in table
     assert "| device RandAugment, CUDA-graph steps |" in table and "| loader RandAugment, eager steps |" in table
+    summary = fashion_mnist.imagenet_shape_summary(data_more | {"rows": [
+        *data_more["rows"], _imagenet_shape_run("qt_deit_tiny_patch16_224", 3, 61.0) | faster | {
+            "runs_per_gpu": 3, "end_to_end_img_per_s": 300.0, "end_to_end_over_model_only": None}]})
+    assert "| `softmax_deit_tiny_patch16_224` | loader RandAugment, eager steps | 2 of 2 | 52.00 +- 2.83 | " \
+           "50.00 / 54.00 | 900, 900 | 1,000 | 0.90, 0.90 |" in summary
+    assert "| `qtvit_1` | loader RandAugment, eager steps | 0 of 1 | - | - |" in summary
+    # the run that shared its GPU counts for accuracy, not speed
+    assert "| `qt_deit_tiny_patch16_224` | device RandAugment, CUDA-graph steps | 3 of 3 | 61.00 +- 1.00 | " \
+           "60.00 / 62.00 | 900, 900 | 1,000 | 0.90, 0.90 |" in summary
     assert fashion_mnist.imagenet_shape_plot(results, tmp_path / "plot.png")[0].stat().st_size > 0
 
 

@@ -91,12 +91,45 @@ def run_pipeline(config: dict) -> str:
     return name
 
 
+def _mean_spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.fmean(values):.2f} +- {statistics.stdev(values):.2f}"
+
+
+def imagenet_shape_summary(data: dict) -> str:
+    """One line per model and pipeline of the ImageNet-shaped runs: finished seeds, final top-1 (mean +- std over
+    them, min / max), and end-to-end training img/s against model-only, from the runs that had the GPU to
+    themselves (runs that shared it are counted for accuracy only)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in data["rows"]:
+        groups.setdefault((row["model"], row["pipeline"]), []).append(row)
+    lines = ["| model | pipeline | finished seeds | final top-1 (mean +- std) | min / max | end-to-end train img/s, "
+             "alone on the GPU | model-only train img/s | end-to-end / model-only |",
+             "|---|---|---|---|---|---|---|---|"]
+    for (model, pipeline), runs in sorted(groups.items()):
+        finished = [run for run in runs if run["final_eval"]]
+        top1 = [run["final_eval"]["top1"] for run in finished]
+        alone = [run for run in runs if run.get("runs_per_gpu", 1) == 1 and run["end_to_end_img_per_s"]]
+        speed = ", ".join(f"{run['end_to_end_img_per_s']:,.0f}" for run in alone) or "-"
+        model_only = f"{alone[0]['model_only_train_img_per_s']:,.0f}" if alone and alone[0][
+            "model_only_train_img_per_s"] else "-"
+        share = ", ".join(f"{run['end_to_end_over_model_only']:.2f}" for run in alone
+                          if run["end_to_end_over_model_only"]) or "-"
+        lines.append(f"| `{model}` | {pipeline} | {len(finished)} of {len(runs)} | "
+                     f"{_mean_spread(top1) if top1 else '-'} | "
+                     f"{f'{min(top1):.2f} / {max(top1):.2f}' if top1 else '-'} | {speed} | {model_only} | {share} |")
+    return "\n".join(lines)
+
+
 def imagenet_shape_table(results: Path) -> str:
-    """The ImageNet-shaped Fashion-MNIST runs (``scripts/fashion_imagenet_results.py``'s JSON): top-1 after each
-    epoch and at the end, end-to-end against model-only training img/s, inference img/s."""
+    """The ImageNet-shaped Fashion-MNIST runs (``scripts/fashion_imagenet_results.py``'s JSON): the summary over
+    seeds (:func:`imagenet_shape_summary`), then every run in a folded block: top-1 after each epoch and at the end,
+    end-to-end against model-only training img/s, inference img/s."""
     data = json.loads(results.read_text())
     info = data["info"]
-    lines = ["| model | seed | pipeline | top-1 / top-5 after each epoch | final top-1 / top-5 | end-to-end train "
+    lines = [imagenet_shape_summary(data), "", "<details><summary>Every run</summary>", "",
+             "| model | seed | pipeline | top-1 / top-5 after each epoch | final top-1 / top-5 | end-to-end train "
              "img/s (steady) | model-only train img/s | end-to-end / model-only | infer img/s | status |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in data["rows"]:
@@ -109,10 +142,12 @@ def imagenet_shape_table(results: Path) -> str:
         share = f"{row['end_to_end_over_model_only']:.2f}" if row["end_to_end_over_model_only"] else "-"
         model_only = f"{row['model_only_train_img_per_s']:,.0f}" if row["model_only_train_img_per_s"] else "-"
         infer = f"{row['infer_img_per_s']:,.0f}" if row["infer_img_per_s"] else "-"
+        shared = f" (GPU shared by {row['runs_per_gpu']} runs)" if row.get("runs_per_gpu", 1) > 1 else ""
         lines.append(f"| `{row['model']}` | {row['seed']} | {row['pipeline']} | {epochs} | "
-                     f"{final_text} | {speed} | {model_only} | "
+                     f"{final_text} | {speed}{shared} | {model_only} | "
                      f"{share} | {infer} | {row['status']} |")
-    lines += ["", f"Measured on {info['device']} ({info['cpu_count']} CPU cores), torch {info['torch']}, "
+    lines += ["", "</details>", "",
+              f"Measured on {info['device']} ({info['cpu_count']} CPU cores), torch {info['torch']}, "
               f"torchvision {info['torchvision']}, Pillow {info['pillow']}, {info['date']} (each run's code revision: "
               f"its row in the results file). "
               f"{info['dataset']}; {info['recipe']}. End-to-end: {info['end_to_end']}. "
