@@ -68,15 +68,9 @@ def graphed_training_forward(model: nn.Module, example: torch.Tensor, dtype: tor
     buffers = [buffer.detach().clone() for buffer in model.buffers()]
     cpu_rng, cuda_rng = torch.get_rng_state(), torch.cuda.get_rng_state(example.device)
     forward = TrainingForward(model, dtype).train()
-    # The parameters' gradient accumulators are made here, on the caller's stream, and live as long as the graphs:
-    # made during the capture they would belong to its side stream, and every replayed backward would wait for that
-    # stream before accumulating (PyTorch warns that the AccumulateGrad node's stream does not match).
-    accumulators = [torch.autograd.graph.get_gradient_edge(param).node
-                    for param in model.parameters() if param.requires_grad]
     # allow_unused_input: a parameter that the forward does not reach (e.g. a classifier replaced by the caller)
     # simply gets no gradient, as in eager
     graphed = torch.cuda.make_graphed_callables(forward, (example,), allow_unused_input=True)
-    graphed.gradient_accumulators = accumulators
     with torch.no_grad():
         for buffer, saved in zip(model.buffers(), buffers, strict=True):
             buffer.copy_(saved)
