@@ -15,6 +15,11 @@ overwrites; a parameter without a ``.grad`` keeps the buffer itself as its ``.gr
 backward is followed by the optimizer step and ``zero_grad(set_to_none=True)``, but with gradient accumulation the
 second backward would overwrite the first one's gradient before adding itself to it; :func:`own_gradients` makes
 every parameter take a copy instead (``accumulates=True``).
+
+PyTorch warns once per run that "the AccumulateGrad node's stream does not match": the parameters' gradient
+accumulators are made during the capture, on its side stream, and each replayed backward syncs with that stream
+before accumulating. Making them on the training stream before the capture silences it but makes the capture fail
+(the legacy stream cannot depend on a capturing one; seen on an H100), so the warning stays.
 """
 from __future__ import annotations
 
