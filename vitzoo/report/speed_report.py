@@ -25,6 +25,8 @@ COMPILED_TRAIN_MARKERS = ("<!-- compiled-train-table:start -->", "<!-- compiled-
 COMPILED_TRAIN_SECTION = "compiled_train_224"  # the section of SECTIONS with the compiled training steps
 PROCESSES_MARKERS = ("<!-- processes-table:start -->", "<!-- processes-table:end -->")
 PROCESSES_SECTION = "eager_224_two_processes"  # the section of CURRENT measured in two processes
+H100_CURRENT_MARKERS = ("<!-- h100-current-table:start -->", "<!-- h100-current-table:end -->")
+H100_CURRENT_SECTION = "infer_224_current"  # the section of SECTIONS at the code of CURRENT
 OFFICIAL_MARKERS = ("<!-- official-table:start -->", "<!-- official-table:end -->")
 _MODE_NAMES = {"none": "eager", "cuda-graph": "CUDA graph"}
 # the comparison of the current code that the README and docs/benchmarks.md show (one file per GPU)
@@ -248,7 +250,7 @@ def processes_table(section: dict[str, Any], phase: str, compile_mode: str, sour
     batches = sorted({row["batch"] for part in section["parts"] for row in _ok(part["rows"], phase=phase)})
     repeats = sorted({str(info["config"]["repeats"]) for info in infos if "repeats" in info.get("config", {})})
     lines += ["", f"{_measured_with(infos[0])}: bf16, batch {'/'.join(map(str, batches))}, "
-              f"{len(infos)} processes one after another, median of "
+              + (f"{len(infos)} processes one after another" if len(infos) > 1 else "one process") + ", median of "
               f"{'/'.join(repeats) or 'the'} interleaved repeats (`{source.as_posix()}`, section `{name}`)."]
     return "\n".join(lines)
 
