@@ -152,6 +152,25 @@ def test_batches_keep_their_dtype_shape_and_device_and_every_op_runs() -> None:
         augment(batch.float())
 
 
+def test_a_batch_reaches_the_device_in_two_copies_whatever_its_number_of_op_groups(monkeypatch) -> None:
+    """Each group's indices and arguments copied on their own made the host wait for the GPU once per group."""
+    policy = timm_aa.rand_augment_transform("rand-m9-mstd0.5-inc1", {"img_mean": FILL})
+    for op in policy.ops:
+        op.prob = 1.0
+    augment = ra.BatchRandAugment(policy)
+    copies = []
+    monkeypatch.setattr(ra, "to_device", lambda tensor, device: copies.append(tensor) or tensor.to(device))
+    random.seed(1)
+    np.random.seed(1)
+    draws = augment.draw(40)
+    groups = {(layer, name, resample) for image in draws for layer, (name, _, resample) in enumerate(image)}
+    random.seed(1)
+    np.random.seed(1)
+    augment(_batch(_images(count=40, smooth=True)).to(torch.uint8))
+    assert len(groups) > 10 and len(copies) == 2
+    assert len(copies[0]) == sum(len(image) for image in draws)  # every applied op's image index, in one tensor
+
+
 def test_a_policy_with_ops_the_batch_version_lacks_is_refused() -> None:
     policy = timm_aa.rand_augment_transform("rand-m9-mstd0.5-inc1", {"img_mean": FILL})
     policy.ops.append(timm_aa.AugmentOp("GaussianBlur", 0.5, 9, {"img_mean": FILL}))

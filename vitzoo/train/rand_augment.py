@@ -16,6 +16,7 @@ a = -0.5).
 """
 from __future__ import annotations
 
+import functools
 import random
 from collections import defaultdict
 from collections.abc import Callable
@@ -120,10 +121,16 @@ def brightness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _blend(torch.zeros_like(x), x, factor)
 
 
+@functools.cache
+def _smooth_kernel(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``ImageFilter.SMOOTH``'s kernel on ``device`` (copied once per device, not per batch)."""
+    return _SMOOTH.to(device, dtype)
+
+
 def sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """``ImageEnhance.Sharpness``: blend with ``ImageFilter.SMOOTH`` (its border pixels are the image's own)."""
     channels = x.shape[1]
-    kernel = _SMOOTH.to(x.device, x.dtype).expand(channels, 1, 3, 3)
+    kernel = _smooth_kernel(x.device, x.dtype).expand(channels, 1, 3, 3)
     smooth = torch.floor(F.conv2d(x, kernel, groups=channels) + 0.5).clamp_(0, 255)
     degenerate = x.clone()
     degenerate[:, :, 1:-1, 1:-1] = smooth
@@ -194,6 +201,7 @@ class BatchRandAugment:
             raise ValueError(f"augment_on_device does not implement the RandAugment op(s) {', '.join(unsupported)}; "
                              "set augment_on_device=false for this auto_augment policy")
         self.policy = policy
+        self._fills: dict[torch.device, torch.Tensor] = {}
 
     def draw(self, count: int) -> list[list[tuple[str, float, object]]]:
         """Per image, the ops it gets as (name, argument, resample filter of an affine op, else None): timm's draws
@@ -224,23 +232,55 @@ class BatchRandAugment:
             raise TypeError(f"BatchRandAugment takes uint8 (B, 3, H, W) batches, got {images.dtype} "
                             f"{tuple(images.shape)}")
         draws = self.draw(images.shape[0])
-        fill = torch.tensor(self.policy.ops[0].kwargs["fillcolor"], dtype=torch.float32)
         x = images.float()
+        # Images that get the same op in the same position are transformed together. Every group's image indices
+        # and arguments (an affine op's matrices, made on the host as before) reach the device in one copy each:
+        # a copy per group from pageable memory made the host wait for the device's queue each time.
+        groups: list[tuple[str, object, slice, slice]] = []
+        indices: list[int] = []
+        values: list[torch.Tensor] = []
+        offset = 0
         for layer in range(max((len(d) for d in draws), default=0)):
-            # Images that get the same op in this position are transformed together.
-            groups: dict[tuple[str, object], tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
+            in_layer: dict[tuple[str, object], tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
             for index, applied in enumerate(draws):
                 if layer < len(applied):
                     name, arg, resample = applied[layer]
-                    groups[name, resample][0].append(index)
-                    groups[name, resample][1].append(arg)
-            for (name, resample), (indices, args) in groups.items():
-                rows = torch.tensor(indices, device=x.device)
-                values = torch.tensor(args, dtype=torch.float64)
+                    in_layer[name, resample][0].append(index)
+                    in_layer[name, resample][1].append(arg)
+            for (name, resample), (rows, args) in in_layer.items():
+                group_values = torch.tensor(args, dtype=torch.float64)
                 if name in _GEOMETRIC:
-                    matrices = _affine_matrices(name, values, x.shape[2], x.shape[3])
-                    out = affine(x[rows], matrices, fill, _FILTERS[resample])
-                else:
-                    out = _POINT_OPS[name](x[rows], values.to(x.device, x.dtype))
-                x[rows] = out
+                    group_values = _affine_matrices(name, group_values, x.shape[2], x.shape[3]).flatten()
+                groups.append((name, resample, slice(len(indices), len(indices) + len(rows)),
+                               slice(offset, offset + len(group_values))))
+                indices += rows
+                values.append(group_values)
+                offset += len(group_values)
+        if not groups:
+            return x.to(torch.uint8)
+        all_rows = to_device(torch.tensor(indices), x.device)
+        all_values = to_device(torch.cat(values), x.device)
+        fill = self._fill(x.device)
+        for name, resample, row_span, value_span in groups:
+            rows = all_rows[row_span]
+            if name in _GEOMETRIC:
+                out = affine(x[rows], all_values[value_span].view(-1, 6), fill, _FILTERS[resample])
+            else:
+                out = _POINT_OPS[name](x[rows], all_values[value_span].to(x.dtype))
+            x[rows] = out
         return x.to(torch.uint8)
+
+    def _fill(self, device: torch.device) -> torch.Tensor:
+        """The affine ops' fill colour on ``device`` (made once per device)."""
+        if device not in self._fills:
+            self._fills[device] = torch.tensor(self.policy.ops[0].kwargs["fillcolor"], dtype=torch.float32,
+                                               device=device)
+        return self._fills[device]
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` (on the host) on ``device``; to a CUDA device from pinned memory without blocking, as a copy from
+    pageable memory first waits for everything queued on the device."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
