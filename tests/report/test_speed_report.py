@@ -141,14 +141,16 @@ def test_processes_table_takes_each_ratio_from_its_own_process():
 
     table = processes_table(dict(parts=[part("linear_deit_tiny_patch16_224", 300.0, 200.0, 100.0),
                                         part("zeros_deit_tiny_patch16_224", 300.0, 600.0, 300.0)]),
-                            "train", "default")
+                            "train", "default", Path("results/compare/gpu.json"), "compiled_train_224")
     assert "| `linear_deit_tiny_patch16_224` | 300 (270-330) | 1.50x | 3.00x | 20.0 / 3.3 | 100 | 1: " in table
     assert "| `zeros_deit_tiny_patch16_224` | 300 (270-330) | 0.50x | 1.00x | 20.0 / 3.3 | 100 | 2: " in table
     assert "2: `softmax_deit_tiny_patch16_224` 600, `deit_tiny_patch16_224` 300 |" in table
     assert "| `softmax_deit" not in table  # the references are no rows of their own
     assert "2 processes" in table and "GPU, torch 2, triton 3, 2026-01-02:" in table and "abc1234" not in table
-    alone = processes_table(dict(parts=[part("linear_deit_tiny_patch16_224", 300.0, 200.0, 100.0)]), "train", "default")
+    alone = processes_table(dict(parts=[part("linear_deit_tiny_patch16_224", 300.0, 200.0, 100.0)]), "train", "default",
+                            Path("results/compare/gpu.json"), "one_process")
     assert "batch 128, one process, median" in alone
+    assert "(`results/compare/gpu.json`, section `one_process`)" in alone
 
 
 def test_official_table_pairs_each_zoo_row_with_the_official_row_of_its_size_and_mode():

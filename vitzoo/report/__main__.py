@@ -52,9 +52,11 @@ def render(root: Path) -> dict[Path, str]:
     docs_text = replace_between_markers(docs_text, speed_report.SIZES_MARKERS, speed_report.sizes_table(
         sections[speed_report.SIZES_SECTION]))
     docs_text = replace_between_markers(docs_text, speed_report.COMPILED_TRAIN_MARKERS, speed_report.processes_table(
-        sections[speed_report.COMPILED_TRAIN_SECTION], "train", "default"))
+        sections[speed_report.COMPILED_TRAIN_SECTION], "train", "default", COMPARE_SECTIONS,
+        speed_report.COMPILED_TRAIN_SECTION))
     docs_text = replace_between_markers(docs_text, speed_report.H100_CURRENT_MARKERS, speed_report.processes_table(
-        sections[speed_report.H100_CURRENT_SECTION], "infer", "cuda-graph", name=speed_report.H100_CURRENT_SECTION))
+        sections[speed_report.H100_CURRENT_SECTION], "infer", "cuda-graph", COMPARE_SECTIONS,
+        speed_report.H100_CURRENT_SECTION))
     docs_text = replace_between_markers(docs_text, speed_report.OFFICIAL_MARKERS, speed_report.official_table(
         speed_report.load(root / OFFICIAL), OFFICIAL))
     docs_text = replace_between_markers(docs_text, speed_report.COMPILE_MARKERS,

@@ -227,11 +227,11 @@ def sizes_table(section: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def processes_table(section: dict[str, Any], phase: str, compile_mode: str, source: Path = SECTIONS,
-                    name: str = COMPILED_TRAIN_SECTION) -> str:
+def processes_table(section: dict[str, Any], phase: str, compile_mode: str, source: Path, name: str) -> str:
     """Rows measured in several processes (a section whose ``parts`` are compare results, one per process): per zoo
     model its img/s with the ratios to the softmax twin and timm's model of its own process, host and device ms and
-    launches, and those references' own img/s (host-bound rows move between processes, the references with them)."""
+    launches, and those references' own img/s (host-bound rows move between processes, the references with them).
+    The footer names the results file ``source`` and the section ``name`` the rows came from."""
     lines = ["| model | img/s (min-max of repeats) | x twin | x timm | host / device ms | launches | "
              "process: its twin, timm img/s |", "|---|---|---|---|---|---|---|"]
     for number, part in enumerate(section["parts"], 1):
