@@ -156,6 +156,25 @@ def test_the_gpu_decodes_and_crops_as_the_cpu_does(jpeg: Path) -> None:
     assert (on_gpu - on_cpu).abs().float().mean() < 1.0
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (nvJPEG decoding)")
+def test_decoding_does_not_write_memory_that_queued_kernels_still_read(jpeg: Path) -> None:
+    """The host runs ahead of the GPU: tensors it has freed may still be read by queued kernels. nvJPEG writes from
+    a stream of its own, so its outputs must not take those tensors' memory before the kernels ran."""
+    device = torch.device("cuda")
+    encoded = load_encoded(str(jpeg))
+    batch, _ = collate_encoded([(EncodedCrop(encoded.data, (0.0, 0.0, 96.0, 80.0), False), 0)] * 8)
+    decode_crops(batch, device, 32)  # the decoder's set-up, outside the race below
+    torch.cuda.synchronize()
+    # freed blocks of exactly the decoded images' size, read only after a long wait on the current stream
+    sources = [torch.full((3, 80, 96), 7, dtype=torch.uint8, device=device) for _ in range(8)]
+    torch.cuda._sleep(500_000_000)  # about a quarter of a second at 2 GHz
+    copies = [source.clone() for source in sources]
+    del sources
+    decode_crops(batch, device, 32)
+    torch.cuda.synchronize()
+    assert all(bool((copy == 7).all()) for copy in copies)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (nvJPEG decoding, CUDA graphs)")
 @pytest.mark.usefixtures("fresh_accelerator_state")
 def test_a_gpu_run_decodes_on_the_device_and_graphs_its_steps(tmp_path: Path) -> None:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from vitzoo.train.rand_augment import to_device
+
 _logger = logging.getLogger(__name__)
 
 
@@ -110,18 +112,37 @@ def collate_encoded(samples: list[tuple[EncodedCrop, int]]) -> tuple[EncodedBatc
     return batch, torch.tensor([target for _, target in samples], dtype=torch.int64)
 
 
+# one stream per device that only decodes: see _decode_or_substitute
+_decode_streams: dict[torch.device, torch.cuda.Stream] = {}
+
+
 def _decode_or_substitute(batch: EncodedBatch, device: torch.device) -> list[torch.Tensor]:
-    """The batch's images decoded on ``device``, (3, H, W) uint8 each. A file the workers' header check passed but
-    the decoder rejects (a damaged body) becomes a mid-grey image covering its crop box, with a warning, so one
-    file does not stop the run (without ``decode_on_device`` the loader names such files and skips them). Out of
-    memory, or every file failing alone too, is not a file's fault and is raised."""
+    """The batch's images decoded on ``device``, (3, H, W) uint8 each, ready for the current stream. A file the
+    workers' header check passed but the decoder rejects (a damaged body) becomes a mid-grey image covering its crop
+    box, with a warning, so one file does not stop the run (without ``decode_on_device`` the loader names such files
+    and skips them). Out of memory, or every file failing alone too, is not a file's fault and is raised."""
+    if device.type != "cuda":
+        return _decode_files(batch, device)
+    # torchvision's CUDA decoder fills its outputs from a stream of its own without waiting for the stream they were
+    # allocated on, so memory that queued kernels still read could be written before they ran. Allocated on a stream
+    # that does nothing but decode, the outputs come from blocks the allocator frees only once the training stream's
+    # uses of them have run (record_stream), so the host need not wait for the GPU's queue before each batch.
+    consumer = torch.cuda.current_stream(device)
+    if device not in _decode_streams:
+        _decode_streams[device] = torch.cuda.Stream(device)
+    stream = _decode_streams[device]
+    with torch.cuda.stream(stream):
+        images = _decode_files(batch, device)
+    consumer.wait_stream(stream)
+    for image in images:
+        image.record_stream(consumer)
+    return images
+
+
+def _decode_files(batch: EncodedBatch, device: torch.device) -> list[torch.Tensor]:
+    """:func:`_decode_or_substitute` on the current stream."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    if device.type == "cuda":
-        # torchvision's CUDA decoder fills outputs allocated on this stream from its own stream, without waiting for
-        # this one: memory that queued kernels still read (freed by the host, which runs ahead) could be written
-        # before they ran. Waiting for them first makes every block the allocator hands out free on the device too.
-        torch.cuda.current_stream(device).synchronize()
     files = batch.files()
     try:
         return decode_jpeg(files, mode=ImageReadMode.RGB, device=device)
@@ -172,14 +193,14 @@ def decode_crops(batch: EncodedBatch, device: torch.device, size: int) -> torch.
             boxes = torch.cat([torch.arange(len(chunk), dtype=torch.float32).unsqueeze(1), batch.boxes[chunk]], dim=1)
             # aligned=True: a box (x0, x1) covers pixels x0 .. x1 - 1 exactly; sampling_ratio=-1 averages
             # ceil(box / size) bilinear samples per output pixel and axis, an area filter when shrinking
-            cut = roi_align(stacked, boxes.to(device), output_size=(size, size), spatial_scale=1.0,
+            cut = roi_align(stacked, to_device(boxes, device), output_size=(size, size), spatial_scale=1.0,
                             sampling_ratio=-1, aligned=True)
             if len(chunk) == len(images):  # one size, one chunk: the common case needs no scatter
                 crops = cut
                 continue
             if crops is None:
                 crops = torch.empty(len(images), 3, size, size, device=device)
-            crops[torch.tensor(chunk, device=device)] = cut
-    flips = batch.flips.to(device).view(-1, 1, 1, 1)
+            crops[to_device(torch.tensor(chunk), device)] = cut
+    flips = to_device(batch.flips, device).view(-1, 1, 1, 1)
     crops = torch.where(flips, crops.flip(-1), crops)
     return crops.round_().clamp_(0, 255).to(torch.uint8)
