@@ -54,9 +54,9 @@ def render(root: Path) -> dict[Path, str]:
     docs_text = replace_between_markers(docs_text, speed_report.COMPILED_TRAIN_MARKERS, speed_report.processes_table(
         sections[speed_report.COMPILED_TRAIN_SECTION], "train", "default", COMPARE_SECTIONS,
         speed_report.COMPILED_TRAIN_SECTION))
-    docs_text = replace_between_markers(docs_text, speed_report.H100_CURRENT_MARKERS, speed_report.processes_table(
-        sections[speed_report.H100_CURRENT_SECTION], "infer", "cuda-graph", COMPARE_SECTIONS,
-        speed_report.H100_CURRENT_SECTION))
+    for markers, section, phase in speed_report.H100_CURRENT_TABLES:
+        docs_text = replace_between_markers(docs_text, markers, speed_report.processes_table(
+            sections[section], phase, "cuda-graph", COMPARE_SECTIONS, section))
     docs_text = replace_between_markers(docs_text, speed_report.OFFICIAL_MARKERS, speed_report.official_table(
         speed_report.load(root / OFFICIAL), OFFICIAL))
     docs_text = replace_between_markers(docs_text, speed_report.COMPILE_MARKERS,

@@ -25,8 +25,12 @@ COMPILED_TRAIN_MARKERS = ("<!-- compiled-train-table:start -->", "<!-- compiled-
 COMPILED_TRAIN_SECTION = "compiled_train_224"  # the section of SECTIONS with the compiled training steps
 PROCESSES_MARKERS = ("<!-- processes-table:start -->", "<!-- processes-table:end -->")
 PROCESSES_SECTION = "eager_224_two_processes"  # the section of CURRENT measured in two processes
-H100_CURRENT_MARKERS = ("<!-- h100-current-table:start -->", "<!-- h100-current-table:end -->")
-H100_CURRENT_SECTION = "infer_224_current"  # the section of SECTIONS at the code of CURRENT
+# the H100 tables at the code of CURRENT: (markers, section of SECTIONS, phase), replayed from CUDA graphs
+H100_CURRENT_TABLES = (
+    (("<!-- h100-current-table:start -->", "<!-- h100-current-table:end -->"), "infer_224_current", "infer"),
+    (("<!-- h100-current-train-table:start -->", "<!-- h100-current-train-table:end -->"), "train_224_current",
+     "train"),
+)
 OFFICIAL_MARKERS = ("<!-- official-table:start -->", "<!-- official-table:end -->")
 _MODE_NAMES = {"none": "eager", "cuda-graph": "CUDA graph"}
 # the comparison of the current code that the README and docs/benchmarks.md show (one file per GPU)
