@@ -186,8 +186,6 @@ CASES = [
     Case("unknown-scheduler", resume("sched=linear"), "sched must be one of cosine, tanh"),
     Case("unknown-precision-key", resume("precision=fp8"), "precision must be one of"),
     Case("unknown-compile-mode", resume("compile=fast"), "compile must be one of default"),
-    Case("drop-path-ramp-compiled", resume("drop_path_ramp=true", "compile=default"),
-         "drop_path_ramp changes the drop-path rates every update, which compiled and graphed steps fix"),
     Case("unknown-key", resume("nosuchkey=1"), "unknown config key 'nosuchkey' in overrides; valid keys:"),
     Case("misspelt-key", resume("grad_acum=2"), "unknown config key 'grad_acum' in overrides; did you mean "
          "'grad_accum'? valid keys:"),

@@ -358,9 +358,6 @@ def validate_config(config: TrainConfig) -> None:
         if not config.auto_augment and config.color_jitter:
             raise ConfigError("decode_on_device does not implement color_jitter (timm applies it when auto_augment "
                               "is unset); set color_jitter=0 or decode_on_device=false")
-    if config.drop_path_ramp and (config.compile or config.cuda_graph):
-        raise ConfigError("drop_path_ramp changes the drop-path rates every update, which compiled and graphed steps "
-                          "fix at their first; set drop_path_ramp=false, or compile=null and cuda_graph=false")
     if config.cuda_graph and config.compile:
         raise ConfigError(f"cuda_graph and compile={config.compile!r} both remove the host cost; pick one "
                           "(compile=reduce-overhead is torch.compile's own CUDA graphs)")

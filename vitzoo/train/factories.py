@@ -175,15 +175,44 @@ def build_criterion(config: TrainConfig) -> nn.Module:
     return nn.CrossEntropyLoss()
 
 
+class RampedDropPath(nn.Module):
+    """timm's ``DropPath`` (each sample's residual branch dropped with probability ``rate``, the kept ones scaled by
+    ``1 / (1 - rate)`` when ``scale_by_keep``) with its rate in a tensor on the model's device, which
+    :class:`DropPathRamp` rewrites in place: a step compiled or replayed from a CUDA graph reads the current rate,
+    where timm's float attribute would make torch.compile recompile at every change and a graph keep the rate it was
+    captured with."""
+
+    def __init__(self, rate: float, scale_by_keep: bool = True, device: torch.device | None = None) -> None:
+        super().__init__()
+        self.register_buffer("rate", torch.tensor(float(rate), device=device), persistent=False)
+        self.scale_by_keep = scale_by_keep
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        keep = 1 - self.rate
+        kept = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device) < keep
+        scale = kept / keep if self.scale_by_keep else kept.float()
+        return x * scale.to(x.dtype)
+
+
 class DropPathRamp:
     """EfficientViT's scheduled stochastic depth (``drop_path_ramp``): every timm ``DropPath`` of a model at its rate
     times the training progress after the warm-up, 0 until the warm-up ends, rising linearly to 1 at the last epoch
-    before the cool-down."""
+    before the cool-down. Replaces each ``DropPath`` by a :class:`RampedDropPath` of the same rate, so build it before
+    the model is compiled or its step captured."""
 
     def __init__(self, model: nn.Module, warmup_updates: float, total_updates: int) -> None:
         from timm.layers import DropPath
 
-        self.paths = [(module, module.drop_prob) for module in model.modules() if isinstance(module, DropPath)]
+        device = next(model.parameters()).device
+        self.paths: list[tuple[RampedDropPath, float]] = []
+        for parent in list(model.modules()):
+            for name, child in parent.named_children():
+                if isinstance(child, DropPath):
+                    ramped = RampedDropPath(child.drop_prob, child.scale_by_keep, device)
+                    setattr(parent, name, ramped)
+                    self.paths.append((ramped, child.drop_prob))
         self.warmup_updates = warmup_updates
         self.ramp_updates = max(total_updates - warmup_updates, 1)
 
@@ -191,4 +220,4 @@ class DropPathRamp:
         """Set the rates for the update after ``num_updates`` (a function of it alone, so a resume replays them)."""
         progress = min(max((num_updates - self.warmup_updates) / self.ramp_updates, 0.0), 1.0)
         for module, rate in self.paths:
-            module.drop_prob = rate * progress
+            module.rate.fill_(rate * progress)

@@ -378,6 +378,9 @@ def setup(config: TrainConfig) -> Training:
     identity = run_identity(config, accelerator.num_processes, in_chans, num_classes, classes)
     run = RunState(config, accelerator, str(output), model, optimizer, ema, identity, data_config)
     resumed_from = _resume(run, output) if config.resume else None
+    ramp = None
+    if config.drop_path_ramp:  # before the step is compiled or captured: the ramp swaps the drop-path modules
+        ramp = DropPathRamp(model, config.warmup_epochs * updates_per_epoch, config.epochs * updates_per_epoch)
     forward = _training_forward(config, model, data_config, accelerator.device)
 
     # Everything above only reads; from here on the run folder is written.
@@ -396,9 +399,6 @@ def setup(config: TrainConfig) -> Training:
         log.write("start", model=config.model, lr=lr, global_batch=global_batch, processes=accelerator.num_processes,
                   output=str(output), params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 4))
     scheduler.step_update(run.num_updates)
-    ramp = None
-    if config.drop_path_ramp:
-        ramp = DropPathRamp(model, config.warmup_epochs * updates_per_epoch, config.epochs * updates_per_epoch)
     return Training(run, train_set, val_set, train_sampler, train_loader, device_tf, val_loader, forward, scheduler,
                     total_epochs, mixup, criterion, log, output, last_checkpoint=resumed_from, start_time=time.time(),
                     drop_path_ramp=ramp)
