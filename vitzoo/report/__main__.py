@@ -22,8 +22,14 @@ ZOO_SWEEP = RESULTS / "zoo_sweep" / "h200.csv"
 FASHION_MNIST_ZOO = RESULTS / "fashion_mnist_zoo" / "cpu.csv"
 STUDY = RESULTS / "fashion_mnist_study"
 COMPILE = RESULTS / "compile_models" / "h200.json"
-FASHION_IMAGENET = RESULTS / "fashion_imagenet" / "h200.json"
-FASHION_IMAGENET_SPEEDS = RESULTS / "compare" / "h200.json"  # the x axis of its plot: the same GPU, graphed rows
+# the ImageNet-shaped runs per GPU: (results file, its docs table's markers, the comparison file and section (None:
+# its main rows) whose CUDA-graph inference rows at 224 px are its plot's x axis, measured on the same kind of GPU)
+FASHION_IMAGENET = (
+    (RESULTS / "fashion_imagenet" / "h200.json", fashion_mnist.IMAGENET_SHAPE_MARKERS,
+     RESULTS / "compare" / "h200.json", None),
+    (RESULTS / "fashion_imagenet" / "h100.json", fashion_mnist.IMAGENET_SHAPE_H100_MARKERS,
+     RESULTS / "compare" / "h100.json", "train_224_current"),
+)
 DATA_PIPELINE = RESULTS / "data_pipeline" / "cpu.json"
 DATA_PIPELINE_GPU = RESULTS / "data_pipeline" / "h100.json"
 OFFICIAL = RESULTS / "official_speed" / "h100.json"
@@ -61,8 +67,8 @@ def render(root: Path) -> dict[Path, str]:
         speed_report.load(root / OFFICIAL), OFFICIAL))
     docs_text = replace_between_markers(docs_text, speed_report.COMPILE_MARKERS,
                                         speed_report.compile_table(speed_report.load(root / COMPILE)))
-    docs_text = replace_between_markers(docs_text, fashion_mnist.IMAGENET_SHAPE_MARKERS,
-                                        fashion_mnist.imagenet_shape_table(root / FASHION_IMAGENET))
+    for results, markers, _, _ in FASHION_IMAGENET:
+        docs_text = replace_between_markers(docs_text, markers, fashion_mnist.imagenet_shape_table(root / results))
     docs_text = replace_between_markers(docs_text, fashion_mnist.PIPELINE_MARKERS,
                                         fashion_mnist.pipeline_table(root / DATA_PIPELINE))
     docs_text = replace_between_markers(docs_text, fashion_mnist.GPU_PIPELINE_MARKERS,
@@ -83,11 +89,13 @@ def plot(root: Path) -> list[Path]:
     speed_report.plot_throughput(comparison, compare_plot)
     speed_report.plot_latency(comparison, latency_plot)
     written = [compare_plot, latency_plot, *zoo_sweep.plot(root / ZOO_SWEEP, root / ZOO_SWEEP.with_suffix(""))]
-    fashion_imagenet = root / FASHION_IMAGENET
-    written += fashion_mnist.imagenet_shape_plot(fashion_imagenet,
-                                                 fashion_imagenet.with_name("h200_top1_vs_throughput.png"),
-                                                 speed_report.graphed_inference(
-                                                     speed_report.load(root / FASHION_IMAGENET_SPEEDS), 224))
+    for results, _, speeds, section in FASHION_IMAGENET:
+        measured = speed_report.load(root / speeds)
+        rows = measured["rows"] if section is None else [
+            row for part in measured[section]["parts"] for row in part["rows"]]
+        written += fashion_mnist.imagenet_shape_plot(root / results,
+                                                     root / results.with_name(f"{results.stem}_top1_vs_throughput.png"),
+                                                     speed_report.graphed_inference({"rows": rows}, 224))
     study = root / STUDY
     written += pareto.save_plots([study / "bench.csv"], [study / "runs.csv"],
                                  {"top1_vs_throughput": study / "plots" / "top1_vs_throughput.png"},

@@ -22,6 +22,7 @@ STUDY_MARKERS = ("<!-- study-table:start -->", "<!-- study-table:end -->")
 PIPELINE_MARKERS = ("<!-- data-pipeline-table:start -->", "<!-- data-pipeline-table:end -->")
 GPU_PIPELINE_MARKERS = ("<!-- data-pipeline-gpu-table:start -->", "<!-- data-pipeline-gpu-table:end -->")
 IMAGENET_SHAPE_MARKERS = ("<!-- fashion-imagenet-table:start -->", "<!-- fashion-imagenet-table:end -->")
+IMAGENET_SHAPE_H100_MARKERS = ("<!-- fashion-imagenet-h100-table:start -->", "<!-- fashion-imagenet-h100-table:end -->")
 # how the study table names a family where the family's name alone would hide what it is
 _STUDY_LABELS = {"qtvit": "QT-ViT-1", "fem": "fem (linear prior)", "linear": "linear (ReLU)",
                  "softmax": "softmax (reference line)"}
@@ -148,8 +149,9 @@ def imagenet_shape_table(results: Path) -> str:
                      f"{share} | {infer} | {row['status']} |")
     lines += ["", "</details>", "",
               f"Measured on {info['device']} ({info['cpu_count']} CPU cores), torch {info['torch']}, "
-              f"torchvision {info['torchvision']}, Pillow {info['pillow']}, {info['date']} (each run's code revision: "
-              f"its row in the results file). "
+              + "".join(f"{name} {info[key]}, " for key, name in (("torchvision", "torchvision"), ("pillow", "Pillow"))
+                        if key in info)
+              + f"{info['date']} (each run's code revision: its row in the results file). "
               f"{info['dataset']}; {info['recipe']}. End-to-end: {info['end_to_end']}. "
               f"Model-only: {info['model_only']}. "
               + (f"Pipelines: {info['pipelines']}. " if "pipelines" in info else "")
