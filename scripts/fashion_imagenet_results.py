@@ -13,9 +13,10 @@ epochs and pipeline replaces them, so runs made on different machines or calls c
 
 A run's pipeline says where RandAugment ran (the loader workers, or the training device with
 ``augment_on_device``) and how the training step ran (eager, or replayed from CUDA graphs with ``cuda_graph``). The
-model-only speeds of a CUDA-graph run come from ``--bench-graphed``, a ``vitzoo-bench --compare --phases infer train
---cuda-graph`` JSON at the runs' batch: its ``cuda-graph`` rows at 224 px (``--bench`` is then needed only for eager
-runs).
+model-only speeds of a CUDA-graph run come from ``--bench-graphed``, one or more ``vitzoo-bench --compare --phases
+infer train --cuda-graph`` JSONs at the runs' batch (e.g. one per process of a comparison split in parts): their
+``cuda-graph`` rows at 224 px, a later file's row replacing an earlier one's (``--bench`` is then needed only for
+eager runs).
 
 Runs that shared a GPU (the run script's ``--runs-per-gpu``; give the same number here) measured their end-to-end
 speed on a share of it: their rows keep it, marked with ``runs_per_gpu``, and leave the end-to-end / model-only ratio
@@ -129,20 +130,19 @@ def _bench_rows(path: Path) -> dict[str, dict[str, str]]:
         return {row["model"]: row for row in csv.DictReader(handle) if row.get("infer_img_size") in ("224", "")}
 
 
-def _graphed_bench_rows(path: Path | None, batch: int | None) -> dict[str, dict[str, str]]:
-    """model -> the ``cuda-graph`` rows at 224 px of a ``vitzoo-bench --compare`` JSON (at ``batch``) as a benchmark
-    row: training and inference img/s, precision, device."""
-    if path is None:
-        return {}
-    data = json.loads(path.read_text())
+def _graphed_bench_rows(paths: list[Path], batch: int | None) -> dict[str, dict[str, str]]:
+    """model -> the ``cuda-graph`` rows at 224 px of ``vitzoo-bench --compare`` JSONs (at ``batch``; a later file's
+    row replaces an earlier one's) as a benchmark row: training and inference img/s, precision, device."""
     rows: dict[str, dict[str, str]] = {}
-    for row in data["rows"]:
-        if (row["compile"] == "cuda-graph" and row["status"] == "ok" and row["img_size"] == 224
-                and (batch is None or row["batch"] == batch)):
-            bench = rows.setdefault(row["model"], {"infer_img_size": "224", "compile": "cuda-graph",
-                                                   "precision": data["info"].get("precision", ""),
-                                                   "device": data["info"].get("device", "")})
-            bench[f"{row['phase']}_samples_per_sec"] = str(row["img_per_s"])
+    for path in paths:
+        data = json.loads(path.read_text())
+        for row in data["rows"]:
+            if (row["compile"] == "cuda-graph" and row["status"] == "ok" and row["img_size"] == 224
+                    and (batch is None or row["batch"] == batch)):
+                bench = rows.setdefault(row["model"], {"infer_img_size": "224", "compile": "cuda-graph",
+                                                       "precision": data["info"].get("precision", ""),
+                                                       "device": data["info"].get("device", "")})
+                bench[f"{row['phase']}_samples_per_sec"] = str(row["img_per_s"])
     return rows
 
 
@@ -166,8 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval", type=Path, required=True, help="eval.py results CSV of those runs")
     parser.add_argument("--bench", type=Path,
                         help="vitzoo-bench CSV of the same models at 224 px (the model-only speeds of eager runs)")
-    parser.add_argument("--bench-graphed", type=Path,
-                        help="vitzoo-bench --compare JSON with cuda-graph rows at 224 px and the runs' batch (the "
+    parser.add_argument("--bench-graphed", type=Path, nargs="+", default=[],
+                        help="vitzoo-bench --compare JSON(s) with cuda-graph rows at 224 px and the runs' batch (the "
                              "model-only speeds of runs with cuda_graph=true)")
     parser.add_argument("--runs-per-gpu", type=int, default=1,
                         help="runs that shared each GPU (the run script's --runs-per-gpu; default 1)")
@@ -176,10 +176,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--git-revision", required=True, help="the code revision the runs used")
     parser.add_argument("--info", type=Path, help="JSON of provenance fields to record (device, versions, dataset)")
     args = parser.parse_args(argv)
-    for path in (args.runs, args.eval, args.bench, args.bench_graphed):
+    for path in (args.runs, args.eval, args.bench, *args.bench_graphed):
         if path is not None and not path.exists():
             parser.error(f"{path} does not exist")
-    if args.bench is None and args.bench_graphed is None:
+    if args.bench is None and not args.bench_graphed:
         parser.error("give --bench (eager runs) or --bench-graphed (runs with cuda_graph=true) or both")
     if args.runs_per_gpu < 1:
         parser.error(f"--runs-per-gpu takes a positive integer, got {args.runs_per_gpu}")
