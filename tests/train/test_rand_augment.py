@@ -171,6 +171,38 @@ def test_a_batch_reaches_the_device_in_two_copies_whatever_its_number_of_op_grou
     assert len(copies[0]) == sum(len(image) for image in draws)  # every applied op's image index, in one tensor
 
 
+def test_each_image_of_a_batch_gets_its_own_ops_in_order_and_affine_ops_share_a_call(monkeypatch) -> None:
+    """The grouped batch equals each image put through its own draws one op at a time; the geometric ops of one
+    layer and filter run as one affine call (one per op and filter took several times the launches)."""
+    policy = timm_aa.rand_augment_transform("rand-m9-mstd0.5-inc1", {"img_mean": FILL, "translate_const": 10})
+    for op in policy.ops:
+        op.prob = 1.0
+    augment = ra.BatchRandAugment(policy)
+    batch = _batch(_images(count=60, smooth=True)).to(torch.uint8)
+    random.seed(3)
+    np.random.seed(3)
+    draws = augment.draw(len(batch))
+    affine_calls = []
+    real_affine = ra.affine
+    monkeypatch.setattr(ra, "affine", lambda *args: affine_calls.append(len(args[0])) or real_affine(*args))
+    random.seed(3)
+    np.random.seed(3)
+    out = augment(batch)
+    geometric = {(layer, resample) for image in draws for layer, (name, _, resample) in enumerate(image)
+                 if name in ra._GEOMETRIC}
+    assert len(affine_calls) == len(geometric) and max(affine_calls) > 10
+    fill = torch.tensor(FILL, dtype=torch.float32)
+    for index, (image, applied) in enumerate(zip(batch, draws, strict=True)):
+        x = image[None].float()
+        for name, arg, resample in applied:
+            value = torch.tensor([arg], dtype=torch.float64)
+            if name in ra._GEOMETRIC:
+                x = real_affine(x, ra._affine_matrices(name, value, *x.shape[2:]), fill, ra._FILTERS[resample])
+            else:
+                x = ra._POINT_OPS[name](x, value.float())
+        assert torch.equal(out[index], x[0].to(torch.uint8)), (index, applied)
+
+
 def test_a_policy_with_ops_the_batch_version_lacks_is_refused() -> None:
     policy = timm_aa.rand_augment_transform("rand-m9-mstd0.5-inc1", {"img_mean": FILL})
     policy.ops.append(timm_aa.AugmentOp("GaussianBlur", 0.5, 9, {"img_mean": FILL}))

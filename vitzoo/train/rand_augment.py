@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 _L_WEIGHTS = (19595, 38470, 7471)
 _SMOOTH = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0  # ImageFilter.SMOOTH
 _GEOMETRIC = {"Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"}
+_AFFINE = "affine"  # the op groups' name for the geometric ops, which all run as one affine transform
 _FILTERS = {Image.Resampling.NEAREST: "nearest", Image.Resampling.BILINEAR: "bilinear",
             Image.Resampling.BICUBIC: "bicubic"}
 
@@ -155,21 +156,31 @@ def _affine_matrices(name: str, values: torch.Tensor, height: int, width: int) -
     return torch.stack([cos, sin, cos * -cx + sin * -cy + cx, -sin, cos, -sin * -cx + cos * -cy + cy], 1)
 
 
+@functools.cache
+def _pixel_centres(height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The output pixel centres x + 0.5 and y + 0.5 as (1, 1, H, W) float64 tensors on ``device``, and the image's
+    (width, height) as a (1, 2, 1, 1) tensor (made once per size and device, not per batch)."""
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float64) + 0.5,
+                            torch.arange(width, dtype=torch.float64) + 0.5, indexing="ij")
+    size = torch.tensor([width, height], dtype=torch.float64).view(1, 2, 1, 1)
+    return xs[None, None].to(device), ys[None, None].to(device), size.to(device)
+
+
 def affine(x: torch.Tensor, matrices: torch.Tensor, fill: torch.Tensor, mode: str) -> torch.Tensor:
     """``Image.transform(AFFINE)``: each output pixel centre (x + 0.5, y + 0.5) maps to an input point; points
-    outside the image take ``fill``, points inside are filtered with edge clamping, as Pillow does."""
+    outside the image take ``fill``, points inside are filtered with edge clamping, as Pillow does. Both coordinates
+    are computed together, in few launches: a batch's affine ops share one call per filter."""
     b, _, h, w = x.shape
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64, device=x.device) + 0.5,
-                            torch.arange(w, dtype=torch.float64, device=x.device) + 0.5, indexing="ij")
-    m = matrices.to(x.device, torch.float64).view(b, 6, 1, 1)
-    x_in = m[:, 0] * xs + m[:, 1] * ys + m[:, 2]
-    y_in = m[:, 3] * xs + m[:, 4] * ys + m[:, 5]
-    inside = ((x_in >= 0) & (x_in < w) & (y_in >= 0) & (y_in < h))[:, None]
+    xs, ys, size = _pixel_centres(h, w, x.device)
+    m = matrices.to(x.device, torch.float64).view(b, 2, 3, 1, 1)
+    points = m[:, :, 0] * xs + m[:, :, 1] * ys + m[:, :, 2]  # (B, 2, H, W): input x, input y
+    inside = ((points >= 0) & (points < size)).all(dim=1, keepdim=True)
     if mode == "nearest":  # Pillow takes the pixel the point falls in (grid_sample would round pixel centres)
-        index = (y_in.floor().clamp(0, h - 1) * w + x_in.floor().clamp(0, w - 1)).long().view(b, 1, h * w)
+        cell = torch.minimum(points.floor().clamp_(min=0), size - 1)
+        index = (cell[:, 1] * w + cell[:, 0]).long().view(b, 1, h * w)
         sampled = torch.gather(x.flatten(2), 2, index.expand(-1, x.shape[1], -1)).view_as(x)
     else:
-        grid = torch.stack([2 * x_in / w - 1, 2 * y_in / h - 1], dim=-1).to(x.dtype)
+        grid = (2 * points / size - 1).permute(0, 2, 3, 1).to(x.dtype)
         sampled = F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
         # Pillow rounds its filtered value to the nearest integer and clips it.
         sampled = torch.floor(sampled + 0.5).clamp_(0, 255)
@@ -233,40 +244,44 @@ class BatchRandAugment:
                             f"{tuple(images.shape)}")
         draws = self.draw(images.shape[0])
         x = images.float()
-        # Images that get the same op in the same position are transformed together. Every group's image indices
-        # and arguments (an affine op's matrices, made on the host as before) reach the device in one copy each:
-        # a copy per group from pageable memory made the host wait for the device's queue each time.
+        # Images that get the same op in the same position are transformed together; the affine ops (rotate, shear,
+        # translate) differ only in their matrices, so those with the same filter form one group. Every group's
+        # image indices and arguments (the affine matrices, made on the host) reach the device in one copy each: a
+        # copy per group from pageable memory made the host wait for the device's queue each time.
         groups: list[tuple[str, object, slice, slice]] = []
         indices: list[int] = []
         values: list[torch.Tensor] = []
         offset = 0
         for layer in range(max((len(d) for d in draws), default=0)):
-            in_layer: dict[tuple[str, object], tuple[list[int], list[float]]] = defaultdict(lambda: ([], []))
+            # (op name, or "affine"; filter) -> op name -> (image indices, arguments)
+            in_layer: dict[tuple[str, object], dict[str, tuple[list[int], list[float]]]] = defaultdict(dict)
             for index, applied in enumerate(draws):
                 if layer < len(applied):
                     name, arg, resample = applied[layer]
-                    in_layer[name, resample][0].append(index)
-                    in_layer[name, resample][1].append(arg)
-            for (name, resample), (rows, args) in in_layer.items():
-                group_values = torch.tensor(args, dtype=torch.float64)
-                if name in _GEOMETRIC:
-                    group_values = _affine_matrices(name, group_values, x.shape[2], x.shape[3]).flatten()
-                groups.append((name, resample, slice(len(indices), len(indices) + len(rows)),
-                               slice(offset, offset + len(group_values))))
-                indices += rows
-                values.append(group_values)
-                offset += len(group_values)
+                    rows, args = in_layer[_AFFINE if name in _GEOMETRIC else name, resample].setdefault(name, ([], []))
+                    rows.append(index)
+                    args.append(arg)
+            for (kind, resample), by_name in in_layer.items():
+                row_start, value_start = len(indices), offset
+                for name, (rows, args) in by_name.items():
+                    op_values = torch.tensor(args, dtype=torch.float64)
+                    if kind == _AFFINE:
+                        op_values = _affine_matrices(name, op_values, x.shape[2], x.shape[3]).flatten()
+                    indices += rows
+                    values.append(op_values)
+                    offset += len(op_values)
+                groups.append((kind, resample, slice(row_start, len(indices)), slice(value_start, offset)))
         if not groups:
             return x.to(torch.uint8)
         all_rows = to_device(torch.tensor(indices), x.device)
         all_values = to_device(torch.cat(values), x.device)
         fill = self._fill(x.device)
-        for name, resample, row_span, value_span in groups:
+        for kind, resample, row_span, value_span in groups:
             rows = all_rows[row_span]
-            if name in _GEOMETRIC:
+            if kind == _AFFINE:
                 out = affine(x[rows], all_values[value_span].view(-1, 6), fill, _FILTERS[resample])
             else:
-                out = _POINT_OPS[name](x[rows], all_values[value_span].to(x.dtype))
+                out = _POINT_OPS[kind](x[rows], all_values[value_span].to(x.dtype))
             x[rows] = out
         return x.to(torch.uint8)
 
