@@ -48,6 +48,7 @@ from vitzoo.train.device_decode import (
     EncodedRandomResizedCrop,
     decode_crops,
 )
+from vitzoo.train.random_erasing import BatchRandomErasing
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -466,7 +467,8 @@ class AugmentConfig:
 class DeviceAugment:
     """The end of an image folder's training transform, run on whole batches where they are (the training device):
     RandAugment when the workers leave it to the device (:class:`~vitzoo.train.rand_augment.BatchRandAugment`),
-    uint8 to float32, ``(x / 255 - mean) / std``, then timm's random erasing on the normalised images.
+    uint8 to float32, ``(x / 255 - mean) / std``, then timm's random erasing on the normalised images
+    (:class:`~vitzoo.train.random_erasing.BatchRandomErasing`: timm's rectangles, the whole batch at once).
 
     Takes a (B, C, H, W) batch or one (C, H, W) image of uint8 on any device and returns float32 on that device;
     with ``decode``, also an :class:`~vitzoo.train.device_decode.EncodedBatch` from the loader, which it first
@@ -491,10 +493,9 @@ class DeviceAugment:
         self.decode = decode
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-        self.re_prob = re_prob
-        self.re_mode = re_mode
-        # mean, std and the eraser per device, made once rather than copied to the device every batch.
-        self._per_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor, Callable | None]] = {}
+        self.erase = BatchRandomErasing(re_prob, re_mode) if re_prob > 0 else None
+        # mean and std per device, made once rather than copied to the device every batch.
+        self._per_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, images: torch.Tensor | EncodedBatch, device: torch.device | None = None) -> torch.Tensor:
         if isinstance(images, EncodedBatch):
@@ -503,20 +504,16 @@ class DeviceAugment:
             images = self.decode(images, device)
         if images.dtype != torch.uint8:
             raise TypeError(f"DeviceAugment takes uint8 images, got {images.dtype} (normalised twice?)")
-        mean, std, erase = self._on(images.device)
+        if images.device not in self._per_device:
+            self._per_device[images.device] = (self.mean.to(images.device), self.std.to(images.device))
+        mean, std = self._per_device[images.device]
         if self.rand_augment is not None:
             images = self.rand_augment(images) if images.dim() == 4 else self.rand_augment(images[None])[0]
         # The operations of torchvision's to_tensor and Normalize, in their order, so the result matches theirs.
         x = images.float().div(255).sub_(mean).div_(std)
-        return erase(x) if erase is not None else x
-
-    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, Callable | None]:
-        if device not in self._per_device:
-            from timm.data.random_erasing import RandomErasing
-
-            erase = RandomErasing(self.re_prob, mode=self.re_mode, device=device) if self.re_prob > 0 else None
-            self._per_device[device] = (self.mean.to(device), self.std.to(device), erase)
-        return self._per_device[device]
+        if self.erase is None:
+            return x
+        return self.erase(x) if x.dim() == 4 else self.erase(x[None])[0]
 
 
 def folder_transforms(data_config: dict, augment: AugmentConfig) -> tuple[Callable, DeviceAugment, Callable]:
