@@ -31,14 +31,19 @@ def test_the_rectangles_are_timms_for_the_same_seed(probability: float, height: 
     assert 0 < len(got) <= 64
 
 
+_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                  reason="needs a CUDA GPU"))]
+
+
+@pytest.mark.parametrize("device", _DEVICES)
 @pytest.mark.parametrize("mode", ["pixel", "rand", "const"])
-def test_each_rectangle_holds_its_modes_fill_and_nothing_else_changes(mode: str) -> None:
+def test_each_rectangle_holds_its_modes_fill_and_nothing_else_changes(mode: str, device: str) -> None:
     torch.manual_seed(0)
     x = torch.rand(48, 3, 40, 32) + 10  # far from any fill value
     random.seed(1)
     rectangles = BatchRandomErasing(1.0, mode).rectangles(48, 40, 32)
     random.seed(1)
-    out = BatchRandomErasing(1.0, mode)(x.clone())
+    out = BatchRandomErasing(1.0, mode)(x.to(device)).cpu()
     inside = torch.zeros(48, 40, 32, dtype=torch.bool)
     for index, top, left, h, w in rectangles:
         inside[index, top:top + h, left:left + w] = True
