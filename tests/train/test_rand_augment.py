@@ -137,11 +137,16 @@ def test_the_batch_version_draws_what_timms_randaugment_applies(text: str) -> No
     assert len({name for image in got for name, _, _ in image}) > 5  # the draws cover many ops
 
 
-def test_batches_keep_their_dtype_shape_and_device_and_every_op_runs() -> None:
-    policy = timm_aa.rand_augment_transform("rand-m9-mstd0.5-inc1", {"img_mean": FILL})
+def _applying_every_op(hparams: dict) -> ra.BatchRandAugment:
+    """The DeiT recipe's policy with every drawn op applied (probability 1)."""
+    policy = timm_aa.rand_augment_transform("rand-m9-mstd0.5-inc1", hparams)
     for op in policy.ops:
         op.prob = 1.0
-    augment = ra.BatchRandAugment(policy)
+    return ra.BatchRandAugment(policy)
+
+
+def test_batches_keep_their_dtype_shape_and_device_and_every_op_runs() -> None:
+    augment = _applying_every_op({"img_mean": FILL})
     batch = _batch(_images(count=40, smooth=True)).to(torch.uint8)
     random.seed(0)
     np.random.seed(0)
@@ -154,10 +159,7 @@ def test_batches_keep_their_dtype_shape_and_device_and_every_op_runs() -> None:
 
 def test_a_batch_reaches_the_device_in_two_copies_whatever_its_number_of_op_groups(monkeypatch) -> None:
     """Each group's indices and arguments copied on their own made the host wait for the GPU once per group."""
-    policy = timm_aa.rand_augment_transform("rand-m9-mstd0.5-inc1", {"img_mean": FILL})
-    for op in policy.ops:
-        op.prob = 1.0
-    augment = ra.BatchRandAugment(policy)
+    augment = _applying_every_op({"img_mean": FILL})
     copies = []
     monkeypatch.setattr(ra, "to_device", lambda tensor, device: copies.append(tensor) or tensor.to(device))
     random.seed(1)
@@ -174,10 +176,7 @@ def test_a_batch_reaches_the_device_in_two_copies_whatever_its_number_of_op_grou
 def test_each_image_of_a_batch_gets_its_own_ops_in_order_and_affine_ops_share_a_call(monkeypatch) -> None:
     """The grouped batch equals each image put through its own draws one op at a time; the geometric ops of one
     layer and filter run as one affine call (one per op and filter took several times the launches)."""
-    policy = timm_aa.rand_augment_transform("rand-m9-mstd0.5-inc1", {"img_mean": FILL, "translate_const": 10})
-    for op in policy.ops:
-        op.prob = 1.0
-    augment = ra.BatchRandAugment(policy)
+    augment = _applying_every_op({"img_mean": FILL, "translate_const": 10})
     batch = _batch(_images(count=60, smooth=True)).to(torch.uint8)
     random.seed(3)
     np.random.seed(3)
