@@ -11,7 +11,13 @@ import torch
 from PIL import Image
 
 from vitzoo.train.data import UnreadableImage, load_encoded, sample_seed, seed_everything
-from vitzoo.train.device_decode import EncodedCrop, EncodedRandomResizedCrop, collate_encoded, decode_crops
+from vitzoo.train.device_decode import (
+    EncodedBatch,
+    EncodedCrop,
+    EncodedRandomResizedCrop,
+    collate_encoded,
+    decode_crops,
+)
 
 CPU = torch.device("cpu")
 
@@ -197,3 +203,44 @@ def test_a_gpu_run_decodes_on_the_device_and_graphs_its_steps(tmp_path: Path) ->
     metrics = train(load_config(None, args[6:], model=MODEL, output=str(output), data_dir=str(data)))
     assert metrics["num_updates"] == 6 and np.isfinite(metrics["train_loss"])
     assert (output / "checkpoints").is_dir()
+
+
+def test_decoded_ahead_decodes_encoded_batches_in_order_and_passes_others_through(jpeg: Path) -> None:
+    from vitzoo.train.device_decode import decoded_ahead
+
+    encoded = load_encoded(str(jpeg))
+    batches = [collate_encoded([(EncodedCrop(encoded.data, (float(i), 0.0, 60.0 + i, 60.0), i % 2 == 1), i)])
+               for i in range(5)]
+    plain = (torch.zeros(1, 3, 16, 16, dtype=torch.uint8), torch.tensor([9]))
+    got = list(decoded_ahead([*batches, plain], lambda batch, device: decode_crops(batch, device, 16), CPU))
+    assert [int(targets) for _, targets in got] == [0, 1, 2, 3, 4, 9]
+    for (images, _), (batch, _) in zip(got, batches, strict=False):
+        assert torch.equal(images, decode_crops(batch, CPU, 16))
+    assert got[-1][0] is plain[0]
+
+
+def test_decoded_ahead_raises_a_decoding_error_at_its_batch_and_stops_its_thread_with_the_caller() -> None:
+    import threading
+
+    from vitzoo.train.device_decode import decoded_ahead
+
+    calls = []
+
+    def decode(batch: EncodedBatch, device: torch.device) -> torch.Tensor:
+        calls.append(batch)
+        if len(calls) == 2:
+            raise RuntimeError("corrupt batch")
+        return torch.zeros(1)
+
+    encoded = EncodedBatch(torch.zeros(1, dtype=torch.uint8), torch.tensor([0, 1]), torch.zeros(1, 4),
+                           torch.zeros(1, dtype=torch.bool))
+    seen = []
+    with pytest.raises(RuntimeError, match="corrupt batch"):
+        for _, name in decoded_ahead([(encoded, "good"), (encoded, "bad"), (encoded, "never")], decode, CPU):
+            seen.append(name)
+    assert seen == ["good"]
+    # stopping early: the background thread ends with the generator
+    ahead = decoded_ahead([(torch.zeros(1), index) for index in range(100)], decode, CPU)
+    assert next(ahead)[1] == 0
+    ahead.close()
+    assert not any(thread.name.startswith("decode-ahead") for thread in threading.enumerate())

@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -204,3 +207,30 @@ def decode_crops(batch: EncodedBatch, device: torch.device, size: int) -> torch.
     flips = to_device(batch.flips, device).view(-1, 1, 1, 1)
     crops = torch.where(flips, crops.flip(-1), crops)
     return crops.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def decoded_ahead(batches: Iterable[tuple[Any, torch.Tensor]],
+                  decode: Callable[[EncodedBatch, torch.device], torch.Tensor],
+                  device: torch.device) -> Iterator[tuple[Any, torch.Tensor]]:
+    """``batches`` (a training loader's (images, targets)) with every :class:`EncodedBatch` replaced by
+    ``decode(batch, device)``, the next batch fetched and decoded by a background thread while the caller trains on
+    the current one. The decoder's host-side work (nvJPEG's Huffman decoding, the crops' launches) runs in C++ without
+    the GIL, so it overlaps the training step's host work instead of following it. Batches keep their order, an
+    error in fetching or decoding is raised where its batch would have been, and the thread ends with the
+    iteration (also when the caller stops early)."""
+
+    def fetch(iterator: Iterator[tuple[Any, torch.Tensor]]) -> tuple[Any, torch.Tensor] | None:
+        try:
+            images, targets = next(iterator)
+        except StopIteration:
+            return None
+        if isinstance(images, EncodedBatch):
+            images = decode(images, device)
+        return images, targets
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-ahead") as thread:
+        iterator = iter(batches)
+        pending = thread.submit(fetch, iterator)
+        while (batch := pending.result()) is not None:
+            pending = thread.submit(fetch, iterator)
+            yield batch

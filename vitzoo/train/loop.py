@@ -60,7 +60,7 @@ from vitzoo.train.data import (
     sample_seed,
     seed_everything,
 )
-from vitzoo.train.device_decode import collate_encoded
+from vitzoo.train.device_decode import collate_encoded, decoded_ahead
 from vitzoo.train.evaluate import evaluate
 from vitzoo.train.factories import (
     DropPathRamp,
@@ -454,6 +454,12 @@ def train_one_epoch(training: Training) -> tuple[torch.Tensor, int, float]:
 
         loader = skip_first_batches(train_loader, run.batches_done)
         loader.set_epoch(epoch)
+    decode = getattr(training.device_tf, "decode", None)
+    # JPEG batches: the next one decodes on the device while this one trains. Not with gradient accumulation:
+    # accelerate marks the loader's end when its last batch is fetched, which would end an accumulation one batch
+    # early.
+    if decode is not None and config.grad_accum == 1:
+        loader = decoded_ahead(loader, decode, accelerator.device)
     model.train()
     bar = tqdm(total=len(train_loader), initial=run.batches_done, desc=f"epoch {epoch}", leave=False,
                disable=not (accelerator.is_local_main_process and config.progress))
