@@ -16,6 +16,7 @@ quality-95 baseline JPEGs, so the device only ever sees the common case.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -219,14 +220,18 @@ def decoded_ahead(batches: Iterable[tuple[Any, torch.Tensor]],
     error in fetching or decoding is raised where its batch would have been, and the thread ends with the
     iteration (also when the caller stops early)."""
 
+    # the thread queues its copies and kernels on the caller's stream, so the caller's run after them
+    stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+
     def fetch(iterator: Iterator[tuple[Any, torch.Tensor]]) -> tuple[Any, torch.Tensor] | None:
-        try:
-            images, targets = next(iterator)
-        except StopIteration:
-            return None
-        if isinstance(images, EncodedBatch):
-            images = decode(images, device)
-        return images, targets
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            try:
+                images, targets = next(iterator)
+            except StopIteration:
+                return None
+            if isinstance(images, EncodedBatch):
+                images = decode(images, device)
+            return images, targets
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-ahead") as thread:
         iterator = iter(batches)
