@@ -125,7 +125,7 @@ def _recorded_timm_draws(policy, count: int, seed: int) -> list[list[tuple[str, 
     return draws
 
 
-@pytest.mark.parametrize("text", ["rand-m9-mstd0.5-inc1", "rand-n1-m3", "rand-n3-m7-mstd0.5"])
+@pytest.mark.parametrize("text", ["rand-m9-mstd0.5-inc1", "rand-n1-m3", "rand-n3-m7-mstd0.5", "rand-m9-tweights"])
 def test_the_batch_version_draws_what_timms_randaugment_applies(text: str) -> None:
     hparams = {"img_mean": FILL, "translate_const": 100}
     policy = timm_aa.rand_augment_transform(text, hparams)

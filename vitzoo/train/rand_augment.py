@@ -218,10 +218,14 @@ class BatchRandAugment:
         """Per image, the ops it gets as (name, argument, resample filter of an affine op, else None): timm's draws
         in timm's order."""
         policy, draws = self.policy, []
-        for _ in range(count):
+        if policy.choice_weights is None:  # the numbers np.random.choice draws per image, drawn for all at once
+            chosen = np.random.randint(0, len(policy.ops), size=(count, policy.num_layers))
+        else:
+            chosen = [np.random.choice(len(policy.ops), policy.num_layers, replace=False, p=policy.choice_weights)
+                      for _ in range(count)]
+        for indices in chosen:
             applied = []
-            for op in np.random.choice(policy.ops, policy.num_layers, replace=policy.choice_weights is None,
-                                       p=policy.choice_weights):
+            for op in (policy.ops[index] for index in indices):
                 if op.prob < 1.0 and random.random() > op.prob:
                     continue
                 magnitude = op.magnitude
