@@ -279,13 +279,14 @@ class BatchRandAugment:
             return x.to(torch.uint8)
         all_rows = to_device(torch.tensor(indices), x.device)
         all_values = to_device(torch.cat(values), x.device)
+        point_values = all_values.to(x.dtype)  # the point ops' arguments, converted once rather than per group
         fill = self._fill(x.device)
         for kind, resample, row_span, value_span in groups:
             rows = all_rows[row_span]
             if kind == _AFFINE:
                 out = affine(x[rows], all_values[value_span].view(-1, 6), fill, _FILTERS[resample])
             else:
-                out = _POINT_OPS[kind](x[rows], all_values[value_span].to(x.dtype))
+                out = _POINT_OPS[kind](x[rows], point_values[value_span])
             x[rows] = out
         return x.to(torch.uint8)
 
