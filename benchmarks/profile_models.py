@@ -12,7 +12,10 @@ For each model, one eager bf16-autocast inference forward (and optionally one Ad
   layout copies among them (``copy``/``cast`` kernels);
 - ``host_profile``: cProfile of a few steps, sorted by own time and by cumulative time (what the Python side
   spends its time on);
-- ``graph_capture``: whether forward (+ backward for training) captures into a CUDA graph and replays.
+- ``graph_capture``: whether forward (+ backward for training) captures into a CUDA graph and replays;
+- with ``--train --cuda-graph``, ``train_cuda_graph``: the same measures of train.py's ``cuda_graph=true`` step
+  (forward and backward replayed from CUDA graphs, cross-entropy and AdamW eager), where the host time left is the
+  loss, the backward's bookkeeping and the optimizer.
 
     python benchmarks/profile_models.py --models softmax_deit_tiny_patch16_224 linear_deit_tiny_patch16_224 \\
         --out profile.json
@@ -40,6 +43,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import vitzoo  # noqa: E402,F401  (registers the models)
+from vitzoo.train.cuda_graph import graphed_training_forward  # noqa: E402
 
 _COPY_WORDS = ("copy", "cast", "to_copy", "contiguous")
 
@@ -206,6 +210,16 @@ def profile_model(name: str, args) -> dict:
         result["train"] = _measure(train_step, args)
         optimizer.zero_grad(set_to_none=True)
         result["train"]["graph_capture"] = _graph_capture(model, xt, train=True)
+        if args.cuda_graph:
+            # train.py's cuda_graph=true step: forward and backward replayed, loss and AdamW eager
+            forward = graphed_training_forward(model, xt, torch.bfloat16)
+
+            def graphed_step():
+                optimizer.zero_grad(set_to_none=True)
+                F.cross_entropy(forward(xt), target).backward()
+                optimizer.step()
+
+            result["train_cuda_graph"] = _measure(graphed_step, args)
     return result
 
 
@@ -216,6 +230,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--train-batch-size", type=int, default=128)
     parser.add_argument("--train", action="store_true", help="also profile an AdamW training step")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="with --train, also a step whose forward and backward replay CUDA graphs (train.py's "
+                             "cuda_graph=true)")
     parser.add_argument("--warm", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--profile-steps", type=int, default=3)
