@@ -244,3 +244,32 @@ def test_decoded_ahead_raises_a_decoding_error_at_its_batch_and_stops_its_thread
     assert next(ahead)[1] == 0
     ahead.close()
     assert not any(thread.name.startswith("decode-ahead") for thread in threading.enumerate())
+
+
+@pytest.mark.usefixtures("fresh_accelerator_state")
+def test_a_run_stopped_mid_epoch_shuts_its_decoding_loader_down_cleanly(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """max_steps stops the epoch with the next batch being decoded ahead; the loader's worker must still exit
+    cleanly (workers started from the background thread failed at their exit)."""
+    import gc
+    import sys
+
+    from tiny_runs import MODEL, train_args, write_image_folder
+
+    from vitzoo.train.config import load_config
+    from vitzoo.train.loop import train
+
+    data = write_image_folder(tmp_path / "images", train_per_class=8)
+    for png in data.rglob("*.png"):
+        with Image.open(png) as image:
+            image.save(png.with_suffix(".jpg"), quality=95)
+        png.unlink()
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: unraisable.append(info.exc_value))
+    output = tmp_path / "run"
+    args = train_args(output, data, "auto_augment=rand-m9-mstd0.5-inc1", "augment_on_device=true",
+                      "decode_on_device=true", "workers=1", "max_steps=4")
+    metrics = train(load_config(None, args[6:], model=MODEL, output=str(output), data_dir=str(data)))
+    gc.collect()
+    assert metrics["num_updates"] == 4
+    assert unraisable == []

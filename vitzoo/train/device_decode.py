@@ -233,9 +233,12 @@ def decoded_ahead(batches: Iterable[tuple[Any, torch.Tensor]],
                 images = decode(images, device)
             return images, targets
 
+    iterator = iter(batches)
+    # The first batch in the caller's thread: a loader starts its worker processes on its first batch, and workers
+    # started from the background thread failed at their exit.
+    batch = fetch(iterator)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-ahead") as thread:
-        iterator = iter(batches)
-        pending = thread.submit(fetch, iterator)
-        while (batch := pending.result()) is not None:
+        while batch is not None:
             pending = thread.submit(fetch, iterator)
             yield batch
+            batch = pending.result()
