@@ -64,5 +64,5 @@ def test_each_rectangle_holds_its_modes_fill_and_nothing_else_changes(mode: str,
 def test_no_rectangle_leaves_the_batch_as_it_was_and_a_bad_mode_is_refused() -> None:
     x = torch.randn(8, 3, 16, 16)
     assert BatchRandomErasing(0.0)(x) is x
-    with pytest.raises(ValueError, match="one of pixel, rand, const"):
+    with pytest.raises(ValueError, match="one of const, rand, pixel"):
         BatchRandomErasing(0.5, "noise")

@@ -15,9 +15,8 @@ import random
 
 import torch
 
+from vitzoo.train.config import RE_MODES
 from vitzoo.train.rand_augment import to_device
-
-MODES = ("pixel", "rand", "const")
 
 
 class BatchRandomErasing:
@@ -35,8 +34,8 @@ class BatchRandomErasing:
     log_aspect_ratio = (math.log(0.3), math.log(1 / 0.3))
 
     def __init__(self, probability: float, mode: str = "pixel") -> None:
-        if mode not in MODES:
-            raise ValueError(f"random erasing mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode not in RE_MODES:
+            raise ValueError(f"random erasing mode must be one of {', '.join(RE_MODES)}, got {mode!r}")
         self.probability, self.mode = probability, mode
 
     def rectangles(self, batch: int, height: int, width: int) -> list[tuple[int, int, int, int, int]]:
