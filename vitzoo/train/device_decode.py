@@ -17,6 +17,7 @@ quality-95 baseline JPEGs, so the device only ever sees the common case.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator
@@ -116,8 +117,10 @@ def collate_encoded(samples: list[tuple[EncodedCrop, int]]) -> tuple[EncodedBatc
     return batch, torch.tensor([target for _, target in samples], dtype=torch.int64)
 
 
-# one stream per device that only decodes: see _decode_or_substitute
-_decode_streams: dict[torch.device, torch.cuda.Stream] = {}
+@functools.cache
+def _decode_stream(device: torch.device) -> torch.cuda.Stream:
+    """The stream of ``device`` that only decodes (see :func:`_decode_or_substitute`), made once per device."""
+    return torch.cuda.Stream(device)
 
 
 def _decode_or_substitute(batch: EncodedBatch, device: torch.device) -> list[torch.Tensor]:
@@ -132,9 +135,7 @@ def _decode_or_substitute(batch: EncodedBatch, device: torch.device) -> list[tor
     # that does nothing but decode, the outputs come from blocks the allocator frees only once the training stream's
     # uses of them have run (record_stream), so the host need not wait for the GPU's queue before each batch.
     consumer = torch.cuda.current_stream(device)
-    if device not in _decode_streams:
-        _decode_streams[device] = torch.cuda.Stream(device)
-    stream = _decode_streams[device]
+    stream = _decode_stream(device)
     with torch.cuda.stream(stream):
         images = _decode_files(batch, device)
     consumer.wait_stream(stream)
