@@ -55,6 +55,7 @@ def test_compare_run_writes_interleaved_rows_with_provenance(tmp_path, capsys):
     assert "infer 32px none: " in capsys.readouterr().err
     result = json.loads(out.read_text())
     assert {"device", "torch", "timm", "date", "command", "git_revision"} <= set(result["info"])
+    assert result["info"]["precision"] == "bf16"  # what the results scripts and the plots group rows by
     assert result["info"]["source_sha256"] == source_digest()
     infer = [r for r in result["rows"] if r["phase"] == "infer"]
     assert [r["role"] for r in infer] == ["zoo", "twin", "timm"]

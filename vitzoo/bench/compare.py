@@ -366,8 +366,8 @@ def run_compare(names: Iterable[str], img_sizes: Iterable[int], phases: Iterable
     """Measure the zoo models, their twins and timm's models at every (size, phase, compile mode), interleaved;
     rewrite ``results_file`` after each."""
     ordered, roles = comparison_set(names)
-    result: dict[str, Any] = {"info": provenance(command, torch.device(config.device)) | {"config": vars(config)},
-                              "rows": []}
+    result: dict[str, Any] = {"info": provenance(command, torch.device(config.device))
+                              | {"precision": "bf16", "config": vars(config)}, "rows": []}
     measure_all(ordered, roles, img_sizes, phases, compile_modes, config, result, results_file, log, progress)
     return result
 
