@@ -206,3 +206,81 @@ def test_official_qtvit_attention_takes_bfloat16_as_its_code_takes_float16():
     out = model[0].relu_linear_att(qkv)
     assert out.dtype == torch.float32 and torch.equal(out, qkv.float())
     assert model[0].relu_linear_att(qkv.half()).dtype == torch.float32
+
+
+def _profile_training_module():
+    spec = importlib.util.spec_from_file_location("profile_training", ROOT / "benchmarks" / "profile_training.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Range:
+    def __init__(self, start: float, end: float) -> None:
+        self.start, self.end = start, end
+
+    def elapsed_us(self) -> float:
+        return self.end - self.start
+
+
+class _Event:
+    """What profile_training reads of a torch.profiler event: name, device type, time range (us), device time."""
+
+    def __init__(self, name: str, start: float, end: float, device_us: float = 0.0, kernel: bool = False) -> None:
+        self.name, self.time_range, self.device_time_total = name, _Range(start, end), device_us
+        self.device_type = "DeviceType.CUDA" if kernel else "DeviceType.CPU"
+
+
+def test_profile_training_counts_stages_and_busy_time_between_the_first_and_last_step():
+    """Three updates between the first and the last step range (at 0, 10, 20 and 30 ms): ranges and kernels are
+    counted by their start inside [0, 30); overlapping kernels count once in the busy time."""
+    summarise = _profile_training_module().summarise
+    ms = 1000.0
+    events = [_Event("vitzoo.step", t * ms, (t + 6) * ms, device_us=4 * ms) for t in (0, 10, 20, 30)]
+    events += [_Event("vitzoo.augment", (t - 3) * ms, (t - 1) * ms, device_us=1 * ms) for t in (10, 20, 30, 40)]
+    events += [_Event("vitzoo.decode", 2 * ms, 5 * ms)]
+    events += [_Event("gemm", 1 * ms, 5 * ms, kernel=True), _Event("gemm", 3 * ms, 8 * ms, kernel=True),
+               _Event("erase", 12 * ms, 14 * ms, kernel=True), _Event("gemm", 31 * ms, 39 * ms, kernel=True)]
+    summary = summarise(events, batch=100)
+    assert summary["updates"] == 3 and summary["wall_ms"] == 10.0 and summary["img_per_s_from_wall"] == 10000.0
+    assert summary["stages"]["step"] == {"ranges": 3, "host_ms": 6.0, "device_ms": 4.0}
+    # augment ranges start at 7, 17, 27 and 37 ms: the last one is outside
+    assert summary["stages"]["augment"] == {"ranges": 3, "host_ms": 2.0, "device_ms": 1.0}
+    assert summary["stages"]["decode"]["ranges"] == 1
+    assert summary["loop_other_ms"] == 2.0
+    assert summary["device_busy_ms"] == 3.0 and summary["device_kernel_ms"] == round(11 / 3, 3)
+    assert summary["launches"] == 1.0
+    assert [k["name"] for k in summary["kernels"]] == ["gemm", "erase"] and summary["kernels"][0]["calls"] == 0.67
+    with pytest.raises(ValueError, match="at least 3 updates"):
+        summarise(events[:2], batch=100)
+
+
+def test_profile_training_profiles_each_stage_of_a_decoding_run(tmp_path: Path):
+    """A tiny JPEG run with decoding and RandAugment on the device (here the CPU): every stage's ranges, once per
+    update, with their host time; no device time on the CPU."""
+    from PIL import Image
+
+    data = write_image_folder(tmp_path / "images", train_per_class=16)
+    for png in data.rglob("*.png"):
+        with Image.open(png) as image:
+            image.save(png.with_suffix(".jpg"), quality=95)
+        png.unlink()
+    out = tmp_path / "profile.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "profile_training.py"), "--data-dir", str(data), "--warm", "2",
+         "--steps", "5", "--out", str(out), "model=softmax_deit_tiny_patch16_224", "img_size=16", "patch_size=8",
+         "model_kwargs={embed_dim: 16, depth: 1, num_heads: 2}", "precision=fp32", "workers=1", "batch_size=4",
+         "epochs=3", "warmup_epochs=0", "auto_augment=rand-m9-mstd0.5-inc1", "augment_on_device=true",
+         "decode_on_device=true"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    profile = result["profile"]
+    assert list(profile["stages"]) == ["load", "decode", "augment", "step"]
+    assert profile["updates"] >= 3
+    for name in ("augment", "step"):
+        assert profile["stages"][name]["ranges"] == profile["updates"]
+    assert all(stage["host_ms"] > 0 and stage["device_ms"] == 0 for stage in profile["stages"].values())
+    assert profile["wall_ms"] > 0 and profile["device_busy_ms"] == 0 and profile["kernels"] == []
+    assert result["info"]["device"] == "CPU" and "decode_on_device=true" in result["info"]["command"]
+    assert profile["config"]["decode_on_device"] is True

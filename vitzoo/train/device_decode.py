@@ -26,10 +26,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.profiler import record_function
 
 from vitzoo.train.rand_augment import to_device
 
 _logger = logging.getLogger(__name__)
+
+# torch.profiler ranges around the stages of a training step (benchmarks/profile_training.py reads them): the
+# device stage with mixup, and the forward, backward and optimizer step, in the training loop; the loader's batch and
+# its decoding in decode-ahead's thread (JPEG batches only).
+PROFILE_RANGES = {"load": "vitzoo.load", "decode": "vitzoo.decode", "augment": "vitzoo.augment",
+                  "step": "vitzoo.step"}
 
 
 @dataclass
@@ -227,11 +234,13 @@ def decoded_ahead(batches: Iterable[tuple[Any, torch.Tensor]],
     def fetch(iterator: Iterator[tuple[Any, torch.Tensor]]) -> tuple[Any, torch.Tensor] | None:
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             try:
-                images, targets = next(iterator)
+                with record_function(PROFILE_RANGES["load"]):
+                    images, targets = next(iterator)
             except StopIteration:
                 return None
             if isinstance(images, EncodedBatch):
-                images = decode(images, device)
+                with record_function(PROFILE_RANGES["decode"]):
+                    images = decode(images, device)
             return images, targets
 
     iterator = iter(batches)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
+from torch.profiler import record_function
 
 from vitzoo.train import cuda_graph
 from vitzoo.train.checkpoint import (
@@ -60,7 +61,7 @@ from vitzoo.train.data import (
     sample_seed,
     seed_everything,
 )
-from vitzoo.train.device_decode import collate_encoded, decoded_ahead
+from vitzoo.train.device_decode import PROFILE_RANGES, collate_encoded, decoded_ahead
 from vitzoo.train.evaluate import evaluate
 from vitzoo.train.factories import (
     DropPathRamp,
@@ -474,13 +475,14 @@ def train_one_epoch(training: Training) -> tuple[torch.Tensor, int, float]:
             training.drop_path_ramp.step(run.num_updates)
         # Per-batch seed: the device stage, mixup and drop path draw the same numbers whether or not the run resumed.
         seed_everything(sample_seed(config.seed + 1 + accelerator.process_index, epoch, run.batches_done))
-        if training.device_tf is not None:
-            images = training.device_tf(images, accelerator.device)
-        if training.mixup is not None:
-            images, targets = training.mixup(images, targets)
-        if config.channels_last and not config.cuda_graph:  # a graphed forward copies into its channels-last input
-            images = images.contiguous(memory_format=torch.channels_last)
-        with accelerator.accumulate(model):
+        with record_function(PROFILE_RANGES["augment"]):
+            if training.device_tf is not None:
+                images = training.device_tf(images, accelerator.device)
+            if training.mixup is not None:
+                images, targets = training.mixup(images, targets)
+            if config.channels_last and not config.cuda_graph:  # a graphed forward copies into its channels-last input
+                images = images.contiguous(memory_format=torch.channels_last)
+        with record_function(PROFILE_RANGES["step"]), accelerator.accumulate(model):
             loss = training.criterion(training.forward(images), targets)
             accelerator.backward(loss)
             if accelerator.sync_gradients and config.clip_grad:
