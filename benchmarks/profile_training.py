@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -157,6 +158,15 @@ def profile_run(config_path: str | None, data_dir: str | None, overrides: list[s
     return summary
 
 
+def _merged(path: Path, run: dict[str, Any]) -> dict[str, Any]:
+    """The results file at ``path`` (if any) with ``run`` added, replacing a run of the same config file, model and
+    overrides."""
+    runs = json.loads(path.read_text())["runs"] if path.exists() else []
+    key = (run["config_file"], run["model"], run["overrides"])
+    runs = [r for r in runs if (r["config_file"], r["model"], r["overrides"]) != key] + [run]
+    return {"runs": runs}
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -165,16 +175,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warm", type=int, default=40, help="updates before profiling (default 40)")
     parser.add_argument("--steps", type=int, default=40, help="updates profiled (default 40)")
     parser.add_argument("--top", type=int, default=20, help="kernels listed (default 20)")
-    parser.add_argument("--out", type=Path, required=True, help="results JSON")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="results JSON: one entry per (config, model, overrides), each with its provenance")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="train.py config overrides")
     args = parser.parse_args(argv)
     command = "python benchmarks/profile_training.py " + " ".join(sys.argv[1:] if argv is None else argv)
     summary = profile_run(args.config, args.data_dir, args.overrides, args.warm, args.steps, args.top)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    write_json(args.out, {"info": environment(device) | {"command": command, "git_revision": git_revision()},
-                          "profile": summary})
-    print(f"{summary['img_per_s_from_wall']:.0f} img/s: {summary['wall_ms']:.2f} ms per update, device busy "
-          f"{summary['device_busy_ms']:.2f} ms, loop waiting and bookkeeping {summary['loop_other_ms']:.2f} ms")
+    run = {"config_file": args.config, "model": summary["config"]["model"], "overrides": args.overrides,
+           "info": environment(device) | {"command": command, "git_revision": git_revision(),
+                                          "cpu_count": os.cpu_count()},
+           "profile": summary}
+    write_json(args.out, _merged(args.out, run))
+    print(f"{run['model']}: {summary['img_per_s_from_wall']:.0f} img/s, {summary['wall_ms']:.2f} ms per update, "
+          f"device busy {summary['device_busy_ms']:.2f} ms, loop waiting and bookkeeping "
+          f"{summary['loop_other_ms']:.2f} ms")
     for name, stage in summary["stages"].items():
         print(f"  {name:8s} host {stage['host_ms']:8.3f} ms  device {stage['device_ms']:8.3f} ms")
     print(json.dumps(summary["kernels"][:8], indent=1))

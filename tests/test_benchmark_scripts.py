@@ -274,13 +274,29 @@ def test_profile_training_profiles_each_stage_of_a_decoding_run(tmp_path: Path):
          "epochs=3", "warmup_epochs=0", "auto_augment=rand-m9-mstd0.5-inc1", "augment_on_device=true",
          "decode_on_device=true"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(out.read_text())
-    profile = result["profile"]
+    (run,) = json.loads(out.read_text())["runs"]
+    profile = run["profile"]
     assert list(profile["stages"]) == ["load", "decode", "augment", "step"]
     assert profile["updates"] >= 3
     for name in ("augment", "step"):
         assert profile["stages"][name]["ranges"] == profile["updates"]
     assert all(stage["host_ms"] > 0 and stage["device_ms"] == 0 for stage in profile["stages"].values())
     assert profile["wall_ms"] > 0 and profile["device_busy_ms"] == 0 and profile["kernels"] == []
-    assert result["info"]["device"] == "CPU" and "decode_on_device=true" in result["info"]["command"]
-    assert profile["config"]["decode_on_device"] is True
+    assert run["info"]["device"] == "CPU" and "decode_on_device=true" in run["info"]["command"]
+    assert run["model"] == "softmax_deit_tiny_patch16_224" and profile["config"]["decode_on_device"] is True
+
+
+def test_profile_training_results_keep_one_run_per_config_model_and_overrides(tmp_path: Path):
+    merged = _profile_training_module()._merged
+    out = tmp_path / "profile.json"
+
+    def run(model: str, overrides: list[str], wall: float) -> dict:
+        return {"config_file": "c.yaml", "model": model, "overrides": overrides, "profile": {"wall_ms": wall}}
+
+    out.write_text(json.dumps(merged(out, run("a", ["workers=4"], 1.0))))
+    out.write_text(json.dumps(merged(out, run("b", ["workers=4"], 2.0))))
+    out.write_text(json.dumps(merged(out, run("a", ["workers=8"], 3.0))))
+    out.write_text(json.dumps(merged(out, run("a", ["workers=4"], 4.0))))
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["model"], r["overrides"], r["profile"]["wall_ms"]) for r in runs] == [
+        ("b", ["workers=4"], 2.0), ("a", ["workers=8"], 3.0), ("a", ["workers=4"], 4.0)]
