@@ -255,9 +255,8 @@ def test_profile_training_counts_stages_and_busy_time_between_the_first_and_last
         summarise(events[:2], batch=100)
 
 
-def test_profile_training_profiles_each_stage_of_a_decoding_run(tmp_path: Path):
-    """A tiny JPEG run with decoding and RandAugment on the device (here the CPU): every stage's ranges, once per
-    update, with their host time; no device time on the CPU."""
+def _profile_tiny_decoding_run(tmp_path: Path, *overrides: str) -> dict:
+    """profile_training.py's entry for a tiny JPEG run with decoding and RandAugment on the device."""
     from PIL import Image
 
     data = write_image_folder(tmp_path / "images", train_per_class=16)
@@ -270,20 +269,39 @@ def test_profile_training_profiles_each_stage_of_a_decoding_run(tmp_path: Path):
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "profile_training.py"), "--data-dir", str(data), "--warm", "2",
          "--steps", "5", "--out", str(out), "model=softmax_deit_tiny_patch16_224", "img_size=16", "patch_size=8",
-         "model_kwargs={embed_dim: 16, depth: 1, num_heads: 2}", "precision=fp32", "workers=1", "batch_size=4",
-         "epochs=3", "warmup_epochs=0", "auto_augment=rand-m9-mstd0.5-inc1", "augment_on_device=true",
-         "decode_on_device=true"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+         "model_kwargs={embed_dim: 16, depth: 1, num_heads: 2}", "workers=1", "batch_size=4", "epochs=3",
+         "warmup_epochs=0", "auto_augment=rand-m9-mstd0.5-inc1", "augment_on_device=true", "decode_on_device=true",
+         *overrides], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     (run,) = json.loads(out.read_text())["runs"]
-    profile = run["profile"]
-    assert list(profile["stages"]) == ["load", "decode", "augment", "step"]
-    assert profile["updates"] >= 3
+    assert list(run["profile"]["stages"]) == ["load", "decode", "augment", "step"]
+    assert run["model"] == "softmax_deit_tiny_patch16_224" and run["profile"]["config"]["decode_on_device"] is True
+    assert run["profile"]["updates"] >= 3 and run["profile"]["wall_ms"] > 0
     for name in ("augment", "step"):
-        assert profile["stages"][name]["ranges"] == profile["updates"]
+        assert run["profile"]["stages"][name]["ranges"] == run["profile"]["updates"]
+    return run
+
+
+def test_profile_training_profiles_each_stage_of_a_decoding_run(tmp_path: Path):
+    """On the CPU: every stage's ranges, once per update, with their host time; no device time."""
+    run = _profile_tiny_decoding_run(tmp_path, "precision=fp32")
+    profile = run["profile"]
     assert all(stage["host_ms"] > 0 and stage["device_ms"] == 0 for stage in profile["stages"].values())
-    assert profile["wall_ms"] > 0 and profile["device_busy_ms"] == 0 and profile["kernels"] == []
+    assert profile["device_busy_ms"] == 0 and profile["kernels"] == []
     assert run["info"]["device"] == "CPU" and "decode_on_device=true" in run["info"]["command"]
-    assert run["model"] == "softmax_deit_tiny_patch16_224" and profile["config"]["decode_on_device"] is True
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (device time, nvJPEG, CUDA graphs)")
+def test_profile_training_attributes_device_time_to_each_stage_of_a_graphed_gpu_run(tmp_path: Path):
+    """On a GPU with graphed steps: the replayed forward and backward's kernels count in the step's device time,
+    RandAugment's and erasing's in the device stage's, nvJPEG's in the decoding's, and the GPU's busy time is at
+    most the summed kernel time."""
+    profile = _profile_tiny_decoding_run(tmp_path, "precision=bf16", "cuda_graph=true", "re_prob=0.25")["profile"]
+    stages = profile["stages"]
+    assert stages["step"]["device_ms"] > 0 and stages["augment"]["device_ms"] > 0
+    assert stages["decode"]["device_ms"] > 0
+    assert 0 < profile["device_busy_ms"] <= profile["device_kernel_ms"] + 1e-3
+    assert profile["launches"] > 0 and profile["kernels"]
 
 
 def test_profile_training_results_keep_one_run_per_config_model_and_overrides(tmp_path: Path):
