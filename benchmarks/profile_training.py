@@ -40,16 +40,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vitzoo.bench.common import environment, git_revision, write_json  # noqa: E402
-from vitzoo.train.config import load_config  # noqa: E402
+from vitzoo.train.config import ConfigError, first_line, load_config  # noqa: E402
 from vitzoo.train.device_decode import PROFILE_RANGES  # noqa: E402
 from vitzoo.train.loop import train  # noqa: E402
 
 MAIN_THREAD_STAGES = ("augment", "step")
-
-
-def _device_us(event: Any) -> float:
-    """Device time of the kernels launched inside a profiler event."""
-    return event.device_time_total
 
 
 def _is_kernel(event: Any) -> bool:
@@ -86,7 +81,7 @@ def summarise(events: list[Any], batch: int, top: int = 20) -> dict[str, Any]:
         stage = stages.setdefault(names[event.name], {"ranges": 0, "host_ms": 0.0, "device_ms": 0.0})
         stage["ranges"] += 1
         stage["host_ms"] += event.time_range.elapsed_us() / updates / 1e3
-        stage["device_ms"] += _device_us(event) / updates / 1e3
+        stage["device_ms"] += event.device_time_total / updates / 1e3
     stages = {name: {key: round(value, 3) for key, value in stages[name].items()}
               for name in PROFILE_RANGES if name in stages}
     main_thread_ms = sum(stages[name]["host_ms"] for name in MAIN_THREAD_STAGES if name in stages)
@@ -180,7 +175,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="train.py config overrides")
     args = parser.parse_args(argv)
     command = "python benchmarks/profile_training.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    summary = profile_run(args.config, args.data_dir, args.overrides, args.warm, args.steps, args.top)
+    try:
+        summary = profile_run(args.config, args.data_dir, args.overrides, args.warm, args.steps, args.top)
+    except (ConfigError, ValueError, RuntimeError) as error:
+        parser.error(first_line(error))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     run = {"config_file": args.config, "model": summary["config"]["model"], "overrides": args.overrides,
            "info": environment(device) | {"command": command, "git_revision": git_revision(),

@@ -304,6 +304,15 @@ def test_profile_training_attributes_device_time_to_each_stage_of_a_graphed_gpu_
     assert profile["launches"] > 0 and profile["kernels"]
 
 
+def test_profile_training_reports_a_bad_config_in_one_line(tmp_path: Path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_training.py"), "--data-dir",
+                           str(tmp_path), "--out", str(tmp_path / "p.json"), "--", "workers=-1"],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "workers" in done.stderr.strip().splitlines()[-1] and not (tmp_path / "p.json").exists()
+
+
 def test_profile_training_results_keep_one_run_per_config_model_and_overrides(tmp_path: Path):
     merged = _profile_training_module()._merged
     out = tmp_path / "profile.json"
