@@ -24,8 +24,10 @@ The run writes into a temporary folder (evaluating ``val_subset=256`` images at 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -123,9 +125,10 @@ class _ProfileUpdates:
 
 
 def profile_run(config_path: str | None, data_dir: str | None, overrides: list[str], warm: int, steps: int,
-                top: int = 20) -> dict[str, Any]:
+                top: int = 20, trace: Path | None = None) -> dict[str, Any]:
     """Train ``warm + steps + 1`` updates of the given run in a temporary folder; return :func:`summarise` of the
-    profiled ``steps`` updates with the run's configuration."""
+    profiled ``steps`` updates with the run's configuration. ``trace``: also write their timeline there (Chrome
+    trace format, gzipped; chrome://tracing or Perfetto open it), where gaps in the GPU's work show."""
     if warm < 1 or steps < 4:
         raise ValueError(f"--warm takes at least 1 and --steps at least 4 updates, got {warm} and {steps}")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
@@ -148,6 +151,12 @@ def profile_run(config_path: str | None, data_dir: str | None, overrides: list[s
     if not hook.stopped:
         raise RuntimeError(f"the run ended after {hook.updates} updates, before the {warm + steps} to profile; "
                            "give it more data or epochs")
+    if trace is not None:
+        with tempfile.TemporaryDirectory() as folder:
+            plain = Path(folder) / "trace.json"
+            profiler.export_chrome_trace(str(plain))
+            with plain.open("rb") as source, gzip.open(trace, "wb") as target:
+                shutil.copyfileobj(source, target)
     summary = summarise(list(profiler.events()), config.batch_size * config.grad_accum, top)
     summary["config"] = {key: value for key, value in vars(config).items() if key not in ("output", "data_dir")}
     return summary
@@ -172,11 +181,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top", type=int, default=20, help="kernels listed (default 20)")
     parser.add_argument("--out", type=Path, required=True,
                         help="results JSON: one entry per (config, model, overrides), each with its provenance")
+    parser.add_argument("--trace", type=Path,
+                        help="also write the profiled updates' timeline here (Chrome trace, gzipped: name it .json.gz)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="train.py config overrides")
     args = parser.parse_args(argv)
     command = "python benchmarks/profile_training.py " + " ".join(sys.argv[1:] if argv is None else argv)
     try:
-        summary = profile_run(args.config, args.data_dir, args.overrides, args.warm, args.steps, args.top)
+        summary = profile_run(args.config, args.data_dir, args.overrides, args.warm, args.steps, args.top, args.trace)
     except (ConfigError, ValueError, RuntimeError) as error:
         parser.error(first_line(error))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -283,8 +283,14 @@ def _profile_tiny_decoding_run(tmp_path: Path, *overrides: str) -> dict:
 
 
 def test_profile_training_profiles_each_stage_of_a_decoding_run(tmp_path: Path):
-    """On the CPU: every stage's ranges, once per update, with their host time; no device time."""
-    run = _profile_tiny_decoding_run(tmp_path, "precision=fp32")
+    """On the CPU: every stage's ranges, once per update, with their host time; no device time; the timeline of the
+    profiled updates as a gzipped Chrome trace."""
+    import gzip
+
+    trace = tmp_path / "trace.json.gz"
+    run = _profile_tiny_decoding_run(tmp_path, "precision=fp32", "--trace", str(trace))
+    events = json.loads(gzip.decompress(trace.read_bytes()))["traceEvents"]
+    assert sum(event.get("name") == "vitzoo.step" for event in events) >= run["profile"]["updates"]
     profile = run["profile"]
     assert all(stage["host_ms"] > 0 and stage["device_ms"] == 0 for stage in profile["stages"].values())
     assert profile["device_busy_ms"] == 0 and profile["kernels"] == []
