@@ -15,7 +15,9 @@ between the first and the last profiled step range (a range or kernel counts whe
 - ``device_busy_ms``: per update, the time at least one kernel ran (kernels of several streams overlapping count
   once); ``device_kernel_ms``: their summed time; ``kernels``: the ones taking the most time, with calls per update.
 
-The run writes into a temporary folder (evaluating ``val_subset=256`` images at its end) and is deleted afterwards::
+The profiler's own cost is in these numbers (it records every op and kernel), so the pace is somewhat slower than an
+unprofiled run's; the stages' shares are what to read. The run writes into a temporary folder (evaluating
+``val_subset=256`` images at its end) and is deleted afterwards::
 
     python benchmarks/profile_training.py --config configs/fashion_imagenet/softmax.yaml --data-dir data/fim \\
         --out benchmarks/results/profile_training/h100.json \\
