@@ -257,13 +257,7 @@ def test_profile_training_counts_stages_and_busy_time_between_the_first_and_last
 
 def _profile_tiny_decoding_run(tmp_path: Path, *overrides: str) -> dict:
     """profile_training.py's entry for a tiny JPEG run with decoding and RandAugment on the device."""
-    from PIL import Image
-
-    data = write_image_folder(tmp_path / "images", train_per_class=16)
-    for png in data.rglob("*.png"):
-        with Image.open(png) as image:
-            image.save(png.with_suffix(".jpg"), quality=95)
-        png.unlink()
+    data = write_image_folder(tmp_path / "images", train_per_class=16, suffix=".jpg")
     out = tmp_path / "profile.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     done = subprocess.run(

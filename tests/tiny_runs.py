@@ -17,8 +17,10 @@ MODEL = "softmax_deit_tiny_patch16_224"
 CLASSES = ("ant", "bee", "cat")
 
 
-def write_image_folder(root: Path, train_per_class: int = 4, val_per_class: int = 2, seed: int = 0) -> Path:
-    """Write ``root/{train,val}/<class>/<n>.png``: 16x16 RGB noise whose mean brightness depends on the class."""
+def write_image_folder(root: Path, train_per_class: int = 4, val_per_class: int = 2, seed: int = 0,
+                       suffix: str = ".png") -> Path:
+    """Write ``root/{train,val}/<class>/<n><suffix>``: 16x16 RGB noise whose mean brightness depends on the class
+    (``suffix`` ``".jpg"``: quality-95 baseline JPEGs, which ``decode_on_device`` hands to the decoder as they are)."""
     rng = np.random.default_rng(seed)
     for split, count in (("train", train_per_class), ("val", val_per_class)):
         for index, name in enumerate(CLASSES):
@@ -26,7 +28,7 @@ def write_image_folder(root: Path, train_per_class: int = 4, val_per_class: int 
             folder.mkdir(parents=True, exist_ok=True)
             for n in range(count):
                 pixels = rng.integers(0, 96, size=(16, 16, 3)) + 64 * index
-                Image.fromarray(pixels.astype(np.uint8), mode="RGB").save(folder / f"{n}.png")
+                Image.fromarray(pixels.astype(np.uint8), mode="RGB").save(folder / f"{n}{suffix}", quality=95)
     return root
 
 

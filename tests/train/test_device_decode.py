@@ -191,11 +191,7 @@ def test_a_gpu_run_decodes_on_the_device_and_graphs_its_steps(tmp_path: Path) ->
     from vitzoo.train.config import load_config
     from vitzoo.train.loop import train
 
-    data = write_image_folder(tmp_path / "images", train_per_class=8)
-    for png in data.rglob("*.png"):  # JPEGs, which go to the decoder as they are
-        with Image.open(png) as image:
-            image.save(png.with_suffix(".jpg"), quality=95)
-        png.unlink()
+    data = write_image_folder(tmp_path / "images", train_per_class=8, suffix=".jpg")
     output = tmp_path / "run"
     args = train_args(output, data, "auto_augment=rand-m9-mstd0.5-inc1", "augment_on_device=true",
                       "decode_on_device=true", "cuda_graph=true", "precision=bf16", "re_prob=0.25", "workers=1",
@@ -259,11 +255,7 @@ def test_a_run_stopped_mid_epoch_shuts_its_decoding_loader_down_cleanly(tmp_path
     from vitzoo.train.config import load_config
     from vitzoo.train.loop import train
 
-    data = write_image_folder(tmp_path / "images", train_per_class=8)
-    for png in data.rglob("*.png"):
-        with Image.open(png) as image:
-            image.save(png.with_suffix(".jpg"), quality=95)
-        png.unlink()
+    data = write_image_folder(tmp_path / "images", train_per_class=8, suffix=".jpg")
     unraisable = []
     monkeypatch.setattr(sys, "unraisablehook", lambda info: unraisable.append(info.exc_value))
     output = tmp_path / "run"
