@@ -200,26 +200,24 @@ def profile_model(name: str, args) -> dict:
         target = torch.randint(0, 1000, (xt.shape[0],), device="cuda")
         model.train()
 
-        def train_step():
-            optimizer.zero_grad(set_to_none=True)
+        def eager_forward(x: torch.Tensor) -> torch.Tensor:
             with torch.autocast("cuda", dtype=torch.bfloat16):
-                out = model(xt)
-            F.cross_entropy(out.float(), target).backward()
-            optimizer.step()
+                return model(x).float()
 
-        result["train"] = _measure(train_step, args)
+        def training_step(forward):
+            def step():
+                optimizer.zero_grad(set_to_none=True)
+                F.cross_entropy(forward(xt), target).backward()
+                optimizer.step()
+            return step
+
+        result["train"] = _measure(training_step(eager_forward), args)
         optimizer.zero_grad(set_to_none=True)
         result["train"]["graph_capture"] = _graph_capture(model, xt, train=True)
         if args.cuda_graph:
             # train.py's cuda_graph=true step: forward and backward replayed, loss and AdamW eager
-            forward = graphed_training_forward(model, xt, torch.bfloat16)
-
-            def graphed_step():
-                optimizer.zero_grad(set_to_none=True)
-                F.cross_entropy(forward(xt), target).backward()
-                optimizer.step()
-
-            result["train_cuda_graph"] = _measure(graphed_step, args)
+            graphed = graphed_training_forward(model, xt, torch.bfloat16)
+            result["train_cuda_graph"] = _measure(training_step(graphed), args)
     return result
 
 
