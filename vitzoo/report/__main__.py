@@ -33,6 +33,19 @@ FASHION_IMAGENET = (
 DATA_PIPELINE = RESULTS / "data_pipeline" / "cpu.json"
 DATA_PIPELINE_GPU = RESULTS / "data_pipeline" / "h100.json"
 OFFICIAL = RESULTS / "official_speed" / "h100.json"
+# the drawings of the results, beside the pages that show them (benchmarks/results holds the measurements only)
+PLOTS = Path("docs/plots")
+
+
+def _plot_prefix(results: Path) -> Path:
+    """The start of the plots' paths of a results file: ``docs/plots/<benchmark>_<file stem>``."""
+    return PLOTS / f"{results.parent.name}_{results.stem}"
+
+
+def _plot_path(results: Path, name: str) -> Path:
+    """Where the plot ``name`` of a results file goes: ``docs/plots/<benchmark>_<file stem>_<name>.png``."""
+    prefix = _plot_prefix(results)
+    return prefix.with_name(f"{prefix.name}_{name}.png")
 
 
 def render(root: Path) -> dict[Path, str]:
@@ -84,21 +97,21 @@ def plot(root: Path) -> list[Path]:
     from vitzoo.report import pareto
 
     comparison = speed_report.load(root / COMPARE)
-    compare_plot = root / COMPARE.with_name(f"{COMPARE.stem}_throughput.png")
-    latency_plot = root / COMPARE.with_name(f"{COMPARE.stem}_latency.png")
+    compare_plot, latency_plot = root / _plot_path(COMPARE, "throughput"), root / _plot_path(COMPARE, "latency")
+    compare_plot.parent.mkdir(parents=True, exist_ok=True)
     speed_report.plot_throughput(comparison, compare_plot)
     speed_report.plot_latency(comparison, latency_plot)
-    written = [compare_plot, latency_plot, *zoo_sweep.plot(root / ZOO_SWEEP, root / ZOO_SWEEP.with_suffix(""))]
+    written = [compare_plot, latency_plot,
+               *zoo_sweep.plot(root / ZOO_SWEEP, root / _plot_prefix(ZOO_SWEEP))]
     for results, _, speeds, section in FASHION_IMAGENET:
         measured = speed_report.load(root / speeds)
         rows = measured["rows"] if section is None else [
             row for part in measured[section]["parts"] for row in part["rows"]]
-        written += fashion_mnist.imagenet_shape_plot(root / results,
-                                                     root / results.with_name(f"{results.stem}_top1_vs_throughput.png"),
+        written += fashion_mnist.imagenet_shape_plot(root / results, root / _plot_path(results, "top1_vs_throughput"),
                                                      speed_report.graphed_inference({"rows": rows}, 224))
     study = root / STUDY
     written += pareto.save_plots([study / "bench.csv"], [study / "runs.csv"],
-                                 {"top1_vs_throughput": study / "plots" / "top1_vs_throughput.png"},
+                                 {"top1_vs_throughput": root / _plot_path(STUDY / "runs.csv", "top1_vs_throughput")},
                                  use_published=False, reference="softmax")
     return written
 
