@@ -1,5 +1,6 @@
 """The helpers the sweep and the comparison share: model building, percentiles, failures, result files."""
 import json
+import subprocess
 
 import pytest
 import torch
@@ -53,3 +54,21 @@ def test_a_write_cut_off_midway_keeps_the_previous_file(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         common.write_csv(path, rows_then_failure(), ("a",))
     assert path.read_text().splitlines() == ["a", "1"]
+
+
+def test_git_revision_outside_a_checkout_reads_the_environment(monkeypatch):
+    # a copy of the tree without .git (a benchmark machine): git prints nothing on stdout
+    def no_checkout(*_args, **_kwargs):
+        return subprocess.CompletedProcess([], 128, stdout="", stderr="fatal: not a git repository")
+
+    monkeypatch.setattr(common.subprocess, "run", no_checkout)
+    monkeypatch.delenv("VITZOO_GIT_REVISION", raising=False)
+    assert common.git_revision() == ""
+    monkeypatch.setenv("VITZOO_GIT_REVISION", "abc1234")
+    assert common.git_revision() == "abc1234"
+
+
+def test_git_revision_in_a_checkout_ignores_the_environment(monkeypatch):
+    monkeypatch.setenv("VITZOO_GIT_REVISION", "not-this")
+    revision = common.git_revision()
+    assert revision and not revision.startswith("not-this")

@@ -95,9 +95,16 @@ def environment(device: torch.device) -> dict[str, str]:
 
 
 def git_revision() -> str:
-    """The checkout's HEAD, with '+local changes' when tracked files differ from it; '' outside a git checkout."""
+    """The checkout's HEAD, with '+local changes' when tracked files differ from it; outside a git checkout (a copy
+    of the tree on a benchmark machine) the ``VITZOO_GIT_REVISION`` environment variable, else ''."""
     here = Path(__file__).resolve().parent
-    revision = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=here).stdout.strip()
+    try:
+        revision = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                  cwd=here).stdout.strip()
+    except FileNotFoundError:  # no git installed
+        revision = ""
+    if not revision:
+        return os.environ.get("VITZOO_GIT_REVISION", "")
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
                            cwd=here).stdout.strip()
     return revision + ("+local changes" if revision and dirty else "")
