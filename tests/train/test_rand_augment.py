@@ -1,5 +1,7 @@
-"""RandAugment on uint8 batches (:mod:`vitzoo.train.rand_augment`) against timm's Pillow RandAugment: each op on
-random images of odd sizes, and the policy's draws (a resumed run with ``augment_on_device``: test_checkpoints.py)."""
+"""RandAugment on uint8 batches (:mod:`vitzoo.train.rand_augment`) against timm's Pillow RandAugment: each op of
+the layer reference (:mod:`vitzoo.ops.rand_augment.reference`) on random images of odd sizes, and the policy's draws
+(the kernel against the reference: tests/ops/rand_augment; a resumed run with ``augment_on_device``:
+test_checkpoints.py)."""
 from __future__ import annotations
 
 import random
@@ -10,6 +12,7 @@ import torch
 from PIL import Image, ImageOps
 from timm.data import auto_augment as timm_aa
 
+from vitzoo.ops.rand_augment import reference as ref
 from vitzoo.train import rand_augment as ra
 from vitzoo.train.config import ConfigError, load_config
 
@@ -59,7 +62,7 @@ def test_point_and_colour_ops_equal_pillows(name, pillow, args, tolerance) -> No
     images.append(Image.fromarray(flat))
     images.append(Image.fromarray(np.where(np.asarray(images[1]) > 128, 200, 10).astype(np.uint8)))
     batch = _batch(images)
-    op = getattr(ra, name)
+    op = getattr(ref, name)
     for arg in args:
         got = op(batch.clone(), torch.full((len(images),), float(arg)))
         want = _batch([pillow(image, arg) for image in images])
@@ -82,8 +85,9 @@ def test_affine_ops_follow_pillows_geometry_and_fill(name, values, resample) -> 
     pillow_op = timm_aa.NAME_TO_OP[name]
     for value in values:
         want = _batch([pillow_op(image, value, fillcolor=FILL, resample=resample) for image in images])
-        matrices = ra._affine_matrices(name, torch.full((len(images),), value, dtype=torch.float64), 29, 37)
-        got = ra.affine(_batch(images), matrices, torch.tensor(FILL, dtype=torch.float32), ra._FILTERS[resample])
+        matrices = ra.affine_matrices(name, torch.full((len(images),), value, dtype=torch.float64), 29, 37)
+        got = ref.affine(_batch(images), matrices, torch.tensor(FILL, dtype=torch.float32),
+                         ref.AFFINE_FILTERS[ra._AFFINE_CODES[resample]])
         diff = (got - want).abs()
         # The fill: the same pixels as Pillow's, but for points on the image's edge.
         fill = torch.tensor(FILL).view(1, 3, 1, 1)
@@ -157,48 +161,32 @@ def test_batches_keep_their_dtype_shape_and_device_and_every_op_runs() -> None:
         augment(batch.float())
 
 
-def test_a_batch_reaches_the_device_in_two_copies_whatever_its_number_of_op_groups(monkeypatch) -> None:
-    """Each group's indices and arguments copied on their own made the host wait for the GPU once per group."""
-    augment = _applying_every_op({"img_mean": FILL})
-    copies = []
-    monkeypatch.setattr(ra, "to_device", lambda tensor, device: copies.append(tensor) or tensor.to(device))
-    random.seed(1)
-    np.random.seed(1)
-    draws = augment.draw(40)
-    groups = {(layer, name, resample) for image in draws for layer, (name, _, resample) in enumerate(image)}
-    random.seed(1)
-    np.random.seed(1)
-    augment(_batch(_images(count=40, smooth=True)).to(torch.uint8))
-    assert len(groups) > 10 and len(copies) == 2
-    assert len(copies[0]) == sum(len(image) for image in draws)  # every applied op's image index, in one tensor
-
-
-def test_each_image_of_a_batch_gets_its_own_ops_in_order_and_affine_ops_share_a_call(monkeypatch) -> None:
-    """The grouped batch equals each image put through its own draws one op at a time; the geometric ops of one
-    layer and filter run as one affine call (one per op and filter took several times the launches)."""
+def test_each_image_of_a_batch_gets_its_own_ops_in_order_one_layer_call_per_op_position(monkeypatch) -> None:
+    """The batch equals each image put through its own draws one op at a time, with one layer call per op position
+    for the whole batch (one call per op group took several hundred launches a batch)."""
     augment = _applying_every_op({"img_mean": FILL, "translate_const": 10})
     batch = _batch(_images(count=60, smooth=True)).to(torch.uint8)
     random.seed(3)
     np.random.seed(3)
     draws = augment.draw(len(batch))
-    affine_calls = []
-    real_affine = ra.affine
-    monkeypatch.setattr(ra, "affine", lambda *args: affine_calls.append(len(args[0])) or real_affine(*args))
+    calls = []
+    real_layer = ra.rand_augment_layer
+    monkeypatch.setattr(ra, "rand_augment_layer", lambda *args: calls.append(len(args[0])) or real_layer(*args))
     random.seed(3)
     np.random.seed(3)
     out = augment(batch)
-    geometric = {(layer, resample) for image in draws for layer, (name, _, resample) in enumerate(image)
-                 if name in ra._GEOMETRIC}
-    assert len(affine_calls) == len(geometric) and max(affine_calls) > 10
+    assert calls == [len(batch)] * max(len(applied) for applied in draws)
+    assert len({name for applied in draws for name, _, _ in applied}) > 10
     fill = torch.tensor(FILL, dtype=torch.float32)
     for index, (image, applied) in enumerate(zip(batch, draws, strict=True)):
         x = image[None].float()
         for name, arg, resample in applied:
             value = torch.tensor([arg], dtype=torch.float64)
             if name in ra._GEOMETRIC:
-                x = real_affine(x, ra._affine_matrices(name, value, *x.shape[2:]), fill, ra._FILTERS[resample])
+                x = ref.affine(x, ra.affine_matrices(name, value, *x.shape[2:]), fill,
+                               ref.AFFINE_FILTERS[ra._AFFINE_CODES[resample]])
             else:
-                x = ra._POINT_OPS[name](x, value.float())
+                x = ref.POINT_OPS[ra._POINT_CODES[name]](x, value.float())
         assert torch.equal(out[index], x[0].to(torch.uint8)), (index, applied)
 
 
