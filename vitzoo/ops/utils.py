@@ -99,6 +99,14 @@ def cast_to(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return t if t.dtype == dtype else t.to(dtype)
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` (on the host) on ``device``; to a CUDA device from pinned memory without blocking, as a copy from
+    pageable memory first waits for everything queued on the device."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
 def multiprocessor_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device: how many programs fill it (the launch heuristics' unit)."""
     return _multiprocessor_count(torch.cuda.current_device() if device.index is None else device.index)

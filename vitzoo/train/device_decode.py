@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch.profiler import record_function
 
-from vitzoo.train.rand_augment import to_device
+from vitzoo.ops.utils import to_device
 
 _logger = logging.getLogger(__name__)
 

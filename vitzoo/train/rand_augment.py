@@ -138,11 +138,3 @@ class BatchRandAugment:
         for layer in range(layers):
             x = rand_augment_layer(x, codes_t[layer], args_t[layer], matrices[layer], self.fill)
         return x.clone() if x is images else x
-
-
-def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``tensor`` (on the host) on ``device``; to a CUDA device from pinned memory without blocking, as a copy from
-    pageable memory first waits for everything queued on the device."""
-    if device.type != "cuda":
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)

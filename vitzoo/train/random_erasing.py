@@ -15,8 +15,8 @@ import random
 
 import torch
 
+from vitzoo.ops.utils import to_device
 from vitzoo.train.config import RE_MODES
-from vitzoo.train.rand_augment import to_device
 
 
 class BatchRandomErasing:

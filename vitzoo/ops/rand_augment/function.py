@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..utils import cdiv, kernel_backend, triton_available
+from ..utils import cdiv, kernel_backend, to_device, triton_available
 from . import heuristics
 from .reference import (
     OP_CODES,
@@ -24,12 +24,6 @@ if triton_available():
     from ..launch import cached_launcher
     from .kernels import PARAMS, _rand_augment_layer_kernel
 
-    def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
-        # from pinned memory without blocking: a copy from pageable memory first waits for the device's queue
-        if device.type != "cuda":
-            return host.to(device)
-        return host.pin_memory().to(device, non_blocking=True)
-
     def _rand_augment_layer(images: torch.Tensor, ops: torch.Tensor, args: torch.Tensor, matrices: torch.Tensor,
                             fill: Sequence[float]) -> torch.Tensor:
         x = images.contiguous()
@@ -44,7 +38,7 @@ if triton_available():
         params = torch.cat([codes[:, None].double(), args[:, None].double(), matrices.double()], dim=1)
         host = torch.cat([params.flatten(), torch.tensor(list(fill), dtype=torch.float64),
                           *[r.double() for r in rows]])
-        on_device = _to_device(host, device)
+        on_device = to_device(host, device)
         params_dev, fill_dev = on_device[:batch * PARAMS], on_device[batch * PARAMS:batch * PARAMS + 3].float()
         start = batch * PARAMS + 3
         stats = []
