@@ -136,3 +136,28 @@ def test_run_pipeline_names_where_randaugment_and_the_steps_ran():
     assert fashion_mnist.run_pipeline({"augment_on_device": True, "decode_on_device": True, "cuda_graph": True,
                                        "channels_last": True}) == \
         "device RandAugment, CUDA-graph steps, device decoding, channels-last"
+
+
+def test_training_profile_table_has_a_row_per_run_and_the_runs_provenance(tmp_path):
+    info = {"device": "NVIDIA H100 80GB HBM3", "torch": "2.11.0", "triton": "3.6.0", "date": "2026-12-07T06:00:00Z",
+            "cpu_count": 16, "git_revision": "abcdef0123", "command": "python benchmarks/profile_training.py ..."}
+    profile = {"updates": 39, "wall_ms": 20.5, "img_per_s_from_wall": 12487.8, "loop_other_ms": 1.25,
+               "device_busy_ms": 18.04, "device_kernel_ms": 18.5, "launches": 312.4, "kernels": [],
+               "stages": {"load": {"ranges": 39, "host_ms": 3.21, "device_ms": 0.0},
+                          "decode": {"ranges": 39, "host_ms": 2.5, "device_ms": 0.72},
+                          "augment": {"ranges": 39, "host_ms": 2.04, "device_ms": 1.3},
+                          "step": {"ranges": 39, "host_ms": 4.4, "device_ms": 16.9}}}
+    path = tmp_path / "h100.json"
+    path.write_text(json.dumps({"runs": [
+        {"config_file": "configs/fashion_imagenet/softmax.yaml", "model": "softmax_deit_tiny_patch16_224",
+         "overrides": ["workers=12", "cuda_graph=true"], "info": info, "profile": profile},
+        {"config_file": "configs/fashion_imagenet/linear.yaml", "model": "linear_deit_tiny_patch16_224",
+         "overrides": [], "info": {**info, "git_revision": ""},
+         "profile": {**profile, "stages": {"step": profile["stages"]["step"]}}},
+    ]}))
+    table = fashion_mnist.training_profile_table(path)
+    assert ("| `softmax_deit_tiny_patch16_224` | workers=12 cuda_graph=true | 12,488 (20.5) | 3.2 / 0.0 | 2.5 / 0.7 "
+            "| 2.0 / 1.3 | 4.4 / 16.9 | 1.2 | 18.0 | 312 | abcdef0 |") in table
+    assert ("| `linear_deit_tiny_patch16_224` | - | 12,488 (20.5) | - | - | - | 4.4 / 16.9 | 1.2 | 18.0 | 312 | - |"
+            in table)
+    assert "NVIDIA H100 80GB HBM3, torch 2.11.0, triton 3.6.0, 2026-12-07, 16 CPU cores" in table

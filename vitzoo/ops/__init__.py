@@ -1,11 +1,11 @@
-"""Fused token-mixing ops with their PyTorch references, and the training pipeline's RandAugment layer.
+"""Fused token-mixing ops with their PyTorch references, and the training pipeline's device stage.
 
 One package per op (``linear_attention``, ``delta_rule``, ``local_conv``, ``layer_norm`` with RMS norm,
 ``zeros_weights``, ``free_energy``, ``ssm_kernel``, ``toeplitz_attention``, ``batch_norm_gelu_add``,
-``kernel_predictor``; ``rand_augment``), each split into ``reference`` (the specification, in PyTorch), ``kernels``
-(Triton), ``heuristics`` (launch settings) and ``function`` (custom ops, autograd function, public entry points);
-``utils`` holds the backend selection and what the ops share. The reference is the specification; the kernel must
-equal it. ``docs/kernels.md`` describes the design.
+``kernel_predictor``; ``rand_augment`` and ``normalize_erase``), each split into ``reference`` (the specification, in
+PyTorch), ``kernels`` (Triton), ``heuristics`` (launch settings) and ``function`` (custom ops, autograd function,
+public entry points); ``utils`` holds the backend selection and what the ops share. The reference is the
+specification; the kernel must equal it. ``docs/kernels.md`` describes the design.
 
 The public functions are re-exported here, so ``vitzoo.ops.linear_attention`` and ``vitzoo.ops.local_conv`` are the
 functions; their packages are reached with ``from vitzoo.ops.linear_attention import ...`` or ``importlib``.
@@ -35,6 +35,7 @@ from .layer_norm import (
 )
 from .linear_attention import FEATURE_MAPS, linear_attention, linear_attention_reference
 from .local_conv import local_conv, local_conv_reference
+from .normalize_erase import normalize_erase, normalize_erase_reference
 from .rand_augment import rand_augment_layer, rand_augment_layer_reference
 from .ssm_kernel import ssm_kernels, ssm_kernels_reference
 from .toeplitz_attention import toeplitz_attention, toeplitz_attention_reference
@@ -64,6 +65,8 @@ __all__ = [
     "linear_attention_reference",
     "local_conv",
     "local_conv_reference",
+    "normalize_erase",
+    "normalize_erase_reference",
     "predict_local_kernels",
     "predict_local_kernels_reference",
     "rand_augment_layer",

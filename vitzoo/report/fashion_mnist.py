@@ -220,3 +220,32 @@ def pipeline_table(results: Path) -> str:
               f"`{info['config']}`'s transform on 256 px JPEGs; DataLoader at batch {info['batch_size']}: "
               f"{loaders}. Command: `{info['command']}`."]
     return "\n".join(lines)
+
+
+TRAINING_PROFILE_MARKERS = ("<!-- training-profile-table:start -->", "<!-- training-profile-table:end -->")
+
+
+def training_profile_table(results: Path) -> str:
+    """``benchmarks/profile_training.py``'s results: per training update, each stage's host and device ms, the
+    loop's wait, the GPU's busy time and launches, one row per profiled run."""
+    runs = json.loads(results.read_text())["runs"]
+    stage_names = ("load", "decode", "augment", "step")
+    lines = ["| model | overrides | img/s (wall ms per update) | "
+             + " | ".join(f"{name}: host / device ms" for name in stage_names)
+             + " | loop waits, ms | GPU busy, ms | launches | code |",
+             "|---|---|---|" + "---|" * len(stage_names) + "---|---|---|---|"]
+    for run in runs:
+        profile, info = run["profile"], run["info"]
+        stages = profile["stages"]
+        cells = [f"{stages[name]['host_ms']:.1f} / {stages[name]['device_ms']:.1f}" if name in stages else "-"
+                 for name in stage_names]
+        lines.append(f"| `{run['model']}` | {' '.join(run['overrides']) or '-'} | "
+                     f"{profile['img_per_s_from_wall']:,.0f} ({profile['wall_ms']:.1f}) | " + " | ".join(cells)
+                     + f" | {profile['loop_other_ms']:.1f} | {profile['device_busy_ms']:.1f} | "
+                     f"{profile['launches']:,.0f} | {info['git_revision'][:7] or '-'} |")
+    first = runs[0]["info"] if runs else {}
+    if first:
+        lines += ["", f"{first['device']}, torch {first['torch']}, triton {first.get('triton', '-')}, "
+                  f"{first['date'][:10]}, {first.get('cpu_count', '-')} CPU cores; each run's command is in "
+                  f"`{results.as_posix()}`."]
+    return "\n".join(lines)

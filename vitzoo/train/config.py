@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from vitzoo.ops.normalize_erase.reference import ERASE_MODES
+
 # --precision / precision: -> accelerate's mixed_precision.
 PRECISIONS = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
 DATASETS = ("folder", "fashion_mnist")
@@ -237,7 +239,7 @@ def _coerce(key: str, value: Any, type_name: str) -> Any:
 _CHOICE_KEYS = ("precision", "dataset", "compile", "sched", "re_mode", "train_interpolation")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SCHEDULERS = ("cosine", "tanh", "step", "multistep", "poly")
-RE_MODES = ("const", "rand", "pixel")
+RE_MODES = ERASE_MODES  # timm's random-erasing fills
 INTERPOLATIONS = ("random", "bilinear", "bicubic", "nearest")
 
 

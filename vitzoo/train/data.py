@@ -42,6 +42,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from torchvision.datasets import ImageFolder
 
+from vitzoo.ops.normalize_erase import normalize_erase
 from vitzoo.train.device_decode import (
     EncodedBatch,
     EncodedImage,
@@ -467,13 +468,14 @@ class AugmentConfig:
 class DeviceAugment:
     """The end of an image folder's training transform, run on whole batches where they are (the training device):
     RandAugment when the workers leave it to the device (:class:`~vitzoo.train.rand_augment.BatchRandAugment`),
-    uint8 to float32, ``(x / 255 - mean) / std``, then timm's random erasing on the normalised images
-    (:class:`~vitzoo.train.random_erasing.BatchRandomErasing`: timm's rectangles, the whole batch at once).
+    then uint8 to float32, ``(x / 255 - mean) / std``, with timm's random erasing of the normalised images, in one
+    pass (:func:`vitzoo.ops.normalize_erase.normalize_erase`, with
+    :class:`~vitzoo.train.random_erasing.BatchRandomErasing`'s rectangles: timm's, for the whole batch at once).
 
     Takes a (B, C, H, W) batch or one (C, H, W) image of uint8 on any device and returns float32 on that device;
     with ``decode``, also an :class:`~vitzoo.train.device_decode.EncodedBatch` from the loader, which it first
-    decodes and crops on ``device``. The erasing draws come from python's ``random`` and the device's torch
-    generator, which the training loop seeds per batch.
+    decodes and crops on ``device``. The erasing draws (rectangles and the fill's seed) come from python's ``random``,
+    which the training loop seeds per batch.
 
     Args:
         mean: per-channel mean in [0, 1] units (the data config's).
@@ -491,11 +493,8 @@ class DeviceAugment:
                  decode: Callable[[EncodedBatch, torch.device], torch.Tensor] | None = None) -> None:
         self.rand_augment = rand_augment
         self.decode = decode
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.mean, self.std = tuple(map(float, mean)), tuple(map(float, std))
         self.erase = BatchRandomErasing(re_prob, re_mode) if re_prob > 0 else None
-        # mean and std per device, made once rather than copied to the device every batch.
-        self._per_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, images: torch.Tensor | EncodedBatch, device: torch.device | None = None) -> torch.Tensor:
         if isinstance(images, EncodedBatch):
@@ -504,16 +503,16 @@ class DeviceAugment:
             images = self.decode(images, device)
         if images.dtype != torch.uint8:
             raise TypeError(f"DeviceAugment takes uint8 images, got {images.dtype} (normalised twice?)")
-        if images.device not in self._per_device:
-            self._per_device[images.device] = (self.mean.to(images.device), self.std.to(images.device))
-        mean, std = self._per_device[images.device]
+        batch = images if images.dim() == 4 else images[None]
         if self.rand_augment is not None:
-            images = self.rand_augment(images) if images.dim() == 4 else self.rand_augment(images[None])[0]
-        # The operations of torchvision's to_tensor and Normalize, in their order, so the result matches theirs.
-        x = images.float().div(255).sub_(mean).div_(std)
+            batch = self.rand_augment(batch)
+        # torchvision's to_tensor and Normalize, in their order, and the erasing, in one pass
         if self.erase is None:
-            return x
-        return self.erase(x) if x.dim() == 4 else self.erase(x[None])[0]
+            x = normalize_erase(batch, self.mean, self.std)
+        else:
+            rectangles, seed = self.erase.draw(batch.shape[0], *batch.shape[2:])
+            x = normalize_erase(batch, self.mean, self.std, rectangles, self.erase.mode, seed)
+        return x if images.dim() == 4 else x[0]
 
 
 def folder_transforms(data_config: dict, augment: AugmentConfig) -> tuple[Callable, DeviceAugment, Callable]:

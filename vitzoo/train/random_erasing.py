@@ -1,12 +1,12 @@
-"""timm's random erasing on whole batches, in a fixed handful of tensor operations.
+"""timm's random erasing for whole batches: timm's rectangles, erased in the normalising pass.
 
 timm's ``RandomErasing`` walks a batch in Python and fills each erased rectangle with a tensor of its own: on a GPU
 three launches per erased image plus the loop, with the DeiT recipe (``re_prob`` 0.25) about 200 launches and several
 milliseconds of the training process's host time per batch of 256. :class:`BatchRandomErasing` draws the rectangles
 from python's ``random`` exactly as timm does (the same calls in the same order, so the same rectangles for the same
-seed), then erases them all at once: one mask, one draw of fill values for the whole batch, one ``where``. The fill
-values follow timm's distribution (per-pixel or per-image-and-channel standard normal, or zeros) but are not timm's
-numbers, which come from one draw per rectangle.
+seed) and a seed for their fill; :func:`vitzoo.ops.normalize_erase.normalize_erase` then normalises the batch and
+erases them all in one pass. The fill values follow timm's distribution (per-pixel or per-image-and-channel standard
+normal, or zeros) but are not timm's numbers: they are a hash of the seed and the pixel's place.
 """
 from __future__ import annotations
 
@@ -15,14 +15,12 @@ import random
 
 import torch
 
-from vitzoo.ops.utils import to_device
 from vitzoo.train.config import RE_MODES
 
 
 class BatchRandomErasing:
-    """Erase one rectangle of each image with probability ``probability`` (timm's ``RandomErasing`` with its
-    default area 2-33% of the image, aspect ratio 0.3-3.3 and one rectangle per image) of a normalised float
-    (B, C, H, W) batch; returns the erased batch.
+    """The rectangles of timm's ``RandomErasing`` (default area 2-33% of the image, aspect ratio 0.3-3.3, one
+    rectangle per image) erased with probability ``probability`` per image, for whole batches.
 
     Args:
         probability: the chance that an image gets a rectangle.
@@ -57,22 +55,8 @@ class BatchRandomErasing:
                     break
         return drawn
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        drawn = self.rectangles(b, h, w)
-        if not drawn:
-            return x
-        index, top, left, rect_h, rect_w = to_device(torch.tensor(drawn, dtype=torch.int64), x.device).unbind(1)
-        rows = torch.arange(h, device=x.device)
-        cols = torch.arange(w, device=x.device)
-        in_rows = (rows >= top[:, None]) & (rows < (top + rect_h)[:, None])  # (R, H)
-        in_cols = (cols >= left[:, None]) & (cols < (left + rect_w)[:, None])  # (R, W)
-        mask = torch.zeros(b, h, w, dtype=torch.bool, device=x.device)
-        mask[index] = in_rows[:, :, None] & in_cols[:, None, :]  # at most one rectangle per image
-        if self.mode == "pixel":
-            fill = torch.randn_like(x)
-        elif self.mode == "rand":
-            fill = torch.randn(b, c, 1, 1, dtype=x.dtype, device=x.device)
-        else:
-            fill = torch.zeros((), dtype=x.dtype, device=x.device)
-        return torch.where(mask[:, None], fill, x)
+    def draw(self, batch: int, height: int, width: int) -> tuple[torch.Tensor, int]:
+        """A batch's rectangles as an (R, 5) int64 tensor (:meth:`rectangles`) and the 32-bit seed of their fill,
+        both from python's ``random``."""
+        rectangles = torch.tensor(self.rectangles(batch, height, width), dtype=torch.int64).view(-1, 5)
+        return rectangles, random.getrandbits(32)

@@ -1,0 +1,61 @@
+"""The Triton kernel of normalisation and random erasing: a program owns a tile of one (image, channel) plane, reads
+uint8 and writes float32; in an image with a rectangle it draws the fill of the tile's pixels inside it from the
+reference's counter-based hash (integer arithmetic in int64, exact), so no noise tensor is written or read."""
+import triton
+import triton.language as tl
+
+CONST: tl.constexpr = 0  # ERASE_MODES' order
+RAND: tl.constexpr = 1
+
+
+@triton.jit
+def _mix32(x):
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def _hash(counter, key):
+    return _mix32(_mix32((counter & 0xFFFFFFFF) ^ key) ^ (counter >> 32))
+
+
+@triton.jit
+def _normal(index, key):
+    u1 = (_hash(2 * index, key).to(tl.float32) + 1.0) * 2.3283064365386963e-10
+    u2 = _hash(2 * index + 1, key).to(tl.float32) * 2.3283064365386963e-10
+    return tl.sqrt(-2.0 * tl.log(u1)) * tl.cos(6.283185307179586 * u2)
+
+
+@triton.jit(do_not_specialize=["C", "H", "W", "key"])
+def _normalize_erase_kernel(x_ptr, out_ptr, rect_ptr, mean_ptr, std_ptr, C, H, W, key, ERASE: tl.constexpr,
+                            MODE: tl.constexpr, BLOCK: tl.constexpr):
+    plane = tl.program_id(1)  # image * C + channel
+    image = plane // C
+    channel = plane % C
+    hw = H * W
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < hw
+    base = plane.to(tl.int64) * hw
+    v = tl.load(x_ptr + base + offs, mask=mask, other=0).to(tl.float32)
+    # to_tensor then Normalize, each division correctly rounded as PyTorch's
+    value = tl.math.div_rn(tl.math.div_rn(v, 255.0) - tl.load(mean_ptr + channel), tl.load(std_ptr + channel))
+    if ERASE:
+        height = tl.load(rect_ptr + image * 4 + 2)
+        if height > 0:
+            top = tl.load(rect_ptr + image * 4)
+            left = tl.load(rect_ptr + image * 4 + 1)
+            width = tl.load(rect_ptr + image * 4 + 3)
+            row = offs // W
+            col = offs % W
+            inside = (row >= top) & (row < top + height) & (col >= left) & (col < left + width)
+            if MODE == CONST:
+                fill = tl.zeros_like(value)
+            elif MODE == RAND:
+                fill = tl.zeros_like(value) + _normal(plane.to(tl.int64), key)
+            else:
+                fill = _normal(base + offs, key)
+            value = tl.where(inside, fill, value)
+    tl.store(out_ptr + base + offs, value, mask=mask)

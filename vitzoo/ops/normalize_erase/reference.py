@@ -1,0 +1,93 @@
+"""uint8 images to normalised float32 with random-erasing rectangles filled: the specification in PyTorch.
+
+``(x / 255 - mean) / std`` per channel (torchvision's ``to_tensor`` and ``Normalize``, in their order), then each
+rectangle of the erased images takes the erasing mode's fill: ``'pixel'`` a standard normal number per pixel and
+channel, ``'rand'`` one per image and channel, ``'const'`` zero. The normal numbers are a counter-based hash of the
+seed and the element's index (two 32-bit hashes, Box-Muller), so they depend on nothing but the seed and the layout:
+the kernel draws the same ones (up to the last bits of its log, cos and sqrt), on any device, without writing a
+noise tensor.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+ERASE_MODES = ("const", "rand", "pixel")
+_MASK32 = 0xFFFFFFFF
+
+
+def mix32(x: torch.Tensor | int) -> torch.Tensor | int:
+    """A 32-bit integer hash (the ``lowbias32`` finaliser) of int64 values in [0, 2^32); exact in int64."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def seed_key(seed: int) -> int:
+    """The 32-bit key the hashes of ``seed`` start from."""
+    return mix32((seed & _MASK32) ^ 0x9E3779B9)
+
+
+def _hash(counter: torch.Tensor, key: int) -> torch.Tensor:
+    return mix32(mix32((counter & _MASK32) ^ key) ^ (counter >> 32))
+
+
+def normal_noise(index: torch.Tensor, seed: int) -> torch.Tensor:
+    """The standard normal number (float32) of each int64 element ``index`` for ``seed``."""
+    key = seed_key(seed)
+    first, second = _hash(2 * index, key), _hash(2 * index + 1, key)
+    u1 = (first.float() + 1.0) * 2.3283064365386963e-10  # (0, 1]
+    u2 = second.float() * 2.3283064365386963e-10  # [0, 1)
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(6.283185307179586 * u2)
+
+
+def check_inputs(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], rectangles: torch.Tensor,
+                 mode: str) -> None:
+    """The contract: uint8 (B, C, H, W) images, C means and standard deviations, ``rectangles`` a host (R, 5)
+    integer tensor of (image, top, left, height, width) inside the images, at most one per image, and a mode of
+    :data:`ERASE_MODES`."""
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise TypeError(f"normalize_erase takes uint8 (B, C, H, W) images, got {images.dtype} {tuple(images.shape)}")
+    batch, channels, height, width = images.shape
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"normalize_erase: {channels} channels need {channels} means and stds, got {len(mean)} and "
+                         f"{len(std)}")
+    if mode not in ERASE_MODES:
+        raise ValueError(f"normalize_erase: mode must be one of {', '.join(ERASE_MODES)}, got {mode!r}")
+    if rectangles.device.type != "cpu" or rectangles.dim() != 2 or rectangles.shape[1] != 5 \
+            or rectangles.dtype.is_floating_point:
+        raise ValueError("normalize_erase: rectangles must be a host (R, 5) integer tensor of (image, top, left, "
+                         f"height, width), got {rectangles.dtype} {tuple(rectangles.shape)} on {rectangles.device}")
+    if len(rectangles):
+        index, top, left, h, w = rectangles.unbind(1)
+        if index.unique().numel() != len(index) or not (
+                (index >= 0) & (index < batch) & (top >= 0) & (left >= 0) & (h > 0) & (w > 0)
+                & (top + h <= height) & (left + w <= width)).all():
+            raise ValueError("normalize_erase: each rectangle must lie inside its image, one per image")
+
+
+def normalize_erase_reference(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                              rectangles: torch.Tensor, mode: str = "pixel", seed: int = 0) -> torch.Tensor:
+    """``(images / 255 - mean) / std`` (float32) with each rectangle (image, top, left, height, width) of
+    ``rectangles`` filled as ``mode`` says, its normal numbers drawn for ``seed``."""
+    check_inputs(images, mean, std, rectangles, mode)
+    shape = (1, -1, 1, 1)
+    x = images.float().div(255).sub_(torch.tensor(mean, dtype=torch.float32, device=images.device).view(shape))
+    x = x.div_(torch.tensor(std, dtype=torch.float32, device=images.device).view(shape))
+    batch, channels, height, width = x.shape
+    for index, top, left, h, w in rectangles.tolist():
+        if mode == "const":
+            x[index, :, top:top + h, left:left + w] = 0.0
+            continue
+        planes = index * channels + torch.arange(channels, device=x.device).view(-1, 1, 1)
+        if mode == "rand":
+            fill = normal_noise(planes, seed).expand(-1, h, w)
+        else:
+            rows = torch.arange(top, top + h, device=x.device).view(1, -1, 1)
+            cols = torch.arange(left, left + w, device=x.device).view(1, 1, -1)
+            fill = normal_noise((planes * height + rows) * width + cols, seed)
+        x[index, :, top:top + h, left:left + w] = fill
+    return x
