@@ -2,10 +2,10 @@
 
 One package per op (``linear_attention``, ``delta_rule``, ``local_conv``, ``layer_norm`` with RMS norm,
 ``zeros_weights``, ``free_energy``, ``ssm_kernel``, ``toeplitz_attention``, ``batch_norm_gelu_add``,
-``kernel_predictor``; ``rand_augment`` and ``normalize_erase``), each split into ``reference`` (the specification, in
-PyTorch), ``kernels`` (Triton), ``heuristics`` (launch settings) and ``function`` (custom ops, autograd function,
-public entry points); ``utils`` holds the backend selection and what the ops share. The reference is the
-specification; the kernel must equal it. ``docs/kernels.md`` describes the design.
+``kernel_predictor``; ``resized_crop``, ``rand_augment`` and ``normalize_erase``), each split into ``reference``
+(the specification, in PyTorch), ``kernels`` (Triton), ``heuristics`` (launch settings) and ``function`` (custom
+ops, autograd function, public entry points); ``utils`` holds the backend selection and what the ops share. The
+reference is the specification; the kernel must equal it. ``docs/kernels.md`` describes the design.
 
 The public functions are re-exported here, so ``vitzoo.ops.linear_attention`` and ``vitzoo.ops.local_conv`` are the
 functions; their packages are reached with ``from vitzoo.ops.linear_attention import ...`` or ``importlib``.
@@ -37,6 +37,7 @@ from .linear_attention import FEATURE_MAPS, linear_attention, linear_attention_r
 from .local_conv import local_conv, local_conv_reference
 from .normalize_erase import normalize_erase, normalize_erase_reference
 from .rand_augment import rand_augment_layer, rand_augment_layer_reference
+from .resized_crop import resized_crops, resized_crops_reference
 from .ssm_kernel import ssm_kernels, ssm_kernels_reference
 from .toeplitz_attention import toeplitz_attention, toeplitz_attention_reference
 from .utils import get_backend, kernel_backend, set_backend, triton_available, use_backend
@@ -71,6 +72,8 @@ __all__ = [
     "predict_local_kernels_reference",
     "rand_augment_layer",
     "rand_augment_layer_reference",
+    "resized_crops",
+    "resized_crops_reference",
     "rms_norm",
     "rms_norm_reference",
     "set_backend",

@@ -4,8 +4,8 @@ On a GPU machine whose cores cannot decode and crop JPEGs as fast as the GPU tra
 each file, check it and draw its crop and flip (:func:`vitzoo.train.data.load_encoded`,
 :class:`EncodedRandomResizedCrop`), and pack a batch's files into one byte tensor (:func:`collate_encoded`). The
 training process then decodes the whole batch at once with ``torchvision.io.decode_jpeg`` on the device (nvJPEG on
-CUDA) and cuts and resizes the crops with one ``roi_align`` call per image size (:func:`decode_crops`), before the
-rest of the device stage (RandAugment, normalisation, erasing).
+CUDA) and cuts, resizes and flips the crops in one pass per image size (:func:`decode_crops`), before the rest of
+the device stage (RandAugment, normalisation, erasing).
 
 What differs from the workers' path: every crop is resampled bilinearly with ``roi_align``'s adaptive sampling
 (each output pixel averages ``ceil(crop / size)``-squared bilinear samples, an area filter when shrinking) instead
@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch.profiler import record_function
 
+from vitzoo.ops.resized_crop import resized_crops
 from vitzoo.ops.utils import to_device
 
 _logger = logging.getLogger(__name__)
@@ -181,17 +182,15 @@ def _decode_files(batch: EncodedBatch, device: torch.device) -> list[torch.Tenso
     return images
 
 
-# float32 elements of one roi_align input (1 GiB): images of one size are cropped in chunks of at most this much
-_CROP_CHUNK_ELEMENTS = 2**28
+# elements (bytes) of one stacked crop input (1 GiB): images of one size are cropped in chunks of at most this much
+_CROP_CHUNK_ELEMENTS = 2**30
 
 
 def decode_crops(batch: EncodedBatch, device: torch.device, size: int) -> torch.Tensor:
     """Decode ``batch`` on ``device`` and return its crops resized to ``size`` x ``size`` and flipped as drawn: a
-    (B, 3, size, size) uint8 tensor on ``device``. Images of one size are stacked and cropped by one ``roi_align``
-    call (ImageNet's few common sizes cover most of a batch); no image is padded to another's size, so one large
-    image costs only its own memory."""
-    from torchvision.ops import roi_align
-
+    (B, 3, size, size) uint8 tensor on ``device``. Images of one size are stacked and cropped in one call
+    (:func:`vitzoo.ops.resized_crop.resized_crops`: one Triton launch on CUDA; ImageNet's few common sizes cover
+    most of a batch); no image is padded to another's size, so one large image costs only its own memory."""
     images = _decode_or_substitute(batch, device)
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for index, image in enumerate(images):
@@ -201,21 +200,14 @@ def decode_crops(batch: EncodedBatch, device: torch.device, size: int) -> torch.
         per_call = max(1, _CROP_CHUNK_ELEMENTS // math.prod(shape))
         for start in range(0, len(indices), per_call):
             chunk = indices[start:start + per_call]
-            stacked = torch.stack([images[i] for i in chunk]).float()
-            boxes = torch.cat([torch.arange(len(chunk), dtype=torch.float32).unsqueeze(1), batch.boxes[chunk]], dim=1)
-            # aligned=True: a box (x0, x1) covers pixels x0 .. x1 - 1 exactly; sampling_ratio=-1 averages
-            # ceil(box / size) bilinear samples per output pixel and axis, an area filter when shrinking
-            cut = roi_align(stacked, to_device(boxes, device), output_size=(size, size), spatial_scale=1.0,
-                            sampling_ratio=-1, aligned=True)
+            cut = resized_crops(torch.stack([images[i] for i in chunk]), batch.boxes[chunk], batch.flips[chunk],
+                                size)
             if len(chunk) == len(images):  # one size, one chunk: the common case needs no scatter
-                crops = cut
-                continue
+                return cut
             if crops is None:
-                crops = torch.empty(len(images), 3, size, size, device=device)
+                crops = torch.empty(len(images), 3, size, size, dtype=torch.uint8, device=device)
             crops[to_device(torch.tensor(chunk), device)] = cut
-    flips = to_device(batch.flips, device).view(-1, 1, 1, 1)
-    crops = torch.where(flips, crops.flip(-1), crops)
-    return crops.round_().clamp_(0, 255).to(torch.uint8)
+    return crops
 
 
 def decoded_ahead(batches: Iterable[tuple[Any, torch.Tensor]],
