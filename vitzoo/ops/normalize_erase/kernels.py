@@ -4,8 +4,8 @@ reference's counter-based hash (integer arithmetic in int64, exact), so no noise
 import triton
 import triton.language as tl
 
-CONST: tl.constexpr = 0  # ERASE_MODES' order
-RAND: tl.constexpr = 1
+CONST = tl.constexpr(0)  # ERASE_MODES' order
+RAND = tl.constexpr(1)
 
 
 @triton.jit

@@ -2,6 +2,7 @@
 statistics that auto-contrast, equalize and contrast read) and the dispatching :func:`rand_augment_layer`."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -23,6 +24,13 @@ _NEEDS_STATS = (OP_CODES["contrast"], OP_CODES["auto_contrast"], OP_CODES["equal
 if triton_available():
     from ..launch import cached_launcher
     from .kernels import PARAMS, _rand_augment_layer_kernel
+
+    @functools.cache
+    def _placeholders(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Statistics buffers for a layer without the ops that read them: the kernel's branches that would read
+        them take their dtypes (float32 means and stretches, int32 tables) even where they never run."""
+        return (torch.zeros(1, dtype=torch.float32, device=device), torch.zeros(1, dtype=torch.float32, device=device),
+                torch.zeros(1, dtype=torch.int32, device=device))
 
     def _rand_augment_layer(images: torch.Tensor, ops: torch.Tensor, args: torch.Tensor, matrices: torch.Tensor,
                             fill: Sequence[float]) -> torch.Tensor:
@@ -46,7 +54,7 @@ if triton_available():
             stats.append(on_device[start:start + len(r)].long() if len(r) else None)
             start += len(r)
         contrast_rows, stretch_rows, equalize_rows = stats
-        contrast = stretch = lut = params_dev  # placeholders the kernel does not read
+        contrast, stretch, lut = _placeholders(device)  # of the dtypes the kernel reads; it reads none of them
         if contrast_rows is not None:
             contrast = torch.empty(batch, dtype=torch.float32, device=device)
             contrast[contrast_rows] = contrast_mean(x[contrast_rows].float()).flatten()

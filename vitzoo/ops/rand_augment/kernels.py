@@ -12,21 +12,21 @@ import triton
 import triton.language as tl
 
 # codes of vitzoo.ops.rand_augment.reference.LAYER_OPS
-AUTO_CONTRAST: tl.constexpr = 1
-EQUALIZE: tl.constexpr = 2
-INVERT: tl.constexpr = 3
-POSTERIZE: tl.constexpr = 4
-SOLARIZE: tl.constexpr = 5
-SOLARIZE_ADD: tl.constexpr = 6
-COLOR: tl.constexpr = 7
-CONTRAST: tl.constexpr = 8
-BRIGHTNESS: tl.constexpr = 9
-SHARPNESS: tl.constexpr = 10
-AFFINE_NEAREST: tl.constexpr = 11
-AFFINE_BILINEAR: tl.constexpr = 12
-AFFINE_BICUBIC: tl.constexpr = 13
-CUBIC_A: tl.constexpr = -0.75
-PARAMS: tl.constexpr = 8  # per image: op code, argument, the six affine coefficients
+AUTO_CONTRAST = tl.constexpr(1)
+EQUALIZE = tl.constexpr(2)
+INVERT = tl.constexpr(3)
+POSTERIZE = tl.constexpr(4)
+SOLARIZE = tl.constexpr(5)
+SOLARIZE_ADD = tl.constexpr(6)
+COLOR = tl.constexpr(7)
+CONTRAST = tl.constexpr(8)
+BRIGHTNESS = tl.constexpr(9)
+SHARPNESS = tl.constexpr(10)
+AFFINE_NEAREST = tl.constexpr(11)
+AFFINE_BILINEAR = tl.constexpr(12)
+AFFINE_BICUBIC = tl.constexpr(13)
+CUBIC_A = tl.constexpr(-0.75)
+PARAMS = tl.constexpr(8)  # per image: op code, argument, the six affine coefficients
 
 
 @triton.jit

@@ -1,0 +1,133 @@
+"""The training pipeline's device-stage kernels compile for a Hopper GPU (sm_90) with the arguments their launches
+pass, on a machine without one: the Triton interpreter runs only the branches the data takes and checks no types,
+so a branch that a launch's argument types break (a float64 buffer where the kernel reads float32) passes every
+interpreted test and fails on the GPU. Each op runs once with the Triton backend under the interpreter, its launch is
+recorded, and the kernel is compiled down to a cubin for those argument types (in a process of its own, where
+``triton.jit`` makes compilable kernels)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from vitzoo.ops import use_backend
+from vitzoo.ops.normalize_erase import function as normalize_erase_function
+from vitzoo.ops.rand_augment import function as rand_augment_function
+from vitzoo.ops.resized_crop import function as resized_crop_function
+
+from .markers import INTERPRETED
+
+triton = pytest.importorskip("triton")
+try:
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+except ImportError:  # pragma: no cover - an older Triton
+    GPUTarget = ASTSource = None
+
+_TYPES = {torch.uint8: "u8", torch.int32: "i32", torch.int64: "i64", torch.float32: "fp32", torch.float64: "fp64"}
+_OPTIONS = ("num_warps", "num_stages", "enable_fp_fusion")
+
+
+class _Recorder:
+    """Stands in for ``cached_launcher``: records each launch and runs it through the interpreter."""
+
+    def __init__(self) -> None:
+        self.launches = []
+
+    def __call__(self, kernel):
+        def index(grid):
+            def launch(*args, **kwargs):
+                self.launches.append((kernel, args, kwargs))
+                kernel[grid](*args, **kwargs)
+            return launch
+
+        return type("Launch", (), {"__getitem__": lambda _, grid: index(grid)})()
+
+
+def _compile_request(kernel, args, kwargs) -> dict:
+    """What compiles ``kernel`` for the recorded launch: its module and name, signature, constexprs and options."""
+    function = kernel.fn
+    names = list(function.__code__.co_varnames[:function.__code__.co_argcount])
+    signature, constexprs = {}, {}
+    for name, value in zip(names, args, strict=False):
+        if isinstance(value, torch.Tensor):
+            signature[name] = "*" + _TYPES[value.dtype]
+        elif isinstance(value, bool):
+            signature[name], constexprs[name] = "constexpr", value
+        elif isinstance(value, int):
+            signature[name] = "i32" if -2**31 <= value < 2**31 else "i64"
+        else:
+            signature[name] = "fp32"
+    for name, value in kwargs.items():
+        if name in names:
+            signature[name], constexprs[name] = "constexpr", value
+    return {"module": function.__module__, "name": function.__name__, "signature": signature,
+            "constexprs": constexprs, "options": {key: value for key, value in kwargs.items() if key in _OPTIONS}}
+
+
+_COMPILE = """
+import importlib, json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+for request in json.loads(sys.argv[1]):
+    kernel = getattr(importlib.import_module(request["module"]), request["name"])
+    source = ASTSource(fn=kernel, signature=request["signature"], constexprs=request["constexprs"])
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=request["options"])
+    assert compiled.asm["cubin"], request["name"]
+"""
+
+
+def _compile(requests: list[dict]) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _COMPILE, json.dumps(requests)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _launches(module, monkeypatch, call) -> list:
+    recorder = _Recorder()
+    monkeypatch.setattr(module, "cached_launcher", recorder)
+    with use_backend("triton"):
+        call()
+    assert recorder.launches
+    return recorder.launches
+
+
+def _rand_augment_layer():
+    from vitzoo.ops.rand_augment import OP_CODES, rand_augment_layer
+    codes = torch.tensor([OP_CODES["invert"], OP_CODES["affine_bicubic"]])  # no statistics: the placeholders
+    rand_augment_layer(torch.zeros(2, 3, 4, 5, dtype=torch.uint8) + 7, codes, torch.ones(2, dtype=torch.float64),
+                       torch.eye(2, 3, dtype=torch.float64).flatten().repeat(2, 1), (1.0, 2.0, 3.0))
+
+
+def _rand_augment_layer_with_statistics():
+    from vitzoo.ops.rand_augment import OP_CODES, rand_augment_layer
+    codes = torch.tensor([OP_CODES["contrast"], OP_CODES["auto_contrast"], OP_CODES["equalize"]])
+    rand_augment_layer(torch.arange(180, dtype=torch.uint8).view(3, 3, 4, 5), codes,
+                       torch.ones(3, dtype=torch.float64), torch.zeros(3, 6, dtype=torch.float64), (1.0, 2.0, 3.0))
+
+
+def _normalize_erase():
+    from vitzoo.ops.normalize_erase import normalize_erase
+    normalize_erase(torch.zeros(2, 3, 4, 5, dtype=torch.uint8) + 9, (0.5,) * 3, (0.25,) * 3,
+                    torch.tensor([[1, 0, 0, 2, 2]]), "pixel", seed=2**32 - 1)
+
+
+def _resized_crops():
+    from vitzoo.ops.resized_crop import resized_crops
+    resized_crops(torch.zeros(2, 3, 6, 7, dtype=torch.uint8) + 5, torch.tensor([[0.0, 0.0, 7.0, 6.0]] * 2),
+                  torch.tensor([False, True]), 4)
+
+
+CASES = [(rand_augment_function, _rand_augment_layer), (rand_augment_function, _rand_augment_layer_with_statistics),
+         (normalize_erase_function, _normalize_erase), (resized_crop_function, _resized_crops)]
+
+
+@pytest.mark.skipif(not INTERPRETED, reason="records the launches under the Triton interpreter (CPU only)")
+@pytest.mark.skipif(GPUTarget is None, reason="this Triton has no ahead-of-time compile API")
+@pytest.mark.parametrize(("module", "call"), CASES, ids=[case[1].__name__.strip("_") for case in CASES])
+def test_the_kernels_compile_for_sm90_with_their_launch_arguments(module, call, monkeypatch) -> None:
+    _compile([_compile_request(kernel, args, kwargs) for kernel, args, kwargs in _launches(module, monkeypatch, call)])
