@@ -51,8 +51,13 @@ from vitzoo.train.loop import train  # noqa: E402
 MAIN_THREAD_STAGES = ("augment", "step")
 
 
-def _is_kernel(event: Any) -> bool:
+def _on_gpu(event: Any) -> bool:
     return event.device_type is not None and "CUDA" in str(event.device_type)
+
+
+def _is_kernel(event: Any) -> bool:
+    # a range also shows on the GPU's timeline, as an annotation spanning the kernels launched inside it
+    return _on_gpu(event) and not getattr(event, "is_user_annotation", False)
 
 
 def _union_us(intervals: list[tuple[float, float]]) -> float:
@@ -70,7 +75,7 @@ def summarise(events: list[Any], batch: int, top: int = 20) -> dict[str, Any]:
     over the updates from the first step range's start to the last one's, each range and kernel counted by its
     start."""
     names = {label: name for name, label in PROFILE_RANGES.items()}
-    ranges = [event for event in events if event.name in names and not _is_kernel(event)]
+    ranges = [event for event in events if event.name in names and not _on_gpu(event)]
     starts = sorted(event.time_range.start for event in ranges if names[event.name] == "step")
     if len(starts) < 3:
         raise ValueError(f"the profile holds {len(starts)} step range(s); profile at least 3 updates")

@@ -226,9 +226,11 @@ class _Range:
 class _Event:
     """What profile_training reads of a torch.profiler event: name, device type, time range (us), device time."""
 
-    def __init__(self, name: str, start: float, end: float, device_us: float = 0.0, kernel: bool = False) -> None:
+    def __init__(self, name: str, start: float, end: float, device_us: float = 0.0, kernel: bool = False,
+                 annotation: bool = False) -> None:
         self.name, self.time_range, self.device_time_total = name, _Range(start, end), device_us
-        self.device_type = "DeviceType.CUDA" if kernel else "DeviceType.CPU"
+        self.device_type = "DeviceType.CUDA" if kernel or annotation else "DeviceType.CPU"
+        self.is_user_annotation = annotation
 
 
 def test_profile_training_counts_stages_and_busy_time_between_the_first_and_last_step():
@@ -241,6 +243,8 @@ def test_profile_training_counts_stages_and_busy_time_between_the_first_and_last
     events += [_Event("vitzoo.decode", 2 * ms, 5 * ms)]
     events += [_Event("gemm", 1 * ms, 5 * ms, kernel=True), _Event("gemm", 3 * ms, 8 * ms, kernel=True),
                _Event("erase", 12 * ms, 14 * ms, kernel=True), _Event("gemm", 31 * ms, 39 * ms, kernel=True)]
+    # each range's annotation on the GPU's timeline is neither a range of the host nor a kernel
+    events += [_Event("vitzoo.step", t * ms, (t + 9) * ms, annotation=True) for t in (0, 10, 20)]
     summary = summarise(events, batch=100)
     assert summary["updates"] == 3 and summary["wall_ms"] == 10.0 and summary["img_per_s_from_wall"] == 10000.0
     assert summary["stages"]["step"] == {"ranges": 3, "host_ms": 6.0, "device_ms": 4.0}

@@ -95,19 +95,23 @@ def environment(device: torch.device) -> dict[str, str]:
 
 
 def git_revision() -> str:
-    """The checkout's HEAD, with '+local changes' when tracked files differ from it; outside a git checkout (a copy
-    of the tree on a benchmark machine) the ``VITZOO_GIT_REVISION`` environment variable, else ''."""
+    """The ``VITZOO_GIT_REVISION`` environment variable where set (a copy of the tree on a benchmark machine, whose
+    git metadata, if any, need not be the code's), else the checkout's HEAD with '+local changes' when tracked files
+    differ from it; '' outside a git checkout."""
+    given = os.environ.get("VITZOO_GIT_REVISION")
+    if given:
+        return given
     here = Path(__file__).resolve().parent
     try:
         revision = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                   cwd=here).stdout.strip()
     except FileNotFoundError:  # no git installed
-        revision = ""
+        return ""
     if not revision:
-        return os.environ.get("VITZOO_GIT_REVISION", "")
+        return ""
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
                            cwd=here).stdout.strip()
-    return revision + ("+local changes" if revision and dirty else "")
+    return revision + ("+local changes" if dirty else "")
 
 
 def read_csvs(paths: Iterable[str | Path]) -> list[dict[str, str]]:
