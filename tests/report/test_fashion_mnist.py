@@ -1,5 +1,6 @@
 """The Fashion-MNIST tables: one row per family with the provenance line, and the study's ranking."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -153,11 +154,12 @@ def test_training_profile_table_has_a_row_per_run_and_the_runs_provenance(tmp_pa
          "overrides": ["workers=12", "cuda_graph=true"], "info": info, "profile": profile},
         {"config_file": "configs/fashion_imagenet/linear.yaml", "model": "linear_deit_tiny_patch16_224",
          "overrides": [], "info": {**info, "git_revision": ""},
-         "profile": {**profile, "stages": {"step": profile["stages"]["step"]}}},
+         "profile": {**profile, "stages": {"step": profile["stages"]["step"]}, "launches": None,
+                     "device_busy_ms": None}},
     ]}))
-    table = fashion_mnist.training_profile_table(path)
+    table = fashion_mnist.training_profile_table(path, Path("results/h100.json"))
     assert ("| `softmax_deit_tiny_patch16_224` | workers=12 cuda_graph=true | 12,488 (20.5) | 3.2 / 0.0 | 2.5 / 0.7 "
             "| 2.0 / 1.3 | 4.4 / 16.9 | 1.2 | 18.0 | 312 | abcdef0 |") in table
-    assert ("| `linear_deit_tiny_patch16_224` | - | 12,488 (20.5) | - | - | - | 4.4 / 16.9 | 1.2 | 18.0 | 312 | - |"
-            in table)
-    assert "NVIDIA H100 80GB HBM3, torch 2.11.0, triton 3.6.0, 2026-12-07, 16 CPU cores" in table
+    assert "| `linear_deit_tiny_patch16_224` | - | 12,488 (20.5) | - | - | - | 4.4 / 16.9 | 1.2 | - | - | - |" in table
+    assert ("NVIDIA H100 80GB HBM3, torch 2.11.0, triton 3.6.0, 2026-12-07, 16 CPU cores; each run's command is in "
+            "`results/h100.json`") in table

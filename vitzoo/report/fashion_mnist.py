@@ -225,9 +225,10 @@ def pipeline_table(results: Path) -> str:
 TRAINING_PROFILE_MARKERS = ("<!-- training-profile-table:start -->", "<!-- training-profile-table:end -->")
 
 
-def training_profile_table(results: Path) -> str:
-    """``benchmarks/profile_training.py``'s results: per training update, each stage's host and device ms, the
-    loop's wait, the GPU's busy time and launches, one row per profiled run."""
+def training_profile_table(results: Path, shown: Path) -> str:
+    """``benchmarks/profile_training.py``'s results at ``results`` (named ``shown`` in the table's provenance line):
+    per training update, each stage's host and device ms, the loop's wait, the GPU's busy time and launches, one row
+    per profiled run."""
     runs = json.loads(results.read_text())["runs"]
     stage_names = ("load", "decode", "augment", "step")
     lines = ["| model | overrides | img/s (wall ms per update) | "
@@ -239,13 +240,14 @@ def training_profile_table(results: Path) -> str:
         stages = profile["stages"]
         cells = [f"{stages[name]['host_ms']:.1f} / {stages[name]['device_ms']:.1f}" if name in stages else "-"
                  for name in stage_names]
+        busy, launches = profile.get("device_busy_ms"), profile.get("launches")
         lines.append(f"| `{run['model']}` | {' '.join(run['overrides']) or '-'} | "
                      f"{profile['img_per_s_from_wall']:,.0f} ({profile['wall_ms']:.1f}) | " + " | ".join(cells)
-                     + f" | {profile['loop_other_ms']:.1f} | {profile['device_busy_ms']:.1f} | "
-                     f"{profile['launches']:,.0f} | {info['git_revision'][:7] or '-'} |")
+                     + f" | {profile['loop_other_ms']:.1f} | {'-' if busy is None else f'{busy:.1f}'} | "
+                     f"{'-' if launches is None else f'{launches:,.0f}'} | {info['git_revision'][:7] or '-'} |")
     first = runs[0]["info"] if runs else {}
     if first:
         lines += ["", f"{first['device']}, torch {first['torch']}, triton {first.get('triton', '-')}, "
                   f"{first['date'][:10]}, {first.get('cpu_count', '-')} CPU cores; each run's command is in "
-                  f"`{results.as_posix()}`."]
+                  f"`{shown.as_posix()}`."]
     return "\n".join(lines)
