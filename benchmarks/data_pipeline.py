@@ -19,7 +19,8 @@ before the rest), on the first ``--images`` training images in shuffled order:
   quarter of the bytes through the workers' shared memory), both with the workers decoding and cropping (also for a
   ``decode_on_device`` config); for a RandAugment policy the workers run, their uint8 tensors when RandAugment runs on
   the device instead (``augment_on_device``); and, for a RandAugment policy or a ``decode_on_device`` config, the
-  workers' JPEG bytes and crop draws when decoding and cropping run there too (``decode_on_device``);
+  workers' JPEG bytes and crop draws when decoding and cropping run there too (``decode_on_device``), and their
+  decoded pixels and crop draws when only the crops do (``crop_on_device``);
 - ``device_decode``: for ``decode_on_device``, milliseconds per image of decoding and cropping whole batches
   (``vitzoo.train.device_decode.decode_crops``) on ``--device`` (default: CUDA when there is one, else the CPU).
 
@@ -52,6 +53,7 @@ from vitzoo.train.data import DeviceAugment, build_dataset, folder_classes, load
 from vitzoo.train.device_decode import (  # noqa: E402
     EncodedCrop,
     EncodedRandomResizedCrop,
+    PixelRandomResizedCrop,
     collate_encoded,
     decode_crops,
 )
@@ -89,15 +91,18 @@ def pixel_phases(uint8_tf: Compose, device_tf: DeviceAugment) -> list[list[Step]
 
 
 def encoded_phases(draws_tf: EncodedRandomResizedCrop, device_tf: DeviceAugment) -> list[list[Step]]:
-    """The stages of a ``decode_on_device`` pipeline: the workers' reading and crop draw over all the images, then
-    the device stage on each image's crop after an untimed decoding and cropping on the CPU (``device_decode`` times
-    those on whole batches on the device)."""
+    """The stages of a ``decode_on_device`` pipeline (the workers read and draw the crop) or a ``crop_on_device`` one
+    (they decode and draw it): the workers' steps over all the images, then the device stage on each image's crop
+    after an untimed decoding and cropping on the CPU (``device_decode`` times those on whole batches on the
+    device)."""
     cpu = torch.device("cpu")
 
     def decode(crop: EncodedCrop) -> torch.Tensor:
         return device_tf.decode(collate_encoded([(crop, 0)])[0], cpu)[0]
 
-    return [[("read + check", load_encoded), (type(draws_tf).__name__, draws_tf)],
+    load = ("read + decode", load_image) if isinstance(draws_tf, PixelRandomResizedCrop) else ("read + check",
+                                                                                              load_encoded)
+    return [[load, (type(draws_tf).__name__, draws_tf)],
             [(None, decode), (type(device_tf).__name__, device_tf)]]
 
 
@@ -172,7 +177,8 @@ def main() -> None:
     model = create_model_from_config(config, num_classes=len(classes), in_chans=3)
     # The float32 and uint8 loaders' workers decode and crop, also for a decode_on_device config (whose own workers
     # hand over JPEG bytes: the last loader below), so the rows compare the placements of one recipe.
-    uint8_tf, device_tf, _, _ = build_transforms(dataclasses.replace(config, decode_on_device=False), model)
+    uint8_tf, device_tf, _, _ = build_transforms(
+        dataclasses.replace(config, decode_on_device=False, crop_on_device=False), model)
     # the whole training transform on each image in the workers: normalised float32 out of the loader
     float_tf = Compose([uint8_tf, device_tf])
     dataset = build_dataset("folder", args.data_dir, "train", float_tf, config.seed, classes=classes)
@@ -185,18 +191,27 @@ def main() -> None:
         variants.append(("uint8, RandAugment on the device",
                          build_dataset("folder", args.data_dir, "train", crop_tf, config.seed, classes=classes), None))
     encoded = None
-    if rand_augment or config.decode_on_device:
+    if rand_augment or config.decode_on_device or config.crop_on_device:
         # what the workers do when decoding and cropping run there too (decode_on_device; RandAugment, if any, then
-        # follows them on the device, and without one augment_on_device stays off, as the config check requires)
-        draws_tf, draws_device_tf = build_transforms(
-            dataclasses.replace(config, augment_on_device=rand_augment, decode_on_device=True), model)[:2]
+        # follows them on the device, and without one augment_on_device stays off, as the config check requires),
+        # and when only the crops do (crop_on_device: the workers decode)
+        draws_tf, draws_device_tf = build_transforms(dataclasses.replace(
+            config, augment_on_device=rand_augment, decode_on_device=True, crop_on_device=False), model)[:2]
         encoded = build_dataset("folder", args.data_dir, "train", draws_tf, config.seed, classes=classes,
                                 encoded=True)
-        variants.append(("JPEG bytes and crop draws, decoded on the device", encoded, collate_encoded))
+        pixel_tf = build_transforms(dataclasses.replace(
+            config, augment_on_device=rand_augment, decode_on_device=False, crop_on_device=True), model)[0]
+        pixels = build_dataset("folder", args.data_dir, "train", pixel_tf, config.seed, classes=classes)
+        variants += [("JPEG bytes and crop draws, decoded on the device", encoded, collate_encoded),
+                     ("decoded pixels and crop draws, cropped on the device", pixels, collate_encoded)]
     folder = dataset.dataset  # the ImageFolder inside SkipUnreadable
     # the stages of the config's own pipeline
-    phases = (encoded_phases(draws_tf, draws_device_tf) if config.decode_on_device
-              else pixel_phases(uint8_tf, device_tf))
+    if config.decode_on_device:
+        phases = encoded_phases(draws_tf, draws_device_tf)
+    elif config.crop_on_device:
+        phases = encoded_phases(pixel_tf, draws_device_tf)
+    else:
+        phases = pixel_phases(uint8_tf, device_tf)
     stages = stage_costs(folder, phases, args.images)
     result = {
         "info": {
@@ -208,7 +223,8 @@ def main() -> None:
             "config": args.config, "batch_size": config.batch_size,
             "augmentation": {key: getattr(config, key) for key in ("auto_augment", "re_prob", "re_mode",
                                                                    "train_interpolation", "hflip",
-                                                                   "augment_on_device", "decode_on_device")},
+                                                                   "augment_on_device", "decode_on_device",
+                                                                   "crop_on_device")},
         },
         "stages_ms_per_image": stages,
         "img_per_s_per_core": round(1e3 / sum(stages.values()), 1),

@@ -38,21 +38,27 @@ _WORKER_DECODE_STAGES = ["read + decode", "RandomResizedCropAndInterpolation", "
                          "MaybePILToTensor", "DeviceAugment"]
 # decode_on_device: the workers read the bytes and draw the crop; the device stage is timed after decoding
 _DEVICE_DECODE_STAGES = ["read + check", "EncodedRandomResizedCrop", "DeviceAugment"]
+_DEVICE_CROP_STAGES = ["read + decode", "PixelRandomResizedCrop", "DeviceAugment"]
 _JPEG_LOADER = "JPEG bytes and crop draws, decoded on the device"
+_PIXEL_LOADER = "decoded pixels and crop draws, cropped on the device"
 
 
 @pytest.mark.parametrize(("overrides", "stages", "outputs"), [
-    ((), _WORKER_DECODE_STAGES, ["float32", "uint8", "uint8, RandAugment on the device", _JPEG_LOADER]),
-    (("augment_on_device=true", "decode_on_device=true"), _DEVICE_DECODE_STAGES, ["float32", "uint8", _JPEG_LOADER]),
+    ((), _WORKER_DECODE_STAGES, ["float32", "uint8", "uint8, RandAugment on the device", _JPEG_LOADER,
+                                 _PIXEL_LOADER]),
+    (("augment_on_device=true", "decode_on_device=true"), _DEVICE_DECODE_STAGES,
+     ["float32", "uint8", _JPEG_LOADER, _PIXEL_LOADER]),
+    (("augment_on_device=true", "crop_on_device=true"), _DEVICE_CROP_STAGES,
+     ["float32", "uint8", _JPEG_LOADER, _PIXEL_LOADER]),
     # no RandAugment: the JPEG loader must not switch augment_on_device on (it would look for a policy to move)
     (("auto_augment=null", "color_jitter=0", "decode_on_device=true"), _DEVICE_DECODE_STAGES,
-     ["float32", "uint8", _JPEG_LOADER]),
-], ids=["workers_decode", "decode_on_device", "decode_on_device_no_rand_augment"])
+     ["float32", "uint8", _JPEG_LOADER, _PIXEL_LOADER]),
+], ids=["workers_decode", "decode_on_device", "crop_on_device", "decode_on_device_no_rand_augment"])
 def test_data_pipeline_times_every_placement_of_the_augmentation(tmp_path: Path, overrides: tuple[str, ...],
                                                                  stages: list[str], outputs: list[str]):
     """On a tiny folder: the stage costs of the config's own pipeline, a loader rate for float32, uint8, uint8 with
     RandAugment on the device (whose workers no longer run RandAugment; only where the config runs it in the
-    workers) and JPEG bytes (decode_on_device), and the device decoding's cost."""
+    workers), JPEG bytes (decode_on_device) and decoded pixels (crop_on_device), and the device decoding's cost."""
     data = write_image_folder(tmp_path / "images", train_per_class=6)
     out = tmp_path / "pipeline.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")

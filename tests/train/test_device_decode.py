@@ -265,3 +265,59 @@ def test_a_run_stopped_mid_epoch_shuts_its_decoding_loader_down_cleanly(tmp_path
     gc.collect()
     assert metrics["num_updates"] == 4
     assert unraisable == []
+
+
+def test_crops_of_pixels_the_workers_decoded_equal_the_crops_of_their_files(tmp_path: Path, jpeg: Path) -> None:
+    """crop_on_device: the workers decode with Pillow and send the pixels (shapes packed beside them); the device's
+    crops equal those of the same JPEGs decoded on the device, for a batch of two sizes, flipped and not."""
+    from vitzoo.train.data import load_image
+    from vitzoo.train.device_decode import PixelRandomResizedCrop
+
+    small = tmp_path / "small.jpg"
+    Image.fromarray(_picture(40, 56)).save(small, quality=90)
+    cases = ((jpeg, (3.0, 4.0, 90.0, 77.0), True), (small, (0.0, 0.0, 56.0, 40.0), False), (jpeg, (0.0, 0.0, 9.0, 7.0),
+                                                                                              False))
+    files = [(EncodedCrop(load_encoded(str(path)).data, box, flip), 0) for path, box, flip in cases]
+    pixels = []
+    for path, box, flip in cases:
+        drawn = PixelRandomResizedCrop(hflip=0.0)(load_image(str(path)))
+        assert drawn.shape == (3, *Image.open(path).size[::-1]) and drawn.data.dtype == torch.uint8
+        pixels.append((EncodedCrop(drawn.data, box, flip, drawn.shape), 0))
+    batch, _ = collate_encoded(pixels)
+    assert batch.shapes.tolist() == [[3, 80, 96], [3, 40, 56], [3, 80, 96]]
+    assert torch.equal(decode_crops(batch, CPU, 24), decode_crops(collate_encoded(files)[0], CPU, 24))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (pinned memory)")
+def test_the_loaders_pin_thread_pins_a_batchs_bytes_and_keeps_the_rest() -> None:
+    batch = EncodedBatch(torch.arange(12, dtype=torch.uint8), torch.tensor([0, 12]), torch.zeros(1, 4),
+                         torch.zeros(1, dtype=torch.bool), torch.tensor([[3, 2, 2]]))
+    pinned = batch.pin_memory()
+    assert pinned.data.is_pinned() and torch.equal(pinned.data, batch.data) and pinned.shapes is batch.shapes
+
+
+def test_pixel_crops_draw_what_the_encoded_crops_draw_for_the_same_seed(jpeg: Path) -> None:
+    from vitzoo.train.data import load_image
+    from vitzoo.train.device_decode import PixelRandomResizedCrop
+
+    image = load_image(str(jpeg))
+    torch.manual_seed(3)
+    pixel = PixelRandomResizedCrop()(image)
+    torch.manual_seed(3)
+    encoded = EncodedRandomResizedCrop()(load_encoded(str(jpeg)))
+    assert (pixel.box, pixel.flip) == (encoded.box, encoded.flip)
+    assert torch.equal(pixel.data.view(pixel.shape).permute(1, 2, 0), torch.from_numpy(np.asarray(image)))
+
+
+def test_a_run_with_the_crops_on_the_device_trains(tmp_path: Path) -> None:
+    from tiny_runs import MODEL, train_args, write_image_folder
+
+    from vitzoo.train.config import load_config
+    from vitzoo.train.loop import train
+
+    data = write_image_folder(tmp_path / "images", train_per_class=8, suffix=".jpg")
+    output = tmp_path / "run"
+    args = train_args(output, data, "auto_augment=rand-m9-mstd0.5-inc1", "augment_on_device=true",
+                      "crop_on_device=true", "workers=1", "max_steps=3")
+    metrics = train(load_config(None, args[6:], model=MODEL, output=str(output), data_dir=str(data)))
+    assert metrics["num_updates"] == 3

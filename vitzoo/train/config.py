@@ -86,6 +86,10 @@ class TrainConfig:
     # whose cores cannot even decode as fast as the GPU trains. With a RandAugment policy it needs augment_on_device;
     # no other auto_augment policy, and no colour jitter.
     decode_on_device: bool = False
+    # The workers decode (Pillow) and the random-resized crops run on the training device, with the rest of the
+    # device stage: for hosts whose cores decode faster than the device's JPEG decoder but cannot also crop and
+    # augment. Same conditions as decode_on_device, which crops on the device already.
+    crop_on_device: bool = False
     mixup: float = 0.8
     cutmix: float = 1.0
     mixup_prob: float = 1.0
@@ -350,16 +354,21 @@ def validate_config(config: TrainConfig) -> None:
             and not str(config.auto_augment or "").startswith("rand")):
         raise ConfigError("augment_on_device moves RandAugment to the device and needs a RandAugment auto_augment "
                           f"('rand-...'), got {config.auto_augment!r}; set augment_on_device=false")
-    if config.decode_on_device:
+    if config.decode_on_device and config.crop_on_device:
+        raise ConfigError("decode_on_device crops on the device already; set crop_on_device=false (the workers then "
+                          "decode nothing) or decode_on_device=false (the workers decode)")
+    for key in ("decode_on_device", "crop_on_device"):
+        if not getattr(config, key):
+            continue
         if config.dataset == "fashion_mnist":
-            raise ConfigError("decode_on_device decodes JPEG image folders; Fashion-MNIST has no files to decode, "
-                              "set decode_on_device=false")
+            raise ConfigError(f"{key} crops image folders' images; Fashion-MNIST has no files to crop, "
+                              f"set {key}=false")
         if config.auto_augment and not config.augment_on_device:
-            raise ConfigError("decode_on_device leaves the workers no pixels to RandAugment; set "
-                              "augment_on_device=true too (RandAugment then follows the decoding on the device)")
+            raise ConfigError(f"{key} leaves the workers no crops to RandAugment; set augment_on_device=true too "
+                              "(RandAugment then follows the crops on the device)")
         if not config.auto_augment and config.color_jitter:
-            raise ConfigError("decode_on_device does not implement color_jitter (timm applies it when auto_augment "
-                              "is unset); set color_jitter=0 or decode_on_device=false")
+            raise ConfigError(f"{key} does not implement color_jitter (timm applies it when auto_augment is unset); "
+                              f"set color_jitter=0 or {key}=false")
     if config.cuda_graph and config.compile:
         raise ConfigError(f"cuda_graph and compile={config.compile!r} both remove the host cost; pick one "
                           "(compile=reduce-overhead is torch.compile's own CUDA graphs)")

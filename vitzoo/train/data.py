@@ -47,6 +47,7 @@ from vitzoo.train.device_decode import (
     EncodedBatch,
     EncodedImage,
     EncodedRandomResizedCrop,
+    PixelRandomResizedCrop,
     decode_crops,
 )
 from vitzoo.train.random_erasing import BatchRandomErasing
@@ -463,6 +464,7 @@ class AugmentConfig:
     train_interpolation: str = "random"
     on_device: bool = False  # RandAugment on whole batches on the training device instead of in the workers
     decode_on_device: bool = False  # JPEG decoding and the crops too (vitzoo.train.device_decode); needs on_device
+    crop_on_device: bool = False  # the crops only: the workers decode; needs on_device
 
 
 class DeviceAugment:
@@ -526,8 +528,10 @@ def folder_transforms(data_config: dict, augment: AugmentConfig) -> tuple[Callab
     Returns:
         The training transform of the loader workers (random-resized crop, flip, RandAugment unless
         ``augment.on_device``, ending in a uint8 (C, H, W) tensor; with ``augment.decode_on_device`` only the crop
-        and flip draws, for :func:`load_encoded` images), the rest of the training transform for whole batches on
-        the training device (decoding and cropping with ``augment.decode_on_device``, RandAugment with
+        and flip draws, for :func:`load_encoded` images; with ``augment.crop_on_device`` the decoded pixels and those
+        draws), the rest of the training transform for whole batches on
+        the training device (decoding and cropping with ``augment.decode_on_device``, cropping with
+        ``augment.crop_on_device``, RandAugment with
         ``augment.on_device``, normalisation and random erasing), and the eval transform (resize to
         ``size / crop_pct``, centre crop, normalised float32).
     """
@@ -544,8 +548,9 @@ def folder_transforms(data_config: dict, augment: AugmentConfig) -> tuple[Callab
     _allow_zero_bit_posterize(train_transform)
     rand_augment = _move_rand_augment(train_transform) if augment.on_device else None
     decode = None
-    if augment.decode_on_device:
-        train_transform = EncodedRandomResizedCrop(tuple(augment.scale), hflip=augment.hflip)
+    if augment.decode_on_device or augment.crop_on_device:
+        crop = EncodedRandomResizedCrop if augment.decode_on_device else PixelRandomResizedCrop
+        train_transform = crop(tuple(augment.scale), hflip=augment.hflip)
         decode = functools.partial(decode_crops, size=data_config["input_size"][-1])
     on_device = DeviceAugment(data_config["mean"], data_config["std"], augment.re_prob, augment.re_mode,
                               rand_augment, decode)

@@ -17,6 +17,7 @@ quality-95 baseline JPEGs, so the device only ever sees the common case.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import math
@@ -25,7 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.profiler import record_function
 
 from vitzoo.ops.resized_crop import resized_crops
@@ -51,26 +54,34 @@ class EncodedImage:
 
 @dataclass
 class EncodedCrop:
-    """A JPEG file's bytes with the crop box (x0, y0, x1, y1 in pixels) and flip drawn for it."""
+    """A JPEG file's bytes, or with ``shape`` (C, H, W) an image's decoded uint8 pixels, with the crop box (x0, y0,
+    x1, y1 in pixels) and flip drawn for it."""
 
     data: torch.Tensor
     box: tuple[float, float, float, float]
     flip: bool
+    shape: tuple[int, int, int] | None = None
 
 
 @dataclass
 class EncodedBatch:
     """A batch of :class:`EncodedCrop` packed for the loader: one byte tensor (``offsets[i]:offsets[i + 1]`` is file
-    ``i``), ``boxes`` (B, 4) and ``flips`` (B,). A plain dataclass, not a tensor container: accelerate and the pin
-    thread leave it on the CPU, where ``decode_jpeg`` wants its input."""
+    ``i``, or with ``shapes`` (B, 3) image ``i``'s pixels), ``boxes`` (B, 4) and ``flips`` (B,). A plain dataclass,
+    not a tensor container: accelerate leaves it on the CPU, where ``decode_jpeg`` wants its input; the loader's pin
+    thread pins its bytes (:meth:`pin_memory`), so decoded pixels reach the device in one copy that does not wait."""
 
     data: torch.Tensor
     offsets: torch.Tensor
     boxes: torch.Tensor
     flips: torch.Tensor
+    shapes: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.boxes)
+
+    def pin_memory(self) -> EncodedBatch:
+        """The batch with its bytes in pinned memory (what the DataLoader's pin thread calls)."""
+        return dataclasses.replace(self, data=self.data.pin_memory())
 
     def files(self) -> list[torch.Tensor]:
         """The files' bytes, one 1-D uint8 tensor (a view) each."""
@@ -114,14 +125,27 @@ class EncodedRandomResizedCrop:
         return (width - w) // 2, (height - h) // 2, w, h
 
 
+class PixelRandomResizedCrop(EncodedRandomResizedCrop):
+    """The workers' part of a random-resized crop and flip when they decode (``crop_on_device``): the image's uint8
+    pixels with the crop box and flip drawn as :class:`EncodedRandomResizedCrop` draws them."""
+
+    def __call__(self, image: Image.Image) -> EncodedCrop:
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+        x0, y0, w, h = self.box(image.width, image.height)
+        flip = bool(torch.rand(1) < self.hflip) if self.hflip > 0 else False
+        return EncodedCrop(pixels.flatten(), (float(x0), float(y0), float(x0 + w), float(y0 + h)), flip,
+                           tuple(pixels.shape))
+
+
 def collate_encoded(samples: list[tuple[EncodedCrop, int]]) -> tuple[EncodedBatch, torch.Tensor]:
     """Pack (crop, target) samples into an :class:`EncodedBatch` and a target tensor (one shared-memory tensor for
-    all the bytes, not one per file)."""
+    all the bytes, not one per file; the images' shapes where the workers decoded them)."""
     crops = [crop for crop, _ in samples]
     sizes = torch.tensor([0] + [len(crop.data) for crop in crops], dtype=torch.int64)
+    shapes = torch.tensor([crop.shape for crop in crops], dtype=torch.int64) if crops[0].shape is not None else None
     batch = EncodedBatch(torch.cat([crop.data for crop in crops]), sizes.cumsum(0),
                          torch.tensor([crop.box for crop in crops], dtype=torch.float32),
-                         torch.tensor([crop.flip for crop in crops], dtype=torch.bool))
+                         torch.tensor([crop.flip for crop in crops], dtype=torch.bool), shapes)
     return batch, torch.tensor([target for _, target in samples], dtype=torch.int64)
 
 
@@ -182,6 +206,13 @@ def _decode_files(batch: EncodedBatch, device: torch.device) -> list[torch.Tenso
     return images
 
 
+def _pixels(batch: EncodedBatch, device: torch.device) -> list[torch.Tensor]:
+    """The images of a batch the workers decoded, on ``device`` in one copy: (C, H, W) uint8 views of it."""
+    data = batch.data.to(device, non_blocking=True)  # pinned by the loader: the host does not wait
+    bounds, shapes = batch.offsets.tolist(), batch.shapes.tolist()
+    return [data[start:end].view(shape) for start, end, shape in zip(bounds[:-1], bounds[1:], shapes, strict=True)]
+
+
 # elements (bytes) of one stacked crop input (1 GiB): images of one size are cropped in chunks of at most this much
 _CROP_CHUNK_ELEMENTS = 2**30
 
@@ -191,7 +222,7 @@ def decode_crops(batch: EncodedBatch, device: torch.device, size: int) -> torch.
     (B, 3, size, size) uint8 tensor on ``device``. Images of one size are stacked and cropped in one call
     (:func:`vitzoo.ops.resized_crop.resized_crops`: one Triton launch on CUDA; ImageNet's few common sizes cover
     most of a batch); no image is padded to another's size, so one large image costs only its own memory."""
-    images = _decode_or_substitute(batch, device)
+    images = _pixels(batch, device) if batch.shapes is not None else _decode_or_substitute(batch, device)
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for index, image in enumerate(images):
         by_shape.setdefault(tuple(image.shape), []).append(index)

@@ -118,7 +118,7 @@ def build_transforms(config: TrainConfig, model: nn.Module
     data_config = resolve_data_config(args, model=model)
     augment = AugmentConfig(config.auto_augment, config.re_prob, config.re_mode, config.color_jitter, config.hflip,
                             tuple(config.scale), config.train_interpolation, config.augment_on_device,
-                            config.decode_on_device)
+                            config.decode_on_device, config.crop_on_device)
     train_tf, device_tf, eval_tf = folder_transforms(data_config, augment)
     return train_tf, device_tf, eval_tf, data_config
 

@@ -308,8 +308,9 @@ def _build_data(config: TrainConfig, model: torch.nn.Module, classes: list[str])
     # a noticeable share of a short epoch. The per-sample seeds still follow the epoch (SkipUnreadable.set_epoch).
     loader_args = {**loader_workers(config.workers), "pin_memory": torch.cuda.is_available(),
                    "persistent_workers": config.workers > 0}
+    crops_on_device = config.decode_on_device or config.crop_on_device
     train_loader = DataLoader(train_set, batch_size=config.batch_size, sampler=train_sampler, drop_last=True,
-                              collate_fn=collate_encoded if config.decode_on_device else None, **loader_args)
+                              collate_fn=collate_encoded if crops_on_device else None, **loader_args)
     val_loader = DataLoader(val_set, batch_size=config.eval_batch_size or 2 * config.batch_size, sampler=val_sampler,
                             **loader_args)
     return train_set, val_set, train_sampler, train_loader, val_loader, device_tf, data_config
