@@ -529,9 +529,8 @@ def folder_transforms(data_config: dict, augment: AugmentConfig) -> tuple[Callab
         The training transform of the loader workers (random-resized crop, flip, RandAugment unless
         ``augment.on_device``, ending in a uint8 (C, H, W) tensor; with ``augment.decode_on_device`` only the crop
         and flip draws, for :func:`load_encoded` images; with ``augment.crop_on_device`` the decoded pixels and those
-        draws), the rest of the training transform for whole batches on
-        the training device (decoding and cropping with ``augment.decode_on_device``, cropping with
-        ``augment.crop_on_device``, RandAugment with
+        draws), the rest of the training transform for whole batches on the training device (decoding and cropping
+        with ``augment.decode_on_device``, cropping with ``augment.crop_on_device``, RandAugment with
         ``augment.on_device``, normalisation and random erasing), and the eval transform (resize to
         ``size / crop_pct``, centre crop, normalised float32).
     """

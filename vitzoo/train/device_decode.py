@@ -218,10 +218,11 @@ _CROP_CHUNK_ELEMENTS = 2**30
 
 
 def decode_crops(batch: EncodedBatch, device: torch.device, size: int) -> torch.Tensor:
-    """Decode ``batch`` on ``device`` and return its crops resized to ``size`` x ``size`` and flipped as drawn: a
-    (B, 3, size, size) uint8 tensor on ``device``. Images of one size are stacked and cropped in one call
-    (:func:`vitzoo.ops.resized_crop.resized_crops`: one Triton launch on CUDA; ImageNet's few common sizes cover
-    most of a batch); no image is padded to another's size, so one large image costs only its own memory."""
+    """Decode ``batch`` on ``device`` (or copy the pixels the workers decoded there) and return its crops resized to
+    ``size`` x ``size`` and flipped as drawn: a (B, 3, size, size) uint8 tensor on ``device``. Images of one size
+    are stacked and cropped in one call (:func:`vitzoo.ops.resized_crop.resized_crops`: one Triton launch on CUDA;
+    ImageNet's few common sizes cover most of a batch); no image is padded to another's size, so one large image
+    costs only its own memory."""
     images = _pixels(batch, device) if batch.shapes is not None else _decode_or_substitute(batch, device)
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for index, image in enumerate(images):

@@ -25,6 +25,8 @@ if triton_available():
     from ..launch import cached_launcher
     from .kernels import PARAMS, _rand_augment_layer_kernel
 
+    _PER_IMAGE = int(PARAMS.value)  # the kernel's parameters per image
+
     @functools.cache
     def _placeholders(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Statistics buffers for a layer without the ops that read them: the kernel's branches that would read
@@ -47,8 +49,9 @@ if triton_available():
         host = torch.cat([params.flatten(), torch.tensor(list(fill), dtype=torch.float64),
                           *[r.double() for r in rows]])
         on_device = to_device(host, device)
-        params_dev, fill_dev = on_device[:batch * PARAMS], on_device[batch * PARAMS:batch * PARAMS + 3].float()
-        start = batch * PARAMS + 3
+        start = batch * _PER_IMAGE
+        params_dev, fill_dev = on_device[:start], on_device[start:start + 3].float()
+        start += 3
         stats = []
         for r in rows:
             stats.append(on_device[start:start + len(r)].long() if len(r) else None)
