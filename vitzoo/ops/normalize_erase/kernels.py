@@ -4,8 +4,10 @@ reference's counter-based hash (integer arithmetic in int64, exact), so no noise
 import triton
 import triton.language as tl
 
-CONST = tl.constexpr(0)  # ERASE_MODES' order
-RAND = tl.constexpr(1)
+from .reference import ERASE_MODES
+
+CONST = tl.constexpr(ERASE_MODES.index("const"))  # the kernel's MODE is the mode's place in ERASE_MODES
+RAND = tl.constexpr(ERASE_MODES.index("rand"))
 
 
 @triton.jit

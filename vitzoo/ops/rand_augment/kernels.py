@@ -11,20 +11,22 @@ in the last bit, so a filtered pixel can land one grey level away where its valu
 import triton
 import triton.language as tl
 
-# codes of vitzoo.ops.rand_augment.reference.LAYER_OPS
-AUTO_CONTRAST = tl.constexpr(1)
-EQUALIZE = tl.constexpr(2)
-INVERT = tl.constexpr(3)
-POSTERIZE = tl.constexpr(4)
-SOLARIZE = tl.constexpr(5)
-SOLARIZE_ADD = tl.constexpr(6)
-COLOR = tl.constexpr(7)
-CONTRAST = tl.constexpr(8)
-BRIGHTNESS = tl.constexpr(9)
-SHARPNESS = tl.constexpr(10)
-AFFINE_NEAREST = tl.constexpr(11)
-AFFINE_BILINEAR = tl.constexpr(12)
-AFFINE_BICUBIC = tl.constexpr(13)
+from .reference import OP_CODES
+
+# the op codes, read from the reference's table so the two cannot disagree
+AUTO_CONTRAST = tl.constexpr(OP_CODES["auto_contrast"])
+EQUALIZE = tl.constexpr(OP_CODES["equalize"])
+INVERT = tl.constexpr(OP_CODES["invert"])
+POSTERIZE = tl.constexpr(OP_CODES["posterize"])
+SOLARIZE = tl.constexpr(OP_CODES["solarize"])
+SOLARIZE_ADD = tl.constexpr(OP_CODES["solarize_add"])
+COLOR = tl.constexpr(OP_CODES["color"])
+CONTRAST = tl.constexpr(OP_CODES["contrast"])
+BRIGHTNESS = tl.constexpr(OP_CODES["brightness"])
+SHARPNESS = tl.constexpr(OP_CODES["sharpness"])
+AFFINE_NEAREST = tl.constexpr(OP_CODES["affine_nearest"])  # the affine codes come last: the kernel tests >=
+AFFINE_BILINEAR = tl.constexpr(OP_CODES["affine_bilinear"])
+AFFINE_BICUBIC = tl.constexpr(OP_CODES["affine_bicubic"])
 CUBIC_A = tl.constexpr(-0.75)
 PARAMS = tl.constexpr(8)  # per image: op code, argument, the six affine coefficients
 
