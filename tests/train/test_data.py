@@ -276,3 +276,15 @@ def test_fashion_mnist_batches_without_a_transform_are_fetched_at_once_with_the_
     batch = transformed.__getitems__([3, 1, 3])
     for (image, target), index in zip(batch, [3, 1, 3], strict=True):
         assert torch.equal(image, transformed[index][0]) and target == transformed[index][1]
+
+
+def test_seed_everything_seeds_torch_as_torch_manual_seed() -> None:
+    """The per-batch seeding sets the CPU generator (and CUDA's, where there is one) to the state ``torch.manual_seed``
+    gives, so runs and resumes draw the same numbers as before it stopped calling ``torch.manual_seed``."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    torch.manual_seed(1234)
+    expected = [torch.rand(5, device=device) for device in devices]
+    torch.manual_seed(99)
+    vdata.seed_everything(1234)
+    for device, values in zip(devices, expected, strict=True):
+        torch.testing.assert_close(torch.rand(5, device=device), values, atol=0, rtol=0)

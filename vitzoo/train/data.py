@@ -101,16 +101,21 @@ def seed_everything(seed: int, devices: bool = True) -> None:
 
     Args:
         seed: the seed.
-        devices: also seed accelerator generators (``torch.manual_seed``). Per-sample seeding passes False: transforms
-            draw from the CPU generator only, and ``torch.manual_seed`` costs ~1 ms a call on a CUDA build without a
-            GPU (it records a stack trace for lazy CUDA seeding), which dominated small-model data loading.
+        devices: also seed the CUDA and MPS generators where those devices exist. Per-sample seeding passes False:
+            transforms draw from the CPU generator only.
+
+    ``torch.manual_seed`` is not used: it also seeds every other backend, and for one that is never initialised
+    (XPU and MTIA on a CUDA build) it queues the call with a formatted stack trace, about 1 ms a call and a list
+    that grows with every call; the training loop seeds every batch.
     """
     random.seed(seed)
     np.random.seed(seed % 2**32)
+    torch.default_generator.manual_seed(seed)
     if devices:
-        torch.manual_seed(seed)
-    else:
-        torch.default_generator.manual_seed(seed)
+        if torch.cuda.is_available():
+            torch.cuda.manual_seed_all(seed)  # queued once before CUDA starts, a direct call after
+        if torch.backends.mps.is_available():
+            torch.mps.manual_seed(seed)
 
 
 class EpochShuffleSampler(Sampler[int]):
