@@ -85,7 +85,7 @@ def test_affine_ops_follow_pillows_geometry_and_fill(name, values, resample) -> 
     pillow_op = timm_aa.NAME_TO_OP[name]
     for value in values:
         want = _batch([pillow_op(image, value, fillcolor=FILL, resample=resample) for image in images])
-        matrices = ra.affine_matrices(name, torch.full((len(images),), value, dtype=torch.float64), 29, 37)
+        matrices = torch.from_numpy(ra.affine_matrices(name, np.full(len(images), value), 29, 37))
         got = ref.affine(_batch(images), matrices, torch.tensor(FILL, dtype=torch.float32),
                          ref.AFFINE_FILTERS[ra._AFFINE_CODES[resample]])
         diff = (got - want).abs()
@@ -181,12 +181,11 @@ def test_each_image_of_a_batch_gets_its_own_ops_in_order_one_layer_call_per_op_p
     for index, (image, applied) in enumerate(zip(batch, draws, strict=True)):
         x = image[None].float()
         for name, arg, resample in applied:
-            value = torch.tensor([arg], dtype=torch.float64)
             if name in ra._GEOMETRIC:
-                x = ref.affine(x, ra.affine_matrices(name, value, *x.shape[2:]), fill,
+                x = ref.affine(x, torch.from_numpy(ra.affine_matrices(name, [arg], *x.shape[2:])), fill,
                                ref.AFFINE_FILTERS[ra._AFFINE_CODES[resample]])
             else:
-                x = ref.POINT_OPS[ra._POINT_CODES[name]](x, value.float())
+                x = ref.POINT_OPS[ra._POINT_CODES[name]](x, torch.tensor([arg]))
         assert torch.equal(out[index], x[0].to(torch.uint8)), (index, applied)
 
 

@@ -45,22 +45,24 @@ _AFFINE_CODES = {Image.Resampling.NEAREST: "affine_nearest", Image.Resampling.BI
 SUPPORTED_OPS = frozenset(_POINT_CODES) | _GEOMETRIC
 
 
-def affine_matrices(name: str, values: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Pillow's output-to-input affine coefficients (a, b, c, d, e, f) per image, as timm's ops pass them."""
-    ones, zeros = torch.ones_like(values), torch.zeros_like(values)
+def affine_matrices(name: str, values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Pillow's output-to-input affine coefficients (a, b, c, d, e, f) per image, as timm's ops pass them: float64
+    (N, 6) from the N arguments. NumPy on the host: a batch's matrices cost microseconds, not a dozen torch ops."""
+    values = np.asarray(values, dtype=np.float64)
+    ones, zeros = np.ones_like(values), np.zeros_like(values)
     if name == "ShearX":
-        return torch.stack([ones, values, zeros, zeros, ones, zeros], 1)
+        return np.stack([ones, values, zeros, zeros, ones, zeros], 1)
     if name == "ShearY":
-        return torch.stack([ones, zeros, zeros, values, ones, zeros], 1)
+        return np.stack([ones, zeros, zeros, values, ones, zeros], 1)
     if name == "TranslateXRel":
-        return torch.stack([ones, zeros, values * width, zeros, ones, zeros], 1)
+        return np.stack([ones, zeros, values * width, zeros, ones, zeros], 1)
     if name == "TranslateYRel":
-        return torch.stack([ones, zeros, zeros, zeros, ones, values * height], 1)
+        return np.stack([ones, zeros, zeros, zeros, ones, values * height], 1)
     # Image.rotate(degrees) about the centre, no expansion: Pillow's matrix, including its rounding to 15 places.
-    angle = -torch.deg2rad(values)
-    cos, sin = torch.round(torch.cos(angle) * 1e15) / 1e15, torch.round(torch.sin(angle) * 1e15) / 1e15
+    angle = -np.deg2rad(values)
+    cos, sin = np.round(np.cos(angle) * 1e15) / 1e15, np.round(np.sin(angle) * 1e15) / 1e15
     cx, cy = width / 2.0, height / 2.0
-    return torch.stack([cos, sin, cos * -cx + sin * -cy + cx, -sin, cos, -sin * -cx + cos * -cy + cy], 1)
+    return np.stack([cos, sin, cos * -cx + sin * -cy + cx, -sin, cos, -sin * -cx + cos * -cy + cy], 1)
 
 
 class BatchRandAugment:
@@ -129,12 +131,12 @@ class BatchRandAugment:
                 else:
                     codes[layer, index] = OP_CODES[_POINT_CODES[name]]
                     args[layer, index] = arg
-        matrices = torch.zeros(layers, batch, 6, dtype=torch.float64)
+        matrices = np.zeros((layers, batch, 6), dtype=np.float64)
         for name, (places, values) in geometric.items():
-            at = torch.tensor(places).T
-            matrices[at[0], at[1]] = affine_matrices(name, torch.tensor(values, dtype=torch.float64), height, width)
-        codes_t, args_t = torch.from_numpy(codes), torch.from_numpy(args)
+            rows, cols = np.array(places).T
+            matrices[rows, cols] = affine_matrices(name, np.array(values), height, width)
+        codes_t, args_t, matrices_t = torch.from_numpy(codes), torch.from_numpy(args), torch.from_numpy(matrices)
         x = images
         for layer in range(layers):
-            x = rand_augment_layer(x, codes_t[layer], args_t[layer], matrices[layer], self.fill)
+            x = rand_augment_layer(x, codes_t[layer], args_t[layer], matrices_t[layer], self.fill)
         return x.clone() if x is images else x
