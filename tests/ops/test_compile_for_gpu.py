@@ -99,7 +99,7 @@ def _launches(module, monkeypatch, call) -> list:
 
 def _rand_augment_layer():
     from vitzoo.ops.rand_augment import OP_CODES, rand_augment_layer
-    codes = torch.tensor([OP_CODES["invert"], OP_CODES["affine_bicubic"]])  # no statistics: the placeholders
+    codes = torch.tensor([OP_CODES["invert"], OP_CODES["affine_bicubic"]])  # no statistics: one launch
     rand_augment_layer(torch.zeros(2, 3, 4, 5, dtype=torch.uint8) + 7, codes, torch.ones(2, dtype=torch.float64),
                        torch.eye(2, 3, dtype=torch.float64).flatten().repeat(2, 1), (1.0, 2.0, 3.0))
 
@@ -123,14 +123,19 @@ def _resized_crops():
                   torch.tensor([False, True]), 4)
 
 
-CASES = [(rand_augment_function, _rand_augment_layer), (rand_augment_function, _rand_augment_layer_with_statistics),
-         (normalize_erase_function, _normalize_erase), (resized_crop_function, _resized_crops)]
+# (the module whose launcher is recorded, the call, its launches): the statistics take a histogram and a statistics
+# kernel before the layer's
+CASES = [(rand_augment_function, _rand_augment_layer, 1),
+         (rand_augment_function, _rand_augment_layer_with_statistics, 3),
+         (normalize_erase_function, _normalize_erase, 1), (resized_crop_function, _resized_crops, 1)]
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="records the launches under the Triton interpreter (CPU only)")
 @pytest.mark.skipif(GPUTarget is None, reason="this Triton has no ahead-of-time compile API")
 def test_the_kernels_compile_for_sm90_with_their_launch_arguments(monkeypatch) -> None:
-    requests = [_compile_request(kernel, args, kwargs) for module, call in CASES
-                for kernel, args, kwargs in _launches(module, monkeypatch, call)]
-    assert len(requests) == len(CASES)
+    requests = []
+    for module, call, count in CASES:
+        launches = _launches(module, monkeypatch, call)
+        assert len(launches) == count, [kernel.fn.__name__ for kernel, _, _ in launches]
+        requests += [_compile_request(kernel, args, kwargs) for kernel, args, kwargs in launches]
     _compile(requests)  # one process: Triton's import and its compiler's start-up once

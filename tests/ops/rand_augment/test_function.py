@@ -72,6 +72,30 @@ def test_a_batch_of_every_op_equals_the_reference_at_odd_sizes(height: int, widt
 
 
 @needs_kernels
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (3, 5), (97, 89)])
+def test_the_whole_image_statistics_equal_the_reference_on_few_levels(height: int, width: int) -> None:
+    """Auto-contrast, equalize and contrast read histograms that the kernels count (in several programs per image
+    at 97x89) and turn into stretches, tables and means: channels of a few levels in a narrow range, one image of
+    one level, each op on each."""
+    gen = torch.Generator().manual_seed(height * width)
+    low = torch.randint(0, 200, (6, 3, 1, 1), generator=gen)
+    span = torch.randint(1, 40, (6, 3, 1, 1), generator=gen)
+    images = (low + (torch.rand(6, 3, height, width, generator=gen) * span).floor()).clamp(max=255)
+    images[0] = 77  # one level only: the ops leave it as it is (auto-contrast and equalize) or blend with it
+    images = images.to(torch.uint8)
+    stats_ops = [OP_CODES["auto_contrast"], OP_CODES["equalize"], OP_CODES["contrast"]]
+    for ops in (stats_ops * 2, stats_ops[::-1] * 2):
+        codes = torch.tensor(ops)
+        args = torch.rand(6, generator=gen, dtype=torch.float64) * 1.8 + 0.1
+        matrices = torch.zeros(6, 6, dtype=torch.float64)
+        want = rand_augment_layer_reference(images, codes, args, matrices, FILL)
+        with use_backend("triton"):
+            got = rand_augment_layer(images.to(DEVICE), codes, args, matrices, FILL).cpu()
+        assert torch.equal(got, want), [LAYER_OPS[c] for c, g, w in zip(ops, got, want, strict=True)
+                                        if not torch.equal(g, w)]
+
+
+@needs_kernels
 def test_identity_images_and_an_empty_batch_come_back_unchanged_as_new_tensors() -> None:
     images, codes, args, matrices = _layer([0, 0, 0], 5, 7, seed=1)
     with use_backend("triton"):

@@ -1,38 +1,32 @@
-"""The entry point of one RandAugment layer: the kernel's host side (the per-image parameters in one copy, the image
-statistics that auto-contrast, equalize and contrast read) and the dispatching :func:`rand_augment_layer`."""
+"""The entry point of one RandAugment layer: the kernels' host side (the per-image parameters in one copy; the
+histograms and statistics that auto-contrast, equalize and contrast read, two launches) and the dispatching
+:func:`rand_augment_layer`."""
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import torch
 
 from ..utils import cdiv, kernel_backend, to_device, triton_available
 from . import heuristics
-from .reference import (
-    OP_CODES,
-    auto_contrast_params,
-    check_inputs,
-    contrast_mean,
-    equalize_lut,
-    rand_augment_layer_reference,
-)
+from .reference import OP_CODES, check_inputs, rand_augment_layer_reference
 
 # ops whose kernel branch reads a statistic of the whole image, computed for their images before the launch
-_NEEDS_STATS = (OP_CODES["contrast"], OP_CODES["auto_contrast"], OP_CODES["equalize"])
+_NEEDS_STATS = torch.tensor([OP_CODES["contrast"], OP_CODES["auto_contrast"], OP_CODES["equalize"]])
 
 if triton_available():
     from ..launch import cached_launcher
-    from .kernels import PARAMS, _rand_augment_layer_kernel
+    from .kernels import (
+        HIST_BLOCKS,
+        HIST_ROWS,
+        LEVELS,
+        PARAMS,
+        _image_histograms_kernel,
+        _image_statistics_kernel,
+        _rand_augment_layer_kernel,
+    )
 
     _PER_IMAGE = int(PARAMS.value)  # the kernel's parameters per image
-
-    @functools.cache
-    def _placeholders(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Statistics buffers for a layer without the ops that read them: the kernel's branches that would read
-        them take their dtypes (float32 means and stretches, int32 tables) even where they never run."""
-        return (torch.zeros(1, dtype=torch.float32, device=device), torch.zeros(1, dtype=torch.float32, device=device),
-                torch.zeros(1, dtype=torch.int32, device=device))
 
     def _rand_augment_layer(images: torch.Tensor, ops: torch.Tensor, args: torch.Tensor, matrices: torch.Tensor,
                             fill: Sequence[float]) -> torch.Tensor:
@@ -42,32 +36,23 @@ if triton_available():
         if out.numel() == 0:
             return out
         device = x.device
-        codes = ops.to(torch.int64)
-        # one host tensor, one copy: the parameters per image, then the images of each statistic's op
-        rows = [(codes == code).nonzero().flatten() for code in _NEEDS_STATS]
-        params = torch.cat([codes[:, None].double(), args[:, None].double(), matrices.double()], dim=1)
-        host = torch.cat([params.flatten(), torch.tensor(list(fill), dtype=torch.float64),
-                          *[r.double() for r in rows]])
-        on_device = to_device(host, device)
-        start = batch * _PER_IMAGE
-        params_dev, fill_dev = on_device[:start], on_device[start:start + 3].float()
-        start += 3
-        stats = []
-        for r in rows:
-            stats.append(on_device[start:start + len(r)].long() if len(r) else None)
-            start += len(r)
-        contrast_rows, stretch_rows, equalize_rows = stats
-        contrast, stretch, lut = _placeholders(device)  # of the dtypes the kernel reads; it reads none of them
-        if contrast_rows is not None:
-            contrast = torch.empty(batch, dtype=torch.float32, device=device)
-            contrast[contrast_rows] = contrast_mean(x[contrast_rows].float()).flatten()
-        if stretch_rows is not None:
-            stretch = torch.empty(batch, 3, 3, dtype=torch.float32, device=device)
-            scale, shift, stretched = auto_contrast_params(x[stretch_rows].float())
-            stretch[stretch_rows] = torch.cat([scale, shift, stretched.float()], dim=3).flatten(2)
-        if equalize_rows is not None:
-            lut = torch.empty(batch, 3, 256, dtype=torch.int32, device=device)
-            lut[equalize_rows] = equalize_lut(x[equalize_rows]).int()
+        # one host tensor, one copy: the parameters per image, then the fill
+        params = torch.cat([ops[:, None].double(), args[:, None].double(), matrices.double()], dim=1)
+        on_device = to_device(torch.cat([params.flatten(), torch.tensor(list(fill), dtype=torch.float64)]), device)
+        params_dev, fill_dev = on_device[:batch * _PER_IMAGE], on_device[batch * _PER_IMAGE:].float()
+        # the whole-image statistics, written by the kernels for the images whose op reads them (the others' stay
+        # unset and unread)
+        contrast = torch.empty(batch, dtype=torch.float32, device=device)
+        stretch = torch.empty(batch, 3, 3, dtype=torch.float32, device=device)
+        lut = torch.empty(batch, 3, int(LEVELS.value), dtype=torch.int32, device=device)
+        if bool(torch.isin(ops, _NEEDS_STATS).any()):
+            block = heuristics.block(height * width)
+            hist = torch.zeros(batch, int(HIST_ROWS.value), int(LEVELS.value), dtype=torch.int32, device=device)
+            cached_launcher(_image_histograms_kernel)[(cdiv(height * width, block * int(HIST_BLOCKS.value)), batch)](
+                x, params_dev, hist, height, width, BLOCK=block, num_warps=heuristics.NUM_WARPS)
+            cached_launcher(_image_statistics_kernel)[(batch,)](
+                params_dev, hist, contrast, stretch, lut, height * width, num_warps=heuristics.NUM_WARPS,
+                enable_fp_fusion=False)
         block = heuristics.block(height * width)
         cached_launcher(_rand_augment_layer_kernel)[(cdiv(height * width, block), batch)](
             x, out, params_dev, contrast, stretch, lut, fill_dev, height, width, BLOCK=block,
@@ -83,7 +68,7 @@ def rand_augment_layer(images: torch.Tensor, ops: torch.Tensor, args: torch.Tens
     (affine ops); points an affine op maps outside the image take ``fill`` (one value per channel). ``ops``, ``args``
     and ``matrices`` are host tensors: the layer reaches the device in one copy. Returns a new uint8 batch.
 
-    Triton on CUDA (one launch, plus a few for the images whose op reads a whole-image statistic), the reference
+    Triton on CUDA (one launch, and two before it when an image's op reads a whole-image statistic), the reference
     elsewhere.
 
     Raises:

@@ -214,3 +214,75 @@ def _rand_augment_layer_kernel(
     tl.store(o_ptr + offs, r.to(tl.uint8), mask=mask)
     tl.store(o_ptr + hw + offs, g.to(tl.uint8), mask=mask)
     tl.store(o_ptr + 2 * hw + offs, b.to(tl.uint8), mask=mask)
+
+
+# The whole-image statistics of auto-contrast, equalize and contrast, from per-image histograms: 256 levels of R, G, B
+# and Pillow's L, counted by _image_histograms_kernel and turned into the layer kernel's inputs by
+# _image_statistics_kernel, only for the images whose op reads them (two launches for any mix of ops).
+LEVELS = tl.constexpr(256)
+HIST_ROWS = tl.constexpr(4)  # R, G, B, L
+HIST_BLOCKS = tl.constexpr(8)  # pixel blocks a histogram program counts before adding its counts to the image's
+
+
+@triton.jit(do_not_specialize=["H", "W"])
+def _image_histograms_kernel(x_ptr, params_ptr, hist_ptr, H, W, BLOCK: tl.constexpr):
+    image = tl.program_id(1)
+    op = tl.load(params_ptr + image * PARAMS).to(tl.int32)
+    if (op == AUTO_CONTRAST) | (op == EQUALIZE) | (op == CONTRAST):
+        hw = H * W
+        r_ptr = x_ptr + image.to(tl.int64) * 3 * hw
+        hist = hist_ptr + image * HIST_ROWS * LEVELS
+        zeros = tl.zeros([2 * LEVELS], dtype=tl.int32)
+        hr, hg, hb, hl = zeros, zeros, zeros, zeros
+        for i in tl.static_range(HIST_BLOCKS):
+            offs = (tl.program_id(0) * HIST_BLOCKS + i) * BLOCK + tl.arange(0, BLOCK)
+            mask = offs < hw
+            r = tl.load(r_ptr + offs, mask=mask, other=0).to(tl.int32)
+            g = tl.load(r_ptr + hw + offs, mask=mask, other=0).to(tl.int32)
+            b = tl.load(r_ptr + 2 * hw + offs, mask=mask, other=0).to(tl.int32)
+            if op == CONTRAST:
+                grey = (r * 19595 + g * 38470 + b * 7471 + 32768) >> 16
+                hl += tl.histogram(tl.where(mask, grey, LEVELS), 2 * LEVELS)
+            else:
+                hr += tl.histogram(tl.where(mask, r, LEVELS), 2 * LEVELS)
+                hg += tl.histogram(tl.where(mask, g, LEVELS), 2 * LEVELS)
+                hb += tl.histogram(tl.where(mask, b, LEVELS), 2 * LEVELS)
+        bins = tl.arange(0, 2 * LEVELS)
+        stored = bins < LEVELS
+        if op == CONTRAST:
+            tl.atomic_add(hist + 3 * LEVELS + bins, hl, mask=stored)
+        else:
+            tl.atomic_add(hist + bins, hr, mask=stored)
+            tl.atomic_add(hist + LEVELS + bins, hg, mask=stored)
+            tl.atomic_add(hist + 2 * LEVELS + bins, hb, mask=stored)
+
+
+@triton.jit(do_not_specialize=["pixels"])
+def _image_statistics_kernel(params_ptr, hist_ptr, contrast_ptr, stretch_ptr, lut_ptr, pixels):
+    image = tl.program_id(0)
+    op = tl.load(params_ptr + image * PARAMS).to(tl.int32)
+    hist = hist_ptr + image * HIST_ROWS * LEVELS
+    levels = tl.arange(0, LEVELS)
+    if op == CONTRAST:
+        # the mean L rounded half up, in integers: floor(sum / n + 1/2) = (2 sum + n) // (2 n)
+        total = tl.sum(tl.load(hist + 3 * LEVELS + levels).to(tl.int64) * levels)
+        n = pixels.to(tl.int64)
+        tl.store(contrast_ptr + image, ((2 * total + n) // (2 * n)).to(tl.float32))
+    elif op == AUTO_CONTRAST:
+        for channel in tl.static_range(3):
+            present = tl.load(hist + channel * LEVELS + levels) > 0
+            lo = tl.min(tl.where(present, levels, LEVELS), axis=0)
+            hi = tl.max(tl.where(present, levels, -1), axis=0)
+            scale = tl.math.div_rn(255.0, tl.maximum(hi - lo, 1).to(tl.float32))
+            s = stretch_ptr + image * 9 + channel * 3
+            tl.store(s, scale)
+            tl.store(s + 1, lo.to(tl.float32) * scale)
+            tl.store(s + 2, (hi > lo).to(tl.float32))
+    elif op == EQUALIZE:
+        for channel in tl.static_range(3):
+            counts = tl.load(hist + channel * LEVELS + levels)
+            last = tl.max(tl.where(counts > 0, levels, -1), axis=0)  # the highest level present
+            step = (pixels - tl.sum(tl.where(levels == last, counts, 0), axis=0)) // 255
+            before = tl.cumsum(counts, axis=0) - counts  # pixels below each level
+            lut = tl.minimum((step // 2 + before) // tl.maximum(step, 1), 255)
+            tl.store(lut_ptr + image * 768 + channel * LEVELS + levels, tl.where(step > 0, lut, levels))

@@ -56,7 +56,8 @@ def auto_contrast_params(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     """Per image and channel (B, C, 1, 1): the stretch ``scale``, ``lo * scale`` and whether the channel has two
     levels or more (``hi > lo``)."""
     lo, hi = x.amin(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True)
-    scale = 255.0 / (hi - lo).clamp(min=1)
+    # a tensor numerator: `255.0 / t` multiplies by t's reciprocal (two roundings), this division rounds once
+    scale = torch.full_like(lo, 255.0) / (hi - lo).clamp(min=1)
     return scale, lo * scale, hi > lo
 
 
@@ -109,8 +110,11 @@ def color(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def contrast_mean(x: torch.Tensor) -> torch.Tensor:
-    """The grey level ``ImageEnhance.Contrast`` blends with: the image's mean L, rounded half up, (B, 1, 1, 1)."""
-    return torch.floor(_grey(x).mean(dim=(1, 2, 3), keepdim=True) + 0.5)
+    """The grey level ``ImageEnhance.Contrast`` blends with: the image's mean L, rounded half up, (B, 1, 1, 1); in
+    integers, floor(sum / n + 1/2) = (2 sum + n) // (2 n), so no float rounding can move a mean that lies at .5."""
+    total = _grey(x).sum(dim=(1, 2, 3), keepdim=True, dtype=torch.float64).long()
+    pixels = x.shape[2] * x.shape[3]
+    return torch.div(2 * total + pixels, 2 * pixels, rounding_mode="floor").to(x.dtype)
 
 
 def contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
