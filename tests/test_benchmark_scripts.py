@@ -286,6 +286,7 @@ def _profile_tiny_decoding_run(tmp_path: Path, *overrides: str) -> dict:
     return run
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU run's profile (the run would use the GPU: the next test)")
 def test_profile_training_profiles_each_stage_of_a_decoding_run(tmp_path: Path):
     """On the CPU: every stage's ranges, once per update, with their host time; no device time; the timeline of the
     profiled updates as a gzipped Chrome trace."""
