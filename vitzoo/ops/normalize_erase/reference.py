@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 ERASE_MODES = ("const", "rand", "pixel")
@@ -62,8 +63,8 @@ def check_inputs(images: torch.Tensor, mean: Sequence[float], std: Sequence[floa
         raise ValueError("normalize_erase: rectangles must be a host (R, 5) integer tensor of (image, top, left, "
                          f"height, width), got {rectangles.dtype} {tuple(rectangles.shape)} on {rectangles.device}")
     if len(rectangles):
-        index, top, left, h, w = rectangles.unbind(1)
-        if index.unique().numel() != len(index) or not (
+        index, top, left, h, w = rectangles.numpy().T  # NumPy: a batch's checks in microseconds of host time
+        if len(np.unique(index)) != len(index) or not (
                 (index >= 0) & (index < batch) & (top >= 0) & (left >= 0) & (h > 0) & (w > 0)
                 & (top + h <= height) & (left + w <= width)).all():
             raise ValueError("normalize_erase: each rectangle must lie inside its image, one per image")
