@@ -137,6 +137,8 @@ def test_run_pipeline_names_where_randaugment_and_the_steps_ran():
     assert fashion_mnist.run_pipeline({"augment_on_device": True, "decode_on_device": True, "cuda_graph": True,
                                        "channels_last": True}) == \
         "device RandAugment, CUDA-graph steps, device decoding, channels-last"
+    assert fashion_mnist.run_pipeline({"augment_on_device": True, "crop_on_device": True, "cuda_graph": True}) == \
+        "device RandAugment, CUDA-graph steps, device crops"
 
 
 def test_training_profile_table_has_a_row_per_run_and_the_runs_provenance(tmp_path):
@@ -157,9 +159,10 @@ def test_training_profile_table_has_a_row_per_run_and_the_runs_provenance(tmp_pa
          "profile": {**profile, "stages": {"step": profile["stages"]["step"]}, "launches": None,
                      "device_busy_ms": None}},
     ]}))
-    table = fashion_mnist.training_profile_table(path, Path("results/h100.json"))
-    assert ("| `softmax_deit_tiny_patch16_224` | workers=12 cuda_graph=true | 12,488 (20.5) | 3.2 / 0.0 | 2.5 / 0.7 "
-            "| 2.0 / 1.3 | 4.4 / 16.9 | 1.2 | 18.0 | 312 | abcdef0 |") in table
-    assert "| `linear_deit_tiny_patch16_224` | - | 12,488 (20.5) | - | - | - | 4.4 / 16.9 | 1.2 | - | - | - |" in table
+    table = fashion_mnist.training_profile_table([path], [Path("results/h100.json")])
+    assert ("| NVIDIA H100 80GB HBM3 | `softmax_deit_tiny_patch16_224` | workers=12 cuda_graph=true | 12,488 (20.5) "
+            "| 3.2 / 0.0 | 2.5 / 0.7 | 2.0 / 1.3 | 4.4 / 16.9 | 1.2 | 18.0 | 312 | abcdef0 |") in table
+    assert ("| NVIDIA H100 80GB HBM3 | `linear_deit_tiny_patch16_224` | - | 12,488 (20.5) | - | - | - "
+            "| 4.4 / 16.9 | 1.2 | - | - | - |") in table
     assert ("NVIDIA H100 80GB HBM3, torch 2.11.0, triton 3.6.0, 2026-12-07, 16 CPU cores; each run's command is in "
             "`results/h100.json`") in table

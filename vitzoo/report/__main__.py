@@ -32,7 +32,7 @@ FASHION_IMAGENET = (
 )
 DATA_PIPELINE = RESULTS / "data_pipeline" / "cpu.json"
 DATA_PIPELINE_GPU = RESULTS / "data_pipeline" / "h100.json"
-TRAINING_PROFILE = RESULTS / "profile_training" / "h200.json"
+TRAINING_PROFILES = (RESULTS / "profile_training" / "h200.json", RESULTS / "profile_training" / "h100.json")
 OFFICIAL = RESULTS / "official_speed" / "h100.json"
 # the drawings of the results, beside the pages that show them (benchmarks/results holds the measurements only)
 PLOTS = Path("docs/plots")
@@ -87,8 +87,8 @@ def render(root: Path) -> dict[Path, str]:
                                         fashion_mnist.pipeline_table(root / DATA_PIPELINE))
     docs_text = replace_between_markers(docs_text, fashion_mnist.GPU_PIPELINE_MARKERS,
                                         fashion_mnist.pipeline_table(root / DATA_PIPELINE_GPU))
-    docs_text = replace_between_markers(docs_text, fashion_mnist.TRAINING_PROFILE_MARKERS,
-                                        fashion_mnist.training_profile_table(root / TRAINING_PROFILE, TRAINING_PROFILE))
+    profiles = fashion_mnist.training_profile_table([root / path for path in TRAINING_PROFILES], TRAINING_PROFILES)
+    docs_text = replace_between_markers(docs_text, fashion_mnist.TRAINING_PROFILE_MARKERS, profiles)
     docs_text = replace_between_markers(docs_text, zoo_sweep.MARKERS,
                                         zoo_sweep.to_markdown(zoo_sweep.load(root / ZOO_SWEEP)))
     return {readme: readme_text, docs: docs_text}

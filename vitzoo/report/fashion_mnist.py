@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
+from collections.abc import Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
@@ -87,6 +88,8 @@ def run_pipeline(config: dict) -> str:
     name = f"{augment} RandAugment, {steps} steps"
     if config.get("decode_on_device"):
         name += ", device decoding"
+    elif config.get("crop_on_device"):
+        name += ", device crops"
     if config.get("channels_last"):
         name += ", channels-last"
     return name
@@ -225,29 +228,31 @@ def pipeline_table(results: Path) -> str:
 TRAINING_PROFILE_MARKERS = ("<!-- training-profile-table:start -->", "<!-- training-profile-table:end -->")
 
 
-def training_profile_table(results: Path, shown: Path) -> str:
-    """``benchmarks/profile_training.py``'s results at ``results`` (named ``shown`` in the table's provenance line):
-    per training update, each stage's host and device ms, the loop's wait, the GPU's busy time and launches, one row
-    per profiled run."""
-    runs = json.loads(results.read_text())["runs"]
+def training_profile_table(results: Sequence[Path], shown: Sequence[Path]) -> str:
+    """``benchmarks/profile_training.py``'s results files ``results`` (named ``shown`` in the table's provenance
+    lines): per training update, each stage's host and device ms, the loop's wait, the GPU's busy time and launches,
+    one row per profiled run, the files' runs one after another."""
     stage_names = ("load", "decode", "augment", "step")
-    lines = ["| model | overrides | img/s (wall ms per update) | "
+    lines = ["| GPU | model | overrides | img/s (wall ms per update) | "
              + " | ".join(f"{name}: host / device ms" for name in stage_names)
              + " | loop waits, ms | GPU busy, ms | launches | code |",
-             "|---|---|---|" + "---|" * len(stage_names) + "---|---|---|---|"]
-    for run in runs:
-        profile, info = run["profile"], run["info"]
-        stages = profile["stages"]
-        cells = [f"{stages[name]['host_ms']:.1f} / {stages[name]['device_ms']:.1f}" if name in stages else "-"
-                 for name in stage_names]
-        busy, launches = profile.get("device_busy_ms"), profile.get("launches")
-        lines.append(f"| `{run['model']}` | {' '.join(run['overrides']) or '-'} | "
-                     f"{profile['img_per_s_from_wall']:,.0f} ({profile['wall_ms']:.1f}) | " + " | ".join(cells)
-                     + f" | {profile['loop_other_ms']:.1f} | {'-' if busy is None else f'{busy:.1f}'} | "
-                     f"{'-' if launches is None else f'{launches:,.0f}'} | {info['git_revision'][:7] or '-'} |")
-    first = runs[0]["info"] if runs else {}
-    if first:
-        lines += ["", f"{first['device']}, torch {first['torch']}, triton {first.get('triton', '-')}, "
-                  f"{first['date'][:10]}, {first.get('cpu_count', '-')} CPU cores; each run's command is in "
-                  f"`{shown.as_posix()}`."]
-    return "\n".join(lines)
+             "|---|---|---|---|" + "---|" * len(stage_names) + "---|---|---|---|"]
+    provenance = []
+    for path, name in zip(results, shown, strict=True):
+        runs = json.loads(path.read_text())["runs"]
+        for run in runs:
+            profile, info = run["profile"], run["info"]
+            stages = profile["stages"]
+            cells = [f"{stages[stage]['host_ms']:.1f} / {stages[stage]['device_ms']:.1f}" if stage in stages else "-"
+                     for stage in stage_names]
+            busy, launches = profile.get("device_busy_ms"), profile.get("launches")
+            lines.append(f"| {info['device']} | `{run['model']}` | {' '.join(run['overrides']) or '-'} | "
+                         f"{profile['img_per_s_from_wall']:,.0f} ({profile['wall_ms']:.1f}) | " + " | ".join(cells)
+                         + f" | {profile['loop_other_ms']:.1f} | {'-' if busy is None else f'{busy:.1f}'} | "
+                         f"{'-' if launches is None else f'{launches:,.0f}'} | {info['git_revision'][:7] or '-'} |")
+        if runs:
+            first = runs[0]["info"]
+            provenance.append(f"{first['device']}, torch {first['torch']}, triton {first.get('triton', '-')}, "
+                              f"{first['date'][:10]}, {first.get('cpu_count', '-')} CPU cores; each run's command is "
+                              f"in `{name.as_posix()}`.")
+    return "\n".join(lines + (["", " ".join(provenance)] if provenance else []))
