@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -338,3 +339,78 @@ def test_profile_training_results_keep_one_run_per_config_model_and_overrides(tm
     runs = json.loads(out.read_text())["runs"]
     assert [(r["model"], r["overrides"], r["profile"]["wall_ms"]) for r in runs] == [
         ("b", ["workers=4"], 2.0), ("a", ["workers=8"], 3.0), ("a", ["workers=4"], 4.0)]
+
+
+def _sample_training_module():
+    spec = importlib.util.spec_from_file_location("sample_training", ROOT / "benchmarks" / "sample_training.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sample_training_summarises_each_threads_frames_gil_and_waits(tmp_path: Path):
+    """Per thread: its samples, the share of the ticks it held the GIL, its frames by the share of its samples that
+    have them on the stack (without the frames on every sample); a thread that sat in one frame is listed apart."""
+    module = _sample_training_module()
+    idle = tmp_path / "idle.txt"
+    idle.write_text("thread (7): MainThread;<module> (train.py:5);step (loop.py:10);draw (aug.py:3) 30\n"
+                    "thread (7): MainThread;<module> (train.py:5);step (loop.py:10);backward (loop.py:12) 50\n"
+                    "thread (7): MainThread;<module> (train.py:5);log (loop.py:20);log (loop.py:20) 20\n"
+                    "thread (9): pin;run (threading.py:1);select (selectors.py:415) 99\n"
+                    "thread (9): pin;run (threading.py:1);pin (pin_memory.py:60) 1\n"
+                    "thread (11): QueueFeederThread;wait (threading.py:355) 100\n"
+                    "thread (12): QueueFeederThread;wait (threading.py:355) 100\n")
+    gil = tmp_path / "gil.txt"
+    gil.write_text("thread (7): MainThread;<module> (train.py:5);step (loop.py:10);draw (aug.py:3) 30\n"
+                   "thread (9): pin;run (threading.py:1);pin (pin_memory.py:60) 2\n")
+    summary = module.summarise(module.read_raw(idle), module.read_raw(gil), ticks=200, top=4)
+    main = summary["threads"]["MainThread"]
+    assert main["samples"] == 100 and main["gil_percent"] == 15.0
+    assert main["frames"] == [{"frame": "step (loop.py:10)", "percent": 80.0},
+                              {"frame": "backward (loop.py:12)", "percent": 50.0},
+                              {"frame": "draw (aug.py:3)", "percent": 30.0},
+                              {"frame": "log (loop.py:20)", "percent": 20.0}]  # a recursive frame counts once
+    # 99% in one frame, but it held the GIL: not a waiting thread
+    assert summary["threads"]["pin"]["gil_percent"] == 1.0
+    assert summary["waiting_threads"] == {"QueueFeederThread": "wait (threading.py:355)"}
+
+
+def _py_spy_can_attach() -> str | None:
+    """Why py-spy cannot sample a process here, or None if it can."""
+    import shutil
+
+    py_spy = shutil.which("py-spy")
+    if py_spy is None:
+        return "py-spy is not installed"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        time.sleep(0.5)
+        done = subprocess.run([py_spy, "dump", "--pid", str(child.pid)], capture_output=True, text=True, timeout=60)
+        return None if done.returncode == 0 else f"py-spy cannot attach here: {done.stderr.strip()[:200]}"
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.slow
+def test_sample_training_samples_a_running_training_and_stops_it(tmp_path: Path):
+    """A tiny CPU run, sampled after its first epoch: the main thread's training loop is in its frames, and the run
+    is stopped afterwards (no process left behind)."""
+    reason = _py_spy_can_attach()
+    if reason:
+        pytest.skip(reason)
+    data = write_image_folder(tmp_path / "images", train_per_class=16)
+    out = tmp_path / "samples.json"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "sample_training.py"), "--data-dir", str(data), "--out", str(out),
+         "--seconds", "1", "--rate", "50", "model=softmax_deit_tiny_patch16_224", "img_size=16", "patch_size=8",
+         "model_kwargs={embed_dim: 16, depth: 1, num_heads: 2}", "workers=1", "batch_size=4", "warmup_epochs=0"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (run,) = json.loads(out.read_text())["runs"]
+    main = run["threads"]["MainThread"]
+    assert main["samples"] > 0 and 0 <= main["gil_percent"] <= 100
+    assert any("train_one_epoch" in frame["frame"] for frame in main["frames"])
+    assert run["sampling"] == {"rate_hz": 50, "seconds": 1, "after_epochs": 1, "native": False}
+    assert run["model"] == "softmax_deit_tiny_patch16_224" and run["info"]["git_revision"]
