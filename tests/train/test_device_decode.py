@@ -286,6 +286,10 @@ def test_crops_of_pixels_the_workers_decoded_equal_the_crops_of_their_files(tmp_
     batch, _ = collate_encoded(pixels)
     assert batch.shapes.tolist() == [[3, 80, 96], [3, 40, 56], [3, 80, 96]]
     assert torch.equal(decode_crops(batch, CPU, 24), decode_crops(collate_encoded(files)[0], CPU, 24))
+    # one size: the copied pixels are the stacked batch itself
+    one_size = [pixels[0], pixels[2]]
+    assert torch.equal(decode_crops(collate_encoded(one_size)[0], CPU, 24),
+                       decode_crops(collate_encoded([files[0], files[2]])[0], CPU, 24))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (pinned memory)")

@@ -206,10 +206,13 @@ def _decode_files(batch: EncodedBatch, device: torch.device) -> list[torch.Tenso
     return images
 
 
-def _pixels(batch: EncodedBatch, device: torch.device) -> list[torch.Tensor]:
-    """The images of a batch the workers decoded, on ``device`` in one copy: (C, H, W) uint8 views of it."""
+def _pixels(batch: EncodedBatch, device: torch.device) -> list[torch.Tensor] | torch.Tensor:
+    """The images of a batch the workers decoded, on ``device`` in one copy: (C, H, W) uint8 views of it, or, when
+    they all have one size, the (B, C, H, W) batch that the copy already is."""
     data = batch.data.to(device, non_blocking=True)  # pinned by the loader: the host does not wait
     bounds, shapes = batch.offsets.tolist(), batch.shapes.tolist()
+    if shapes and all(shape == shapes[0] for shape in shapes):  # the images lie back to back
+        return data.view(len(shapes), *shapes[0])
     return [data[start:end].view(shape) for start, end, shape in zip(bounds[:-1], bounds[1:], shapes, strict=True)]
 
 
@@ -224,6 +227,10 @@ def decode_crops(batch: EncodedBatch, device: torch.device, size: int) -> torch.
     ImageNet's few common sizes cover most of a batch); no image is padded to another's size, so one large image
     costs only its own memory."""
     images = _pixels(batch, device) if batch.shapes is not None else _decode_or_substitute(batch, device)
+    if isinstance(images, torch.Tensor):  # one size, already stacked
+        if images.numel() <= _CROP_CHUNK_ELEMENTS:
+            return resized_crops(images, batch.boxes, batch.flips, size)
+        images = list(images)
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for index, image in enumerate(images):
         by_shape.setdefault(tuple(image.shape), []).append(index)
