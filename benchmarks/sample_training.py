@@ -96,11 +96,11 @@ def summarise(idle: dict[str, list[tuple[list[str], int]]], gil: dict[str, list[
     return {"threads": threads, "waiting_threads": waiting}
 
 
-def _py_spy(path: str | None) -> str:
-    found = path or shutil.which("py-spy")
-    if not found or not Path(found).exists():
-        raise RuntimeError("py-spy not found: pip install py-spy, or pass --py-spy PATH")
-    return found
+def find_py_spy(path: str | None = None) -> str | None:
+    """``path``, else py-spy on PATH, else the one installed beside this Python (a virtual environment's)."""
+    beside = Path(sys.executable).parent / "py-spy"
+    found = path or shutil.which("py-spy") or (str(beside) if beside.exists() else None)
+    return found if found and Path(found).exists() else None
 
 
 def _wait_for_epochs(log: Path, epochs: int, process: subprocess.Popen, timeout: float) -> None:
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--native", action="store_true", help="also sample C/C++ frames")
     parser.add_argument("--top", type=int, default=40, help="frames kept per thread (default 40)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the epochs (default 1800)")
-    parser.add_argument("--py-spy", help="the py-spy executable (default: the one on PATH)")
+    parser.add_argument("--py-spy", help="the py-spy executable (default: on PATH, else beside this Python)")
     parser.add_argument("--from-raw", nargs=2, type=Path, metavar=("IDLE", "GIL"),
                         help="summarise these two raw py-spy files instead of sampling a run")
     parser.add_argument("--git-revision", help="with --from-raw: the code revision the sampled run used")
@@ -208,7 +208,10 @@ def main(argv: list[str] | None = None) -> None:
                 "command": command, "git_revision": args.git_revision or "",
                 "note": "samples recorded by hand (py-spy record --idle / --gil, as this script does), summarised here"}
         else:
-            summary, config = sample_run(args.config, args.data_dir, args.overrides, _py_spy(args.py_spy),
+            py_spy = find_py_spy(args.py_spy)
+            if py_spy is None:
+                raise RuntimeError("py-spy not found: pip install py-spy, or pass --py-spy PATH")
+            summary, config = sample_run(args.config, args.data_dir, args.overrides, py_spy,
                                          args.after_epochs, args.seconds, args.rate, args.native, args.timeout,
                                          args.top)
             import torch

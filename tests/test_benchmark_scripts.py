@@ -377,9 +377,7 @@ def test_sample_training_summarises_each_threads_frames_gil_and_waits(tmp_path: 
 
 def _py_spy_can_attach() -> str | None:
     """Why py-spy cannot sample a process here, or None if it can."""
-    import shutil
-
-    py_spy = shutil.which("py-spy")
+    py_spy = _sample_training_module().find_py_spy()
     if py_spy is None:
         return "py-spy is not installed"
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
