@@ -43,12 +43,14 @@ from torch.profiler import ProfilerActivity, _ExperimentalConfig, profile
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vitzoo.bench.common import environment, git_revision, write_json  # noqa: E402
+from vitzoo.bench.common import environment, git_revision, merge_run, write_json  # noqa: E402
 from vitzoo.train.config import ConfigError, first_line, load_config  # noqa: E402
 from vitzoo.train.device_decode import PROFILE_RANGES  # noqa: E402
 from vitzoo.train.loop import train  # noqa: E402
 
 MAIN_THREAD_STAGES = ("augment", "step")
+# a results file holds one run per config file, model and overrides
+RUN_KEY = ("config_file", "model", "overrides")
 
 
 def _on_gpu(event: Any) -> bool:
@@ -169,15 +171,6 @@ def profile_run(config_path: str | None, data_dir: str | None, overrides: list[s
     return summary
 
 
-def _merged(path: Path, run: dict[str, Any]) -> dict[str, Any]:
-    """The results file at ``path`` (if any) with ``run`` added, replacing a run of the same config file, model and
-    overrides."""
-    runs = json.loads(path.read_text())["runs"] if path.exists() else []
-    key = (run["config_file"], run["model"], run["overrides"])
-    runs = [r for r in runs if (r["config_file"], r["model"], r["overrides"]) != key] + [run]
-    return {"runs": runs}
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -202,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
            "info": environment(device) | {"command": command, "git_revision": git_revision(),
                                           "cpu_count": os.cpu_count()},
            "profile": summary}
-    write_json(args.out, _merged(args.out, run))
+    write_json(args.out, merge_run(args.out, run, RUN_KEY))
     print(f"{run['model']}: {summary['img_per_s_from_wall']:.0f} img/s, {summary['wall_ms']:.2f} ms per update, "
           f"device busy {summary['device_busy_ms']:.2f} ms, loop waiting and bookkeeping "
           f"{summary['loop_other_ms']:.2f} ms")

@@ -43,13 +43,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vitzoo.bench.common import environment, git_revision, write_json  # noqa: E402
+from vitzoo.bench.common import environment, git_revision, merge_run, write_json  # noqa: E402
 from vitzoo.train.config import ConfigError, first_line, load_config  # noqa: E402
 
 # a frame on at least this share of a thread's samples is its entry or loop, not where its time goes
 _EVERYWHERE = 0.995
 # a thread with at least this share of its samples in one innermost frame spent the sampling waiting there
 _WAITING = 0.99
+# a results file holds one entry per config file, model, overrides and label
+RUN_KEY = ("config_file", "model", "overrides", "label")
 
 
 def _thread_name(header: str) -> str:
@@ -158,17 +160,6 @@ def sample_run(config_path: str | None, data_dir: str | None, overrides: list[st
     return summary, config
 
 
-def _key(run: dict[str, Any]) -> tuple:
-    return run["config_file"], run["model"], run["overrides"], run.get("label", "")
-
-
-def _merged(path: Path, run: dict[str, Any]) -> dict[str, Any]:
-    """The results file at ``path`` (if any) with ``run`` added, replacing a run of the same config file, model,
-    overrides and label."""
-    runs = json.loads(path.read_text())["runs"] if path.exists() else []
-    return {"runs": [r for r in runs if _key(r) != _key(run)] + [run]}
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -223,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(first_line(error))
     run = {"config_file": args.config, "model": config.model, "overrides": args.overrides, "label": args.label,
            "info": info, "sampling": sampling, **summary}
-    write_json(args.out, _merged(args.out, run))
+    write_json(args.out, merge_run(args.out, run, RUN_KEY))
     for name, thread in summary["threads"].items():
         print(f"{name}: {thread['samples']} samples, GIL {thread['gil_percent']}%")
         for frame in thread["frames"][:8]:

@@ -326,8 +326,11 @@ def test_profile_training_reports_a_bad_config_in_one_line(tmp_path: Path):
 
 
 def test_profile_training_results_keep_one_run_per_config_model_and_overrides(tmp_path: Path):
-    merged = _profile_training_module()._merged
+    module = _profile_training_module()
     out = tmp_path / "profile.json"
+
+    def merged(path: Path, new: dict) -> dict:
+        return module.merge_run(path, new, module.RUN_KEY)
 
     def run(model: str, overrides: list[str], wall: float) -> dict:
         return {"config_file": "c.yaml", "model": model, "overrides": overrides, "profile": {"wall_ms": wall}}

@@ -177,6 +177,14 @@ def read_json_result(path: str | Path, keys: tuple[str, ...], expected: str) -> 
     return data
 
 
+def merge_run(path: Path, run: dict[str, Any], key: Sequence[str]) -> dict[str, Any]:
+    """The ``{"runs": [...]}`` results file at ``path`` (if any) with ``run`` added last, replacing the runs that
+    have its values of the ``key`` fields (a field a run lacks counts as empty)."""
+    runs = json.loads(Path(path).read_text())["runs"] if Path(path).exists() else []
+    same = tuple(run.get(field, "") for field in key)
+    return {"runs": [r for r in runs if tuple(r.get(field, "") for field in key) != same] + [run]}
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as indented JSON, atomically."""
     path = Path(path)

@@ -210,9 +210,10 @@ def _pixels(batch: EncodedBatch, device: torch.device) -> list[torch.Tensor] | t
     """The images of a batch the workers decoded, on ``device`` in one copy: (C, H, W) uint8 views of it, or, when
     they all have one size, the (B, C, H, W) batch that the copy already is."""
     data = batch.data.to(device, non_blocking=True)  # pinned by the loader: the host does not wait
-    bounds, shapes = batch.offsets.tolist(), batch.shapes.tolist()
+    shapes = batch.shapes.tolist()
     if shapes and all(shape == shapes[0] for shape in shapes):  # the images lie back to back
         return data.view(len(shapes), *shapes[0])
+    bounds = batch.offsets.tolist()
     return [data[start:end].view(shape) for start, end, shape in zip(bounds[:-1], bounds[1:], shapes, strict=True)]
 
 

@@ -45,15 +45,14 @@ if triton_available():
         contrast = torch.empty(batch, dtype=torch.float32, device=device)
         stretch = torch.empty(batch, 3, 3, dtype=torch.float32, device=device)
         lut = torch.empty(batch, 3, int(LEVELS.value), dtype=torch.int32, device=device)
+        block = heuristics.block(height * width)
         if bool(torch.isin(ops, _NEEDS_STATS).any()):
-            block = heuristics.block(height * width)
             hist = torch.zeros(batch, int(HIST_ROWS.value), int(LEVELS.value), dtype=torch.int32, device=device)
             cached_launcher(_image_histograms_kernel)[(cdiv(height * width, block * int(HIST_BLOCKS.value)), batch)](
                 x, params_dev, hist, height, width, BLOCK=block, num_warps=heuristics.NUM_WARPS)
             cached_launcher(_image_statistics_kernel)[(batch,)](
                 params_dev, hist, contrast, stretch, lut, height * width, num_warps=heuristics.NUM_WARPS,
                 enable_fp_fusion=False)
-        block = heuristics.block(height * width)
         cached_launcher(_rand_augment_layer_kernel)[(cdiv(height * width, block), batch)](
             x, out, params_dev, contrast, stretch, lut, fill_dev, height, width, BLOCK=block,
             num_warps=heuristics.NUM_WARPS, enable_fp_fusion=False)
