@@ -52,6 +52,7 @@ _EVERYWHERE = 0.995
 _WAITING = 0.99
 # a results file holds one entry per config file, model, overrides and label
 RUN_KEY = ("config_file", "model", "overrides", "label")
+TOP = 40  # frames kept per thread
 
 
 def _thread_name(header: str) -> str:
@@ -72,7 +73,7 @@ def read_raw(path: Path) -> dict[str, list[tuple[list[str], int]]]:
 
 
 def summarise(idle: dict[str, list[tuple[list[str], int]]], gil: dict[str, list[tuple[list[str], int]]],
-              ticks: int, top: int = 25) -> dict[str, Any]:
+              ticks: int, top: int = TOP) -> dict[str, Any]:
     """Per thread of the ``--idle`` samples ``idle``: its samples, the share of ``ticks`` in which ``gil`` has it
     holding the GIL, and its ``top`` frames by the share of its samples that have them on the stack; the threads that
     spent the sampling in one waiting frame are listed apart (threads of one name are counted together)."""
@@ -121,7 +122,7 @@ def _wait_for_epochs(log: Path, epochs: int, process: subprocess.Popen, timeout:
 
 def sample_run(config_path: str | None, data_dir: str | None, overrides: list[str], py_spy: str,
                after_epochs: int, seconds: int, rate: int, native: bool, timeout: float,
-               top: int = 40) -> tuple[dict[str, Any], dict[str, Any]]:
+               top: int = TOP) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train the run in a temporary folder, sample it as the module says, stop it; return (the summary, the run's
     configuration)."""
     with tempfile.TemporaryDirectory() as folder:
@@ -166,12 +167,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", help="train.py config YAML")
     parser.add_argument("--data-dir", help="the run's data folder")
     parser.add_argument("--out", type=Path, required=True,
-                        help="results JSON: one entry per (config, model, overrides), each with its provenance")
+                        help="results JSON: one entry per (config, model, overrides, label), each with its provenance")
     parser.add_argument("--after-epochs", type=int, default=1, help="epochs trained before sampling (default 1)")
     parser.add_argument("--seconds", type=int, default=4, help="length of each of the two samplings (default 4)")
     parser.add_argument("--rate", type=int, default=400, help="samples per second (default 400)")
     parser.add_argument("--native", action="store_true", help="also sample C/C++ frames")
-    parser.add_argument("--top", type=int, default=40, help="frames kept per thread (default 40)")
+    parser.add_argument("--top", type=int, default=TOP, help=f"frames kept per thread (default {TOP})")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for the epochs (default 1800)")
     parser.add_argument("--py-spy", help="the py-spy executable (default: on PATH, else beside this Python)")
     parser.add_argument("--from-raw", nargs=2, type=Path, metavar=("IDLE", "GIL"),
