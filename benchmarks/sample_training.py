@@ -13,7 +13,8 @@ host must allow ptrace) twice, ``--seconds`` each at ``--rate`` Hz:
 - only the thread holding the GIL (``--gil``): each thread's share of the sampling ticks (``rate x seconds``) in
   which it held the GIL; the rest of a busy thread's time is C++ that released it (or waiting to take it back).
 
-``--native`` adds the C/C++ frames to both (where a thread waits inside PyTorch or the CUDA driver). The training is
+``--native`` adds the C/C++ frames to both (where a thread waits inside PyTorch or the CUDA driver); py-spy then
+pauses the process for each sample, which slows it, so sample at a lower ``--rate`` (e.g. 100). The training is
 stopped after the samples. The summary is merged into ``--out`` (one entry per config, model and overrides, each with
 its provenance; ``--label`` keeps entries of the same run apart, such as the code before and after a change)::
 
@@ -145,9 +146,9 @@ def sample_run(config_path: str | None, data_dir: str | None, overrides: list[st
             for mode in ("idle", "gil"):
                 raw[mode] = Path(folder) / f"{mode}.txt"
                 record = [py_spy, "record", "--pid", str(process.pid), f"--{mode}", "--threads", "--rate", str(rate),
-                          "--duration", str(seconds), "--format", "raw", "--output", str(raw[mode]), "--nonblocking"]
-                if native:
-                    record.append("--native")
+                          "--duration", str(seconds), "--format", "raw", "--output", str(raw[mode])]
+                # py-spy reads C++ stacks only from a paused process; Python stacks it reads while the run goes on
+                record.append("--native" if native else "--nonblocking")
                 done = subprocess.run(record, capture_output=True, text=True, timeout=seconds + 120)
                 if done.returncode != 0 or not raw[mode].exists():
                     raise RuntimeError(f"py-spy could not sample the run: {first_line(done.stderr.strip() or '?')}")
