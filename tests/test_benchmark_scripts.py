@@ -234,8 +234,9 @@ class _Event:
     """What profile_training reads of a torch.profiler event: name, device type, time range (us), device time."""
 
     def __init__(self, name: str, start: float, end: float, device_us: float = 0.0, kernel: bool = False,
-                 annotation: bool = False) -> None:
+                 annotation: bool = False, thread: int = 1) -> None:
         self.name, self.time_range, self.device_time_total = name, _Range(start, end), device_us
+        self.thread = thread
         self.device_type = "DeviceType.CUDA" if kernel or annotation else "DeviceType.CPU"
         self.is_user_annotation = annotation
 
@@ -247,7 +248,7 @@ def test_profile_training_counts_stages_and_busy_time_between_the_first_and_last
     ms = 1000.0
     events = [_Event("vitzoo.step", t * ms, (t + 6) * ms, device_us=4 * ms) for t in (0, 10, 20, 30)]
     events += [_Event("vitzoo.augment", (t - 3) * ms, (t - 1) * ms, device_us=1 * ms) for t in (10, 20, 30, 40)]
-    events += [_Event("vitzoo.decode", 2 * ms, 5 * ms)]
+    events += [_Event("vitzoo.decode", 2 * ms, 5 * ms, thread=2)]
     events += [_Event("gemm", 1 * ms, 5 * ms, kernel=True), _Event("gemm", 3 * ms, 8 * ms, kernel=True),
                _Event("erase", 12 * ms, 14 * ms, kernel=True), _Event("gemm", 31 * ms, 39 * ms, kernel=True)]
     # each range's annotation on the GPU's timeline is neither a range of the host nor a kernel
@@ -259,6 +260,10 @@ def test_profile_training_counts_stages_and_busy_time_between_the_first_and_last
     assert summary["stages"]["augment"] == {"ranges": 3, "host_ms": 2.0, "device_ms": 1.0}
     assert summary["stages"]["decode"]["ranges"] == 1
     assert summary["loop_other_ms"] == 2.0
+    # the device stage in a thread of its own: the training thread's time is its steps only
+    moved = [_Event(e.name, e.time_range.start, e.time_range.end, e.device_time_total, thread=2)
+             if e.name == "vitzoo.augment" else e for e in events]
+    assert summarise(moved, batch=100)["loop_other_ms"] == 4.0
     assert summary["device_busy_ms"] == 3.0 and summary["device_kernel_ms"] == round(11 / 3, 3)
     assert summary["launches"] == 1.0
     assert [k["name"] for k in summary["kernels"]] == ["gemm", "erase"] and summary["kernels"][0]["calls"] == 0.67

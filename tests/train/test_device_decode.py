@@ -201,45 +201,76 @@ def test_a_gpu_run_decodes_on_the_device_and_graphs_its_steps(tmp_path: Path) ->
     assert (output / "checkpoints").is_dir()
 
 
-def test_decoded_ahead_decodes_encoded_batches_in_order_and_passes_others_through(jpeg: Path) -> None:
-    from vitzoo.train.device_decode import decoded_ahead
+def test_prepared_ahead_prepares_every_batch_in_order_with_its_index(jpeg: Path) -> None:
+    from vitzoo.train.device_decode import prepared_ahead
 
     encoded = load_encoded(str(jpeg))
     batches = [collate_encoded([(EncodedCrop(encoded.data, (float(i), 0.0, 60.0 + i, 60.0), i % 2 == 1), i)])
                for i in range(5)]
-    plain = (torch.zeros(1, 3, 16, 16, dtype=torch.uint8), torch.tensor([9]))
-    got = list(decoded_ahead([*batches, plain], lambda batch, device: decode_crops(batch, device, 16), CPU))
-    assert [int(targets) for _, targets in got] == [0, 1, 2, 3, 4, 9]
-    for (images, _), (batch, _) in zip(got, batches, strict=False):
+    indices = []
+
+    def prepare(index: int, batch: EncodedBatch, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        indices.append(index)
+        return decode_crops(batch, CPU, 16), targets + 10
+
+    got = list(prepared_ahead(batches, prepare, CPU))
+    assert indices == [0, 1, 2, 3, 4]
+    assert [int(targets) for _, targets in got] == [10, 11, 12, 13, 14]
+    for (images, _), (batch, _) in zip(got, batches, strict=True):
         assert torch.equal(images, decode_crops(batch, CPU, 16))
-    assert got[-1][0] is plain[0]
 
 
-def test_decoded_ahead_raises_a_decoding_error_at_its_batch_and_stops_its_thread_with_the_caller() -> None:
+def test_prepared_ahead_raises_a_preparing_error_at_its_batch_and_stops_its_thread_with_the_caller() -> None:
     import threading
 
-    from vitzoo.train.device_decode import decoded_ahead
+    from vitzoo.train.device_decode import prepared_ahead
 
-    calls = []
-
-    def decode(batch: EncodedBatch, device: torch.device) -> torch.Tensor:
-        calls.append(batch)
-        if len(calls) == 2:
+    def prepare(index: int, images: torch.Tensor, name: str) -> tuple[torch.Tensor, str]:
+        if index == 1:
             raise RuntimeError("corrupt batch")
-        return torch.zeros(1)
+        return images, name
 
-    encoded = EncodedBatch(torch.zeros(1, dtype=torch.uint8), torch.tensor([0, 1]), torch.zeros(1, 4),
-                           torch.zeros(1, dtype=torch.bool))
     seen = []
     with pytest.raises(RuntimeError, match="corrupt batch"):
-        for _, name in decoded_ahead([(encoded, "good"), (encoded, "bad"), (encoded, "never")], decode, CPU):
+        for _, name in prepared_ahead([(torch.zeros(1), "good"), (torch.zeros(1), "bad"), (torch.zeros(1), "never")],
+                                      prepare, CPU):
             seen.append(name)
     assert seen == ["good"]
     # stopping early: the background thread ends with the generator
-    ahead = decoded_ahead([(torch.zeros(1), index) for index in range(100)], decode, CPU)
+    ahead = prepared_ahead([(torch.zeros(1), index) for index in range(100)], lambda i, x, t: (x, t), CPU)
     assert next(ahead)[1] == 0
     ahead.close()
-    assert not any(thread.name.startswith("decode-ahead") for thread in threading.enumerate())
+    assert not any(thread.name.startswith("prepare-ahead") for thread in threading.enumerate())
+
+
+@pytest.mark.usefixtures("fresh_accelerator_state")
+def test_the_device_stage_ahead_trains_as_the_same_stage_run_in_the_training_thread(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """decode_on_device prepares each batch (decoding, RandAugment, erasing, mixup) in a thread of its own, with its
+    python and numpy draws seeded there per batch: the run ends with the weights of the same run whose batches are
+    prepared one at a time in the training thread."""
+    from safetensors.torch import load_file
+    from tiny_runs import MODEL, train_args, write_image_folder
+
+    import vitzoo.train.loop as loop
+    from vitzoo.train.config import load_config
+
+    data = write_image_folder(tmp_path / "images", train_per_class=8, suffix=".jpg")
+
+    def run(name: str) -> dict[str, torch.Tensor]:
+        output = tmp_path / name
+        args = train_args(output, data, "auto_augment=rand-m9-mstd0.5-inc1", "augment_on_device=true",
+                          "decode_on_device=true", "re_prob=0.5", "mixup=0.8", "cutmix=1.0", "workers=1", "epochs=2")
+        loop.train(load_config(None, args[6:], model=MODEL, output=str(output), data_dir=str(data)))
+        return load_file(str(max((output / "checkpoints").glob("step-*")) / "model.safetensors"))
+
+    ahead = run("ahead")
+    monkeypatch.setattr(loop, "prepared_ahead", lambda batches, prepare, device: (
+        prepare(index, *batch) for index, batch in enumerate(batches)))
+    inline = run("inline")
+    assert ahead.keys() == inline.keys()
+    for key in ahead:
+        assert torch.equal(ahead[key], inline[key]), f"{key} differs"
 
 
 @pytest.mark.usefixtures("fresh_accelerator_state")

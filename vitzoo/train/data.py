@@ -97,19 +97,26 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 def seed_everything(seed: int, devices: bool = True) -> None:
-    """Seed python, numpy and torch from one integer.
+    """Seed python, numpy and torch from one integer (:func:`seed_host_draws` and :func:`seed_torch`)."""
+    seed_host_draws(seed)
+    seed_torch(seed, devices)
 
-    Args:
-        seed: the seed.
-        devices: also seed the CUDA and MPS generators where those devices exist. Per-sample seeding passes False:
-            transforms draw from the CPU generator only.
+
+def seed_host_draws(seed: int) -> None:
+    """Seed python's ``random`` and numpy's global generator: the draws of the training batches' device stage
+    (RandAugment, erasing, mixup), which a thread of their own may make while the training thread runs."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def seed_torch(seed: int, devices: bool = True) -> None:
+    """Seed torch's CPU generator, and with ``devices`` the CUDA and MPS generators where those devices exist
+    (per-sample seeding passes False: transforms draw from the CPU generator only).
 
     ``torch.manual_seed`` is not used: it also seeds every other backend, and for one that is never initialised
     (XPU and MTIA on a CUDA build) it queues the call with a formatted stack trace, about 1 ms a call and a list
     that grows with every call; the training loop seeds every batch.
     """
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
     torch.default_generator.manual_seed(seed)
     if devices:
         if torch.cuda.is_available():

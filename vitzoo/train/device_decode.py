@@ -37,8 +37,8 @@ from vitzoo.ops.utils import to_device
 _logger = logging.getLogger(__name__)
 
 # torch.profiler ranges around the stages of a training step (benchmarks/profile_training.py reads them): the
-# device stage with mixup, and the forward, backward and optimizer step, in the training loop; the loader's batch and
-# its decoding in decode-ahead's thread (JPEG batches only).
+# device stage with mixup (with the decoding of JPEG batches), and the forward, backward and optimizer step; the
+# loader's batch and the device stage run in prepare-ahead's thread for JPEG batches (vitzoo.train.loop).
 PROFILE_RANGES = {"load": "vitzoo.load", "decode": "vitzoo.decode", "augment": "vitzoo.augment",
                   "step": "vitzoo.step"}
 
@@ -250,37 +250,38 @@ def decode_crops(batch: EncodedBatch, device: torch.device, size: int) -> torch.
     return crops
 
 
-def decoded_ahead(batches: Iterable[tuple[Any, torch.Tensor]],
-                  decode: Callable[[EncodedBatch, torch.device], torch.Tensor],
-                  device: torch.device) -> Iterator[tuple[Any, torch.Tensor]]:
-    """``batches`` (a training loader's (images, targets)) with every :class:`EncodedBatch` replaced by
-    ``decode(batch, device)``, the next batch fetched and decoded by a background thread while the caller trains on
-    the current one. The decoder's host-side work (nvJPEG's Huffman decoding, the crops' launches) runs in C++ without
-    the GIL, so it overlaps the training step's host work instead of following it. Batches keep their order, an
-    error in fetching or decoding is raised where its batch would have been, and the thread ends with the
-    iteration (also when the caller stops early)."""
+def prepared_ahead(batches: Iterable[tuple[Any, torch.Tensor]],
+                   prepare: Callable[[int, Any, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                   device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``batches`` (a training loader's (images, targets)), each replaced by ``prepare(index, images, targets)``
+    (``index``: 0, 1, ... in the loader's order), the next batch fetched and prepared by a background thread while
+    the caller trains on the current one. The training loop's device stage (decoding, crops, RandAugment, erasing,
+    mixup) costs its thread about as much host time as the forward, backward and optimizer step cost theirs: most of
+    it is C++ (nvJPEG's decoding, operator dispatch, kernel launches) that releases the GIL, so the two overlap
+    instead of adding up. ``prepare`` must draw its random numbers from state it seeds itself: the caller's thread
+    runs at the same time. Batches keep their order, an error in fetching or preparing is raised where its batch would
+    have been, and the thread ends with the iteration (also when the caller stops early)."""
 
     # the thread queues its copies and kernels on the caller's stream, so the caller's run after them
     stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
 
-    def fetch(iterator: Iterator[tuple[Any, torch.Tensor]]) -> tuple[Any, torch.Tensor] | None:
+    def fetch(iterator: Iterator[tuple[Any, torch.Tensor]], index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             try:
                 with record_function(PROFILE_RANGES["load"]):
                     images, targets = next(iterator)
             except StopIteration:
                 return None
-            if isinstance(images, EncodedBatch):
-                with record_function(PROFILE_RANGES["decode"]):
-                    images = decode(images, device)
-            return images, targets
+            return prepare(index, images, targets)
 
     iterator = iter(batches)
     # The first batch in the caller's thread: a loader starts its worker processes on its first batch, and workers
     # started from the background thread failed at their exit.
-    batch = fetch(iterator)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode-ahead") as thread:
+    batch = fetch(iterator, 0)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-ahead") as thread:
+        index = 0
         while batch is not None:
-            pending = thread.submit(fetch, iterator)
+            index += 1
+            pending = thread.submit(fetch, iterator, index)
             yield batch
             batch = pending.result()

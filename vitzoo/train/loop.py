@@ -60,8 +60,10 @@ from vitzoo.train.data import (
     report_unreadable,
     sample_seed,
     seed_everything,
+    seed_host_draws,
+    seed_torch,
 )
-from vitzoo.train.device_decode import PROFILE_RANGES, collate_encoded, decoded_ahead
+from vitzoo.train.device_decode import PROFILE_RANGES, EncodedBatch, collate_encoded, prepared_ahead
 from vitzoo.train.evaluate import evaluate
 from vitzoo.train.factories import (
     DropPathRamp,
@@ -435,6 +437,32 @@ def _resume(run: RunState, output: Path) -> Path | None:
     return files.folder
 
 
+def _batch_seed(training: Training, batch: int) -> int:
+    run = training.run
+    return sample_seed(run.config.seed + 1 + run.accelerator.process_index, run.epoch, batch)
+
+
+def prepare_batch(training: Training, images: Any, targets: torch.Tensor,
+                  batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch ``batch`` of the epoch as the forward takes it: the loader's images through the device stage (decoding
+    and cropping JPEG batches, RandAugment, normalisation, erasing) and mixup. Its python and numpy draws are seeded
+    here from the batch's seed; the device stage of uint8 batches (Fashion-MNIST's crops and flips) draws from
+    torch's generators, which the training loop seeds with the same number before it calls this."""
+    config, device = training.run.config, training.run.accelerator.device
+    seed_host_draws(_batch_seed(training, batch))
+    if isinstance(images, EncodedBatch):
+        with record_function(PROFILE_RANGES["decode"]):
+            images = training.device_tf.decode(images, device)
+    with record_function(PROFILE_RANGES["augment"]):
+        if training.device_tf is not None:
+            images = training.device_tf(images, device)
+        if training.mixup is not None:
+            images, targets = training.mixup(images, targets)
+        if config.channels_last and not config.cuda_graph:  # a graphed forward copies into its channels-last input
+            images = images.contiguous(memory_format=torch.channels_last)
+    return images, targets
+
+
 def train_one_epoch(training: Training) -> tuple[torch.Tensor, int, float]:
     """Train from ``run.batches_done`` to the end of ``run.epoch`` (or until ``max_steps`` / ``time_limit``), with
     the mid-epoch checkpoints of ``checkpoint_interval``; return (loss sum on this process, batches, start time).
@@ -456,12 +484,14 @@ def train_one_epoch(training: Training) -> tuple[torch.Tensor, int, float]:
 
         loader = skip_first_batches(train_loader, run.batches_done)
         loader.set_epoch(epoch)
-    decode = getattr(training.device_tf, "decode", None)
-    # JPEG batches: the next one decodes on the device while this one trains. Not with gradient accumulation:
-    # accelerate marks the loader's end when its last batch is fetched, which would end an accumulation one batch
-    # early.
-    if decode is not None and config.grad_accum == 1:
-        loader = decoded_ahead(loader, decode, accelerator.device)
+    first_batch = run.batches_done
+    # JPEG batches: a thread of its own decodes and augments the next batch while this one trains. Not with gradient
+    # accumulation: accelerate marks the loader's end when its last batch is fetched, which would end an
+    # accumulation one batch early.
+    ahead = getattr(training.device_tf, "decode", None) is not None and config.grad_accum == 1
+    if ahead:
+        loader = prepared_ahead(loader, lambda index, images, targets: prepare_batch(
+            training, images, targets, first_batch + index), accelerator.device)
     model.train()
     bar = tqdm(total=len(train_loader), initial=run.batches_done, desc=f"epoch {epoch}", leave=False,
                disable=not (accelerator.is_local_main_process and config.progress))
@@ -474,15 +504,11 @@ def train_one_epoch(training: Training) -> tuple[torch.Tensor, int, float]:
     for images, targets in loader:
         if training.drop_path_ramp is not None:
             training.drop_path_ramp.step(run.num_updates)
-        # Per-batch seed: the device stage, mixup and drop path draw the same numbers whether or not the run resumed.
-        seed_everything(sample_seed(config.seed + 1 + accelerator.process_index, epoch, run.batches_done))
-        with record_function(PROFILE_RANGES["augment"]):
-            if training.device_tf is not None:
-                images = training.device_tf(images, accelerator.device)
-            if training.mixup is not None:
-                images, targets = training.mixup(images, targets)
-            if config.channels_last and not config.cuda_graph:  # a graphed forward copies into its channels-last input
-                images = images.contiguous(memory_format=torch.channels_last)
+        # Per-batch seeds: the device stage, mixup and drop path draw the same numbers whether or not the run resumed
+        # (and whether or not the device stage ran ahead).
+        seed_torch(_batch_seed(training, run.batches_done))
+        if not ahead:
+            images, targets = prepare_batch(training, images, targets, run.batches_done)
         with record_function(PROFILE_RANGES["step"]), accelerator.accumulate(model):
             loss = training.criterion(training.forward(images), targets)
             accelerator.backward(loss)
