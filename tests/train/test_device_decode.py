@@ -236,19 +236,23 @@ def test_prepared_ahead_raises_a_preparing_error_at_its_batch_and_stops_its_thre
                                       prepare, CPU):
             seen.append(name)
     assert seen == ["good"]
-    # stopping early: the background thread ends with the generator
-    ahead = prepared_ahead([(torch.zeros(1), index) for index in range(100)], lambda i, x, t: (x, t), CPU)
-    assert next(ahead)[1] == 0
+    # chained, each stage in a thread of its own; stopping early ends both threads with the generator
+    first = prepared_ahead([(torch.zeros(1), index) for index in range(100)], lambda i, x, t: (x + 1, t), CPU,
+                           name="first-stage")
+    ahead = prepared_ahead(first, lambda i, x, t: (x * 3, t), CPU, name="second-stage")
+    assert [(float(x), t) for x, t in (next(ahead), next(ahead))] == [(3.0, 0), (3.0, 1)]
+    assert {"first-stage", "second-stage"} <= {thread.name.rsplit("_", 1)[0] for thread in threading.enumerate()}
     ahead.close()
-    assert not any(thread.name.startswith("prepare-ahead") for thread in threading.enumerate())
+    del first
+    assert not any(thread.name.endswith(("-stage_0",)) for thread in threading.enumerate())
 
 
 @pytest.mark.usefixtures("fresh_accelerator_state")
 def test_the_device_stage_ahead_trains_as_the_same_stage_run_in_the_training_thread(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """decode_on_device prepares each batch (decoding, RandAugment, erasing, mixup) in a thread of its own, with its
-    python and numpy draws seeded there per batch: the run ends with the weights of the same run whose batches are
-    prepared one at a time in the training thread."""
+    """decode_on_device decodes each batch in one thread and augments it (RandAugment, erasing, mixup) in another,
+    its python and numpy draws seeded there per batch: the run ends with the weights of the same run whose batches
+    are prepared one at a time in the training thread."""
     from safetensors.torch import load_file
     from tiny_runs import MODEL, train_args, write_image_folder
 
@@ -265,8 +269,7 @@ def test_the_device_stage_ahead_trains_as_the_same_stage_run_in_the_training_thr
         return load_file(str(max((output / "checkpoints").glob("step-*")) / "model.safetensors"))
 
     ahead = run("ahead")
-    monkeypatch.setattr(loop, "prepared_ahead", lambda batches, prepare, device: (
-        prepare(index, *batch) for index, batch in enumerate(batches)))
+    monkeypatch.setattr(loop, "_prepares_ahead", lambda training: False)
     inline = run("inline")
     assert ahead.keys() == inline.keys()
     for key in ahead:

@@ -37,8 +37,8 @@ from vitzoo.ops.utils import to_device
 _logger = logging.getLogger(__name__)
 
 # torch.profiler ranges around the stages of a training step (benchmarks/profile_training.py reads them): the
-# device stage with mixup (with the decoding of JPEG batches), and the forward, backward and optimizer step; the
-# loader's batch and the device stage run in prepare-ahead's thread for JPEG batches (vitzoo.train.loop).
+# device stage with mixup, the decoding of JPEG batches, and the forward, backward and optimizer step; for JPEG
+# batches the loader's batch and the decoding run in one thread and the device stage in another (vitzoo.train.loop).
 PROFILE_RANGES = {"load": "vitzoo.load", "decode": "vitzoo.decode", "augment": "vitzoo.augment",
                   "step": "vitzoo.step"}
 
@@ -251,21 +251,21 @@ def decode_crops(batch: EncodedBatch, device: torch.device, size: int) -> torch.
 
 
 def prepared_ahead(batches: Iterable[tuple[Any, torch.Tensor]],
-                   prepare: Callable[[int, Any, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-                   device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                   prepare: Callable[[int, Any, torch.Tensor], tuple[Any, torch.Tensor]],
+                   device: torch.device, name: str = "prepare-ahead") -> Iterator[tuple[Any, torch.Tensor]]:
     """``batches`` (a training loader's (images, targets)), each replaced by ``prepare(index, images, targets)``
-    (``index``: 0, 1, ... in the loader's order), the next batch fetched and prepared by a background thread while
-    the caller trains on the current one. The training loop's device stage (decoding, crops, RandAugment, erasing,
-    mixup) costs its thread about as much host time as the forward, backward and optimizer step cost theirs: most of
-    it is C++ (nvJPEG's decoding, operator dispatch, kernel launches) that releases the GIL, so the two overlap
-    instead of adding up. ``prepare`` must draw its random numbers from state it seeds itself: the caller's thread
-    runs at the same time. Batches keep their order, an error in fetching or preparing is raised where its batch would
-    have been, and the thread ends with the iteration (also when the caller stops early)."""
+    (``index``: 0, 1, ... in the loader's order), the next batch fetched and prepared by a background thread (named
+    ``name``) while the caller works on the current one. Most of the training loop's device stage is C++ that
+    releases the GIL (nvJPEG's decoding, operator dispatch, kernel launches), so a stage in a thread of its own
+    overlaps the training step's host work instead of adding to it; chained, each stage gets its own thread.
+    ``prepare`` must draw its random numbers from state it seeds itself: the caller's thread runs at the same time.
+    Batches keep their order, an error in fetching or preparing is raised where its batch would have been, and the
+    thread ends with the iteration (also when the caller stops early)."""
 
     # the thread queues its copies and kernels on the caller's stream, so the caller's run after them
     stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
 
-    def fetch(iterator: Iterator[tuple[Any, torch.Tensor]], index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def fetch(iterator: Iterator[tuple[Any, torch.Tensor]], index: int) -> tuple[Any, torch.Tensor] | None:
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             try:
                 with record_function(PROFILE_RANGES["load"]):
@@ -278,7 +278,7 @@ def prepared_ahead(batches: Iterable[tuple[Any, torch.Tensor]],
     # The first batch in the caller's thread: a loader starts its worker processes on its first batch, and workers
     # started from the background thread failed at their exit.
     batch = fetch(iterator, 0)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare-ahead") as thread:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix=name) as thread:
         index = 0
         while batch is not None:
             index += 1

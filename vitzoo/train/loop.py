@@ -442,6 +442,23 @@ def _batch_seed(training: Training, batch: int) -> int:
     return sample_seed(run.config.seed + 1 + run.accelerator.process_index, run.epoch, batch)
 
 
+def _prepares_ahead(training: Training) -> bool:
+    """Whether the batches are decoded and augmented ahead, in threads of their own: JPEG batches, where one thread
+    decodes the batch after next while another augments the next batch and the training thread trains. Not with
+    gradient accumulation: accelerate marks the loader's end when its last batch is fetched, which would end an
+    accumulation one batch early."""
+    return getattr(training.device_tf, "decode", None) is not None and training.run.config.grad_accum == 1
+
+
+def decode_batch(training: Training, images: Any) -> Any:
+    """A JPEG batch (:class:`~vitzoo.train.device_decode.EncodedBatch`) decoded and cropped on the training device;
+    other images as they are."""
+    if not isinstance(images, EncodedBatch):
+        return images
+    with record_function(PROFILE_RANGES["decode"]):
+        return training.device_tf.decode(images, training.run.accelerator.device)
+
+
 def prepare_batch(training: Training, images: Any, targets: torch.Tensor,
                   batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch ``batch`` of the epoch as the forward takes it: the loader's images through the device stage (decoding
@@ -450,9 +467,7 @@ def prepare_batch(training: Training, images: Any, targets: torch.Tensor,
     torch's generators, which the training loop seeds with the same number before it calls this."""
     config, device = training.run.config, training.run.accelerator.device
     seed_host_draws(_batch_seed(training, batch))
-    if isinstance(images, EncodedBatch):
-        with record_function(PROFILE_RANGES["decode"]):
-            images = training.device_tf.decode(images, device)
+    images = decode_batch(training, images)
     with record_function(PROFILE_RANGES["augment"]):
         if training.device_tf is not None:
             images = training.device_tf(images, device)
@@ -485,13 +500,12 @@ def train_one_epoch(training: Training) -> tuple[torch.Tensor, int, float]:
         loader = skip_first_batches(train_loader, run.batches_done)
         loader.set_epoch(epoch)
     first_batch = run.batches_done
-    # JPEG batches: a thread of its own decodes and augments the next batch while this one trains. Not with gradient
-    # accumulation: accelerate marks the loader's end when its last batch is fetched, which would end an
-    # accumulation one batch early.
-    ahead = getattr(training.device_tf, "decode", None) is not None and config.grad_accum == 1
+    ahead = _prepares_ahead(training)
     if ahead:
-        loader = prepared_ahead(loader, lambda index, images, targets: prepare_batch(
-            training, images, targets, first_batch + index), accelerator.device)
+        decoded = prepared_ahead(loader, lambda index, images, targets: (
+            decode_batch(training, images), targets), accelerator.device, name="decode-ahead")
+        loader = prepared_ahead(decoded, lambda index, images, targets: prepare_batch(
+            training, images, targets, first_batch + index), accelerator.device, name="augment-ahead")
     model.train()
     bar = tqdm(total=len(train_loader), initial=run.batches_done, desc=f"epoch {epoch}", leave=False,
                disable=not (accelerator.is_local_main_process and config.progress))
