@@ -359,3 +359,19 @@ def test_a_run_with_the_crops_on_the_device_trains(tmp_path: Path) -> None:
                       "crop_on_device=true", "workers=1", "max_steps=3")
     metrics = train(load_config(None, args[6:], model=MODEL, output=str(output), data_dir=str(data)))
     assert metrics["num_updates"] == 3
+
+
+def test_chained_stages_mark_one_loader_fetch_per_batch() -> None:
+    """The profiler's load range marks the fetches from the loader, not the second stage's waits for the first."""
+    from torch._C._profiler import _ExperimentalConfig
+    from torch.profiler import ProfilerActivity, profile
+
+    from vitzoo.train.device_decode import PROFILE_RANGES, prepared_ahead
+
+    with profile(activities=[ProfilerActivity.CPU],
+                 experimental_config=_ExperimentalConfig(profile_all_threads=True)) as profiler:
+        first = prepared_ahead([(torch.ones(1), index) for index in range(4)], lambda i, x, t: (x + 1, t), CPU)
+        chained = prepared_ahead(first, lambda i, x, t: (x * 2, t), CPU, fetch_range=None)
+        assert [t for _, t in chained] == [0, 1, 2, 3]
+    loads = [event for event in profiler.events() if event.name == PROFILE_RANGES["load"]]
+    assert len(loads) == 5  # four batches and the fetch that finds the loader's end

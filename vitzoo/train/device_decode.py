@@ -252,7 +252,8 @@ def decode_crops(batch: EncodedBatch, device: torch.device, size: int) -> torch.
 
 def prepared_ahead(batches: Iterable[tuple[Any, torch.Tensor]],
                    prepare: Callable[[int, Any, torch.Tensor], tuple[Any, torch.Tensor]],
-                   device: torch.device, name: str = "prepare-ahead") -> Iterator[tuple[Any, torch.Tensor]]:
+                   device: torch.device, name: str = "prepare-ahead",
+                   fetch_range: str | None = PROFILE_RANGES["load"]) -> Iterator[tuple[Any, torch.Tensor]]:
     """``batches`` (a training loader's (images, targets)), each replaced by ``prepare(index, images, targets)``
     (``index``: 0, 1, ... in the loader's order), the next batch fetched and prepared by a background thread (named
     ``name``) while the caller works on the current one. Most of the training loop's device stage is C++ that
@@ -260,7 +261,8 @@ def prepared_ahead(batches: Iterable[tuple[Any, torch.Tensor]],
     overlaps the training step's host work instead of adding to it; chained, each stage gets its own thread.
     ``prepare`` must draw its random numbers from state it seeds itself: the caller's thread runs at the same time.
     Batches keep their order, an error in fetching or preparing is raised where its batch would have been, and the
-    thread ends with the iteration (also when the caller stops early)."""
+    thread ends with the iteration (also when the caller stops early). ``fetch_range``: the profiler range around
+    each fetch from ``batches`` (None: none, for a stage that fetches from another stage rather than a loader)."""
 
     # the thread queues its copies and kernels on the caller's stream, so the caller's run after them
     stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
@@ -268,7 +270,7 @@ def prepared_ahead(batches: Iterable[tuple[Any, torch.Tensor]],
     def fetch(iterator: Iterator[tuple[Any, torch.Tensor]], index: int) -> tuple[Any, torch.Tensor] | None:
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             try:
-                with record_function(PROFILE_RANGES["load"]):
+                with record_function(fetch_range) if fetch_range else contextlib.nullcontext():
                     images, targets = next(iterator)
             except StopIteration:
                 return None

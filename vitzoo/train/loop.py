@@ -505,7 +505,7 @@ def train_one_epoch(training: Training) -> tuple[torch.Tensor, int, float]:
         decoded = prepared_ahead(loader, lambda index, images, targets: (
             decode_batch(training, images), targets), accelerator.device, name="decode-ahead")
         loader = prepared_ahead(decoded, lambda index, images, targets: prepare_batch(
-            training, images, targets, first_batch + index), accelerator.device, name="augment-ahead")
+            training, images, targets, first_batch + index), accelerator.device, name="augment-ahead", fetch_range=None)
     model.train()
     bar = tqdm(total=len(train_loader), initial=run.batches_done, desc=f"epoch {epoch}", leave=False,
                disable=not (accelerator.is_local_main_process and config.progress))
