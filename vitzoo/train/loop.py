@@ -450,7 +450,7 @@ def _prepares_ahead(training: Training) -> bool:
     return getattr(training.device_tf, "decode", None) is not None and training.run.config.grad_accum == 1
 
 
-def decode_batch(training: Training, images: Any) -> Any:
+def _decode_batch(training: Training, images: Any) -> Any:
     """A JPEG batch (:class:`~vitzoo.train.device_decode.EncodedBatch`) decoded and cropped on the training device;
     other images as they are."""
     if not isinstance(images, EncodedBatch):
@@ -459,7 +459,7 @@ def decode_batch(training: Training, images: Any) -> Any:
         return training.device_tf.decode(images, training.run.accelerator.device)
 
 
-def prepare_batch(training: Training, images: Any, targets: torch.Tensor,
+def _prepare_batch(training: Training, images: Any, targets: torch.Tensor,
                   batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch ``batch`` of the epoch as the forward takes it: the loader's images through the device stage (decoding
     and cropping JPEG batches, RandAugment, normalisation, erasing) and mixup. Its python and numpy draws are seeded
@@ -467,7 +467,7 @@ def prepare_batch(training: Training, images: Any, targets: torch.Tensor,
     torch's generators, which the training loop seeds with the same number before it calls this."""
     config, device = training.run.config, training.run.accelerator.device
     seed_host_draws(_batch_seed(training, batch))
-    images = decode_batch(training, images)
+    images = _decode_batch(training, images)
     with record_function(PROFILE_RANGES["augment"]):
         if training.device_tf is not None:
             images = training.device_tf(images, device)
@@ -503,8 +503,8 @@ def train_one_epoch(training: Training) -> tuple[torch.Tensor, int, float]:
     ahead = _prepares_ahead(training)
     if ahead:
         decoded = prepared_ahead(loader, lambda index, images, targets: (
-            decode_batch(training, images), targets), accelerator.device, name="decode-ahead")
-        loader = prepared_ahead(decoded, lambda index, images, targets: prepare_batch(
+            _decode_batch(training, images), targets), accelerator.device, name="decode-ahead")
+        loader = prepared_ahead(decoded, lambda index, images, targets: _prepare_batch(
             training, images, targets, first_batch + index), accelerator.device, name="augment-ahead", fetch_range=None)
     model.train()
     bar = tqdm(total=len(train_loader), initial=run.batches_done, desc=f"epoch {epoch}", leave=False,
@@ -522,7 +522,7 @@ def train_one_epoch(training: Training) -> tuple[torch.Tensor, int, float]:
         # (and whether or not the device stage ran ahead).
         seed_torch(_batch_seed(training, run.batches_done))
         if not ahead:
-            images, targets = prepare_batch(training, images, targets, run.batches_done)
+            images, targets = _prepare_batch(training, images, targets, run.batches_done)
         with record_function(PROFILE_RANGES["step"]), accelerator.accumulate(model):
             loss = training.criterion(training.forward(images), targets)
             accelerator.backward(loss)
