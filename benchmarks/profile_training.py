@@ -3,12 +3,14 @@
 Runs ``train.py`` (its ``--config``, ``--data-dir`` and ``key=value`` overrides) in this process for ``--warm`` +
 ``--steps`` optimizer updates and profiles the last ``--steps`` with ``torch.profiler`` (started and stopped by an
 optimizer-step hook, so the model build, the CUDA-graph capture and kernel tuning stay outside). It reads the ranges
-that the training loop and its prepare-ahead thread mark (``vitzoo.train.device_decode.PROFILE_RANGES``), per update
-between the first and the last profiled step range (a range or kernel counts where it starts):
+that the training loop and its decode-ahead and augment-ahead threads mark
+(``vitzoo.train.device_decode.PROFILE_RANGES``), per update between the first and the last profiled step range (a
+range or kernel counts where it starts):
 
 - ``wall_ms``: median time from one update's step range to the next one's (the run's pace);
 - per stage (``load``: the loader's batch, JPEG batches only; ``decode``; ``augment``: the device stage and mixup;
-  ``step``: forward, backward, optimizer; for JPEG batches all but the step run in the prepare-ahead thread):
+  ``step``: forward, backward, optimizer; for JPEG batches ``load`` and ``decode`` run in the decode-ahead thread and
+  ``augment`` in the augment-ahead thread):
   ``host_ms``, the range's wall time on its thread per update (including waits for the GIL and for the device), and
   ``device_ms``, the kernels launched inside it per update;
 - ``loop_other_ms``: ``wall_ms`` less the training thread's stages (the loop waiting for its next batch, and its
@@ -87,18 +89,19 @@ def summarise(events: list[Any], batch: int, top: int = 20) -> dict[str, Any]:
         return begin <= event.time_range.start < end
 
     wall_us = statistics.median(after - before for before, after in zip(starts, starts[1:], strict=False))
+    # the training thread: the one whose ranges include the steps (JPEG batches' other stages run in others)
+    training_threads = {event.thread for event in ranges if names[event.name] == "step"}
     stages: dict[str, dict[str, float]] = {}
+    main_thread_ms = 0.0
     for event in filter(inside, ranges):
         stage = stages.setdefault(names[event.name], {"ranges": 0, "host_ms": 0.0, "device_ms": 0.0})
         stage["ranges"] += 1
         stage["host_ms"] += event.time_range.elapsed_us() / updates / 1e3
         stage["device_ms"] += event.device_time_total / updates / 1e3
+        if event.thread in training_threads:
+            main_thread_ms += event.time_range.elapsed_us() / updates / 1e3
     stages = {name: {key: round(value, 3) for key, value in stages[name].items()}
               for name in PROFILE_RANGES if name in stages}
-    # the training thread: the one whose ranges include the steps (JPEG batches' device stage runs in another)
-    training_threads = {event.thread for event in ranges if names[event.name] == "step"}
-    main_thread_ms = sum(event.time_range.elapsed_us() for event in filter(inside, ranges)
-                         if event.thread in training_threads) / updates / 1e3
     kernels = [event for event in events if _is_kernel(event) and inside(event)]
     per_kernel: dict[str, list[float]] = {}
     for event in kernels:
@@ -144,8 +147,9 @@ def profile_run(config_path: str | None, data_dir: str | None, overrides: list[s
     if warm < 1 or steps < 4:
         raise ValueError(f"--warm takes at least 1 and --steps at least 4 updates, got {warm} and {steps}")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
-    # every thread's ranges: the prepare-ahead thread runs before the profiler starts, and a profiler started on one
-    # thread otherwise records only that thread (and the autograd threads it hands its state to)
+    # every thread's ranges: the decode-ahead and augment-ahead threads run before the profiler starts, and a
+    # profiler started on one thread otherwise records only that thread (and the autograd threads it hands its state
+    # to)
     profiler = profile(activities=activities,
                        experimental_config=_ExperimentalConfig(profile_all_threads=True))
     hook = _ProfileUpdates(profiler, warm, steps)
