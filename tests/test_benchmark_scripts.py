@@ -287,8 +287,12 @@ def _profile_tiny_decoding_run(tmp_path: Path, *overrides: str) -> dict:
     assert list(run["profile"]["stages"]) == ["load", "decode", "augment", "step"]
     assert run["model"] == "softmax_deit_tiny_patch16_224" and run["profile"]["config"]["decode_on_device"] is True
     assert run["profile"]["updates"] >= 3 and run["profile"]["wall_ms"] > 0
-    for name in ("augment", "step"):
-        assert run["profile"]["stages"][name]["ranges"] == run["profile"]["updates"]
+    stages, updates = run["profile"]["stages"], run["profile"]["updates"]
+    assert stages["step"]["ranges"] == updates
+    # decoding and augmenting run a batch or two ahead in threads of their own, so a window of n steps holds the
+    # starts of n - 1 to n + 1 of their ranges, depending on where those threads are when it opens and closes
+    for name in ("decode", "augment"):
+        assert abs(stages[name]["ranges"] - updates) <= 1, (name, stages[name]["ranges"], updates)
     return run
 
 
