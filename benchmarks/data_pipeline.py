@@ -20,7 +20,8 @@ before the rest), on the first ``--images`` training images in shuffled order:
   ``decode_on_device`` config); for a RandAugment policy the workers run, their uint8 tensors when RandAugment runs on
   the device instead (``augment_on_device``); and, for a RandAugment policy or a ``decode_on_device`` config, the
   workers' JPEG bytes and crop draws when decoding and cropping run there too (``decode_on_device``), and their
-  decoded pixels and crop draws when only the crops do (``crop_on_device``);
+  decoded pixels and crop draws when only the crops do (``crop_on_device``); with ``--packed``, the same pixels and
+  draws copied out of a packed store of the folder (``vitzoo-pack``, ``dataset=packed``) instead of decoded;
 - ``device_decode``: for ``decode_on_device``, milliseconds per image of decoding and cropping whole batches
   (``vitzoo.train.device_decode.decode_crops``) on ``--device`` (default: CUDA when there is one, else the CPU).
 
@@ -165,6 +166,8 @@ def main() -> None:
                              "least 8; the folder must hold 1 + 2 x workers more)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where decode_on_device's decoding and cropping is timed")
+    parser.add_argument("--packed", type=Path,
+                        help="a packed store of --data-dir (vitzoo-pack): also time its crop_on_device loader")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="config overrides, e.g. augment_on_device=true (RandAugment in the device stage)")
@@ -204,6 +207,9 @@ def main() -> None:
         pixels = build_dataset("folder", args.data_dir, "train", pixel_tf, config.seed, classes=classes)
         variants += [("JPEG bytes and crop draws, decoded on the device", encoded, collate_encoded),
                      ("decoded pixels and crop draws, cropped on the device", pixels, collate_encoded)]
+        if args.packed:
+            packed = build_dataset("packed", args.packed, "train", pixel_tf, config.seed, classes=classes)
+            variants.append(("packed pixels and crop draws, cropped on the device", packed, collate_encoded))
     folder = dataset.dataset  # the ImageFolder inside SkipUnreadable
     # the stages of the config's own pipeline
     if config.decode_on_device:
@@ -221,6 +227,7 @@ def main() -> None:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "command": " ".join(["python", *sys.argv]), "git_revision": git_revision(),
             "config": args.config, "batch_size": config.batch_size,
+            **({"packed": str(args.packed)} if args.packed else {}),
             "augmentation": {key: getattr(config, key) for key in ("auto_augment", "re_prob", "re_mode",
                                                                    "train_interpolation", "hflip",
                                                                    "augment_on_device", "decode_on_device",

@@ -21,6 +21,7 @@ from tiny_runs import write_image_folder
 
 import vitzoo  # noqa: F401  (registers the models)
 from vitzoo.ops.utils import interpreting
+from vitzoo.train.pack import pack_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted((ROOT / "benchmarks").glob("*.py"))
@@ -51,22 +52,31 @@ _PIXEL_LOADER = "decoded pixels and crop draws, cropped on the device"
      ["float32", "uint8", _JPEG_LOADER, _PIXEL_LOADER]),
     (("augment_on_device=true", "crop_on_device=true"), _DEVICE_CROP_STAGES,
      ["float32", "uint8", _JPEG_LOADER, _PIXEL_LOADER]),
+    # with a packed store of the folder: its loader too
+    (("--packed", "augment_on_device=true", "crop_on_device=true"), _DEVICE_CROP_STAGES,
+     ["float32", "uint8", _JPEG_LOADER, _PIXEL_LOADER, "packed pixels and crop draws, cropped on the device"]),
     # no RandAugment: the JPEG loader must not switch augment_on_device on (it would look for a policy to move)
     (("auto_augment=null", "color_jitter=0", "decode_on_device=true"), _DEVICE_DECODE_STAGES,
      ["float32", "uint8", _JPEG_LOADER, _PIXEL_LOADER]),
-], ids=["workers_decode", "decode_on_device", "crop_on_device", "decode_on_device_no_rand_augment"])
+], ids=["workers_decode", "decode_on_device", "crop_on_device", "packed", "decode_on_device_no_rand_augment"])
 def test_data_pipeline_times_every_placement_of_the_augmentation(tmp_path: Path, overrides: tuple[str, ...],
                                                                  stages: list[str], outputs: list[str]):
     """On a tiny folder: the stage costs of the config's own pipeline, a loader rate for float32, uint8, uint8 with
     RandAugment on the device (whose workers no longer run RandAugment; only where the config runs it in the
-    workers), JPEG bytes (decode_on_device) and decoded pixels (crop_on_device), and the device decoding's cost."""
+    workers), JPEG bytes (decode_on_device), decoded pixels (crop_on_device) and with --packed the pixels of a packed
+    store, and the device decoding's cost."""
     data = write_image_folder(tmp_path / "images", train_per_class=6)
+    packed = []
+    if overrides[:1] == ("--packed",):
+        pack_image_folder(data, tmp_path / "store", workers=0, progress=False)
+        packed, overrides = ["--packed", str(tmp_path / "store")], overrides[1:]
     out = tmp_path / "pipeline.json"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "data_pipeline.py"), "--config",
                            str(ROOT / "configs" / "fashion_imagenet" / "softmax.yaml"), "--data-dir", str(data),
-                           "--images", "4", "--workers", "1", "--batches", "2", "--out", str(out), "batch_size=2",
-                           "img_size=32", *overrides], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+                           "--images", "4", "--workers", "1", "--batches", "2", *packed, "--out", str(out),
+                           "batch_size=2", "img_size=32", *overrides], capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
     assert list(result["stages_ms_per_image"]) == stages

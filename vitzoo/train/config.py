@@ -21,7 +21,7 @@ from vitzoo.ops.normalize_erase.reference import ERASE_MODES
 
 # --precision / precision: -> accelerate's mixed_precision.
 PRECISIONS = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}
-DATASETS = ("folder", "fashion_mnist")
+DATASETS = ("folder", "packed", "fashion_mnist")
 
 
 class ConfigError(ValueError):
@@ -62,7 +62,7 @@ class TrainConfig:
     # EfficientViT's scheduled drop path: the rates times the training progress after the warm-up (0 -> 1)
     drop_path_ramp: bool = False
     # data
-    dataset: str = "folder"
+    dataset: str = "folder"  # folder (ImageFolder layout), packed (a vitzoo-pack store) or fashion_mnist
     data_dir: str | None = None
     train_subset: int | None = None
     aug_repeats: int = 0  # 0 or 1: off
@@ -357,6 +357,9 @@ def validate_config(config: TrainConfig) -> None:
     if config.decode_on_device and config.crop_on_device:
         raise ConfigError("decode_on_device crops on the device already; set crop_on_device=false (the workers then "
                           "decode nothing) or decode_on_device=false (the workers decode)")
+    if config.decode_on_device and config.dataset == "packed":
+        raise ConfigError("decode_on_device decodes JPEG files; a packed store holds decoded pixels: set "
+                          "decode_on_device=false and crop_on_device=true to crop them on the device")
     for key in ("decode_on_device", "crop_on_device"):
         if not getattr(config, key):
             continue
@@ -375,7 +378,7 @@ def validate_config(config: TrainConfig) -> None:
     if mixup_active(config) and config.batch_size % 2:
         raise ConfigError(f"batch_size must be even when mixup/cutmix is on (timm Mixup mode 'batch'), "
                           f"got {config.batch_size}")
-    channels = {"folder": 3, "fashion_mnist": 1}.get(config.dataset)
+    channels = {"folder": 3, "packed": 3, "fashion_mnist": 1}.get(config.dataset)
     if config.in_chans is not None and channels is not None and config.in_chans != channels:
         raise ConfigError(f"in_chans={config.in_chans}, but dataset {config.dataset!r} gives {channels}-channel "
                           f"images; set in_chans={channels} or null")

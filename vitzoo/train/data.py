@@ -50,6 +50,8 @@ from vitzoo.train.device_decode import (
     PixelRandomResizedCrop,
     decode_crops,
 )
+from vitzoo.train.errors import DataError, UnreadableImage
+from vitzoo.train.packed import PackedImages, read_store
 from vitzoo.train.random_erasing import BatchRandomErasing
 
 if TYPE_CHECKING:
@@ -77,14 +79,6 @@ _IDX_KINDS = {_IDX_IMAGES_MAGIC: "images", _IDX_LABELS_MAGIC: "labels"}
 # The target of an unreadable evaluation sample: the batch keeps its shape, the metrics skip the sample.
 UNREADABLE_TARGET = -1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
-class UnreadableImage(OSError):
-    """An image file that could not be read or decoded (the file's fault, not the pipeline's)."""
-
-
-class DataError(ValueError):
-    """A dataset that cannot be used as given; the message is one line that says what to fix."""
 
 
 # The 32-bit mixing constants keep per-sample seeds of neighbouring (epoch, index) pairs far apart.
@@ -659,7 +653,7 @@ def check_dataset_path(dataset: str, data_dir: str | os.PathLike | None, splits:
     folder's train split has a single class folder).
 
     Args:
-        dataset: ``'folder'`` or ``'fashion_mnist'``.
+        dataset: ``'folder'``, ``'packed'`` (a store written by ``vitzoo-pack``) or ``'fashion_mnist'``.
         data_dir: the folder (for ``'fashion_mnist'``, ``None`` means the Debian path, else a torchvision download).
         splits: the splits the caller will read (``'train'``, ``'val'``).
     """
@@ -673,8 +667,17 @@ def check_dataset_path(dataset: str, data_dir: str | os.PathLike | None, splits:
                     f"four idx files (apt install dataset-fashion-mnist puts them in {FASHION_MNIST_DIR})"
                 )
         return folder
-    if dataset != "folder":
-        raise DataError(f"dataset must be 'folder' or 'fashion_mnist', got {dataset!r}")
+    if dataset not in ("folder", "packed"):
+        raise DataError(f"dataset must be 'folder', 'packed' or 'fashion_mnist', got {dataset!r}")
+    if dataset == "packed":
+        if not data_dir:
+            raise DataError("data_dir is not set; pass --data-dir pointing at a store written by vitzoo-pack")
+        splits_in_store = read_store(data_dir)["splits"]
+        for split in splits:
+            if split not in splits_in_store:
+                raise DataError(f"the packed store {data_dir} has no {split} split; pack an image folder that has "
+                                f"{split}/ (vitzoo-pack)")
+        return Path(data_dir)
     if not data_dir:
         needed = " and ".join(f"{split}/" for split in splits)
         raise DataError(f"data_dir is not set; pass --data-dir pointing at a folder with {needed} class folders")
@@ -697,6 +700,16 @@ def folder_classes(split_dir: str | os.PathLike) -> list[str]:
     if not classes:
         raise DataError(f"{split_dir} holds no class folders; put each class's images in {split_dir}/<class>/")
     return classes
+
+
+def split_classes(dataset: str, folder: Path, split: str) -> list[str]:
+    """The class names of ``split`` of a dataset whose folder :func:`check_dataset_path` returned: Fashion-MNIST's,
+    a packed store's, or the split's class folders."""
+    if dataset == "fashion_mnist":
+        return list(FASHION_MNIST_CLASSES)
+    if dataset == "packed":
+        return list(read_store(folder)["classes"])
+    return folder_classes(folder / split)
 
 
 def load_image(path: str, raw: bytes | None = None) -> Image.Image:
@@ -769,7 +782,7 @@ def _is_image_file(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _class_map_image_folder(split_dir: Path, classes: list[str], transform: Callable | None,
+def class_map_image_folder(split_dir: Path, classes: list[str], transform: Callable | None,
                             loader: Callable[[str], Any] = load_image) -> ClassMapImageFolder:
     """An image folder over ``split_dir`` indexed by ``classes`` (the run's map); raises :class:`DataError` for
     class folders outside the map or a split without images."""
@@ -789,7 +802,8 @@ def build_dataset(dataset: str, data_dir: str | os.PathLike | None, split: str, 
     """Build one split wrapped in :class:`SkipUnreadable`.
 
     Args:
-        dataset: ``'folder'`` (``<data_dir>/<split>/<class>/<image>``) or ``'fashion_mnist'``.
+        dataset: ``'folder'`` (``<data_dir>/<split>/<class>/<image>``), ``'packed'`` (a store of decoded pixels,
+            :mod:`vitzoo.train.packed`) or ``'fashion_mnist'``.
         data_dir: the dataset folder (see :func:`check_dataset_path`).
         split: ``'train'`` or ``'val'``.
         transform: the sample transform.
@@ -808,7 +822,10 @@ def build_dataset(dataset: str, data_dir: str | os.PathLike | None, split: str, 
     if dataset == "fashion_mnist":
         return SkipUnreadable(FashionMNIST(folder, split, transform), seed, limit=limit,
                               score_substitutes=score_substitutes)
-    images = _class_map_image_folder(folder / split, classes or folder_classes(folder / split), transform,
+    if dataset == "packed":  # every image in the store was read when it was packed
+        return SkipUnreadable(PackedImages(folder, split, transform, classes), seed, limit=limit,
+                              score_substitutes=score_substitutes)
+    images = class_map_image_folder(folder / split, classes or folder_classes(folder / split), transform,
                                      load_encoded if encoded else load_image)
     # Training needs a readable image of every class (checked by check_readable); val may lack classes.
     return SkipUnreadable(images, seed, limit=limit, score_substitutes=score_substitutes,

@@ -26,15 +26,14 @@ from vitzoo.train.config import (
     first_line,
 )
 from vitzoo.train.data import (
-    FASHION_MNIST_CLASSES,
     UNREADABLE_TARGET,
     DataError,
     EpochShuffleSampler,
     build_dataset,
     check_dataset_path,
-    folder_classes,
     loader_workers,
     report_unreadable,
+    split_classes,
 )
 from vitzoo.train.factories import build_transforms, create_model_from_config
 
@@ -127,7 +126,8 @@ def evaluate_model(model_name: str | None = None, checkpoint: str | None = None,
             checkpoint), or a weights file: for a vitzoo model it goes through the model's checkpoint filter (so the
             authors' InLine and QT-ViT checkpoints load directly), for other timm models it is timm's
             ``checkpoint_path``.
-        dataset: ``'folder'`` or ``'fashion_mnist'``; default: the checkpoint's (``meta.json``), else ``'folder'``.
+        dataset: ``'folder'``, ``'packed'`` or ``'fashion_mnist'``; default: the checkpoint's (``meta.json``), else
+            ``'folder'``.
         data_dir: the dataset folder (the val split is ``<data_dir>/val``); default: the checkpoint's when the
             dataset is the checkpoint's.
         use_ema: load ``ema.safetensors`` of a checkpoint folder.
@@ -209,10 +209,7 @@ def evaluate_model(model_name: str | None = None, checkpoint: str | None = None,
     check_model_name(config.model)
     try:
         folder = check_dataset_path(dataset, data_dir, ("val",))
-        if dataset == "fashion_mnist":
-            classes = classes or list(FASHION_MNIST_CLASSES)
-        else:
-            classes = classes or folder_classes(folder / "val")
+        classes = classes or split_classes(dataset, folder, "val")
     except DataError as error:
         raise ConfigError(str(error)) from None
     in_chans = config.in_chans or (1 if dataset == "fashion_mnist" else 3)

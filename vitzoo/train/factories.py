@@ -12,7 +12,6 @@ import torch.nn as nn
 
 from vitzoo.train.config import ConfigError, TrainConfig, first_line, mixup_active
 from vitzoo.train.data import (
-    FASHION_MNIST_CLASSES,
     FASHION_MNIST_MEAN,
     FASHION_MNIST_STD,
     AugmentConfig,
@@ -21,8 +20,8 @@ from vitzoo.train.data import (
     GreyBatchAugment,
     GreyTransform,
     check_dataset_path,
-    folder_classes,
     folder_transforms,
+    split_classes,
 )
 
 
@@ -74,14 +73,14 @@ def create_model_from_config(config: TrainConfig, num_classes: int, in_chans: in
 
 
 def dataset_classes(config: TrainConfig) -> list[str]:
-    """The run's class names in index order: Fashion-MNIST's, or the train split's class folders.
+    """The run's class names in index order: Fashion-MNIST's, a packed store's, or the train split's class folders.
 
     Raises:
         ConfigError: a missing split, no class folders, or ``num_classes`` smaller than the number of classes.
     """
     try:
         folder = check_dataset_path(config.dataset, config.data_dir, ("train", "val"))
-        classes = list(FASHION_MNIST_CLASSES) if config.dataset == "fashion_mnist" else folder_classes(folder / "train")
+        classes = split_classes(config.dataset, folder, "train")
     except DataError as error:
         raise ConfigError(str(error)) from None
     if config.num_classes is not None and config.num_classes < len(classes):

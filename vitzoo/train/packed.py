@@ -1,0 +1,130 @@
+"""Image folders packed as decoded pixels (``dataset: packed``; ``vitzoo-pack`` writes them).
+
+Decoding a JPEG costs a loader worker about 2 ms at ImageNet size, so a GPU that trains a tiny ViT at 10k+ img/s
+needs more cores than its host has, or the device's decoder, which adds its own GPU work and waits to every batch.
+A packed store decodes every image once, ahead of training: each split is one file of the images' uint8 RGB pixels
+(``<split>.pixels``, height x width x 3 each, back to back) and an index (``<split>.index.npy``: offset, height,
+width and class of each image), beside ``store.json`` (format version, class names, how it was made). A worker then
+only copies an image out of the memory-mapped file; with ``crop_on_device`` it draws the crop and the device cuts
+and resizes it. The price is disk: 3 bytes a pixel (ImageNet's training split at a shorter side of at most 256 px
+takes about 290 GB; ``--max-size`` bounds it).
+
+The pixels are the image folder's, as :func:`vitzoo.train.data.load_image` reads them, and the images keep the
+folder's order and class indices, so a run on the packed store draws the same crops as the same run on the folder
+(with ``--max-size``, larger images are shrunk once, with Pillow's bicubic filter, before any augmentation).
+Files that cannot be read are left out and named in ``store.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import Dataset
+
+from vitzoo.train.errors import DataError
+
+STORE_FILE = "store.json"
+STORE_FORMAT = "vitzoo-packed-images"
+STORE_VERSION = 1
+SPLITS = ("train", "val")
+
+
+def read_store(folder: str | os.PathLike) -> dict[str, Any]:
+    """The manifest (``store.json``) of the packed store ``folder``, checked against its files.
+
+    Raises:
+        DataError: ``folder`` is not a packed store of this version, or a split's files are missing or truncated.
+    """
+    folder = Path(folder)
+    path = folder / STORE_FILE
+    if not path.is_file():
+        raise DataError(f"{folder} is not a packed image store (no {STORE_FILE}); make one with "
+                        "`vitzoo-pack IMAGE_FOLDER STORE`, or use dataset=folder for an image folder")
+    try:
+        manifest = json.loads(path.read_text())
+        format_, version, classes, splits = (manifest["format"], manifest["version"], manifest["classes"],
+                                              manifest["splits"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{path} is not a packed store's manifest ({type(error).__name__}: {error}); pack the "
+                        "image folder again") from None
+    if format_ != STORE_FORMAT or version != STORE_VERSION:
+        raise DataError(f"{path} is {format_!r} version {version!r}; this vitzoo reads {STORE_FORMAT!r} version "
+                        f"{STORE_VERSION}: pack the image folder again")
+    if not isinstance(classes, list) or not isinstance(splits, dict):
+        raise DataError(f"{path} has no class list or split table; pack the image folder again")
+    return manifest
+
+
+def split_files(folder: Path, split: str) -> tuple[Path, Path]:
+    return folder / f"{split}.pixels", folder / f"{split}.index.npy"
+
+
+def _read_index(folder: Path, split: str) -> np.ndarray:
+    """The (n, 4) int64 index of ``split`` (offset, height, width, class), checked against its pixel file."""
+    pixels, index_path = split_files(folder, split)
+    try:
+        index = np.load(index_path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise DataError(f"cannot read {index_path} ({type(error).__name__}: {error}); pack the image folder "
+                        "again") from None
+    if index.ndim != 2 or index.shape[1] != 4 or index.dtype != np.int64 or not len(index):
+        raise DataError(f"{index_path} is not an index of images (shape {index.shape}, {index.dtype}); pack the "
+                        "image folder again")
+    end = int(index[-1, 0] + index[-1, 1] * index[-1, 2] * 3)
+    size = pixels.stat().st_size if pixels.is_file() else None
+    if size != end:
+        raise DataError(f"{pixels} holds {size} bytes where its index needs {end}: the store is incomplete; pack the "
+                        "image folder again")
+    return index
+
+
+class PackedImages(Dataset):
+    """One split of a packed store as a map-style dataset: ``(transform(image), class)`` with ``image`` an RGB PIL
+    image, like an image folder's. ``classes``: the run's class names in index order (default: the store's); the
+    store's classes are mapped onto them by name.
+
+    Raises:
+        DataError: see :func:`read_store`; the split is not in the store; the store has classes that ``classes``
+            lacks.
+    """
+
+    def __init__(self, folder: str | os.PathLike, split: str, transform: Callable | None = None,
+                 classes: Sequence[str] | None = None) -> None:
+        self.root = Path(folder)
+        manifest = read_store(self.root)
+        if split not in manifest["splits"]:
+            raise DataError(f"the packed store {self.root} has no {split} split (it has "
+                            f"{', '.join(manifest['splits']) or 'none'}); pack an image folder with {split}/")
+        self.classes = list(classes) if classes is not None else list(manifest["classes"])
+        foreign = sorted(set(manifest["classes"]) - set(self.classes))
+        if foreign:
+            raise DataError(f"the packed store {self.root} has class(es) {', '.join(foreign[:5])} that the run's class "
+                            f"map ({len(self.classes)} classes) lacks")
+        to_run = np.array([self.classes.index(name) for name in manifest["classes"]], dtype=np.int64)
+        self.index = _read_index(self.root, split)
+        self.targets = to_run[self.index[:, 3]].tolist()
+        self.split, self.transform = split, transform
+        self._pixels: np.ndarray | None = None  # mapped on first use, in each process
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # loader workers map the file themselves: a pickled memmap would be a copy of the whole split
+        return {**self.__dict__, "_pixels": None}
+
+    def pixels(self, index: int) -> np.ndarray:
+        """Image ``index``'s (height, width, 3) uint8 pixels, a view of the mapped file."""
+        if self._pixels is None:
+            self._pixels = np.memmap(split_files(self.root, self.split)[0], dtype=np.uint8, mode="r")
+        offset, height, width, _ = self.index[index].tolist()
+        return self._pixels[offset: offset + height * width * 3].reshape(height, width, 3)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = Image.fromarray(np.ascontiguousarray(self.pixels(index)), mode="RGB")
+        return (self.transform(image) if self.transform is not None else image), self.targets[index]
