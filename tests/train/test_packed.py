@@ -138,6 +138,7 @@ def test_a_run_on_the_store_trains_as_the_same_run_on_the_folder(tmp_path: Path)
     from safetensors.torch import load_file
 
     from vitzoo.train.config import load_config
+    from vitzoo.train.evaluate import evaluate_model
     from vitzoo.train.loop import train
 
     data = write_image_folder(tmp_path / "images", train_per_class=8, suffix=".jpg")
@@ -156,3 +157,10 @@ def test_a_run_on_the_store_trains_as_the_same_run_on_the_folder(tmp_path: Path)
     assert folder_run.keys() == packed_run.keys()
     for key in folder_run:
         assert torch.equal(folder_run[key], packed_run[key]), f"{key} differs"
+    # vitzoo-eval reads the store's val split as the folder's
+    on_store = evaluate_model(checkpoint=str(tmp_path / "packed"), dataset="packed", data_dir=str(tmp_path / "store"),
+                              workers=0, count_macs=False)
+    on_folder = evaluate_model(checkpoint=str(tmp_path / "packed"), dataset="folder", data_dir=str(data), workers=0,
+                               count_macs=False)
+    assert on_store["count"] == on_folder["count"] == 6
+    assert (on_store["top1"], on_store["top5"]) == (on_folder["top1"], on_folder["top5"])

@@ -127,11 +127,17 @@ class EncodedRandomResizedCrop:
 
 class PixelRandomResizedCrop(EncodedRandomResizedCrop):
     """The workers' part of a random-resized crop and flip when they decode (``crop_on_device``): the image's uint8
-    pixels with the crop box and flip drawn as :class:`EncodedRandomResizedCrop` draws them."""
+    pixels with the crop box and flip drawn as :class:`EncodedRandomResizedCrop` draws them. Takes an RGB image or
+    its (3, H, W) uint8 array (what a packed store's dataset hands it: :attr:`takes_arrays`)."""
 
-    def __call__(self, image: Image.Image) -> EncodedCrop:
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
-        x0, y0, w, h = self.box(image.width, image.height)
+    takes_arrays = True
+
+    def __call__(self, image: Image.Image | np.ndarray) -> EncodedCrop:
+        if isinstance(image, np.ndarray):
+            pixels = torch.from_numpy(np.array(image, dtype=np.uint8))  # a copy: the array may be a mapped file's
+        else:  # numpy's transposing copy: torch's permute(...).contiguous() of uint8 took four times as long
+            pixels = torch.from_numpy(np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)))
+        x0, y0, w, h = self.box(pixels.shape[2], pixels.shape[1])
         flip = bool(torch.rand(1) < self.hflip) if self.hflip > 0 else False
         return EncodedCrop(pixels.flatten(), (float(x0), float(y0), float(x0 + w), float(y0 + h)), flip,
                            tuple(pixels.shape))
@@ -143,7 +149,13 @@ def collate_encoded(samples: list[tuple[EncodedCrop, int]]) -> tuple[EncodedBatc
     crops = [crop for crop, _ in samples]
     sizes = torch.tensor([0] + [len(crop.data) for crop in crops], dtype=torch.int64)
     shapes = torch.tensor([crop.shape for crop in crops], dtype=torch.int64) if crops[0].shape is not None else None
-    batch = EncodedBatch(torch.cat([crop.data for crop in crops]), sizes.cumsum(0),
+    data = None
+    if torch.utils.data.get_worker_info() is not None:
+        # in a loader worker, straight into shared memory (as torch's default_collate does): sending the batch to the
+        # training process would otherwise copy its bytes there first (tens of MB for decoded pixels)
+        data = torch.empty(0, dtype=torch.uint8).set_(
+            torch.UntypedStorage._new_shared(int(sizes.sum())))
+    batch = EncodedBatch(torch.cat([crop.data for crop in crops], out=data), sizes.cumsum(0),
                          torch.tensor([crop.box for crop in crops], dtype=torch.float32),
                          torch.tensor([crop.flip for crop in crops], dtype=torch.bool), shapes)
     return batch, torch.tensor([target for _, target in samples], dtype=torch.int64)

@@ -27,7 +27,7 @@ _SKIPPED_NAMED = 100
 
 
 def _decode(job: tuple[str, int | None]) -> np.ndarray | str:
-    """A file's (H, W, 3) uint8 pixels, shrunk to a shorter side of ``max_size`` if larger; or why it is unreadable."""
+    """A file's (3, H, W) uint8 pixels, shrunk to a shorter side of ``max_size`` if larger; or why it is unreadable."""
     path, max_size = job
     try:
         image = load_image(path)
@@ -37,7 +37,7 @@ def _decode(job: tuple[str, int | None]) -> np.ndarray | str:
         scale = max_size / min(image.size)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.resize(size, Image.Resampling.BICUBIC)
-    return np.asarray(image, dtype=np.uint8)
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
 
 
 def pack_image_folder(source: str | os.PathLike, out: str | os.PathLike, max_size: int | None = None,
@@ -99,7 +99,7 @@ def _pack_split(samples: list[tuple[str, int]], images: Iterator[np.ndarray | st
                 _logger.warning("left out unreadable %s", image)
                 continue
             pixels.write(image.tobytes())
-            rows.append((offset, image.shape[0], image.shape[1], target))
+            rows.append((offset, image.shape[1], image.shape[2], target))
             offset += image.size
     if not rows:
         raise DataError(f"no readable image in the {split} split ({len(samples)} files)")

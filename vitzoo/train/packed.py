@@ -1,13 +1,14 @@
 """Image folders packed as decoded pixels (``dataset: packed``; ``vitzoo-pack`` writes them).
 
-Decoding a JPEG costs a loader worker about 2 ms at ImageNet size, so a GPU that trains a tiny ViT at 10k+ img/s
-needs more cores than its host has, or the device's decoder, which adds its own GPU work and waits to every batch.
-A packed store decodes every image once, ahead of training: each split is one file of the images' uint8 RGB pixels
-(``<split>.pixels``, height x width x 3 each, back to back) and an index (``<split>.index.npy``: offset, height,
-width and class of each image), beside ``store.json`` (format version, class names, how it was made). A worker then
-only copies an image out of the memory-mapped file; with ``crop_on_device`` it draws the crop and the device cuts
-and resizes it. The price is disk: 3 bytes a pixel (ImageNet's training split at a shorter side of at most 256 px
-takes about 290 GB; ``--max-size`` bounds it).
+Decoding a JPEG costs a loader worker about 0.8 ms for a 256 px image (this project's CPU, ``data_pipeline/cpu.json``),
+so a GPU that trains a tiny ViT at 10k+ img/s needs more cores than its host has, or the device's decoder, which adds
+GPU work and a host wait to every batch. A packed store decodes every image once, ahead of training: each split is
+one file of the images' uint8 RGB pixels (``<split>.pixels``; 3 x height x width each, channels first as the device
+crops them, back to back) and an index (``<split>.index.npy``: offset, height, width and class of each image), beside
+``store.json`` (format version, class names, how it was made). A worker then only copies an image out of the
+memory-mapped file; with ``crop_on_device`` it draws the crop and the device cuts and resizes it. The price is disk:
+3 bytes a pixel (ImageNet's 1.28 M training images at a shorter side of 256 px: about 335 GB; ``--max-size`` sets
+that side).
 
 The pixels are the image folder's, as :func:`vitzoo.train.data.load_image` reads them, and the images keep the
 folder's order and class indices, so a run on the packed store draws the same crops as the same run on the folder
@@ -85,8 +86,9 @@ def _read_index(folder: Path, split: str) -> np.ndarray:
 
 class PackedImages(Dataset):
     """One split of a packed store as a map-style dataset: ``(transform(image), class)`` with ``image`` an RGB PIL
-    image, like an image folder's. ``classes``: the run's class names in index order (default: the store's); the
-    store's classes are mapped onto them by name.
+    image, like an image folder's, or its (3, H, W) uint8 array for a transform whose ``takes_arrays`` is true.
+    ``classes``: the run's class names in index order (default: the store's); the store's classes are mapped onto
+    them by name.
 
     Raises:
         DataError: see :func:`read_store`; the split is not in the store; the store has classes that ``classes``
@@ -119,12 +121,15 @@ class PackedImages(Dataset):
         return {**self.__dict__, "_pixels": None}
 
     def pixels(self, index: int) -> np.ndarray:
-        """Image ``index``'s (height, width, 3) uint8 pixels, a view of the mapped file."""
+        """Image ``index``'s (3, height, width) uint8 pixels, a view of the mapped file."""
         if self._pixels is None:
             self._pixels = np.memmap(split_files(self.root, self.split)[0], dtype=np.uint8, mode="r")
         offset, height, width, _ = self.index[index].tolist()
-        return self._pixels[offset: offset + height * width * 3].reshape(height, width, 3)
+        return self._pixels[offset: offset + height * width * 3].reshape(3, height, width)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        image = Image.fromarray(np.ascontiguousarray(self.pixels(index)), mode="RGB")
+        pixels = self.pixels(index)
+        if getattr(self.transform, "takes_arrays", False):  # crop_on_device's draws: no PIL image in between
+            return self.transform(pixels), self.targets[index]
+        image = Image.fromarray(np.ascontiguousarray(pixels.transpose(1, 2, 0)), mode="RGB")
         return (self.transform(image) if self.transform is not None else image), self.targets[index]
