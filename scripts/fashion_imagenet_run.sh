@@ -5,6 +5,8 @@
 # 1. Builds the image folder (scripts/make_fashion_imagenet.py: 256 px RGB JPEGs, 60000 train / 10000 val) from
 #    the four Fashion-MNIST idx .gz files, unless --data already holds a finished build (its COMPLETE file, which
 #    records --per-class; a build with another --per-class is refused).
+#    With --packed, then packs it once into DATA_packed (vitzoo-pack: decoded pixels, for crop_on_device runs whose
+#    workers then copy instead of decoding), which the runs and evaluations read with dataset=packed.
 # 2. Trains each (family, seed) with `accelerate launch train.py --config configs/fashion_imagenet/<family>.yaml
 #    --data-dir DATA --output RUNS/<family>-seed<k> --resume auto seed=<k>`: one process per run, --runs-per-gpu
 #    runs per GPU (default 1), --gpus x --runs-per-gpu runs at a time. Each run folder gets train.py's config.yaml,
@@ -35,6 +37,8 @@
 #                       device_carry/fashion-mnist, git-ignored, for copies carried to the GPU machine)
 #   --data DIR          the image folder (default data/fashion_imagenet)
 #   --per-class N       build at most N images per class and split (default: all; use another --data for subsets)
+#   --packed            train and evaluate from a packed store of the folder (DATA_packed, made once); pass
+#                       crop_on_device=true (and augment_on_device=true) among the overrides to crop on the device
 #   --runs DIR          run folders (default runs/fashion_imagenet/e<epochs>)
 #   --results CSV       eval rows (default results/fashion_imagenet.csv)
 #   --dry-run           print the runs (<family>-seed<k>) the options select, one a line, and exit
@@ -55,7 +59,7 @@ export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 
 FAMILIES=""
-SEEDS="0" DRY_RUN="" EPOCHS="" GPUS="" PER_GPU=1 FM_DIR="" DATA=data/fashion_imagenet PER_CLASS="" RUNS="" RESULTS=results/fashion_imagenet.csv
+SEEDS="0" DRY_RUN="" PACKED="" EPOCHS="" GPUS="" PER_GPU=1 FM_DIR="" DATA=data/fashion_imagenet PER_CLASS="" RUNS="" RESULTS=results/fashion_imagenet.csv
 OVERRIDES=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -70,6 +74,7 @@ while [ $# -gt 0 ]; do
         --runs) RUNS=$2; shift 2 ;;
         --results) RESULTS=$2; shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
+        --packed) PACKED=1; shift ;;
         --) shift; OVERRIDES=("$@"); break ;;
         *) echo "error: unknown option $1 (see the header of $0)" >&2; exit 2 ;;
     esac
@@ -116,6 +121,15 @@ if [ ! -f "$DATA/COMPLETE" ]; then
         ${PER_CLASS:+--per-class "$PER_CLASS"}
     echo "$BUILD" > "$DATA/COMPLETE"
 fi
+# where the runs read their images: the folder, or its packed store (vitzoo-pack refuses to overwrite a store, and a
+# store exists only once complete)
+READ=("$DATA" folder)
+if [ -n "$PACKED" ]; then
+    READ=("${DATA%/}_packed" packed)
+    if [ ! -f "${READ[0]}/store.json" ]; then
+        "$PYTHON" -m vitzoo.train.pack "$DATA" "${READ[0]}" --no-progress
+    fi
+fi
 
 run_one() {  # gpu family seed
     local gpu=$1 family=$2 seed=$3
@@ -134,9 +148,10 @@ print(f"epochs={n} warmup_epochs={c.warmup_epochs * n / c.epochs:g} cooldown_epo
     echo "start $name on GPU $gpu ($(date -u +%T))"
     if CUDA_VISIBLE_DEVICES=$gpu "$PYTHON" -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
             --dynamo_backend no --mixed_precision no \
-            train.py --config "$config" --data-dir "$DATA" --output "$RUNS/$name" --resume auto \
-            "${args[@]}" "${OVERRIDES[@]}" progress=false >> "$RUNS/$name.log" 2>&1 \
-        && CUDA_VISIBLE_DEVICES=$gpu flock "$RUNS/.results.lock" "$PYTHON" eval.py --checkpoint "$RUNS/$name" "${ema[@]}" --data-dir "$DATA" \
+            train.py --config "$config" --data-dir "${READ[0]}" --output "$RUNS/$name" --resume auto \
+            dataset="${READ[1]}" "${args[@]}" "${OVERRIDES[@]}" progress=false >> "$RUNS/$name.log" 2>&1 \
+        && CUDA_VISIBLE_DEVICES=$gpu flock "$RUNS/.results.lock" "$PYTHON" eval.py --checkpoint "$RUNS/$name" "${ema[@]}" \
+            --dataset "${READ[1]}" --data-dir "${READ[0]}" \
             --results-file "$RESULTS" --workers 8 --no-macs >> "$RUNS/$name.log" 2>&1; then
         date -u +%FT%TZ > "$RUNS/$name.done"
         echo "done  $name ($(date -u +%T))"

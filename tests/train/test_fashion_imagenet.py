@@ -184,6 +184,24 @@ esac
 
 
 @needs_fashion_mnist
+def test_the_run_script_packs_the_folder_once_and_trains_and_evaluates_from_the_store(tmp_path: Path):
+    command = ["bash", str(ROOT / "scripts" / "fashion_imagenet_run.sh"), "--families", "linear", "--epochs", "3",
+               "--per-class", "2", "--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"),
+               "--results", str(tmp_path / "results.csv"), "--packed", "--", "img_size=64", "batch_size=4",
+               "max_steps=1", "workers=0", "precision=fp32", "auto_augment=rand-m9-mstd0.5-inc1",
+               "augment_on_device=true", "crop_on_device=true"]
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr + (tmp_path / "runs" / "linear-seed0.log").read_text()
+    store = tmp_path / "data_packed"
+    assert json.loads((store / "store.json").read_text())["splits"]["train"]["images"] == 20
+    saved = yaml.safe_load((tmp_path / "runs" / "linear-seed0" / "config.yaml").read_text())
+    assert (saved["dataset"], saved["data_dir"], saved["crop_on_device"]) == ("packed", str(store), True)
+    with open(tmp_path / "results.csv", newline="") as handle:
+        (row,) = csv.DictReader(handle)
+    assert row["dataset"] == str(store)
+
+
 def test_the_run_script_builds_trains_evaluates_and_then_skips_finished_runs(tmp_path: Path):
     # CPU stand-in for the GPU command: a 2-per-class 64 px build, one update of the linear model at 64 px.
     command = ["bash", str(ROOT / "scripts" / "fashion_imagenet_run.sh"), "--families", "linear", "--epochs", "3",

@@ -101,6 +101,9 @@ def test_bad_stores_and_folders_fail_in_one_line(tmp_path: Path, folder: Path, c
         PackedImages(store, "train")
     with pytest.raises(DataError, match="positive number of pixels"):
         pack_image_folder(folder, tmp_path / "x", max_size=0, workers=0)
+    with pytest.raises(DataError, match="workers must be 0"):
+        pack_image_folder(folder, tmp_path / "x", workers=-1)
+    assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x*"))
 
 
 def test_a_train_class_without_a_readable_image_stops_the_pack(tmp_path: Path) -> None:

@@ -24,6 +24,8 @@ _logger = logging.getLogger(__name__)
 
 # names of the unreadable files kept in store.json (the count is always there)
 _SKIPPED_NAMED = 100
+# the default decoding processes: one per CPU, but no more than one per this many files
+_FILES_PER_WORKER = 500
 
 
 def _decode(job: tuple[str, int | None]) -> np.ndarray | str:
@@ -45,7 +47,8 @@ def pack_image_folder(source: str | os.PathLike, out: str | os.PathLike, max_siz
     """Pack the image folder ``source`` (``train/`` and/or ``val/``, one folder of images per class) into a new
     store ``out``; return its manifest. The store is written beside ``out`` and renamed into place when complete,
     so an interrupted pack leaves no store behind. ``max_size``: shrink images whose shorter side is larger to that
-    size. ``workers``: decoding processes (default: the CPUs this process may use).
+    size. ``workers``: decoding processes (0: decode in this process; default: one per CPU this process may use, at
+    most one per 500 files).
 
     Raises:
         DataError: ``out`` exists, ``source`` has neither split, a split has no readable image, or a train class has
@@ -62,7 +65,11 @@ def pack_image_folder(source: str | os.PathLike, out: str | os.PathLike, max_siz
     if not splits:
         raise DataError(f"{source} has no train/ or val/ folder; an image folder holds <split>/<class>/<image>")
     classes = folder_classes(source / splits[0])
-    workers = len(os.sched_getaffinity(0)) if workers is None else workers
+    samples = {split: class_map_image_folder(source / split, classes, None).samples for split in splits}
+    if workers is None:  # starting a process costs more than decoding a few hundred files
+        workers = min(len(os.sched_getaffinity(0)), sum(map(len, samples.values())) // _FILES_PER_WORKER)
+    if workers < 0:
+        raise DataError(f"workers must be 0 (decode in this process) or more, got {workers}")
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(partial, ignore_errors=True)
@@ -73,11 +80,11 @@ def pack_image_folder(source: str | os.PathLike, out: str | os.PathLike, max_siz
         # spawned, not forked: the caller may hold threads (a forked copy of a lock they hold would never open)
         with get_context("spawn").Pool(workers) if workers else contextlib.nullcontext() as pool:
             for split in splits:
-                samples = class_map_image_folder(source / split, classes, None).samples
-                jobs = ((path, max_size) for path, _ in samples)
+                jobs = ((path, max_size) for path, _ in samples[split])
                 images = pool.imap(_decode, jobs, chunksize=16) if pool is not None else map(_decode, jobs)
-                bar = tqdm(total=len(samples), desc=f"packing {split}", disable=not progress)
-                manifest["splits"][split] = _pack_split(samples, images, source, partial, split, len(classes), bar)
+                bar = tqdm(total=len(samples[split]), desc=f"packing {split}", disable=not progress)
+                manifest["splits"][split] = _pack_split(samples[split], images, source, partial, split,
+                                                        len(classes), bar)
         (partial / STORE_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
         os.rename(partial, out)
     finally:
@@ -123,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-size", type=int, default=None,
                         help="shrink images whose shorter side is larger to this many pixels (default: keep sizes)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="decoding processes (default: one per CPU; 0: decode in this process)")
+                        help="decoding processes (0: decode in this process; default: one per CPU, at most one per "
+                             "500 files)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -137,3 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{entry['unreadable']} unreadable file(s) left out")
     print(f"wrote {args.out}; train on it with dataset=packed data_dir={args.out}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
