@@ -95,6 +95,13 @@ def test_bad_stores_and_folders_fail_in_one_line(tmp_path: Path, folder: Path, c
     with pytest.raises(DataError, match="version 99; this vitzoo reads"):
         read_store(store)
     (store / "store.json").write_text(json.dumps(manifest))
+    index = np.load(store / "val.index.npy")
+    np.save(store / "val.index.npy", np.concatenate([index[:-1], [[*index[-1, :3], 3]]]))  # a fourth class
+    with pytest.raises(DataError, match="does not describe images back to back of 3 classes"):
+        PackedImages(store, "val")
+    np.save(store / "val.index.npy", index[::-1].copy())  # offsets out of order
+    with pytest.raises(DataError, match="the store is damaged"):
+        PackedImages(store, "val")
     pixels = store / "train.pixels"
     pixels.write_bytes(pixels.read_bytes()[:-1])
     with pytest.raises(DataError, match="the store is incomplete"):

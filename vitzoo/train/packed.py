@@ -36,10 +36,11 @@ SPLITS = ("train", "val")
 
 
 def read_store(folder: str | os.PathLike) -> dict[str, Any]:
-    """The manifest (``store.json``) of the packed store ``folder``, checked against its files.
+    """The manifest (``store.json``) of the packed store ``folder``, checked for its format and version (a split's
+    files are checked when :class:`PackedImages` opens them).
 
     Raises:
-        DataError: ``folder`` is not a packed store of this version, or a split's files are missing or truncated.
+        DataError: ``folder`` is not a packed store of this version.
     """
     folder = Path(folder)
     path = folder / STORE_FILE
@@ -62,11 +63,13 @@ def read_store(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def split_files(folder: Path, split: str) -> tuple[Path, Path]:
+    """The pixel file and the index file of ``split`` in the store ``folder``."""
     return folder / f"{split}.pixels", folder / f"{split}.index.npy"
 
 
-def _read_index(folder: Path, split: str) -> np.ndarray:
-    """The (n, 4) int64 index of ``split`` (offset, height, width, class), checked against its pixel file."""
+def _read_index(folder: Path, split: str, num_classes: int) -> np.ndarray:
+    """The (n, 4) int64 index of ``split`` (offset, height, width, class), checked against itself, the number of
+    classes and its pixel file."""
     pixels, index_path = split_files(folder, split)
     try:
         index = np.load(index_path, allow_pickle=False)
@@ -76,7 +79,12 @@ def _read_index(folder: Path, split: str) -> np.ndarray:
     if index.ndim != 2 or index.shape[1] != 4 or index.dtype != np.int64 or not len(index):
         raise DataError(f"{index_path} is not an index of images (shape {index.shape}, {index.dtype}); pack the "
                         "image folder again")
-    end = int(index[-1, 0] + index[-1, 1] * index[-1, 2] * 3)
+    sizes = 3 * index[:, 1] * index[:, 2]
+    if ((index[:, 1:3] < 1).any() or (index[:, 0] != np.cumsum(sizes) - sizes).any()
+            or not (0 <= index[:, 3]).all() or not (index[:, 3] < num_classes).all()):
+        raise DataError(f"{index_path} does not describe images back to back of {num_classes} classes: the store is "
+                        "damaged; pack the image folder again")
+    end = int(sizes.sum())
     size = pixels.stat().st_size if pixels.is_file() else None
     if size != end:
         raise DataError(f"{pixels} holds {size} bytes where its index needs {end}: the store is incomplete; pack the "
@@ -108,7 +116,7 @@ class PackedImages(Dataset):
             raise DataError(f"the packed store {self.root} has class(es) {', '.join(foreign[:5])} that the run's class "
                             f"map ({len(self.classes)} classes) lacks")
         to_run = np.array([self.classes.index(name) for name in manifest["classes"]], dtype=np.int64)
-        self.index = _read_index(self.root, split)
+        self.index = _read_index(self.root, split, len(manifest["classes"]))
         self.targets = to_run[self.index[:, 3]].tolist()
         self.split, self.transform = split, transform
         self._pixels: np.ndarray | None = None  # mapped on first use, in each process
