@@ -783,7 +783,7 @@ def _is_image_file(path: str) -> bool:
 
 
 def class_map_image_folder(split_dir: Path, classes: list[str], transform: Callable | None,
-                            loader: Callable[[str], Any] = load_image) -> ClassMapImageFolder:
+                           loader: Callable[[str], Any] = load_image) -> ClassMapImageFolder:
     """An image folder over ``split_dir`` indexed by ``classes`` (the run's map); raises :class:`DataError` for
     class folders outside the map or a split without images."""
     foreign = sorted(set(folder_classes(split_dir)) - set(classes))
@@ -826,7 +826,7 @@ def build_dataset(dataset: str, data_dir: str | os.PathLike | None, split: str, 
         return SkipUnreadable(PackedImages(folder, split, transform, classes), seed, limit=limit,
                               score_substitutes=score_substitutes)
     images = class_map_image_folder(folder / split, classes or folder_classes(folder / split), transform,
-                                     load_encoded if encoded else load_image)
+                                    load_encoded if encoded else load_image)
     # Training needs a readable image of every class (checked by check_readable); val may lack classes.
     return SkipUnreadable(images, seed, limit=limit, score_substitutes=score_substitutes,
                           require_classes=split == "train" and not limit)

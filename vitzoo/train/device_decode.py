@@ -153,8 +153,7 @@ def collate_encoded(samples: list[tuple[EncodedCrop, int]]) -> tuple[EncodedBatc
     if torch.utils.data.get_worker_info() is not None:
         # in a loader worker, straight into shared memory (as torch's default_collate does): sending the batch to the
         # training process would otherwise copy its bytes there first (tens of MB for decoded pixels)
-        data = torch.empty(0, dtype=torch.uint8).set_(
-            torch.UntypedStorage._new_shared(int(sizes.sum())))
+        data = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(int(sizes.sum())))
     batch = EncodedBatch(torch.cat([crop.data for crop in crops], out=data), sizes.cumsum(0),
                          torch.tensor([crop.box for crop in crops], dtype=torch.float32),
                          torch.tensor([crop.flip for crop in crops], dtype=torch.bool), shapes)
