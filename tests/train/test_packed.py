@@ -113,6 +113,20 @@ def test_bad_stores_and_folders_fail_in_one_line(tmp_path: Path, folder: Path, c
     assert not (tmp_path / "x").exists() and not list(tmp_path.glob(".x*"))
 
 
+def test_a_full_disk_stops_the_pack_in_one_line_and_leaves_nothing(tmp_path: Path, folder: Path, capsys,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import vitzoo.train.pack as pack
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pack, "_pack_split", full_disk)
+    assert main([str(folder), str(tmp_path / "store"), "--workers", "0", "--no-progress"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "(No space left on device); free space or pick another folder" in error
+    assert not (tmp_path / "store").exists() and not list(tmp_path.glob(".store*"))
+
+
 def test_a_train_class_without_a_readable_image_stops_the_pack(tmp_path: Path) -> None:
     source = write_image_folder(tmp_path / "images", train_per_class=1, suffix=".jpg")
     (source / "train" / "bee" / "0.jpg").write_bytes(b"broken")

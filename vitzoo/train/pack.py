@@ -51,8 +51,8 @@ def pack_image_folder(source: str | os.PathLike, out: str | os.PathLike, max_siz
     most one per 500 files).
 
     Raises:
-        DataError: ``out`` exists, ``source`` has neither split, a split has no readable image, or a train class has
-            none.
+        DataError: ``out`` exists, ``source`` has neither split, a split has no readable image, a train class has
+            none, or the store cannot be written (a full disk).
     """
     from tqdm.auto import tqdm
 
@@ -71,12 +71,12 @@ def pack_image_folder(source: str | os.PathLike, out: str | os.PathLike, max_siz
     if workers < 0:
         raise DataError(f"workers must be 0 (decode in this process) or more, got {workers}")
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
     manifest: dict[str, Any] = {"format": STORE_FORMAT, "version": STORE_VERSION, "classes": classes,
                                 "source": str(source.resolve()), "max_size": max_size, "splits": {}}
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
         # spawned, not forked: the caller may hold threads (a forked copy of a lock they hold would never open)
         with get_context("spawn").Pool(workers) if workers else contextlib.nullcontext() as pool:
             for split in splits:
@@ -87,6 +87,9 @@ def pack_image_folder(source: str | os.PathLike, out: str | os.PathLike, max_siz
                                                         len(classes), bar)
         (partial / STORE_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
         os.rename(partial, out)
+    except OSError as error:  # the disk, not the images: unreadable files were left out above
+        raise DataError(f"cannot write the store {out} ({error.strerror or error}); free space or pick another "
+                        "folder, then pack again") from None
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return manifest
