@@ -83,8 +83,8 @@ def pack_image_folder(source: str | os.PathLike, out: str | os.PathLike, max_siz
                 jobs = ((path, max_size) for path, _ in samples[split])
                 images = pool.imap(_decode, jobs, chunksize=16) if pool is not None else map(_decode, jobs)
                 bar = tqdm(total=len(samples[split]), desc=f"packing {split}", disable=not progress)
-                manifest["splits"][split] = _pack_split(samples[split], images, source, partial, split,
-                                                        len(classes), bar)
+                manifest["splits"][split] = _pack_split(samples[split], images, source, partial, split, classes,
+                                                        bar)
         (partial / STORE_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
         os.rename(partial, out)
     except OSError as error:  # the disk, not the images: unreadable files were left out above
@@ -96,7 +96,7 @@ def pack_image_folder(source: str | os.PathLike, out: str | os.PathLike, max_siz
 
 
 def _pack_split(samples: list[tuple[str, int]], images: Iterator[np.ndarray | str], source: Path, folder: Path,
-                split: str, num_classes: int, bar: Any) -> dict[str, Any]:
+                split: str, classes: list[str], bar: Any) -> dict[str, Any]:
     """Write the decoded ``images`` of ``samples`` as ``split``'s pixel and index files into ``folder``; return its
     entry of the manifest (counts, bytes, the unreadable files relative to ``source``)."""
     pixels_path, index_path = split_files(folder, split)
@@ -114,10 +114,10 @@ def _pack_split(samples: list[tuple[str, int]], images: Iterator[np.ndarray | st
     if not rows:
         raise DataError(f"no readable image in the {split} split ({len(samples)} files)")
     index = np.array(rows, dtype=np.int64)
-    missing = sorted(set(range(num_classes)) - set(index[:, 3].tolist()))
+    missing = sorted(set(range(len(classes))) - set(index[:, 3].tolist()))
     if split == "train" and missing:
-        raise DataError(f"{len(missing)} class(es) have no readable training image (the first: class {missing[0]}); "
-                        "replace their files or remove their folders")
+        raise DataError(f"{len(missing)} class(es) have no readable training image ({source / 'train'}/"
+                        f"{classes[missing[0]]} first); replace their files or remove their folders")
     np.save(index_path, index)
     return {"images": len(rows), "bytes": offset, "unreadable": len(skipped),
             "unreadable_files": skipped[:_SKIPPED_NAMED]}
