@@ -667,17 +667,13 @@ def check_dataset_path(dataset: str, data_dir: str | os.PathLike | None, splits:
                     f"four idx files (apt install dataset-fashion-mnist puts them in {FASHION_MNIST_DIR})"
                 )
         return folder
-    if dataset not in ("folder", "packed"):
-        raise DataError(f"dataset must be 'folder', 'packed' or 'fashion_mnist', got {dataset!r}")
     if dataset == "packed":
         if not data_dir:
             raise DataError("data_dir is not set; pass --data-dir pointing at a store written by vitzoo-pack")
-        splits_in_store = read_store(data_dir)["splits"]
-        for split in splits:
-            if split not in splits_in_store:
-                raise DataError(f"the packed store {data_dir} has no {split} split; pack an image folder that has "
-                                f"{split}/ (vitzoo-pack)")
+        read_store(data_dir, splits)
         return Path(data_dir)
+    if dataset != "folder":
+        raise DataError(f"dataset must be 'folder', 'packed' or 'fashion_mnist', got {dataset!r}")
     if not data_dir:
         needed = " and ".join(f"{split}/" for split in splits)
         raise DataError(f"data_dir is not set; pass --data-dir pointing at a folder with {needed} class folders")

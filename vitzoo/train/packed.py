@@ -35,12 +35,12 @@ STORE_VERSION = 1
 SPLITS = ("train", "val")
 
 
-def read_store(folder: str | os.PathLike) -> dict[str, Any]:
-    """The manifest (``store.json``) of the packed store ``folder``, checked for its format and version (a split's
-    files are checked when :class:`PackedImages` opens them).
+def read_store(folder: str | os.PathLike, splits: Sequence[str] = ()) -> dict[str, Any]:
+    """The manifest (``store.json``) of the packed store ``folder``, checked for its format and version and for
+    holding ``splits`` (a split's files are checked when :class:`PackedImages` opens them).
 
     Raises:
-        DataError: ``folder`` is not a packed store of this version.
+        DataError: ``folder`` is not a packed store of this version, or lacks one of ``splits``.
     """
     folder = Path(folder)
     path = folder / STORE_FILE
@@ -49,16 +49,20 @@ def read_store(folder: str | os.PathLike) -> dict[str, Any]:
                         "`vitzoo-pack IMAGE_FOLDER STORE`, or use dataset=folder for an image folder")
     try:
         manifest = json.loads(path.read_text())
-        format_, version, classes, splits = (manifest["format"], manifest["version"], manifest["classes"],
-                                              manifest["splits"])
+        format_, version, classes, table = (manifest["format"], manifest["version"], manifest["classes"],
+                                            manifest["splits"])
     except (ValueError, KeyError, TypeError) as error:
         raise DataError(f"{path} is not a packed store's manifest ({type(error).__name__}: {error}); pack the "
                         "image folder again") from None
     if format_ != STORE_FORMAT or version != STORE_VERSION:
         raise DataError(f"{path} is {format_!r} version {version!r}; this vitzoo reads {STORE_FORMAT!r} version "
                         f"{STORE_VERSION}: pack the image folder again")
-    if not isinstance(classes, list) or not isinstance(splits, dict):
+    if not isinstance(classes, list) or not isinstance(table, dict):
         raise DataError(f"{path} has no class list or split table; pack the image folder again")
+    for split in splits:
+        if split not in table:
+            raise DataError(f"the packed store {folder} has no {split} split; pack an image folder that has {split}/ "
+                            f"(vitzoo-pack; this store has {', '.join(table) or 'none'})")
     return manifest
 
 
@@ -99,17 +103,14 @@ class PackedImages(Dataset):
     them by name.
 
     Raises:
-        DataError: see :func:`read_store`; the split is not in the store; the store has classes that ``classes``
-            lacks.
+        DataError: see :func:`read_store` (also for a split the store lacks); the store has classes that
+            ``classes`` lacks.
     """
 
     def __init__(self, folder: str | os.PathLike, split: str, transform: Callable | None = None,
                  classes: Sequence[str] | None = None) -> None:
         self.root = Path(folder)
-        manifest = read_store(self.root)
-        if split not in manifest["splits"]:
-            raise DataError(f"the packed store {self.root} has no {split} split (it has "
-                            f"{', '.join(manifest['splits']) or 'none'}); pack an image folder with {split}/")
+        manifest = read_store(self.root, (split,))
         self.classes = list(classes) if classes is not None else list(manifest["classes"])
         foreign = sorted(set(manifest["classes"]) - set(self.classes))
         if foreign:
