@@ -139,6 +139,9 @@ def test_run_pipeline_names_where_randaugment_and_the_steps_ran():
         "device RandAugment, CUDA-graph steps, device decoding, channels-last"
     assert fashion_mnist.run_pipeline({"augment_on_device": True, "crop_on_device": True, "cuda_graph": True}) == \
         "device RandAugment, CUDA-graph steps, device crops"
+    assert fashion_mnist.run_pipeline({"augment_on_device": True, "crop_on_device": True, "cuda_graph": True,
+                                       "dataset": "packed"}) == \
+        "device RandAugment, CUDA-graph steps, device crops, packed store"
 
 
 def test_training_profile_table_has_a_row_per_run_and_the_runs_provenance(tmp_path):

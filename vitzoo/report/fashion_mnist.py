@@ -81,8 +81,8 @@ DEFAULT_PIPELINE = "loader RandAugment, eager steps"  # the recipe as written: t
 
 
 def run_pipeline(config: dict) -> str:
-    """Where an ImageNet-shaped run's RandAugment (and JPEG decoding) ran, how its training steps ran and its memory
-    format, from its saved config."""
+    """Where an ImageNet-shaped run's RandAugment (and JPEG decoding) ran, how its training steps ran, whether its
+    images came from a packed store and its memory format, from its saved config."""
     augment = "device" if config.get("augment_on_device") else "loader"
     steps = "CUDA-graph" if config.get("cuda_graph") else "eager"
     name = f"{augment} RandAugment, {steps} steps"
@@ -90,6 +90,8 @@ def run_pipeline(config: dict) -> str:
         name += ", device decoding"
     elif config.get("crop_on_device"):
         name += ", device crops"
+    if config.get("dataset") == "packed":
+        name += ", packed store"
     if config.get("channels_last"):
         name += ", channels-last"
     return name
