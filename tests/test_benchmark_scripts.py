@@ -5,10 +5,13 @@ surface there, in device time.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import io
 import json
 import os
+import runpy
 import subprocess
 import sys
 import time
@@ -28,12 +31,24 @@ SCRIPTS = sorted((ROOT / "benchmarks").glob("*.py"))
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda path: path.name)
-def test_benchmark_script_starts(script: Path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, cwd=ROOT,
-                          env=env, timeout=300)
-    assert done.returncode == 0, done.stderr.strip().splitlines()[-1:] or done.stdout
-    assert "usage" in done.stdout.lower()
+def test_benchmark_script_starts(script: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    # Run as __main__ in this process, as `python benchmarks/<script>` would (its folder first on sys.path, for the
+    # scripts that import a sibling), since a process per script would import torch again for each. What a script
+    # changes as it starts (sys.path, TRITON_INTERPRET, the siblings it imported) is undone afterwards.
+    monkeypatch.setattr(sys, "argv", [str(script), "--help"])
+    monkeypatch.setattr(sys, "path", [str(script.parent), *sys.path])
+    environment, modules = dict(os.environ), set(sys.modules)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            runpy.run_path(str(script), run_name="__main__")
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
+        for name in set(sys.modules) - modules:
+            if Path(getattr(sys.modules[name], "__file__", None) or "/").parent == script.parent:
+                del sys.modules[name]
+    assert stopped.value.code in (0, None), capsys.readouterr().err.strip().splitlines()[-1:]
+    assert "usage" in capsys.readouterr().out.lower()
 
 
 _WORKER_DECODE_STAGES = ["read + decode", "RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "RandAugment",
@@ -86,13 +101,19 @@ def test_data_pipeline_times_every_placement_of_the_augmentation(tmp_path: Path,
     assert result["device_decode"]["device"] == "cpu" and result["device_decode"]["ms_per_image"] > 0
 
 
+def _benchmark_module(name: str):
+    """benchmarks/<name>.py imported as a module (the scripts are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_op_counts_kernel_path_counts_stubbed_launches_and_restores_the_kernels():
     """The CUDA path's count: every Triton launch is counted (none runs), and the kernels are back afterwards."""
     if not interpreting():
         pytest.skip("the ops take their Triton branch on the CPU only under TRITON_INTERPRET=1")
-    spec = importlib.util.spec_from_file_location("op_counts", ROOT / "benchmarks" / "op_counts.py")
-    op_counts = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(op_counts)
+    op_counts = _benchmark_module("op_counts")
     function = importlib.import_module("vitzoo.ops.free_energy.function")
     kernel = function._free_energy_mix_fwd_kernel
     launches: list[int] = []
@@ -151,9 +172,8 @@ def test_official_speed_measures_the_official_model_beside_the_zoo_group(tmp_pat
         ("softmax_deit_tiny_patch16_224", "twin", "ok"), ("deit_tiny_patch16_224", "timm", "ok")]
     assert result["rows"][0]["official_model"] == "official_inline_deit_tiny"
     assert all(row["img_per_s"] > 0 and row["img_size"] == 32 for row in result["rows"])
-    missing = subprocess.run([*script, "--inline-repo", str(tmp_path / "nope")], capture_output=True, text=True,
-                             cwd=ROOT, env=env, timeout=300)
-    assert missing.returncode == 2 and "inline_deit.py does not exist; --inline-repo takes a checkout" in missing.stderr
+    _assert_official_speed_refuses(["--inline-repo", str(tmp_path / "nope")],
+                                   "inline_deit.py does not exist; --inline-repo takes a checkout")
 
 
 # A stand-in for the official QT-ViT checkout: an efficientvit package whose classifiers module imports a training-only
@@ -188,11 +208,17 @@ def test_official_speed_measures_the_official_qtvit_beside_the_zoo_model(tmp_pat
         ("qtvit_1", "zoo", "ok"), ("official_qtvit_1", "official", "ok"), ("efficientvit_b1", "timm", "ok")]
     assert result["rows"][0]["official_model"] == "official_qtvit_1"
     assert result["info"]["official"] == ["official_qtvit_1"]
-    missing = subprocess.run([*script, "--qtvit-repo", str(tmp_path / "nope")], capture_output=True, text=True,
-                             cwd=ROOT, env=env, timeout=300)
-    assert missing.returncode == 2 and "--qtvit-repo takes a checkout of the official QT-ViT code" in missing.stderr
-    neither = subprocess.run(script, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
-    assert neither.returncode == 2 and "pass --inline-repo, --qtvit-repo or both" in neither.stderr
+    _assert_official_speed_refuses(["--qtvit-repo", str(tmp_path / "nope")],
+                                   "--qtvit-repo takes a checkout of the official QT-ViT code")
+    _assert_official_speed_refuses([], "pass --inline-repo, --qtvit-repo or both")
+
+
+def _assert_official_speed_refuses(argv: list[str], message: str) -> None:
+    """official_speed.py stops with status 2 and ``message`` on stderr, before it registers or builds a model."""
+    stderr = io.StringIO()
+    with pytest.raises(SystemExit) as stopped, contextlib.redirect_stderr(stderr):
+        _benchmark_module("official_speed").main(argv)
+    assert stopped.value.code == 2 and message in stderr.getvalue()
 
 
 class _HalfOnlyAttention(torch.nn.Module):
@@ -212,9 +238,7 @@ class _HalfOnlyAttention(torch.nn.Module):
 
 
 def test_official_qtvit_attention_takes_bfloat16_as_its_code_takes_float16():
-    spec = importlib.util.spec_from_file_location("official_speed", ROOT / "benchmarks" / "official_speed.py")
-    official_speed = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(official_speed)
+    official_speed = _benchmark_module("official_speed")
     model = torch.nn.Sequential(_HalfOnlyAttention())
     qkv = torch.randn(2, 3, dtype=torch.bfloat16)
     with pytest.raises(RuntimeError, match="expected scalar type Float"):
@@ -223,13 +247,6 @@ def test_official_qtvit_attention_takes_bfloat16_as_its_code_takes_float16():
     out = model[0].relu_linear_att(qkv)
     assert out.dtype == torch.float32 and torch.equal(out, qkv.float())
     assert model[0].relu_linear_att(qkv.half()).dtype == torch.float32
-
-
-def _profile_training_module():
-    spec = importlib.util.spec_from_file_location("profile_training", ROOT / "benchmarks" / "profile_training.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class _Range:
@@ -254,7 +271,7 @@ class _Event:
 def test_profile_training_counts_stages_and_busy_time_between_the_first_and_last_step():
     """Three updates between the first and the last step range (at 0, 10, 20 and 30 ms): ranges and kernels are
     counted by their start inside [0, 30); overlapping kernels count once in the busy time."""
-    summarise = _profile_training_module().summarise
+    summarise = _benchmark_module("profile_training").summarise
     ms = 1000.0
     events = [_Event("vitzoo.step", t * ms, (t + 6) * ms, device_us=4 * ms) for t in (0, 10, 20, 30)]
     events += [_Event("vitzoo.augment", (t - 3) * ms, (t - 1) * ms, device_us=1 * ms) for t in (10, 20, 30, 40)]
@@ -345,7 +362,7 @@ def test_profile_training_reports_a_bad_config_in_one_line(tmp_path: Path):
 
 
 def test_profile_training_results_keep_one_run_per_config_model_and_overrides(tmp_path: Path):
-    module = _profile_training_module()
+    module = _benchmark_module("profile_training")
     out = tmp_path / "profile.json"
 
     def merged(path: Path, new: dict) -> dict:
@@ -363,17 +380,10 @@ def test_profile_training_results_keep_one_run_per_config_model_and_overrides(tm
         ("b", ["workers=4"], 2.0), ("a", ["workers=8"], 3.0), ("a", ["workers=4"], 4.0)]
 
 
-def _sample_training_module():
-    spec = importlib.util.spec_from_file_location("sample_training", ROOT / "benchmarks" / "sample_training.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_sample_training_summarises_each_threads_frames_gil_and_waits(tmp_path: Path):
     """Per thread: its samples, the share of the ticks it held the GIL, its frames by the share of its samples that
     have them on the stack (without the frames on every sample); a thread that sat in one frame is listed apart."""
-    module = _sample_training_module()
+    module = _benchmark_module("sample_training")
     idle = tmp_path / "idle.txt"
     idle.write_text("thread (7): MainThread;<module> (train.py:5);step (loop.py:10);draw (aug.py:3) 30\n"
                     "thread (7): MainThread;<module> (train.py:5);step (loop.py:10);backward (loop.py:12) 50\n"
@@ -399,7 +409,7 @@ def test_sample_training_summarises_each_threads_frames_gil_and_waits(tmp_path: 
 
 def _py_spy_can_attach() -> str | None:
     """Why py-spy cannot sample a process here, or None if it can."""
-    py_spy = _sample_training_module().find_py_spy()
+    py_spy = _benchmark_module("sample_training").find_py_spy()
     if py_spy is None:
         return "py-spy is not installed"
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])

@@ -170,7 +170,7 @@ def test_channels_last_puts_models_and_inputs_in_channels_last_memory(tmp_path, 
     monkeypatch.setattr(compare.Step, "__init__", spy)
     out = tmp_path / "compare.json"
     main(["--compare", "--models", "linear_deit_tiny_patch16_224", "--device", "cpu", "--img-sizes", "32",
-          "--phases", "train", "--repeats", "1", "--num-warm-iter", "1", "--num-bench-iter", "1", "-b", "2",
+          "--phases", "infer", "--repeats", "1", "--num-warm-iter", "1", "--num-bench-iter", "1", "-b", "2",
           "--channels-last", "--results-file", str(out)])
     result = json.loads(out.read_text())
     assert result["info"]["config"]["channels_last"] is True

@@ -184,22 +184,44 @@ esac
 
 
 @needs_fashion_mnist
-def test_the_run_script_packs_the_folder_once_and_trains_and_evaluates_from_the_store(tmp_path: Path):
-    command = ["bash", str(ROOT / "scripts" / "fashion_imagenet_run.sh"), "--families", "linear", "--epochs", "3",
-               "--per-class", "2", "--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"),
-               "--results", str(tmp_path / "results.csv"), "--packed", "--", "img_size=64", "batch_size=4",
-               "max_steps=1", "workers=0", "precision=fp32", "auto_augment=rand-m9-mstd0.5-inc1",
-               "augment_on_device=true", "crop_on_device=true"]
-    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr + (tmp_path / "runs" / "linear-seed0.log").read_text()
+def test_the_run_script_packs_the_folder_once_and_trains_and_evaluates_from_the_store(tiny_copy: Path,
+                                                                                       tmp_path: Path):
+    # A stand-in interpreter records the training and evaluation commands (tests/train/test_packed.py trains and
+    # evaluates from a store for real); the pack runs for real, on a copy of a finished 2-per-class build.
+    shutil.copytree(tiny_copy, tmp_path / "data")
+    (tmp_path / "data" / "COMPLETE").write_text("per_class=2\n")
+    calls = tmp_path / "calls.log"
+    stand_in = tmp_path / "python"
+    stand_in.write_text(f"""#!/bin/bash
+echo "$*" >> {calls}
+case "$*" in
+    *accelerate.commands.launch*|*eval.py*) ;;
+    *) exec {sys.executable} "$@" ;;
+esac
+""")
+    stand_in.chmod(0o755)
     store = tmp_path / "data_packed"
+    command = ["bash", str(ROOT / "scripts" / "fashion_imagenet_run.sh"), "--epochs", "3", "--per-class", "2",
+               "--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--results",
+               str(tmp_path / "results.csv"), "--packed", "--families"]
+    env = {**os.environ, "PYTHON": str(stand_in), "OMP_NUM_THREADS": "1"}
+    for family in ("linear", "softmax"):
+        done = subprocess.run([*command, family, "--", "crop_on_device=true"], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert f"done  {family}-seed0" in done.stdout
     assert json.loads((store / "store.json").read_text())["splits"]["train"]["images"] == 20
-    saved = yaml.safe_load((tmp_path / "runs" / "linear-seed0" / "config.yaml").read_text())
-    assert (saved["dataset"], saved["data_dir"], saved["crop_on_device"]) == ("packed", str(store), True)
-    with open(tmp_path / "results.csv", newline="") as handle:
-        (row,) = csv.DictReader(handle)
-    assert row["dataset"] == str(store)
+    lines = calls.read_text().splitlines()
+    assert not any("make_fashion_imagenet" in line for line in lines)
+    assert sum("vitzoo.train.pack" in line for line in lines) == 1  # the second call reads the first one's store
+    trains = [line.split() for line in lines if "accelerate.commands.launch" in line]
+    evals = [line.split() for line in lines if "eval.py" in line]
+    assert len(trains) == len(evals) == 2
+    for words in trains:
+        assert words[words.index("--data-dir") + 1] == str(store)
+        assert "dataset=packed" in words and "crop_on_device=true" in words
+    for words in evals:
+        assert (words[words.index("--data-dir") + 1], words[words.index("--dataset") + 1]) == (str(store), "packed")
 
 
 def test_the_run_script_builds_trains_evaluates_and_then_skips_finished_runs(tmp_path: Path):
