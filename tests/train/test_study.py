@@ -22,14 +22,14 @@ spec.loader.exec_module(study)
 @pytest.mark.usefixtures("fresh_accelerator_state")
 @pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="dataset-fashion-mnist not installed")
 def test_quick_study_writes_summary_bench_and_front(tmp_path: Path):
-    # --jobs 2: the runs train in child processes, which must receive the key=value override too
-    study.main(["--quick", "--seeds", "0", "1", "--jobs", "2", "--families", "softmax", "linear",
+    # --jobs 2: the two seeds train at once in child processes, which must receive the key=value override too (one
+    # family: each child imports torch anew; tests/report/test_pareto.py covers fronts of several models)
+    study.main(["--quick", "--seeds", "0", "1", "--jobs", "2", "--families", "linear",
                 "--out", str(tmp_path), "--runs", str(tmp_path / "runs"), "batch_size=16"])
     assert not (tmp_path / "summary.csv").exists()  # the tables and plots average runs.csv themselves
     with (tmp_path / "runs.csv").open() as handle:
         runs = list(csv.DictReader(handle))
-    assert sorted((r["family"], r["seed"]) for r in runs) == [("linear", "0"), ("linear", "1"), ("softmax", "0"),
-                                                              ("softmax", "1")]
+    assert sorted((r["family"], r["seed"]) for r in runs) == [("linear", "0"), ("linear", "1")]
     assert {r["updates"] for r in runs} == {"16"}  # 256 images at batch_size=16 (the override), not the recipe's 32
     mean_top1 = {r["model"]: statistics.fmean(float(s["top1"]) for s in runs if s["model"] == r["model"])
                  for r in runs}
@@ -40,10 +40,10 @@ def test_quick_study_writes_summary_bench_and_front(tmp_path: Path):
     # Every trained model is joined with its benchmark row under its mean top-1 over the seeds.
     with (tmp_path / "plots" / "joined.csv").open() as handle:
         joined = {row["model"]: float(row["top1"]) for row in csv.DictReader(handle)}
-    assert joined == pytest.approx(mean_top1, abs=1e-3) and len(joined) == 2
+    assert joined == pytest.approx(mean_top1, abs=1e-3) and len(joined) == 1
     with (tmp_path / "plots" / "pareto_front.csv").open() as handle:
         front = [row["model"] for row in csv.DictReader(handle)]
-    assert front and set(front) <= set(mean_top1)
+    assert front == list(mean_top1)
 
 
 def test_an_interrupted_study_resumes_without_retraining(tmp_path: Path):
