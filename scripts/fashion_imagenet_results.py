@@ -22,6 +22,9 @@ Runs that shared a GPU (the run script's ``--runs-per-gpu``; give the same numbe
 speed on a share of it: their rows keep it, marked with ``runs_per_gpu``, and leave the end-to-end / model-only ratio
 empty.
 
+Where the run script sampled the GPU's utilisation (``<run>.util.csv`` beside the run folder, on machines with
+nvidia-smi), a row also gets the median over the last epoch's steady part (:func:`gpu_utilisation`).
+
 End-to-end img/s is measured two ways from the training log: over each whole epoch (its training images / its wall
 time, from the first batch request to the last update; the loader's start-up is in the first epoch) and in steady
 state (the median rate between consecutive loss-log records of one epoch, which leaves out each epoch's start).
@@ -48,7 +51,7 @@ from vitzoo.train.loop import read_run_log, read_saved_config  # noqa: E402
 
 CSV_COLUMNS = ("model", "family", "seed", "epochs", "pipeline", "runs_per_gpu", "top1", "top5", "end_to_end_img_per_s",
                "steady_end_to_end_img_per_s", "model_only_train_img_per_s", "end_to_end_over_model_only",
-               "infer_img_per_s", "max_train_loss", "status")
+               "gpu_utilisation_percent", "infer_img_per_s", "max_train_loss", "status")
 
 
 def steady_rate(train_events: list[dict[str, Any]], global_batch: int) -> float | None:
@@ -60,6 +63,33 @@ def steady_rate(train_events: list[dict[str, Any]], global_batch: int) -> float 
             images = (after["num_updates"] - before["num_updates"]) * global_batch
             rates.append(images / (after["time"] - before["time"]))
     return round(statistics.median(rates), 1) if rates else None
+
+
+def gpu_utilisation(samples: Path, events: list[dict[str, Any]]) -> float | None:
+    """Median GPU utilisation (%, nvidia-smi's share of time a kernel ran) over the run's steady state: the samples
+    of ``samples`` (the run script's ``<run>.util.csv``: UTC timestamp, percent) between the first and the last loss
+    record of the last epoch, counting only records after the run's last resume (a restarted process's start-up is
+    not steady). None without samples in that window."""
+    if not samples.is_file():
+        return None
+    resumed = max((e["time"] for e in events if e["event"] == "resume"), default=float("-inf"))
+    train = [e for e in events if e["event"] == "train" and e["time"] > resumed]
+    if not train:
+        return None
+    last_epoch = [e for e in train if e["epoch"] == train[-1]["epoch"]]
+    start, end = last_epoch[0]["time"], last_epoch[-1]["time"]
+    values = []
+    for line in samples.read_text().splitlines():
+        stamp, _, percent = line.partition(",")
+        try:  # a sampler killed mid-line, or a GPU that reports [N/A], leaves lines that do not parse
+            moment = datetime.datetime.strptime(stamp.strip(), "%Y/%m/%d %H:%M:%S.%f").replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+            value = float(percent.strip().removesuffix("%"))
+        except ValueError:
+            continue
+        if start <= moment <= end:
+            values.append(value)
+    return round(statistics.median(values), 1) if values else None
 
 
 def run_row(folder: Path, eval_rows: dict[tuple[str, str], dict[str, str]], bench: dict[str, dict[str, str]],
@@ -103,6 +133,8 @@ def run_row(folder: Path, eval_rows: dict[tuple[str, str], dict[str, str]], benc
         "runs_per_gpu": runs_per_gpu,
         "end_to_end_over_model_only": (round(end_to_end / model_only, 3)
                                        if end_to_end and model_only and runs_per_gpu == 1 else None),
+        # the whole GPU's, also when runs_per_gpu runs shared it
+        "gpu_utilisation_percent": gpu_utilisation(folder.parent / f"{folder.name}.util.csv", events),
         "infer_img_per_s": float(speed["infer_samples_per_sec"]) if speed.get("infer_samples_per_sec") else None,
         "bench": {key: speed.get(key, "") for key in BENCH_KEYS},
         "final_eval": ({"top1": float(final["top1"]), "top5": float(final["top5"]),

@@ -10,7 +10,8 @@
 # 2. Trains each (family, seed) with `accelerate launch train.py --config configs/fashion_imagenet/<family>.yaml
 #    --data-dir DATA --output RUNS/<family>-seed<k> --resume auto seed=<k>`: one process per run, --runs-per-gpu
 #    runs per GPU (default 1), --gpus x --runs-per-gpu runs at a time. Each run folder gets train.py's config.yaml,
-#    log.jsonl, summary.csv and checkpoints/.
+#    log.jsonl, summary.csv and checkpoints/; beside it, RUNS/<family>-seed<k>.util.csv holds the GPU's utilisation
+#    while the run trained (nvidia-smi every 250 ms, where there is one).
 # 3. Evaluates each finished run's last checkpoint on val with eval.py (the EMA weights where the recipe keeps an
 #    EMA: qt, qtvit_1) and appends the row to RESULTS (timm's results columns + vitzoo's; one row per run, the
 #    checkpoint column names the run folder and so the seed; evaluations take turns on a lock, as eval.py replaces
@@ -146,10 +147,20 @@ print(f"epochs={n} warmup_epochs={c.warmup_epochs * n / c.epochs:g} cooldown_epo
     grep -q '^model_ema: true' "$config" && ema=(--use-ema)
     rm -f "$RUNS/$name.failed"
     echo "start $name on GPU $gpu ($(date -u +%T))"
-    if CUDA_VISIBLE_DEVICES=$gpu "$PYTHON" -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
-            --dynamo_backend no --mixed_precision no \
-            train.py --config "$config" --data-dir "${READ[0]}" --output "$RUNS/$name" --resume auto \
-            dataset="${READ[1]}" "${args[@]}" "${OVERRIDES[@]}" progress=false >> "$RUNS/$name.log" 2>&1 \
+    # the GPU's utilisation while it trains, every 250 ms, in UTC (scripts/fashion_imagenet_results.py reads it)
+    local sampler=""
+    if command -v nvidia-smi > /dev/null; then
+        TZ=UTC nvidia-smi --id="$gpu" --query-gpu=timestamp,utilization.gpu --format=csv,noheader -lms 250 \
+            >> "$RUNS/$name.util.csv" 2> /dev/null &
+        sampler=$!
+    fi
+    local trained=0
+    CUDA_VISIBLE_DEVICES=$gpu "$PYTHON" -m accelerate.commands.launch --num_processes 1 --num_machines 1 \
+        --dynamo_backend no --mixed_precision no \
+        train.py --config "$config" --data-dir "${READ[0]}" --output "$RUNS/$name" --resume auto \
+        dataset="${READ[1]}" "${args[@]}" "${OVERRIDES[@]}" progress=false >> "$RUNS/$name.log" 2>&1 || trained=$?
+    if [ -n "$sampler" ]; then kill "$sampler" 2> /dev/null || true; fi
+    if [ "$trained" -eq 0 ] \
         && CUDA_VISIBLE_DEVICES=$gpu flock "$RUNS/.results.lock" "$PYTHON" eval.py --checkpoint "$RUNS/$name" "${ema[@]}" \
             --dataset "${READ[1]}" --data-dir "${READ[0]}" \
             --results-file "$RESULTS" --workers 8 --no-macs >> "$RUNS/$name.log" 2>&1; then

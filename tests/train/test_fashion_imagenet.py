@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import csv
+import datetime
 import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -169,18 +171,35 @@ case "$*" in
 esac
 """)
     stand_in.chmod(0o755)
+    # A stand-in nvidia-smi: its utilisation query prints a sample every 0.1 s until it is stopped.
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    (tools / "nvidia-smi").write_text("""#!/bin/bash
+case "$*" in
+    *--query-gpu*) while true; do echo "$TZ 2026/12/07 16:00:00.000, 42 % $*"; sleep 0.1; done ;;
+esac
+""")
+    (tools / "nvidia-smi").chmod(0o755)
     data = tmp_path / "data"
     data.mkdir()
     (data / "COMPLETE").write_text("per_class=all\n")
     command = ["bash", str(ROOT / "scripts" / "fashion_imagenet_run.sh"), "--families", "linear softmax", "--gpus", "1",
                "--runs-per-gpu", runs_per_gpu, "--data", str(data), "--runs", str(tmp_path / "runs"),
                "--results", str(tmp_path / "results.csv")]
-    ran = subprocess.run(command, env={**os.environ, "PYTHON": str(stand_in)}, capture_output=True, text=True,
-                         timeout=120)
+    env = {**os.environ, "PYTHON": str(stand_in), "PATH": f"{tools}:{os.environ['PATH']}"}
+    ran = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert ran.returncode == 0, ran.stderr
     events = [line.split()[0] for line in ran.stdout.splitlines() if line.startswith(("start", "done"))]
     assert events == order
     assert all(" on GPU 0 " in line for line in ran.stdout.splitlines() if line.startswith("start"))
+    # Each run's GPU samples, in UTC, from the GPU it ran on, taken while it trained and stopped after.
+    samples = {name: tmp_path / "runs" / f"{name}-seed0.util.csv" for name in ("linear", "softmax")}
+    sizes = {name: path.stat().st_size for name, path in samples.items()}
+    for path in samples.values():
+        lines = path.read_text().splitlines()
+        assert len(lines) >= 5 and all(line.startswith("UTC ") and "--id=0 " in line for line in lines)
+    time.sleep(0.5)
+    assert {name: path.stat().st_size for name, path in samples.items()} == sizes
 
 
 @needs_fashion_mnist
@@ -306,6 +325,26 @@ def test_the_run_script_builds_trains_evaluates_and_then_skips_finished_runs(tmp
     with pytest.raises(SystemExit):
         collector.main(["--runs", str(tmp_path / "graphed"), "--eval", str(tmp_path / "results.csv"),
                         "--out", str(out), "--git-revision", "abc1234"])  # neither benchmark
+
+
+def test_gpu_utilisation_is_the_median_over_the_last_epochs_steady_part(tmp_path: Path):
+    samples = tmp_path / "run.util.csv"
+
+    def stamp(seconds: float) -> str:  # nvidia-smi's timestamp (UTC, as the run script asks) of a time.time()
+        return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y/%m/%d %H:%M:%S.%f")[:-3]
+
+    # Epoch 0 ran, then epoch 1 until the process stopped at 1010 s; a new process resumed at 1020 s.
+    events = [{"event": "train", "epoch": 0, "time": 1000.0}, {"event": "train", "epoch": 1, "time": 1005.0},
+              {"event": "train", "epoch": 1, "time": 1010.0}, {"event": "resume", "epoch": 1, "time": 1020.0},
+              {"event": "train", "epoch": 1, "time": 1030.0}, {"event": "train", "epoch": 1, "time": 1032.0},
+              {"event": "eval", "epoch": 1, "time": 1040.0}]
+    lines = [f"{stamp(t)}, {p} %" for t, p in [(1006.0, 1), (1008.0, 2), (1029.0, 3), (1030.0, 60), (1031.0, 70),
+                                               (1031.5, 80), (1032.0, 90), (1033.0, 4)]]
+    samples.write_text("\n".join([*lines, f"{stamp(1031.2)}, [N/A]", "2026/12/07 16:0"]) + "\n")
+    assert collector.gpu_utilisation(samples, events) == 75.0  # 60, 70, 80, 90: the resumed part of epoch 1
+    assert collector.gpu_utilisation(samples, events[:3]) == 1.5  # no resume: epoch 1 from 1005 to 1010 s
+    assert collector.gpu_utilisation(samples, events[:1]) is None  # nothing sampled in epoch 0's window
+    assert collector.gpu_utilisation(tmp_path / "missing.csv", events) is None
 
 
 def test_steady_rate_leaves_out_each_epochs_start():
