@@ -33,6 +33,7 @@ from torch.profiler import record_function
 
 from vitzoo.ops.resized_crop import resized_crops
 from vitzoo.ops.utils import to_device
+from vitzoo.train.packed import channels_first
 
 _logger = logging.getLogger(__name__)
 
@@ -135,8 +136,8 @@ class PixelRandomResizedCrop(EncodedRandomResizedCrop):
     def __call__(self, image: Image.Image | np.ndarray) -> EncodedCrop:
         if isinstance(image, np.ndarray):
             pixels = torch.from_numpy(np.array(image, dtype=np.uint8))  # a copy: the array may be a mapped file's
-        else:  # numpy's transposing copy: torch's permute(...).contiguous() of uint8 took four times as long
-            pixels = torch.from_numpy(np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)))
+        else:
+            pixels = torch.from_numpy(channels_first(image))
         x0, y0, w, h = self.box(pixels.shape[2], pixels.shape[1])
         flip = bool(torch.rand(1) < self.hflip) if self.hflip > 0 else False
         return EncodedCrop(pixels.flatten(), (float(x0), float(y0), float(x0 + w), float(y0 + h)), flip,

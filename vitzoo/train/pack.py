@@ -18,7 +18,7 @@ from PIL import Image
 
 from vitzoo.train.data import class_map_image_folder, folder_classes, load_image
 from vitzoo.train.errors import DataError, UnreadableImage
-from vitzoo.train.packed import SPLITS, STORE_FILE, STORE_FORMAT, STORE_VERSION, split_files
+from vitzoo.train.packed import SPLITS, STORE_FILE, STORE_FORMAT, STORE_VERSION, channels_first, split_files
 
 _logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def _decode(job: tuple[str, int | None]) -> np.ndarray | str:
         scale = max_size / min(image.size)
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.resize(size, Image.Resampling.BICUBIC)
-    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1))
+    return channels_first(image)
 
 
 def pack_image_folder(source: str | os.PathLike, out: str | os.PathLike, max_size: int | None = None,
