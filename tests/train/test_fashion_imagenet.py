@@ -158,19 +158,27 @@ def test_the_run_script_trains_every_config_by_default():
     assert planned.stdout.split() == [f"{name}-seed{seed}" for seed in (0, 1) for name in names]
 
 
-@pytest.mark.parametrize(("runs_per_gpu", "order"), [("1", ["start", "done", "start", "done"]),
-                                                    ("2", ["start", "start", "done", "done"])])
-def test_the_run_script_shares_a_gpu_between_runs_per_gpu_runs(tmp_path: Path, runs_per_gpu: str, order: list[str]):
-    # A stand-in interpreter: training takes 2 s and evaluation nothing; everything else is the real Python.
-    stand_in = tmp_path / "python"
+def _stand_in_python(folder: Path, training: str = "") -> Path:
+    """A stand-in interpreter for the run script (``PYTHON``) in ``folder``: it logs every command line to
+    ``folder/calls.log``, runs ``training`` (a shell command; nothing by default) for ``accelerate launch``, does
+    nothing for eval.py, and hands everything else to the real Python."""
+    stand_in = folder / "python"
     stand_in.write_text(f"""#!/bin/bash
+echo "$*" >> {folder / "calls.log"}
 case "$*" in
-    *accelerate.commands.launch*) sleep 2 ;;
+    *accelerate.commands.launch*) {training or ":"} ;;
     *eval.py*) ;;
     *) exec {sys.executable} "$@" ;;
 esac
 """)
     stand_in.chmod(0o755)
+    return stand_in
+
+
+@pytest.mark.parametrize(("runs_per_gpu", "order"), [("1", ["start", "done", "start", "done"]),
+                                                    ("2", ["start", "start", "done", "done"])])
+def test_the_run_script_shares_a_gpu_between_runs_per_gpu_runs(tmp_path: Path, runs_per_gpu: str, order: list[str]):
+    stand_in = _stand_in_python(tmp_path, training="sleep 2")
     # A stand-in nvidia-smi: its utilisation query prints a sample every 0.1 s until it is stopped.
     tools = tmp_path / "bin"
     tools.mkdir()
@@ -209,16 +217,7 @@ def test_the_run_script_packs_the_folder_once_and_trains_and_evaluates_from_the_
     # evaluates from a store for real); the pack runs for real, on a copy of a finished 2-per-class build.
     shutil.copytree(tiny_copy, tmp_path / "data")
     (tmp_path / "data" / "COMPLETE").write_text("per_class=2\n")
-    calls = tmp_path / "calls.log"
-    stand_in = tmp_path / "python"
-    stand_in.write_text(f"""#!/bin/bash
-echo "$*" >> {calls}
-case "$*" in
-    *accelerate.commands.launch*|*eval.py*) ;;
-    *) exec {sys.executable} "$@" ;;
-esac
-""")
-    stand_in.chmod(0o755)
+    stand_in = _stand_in_python(tmp_path)
     store = tmp_path / "data_packed"
     command = ["bash", str(ROOT / "scripts" / "fashion_imagenet_run.sh"), "--epochs", "3", "--per-class", "2",
                "--data", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"), "--results",
@@ -230,7 +229,7 @@ esac
         assert done.returncode == 0, done.stderr
         assert f"done  {family}-seed0" in done.stdout
     assert json.loads((store / "store.json").read_text())["splits"]["train"]["images"] == 20
-    lines = calls.read_text().splitlines()
+    lines = (tmp_path / "calls.log").read_text().splitlines()
     assert not any("make_fashion_imagenet" in line for line in lines)
     assert sum("vitzoo.train.pack" in line for line in lines) == 1  # the second call reads the first one's store
     trains = [line.split() for line in lines if "accelerate.commands.launch" in line]
