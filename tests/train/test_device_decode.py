@@ -2,6 +2,7 @@
 against Pillow's decode, crop, bilinear resize and flip."""
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -330,11 +331,26 @@ def test_crops_of_pixels_the_workers_decoded_equal_the_crops_of_their_files(tmp_
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (pinned memory)")
-def test_the_loaders_pin_thread_pins_a_batchs_bytes_and_keeps_the_rest() -> None:
-    batch = EncodedBatch(torch.arange(12, dtype=torch.uint8), torch.tensor([0, 12]), torch.zeros(1, 4),
-                         torch.zeros(1, dtype=torch.bool), torch.tensor([[3, 2, 2]]))
-    pinned = batch.pin_memory()
-    assert pinned.data.is_pinned() and torch.equal(pinned.data, batch.data) and pinned.shapes is batch.shapes
+def test_the_loaders_pin_thread_pins_jpeg_bytes_and_leaves_decoded_pixels() -> None:
+    files = EncodedBatch(torch.arange(12, dtype=torch.uint8), np.array([0, 12]), np.zeros((1, 4), np.float32),
+                         np.zeros(1, bool))
+    pinned = files.pin_memory()
+    assert pinned.data.is_pinned() and torch.equal(pinned.data, files.data) and pinned.boxes is files.boxes
+    pixels = dataclasses.replace(files, shapes=np.array([[3, 2, 2]]))
+    assert pixels.pin_memory() is pixels and not pixels.data.is_pinned()
+
+
+def test_a_workers_batch_holds_one_tensor_and_numpy_fields() -> None:
+    """Only the bytes are a tensor (each tensor costs a shared-memory handshake on receipt); the per-image fields are
+    NumPy arrays, pickled with the batch."""
+    crops = [(EncodedCrop(torch.full((3 * 4 * 5,), k, dtype=torch.uint8), (0.0, 1.0, 5.0, 4.0), k == 1, (3, 4, 5)), k)
+             for k in range(3)]
+    batch, targets = collate_encoded(crops)
+    assert [field.name for field in dataclasses.fields(batch)
+            if isinstance(getattr(batch, field.name), torch.Tensor)] == ["data"]
+    assert batch.offsets.tolist() == [0, 60, 120, 180] and batch.flips.tolist() == [False, True, False]
+    assert batch.shapes.tolist() == [[3, 4, 5]] * 3 and batch.boxes.dtype == np.float32
+    assert targets.tolist() == [0, 1, 2]
 
 
 def test_pixel_crops_draw_what_the_encoded_crops_draw_for_the_same_seed(jpeg: Path) -> None:

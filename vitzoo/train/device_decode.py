@@ -68,20 +68,26 @@ class EncodedCrop:
 class EncodedBatch:
     """A batch of :class:`EncodedCrop` packed for the loader: one byte tensor (``offsets[i]:offsets[i + 1]`` is file
     ``i``, or with ``shapes`` (B, 3) image ``i``'s pixels), ``boxes`` (B, 4) and ``flips`` (B,). A plain dataclass,
-    not a tensor container: accelerate leaves it on the CPU, where ``decode_jpeg`` wants its input; the loader's pin
-    thread pins its bytes (:meth:`pin_memory`), so decoded pixels reach the device in one copy that does not wait."""
+    not a tensor container: accelerate leaves it on the CPU, where ``decode_jpeg`` wants its input. Only the bytes are
+    a tensor (in shared memory); the per-image fields are NumPy arrays, which travel inside the worker's message,
+    where every tensor would cost the training process a shared-memory handshake (about a millisecond each on a
+    16-core host, in the thread that receives every batch)."""
 
     data: torch.Tensor
-    offsets: torch.Tensor
-    boxes: torch.Tensor
-    flips: torch.Tensor
-    shapes: torch.Tensor | None = None
+    offsets: np.ndarray
+    boxes: np.ndarray
+    flips: np.ndarray
+    shapes: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.boxes)
 
     def pin_memory(self) -> EncodedBatch:
-        """The batch with its bytes in pinned memory (what the DataLoader's pin thread calls)."""
+        """What the DataLoader's pin thread calls: JPEG bytes pinned, so they reach the decoder without waiting;
+        decoded pixels left where they are, since pinning tens of MB a batch in that one thread set a DeiT-T's pace
+        (:func:`decode_crops` copies them from a stream of their own instead)."""
+        if self.shapes is not None:
+            return self
         return dataclasses.replace(self, data=self.data.pin_memory())
 
     def files(self) -> list[torch.Tensor]:
@@ -148,22 +154,23 @@ def collate_encoded(samples: list[tuple[EncodedCrop, int]]) -> tuple[EncodedBatc
     """Pack (crop, target) samples into an :class:`EncodedBatch` and a target tensor (one shared-memory tensor for
     all the bytes, not one per file; the images' shapes where the workers decoded them)."""
     crops = [crop for crop, _ in samples]
-    sizes = torch.tensor([0] + [len(crop.data) for crop in crops], dtype=torch.int64)
-    shapes = torch.tensor([crop.shape for crop in crops], dtype=torch.int64) if crops[0].shape is not None else None
+    offsets = np.cumsum([0] + [len(crop.data) for crop in crops], dtype=np.int64)
+    shapes = np.array([crop.shape for crop in crops], dtype=np.int64) if crops[0].shape is not None else None
     data = None
     if torch.utils.data.get_worker_info() is not None:
         # in a loader worker, straight into shared memory (as torch's default_collate does): sending the batch to the
         # training process would otherwise copy its bytes there first (tens of MB for decoded pixels)
-        data = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(int(sizes.sum())))
-    batch = EncodedBatch(torch.cat([crop.data for crop in crops], out=data), sizes.cumsum(0),
-                         torch.tensor([crop.box for crop in crops], dtype=torch.float32),
-                         torch.tensor([crop.flip for crop in crops], dtype=torch.bool), shapes)
+        data = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(int(offsets[-1])))
+    batch = EncodedBatch(torch.cat([crop.data for crop in crops], out=data), offsets,
+                         np.array([crop.box for crop in crops], dtype=np.float32),
+                         np.array([crop.flip for crop in crops], dtype=bool), shapes)
     return batch, torch.tensor([target for _, target in samples], dtype=torch.int64)
 
 
 @functools.cache
 def _decode_stream(device: torch.device) -> torch.cuda.Stream:
-    """The stream of ``device`` that only decodes (see :func:`_decode_or_substitute`), made once per device."""
+    """The stream of ``device`` that only decodes JPEGs or copies the workers' pixels (see
+    :func:`_decode_or_substitute`), made once per device."""
     return torch.cuda.Stream(device)
 
 
@@ -221,7 +228,16 @@ def _decode_files(batch: EncodedBatch, device: torch.device) -> list[torch.Tenso
 def _pixels(batch: EncodedBatch, device: torch.device) -> list[torch.Tensor] | torch.Tensor:
     """The images of a batch the workers decoded, on ``device`` in one copy: (C, H, W) uint8 views of it, or, when
     they all have one size, the (B, C, H, W) batch that the copy already is."""
-    data = batch.data.to(device, non_blocking=True)  # pinned by the loader: the host does not wait
+    if device.type == "cuda":
+        # From pageable memory the host stages the copy itself; on the decoding stream its transfers need not wait
+        # for the training stream's queue, and they overlap the training kernels.
+        consumer, stream = torch.cuda.current_stream(device), _decode_stream(device)
+        with torch.cuda.stream(stream):
+            data = batch.data.to(device, non_blocking=True)
+        consumer.wait_stream(stream)
+        data.record_stream(consumer)
+    else:
+        data = batch.data.to(device)
     shapes = batch.shapes.tolist()
     if shapes and all(shape == shapes[0] for shape in shapes):  # the images lie back to back
         return data.view(len(shapes), *shapes[0])
@@ -240,9 +256,10 @@ def decode_crops(batch: EncodedBatch, device: torch.device, size: int) -> torch.
     ImageNet's few common sizes cover most of a batch); no image is padded to another's size, so one large image
     costs only its own memory."""
     images = _pixels(batch, device) if batch.shapes is not None else _decode_or_substitute(batch, device)
+    boxes, flips = torch.from_numpy(batch.boxes), torch.from_numpy(batch.flips)
     if isinstance(images, torch.Tensor):  # one size, already stacked
         if images.numel() <= _CROP_CHUNK_ELEMENTS:
-            return resized_crops(images, batch.boxes, batch.flips, size)
+            return resized_crops(images, boxes, flips, size)
         images = list(images)
     by_shape: dict[tuple[int, ...], list[int]] = {}
     for index, image in enumerate(images):
@@ -252,8 +269,7 @@ def decode_crops(batch: EncodedBatch, device: torch.device, size: int) -> torch.
         per_call = max(1, _CROP_CHUNK_ELEMENTS // math.prod(shape))
         for start in range(0, len(indices), per_call):
             chunk = indices[start:start + per_call]
-            cut = resized_crops(torch.stack([images[i] for i in chunk]), batch.boxes[chunk], batch.flips[chunk],
-                                size)
+            cut = resized_crops(torch.stack([images[i] for i in chunk]), boxes[chunk], flips[chunk], size)
             if len(chunk) == len(images):  # one size, one chunk: the common case needs no scatter
                 return cut
             if crops is None:
