@@ -166,8 +166,24 @@ def collate_encoded(samples: list[tuple[EncodedCrop, int]]) -> tuple[EncodedBatc
 @functools.cache
 def _decode_stream(device: torch.device) -> torch.cuda.Stream:
     """The stream of ``device`` that only decodes JPEGs or copies the workers' pixels (see
-    :func:`_decode_or_substitute`), made once per device."""
+    :func:`_on_decode_stream`), made once per device."""
     return torch.cuda.Stream(device)
+
+
+def _on_decode_stream(device: torch.device,
+                      produce: Callable[[], list[torch.Tensor]]) -> list[torch.Tensor]:
+    """The tensors ``produce()`` makes on ``device``, made on its decoding stream (:func:`_decode_stream`) and handed
+    to the current stream: it waits for them, and the allocator keeps their memory until its uses of them have run
+    (``record_stream``), so the host never waits for the GPU's queue. Off CUDA, just ``produce()``."""
+    if device.type != "cuda":
+        return produce()
+    consumer, stream = torch.cuda.current_stream(device), _decode_stream(device)
+    with torch.cuda.stream(stream):
+        outputs = produce()
+    consumer.wait_stream(stream)
+    for output in outputs:
+        output.record_stream(consumer)
+    return outputs
 
 
 def _decode_or_substitute(batch: EncodedBatch, device: torch.device) -> list[torch.Tensor]:
@@ -175,20 +191,11 @@ def _decode_or_substitute(batch: EncodedBatch, device: torch.device) -> list[tor
     workers' header check passed but the decoder rejects (a damaged body) becomes a mid-grey image covering its crop
     box, with a warning, so one file does not stop the run (without ``decode_on_device`` the loader names such files
     and skips them). Out of memory, or every file failing alone too, is not a file's fault and is raised."""
-    if device.type != "cuda":
-        return _decode_files(batch, device)
     # torchvision's CUDA decoder fills its outputs from a stream of its own without waiting for the stream they were
     # allocated on, so memory that queued kernels still read could be written before they ran. Allocated on a stream
     # that does nothing but decode, the outputs come from blocks the allocator frees only once the training stream's
-    # uses of them have run (record_stream), so the host need not wait for the GPU's queue before each batch.
-    consumer = torch.cuda.current_stream(device)
-    stream = _decode_stream(device)
-    with torch.cuda.stream(stream):
-        images = _decode_files(batch, device)
-    consumer.wait_stream(stream)
-    for image in images:
-        image.record_stream(consumer)
-    return images
+    # uses of them have run.
+    return _on_decode_stream(device, lambda: _decode_files(batch, device))
 
 
 def _decode_files(batch: EncodedBatch, device: torch.device) -> list[torch.Tensor]:
@@ -224,17 +231,10 @@ def _decode_files(batch: EncodedBatch, device: torch.device) -> list[torch.Tenso
 def _pixels(batch: EncodedBatch, device: torch.device) -> list[torch.Tensor] | torch.Tensor:
     """The images of a batch the workers decoded, on ``device`` in one copy: (C, H, W) uint8 views of it, or, when
     they all have one size, the (B, C, H, W) batch that the copy already is."""
-    if device.type == "cuda":
-        # Pinned by the loader, so the host does not wait; on the decoding stream the transfer overlaps the training
-        # kernels instead of queueing between them. (Left unpinned, the 50 MB a batch of 256 px images took 12 ms
-        # from pageable memory, and other threads' small copies waited behind it.)
-        consumer, stream = torch.cuda.current_stream(device), _decode_stream(device)
-        with torch.cuda.stream(stream):
-            data = batch.data.to(device, non_blocking=True)
-        consumer.wait_stream(stream)
-        data.record_stream(consumer)
-    else:
-        data = batch.data.to(device)
+    # Pinned by the loader, so the host does not wait; on the decoding stream the transfer overlaps the training
+    # kernels instead of queueing between them. (Left unpinned, the 50 MB a batch of 256 px images took 12 ms from
+    # pageable memory, and other threads' small copies waited behind it.)
+    (data,) = _on_decode_stream(device, lambda: [batch.data.to(device, non_blocking=True)])
     shapes = batch.shapes.tolist()
     if shapes and all(shape == shapes[0] for shape in shapes):  # the images lie back to back
         return data.view(len(shapes), *shapes[0])
