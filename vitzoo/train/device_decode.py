@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import logging
 import math
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from torch.profiler import record_function
 
 from vitzoo.ops.resized_crop import resized_crops
 from vitzoo.ops.utils import to_device
+from vitzoo.train import staging
 from vitzoo.train.packed import channels_first
 
 _logger = logging.getLogger(__name__)
@@ -69,8 +71,9 @@ class EncodedBatch:
     """A batch of :class:`EncodedCrop` packed for the loader: one byte tensor (``offsets[i]:offsets[i + 1]`` is file
     ``i``, or with ``shapes`` (B, 3) image ``i``'s pixels), ``boxes`` (B, 4) and ``flips`` (B,). A plain dataclass,
     not a tensor container: accelerate leaves it on the CPU, where ``decode_jpeg`` wants its input. Only the bytes are
-    a tensor (in shared memory; the loader's pin thread pins them, :meth:`pin_memory`, so they reach the device in one
-    copy that does not wait); the per-image fields are NumPy arrays, which travel inside the worker's message, where
+    a tensor, in shared memory (decoded pixels in one of the worker's reused slots, ``slot``: see
+    :mod:`vitzoo.train.staging`), pinned by the loader's pin thread (:meth:`pin_memory`), so they reach the device in
+    one copy that does not wait; the per-image fields are NumPy arrays, which travel inside the worker's message, where
     every tensor would cost that thread a shared-memory handshake (about a millisecond each on a 16-core host)."""
 
     data: torch.Tensor
@@ -78,13 +81,39 @@ class EncodedBatch:
     boxes: np.ndarray
     flips: np.ndarray
     shapes: np.ndarray | None = None
+    slot: staging.SlotRef | None = None  # pixels a worker wrote into one of its slots (vitzoo.train.staging)
 
     def __len__(self) -> int:
         return len(self.boxes)
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state.pop("_hand_back", None)
+        if self.slot is not None:  # the bytes stay in the slot
+            state["data"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.slot is not None:
+            self.data, flags = staging.receive(self.slot)
+            # handed back once the copy to the device is made (hand_back), or when the batch is dropped unread
+            self._hand_back = weakref.finalize(self, staging.hand_back, flags, self.slot.index)
+
+    def hand_back(self) -> None:
+        """Give the batch's slot back to its worker (the bytes are then no longer this batch's); no-op without one."""
+        release = self.__dict__.get("_hand_back")
+        if release is not None:
+            release()
+
     def pin_memory(self) -> EncodedBatch:
-        """The batch with its bytes in pinned memory (what the DataLoader's pin thread calls)."""
-        return dataclasses.replace(self, data=self.data.pin_memory())
+        """The batch with its bytes in pinned memory (what the DataLoader's pin thread calls): a slot's memory is
+        registered as pinned once and used in place."""
+        if self.slot is not None and staging.pin(self.slot):
+            return self
+        pinned = dataclasses.replace(self, data=self.data.pin_memory(), slot=None)
+        self.hand_back()
+        return pinned
 
     def files(self) -> list[torch.Tensor]:
         """The files' bytes, one 1-D uint8 tensor (a view) each."""
@@ -152,14 +181,17 @@ def collate_encoded(samples: list[tuple[EncodedCrop, int]]) -> tuple[EncodedBatc
     crops = [crop for crop, _ in samples]
     offsets = np.cumsum([0] + [len(crop.data) for crop in crops], dtype=np.int64)
     shapes = np.array([crop.shape for crop in crops], dtype=np.int64) if crops[0].shape is not None else None
-    data = None
-    if torch.utils.data.get_worker_info() is not None:
+    data = slot = None
+    worker = torch.utils.data.get_worker_info()
+    if worker is not None and shapes is not None:  # decoded pixels: into one of the worker's reused slots
+        slot, data = staging.worker_slots(worker.id).claim(int(offsets[-1]))
+    elif worker is not None:
         # in a loader worker, straight into shared memory (as torch's default_collate does): sending the batch to the
-        # training process would otherwise copy its bytes there first (tens of MB for decoded pixels)
+        # training process would otherwise copy its bytes there first
         data = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(int(offsets[-1])))
     batch = EncodedBatch(torch.cat([crop.data for crop in crops], out=data), offsets,
                          np.array([crop.box for crop in crops], dtype=np.float32),
-                         np.array([crop.flip for crop in crops], dtype=bool), shapes)
+                         np.array([crop.flip for crop in crops], dtype=bool), shapes, slot)
     return batch, torch.tensor([target for _, target in samples], dtype=torch.int64)
 
 
@@ -231,10 +263,20 @@ def _decode_files(batch: EncodedBatch, device: torch.device) -> list[torch.Tenso
 def _pixels(batch: EncodedBatch, device: torch.device) -> list[torch.Tensor] | torch.Tensor:
     """The images of a batch the workers decoded, on ``device`` in one copy: (C, H, W) uint8 views of it, or, when
     they all have one size, the (B, C, H, W) batch that the copy already is."""
-    # Pinned by the loader, so the host does not wait; on the decoding stream the transfer overlaps the training
-    # kernels instead of queueing between them. (Left unpinned, the 50 MB a batch of 256 px images took 12 ms from
-    # pageable memory, and other threads' small copies waited behind it.)
-    (data,) = _on_decode_stream(device, lambda: [batch.data.to(device, non_blocking=True)])
+    # Pinned (a worker's slot registered once, or copied by the loader), so the host does not wait; on the decoding
+    # stream the transfer overlaps the training kernels instead of queueing between them. (Left unpinned, the 50 MB a
+    # batch of 256 px images took 12 ms from pageable memory, and other threads' small copies waited behind it.)
+    def copy() -> list[torch.Tensor]:
+        data = batch.data.to(device, non_blocking=True)
+        if batch.slot is not None:  # the worker may overwrite its slot once it has it back: copy it first
+            if device.type == "cuda":
+                torch.cuda.current_stream(device).synchronize()  # the decoding stream: only this copy waits
+            elif data.data_ptr() == batch.data.data_ptr():
+                data = data.clone()
+            batch.hand_back()
+        return [data]
+
+    (data,) = _on_decode_stream(device, copy)
     shapes = batch.shapes.tolist()
     if shapes and all(shape == shapes[0] for shape in shapes):  # the images lie back to back
         return data.view(len(shapes), *shapes[0])
