@@ -118,7 +118,9 @@ def run_row(folder: Path, eval_rows: dict[tuple[str, str], dict[str, str]], benc
     model_only = float(speed["train_samples_per_sec"]) if speed.get("train_samples_per_sec") else None
     end_to_end = per_epoch[-1]["end_to_end_img_per_s"] if per_epoch else None
     nonfinite = any(e["event"] == "nonfinite" for e in events)
-    status = "non-finite loss" if nonfinite else ("ok" if final and len(per_epoch) == config["epochs"] else
+    # a run lasts its epochs and then its cool-down epochs (timm's scheduler); each ends with an evaluation
+    total_epochs = config["epochs"] + config.get("cooldown_epochs", 0)
+    status = "non-finite loss" if nonfinite else ("ok" if final and len(per_epoch) == total_epochs else
                                                    "unfinished")
     return {
         "model": model, "family": folder.name.rsplit("-seed", 1)[0], "seed": config["seed"],

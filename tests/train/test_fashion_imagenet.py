@@ -326,6 +326,27 @@ def test_the_run_script_builds_trains_evaluates_and_then_skips_finished_runs(tmp
                         "--out", str(out), "--git-revision", "abc1234"])  # neither benchmark
 
 
+def test_a_run_is_finished_after_its_cool_down_epochs_too(tmp_path: Path):
+    run = tmp_path / "long" / "h3-seed0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("model: h3_deit_tiny_patch16_224\nseed: 0\nepochs: 2\ncooldown_epochs: 1\n")
+    events = [{"event": "start", "global_batch": 8}]
+    for epoch in range(3):
+        events.append({"event": "train", "epoch": epoch, "num_updates": 2 * epoch + 1, "loss": 2.0 - epoch / 10,
+                       "time": 10.0 * epoch + 1})
+        events.append({"event": "eval", "epoch": epoch, "num_updates": 2 * epoch + 2, "train_loss": 2.0,
+                       "eval_top1": 50.0, "eval_top5": 90.0, "epoch_time": 4.0})
+    evaluation = {("long", "h3-seed0"): {"top1": "50.0", "top5": "90.0", "checkpoint": str(run)}}
+
+    def status(evals: int) -> str:
+        with open(run / "log.jsonl", "w") as log:
+            log.writelines(json.dumps(event) + "\n" for event in events[:1 + 2 * evals])
+        return collector.run_row(run, evaluation, {}, {})["status"]
+
+    assert status(3) == "ok"  # two epochs and one cool-down epoch
+    assert status(2) == "unfinished"  # the recipe's epochs done, its cool-down not
+
+
 def test_gpu_utilisation_is_the_median_over_the_last_epochs_steady_part(tmp_path: Path):
     samples = tmp_path / "run.util.csv"
 
