@@ -169,3 +169,22 @@ def test_training_profile_table_has_a_row_per_run_and_the_runs_provenance(tmp_pa
             "| 4.4 / 16.9 | 1.2 | - | - | - |") in table
     assert ("NVIDIA H100 80GB HBM3, torch 2.11.0, triton 3.6.0, 2026-12-07, 16 CPU cores; each run's command is in "
             "`results/h100.json`") in table
+
+
+def test_the_recipe_length_table_shows_each_runs_course_and_its_loss(tmp_path):
+    finished = _imagenet_shape_run("h3_deit_tiny_patch16_224", 0, 76.05) | {
+        "per_epoch": [{"epoch": e, "top1": 40.0 + e, "top5": 90.0} for e in range(31)], "epochs_done": 31,
+        "train_loss_log": [[50, 2.2], [100, 2.4], [1200, 1.8]]}
+    stopped = _imagenet_shape_run("qtvit_1", 0, 0.0, finished=False) | {
+        "per_epoch": [{"epoch": e, "top1": 10.0 + e, "top5": 90.0} for e in range(17)], "epochs_done": 17,
+        "train_loss_log": [[50, 0.29], [650, 0.21]]}
+    results = tmp_path / "h100.json"
+    results.write_text(json.dumps({"info": {"device": "NVIDIA H100", "cpu_count": 16, "torch": "2", "date": "d",
+                                            "dataset": "ds", "recipe": "r", "pipelines": "p", "commands": ["c"]},
+                                   "rows": [stopped, finished]}))
+    lines = fashion_mnist.recipe_length_table(results).splitlines()
+    assert lines[2] == ("| `h3_deit_tiny_patch16_224` | ok | 31 | 40.0 / 49.0 / 59.0 / 70.0 (epoch 30) | "
+                        "76.05 / 99.00 | 2.200 / 2.400 / 1.800 | 3 |")  # the spike at update 100 is the highest
+    assert lines[3] == ("| `qtvit_1` | unfinished | 17 | 10.0 / 19.0 / - / 26.0 (epoch 16) | - | "
+                        "0.290 / 0.290 / 0.210 | 2 |")
+    assert lines[-1].startswith("Measured on NVIDIA H100 (16 CPU cores)") and lines[-1].endswith("Commands: `c`.")

@@ -24,6 +24,8 @@ PIPELINE_MARKERS = ("<!-- data-pipeline-table:start -->", "<!-- data-pipeline-ta
 GPU_PIPELINE_MARKERS = ("<!-- data-pipeline-gpu-table:start -->", "<!-- data-pipeline-gpu-table:end -->")
 IMAGENET_SHAPE_MARKERS = ("<!-- fashion-imagenet-table:start -->", "<!-- fashion-imagenet-table:end -->")
 IMAGENET_SHAPE_H100_MARKERS = ("<!-- fashion-imagenet-h100-table:start -->", "<!-- fashion-imagenet-h100-table:end -->")
+RECIPE_LENGTH_MARKERS = ("<!-- fashion-imagenet-30-epochs-table:start -->",
+                         "<!-- fashion-imagenet-30-epochs-table:end -->")
 # how the study table names a family where the family's name alone would hide what it is
 _STUDY_LABELS = {"qtvit": "QT-ViT-1", "fem": "fem (linear prior)", "linear": "linear (ReLU)",
                  "softmax": "softmax (reference line)"}
@@ -161,6 +163,32 @@ def imagenet_shape_table(results: Path) -> str:
               f"Model-only: {info['model_only']}. "
               + (f"Pipelines: {info['pipelines']}. " if "pipelines" in info else "")
               + "Commands: " + "; ".join(f"`{c}`" for c in info["commands"]) + "."]
+    return "\n".join(lines)
+
+
+def recipe_length_table(results: Path) -> str:
+    """The ImageNet-shaped runs through the recipes' full length (the same results JSON): per run whether it
+    finished, stopped or hit a non-finite loss, its epochs, top-1 along the way and at the end, and its logged
+    training loss (first, highest, last), which is where a spike would show."""
+    data = json.loads(results.read_text())
+    info = data["info"]
+    lines = ["| model | status | epochs done | top-1 after epoch 1 / 10 / 20 / last done | final top-1 / top-5 | "
+             "training loss: first / highest / last logged | loss records |",
+             "|---|---|---|---|---|---|---|"]
+    for row in sorted(data["rows"], key=lambda row: row["model"]):
+        epochs = row["per_epoch"]
+        along = " / ".join(f"{epochs[i]['top1']:.1f}" if i < len(epochs) else "-" for i in (0, 9, 19)) + (
+            f" / {epochs[-1]['top1']:.1f} (epoch {epochs[-1]['epoch']})" if epochs else " / -")
+        final = row["final_eval"]
+        final_text = f"{final['top1']:.2f} / {final['top5']:.2f}" if final else "-"
+        losses = [loss for _, loss in row["train_loss_log"]]
+        loss_text = f"{losses[0]:.3f} / {max(losses):.3f} / {losses[-1]:.3f}" if losses else "-"
+        lines.append(f"| `{row['model']}` | {row['status']} | {row['epochs_done']} | {along} | {final_text} | "
+                     f"{loss_text} | {len(losses)} |")
+    lines += ["", f"Measured on {info['device']} ({info['cpu_count']} CPU cores), torch {info['torch']}, "
+              f"{info['date']} (each run's code revision: its row in the results file). {info['dataset']}; "
+              f"{info['recipe']}. {info['pipelines']}. Commands: "
+              + "; ".join(f"`{c}`" for c in info["commands"]) + "."]
     return "\n".join(lines)
 
 
