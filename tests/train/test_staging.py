@@ -7,7 +7,6 @@ import gc
 import pickle
 import time
 
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -119,4 +118,4 @@ def test_slots_are_pinned_in_place_and_copied_to_the_gpu_intact() -> None:
         torch.cuda.synchronize()
         assert torch.equal(pixels.cpu(), torch.stack([image(i) for i in targets.tolist()]))
         assert int(staging._flags[batch.slot.owner][batch.slot.index]) == 0
-    assert np.all([int(f.sum()) == 0 for f in staging._flags.values()])
+    assert all(int(flags.sum()) == 0 for flags in staging._flags.values())

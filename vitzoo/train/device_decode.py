@@ -188,7 +188,7 @@ def collate_encoded(samples: list[tuple[EncodedCrop, int]]) -> tuple[EncodedBatc
     elif worker is not None:
         # in a loader worker, straight into shared memory (as torch's default_collate does): sending the batch to the
         # training process would otherwise copy its bytes there first
-        data = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(int(offsets[-1])))
+        data = staging.shared_bytes(int(offsets[-1]))
     batch = EncodedBatch(torch.cat([crop.data for crop in crops], out=data), offsets,
                          np.array([crop.box for crop in crops], dtype=np.float32),
                          np.array([crop.flip for crop in crops], dtype=bool), shapes, slot)

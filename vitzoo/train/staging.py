@@ -47,6 +47,12 @@ class SlotRef:
     flags: torch.Tensor | None = None
 
 
+def shared_bytes(nbytes: int) -> torch.Tensor:
+    """A new 1-D uint8 tensor of ``nbytes`` in shared memory, which a worker's message then names instead of
+    carrying (as torch's default_collate places its batches)."""
+    return torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(nbytes))
+
+
 class WorkerSlots:
     """A loader worker's ``count`` slots, used in turn, and their in-use flags (shared int32, 1 while the training
     process holds the slot's batch)."""
@@ -78,7 +84,7 @@ class WorkerSlots:
         new = memory is None or memory.numel() < nbytes
         if new:
             size = nbytes if memory is None else math.ceil(nbytes * _GROWTH)
-            memory = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(max(size, 1)))
+            memory = shared_bytes(max(size, 1))
             self.memory[index] = memory
             self.generations[index] += 1
         self.flags[index] = 1
