@@ -11,6 +11,9 @@ epochs and pipeline replaces them, so runs made on different machines or calls c
         --bench bench_224.csv --command "bash scripts/fashion_imagenet_run.sh --epochs 2 ..." \\
         --out benchmarks/results/fashion_imagenet/h200.json
 
+Runs of another length or subset of the same data (the recipes' full 30 epochs on 1,000 images a class, say) go into
+a section of the same file with ``--section NAME``: its own ``info`` and ``rows``, merged the same way.
+
 A run's pipeline says where RandAugment ran (the loader workers, or the training device with
 ``augment_on_device``) and how the training step ran (eager, or replayed from CUDA graphs with ``cuda_graph``). The
 model-only speeds of a CUDA-graph run come from ``--bench-graphed``, one or more ``vitzoo-bench --compare --phases
@@ -209,6 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--command", action="append", default=[], help="a command that made these results")
     parser.add_argument("--git-revision", required=True, help="the code revision the runs used")
     parser.add_argument("--info", type=Path, help="JSON of provenance fields to record (device, versions, dataset)")
+    parser.add_argument("--section", help="fold the runs into this section of --out (its own info and rows, e.g. runs "
+                                          "of another length or subset) instead of its main rows; the CSV keeps "
+                                          "the main rows")
     args = parser.parse_args(argv)
     for path in (args.runs, args.eval, args.bench, *args.bench_graphed):
         if path is not None and not path.exists():
@@ -227,13 +233,14 @@ def main(argv: list[str] | None = None) -> None:
     for row in new:
         row["git_revision"] = args.git_revision
     data = json.loads(args.out.read_text()) if args.out.exists() else {"info": {}, "rows": []}
-    info = data["info"]
+    target = data.setdefault(args.section, {"info": {}, "rows": []}) if args.section else data
+    info = target["info"]
     if args.info:
         info.update(json.loads(args.info.read_text()))
     info.setdefault("commands", [])
     info["commands"] += [c for c in args.command if c not in info["commands"]]
     info["assembled"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    data["rows"] = merge(data.get("rows", []), new)
+    target["rows"] = merge(target.get("rows", []), new)
     write_json(args.out, data)
     flat = [{**row, "top1": row["final_eval"]["top1"] if row["final_eval"] else "",
              "top5": row["final_eval"]["top5"] if row["final_eval"] else ""} for row in data["rows"]]

@@ -179,10 +179,10 @@ def test_the_recipe_length_table_shows_each_runs_course_and_its_loss(tmp_path):
         "per_epoch": [{"epoch": e, "top1": 10.0 + e, "top5": 90.0} for e in range(17)], "epochs_done": 17,
         "train_loss_log": [[50, 0.29], [650, 0.21]]}
     results = tmp_path / "h100.json"
-    results.write_text(json.dumps({"info": {"device": "NVIDIA H100", "cpu_count": 16, "torch": "2", "date": "d",
-                                            "dataset": "ds", "recipe": "r", "pipelines": "p", "commands": ["c"]},
-                                   "rows": [stopped, finished]}))
-    lines = fashion_mnist.recipe_length_table(results).splitlines()
+    section = {"info": {"device": "NVIDIA H100", "cpu_count": 16, "torch": "2", "date": "d", "dataset": "ds",
+                        "recipe": "r", "pipelines": "p", "commands": ["c"]}, "rows": [stopped, finished]}
+    results.write_text(json.dumps({"info": {}, "rows": [], "long": section}))
+    lines = fashion_mnist.recipe_length_table(results, "long").splitlines()
     assert lines[2] == ("| `h3_deit_tiny_patch16_224` | ok | 31 | 40.0 / 49.0 / 59.0 / 70.0 (epoch 30) | "
                         "76.05 / 99.00 | 2.200 / 2.400 / 1.800 | 3 |")  # the spike at update 100 is the highest
     assert lines[3] == ("| `qtvit_1` | unfinished | 17 | 10.0 / 19.0 / - / 26.0 (epoch 16) | - | "

@@ -285,6 +285,14 @@ def test_the_run_script_builds_trains_evaluates_and_then_skips_finished_runs(tmp
     assert data["info"]["commands"] == ["the run"]
     with open(out.with_suffix(".csv"), newline="") as handle:
         assert [r["top1"] for r in csv.DictReader(handle)] == [rows[0]["top1"]]
+    # runs of another length: a section of their own, beside the main rows, which stay as they were
+    collector.main([*args, "--section", "long", "--command", "the long run"])
+    sectioned = json.loads(out.read_text())
+    assert sectioned["rows"] == data["rows"] and sectioned["info"]["commands"] == ["the run"]
+    assert [r["model"] for r in sectioned["long"]["rows"]] == ["linear_deit_tiny_patch16_224"]
+    assert sectioned["long"]["info"]["commands"] == ["the run", "the long run"]
+    with open(out.with_suffix(".csv"), newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 1
 
     # The same run as if made with RandAugment on the device and graphed steps: a row of its own pipeline beside
     # the first, its model-only speed from the graphed training rows of a --compare JSON at the runs' batch.

@@ -30,8 +30,8 @@ FASHION_IMAGENET = (
     (RESULTS / "fashion_imagenet" / "h100.json", fashion_mnist.IMAGENET_SHAPE_H100_MARKERS,
      RESULTS / "compare" / "h100.json", "train_224_current"),
 )
-# the ImageNet-shaped runs through the recipes' full length (stability)
-RECIPE_LENGTH = RESULTS / "fashion_imagenet_30_epochs" / "h100.json"
+# the ImageNet-shaped runs through the recipes' full length (stability): results file and section
+RECIPE_LENGTH = (RESULTS / "fashion_imagenet" / "h100.json", "recipe_length_30_epochs")
 DATA_PIPELINE = RESULTS / "data_pipeline" / "cpu.json"
 DATA_PIPELINE_GPU = RESULTS / "data_pipeline" / "h100.json"
 TRAINING_PROFILES = (RESULTS / "profile_training" / "h200.json", RESULTS / "profile_training" / "h100.json")
@@ -86,7 +86,7 @@ def render(root: Path) -> dict[Path, str]:
     for results, markers, _, _ in FASHION_IMAGENET:
         docs_text = replace_between_markers(docs_text, markers, fashion_mnist.imagenet_shape_table(root / results))
     docs_text = replace_between_markers(docs_text, fashion_mnist.RECIPE_LENGTH_MARKERS,
-                                        fashion_mnist.recipe_length_table(root / RECIPE_LENGTH))
+                                        fashion_mnist.recipe_length_table(root / RECIPE_LENGTH[0], RECIPE_LENGTH[1]))
     docs_text = replace_between_markers(docs_text, fashion_mnist.PIPELINE_MARKERS,
                                         fashion_mnist.pipeline_table(root / DATA_PIPELINE))
     docs_text = replace_between_markers(docs_text, fashion_mnist.GPU_PIPELINE_MARKERS,

@@ -166,11 +166,12 @@ def imagenet_shape_table(results: Path) -> str:
     return "\n".join(lines)
 
 
-def recipe_length_table(results: Path) -> str:
-    """The ImageNet-shaped runs through the recipes' full length (the same results JSON): per run whether it
-    finished, stopped or hit a non-finite loss, its epochs, top-1 along the way and at the end, and its logged
-    training loss (first, highest, last), which is where a spike would show."""
-    data = json.loads(results.read_text())
+def recipe_length_table(results: Path, section: str) -> str:
+    """The ImageNet-shaped runs through the recipes' full length (``section`` of the results JSON, as
+    ``scripts/fashion_imagenet_results.py --section`` folds them): per run whether it finished, stopped or hit a
+    non-finite loss, its epochs, top-1 along the way and at the end, and its logged training loss (first, highest,
+    last), which is where a spike would show."""
+    data = json.loads(results.read_text())[section]
     info = data["info"]
     lines = ["| model | status | epochs done | top-1 after epoch 1 / 10 / 20 / last done | final top-1 / top-5 | "
              "training loss: first / highest / last logged | loss records |",
