@@ -54,6 +54,23 @@ def test_uint8_pipeline_then_device_stage_equals_timms_float_pipeline(image_path
         torch.testing.assert_close(batch[0], expected, atol=1e-5, rtol=0)
 
 
+def test_eval_transform_halves_equal_timms_float_eval_transform(image_paths: list[Path]) -> None:
+    """The eval transform's uint8 crops (what the workers send), normalised by its device half, give timm's float32
+    eval transform built from the same data config."""
+    from timm.data import create_transform
+
+    _, _, eval_tf = vdata.folder_transforms(DATA_CONFIG, vdata.AugmentConfig())
+    float_tf = create_transform(DATA_CONFIG["input_size"], is_training=False, interpolation=DATA_CONFIG["interpolation"],
+                                mean=DATA_CONFIG["mean"], std=DATA_CONFIG["std"], crop_pct=DATA_CONFIG["crop_pct"])
+    for path in image_paths:
+        image = vdata.load_image(str(path))
+        small = eval_tf(image)
+        assert small.dtype == torch.uint8 and small.shape == (3, 32, 32)
+        batch = eval_tf.on_device(small[None])
+        assert batch.dtype == torch.float32
+        torch.testing.assert_close(batch[0], float_tf(image), atol=1e-5, rtol=0)
+
+
 def test_random_erasing_replaces_one_rectangle_and_keeps_the_rest() -> None:
     """With re_prob=1 every image of the batch has one erased rectangle (fresh noise); every other pixel is the
     normalised input."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +29,7 @@ from vitzoo.train.data import (
     UNREADABLE_TARGET,
     DataError,
     EpochShuffleSampler,
+    EvalTransform,
     build_dataset,
     check_dataset_path,
     loader_workers,
@@ -45,7 +46,8 @@ _logger = logging.getLogger(__name__)
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, accelerator: Accelerator, use_autocast: bool = False,
-             progress: bool = False) -> dict[str, float]:
+             progress: bool = False, on_device: Callable[[torch.Tensor], torch.Tensor] | None = None
+             ) -> dict[str, float]:
     """Exact top-1/top-5 and mean cross-entropy over the whole loader, gathered across processes.
 
     Samples whose target is :data:`~vitzoo.train.data.UNREADABLE_TARGET` (stand-ins for unreadable files) are not
@@ -57,6 +59,8 @@ def evaluate(model: nn.Module, loader: Iterable, accelerator: Accelerator, use_a
         accelerator: the run's accelerator.
         use_autocast: run under ``accelerator.autocast()`` (needed for modules not wrapped by ``prepare``).
         progress: show a tqdm bar on the main process (only when stderr is a terminal).
+        on_device: what turns the loader's batches into the model's input where they are (the normalisation of
+            :class:`~vitzoo.train.data.EvalTransform`'s uint8 crops; :func:`eval_batch_stage`).
     """
     import sys
 
@@ -69,6 +73,8 @@ def evaluate(model: nn.Module, loader: Iterable, accelerator: Accelerator, use_a
     bar = tqdm(loader, desc="eval", leave=False,
                disable=not (progress and accelerator.is_local_main_process and sys.stderr.isatty()))
     for images, targets in bar:
+        if on_device is not None:
+            images = on_device(images)
         if use_autocast:
             with accelerator.autocast():
                 logits = model(images)
@@ -93,6 +99,12 @@ def evaluate(model: nn.Module, loader: Iterable, accelerator: Accelerator, use_a
     scored_count = max(count, 1)
     return {"top1": 100.0 * correct1 / scored_count, "top5": 100.0 * correct5 / scored_count,
             "loss": loss_sum / scored_count, "count": count}
+
+
+def eval_batch_stage(eval_transform: Callable) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The device half of an eval transform (an image folder's :class:`~vitzoo.train.data.EvalTransform`), or None
+    where the loader's samples are the model's input already (Fashion-MNIST's)."""
+    return eval_transform.on_device if isinstance(eval_transform, EvalTransform) else None
 
 
 # timm's validate.py / results-imagenet.csv columns in their order, then ours.
@@ -243,7 +255,7 @@ def evaluate_model(model_name: str | None = None, checkpoint: str | None = None,
     sampler = EpochShuffleSampler(len(val_set), 0, shuffle=False)
     loader = DataLoader(val_set, batch_size=batch_size, sampler=sampler, **loader_workers(workers))
     model, loader = accelerator.prepare(model, loader)
-    metrics = evaluate(model, loader, accelerator, progress=True)
+    metrics = evaluate(model, loader, accelerator, progress=True, on_device=eval_batch_stage(eval_tf))
     skipped = report_unreadable(val_set, accelerator)
     bare = accelerator.unwrap_model(model)
     input_size = tuple(data_config["input_size"])

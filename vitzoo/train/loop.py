@@ -64,7 +64,7 @@ from vitzoo.train.data import (
     seed_torch,
 )
 from vitzoo.train.device_decode import PROFILE_RANGES, EncodedBatch, collate_encoded, prepared_ahead
-from vitzoo.train.evaluate import evaluate
+from vitzoo.train.evaluate import eval_batch_stage, evaluate
 from vitzoo.train.factories import (
     DropPathRamp,
     build_criterion,
@@ -241,6 +241,7 @@ class Training:
     train_loader: Any  # prepared by accelerate
     device_tf: Callable | None  # device stage of the loader's uint8 or JPEG batches (DeviceAugment, GreyBatchAugment)
     val_loader: Any
+    val_on_device: Callable | None  # device half of the eval transform (eval_batch_stage)
     forward: Callable  # the training forward (_training_forward)
     scheduler: Any
     total_epochs: int  # epochs + cooldown_epochs, as timm's scheduler counts them
@@ -285,8 +286,8 @@ def _stopped(training: Training) -> bool:
 
 
 def _build_data(config: TrainConfig, model: torch.nn.Module, classes: list[str]) -> tuple[Any, ...]:
-    """Return the train and val datasets, the train sampler, both loaders (not yet prepared), the device stage of the
-    training batches (None: the loader's batches are the model's input) and the data config.
+    """Return the train and val datasets, the train sampler, both loaders (not yet prepared), the device stages of the
+    training and the val batches (None: the loader's batches are the model's input) and the data config.
 
     Raises:
         ConfigError: a split that has no readable image.
@@ -315,7 +316,8 @@ def _build_data(config: TrainConfig, model: torch.nn.Module, classes: list[str])
                               collate_fn=collate_encoded if crops_on_device else None, **loader_args)
     val_loader = DataLoader(val_set, batch_size=config.eval_batch_size or 2 * config.batch_size, sampler=val_sampler,
                             **loader_args)
-    return train_set, val_set, train_sampler, train_loader, val_loader, device_tf, data_config
+    return (train_set, val_set, train_sampler, train_loader, val_loader, device_tf, eval_batch_stage(eval_tf),
+            data_config)
 
 
 def setup(config: TrainConfig) -> Training:
@@ -349,7 +351,7 @@ def setup(config: TrainConfig) -> Training:
     model = create_model_from_config(config, num_classes, in_chans)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
-    (train_set, val_set, train_sampler, train_loader, val_loader, device_tf,
+    (train_set, val_set, train_sampler, train_loader, val_loader, device_tf, val_on_device,
      data_config) = _build_data(config, model, classes)
     if len(train_loader) < accelerator.num_processes:
         raise ConfigError(f"the training set has {len(train_sampler)} samples, fewer than one batch of "
@@ -403,7 +405,8 @@ def setup(config: TrainConfig) -> Training:
         log.write("start", model=config.model, lr=lr, global_batch=global_batch, processes=accelerator.num_processes,
                   output=str(output), params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 4))
     scheduler.step_update(run.num_updates)
-    return Training(run, train_set, val_set, train_sampler, train_loader, device_tf, val_loader, forward, scheduler,
+    return Training(run, train_set, val_set, train_sampler, train_loader, device_tf, val_loader, val_on_device,
+                    forward, scheduler,
                     total_epochs, mixup, criterion, log, output, last_checkpoint=resumed_from, start_time=time.time(),
                     drop_path_ramp=ramp)
 
@@ -580,10 +583,12 @@ def evaluate_and_checkpoint(training: Training, loss_sum: torch.Tensor, loss_cou
                "train_loss": mean_over_processes(loss_sum, loss_count, accelerator),
                "lr": run.optimizer.param_groups[0]["lr"], "epoch_time": round(time.time() - epoch_start, 2)}
     metrics.update({f"eval_{k}": v for k, v in evaluate(run.model, training.val_loader, accelerator,
-                                                          progress=config.progress).items()})
+                                                          progress=config.progress,
+                                                          on_device=training.val_on_device).items()})
     if run.ema is not None:
         metrics.update({f"ema_{k}": v for k, v in evaluate(run.ema.module, training.val_loader, accelerator, True,
-                                                           progress=config.progress).items()})
+                                                           progress=config.progress,
+                                                           on_device=training.val_on_device).items()})
     skipped += report_unreadable(training.val_set, accelerator)
     metrics["skipped_files"] = skipped
     training.log.write("eval", **metrics)
