@@ -60,8 +60,9 @@ def test_eval_transform_halves_equal_timms_float_eval_transform(image_paths: lis
     from timm.data import create_transform
 
     _, _, eval_tf = vdata.folder_transforms(DATA_CONFIG, vdata.AugmentConfig())
-    float_tf = create_transform(DATA_CONFIG["input_size"], is_training=False, interpolation=DATA_CONFIG["interpolation"],
-                                mean=DATA_CONFIG["mean"], std=DATA_CONFIG["std"], crop_pct=DATA_CONFIG["crop_pct"])
+    float_tf = create_transform(DATA_CONFIG["input_size"], is_training=False,
+                                interpolation=DATA_CONFIG["interpolation"], mean=DATA_CONFIG["mean"],
+                                std=DATA_CONFIG["std"], crop_pct=DATA_CONFIG["crop_pct"])
     for path in image_paths:
         image = vdata.load_image(str(path))
         small = eval_tf(image)
