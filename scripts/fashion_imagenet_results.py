@@ -59,10 +59,11 @@ CSV_COLUMNS = ("model", "family", "seed", "epochs", "pipeline", "runs_per_gpu", 
 
 def steady_rate(train_events: list[dict[str, Any]], global_batch: int) -> float | None:
     """Median img/s between consecutive loss records of the same epoch (each epoch's first record is dropped, as
-    it follows the epoch's start)."""
+    it follows the epoch's start; so is a record that a resumed run logs again)."""
     rates = []
     for before, after in zip(train_events, train_events[1:], strict=False):
-        if before["epoch"] == after["epoch"] and after["time"] > before["time"]:
+        if (before["epoch"] == after["epoch"] and after["time"] > before["time"]
+                and after["num_updates"] > before["num_updates"]):
             images = (after["num_updates"] - before["num_updates"]) * global_batch
             rates.append(images / (after["time"] - before["time"]))
     return round(statistics.median(rates), 1) if rates else None

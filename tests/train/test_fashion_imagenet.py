@@ -382,3 +382,10 @@ def test_steady_rate_leaves_out_each_epochs_start():
     # 50 updates x 4 images in 2, 2.5 and 2 s (the pair across the epoch boundary does not count)
     assert collector.steady_rate(events, 4) == 100.0
     assert collector.steady_rate(events[:1], 4) is None
+
+
+def test_steady_rate_leaves_out_the_records_a_resumed_run_repeats():
+    # a run stopped after its record of update 150 and resumed from update 120 logs update 150 again, later
+    events = [{"epoch": 0, "num_updates": 100, "time": 10.0}, {"epoch": 0, "num_updates": 150, "time": 12.0},
+              {"epoch": 0, "num_updates": 150, "time": 40.0}, {"epoch": 0, "num_updates": 200, "time": 42.5}]
+    assert collector.steady_rate(events, 4) == 90.0  # 200 images in 2 s and 2.5 s; the repeat gives no rate
