@@ -527,8 +527,7 @@ class EvalTransform:
     """An image folder's eval transform in two halves: timm's (resize to ``size / crop_pct``, centre crop) up to uint8
     (C, H, W) in the loader workers, and :attr:`on_device` (a :class:`DeviceAugment` without augmentation: float32,
     ``(x / 255 - mean) / std``) for whole batches on the evaluating device, as timm's prefetcher splits it. A uint8
-    batch is a quarter of float32's bytes through the workers' shared memory and the pinning: evaluating 10,000
-    images a few times an epoch otherwise moved more bytes than the epoch's training did."""
+    batch is a quarter of float32's bytes through the workers' shared memory and the pinning."""
 
     def __init__(self, data_config: dict) -> None:
         from timm.data import create_transform
