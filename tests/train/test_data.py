@@ -3,6 +3,7 @@
 :class:`vitzoo.train.data.DeviceAugment`)."""
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +71,32 @@ def test_eval_transform_halves_equal_timms_float_eval_transform(image_paths: lis
         batch = eval_tf.on_device(small[None])
         assert batch.dtype == torch.float32
         torch.testing.assert_close(batch[0], float_tf(image), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("seed", [0, 4, 6, 13])
+def test_device_stage_with_mixup_equals_the_stage_then_timms_mixup(seed: int) -> None:
+    """DeviceAugment.mix (RandAugment, erasing, and mixup or cutmix in the normalising pass) gives the images and
+    soft targets of the stage followed by timm's batch-mode Mixup, from the same draws in the same order (the
+    generators end in the same states). Timm's draws for these seeds: cutmix, no mix, mixup, mixup."""
+    from timm.data.mixup import Mixup
+
+    _, stage, _ = vdata.folder_transforms(DATA_CONFIG, vdata.AugmentConfig(on_device=True, re_prob=0.5))
+    images = torch.randint(0, 256, (6, 3, 32, 32), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+    targets = torch.arange(6) % 4
+    results = []
+    for fused in (True, False):
+        mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, prob=0.8, switch_prob=0.5, mode="batch",
+                      label_smoothing=0.1, num_classes=4)
+        vdata.seed_everything(seed, devices=False)
+        if fused:
+            out = stage.mix(images, targets, mixup)
+        else:
+            out = mixup(stage(images), targets)
+        results.append((*out, random.random(), float(np.random.rand())))
+    (fused_x, fused_y, *fused_after), (x, y, *after) = results
+    torch.testing.assert_close(fused_x, x, rtol=0, atol=0)
+    torch.testing.assert_close(fused_y, y, rtol=0, atol=0)
+    assert fused_after == after
 
 
 def test_random_erasing_replaces_one_rectangle_and_keeps_the_rest() -> None:

@@ -42,7 +42,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 from torchvision.datasets import ImageFolder
 
-from vitzoo.ops.normalize_erase import normalize_erase
+from vitzoo.ops.normalize_erase import BatchMix, normalize_erase
 from vitzoo.train.device_decode import (
     EncodedBatch,
     EncodedImage,
@@ -56,6 +56,7 @@ from vitzoo.train.random_erasing import BatchRandomErasing
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
+    from timm.data.mixup import Mixup
 
 _logger = logging.getLogger(__name__)
 _JPEG_START, _JPEG_END = b"\xff\xd8", b"\xff\xd9"
@@ -505,6 +506,36 @@ class DeviceAugment:
         self.erase = BatchRandomErasing(re_prob, re_mode) if re_prob > 0 else None
 
     def __call__(self, images: torch.Tensor | EncodedBatch, device: torch.device | None = None) -> torch.Tensor:
+        single = isinstance(images, torch.Tensor) and images.dim() == 3
+        batch = self._augmented(images, device)
+        x = normalize_erase(batch, self.mean, self.std, *self._erasing(batch))
+        return x[0] if single else x
+
+    def mix(self, images: torch.Tensor | EncodedBatch, targets: torch.Tensor, mixup: Mixup,
+            device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """This stage followed by timm's batch-mode ``mixup`` (mixup or cutmix of the batch with itself reversed, and
+        its soft targets), with the mix done in the normalising pass: the same draws in the same order as calling
+        the stage and then ``mixup``, and the same images up to a rounding where the kernel fuses timm's products
+        and their sum."""
+        from timm.data.mixup import cutmix_bbox_and_lam, mixup_target
+
+        if mixup.mode != "batch":
+            raise ValueError(f"DeviceAugment.mix takes a batch-mode Mixup, got mode {mixup.mode!r}")
+        batch = self._augmented(images, device)
+        erasing = self._erasing(batch)
+        lam, use_cutmix = mixup._params_per_batch()  # timm's own draws, as its Mixup.__call__ makes them
+        mix = None
+        if lam != 1.0:
+            box = None
+            if use_cutmix:
+                box, lam = cutmix_bbox_and_lam(batch.shape, lam, ratio_minmax=mixup.cutmix_minmax,
+                                               correct_lam=mixup.correct_lam)
+            mix = BatchMix(lam, box)
+        x = normalize_erase(batch, self.mean, self.std, *erasing, mix=mix)
+        return x, mixup_target(targets, mixup.num_classes, lam, mixup.label_smoothing)
+
+    def _augmented(self, images: torch.Tensor | EncodedBatch, device: torch.device | None) -> torch.Tensor:
+        """The uint8 (B, C, H, W) batch, decoded and RandAugmented."""
         if isinstance(images, EncodedBatch):
             if self.decode is None or device is None:
                 raise TypeError("an encoded batch needs DeviceAugment(decode=...) and the device to decode on")
@@ -512,15 +543,14 @@ class DeviceAugment:
         if images.dtype != torch.uint8:
             raise TypeError(f"DeviceAugment takes uint8 images, got {images.dtype} (normalised twice?)")
         batch = images if images.dim() == 4 else images[None]
-        if self.rand_augment is not None:
-            batch = self.rand_augment(batch)
-        # torchvision's to_tensor and Normalize, in their order, and the erasing, in one pass
+        return self.rand_augment(batch) if self.rand_augment is not None else batch
+
+    def _erasing(self, batch: torch.Tensor) -> tuple[torch.Tensor | None, str, int]:
+        """normalize_erase's rectangles, mode and seed for ``batch`` (drawn from python's ``random``)."""
         if self.erase is None:
-            x = normalize_erase(batch, self.mean, self.std)
-        else:
-            rectangles, seed = self.erase.draw(batch.shape[0], *batch.shape[2:])
-            x = normalize_erase(batch, self.mean, self.std, rectangles, self.erase.mode, seed)
-        return x if images.dim() == 4 else x[0]
+            return None, "pixel", 0
+        rectangles, seed = self.erase.draw(batch.shape[0], *batch.shape[2:])
+        return rectangles, self.erase.mode, seed
 
 
 class EvalTransform:

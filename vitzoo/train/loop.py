@@ -53,6 +53,7 @@ from vitzoo.train.config import (
 )
 from vitzoo.train.data import (
     DataError,
+    DeviceAugment,
     EpochShuffleSampler,
     SkipUnreadable,
     build_dataset,
@@ -472,10 +473,14 @@ def _prepare_batch(training: Training, images: Any, targets: torch.Tensor,
     seed_host_draws(_batch_seed(training, batch))
     images = _decode_batch(training, images)
     with record_function(PROFILE_RANGES["augment"]):
-        if training.device_tf is not None:
-            images = training.device_tf(images, device)
-        if training.mixup is not None:
-            images, targets = training.mixup(images, targets)
+        if training.mixup is not None and isinstance(training.device_tf, DeviceAugment):
+            # mixup or cutmix inside the normalising pass: no passes of their own over the float32 batch
+            images, targets = training.device_tf.mix(images, targets, training.mixup, device)
+        else:
+            if training.device_tf is not None:
+                images = training.device_tf(images, device)
+            if training.mixup is not None:
+                images, targets = training.mixup(images, targets)
         if config.channels_last and not config.cuda_graph:  # a graphed forward copies into its channels-last input
             images = images.contiguous(memory_format=torch.channels_last)
     return images, targets

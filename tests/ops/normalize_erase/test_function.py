@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vitzoo.ops import use_backend
-from vitzoo.ops.normalize_erase import ERASE_MODES, normalize_erase, normalize_erase_reference
+from vitzoo.ops.normalize_erase import ERASE_MODES, BatchMix, normalize_erase, normalize_erase_reference
 from vitzoo.ops.normalize_erase.reference import mix32, normal_noise
 
 from ..markers import DEVICE, needs_cuda, needs_kernels
@@ -30,9 +30,9 @@ def _inputs(batch: int, height: int, width: int, seed: int):
     return images, torch.tensor(rectangles, dtype=torch.int64)
 
 
-def _kernel(images, rectangles, mode, seed, mean=MEAN, std=STD):
+def _kernel(images, rectangles, mode, seed, mean=MEAN, std=STD, mix=None):
     with use_backend("triton"):
-        return normalize_erase(images.to(DEVICE), mean, std, rectangles, mode, seed).cpu()
+        return normalize_erase(images.to(DEVICE), mean, std, rectangles, mode, seed, mix).cpu()
 
 
 def _erased(rectangles: torch.Tensor, shape) -> torch.Tensor:
@@ -53,6 +53,41 @@ def test_the_kernel_equals_the_reference(mode: str, height: int, width: int) -> 
     erased = _erased(rectangles, images.shape)
     assert torch.equal(got[~erased], want[~erased])  # the normalised pixels: the same float32 operations
     assert torch.allclose(got[erased], want[erased], rtol=1e-5, atol=5e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("mix", [BatchMix(0.3125), BatchMix(0.7, (2, 11, 1, 16)), BatchMix(0.5, (0, 13, 0, 17)),
+                                 BatchMix(1.0, (4, 4, 3, 9))])
+@pytest.mark.parametrize("mode", ["pixel", "rand"])
+def test_the_mixing_kernel_equals_the_reference(mix: BatchMix, mode: str) -> None:
+    """mixup and cutmix in the normalising pass: each image with its mirror in the batch, both erased first (odd
+    sizes, an empty box, a box over the whole image)."""
+    images, rectangles = _inputs(6, 13, 17, seed=11)
+    want = normalize_erase_reference(images, MEAN, STD, rectangles, mode, seed=5, mix=mix)
+    got = _kernel(images, rectangles, mode, 5, mix=mix)
+    # one rounding apart where the kernel fuses timm's two products and their sum; the fill as above
+    assert torch.allclose(got, want, rtol=1e-5, atol=5e-5)
+    unmixed = normalize_erase_reference(images, MEAN, STD, rectangles, mode, seed=5)
+    if mix.box is None:
+        assert torch.allclose(got, mix.lam * unmixed + (1 - mix.lam) * unmixed.flip(0), rtol=1e-5, atol=5e-5)
+    else:
+        top, bottom, left, right = mix.box
+        assert torch.equal(got[:, :, top:bottom, left:right], _kernel(images, rectangles, mode, 5).flip(0)[
+            :, :, top:bottom, left:right])
+
+
+@pytest.mark.parametrize("mix", [BatchMix(0.375), BatchMix(0.5, (1, 7, 2, 10))])
+def test_the_reference_mixes_as_timms_mixup(mix: BatchMix, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reference's mix is timm's ``Mixup`` in batch mode, given its draws (lam, and the box for cutmix)."""
+    import timm.data.mixup as timm_mixup
+
+    images, rectangles = _inputs(4, 9, 11, seed=6)
+    plain = normalize_erase_reference(images, MEAN, STD, rectangles, "pixel", seed=2)
+    mixup = timm_mixup.Mixup(mixup_alpha=1.0, cutmix_alpha=1.0, num_classes=4)
+    monkeypatch.setattr(mixup, "_params_per_batch", lambda: (mix.lam, mix.box is not None))
+    monkeypatch.setattr(timm_mixup, "cutmix_bbox_and_lam", lambda *args, **kwargs: (mix.box, mix.lam))
+    want, _ = mixup(plain.clone(), torch.arange(4))
+    assert torch.equal(normalize_erase_reference(images, MEAN, STD, rectangles, "pixel", 2, mix), want)
 
 
 @needs_kernels
@@ -106,6 +141,10 @@ def test_bad_inputs_get_one_line_errors() -> None:
         normalize_erase(images, MEAN, STD, torch.tensor([[1, 0, 0, 1, 1], [1, 2, 2, 1, 1]]))
     with pytest.raises(ValueError, match=r"host \(R, 5\) integer tensor"):
         normalize_erase(images, MEAN, STD, rectangles.float())
+    with pytest.raises(ValueError, match="needs an even batch, got 3"):
+        normalize_erase(images[:3], MEAN, STD, mix=BatchMix(0.5))
+    with pytest.raises(ValueError, match="must lie inside the 8x8 images"):
+        normalize_erase(images, MEAN, STD, rectangles, mix=BatchMix(0.5, (0, 9, 0, 4)))
 
 
 @needs_cuda

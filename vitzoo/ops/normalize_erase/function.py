@@ -9,7 +9,7 @@ import torch
 
 from ..utils import cdiv, kernel_backend, to_device, triton_available
 from . import heuristics
-from .reference import ERASE_MODES, check_inputs, normalize_erase_reference, seed_key
+from .reference import ERASE_MODES, BatchMix, check_inputs, normalize_erase_reference, seed_key
 
 if triton_available():
     from ..launch import cached_launcher
@@ -22,7 +22,7 @@ if triton_available():
                 torch.tensor(std, dtype=torch.float32, device=device))
 
     def _normalize_erase(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], rectangles: torch.Tensor,
-                         mode: str, seed: int) -> torch.Tensor:
+                         mode: str, seed: int, mix: BatchMix | None) -> torch.Tensor:
         x = images.contiguous()
         batch, channels, height, width = x.shape
         out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
@@ -36,29 +36,34 @@ if triton_available():
             host[rectangles[:, 0]] = rectangles[:, 1:].to(torch.int32)
             boxes = to_device(host, x.device)
         block = heuristics.block(height * width)
+        lam = mix.lam if mix is not None else 1.0
+        box = mix.box if mix is not None and mix.box is not None else (0, 0, 0, 0)
+        kind = 0 if mix is None else (2 if mix.box is not None else 1)
         cached_launcher(_normalize_erase_kernel)[(cdiv(height * width, block), batch * channels)](
-            x, out, boxes, mean_t, std_t, channels, height, width, seed_key(seed), ERASE=erase,
-            MODE=ERASE_MODES.index(mode), BLOCK=block, num_warps=heuristics.NUM_WARPS)
+            x, out, boxes, mean_t, std_t, batch, channels, height, width, seed_key(seed), lam, 1.0 - lam, *box,
+            ERASE=erase, MODE=ERASE_MODES.index(mode), MIX=kind, BLOCK=block, num_warps=heuristics.NUM_WARPS)
         return out
 
 
 def normalize_erase(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                    rectangles: torch.Tensor | None = None, mode: str = "pixel", seed: int = 0) -> torch.Tensor:
+                    rectangles: torch.Tensor | None = None, mode: str = "pixel", seed: int = 0,
+                    mix: BatchMix | None = None) -> torch.Tensor:
     """``(images / 255 - mean) / std`` as float32, for uint8 (B, C, H, W) ``images``, with each rectangle (image,
     top, left, height, width) of the host tensor ``rectangles`` (R, 5) erased: ``mode`` ``'pixel'`` fills it with
     standard normal numbers, ``'rand'`` with one per channel, ``'const'`` with zeros; the numbers are a function of
-    ``seed`` and the pixel's place (:func:`~vitzoo.ops.normalize_erase.reference.normal_noise`).
+    ``seed`` and the pixel's place (:func:`~vitzoo.ops.normalize_erase.reference.normal_noise`). ``mix`` then mixes
+    the batch with itself reversed as timm's batch-mode mixup or cutmix does (:class:`BatchMix`), in the same pass.
 
     Triton on CUDA (one launch, and one copy of the rectangles), the reference elsewhere.
 
     Raises:
         TypeError: images that are not uint8 (B, C, H, W).
         ValueError: a mean or std per channel missing, a rectangle outside its image or a second one in an image,
-            an unknown mode.
+            an unknown mode, a mix of an odd batch or with a box outside the images.
     """
     if rectangles is None:
         rectangles = torch.zeros(0, 5, dtype=torch.int64)
-    check_inputs(images, mean, std, rectangles, mode)
+    check_inputs(images, mean, std, rectangles, mode, mix)
     if kernel_backend(images.device) == "reference":
-        return normalize_erase_reference(images, mean, std, rectangles, mode, seed)
-    return _normalize_erase(images, mean, std, rectangles, mode, seed)
+        return normalize_erase_reference(images, mean, std, rectangles, mode, seed, mix)
+    return _normalize_erase(images, mean, std, rectangles, mode, seed, mix)

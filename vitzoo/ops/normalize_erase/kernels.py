@@ -1,6 +1,8 @@
 """The Triton kernel of normalisation and random erasing: a program owns a tile of one (image, channel) plane, reads
 uint8 and writes float32; in an image with a rectangle it draws the fill of the tile's pixels inside it from the
-reference's counter-based hash (integer arithmetic in int64, exact), so no noise tensor is written or read."""
+reference's counter-based hash (integer arithmetic in int64, exact), so no noise tensor is written or read. With a
+batch mix it computes the mirrored image's tile the same way and blends or boxes the two, so mixup costs no pass of
+its own over the float32 batch."""
 import triton
 import triton.language as tl
 
@@ -8,6 +10,7 @@ from .reference import ERASE_MODES
 
 CONST = tl.constexpr(ERASE_MODES.index("const"))  # the kernel's MODE is the mode's place in ERASE_MODES
 RAND = tl.constexpr(ERASE_MODES.index("rand"))
+NO_MIX, BLEND, BOX = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)  # the kernel's MIX: none, mixup, cutmix
 
 
 @triton.jit
@@ -31,15 +34,11 @@ def _normal(index, key):
     return tl.sqrt(-2.0 * tl.log(u1)) * tl.cos(6.283185307179586 * u2)
 
 
-@triton.jit(do_not_specialize=["C", "H", "W", "key"])
-def _normalize_erase_kernel(x_ptr, out_ptr, rect_ptr, mean_ptr, std_ptr, C, H, W, key, ERASE: tl.constexpr,
-                            MODE: tl.constexpr, BLOCK: tl.constexpr):
-    plane = tl.program_id(1)  # image * C + channel
-    image = plane // C
-    channel = plane % C
-    hw = H * W
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < hw
+@triton.jit
+def _plane_tile(x_ptr, rect_ptr, mean_ptr, std_ptr, image, channel, C, W, hw, offs, mask, key, ERASE: tl.constexpr,
+                MODE: tl.constexpr):
+    """The normalised (and erased) values of pixels ``offs`` of one (image, channel) plane."""
+    plane = image * C + channel
     base = plane.to(tl.int64) * hw
     v = tl.load(x_ptr + base + offs, mask=mask, other=0).to(tl.float32)
     # to_tensor then Normalize, each division correctly rounded as PyTorch's
@@ -60,4 +59,27 @@ def _normalize_erase_kernel(x_ptr, out_ptr, rect_ptr, mean_ptr, std_ptr, C, H, W
             else:
                 fill = _normal(base + offs, key)
             value = tl.where(inside, fill, value)
-    tl.store(out_ptr + base + offs, value, mask=mask)
+    return value
+
+
+@triton.jit(do_not_specialize=["B", "C", "H", "W", "key", "lam", "lam_other", "top", "bottom", "left", "right"])
+def _normalize_erase_kernel(x_ptr, out_ptr, rect_ptr, mean_ptr, std_ptr, B, C, H, W, key, lam, lam_other, top,
+                            bottom, left, right, ERASE: tl.constexpr, MODE: tl.constexpr, MIX: tl.constexpr,
+                            BLOCK: tl.constexpr):
+    plane = tl.program_id(1)  # image * C + channel
+    image = plane // C
+    channel = plane % C
+    hw = H * W
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < hw
+    value = _plane_tile(x_ptr, rect_ptr, mean_ptr, std_ptr, image, channel, C, W, hw, offs, mask, key, ERASE, MODE)
+    if MIX != NO_MIX:  # the same pixels of the image at the mirrored place in the batch, normalised and erased too
+        other = _plane_tile(x_ptr, rect_ptr, mean_ptr, std_ptr, B - 1 - image, channel, C, W, hw, offs, mask, key,
+                            ERASE, MODE)
+        if MIX == BLEND:  # timm's x * lam + x.flip(0) * (1 - lam), each product rounded
+            value = value * lam + other * lam_other
+        else:
+            row = offs // W
+            col = offs % W
+            value = tl.where((row >= top) & (row < bottom) & (col >= left) & (col < right), other, value)
+    tl.store(out_ptr + plane.to(tl.int64) * hw + offs, value, mask=mask)

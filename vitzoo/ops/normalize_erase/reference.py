@@ -2,14 +2,16 @@
 
 ``(x / 255 - mean) / std`` per channel (torchvision's ``to_tensor`` and ``Normalize``, in their order), then each
 rectangle of the erased images takes the erasing mode's fill: ``'pixel'`` a standard normal number per pixel and
-channel, ``'rand'`` one per image and channel, ``'const'`` zero. The normal numbers are a counter-based hash of the
-seed and the element's index (two 32-bit hashes, Box-Muller), so they depend on nothing but the seed and the layout:
-the kernel draws the same ones (up to the last bits of its log, cos and sqrt), on any device, without writing a
-noise tensor.
+channel, ``'rand'`` one per image and channel, ``'const'`` zero; then, optionally, timm's batch-mode mixup or cutmix of
+the batch with itself reversed (:class:`BatchMix`), with timm's float32 operations. The normal numbers are a
+counter-based hash of the seed and the element's index (two 32-bit hashes, Box-Muller), so they depend on nothing but
+the seed and the layout: the kernel draws the same ones (up to the last bits of its log, cos and sqrt), on any device,
+without writing a noise tensor.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -45,11 +47,21 @@ def normal_noise(index: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(6.283185307179586 * u2)
 
 
+@dataclass(frozen=True)
+class BatchMix:
+    """timm's batch-mode mix of a batch with itself reversed (image i with image B - 1 - i): without ``box``,
+    ``lam * x + (1 - lam) * x.flip(0)`` (mixup); with ``box`` = (top, bottom, left, right), timm's (yl, yh, xl, xh),
+    that region taken from the reversed batch (cutmix)."""
+
+    lam: float = 1.0
+    box: tuple[int, int, int, int] | None = None
+
+
 def check_inputs(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], rectangles: torch.Tensor,
-                 mode: str) -> None:
+                 mode: str, mix: BatchMix | None = None) -> None:
     """The contract: uint8 (B, C, H, W) images, C means and standard deviations, ``rectangles`` a host (R, 5)
-    integer tensor of (image, top, left, height, width) inside the images, at most one per image, and a mode of
-    :data:`ERASE_MODES`."""
+    integer tensor of (image, top, left, height, width) inside the images, at most one per image, a mode of
+    :data:`ERASE_MODES`, and a mix of an even batch whose box lies inside the images."""
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise TypeError(f"normalize_erase takes uint8 (B, C, H, W) images, got {images.dtype} {tuple(images.shape)}")
     batch, channels, height, width = images.shape
@@ -68,13 +80,22 @@ def check_inputs(images: torch.Tensor, mean: Sequence[float], std: Sequence[floa
                 (index >= 0) & (index < batch) & (top >= 0) & (left >= 0) & (h > 0) & (w > 0)
                 & (top + h <= height) & (left + w <= width)).all():
             raise ValueError("normalize_erase: each rectangle must lie inside its image, one per image")
+    if mix is not None:
+        if batch % 2:
+            raise ValueError(f"normalize_erase: mixing a batch with itself reversed needs an even batch, got {batch}")
+        if mix.box is not None:
+            top, bottom, left, right = mix.box
+            if not (0 <= top <= bottom <= height and 0 <= left <= right <= width):
+                raise ValueError(f"normalize_erase: the mix box (top, bottom, left, right) {mix.box} must lie inside "
+                                 f"the {height}x{width} images")
 
 
 def normalize_erase_reference(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                              rectangles: torch.Tensor, mode: str = "pixel", seed: int = 0) -> torch.Tensor:
+                              rectangles: torch.Tensor, mode: str = "pixel", seed: int = 0,
+                              mix: BatchMix | None = None) -> torch.Tensor:
     """``(images / 255 - mean) / std`` (float32) with each rectangle (image, top, left, height, width) of
-    ``rectangles`` filled as ``mode`` says, its normal numbers drawn for ``seed``."""
-    check_inputs(images, mean, std, rectangles, mode)
+    ``rectangles`` filled as ``mode`` says, its normal numbers drawn for ``seed``, then mixed as ``mix`` says."""
+    check_inputs(images, mean, std, rectangles, mode, mix)
     shape = (1, -1, 1, 1)
     x = images.float().div(255).sub_(torch.tensor(mean, dtype=torch.float32, device=images.device).view(shape))
     x = x.div_(torch.tensor(std, dtype=torch.float32, device=images.device).view(shape))
@@ -91,4 +112,11 @@ def normalize_erase_reference(images: torch.Tensor, mean: Sequence[float], std: 
             cols = torch.arange(left, left + w, device=x.device).view(1, 1, -1)
             fill = normal_noise((planes * height + rows) * width + cols, seed)
         x[index, :, top:top + h, left:left + w] = fill
+    if mix is not None:  # timm's Mixup._mix_batch, operation for operation
+        if mix.box is not None:
+            top, bottom, left, right = mix.box
+            x[:, :, top:bottom, left:right] = x.flip(0)[:, :, top:bottom, left:right]
+        else:
+            flipped = x.flip(0).mul_(1.0 - mix.lam)
+            x.mul_(mix.lam).add_(flipped)
     return x
