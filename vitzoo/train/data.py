@@ -484,7 +484,8 @@ class DeviceAugment:
     Takes a (B, C, H, W) batch or one (C, H, W) image of uint8 on any device and returns float32 on that device;
     with ``decode``, also an :class:`~vitzoo.train.device_decode.EncodedBatch` from the loader, which it first
     decodes and crops on ``device``. The erasing draws (rectangles and the fill's seed) come from python's ``random``,
-    which the training loop seeds per batch.
+    which the training loop seeds per batch. :meth:`mix` also does timm's batch-mode mixup or cutmix in the
+    normalising pass.
 
     Args:
         mean: per-channel mean in [0, 1] units (the data config's).
