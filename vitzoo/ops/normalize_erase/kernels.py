@@ -10,7 +10,7 @@ from .reference import ERASE_MODES
 
 CONST = tl.constexpr(ERASE_MODES.index("const"))  # the kernel's MODE is the mode's place in ERASE_MODES
 RAND = tl.constexpr(ERASE_MODES.index("rand"))
-NO_MIX, BLEND, BOX = tl.constexpr(0), tl.constexpr(1), tl.constexpr(2)  # the kernel's MIX: none, mixup, cutmix
+BLEND, BOX = tl.constexpr(1), tl.constexpr(2)  # the kernel's MIX: 0 no mix, 1 mixup, 2 cutmix
 
 
 @triton.jit
@@ -73,13 +73,16 @@ def _normalize_erase_kernel(x_ptr, out_ptr, rect_ptr, mean_ptr, std_ptr, B, C, H
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < hw
     value = _plane_tile(x_ptr, rect_ptr, mean_ptr, std_ptr, image, channel, C, W, hw, offs, mask, key, ERASE, MODE)
-    if MIX != NO_MIX:  # the same pixels of the image at the mirrored place in the batch, normalised and erased too
+    # the same pixels of the image at the mirrored place in the batch, normalised and erased too
+    if MIX == BLEND:  # timm's x * lam + x.flip(0) * (1 - lam), each product rounded
         other = _plane_tile(x_ptr, rect_ptr, mean_ptr, std_ptr, B - 1 - image, channel, C, W, hw, offs, mask, key,
                             ERASE, MODE)
-        if MIX == BLEND:  # timm's x * lam + x.flip(0) * (1 - lam), each product rounded
-            value = value * lam + other * lam_other
-        else:
-            row = offs // W
-            col = offs % W
-            value = tl.where((row >= top) & (row < bottom) & (col >= left) & (col < right), other, value)
+        value = value * lam + other * lam_other
+    elif MIX == BOX:  # only the box's pixels are read from the mirrored image
+        row = offs // W
+        col = offs % W
+        box = (row >= top) & (row < bottom) & (col >= left) & (col < right)
+        other = _plane_tile(x_ptr, rect_ptr, mean_ptr, std_ptr, B - 1 - image, channel, C, W, hw, offs, mask & box,
+                            key, ERASE, MODE)
+        value = tl.where(box, other, value)
     tl.store(out_ptr + plane.to(tl.int64) * hw + offs, value, mask=mask)
