@@ -251,6 +251,33 @@ def test_prepared_ahead_raises_a_preparing_error_at_its_batch_and_stops_its_thre
     assert stages() == set()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (streams)")
+def test_a_stage_on_a_stream_of_its_own_hands_each_batch_over_after_its_work_and_keeps_its_memory() -> None:
+    """prepared_ahead on a stream of its own: the taking stream waits for the batch's kernels (queued behind a wait
+    on the stage's stream), and the allocator does not give a taken batch's memory to a later batch while the taker's
+    queued kernels still read it (the taker's stream is held up longer than the stage's)."""
+    from vitzoo.train.device_decode import prepared_ahead
+
+    device = torch.device("cuda")
+    stream = torch.cuda.Stream(device)
+
+    def prepare(index: int, images: None, targets: int) -> tuple[torch.Tensor, int]:
+        torch.cuda._sleep(100_000_000)  # about 50 ms at 2 GHz on the stage's stream before it writes the batch
+        return torch.full((1 << 20,), float(index + 1), device=device), targets
+
+    firsts, lasts = [], []
+    for images, targets in prepared_ahead([(None, index) for index in range(4)], prepare, device, stream=stream):
+        firsts.append((images.clone(), targets))  # queued at once: must wait for the stage's write
+        torch.cuda._sleep(400_000_000)  # the taking stream is busy while the stage writes the next batches
+        lasts.append(images.clone())
+        del images
+    torch.cuda.synchronize()
+    for index, ((first, targets), last) in enumerate(zip(firsts, lasts, strict=True)):
+        assert targets == index
+        assert bool((first == index + 1).all()), f"batch {index} was read before the stage wrote it"
+        assert bool((last == index + 1).all()), f"batch {index} was overwritten while it was still being read"
+
+
 @pytest.mark.usefixtures("fresh_accelerator_state")
 def test_the_device_stage_ahead_trains_as_the_same_stage_run_in_the_training_thread(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

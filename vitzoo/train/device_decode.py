@@ -317,10 +317,31 @@ def decode_crops(batch: EncodedBatch, device: torch.device, size: int) -> torch.
     return crops
 
 
+@functools.cache
+def stage_stream(device: torch.device) -> torch.cuda.Stream:
+    """The stream of ``device`` that the training loop's device stage (decoding, cropping, RandAugment,
+    normalisation, erasing, mixup) queues its work on, made once per device: see :func:`prepared_ahead`."""
+    return torch.cuda.Stream(device)
+
+
+def _cuda_tensors(value: Any) -> Iterator[torch.Tensor]:
+    """The CUDA tensors in ``value`` (a tensor, or tuples, lists and dicts of them)."""
+    if isinstance(value, torch.Tensor):
+        if value.is_cuda:
+            yield value
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            yield from _cuda_tensors(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _cuda_tensors(item)
+
+
 def prepared_ahead(batches: Iterable[tuple[Any, torch.Tensor]],
                    prepare: Callable[[int, Any, torch.Tensor], tuple[Any, torch.Tensor]],
                    device: torch.device, name: str = "prepare-ahead",
-                   fetch_range: str | None = PROFILE_RANGES["load"]) -> Iterator[tuple[Any, torch.Tensor]]:
+                   fetch_range: str | None = PROFILE_RANGES["load"],
+                   stream: torch.cuda.Stream | None = None) -> Iterator[tuple[Any, torch.Tensor]]:
     """``batches`` (a training loader's (images, targets)), each replaced by ``prepare(index, images, targets)``
     (``index``: 0, 1, ... in the loader's order), the next batch fetched and prepared by a background thread (named
     ``name``) while the caller works on the current one. Most of the training loop's device stage is C++ that
@@ -329,28 +350,52 @@ def prepared_ahead(batches: Iterable[tuple[Any, torch.Tensor]],
     ``prepare`` must draw its random numbers from state it seeds itself: the caller's thread runs at the same time.
     Batches keep their order, an error in fetching or preparing is raised where its batch would have been, and the
     thread ends with the iteration (also when the caller stops early). ``fetch_range``: the profiler range around
-    each fetch from ``batches`` (None: none, for a stage that fetches from another stage rather than a loader)."""
+    each fetch from ``batches`` (None: none, for a stage that fetches from another stage rather than a loader).
 
-    # the thread queues its copies and kernels on the caller's stream, so the caller's run after them
-    stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
+    ``stream`` (CUDA): the stream the thread queues its copies and kernels on; None, the caller's current stream,
+    where they run between the caller's kernels in the order the two threads queued them. On a stream of its own the
+    stage's kernels for the next batch can run beside the caller's (the training step), and the stream that takes
+    a batch waits for that batch's work alone (an event recorded after it), not for the batches queued since; the
+    allocator keeps a batch's memory until that stream's uses of it have run (``record_stream``)."""
+    if device.type != "cuda":
+        stream = None
+    elif stream is None:
+        stream = torch.cuda.current_stream(device)
 
-    def fetch(iterator: Iterator[tuple[Any, torch.Tensor]], index: int) -> tuple[Any, torch.Tensor] | None:
+    def fetch(iterator: Iterator[tuple[Any, torch.Tensor]],
+              index: int) -> tuple[tuple[Any, torch.Tensor], torch.cuda.Event | None] | None:
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             try:
                 with record_function(fetch_range) if fetch_range else contextlib.nullcontext():
                     images, targets = next(iterator)
             except StopIteration:
                 return None
-            return prepare(index, images, targets)
+            prepared = prepare(index, images, targets)
+            if stream is None:
+                return prepared, None
+            done = torch.cuda.Event()
+            done.record(stream)
+            return prepared, done
+
+    def handed_over(fetched: tuple[tuple[Any, torch.Tensor], torch.cuda.Event | None]) -> tuple[Any, torch.Tensor]:
+        # runs in the thread that takes the batch, on its current stream
+        prepared, done = fetched
+        if done is not None:
+            consumer = torch.cuda.current_stream(device)
+            if consumer != stream:
+                consumer.wait_event(done)
+                for tensor in _cuda_tensors(prepared):
+                    tensor.record_stream(consumer)
+        return prepared
 
     iterator = iter(batches)
     # The first batch in the caller's thread: a loader starts its worker processes on its first batch, and workers
     # started from the background thread failed at their exit.
-    batch = fetch(iterator, 0)
+    fetched = fetch(iterator, 0)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix=name) as thread:
         index = 0
-        while batch is not None:
+        while fetched is not None:
             index += 1
             pending = thread.submit(fetch, iterator, index)
-            yield batch
-            batch = pending.result()
+            yield handed_over(fetched)
+            fetched = pending.result()

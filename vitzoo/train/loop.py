@@ -64,7 +64,13 @@ from vitzoo.train.data import (
     seed_host_draws,
     seed_torch,
 )
-from vitzoo.train.device_decode import PROFILE_RANGES, EncodedBatch, collate_encoded, prepared_ahead
+from vitzoo.train.device_decode import (
+    PROFILE_RANGES,
+    EncodedBatch,
+    collate_encoded,
+    prepared_ahead,
+    stage_stream,
+)
 from vitzoo.train.evaluate import eval_batch_stage, evaluate
 from vitzoo.train.factories import (
     DropPathRamp,
@@ -510,10 +516,13 @@ def train_one_epoch(training: Training) -> tuple[torch.Tensor, int, float]:
     first_batch = run.batches_done
     ahead = _prepares_ahead(training)
     if ahead:
+        # both stages on a stream of their own: the next batch's kernels run beside this one's training step
+        stream = stage_stream(accelerator.device) if accelerator.device.type == "cuda" else None
         decoded = prepared_ahead(loader, lambda index, images, targets: (
-            _decode_batch(training, images), targets), accelerator.device, name="decode-ahead")
+            _decode_batch(training, images), targets), accelerator.device, name="decode-ahead", stream=stream)
         loader = prepared_ahead(decoded, lambda index, images, targets: _prepare_batch(
-            training, images, targets, first_batch + index), accelerator.device, name="augment-ahead", fetch_range=None)
+            training, images, targets, first_batch + index), accelerator.device, name="augment-ahead", fetch_range=None,
+            stream=stream)
     model.train()
     bar = tqdm(total=len(train_loader), initial=run.batches_done, desc=f"epoch {epoch}", leave=False,
                disable=not (accelerator.is_local_main_process and config.progress))
