@@ -117,6 +117,12 @@ def _normalize_erase():
                     torch.tensor([[1, 0, 0, 2, 2]]), "pixel", seed=2**32 - 1)
 
 
+def _normalize_erase_mixed(box: tuple[int, int, int, int] | None):
+    from vitzoo.ops.normalize_erase import BatchMix, normalize_erase
+    normalize_erase(torch.zeros(2, 3, 4, 5, dtype=torch.uint8) + 9, (0.5,) * 3, (0.25,) * 3,
+                    torch.tensor([[1, 0, 0, 2, 2]]), "rand", seed=7, mix=BatchMix(0.375, box))
+
+
 def _resized_crops():
     from vitzoo.ops.resized_crop import resized_crops
     resized_crops(torch.zeros(2, 3, 6, 7, dtype=torch.uint8) + 5, torch.tensor([[0.0, 0.0, 7.0, 6.0]] * 2),
@@ -127,7 +133,10 @@ def _resized_crops():
 # kernel before the layer's
 CASES = [(rand_augment_function, _rand_augment_layer, 1),
          (rand_augment_function, _rand_augment_layer_with_statistics, 3),
-         (normalize_erase_function, _normalize_erase, 1), (resized_crop_function, _resized_crops, 1)]
+         (normalize_erase_function, _normalize_erase, 1),
+         (normalize_erase_function, lambda: _normalize_erase_mixed(None), 1),  # mixup's blend
+         (normalize_erase_function, lambda: _normalize_erase_mixed((1, 3, 2, 4)), 1),  # cutmix's box
+         (resized_crop_function, _resized_crops, 1)]
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="records the launches under the Triton interpreter (CPU only)")
