@@ -10,6 +10,7 @@ import torch
 from timm.models._manipulate import group_parameters
 
 import vitzoo  # noqa: F401  (registers the models)
+from vitzoo.registry import DEIT_FAMILIES, FAMILIES
 
 MODEL_NAMES = timm.list_models(module="vitzoo_vit")
 SMALL = dict(img_size=32, patch_size=8)  # a 4x4 grid + cls token
@@ -182,3 +183,16 @@ def test_vitzoo_list_models_covers_both_families():
     names = vitzoo.list_models()
     assert set(MODEL_NAMES) < set(names) and {f"qtvit_{i}" for i in range(1, 7)} < set(names)
     assert vitzoo.list_models("qtvit_*") == [f"qtvit_{i}" for i in range(1, 7)]
+
+
+@pytest.mark.parametrize("name", [FAMILIES[family].model_name("tiny") for family in DEIT_FAMILIES]
+                         + ["qtvit_1", "deit_tiny_patch16_224"])
+def test_a_16_bit_batch_gives_the_logits_of_its_float32_batch_under_autocast(name):
+    """What lets a bf16 run's device stage write bf16 batches (vitzoo.train.factories.model_input_dtype): autocast
+    rounds a float32 input to bf16 before the first layer anyway, so the rounded batch changes nothing."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, **({} if name.startswith("qtvit") else SMALL)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model(x.to(torch.bfloat16)), model(x))
+        assert not torch.equal(model(x.to(torch.bfloat16)), model(x.to(torch.bfloat16).float() + 1e-2))

@@ -26,7 +26,8 @@ try:
 except ImportError:  # pragma: no cover - an older Triton
     GPUTarget = ASTSource = None
 
-_TYPES = {torch.uint8: "u8", torch.int32: "i32", torch.int64: "i64", torch.float32: "fp32", torch.float64: "fp64"}
+_TYPES = {torch.uint8: "u8", torch.int32: "i32", torch.int64: "i64", torch.float16: "fp16", torch.bfloat16: "bf16",
+          torch.float32: "fp32", torch.float64: "fp64"}
 _OPTIONS = ("num_warps", "num_stages", "enable_fp_fusion")
 
 
@@ -117,10 +118,10 @@ def _normalize_erase():
                     torch.tensor([[1, 0, 0, 2, 2]]), "pixel", seed=2**32 - 1)
 
 
-def _normalize_erase_mixed(box: tuple[int, int, int, int] | None):
+def _normalize_erase_mixed(box: tuple[int, int, int, int] | None, dtype: torch.dtype):
     from vitzoo.ops.normalize_erase import BatchMix, normalize_erase
     normalize_erase(torch.zeros(2, 3, 4, 5, dtype=torch.uint8) + 9, (0.5,) * 3, (0.25,) * 3,
-                    torch.tensor([[1, 0, 0, 2, 2]]), "rand", seed=7, mix=BatchMix(0.375, box))
+                    torch.tensor([[1, 0, 0, 2, 2]]), "rand", seed=7, mix=BatchMix(0.375, box), dtype=dtype)
 
 
 def _resized_crops():
@@ -134,8 +135,8 @@ def _resized_crops():
 CASES = [(rand_augment_function, _rand_augment_layer, 1),
          (rand_augment_function, _rand_augment_layer_with_statistics, 3),
          (normalize_erase_function, _normalize_erase, 1),
-         (normalize_erase_function, lambda: _normalize_erase_mixed(None), 1),  # mixup's blend
-         (normalize_erase_function, lambda: _normalize_erase_mixed((1, 3, 2, 4)), 1),  # cutmix's box
+         (normalize_erase_function, lambda: _normalize_erase_mixed(None, torch.bfloat16), 1),  # mixup's blend
+         (normalize_erase_function, lambda: _normalize_erase_mixed((1, 3, 2, 4), torch.float16), 1),  # cutmix's box
          (resized_crop_function, _resized_crops, 1)]
 
 

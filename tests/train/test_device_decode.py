@@ -308,6 +308,48 @@ def test_the_device_stage_ahead_trains_as_the_same_stage_run_in_the_training_thr
 
 
 @pytest.mark.usefixtures("fresh_accelerator_state")
+def test_a_bf16_run_whose_device_stage_writes_bf16_trains_as_with_float32_batches(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a bf16 run the device stage rounds its batches (erased, cutmixed or mixed up) to bf16 itself; the run ends
+    with the weights of the same run handed float32 batches, which its autocast rounds the same way."""
+    from safetensors.torch import load_file
+    from tiny_runs import MODEL, train_args, write_image_folder
+
+    import vitzoo.train.factories as factories
+    import vitzoo.train.loop as loop
+    from vitzoo.train.config import load_config
+    from vitzoo.train.data import DeviceAugment
+
+    data = write_image_folder(tmp_path / "images", train_per_class=8, suffix=".jpg")
+    written = []
+    mix = DeviceAugment.mix
+
+    def run(name: str) -> dict[str, torch.Tensor]:
+        output = tmp_path / name
+        args = train_args(output, data, "auto_augment=rand-m9-mstd0.5-inc1", "augment_on_device=true",
+                          "decode_on_device=true", "re_prob=0.5", "mixup=0.8", "cutmix=1.0", "workers=1", "epochs=2",
+                          "precision=bf16")
+        loop.train(load_config(None, args[6:], model=MODEL, output=str(output), data_dir=str(data)))
+        return load_file(str(max((output / "checkpoints").glob("step-*")) / "model.safetensors"))
+
+    def recording_mix(self, *args, **kwargs):
+        images, targets = mix(self, *args, **kwargs)
+        written.append(images.dtype)
+        return images, targets
+
+    monkeypatch.setattr(DeviceAugment, "mix", recording_mix)
+    rounded = run("bf16-batches")
+    assert written and set(written) == {torch.bfloat16}
+    monkeypatch.setattr(factories, "model_input_dtype", lambda config: torch.float32)
+    written.clear()
+    float32 = run("float32-batches")
+    assert written and set(written) == {torch.float32}
+    assert rounded.keys() == float32.keys()
+    for key in rounded:
+        assert torch.equal(rounded[key], float32[key]), f"{key} differs"
+
+
+@pytest.mark.usefixtures("fresh_accelerator_state")
 def test_a_run_stopped_mid_epoch_shuts_its_decoding_loader_down_cleanly(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """max_steps stops the epoch with the next batch being decoded ahead; the loader's worker must still exit

@@ -477,8 +477,8 @@ class AugmentConfig:
 class DeviceAugment:
     """The end of an image folder's training transform, run on whole batches where they are (the training device):
     RandAugment when the workers leave it to the device (:class:`~vitzoo.train.rand_augment.BatchRandAugment`),
-    then uint8 to float32, ``(x / 255 - mean) / std``, with timm's random erasing of the normalised images, in one
-    pass (:func:`vitzoo.ops.normalize_erase.normalize_erase`, with
+    then uint8 to float32 (or ``dtype``), ``(x / 255 - mean) / std``, with timm's random erasing of the normalised
+    images, in one pass (:func:`vitzoo.ops.normalize_erase.normalize_erase`, with
     :class:`~vitzoo.train.random_erasing.BatchRandomErasing`'s rectangles: timm's, for the whole batch at once).
 
     Takes a (B, C, H, W) batch or one (C, H, W) image of uint8 on any device and returns float32 on that device;
@@ -496,20 +496,25 @@ class DeviceAugment:
         rand_augment: RandAugment for uint8 batches, applied first (None: the workers applied it).
         decode: ``(encoded batch, device) -> uint8 batch`` for loaders that hand over JPEG bytes
             (:func:`~vitzoo.train.device_decode.decode_crops` at the input size).
+        dtype: the output's dtype: float32, or the 16-bit dtype a mixed-precision model's autocast casts its input to
+            before its first layer (the same single rounding, done in the normalising pass: the batch's later copies
+            move half the bytes and the model skips the cast).
     """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], re_prob: float = 0.0,
                  re_mode: str = "pixel", rand_augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 decode: Callable[[EncodedBatch, torch.device], torch.Tensor] | None = None) -> None:
+                 decode: Callable[[EncodedBatch, torch.device], torch.Tensor] | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
         self.rand_augment = rand_augment
         self.decode = decode
+        self.dtype = dtype
         self.mean, self.std = tuple(map(float, mean)), tuple(map(float, std))
         self.erase = BatchRandomErasing(re_prob, re_mode) if re_prob > 0 else None
 
     def __call__(self, images: torch.Tensor | EncodedBatch, device: torch.device | None = None) -> torch.Tensor:
         single = isinstance(images, torch.Tensor) and images.dim() == 3
         batch = self._augmented(images, device)
-        x = normalize_erase(batch, self.mean, self.std, *self._erasing(batch))
+        x = normalize_erase(batch, self.mean, self.std, *self._erasing(batch), dtype=self.dtype)
         return x[0] if single else x
 
     def mix(self, images: torch.Tensor | EncodedBatch, targets: torch.Tensor, mixup: Mixup,
@@ -532,7 +537,7 @@ class DeviceAugment:
                 box, lam = cutmix_bbox_and_lam(batch.shape, lam, ratio_minmax=mixup.cutmix_minmax,
                                                correct_lam=mixup.correct_lam)
             mix = BatchMix(lam, box)
-        x = normalize_erase(batch, self.mean, self.std, *erasing, mix=mix)
+        x = normalize_erase(batch, self.mean, self.std, *erasing, mix=mix, dtype=self.dtype)
         return x, mixup_target(targets, mixup.num_classes, lam, mixup.label_smoothing)
 
     def _augmented(self, images: torch.Tensor | EncodedBatch, device: torch.device | None) -> torch.Tensor:
@@ -574,13 +579,16 @@ class EvalTransform:
         return self.workers(image)
 
 
-def folder_transforms(data_config: dict, augment: AugmentConfig) -> tuple[Callable, DeviceAugment, EvalTransform]:
+def folder_transforms(data_config: dict, augment: AugmentConfig, input_dtype: torch.dtype = torch.float32
+                      ) -> tuple[Callable, DeviceAugment, EvalTransform]:
     """Build the transforms of RGB folder datasets from a ``resolve_data_config`` dict.
 
     Args:
         data_config: ``timm.data.resolve_data_config(model=...)`` output (input_size, interpolation, mean, std,
             crop_pct, crop_mode).
         augment: the training augmentation.
+        input_dtype: the dtype of the training batches the device stage hands the model (:class:`DeviceAugment`'s
+            ``dtype``).
 
     Returns:
         The training transform of the loader workers (random-resized crop, flip, RandAugment unless
@@ -609,7 +617,7 @@ def folder_transforms(data_config: dict, augment: AugmentConfig) -> tuple[Callab
         train_transform = crop(tuple(augment.scale), hflip=augment.hflip)
         decode = functools.partial(decode_crops, size=data_config["input_size"][-1])
     on_device = DeviceAugment(data_config["mean"], data_config["std"], augment.re_prob, augment.re_mode,
-                              rand_augment, decode)
+                              rand_augment, decode, input_dtype)
     return train_transform, on_device, EvalTransform(data_config)
 
 

@@ -89,6 +89,16 @@ def dataset_classes(config: TrainConfig) -> list[str]:
     return classes
 
 
+def model_input_dtype(config: TrainConfig) -> torch.dtype:
+    """The dtype of the training batches ``config``'s data hands the model: for image folders, whose device stage
+    normalises the batches, the 16-bit dtype of a mixed-precision run (its autocast would round float32 batches to it
+    before the first layer, the patch embedding's or stem's convolution; rounding once in the device stage gives the
+    same numbers); else float32."""
+    if config.dataset == "fashion_mnist":
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision, torch.float32)
+
+
 def build_transforms(config: TrainConfig, model: nn.Module
                      ) -> tuple[Callable | None, DeviceAugment | GreyBatchAugment | None, Callable, dict]:
     """Return the transforms of ``config``'s dataset and its resolved data config.
@@ -96,7 +106,8 @@ def build_transforms(config: TrainConfig, model: nn.Module
     Returns:
         (train transform, device stage, eval transform, data config). An image folder's train transform ends in uint8
         images and its device stage (:class:`~vitzoo.train.data.DeviceAugment`) normalises and erases whole batches
-        on the training device (and runs RandAugment with ``augment_on_device``); Fashion-MNIST's train transform
+        on the training device (and runs RandAugment with ``augment_on_device``), writing the run's 16-bit dtype in
+        mixed precision (:func:`model_input_dtype`); Fashion-MNIST's train transform
         normalises on its own and has no device stage (None), or with ``augment_on_device`` is None (uint8 samples)
         and its device stage (:class:`~vitzoo.train.data.GreyBatchAugment`) crops, flips and normalises batches.
     """
@@ -118,7 +129,7 @@ def build_transforms(config: TrainConfig, model: nn.Module
     augment = AugmentConfig(config.auto_augment, config.re_prob, config.re_mode, config.color_jitter, config.hflip,
                             tuple(config.scale), config.train_interpolation, config.augment_on_device,
                             config.decode_on_device, config.crop_on_device)
-    train_tf, device_tf, eval_tf = folder_transforms(data_config, augment)
+    train_tf, device_tf, eval_tf = folder_transforms(data_config, augment, model_input_dtype(config))
     return train_tf, device_tf, eval_tf, data_config
 
 

@@ -79,6 +79,7 @@ from vitzoo.train.factories import (
     build_transforms,
     create_model_from_config,
     dataset_classes,
+    model_input_dtype,
 )
 
 if TYPE_CHECKING:
@@ -427,7 +428,8 @@ def _training_forward(config: TrainConfig, model: torch.nn.Module, data_config: 
         return torch.compile(model, mode=config.compile)
     if not config.cuda_graph:
         return model
-    example = torch.randn(config.batch_size, *data_config["input_size"], device=device)
+    # the dtype of the batches: each is copied into the graph's static input
+    example = torch.randn(config.batch_size, *data_config["input_size"], device=device, dtype=model_input_dtype(config))
     if config.channels_last:
         example = example.contiguous(memory_format=torch.channels_last)
     # accelerate's forward wrapper already runs the model under the run's autocast and returns fp32

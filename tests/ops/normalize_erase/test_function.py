@@ -5,9 +5,12 @@ Without CUDA the kernel runs under the Triton interpreter (``tests/conftest.py``
 """
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from vitzoo.ops import use_backend
 from vitzoo.ops.normalize_erase import ERASE_MODES, BatchMix, normalize_erase, normalize_erase_reference
+from vitzoo.ops.normalize_erase.kernels import _bf16_bits
 from vitzoo.ops.normalize_erase.reference import mix32, normal_noise
 
 from ..markers import DEVICE, needs_cuda, needs_kernels
@@ -30,9 +33,15 @@ def _inputs(batch: int, height: int, width: int, seed: int):
     return images, torch.tensor(rectangles, dtype=torch.int64)
 
 
-def _kernel(images, rectangles, mode, seed, mean=MEAN, std=STD, mix=None):
+@triton.jit
+def _rounded_kernel(x_ptr, out_ptr, N: tl.constexpr):
+    offs = tl.arange(0, N)
+    tl.store(out_ptr + offs, _bf16_bits(tl.load(x_ptr + offs)).to(tl.bfloat16, bitcast=True))
+
+
+def _kernel(images, rectangles, mode, seed, mean=MEAN, std=STD, mix=None, dtype=torch.float32):
     with use_backend("triton"):
-        return normalize_erase(images.to(DEVICE), mean, std, rectangles, mode, seed, mix).cpu()
+        return normalize_erase(images.to(DEVICE), mean, std, rectangles, mode, seed, mix, dtype).cpu()
 
 
 def _erased(rectangles: torch.Tensor, shape) -> torch.Tensor:
@@ -74,6 +83,34 @@ def test_the_mixing_kernel_equals_the_reference(mix: BatchMix, mode: str) -> Non
         top, bottom, left, right = mix.box
         assert torch.equal(got[:, :, top:bottom, left:right], _kernel(images, rectangles, mode, 5).flip(0)[
             :, :, top:bottom, left:right])
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("mix", [None, BatchMix(0.3125), BatchMix(0.7, (2, 11, 1, 16))])
+def test_a_16_bit_output_is_the_float32_one_rounded_once(dtype: torch.dtype, mix: BatchMix | None) -> None:
+    """What a 16-bit model's autocast would do to the float32 batch before its first layer: one round to nearest."""
+    images, rectangles = _inputs(6, 13, 17, seed=21)
+    want32 = normalize_erase_reference(images, MEAN, STD, rectangles, "pixel", seed=3, mix=mix)
+    want = normalize_erase_reference(images, MEAN, STD, rectangles, "pixel", seed=3, mix=mix, dtype=dtype)
+    assert want.dtype == dtype and torch.equal(want, want32.to(dtype))
+    got = _kernel(images, rectangles, "pixel", 3, mix=mix, dtype=dtype)
+    got32 = _kernel(images, rectangles, "pixel", 3, mix=mix)
+    assert got.dtype == dtype and torch.equal(got, got32.to(dtype))
+    # the kernel's float32 values are the reference's up to the fill's last bits and the fused mix: a 16-bit
+    # rounding apart at most
+    assert torch.allclose(got.float(), want.float(), rtol=torch.finfo(dtype).eps, atol=5e-5)
+
+
+@needs_kernels
+def test_the_kernels_bfloat16_rounding_is_torchs_ties_to_even_included() -> None:
+    # random values, and values halfway between two bfloat16s (low 16 bits 0x8000; high bits of magnitudes between
+    # 2^-15 and 2^17, even and odd last kept bits)
+    halfway = (torch.randint(0x3800, 0x4800, (254,), dtype=torch.int32) << 16 | 0x8000).view(torch.float32)
+    values = torch.cat([torch.randn(512) * 4, halfway, -halfway, torch.tensor([0.0, -0.0, 1.0, 3.0e38])])
+    out = torch.empty(1024, dtype=torch.bfloat16, device=DEVICE)
+    _rounded_kernel[(1,)](values.to(DEVICE), out, N=1024)
+    assert torch.equal(out.cpu(), values.to(torch.bfloat16))
 
 
 @pytest.mark.parametrize("mix", [BatchMix(0.375), BatchMix(0.5, (1, 7, 2, 10))])
@@ -145,6 +182,8 @@ def test_bad_inputs_get_one_line_errors() -> None:
         normalize_erase(images[:3], MEAN, STD, mix=BatchMix(0.5))
     with pytest.raises(ValueError, match="must lie inside the 8x8 images"):
         normalize_erase(images, MEAN, STD, rectangles, mix=BatchMix(0.5, (0, 9, 0, 4)))
+    with pytest.raises(TypeError, match="float32, bfloat16 or float16, not torch.float64"):
+        normalize_erase(images, MEAN, STD, rectangles, dtype=torch.float64)
 
 
 @needs_cuda
@@ -155,3 +194,5 @@ def test_a_full_size_batch_on_the_gpu_equals_the_reference() -> None:
     erased = _erased(rectangles, images.shape)
     assert torch.equal(got[~erased], want[~erased])
     assert torch.allclose(got[erased], want[erased], rtol=1e-5, atol=5e-5)
+    for dtype in (torch.bfloat16, torch.float16):  # rounded once, as the GPU's own conversion rounds
+        assert torch.equal(_kernel(images, rectangles, "pixel", 2**32 - 1, dtype=dtype), got.to(dtype))

@@ -1,8 +1,8 @@
 """The Triton kernel of normalisation and random erasing: a program owns a tile of one (image, channel) plane, reads
-uint8 and writes float32; in an image with a rectangle it draws the fill of the tile's pixels inside it from the
-reference's counter-based hash (integer arithmetic in int64, exact), so no noise tensor is written or read. With a
-batch mix it computes the mirrored image's tile the same way and blends or boxes the two, so mixup costs no pass of
-its own over the float32 batch."""
+uint8 and writes float32 (or rounds to bfloat16 or float16 once, storing); in an image with a rectangle it draws the
+fill of the tile's pixels inside it from the reference's counter-based hash (integer arithmetic in int64, exact), so
+no noise tensor is written or read. With a batch mix it computes the mirrored image's tile the same way and blends or
+boxes the two, so mixup costs no pass of its own over the float32 batch."""
 import triton
 import triton.language as tl
 
@@ -62,6 +62,14 @@ def _plane_tile(x_ptr, rect_ptr, mean_ptr, std_ptr, image, channel, C, W, hw, of
     return value
 
 
+@triton.jit
+def _bf16_bits(value):
+    """float32 ``value`` rounded to the nearest bfloat16, ties to even, as its 16 bits: in integers, because the
+    interpreter's bfloat16 conversion truncates where the GPU's rounds (the values are finite)."""
+    bits = value.to(tl.uint32, bitcast=True)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).to(tl.uint16)
+
+
 @triton.jit(do_not_specialize=["B", "C", "H", "W", "key", "lam", "lam_other", "top", "bottom", "left", "right"])
 def _normalize_erase_kernel(x_ptr, out_ptr, rect_ptr, mean_ptr, std_ptr, B, C, H, W, key, lam, lam_other, top,
                             bottom, left, right, ERASE: tl.constexpr, MODE: tl.constexpr, MIX: tl.constexpr,
@@ -85,4 +93,6 @@ def _normalize_erase_kernel(x_ptr, out_ptr, rect_ptr, mean_ptr, std_ptr, B, C, H
         other = _plane_tile(x_ptr, rect_ptr, mean_ptr, std_ptr, B - 1 - image, channel, C, W, hw, offs, mask & box,
                             key, ERASE, MODE)
         value = tl.where(box, other, value)
+    if out_ptr.dtype.element_ty == tl.bfloat16:
+        value = _bf16_bits(value).to(tl.bfloat16, bitcast=True)
     tl.store(out_ptr + plane.to(tl.int64) * hw + offs, value, mask=mask)

@@ -3,7 +3,8 @@
 ``(x / 255 - mean) / std`` per channel (torchvision's ``to_tensor`` and ``Normalize``, in their order), then each
 rectangle of the erased images takes the erasing mode's fill: ``'pixel'`` a standard normal number per pixel and
 channel, ``'rand'`` one per image and channel, ``'const'`` zero; then, optionally, timm's batch-mode mixup or cutmix of
-the batch with itself reversed (:class:`BatchMix`), with timm's float32 operations. The normal numbers are a
+the batch with itself reversed (:class:`BatchMix`), with timm's float32 operations; the result is float32 or, for a
+model whose autocast casts its input to 16 bits first, rounded to that dtype once at the end. The normal numbers are a
 counter-based hash of the seed and the element's index (two 32-bit hashes, Box-Muller), so they depend on nothing but
 the seed and the layout: the kernel draws the same ones (up to the last bits of its log, cos and sqrt), on any device,
 without writing a noise tensor.
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 
 ERASE_MODES = ("const", "rand", "pixel")
+OUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _MASK32 = 0xFFFFFFFF
 
 
@@ -58,12 +60,15 @@ class BatchMix:
 
 
 def check_inputs(images: torch.Tensor, mean: Sequence[float], std: Sequence[float], rectangles: torch.Tensor,
-                 mode: str, mix: BatchMix | None = None) -> None:
+                 mode: str, mix: BatchMix | None = None, dtype: torch.dtype = torch.float32) -> None:
     """The contract: uint8 (B, C, H, W) images, C means and standard deviations, ``rectangles`` a host (R, 5)
     integer tensor of (image, top, left, height, width) inside the images, at most one per image, a mode of
-    :data:`ERASE_MODES`, and a mix of an even batch whose box lies inside the images."""
+    :data:`ERASE_MODES`, a mix of an even batch whose box lies inside the images, and an output dtype of
+    :data:`OUT_DTYPES`."""
     if images.dtype != torch.uint8 or images.dim() != 4:
         raise TypeError(f"normalize_erase takes uint8 (B, C, H, W) images, got {images.dtype} {tuple(images.shape)}")
+    if dtype not in OUT_DTYPES:
+        raise TypeError(f"normalize_erase writes float32, bfloat16 or float16, not {dtype}")
     batch, channels, height, width = images.shape
     if len(mean) != channels or len(std) != channels:
         raise ValueError(f"normalize_erase: {channels} channels need {channels} means and stds, got {len(mean)} and "
@@ -92,10 +97,11 @@ def check_inputs(images: torch.Tensor, mean: Sequence[float], std: Sequence[floa
 
 def normalize_erase_reference(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
                               rectangles: torch.Tensor, mode: str = "pixel", seed: int = 0,
-                              mix: BatchMix | None = None) -> torch.Tensor:
+                              mix: BatchMix | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``(images / 255 - mean) / std`` (float32) with each rectangle (image, top, left, height, width) of
-    ``rectangles`` filled as ``mode`` says, its normal numbers drawn for ``seed``, then mixed as ``mix`` says."""
-    check_inputs(images, mean, std, rectangles, mode, mix)
+    ``rectangles`` filled as ``mode`` says, its normal numbers drawn for ``seed``, then mixed as ``mix`` says; as
+    ``dtype``."""
+    check_inputs(images, mean, std, rectangles, mode, mix, dtype)
     shape = (1, -1, 1, 1)
     x = images.float().div(255).sub_(torch.tensor(mean, dtype=torch.float32, device=images.device).view(shape))
     x = x.div_(torch.tensor(std, dtype=torch.float32, device=images.device).view(shape))
@@ -119,4 +125,4 @@ def normalize_erase_reference(images: torch.Tensor, mean: Sequence[float], std: 
         else:
             flipped = x.flip(0).mul_(1.0 - mix.lam)
             x.mul_(mix.lam).add_(flipped)
-    return x
+    return x.to(dtype)
