@@ -446,3 +446,10 @@ def test_sample_training_samples_a_running_training_and_stops_it(tmp_path: Path)
     assert any("train_one_epoch" in frame["frame"] for frame in main["frames"])
     assert run["sampling"] == {"rate_hz": 50, "seconds": 1, "after_epochs": 1, "native": False}
     assert run["model"] == "softmax_deit_tiny_patch16_224" and run["info"]["git_revision"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CPU machine's answer (on a GPU the script runs the tests)")
+def test_gpu_tests_script_says_what_to_run_on_a_machine_without_a_gpu():
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_tests.sh")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "sees no CUDA GPU; on a CPU machine run bash scripts/test.sh" in done.stderr
