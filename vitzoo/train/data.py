@@ -481,7 +481,7 @@ class DeviceAugment:
     images, in one pass (:func:`vitzoo.ops.normalize_erase.normalize_erase`, with
     :class:`~vitzoo.train.random_erasing.BatchRandomErasing`'s rectangles: timm's, for the whole batch at once).
 
-    Takes a (B, C, H, W) batch or one (C, H, W) image of uint8 on any device and returns float32 on that device;
+    Takes a (B, C, H, W) batch or one (C, H, W) image of uint8 on any device and returns ``dtype`` on that device;
     with ``decode``, also an :class:`~vitzoo.train.device_decode.EncodedBatch` from the loader, which it first
     decodes and crops on ``device``. The erasing draws (rectangles and the fill's seed) come from python's ``random``,
     which the training loop seeds per batch. :meth:`mix` also does timm's batch-mode mixup or cutmix in the
