@@ -357,6 +357,8 @@ def prepared_ahead(batches: Iterable[tuple[Any, torch.Tensor]],
     stage's kernels for the next batch can run beside the caller's (the training step), and the stream that takes
     a batch waits for that batch's work alone (an event recorded after it), not for the batches queued since; the
     allocator keeps a batch's memory until that stream's uses of it have run (``record_stream``)."""
+    # a batch is handed over by an event only from a stream of its own (on the caller's, the order of the queue does)
+    hand_over = device.type == "cuda" and stream is not None
     if device.type != "cuda":
         stream = None
     elif stream is None:
@@ -371,7 +373,7 @@ def prepared_ahead(batches: Iterable[tuple[Any, torch.Tensor]],
             except StopIteration:
                 return None
             prepared = prepare(index, images, targets)
-            if stream is None:
+            if not hand_over:
                 return prepared, None
             done = torch.cuda.Event()
             done.record(stream)

@@ -414,9 +414,8 @@ def setup(config: TrainConfig) -> Training:
                   output=str(output), params_m=round(sum(p.numel() for p in model.parameters()) / 1e6, 4))
     scheduler.step_update(run.num_updates)
     return Training(run, train_set, val_set, train_sampler, train_loader, device_tf, val_loader, val_on_device,
-                    forward, scheduler,
-                    total_epochs, mixup, criterion, log, output, last_checkpoint=resumed_from, start_time=time.time(),
-                    drop_path_ramp=ramp)
+                    forward, scheduler, total_epochs, mixup, criterion, log, output, last_checkpoint=resumed_from,
+                    start_time=time.time(), drop_path_ramp=ramp)
 
 
 def _training_forward(config: TrainConfig, model: torch.nn.Module, data_config: dict,
