@@ -76,13 +76,24 @@ class _StubKernel:
 
 @contextlib.contextmanager
 def stubbed_kernels(launches: list[int]) -> Iterator[None]:
-    """Replace every kernel the ops' function modules launch with a counting stub, and take the Triton branch."""
+    """Replace every kernel the ops' function modules launch with a counting stub, and take the Triton branch: the
+    module attributes named ``_..._kernel`` and the module-level tuples that hold them (a kernel launched from such a
+    tuple would otherwise run in the interpreter, uncounted, and its argument copies would count as ops)."""
     saved = []
     for package in OP_PACKAGES:
         module = importlib.import_module(f"vitzoo.ops.{package}.function")
-        for name in [n for n in vars(module) if n.startswith("_") and n.endswith("_kernel")]:
-            saved.append((module, name, getattr(module, name)))
-            setattr(module, name, _StubKernel(launches))
+        kernels = {name: value for name, value in vars(module).items()
+                   if name.startswith("_") and name.endswith("_kernel")}
+        stubs = {id(kernel): _StubKernel(launches) for kernel in kernels.values()}
+        for name, value in list(vars(module).items()):
+            if name in kernels:
+                stub = stubs[id(value)]
+            elif isinstance(value, tuple) and value and all(id(item) in stubs for item in value):
+                stub = tuple(stubs[id(item)] for item in value)
+            else:
+                continue
+            saved.append((module, name, value))
+            setattr(module, name, stub)
     try:
         with use_backend("triton"):
             yield

@@ -128,6 +128,24 @@ def test_op_counts_kernel_path_counts_stubbed_launches_and_restores_the_kernels(
     assert function._free_energy_mix_fwd_kernel is kernel
 
 
+def test_op_counts_stubs_the_kernels_an_op_launches_from_a_tuple():
+    """The delta rule's training forward launches its three kernels from a module-level tuple: those are stubbed and
+    counted too (run instead, they took minutes in the interpreter and their argument copies counted as ops)."""
+    if not interpreting():
+        pytest.skip("the ops take their Triton branch on the CPU only under TRITON_INTERPRET=1")
+    op_counts = _benchmark_module("op_counts")
+    function = importlib.import_module("vitzoo.ops.delta_rule.function")
+    kernels = function._THREE_KERNELS
+    launches: list[int] = []
+    model = timm.create_model("deltanet_deit_tiny_patch16_224", img_size=32, depth=1).train()
+    with op_counts.stubbed_kernels(launches):
+        assert all(isinstance(kernel, op_counts._StubKernel) for kernel in function._THREE_KERNELS)
+        op_counts.count(lambda: model(torch.randn(1, 3, 32, 32)), launches)
+    # norm1, the short convolution, the delta rule's three kernels, the gated norm, norm2 with its add, the final norm
+    assert len(launches) == 8
+    assert function._THREE_KERNELS is kernels
+
+
 # A stand-in for the official InLine checkout: a models/inline_deit.py whose VisionTransformer takes the official
 # constructor's arguments and which registers an entry point of its own at import, as the official file does.
 _STAND_IN = '''
