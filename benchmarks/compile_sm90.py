@@ -6,8 +6,8 @@ registers per thread as the launch option of that name does (the spills then sho
 
     python benchmarks/compile_sm90.py [--chunk 32] [--head-dim 64 128] [--maxnreg 168] [--family delta linear shell]
 
-``shell``: the kernels around the mixers' cores (norms, local convolution, FEM's two ops, H3's SSM kernels and
-Toeplitz attention) at the launch settings their heuristics pick for the tiny models.
+``shell``: the kernels around the mixers' cores (norms, local convolution, InLine's kernel predictor, FEM's two ops,
+H3's SSM kernels and Toeplitz attention) at the launch settings their heuristics pick for the tiny models.
 """
 from __future__ import annotations
 
@@ -165,13 +165,21 @@ def shell_kernels() -> list[tuple]:
                     (f"{label} bwd", norm._norm_bwd_kernel, meta, norm_h.num_warps(width), fp32)]
     # DeltaNet-T's convolution at 224 px: a 14 x 14 grid, 576 channels
     conv_fwd = dict(K=3, ROWS=conv_h.rows(14), BLOCK_W=conv_h.block_w(14), BLOCK_C=conv_h.block_c(576))
-    for act in (0, 1):
-        entries.append((f"local conv 576 act {act}", conv._local_conv_fwd_kernel,
-                        dict(conv_fwd, HAS_BIAS=False, HAS_RESIDUAL=False, PREFIX=1, ACT=act), conv_h.NUM_WARPS,
-                        {"w_ptr", "bias_ptr"}))
+    for act, flip in ((0, False), (1, False), (0, True)):  # the forward, the SiLU forward, dx
+        entries.append((f"local conv 576 act {act}{' flip' if flip else ''}", conv._local_conv_fwd_kernel,
+                        dict(conv_fwd, HAS_BIAS=False, HAS_RESIDUAL=False, PREFIX=1, ACT=act, FLIP=flip),
+                        conv_h.NUM_WARPS, {"w_ptr", "bias_ptr"}))
     entries.append(("local conv 576 dw", conv._local_conv_dw_kernel,
                     dict(K=3, BLOCK_P=conv_h.DW_BLOCK_P, BLOCK_C=conv_h.block_c(576)), conv_h.DW_NUM_WARPS,
                     {"part_ptr"}))
+    # InLine-T's predictor: 6 groups of 32 channels, fp32 weights, sums and gradients, bf16 tokens and their gradient
+    pred = importlib.import_module("vitzoo.ops.kernel_predictor.kernels")
+    pred_h = importlib.import_module("vitzoo.ops.kernel_predictor.heuristics")
+    pred_meta = dict(BLOCK_B=pred_h.MLP_BLOCK_B, BLOCK_D=pred_h.block_width(32), BLOCK_J=pred_h.MLP_BLOCK_J)
+    for name, warps in (("mlp", pred_h.NUM_WARPS), ("bwd", pred_h.BWD_NUM_WARPS)):
+        kernel = getattr(pred, f"_predictor_{name}_kernel")
+        fp32 = {p for p in inspect.signature(kernel.fn).parameters if p.endswith("_ptr") and p != "dx_ptr"}
+        entries.append((f"InLine predictor {name}", kernel, pred_meta, warps, fp32))
     # H3-T: bf16 q, k, v of head dim 64, fp32 lags
     toep_meta = dict(DK=64, DV=64, BLOCK_DK=toep_h.block_d(64), BLOCK_DV=toep_h.block_d(64), BLOCK_T=toep_h.BLOCK_T,
                      BLOCK_S=toep_h.BLOCK_S, PREC="native")

@@ -26,12 +26,13 @@ from vitzoo.train.data import FASHION_MNIST_DIR
 # The ops' launch functions, spied on by name: each family must run exactly its own ops through the kernels.
 SPIED_OPS = {"linear_attention": "linear_attention_triton", "delta_rule": "delta_rule_triton",
              "local_conv": "_local_conv_fwd", "layer_norm": ("_norm", "_add_norm"),
+             "kernel_predictor": "_predictor_fwd",
              "zeros_weights": "_zeros_weights_fwd", "free_energy": ("_free_energy_values_fwd", "_free_energy_mix_fwd"),
              "ssm_kernel": "_ssm_kernels_fwd", "toeplitz_attention": "_toeplitz_attention_fwd"}
 FAMILY_OPS = {  # beyond every family's norms (norm1 and the final norm; norm2 with the residual add before it)
     "softmax": set(),
     "linear": {"linear_attention_triton"},
-    "inline": {"linear_attention_triton", "_local_conv_fwd"},
+    "inline": {"linear_attention_triton", "_local_conv_fwd", "_predictor_fwd"},
     "qt": {"linear_attention_triton"},
     "zeros": {"linear_attention_triton", "_zeros_weights_fwd"},
     "fem": {"linear_attention_triton", "_free_energy_values_fwd", "_free_energy_mix_fwd"},

@@ -1,9 +1,9 @@
-"""The training pipeline's device-stage kernels compile for a Hopper GPU (sm_90) with the arguments their launches
-pass, on a machine without one: the Triton interpreter runs only the branches the data takes and checks no types,
-so a branch that a launch's argument types break (a float64 buffer where the kernel reads float32) passes every
-interpreted test and fails on the GPU. Each op runs once with the Triton backend under the interpreter, its launch is
-recorded, and the kernel is compiled down to a cubin for those argument types (in a process of its own, where
-``triton.jit`` makes compilable kernels)."""
+"""The training pipeline's device-stage kernels, and InLine's kernel predictor with its backward, compile for a
+Hopper GPU (sm_90) with the arguments their launches pass, on a machine without one: the Triton interpreter runs
+only the branches the data takes and checks no types, so a branch that a launch's argument types break (a float64
+buffer where the kernel reads float32) passes every interpreted test and fails on the GPU. Each op runs once with the
+Triton backend under the interpreter, its launches are recorded, and the kernels are compiled down to cubins for
+those argument types (in a process of its own, where ``triton.jit`` makes compilable kernels)."""
 import json
 import os
 import subprocess
@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from vitzoo.ops import use_backend
+from vitzoo.ops.kernel_predictor import function as kernel_predictor_function
 from vitzoo.ops.normalize_erase import function as normalize_erase_function
 from vitzoo.ops.rand_augment import function as rand_augment_function
 from vitzoo.ops.resized_crop import function as resized_crop_function
@@ -91,7 +92,8 @@ def _compile(requests: list[dict]) -> None:
 
 def _launches(module, monkeypatch, call) -> list:
     recorder = _Recorder()
-    monkeypatch.setattr(module, "cached_launcher", recorder)
+    monkeypatch.setattr(module, "cached_launcher", recorder, raising=False)
+    monkeypatch.setattr(module, "launcher", lambda kernel, direct_launch: recorder(kernel), raising=False)
     with use_backend("triton"):
         call()
     assert recorder.launches
@@ -130,6 +132,13 @@ def _resized_crops():
                   torch.tensor([False, True]), 4)
 
 
+def _kernel_predictor_training_step():
+    from vitzoo.ops import predict_local_kernels
+    x = torch.rand(17, 5, 12, dtype=torch.bfloat16, requires_grad=True)
+    params = [torch.rand(shape, requires_grad=True) for shape in ((12, 4, 1), (12,), (108, 4, 1), (108,))]
+    predict_local_kernels(x, *params, groups=3, kernel_size=3).sum().backward()
+
+
 # (the module whose launcher is recorded, the call, its launches): the statistics take a histogram and a statistics
 # kernel before the layer's
 CASES = [(rand_augment_function, _rand_augment_layer, 1),
@@ -137,7 +146,8 @@ CASES = [(rand_augment_function, _rand_augment_layer, 1),
          (normalize_erase_function, _normalize_erase, 1),
          (normalize_erase_function, lambda: _normalize_erase_mixed(None, torch.bfloat16), 1),  # mixup's blend
          (normalize_erase_function, lambda: _normalize_erase_mixed((1, 3, 2, 4), torch.float16), 1),  # cutmix's box
-         (resized_crop_function, _resized_crops, 1)]
+         (resized_crop_function, _resized_crops, 1),
+         (kernel_predictor_function, _kernel_predictor_training_step, 3)]  # token sums, MLP, backward
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="records the launches under the Triton interpreter (CPU only)")

@@ -1,5 +1,5 @@
-"""InLine's local-kernel predictor: the reference against the released layers, the kernels against the float64
-reference, where each runs, bad inputs.
+"""InLine's local-kernel predictor: the reference against the released layers, the kernels and their backward
+against the float64 reference, where each runs, bad inputs.
 
 Without CUDA the kernels run under the Triton interpreter (``tests/conftest.py`` sets ``TRITON_INTERPRET=1``).
 """
@@ -72,35 +72,65 @@ def test_kernels_match_float64_reference(b, n, c, groups, k, dtype):
     assert relative_error(got.cpu(), expected) < 1e-5
 
 
+def _gradients(out, inputs, seed):
+    """The gradients of ``inputs`` for a fresh random incoming gradient of ``out`` (float64 on the CPU, cast to
+    ``out``'s dtype and device; read in the (B, k, k, C) order, as the local convolution's backward writes it)."""
+    b, c, k, _ = out.shape
+    gen = torch.Generator().manual_seed(seed)
+    grad = torch.randn(b, k, k, c, generator=gen, dtype=torch.float64).permute(0, 3, 1, 2)
+    return torch.autograd.grad(out, inputs, grad.to(out.device, out.dtype))
+
+
 @needs_kernels
-def test_kernels_run_only_where_no_gradient_is_recorded(monkeypatch):
-    """Calls that record a gradient run the reference; the first call without one launches the kernels and keeps
-    its launches, which a call with the same key (other tensors) repeats, with the reference's result."""
+@pytest.mark.parametrize("b, n, c, groups, k", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernels_gradients_match_float64_reference(b, n, c, groups, k, dtype, monkeypatch):
+    """The backward kernel's gradients of x (one image's share for each of its tokens, in x's dtype) and of the
+    four weights (fp32, summed over image blocks) against float64; every gradient written (NaN-poisoned
+    allocator). A bf16 x's gradient carries one bf16 rounding."""
+    x, params = _inputs(b, n, c, groups, k, dtype, DEVICE, b + n + c + 1)
+    leaves = [x.requires_grad_(), *[p.requires_grad_() for p in params]]
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
+    set_backend("triton")
+    try:
+        out = predict_local_kernels(*leaves, groups=groups, kernel_size=k)
+        grads = _gradients(out, leaves, seed=c)
+    finally:
+        set_backend("auto")
+    ref_leaves = [t.detach().cpu().double().requires_grad_() for t in leaves]
+    expected = _gradients(predict_local_kernels_reference(*ref_leaves, groups, k), ref_leaves, seed=c)
+    assert [g.dtype for g in grads] == [dtype] + [torch.float32] * 4
+    assert relative_error(grads[0].cpu(), expected[0]) < (5e-3 if dtype == torch.bfloat16 else 1e-5)
+    for got, want in zip(grads[1:], expected[1:], strict=True):
+        assert relative_error(got.cpu(), want) < 1e-5
+
+
+@needs_kernels
+def test_kernels_run_eagerly_and_keep_only_inference_launches(monkeypatch):
+    """A call that records a gradient runs the autograd function (the kernels) and keeps nothing; the first call
+    without one launches the kernels and keeps its launches, which a call with the same key (other tensors) repeats,
+    with the reference's result."""
     monkeypatch.setattr(function, "_KEPT", KeptLaunches())
     calls = []
-    launch = function._predict_local_kernels
-    monkeypatch.setattr(function, "_predict_local_kernels", lambda *a, **kw: calls.append(1) or launch(*a, **kw))
+    launch, forward = function._predict_local_kernels, function._predictor_fwd
+    monkeypatch.setattr(function, "_predict_local_kernels", lambda *a, **kw: calls.append("infer") or launch(*a, **kw))
+    monkeypatch.setattr(function, "_predictor_fwd", lambda *a, **kw: calls.append("train") or forward(*a, **kw))
     x, params = _inputs(2, 9, 6, 2, 3, torch.float32, DEVICE, 1)
     set_backend("triton")
     try:
         leaves = [p.clone().requires_grad_() for p in params]
-        out = predict_local_kernels(x, *leaves, groups=2, kernel_size=3)
-        grads = torch.autograd.grad(out.square().sum(), leaves)
-        assert calls == []
+        predict_local_kernels(x, *leaves, groups=2, kernel_size=3)
+        assert calls == ["train"] and not function._KEPT.launches
         with torch.no_grad():
             predict_local_kernels(x, *leaves, groups=2, kernel_size=3)
-            assert calls == [1]
+            assert calls == ["train", "infer"]
             monkeypatch.setattr(torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
             kept = predict_local_kernels(x.clone(), *[p.clone() for p in params], groups=2, kernel_size=3)
-        assert calls == [1] and len(function._KEPT.launches) == 1
+        assert calls == ["train", "infer"] and len(function._KEPT.launches) == 1
     finally:
         set_backend("auto")
     ref_x, ref_params = _float64(x, params)
     assert relative_error(kept.cpu(), predict_local_kernels_reference(ref_x, *ref_params, 2, 3)) < 1e-5
-    ref_leaves = [p.requires_grad_() for p in ref_params]
-    ref_out = predict_local_kernels_reference(ref_x, *ref_leaves, groups=2, kernel_size=3)
-    for got, expected in zip(grads, torch.autograd.grad(ref_out.square().sum(), ref_leaves), strict=True):
-        assert relative_error(got.cpu(), expected) < 1e-5
 
 
 def test_reference_path_ignores_autocast():
@@ -131,13 +161,20 @@ def test_kernels_write_every_output(monkeypatch):
 @needs_cuda
 def test_bf16_tokens_at_model_size():
     """InLine-T's shape (64 images of 197 tokens, 192 channels in 3 groups, 3 x 3 kernels), bf16 tokens, against
-    float64: the kernels sum and multiply in fp32 as the reference does."""
+    float64, forward and gradients: the kernels sum and multiply in fp32 as the reference does."""
     x, params = _inputs(64, 197, 192, 3, 3, torch.bfloat16, "cuda", 3)
     with torch.no_grad():
         got = predict_local_kernels(x, *params, groups=3, kernel_size=3)
     ref_x, ref_params = _float64(x, params)
     expected = predict_local_kernels_reference(ref_x, *ref_params, 3, 3)
     assert relative_error(got.cpu(), expected) < 1e-5
+    leaves = [x.requires_grad_(), *[p.requires_grad_() for p in params]]
+    grads = _gradients(predict_local_kernels(*leaves, groups=3, kernel_size=3), leaves, seed=5)
+    ref_leaves = [t.requires_grad_() for t in (ref_x, *ref_params)]
+    expected = _gradients(predict_local_kernels_reference(*ref_leaves, 3, 3), ref_leaves, seed=5)
+    assert relative_error(grads[0].cpu(), expected[0]) < 5e-3  # one bf16 rounding
+    for got, want in zip(grads[1:], expected[1:], strict=True):
+        assert relative_error(got.cpu(), want) < 1e-5
 
 
 @pytest.mark.parametrize("change, message", [

@@ -10,6 +10,10 @@ forward 5.64 against 4.39 ms with PyTorch's mean.
 The MLP: (block of 16 images, group) programs, the second layer's outputs in blocks of 64 (18.2 us a call at
 InLine-T's 224 px shape in the H100 profile of the model). A program per block of outputs as well, recomputing the
 first layer in each (432 programs there instead of 48), ran 27.5-29.3 us a call in do_bench at its best shapes.
+
+The backward: the MLP's (block of 16 images, group) programs and output blocks, at 8 warps: compiled for sm_90
+(``python benchmarks/compile_sm90.py --family shell``, InLine-T's groups of 32 channels) it needs 188 registers
+without spilling, where 4 warps spill 212 bytes at 255. Not timed on a GPU yet.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ MEAN_BLOCK_C = 64
 MLP_BLOCK_B = 16
 MLP_BLOCK_J = 64
 NUM_WARPS = 4
+BWD_NUM_WARPS = 8
 
 
 def block_width(width: int) -> int:
