@@ -54,8 +54,8 @@ def forward_us(x, weight, residual, grid: int, act: bool, launch: tuple[int, int
             x, weight, x, res, out, c, grid, grid, 1, bands, x.stride(0), x.stride(1),
             weight.stride(0) if weight.shape[0] > 1 else 0, *weight.stride()[1:], res.stride(0), res.stride(1),
             out.stride(0), out.stride(1), K=3, HAS_BIAS=False, HAS_RESIDUAL=residual is not None,
-            PREFIX=2 if residual is not None else 1, ACT=int(act), ROWS=rows, BLOCK_W=block_w, BLOCK_C=block_c,
-            num_warps=warps)
+            PREFIX=2 if residual is not None else 1, ACT=int(act), FLIP=False, ROWS=rows, BLOCK_W=block_w,
+            BLOCK_C=block_c, num_warps=warps)
 
     return triton.testing.do_bench(run, warmup=25, rep=100) * 1e3, out
 

@@ -25,9 +25,11 @@ if triton_available():
     def _fwd_launch(
             x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
             grid_h: int, grid_w: int, num_prefix_tokens: int, prefix_mode: int, act: int, out: torch.Tensor,
+            flip: bool = False,
     ) -> tuple[tuple[int, int, int], tuple, dict]:
-        """(grid, arguments, keywords) of the forward kernel writing ``out``; the first five arguments are the
-        tensors (x, weight, bias, residual, out; an absent one's slot takes x, which the kernel ignores there)."""
+        """(grid, arguments, keywords) of the forward kernel writing ``out`` (``flip``: with the kernel flipped in
+        both grid directions); the first five arguments are the tensors (x, weight, bias, residual, out; an absent
+        one's slot takes x, which the kernel ignores there)."""
         b, n, c = x.shape
         block_c, block_w = heuristics.block_c(c), heuristics.block_w(grid_w)
         rows = heuristics.rows(grid_h)
@@ -42,7 +44,7 @@ if triton_available():
         )
         keywords = dict(
             K=weight.shape[-1], HAS_BIAS=bias is not None,
-            HAS_RESIDUAL=residual is not None and act != _ACT_SILU_BACKWARD, PREFIX=prefix_mode, ACT=act,
+            HAS_RESIDUAL=residual is not None and act != _ACT_SILU_BACKWARD, PREFIX=prefix_mode, ACT=act, FLIP=flip,
             ROWS=rows, BLOCK_W=block_w, BLOCK_C=block_c, num_warps=heuristics.NUM_WARPS,
         )
         return (b * bands, cdiv(grid_w, block_w), cdiv(c, block_c)), args, keywords
@@ -50,13 +52,13 @@ if triton_available():
     def _local_conv_fwd(
             x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, residual: torch.Tensor | None,
             grid_h: int, grid_w: int, num_prefix_tokens: int, prefix_mode: int, out_dtype: torch.dtype,
-            act: int = _ACT_NONE, direct_launch: bool = False,
+            act: int = _ACT_NONE, direct_launch: bool = False, flip: bool = False,
     ) -> torch.Tensor:
-        """The convolution's output; with ``act`` = SiLU's backward, ``residual`` carries the incoming gradient (read,
-        not added)."""
+        """The convolution's output (``flip``: with the kernel flipped in both grid directions); with ``act`` = SiLU's
+        backward, ``residual`` carries the incoming gradient (read, not added)."""
         out = torch.empty(x.shape, dtype=out_dtype, device=x.device)
         grid, args, keywords = _fwd_launch(x, weight, bias, residual, grid_h, grid_w, num_prefix_tokens, prefix_mode,
-                                           act, out)
+                                           act, out, flip)
         launcher(_local_conv_fwd_kernel, direct_launch)[grid](*args, **keywords)
         return out
 
@@ -143,11 +145,12 @@ if triton_available():
                 )
             dx = dw = dbias = None
             if ctx.needs_input_grad[0]:
-                # the transposed convolution is the convolution with the flipped kernel; the prefix tokens' gradient
-                # passes through where they were copied from x, and is zero where the residual supplied them
+                # the transposed convolution is the convolution with the flipped kernel (read flipped, not copied);
+                # the prefix tokens' gradient passes through where they were copied from x, and is zero where the
+                # residual supplied them
                 dx = (_local_conv_fwd_op if compiling else _local_conv_fwd)(
-                    grad, weight.flip(-2, -1), None, None, grid_h, grid_w, prefix,
-                    _PREFIX_ZERO if has_residual else _PREFIX_FROM_X, x.dtype, direct_launch=not compiling,
+                    grad, weight, None, None, grid_h, grid_w, prefix, _PREFIX_ZERO if has_residual else _PREFIX_FROM_X,
+                    x.dtype, direct_launch=not compiling, flip=True,
                 )
             if ctx.needs_input_grad[1]:
                 k = weight.shape[-1]

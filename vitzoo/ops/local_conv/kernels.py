@@ -11,9 +11,10 @@ per channel and tap. The dw program for K = 3 walks a forward band's input rows 
 rows they meet rolling beside them, and writes one row of partial sums per tap; for other K it owns a tile of grid
 positions.
 
-PREFIX: how the prefix tokens are written (0 zeros, 1 copied from x, 2 copied from the residual). ACT: 0 none,
-1 SiLU on the output, 2 the SiLU's backward: the output is the incoming gradient (read through the residual's
-pointer) times silu' of the recomputed pre-activation."""
+FLIP: read the kernel flipped in both grid directions (the transposed convolution of dx) through its strides, with
+no flipped copy. PREFIX: how the prefix tokens are written (0 zeros, 1 copied from x, 2 copied from the residual).
+ACT: 0 none, 1 SiLU on the output, 2 the SiLU's backward: the output is the incoming gradient (read through the
+residual's pointer) times silu' of the recomputed pre-activation."""
 import triton
 import triton.language as tl
 
@@ -91,7 +92,7 @@ def _local_conv_fwd_kernel(
         C, H, W, P, NUM_BANDS,
         sx_b, sx_n, sw_b, sw_c, sw_i, sw_j, sr_b, sr_n, so_b, so_n,
         K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr, PREFIX: tl.constexpr, ACT: tl.constexpr,
-        ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+        FLIP: tl.constexpr, ROWS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     bi = tl.program_id(0) // NUM_BANDS
     band = tl.program_id(0) % NUM_BANDS
@@ -101,6 +102,10 @@ def _local_conv_fwd_kernel(
     in_cols = (cols < W)[:, None] & c_mask[None, :]
     x_base = x_ptr + bi * sx_b + P * sx_n
     w_base = w_ptr + bi * sw_b + offs_c * sw_c
+    if FLIP:  # tap (i, j) is the kernel's (K - 1 - i, K - 1 - j)
+        w_base += (K - 1) * sw_i + (K - 1) * sw_j
+        sw_i = -sw_i
+        sw_j = -sw_j
     res_base = res_ptr + bi * sr_b
     out_base = out_ptr + bi * so_b
     bias = tl.zeros((BLOCK_C,), dtype=tl.float32)
