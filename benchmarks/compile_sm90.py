@@ -153,7 +153,10 @@ def shell_kernels() -> list[tuple]:
         ("FEM output fwd", fe._free_energy_mix_fwd_kernel, mix, fe_h.MIX_NUM_WARPS, fem_fp32),
         ("FEM output bwd", fe._free_energy_mix_bwd_kernel, mix, fe_h.MIX_NUM_WARPS, fem_fp32),
         ("SSM kernels fwd", ssm._ssm_kernels_fwd_kernel, ssm_meta, ssm_h.NUM_WARPS, ssm_fp32),
-        ("SSM kernels bwd", ssm._ssm_kernels_bwd_kernel, ssm_meta, ssm_h.NUM_WARPS, ssm_fp32),
+        ("SSM Toeplitz lags fwd", ssm._ssm_lags_fwd_kernel, dict(ssm_meta, HAS_SKIP=True), ssm_h.NUM_WARPS,
+         ssm_fp32 | {"skip_ptr", "out_ptr"}),
+        ("SSM kernels bwd", ssm._ssm_kernels_bwd_kernel, dict(ssm_meta, LAGS=False), ssm_h.NUM_WARPS, ssm_fp32),
+        ("SSM lags bwd", ssm._ssm_kernels_bwd_kernel, dict(ssm_meta, LAGS=True), ssm_h.NUM_WARPS, ssm_fp32),
     ]
     for width, gate, add, label in ((192, False, False, "layer norm 192"), (192, False, True, "add + layer norm 192"),
                                     (64, True, False, "gated RMS norm 64")):

@@ -28,7 +28,7 @@ SPIED_OPS = {"linear_attention": "linear_attention_triton", "delta_rule": "delta
              "local_conv": "_local_conv_fwd", "layer_norm": ("_norm", "_add_norm"),
              "kernel_predictor": "_predictor_fwd",
              "zeros_weights": "_zeros_weights_fwd", "free_energy": ("_free_energy_values_fwd", "_free_energy_mix_fwd"),
-             "ssm_kernel": "_ssm_kernels_fwd", "toeplitz_attention": "_toeplitz_attention_fwd"}
+             "ssm_kernel": ("_ssm_kernels_fwd", "_ssm_lags_fwd"), "toeplitz_attention": "_toeplitz_attention_fwd"}
 FAMILY_OPS = {  # beyond every family's norms (norm1 and the final norm; norm2 with the residual add before it)
     "softmax": set(),
     "linear": {"linear_attention_triton"},
@@ -38,7 +38,7 @@ FAMILY_OPS = {  # beyond every family's norms (norm1 and the final norm; norm2 w
     "fem": {"linear_attention_triton", "_free_energy_values_fwd", "_free_energy_mix_fwd"},
     "fem_softmax": {"_free_energy_values_fwd", "_free_energy_mix_fwd"},
     "deltanet": {"delta_rule_triton", "_local_conv_fwd"},
-    "h3": {"_local_conv_fwd", "_ssm_kernels_fwd", "_toeplitz_attention_fwd"},
+    "h3": {"_local_conv_fwd", "_ssm_lags_fwd", "_toeplitz_attention_fwd"},
 }
 
 INTERPRETER = triton_available() and interpreting() and not torch.cuda.is_available()

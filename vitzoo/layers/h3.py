@@ -26,12 +26,12 @@ import torch
 import torch.nn as nn
 from timm.layers import register_notrace_module
 
-from ..ops import ssm_kernels
+from ..ops import ssm_kernels, ssm_toeplitz_lags
 from ..ops.utils import cast_to
 from .base import TokenMixer
 from .kept import KeepsValue, kept_value_key
 from .local_conv import GridDepthwiseConv
-from .long_conv import gated_long_conv, toeplitz_lags, uses_toeplitz
+from .long_conv import gated_long_conv, uses_toeplitz
 
 SSM_OPTIM = {"weight_decay": 0.0, "lr": 1e-3}  # per-parameter hint; lr is an upper bound (H3 / safari)
 _DT_RANGE = (1e-3, 1e-1)
@@ -102,6 +102,11 @@ class DiagonalSSMKernel(KeepsValue, nn.Module):
         kernels = ssm_kernels(*(p.to(dtype) for p in self.ssm_parameters()), length)
         return kernels[0], kernels[1]
 
+    def toeplitz_lags(self, length: int, dtype: torch.dtype, skip: torch.Tensor) -> torch.Tensor:
+        """The lag vector (H, 2 length - 1) of both kernels' Toeplitz matrix with ``skip`` (H,) on its diagonal, in
+        ``dtype`` (:func:`vitzoo.ops.ssm_toeplitz_lags`: written in place by one launch each way on CUDA)."""
+        return ssm_toeplitz_lags(*(p.to(dtype) for p in self.ssm_parameters()), skip.to(dtype), length)
+
 
 class BidirectionalH3(KeepsValue, TokenMixer):
     """Non-causal H3 token mixer: (B, N, C) -> (B, N, C).
@@ -170,11 +175,11 @@ class BidirectionalH3(KeepsValue, TokenMixer):
         kernel_fwd = kernel_bwd = skip = lags = None
         if uses_toeplitz(q, k, v):
             # the Toeplitz lags depend on the parameters only: kept between inference forwards, and then the only
-            # thing read (none where a gradient is recorded: the op then builds them in the graph)
+            # thing read; where a gradient is recorded they are computed in the graph
             key = kept_value_key((*self.ssm.ssm_parameters(), self.D), num_tokens, acc)
-            if key is not None:
-                lags = self.kept(key, lambda: toeplitz_lags(*self.ssm.kernels(num_tokens, acc), self.D.to(acc)))
-        if lags is None:
+            compute = lambda: self.ssm.toeplitz_lags(num_tokens, acc, self.D)  # noqa: E731
+            lags = compute() if key is None else self.kept(key, compute)
+        else:
             kernel_fwd, kernel_bwd = self.ssm(num_tokens, acc)
             skip = cast_to(self.D, acc)
         out = gated_long_conv(q, k, v, kernel_fwd, kernel_bwd, skip=skip, lags=lags)

@@ -38,7 +38,7 @@ from .local_conv import local_conv, local_conv_reference
 from .normalize_erase import normalize_erase, normalize_erase_reference
 from .rand_augment import rand_augment_layer, rand_augment_layer_reference
 from .resized_crop import resized_crops, resized_crops_reference
-from .ssm_kernel import ssm_kernels, ssm_kernels_reference
+from .ssm_kernel import ssm_kernels, ssm_kernels_reference, ssm_toeplitz_lags, ssm_toeplitz_lags_reference
 from .toeplitz_attention import toeplitz_attention, toeplitz_attention_reference
 from .utils import get_backend, kernel_backend, set_backend, triton_available, use_backend
 from .zeros_weights import zeros_weights, zeros_weights_reference
@@ -79,6 +79,8 @@ __all__ = [
     "set_backend",
     "ssm_kernels",
     "ssm_kernels_reference",
+    "ssm_toeplitz_lags",
+    "ssm_toeplitz_lags_reference",
     "toeplitz_attention",
     "toeplitz_attention_reference",
     "triton_available",

@@ -1,5 +1,5 @@
-"""The SSM-kernel kernels against the float64 reference, forward and every gradient (``tests/layers/test_h3.py`` checks
-the reference against the SSM's definition in complex arithmetic).
+"""The SSM-kernel kernels and the Toeplitz lags built from them against the float64 reference, forward and every
+gradient (``tests/layers/test_h3.py`` checks the reference against the SSM's definition in complex arithmetic).
 
 Without CUDA the kernels run under the Triton interpreter (``tests/conftest.py`` sets ``TRITON_INTERPRET=1``).
 """
@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from vitzoo.ops import set_backend
-from vitzoo.ops.ssm_kernel import ssm_kernels, ssm_kernels_reference
+from vitzoo.ops.ssm_kernel import (
+    ssm_kernels,
+    ssm_kernels_reference,
+    ssm_toeplitz_lags,
+    ssm_toeplitz_lags_reference,
+)
 from vitzoo.ops.testing import relative_error
 
 from ..markers import DEVICE, needs_cuda, needs_kernels
@@ -99,3 +104,68 @@ def test_bad_inputs_are_one_line_errors():
         ssm_kernels(params[0], params[1], params[2], params[3][..., 0], params[4], 5)
     with pytest.raises(ValueError, match="length must be at least 1"):
         ssm_kernels(*params, 0)
+
+
+def _run_lags(fn, params, skip, grad, length):
+    inputs = [*params] if skip is None else [*params, skip]
+    out = fn(*params, skip, length)
+    return out, torch.autograd.grad(out, inputs, grad.to(out.device, out.dtype))
+
+
+LAG_CASES = [  # (heads, modes, length, with a skip)
+    (3, 5, 37, True),     # odd modes and lags in one block
+    (1, 32, 197, True),   # H3-T's 32 modes at 197 tokens: lags over four blocks each way
+    (2, 7, 1, False),     # one lag: lag zero alone
+    (4, 6, 65, False),    # one lag past a block
+]
+
+
+@needs_kernels
+@pytest.mark.parametrize("heads, modes, length, with_skip", LAG_CASES)
+def test_toeplitz_lags_kernels_match_float64_reference(heads, modes, length, with_skip, monkeypatch):
+    """The lag vector and the gradients of every parameter and the skip against float64, every output written
+    (NaN-poisoned allocator)."""
+    params, _ = _params((2, heads), modes, length, (math.log(1e-3), math.log(1e-1)), torch.float32, DEVICE, length)
+    gen = torch.Generator().manual_seed(heads + modes)
+    skip = torch.randn(heads, generator=gen, dtype=torch.float64).to(DEVICE, torch.float32).requires_grad_() \
+        if with_skip else None
+    grad = torch.randn(heads, 2 * length - 1, generator=gen, dtype=torch.float64)
+    reference = [p.detach().double().cpu().requires_grad_() for p in params]
+    ref_skip = None if skip is None else skip.detach().double().cpu().requires_grad_()
+    expected = _run_lags(ssm_toeplitz_lags_reference, reference, ref_skip, grad, length)
+    monkeypatch.setattr(torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
+    set_backend("triton")
+    try:
+        out, grads = _run_lags(ssm_toeplitz_lags, params, skip, grad, length)
+        with torch.no_grad():
+            inference = ssm_toeplitz_lags(*params, skip, length)
+    finally:
+        set_backend("auto")
+    assert out.dtype == torch.float32 and out.shape == (heads, 2 * length - 1)
+    assert torch.equal(inference, out.detach())
+    names = ("kernels", *NAMES, "skip")
+    for name, got, want in zip(names, (out, *grads), (expected[0], *expected[1]), strict=False):
+        assert got.shape == want.shape, name
+        _assert_fp32_close(got.cpu(), want, name)
+
+
+def test_toeplitz_lags_reference_places_both_directions_around_lag_zero():
+    """lags[s - t + L - 1] = T[t, s]: the forward kernel reversed, the lag-zero sum with the skip, the flipped
+    direction's kernel."""
+    params, _ = _params((2, 3), 4, 6, (-3.0, -1.0), torch.float64, "cpu", 1)
+    skip = torch.randn(3, dtype=torch.float64)
+    kernels = ssm_kernels_reference(*params, 6)
+    lags = ssm_toeplitz_lags_reference(*params, skip, 6)
+    for t in range(6):
+        for s in range(6):
+            value = kernels[0, :, t - s] * (t >= s) + kernels[1, :, s - t] * (s >= t) + skip * (s == t)
+            torch.testing.assert_close(lags[:, s - t + 5], value, rtol=0, atol=1e-14)
+
+
+def test_toeplitz_lags_bad_inputs_are_one_line_errors():
+    params, _ = _params((3,), 4, 5, (-3.0, -1.0), torch.float32, "cpu", 0)
+    with pytest.raises(ValueError, match="first dim must hold the two directions"):
+        ssm_toeplitz_lags(*params, None, 5)
+    params, _ = _params((2, 3), 4, 5, (-3.0, -1.0), torch.float32, "cpu", 0)
+    with pytest.raises(ValueError, match=r"skip must be \(3,\)"):
+        ssm_toeplitz_lags(*params, torch.zeros(4), 5)

@@ -2,9 +2,9 @@
 launch shape, entry point.
 
 ``reference``: the specification in PyTorch; ``kernels``: the Triton kernels; ``heuristics``: their launch shape;
-``function``: the autograd function and :func:`ssm_kernels`.
+``function``: the autograd functions, :func:`ssm_kernels` and :func:`ssm_toeplitz_lags`.
 """
-from .function import ssm_kernels
-from .reference import ssm_kernels_reference
+from .function import ssm_kernels, ssm_toeplitz_lags
+from .reference import ssm_kernels_reference, ssm_toeplitz_lags_reference
 
-__all__ = ["ssm_kernels", "ssm_kernels_reference"]
+__all__ = ["ssm_kernels", "ssm_kernels_reference", "ssm_toeplitz_lags", "ssm_toeplitz_lags_reference"]

@@ -1,7 +1,12 @@
 """The Triton kernels of the SSM convolution kernels: one program per row (a direction of a head) holds every mode in
 one tile. Forward: the modes' ZOH coefficients, then K(l) for the lags in blocks. Backward: the same coefficients, four
 sums over the lags per mode (of dK e^(x l) cos(y l), sin(y l), and both times l), then the chain rule back through the
-coefficients to the parameters, per mode. All arithmetic in fp32."""
+coefficients to the parameters, per mode. All arithmetic in fp32.
+
+Toeplitz lags (H3's two directions of a head in one lag vector, [Kf(L-1) .. Kf(1), Kf(0) + Kb(0) (+ skip),
+Kb(1) .. Kb(L-1)]): the forward's program per head computes both directions and writes each lag in its place; the
+backward (LAGS) reads each row's gradient from that vector, reversed for the forward direction, so neither the
+concatenation nor the flip is a tensor of its own."""
 import triton
 import triton.language as tl
 
@@ -50,6 +55,16 @@ def _modes(log_dt_ptr, lar_ptr, aim_ptr, b_ptr, c_ptr, row, M, BLOCK_M: tl.const
 
 
 @triton.jit
+def _kernel_values(x, y, coeff_re, coeff_im, lags):
+    # K(l) = 2 sum_n e^(x l) (coeff_re cos(y l) - coeff_im sin(y l)) for a block of lags
+    pos = lags.to(tl.float32)[:, None]
+    decay = tl.exp(x[None, :] * pos)
+    angle = y[None, :] * pos
+    terms = decay * (coeff_re[None, :] * tl.cos(angle) - coeff_im[None, :] * tl.sin(angle))
+    return 2.0 * tl.sum(terms, 1)
+
+
+@triton.jit
 def _ssm_kernels_fwd_kernel(
         log_dt_ptr, lar_ptr, aim_ptr, b_ptr, c_ptr, out_ptr, M, L,
         BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr,
@@ -59,19 +74,44 @@ def _ssm_kernels_fwd_kernel(
      coeff_im) = _modes(log_dt_ptr, lar_ptr, aim_ptr, b_ptr, c_ptr, row, M, BLOCK_M)
     for l0 in range(0, L, BLOCK_L):
         lags = l0 + tl.arange(0, BLOCK_L)
-        pos = lags.to(tl.float32)[:, None]
-        decay = tl.exp(x[None, :] * pos)
-        angle = y[None, :] * pos
-        terms = decay * (coeff_re[None, :] * tl.cos(angle) - coeff_im[None, :] * tl.sin(angle))
-        tl.store(out_ptr + row * L + lags, 2.0 * tl.sum(terms, 1), mask=lags < L)
+        tl.store(out_ptr + row * L + lags, _kernel_values(x, y, coeff_re, coeff_im, lags), mask=lags < L)
+
+
+@triton.jit
+def _ssm_lags_fwd_kernel(
+        log_dt_ptr, lar_ptr, aim_ptr, b_ptr, c_ptr, skip_ptr, out_ptr, M, L, HEADS,
+        HAS_SKIP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    # one program per head: row h (forward direction) and row HEADS + h (flipped direction) of the parameters
+    head = tl.program_id(0)
+    out = out_ptr + head * (2 * L - 1) + (L - 1)  # lag zero's place
+    lag_zero = tl.sum(tl.zeros((BLOCK_L,), tl.float32), 0)
+    for direction in tl.static_range(2):
+        (_, _, _, _, _, _, _, _, _, x, y, _, _, _, _, _, _, _, _, _, _, _, coeff_re,
+         coeff_im) = _modes(log_dt_ptr, lar_ptr, aim_ptr, b_ptr, c_ptr, direction * HEADS + head, M, BLOCK_M)
+        for l0 in range(0, L, BLOCK_L):
+            lags = l0 + tl.arange(0, BLOCK_L)
+            values = _kernel_values(x, y, coeff_re, coeff_im, lags)
+            # the forward direction's lag l sits l places before lag zero, the flipped direction's l places after
+            tl.store(out + (2 * direction - 1) * lags, values, mask=(lags > 0) & (lags < L))
+            lag_zero += tl.sum(tl.where(lags == 0, values, 0.0), 0)
+    if HAS_SKIP:
+        lag_zero += tl.load(skip_ptr + head).to(tl.float32)
+    tl.store(out, lag_zero)
 
 
 @triton.jit
 def _ssm_kernels_bwd_kernel(
         log_dt_ptr, lar_ptr, aim_ptr, b_ptr, c_ptr, grad_ptr, d_log_dt_ptr, d_lar_ptr, d_aim_ptr, d_b_ptr, d_c_ptr,
-        M, L, BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr,
+        M, L, HEADS, LAGS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     row = tl.program_id(0)
+    if LAGS:  # row r's gradient of lag l in the Toeplitz lag vector of head r % HEADS (see the module docstring)
+        grad_base = grad_ptr + (row % HEADS) * (2 * L - 1) + (L - 1)
+        grad_step = tl.where(row < HEADS, -1, 1)
+    else:
+        grad_base = grad_ptr + row * L
+        grad_step = 1
     (ok, idx, dt, a_re, a_im, b_re, b_im, c_re, c_im, x, y, ex, cos_y, sin_y, e_re, e_im, cb_re, cb_im, n_re, n_im,
      w_re, w_im, coeff_re, coeff_im) = _modes(log_dt_ptr, lar_ptr, aim_ptr, b_ptr, c_ptr, row, M, BLOCK_M)
     sum_cos = tl.zeros((BLOCK_M,), tl.float32)
@@ -80,7 +120,7 @@ def _ssm_kernels_bwd_kernel(
     lag_sin = tl.zeros((BLOCK_M,), tl.float32)
     for l0 in range(0, L, BLOCK_L):
         lags = l0 + tl.arange(0, BLOCK_L)
-        grad = tl.load(grad_ptr + row * L + lags, mask=lags < L, other=0.0).to(tl.float32)
+        grad = tl.load(grad_base + grad_step * lags, mask=lags < L, other=0.0).to(tl.float32)
         pos = lags.to(tl.float32)[:, None]
         weighted = grad[:, None] * tl.exp(x[None, :] * pos)
         angle = y[None, :] * pos

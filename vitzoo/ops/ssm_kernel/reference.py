@@ -8,6 +8,9 @@ dt = exp(log_dt_r), A_n = -exp(log_A_real_n) + i A_imag_n and complex B_n, C_n s
 computed with real exp / cos / sin (no complex tensors, so a model using it exports to ONNX), and with the real part
 of exp(dt A) - 1 written as expm1(x) cos y - 2 sin^2(y / 2) (x + i y = dt A) so it keeps its precision when dt A is
 small, as a complex expm1 would. fp32 (fp64 for fp64 inputs).
+
+H3 reads its two directions' kernels (the parameters' first dim) as one lag vector of a two-sided Toeplitz matrix,
+:func:`ssm_toeplitz_lags_reference`: [Kf(L-1), ..., Kf(1), Kf(0) + Kb(0) (+ skip), Kb(1), ..., Kb(L-1)].
 """
 from __future__ import annotations
 
@@ -52,3 +55,28 @@ def ssm_kernels_reference(log_dt: torch.Tensor, log_a_real: torch.Tensor, a_imag
     angle = y.unsqueeze(-1) * positions
     terms = decay * (coeff_re.unsqueeze(-1) * torch.cos(angle) - coeff_im.unsqueeze(-1) * torch.sin(angle))
     return 2 * terms.sum(dim=-2)
+
+
+def check_lags_inputs(log_dt: torch.Tensor, log_a_real: torch.Tensor, a_imag: torch.Tensor, b: torch.Tensor,
+                      c: torch.Tensor, skip: torch.Tensor | None, length: int) -> None:
+    """The contract of :func:`ssm_toeplitz_lags_reference` and its kernels."""
+    check_inputs(log_dt, log_a_real, a_imag, b, c, length)
+    if log_dt.dim() < 1 or log_dt.shape[0] != 2:
+        raise ValueError(f"ssm_toeplitz_lags: the parameters' first dim must hold the two directions, got log_dt of "
+                         f"shape {tuple(log_dt.shape)}")
+    if skip is not None and tuple(skip.shape) != tuple(log_dt.shape[1:]):
+        raise ValueError(f"ssm_toeplitz_lags: skip must be {tuple(log_dt.shape[1:])}, got {tuple(skip.shape)}")
+
+
+def ssm_toeplitz_lags_reference(log_dt: torch.Tensor, log_a_real: torch.Tensor, a_imag: torch.Tensor,
+                                b: torch.Tensor, c: torch.Tensor, skip: torch.Tensor | None,
+                                length: int) -> torch.Tensor:
+    """The lag vector (..., 2L - 1) of T[t, s] = Kf(t - s) (t >= s) + Kb(s - t) (s >= t) (+ skip where s = t), with
+    T[t, s] = lags[s - t + L - 1], from parameters whose first dim is the direction (forward, flipped) and an optional
+    skip (...,): [Kf(L-1), ..., Kf(1), Kf(0) + Kb(0) (+ skip), Kb(1), ..., Kb(L-1)], in the kernels' precision."""
+    check_lags_inputs(log_dt, log_a_real, a_imag, b, c, skip, length)
+    kernel_fwd, kernel_bwd = ssm_kernels_reference(log_dt, log_a_real, a_imag, b, c, length).unbind(0)
+    lag_zero = kernel_fwd[..., :1] + kernel_bwd[..., :1]
+    if skip is not None:
+        lag_zero = lag_zero + skip.to(lag_zero.dtype).unsqueeze(-1)
+    return torch.cat([kernel_fwd[..., 1:].flip(-1), lag_zero, kernel_bwd[..., 1:]], dim=-1)
