@@ -1,9 +1,9 @@
-"""The training pipeline's device-stage kernels, and InLine's kernel predictor with its backward, compile for a
-Hopper GPU (sm_90) with the arguments their launches pass, on a machine without one: the Triton interpreter runs
-only the branches the data takes and checks no types, so a branch that a launch's argument types break (a float64
-buffer where the kernel reads float32) passes every interpreted test and fails on the GPU. Each op runs once with the
-Triton backend under the interpreter, its launches are recorded, and the kernels are compiled down to cubins for
-those argument types (in a process of its own, where ``triton.jit`` makes compilable kernels)."""
+"""The training pipeline's device-stage kernels, InLine's kernel predictor and H3's Toeplitz lags with their
+backwards, compile for a Hopper GPU (sm_90) with the arguments their launches pass, on a machine without one: the
+Triton interpreter runs only the branches the data takes and checks no types, so a branch that a launch's argument
+types break (a float64 buffer where the kernel reads float32) passes every interpreted test and fails on the GPU. Each
+op runs once with the Triton backend under the interpreter, its launches are recorded, and the kernels are compiled
+down to cubins for those argument types (in a process of its own, where ``triton.jit`` makes compilable kernels)."""
 import json
 import os
 import subprocess
@@ -17,6 +17,7 @@ from vitzoo.ops.kernel_predictor import function as kernel_predictor_function
 from vitzoo.ops.normalize_erase import function as normalize_erase_function
 from vitzoo.ops.rand_augment import function as rand_augment_function
 from vitzoo.ops.resized_crop import function as resized_crop_function
+from vitzoo.ops.ssm_kernel import function as ssm_kernel_function
 
 from .markers import INTERPRETED
 
@@ -139,6 +140,13 @@ def _kernel_predictor_training_step():
     predict_local_kernels(x, *params, groups=3, kernel_size=3).sum().backward()
 
 
+def _ssm_toeplitz_lags_training_step():
+    from vitzoo.ops import ssm_toeplitz_lags
+    params = [torch.rand(shape, requires_grad=True) for shape in ((2, 3), (2, 3, 5), (2, 3, 5), (2, 3, 5, 2),
+                                                                   (2, 3, 5, 2))]
+    ssm_toeplitz_lags(*params, torch.rand(3, requires_grad=True), 7).sum().backward()
+
+
 # (the module whose launcher is recorded, the call, its launches): the statistics take a histogram and a statistics
 # kernel before the layer's
 CASES = [(rand_augment_function, _rand_augment_layer, 1),
@@ -147,7 +155,8 @@ CASES = [(rand_augment_function, _rand_augment_layer, 1),
          (normalize_erase_function, lambda: _normalize_erase_mixed(None, torch.bfloat16), 1),  # mixup's blend
          (normalize_erase_function, lambda: _normalize_erase_mixed((1, 3, 2, 4), torch.float16), 1),  # cutmix's box
          (resized_crop_function, _resized_crops, 1),
-         (kernel_predictor_function, _kernel_predictor_training_step, 3)]  # token sums, MLP, backward
+         (kernel_predictor_function, _kernel_predictor_training_step, 3),  # token sums, MLP, backward
+         (ssm_kernel_function, _ssm_toeplitz_lags_training_step, 2)]
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="records the launches under the Triton interpreter (CPU only)")
