@@ -72,10 +72,13 @@ if triton_available():
             values, shift = _free_energy_values_fwd(v, beta, dtype)
             ctx.save_for_backward(v, beta, shift)
             ctx.mark_non_differentiable(shift)
+            # the shift has no gradient: without this autograd fills one with zeros (a launch) for every backward
+            ctx.set_materialize_grads(False)
             return values, shift
 
         @staticmethod
         def backward(ctx, grad, _):
+            # called only for a gradient of the values (the shift, non-differentiable, never has one)
             v, beta, shift = ctx.saved_tensors
             d_v = torch.empty(tuple(v.shape), dtype=v.dtype, device=v.device)
             d_beta = torch.empty((v.shape[0], *beta.shape), dtype=torch.float32, device=v.device)
