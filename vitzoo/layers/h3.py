@@ -177,8 +177,7 @@ class BidirectionalH3(KeepsValue, TokenMixer):
             # the Toeplitz lags depend on the parameters only: kept between inference forwards, and then the only
             # thing read; where a gradient is recorded they are computed in the graph
             key = kept_value_key((*self.ssm.ssm_parameters(), self.D), num_tokens, acc)
-            compute = lambda: self.ssm.toeplitz_lags(num_tokens, acc, self.D)  # noqa: E731
-            lags = compute() if key is None else self.kept(key, compute)
+            lags = self.kept(key, lambda: self.ssm.toeplitz_lags(num_tokens, acc, self.D))
         else:
             kernel_fwd, kernel_bwd = self.ssm(num_tokens, acc)
             skip = cast_to(self.D, acc)

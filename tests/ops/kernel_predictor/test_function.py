@@ -106,6 +106,25 @@ def test_kernels_gradients_match_float64_reference(b, n, c, groups, k, dtype, mo
 
 
 @needs_kernels
+def test_kernels_gradients_with_a_16_bit_second_layer():
+    """The kernels take fp32 first-layer weights and any kernel dtype for the rest (each read as fp32): a bf16 second
+    layer gets bf16 gradients, the others fp32, all against float64 within one bf16 rounding of the weights."""
+    x, params = _inputs(5, 11, 12, 3, 3, torch.float32, DEVICE, 6)
+    params[2], params[3] = params[2].bfloat16(), params[3].bfloat16()
+    leaves = [x.requires_grad_(), *[p.requires_grad_() for p in params]]
+    set_backend("triton")
+    try:
+        grads = _gradients(predict_local_kernels(*leaves, groups=3, kernel_size=3), leaves, seed=2)
+    finally:
+        set_backend("auto")
+    ref_leaves = [t.detach().cpu().double().requires_grad_() for t in leaves]
+    expected = _gradients(predict_local_kernels_reference(*ref_leaves, 3, 3), ref_leaves, seed=2)
+    assert [g.dtype for g in grads] == [torch.float32] * 3 + [torch.bfloat16] * 2
+    for got, want in zip(grads, expected, strict=True):
+        assert relative_error(got.cpu().double(), want) < 5e-3
+
+
+@needs_kernels
 def test_kernels_run_eagerly_and_keep_only_inference_launches(monkeypatch):
     """A call that records a gradient runs the autograd function (the kernels) and keeps nothing; the first call
     without one launches the kernels and keeps its launches, which a call with the same key (other tensors) repeats,

@@ -104,9 +104,10 @@ def _predictor_bwd_kernel(
     m = m * inv_n
     m_t = m_t * inv_n
     # W1_g as (in, out) and (out, in): W1[g WIDTH + out, in]
-    w1 = tl.load(w1_ptr + (g * WIDTH + dims[None, :]) * WIDTH + dims[:, None], mask=dd_mask, other=0.0)
-    w1_t = tl.load(w1_ptr + (g * WIDTH + dims[:, None]) * WIDTH + dims[None, :], mask=dd_mask, other=0.0)
-    b1 = tl.load(b1_ptr + g * WIDTH + dims, mask=d_mask, other=0.0)
+    w1 = tl.load(w1_ptr + (g * WIDTH + dims[None, :]) * WIDTH + dims[:, None], mask=dd_mask, other=0.0).to(tl.float32)
+    w1_t = tl.load(w1_ptr + (g * WIDTH + dims[:, None]) * WIDTH + dims[None, :], mask=dd_mask,
+                   other=0.0).to(tl.float32)
+    b1 = tl.load(b1_ptr + g * WIDTH + dims, mask=d_mask, other=0.0).to(tl.float32)
     pre = tl.dot(m, w1, input_precision="ieee") + b1[None, :]
     pre_t = tl.dot(w1_t, m_t, input_precision="ieee") + b1[:, None]
     hidden_t = 0.5 * pre_t * (1.0 + tl.erf(pre_t * 0.7071067811865476))
@@ -125,7 +126,7 @@ def _predictor_bwd_kernel(
                      other=0.0).to(tl.float32)
         # W2_g as (out, in): W2[g WIDTH TAPS + out, in]
         w2_t = tl.load(w2_ptr + (g * WIDTH * taps + outs[:, None]) * WIDTH + dims[None, :],
-                       mask=j_mask[:, None] & d_mask[None, :], other=0.0)
+                       mask=j_mask[:, None] & d_mask[None, :], other=0.0).to(tl.float32)
         d_hidden += tl.dot(dy, w2_t, input_precision="ieee")
         dw2 = tl.dot(hidden_t, dy, input_precision="ieee")  # (in, out)
         tl.store(dw2_base + (g * WIDTH * taps + outs[None, :]) * WIDTH + dims[:, None], dw2,
