@@ -2,8 +2,7 @@
 # The tests that need a CUDA GPU, on a machine that has one: every test file that marks a test as needing a GPU (the
 # CPU suite, scripts/test.sh, skips those tests with that reason) or runs the kernels on the GPU when there is one,
 # run whole, its CPU tests included. Arguments go to pytest (e.g. -x, -k delta_rule). Uses .venv/bin/python when
-# there is one, else python3 (e.g. a GPU machine's own
-# torch, with the repository on PYTHONPATH).
+# there is one, else python3 (e.g. a GPU machine's own torch, with the repository on PYTHONPATH).
 #
 #   bash scripts/gpu_tests.sh
 #   PYTEST_WORKERS=4 bash scripts/gpu_tests.sh -x     # four pytest processes sharing the GPU (needs pytest-xdist)
