@@ -7,7 +7,8 @@ registers per thread as the launch option of that name does (the spills then sho
     python benchmarks/compile_sm90.py [--chunk 32] [--head-dim 64 128] [--maxnreg 168] [--family delta linear shell]
 
 ``shell``: the kernels around the mixers' cores (norms, local convolution, InLine's kernel predictor, FEM's two ops,
-H3's SSM kernels and Toeplitz attention) at the launch settings their heuristics pick for the tiny models.
+ZeroS's weightings, H3's SSM kernels and Toeplitz attention) at the launch settings their heuristics pick for the tiny
+models.
 """
 from __future__ import annotations
 
@@ -183,6 +184,15 @@ def shell_kernels() -> list[tuple]:
         kernel = getattr(pred, f"_predictor_{name}_kernel")
         fp32 = {p for p in inspect.signature(kernel.fn).parameters if p.endswith("_ptr") and p != "dx_ptr"}
         entries.append((f"InLine predictor {name}", kernel, pred_meta, warps, fp32))
+    # ZeroS-T's weightings: bf16 u and gate logits of head dim 64, fp32 weights, logits, statistics and partials; the
+    # forward in one program per sequence (stage 0) and split over token chunks (stages 1-3)
+    zw = importlib.import_module("vitzoo.ops.zeros_weights.kernels")
+    zw_h = importlib.import_module("vitzoo.ops.zeros_weights.heuristics")
+    zw_fp32 = {"mu_ptr", "log_tau_ptr", "kw_ptr", "qw_ptr", "s_ptr", "stats_ptr", "ubar_ptr", "part_ptr"}
+    for stage in range(4):
+        entries.append((f"ZeroS weights fwd stage {stage}", zw._zeros_weights_fwd_kernel,
+                        dict(STAGE=stage, ZERO_ORDER=False, BLOCK_N=zw_h.BLOCK_N, BLOCK_D=zw_h.block_d(64)),
+                        zw_h.NUM_WARPS, zw_fp32))
     # H3-T: bf16 q, k, v of head dim 64, fp32 lags
     toep_meta = dict(DK=64, DV=64, BLOCK_DK=toep_h.block_d(64), BLOCK_DV=toep_h.block_d(64), BLOCK_T=toep_h.BLOCK_T,
                      BLOCK_S=toep_h.BLOCK_S, PREC="native")

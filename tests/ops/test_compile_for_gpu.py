@@ -1,9 +1,10 @@
 """The training pipeline's device-stage kernels, InLine's kernel predictor and H3's Toeplitz lags with their
-backwards, compile for a Hopper GPU (sm_90) with the arguments their launches pass, on a machine without one: the
-Triton interpreter runs only the branches the data takes and checks no types, so a branch that a launch's argument
-types break (a float64 buffer where the kernel reads float32) passes every interpreted test and fails on the GPU. Each
-op runs once with the Triton backend under the interpreter, its launches are recorded, and the kernels are compiled
-down to cubins for those argument types (in a process of its own, where ``triton.jit`` makes compilable kernels)."""
+backwards, and ZeroS's weightings split over token chunks, compile for a Hopper GPU (sm_90) with the arguments their
+launches pass, on a machine without one: the Triton interpreter runs only the branches the data takes and checks no
+types, so a branch that a launch's argument types break (a float64 buffer where the kernel reads float32) passes
+every interpreted test and fails on the GPU. Each op runs once with the Triton backend under the interpreter, its
+launches are recorded, and the kernels are compiled down to cubins for those argument types (in a process of its
+own, where ``triton.jit`` makes compilable kernels)."""
 import json
 import os
 import subprocess
@@ -18,6 +19,7 @@ from vitzoo.ops.normalize_erase import function as normalize_erase_function
 from vitzoo.ops.rand_augment import function as rand_augment_function
 from vitzoo.ops.resized_crop import function as resized_crop_function
 from vitzoo.ops.ssm_kernel import function as ssm_kernel_function
+from vitzoo.ops.zeros_weights import function as zeros_weights_function
 
 from .markers import INTERPRETED
 
@@ -147,6 +149,19 @@ def _ssm_toeplitz_lags_training_step():
     ssm_toeplitz_lags(*params, torch.rand(3, requires_grad=True), 7).sum().backward()
 
 
+def _zeros_weights_split_forward():
+    from vitzoo.ops import zeros_weights
+    from vitzoo.ops.zeros_weights import heuristics
+    programs = heuristics._INTERPRETER_PROGRAMS
+    heuristics._INTERPRETER_PROGRAMS = 8  # one sequence of 200 tokens: four chunks
+    try:
+        # u records a gradient: the training forward's launches (the inference ones are bound, not recorded here)
+        u = torch.rand(1, 200, 1, 16, dtype=torch.bfloat16, requires_grad=True)
+        zeros_weights(u, torch.rand(1, 200, 2, 1, dtype=torch.bfloat16), torch.rand(1, 16), torch.zeros(1))
+    finally:
+        heuristics._INTERPRETER_PROGRAMS = programs
+
+
 # (the module whose launcher is recorded, the call, its launches): the statistics take a histogram and a statistics
 # kernel before the layer's
 CASES = [(rand_augment_function, _rand_augment_layer, 1),
@@ -156,7 +171,8 @@ CASES = [(rand_augment_function, _rand_augment_layer, 1),
          (normalize_erase_function, lambda: _normalize_erase_mixed((1, 3, 2, 4), torch.float16), 1),  # cutmix's box
          (resized_crop_function, _resized_crops, 1),
          (kernel_predictor_function, _kernel_predictor_training_step, 3),  # token sums, MLP, backward
-         (ssm_kernel_function, _ssm_toeplitz_lags_training_step, 2)]
+         (ssm_kernel_function, _ssm_toeplitz_lags_training_step, 2),
+         (zeros_weights_function, _zeros_weights_split_forward, 3)]
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="records the launches under the Triton interpreter (CPU only)")

@@ -63,6 +63,39 @@ def test_kernel_matches_float64_reference(b, n, h, d, gates, log_tau):
 
 
 @needs_kernels
+@pytest.mark.parametrize("b, n, h, gates, programs", [
+    (1, 300, 2, 2, 64),   # five chunks of 64 tokens, the last partial
+    (1, 130, 1, 3, 3),    # two chunks of 128 tokens, the zero-order gate
+    (2, 200, 1, 2, 8),    # four chunks per sequence, two sequences
+])
+def test_forward_split_over_token_chunks_matches_float64_reference(b, n, h, gates, programs, monkeypatch):
+    """Where the (batch, head) programs alone would leave the GPU idle, the forward runs three launches over chunks
+    of tokens; its weights, what it saves for the backward (so every gradient), and its kept inference launches
+    (allocator poisoned) against float64."""
+    from vitzoo.ops.zeros_weights import function, heuristics
+
+    monkeypatch.setattr(heuristics, "_INTERPRETER_PROGRAMS", programs)
+    monkeypatch.setattr(function, "_KEPT", KeptLaunches())
+    assert heuristics.forward_chunks(b * h, n, torch.device(DEVICE))[0] > 1
+    tensors, grads = _inputs(b, n, h, 16, gates, [0.4] * h, torch.float32, DEVICE, n + programs)
+    reference = [t.detach().double().cpu().requires_grad_() for t in tensors]
+    ref_weights, ref_grads = _run(zeros_weights_reference, reference, grads)
+    set_backend("triton")
+    try:
+        weights, tensor_grads = _run(zeros_weights, tensors, grads)
+        monkeypatch.setattr(torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
+        with torch.no_grad():
+            kept = [zeros_weights(*[t.detach().clone() for t in tensors]) for _ in range(2)]
+    finally:
+        set_backend("auto")
+    assert len(function._KEPT.launches) == 1
+    for got, expected in zip((*weights, *kept[0], *kept[1]), ref_weights * 3, strict=True):
+        assert relative_error(got.cpu(), expected) < 1e-5
+    for name, got, expected in zip(("u", "gate_logits", "mu", "log_tau"), tensor_grads, ref_grads, strict=True):
+        assert relative_error(got.cpu(), expected) < 1e-5, name
+
+
+@needs_kernels
 def test_kernel_writes_every_output(monkeypatch):
     """Outputs are fresh buffers: poisoning the allocator's memory must not leak into them."""
     set_backend("triton")

@@ -2,7 +2,8 @@
 :func:`zeros_weights` (no custom op: see below).
 
 The kernels replace about thirty elementwise and reduction launches of the mixer's PyTorch form (fp32 copies of u
-included) with one launch forward and one backward, for eager callers. Inside ``torch.compile`` the op traces its
+included) with one launch forward (three over chunks of tokens where the (batch, head) programs alone would leave
+the GPU idle) and one backward, for eager callers. Inside ``torch.compile`` the op traces its
 PyTorch reference, which Inductor fuses into a few kernels itself (ZeroS-T compiled with it runs without a graph
 break): launched through ``wrap_triton`` on the H200, the kernel's float arguments arrived as float64 and Triton 3.6
 rejected its fp32 loop-carried statistics.
@@ -30,35 +31,47 @@ if triton_available():
         return (torch.empty((b, n, h, 3), **options), torch.empty((b, n, h, 3), **options),
                 torch.empty((b, h, n), **options), torch.empty((b, h, 2), **options), torch.empty((b, h, d), **options))
 
-    def _fwd_launch(u: torch.Tensor, gates: torch.Tensor) -> tuple[tuple[int], tuple, dict]:
-        """(grid, the arguments after the nine tensors, keywords) of the forward kernel."""
+    def _fwd_launches(u: torch.Tensor, gates: torch.Tensor) -> tuple[torch.Tensor, tuple[tuple, ...], tuple]:
+        """(the chunks' partial sums buffer, each forward launch's (grid, keywords), the arguments after the ten
+        tensors): one launch, or three over chunks of tokens (:func:`.heuristics.forward_chunks`)."""
         b, n, h, d = u.shape
-        sizes = (n, h, d, u.stride(0), u.stride(1), u.stride(2), *gates.stride(), 1.0 / math.sqrt(d), *LOG_TAU_RANGE)
+        chunks, chunk = heuristics.forward_chunks(b * h, n, u.device)
+        sizes = (n, h, d, u.stride(0), u.stride(1), u.stride(2), *gates.stride(), 1.0 / math.sqrt(d), *LOG_TAU_RANGE,
+                 chunk, chunks)
         keywords = dict(ZERO_ORDER=gates.shape[2] == 3, BLOCK_N=heuristics.BLOCK_N, BLOCK_D=heuristics.block_d(d),
                         num_warps=heuristics.NUM_WARPS)
-        return (b * h,), sizes, keywords
+        if chunks == 1:
+            return u, (((b * h, 1), dict(STAGE=0, **keywords)),), sizes
+        part = torch.empty((b * h, chunks, d + 3), dtype=torch.float32, device=u.device)
+        return part, tuple(((b * h, chunks), dict(STAGE=stage, **keywords)) for stage in (1, 2, 3)), sizes
 
     def _zeros_weights_fwd(
             u: torch.Tensor, gates: torch.Tensor, mu: torch.Tensor, log_tau: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The buffers of :func:`_fwd_buffers`, written (the last three are what the backward reads)."""
         buffers = _fwd_buffers(u)
-        grid, sizes, keywords = _fwd_launch(u, gates)
-        cached_launcher(_zeros_weights_fwd_kernel)[grid](u, gates, mu, log_tau, *buffers, *sizes, **keywords)
+        part, launches, sizes = _fwd_launches(u, gates)
+        for grid, keywords in launches:
+            cached_launcher(_zeros_weights_fwd_kernel)[grid](u, gates, mu, log_tau, *buffers, part, *sizes, **keywords)
         return buffers
 
     def _bound_inference(
             u: torch.Tensor, gates: torch.Tensor, mu: torch.Tensor, log_tau: torch.Tensor,
     ) -> tuple[tuple[torch.Tensor, torch.Tensor], Callable[..., tuple[torch.Tensor, torch.Tensor]]]:
         """(key weights, query weights) of an eager call, and ``repeat(u, gates, mu, log_tau)``, which computes them
-        for other inputs of the same key with a bound launch."""
+        for other inputs of the same key with bound launches."""
         buffers = _fwd_buffers(u)
-        grid, sizes, keywords = _fwd_launch(u, gates)
-        bound = bind_launch(_zeros_weights_fwd_kernel, grid, (u, gates, mu, log_tau, *buffers, *sizes), keywords)
+        part, launches, sizes = _fwd_launches(u, gates)
+        split = part is not u
+        bound = [bind_launch(_zeros_weights_fwd_kernel, grid, (u, gates, mu, log_tau, *buffers, part, *sizes),
+                             keywords) for grid, keywords in launches]
+        part_shape = tuple(part.shape)
 
         def repeat(u, gates, mu, log_tau):
             buffers = _fwd_buffers(u)
-            bound(u, gates, mu, log_tau, *buffers, *sizes)
+            part = torch.empty(part_shape, dtype=torch.float32, device=u.device) if split else u
+            for launch in bound:
+                launch(u, gates, mu, log_tau, *buffers, part, *sizes)
             return buffers[:2]
 
         return buffers[:2], repeat
