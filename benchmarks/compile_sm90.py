@@ -149,7 +149,8 @@ def shell_kernels() -> list[tuple]:
     ssm_meta = dict(BLOCK_M=ssm_h.block_m(32), BLOCK_L=ssm_h.BLOCK_L)
     ssm_fp32 = {name for name in inspect.signature(ssm._ssm_kernels_bwd_kernel.fn).parameters if name.endswith("_ptr")}
     entries = [
-        ("FEM values fwd", fe._free_energy_values_fwd_kernel, values, fe_h.VALUES_NUM_WARPS, fem_fp32),
+        *[(f"FEM values fwd stage {stage}", fe._free_energy_values_fwd_kernel, dict(values, STAGE=stage, BLOCK_S=64),
+           fe_h.VALUES_NUM_WARPS, fem_fp32 | {"part_ptr"}) for stage in range(3)],
         ("FEM values bwd", fe._free_energy_values_bwd_kernel, values, fe_h.VALUES_NUM_WARPS, fem_fp32),
         ("FEM output fwd", fe._free_energy_mix_fwd_kernel, mix, fe_h.MIX_NUM_WARPS, fem_fp32),
         ("FEM output bwd", fe._free_energy_mix_bwd_kernel, mix, fe_h.MIX_NUM_WARPS, fem_fp32),

@@ -1,10 +1,10 @@
 """The training pipeline's device-stage kernels, InLine's kernel predictor and H3's Toeplitz lags with their
-backwards, and ZeroS's weightings split over token chunks, compile for a Hopper GPU (sm_90) with the arguments their
-launches pass, on a machine without one: the Triton interpreter runs only the branches the data takes and checks no
-types, so a branch that a launch's argument types break (a float64 buffer where the kernel reads float32) passes
-every interpreted test and fails on the GPU. Each op runs once with the Triton backend under the interpreter, its
-launches are recorded, and the kernels are compiled down to cubins for those argument types (in a process of its
-own, where ``triton.jit`` makes compilable kernels)."""
+backwards, and ZeroS's weightings and FEM's values split over token chunks, compile for a Hopper GPU (sm_90) with the
+arguments their launches pass, on a machine without one: the Triton interpreter runs only the branches the data
+takes and checks no types, so a branch that a launch's argument types break (a float64 buffer where the kernel reads
+float32) passes every interpreted test and fails on the GPU. Each op runs once with the Triton backend under the
+interpreter, its launches are recorded, and the kernels are compiled down to cubins for those argument types (in a
+process of its own, where ``triton.jit`` makes compilable kernels)."""
 import json
 import os
 import subprocess
@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from vitzoo.ops import use_backend
+from vitzoo.ops.free_energy import function as free_energy_function
 from vitzoo.ops.kernel_predictor import function as kernel_predictor_function
 from vitzoo.ops.normalize_erase import function as normalize_erase_function
 from vitzoo.ops.rand_augment import function as rand_augment_function
@@ -162,6 +163,18 @@ def _zeros_weights_split_forward():
         heuristics._INTERPRETER_PROGRAMS = programs
 
 
+def _free_energy_values_split_forward():
+    from vitzoo.ops import free_energy_values
+    from vitzoo.ops.free_energy import heuristics
+    programs = heuristics._INTERPRETER_PROGRAMS
+    heuristics._INTERPRETER_PROGRAMS = 8  # one sequence of 200 tokens: four chunks
+    try:
+        v = torch.rand(1, 200, 1, 16, dtype=torch.bfloat16, requires_grad=True)  # the training forward's launches
+        free_energy_values(v, torch.rand(1, 16), torch.bfloat16)
+    finally:
+        heuristics._INTERPRETER_PROGRAMS = programs
+
+
 # (the module whose launcher is recorded, the call, its launches): the statistics take a histogram and a statistics
 # kernel before the layer's
 CASES = [(rand_augment_function, _rand_augment_layer, 1),
@@ -172,7 +185,8 @@ CASES = [(rand_augment_function, _rand_augment_layer, 1),
          (resized_crop_function, _resized_crops, 1),
          (kernel_predictor_function, _kernel_predictor_training_step, 3),  # token sums, MLP, backward
          (ssm_kernel_function, _ssm_toeplitz_lags_training_step, 2),
-         (zeros_weights_function, _zeros_weights_split_forward, 3)]
+         (zeros_weights_function, _zeros_weights_split_forward, 3),
+         (free_energy_function, _free_energy_values_split_forward, 2)]
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="records the launches under the Triton interpreter (CPU only)")

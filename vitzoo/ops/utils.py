@@ -107,6 +107,27 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
+def token_chunks(sequences: int, n: int, block: int, device: torch.device, split_below: float, programs_per_sm: int,
+                 max_chunks: int, interpreter_programs: int) -> tuple[int, int]:
+    """(number of chunks, tokens per chunk) for a kernel that gives each of ``sequences`` sequences of ``n`` tokens a
+    program: one chunk of every token while the sequences give each multiprocessor ``split_below`` programs; below
+    that, chunks of whole ``block``-token blocks for about ``programs_per_sm`` programs per multiprocessor, at most
+    ``max_chunks``. Under the Triton interpreter the GPU counts ``interpreter_programs`` programs (what the CPU tests
+    split for)."""
+    if device.type == "cuda":
+        sms = multiprocessor_count(device)
+        if sequences >= split_below * sms:
+            return 1, n
+        programs = programs_per_sm * sms
+    else:
+        programs = interpreter_programs
+    chunks = min(cdiv(programs, sequences), cdiv(n, block), max_chunks)
+    if chunks <= 1:
+        return 1, n
+    chunk = cdiv(cdiv(n, chunks), block) * block
+    return cdiv(n, chunk), chunk
+
+
 def multiprocessor_count(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device: how many programs fill it (the launch heuristics' unit)."""
     return _multiprocessor_count(torch.cuda.current_device() if device.index is None else device.index)

@@ -59,6 +59,38 @@ def test_values_kernel_matches_float64_reference(b, n, h, dv, scale):
 
 
 @needs_kernels
+@pytest.mark.parametrize("b, n, h, programs", [(1, 300, 2, 64), (2, 200, 1, 8)])
+def test_values_forward_split_over_token_chunks_matches_float64_reference(b, n, h, programs, monkeypatch):
+    """Where the (batch, head) programs alone would leave the GPU idle, the values' forward runs two launches over
+    chunks of tokens (five and four chunks here): values, shift, gradients and the kept inference launches (allocator
+    poisoned) against float64."""
+    from vitzoo.ops.free_energy import function, heuristics
+
+    monkeypatch.setattr(heuristics, "_INTERPRETER_PROGRAMS", programs)
+    monkeypatch.setattr(function, "_KEPT", KeptLaunches())
+    assert heuristics.values_chunks(b * h, n, torch.device(DEVICE))[0] > 1
+    tensors, grad = _value_inputs(b, n, h, 16, torch.float32, DEVICE, n + programs, 20.0)
+    reference = [t.detach().double().cpu().requires_grad_() for t in tensors]
+    expected = free_energy_values_reference(*reference)
+    ref_grads = torch.autograd.grad(expected[0], reference, grad)
+    set_backend("triton")
+    try:
+        values, shift = free_energy_values(*tensors)
+        grads = torch.autograd.grad(values, tensors, grad.to(values.device, values.dtype))
+        monkeypatch.setattr(torch, "empty", lambda *a, **kw: torch.full(a[0], float("nan"), **kw))
+        with torch.no_grad():
+            kept = [free_energy_values(*[t.detach().clone() for t in tensors]) for _ in range(2)]
+    finally:
+        set_backend("auto")
+    assert len(function._KEPT.launches) == 1
+    for got_values, got_shift in ((values, shift), *kept):
+        assert relative_error(got_values.cpu(), expected[0]) < 1e-5
+        assert relative_error(got_shift.cpu(), expected[1]) < 1e-6
+    for name, got, want in zip(("v", "beta"), grads, ref_grads, strict=True):
+        assert relative_error(got.cpu(), want) < 1e-5, name
+
+
+@needs_kernels
 def test_values_kernel_writes_the_dtype_asked_for():
     """Values in bf16 (the dtype a bf16 prior reads): the kernel rounds its fp32 result once, and takes a bf16
     gradient."""

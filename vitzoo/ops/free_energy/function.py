@@ -13,7 +13,7 @@ from collections.abc import Callable
 import torch
 
 from ..launch import KeptLaunches, bind_launch, cached_launcher, eager_inference, inference_key
-from ..utils import KERNEL_DTYPES, cdiv, kernel_backend, triton_available
+from ..utils import KERNEL_DTYPES, cdiv, kernel_backend, padded, triton_available
 from . import heuristics
 from .reference import (
     GATE_FLOOR,
@@ -34,10 +34,24 @@ if triton_available():
     )
 
     def _values_launch(v: torch.Tensor) -> tuple[tuple, tuple, dict]:
+        """(grid, the arguments after the tensors, keywords) of the values' backward."""
         batch, num_tokens, heads, dv = v.shape
         sizes = (num_tokens, heads, dv, v.stride(0), v.stride(1), v.stride(2), VALUE_LOGEXP_CAP)
         meta = dict(BLOCK_N=heuristics.BLOCK_T, BLOCK_D=heuristics.block_d(dv), num_warps=heuristics.VALUES_NUM_WARPS)
         return (batch * heads,), sizes, meta
+
+    def _values_fwd_launches(v: torch.Tensor) -> tuple[torch.Tensor, tuple[tuple, ...], tuple]:
+        """(the chunks' maxima buffer, each launch's (grid, keywords), the arguments after the five tensors) of the
+        values' forward: one launch, or two over chunks of tokens (:func:`.heuristics.values_chunks`)."""
+        batch, num_tokens, heads, dv = v.shape
+        chunks, chunk = heuristics.values_chunks(batch * heads, num_tokens, v.device)
+        sizes = (num_tokens, heads, dv, v.stride(0), v.stride(1), v.stride(2), VALUE_LOGEXP_CAP, chunk, chunks)
+        meta = dict(BLOCK_N=heuristics.BLOCK_T, BLOCK_D=heuristics.block_d(dv), BLOCK_S=padded(chunks),
+                    num_warps=heuristics.VALUES_NUM_WARPS)
+        if chunks == 1:
+            return v, (((batch * heads, 1), dict(STAGE=0, **meta)),), sizes
+        part = torch.empty((batch * heads, chunks, dv), dtype=torch.float32, device=v.device)
+        return part, tuple(((batch * heads, chunks), dict(STAGE=stage, **meta)) for stage in (1, 2)), sizes
 
     def _values_buffers(v: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         batch, num_tokens, heads, dv = v.shape
@@ -47,21 +61,26 @@ if triton_available():
     def _free_energy_values_fwd(v: torch.Tensor, beta: torch.Tensor,
                                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         values, shift = _values_buffers(v, dtype)
-        grid, sizes, meta = _values_launch(v)
-        cached_launcher(_free_energy_values_fwd_kernel)[grid](v, beta, values, shift, *sizes, **meta)
+        part, launches, sizes = _values_fwd_launches(v)
+        for grid, meta in launches:
+            cached_launcher(_free_energy_values_fwd_kernel)[grid](v, beta, values, shift, part, *sizes, **meta)
         return values, shift
 
     def _bound_values(v: torch.Tensor, beta: torch.Tensor, dtype: torch.dtype
                       ) -> tuple[tuple[torch.Tensor, torch.Tensor], Callable[..., tuple[torch.Tensor, torch.Tensor]]]:
         """:func:`_free_energy_values_fwd`'s outputs, and ``repeat(v, beta)``, which computes them for other inputs of
-        the same key with a bound launch."""
+        the same key with bound launches."""
         values, shift = _values_buffers(v, dtype)
-        grid, sizes, meta = _values_launch(v)
-        bound = bind_launch(_free_energy_values_fwd_kernel, grid, (v, beta, values, shift, *sizes), meta)
+        part, launches, sizes = _values_fwd_launches(v)
+        split, part_shape = part is not v, tuple(part.shape)
+        bound = [bind_launch(_free_energy_values_fwd_kernel, grid, (v, beta, values, shift, part, *sizes), meta)
+                 for grid, meta in launches]
 
         def repeat(v, beta):
             values, shift = _values_buffers(v, dtype)
-            bound(v, beta, values, shift, *sizes)
+            part = torch.empty(part_shape, dtype=torch.float32, device=v.device) if split else v
+            for launch in bound:
+                launch(v, beta, values, shift, part, *sizes)
             return values, shift
 
         return (values, shift), repeat

@@ -1,6 +1,7 @@
 """The Triton kernels of FEM's two ops, all arithmetic in fp32.
 
-Values: one program per (batch, head) walks the tokens twice, for the max of beta v, then to write the values; its
+Values: one program per (batch, head) walks the tokens twice, for the max of beta v, then to write the values (where
+those programs would leave the GPU idle, two launches over chunks of tokens: the chunks' maxima, then the values); its
 backward walks them once and writes per program the partial sums of beta's gradient (summed on the host).
 Output: one program per block of tokens and one head. Forward: the free energy from the read, the gates and the
 output, one pass. Backward: the same pass again (nothing but the inputs is saved), then the gradients of the read and
@@ -39,25 +40,45 @@ def _values_program(v_ptr, beta_ptr, H, DV, sv_b, sv_h, cap_numerator, BLOCK_D: 
 
 @triton.jit
 def _free_energy_values_fwd_kernel(
-        v_ptr, beta_ptr, values_ptr, shift_ptr, N, H, DV, sv_b, sv_n, sv_h, cap_numerator,
-        BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+        v_ptr, beta_ptr, values_ptr, shift_ptr, part_ptr, N, H, DV, sv_b, sv_n, sv_h, cap_numerator, CHUNK, SPLITS,
+        STAGE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
+    # STAGE 0: one program per (batch, head) walks all tokens twice. Split over SPLITS chunks of CHUNK tokens
+    # (program (batch, head), chunk), two launches: 1 the chunk's max of beta v into part, 2 every chunk's combined
+    # into the shift, the chunk's values.
     pid, b, head, cols, col_ok, beta, cap, v_base = _values_program(v_ptr, beta_ptr, H, DV, sv_b, sv_h,
                                                                      cap_numerator, BLOCK_D)
-    shift = tl.full((BLOCK_D,), -float("inf"), tl.float32)
-    for n0 in range(0, N, BLOCK_N):
-        rows = n0 + tl.arange(0, BLOCK_N)
-        mask, _, clamped = _clamped_values(v_base, rows, cols, sv_n, N, col_ok, beta, cap)
-        shift = tl.maximum(shift, tl.max(tl.where(mask, beta[None, :] * clamped, -float("inf")), 0))
-    shift = tl.where(col_ok, shift, 0.0)
-    tl.store(shift_ptr + pid * DV + cols, shift, mask=col_ok)
-    for n0 in range(0, N, BLOCK_N):
-        rows = n0 + tl.arange(0, BLOCK_N)
-        mask, _, clamped = _clamped_values(v_base, rows, cols, sv_n, N, col_ok, beta, cap)
-        offs = ((b * N + rows) * H + head)[:, None] * (2 * DV) + cols[None, :]
-        out_type = values_ptr.dtype.element_ty
-        tl.store(values_ptr + offs, clamped.to(out_type), mask=mask)
-        tl.store(values_ptr + offs + DV, tl.exp(beta[None, :] * clamped - shift[None, :]).to(out_type), mask=mask)
+    if STAGE == 0:
+        lo = 0
+        hi = N
+    else:
+        lo = tl.program_id(1) * CHUNK
+        hi = tl.minimum(lo + CHUNK, N)
+    if STAGE == 2:
+        chunks = tl.arange(0, BLOCK_S)
+        part = tl.load(part_ptr + (pid * SPLITS + chunks)[:, None] * DV + cols[None, :],
+                       mask=(chunks < SPLITS)[:, None] & col_ok[None, :], other=-float("inf"))
+        shift = tl.max(part, 0)
+    else:
+        shift = tl.full((BLOCK_D,), -float("inf"), tl.float32)
+        for n0 in range(lo, hi, BLOCK_N):
+            rows = n0 + tl.arange(0, BLOCK_N)
+            mask, _, clamped = _clamped_values(v_base, rows, cols, sv_n, hi, col_ok, beta, cap)
+            shift = tl.maximum(shift, tl.max(tl.where(mask, beta[None, :] * clamped, -float("inf")), 0))
+    if STAGE == 1:
+        tl.store(part_ptr + (pid * SPLITS + tl.program_id(1)) * DV + cols, shift, mask=col_ok)
+    else:
+        shift = tl.where(col_ok, shift, 0.0)
+        if tl.program_id(1) == 0:
+            tl.store(shift_ptr + pid * DV + cols, shift, mask=col_ok)
+        for n0 in range(lo, hi, BLOCK_N):
+            rows = n0 + tl.arange(0, BLOCK_N)
+            mask, _, clamped = _clamped_values(v_base, rows, cols, sv_n, hi, col_ok, beta, cap)
+            offs = ((b * N + rows) * H + head)[:, None] * (2 * DV) + cols[None, :]
+            out_type = values_ptr.dtype.element_ty
+            tl.store(values_ptr + offs, clamped.to(out_type), mask=mask)
+            tl.store(values_ptr + offs + DV, tl.exp(beta[None, :] * clamped - shift[None, :]).to(out_type),
+                     mask=mask)
 
 
 @triton.jit

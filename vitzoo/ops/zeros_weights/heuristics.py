@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..utils import cdiv, multiprocessor_count, padded
+from ..utils import padded, token_chunks
 
 BLOCK_N = 64
 NUM_WARPS = 4
@@ -28,15 +28,4 @@ def block_d(head_dim: int) -> int:
 def forward_chunks(bh: int, n: int, device: torch.device) -> tuple[int, int]:
     """(number of chunks, tokens per chunk) of the forward for ``bh`` (batch, head) sequences of ``n`` tokens: one
     chunk of every token while the sequences fill the GPU."""
-    if device.type == "cuda":
-        sms = multiprocessor_count(device)
-        if bh >= SPLIT_BELOW * sms:
-            return 1, n
-        programs = PROGRAMS_PER_SM * sms
-    else:
-        programs = _INTERPRETER_PROGRAMS
-    chunks = min(cdiv(programs, bh), cdiv(n, BLOCK_N), BLOCK_N)
-    if chunks <= 1:
-        return 1, n
-    chunk = cdiv(cdiv(n, chunks), BLOCK_N) * BLOCK_N
-    return cdiv(n, chunk), chunk
+    return token_chunks(bh, n, BLOCK_N, device, SPLIT_BELOW, PROGRAMS_PER_SM, BLOCK_N, _INTERPRETER_PROGRAMS)
