@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..launch import cached_launcher
-from ..utils import KERNEL_DTYPES, kernel_backend, triton_available
+from ..utils import KERNEL_DTYPES, cdiv, kernel_backend, triton_available
 from . import heuristics
 from .reference import check_inputs, check_lags_inputs, ssm_kernels_reference, ssm_toeplitz_lags_reference
 
@@ -52,8 +52,9 @@ if triton_available():
     def _ssm_lags_fwd(params: tuple[torch.Tensor, ...], skip: torch.Tensor | None, heads: int, modes: int,
                       length: int) -> torch.Tensor:
         out = torch.empty((heads, 2 * length - 1), dtype=torch.float32, device=params[0].device)
-        cached_launcher(_ssm_lags_fwd_kernel)[(heads,)](*params, skip if skip is not None else out, out, modes,
-                                                        length, heads, HAS_SKIP=skip is not None, **_meta(modes))
+        grid = (heads, cdiv(length, heuristics.BLOCK_L))
+        cached_launcher(_ssm_lags_fwd_kernel)[grid](*params, skip if skip is not None else out, out, modes, length,
+                                                    heads, HAS_SKIP=skip is not None, **_meta(modes))
         return out
 
     class _SSMLagsFunction(torch.autograd.Function):

@@ -4,9 +4,9 @@ sums over the lags per mode (of dK e^(x l) cos(y l), sin(y l), and both times l)
 coefficients to the parameters, per mode. All arithmetic in fp32.
 
 Toeplitz lags (H3's two directions of a head in one lag vector, [Kf(L-1) .. Kf(1), Kf(0) + Kb(0) (+ skip),
-Kb(1) .. Kb(L-1)]): the forward's program per head computes both directions and writes each lag in its place; the
-backward (LAGS) reads each row's gradient from that vector, reversed for the forward direction, so neither the
-concatenation nor the flip is a tensor of its own."""
+Kb(1) .. Kb(L-1)]): a forward program per head and block of lags computes both directions there and writes each lag
+in its place; the backward (LAGS) reads each row's gradient from that vector, reversed for the forward direction, so
+neither the concatenation nor the flip is a tensor of its own."""
 import triton
 import triton.language as tl
 
@@ -82,22 +82,23 @@ def _ssm_lags_fwd_kernel(
         log_dt_ptr, lar_ptr, aim_ptr, b_ptr, c_ptr, skip_ptr, out_ptr, M, L, HEADS,
         HAS_SKIP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
-    # one program per head: row h (forward direction) and row HEADS + h (flipped direction) of the parameters
+    # one program per (head, block of lags): rows h (forward direction) and HEADS + h (flipped direction) of the
+    # parameters, each at this block's lags; the first block also writes lag zero
     head = tl.program_id(0)
+    lags = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
     out = out_ptr + head * (2 * L - 1) + (L - 1)  # lag zero's place
     lag_zero = tl.sum(tl.zeros((BLOCK_L,), tl.float32), 0)
     for direction in tl.static_range(2):
         (_, _, _, _, _, _, _, _, _, x, y, _, _, _, _, _, _, _, _, _, _, _, coeff_re,
          coeff_im) = _modes(log_dt_ptr, lar_ptr, aim_ptr, b_ptr, c_ptr, direction * HEADS + head, M, BLOCK_M)
-        for l0 in range(0, L, BLOCK_L):
-            lags = l0 + tl.arange(0, BLOCK_L)
-            values = _kernel_values(x, y, coeff_re, coeff_im, lags)
-            # the forward direction's lag l sits l places before lag zero, the flipped direction's l places after
-            tl.store(out + (2 * direction - 1) * lags, values, mask=(lags > 0) & (lags < L))
-            lag_zero += tl.sum(tl.where(lags == 0, values, 0.0), 0)
-    if HAS_SKIP:
-        lag_zero += tl.load(skip_ptr + head).to(tl.float32)
-    tl.store(out, lag_zero)
+        values = _kernel_values(x, y, coeff_re, coeff_im, lags)
+        # the forward direction's lag l sits l places before lag zero, the flipped direction's l places after
+        tl.store(out + (2 * direction - 1) * lags, values, mask=(lags > 0) & (lags < L))
+        lag_zero += tl.sum(tl.where(lags == 0, values, 0.0), 0)
+    if tl.program_id(1) == 0:
+        if HAS_SKIP:
+            lag_zero += tl.load(skip_ptr + head).to(tl.float32)
+        tl.store(out, lag_zero)
 
 
 @triton.jit
