@@ -1,5 +1,5 @@
 """Launch shape of the SSM-kernel kernels: one program per (direction, head), lags in blocks of 64, all modes in one
-tile."""
+tile; the Toeplitz lags' forward one program per (head, block of lags), both directions in each."""
 from __future__ import annotations
 
 from ..utils import padded
