@@ -153,26 +153,26 @@ def _ssm_toeplitz_lags_training_step():
 def _zeros_weights_split_forward():
     from vitzoo.ops import zeros_weights
     from vitzoo.ops.zeros_weights import heuristics
-    programs = heuristics._INTERPRETER_PROGRAMS
-    heuristics._INTERPRETER_PROGRAMS = 8  # one sequence of 200 tokens: four chunks
+    programs, min_blocks = heuristics._INTERPRETER_PROGRAMS, heuristics.SPLIT_MIN_BLOCKS
+    heuristics._INTERPRETER_PROGRAMS, heuristics.SPLIT_MIN_BLOCKS = 8, 2  # one sequence of 200 tokens: four chunks
     try:
         # u records a gradient: the training forward's launches (the inference ones are bound, not recorded here)
         u = torch.rand(1, 200, 1, 16, dtype=torch.bfloat16, requires_grad=True)
         zeros_weights(u, torch.rand(1, 200, 2, 1, dtype=torch.bfloat16), torch.rand(1, 16), torch.zeros(1))
     finally:
-        heuristics._INTERPRETER_PROGRAMS = programs
+        heuristics._INTERPRETER_PROGRAMS, heuristics.SPLIT_MIN_BLOCKS = programs, min_blocks
 
 
 def _free_energy_values_split_forward():
     from vitzoo.ops import free_energy_values
     from vitzoo.ops.free_energy import heuristics
-    programs = heuristics._INTERPRETER_PROGRAMS
-    heuristics._INTERPRETER_PROGRAMS = 8  # one sequence of 200 tokens: four chunks
+    programs, min_blocks = heuristics._INTERPRETER_PROGRAMS, heuristics.VALUES_SPLIT_MIN_BLOCKS
+    heuristics._INTERPRETER_PROGRAMS, heuristics.VALUES_SPLIT_MIN_BLOCKS = 8, 2  # 200 tokens: four chunks
     try:
         v = torch.rand(1, 200, 1, 16, dtype=torch.bfloat16, requires_grad=True)  # the training forward's launches
         free_energy_values(v, torch.rand(1, 16), torch.bfloat16)
     finally:
-        heuristics._INTERPRETER_PROGRAMS = programs
+        heuristics._INTERPRETER_PROGRAMS, heuristics.VALUES_SPLIT_MIN_BLOCKS = programs, min_blocks
 
 
 # (the module whose launcher is recorded, the call, its launches): the statistics take a histogram and a statistics

@@ -108,12 +108,15 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def token_chunks(sequences: int, n: int, block: int, device: torch.device, split_below: float, programs_per_sm: int,
-                 max_chunks: int, interpreter_programs: int) -> tuple[int, int]:
+                 max_chunks: int, min_blocks: int, interpreter_programs: int) -> tuple[int, int]:
     """(number of chunks, tokens per chunk) for a kernel that gives each of ``sequences`` sequences of ``n`` tokens a
-    program: one chunk of every token while the sequences give each multiprocessor ``split_below`` programs; below
-    that, chunks of whole ``block``-token blocks for about ``programs_per_sm`` programs per multiprocessor, at most
-    ``max_chunks``. Under the Triton interpreter the GPU counts ``interpreter_programs`` programs (what the CPU tests
-    split for)."""
+    program: one chunk of every token while the sequences give each multiprocessor ``split_below`` programs, or while
+    a sequence has fewer than ``min_blocks`` blocks of ``block`` tokens (a walk that short costs less than the launches
+    a split adds, on the host of an eager call above all); otherwise chunks of whole blocks for about
+    ``programs_per_sm`` programs per multiprocessor, at most ``max_chunks``. Under the Triton interpreter the GPU
+    counts ``interpreter_programs`` programs (what the CPU tests split for)."""
+    if cdiv(n, block) < min_blocks:
+        return 1, n
     if device.type == "cuda":
         sms = multiprocessor_count(device)
         if sequences >= split_below * sms:

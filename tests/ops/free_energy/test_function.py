@@ -67,6 +67,7 @@ def test_values_forward_split_over_token_chunks_matches_float64_reference(b, n, 
     from vitzoo.ops.free_energy import function, heuristics
 
     monkeypatch.setattr(heuristics, "_INTERPRETER_PROGRAMS", programs)
+    monkeypatch.setattr(heuristics, "VALUES_SPLIT_MIN_BLOCKS", 2)  # these short sequences split too
     monkeypatch.setattr(function, "_KEPT", KeptLaunches())
     assert heuristics.values_chunks(b * h, n, torch.device(DEVICE))[0] > 1
     tensors, grad = _value_inputs(b, n, h, 16, torch.float32, DEVICE, n + programs, 20.0)

@@ -75,6 +75,7 @@ def test_forward_split_over_token_chunks_matches_float64_reference(b, n, h, gate
     from vitzoo.ops.zeros_weights import function, heuristics
 
     monkeypatch.setattr(heuristics, "_INTERPRETER_PROGRAMS", programs)
+    monkeypatch.setattr(heuristics, "SPLIT_MIN_BLOCKS", 2)  # these short sequences split too
     monkeypatch.setattr(function, "_KEPT", KeptLaunches())
     assert heuristics.forward_chunks(b * h, n, torch.device(DEVICE))[0] > 1
     tensors, grads = _inputs(b, n, h, 16, gates, [0.4] * h, torch.float32, DEVICE, n + programs)
