@@ -13,8 +13,8 @@ from vitzoo.layers.long_conv import (
     fast_fft_length,
     gated_long_conv_fft,
     gated_long_conv_toeplitz,
-    toeplitz_lags,
 )
+from vitzoo.ops.ssm_kernel import toeplitz_lag_vector
 from vitzoo.ops.testing import relative_error
 from vitzoo.ops.toeplitz_attention import toeplitz_from_lags
 
@@ -66,7 +66,7 @@ def test_toeplitz_lags_give_the_two_sided_kernel(length):
     """T[t, s] = Kf[t - s] (t >= s) + Kb[s - t] (s >= t) + skip (s = t), read from the lag vector by the op's rule."""
     kernel_fwd, kernel_bwd = torch.randn(2, 3, length, dtype=torch.float64).unbind(0)
     skip = torch.randn(3, dtype=torch.float64)
-    lags = toeplitz_lags(kernel_fwd, kernel_bwd, skip)
+    lags = toeplitz_lag_vector(kernel_fwd, kernel_bwd, skip)
     assert lags.shape == (3, 2 * length - 1)
     weights = toeplitz_from_lags(lags, length)
     for t in range(length):
@@ -279,7 +279,7 @@ def test_toeplitz_core_gradients_with_and_without_kept_lags():
     assert torch.autograd.gradcheck(gated_long_conv_toeplitz, (q, k, v, *kernels, skip))
     assert torch.autograd.gradcheck(gated_long_conv_toeplitz, (q, k, v, *kernels))
     frozen = [t.detach() for t in kernels]
-    kept = toeplitz_lags(*frozen, skip.detach())
+    kept = toeplitz_lag_vector(*frozen, skip.detach())
     with_kept = lambda *qkv: gated_long_conv_toeplitz(*qkv, *frozen, skip.detach(), kept)  # noqa: E731
     assert torch.autograd.gradcheck(with_kept, (q, k, v))
     with pytest.raises(ValueError, match="kept Toeplitz lags carry no gradient"):

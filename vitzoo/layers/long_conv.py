@@ -17,6 +17,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..ops import toeplitz_attention
+from ..ops.ssm_kernel import toeplitz_lag_vector
 from ..ops.toeplitz_attention import runs_kernels
 from ..ops.utils import cast_to
 
@@ -138,16 +139,6 @@ def gated_long_conv_fft(
     return out.transpose(-1, -2)
 
 
-def toeplitz_lags(
-        kernel_fwd: torch.Tensor, kernel_bwd: torch.Tensor, skip: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """The (..., 2N - 1) lag vector of the two-sided Toeplitz matrix T[t, s] = Kf[t - s] (t >= s) + Kb[s - t] (s >= t)
-    (+ skip if s = t): [Kf[N-1], ..., Kf[1], Kf[0] + Kb[0] (+ skip), Kb[1], ..., Kb[N-1]], T[t, s] = lags[s - t + N - 1]
-    (:func:`vitzoo.ops.toeplitz_attention`'s layout)."""
-    return torch.cat([kernel_fwd[..., 1:].flip(-1), _lag_zero(kernel_fwd, kernel_bwd, skip), kernel_bwd[..., 1:]],
-                     dim=-1)
-
-
 def gated_long_conv_toeplitz(
         q: torch.Tensor,
         k: torch.Tensor,
@@ -162,15 +153,16 @@ def gated_long_conv_toeplitz(
 
     O(N^2 d) work on matmul units instead of O(d^2 N log N) FFT work, in the precision attention runs in (16-bit
     products with fp32 accumulation under autocast); the (B, H, N, N) scores are never kept (on CUDA they stay on
-    chip). ``lags``: T's lag vector as :func:`toeplitz_lags` builds it, when the caller keeps it (the kernels and
-    skip are then not read and may be None). Returns (B, H, N, d), a view of the op's (B, N, H, d) output.
+    chip). ``lags``: T's lag vector as :func:`vitzoo.ops.ssm_kernel.toeplitz_lag_vector` builds it, when the caller
+    has it (the kernels and skip are then not read and may be None). Returns (B, H, N, d), a view of the op's
+    (B, N, H, d) output.
     """
     if lags is not None and torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (kernel_fwd, kernel_bwd, skip)):
         raise ValueError("gated_long_conv_toeplitz: kept Toeplitz lags carry no gradient to the kernels or the skip; "
                          "pass them only where those need none")
     if lags is None:
-        lags = toeplitz_lags(kernel_fwd, kernel_bwd, skip)
+        lags = toeplitz_lag_vector(kernel_fwd, kernel_bwd, skip)
     # (B, H, N, d) -> the op's (B, N, H, d): views, so projections laid out as (B, N, H, d) are read in place
     dtype = _product_dtype(q, k, v)
     q, k, v = (cast_to(t.transpose(1, 2), dtype) for t in (q, k, v))

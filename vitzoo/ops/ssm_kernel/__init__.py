@@ -5,6 +5,7 @@ launch shape, entry point.
 ``function``: the autograd functions, :func:`ssm_kernels` and :func:`ssm_toeplitz_lags`.
 """
 from .function import ssm_kernels, ssm_toeplitz_lags
-from .reference import ssm_kernels_reference, ssm_toeplitz_lags_reference
+from .reference import ssm_kernels_reference, ssm_toeplitz_lags_reference, toeplitz_lag_vector
 
-__all__ = ["ssm_kernels", "ssm_kernels_reference", "ssm_toeplitz_lags", "ssm_toeplitz_lags_reference"]
+__all__ = ["ssm_kernels", "ssm_kernels_reference", "ssm_toeplitz_lags", "ssm_toeplitz_lags_reference",
+           "toeplitz_lag_vector"]

@@ -75,7 +75,13 @@ def ssm_toeplitz_lags_reference(log_dt: torch.Tensor, log_a_real: torch.Tensor, 
     T[t, s] = lags[s - t + L - 1], from parameters whose first dim is the direction (forward, flipped) and an optional
     skip (...,): [Kf(L-1), ..., Kf(1), Kf(0) + Kb(0) (+ skip), Kb(1), ..., Kb(L-1)], in the kernels' precision."""
     check_lags_inputs(log_dt, log_a_real, a_imag, b, c, skip, length)
-    kernel_fwd, kernel_bwd = ssm_kernels_reference(log_dt, log_a_real, a_imag, b, c, length).unbind(0)
+    return toeplitz_lag_vector(*ssm_kernels_reference(log_dt, log_a_real, a_imag, b, c, length).unbind(0), skip)
+
+
+def toeplitz_lag_vector(kernel_fwd: torch.Tensor, kernel_bwd: torch.Tensor,
+                        skip: torch.Tensor | None = None) -> torch.Tensor:
+    """The (..., 2L - 1) lag vector of two (..., L) kernels and an optional skip (...,):
+    [Kf(L-1), ..., Kf(1), Kf(0) + Kb(0) (+ skip), Kb(1), ..., Kb(L-1)], in the kernels' dtype."""
     lag_zero = kernel_fwd[..., :1] + kernel_bwd[..., :1]
     if skip is not None:
         lag_zero = lag_zero + skip.to(lag_zero.dtype).unsqueeze(-1)
