@@ -51,6 +51,7 @@ if triton_available():
 
     def _ssm_lags_fwd(params: tuple[torch.Tensor, ...], skip: torch.Tensor | None, heads: int, modes: int,
                       length: int) -> torch.Tensor:
+        """The (heads, 2 length - 1) lag vector from the parameters' (direction, head) rows and the skip."""
         out = torch.empty((heads, 2 * length - 1), dtype=torch.float32, device=params[0].device)
         grid = (heads, cdiv(length, heuristics.BLOCK_L))
         cached_launcher(_ssm_lags_fwd_kernel)[grid](*params, skip if skip is not None else out, out, modes, length,
