@@ -33,7 +33,7 @@ if triton_available():
         _free_energy_values_fwd_kernel,
     )
 
-    def _values_launch(v: torch.Tensor) -> tuple[tuple, tuple, dict]:
+    def _values_bwd_launch(v: torch.Tensor) -> tuple[tuple, tuple, dict]:
         """(grid, the arguments after the tensors, keywords) of the values' backward."""
         batch, num_tokens, heads, dv = v.shape
         sizes = (num_tokens, heads, dv, v.stride(0), v.stride(1), v.stride(2), VALUE_LOGEXP_CAP)
@@ -101,7 +101,7 @@ if triton_available():
             v, beta, shift = ctx.saved_tensors
             d_v = torch.empty(tuple(v.shape), dtype=v.dtype, device=v.device)
             d_beta = torch.empty((v.shape[0], *beta.shape), dtype=torch.float32, device=v.device)
-            grid, sizes, meta = _values_launch(v)
+            grid, sizes, meta = _values_bwd_launch(v)
             cached_launcher(_free_energy_values_bwd_kernel)[grid](v, beta, shift, grad.contiguous(), d_v, d_beta,
                                                                   *sizes, **meta)
             return d_v, d_beta.sum(dim=0).to(beta.dtype), None

@@ -25,7 +25,8 @@ if triton_available():
                          mode: str, seed: int, mix: BatchMix | None, dtype: torch.dtype) -> torch.Tensor:
         x = images.contiguous()
         batch, channels, height, width = x.shape
-        out = torch.empty(x.shape, dtype=dtype, device=x.device)  # the kernel rounds its float32 values once, storing
+        # the kernel computes in float32 and rounds once to ``dtype`` as it stores
+        out = torch.empty(x.shape, dtype=dtype, device=x.device)
         if out.numel() == 0:
             return out
         mean_t, std_t = _constants(tuple(map(float, mean)), tuple(map(float, std)), x.device)
