@@ -107,14 +107,15 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-def token_chunks(sequences: int, n: int, block: int, device: torch.device, split_below: float, programs_per_sm: int,
-                 max_chunks: int, min_blocks: int, interpreter_programs: int) -> tuple[int, int]:
+def token_chunks(sequences: int, n: int, block: int, device: torch.device, *, split_below: float,
+                 programs_per_sm: int, interpreter_programs: int, max_chunks: int | None = None, min_blocks: int = 0,
+                 blocks_per_chunk: int = 1) -> tuple[int, int]:
     """(number of chunks, tokens per chunk) for a kernel that gives each of ``sequences`` sequences of ``n`` tokens a
     program: one chunk of every token while the sequences give each multiprocessor ``split_below`` programs, or while
     a sequence has fewer than ``min_blocks`` blocks of ``block`` tokens (a walk that short costs less than the launches
-    a split adds, on the host of an eager call above all); otherwise chunks of whole blocks for about
-    ``programs_per_sm`` programs per multiprocessor, at most ``max_chunks``. Under the Triton interpreter the GPU
-    counts ``interpreter_programs`` programs (what the CPU tests split for)."""
+    a split adds, on the host of an eager call above all); otherwise chunks of whole blocks, at least
+    ``blocks_per_chunk`` each, for about ``programs_per_sm`` programs per multiprocessor, at most ``max_chunks``.
+    Under the Triton interpreter the GPU counts ``interpreter_programs`` programs (what the CPU tests split for)."""
     if cdiv(n, block) < min_blocks:
         return 1, n
     if device.type == "cuda":
@@ -124,7 +125,9 @@ def token_chunks(sequences: int, n: int, block: int, device: torch.device, split
         programs = programs_per_sm * sms
     else:
         programs = interpreter_programs
-    chunks = min(cdiv(programs, sequences), cdiv(n, block), max_chunks)
+    chunks = min(cdiv(programs, sequences), cdiv(n, blocks_per_chunk * block))
+    if max_chunks is not None:
+        chunks = min(chunks, max_chunks)
     if chunks <= 1:
         return 1, n
     chunk = cdiv(cdiv(n, chunks), block) * block

@@ -34,5 +34,6 @@ def block_d(value_head_dim: int) -> int:
 def values_chunks(bh: int, n: int, device: torch.device) -> tuple[int, int]:
     """(number of chunks, tokens per chunk) of the values' forward for ``bh`` (batch, head) sequences of ``n``
     tokens: one chunk of every token while the sequences fill the GPU."""
-    return token_chunks(bh, n, BLOCK_T, device, VALUES_SPLIT_BELOW, VALUES_PROGRAMS_PER_SM, VALUES_MAX_CHUNKS,
-                        VALUES_SPLIT_MIN_BLOCKS, _INTERPRETER_PROGRAMS)
+    return token_chunks(bh, n, BLOCK_T, device, split_below=VALUES_SPLIT_BELOW,
+                        programs_per_sm=VALUES_PROGRAMS_PER_SM, interpreter_programs=_INTERPRETER_PROGRAMS,
+                        max_chunks=VALUES_MAX_CHUNKS, min_blocks=VALUES_SPLIT_MIN_BLOCKS)

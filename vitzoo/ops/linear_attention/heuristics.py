@@ -12,7 +12,7 @@ import functools
 
 import torch
 
-from ..utils import cdiv, interpreting, multiprocessor_count, padded
+from ..utils import cdiv, interpreting, padded, token_chunks
 
 # the "GPU size" the split rule assumes under TRITON_INTERPRET=1 (CPU tests): N is split until about 4 programs run
 _INTERPRETER_PROGRAMS = 4
@@ -86,19 +86,11 @@ def _tiles(dk: int, dv: int, weightings: int, backward: bool, split: bool) -> tu
 
 
 def _splits(bh: int, n: int, block_n: int, device: torch.device, policy: LaunchPolicy) -> tuple[int, int]:
-    """(number of N-splits, tokens per split): split only when B*H programs cannot fill the GPU, into whole tiles."""
-    if device.type == "cuda":
-        sms = multiprocessor_count(device)
-        if bh >= policy.split_below * sms:
-            return 1, n
-        programs = policy.programs_per_sm * sms
-    else:
-        programs = _INTERPRETER_PROGRAMS
-    splits = min(cdiv(programs, bh), cdiv(n, 2 * block_n))
-    if splits <= 1:
-        return 1, n
-    chunk = cdiv(cdiv(n, splits), block_n) * block_n
-    return cdiv(n, chunk), chunk
+    """(number of N-splits, tokens per split): split only when B*H programs cannot fill the GPU, into whole tiles,
+    at least two per split."""
+    return token_chunks(bh, n, block_n, device, split_below=policy.split_below,
+                        programs_per_sm=policy.programs_per_sm, interpreter_programs=_INTERPRETER_PROGRAMS,
+                        blocks_per_chunk=2)
 
 
 # worked out once per shape (host time per call); every argument is hashable, the results are frozen

@@ -30,5 +30,5 @@ def block_d(head_dim: int) -> int:
 def forward_chunks(bh: int, n: int, device: torch.device) -> tuple[int, int]:
     """(number of chunks, tokens per chunk) of the forward for ``bh`` (batch, head) sequences of ``n`` tokens: one
     chunk of every token while the sequences fill the GPU."""
-    return token_chunks(bh, n, BLOCK_N, device, SPLIT_BELOW, PROGRAMS_PER_SM, BLOCK_N, SPLIT_MIN_BLOCKS,
-                        _INTERPRETER_PROGRAMS)
+    return token_chunks(bh, n, BLOCK_N, device, split_below=SPLIT_BELOW, programs_per_sm=PROGRAMS_PER_SM,
+                        interpreter_programs=_INTERPRETER_PROGRAMS, max_chunks=BLOCK_N, min_blocks=SPLIT_MIN_BLOCKS)
