@@ -48,12 +48,8 @@ def _free_energy_values_fwd_kernel(
     # into the shift, the chunk's values.
     pid, b, head, cols, col_ok, beta, cap, v_base = _values_program(v_ptr, beta_ptr, H, DV, sv_b, sv_h,
                                                                      cap_numerator, BLOCK_D)
-    if STAGE == 0:
-        lo = 0
-        hi = N
-    else:
-        lo = tl.program_id(1) * CHUNK
-        hi = tl.minimum(lo + CHUNK, N)
+    lo = tl.program_id(1) * CHUNK  # STAGE 0 is launched with one chunk of CHUNK = N tokens
+    hi = tl.minimum(lo + CHUNK, N)
     if STAGE == 2:
         chunks = tl.arange(0, BLOCK_S)
         part = tl.load(part_ptr + (pid * SPLITS + chunks)[:, None] * DV + cols[None, :],

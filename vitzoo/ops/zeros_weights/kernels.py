@@ -105,12 +105,8 @@ def _zeros_weights_fwd_kernel(
     pid, b, head, offs_d, d_ok = _program(H, D, BLOCK_D)
     u_base = u_ptr + b * su_b + head * su_h
     s_base = s_ptr + pid * N
-    if STAGE == 0:
-        lo = 0
-        hi = N
-    else:
-        lo = tl.program_id(1) * CHUNK
-        hi = tl.minimum(lo + CHUNK, N)
+    lo = tl.program_id(1) * CHUNK  # STAGE 0 is launched with one chunk of CHUNK = N tokens
+    hi = tl.minimum(lo + CHUNK, N)
     row = part_ptr + (pid * SPLITS + tl.program_id(1)) * (D + 3)
     rows = part_ptr + (pid * SPLITS + tl.arange(0, BLOCK_N)) * (D + 3)  # every chunk's row (SPLITS <= BLOCK_N)
     rows_ok = tl.arange(0, BLOCK_N) < SPLITS
