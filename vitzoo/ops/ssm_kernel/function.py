@@ -76,6 +76,15 @@ if triton_available():
             return (*grads, dskip, None)
 
 
+def _parameter_rows(params: tuple[torch.Tensor, ...], modes: int) -> tuple[torch.Tensor, ...]:
+    """(log_dt, log_a_real, a_imag, b, c) with their leading dims flattened into one row dim, contiguous, as the
+    kernels read them."""
+    log_dt, log_a_real, a_imag, b, c = params
+    return (log_dt.reshape(-1).contiguous(), log_a_real.reshape(-1, modes).contiguous(),
+            a_imag.reshape(-1, modes).contiguous(), b.reshape(-1, modes, 2).contiguous(),
+            c.reshape(-1, modes, 2).contiguous())
+
+
 def ssm_kernels(log_dt: torch.Tensor, log_a_real: torch.Tensor, a_imag: torch.Tensor, b: torch.Tensor,
                 c: torch.Tensor, length: int) -> torch.Tensor:
     """The S4D-Lin convolution kernels (..., L) in fp32 (fp64 for fp64 inputs); ``reference.py`` states the math.
@@ -96,9 +105,7 @@ def ssm_kernels(log_dt: torch.Tensor, log_a_real: torch.Tensor, a_imag: torch.Te
             or any(p.dtype not in KERNEL_DTYPES for p in params):
         return ssm_kernels_reference(*params, length)
     lead, modes = tuple(log_a_real.shape[:-1]), log_a_real.shape[-1]
-    rows = (log_dt.reshape(-1).contiguous(), log_a_real.reshape(-1, modes).contiguous(),
-            a_imag.reshape(-1, modes).contiguous(), b.reshape(-1, modes, 2).contiguous(),
-            c.reshape(-1, modes, 2).contiguous())
+    rows = _parameter_rows(params, modes)
     if not (torch.is_grad_enabled() and any(p.requires_grad for p in params)):
         out = _ssm_kernels_fwd(rows, rows[1].shape[0], modes, int(length))
     else:
@@ -128,9 +135,7 @@ def ssm_toeplitz_lags(log_dt: torch.Tensor, log_a_real: torch.Tensor, a_imag: to
             or any(t.dtype not in KERNEL_DTYPES for t in tensors):
         return ssm_toeplitz_lags_reference(*params, skip, length)
     lead, modes = tuple(log_a_real.shape[1:-1]), log_a_real.shape[-1]
-    rows = (log_dt.reshape(-1).contiguous(), log_a_real.reshape(-1, modes).contiguous(),
-            a_imag.reshape(-1, modes).contiguous(), b.reshape(-1, modes, 2).contiguous(),
-            c.reshape(-1, modes, 2).contiguous())
+    rows = _parameter_rows(params, modes)
     skip_rows = None if skip is None else skip.reshape(-1).contiguous()
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
         out = _ssm_lags_fwd(rows, skip_rows, rows[0].shape[0] // 2, modes, int(length))
